@@ -1,0 +1,51 @@
+# Two commands do all the set-up on a machine with Python 3.11+, git and make:
+#   make demo   - generate Nexmark data and run the pipelines in a real Dagster instance
+#   make test   - run every test
+# Both create .venv and install the locked dependencies with uv on first use.
+
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+UV_VERSION := 0.13.8
+export UV_CACHE_DIR ?= $(CURDIR)/.cache/uv
+export UV_PROJECT_ENVIRONMENT := $(CURDIR)/$(VENV)
+export UV_PYTHON_DOWNLOADS := never
+export PIP_DISABLE_PIP_VERSION_CHECK := 1
+
+.PHONY: setup demo test test-fast ui bench lint validate clean
+
+$(BIN)/uv:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --no-cache-dir uv==$(UV_VERSION)
+
+$(VENV)/.synced: $(BIN)/uv pyproject.toml uv.lock
+	$(BIN)/uv sync --frozen --python $(BIN)/python
+	@touch $@
+
+setup: $(VENV)/.synced
+
+demo: setup
+	$(BIN)/dataflare demo
+
+test: setup
+	$(BIN)/pytest
+
+test-fast: setup
+	$(BIN)/pytest -m "not e2e"
+
+ui: setup
+	$(BIN)/dataflare ui
+
+bench: setup
+	$(BIN)/dataflare bench datagen
+
+lint: setup
+	$(BIN)/ruff check dataflare_platform dataflare_platform_tests
+	$(BIN)/ruff format --check dataflare_platform dataflare_platform_tests
+
+validate: setup
+	DATAFLARE_HOME=$(CURDIR)/.dataflare DAGSTER_HOME=$(CURDIR)/.dataflare/dagster_home \
+		$(BIN)/dagster definitions validate -w workspace.yaml
+
+clean:
+	rm -rf $(VENV) .cache .pytest_cache .ruff_cache

@@ -1,0 +1,1 @@
+"""Control plane: thin Dagster definitions over the data-plane library, one folder per domain."""

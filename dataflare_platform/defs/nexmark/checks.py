@@ -1,0 +1,29 @@
+"""Asset checks on the Nexmark warehouse tables."""
+
+
+import dagster as dg
+
+from dataflare_platform.defs.nexmark.assets import auctions, bids
+from dataflare_platform.defs.quality import check_result
+from dataflare_platform.defs.resources import ProjectHomeResource
+from dataflare_platform.warehouse.quality import check_auctions, check_bids
+
+
+@dg.asset_check(
+    asset=bids,
+    blocking=True,
+    description="Bids have positive prices, an event time and both ids; table not empty.",
+)
+def bids_valid(dataflare: ProjectHomeResource) -> dg.AssetCheckResult:
+    with dataflare.warehouse() as conn:
+        return check_result(check_bids(conn))
+
+
+@dg.asset_check(
+    asset=auctions,
+    blocking=True,
+    description="Auctions expire after they open, reserve ≥ initial bid, seller present.",
+)
+def auctions_valid(dataflare: ProjectHomeResource) -> dg.AssetCheckResult:
+    with dataflare.warehouse() as conn:
+        return check_result(check_auctions(conn))

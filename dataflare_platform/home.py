@@ -1,0 +1,100 @@
+"""The project home: one directory that holds every piece of local state.
+
+Embedded defaults keep a laptop install self-contained: Dagster's instance (SQLite,
+telemetry off), the DuckDB warehouse and the local event data all live under one
+root, so deleting it resets the platform and nothing lands in the user's home.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
+
+from dataflare_platform.errors import ConfigError
+
+HOME_ENV_VAR = "DATAFLARE_HOME"
+DEFAULT_HOME_DIRNAME = ".dataflare"
+
+# Kept identical to deployments/local/dagster.yaml (a test holds them together); it is
+# embedded so that an installed wheel can set up a home without the repository.
+LOCAL_DAGSTER_YAML = """\
+# Local (embedded) Dagster instance: SQLite storage under DAGSTER_HOME, no telemetry.
+storage:
+  sqlite:
+    base_dir:
+      env: DAGSTER_HOME
+telemetry:
+  enabled: false
+"""
+
+
+class ProjectHome(BaseModel):
+    """Where local state lives; validated so an unusable path fails before any work."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    root: Path
+
+    @field_validator("root")
+    @classmethod
+    def _must_be_writable(cls, root: Path) -> Path:
+        root = root.expanduser().absolute()
+        probe = root
+        while not probe.exists():
+            if probe.parent == probe:
+                break
+            probe = probe.parent
+        if probe.exists() and not probe.is_dir():
+            raise ValueError(f"{probe} exists and is not a directory")
+        if not os.access(probe, os.W_OK | os.X_OK):
+            raise ValueError(f"{probe} is not writable")
+        return root
+
+    @classmethod
+    def resolve(cls, root: str | Path | None = None) -> ProjectHome:
+        """Pick the home: explicit argument, then $DATAFLARE_HOME, then ./.dataflare."""
+        chosen = root or os.environ.get(HOME_ENV_VAR) or Path.cwd() / DEFAULT_HOME_DIRNAME
+        try:
+            return cls(root=Path(chosen))
+        except ValidationError as err:
+            raise ConfigError("project home", [("home", _first_msg(err))]) from None
+
+    @property
+    def dagster_home(self) -> Path:
+        return self.root / "dagster_home"
+
+    @property
+    def warehouse_path(self) -> Path:
+        return self.root / "warehouse.duckdb"
+
+    @property
+    def events_dir(self) -> Path:
+        return self.root / "events"
+
+    @property
+    def nexmark_dir(self) -> Path:
+        """Landing directory of generated Nexmark files (persons/, auctions/, bids/)."""
+        return self.events_dir / "nexmark"
+
+    def ensure(self) -> ProjectHome:
+        """Create the layout and the instance config; safe to call again."""
+        try:
+            for directory in (self.root, self.dagster_home, self.events_dir):
+                directory.mkdir(parents=True, exist_ok=True)
+            dagster_yaml = self.dagster_home / "dagster.yaml"
+            if not dagster_yaml.exists() or dagster_yaml.read_text() != LOCAL_DAGSTER_YAML:
+                dagster_yaml.write_text(LOCAL_DAGSTER_YAML)
+        except OSError as err:
+            raise ConfigError("project home", [("home", f"{self.root}: {err}")]) from None
+        return self
+
+    def environ(self) -> dict[str, str]:
+        """Variables a child process (Dagster CLI, webserver) needs to use this home."""
+        return {HOME_ENV_VAR: str(self.root), "DAGSTER_HOME": str(self.dagster_home)}
+
+
+def _first_msg(err: ValidationError) -> str:
+    msg = err.errors()[0]["msg"]
+    return msg.removeprefix("Value error, ")

@@ -1,0 +1,1 @@
+"""DuckDB warehouse: loading landed event files and computing batch statistics."""

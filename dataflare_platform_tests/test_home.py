@@ -1,0 +1,47 @@
+from pathlib import Path
+
+import pytest
+import yaml
+
+from dataflare_platform.errors import ConfigError
+from dataflare_platform.home import DEFAULT_HOME_DIRNAME, LOCAL_DAGSTER_YAML, ProjectHome
+from dataflare_platform_tests.conftest import REPO_ROOT
+
+
+def test_default_home_is_dot_dataflare_in_cwd(tmp_path, monkeypatch):
+    monkeypatch.delenv("DATAFLARE_HOME", raising=False)
+    monkeypatch.chdir(tmp_path)
+    assert ProjectHome.resolve().root == tmp_path / DEFAULT_HOME_DIRNAME
+
+
+def test_env_var_overrides_default_and_argument_overrides_env(tmp_path, monkeypatch):
+    monkeypatch.setenv("DATAFLARE_HOME", str(tmp_path / "from-env"))
+    assert ProjectHome.resolve().root == tmp_path / "from-env"
+    assert ProjectHome.resolve(tmp_path / "explicit").root == tmp_path / "explicit"
+
+
+def test_ensure_lays_out_home_idempotently(tmp_path):
+    home = ProjectHome.resolve(tmp_path / "h").ensure().ensure()
+    assert (home.dagster_home / "dagster.yaml").read_text() == LOCAL_DAGSTER_YAML
+    assert home.events_dir.is_dir()
+    assert home.environ()["DAGSTER_HOME"] == str(home.dagster_home)
+    assert home.warehouse_path.parent == home.root
+
+
+def test_local_dagster_yaml_is_sqlite_without_telemetry():
+    shipped = (REPO_ROOT / "deployments" / "local" / "dagster.yaml").read_text()
+    assert shipped == LOCAL_DAGSTER_YAML
+    config = yaml.safe_load(shipped)
+    assert "sqlite" in config["storage"]
+    assert config["telemetry"]["enabled"] is False
+
+
+@pytest.mark.parametrize("make_bad", ["file", "below_file"])
+def test_unwritable_home_is_refused_naming_the_field(tmp_path: Path, make_bad: str):
+    blocker = tmp_path / "not-a-dir"
+    blocker.write_text("x")
+    target = blocker if make_bad == "file" else blocker / "sub" / "home"
+    with pytest.raises(ConfigError) as err:
+        ProjectHome.resolve(target)
+    assert err.value.fields == ["home"]
+    assert "not a directory" in str(err.value)

@@ -38,7 +38,8 @@ HomeOption = Annotated[
 EventsOption = Annotated[int | None, typer.Option(help="Total events to generate.")]
 SeedOption = Annotated[int | None, typer.Option(help="Random seed (same seed, same data).")]
 ConfigOption = Annotated[
-    Path | None, typer.Option("--config", help="Generator settings as YAML (fields of NexmarkConfig).")
+    Path | None,
+    typer.Option("--config", help="Generator settings as YAML (fields of NexmarkConfig)."),
 ]
 
 
@@ -47,8 +48,7 @@ def _fail(err: Exception) -> None:
     raise typer.Exit(code=2)
 
 
-def _generator_config(config: Path | None, base: dict[str, Any] | None = None,
-                      **overrides: Any):
+def _generator_config(config: Path | None, base: dict[str, Any] | None = None, **overrides: Any):
     from dataflare_platform.datagen import NexmarkConfig
 
     if config is not None:
@@ -129,9 +129,7 @@ def demo(
         from dataflare_platform.demo import DEMO_CONFIG, run_demo
 
         project = ProjectHome.resolve(home)
-        cfg = _generator_config(
-            config, DEMO_CONFIG.model_dump(), events=events, seed=seed
-        )
+        cfg = _generator_config(config, DEMO_CONFIG.model_dump(), events=events, seed=seed)
         console.print(f"project home: {project.root}")
         with _progress() as bar:
             task = bar.add_task("generating", total=cfg.events)

@@ -54,13 +54,20 @@ class DemoReport:
 
     @property
     def ok(self) -> bool:
-        return bool(self.runs) and all(r.success for r in self.runs) and all(
-            c.passed for c in self.checks
+        return (
+            bool(self.runs)
+            and all(r.success for r in self.runs)
+            and all(c.passed for c in self.checks)
         )
 
 
-def _collect(report: DemoReport, job: str, partition: str | None,
-             result: dg.ExecuteInProcessResult, seconds: float) -> None:
+def _collect(
+    report: DemoReport,
+    job: str,
+    partition: str | None,
+    result: dg.ExecuteInProcessResult,
+    seconds: float,
+) -> None:
     report.runs.append(RunSummary(job, partition, result.run_id, result.success, seconds))
     for event in result.get_asset_materialization_events():
         mat = event.materialization

@@ -40,8 +40,9 @@ def _baseline(config: NexmarkConfig, bids_total: int) -> int:
     return done
 
 
-def run(events: int = 10_000_000, chunk_events: int = 1_000_000, repeat: int = 3,
-        files: bool = True) -> dict[str, object]:
+def run(
+    events: int = 10_000_000, chunk_events: int = 1_000_000, repeat: int = 3, files: bool = True
+) -> dict[str, object]:
     config = NexmarkConfig(events=events, chunk_events=chunk_events)
     generator = NexmarkGenerator(config)
     generator.chunk(0)  # warm-up: imports, pools, first-touch memory

@@ -40,13 +40,43 @@ PERSON_ID_LEAD = 10
 AUCTION_ID_LEAD = 10
 NUM_CHANNELS = 10_000
 HOT_CHANNELS = ("Google", "Facebook", "Baidu", "Apple")
-FIRST_NAMES = ("Peter", "Paul", "Luke", "John", "Saul", "Vicky", "Kate", "Julie", "Sarah",
-               "Deiter", "Walter")
-LAST_NAMES = ("Shultz", "Abrams", "Spencer", "White", "Bartels", "Walton", "Smith", "Jones",
-              "Noris")
+FIRST_NAMES = (
+    "Peter",
+    "Paul",
+    "Luke",
+    "John",
+    "Saul",
+    "Vicky",
+    "Kate",
+    "Julie",
+    "Sarah",
+    "Deiter",
+    "Walter",
+)
+LAST_NAMES = (
+    "Shultz",
+    "Abrams",
+    "Spencer",
+    "White",
+    "Bartels",
+    "Walton",
+    "Smith",
+    "Jones",
+    "Noris",
+)
 US_STATES = ("AZ", "CA", "ID", "OR", "WA", "WY")
-US_CITIES = ("Phoenix", "Los Angeles", "San Francisco", "Boise", "Portland", "Bend",
-             "Redmond", "Seattle", "Kent", "Cheyenne")
+US_CITIES = (
+    "Phoenix",
+    "Los Angeles",
+    "San Francisco",
+    "Boise",
+    "Portland",
+    "Bend",
+    "Redmond",
+    "Seattle",
+    "Kent",
+    "Cheyenne",
+)
 EXTRA_POOL_SIZE = 4096
 # Mean length of the ``extra`` padding, sized so records average Nexmark's byte sizes
 # (person ≈ 200 B, auction ≈ 500 B, bid ≈ 100 B).
@@ -80,7 +110,9 @@ _LETTER_OF_BYTE = (np.arange(256, dtype=np.uint8) % 26 + ord("a")).astype(np.uin
 _DIGIT_OF_BYTE = (np.arange(256, dtype=np.uint8) % 10 + ord("0")).astype(np.uint8)
 
 
-def _letters(rng: np.random.Generator, size: int, table: np.ndarray = _LETTER_OF_BYTE) -> np.ndarray:
+def _letters(
+    rng: np.random.Generator, size: int, table: np.ndarray = _LETTER_OF_BYTE
+) -> np.ndarray:
     """Random lowercase ASCII bytes: ``rng.bytes`` through a 256-entry lookup table is
     ~10x faster than ``integers(dtype=uint8)``; its slight bias is fine for filler text."""
     return table[np.frombuffer(rng.bytes(size), dtype=np.uint8)]
@@ -107,8 +139,9 @@ def _template_strings(rng: np.random.Generator, count: int, template: str) -> pa
 def _numbers(start: int, stop: int, lo: int, hi: int) -> np.ndarray:
     """Event numbers in [start, stop) whose position within their epoch of 50 is in
     [lo, hi): built from an epoch × offset grid, cheaper than a modulo and a mask."""
-    epochs = np.arange(start // PROPORTION_DENOMINATOR, -(-stop // PROPORTION_DENOMINATOR),
-                       dtype=np.int64)
+    epochs = np.arange(
+        start // PROPORTION_DENOMINATOR, -(-stop // PROPORTION_DENOMINATOR), dtype=np.int64
+    )
     grid = (epochs[:, None] * PROPORTION_DENOMINATOR + np.arange(lo, hi)[None, :]).ravel()
     first = np.searchsorted(grid, start)
     last = np.searchsorted(grid, stop)
@@ -216,8 +249,9 @@ class NexmarkGenerator:
     def _extra(self, rng: np.random.Generator, kind: str, count: int) -> pa.Array:
         return _pooled(self._extra_pools[kind], rng.integers(0, EXTRA_POOL_SIZE, size=count))
 
-    def _pick_person_base0(self, rng: np.random.Generator, epoch: np.ndarray, ratio: int,
-                           hot_offset: int) -> np.ndarray:
+    def _pick_person_base0(
+        self, rng: np.random.Generator, epoch: np.ndarray, ratio: int, hot_offset: int
+    ) -> np.ndarray:
         # Every auction and bid comes after its epoch's person: the latest person is epoch.
         last = epoch
         hot = (last // HOT_PERSON_STRIDE) * HOT_PERSON_STRIDE + hot_offset

@@ -1,6 +1,5 @@
 """Turning Arrow tables into the metadata Dagster shows on an asset."""
 
-
 import dagster as dg
 import pyarrow as pa
 
@@ -9,9 +8,7 @@ _PREVIEW_CELL_CHARS = 40
 
 
 def column_schema(schema: pa.Schema) -> dg.TableSchema:
-    return dg.TableSchema(
-        columns=[dg.TableColumn(name=f.name, type=str(f.type)) for f in schema]
-    )
+    return dg.TableSchema(columns=[dg.TableColumn(name=f.name, type=str(f.type)) for f in schema])
 
 
 def markdown_preview(table: pa.Table, rows: int = PREVIEW_ROWS) -> dg.MarkdownMetadataValue:

@@ -1,6 +1,5 @@
 """Mapping data-plane quality reports onto Dagster asset check results."""
 
-
 import json
 
 import dagster as dg

@@ -16,9 +16,9 @@ import duckdb
 
 
 @contextmanager
-def connect(path: Path, retries: int = 20, delay_s: float = 0.25) -> Iterator[
-    duckdb.DuckDBPyConnection
-]:
+def connect(
+    path: Path, retries: int = 20, delay_s: float = 0.25
+) -> Iterator[duckdb.DuckDBPyConnection]:
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     for attempt in range(retries + 1):
         try:

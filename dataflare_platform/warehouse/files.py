@@ -23,7 +23,8 @@ def list_event_files(directory: Path) -> list[Path]:
     if not directory.is_dir():
         return []
     return sorted(
-        p for p in directory.iterdir()
+        p
+        for p in directory.iterdir()
         if p.is_file() and not p.name.startswith(".") and p.suffix in FORMATS
     )
 
@@ -37,7 +38,9 @@ def read_schema(path: Path) -> pa.Schema:
         with pa.memory_map(str(path)) as source:
             return pa.ipc.open_file(source).schema
     except (pa.ArrowException, OSError) as err:
-        raise CorruptInputError(path, f"not a readable {FORMATS[path.suffix]} file ({err})") from None
+        raise CorruptInputError(
+            path, f"not a readable {FORMATS[path.suffix]} file ({err})"
+        ) from None
 
 
 def check_schema(path: Path, actual: pa.Schema, expected: pa.Schema) -> None:

@@ -12,7 +12,7 @@ from datetime import date
 import duckdb
 
 from dataflare_platform.warehouse.connection import scalar
-from dataflare_platform.warehouse.stats import DAILY_SELLER_STATS_TABLE
+from dataflare_platform.warehouse.stats import DAILY_SELLER_STATS_DDL, DAILY_SELLER_STATS_TABLE
 
 
 @dataclass(frozen=True)
@@ -74,8 +74,8 @@ AUCTION_RULES = {
 
 DAILY_SELLER_STATS_RULES = {
     "seller_present": "seller IS NULL",
-    "max_bid_at_least_avg": "max_bid < avg_bid",
-    "prices_positive": "max_bid <= 0 OR avg_bid <= 0",
+    "bid_order": "NOT (min_bid <= avg_bid AND avg_bid <= max_bid)",
+    "prices_positive": "min_bid <= 0",
     "bidders_not_above_bids": "distinct_bidders > bids",
     "activity_present": "auctions_created = 0 AND bids = 0",
 }
@@ -90,6 +90,7 @@ def check_auctions(conn: duckdb.DuckDBPyConnection) -> QualityReport:
 
 
 def check_daily_seller_stats(conn: duckdb.DuckDBPyConnection, day: date) -> QualityReport:
+    conn.execute(DAILY_SELLER_STATS_DDL)  # a day never computed is empty, not an error
     return _run_rules(
         conn,
         DAILY_SELLER_STATS_TABLE,

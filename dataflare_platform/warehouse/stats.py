@@ -18,6 +18,7 @@ CREATE TABLE IF NOT EXISTS {DAILY_SELLER_STATS_TABLE} (
     auctions_created BIGINT NOT NULL,
     bids BIGINT NOT NULL,
     distinct_bidders BIGINT NOT NULL,
+    min_bid BIGINT,
     max_bid BIGINT,
     avg_bid DOUBLE,
     bid_volume BIGINT NOT NULL
@@ -36,6 +37,7 @@ WITH created AS (
     SELECT a.seller,
            count(*) AS bids,
            count(DISTINCT b.bidder) AS distinct_bidders,
+           min(b.price) AS min_bid,
            max(b.price) AS max_bid,
            avg(b.price) AS avg_bid,
            CAST(sum(b.price) AS BIGINT) AS bid_volume
@@ -48,6 +50,7 @@ SELECT CAST($start AS DATE) AS day,
        coalesce(c.auctions_created, 0) AS auctions_created,
        coalesce(g.bids, 0) AS bids,
        coalesce(g.distinct_bidders, 0) AS distinct_bidders,
+       g.min_bid,
        g.max_bid,
        g.avg_bid,
        coalesce(g.bid_volume, 0) AS bid_volume

@@ -1,6 +1,5 @@
 """Nexmark assets: one warehouse table per event kind, and a daily seller summary."""
 
-
 from datetime import date
 
 import dagster as dg
@@ -87,13 +86,13 @@ DAILY_SELLER_STATS_CHECK = "daily_seller_stats_rules"
     kinds={"duckdb"},
     owners=OWNERS,
     description="Per seller and UTC day: auctions opened, bids received on their auctions, "
-    "distinct bidders, max/avg bid and bid volume (cents).",
+    "distinct bidders, min/avg/max bid and bid volume (cents).",
     check_specs=[
         dg.AssetCheckSpec(
             DAILY_SELLER_STATS_CHECK,
             asset=DAILY_SELLER_STATS_KEY,
             description="The day's rows exist and are consistent: seller present, "
-            "max_bid ≥ avg_bid > 0, distinct bidders ≤ bids, some activity per row.",
+            "0 < min_bid ≤ avg_bid ≤ max_bid, distinct bidders ≤ bids, activity in every row.",
         )
     ],
 )
@@ -107,4 +106,6 @@ def daily_seller_stats(context: dg.AssetExecutionContext, dataflare: ProjectHome
     if rows:
         metadata["total_bids"] = int(sum(stats.column("bids").to_pylist()))
     yield dg.MaterializeResult(metadata=metadata)
-    yield check_result(report, asset_key=DAILY_SELLER_STATS_KEY, check_name=DAILY_SELLER_STATS_CHECK)
+    yield check_result(
+        report, asset_key=DAILY_SELLER_STATS_KEY, check_name=DAILY_SELLER_STATS_CHECK
+    )

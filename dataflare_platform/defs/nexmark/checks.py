@@ -1,6 +1,5 @@
 """Asset checks on the Nexmark warehouse tables."""
 
-
 import dagster as dg
 
 from dataflare_platform.defs.nexmark.assets import auctions, bids

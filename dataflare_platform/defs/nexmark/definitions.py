@@ -5,8 +5,13 @@ import dagster as dg
 from dataflare_platform.defs.nexmark import assets, checks, jobs
 
 defs = dg.Definitions(
-    assets=[*assets.landing_specs, assets.persons, assets.auctions, assets.bids,
-            assets.daily_seller_stats],
+    assets=[
+        *assets.landing_specs,
+        assets.persons,
+        assets.auctions,
+        assets.bids,
+        assets.daily_seller_stats,
+    ],
     asset_checks=[checks.bids_valid, checks.auctions_valid],
     jobs=[jobs.ingest_job, jobs.daily_stats_job],
     schedules=[jobs.daily_stats_schedule],

@@ -1,24 +1,21 @@
 """Jobs and schedules of the Nexmark domain."""
 
-
 import dagster as dg
 
 from dataflare_platform.defs.nexmark.assets import (
     DAILY_SELLER_STATS_KEY,
     GROUP,
-    daily_partitions,
 )
 
 ingest_job = dg.define_asset_job(
     "nexmark_ingest_job",
-    selection=dg.AssetSelection.groups(GROUP) - dg.AssetSelection.keys(DAILY_SELLER_STATS_KEY),
+    selection=dg.AssetSelection.groups(GROUP) - dg.AssetSelection.assets(DAILY_SELLER_STATS_KEY),
     description="Load every landed Nexmark file into the warehouse and check the tables.",
 )
 
 daily_stats_job = dg.define_asset_job(
     "nexmark_daily_stats_job",
-    selection=dg.AssetSelection.keys(DAILY_SELLER_STATS_KEY),
-    partitions_def=daily_partitions,
+    selection=dg.AssetSelection.assets(DAILY_SELLER_STATS_KEY),
     description="Compute one UTC day of seller statistics (one run per partition).",
 )
 

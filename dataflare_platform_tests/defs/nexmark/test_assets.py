@@ -1,0 +1,101 @@
+"""Each asset and check invoked directly, against a real DuckDB file in a temporary home."""
+
+import dagster as dg
+import pytest
+
+from dataflare_platform.datagen import SCHEMAS
+from dataflare_platform.defs.nexmark import assets, checks
+from dataflare_platform.defs.resources import ProjectHomeResource
+from dataflare_platform.warehouse.connection import connect
+from dataflare_platform.warehouse.stats import event_days
+
+
+@pytest.fixture
+def resource(landed_home) -> ProjectHomeResource:
+    return ProjectHomeResource(path=str(landed_home.root))
+
+
+@pytest.fixture
+def loaded(resource) -> ProjectHomeResource:
+    for table_asset in (assets.persons, assets.auctions, assets.bids):
+        with dg.build_asset_context() as context:
+            table_asset(context=context, dataflare=resource)
+    return resource
+
+
+@pytest.mark.parametrize("kind", ["persons", "auctions", "bids"])
+def test_table_asset_loads_and_reports_rows_schema_and_preview(resource, kind):
+    with dg.build_asset_context() as context:
+        result = getattr(assets, kind)(context=context, dataflare=resource)
+    meta = result.metadata
+    with resource.warehouse() as conn:
+        rows = conn.execute(f"SELECT count(*) FROM {kind}").fetchall()[0][0]
+    assert meta["dagster/row_count"] == rows > 0
+    assert meta["dagster/table_name"] == kind
+    columns = [c.name for c in meta["dagster/column_schema"].columns]
+    assert columns == SCHEMAS[kind].names
+    assert meta["preview"].value.count("\n") == 6  # header, rule and 5 rows
+    assert meta["files"] == 3
+
+
+def test_corrupt_file_fails_the_asset_with_its_name(resource, landed_home):
+    bad = landed_home.nexmark_dir / "bids" / "part-00007.parquet"
+    bad.write_bytes(b"garbage")
+    with dg.build_asset_context() as context, pytest.raises(dg.Failure) as err:
+        assets.bids(context=context, dataflare=resource)
+    assert str(bad) in err.value.description
+    assert "not a readable parquet file" in err.value.description
+
+
+def test_missing_landing_data_fails_clearly(home):
+    resource = ProjectHomeResource(path=str(home.root))
+    with dg.build_asset_context() as context, pytest.raises(dg.Failure, match="no event files"):
+        assets.bids(context=context, dataflare=resource)
+
+
+def test_daily_stats_asset_materializes_and_checks_its_partition(loaded):
+    with loaded.warehouse() as conn:
+        day = event_days(conn)[0].isoformat()
+    with dg.build_asset_context(partition_key=day) as context:
+        materialization, check = list(assets.daily_seller_stats(context=context, dataflare=loaded))
+    assert isinstance(materialization, dg.MaterializeResult)
+    assert materialization.metadata["dagster/row_count"] > 0
+    assert isinstance(check, dg.AssetCheckResult)
+    assert check.passed
+    assert check.check_name == assets.DAILY_SELLER_STATS_CHECK
+
+
+def test_daily_stats_check_fails_on_bad_data(loaded):
+    with loaded.warehouse() as conn:
+        day = event_days(conn)[0]
+        conn.execute(
+            "INSERT INTO bids SELECT auction, bidder, -price, channel, url, date_time, extra "
+            "FROM bids WHERE CAST(date_time AS DATE) = $day LIMIT 50",
+            {"day": day},
+        )
+    with dg.build_asset_context(partition_key=day.isoformat()) as context:
+        _, check = list(assets.daily_seller_stats(context=context, dataflare=loaded))
+    assert not check.passed
+    assert check.severity == dg.AssetCheckSeverity.ERROR
+    assert any(key.startswith("failed_rows/") for key in check.metadata)
+
+
+def test_table_checks_pass_on_good_data_and_fail_on_bad(loaded):
+    assert checks.bids_valid(dataflare=loaded).passed
+    assert checks.auctions_valid(dataflare=loaded).passed
+    with loaded.warehouse() as conn:
+        conn.execute("UPDATE bids SET price = -1 WHERE auction % 7 = 0")
+        conn.execute("UPDATE auctions SET reserve = initial_bid - 1 WHERE id % 5 = 0")
+        bad_bids = conn.execute("SELECT count(*) FROM bids WHERE price = -1").fetchall()[0][0]
+    bids_result = checks.bids_valid(dataflare=loaded)
+    assert not bids_result.passed
+    assert bids_result.metadata["failed_rows/price_positive"].value == bad_bids
+    assert "failing_samples" in bids_result.metadata
+    assert not checks.auctions_valid(dataflare=loaded).passed
+
+
+def test_resource_connection_closes_even_on_error(resource):
+    with pytest.raises(RuntimeError), resource.warehouse():
+        raise RuntimeError("boom")
+    with connect(resource.home.warehouse_path) as conn:  # not locked by a leaked handle
+        assert conn.execute("SELECT 1").fetchall() == [(1,)]

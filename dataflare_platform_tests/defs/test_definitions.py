@@ -1,0 +1,45 @@
+import dagster as dg
+
+from dataflare_platform.definitions import defs
+from dataflare_platform.defs.resources import ProjectHomeResource
+
+
+def test_definitions_load_and_validate():
+    dg.Definitions.validate_loadable(defs)
+
+
+def test_assets_checks_jobs_and_schedule_are_registered():
+    keys = {k.to_user_string() for k in defs.resolve_all_asset_keys()}
+    assert {
+        "nexmark/landing/persons",
+        "nexmark/landing/auctions",
+        "nexmark/landing/bids",
+        "nexmark/persons",
+        "nexmark/auctions",
+        "nexmark/bids",
+        "nexmark/daily_seller_stats",
+    } <= keys
+    graph = defs.resolve_asset_graph()
+    check_names = {key.name for key in graph.asset_check_keys}
+    assert {"bids_valid", "auctions_valid", "daily_seller_stats_rules"} <= check_names
+    assert defs.resolve_job_def("nexmark_ingest_job")
+    daily = defs.resolve_job_def("nexmark_daily_stats_job")
+    assert daily.partitions_def is not None
+    schedule = defs.resolve_schedule_def("nexmark_daily_stats_job_schedule")
+    assert schedule.job_name == "nexmark_daily_stats_job"
+
+
+def test_lineage_runs_from_landing_files_to_daily_stats():
+    graph = defs.resolve_asset_graph()
+    stats = dg.AssetKey(["nexmark", "daily_seller_stats"])
+    parents = graph.get(stats).parent_keys
+    assert parents == {dg.AssetKey(["nexmark", "auctions"]), dg.AssetKey(["nexmark", "bids"])}
+    assert graph.get(dg.AssetKey(["nexmark", "bids"])).parent_keys == {
+        dg.AssetKey(["nexmark", "landing", "bids"])
+    }
+
+
+def test_project_home_resource_comes_from_the_environment():
+    resource = defs.resources["dataflare"]
+    assert isinstance(resource, ProjectHomeResource)
+    assert isinstance(resource.path, dg.EnvVar) or "DATAFLARE_HOME" in str(resource.path)

@@ -1,0 +1,102 @@
+"""The `dataflare` command as a user runs it: a subprocess, in a fresh directory."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from dataflare_platform_tests.conftest import REPO_ROOT
+
+pytestmark = pytest.mark.e2e
+
+
+def run_cli(*args: str, cwd: Path, env: dict[str, str] | None = None, timeout: int = 300):
+    base = {k: v for k, v in os.environ.items() if k not in ("DATAFLARE_HOME", "DAGSTER_HOME")}
+    return subprocess.run(
+        [sys.executable, "-m", "dataflare_platform.cli", *args],
+        cwd=cwd,
+        env={**base, "COLUMNS": "200", **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+@pytest.mark.parametrize(
+    "command", [[], ["generate"], ["demo"], ["ui"], ["bench"], ["bench", "datagen"]]
+)
+def test_every_command_has_help(tmp_path, command):
+    result = run_cli(*command, "--help", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "Usage" in result.stdout
+
+
+def test_demo_runs_green_in_a_fresh_directory_and_leaves_user_home_alone(tmp_path):
+    user_home = tmp_path / "user-home"
+    user_home.mkdir()
+    workdir = tmp_path / "work"
+    workdir.mkdir()
+    result = run_cli("demo", "--events", "30000", cwd=workdir, env={"HOME": str(user_home)})
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "demo OK" in result.stdout
+    for name in ("nexmark/bids", "nexmark/daily_seller_stats", "daily_seller_stats_rules"):
+        assert name in result.stdout
+    assert "FAILED" not in result.stdout
+    home = workdir / ".dataflare"
+    assert (home / "dagster_home" / "dagster.yaml").exists()
+    assert (home / "warehouse.duckdb").exists()
+    assert (home / "events" / "nexmark" / "bids").is_dir()
+    assert list(user_home.iterdir()) == []
+    # Idempotent: a second run reuses the data and is green again.
+    again = run_cli("demo", "--events", "30000", cwd=workdir, env={"HOME": str(user_home)})
+    assert again.returncode == 0, again.stderr
+    assert "already in" in again.stderr
+
+
+def test_generate_writes_files_and_refuses_bad_config(tmp_path):
+    ok = run_cli(
+        "generate",
+        "--out",
+        str(tmp_path / "out"),
+        "--events",
+        "5000",
+        "--format",
+        "ipc",
+        cwd=tmp_path,
+    )
+    assert ok.returncode == 0, ok.stderr
+    assert len(list((tmp_path / "out" / "bids").glob("*.arrow"))) == 1
+    bad = run_cli("generate", "--out", str(tmp_path / "o2"), "--events", "-3", cwd=tmp_path)
+    assert bad.returncode == 2
+    assert "events" in bad.stderr and "greater than 0" in bad.stderr
+    config = tmp_path / "gen.yaml"
+    config.write_text("events: 100\nchunk_size: 10\n")
+    unknown = run_cli("generate", "--config", str(config), cwd=tmp_path)
+    assert unknown.returncode == 2
+    assert "chunk_size" in unknown.stderr
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    unwritable = run_cli("demo", "--home", str(blocker / "home"), cwd=tmp_path)
+    assert unwritable.returncode == 2
+    assert "home" in unwritable.stderr and "not a directory" in unwritable.stderr
+
+
+def test_dagster_validates_the_workspace(tmp_path):
+    env = {
+        "DATAFLARE_HOME": str(tmp_path / "home"),
+        "DAGSTER_HOME": str(tmp_path),
+    }
+    (tmp_path / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
+    dagster = Path(sys.executable).with_name("dagster")
+    result = subprocess.run(
+        [str(dagster), "definitions", "validate", "-w", "workspace.yaml"],
+        cwd=REPO_ROOT,
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "Validation successful" in result.stdout + result.stderr

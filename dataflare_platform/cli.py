@@ -183,7 +183,9 @@ def ui(
         project = ProjectHome.resolve(home).ensure()
     except DataflareError as err:
         _fail(err)
-    dagster = shutil.which("dagster") or str(Path(sys.executable).with_name("dagster"))
+    # The dagster next to this interpreter, so the UI runs in the project's environment.
+    sibling = Path(sys.executable).with_name("dagster")
+    dagster = str(sibling) if sibling.exists() else shutil.which("dagster") or "dagster"
     env = {**os.environ, **project.environ()}
     console.print(f"Dagster UI on http://{host}:{port} (home {project.root}); Ctrl-C stops it")
     os.execvpe(

@@ -1,0 +1,51 @@
+"""The two-plane rule and the style rules, checked on every run."""
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from dataflare_platform_tests.conftest import REPO_ROOT
+
+PACKAGE = REPO_ROOT / "dataflare_platform"
+# The control plane: the only modules allowed to import Dagster.
+CONTROL_PLANE = {PACKAGE / "defs", PACKAGE / "definitions.py", PACKAGE / "demo.py"}
+
+
+def _is_control_plane(path: Path) -> bool:
+    return any(path == p or p in path.parents for p in CONTROL_PLANE)
+
+
+def _imported_modules(path: Path) -> set[str]:
+    tree = ast.parse(path.read_text())
+    names: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            names.add(node.module)
+    return names
+
+
+def test_data_plane_imports_nothing_from_dagster():
+    data_plane = [p for p in PACKAGE.rglob("*.py") if not _is_control_plane(p)]
+    assert len(data_plane) > 10
+    offenders = {
+        str(p.relative_to(REPO_ROOT)): sorted(m for m in _imported_modules(p) if "dagster" in m)
+        for p in data_plane
+    }
+    assert {k: v for k, v in offenders.items() if v} == {}
+
+
+@pytest.mark.parametrize("args", [["check"], ["format", "--check"]])
+def test_ruff_is_clean(args):
+    ruff = Path(sys.executable).with_name("ruff")
+    result = subprocess.run(
+        [str(ruff), *args, "dataflare_platform", "dataflare_platform_tests"],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr

@@ -1,0 +1,67 @@
+"""Checkpoint encoding: JSON metadata plus operator state tables as Arrow IPC streams.
+
+One self-describing blob, so a sink can store it in the same transaction as its output.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import struct
+from dataclasses import dataclass, field
+
+import pyarrow as pa
+
+_MAGIC = b"DFCK1"
+
+
+@dataclass
+class Checkpoint:
+    offsets: dict[str, int] = field(default_factory=dict)  # "source/partition" → next offset
+    watermark: dict = field(default_factory=dict)
+    counters: dict[str, int] = field(default_factory=dict)
+    states: dict[str, dict[str, pa.Table]] = field(default_factory=dict)  # node → tables
+    batches: int = 0
+
+    def encode(self) -> bytes:
+        blobs: list[bytes] = []
+        index = []
+        for node, tables in self.states.items():
+            for name, table in tables.items():
+                sink = io.BytesIO()
+                with pa.ipc.new_stream(sink, table.schema) as writer:
+                    writer.write_table(table)
+                blobs.append(sink.getvalue())
+                index.append([node, name, len(blobs[-1])])
+        meta = json.dumps(
+            {
+                "offsets": self.offsets,
+                "watermark": self.watermark,
+                "counters": self.counters,
+                "batches": self.batches,
+                "index": index,
+            }
+        ).encode()
+        return _MAGIC + struct.pack("<I", len(meta)) + meta + b"".join(blobs)
+
+    @classmethod
+    def decode(cls, data: bytes) -> Checkpoint:
+        if not data.startswith(_MAGIC):
+            raise ValueError("not a DataFlare checkpoint")
+        pos = len(_MAGIC)
+        (meta_len,) = struct.unpack_from("<I", data, pos)
+        pos += 4
+        meta = json.loads(data[pos : pos + meta_len])
+        pos += meta_len
+        states: dict[str, dict[str, pa.Table]] = {}
+        for node, name, length in meta["index"]:
+            reader = pa.ipc.open_stream(pa.py_buffer(data[pos : pos + length]))
+            states.setdefault(node, {})[name] = reader.read_all()
+            pos += length
+        return cls(
+            offsets={k: int(v) for k, v in meta["offsets"].items()},
+            watermark=meta["watermark"],
+            counters={k: int(v) for k, v in meta["counters"].items()},
+            states=states,
+            batches=int(meta["batches"]),
+        )

@@ -1,0 +1,267 @@
+"""The pipeline builder: a small, Polars-flavoured API over the operator graph.
+
+    p = Pipeline("q5")
+    (p.source(bids_source)
+       .key_by("auction")
+       .window(sliding("10s", "2s"))
+       .agg(count("bids"), top=TopN("bids"))
+       .sink(sink))
+
+Every method returns a new ``Stream``; nothing runs until a ``Runner`` runs the pipeline.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import polars as pl
+
+from dataflare_platform.engine.aggregations import Agg
+from dataflare_platform.engine.durations import to_ms
+from dataflare_platform.engine.joins import (
+    EnrichJoin,
+    IncrementalJoin,
+    IntervalJoinAggregate,
+    Unique,
+    WindowJoin,
+)
+from dataflare_platform.engine.operators import (
+    BatchPlugin,
+    Dedup,
+    Filter,
+    FlatMap,
+    MapBatches,
+    Operator,
+    PluginOperator,
+    Reduce,
+    Select,
+    WithColumns,
+)
+from dataflare_platform.engine.sinks import Sink
+from dataflare_platform.engine.sources import Source
+from dataflare_platform.engine.windows import (
+    Session,
+    SessionAggregate,
+    Sliding,
+    TopN,
+    Tumbling,
+    WindowAggregate,
+    WindowTopRows,
+)
+
+
+def tumbling(size: int | str) -> Tumbling:
+    return Tumbling(to_ms(size))
+
+
+def sliding(size: int | str, slide: int | str) -> Sliding:
+    return Sliding(to_ms(size), to_ms(slide))
+
+
+def session(gap: int | str) -> Session:
+    return Session(to_ms(gap))
+
+
+@dataclass
+class Node:
+    id: str
+    operator: Operator | None  # None for a source node
+    parents: list[str]
+    source: Source | None = None
+    time_column: str = "date_time"
+
+
+@dataclass
+class Pipeline:
+    name: str
+    out_of_orderness_ms: int = 4_000
+    idle_timeout_ms: int | None = None
+    max_future_ms: int = 3_600_000
+    nodes: dict[str, Node] = field(default_factory=dict)
+    children: dict[str, list[tuple[str, int]]] = field(default_factory=dict)
+    sink_node: str | None = None
+    sink: Sink | None = None
+
+    def source(self, source: Source) -> Stream:
+        node_id = f"source:{source.name}"
+        if node_id in self.nodes:
+            raise ValueError(f"pipeline {self.name!r} already has a source named {source.name!r}")
+        self.nodes[node_id] = Node(node_id, None, [], source=source, time_column=source.time_column)
+        self.children[node_id] = []
+        return Stream(self, node_id)
+
+    def add(self, operator: Operator, parents: list[str]) -> Stream:
+        node_id = f"{len(self.nodes)}:{operator.name}"
+        time_column = self.nodes[parents[0]].time_column
+        operator.bind(time_column)
+        self.nodes[node_id] = Node(
+            node_id, operator, parents, time_column=operator.output_time_column()
+        )
+        self.children[node_id] = []
+        for port, parent in enumerate(parents):
+            self.children[parent].append((node_id, port))
+        return Stream(self, node_id)
+
+    def sources(self) -> list[Node]:
+        return [n for n in self.nodes.values() if n.source is not None]
+
+    def operators(self) -> list[Node]:
+        """Operator nodes in topological order (insertion order already is one)."""
+        return [n for n in self.nodes.values() if n.operator is not None]
+
+    def validate(self) -> None:
+        if self.sink is None or self.sink_node is None:
+            raise ValueError(f"pipeline {self.name!r} has no sink")
+        if not self.sources():
+            raise ValueError(f"pipeline {self.name!r} has no source")
+
+
+@dataclass(frozen=True)
+class Stream:
+    pipeline: Pipeline
+    node: str
+    keys: tuple[str, ...] = ()
+
+    @staticmethod
+    def source(source: Source, name: str | None = None, **settings) -> Stream:
+        """Start a one-source pipeline (``Pipeline(...).source`` for several sources)."""
+        return Pipeline(name or source.name, **settings).source(source)
+
+    def _then(self, operator: Operator, keys: Sequence[str] | None = None) -> Stream:
+        stream = self.pipeline.add(operator, [self.node])
+        return Stream(self.pipeline, stream.node, tuple(keys if keys is not None else self.keys))
+
+    # -- stateless ---------------------------------------------------------------------
+    def filter(self, predicate: pl.Expr) -> Stream:
+        return self._then(Filter(predicate))
+
+    def with_columns(self, *exprs: pl.Expr) -> Stream:
+        return self._then(WithColumns(exprs))
+
+    def select(self, *exprs: pl.Expr | str) -> Stream:
+        return self._then(Select(exprs))
+
+    def map_batches(
+        self, fn: Callable[[pl.DataFrame], pl.DataFrame], name: str | None = None
+    ) -> Stream:
+        return self._then(MapBatches(fn, name))
+
+    def flat_map(self, column: str) -> Stream:
+        return self._then(FlatMap(column))
+
+    def unique(self, subset: list[str] | None = None) -> Stream:
+        return self._then(Unique(subset))
+
+    def plugin(self, plugin: BatchPlugin) -> Stream:
+        return self._then(PluginOperator(plugin))
+
+    def enrich(
+        self,
+        table: pl.DataFrame,
+        left_on: str | list[str],
+        right_on: str | list[str] | None = None,
+        how: str = "left",
+    ) -> Stream:
+        left = _as_list(left_on)
+        return self._then(EnrichJoin(table, left, _as_list(right_on) if right_on else left, how))
+
+    # -- keyed / stateful --------------------------------------------------------------
+    def key_by(self, *keys: str) -> Stream:
+        return Stream(self.pipeline, self.node, tuple(keys))
+
+    def dedup(self, horizon: int | str, lateness: int | str = 0) -> Stream:
+        self._need_keys("dedup")
+        return self._then(Dedup(list(self.keys), to_ms(horizon), to_ms(lateness)))
+
+    def reduce(self, *aggs: Agg) -> Stream:
+        self._need_keys("reduce")
+        return self._then(Reduce(list(self.keys), list(aggs)))
+
+    def window(
+        self, window: Tumbling | Sliding | Session, lateness: int | str = 0
+    ) -> WindowedStream:
+        return WindowedStream(self, window, to_ms(lateness))
+
+    # -- joins -------------------------------------------------------------------------
+    def window_join(
+        self,
+        other: Stream,
+        window: Tumbling,
+        left_on: str | list[str],
+        right_on: str | list[str],
+        lateness: int | str = 0,
+    ) -> Stream:
+        op = WindowJoin(window, _as_list(left_on), _as_list(right_on), to_ms(lateness))
+        return self._join(other, op)
+
+    def join(
+        self,
+        other: Stream,
+        left_on: str | list[str],
+        right_on: str | list[str],
+        right_unique: bool = False,
+    ) -> Stream:
+        op = IncrementalJoin(_as_list(left_on), _as_list(right_on), right_unique)
+        return self._join(other, op)
+
+    def interval_join_agg(
+        self,
+        other: Stream,
+        left_key: str,
+        right_key: str,
+        end_column: str,
+        left_columns: list[str],
+        *aggs: Agg,
+        lateness: int | str = 0,
+    ) -> Stream:
+        op = IntervalJoinAggregate(
+            left_key, right_key, end_column, left_columns, list(aggs), to_ms(lateness)
+        )
+        return self._join(other, op)
+
+    def _join(self, other: Stream, op: Operator) -> Stream:
+        if other.pipeline is not self.pipeline:
+            raise ValueError("both streams of a join must come from the same Pipeline")
+        return self.pipeline.add(op, [self.node, other.node])
+
+    # -- end ---------------------------------------------------------------------------
+    def sink(self, sink: Sink) -> Pipeline:
+        if self.pipeline.sink is not None:
+            raise ValueError(f"pipeline {self.pipeline.name!r} already has a sink")
+        self.pipeline.sink = sink
+        self.pipeline.sink_node = self.node
+        return self.pipeline
+
+    def _need_keys(self, what: str) -> None:
+        if not self.keys:
+            raise ValueError(f"{what} needs a keyed stream: call .key_by(...) first")
+
+
+@dataclass(frozen=True)
+class WindowedStream:
+    stream: Stream
+    window: Tumbling | Sliding | Session
+    lateness_ms: int
+
+    def agg(self, *aggs: Agg, top: TopN | None = None) -> Stream:
+        keys = list(self.stream.keys)
+        if isinstance(self.window, Session):
+            if top is not None:
+                raise ValueError("top is not supported on session windows")
+            op: Operator = SessionAggregate(self.window.gap_ms, keys, list(aggs), self.lateness_ms)
+        else:
+            op = WindowAggregate(self.window, keys, list(aggs), self.lateness_ms, top)
+        return self.stream._then(op, keys=[])
+
+    def top_rows(self, by: str, n: int = 1, descending: bool = True) -> Stream:
+        if not isinstance(self.window, Tumbling):
+            raise ValueError("top_rows needs a tumbling window")
+        op = WindowTopRows(
+            self.window, TopN(by, n, descending), list(self.stream.keys), self.lateness_ms
+        )
+        return self.stream._then(op, keys=[])
+
+
+def _as_list(value: str | list[str]) -> list[str]:
+    return [value] if isinstance(value, str) else list(value)

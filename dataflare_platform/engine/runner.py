@@ -1,0 +1,467 @@
+"""The micro-batch runner: source thread → operator graph → sink thread.
+
+Bounded queues connect the three, so a slow sink blocks the operators, which block the
+source: ingestion slows down instead of memory growing. Queue depths and time spent
+blocked are reported in the metrics.
+
+Modes:
+- bounded: read every partition up to its end offset (or ``until``), then let the
+  watermark reach the end of time so every window fires, commit and stop;
+- continuous: keep polling sources until ``stop`` is set; then finish the batch in
+  flight, checkpoint and return (a later run resumes from that checkpoint).
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Literal
+
+import numpy as np
+import polars as pl
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from dataflare_platform.engine.checkpoint import Checkpoint
+from dataflare_platform.engine.metrics import EngineMetrics, MetricsListener, OperatorMetrics
+from dataflare_platform.engine.operators import WM_COL
+from dataflare_platform.engine.pipeline import Pipeline
+from dataflare_platform.engine.sinks import side_rows
+from dataflare_platform.engine.watermarks import MAX_WATERMARK, MIN_WATERMARK, WatermarkTracker
+
+
+@dataclass(frozen=True)
+class RunnerConfig:
+    batch_rows: int = 10_000
+    checkpoint_every: int = 50  # batches between checkpoints (and sink commits)
+    source_queue: int = 4  # batches buffered between source and operators
+    sink_queue: int = 4  # batches buffered between operators and sink
+    rate: float | None = None  # pace the source to this many events/s (latency tests)
+    poll_interval_s: float = 0.05  # continuous mode: wait when no source has data
+
+    def __post_init__(self) -> None:
+        for name in ("batch_rows", "checkpoint_every", "source_queue", "sink_queue"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1")
+
+
+@dataclass
+class _SourceBatch:
+    key: str  # "source/partition"
+    node: str
+    start: int
+    end: int
+    table: pa.Table
+    ingest: float
+
+
+@dataclass
+class _Finished:
+    key: str
+
+
+@dataclass
+class _SinkItem:
+    output: pl.DataFrame | None
+    side: pl.DataFrame | None
+    ingest: list[float]
+    checkpoint: Checkpoint | None
+
+
+_END = object()
+
+
+@dataclass
+class RunResult:
+    metrics: EngineMetrics
+    checkpoint: Checkpoint
+    seconds: float
+    finished: bool  # bounded input fully processed
+
+    def as_dict(self) -> dict[str, object]:
+        return {
+            "seconds": round(self.seconds, 4),
+            "finished": self.finished,
+            **self.metrics.as_dict(),
+        }
+
+
+class EngineError(RuntimeError):
+    pass
+
+
+@dataclass
+class Runner:
+    pipeline: Pipeline
+    config: RunnerConfig = field(default_factory=RunnerConfig)
+    listener: MetricsListener | None = None
+
+    def run(
+        self,
+        mode: Literal["bounded", "continuous"] = "bounded",
+        until: dict[str, int] | None = None,
+        stop: threading.Event | None = None,
+    ) -> RunResult:
+        self.pipeline.validate()
+        return _Run(self, mode, until or {}, stop or threading.Event()).execute()
+
+
+class _Run:
+    def __init__(
+        self, runner: Runner, mode: str, until: dict[str, int], stop: threading.Event
+    ) -> None:
+        self.p = runner.pipeline
+        self.cfg = runner.config
+        self.listener = runner.listener
+        self.mode = mode
+        self.until = until
+        self.stop = stop
+        self.sink = self.p.sink
+        self.metrics = EngineMetrics()
+        self.tracker = WatermarkTracker(self.p.out_of_orderness_ms, self.p.idle_timeout_ms)
+        self.offsets: dict[str, int] = {}
+        self.ends: dict[str, int | None] = {}
+        self.source_q: queue.Queue = queue.Queue(self.cfg.source_queue)
+        self.sink_q: queue.Queue = queue.Queue(self.cfg.sink_queue)
+        self.errors: list[BaseException] = []
+        self.batches_since_checkpoint = 0
+        self._outputs: list[pl.DataFrame] = []
+        self._sides: list[pl.DataFrame] = []
+        for node in self.p.operators():
+            self.metrics.operators[node.id] = OperatorMetrics()
+
+    # -- set-up --------------------------------------------------------------------------
+    def _restore(self) -> None:
+        checkpoint = self.sink.open(self.p.name)
+        for node in self.p.sources():
+            for partition in node.source.partitions():
+                key = f"{node.source.name}/{partition}"
+                self.offsets[key] = 0
+                end = node.source.end_offset(partition) if self.mode == "bounded" else None
+                self.ends[key] = self.until.get(key, end)
+                self.tracker.register(key)
+        if checkpoint is None:
+            return
+        self.offsets.update(checkpoint.offsets)
+        self.tracker.restore(checkpoint.watermark)
+        for node in self.p.operators():
+            node.operator.restore(checkpoint.states.get(node.id, {}))
+        m = self.metrics
+        c = checkpoint.counters
+        m.events_in, m.events_out = c.get("events_in", 0), c.get("events_out", 0)
+        m.late_events, m.dead_letters = c.get("late_events", 0), c.get("dead_letters", 0)
+        m.checkpoints = c.get("checkpoints", 0)
+
+    def checkpoint(self) -> Checkpoint:
+        m = self.metrics
+        return Checkpoint(
+            offsets=dict(self.offsets),
+            watermark=self.tracker.snapshot(),
+            counters={
+                "events_in": m.events_in,
+                "events_out": m.events_out,
+                "late_events": m.late_events,
+                "dead_letters": m.dead_letters,
+                "checkpoints": m.checkpoints + 1,
+            },
+            states={n.id: n.operator.snapshot() for n in self.p.operators()},
+            batches=m.batches,
+        )
+
+    # -- threads -------------------------------------------------------------------------
+    def execute(self) -> RunResult:
+        started = time.perf_counter()
+        self._restore()
+        source_thread = threading.Thread(
+            target=self._guard(self._read), name="df-source", daemon=True
+        )
+        sink_thread = threading.Thread(target=self._guard(self._write), name="df-sink", daemon=True)
+        source_thread.start()
+        sink_thread.start()
+        finished = False
+        try:
+            finished = self._process()
+        except BaseException as err:
+            self.errors.append(err)
+            self.stop.set()
+        finally:
+            self._put(self.sink_q, _END, sink=True)
+            sink_thread.join()
+            self.stop.set()
+            self._drain(self.source_q)
+            source_thread.join(timeout=10)
+            self.sink.close()
+        if self.errors:
+            raise self.errors[0]
+        return RunResult(
+            self.metrics, self.last_checkpoint, time.perf_counter() - started, finished
+        )
+
+    def _guard(self, fn):
+        def run() -> None:
+            try:
+                fn()
+            except BaseException as err:
+                self.errors.append(err)
+                self.stop.set()
+
+        return run
+
+    @staticmethod
+    def _drain(q: queue.Queue) -> None:
+        while True:
+            try:
+                q.get_nowait()
+            except queue.Empty:
+                return
+
+    def _put(self, q: queue.Queue, item, sink: bool = False) -> None:
+        """Blocking put that still notices a stop/error; time blocked is measured."""
+        t0 = time.perf_counter()
+        while True:
+            try:
+                q.put(item, timeout=0.1)
+                break
+            except queue.Full:
+                if self.errors and item is not _END:
+                    raise EngineError("stopping after an error") from self.errors[0]
+        blocked = time.perf_counter() - t0
+        if sink:
+            self.metrics.sink_blocked_s += blocked
+            self.metrics.max_sink_queue = max(self.metrics.max_sink_queue, q.qsize())
+        else:
+            self.metrics.source_blocked_s += blocked
+            self.metrics.max_source_queue = max(self.metrics.max_source_queue, q.qsize())
+
+    def _read(self) -> None:
+        sources = {
+            f"{n.source.name}/{p}": (n, p) for n in self.p.sources() for p in n.source.partitions()
+        }
+        offsets = dict(self.offsets)
+        progress = {key: MIN_WATERMARK for key in sources}  # event time reached per partition
+        done: set[str] = set()
+        released = 0
+        t0 = time.perf_counter()
+        while not self.stop.is_set():
+            live = [k for k in sources if k not in done]
+            if not live:
+                break
+            # Read the partition furthest behind in event time: keeps sources aligned,
+            # which keeps join and window state small.
+            key = min(live, key=lambda k: progress[k])
+            node, partition = sources[key]
+            end = self.ends[key]
+            want = (
+                self.cfg.batch_rows if end is None else min(self.cfg.batch_rows, end - offsets[key])
+            )
+            table = node.source.read(partition, offsets[key], want) if want > 0 else None
+            if table is None or table.num_rows == 0:
+                if end is not None and offsets[key] >= end:
+                    done.add(key)
+                    self._put(self.source_q, _Finished(key))
+                elif all(progress[k] == MAX_WATERMARK for k in live):
+                    time.sleep(self.cfg.poll_interval_s)
+                    progress = dict.fromkeys(progress, MIN_WATERMARK)
+                else:
+                    progress[key] = MAX_WATERMARK  # nothing now: let others go first
+                continue
+            if self.cfg.rate:
+                due = t0 + released / self.cfg.rate
+                delay = due - time.perf_counter()
+                if delay > 0:
+                    time.sleep(delay)
+            released += table.num_rows
+            start = offsets[key]
+            offsets[key] = start + table.num_rows
+            column = (
+                table.column(node.source.time_column)
+                if (node.source.time_column in table.column_names)
+                else None
+            )
+            if column is not None and column.null_count < len(column):
+                progress[key] = pc.max(column).cast(pa.int64()).as_py()
+            self._put(
+                self.source_q,
+                _SourceBatch(key, node.id, start, offsets[key], table, time.perf_counter()),
+            )
+        self._put(self.source_q, _END)
+
+    def _write(self) -> None:
+        pending: list[float] = []
+        while True:
+            item = self.sink_q.get()
+            if item is _END:
+                return
+            self.sink.write(item.output, item.side)
+            pending.extend(item.ingest)
+            if item.checkpoint is not None:
+                self.sink.commit(item.checkpoint)
+            if item.checkpoint is not None or not self.sink.transactional:
+                now = time.perf_counter()
+                for ingest in pending:
+                    self.metrics.latency.record((now - ingest) * 1000)
+                pending.clear()
+
+    # -- processing ----------------------------------------------------------------------
+    def _process(self) -> bool:
+        ingests: list[float] = []
+        self.last_checkpoint = self.checkpoint()
+        while True:
+            try:
+                item = self.source_q.get(timeout=0.1)
+            except queue.Empty:
+                if self.errors:
+                    raise EngineError("stopping after an error") from self.errors[0]
+                continue
+            if item is _END:
+                break
+            if isinstance(item, _Finished):
+                self.tracker.finish(item.key)
+                self._advance()
+            else:
+                self._batch(item)
+                ingests.append(item.ingest)
+            self.batches_since_checkpoint += 1
+            due = self.batches_since_checkpoint >= self.cfg.checkpoint_every
+            self._flush(ingests, checkpoint=due)
+            ingests = []
+        finished = self.mode == "bounded" and all(
+            self.ends[k] is not None and self.offsets[k] >= self.ends[k] for k in self.offsets
+        )
+        if finished:
+            self.tracker.finished.update(self.offsets)
+            self._advance()
+        self._flush(ingests, checkpoint=True)
+        return finished
+
+    def _flush(self, ingests: list[float], checkpoint: bool) -> None:
+        output = None
+        if self._outputs:
+            output = pl.concat(self._outputs, how="vertical_relaxed").drop(WM_COL, strict=False)
+            self.metrics.events_out += output.height
+        side = pl.concat(self._sides) if self._sides else None
+        self._outputs, self._sides = [], []
+        cp = None
+        if checkpoint:
+            cp = self.checkpoint()
+            self.metrics.checkpoints += 1
+            self.batches_since_checkpoint = 0
+            self.last_checkpoint = cp
+        if output is not None or side is not None or cp is not None or ingests:
+            self._put(self.sink_q, _SinkItem(output, side, ingests, cp), sink=True)
+        if self.listener is not None:
+            for node in self.p.operators():
+                self.metrics.operators[node.id].state_rows = node.operator.state_rows()
+            self.listener(self.metrics)
+
+    def _batch(self, item: _SourceBatch) -> None:
+        node = self.p.nodes[item.node]
+        source = node.source
+        time_col = source.time_column
+        self.metrics.batches += 1
+        self.metrics.events_in += item.table.num_rows
+        good, dead = self._validate(item, source.schema, time_col)
+        self.offsets[item.key] = item.end
+        if dead is not None:
+            self.metrics.dead_letters += dead.height
+            self._sides.append(dead)
+        if good is None or good.height == 0:
+            return
+        times = good.get_column(time_col).cast(pl.Int64).to_numpy()
+        # Row-level watermark: what the watermark was just before each row arrived.
+        prev = self.tracker.max_seen.get(item.key, MIN_WATERMARK)
+        before = np.maximum.accumulate(np.concatenate(([prev], times[:-1])))
+        own = np.where(before == MIN_WATERMARK, MIN_WATERMARK, before - self.p.out_of_orderness_ms)
+        row_wm = np.maximum(np.minimum(own, self.tracker.others(item.key)), self.tracker.emitted)
+        self.tracker.observe(item.key, int(times.max()))
+        self._emit(item.node, good.with_columns(pl.Series(WM_COL, row_wm)))
+        self._advance()
+
+    def _validate(self, item: _SourceBatch, schema: pa.Schema, time_col: str):
+        """Split a source batch into rows the pipeline can take and dead letters."""
+        table = item.table
+        where = f"{item.key}@{item.start}"
+        missing = [f.name for f in schema if f.name not in table.column_names]
+        wrong = [
+            f"{f.name}: {table.schema.field(f.name).type} (expected {f.type})"
+            for f in schema
+            if f.name not in missing and not table.schema.field(f.name).type.equals(f.type)
+        ]
+        if missing or wrong:
+            reason = "schema mismatch: " + "; ".join(
+                ([f"missing columns {missing}"] if missing else []) + wrong
+            )
+            return None, side_rows(pl.from_arrow(table), "dead_letter", where, reason)
+        df = pl.from_arrow(table.select(schema.names))
+        time_ms = pl.col(time_col).cast(pl.Int64)
+        null_time = pl.col(time_col).is_null()
+        seen = self.tracker.max_seen.get(item.key, MIN_WATERMARK)
+        valid_times = df.get_column(time_col).drop_nulls().cast(pl.Int64)
+        if valid_times.len() == 0:
+            reference = None
+        elif seen != MIN_WATERMARK:
+            reference = seen
+        else:
+            reference = int(valid_times.median())
+        future = (
+            (time_ms > reference + self.p.max_future_ms)
+            if reference is not None
+            else (pl.lit(False))
+        )
+        bad = df.filter(null_time | future)
+        if bad.height == 0:
+            return df, None
+        parts = []
+        nulls = bad.filter(null_time)
+        if nulls.height:
+            parts.append(side_rows(nulls, "dead_letter", where, f"null event time ({time_col})"))
+        far = bad.filter(~null_time)
+        if far.height:
+            parts.append(
+                side_rows(
+                    far,
+                    "dead_letter",
+                    where,
+                    f"event time more than {self.p.max_future_ms} ms ahead of the stream",
+                )
+            )
+        return df.filter(~(null_time | future)), pl.concat(parts)
+
+    def _emit(self, node_id: str, df: pl.DataFrame) -> None:
+        if node_id == self.p.sink_node:
+            self._outputs.append(df)
+        for child, port in self.p.children[node_id]:
+            self._push(child, port, df)
+
+    def _push(self, node_id: str, port: int, df: pl.DataFrame) -> None:
+        op = self.p.nodes[node_id].operator
+        stats = self.metrics.operators[node_id]
+        t0 = time.perf_counter()
+        out, late = op.process(df, port)
+        stats.seconds += time.perf_counter() - t0
+        stats.rows_in += df.height
+        if late is not None and late.height:
+            stats.late += late.height
+            self.metrics.late_events += late.height
+            self._sides.append(
+                side_rows(late, "late", node_id, "event time behind watermark - allowed lateness")
+            )
+        if out is not None and out.height:
+            stats.rows_out += out.height
+            self._emit(node_id, out)
+
+    def _advance(self) -> None:
+        watermark = self.tracker.current()
+        self.metrics.watermark_ms = watermark if MIN_WATERMARK < watermark < MAX_WATERMARK else None
+        if self.metrics.watermark_ms is not None:
+            self.metrics.watermark_lag_ms = int(time.time() * 1000) - watermark
+        for node in self.p.operators():
+            t0 = time.perf_counter()
+            out = node.operator.advance(watermark)
+            stats = self.metrics.operators[node.id]
+            stats.seconds += time.perf_counter() - t0
+            if out is not None and out.height:
+                stats.rows_out += out.height
+                self._emit(node.id, out)

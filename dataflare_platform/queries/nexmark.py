@@ -11,7 +11,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import duckdb
 import polars as pl
+import pyarrow as pa
 
 from dataflare_platform.engine import (
     FileSource,
@@ -189,8 +191,11 @@ BUILDERS: dict[str, Callable[[NexmarkSources, Sink], Pipeline]] = {
 
 UPSERT_KEYS = {"q4": ["category"]}
 
-# One-shot DuckDB SQL over tables named bids / persons / auctions; columns and order of
-# the rows an engine run produces (sorted for comparison).
+# One-shot DuckDB SQL over tables named bids / persons / auctions, giving the rows an
+# engine run produces (in any order). ``ms(t)`` is a macro: duckdb 2.0 cannot apply
+# epoch_ms to an Arrow timestamp[ms] column directly ("Unimplemented type for cast").
+_PRELUDE = "CREATE OR REPLACE TEMP MACRO ms(t) AS epoch_ms(CAST(t AS TIMESTAMP))"
+
 GROUND_TRUTH = {
     "q0": "SELECT auction, bidder, price, channel, url, date_time, extra FROM bids",
     "q1": "SELECT auction, bidder, price * 0.908::DOUBLE AS price, date_time FROM bids",
@@ -207,23 +212,29 @@ GROUND_TRUTH = {
             GROUP BY A.id, A.category)
         SELECT category, avg(final) AS avg_price FROM q GROUP BY category""",
     "q5": """
-        WITH b AS (SELECT auction, epoch_ms(date_time::TIMESTAMP) AS t FROM bids),
+        WITH b AS (SELECT auction, ms(date_time) AS t FROM bids),
         w AS (SELECT auction, (t - t % 2000) - k * 2000 AS ws FROM b, range(5) r(k)),
         c AS (SELECT ws, auction, count(*) AS num FROM w GROUP BY ws, auction)
         SELECT epoch_ms(ws) AS window_start,
                epoch_ms(ws + 10000) AS window_end, auction, num
         FROM c QUALIFY num = max(num) OVER (PARTITION BY ws)""",
     "q7": """
-        WITH w AS (SELECT *, epoch_ms(date_time::TIMESTAMP) - epoch_ms(date_time::TIMESTAMP) % 10000 AS ws
+        WITH w AS (SELECT *, ms(date_time) - ms(date_time) % 10000 AS ws
                    FROM bids)
         SELECT auction, bidder, price, date_time, epoch_ms(ws) AS window_start,
                epoch_ms(ws + 10000) AS window_end
         FROM w QUALIFY price = max(price) OVER (PARTITION BY ws)""",
     "q8": """
-        WITH P AS (SELECT id, name, epoch_ms(date_time::TIMESTAMP) - epoch_ms(date_time::TIMESTAMP) % 10000 AS ws
+        WITH P AS (SELECT id, name, ms(date_time) - ms(date_time) % 10000 AS ws
                    FROM persons),
-             A AS (SELECT seller, epoch_ms(date_time::TIMESTAMP) - epoch_ms(date_time::TIMESTAMP) % 10000 AS ws
+             A AS (SELECT seller, ms(date_time) - ms(date_time) % 10000 AS ws
                    FROM auctions)
         SELECT DISTINCT P.id, P.name, epoch_ms(P.ws) AS window_start
         FROM P JOIN A ON P.id = A.seller AND P.ws = A.ws""",
 }
+
+
+def ground_truth(conn: duckdb.DuckDBPyConnection, query: str) -> pa.Table:
+    """Run ``query``'s one-shot SQL on ``conn`` (tables bids/persons/auctions)."""
+    conn.execute(_PRELUDE)
+    return conn.sql(GROUND_TRUTH[query]).to_arrow_table()

@@ -210,5 +210,33 @@ def bench_datagen(
     print(json.dumps(result, indent=None if as_json else 2))
 
 
+@bench_app.command("nexmark")
+def bench_nexmark(
+    query: Annotated[str, typer.Option(help="q0, q1, q2, q3, q4, q5, q7 or q8.")],
+    input_path: Annotated[
+        Path | None, typer.Option("--input", help="Bids: a Parquet/Arrow file or directory.")
+    ] = None,
+    persons: Annotated[Path | None, typer.Option(help="Persons file or directory.")] = None,
+    auctions: Annotated[Path | None, typer.Option(help="Auctions file or directory.")] = None,
+    output: Annotated[Path | None, typer.Option(help="Write the result as Parquet.")] = None,
+    batch_rows: Annotated[int, typer.Option(help="Rows per micro-batch.")] = 10_000,
+    rate: Annotated[
+        float | None, typer.Option(help="Offered load in events/s (default: as fast as possible).")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON only.")] = True,
+) -> None:
+    """Run a Nexmark query on the engine and as a one-shot DuckDB query; print JSON."""
+    from dataflare_platform.bench.nexmark import run
+    from dataflare_platform.queries.nexmark import QUERIES
+
+    if query not in QUERIES:
+        _fail(ValueError(f"--query must be one of {', '.join(QUERIES)}"))
+    try:
+        result = run(query, input_path, persons, auctions, output, batch_rows, rate)
+    except (ValueError, FileNotFoundError) as err:
+        _fail(err)
+    print(json.dumps(result, indent=None if as_json else 2))
+
+
 if __name__ == "__main__":
     app()

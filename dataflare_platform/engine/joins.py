@@ -23,6 +23,8 @@ def _table(df: pl.DataFrame | None) -> dict[str, pa.Table]:
 
 @dataclass
 class WindowJoin(Operator):
+    uses_watermark = True
+
     """Inner join of rows that share a key and a tumbling window; a window's pairs are
     emitted together when the watermark closes it, and its rows are then dropped."""
 
@@ -151,6 +153,8 @@ class IncrementalJoin(Operator):
 
 @dataclass
 class IntervalJoinAggregate(Operator):
+    uses_watermark = True
+
     """Aggregate right rows over each left row's own time interval, e.g. the winning
     (maximum) bid of an auction between its creation and its expiry (Nexmark q4).
 

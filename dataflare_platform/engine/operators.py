@@ -37,6 +37,7 @@ class Operator:
 
     inputs: int = 1
     time_column: str = "date_time"
+    uses_watermark: bool = False  # reads the per-row ``__wm`` column (lateness)
 
     @property
     def name(self) -> str:
@@ -174,8 +175,10 @@ class Dedup(Operator):
     of the kept row's event time. Keys are forgotten once the watermark has passed
     their horizon plus the allowed lateness, so state stays proportional to live keys."""
 
-    keys: list[str]
-    horizon_ms: int
+    uses_watermark = True
+
+    keys: list[str] = field(default_factory=list)
+    horizon_ms: int = 0
     lateness_ms: int = 0
     _state: pl.DataFrame | None = field(default=None, init=False)
 

@@ -131,6 +131,7 @@ class _Run:
         self._sides: list[pl.DataFrame] = []
         for node in self.p.operators():
             self.metrics.operators[node.id] = OperatorMetrics()
+        self.row_watermarks = any(n.operator.uses_watermark for n in self.p.operators())
 
     # -- set-up --------------------------------------------------------------------------
     def _restore(self) -> None:
@@ -370,6 +371,11 @@ class _Run:
         if good is None or good.height == 0:
             return
         times = good.get_column(time_col).cast(pl.Int64).to_numpy()
+        if not self.row_watermarks:
+            self.tracker.observe(item.key, int(times.max()))
+            self._emit(item.node, good)
+            self._advance()
+            return
         # Row-level watermark: what the watermark was just before each row arrived.
         prev = self.tracker.max_seen.get(item.key, MIN_WATERMARK)
         before = np.maximum.accumulate(np.concatenate(([prev], times[:-1])))
@@ -395,9 +401,15 @@ class _Run:
             )
             return None, side_rows(pl.from_arrow(table), "dead_letter", where, reason)
         df = pl.from_arrow(table.select(schema.names))
+        column = table.column(time_col)
+        seen = self.tracker.max_seen.get(item.key, MIN_WATERMARK)
+        if column.null_count == 0 and seen != MIN_WATERMARK:
+            # Fast path: no nulls and nothing too far ahead means nothing to reject.
+            newest = pc.max(column).cast(pa.int64()).as_py()
+            if newest <= seen + self.p.max_future_ms:
+                return df, None
         time_ms = pl.col(time_col).cast(pl.Int64)
         null_time = pl.col(time_col).is_null()
-        seen = self.tracker.max_seen.get(item.key, MIN_WATERMARK)
         valid_times = df.get_column(time_col).drop_nulls().cast(pl.Int64)
         if valid_times.len() == 0:
             reference = None

@@ -72,6 +72,8 @@ def _top(rows: pl.DataFrame, top: TopN | None, group: list[str]) -> pl.DataFrame
 
 @dataclass
 class WindowAggregate(Operator):
+    uses_watermark = True
+
     window: Tumbling | Sliding
     keys: list[str]
     aggs: list[Agg]
@@ -160,6 +162,8 @@ class WindowAggregate(Operator):
 
 @dataclass
 class WindowTopRows(Operator):
+    uses_watermark = True
+
     """Rows with the top ``by`` value per tumbling window (and key), ties kept, e.g.
     Nexmark q7's highest bid. State holds only each open window's current leaders."""
 
@@ -213,6 +217,8 @@ class WindowTopRows(Operator):
 
 @dataclass
 class SessionAggregate(Operator):
+    uses_watermark = True
+
     """Per-key sessions: events closer than ``gap`` belong together. Open sessions keep
     their (few) raw events until the watermark passes last event + gap + lateness."""
 

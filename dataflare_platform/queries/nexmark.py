@@ -194,7 +194,7 @@ UPSERT_KEYS = {"q4": ["category"]}
 # One-shot DuckDB SQL over tables named bids / persons / auctions, giving the rows an
 # engine run produces (in any order). ``ms(t)`` is a macro: duckdb 2.0 cannot apply
 # epoch_ms to an Arrow timestamp[ms] column directly ("Unimplemented type for cast").
-_PRELUDE = "CREATE OR REPLACE TEMP MACRO ms(t) AS epoch_ms(CAST(t AS TIMESTAMP))"
+TRUTH_PRELUDE = "CREATE OR REPLACE TEMP MACRO ms(t) AS epoch_ms(CAST(t AS TIMESTAMP))"
 
 GROUND_TRUTH = {
     "q0": "SELECT auction, bidder, price, channel, url, date_time, extra FROM bids",
@@ -236,5 +236,5 @@ GROUND_TRUTH = {
 
 def ground_truth(conn: duckdb.DuckDBPyConnection, query: str) -> pa.Table:
     """Run ``query``'s one-shot SQL on ``conn`` (tables bids/persons/auctions)."""
-    conn.execute(_PRELUDE)
+    conn.execute(TRUTH_PRELUDE)
     return conn.sql(GROUND_TRUTH[query]).to_arrow_table()

@@ -43,20 +43,25 @@ def _baseline(query: str, sources: NexmarkSources) -> tuple[float, int]:
     return time.perf_counter() - started, rows
 
 
-def run(query: str, bids: Path | None, persons: Path | None = None,
-        auctions: Path | None = None, output: Path | None = None, batch_rows: int = 10_000,
-        rate: float | None = None) -> dict[str, object]:
+def run(
+    query: str,
+    bids: Path | None,
+    persons: Path | None = None,
+    auctions: Path | None = None,
+    output: Path | None = None,
+    batch_rows: int = 10_000,
+    rate: float | None = None,
+) -> dict[str, object]:
     sources = NexmarkSources.from_paths(query, bids, persons, auctions)
-    events = sum(
-        sources.need(kind).end_offset("0") or 0 for kind in COLUMNS[query]
-    )
+    events = sum(sources.need(kind).end_offset("0") or 0 for kind in COLUMNS[query])
     sink = ParquetSink(output) if output else NullSink()
     pipeline = BUILDERS[query](sources, sink)
     config = RunnerConfig(batch_rows=batch_rows, rate=rate)
     result = Runner(pipeline, config).run()
     rss = peak_rss_mb()
-    base_seconds, base_rows = _baseline(query, NexmarkSources.from_paths(query, bids, persons,
-                                                                         auctions))
+    base_seconds, base_rows = _baseline(
+        query, NexmarkSources.from_paths(query, bids, persons, auctions)
+    )
     m = result.metrics
     events_per_s = events / result.seconds
     baseline_events_per_s = events / base_seconds

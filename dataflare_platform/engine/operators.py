@@ -69,12 +69,20 @@ class Operator:
     def split_late(
         self, batch: pl.DataFrame, lateness_ms: int
     ) -> tuple[pl.DataFrame, pl.DataFrame | None]:
-        """Rows whose time is behind (row watermark - allowed lateness) are late."""
-        late_mask = event_ms(self.time_column) < pl.col(WM_COL) - lateness_ms
-        late = batch.filter(late_mask)
-        if late.height == 0:
+        """Rows whose time is behind (row watermark - allowed lateness) are late.
+
+        Decided in numpy on the physical columns: the common case (nothing late) then
+        costs microseconds instead of a Polars query.
+        """
+        if WM_COL not in batch.columns or batch.height == 0:
             return batch, None
-        return batch.filter(~late_mask), late
+        ts = batch.get_column(self.time_column).to_physical().to_numpy()
+        wm = batch.get_column(WM_COL).to_numpy()
+        mask = ts < wm - lateness_ms
+        if not mask.any():
+            return batch, None
+        late = pl.Series(mask)
+        return batch.filter(~late), batch.filter(late)
 
 
 class Filter(Operator):

@@ -74,13 +74,18 @@ def _top(rows: pl.DataFrame, top: TopN | None, group: list[str]) -> pl.DataFrame
 class WindowAggregate(Operator):
     uses_watermark = True
 
-    window: Tumbling | Sliding
-    keys: list[str]
-    aggs: list[Agg]
+    window: Tumbling | Sliding = field(default_factory=lambda: Tumbling(1000))
+    keys: list[str] = field(default_factory=list)
+    aggs: list[Agg] = field(default_factory=list)
     lateness_ms: int = 0
     top: TopN | None = None
     _panes: pl.DataFrame | None = field(default=None, init=False)
+    _pending: list[pl.LazyFrame] = field(default_factory=list, init=False)
+    _first_pane: int | None = field(default=None, init=False)
+    _last_pane: int | None = field(default=None, init=False)
     _fired_until: int | None = field(default=None, init=False)  # next window start to fire
+
+    MAX_PENDING = 8  # partials kept unmerged between firings
 
     def output_time_column(self) -> str:
         return WINDOW_END
@@ -90,49 +95,57 @@ class WindowAggregate(Operator):
         if batch.height == 0:
             return None, late
         slide = self.window.slide_ms
-        ts = event_ms(self.time_column)
-        partial = batch.group_by([*self.keys, (ts - ts.mod(slide)).alias(_PANE)]).agg(
-            partial_exprs(self.aggs)
+        ts_np = batch.get_column(self.time_column).to_physical().to_numpy()
+        lo, hi = int(ts_np.min()), int(ts_np.max())
+        lo, hi = lo - lo % slide, hi - hi % slide
+        self._first_pane = lo if self._first_pane is None else min(self._first_pane, lo)
+        self._last_pane = hi if self._last_pane is None else max(self._last_pane, hi)
+        ts = pl.col(self.time_column).to_physical()
+        self._pending.append(
+            batch.lazy()
+            .group_by([*self.keys, (ts - ts % slide).alias(_PANE)])
+            .agg(partial_exprs(self.aggs))
         )
-        if self._panes is None:
-            self._panes = partial
-        else:
-            self._panes = (
-                pl.concat([self._panes, partial], how="vertical_relaxed")
-                .group_by([*self.keys, _PANE])
-                .agg(merge_exprs(self.aggs))
-            )
+        if len(self._pending) >= self.MAX_PENDING:
+            self._panes = self._merged().collect()
+            self._pending = []
         return None, late
 
+    def _merged(self) -> pl.LazyFrame:
+        parts = ([self._panes.lazy()] if self._panes is not None else []) + self._pending
+        return (
+            pl.concat(parts, how="vertical_relaxed")
+            .group_by([*self.keys, _PANE])
+            .agg(merge_exprs(self.aggs))
+        )
+
     def advance(self, watermark: int) -> pl.DataFrame | None:
-        if self._panes is None or self._panes.height == 0:
+        if self._first_pane is None:
             return None
         size, slide = self.window.size_ms, self.window.slide_ms
-        # Windows [s, s + size) with s + size + lateness <= watermark are complete.
+        # Windows [s, s + size) with s + size + lateness <= watermark are complete; none
+        # after the last pane holds data.
         last_start = watermark - self.lateness_ms - size
-        last_start -= last_start % slide
-        panes = self._panes.get_column(_PANE)
-        first_pane, last_pane = panes.min(), panes.max()
-        last_start = min(last_start, last_pane)  # later windows hold no data
-        first_start = first_pane - size + slide
+        last_start = min(last_start - last_start % slide, self._last_pane)
+        first_start = self._first_pane - size + slide
         if self._fired_until is not None:
             first_start = max(first_start, self._fired_until)
         if last_start < first_start:
             return None
-        starts = pl.DataFrame(
-            {WINDOW_START: pl.int_range(first_start, last_start + 1, slide, eager=True)}
-        )
+        self._fired_until = last_start + slide
+        merged_df = self._merged().collect()
+        merged = merged_df.lazy()
+        pane = pl.col(_PANE)
+        live = merged.filter((pane >= first_start) & (pane < last_start + size))
+        # Each live pane goes to the (at most size/slide) firing windows containing it.
         expanded = pl.concat(
             [
-                self._panes.with_columns((pl.col(_PANE) - k * slide).alias(WINDOW_START))
+                live.with_columns((pane - k * slide).alias(WINDOW_START)).filter(
+                    pl.col(WINDOW_START).is_between(first_start, last_start)
+                )
                 for k in range(size // slide)
             ]
-        ).join(starts, on=WINDOW_START, how="semi")
-        self._fired_until = last_start + slide
-        # Panes that no unfired window contains are done.
-        self._panes = self._panes.filter(pl.col(_PANE) >= self._fired_until)
-        if expanded.height == 0:
-            return None
+        )
         result = (
             expanded.group_by([WINDOW_START, *self.keys])
             .agg(merge_exprs(self.aggs))
@@ -143,20 +156,46 @@ class WindowAggregate(Operator):
                 *final_exprs(self.aggs),
             )
         )
-        return _top(result, self.top, [WINDOW_START]).sort([WINDOW_START, *self.keys])
+        if self.top is not None:
+            rank = pl.col(self.top.by).rank("min", descending=self.top.descending)
+            result = result.filter(rank.over(WINDOW_START) <= self.top.n)
+        result = result.sort([WINDOW_START, *self.keys])
+        # Panes that no unfired window contains are done.
+        out = result.collect()
+        self._panes = merged_df.filter(pane >= self._fired_until)
+        self._pending = []
+        if self._panes.height == 0:
+            self._first_pane = self._last_pane = None
+        else:
+            self._first_pane = max(self._first_pane, self._fired_until)
+        return out if out.height else None
 
     def snapshot(self) -> dict[str, pa.Table]:
+        if self._pending:
+            self._panes = self._merged().collect()
+            self._pending = []
         if self._panes is None:
             return {}
-        meta = pa.table({"fired_until": pa.array([self._fired_until], pa.int64())})
+        meta = pa.table(
+            {
+                name: pa.array([getattr(self, f"_{name}")], pa.int64())
+                for name in ("fired_until", "first_pane", "last_pane")
+            }
+        )
         return {"panes": self._panes.to_arrow(), "meta": meta}
 
     def restore(self, state: dict[str, pa.Table]) -> None:
         if "panes" in state:
             self._panes = pl.from_arrow(state["panes"])
-            self._fired_until = state["meta"].column("fired_until")[0].as_py()
+            meta = state["meta"]
+            self._fired_until = meta.column("fired_until")[0].as_py()
+            self._first_pane = meta.column("first_pane")[0].as_py()
+            self._last_pane = meta.column("last_pane")[0].as_py()
 
     def state_rows(self) -> int:
+        if self._pending:
+            self._panes = self._merged().collect()
+            self._pending = []
         return 0 if self._panes is None else self._panes.height
 
 

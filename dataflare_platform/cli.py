@@ -29,6 +29,8 @@ app = typer.Typer(
 )
 bench_app = typer.Typer(help="Benchmarks; each prints one JSON object.", no_args_is_help=True)
 app.add_typer(bench_app, name="bench")
+nexmark_app = typer.Typer(help="Nexmark queries on the streaming engine.", no_args_is_help=True)
+app.add_typer(nexmark_app, name="nexmark")
 console = Console(stderr=True)
 
 HomeOption = Annotated[
@@ -236,6 +238,43 @@ def bench_nexmark(
     except (ValueError, FileNotFoundError) as err:
         _fail(err)
     print(json.dumps(result, indent=None if as_json else 2))
+
+
+@nexmark_app.command("run")
+def nexmark_run(
+    query: Annotated[str, typer.Option(help="q0, q1, q2, q3, q4, q5, q7 or q8.")],
+    duckdb_path: Annotated[Path, typer.Option("--duckdb", help="DuckDB file to write.")],
+    input_path: Annotated[
+        Path | None, typer.Option("--input", help="Bids: a Parquet/Arrow file or directory.")
+    ] = None,
+    persons: Annotated[Path | None, typer.Option(help="Persons file or directory.")] = None,
+    auctions: Annotated[Path | None, typer.Option(help="Auctions file or directory.")] = None,
+    table: Annotated[str | None, typer.Option(help="Output table (default nexmark_QUERY).")] = None,
+    batch_rows: Annotated[int, typer.Option(help="Rows per micro-batch.")] = 10_000,
+    checkpoint_every: Annotated[int, typer.Option(help="Batches per checkpoint.")] = 10,
+    rate: Annotated[float | None, typer.Option(help="Pace the source (events/s).")] = None,
+) -> None:
+    """Run a query into a DuckDB table; rerun the same command to resume after a crash."""
+    from dataflare_platform.queries.nexmark import QUERIES
+    from dataflare_platform.queries.run import run_to_duckdb
+
+    if query not in QUERIES:
+        _fail(ValueError(f"--query must be one of {', '.join(QUERIES)}"))
+    try:
+        result = run_to_duckdb(
+            query,
+            duckdb_path,
+            input_path,
+            persons,
+            auctions,
+            table,
+            batch_rows,
+            checkpoint_every,
+            rate,
+        )
+    except (ValueError, FileNotFoundError) as err:
+        _fail(err)
+    print(json.dumps({"query": query, **result.as_dict()}))
 
 
 if __name__ == "__main__":

@@ -122,7 +122,8 @@ class _Run:
         self.metrics = EngineMetrics()
         self.tracker = WatermarkTracker(self.p.out_of_orderness_ms, self.p.idle_timeout_ms)
         self.offsets: dict[str, int] = {}
-        self.ends: dict[str, int | None] = {}
+        self.ends: dict[str, int | None] = {}  # where this run stops reading
+        self.source_ends: dict[str, int | None] = {}  # where the data ends
         self.source_q: queue.Queue = queue.Queue(self.cfg.source_queue)
         self.sink_q: queue.Queue = queue.Queue(self.cfg.sink_queue)
         self.errors: list[BaseException] = []
@@ -141,6 +142,7 @@ class _Run:
                 key = f"{node.source.name}/{partition}"
                 self.offsets[key] = 0
                 end = node.source.end_offset(partition) if self.mode == "bounded" else None
+                self.source_ends[key] = end
                 self.ends[key] = self.until.get(key, end)
                 self.tracker.register(key)
         if checkpoint is None:
@@ -261,7 +263,10 @@ class _Run:
             if table is None or table.num_rows == 0:
                 if end is not None and offsets[key] >= end:
                     done.add(key)
-                    self._put(self.source_q, _Finished(key))
+                    source_end = self.source_ends[key]
+                    if source_end is not None and offsets[key] >= source_end:
+                        # The data itself ends here (not just this run's range).
+                        self._put(self.source_q, _Finished(key))
                 elif all(progress[k] == MAX_WATERMARK for k in live):
                     time.sleep(self.cfg.poll_interval_s)
                     progress = dict.fromkeys(progress, MIN_WATERMARK)
@@ -315,6 +320,10 @@ class _Run:
             except queue.Empty:
                 if self.errors:
                     raise EngineError("stopping after an error") from self.errors[0]
+                if self.p.idle_timeout_ms is not None:
+                    # No input: partitions may have turned idle, letting the watermark on.
+                    self._advance()
+                    self._flush([], checkpoint=False)
                 continue
             if item is _END:
                 break
@@ -329,7 +338,8 @@ class _Run:
             self._flush(ingests, checkpoint=due)
             ingests = []
         finished = self.mode == "bounded" and all(
-            self.ends[k] is not None and self.offsets[k] >= self.ends[k] for k in self.offsets
+            self.source_ends[k] is not None and self.offsets[k] >= self.source_ends[k]
+            for k in self.offsets
         )
         if finished:
             self.tracker.finished.update(self.offsets)
@@ -467,8 +477,9 @@ class _Run:
     def _advance(self) -> None:
         watermark = self.tracker.current()
         self.metrics.watermark_ms = watermark if MIN_WATERMARK < watermark < MAX_WATERMARK else None
-        if self.metrics.watermark_ms is not None:
-            self.metrics.watermark_lag_ms = int(time.time() * 1000) - watermark
+        self.metrics.watermark_lag_ms = (
+            None if self.metrics.watermark_ms is None else int(time.time() * 1000) - watermark
+        )
         for node in self.p.operators():
             t0 = time.perf_counter()
             out = node.operator.advance(watermark)

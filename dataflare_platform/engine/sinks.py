@@ -179,8 +179,10 @@ class DuckDBSink(Sink):
         conn.execute("BEGIN TRANSACTION")
         try:
             if self._outputs:
-                out = pl.concat(self._outputs, how="vertical_relaxed").to_arrow()
-                self._write_output(conn, out)
+                out = pl.concat(self._outputs, how="vertical_relaxed")
+                if self.upsert_keys:  # only each key's newest row since the last commit
+                    out = out.unique(subset=self.upsert_keys, keep="last", maintain_order=True)
+                self._write_output(conn, out.to_arrow())
             if self._sides:
                 conn.register("_side", pl.concat(self._sides).to_arrow())
                 conn.execute(f'INSERT INTO "{self.side_table}" SELECT * FROM _side')

@@ -25,7 +25,21 @@ def run_cli(*args: str, cwd: Path, env: dict[str, str] | None = None, timeout: i
 
 
 @pytest.mark.parametrize(
-    "command", [[], ["generate"], ["demo"], ["ui"], ["bench"], ["bench", "datagen"]]
+    "command",
+    [
+        [],
+        ["generate"],
+        ["demo"],
+        ["ui"],
+        ["bench"],
+        ["bench", "datagen"],
+        ["bench", "nexmark"],
+        ["nexmark"],
+        ["nexmark", "run"],
+        ["pipeline"],
+        ["pipeline", "validate"],
+        ["pipeline", "run"],
+    ],
 )
 def test_every_command_has_help(tmp_path, command):
     result = run_cli(*command, "--help", cwd=tmp_path)
@@ -100,3 +114,56 @@ def test_dagster_validates_the_workspace(tmp_path):
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "Validation successful" in result.stdout + result.stderr
+
+
+def test_nexmark_bench_prints_json_with_a_baseline_ratio(tmp_path):
+    import json
+
+    data = tmp_path / "data"
+    gen = run_cli(
+        "generate", "--out", str(data), "--events", "20000", "--format", "ipc", cwd=tmp_path
+    )
+    assert gen.returncode == 0, gen.stderr
+    result = run_cli(
+        "bench",
+        "nexmark",
+        "--query",
+        "q5",
+        "--input",
+        str(data / "bids"),
+        "--batch-rows",
+        "2000",
+        "--json",
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    for key in (
+        "query",
+        "events",
+        "seconds",
+        "events_per_s",
+        "p50_ms",
+        "p99_ms",
+        "peak_rss_mb",
+        "late_events",
+        "baseline_events_per_s",
+        "ratio",
+    ):
+        assert key in report
+    assert report["events"] == 18_400
+    assert report["output_rows"] == report["baseline_rows"] > 0
+    bad = run_cli("bench", "nexmark", "--query", "q6", "--input", str(data / "bids"), cwd=tmp_path)
+    assert bad.returncode == 2 and "q6" not in bad.stdout
+
+
+def test_pipeline_validate_names_the_bad_field(tmp_path):
+    spec = tmp_path / "p.yaml"
+    spec.write_text(
+        "name: x\nsources: {bids: {path: b}}\n"
+        "streams: {s: {from: bids, steps: [{window: {tumbling: 10 seconds, agg: {n: count}}}]}}\n"
+        "output: s\nsink: {discard: {}}\n"
+    )
+    result = run_cli("pipeline", "validate", str(spec), cwd=tmp_path)
+    assert result.returncode == 2
+    assert "not a duration" in result.stderr

@@ -1,0 +1,424 @@
+"""Declarative pipelines: a pydantic model, loadable from YAML, that maps one-to-one onto
+the builder API — every step is a builder method with the same name and arguments.
+
+    name: hot-items
+    watermark: {out_of_orderness: 4s}
+    sources:
+      bids: {path: data/nexmark/bids, columns: [auction, date_time]}
+    streams:
+      hot:
+        from: bids
+        steps:
+          - key_by: [auction]
+          - window: {sliding: {size: 10s, slide: 2s}, agg: {num: count}, top: {by: num}}
+    output: hot
+    sink: {duckdb: {path: out.duckdb, table: hot_items}}
+
+Expressions are Polars SQL expressions (``"auction % 123 = 0"``), checked at load. Any
+error names the field it is about (``streams.hot.steps[1].window.sliding.slide``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import polars as pl
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from dataflare_platform.engine.aggregations import Agg
+from dataflare_platform.engine.durations import to_ms
+from dataflare_platform.engine.operators import BatchPlugin
+from dataflare_platform.engine.pipeline import Pipeline, Stream, WindowedStream
+from dataflare_platform.engine.sinks import DuckDBSink, NullSink, ParquetSink, Sink
+from dataflare_platform.engine.sources import FileSource, nexmark_files
+from dataflare_platform.engine.windows import Session, Sliding, Tumbling
+from dataflare_platform.errors import ConfigError
+
+Duration = int | str
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+
+def _duration(value: Duration) -> Duration:
+    to_ms(value)  # raises ValueError with a readable message
+    return value
+
+
+def _expr(text: str) -> str:
+    try:
+        pl.sql_expr(text)
+    except Exception as err:  # polars raises several error types for bad SQL
+        raise ValueError(f"not a valid expression {text!r}: {err}") from None
+    return text
+
+
+class WatermarkSpec(_Model):
+    out_of_orderness: Duration = "4s"
+    idle_timeout: Duration | None = None
+    max_future: Duration = "1h"
+
+    _check = field_validator("out_of_orderness", "max_future")(_duration)
+
+
+class SourceSpec(_Model):
+    path: Path
+    columns: list[str] | None = None
+    time_column: str = "date_time"
+
+
+class AggSpec(_Model):
+    """``count`` or one of ``{sum|min|max|mean|count: column}``."""
+
+    kind: Literal["count", "sum", "min", "max", "mean"]
+    column: str | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _parse(cls, value: Any) -> Any:
+        if value == "count":
+            return {"kind": "count"}
+        if isinstance(value, dict) and len(value) == 1 and "kind" not in value:
+            ((kind, column),) = value.items()
+            return {"kind": kind, "column": column}
+        return value
+
+    @model_validator(mode="after")
+    def _column_needed(self) -> AggSpec:
+        if self.kind != "count" and not self.column:
+            raise ValueError(f"{self.kind} needs a column")
+        return self
+
+
+class SlidingSpec(_Model):
+    size: Duration
+    slide: Duration
+
+    _check = field_validator("size", "slide")(_duration)
+
+    @model_validator(mode="after")
+    def _divides(self) -> SlidingSpec:
+        if to_ms(self.size) % max(to_ms(self.slide), 1) or to_ms(self.slide) == 0:
+            raise ValueError("slide must be positive and divide size")
+        return self
+
+
+class TopSpec(_Model):
+    by: str
+    n: int = Field(1, ge=1)
+    descending: bool = True
+
+
+class WindowSpec(_Model):
+    tumbling: Duration | None = None
+    sliding: SlidingSpec | None = None
+    session: Duration | None = None
+    lateness: Duration = 0
+    agg: dict[str, AggSpec] | None = None
+    top: TopSpec | None = None
+    top_rows: TopSpec | None = None
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> WindowSpec:
+        kinds = [k for k in ("tumbling", "sliding", "session") if getattr(self, k) is not None]
+        if len(kinds) != 1:
+            raise ValueError("give exactly one of tumbling, sliding, session")
+        if (self.agg is None) == (self.top_rows is None):
+            raise ValueError("give either agg (aggregates) or top_rows (rows with top values)")
+        for name in ("tumbling", "session", "lateness"):
+            value = getattr(self, name)
+            if value is not None:
+                _duration(value)
+        return self
+
+
+class JoinSpec(_Model):
+    with_: str = Field(alias="with")
+    left_on: str | list[str]
+    right_on: str | list[str]
+    right_unique: bool = False
+
+
+class WindowJoinSpec(_Model):
+    with_: str = Field(alias="with")
+    tumbling: Duration
+    left_on: str | list[str]
+    right_on: str | list[str]
+    lateness: Duration = 0
+
+
+class IntervalJoinSpec(_Model):
+    with_: str = Field(alias="with")
+    left_key: str
+    right_key: str
+    end_column: str
+    left_columns: list[str]
+    agg: dict[str, AggSpec]
+    lateness: Duration = 0
+
+
+class DedupSpec(_Model):
+    horizon: Duration
+    lateness: Duration = 0
+
+
+class EnrichSpec(_Model):
+    path: Path
+    left_on: str | list[str]
+    right_on: str | list[str] | None = None
+    how: Literal["left", "inner"] = "left"
+
+
+class PluginSpec(_Model):
+    name: str
+    params: dict[str, Any] = Field(default_factory=dict)
+
+
+# Step name → the model of its argument (a plain type for simple ones).
+STEPS: dict[str, Any] = {
+    "filter": str,
+    "with_columns": dict[str, str],
+    "select": list[str],
+    "key_by": list[str],
+    "dedup": DedupSpec,
+    "reduce": dict[str, AggSpec],
+    "window": WindowSpec,
+    "flat_map": str,
+    "unique": list[str] | None,
+    "enrich": EnrichSpec,
+    "join": JoinSpec,
+    "window_join": WindowJoinSpec,
+    "interval_join_agg": IntervalJoinSpec,
+    "plugin": PluginSpec,
+}
+
+
+class StepSpec(_Model):
+    op: str
+    arg: Any = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _one_key(cls, value: Any) -> Any:
+        if isinstance(value, dict) and set(value) == {"op", "arg"}:
+            return value
+        if not isinstance(value, dict) or len(value) != 1:
+            raise ValueError(f"a step is a mapping with one key, one of {sorted(STEPS)}")
+        ((op, arg),) = value.items()
+        if op not in STEPS:
+            raise ValueError(f"unknown step {op!r}; steps are {sorted(STEPS)}")
+        from pydantic import TypeAdapter
+
+        try:
+            parsed = TypeAdapter(STEPS[op]).validate_python(arg)
+        except ValidationError as err:
+            first = err.errors()[0]
+            where = ".".join(str(p) for p in (op, *first["loc"]))
+            raise ValueError(f"{where}: {first['msg']}") from None
+        if op == "filter":
+            _expr(parsed)
+        if op == "with_columns":
+            for expr in parsed.values():
+                _expr(expr)
+        return {"op": op, "arg": parsed}
+
+
+class StreamSpec(_Model):
+    from_: str = Field(alias="from")
+    steps: list[StepSpec] = Field(default_factory=list)
+
+
+class SinkSpec(_Model):
+    duckdb: dict[str, Any] | None = None
+    parquet: Path | None = None
+    discard: dict[str, Any] | None = None
+
+    @model_validator(mode="after")
+    def _one(self) -> SinkSpec:
+        given = [k for k in ("duckdb", "parquet", "discard") if getattr(self, k) is not None]
+        if len(given) != 1:
+            raise ValueError("give exactly one of duckdb, parquet, discard")
+        if self.duckdb is not None and not {"path", "table"} <= set(self.duckdb):
+            raise ValueError("duckdb needs path and table (and optionally upsert_keys)")
+        return self
+
+
+class PipelineSpec(_Model):
+    name: str
+    watermark: WatermarkSpec = Field(default_factory=WatermarkSpec)
+    sources: dict[str, SourceSpec]
+    streams: dict[str, StreamSpec]
+    output: str
+    sink: SinkSpec
+
+    @model_validator(mode="after")
+    def _references(self) -> PipelineSpec:
+        known = set(self.sources)
+        for name, stream in self.streams.items():
+            if name in self.sources:
+                raise ValueError(f"streams.{name}: a stream cannot share a source's name")
+            if stream.from_ not in known:
+                raise ValueError(
+                    f"streams.{name}.from: unknown source or earlier stream {stream.from_!r}"
+                )
+            for i, step in enumerate(stream.steps):
+                other = getattr(step.arg, "with_", None)
+                if other is not None and other not in known:
+                    raise ValueError(
+                        f"streams.{name}.steps[{i}].{step.op}.with: unknown stream {other!r}"
+                    )
+            known.add(name)
+        if self.output not in self.streams:
+            raise ValueError(f"output: no stream named {self.output!r}")
+        return self
+
+    # -- loading -------------------------------------------------------------------------
+    @classmethod
+    def load(cls, data: dict[str, Any]) -> PipelineSpec:
+        try:
+            return cls.model_validate(data)
+        except ValidationError as err:
+            raise ConfigError.from_validation("pipeline spec", err) from None
+
+    @classmethod
+    def from_yaml(cls, path: Path) -> PipelineSpec:
+        try:
+            data = yaml.safe_load(Path(path).read_text())
+        except (OSError, yaml.YAMLError) as err:
+            raise ConfigError("pipeline spec", [("<file>", f"{path}: {err}")]) from None
+        if not isinstance(data, dict):
+            raise ConfigError("pipeline spec", [("<root>", f"{path} must hold a mapping")])
+        base = Path(path).parent
+        spec = cls.load(data)
+        return spec.relative_to(base)
+
+    def relative_to(self, base: Path) -> PipelineSpec:
+        """Resolve relative source/sink paths against the spec file's folder."""
+
+        def resolve(path: Path | str) -> Path:
+            path = Path(path)
+            return path if path.is_absolute() else base / path
+
+        sources = {
+            k: s.model_copy(update={"path": resolve(s.path)}) for k, s in self.sources.items()
+        }
+        sink = self.sink
+        if sink.duckdb is not None:
+            sink = sink.model_copy(
+                update={"duckdb": {**sink.duckdb, "path": resolve(sink.duckdb["path"])}}
+            )
+        elif sink.parquet is not None:
+            sink = sink.model_copy(update={"parquet": resolve(sink.parquet)})
+        return self.model_copy(update={"sources": sources, "sink": sink})
+
+    # -- building ------------------------------------------------------------------------
+    def build(
+        self, sink: Sink | None = None, plugins: dict[str, BatchPlugin] | None = None
+    ) -> Pipeline:
+        w = self.watermark
+        pipeline = Pipeline(
+            self.name,
+            out_of_orderness_ms=to_ms(w.out_of_orderness),
+            idle_timeout_ms=None if w.idle_timeout is None else to_ms(w.idle_timeout),
+            max_future_ms=to_ms(w.max_future),
+        )
+        streams: dict[str, Stream] = {}
+        for name, source in self.sources.items():
+            files = nexmark_files(source.path) if source.path.is_dir() else [source.path]
+            streams[name] = pipeline.source(
+                FileSource(name, files, source.time_column, source.columns)
+            )
+        for name, stream_spec in self.streams.items():
+            stream = streams[stream_spec.from_]
+            for step in stream_spec.steps:
+                stream = _apply(stream, step, streams, plugins or {})
+            streams[name] = stream
+        return streams[self.output].sink(sink or self._sink())
+
+    def _sink(self) -> Sink:
+        s = self.sink
+        if s.duckdb is not None:
+            return DuckDBSink(
+                Path(s.duckdb["path"]), s.duckdb["table"], s.duckdb.get("upsert_keys")
+            )
+        if s.parquet is not None:
+            return ParquetSink(s.parquet)
+        return NullSink()
+
+
+def _aggs(spec: dict[str, AggSpec]) -> list[Agg]:
+    return [Agg(a.kind, a.column, alias) for alias, a in spec.items()]
+
+
+def _apply(
+    stream: Stream, step: StepSpec, streams: dict[str, Stream], plugins: dict[str, BatchPlugin]
+) -> Stream:
+    op, arg = step.op, step.arg
+    match op:
+        case "filter":
+            return stream.filter(pl.sql_expr(arg))
+        case "with_columns":
+            return stream.with_columns(*(pl.sql_expr(e).alias(n) for n, e in arg.items()))
+        case "select":
+            return stream.select(*arg)
+        case "key_by":
+            return stream.key_by(*arg)
+        case "dedup":
+            return stream.dedup(arg.horizon, arg.lateness)
+        case "reduce":
+            return stream.reduce(*_aggs(arg))
+        case "flat_map":
+            return stream.flat_map(arg)
+        case "unique":
+            return stream.unique(arg)
+        case "enrich":
+            table = pl.read_parquet(arg.path)
+            return stream.enrich(table, arg.left_on, arg.right_on, arg.how)
+        case "join":
+            return stream.join(streams[arg.with_], arg.left_on, arg.right_on, arg.right_unique)
+        case "window_join":
+            return stream.window_join(
+                streams[arg.with_],
+                Tumbling(to_ms(arg.tumbling)),
+                arg.left_on,
+                arg.right_on,
+                arg.lateness,
+            )
+        case "interval_join_agg":
+            return stream.interval_join_agg(
+                streams[arg.with_],
+                arg.left_key,
+                arg.right_key,
+                arg.end_column,
+                arg.left_columns,
+                *_aggs(arg.agg),
+                lateness=arg.lateness,
+            )
+        case "plugin":
+            if arg.name not in plugins:
+                raise ConfigError(
+                    "pipeline spec", [("plugin.name", f"no plugin named {arg.name!r} is loaded")]
+                )
+            return stream.plugin(plugins[arg.name])
+        case "window":
+            return _window(stream, arg)
+    raise AssertionError(op)
+
+
+def _window(stream: Stream, spec: WindowSpec) -> Stream:
+    if spec.tumbling is not None:
+        window: Tumbling | Sliding | Session = Tumbling(to_ms(spec.tumbling))
+    elif spec.sliding is not None:
+        window = Sliding(to_ms(spec.sliding.size), to_ms(spec.sliding.slide))
+    else:
+        window = Session(to_ms(spec.session))
+    windowed: WindowedStream = stream.window(window, spec.lateness)
+    if spec.top_rows is not None:
+        return windowed.top_rows(spec.top_rows.by, spec.top_rows.n, spec.top_rows.descending)
+    from dataflare_platform.engine.windows import TopN
+
+    top = None if spec.top is None else TopN(spec.top.by, spec.top.n, spec.top.descending)
+    return windowed.agg(*_aggs(spec.agg or {}), top=top)

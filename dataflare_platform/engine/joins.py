@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 import polars as pl
 import pyarrow as pa
 
-from dataflare_platform.engine.aggregations import Agg, final_exprs, merge_exprs, partial_exprs
+from dataflare_platform.engine.aggregations import Agg, final_exprs, partial_exprs
 from dataflare_platform.engine.operators import WM_COL, Emit, Operator, event_ms
 from dataflare_platform.engine.windows import WINDOW_END, WINDOW_START, Tumbling
 
@@ -23,10 +23,10 @@ def _table(df: pl.DataFrame | None) -> dict[str, pa.Table]:
 
 @dataclass
 class WindowJoin(Operator):
-    uses_watermark = True
-
     """Inner join of rows that share a key and a tumbling window; a window's pairs are
     emitted together when the watermark closes it, and its rows are then dropped."""
+
+    uses_watermark = True
 
     window: Tumbling
     left_on: list[str]
@@ -153,8 +153,6 @@ class IncrementalJoin(Operator):
 
 @dataclass
 class IntervalJoinAggregate(Operator):
-    uses_watermark = True
-
     """Aggregate right rows over each left row's own time interval, e.g. the winning
     (maximum) bid of an auction between its creation and its expiry (Nexmark q4).
 
@@ -163,81 +161,111 @@ class IntervalJoinAggregate(Operator):
     update its partial aggregates. A left row is emitted, with the final aggregates,
     once the watermark passes its end; right rows whose left row has not arrived yet
     wait until the watermark makes a match impossible.
+
+    Open left rows live in tiers, newest last: right rows are matched against the newest
+    tier first and only the rows left over go on to older tiers. Streams whose right side
+    refers mostly to recent left rows (bids on fresh auctions) so touch a small tier per
+    batch, however many long-lived left rows are open.
     """
 
-    left_key: str
-    right_key: str
-    end_column: str
-    left_columns: list[str]
-    aggs: list[Agg]
+    uses_watermark = True
+
+    left_key: str = ""
+    right_key: str = ""
+    end_column: str = ""
+    left_columns: list[str] = field(default_factory=list)
+    aggs: list[Agg] = field(default_factory=list)
     lateness_ms: int = 0
     inputs: int = 2
-    _open: pl.DataFrame | None = field(default=None, init=False)
+    _tiers: list[pl.DataFrame] = field(default_factory=list, init=False)
     _pending: pl.DataFrame | None = field(default=None, init=False)
 
-    def _match(self, left: pl.DataFrame, right: pl.DataFrame) -> pl.DataFrame:
-        """Partial aggregates of ``right`` rows inside ``left`` intervals, per left key."""
-        joined = left.select(self.left_key, "__start", "__end").join(
-            right, left_on=self.left_key, right_on=self.right_key, how="inner"
-        )
-        joined = joined.filter(
-            (pl.col("__t") >= pl.col("__start")) & (pl.col("__t") <= pl.col("__end"))
-        )
-        return joined.group_by(self.left_key).agg(partial_exprs(self.aggs))
+    MAX_TIERS = 6  # older tiers are compacted into one beyond this
 
-    def _merge_into_open(self, partial: pl.DataFrame) -> None:
-        if partial.height == 0 or self._open is None:
-            return
-        names = [c for a in self.aggs for c in a.partial_columns()]
-        base = self._open.drop(names)
-        merged = (
-            pl.concat([self._open.select(self.left_key, *names), partial], how="vertical_relaxed")
-            .group_by(self.left_key)
-            .agg(merge_exprs(self.aggs))
+    def _partial_names(self) -> list[str]:
+        return [c for a in self.aggs for c in a.partial_columns()]
+
+    def _match(self, left: pl.DataFrame, right: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame]:
+        """(partial aggregates per left key of the ``right`` rows inside their left row's
+        interval, ``right`` rows whose key is not in ``left``) — from one join."""
+        joined = right.join(
+            left.select(self.left_key, "__start", "__end"),
+            left_on=self.right_key,
+            right_on=self.left_key,
+            how="left",
         )
-        self._open = base.join(merged, on=self.left_key, how="left")
+        found = pl.col("__start").is_not_null()
+        inside = (pl.col("__t") >= pl.col("__start")) & (pl.col("__t") <= pl.col("__end"))
+        partial = (
+            joined.lazy()
+            .filter(found & inside)
+            .group_by(pl.col(self.right_key).alias(self.left_key))
+            .agg(partial_exprs(self.aggs))
+        )
+        leftover = joined.lazy().filter(~found).drop("__start", "__end")
+        partial_df, leftover_df = pl.collect_all([partial, leftover])
+        return partial_df, leftover_df
+
+    def _merge(self, tier: pl.DataFrame, partial: pl.DataFrame) -> pl.DataFrame:
+        """Fold new partials into a tier's partial columns (null means none yet)."""
+        names = self._partial_names()
+        suffixed = partial.rename({n: f"{n}__new" for n in names})
+        joined = tier.join(suffixed, on=self.left_key, how="left", maintain_order="left")
+        merged = []
+        for agg in self.aggs:
+            for name in agg.partial_columns():
+                old, new = pl.col(name), pl.col(f"{name}__new")
+                if agg.kind in ("count", "sum", "mean"):
+                    expr = pl.sum_horizontal(old, new)
+                    expr = pl.when(old.is_null() & new.is_null()).then(None).otherwise(expr)
+                elif agg.kind == "min":
+                    expr = pl.min_horizontal(old, new)
+                else:
+                    expr = pl.max_horizontal(old, new)
+                merged.append(expr.alias(name))
+        return joined.with_columns(merged).drop([f"{n}__new" for n in names])
+
+    def _open_left(self, batch: pl.DataFrame) -> pl.DataFrame:
+        t = event_ms(self.time_column)
+        left = batch.select(
+            *self.left_columns,
+            t.alias("__start"),
+            pl.col(self.end_column).cast(pl.Int64).alias("__end"),
+        )
+        partial_types = {
+            c: pl.Float64 if a.kind == "mean" and c.endswith("__sum") else pl.Int64
+            for a in self.aggs
+            for c in a.partial_columns()
+        }
+        return left.with_columns(
+            [pl.lit(None).cast(dtype).alias(c) for c, dtype in partial_types.items()]
+        )
 
     def process(self, batch: pl.DataFrame, port: int = 0) -> Emit:
         batch, late = self.split_late(batch, self.lateness_ms)
         if batch.height == 0:
             return None, late
-        t = event_ms(self.time_column)
         if port == 0:
-            left = batch.select(
-                *self.left_columns,
-                t.alias("__start"),
-                pl.col(self.end_column).cast(pl.Int64).alias("__end"),
-            )
-            empty = left.select(self.left_key).with_columns(
-                [
-                    pl.lit(None).cast(pl.Float64).alias(c)
-                    for a in self.aggs
-                    for c in a.partial_columns()
-                ]
-            )
-            if self._open is None:
-                self._open = left.join(empty, on=self.left_key, how="left")
-            else:
-                fresh = left.join(empty, on=self.left_key, how="left")
-                self._open = pl.concat([self._open, fresh], how="vertical_relaxed")
+            tier = self._open_left(batch)
             if self._pending is not None and self._pending.height:
-                self._merge_into_open(self._match(left, self._pending))
-                self._pending = self._pending.join(
-                    left.select(self.left_key),
-                    left_on=self.right_key,
-                    right_on=self.left_key,
-                    how="anti",
-                )
+                partial, self._pending = self._match(tier, self._pending)
+                if partial.height:
+                    tier = self._merge(tier, partial)
+            # Tiers are kept sorted by interval end, so closing them is a slice.
+            self._tiers.append(tier.sort("__end"))
+            if len(self._tiers) > self.MAX_TIERS:
+                # Compact all but the newest few tiers into one.
+                keep = self.MAX_TIERS // 2
+                old = pl.concat(self._tiers[:-keep], how="vertical_relaxed").sort("__end")
+                self._tiers = [old, *self._tiers[-keep:]]
             return None, late
-        right = batch.drop(WM_COL).with_columns(t.alias("__t"))
-        if self._open is not None:
-            self._merge_into_open(self._match(self._open, right))
-            right = right.join(
-                self._open.select(self.left_key),
-                left_on=self.right_key,
-                right_on=self.left_key,
-                how="anti",
-            )
+        right = batch.drop(WM_COL).with_columns(event_ms(self.time_column).alias("__t"))
+        for i in range(len(self._tiers) - 1, -1, -1):
+            if right.height == 0:
+                break
+            partial, right = self._match(self._tiers[i], right)
+            if partial.height:
+                self._tiers[i] = self._merge(self._tiers[i], partial)
         if right.height:
             self._pending = _concat(self._pending, right)
         return None, late
@@ -246,16 +274,23 @@ class IntervalJoinAggregate(Operator):
         limit = watermark - self.lateness_ms
         if self._pending is not None:
             self._pending = self._pending.filter(pl.col("__t") >= limit)
-        if self._open is None or self._open.height == 0:
+        closed: list[pl.DataFrame] = []
+        kept: list[pl.DataFrame] = []
+        for tier in self._tiers:
+            cut = tier.get_column("__end").search_sorted(limit, side="left")
+            if cut:
+                closed.append(tier.slice(0, cut))
+                tier = tier.slice(cut)
+            if tier.height:
+                kept.append(tier)
+        self._tiers = kept
+        if not closed:
             return None
-        done = pl.col("__end") < limit
-        closed = self._open.filter(done)
-        self._open = self._open.filter(~done)
         first = self.aggs[0].partial_columns()[0]
-        closed = closed.filter(pl.col(first).is_not_null())
-        if closed.height == 0:
+        result = pl.concat(closed, how="vertical_relaxed").filter(pl.col(first).is_not_null())
+        if result.height == 0:
             return None
-        return closed.select(
+        return result.select(
             *self.left_columns,
             pl.col("__end").cast(pl.Datetime("ms")).alias(WINDOW_END),
             *final_exprs(self.aggs),
@@ -266,18 +301,19 @@ class IntervalJoinAggregate(Operator):
 
     def snapshot(self) -> dict[str, pa.Table]:
         state = {}
-        if self._open is not None:
-            state["open"] = self._open.to_arrow()
+        if self._tiers:
+            state["open"] = pl.concat(self._tiers, how="vertical_relaxed").to_arrow()
         if self._pending is not None:
             state["pending"] = self._pending.to_arrow()
         return state
 
     def restore(self, state: dict[str, pa.Table]) -> None:
-        self._open = pl.from_arrow(state["open"]) if "open" in state else None
+        self._tiers = [pl.from_arrow(state["open"])] if "open" in state else []
         self._pending = pl.from_arrow(state["pending"]) if "pending" in state else None
 
     def state_rows(self) -> int:
-        return sum(s.height for s in (self._open, self._pending) if s is not None)
+        pending = 0 if self._pending is None else self._pending.height
+        return pending + sum(t.height for t in self._tiers)
 
 
 class EnrichJoin(Operator):

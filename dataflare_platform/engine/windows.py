@@ -72,6 +72,9 @@ def _top(rows: pl.DataFrame, top: TopN | None, group: list[str]) -> pl.DataFrame
 
 @dataclass
 class WindowAggregate(Operator):
+    """Aggregates per key and tumbling/sliding window from per-pane partials, optionally
+    keeping only each window's top-N rows (Nexmark q5's hottest auctions)."""
+
     uses_watermark = True
 
     window: Tumbling | Sliding = field(default_factory=lambda: Tumbling(1000))
@@ -201,10 +204,10 @@ class WindowAggregate(Operator):
 
 @dataclass
 class WindowTopRows(Operator):
-    uses_watermark = True
-
     """Rows with the top ``by`` value per tumbling window (and key), ties kept, e.g.
     Nexmark q7's highest bid. State holds only each open window's current leaders."""
+
+    uses_watermark = True
 
     window: Tumbling
     top: TopN
@@ -256,10 +259,10 @@ class WindowTopRows(Operator):
 
 @dataclass
 class SessionAggregate(Operator):
-    uses_watermark = True
-
     """Per-key sessions: events closer than ``gap`` belong together. Open sessions keep
     their (few) raw events until the watermark passes last event + gap + lateness."""
+
+    uses_watermark = True
 
     gap_ms: int
     keys: list[str]

@@ -25,6 +25,8 @@ from dataflare_platform.queries.nexmark import (
     NexmarkSources,
 )
 
+WARMUP_BATCHES = 20
+
 
 def _baseline(query: str, sources: NexmarkSources) -> tuple[float, int]:
     """One-shot DuckDB over the same files (scanned as Arrow datasets, with projection
@@ -63,6 +65,12 @@ def run(
         query, NexmarkSources.from_paths(query, bids, persons, auctions)
     )
     m = result.metrics
+    # Latency is reported for the steady state: the first batches pay one-off costs
+    # (imports, Polars plan caches, page faults) and queue up behind them. The
+    # percentiles over all batches are reported too.
+    warmup = min(WARMUP_BATCHES, len(m.latency.samples) // 10)
+    steady = m.latency.summary(skip=warmup)
+    everything = m.latency.summary()
     events_per_s = events / result.seconds
     baseline_events_per_s = events / base_seconds
     return {
@@ -74,9 +82,12 @@ def run(
         "seconds": round(result.seconds, 4),
         "events_per_s": round(events_per_s),
         "output_rows": m.events_out,
-        "p50_ms": m.latency.summary()["p50_ms"],
-        "p99_ms": m.latency.summary()["p99_ms"],
-        "max_ms": m.latency.summary()["max_ms"],
+        "p50_ms": steady["p50_ms"],
+        "p99_ms": steady["p99_ms"],
+        "max_ms": steady["max_ms"],
+        "warmup_batches": warmup,
+        "p99_ms_with_warmup": everything["p99_ms"],
+        "max_ms_with_warmup": everything["max_ms"],
         "peak_rss_mb": round(rss, 1),
         "late_events": m.late_events,
         "dead_letters": m.dead_letters,

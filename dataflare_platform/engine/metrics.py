@@ -31,14 +31,17 @@ class LatencyHistogram:
     def record(self, ms: float) -> None:
         self.samples.append(ms)
 
-    def percentile(self, q: float) -> float:
-        return float(np.percentile(self.samples, q)) if self.samples else 0.0
+    def percentile(self, q: float, skip: int = 0) -> float:
+        samples = self.samples[skip:]
+        return float(np.percentile(samples, q)) if samples else 0.0
 
-    def summary(self) -> dict[str, float]:
+    def summary(self, skip: int = 0) -> dict[str, float]:
+        """Percentiles, optionally without the first ``skip`` batches (warm-up)."""
+        samples = self.samples[skip:]
         return {
-            "p50_ms": round(self.percentile(50), 3),
-            "p99_ms": round(self.percentile(99), 3),
-            "max_ms": round(max(self.samples), 3) if self.samples else 0.0,
+            "p50_ms": round(self.percentile(50, skip), 3),
+            "p99_ms": round(self.percentile(99, skip), 3),
+            "max_ms": round(max(samples), 3) if samples else 0.0,
         }
 
 

@@ -344,10 +344,10 @@ class _Run:
         if finished:
             self.tracker.finished.update(self.offsets)
             self._advance()
-        self._flush(ingests, checkpoint=True)
+        self._flush(ingests, checkpoint=True, final=True)
         return finished
 
-    def _flush(self, ingests: list[float], checkpoint: bool) -> None:
+    def _flush(self, ingests: list[float], checkpoint: bool, final: bool = False) -> None:
         output = None
         if self._outputs:
             output = pl.concat(self._outputs, how="vertical_relaxed").drop(WM_COL, strict=False)
@@ -355,10 +355,13 @@ class _Run:
         side = pl.concat(self._sides) if self._sides else None
         self._outputs, self._sides = [], []
         cp = None
+        # Only a transactional sink stores checkpoints; for the others a snapshot would
+        # be work thrown away (the final one is still taken for the run's result).
         if checkpoint:
+            self.batches_since_checkpoint = 0
+        if checkpoint and (self.sink.transactional or final):
             cp = self.checkpoint()
             self.metrics.checkpoints += 1
-            self.batches_since_checkpoint = 0
             self.last_checkpoint = cp
         if output is not None or side is not None or cp is not None or ingests:
             self._put(self.sink_q, _SinkItem(output, side, ingests, cp), sink=True)

@@ -73,7 +73,13 @@ def _top(rows: pl.DataFrame, top: TopN | None, group: list[str]) -> pl.DataFrame
 @dataclass
 class WindowAggregate(Operator):
     """Aggregates per key and tumbling/sliding window from per-pane partials, optionally
-    keeping only each window's top-N rows (Nexmark q5's hottest auctions)."""
+    keeping only each window's top-N rows (Nexmark q5's hottest auctions).
+
+    State is a map pane start → partial-aggregate frames (key, partials). A batch adds
+    one grouped frame per pane it touches; a firing window merges its own panes only,
+    so the work per batch is proportional to the batch and the firing windows, never
+    to all open state.
+    """
 
     uses_watermark = True
 
@@ -82,13 +88,10 @@ class WindowAggregate(Operator):
     aggs: list[Agg] = field(default_factory=list)
     lateness_ms: int = 0
     top: TopN | None = None
-    _panes: pl.DataFrame | None = field(default=None, init=False)
-    _pending: list[pl.LazyFrame] = field(default_factory=list, init=False)
-    _first_pane: int | None = field(default=None, init=False)
-    _last_pane: int | None = field(default=None, init=False)
+    _panes: dict[int, list[pl.DataFrame]] = field(default_factory=dict, init=False)
     _fired_until: int | None = field(default=None, init=False)  # next window start to fire
 
-    MAX_PENDING = 8  # partials kept unmerged between firings
+    MAX_FRAMES = 8  # frames per pane before they are merged into one
 
     def output_time_column(self) -> str:
         return WINDOW_END
@@ -98,108 +101,89 @@ class WindowAggregate(Operator):
         if batch.height == 0:
             return None, late
         slide = self.window.slide_ms
-        ts_np = batch.get_column(self.time_column).to_physical().to_numpy()
-        lo, hi = int(ts_np.min()), int(ts_np.max())
-        lo, hi = lo - lo % slide, hi - hi % slide
-        self._first_pane = lo if self._first_pane is None else min(self._first_pane, lo)
-        self._last_pane = hi if self._last_pane is None else max(self._last_pane, hi)
         ts = pl.col(self.time_column).to_physical()
-        self._pending.append(
-            batch.lazy()
-            .group_by([*self.keys, (ts - ts % slide).alias(_PANE)])
-            .agg(partial_exprs(self.aggs))
+        partial = batch.group_by([*self.keys, (ts - ts % slide).alias(_PANE)]).agg(
+            partial_exprs(self.aggs)
         )
-        if len(self._pending) >= self.MAX_PENDING:
-            self._panes = self._merged().collect()
-            self._pending = []
+        for (pane,), frame in partial.partition_by(_PANE, as_dict=True).items():
+            frames = self._panes.setdefault(pane, [])
+            frames.append(frame.drop(_PANE))
+            if len(frames) > self.MAX_FRAMES:
+                self._panes[pane] = [self._merge(frames)]
         return None, late
 
-    def _merged(self) -> pl.LazyFrame:
-        parts = ([self._panes.lazy()] if self._panes is not None else []) + self._pending
-        return (
-            pl.concat(parts, how="vertical_relaxed")
-            .group_by([*self.keys, _PANE])
-            .agg(merge_exprs(self.aggs))
-        )
+    def _merge(self, frames: list[pl.DataFrame]) -> pl.DataFrame:
+        if len(frames) == 1:
+            return frames[0]
+        grouped = pl.concat(frames, how="vertical_relaxed").group_by(self.keys)
+        return grouped.agg(merge_exprs(self.aggs))
 
     def advance(self, watermark: int) -> pl.DataFrame | None:
-        if self._first_pane is None:
+        if not self._panes:
             return None
         size, slide = self.window.size_ms, self.window.slide_ms
         # Windows [s, s + size) with s + size + lateness <= watermark are complete; none
         # after the last pane holds data.
         last_start = watermark - self.lateness_ms - size
-        last_start = min(last_start - last_start % slide, self._last_pane)
-        first_start = self._first_pane - size + slide
+        last_start = min(last_start - last_start % slide, max(self._panes))
+        first_start = min(self._panes) - size + slide
         if self._fired_until is not None:
             first_start = max(first_start, self._fired_until)
         if last_start < first_start:
             return None
-        self._fired_until = last_start + slide
-        merged_df = self._merged().collect()
-        merged = merged_df.lazy()
-        pane = pl.col(_PANE)
-        live = merged.filter((pane >= first_start) & (pane < last_start + size))
-        # Each live pane goes to the (at most size/slide) firing windows containing it.
-        expanded = pl.concat(
-            [
-                live.with_columns((pane - k * slide).alias(WINDOW_START)).filter(
-                    pl.col(WINDOW_START).is_between(first_start, last_start)
-                )
-                for k in range(size // slide)
+        results = []
+        for start in range(first_start, last_start + 1, slide):
+            frames = [
+                f for pane in range(start, start + size, slide) for f in self._panes.get(pane, ())
             ]
-        )
-        result = (
-            expanded.group_by([WINDOW_START, *self.keys])
-            .agg(merge_exprs(self.aggs))
-            .select(
-                _as_datetime(WINDOW_START),
-                (pl.col(WINDOW_START) + size).cast(pl.Datetime("ms")).alias(WINDOW_END),
-                *self.keys,
-                *final_exprs(self.aggs),
+            if not frames:
+                continue
+            window = self._merge(frames)
+            if self.top is not None:
+                rank = pl.col(self.top.by).rank("min", descending=self.top.descending)
+                window = window.with_columns(final_exprs(self.aggs)).filter(rank <= self.top.n)
+            else:
+                window = window.with_columns(final_exprs(self.aggs))
+            results.append(
+                window.select(
+                    pl.lit(start).cast(pl.Datetime("ms")).alias(WINDOW_START),
+                    pl.lit(start + size).cast(pl.Datetime("ms")).alias(WINDOW_END),
+                    *self.keys,
+                    *[a.alias for a in self.aggs],
+                )
             )
-        )
-        if self.top is not None:
-            rank = pl.col(self.top.by).rank("min", descending=self.top.descending)
-            result = result.filter(rank.over(WINDOW_START) <= self.top.n)
-        result = result.sort([WINDOW_START, *self.keys])
+        self._fired_until = last_start + slide
         # Panes that no unfired window contains are done.
-        out = result.collect()
-        self._panes = merged_df.filter(pane >= self._fired_until)
-        self._pending = []
-        if self._panes.height == 0:
-            self._first_pane = self._last_pane = None
-        else:
-            self._first_pane = max(self._first_pane, self._fired_until)
-        return out if out.height else None
+        for pane in [p for p in self._panes if p < self._fired_until]:
+            del self._panes[pane]
+        if not results:
+            return None
+        return pl.concat(results, how="vertical_relaxed").sort([WINDOW_START, *self.keys])
 
     def snapshot(self) -> dict[str, pa.Table]:
-        if self._pending:
-            self._panes = self._merged().collect()
-            self._pending = []
-        if self._panes is None:
+        if not self._panes and self._fired_until is None:
             return {}
-        meta = pa.table(
-            {
-                name: pa.array([getattr(self, f"_{name}")], pa.int64())
-                for name in ("fired_until", "first_pane", "last_pane")
-            }
-        )
-        return {"panes": self._panes.to_arrow(), "meta": meta}
+        frames = [
+            self._merge(frames).with_columns(pl.lit(pane, pl.Int64).alias(_PANE))
+            for pane, frames in sorted(self._panes.items())
+        ]
+        meta = pa.table({"fired_until": pa.array([self._fired_until], pa.int64())})
+        state = {"meta": meta}
+        if frames:
+            state["panes"] = pl.concat(frames, how="vertical_relaxed").to_arrow()
+        return state
 
     def restore(self, state: dict[str, pa.Table]) -> None:
+        if "meta" in state:
+            self._fired_until = state["meta"].column("fired_until")[0].as_py()
+        self._panes = {}
         if "panes" in state:
-            self._panes = pl.from_arrow(state["panes"])
-            meta = state["meta"]
-            self._fired_until = meta.column("fired_until")[0].as_py()
-            self._first_pane = meta.column("first_pane")[0].as_py()
-            self._last_pane = meta.column("last_pane")[0].as_py()
+            panes = pl.from_arrow(state["panes"])
+            for (pane,), frame in panes.partition_by(_PANE, as_dict=True).items():
+                self._panes[pane] = [frame.drop(_PANE)]
 
     def state_rows(self) -> int:
-        if self._pending:
-            self._panes = self._merged().collect()
-            self._pending = []
-        return 0 if self._panes is None else self._panes.height
+        return sum(f.height for frames in self._panes.values() for f in frames)
 
 
 @dataclass
@@ -222,14 +206,20 @@ class WindowTopRows(Operator):
         batch, late = self.split_late(batch, self.lateness_ms)
         if batch.height == 0:
             return None, late
-        ts = event_ms(self.time_column)
+        ts = pl.col(self.time_column).to_physical()
         size = self.window.size_ms
-        tagged = batch.drop(WM_COL).with_columns((ts - ts.mod(size)).alias(WINDOW_START))
         group = [WINDOW_START, *self.keys]
-        candidates = _top(tagged, self.top, group)
+        rank = pl.col(self.top.by).rank("min", descending=self.top.descending).over(group)
+        # One query: this batch's leaders per window, then merged with the held leaders.
+        candidates = (
+            batch.lazy()
+            .drop(WM_COL)
+            .with_columns((ts - ts % size).alias(WINDOW_START))
+            .filter(rank <= self.top.n)
+        )
         if self._rows is not None:
-            candidates = _top(pl.concat([self._rows, candidates]), self.top, group)
-        self._rows = candidates
+            candidates = pl.concat([self._rows.lazy(), candidates]).filter(rank <= self.top.n)
+        self._rows = candidates.collect()
         return None, late
 
     def advance(self, watermark: int) -> pl.DataFrame | None:

@@ -55,6 +55,8 @@ class _SourceBatch:
     end: int
     table: pa.Table
     ingest: float
+    frame: pl.DataFrame | None = None  # the table as Polars, when its schema conforms
+    newest: int | None = None  # highest event time (ms) in the batch
 
 
 @dataclass
@@ -71,6 +73,13 @@ class _SinkItem:
 
 
 _END = object()
+
+
+def _conforms(actual: pa.Schema, expected: pa.Schema) -> bool:
+    if actual.equals(expected):
+        return True
+    names = set(actual.names)
+    return all(f.name in names and actual.field(f.name).type.equals(f.type) for f in expected)
 
 
 @dataclass
@@ -281,17 +290,20 @@ class _Run:
             released += table.num_rows
             start = offsets[key]
             offsets[key] = start + table.num_rows
-            column = (
-                table.column(node.source.time_column)
-                if (node.source.time_column in table.column_names)
-                else None
+            # Conversion and the batch's newest event time are worked out here, on the
+            # source thread, off the operators' critical path.
+            schema = node.source.schema
+            frame, newest = None, None
+            if _conforms(table.schema, schema):
+                frame = pl.from_arrow(table.select(schema.names))
+                column = table.column(node.source.time_column)
+                if column.null_count < len(column):
+                    newest = pc.max(column).cast(pa.int64()).as_py()
+                    progress[key] = newest
+            item = _SourceBatch(
+                key, node.id, start, offsets[key], table, time.perf_counter(), frame, newest
             )
-            if column is not None and column.null_count < len(column):
-                progress[key] = pc.max(column).cast(pa.int64()).as_py()
-            self._put(
-                self.source_q,
-                _SourceBatch(key, node.id, start, offsets[key], table, time.perf_counter()),
-            )
+            self._put(self.source_q, item)
         self._put(self.source_q, _END)
 
     def _write(self) -> None:
@@ -402,6 +414,14 @@ class _Run:
         """Split a source batch into rows the pipeline can take and dead letters."""
         table = item.table
         where = f"{item.key}@{item.start}"
+        seen = self.tracker.max_seen.get(item.key, MIN_WATERMARK)
+        if (  # Fast path: no nulls and nothing too far ahead means nothing to reject.
+            item.frame is not None
+            and table.column(time_col).null_count == 0
+            and seen != MIN_WATERMARK
+            and item.newest <= seen + self.p.max_future_ms
+        ):
+            return item.frame, None
         missing = [f.name for f in schema if f.name not in table.column_names]
         wrong = [
             f"{f.name}: {table.schema.field(f.name).type} (expected {f.type})"
@@ -413,14 +433,7 @@ class _Run:
                 ([f"missing columns {missing}"] if missing else []) + wrong
             )
             return None, side_rows(pl.from_arrow(table), "dead_letter", where, reason)
-        df = pl.from_arrow(table.select(schema.names))
-        column = table.column(time_col)
-        seen = self.tracker.max_seen.get(item.key, MIN_WATERMARK)
-        if column.null_count == 0 and seen != MIN_WATERMARK:
-            # Fast path: no nulls and nothing too far ahead means nothing to reject.
-            newest = pc.max(column).cast(pa.int64()).as_py()
-            if newest <= seen + self.p.max_future_ms:
-                return df, None
+        df = item.frame if item.frame is not None else pl.from_arrow(table.select(schema.names))
         time_ms = pl.col(time_col).cast(pl.Int64)
         null_time = pl.col(time_col).is_null()
         valid_times = df.get_column(time_col).drop_nulls().cast(pl.Int64)

@@ -12,7 +12,7 @@ export UV_PROJECT_ENVIRONMENT := $(CURDIR)/$(VENV)
 export UV_PYTHON_DOWNLOADS := never
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: setup demo test test-fast ui bench lint validate clean
+.PHONY: setup demo test test-fast ui bench bench-nexmark lint validate clean
 
 $(BIN)/uv:
 	$(PYTHON) -m venv $(VENV)
@@ -38,6 +38,22 @@ ui: setup
 
 bench: setup
 	$(BIN)/dataflare bench datagen
+
+# Every Nexmark query over 10 M generated events (Arrow IPC), then latency at a fixed
+# offered load; one JSON object per line. Data is generated once under .dataflare/bench.
+BENCH_DATA ?= .dataflare/bench/nexmark-10m
+bench-nexmark: setup
+	@test -f $(BENCH_DATA)/_manifest.json || \
+		$(BIN)/dataflare generate --out $(BENCH_DATA) --events 10000000 --format ipc
+	@for q in q0 q1 q2 q3 q4 q5 q7 q8; do \
+		$(BIN)/dataflare bench nexmark --query $$q --input $(BENCH_DATA)/bids \
+			--persons $(BENCH_DATA)/persons --auctions $(BENCH_DATA)/auctions \
+			--batch-rows 65536 || exit 1; \
+	done
+	@for q in q1 q5 q7; do for rate in 1000000 5000000; do \
+		$(BIN)/dataflare bench nexmark --query $$q --input $(BENCH_DATA)/bids \
+			--batch-rows 10000 --rate $$rate || exit 1; \
+	done; done
 
 lint: setup
 	$(BIN)/ruff check dataflare_platform dataflare_platform_tests

@@ -97,6 +97,7 @@ def run(
         "baseline_seconds": round(base_seconds, 4),
         "baseline_rows": base_rows,
         "baseline_events_per_s": round(baseline_events_per_s),
-        "ratio": round(events_per_s / baseline_events_per_s, 3),
+        # Paced runs are not measuring throughput: no ratio for them.
+        "ratio": None if rate else round(events_per_s / baseline_events_per_s, 3),
         "machine": machine(),
     }

@@ -48,7 +48,7 @@ bench-nexmark: setup
 	@for q in q0 q1 q2 q3 q4 q5 q7 q8; do \
 		$(BIN)/dataflare bench nexmark --query $$q --input $(BENCH_DATA)/bids \
 			--persons $(BENCH_DATA)/persons --auctions $(BENCH_DATA)/auctions \
-			--batch-rows 65536 || exit 1; \
+			--batch-rows 65536 --repeat 3 || exit 1; \
 	done
 	@for q in q1 q5 q7; do for rate in 1000000 5000000; do \
 		$(BIN)/dataflare bench nexmark --query $$q --input $(BENCH_DATA)/bids \

@@ -227,6 +227,7 @@ def bench_nexmark(
     rate: Annotated[
         float | None, typer.Option(help="Offered load in events/s (default: as fast as possible).")
     ] = None,
+    repeat: Annotated[int, typer.Option(help="Runs of each side; the fastest counts.")] = 1,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON only.")] = True,
 ) -> None:
     """Run a Nexmark query on the engine and as a one-shot DuckDB query; print JSON."""
@@ -236,7 +237,7 @@ def bench_nexmark(
     if query not in QUERIES:
         _fail(ValueError(f"--query must be one of {', '.join(QUERIES)}"))
     try:
-        result = run(query, input_path, persons, auctions, output, batch_rows, rate)
+        result = run(query, input_path, persons, auctions, output, batch_rows, rate, repeat)
     except (ValueError, FileNotFoundError) as err:
         _fail(err)
     print(json.dumps(result, indent=None if as_json else 2))

@@ -53,17 +53,22 @@ def run(
     output: Path | None = None,
     batch_rows: int = 10_000,
     rate: float | None = None,
+    repeat: int = 1,
 ) -> dict[str, object]:
+    """Best of ``repeat`` engine runs and, separately, best of ``repeat`` baseline runs:
+    the least disturbed run is the best estimate on a shared, noisy machine."""
     sources = NexmarkSources.from_paths(query, bids, persons, auctions)
     events = sum(sources.need(kind).end_offset("0") or 0 for kind in COLUMNS[query])
-    sink = ParquetSink(output) if output else NullSink()
-    pipeline = BUILDERS[query](sources, sink)
-    config = RunnerConfig(batch_rows=batch_rows, rate=rate)
-    result = Runner(pipeline, config).run()
+    result = None
+    for _ in range(max(1, repeat)):
+        fresh = NexmarkSources.from_paths(query, bids, persons, auctions)
+        sink = ParquetSink(output) if output else NullSink()
+        config = RunnerConfig(batch_rows=batch_rows, rate=rate)
+        attempt = Runner(BUILDERS[query](fresh, sink), config).run()
+        if result is None or attempt.seconds < result.seconds:
+            result = attempt
     rss = peak_rss_mb()
-    base_seconds, base_rows = _baseline(
-        query, NexmarkSources.from_paths(query, bids, persons, auctions)
-    )
+    base_seconds, base_rows = min(_baseline(query, sources) for _ in range(max(1, repeat)))
     m = result.metrics
     # Latency is reported for the steady state: the first batches pay one-off costs
     # (imports, Polars plan caches, page faults) and queue up behind them. The
@@ -78,6 +83,7 @@ def run(
         "query": query,
         "events": events,
         "batch_rows": batch_rows,
+        "repeat": repeat,
         "rate": rate,
         "seconds": round(result.seconds, 4),
         "events_per_s": round(events_per_s),

@@ -24,17 +24,22 @@ def _table(df: pl.DataFrame | None) -> dict[str, pa.Table]:
 @dataclass
 class WindowJoin(Operator):
     """Inner join of rows that share a key and a tumbling window; a window's pairs are
-    emitted together when the watermark closes it, and its rows are then dropped."""
+    emitted together when the watermark closes it, and its rows are then dropped.
+
+    Each side is held as window start → row frames, so closing a window pops its frames
+    and joins just them."""
 
     uses_watermark = True
 
-    window: Tumbling
-    left_on: list[str]
-    right_on: list[str]
+    window: Tumbling = field(default_factory=lambda: Tumbling(1000))
+    left_on: list[str] = field(default_factory=list)
+    right_on: list[str] = field(default_factory=list)
     lateness_ms: int = 0
     suffix: str = "_right"
     inputs: int = 2
-    _sides: list[pl.DataFrame | None] = field(default_factory=lambda: [None, None], init=False)
+    _sides: list[dict[int, list[pl.DataFrame]]] = field(
+        default_factory=lambda: [{}, {}], init=False
+    )
 
     def output_time_column(self) -> str:
         return WINDOW_END
@@ -42,50 +47,57 @@ class WindowJoin(Operator):
     def process(self, batch: pl.DataFrame, port: int = 0) -> Emit:
         batch, late = self.split_late(batch, self.lateness_ms)
         if batch.height:
-            ts = event_ms(self.time_column)
+            ts = pl.col(self.time_column).to_physical()
             size = self.window.size_ms
-            tagged = batch.drop(WM_COL).with_columns((ts - ts.mod(size)).alias(WINDOW_START))
-            self._sides[port] = _concat(self._sides[port], tagged)
+            tagged = batch.drop(WM_COL).with_columns((ts - ts % size).alias(WINDOW_START))
+            side = self._sides[port]
+            for (start,), rows in tagged.partition_by(WINDOW_START, as_dict=True).items():
+                side.setdefault(start, []).append(rows)
         return None, late
 
     def advance(self, watermark: int) -> pl.DataFrame | None:
-        left, right = self._sides
-        if left is None or right is None:
-            # Still evict closed windows on the side that has rows.
-            self._sides = [self._evict(s, watermark)[1] for s in self._sides]
+        size = self.window.size_ms
+        limit = watermark - self.lateness_ms - size
+        closing = sorted({s for side in self._sides for s in side if s <= limit})
+        results = []
+        for start in closing:
+            left, right = (side.pop(start, None) for side in self._sides)
+            if not left or not right:
+                continue
+            results.append(
+                pl.concat(left).join(
+                    pl.concat(right),
+                    left_on=[WINDOW_START, *self.left_on],
+                    right_on=[WINDOW_START, *self.right_on],
+                    how="inner",
+                    suffix=self.suffix,
+                )
+            )
+        if not results:
             return None
-        left_done, self._sides[0] = self._evict(left, watermark)
-        right_done, self._sides[1] = self._evict(right, watermark)
-        if left_done.height == 0 or right_done.height == 0:
-            return None
-        joined = left_done.join(
-            right_done,
-            left_on=[WINDOW_START, *self.left_on],
-            right_on=[WINDOW_START, *self.right_on],
-            how="inner",
-            suffix=self.suffix,
-        )
+        joined = pl.concat(results, how="vertical_relaxed")
         return joined.with_columns(
             pl.col(WINDOW_START).cast(pl.Datetime("ms")),
-            (pl.col(WINDOW_START) + self.window.size_ms).cast(pl.Datetime("ms")).alias(WINDOW_END),
+            (pl.col(WINDOW_START) + size).cast(pl.Datetime("ms")).alias(WINDOW_END),
         )
 
-    def _evict(self, side: pl.DataFrame | None, watermark: int):
-        if side is None:
-            return pl.DataFrame(), None
-        done = pl.col(WINDOW_START) + self.window.size_ms + self.lateness_ms <= watermark
-        return side.filter(done), side.filter(~done)
-
     def snapshot(self) -> dict[str, pa.Table]:
-        return {f"side{i}": s.to_arrow() for i, s in enumerate(self._sides) if s is not None}
+        return {
+            f"side{i}": pl.concat([f for frames in side.values() for f in frames]).to_arrow()
+            for i, side in enumerate(self._sides)
+            if side
+        }
 
     def restore(self, state: dict[str, pa.Table]) -> None:
-        self._sides = [
-            pl.from_arrow(state[f"side{i}"]) if f"side{i}" in state else None for i in (0, 1)
-        ]
+        self._sides = [{}, {}]
+        for i in (0, 1):
+            if f"side{i}" in state:
+                rows = pl.from_arrow(state[f"side{i}"])
+                for (start,), frame in rows.partition_by(WINDOW_START, as_dict=True).items():
+                    self._sides[i][start] = [frame]
 
     def state_rows(self) -> int:
-        return sum(s.height for s in self._sides if s is not None)
+        return sum(f.height for side in self._sides for frames in side.values() for f in frames)
 
 
 @dataclass

@@ -5,6 +5,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pyarrow.parquet as pq
 import pytest
 
 from dataflare_platform_tests.conftest import REPO_ROOT
@@ -133,6 +134,10 @@ def test_nexmark_bench_prints_json_with_a_baseline_ratio(tmp_path):
         str(data / "bids"),
         "--batch-rows",
         "2000",
+        "--output",
+        str(tmp_path / "q5.parquet"),
+        "--repeat",
+        "2",
         "--json",
         cwd=tmp_path,
     )
@@ -153,6 +158,9 @@ def test_nexmark_bench_prints_json_with_a_baseline_ratio(tmp_path):
         assert key in report
     assert report["events"] == 18_400
     assert report["output_rows"] == report["baseline_rows"] > 0
+    written = pq.read_table(tmp_path / "q5.parquet")
+    assert written.num_rows == report["output_rows"]
+    assert written.column_names == ["window_start", "window_end", "auction", "num"]
     bad = run_cli("bench", "nexmark", "--query", "q6", "--input", str(data / "bids"), cwd=tmp_path)
     assert bad.returncode == 2 and "q6" not in bad.stdout
 

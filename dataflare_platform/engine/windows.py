@@ -18,6 +18,7 @@ from dataflare_platform.engine.aggregations import (
     final_exprs,
     merge_exprs,
     partial_exprs,
+    partial_names,
 )
 from dataflare_platform.engine.operators import WM_COL, Emit, Operator, event_ms
 
@@ -107,16 +108,21 @@ class WindowAggregate(Operator):
         )
         for (pane,), frame in partial.partition_by(_PANE, as_dict=True).items():
             frames = self._panes.setdefault(pane, [])
-            frames.append(frame.drop(_PANE))
+            frames.append(frame)  # the pane column rides along; merges group by keys only
             if len(frames) > self.MAX_FRAMES:
-                self._panes[pane] = [self._merge(frames)]
+                self._panes[pane] = [self._compact(frames, pane)]
         return None, late
 
-    def _merge(self, frames: list[pl.DataFrame]) -> pl.DataFrame:
+    def _compact(self, frames: list[pl.DataFrame], pane: int) -> pl.DataFrame:
+        """One frame for a pane, in the frames' shape: keys, pane, partials."""
         if len(frames) == 1:
             return frames[0]
-        grouped = pl.concat(frames, how="vertical_relaxed").group_by(self.keys)
-        return grouped.agg(merge_exprs(self.aggs))
+        return (
+            pl.concat(frames, how="vertical_relaxed")
+            .group_by(self.keys)
+            .agg(merge_exprs(self.aggs))
+            .select(*self.keys, pl.lit(pane, pl.Int64).alias(_PANE), *partial_names(self.aggs))
+        )
 
     def advance(self, watermark: int) -> pl.DataFrame | None:
         if not self._panes:
@@ -138,19 +144,24 @@ class WindowAggregate(Operator):
             ]
             if not frames:
                 continue
-            window = self._merge(frames)
+            # One query per firing window: merge its panes, finalise, rank, shape.
+            window = (
+                pl.concat(frames, how="vertical_relaxed")
+                .lazy()
+                .group_by(self.keys)
+                .agg(merge_exprs(self.aggs))
+                .with_columns(final_exprs(self.aggs))
+            )
             if self.top is not None:
                 rank = pl.col(self.top.by).rank("min", descending=self.top.descending)
-                window = window.with_columns(final_exprs(self.aggs)).filter(rank <= self.top.n)
-            else:
-                window = window.with_columns(final_exprs(self.aggs))
+                window = window.filter(rank <= self.top.n)
             results.append(
                 window.select(
                     pl.lit(start).cast(pl.Datetime("ms")).alias(WINDOW_START),
                     pl.lit(start + size).cast(pl.Datetime("ms")).alias(WINDOW_END),
                     *self.keys,
                     *[a.alias for a in self.aggs],
-                )
+                ).collect()
             )
         self._fired_until = last_start + slide
         # Panes that no unfired window contains are done.
@@ -163,10 +174,7 @@ class WindowAggregate(Operator):
     def snapshot(self) -> dict[str, pa.Table]:
         if not self._panes and self._fired_until is None:
             return {}
-        frames = [
-            self._merge(frames).with_columns(pl.lit(pane, pl.Int64).alias(_PANE))
-            for pane, frames in sorted(self._panes.items())
-        ]
+        frames = [self._compact(frames, pane) for pane, frames in sorted(self._panes.items())]
         meta = pa.table({"fired_until": pa.array([self._fired_until], pa.int64())})
         state = {"meta": meta}
         if frames:
@@ -180,7 +188,7 @@ class WindowAggregate(Operator):
         if "panes" in state:
             panes = pl.from_arrow(state["panes"])
             for (pane,), frame in panes.partition_by(_PANE, as_dict=True).items():
-                self._panes[pane] = [frame.drop(_PANE)]
+                self._panes[pane] = [frame]
 
     def state_rows(self) -> int:
         return sum(f.height for frames in self._panes.values() for f in frames)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import numpy as np
 import polars as pl
 import pyarrow as pa
 
@@ -196,15 +197,19 @@ class WindowAggregate(Operator):
 @dataclass
 class WindowTopRows(Operator):
     """Rows with the top ``by`` value per tumbling window (and key), ties kept, e.g.
-    Nexmark q7's highest bid. State holds only each open window's current leaders."""
+    Nexmark q7's highest bid. State holds only each open window's current leaders, as
+    window start → (best value, leader rows).
+
+    A batch spans few windows, so work is done per window; the common arg-max case (one
+    leader, no keys, a numeric column) is decided in numpy, without a Polars query."""
 
     uses_watermark = True
 
-    window: Tumbling
-    top: TopN
+    window: Tumbling = field(default_factory=lambda: Tumbling(1000))
+    top: TopN = field(default_factory=lambda: TopN("value"))
     keys: list[str] = field(default_factory=list)
     lateness_ms: int = 0
-    _rows: pl.DataFrame | None = field(default=None, init=False)
+    _leaders: dict[int, tuple[object, pl.DataFrame]] = field(default_factory=dict, init=False)
 
     def output_time_column(self) -> str:
         return WINDOW_END
@@ -213,45 +218,77 @@ class WindowTopRows(Operator):
         batch, late = self.split_late(batch, self.lateness_ms)
         if batch.height == 0:
             return None, late
-        ts = pl.col(self.time_column).to_physical()
         size = self.window.size_ms
-        group = [WINDOW_START, *self.keys]
-        rank = pl.col(self.top.by).rank("min", descending=self.top.descending).over(group)
-        # One query: this batch's leaders per window, then merged with the held leaders.
-        candidates = (
-            batch.lazy()
-            .drop(WM_COL)
-            .with_columns((ts - ts % size).alias(WINDOW_START))
-            .filter(rank <= self.top.n)
-        )
-        if self._rows is not None:
-            candidates = pl.concat([self._rows.lazy(), candidates]).filter(rank <= self.top.n)
-        self._rows = candidates.collect()
+        ts = batch.get_column(self.time_column).to_physical().to_numpy()
+        starts = ts - ts % size
+        rows = batch.drop(WM_COL)
+        by = rows.get_column(self.top.by)
+        fast = not self.keys and self.top.n == 1 and by.dtype.is_numeric() and not by.null_count()
+        values = by.to_numpy() if fast else None
+        for start in np.unique(starts).tolist():
+            idx = np.flatnonzero(starts == start)
+            if fast:
+                self._offer_best(start, rows, idx, values)
+            else:
+                self._offer_ranked(start, rows, idx)
         return None, late
 
+    def _tag(self, frame: pl.DataFrame, start: int) -> pl.DataFrame:
+        return frame.with_columns(pl.lit(start, pl.Int64).alias(WINDOW_START))
+
+    def _offer_best(
+        self, start: int, rows: pl.DataFrame, idx: np.ndarray, values: np.ndarray
+    ) -> None:
+        candidates = values[idx]
+        best = candidates.max() if self.top.descending else candidates.min()
+        held = self._leaders.get(start)
+        if held is not None:
+            held_best, held_rows = held
+            if (held_best > best) if self.top.descending else (held_best < best):
+                return
+        leaders = self._tag(rows[idx[candidates == best]], start)
+        if held is not None and held_best == best:
+            leaders = pl.concat([held_rows, leaders])
+        self._leaders[start] = (best, leaders)
+
+    def _offer_ranked(self, start: int, rows: pl.DataFrame, idx: np.ndarray) -> None:
+        candidates = self._tag(rows[idx], start)
+        held = self._leaders.get(start)
+        if held is not None:
+            candidates = pl.concat([held[1], candidates])
+        rank = pl.col(self.top.by).rank("min", descending=self.top.descending)
+        if self.keys:
+            rank = rank.over(self.keys)
+        self._leaders[start] = (None, candidates.filter(rank <= self.top.n))
+
     def advance(self, watermark: int) -> pl.DataFrame | None:
-        if self._rows is None or self._rows.height == 0:
-            return None
         size = self.window.size_ms
-        done = pl.col(WINDOW_START) + size + self.lateness_ms <= watermark
-        fired = self._rows.filter(done)
-        self._rows = self._rows.filter(~done)
-        if fired.height == 0:
+        closing = sorted(s for s in self._leaders if s + size + self.lateness_ms <= watermark)
+        if not closing:
             return None
+        fired = pl.concat([self._leaders.pop(s)[1] for s in closing])
         return fired.with_columns(
             _as_datetime(WINDOW_START),
             (pl.col(WINDOW_START) + size).cast(pl.Datetime("ms")).alias(WINDOW_END),
         ).sort([WINDOW_START, *self.keys, self.time_column])
 
     def snapshot(self) -> dict[str, pa.Table]:
-        return {} if self._rows is None else {"rows": self._rows.to_arrow()}
+        if not self._leaders:
+            return {}
+        frames = [rows for _, rows in self._leaders.values()]
+        return {"rows": pl.concat(frames).to_arrow()}
 
     def restore(self, state: dict[str, pa.Table]) -> None:
+        self._leaders = {}
         if "rows" in state:
-            self._rows = pl.from_arrow(state["rows"])
+            rows = pl.from_arrow(state["rows"])
+            for (start,), frame in rows.partition_by(WINDOW_START, as_dict=True).items():
+                by = frame.get_column(self.top.by)
+                best = by.max() if self.top.descending else by.min()
+                self._leaders[start] = (best, frame)
 
     def state_rows(self) -> int:
-        return 0 if self._rows is None else self._rows.height
+        return sum(rows.height for _, rows in self._leaders.values())
 
 
 @dataclass

@@ -190,3 +190,28 @@ def test_keyed_operations_need_a_key():
         sliding("10s", "3s")
     with pytest.raises(ValueError, match="not a duration"):
         tumbling("ten seconds")
+
+
+@pytest.mark.parametrize(
+    ("keys", "n", "descending"), [((), 1, True), (("key",), 2, True), ((), 3, False)]
+)
+@pytest.mark.parametrize("batch_rows", [1, 50, 10_000])
+def test_top_rows_match_polars_ranks_ties_kept(keys, n, descending, batch_rows):
+    rng = np.random.default_rng(4)
+    count_ = 400 if batch_rows == 1 else 2_000
+    times = np.sort(rng.integers(0, 60_000, count_))
+    table = events(times, rng.integers(0, 4, count_), rng.integers(0, 30, count_))  # ties
+    got, result = run(
+        lambda s: s.key_by(*keys).window(tumbling("10s")).top_rows("value", n, descending),
+        table,
+        batch_rows,
+    )
+    df = frame(table).with_columns(((pl.col("t") // 10_000) * 10_000).alias("ws"))
+    group = ["ws", *keys]
+    rank = pl.col("value").rank("min", descending=descending).over(group)
+    truth = df.filter(rank <= n).sort("ws", *keys, "date_time", "value")
+    got = got.with_columns((pl.col("window_start").dt.epoch("ms") - T0).alias("ws"))
+    got = got.sort("ws", *keys, "date_time", "value")
+    truth = truth.drop("t")
+    assert got.select(truth.columns).equals(truth)
+    assert result.metrics.state_rows() == 0

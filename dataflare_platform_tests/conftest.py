@@ -8,6 +8,7 @@ import pytest
 
 from dataflare_platform.datagen import NexmarkConfig, write_nexmark
 from dataflare_platform.home import ProjectHome
+from dataflare_platform_tests.nexmark_data import nexmark_tables
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -28,3 +29,15 @@ def landed_home(home: ProjectHome) -> ProjectHome:
     """A home with SMALL_CONFIG's Nexmark files landed (not yet loaded)."""
     write_nexmark(SMALL_CONFIG, home.nexmark_dir)
     return home
+
+
+@pytest.fixture(scope="session")
+def small_nexmark():
+    """3000 events at 100 events/s: 30 s of event time, several 10 s windows."""
+    return nexmark_tables(NexmarkConfig(events=3_000, events_per_second=100.0, seed=3))
+
+
+@pytest.fixture(scope="session")
+def medium_nexmark():
+    """60k events at 500 events/s: 2 minutes of event time, ~1100 persons/auctions."""
+    return nexmark_tables(NexmarkConfig(events=60_000, events_per_second=500.0, seed=5))

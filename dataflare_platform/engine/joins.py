@@ -17,10 +17,6 @@ def _concat(a: pl.DataFrame | None, b: pl.DataFrame) -> pl.DataFrame:
     return b if a is None else pl.concat([a, b], how="vertical_relaxed")
 
 
-def _table(df: pl.DataFrame | None) -> dict[str, pa.Table]:
-    return {} if df is None else {"rows": df.to_arrow()}
-
-
 @dataclass
 class WindowJoin(Operator):
     """Inner join of rows that share a key and a tumbling window; a window's pairs are

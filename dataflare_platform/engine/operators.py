@@ -19,7 +19,6 @@ from dataflare_platform.engine.aggregations import (
     final_exprs,
     merge_exprs,
     partial_exprs,
-    partial_names,
 )
 
 WM_COL = "__wm"
@@ -276,7 +275,3 @@ class Reduce(Operator):
 
     def state_rows(self) -> int:
         return 0 if self._state is None else self._state.height
-
-
-def partial_columns(aggs: list[Agg]) -> list[str]:
-    return partial_names(aggs)

@@ -65,13 +65,6 @@ def _as_datetime(col: str) -> pl.Expr:
     return pl.col(col).cast(pl.Datetime("ms"))
 
 
-def _top(rows: pl.DataFrame, top: TopN | None, group: list[str]) -> pl.DataFrame:
-    if top is None or rows.height == 0:
-        return rows
-    rank = pl.col(top.by).rank("min", descending=top.descending).over(group)
-    return rows.filter(rank <= top.n)
-
-
 @dataclass
 class WindowAggregate(Operator):
     """Aggregates per key and tumbling/sliding window from per-pane partials, optionally

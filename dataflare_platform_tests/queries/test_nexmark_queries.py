@@ -13,7 +13,7 @@ from dataflare_platform.queries.nexmark import (
     NexmarkSources,
     ground_truth,
 )
-from dataflare_platform_tests.queries.conftest import shuffle_within, truth_connection
+from dataflare_platform_tests.nexmark_data import shuffle_within, truth_connection
 
 
 def run_query(query: str, tables, batch_rows: int, checkpoint_every: int = 7):

@@ -237,8 +237,12 @@ class _Run:
                 q.put(item, timeout=0.1)
                 break
             except queue.Full:
-                if self.errors and item is not _END:
-                    raise EngineError("stopping after an error") from self.errors[0]
+                if self.errors:
+                    if item is not _END:
+                        raise EngineError("stopping after an error") from self.errors[0]
+                    # The consumer may be gone: make room so the end marker gets through
+                    # (nothing queued behind an error is committed anyway).
+                    self._drain(q)
         blocked = time.perf_counter() - t0
         if sink:
             self.metrics.sink_blocked_s += blocked

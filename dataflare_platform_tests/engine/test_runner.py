@@ -5,6 +5,7 @@ import time
 
 import polars as pl
 import pyarrow as pa
+import pytest
 
 from dataflare_platform.engine import (
     CollectSink,
@@ -133,3 +134,17 @@ def test_metrics_listener_sees_operators_latency_and_watermark():
     summary = result.metrics.latency.summary()
     assert 0 < summary["p50_ms"] <= summary["p99_ms"] <= summary["max_ms"]
     assert len(result.metrics.latency.samples) == result.metrics.batches
+
+
+class FailingSink(CollectSink):
+    def write(self, output, side) -> None:
+        raise RuntimeError("disk full")
+
+
+def test_a_failing_sink_stops_the_run_with_its_error_and_commits_nothing():
+    sink = FailingSink()
+    pipeline = Stream.source(TableSource.single("e", events(range(0, 100_000, 10)))).sink(sink)
+    config = RunnerConfig(batch_rows=10, source_queue=1, sink_queue=1)
+    with pytest.raises(RuntimeError, match="disk full"):
+        Runner(pipeline, config).run()
+    assert sink.checkpoint is None and sink.outputs == []

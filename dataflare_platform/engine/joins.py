@@ -45,7 +45,9 @@ class WindowJoin(Operator):
         if batch.height:
             ts = pl.col(self.time_column).to_physical()
             size = self.window.size_ms
-            tagged = batch.drop(WM_COL).with_columns((ts - ts % size).alias(WINDOW_START))
+            tagged = batch.drop(WM_COL, strict=False).with_columns(
+                (ts - ts % size).alias(WINDOW_START)
+            )
             side = self._sides[port]
             for (start,), rows in tagged.partition_by(WINDOW_START, as_dict=True).items():
                 side.setdefault(start, []).append(rows)
@@ -267,7 +269,9 @@ class IntervalJoinAggregate(Operator):
                 old = pl.concat(self._tiers[:-keep], how="vertical_relaxed").sort("__end")
                 self._tiers = [old, *self._tiers[-keep:]]
             return None, late
-        right = batch.drop(WM_COL).with_columns(event_ms(self.time_column).alias("__t"))
+        right = batch.drop(WM_COL, strict=False).with_columns(
+            event_ms(self.time_column).alias("__t")
+        )
         for i in range(len(self._tiers) - 1, -1, -1):
             if right.height == 0:
                 break

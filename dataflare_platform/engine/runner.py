@@ -366,7 +366,7 @@ class _Run:
     def _flush(self, ingests: list[float], checkpoint: bool, final: bool = False) -> None:
         output = None
         if self._outputs:
-            output = pl.concat(self._outputs, how="vertical_relaxed").drop(WM_COL, strict=False)
+            output = pl.concat(self._outputs, how="vertical_relaxed")
             self.metrics.events_out += output.height
         side = pl.concat(self._sides) if self._sides else None
         self._outputs, self._sides = [], []
@@ -411,7 +411,12 @@ class _Run:
         own = np.where(before == MIN_WATERMARK, MIN_WATERMARK, before - self.p.out_of_orderness_ms)
         row_wm = np.maximum(np.minimum(own, self.tracker.others(item.key)), self.tracker.emitted)
         self.tracker.observe(item.key, int(times.max()))
-        self._emit(item.node, good.with_columns(pl.Series(WM_COL, row_wm)))
+        if (times >= row_wm).all():
+            # Nothing is behind its watermark, so nothing can be late for any allowed
+            # lateness (>= 0): the column is left off and operators skip the check.
+            self._emit(item.node, good)
+        else:
+            self._emit(item.node, good.with_columns(pl.Series(WM_COL, row_wm)))
         self._advance()
 
     def _validate(self, item: _SourceBatch, schema: pa.Schema, time_col: str):
@@ -473,7 +478,7 @@ class _Run:
 
     def _emit(self, node_id: str, df: pl.DataFrame) -> None:
         if node_id == self.p.sink_node:
-            self._outputs.append(df)
+            self._outputs.append(df.drop(WM_COL, strict=False))
         for child, port in self.p.children[node_id]:
             self._push(child, port, df)
 

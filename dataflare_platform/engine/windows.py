@@ -214,7 +214,7 @@ class WindowTopRows(Operator):
         size = self.window.size_ms
         ts = batch.get_column(self.time_column).to_physical().to_numpy()
         starts = ts - ts % size
-        rows = batch.drop(WM_COL)
+        rows = batch.drop(WM_COL, strict=False)
         by = rows.get_column(self.top.by)
         fast = not self.keys and self.top.n == 1 and by.dtype.is_numeric() and not by.null_count()
         values = by.to_numpy() if fast else None
@@ -304,7 +304,7 @@ class SessionAggregate(Operator):
         batch, late = self.split_late(batch, self.lateness_ms)
         if batch.height == 0:
             return None, late
-        rows = batch.drop(WM_COL)
+        rows = batch.drop(WM_COL, strict=False)
         self._events = rows if self._events is None else pl.concat([self._events, rows])
         return None, late
 

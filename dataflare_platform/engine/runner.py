@@ -399,12 +399,17 @@ class _Run:
             self._sides.append(dead)
         if good is None or good.height == 0:
             return
-        times = good.get_column(time_col).cast(pl.Int64).to_numpy()
         if not self.row_watermarks:
-            self.tracker.observe(item.key, int(times.max()))
+            # The source thread already found the newest event time, unless rows were
+            # rejected (then it may be one of them).
+            newest = item.newest if dead is None and item.newest is not None else None
+            if newest is None:
+                newest = int(good.get_column(time_col).cast(pl.Int64).max())
+            self.tracker.observe(item.key, newest)
             self._emit(item.node, good)
             self._advance()
             return
+        times = good.get_column(time_col).cast(pl.Int64).to_numpy()
         # Row-level watermark: what the watermark was just before each row arrived.
         prev = self.tracker.max_seen.get(item.key, MIN_WATERMARK)
         before = np.maximum.accumulate(np.concatenate(([prev], times[:-1])))
@@ -478,7 +483,7 @@ class _Run:
 
     def _emit(self, node_id: str, df: pl.DataFrame) -> None:
         if node_id == self.p.sink_node:
-            self._outputs.append(df.drop(WM_COL, strict=False))
+            self._outputs.append(df.drop(WM_COL) if WM_COL in df.columns else df)
         for child, port in self.p.children[node_id]:
             self._push(child, port, df)
 

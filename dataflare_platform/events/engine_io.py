@@ -1,0 +1,190 @@
+"""The embedded log as an engine source and as an exactly-once engine sink."""
+
+from __future__ import annotations
+
+import fcntl
+import time
+from pathlib import Path
+from typing import IO
+
+import polars as pl
+import pyarrow as pa
+
+from dataflare_platform.engine.checkpoint import Checkpoint
+from dataflare_platform.engine.sinks import Sink
+from dataflare_platform.events.codec import DEAD_LETTER_SCHEMA
+from dataflare_platform.events.log import EventLog, Topic
+from dataflare_platform.events.transactions import Commit, read_commit, write_commit
+
+
+class LogSource:
+    """Engine source over a topic; its offsets are the topic's offsets.
+
+    ``bounded=True`` fixes the end at the offsets committed when the source is made (a
+    bounded run then drains it and closes every window); otherwise the end is open and a
+    bounded run is limited with the runner's ``until`` (a sensor's offset range).
+    """
+
+    def __init__(
+        self,
+        topic: Topic,
+        columns: list[str] | None = None,
+        partitions: list[int] | None = None,
+        bounded: bool = False,
+    ) -> None:
+        self.topic = topic
+        self.name = topic.name
+        self.time_column = topic.time_column
+        self.columns = list(columns) if columns is not None else None
+        if self.columns is not None and self.time_column not in self.columns:
+            self.columns.append(self.time_column)
+        self._partitions = list(range(len(topic.parts))) if partitions is None else list(partitions)
+        self._ends = topic.committed_ends() if bounded else None
+        schema = topic.schema
+        self._schema = (
+            schema if self.columns is None else pa.schema([schema.field(c) for c in self.columns])
+        )
+
+    @property
+    def schema(self) -> pa.Schema:
+        return self._schema
+
+    def partitions(self) -> list[str]:
+        return [str(p) for p in self._partitions]
+
+    def read(self, partition: str, offset: int, max_rows: int) -> pa.Table:
+        if self._ends is not None:
+            max_rows = max(0, min(max_rows, self._ends[int(partition)] - offset))
+            if max_rows == 0:
+                return self._schema.empty_table()
+        return self.topic.read(partition, offset, max_rows, self.columns)
+
+    def end_offset(self, partition: str) -> int | None:
+        return None if self._ends is None else self._ends[int(partition)]
+
+
+def side_topic_name(topic: str) -> str:
+    return f"{topic}.side"
+
+
+def ensure_output_topic(
+    log: EventLog,
+    name: str,
+    schema: pa.Schema,
+    time_column: str,
+    partitions: int = 1,
+    key: str | None = None,
+) -> Topic:
+    """A transactional output topic and its side topic (late rows and dead letters)."""
+    topic = log.create_topic(
+        name,
+        schema,
+        time_column=time_column,
+        partitions=partitions,
+        key=key,
+        transactional=True,
+        exist_ok=True,
+    )
+    log.create_topic(
+        side_topic_name(name),
+        DEAD_LETTER_SCHEMA,
+        time_column="received_at",
+        transactional=True,
+        commit_topic=name,
+        exist_ok=True,
+    )
+    return topic
+
+
+class LogSink(Sink):
+    """Writes a pipeline's output to a transactional topic, exactly once.
+
+    Each commit appends the output (and side rows to ``<topic>.side``), then publishes the
+    commit record with the checkpoint; readers stop at the committed ends, and a restart
+    truncates whatever was appended after the last commit. The topic has one writer: an
+    exclusive lock is held from ``open`` to ``close``.
+    """
+
+    transactional = True
+
+    def __init__(self, log: EventLog, topic: str) -> None:
+        self.log = log
+        self.topic = log.topic(topic)
+        if not self.topic.config.transactional:
+            raise ValueError(f"topic {topic!r} is not transactional (see ensure_output_topic)")
+        self.side = log.topic(side_topic_name(topic))
+        self._lock: IO[bytes] | None = None
+        self._pipeline = ""
+        self._sequence = 0
+        self._outputs: list[pl.DataFrame] = []
+        self._sides: list[pl.DataFrame] = []
+
+    def open(self, pipeline: str) -> Checkpoint | None:
+        lock = (Path(self.topic.dir) / ".writer.lock").open("a+b")
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError as err:
+            lock.close()
+            msg = f"topic {self.topic.name!r} is being written by another run"
+            raise RuntimeError(msg) from err
+        self._lock = lock
+        self._pipeline = pipeline
+        commit = read_commit(self.topic)
+        if commit is not None and commit.writer != pipeline:
+            raise RuntimeError(
+                f"topic {self.topic.name!r} is the output of pipeline {commit.writer!r},"
+                f" not {pipeline!r}"
+            )
+        ends = commit.ends if commit else {}
+        for p in self.topic.parts:
+            p.truncate(ends.get(p.index, 0))
+        self.side.parts[0].truncate(ends.get(-1, 0))
+        if commit is None:
+            return None
+        self._sequence = commit.sequence
+        return Checkpoint.decode(commit.checkpoint)
+
+    def write(self, output: pl.DataFrame | None, side: pl.DataFrame | None) -> None:
+        if output is not None and output.height:
+            self._outputs.append(output)
+        if side is not None and side.height:
+            self._sides.append(side)
+
+    def commit(self, checkpoint: Checkpoint) -> None:
+        self._sequence += 1
+        if self._outputs:
+            out = pl.concat(self._outputs, how="vertical_relaxed").to_arrow()
+            n = len(self.topic.parts)
+            # Deterministic placement, so a replay after a crash writes the same layout.
+            partition = None if self.topic.config.key else self._sequence % n
+            self.topic.append(out, partition=partition)
+        if self._sides:
+            self.side.append(_side_as_dead_letters(pl.concat(self._sides), self._pipeline), 0)
+        ends = {p.index: p.end_offset() for p in self.topic.parts}
+        ends[-1] = self.side.parts[0].end_offset()
+        write_commit(self.topic, Commit(self._pipeline, self._sequence, ends, checkpoint.encode()))
+        self._outputs.clear()
+        self._sides.clear()
+
+    def close(self) -> None:
+        if self._lock is not None:
+            fcntl.flock(self._lock, fcntl.LOCK_UN)
+            self._lock.close()
+            self._lock = None
+
+
+def _side_as_dead_letters(side: pl.DataFrame, pipeline: str) -> pa.Table:
+    """The engine's side rows (kind, operator, reason, payload JSON) in the dead-letter
+    shape, so every dead letter of the platform can be queried the same way."""
+    return (
+        side.select(
+            pl.lit(pipeline).alias("source"),
+            pl.col("kind").alias("partition"),
+            pl.lit(-1, pl.Int64).alias("offset"),
+            (pl.col("operator") + ": " + pl.col("reason")).alias("reason"),
+            pl.col("payload").cast(pl.Binary).alias("payload"),
+            pl.lit(int(time.time() * 1000)).cast(pl.Datetime("ms")).alias("received_at"),
+        )
+        .to_arrow()
+        .cast(DEAD_LETTER_SCHEMA)
+    )

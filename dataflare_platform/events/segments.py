@@ -1,0 +1,137 @@
+"""Segment files: one Arrow IPC file per append, published by atomic rename.
+
+A segment's name carries everything a reader needs without opening it — its first
+offset, row count, event-time range and the CRC-32 of its bytes:
+
+    00000000000000000000-0000010000-1700000000000-1700000009999-1a2b3c4d.arrow
+
+so listing a partition directory is its whole index, and the files stay plain Arrow IPC
+that DuckDB (through a pyarrow dataset) and Polars (``pl.scan_ipc``) scan directly.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import re
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import pyarrow as pa
+
+SUFFIX = ".arrow"
+_NAME = re.compile(r"^(\d{20})-(\d{10})-(-?\d+)-(-?\d+)-([0-9a-f]{8})\.arrow$")
+NO_TIME = -(2**62)  # time bounds of a segment whose time column is all null
+
+
+@dataclass(frozen=True, order=True)
+class Segment:
+    base: int  # offset of the first row
+    rows: int
+    min_time: int  # event time range, epoch ms
+    max_time: int
+    crc: int
+    path: Path
+
+    @property
+    def end(self) -> int:
+        return self.base + self.rows
+
+    @property
+    def size(self) -> int:
+        return self.path.stat().st_size
+
+    @classmethod
+    def parse(cls, path: Path) -> Segment | None:
+        m = _NAME.match(path.name)
+        if m is None:
+            return None
+        base, rows, tmin, tmax, crc = m.groups()
+        return cls(int(base), int(rows), int(tmin), int(tmax), int(crc, 16), path)
+
+    def verify(self) -> str | None:
+        """None if the bytes match the name's checksum and row count, else the reason."""
+        try:
+            data = self.path.read_bytes()
+        except OSError as err:
+            return f"unreadable: {err}"
+        if zlib.crc32(data) != self.crc:
+            return f"checksum mismatch ({len(data)} bytes)"
+        try:
+            rows = pa.ipc.open_file(pa.py_buffer(data)).read_all().num_rows
+        except pa.ArrowInvalid as err:
+            return f"not a valid Arrow file: {err}"
+        if rows != self.rows:
+            return f"{rows} rows, name says {self.rows}"
+        return None
+
+    def read(self, columns: list[str] | None = None) -> pa.Table:
+        """Memory-mapped, zero-copy: only the pages of the columns used are touched."""
+        with pa.memory_map(str(self.path)) as source:
+            table = pa.ipc.open_file(source).read_all()
+        return table.select(columns) if columns is not None else table
+
+
+def segment_name(base: int, rows: int, min_time: int, max_time: int, crc: int) -> str:
+    return f"{base:020d}-{rows:010d}-{min_time}-{max_time}-{crc:08x}{SUFFIX}"
+
+
+def encode(table: pa.Table, metadata: dict[str, str] | None = None) -> bytes:
+    if metadata:
+        table = table.replace_schema_metadata({**(table.schema.metadata or {}), **metadata})
+    sink = io.BytesIO()
+    with pa.ipc.new_file(sink, table.schema) as writer:
+        writer.write_table(table)
+    return sink.getvalue()
+
+
+def write_segment(
+    directory: Path,
+    base: int,
+    table: pa.Table,
+    time_range: tuple[int, int],
+    fsync: bool,
+    metadata: dict[str, str] | None = None,
+) -> Segment:
+    """Write to a temporary name, then rename: a reader sees all of it or nothing."""
+    data = encode(table, metadata)
+    crc = zlib.crc32(data)
+    final = directory / segment_name(base, table.num_rows, *time_range, crc)
+    tmp = directory / f".tmp-{os.getpid()}-{base}{SUFFIX}"
+    with tmp.open("wb") as f:
+        f.write(data)
+        if fsync:
+            f.flush()
+            os.fsync(f.fileno())
+    tmp.replace(final)
+    if fsync:
+        fsync_dir(directory)
+    return Segment(base, table.num_rows, *time_range, crc, final)
+
+
+def fsync_dir(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def list_segments(directory: Path) -> list[Segment]:
+    """Live segments in offset order. While a compaction is publishing, a merged segment
+    and the small ones it replaces can both be listed: the larger one wins."""
+    found = []
+    with os.scandir(directory) as entries:
+        for entry in entries:
+            if entry.name.endswith(SUFFIX) and not entry.name.startswith("."):
+                seg = Segment.parse(Path(entry.path))
+                if seg is not None:
+                    found.append(seg)
+    found.sort(key=lambda s: (s.base, -s.rows))
+    live: list[Segment] = []
+    for seg in found:
+        if live and seg.base < live[-1].end:
+            continue  # covered by a merged segment
+        live.append(seg)
+    return live

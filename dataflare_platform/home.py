@@ -74,6 +74,11 @@ class ProjectHome(BaseModel):
         return self.root / "events"
 
     @property
+    def event_log_dir(self) -> Path:
+        """Root of the embedded event log (one directory per topic)."""
+        return self.events_dir / "log"
+
+    @property
     def nexmark_dir(self) -> Path:
         """Landing directory of generated Nexmark files (persons/, auctions/, bids/)."""
         return self.events_dir / "nexmark"

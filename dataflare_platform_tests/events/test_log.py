@@ -157,7 +157,7 @@ def test_event_time_index_covers_an_interval(log, bids):
     _append_in_batches(topic, bids, 200)
     times = pl.from_arrow(bids)["date_time"].cast(pl.Int64)
     lo, hi = int(times.quantile(0.4)), int(times.quantile(0.6))
-    (start, end), = topic.offsets_for_time(lo, hi).values()
+    ((start, end),) = topic.offsets_for_time(lo, hi).values()
     inside = pl.from_arrow(topic.read(0, start, end - start)).filter(
         pl.col("date_time").cast(pl.Int64).is_between(lo, hi, closed="left")
     )
@@ -165,7 +165,7 @@ def test_event_time_index_covers_an_interval(log, bids):
         pl.col("date_time").cast(pl.Int64).is_between(lo, hi, closed="left")
     )
     assert inside.equals(expected)
-    assert 0 < start and end < bids.num_rows  # the index narrows the read
+    assert start > 0 and end < bids.num_rows  # the index narrows the read
 
 
 def test_consumer_group_offsets_survive_a_restart(log, bids):

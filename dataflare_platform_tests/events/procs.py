@@ -64,7 +64,9 @@ def consume(root: str, topic: str, group: str, expected: int, timeout_s: float) 
             rows += f.table.num_rows
             total += int(np.asarray(f.table.column("value")).sum())
             for p, s in zip(
-                f.table.column("producer").to_pylist(), f.table.column("seq").to_pylist()
+                f.table.column("producer").to_pylist(),
+                f.table.column("seq").to_pylist(),
+                strict=True,
             ):
                 keys.add((p, s))
         consumer.commit()

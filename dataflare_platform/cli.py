@@ -18,6 +18,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from dataflare_platform.cli_events import consume, produce, topics_app
 from dataflare_platform.errors import DataflareError
 from dataflare_platform.home import HOME_ENV_VAR, ProjectHome
 
@@ -33,6 +34,9 @@ nexmark_app = typer.Typer(help="Nexmark queries on the streaming engine.", no_ar
 app.add_typer(nexmark_app, name="nexmark")
 pipeline_app = typer.Typer(help="Declarative (YAML) pipelines.", no_args_is_help=True)
 app.add_typer(pipeline_app, name="pipeline")
+app.add_typer(topics_app, name="topics")
+app.command("produce")(produce)
+app.command("consume")(consume)
 console = Console(stderr=True)
 
 HomeOption = Annotated[
@@ -241,6 +245,30 @@ def bench_nexmark(
     except (ValueError, FileNotFoundError) as err:
         _fail(err)
     print(json.dumps(result, indent=None if as_json else 2))
+
+
+@bench_app.command("events")
+def bench_events(
+    events: Annotated[
+        int, typer.Option(help="Nexmark events to generate (bids used).")
+    ] = 2_000_000,
+    batch_rows: Annotated[int, typer.Option(help="Rows per append / read.")] = 10_000,
+    fsync: Annotated[bool, typer.Option(help="fsync every append.")] = False,
+    brokers: Annotated[
+        bool, typer.Option(help="Also NATS JetStream and Redis Streams (services must run).")
+    ] = True,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON only.")] = True,
+) -> None:
+    """Event log append/scan throughput and produce-to-consume latency; brokers each way."""
+    from dataflare_platform.bench.events import bench_log
+
+    results = [bench_log(events, batch_rows, fsync)]
+    if brokers:
+        from dataflare_platform.connectors.bench import bench_brokers
+
+        results.extend(bench_brokers(min(events, 200_000), 1_000))
+    for result in results:
+        print(json.dumps(result, indent=None if as_json else 2))
 
 
 @nexmark_app.command("run")

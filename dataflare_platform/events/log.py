@@ -41,6 +41,7 @@ from dataflare_platform.events.segments import (
 log = logging.getLogger(__name__)
 
 TOPIC_FILE = "topic.json"
+_SETTLE_NS = 50_000_000
 _TOPIC_NAME = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,200}$"
 
 
@@ -105,6 +106,7 @@ class Partition:
         self.dir = topic.dir / f"p{index:05d}"
         self.dir.mkdir(parents=True, exist_ok=True)
         self._segments: list[Segment] = []
+        self._listed_at = -1
         self._cache: tuple[Path, pa.Table] | None = None
 
     @property
@@ -122,9 +124,30 @@ class Partition:
 
     # -- index ---------------------------------------------------------------------------
     def segments(self, refresh: bool = True) -> list[Segment]:
+        """The live segments. Listing is skipped while the directory's change time
+        stands still (every publish, truncation and deletion moves it), so polling the
+        tail costs one ``stat``."""
         if refresh or not self._segments:
-            self._segments = list_segments(self.dir)
+            stamp = self.dir.stat().st_mtime_ns
+            if stamp != self._listed_at or not self._segments:
+                self._segments = self._relist()
+                # File times tick coarsely (a few ms): a change in the same tick as this
+                # listing would not move the stamp, so a listing made while the stamp
+                # was recent is not trusted next time.
+                settled = time.time_ns() - stamp > _SETTLE_NS
+                self._listed_at = stamp if settled else -1
         return self._segments
+
+    def _relist(self) -> list[Segment]:
+        """Only names from the newest known segment on are read, when that segment is
+        still there unchanged; anything else (truncation, retention) lists everything.
+        Older segments replaced by compaction are found when a read misses them."""
+        known = self._segments
+        if known:
+            tail = list_segments(self.dir, from_base=known[-1].base)
+            if tail and tail[0] == known[-1]:
+                return known[:-1] + tail
+        return list_segments(self.dir)
 
     def start_offset(self) -> int:
         segs = self.segments()
@@ -147,6 +170,7 @@ class Partition:
                 self.dir, base, table, bounds, self.topic.config.fsync, metadata=metadata
             )
         self._segments.append(seg)
+        self._listed_at = -1
         return base, seg.end
 
     def truncate(self, end: int) -> int:

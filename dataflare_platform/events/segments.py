@@ -118,13 +118,17 @@ def fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
-def list_segments(directory: Path) -> list[Segment]:
-    """Live segments in offset order. While a compaction is publishing, a merged segment
-    and the small ones it replaces can both be listed: the larger one wins."""
+def list_segments(directory: Path, from_base: int = 0) -> list[Segment]:
+    """Live segments in offset order, from the one starting at ``from_base`` on (names
+    before it are skipped on a string compare, which keeps a tail poll cheap on a long
+    log). While a compaction is publishing, a merged segment and the small ones it
+    replaces can both be listed: the larger one wins."""
     found = []
+    first = f"{from_base:020d}"
     with os.scandir(directory) as entries:
         for entry in entries:
-            if entry.name.endswith(SUFFIX) and not entry.name.startswith("."):
+            name = entry.name
+            if name.endswith(SUFFIX) and name[:20] >= first and not name.startswith("."):
                 seg = Segment.parse(Path(entry.path))
                 if seg is not None:
                     found.append(seg)

@@ -1,0 +1,252 @@
+"""``dataflare topics``, ``produce`` and ``consume``: the embedded event log from a shell."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Annotated
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from dataflare_platform.errors import DataflareError
+from dataflare_platform.home import HOME_ENV_VAR, ProjectHome
+
+console = Console(stderr=True)
+topics_app = typer.Typer(help="Topics of the embedded event log.", no_args_is_help=True)
+
+LogDirOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--log-dir",
+        help=f"Event log directory (default: <home>/events/log; home from ${HOME_ENV_VAR}).",
+    ),
+]
+NEXMARK_KINDS = ("bids", "persons", "auctions")
+
+
+def open_log(log_dir: Path | None):
+    from dataflare_platform.events.log import EventLog
+
+    if log_dir is None:
+        log_dir = ProjectHome.resolve().ensure().event_log_dir
+    return EventLog(log_dir)
+
+
+def _fail(err: Exception) -> None:
+    console.print(f"[bold red]error:[/] {err}")
+    raise typer.Exit(code=2)
+
+
+def _schema_from(path: Path | None, nexmark: str | None) -> pa.Schema:
+    from dataflare_platform.datagen import SCHEMAS
+
+    if nexmark is not None:
+        if nexmark not in NEXMARK_KINDS:
+            raise ValueError(f"--nexmark must be one of {', '.join(NEXMARK_KINDS)}")
+        return SCHEMAS[nexmark]
+    if path is None:
+        raise ValueError("give --schema-from FILE (Parquet or Arrow) or --nexmark KIND")
+    if path.suffix == ".parquet":
+        return pq.read_schema(path)
+    with pa.memory_map(str(path)) as f:
+        return pa.ipc.open_file(f).schema
+
+
+@topics_app.command("list")
+def topics_list(log_dir: LogDirOption = None) -> None:
+    """Topics with their partitions, rows and size."""
+    log = open_log(log_dir)
+    table = Table("topic", "partitions", "rows", "bytes", "retention")
+    for name in log.topics():
+        d = log.topic(name).describe()
+        retention = ", ".join(
+            f"{k.removeprefix('retention_')}={d[k]}"
+            for k in ("retention_ms", "retention_bytes")
+            if d[k] is not None
+        )
+        table.add_row(
+            name, str(d["partitions"]), f"{d['rows']:,}", f"{d['bytes']:,}", retention or "-"
+        )
+    Console().print(table)
+
+
+@topics_app.command("create")
+def topics_create(
+    name: Annotated[str, typer.Argument(help="Topic name.")],
+    schema_from: Annotated[
+        Path | None, typer.Option(help="Take the schema of this Parquet/Arrow file.")
+    ] = None,
+    nexmark: Annotated[
+        str | None, typer.Option(help="Take the schema of Nexmark bids, persons or auctions.")
+    ] = None,
+    partitions: Annotated[int, typer.Option(help="Number of partitions.")] = 1,
+    time_column: Annotated[str, typer.Option(help="Event-time column.")] = "date_time",
+    key: Annotated[str | None, typer.Option(help="Hash-partition rows by this column.")] = None,
+    retention_ms: Annotated[
+        int | None, typer.Option(help="Delete segments older than this.")
+    ] = None,
+    retention_bytes: Annotated[
+        int | None, typer.Option(help="Keep at most this many bytes per partition.")
+    ] = None,
+    fsync: Annotated[bool, typer.Option(help="fsync every append (power-loss safe).")] = False,
+    log_dir: LogDirOption = None,
+) -> None:
+    """Create a topic."""
+    try:
+        schema = _schema_from(schema_from, nexmark)
+        topic = open_log(log_dir).create_topic(
+            name,
+            schema,
+            time_column=time_column,
+            partitions=partitions,
+            key=key,
+            retention_ms=retention_ms,
+            retention_bytes=retention_bytes,
+            fsync=fsync,
+        )
+    except (DataflareError, ValueError, OSError) as err:
+        _fail(err)
+    print(json.dumps(topic.describe(), indent=2))
+
+
+@topics_app.command("describe")
+def topics_describe(
+    name: Annotated[str, typer.Argument(help="Topic name.")], log_dir: LogDirOption = None
+) -> None:
+    """Partitions, offsets, sizes, event-time range, retention and consumer-group lag."""
+    from dataflare_platform.events.groups import list_groups
+
+    try:
+        topic = open_log(log_dir).topic(name)
+    except (DataflareError, KeyError) as err:
+        _fail(err)
+    described = topic.describe()
+    described["groups"] = {g: topic.group(g).lag() for g in list_groups(topic)}
+    print(json.dumps(described, indent=2, default=str))
+
+
+@topics_app.command("maintain")
+def topics_maintain(
+    name: Annotated[str, typer.Argument(help="Topic name.")], log_dir: LogDirOption = None
+) -> None:
+    """Apply retention, then compact small segments."""
+    try:
+        topic = open_log(log_dir).topic(name)
+    except (DataflareError, KeyError) as err:
+        _fail(err)
+    deleted = topic.enforce_retention()
+    merged = topic.compact()
+    print(json.dumps({"topic": name, "segments_deleted": deleted, "segments_merged": merged}))
+
+
+def produce(
+    topic: Annotated[str, typer.Argument(help="Target topic (created for --nexmark if missing).")],
+    files: Annotated[
+        list[Path] | None,
+        typer.Argument(help="Parquet, Arrow IPC or NDJSON files to append.", show_default=False),
+    ] = None,
+    nexmark: Annotated[
+        int | None, typer.Option(help="Generate this many Nexmark events instead of files.")
+    ] = None,
+    kind: Annotated[str, typer.Option(help="Nexmark kind to publish.")] = "bids",
+    batch_rows: Annotated[int, typer.Option(help="Rows per append.")] = 10_000,
+    rate: Annotated[float | None, typer.Option(help="Events/s limit (default: none).")] = None,
+    partitions: Annotated[int, typer.Option(help="Partitions of a topic made here.")] = 1,
+    log_dir: LogDirOption = None,
+) -> None:
+    """Append files or generated Nexmark events to a topic, with a progress bar.
+
+    NDJSON records that do not decode go to the topic's dead-letter topic.
+    """
+    from dataflare_platform.events.producer import produce_tables, tables_from_files
+
+    try:
+        log = open_log(log_dir)
+        if nexmark is not None:
+            from dataflare_platform.bench.events import nexmark_stream
+
+            if kind not in NEXMARK_KINDS:
+                raise ValueError(f"--kind must be one of {', '.join(NEXMARK_KINDS)}")
+            from dataflare_platform.datagen import SCHEMAS
+
+            if not log.exists(topic):
+                log.create_topic(topic, SCHEMAS[kind], partitions=partitions)
+            source, total = nexmark_stream(nexmark, kind), None
+        elif files:
+            target = log.topic(topic)
+            source, total = tables_from_files(files, target), None
+        else:
+            raise ValueError("give files to append or --nexmark N")
+        target = log.topic(topic)
+        with Progress(
+            TextColumn("[progress.description]{task.description}"),
+            BarColumn(),
+            TaskProgressColumn(),
+            TextColumn("{task.completed:,} events"),
+            TimeElapsedColumn(),
+            console=console,
+            disable=not console.is_terminal,
+        ) as progress:
+            task = progress.add_task(f"producing to {topic}", total=total)
+            result = produce_tables(
+                log,
+                target,
+                source,
+                batch_rows=batch_rows,
+                rate=rate,
+                on_progress=lambda n: progress.update(task, advance=n),
+            )
+    except (DataflareError, KeyError, ValueError, OSError) as err:
+        _fail(err)
+    print(json.dumps(result))
+
+
+def consume(
+    topic: Annotated[str, typer.Argument(help="Topic to read.")],
+    group: Annotated[
+        str | None, typer.Option(help="Consumer group: start at and commit its offsets.")
+    ] = None,
+    follow: Annotated[bool, typer.Option(help="Keep waiting for new events (tail -f).")] = False,
+    max_events: Annotated[int | None, typer.Option("--max", help="Stop after this many.")] = None,
+    log_dir: LogDirOption = None,
+) -> None:
+    """Print a topic's events as JSON lines (from the start, or from a group's offsets)."""
+    from dataflare_platform.events.codec import encode_json
+    from dataflare_platform.events.groups import ConsumerGroup
+
+    try:
+        t = open_log(log_dir).topic(topic)
+    except (DataflareError, KeyError) as err:
+        _fail(err)
+    consumer = ConsumerGroup(t, group or "dataflare-consume-cli").consumer()
+    if group is None:
+        for p, start in t.start_offsets().items():
+            consumer.seek(p, start)
+    printed = 0
+    out = sys.stdout.buffer
+    while max_events is None or printed < max_events:
+        fetched = consumer.poll(max_rows=10_000)
+        if not fetched:
+            if not follow:
+                break
+            time.sleep(0.05)
+            continue
+        for f in fetched:
+            table = f.table
+            if max_events is not None and table.num_rows > max_events - printed:
+                table = table.slice(0, max_events - printed)
+                consumer.seek(f.partition, f.start + table.num_rows)
+            for line in encode_json(table):
+                out.write(line + b"\n")
+            printed += table.num_rows
+        out.flush()
+        if group is not None:
+            consumer.commit()
+    console.print(f"{printed:,} events")

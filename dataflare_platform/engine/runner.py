@@ -320,11 +320,27 @@ class _Run:
             pending.extend(item.ingest)
             if item.checkpoint is not None:
                 self.sink.commit(item.checkpoint)
+                self._committed(item.checkpoint)
             if item.checkpoint is not None or not self.sink.transactional:
                 now = time.perf_counter()
                 for ingest in pending:
                     self.metrics.latency.record((now - ingest) * 1000)
                 pending.clear()
+
+    def _committed(self, checkpoint: Checkpoint) -> None:
+        """Tell sources that want it (``on_commit``) which offsets are now durable in the
+        sink, e.g. so a log source can show its consumer group's lag."""
+        for node in self.p.sources():
+            hook = getattr(node.source, "on_commit", None)
+            if hook is not None:
+                prefix = f"{node.source.name}/"
+                hook(
+                    {
+                        k[len(prefix) :]: v
+                        for k, v in checkpoint.offsets.items()
+                        if k.startswith(prefix)
+                    }
+                )
 
     # -- processing ----------------------------------------------------------------------
     def _process(self) -> bool:

@@ -31,8 +31,12 @@ class LogSource:
         columns: list[str] | None = None,
         partitions: list[int] | None = None,
         bounded: bool = False,
+        group: str | None = None,
     ) -> None:
         self.topic = topic
+        # The engine's checkpoint is what makes processing exactly-once; the group's
+        # offsets follow each commit so that lag shows in ``dataflare topics describe``.
+        self.group = topic.group(group) if group is not None else None
         self.name = topic.name
         self.time_column = topic.time_column
         self.columns = list(columns) if columns is not None else None
@@ -61,6 +65,10 @@ class LogSource:
 
     def end_offset(self, partition: str) -> int | None:
         return None if self._ends is None else self._ends[int(partition)]
+
+    def on_commit(self, offsets: dict[str, int]) -> None:
+        if self.group is not None and offsets:
+            self.group.commit({int(p): o for p, o in offsets.items()})
 
 
 def side_topic_name(topic: str) -> str:

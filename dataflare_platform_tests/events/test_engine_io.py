@@ -67,12 +67,15 @@ def test_open_ended_source_runs_a_sensor_style_offset_range(tmp_path, small_nexm
     config = RunnerConfig(batch_rows=100, checkpoint_every=2)
 
     def run(**kwargs):
-        sources = _sources(log, "q7", bounded=False)
+        sources = NexmarkSources(
+            bids=LogSource(log.topic("bids"), COLUMNS["q7"]["bids"], group="q7-engine")
+        )
         sink = LogSink(log, "q7_out")
         return Runner(BUILDERS["q7"](sources, sink), config).run(**kwargs)
 
     first = run(until={"bids/0": 1000})
     assert not first.finished and first.checkpoint.offsets == {"bids/0": 1000}
+    assert log.topic("bids").group("q7-engine").committed() == {0: 1000}
     second = run(until={"bids/0": 1000})  # a repeated request processes nothing again
     assert second.metrics.events_in == first.metrics.events_in
     # The last range: the source stays open-ended, so windows close by watermark only.

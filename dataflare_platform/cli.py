@@ -18,7 +18,10 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from dataflare_platform.cli_dlq import dlq_app
 from dataflare_platform.cli_events import consume, produce, topics_app
+from dataflare_platform.cli_replay import replay_command
+from dataflare_platform.cli_route import route
 from dataflare_platform.errors import DataflareError
 from dataflare_platform.home import HOME_ENV_VAR, ProjectHome
 
@@ -37,6 +40,9 @@ app.add_typer(pipeline_app, name="pipeline")
 app.add_typer(topics_app, name="topics")
 app.command("produce")(produce)
 app.command("consume")(consume)
+app.command("replay")(replay_command)
+app.add_typer(dlq_app, name="dlq")
+app.command("route")(route)
 console = Console(stderr=True)
 
 HomeOption = Annotated[

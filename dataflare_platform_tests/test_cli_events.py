@@ -51,7 +51,8 @@ def test_ndjson_with_bad_lines_is_dead_lettered_and_counted(tmp_path, small_nexm
     log_dir = tmp_path / "log"
     bids = small_nexmark["bids"].slice(0, 500)
     good = encode_json(bids)
-    bad = [b"{not json", b'{"auction": "x"}', b"", b"[1, 2]"]
+    no_time = b'{"auction": 1, "bidder": 2, "price": 3, "channel": "c", "url": "u", "extra": ""}'
+    bad = [b"{not json", b'{"auction": "x"}', b"", b"[1, 2]", no_time]
     lines = good[:100] + bad + good[100:]
     (tmp_path / "bids.ndjson").write_bytes(b"\n".join(lines) + b"\n")
     _ok(["topics", "create", "bids", "--nexmark", "bids", "--log-dir", str(log_dir)])
@@ -62,7 +63,7 @@ def test_ndjson_with_bad_lines_is_dead_lettered_and_counted(tmp_path, small_nexm
     assert result["appended"] + result["dead_lettered"] == len(lines)  # in = out + dead
     log = EventLog(log_dir)
     dlq = pl.from_arrow(log.topic("bids.dlq").read_all())
-    assert dlq["offset"].to_list() == [100, 101, 102, 103]  # line numbers in the file
+    assert dlq["offset"].to_list() == [100, 101, 102, 103, 104]  # line numbers in the file
     assert dlq["payload"].to_list() == bad
     assert dlq["reason"].str.len_chars().min() > 0
     assert pl.from_arrow(log.topic("bids").read_all()).equals(

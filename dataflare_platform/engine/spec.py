@@ -334,7 +334,7 @@ class PipelineSpec(_Model):
         for name, stream_spec in self.streams.items():
             stream = streams[stream_spec.from_]
             for step in stream_spec.steps:
-                stream = _apply(stream, step, streams, plugins or {})
+                stream = apply_step(stream, step, streams, plugins or {})
             streams[name] = stream
         return streams[self.output].sink(sink or self._sink())
 
@@ -353,7 +353,7 @@ def _aggs(spec: dict[str, AggSpec]) -> list[Agg]:
     return [Agg(a.kind, a.column, alias) for alias, a in spec.items()]
 
 
-def _apply(
+def apply_step(
     stream: Stream, step: StepSpec, streams: dict[str, Stream], plugins: dict[str, BatchPlugin]
 ) -> Stream:
     op, arg = step.op, step.arg

@@ -10,6 +10,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from dataflare_platform.events.codec import DEAD_LETTER_SCHEMA, JsonDecoder
+from dataflare_platform.events.deadletter import decode_for_topic
 from dataflare_platform.events.log import EventLog, Topic
 
 Batch = tuple[pa.Table, pa.Table | None]
@@ -46,16 +47,19 @@ def tables_from_files(
                 for number, line in enumerate(f):
                     lines.append(line.rstrip(b"\r\n"))
                     if len(lines) == chunk_lines:
-                        yield _decode(decoder, lines, first, path)
+                        yield _decode(topic, decoder, lines, first, path)
                         first, lines = number + 1, []
                 if lines:
-                    yield _decode(decoder, lines, first, path)
+                    yield _decode(topic, decoder, lines, first, path)
         else:
             raise ValueError(f"{path}: unsupported file type (Parquet, Arrow IPC or NDJSON)")
 
 
-def _decode(decoder: JsonDecoder, lines: list[bytes], first: int, path: Path) -> Batch:
-    decoded = decoder.decode(lines, list(range(first, first + len(lines))), source=str(path))
+def _decode(
+    topic: Topic, decoder: JsonDecoder, lines: list[bytes], first: int, path: Path
+) -> Batch:
+    offsets = list(range(first, first + len(lines)))
+    decoded = decode_for_topic(topic, decoder, lines, offsets, source=str(path), partition="0")
     return decoded.table, decoded.dead
 
 

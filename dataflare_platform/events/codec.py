@@ -139,7 +139,7 @@ class JsonDecoder:
         # Parsed as all-nullable, so that a missing required field is found by
         # ``conform``, which names it (Arrow's reader does not).
         parse_schema = pa.schema(
-            [pa.field(_ROW_FIELD, pa.int64()), *(f.with_nullable(True) for f in schema)]
+            [pa.field(_ROW_FIELD, pa.int64()), *(_parse_field(f) for f in schema)]
         )
         self._strings = [
             f.name for f in schema if pa.types.is_string(f.type) or pa.types.is_large_string(f.type)
@@ -247,6 +247,15 @@ class JsonDecoder:
             self._parse(lines[mid:], index[mid:], out, bad)
             return
         out.append(table)
+
+
+def _parse_field(f: pa.Field) -> pa.Field:
+    """Timestamps are parsed at microsecond precision and cast exactly afterwards: Arrow's
+    reader refuses ``…00.001000`` for a millisecond column (only three digits), and the
+    cast still refuses a value that would lose precision."""
+    if pa.types.is_timestamp(f.type) and f.type.unit in ("s", "ms"):
+        return pa.field(f.name, pa.timestamp("us", tz=f.type.tz), nullable=True)
+    return f.with_nullable(True)
 
 
 def _tag(payload: bytes, position: int) -> bytes:

@@ -1,0 +1,409 @@
+"""PostgreSQL sink: exactly-once output through one transaction per checkpoint.
+
+Like ``DuckDBSink``, everything the runner hands over between two checkpoints (output,
+late rows, dead letters) is written together with the checkpoint in one transaction:
+
+    BEGIN
+      [CREATE TABLE <table> ...]                      -- first output only, from Arrow
+      COPY <table> FROM STDIN (FORMAT BINARY)         -- or COPY into a staging table and
+                                                      -- INSERT ... ON CONFLICT (upsert)
+      COPY <table>_side FROM STDIN (FORMAT BINARY)    -- late rows and dead letters
+      INSERT INTO dataflare_checkpoints ... ON CONFLICT DO UPDATE
+    COMMIT
+
+A crash anywhere before COMMIT leaves none of it; ``open()`` returns the checkpoint of
+the last COMMIT, and the runner replays from its offsets. Output in PostgreSQL is
+therefore exactly the output of one uninterrupted run.
+
+One writer per table: ``open()`` takes a session advisory lock on ``schema.table``, so a
+second process (say, a restarted run while the first is still alive) waits for it and
+then fails instead of interleaving commits. The lock dies with the session, so a killed
+writer never holds it for long.
+
+Checkpoints are keyed by pipeline *and* table: several sinks may share one database and
+one ``dataflare_checkpoints`` table per schema.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import time
+from typing import Annotated, Any
+
+import polars as pl
+import psycopg
+import pyarrow as pa
+from psycopg import sql
+from psycopg.conninfo import conninfo_to_dict
+from pydantic import BaseModel, ConfigDict, Field, NonNegativeFloat, PositiveFloat, field_validator
+
+from dataflare_platform.connectors.pgcopy import iter_binary, pg_type
+from dataflare_platform.connectors.settings import PG_MAX_IDENTIFIER, SQL_IDENTIFIER, validated
+from dataflare_platform.engine.checkpoint import Checkpoint
+from dataflare_platform.engine.sinks import Sink
+
+CHECKPOINT_TABLE = "dataflare_checkpoints"
+SIDE_SUFFIX = "_side"
+_DDL_LOCK = 0x0DF_C0DE  # serialises CREATE ... IF NOT EXISTS across concurrent sinks
+
+# What binary COPY sends for each PostgreSQL type of an existing table: the wire format
+# must match the column type exactly, so output is cast to these first.
+_ARROW_FOR_PG = {
+    "bool": pa.bool_(),
+    "int2": pa.int16(),
+    "int4": pa.int32(),
+    "int8": pa.int64(),
+    "float4": pa.float32(),
+    "float8": pa.float64(),
+    "text": pa.large_string(),
+    "varchar": pa.large_string(),
+    "bytea": pa.large_binary(),
+    "date": pa.date32(),
+    "timestamp": pa.timestamp("us"),
+    "timestamptz": pa.timestamp("us", tz="UTC"),
+    "time": pa.time64("us"),
+}
+
+
+class PostgresUnavailableError(ConnectionError):
+    """The server could not be reached or refused the connection (message says where)."""
+
+
+class PostgresSinkSettings(BaseModel):
+    """Where and how the sink writes; refused at construction naming the bad field."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, hide_input_in_errors=True)
+
+    dsn: str = Field(min_length=1, description="libpq URL or key=value connection string.")
+    table: str = Field(
+        pattern=SQL_IDENTIFIER,
+        max_length=PG_MAX_IDENTIFIER - len(SIDE_SUFFIX),  # room for the side table's name
+        description="Output table (created from the output's Arrow schema if missing).",
+    )
+    schema_name: str = Field("public", pattern=SQL_IDENTIFIER, max_length=PG_MAX_IDENTIFIER)
+    upsert_keys: list[Annotated[str, Field(min_length=1)]] | None = Field(
+        None, min_length=1, description="Key columns: the table keeps each key's newest row."
+    )
+    connect_timeout_s: PositiveFloat = 10.0
+    lock_timeout_s: NonNegativeFloat = Field(
+        30.0, description="How long open() waits for another writer of the table to finish."
+    )
+
+    @field_validator("dsn")
+    @classmethod
+    def _parses(cls, value: str) -> str:
+        try:
+            conninfo_to_dict(value)
+        except psycopg.ProgrammingError as err:
+            # libpq's message, not the string itself: it may hold a password.
+            raise ValueError(f"not a PostgreSQL connection string ({err})") from None
+        return value
+
+    @field_validator("upsert_keys")
+    @classmethod
+    def _distinct(cls, value: list[str] | None) -> list[str] | None:
+        if value is not None and len(set(value)) != len(value):
+            raise ValueError("upsert keys must be distinct")
+        return value
+
+
+def describe_dsn(dsn: str) -> str:
+    """``user@host:port/dbname`` without the password, for error messages."""
+    d = conninfo_to_dict(dsn)
+    host = d.get("host") or d.get("hostaddr") or "localhost"
+    return f"{d.get('user', '')}@{host}:{d.get('port') or 5432}/{d.get('dbname', '')}"
+
+
+def connect(dsn: str, connect_timeout_s: float = 10.0, **kwargs: Any) -> psycopg.Connection:
+    """A connection with UTF-8 text (what binary COPY's text cells are), or an error
+    that says which server could not be reached and why."""
+    try:
+        return psycopg.connect(
+            dsn,
+            connect_timeout=max(1, round(connect_timeout_s)),
+            client_encoding="UTF8",
+            application_name="dataflare",
+            **kwargs,
+        )
+    except psycopg.OperationalError as err:
+        raise PostgresUnavailableError(
+            f"PostgreSQL at {describe_dsn(dsn)} is not reachable: {str(err).strip()}"
+        ) from err
+
+
+class PostgresSink(Sink):
+    """Output, side rows and checkpoint in PostgreSQL, one transaction per commit.
+
+    ``upsert_keys`` makes the table keyed: each commit inserts or replaces the newest row
+    per key (``INSERT ... ON CONFLICT DO UPDATE`` from a staging table), for updating
+    results such as q4's average price per category. A table the sink creates gets the
+    keys as its primary key (so they must not be null); an existing table needs a
+    unique index on exactly those columns.
+
+    Output is cast to the types of an existing table (safely: an overflow fails the
+    commit), and a table created here maps Arrow types as ``pgcopy.pg_type`` says.
+    """
+
+    transactional = True
+
+    def __init__(
+        self,
+        dsn: str,
+        table: str,
+        schema_name: str = "public",
+        upsert_keys: list[str] | None = None,
+        *,
+        connect_timeout_s: float = 10.0,
+        lock_timeout_s: float = 30.0,
+    ) -> None:
+        self.settings = validated(
+            PostgresSinkSettings,
+            "PostgreSQL sink settings",
+            {
+                "dsn": dsn,
+                "table": table,
+                "schema_name": schema_name,
+                "upsert_keys": upsert_keys,
+                "connect_timeout_s": connect_timeout_s,
+                "lock_timeout_s": lock_timeout_s,
+            },
+        )
+        s = self.settings
+        self.target = sql.Identifier(s.schema_name, s.table)
+        self.side_target = sql.Identifier(s.schema_name, s.table + SIDE_SUFFIX)
+        self._checkpoints = sql.Identifier(s.schema_name, CHECKPOINT_TABLE)
+        self._conn: psycopg.Connection | None = None
+        self._columns: dict[str, pa.DataType] | None = None  # target table, once it exists
+        self._pipeline = ""
+        self._outputs: list[pl.DataFrame] = []
+        self._sides: list[pl.DataFrame] = []
+
+    # -- Sink ----------------------------------------------------------------------------
+    def open(self, pipeline: str) -> Checkpoint | None:
+        s = self.settings
+        self.close()
+        self._outputs.clear()
+        self._sides.clear()
+        self._pipeline = pipeline
+        conn = connect(s.dsn, s.connect_timeout_s)
+        try:
+            self._lock(conn)
+            with conn.cursor() as cur:
+                cur.execute("SELECT pg_advisory_xact_lock(%s)", [_DDL_LOCK])
+                cur.execute(
+                    "SELECT 1 FROM pg_namespace WHERE nspname = %s", [s.schema_name]
+                )  # CREATE SCHEMA IF NOT EXISTS needs the privilege even when it exists
+                if cur.fetchone() is None:
+                    cur.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(s.schema_name)))
+                cur.execute(
+                    sql.SQL(
+                        "CREATE TABLE IF NOT EXISTS {} (pipeline text NOT NULL,"
+                        " target text NOT NULL, state bytea NOT NULL,"
+                        " committed_at timestamptz NOT NULL DEFAULT now(),"
+                        " PRIMARY KEY (pipeline, target))"
+                    ).format(self._checkpoints)
+                )
+                cur.execute(
+                    sql.SQL(
+                        "CREATE TABLE IF NOT EXISTS {} (kind text, operator text,"
+                        " reason text, payload text)"
+                    ).format(self.side_target)
+                )
+                self._columns = self._existing_columns(cur)
+                cur.execute(
+                    sql.SQL("SELECT state FROM {} WHERE pipeline = %s AND target = %s").format(
+                        self._checkpoints
+                    ),
+                    [pipeline, s.table],
+                )
+                row = cur.fetchone()
+            conn.commit()
+        except BaseException:
+            conn.close()
+            raise
+        self._conn = conn
+        return Checkpoint.decode(bytes(row[0])) if row else None
+
+    def write(self, output: pl.DataFrame | None, side: pl.DataFrame | None) -> None:
+        if output is not None and output.height:
+            self._outputs.append(output)
+        if side is not None and side.height:
+            self._sides.append(side)
+
+    def commit(self, checkpoint: Checkpoint) -> None:
+        conn = self._conn
+        assert conn is not None, "open() first"
+        columns_before = self._columns
+        try:
+            with conn.cursor() as cur:
+                if self._outputs:
+                    out = pl.concat(self._outputs, how="vertical_relaxed")
+                    if self.settings.upsert_keys:  # each key's newest row since the last commit
+                        out = out.unique(
+                            subset=self.settings.upsert_keys, keep="last", maintain_order=True
+                        )
+                    self._write_output(cur, out.to_arrow())
+                if self._sides:
+                    side = pl.concat(self._sides).to_arrow()
+                    self._copy(cur, self.side_target, side.cast(_text_schema(side.schema)))
+                cur.execute(
+                    sql.SQL(
+                        "INSERT INTO {} (pipeline, target, state) VALUES (%s, %s, %b)"
+                        " ON CONFLICT (pipeline, target) DO UPDATE"
+                        " SET state = EXCLUDED.state, committed_at = now()"
+                    ).format(self._checkpoints),
+                    [self._pipeline, self.settings.table, checkpoint.encode()],
+                )
+            conn.commit()
+        except BaseException:
+            self._columns = columns_before  # a table created in the rolled-back transaction
+            with contextlib.suppress(psycopg.Error):  # is gone; the connection may be too
+                conn.rollback()
+            raise
+        self._outputs.clear()
+        self._sides.clear()
+
+    def close(self) -> None:
+        if self._conn is not None:
+            with contextlib.suppress(psycopg.Error):
+                self._conn.close()  # also releases the writer lock
+            self._conn = None
+
+    # -- helpers -------------------------------------------------------------------------
+    def _lock(self, conn: psycopg.Connection) -> None:
+        s = self.settings
+        key = int.from_bytes(
+            hashlib.blake2b(
+                f"dataflare-sink:{s.schema_name}.{s.table}".encode(), digest_size=8
+            ).digest(),
+            "big",
+            signed=True,
+        )
+        deadline = time.monotonic() + s.lock_timeout_s
+        while True:
+            got = conn.execute("SELECT pg_try_advisory_lock(%s)", [key]).fetchone()
+            conn.commit()
+            if got and got[0]:
+                return
+            if time.monotonic() >= deadline:
+                raise RuntimeError(
+                    f"another writer holds {s.schema_name}.{s.table} "
+                    f"(waited {s.lock_timeout_s:g} s): one running pipeline per table"
+                )
+            time.sleep(0.2)
+
+    def _existing_columns(self, cur: psycopg.Cursor) -> dict[str, pa.DataType] | None:
+        cur.execute(
+            "SELECT a.attname, t.typname FROM pg_attribute a JOIN pg_type t ON t.oid = a.atttypid"
+            " WHERE a.attrelid = to_regclass(%s) AND a.attnum > 0 AND NOT a.attisdropped"
+            " ORDER BY a.attnum",
+            [f'"{self.settings.schema_name}"."{self.settings.table}"'],
+        )
+        rows = cur.fetchall()
+        if not rows:
+            return None
+        columns: dict[str, pa.DataType] = {}
+        for name, typname in rows:
+            arrow = _ARROW_FOR_PG.get(typname)
+            if arrow is not None:
+                columns[name] = arrow
+        if self.settings.upsert_keys and not self._has_unique_key(cur):
+            raise ValueError(
+                f"{self.settings.schema_name}.{self.settings.table} exists without a unique"
+                f" index on {self.settings.upsert_keys}: an upsert sink needs one"
+            )
+        return columns
+
+    def _has_unique_key(self, cur: psycopg.Cursor) -> bool:
+        cur.execute(
+            "SELECT 1 FROM pg_index i WHERE i.indrelid = to_regclass(%s) AND i.indisunique"
+            " AND (SELECT array_agg(a.attname::text ORDER BY a.attname) FROM pg_attribute a"
+            "      WHERE a.attrelid = i.indrelid AND a.attnum = ANY(i.indkey)) = %s",
+            [
+                f'"{self.settings.schema_name}"."{self.settings.table}"',
+                sorted(self.settings.upsert_keys or []),
+            ],
+        )
+        return cur.fetchone() is not None
+
+    def _write_output(self, cur: psycopg.Cursor, out: pa.Table) -> None:
+        keys = self.settings.upsert_keys or []
+        missing_keys = [k for k in keys if k not in out.column_names]
+        if missing_keys:
+            raise ValueError(f"upsert keys {missing_keys} are not output columns")
+        if self._columns is None:
+            self._create(cur, out.schema)
+        assert self._columns is not None
+        unknown = [c for c in out.column_names if c not in self._columns]
+        if unknown:
+            raise ValueError(
+                f"output columns {unknown} are not in {self.settings.schema_name}."
+                f"{self.settings.table} (or have a type the sink cannot write)"
+            )
+        out = _cast_to(out, self._columns)
+        if not keys:
+            self._copy(cur, self.target, out)
+            return
+        stage = sql.Identifier("_dataflare_stage")
+        cur.execute(
+            sql.SQL("CREATE TEMP TABLE {} (LIKE {}) ON COMMIT DROP").format(stage, self.target)
+        )
+        self._copy(cur, stage, out)
+        columns = sql.SQL(", ").join(map(sql.Identifier, out.column_names))
+        others = [c for c in out.column_names if c not in keys]
+        action = (
+            sql.SQL("DO UPDATE SET ")
+            + sql.SQL(", ").join(
+                sql.SQL("{} = EXCLUDED.{}").format(sql.Identifier(c), sql.Identifier(c))
+                for c in others
+            )
+            if others
+            else sql.SQL("DO NOTHING")
+        )
+        cur.execute(
+            sql.SQL("INSERT INTO {} ({}) SELECT {} FROM {} ON CONFLICT ({}) ").format(
+                self.target,
+                columns,
+                columns,
+                stage,
+                sql.SQL(", ").join(map(sql.Identifier, keys)),
+            )
+            + action
+        )
+
+    def _create(self, cur: psycopg.Cursor, schema: pa.Schema) -> None:
+        """The table from the output's Arrow schema (inside the commit's transaction)."""
+        keys = self.settings.upsert_keys or []
+        defs = [
+            sql.SQL("{} {}").format(sql.Identifier(f.name), sql.SQL(pg_type(f))) for f in schema
+        ]
+        if keys:
+            defs.append(
+                sql.SQL("PRIMARY KEY ({})").format(sql.SQL(", ").join(map(sql.Identifier, keys)))
+            )
+        cur.execute(sql.SQL("CREATE TABLE {} ({})").format(self.target, sql.SQL(", ").join(defs)))
+        self._columns = self._existing_columns(cur)
+
+    @staticmethod
+    def _copy(cur: psycopg.Cursor, target: sql.Identifier, table: pa.Table) -> None:
+        columns = sql.SQL(", ").join(map(sql.Identifier, table.column_names))
+        statement = sql.SQL("COPY {} ({}) FROM STDIN (FORMAT BINARY)").format(target, columns)
+        with cur.copy(statement) as copy:
+            for piece in iter_binary(table):
+                copy.write(piece)
+
+
+def _text_schema(schema: pa.Schema) -> pa.Schema:
+    return pa.schema([pa.field(f.name, pa.large_string()) for f in schema])
+
+
+def _cast_to(table: pa.Table, types: dict[str, pa.DataType]) -> pa.Table:
+    """Cast to the table's wire types: safely (an int64 too big for an integer column
+    raises), except that times finer than PostgreSQL's microseconds are truncated."""
+    columns = []
+    for name in table.column_names:
+        column, target = table.column(name), types[name]
+        temporal = pa.types.is_temporal(column.type) and pa.types.is_temporal(target)
+        columns.append(column.cast(target, safe=not temporal))
+    return pa.Table.from_arrays(columns, names=table.column_names)

@@ -464,20 +464,8 @@ class _Run:
             )
             return None, side_rows(pl.from_arrow(table), "dead_letter", where, reason)
         df = item.frame if item.frame is not None else pl.from_arrow(table.select(schema.names))
-        time_ms = pl.col(time_col).cast(pl.Int64)
         null_time = pl.col(time_col).is_null()
-        valid_times = df.get_column(time_col).drop_nulls().cast(pl.Int64)
-        if valid_times.len() == 0:
-            reference = None
-        elif seen != MIN_WATERMARK:
-            reference = seen
-        else:
-            reference = int(valid_times.median())
-        future = (
-            (time_ms > reference + self.p.max_future_ms)
-            if reference is not None
-            else (pl.lit(False))
-        )
+        future = pl.Series(self._jumps_ahead(df.get_column(time_col), seen))
         bad = df.filter(null_time | future)
         if bad.height == 0:
             return df, None
@@ -496,6 +484,25 @@ class _Run:
                 )
             )
         return df.filter(~(null_time | future)), pl.concat(parts)
+
+    def _jumps_ahead(self, times: pl.Series, seen: int) -> np.ndarray:
+        """Rows more than ``max_future_ms`` ahead of everything before them in the
+        stream: a jump, not progress. Judged against the running maximum of the
+        preceding accepted rows, so a sparse stream whose batch spans many hours is
+        fine while one clock-skewed row is not. A second pass leaves the rows found
+        by the first out of the running maximum (an outlier must not hide the next)."""
+        t = times.cast(pl.Int64).fill_null(MIN_WATERMARK).to_numpy()
+        valid = t != MIN_WATERMARK
+        if not valid.any():
+            return np.zeros(len(t), dtype=bool)
+        start = seen if seen != MIN_WATERMARK else int(np.median(t[valid]))
+        limit = self.p.max_future_ms
+        flagged = np.zeros(len(t), dtype=bool)
+        for _ in range(2):
+            base = np.where(flagged, MIN_WATERMARK, t)
+            before = np.maximum.accumulate(np.concatenate(([start], base[:-1])))
+            flagged = valid & (t > before + limit)
+        return flagged
 
     def _emit(self, node_id: str, df: pl.DataFrame) -> None:
         if node_id == self.p.sink_node:

@@ -116,6 +116,22 @@ def test_bad_batches_and_rows_go_to_dead_letters_and_the_pipeline_keeps_running(
     assert '"key":1' in dead.filter(pl.col("reason").str.contains("schema"))["payload"][0]
 
 
+def test_a_sparse_stream_is_progress_not_future_events():
+    """10 000 events 5 s apart span 14 h in one batch: nothing is "ahead of the stream";
+    a single row 10 days ahead in the middle of it still is, and so is a second one
+    behind it (the first must not raise the bar)."""
+    times = np.arange(10_000, dtype=np.int64) * 5_000
+    times[4_000] = times[3_999] + 10 * 86_400_000
+    times[4_001] = times[3_999] + 9 * 86_400_000
+    sink = CollectSink()
+    source = TableSource.single("e", events(times))
+    result = Runner(windowed_count(source, sink), RunnerConfig(batch_rows=10_000)).run()
+    dead = sink.side("dead_letter")
+    assert result.metrics.dead_letters == 2
+    assert dead.height == 2 and dead["reason"].str.contains("ahead of the stream").all()
+    assert sink.result()["n"].sum() + dead.height == 10_000
+
+
 def eval_payload(payload: str) -> dict:
     import json
 

@@ -32,7 +32,7 @@ from dataflare_platform.engine.durations import to_ms
 from dataflare_platform.engine.operators import BatchPlugin
 from dataflare_platform.engine.pipeline import Pipeline, Stream, WindowedStream
 from dataflare_platform.engine.sinks import DuckDBSink, NullSink, ParquetSink, Sink
-from dataflare_platform.engine.sources import FileSource, nexmark_files
+from dataflare_platform.engine.sources import FileSource, Source, nexmark_files
 from dataflare_platform.engine.windows import Session, Sliding, Tumbling
 from dataflare_platform.errors import ConfigError
 
@@ -65,9 +65,19 @@ class WatermarkSpec(_Model):
 
 
 class SourceSpec(_Model):
-    path: Path
+    """Files (``path``) or a topic of the event log (``topic``; see
+    ``dataflare_platform.events.specs``, which opens it)."""
+
+    path: Path | None = None
+    topic: str | None = None
     columns: list[str] | None = None
     time_column: str = "date_time"
+
+    @model_validator(mode="after")
+    def _one(self) -> SourceSpec:
+        if (self.path is None) == (self.topic is None):
+            raise ValueError("give exactly one of path, topic")
+        return self
 
 
 class AggSpec(_Model):
@@ -231,16 +241,20 @@ class StreamSpec(_Model):
     steps: list[StepSpec] = Field(default_factory=list)
 
 
+SINK_KINDS = ("duckdb", "parquet", "discard", "topic")
+
+
 class SinkSpec(_Model):
     duckdb: dict[str, Any] | None = None
     parquet: Path | None = None
     discard: dict[str, Any] | None = None
+    topic: str | None = None  # an exactly-once output topic of the event log
 
     @model_validator(mode="after")
     def _one(self) -> SinkSpec:
-        given = [k for k in ("duckdb", "parquet", "discard") if getattr(self, k) is not None]
+        given = [k for k in SINK_KINDS if getattr(self, k) is not None]
         if len(given) != 1:
-            raise ValueError("give exactly one of duckdb, parquet, discard")
+            raise ValueError(f"give exactly one of {', '.join(SINK_KINDS)}")
         if self.duckdb is not None and not {"path", "table"} <= set(self.duckdb):
             raise ValueError("duckdb needs path and table (and optionally upsert_keys)")
         return self
@@ -303,7 +317,8 @@ class PipelineSpec(_Model):
             return path if path.is_absolute() else base / path
 
         sources = {
-            k: s.model_copy(update={"path": resolve(s.path)}) for k, s in self.sources.items()
+            k: s.model_copy(update={"path": resolve(s.path)}) if s.path is not None else s
+            for k, s in self.sources.items()
         }
         sink = self.sink
         if sink.duckdb is not None:
@@ -316,8 +331,13 @@ class PipelineSpec(_Model):
 
     # -- building ------------------------------------------------------------------------
     def build(
-        self, sink: Sink | None = None, plugins: dict[str, BatchPlugin] | None = None
+        self,
+        sink: Sink | None = None,
+        plugins: dict[str, BatchPlugin] | None = None,
+        sources: dict[str, Source] | None = None,
     ) -> Pipeline:
+        """The pipeline, with ``sources`` replacing the declared ones by name (topic
+        sources must be given: the engine does not open the event log)."""
         w = self.watermark
         pipeline = Pipeline(
             self.name,
@@ -326,7 +346,16 @@ class PipelineSpec(_Model):
             max_future_ms=to_ms(w.max_future),
         )
         streams: dict[str, Stream] = {}
+        given = sources or {}
         for name, source in self.sources.items():
+            if name in given:
+                streams[name] = pipeline.source(given[name])
+                continue
+            if source.path is None:
+                raise ConfigError(
+                    f"pipeline {self.name!r}",
+                    [(f"sources.{name}.topic", "open topic sources with events.specs.build")],
+                )
             files = nexmark_files(source.path) if source.path.is_dir() else [source.path]
             streams[name] = pipeline.source(
                 FileSource(name, files, source.time_column, source.columns)
@@ -346,6 +375,10 @@ class PipelineSpec(_Model):
             )
         if s.parquet is not None:
             return ParquetSink(s.parquet)
+        if s.topic is not None:
+            raise ConfigError(
+                f"pipeline {self.name!r}", [("sink.topic", "open with events.specs.build")]
+            )
         return NullSink()
 
 

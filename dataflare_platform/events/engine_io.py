@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import fcntl
 import time
-from pathlib import Path
 from typing import IO
 
 import polars as pl
@@ -115,28 +114,73 @@ class LogSink(Sink):
 
     transactional = True
 
-    def __init__(self, log: EventLog, topic: str) -> None:
+    def __init__(self, log: EventLog, topic: str, time_column: str | None = None) -> None:
+        """A missing topic is created at the first commit from the output's schema, with
+        ``time_column`` as its event time (default: ``window_start`` if the output has
+        one, else ``date_time``)."""
         self.log = log
-        self.topic = log.topic(topic)
-        if not self.topic.config.transactional:
-            raise ValueError(f"topic {topic!r} is not transactional (see ensure_output_topic)")
-        self.side = log.topic(side_topic_name(topic))
+        self.name = topic
+        self.time_column = time_column
+        self.topic: Topic | None = None
+        self.side: Topic | None = None
+        if log.exists(topic):
+            self._attach()
         self._lock: IO[bytes] | None = None
         self._pipeline = ""
         self._sequence = 0
         self._outputs: list[pl.DataFrame] = []
         self._sides: list[pl.DataFrame] = []
 
+    def _attach(self) -> None:
+        self.topic = self.log.topic(self.name)
+        if not self.topic.config.transactional:
+            msg = f"topic {self.name!r} is not transactional (see ensure_output_topic)"
+            raise ValueError(msg)
+        self.side = self.log.topic(side_topic_name(self.name))
+
+    def _create(self, schema: pa.Schema) -> None:
+        time_column = self.time_column or next(
+            (c for c in ("window_start", "date_time") if c in schema.names), None
+        )
+        if time_column is None:
+            raise ValueError(
+                f"output topic {self.name!r}: no window_start or date_time column; give time_column"
+            )
+        ensure_output_topic(self.log, self.name, schema, time_column)
+        self.topic = self.log.topic(self.name)
+
     def open(self, pipeline: str) -> Checkpoint | None:
-        lock = (Path(self.topic.dir) / ".writer.lock").open("a+b")
+        directory = self.log.root / self.name
+        directory.mkdir(parents=True, exist_ok=True)
+        lock = (directory / ".writer.lock").open("a+b")
         try:
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError as err:
             lock.close()
-            msg = f"topic {self.topic.name!r} is being written by another run"
+            msg = f"topic {self.name!r} is being written by another run"
             raise RuntimeError(msg) from err
         self._lock = lock
         self._pipeline = pipeline
+        if self.topic is None:
+            if not self.log.exists(self.name):
+                # No output yet, so no topic: commits so far sit in its directory, and
+                # side rows in the side topic, which needs no output schema.
+                self.side = self.log.create_topic(
+                    side_topic_name(self.name),
+                    DEAD_LETTER_SCHEMA,
+                    time_column="received_at",
+                    transactional=True,
+                    commit_topic=self.name,
+                    exist_ok=True,
+                )
+                early = read_commit(directory)
+                self.side.parts[0].truncate(early.ends.get(-1, 0) if early else 0)
+                if early is None:
+                    return None
+                self._sequence = early.sequence
+                return Checkpoint.decode(early.checkpoint)
+            self._attach()
+        assert self.topic is not None and self.side is not None
         commit = read_commit(self.topic)
         if commit is not None and commit.writer != pipeline:
             raise RuntimeError(
@@ -159,18 +203,25 @@ class LogSink(Sink):
             self._sides.append(side)
 
     def commit(self, checkpoint: Checkpoint) -> None:
+        out = pl.concat(self._outputs, how="vertical_relaxed").to_arrow() if self._outputs else None
+        if self.topic is None and out is not None:
+            self._create(out.schema)
+        assert self.side is not None, "open() first"
         self._sequence += 1
-        if self._outputs:
-            out = pl.concat(self._outputs, how="vertical_relaxed").to_arrow()
+        if out is not None:
             n = len(self.topic.parts)
             # Deterministic placement, so a replay after a crash writes the same layout.
             partition = None if self.topic.config.key else self._sequence % n
             self.topic.append(out, partition=partition)
         if self._sides:
             self.side.append(_side_as_dead_letters(pl.concat(self._sides), self._pipeline), 0)
-        ends = {p.index: p.end_offset() for p in self.topic.parts}
+        # Before the output topic exists (no output yet to take its schema from) the
+        # record is kept in its directory, so a restart or the next range resumes here.
+        parts = self.topic.parts if self.topic is not None else []
+        ends = {p.index: p.end_offset() for p in parts}
         ends[-1] = self.side.parts[0].end_offset()
-        write_commit(self.topic, Commit(self._pipeline, self._sequence, ends, checkpoint.encode()))
+        record = Commit(self._pipeline, self._sequence, ends, checkpoint.encode())
+        write_commit(self.topic if self.topic is not None else self.log.root / self.name, record)
         self._outputs.clear()
         self._sides.clear()
 

@@ -424,7 +424,7 @@ class Topic:
 
         if self.config.commit_topic is not None:
             # A side topic: one partition, its end kept under -1 in the parent's record.
-            commit = read_commit(Topic(self.dir.parent, _parent_config(self)))
+            commit = read_commit(self.dir.parent / self.config.commit_topic)
             return {0: commit.ends.get(-1, 0) if commit else 0}
         commit = read_commit(self)
         return {p.index: commit.ends.get(p.index, 0) if commit else 0 for p in self.parts}
@@ -603,11 +603,6 @@ class EventLog:
         topic = self.topic(name)
         shutil.rmtree(topic.dir)
         self._open.pop(name, None)
-
-
-def _parent_config(side: Topic) -> TopicConfig:
-    path = side.dir.parent / str(side.config.commit_topic) / TOPIC_FILE
-    return TopicConfig.model_validate(json.loads(path.read_text()))
 
 
 def _alive(pid: int) -> bool:

@@ -14,6 +14,7 @@ import json
 import os
 import struct
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -51,20 +52,24 @@ class Commit:
         )
 
 
-def read_commit(topic: Topic) -> Commit | None:
+def read_commit(topic: Topic | Path) -> Commit | None:
+    """The commit record of a topic (or of a topic directory not created yet)."""
+    directory = topic if isinstance(topic, Path) else topic.dir
     try:
-        data = (topic.dir / COMMIT_FILE).read_bytes()
+        data = (directory / COMMIT_FILE).read_bytes()
     except FileNotFoundError:
         return None
     return Commit.decode(data)
 
 
-def write_commit(topic: Topic, commit: Commit) -> None:
-    path = topic.dir / COMMIT_FILE
-    tmp = topic.dir / f".{COMMIT_FILE}.tmp-{os.getpid()}"
+def write_commit(topic: Topic | Path, commit: Commit) -> None:
+    directory = topic if isinstance(topic, Path) else topic.dir
+    fsync = False if isinstance(topic, Path) else topic.config.fsync
+    path = directory / COMMIT_FILE
+    tmp = directory / f".{COMMIT_FILE}.tmp-{os.getpid()}"
     with tmp.open("wb") as f:
         f.write(commit.encode())
-        if topic.config.fsync:
+        if fsync:
             f.flush()
             os.fsync(f.fileno())
     tmp.replace(path)

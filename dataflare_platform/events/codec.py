@@ -96,8 +96,14 @@ def decode_arrow(payload: bytes, schema: pa.Schema) -> pa.Table:
     """A batch message back into a table; raises ValueError naming what is wrong."""
     try:
         table = pa.ipc.open_stream(pa.py_buffer(payload)).read_all()
-    except (pa.ArrowInvalid, OSError) as err:
+    except (pa.ArrowException, OSError) as err:  # ArrowNotImplementedError too
         raise ValueError(f"not an Arrow IPC stream: {err}") from err
+    try:
+        # The reader checks the framing, not the buffers: corrupt offsets or bytes pass
+        # and crash (segfault) whatever reads the columns later. Payloads are untrusted.
+        table.validate(full=True)
+    except pa.ArrowException as err:
+        raise ValueError(f"corrupt Arrow IPC stream: {err}") from err
     return conform(table, schema)
 
 

@@ -1,0 +1,182 @@
+"""What every message broker connector offers, so the rest of the platform (router, CLI
+``produce``/``consume``, sensors) can treat NATS JetStream, Redis Streams and later Kafka
+alike.
+
+Two roles, both at-least-once:
+- a :class:`BrokerProducer` turns a table into messages (``json``: one per record;
+  ``arrow``: one Arrow IPC stream per batch of rows) and returns once the broker has
+  acknowledged every one;
+- a :class:`BrokerConsumer` belongs to a consumer group (NATS durable consumer, Redis
+  consumer group, Kafka group): ``fetch`` hands out decoded rows plus dead letters, and
+  nothing is settled until the caller runs the result's ``ack`` (NATS: ack each message;
+  Redis: XACK; Kafka: commit the offsets). What is never acked is delivered again.
+
+Undecodable messages never raise: they come back as ``DEAD_LETTER_SCHEMA`` rows with the
+raw bytes, so the caller can route them to a dead-letter topic and then ack.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol, Self
+
+import pyarrow as pa
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from dataflare_platform.errors import ConfigError, DataflareError
+from dataflare_platform.events.codec import (
+    DEAD_LETTER_SCHEMA,
+    Decoded,
+    JsonDecoder,
+    dead_letters,
+    decode_arrow,
+    encode_arrow,
+    encode_json,
+)
+
+Format = Literal["json", "arrow"]
+
+
+class BrokerError(DataflareError):
+    """The broker refused or failed an operation (the message says which and why)."""
+
+
+class BrokerUnavailableError(BrokerError):
+    """The broker could not be reached at all."""
+
+
+class BrokerSettings(BaseModel):
+    """Base of the connectors' settings: unknown fields are refused, values are checked
+    at construction, and ``load`` reports every bad field by name."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    @classmethod
+    def load(cls, **values: Any) -> Self:
+        try:
+            return cls.model_validate(values)
+        except ValidationError as err:
+            raise ConfigError.from_validation(f"{cls.__name__} settings", err) from None
+
+
+@dataclass
+class FetchResult:
+    """One fetch from a consumer group.
+
+    ``ids`` lists every message handed out (broker ids: NATS stream sequence, Redis entry
+    id, Kafka ``partition:offset``), decodable or not. Every message is either in
+    ``table`` (its rows) or one row of ``dead``, so for json (one record per message)
+    ``len(ids) == table.num_rows + dead.num_rows``, and in any format
+    ``len(ids) == good_messages + dead.num_rows``.
+    """
+
+    table: pa.Table
+    dead: pa.Table
+    ids: list[str]
+    ack: Callable[[], None] = field(repr=False)
+
+    @property
+    def messages(self) -> int:
+        return len(self.ids)
+
+    @property
+    def good_messages(self) -> int:
+        return len(self.ids) - self.dead.num_rows
+
+
+class BrokerProducer(Protocol):
+    def send(self, table: pa.Table) -> int:
+        """Publish ``table``'s rows; return the number of rows sent once all are acked."""
+        ...
+
+    def send_raw(self, payloads: Sequence[bytes]) -> int:
+        """Publish payloads as they are (re-driving dead letters, tests); return count."""
+        ...
+
+    def close(self) -> None: ...
+
+
+class BrokerConsumer(Protocol):
+    def fetch(self, max_records: int, timeout_s: float) -> FetchResult:
+        """Up to ``max_records`` records (arrow: whole messages, so rounded up to a
+        message), waiting at most ``timeout_s`` for the first; empty on timeout."""
+        ...
+
+    def close(self) -> None:
+        """Leave; whatever was fetched and not acked is redelivered later."""
+        ...
+
+
+def arrow_rows(payload: bytes) -> int | None:
+    """Rows in an Arrow IPC stream payload, or None if it is not one."""
+    try:
+        return pa.ipc.open_stream(pa.py_buffer(payload)).read_all().num_rows
+    except (pa.ArrowException, OSError):
+        return None
+
+
+@dataclass
+class MessageCodec:
+    """Tables to message payloads and back, for one format and schema."""
+
+    format: Format
+    schema: pa.Schema
+    batch_rows: int = 4096  # rows per arrow message
+    max_message_bytes: int = 1 << 20  # arrow batches larger than this are split
+
+    def __post_init__(self) -> None:
+        self._json = JsonDecoder(self.schema)
+
+    def encode(self, table: pa.Table) -> list[tuple[bytes, int]]:
+        """``(payload, rows)`` per message, in row order."""
+        if table.num_rows == 0:
+            return []
+        if self.format == "json":
+            return [(p, 1) for p in encode_json(table)]
+        out: list[tuple[bytes, int]] = []
+        for start in range(0, table.num_rows, self.batch_rows):
+            self._encode_arrow(table.slice(start, self.batch_rows), out)
+        return out
+
+    def _encode_arrow(self, table: pa.Table, out: list[tuple[bytes, int]]) -> None:
+        payload = encode_arrow(table)
+        if len(payload) > self.max_message_bytes and table.num_rows > 1:
+            half = table.num_rows // 2  # too big for the broker: halve until it fits
+            self._encode_arrow(table.slice(0, half), out)
+            self._encode_arrow(table.slice(half), out)
+            return
+        out.append((payload, table.num_rows))
+
+    def decode(
+        self, payloads: Sequence[bytes], offsets: Sequence[int], source: str, partition: str
+    ) -> Decoded:
+        """Good rows and dead letters; ``Decoded.offsets`` gives each good row its
+        message's offset (arrow: every row of a message shares it)."""
+        if self.format == "json":
+            return self._json.decode(payloads, offsets, source, partition)
+        tables: list[pa.Table] = []
+        good_offsets: list[int] = []
+        bad: list[tuple[int, str, bytes]] = []
+        for payload, offset in zip(payloads, offsets, strict=True):
+            try:
+                table = decode_arrow(payload, self.schema)
+            except ValueError as err:
+                bad.append((offset, str(err), payload))
+                continue
+            tables.append(table)
+            good_offsets.extend([offset] * table.num_rows)
+        table = pa.concat_tables(tables) if tables else self.schema.empty_table()
+        dead = dead_letters(
+            source,
+            partition,
+            [b[0] for b in bad],
+            [b[1] for b in bad],
+            [b[2] for b in bad],
+        )
+        return Decoded(table, dead, good_offsets)
+
+
+def concat_dead(tables: Sequence[pa.Table]) -> pa.Table:
+    tables = [t for t in tables if t.num_rows]
+    return pa.concat_tables(tables) if tables else DEAD_LETTER_SCHEMA.empty_table()

@@ -67,10 +67,10 @@ from pydantic import (
     field_validator,
 )
 
-from dataflare_platform.connectors.files import WriterLock, write_atomic
 from dataflare_platform.connectors.landing_decode import FileDecoder, file_format
 from dataflare_platform.connectors.landing_ledger import Ledger, LedgerEntry
 from dataflare_platform.connectors.settings import validated
+from dataflare_platform.durable import WriterLock, write_atomic
 
 STATE_DIR = "_dataflare"
 IN_PROGRESS_SUFFIXES = (

@@ -50,8 +50,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from pydantic import BaseModel, ConfigDict, Field, NonNegativeFloat, field_validator
 
-from dataflare_platform.connectors.files import WriterLock, fsync_dir, fsync_file, write_atomic
 from dataflare_platform.connectors.settings import validated
+from dataflare_platform.durable import WriterLock, fsync_dir, fsync_file, write_atomic
 from dataflare_platform.engine.checkpoint import Checkpoint
 from dataflare_platform.engine.sinks import SIDE_SCHEMA, Sink
 

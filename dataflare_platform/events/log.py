@@ -28,12 +28,12 @@ import pyarrow.compute as pc
 import pyarrow.dataset as ds
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from dataflare_platform.durable import fsync_dir, fsync_file
 from dataflare_platform.errors import ConfigError
 from dataflare_platform.events.codec import conform
 from dataflare_platform.events.segments import (
     NO_TIME,
     Segment,
-    fsync_dir,
     list_segments,
     write_segment,
 )
@@ -208,7 +208,7 @@ class Partition:
                     continue
                 reason = seg.verify()
                 if reason is None:
-                    _fsync_file(seg.path)
+                    fsync_file(seg.path)
                     verified = seg.base
                     continue
                 for bad in segs[i:]:
@@ -615,11 +615,3 @@ def _alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
-
-
-def _fsync_file(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

@@ -20,6 +20,8 @@ from pathlib import Path
 
 import pyarrow as pa
 
+from dataflare_platform.durable import fsync_dir
+
 SUFFIX = ".arrow"
 _NAME = re.compile(r"^(\d{20})-(\d{10})-(-?\d+)-(-?\d+)-([0-9a-f]{8})\.arrow$")
 NO_TIME = -(2**62)  # time bounds of a segment whose time column is all null
@@ -108,14 +110,6 @@ def write_segment(
     if fsync:
         fsync_dir(directory)
     return Segment(base, table.num_rows, *time_range, crc, final)
-
-
-def fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def list_segments(directory: Path, from_base: int = 0) -> list[Segment]:

@@ -11,11 +11,12 @@ writer per transactional topic (an exclusive lock enforces it).
 from __future__ import annotations
 
 import json
-import os
 import struct
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
+
+from dataflare_platform.durable import write_atomic
 
 if TYPE_CHECKING:
     from dataflare_platform.events.log import Topic
@@ -65,11 +66,4 @@ def read_commit(topic: Topic | Path) -> Commit | None:
 def write_commit(topic: Topic | Path, commit: Commit) -> None:
     directory = topic if isinstance(topic, Path) else topic.dir
     fsync = False if isinstance(topic, Path) else topic.config.fsync
-    path = directory / COMMIT_FILE
-    tmp = directory / f".{COMMIT_FILE}.tmp-{os.getpid()}"
-    with tmp.open("wb") as f:
-        f.write(commit.encode())
-        if fsync:
-            f.flush()
-            os.fsync(f.fileno())
-    tmp.replace(path)
+    write_atomic(directory / COMMIT_FILE, commit.encode(), fsync=fsync)

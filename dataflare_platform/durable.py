@@ -1,6 +1,7 @@
-"""Small durable-file helpers for the file-based connectors: write under a temporary
-name and fsync, rename into place (atomic on POSIX), fsync the directory so the rename
-itself survives a power cut, and an exclusive writer lock that dies with its process."""
+"""Durable-file helpers shared by the event log and the file-based connectors: write
+under a temporary name and fsync, rename into place (atomic on POSIX), fsync the
+directory so the rename itself survives a power cut, and an exclusive writer lock that
+dies with its process."""
 
 from __future__ import annotations
 

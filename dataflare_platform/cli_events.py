@@ -165,26 +165,27 @@ def produce(
 
     NDJSON records that do not decode go to the topic's dead-letter topic.
     """
-    from dataflare_platform.events.producer import produce_tables, tables_from_files
+    from dataflare_platform.datagen import SCHEMAS
+    from dataflare_platform.events.producer import (
+        nexmark_tables,
+        produce_tables,
+        tables_from_files,
+    )
 
     try:
         log = open_log(log_dir)
         if nexmark is not None:
-            from dataflare_platform.bench.events import nexmark_stream
-
             if kind not in NEXMARK_KINDS:
                 raise ValueError(f"--kind must be one of {', '.join(NEXMARK_KINDS)}")
-            from dataflare_platform.datagen import SCHEMAS
-
             if not log.exists(topic):
                 log.create_topic(topic, SCHEMAS[kind], partitions=partitions)
-            source, total = nexmark_stream(nexmark, kind), None
+            target = log.topic(topic)
+            source = nexmark_tables(nexmark, kind)
         elif files:
             target = log.topic(topic)
-            source, total = tables_from_files(files, target), None
+            source = tables_from_files(files, target)
         else:
             raise ValueError("give files to append or --nexmark N")
-        target = log.topic(topic)
         with Progress(
             TextColumn("[progress.description]{task.description}"),
             BarColumn(),
@@ -194,7 +195,7 @@ def produce(
             console=console,
             disable=not console.is_terminal,
         ) as progress:
-            task = progress.add_task(f"producing to {topic}", total=total)
+            task = progress.add_task(f"producing to {topic}", total=None)
             result = produce_tables(
                 log,
                 target,

@@ -11,7 +11,6 @@ from __future__ import annotations
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -27,13 +26,6 @@ def nexmark_bids(events: int) -> pa.Table:
     gen = NexmarkGenerator(NexmarkConfig(events=events, chunk_events=min(events, 1_000_000)))
     parts = [gen.chunk(i).tables(decode=True)["bids"] for i in gen.chunks()]
     return pa.concat_tables(parts).combine_chunks().cast(SCHEMAS["bids"])
-
-
-def nexmark_stream(events: int, kind: str = "bids") -> Iterator[pa.Table]:
-    """Generated Nexmark events of one kind, chunk by chunk (bounded memory)."""
-    gen = NexmarkGenerator(NexmarkConfig(events=events, chunk_events=min(events, 1_000_000)))
-    for i in gen.chunks():
-        yield gen.chunk(i).tables(decode=True)[kind].cast(SCHEMAS[kind])
 
 
 def _batches(table: pa.Table, rows: int) -> list[pa.Table]:

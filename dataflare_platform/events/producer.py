@@ -24,6 +24,15 @@ def dead_letter_topic(log: EventLog, topic: str) -> Topic:
     )
 
 
+def nexmark_tables(events: int, kind: str = "bids") -> Iterator[pa.Table]:
+    """Generated Nexmark events of one kind, chunk by chunk (bounded memory)."""
+    from dataflare_platform.datagen import SCHEMAS, NexmarkConfig, NexmarkGenerator
+
+    gen = NexmarkGenerator(NexmarkConfig(events=events, chunk_events=min(events, 1_000_000)))
+    for i in gen.chunks():
+        yield gen.chunk(i).tables(decode=True)[kind].cast(SCHEMAS[kind])
+
+
 def tables_from_files(
     paths: Iterable[Path], topic: Topic, chunk_lines: int = 10_000
 ) -> Iterator[Batch]:

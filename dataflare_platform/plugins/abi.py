@@ -1,0 +1,57 @@
+"""ABI v1 layout shared by host and plugins (see docs/plugin-abi.md and
+``sdk/dataflare_plugin.h``): column descriptors, type codes, status codes."""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+
+ABI_VERSION = 1
+DESC_BYTES = 32  # eight little-endian u32 per column
+DESC_FIELDS = 8
+(F_TYPE, F_FLAGS, F_VALIDITY, F_VALUES, F_VALUES_LEN, F_DATA, F_DATA_LEN, F_DATA_CAP) = range(8)
+
+STATUS_OK = 0
+STATUS_NEED_MORE = 1
+
+TYPE_CODES = {"int64": 1, "float64": 2, "int32": 3, "float32": 4, "utf8": 5}
+ARROW_TYPES = {
+    "int64": pa.int64(),
+    "float64": pa.float64(),
+    "int32": pa.int32(),
+    "float32": pa.float32(),
+    "utf8": pa.string(),
+}
+WIDTHS = {"int64": 8, "float64": 8, "int32": 4, "float32": 4}
+
+EXPORT_VERSION = "dataflare_abi_version"
+EXPORT_ALLOC = "dataflare_alloc"
+EXPORT_INIT = "dataflare_init"
+EXPORT_MAP = "dataflare_map"
+EXPORT_FILTER = "dataflare_filter"
+
+CAPABILITY_IMPORTS: dict[str, set[tuple[str, str]]] = {
+    "log": {("dataflare", "log")},
+}
+"""Host functions a capability unlocks; a module importing anything else is refused."""
+
+
+def align(n: int, to: int = 16) -> int:
+    return (n + to - 1) & ~(to - 1)
+
+
+def bitmap_bytes(n: int) -> int:
+    return (n + 7) // 8
+
+
+def validity_bytes(arr: pa.Array) -> np.ndarray | None:
+    """The Arrow validity bitmap of ``arr`` starting at bit 0, or None if it has no nulls."""
+    if arr.null_count == 0:
+        return None
+    n = len(arr)
+    buf = arr.buffers()[0]
+    if arr.offset % 8 == 0 and buf is not None:
+        start = arr.offset // 8
+        return np.frombuffer(buf, np.uint8)[start : start + bitmap_bytes(n)]
+    valid = arr.is_valid().to_numpy(zero_copy_only=False)
+    return np.packbits(valid, bitorder="little")

@@ -1,0 +1,51 @@
+"""Build C plugins to WASM with ``ziglang`` from PyPI, so a fresh machine needs no system
+toolchain. The manifest is copied next to the module: a plugin is ``<name>.wasm`` plus
+``<name>.json`` (or ``plugin.json`` in a plugin directory)."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+SDK_DIR = Path(__file__).parent / "sdk"
+SAMPLES_DIR = Path(__file__).parent / "samples"
+
+CFLAGS = [
+    "--target=wasm32-freestanding",
+    "-O3",
+    "-msimd128",
+    "-nostdlib",
+    "-Wl,--no-entry",
+    "-Wl,-z,stack-size=65536",
+]
+
+
+class BuildError(RuntimeError):
+    """The compiler refused the plugin; the message carries its output."""
+
+
+def build_plugin(source_dir: Path | str, out_dir: Path | str) -> Path:
+    """Compile ``source_dir/plugin.c`` to ``out_dir/<name>.wasm`` (name = directory name)
+    and copy ``plugin.json`` to ``out_dir/<name>.json``. Returns the ``.wasm`` path."""
+    source_dir, out_dir = Path(source_dir), Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    name = source_dir.name
+    wasm = out_dir / f"{name}.wasm"
+    cmd = [sys.executable, "-m", "ziglang", "cc", *CFLAGS, f"-I{SDK_DIR}"]
+    cmd += ["-o", str(wasm), str(source_dir / "plugin.c")]
+    proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    if proc.returncode != 0:
+        raise BuildError(f"building {source_dir} failed:\n{proc.stderr}{proc.stdout}")
+    shutil.copyfile(source_dir / "plugin.json", out_dir / f"{name}.json")
+    return wasm
+
+
+def build_samples(out_dir: Path | str) -> dict[str, Path]:
+    """Build every shipped sample plugin; returns name -> ``.wasm`` path."""
+    return {
+        d.name: build_plugin(d, out_dir)
+        for d in sorted(SAMPLES_DIR.iterdir())
+        if (d / "plugin.c").exists()
+    }

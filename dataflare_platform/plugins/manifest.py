@@ -1,0 +1,116 @@
+"""The plugin manifest (sidecar JSON next to the ``.wasm``), validated before any module is
+compiled: a plugin that misdescribes itself is refused at load, naming the field."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from dataflare_platform.errors import ConfigError
+
+ABI_VERSION = 1
+
+ColumnType = Literal["int64", "int32", "float64", "float32", "utf8"]
+ParamType = Literal["int", "float", "str", "bool"]
+
+_PY_TYPES: dict[str, tuple[type, ...]] = {
+    "int": (int,),
+    "float": (int, float),
+    "str": (str,),
+    "bool": (bool,),
+}
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ColumnSpec(_Strict):
+    name: str = Field(min_length=1)
+    type: ColumnType
+
+
+class ParamSpec(_Strict):
+    name: str = Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
+    type: ParamType
+    default: Any = None
+    required: bool = False
+
+    @model_validator(mode="after")
+    def _default_matches(self) -> ParamSpec:
+        if self.default is not None and not _is_type(self.default, self.type):
+            raise ValueError(f"default {self.default!r} is not of type {self.type}")
+        return self
+
+
+class Manifest(_Strict):
+    abi_version: int
+    name: str = Field(pattern=r"^[a-z][a-z0-9_\-]*$")
+    version: str = Field(pattern=r"^\d+\.\d+\.\d+([-+][0-9A-Za-z.\-]+)?$")
+    kind: Literal["map", "filter"]
+    description: str = ""
+    input: list[ColumnSpec] = Field(min_length=1)
+    output: list[ColumnSpec] = Field(default_factory=list)
+    params: list[ParamSpec] = Field(default_factory=list)
+    capabilities: list[str] = Field(default_factory=list)
+    license: str = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Manifest:
+        if self.abi_version != ABI_VERSION:
+            raise ValueError(f"abi_version {self.abi_version} unsupported (host speaks 1)")
+        if self.kind == "map" and not self.output:
+            raise ValueError("a map plugin must declare at least one output column")
+        if self.kind == "filter" and self.output:
+            raise ValueError("a filter plugin has no output columns")
+        return self
+
+    def resolve_params(self, given: dict[str, Any] | None) -> dict[str, Any]:
+        """Defaults merged with ``given``; unknown, missing or mistyped params are refused."""
+        given = dict(given or {})
+        specs = {p.name: p for p in self.params}
+        problems = [(f"params.{k}", "unknown parameter") for k in given if k not in specs]
+        out: dict[str, Any] = {}
+        for name, spec in specs.items():
+            value = given.get(name, spec.default)
+            if value is None:
+                if spec.required:
+                    problems.append((f"params.{name}", "required parameter missing"))
+                continue
+            if not _is_type(value, spec.type):
+                problems.append((f"params.{name}", f"expected {spec.type}, got {value!r}"))
+                continue
+            out[name] = float(value) if spec.type == "float" else value
+        if problems:
+            raise ConfigError(f"parameters of plugin {self.name}", problems)
+        return out
+
+
+def _is_type(value: Any, type_: str) -> bool:
+    if type_ != "bool" and isinstance(value, bool):
+        return False
+    return isinstance(value, _PY_TYPES[type_])
+
+
+def manifest_path(wasm_path: Path) -> Path:
+    """``foo.wasm`` -> ``foo.json``, else ``plugin.json`` in the same directory."""
+    sidecar = wasm_path.with_suffix(".json")
+    return sidecar if sidecar.exists() else wasm_path.parent / "plugin.json"
+
+
+def load_manifest(path: Path | str) -> Manifest:
+    path = Path(path)
+    what = f"plugin manifest {path}"
+    try:
+        raw = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(what, [("<file>", "not found")]) from None
+    except json.JSONDecodeError as err:
+        raise ConfigError(what, [("<file>", f"not JSON: {err}")]) from None
+    try:
+        return Manifest.model_validate(raw)
+    except ValidationError as err:
+        raise ConfigError.from_validation(what, err) from None

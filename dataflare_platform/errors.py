@@ -40,3 +40,8 @@ class CorruptInputError(DataflareError):
         self.path = Path(path)
         self.reason = reason
         super().__init__(f"corrupt input file {self.path}: {reason}")
+
+
+class BatchRejectedError(DataflareError):
+    """An operator could not process one batch (a plugin trapped, timed out, broke the
+    ABI...): the engine dead-letters that batch with this message and goes on."""

@@ -19,6 +19,7 @@ class OperatorMetrics:
     late: int = 0
     seconds: float = 0.0
     state_rows: int = 0
+    errors: int = 0  # batches rejected (dead-lettered whole)
 
 
 @dataclass

@@ -30,6 +30,7 @@ from dataflare_platform.engine.operators import WM_COL
 from dataflare_platform.engine.pipeline import Pipeline
 from dataflare_platform.engine.sinks import side_rows
 from dataflare_platform.engine.watermarks import MAX_WATERMARK, MIN_WATERMARK, WatermarkTracker
+from dataflare_platform.errors import BatchRejectedError
 
 
 @dataclass(frozen=True)
@@ -514,7 +515,17 @@ class _Run:
         op = self.p.nodes[node_id].operator
         stats = self.metrics.operators[node_id]
         t0 = time.perf_counter()
-        out, late = op.process(df, port)
+        try:
+            out, late = op.process(df, port)
+        except BatchRejectedError as err:
+            # Contained failure of this batch only (e.g. a plugin trap or timeout): the
+            # rows are kept as dead letters with the reason, and the pipeline goes on.
+            stats.seconds += time.perf_counter() - t0
+            stats.rows_in += df.height
+            stats.errors += 1
+            self.metrics.dead_letters += df.height
+            self._sides.append(side_rows(df, "dead_letter", node_id, str(err)))
+            return
         stats.seconds += time.perf_counter() - t0
         stats.rows_in += df.height
         if late is not None and late.height:

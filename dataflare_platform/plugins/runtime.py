@@ -22,7 +22,7 @@ import polars as pl
 import pyarrow as pa
 import wasmtime
 
-from dataflare_platform.errors import DataflareError
+from dataflare_platform.errors import BatchRejectedError
 from dataflare_platform.plugins import abi
 from dataflare_platform.plugins.engine import compile_module, deadline_ticks, shared_engine
 from dataflare_platform.plugins.manifest import ColumnSpec, Manifest, load_manifest, manifest_path
@@ -31,7 +31,7 @@ PAGE = 65536
 LOG_CAP = 64 * 1024
 
 
-class PluginError(DataflareError):
+class PluginError(BatchRejectedError):
     """A plugin failed in a contained way. ``kind`` is one of: timeout, fuel, out_of_memory,
     trap, abi, abi_version, import, status, schema, init, quarantined."""
 

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import polars as pl
-import pytest
 from polars.testing import assert_frame_equal
 
 from dataflare_platform.engine import CollectSink, Runner, RunnerConfig, Stream, TableSource
-from dataflare_platform.plugins import PluginError, load_plugin
+from dataflare_platform.plugins import load_plugin
 from dataflare_platform.plugins.runtime import Plugin
 from dataflare_platform_tests.engine.helpers import events
-from dataflare_platform_tests.plugins.hostile import MANIFEST, TRAP, module
+from dataflare_platform_tests.plugins.hostile import MANIFEST, OK, TRAP, module
 
 
 def test_currency_plugin_runs_in_a_pipeline(built, cache_dir):
@@ -25,11 +24,20 @@ def test_currency_plugin_runs_in_a_pipeline(built, cache_dir):
     assert plugin.stats["rows"] == 1_000
 
 
-def test_failing_plugin_surfaces_a_structured_error(cache_dir):
-    """Until PluginOperator routes PluginError to dead letters, a failed batch stops the
-    run with the structured error (the host process is unharmed)."""
-    table = events(range(0, 100, 10), values=[TRAP] * 10)
+def test_a_failing_batch_is_dead_lettered_and_the_pipeline_goes_on(cache_dir):
+    """One batch makes the plugin trap: its rows become dead letters with the structured
+    reason, the batches before and after it are processed (in = out + dead)."""
+    values = [OK] * 1000
+    values[256] = TRAP  # the module misbehaves by a batch's first value: the third batch
+    table = events(range(0, 10_000, 10), values=values)
     plugin = Plugin(MANIFEST, module(), columns={"x": "value", "y": "out"}, cache_dir=cache_dir)
-    stream = Stream.source(TableSource.single("e", table)).plugin(plugin).sink(CollectSink())
-    with pytest.raises(PluginError, match="trap"):
-        Runner(stream, RunnerConfig(batch_rows=128)).run()
+    sink = CollectSink()
+    stream = Stream.source(TableSource.single("e", table)).plugin(plugin).sink(sink)
+    result = Runner(stream, RunnerConfig(batch_rows=128)).run()
+    dead = sink.side("dead_letter")
+    assert dead.height == result.metrics.dead_letters == 128
+    assert dead["reason"].str.contains("trap").all()
+    assert sink.result().height == 1000 - 128
+    assert result.metrics.events_in == sink.result().height + dead.height
+    (op,) = [m for name, m in result.metrics.operators.items() if "plugin" in name]
+    assert op.errors == 1

@@ -151,6 +151,11 @@ class Partition:
 
     def start_offset(self) -> int:
         segs = self.segments()
+        if segs and not segs[0].path.exists():
+            # Retention or compaction elsewhere: the incremental listing only looks
+            # forward, so look again from the start.
+            self._segments = []
+            segs = self.segments()
         return segs[0].base if segs else 0
 
     def end_offset(self) -> int:
@@ -271,10 +276,16 @@ class Partition:
             try:
                 table = seg.read()
             except FileNotFoundError:
-                # Replaced by compaction since it was listed: the merged segment holds
-                # the same offsets.
+                # Replaced by compaction since it was listed (a merged segment holds the
+                # same offsets) or deleted by retention (the offsets are gone).
                 self._segments = []
-                merged = next(s for s in self.segments() if s.base <= seg.base < s.end)
+                merged = next((s for s in self.segments() if s.base <= seg.base < s.end), None)
+                if merged is None:
+                    raise OffsetOutOfRangeError(
+                        f"offset {seg.base} of topic {self.topic.name!r} partition"
+                        f" {self.index} was removed by retention; the log now starts at"
+                        f" {self.start_offset()}"
+                    ) from None
                 table = merged.read().slice(seg.base - merged.base, seg.rows)
             self._cache = (seg.path, table)
         return table.select(columns) if columns is not None else table

@@ -187,3 +187,19 @@ def test_consumer_group_offsets_survive_a_restart(log, bids):
     assert rows == bids.num_rows
     assert EventLog(log.root).topic("bids").group("billing").lag() == {0: 0, 1: 0}
     assert topic.group("other").committed() == {0: 0, 1: 0}
+
+
+def test_a_reader_notices_retention_and_compaction_done_by_another_process(log, bids):
+    topic = log.create_topic("bids", bids.schema, retention_bytes=1, segment_rows=2000)
+    _append_in_batches(topic, bids, 500)
+    reader = EventLog(log.root).topic("bids")  # another process's view, listed once
+    assert reader.read(0, 0, 10).equals(bids.slice(0, 10))
+    assert EventLog(log.root).topic("bids").compact() > 0  # merges what the reader listed
+    assert reader.read(0, 1200, 100).equals(bids.slice(1200, 100))
+    deleted = EventLog(log.root).topic("bids").enforce_retention()
+    assert deleted > 0
+    start = reader.start_offsets()[0]
+    assert start > 0
+    with pytest.raises(OffsetOutOfRangeError, match=f"now starts at {start}"):
+        reader.read(0, 0, 10)
+    assert reader.read(0, start, 10).equals(bids.slice(start, 10))

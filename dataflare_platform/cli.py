@@ -20,6 +20,7 @@ from rich.table import Table
 
 from dataflare_platform.cli_dlq import dlq_app
 from dataflare_platform.cli_events import consume, produce, topics_app
+from dataflare_platform.cli_plugin import plugin_app
 from dataflare_platform.cli_replay import replay_command
 from dataflare_platform.cli_route import route
 from dataflare_platform.errors import DataflareError
@@ -42,6 +43,7 @@ app.command("produce")(produce)
 app.command("consume")(consume)
 app.command("replay")(replay_command)
 app.add_typer(dlq_app, name="dlq")
+app.add_typer(plugin_app, name="plugin")
 app.command("route")(route)
 console = Console(stderr=True)
 

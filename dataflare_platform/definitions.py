@@ -5,12 +5,18 @@ Cross-cutting policy belongs here, applied once, rather than repeated on every a
 
 import dagster as dg
 
-from dataflare_platform.defs import nexmark
+from dataflare_platform.defs import nexmark, plugins
+from dataflare_platform.defs.plugins.resources import PluginRuntimeResource
 from dataflare_platform.defs.resources import ProjectHomeResource
 from dataflare_platform.home import HOME_ENV_VAR
 
-DOMAINS = [nexmark.defs]
+DOMAINS = [nexmark.defs, plugins.defs]
 
-resources = {"dataflare": ProjectHomeResource(path=dg.EnvVar(HOME_ENV_VAR))}
+resources = {
+    "dataflare": ProjectHomeResource(path=dg.EnvVar(HOME_ENV_VAR)),
+    # Plugins under <DATAFLARE_HOME>/plugins (samples built on first use); point
+    # plugin_dir elsewhere with dg.EnvVar("DATAFLARE_PLUGIN_DIR") in a deployment.
+    "plugins": PluginRuntimeResource(),
+}
 
 defs = dg.Definitions.merge(*DOMAINS, dg.Definitions(resources=resources))

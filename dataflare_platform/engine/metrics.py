@@ -20,6 +20,21 @@ class OperatorMetrics:
     seconds: float = 0.0
     state_rows: int = 0
     errors: int = 0  # batches rejected (dead-lettered whole)
+    # Counters an operator keeps itself (a plugin's calls, rows, seconds in WASM, errors),
+    # for this run: see ``Operator.stats``.
+    own: dict[str, float] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, object]:
+        """Flat: the engine's counters, then the operator's own prefixed by its kind."""
+        return {
+            "rows_in": self.rows_in,
+            "rows_out": self.rows_out,
+            "late": self.late,
+            "seconds": round(self.seconds, 4),
+            "state_rows": self.state_rows,
+            "errors": self.errors,
+            **{k: round(v, 4) if isinstance(v, float) else v for k, v in self.own.items()},
+        }
 
 
 @dataclass
@@ -82,6 +97,7 @@ class EngineMetrics:
             "max_source_queue": self.max_source_queue,
             "max_sink_queue": self.max_sink_queue,
             **self.latency.summary(),
+            "operators": {name: op.as_dict() for name, op in self.operators.items()},
         }
 
 

@@ -65,6 +65,11 @@ class Operator:
     def state_rows(self) -> int:
         return 0
 
+    def stats(self) -> dict[str, float]:
+        """Counters the operator keeps itself, cumulative (the runner reports each run's
+        increase in ``OperatorMetrics.own``); keys are prefixed by the operator's kind."""
+        return {}
+
     def split_late(
         self, batch: pl.DataFrame, lateness_ms: int
     ) -> tuple[pl.DataFrame, pl.DataFrame | None]:
@@ -170,6 +175,14 @@ class PluginOperator(Operator):
         if out.height == batch.height and WM_COL in batch.columns:
             out = out.with_columns(batch.get_column(WM_COL))
         return out, None
+
+    def stats(self) -> dict[str, float]:
+        """The plugin's own counters if it keeps them (``Plugin.stats``: calls, rows,
+        seconds in the plugin, errors), as ``plugin_<name>``."""
+        own = getattr(self.plugin, "stats", None)
+        if not isinstance(own, dict):
+            return {}
+        return {f"plugin_{k}": v for k, v in own.items() if isinstance(v, int | float)}
 
     def snapshot(self) -> dict[str, pa.Table]:
         return {"plugin": pa.table({"state": pa.array([self.plugin.snapshot()], pa.binary())})}

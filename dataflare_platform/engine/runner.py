@@ -142,6 +142,8 @@ class _Run:
         self._sides: list[pl.DataFrame] = []
         for node in self.p.operators():
             self.metrics.operators[node.id] = OperatorMetrics()
+        # Operators' own counters at the start, so each run reports its own increase.
+        self._own_base = {node.id: node.operator.stats() for node in self.p.operators()}
         self.row_watermarks = any(n.operator.uses_watermark for n in self.p.operators())
 
     # -- set-up --------------------------------------------------------------------------
@@ -208,6 +210,7 @@ class _Run:
             self.sink.close()
         if self.errors:
             raise self.errors[0]
+        self._own_stats()
         return RunResult(
             self.metrics, self.last_checkpoint, time.perf_counter() - started, finished
         )
@@ -401,7 +404,17 @@ class _Run:
         if self.listener is not None:
             for node in self.p.operators():
                 self.metrics.operators[node.id].state_rows = node.operator.state_rows()
+            self._own_stats()
             self.listener(self.metrics)
+
+    def _own_stats(self) -> None:
+        for node in self.p.operators():
+            base = self._own_base.get(node.id, {})
+            own = node.operator.stats()
+            if own:
+                self.metrics.operators[node.id].own = {
+                    k: v - base.get(k, 0) for k, v in own.items()
+                }
 
     def _batch(self, item: _SourceBatch) -> None:
         node = self.p.nodes[item.node]

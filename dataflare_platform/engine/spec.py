@@ -183,8 +183,18 @@ class EnrichSpec(_Model):
 
 
 class PluginSpec(_Model):
-    name: str
+    """A plugin step: ``{name, params, columns, id}``. The engine does not load plugins:
+    ``build(plugins=...)`` takes them ready, keyed by ``key`` (``id``, else ``name``); see
+    ``dataflare_platform.plugins.specs``, which loads them from a registry."""
+
+    name: str = Field(min_length=1)
     params: dict[str, Any] = Field(default_factory=dict)
+    columns: dict[str, str] = Field(default_factory=dict)  # manifest column -> table column
+    id: str | None = Field(None, min_length=1)  # tells apart two steps of one plugin
+
+    @property
+    def key(self) -> str:
+        return self.id or self.name
 
 
 # Step name → the model of its argument (a plain type for simple ones).
@@ -431,11 +441,12 @@ def apply_step(
                 lateness=arg.lateness,
             )
         case "plugin":
-            if arg.name not in plugins:
+            if arg.key not in plugins:
+                field = "plugin.id" if arg.id else "plugin.name"
                 raise ConfigError(
-                    "pipeline spec", [("plugin.name", f"no plugin named {arg.name!r} is loaded")]
+                    "pipeline spec", [(field, f"no plugin named {arg.key!r} is loaded")]
                 )
-            return stream.plugin(plugins[arg.name])
+            return stream.plugin(plugins[arg.key])
         case "window":
             return _window(stream, arg)
     raise AssertionError(op)

@@ -1,0 +1,399 @@
+"""``dataflare plugin``: scaffold, build, try and inspect WASM plugins.
+
+PLUGIN is a ``.wasm`` file (with its ``<name>.json`` or ``plugin.json`` manifest), a plugin
+source directory (``plugin.c`` + ``plugin.json``, built on the fly), or the name of a plugin
+in ``--dir`` (default ``<home>/plugins``; shipped samples are built there on first use).
+The plugin runtime is imported by the commands, so ``dataflare --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import tempfile
+from contextlib import ExitStack
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+
+from dataflare_platform.errors import ConfigError, DataflareError
+from dataflare_platform.home import HOME_ENV_VAR, ProjectHome
+
+if TYPE_CHECKING:
+    from dataflare_platform.plugins.manifest import Manifest
+
+plugin_app = typer.Typer(
+    help="WASM plugins: scaffold (new), compile (build), try on a file (run), inspect.",
+    no_args_is_help=True,
+)
+console = Console(stderr=True)
+
+PluginArgument = Annotated[
+    str, typer.Argument(help="A .wasm file, a plugin source directory, or a plugin name.")
+]
+DirOption = Annotated[
+    Path | None,
+    typer.Option("--dir", help=f"Plugin directory for names (default: ${HOME_ENV_VAR}/plugins)."),
+]
+KINDS = ("map", "filter")
+
+MAP_TEMPLATE = """\
+/* __NAME__: a map plugin. y = x * factor (float64); null x gives null y.
+ * Build: dataflare plugin build __DIR__   (see docs/plugin-abi.md) */
+#include "dataflare_plugin.h"
+
+static double factor = 2.0;
+
+DF_EXPORT("dataflare_init") int32_t dataflare_init(uint32_t params, int32_t len) {
+    factor = df_param_double(DF_PTR(const char, params), len, "factor", 2.0);
+    return DF_OK;
+}
+
+DF_EXPORT("dataflare_map") int32_t dataflare_map(uint32_t in_desc, int32_t n, uint32_t out_desc) {
+    const df_column *in = DF_PTR(const df_column, in_desc);
+    df_column *out = DF_PTR(df_column, out_desc);
+    const double *x = DF_PTR(const double, in[0].values);
+    double *y = DF_PTR(double, out[0].values);
+    for (int32_t i = 0; i < n; i++) y[i] = x[i] * factor;
+    out[0].validity = in[0].validity; /* nulls pass through */
+    return DF_OK;
+}
+"""
+
+FILTER_TEMPLATE = """\
+/* __NAME__: a filter plugin. Keeps the rows whose x (float64) is above threshold;
+ * rows with a null x are dropped. Build: dataflare plugin build __DIR__ */
+#include "dataflare_plugin.h"
+
+static double threshold = 0.0;
+
+DF_EXPORT("dataflare_init") int32_t dataflare_init(uint32_t params, int32_t len) {
+    threshold = df_param_double(DF_PTR(const char, params), len, "threshold", 0.0);
+    return DF_OK;
+}
+
+DF_EXPORT("dataflare_filter")
+int32_t dataflare_filter(uint32_t in_desc, int32_t n, uint32_t mask_ptr) {
+    const df_column *in = DF_PTR(const df_column, in_desc);
+    const double *x = DF_PTR(const double, in[0].values);
+    uint8_t *keep = DF_PTR(uint8_t, mask_ptr);
+    for (int32_t i = 0; i < n; i++) keep[i] = df_is_valid(&in[0], i) && x[i] > threshold;
+    return DF_OK;
+}
+"""
+
+
+def _manifest(name: str, kind: str) -> dict[str, Any]:
+    base: dict[str, Any] = {
+        "abi_version": 1,
+        "name": name,
+        "version": "0.1.0",
+        "kind": kind,
+        "input": [{"name": "x", "type": "float64"}],
+    }
+    if kind == "map":
+        base |= {
+            "description": "y = x * factor",
+            "output": [{"name": "y", "type": "float64"}],
+            "params": [{"name": "factor", "type": "float", "default": 2.0}],
+        }
+    else:
+        base |= {
+            "description": "keep rows with x > threshold",
+            "params": [{"name": "threshold", "type": "float", "default": 0.0}],
+        }
+    return base | {"capabilities": [], "license": "Apache-2.0"}
+
+
+def fail(err: BaseException | str) -> NoReturn:
+    console.print(f"[bold red]error:[/] {escape(str(err))}", highlight=False)
+    raise typer.Exit(code=2)
+
+
+def _print(data: dict[str, Any]) -> None:
+    typer.echo(json.dumps(data, indent=2, default=str))
+
+
+# -- new / build ----------------------------------------------------------------------------
+@plugin_app.command("new")
+def new(
+    name: Annotated[str, typer.Argument(help="Plugin name: lowercase, digits, _ or -.")],
+    kind: Annotated[str, typer.Option("--kind", help="map or filter.")] = "map",
+    directory: Annotated[
+        Path, typer.Option("--dir", help="Where to create the <NAME>/ folder.")
+    ] = Path(),
+) -> None:
+    """Scaffold NAME/plugin.c + NAME/plugin.json: a plugin that builds and runs as is."""
+    from dataflare_platform.plugins.manifest import Manifest
+
+    if kind not in KINDS:
+        fail(ConfigError("plugin scaffold", [("--kind", f"{kind!r} is not one of {KINDS}")]))
+    try:
+        Manifest.model_validate(_manifest(name, kind))
+    except ValueError:
+        fail(ConfigError("plugin scaffold", [("NAME", f"{name!r} must match [a-z][a-z0-9_-]*")]))
+    target = directory / name
+    if target.exists() and any(target.iterdir()):
+        fail(f"{target} already exists and is not empty")
+    target.mkdir(parents=True, exist_ok=True)
+    template = MAP_TEMPLATE if kind == "map" else FILTER_TEMPLATE
+    (target / "plugin.c").write_text(template.replace("__NAME__", name).replace("__DIR__", name))
+    (target / "plugin.json").write_text(json.dumps(_manifest(name, kind), indent=2) + "\n")
+    _print({"created": str(target), "files": ["plugin.c", "plugin.json"], "kind": kind})
+
+
+@plugin_app.command("build")
+def build(
+    path: Annotated[Path, typer.Argument(help="Plugin source directory (plugin.c, plugin.json).")],
+    out: Annotated[
+        Path | None, typer.Option("--out", help="Output directory (default: PATH/build).")
+    ] = None,
+) -> None:
+    """Compile PATH/plugin.c to <out>/<name>.wasm with ziglang (from PyPI), manifest beside."""
+    wasm = _build(path, out or path / "build")
+    _print({"wasm": str(wasm), "manifest": str(wasm.with_suffix(".json")), **_digest(wasm)})
+
+
+def _build(path: Path, out: Path) -> Path:
+    from dataflare_platform.plugins.build import BuildError, build_plugin
+    from dataflare_platform.plugins.manifest import load_manifest
+
+    for needed in ("plugin.c", "plugin.json"):
+        if not (path / needed).is_file():
+            fail(f"{path} is not a plugin source directory: no {needed}")
+    try:
+        load_manifest(path / "plugin.json")  # refuse a bad manifest before compiling
+        return build_plugin(path, out)
+    except (BuildError, DataflareError) as err:
+        fail(err)
+
+
+def _digest(wasm: Path) -> dict[str, Any]:
+    data = wasm.read_bytes()
+    return {"size_bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+
+
+# -- resolving a plugin -----------------------------------------------------------------------
+def _resolve(plugin: str, plugin_dir: Path | None, stack: ExitStack) -> Path:
+    """The ``.wasm`` of PLUGIN (a file, a source directory built into a temporary one, or a
+    name in the plugin directory)."""
+    from dataflare_platform.plugins.registry import PluginRegistry, RegistryConfig
+
+    path = Path(plugin)
+    if path.is_file():
+        if path.suffix != ".wasm":
+            fail(f"{path} is not a .wasm file")
+        return path
+    if path.is_dir():
+        return _build(path, Path(stack.enter_context(tempfile.TemporaryDirectory())))
+    if "/" in plugin or path.suffix:
+        fail(f"no plugin file or directory at {path}")
+    directory = plugin_dir or ProjectHome.resolve().root / "plugins"
+    try:
+        return PluginRegistry(directory, RegistryConfig(build_missing=True)).path(plugin)
+    except DataflareError as err:
+        fail(err)
+
+
+def parse_params(manifest: Manifest, pairs: list[str]) -> dict[str, Any]:
+    """``k=v`` strings typed by the manifest's parameter types; errors name the parameter."""
+    types = {p.name: p.type for p in manifest.params}
+    params: dict[str, Any] = {}
+    problems: list[tuple[str, str]] = []
+    for pair in pairs:
+        key, sep, text = pair.partition("=")
+        if not sep or not key:
+            problems.append(("--param", f"{pair!r} is not KEY=VALUE"))
+            continue
+        try:
+            params[key] = _typed(text, types.get(key, "str"))
+        except ValueError:
+            problems.append((f"params.{key}", f"expected {types[key]}, got {text!r}"))
+    if problems:
+        raise ConfigError(f"parameters of plugin {manifest.name}", problems)
+    return manifest.resolve_params(params)
+
+
+def _typed(text: str, type_: str) -> Any:
+    if type_ == "int":
+        return int(text)
+    if type_ == "float":
+        return float(text)
+    if type_ == "bool":
+        if text.lower() in {"true", "1", "yes"}:
+            return True
+        if text.lower() in {"false", "0", "no"}:
+            return False
+        raise ValueError(text)
+    return text
+
+
+def _pairs(items: list[str], what: str) -> dict[str, str]:
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key or not value:
+            raise ConfigError(what, [(what, f"{item!r} is not NAME=COLUMN")])
+        out[key] = value
+    return out
+
+
+# -- run --------------------------------------------------------------------------------------
+@plugin_app.command("run")
+def run(
+    plugin: PluginArgument,
+    input_path: Annotated[
+        Path, typer.Option("--input", help="Input file: .parquet, .arrow/.ipc/.feather or .csv.")
+    ],
+    output_path: Annotated[Path, typer.Option("--output", help="Output Parquet file.")],
+    param: Annotated[
+        list[str] | None, typer.Option("--param", "-p", help="A parameter, KEY=VALUE.")
+    ] = None,
+    column: Annotated[
+        list[str] | None,
+        typer.Option("--column", "-c", help="Bind a manifest column to a table column: NAME=COL."),
+    ] = None,
+    dead_letters: Annotated[
+        Path | None, typer.Option("--dead-letters", help="Write failed batches' rows here.")
+    ] = None,
+    batch_rows: Annotated[int, typer.Option(min=1, help="Rows per call into the plugin.")] = 65_536,
+    deadline_ms: Annotated[float, typer.Option(help="Wall-clock limit per call.")] = 1000.0,
+    memory_mb: Annotated[int, typer.Option(help="Plugin memory limit.")] = 256,
+    fuel: Annotated[int | None, typer.Option(help="Instruction budget per call.")] = None,
+    grant: Annotated[
+        list[str] | None, typer.Option("--grant", help="Grant a capability (e.g. log).")
+    ] = None,
+    plugin_dir: DirOption = None,
+) -> None:
+    """Run PLUGIN over a file and write Parquet; batches that fail are dead-lettered."""
+    from dataflare_platform.plugins.apply import read_table, run_batches
+    from dataflare_platform.plugins.manifest import load_manifest, manifest_path
+    from dataflare_platform.plugins.registry import RegistryConfig, check_columns
+    from dataflare_platform.plugins.runtime import Plugin
+
+    with ExitStack() as stack:
+        wasm = _resolve(plugin, plugin_dir, stack)
+        try:
+            manifest = load_manifest(manifest_path(wasm))
+            params = parse_params(manifest, param or [])
+            columns = _pairs(column or [], "--column")
+            check_columns(manifest, columns)
+            config = RegistryConfig.load(
+                deadline_ms=deadline_ms, memory_mb=memory_mb, fuel=fuel, max_failures=10**9
+            )
+            table = read_table(input_path)
+            loaded = Plugin(
+                manifest, wasm.read_bytes(), params, config.limits(), grant or (), columns
+            )
+            result = run_batches(loaded, table, batch_rows)
+        except DataflareError as err:
+            fail(err)
+    output_path.parent.mkdir(parents=True, exist_ok=True)
+    result.output.write_parquet(output_path)
+    if dead_letters is not None and result.failed_batches:
+        dead_letters.parent.mkdir(parents=True, exist_ok=True)
+        result.dead_letters.write_parquet(dead_letters)
+    if result.failed_batches:
+        console.print(
+            f"[yellow]{result.failed_batches} of {result.batches} batches failed "
+            f"({result.dead_letters.height} rows dead-lettered):[/] "
+            f"{escape(result.reasons[0])}",
+            highlight=False,
+        )
+    _print(
+        {
+            "plugin": manifest.name,
+            "kind": manifest.kind,
+            "params": params,
+            "rows_in": table.height,
+            "rows_out": result.output.height,
+            "batches": result.batches,
+            "dead_letter_batches": result.failed_batches,
+            "dead_letter_rows": result.dead_letters.height,
+            "dead_letter_reasons": sorted(set(result.reasons)),
+            "seconds_in_plugin": round(result.seconds_in_plugin, 6),
+            "output": str(output_path),
+            **(
+                {"dead_letters": str(dead_letters)}
+                if dead_letters and result.failed_batches
+                else {}
+            ),
+        }
+    )
+
+
+# -- inspect ----------------------------------------------------------------------------------
+@plugin_app.command("inspect")
+def inspect(plugin: PluginArgument, plugin_dir: DirOption = None) -> None:
+    """Print PLUGIN's manifest, exports, imports and memory as JSON."""
+    import wasmtime
+
+    from dataflare_platform.plugins.engine import shared_engine
+    from dataflare_platform.plugins.manifest import load_manifest, manifest_path
+    from dataflare_platform.plugins.runtime import load_plugin
+
+    with ExitStack() as stack:
+        wasm = _resolve(plugin, plugin_dir, stack)
+        try:
+            manifest = load_manifest(manifest_path(wasm))
+        except DataflareError as err:
+            fail(err)
+        try:
+            module = wasmtime.Module(shared_engine(), wasm.read_bytes())
+        except wasmtime.WasmtimeError as err:
+            fail(f"{wasm} is not a valid WASM module: {err}")
+        exports = [{"name": e.name, "type": _type_name(e.type)} for e in module.exports]
+        imports = [
+            {"module": i.module, "name": i.name, "type": _type_name(i.type)} for i in module.imports
+        ]
+        memories = [
+            {"name": e.name, **_memory(e.type)}
+            for e in module.exports
+            if isinstance(e.type, wasmtime.MemoryType)
+        ]
+        try:
+            load_plugin(wasm)
+            loads: bool | str = True
+        except DataflareError as err:
+            loads = str(err)
+        _print(
+            {
+                "path": str(wasm),
+                **_digest(wasm),
+                "manifest": manifest.model_dump(mode="json"),
+                "exports": exports,
+                "imports": imports,
+                "memory": memories,
+                "loads_with_defaults": loads,
+            }
+        )
+
+
+def _type_name(t: Any) -> str:
+    import wasmtime
+
+    if isinstance(t, wasmtime.FuncType):
+        params = ", ".join(str(p) for p in t.params)
+        results = ", ".join(str(r) for r in t.results)
+        return f"func({params}) -> ({results})"
+    if isinstance(t, wasmtime.MemoryType):
+        return "memory"
+    if isinstance(t, wasmtime.GlobalType):
+        return f"global {t.content}"
+    if isinstance(t, wasmtime.TableType):
+        return "table"
+    return type(t).__name__
+
+
+def _memory(t: Any) -> dict[str, Any]:
+    limits = t.limits
+    page = 65536
+    return {
+        "min_pages": limits.min,
+        "max_pages": limits.max,
+        "min_bytes": limits.min * page,
+        "max_bytes": None if limits.max is None else limits.max * page,
+    }

@@ -1,0 +1,48 @@
+"""The plugin runtime as a resource: plugins loaded by name from a directory, under the
+deployment's sandbox limits and granted capabilities."""
+
+from typing import Any
+
+import dagster as dg
+from pydantic import Field
+
+from dataflare_platform.home import ProjectHome
+from dataflare_platform.plugins.registry import PluginRegistry, RegistryConfig
+from dataflare_platform.plugins.runtime import Plugin
+
+
+class PluginRuntimeResource(dg.ConfigurableResource):
+    """Loads ``<plugin_dir>/<name>.wasm`` (+ ``<name>.json``) with these limits.
+
+    ``plugin_dir`` may come from ``dg.EnvVar``; empty means ``<DATAFLARE_HOME>/plugins``.
+    With ``build_missing``, shipped sample plugins are compiled there on first use."""
+
+    plugin_dir: str = Field("", description="Plugin directory ('' = <DATAFLARE_HOME>/plugins).")
+    deadline_ms: float = Field(1000.0, description="Wall-clock limit of one call into a plugin.")
+    memory_mb: int = Field(256, description="Linear memory limit of one plugin instance.")
+    fuel: int | None = Field(None, description="Instruction budget per call (None = unmetered).")
+    granted_capabilities: list[str] = Field(
+        default_factory=list, description="Capabilities plugins may use (e.g. 'log')."
+    )
+    build_missing: bool = Field(True, description="Build shipped samples missing from the dir.")
+
+    def registry(self) -> PluginRegistry:
+        directory = self.plugin_dir or ProjectHome.resolve().root / "plugins"
+        config = RegistryConfig.load(
+            deadline_ms=self.deadline_ms,
+            memory_mb=self.memory_mb,
+            fuel=self.fuel,
+            granted_capabilities=tuple(self.granted_capabilities),
+            build_missing=self.build_missing,
+        )
+        return PluginRegistry(directory, config)
+
+    def load(
+        self,
+        name: str,
+        params: dict[str, Any] | None = None,
+        columns: dict[str, str] | None = None,
+    ) -> Plugin:
+        """A fresh sandboxed instance of plugin ``name``; bad names, params or limits raise
+        ``ConfigError`` naming the field."""
+        return self.registry().load(name, params, columns)

@@ -1,0 +1,61 @@
+"""Declarative pipelines (``engine.spec``) with plugin steps: the engine does not load
+plugins, so every ``- plugin: {name, params, columns, id}`` step is resolved here through a
+:class:`PluginRegistry`. Errors name the step's field, e.g.
+``streams.masked.steps[1].plugin.params.min_digits``.
+
+    spec = PipelineSpec.from_yaml(path)
+    pipeline = build_with_plugins(spec, PluginRegistry("plugins"))
+"""
+
+from __future__ import annotations
+
+from dataflare_platform.engine.pipeline import Pipeline
+from dataflare_platform.engine.sinks import Sink
+from dataflare_platform.engine.sources import Source
+from dataflare_platform.engine.spec import PipelineSpec, PluginSpec
+from dataflare_platform.errors import ConfigError
+from dataflare_platform.plugins.registry import PluginRegistry
+from dataflare_platform.plugins.runtime import Plugin
+
+
+def plugin_steps(spec: PipelineSpec) -> list[tuple[str, PluginSpec]]:
+    """``(field path, step)`` of every plugin step, in declaration order."""
+    return [
+        (f"streams.{name}.steps[{i}].plugin", step.arg)
+        for name, stream in spec.streams.items()
+        for i, step in enumerate(stream.steps)
+        if step.op == "plugin"
+    ]
+
+
+def load_plugins(spec: PipelineSpec, registry: PluginRegistry) -> dict[str, Plugin]:
+    """One fresh plugin instance per plugin step, keyed as ``PipelineSpec.build`` expects.
+    Every problem of every step is reported at once, each naming its field."""
+    plugins: dict[str, Plugin] = {}
+    problems: list[tuple[str, str]] = []
+    for where, step in plugin_steps(spec):
+        if step.key in plugins:
+            problems.append(
+                (f"{where}.id", f"plugin {step.key!r} is used by two steps: give each an id")
+            )
+            continue
+        try:
+            plugins[step.key] = registry.load(step.name, step.params, step.columns or None)
+        except ConfigError as err:
+            for field, msg in err.problems:
+                field = field.removeprefix("plugin.")
+                problems.append((f"{where}.{field}", msg))
+    if problems:
+        raise ConfigError(f"pipeline {spec.name!r}", problems)
+    return plugins
+
+
+def build_with_plugins(
+    spec: PipelineSpec,
+    registry: PluginRegistry,
+    sink: Sink | None = None,
+    sources: dict[str, Source] | None = None,
+) -> Pipeline:
+    """``spec.build`` with its plugin steps loaded from ``registry``. For topic sources or
+    sinks, pass ``load_plugins(spec, registry)`` as ``plugins`` to ``events.specs.build``."""
+    return spec.build(sink=sink, plugins=load_plugins(spec, registry), sources=sources)

@@ -60,6 +60,7 @@ lint: setup
 	$(BIN)/ruff format --check dataflare_platform dataflare_platform_tests
 
 validate: setup
+	$(BIN)/python -c "from dataflare_platform.home import ProjectHome; ProjectHome.resolve('$(CURDIR)/.dataflare').ensure()"
 	DATAFLARE_HOME=$(CURDIR)/.dataflare DAGSTER_HOME=$(CURDIR)/.dataflare/dagster_home \
 		$(BIN)/dagster definitions validate -w workspace.yaml
 

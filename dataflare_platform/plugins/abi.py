@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import numpy as np
+import polars as pl
 import pyarrow as pa
 
 ABI_VERSION = 1
@@ -22,13 +23,27 @@ ARROW_TYPES = {
     "float32": pa.float32(),
     "utf8": pa.string(),
 }
+POLARS_TYPES = {
+    "int64": pl.Int64,
+    "float64": pl.Float64,
+    "int32": pl.Int32,
+    "float32": pl.Float32,
+    "utf8": pl.String,
+}
 WIDTHS = {"int64": 8, "float64": 8, "int32": 4, "float32": 4}
+UTF8 = TYPE_CODES["utf8"]
+CODE_WIDTHS = {TYPE_CODES[t]: w for t, w in WIDTHS.items()}
 
 EXPORT_VERSION = "dataflare_abi_version"
 EXPORT_ALLOC = "dataflare_alloc"
 EXPORT_INIT = "dataflare_init"
 EXPORT_MAP = "dataflare_map"
 EXPORT_FILTER = "dataflare_filter"
+EXPORT_AGG_INIT = "dataflare_agg_init"  # (state, state_len) -> status
+EXPORT_AGG_UPDATE = "dataflare_agg_update"  # (state, in_desc, n_rows) -> status
+EXPORT_AGG_MERGE = "dataflare_agg_merge"  # (state, other_state) -> status
+EXPORT_AGG_FINALIZE = "dataflare_agg_finalize"  # (state, out_desc, max_rows) -> rows
+ENTRY_POINTS = {"map": EXPORT_MAP, "filter": EXPORT_FILTER}
 
 CAPABILITY_IMPORTS: dict[str, set[tuple[str, str]]] = {
     "log": {("dataflare", "log")},

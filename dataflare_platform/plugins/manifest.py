@@ -12,6 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from dataflare_platform.errors import ConfigError
 
 ABI_VERSION = 1
+MAX_STATE_BYTES = 64 * 1024 * 1024
 
 ColumnType = Literal["int64", "int32", "float64", "float32", "utf8"]
 ParamType = Literal["int", "float", "str", "bool"]
@@ -50,13 +51,15 @@ class Manifest(_Strict):
     abi_version: int
     name: str = Field(pattern=r"^[a-z][a-z0-9_\-]*$")
     version: str = Field(pattern=r"^\d+\.\d+\.\d+([-+][0-9A-Za-z.\-]+)?$")
-    kind: Literal["map", "filter"]
+    kind: Literal["map", "filter", "aggregate"]
     description: str = ""
     input: list[ColumnSpec] = Field(min_length=1)
     output: list[ColumnSpec] = Field(default_factory=list)
     params: list[ParamSpec] = Field(default_factory=list)
     capabilities: list[str] = Field(default_factory=list)
     license: str = Field(min_length=1)
+    state_bytes: int = Field(default=0, ge=0, le=MAX_STATE_BYTES)  # aggregate only
+    max_output_rows: int = Field(default=1, ge=1, le=1_000_000)  # aggregate only
 
     @model_validator(mode="after")
     def _consistent(self) -> Manifest:
@@ -66,6 +69,15 @@ class Manifest(_Strict):
             raise ValueError("a map plugin must declare at least one output column")
         if self.kind == "filter" and self.output:
             raise ValueError("a filter plugin has no output columns")
+        if self.kind == "aggregate":
+            if not self.output:
+                raise ValueError("an aggregate plugin must declare its result columns")
+            if any(c.type == "utf8" for c in self.output):
+                raise ValueError("aggregate result columns must be fixed width in ABI v1")
+            if self.state_bytes <= 0:
+                raise ValueError("an aggregate plugin must declare state_bytes > 0")
+        elif self.state_bytes:
+            raise ValueError("state_bytes is for aggregate plugins only")
         return self
 
     def resolve_params(self, given: dict[str, Any] | None) -> dict[str, Any]:

@@ -25,6 +25,7 @@ import wasmtime
 from dataflare_platform.errors import BatchRejectedError
 from dataflare_platform.plugins import abi
 from dataflare_platform.plugins.engine import compile_module, deadline_ticks, shared_engine
+from dataflare_platform.plugins.fastcall import I32Func, SignatureError
 from dataflare_platform.plugins.manifest import ColumnSpec, Manifest, load_manifest, manifest_path
 
 PAGE = 65536
@@ -127,6 +128,13 @@ class Plugin:
             self.limits.max_failures, self.limits.failure_window_s, self.limits.quarantine_s
         )
         self._fuel = self.limits.fuel is not None
+        self._deadline = deadline_ticks(self.limits.deadline_ms)
+        self._in_codes = [abi.TYPE_CODES[c.type] for c in manifest.input]
+        self._out_codes = [abi.TYPE_CODES[c.type] for c in manifest.output]
+        self._zero_caps = [0] * len(manifest.output)
+        self._replaces: set[str] | None = None
+        self._state_len = manifest.state_bytes
+        self._state: bytes | None = None  # aggregate: last committed state
         self._lock = threading.Lock()
         self._engine = shared_engine(self._fuel)
         try:
@@ -170,10 +178,13 @@ class Plugin:
 
     def _instantiate(self) -> None:
         """A fresh store + instance, ABI checked and params passed: used at load and after
-        any failure, so a plugin that trapped midway never sees its half-updated state."""
+        any failure, so a plugin that trapped midway never sees its half-updated state.
+        An aggregate gets its last committed state back (or a fresh one)."""
         store = wasmtime.Store(self._engine)
         store.set_limits(memory_size=self.limits.memory_bytes)
         self._store = store
+        self._memory = None
+        self._mem_len = -1
         self._arm()
         try:
             inst = self._linker.instantiate(store, self._module)
@@ -187,38 +198,66 @@ class Plugin:
                 raise PluginError("abi", self.name, f"missing export {name!r}")
             return item
 
+        def bind(name: str, nparams: int, nresults: int = 1) -> I32Func:
+            try:
+                return I32Func(store, need(name, wasmtime.Func), nparams, nresults)
+            except SignatureError as err:
+                raise PluginError("abi", self.name, f"export {name!r}: {err}") from None
+
         self._memory = need("memory", wasmtime.Memory)
-        version_fn = need(abi.EXPORT_VERSION, wasmtime.Func)
-        version = self._call(version_fn)
+        self._refresh()
+        version = self._call(bind(abi.EXPORT_VERSION, 0))
         if version != abi.ABI_VERSION:
             raise PluginError(
                 "abi_version", self.name, f"module speaks ABI {version}, host speaks 1"
             )
-        self._alloc = need(abi.EXPORT_ALLOC, wasmtime.Func)
-        entry = abi.EXPORT_MAP if self.manifest.kind == "map" else abi.EXPORT_FILTER
-        self._entry = need(entry, wasmtime.Func)
+        self._alloc = bind(abi.EXPORT_ALLOC, 1)
+        kind = self.manifest.kind
+        self._entry = bind(abi.ENTRY_POINTS[kind], 3) if kind != "aggregate" else None
         self._arena_ptr, self._arena_cap = 0, 0
-        init = exports.get(abi.EXPORT_INIT) if hasattr(exports, "get") else None
-        if isinstance(init, wasmtime.Func):
+        if isinstance(exports.get(abi.EXPORT_INIT), wasmtime.Func):
             payload = json.dumps(self.params, separators=(",", ":")).encode()
             ptr = self._reserve(len(payload) + 1)
-            self._view()[ptr : ptr + len(payload)] = np.frombuffer(payload, np.uint8)
-            status = self._call(init, ptr, len(payload))
+            self._mv[ptr : ptr + len(payload)] = np.frombuffer(payload, np.uint8)
+            status = self._call(bind(abi.EXPORT_INIT, 2), ptr, len(payload))
             if status != abi.STATUS_OK:
                 raise PluginError("init", self.name, f"dataflare_init returned {status}")
+        if kind == "aggregate":
+            self._agg_init = bind(abi.EXPORT_AGG_INIT, 2)
+            self._agg_update = bind(abi.EXPORT_AGG_UPDATE, 3)
+            self._agg_merge = bind(abi.EXPORT_AGG_MERGE, 2)
+            self._agg_finalize = bind(abi.EXPORT_AGG_FINALIZE, 3)
+            self._state_ptr = self._allocate(self._state_len)
+            self._arena_ptr, self._arena_cap = 0, 0  # the arena starts after the state
+            if self._state is None:
+                self._agg_status(self._agg_init, "init", self._state_ptr, self._state_len)
+                self._state = self._read_state()
+            else:
+                self._write_state(self._state)
 
     # -- calls ---------------------------------------------------------------------------
     def _arm(self) -> None:
-        self._store.set_epoch_deadline(deadline_ticks(self.limits.deadline_ms))
+        self._store.set_epoch_deadline(self._deadline)
         if self._fuel:
             self._store.set_fuel(int(self.limits.fuel or 0))
 
-    def _call(self, fn: wasmtime.Func, *args: int) -> Any:
+    def _call(self, fn: I32Func, *args: int) -> Any:
         self._arm()
         try:
-            return fn(self._store, *args)
+            result = fn(*args)
         except (wasmtime.Trap, wasmtime.WasmtimeError) as err:
             raise self._classify(err) from None
+        self._refresh()
+        return result
+
+    def _refresh(self) -> None:
+        """Keep the numpy views of linear memory current: memory only grows inside a call,
+        so one ``data_len`` after each call tells whether the views must be re-taken."""
+        size = self._memory.data_len(self._store)
+        if size != self._mem_len:
+            self._mv = np.frombuffer(self._memory.get_buffer_ptr(self._store), np.uint8)
+            self._mv32 = self._mv[: size - size % 4].view(np.uint32)
+            self._mem_len = size
 
     def _classify(self, err: Exception) -> PluginError:
         code = getattr(err, "trap_code", None)
@@ -244,8 +283,16 @@ class Plugin:
         return mem.data_len(self._store) + slack > self.limits.memory_bytes
 
     def _view(self) -> np.ndarray:
-        """A numpy view of linear memory; re-taken after every call that may have grown it."""
-        return np.frombuffer(self._memory.get_buffer_ptr(self._store), np.uint8)
+        """A numpy view of linear memory (current after every call)."""
+        return self._mv
+
+    def _allocate(self, nbytes: int) -> int:
+        ptr = self._call(self._alloc, nbytes)
+        if not isinstance(ptr, int) or ptr <= 0 or ptr + nbytes > self._mem_len:
+            if self._near_memory_limit() or ptr == 0:
+                raise PluginError("out_of_memory", self.name, f"could not allocate {nbytes}")
+            raise PluginError("abi", self.name, f"dataflare_alloc returned bad {ptr!r}")
+        return ptr
 
     def _reserve(self, nbytes: int) -> int:
         """The host arena, at least ``nbytes``: reused across batches, grown by doubling."""
@@ -255,16 +302,7 @@ class Plugin:
                 raise PluginError(
                     "out_of_memory", self.name, f"batch needs {cap} bytes of plugin memory"
                 )
-            ptr = self._call(self._alloc, cap)
-            if (
-                not isinstance(ptr, int)
-                or ptr <= 0
-                or ptr + cap > self._memory.data_len(self._store)
-            ):
-                if self._near_memory_limit() or ptr == 0:
-                    raise PluginError("out_of_memory", self.name, f"could not allocate {cap}")
-                raise PluginError("abi", self.name, f"dataflare_alloc returned bad {ptr!r}")
-            self._arena_ptr, self._arena_cap = ptr, cap
+            self._arena_ptr, self._arena_cap = self._allocate(cap), cap
         return self._arena_ptr
 
     def _guarded(self, table: pl.DataFrame, run: Any) -> Any:
@@ -295,102 +333,186 @@ class Plugin:
     # -- public API ---------------------------------------------------------------------
     def map(self, table: pl.DataFrame) -> pl.DataFrame:
         """``table`` with the plugin's output columns added or replaced."""
-        if self.manifest.kind != "map":
-            raise TypeError(f"plugin {self.name} is a {self.manifest.kind} plugin")
+        self._need_kind("map")
         return self._guarded(table, self._map)
 
     def filter(self, table: pl.DataFrame) -> pl.Series:
         """A boolean mask: True for the rows the plugin keeps."""
-        if self.manifest.kind != "filter":
-            raise TypeError(f"plugin {self.name} is a {self.manifest.kind} plugin")
+        self._need_kind("filter")
         return self._guarded(table, self._filter)
 
+    def update(self, table: pl.DataFrame) -> None:
+        """Fold ``table`` into the aggregate's state. On failure the state stays what it
+        was before this batch (the host keeps the last committed copy)."""
+        self._need_kind("aggregate")
+        self._guarded(table, self._update)
+
+    def result(self) -> pl.DataFrame:
+        """The aggregate's current answer (``dataflare_agg_finalize``; state unchanged)."""
+        self._need_kind("aggregate")
+        return self._guarded(pl.DataFrame(), lambda _: self._finalize())
+
+    def merge(self, state: bytes) -> None:
+        """Merge another instance's state (e.g. from a parallel worker) into this one."""
+        self._need_kind("aggregate")
+        self._check_state(state)
+        self._guarded(pl.DataFrame(), lambda _: self._merge(state))
+
+    def reset(self) -> None:
+        """Back to the empty aggregate state."""
+        self._need_kind("aggregate")
+        self._state = None
+        with self._lock:
+            self._instantiate()
+
     def __call__(self, batch: pl.DataFrame) -> pl.DataFrame:
-        if self.manifest.kind == "map":
+        kind = self.manifest.kind
+        if kind == "map":
             return self.map(batch)
-        return batch.filter(self.filter(batch))
+        if kind == "filter":
+            return batch.filter(self.filter(batch))
+        self.update(batch)  # aggregate: emit the running answer after every batch
+        return self.result()
 
     def snapshot(self) -> bytes:
-        return b""  # map/filter plugins are stateless in ABI v1
+        """Aggregate state bytes (host-owned, so the engine checkpoints them); b"" for the
+        stateless map/filter kinds."""
+        return bytes(self._state) if self._state is not None else b""
 
     def restore(self, state: bytes) -> None:
+        if self.manifest.kind != "aggregate":
+            return None
+        self._check_state(state)
+        with self._lock:
+            self._state = bytes(state)
+            self._write_state(self._state)
         return None
 
     @property
     def quarantined(self) -> bool:
         return self.breaker.quarantined
 
+    def _need_kind(self, kind: str) -> None:
+        if self.manifest.kind != kind:
+            raise TypeError(f"plugin {self.name} is a {self.manifest.kind} plugin, not {kind}")
+
     # -- marshalling ----------------------------------------------------------------------
     def _column(self, spec: ColumnSpec) -> str:
         return self.columns.get(spec.name, spec.name)
 
-    def _inputs(self, table: pl.DataFrame) -> list[pa.Array]:
-        arrays = []
+    def _inputs(self, table: pl.DataFrame) -> list[_Parts]:
+        """Per input column: (validity bitmap | None, values bytes, utf8 data | None), as
+        numpy views of the table's own buffers where possible (no copy)."""
+        parts: list[_Parts] = []
         for spec in self.manifest.input:
             col = self._column(spec)
-            if col not in table.columns:
-                raise PluginError("schema", self.name, f"input column {col!r} missing")
-            arr = table.get_column(col).to_arrow()
-            if isinstance(arr, pa.ChunkedArray):
-                arr = arr.combine_chunks()
-            target = abi.ARROW_TYPES[spec.type]
-            if arr.type != target:
-                try:
-                    arr = arr.cast(target)
-                except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as err:
-                    raise PluginError(
-                        "schema", self.name, f"column {col!r} is not {spec.type}: {err}"
-                    ) from None
-            arrays.append(arr)
-        return arrays
+            try:
+                series = table.get_column(col)
+            except pl.exceptions.ColumnNotFoundError:
+                raise PluginError("schema", self.name, f"input column {col!r} missing") from None
+            fixed = spec.type != "utf8" and series.dtype == abi.POLARS_TYPES[spec.type]
+            if fixed and not series.has_nulls():  # the common case: a zero-copy numpy view
+                parts.append((None, series.to_numpy().view(np.uint8), None))
+                continue
+            parts.append(self._arrow_parts(spec, series.to_arrow(), col))
+        return parts
 
-    def _write_inputs(self, arrays: list[pa.Array], n: int, extra: int) -> tuple[int, int]:
-        """Lay out descriptors + input buffers (+ ``extra`` bytes for outputs) in the arena;
-        returns (input descriptor address, first free address)."""
-        plan: list[tuple[np.ndarray | None, np.ndarray, np.ndarray | None]] = []
-        size = abi.align(abi.DESC_BYTES * len(arrays))
-        for spec, arr in zip(self.manifest.input, arrays, strict=True):
-            validity = abi.validity_bytes(arr)
-            bufs = arr.buffers()
-            if spec.type == "utf8":
-                offsets = np.frombuffer(bufs[1], np.int32)[arr.offset : arr.offset + n + 1]
-                data = np.frombuffer(bufs[2], np.uint8) if bufs[2] is not None else None
-                lo = int(offsets[0]) if n else 0
-                hi = int(offsets[-1]) if n else 0
-                data = data[lo:hi] if data is not None else np.zeros(0, np.uint8)
-                values = offsets - np.int32(lo)
-            else:
-                w = abi.WIDTHS[spec.type]
-                values = np.frombuffer(bufs[1], np.uint8)[arr.offset * w : (arr.offset + n) * w]
-                data = None
-            plan.append((validity, values, data))
-            for part in (validity, values, data):
-                if part is not None:
-                    size += abi.align(part.nbytes)
-        base = self._reserve(size + extra)
-        view = self._view()
-        descs = np.zeros((len(arrays), abi.DESC_FIELDS), np.uint32)
-        cursor = base + abi.align(abi.DESC_BYTES * len(arrays))
+    def _arrow_parts(self, spec: ColumnSpec, arr: pa.Array, col: str) -> _Parts:
+        if isinstance(arr, pa.ChunkedArray):
+            arr = arr.combine_chunks()
+        target = abi.ARROW_TYPES[spec.type]
+        if arr.type != target:
+            try:
+                arr = arr.cast(target)
+            except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as err:
+                raise PluginError(
+                    "schema", self.name, f"column {col!r} is not {spec.type}: {err}"
+                ) from None
+        n = len(arr)
+        validity = abi.validity_bytes(arr)
+        bufs = arr.buffers()
+        if spec.type == "utf8":
+            offsets = np.frombuffer(bufs[1], np.int32)[arr.offset : arr.offset + n + 1]
+            lo = int(offsets[0]) if n else 0
+            hi = int(offsets[-1]) if n else 0
+            data = np.frombuffer(bufs[2], np.uint8)[lo:hi] if bufs[2] is not None else _EMPTY
+            return validity, (offsets - np.int32(lo)).view(np.uint8), data
+        w = abi.WIDTHS[spec.type]
+        return (
+            validity,
+            np.frombuffer(bufs[1], np.uint8)[arr.offset * w : (arr.offset + n) * w],
+            None,
+        )
 
-        def put(part: np.ndarray) -> int:
-            nonlocal cursor
-            at = cursor
-            view[at : at + part.nbytes] = part.view(np.uint8).reshape(-1)
-            cursor += abi.align(part.nbytes)
-            return at
-
-        for i, (spec, (validity, values, data)) in enumerate(
-            zip(self.manifest.input, plan, strict=True)
-        ):
-            descs[i, abi.F_TYPE] = abi.TYPE_CODES[spec.type]
-            descs[i, abi.F_VALIDITY] = put(validity) if validity is not None else 0
-            descs[i, abi.F_VALUES] = put(values)
-            descs[i, abi.F_VALUES_LEN] = values.nbytes
+    def _write_inputs(self, parts: list[_Parts], extra: int) -> tuple[int, int]:
+        """Lay out descriptors + input buffers (+ ``extra`` bytes for outputs) in the arena,
+        writing straight through the memory view; returns (input descriptor address, first
+        free address)."""
+        align = abi.align
+        head = align(abi.DESC_BYTES * len(parts))
+        size = head
+        for validity, values, data in parts:
+            size += align(values.nbytes)
+            if validity is not None:
+                size += align(validity.nbytes)
             if data is not None:
-                descs[i, abi.F_DATA] = put(data)
-                descs[i, abi.F_DATA_LEN] = descs[i, abi.F_DATA_CAP] = data.nbytes
-        view[base : base + descs.nbytes] = descs.view(np.uint8).reshape(-1)
+                size += align(data.nbytes)
+        base = self._reserve(size + extra)
+        mv, mv32 = self._mv, self._mv32
+        cursor = base + head
+        for i, (validity, values, data) in enumerate(parts):
+            d = (base >> 2) + i * abi.DESC_FIELDS
+            mv32[d : d + abi.DESC_FIELDS] = 0
+            mv32[d + abi.F_TYPE] = self._in_codes[i]
+            if validity is not None:
+                mv[cursor : cursor + validity.nbytes] = validity
+                mv32[d + abi.F_VALIDITY] = cursor
+                cursor += align(validity.nbytes)
+            mv[cursor : cursor + values.nbytes] = values
+            mv32[d + abi.F_VALUES] = cursor
+            mv32[d + abi.F_VALUES_LEN] = values.nbytes
+            cursor += align(values.nbytes)
+            if data is not None:
+                mv[cursor : cursor + data.nbytes] = data
+                mv32[d + abi.F_DATA] = cursor
+                mv32[d + abi.F_DATA_LEN] = mv32[d + abi.F_DATA_CAP] = data.nbytes
+                cursor += align(data.nbytes)
         return base, cursor
+
+    def _out_bytes(self, rows: int, caps: list[int]) -> int:
+        size = abi.align(abi.DESC_BYTES * len(self.manifest.output))
+        for code, cap in zip(self._out_codes, caps, strict=True):
+            width = 4 * (rows + 1) if code == abi.UTF8 else abi.CODE_WIDTHS[code] * rows
+            size += abi.align(abi.bitmap_bytes(rows)) + abi.align(width) + abi.align(cap)
+        return size
+
+    def _prepare_outputs(self, at: int, rows: int, caps: list[int]) -> None:
+        """Pre-fill the output descriptors at ``at``: an all-valid bitmap, a values buffer
+        of the right size and, for utf8, ``cap`` bytes of data."""
+        mv, mv32, align = self._mv, self._mv32, abi.align
+        cursor = at + align(abi.DESC_BYTES * len(self._out_codes))
+        nbm = abi.bitmap_bytes(rows)
+        for i, (code, cap) in enumerate(zip(self._out_codes, caps, strict=True)):
+            d = (at >> 2) + i * abi.DESC_FIELDS
+            mv32[d : d + abi.DESC_FIELDS] = 0
+            mv32[d + abi.F_TYPE] = code
+            mv32[d + abi.F_VALIDITY] = cursor
+            mv[cursor : cursor + nbm] = 0xFF  # all valid unless the plugin says so
+            cursor += align(nbm)
+            width = 4 * (rows + 1) if code == abi.UTF8 else abi.CODE_WIDTHS[code] * rows
+            mv32[d + abi.F_VALUES], mv32[d + abi.F_VALUES_LEN] = cursor, width
+            cursor += align(width)
+            if code == abi.UTF8:
+                mv32[d + abi.F_DATA], mv32[d + abi.F_DATA_CAP] = cursor, cap
+                cursor += align(cap)
+
+    def _read_descs(self, at: int) -> np.ndarray:
+        d = at >> 2
+        return (
+            self._mv32[d : d + abi.DESC_FIELDS * len(self._out_codes)]
+            .reshape(-1, abi.DESC_FIELDS)
+            .copy()
+        )
 
     def _map(self, table: pl.DataFrame) -> pl.DataFrame:
         n = table.height
@@ -399,41 +521,19 @@ class Plugin:
             return table.with_columns(
                 pl.Series(self._column(s), pa.array([], abi.ARROW_TYPES[s.type])) for s in outs
             )
-        arrays = self._inputs(table)
-        in_utf8 = sum(a.buffers()[2].size for a in arrays if pa.types.is_string(a.type)) or 0
-        caps = [in_utf8 + in_utf8 // 4 + 256 if s.type == "utf8" else 0 for s in outs]
+        parts = self._inputs(table)
+        in_utf8 = sum(p[2].nbytes for p in parts if p[2] is not None)
+        caps = [in_utf8 + in_utf8 // 4 + 256 if c == abi.UTF8 else 0 for c in self._out_codes]
         for _attempt in range(3):
-            out_bytes = abi.align(abi.DESC_BYTES * len(outs))
-            for spec, cap in zip(outs, caps, strict=True):
-                width = 4 * (n + 1) if spec.type == "utf8" else abi.WIDTHS[spec.type] * n
-                out_bytes += abi.align(abi.bitmap_bytes(n)) + abi.align(width) + abi.align(cap)
-            in_desc, free = self._write_inputs(arrays, n, out_bytes)
-            out_desc = free
-            descs = np.zeros((len(outs), abi.DESC_FIELDS), np.uint32)
-            cursor = out_desc + abi.align(abi.DESC_BYTES * len(outs))
-            view = self._view()
-            for i, (spec, cap) in enumerate(zip(outs, caps, strict=True)):
-                nbm = abi.bitmap_bytes(n)
-                descs[i, abi.F_TYPE] = abi.TYPE_CODES[spec.type]
-                descs[i, abi.F_VALIDITY] = cursor
-                view[cursor : cursor + nbm] = 0xFF  # all valid unless the plugin says so
-                cursor += abi.align(nbm)
-                width = 4 * (n + 1) if spec.type == "utf8" else abi.WIDTHS[spec.type] * n
-                descs[i, abi.F_VALUES], descs[i, abi.F_VALUES_LEN] = cursor, width
-                cursor += abi.align(width)
-                if spec.type == "utf8":
-                    descs[i, abi.F_DATA], descs[i, abi.F_DATA_CAP] = cursor, cap
-                    cursor += abi.align(cap)
-            view[out_desc : out_desc + descs.nbytes] = descs.view(np.uint8).reshape(-1)
+            in_desc, out_desc = self._write_inputs(parts, self._out_bytes(n, caps))
+            self._prepare_outputs(out_desc, n, caps)
             status = self._call(self._entry, in_desc, n, out_desc)
-            view = self._view()
-            result = view[out_desc : out_desc + descs.nbytes].copy().view(np.uint32)
-            result = result.reshape(len(outs), abi.DESC_FIELDS)
+            result = self._read_descs(out_desc)
             if status == abi.STATUS_NEED_MORE:
                 grown = False
-                for i, spec in enumerate(outs):
+                for i, code in enumerate(self._out_codes):
                     need = int(result[i, abi.F_DATA_LEN])
-                    if spec.type == "utf8" and need > caps[i]:
+                    if code == abi.UTF8 and need > caps[i]:
                         if need > self.limits.memory_bytes:
                             raise PluginError("abi", self.name, f"asks for {need} output bytes")
                         caps[i], grown = abi.align(need), True
@@ -442,63 +542,117 @@ class Plugin:
                 continue
             if status != abi.STATUS_OK:
                 raise PluginError("status", self.name, f"dataflare_map returned {status}")
-            series = [self._read_output(view, spec, result[i], n) for i, spec in enumerate(outs)]
+            series = [self._read_output(spec, result[i], n) for i, spec in enumerate(outs)]
+            if self._replaces is None:
+                self._replaces = {self._column(s) for s in outs}
+            if self._replaces.isdisjoint(table.columns):
+                return table.hstack(series)
             return table.with_columns(series)
         raise PluginError("abi", self.name, "output capacity still too small after 3 tries")
 
-    def _span(self, view: np.ndarray, ptr: int, nbytes: int, what: str) -> np.ndarray:
-        """``view[ptr:ptr+nbytes]`` copied out, after checking it lies inside memory."""
-        if ptr <= 0 or nbytes < 0 or ptr + nbytes > view.size:
+    def _span(self, ptr: int, nbytes: int, what: str) -> pa.Buffer:
+        """``memory[ptr:ptr+nbytes]`` copied out, after checking it lies inside memory, into
+        a buffer from Arrow's pool (which recycles memory: a fresh numpy array per batch
+        would page-fault on every output)."""
+        if ptr <= 0 or nbytes < 0 or ptr + nbytes > self._mem_len:
             raise PluginError(
                 "abi",
                 self.name,
-                f"{what} [{ptr}, {ptr + nbytes}) outside linear memory ({view.size} bytes)",
+                f"{what} [{ptr}, {ptr + nbytes}) outside linear memory ({self._mem_len} bytes)",
             )
-        return view[ptr : ptr + nbytes].copy()
+        buf = pa.allocate_buffer(nbytes)
+        np.frombuffer(buf, np.uint8)[:] = self._mv[ptr : ptr + nbytes]
+        return buf
 
-    def _read_output(self, view: np.ndarray, spec: ColumnSpec, d: np.ndarray, n: int) -> pl.Series:
+    def _read_output(self, spec: ColumnSpec, d: np.ndarray, n: int) -> pl.Series:
         name = self._column(spec)
         if int(d[abi.F_TYPE]) != abi.TYPE_CODES[spec.type]:
             raise PluginError("abi", self.name, f"output {name!r} changed its type code")
         vptr = int(d[abi.F_VALIDITY])
-        validity = (
-            pa.py_buffer(self._span(view, vptr, abi.bitmap_bytes(n), f"{name} validity"))
-            if vptr
-            else None
-        )
+        validity = self._span(vptr, abi.bitmap_bytes(n), f"{name} validity") if vptr else None
         if spec.type == "utf8":
-            offsets = self._span(view, int(d[abi.F_VALUES]), 4 * (n + 1), f"{name} offsets")
-            offsets = offsets.view(np.int32)
+            offsets_buf = self._span(int(d[abi.F_VALUES]), 4 * (n + 1), f"{name} offsets")
+            offsets = np.frombuffer(offsets_buf, np.int32)
             data_len = int(d[abi.F_DATA_LEN])
             lo, hi = int(offsets[0]), int(offsets[-1])
-            if lo < 0 or hi > data_len or np.any(np.diff(offsets) < 0):
+            if lo < 0 or hi > data_len or np.any(offsets[1:] < offsets[:-1]):
                 raise PluginError("abi", self.name, f"output {name!r} has invalid offsets")
-            data = self._span(view, int(d[abi.F_DATA]) + lo, hi - lo, f"{name} data")
-            arr = pa.Array.from_buffers(
-                pa.string(), n, [validity, pa.py_buffer(offsets - lo), pa.py_buffer(data)]
-            )
+            data = self._span(int(d[abi.F_DATA]) + lo, hi - lo, f"{name} data")
+            if lo:
+                offsets_buf = pa.py_buffer(offsets - np.int32(lo))
+            # offsets are checked above; the bytes go in as binary and Polars' strict cast
+            # validates the UTF-8 (invalid UTF-8 must never reach a String column)
+            arr = pa.Array.from_buffers(pa.binary(), n, [validity, offsets_buf, data])
             try:
-                arr.validate(full=True)  # invalid UTF-8 must never reach Polars
-            except pa.ArrowInvalid as err:
+                return pl.Series(name, arr).cast(pl.String)
+            except pl.exceptions.ComputeError as err:
                 raise PluginError("abi", self.name, f"output {name!r}: {err}") from None
         else:
             nbytes = abi.WIDTHS[spec.type] * n
-            values = self._span(view, int(d[abi.F_VALUES]), nbytes, f"{name} values")
-            arr = pa.Array.from_buffers(
-                abi.ARROW_TYPES[spec.type], n, [validity, pa.py_buffer(values)]
-            )
+            values = self._span(int(d[abi.F_VALUES]), nbytes, f"{name} values")
+            arr = pa.Array.from_buffers(abi.ARROW_TYPES[spec.type], n, [validity, values])
         return pl.Series(name, arr)
 
     def _filter(self, table: pl.DataFrame) -> pl.Series:
         n = table.height
         if n == 0:
             return pl.Series("mask", [], pl.Boolean)
-        arrays = self._inputs(table)
-        in_desc, mask_ptr = self._write_inputs(arrays, n, abi.align(n))
-        view = self._view()
-        view[mask_ptr : mask_ptr + n] = 0
+        in_desc, mask_ptr = self._write_inputs(self._inputs(table), abi.align(n))
+        self._mv[mask_ptr : mask_ptr + n] = 0
         status = self._call(self._entry, in_desc, n, mask_ptr)
         if status != abi.STATUS_OK:
             raise PluginError("status", self.name, f"dataflare_filter returned {status}")
-        mask = self._view()[mask_ptr : mask_ptr + n] != 0
-        return pl.Series("mask", mask)
+        return pl.Series("mask", self._mv[mask_ptr : mask_ptr + n] != 0)
+
+    # -- aggregate ------------------------------------------------------------------------
+    def _check_state(self, state: bytes) -> None:
+        if len(state) != self._state_len:
+            raise PluginError(
+                "state", self.name, f"state is {len(state)} bytes, expected {self._state_len}"
+            )
+
+    def _read_state(self) -> bytes:
+        return self._mv[self._state_ptr : self._state_ptr + self._state_len].tobytes()
+
+    def _write_state(self, state: bytes) -> None:
+        self._mv[self._state_ptr : self._state_ptr + self._state_len] = np.frombuffer(
+            state, np.uint8
+        )
+
+    def _agg_status(self, fn: I32Func, what: str, *args: int) -> int:
+        status = self._call(fn, *args)
+        if status < 0 or (what != "finalize" and status != abi.STATUS_OK):
+            raise PluginError("status", self.name, f"dataflare_agg_{what} returned {status}")
+        return status
+
+    def _update(self, table: pl.DataFrame) -> None:
+        if table.height == 0:
+            return
+        in_desc, _ = self._write_inputs(self._inputs(table), 0)
+        self._agg_status(self._agg_update, "update", self._state_ptr, in_desc, table.height)
+        self._state = self._read_state()  # committed: a later failure rolls back to here
+
+    def _merge(self, state: bytes) -> None:
+        other = self._reserve(self._state_len)
+        self._mv[other : other + self._state_len] = np.frombuffer(state, np.uint8)
+        self._agg_status(self._agg_merge, "merge", self._state_ptr, other)
+        self._state = self._read_state()
+
+    def _finalize(self) -> pl.DataFrame:
+        rows = self.manifest.max_output_rows
+        out_desc = self._reserve(self._out_bytes(rows, self._zero_caps))
+        self._prepare_outputs(out_desc, rows, self._zero_caps)
+        got = self._agg_status(self._agg_finalize, "finalize", self._state_ptr, out_desc, rows)
+        if got > rows:
+            raise PluginError("abi", self.name, f"finalize returned {got} rows, room for {rows}")
+        result = self._read_descs(out_desc)
+        # the state region must be left as it was: finalize is a read-only view of it
+        if self._read_state() != self._state:
+            raise PluginError("abi", self.name, "dataflare_agg_finalize modified the state")
+        return pl.DataFrame(
+            [self._read_output(spec, result[i], got) for i, spec in enumerate(self.manifest.output)]
+        )
+
+
+_Parts = tuple[np.ndarray | None, np.ndarray, np.ndarray | None]
+_EMPTY = np.zeros(0, np.uint8)

@@ -11,7 +11,13 @@ from dataflare_platform_tests.conftest import REPO_ROOT
 
 PACKAGE = REPO_ROOT / "dataflare_platform"
 # The control plane: the only modules allowed to import Dagster.
-CONTROL_PLANE = {PACKAGE / "defs", PACKAGE / "definitions.py", PACKAGE / "demo.py"}
+# The client talks to Dagster's GraphQL API: it belongs with the control plane.
+CONTROL_PLANE = {
+    PACKAGE / "defs",
+    PACKAGE / "definitions.py",
+    PACKAGE / "demo.py",
+    PACKAGE / "client.py",
+}
 
 
 def _is_control_plane(path: Path) -> bool:

@@ -1,0 +1,186 @@
+"""The Python client and ``dataflare launch`` against a real web server and daemon.
+
+The instance in the temporary DAGSTER_HOME uses Dagster's default (queued) run
+coordinator, as ``deployments/local/dagster.yaml`` does: a launched run stays QUEUED until
+``dagster-daemon`` dequeues it, so these tests start the daemon next to the web server,
+as ``dagster dev`` (``make ui``) does.
+"""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import typer
+import yaml
+from typer.testing import CliRunner
+
+from dataflare_platform.cli_launch import launch
+from dataflare_platform.client import (
+    DataflareClient,
+    RunConfigError,
+    RunNotFoundError,
+    ServerUnreachableError,
+    UnknownAssetError,
+    UnknownJobError,
+)
+from dataflare_platform.warehouse.connection import connect
+from dataflare_platform.warehouse.stats import event_days
+from dataflare_platform_tests.e2e.conftest import _free_port
+
+pytestmark = pytest.mark.e2e
+
+RUN_TIMEOUT_S = 300
+
+
+@pytest.fixture
+def daemon(landed_home, tmp_path):
+    """``dagster-daemon run`` on the same code location and DAGSTER_HOME as the server."""
+    daemon_bin = Path(sys.executable).with_name("dagster-daemon")
+    log = (tmp_path / "daemon.log").open("w")
+    proc = subprocess.Popen(
+        [str(daemon_bin), "run", "-m", "dataflare_platform.definitions"],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,  # its code server dies with it (one process group)
+    )
+    try:
+        yield proc
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        log.close()
+
+
+def _cli() -> typer.Typer:
+    app = typer.Typer()
+    app.command("launch")(launch)
+    app.command("noop", hidden=True)(lambda: None)  # keeps `launch` a named subcommand
+    return app
+
+
+def test_launched_job_succeeds_with_logs_and_metadata(webserver, daemon, landed_home):
+    client = DataflareClient(port=webserver)
+    run_id = client.launch_job("nexmark_ingest_job", tags={"launched_by": "test_client"})
+    assert client.status(run_id) in {"QUEUED", "NOT_STARTED", "STARTING", "STARTED", "SUCCESS"}
+    assert client.wait(run_id, timeout_s=RUN_TIMEOUT_S) == "SUCCESS"
+
+    logs = client.logs(run_id)
+    types = [event["event_type"] for event in logs]
+    assert {"RUN_ENQUEUED", "RUN_START"} <= set(types)
+    assert "RUN_SUCCESS" in types and "RUN_FAILURE" not in types
+    assert "ASSET_MATERIALIZATION" in types
+    assert len(client.logs(run_id, limit=3)) == 3
+
+    bids = client.asset_metadata("nexmark/bids")
+    assert isinstance(bids["dagster/row_count"], int) and bids["dagster/row_count"] > 0
+    assert client.asset_metadata(["nexmark", "daily_seller_stats"]) == {}
+
+    # One partition of the daily statistics through the implicit asset job.
+    with connect(landed_home.warehouse_path) as conn:
+        day = event_days(conn)[0].isoformat()
+    stats_run = client.materialize(["nexmark/daily_seller_stats"], partition=day)
+    assert client.wait(stats_run, timeout_s=RUN_TIMEOUT_S) == "SUCCESS"
+    assert client.asset_metadata("nexmark/daily_seller_stats", partition=day) != {}
+
+    # The CLI: launches, waits, prints the run id and final status as JSON.
+    result = CliRunner().invoke(
+        _cli(),
+        ["launch", "nexmark_ingest_job", "--tag", "via=cli", "--port", str(webserver)],
+    )
+    assert result.exit_code == 0, result.output
+    printed = json.loads(result.stdout.strip().splitlines()[-1])
+    assert printed["status"] == "SUCCESS"
+    assert client.status(printed["run_id"]) == "SUCCESS"
+
+
+def test_bad_launches_fail_with_readable_errors(webserver, tmp_path):
+    client = DataflareClient(port=webserver)
+
+    with pytest.raises(RunConfigError) as bad_config:
+        client.launch_job(
+            "nexmark_ingest_job", run_config={"ops": {"not_an_op": {"config": {"x": 1}}}}
+        )
+    message = str(bad_config.value)
+    assert "nexmark_ingest_job" in message and "not_an_op" in message
+    (problem,) = bad_config.value.problems
+    assert problem.path == "root:ops:not_an_op"
+    assert "Expected fields:" in problem.message and "nexmark__bids" in problem.message
+
+    with pytest.raises(RunConfigError) as bad_value:
+        client.launch_job(
+            "nexmark_ingest_job",
+            run_config={"resources": {"plugins": {"config": {"memory_mb": [1]}}}},
+        )
+    (problem,) = bad_value.value.problems
+    assert problem.path == "root:resources:plugins:config:memory_mb", problem
+
+    with pytest.raises(UnknownJobError) as unknown:
+        client.launch_job("no_such_job")
+    assert "no_such_job" in str(unknown.value)
+    assert {"nexmark_ingest_job", "nexmark_daily_stats_job"} <= set(unknown.value.available)
+    assert "nexmark_daily_stats_job" in str(unknown.value)
+
+    with pytest.raises(UnknownAssetError, match="nexmark/nope"):
+        client.materialize(["nexmark/nope"])
+    with pytest.raises(RunNotFoundError):
+        client.status("00000000-0000-0000-0000-000000000000")
+
+    # The same failures through the CLI: exit 2 and the readable error, no traceback.
+    config = tmp_path / "run.yaml"
+    config.write_text(yaml.safe_dump({"ops": {"not_an_op": {"config": {"x": 1}}}}))
+    runner = CliRunner()
+    port = ["--port", str(webserver)]
+    result = runner.invoke(_cli(), ["launch", "nexmark_ingest_job", "--config", str(config), *port])
+    assert result.exit_code == 2
+    assert "invalid run config" in result.output
+    assert "root:ops:not_an_op: Received unexpected config entry" in result.output
+    result = runner.invoke(_cli(), ["launch", "no_such_job", *port])
+    assert result.exit_code == 2
+    assert "unknown job 'no_such_job'" in result.output and "nexmark_ingest_job" in result.output
+    result = runner.invoke(_cli(), ["launch", "nexmark_ingest_job", "--tag", "novalue", *port])
+    assert result.exit_code == 2 and "KEY=VALUE" in result.output
+
+
+def test_queued_run_times_out_with_a_hint_then_is_terminated(webserver):
+    """No daemon here: the launched run stays QUEUED."""
+    client = DataflareClient(port=webserver)
+    result = CliRunner().invoke(
+        _cli(), ["launch", "nexmark_ingest_job", "--no-wait", "--port", str(webserver)]
+    )
+    assert result.exit_code == 0, result.output
+    printed = json.loads(result.stdout.strip().splitlines()[-1])
+    run_id = printed["run_id"]
+    assert printed["status"] == "QUEUED"
+    with pytest.raises(TimeoutError) as timeout:
+        client.wait(run_id, timeout_s=1)
+    assert run_id in str(timeout.value) and "dagster-daemon" in str(timeout.value)
+    client.terminate(run_id)
+    assert client.wait(run_id, timeout_s=30) == "CANCELED"
+
+
+def test_unreachable_server_fails_fast_with_a_hint():
+    port = _free_port()  # nothing listens there
+    client = DataflareClient(port=port, timeout_s=5)
+    started = time.monotonic()
+    for call in (
+        lambda: client.launch_job("nexmark_ingest_job"),
+        lambda: client.status("some-run"),
+        lambda: client.terminate("some-run"),
+    ):
+        with pytest.raises(ServerUnreachableError) as err:
+            call()
+        assert f"127.0.0.1:{port}" in str(err.value) and "make ui" in str(err.value)
+    assert time.monotonic() - started < 5
+
+    result = CliRunner().invoke(_cli(), ["launch", "nexmark_ingest_job", "--port", str(port)])
+    assert result.exit_code == 2
+    assert f"127.0.0.1:{port}" in result.output and "make ui" in result.output

@@ -20,6 +20,7 @@ from rich.table import Table
 
 from dataflare_platform.cli_dlq import dlq_app
 from dataflare_platform.cli_events import consume, produce, topics_app
+from dataflare_platform.cli_launch import launch
 from dataflare_platform.cli_plugin import plugin_app
 from dataflare_platform.cli_replay import replay_command
 from dataflare_platform.cli_route import route
@@ -44,6 +45,7 @@ app.command("consume")(consume)
 app.command("replay")(replay_command)
 app.add_typer(dlq_app, name="dlq")
 app.add_typer(plugin_app, name="plugin")
+app.command("launch")(launch)
 app.command("route")(route)
 console = Console(stderr=True)
 

@@ -77,6 +77,18 @@ class EngineMetrics:
     max_sink_queue: int = 0
     latency: LatencyHistogram = field(default_factory=LatencyHistogram)
     operators: dict[str, OperatorMetrics] = field(default_factory=dict)
+    # Counters restored from the checkpoint a run resumed from: the counters above are
+    # the pipeline's totals, and ``this_run()`` what this run added.
+    resumed: dict[str, int] = field(default_factory=dict)
+
+    def this_run(self) -> dict[str, int]:
+        totals = {
+            "events_in": self.events_in,
+            "events_out": self.events_out,
+            "late_events": self.late_events,
+            "dead_letters": self.dead_letters,
+        }
+        return {k: v - self.resumed.get(k, 0) for k, v in totals.items()}
 
     def state_rows(self) -> int:
         return sum(op.state_rows for op in self.operators.values())

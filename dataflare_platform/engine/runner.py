@@ -148,6 +148,17 @@ class _Run:
 
     # -- set-up --------------------------------------------------------------------------
     def _restore(self) -> None:
+        known = {
+            f"{n.source.name}/{partition}"
+            for n in self.p.sources()
+            for partition in n.source.partitions()
+        }
+        unknown = sorted(set(self.until) - known)
+        if unknown:
+            # A bounded run told to stop at a partition it does not read would never stop.
+            raise ValueError(
+                f"until names unknown source partitions {unknown}; known: {sorted(known)}"
+            )
         checkpoint = self.sink.open(self.p.name)
         for node in self.p.sources():
             for partition in node.source.partitions():
@@ -168,6 +179,12 @@ class _Run:
         m.events_in, m.events_out = c.get("events_in", 0), c.get("events_out", 0)
         m.late_events, m.dead_letters = c.get("late_events", 0), c.get("dead_letters", 0)
         m.checkpoints = c.get("checkpoints", 0)
+        m.resumed = {
+            "events_in": m.events_in,
+            "events_out": m.events_out,
+            "late_events": m.late_events,
+            "dead_letters": m.dead_letters,
+        }
 
     def checkpoint(self) -> Checkpoint:
         m = self.metrics

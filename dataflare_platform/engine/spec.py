@@ -265,13 +265,27 @@ class SinkSpec(_Model):
         given = [k for k in SINK_KINDS if getattr(self, k) is not None]
         if len(given) != 1:
             raise ValueError(f"give exactly one of {', '.join(SINK_KINDS)}")
-        if self.duckdb is not None and not {"path", "table"} <= set(self.duckdb):
-            raise ValueError("duckdb needs path and table (and optionally upsert_keys)")
+        if self.duckdb is not None and "table" not in self.duckdb:
+            raise ValueError("duckdb needs a table (and optionally path, upsert_keys)")
         return self
 
 
+class CatalogSpec(_Model):
+    """How the pipeline's output appears in a catalog (the Dagster asset): the engine
+    ignores it."""
+
+    description: str | None = None
+    group: str = "streams"
+    owners: list[str] = Field(default_factory=list)
+    tags: dict[str, str] = Field(default_factory=dict)
+    sensor_interval: Duration = "30s"
+
+    _check = field_validator("sensor_interval")(_duration)
+
+
 class PipelineSpec(_Model):
-    name: str
+    name: str = Field(pattern=r"^[A-Za-z][A-Za-z0-9_-]{0,100}$")
+    catalog: CatalogSpec = Field(default_factory=CatalogSpec)
     watermark: WatermarkSpec = Field(default_factory=WatermarkSpec)
     sources: dict[str, SourceSpec]
     streams: dict[str, StreamSpec]
@@ -331,7 +345,7 @@ class PipelineSpec(_Model):
             for k, s in self.sources.items()
         }
         sink = self.sink
-        if sink.duckdb is not None:
+        if sink.duckdb is not None and "path" in sink.duckdb:
             sink = sink.model_copy(
                 update={"duckdb": {**sink.duckdb, "path": resolve(sink.duckdb["path"])}}
             )
@@ -380,6 +394,11 @@ class PipelineSpec(_Model):
     def _sink(self) -> Sink:
         s = self.sink
         if s.duckdb is not None:
+            if "path" not in s.duckdb:
+                raise ConfigError(
+                    f"pipeline {self.name!r}",
+                    [("sink.duckdb.path", "no path: give one, or run it where one is chosen")],
+                )
             return DuckDBSink(
                 Path(s.duckdb["path"]), s.duckdb["table"], s.duckdb.get("upsert_keys")
             )

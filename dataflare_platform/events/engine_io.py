@@ -31,12 +31,14 @@ class LogSource:
         partitions: list[int] | None = None,
         bounded: bool = False,
         group: str | None = None,
+        name: str | None = None,
     ) -> None:
+        """``name`` keys the offsets in checkpoints (default: the topic's name)."""
         self.topic = topic
         # The engine's checkpoint is what makes processing exactly-once; the group's
         # offsets follow each commit so that lag shows in ``dataflare topics describe``.
         self.group = topic.group(group) if group is not None else None
-        self.name = topic.name
+        self.name = name or topic.name
         self.time_column = topic.time_column
         self.columns = list(columns) if columns is not None else None
         if self.columns is not None and self.time_column not in self.columns:

@@ -36,7 +36,7 @@ def topic_sources(
                     )
                 ],
             )
-        out[name] = LogSource(topic, source.columns, bounded=bounded, group=group)
+        out[name] = LogSource(topic, source.columns, bounded=bounded, group=group, name=name)
     return out
 
 

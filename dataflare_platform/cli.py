@@ -257,6 +257,18 @@ def bench_nexmark(
     print(json.dumps(result, indent=None if as_json else 2))
 
 
+@bench_app.command("plugins")
+def bench_plugins_command(
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON only.")] = True,
+) -> None:
+    """WASM plugins against the equivalent Polars work in the same process (JSON lines):
+    a numeric map, utf8 masking, and Nexmark q1 with the conversion as a plugin."""
+    from dataflare_platform.bench.plugins import bench_plugins
+
+    for result in bench_plugins():
+        print(json.dumps(result, indent=None if as_json else 2))
+
+
 @bench_app.command("events")
 def bench_events(
     events: Annotated[

@@ -23,9 +23,11 @@ def for_nexmark(query: str) -> PipelineFactory:
     return PipelineFactory(build, {kind: list(cols) for kind, cols in COLUMNS[query].items()})
 
 
-def for_spec(spec: PipelineSpec) -> PipelineFactory:
+def for_spec(spec: PipelineSpec, plugins: dict | None = None) -> PipelineFactory:
     """``spec``'s pipeline with each named source read from a topic instead of its path
-    (the spec's watermark settings and steps are kept; its sink is the replay's)."""
+    (the spec's watermark settings and steps are kept; its sink is the replay's).
+    ``plugins``: ready plugin instances by step key, for specs with plugin steps (see
+    ``dataflare_platform.plugins.specs.load_plugins``)."""
 
     def build(sources: dict[str, Source], sink: Sink) -> Pipeline:
         w = spec.watermark
@@ -39,8 +41,7 @@ def for_spec(spec: PipelineSpec) -> PipelineFactory:
         for name, stream_spec in spec.streams.items():
             stream = streams[stream_spec.from_]
             for step in stream_spec.steps:
-                # The spec's own step translation (plugins are not loaded for a replay).
-                stream = apply_step(stream, step, streams, {})
+                stream = apply_step(stream, step, streams, plugins or {})
             streams[name] = stream
         return streams[spec.output].sink(sink)
 

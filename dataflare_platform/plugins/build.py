@@ -4,6 +4,7 @@ toolchain. The manifest is copied next to the module: a plugin is ``<name>.wasm`
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
@@ -35,7 +36,10 @@ def build_plugin(source_dir: Path | str, out_dir: Path | str) -> Path:
     wasm = out_dir / f"{name}.wasm"
     cmd = [sys.executable, "-m", "ziglang", "cc", *CFLAGS, f"-I{SDK_DIR}"]
     cmd += ["-o", str(wasm), str(source_dir / "plugin.c")]
-    proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    # Zig's caches go beside the output, not into the user's home directory.
+    cache = str(out_dir / ".zig-cache")
+    env = {**os.environ, "ZIG_GLOBAL_CACHE_DIR": cache, "ZIG_LOCAL_CACHE_DIR": cache}
+    proc = subprocess.run(cmd, capture_output=True, text=True, check=False, env=env)
     if proc.returncode != 0:
         raise BuildError(f"building {source_dir} failed:\n{proc.stderr}{proc.stdout}")
     shutil.copyfile(source_dir / "plugin.json", out_dir / f"{name}.json")

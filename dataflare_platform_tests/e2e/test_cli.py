@@ -56,7 +56,15 @@ def test_demo_runs_green_in_a_fresh_directory_and_leaves_user_home_alone(tmp_pat
     result = run_cli("demo", "--events", "30000", cwd=workdir, env={"HOME": str(user_home)})
     assert result.returncode == 0, result.stdout + result.stderr
     assert "demo OK" in result.stdout
-    for name in ("nexmark/bids", "nexmark/daily_seller_stats", "daily_seller_stats_rules"):
+    for name in (
+        "nexmark/bids",
+        "nexmark/daily_seller_stats",
+        "daily_seller_stats_rules",
+        "topics/nexmark.bids",
+        "streams/hot_items",
+        "streams/highest_bid_eur",
+        "hot_items_job",
+    ):
         assert name in result.stdout
     assert "FAILED" not in result.stdout
     home = workdir / ".dataflare"

@@ -1,6 +1,7 @@
 """The plugin runtime as a resource: plugins loaded by name from a directory, under the
 deployment's sandbox limits and granted capabilities."""
 
+from pathlib import Path
 from typing import Any
 
 import dagster as dg
@@ -27,8 +28,10 @@ class PluginRuntimeResource(dg.ConfigurableResource):
     build_missing: bool = Field(True, description="Build shipped samples missing from the dir.")
 
     def registry(self) -> PluginRegistry:
-        directory = self.plugin_dir or ProjectHome.resolve().root / "plugins"
+        directory = Path(self.plugin_dir or ProjectHome.resolve().root / "plugins")
         config = RegistryConfig.load(
+            # Compiled modules are cached with the plugins, not in the user's home.
+            cache_dir=directory / ".cache",
             deadline_ms=self.deadline_ms,
             memory_mb=self.memory_mb,
             fuel=self.fuel,

@@ -5,12 +5,12 @@ Cross-cutting policy belongs here, applied once, rather than repeated on every a
 
 import dagster as dg
 
-from dataflare_platform.defs import nexmark, plugins, replay, streams
+from dataflare_platform.defs import leaderboards, nexmark, plugins, replay, streams
 from dataflare_platform.defs.plugins.resources import PluginRuntimeResource
 from dataflare_platform.defs.resources import ProjectHomeResource
 from dataflare_platform.home import HOME_ENV_VAR
 
-DOMAINS = [nexmark.defs, plugins.defs, streams.defs, replay.defs]
+DOMAINS = [nexmark.defs, plugins.defs, streams.defs, replay.defs, leaderboards.defs]
 
 resources = {
     "dataflare": ProjectHomeResource(path=dg.EnvVar(HOME_ENV_VAR)),

@@ -35,6 +35,7 @@ class RegistryConfig(BaseModel):
     max_failures: int = Field(Limits.max_failures, ge=1)
     failure_window_s: float = Field(Limits.failure_window_s, gt=0)
     quarantine_s: float = Field(Limits.quarantine_s, ge=0)
+    pool_size: int = Field(Limits.pool_size, ge=1, le=64)
     granted_capabilities: tuple[str, ...] = ()
     build_missing: bool = False
     cache_dir: Path | None = None
@@ -54,6 +55,7 @@ class RegistryConfig(BaseModel):
             max_failures=self.max_failures,
             failure_window_s=self.failure_window_s,
             quarantine_s=self.quarantine_s,
+            pool_size=self.pool_size,
         )
 
 

@@ -51,6 +51,7 @@ class Limits:
     max_failures: int = 3  # circuit breaker: this many failures ...
     failure_window_s: float = 60.0  # ... within this window ...
     quarantine_s: float = 300.0  # ... quarantine the plugin for this long
+    pool_size: int = 1  # instances per plugin, i.e. calls that can run at once
 
 
 @dataclass
@@ -104,7 +105,14 @@ class Plugin:
     """A loaded plugin: ``map(table)`` / ``filter(table)``, and the engine's ``BatchPlugin``
     protocol (``__call__``, ``snapshot``, ``restore``) so ``Stream.plugin(p)`` runs it.
 
-    ``columns`` binds manifest column names to table column names (default: same name)."""
+    ``columns`` binds manifest column names to table column names (default: same name).
+
+    Thread-safe: each call checks an instance (its own ``Store`` and linear memory) out of
+    a pool of up to ``pool_size`` (default ``limits.pool_size``), so up to that many calls
+    run at once (wasmtime releases the GIL while WASM runs). The first instance is built at
+    load, so a bad module is refused there; the others on demand. An aggregate has one
+    instance: its state is a single sequence of updates (parallel partial aggregates are
+    separate plugins combined with ``merge``)."""
 
     def __init__(
         self,
@@ -115,18 +123,30 @@ class Plugin:
         granted: Iterable[str] = (),
         columns: dict[str, str] | None = None,
         cache_dir: Path | None = None,
+        pool_size: int | None = None,
     ) -> None:
         self.manifest = manifest
         self.name = manifest.name
         self.limits = limits or Limits()
         self.params = manifest.resolve_params(params)
         self.columns = dict(columns or {})
-        self.logs = bytearray()
+        self.logs = bytearray()  # the ``log`` capability's output, up to LOG_CAP bytes
         self.memory_at_failure = 0  # linear memory size when the last call failed
-        self.stats = {"calls": 0, "rows": 0, "seconds": 0.0, "errors": 0}
+        self.stats: dict[str, int | float] = {
+            "calls": 0,
+            "rows": 0,
+            "seconds": 0.0,
+            "errors": 0,
+            "log_bytes": 0,  # captured (see ``captured()``)
+            "log_dropped_bytes": 0,  # written past the cap, not kept
+        }
         self.breaker = CircuitBreaker(
             self.limits.max_failures, self.limits.failure_window_s, self.limits.quarantine_s
         )
+        size = self.limits.pool_size if pool_size is None else pool_size
+        if size < 1:
+            raise ValueError(f"pool_size must be at least 1, got {size}")
+        self.pool_size = 1 if manifest.kind == "aggregate" else size
         self._fuel = self.limits.fuel is not None
         self._deadline = deadline_ticks(self.limits.deadline_ms)
         self._in_codes = [abi.TYPE_CODES[c.type] for c in manifest.input]
@@ -135,14 +155,29 @@ class Plugin:
         self._replaces: set[str] | None = None
         self._state_len = manifest.state_bytes
         self._state: bytes | None = None  # aggregate: last committed state
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # stats, breaker, logs
+        self._link_lock = threading.Lock()
         self._engine = shared_engine(self._fuel)
         try:
             self._module = compile_module(module, self._fuel, cache_dir)
         except wasmtime.WasmtimeError as err:
             raise PluginError("abi", self.name, f"not a valid WASM module: {err}") from None
         self._linker = self._make_linker(set(granted))
-        self._instantiate()
+        self._pool = _Pool(lambda: _Instance(self), self.pool_size)
+
+    def captured(self) -> bytes:
+        """What the plugin wrote through the ``log`` capability so far (at most LOG_CAP
+        bytes; ``stats["log_dropped_bytes"]`` counts what did not fit)."""
+        with self._lock:
+            return bytes(self.logs)
+
+    def clear_captured(self) -> bytes:
+        """``captured()``, and start capturing afresh (the cap applies again)."""
+        with self._lock:
+            out = bytes(self.logs)
+            self.logs.clear()
+            self.stats["log_bytes"] = 0
+            return out
 
     # -- load --------------------------------------------------------------------------
     def _make_linker(self, granted: set[str]) -> wasmtime.Linker:
@@ -167,27 +202,205 @@ class Plugin:
         return linker
 
     def _log(self, caller: wasmtime.Caller, ptr: int, length: int) -> None:
-        """The ``log`` capability: plugin output captured up to LOG_CAP bytes."""
+        """The ``log`` capability: plugin output captured up to LOG_CAP bytes (the rest is
+        counted in ``stats["log_dropped_bytes"]``); a bad pointer or length is ignored."""
         mem = caller.get("memory")
-        room = LOG_CAP - len(self.logs)
-        if not isinstance(mem, wasmtime.Memory) or room <= 0 or length <= 0:
+        if not isinstance(mem, wasmtime.Memory) or length <= 0:
             return
         if ptr < 0 or ptr + length > mem.data_len(caller):
             return
-        self.logs += mem.read(caller, ptr, ptr + min(length, room))
+        with self._lock:
+            keep = max(0, min(length, LOG_CAP - len(self.logs)))
+            if keep:
+                self.logs += mem.read(caller, ptr, ptr + keep)
+            self.stats["log_bytes"] = len(self.logs)
+            self.stats["log_dropped_bytes"] += length - keep
 
-    def _instantiate(self) -> None:
+    # -- calls ---------------------------------------------------------------------------
+    def _guarded(self, table: pl.DataFrame, run: Any) -> Any:
+        """``run(instance, table)`` on a checked-out instance; any failure is a
+        ``PluginError``, counted by the breaker, and the instance is replaced."""
+        with self._lock:
+            self.breaker.check(self.name)
+        t0 = time.perf_counter()
+        inst: _Instance | None = None
+        try:
+            inst = self._pool.checkout()
+            result = run(inst, table)
+        except PluginError as err:
+            self._fail(inst)
+            raise err from None
+        except Exception as err:  # a host-side bug in marshalling: still contained
+            self._fail(inst)
+            raise PluginError("abi", self.name, f"{type(err).__name__}: {err}") from None
+        except BaseException:  # e.g. KeyboardInterrupt mid-call: the instance is suspect
+            if inst is not None:
+                self._pool.discard(inst)
+            raise
+        else:
+            self._pool.give_back(inst)
+            return result
+        finally:
+            with self._lock:
+                self.stats["calls"] += 1
+                self.stats["rows"] += table.height
+                self.stats["seconds"] += time.perf_counter() - t0
+
+    def _fail(self, inst: _Instance | None) -> None:
+        """Throw ``inst`` away (it may hold half-updated state) and build its replacement
+        now, so the next batch starts clean; if even that fails, quarantine the plugin."""
+        with self._lock:
+            self.stats["errors"] += 1
+            self.breaker.record()
+        if inst is None:  # building the instance itself failed
+            return
+        self._pool.discard(inst)
+        try:
+            self._pool.add(_Instance(self))
+        except PluginError:
+            with self._lock:
+                self.breaker.until = time.monotonic() + self.limits.quarantine_s
+
+    # -- public API ---------------------------------------------------------------------
+    def map(self, table: pl.DataFrame) -> pl.DataFrame:
+        """``table`` with the plugin's output columns added or replaced."""
+        self._need_kind("map")
+        return self._guarded(table, _Instance.map)
+
+    def filter(self, table: pl.DataFrame) -> pl.Series:
+        """A boolean mask: True for the rows the plugin keeps."""
+        self._need_kind("filter")
+        return self._guarded(table, _Instance.filter)
+
+    def update(self, table: pl.DataFrame) -> None:
+        """Fold ``table`` into the aggregate's state. On failure the state stays what it
+        was before this batch (the host keeps the last committed copy)."""
+        self._need_kind("aggregate")
+        self._guarded(table, _Instance.update)
+
+    def result(self) -> pl.DataFrame:
+        """The aggregate's current answer (``dataflare_agg_finalize``; state unchanged)."""
+        self._need_kind("aggregate")
+        return self._guarded(pl.DataFrame(), lambda inst, _: inst.finalize())
+
+    def merge(self, state: bytes) -> None:
+        """Merge another instance's state (e.g. from a parallel worker) into this one."""
+        self._need_kind("aggregate")
+        self._check_state(state)
+        self._guarded(pl.DataFrame(), lambda inst, _: inst.merge(state))
+
+    def reset(self) -> None:
+        """Back to the empty aggregate state."""
+        self._need_kind("aggregate")
+        inst = self._pool.checkout()
+        self._pool.discard(inst)
+        self._state = None
+        self._pool.add(_Instance(self))
+
+    def __call__(self, batch: pl.DataFrame) -> pl.DataFrame:
+        kind = self.manifest.kind
+        if kind == "map":
+            return self.map(batch)
+        if kind == "filter":
+            return batch.filter(self.filter(batch))
+        self.update(batch)  # aggregate: emit the running answer after every batch
+        return self.result()
+
+    def snapshot(self) -> bytes:
+        """Aggregate state bytes (host-owned, so the engine checkpoints them); b"" for the
+        stateless map/filter kinds."""
+        return bytes(self._state) if self._state is not None else b""
+
+    def restore(self, state: bytes) -> None:
+        if self.manifest.kind != "aggregate":
+            return None
+        self._check_state(state)
+        inst = self._pool.checkout()
+        try:
+            self._state = bytes(state)
+            inst.write_state(self._state)
+        finally:
+            self._pool.give_back(inst)
+        return None
+
+    @property
+    def quarantined(self) -> bool:
+        return self.breaker.quarantined
+
+    def _need_kind(self, kind: str) -> None:
+        if self.manifest.kind != kind:
+            raise TypeError(f"plugin {self.name} is a {self.manifest.kind} plugin, not {kind}")
+
+    def _check_state(self, state: bytes) -> None:
+        if len(state) != self._state_len:
+            raise PluginError(
+                "state", self.name, f"state is {len(state)} bytes, expected {self._state_len}"
+            )
+
+
+class _Pool:
+    """Up to ``size`` instances: idle ones are handed out (most recently used first, its
+    memory is warm), a new one is built while fewer than ``size`` exist, otherwise a caller
+    waits for one to come back. Instances are built outside the lock (that takes ms)."""
+
+    def __init__(self, make: Any, size: int) -> None:
+        self._make, self.size = make, size
+        self._cond = threading.Condition()
+        self._idle: list[_Instance] = [make()]
+        self.live = 1
+
+    def checkout(self) -> _Instance:
+        with self._cond:
+            while not self._idle and self.live >= self.size:
+                self._cond.wait()
+            if self._idle:
+                return self._idle.pop()
+            self.live += 1
+        try:
+            return self._make()
+        except BaseException:
+            with self._cond:
+                self.live -= 1
+                self._cond.notify()
+            raise
+
+    def give_back(self, inst: _Instance) -> None:
+        with self._cond:
+            self._idle.append(inst)
+            self._cond.notify()
+
+    def discard(self, inst: _Instance) -> None:
+        with self._cond:
+            self.live -= 1
+            self._cond.notify()
+
+    def add(self, inst: _Instance) -> None:
+        """A replacement built by the caller; dropped if the pool has filled meanwhile."""
+        with self._cond:
+            if self.live < self.size:
+                self.live += 1
+                self._idle.append(inst)
+                self._cond.notify()
+
+
+class _Instance:
+    """One store + instance + host arena, used by one thread at a time (the pool ensures
+    it). All marshalling lives here; the shared settings are on the owning ``Plugin``."""
+
+    def __init__(self, plugin: Plugin) -> None:
         """A fresh store + instance, ABI checked and params passed: used at load and after
         any failure, so a plugin that trapped midway never sees its half-updated state.
         An aggregate gets its last committed state back (or a fresh one)."""
-        store = wasmtime.Store(self._engine)
-        store.set_limits(memory_size=self.limits.memory_bytes)
+        self.p = plugin
+        store = wasmtime.Store(plugin._engine)
+        store.set_limits(memory_size=self.p.limits.memory_bytes)
         self._store = store
         self._memory = None
         self._mem_len = -1
         self._arm()
         try:
-            inst = self._linker.instantiate(store, self._module)
+            with plugin._link_lock:  # instantiation is rare: keep the linker single-user
+                inst = plugin._linker.instantiate(store, plugin._module)
         except (wasmtime.Trap, wasmtime.WasmtimeError) as err:
             raise self._classify(err) from None
         exports = inst.exports(store)
@@ -195,51 +408,51 @@ class Plugin:
         def need(name: str, kind: type) -> Any:
             item = exports.get(name) if hasattr(exports, "get") else None
             if not isinstance(item, kind):
-                raise PluginError("abi", self.name, f"missing export {name!r}")
+                raise PluginError("abi", self.p.name, f"missing export {name!r}")
             return item
 
         def bind(name: str, nparams: int, nresults: int = 1) -> I32Func:
             try:
                 return I32Func(store, need(name, wasmtime.Func), nparams, nresults)
             except SignatureError as err:
-                raise PluginError("abi", self.name, f"export {name!r}: {err}") from None
+                raise PluginError("abi", self.p.name, f"export {name!r}: {err}") from None
 
         self._memory = need("memory", wasmtime.Memory)
         self._refresh()
         version = self._call(bind(abi.EXPORT_VERSION, 0))
         if version != abi.ABI_VERSION:
             raise PluginError(
-                "abi_version", self.name, f"module speaks ABI {version}, host speaks 1"
+                "abi_version", self.p.name, f"module speaks ABI {version}, host speaks 1"
             )
         self._alloc = bind(abi.EXPORT_ALLOC, 1)
-        kind = self.manifest.kind
+        kind = self.p.manifest.kind
         self._entry = bind(abi.ENTRY_POINTS[kind], 3) if kind != "aggregate" else None
         self._arena_ptr, self._arena_cap = 0, 0
         if isinstance(exports.get(abi.EXPORT_INIT), wasmtime.Func):
-            payload = json.dumps(self.params, separators=(",", ":")).encode()
+            payload = json.dumps(self.p.params, separators=(",", ":")).encode()
             ptr = self._reserve(len(payload) + 1)
             self._mv[ptr : ptr + len(payload)] = np.frombuffer(payload, np.uint8)
             status = self._call(bind(abi.EXPORT_INIT, 2), ptr, len(payload))
             if status != abi.STATUS_OK:
-                raise PluginError("init", self.name, f"dataflare_init returned {status}")
+                raise PluginError("init", self.p.name, f"dataflare_init returned {status}")
         if kind == "aggregate":
             self._agg_init = bind(abi.EXPORT_AGG_INIT, 2)
             self._agg_update = bind(abi.EXPORT_AGG_UPDATE, 3)
             self._agg_merge = bind(abi.EXPORT_AGG_MERGE, 2)
             self._agg_finalize = bind(abi.EXPORT_AGG_FINALIZE, 3)
-            self._state_ptr = self._allocate(self._state_len)
+            self._state_ptr = self._allocate(self.p._state_len)
             self._arena_ptr, self._arena_cap = 0, 0  # the arena starts after the state
-            if self._state is None:
-                self._agg_status(self._agg_init, "init", self._state_ptr, self._state_len)
-                self._state = self._read_state()
+            if self.p._state is None:
+                self._agg_status(self._agg_init, "init", self._state_ptr, self.p._state_len)
+                self.p._state = self._read_state()
             else:
-                self._write_state(self._state)
+                self.write_state(self.p._state)
 
     # -- calls ---------------------------------------------------------------------------
     def _arm(self) -> None:
-        self._store.set_epoch_deadline(self._deadline)
-        if self._fuel:
-            self._store.set_fuel(int(self.limits.fuel or 0))
+        self._store.set_epoch_deadline(self.p._deadline)
+        if self.p._fuel:
+            self._store.set_fuel(int(self.p.limits.fuel or 0))
 
     def _call(self, fn: I32Func, *args: int) -> Any:
         self._arm()
@@ -262,25 +475,25 @@ class Plugin:
     def _classify(self, err: Exception) -> PluginError:
         code = getattr(err, "trap_code", None)
         if code == wasmtime.TrapCode.INTERRUPT:
-            return PluginError("timeout", self.name, f"exceeded {self.limits.deadline_ms} ms")
+            return PluginError("timeout", self.p.name, f"exceeded {self.p.limits.deadline_ms} ms")
         if code == wasmtime.TrapCode.OUT_OF_FUEL:
-            return PluginError("fuel", self.name, f"exceeded {self.limits.fuel} fuel")
+            return PluginError("fuel", self.p.name, f"exceeded {self.p.limits.fuel} fuel")
         if self._near_memory_limit():
             return PluginError(
-                "out_of_memory", self.name, f"hit {self.limits.memory_bytes} bytes: {err}"
+                "out_of_memory", self.p.name, f"hit {self.p.limits.memory_bytes} bytes: {err}"
             )
         what = code.name.lower() if code is not None else "error"
-        return PluginError("trap", self.name, f"{what}: {str(err).splitlines()[-1]}")
+        return PluginError("trap", self.p.name, f"{what}: {str(err).splitlines()[-1]}")
 
     def _near_memory_limit(self) -> bool:
         mem = getattr(self, "_memory", None)
         if mem is None:
             return False
-        self.memory_at_failure = mem.data_len(self._store)
+        self.p.memory_at_failure = mem.data_len(self._store)
         # memory.grow past the limit returns -1 rather than trapping, so a trap with memory
         # (nearly) at the limit is read as out-of-memory; the slack covers coarse growth.
-        slack = max(PAGE, self.limits.memory_bytes // 8)
-        return mem.data_len(self._store) + slack > self.limits.memory_bytes
+        slack = max(PAGE, self.p.limits.memory_bytes // 8)
+        return mem.data_len(self._store) + slack > self.p.limits.memory_bytes
 
     def _view(self) -> np.ndarray:
         """A numpy view of linear memory (current after every call)."""
@@ -290,131 +503,46 @@ class Plugin:
         ptr = self._call(self._alloc, nbytes)
         if not isinstance(ptr, int) or ptr <= 0 or ptr + nbytes > self._mem_len:
             if self._near_memory_limit() or ptr == 0:
-                raise PluginError("out_of_memory", self.name, f"could not allocate {nbytes}")
-            raise PluginError("abi", self.name, f"dataflare_alloc returned bad {ptr!r}")
+                raise PluginError("out_of_memory", self.p.name, f"could not allocate {nbytes}")
+            raise PluginError("abi", self.p.name, f"dataflare_alloc returned bad {ptr!r}")
         return ptr
 
     def _reserve(self, nbytes: int) -> int:
         """The host arena, at least ``nbytes``: reused across batches, grown by doubling."""
         if nbytes > self._arena_cap:
             cap = max(abi.align(nbytes, PAGE), 2 * self._arena_cap, PAGE)
-            if cap > self.limits.memory_bytes:
+            if cap > self.p.limits.memory_bytes:
                 raise PluginError(
-                    "out_of_memory", self.name, f"batch needs {cap} bytes of plugin memory"
+                    "out_of_memory", self.p.name, f"batch needs {cap} bytes of plugin memory"
                 )
             self._arena_ptr, self._arena_cap = self._allocate(cap), cap
         return self._arena_ptr
 
-    def _guarded(self, table: pl.DataFrame, run: Any) -> Any:
-        with self._lock:
-            self.breaker.check(self.name)
-            t0 = time.perf_counter()
-            try:
-                return run(table)
-            except PluginError as err:
-                self._fail()
-                raise err from None
-            except Exception as err:  # a host-side bug in marshalling: still contained
-                self._fail()
-                raise PluginError("abi", self.name, f"{type(err).__name__}: {err}") from None
-            finally:
-                self.stats["calls"] += 1
-                self.stats["rows"] += table.height
-                self.stats["seconds"] += time.perf_counter() - t0
-
-    def _fail(self) -> None:
-        self.stats["errors"] += 1
-        self.breaker.record()
-        try:
-            self._instantiate()
-        except PluginError:
-            self.breaker.until = time.monotonic() + self.limits.quarantine_s
-
-    # -- public API ---------------------------------------------------------------------
-    def map(self, table: pl.DataFrame) -> pl.DataFrame:
-        """``table`` with the plugin's output columns added or replaced."""
-        self._need_kind("map")
-        return self._guarded(table, self._map)
-
-    def filter(self, table: pl.DataFrame) -> pl.Series:
-        """A boolean mask: True for the rows the plugin keeps."""
-        self._need_kind("filter")
-        return self._guarded(table, self._filter)
-
-    def update(self, table: pl.DataFrame) -> None:
-        """Fold ``table`` into the aggregate's state. On failure the state stays what it
-        was before this batch (the host keeps the last committed copy)."""
-        self._need_kind("aggregate")
-        self._guarded(table, self._update)
-
-    def result(self) -> pl.DataFrame:
-        """The aggregate's current answer (``dataflare_agg_finalize``; state unchanged)."""
-        self._need_kind("aggregate")
-        return self._guarded(pl.DataFrame(), lambda _: self._finalize())
-
-    def merge(self, state: bytes) -> None:
-        """Merge another instance's state (e.g. from a parallel worker) into this one."""
-        self._need_kind("aggregate")
-        self._check_state(state)
-        self._guarded(pl.DataFrame(), lambda _: self._merge(state))
-
-    def reset(self) -> None:
-        """Back to the empty aggregate state."""
-        self._need_kind("aggregate")
-        self._state = None
-        with self._lock:
-            self._instantiate()
-
-    def __call__(self, batch: pl.DataFrame) -> pl.DataFrame:
-        kind = self.manifest.kind
-        if kind == "map":
-            return self.map(batch)
-        if kind == "filter":
-            return batch.filter(self.filter(batch))
-        self.update(batch)  # aggregate: emit the running answer after every batch
-        return self.result()
-
-    def snapshot(self) -> bytes:
-        """Aggregate state bytes (host-owned, so the engine checkpoints them); b"" for the
-        stateless map/filter kinds."""
-        return bytes(self._state) if self._state is not None else b""
-
-    def restore(self, state: bytes) -> None:
-        if self.manifest.kind != "aggregate":
-            return None
-        self._check_state(state)
-        with self._lock:
-            self._state = bytes(state)
-            self._write_state(self._state)
-        return None
-
-    @property
-    def quarantined(self) -> bool:
-        return self.breaker.quarantined
-
-    def _need_kind(self, kind: str) -> None:
-        if self.manifest.kind != kind:
-            raise TypeError(f"plugin {self.name} is a {self.manifest.kind} plugin, not {kind}")
-
     # -- marshalling ----------------------------------------------------------------------
     def _column(self, spec: ColumnSpec) -> str:
-        return self.columns.get(spec.name, spec.name)
+        return self.p.columns.get(spec.name, spec.name)
 
     def _inputs(self, table: pl.DataFrame) -> list[_Parts]:
         """Per input column: (validity bitmap | None, values bytes, utf8 data | None), as
         numpy views of the table's own buffers where possible (no copy)."""
         parts: list[_Parts] = []
-        for spec in self.manifest.input:
+        for spec in self.p.manifest.input:
             col = self._column(spec)
             try:
                 series = table.get_column(col)
             except pl.exceptions.ColumnNotFoundError:
-                raise PluginError("schema", self.name, f"input column {col!r} missing") from None
+                raise PluginError("schema", self.p.name, f"input column {col!r} missing") from None
             fixed = spec.type != "utf8" and series.dtype == abi.POLARS_TYPES[spec.type]
             if fixed and not series.has_nulls():  # the common case: a zero-copy numpy view
                 parts.append((None, series.to_numpy().view(np.uint8), None))
                 continue
-            parts.append(self._arrow_parts(spec, series.to_arrow(), col))
+            if spec.type == "utf8" and series.dtype == pl.String:
+                # Polars keeps strings as views; exporting those is zero-copy and Arrow's
+                # view -> offsets cast is cheaper than Polars' own large_string export
+                arr = series.to_arrow(compat_level=pl.CompatLevel.newest())
+            else:
+                arr = series.to_arrow()
+            parts.append(self._arrow_parts(spec, arr, col))
         return parts
 
     def _arrow_parts(self, spec: ColumnSpec, arr: pa.Array, col: str) -> _Parts:
@@ -426,7 +554,7 @@ class Plugin:
                 arr = arr.cast(target)
             except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as err:
                 raise PluginError(
-                    "schema", self.name, f"column {col!r} is not {spec.type}: {err}"
+                    "schema", self.p.name, f"column {col!r} is not {spec.type}: {err}"
                 ) from None
         n = len(arr)
         validity = abi.validity_bytes(arr)
@@ -463,7 +591,7 @@ class Plugin:
         for i, (validity, values, data) in enumerate(parts):
             d = (base >> 2) + i * abi.DESC_FIELDS
             mv32[d : d + abi.DESC_FIELDS] = 0
-            mv32[d + abi.F_TYPE] = self._in_codes[i]
+            mv32[d + abi.F_TYPE] = self.p._in_codes[i]
             if validity is not None:
                 mv[cursor : cursor + validity.nbytes] = validity
                 mv32[d + abi.F_VALIDITY] = cursor
@@ -480,8 +608,8 @@ class Plugin:
         return base, cursor
 
     def _out_bytes(self, rows: int, caps: list[int]) -> int:
-        size = abi.align(abi.DESC_BYTES * len(self.manifest.output))
-        for code, cap in zip(self._out_codes, caps, strict=True):
+        size = abi.align(abi.DESC_BYTES * len(self.p.manifest.output))
+        for code, cap in zip(self.p._out_codes, caps, strict=True):
             width = 4 * (rows + 1) if code == abi.UTF8 else abi.CODE_WIDTHS[code] * rows
             size += abi.align(abi.bitmap_bytes(rows)) + abi.align(width) + abi.align(cap)
         return size
@@ -490,9 +618,9 @@ class Plugin:
         """Pre-fill the output descriptors at ``at``: an all-valid bitmap, a values buffer
         of the right size and, for utf8, ``cap`` bytes of data."""
         mv, mv32, align = self._mv, self._mv32, abi.align
-        cursor = at + align(abi.DESC_BYTES * len(self._out_codes))
+        cursor = at + align(abi.DESC_BYTES * len(self.p._out_codes))
         nbm = abi.bitmap_bytes(rows)
-        for i, (code, cap) in enumerate(zip(self._out_codes, caps, strict=True)):
+        for i, (code, cap) in enumerate(zip(self.p._out_codes, caps, strict=True)):
             d = (at >> 2) + i * abi.DESC_FIELDS
             mv32[d : d + abi.DESC_FIELDS] = 0
             mv32[d + abi.F_TYPE] = code
@@ -509,21 +637,21 @@ class Plugin:
     def _read_descs(self, at: int) -> np.ndarray:
         d = at >> 2
         return (
-            self._mv32[d : d + abi.DESC_FIELDS * len(self._out_codes)]
+            self._mv32[d : d + abi.DESC_FIELDS * len(self.p._out_codes)]
             .reshape(-1, abi.DESC_FIELDS)
             .copy()
         )
 
-    def _map(self, table: pl.DataFrame) -> pl.DataFrame:
+    def map(self, table: pl.DataFrame) -> pl.DataFrame:
         n = table.height
-        outs = self.manifest.output
+        outs = self.p.manifest.output
         if n == 0:
             return table.with_columns(
                 pl.Series(self._column(s), pa.array([], abi.ARROW_TYPES[s.type])) for s in outs
             )
         parts = self._inputs(table)
         in_utf8 = sum(p[2].nbytes for p in parts if p[2] is not None)
-        caps = [in_utf8 + in_utf8 // 4 + 256 if c == abi.UTF8 else 0 for c in self._out_codes]
+        caps = [in_utf8 + in_utf8 // 4 + 256 if c == abi.UTF8 else 0 for c in self.p._out_codes]
         for _attempt in range(3):
             in_desc, out_desc = self._write_inputs(parts, self._out_bytes(n, caps))
             self._prepare_outputs(out_desc, n, caps)
@@ -531,24 +659,24 @@ class Plugin:
             result = self._read_descs(out_desc)
             if status == abi.STATUS_NEED_MORE:
                 grown = False
-                for i, code in enumerate(self._out_codes):
+                for i, code in enumerate(self.p._out_codes):
                     need = int(result[i, abi.F_DATA_LEN])
                     if code == abi.UTF8 and need > caps[i]:
-                        if need > self.limits.memory_bytes:
-                            raise PluginError("abi", self.name, f"asks for {need} output bytes")
+                        if need > self.p.limits.memory_bytes:
+                            raise PluginError("abi", self.p.name, f"asks for {need} output bytes")
                         caps[i], grown = abi.align(need), True
                 if not grown:
-                    raise PluginError("abi", self.name, "NEED_MORE without a larger data_len")
+                    raise PluginError("abi", self.p.name, "NEED_MORE without a larger data_len")
                 continue
             if status != abi.STATUS_OK:
-                raise PluginError("status", self.name, f"dataflare_map returned {status}")
+                raise PluginError("status", self.p.name, f"dataflare_map returned {status}")
             series = [self._read_output(spec, result[i], n) for i, spec in enumerate(outs)]
-            if self._replaces is None:
-                self._replaces = {self._column(s) for s in outs}
-            if self._replaces.isdisjoint(table.columns):
+            if self.p._replaces is None:
+                self.p._replaces = {self._column(s) for s in outs}
+            if self.p._replaces.isdisjoint(table.columns):
                 return table.hstack(series)
             return table.with_columns(series)
-        raise PluginError("abi", self.name, "output capacity still too small after 3 tries")
+        raise PluginError("abi", self.p.name, "output capacity still too small after 3 tries")
 
     def _span(self, ptr: int, nbytes: int, what: str) -> pa.Buffer:
         """``memory[ptr:ptr+nbytes]`` copied out, after checking it lies inside memory, into
@@ -557,7 +685,7 @@ class Plugin:
         if ptr <= 0 or nbytes < 0 or ptr + nbytes > self._mem_len:
             raise PluginError(
                 "abi",
-                self.name,
+                self.p.name,
                 f"{what} [{ptr}, {ptr + nbytes}) outside linear memory ({self._mem_len} bytes)",
             )
         buf = pa.allocate_buffer(nbytes)
@@ -567,7 +695,7 @@ class Plugin:
     def _read_output(self, spec: ColumnSpec, d: np.ndarray, n: int) -> pl.Series:
         name = self._column(spec)
         if int(d[abi.F_TYPE]) != abi.TYPE_CODES[spec.type]:
-            raise PluginError("abi", self.name, f"output {name!r} changed its type code")
+            raise PluginError("abi", self.p.name, f"output {name!r} changed its type code")
         vptr = int(d[abi.F_VALIDITY])
         validity = self._span(vptr, abi.bitmap_bytes(n), f"{name} validity") if vptr else None
         if spec.type == "utf8":
@@ -576,7 +704,7 @@ class Plugin:
             data_len = int(d[abi.F_DATA_LEN])
             lo, hi = int(offsets[0]), int(offsets[-1])
             if lo < 0 or hi > data_len or np.any(offsets[1:] < offsets[:-1]):
-                raise PluginError("abi", self.name, f"output {name!r} has invalid offsets")
+                raise PluginError("abi", self.p.name, f"output {name!r} has invalid offsets")
             data = self._span(int(d[abi.F_DATA]) + lo, hi - lo, f"{name} data")
             if lo:
                 offsets_buf = pa.py_buffer(offsets - np.int32(lo))
@@ -586,14 +714,14 @@ class Plugin:
             try:
                 return pl.Series(name, arr).cast(pl.String)
             except pl.exceptions.ComputeError as err:
-                raise PluginError("abi", self.name, f"output {name!r}: {err}") from None
+                raise PluginError("abi", self.p.name, f"output {name!r}: {err}") from None
         else:
             nbytes = abi.WIDTHS[spec.type] * n
             values = self._span(int(d[abi.F_VALUES]), nbytes, f"{name} values")
             arr = pa.Array.from_buffers(abi.ARROW_TYPES[spec.type], n, [validity, values])
         return pl.Series(name, arr)
 
-    def _filter(self, table: pl.DataFrame) -> pl.Series:
+    def filter(self, table: pl.DataFrame) -> pl.Series:
         n = table.height
         if n == 0:
             return pl.Series("mask", [], pl.Boolean)
@@ -601,56 +729,51 @@ class Plugin:
         self._mv[mask_ptr : mask_ptr + n] = 0
         status = self._call(self._entry, in_desc, n, mask_ptr)
         if status != abi.STATUS_OK:
-            raise PluginError("status", self.name, f"dataflare_filter returned {status}")
+            raise PluginError("status", self.p.name, f"dataflare_filter returned {status}")
         return pl.Series("mask", self._mv[mask_ptr : mask_ptr + n] != 0)
 
     # -- aggregate ------------------------------------------------------------------------
-    def _check_state(self, state: bytes) -> None:
-        if len(state) != self._state_len:
-            raise PluginError(
-                "state", self.name, f"state is {len(state)} bytes, expected {self._state_len}"
-            )
-
     def _read_state(self) -> bytes:
-        return self._mv[self._state_ptr : self._state_ptr + self._state_len].tobytes()
+        return self._mv[self._state_ptr : self._state_ptr + self.p._state_len].tobytes()
 
-    def _write_state(self, state: bytes) -> None:
-        self._mv[self._state_ptr : self._state_ptr + self._state_len] = np.frombuffer(
+    def write_state(self, state: bytes) -> None:
+        self._mv[self._state_ptr : self._state_ptr + self.p._state_len] = np.frombuffer(
             state, np.uint8
         )
 
     def _agg_status(self, fn: I32Func, what: str, *args: int) -> int:
         status = self._call(fn, *args)
         if status < 0 or (what != "finalize" and status != abi.STATUS_OK):
-            raise PluginError("status", self.name, f"dataflare_agg_{what} returned {status}")
+            raise PluginError("status", self.p.name, f"dataflare_agg_{what} returned {status}")
         return status
 
-    def _update(self, table: pl.DataFrame) -> None:
+    def update(self, table: pl.DataFrame) -> None:
         if table.height == 0:
             return
         in_desc, _ = self._write_inputs(self._inputs(table), 0)
         self._agg_status(self._agg_update, "update", self._state_ptr, in_desc, table.height)
-        self._state = self._read_state()  # committed: a later failure rolls back to here
+        self.p._state = self._read_state()  # committed: a later failure rolls back to here
 
-    def _merge(self, state: bytes) -> None:
-        other = self._reserve(self._state_len)
-        self._mv[other : other + self._state_len] = np.frombuffer(state, np.uint8)
+    def merge(self, state: bytes) -> None:
+        other = self._reserve(self.p._state_len)
+        self._mv[other : other + self.p._state_len] = np.frombuffer(state, np.uint8)
         self._agg_status(self._agg_merge, "merge", self._state_ptr, other)
-        self._state = self._read_state()
+        self.p._state = self._read_state()
 
-    def _finalize(self) -> pl.DataFrame:
-        rows = self.manifest.max_output_rows
-        out_desc = self._reserve(self._out_bytes(rows, self._zero_caps))
-        self._prepare_outputs(out_desc, rows, self._zero_caps)
+    def finalize(self) -> pl.DataFrame:
+        rows = self.p.manifest.max_output_rows
+        out_desc = self._reserve(self._out_bytes(rows, self.p._zero_caps))
+        self._prepare_outputs(out_desc, rows, self.p._zero_caps)
         got = self._agg_status(self._agg_finalize, "finalize", self._state_ptr, out_desc, rows)
         if got > rows:
-            raise PluginError("abi", self.name, f"finalize returned {got} rows, room for {rows}")
+            raise PluginError("abi", self.p.name, f"finalize returned {got} rows, room for {rows}")
         result = self._read_descs(out_desc)
         # the state region must be left as it was: finalize is a read-only view of it
-        if self._read_state() != self._state:
-            raise PluginError("abi", self.name, "dataflare_agg_finalize modified the state")
+        if self._read_state() != self.p._state:
+            raise PluginError("abi", self.p.name, "dataflare_agg_finalize modified the state")
+        outs = self.p.manifest.output
         return pl.DataFrame(
-            [self._read_output(spec, result[i], got) for i, spec in enumerate(self.manifest.output)]
+            [self._read_output(spec, result[i], got) for i, spec in enumerate(outs)]
         )
 
 

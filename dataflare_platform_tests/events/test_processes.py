@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import select
 import signal
 import subprocess
 import sys
@@ -86,11 +87,17 @@ def test_producer_killed_mid_append_leaves_every_acknowledged_batch(tmp_path: Pa
             stderr=subprocess.PIPE,
             start_new_session=True,
         )
-        time.sleep(rng.uniform(1.0, 2.0))
+        # Kill it in the middle of its appends: after the first acknowledgement (process
+        # start-up takes a while on a loaded machine), at a random moment.
+        ready, _, _ = select.select([proc.stdout], [], [], 120)
+        assert ready, "the producer acknowledged nothing in 120 s"
+        first_line = proc.stdout.readline()
+        time.sleep(rng.uniform(0.05, 0.6))
         os.kill(proc.pid, signal.SIGKILL)
         out, _ = proc.communicate()
-        lines = [json.loads(line) for line in out.decode().splitlines() if line.endswith("}")]
-        assert lines, "the producer was killed before its first append"
+        text = (first_line + out).decode()
+        lines = [json.loads(line) for line in text.splitlines() if line.endswith("}")]
+        assert lines
         acked.extend(lines)
         # The next producer (a new process) carries on after what the killed one published.
         topic = EventLog(root).topic("events")

@@ -16,6 +16,7 @@ from __future__ import annotations
 import queue
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -41,11 +42,16 @@ class RunnerConfig:
     sink_queue: int = 4  # batches buffered between operators and sink
     rate: float | None = None  # pace the source to this many events/s (latency tests)
     poll_interval_s: float = 0.05  # continuous mode: wait when no source has data
+    # Also checkpoint when this much time went by since the last checkpoint and batches
+    # came in (a trickling continuous stream would otherwise wait checkpoint_every batches).
+    checkpoint_interval_s: float | None = None
 
     def __post_init__(self) -> None:
         for name in ("batch_rows", "checkpoint_every", "source_queue", "sink_queue"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1")
+        if self.checkpoint_interval_s is not None and self.checkpoint_interval_s <= 0:
+            raise ValueError("checkpoint_interval_s must be positive")
 
 
 @dataclass
@@ -107,6 +113,9 @@ class Runner:
     pipeline: Pipeline
     config: RunnerConfig = field(default_factory=RunnerConfig)
     listener: MetricsListener | None = None
+    # Called on the sink thread once a checkpoint is committed with the output before it
+    # (the checkpoint's offsets and counters are then durable).
+    on_commit: Callable[[Checkpoint, EngineMetrics], None] | None = None
 
     def run(
         self,
@@ -125,6 +134,7 @@ class _Run:
         self.p = runner.pipeline
         self.cfg = runner.config
         self.listener = runner.listener
+        self.on_commit = runner.on_commit
         self.mode = mode
         self.until = until
         self.stop = stop
@@ -138,6 +148,7 @@ class _Run:
         self.sink_q: queue.Queue = queue.Queue(self.cfg.sink_queue)
         self.errors: list[BaseException] = []
         self.batches_since_checkpoint = 0
+        self.checkpointed_at = time.monotonic()
         self._outputs: list[pl.DataFrame] = []
         self._sides: list[pl.DataFrame] = []
         for node in self.p.operators():
@@ -347,6 +358,8 @@ class _Run:
                 for ingest in pending:
                     self.metrics.latency.record((now - ingest) * 1000)
                 pending.clear()
+            if item.checkpoint is not None and self.on_commit is not None:
+                self.on_commit(item.checkpoint, self.metrics)
 
     def _committed(self, checkpoint: Checkpoint) -> None:
         """Tell sources that want it (``on_commit``) which offsets are now durable in the
@@ -376,7 +389,9 @@ class _Run:
                 if self.p.idle_timeout_ms is not None:
                     # No input: partitions may have turned idle, letting the watermark on.
                     self._advance()
-                    self._flush([], checkpoint=False)
+                    self._flush([], checkpoint=self._checkpoint_due_by_time())
+                elif self._checkpoint_due_by_time():
+                    self._flush([], checkpoint=True)
                 continue
             if item is _END:
                 break
@@ -387,7 +402,10 @@ class _Run:
                 self._batch(item)
                 ingests.append(item.ingest)
             self.batches_since_checkpoint += 1
-            due = self.batches_since_checkpoint >= self.cfg.checkpoint_every
+            due = (
+                self.batches_since_checkpoint >= self.cfg.checkpoint_every
+                or self._checkpoint_due_by_time()
+            )
             self._flush(ingests, checkpoint=due)
             ingests = []
         finished = self.mode == "bounded" and all(
@@ -399,6 +417,14 @@ class _Run:
             self._advance()
         self._flush(ingests, checkpoint=True, final=True)
         return finished
+
+    def _checkpoint_due_by_time(self) -> bool:
+        interval = self.cfg.checkpoint_interval_s
+        return (
+            interval is not None
+            and self.batches_since_checkpoint > 0
+            and time.monotonic() - self.checkpointed_at >= interval
+        )
 
     def _flush(self, ingests: list[float], checkpoint: bool, final: bool = False) -> None:
         output = None
@@ -412,6 +438,7 @@ class _Run:
         # be work thrown away (the final one is still taken for the run's result).
         if checkpoint:
             self.batches_since_checkpoint = 0
+            self.checkpointed_at = time.monotonic()
         if checkpoint and (self.sink.transactional or final):
             cp = self.checkpoint()
             self.metrics.checkpoints += 1

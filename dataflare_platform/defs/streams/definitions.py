@@ -1,6 +1,28 @@
-"""The streams domain's definitions: one set per shipped pipeline file."""
+"""The streams domain's definitions: one set per shipped pipeline file.
+
+``DATAFLARE_SENSOR_INTERVAL`` (a duration such as ``2s``), read when the code location
+loads, overrides the sensors' ``catalog.sensor_interval`` of every pipeline without
+editing the files (tests and demos tick faster).
+"""
+
+import os
 
 from dataflare_platform.defs.streams.factory import stream_definitions
+from dataflare_platform.engine.durations import to_ms
 from dataflare_platform.pipelines import load_specs
 
-defs = stream_definitions(load_specs())
+SENSOR_INTERVAL_ENV_VAR = "DATAFLARE_SENSOR_INTERVAL"
+
+
+def sensor_interval_override() -> int | None:
+    """Seconds from ``DATAFLARE_SENSOR_INTERVAL``, or None when unset or empty."""
+    value = os.environ.get(SENSOR_INTERVAL_ENV_VAR, "").strip()
+    if not value:
+        return None
+    try:
+        return max(1, to_ms(value) // 1000)
+    except ValueError as err:
+        raise ValueError(f"{SENSOR_INTERVAL_ENV_VAR}={value!r}: {err}") from None
+
+
+defs = stream_definitions(load_specs(), sensor_interval_override())

@@ -5,7 +5,12 @@ For each pipeline: source topics as external assets, the output as an asset that
 the pipeline over an offset range (run config ``until``), a job selecting it, and a
 sensor whose cursor is the last range it requested. Each request has a run key made of
 that range, so a repeated tick never launches it twice, and the engine's checkpoint
-(committed with the output) makes an overlapping range process nothing twice.
+(committed with the output) makes an overlapping range process nothing twice. The sensor
+requests nothing while the pipeline runs continuously (``<name>_continuous``, see
+``continuous.py``): both write the same output and checkpoint.
+
+``sensor_interval_s`` overrides every pipeline's ``catalog.sensor_interval`` (the code
+location passes ``DATAFLARE_SENSOR_INTERVAL`` when set, e.g. for tests and demos).
 """
 
 import json
@@ -16,6 +21,10 @@ from pydantic import Field
 
 from dataflare_platform.defs.plugins.resources import PluginRuntimeResource
 from dataflare_platform.defs.resources import ProjectHomeResource
+from dataflare_platform.defs.streams.continuous import (
+    continuous_definitions,
+    continuous_in_progress,
+)
 from dataflare_platform.engine.durations import to_ms
 from dataflare_platform.engine.spec import PipelineSpec
 from dataflare_platform.events.log import EventLog
@@ -83,9 +92,12 @@ def _run_metadata(result, ends: dict[str, int], seconds: float) -> dict[str, obj
     }
 
 
-def pipeline_definitions(spec: PipelineSpec) -> dg.Definitions:
+def pipeline_definitions(
+    spec: PipelineSpec, sensor_interval_s: int | None = None
+) -> dg.Definitions:
     key = output_key(spec)
     catalog = spec.catalog
+    interval_s = sensor_interval_s or max(1, to_ms(catalog.sensor_interval) // 1000)
 
     @dg.asset(
         key=key,
@@ -118,11 +130,13 @@ def pipeline_definitions(spec: PipelineSpec) -> dg.Definitions:
     @dg.sensor(
         name=f"{spec.name}_sensor",
         job=job,
-        minimum_interval_seconds=max(1, to_ms(catalog.sensor_interval) // 1000),
+        minimum_interval_seconds=interval_s,
         default_status=dg.DefaultSensorStatus.RUNNING,
         description=f"Requests a run of {spec.name} for each new range of its topics.",
     )
     def stream_sensor(context: dg.SensorEvaluationContext, dataflare: ProjectHomeResource):
+        if continuous_in_progress(context.instance, spec):
+            return dg.SkipReason(f"{spec.name} runs continuously")
         requested = json.loads(context.cursor) if context.cursor else {}
         ends = pending_range(spec, EventLog(dataflare.home.event_log_dir), requested)
         if ends is None:
@@ -135,10 +149,16 @@ def pipeline_definitions(spec: PipelineSpec) -> dg.Definitions:
             tags={"dataflare/pipeline": spec.name, "dataflare/trigger": "sensor"},
         )
 
-    return dg.Definitions(assets=[stream_output], jobs=[job], sensors=[stream_sensor])
-
-
-def stream_definitions(specs: list[PipelineSpec]) -> dg.Definitions:
     return dg.Definitions.merge(
-        dg.Definitions(assets=topic_specs(specs)), *(pipeline_definitions(s) for s in specs)
+        dg.Definitions(assets=[stream_output], jobs=[job], sensors=[stream_sensor]),
+        continuous_definitions(spec, key, interval_s),
+    )
+
+
+def stream_definitions(
+    specs: list[PipelineSpec], sensor_interval_s: int | None = None
+) -> dg.Definitions:
+    return dg.Definitions.merge(
+        dg.Definitions(assets=topic_specs(specs)),
+        *(pipeline_definitions(s, sensor_interval_s) for s in specs),
     )

@@ -37,7 +37,9 @@ def _resources(home):
 
 def _tick(defs, home, cursor):
     sensor = defs.resolve_sensor_def("hot_items_sensor")
-    with dg.build_sensor_context(cursor=cursor, resources=_resources(home)) as context:
+    with dg.build_sensor_context(
+        cursor=cursor, resources=_resources(home), instance=dg.DagsterInstance.ephemeral()
+    ) as context:
         result = sensor(context)
         return result, context.cursor
 
@@ -113,3 +115,24 @@ def test_a_bad_pipeline_file_fails_loading_naming_file_and_field(pipelines_dir):
         load_specs(pipelines_dir)
     assert "broken.yaml" in str(err.value) and "window.sliding.slide" in str(err.value)
     assert err.value.fields == ["streams.hot.steps.1"]
+
+
+def test_sensor_interval_can_be_overridden_without_editing_the_files(monkeypatch):
+    from dataflare_platform.defs.streams.definitions import sensor_interval_override
+
+    def intervals(defs):
+        return {s.name: s.minimum_interval_seconds for s in defs.sensors}
+
+    specs = load_specs()
+    # catalog.sensor_interval: 30s
+    assert intervals(stream_definitions(specs))["hot_items_sensor"] == 30
+    fast = intervals(stream_definitions(specs, sensor_interval_s=2))
+    assert fast["hot_items_sensor"] == fast["hot_items_continuous_restart"] == 2
+
+    monkeypatch.delenv("DATAFLARE_SENSOR_INTERVAL", raising=False)
+    assert sensor_interval_override() is None
+    monkeypatch.setenv("DATAFLARE_SENSOR_INTERVAL", "3s")
+    assert sensor_interval_override() == 3
+    monkeypatch.setenv("DATAFLARE_SENSOR_INTERVAL", "soon")
+    with pytest.raises(ValueError, match="DATAFLARE_SENSOR_INTERVAL='soon'"):
+        sensor_interval_override()

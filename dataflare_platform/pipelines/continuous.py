@@ -1,0 +1,154 @@
+"""Continuous runs of declarative pipelines: poll the topics until told to stop, commit a
+checkpoint with the output every so often, and resume from the last one on the next run.
+
+``run_continuous`` blocks; ``ContinuousRun`` runs it on a thread and hands each committed
+checkpoint to the caller's thread (what a long-running Dagster op reports as asset
+events; no Dagster here).
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from dataflare_platform.engine.checkpoint import Checkpoint
+from dataflare_platform.engine.metrics import EngineMetrics
+from dataflare_platform.engine.runner import Runner, RunnerConfig, RunResult
+from dataflare_platform.engine.spec import PipelineSpec
+from dataflare_platform.events import specs as event_specs
+from dataflare_platform.events.log import EventLog
+from dataflare_platform.pipelines.ranges import output_sink, source_ends
+
+DEFAULT_CHECKPOINT_INTERVAL_S = 2.0
+
+
+@dataclass(frozen=True)
+class CheckpointReport:
+    """What one committed checkpoint says about the pipeline (all numbers)."""
+
+    events_in: int  # since this run started
+    events_out: int
+    dead_lettered: int
+    late_events: int
+    events_in_total: int  # since the pipeline first ran (restored from checkpoints)
+    events_per_s: float  # this run's average
+    p99_batch_ms: float
+    watermark_ms: int
+    lag_events: int  # committed topic events not yet covered by the checkpoint
+    checkpoints: int
+    offsets: dict[str, int]
+
+    def metadata(self) -> dict[str, object]:
+        return dict(self.__dict__)
+
+
+def report(
+    checkpoint: Checkpoint, metrics: EngineMetrics, ends: dict[str, int], seconds: float
+) -> CheckpointReport:
+    counters = checkpoint.counters
+    base = metrics.resumed
+    events_in = counters.get("events_in", 0) - base.get("events_in", 0)
+    return CheckpointReport(
+        events_in=events_in,
+        events_out=counters.get("events_out", 0) - base.get("events_out", 0),
+        dead_lettered=counters.get("dead_letters", 0) - base.get("dead_letters", 0),
+        late_events=counters.get("late_events", 0) - base.get("late_events", 0),
+        events_in_total=counters.get("events_in", 0),
+        events_per_s=round(events_in / seconds, 1) if seconds > 0 else 0.0,
+        p99_batch_ms=metrics.latency.summary()["p99_ms"] or 0.0,
+        watermark_ms=metrics.watermark_ms or 0,
+        lag_events=sum(max(0, end - checkpoint.offsets.get(k, 0)) for k, end in ends.items()),
+        checkpoints=counters.get("checkpoints", 0),
+        offsets=dict(checkpoint.offsets),
+    )
+
+
+def run_continuous(
+    spec: PipelineSpec,
+    log: EventLog,
+    default_dir: Path,
+    stop: threading.Event,
+    on_checkpoint: Callable[[CheckpointReport], None] | None = None,
+    plugins: dict | None = None,
+    config: RunnerConfig | None = None,
+) -> RunResult:
+    """Process the pipeline's topics as events arrive until ``stop`` is set; then finish
+    the batch in flight, commit a last checkpoint and return. Starts from the checkpoint
+    the sink committed last, so a stopped (or crashed) run's successor reads no event
+    twice. ``on_checkpoint`` gets a report after each commit, on the engine's sink thread.
+    """
+    config = config or RunnerConfig(checkpoint_interval_s=DEFAULT_CHECKPOINT_INTERVAL_S)
+    pipeline = event_specs.build(
+        spec, log, sink=output_sink(spec, default_dir), bounded=False, plugins=plugins
+    )
+    started = time.perf_counter()
+
+    def committed(checkpoint: Checkpoint, metrics: EngineMetrics) -> None:
+        if on_checkpoint is not None:
+            ends = source_ends(spec, log)
+            on_checkpoint(report(checkpoint, metrics, ends, time.perf_counter() - started))
+
+    runner = Runner(pipeline, config, on_commit=committed)
+    return runner.run(mode="continuous", stop=stop)
+
+
+class ContinuousRun:
+    """``run_continuous`` on a thread; ``reports()`` yields each checkpoint's report on the
+    caller's thread until the run ends (re-raising the engine's error, if any)."""
+
+    def __init__(
+        self,
+        spec: PipelineSpec,
+        log: EventLog,
+        default_dir: Path,
+        plugins: dict | None = None,
+        config: RunnerConfig | None = None,
+    ) -> None:
+        self.stop_event = threading.Event()
+        self._reports: queue.Queue[CheckpointReport] = queue.Queue()
+        self._error: BaseException | None = None
+        self.result: RunResult | None = None
+
+        def work() -> None:
+            try:
+                self.result = run_continuous(
+                    spec, log, default_dir, self.stop_event, self._reports.put, plugins, config
+                )
+            except BaseException as err:
+                self._error = err
+
+        self._thread = threading.Thread(target=work, name=f"df-continuous-{spec.name}")
+
+    def start(self) -> ContinuousRun:
+        self._thread.start()
+        return self
+
+    @property
+    def running(self) -> bool:
+        return self._thread.is_alive()
+
+    def reports(self, poll_s: float = 0.2) -> Iterator[CheckpointReport]:
+        """Reports as they come, until the run has ended and all were handed out; then
+        raises the run's error, if it failed."""
+        while True:
+            alive = self._thread.is_alive()
+            try:
+                item = self._reports.get(timeout=poll_s)
+            except queue.Empty:
+                if alive:
+                    continue
+                break
+            yield item
+        if self._error is not None:
+            raise self._error
+
+    def stop(self, timeout_s: float | None = None) -> bool:
+        """Ask the run to finish its batch and checkpoint; wait for it up to ``timeout_s``.
+        True when it has ended."""
+        self.stop_event.set()
+        self._thread.join(timeout_s)
+        return not self._thread.is_alive()

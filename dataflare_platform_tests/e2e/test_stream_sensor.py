@@ -1,0 +1,209 @@
+"""Stream pipelines under a real ``dagster dev`` (web server + daemon) on a temporary
+DAGSTER_HOME and DATAFLARE_HOME: the daemon ticks ``hot_items_sensor`` after bids are
+produced and the run it launches processes them once; a continuous run is terminated
+through GraphQL and its relaunch resumes from the checkpoint.
+
+``DATAFLARE_SENSOR_INTERVAL=1s`` makes the sensors tick as often as the daemon's sensor
+loop allows (about every 5 s) instead of the shipped 30 s.
+"""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import duckdb
+import polars as pl
+import pytest
+
+from dataflare_platform.client import DataflareClient
+from dataflare_platform.engine import CollectSink, Runner, RunnerConfig, TableSource
+from dataflare_platform.events.log import EventLog
+from dataflare_platform.queries.nexmark import BUILDERS, NexmarkSources
+from dataflare_platform_tests.e2e.conftest import _free_port
+
+pytestmark = pytest.mark.e2e
+
+TIMEOUT_S = 90
+
+SENSOR_QUERY = """
+query Sensor($selector: SensorSelector!) {
+  sensorOrError(sensorSelector: $selector) {
+    __typename
+    ... on Sensor { id sensorState { status ticks(limit: 100) { status runIds } } }
+    ... on PythonError { message }
+  }
+}
+"""
+STOP_SENSOR = """
+mutation Stop($id: String) {
+  stopSensor(id: $id) {
+    __typename
+    ... on StopSensorMutationResult { instigationState { status } }
+    ... on PythonError { message }
+  }
+}
+"""
+RUNS_QUERY = """
+query Runs($job: String!) {
+  runsOrError(filter: {pipelineName: $job}) {
+    ... on Runs { results { runId status } }
+  }
+}
+"""
+
+
+@pytest.fixture
+def dagster_dev(home, tmp_path, monkeypatch):
+    """``dagster dev`` (web server, daemon, code server) in its own process group."""
+    monkeypatch.setenv("DATAFLARE_SENSOR_INTERVAL", "1s")
+    port = _free_port()
+    dagster_bin = Path(sys.executable).with_name("dagster")
+    log_path = tmp_path / "dagster_dev.log"
+    log = log_path.open("w")
+    proc = subprocess.Popen(
+        [
+            *(str(dagster_bin), "dev", "-m", "dataflare_platform.definitions"),
+            *("-h", "127.0.0.1", "-p", str(port)),
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                pytest.fail(f"dagster dev exited: {log_path.read_text()[-3000:]}")
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/server_info", timeout=2)
+                break
+            except OSError:
+                time.sleep(0.5)
+        else:
+            pytest.fail("dagster dev did not answer within 120 s")
+        yield DataflareClient(port=port, timeout_s=60)
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        log.close()
+
+
+def _sensor(client: DataflareClient, name: str) -> dict:
+    ref = next(r for r in client.jobs() if r.name == "hot_items_job")
+    selector = {
+        "repositoryLocationName": ref.location,
+        "repositoryName": ref.repository,
+        "sensorName": name,
+    }
+    result = client.query(SENSOR_QUERY, {"selector": selector})["sensorOrError"]
+    assert result["__typename"] == "Sensor", result
+    return result
+
+
+def _stop_sensor(client: DataflareClient, name: str) -> None:
+    result = client.query(STOP_SENSOR, {"id": _sensor(client, name)["id"]})["stopSensor"]
+    assert result["__typename"] == "StopSensorMutationResult", result
+    assert result["instigationState"]["status"] == "STOPPED"
+
+
+def _runs(client: DataflareClient, job: str) -> list[dict]:
+    return client.query(RUNS_QUERY, {"job": job})["runsOrError"]["results"]
+
+
+def _wait_for(what: str, fn, timeout_s: float = TIMEOUT_S):
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        value = fn()
+        if value:
+            return value
+        time.sleep(0.5)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def _check_output(home, bids) -> pl.DataFrame:
+    """The warehouse table holds each closed window once, as q5 over all bids has it."""
+    with duckdb.connect(str(home.root / "streams" / "hot_items.duckdb")) as conn:
+        got = pl.from_arrow(conn.sql("SELECT * FROM hot_items").to_arrow_table())
+    assert got.height > 0 and got.unique().height == got.height
+    whole = CollectSink()
+    source = TableSource.single("bids", bids.select(["auction", "date_time"]))
+    Runner(BUILDERS["q5"](NexmarkSources(bids=source), whole), RunnerConfig()).run()
+    expected = whole.result().filter(pl.col("window_start") <= got["window_start"].max())
+    assert got.sort(got.columns).equals(expected.select(got.columns).sort(got.columns))
+    return got
+
+
+def test_daemon_ticks_the_sensor_once_per_new_range(dagster_dev, home, small_nexmark):
+    client = dagster_dev
+    # The other pipeline reads the same topic; keep this test to one pipeline.
+    _stop_sensor(client, "highest_bid_eur_sensor")
+    assert _sensor(client, "hot_items_sensor")["sensorState"]["status"] == "RUNNING"
+
+    bids = small_nexmark["bids"]
+    EventLog(home.event_log_dir).create_topic("nexmark.bids", bids.schema).append(bids)
+
+    (run,) = _wait_for("a sensor-launched run", lambda: _runs(client, "hot_items_job"))
+    assert client.wait(run["runId"], timeout_s=TIMEOUT_S) == "SUCCESS"
+    meta = client.asset_metadata("streams/hot_items")
+    assert meta["events_in"] == bids.num_rows == meta["events_in_total"]
+    assert meta["lag_events"] == 0 and meta["dead_lettered"] == 0
+    assert meta["events_out"] > 0 and isinstance(meta["events_per_s"], float)
+
+    # Two more ticks with nothing new: both skip and no run is launched.
+    def ticks(status: str) -> list[dict]:
+        all_ticks = _sensor(client, "hot_items_sensor")["sensorState"]["ticks"]
+        return [t for t in all_ticks if t["status"] == status]
+
+    (requested,) = ticks("SUCCESS")
+    assert requested["runIds"] == [run["runId"]]
+    skipped = len(ticks("SKIPPED"))
+    _wait_for("two further ticks", lambda: len(ticks("SKIPPED")) >= skipped + 2)
+    assert len(ticks("SUCCESS")) == 1 and not ticks("FAILURE")
+    assert len(_runs(client, "hot_items_job")) == 1
+    _check_output(home, bids)
+
+
+def test_continuous_run_terminates_gracefully_and_resumes(dagster_dev, home, small_nexmark):
+    client = dagster_dev
+    for sensor in ("hot_items_sensor", "highest_bid_eur_sensor"):
+        _stop_sensor(client, sensor)
+    bids = small_nexmark["bids"]
+    parts = [bids.slice(0, 1000), bids.slice(1000, 1000), bids.slice(2000)]
+    topic = EventLog(home.event_log_dir).create_topic("nexmark.bids", bids.schema)
+    topic.append(parts[0])
+
+    def metadata_reaches(total: int) -> dict:
+        meta = client.asset_metadata("streams/hot_items")
+        return meta if meta.get("events_in_total") == total else {}
+
+    config = {"ops": {"run_hot_items_continuous": {"config": {"checkpoint_interval_s": 0.5}}}}
+    first = client.launch_job("hot_items_continuous", run_config=config)
+    _wait_for("the first checkpoint", lambda: metadata_reaches(1000))
+    assert client.status(first) == "STARTED"
+    topic.append(parts[1])  # read while the run is going
+    meta = _wait_for("the second checkpoint", lambda: metadata_reaches(2000))
+    assert meta["events_in"] == 2000 and meta["lag_events"] == 0
+
+    client.terminate(first)
+    assert client.wait(first, timeout_s=TIMEOUT_S) == "CANCELED"
+    messages = [e.get("message") or "" for e in client.logs(first)]
+    assert any("finishing the batch and checkpointing" in m for m in messages)
+    assert any("stopped at {'bids/0': 2000}" in m for m in messages)
+
+    topic.append(parts[2])  # produced while nothing runs
+    second = client.launch_job("hot_items_continuous", run_config=config)
+    meta = _wait_for("the resumed run's checkpoint", lambda: metadata_reaches(bids.num_rows))
+    assert meta["events_in"] == parts[2].num_rows  # this run read only the new events
+    assert meta["offsets"] == {"bids/0": bids.num_rows}
+    client.terminate(second)
+    assert client.wait(second, timeout_s=TIMEOUT_S) == "CANCELED"
+    assert not _runs(client, "hot_items_job")  # the micro-batch job never ran
+    _check_output(home, bids)

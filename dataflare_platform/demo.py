@@ -161,8 +161,8 @@ def _config_runner(defs, instance, tags, report: DemoReport, log):
 
 
 def _run_streams(home: ProjectHome, report: DemoReport, execute_with_config) -> None:
-    """Publish the landed bids to the ``nexmark.bids`` topic (once), then run every stream
-    pipeline over what is there, as its sensor would request it."""
+    """Publish the landed bids and persons to the ``nexmark.*`` topics (once), then run
+    every stream pipeline over what is there, as its sensor would request it."""
     from dataflare_platform.datagen import SCHEMAS
     from dataflare_platform.defs.streams.factory import output_key
     from dataflare_platform.events.log import EventLog
@@ -170,14 +170,15 @@ def _run_streams(home: ProjectHome, report: DemoReport, execute_with_config) -> 
     from dataflare_platform.pipelines import load_specs, source_ends
 
     log = EventLog(home.event_log_dir)
-    # Keyed by auction so both partitions carry events: the watermark is their minimum.
-    topic = log.create_topic(
-        "nexmark.bids", SCHEMAS["bids"], partitions=2, key="auction", exist_ok=True
-    )
-    if sum(topic.end_offsets().values()) == 0:
-        files = sorted((home.nexmark_dir / "bids").glob("*.parquet"))
-        produced = produce_tables(log, topic, tables_from_files(files, topic), batch_rows=50_000)
-        report.rows["topics/nexmark.bids"] = int(produced["appended"])  # type: ignore[arg-type]
+    # Keyed so both partitions carry events: the watermark is their minimum.
+    for kind, key in (("bids", "auction"), ("persons", "id")):
+        topic = log.create_topic(
+            f"nexmark.{kind}", SCHEMAS[kind], partitions=2, key=key, exist_ok=True
+        )
+        if sum(topic.end_offsets().values()) == 0:
+            files = sorted((home.nexmark_dir / kind).glob("*.parquet"))
+            produced = produce_tables(log, topic, tables_from_files(files, topic), 50_000)
+            report.rows[f"topics/nexmark.{kind}"] = int(produced["appended"])  # type: ignore[arg-type]
     for spec in load_specs():
         op = output_key(spec).to_python_identifier()
         until = source_ends(spec, log)

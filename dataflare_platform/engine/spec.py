@@ -279,6 +279,8 @@ class CatalogSpec(_Model):
     owners: list[str] = Field(default_factory=list)
     tags: dict[str, str] = Field(default_factory=dict)
     sensor_interval: Duration = "30s"
+    # The share of a run's events that may be dead-lettered before its check warns.
+    max_dead_letter_rate: float = Field(0.0, ge=0.0, le=1.0)
 
     _check = field_validator("sensor_interval")(_duration)
 

@@ -78,6 +78,23 @@ def output_sink(spec: PipelineSpec, default_dir: Path) -> Sink | None:
     return None
 
 
+def output_schema(spec: PipelineSpec, default_dir: Path):
+    """The Arrow schema of a pipeline's DuckDB output table, once it exists (else None)."""
+    import duckdb
+
+    duck = spec.sink.duckdb
+    if duck is None:
+        return None
+    path = Path(duck["path"]) if "path" in duck else default_dir / f"{spec.name}.duckdb"
+    if not path.exists():
+        return None
+    with duckdb.connect(str(path), read_only=True) as conn:
+        tables = conn.sql("SELECT table_name FROM information_schema.tables").fetchall()
+        if (duck["table"],) not in tables:
+            return None
+        return conn.sql(f'SELECT * FROM "{duck["table"]}" LIMIT 0').to_arrow_table().schema
+
+
 def run_range(
     spec: PipelineSpec,
     log: EventLog,

@@ -63,6 +63,8 @@ def test_demo_runs_green_in_a_fresh_directory_and_leaves_user_home_alone(tmp_pat
         "topics/nexmark.bids",
         "streams/hot_items",
         "streams/highest_bid_eur",
+        "streams/masked_persons",
+        "topics/nexmark.persons",
         "hot_items_job",
     ):
         assert name in result.stdout

@@ -4,7 +4,7 @@ import pytest
 
 from dataflare_platform.errors import ConfigError
 from dataflare_platform.events.log import EventLog
-from dataflare_platform.pipelines import load_specs, pending_range, run_range
+from dataflare_platform.pipelines import load_specs, pending_range, run_range, source_ends
 
 
 @pytest.fixture
@@ -38,3 +38,32 @@ def test_shipped_pipelines_have_unique_names_and_read_topics():
     specs = load_specs()
     assert len({s.name for s in specs}) == len(specs) >= 2
     assert all(src.topic for s in specs for src in s.sources.values())
+
+
+def test_masked_persons_masks_every_email_and_card(tmp_path, small_nexmark):
+    import duckdb
+    import polars as pl
+
+    from dataflare_platform.plugins.registry import PluginRegistry, RegistryConfig
+    from dataflare_platform.plugins.specs import load_plugins
+
+    (spec,) = [s for s in load_specs() if s.name == "masked_persons"]
+    persons = small_nexmark["persons"]
+    log = EventLog(tmp_path / "log")
+    log.create_topic("nexmark.persons", persons.schema, partitions=2, key="id").append(persons)
+    plugins_dir = tmp_path / "plugins"
+    config = RegistryConfig.load(cache_dir=plugins_dir / ".cache", build_missing=True)
+    registry = PluginRegistry(plugins_dir, config)  # builds the shipped sample from C
+    ends = source_ends(spec, log)
+    result = run_range(spec, log, ends, tmp_path / "out", plugins=load_plugins(spec, registry))
+    assert result.metrics.dead_letters == 0
+    with duckdb.connect(str(tmp_path / "out" / "masked_persons.duckdb"), read_only=True) as conn:
+        got = pl.from_arrow(conn.sql("SELECT * FROM masked_persons").to_arrow_table())
+    original = pl.from_arrow(persons).select("id", "email_address", "credit_card")
+    both = got.join(original, on="id", suffix="_raw")
+    assert both.height == got.height > 0  # windows do not apply: every person passes through
+    assert both["email_address"].str.starts_with("***@").all()
+    domains = both["email_address_raw"].str.split("@").list.last()
+    assert (both["email_address"].str.split("@").list.last() == domains).all()
+    last4 = both["credit_card_raw"].str.replace_all(r"\D", "").str.slice(-4)
+    assert (both["credit_card"].str.replace_all(r"\D", "") == last4).all()

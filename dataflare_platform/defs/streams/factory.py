@@ -19,6 +19,7 @@ import time
 import dagster as dg
 from pydantic import Field
 
+from dataflare_platform.defs.metadata import column_schema
 from dataflare_platform.defs.plugins.resources import PluginRuntimeResource
 from dataflare_platform.defs.resources import ProjectHomeResource
 from dataflare_platform.defs.streams.continuous import (
@@ -29,7 +30,7 @@ from dataflare_platform.engine.durations import to_ms
 from dataflare_platform.engine.spec import PipelineSpec
 from dataflare_platform.events.log import EventLog
 from dataflare_platform.pipelines import pending_range, run_range, source_ends
-from dataflare_platform.pipelines.ranges import topics_of
+from dataflare_platform.pipelines.ranges import output_schema, topics_of
 from dataflare_platform.plugins.specs import load_plugins, plugin_steps
 
 TOPICS_GROUP = "topics"
@@ -107,6 +108,16 @@ def pipeline_definitions(
         tags=catalog.tags or None,
         kinds=_kinds(spec),
         description=catalog.description or f"Pipeline {spec.name!r} (declarative).",
+        check_specs=[
+            dg.AssetCheckSpec(
+                "dead_letter_rate",
+                asset=key,
+                description=(
+                    "Share of the run's events dead-lettered, at most"
+                    f" {catalog.max_dead_letter_rate:.2%} (catalog.max_dead_letter_rate)."
+                ),
+            )
+        ],
     )
     def stream_output(
         context: dg.AssetExecutionContext,
@@ -122,7 +133,24 @@ def pipeline_definitions(
         result = run_range(spec, log, until, home.root / "streams", plugins=loaded)
         seconds = time.perf_counter() - started
         context.log.info(f"{spec.name}: {json.dumps(result.metrics.this_run())} up to {until}")
-        return dg.MaterializeResult(metadata=_run_metadata(result, until, seconds))
+        metadata = _run_metadata(result, until, seconds)
+        schema = output_schema(spec, home.root / "streams")
+        if schema is not None:
+            metadata["dagster/column_schema"] = column_schema(schema)
+        counts = result.metrics.this_run()
+        rate = counts["dead_letters"] / counts["events_in"] if counts["events_in"] else 0.0
+        check = dg.AssetCheckResult(
+            check_name="dead_letter_rate",
+            passed=rate <= catalog.max_dead_letter_rate,
+            severity=dg.AssetCheckSeverity.WARN,
+            metadata={
+                "dead_letter_rate": rate,
+                "dead_lettered": counts["dead_letters"],
+                "events_in": counts["events_in"],
+                "max_dead_letter_rate": catalog.max_dead_letter_rate,
+            },
+        )
+        return dg.MaterializeResult(metadata=metadata, check_results=[check])
 
     job = dg.define_asset_job(f"{spec.name}_job", selection=[key])
     op_name = key.to_python_identifier()

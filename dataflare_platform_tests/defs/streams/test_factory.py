@@ -50,6 +50,8 @@ def _materialize(defs, run_config):
     result = dg.materialize([asset], run_config=run_config)
     assert result.success
     (mat,) = result.asset_materializations_for_node("streams__hot_items")
+    (check,) = result.get_asset_check_evaluations()
+    assert check.check_name == "dead_letter_rate" and check.passed
     return {k: getattr(v, "value", v) for k, v in mat.metadata.items()}
 
 
@@ -84,6 +86,8 @@ def test_sensor_requests_each_new_range_once_and_runs_process_it_once(
     meta = _materialize(defs, request.run_config)
     assert meta["events_in"] == rest.num_rows
     assert meta["events_in_total"] == bids.num_rows
+    columns = [c.name for c in meta["dagster/column_schema"].columns]
+    assert columns == ["window_start", "window_end", "auction", "num"]
     assert json.loads(cursor) == {"bids/0": bids.num_rows}
 
     with duckdb.connect(str(home.root / "streams" / "hot_items.duckdb")) as conn:

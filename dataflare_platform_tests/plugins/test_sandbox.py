@@ -51,12 +51,12 @@ def hostile(cache_dir) -> Plugin:
 )
 def test_misbehaviour_is_contained_and_the_plugin_recovers(hostile, mode, kind, detail):
     assert_recovers(hostile)
-    started = time.perf_counter()
+    # The loop case ends by itself: the deadline stops it (kind "timeout"); how fast is
+    # for the benchmark, not the test.
     with pytest.raises(PluginError) as err:
         hostile.map(batch(mode))
     assert (err.value.kind, err.value.plugin) == (kind, "hostile")
     assert detail in err.value.detail
-    assert time.perf_counter() - started < 5
     assert_recovers(hostile)
     assert hostile.stats["errors"] == 1
 

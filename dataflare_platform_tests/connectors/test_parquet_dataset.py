@@ -22,12 +22,12 @@ from dataflare_platform.errors import ConfigError
 from dataflare_platform.queries.nexmark import BUILDERS, NexmarkSources
 from dataflare_platform_tests.connectors.sink_helpers import (
     collect,
-    kill_until_done,
     same_rows,
     sources,
     worker,
 )
 from dataflare_platform_tests.nexmark_data import nexmark_tables
+from dataflare_platform_tests.processes import kill_until_done
 
 # Small batches: at 0.2 events/s a batch of 200 rows spans ~17 minutes of event time,
 # inside the runner's one-hour limit on how far a row may run ahead of the stream.

@@ -37,12 +37,12 @@ from dataflare_platform.queries.nexmark import (
 )
 from dataflare_platform_tests.connectors.sink_helpers import (
     collect,
-    kill_until_done,
     same_rows,
     sources,
     worker,
 )
 from dataflare_platform_tests.nexmark_data import truth_connection
+from dataflare_platform_tests.processes import kill_until_done
 
 DEFAULT_DSN = "postgresql://postgres@127.0.0.1:5432/test"
 CONFIG = RunnerConfig(batch_rows=100, checkpoint_every=3)

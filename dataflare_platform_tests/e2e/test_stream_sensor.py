@@ -12,7 +12,6 @@ import signal
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import duckdb
@@ -23,7 +22,7 @@ from dataflare_platform.client import DataflareClient
 from dataflare_platform.engine import CollectSink, Runner, RunnerConfig, TableSource
 from dataflare_platform.events.log import EventLog
 from dataflare_platform.queries.nexmark import BUILDERS, NexmarkSources
-from dataflare_platform_tests.e2e.conftest import _free_port
+from dataflare_platform_tests.e2e.conftest import _free_port, wait_until_serving
 
 pytestmark = pytest.mark.e2e
 
@@ -74,17 +73,7 @@ def dagster_dev(home, tmp_path, monkeypatch):
         start_new_session=True,
     )
     try:
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            if proc.poll() is not None:
-                pytest.fail(f"dagster dev exited: {log_path.read_text()[-3000:]}")
-            try:
-                urllib.request.urlopen(f"http://127.0.0.1:{port}/server_info", timeout=2)
-                break
-            except OSError:
-                time.sleep(0.5)
-        else:
-            pytest.fail("dagster dev did not answer within 120 s")
+        wait_until_serving(proc, port, log_path, "dagster dev")
         yield DataflareClient(port=port, timeout_s=60)
     finally:
         os.killpg(proc.pid, signal.SIGTERM)

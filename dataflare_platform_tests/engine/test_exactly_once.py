@@ -1,13 +1,8 @@
 """Checkpoints: a run stopped anywhere and resumed produces exactly one uninterrupted run's
 output — in process for every stateful query, and with real SIGKILLs into DuckDB."""
 
-import json
-import os
-import random
-import signal
 import subprocess
 import sys
-import time
 
 import duckdb
 import polars as pl
@@ -16,6 +11,7 @@ import pytest
 from dataflare_platform.datagen import NexmarkConfig, write_nexmark
 from dataflare_platform.engine import CollectSink, Runner, RunnerConfig, TableSource
 from dataflare_platform.queries.nexmark import BUILDERS, COLUMNS, NexmarkSources
+from dataflare_platform_tests.processes import kill_until_done
 
 STATEFUL = ["q3", "q4", "q5", "q7", "q8"]
 
@@ -93,24 +89,7 @@ def test_sigkill_at_random_points_then_restart_gives_the_uninterrupted_table(tmp
     subprocess.run(command(clean), check=True, capture_output=True, timeout=300)
 
     crashed = tmp_path / "crashed.duckdb"
-    rng = random.Random(7)
-    kills = 0
-    while True:
-        proc = subprocess.Popen(
-            command(crashed), stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True
-        )
-        deadline = time.monotonic() + rng.uniform(1.5, 3.5)
-        while proc.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.05)
-        if proc.poll() is None and kills < 4:
-            os.kill(proc.pid, signal.SIGKILL)
-            proc.wait()
-            kills += 1
-            continue
-        out, err = proc.communicate(timeout=300)
-        assert proc.returncode == 0, err.decode()
-        summary = json.loads(out.decode().strip().splitlines()[-1])
-        break
+    summary, kills = kill_until_done(command(crashed))
     assert kills >= 2, "the run finished before it could be killed twice"
     assert summary["finished"]
 

@@ -2,13 +2,8 @@
 
 from __future__ import annotations
 
-import json
-import os
-import random
-import signal
 import subprocess
 import sys
-import time
 
 import duckdb
 import polars as pl
@@ -18,6 +13,7 @@ from dataflare_platform.engine import CollectSink, Runner, RunnerConfig
 from dataflare_platform.events.engine_io import LogSink, LogSource, ensure_output_topic
 from dataflare_platform.events.log import EventLog
 from dataflare_platform.queries.nexmark import BUILDERS, COLUMNS, NexmarkSources, ground_truth
+from dataflare_platform_tests.processes import kill_until_done
 
 
 def _sorted(df: pl.DataFrame) -> pl.DataFrame:
@@ -134,6 +130,7 @@ def test_uncommitted_output_is_invisible_and_truncated_on_restart(tmp_path, smal
 
 
 _RUN = """
+import json
 import sys
 from pathlib import Path
 from dataflare_platform.engine import Runner, RunnerConfig
@@ -147,7 +144,7 @@ sink = LogSink(log, sys.argv[2])
 result = Runner(
     BUILDERS["q5"](sources, sink), RunnerConfig(batch_rows=500, checkpoint_every=3, rate=40_000)
 ).run()
-print(result.finished)
+print(json.dumps({"finished": result.finished}))
 """
 
 
@@ -160,27 +157,8 @@ def test_sigkill_then_restart_writes_the_output_topic_exactly_once(tmp_path, med
         ensure_output_topic(log, name, schema, "window_start")
     command = [sys.executable, "-c", _RUN, str(log.root)]
     subprocess.run([*command, "clean"], check=True, capture_output=True, timeout=300)
-    rng = random.Random(5)
-    kills = 0
-    while True:
-        proc = subprocess.Popen(
-            [*command, "crashed"],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            start_new_session=True,
-        )
-        deadline = time.monotonic() + rng.uniform(0.4, 1.0)
-        while proc.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.02)
-        if proc.poll() is None and kills < 4:
-            os.kill(proc.pid, signal.SIGKILL)
-            proc.wait()
-            kills += 1
-            continue
-        out, err = proc.communicate(timeout=300)
-        assert proc.returncode == 0, err.decode()
-        assert json.loads(out.decode().strip().lower()) is True
-        break
+    summary, kills = kill_until_done([*command, "crashed"], seed=5, delay_s=(0.4, 1.0))
+    assert summary["finished"]
     assert kills >= 2, "the run finished before it could be killed twice"
     fresh = EventLog(log.root)
     expected = pl.from_arrow(fresh.topic("clean").read_all())

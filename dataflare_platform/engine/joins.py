@@ -5,10 +5,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import numpy as np
 import polars as pl
 import pyarrow as pa
 
-from dataflare_platform.engine.aggregations import Agg, final_exprs, partial_exprs
+from dataflare_platform.engine.aggregations import Agg, final_exprs
+from dataflare_platform.engine.interval_tiers import RightRows, Tier, merge_tiers
 from dataflare_platform.engine.operators import WM_COL, Emit, Operator, event_ms
 from dataflare_platform.engine.windows import WINDOW_END, WINDOW_START, Tumbling
 
@@ -172,10 +174,10 @@ class IntervalJoinAggregate(Operator):
     once the watermark passes its end; right rows whose left row has not arrived yet
     wait until the watermark makes a match impossible.
 
-    Open left rows live in tiers, newest last: right rows are matched against the newest
-    tier first and only the rows left over go on to older tiers. Streams whose right side
-    refers mostly to recent left rows (bids on fresh auctions) so touch a small tier per
-    batch, however many long-lived left rows are open.
+    Open left rows live in tiers (:mod:`interval_tiers`), newest last: right rows are
+    matched against the newest tier first and only the rows left over go on to older
+    tiers. Streams whose right side refers mostly to recent left rows (bids on fresh
+    auctions) so touch a small tier per batch, however many long-lived left rows are open.
     """
 
     uses_watermark = True
@@ -187,69 +189,33 @@ class IntervalJoinAggregate(Operator):
     aggs: list[Agg] = field(default_factory=list)
     lateness_ms: int = 0
     inputs: int = 2
-    _tiers: list[pl.DataFrame] = field(default_factory=list, init=False)
+    _tiers: list[Tier] = field(default_factory=list, init=False)
     _pending: pl.DataFrame | None = field(default=None, init=False)
 
     MAX_TIERS = 6  # older tiers are compacted into one beyond this
 
-    def _partial_names(self) -> list[str]:
-        return [c for a in self.aggs for c in a.partial_columns()]
+    def _value_columns(self) -> list[str]:
+        return list(dict.fromkeys(a.column for a in self.aggs if a.column is not None))
 
-    def _match(self, left: pl.DataFrame, right: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame]:
-        """(partial aggregates per left key of the ``right`` rows inside their left row's
-        interval, ``right`` rows whose key is not in ``left``) — from one join."""
-        joined = right.join(
-            left.select(self.left_key, "__start", "__end"),
-            left_on=self.right_key,
-            right_on=self.left_key,
-            how="left",
-        )
-        found = pl.col("__start").is_not_null()
-        inside = (pl.col("__t") >= pl.col("__start")) & (pl.col("__t") <= pl.col("__end"))
-        partial = (
-            joined.lazy()
-            .filter(found & inside)
-            .group_by(pl.col(self.right_key).alias(self.left_key))
-            .agg(partial_exprs(self.aggs))
-        )
-        leftover = joined.lazy().filter(~found).drop("__start", "__end")
-        partial_df, leftover_df = pl.collect_all([partial, leftover])
-        return partial_df, leftover_df
+    def _match(self, tiers: list[Tier], right: pl.DataFrame) -> pl.DataFrame | None:
+        """Fold ``right`` into ``tiers`` (newest first); the rows no tier has a key for."""
+        rows = RightRows.of(right, self.right_key, self._value_columns())
+        left = np.arange(right.height)
+        for tier in reversed(tiers):
+            if left.size == 0:
+                break
+            left = tier.match(rows, left)
+        if left.size == 0:
+            return None
+        return right[left] if left.size < right.height else right
 
-    def _merge(self, tier: pl.DataFrame, partial: pl.DataFrame) -> pl.DataFrame:
-        """Fold new partials into a tier's partial columns (null means none yet)."""
-        names = self._partial_names()
-        suffixed = partial.rename({n: f"{n}__new" for n in names})
-        joined = tier.join(suffixed, on=self.left_key, how="left", maintain_order="left")
-        merged = []
-        for agg in self.aggs:
-            for name in agg.partial_columns():
-                old, new = pl.col(name), pl.col(f"{name}__new")
-                if agg.kind in ("count", "sum", "mean"):
-                    expr = pl.sum_horizontal(old, new)
-                    expr = pl.when(old.is_null() & new.is_null()).then(None).otherwise(expr)
-                elif agg.kind == "min":
-                    expr = pl.min_horizontal(old, new)
-                else:
-                    expr = pl.max_horizontal(old, new)
-                merged.append(expr.alias(name))
-        return joined.with_columns(merged).drop([f"{n}__new" for n in names])
-
-    def _open_left(self, batch: pl.DataFrame) -> pl.DataFrame:
-        t = event_ms(self.time_column)
+    def _open_left(self, batch: pl.DataFrame) -> Tier:
         left = batch.select(
             *self.left_columns,
-            t.alias("__start"),
+            event_ms(self.time_column).alias("__start"),
             pl.col(self.end_column).cast(pl.Int64).alias("__end"),
-        )
-        partial_types = {
-            c: pl.Float64 if a.kind == "mean" and c.endswith("__sum") else pl.Int64
-            for a in self.aggs
-            for c in a.partial_columns()
-        }
-        return left.with_columns(
-            [pl.lit(None).cast(dtype).alias(c) for c, dtype in partial_types.items()]
-        )
+        ).sort("__end")  # closing rows is then a cursor move
+        return Tier(self.left_key, left, self.aggs)
 
     def process(self, batch: pl.DataFrame, port: int = 0) -> Emit:
         batch, late = self.split_late(batch, self.lateness_ms)
@@ -257,51 +223,35 @@ class IntervalJoinAggregate(Operator):
             return None, late
         if port == 0:
             tier = self._open_left(batch)
-            if self._pending is not None and self._pending.height:
-                partial, self._pending = self._match(tier, self._pending)
-                if partial.height:
-                    tier = self._merge(tier, partial)
-            # Tiers are kept sorted by interval end, so closing them is a slice.
-            self._tiers.append(tier.sort("__end"))
+            if self._pending is not None:
+                self._pending = self._match([tier], self._pending)
+            self._tiers.append(tier)
             if len(self._tiers) > self.MAX_TIERS:
                 # Compact all but the newest few tiers into one.
                 keep = self.MAX_TIERS // 2
-                old = pl.concat(self._tiers[:-keep], how="vertical_relaxed").sort("__end")
+                old = merge_tiers(self.left_key, self._tiers[:-keep], self.aggs)
                 self._tiers = [old, *self._tiers[-keep:]]
             return None, late
-        right = batch.drop(WM_COL, strict=False).with_columns(
-            event_ms(self.time_column).alias("__t")
-        )
-        for i in range(len(self._tiers) - 1, -1, -1):
-            if right.height == 0:
-                break
-            partial, right = self._match(self._tiers[i], right)
-            if partial.height:
-                self._tiers[i] = self._merge(self._tiers[i], partial)
-        if right.height:
-            self._pending = _concat(self._pending, right)
+        # A null key matches no left row; its row would only wait to be evicted.
+        right = batch.select(
+            self.right_key,
+            *self._value_columns(),
+            event_ms(self.time_column).alias("__t"),
+        ).filter(pl.col(self.right_key).is_not_null())
+        leftover = self._match(self._tiers, right)
+        if leftover is not None:
+            self._pending = _concat(self._pending, leftover)
         return None, late
 
     def advance(self, watermark: int) -> pl.DataFrame | None:
         limit = watermark - self.lateness_ms
         if self._pending is not None:
             self._pending = self._pending.filter(pl.col("__t") >= limit)
-        closed: list[pl.DataFrame] = []
-        kept: list[pl.DataFrame] = []
-        for tier in self._tiers:
-            cut = tier.get_column("__end").search_sorted(limit, side="left")
-            if cut:
-                closed.append(tier.slice(0, cut))
-                tier = tier.slice(cut)
-            if tier.height:
-                kept.append(tier)
-        self._tiers = kept
+        closed = [part for tier in self._tiers if (part := tier.close(limit)) is not None]
+        self._tiers = [tier for tier in self._tiers if tier.open_rows]
         if not closed:
             return None
-        first = self.aggs[0].partial_columns()[0]
-        result = pl.concat(closed, how="vertical_relaxed").filter(pl.col(first).is_not_null())
-        if result.height == 0:
-            return None
+        result = pl.concat(closed, how="vertical_relaxed")
         return result.select(
             *self.left_columns,
             pl.col("__end").cast(pl.Datetime("ms")).alias(WINDOW_END),
@@ -313,19 +263,23 @@ class IntervalJoinAggregate(Operator):
 
     def snapshot(self) -> dict[str, pa.Table]:
         state = {}
-        if self._tiers:
-            state["open"] = pl.concat(self._tiers, how="vertical_relaxed").to_arrow()
+        open_parts = [tier.frame() for tier in self._tiers if tier.open_rows]
+        if open_parts:
+            state["open"] = pl.concat(open_parts, how="diagonal_relaxed").to_arrow()
         if self._pending is not None:
             state["pending"] = self._pending.to_arrow()
         return state
 
     def restore(self, state: dict[str, pa.Table]) -> None:
-        self._tiers = [pl.from_arrow(state["open"])] if "open" in state else []
+        self._tiers = []
+        if "open" in state:
+            frame = pl.from_arrow(state["open"])
+            self._tiers = [Tier.from_frame(self.left_key, frame, self.aggs)]
         self._pending = pl.from_arrow(state["pending"]) if "pending" in state else None
 
     def state_rows(self) -> int:
         pending = 0 if self._pending is None else self._pending.height
-        return pending + sum(t.height for t in self._tiers)
+        return pending + sum(t.open_rows for t in self._tiers)
 
 
 class EnrichJoin(Operator):

@@ -1,0 +1,285 @@
+"""Open left rows of an interval-join aggregate, with their partial aggregates updated in
+place.
+
+A tier holds the left rows of one or more left batches, sorted by interval end, and one
+numpy array per partial aggregate aligned with them. Matching a right batch is a key
+lookup (a direct-address table when the tier's keys are dense integers, as sequential ids
+are; a hash join otherwise) and the update is a scatter (``np.maximum.at``, ``bincount``):
+no join of the whole tier, and no rewrite of it, per right batch. Closing rows moves a
+cursor; the closed prefix is dropped once it is half the tier.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import polars as pl
+
+from dataflare_platform.engine.aggregations import Agg
+
+MATCHED = "__matched"  # right rows matched per left row; rows that never matched are dropped
+DENSE_FACTOR = 8  # a key range up to this many times the row count gets a lookup table
+DENSE_SLACK = 4096
+
+
+def _extreme(dtype: np.dtype, kind: str) -> int | float:
+    """The identity of min (kind "min") or max over ``dtype``."""
+    if np.issubdtype(dtype, np.floating):
+        return np.inf if kind == "min" else -np.inf
+    info = np.iinfo(dtype)
+    return info.max if kind == "min" else info.min
+
+
+@dataclass
+class RightRows:
+    """The columns of right rows that matching and aggregation need, as numpy arrays."""
+
+    key_series: pl.Series  # no nulls: a null key matches nothing and is never passed
+    keys: np.ndarray | None  # the keys as integers, when they are
+    times: np.ndarray
+    values: dict[str, np.ndarray]  # agg column -> physical values, nulls filled
+    valid: dict[str, np.ndarray | None]  # agg column -> non-null mask, None when no nulls
+    dtypes: dict[str, pl.DataType]
+
+    @classmethod
+    def of(cls, frame: pl.DataFrame, key: str, columns: list[str]) -> RightRows:
+        values, valid, dtypes = {}, {}, {}
+        for name in columns:
+            series = frame.get_column(name)
+            dtypes[name] = series.dtype
+            series = series.to_physical()
+            if series.null_count():
+                valid[name] = series.is_not_null().to_numpy()
+                series = series.fill_null(0)
+            else:
+                valid[name] = None
+            values[name] = series.to_numpy()
+        keys = frame.get_column(key)
+        return cls(
+            keys,
+            keys.to_numpy() if keys.dtype.is_integer() else None,
+            frame.get_column("__t").to_numpy(),
+            values,
+            valid,
+            dtypes,
+        )
+
+
+@dataclass
+class Tier:
+    """Left rows sorted by ``__end`` and their partial aggregates; rows below ``lo`` are
+    closed."""
+
+    key: str
+    rows: pl.DataFrame  # left columns, __start, __end
+    aggs: list[Agg]
+    partials: dict[str, np.ndarray] = field(default_factory=dict)
+    seen: dict[str, np.ndarray] = field(default_factory=dict)  # min/max: any non-null value
+    matched: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    dtypes: dict[str, pl.DataType] = field(default_factory=dict)  # of the agg columns
+    lo: int = 0
+    _start: np.ndarray = field(init=False)
+    _end: np.ndarray = field(init=False)
+    _base: int = field(init=False, default=0)
+    _table: np.ndarray | None = field(init=False, default=None)
+    _index: pl.DataFrame | None = field(init=False, default=None)
+
+    def __post_init__(self) -> None:
+        if self.matched.size != self.rows.height:
+            self.matched = np.zeros(self.rows.height, np.int64)
+        self._start = self.rows.get_column("__start").to_numpy()
+        self._end = self.rows.get_column("__end").to_numpy()
+        self._build_index()
+
+    # -- lookup --------------------------------------------------------------------------
+    def _build_index(self) -> None:
+        keys = self.rows.get_column(self.key)
+        self._table = self._index = None
+        if keys.dtype.is_integer() and keys.null_count() == 0 and keys.len():
+            low, high = int(keys.min()), int(keys.max())  # type: ignore[arg-type]
+            if high - low < DENSE_FACTOR * keys.len() + DENSE_SLACK:
+                table = np.full(high - low + 1, -1, np.int64)
+                table[keys.to_numpy().astype(np.int64) - low] = np.arange(keys.len())
+                self._base, self._table = low, table
+
+    def positions(self, right: RightRows, rows: np.ndarray) -> np.ndarray:
+        """Tier row of each right row's key, -1 where absent."""
+        if self._table is not None and right.keys is not None:
+            slot = right.keys[rows].astype(np.int64) - self._base
+            inside = (slot >= 0) & (slot < self._table.size)
+            out = np.full(rows.size, -1, np.int64)
+            out[inside] = self._table[slot[inside]]
+            return out
+        if self._index is None:
+            keys = self.rows.get_column(self.key)
+            self._index = pl.DataFrame(
+                {"__k": keys, "__pos": pl.int_range(keys.len(), eager=True, dtype=pl.Int64)}
+            )
+        keys = right.key_series.gather(rows).cast(self._index.schema["__k"])
+        probe = pl.DataFrame({"__k": keys})
+        joined = probe.join(self._index, on="__k", how="left", maintain_order="left")
+        return joined.get_column("__pos").fill_null(-1).to_numpy()
+
+    # -- update --------------------------------------------------------------------------
+    def _ensure_partials(self, right: RightRows) -> None:
+        n = self.rows.height
+        for agg in self.aggs:
+            names = agg.partial_columns()
+            if agg.column is not None:
+                self.dtypes.setdefault(agg.column, right.dtypes[agg.column])
+            if names[0] in self.partials:
+                continue
+            if agg.kind == "count":
+                self.partials[names[0]] = np.zeros(n, np.int64)
+            elif agg.kind == "mean":
+                self.partials[names[0]] = np.zeros(n, np.float64)
+                self.partials[names[1]] = np.zeros(n, np.int64)
+            else:
+                dtype = right.values[agg.column].dtype  # type: ignore[index]
+                if agg.kind == "sum":
+                    dtype = np.float64 if np.issubdtype(dtype, np.floating) else np.int64
+                    self.partials[names[0]] = np.zeros(n, dtype)
+                else:
+                    self.partials[names[0]] = np.full(n, _extreme(dtype, agg.kind), dtype)
+                    self.seen[names[0]] = np.zeros(n, bool)
+
+    def match(self, right: RightRows, rows: np.ndarray) -> np.ndarray:
+        """Fold the right rows ``rows`` (ascending indices into ``right``) that belong to
+        this tier's open left rows; return the indices of rows whose key is not here.
+
+        Gathers are skipped where a mask keeps everything: in the common case (a batch of
+        bids on fresh auctions) every row is found and inside its interval."""
+        pos = self.positions(right, rows)
+        found = pos >= 0
+        if found.all():
+            hit, hit_rows, rest = pos, rows, rows[:0]
+        else:
+            hit, hit_rows, rest = pos[found], rows[found], rows[~found]
+        times = right.times if hit_rows.size == right.times.size else right.times[hit_rows]
+        use = (times >= self._start[hit]) & (times <= self._end[hit])
+        if self.lo:
+            use &= hit >= self.lo
+        if not use.all():
+            hit, hit_rows = hit[use], hit_rows[use]
+        if hit.size:
+            self._ensure_partials(right)
+            self._fold(right, hit_rows, hit)
+        return rest
+
+    def _fold(self, right: RightRows, rows: np.ndarray, pos: np.ndarray) -> None:
+        n = self.rows.height
+        self.matched += np.bincount(pos, minlength=n)
+        for agg in self.aggs:
+            names = agg.partial_columns()
+            if agg.column is None:  # count(*)
+                self.partials[names[0]] += np.bincount(pos, minlength=n)
+                continue
+            valid = right.valid[agg.column]
+            sel = rows if valid is None else rows[valid[rows]]
+            at = pos if valid is None else pos[valid[rows]]
+            values = right.values[agg.column][sel]
+            target = self.partials[names[0]]
+            match agg.kind:
+                case "count":
+                    target += np.bincount(at, minlength=n)
+                case "sum" if np.issubdtype(target.dtype, np.floating):
+                    target += np.bincount(at, weights=values, minlength=n)
+                case "sum":
+                    np.add.at(target, at, values.astype(target.dtype))
+                case "mean":
+                    target += np.bincount(at, weights=values.astype(np.float64), minlength=n)
+                    self.partials[names[1]] += np.bincount(at, minlength=n)
+                case "min":
+                    np.minimum.at(target, at, values)
+                    self.seen[names[0]][at] = True
+                case "max":
+                    np.maximum.at(target, at, values)
+                    self.seen[names[0]][at] = True
+
+    # -- close ---------------------------------------------------------------------------
+    def close(self, limit: int) -> pl.DataFrame | None:
+        """Left rows whose interval ended before ``limit`` and that matched something,
+        with their partial columns; they leave the tier."""
+        cut = int(np.searchsorted(self._end, limit, side="left"))
+        if cut <= self.lo:
+            return None
+        closed = self.lo + np.flatnonzero(self.matched[self.lo : cut])
+        self.lo = cut
+        result = self.frame(closed) if closed.size else None
+        if self.lo * 2 >= self.rows.height:
+            self._drop_closed()
+        return result
+
+    def _drop_closed(self) -> None:
+        lo = self.lo
+        self.rows = self.rows.slice(lo)
+        self.partials = {k: v[lo:].copy() for k, v in self.partials.items()}
+        self.seen = {k: v[lo:].copy() for k, v in self.seen.items()}
+        self.matched = self.matched[lo:].copy()
+        self.lo = 0
+        self.__post_init__()
+
+    @property
+    def open_rows(self) -> int:
+        return self.rows.height - self.lo
+
+    def frame(self, index: np.ndarray | None = None) -> pl.DataFrame:
+        """Rows ``index`` (default: the open rows) with partial columns (null where
+        nothing was aggregated) and the matched count: the form of the checkpoint state
+        and of closed output."""
+        if index is None:
+            index = np.arange(self.lo, self.rows.height)
+        matched = self.matched[index]
+        none = matched == 0
+        columns = []
+        for agg in self.aggs:
+            for name in agg.partial_columns():
+                if name not in self.partials:
+                    columns.append(pl.Series(name, [None] * index.size))
+                    continue
+                series = pl.Series(name, self.partials[name][index])
+                if agg.kind in ("min", "max") and agg.column in self.dtypes:
+                    series = series.cast(self.dtypes[agg.column])  # e.g. back to datetime
+                missing = ~self.seen[name][index] if name in self.seen else none
+                if missing.any():
+                    series = series.scatter(np.flatnonzero(missing), None)
+                columns.append(series)
+        return self.rows[index].with_columns(*columns, pl.Series(MATCHED, matched))
+
+    @classmethod
+    def from_frame(cls, key: str, frame: pl.DataFrame, aggs: list[Agg]) -> Tier:
+        """Rebuild from :meth:`frame` output (a checkpoint), sorted by interval end."""
+        frame = frame.sort("__end")
+        names = [n for a in aggs for n in a.partial_columns()]
+        if MATCHED in frame.columns:
+            matched = frame.get_column(MATCHED).to_numpy().astype(np.int64)
+        else:  # state written before the matched count existed
+            matched = frame.get_column(names[0]).is_not_null().to_numpy().astype(np.int64)
+        tier = cls(key, frame.drop([*names, MATCHED], strict=False), aggs, matched=matched)
+        if not matched.any():
+            return tier
+        for agg in aggs:
+            for name in agg.partial_columns():
+                series = frame.get_column(name)
+                if series.dtype == pl.Null:
+                    continue  # created on the first match, like a new tier's
+                physical = series.to_physical()
+                fill: int | float = 0
+                if agg.kind in ("min", "max"):
+                    tier.dtypes[agg.column] = series.dtype  # type: ignore[index]
+                    tier.seen[name] = series.is_not_null().to_numpy()
+                    fill = _extreme(physical.clear().to_numpy().dtype, agg.kind)
+                values = physical.fill_null(fill).to_numpy()
+                if agg.kind not in ("min", "max"):  # counts and sums accumulate in 64 bits
+                    floating = np.issubdtype(values.dtype, np.floating)
+                    values = values.astype(np.float64 if floating else np.int64)
+                tier.partials[name] = values.copy()
+        return tier
+
+
+def merge_tiers(key: str, tiers: list[Tier], aggs: list[Agg]) -> Tier:
+    """One tier holding the open rows of ``tiers``."""
+    frames = [t.frame() for t in tiers if t.open_rows]
+    frame = pl.concat(frames, how="diagonal_relaxed")
+    return Tier.from_frame(key, frame, aggs)

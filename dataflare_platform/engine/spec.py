@@ -20,6 +20,9 @@ error names the field it is about (``streams.hot.steps[1].window.sliding.slide``
 
 from __future__ import annotations
 
+import importlib
+import inspect
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
 
@@ -285,17 +288,48 @@ class CatalogSpec(_Model):
     _check = field_validator("sensor_interval")(_duration)
 
 
+def _import_builder(value: Any) -> Callable[..., Stream] | None:
+    """``"package.module:function"`` (YAML) or the function itself (Python)."""
+    if value is None or callable(value):
+        return value
+    if not isinstance(value, str) or ":" not in value:
+        raise ValueError("give the builder function as 'package.module:function'")
+    module_name, _, qualname = value.partition(":")
+    try:
+        target: Any = importlib.import_module(module_name)
+        for part in qualname.split("."):
+            target = getattr(target, part)
+    except (ImportError, AttributeError) as err:
+        raise ValueError(f"cannot import {value!r}: {err}") from None
+    if not callable(target):
+        raise ValueError(f"{value!r} is not a function")
+    return target
+
+
+def _builder_name(builder: Callable[..., Any]) -> str:
+    return f"{builder.__module__}:{builder.__qualname__}"
+
+
 class PipelineSpec(_Model):
+    """A pipeline: its steps declared in ``streams`` (YAML), or a ``builder`` — a Python
+    function taking one :class:`Stream` per source (by name) and returning the output
+    stream, for what the builder API expresses better than YAML."""
+
     name: str = Field(pattern=r"^[A-Za-z][A-Za-z0-9_-]{0,100}$")
     catalog: CatalogSpec = Field(default_factory=CatalogSpec)
     watermark: WatermarkSpec = Field(default_factory=WatermarkSpec)
     sources: dict[str, SourceSpec]
-    streams: dict[str, StreamSpec]
-    output: str
+    streams: dict[str, StreamSpec] = Field(default_factory=dict)
+    output: str | None = None
+    builder: Any = Field(default=None, exclude=True)
     sink: SinkSpec
+
+    _import = field_validator("builder", mode="before")(_import_builder)
 
     @model_validator(mode="after")
     def _references(self) -> PipelineSpec:
+        if self.builder is not None:
+            return self._builder_fits()
         known = set(self.sources)
         for name, stream in self.streams.items():
             if name in self.sources:
@@ -311,8 +345,28 @@ class PipelineSpec(_Model):
                         f"streams.{name}.steps[{i}].{step.op}.with: unknown stream {other!r}"
                     )
             known.add(name)
+        if self.output is None:
+            raise ValueError("output: name the stream to sink (or give a builder)")
         if self.output not in self.streams:
             raise ValueError(f"output: no stream named {self.output!r}")
+        return self
+
+    def _builder_fits(self) -> PipelineSpec:
+        if self.streams or self.output is not None:
+            raise ValueError("builder: give either a builder or streams and output, not both")
+        try:
+            params = inspect.signature(self.builder).parameters
+        except (TypeError, ValueError) as err:
+            raise ValueError(f"builder: {err}") from None
+        required = {n for n, p in params.items() if p.default is inspect.Parameter.empty} - {
+            n for n, p in params.items() if p.kind is p.VAR_KEYWORD
+        }
+        missing = sorted(required - set(self.sources))
+        if missing:
+            raise ValueError(
+                f"builder: {_builder_name(self.builder)} takes {missing}, which are not "
+                f"sources (sources: {sorted(self.sources)})"
+            )
         return self
 
     # -- loading -------------------------------------------------------------------------
@@ -386,12 +440,41 @@ class PipelineSpec(_Model):
             streams[name] = pipeline.source(
                 FileSource(name, files, source.time_column, source.columns)
             )
+        return self.wire(streams, plugins).sink(sink or self._sink())
+
+    def wire(
+        self, streams: dict[str, Stream], plugins: dict[str, BatchPlugin] | None = None
+    ) -> Stream:
+        """The output stream, from one stream per source."""
+        if self.builder is not None:
+            return self._call_builder(streams)
+        streams = dict(streams)
         for name, stream_spec in self.streams.items():
             stream = streams[stream_spec.from_]
             for step in stream_spec.steps:
                 stream = apply_step(stream, step, streams, plugins or {})
             streams[name] = stream
-        return streams[self.output].sink(sink or self._sink())
+        return streams[self.output]  # type: ignore[index]
+
+    def _call_builder(self, streams: dict[str, Stream]) -> Stream:
+        params = inspect.signature(self.builder).parameters
+        if any(p.kind is p.VAR_KEYWORD for p in params.values()):
+            given = dict(streams)
+        else:
+            given = {name: streams[name] for name in params if name in streams}
+        out = self.builder(**given)
+        if not isinstance(out, Stream):
+            raise ConfigError(
+                f"pipeline {self.name!r}",
+                [
+                    (
+                        "builder",
+                        f"{_builder_name(self.builder)} returned {type(out).__name__}: "
+                        "return the output Stream (the platform adds the sink)",
+                    )
+                ],
+            )
+        return out
 
     def _sink(self) -> Sink:
         s = self.sink

@@ -3,11 +3,10 @@ name, or a declarative pipeline spec whose file sources are swapped for topics."
 
 from __future__ import annotations
 
-from dataflare_platform.engine.durations import to_ms
-from dataflare_platform.engine.pipeline import Pipeline, Stream
+from dataflare_platform.engine.pipeline import Pipeline
 from dataflare_platform.engine.sinks import Sink
 from dataflare_platform.engine.sources import Source
-from dataflare_platform.engine.spec import PipelineSpec, apply_step
+from dataflare_platform.engine.spec import PipelineSpec
 from dataflare_platform.events.replay import PipelineFactory, ReplayError
 from dataflare_platform.queries.nexmark import BUILDERS, COLUMNS, NexmarkSources
 
@@ -30,19 +29,6 @@ def for_spec(spec: PipelineSpec, plugins: dict | None = None) -> PipelineFactory
     ``dataflare_platform.plugins.specs.load_plugins``)."""
 
     def build(sources: dict[str, Source], sink: Sink) -> Pipeline:
-        w = spec.watermark
-        pipeline = Pipeline(
-            spec.name,
-            out_of_orderness_ms=to_ms(w.out_of_orderness),
-            idle_timeout_ms=None if w.idle_timeout is None else to_ms(w.idle_timeout),
-            max_future_ms=to_ms(w.max_future),
-        )
-        streams: dict[str, Stream] = {name: pipeline.source(sources[name]) for name in spec.sources}
-        for name, stream_spec in spec.streams.items():
-            stream = streams[stream_spec.from_]
-            for step in stream_spec.steps:
-                stream = apply_step(stream, step, streams, plugins or {})
-            streams[name] = stream
-        return streams[spec.output].sink(sink)
+        return spec.build(sink=sink, plugins=plugins, sources=sources)
 
     return PipelineFactory(build, {name: s.columns for name, s in spec.sources.items()})

@@ -15,19 +15,24 @@ from dataflare_platform.engine.spec import PipelineSpec
 from dataflare_platform.errors import ConfigError
 from dataflare_platform.events import specs as event_specs
 from dataflare_platform.events.log import EventLog, TopicNotFoundError
+from dataflare_platform.pipelines.python_specs import load_python_specs
 
 PIPELINES_DIR = Path(__file__).parent
 
 
 def load_specs(directory: Path = PIPELINES_DIR) -> list[PipelineSpec]:
-    """Every ``*.yaml`` pipeline of ``directory``; a bad file raises ConfigError naming
-    the file and the field. Two files may not declare the same pipeline name."""
-    specs: dict[str, tuple[Path, PipelineSpec]] = {}
+    """Every pipeline of ``directory``: each ``*.yaml`` file, and each ``@stream_pipeline``
+    function of ``builders/*.py``. A bad file raises ConfigError naming the file and the
+    field. Two pipelines may not share a name."""
+    declared: list[tuple[Path, PipelineSpec]] = []
     for path in sorted(Path(directory).glob("*.yaml")):
         try:
-            spec = PipelineSpec.from_yaml(path)
+            declared.append((path, PipelineSpec.from_yaml(path)))
         except ConfigError as err:
             raise ConfigError(f"pipeline file {path}", err.problems) from None
+    declared.extend(load_python_specs(directory))
+    specs: dict[str, tuple[Path, PipelineSpec]] = {}
+    for path, spec in declared:
         if spec.name in specs:
             raise ConfigError(
                 f"pipeline file {path}",

@@ -7,7 +7,6 @@ from dataflare_platform.defs.leaderboards import assets
 hourly_job = dg.define_asset_job(
     "hourly_hot_auctions_job",
     selection=[assets.hourly_hot_auctions],
-    partitions_def=assets.hourly_partitions,
     description="One UTC hour of hot-auction leaderboards (one run per partition).",
 )
 

@@ -1,0 +1,1 @@
+"""Shipped pipelines written with the Python builder API (see ``python_specs``)."""

@@ -1,0 +1,1 @@
+"""Compliance: PII handling, data contracts, freshness, retention and the audit log."""

@@ -1,0 +1,83 @@
+"""Where a governed dataset's rows are, so checks can read them: a DuckDB table (the
+warehouse, or a stream pipeline's output file), a folder of Parquet files, or a topic
+of the embedded event log. Paths are relative to the project home unless absolute."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import polars as pl
+from pydantic import BaseModel, ConfigDict, model_validator
+
+WAREHOUSE_FILE = "warehouse.duckdb"
+
+
+class DuckDBTableRef(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    path: Path = Path(WAREHOUSE_FILE)
+    table: str
+
+
+class DatasetRef(BaseModel):
+    """Exactly one of ``duckdb``, ``parquet`` (a folder, read recursively) or ``topic``."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    duckdb: DuckDBTableRef | None = None
+    parquet: Path | None = None
+    topic: str | None = None
+
+    @model_validator(mode="after")
+    def _one(self) -> DatasetRef:
+        given = [k for k in ("duckdb", "parquet", "topic") if getattr(self, k) is not None]
+        if len(given) != 1:
+            raise ValueError("give exactly one of duckdb, parquet, topic")
+        return self
+
+    def describe(self) -> str:
+        if self.duckdb is not None:
+            return f"duckdb {self.duckdb.path}:{self.duckdb.table}"
+        if self.parquet is not None:
+            return f"parquet {self.parquet}"
+        return f"topic {self.topic}"
+
+
+def _resolve(root: Path, path: Path) -> Path:
+    return path if path.is_absolute() else root / path
+
+
+def read_dataset(ref: DatasetRef, home_root: Path, limit: int | None = None) -> pl.DataFrame:
+    """The dataset's rows (the first ``limit`` if given). A missing table, folder or
+    topic raises FileNotFoundError naming it: a check of data that is not there yet
+    should say so, not pass on zero rows."""
+    if ref.duckdb is not None:
+        import duckdb
+
+        path = _resolve(home_root, ref.duckdb.path)
+        if not path.exists():
+            raise FileNotFoundError(f"no DuckDB file {path}")
+        with duckdb.connect(str(path), read_only=True) as conn:
+            names = {r[0] for r in conn.sql("SELECT table_name FROM duckdb_tables()").fetchall()}
+            if ref.duckdb.table not in names:
+                raise FileNotFoundError(f"no table {ref.duckdb.table!r} in {path}")
+            sql = f'SELECT * FROM "{ref.duckdb.table}"'
+            if limit is not None:
+                sql += f" LIMIT {int(limit)}"
+            return pl.from_arrow(conn.sql(sql).to_arrow_table())  # type: ignore[return-value]
+    if ref.parquet is not None:
+        folder = _resolve(home_root, ref.parquet)
+        files = sorted(folder.rglob("*.parquet")) if folder.is_dir() else []
+        if not files:
+            raise FileNotFoundError(f"no Parquet files under {folder}")
+        frame = pl.scan_parquet(files, hive_partitioning=False)
+        return (frame.head(limit) if limit is not None else frame).collect()
+    from dataflare_platform.events.log import EventLog, TopicNotFoundError
+    from dataflare_platform.home import ProjectHome
+
+    log = EventLog(ProjectHome.resolve(home_root).event_log_dir)
+    try:
+        frame = log.topic(ref.topic).scan()  # type: ignore[arg-type]
+    except TopicNotFoundError as err:
+        raise FileNotFoundError(str(err)) from None
+    return (frame.head(limit) if limit is not None else frame).collect()

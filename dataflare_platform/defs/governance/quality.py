@@ -1,0 +1,76 @@
+"""Great Expectations suites as Dagster asset checks.
+
+A check reads the asset's rows where its governance file says they are, runs the suite
+with GX 1.x (imported only when a check runs) and reports each failing expectation with
+its failing values. Blocking checks of error severity stop downstream assets of the same
+run: a table that failed its expectations is not built upon.
+"""
+
+import dagster as dg
+
+from dataflare_platform.compliance.datasets import DatasetRef, read_dataset
+from dataflare_platform.compliance.expectations import SuiteResult, SuiteSpec, run_suite
+from dataflare_platform.defs.resources import ProjectHomeResource
+
+
+def suite_check_result(result: SuiteResult, ref: DatasetRef) -> dg.AssetCheckResult:
+    failed = result.failed
+    severity = (
+        dg.AssetCheckSeverity.ERROR if result.severity != "warn" else dg.AssetCheckSeverity.WARN
+    )
+    metadata: dict[str, object] = {
+        "rows_checked": result.rows,
+        "expectations": len(result.outcomes),
+        "failed_expectations": len(failed),
+        "dataset": ref.describe(),
+    }
+    for outcome in failed:
+        name = f"{outcome.type}" + (f"[{outcome.column}]" if outcome.column else "")
+        metadata[f"failed/{name}"] = dg.MetadataValue.json(
+            {
+                "severity": outcome.severity,
+                "unexpected_count": outcome.unexpected_count,
+                "unexpected_percent": outcome.unexpected_percent,
+                "sample": outcome.sample,
+                "observed_value": outcome.observed_value,
+                "error": outcome.error,
+            }
+        )
+    description = (
+        "; ".join(o.describe() for o in failed)
+        if failed
+        else f"all {len(result.outcomes)} expectations met on {result.rows} rows"
+    )
+    return dg.AssetCheckResult(
+        passed=not failed,
+        severity=severity,
+        metadata=metadata,
+        description=description[:2000],
+    )
+
+
+def expectation_check(
+    key: dg.AssetKey, suite: SuiteSpec, ref: DatasetRef
+) -> dg.AssetChecksDefinition:
+    @dg.asset_check(
+        asset=key,
+        name=f"gx_{suite.name}",
+        blocking=suite.blocking,
+        description=(
+            f"Great Expectations suite {suite.name!r}: "
+            + ", ".join(e.type + (f"({e.column})" if e.column else "") for e in suite.expectations)
+        ),
+    )
+    def _check(dataflare: ProjectHomeResource) -> dg.AssetCheckResult:
+        try:
+            frame = read_dataset(ref, dataflare.home.root)
+        except FileNotFoundError as err:
+            return dg.AssetCheckResult(
+                passed=False,
+                severity=dg.AssetCheckSeverity.ERROR,
+                description=f"no data to check: {err}",
+                metadata={"dataset": ref.describe()},
+            )
+        return suite_check_result(run_suite(frame, suite), ref)
+
+    return _check

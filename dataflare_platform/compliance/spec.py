@@ -1,6 +1,7 @@
 """The governance spec of ONE dataset, one YAML file each:
 
     asset: streams/hot_items
+    data: {duckdb: {path: streams/hot_items.duckdb, table: hot_items}}
     pii:
       columns: {email: pii_masked, card: pii_encrypted, phone: pii_allowed}
       scan: all_strings            # or a list of columns
@@ -10,21 +11,20 @@
         - {name: item, type: String}
       allow_extra: false
     freshness: {max_lag: 2h}
-    retention:
-      keep: 30d
-      time_column: window_end
-      target: {duckdb: {table: hot_items}}   # or {parquet_dir: ...} or {topic: ...}
-    expectations:                  # a Great Expectations suite
+    retention: {keep: 30d, time_column: window_end}   # applies to `data` by default
+    expectations:                  # a Great Expectations suite (compliance.expectations)
       - expect_column_values_to_not_be_null: {column: item}
 
-Every section is optional. ``expectations`` is kept opaque here (a list of mappings):
-its model, and its validation, belong to ``compliance.expectations``, which runs the
-suite. Relative paths are resolved against the spec file's folder, so a folder of
-specs can move as a whole.
+Every section is optional, but checks of the rows (pii, contract, expectations) and
+retention need ``data``: where the rows are (``compliance.datasets``), with paths
+relative to the project home, so the same files serve every deployment.
+``expectations`` is a list (a blocking suite named after the asset) or a mapping
+``{name, blocking, expectations}``.
 """
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +32,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from dataflare_platform.compliance.contracts import SchemaContract
+from dataflare_platform.compliance.datasets import DatasetRef
+from dataflare_platform.compliance.expectations import SuiteSpec
 from dataflare_platform.compliance.freshness import FreshnessPolicy
 from dataflare_platform.compliance.pii import PiiPolicy
 from dataflare_platform.compliance.retention import RetentionPolicy
@@ -40,73 +42,58 @@ from dataflare_platform.errors import ConfigError
 _ASSET = r"^[A-Za-z0-9_][A-Za-z0-9_.-]*(/[A-Za-z0-9_][A-Za-z0-9_.-]*)*$"
 
 
-class DuckDBTarget(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    path: Path | None = None  # None: the project's warehouse
-    table: str = Field(min_length=1)
-
-
-class RetentionTarget(BaseModel):
-    """Exactly one store: a DuckDB table, a folder of time partitions, or a topic."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    duckdb: DuckDBTarget | None = None
-    parquet_dir: Path | None = None
-    topic: str | None = None
-
-    @model_validator(mode="after")
-    def _exactly_one(self) -> RetentionTarget:
-        chosen = [k for k in ("duckdb", "parquet_dir", "topic") if getattr(self, k) is not None]
-        if len(chosen) != 1:
-            raise ValueError(
-                f"give exactly one of duckdb, parquet_dir, topic (got {chosen or 'none'})"
-            )
-        return self
-
-
 class RetentionSpec(RetentionPolicy):
-    target: RetentionTarget
-
-    @model_validator(mode="after")
-    def _rows_need_time(self) -> RetentionSpec:
-        if self.target.duckdb is not None and self.time_column is None:
-            raise ValueError("deleting rows of a DuckDB table needs a time_column")
-        return self
+    target: DatasetRef | None = None  # None: the dataset's data
 
 
 class GovernedDataset(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     asset: str = Field(pattern=_ASSET)  # the asset key, "/"-separated
+    data: DatasetRef | None = None
     pii: PiiPolicy | None = None
     contract: SchemaContract | None = None
     freshness: FreshnessPolicy | None = None
     retention: RetentionSpec | None = None
-    expectations: list[dict[str, Any]] | None = None  # see compliance.expectations
+    expectations: SuiteSpec | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _suite(cls, data: Any) -> Any:
+        """A bare list of expectations is the asset's blocking suite."""
+        if isinstance(data, dict) and isinstance(data.get("expectations"), list):
+            name = re.sub(r"[^A-Za-z0-9_]", "_", str(data.get("asset", "suite")))
+            data = {
+                **data,
+                "expectations": {
+                    "name": f"{name}_suite".lstrip("_"),
+                    "expectations": data["expectations"],
+                },
+            }
+        return data
+
+    @model_validator(mode="after")
+    def _needs_data(self) -> GovernedDataset:
+        needing = [n for n in ("pii", "contract", "expectations") if getattr(self, n)]
+        if needing and self.data is None:
+            raise ValueError(f"data: say where the rows are to check {', '.join(needing)}")
+        if self.retention is not None:
+            target = self.retention_target
+            if target is None:
+                raise ValueError("retention.target: give one, or the dataset's data")
+            if target.duckdb is not None and self.retention.time_column is None:
+                raise ValueError("retention.time_column: deleting table rows needs one")
+        return self
 
     @property
     def asset_path(self) -> list[str]:
         return self.asset.split("/")
 
-    def relative_to(self, base: Path) -> GovernedDataset:
-        """Relative store paths resolved against ``base`` (the spec file's folder)."""
+    @property
+    def retention_target(self) -> DatasetRef | None:
         if self.retention is None:
-            return self
-        target = self.retention.target
-
-        def resolve(path: Path) -> Path:
-            return path if path.is_absolute() else base / path
-
-        if target.parquet_dir is not None:
-            target = target.model_copy(update={"parquet_dir": resolve(target.parquet_dir)})
-        elif target.duckdb is not None and target.duckdb.path is not None:
-            duck = target.duckdb.model_copy(update={"path": resolve(target.duckdb.path)})
-            target = target.model_copy(update={"duckdb": duck})
-        return self.model_copy(
-            update={"retention": self.retention.model_copy(update={"target": target})}
-        )
+            return None
+        return self.retention.target or self.data
 
 
 def load_dataset_spec(path: Path | str) -> GovernedDataset:
@@ -123,7 +110,7 @@ def load_dataset_spec(path: Path | str) -> GovernedDataset:
         spec = GovernedDataset.model_validate(data)
     except ValidationError as err:
         raise ConfigError.from_validation(what, err) from None
-    return spec.relative_to(path.parent)
+    return spec
 
 
 def load_dataset_specs(directory: Path | str) -> list[GovernedDataset]:

@@ -11,6 +11,7 @@ from dataflare_platform.errors import ConfigError
 
 FULL = """
 asset: streams/hot_items
+data: {duckdb: {path: streams/hot_items.duckdb, table: hot_items}}
 pii:
   columns: {email: pii_masked, card: pii_encrypted, phone: pii_allowed}
   scan: [email, notes]
@@ -23,7 +24,7 @@ freshness: {max_lag: 2h}
 retention:
   keep: 30d
   time_column: window_end
-  target: {parquet_dir: out/hot_items}
+  target: {parquet: leaderboards/hot_items}
 expectations:
   - expect_column_values_to_not_be_null: {column: item}
 """
@@ -36,18 +37,37 @@ def _write(folder: Path, name: str, text: str) -> Path:
     return path
 
 
-def test_a_full_spec_loads_with_paths_resolved_against_its_folder(tmp_path: Path):
+def test_a_full_spec_loads_with_paths_left_relative_to_the_project_home(tmp_path: Path):
     spec = load_dataset_spec(_write(tmp_path / "gov", "hot.yaml", FULL))
     assert spec.asset_path == ["streams", "hot_items"]
     assert spec.pii is not None and spec.pii.columns["email"] is Classification.MASKED
     assert spec.pii.scan == ["email", "notes"]
     assert spec.freshness is not None and spec.freshness.max_lag_ms == 2 * 3_600_000
     assert spec.retention is not None and spec.retention.keep_ms == 30 * 86_400_000
-    assert spec.retention.target.parquet_dir == tmp_path / "gov" / "out" / "hot_items"
+    assert spec.retention_target.parquet == Path("leaderboards/hot_items")
+    assert spec.data.duckdb.path == Path("streams/hot_items.duckdb")
     assert spec.contract is not None and spec.contract.allow_extra
     drift = check_contract({"window_end": spec.contract.columns[0].dtype}, spec.contract)
     assert [(d.kind, d.column) for d in drift] == [("missing", "item")]
-    assert spec.expectations == [{"expect_column_values_to_not_be_null": {"column": "item"}}]
+    suite = spec.expectations
+    assert suite.name == "streams_hot_items_suite" and suite.blocking
+    assert [e.type for e in suite.expectations] == ["expect_column_values_to_not_be_null"]
+
+
+def test_retention_applies_to_the_data_unless_given_a_target(tmp_path: Path):
+    spec = load_dataset_spec(
+        _write(
+            tmp_path,
+            "s.yaml",
+            "asset: nexmark/bids\ndata: {duckdb: {table: bids}}\n"
+            "retention: {keep: 90d, time_column: date_time}\n"
+            "expectations: {name: bids_soft, blocking: false, expectations: "
+            "[{expect_column_values_to_not_be_null: {column: bidder}}]}\n",
+        )
+    )
+    assert spec.retention_target == spec.data
+    assert spec.data.duckdb.path == Path("warehouse.duckdb")  # the warehouse by default
+    assert spec.expectations.name == "bids_soft" and not spec.expectations.blocking
 
 
 def test_every_section_is_optional(tmp_path: Path):
@@ -62,15 +82,20 @@ def test_every_section_is_optional(tmp_path: Path):
         ("asset: a\nfreshness: {max_lag: soon}\n", "freshness.max_lag"),
         ("asset: a\ncontract: {columns: [{name: x, type: Int65}]}\n", "contract.columns.0.type"),
         (
-            "asset: a\nretention: {keep: 1d, target: {topic: t, parquet_dir: d}}\n",
+            "asset: a\nretention: {keep: 1d, target: {topic: t, parquet: d}}\n",
             "retention.target",
         ),
-        ("asset: a\nretention: {keep: 1d, target: {duckdb: {table: t}}}\n", "retention"),
-        ("asset: a\nretention: {keep: 1d}\n", "retention.target"),
+        ("asset: a\nretention: {keep: 1d, target: {duckdb: {table: t}}}\n", "<root>"),
+        ("asset: a\nretention: {keep: 1d}\n", "<root>"),
+        ("asset: a\npii: {columns: {email: pii_masked}}\n", "<root>"),
+        (
+            "asset: a\ndata: {topic: t}\nexpectations: [{expect_nothing_at_all: {}}]\n",
+            "expectations.expectations.0.type",
+        ),
         ("asset: a\nfreshnes: {max_lag: 2h}\n", "freshnes"),
         ("asset: ../etc\n", "asset"),
         ("pii: {}\n", "asset"),
-        ("asset: a\nexpectations: {not: a list}\n", "expectations"),
+        ("asset: a\nexpectations: {not: a list}\n", "expectations.not"),
     ],
 )
 def test_bad_specs_name_the_file_and_the_field(tmp_path: Path, text: str, field: str):

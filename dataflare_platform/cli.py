@@ -18,6 +18,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from dataflare_platform.cli_alerts import alerts_app
 from dataflare_platform.cli_dlq import dlq_app
 from dataflare_platform.cli_events import consume, produce, topics_app
 from dataflare_platform.cli_launch import launch
@@ -44,6 +45,7 @@ app.command("produce")(produce)
 app.command("consume")(consume)
 app.command("replay")(replay_command)
 app.add_typer(dlq_app, name="dlq")
+app.add_typer(alerts_app, name="alerts")
 app.add_typer(plugin_app, name="plugin")
 app.command("launch")(launch)
 app.command("route")(route)

@@ -19,6 +19,7 @@ from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, T
 from rich.table import Table
 
 from dataflare_platform.cli_alerts import alerts_app
+from dataflare_platform.cli_audit import audit_app
 from dataflare_platform.cli_dlq import dlq_app
 from dataflare_platform.cli_events import consume, produce, topics_app
 from dataflare_platform.cli_launch import launch
@@ -47,6 +48,7 @@ app.command("replay")(replay_command)
 app.add_typer(dlq_app, name="dlq")
 app.add_typer(alerts_app, name="alerts")
 app.add_typer(plugin_app, name="plugin")
+app.add_typer(audit_app, name="audit")
 app.command("launch")(launch)
 app.command("route")(route)
 console = Console(stderr=True)

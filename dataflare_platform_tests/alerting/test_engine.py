@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from dataflare_platform.alerting import AlertEvent, AlertManager, RuleSet
-from dataflare_platform_tests.alerting.conftest import Clock, HttpReceiver, SmtpReceiver
+from dataflare_platform_tests.receivers import Clock, HttpReceiver, SmtpReceiver
 
 
 def _rules(http: HttpReceiver, smtp: SmtpReceiver, extra: str = "") -> RuleSet:

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from dataflare_platform.alerting import AlertEvent, AlertManager, RuleSet
-from dataflare_platform_tests.alerting.conftest import Clock, HttpReceiver
+from dataflare_platform_tests.receivers import Clock, HttpReceiver
 
 
 def _manager(tmp_path: Path, http: HttpReceiver, rule: str) -> AlertManager:

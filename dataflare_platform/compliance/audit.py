@@ -1,0 +1,562 @@
+"""A tamper-evident, append-only audit log: who did what to which asset, and when.
+
+Each entry carries the SHA-256 of its own content and of the entry before it, so editing,
+deleting or reordering any row breaks a hash that ``verify`` recomputes. A hash chain
+alone cannot catch someone who rewrites the whole tail consistently (or truncates it),
+so ``checkpoint`` signs the chain head with an Ed25519 key kept outside the database;
+``verify`` then checks each signed head against the recomputed chain.
+
+The log lives in any SQLAlchemy database: a SQLite file for a laptop, PostgreSQL in
+production. Appends serialize on a database lock (SQLite ``BEGIN IMMEDIATE``, PostgreSQL
+``pg_advisory_xact_lock``) held while the next seq and prev_hash are read and the row is
+written, so concurrent writers in several processes never fork the chain. There is
+deliberately no update or delete method.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Any
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric.ed25519 import (
+    Ed25519PrivateKey,
+    Ed25519PublicKey,
+)
+from pydantic import BaseModel
+from sqlalchemy import (
+    BigInteger,
+    Column,
+    Connection,
+    DateTime,
+    Dialect,
+    Engine,
+    Integer,
+    String,
+    Text,
+    TypeDecorator,
+    create_engine,
+    event,
+    func,
+    insert,
+    select,
+    text,
+)
+from sqlmodel import Field, SQLModel
+
+from dataflare_platform.compliance.audit_keys import AuditSettings, key_id, normalize_url, safe_url
+from dataflare_platform.errors import ConfigError, DataflareError
+
+__all__ = [
+    "GENESIS_HASH",
+    "AuditAction",
+    "AuditCheckpoint",
+    "AuditEntry",
+    "AuditLog",
+    "AuditSettings",
+    "AuditTamperedError",
+    "CheckpointProblem",
+    "EntryProblem",
+    "VerifyReport",
+    "canonical_json",
+    "checkpoint_message",
+    "entry_hash",
+]
+
+GENESIS_HASH = "0" * 64
+# One constant key: the advisory lock is per database, so it only serializes appenders of
+# the same database (a few microseconds each), never unrelated work.
+_PG_LOCK_KEY = int.from_bytes(hashlib.sha256(b"dataflare.audit").digest()[:8], "big", signed=True)
+_ACTOR_KINDS = ("user", "sensor", "schedule", "client", "system")
+_ACTOR = re.compile(rf"^(system|({'|'.join(_ACTOR_KINDS)}):\S.{{0,199}})$")
+_ACTION = re.compile(r"^[a-z][a-z0-9_.]{0,63}$")
+
+
+class AuditAction(StrEnum):
+    """Actions the platform records; other lower_snake names are accepted too, so a new
+    kind of event does not need a release of this module."""
+
+    RUN_LAUNCHED = "run_launched"
+    MATERIALIZATION = "materialization"
+    CHECK_RESULT = "check_result"
+    PLUGIN_LOADED = "plugin_loaded"
+    RETENTION_DELETED = "retention_deleted"
+    CONFIG_CHANGED = "config_changed"
+
+
+class AuditTamperedError(DataflareError):
+    """The chain does not verify, so nothing new (a checkpoint) may vouch for it."""
+
+
+class _UTCDateTime(TypeDecorator[datetime]):
+    """Timestamps always read back as aware UTC, whatever the backend: SQLite keeps no
+    zone and PostgreSQL answers in the session's zone, yet the hash needs one spelling."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        return None if value is None else _utc(value)
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        return None if value is None else _utc(value)
+
+
+def _utc(value: datetime) -> datetime:
+    """Naive means UTC (how SQLite hands it back); aware is converted."""
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+def _iso(value: datetime) -> str:
+    return _utc(value).isoformat(timespec="microseconds")
+
+
+def canonical_json(value: Any) -> str:
+    """Sorted keys, compact separators, no NaN: one spelling per value, so a hash over it
+    is reproducible by any verifier."""
+    return json.dumps(
+        value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
+    )
+
+
+class AuditEntry(SQLModel, table=True):
+    """One audited event. ``hash`` covers every other column, ``prev_hash`` links it to
+    the entry at ``seq - 1`` (``GENESIS_HASH`` for seq 1)."""
+
+    __tablename__ = "audit_entries"
+
+    seq: int = Field(sa_column=Column(BigInteger, primary_key=True, autoincrement=False))
+    at: datetime = Field(sa_column=Column(_UTCDateTime, nullable=False))
+    actor: str = Field(sa_column=Column(String(256), nullable=False))
+    action: str = Field(sa_column=Column(String(64), nullable=False))
+    subject: str = Field(sa_column=Column(Text, nullable=False))
+    # Stored as the canonical JSON text itself (not a JSON column, which PostgreSQL's
+    # jsonb would re-spell): the hash covers exactly these characters.
+    details: str = Field(sa_column=Column(Text, nullable=False))
+    prev_hash: str = Field(sa_column=Column(String(64), nullable=False))
+    hash: str = Field(sa_column=Column(String(64), nullable=False))
+
+    def payload(self) -> dict[str, Any]:
+        """``details`` parsed."""
+        return json.loads(self.details)
+
+    def compute_hash(self) -> str:
+        """SHA-256 of the canonical encoding of everything but ``hash`` itself."""
+        return entry_hash(
+            self.seq, self.at, self.actor, self.action, self.subject, self.details, self.prev_hash
+        )
+
+
+class AuditCheckpoint(SQLModel, table=True):
+    """A signed statement that the chain up to ``seq`` had head hash ``head_hash``."""
+
+    __tablename__ = "audit_checkpoints"
+
+    id: int | None = Field(default=None, sa_column=Column(Integer, primary_key=True))
+    seq: int = Field(sa_column=Column(BigInteger, nullable=False))
+    head_hash: str = Field(sa_column=Column(String(64), nullable=False))
+    signed_at: datetime = Field(sa_column=Column(_UTCDateTime, nullable=False))
+    key_id: str = Field(sa_column=Column(String(16), nullable=False))
+    signature: str = Field(sa_column=Column(String(128), nullable=False))  # hex
+
+
+_TABLES = [AuditEntry.__table__, AuditCheckpoint.__table__]  # type: ignore[attr-defined]
+_ENTRIES = AuditEntry.__table__  # type: ignore[attr-defined]
+_CHECKPOINTS = AuditCheckpoint.__table__  # type: ignore[attr-defined]
+
+
+def entry_hash(
+    seq: int,
+    at: datetime,
+    actor: str,
+    action: str,
+    subject: str,
+    details: str,
+    prev_hash: str,
+) -> str:
+    """The hash an entry must carry: SHA-256 over canonical JSON of its fields in order."""
+    encoded = canonical_json([seq, _iso(at), actor, action, subject, details, prev_hash])
+    return hashlib.sha256(encoded.encode("utf-8")).hexdigest()
+
+
+def checkpoint_message(seq: int, head_hash: str, signed_at: datetime) -> bytes:
+    """The bytes a checkpoint's signature covers."""
+    return canonical_json([seq, head_hash, _iso(signed_at)]).encode("utf-8")
+
+
+class EntryProblem(BaseModel):
+    """What is wrong at one seq."""
+
+    seq: int
+    problem: str
+
+
+class CheckpointProblem(BaseModel):
+    """What is wrong with one checkpoint."""
+
+    id: int | None
+    seq: int
+    key_id: str
+    problem: str
+
+
+class VerifyReport(BaseModel):
+    """The outcome of ``AuditLog.verify``: the first bad entry (later ones are usually
+    consequences of it) and every bad checkpoint."""
+
+    url: str
+    entries: int
+    head_seq: int
+    head_hash: str
+    checkpoints: int
+    first_bad_entry: EntryProblem | None = None
+    bad_entries: int = 0
+    bad_checkpoints: list[CheckpointProblem] = []
+
+    @property
+    def ok(self) -> bool:
+        return self.first_bad_entry is None and not self.bad_checkpoints
+
+    def summary(self) -> str:
+        """One line per finding, for a terminal."""
+        if self.ok:
+            return (
+                f"ok: {self.entries} entries, head seq {self.head_seq}"
+                f" ({self.head_hash[:16]}), {self.checkpoints} checkpoints verified"
+            )
+        lines = []
+        if self.first_bad_entry is not None:
+            bad = self.first_bad_entry
+            lines.append(
+                f"tampered: first bad entry seq {bad.seq}: {bad.problem}"
+                f" ({self.bad_entries} bad entries in all)"
+            )
+        for cp in self.bad_checkpoints:
+            lines.append(f"bad checkpoint at seq {cp.seq} (key {cp.key_id}): {cp.problem}")
+        return "\n".join(lines)
+
+
+class AuditLog:
+    """An append-only audit log in the database at ``url`` (tables created if missing)."""
+
+    def __init__(self, url: str) -> None:
+        try:
+            self.url = normalize_url(url)
+        except ValueError as err:
+            raise ConfigError("audit log", [("url", str(err))]) from None
+        self._sqlite = self.url.startswith("sqlite")
+        if self._sqlite:
+            # Writers wait for the lock (up to 60 s) instead of failing at once.
+            self._engine: Engine = create_engine(self.url, connect_args={"timeout": 60})
+            event.listen(self._engine, "connect", _sqlite_connect)
+            event.listen(self._engine, "begin", _sqlite_begin)
+        else:
+            self._engine = create_engine(self.url, pool_pre_ping=True)
+        with self._transaction(lock=True) as conn:
+            SQLModel.metadata.create_all(conn, tables=_TABLES)
+
+    def __repr__(self) -> str:
+        return f"AuditLog({safe_url(self.url)!r})"
+
+    def close(self) -> None:
+        """Release pooled connections."""
+        self._engine.dispose()
+
+    def __enter__(self) -> AuditLog:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @contextmanager
+    def _transaction(self, lock: bool = False, snapshot: bool = False) -> Iterator[Connection]:
+        """A transaction; with ``lock`` it holds the append lock, with ``snapshot`` all its
+        reads see one state of the database."""
+        with self._engine.connect() as conn:
+            if self._sqlite:
+                # A deferred SQLite transaction already reads one snapshot (WAL mode).
+                conn = conn.execution_options(sqlite_begin="IMMEDIATE" if lock else "DEFERRED")
+            elif snapshot:
+                conn = conn.execution_options(isolation_level="REPEATABLE READ")
+            with conn.begin():
+                if lock and not self._sqlite:
+                    conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _PG_LOCK_KEY})
+                yield conn
+
+    # -- writing ------------------------------------------------------------------------
+    def append(
+        self,
+        actor: str,
+        action: str,
+        subject: str,
+        details: Mapping[str, Any] | None = None,
+    ) -> AuditEntry:
+        """Record one event and return it with its seq and hashes.
+
+        ``actor`` is ``system`` or ``<kind>:<name>`` with kind one of user, sensor,
+        schedule, client, system; ``action`` a lower_snake name (see ``AuditAction``).
+        """
+        problems = []
+        if not isinstance(actor, str) or not _ACTOR.match(actor):
+            kinds = ", ".join(_ACTOR_KINDS)
+            problems.append(("actor", f"{actor!r} is not 'system' or '<kind>:<name>' ({kinds})"))
+        if not isinstance(action, str) or not _ACTION.match(action):
+            problems.append(("action", f"{action!r} is not a lower_snake action name"))
+        if not isinstance(subject, str):
+            problems.append(("subject", f"{subject!r} is not a string"))
+        if details is not None and not isinstance(details, Mapping):
+            problems.append(("details", "must be a mapping (a JSON object)"))
+        body = ""
+        if not problems:
+            try:
+                body = canonical_json(dict(details or {}))
+            except (TypeError, ValueError) as err:
+                problems.append(("details", f"not JSON-serializable: {err}"))
+        if problems:
+            raise ConfigError("audit entry", problems)
+        with self._transaction(lock=True) as conn:
+            head = conn.execute(
+                select(_ENTRIES.c.seq, _ENTRIES.c.at, _ENTRIES.c.hash)
+                .order_by(_ENTRIES.c.seq.desc())
+                .limit(1)
+            ).first()
+            now = datetime.now(UTC)
+            if head is None:
+                seq, prev_hash, at = 1, GENESIS_HASH, now
+            else:
+                # Never earlier than the head: time order then equals seq order, which
+                # verify checks, even if this host's clock is behind another's.
+                seq, prev_hash, at = head.seq + 1, head.hash, max(now, head.at)
+            entry = AuditEntry(
+                seq=seq,
+                at=at,
+                actor=actor,
+                action=str(action),
+                subject=subject,
+                details=body,
+                prev_hash=prev_hash,
+                hash="",
+            )
+            entry.hash = entry.compute_hash()
+            conn.execute(insert(_ENTRIES).values(**entry.model_dump()))
+        return entry
+
+    def checkpoint(self, signing_key: Ed25519PrivateKey) -> AuditCheckpoint:
+        """Sign the current chain head with ``signing_key`` and store the checkpoint.
+
+        The entries written since the previous checkpoint are verified first, and the
+        earlier ones counted (a checkpoint must never vouch for a tampered chain);
+        AuditTamperedError if not. Edits before the previous checkpoint are left to
+        ``verify``: re-reading the whole log at every checkpoint would not scale.
+        """
+        with self._transaction(lock=True) as conn:
+            last = conn.execute(
+                select(_CHECKPOINTS).order_by(_CHECKPOINTS.c.id.desc()).limit(1)
+            ).first()
+            start, expected_prev = 0, GENESIS_HASH
+            if last is not None and last.seq > 0:
+                stored = conn.execute(
+                    select(_ENTRIES.c.hash).where(_ENTRIES.c.seq == last.seq)
+                ).scalar()
+                if stored != last.head_hash:
+                    raise AuditTamperedError(
+                        f"entry seq {last.seq} no longer has the hash its checkpoint signed"
+                    )
+                present = conn.execute(
+                    select(func.count()).select_from(_ENTRIES).where(_ENTRIES.c.seq <= last.seq)
+                ).scalar_one()
+                if present != last.seq:
+                    raise AuditTamperedError(
+                        f"{last.seq - present} of the entries up to seq {last.seq} were deleted"
+                    )
+                start, expected_prev = last.seq, last.head_hash
+            seq, head_hash, prev_at = start, expected_prev, None
+            rows = conn.execute(
+                select(_ENTRIES).where(_ENTRIES.c.seq > start).order_by(_ENTRIES.c.seq)
+            )
+            for row in rows:
+                entry = AuditEntry.model_validate(row._mapping)
+                problem = _entry_problem(entry, seq + 1, head_hash, prev_at)
+                if problem is not None:
+                    raise AuditTamperedError(f"seq {problem.seq}: {problem.problem}")
+                seq, head_hash, prev_at = entry.seq, entry.hash, entry.at
+            signed_at = datetime.now(UTC)
+            signature = signing_key.sign(checkpoint_message(seq, head_hash, signed_at))
+            cp = AuditCheckpoint(
+                seq=seq,
+                head_hash=head_hash,
+                signed_at=signed_at,
+                key_id=key_id(signing_key.public_key()),
+                signature=signature.hex(),
+            )
+            values = cp.model_dump(exclude={"id"})
+            cp.id = conn.execute(insert(_CHECKPOINTS).values(**values)).inserted_primary_key[0]
+        return cp
+
+    # -- reading ------------------------------------------------------------------------
+    def tail(self, n: int = 10) -> list[AuditEntry]:
+        """The last ``n`` entries, oldest first."""
+        with self._transaction() as conn:
+            rows = conn.execute(select(_ENTRIES).order_by(_ENTRIES.c.seq.desc()).limit(n)).all()
+        return [AuditEntry.model_validate(r._mapping) for r in reversed(rows)]
+
+    def checkpoints(self) -> list[AuditCheckpoint]:
+        """Every checkpoint, oldest first."""
+        with self._transaction() as conn:
+            rows = conn.execute(select(_CHECKPOINTS).order_by(_CHECKPOINTS.c.id)).all()
+        return [AuditCheckpoint.model_validate(r._mapping) for r in rows]
+
+    def count(self) -> int:
+        """Number of stored entries."""
+        with self._transaction() as conn:
+            return int(conn.execute(select(func.count()).select_from(_ENTRIES)).scalar_one())
+
+    def verify(self, public_keys: Mapping[str, Ed25519PublicKey]) -> VerifyReport:
+        """Recompute the whole chain in seq order and check every checkpoint against it.
+
+        Reported: the first entry whose hash does not match its content, whose prev_hash
+        is not the previous entry's hash, whose seq leaves a gap (a deleted row), or whose
+        time runs backwards (reordered rows); and each checkpoint whose signature does not
+        verify with ``public_keys`` (by key id) or whose head hash differs from the
+        recomputed hash at its seq (a rewritten chain, or a truncated tail).
+        """
+        with self._transaction(snapshot=True) as conn:
+            cps = [
+                AuditCheckpoint.model_validate(r._mapping)
+                for r in conn.execute(select(_CHECKPOINTS).order_by(_CHECKPOINTS.c.id))
+            ]
+            wanted = {cp.seq for cp in cps}
+            recomputed: dict[int, str] = {0: GENESIS_HASH}
+            first_bad: EntryProblem | None = None
+            bad = count = 0
+            seq, prev_hash, prev_at = 0, GENESIS_HASH, None
+            rows = conn.execution_options(yield_per=1000).execute(
+                select(_ENTRIES).order_by(_ENTRIES.c.seq)
+            )
+            for entry in _read_entries(rows):
+                if isinstance(entry, EntryProblem):  # a column no longer parses
+                    bad += 1
+                    first_bad = first_bad or EntryProblem(
+                        seq=seq + 1, problem=f"unreadable row after seq {seq}: {entry.problem}"
+                    )
+                    break
+                count += 1
+                problem = _entry_problem(entry, seq + 1, prev_hash, prev_at)
+                if problem is not None:
+                    bad += 1
+                    first_bad = first_bad or problem
+                if entry.seq in wanted:
+                    recomputed[entry.seq] = entry.compute_hash()
+                seq, prev_hash, prev_at = entry.seq, entry.hash, entry.at
+        bad_cps = []
+        good_seq = 0  # seq of the latest checkpoint that held, to say where a rewrite began
+        for cp in sorted(cps, key=lambda c: (c.seq, c.id or 0)):
+            problem = _checkpoint_problem(cp, public_keys, recomputed, seq, good_seq)
+            if problem is None:
+                good_seq = max(good_seq, cp.seq)
+            else:
+                bad_cps.append(
+                    CheckpointProblem(id=cp.id, seq=cp.seq, key_id=cp.key_id, problem=problem)
+                )
+        return VerifyReport(
+            url=safe_url(self.url),
+            entries=count,
+            head_seq=seq,
+            head_hash=prev_hash,
+            checkpoints=len(cps),
+            first_bad_entry=first_bad,
+            bad_entries=bad,
+            bad_checkpoints=bad_cps,
+        )
+
+
+def _read_entries(rows: Iterable[Any]) -> Iterator[AuditEntry | EntryProblem]:
+    """Entries in order; a row whose columns no longer parse (a timestamp edited into
+    garbage) ends the stream with a problem instead of crashing the verifier."""
+    iterator = iter(rows)
+    while True:
+        try:
+            row = next(iterator)
+            yield AuditEntry.model_validate(row._mapping)
+        except StopIteration:
+            return
+        except (ValueError, TypeError) as err:
+            yield EntryProblem(seq=0, problem=str(err).splitlines()[0])
+            return
+
+
+def _entry_problem(
+    entry: AuditEntry, expected_seq: int, prev_hash: str, prev_at: datetime | None
+) -> EntryProblem | None:
+    """The first thing wrong with ``entry`` given the entry stored before it, if any."""
+    if entry.seq > expected_seq:
+        missing = (
+            f"seq {expected_seq}"
+            if entry.seq == expected_seq + 1
+            else f"seqs {expected_seq}..{entry.seq - 1}"
+        )
+        return EntryProblem(seq=expected_seq, problem=f"missing: {missing} absent (deleted rows)")
+    if entry.seq < expected_seq:
+        return EntryProblem(seq=entry.seq, problem=f"unexpected seq (expected {expected_seq})")
+    if entry.compute_hash() != entry.hash:
+        return EntryProblem(seq=entry.seq, problem="hash does not match the entry's content")
+    if entry.prev_hash != prev_hash:
+        return EntryProblem(
+            seq=entry.seq,
+            problem=f"prev_hash is not the hash of seq {entry.seq - 1} (reordered or replaced)",
+        )
+    if prev_at is not None and entry.at < prev_at:
+        return EntryProblem(
+            seq=entry.seq, problem=f"time runs backwards from seq {entry.seq - 1} (reordered)"
+        )
+    return None
+
+
+def _checkpoint_problem(
+    cp: AuditCheckpoint,
+    public_keys: Mapping[str, Ed25519PublicKey],
+    recomputed: Mapping[int, str],
+    head_seq: int,
+    good_seq: int,
+) -> str | None:
+    """What is wrong with ``cp``, if anything."""
+    public = public_keys.get(cp.key_id)
+    if public is None:
+        return f"signed by unknown key {cp.key_id}"
+    try:
+        public.verify(
+            bytes.fromhex(cp.signature), checkpoint_message(cp.seq, cp.head_hash, cp.signed_at)
+        )
+    except (InvalidSignature, ValueError):
+        return "signature does not verify (forged or altered checkpoint)"
+    if cp.seq > head_seq:
+        return f"covers seq {cp.seq} but the log ends at seq {head_seq} (tail deleted)"
+    actual = recomputed.get(cp.seq)
+    if actual is None:
+        return f"entry seq {cp.seq} is missing"
+    if actual != cp.head_hash:
+        return (
+            f"signed head hash differs from the recomputed hash at seq {cp.seq}:"
+            f" entries after seq {good_seq} were rewritten"
+        )
+    return None
+
+
+def _sqlite_connect(dbapi_connection: Any, _record: Any) -> None:
+    """Hand transaction control to the begin hook, and use WAL so readers (verify, tail)
+    never block the single writer."""
+    dbapi_connection.isolation_level = None
+    dbapi_connection.execute("PRAGMA journal_mode=WAL")
+
+
+def _sqlite_begin(conn: Connection) -> None:
+    """BEGIN IMMEDIATE takes the write lock up front for appends: two processes can then
+    never both read the same head and write the same seq."""
+    mode = conn.get_execution_options().get("sqlite_begin", "DEFERRED")
+    conn.exec_driver_sql(f"BEGIN {mode}")

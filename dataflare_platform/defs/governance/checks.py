@@ -1,0 +1,101 @@
+"""Compliance checks on an asset's rows: PII where it may not be, and the schema
+contract. Both read the rows where the dataset's governance file says they are."""
+
+import dagster as dg
+
+from dataflare_platform.compliance.contracts import check_contract
+from dataflare_platform.compliance.datasets import DatasetRef, read_dataset
+from dataflare_platform.compliance.pii import pii_violations, scan_pii, string_columns
+from dataflare_platform.compliance.spec import GovernedDataset
+from dataflare_platform.defs.resources import ProjectHomeResource
+
+
+def _no_data(ref: DatasetRef, err: Exception) -> dg.AssetCheckResult:
+    return dg.AssetCheckResult(
+        passed=False,
+        severity=dg.AssetCheckSeverity.ERROR,
+        description=f"no data to check: {err}",
+        metadata={"dataset": ref.describe()},
+    )
+
+
+def pii_check(key: dg.AssetKey, spec: GovernedDataset) -> dg.AssetChecksDefinition:
+    policy, ref = spec.pii, spec.data
+    assert policy is not None and ref is not None
+    classified = ", ".join(f"{c}: {k.value}" for c, k in policy.columns.items()) or "none"
+
+    @dg.asset_check(
+        asset=key,
+        name="pii_compliance",
+        description=(
+            "No e-mail, phone, payment card (Luhn-checked) or national-id values outside "
+            f"columns classified for them, and none unmasked in masked ones ({classified})."
+        ),
+    )
+    def _check(dataflare: ProjectHomeResource) -> dg.AssetCheckResult:
+        try:
+            frame = read_dataset(ref, dataflare.home.root)
+        except FileNotFoundError as err:
+            return _no_data(ref, err)
+        names = string_columns(frame) if policy.scan == "all_strings" else list(policy.scan)
+        declared = [c for c in policy.columns if c not in names and c in frame.columns]
+        findings = scan_pii(frame, [c for c in [*names, *declared] if c in frame.columns])
+        violations = pii_violations(findings, policy.columns)
+        metadata: dict[str, object] = {
+            "rows_scanned": frame.height,
+            "findings": len(findings),
+            "violations": len(violations),
+            "findings_detail": dg.MetadataValue.json(
+                [
+                    {
+                        "column": f.column,
+                        "kind": str(f.kind),
+                        "rows": f.rows,
+                        "share": round(f.share, 6),
+                        "samples_redacted": list(f.samples),
+                    }
+                    for f in findings
+                ]
+            ),
+        }
+        return dg.AssetCheckResult(
+            passed=not violations,
+            severity=dg.AssetCheckSeverity.ERROR,
+            description="; ".join(v.message for v in violations)[:2000]
+            or f"no PII outside its classified columns in {frame.height} rows",
+            metadata=metadata,
+        )
+
+    return _check
+
+
+def contract_check(key: dg.AssetKey, spec: GovernedDataset) -> dg.AssetChecksDefinition:
+    contract, ref = spec.contract, spec.data
+    assert contract is not None and ref is not None
+
+    @dg.asset_check(
+        asset=key,
+        name="schema_contract",
+        blocking=True,
+        description="Declared columns, types and nullability: "
+        + ", ".join(f"{c.name} {c.type}" for c in contract.columns),
+    )
+    def _check(dataflare: ProjectHomeResource) -> dg.AssetCheckResult:
+        try:
+            frame = read_dataset(ref, dataflare.home.root)
+        except FileNotFoundError as err:
+            return _no_data(ref, err)
+        drift = check_contract(frame, contract)
+        return dg.AssetCheckResult(
+            passed=not drift,
+            severity=dg.AssetCheckSeverity.ERROR,
+            description="; ".join(d.message for d in drift)[:2000] or "schema as declared",
+            metadata={
+                "drift": dg.MetadataValue.json(
+                    [{"kind": d.kind, "column": d.column, "message": d.message} for d in drift]
+                ),
+                "columns": frame.width,
+            },
+        )
+
+    return _check

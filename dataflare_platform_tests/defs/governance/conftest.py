@@ -1,0 +1,25 @@
+"""Governance tests: a real local Dagster instance per test, and real alert receivers."""
+
+import dagster as dg
+import pytest
+
+from dataflare_platform.defs.governance.resources import GovernanceResource
+from dataflare_platform.defs.resources import ProjectHomeResource
+from dataflare_platform_tests.receivers import (  # noqa: F401
+    Clock,
+    clock,
+    http_receiver,
+    smtp_receiver,
+)
+
+
+@pytest.fixture
+def instance():
+    with dg.instance_for_test() as instance:
+        yield instance
+
+
+@pytest.fixture
+def resources(home):
+    dataflare = ProjectHomeResource(path=str(home.root))
+    return {"dataflare": dataflare, "governance": GovernanceResource(dataflare=dataflare)}

@@ -1,0 +1,93 @@
+"""The audit trail written by the ``audit_trail`` sensor from a real instance's events,
+and the scheduled checkpoint asset whose check verifies the chain."""
+
+import json
+import sqlite3
+
+import dagster as dg
+
+from dataflare_platform.compliance.audit import AuditLog
+from dataflare_platform.defs.governance.audit import audit_definitions
+from dataflare_platform.defs.resources import ProjectHomeResource
+
+
+@dg.asset(
+    key=["shop", "orders"], check_specs=[dg.AssetCheckSpec("positive", asset=["shop", "orders"])]
+)
+def orders() -> dg.MaterializeResult:
+    return dg.MaterializeResult(
+        metadata={"dagster/row_count": 3, "plugins": dg.MetadataValue.json({"pii_mask": "ab12"})},
+        check_results=[dg.AssetCheckResult(passed=False, description="2 negative amounts")],
+    )
+
+
+def tick(defs, name, instance, resources, cursor=None):
+    sensor = defs.resolve_sensor_def(name)
+    with dg.build_sensor_context(instance=instance, resources=resources, cursor=cursor) as ctx:
+        result = sensor(ctx)
+        return result, ctx.cursor
+
+
+def entries(home):
+    with AuditLog(f"sqlite:///{home.root / 'audit.db'}") as log:
+        return log.tail(1000)
+
+
+def test_runs_materializations_checks_plugins_and_config_changes_are_recorded(
+    home, instance, resources, tmp_path
+):
+    config = tmp_path / "pipeline.yaml"
+    config.write_text("name: a\n")
+    defs = dg.Definitions.merge(
+        audit_definitions([config], 30), dg.Definitions(resources=resources)
+    )
+    dg.materialize([orders], instance=instance, tags={"dataflare/client": "ann"})
+
+    _, cursor = tick(defs, "audit_trail", instance, resources)
+    got = [(e.action, e.actor, e.subject) for e in entries(home)]
+    run_id = instance.get_runs()[0].run_id
+    assert ("config_changed", "system", "configuration") in got
+    assert ("run_launched", "client:ann", run_id) in got
+    assert ("materialization", "client:ann", "shop/orders") in got
+    assert ("check_result", "system", "shop/orders:positive") in got
+    assert ("plugin_loaded", "system", "pii_mask") in got
+    assert ("run_succeeded", "system", run_id) in got
+    check = next(e for e in entries(home) if e.action == "check_result")
+    assert json.loads(check.details)["passed"] is False
+
+    # Nothing new: nothing appended. A changed file: one config_changed entry.
+    count = len(got)
+    _, cursor = tick(defs, "audit_trail", instance, resources, cursor)
+    assert len(entries(home)) == count
+    config.write_text("name: b\n")
+    tick(defs, "audit_trail", instance, resources, cursor)
+    assert [e.action for e in entries(home)][count:] == ["config_changed"]
+
+
+def test_checkpoint_asset_signs_the_head_and_its_check_catches_tampering(home, instance, resources):
+    defs = dg.Definitions.merge(
+        audit_definitions([], 30), dg.Definitions(assets=[orders], resources=resources)
+    )
+    dg.materialize([orders], instance=instance)
+    tick(defs, "audit_trail", instance, resources)
+    audit_asset = defs.resolve_assets_def(dg.AssetKey(["governance", "audit_log"]))
+
+    result = dg.materialize([audit_asset], instance=instance)  # bound to the defs' resources
+    (check,) = result.get_asset_check_evaluations()
+    assert check.passed
+    (mat,) = result.get_asset_materialization_events()
+    meta = mat.materialization.metadata
+    assert meta["signed_seq"].value == meta["head_seq"].value == len(entries(home))
+
+    with sqlite3.connect(home.root / "audit.db") as conn:
+        conn.execute("UPDATE audit_entries SET actor = 'user:mallory' WHERE seq = 2")
+    result = dg.materialize([audit_asset], instance=instance, raise_on_error=False)
+    (check,) = result.get_asset_check_evaluations()
+    assert not check.passed
+    assert check.metadata["first_bad_entry"].value.startswith("seq 2:")
+    assert "signed_seq" not in result.get_asset_materialization_events()[0].materialization.metadata
+
+
+def test_home_resource_is_the_one_the_audit_log_lives_under(home, resources):
+    assert resources["governance"].audit_settings().url.endswith(str(home.root / "audit.db"))
+    assert isinstance(resources["dataflare"], ProjectHomeResource)

@@ -154,6 +154,12 @@ class AlertStore:
     def close(self) -> None:
         self.engine.dispose()
 
+    def __enter__(self) -> AlertStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
     # -- queries -------------------------------------------------------------------------
 
     def alerts(self, status: str | None = None) -> list[Alert]:

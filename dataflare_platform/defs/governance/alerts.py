@@ -55,7 +55,9 @@ def observe(manager: AlertManager, instance: dg.DagsterInstance, item: FeedEvent
         return 0
     if item.kind == DagsterEventType.RUN_FAILURE:
         run = instance.get_run_by_id(item.run_id)
-        message = (event.message or "run failed")[:500]
+        message = (event.message or "run failed") + "".join(
+            f"\n{step}: {error}" for step, error in step_errors(instance, item.run_id)
+        )
         alert = AlertEvent(
             "run_failed",
             item.timestamp,
@@ -94,6 +96,23 @@ def observe(manager: AlertManager, instance: dg.DagsterInstance, item: FeedEvent
         asset = asset_path(materialization.asset_key) or "?"
         return len(manager.observe_metric(asset, values, item.timestamp))
     return 0
+
+
+def step_errors(instance: dg.DagsterInstance, run_id: str) -> list[tuple[str, str]]:
+    """(step, first line of its error) of a run's failed steps: what a person paged
+    about a failed run needs first."""
+    records = instance.get_records_for_run(
+        run_id, of_type=DagsterEventType.STEP_FAILURE, limit=20
+    ).records
+    found = []
+    for record in records:
+        event = record.event_log_entry.dagster_event
+        error = getattr(getattr(event, "step_failure_data", None), "error", None)
+        while error is not None and error.cause is not None:  # the user's own exception
+            error = error.cause
+        text = (error.message.strip().splitlines() or [""])[0] if error else "failed"
+        found.append((event.step_key if event else "?", text[:300]))
+    return found
 
 
 def errored_ticks(instance: dg.DagsterInstance, after: float) -> list[tuple[str, float, str]]:

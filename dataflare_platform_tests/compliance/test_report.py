@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import subprocess
 import sys
 from datetime import UTC, date, datetime, timedelta
@@ -41,6 +40,7 @@ from dataflare_platform.compliance.retention import (
     RetentionPolicy,
     delete_duckdb_rows,
 )
+from dataflare_platform_tests.browser import chromium_binary, run_chromium
 
 DAY = date(2026, 3, 31)
 NOW = datetime(2026, 4, 1, 0, 5, tzinfo=UTC)
@@ -370,49 +370,12 @@ def test_alert_records_from_the_alert_store(tmp_path: Path):
 
 
 # -- in a real browser -------------------------------------------------------------------
-def _chromium() -> str:
-    """The browser binary; its absence is a failure, not a skip: this test is the only
-    proof that the page renders, and CI installs the browser."""
-    found = shutil.which("chromium") or shutil.which("chromium-browser")
-    if found is None:
-        pytest.fail(
-            "chromium is not installed: run `apt-get install -y chromium` (Debian; .ci/run"
-            " does this in CI) to render the compliance report in a headless browser",
-            pytrace=False,
-        )
-    return found
-
-
-def _run_chromium(binary: str, profile: Path, url: str, *extra: str) -> str:
-    """One headless Chromium run, flags as in e2e/test_ui_browser (root, closed network)."""
-    result = subprocess.run(
-        [
-            binary,
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--no-first-run",
-            "--disable-background-networking",
-            "--disable-component-update",
-            "--disable-sync",
-            f"--user-data-dir={profile}",
-            *extra,
-            url,
-        ],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert result.returncode == 0, result.stderr[-2000:]
-    return result.stdout
-
-
 @pytest.mark.e2e
 def test_the_report_renders_in_headless_chromium(tmp_path: Path):
-    binary = _chromium()
+    binary = chromium_binary()
     html_path, _ = write_report(_snapshot(), tmp_path)
     url = html_path.as_uri()
-    dom = _run_chromium(binary, tmp_path / "profile-dom", url, "--dump-dom")
+    dom = run_chromium(binary, tmp_path / "profile-dom", url, "--dump-dom")
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     (ARTIFACTS / "compliance-report.dom.html").write_text(dom, encoding="utf-8")
     # The DOM Chromium built: the headline as the browser parsed it, tags stripped.
@@ -435,7 +398,7 @@ def test_the_report_renders_in_headless_chromium(tmp_path: Path):
     assert dom.count("<svg") == 2
     shot = ARTIFACTS / "compliance-report.png"
     shot.unlink(missing_ok=True)
-    _run_chromium(
+    run_chromium(
         binary,
         tmp_path / "profile-shot",
         url,

@@ -15,6 +15,7 @@ from dataflare_platform.defs.governance.alerts import alerting_definitions
 from dataflare_platform.defs.governance.audit import audit_definitions
 from dataflare_platform.defs.governance.checks import contract_check, pii_check
 from dataflare_platform.defs.governance.quality import expectation_check
+from dataflare_platform.defs.governance.report import report_definitions
 from dataflare_platform.defs.governance.retention import retention_definitions
 from dataflare_platform.pipelines import PIPELINES_DIR
 
@@ -87,4 +88,5 @@ def governance_definitions(
         ),
         alerting_definitions(interval_s),
         retention_definitions(specs),
+        report_definitions,
     )

@@ -140,8 +140,23 @@ def run_demo(
         _run_streams(
             home, report, execute_with_config=_config_runner(defs, instance, tags, report, log)
         )
+        _run_governance(defs, instance, execute, log)
     report.seconds = time.perf_counter() - started
     return report
+
+
+def _run_governance(defs, instance, execute, log) -> None:
+    """What the daemon does on its own later: the audit trail sensor records the runs
+    above, then the chain is verified and signed and today's compliance report compiled."""
+    from dataflare_platform.defs.governance.report import report_job
+
+    sensor = defs.resolve_sensor_def("audit_trail")
+    with dg.build_sensor_context(instance=instance, resources=defs.resources) as context:
+        result = sensor(context)
+    log(f"audit trail: {getattr(result, 'skip_message', result)}")
+    execute("audit_checkpoint_job")
+    today = time.strftime("%Y-%m-%d", time.gmtime())
+    execute(report_job.name, today)
 
 
 def _config_runner(defs, instance, tags, report: DemoReport, log):

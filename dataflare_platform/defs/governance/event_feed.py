@@ -132,6 +132,8 @@ def actor_of(run: dg.DagsterRun | None) -> str:
         return f"schedule:{tags['dagster/schedule_name']}"
     if "dataflare/client" in tags:
         return f"client:{tags['dataflare/client']}"
+    if "dataflare/launched_by" in tags:
+        return f"client:{tags['dataflare/launched_by']}"
     if "dagster/backfill" in tags:
         return f"user:backfill-{tags['dagster/backfill']}"
     if "dataflare/restart_of" in tags or "dagster/parent_run_id" in tags:

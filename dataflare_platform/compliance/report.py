@@ -98,6 +98,11 @@ class PiiRecord(_Plain):
     samples: list[str] = Field(default_factory=list)  # already redacted by compliance.pii
     classification: str | None = None  # what the column was declared, if anything
 
+    @property
+    def violation(self) -> bool:
+        """Raw PII is fine only where the column is declared to hold it."""
+        return self.classification != "pii_allowed"
+
     @classmethod
     def from_finding(cls, finding: PiiFinding, classification: str | None = None) -> PiiRecord:
         """From ``compliance.pii.scan_pii``'s output, whose samples are redacted there."""
@@ -275,7 +280,13 @@ class ComplianceSnapshot(_Plain):
 
     @property
     def pii_findings(self) -> int:
-        return sum(len(a.pii) for a in self.assets)
+        """Findings that break the policy: raw PII anywhere but a column allowed to
+        hold it."""
+        return sum(1 for a in self.assets for p in a.pii if p.violation)
+
+    @property
+    def pii_allowed(self) -> int:
+        return sum(1 for a in self.assets for p in a.pii if not p.violation)
 
     @property
     def open_alerts(self) -> list[AlertRecord]:
@@ -318,9 +329,12 @@ def _checks_line(s: ComplianceSnapshot) -> str:
 
 
 def _pii_line(s: ComplianceSnapshot) -> str:
-    rows = sum(p.rows for a in s.assets for p in a.pii)
+    rows = sum(p.rows for a in s.assets for p in a.pii if p.violation)
     line = f"PII findings: {_n(s.pii_findings)}"
-    return line + (f" ({_plural(rows, 'row')} with raw PII)" if s.pii_findings else "")
+    line += f" ({_plural(rows, 'row')} with raw PII)" if s.pii_findings else ""
+    if s.pii_allowed:
+        line += f"; {_n(s.pii_allowed)} in columns classified pii_allowed"
+    return line
 
 
 def _retention_line(s: ComplianceSnapshot) -> str:

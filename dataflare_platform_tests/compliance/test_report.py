@@ -421,3 +421,21 @@ def test_the_report_module_loads_without_dagster_or_the_data_engines():
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True
     )
     assert result.stdout.strip() == "[]", result.stdout
+
+
+def test_pii_in_a_column_allowed_to_hold_it_is_listed_but_is_no_violation():
+    allowed = PiiRecord(column="email", kind="email", rows=40, classification="pii_allowed")
+    leaked = PiiRecord(column="notes", kind="card", rows=2)
+    raw_zone = AssetCompliance(asset="nexmark/persons", pii=[allowed])
+    clean = ComplianceSnapshot(day=DAY, generated_at=NOW, assets=[raw_zone])
+    assert clean.pii_findings == 0 and not clean.needs_attention
+    assert headlines(clean)[1] == "PII findings: 0; 1 in columns classified pii_allowed"
+    mixed = ComplianceSnapshot(
+        day=DAY,
+        generated_at=NOW,
+        assets=[raw_zone, AssetCompliance(asset="crm/contacts", pii=[leaked])],
+    )
+    assert mixed.needs_attention
+    assert headlines(mixed)[1] == (
+        "PII findings: 1 (2 rows with raw PII); 1 in columns classified pii_allowed"
+    )

@@ -53,6 +53,9 @@ def pii_check(key: dg.AssetKey, spec: GovernedDataset) -> dg.AssetChecksDefiniti
                         "rows": f.rows,
                         "share": round(f.share, 6),
                         "samples_redacted": list(f.samples),
+                        "classification": (
+                            policy.columns[f.column].value if f.column in policy.columns else None
+                        ),
                     }
                     for f in findings
                 ]

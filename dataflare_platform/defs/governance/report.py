@@ -84,6 +84,7 @@ def gather(
                         kind=finding["kind"],
                         rows=finding["rows"],
                         samples=finding.get("samples_redacted", []),
+                        classification=finding.get("classification"),
                     )
                 )
     deletions = instance.fetch_materializations(

@@ -8,6 +8,7 @@ and rebuilt, so the next batch starts from a clean state."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import threading
 import time
@@ -158,6 +159,9 @@ class Plugin:
         self._lock = threading.Lock()  # stats, breaker, logs
         self._link_lock = threading.Lock()
         self._engine = shared_engine(self._fuel)
+        # What exactly was loaded, for the audit trail (the module, not its compiled cache).
+        raw = module.encode() if isinstance(module, str) else bytes(module)
+        self.sha256 = hashlib.sha256(raw).hexdigest()
         try:
             self._module = compile_module(module, self._fuel, cache_dir)
         except wasmtime.WasmtimeError as err:

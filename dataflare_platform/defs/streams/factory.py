@@ -19,6 +19,7 @@ import time
 import dagster as dg
 from pydantic import Field
 
+from dataflare_platform.defs.governance.audit import PLUGINS
 from dataflare_platform.defs.metadata import column_schema
 from dataflare_platform.defs.plugins.resources import PluginRuntimeResource
 from dataflare_platform.defs.resources import ProjectHomeResource
@@ -134,6 +135,11 @@ def pipeline_definitions(
         seconds = time.perf_counter() - started
         context.log.info(f"{spec.name}: {json.dumps(result.metrics.this_run())} up to {until}")
         metadata = _run_metadata(result, until, seconds)
+        if loaded:
+            # Which module each plugin step ran, recorded by the audit trail.
+            metadata[PLUGINS] = dg.MetadataValue.json(
+                {f"{p.name}@{step}": p.sha256 for step, p in loaded.items()}
+            )
         schema = output_schema(spec, home.root / "streams")
         if schema is not None:
             metadata["dagster/column_schema"] = column_schema(schema)

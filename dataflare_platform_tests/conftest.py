@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
+import psycopg
 import pytest
 
 from dataflare_platform.datagen import NexmarkConfig, write_nexmark
@@ -11,6 +13,7 @@ from dataflare_platform.home import ProjectHome
 from dataflare_platform_tests.nexmark_data import nexmark_tables
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_POSTGRES_DSN = "postgresql://postgres@127.0.0.1:5432/test"
 
 # 40k events at 0.3 events/s of event time: ~1.5 days, so two daily partitions.
 SMALL_CONFIG = NexmarkConfig(events=40_000, chunk_events=15_000, events_per_second=0.3)
@@ -41,3 +44,20 @@ def small_nexmark():
 def medium_nexmark():
     """60k events at 500 events/s: 2 minutes of event time, ~1100 persons/auctions."""
     return nexmark_tables(NexmarkConfig(events=60_000, events_per_second=500.0, seed=5))
+
+
+@pytest.fixture(scope="session")
+def dsn() -> str:
+    """The real PostgreSQL server the tests talk to (``.ci/run`` starts it): unreachable
+    is a failure, not a skip."""
+    dsn = os.environ.get("DATAFLARE_TEST_POSTGRES_DSN", DEFAULT_POSTGRES_DSN)
+    try:
+        with psycopg.connect(dsn, connect_timeout=5):
+            pass
+    except psycopg.OperationalError as err:
+        pytest.fail(
+            f"PostgreSQL is not reachable at {dsn} ({str(err).strip()}): start it or set"
+            " DATAFLARE_TEST_POSTGRES_DSN",
+            pytrace=False,
+        )
+    return dsn

@@ -15,7 +15,6 @@ import hashlib
 import itertools
 import json
 import multiprocessing
-import os
 import stat
 import uuid
 from collections.abc import Iterator
@@ -46,23 +45,6 @@ from dataflare_platform.compliance.audit_keys import (
 )
 from dataflare_platform.errors import ConfigError
 from dataflare_platform.home import ProjectHome
-
-DEFAULT_DSN = "postgresql://postgres@127.0.0.1:5432/test"
-
-
-@pytest.fixture(scope="session")
-def dsn() -> str:
-    dsn = os.environ.get("DATAFLARE_TEST_POSTGRES_DSN", DEFAULT_DSN)
-    try:
-        with psycopg.connect(dsn, connect_timeout=5):
-            pass
-    except psycopg.OperationalError as err:
-        pytest.fail(
-            f"PostgreSQL is not reachable at {dsn} ({str(err).strip()}): the audit log"
-            " tests need a server; start one or set DATAFLARE_TEST_POSTGRES_DSN",
-            pytrace=False,
-        )
-    return dsn
 
 
 @pytest.fixture

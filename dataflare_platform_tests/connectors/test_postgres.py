@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import datetime as dt
 import math
-import os
 import threading
 import uuid
 
@@ -35,6 +34,7 @@ from dataflare_platform.queries.nexmark import (
     NexmarkSources,
     ground_truth,
 )
+from dataflare_platform_tests.conftest import DEFAULT_POSTGRES_DSN
 from dataflare_platform_tests.connectors.sink_helpers import (
     collect,
     same_rows,
@@ -44,23 +44,7 @@ from dataflare_platform_tests.connectors.sink_helpers import (
 from dataflare_platform_tests.nexmark_data import truth_connection
 from dataflare_platform_tests.processes import kill_until_done
 
-DEFAULT_DSN = "postgresql://postgres@127.0.0.1:5432/test"
 CONFIG = RunnerConfig(batch_rows=100, checkpoint_every=3)
-
-
-@pytest.fixture(scope="session")
-def dsn() -> str:
-    dsn = os.environ.get("DATAFLARE_TEST_POSTGRES_DSN", DEFAULT_DSN)
-    try:
-        with psycopg.connect(dsn, connect_timeout=5):
-            pass
-    except psycopg.OperationalError as err:
-        pytest.fail(
-            f"PostgreSQL is not reachable at {dsn} ({str(err).strip()}): the PostgreSQL sink"
-            " tests need a server; start one or set DATAFLARE_TEST_POSTGRES_DSN",
-            pytrace=False,
-        )
-    return dsn
 
 
 @pytest.fixture
@@ -94,7 +78,7 @@ def fetch(dsn: str, query: str) -> pl.DataFrame:
     ],
 )
 def test_bad_settings_are_refused_naming_the_field(kwargs, field):
-    values = {"dsn": DEFAULT_DSN, "table": "out", **kwargs}
+    values = {"dsn": DEFAULT_POSTGRES_DSN, "table": "out", **kwargs}
     with pytest.raises(ConfigError) as err:
         PostgresSink(**values)
     assert err.value.fields == [field] or err.value.fields[0].startswith(field)

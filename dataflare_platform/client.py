@@ -10,6 +10,10 @@ It talks to a running web server (``make ui`` / ``dataflare ui`` starts one on
     client.wait(run_id, timeout_s=600)  # "SUCCESS"
     client.asset_metadata("nexmark/bids")  # {"dagster/row_count": 123, ...}
     run_id = client.materialize(["nexmark/daily_seller_stats"], partition="2024-01-01")
+    backfill_id = client.backfill(
+        "nexmark_daily_stats_job", partition_range=("2026-01-01", "2026-01-07")
+    )
+    client.wait_backfill(backfill_id, timeout_s=1800)  # "COMPLETED_SUCCESS"
 
 Launching, run status and termination go through ``dagster_graphql.DagsterGraphQLClient``;
 what it does not cover (listing jobs and assets for clear errors, logs, asset metadata) is a
@@ -38,6 +42,11 @@ from dataflare_platform.errors import DataflareError
 ASSET_JOB = "__ASSET_JOB"
 PARTITION_TAG = "dagster/partition"
 TERMINAL_STATUSES = frozenset({"SUCCESS", "FAILURE", "CANCELED"})
+# A backfill is REQUESTED while the daemon submits its runs and they run; a job backfill
+# turns COMPLETED_SUCCESS / COMPLETED_FAILED only once every run has finished.
+BACKFILL_TERMINAL_STATUSES = frozenset(
+    {"COMPLETED", "COMPLETED_SUCCESS", "COMPLETED_FAILED", "FAILED", "CANCELED"}
+)
 
 AssetKeyLike = str | Sequence[str] | Any  # "a/b", ["a", "b"] or a dagster AssetKey
 
@@ -115,6 +124,41 @@ class RunTimeoutError(DataflareClientError, TimeoutError):
                 "(`make ui` runs `dagster dev`, which starts both)"
             )
         super().__init__(f"run {run_id} still {status} after {timeout_s:g} s{hint}")
+
+
+class BackfillNotFoundError(DataflareClientError):
+    """No backfill with this id exists in the instance."""
+
+
+class BackfillTimeoutError(DataflareClientError, TimeoutError):
+    """``wait_backfill`` gave up before the backfill reached a final status."""
+
+    def __init__(self, backfill_id: str, status: str, timeout_s: float) -> None:
+        self.backfill_id = backfill_id
+        self.status = status
+        hint = (
+            "; backfills are submitted and followed by dagster-daemon, which must run next "
+            "to the web server (`make ui` runs `dagster dev`, which starts both)"
+            if status == "REQUESTED"
+            else ""
+        )
+        super().__init__(f"backfill {backfill_id} still {status} after {timeout_s:g} s{hint}")
+
+
+@dataclass(frozen=True)
+class BackfillStatus:
+    """Where a backfill stands: its status, the partitions it targets and, per partition
+    it launched a run for, that run's id and status (absent: not launched yet)."""
+
+    backfill_id: str
+    status: str
+    partitions: list[str]
+    runs: dict[str, tuple[str, str]]  # partition -> (run id, run status)
+    error: str | None = None
+
+    @property
+    def done(self) -> bool:
+        return self.status in BACKFILL_TERMINAL_STATUSES
 
 
 @dataclass(frozen=True)
@@ -282,6 +326,62 @@ query DataflareAssetMetadata($key: AssetKeyInput!, $partitions: [String!]) {
 }
 """
 )
+
+
+PARTITION_SETS_QUERY = """
+query DataflarePartitionSets($repositorySelector: RepositorySelector!, $job: String!) {
+  partitionSetsOrError(repositorySelector: $repositorySelector, pipelineName: $job) {
+    __typename
+    ... on PartitionSets {
+      results {
+        name
+        partitionsOrError {
+          __typename
+          ... on Partitions { results { name } }
+          ... on Error { message }
+        }
+      }
+    }
+    ... on Error { message }
+  }
+}
+"""
+
+LAUNCH_BACKFILL_MUTATION = """
+mutation DataflareLaunchBackfill($params: LaunchBackfillParams!) {
+  launchPartitionBackfill(backfillParams: $params) {
+    __typename
+    ... on LaunchBackfillSuccess { backfillId }
+    ... on PartitionKeysNotFoundError { partitionKeys }
+    ... on Error { message }
+  }
+}
+"""
+
+BACKFILL_STATE_QUERY = """
+query DataflareBackfillState($id: String!) {
+  partitionBackfillOrError(backfillId: $id) {
+    __typename
+    ... on PartitionBackfill { status }
+    ... on Error { message }
+  }
+}
+"""
+
+BACKFILL_STATUS_QUERY = """
+query DataflareBackfill($id: String!) {
+  partitionBackfillOrError(backfillId: $id) {
+    __typename
+    ... on PartitionBackfill {
+      id status partitionNames
+      error { message }
+      partitionStatuses { results { partitionName runId runStatus } }
+      runs { runId status tags { key value } }
+    }
+    ... on Error { message }
+  }
+}
+"""
 
 
 class DataflareClient:
@@ -469,6 +569,177 @@ class DataflareClient:
         if partition is not None:
             all_tags[PARTITION_TAG] = partition
         return self._launch(ref, run_config, all_tags, asset_selection=wanted)
+
+    # -- backfills -----------------------------------------------------------------------
+
+    def _job_partition_names(self, ref: JobRef) -> tuple[str, list[str]]:
+        """The job's partition set name and every partition key, oldest first."""
+        result = self.query(
+            PARTITION_SETS_QUERY,
+            {
+                "repositorySelector": {
+                    "repositoryName": ref.repository,
+                    "repositoryLocationName": ref.location,
+                },
+                "job": ref.name,
+            },
+        )["partitionSetsOrError"]
+        if result["__typename"] != "PartitionSets":
+            raise DataflareClientError(f"cannot list partitions of {ref.name!r}: {result}")
+        if not result["results"]:
+            raise DataflareClientError(f"job {ref.name!r} is not partitioned: nothing to backfill")
+        partition_set = result["results"][0]
+        names = partition_set["partitionsOrError"]
+        if names["__typename"] != "Partitions":
+            raise DataflareClientError(
+                f"cannot list partitions of {ref.name!r}: {names.get('message')}"
+            )
+        return partition_set["name"], [p["name"] for p in names["results"]]
+
+    @staticmethod
+    def _slice_range(names: Sequence[str], start: str, end: str, what: str) -> list[str]:
+        missing = [key for key in (start, end) if key not in names]
+        if missing:
+            span = f"{names[0]} … {names[-1]}" if names else "none"
+            raise DataflareClientError(
+                f"unknown partition(s) {', '.join(missing)} of {what}; its partitions: {span}"
+            )
+        first, last = names.index(start), names.index(end)
+        if first > last:
+            raise DataflareClientError(f"empty partition range {start} … {end} of {what}")
+        return list(names[first : last + 1])
+
+    def backfill(
+        self,
+        job: str | None = None,
+        *,
+        partitions: Sequence[str] | None = None,
+        partition_range: tuple[str, str] | None = None,
+        asset_selection: Iterable[AssetKeyLike] | None = None,
+        tags: Mapping[str, str] | None = None,
+        title: str | None = None,
+        repository_location_name: str | None = None,
+    ) -> str:
+        """Launch a backfill; return its id. The daemon submits one run per partition.
+
+        Target either a partitioned ``job`` or an ``asset_selection`` (an asset backfill,
+        which also materializes the assets' partitions in dependency order), over either
+        the listed ``partitions`` or the inclusive ``partition_range=(first, last)``.
+        """
+        if (job is None) == (asset_selection is None):
+            raise DataflareClientError("backfill needs a job or an asset selection (not both)")
+        if (partitions is None) == (partition_range is None):
+            raise DataflareClientError("backfill needs partitions or a partition_range (not both)")
+        if partitions is not None and not partitions:
+            raise DataflareClientError("backfill needs at least one partition")
+        params: dict[str, Any] = {
+            "tags": [{"key": str(k), "value": str(v)} for k, v in (tags or {}).items()],
+        }
+        if title is not None:
+            params["title"] = title
+        if job is not None:
+            ref = self._resolve_job(job, repository_location_name)
+            partition_set, names = self._job_partition_names(ref)
+            if partition_range is not None:
+                partitions = self._slice_range(names, *partition_range, what=f"job {job!r}")
+            params["selector"] = {
+                "partitionSetName": partition_set,
+                "repositorySelector": {
+                    "repositoryName": ref.repository,
+                    "repositoryLocationName": ref.location,
+                },
+            }
+            params["partitionNames"] = list(partitions or [])
+            what = f"job {job!r}"
+        else:
+            wanted = [asset_key_path(k) for k in asset_selection or []]
+            if not wanted:
+                raise DataflareClientError("backfill needs at least one asset key")
+            known = {
+                "/".join(n["assetKey"]["path"]) for n in self.query(ASSETS_QUERY)["assetNodes"]
+            }
+            missing = ["/".join(p) for p in wanted if "/".join(p) not in known]
+            if missing:
+                raise UnknownAssetError(missing, sorted(known))
+            if partition_range is not None:
+                start, end = partition_range
+                params["partitionsByAssets"] = [
+                    {"assetKey": {"path": p}, "partitions": {"range": {"start": start, "end": end}}}
+                    for p in wanted
+                ]
+            else:
+                params["assetSelection"] = [{"path": p} for p in wanted]
+                params["partitionNames"] = list(partitions or [])
+            what = "assets " + ", ".join("/".join(p) for p in wanted)
+        result = self.query(LAUNCH_BACKFILL_MUTATION, {"params": params})["launchPartitionBackfill"]
+        kind = result["__typename"]
+        if kind == "LaunchBackfillSuccess":
+            return result["backfillId"]
+        if kind == "PartitionKeysNotFoundError":
+            raise DataflareClientError(
+                f"unknown partition(s) of {what}: {', '.join(result['partitionKeys'])}"
+            )
+        raise LaunchError(f"cannot backfill {what}: {kind}: {result.get('message')}")
+
+    def _backfill_query(self, query: str, backfill_id: str) -> dict[str, Any]:
+        result = self.query(query, {"id": backfill_id})["partitionBackfillOrError"]
+        if result["__typename"] != "PartitionBackfill":
+            if result["__typename"] == "BackfillNotFoundError":
+                raise BackfillNotFoundError(f"no backfill with id {backfill_id!r}")
+            raise DataflareClientError(
+                f"cannot get the status of backfill {backfill_id}: {result.get('message')}"
+            )
+        return result
+
+    def backfill_status(self, backfill_id: str) -> BackfillStatus:
+        """The backfill's status (REQUESTED, COMPLETED_SUCCESS, COMPLETED_FAILED, FAILED,
+        CANCELED, ...) with the run of each partition launched so far."""
+        result = self._backfill_query(BACKFILL_STATUS_QUERY, backfill_id)
+        runs: dict[str, tuple[str, str]] = {}
+        statuses = (result.get("partitionStatuses") or {}).get("results") or []
+        for entry in statuses:  # job backfills: one entry per partition
+            if entry["runId"]:
+                runs[entry["partitionName"]] = (entry["runId"], entry["runStatus"])
+        for run in result.get("runs") or []:  # asset backfills: the partition tag of each run
+            tags = {t["key"]: t["value"] for t in run["tags"]}
+            if PARTITION_TAG in tags:
+                runs.setdefault(tags[PARTITION_TAG], (run["runId"], run["status"]))
+        return BackfillStatus(
+            backfill_id=result["id"],
+            status=result["status"],
+            partitions=list(result.get("partitionNames") or []),
+            runs=runs,
+            error=(result.get("error") or {}).get("message"),
+        )
+
+    def wait_backfill(self, backfill_id: str, timeout_s: float = 1800.0) -> BackfillStatus:
+        """Poll until the backfill ends; return its final ``BackfillStatus``.
+
+        Polls ask for the status alone (the per-partition runs are read once, at the
+        end), and a poll the server is too busy to answer in time is retried until the
+        deadline: a backfill keeps the machine busy, so a slow answer is expected, unlike
+        a refused connection, which still fails at once. Raises ``BackfillTimeoutError``
+        (a ``TimeoutError``) naming the backfill and its last status.
+        """
+        deadline = time.monotonic() + timeout_s
+        interval = self.poll_interval_s
+        status = "unknown"
+        while True:
+            try:
+                status = self._backfill_query(BACKFILL_STATE_QUERY, backfill_id)["status"]
+            except ServerUnreachableError as err:
+                if not isinstance(err.__cause__, requests.exceptions.Timeout):
+                    # A kept-alive connection the server closed just then fails the same
+                    # way as a server that is gone: one fresh attempt tells them apart.
+                    status = self._backfill_query(BACKFILL_STATE_QUERY, backfill_id)["status"]
+            if status in BACKFILL_TERMINAL_STATUSES:
+                return self.backfill_status(backfill_id)
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise BackfillTimeoutError(backfill_id, status, timeout_s)
+            time.sleep(min(interval, remaining))
+            # under the web server's 5 s keep-alive, so polls rarely race its closing
+            interval = min(interval * 1.5, 4.0)
 
     # -- following runs ------------------------------------------------------------------
 

@@ -27,6 +27,28 @@ storage:
       env: DAGSTER_HOME
 telemetry:
   enabled: false
+# Runs stuck STARTING (launch lost) or CANCELING (worker gone) are failed / canceled after
+# the timeouts. The default run launcher cannot check a STARTED run's worker and cannot
+# resume a run (max_resume_run_attempts must stay 0); a killed worker of a live code server
+# is marked FAILED by that server within a second (docs/operations.md, "Continuous runs").
+run_monitoring:
+  enabled: true
+  poll_interval_seconds: 30
+  start_timeout_seconds: 180
+  cancel_timeout_seconds: 180
+  max_resume_run_attempts: 0
+# The daemon re-executes a FAILED run only if it opts in with the dagster/max_retries tag
+# (the <pipeline>_continuous jobs do: 3 retries per run group, each resuming from the
+# pipeline's checkpoint after a growing delay). Other jobs are never retried.
+run_retries:
+  enabled: true
+  max_retries: 0
+# One writer per DuckDB file: assets and ops writing one declare the same pool
+# (defs/pools.py), and a run waits in the queue while another run holds that pool.
+concurrency:
+  pools:
+    default_limit: 1
+    granularity: run
 """
 
 

@@ -55,3 +55,27 @@ def test_ruff_is_clean(args):
         text=True,
     )
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_every_control_plane_module_imports_on_its_own():
+    """Each defs module imported first, in a fresh interpreter: an import cycle between
+    domains shows only for some import orders (a run worker loads one module first)."""
+    modules = sorted(
+        ".".join(p.relative_to(REPO_ROOT).with_suffix("").parts).removesuffix(".__init__")
+        for p in (PACKAGE / "defs").rglob("*.py")
+    )
+    code = (
+        "import importlib, subprocess, sys\n"
+        "bad = []\n"
+        "for name in sys.argv[1:]:\n"
+        "    r = subprocess.run([sys.executable, '-c', f'import {name}'], capture_output=True,"
+        " text=True)\n"
+        "    if r.returncode:\n"
+        "        bad.append(name + ': ' + r.stderr.strip().splitlines()[-1])\n"
+        "print('\\n'.join(bad))\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code, *modules], capture_output=True, text=True, cwd=REPO_ROOT
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "", out.stdout

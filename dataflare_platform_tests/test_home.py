@@ -1,5 +1,6 @@
 from pathlib import Path
 
+import dagster as dg
 import pytest
 import yaml
 
@@ -34,6 +35,17 @@ def test_local_dagster_yaml_is_sqlite_without_telemetry():
     config = yaml.safe_load(shipped)
     assert "sqlite" in config["storage"]
     assert config["telemetry"]["enabled"] is False
+
+
+def test_local_instance_monitors_runs_and_retries_only_opted_in_jobs(home):
+    """Dagster reads the shipped settings as meant: monitoring on (resume off, the default
+    launcher cannot resume), run retries on with no retries unless a job's tag asks."""
+    with dg.DagsterInstance.from_config(str(home.dagster_home)) as instance:
+        assert instance.run_monitoring_enabled
+        assert instance.run_monitoring_max_resume_run_attempts == 0
+        assert not instance.run_launcher.supports_resume_run
+        assert instance.run_monitoring_poll_interval_seconds == 30
+        assert instance.run_retries_enabled and instance.run_retries_max_retries == 0
 
 
 @pytest.mark.parametrize("make_bad", ["file", "below_file"])

@@ -4,6 +4,9 @@ import dagster as dg
 import pyarrow as pa
 
 PREVIEW_ROWS = 5
+# Metadata key of a stream run: plugin step -> sha256 of the module it ran (the audit
+# trail turns it into plugin_loaded entries).
+PLUGINS = "plugins"
 _PREVIEW_CELL_CHARS = 40
 
 

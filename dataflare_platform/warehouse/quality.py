@@ -12,7 +12,14 @@ from datetime import date
 import duckdb
 
 from dataflare_platform.warehouse.connection import scalar
-from dataflare_platform.warehouse.stats import DAILY_SELLER_STATS_DDL, DAILY_SELLER_STATS_TABLE
+from dataflare_platform.warehouse.stats import (
+    DAILY_CATEGORY_STATS_DDL,
+    DAILY_CATEGORY_STATS_TABLE,
+    DAILY_PERSON_ACTIVITY_DDL,
+    DAILY_PERSON_ACTIVITY_TABLE,
+    DAILY_SELLER_STATS_DDL,
+    DAILY_SELLER_STATS_TABLE,
+)
 
 
 @dataclass(frozen=True)
@@ -80,6 +87,28 @@ DAILY_SELLER_STATS_RULES = {
     "activity_present": "auctions_created = 0 AND bids = 0",
 }
 
+DAILY_CATEGORY_STATS_RULES = {
+    "category_present": "category IS NULL",
+    "counts_not_negative": "auctions_opened < 0 OR auctions_closed < 0 OR bids < 0",
+    # A closed auction has a winning bid, hence a positive price; none closed, no price.
+    # (spelt out: ``NOT (NULL > 0)`` is NULL, which would let a missing price pass)
+    "winning_price_positive": "auctions_closed > 0 "
+    "AND (avg_winning_price IS NULL OR avg_winning_price <= 0)",
+    "no_price_without_winner": "auctions_closed = 0 AND avg_winning_price IS NOT NULL",
+    "activity_present": "auctions_opened = 0 AND auctions_closed = 0 AND bids = 0",
+}
+
+DAILY_PERSON_ACTIVITY_RULES = {
+    "person_present": "person IS NULL",
+    "activity_order": "first_activity > last_activity",
+    "activity_on_the_day": "CAST(first_activity AS DATE) <> day "
+    "OR CAST(last_activity AS DATE) <> day",
+    "distinct_auctions_not_above_bids": "distinct_auctions_bid > bids",
+    # Prices are positive cents: n bids amount to at least n, and no bids to nothing.
+    "amount_matches_bids": "amount_bid < bids OR (bids = 0 AND amount_bid <> 0)",
+    "activity_present": "NOT is_new AND bids = 0 AND auctions_opened = 0",
+}
+
 
 def check_bids(conn: duckdb.DuckDBPyConnection) -> QualityReport:
     return _run_rules(conn, "bids", BID_RULES, empty_is_failure=True)
@@ -95,6 +124,30 @@ def check_daily_seller_stats(conn: duckdb.DuckDBPyConnection, day: date) -> Qual
         conn,
         DAILY_SELLER_STATS_TABLE,
         DAILY_SELLER_STATS_RULES,
+        where="day = $day",
+        params={"day": day},
+        empty_is_failure=True,
+    )
+
+
+def check_daily_category_stats(conn: duckdb.DuckDBPyConnection, day: date) -> QualityReport:
+    conn.execute(DAILY_CATEGORY_STATS_DDL)
+    return _run_rules(
+        conn,
+        DAILY_CATEGORY_STATS_TABLE,
+        DAILY_CATEGORY_STATS_RULES,
+        where="day = $day",
+        params={"day": day},
+        empty_is_failure=True,
+    )
+
+
+def check_daily_person_activity(conn: duckdb.DuckDBPyConnection, day: date) -> QualityReport:
+    conn.execute(DAILY_PERSON_ACTIVITY_DDL)
+    return _run_rules(
+        conn,
+        DAILY_PERSON_ACTIVITY_TABLE,
+        DAILY_PERSON_ACTIVITY_RULES,
         where="day = $day",
         params={"day": day},
         empty_is_failure=True,

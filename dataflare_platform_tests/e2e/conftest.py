@@ -1,5 +1,8 @@
-"""A real dagster-webserver on a free loopback port, serving the code location."""
+"""A real dagster-webserver on a free loopback port, serving the code location, and a
+real dagster-daemon next to it (shared by the client and backfill tests)."""
 
+import os
+import signal
 import socket
 import subprocess
 import sys
@@ -52,3 +55,74 @@ def webserver(landed_home, tmp_path):
         finally:
             proc.terminate()
             proc.wait(timeout=30)
+
+
+@pytest.fixture
+def dagster_yaml_overrides() -> dict:
+    """Settings merged over the home's shipped ``dagster.yaml`` before ``dagster dev``
+    starts; a test module overrides this fixture to shorten intervals."""
+    return {}
+
+
+@pytest.fixture
+def dagster_dev(home, tmp_path, monkeypatch, dagster_yaml_overrides):
+    """``dagster dev`` (web server, daemon, code server) in its own process group, on the
+    test's DAGSTER_HOME with the shipped instance settings (plus any overrides)."""
+    import yaml
+
+    from dataflare_platform.client import DataflareClient
+
+    if dagster_yaml_overrides:
+        instance_yaml = home.dagster_home / "dagster.yaml"
+        settings = yaml.safe_load(instance_yaml.read_text())
+        for section, values in dagster_yaml_overrides.items():
+            settings[section] = {**settings.get(section, {}), **values}
+        instance_yaml.write_text(yaml.safe_dump(settings))
+    monkeypatch.setenv("DATAFLARE_SENSOR_INTERVAL", "1s")
+    port = _free_port()
+    dagster_bin = Path(sys.executable).with_name("dagster")
+    log_path = tmp_path / "dagster_dev.log"
+    log = log_path.open("w")
+    proc = subprocess.Popen(
+        [
+            *(str(dagster_bin), "dev", "-m", "dataflare_platform.definitions"),
+            *("-h", "127.0.0.1", "-p", str(port)),
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    try:
+        wait_until_serving(proc, port, log_path, "dagster dev")
+        yield DataflareClient(port=port, timeout_s=60)
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        log.close()
+
+
+@pytest.fixture
+def daemon(landed_home, tmp_path):
+    """``dagster-daemon run`` on the same code location and DAGSTER_HOME as the server."""
+    daemon_bin = Path(sys.executable).with_name("dagster-daemon")
+    log = (tmp_path / "daemon.log").open("w")
+    proc = subprocess.Popen(
+        [str(daemon_bin), "run", "-m", "dataflare_platform.definitions"],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,  # its code server dies with it (one process group)
+    )
+    try:
+        yield proc
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        log.close()

@@ -7,12 +7,7 @@ as ``dagster dev`` (``make ui``) does.
 """
 
 import json
-import os
-import signal
-import subprocess
-import sys
 import time
-from pathlib import Path
 
 import pytest
 import typer
@@ -35,29 +30,6 @@ from dataflare_platform_tests.e2e.conftest import _free_port
 pytestmark = pytest.mark.e2e
 
 RUN_TIMEOUT_S = 300
-
-
-@pytest.fixture
-def daemon(landed_home, tmp_path):
-    """``dagster-daemon run`` on the same code location and DAGSTER_HOME as the server."""
-    daemon_bin = Path(sys.executable).with_name("dagster-daemon")
-    log = (tmp_path / "daemon.log").open("w")
-    proc = subprocess.Popen(
-        [str(daemon_bin), "run", "-m", "dataflare_platform.definitions"],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,  # its code server dies with it (one process group)
-    )
-    try:
-        yield proc
-    finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-        log.close()
 
 
 def _cli() -> typer.Typer:

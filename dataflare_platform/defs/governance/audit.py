@@ -25,10 +25,10 @@ from dataflare_platform.defs.governance.event_feed import (
     read_cursor,
 )
 from dataflare_platform.defs.governance.resources import GovernanceResource
+from dataflare_platform.defs.metadata import PLUGINS
 
 AUDIT_LOG_KEY = dg.AssetKey(["governance", "audit_log"])
 RETENTION_ACTIONS = "retention_actions"  # metadata key of the retention asset
-PLUGINS = "plugins"  # metadata key: plugin name -> sha256 loaded by a run
 CONFIG_CURSOR = "config"
 
 

@@ -11,6 +11,8 @@ defs = dg.Definitions(
         assets.auctions,
         assets.bids,
         assets.daily_seller_stats,
+        assets.daily_category_stats,
+        assets.daily_person_activity,
     ],
     asset_checks=[checks.bids_valid, checks.auctions_valid],
     jobs=[jobs.ingest_job, jobs.daily_stats_job],

@@ -1,7 +1,15 @@
 """Continuous mode of a declarative pipeline: a job whose one op runs the pipeline until
 the run is terminated, reporting each committed checkpoint as a materialization of the
-pipeline's asset, and a run-failure sensor that relaunches a crashed run a bounded number
-of times.
+pipeline's asset.
+
+Crash restarts are Dagster's own run retries, not a sensor of ours: the job carries the
+``dagster/max_retries`` tag, so with ``run_retries: enabled`` in the instance's
+``dagster.yaml`` the daemon re-executes a FAILED run (a worker killed by SIGKILL or the OOM
+killer is marked FAILED by the code server that spawned it) at most ``MAX_RESTARTS`` times
+per run group, tagging each retry ``dagster/retry_number``. Dagster's retries have no delay
+(1.13), so the op itself waits ``restart_delay_s`` before resuming on a retry: a crash loop
+backs off exponentially instead of spinning. One mechanism only, so a crash is never
+relaunched twice; the retry resumes from the pipeline's last checkpoint like any launch.
 
 Termination (the UI's Terminate button, ``DataflareClient.terminate``) interrupts the
 op's thread with ``DagsterExecutionInterruptedError``: the op then sets the engine's stop
@@ -9,10 +17,13 @@ event, so the engine finishes the batch in flight and commits a checkpoint, repo
 re-raises (the run ends CANCELED). The next launch resumes from that checkpoint.
 """
 
+import time
+
 import dagster as dg
 from pydantic import Field
 
 from dataflare_platform.defs.plugins.resources import PluginRuntimeResource
+from dataflare_platform.defs.pools import stream_pool
 from dataflare_platform.defs.resources import ProjectHomeResource
 from dataflare_platform.engine.runner import RunnerConfig
 from dataflare_platform.engine.spec import PipelineSpec
@@ -25,7 +36,12 @@ from dataflare_platform.pipelines.continuous import (
 from dataflare_platform.plugins.specs import load_plugins, plugin_steps
 
 MAX_RESTARTS = 3
-ATTEMPT_TAG = "dataflare/attempt"
+# Dagster's run-retry tags (dagster._core.storage.tags; not re-exported by ``dagster``).
+MAX_RETRIES_TAG = "dagster/max_retries"
+ATTEMPT_TAG = "dagster/retry_number"
+WILL_RETRY_TAG = "dagster/will_retry"
+DEFAULT_RESTART_BACKOFF_S = 5.0
+MAX_RESTART_BACKOFF_S = 300.0
 STOP_TIMEOUT_S = 120.0
 IN_PROGRESS = [
     dg.DagsterRunStatus.QUEUED,
@@ -41,6 +57,22 @@ class ContinuousConfig(dg.Config):
         gt=0,
         description="Commit a checkpoint (and report it) at least this often while events flow.",
     )
+    restart_backoff_s: float = Field(
+        default=DEFAULT_RESTART_BACKOFF_S,
+        ge=0,
+        description=(
+            "An automatic retry waits this long before resuming, doubling per retry "
+            f"(capped at {MAX_RESTART_BACKOFF_S:g} s), so a crash loop does not spin."
+        ),
+    )
+
+
+def restart_delay_s(attempt: int, backoff_s: float) -> float:
+    """Wait before retry ``attempt`` (0 = a normal launch, no wait): exponential, capped,
+    so that a pipeline crashing on start does not burn its retries in seconds."""
+    if attempt <= 0 or backoff_s <= 0:
+        return 0.0
+    return min(backoff_s * 2 ** (attempt - 1), MAX_RESTART_BACKOFF_S)
 
 
 def continuous_job_name(spec: PipelineSpec) -> str:
@@ -61,12 +93,15 @@ def _metadata(report: CheckpointReport) -> dict[str, object]:
     return values
 
 
-def continuous_definitions(
-    spec: PipelineSpec, key: dg.AssetKey, sensor_interval_s: int
-) -> dg.Definitions:
+def continuous_definitions(spec: PipelineSpec, key: dg.AssetKey) -> dg.Definitions:
+    """The ``<name>_continuous`` job (restarts: Dagster's run retries, see the op)."""
     name = continuous_job_name(spec)
 
-    @dg.op(name=f"run_{name}", description=f"Runs {spec.name!r} continuously until terminated.")
+    @dg.op(
+        name=f"run_{name}",
+        description=f"Runs {spec.name!r} continuously until terminated.",
+        pool=stream_pool(spec.name),
+    )
     def run_continuously(
         context: dg.OpExecutionContext,
         config: ContinuousConfig,
@@ -75,7 +110,23 @@ def continuous_definitions(
     ) -> None:
         others = [r for r in continuous_in_progress(context.instance, spec) if r != context.run_id]
         if others:
+            # A duplicate launch: retrying it would only fail again, so opt this run out.
+            context.instance.add_run_tags(context.run_id, {MAX_RETRIES_TAG: "0"})
             raise dg.Failure(f"{spec.name} already runs continuously in run(s) {others}")
+        if not context.instance.run_retries_enabled:
+            context.log.warning(
+                f"{spec.name}: run_retries is off in this instance's dagster.yaml; "
+                "a crashed continuous run will not be restarted"
+            )
+        attempt = int(context.run.tags.get(ATTEMPT_TAG, "0"))
+        delay = restart_delay_s(attempt, config.restart_backoff_s)
+        if attempt:
+            limit = context.run.tags.get(MAX_RETRIES_TAG, "?")
+            context.log.info(
+                f"{spec.name}: automatic restart {attempt} of {limit} "
+                f"(after run {context.run.parent_run_id}); resuming in {delay:g} s"
+            )
+            time.sleep(delay)  # a termination interrupts the wait (run ends CANCELED)
         home = dataflare.home
         loaded = load_plugins(spec, plugins.registry()) if plugin_steps(spec) else None
         run = ContinuousRun(
@@ -109,34 +160,18 @@ def continuous_definitions(
     @dg.job(
         name=name,
         executor_def=dg.in_process_executor,
-        tags={"dataflare/pipeline": spec.name, "dataflare/mode": "continuous"},
+        tags={
+            "dataflare/pipeline": spec.name,
+            "dataflare/mode": "continuous",
+            MAX_RETRIES_TAG: str(MAX_RESTARTS),
+        },
         description=(
             f"{spec.name} as a long-running run: terminate it to stop (graceful); "
-            "a new launch resumes from its checkpoint."
+            "a new launch resumes from its checkpoint. A crashed run is retried by Dagster "
+            f"(run_retries) up to {MAX_RESTARTS} times, with a growing delay."
         ),
     )
     def job():
         run_continuously()
 
-    @dg.run_failure_sensor(
-        name=f"{name}_restart",
-        monitored_jobs=[job],
-        request_job=job,
-        minimum_interval_seconds=sensor_interval_s,
-        default_status=dg.DefaultSensorStatus.RUNNING,
-        description=f"Relaunches a failed {name} run, at most {MAX_RESTARTS} times in a row.",
-    )
-    def restart(context: dg.RunFailureSensorContext):
-        failed = context.dagster_run
-        attempt = int(failed.tags.get(ATTEMPT_TAG, "0"))
-        if attempt >= MAX_RESTARTS:
-            return dg.SkipReason(f"{failed.run_id} failed after {attempt} restarts: giving up")
-        if continuous_in_progress(context.instance, spec):
-            return dg.SkipReason(f"{name} already has a run in progress")
-        return dg.RunRequest(
-            run_key=f"restart:{failed.run_id}",
-            run_config=failed.run_config,
-            tags={ATTEMPT_TAG: str(attempt + 1), "dataflare/restart_of": failed.run_id},
-        )
-
-    return dg.Definitions(jobs=[job], sensors=[restart])
+    return dg.Definitions(jobs=[job])

@@ -19,9 +19,9 @@ import time
 import dagster as dg
 from pydantic import Field
 
-from dataflare_platform.defs.governance.audit import PLUGINS
-from dataflare_platform.defs.metadata import column_schema
+from dataflare_platform.defs.metadata import PLUGINS, column_schema
 from dataflare_platform.defs.plugins.resources import PluginRuntimeResource
+from dataflare_platform.defs.pools import stream_pool
 from dataflare_platform.defs.resources import ProjectHomeResource
 from dataflare_platform.defs.streams.continuous import (
     continuous_definitions,
@@ -103,6 +103,7 @@ def pipeline_definitions(
 
     @dg.asset(
         key=key,
+        pool=stream_pool(spec.name),
         deps=[topic_key(t) for t in topics_of(spec).values()],
         group_name=catalog.group,
         owners=catalog.owners or None,
@@ -185,7 +186,7 @@ def pipeline_definitions(
 
     return dg.Definitions.merge(
         dg.Definitions(assets=[stream_output], jobs=[job], sensors=[stream_sensor]),
-        continuous_definitions(spec, key, interval_s),
+        continuous_definitions(spec, key),
     )
 
 

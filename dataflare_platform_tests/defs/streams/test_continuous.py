@@ -1,7 +1,9 @@
 """The continuous job in process: checkpoints become materializations of the pipeline's
 asset, an interrupt (what terminating a run sends) stops it gracefully with a final
-checkpoint, the next launch resumes; the restart sensor relaunches failed runs a bounded
-number of times; the micro-batch sensor stands aside while a continuous run is active."""
+checkpoint, the next launch resumes; a failed run is left to Dagster's run retries
+(bounded by the job's ``dagster/max_retries`` tag, a duplicate launch opted out) and a
+retry waits a growing delay before resuming; the micro-batch sensor stands aside while a
+continuous run is active."""
 
 import os
 import signal
@@ -11,7 +13,14 @@ import time
 import dagster as dg
 import pytest
 
-from dataflare_platform.defs.streams.continuous import ATTEMPT_TAG, MAX_RESTARTS
+from dataflare_platform.defs.streams.continuous import (
+    ATTEMPT_TAG,
+    MAX_RESTART_BACKOFF_S,
+    MAX_RESTARTS,
+    MAX_RETRIES_TAG,
+    WILL_RETRY_TAG,
+    restart_delay_s,
+)
 from dataflare_platform.defs.streams.factory import stream_definitions
 from dataflare_platform.events.log import EventLog
 from dataflare_platform.pipelines import load_specs
@@ -52,10 +61,10 @@ def _interrupt_when(instance, predicate, timeout_s=60.0):
     return thread
 
 
-def _run(defs, instance, **kwargs):
+def _run(defs, instance, run_config=RUN_CONFIG, **kwargs):
     job = defs.resolve_job_def(JOB)
     return job.execute_in_process(
-        run_config=RUN_CONFIG, instance=instance, raise_on_error=False, **kwargs
+        run_config=run_config, instance=instance, raise_on_error=False, **kwargs
     )
 
 
@@ -88,30 +97,61 @@ def test_interrupted_run_checkpoints_and_the_next_one_resumes(defs, home, small_
         assert second.run_id != first.run_id
 
 
-def _failure_context(instance, run_id):
-    (entry,) = instance.all_logs(run_id, of_type=dg.DagsterEventType.RUN_FAILURE)
-    return dg.build_run_status_sensor_context(
-        sensor_name=f"{JOB}_restart",
-        dagster_event=entry.dagster_event,
-        dagster_instance=instance,
-        dagster_run=instance.get_run_by_id(run_id),
-    ).for_run_failure()
+RETRIES_ON = {"run_retries": {"enabled": True}}
 
 
-def test_failed_runs_are_restarted_a_bounded_number_of_times(defs):
-    sensor = defs.resolve_sensor_def(f"{JOB}_restart")
-    with dg.instance_for_test() as instance:
+def test_a_failed_run_is_left_to_dagster_run_retries_with_a_bound(defs):
+    # One restart mechanism: Dagster's run retries, opted into by the job's tag.
+    assert not [s.name for s in defs.sensors if s.name.startswith(JOB)]
+    assert defs.resolve_job_def(JOB).tags[MAX_RETRIES_TAG] == str(MAX_RESTARTS)
+    with dg.instance_for_test(overrides=RETRIES_ON) as instance:
         failed = _run(defs, instance)  # no topic yet: the run fails
         assert not failed.success
-        request = sensor(_failure_context(instance, failed.run_id))
-        assert isinstance(request, dg.RunRequest)
-        assert request.tags[ATTEMPT_TAG] == "1"
-        assert request.run_key == f"restart:{failed.run_id}"
-        assert request.run_config == RUN_CONFIG
+        run = instance.get_run_by_id(failed.run_id)
+        assert run.tags[MAX_RETRIES_TAG] == str(MAX_RESTARTS)
+        assert run.tags[WILL_RETRY_TAG] == "true"  # Dagster's decision, taken at failure
 
-        again = _run(defs, instance, tags={ATTEMPT_TAG: str(MAX_RESTARTS)})
-        skipped = sensor(_failure_context(instance, again.run_id))
-        assert isinstance(skipped, dg.SkipReason) and "giving up" in skipped.skip_message
+
+def test_a_duplicate_launch_fails_and_opts_out_of_retries(defs):
+    with dg.instance_for_test(overrides=RETRIES_ON) as instance:
+        instance.add_run(
+            dg.DagsterRun(
+                job_name=JOB, run_id="a-continuous-run", status=dg.DagsterRunStatus.STARTED
+            )
+        )
+        duplicate = _run(defs, instance)
+        assert not duplicate.success
+        run = instance.get_run_by_id(duplicate.run_id)
+        assert run.tags[MAX_RETRIES_TAG] == "0" and run.tags[WILL_RETRY_TAG] == "false"
+        (failure,) = duplicate.get_step_failure_events()
+        error = failure.step_failure_data.error.message
+        assert "already runs continuously in run(s) ['a-continuous-run']" in error
+
+
+def test_restart_delay_grows_per_attempt_and_is_capped():
+    assert restart_delay_s(0, 5.0) == 0.0  # a normal launch starts at once
+    assert [restart_delay_s(n, 5.0) for n in (1, 2, 3)] == [5.0, 10.0, 20.0]
+    assert restart_delay_s(30, 5.0) == MAX_RESTART_BACKOFF_S
+    assert restart_delay_s(2, 0.0) == 0.0
+
+
+def test_a_retry_waits_its_backoff_then_resumes(defs, home, small_nexmark):
+    bids = small_nexmark["bids"]
+    EventLog(home.event_log_dir).create_topic("nexmark.bids", bids.schema).append(bids)
+    config = {
+        "ops": {f"run_{JOB}": {"config": {"checkpoint_interval_s": 0.2, "restart_backoff_s": 0.1}}}
+    }
+    with dg.instance_for_test() as instance:  # run_retries off: the op says so
+        watcher = _interrupt_when(instance, lambda m: m.get("events_in_total") == bids.num_rows)
+        retry = _run(defs, instance, run_config=config, tags={ATTEMPT_TAG: "2"})
+        watcher.join()
+        assert not retry.success  # interrupted, as a terminated run is
+        logs = [e.message for e in instance.all_logs(retry.run_id)]
+        assert any(
+            "automatic restart 2 of 3 (after run None); resuming in 0.2 s" in m for m in logs
+        )
+        assert any("run_retries is off" in m for m in logs)
+        assert _latest(instance)["events_in"] == bids.num_rows
 
 
 def test_micro_batch_sensor_skips_while_a_continuous_run_is_active(defs, home, small_nexmark):

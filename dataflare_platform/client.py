@@ -27,6 +27,7 @@ ui``) runs next to the web server.
 
 from __future__ import annotations
 
+import getpass
 import re
 import time
 import warnings
@@ -38,6 +39,10 @@ import requests
 from dagster_graphql import DagsterGraphQLClient, DagsterGraphQLClientError
 
 from dataflare_platform.errors import DataflareError
+
+# Who launched a run through the client (the audit trail's actor ``client:<user>``);
+# a caller's own tag of that name wins.
+CLIENT_TAG = "dataflare/client"
 
 ASSET_JOB = "__ASSET_JOB"
 PARTITION_TAG = "dagster/partition"
@@ -502,7 +507,10 @@ class DataflareClient:
                 repository_location_name=ref.location,
                 repository_name=ref.repository,
                 run_config=dict(run_config or {}),
-                tags={str(k): str(v) for k, v in (tags or {}).items()},
+                tags={
+                    CLIENT_TAG: getpass.getuser(),
+                    **{str(k): str(v) for k, v in (tags or {}).items()},
+                },
                 asset_selection=asset_selection,
             )
         except DagsterGraphQLClientError as err:

@@ -6,9 +6,11 @@ coordinator, as ``deployments/local/dagster.yaml`` does: a launched run stays QU
 as ``dagster dev`` (``make ui``) does.
 """
 
+import getpass
 import json
 import time
 
+import dagster as dg
 import pytest
 import typer
 import yaml
@@ -16,6 +18,7 @@ from typer.testing import CliRunner
 
 from dataflare_platform.cli_launch import launch
 from dataflare_platform.client import (
+    CLIENT_TAG,
     DataflareClient,
     RunConfigError,
     RunNotFoundError,
@@ -44,6 +47,9 @@ def test_launched_job_succeeds_with_logs_and_metadata(webserver, daemon, landed_
     run_id = client.launch_job("nexmark_ingest_job", tags={"launched_by": "test_client"})
     assert client.status(run_id) in {"QUEUED", "NOT_STARTED", "STARTING", "STARTED", "SUCCESS"}
     assert client.wait(run_id, timeout_s=RUN_TIMEOUT_S) == "SUCCESS"
+    tags = dg.DagsterInstance.get().get_run_by_id(run_id).tags
+    assert tags["launched_by"] == "test_client"
+    assert tags[CLIENT_TAG] == getpass.getuser()  # the audit trail's actor
 
     logs = client.logs(run_id)
     types = [event["event_type"] for event in logs]

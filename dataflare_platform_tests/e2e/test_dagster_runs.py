@@ -24,9 +24,14 @@ def instance(landed_home):
 def test_ingest_then_daily_partitions_are_recorded_in_the_instance(instance, landed_home):
     ingest = defs.resolve_job_def("nexmark_ingest_job").execute_in_process(instance=instance)
     assert ingest.success
+    # The domain's own checks, and the governance files' (pipelines/governance/).
     assert {e.check_name: e.passed for e in ingest.get_asset_check_evaluations()} == {
         "bids_valid": True,
         "auctions_valid": True,
+        "gx_nexmark_bids_suite": True,
+        "schema_contract": True,
+        "freshness_check": True,
+        "pii_compliance": True,
     }
     with connect(landed_home.warehouse_path) as conn:
         days = [d.isoformat() for d in event_days(conn)]

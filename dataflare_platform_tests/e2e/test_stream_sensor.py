@@ -90,7 +90,8 @@ def _stop_sensors_except(client: DataflareClient, *keep: str, quiet_s: float = 8
     quiet_since = time.monotonic()
     deadline = quiet_since + TIMEOUT_S
     while time.monotonic() - quiet_since < quiet_s:
-        assert time.monotonic() < deadline, "sensors keep turning themselves back on"
+        if time.monotonic() >= deadline:
+            pytest.fail("sensors keep turning themselves back on")
         result = client.query(SENSORS_QUERY, {"selector": selector})["sensorsOrError"]
         assert result["__typename"] == "Sensors", result
         for sensor in result["results"]:

@@ -228,13 +228,22 @@ def pii_violations(
     return out
 
 
-def check_pii(data: pl.DataFrame | pa.Table, policy: PiiPolicy) -> list[PiiViolation]:
+def scan_for_policy(
+    data: pl.DataFrame | pa.Table, policy: PiiPolicy
+) -> tuple[list[PiiFinding], list[PiiViolation]]:
     """Scan what the policy says to scan, plus every classified column (a column declared
-    masked is exactly where unmasked rows must be caught), and judge the findings."""
+    masked is exactly where unmasked rows must be caught); the findings, and those that
+    break the policy."""
     frame = _as_frame(data)
     names = string_columns(frame) if policy.scan == "all_strings" else list(policy.scan)
     declared = [c for c in policy.columns if c not in names]
     missing = [c for c in declared if c not in frame.columns]
     if missing:
         raise KeyError(f"classified columns are not in the data: {missing}")
-    return pii_violations(scan_pii(frame, [*names, *declared]), policy.columns)
+    findings = scan_pii(frame, [*names, *declared])
+    return findings, pii_violations(findings, policy.columns)
+
+
+def check_pii(data: pl.DataFrame | pa.Table, policy: PiiPolicy) -> list[PiiViolation]:
+    """The violations of ``policy`` in ``data`` (see :func:`scan_for_policy`)."""
+    return scan_for_policy(data, policy)[1]

@@ -5,7 +5,7 @@ import dagster as dg
 
 from dataflare_platform.compliance.contracts import check_contract
 from dataflare_platform.compliance.datasets import DatasetRef, read_dataset
-from dataflare_platform.compliance.pii import pii_violations, scan_pii, string_columns
+from dataflare_platform.compliance.pii import scan_for_policy
 from dataflare_platform.compliance.spec import GovernedDataset
 from dataflare_platform.defs.resources import ProjectHomeResource
 
@@ -37,10 +37,15 @@ def pii_check(key: dg.AssetKey, spec: GovernedDataset) -> dg.AssetChecksDefiniti
             frame = read_dataset(ref, dataflare.home.root)
         except FileNotFoundError as err:
             return _no_data(ref, err)
-        names = string_columns(frame) if policy.scan == "all_strings" else list(policy.scan)
-        declared = [c for c in policy.columns if c not in names and c in frame.columns]
-        findings = scan_pii(frame, [c for c in [*names, *declared] if c in frame.columns])
-        violations = pii_violations(findings, policy.columns)
+        try:
+            findings, violations = scan_for_policy(frame, policy)
+        except KeyError as err:  # a classified column is gone: the data broke its policy
+            return dg.AssetCheckResult(
+                passed=False,
+                severity=dg.AssetCheckSeverity.ERROR,
+                description=str(err).strip("'\""),
+                metadata={"dataset": ref.describe()},
+            )
         metadata: dict[str, object] = {
             "rows_scanned": frame.height,
             "findings": len(findings),

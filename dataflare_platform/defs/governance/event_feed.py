@@ -61,14 +61,14 @@ def _run_events(instance: dg.DagsterInstance, cursor: dict, kinds) -> Iterator[F
             for record in result.records:
                 yield _feed(kind, record)
                 if kind in RUN_ENDS:
-                    yield from _check_evaluations(instance, record.event_log_entry.run_id)
+                    yield from check_evaluations(instance, record.event_log_entry.run_id)
             if result.records:
                 positions[kind.value] = result.cursor
             if not result.has_more:
                 break
 
 
-def _check_evaluations(instance: dg.DagsterInstance, run_id: str) -> Iterator[FeedEvent]:
+def check_evaluations(instance: dg.DagsterInstance, run_id: str) -> Iterator[FeedEvent]:
     kind = DagsterEventType.ASSET_CHECK_EVALUATION
     connection = instance.get_records_for_run(run_id, of_type=kind, limit=10_000)
     for record in connection.records:

@@ -6,7 +6,7 @@ stores and written as a self-contained HTML page and JSON (linked from the metad
 from datetime import UTC, datetime, time, timedelta
 
 import dagster as dg
-from dagster import AssetRecordsFilter, DagsterEventType, RunStatusChangeRecordsFilter
+from dagster import AssetRecordsFilter, RunStatusChangeRecordsFilter
 
 from dataflare_platform.compliance.report import (
     AlertRecord,
@@ -20,7 +20,11 @@ from dataflare_platform.compliance.report import (
     write_report,
 )
 from dataflare_platform.defs.governance.audit import RETENTION_ACTIONS
-from dataflare_platform.defs.governance.event_feed import RUN_ENDS, asset_path
+from dataflare_platform.defs.governance.event_feed import (
+    RUN_ENDS,
+    asset_path,
+    check_evaluations,
+)
 from dataflare_platform.defs.governance.resources import GovernanceResource
 from dataflare_platform.defs.governance.retention import RETENTION_KEY
 
@@ -60,11 +64,8 @@ def gather(
         return assets.setdefault(name, AssetCompliance(asset=name))
 
     for run_id in _runs_ended(instance, start, end):
-        records = instance.get_records_for_run(
-            run_id, of_type=DagsterEventType.ASSET_CHECK_EVALUATION, limit=10_000
-        ).records
-        for record in records:
-            evaluation = record.event_log_entry.dagster_event.event_specific_data
+        for item in check_evaluations(instance, run_id):
+            evaluation = item.event.dagster_event.event_specific_data
             name = asset_path(evaluation.asset_key) or "?"
             severity = evaluation.severity.value.lower() if evaluation.severity else "error"
             asset(name).checks.append(
@@ -73,7 +74,7 @@ def gather(
                     severity=severity,
                     passed=evaluation.passed,
                     description=(evaluation.description or "")[:500],
-                    at=datetime.fromtimestamp(record.event_log_entry.timestamp, UTC),
+                    at=item.timestamp,
                 )
             )
             detail = (evaluation.metadata or {}).get("findings_detail")

@@ -11,6 +11,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
+import numpy as np
 import polars as pl
 import pyarrow as pa
 
@@ -25,6 +26,17 @@ WM_COL = "__wm"
 
 Emit = tuple[pl.DataFrame | None, pl.DataFrame | None]
 """(output rows, late rows) of one call."""
+
+
+def physical_numpy(series: pl.Series) -> np.ndarray:
+    """A column's physical values (epoch units for temporal types) as numpy. A cast to
+    the physical integer type costs microseconds per 10k rows, where ``to_physical()``
+    costs about 0.1 ms (measured), which matters on the per-batch path."""
+    if series.dtype == pl.Date:
+        return series.cast(pl.Int32).to_numpy()
+    if series.dtype.is_temporal():
+        return series.cast(pl.Int64).to_numpy()
+    return series.to_numpy()
 
 
 def event_ms(time_column: str) -> pl.Expr:
@@ -80,7 +92,7 @@ class Operator:
         """
         if WM_COL not in batch.columns or batch.height == 0:
             return batch, None
-        ts = batch.get_column(self.time_column).to_physical().to_numpy()
+        ts = physical_numpy(batch.get_column(self.time_column))
         wm = batch.get_column(WM_COL).to_numpy()
         mask = ts < wm - lateness_ms
         if not mask.any():

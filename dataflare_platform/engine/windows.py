@@ -14,18 +14,16 @@ import numpy as np
 import polars as pl
 import pyarrow as pa
 
-from dataflare_platform.engine.aggregations import (
-    Agg,
-    final_exprs,
-    merge_exprs,
-    partial_exprs,
-    partial_names,
+from dataflare_platform.engine.aggregations import Agg, final_exprs, partial_exprs
+from dataflare_platform.engine.operators import WM_COL, Emit, Operator, event_ms, physical_numpy
+from dataflare_platform.engine.pane_stores import (
+    PANE,
+    WINDOW_END,
+    WINDOW_START,
+    ArrayPanes,
+    FramePanes,
+    TopN,
 )
-from dataflare_platform.engine.operators import WM_COL, Emit, Operator, event_ms
-
-WINDOW_START = "window_start"
-WINDOW_END = "window_end"
-_PANE = "__pane"
 
 
 @dataclass(frozen=True)
@@ -52,15 +50,6 @@ class Session:
     gap_ms: int
 
 
-@dataclass(frozen=True)
-class TopN:
-    """Keep, per window, the rows ranking in the top ``n`` by ``by`` (ties kept)."""
-
-    by: str
-    n: int = 1
-    descending: bool = True
-
-
 def _as_datetime(col: str) -> pl.Expr:
     return pl.col(col).cast(pl.Datetime("ms"))
 
@@ -70,10 +59,11 @@ class WindowAggregate(Operator):
     """Aggregates per key and tumbling/sliding window from per-pane partials, optionally
     keeping only each window's top-N rows (Nexmark q5's hottest auctions).
 
-    State is a map pane start → partial-aggregate frames (key, partials). A batch adds
-    one grouped frame per pane it touches; a firing window merges its own panes only,
-    so the work per batch is proportional to the batch and the firing windows, never
-    to all open state.
+    State is a pane store (``pane_stores``): pane start -> partial aggregates per key. A
+    batch is folded into the panes it touches; a firing window merges its own panes only,
+    so the work per batch is proportional to the batch and the firing windows, never to
+    all open state. The numpy store serves one integer key (or none); anything else, or
+    a batch it cannot fold exactly, moves the state to the Polars store for good.
     """
 
     uses_watermark = True
@@ -83,108 +73,86 @@ class WindowAggregate(Operator):
     aggs: list[Agg] = field(default_factory=list)
     lateness_ms: int = 0
     top: TopN | None = None
-    _panes: dict[int, list[pl.DataFrame]] = field(default_factory=dict, init=False)
+    _store: FramePanes | ArrayPanes | None = field(default=None, init=False)
+    _frames_only: bool = field(default=False, init=False)  # a batch did not fit the arrays
     _fired_until: int | None = field(default=None, init=False)  # next window start to fire
-
-    MAX_FRAMES = 8  # frames per pane before they are merged into one
 
     def output_time_column(self) -> str:
         return WINDOW_END
+
+    def _store_for(self, batch: pl.DataFrame) -> FramePanes | ArrayPanes:
+        arrays = not self._frames_only and ArrayPanes.accepts(batch, self.keys, self.aggs)
+        if isinstance(self._store, ArrayPanes if arrays else FramePanes):
+            return self._store
+        if not arrays:
+            self._frames_only = True
+        held = self._store.to_frame() if self._store is not None else None
+        if arrays:
+            ts = pl.col(self.time_column).to_physical()
+            schema = (
+                batch.lazy()
+                .group_by([*self.keys, (ts - ts % self.window.slide_ms).alias(PANE)])
+                .agg(partial_exprs(self.aggs))
+                .collect_schema()
+            )
+            store: FramePanes | ArrayPanes = ArrayPanes(self.keys, self.aggs, schema)
+        else:
+            store = FramePanes(self.keys, self.aggs)
+        if held is not None:
+            store.load(held)
+        self._store = store
+        return store
 
     def process(self, batch: pl.DataFrame, port: int = 0) -> Emit:
         batch, late = self.split_late(batch, self.lateness_ms)
         if batch.height == 0:
             return None, late
-        slide = self.window.slide_ms
-        ts = pl.col(self.time_column).to_physical()
-        partial = batch.group_by([*self.keys, (ts - ts % slide).alias(_PANE)]).agg(
-            partial_exprs(self.aggs)
-        )
-        for (pane,), frame in partial.partition_by(_PANE, as_dict=True).items():
-            frames = self._panes.setdefault(pane, [])
-            frames.append(frame)  # the pane column rides along; merges group by keys only
-            if len(frames) > self.MAX_FRAMES:
-                self._panes[pane] = [self._compact(frames, pane)]
+        self._store_for(batch).add(batch, self.time_column, self.window.slide_ms)
         return None, late
 
-    def _compact(self, frames: list[pl.DataFrame], pane: int) -> pl.DataFrame:
-        """One frame for a pane, in the frames' shape: keys, pane, partials."""
-        if len(frames) == 1:
-            return frames[0]
-        return (
-            pl.concat(frames, how="vertical_relaxed")
-            .group_by(self.keys)
-            .agg(merge_exprs(self.aggs))
-            .select(*self.keys, pl.lit(pane, pl.Int64).alias(_PANE), *partial_names(self.aggs))
-        )
-
     def advance(self, watermark: int) -> pl.DataFrame | None:
-        if not self._panes:
+        starts = self._store.starts() if self._store is not None else []
+        if not starts:
             return None
         size, slide = self.window.size_ms, self.window.slide_ms
         # Windows [s, s + size) with s + size + lateness <= watermark are complete; none
         # after the last pane holds data.
         last_start = watermark - self.lateness_ms - size
-        last_start = min(last_start - last_start % slide, max(self._panes))
-        first_start = min(self._panes) - size + slide
+        last_start = min(last_start - last_start % slide, max(starts))
+        first_start = min(starts) - size + slide
         if self._fired_until is not None:
             first_start = max(first_start, self._fired_until)
         if last_start < first_start:
             return None
-        results = []
-        for start in range(first_start, last_start + 1, slide):
-            frames = [
-                f for pane in range(start, start + size, slide) for f in self._panes.get(pane, ())
-            ]
-            if not frames:
-                continue
-            # Eager calls: on frames this small they beat a lazy plan (measured).
-            window = (
-                pl.concat(frames, how="vertical_relaxed")
-                .group_by(self.keys)
-                .agg(merge_exprs(self.aggs))
-                .with_columns(final_exprs(self.aggs))
-            )
-            if self.top is not None:
-                rank = pl.col(self.top.by).rank("min", descending=self.top.descending)
-                window = window.filter(rank <= self.top.n)
-            results.append(
-                window.select(
-                    pl.lit(start).cast(pl.Datetime("ms")).alias(WINDOW_START),
-                    pl.lit(start + size).cast(pl.Datetime("ms")).alias(WINDOW_END),
-                    *self.keys,
-                    *[a.alias for a in self.aggs],
-                )
-            )
+        fired = self._store.fire(
+            list(range(first_start, last_start + 1, slide)), size, slide, self.top
+        )
         self._fired_until = last_start + slide
         # Panes that no unfired window contains are done.
-        for pane in [p for p in self._panes if p < self._fired_until]:
-            del self._panes[pane]
-        if not results:
-            return None
-        return pl.concat(results, how="vertical_relaxed").sort([WINDOW_START, *self.keys])
+        self._store.evict(self._fired_until)
+        return fired
 
     def snapshot(self) -> dict[str, pa.Table]:
-        if not self._panes and self._fired_until is None:
+        if self._store is None and self._fired_until is None:
             return {}
-        frames = [self._compact(frames, pane) for pane, frames in sorted(self._panes.items())]
         meta = pa.table({"fired_until": pa.array([self._fired_until], pa.int64())})
         state = {"meta": meta}
-        if frames:
-            state["panes"] = pl.concat(frames, how="vertical_relaxed").to_arrow()
+        panes = self._store.to_frame() if self._store is not None else None
+        if panes is not None:
+            state["panes"] = panes.to_arrow()
         return state
 
     def restore(self, state: dict[str, pa.Table]) -> None:
         if "meta" in state:
             self._fired_until = state["meta"].column("fired_until")[0].as_py()
-        self._panes = {}
+        # Restored into the Polars store, which takes any state; the first batch moves it
+        # to the numpy store where that fits.
+        self._store = FramePanes(self.keys, self.aggs)
         if "panes" in state:
-            panes = pl.from_arrow(state["panes"])
-            for (pane,), frame in panes.partition_by(_PANE, as_dict=True).items():
-                self._panes[pane] = [frame]
+            self._store.load(pl.from_arrow(state["panes"]))
 
     def state_rows(self) -> int:
-        return sum(f.height for frames in self._panes.values() for f in frames)
+        return 0 if self._store is None else self._store.rows()
 
 
 @dataclass
@@ -212,7 +180,7 @@ class WindowTopRows(Operator):
         if batch.height == 0:
             return None, late
         size = self.window.size_ms
-        ts = batch.get_column(self.time_column).to_physical().to_numpy()
+        ts = physical_numpy(batch.get_column(self.time_column))
         starts = ts - ts % size
         rows = batch.drop(WM_COL, strict=False)
         by = rows.get_column(self.top.by)

@@ -1,0 +1,154 @@
+"""The numpy pane store must give exactly what the Polars one gives, for every window
+shape it takes, and hand its state over to the Polars store (or a checkpoint) intact."""
+
+from __future__ import annotations
+
+import numpy as np
+import polars as pl
+import pytest
+
+from dataflare_platform.engine.aggregations import count, max_, mean, min_, sum_
+from dataflare_platform.engine.pane_stores import ArrayPanes, FramePanes
+from dataflare_platform.engine.windows import Sliding, TopN, Tumbling, WindowAggregate
+
+T0 = 1_700_000_000_000
+AGGS = [
+    count("n"),
+    count("n_value", "value"),
+    sum_("value", "total"),
+    min_("value", "lo"),
+    max_("value", "hi"),
+    mean("value", "avg"),
+    min_("date_time", "first_seen"),
+    max_("price", "top_price"),
+]
+
+
+def events(seed: int, n: int = 4_000, key_span: int = 300, null_share: float = 0.1):
+    """Out-of-order events over ~60 s with integer values that have some nulls and float
+    prices (exact sums either way: integers, and floats that are multiples of 1/4)."""
+    rng = np.random.default_rng(seed)
+    times = T0 + np.sort(rng.integers(0, 60_000, n)) + rng.integers(-1_500, 1_500, n)
+    values = rng.integers(-1_000, 1_000, n)
+    return pl.DataFrame(
+        {
+            "key": rng.integers(0, key_span, n) * (1 if key_span < 10**6 else 7919),
+            "value": pl.Series(values).set(pl.Series(rng.random(n) < null_share), None),
+            "price": rng.integers(0, 400, n) / 4,
+            "date_time": pl.Series(times).cast(pl.Datetime("ms")),
+        }
+    )
+
+
+def operator(window, keys=("key",), aggs=AGGS, top=None, frames_only=False) -> WindowAggregate:
+    op = WindowAggregate(window, list(keys), list(aggs), 0, top)
+    op.time_column = "date_time"
+    op._frames_only = frames_only
+    return op
+
+
+def drive(op: WindowAggregate, df: pl.DataFrame, batch_rows: int, start: int = 0):
+    """Batches in order, the watermark 2 s behind the newest event, then a final flush."""
+    out = []
+    newest = None
+    for offset in range(start, df.height, batch_rows):
+        batch = df.slice(offset, batch_rows)
+        op.process(batch)
+        batch_newest = int(batch.get_column("date_time").cast(pl.Int64).max())
+        newest = batch_newest if newest is None else max(newest, batch_newest)
+        fired = op.advance(newest - 2_000)
+        if fired is not None:
+            out.append(fired)
+    return out
+
+
+def finish(op: WindowAggregate, out: list[pl.DataFrame]) -> pl.DataFrame:
+    fired = op.advance(2**62)
+    if fired is not None:
+        out.append(fired)
+    return pl.concat(out)
+
+
+def assert_same(got: pl.DataFrame, want: pl.DataFrame) -> None:
+    assert got.schema == want.schema
+    assert got.height == want.height > 0
+    for name in got.columns:
+        if got[name].dtype.is_float():
+            assert got[name].is_null().to_list() == want[name].is_null().to_list()
+            assert got[name].drop_nulls().to_numpy() == pytest.approx(
+                want[name].drop_nulls().to_numpy(), nan_ok=True
+            )
+        else:
+            assert got[name].to_list() == want[name].to_list(), name
+
+
+@pytest.mark.parametrize(
+    ("window", "keys", "top", "key_span", "batch_rows"),
+    [
+        (Sliding(10_000, 2_000), ("key",), None, 300, 1_000),
+        (Sliding(10_000, 2_000), ("key",), TopN("n"), 300, 1_000),
+        (Sliding(10_000, 5_000), ("key",), TopN("total", n=3), 300, 7),
+        (Tumbling(5_000), ("key",), TopN("avg", n=2, descending=False), 300, 10_000),
+        (Tumbling(5_000), ("key",), TopN("lo"), 300, 500),
+        (Sliding(6_000, 3_000), (), None, 300, 333),
+        (Sliding(10_000, 2_000), ("key",), TopN("n"), 10**9, 1_000),  # sparse: sort path
+    ],
+)
+@pytest.mark.parametrize("seed", [1, 2])
+def test_array_store_equals_the_polars_store(window, keys, top, key_span, batch_rows, seed):
+    df = events(seed, key_span=key_span)
+    arrays, frames = (
+        operator(window, keys, top=top),
+        operator(window, keys, top=top, frames_only=True),
+    )
+    got = finish(arrays, drive(arrays, df, batch_rows))
+    want = finish(frames, drive(frames, df, batch_rows))
+    assert isinstance(arrays._store, ArrayPanes) and isinstance(frames._store, FramePanes)
+    assert_same(got, want)
+    assert arrays.state_rows() == frames.state_rows() == 0  # every pane evicted
+
+
+def test_a_batch_the_arrays_cannot_take_moves_the_state_to_frames():
+    df = events(3)
+    nulls = df.with_columns(pl.lit(None, pl.Int64).alias("key")).slice(2_000, 50)
+    spliced = pl.concat([df.slice(0, 2_000), nulls, df.slice(2_050)])
+    op, reference = (
+        operator(Sliding(10_000, 2_000)),
+        operator(Sliding(10_000, 2_000), frames_only=True),
+    )
+    out = drive(op, spliced.slice(0, 2_000), 500)
+    assert isinstance(op._store, ArrayPanes)
+    out += drive(op, spliced, 500, start=2_000)
+    assert isinstance(op._store, FramePanes)  # and it stays there
+    assert_same(finish(op, out), finish(reference, drive(reference, spliced, 500)))
+
+
+def test_nan_in_a_min_column_is_left_to_polars():
+    df = events(4).with_columns(
+        pl.when(pl.col("key") == 5).then(float("nan")).otherwise(pl.col("price")).alias("price")
+    )
+    aggs = [min_("price", "cheapest"), count("n")]
+    op = operator(Tumbling(5_000), aggs=aggs)
+    reference = operator(Tumbling(5_000), aggs=aggs, frames_only=True)
+    got = finish(op, drive(op, df, 1_000))
+    assert isinstance(op._store, FramePanes)
+    assert_same(got, finish(reference, drive(reference, df, 1_000)))
+
+
+@pytest.mark.parametrize("cut", [1_500, 2_777])
+def test_array_state_survives_snapshot_and_restore(cut):
+    df = events(5)
+    window, top = Sliding(10_000, 2_000), TopN("n")
+    whole = operator(window, top=top)
+    want = finish(whole, drive(whole, df, 500))
+
+    first = operator(window, top=top)
+    out = drive(first, df.slice(0, cut), 500)
+    state = first.snapshot()
+    assert isinstance(first._store, ArrayPanes) and "panes" in state
+    second = operator(window, top=top)
+    second.restore(state)
+    assert second.state_rows() == first.state_rows()
+    out += drive(second, df, 500, start=cut)
+    assert isinstance(second._store, ArrayPanes)  # moved back after the restore
+    assert_same(finish(second, out), want)

@@ -50,6 +50,18 @@ class Session:
     gap_ms: int
 
 
+def distinct_steps(starts: np.ndarray, step: int) -> list[int]:
+    """The distinct values of window starts (multiples of ``step``), ascending. A batch
+    covers few windows: checking each step between the smallest and largest is linear,
+    where ``np.unique`` sorts the whole batch (~0.3 ms per 10k rows, measured)."""
+    lo, hi = int(starts.min()), int(starts.max())
+    if lo == hi:
+        return [lo]
+    if (hi - lo) // step > 64:
+        return np.unique(starts).tolist()
+    return [s for s in range(lo, hi + 1, step) if (starts == s).any()]
+
+
 def _as_datetime(col: str) -> pl.Expr:
     return pl.col(col).cast(pl.Datetime("ms"))
 
@@ -159,10 +171,12 @@ class WindowAggregate(Operator):
 class WindowTopRows(Operator):
     """Rows with the top ``by`` value per tumbling window (and key), ties kept, e.g.
     Nexmark q7's highest bid. State holds only each open window's current leaders, as
-    window start → (best value, leader rows).
+    window start -> (best value, leader rows); rows are tagged with their window when
+    it fires (or is checkpointed), not on every change of leader.
 
     A batch spans few windows, so work is done per window; the common arg-max case (one
-    leader, no keys, a numeric column) is decided in numpy, without a Polars query."""
+    leader, no keys, a numeric column) is decided in numpy, and a new leader is taken
+    from the batch with a slice (a gather for ties), without a Polars query."""
 
     uses_watermark = True
 
@@ -182,20 +196,18 @@ class WindowTopRows(Operator):
         size = self.window.size_ms
         ts = physical_numpy(batch.get_column(self.time_column))
         starts = ts - ts % size
-        rows = batch.drop(WM_COL, strict=False)
+        # A drop of an absent column still costs a Polars call (~0.2 ms, measured).
+        rows = batch.drop(WM_COL) if WM_COL in batch.columns else batch
         by = rows.get_column(self.top.by)
         fast = not self.keys and self.top.n == 1 and by.dtype.is_numeric() and not by.null_count()
         values = by.to_numpy() if fast else None
-        for start in np.unique(starts).tolist():
+        for start in distinct_steps(starts, size):
             idx = np.flatnonzero(starts == start)
             if fast:
                 self._offer_best(start, rows, idx, values)
             else:
                 self._offer_ranked(start, rows, idx)
         return None, late
-
-    def _tag(self, frame: pl.DataFrame, start: int) -> pl.DataFrame:
-        return frame.with_columns(pl.lit(start, pl.Int64).alias(WINDOW_START))
 
     def _offer_best(
         self, start: int, rows: pl.DataFrame, idx: np.ndarray, values: np.ndarray
@@ -207,13 +219,14 @@ class WindowTopRows(Operator):
             held_best, held_rows = held
             if (held_best > best) if self.top.descending else (held_best < best):
                 return
-        leaders = self._tag(rows[idx[candidates == best]], start)
+        winners = idx[candidates == best]
+        leaders = rows.slice(int(winners[0]), 1) if len(winners) == 1 else rows[winners]
         if held is not None and held_best == best:
             leaders = pl.concat([held_rows, leaders])
         self._leaders[start] = (best, leaders)
 
     def _offer_ranked(self, start: int, rows: pl.DataFrame, idx: np.ndarray) -> None:
-        candidates = self._tag(rows[idx], start)
+        candidates = rows[idx]
         held = self._leaders.get(start)
         if held is not None:
             candidates = pl.concat([held[1], candidates])
@@ -222,12 +235,22 @@ class WindowTopRows(Operator):
             rank = rank.over(self.keys)
         self._leaders[start] = (None, candidates.filter(rank <= self.top.n))
 
+    def _tagged(self, starts: list[int]) -> pl.DataFrame:
+        return pl.concat(
+            [
+                self._leaders[s][1].with_columns(pl.lit(s, pl.Int64).alias(WINDOW_START))
+                for s in starts
+            ]
+        )
+
     def advance(self, watermark: int) -> pl.DataFrame | None:
         size = self.window.size_ms
         closing = sorted(s for s in self._leaders if s + size + self.lateness_ms <= watermark)
         if not closing:
             return None
-        fired = pl.concat([self._leaders.pop(s)[1] for s in closing])
+        fired = self._tagged(closing)
+        for s in closing:
+            del self._leaders[s]
         return fired.with_columns(
             _as_datetime(WINDOW_START),
             (pl.col(WINDOW_START) + size).cast(pl.Datetime("ms")).alias(WINDOW_END),
@@ -236,8 +259,7 @@ class WindowTopRows(Operator):
     def snapshot(self) -> dict[str, pa.Table]:
         if not self._leaders:
             return {}
-        frames = [rows for _, rows in self._leaders.values()]
-        return {"rows": pl.concat(frames).to_arrow()}
+        return {"rows": self._tagged(sorted(self._leaders)).to_arrow()}
 
     def restore(self, state: dict[str, pa.Table]) -> None:
         self._leaders = {}
@@ -246,7 +268,7 @@ class WindowTopRows(Operator):
             for (start,), frame in rows.partition_by(WINDOW_START, as_dict=True).items():
                 by = frame.get_column(self.top.by)
                 best = by.max() if self.top.descending else by.min()
-                self._leaders[start] = (best, frame)
+                self._leaders[start] = (best, frame.drop(WINDOW_START))
 
     def state_rows(self) -> int:
         return sum(rows.height for _, rows in self._leaders.values())

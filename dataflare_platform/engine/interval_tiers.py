@@ -23,7 +23,7 @@ DENSE_FACTOR = 8  # a key range up to this many times the row count gets a looku
 DENSE_SLACK = 4096
 
 
-def _extreme(dtype: np.dtype, kind: str) -> int | float:
+def extreme(dtype: np.dtype, kind: str) -> int | float:
     """The identity of min (kind "min") or max over ``dtype``."""
     if np.issubdtype(dtype, np.floating):
         return np.inf if kind == "min" else -np.inf
@@ -141,7 +141,7 @@ class Tier:
                     dtype = np.float64 if np.issubdtype(dtype, np.floating) else np.int64
                     self.partials[names[0]] = np.zeros(n, dtype)
                 else:
-                    self.partials[names[0]] = np.full(n, _extreme(dtype, agg.kind), dtype)
+                    self.partials[names[0]] = np.full(n, extreme(dtype, agg.kind), dtype)
                     self.seen[names[0]] = np.zeros(n, bool)
 
     def match(self, right: RightRows, rows: np.ndarray) -> np.ndarray:
@@ -269,7 +269,7 @@ class Tier:
                 if agg.kind in ("min", "max"):
                     tier.dtypes[agg.column] = series.dtype  # type: ignore[index]
                     tier.seen[name] = series.is_not_null().to_numpy()
-                    fill = _extreme(physical.clear().to_numpy().dtype, agg.kind)
+                    fill = extreme(physical.clear().to_numpy().dtype, agg.kind)
                 values = physical.fill_null(fill).to_numpy()
                 if agg.kind not in ("min", "max"):  # counts and sums accumulate in 64 bits
                     floating = np.issubdtype(values.dtype, np.floating)

@@ -23,7 +23,7 @@ import polars as pl
 import pyarrow as pa
 
 from dataflare_platform.engine.aggregations import Agg, final_exprs, merge_exprs, partial_names
-from dataflare_platform.engine.interval_tiers import DENSE_FACTOR, DENSE_SLACK
+from dataflare_platform.engine.interval_tiers import DENSE_FACTOR, DENSE_SLACK, extreme
 from dataflare_platform.engine.operators import physical_numpy
 
 PANE = "__pane"
@@ -40,7 +40,20 @@ class TopN:
     descending: bool = True
 
 
-class FramePanes:
+class _Panes:
+    """Pane start -> the pane's state; evicted once no unfired window needs the pane."""
+
+    _panes: dict
+
+    def starts(self) -> list[int]:
+        return list(self._panes)
+
+    def evict(self, before: int) -> None:
+        for pane in [p for p in self._panes if p < before]:
+            del self._panes[pane]
+
+
+class FramePanes(_Panes):
     """Pane start -> partial-aggregate frames (keys, pane, partials); a pane's frames are
     merged into one once there are more than ``MAX_FRAMES``."""
 
@@ -106,13 +119,6 @@ class FramePanes:
             return None
         return pl.concat(results, how="vertical_relaxed").sort([WINDOW_START, *self.keys])
 
-    def starts(self) -> list[int]:
-        return list(self._panes)
-
-    def evict(self, before: int) -> None:
-        for pane in [p for p in self._panes if p < before]:
-            del self._panes[pane]
-
     def to_frame(self) -> pl.DataFrame | None:
         frames = [self._compact(f, pane) for pane, f in sorted(self._panes.items())]
         return pl.concat(frames, how="vertical_relaxed") if frames else None
@@ -137,13 +143,6 @@ class _Slot:
     dtype: np.dtype  # accumulator type
 
 
-def _identity(dtype: np.dtype, op: str) -> int | float:
-    if np.issubdtype(dtype, np.floating):
-        return np.inf if op == "min" else -np.inf
-    info = np.iinfo(dtype)
-    return info.max if op == "min" else info.min
-
-
 @dataclass
 class _Pane:
     keys: np.ndarray  # sorted, distinct, int64
@@ -160,15 +159,20 @@ class _Input:
     seen: dict[str, np.ndarray | None]  # min/max: rows with a value; None = all
 
 
+def _fits_int64(dtype: pl.DataType) -> bool:
+    """Integers whose every value is an int64 (UInt64 is not)."""
+    return dtype.is_integer() and dtype != pl.UInt64
+
+
 def _agg_dtype_ok(agg: Agg, dtype: pl.DataType) -> bool:
     if agg.kind == "count":
         return True
     if agg.kind in ("sum", "mean"):
-        return dtype.is_integer() or dtype.is_float()
-    return dtype.is_integer() or dtype.is_float() or dtype.is_temporal()
+        return _fits_int64(dtype) or dtype.is_float()
+    return _fits_int64(dtype) or dtype.is_float() or dtype.is_temporal()
 
 
-class ArrayPanes:
+class ArrayPanes(_Panes):
     """Pane start -> sorted distinct keys and numpy partials; see the module docstring."""
 
     def __init__(self, keys: list[str], aggs: list[Agg], schema: pl.Schema) -> None:
@@ -197,7 +201,7 @@ class ArrayPanes:
             return False
         if keys:
             key = batch.get_column(keys[0])
-            if not key.dtype.is_integer() or key.null_count():
+            if not _fits_int64(key.dtype) or key.null_count():
                 return False
         for agg in aggs:
             if agg.column is None:
@@ -237,7 +241,7 @@ class ArrayPanes:
             else:
                 vals = raw.astype(slot.dtype, copy=False)
                 if valid is not None:
-                    vals = np.where(valid, vals, _identity(slot.dtype, slot.op))
+                    vals = np.where(valid, vals, extreme(slot.dtype, slot.op))
                 values[slot.name] = vals
                 seen[slot.name] = valid
         return _Input(keys, values, seen)
@@ -260,7 +264,7 @@ class ArrayPanes:
         pane = _Pane(keys, {})
         for slot in self._slots:
             target = np.full(
-                len(keys), 0 if slot.op == "add" else _identity(slot.dtype, slot.op), slot.dtype
+                len(keys), 0 if slot.op == "add" else extreme(slot.dtype, slot.op), slot.dtype
             )
             contrib = np.concatenate([i.values[slot.name] for i in inputs])
             if slot.op == "add":
@@ -419,13 +423,6 @@ class ArrayPanes:
         frame = pl.DataFrame(columns)
         return frame.cast({name: self.schema[name] for name in frame.columns if name != PANE})
 
-    def starts(self) -> list[int]:
-        return list(self._panes)
-
-    def evict(self, before: int) -> None:
-        for pane in [p for p in self._panes if p < before]:
-            del self._panes[pane]
-
     def to_frame(self) -> pl.DataFrame | None:
         frames = [self._frame(pane, start) for start, pane in sorted(self._panes.items())]
         return pl.concat(frames) if frames else None
@@ -445,7 +442,7 @@ class ArrayPanes:
         for slot in self._slots:
             series = part.get_column(slot.name).to_physical()
             valid = series.is_not_null().to_numpy()
-            fill = 0 if slot.op == "add" else _identity(slot.dtype, slot.op)
+            fill = 0 if slot.op == "add" else extreme(slot.dtype, slot.op)
             values[slot.name] = series.fill_null(fill).to_numpy().astype(slot.dtype)
             if slot.op != "add":
                 seen[slot.name] = valid

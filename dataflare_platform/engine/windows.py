@@ -96,9 +96,13 @@ class WindowAggregate(Operator):
         arrays = not self._frames_only and ArrayPanes.accepts(batch, self.keys, self.aggs)
         if isinstance(self._store, ArrayPanes if arrays else FramePanes):
             return self._store
+        held = self._store.to_frame() if self._store is not None else None
+        if arrays and held is not None and self.keys and held[self.keys[0]].null_count():
+            arrays = False  # restored state with a null key: the arrays cannot hold it
         if not arrays:
             self._frames_only = True
-        held = self._store.to_frame() if self._store is not None else None
+            if isinstance(self._store, FramePanes):
+                return self._store
         if arrays:
             ts = pl.col(self.time_column).to_physical()
             schema = (

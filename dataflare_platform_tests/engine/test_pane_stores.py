@@ -166,3 +166,19 @@ def test_keys_the_arrays_cannot_hold_use_the_polars_store(dtype):
     # String keys sort as text: compare in the integer order.
     got = got.with_columns(pl.col("key").cast(pl.Int64)).sort("window_start", "key")
     assert_same(got, want)
+
+
+def test_restored_state_with_a_null_key_stays_in_the_polars_store():
+    df = events(8)
+    nulls = df.slice(1_000, 40).with_columns(pl.lit(None, pl.Int64).alias("key"))
+    head, tail = pl.concat([df.slice(0, 1_000), nulls]), df.slice(1_040)
+    whole = operator(Sliding(10_000, 2_000))  # the same batches, without the restart
+    want = finish(whole, drive(whole, head, 500) + drive(whole, tail, 500))
+
+    first = operator(Sliding(10_000, 2_000))
+    out = drive(first, head, 500)
+    second = operator(Sliding(10_000, 2_000))
+    second.restore(first.snapshot())
+    out += drive(second, tail, 500)
+    assert isinstance(second._store, FramePanes)
+    assert_same(finish(second, out), want)

@@ -73,6 +73,8 @@ class EngineMetrics:
     watermark_lag_ms: int | None = None
     source_blocked_s: float = 0.0
     sink_blocked_s: float = 0.0
+    source_waits: int = 0  # batches the source had to hold back: the queue was full
+    sink_waits: int = 0  # outputs the operators had to hold back: the sink queue was full
     max_source_queue: int = 0
     max_sink_queue: int = 0
     latency: LatencyHistogram = field(default_factory=LatencyHistogram)
@@ -106,6 +108,8 @@ class EngineMetrics:
             "state_rows": self.state_rows(),
             "source_blocked_s": round(self.source_blocked_s, 4),
             "sink_blocked_s": round(self.sink_blocked_s, 4),
+            "source_waits": self.source_waits,
+            "sink_waits": self.sink_waits,
             "max_source_queue": self.max_source_queue,
             "max_sink_queue": self.max_sink_queue,
             **self.latency.summary(),

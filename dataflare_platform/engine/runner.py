@@ -262,8 +262,10 @@ class _Run:
                 return
 
     def _put(self, q: queue.Queue, item, sink: bool = False) -> None:
-        """Blocking put that still notices a stop/error; time blocked is measured."""
+        """Blocking put that still notices a stop/error; time blocked is measured, and
+        puts that found the queue full are counted."""
         t0 = time.perf_counter()
+        waited = q.full()
         while True:
             try:
                 q.put(item, timeout=0.1)
@@ -278,9 +280,11 @@ class _Run:
         blocked = time.perf_counter() - t0
         if sink:
             self.metrics.sink_blocked_s += blocked
+            self.metrics.sink_waits += waited
             self.metrics.max_sink_queue = max(self.metrics.max_sink_queue, q.qsize())
         else:
             self.metrics.source_blocked_s += blocked
+            self.metrics.source_waits += waited
             self.metrics.max_source_queue = max(self.metrics.max_source_queue, q.qsize())
 
     def _read(self) -> None:

@@ -4,7 +4,8 @@ Two stores with one interface. ``FramePanes`` holds Polars frames and takes any 
 aggregate column types. ``ArrayPanes`` holds, per pane, the sorted distinct keys and one
 numpy array per partial aggregate, for the common shape of one integer key (or none) and
 numeric or temporal aggregate columns (Nexmark q5: bids per auction): a batch is folded
-into its panes with ``np.unique`` and ``ufunc.at`` scatters, a window merges its panes
+into its panes by grouping keys (a ``bincount`` when they are dense, a sort otherwise)
+and ``ufunc.at`` scatters, a window merges its panes
 the same way, and only the merged partials of a firing window become a (small) frame.
 That takes the per-batch cost of a 10k-row batch from several Polars queries to tens of
 microseconds of numpy, which is what keeps batch latency low at a steady offered load.
@@ -22,7 +23,13 @@ import numpy as np
 import polars as pl
 import pyarrow as pa
 
-from dataflare_platform.engine.aggregations import Agg, final_exprs, merge_exprs, partial_names
+from dataflare_platform.engine.aggregations import (
+    Agg,
+    final_exprs,
+    merge_exprs,
+    partial_exprs,
+    partial_names,
+)
 from dataflare_platform.engine.interval_tiers import DENSE_FACTOR, DENSE_SLACK, extreme
 from dataflare_platform.engine.operators import physical_numpy
 
@@ -66,7 +73,7 @@ class FramePanes(_Panes):
     def add(self, batch: pl.DataFrame, time_column: str, slide: int) -> None:
         ts = pl.col(time_column).to_physical()
         partial = batch.group_by([*self.keys, (ts - ts % slide).alias(PANE)]).agg(
-            [e for a in self.aggs for e in a.partial()]
+            partial_exprs(self.aggs)
         )
         for (pane,), frame in partial.partition_by(PANE, as_dict=True).items():
             frames = self._panes.setdefault(pane, [])
@@ -300,7 +307,7 @@ class ArrayPanes(_Panes):
         if count * span >= 2**62:  # the combined key would overflow: pane by pane
             return [
                 (start, self._fold([self._take(raw, np.flatnonzero(panes == start))]))
-                for start in np.unique(panes).tolist()
+                for start in distinct_steps(panes, slide)
             ]
         index = (panes - lo) // slide
         combined = self._fold([_Input(index * span + (raw.keys - kmin), raw.values, raw.seen)])
@@ -345,7 +352,7 @@ class ArrayPanes(_Panes):
             if top is not None:
                 rows = _top_rows(*finals[top.by], top)
                 if rows is None:  # NaN in the ranking column: Polars decides how it ranks
-                    rows = self._top_rows_polars(pane, finals, top)
+                    rows = _top_rows_polars(*finals[top.by], top)
                 finals = {
                     name: (v[rows], None if ok is None else ok[rows])
                     for name, (v, ok) in finals.items()
@@ -371,7 +378,7 @@ class ArrayPanes(_Panes):
                         for m, n in zip(masks, lengths, strict=True)
                     ]
                 )
-                columns[agg.alias] = pa.array(values, mask=~valid)
+                columns[agg.alias] = _with_nulls(values, valid)
             else:
                 columns[agg.alias] = values
         frame = pl.DataFrame(columns)
@@ -399,14 +406,6 @@ class ArrayPanes(_Panes):
                 finals[agg.alias] = (pane.values[names[0]], pane.seen.get(names[0]))
         return finals
 
-    def _top_rows_polars(
-        self, pane: _Pane, finals: dict[str, tuple[np.ndarray, np.ndarray | None]], top: TopN
-    ) -> np.ndarray:
-        values, valid = finals[top.by]
-        series = pl.Series(values) if valid is None else pl.Series(pa.array(values, mask=~valid))
-        keep = series.rank("min", descending=top.descending) <= top.n
-        return np.flatnonzero(keep.fill_null(False).to_numpy())
-
     def _frame(self, pane: _Pane, start: int | None = None) -> pl.DataFrame:
         columns: dict[str, pa.Array | np.ndarray] = {}
         if self.keys:
@@ -414,12 +413,7 @@ class ArrayPanes(_Panes):
         if start is not None:
             columns[PANE] = np.full(len(pane.keys), start, np.int64)
         for slot in self._slots:
-            seen = pane.seen.get(slot.name)
-            values = pane.values[slot.name]
-            if seen is not None and not seen.all():
-                columns[slot.name] = pa.array(values, mask=~seen)
-            else:
-                columns[slot.name] = values
+            columns[slot.name] = _with_nulls(pane.values[slot.name], pane.seen.get(slot.name))
         frame = pl.DataFrame(columns)
         return frame.cast({name: self.schema[name] for name in frame.columns if name != PANE})
 
@@ -452,6 +446,25 @@ class ArrayPanes(_Panes):
         return sum(len(p.keys) for p in self._panes.values())
 
 
+def distinct_steps(starts: np.ndarray, step: int) -> list[int]:
+    """The distinct values of window or pane starts (multiples of ``step``), ascending. A
+    batch covers few windows: checking each step between the smallest and largest is
+    linear, where ``np.unique`` sorts the whole batch (~0.3 ms per 10k rows, measured)."""
+    lo, hi = int(starts.min()), int(starts.max())
+    if lo == hi:
+        return [lo]
+    if (hi - lo) // step > 64:
+        return np.unique(starts).tolist()
+    return [s for s in range(lo, hi + 1, step) if (starts == s).any()]
+
+
+def _with_nulls(values: np.ndarray, valid: np.ndarray | None) -> np.ndarray | pa.Array:
+    """``values`` as a column, null where ``valid`` is False (None: none is null)."""
+    if valid is None or valid.all():
+        return values
+    return pa.array(values, mask=~valid)
+
+
 def _group(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Sorted distinct keys and each key's position among them. Dense integer keys (a
     range within a small multiple of their count, as sequential ids are) are grouped
@@ -479,6 +492,12 @@ def _top_rows(values: np.ndarray, valid: np.ndarray | None, top: TopN) -> np.nda
     if top.descending:
         return candidates[v >= np.partition(v, v.size - top.n)[v.size - top.n]]
     return candidates[v <= np.partition(v, top.n - 1)[top.n - 1]]
+
+
+def _top_rows_polars(values: np.ndarray, valid: np.ndarray | None, top: TopN) -> np.ndarray:
+    series = pl.Series(_with_nulls(values, valid))
+    keep = series.rank("min", descending=top.descending) <= top.n
+    return np.flatnonzero(keep.fill_null(False).to_numpy())
 
 
 def _is_sorted_distinct(keys: np.ndarray) -> bool:

@@ -23,6 +23,7 @@ from dataflare_platform.engine.pane_stores import (
     ArrayPanes,
     FramePanes,
     TopN,
+    distinct_steps,
 )
 
 
@@ -48,18 +49,6 @@ class Sliding:
 @dataclass(frozen=True)
 class Session:
     gap_ms: int
-
-
-def distinct_steps(starts: np.ndarray, step: int) -> list[int]:
-    """The distinct values of window starts (multiples of ``step``), ascending. A batch
-    covers few windows: checking each step between the smallest and largest is linear,
-    where ``np.unique`` sorts the whole batch (~0.3 ms per 10k rows, measured)."""
-    lo, hi = int(starts.min()), int(starts.max())
-    if lo == hi:
-        return [lo]
-    if (hi - lo) // step > 64:
-        return np.unique(starts).tolist()
-    return [s for s in range(lo, hi + 1, step) if (starts == s).any()]
 
 
 def _as_datetime(col: str) -> pl.Expr:

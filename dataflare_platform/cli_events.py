@@ -121,14 +121,14 @@ def topics_describe(
     name: Annotated[str, typer.Argument(help="Topic name.")], log_dir: LogDirOption = None
 ) -> None:
     """Partitions, offsets, sizes, event-time range, retention and consumer-group lag."""
-    from dataflare_platform.events.groups import list_groups
+    from dataflare_platform.events.groups import ConsumerGroup, list_groups
 
     try:
         topic = open_log(log_dir).topic(name)
     except (DataflareError, KeyError) as err:
         _fail(err)
     described = topic.describe()
-    described["groups"] = {g: topic.group(g).lag() for g in list_groups(topic)}
+    described["groups"] = {g: ConsumerGroup(topic, g).lag() for g in list_groups(topic)}
     print(json.dumps(described, indent=2, default=str))
 
 

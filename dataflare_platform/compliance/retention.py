@@ -25,7 +25,7 @@ from pydantic import BaseModel, ConfigDict, field_validator
 from dataflare_platform.compliance.times import as_utc, to_epoch_ms
 from dataflare_platform.engine.durations import to_ms
 from dataflare_platform.events.log import EventLog, Topic
-from dataflare_platform.events.segments import NO_TIME, Segment, list_segments
+from dataflare_platform.events.log.segments import NO_TIME, Segment, list_segments
 
 
 class RetentionPolicy(BaseModel):

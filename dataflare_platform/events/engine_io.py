@@ -12,8 +12,9 @@ import pyarrow as pa
 from dataflare_platform.engine.checkpoint import Checkpoint
 from dataflare_platform.engine.sinks import Sink
 from dataflare_platform.events.codec import DEAD_LETTER_SCHEMA
+from dataflare_platform.events.groups import ConsumerGroup
 from dataflare_platform.events.log import EventLog, Topic
-from dataflare_platform.events.transactions import Commit, read_commit, write_commit
+from dataflare_platform.events.log.commits import Commit, read_commit, write_commit
 
 
 class LogSource:
@@ -37,7 +38,7 @@ class LogSource:
         self.topic = topic
         # The engine's checkpoint is what makes processing exactly-once; the group's
         # offsets follow each commit so that lag shows in ``dataflare topics describe``.
-        self.group = topic.group(group) if group is not None else None
+        self.group = ConsumerGroup(topic, group) if group is not None else None
         self.name = name or topic.name
         self.time_column = topic.time_column
         self.columns = list(columns) if columns is not None else None
@@ -183,7 +184,7 @@ class LogSink(Sink):
                 return Checkpoint.decode(early.checkpoint)
             self._attach()
         assert self.topic is not None and self.side is not None
-        commit = read_commit(self.topic)
+        commit = read_commit(self.topic.dir)
         if commit is not None and commit.writer != pipeline:
             raise RuntimeError(
                 f"topic {self.topic.name!r} is the output of pipeline {commit.writer!r},"
@@ -223,7 +224,10 @@ class LogSink(Sink):
         ends = {p.index: p.end_offset() for p in parts}
         ends[-1] = self.side.parts[0].end_offset()
         record = Commit(self._pipeline, self._sequence, ends, checkpoint.encode())
-        write_commit(self.topic if self.topic is not None else self.log.root / self.name, record)
+        if self.topic is not None:
+            write_commit(self.topic.dir, record, fsync=self.topic.config.fsync)
+        else:
+            write_commit(self.log.root / self.name, record)
         self._outputs.clear()
         self._sides.clear()
 

@@ -12,12 +12,10 @@ from __future__ import annotations
 import sqlite3
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import pyarrow as pa
 
-if TYPE_CHECKING:
-    from dataflare_platform.events.log import Topic
+from dataflare_platform.events.log import Topic
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS offsets (

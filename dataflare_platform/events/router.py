@@ -41,7 +41,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from dataflare_platform.errors import ConfigError
 from dataflare_platform.events.codec import dead_letters, encode_json
 from dataflare_platform.events.deadletter import DeadLetters
-from dataflare_platform.events.log import _TOPIC_NAME, EventLog, Topic, TopicNotFoundError
+from dataflare_platform.events.groups import ConsumerGroup
+from dataflare_platform.events.log import TOPIC_NAME, EventLog, Topic, TopicNotFoundError
 
 NO_ROUTE = "no route matched"
 _ROUTE_NAME = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,100}$"
@@ -62,16 +63,16 @@ def _parse_expr(text: str) -> str:
 class Route(_Model):
     name: str = Field(pattern=_ROUTE_NAME)
     when: str = Field(min_length=1)  # a Polars SQL predicate over the source's columns
-    to: str = Field(pattern=_TOPIC_NAME)
+    to: str = Field(pattern=TOPIC_NAME)
 
     _check_when = field_validator("when")(_parse_expr)
 
 
 class RouteRules(_Model):
-    source: str = Field(pattern=_TOPIC_NAME)
+    source: str = Field(pattern=TOPIC_NAME)
     mode: Literal["first_match", "fan_out"] = "first_match"
     routes: list[Route] = Field(min_length=1)
-    default: str | None = Field(default=None, pattern=_TOPIC_NAME)
+    default: str | None = Field(default=None, pattern=TOPIC_NAME)
 
     @classmethod
     def load(
@@ -333,7 +334,7 @@ class Router:
         crash between the two routes that batch again (targets can hold it twice).
         """
         totals = RouteResult()
-        consumer_group = self.source.group(group)
+        consumer_group = ConsumerGroup(self.source, group)
         positions = consumer_group.committed()
         ends = None if follow else self.source.committed_ends()
         while True:

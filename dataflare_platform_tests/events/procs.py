@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
+from dataflare_platform.events.groups import ConsumerGroup
 from dataflare_platform.events.log import EventLog
 
 SCHEMA = pa.schema(
@@ -52,7 +53,7 @@ def produce(root: str, topic: str, producer: int, first: int, batches: int, rows
 def consume(root: str, topic: str, group: str, expected: int, timeout_s: float) -> None:
     """Poll and commit until ``expected`` rows arrived; print their checksum."""
     t = EventLog(Path(root)).topic(topic)
-    consumer = t.group(group).consumer()
+    consumer = ConsumerGroup(t, group).consumer()
     rows, total, keys = 0, 0, set()
     deadline = time.monotonic() + timeout_s
     while rows < expected and time.monotonic() < deadline:

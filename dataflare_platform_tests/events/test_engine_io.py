@@ -11,6 +11,7 @@ import pytest
 
 from dataflare_platform.engine import CollectSink, Runner, RunnerConfig
 from dataflare_platform.events.engine_io import LogSink, LogSource, ensure_output_topic
+from dataflare_platform.events.groups import ConsumerGroup
 from dataflare_platform.events.log import EventLog
 from dataflare_platform.queries.nexmark import BUILDERS, COLUMNS, NexmarkSources, ground_truth
 from dataflare_platform_tests.processes import kill_until_done
@@ -71,7 +72,7 @@ def test_open_ended_source_runs_a_sensor_style_offset_range(tmp_path, small_nexm
 
     first = run(until={"bids/0": 1000})
     assert not first.finished and first.checkpoint.offsets == {"bids/0": 1000}
-    assert log.topic("bids").group("q7-engine").committed() == {0: 1000}
+    assert ConsumerGroup(log.topic("bids"), "q7-engine").committed() == {0: 1000}
     second = run(until={"bids/0": 1000})  # a repeated request processes nothing again
     assert second.metrics.events_in == first.metrics.events_in
     # The last range: the source stays open-ended, so windows close by watermark only.

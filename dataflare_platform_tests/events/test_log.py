@@ -1,5 +1,4 @@
-"""The embedded event log: offsets, partitioning, recovery, retention, compaction, scans,
-consumer groups."""
+"""The embedded event log: offsets, partitioning, recovery, retention, compaction, scans."""
 
 from __future__ import annotations
 
@@ -166,27 +165,6 @@ def test_event_time_index_covers_an_interval(log, bids):
     )
     assert inside.equals(expected)
     assert start > 0 and end < bids.num_rows  # the index narrows the read
-
-
-def test_consumer_group_offsets_survive_a_restart(log, bids):
-    topic = log.create_topic("bids", bids.schema, partitions=2)
-    _append_in_batches(topic, bids, 500)
-    group = topic.group("billing")
-    consumer = group.consumer()
-    first = consumer.poll(max_rows=300)
-    consumer.commit()
-    assert group.committed() == {f.partition: f.end for f in first}
-    # A new process (a fresh log object) resumes after what was committed, and an
-    # uncommitted poll is delivered again (at-least-once).
-    again = EventLog(log.root).topic("bids").group("billing").consumer()
-    seen = []
-    while batch := again.poll(max_rows=400):
-        seen.extend(batch)
-    again.commit()
-    rows = sum(f.table.num_rows for f in first) + sum(f.table.num_rows for f in seen)
-    assert rows == bids.num_rows
-    assert EventLog(log.root).topic("bids").group("billing").lag() == {0: 0, 1: 0}
-    assert topic.group("other").committed() == {0: 0, 1: 0}
 
 
 def test_a_reader_notices_retention_and_compaction_done_by_another_process(log, bids):

@@ -17,6 +17,7 @@ import numpy as np
 import pyarrow.compute as pc
 import pytest
 
+from dataflare_platform.events.groups import ConsumerGroup
 from dataflare_platform.events.log import EventLog
 from dataflare_platform_tests.events.procs import SCHEMA, batch
 
@@ -71,7 +72,7 @@ def test_two_producers_and_a_consumer_at_once_lose_and_duplicate_nothing(tmp_pat
         assert pc.unique(got.column("seq")).to_pylist() == [ack["seq"]]
         assert got.num_rows == rows
     assert sum(topic.end_offsets().values()) == expected
-    assert topic.group("g1").lag() == {0: 0, 1: 0}
+    assert ConsumerGroup(topic, "g1").lag() == {0: 0, 1: 0}
 
 
 def test_producer_killed_mid_append_leaves_every_acknowledged_batch(tmp_path: Path):

@@ -17,6 +17,7 @@ from dataflare_platform.cli_route import route as route_command
 from dataflare_platform.errors import ConfigError
 from dataflare_platform.events.codec import JsonDecoder
 from dataflare_platform.events.deadletter import DeadLetters
+from dataflare_platform.events.groups import ConsumerGroup
 from dataflare_platform.events.log import EventLog
 from dataflare_platform.events.router import NO_ROUTE, Router, RouteRules, load_routes
 
@@ -356,7 +357,7 @@ def test_follow_keeps_routing_new_rows_until_stopped(log, bids):
 
     def stop() -> bool:
         """Append once more after the backlog is drained, then stop when that is too."""
-        if sum(source.group("f").lag().values()):
+        if sum(ConsumerGroup(source, "f").lag().values()):
             return False
         if not appended:
             appended.append(source.append(bids.slice(0, 50)))

@@ -1,4 +1,4 @@
-"""Exactly-once output into a topic: the commit record of a transactional topic.
+"""The commit record of a transactional topic: what makes output into a topic exactly once.
 
 A pipeline writing a topic through :class:`~dataflare_platform.events.engine_io.LogSink`
 appends its output segments, then publishes one commit file (atomic rename) holding the
@@ -14,12 +14,8 @@ import json
 import struct
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from dataflare_platform.durable import write_atomic
-
-if TYPE_CHECKING:
-    from dataflare_platform.events.log import Topic
 
 COMMIT_FILE = "_commit.bin"
 _MAGIC = b"DFTX1"
@@ -53,9 +49,9 @@ class Commit:
         )
 
 
-def read_commit(topic: Topic | Path) -> Commit | None:
-    """The commit record of a topic (or of a topic directory not created yet)."""
-    directory = topic if isinstance(topic, Path) else topic.dir
+def read_commit(directory: Path) -> Commit | None:
+    """The commit record in a topic's directory (which may not be created yet): the log
+    stores it, the writer (``LogSink``) decides what goes in it."""
     try:
         data = (directory / COMMIT_FILE).read_bytes()
     except FileNotFoundError:
@@ -63,7 +59,5 @@ def read_commit(topic: Topic | Path) -> Commit | None:
     return Commit.decode(data)
 
 
-def write_commit(topic: Topic | Path, commit: Commit) -> None:
-    directory = topic if isinstance(topic, Path) else topic.dir
-    fsync = False if isinstance(topic, Path) else topic.config.fsync
+def write_commit(directory: Path, commit: Commit, fsync: bool = False) -> None:
     write_atomic(directory / COMMIT_FILE, commit.encode(), fsync=fsync)

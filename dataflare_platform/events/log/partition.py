@@ -1,0 +1,310 @@
+"""One partition of a topic: a directory of segments with dense offsets.
+
+Concurrency: appenders serialise on an ``flock`` of the partition's lock file (the next
+offset is read from the directory under the lock); readers take no lock, because a
+segment appears by atomic rename, whole or not at all. Retention and compaction take the
+same lock. A torn or corrupt segment (a power loss before the bytes reached the disk) is
+found by its checksum in :meth:`Partition.recover`: it and everything after it are
+truncated with a warning, never served.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+import os
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from dataflare_platform.durable import fsync_dir, fsync_file
+from dataflare_platform.events.log.config import TopicConfig
+from dataflare_platform.events.log.segments import (
+    NO_TIME,
+    Segment,
+    list_segments,
+    write_segment,
+)
+
+log = logging.getLogger(__name__)
+
+_SETTLE_NS = 50_000_000
+
+
+class OffsetOutOfRangeError(ValueError):
+    pass
+
+
+def time_bounds(table: pa.Table, time_column: str) -> tuple[int, int]:
+    column = table.column(time_column)
+    if column.null_count == len(column):
+        return NO_TIME, NO_TIME
+    bounds = pc.min_max(column.cast(pa.timestamp("ms")).cast(pa.int64()))
+    return bounds["min"].as_py(), bounds["max"].as_py()
+
+
+class Partition:
+    """One partition directory; safe to use from several processes at once."""
+
+    def __init__(self, topic_dir: Path, config: TopicConfig, index: int) -> None:
+        self.config = config
+        self.schema = config.schema
+        self.index = index
+        self.dir = topic_dir / f"p{index:05d}"
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self._segments: list[Segment] = []
+        self._listed_at = -1
+        self._cache: tuple[Path, pa.Table] | None = None
+
+    @property
+    def name(self) -> str:
+        return str(self.index)
+
+    @contextmanager
+    def locked(self) -> Iterator[None]:
+        with (self.dir / ".lock").open("a+b") as f:
+            fcntl.flock(f, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(f, fcntl.LOCK_UN)
+
+    # -- index ---------------------------------------------------------------------------
+    def segments(self, refresh: bool = True) -> list[Segment]:
+        """The live segments. Listing is skipped while the directory's change time
+        stands still (every publish, truncation and deletion moves it), so polling the
+        tail costs one ``stat``."""
+        if refresh or not self._segments:
+            stamp = self.dir.stat().st_mtime_ns
+            if stamp != self._listed_at or not self._segments:
+                self._segments = self._relist()
+                # File times tick coarsely (a few ms): a change in the same tick as this
+                # listing would not move the stamp, so a listing made while the stamp
+                # was recent is not trusted next time.
+                settled = time.time_ns() - stamp > _SETTLE_NS
+                self._listed_at = stamp if settled else -1
+        return self._segments
+
+    def _relist(self) -> list[Segment]:
+        """Only names from the newest known segment on are read, when that segment is
+        still there unchanged; anything else (truncation, retention) lists everything.
+        Older segments replaced by compaction are found when a read misses them."""
+        known = self._segments
+        if known:
+            tail = list_segments(self.dir, from_base=known[-1].base)
+            if tail and tail[0] == known[-1]:
+                return known[:-1] + tail
+        return list_segments(self.dir)
+
+    def start_offset(self) -> int:
+        segs = self.segments()
+        if segs and not segs[0].path.exists():
+            # Retention or compaction elsewhere: the incremental listing only looks
+            # forward, so look again from the start.
+            self._segments = []
+            segs = self.segments()
+        return segs[0].base if segs else 0
+
+    def end_offset(self) -> int:
+        segs = self.segments()
+        return segs[-1].end if segs else 0
+
+    def size_bytes(self) -> int:
+        return sum(s.size for s in self.segments())
+
+    # -- writes --------------------------------------------------------------------------
+    def append(self, table: pa.Table, metadata: dict[str, str] | None = None) -> tuple[int, int]:
+        """Append rows already conformed to the topic schema; returns (first, end)."""
+        bounds = time_bounds(table, self.config.time_column)
+        with self.locked():
+            base = self.end_offset()
+            seg = write_segment(self.dir, base, table, bounds, self.config.fsync, metadata=metadata)
+        self._segments.append(seg)
+        self._listed_at = -1
+        return base, seg.end
+
+    def truncate(self, end: int) -> int:
+        """Drop every segment at or after ``end`` (used to discard an uncommitted tail;
+        ``end`` must be a segment boundary). Returns rows removed."""
+        removed = 0
+        with self.locked():
+            for seg in self.segments():
+                if seg.base >= end:
+                    seg.path.unlink(missing_ok=True)
+                    removed += seg.rows
+                elif seg.end > end:
+                    raise ValueError(f"offset {end} is inside segment {seg.path.name}")
+        self._segments = []
+        return removed
+
+    def recover(self) -> list[str]:
+        """Check segments not yet verified; truncate from the first bad one on. Returns
+        warnings. The verified mark only moves past segments flushed to disk."""
+        warnings: list[str] = []
+        mark_file = self.dir / ".verified"
+        with self.locked():
+            for tmp in self.dir.glob(".tmp-*"):
+                pid = int(tmp.name.split("-")[1]) if tmp.name.split("-")[1].isdigit() else 0
+                if not _alive(pid):
+                    tmp.unlink(missing_ok=True)
+            try:
+                mark = int(mark_file.read_text())
+            except (OSError, ValueError):
+                mark = -1
+            segs = list_segments(self.dir)
+            verified = mark
+            for i, seg in enumerate(segs):
+                if seg.base <= mark:
+                    continue
+                reason = seg.verify()
+                if reason is None:
+                    fsync_file(seg.path)
+                    verified = seg.base
+                    continue
+                for bad in segs[i:]:
+                    bad.path.unlink(missing_ok=True)
+                message = (
+                    f"topic {self.config.name!r} partition {self.index}: segment at offset"
+                    f" {seg.base} is damaged ({reason}); truncated {len(segs) - i} segment(s)"
+                    f" from offset {seg.base}"
+                )
+                log.warning(message)
+                warnings.append(message)
+                break
+            if verified != mark:
+                tmp = self.dir / ".verified.tmp"
+                tmp.write_text(str(verified))
+                tmp.replace(mark_file)
+        self._segments = []
+        return warnings
+
+    # -- reads ---------------------------------------------------------------------------
+    def read(
+        self,
+        offset: int,
+        max_rows: int,
+        columns: list[str] | None = None,
+        end: int | None = None,
+    ) -> pa.Table:
+        """Up to ``max_rows`` rows from ``offset`` (fewer at the end; empty if none)."""
+        limit = offset + max_rows if end is None else min(offset + max_rows, end)
+        segs = self._segments
+        if not segs or segs[-1].end < limit:
+            segs = self.segments()
+        if segs and offset < segs[0].base:
+            raise OffsetOutOfRangeError(
+                f"offset {offset} of topic {self.config.name!r} partition {self.index} was"
+                f" removed by retention; the log now starts at {segs[0].base}"
+            )
+        parts = []
+        pos = offset
+        for seg in segs:
+            if pos >= limit:
+                break
+            if seg.end <= pos:
+                continue
+            table = self._read_segment(seg, columns)
+            take = min(limit, seg.end) - pos
+            parts.append(table.slice(pos - seg.base, take))
+            pos += take
+        if not parts:
+            schema = self.schema
+            if columns is not None:
+                schema = pa.schema([schema.field(c) for c in columns])
+            return schema.empty_table()
+        return parts[0] if len(parts) == 1 else pa.concat_tables(parts)
+
+    def _read_segment(self, seg: Segment, columns: list[str] | None) -> pa.Table:
+        if self._cache is not None and self._cache[0] == seg.path:
+            table = self._cache[1]
+        else:
+            try:
+                table = seg.read()
+            except FileNotFoundError:
+                # Replaced by compaction since it was listed (a merged segment holds the
+                # same offsets) or deleted by retention (the offsets are gone).
+                self._segments = []
+                merged = next((s for s in self.segments() if s.base <= seg.base < s.end), None)
+                if merged is None:
+                    raise OffsetOutOfRangeError(
+                        f"offset {seg.base} of topic {self.config.name!r} partition"
+                        f" {self.index} was removed by retention; the log now starts at"
+                        f" {self.start_offset()}"
+                    ) from None
+                table = merged.read().slice(seg.base - merged.base, seg.rows)
+            self._cache = (seg.path, table)
+        return table.select(columns) if columns is not None else table
+
+    # -- maintenance ---------------------------------------------------------------------
+    def enforce_retention(self, now_ms: int | None = None) -> list[Segment]:
+        """Delete the oldest segments past the age or size limit. The newest segment is
+        always kept: it carries the partition's end offset."""
+        cfg = self.config
+        now_ms = int(time.time() * 1000) if now_ms is None else now_ms
+        deleted: list[Segment] = []
+        with self.locked():
+            segs = list_segments(self.dir)
+            total = sum(s.size for s in segs)
+            for seg in segs[:-1]:
+                too_old = cfg.retention_ms is not None and seg.max_time < now_ms - cfg.retention_ms
+                too_big = cfg.retention_bytes is not None and total > cfg.retention_bytes
+                if not (too_old or too_big):
+                    break
+                total -= seg.size
+                seg.path.unlink(missing_ok=True)
+                deleted.append(seg)
+        self._segments = []
+        return deleted
+
+    def compact(self) -> int:
+        """Merge runs of adjacent small segments into segments of up to ``segment_rows``
+        rows. Publish the merged file first, then delete the small ones: readers in
+        between see both and prefer the merged one. Returns segments removed."""
+        target = self.config.segment_rows
+        removed = 0
+        with self.locked():
+            segs = list_segments(self.dir)
+            # Never the newest segment: an appender's next base is read from it.
+            run: list[Segment] = []
+            for seg in [*segs[:-1], None]:
+                if (
+                    seg is not None
+                    and seg.rows < target
+                    and (sum(s.rows for s in run) + seg.rows <= target)
+                ):
+                    run.append(seg)
+                    continue
+                if len(run) > 1:
+                    self._merge(run)
+                    removed += len(run)
+                run = [seg] if seg is not None and seg.rows < target else []
+        self._segments = []
+        self._cache = None
+        return removed
+
+    def _merge(self, run: list[Segment]) -> None:
+        table = pa.concat_tables([s.read() for s in run]).combine_chunks()
+        times = [(s.min_time, s.max_time) for s in run if s.min_time != NO_TIME]
+        bounds = (
+            (min(t[0] for t in times), max(t[1] for t in times)) if times else (NO_TIME, NO_TIME)
+        )
+        write_segment(self.dir, run[0].base, table, bounds, fsync=True)
+        for seg in run:
+            seg.path.unlink(missing_ok=True)
+        fsync_dir(self.dir)
+
+
+def _alive(pid: int) -> bool:
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

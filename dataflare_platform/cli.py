@@ -290,7 +290,7 @@ def bench_events(
 
     results = [bench_log(events, batch_rows, fsync)]
     if brokers:
-        from dataflare_platform.connectors.bench import bench_brokers
+        from dataflare_platform.bench.brokers import bench_brokers
 
         results.extend(bench_brokers(min(events, 200_000), 1_000))
     for result in results:

@@ -73,7 +73,7 @@ def replay_command(
     (--from-offset/--to-offset) into --into TABLE, or over the pipeline's own table with
     --overwrite. Replaying twice leaves the table unchanged. Prints a JSON summary."""
     from dataflare_platform.events.log import EventLog
-    from dataflare_platform.events.replay import DuckDBTarget, ReplayRequest, replay
+    from dataflare_platform.replay.run import DuckDBTarget, ReplayRequest, replay
 
     try:
         factory, sink = _pipeline(query, spec)
@@ -118,7 +118,7 @@ def replay_command(
 def _pipeline(query: str | None, spec: Path | None):
     """The pipeline factory and, for a spec, its duckdb sink settings."""
     from dataflare_platform.engine.spec import PipelineSpec
-    from dataflare_platform.events.replay_factories import for_nexmark, for_spec
+    from dataflare_platform.replay.factories import for_nexmark, for_spec
 
     if (query is None) == (spec is None):
         raise _UsageError("give one of --query or --spec")

@@ -1,8 +1,8 @@
 """The two-plane rule and the style rules, checked on every run."""
 
-import ast
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -10,8 +10,9 @@ import pytest
 from dataflare_platform_tests.conftest import REPO_ROOT
 
 PACKAGE = REPO_ROOT / "dataflare_platform"
-# The control plane: the only modules allowed to import Dagster.
-# The client talks to Dagster's GraphQL API: it belongs with the control plane.
+# The control plane: the only modules allowed to import Dagster (the import contracts in
+# pyproject.toml say so). The client talks to Dagster's GraphQL API: it belongs with the
+# control plane.
 CONTROL_PLANE = {
     PACKAGE / "defs",
     PACKAGE / "definitions.py",
@@ -20,29 +21,38 @@ CONTROL_PLANE = {
 }
 
 
-def _is_control_plane(path: Path) -> bool:
-    return any(path == p or p in path.parents for p in CONTROL_PLANE)
+def test_import_contracts_hold():
+    """The layers, the acyclic packages, the Dagster-free data plane and the library that
+    never imports the benchmarks: the contracts in pyproject's ``[tool.importlinter]``."""
+    lint_imports = Path(sys.executable).with_name("lint-imports")
+    result = subprocess.run(
+        [str(lint_imports), "--no-cache", "--no-logo"],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "0 broken" in result.stdout
 
 
-def _imported_modules(path: Path) -> set[str]:
-    tree = ast.parse(path.read_text())
-    names: set[str] = set()
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Import):
-            names.update(alias.name for alias in node.names)
-        elif isinstance(node, ast.ImportFrom) and node.module:
-            names.add(node.module)
-    return names
-
-
-def test_data_plane_imports_nothing_from_dagster():
-    data_plane = [p for p in PACKAGE.rglob("*.py") if not _is_control_plane(p)]
-    assert len(data_plane) > 10
-    offenders = {
-        str(p.relative_to(REPO_ROOT)): sorted(m for m in _imported_modules(p) if "dagster" in m)
-        for p in data_plane
+def test_every_data_plane_module_is_in_the_dagster_contract():
+    """A forbidden contract only checks the modules it names: every top-level module of
+    the package is either control plane or named there (import-linter cannot say
+    "everything but")."""
+    config = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["tool"]["importlinter"]
+    named = {
+        module
+        for contract in config["contracts"]
+        if contract["id"] in ("data-plane-without-dagster", "cli-without-dagster")
+        for module in contract["source_modules"]
     }
-    assert {k: v for k, v in offenders.items() if v} == {}
+    top_level = {
+        f"dataflare_platform.{p.stem if p.is_file() else p.name}"
+        for p in PACKAGE.iterdir()
+        if (p.suffix == ".py" and p.stem != "__init__") or (p / "__init__.py").exists()
+    }
+    control_plane = {f"dataflare_platform.{p.stem}" for p in CONTROL_PLANE}
+    assert top_level - control_plane - named == set()
 
 
 @pytest.mark.parametrize("args", [["check"], ["format", "--check"]])

@@ -21,7 +21,7 @@ from dataflare_platform.engine.pipeline import Node, Pipeline
 from dataflare_platform.engine.sinks import Sink
 from dataflare_platform.engine.sources import Source
 from dataflare_platform.engine.watermarks import MIN_WATERMARK
-from dataflare_platform.events.replay_targets import ReplayTarget
+from dataflare_platform.replay.targets import ReplayTarget
 
 
 class OffsetRangeSource:

@@ -19,7 +19,16 @@ from dataflare_platform.engine import CollectSink, DuckDBSink, Runner, RunnerCon
 from dataflare_platform.engine.spec import PipelineSpec
 from dataflare_platform.events.engine_io import LogSource
 from dataflare_platform.events.log import EventLog, Topic
-from dataflare_platform.events.replay import (
+from dataflare_platform.queries.nexmark import BUILDERS, COLUMNS, NexmarkSources
+from dataflare_platform.replay.factories import for_nexmark, for_spec
+from dataflare_platform.replay.plan import (
+    IntervalPlan,
+    Ownership,
+    plan_days,
+    plan_interval,
+    plan_owned,
+)
+from dataflare_platform.replay.run import (
     DuckDBTarget,
     ParquetTarget,
     ReplayError,
@@ -27,15 +36,6 @@ from dataflare_platform.events.replay import (
     replay,
     to_ms,
 )
-from dataflare_platform.events.replay_factories import for_nexmark, for_spec
-from dataflare_platform.events.replay_plan import (
-    IntervalPlan,
-    Ownership,
-    plan_days,
-    plan_interval,
-    plan_owned,
-)
-from dataflare_platform.queries.nexmark import BUILDERS, COLUMNS, NexmarkSources
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 

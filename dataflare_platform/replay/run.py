@@ -4,7 +4,7 @@ the pipeline's own output.
 Two kinds of range:
 
 - an event-time interval [start, end): the replay owns the output rows of that interval
-  (see ``replay_plan``: windows overlapping it, or rows of events inside it), reads the
+  (see ``plan``: windows overlapping it, or rows of events inside it), reads the
   offsets of every segment whose events overlap the widened interval (a segment's time
   bounds hold all of its events, however out of order, so nothing is missed), feeds the
   pipeline only the events it needs and keeps only the rows it owns. Those rows equal
@@ -43,8 +43,8 @@ from dataflare_platform.engine.sources import Source
 from dataflare_platform.errors import DataflareError
 from dataflare_platform.events.engine_io import LogSource
 from dataflare_platform.events.log import EventLog, Topic
-from dataflare_platform.events.replay_io import OffsetRangeSource, ReplaySink, insert_time_filters
-from dataflare_platform.events.replay_plan import (
+from dataflare_platform.replay.engine_io import OffsetRangeSource, ReplaySink, insert_time_filters
+from dataflare_platform.replay.plan import (
     IntervalPlan,
     Ownership,
     ReplayError,
@@ -52,7 +52,7 @@ from dataflare_platform.events.replay_plan import (
     plan_days,
     plan_interval,
 )
-from dataflare_platform.events.replay_targets import (
+from dataflare_platform.replay.targets import (
     DuckDBTableTarget,
     MemoryTarget,
     Owned,

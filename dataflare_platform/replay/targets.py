@@ -16,6 +16,7 @@ from typing import Protocol
 import duckdb
 import polars as pl
 
+from dataflare_platform.connectors.parquet_dataset import ParquetDatasetSink
 from dataflare_platform.engine.checkpoint import Checkpoint
 
 Owned = tuple[str, int, int]  # (column, start ms, end ms): the rows a replay replaces
@@ -191,8 +192,6 @@ class ParquetDatasetTarget:
     output; fine for aggregates, heavy for a pass-through of a busy topic)."""
 
     def __init__(self, root: Path | str, time_column: str, partition_by: str = "date") -> None:
-        from dataflare_platform.connectors.parquet_dataset import ParquetDatasetSink
-
         self.time_column = time_column
         self.sink = ParquetDatasetSink(root, time_column, partition_by)
         self._frames: list[pl.DataFrame] = []

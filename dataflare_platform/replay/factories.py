@@ -7,8 +7,8 @@ from dataflare_platform.engine.pipeline import Pipeline
 from dataflare_platform.engine.sinks import Sink
 from dataflare_platform.engine.sources import Source
 from dataflare_platform.engine.spec import PipelineSpec
-from dataflare_platform.events.replay import PipelineFactory, ReplayError
 from dataflare_platform.queries.nexmark import BUILDERS, COLUMNS, NexmarkSources
+from dataflare_platform.replay.run import PipelineFactory, ReplayError
 
 
 def for_nexmark(query: str) -> PipelineFactory:

@@ -10,9 +10,10 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
+from pydantic import ValidationError, field_validator
 
 from dataflare_platform.errors import ConfigError
+from dataflare_platform.models import StrictModel
 
 HOME_ENV_VAR = "DATAFLARE_HOME"
 DEFAULT_HOME_DIRNAME = ".dataflare"
@@ -52,10 +53,8 @@ concurrency:
 """
 
 
-class ProjectHome(BaseModel):
+class ProjectHome(StrictModel):
     """Where local state lives; validated so an unusable path fails before any work."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
 
     root: Path
 

@@ -17,7 +17,9 @@ from datetime import datetime
 from email.message import EmailMessage
 from typing import Annotated, Any, Literal, Protocol, runtime_checkable
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import ConfigDict, Field, field_validator, model_validator
+
+from dataflare_platform.models import StrictModel
 
 
 @dataclass(frozen=True)
@@ -67,8 +69,8 @@ class Channel(Protocol):
     def send(self, message: AlertMessage) -> None: ...
 
 
-class _Config(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+class _Config(StrictModel):
+    model_config = ConfigDict(populate_by_name=True)
 
     timeout: float = Field(default=10.0, gt=0, description="Seconds before giving up.")
 

@@ -49,9 +49,9 @@ from dataflare_platform.alerting.state import (
     MetricSample,
     Notification,
     Silence,
-    as_utc,
 )
 from dataflare_platform.errors import ConfigError
+from dataflare_platform.times import as_utc
 
 EVENT_KINDS = (
     "check_failed",

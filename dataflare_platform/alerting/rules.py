@@ -41,9 +41,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal
 
-import yaml
 from pydantic import (
-    BaseModel,
     BeforeValidator,
     ConfigDict,
     Field,
@@ -54,6 +52,8 @@ from pydantic import (
 
 from dataflare_platform.alerting.channels import ChannelConfig
 from dataflare_platform.errors import ConfigError
+from dataflare_platform.models import StrictModel
+from dataflare_platform.yaml_files import load_yaml_mapping, parse_yaml_mapping
 
 Severity = Literal["info", "warning", "error", "critical"]
 CheckSeverity = Literal["WARN", "ERROR"]
@@ -122,8 +122,8 @@ def matches_prefix(key: str | None, prefixes: list[str] | None) -> bool:
     return False
 
 
-class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+class _Model(StrictModel):
+    model_config = ConfigDict(populate_by_name=True)
 
 
 class Window(_Model):
@@ -350,25 +350,11 @@ class RuleSet(_Model):
 
     @classmethod
     def from_yaml(cls, path: str | Path) -> RuleSet:
-        try:
-            data = yaml.safe_load(Path(path).read_text())
-        except (OSError, yaml.YAMLError) as err:
-            raise ConfigError("alert rules", [("<file>", f"{path}: {err}")]) from None
-        if data is None:
-            data = {}
-        if not isinstance(data, dict):
-            raise ConfigError("alert rules", [("<root>", f"{path} must hold a mapping")])
-        return cls.load(data)
+        return cls.load(load_yaml_mapping(path, "alert rules"))
 
     @classmethod
     def from_yaml_text(cls, text: str) -> RuleSet:
-        try:
-            data = yaml.safe_load(text)
-        except yaml.YAMLError as err:
-            raise ConfigError("alert rules", [("<file>", str(err))]) from None
-        if not isinstance(data, dict):
-            raise ConfigError("alert rules", [("<root>", "the document must be a mapping")])
-        return cls.load(data)
+        return cls.load(parse_yaml_mapping(text, "alert rules"))
 
 
 class _ReferenceError(ValueError):

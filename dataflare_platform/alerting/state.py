@@ -21,15 +21,10 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.orm import registry
 from sqlmodel import Field, Session, SQLModel, create_engine, select
 
+from dataflare_platform.times import as_utc
+
 AlertStatus = Literal["firing", "acknowledged", "resolved"]
 Outcome = Literal["sent", "error", "suppressed"]
-
-
-def as_utc(value: datetime) -> datetime:
-    """Aware UTC; a naive datetime is taken to be UTC already (callers pass a clock)."""
-    if value.tzinfo is None:
-        return value.replace(tzinfo=UTC)
-    return value.astimezone(UTC)
 
 
 class UTCDateTime(TypeDecorator[datetime]):

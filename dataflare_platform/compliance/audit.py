@@ -20,7 +20,7 @@ import json
 import re
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
-from datetime import UTC, datetime
+from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
@@ -52,6 +52,7 @@ from sqlmodel import Field, SQLModel
 
 from dataflare_platform.compliance.audit_keys import AuditSettings, key_id, normalize_url, safe_url
 from dataflare_platform.errors import ConfigError, DataflareError
+from dataflare_platform.times import as_utc, utc_now
 
 __all__ = [
     "GENESIS_HASH",
@@ -102,19 +103,14 @@ class _UTCDateTime(TypeDecorator[datetime]):
     cache_ok = True
 
     def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
-        return None if value is None else _utc(value)
+        return None if value is None else as_utc(value)
 
     def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
-        return None if value is None else _utc(value)
-
-
-def _utc(value: datetime) -> datetime:
-    """Naive means UTC (how SQLite hands it back); aware is converted."""
-    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+        return None if value is None else as_utc(value)
 
 
 def _iso(value: datetime) -> str:
-    return _utc(value).isoformat(timespec="microseconds")
+    return as_utc(value).isoformat(timespec="microseconds")
 
 
 def canonical_json(value: Any) -> str:
@@ -326,7 +322,7 @@ class AuditLog:
                 .order_by(_ENTRIES.c.seq.desc())
                 .limit(1)
             ).first()
-            now = datetime.now(UTC)
+            now = utc_now()
             if head is None:
                 seq, prev_hash, at = 1, GENESIS_HASH, now
             else:
@@ -386,7 +382,7 @@ class AuditLog:
                 if problem is not None:
                     raise AuditTamperedError(f"seq {problem.seq}: {problem.problem}")
                 seq, head_hash, prev_at = entry.seq, entry.hash, entry.at
-            signed_at = datetime.now(UTC)
+            signed_at = utc_now()
             signature = signing_key.sign(checkpoint_message(seq, head_hash, signed_at))
             cp = AuditCheckpoint(
                 seq=seq,

@@ -19,12 +19,13 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import (
     Ed25519PrivateKey,
     Ed25519PublicKey,
 )
-from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
+from pydantic import ValidationError, field_validator
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
 from dataflare_platform.errors import ConfigError
 from dataflare_platform.home import ProjectHome
+from dataflare_platform.models import StrictModel
 
 PRIVATE_SUFFIX = ".key"
 PUBLIC_SUFFIX = ".pub"
@@ -150,11 +151,9 @@ def safe_url(url: str) -> str:
         return "<unparseable URL>"
 
 
-class AuditSettings(BaseModel):
+class AuditSettings(StrictModel):
     """Where the audit log and its keys are: validated so that a typo fails naming the
     field before anything is written."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
 
     url: str
     key_dir: Path

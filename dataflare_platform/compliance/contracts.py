@@ -15,7 +15,9 @@ from typing import Literal
 
 import polars as pl
 import pyarrow as pa
-from pydantic import BaseModel, ConfigDict, field_validator, model_validator
+from pydantic import field_validator, model_validator
+
+from dataflare_platform.models import StrictModel
 
 DType = pl.DataType | type[pl.DataType]
 
@@ -101,9 +103,7 @@ def dtype_name(dtype: DType) -> str:
     return dtype.__name__ if isinstance(dtype, type) else str(dtype)
 
 
-class ColumnContract(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
+class ColumnContract(StrictModel):
     name: str
     type: str
     nullable: bool = True
@@ -119,11 +119,9 @@ class ColumnContract(BaseModel):
         return parse_dtype(self.type)
 
 
-class SchemaContract(BaseModel):
+class SchemaContract(StrictModel):
     """The promised columns; ``allow_extra`` lets producers add columns without breaking
     the contract (consumers that select by name do not notice them)."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
     columns: list[ColumnContract]
     allow_extra: bool = False

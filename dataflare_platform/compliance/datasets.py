@@ -7,22 +7,20 @@ from __future__ import annotations
 from pathlib import Path
 
 import polars as pl
-from pydantic import BaseModel, ConfigDict, model_validator
+from pydantic import model_validator
+
+from dataflare_platform.models import StrictModel
 
 WAREHOUSE_FILE = "warehouse.duckdb"
 
 
-class DuckDBTableRef(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
+class DuckDBTableRef(StrictModel):
     path: Path = Path(WAREHOUSE_FILE)
     table: str
 
 
-class DatasetRef(BaseModel):
+class DatasetRef(StrictModel):
     """Exactly one of ``duckdb``, ``parquet`` (a folder, read recursively) or ``topic``."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
     duckdb: DuckDBTableRef | None = None
     parquet: Path | None = None

@@ -29,15 +29,13 @@ from typing import Any, Literal
 import polars as pl
 import pyarrow as pa
 from pydantic import (
-    BaseModel,
-    ConfigDict,
     Field,
-    ValidationError,
     field_validator,
     model_validator,
 )
 
 from dataflare_platform.errors import ConfigError
+from dataflare_platform.models import StrictModel
 
 Severity = Literal["error", "warn"]
 SAMPLE_SIZE = 5
@@ -55,9 +53,7 @@ def known_expectations() -> frozenset[str]:
     return frozenset(p.stem for p in root.glob("expect_*.py"))
 
 
-class ExpectationSpec(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
+class ExpectationSpec(StrictModel):
     type: str
     kwargs: dict[str, Any] = Field(default_factory=dict)
     severity: Severity = "error"
@@ -92,11 +88,9 @@ class ExpectationSpec(BaseModel):
         return {"type": name, "kwargs": args, "severity": args.pop("severity", "error")}
 
 
-class SuiteSpec(BaseModel):
+class SuiteSpec(StrictModel):
     """The expectations of one dataset. ``blocking``: a failed error-severity
     expectation stops downstream work (the Dagster check is blocking)."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
     name: str = Field(pattern=r"^[A-Za-z][A-Za-z0-9_]{0,100}$")
     expectations: list[ExpectationSpec] = Field(min_length=1)
@@ -104,10 +98,7 @@ class SuiteSpec(BaseModel):
 
     @classmethod
     def load(cls, data: dict[str, Any], what: str = "expectation suite") -> SuiteSpec:
-        try:
-            return cls.model_validate(data)
-        except ValidationError as err:
-            raise ConfigError.from_validation(what, err) from None
+        return cls.validated(data, what)
 
 
 @dataclass(frozen=True)

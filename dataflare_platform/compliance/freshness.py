@@ -12,15 +12,14 @@ from datetime import datetime, timedelta
 
 import polars as pl
 import pyarrow as pa
-from pydantic import BaseModel, ConfigDict, field_validator
+from pydantic import field_validator
 
-from dataflare_platform.compliance.times import as_utc
 from dataflare_platform.engine.durations import to_ms
+from dataflare_platform.models import StrictModel
+from dataflare_platform.times import as_utc
 
 
-class FreshnessPolicy(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
+class FreshnessPolicy(StrictModel):
     max_lag: str | int  # "2h", "30m"… or milliseconds
 
     @field_validator("max_lag")

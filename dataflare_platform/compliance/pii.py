@@ -17,7 +17,9 @@ from typing import Literal
 import numpy as np
 import polars as pl
 import pyarrow as pa
-from pydantic import BaseModel, ConfigDict
+from pydantic import Field
+
+from dataflare_platform.models import StrictModel
 
 
 class PiiKind(StrEnum):
@@ -63,12 +65,10 @@ PATTERNS: dict[PiiKind, str] = {
 _CARD_WIDTH = 19  # longest card number; shorter ones are left-padded with zeros
 
 
-class PiiPolicy(BaseModel):
+class PiiPolicy(StrictModel):
     """Which columns hold PII and in what form, and which columns to scan."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    columns: dict[str, Classification] = {}
+    columns: dict[str, Classification] = Field(default_factory=dict)
     scan: Literal["all_strings"] | list[str] = "all_strings"
 
 

@@ -26,10 +26,11 @@ from html import escape
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import Field, field_validator
 
-from dataflare_platform.compliance.times import as_utc
 from dataflare_platform.durable import write_atomic
+from dataflare_platform.models import StrictModel
+from dataflare_platform.times import as_utc
 
 if TYPE_CHECKING:
     from dataflare_platform.alerting.state import Alert
@@ -54,19 +55,7 @@ __all__ = [
 ]
 
 
-class _Plain(BaseModel):
-    """Frozen and strict about unknown fields: a snapshot read back from an archived
-    JSON file must mean exactly what was written, not silently drop a renamed field."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-def _utc(value: datetime) -> datetime:
-    """Aware UTC (naive taken as UTC): equal instants then compare and serialise equal."""
-    return as_utc(value)
-
-
-class CheckRecord(_Plain):
+class CheckRecord(StrictModel):
     """One evaluation of an asset check on the day (a check run twice is two records)."""
 
     name: str
@@ -84,10 +73,10 @@ class CheckRecord(_Plain):
     @field_validator("at")
     @classmethod
     def _aware(cls, value: datetime | None) -> datetime | None:
-        return None if value is None else _utc(value)
+        return None if value is None else as_utc(value)
 
 
-class PiiRecord(_Plain):
+class PiiRecord(StrictModel):
     """Raw PII found in one column: counts and redacted samples only, never a raw value
     (the report is mailed around; it must not become the leak it reports)."""
 
@@ -116,7 +105,7 @@ class PiiRecord(_Plain):
         )
 
 
-class RetentionRecord(_Plain):
+class RetentionRecord(StrictModel):
     """What one retention run deleted (or, in a dry run, would have deleted)."""
 
     dataset: str
@@ -131,7 +120,7 @@ class RetentionRecord(_Plain):
     @field_validator("cutoff")
     @classmethod
     def _aware(cls, value: datetime) -> datetime:
-        return _utc(value)
+        return as_utc(value)
 
     @classmethod
     def from_audit(cls, details: Mapping[str, Any]) -> RetentionRecord:
@@ -153,7 +142,7 @@ class RetentionRecord(_Plain):
         return cls.from_audit(action.to_audit())
 
 
-class AuditStatus(_Plain):
+class AuditStatus(StrictModel):
     """The outcome of ``AuditLog.verify`` for the report: whether the chain holds, and
     where it first breaks (later breaks are usually consequences of the first)."""
 
@@ -186,7 +175,7 @@ class AuditStatus(_Plain):
         )
 
 
-class AlertRecord(_Plain):
+class AlertRecord(StrictModel):
     """One alert as the alert store keeps it; escalated means it reached tier 2 or
     higher (nobody acknowledged it in time at tier 1)."""
 
@@ -205,7 +194,7 @@ class AlertRecord(_Plain):
     @field_validator("first_seen", "last_seen")
     @classmethod
     def _aware(cls, value: datetime | None) -> datetime | None:
-        return None if value is None else _utc(value)
+        return None if value is None else as_utc(value)
 
     @property
     def open(self) -> bool:
@@ -232,7 +221,7 @@ class AlertRecord(_Plain):
         )
 
 
-class AssetCompliance(_Plain):
+class AssetCompliance(StrictModel):
     """Everything the day did to, and found in, one asset."""
 
     asset: str  # the asset key as a path, e.g. "nexmark/bids"
@@ -253,7 +242,7 @@ class AssetCompliance(_Plain):
         return self.checks_run - self.checks_passed
 
 
-class ComplianceSnapshot(_Plain):
+class ComplianceSnapshot(StrictModel):
     """One UTC day of compliance state: what ``render_html`` and ``render_json`` show.
     Plain values only (no Dagster or database objects), so the control plane fills it
     from its instance and an archived JSON file renders the same page again."""
@@ -267,7 +256,7 @@ class ComplianceSnapshot(_Plain):
     @field_validator("generated_at")
     @classmethod
     def _aware(cls, value: datetime) -> datetime:
-        return _utc(value)
+        return as_utc(value)
 
     # -- totals the headline states ----------------------------------------------------
     @property

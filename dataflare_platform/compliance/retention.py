@@ -20,17 +20,16 @@ from typing import Any, Literal
 
 import duckdb
 import pyarrow.parquet as pq
-from pydantic import BaseModel, ConfigDict, field_validator
+from pydantic import field_validator
 
-from dataflare_platform.compliance.times import as_utc, to_epoch_ms
 from dataflare_platform.engine.durations import to_ms
 from dataflare_platform.events.log import EventLog, Topic
 from dataflare_platform.events.log.segments import NO_TIME, Segment, list_segments
+from dataflare_platform.models import StrictModel
+from dataflare_platform.times import as_utc, epoch_ms
 
 
-class RetentionPolicy(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
+class RetentionPolicy(StrictModel):
     keep: str | int  # "30d", "12h"… or milliseconds
     time_column: str | None = None  # needed for row deletion; partitions carry their time
 
@@ -118,11 +117,8 @@ def delete_duckdb_rows(
         kind = _column_type(con, table, column)
         integer = "INT" in kind.upper()
         tz_aware = "TIME ZONE" in kind.upper()
-        bound: object
-        if integer:
-            bound = to_epoch_ms(cutoff)
-        else:
-            bound = cutoff if tz_aware else cutoff.replace(tzinfo=None)
+        naive = cutoff if tz_aware else cutoff.replace(tzinfo=None)
+        bound: object = epoch_ms(cutoff) if integer else naive
         where = f"{_quote(column)} < ?"
         target = ".".join(_quote(part) for part in table.split("."))
         con.begin()
@@ -284,7 +280,7 @@ def delete_topic_segments(
             f" not {policy.time_column!r}"
         )
     cutoff = policy.cutoff(now)
-    cutoff_ms = to_epoch_ms(cutoff)
+    cutoff_ms = epoch_ms(cutoff)
     view = Topic(
         log.root,
         source.config.model_copy(update={"retention_ms": policy.keep_ms, "retention_bytes": None}),

@@ -28,8 +28,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import Field, model_validator
 
 from dataflare_platform.compliance.contracts import SchemaContract
 from dataflare_platform.compliance.datasets import DatasetRef
@@ -38,6 +37,8 @@ from dataflare_platform.compliance.freshness import FreshnessPolicy
 from dataflare_platform.compliance.pii import PiiPolicy
 from dataflare_platform.compliance.retention import RetentionPolicy
 from dataflare_platform.errors import ConfigError
+from dataflare_platform.models import StrictModel, validated
+from dataflare_platform.yaml_files import load_yaml_mapping
 
 _ASSET = r"^[A-Za-z0-9_][A-Za-z0-9_.-]*(/[A-Za-z0-9_][A-Za-z0-9_.-]*)*$"
 
@@ -46,9 +47,7 @@ class RetentionSpec(RetentionPolicy):
     target: DatasetRef | None = None  # None: the dataset's data
 
 
-class GovernedDataset(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
+class GovernedDataset(StrictModel):
     asset: str = Field(pattern=_ASSET)  # the asset key, "/"-separated
     data: DatasetRef | None = None
     pii: PiiPolicy | None = None
@@ -100,17 +99,7 @@ def load_dataset_spec(path: Path | str) -> GovernedDataset:
     """One spec file; ConfigError names the file and each bad field."""
     path = Path(path)
     what = f"governance file {path}"
-    try:
-        data = yaml.safe_load(path.read_text())
-    except (OSError, yaml.YAMLError) as err:
-        raise ConfigError(what, [("<file>", str(err))]) from None
-    if not isinstance(data, dict):
-        raise ConfigError(what, [("<root>", "must hold a mapping")])
-    try:
-        spec = GovernedDataset.model_validate(data)
-    except ValidationError as err:
-        raise ConfigError.from_validation(what, err) from None
-    return spec
+    return validated(GovernedDataset, what, load_yaml_mapping(path, what))
 
 
 def load_dataset_specs(directory: Path | str) -> list[GovernedDataset]:

@@ -22,9 +22,8 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol, Self
 
 import pyarrow as pa
-from pydantic import BaseModel, ConfigDict, ValidationError
 
-from dataflare_platform.errors import ConfigError, DataflareError
+from dataflare_platform.errors import DataflareError
 from dataflare_platform.events.codec import (
     DEAD_LETTER_SCHEMA,
     Decoded,
@@ -34,6 +33,7 @@ from dataflare_platform.events.codec import (
     encode_arrow,
     encode_json,
 )
+from dataflare_platform.models import StrictModel
 
 Format = Literal["json", "arrow"]
 
@@ -46,18 +46,13 @@ class BrokerUnavailableError(BrokerError):
     """The broker could not be reached at all."""
 
 
-class BrokerSettings(BaseModel):
+class BrokerSettings(StrictModel):
     """Base of the connectors' settings: unknown fields are refused, values are checked
     at construction, and ``load`` reports every bad field by name."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
     @classmethod
     def load(cls, **values: Any) -> Self:
-        try:
-            return cls.model_validate(values)
-        except ValidationError as err:
-            raise ConfigError.from_validation(f"{cls.__name__} settings", err) from None
+        return cls.validated(values, f"{cls.__name__} settings")
 
 
 @dataclass

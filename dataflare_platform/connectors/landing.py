@@ -57,7 +57,6 @@ from typing import Annotated, Literal
 
 import pyarrow as pa
 from pydantic import (
-    BaseModel,
     ConfigDict,
     DirectoryPath,
     Field,
@@ -69,8 +68,8 @@ from pydantic import (
 
 from dataflare_platform.connectors.landing_decode import FileDecoder, file_format
 from dataflare_platform.connectors.landing_ledger import Ledger, LedgerEntry
-from dataflare_platform.connectors.settings import validated
 from dataflare_platform.durable import WriterLock, write_atomic
+from dataflare_platform.models import StrictModel, validated
 
 STATE_DIR = "_dataflare"
 IN_PROGRESS_SUFFIXES = (
@@ -113,10 +112,8 @@ class FileChangedError(RuntimeError):
     """The file changed (or vanished) since it was scanned: it is not ingested now."""
 
 
-class LandingSettings(BaseModel):
-    model_config = ConfigDict(
-        extra="forbid", frozen=True, arbitrary_types_allowed=True, populate_by_name=True
-    )
+class LandingSettings(StrictModel):
+    model_config = ConfigDict(arbitrary_types_allowed=True, populate_by_name=True)
 
     directory: DirectoryPath
     table_schema: pa.Schema = Field(alias="schema")
@@ -133,8 +130,8 @@ class LandingSettings(BaseModel):
         return value
 
 
-class SourceSettings(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, arbitrary_types_allowed=True)
+class SourceSettings(StrictModel):
+    model_config = ConfigDict(arbitrary_types_allowed=True)
 
     name: Annotated[str, Field(min_length=1, pattern=r"^[^/]+$")]
     table_schema: pa.Schema

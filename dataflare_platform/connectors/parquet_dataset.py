@@ -48,12 +48,12 @@ from typing import Literal
 import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
-from pydantic import BaseModel, ConfigDict, Field, NonNegativeFloat, field_validator
+from pydantic import Field, NonNegativeFloat, field_validator
 
-from dataflare_platform.connectors.settings import validated
 from dataflare_platform.durable import WriterLock, fsync_dir, fsync_file, write_atomic
 from dataflare_platform.engine.checkpoint import Checkpoint
 from dataflare_platform.engine.sinks import SIDE_SCHEMA, Sink
+from dataflare_platform.models import StrictModel, validated
 
 STATE_DIR = "_dataflare"
 MANIFEST = "manifest.json"
@@ -64,9 +64,7 @@ _TMP = re.compile(r"^\.(part-\d{8}-\d{4}\.parquet|side-\d{8}\.arrow)\.tmp$")
 _FORMAT = 1
 
 
-class ParquetDatasetSettings(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
+class ParquetDatasetSettings(StrictModel):
     root: Path
     time_column: str = Field("date_time", min_length=1)
     partition_by: str = Field("date", pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")

@@ -36,12 +36,13 @@ import psycopg
 import pyarrow as pa
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict
-from pydantic import BaseModel, ConfigDict, Field, NonNegativeFloat, PositiveFloat, field_validator
+from pydantic import ConfigDict, Field, NonNegativeFloat, PositiveFloat, field_validator
 
 from dataflare_platform.connectors.pgcopy import iter_binary, pg_type
-from dataflare_platform.connectors.settings import PG_MAX_IDENTIFIER, SQL_IDENTIFIER, validated
+from dataflare_platform.connectors.settings import PG_MAX_IDENTIFIER, SQL_IDENTIFIER
 from dataflare_platform.engine.checkpoint import Checkpoint
 from dataflare_platform.engine.sinks import Sink
+from dataflare_platform.models import StrictModel, validated
 
 CHECKPOINT_TABLE = "dataflare_checkpoints"
 SIDE_SUFFIX = "_side"
@@ -70,10 +71,10 @@ class PostgresUnavailableError(ConnectionError):
     """The server could not be reached or refused the connection (message says where)."""
 
 
-class PostgresSinkSettings(BaseModel):
+class PostgresSinkSettings(StrictModel):
     """Where and how the sink writes; refused at construction naming the bad field."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True, hide_input_in_errors=True)
+    model_config = ConfigDict(hide_input_in_errors=True)
 
     dsn: str = Field(min_length=1, description="libpq URL or key=value connection string.")
     table: str = Field(

@@ -6,19 +6,17 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import (
-    BaseModel,
-    ConfigDict,
     Field,
     NonNegativeInt,
     PositiveFloat,
     PositiveInt,
-    ValidationError,
     field_validator,
 )
 
-from dataflare_platform.errors import ConfigError
+from dataflare_platform.models import StrictModel, validated
+from dataflare_platform.times import as_utc, epoch_ms
+from dataflare_platform.yaml_files import load_yaml_mapping
 
 # Nexmark's event mix: out of every 50 consecutive events, 1 person, 3 auctions, 46 bids.
 PERSON_PROPORTION = 1
@@ -27,10 +25,8 @@ BID_PROPORTION = 46
 PROPORTION_DENOMINATOR = PERSON_PROPORTION + AUCTION_PROPORTION + BID_PROPORTION
 
 
-class NexmarkConfig(BaseModel):
+class NexmarkConfig(StrictModel):
     """Knobs of the Nexmark model; defaults follow the reference Nexmark generator."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
     events: PositiveInt = Field(1_000_000, description="Total events (persons+auctions+bids).")
     seed: NonNegativeInt = Field(42, description="Same seed and settings give the same data.")
@@ -58,11 +54,11 @@ class NexmarkConfig(BaseModel):
     @field_validator("first_event_time")
     @classmethod
     def _as_utc(cls, value: datetime) -> datetime:
-        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+        return as_utc(value)
 
     @property
     def first_event_ms(self) -> int:
-        return int(self.first_event_time.timestamp() * 1000)
+        return epoch_ms(self.first_event_time)
 
     @property
     def num_chunks(self) -> int:
@@ -77,17 +73,8 @@ class NexmarkConfig(BaseModel):
     def load(cls, data: dict[str, Any] | None = None, **overrides: Any) -> NexmarkConfig:
         """Validate a mapping (e.g. parsed YAML), raising ConfigError naming bad fields."""
         merged = {**(data or {}), **{k: v for k, v in overrides.items() if v is not None}}
-        try:
-            return cls.model_validate(merged)
-        except ValidationError as err:
-            raise ConfigError.from_validation("generator config", err) from None
+        return validated(cls, "generator config", merged)
 
     @classmethod
     def from_yaml(cls, path: Path, **overrides: Any) -> NexmarkConfig:
-        try:
-            data = yaml.safe_load(Path(path).read_text()) or {}
-        except (OSError, yaml.YAMLError) as err:
-            raise ConfigError("generator config", [("<file>", f"{path}: {err}")]) from None
-        if not isinstance(data, dict):
-            raise ConfigError("generator config", [("<root>", f"{path} must hold a mapping")])
-        return cls.load(data, **overrides)
+        return cls.load(load_yaml_mapping(path, "generator config"), **overrides)

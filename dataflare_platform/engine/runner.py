@@ -32,6 +32,7 @@ from dataflare_platform.engine.pipeline import Pipeline
 from dataflare_platform.engine.sinks import side_rows
 from dataflare_platform.engine.watermarks import MAX_WATERMARK, MIN_WATERMARK, WatermarkTracker
 from dataflare_platform.errors import BatchRejectedError
+from dataflare_platform.times import now_ms
 
 
 @dataclass(frozen=True)
@@ -603,7 +604,7 @@ class _Run:
         watermark = self.tracker.current()
         self.metrics.watermark_ms = watermark if MIN_WATERMARK < watermark < MAX_WATERMARK else None
         self.metrics.watermark_lag_ms = (
-            None if self.metrics.watermark_ms is None else int(time.time() * 1000) - watermark
+            None if self.metrics.watermark_ms is None else now_ms() - watermark
         )
         for node in self.p.operators():
             t0 = time.perf_counter()

@@ -27,8 +27,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import polars as pl
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from dataflare_platform.engine.aggregations import Agg
 from dataflare_platform.engine.durations import to_ms
@@ -38,12 +37,14 @@ from dataflare_platform.engine.sinks import DuckDBSink, NullSink, ParquetSink, S
 from dataflare_platform.engine.sources import FileSource, Source, nexmark_files
 from dataflare_platform.engine.windows import Session, Sliding, Tumbling
 from dataflare_platform.errors import ConfigError
+from dataflare_platform.models import StrictModel, validated
+from dataflare_platform.yaml_files import load_yaml_mapping
 
 Duration = int | str
 
 
-class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+class _Model(StrictModel):
+    model_config = ConfigDict(populate_by_name=True)
 
 
 def _duration(value: Duration) -> Duration:
@@ -372,21 +373,12 @@ class PipelineSpec(_Model):
     # -- loading -------------------------------------------------------------------------
     @classmethod
     def load(cls, data: dict[str, Any]) -> PipelineSpec:
-        try:
-            return cls.model_validate(data)
-        except ValidationError as err:
-            raise ConfigError.from_validation("pipeline spec", err) from None
+        return validated(cls, "pipeline spec", data)
 
     @classmethod
     def from_yaml(cls, path: Path) -> PipelineSpec:
-        try:
-            data = yaml.safe_load(Path(path).read_text())
-        except (OSError, yaml.YAMLError) as err:
-            raise ConfigError("pipeline spec", [("<file>", f"{path}: {err}")]) from None
-        if not isinstance(data, dict):
-            raise ConfigError("pipeline spec", [("<root>", f"{path} must hold a mapping")])
         base = Path(path).parent
-        spec = cls.load(data)
+        spec = cls.load(load_yaml_mapping(path, "pipeline spec"))
         return spec.relative_to(base)
 
     def relative_to(self, base: Path) -> PipelineSpec:

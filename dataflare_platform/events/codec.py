@@ -14,13 +14,14 @@ from __future__ import annotations
 
 import io
 import json
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import polars as pl
 import pyarrow as pa
 import pyarrow.json as pa_json
+
+from dataflare_platform.times import now_ms
 
 DEFAULT_MAX_PAYLOAD_BYTES = 1 << 20
 
@@ -60,7 +61,7 @@ def dead_letters(
     reasons: Sequence[str],
     payloads: Sequence[bytes],
 ) -> pa.Table:
-    now = int(time.time() * 1000)
+    now = now_ms()
     n = len(offsets)
     return pa.table(
         {

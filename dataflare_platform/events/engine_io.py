@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import fcntl
-import time
 from typing import IO
 
 import polars as pl
@@ -15,6 +14,7 @@ from dataflare_platform.events.codec import DEAD_LETTER_SCHEMA
 from dataflare_platform.events.groups import ConsumerGroup
 from dataflare_platform.events.log import EventLog, Topic
 from dataflare_platform.events.log.commits import Commit, read_commit, write_commit
+from dataflare_platform.times import now_ms
 
 
 class LogSource:
@@ -248,7 +248,7 @@ def _side_as_dead_letters(side: pl.DataFrame, pipeline: str) -> pa.Table:
             pl.lit(-1, pl.Int64).alias("offset"),
             (pl.col("operator") + ": " + pl.col("reason")).alias("reason"),
             pl.col("payload").cast(pl.Binary).alias("payload"),
-            pl.lit(int(time.time() * 1000)).cast(pl.Datetime("ms")).alias("received_at"),
+            pl.lit(now_ms()).cast(pl.Datetime("ms")).alias("received_at"),
         )
         .to_arrow()
         .cast(DEAD_LETTER_SCHEMA)

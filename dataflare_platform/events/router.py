@@ -35,21 +35,18 @@ from typing import Any, Literal
 import numpy as np
 import polars as pl
 import pyarrow as pa
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import Field, ValidationError, field_validator
 
 from dataflare_platform.errors import ConfigError
 from dataflare_platform.events.codec import dead_letters, encode_json
 from dataflare_platform.events.deadletter import DeadLetters
 from dataflare_platform.events.groups import ConsumerGroup
 from dataflare_platform.events.log import TOPIC_NAME, EventLog, Topic, TopicNotFoundError
+from dataflare_platform.models import StrictModel
+from dataflare_platform.yaml_files import load_yaml_mapping
 
 NO_ROUTE = "no route matched"
 _ROUTE_NAME = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,100}$"
-
-
-class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
 
 def _parse_expr(text: str) -> str:
@@ -60,7 +57,7 @@ def _parse_expr(text: str) -> str:
     return text
 
 
-class Route(_Model):
+class Route(StrictModel):
     name: str = Field(pattern=_ROUTE_NAME)
     when: str = Field(min_length=1)  # a Polars SQL predicate over the source's columns
     to: str = Field(pattern=TOPIC_NAME)
@@ -68,7 +65,7 @@ class Route(_Model):
     _check_when = field_validator("when")(_parse_expr)
 
 
-class RouteRules(_Model):
+class RouteRules(StrictModel):
     source: str = Field(pattern=TOPIC_NAME)
     mode: Literal["first_match", "fan_out"] = "first_match"
     routes: list[Route] = Field(min_length=1)
@@ -143,11 +140,7 @@ def predicate_problem(text: str, schema: pa.Schema, source: str) -> str | None:
 def load_routes(path: Path | str, schema: pa.Schema | None = None) -> RouteRules:
     """Read a rule file; errors name the file and the field."""
     what = f"route rules {path}"
-    try:
-        data = yaml.safe_load(Path(path).read_text())
-    except (OSError, yaml.YAMLError) as err:
-        raise ConfigError(what, [("<file>", str(err))]) from None
-    return RouteRules.load(data, what, schema)
+    return RouteRules.load(load_yaml_mapping(path, what), what, schema)
 
 
 @dataclass

@@ -9,20 +9,21 @@ run in parallel without sharing a writer.
 from __future__ import annotations
 
 import io
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import polars as pl
 
 from dataflare_platform.durable import write_atomic
 from dataflare_platform.events.log import Topic
+from dataflare_platform.times import as_utc
 
 HOUR = timedelta(hours=1)
 
 
 def hourly_leaderboard(topic: Topic, hour: datetime, top: int = 10) -> pl.DataFrame:
     """Auctions by bids in [hour, hour + 1 h): bids, distinct bidders, highest price."""
-    start = hour.astimezone(UTC).replace(tzinfo=None) if hour.tzinfo else hour
+    start = as_utc(hour).replace(tzinfo=None)  # the topic's naive UTC event times
     end = start + HOUR
     bids = topic.scan().filter(pl.col("date_time").is_between(start, end, closed="left"))
     return (

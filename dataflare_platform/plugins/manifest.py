@@ -7,9 +7,10 @@ import json
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import Field, model_validator
 
 from dataflare_platform.errors import ConfigError
+from dataflare_platform.models import StrictModel
 
 ABI_VERSION = 1
 MAX_STATE_BYTES = 64 * 1024 * 1024
@@ -25,16 +26,12 @@ _PY_TYPES: dict[str, tuple[type, ...]] = {
 }
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class ColumnSpec(_Strict):
+class ColumnSpec(StrictModel):
     name: str = Field(min_length=1)
     type: ColumnType
 
 
-class ParamSpec(_Strict):
+class ParamSpec(StrictModel):
     name: str = Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
     type: ParamType
     default: Any = None
@@ -47,7 +44,7 @@ class ParamSpec(_Strict):
         return self
 
 
-class Manifest(_Strict):
+class Manifest(StrictModel):
     abi_version: int
     name: str = Field(pattern=r"^[a-z][a-z0-9_\-]*$")
     version: str = Field(pattern=r"^\d+\.\d+\.\d+([-+][0-9A-Za-z.\-]+)?$")
@@ -122,7 +119,4 @@ def load_manifest(path: Path | str) -> Manifest:
         raise ConfigError(what, [("<file>", "not found")]) from None
     except json.JSONDecodeError as err:
         raise ConfigError(what, [("<file>", f"not JSON: {err}")]) from None
-    try:
-        return Manifest.model_validate(raw)
-    except ValidationError as err:
-        raise ConfigError.from_validation(what, err) from None
+    return Manifest.validated(raw, what)

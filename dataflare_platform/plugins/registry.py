@@ -14,9 +14,10 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import Field
 
 from dataflare_platform.errors import ConfigError
+from dataflare_platform.models import StrictModel
 from dataflare_platform.plugins.build import SAMPLES_DIR, build_plugin
 from dataflare_platform.plugins.manifest import Manifest, load_manifest
 from dataflare_platform.plugins.runtime import Limits, Plugin
@@ -24,10 +25,8 @@ from dataflare_platform.plugins.runtime import Limits, Plugin
 MB = 1024 * 1024
 
 
-class RegistryConfig(BaseModel):
+class RegistryConfig(StrictModel):
     """The sandbox policy of a registry, validated: bad values are refused naming the field."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
     deadline_ms: float = Field(Limits.deadline_ms, gt=0, le=600_000)
     memory_mb: int = Field(Limits.memory_bytes // MB, ge=1, le=4096)
@@ -42,10 +41,7 @@ class RegistryConfig(BaseModel):
 
     @classmethod
     def load(cls, **values: Any) -> RegistryConfig:
-        try:
-            return cls.model_validate(values)
-        except ValidationError as err:
-            raise ConfigError.from_validation("plugin limits", err) from None
+        return cls.validated(values, "plugin limits")
 
     def limits(self) -> Limits:
         return Limits(

@@ -24,13 +24,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
 
 from dataflare_platform.engine.joins import WindowJoin
 from dataflare_platform.engine.operators import Operator
 from dataflare_platform.engine.pipeline import Node, Pipeline
 from dataflare_platform.engine.windows import WINDOW_START, Sliding, WindowAggregate, WindowTopRows
 from dataflare_platform.errors import DataflareError
+from dataflare_platform.models import StrictModel
 
 _WINDOW_OPERATORS = (WindowAggregate, WindowTopRows, WindowJoin)
 DAY_MS = 86_400_000
@@ -40,14 +41,12 @@ class ReplayError(DataflareError):
     """A replay was refused: the message says why and what to do instead."""
 
 
-class Ownership(BaseModel):
+class Ownership(StrictModel):
     """How output rows map to event time: rows are owned by aligned windows of
     ``size_ms`` sliding by ``slide_ms`` (1 ms / 1 ms: by the row's own event time), judged
     on the output column ``column`` (a window start, or the event time itself). Detected
     from the pipeline; give it explicitly only for pipelines the detection refuses but
     you know to be window-local."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
     size_ms: int = Field(ge=1)
     slide_ms: int = Field(ge=1)

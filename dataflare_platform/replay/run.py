@@ -29,12 +29,11 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import polars as pl
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from dataflare_platform.engine.pipeline import Pipeline
 from dataflare_platform.engine.runner import Runner, RunnerConfig
@@ -43,6 +42,7 @@ from dataflare_platform.engine.sources import Source
 from dataflare_platform.errors import DataflareError
 from dataflare_platform.events.engine_io import LogSource
 from dataflare_platform.events.log import EventLog, Topic
+from dataflare_platform.models import StrictModel
 from dataflare_platform.replay.engine_io import OffsetRangeSource, ReplaySink, insert_time_filters
 from dataflare_platform.replay.plan import (
     IntervalPlan,
@@ -59,6 +59,7 @@ from dataflare_platform.replay.targets import (
     ParquetDatasetTarget,
     ReplayTarget,
 )
+from dataflare_platform.times import epoch_ms
 
 logger = logging.getLogger(__name__)
 
@@ -71,19 +72,7 @@ __all__ = [
     "ReplayRequest",
     "ReplayResult",
     "replay",
-    "to_ms",
 ]
-
-
-def to_ms(value: int | datetime | str) -> int:
-    """Epoch ms from an int (already ms), a datetime or an ISO string; naive means UTC."""
-    if isinstance(value, int):
-        return value
-    if isinstance(value, str):
-        value = datetime.fromisoformat(value)
-    if value.tzinfo is None:
-        value = value.replace(tzinfo=UTC)
-    return int(value.timestamp() * 1000)
 
 
 @dataclass(frozen=True)
@@ -96,23 +85,19 @@ class PipelineFactory:
     sources: dict[str, list[str] | None]
 
 
-class DuckDBTarget(BaseModel):
+class DuckDBTarget(StrictModel):
     """A DuckDB table to write; ``overwrite`` says it is the replayed pipeline's own
     output (guarded: the pipeline must already have written the interval)."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
     path: Path
     table: str
     overwrite: bool = False
 
 
-class ParquetTarget(BaseModel):
+class ParquetTarget(StrictModel):
     """A date-partitioned Parquet dataset (``connectors.parquet_dataset``) partitioned by
     the UTC date of ``time_column``, which must be the column the replay owns rows by
     (``window_start`` for windowed pipelines). The interval is widened to whole days."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
     root: Path
     time_column: str
@@ -120,12 +105,10 @@ class ParquetTarget(BaseModel):
     overwrite: bool = False
 
 
-class ReplayRequest(BaseModel):
+class ReplayRequest(StrictModel):
     """What to replay: a topic (or source name → topic for several sources) and either an
     event-time interval or per-partition offset ranges ([start, end); end None: the
     committed end). ``target`` None keeps the output in memory (``ReplayResult.output``)."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
     topic: str | dict[str, str]
     start: int | None = None  # epoch ms
@@ -138,7 +121,7 @@ class ReplayRequest(BaseModel):
     @field_validator("start", "end", mode="before")
     @classmethod
     def _time(cls, value: Any) -> Any:
-        return None if value is None else to_ms(value)
+        return None if value is None else epoch_ms(value)
 
     @model_validator(mode="after")
     def _one_range(self) -> ReplayRequest:

@@ -9,7 +9,6 @@ told apart from others) the target's contents are replaced as a whole.
 
 from __future__ import annotations
 
-import datetime as dt
 from pathlib import Path
 from typing import Protocol
 
@@ -18,6 +17,7 @@ import polars as pl
 
 from dataflare_platform.connectors.parquet_dataset import ParquetDatasetSink
 from dataflare_platform.engine.checkpoint import Checkpoint
+from dataflare_platform.times import as_utc
 
 Owned = tuple[str, int, int]  # (column, start ms, end ms): the rows a replay replaces
 
@@ -217,8 +217,7 @@ class ParquetDatasetTarget:
                 f" by {column!r}"
             )
         day = 86_400_000
-        epoch = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
-        dates = [(epoch + dt.timedelta(milliseconds=ms)).date() for ms in range(start, end, day)]
+        dates = [as_utc(ms).date() for ms in range(start, end, day)]
         if self._frames:
             rows = pl.concat(self._frames, how="vertical_relaxed")
         else:

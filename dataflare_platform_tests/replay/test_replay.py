@@ -34,12 +34,12 @@ from dataflare_platform.replay.run import (
     ReplayError,
     ReplayRequest,
     replay,
-    to_ms,
 )
+from dataflare_platform.times import epoch_ms
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
-T0 = to_ms("2026-01-01T00:00:00")  # the generator's first event time
+T0 = epoch_ms("2026-01-01T00:00:00")  # the generator's first event time
 START, END = T0 + 7_500, T0 + 18_200  # not aligned to any window
 CONFIG = RunnerConfig(batch_rows=300, checkpoint_every=3)
 

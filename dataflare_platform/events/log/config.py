@@ -5,16 +5,16 @@ from __future__ import annotations
 import base64
 
 import pyarrow as pa
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import Field, field_validator
+
+from dataflare_platform.models import StrictModel
 
 TOPIC_FILE = "topic.json"
 TOPIC_NAME = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,200}$"
 
 
-class TopicConfig(BaseModel):
+class TopicConfig(StrictModel):
     """A topic's durable settings (``topic.json``)."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
     name: str = Field(pattern=TOPIC_NAME)
     partitions: int = Field(default=1, ge=1, le=1024)

@@ -21,6 +21,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from dataflare_platform import times
 from dataflare_platform.durable import fsync_dir, fsync_file
 from dataflare_platform.events.log.config import TopicConfig
 from dataflare_platform.events.log.segments import (
@@ -244,7 +245,7 @@ class Partition:
         """Delete the oldest segments past the age or size limit. The newest segment is
         always kept: it carries the partition's end offset."""
         cfg = self.config
-        now_ms = int(time.time() * 1000) if now_ms is None else now_ms
+        now_ms = times.now_ms() if now_ms is None else now_ms
         deleted: list[Segment] = []
         with self.locked():
             segs = list_segments(self.dir)
@@ -288,9 +289,9 @@ class Partition:
 
     def _merge(self, run: list[Segment]) -> None:
         table = pa.concat_tables([s.read() for s in run]).combine_chunks()
-        times = [(s.min_time, s.max_time) for s in run if s.min_time != NO_TIME]
+        spans = [(s.min_time, s.max_time) for s in run if s.min_time != NO_TIME]
         bounds = (
-            (min(t[0] for t in times), max(t[1] for t in times)) if times else (NO_TIME, NO_TIME)
+            (min(t[0] for t in spans), max(t[1] for t in spans)) if spans else (NO_TIME, NO_TIME)
         )
         write_segment(self.dir, run[0].base, table, bounds, fsync=True)
         for seg in run:

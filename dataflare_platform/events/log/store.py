@@ -76,10 +76,7 @@ class EventLog:
         if not re.match(TOPIC_NAME, name) or not self.exists(name):
             raise TopicNotFoundError(name)
         path = self.root / name / TOPIC_FILE
-        try:
-            config = TopicConfig.model_validate(json.loads(path.read_text()))
-        except ValidationError as err:
-            raise ConfigError.from_validation(str(path), err) from err
+        config = TopicConfig.validated(json.loads(path.read_text()), str(path))
         topic = Topic(self.root, config)
         topic.recover()
         self._open[name] = topic

@@ -1,0 +1,46 @@
+"""The one YAML loader: unreadable, unparsable and non-mapping files are refused the same
+way, naming the file."""
+
+from pathlib import Path
+
+import pytest
+
+from dataflare_platform.errors import ConfigError
+from dataflare_platform.yaml_files import load_yaml_mapping, parse_yaml_mapping
+
+
+def test_a_mapping_loads_and_an_empty_file_is_an_empty_mapping(tmp_path: Path):
+    (tmp_path / "ok.yaml").write_text("name: q7\nsize: 10\n")
+    (tmp_path / "empty.yaml").write_text("")
+    assert load_yaml_mapping(tmp_path / "ok.yaml", "spec") == {"name": "q7", "size": 10}
+    assert load_yaml_mapping(tmp_path / "empty.yaml", "spec") == {}
+
+
+@pytest.mark.parametrize(
+    ("text", "field", "message"),
+    [
+        ("name: [unclosed\n", "<file>", "bad.yaml"),
+        ("- a\n- b\n", "<root>", "must be a mapping, not a list"),
+        ("just text\n", "<root>", "must be a mapping, not a str"),
+    ],
+)
+def test_bad_files_are_refused_naming_the_file(tmp_path: Path, text, field, message):
+    path = tmp_path / "bad.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match="invalid pipeline spec") as err:
+        load_yaml_mapping(path, "pipeline spec")
+    assert err.value.fields == [field]
+    assert message in str(err.value)
+
+
+def test_a_missing_file_is_refused_naming_it(tmp_path: Path):
+    with pytest.raises(ConfigError, match=r"nowhere\.yaml") as err:
+        load_yaml_mapping(tmp_path / "nowhere.yaml", "alert rules")
+    assert err.value.fields == ["<file>"]
+
+
+def test_text_is_held_to_the_same_rules():
+    assert parse_yaml_mapping("a: 1", "rules") == {"a": 1}
+    with pytest.raises(ConfigError) as err:
+        parse_yaml_mapping("- 1", "rules")
+    assert err.value.fields == ["<root>"]

@@ -29,7 +29,9 @@ class ConfigError(DataflareError):
         problems = []
         for item in err.errors():
             field = ".".join(str(part) for part in item["loc"]) or "<root>"
-            problems.append((field, item["msg"]))
+            # A validator's ValueError reads "Value error, <message>": the message is
+            # what the user needs.
+            problems.append((field, item["msg"].removeprefix("Value error, ")))
         return cls(what, problems)
 
 

@@ -80,7 +80,8 @@ class ProjectHome(StrictModel):
         try:
             return cls(root=Path(chosen))
         except ValidationError as err:
-            raise ConfigError("project home", [("home", _first_msg(err))]) from None
+            (_, message), *_ = ConfigError.from_validation("project home", err).problems
+            raise ConfigError("project home", [("home", message)]) from None
 
     @property
     def dagster_home(self) -> Path:
@@ -119,8 +120,3 @@ class ProjectHome(StrictModel):
     def environ(self) -> dict[str, str]:
         """Variables a child process (Dagster CLI, webserver) needs to use this home."""
         return {HOME_ENV_VAR: str(self.root), "DAGSTER_HOME": str(self.dagster_home)}
-
-
-def _first_msg(err: ValidationError) -> str:
-    msg = err.errors()[0]["msg"]
-    return msg.removeprefix("Value error, ")

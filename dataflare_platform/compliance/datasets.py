@@ -9,6 +9,8 @@ from pathlib import Path
 import polars as pl
 from pydantic import model_validator
 
+from dataflare_platform.events.log import EventLog, TopicNotFoundError
+from dataflare_platform.home import ProjectHome
 from dataflare_platform.models import StrictModel
 
 WAREHOUSE_FILE = "warehouse.duckdb"
@@ -70,9 +72,6 @@ def read_dataset(ref: DatasetRef, home_root: Path, limit: int | None = None) -> 
             raise FileNotFoundError(f"no Parquet files under {folder}")
         frame = pl.scan_parquet(files, hive_partitioning=False)
         return (frame.head(limit) if limit is not None else frame).collect()
-    from dataflare_platform.events.log import EventLog, TopicNotFoundError
-    from dataflare_platform.home import ProjectHome
-
     log = EventLog(ProjectHome.resolve(home_root).event_log_dir)
     try:
         frame = log.topic(ref.topic).scan()  # type: ignore[arg-type]

@@ -35,7 +35,7 @@ from dataflare_platform.engine.operators import BatchPlugin
 from dataflare_platform.engine.pipeline import Pipeline, Stream, WindowedStream
 from dataflare_platform.engine.sinks import DuckDBSink, NullSink, ParquetSink, Sink
 from dataflare_platform.engine.sources import FileSource, Source, nexmark_files
-from dataflare_platform.engine.windows import Session, Sliding, Tumbling
+from dataflare_platform.engine.windows import Session, Sliding, TopN, Tumbling
 from dataflare_platform.errors import ConfigError
 from dataflare_platform.models import StrictModel, validated
 from dataflare_platform.yaml_files import load_yaml_mapping
@@ -558,7 +558,5 @@ def _window(stream: Stream, spec: WindowSpec) -> Stream:
     windowed: WindowedStream = stream.window(window, spec.lateness)
     if spec.top_rows is not None:
         return windowed.top_rows(spec.top_rows.by, spec.top_rows.n, spec.top_rows.descending)
-    from dataflare_platform.engine.windows import TopN
-
     top = None if spec.top is None else TopN(spec.top.by, spec.top.n, spec.top.descending)
     return windowed.agg(*_aggs(spec.agg or {}), top=top)

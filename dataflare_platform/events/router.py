@@ -35,14 +35,14 @@ from typing import Any, Literal
 import numpy as np
 import polars as pl
 import pyarrow as pa
-from pydantic import Field, ValidationError, field_validator
+from pydantic import Field, field_validator
 
 from dataflare_platform.errors import ConfigError
 from dataflare_platform.events.codec import dead_letters, encode_json
 from dataflare_platform.events.deadletter import DeadLetters
 from dataflare_platform.events.groups import ConsumerGroup
 from dataflare_platform.events.log import TOPIC_NAME, EventLog, Topic, TopicNotFoundError
-from dataflare_platform.models import StrictModel
+from dataflare_platform.models import StrictModel, validated
 from dataflare_platform.yaml_files import load_yaml_mapping
 
 NO_ROUTE = "no route matched"
@@ -79,10 +79,7 @@ class RouteRules(StrictModel):
         against its columns and types too. Raises ConfigError naming every bad field."""
         if not isinstance(data, dict):
             raise ConfigError(what, [("<root>", "the rules must be a mapping")])
-        try:
-            rules = cls.model_validate(data)
-        except ValidationError as err:
-            raise _config_error(what, err) from None
+        rules = validated(cls, what, data)
         problems = rules.problems(schema)
         if problems:
             raise ConfigError(what, problems)
@@ -355,11 +352,3 @@ class Router:
 def _first_line(err: BaseException) -> str:
     text = str(err).strip()
     return text.splitlines()[0] if text else type(err).__name__
-
-
-def _config_error(what: str, err: ValidationError) -> ConfigError:
-    problems = []
-    for item in err.errors():
-        where = ".".join(str(part) for part in item["loc"]) or "<root>"
-        problems.append((where, item["msg"].removeprefix("Value error, ")))
-    return ConfigError(what, problems)

@@ -9,7 +9,6 @@ import shutil
 from pathlib import Path
 
 import pyarrow as pa
-from pydantic import ValidationError
 
 from dataflare_platform.errors import ConfigError
 from dataflare_platform.events.log.config import TOPIC_FILE, TOPIC_NAME, TopicConfig
@@ -48,16 +47,16 @@ class EventLog:
         key = settings.get("key")
         if key is not None and key not in schema.names:
             raise ConfigError(f"topic {name!r}", [("key", f"{key!r} is not a column")])
-        try:
-            config = TopicConfig(
-                name=name,
-                partitions=partitions,
-                time_column=time_column,
-                schema_ipc=TopicConfig.encode_schema(schema),
-                **settings,  # type: ignore[arg-type]
-            )
-        except ValidationError as err:
-            raise ConfigError.from_validation(f"topic {name!r}", err) from err
+        config = TopicConfig.validated(
+            {
+                "name": name,
+                "partitions": partitions,
+                "time_column": time_column,
+                "schema_ipc": TopicConfig.encode_schema(schema),
+                **settings,
+            },
+            f"topic {name!r}",
+        )
         if self.exists(name):
             existing = self.topic(name)
             if exist_ok and existing.schema.equals(schema):

@@ -1,7 +1,8 @@
 """Dagster definitions made from declarative pipelines: adding a YAML file adds a
 pipeline, with no Python code.
 
-For each pipeline: source topics as external assets, the output as an asset that runs
+For each pipeline: source topics as observable external assets (``topics.py``: a sensor
+reports an observation whenever producers append), the output as an asset that runs
 the pipeline over an offset range (run config ``until``), a job selecting it, and a
 sensor whose cursor is the last range it requested. Each request has a run key made of
 that range, so a repeated tick never launches it twice, and the engine's checkpoint
@@ -27,6 +28,11 @@ from dataflare_platform.defs.streams.continuous import (
     continuous_definitions,
     continuous_in_progress,
 )
+from dataflare_platform.defs.streams.topics import (
+    DEFAULT_OBSERVATION_INTERVAL_S,
+    topic_key,
+    topic_observation_definitions,
+)
 from dataflare_platform.engine.durations import to_ms
 from dataflare_platform.engine.spec import PipelineSpec
 from dataflare_platform.events.log import EventLog
@@ -44,10 +50,6 @@ class StreamRange(dg.Config):
     until: dict[str, int] = Field(default_factory=dict)
 
 
-def topic_key(topic: str) -> dg.AssetKey:
-    return dg.AssetKey(["topics", topic])
-
-
 def output_key(spec: PipelineSpec) -> dg.AssetKey:
     return dg.AssetKey(["streams", spec.name])
 
@@ -59,10 +61,17 @@ def topic_specs(specs: list[PipelineSpec]) -> list[dg.AssetSpec]:
             topic_key(t),
             group_name=TOPICS_GROUP,
             kinds={"dataflare"},
-            description=f"Topic {t!r} of the embedded event log (appended by producers).",
+            description=(
+                f"Topic {t!r} of the embedded event log, appended by producers and"
+                " observed by the topic_observations sensor (end offsets, newest event)."
+            ),
         )
         for t in topics
     ]
+
+
+def _sensor_interval_s(spec: PipelineSpec) -> int:
+    return max(1, to_ms(spec.catalog.sensor_interval) // 1000)
 
 
 def _kinds(spec: PipelineSpec) -> set[str]:
@@ -99,7 +108,7 @@ def pipeline_definitions(
 ) -> dg.Definitions:
     key = output_key(spec)
     catalog = spec.catalog
-    interval_s = sensor_interval_s or max(1, to_ms(catalog.sensor_interval) // 1000)
+    interval_s = sensor_interval_s or _sensor_interval_s(spec)
 
     @dg.asset(
         key=key,
@@ -193,7 +202,11 @@ def pipeline_definitions(
 def stream_definitions(
     specs: list[PipelineSpec], sensor_interval_s: int | None = None
 ) -> dg.Definitions:
+    # Topics are observed as often as the most eager pipeline reading them looks.
+    observe_s = sensor_interval_s or min(
+        (_sensor_interval_s(s) for s in specs), default=DEFAULT_OBSERVATION_INTERVAL_S
+    )
     return dg.Definitions.merge(
-        dg.Definitions(assets=topic_specs(specs)),
+        topic_observation_definitions(topic_specs(specs), observe_s),
         *(pipeline_definitions(s, sensor_interval_s) for s in specs),
     )

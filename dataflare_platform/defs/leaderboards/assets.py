@@ -1,16 +1,46 @@
-"""Hourly hot-auction leaderboards from the ``nexmark.bids`` topic."""
+"""Hourly hot-auction leaderboards from the ``nexmark.bids`` topic.
+
+The asset materializes on its own: ``on_cron`` requests the hour that just ended once
+the cron has ticked *and* its upstream topic has been updated since, which the
+``topic_observations`` sensor reports (``defs/streams/topics.py``); the
+``leaderboards_automation`` sensor evaluates the condition (definitions.py).
+
+``DATAFLARE_LEADERBOARD_CRON`` (a 5-field cron string), read when the code location
+loads, replaces the hourly ``0 * * * *`` (tests and demos recompute every minute).
+"""
+
+import os
 
 import dagster as dg
 
 from dataflare_platform.defs.metadata import markdown_preview
 from dataflare_platform.defs.resources import ProjectHomeResource
-from dataflare_platform.defs.streams.factory import topic_key
+from dataflare_platform.defs.streams.topics import topic_key
+from dataflare_platform.errors import ConfigError
 from dataflare_platform.events.log import EventLog, TopicNotFoundError
 from dataflare_platform.pipelines.leaderboards import hourly_leaderboard, write_hour
 
 GROUP = "leaderboards"
 BIDS_TOPIC = "nexmark.bids"
 hourly_partitions = dg.HourlyPartitionsDefinition(start_date="2026-01-01-00:00", timezone="UTC")
+CRON_ENV_VAR = "DATAFLARE_LEADERBOARD_CRON"
+DEFAULT_CRON = "0 * * * *"
+
+
+def leaderboard_cron() -> str:
+    """The recompute cron: ``DATAFLARE_LEADERBOARD_CRON`` when set, else hourly. A bad
+    value fails the code location naming the variable (a cron that never ticks would
+    silently stop the leaderboards)."""
+    from dagster._utils.schedules import is_valid_cron_string  # what schedules validate with
+
+    value = os.environ.get(CRON_ENV_VAR, "").strip()
+    if not value:
+        return DEFAULT_CRON
+    if not is_valid_cron_string(value):
+        raise ConfigError(
+            "leaderboard automation", [(CRON_ENV_VAR, f"{value!r} is not a 5-field cron string")]
+        )
+    return value
 
 
 @dg.asset(
@@ -24,9 +54,9 @@ hourly_partitions = dg.HourlyPartitionsDefinition(start_date="2026-01-01-00:00",
         "The 10 auctions with the most bids in each UTC hour, with distinct bidders and"
         " highest price, read straight from the nexmark.bids topic's files."
     ),
-    # Recomputed an hour after each hour ends (late events have arrived by then);
-    # backfills recompute any hour idempotently.
-    automation_condition=dg.AutomationCondition.on_cron("0 * * * *"),
+    # Recomputed after each hour ends, as soon as the topic has new events (by then late
+    # events of that hour have arrived); backfills recompute any hour idempotently.
+    automation_condition=dg.AutomationCondition.on_cron(leaderboard_cron()),
 )
 def hourly_hot_auctions(
     context: dg.AssetExecutionContext, dataflare: ProjectHomeResource

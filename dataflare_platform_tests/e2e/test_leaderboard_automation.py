@@ -60,6 +60,7 @@ def test_the_leaderboard_materializes_after_bids_arrive(dagster_dev, home, small
     _stop_sensors_except(client, TOPIC_OBSERVATIONS_SENSOR, AUTOMATION_SENSOR)
     bids = _bids_around_now(small_nexmark["bids"])
     topic = EventLog(home.event_log_dir).create_topic("nexmark.bids", bids.schema)
+    topic.append(bids)  # both candidate hours hold bids from the start
 
     with dg.DagsterInstance.get() as instance:
         # A live stream: bids keep arriving until the leaderboard has materialized
@@ -77,10 +78,12 @@ def test_the_leaderboard_materializes_after_bids_arrive(dagster_dev, home, small
         run = instance.get_run_by_id(event.run_id)
         assert client.wait(run.run_id, timeout_s=TIMEOUT_S) == "SUCCESS"
         assert run.tags.get(FROM_AUTOMATION_TAG) == "true", run.tags
-        # The hour that had ended when the run was requested.
-        requested = instance.get_run_record_by_id(run.run_id).create_timestamp.astimezone(UTC)
-        ended = requested.replace(minute=0, second=0, microsecond=0) - timedelta(hours=1)
-        assert event.dagster_event.partition == ended.strftime("%Y-%m-%d-%H:%M")
+        # The hour that had just ended when the condition was evaluated (shortly before
+        # the run was created).
+        created = instance.get_run_record_by_id(run.run_id).create_timestamp.astimezone(UTC)
+        hour = datetime.strptime(event.dagster_event.partition, "%Y-%m-%d-%H:%M")
+        hour_end = hour.replace(tzinfo=UTC) + timedelta(hours=1)
+        assert hour_end <= created < hour_end + timedelta(hours=1, minutes=1)
         meta = event.asset_materialization.metadata
         assert meta["dagster/row_count"].value > 0 and meta["top_bids"].value > 0
 

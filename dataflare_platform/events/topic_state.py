@@ -17,7 +17,7 @@ import json
 from dataclasses import dataclass
 
 from dataflare_platform.events.log import EventLog, Partition, Topic
-from dataflare_platform.events.segments import NO_TIME, list_segments
+from dataflare_platform.events.log.segments import NO_TIME, list_segments
 
 
 @dataclass(frozen=True)

@@ -9,8 +9,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from dataflare_platform.events.log import EventLog
+from dataflare_platform.events.log.commits import Commit, write_commit
 from dataflare_platform.events.topic_state import topic_state, topic_states
-from dataflare_platform.events.transactions import Commit, write_commit
 
 
 def _max_ms(table: pa.Table) -> int:
@@ -62,7 +62,7 @@ def test_a_transactional_topic_reports_only_what_was_committed(tmp_path, small_n
     topic = log.create_topic("out", bids.schema, transactional=True)
     committed, tail = bids.slice(0, 1000), bids.slice(1000)
     topic.append(committed)
-    write_commit(topic, Commit("writer", 1, {0: 1000}, b""))
+    write_commit(topic.dir, Commit("writer", 1, {0: 1000}, b""))
     topic.append(tail)  # written but not committed yet (a crash would truncate it)
     state = topic_state(topic)
     assert state.end_offsets == {0: 1000} and state.total_events == 1000

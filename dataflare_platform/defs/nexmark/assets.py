@@ -108,6 +108,7 @@ DAILY_SELLER_STATS_CHECK = "daily_seller_stats_rules"
         dg.AssetCheckSpec(
             DAILY_SELLER_STATS_CHECK,
             asset=DAILY_SELLER_STATS_KEY,
+            blocking=True,
             description="The day's rows exist and are consistent: seller present, "
             "0 < min_bid ≤ avg_bid ≤ max_bid, distinct bidders ≤ bids, activity in every row.",
         )
@@ -158,7 +159,9 @@ def build_daily_stats_asset(
     """A daily-partitioned DuckDB summary: compute the partition's day in the data plane,
     report row count/schema/preview and the sums of ``totals``, and run the day's
     consistency rules as an asset check inside the same step (so a backfill checks every
-    day it computes, and a failing day fails its run instead of looking green)."""
+    day it computes). The check is blocking: a failing day (ERROR severity) fails its step
+    after the materialization is recorded, so the run fails instead of looking green and
+    nothing downstream of the day runs on inconsistent rows."""
     key = dg.AssetKey([KEY_PREFIX, table])
     check_name = f"{table}_rules"
 
@@ -172,7 +175,9 @@ def build_daily_stats_asset(
         owners=OWNERS,
         description=description,
         automation_condition=DAILY_STATS_AUTOMATION,
-        check_specs=[dg.AssetCheckSpec(check_name, asset=key, description=check_description)],
+        check_specs=[
+            dg.AssetCheckSpec(check_name, asset=key, blocking=True, description=check_description)
+        ],
     )
     def _daily(
         context: dg.AssetExecutionContext, dataflare: ProjectHomeResource

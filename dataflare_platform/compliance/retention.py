@@ -27,6 +27,7 @@ from dataflare_platform.events.log import EventLog, Topic
 from dataflare_platform.events.log.segments import NO_TIME, Segment, list_segments
 from dataflare_platform.models import StrictModel
 from dataflare_platform.times import as_utc, epoch_ms
+from dataflare_platform.warehouse.connection import open_duckdb
 
 
 class RetentionPolicy(StrictModel):
@@ -101,17 +102,25 @@ def delete_duckdb_rows(
     now: datetime | int,
     dataset: str | None = None,
     dry_run: bool = False,
+    lock_attempts: int = 5,
+    lock_backoff_s: float = 0.5,
 ) -> RetentionAction:
     """Delete the rows whose ``policy.time_column`` is older than the cutoff, in one
     transaction that also measures what it deletes. Rows with a null time are kept (their
     age is unknown). The time column may be a TIMESTAMP[TZ], a DATE or epoch ms
-    (integer)."""
+    (integer). A file held by another process (a continuous stream run writing it) is
+    tried ``lock_attempts`` times with a doubling backoff, then ``StoreLockedError``:
+    nothing deleted, try again later."""
     column = policy.time_column
     if column is None:
         raise ValueError(f"retention of table {table!r} needs a time_column")
     cutoff = policy.cutoff(now)
     own = not isinstance(database, duckdb.DuckDBPyConnection)
-    con = duckdb.connect(str(database), read_only=dry_run) if own else database
+    con = (
+        open_duckdb(database, read_only=dry_run, attempts=lock_attempts, backoff_s=lock_backoff_s)
+        if own
+        else database
+    )
     label = f"duckdb:{database if own else 'connection'}#{table}"
     try:
         kind = _column_type(con, table, column)

@@ -8,6 +8,7 @@ import dagster as dg
 from dataflare_platform.defs import governance, leaderboards, nexmark, plugins, replay, streams
 from dataflare_platform.defs.governance.resources import GovernanceResource
 from dataflare_platform.defs.plugins.resources import PluginRuntimeResource
+from dataflare_platform.defs.pools import executor
 from dataflare_platform.defs.resources import ProjectHomeResource
 from dataflare_platform.home import HOME_ENV_VAR
 
@@ -30,4 +31,6 @@ resources = {
     "plugins": PluginRuntimeResource(),
 }
 
-defs = dg.Definitions.merge(*DOMAINS, dg.Definitions(resources=resources))
+# The default executor runs one step per DuckDB file at a time (defs/pools.py), so any
+# selection materialized from the UI keeps one writer per file.
+defs = dg.Definitions.merge(*DOMAINS, dg.Definitions(resources=resources, executor=executor))

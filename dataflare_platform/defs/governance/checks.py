@@ -7,6 +7,7 @@ from dataflare_platform.compliance.contracts import check_contract
 from dataflare_platform.compliance.datasets import DatasetRef, read_dataset
 from dataflare_platform.compliance.pii import scan_for_policy
 from dataflare_platform.compliance.spec import GovernedDataset
+from dataflare_platform.defs.pools import dataset_tags
 from dataflare_platform.defs.resources import ProjectHomeResource
 
 
@@ -27,6 +28,7 @@ def pii_check(key: dg.AssetKey, spec: GovernedDataset) -> dg.AssetChecksDefiniti
     @dg.asset_check(
         asset=key,
         name="pii_compliance",
+        op_tags=dataset_tags(ref),
         description=(
             "No e-mail, phone, payment card (Luhn-checked) or national-id values outside "
             f"columns classified for them, and none unmasked in masked ones ({classified})."
@@ -84,6 +86,7 @@ def contract_check(key: dg.AssetKey, spec: GovernedDataset) -> dg.AssetChecksDef
     @dg.asset_check(
         asset=key,
         name="schema_contract",
+        op_tags=dataset_tags(ref),
         blocking=True,
         description="Declared columns, types and nullability: "
         + ", ".join(f"{c.name} {c.type}" for c in contract.columns),

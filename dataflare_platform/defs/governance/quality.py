@@ -10,6 +10,7 @@ import dagster as dg
 
 from dataflare_platform.compliance.datasets import DatasetRef, read_dataset
 from dataflare_platform.compliance.expectations import SuiteResult, SuiteSpec, run_suite
+from dataflare_platform.defs.pools import dataset_tags
 from dataflare_platform.defs.resources import ProjectHomeResource
 
 
@@ -55,6 +56,7 @@ def expectation_check(
     @dg.asset_check(
         asset=key,
         name=f"gx_{suite.name}",
+        op_tags=dataset_tags(ref),
         blocking=suite.blocking,
         description=(
             f"Great Expectations suite {suite.name!r}: "

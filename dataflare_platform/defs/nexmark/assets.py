@@ -9,7 +9,7 @@ import pyarrow as pa
 
 from dataflare_platform.datagen.schemas import SCHEMAS
 from dataflare_platform.defs.metadata import table_metadata
-from dataflare_platform.defs.pools import WAREHOUSE_POOL
+from dataflare_platform.defs.pools import WAREHOUSE_POOL, duckdb_file_tags
 from dataflare_platform.defs.quality import check_result
 from dataflare_platform.defs.resources import ProjectHomeResource
 from dataflare_platform.errors import CorruptInputError
@@ -33,6 +33,8 @@ from dataflare_platform.warehouse.stats import (
 )
 
 GROUP = "nexmark"
+# Every step that opens the warehouse file: one at a time within a run (defs/pools.py).
+WAREHOUSE_TAGS = duckdb_file_tags(WAREHOUSE_POOL)
 KEY_PREFIX = "nexmark"
 OWNERS = ["team:data-platform"]
 daily_partitions = dg.DailyPartitionsDefinition(start_date="2026-01-01", timezone="UTC")
@@ -61,6 +63,7 @@ def build_table_asset(kind: str) -> dg.AssetsDefinition:
     @dg.asset(
         key=[KEY_PREFIX, kind],
         pool=WAREHOUSE_POOL,
+        op_tags=WAREHOUSE_TAGS,
         deps=[landing_key(kind)],
         group_name=GROUP,
         kinds={"duckdb"},
@@ -97,6 +100,7 @@ DAILY_SELLER_STATS_CHECK = "daily_seller_stats_rules"
 @dg.asset(
     key=DAILY_SELLER_STATS_KEY,
     pool=WAREHOUSE_POOL,
+    op_tags=WAREHOUSE_TAGS,
     deps=[auctions, bids],
     partitions_def=daily_partitions,
     group_name=GROUP,
@@ -168,6 +172,7 @@ def build_daily_stats_asset(
     @dg.asset(
         key=key,
         pool=WAREHOUSE_POOL,
+        op_tags=WAREHOUSE_TAGS,
         deps=deps,
         partitions_def=daily_partitions,
         group_name=GROUP,

@@ -2,7 +2,7 @@
 
 import dagster as dg
 
-from dataflare_platform.defs.nexmark.assets import auctions, bids
+from dataflare_platform.defs.nexmark.assets import WAREHOUSE_TAGS, auctions, bids
 from dataflare_platform.defs.quality import check_result
 from dataflare_platform.defs.resources import ProjectHomeResource
 from dataflare_platform.warehouse.quality import check_auctions, check_bids
@@ -11,6 +11,7 @@ from dataflare_platform.warehouse.quality import check_auctions, check_bids
 @dg.asset_check(
     asset=bids,
     blocking=True,
+    op_tags=WAREHOUSE_TAGS,
     description="Bids have positive prices, an event time and both ids; table not empty.",
 )
 def bids_valid(dataflare: ProjectHomeResource) -> dg.AssetCheckResult:
@@ -21,6 +22,7 @@ def bids_valid(dataflare: ProjectHomeResource) -> dg.AssetCheckResult:
 @dg.asset_check(
     asset=auctions,
     blocking=True,
+    op_tags=WAREHOUSE_TAGS,
     description="Auctions expire after they open, reserve ≥ initial bid, seller present.",
 )
 def auctions_valid(dataflare: ProjectHomeResource) -> dg.AssetCheckResult:

@@ -8,6 +8,7 @@ from dataflare_platform.defs.nexmark.assets import (
     DAILY_SELLER_STATS_KEY,
     GROUP,
 )
+from dataflare_platform.defs.pools import executor as one_writer_per_file_executor
 
 DAILY_STATS_KEYS = (DAILY_SELLER_STATS_KEY, DAILY_CATEGORY_STATS_KEY, DAILY_PERSON_ACTIVITY_KEY)
 daily_stats_selection = dg.AssetSelection.assets(*DAILY_STATS_KEYS)
@@ -16,6 +17,9 @@ ingest_job = dg.define_asset_job(
     "nexmark_ingest_job",
     selection=dg.AssetSelection.groups(GROUP) - daily_stats_selection,
     description="Load every landed Nexmark file into the warehouse and check the tables.",
+    # Each load and check opens warehouse.duckdb: one step at a time, each in its own
+    # process (the code location's default executor too; set here so the job keeps it).
+    executor_def=one_writer_per_file_executor,
 )
 
 daily_stats_job = dg.define_asset_job(

@@ -191,3 +191,21 @@ def test_new_daily_assets_are_eager_and_in_the_daily_job():
         "auctions",
         "bids",
     }
+
+
+def test_every_warehouse_step_of_the_ingest_job_takes_its_turn():
+    """The wiring behind one writer per DuckDB file inside a run (defs/pools.py): each
+    step of nexmark_ingest_job that opens the warehouse carries the warehouse's file tag,
+    and the job's multiprocess executor runs one step per tag value at a time."""
+    from dataflare_platform.definitions import defs
+    from dataflare_platform.defs.pools import DUCKDB_FILE_TAG, WAREHOUSE_POOL
+
+    job = defs.resolve_job_def("nexmark_ingest_job")
+    tags = {name: node.tags.get(DUCKDB_FILE_TAG) for name, node in job.graph.node_dict.items()}
+    opening = {name for name in tags if not name.startswith("freshness_check")}
+    assert opening >= {"nexmark__persons", "nexmark__auctions", "nexmark__bids"}
+    assert {name for name, tag in tags.items() if tag == WAREHOUSE_POOL} == opening
+    assert job.executor_def.name == "multiprocess_one_writer_per_duckdb_file"
+    # and a selection materialized from the UI runs under the same executor
+    implicit = defs.resolve_implicit_global_asset_job_def()
+    assert implicit.executor_def.name == job.executor_def.name

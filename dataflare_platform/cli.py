@@ -337,7 +337,7 @@ def nexmark_run(
 @pipeline_app.command("validate")
 def pipeline_validate(spec: Annotated[Path, typer.Argument(help="Pipeline YAML file.")]) -> None:
     """Check a pipeline file; errors name the field."""
-    from dataflare_platform.engine.spec import PipelineSpec
+    from dataflare_platform.streams.spec import PipelineSpec
 
     try:
         loaded = PipelineSpec.from_yaml(spec)
@@ -354,10 +354,10 @@ def pipeline_run(
 ) -> None:
     """Run a pipeline file over its bounded input (resuming from its last checkpoint)."""
     from dataflare_platform.engine import Runner, RunnerConfig
-    from dataflare_platform.engine.spec import PipelineSpec
+    from dataflare_platform.streams.spec import PipelineSpec
 
     try:
-        pipeline = PipelineSpec.from_yaml(spec).build()
+        pipeline = PipelineSpec.from_yaml(spec).build(bounded=True)
         config = RunnerConfig(batch_rows=batch_rows, checkpoint_every=checkpoint_every)
     except (DataflareError, ValueError, FileNotFoundError) as err:
         _fail(err)

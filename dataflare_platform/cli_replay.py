@@ -117,8 +117,8 @@ def replay_command(
 
 def _pipeline(query: str | None, spec: Path | None):
     """The pipeline factory and, for a spec, its duckdb sink settings."""
-    from dataflare_platform.engine.spec import PipelineSpec
     from dataflare_platform.replay.factories import for_nexmark, for_spec
+    from dataflare_platform.streams.spec import PipelineSpec
 
     if (query is None) == (spec is None):
         raise _UsageError("give one of --query or --spec")
@@ -126,7 +126,9 @@ def _pipeline(query: str | None, spec: Path | None):
         return for_nexmark(query), None
     assert spec is not None
     loaded = PipelineSpec.from_yaml(spec)
-    return for_spec(loaded), loaded.sink.duckdb
+    sink = loaded.sink
+    duck = sink.model_dump(exclude_none=True, exclude={"kind"}) if sink.kind == "duckdb" else None
+    return for_spec(loaded), duck
 
 
 def _topic_map(values: list[str]) -> str | dict[str, str]:

@@ -137,8 +137,8 @@ def bench_brokers(
 
 
 def _nats_maker(url: str, batch_rows: int) -> Callable[[Format], tuple[Any, ...]]:
-    from dataflare_platform.connectors import nats_jetstream as nj
-    from dataflare_platform.connectors.nats_settings import NatsSettings
+    from dataflare_platform.connectors.nats import jetstream as nj
+    from dataflare_platform.connectors.nats.settings import NatsSettings
 
     def make(fmt: Format) -> tuple[Any, ...]:
         settings = NatsSettings(
@@ -154,7 +154,7 @@ def _nats_maker(url: str, batch_rows: int) -> Callable[[Format], tuple[Any, ...]
 
 
 def _redis_maker(url: str, batch_rows: int) -> Callable[[Format], tuple[Any, ...]]:
-    from dataflare_platform.connectors import redis_streams as rs
+    from dataflare_platform.connectors.redis import streams as rs
 
     def make(fmt: Format) -> tuple[Any, ...]:
         settings = rs.RedisSettings(

@@ -15,8 +15,8 @@ import duckdb
 import pyarrow.dataset as ds
 
 from dataflare_platform.bench.common import machine, peak_rss_mb
-from dataflare_platform.engine import NullSink, ParquetSink, Runner, RunnerConfig
-from dataflare_platform.engine.sources import FileSource
+from dataflare_platform.connectors.files import FileSource, ParquetSink
+from dataflare_platform.engine import NullSink, Runner, RunnerConfig
 from dataflare_platform.queries.nexmark import (
     BUILDERS,
     COLUMNS,

@@ -3,7 +3,7 @@
 The engine addresses a partition by row offset and advances by exactly the number of
 rows ``read`` returned, so a checkpoint is one integer per partition. A broker stream is
 a sequence of messages, each of which is placed in that row-offset space by its
-connector (see ``nats_jetstream`` and ``redis_streams`` for how) as an
+connector (see ``nats.jetstream`` and ``redis.streams`` for how) as an
 :class:`Envelope`: the offset of its first row and how many offsets it occupies.
 
 Whatever the stream holds, every offset yields exactly one row:

@@ -1,28 +1,22 @@
-"""Declarative pipelines: a pydantic model, loadable from YAML, that maps one-to-one onto
-the builder API — every step is a builder method with the same name and arguments.
+"""The operator graph of a declarative pipeline: pydantic models of its streams and
+steps that map one-to-one onto the builder API — every step is a builder method with the
+same name and arguments — and ``wire``, which applies them to the source streams.
 
-    name: hot-items
-    watermark: {out_of_orderness: 4s}
-    sources:
-      bids: {path: data/nexmark/bids, columns: [auction, date_time]}
     streams:
       hot:
         from: bids
         steps:
           - key_by: [auction]
           - window: {sliding: {size: 10s, slide: 2s}, agg: {num: count}, top: {by: num}}
-    output: hot
-    sink: {duckdb: {path: out.duckdb, table: hot_items}}
 
 Expressions are Polars SQL expressions (``"auction % 123 = 0"``), checked at load. Any
-error names the field it is about (``streams.hot.steps[1].window.sliding.slide``).
+error names the field it is about (``streams.hot.steps[1].window.sliding.slide``). The
+whole pipeline spec (sources and sink by ``kind:``, catalog, builder) is
+``streams.spec.PipelineSpec``: sources and sinks are connectors, above the engine.
 """
 
 from __future__ import annotations
 
-import importlib
-import inspect
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
 
@@ -32,9 +26,7 @@ from pydantic import ConfigDict, Field, ValidationError, field_validator, model_
 from dataflare_platform.engine.aggregations import Agg
 from dataflare_platform.engine.durations import to_ms
 from dataflare_platform.engine.operators import BatchPlugin
-from dataflare_platform.engine.pipeline import Pipeline, Stream, WindowedStream
-from dataflare_platform.engine.sinks import DuckDBSink, NullSink, ParquetSink, Sink
-from dataflare_platform.engine.sources import FileSource, Source, nexmark_files
+from dataflare_platform.engine.pipeline import Stream, WindowedStream
 from dataflare_platform.engine.windows import Session, Sliding, TopN, Tumbling
 from dataflare_platform.errors import ConfigError
 from dataflare_platform.models import StrictModel, validated
@@ -66,22 +58,6 @@ class WatermarkSpec(_Model):
     max_future: Duration = "1h"
 
     _check = field_validator("out_of_orderness", "max_future")(_duration)
-
-
-class SourceSpec(_Model):
-    """Files (``path``) or a topic of the event log (``topic``; see
-    ``dataflare_platform.events.specs``, which opens it)."""
-
-    path: Path | None = None
-    topic: str | None = None
-    columns: list[str] | None = None
-    time_column: str = "date_time"
-
-    @model_validator(mode="after")
-    def _one(self) -> SourceSpec:
-        if (self.path is None) == (self.topic is None):
-            raise ValueError("give exactly one of path, topic")
-        return self
 
 
 class AggSpec(_Model):
@@ -255,237 +231,21 @@ class StreamSpec(_Model):
     steps: list[StepSpec] = Field(default_factory=list)
 
 
-SINK_KINDS = ("duckdb", "parquet", "discard", "topic")
-
-
-class SinkSpec(_Model):
-    duckdb: dict[str, Any] | None = None
-    parquet: Path | None = None
-    discard: dict[str, Any] | None = None
-    topic: str | None = None  # an exactly-once output topic of the event log
-
-    @model_validator(mode="after")
-    def _one(self) -> SinkSpec:
-        given = [k for k in SINK_KINDS if getattr(self, k) is not None]
-        if len(given) != 1:
-            raise ValueError(f"give exactly one of {', '.join(SINK_KINDS)}")
-        if self.duckdb is not None and "table" not in self.duckdb:
-            raise ValueError("duckdb needs a table (and optionally path, upsert_keys)")
-        return self
-
-
-class CatalogSpec(_Model):
-    """How the pipeline's output appears in a catalog (the Dagster asset): the engine
-    ignores it."""
-
-    description: str | None = None
-    group: str = "streams"
-    owners: list[str] = Field(default_factory=list)
-    tags: dict[str, str] = Field(default_factory=dict)
-    sensor_interval: Duration = "30s"
-    # The share of a run's events that may be dead-lettered before its check warns.
-    max_dead_letter_rate: float = Field(0.0, ge=0.0, le=1.0)
-
-    _check = field_validator("sensor_interval")(_duration)
-
-
-def _import_builder(value: Any) -> Callable[..., Stream] | None:
-    """``"package.module:function"`` (YAML) or the function itself (Python)."""
-    if value is None or callable(value):
-        return value
-    if not isinstance(value, str) or ":" not in value:
-        raise ValueError("give the builder function as 'package.module:function'")
-    module_name, _, qualname = value.partition(":")
-    try:
-        target: Any = importlib.import_module(module_name)
-        for part in qualname.split("."):
-            target = getattr(target, part)
-    except (ImportError, AttributeError) as err:
-        raise ValueError(f"cannot import {value!r}: {err}") from None
-    if not callable(target):
-        raise ValueError(f"{value!r} is not a function")
-    return target
-
-
-def _builder_name(builder: Callable[..., Any]) -> str:
-    return f"{builder.__module__}:{builder.__qualname__}"
-
-
-class PipelineSpec(_Model):
-    """A pipeline: its steps declared in ``streams`` (YAML), or a ``builder`` — a Python
-    function taking one :class:`Stream` per source (by name) and returning the output
-    stream, for what the builder API expresses better than YAML."""
-
-    name: str = Field(pattern=r"^[A-Za-z][A-Za-z0-9_-]{0,100}$")
-    catalog: CatalogSpec = Field(default_factory=CatalogSpec)
-    watermark: WatermarkSpec = Field(default_factory=WatermarkSpec)
-    sources: dict[str, SourceSpec]
-    streams: dict[str, StreamSpec] = Field(default_factory=dict)
-    output: str | None = None
-    builder: Any = Field(default=None, exclude=True)
-    sink: SinkSpec
-
-    _import = field_validator("builder", mode="before")(_import_builder)
-
-    @model_validator(mode="after")
-    def _references(self) -> PipelineSpec:
-        if self.builder is not None:
-            return self._builder_fits()
-        known = set(self.sources)
-        for name, stream in self.streams.items():
-            if name in self.sources:
-                raise ValueError(f"streams.{name}: a stream cannot share a source's name")
-            if stream.from_ not in known:
-                raise ValueError(
-                    f"streams.{name}.from: unknown source or earlier stream {stream.from_!r}"
-                )
-            for i, step in enumerate(stream.steps):
-                other = getattr(step.arg, "with_", None)
-                if other is not None and other not in known:
-                    raise ValueError(
-                        f"streams.{name}.steps[{i}].{step.op}.with: unknown stream {other!r}"
-                    )
-            known.add(name)
-        if self.output is None:
-            raise ValueError("output: name the stream to sink (or give a builder)")
-        if self.output not in self.streams:
-            raise ValueError(f"output: no stream named {self.output!r}")
-        return self
-
-    def _builder_fits(self) -> PipelineSpec:
-        if self.streams or self.output is not None:
-            raise ValueError("builder: give either a builder or streams and output, not both")
-        try:
-            params = inspect.signature(self.builder).parameters
-        except (TypeError, ValueError) as err:
-            raise ValueError(f"builder: {err}") from None
-        required = {n for n, p in params.items() if p.default is inspect.Parameter.empty} - {
-            n for n, p in params.items() if p.kind is p.VAR_KEYWORD
-        }
-        missing = sorted(required - set(self.sources))
-        if missing:
-            raise ValueError(
-                f"builder: {_builder_name(self.builder)} takes {missing}, which are not "
-                f"sources (sources: {sorted(self.sources)})"
-            )
-        return self
-
-    # -- loading -------------------------------------------------------------------------
-    @classmethod
-    def load(cls, data: dict[str, Any]) -> PipelineSpec:
-        return validated(cls, "pipeline spec", data)
-
-    @classmethod
-    def from_yaml(cls, path: Path) -> PipelineSpec:
-        base = Path(path).parent
-        spec = cls.load(load_yaml_mapping(path, "pipeline spec"))
-        return spec.relative_to(base)
-
-    def relative_to(self, base: Path) -> PipelineSpec:
-        """Resolve relative source/sink paths against the spec file's folder."""
-
-        def resolve(path: Path | str) -> Path:
-            path = Path(path)
-            return path if path.is_absolute() else base / path
-
-        sources = {
-            k: s.model_copy(update={"path": resolve(s.path)}) if s.path is not None else s
-            for k, s in self.sources.items()
-        }
-        sink = self.sink
-        if sink.duckdb is not None and "path" in sink.duckdb:
-            sink = sink.model_copy(
-                update={"duckdb": {**sink.duckdb, "path": resolve(sink.duckdb["path"])}}
-            )
-        elif sink.parquet is not None:
-            sink = sink.model_copy(update={"parquet": resolve(sink.parquet)})
-        return self.model_copy(update={"sources": sources, "sink": sink})
-
-    # -- building ------------------------------------------------------------------------
-    def build(
-        self,
-        sink: Sink | None = None,
-        plugins: dict[str, BatchPlugin] | None = None,
-        sources: dict[str, Source] | None = None,
-    ) -> Pipeline:
-        """The pipeline, with ``sources`` replacing the declared ones by name (topic
-        sources must be given: the engine does not open the event log)."""
-        w = self.watermark
-        pipeline = Pipeline(
-            self.name,
-            out_of_orderness_ms=to_ms(w.out_of_orderness),
-            idle_timeout_ms=None if w.idle_timeout is None else to_ms(w.idle_timeout),
-            max_future_ms=to_ms(w.max_future),
-        )
-        streams: dict[str, Stream] = {}
-        given = sources or {}
-        for name, source in self.sources.items():
-            if name in given:
-                streams[name] = pipeline.source(given[name])
-                continue
-            if source.path is None:
-                raise ConfigError(
-                    f"pipeline {self.name!r}",
-                    [(f"sources.{name}.topic", "open topic sources with events.specs.build")],
-                )
-            files = nexmark_files(source.path) if source.path.is_dir() else [source.path]
-            streams[name] = pipeline.source(
-                FileSource(name, files, source.time_column, source.columns)
-            )
-        return self.wire(streams, plugins).sink(sink or self._sink())
-
-    def wire(
-        self, streams: dict[str, Stream], plugins: dict[str, BatchPlugin] | None = None
-    ) -> Stream:
-        """The output stream, from one stream per source."""
-        if self.builder is not None:
-            return self._call_builder(streams)
-        streams = dict(streams)
-        for name, stream_spec in self.streams.items():
-            stream = streams[stream_spec.from_]
-            for step in stream_spec.steps:
-                stream = apply_step(stream, step, streams, plugins or {})
-            streams[name] = stream
-        return streams[self.output]  # type: ignore[index]
-
-    def _call_builder(self, streams: dict[str, Stream]) -> Stream:
-        params = inspect.signature(self.builder).parameters
-        if any(p.kind is p.VAR_KEYWORD for p in params.values()):
-            given = dict(streams)
-        else:
-            given = {name: streams[name] for name in params if name in streams}
-        out = self.builder(**given)
-        if not isinstance(out, Stream):
-            raise ConfigError(
-                f"pipeline {self.name!r}",
-                [
-                    (
-                        "builder",
-                        f"{_builder_name(self.builder)} returned {type(out).__name__}: "
-                        "return the output Stream (the platform adds the sink)",
-                    )
-                ],
-            )
-        return out
-
-    def _sink(self) -> Sink:
-        s = self.sink
-        if s.duckdb is not None:
-            if "path" not in s.duckdb:
-                raise ConfigError(
-                    f"pipeline {self.name!r}",
-                    [("sink.duckdb.path", "no path: give one, or run it where one is chosen")],
-                )
-            return DuckDBSink(
-                Path(s.duckdb["path"]), s.duckdb["table"], s.duckdb.get("upsert_keys")
-            )
-        if s.parquet is not None:
-            return ParquetSink(s.parquet)
-        if s.topic is not None:
-            raise ConfigError(
-                f"pipeline {self.name!r}", [("sink.topic", "open with events.specs.build")]
-            )
-        return NullSink()
+def wire(
+    streams: dict[str, Stream],
+    stream_specs: dict[str, StreamSpec],
+    output: str,
+    plugins: dict[str, BatchPlugin] | None = None,
+) -> Stream:
+    """The ``output`` stream, from one stream per source and the declared streams in
+    order (each may read a source or an earlier stream)."""
+    streams = dict(streams)
+    for name, stream_spec in stream_specs.items():
+        stream = streams[stream_spec.from_]
+        for step in stream_spec.steps:
+            stream = apply_step(stream, step, streams, plugins or {})
+        streams[name] = stream
+    return streams[output]
 
 
 def _aggs(spec: dict[str, AggSpec]) -> list[Agg]:

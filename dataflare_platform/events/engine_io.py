@@ -9,7 +9,7 @@ import polars as pl
 import pyarrow as pa
 
 from dataflare_platform.engine.checkpoint import Checkpoint
-from dataflare_platform.engine.sinks import Sink
+from dataflare_platform.engine.io import TransactionalSink
 from dataflare_platform.events.codec import DEAD_LETTER_SCHEMA
 from dataflare_platform.events.groups import ConsumerGroup
 from dataflare_platform.events.log import EventLog, Topic
@@ -106,7 +106,7 @@ def ensure_output_topic(
     return topic
 
 
-class LogSink(Sink):
+class LogSink(TransactionalSink):
     """Writes a pipeline's output to a transactional topic, exactly once.
 
     Each commit appends the output (and side rows to ``<topic>.side``), then publishes the
@@ -114,8 +114,6 @@ class LogSink(Sink):
     truncates whatever was appended after the last commit. The topic has one writer: an
     exclusive lock is held from ``open`` to ``close``.
     """
-
-    transactional = True
 
     def __init__(self, log: EventLog, topic: str, time_column: str | None = None) -> None:
         """A missing topic is created at the first commit from the output's schema, with
@@ -131,8 +129,6 @@ class LogSink(Sink):
         self._lock: IO[bytes] | None = None
         self._pipeline = ""
         self._sequence = 0
-        self._outputs: list[pl.DataFrame] = []
-        self._sides: list[pl.DataFrame] = []
 
     def _attach(self) -> None:
         self.topic = self.log.topic(self.name)
@@ -164,6 +160,7 @@ class LogSink(Sink):
             raise RuntimeError(msg) from err
         self._lock = lock
         self._pipeline = pipeline
+        self.discard_pending()
         if self.topic is None:
             if not self.log.exists(self.name):
                 # No output yet, so no topic: commits so far sit in its directory, and
@@ -199,14 +196,10 @@ class LogSink(Sink):
         self._sequence = commit.sequence
         return Checkpoint.decode(commit.checkpoint)
 
-    def write(self, output: pl.DataFrame | None, side: pl.DataFrame | None) -> None:
-        if output is not None and output.height:
-            self._outputs.append(output)
-        if side is not None and side.height:
-            self._sides.append(side)
-
-    def commit(self, checkpoint: Checkpoint) -> None:
-        out = pl.concat(self._outputs, how="vertical_relaxed").to_arrow() if self._outputs else None
+    def commit_batch(
+        self, output: pl.DataFrame | None, side: pl.DataFrame | None, checkpoint: Checkpoint
+    ) -> None:
+        out = output.to_arrow() if output is not None else None
         if self.topic is None and out is not None:
             self._create(out.schema)
         assert self.side is not None, "open() first"
@@ -216,8 +209,8 @@ class LogSink(Sink):
             # Deterministic placement, so a replay after a crash writes the same layout.
             partition = None if self.topic.config.key else self._sequence % n
             self.topic.append(out, partition=partition)
-        if self._sides:
-            self.side.append(_side_as_dead_letters(pl.concat(self._sides), self._pipeline), 0)
+        if side is not None:
+            self.side.append(_side_as_dead_letters(side, self._pipeline), 0)
         # Before the output topic exists (no output yet to take its schema from) the
         # record is kept in its directory, so a restart or the next range resumes here.
         parts = self.topic.parts if self.topic is not None else []
@@ -228,8 +221,6 @@ class LogSink(Sink):
             write_commit(self.topic.dir, record, fsync=self.topic.config.fsync)
         else:
             write_commit(self.log.root / self.name, record)
-        self._outputs.clear()
-        self._sides.clear()
 
     def close(self) -> None:
         if self._lock is not None:

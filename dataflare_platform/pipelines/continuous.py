@@ -1,4 +1,4 @@
-"""Continuous runs of declarative pipelines: poll the topics until told to stop, commit a
+"""Continuous runs of declarative pipelines: poll the sources until told to stop, commit a
 checkpoint with the output every so often, and resume from the last one on the next run.
 
 ``run_continuous`` blocks; ``ContinuousRun`` runs it on a thread and hands each committed
@@ -18,10 +18,10 @@ from pathlib import Path
 from dataflare_platform.engine.checkpoint import Checkpoint
 from dataflare_platform.engine.metrics import EngineMetrics
 from dataflare_platform.engine.runner import Runner, RunnerConfig, RunResult
-from dataflare_platform.engine.spec import PipelineSpec
-from dataflare_platform.events import specs as event_specs
 from dataflare_platform.events.log import EventLog
-from dataflare_platform.pipelines.ranges import output_sink, source_ends
+from dataflare_platform.pipelines.ranges import source_ends
+from dataflare_platform.streams import bind
+from dataflare_platform.streams.spec import PipelineSpec
 
 DEFAULT_CHECKPOINT_INTERVAL_S = 2.0
 
@@ -82,9 +82,7 @@ def run_continuous(
     twice. ``on_checkpoint`` gets a report after each commit, on the engine's sink thread.
     """
     config = config or RunnerConfig(checkpoint_interval_s=DEFAULT_CHECKPOINT_INTERVAL_S)
-    pipeline = event_specs.build(
-        spec, log, sink=output_sink(spec, default_dir), bounded=False, plugins=plugins
-    )
+    pipeline = bind.build(spec, log=log, default_dir=default_dir, plugins=plugins)
     started = time.perf_counter()
 
     def committed(checkpoint: Checkpoint, metrics: EngineMetrics) -> None:

@@ -6,8 +6,8 @@ replay and the Dagster asset come for free.
 
     @stream_pipeline(
         name="big_bids",
-        sources={"bids": {"topic": "nexmark.bids"}},
-        sink={"duckdb": {"table": "big_bids"}},
+        sources={"bids": {"kind": "topic", "topic": "nexmark.bids"}},
+        sink={"kind": "duckdb", "table": "big_bids"},
     )
     def big_bids(bids: Stream) -> Stream:
         return bids.filter(pl.col("price") > 1_000_000)
@@ -23,8 +23,8 @@ from pathlib import Path
 from typing import Any
 
 from dataflare_platform.engine.pipeline import Stream
-from dataflare_platform.engine.spec import PipelineSpec
 from dataflare_platform.errors import ConfigError
+from dataflare_platform.streams.spec import PipelineSpec
 
 SPEC_ATTRIBUTE = "pipeline_spec"
 BUILDERS_DIR = "builders"

@@ -1,21 +1,23 @@
-"""Micro-batch runs of declarative pipelines over offset ranges of their topics.
+"""Micro-batch runs of declarative pipelines over offset ranges of their sources.
 
 A run is given the end offset to reach per ``source/partition``; the engine resumes from
 the checkpoint its sink committed with the last output, so a range already processed
-(a repeated or overlapping request) reads nothing again.
+(a repeated or overlapping request) reads nothing again. Ranges cover the sources whose
+kind has readable end offsets (topic, nats, redis, file: ``connectors.registry``).
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
+from dataflare_platform.connectors import duckdb as duckdb_connector
+from dataflare_platform.connectors.broker import BrokerError
 from dataflare_platform.engine.runner import Runner, RunnerConfig, RunResult
-from dataflare_platform.engine.sinks import DuckDBSink, Sink
-from dataflare_platform.engine.spec import PipelineSpec
 from dataflare_platform.errors import ConfigError
-from dataflare_platform.events import specs as event_specs
 from dataflare_platform.events.log import EventLog, TopicNotFoundError
 from dataflare_platform.pipelines.python_specs import load_python_specs
+from dataflare_platform.streams import bind
+from dataflare_platform.streams.spec import PipelineSpec
 
 PIPELINES_DIR = Path(__file__).parent
 
@@ -43,61 +45,46 @@ def load_specs(directory: Path = PIPELINES_DIR) -> list[PipelineSpec]:
 
 
 def topics_of(spec: PipelineSpec) -> dict[str, str]:
-    """Source name → topic, for the sources that read topics."""
-    return {name: s.topic for name, s in spec.sources.items() if s.topic is not None}
+    """Source name → topic, for the sources that read topics of the event log."""
+    return {name: s.topic for name, s in spec.sources.items() if s.kind == "topic"}
 
 
 def source_ends(spec: PipelineSpec, log: EventLog) -> dict[str, int]:
-    """Committed end offset of every ``source/partition`` the pipeline reads."""
-    ends: dict[str, int] = {}
-    for name, topic_name in topics_of(spec).items():
-        topic = log.topic(topic_name)
-        for partition, end in topic.committed_ends().items():
-            ends[f"{name}/{partition}"] = end
-    return ends
+    """End offset of every ``source/partition`` the pipeline ranges over (committed
+    ends for topics)."""
+    return bind.source_ends(spec, bind.context(spec, log))
 
 
 def pending_range(
     spec: PipelineSpec, log: EventLog, requested: dict[str, int]
 ) -> dict[str, int] | None:
     """The ends to request next, or None when no source moved past ``requested`` (what
-    the previous request asked for) or a topic does not exist yet."""
+    the previous request asked for) or a source does not exist yet (a topic or broker
+    stream not yet created)."""
     try:
         ends = source_ends(spec, log)
-    except TopicNotFoundError:
+    except (TopicNotFoundError, BrokerError):
         return None
     if not ends or all(end <= requested.get(key, 0) for key, end in ends.items()):
         return None
     return ends
 
 
-def output_sink(spec: PipelineSpec, default_dir: Path) -> Sink | None:
-    """A DuckDB sink declared without a path writes ``<default_dir>/<pipeline>.duckdb``
-    (one file per pipeline: DuckDB has one writer per file); other sinks are the spec's."""
-    duck = spec.sink.duckdb
-    if duck is not None and "path" not in duck:
-        default_dir.mkdir(parents=True, exist_ok=True)
-        return DuckDBSink(
-            default_dir / f"{spec.name}.duckdb", duck["table"], duck.get("upsert_keys")
-        )
-    return None
-
-
 def output_schema(spec: PipelineSpec, default_dir: Path):
     """The Arrow schema of a pipeline's DuckDB output table, once it exists (else None)."""
     import duckdb
 
-    duck = spec.sink.duckdb
-    if duck is None:
+    sink = spec.sink
+    if sink.kind != "duckdb":
         return None
-    path = Path(duck["path"]) if "path" in duck else default_dir / f"{spec.name}.duckdb"
+    path = duckdb_connector.default_path(sink, spec.name, default_dir)
     if not path.exists():
         return None
     with duckdb.connect(str(path), read_only=True) as conn:
         tables = conn.sql("SELECT table_name FROM information_schema.tables").fetchall()
-        if (duck["table"],) not in tables:
+        if (sink.table,) not in tables:
             return None
-        return conn.sql(f'SELECT * FROM "{duck["table"]}" LIMIT 0').to_arrow_table().schema
+        return conn.sql(f'SELECT * FROM "{sink.table}" LIMIT 0').to_arrow_table().schema
 
 
 def run_range(
@@ -108,10 +95,8 @@ def run_range(
     plugins: dict | None = None,
     config: RunnerConfig | None = None,
 ) -> RunResult:
-    """Process the pipeline's topics up to ``until`` and commit (bounded run)."""
-    pipeline = event_specs.build(
-        spec, log, sink=output_sink(spec, default_dir), bounded=False, plugins=plugins
-    )
+    """Process the pipeline's sources up to ``until`` and commit (bounded run)."""
+    pipeline = bind.build(spec, log=log, default_dir=default_dir, plugins=plugins)
     known = set(source_ends(spec, log))
     unknown = sorted(set(until) - known)
     if unknown:

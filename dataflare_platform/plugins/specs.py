@@ -1,4 +1,4 @@
-"""Declarative pipelines (``engine.spec``) with plugin steps: the engine does not load
+"""Declarative pipelines (``streams.spec``) with plugin steps: the engine does not load
 plugins, so every ``- plugin: {name, params, columns, id}`` step is resolved here through a
 :class:`PluginRegistry`. Errors name the step's field, e.g.
 ``streams.masked.steps[1].plugin.params.min_digits``.
@@ -12,10 +12,11 @@ from __future__ import annotations
 from dataflare_platform.engine.pipeline import Pipeline
 from dataflare_platform.engine.sinks import Sink
 from dataflare_platform.engine.sources import Source
-from dataflare_platform.engine.spec import PipelineSpec, PluginSpec
+from dataflare_platform.engine.spec import PluginSpec
 from dataflare_platform.errors import ConfigError
 from dataflare_platform.plugins.registry import PluginRegistry
 from dataflare_platform.plugins.runtime import Plugin
+from dataflare_platform.streams.spec import PipelineSpec
 
 
 def plugin_steps(spec: PipelineSpec) -> list[tuple[str, PluginSpec]]:
@@ -56,6 +57,7 @@ def build_with_plugins(
     sink: Sink | None = None,
     sources: dict[str, Source] | None = None,
 ) -> Pipeline:
-    """``spec.build`` with its plugin steps loaded from ``registry``. For topic sources or
-    sinks, pass ``load_plugins(spec, registry)`` as ``plugins`` to ``events.specs.build``."""
+    """``spec.build`` with its plugin steps loaded from ``registry``. To open topic (or
+    other) connectors too, pass ``load_plugins(spec, registry)`` as ``plugins`` to
+    ``streams.bind.build``."""
     return spec.build(sink=sink, plugins=load_plugins(spec, registry), sources=sources)

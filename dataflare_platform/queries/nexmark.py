@@ -15,8 +15,8 @@ import duckdb
 import polars as pl
 import pyarrow as pa
 
+from dataflare_platform.connectors.files import FileSource, nexmark_files
 from dataflare_platform.engine import (
-    FileSource,
     Pipeline,
     Sink,
     Source,
@@ -27,7 +27,6 @@ from dataflare_platform.engine import (
     sliding,
     tumbling,
 )
-from dataflare_platform.engine.sources import nexmark_files
 
 # Nexmark: the watermark trails the highest event time by 4 s.
 WATERMARK_DELAY_MS = 4_000

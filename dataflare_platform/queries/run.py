@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from dataflare_platform.engine import DuckDBSink, Runner, RunnerConfig, RunResult
+from dataflare_platform.connectors.duckdb import DuckDBSink
+from dataflare_platform.engine import Runner, RunnerConfig, RunResult
 from dataflare_platform.queries.nexmark import BUILDERS, UPSERT_KEYS, NexmarkSources
 
 

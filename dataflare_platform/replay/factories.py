@@ -6,9 +6,9 @@ from __future__ import annotations
 from dataflare_platform.engine.pipeline import Pipeline
 from dataflare_platform.engine.sinks import Sink
 from dataflare_platform.engine.sources import Source
-from dataflare_platform.engine.spec import PipelineSpec
 from dataflare_platform.queries.nexmark import BUILDERS, COLUMNS, NexmarkSources
 from dataflare_platform.replay.run import PipelineFactory, ReplayError
+from dataflare_platform.streams.spec import PipelineSpec
 
 
 def for_nexmark(query: str) -> PipelineFactory:
@@ -31,4 +31,5 @@ def for_spec(spec: PipelineSpec, plugins: dict | None = None) -> PipelineFactory
     def build(sources: dict[str, Source], sink: Sink) -> Pipeline:
         return spec.build(sink=sink, plugins=plugins, sources=sources)
 
-    return PipelineFactory(build, {name: s.columns for name, s in spec.sources.items()})
+    columns = {name: getattr(s, "columns", None) for name, s in spec.sources.items()}
+    return PipelineFactory(build, columns)

@@ -16,9 +16,11 @@ from hypothesis import strategies as st
 
 from dataflare_platform.connectors.broker import arrow_rows
 from dataflare_platform.connectors.offset_source import OffsetSource
-from dataflare_platform.engine import CollectSink, Runner, RunnerConfig, TableSource
+from dataflare_platform.connectors.settings import OpenContext
+from dataflare_platform.engine import TableSource
 from dataflare_platform.events.codec import DEAD_LETTER_SCHEMA, encode_arrow, encode_json
-from dataflare_platform.queries.nexmark import BUILDERS, NexmarkSources
+from dataflare_platform_tests.connectors.contract import SourceCase
+from dataflare_platform_tests.connectors.sink_helpers import run_q1
 
 NATS_URL_VARIABLE = "DATAFLARE_TEST_NATS_URL"
 REDIS_URL_VARIABLE = "DATAFLARE_TEST_REDIS_URL"
@@ -214,18 +216,6 @@ def check_source_accounting(source: OffsetSource, rows: pa.Table, messages: int)
     assert dead_of(source).num_rows == s.dead_messages + s.gaps
 
 
-def run_q1(source, sink: CollectSink | None = None, until: dict[str, int] | None = None):
-    """Nexmark q1 over ``source``: its output so far, sorted, for comparisons. With
-    ``until`` the run stops there (a checkpoint in ``sink``) and a later run with the
-    same sink resumes from it."""
-    sink = sink if sink is not None else CollectSink()
-    config = RunnerConfig(batch_rows=500, checkpoint_every=3)
-    result = Runner(BUILDERS["q1"](NexmarkSources(bids=source), sink), config).run(until=until)
-    assert result.finished == (until is None)
-    out = sink.result()
-    return out.sort(out.columns) if out.height else out
-
-
 def q1_over_table(bids: pa.Table) -> pl.DataFrame:
     return run_q1(TableSource.single("bids", bids))
 
@@ -234,3 +224,36 @@ def same_rows(a: pa.Table, b: pa.Table) -> bool:
     """Equal as multisets of rows (order aside)."""
     key = [(name, "ascending") for name in a.column_names]
     return a.num_rows == b.num_rows and a.sort_by(key).equals(b.sort_by(key))
+
+
+# -- the source contract -------------------------------------------------------------------
+def broker_source_case(fresh, producer, source_settings, open_source) -> SourceCase:
+    """The contract's case for a broker: ``fresh()`` gives settings of a new, empty
+    stream; rows are sent as json messages by ``producer`` (bad ones raw, between good
+    ones) and read back by a source opened from ``source_settings`` (its ``kind:``
+    model) with ``open_source``, as a pipeline opens it."""
+
+    def opener(settings, table: pa.Table):
+        types = {f.name: str(f.type) for f in table.schema}
+        spec = source_settings(**settings.model_dump(), schema=types)
+        return lambda: open_source(spec, OpenContext("contract", "bids", bounded=True))
+
+    def store(table: pa.Table):
+        settings = fresh()
+        sender = producer(settings)
+        sender.send(table)
+        sender.close()
+        return opener(settings, table)
+
+    def store_with_bad(table: pa.Table, bad: int):
+        settings = fresh()
+        sender = producer(settings)
+        step = table.num_rows // bad
+        for i in range(bad):
+            sender.send(table.slice(i * step, step))
+            sender.send_raw([b"{not json " + str(i).encode()])
+        sender.send(table.slice(bad * step))
+        sender.close()
+        return opener(settings, table)
+
+    return SourceCase(store, store_with_bad)

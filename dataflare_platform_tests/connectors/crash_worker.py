@@ -1,6 +1,7 @@
-"""A Nexmark query over Arrow files into a PostgreSQL or Parquet-dataset sink, run as a
-subprocess that the exactly-once tests kill and restart (``python -m``). Prints the
-run's summary as one JSON line when it finishes."""
+"""A Nexmark query over Arrow files into any sink the connector registry opens (``--sink``
+takes its ``kind:`` settings as JSON), run as a subprocess that the exactly-once tests
+kill and restart (``python -m``). Prints the run's summary as one JSON line when it
+finishes."""
 
 from __future__ import annotations
 
@@ -8,9 +9,12 @@ import argparse
 import json
 from pathlib import Path
 
-from dataflare_platform.connectors.parquet_dataset import ParquetDatasetSink
-from dataflare_platform.connectors.postgres import PostgresSink
-from dataflare_platform.engine import Runner, RunnerConfig, Sink
+from pydantic import TypeAdapter
+
+from dataflare_platform.connectors import registry
+from dataflare_platform.connectors.settings import OpenContext
+from dataflare_platform.engine import Runner, RunnerConfig
+from dataflare_platform.events.log import EventLog
 from dataflare_platform.queries.nexmark import BUILDERS, NexmarkSources
 
 
@@ -21,16 +25,12 @@ def main() -> None:
     parser.add_argument("--batch-rows", type=int, default=500)
     parser.add_argument("--checkpoint-every", type=int, default=3)
     parser.add_argument("--rate", type=float, default=None)
-    parser.add_argument("--postgres", nargs=3, metavar=("DSN", "SCHEMA", "TABLE"))
-    parser.add_argument("--dataset", nargs=2, metavar=("ROOT", "TIME_COLUMN"))
+    parser.add_argument("--sink", required=True, help="sink settings as JSON, with kind")
+    parser.add_argument("--log", type=Path, default=None, help="event log (topic sinks)")
     args = parser.parse_args()
-    sink: Sink
-    if args.postgres:
-        dsn, schema, table = args.postgres
-        sink = PostgresSink(dsn, table, schema_name=schema)
-    else:
-        root, time_column = args.dataset
-        sink = ParquetDatasetSink(root, time_column=time_column)
+    settings = TypeAdapter(registry.SinkSettings).validate_python(json.loads(args.sink))
+    log = EventLog(args.log) if args.log else None
+    sink = registry.open_sink(settings, OpenContext(args.query, log=log))
     src = NexmarkSources.from_paths(
         args.query,
         bids=args.input / "bids",

@@ -1,5 +1,5 @@
-"""Shared pieces of the sink tests: Nexmark sources, comparison, and the command of
-``crash_worker`` (driven by ``dataflare_platform_tests.processes.kill_until_done``)."""
+"""Shared pieces of the connector tests: Nexmark sources and runs, comparison, and the
+command of ``crash_worker`` (driven by ``dataflare_platform_tests.processes``)."""
 
 from __future__ import annotations
 
@@ -29,6 +29,18 @@ def same_rows(got: pl.DataFrame, expected: pl.DataFrame) -> bool:
     (a database may hand timestamps back in microseconds)."""
     got = got.select(expected.columns).cast(dict(expected.schema))
     return got.sort(got.columns).equals(expected.sort(expected.columns))
+
+
+def run_q1(source, sink: CollectSink | None = None, until: dict[str, int] | None = None):
+    """Nexmark q1 over ``source``: its output so far, sorted, for comparisons. With
+    ``until`` the run stops there (a checkpoint in ``sink``) and a later run with the
+    same sink resumes from it."""
+    sink = sink if sink is not None else CollectSink()
+    config = RunnerConfig(batch_rows=500, checkpoint_every=3)
+    result = Runner(BUILDERS["q1"](NexmarkSources(bids=source), sink), config).run(until=until)
+    assert result.finished == (until is None)
+    out = sink.result()
+    return out.sort(out.columns) if out.height else out
 
 
 def worker(*args: str) -> list[str]:

@@ -22,16 +22,19 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from dataflare_platform.connectors.landing import (
+from dataflare_platform.connectors import landing as landing_connector
+from dataflare_platform.connectors.landing.decode import FileDecoder
+from dataflare_platform.connectors.landing.directory import (
     FileChangedError,
     LandingDirectory,
     LandingDirectorySource,
 )
-from dataflare_platform.connectors.landing_decode import FileDecoder
+from dataflare_platform.connectors.settings import OpenContext
 from dataflare_platform.engine import CollectSink, Pipeline, Runner, RunnerConfig, TableSource
 from dataflare_platform.errors import ConfigError
 from dataflare_platform.events.codec import DEAD_LETTER_SCHEMA, encode_json
 from dataflare_platform.queries.nexmark import BUILDERS, NexmarkSources
+from dataflare_platform_tests.connectors.contract import DeadLetterContract, SourceCase
 from dataflare_platform_tests.connectors.sink_helpers import same_rows
 
 SCHEMA = pa.schema(
@@ -388,3 +391,34 @@ def test_csv_records_become_rows_or_dead_letters_at_their_line(records):
     assert decoded.table.to_pylist() == expected_rows
     assert decoded.dead.column("offset").to_pylist() == expected_dead
     assert decoded.rows_in == len(expected_rows) + len(expected_dead)
+
+
+# -- the connector contract -------------------------------------------------------------
+class TestLandingSourceContract(DeadLetterContract):
+    """A landing directory opened through the registry (``kind: landing``), bounded to
+    the files present when it is opened."""
+
+    KIND = "landing"
+
+    @pytest.fixture
+    def source_case(self, tmp_path) -> SourceCase:
+        folders = iter(range(100))
+
+        def land(table: pa.Table, bad: int = 0):
+            d = tmp_path / f"landing{next(folders)}"
+            d.mkdir()
+            third = table.num_rows // 3
+            write(d / "01.parquet", table.slice(0, third))
+            write(d / "02.ndjson", table.slice(third, third))
+            write(d / "03.csv", table.slice(2 * third))
+            if bad:
+                (d / "04-bad.ndjson").write_bytes(
+                    b"\n".join(b"{not json %d" % i for i in range(bad)) + b"\n"
+                )
+            settings = landing_connector.LandingSourceSettings(
+                directory=d, schema={f.name: str(f.type) for f in table.schema}, settle_s=0
+            )
+            context = OpenContext("contract", "bids", bounded=True)
+            return lambda: landing_connector.open_source(settings, context)
+
+        return SourceCase(land, land, held_dead=lambda source: source.dead_letters().num_rows)

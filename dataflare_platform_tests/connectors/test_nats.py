@@ -13,21 +13,23 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from dataflare_platform.connectors import nats as nats_connector
 from dataflare_platform.connectors.broker import BrokerError, BrokerUnavailableError
-from dataflare_platform.connectors.nats_jetstream import (
+from dataflare_platform.connectors.nats.jetstream import (
     NatsConsumer,
     NatsProducer,
     NatsSource,
     delete_stream,
     ensure_stream,
 )
-from dataflare_platform.connectors.nats_session import NatsSession
-from dataflare_platform.connectors.nats_settings import NatsSettings
+from dataflare_platform.connectors.nats.session import NatsSession
+from dataflare_platform.connectors.nats.settings import NatsSettings
 from dataflare_platform.engine import CollectSink
 from dataflare_platform.errors import ConfigError
 from dataflare_platform_tests.connectors.broker_helpers import (
     NATS_URL_VARIABLE,
     arrow_items,
+    broker_source_case,
     check_fuzzed_fetch,
     check_fuzzed_read,
     check_source_accounting,
@@ -40,6 +42,7 @@ from dataflare_platform_tests.connectors.broker_helpers import (
     service_url,
     unique,
 )
+from dataflare_platform_tests.connectors.contract import DeadLetterContract, SourceCase
 
 FORMATS = ["json", "arrow"]
 
@@ -349,3 +352,21 @@ def test_bad_settings_are_refused_naming_the_field():
     assert set(caught.value.fields) == {"stream", "batch_rows", "colour"}
     with pytest.raises(ConfigError, match="not captured"):
         NatsSettings.load(stream="s", subject="other.x")
+
+
+# -- the connector contracts ------------------------------------------------------------
+class TestNatsSourceContract(DeadLetterContract):
+    """A json stream opened through the registry (``kind: nats``)."""
+
+    KIND = "nats"
+
+    @pytest.fixture
+    def source_case(self, make_settings) -> SourceCase:
+        def fresh() -> NatsSettings:
+            settings = make_settings()
+            ensure_stream(settings)
+            return settings
+
+        return broker_source_case(
+            fresh, NatsProducer, nats_connector.NatsSourceSettings, nats_connector.open_source
+        )

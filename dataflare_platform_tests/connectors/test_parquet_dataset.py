@@ -14,20 +14,20 @@ import polars as pl
 import pytest
 
 from dataflare_platform.connectors import parquet_dataset
-from dataflare_platform.connectors.parquet_dataset import ParquetDatasetSink
-from dataflare_platform.datagen import NexmarkConfig, write_nexmark
-from dataflare_platform.engine import CollectSink, Runner, RunnerConfig
+from dataflare_platform.connectors.parquet_dataset.sink import ParquetDatasetSink
+from dataflare_platform.connectors.settings import OpenContext
+from dataflare_platform.datagen import NexmarkConfig
+from dataflare_platform.engine import Runner, RunnerConfig
 from dataflare_platform.engine.checkpoint import Checkpoint
 from dataflare_platform.errors import ConfigError
-from dataflare_platform.queries.nexmark import BUILDERS, NexmarkSources
+from dataflare_platform.queries.nexmark import BUILDERS
+from dataflare_platform_tests.connectors.contract import SinkCase, TransactionalSinkContract
 from dataflare_platform_tests.connectors.sink_helpers import (
     collect,
     same_rows,
     sources,
-    worker,
 )
 from dataflare_platform_tests.nexmark_data import nexmark_tables
-from dataflare_platform_tests.processes import kill_until_done
 
 # Small batches: at 0.2 events/s a batch of 200 rows spans ~17 minutes of event time,
 # inside the runner's one-hour limit on how far a row may run ahead of the stream.
@@ -139,7 +139,7 @@ def test_crash_before_the_manifest_leaves_only_the_previous_commit(tmp_path, mon
     def crash(*args, **kwargs):
         raise Crash
 
-    monkeypatch.setattr(parquet_dataset, "write_atomic", crash)
+    monkeypatch.setattr(parquet_dataset.sink, "write_atomic", crash)
     with pytest.raises(Crash):
         sink.commit(Checkpoint(offsets={"s/0": 2}))
     monkeypatch.undo()
@@ -270,30 +270,24 @@ def test_output_must_keep_the_dataset_schema(tmp_path):
     sink.close()
 
 
-# -- SIGKILL ----------------------------------------------------------------------------
-@pytest.mark.e2e
-def test_sigkill_at_random_points_then_restart_gives_the_uninterrupted_dataset(tmp_path):
-    data = tmp_path / "nexmark"
-    # About 2.8 days of event time: three partitions, each touched by several commits.
-    write_nexmark(NexmarkConfig(events=120_000, events_per_second=0.5, format="ipc"), data)
-    root = tmp_path / "dataset"
-    batch = ["--batch-rows", "500", "--checkpoint-every", "3"]
-    command = worker(
-        "--query", "q7", "--input", str(data), *batch, "--rate", "40000",
-        "--dataset", str(root), "date_time",
-    )  # fmt: skip
-    summary, kills = kill_until_done(command)
-    assert kills >= 2, "the run finished before it could be killed twice"
-    assert summary["finished"]
+# -- the connector contract -------------------------------------------------------------
+class TestParquetDatasetSinkContract(TransactionalSinkContract):
+    """Opened through the registry (``kind: parquet_dataset``)."""
 
-    clean = CollectSink()
-    src = NexmarkSources.from_paths("q7", bids=data / "bids")
-    Runner(BUILDERS["q7"](src, clean), RunnerConfig(batch_rows=500, checkpoint_every=3)).run()
-    expected = clean.result()
-    got = duck(root)
-    assert expected.height > 1000
-    assert got.get_column("date").n_unique() >= 3
-    assert (got.get_column("date") == got.get_column("date_time").dt.date()).all()
-    assert same_rows(got.drop("date"), expected)
-    assert got.unique().height == got.height  # no duplicates
-    assert list(root.rglob("*.tmp")) == []
+    KIND = "parquet_dataset"
+
+    @pytest.fixture
+    def sink_case(self, tmp_path) -> SinkCase:
+        settings = parquet_dataset.ParquetDatasetSettings(root=tmp_path / "dataset")
+
+        def read() -> pl.DataFrame:
+            got = duck(settings.root)
+            assert (got.get_column("date") == got.get_column("date_time").dt.date()).all()
+            assert list(settings.root.rglob("*.tmp")) == []
+            return got.drop("date")
+
+        return SinkCase(
+            open=lambda: parquet_dataset.open_sink(settings, OpenContext("contract")),
+            read=read,
+            settings=settings.model_dump(),
+        )

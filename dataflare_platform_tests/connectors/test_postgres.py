@@ -22,27 +22,27 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from dataflare_platform.connectors.pgcopy import iter_binary, pg_type
-from dataflare_platform.connectors.postgres import PostgresSink, PostgresUnavailableError
-from dataflare_platform.datagen import NexmarkConfig, write_nexmark
-from dataflare_platform.engine import CollectSink, DuckDBSink, Runner, RunnerConfig
+from dataflare_platform.connectors import postgres as postgres_connector
+from dataflare_platform.connectors.duckdb import DuckDBSink
+from dataflare_platform.connectors.postgres.pgcopy import iter_binary, pg_type
+from dataflare_platform.connectors.postgres.sink import PostgresSink, PostgresUnavailableError
+from dataflare_platform.connectors.settings import OpenContext
+from dataflare_platform.engine import Runner, RunnerConfig
 from dataflare_platform.engine.checkpoint import Checkpoint
 from dataflare_platform.errors import ConfigError
 from dataflare_platform.queries.nexmark import (
     BUILDERS,
     UPSERT_KEYS,
-    NexmarkSources,
     ground_truth,
 )
 from dataflare_platform_tests.conftest import DEFAULT_POSTGRES_DSN
+from dataflare_platform_tests.connectors.contract import SinkCase, TransactionalSinkContract
 from dataflare_platform_tests.connectors.sink_helpers import (
     collect,
     same_rows,
     sources,
-    worker,
 )
 from dataflare_platform_tests.nexmark_data import truth_connection
-from dataflare_platform_tests.processes import kill_until_done
 
 CONFIG = RunnerConfig(batch_rows=100, checkpoint_every=3)
 
@@ -300,28 +300,17 @@ def test_output_that_does_not_fit_the_existing_table_is_refused(dsn, schema):
     sink.close()
 
 
-# -- SIGKILL ----------------------------------------------------------------------------
-@pytest.mark.e2e
-@pytest.mark.parametrize("query", ["q5", "q1"])  # windowed state; every bid (~110k rows)
-def test_sigkill_at_random_points_then_restart_gives_the_uninterrupted_table(
-    dsn, schema, tmp_path, query
-):
-    data = tmp_path / "nexmark"
-    write_nexmark(NexmarkConfig(events=120_000, events_per_second=1000.0, format="ipc"), data)
-    batch = ["--batch-rows", "500", "--checkpoint-every", "3"]
-    command = worker(
-        "--query", query, "--input", str(data), *batch, "--rate", "40000",
-        "--postgres", dsn, schema, query,
-    )  # fmt: skip
-    summary, kills = kill_until_done(command)
-    assert kills >= 2, "the run finished before it could be killed twice"
-    assert summary["finished"]
+# -- the connector contract -------------------------------------------------------------
+class TestPostgresSinkContract(TransactionalSinkContract):
+    """Opened through the registry (``kind: postgres``), in a schema of its own."""
 
-    clean = CollectSink()
-    src = NexmarkSources.from_paths(query, bids=data / "bids")
-    Runner(BUILDERS[query](src, clean), RunnerConfig(batch_rows=500, checkpoint_every=3)).run()
-    expected = clean.result()
-    got = fetch(dsn, f'SELECT * FROM "{schema}".{query}')
-    assert expected.height > 0
-    assert same_rows(got, expected)
-    assert got.unique().height == got.height  # no duplicates
+    KIND = "postgres"
+
+    @pytest.fixture
+    def sink_case(self, dsn, schema) -> SinkCase:
+        settings = postgres_connector.PostgresSinkSettings(dsn=dsn, table="out", schema_name=schema)
+        return SinkCase(
+            open=lambda: postgres_connector.open_sink(settings, OpenContext("contract")),
+            read=lambda: fetch(dsn, f'SELECT * FROM "{schema}".out'),
+            settings=settings.model_dump(),
+        )

@@ -14,8 +14,9 @@ import redis
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from dataflare_platform.connectors import redis as redis_connector
 from dataflare_platform.connectors.broker import BrokerError, BrokerUnavailableError
-from dataflare_platform.connectors.redis_streams import (
+from dataflare_platform.connectors.redis.streams import (
     RedisConsumer,
     RedisProducer,
     RedisSettings,
@@ -28,6 +29,7 @@ from dataflare_platform.events.codec import DEAD_LETTER_SCHEMA
 from dataflare_platform_tests.connectors.broker_helpers import (
     REDIS_URL_VARIABLE,
     arrow_items,
+    broker_source_case,
     check_fuzzed_fetch,
     check_fuzzed_read,
     check_source_accounting,
@@ -40,6 +42,7 @@ from dataflare_platform_tests.connectors.broker_helpers import (
     service_url,
     unique,
 )
+from dataflare_platform_tests.connectors.contract import DeadLetterContract, SourceCase
 
 FORMATS = ["json", "arrow"]
 
@@ -412,3 +415,19 @@ def test_bad_settings_are_refused_naming_the_field():
     with pytest.raises(ConfigError) as caught:
         RedisSettings.load(stream="s", format="xml", maxlen=0, url="http://x")
     assert set(caught.value.fields) == {"format", "maxlen", "url"}
+
+
+# -- the connector contracts ------------------------------------------------------------
+class TestRedisSourceContract(DeadLetterContract):
+    """A json stream opened through the registry (``kind: redis``)."""
+
+    KIND = "redis"
+
+    @pytest.fixture
+    def source_case(self, make_settings) -> SourceCase:
+        return broker_source_case(
+            make_settings,
+            RedisProducer,
+            redis_connector.RedisSourceSettings,
+            redis_connector.open_source,
+        )

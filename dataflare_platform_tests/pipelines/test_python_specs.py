@@ -12,10 +12,10 @@ import pytest
 from dataflare_platform.defs.plugins.resources import PluginRuntimeResource
 from dataflare_platform.defs.resources import ProjectHomeResource
 from dataflare_platform.defs.streams.factory import stream_definitions
-from dataflare_platform.engine.spec import PipelineSpec
 from dataflare_platform.errors import ConfigError
 from dataflare_platform.events.log import EventLog
 from dataflare_platform.pipelines import load_specs, run_range, source_ends
+from dataflare_platform.streams.spec import PipelineSpec
 
 BIG_BIDS = """
     import polars as pl

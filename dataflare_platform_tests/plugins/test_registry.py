@@ -11,10 +11,10 @@ import pytest
 from polars.testing import assert_frame_equal
 
 from dataflare_platform.engine import CollectSink, Runner, RunnerConfig
-from dataflare_platform.engine.spec import PipelineSpec
 from dataflare_platform.errors import ConfigError
 from dataflare_platform.plugins.registry import PluginRegistry, RegistryConfig, sample_names
 from dataflare_platform.plugins.specs import build_with_plugins, load_plugins
+from dataflare_platform.streams.spec import PipelineSpec
 from dataflare_platform_tests.engine.helpers import T0
 
 

@@ -14,9 +14,9 @@ from pydantic import ValidationError
 from typer.testing import CliRunner
 
 from dataflare_platform.cli_replay import replay_command
-from dataflare_platform.connectors.parquet_dataset import ParquetDatasetSink
-from dataflare_platform.engine import CollectSink, DuckDBSink, Runner, RunnerConfig, TableSource
-from dataflare_platform.engine.spec import PipelineSpec
+from dataflare_platform.connectors.duckdb import DuckDBSink
+from dataflare_platform.connectors.parquet_dataset.sink import ParquetDatasetSink
+from dataflare_platform.engine import CollectSink, Runner, RunnerConfig, TableSource
 from dataflare_platform.events.engine_io import LogSource
 from dataflare_platform.events.log import EventLog, Topic
 from dataflare_platform.queries.nexmark import BUILDERS, COLUMNS, NexmarkSources
@@ -36,6 +36,8 @@ from dataflare_platform.replay.run import (
     replay,
 )
 from dataflare_platform.times import epoch_ms
+from dataflare_platform.streams import bind
+from dataflare_platform.streams.spec import PipelineSpec
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
@@ -379,7 +381,8 @@ sink: {duckdb: {path: out.duckdb, table: hot_items}}
     )
     spec = PipelineSpec.from_yaml(spec_file)
     db = tmp_path / "out.duckdb"
-    pipeline = for_spec(spec).build({"bids": LogSource(bids, bounded=True)}, spec._sink())
+    sink = bind.open_sink(spec, bind.context(spec))
+    pipeline = for_spec(spec).build({"bids": LogSource(bids, bounded=True)}, sink)
     Runner(pipeline, CONFIG).run()
     original = _table(db, "hot_items")
     with duckdb.connect(str(db)) as conn:

@@ -43,12 +43,12 @@ def replay_range(
     spec = specs.get(config.pipeline)
     if spec is None:
         raise dg.Failure(f"no pipeline {config.pipeline!r}; known: {', '.join(sorted(specs))}")
-    if spec.sink.duckdb is None or "path" in spec.sink.duckdb:
+    if spec.sink.kind != "duckdb" or spec.sink.path is not None:
         raise dg.Failure(f"pipeline {spec.name!r}: replay writes platform DuckDB outputs only")
     home = dataflare.home
     target = DuckDBTarget(
         path=home.root / "streams" / f"{spec.name}.duckdb",
-        table=config.into_table or spec.sink.duckdb["table"],
+        table=config.into_table or spec.sink.table,
         overwrite=config.into_table is None,
     )
     topics = topics_of(spec)

@@ -26,7 +26,6 @@ from dataflare_platform.defs.plugins.resources import PluginRuntimeResource
 from dataflare_platform.defs.pools import stream_pool
 from dataflare_platform.defs.resources import ProjectHomeResource
 from dataflare_platform.engine.runner import RunnerConfig
-from dataflare_platform.engine.spec import PipelineSpec
 from dataflare_platform.events.log import EventLog
 from dataflare_platform.pipelines.continuous import (
     DEFAULT_CHECKPOINT_INTERVAL_S,
@@ -34,6 +33,7 @@ from dataflare_platform.pipelines.continuous import (
     ContinuousRun,
 )
 from dataflare_platform.plugins.specs import load_plugins, plugin_steps
+from dataflare_platform.streams.spec import PipelineSpec
 
 MAX_RESTARTS = 3
 # Dagster's run-retry tags (dagster._core.storage.tags; not re-exported by ``dagster``).

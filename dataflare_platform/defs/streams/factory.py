@@ -3,12 +3,13 @@ pipeline, with no Python code.
 
 For each pipeline: source topics as observable external assets (``topics.py``: a sensor
 reports an observation whenever producers append), the output as an asset that runs
-the pipeline over an offset range (run config ``until``), a job selecting it, and a
-sensor whose cursor is the last range it requested. Each request has a run key made of
-that range, so a repeated tick never launches it twice, and the engine's checkpoint
-(committed with the output) makes an overlapping range process nothing twice. The sensor
-requests nothing while the pipeline runs continuously (``<name>_continuous``, see
-``continuous.py``): both write the same output and checkpoint.
+the pipeline over an offset range of its sources (run config ``until``; topic, NATS,
+Redis and file sources, see ``connectors.registry``), a job selecting it, and a sensor
+whose cursor is the last range it requested (none with ``catalog.micro_batch: false``).
+Each request has a run key made of that range, so a repeated tick never launches it
+twice, and the engine's checkpoint (committed with the output) makes an overlapping range
+process nothing twice. The sensor requests nothing while the pipeline runs continuously
+(``<name>_continuous``, see ``continuous.py``): both write the same output and checkpoint.
 
 ``sensor_interval_s`` overrides every pipeline's ``catalog.sensor_interval`` (the code
 location passes ``DATAFLARE_SENSOR_INTERVAL`` when set, e.g. for tests and demos).
@@ -34,18 +35,18 @@ from dataflare_platform.defs.streams.topics import (
     topic_observation_definitions,
 )
 from dataflare_platform.engine.durations import to_ms
-from dataflare_platform.engine.spec import PipelineSpec
 from dataflare_platform.events.log import EventLog
 from dataflare_platform.pipelines import pending_range, run_range, source_ends
 from dataflare_platform.pipelines.ranges import output_schema, topics_of
 from dataflare_platform.plugins.specs import load_plugins, plugin_steps
+from dataflare_platform.streams.spec import PipelineSpec
 
 TOPICS_GROUP = "topics"
 
 
 class StreamRange(dg.Config):
     """End offset per ``source/partition`` to process up to; empty means everything
-    committed to the topics when the run starts."""
+    committed to the sources when the run starts."""
 
     until: dict[str, int] = Field(default_factory=dict)
 
@@ -74,10 +75,13 @@ def _sensor_interval_s(spec: PipelineSpec) -> int:
     return max(1, to_ms(spec.catalog.sensor_interval) // 1000)
 
 
+# Dagster kind tags (icons in the UI) of the sink kinds that have one.
+_SINK_TAGS = {"duckdb": "duckdb", "file": "parquet", "parquet_dataset": "parquet"}
+_SINK_TAGS |= {"postgres": "postgres", "topic": "dataflare", "discard": "dataflare"}
+
+
 def _kinds(spec: PipelineSpec) -> set[str]:
-    sink = spec.sink
-    kind = "duckdb" if sink.duckdb is not None else "parquet" if sink.parquet else "dataflare"
-    kinds = {"polars", kind}
+    kinds = {"polars", _SINK_TAGS[spec.sink.kind]}
     if plugin_steps(spec):
         kinds.add("wasm")
     return kinds
@@ -184,7 +188,7 @@ def pipeline_definitions(
         requested = json.loads(context.cursor) if context.cursor else {}
         ends = pending_range(spec, EventLog(dataflare.home.event_log_dir), requested)
         if ends is None:
-            return dg.SkipReason("no new events in " + ", ".join(topics_of(spec).values()))
+            return dg.SkipReason("no new events in " + ", ".join(sorted(spec.sources)))
         context.update_cursor(json.dumps(ends, sort_keys=True))
         run_key = spec.name + ":" + ",".join(f"{k}={v}" for k, v in sorted(ends.items()))
         return dg.RunRequest(
@@ -193,8 +197,11 @@ def pipeline_definitions(
             tags={"dataflare/pipeline": spec.name, "dataflare/trigger": "sensor"},
         )
 
+    # Sensor ranges only where every source has readable end offsets (the spec refuses
+    # micro_batch over other kinds); the continuous job is there for every pipeline.
+    sensors = [stream_sensor] if catalog.micro_batch else []
     return dg.Definitions.merge(
-        dg.Definitions(assets=[stream_output], jobs=[job], sensors=[stream_sensor]),
+        dg.Definitions(assets=[stream_output], jobs=[job], sensors=sensors),
         continuous_definitions(spec, key),
     )
 

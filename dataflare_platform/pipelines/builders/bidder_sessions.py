@@ -21,8 +21,14 @@ from dataflare_platform.pipelines.python_specs import stream_pipeline
         "tags": {"domain": "nexmark", "form": "python"},
     },
     watermark={"out_of_orderness": "4s"},
-    sources={"bids": {"topic": "nexmark.bids", "columns": ["bidder", "price", "date_time"]}},
-    sink={"duckdb": {"table": "bidder_sessions"}},
+    sources={
+        "bids": {
+            "kind": "topic",
+            "topic": "nexmark.bids",
+            "columns": ["bidder", "price", "date_time"],
+        }
+    },
+    sink={"kind": "duckdb", "table": "bidder_sessions"},
 )
 def bidder_sessions(bids: Stream) -> Stream:
     return (

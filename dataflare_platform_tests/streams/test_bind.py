@@ -1,4 +1,4 @@
-"""YAML pipelines reading topics and writing an exactly-once output topic."""
+"""Binding YAML pipelines to connectors: topics in, an exactly-once output topic out."""
 
 from __future__ import annotations
 
@@ -7,11 +7,11 @@ import pytest
 import yaml
 
 from dataflare_platform.engine import CollectSink, Runner, RunnerConfig, TableSource
-from dataflare_platform.engine.spec import PipelineSpec
 from dataflare_platform.errors import ConfigError
-from dataflare_platform.events import specs
 from dataflare_platform.events.log import EventLog
 from dataflare_platform.queries.nexmark import BUILDERS, NexmarkSources
+from dataflare_platform.streams import bind
+from dataflare_platform.streams.spec import PipelineSpec
 
 HOT_ITEMS = """
 name: hot-items
@@ -46,7 +46,7 @@ def test_offset_ranges_into_an_output_topic_equal_one_bounded_run(log, small_nex
     # output topic does not exist after it, yet its checkpoint is kept.
     for fraction in (0.01, 0.5, 1.0):
         until = {f"bids/{p}": int(end * fraction) for p, end in ends.items()}
-        Runner(specs.build(spec, log), config).run(until=until)
+        Runner(bind.build(spec, log=log), config).run(until=until)
         if fraction == 0.01:
             assert not log.exists("hot_items")
     got = pl.from_arrow(log.topic("hot_items").read_all())
@@ -64,12 +64,12 @@ def test_topic_sources_are_checked_against_the_log(log):
     data = yaml.safe_load(HOT_ITEMS)
     data["sources"]["bids"]["topic"] = "nope"
     with pytest.raises(ConfigError) as err:
-        specs.build(PipelineSpec.load(data), log)
+        bind.build(PipelineSpec.load(data), log=log)
     assert err.value.fields == ["sources.bids.topic"]
     data["sources"]["bids"] = {"topic": "bids", "path": "x"}
     with pytest.raises(ConfigError, match="exactly one of path, topic"):
         PipelineSpec.load(data)
     data["sources"]["bids"] = {"topic": "bids"}
     with pytest.raises(ConfigError) as err:
-        PipelineSpec.load(data).build()  # the engine alone cannot open topics
+        PipelineSpec.load(data).build()  # no event log to open the topic in
     assert err.value.fields == ["sources.bids.topic"]

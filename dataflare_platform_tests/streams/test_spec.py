@@ -8,9 +8,9 @@ import pytest
 
 from dataflare_platform.datagen import NexmarkConfig, write_nexmark
 from dataflare_platform.engine import CollectSink, Runner, RunnerConfig
-from dataflare_platform.engine.spec import PipelineSpec
 from dataflare_platform.errors import ConfigError
 from dataflare_platform.queries.nexmark import BUILDERS, NexmarkSources
+from dataflare_platform.streams.spec import PipelineSpec
 
 Q5_YAML = """
 name: hot-items
@@ -144,3 +144,110 @@ def test_unknown_plugin_is_refused_at_build(data_dir):
     with pytest.raises(ConfigError, match="pii_mask"):
         spec.build()
     assert pl.DataFrame  # spec module imports stay light
+
+
+# -- sources and sinks by kind ------------------------------------------------------------
+KIND_YAML = """
+name: kinds
+sources:
+  bids:
+    kind: nats
+    stream: bids
+    schema: {auction: int64, price: int64, date_time: "timestamp[ms]"}
+streams:
+  big:
+    from: bids
+    steps: [{filter: price > 100}]
+output: big
+sink: {kind: postgres, dsn: "postgresql://u@127.0.0.1/db", table: big_bids}
+"""
+
+
+def _kind_spec(**changes) -> dict:
+    import yaml
+
+    data = yaml.safe_load(KIND_YAML)
+    for where, value in changes.items():
+        *path, last = where.split("__")
+        target = data
+        for part in path:
+            target = target[part]
+        target[last] = value
+    return data
+
+
+def test_each_kind_is_validated_by_its_own_model():
+    spec = PipelineSpec.load(_kind_spec())
+    assert spec.sources["bids"].kind == "nats" and spec.sources["bids"].stream == "bids"
+    assert spec.sink.kind == "postgres" and spec.sink.table == "big_bids"
+
+
+@pytest.mark.parametrize(
+    ("changes", "field"),
+    [
+        ({"sources__bids__stream": "no spaces"}, "sources.bids.nats.stream"),
+        ({"sources__bids__url": "http://x"}, "sources.bids.nats.url"),
+        ({"sources__bids__schema": {"date_time": "timestamp[x]"}}, "sources.bids.nats.schema"),
+        ({"sources__bids__time_column": "nope"}, "sources.bids.nats"),
+        ({"sources__bids__kind": "carrier_pigeon"}, "sources.bids"),
+        ({"sink__table": "Robert'); DROP TABLE x;--"}, "sink.postgres.table"),
+        ({"sink__dsn": "host=localhost port"}, "sink.postgres.dsn"),
+        ({"sink__tabel": "typo"}, "sink.postgres.tabel"),
+        ({"sink": {"kind": "duckdb"}}, "sink.duckdb.table"),
+    ],
+)
+def test_a_bad_kind_setting_is_refused_naming_the_field(changes, field):
+    with pytest.raises(ConfigError) as err:
+        PipelineSpec.load(_kind_spec(**changes))
+    assert any(f.startswith(field) for f in err.value.fields), err.value.fields
+
+
+def test_a_password_in_a_bad_dsn_is_not_repeated_in_the_error():
+    with pytest.raises(ConfigError) as err:
+        PipelineSpec.load(_kind_spec(sink__dsn="password=hunter2 host=localhost port"))
+    assert "hunter2" not in str(err.value)
+
+
+def test_the_shape_before_kinds_reads_as_the_same_kinds():
+    import yaml
+
+    old = PipelineSpec.load(yaml.safe_load(Q5_YAML))
+    new = yaml.safe_load(Q5_YAML)
+    new["sources"]["bids"] = {
+        "kind": "file",
+        "path": "data/bids",
+        "columns": ["auction", "date_time"],
+    }
+    new["sink"] = {"kind": "duckdb", "path": "out.duckdb", "table": "hot_items"}
+    assert PipelineSpec.load(new) == old
+    legacy = {"discard": {}, "parquet": "o.parquet", "topic": "out"}
+    kinds = {"discard": "discard", "parquet": "file", "topic": "topic"}
+    for key, value in legacy.items():
+        data = yaml.safe_load(Q5_YAML)
+        data["sink"] = {key: value}
+        assert PipelineSpec.load(data).sink.kind == kinds[key]
+    data = yaml.safe_load(Q5_YAML)
+    data["sources"]["bids"] = {"topic": "bids", "path": "x"}
+    with pytest.raises(ConfigError, match="exactly one of path, topic"):
+        PipelineSpec.load(data)
+
+
+LANDING = {"kind": "landing", "directory": ".", "schema": {"date_time": "timestamp[ms]"}}
+
+
+def test_sensor_ranges_over_a_source_without_end_offsets_are_refused():
+    data = _kind_spec(sources__bids=LANDING)
+    with pytest.raises(ConfigError) as err:
+        PipelineSpec.load(data)
+    assert "sources.bids.kind: landing sources run continuously only" in str(err.value)
+    data["catalog"] = {"micro_batch": False}
+    spec = PipelineSpec.load(data)
+    assert spec.sources["bids"].kind == "landing" and not spec.catalog.micro_batch
+
+
+def test_relative_paths_of_any_kind_are_resolved_against_the_spec_file(tmp_path):
+    data = _kind_spec(sources__bids={**LANDING, "directory": "in"}, catalog={"micro_batch": False})
+    data["sink"] = {"kind": "parquet_dataset", "root": "out"}
+    spec = PipelineSpec.load(data).relative_to(tmp_path)
+    assert spec.sources["bids"].directory == tmp_path / "in"
+    assert spec.sink.root == tmp_path / "out"

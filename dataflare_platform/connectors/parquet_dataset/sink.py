@@ -50,10 +50,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from pydantic import Field, NonNegativeFloat, field_validator
 
+from dataflare_platform.connectors.settings import ConnectorSettings
 from dataflare_platform.durable import WriterLock, fsync_dir, fsync_file, write_atomic
 from dataflare_platform.engine.checkpoint import Checkpoint
-from dataflare_platform.engine.sinks import SIDE_SCHEMA, Sink
-from dataflare_platform.models import StrictModel, validated
+from dataflare_platform.engine.io import TransactionalSink
+from dataflare_platform.engine.sinks import SIDE_SCHEMA
+from dataflare_platform.models import validated
 
 STATE_DIR = "_dataflare"
 MANIFEST = "manifest.json"
@@ -64,7 +66,8 @@ _TMP = re.compile(r"^\.(part-\d{8}-\d{4}\.parquet|side-\d{8}\.arrow)\.tmp$")
 _FORMAT = 1
 
 
-class ParquetDatasetSettings(StrictModel):
+class ParquetDatasetSettings(ConnectorSettings):
+    kind: Literal["parquet_dataset"] = "parquet_dataset"
     root: Path
     time_column: str = Field("date_time", min_length=1)
     partition_by: str = Field("date", pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -135,11 +138,9 @@ def _tmp(path: Path) -> Path:
     return path.with_name(f".{path.name}.tmp")
 
 
-class ParquetDatasetSink(Sink):
+class ParquetDatasetSink(TransactionalSink):
     """Output as a date-partitioned Parquet dataset; side rows as Arrow files in the
     state folder (a ``*.parquet`` glob over the root never picks them up)."""
-
-    transactional = True
 
     def __init__(
         self,
@@ -169,14 +170,11 @@ class ParquetDatasetSink(Sink):
         self._mutex = threading.Lock()  # commit() vs replace_partitions() from another thread
         self._manifest = Manifest()
         self._pipeline: str | None = None
-        self._outputs: list[pl.DataFrame] = []
-        self._sides: list[pl.DataFrame] = []
 
     # -- Sink ----------------------------------------------------------------------------
     def open(self, pipeline: str) -> Checkpoint | None:
         with self._mutex:
-            self._outputs.clear()
-            self._sides.clear()
+            self.discard_pending()
             self._acquire()
             if self._manifest.pipeline not in (None, pipeline):
                 self._release()
@@ -188,29 +186,22 @@ class ParquetDatasetSink(Sink):
             data = self._manifest.checkpoint
             return None if data is None else Checkpoint.decode(data)
 
-    def write(self, output: pl.DataFrame | None, side: pl.DataFrame | None) -> None:
-        if output is not None and output.height:
-            self._outputs.append(output)
-        if side is not None and side.height:
-            self._sides.append(side)
-
-    def commit(self, checkpoint: Checkpoint) -> None:
+    def commit_batch(
+        self, output: pl.DataFrame | None, side: pl.DataFrame | None, checkpoint: Checkpoint
+    ) -> None:
         with self._mutex:
             assert self._lock.held, "open() first"
             seq = self._manifest.seq + 1
-            out = pl.concat(self._outputs, how="vertical_relaxed") if self._outputs else None
             schema = self._manifest.schema
             added: list[str] = []
-            if out is not None:
-                table, schema = self._conform(out.to_arrow(), schema)
+            if output is not None:
+                table, schema = self._conform(output.to_arrow(), schema)
                 added += self._stage_output(table, seq)
-            if self._sides:
-                added.append(self._stage_side(pl.concat(self._sides).to_arrow(), seq))
+            if side is not None:
+                added.append(self._stage_side(side.to_arrow(), seq))
             self._commit(
                 Manifest(seq, self._pipeline, schema, checkpoint.encode(), added, removed=[])
             )
-            self._outputs.clear()
-            self._sides.clear()
 
     def close(self) -> None:
         with self._mutex:

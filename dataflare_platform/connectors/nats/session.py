@@ -31,7 +31,7 @@ from nats.aio.msg import Msg
 from nats.js import api
 
 from dataflare_platform.connectors.broker import BrokerError, BrokerUnavailableError
-from dataflare_platform.connectors.nats_settings import NatsSettings
+from dataflare_platform.connectors.nats.settings import NatsSettings
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")

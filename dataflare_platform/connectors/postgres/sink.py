@@ -29,7 +29,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import time
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import polars as pl
 import psycopg
@@ -38,11 +38,15 @@ from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict
 from pydantic import ConfigDict, Field, NonNegativeFloat, PositiveFloat, field_validator
 
-from dataflare_platform.connectors.pgcopy import iter_binary, pg_type
-from dataflare_platform.connectors.settings import PG_MAX_IDENTIFIER, SQL_IDENTIFIER
+from dataflare_platform.connectors.postgres.pgcopy import iter_binary, pg_type
+from dataflare_platform.connectors.settings import (
+    PG_MAX_IDENTIFIER,
+    SQL_IDENTIFIER,
+    ConnectorSettings,
+)
 from dataflare_platform.engine.checkpoint import Checkpoint
-from dataflare_platform.engine.sinks import Sink
-from dataflare_platform.models import StrictModel, validated
+from dataflare_platform.engine.io import TransactionalSink, newest_per_key
+from dataflare_platform.models import validated
 
 CHECKPOINT_TABLE = "dataflare_checkpoints"
 SIDE_SUFFIX = "_side"
@@ -71,11 +75,12 @@ class PostgresUnavailableError(ConnectionError):
     """The server could not be reached or refused the connection (message says where)."""
 
 
-class PostgresSinkSettings(StrictModel):
+class PostgresSinkSettings(ConnectorSettings):
     """Where and how the sink writes; refused at construction naming the bad field."""
 
     model_config = ConfigDict(hide_input_in_errors=True)
 
+    kind: Literal["postgres"] = "postgres"
     dsn: str = Field(min_length=1, description="libpq URL or key=value connection string.")
     table: str = Field(
         pattern=SQL_IDENTIFIER,
@@ -133,7 +138,7 @@ def connect(dsn: str, connect_timeout_s: float = 10.0, **kwargs: Any) -> psycopg
         ) from err
 
 
-class PostgresSink(Sink):
+class PostgresSink(TransactionalSink):
     """Output, side rows and checkpoint in PostgreSQL, one transaction per commit.
 
     ``upsert_keys`` makes the table keyed: each commit inserts or replaces the newest row
@@ -145,8 +150,6 @@ class PostgresSink(Sink):
     Output is cast to the types of an existing table (safely: an overflow fails the
     commit), and a table created here maps Arrow types as ``pgcopy.pg_type`` says.
     """
-
-    transactional = True
 
     def __init__(
         self,
@@ -177,15 +180,12 @@ class PostgresSink(Sink):
         self._conn: psycopg.Connection | None = None
         self._columns: dict[str, pa.DataType] | None = None  # target table, once it exists
         self._pipeline = ""
-        self._outputs: list[pl.DataFrame] = []
-        self._sides: list[pl.DataFrame] = []
 
     # -- Sink ----------------------------------------------------------------------------
     def open(self, pipeline: str) -> Checkpoint | None:
         s = self.settings
         self.close()
-        self._outputs.clear()
-        self._sides.clear()
+        self.discard_pending()
         self._pipeline = pipeline
         conn = connect(s.dsn, s.connect_timeout_s)
         try:
@@ -226,28 +226,20 @@ class PostgresSink(Sink):
         self._conn = conn
         return Checkpoint.decode(bytes(row[0])) if row else None
 
-    def write(self, output: pl.DataFrame | None, side: pl.DataFrame | None) -> None:
-        if output is not None and output.height:
-            self._outputs.append(output)
-        if side is not None and side.height:
-            self._sides.append(side)
-
-    def commit(self, checkpoint: Checkpoint) -> None:
+    def commit_batch(
+        self, output: pl.DataFrame | None, side: pl.DataFrame | None, checkpoint: Checkpoint
+    ) -> None:
         conn = self._conn
         assert conn is not None, "open() first"
         columns_before = self._columns
         try:
             with conn.cursor() as cur:
-                if self._outputs:
-                    out = pl.concat(self._outputs, how="vertical_relaxed")
-                    if self.settings.upsert_keys:  # each key's newest row since the last commit
-                        out = out.unique(
-                            subset=self.settings.upsert_keys, keep="last", maintain_order=True
-                        )
+                if output is not None:
+                    out = newest_per_key(output, self.settings.upsert_keys)
                     self._write_output(cur, out.to_arrow())
-                if self._sides:
-                    side = pl.concat(self._sides).to_arrow()
-                    self._copy(cur, self.side_target, side.cast(_text_schema(side.schema)))
+                if side is not None:
+                    rows = side.to_arrow()
+                    self._copy(cur, self.side_target, rows.cast(_text_schema(rows.schema)))
                 cur.execute(
                     sql.SQL(
                         "INSERT INTO {} (pipeline, target, state) VALUES (%s, %s, %b)"
@@ -262,8 +254,6 @@ class PostgresSink(Sink):
             with contextlib.suppress(psycopg.Error):  # is gone; the connection may be too
                 conn.rollback()
             raise
-        self._outputs.clear()
-        self._sides.clear()
 
     def close(self) -> None:
         if self._conn is not None:

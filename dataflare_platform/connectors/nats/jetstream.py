@@ -33,14 +33,14 @@ from nats.aio.msg import Msg
 from nats.js import api
 
 from dataflare_platform.connectors.broker import BrokerError, FetchResult, MessageCodec, arrow_rows
-from dataflare_platform.connectors.nats_session import (
+from dataflare_platform.connectors.nats.session import (
     AckCollector,
     NatsSession,
     Puller,
     create_stream_if_missing,
     stream_seq,
 )
-from dataflare_platform.connectors.nats_settings import NatsSettings
+from dataflare_platform.connectors.nats.settings import NatsSettings
 from dataflare_platform.connectors.offset_source import Cursor, Envelope, OffsetSource
 
 OFFSET_HEADER = "Dataflare-Offset"

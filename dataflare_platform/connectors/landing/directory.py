@@ -38,7 +38,7 @@ Half-written files are not taken, by two rules:
 A file is read twice: streamed to hash it when scanned, then whole into memory to
 decode it, so landing files should be of batch size (MBs to a few GBs).
 
-Bad input: see ``landing_decode`` (a dead letter per bad record; a file unreadable as a
+Bad input: see ``decode`` (a dead letter per bad record; a file unreadable as a
 whole becomes one dead letter and is recorded as ``failed``, so it is not retried; fix
 it by landing a corrected file, which has other bytes and so is new).
 """
@@ -66,8 +66,8 @@ from pydantic import (
     field_validator,
 )
 
-from dataflare_platform.connectors.landing_decode import FileDecoder, file_format
-from dataflare_platform.connectors.landing_ledger import Ledger, LedgerEntry
+from dataflare_platform.connectors.landing.decode import FileDecoder, file_format
+from dataflare_platform.connectors.landing.ledger import Ledger, LedgerEntry
 from dataflare_platform.durable import WriterLock, write_atomic
 from dataflare_platform.models import StrictModel, validated
 

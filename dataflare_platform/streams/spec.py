@@ -1,0 +1,284 @@
+"""Declarative pipelines: a pydantic model, loadable from YAML, of a pipeline's sources
+and sink (connectors, by ``kind:``), its operator graph (``engine.spec``) and how it
+appears in the catalog.
+
+    name: hot_items
+    watermark: {out_of_orderness: 4s}
+    sources:
+      bids: {kind: topic, topic: nexmark.bids, columns: [auction, date_time]}
+    streams:
+      hot:
+        from: bids
+        steps:
+          - key_by: [auction]
+          - window: {sliding: {size: 10s, slide: 2s}, agg: {num: count}, top: {by: num}}
+    output: hot
+    sink: {kind: duckdb, table: hot_items}
+
+Each source and the sink is validated by its kind's own settings model
+(``connectors.registry``); errors name the field (``sources.bids.nats.stream``). The
+shape before kinds is still read: a source ``{path: ...}`` is a ``file`` source and
+``{topic: ...}`` a ``topic`` source; a sink ``{duckdb: {...}}``, ``{parquet: PATH}``,
+``{topic: NAME}`` or ``{discard: {}}`` is the kind of that name (``parquet`` is ``file``).
+
+``catalog.micro_batch`` (default true) gives the pipeline a sensor that requests runs
+over offset ranges; every source must then be of a kind with readable end offsets
+(``registry.RANGE_KINDS``), else the spec is refused naming ``sources.<name>.kind``.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
+
+from dataflare_platform.connectors.registry import (
+    RANGE_KINDS,
+    SinkSettings,
+    SourceSettings,
+    supports_ranges,
+)
+from dataflare_platform.engine.io import Sink, Source
+from dataflare_platform.engine.operators import BatchPlugin
+from dataflare_platform.engine.pipeline import Pipeline, Stream
+from dataflare_platform.engine.spec import (
+    Duration,
+    StreamSpec,
+    WatermarkSpec,
+    _duration,
+    _Model,
+    wire,
+)
+from dataflare_platform.errors import ConfigError
+from dataflare_platform.models import validated
+from dataflare_platform.streams import bind
+from dataflare_platform.yaml_files import load_yaml_mapping
+
+
+def legacy_source(value: Any) -> Any:
+    """``{path: ...}`` / ``{topic: ...}`` (the shape before ``kind:``) as a kind."""
+    if isinstance(value, dict) and "kind" not in value:
+        if "path" in value and "topic" not in value:
+            return {"kind": "file", **value}
+        if "topic" in value and "path" not in value:
+            return {"kind": "topic", **value}
+        if "path" in value and "topic" in value:
+            raise ValueError("give exactly one of path, topic (or a kind)")
+    return value
+
+
+_LEGACY_SINKS = {"duckdb": "duckdb", "parquet": "file", "discard": "discard", "topic": "topic"}
+
+
+def legacy_sink(value: Any) -> Any:
+    """``{duckdb: {...}}`` / ``{parquet: PATH}`` / ``{topic: NAME}`` / ``{discard: {}}``
+    (the shape before ``kind:``) as a kind."""
+    if not isinstance(value, dict) or "kind" in value:
+        return value
+    given = [k for k in _LEGACY_SINKS if k in value]
+    if len(given) != 1 or len(value) != 1:
+        raise ValueError(f"give a kind (or exactly one of {', '.join(_LEGACY_SINKS)})")
+    (old,) = given
+    inner = value[old]
+    kind = _LEGACY_SINKS[old]
+    if old == "duckdb":
+        return {"kind": kind, **(inner or {})}
+    if old == "parquet":
+        return {"kind": kind, "path": inner}
+    if old == "topic":
+        return {"kind": kind, "topic": inner}
+    return {"kind": kind}
+
+
+class CatalogSpec(_Model):
+    """How the pipeline's output appears in a catalog (the Dagster asset) and how it is
+    scheduled there: the engine ignores it."""
+
+    description: str | None = None
+    group: str = "streams"
+    owners: list[str] = Field(default_factory=list)
+    tags: dict[str, str] = Field(default_factory=dict)
+    sensor_interval: Duration = "30s"
+    # A sensor requests runs over new offset ranges (false: continuous runs only).
+    micro_batch: bool = True
+    # The share of a run's events that may be dead-lettered before its check warns.
+    max_dead_letter_rate: float = Field(0.0, ge=0.0, le=1.0)
+
+    _check = field_validator("sensor_interval")(_duration)
+
+
+def _import_builder(value: Any) -> Callable[..., Stream] | None:
+    """``"package.module:function"`` (YAML) or the function itself (Python)."""
+    if value is None or callable(value):
+        return value
+    if not isinstance(value, str) or ":" not in value:
+        raise ValueError("give the builder function as 'package.module:function'")
+    module_name, _, qualname = value.partition(":")
+    try:
+        target: Any = importlib.import_module(module_name)
+        for part in qualname.split("."):
+            target = getattr(target, part)
+    except (ImportError, AttributeError) as err:
+        raise ValueError(f"cannot import {value!r}: {err}") from None
+    if not callable(target):
+        raise ValueError(f"{value!r} is not a function")
+    return target
+
+
+def _builder_name(builder: Callable[..., Any]) -> str:
+    return f"{builder.__module__}:{builder.__qualname__}"
+
+
+class PipelineSpec(_Model):
+    """A pipeline: its steps declared in ``streams`` (YAML), or a ``builder`` — a Python
+    function taking one :class:`Stream` per source (by name) and returning the output
+    stream, for what the builder API expresses better than YAML."""
+
+    name: str = Field(pattern=r"^[A-Za-z][A-Za-z0-9_-]{0,100}$")
+    catalog: CatalogSpec = Field(default_factory=CatalogSpec)
+    watermark: WatermarkSpec = Field(default_factory=WatermarkSpec)
+    sources: dict[str, SourceSettings]
+    streams: dict[str, StreamSpec] = Field(default_factory=dict)
+    output: str | None = None
+    builder: Any = Field(default=None, exclude=True)
+    sink: SinkSettings
+
+    _import = field_validator("builder", mode="before")(_import_builder)
+
+    @field_validator("sources", mode="before")
+    @classmethod
+    def _legacy_sources(cls, value: Any) -> Any:
+        if isinstance(value, dict):
+            return {name: legacy_source(s) for name, s in value.items()}
+        return value
+
+    _legacy_sink = field_validator("sink", mode="before")(legacy_sink)
+
+    @model_validator(mode="after")
+    def _references(self) -> PipelineSpec:
+        self._ranges_possible()
+        if self.builder is not None:
+            return self._builder_fits()
+        known = set(self.sources)
+        for name, stream in self.streams.items():
+            if name in self.sources:
+                raise ValueError(f"streams.{name}: a stream cannot share a source's name")
+            if stream.from_ not in known:
+                raise ValueError(
+                    f"streams.{name}.from: unknown source or earlier stream {stream.from_!r}"
+                )
+            for i, step in enumerate(stream.steps):
+                other = getattr(step.arg, "with_", None)
+                if other is not None and other not in known:
+                    raise ValueError(
+                        f"streams.{name}.steps[{i}].{step.op}.with: unknown stream {other!r}"
+                    )
+            known.add(name)
+        if self.output is None:
+            raise ValueError("output: name the stream to sink (or give a builder)")
+        if self.output not in self.streams:
+            raise ValueError(f"output: no stream named {self.output!r}")
+        return self
+
+    def _ranges_possible(self) -> None:
+        if not self.catalog.micro_batch:
+            return
+        for name, source in self.sources.items():
+            if not supports_ranges(source):
+                raise ValueError(
+                    f"sources.{name}.kind: {source.kind} sources run continuously only"
+                    f" (micro-batch ranges need one of {', '.join(RANGE_KINDS)}):"
+                    " set catalog.micro_batch: false"
+                )
+
+    def _builder_fits(self) -> PipelineSpec:
+        if self.streams or self.output is not None:
+            raise ValueError("builder: give either a builder or streams and output, not both")
+        try:
+            params = inspect.signature(self.builder).parameters
+        except (TypeError, ValueError) as err:
+            raise ValueError(f"builder: {err}") from None
+        required = {n for n, p in params.items() if p.default is inspect.Parameter.empty} - {
+            n for n, p in params.items() if p.kind is p.VAR_KEYWORD
+        }
+        missing = sorted(required - set(self.sources))
+        if missing:
+            raise ValueError(
+                f"builder: {_builder_name(self.builder)} takes {missing}, which are not "
+                f"sources (sources: {sorted(self.sources)})"
+            )
+        return self
+
+    # -- loading -------------------------------------------------------------------------
+    @classmethod
+    def load(cls, data: dict[str, Any]) -> PipelineSpec:
+        return validated(cls, "pipeline spec", data)
+
+    @classmethod
+    def from_yaml(cls, path: Path) -> PipelineSpec:
+        base = Path(path).parent
+        spec = cls.load(load_yaml_mapping(path, "pipeline spec"))
+        return spec.relative_to(base)
+
+    def relative_to(self, base: Path) -> PipelineSpec:
+        """Resolve relative paths of sources and the sink against the spec file's folder."""
+        sources = {k: _resolved(s, base) for k, s in self.sources.items()}
+        return self.model_copy(update={"sources": sources, "sink": _resolved(self.sink, base)})
+
+    # -- building ------------------------------------------------------------------------
+    def build(
+        self,
+        sink: Sink | None = None,
+        plugins: dict[str, BatchPlugin] | None = None,
+        sources: dict[str, Source] | None = None,
+        **opening: Any,
+    ) -> Pipeline:
+        """The pipeline with its sources and sink opened: ``streams.bind.build``."""
+        return bind.build(self, sink=sink, sources=sources, plugins=plugins, **opening)
+
+    # -- the operator graph --------------------------------------------------------------
+    def wire(
+        self, streams: dict[str, Stream], plugins: dict[str, BatchPlugin] | None = None
+    ) -> Stream:
+        """The output stream, from one stream per source."""
+        if self.builder is not None:
+            return self._call_builder(streams)
+        assert self.output is not None
+        return wire(streams, self.streams, self.output, plugins)
+
+    def _call_builder(self, streams: dict[str, Stream]) -> Stream:
+        params = inspect.signature(self.builder).parameters
+        if any(p.kind is p.VAR_KEYWORD for p in params.values()):
+            given = dict(streams)
+        else:
+            given = {name: streams[name] for name in params if name in streams}
+        out = self.builder(**given)
+        if not isinstance(out, Stream):
+            raise ConfigError(
+                f"pipeline {self.name!r}",
+                [
+                    (
+                        "builder",
+                        f"{_builder_name(self.builder)} returned {type(out).__name__}: "
+                        "return the output Stream (the platform adds the sink)",
+                    )
+                ],
+            )
+        return out
+
+
+# Path fields of connector settings resolved against a spec file's folder.
+_PATH_FIELDS = ("path", "root", "directory", "ledger")
+
+
+def _resolved(settings: BaseModel, base: Path) -> BaseModel:
+    update = {}
+    for field in _PATH_FIELDS:
+        value = getattr(settings, field, None)
+        if isinstance(value, Path) and not value.is_absolute():
+            update[field] = base / value
+    return settings.model_copy(update=update) if update else settings

@@ -1,0 +1,56 @@
+"""The DuckDB sink opened through the registry, under the transactional-sink contract,
+and its settings refused naming the field."""
+
+from __future__ import annotations
+
+import duckdb
+import polars as pl
+import pytest
+
+from dataflare_platform.connectors import duckdb as duckdb_connector
+from dataflare_platform.connectors.registry import SINKS
+from dataflare_platform.connectors.settings import OpenContext, validated
+from dataflare_platform.errors import ConfigError
+from dataflare_platform_tests.connectors.contract import SinkCase, TransactionalSinkContract
+
+
+class TestDuckDBSinkContract(TransactionalSinkContract):
+    KIND = "duckdb"
+
+    @pytest.fixture
+    def sink_case(self, tmp_path) -> SinkCase:
+        settings = duckdb_connector.DuckDBSinkSettings(path=tmp_path / "out.duckdb", table="out")
+
+        def read() -> pl.DataFrame:
+            with duckdb.connect(str(settings.path), read_only=True) as conn:
+                return pl.from_arrow(conn.sql("SELECT * FROM out").to_arrow_table())
+
+        return SinkCase(
+            open=lambda: duckdb_connector.open_sink(settings, OpenContext("contract")),
+            read=read,
+            settings=settings.model_dump(),
+        )
+
+
+@pytest.mark.parametrize(
+    ("values", "field"),
+    [
+        ({"table": 'x"; DROP TABLE y; --'}, "table"),
+        ({"table": "Upper"}, "table"),
+        ({"table": "t", "upsert_keys": []}, "upsert_keys"),
+        ({"table": "t", "tabel": "typo"}, "tabel"),
+    ],
+)
+def test_bad_settings_are_refused_naming_the_field(values, field):
+    with pytest.raises(ConfigError) as err:
+        validated(SINKS["duckdb"].settings, "duckdb sink", {"kind": "duckdb", **values})
+    assert err.value.fields == [field]
+
+
+def test_a_sink_without_a_path_needs_a_folder_to_put_its_file_in(tmp_path):
+    settings = duckdb_connector.DuckDBSinkSettings(table="out")
+    with pytest.raises(ConfigError) as err:
+        duckdb_connector.open_sink(settings, OpenContext("p"))
+    assert err.value.fields == ["sink.path"]
+    sink = duckdb_connector.open_sink(settings, OpenContext("p", default_dir=tmp_path))
+    assert sink.path == tmp_path / "p.duckdb"

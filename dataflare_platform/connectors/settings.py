@@ -24,7 +24,6 @@ SQL_IDENTIFIER = r"^[a-z_][a-z0-9_]*$"
 PG_MAX_IDENTIFIER = 63  # NAMEDATALEN - 1: PostgreSQL silently truncates longer names
 
 
-
 class ConnectorSettings(StrictModel):
     """Base of every ``kind:`` settings model of a pipeline's sources and sinks."""
 

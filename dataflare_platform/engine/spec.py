@@ -29,8 +29,7 @@ from dataflare_platform.engine.operators import BatchPlugin
 from dataflare_platform.engine.pipeline import Stream, WindowedStream
 from dataflare_platform.engine.windows import Session, Sliding, TopN, Tumbling
 from dataflare_platform.errors import ConfigError
-from dataflare_platform.models import StrictModel, validated
-from dataflare_platform.yaml_files import load_yaml_mapping
+from dataflare_platform.models import StrictModel
 
 Duration = int | str
 

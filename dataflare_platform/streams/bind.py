@@ -7,18 +7,31 @@ replay, the CLI) builds it here.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Protocol
 
 from dataflare_platform.connectors import registry
 from dataflare_platform.connectors.settings import OpenContext
 from dataflare_platform.engine.durations import to_ms
 from dataflare_platform.engine.io import Sink, Source
 from dataflare_platform.engine.operators import BatchPlugin
-from dataflare_platform.engine.pipeline import Pipeline
+from dataflare_platform.engine.pipeline import Pipeline, Stream
+from dataflare_platform.engine.spec import WatermarkSpec
 
 if TYPE_CHECKING:
     from dataflare_platform.events.log import EventLog
-    from dataflare_platform.streams.spec import PipelineSpec
+
+
+class PipelineSpec(Protocol):
+    """What binding needs of ``streams.spec.PipelineSpec`` (which builds through here)."""
+
+    name: str
+    watermark: WatermarkSpec
+    sources: dict[str, Any]
+    sink: Any
+
+    def wire(
+        self, streams: dict[str, Stream], plugins: dict[str, BatchPlugin] | None = None
+    ) -> Stream: ...
 
 
 def context(

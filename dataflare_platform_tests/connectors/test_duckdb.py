@@ -9,8 +9,9 @@ import pytest
 
 from dataflare_platform.connectors import duckdb as duckdb_connector
 from dataflare_platform.connectors.registry import SINKS
-from dataflare_platform.connectors.settings import OpenContext, validated
+from dataflare_platform.connectors.settings import OpenContext
 from dataflare_platform.errors import ConfigError
+from dataflare_platform.models import validated
 from dataflare_platform_tests.connectors.contract import SinkCase, TransactionalSinkContract
 
 

@@ -35,9 +35,9 @@ from dataflare_platform.replay.run import (
     ReplayRequest,
     replay,
 )
-from dataflare_platform.times import epoch_ms
 from dataflare_platform.streams import bind
 from dataflare_platform.streams.spec import PipelineSpec
+from dataflare_platform.times import epoch_ms
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 

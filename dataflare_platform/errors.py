@@ -1,10 +1,19 @@
-"""Errors the platform raises on bad input, each carrying what a user needs to fix it."""
+"""Errors the platform raises on bad input, each carrying what a user needs to fix it.
+
+Every exception class a user can meet derives from ``DataflareError``, so the CLI has one
+error boundary (``dataflare_platform.cli._common``) instead of a tuple per command. A class
+that callers also catch as a builtin keeps that base too, e.g.
+``class TopicNotFoundError(DataflareError, KeyError)``; a test walks the package to hold
+the rule. Cheap to import (pydantic only for type hints): ``dataflare --help`` imports it.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from pydantic import ValidationError
+if TYPE_CHECKING:
+    from pydantic import ValidationError
 
 
 class DataflareError(Exception):

@@ -31,7 +31,7 @@ from dataflare_platform.engine.operators import WM_COL
 from dataflare_platform.engine.pipeline import Pipeline
 from dataflare_platform.engine.sinks import side_rows
 from dataflare_platform.engine.watermarks import MAX_WATERMARK, MIN_WATERMARK, WatermarkTracker
-from dataflare_platform.errors import BatchRejectedError
+from dataflare_platform.errors import BatchRejectedError, DataflareError
 from dataflare_platform.times import now_ms
 
 
@@ -105,7 +105,7 @@ class RunResult:
         }
 
 
-class EngineError(RuntimeError):
+class EngineError(DataflareError, RuntimeError):
     pass
 
 

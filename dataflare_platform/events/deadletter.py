@@ -33,6 +33,7 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from dataflare_platform.errors import DataflareError
 from dataflare_platform.events.codec import (
     DEAD_LETTER_SCHEMA,
     Decoded,
@@ -101,7 +102,7 @@ def decode_for_topic(
     )
 
 
-class NoSuchDeadLetterError(LookupError):
+class NoSuchDeadLetterError(DataflareError, LookupError):
     pass
 
 

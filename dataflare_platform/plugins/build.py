@@ -10,6 +10,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from dataflare_platform.errors import DataflareError
+
 SDK_DIR = Path(__file__).parent / "sdk"
 SAMPLES_DIR = Path(__file__).parent / "samples"
 
@@ -23,7 +25,7 @@ CFLAGS = [
 ]
 
 
-class BuildError(RuntimeError):
+class BuildError(DataflareError, RuntimeError):
     """The compiler refused the plugin; the message carries its output."""
 
 

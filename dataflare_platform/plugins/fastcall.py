@@ -14,6 +14,8 @@ from typing import Any
 
 import wasmtime
 
+from dataflare_platform.errors import DataflareError
+
 try:  # private API of wasmtime-py; guarded so a different version still works
     from wasmtime import _ffi as _wffi
     from wasmtime._func import maybe_raise_last_exn as _raise_pending
@@ -26,7 +28,7 @@ except (ImportError, AttributeError):  # pragma: no cover - depends on the wasmt
     _FAST = False
 
 
-class SignatureError(Exception):
+class SignatureError(DataflareError):
     """The export's type is not the one the ABI prescribes."""
 
 

@@ -29,6 +29,7 @@ import pyarrow.compute as pc
 import pyarrow.csv as pa_csv
 import pyarrow.parquet as pq
 
+from dataflare_platform.errors import DataflareError
 from dataflare_platform.events.codec import (
     DEAD_LETTER_SCHEMA,
     JsonDecoder,
@@ -59,7 +60,7 @@ def file_format(name: str) -> tuple[str, bool] | None:
     return None
 
 
-class UnreadableFileError(ValueError):
+class UnreadableFileError(DataflareError, ValueError):
     """The file as a whole cannot be decoded (corrupt, wrong format, missing columns)."""
 
 

@@ -69,6 +69,7 @@ from pydantic import (
 from dataflare_platform.connectors.landing.decode import FileDecoder, file_format
 from dataflare_platform.connectors.landing.ledger import Ledger, LedgerEntry
 from dataflare_platform.durable import WriterLock, write_atomic
+from dataflare_platform.errors import DataflareError
 from dataflare_platform.models import StrictModel, validated
 
 STATE_DIR = "_dataflare"
@@ -108,7 +109,7 @@ class Ingested:
     failed: str | None  # set when the file as a whole was unreadable
 
 
-class FileChangedError(RuntimeError):
+class FileChangedError(DataflareError, RuntimeError):
     """The file changed (or vanished) since it was scanned: it is not ingested now."""
 
 

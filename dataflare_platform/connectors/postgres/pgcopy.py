@@ -22,6 +22,8 @@ from dataclasses import dataclass
 import numpy as np
 import pyarrow as pa
 
+from dataflare_platform.errors import DataflareError
+
 HEADER = b"PGCOPY\n\xff\r\n\x00" + bytes(8)  # signature, flags, header-extension length
 TRAILER = b"\xff\xff"
 _PG_EPOCH_US = 946_684_800_000_000  # 2000-01-01 in Unix microseconds
@@ -29,7 +31,7 @@ _PG_EPOCH_DAYS = 10_957  # 2000-01-01 in Unix days
 _US_PER = {"s": 1_000_000, "ms": 1_000, "us": 1}
 
 
-class UnsupportedTypeError(TypeError):
+class UnsupportedTypeError(DataflareError, TypeError):
     """A column whose Arrow type has no PostgreSQL mapping here (named in the message)."""
 
 

@@ -46,6 +46,7 @@ from dataflare_platform.connectors.settings import (
 )
 from dataflare_platform.engine.checkpoint import Checkpoint
 from dataflare_platform.engine.io import TransactionalSink, newest_per_key
+from dataflare_platform.errors import DataflareError
 from dataflare_platform.models import validated
 
 CHECKPOINT_TABLE = "dataflare_checkpoints"
@@ -71,7 +72,7 @@ _ARROW_FOR_PG = {
 }
 
 
-class PostgresUnavailableError(ConnectionError):
+class PostgresUnavailableError(DataflareError, ConnectionError):
     """The server could not be reached or refused the connection (message says where)."""
 
 

@@ -23,6 +23,7 @@ import pyarrow.compute as pc
 
 from dataflare_platform import times
 from dataflare_platform.durable import fsync_dir, fsync_file
+from dataflare_platform.errors import DataflareError
 from dataflare_platform.events.log.config import TopicConfig
 from dataflare_platform.events.log.segments import (
     NO_TIME,
@@ -36,7 +37,7 @@ log = logging.getLogger(__name__)
 _SETTLE_NS = 50_000_000
 
 
-class OffsetOutOfRangeError(ValueError):
+class OffsetOutOfRangeError(DataflareError, ValueError):
     pass
 
 

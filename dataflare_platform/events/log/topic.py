@@ -8,6 +8,7 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.dataset as ds
 
+from dataflare_platform.errors import DataflareError
 from dataflare_platform.events.codec import conform
 from dataflare_platform.events.log.commits import read_commit
 from dataflare_platform.events.log.config import TopicConfig
@@ -15,7 +16,7 @@ from dataflare_platform.events.log.partition import Partition
 from dataflare_platform.events.log.segments import NO_TIME
 
 
-class TopicNotFoundError(KeyError):
+class TopicNotFoundError(DataflareError, KeyError):
     def __str__(self) -> str:
         return f"no topic {self.args[0]!r}"
 

@@ -17,7 +17,7 @@ CONTROL_PLANE = {
     PACKAGE / "defs",
     PACKAGE / "definitions.py",
     PACKAGE / "demo.py",
-    PACKAGE / "client.py",
+    PACKAGE / "client",
 }
 
 

@@ -27,7 +27,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from typer.testing import CliRunner
 
-from dataflare_platform.cli_audit import audit_app
+from dataflare_platform.cli.audit import audit_app
 from dataflare_platform.compliance.audit import (
     GENESIS_HASH,
     AuditEntry,

@@ -15,7 +15,7 @@ import typer
 import yaml
 from typer.testing import CliRunner
 
-from dataflare_platform.cli_launch import launch
+from dataflare_platform.cli import app as dataflare_app
 from dataflare_platform.client import (
     CLIENT_TAG,
     DataflareClient,
@@ -35,10 +35,7 @@ RUN_TIMEOUT_S = 300
 
 
 def _cli() -> typer.Typer:
-    app = typer.Typer()
-    app.command("launch")(launch)
-    app.command("noop", hidden=True)(lambda: None)  # keeps `launch` a named subcommand
-    return app
+    return dataflare_app  # the real `dataflare` app, with its error boundary
 
 
 def test_launched_job_succeeds_with_logs_and_metadata(webserver, daemon, landed_home):

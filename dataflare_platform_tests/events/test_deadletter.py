@@ -16,7 +16,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from typer.testing import CliRunner
 
-from dataflare_platform.cli_dlq import dlq_app
+from dataflare_platform.cli.dlq import dlq_app
 from dataflare_platform.events.codec import JsonDecoder, encode_json
 from dataflare_platform.events.deadletter import DeadLetters, NoSuchDeadLetterError
 from dataflare_platform.events.ingest import ingest_payloads

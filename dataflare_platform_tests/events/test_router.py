@@ -13,7 +13,7 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-from dataflare_platform.cli_route import route as route_command
+from dataflare_platform.cli import app as dataflare_app
 from dataflare_platform.errors import ConfigError
 from dataflare_platform.events.codec import JsonDecoder
 from dataflare_platform.events.deadletter import DeadLetters
@@ -293,10 +293,7 @@ def test_columns_are_checked_when_the_router_is_made_too(log, tmp_path):
 
 
 def _cli() -> typer.Typer:
-    app = typer.Typer()
-    app.command("route")(route_command)
-    app.command("noop")(lambda: None)  # two commands: "route" stays a subcommand
-    return app
+    return dataflare_app  # the real `dataflare` app, with its error boundary
 
 
 def test_route_command_runs_a_rule_file_once(log, bids, tmp_path):

@@ -13,7 +13,7 @@ import typer
 from pydantic import ValidationError
 from typer.testing import CliRunner
 
-from dataflare_platform.cli_replay import replay_command
+from dataflare_platform.cli import app as dataflare_app
 from dataflare_platform.connectors.duckdb import DuckDBSink
 from dataflare_platform.connectors.parquet_dataset.sink import ParquetDatasetSink
 from dataflare_platform.engine import CollectSink, Runner, RunnerConfig, TableSource
@@ -332,10 +332,7 @@ def test_request_validation():
 
 
 def _cli() -> typer.Typer:
-    app = typer.Typer()
-    app.command("replay")(replay_command)
-    app.command("noop")(lambda: None)  # two commands: "replay" stays a subcommand
-    return app
+    return dataflare_app  # the real `dataflare` app, with its error boundary
 
 
 def test_cli_overwrite_and_into_by_query(log, bids, tmp_path):

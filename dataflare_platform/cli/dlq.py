@@ -1,7 +1,7 @@
 """``dataflare dlq``: list, inspect and re-drive the dead letters of a topic.
 
 The event layer (Polars, Arrow) is imported by the commands, not by this module, so that
-``dataflare --help`` stays fast. ``cli_route`` shares the log options defined here.
+``dataflare --help`` stays fast. ``route`` shares ``open_log`` and the log option here.
 """
 
 from __future__ import annotations
@@ -13,47 +13,39 @@ import json
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, NoReturn
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
-from rich.console import Console
-from rich.markup import escape
-from rich.table import Table
 
-from dataflare_platform.errors import ConfigError, DataflareError
-from dataflare_platform.home import HOME_ENV_VAR, ProjectHome
+from dataflare_platform.cli._common import (
+    HomeOption,
+    JsonOption,
+    command_group,
+    print_json,
+    table,
+)
+from dataflare_platform.errors import ConfigError
 
 if TYPE_CHECKING:
     from dataflare_platform.events.deadletter import DeadLetters
     from dataflare_platform.events.log import EventLog
 
-dlq_app = typer.Typer(
-    help="Dead-letter topics (<topic>.dlq): list, show and re-drive records that failed.",
-    no_args_is_help=True,
+dlq_app = command_group(
+    help="Dead-letter topics (<topic>.dlq): list, show and re-drive records that failed."
 )
-console = Console(stderr=True)
 
-HomeOption = Annotated[
-    Path | None,
-    typer.Option("--home", help=f"Project home (default: ${HOME_ENV_VAR} or ./.dataflare)."),
-]
 LogDirOption = Annotated[
     Path | None,
     typer.Option("--log-dir", help="Event log root (default: <home>/events/log)."),
 ]
 TopicArgument = Annotated[str, typer.Argument(help="The topic whose dead letters to use.")]
-JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
-
-
-def fail(err: BaseException) -> NoReturn:
-    console.print(f"[bold red]error:[/] {escape(str(err))}", highlight=False)
-    raise typer.Exit(code=2)
 
 
 def open_log(home: Path | None, log_dir: Path | None) -> EventLog:
     """The event log at ``--log-dir``, else under the project home; never created here
     (a typo in a path should not make an empty log)."""
     from dataflare_platform.events.log import EventLog
+    from dataflare_platform.home import ProjectHome
 
     root = log_dir if log_dir is not None else ProjectHome.resolve(home).event_log_dir
     if not root.is_dir():
@@ -72,10 +64,6 @@ def _dead_letters(home: Path | None, log_dir: Path | None, topic: str) -> DeadLe
     return DeadLetters(log, topic)
 
 
-# Refusals a user can act on (a missing topic or dead letter is a LookupError).
-_ERRORS = (DataflareError, LookupError, ValueError, OSError)
-
-
 @dlq_app.command("list")
 def list_dead_letters(
     topic: TopicArgument,
@@ -91,31 +79,30 @@ def list_dead_letters(
     as_json: JsonOption = False,
 ) -> None:
     """List dead letters, oldest first, with the reason and a payload preview."""
-    try:
-        dead = _dead_letters(home, log_dir, topic)
-        rows = dead.list(limit, reason_like=reason, start=start, include_redriven=not pending)
-        counts = {"pending": dead.count(), "total": dead.count(include_redriven=True)}
-    except _ERRORS as err:
-        fail(err)
+    dead = _dead_letters(home, log_dir, topic)
+    rows = dead.list(limit, reason_like=reason, start=start, include_redriven=not pending)
+    counts = {"pending": dead.count(), "total": dead.count(include_redriven=True)}
     if as_json:
         listing = [{**r, "received_at": r["received_at"].isoformat()} for r in rows.to_dicts()]
-        print(json.dumps({"topic": topic, "dlq": dead.name, **counts, "dead_letters": listing}))
+        print_json({"topic": topic, "dlq": dead.name, **counts, "dead_letters": listing})
         return
-    table = Table(title=f"{dead.name}: {counts['pending']} pending of {counts['total']}")
-    for column in ("dlq offset", "source", "part", "offset", "reason", "bytes", "payload", "done"):
-        table.add_column(column, overflow="fold")
-    for r in rows.iter_rows(named=True):
-        table.add_row(
-            str(r["dlq_offset"]),
-            r["source"],
-            r["partition"],
-            str(r["offset"]),
-            r["reason"],
-            str(r["size"]),
-            r["preview"],
-            "yes" if r["redriven"] else "",
-        )
-    Console().print(table)
+    table(
+        f"{dead.name}: {counts['pending']} pending of {counts['total']}",
+        ("dlq offset", "source", "part", "offset", "reason", "bytes", "payload", "done"),
+        [
+            (
+                r["dlq_offset"],
+                r["source"],
+                r["partition"],
+                r["offset"],
+                r["reason"],
+                r["size"],
+                r["preview"],
+                "yes" if r["redriven"] else "",
+            )
+            for r in rows.iter_rows(named=True)
+        ],
+    )
 
 
 @dlq_app.command("show")
@@ -129,10 +116,7 @@ def show_dead_letter(
     ] = False,
 ) -> None:
     """Show one dead letter with its whole payload, as JSON."""
-    try:
-        letter = _dead_letters(home, log_dir, topic).show(offset)
-    except _ERRORS as err:
-        fail(err)
+    letter = _dead_letters(home, log_dir, topic).show(offset)
     if raw:
         sys.stdout.buffer.write(letter.payload)
         sys.stdout.buffer.flush()
@@ -173,19 +157,16 @@ def redrive_dead_letters(
 
     The rest stay dead letters. Re-driving the same range again appends nothing.
     """
-    try:
-        dead = _dead_letters(home, log_dir, topic)
-        fixer = load_function(fix) if fix is not None else None
-        offsets = None
-        if start is not None or end is not None:
-            offsets = range(start or 0, end if end is not None else sys.maxsize)
-        result = dead.redrive(offsets=offsets, fix=fixer)
-    except _ERRORS as err:
-        fail(err)
+    dead = _dead_letters(home, log_dir, topic)
+    fixer = load_function(fix) if fix is not None else None
+    offsets = None
+    if start is not None or end is not None:
+        offsets = range(start or 0, end if end is not None else sys.maxsize)
+    result = dead.redrive(offsets=offsets, fix=fixer)
     reasons: dict[str, int] = {}
     for why in result.failures.values():
         reasons[why] = reasons.get(why, 0) + 1
-    print(json.dumps({"topic": topic, **result.as_dict(), "still_dead_reasons": reasons}))
+    print_json({"topic": topic, **result.as_dict(), "still_dead_reasons": reasons})
 
 
 def load_function(spec: str) -> Callable[[bytes], bytes]:

@@ -8,14 +8,13 @@ again routes only what arrived since; a crash mid-run routes the last batch agai
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from dataflare_platform.cli_dlq import HomeOption, LogDirOption, fail, open_log
-from dataflare_platform.errors import DataflareError
+from dataflare_platform.cli._common import HomeOption, print_json
+from dataflare_platform.cli.dlq import LogDirOption, open_log
 
 
 def route(
@@ -34,20 +33,15 @@ def route(
     """
     from dataflare_platform.events.router import Router
 
-    try:
-        router = Router.from_file(open_log(home, log_dir), rules)
-        name = group or f"route.{rules.stem}"
-        result = router.run(group=name, max_rows=max_rows)
-    except (DataflareError, ValueError, OSError) as err:
-        fail(err)
-    print(
-        json.dumps(
-            {
-                "rules": str(rules),
-                "source": router.source.name,
-                "group": name,
-                "mode": router.rules.mode,
-                **result.as_dict(),
-            }
-        )
+    router = Router.from_file(open_log(home, log_dir), rules)
+    name = group or f"route.{rules.stem}"
+    result = router.run(group=name, max_rows=max_rows)
+    print_json(
+        {
+            "rules": str(rules),
+            "source": router.source.name,
+            "group": name,
+            "mode": router.rules.mode,
+            **result.as_dict(),
+        }
     )

@@ -1,392 +1,62 @@
-"""A small Python client for launching and watching runs through Dagster's GraphQL API.
+"""The client class: launching jobs, materializations and backfills, and following runs.
 
-It talks to a running web server (``make ui`` / ``dataflare ui`` starts one on
-127.0.0.1:3000)::
-
-    from dataflare_platform.client import DataflareClient
-
-    client = DataflareClient(port=3000)
-    run_id = client.launch_job("nexmark_ingest_job", tags={"who": "me"})
-    client.wait(run_id, timeout_s=600)  # "SUCCESS"
-    client.asset_metadata("nexmark/bids")  # {"dagster/row_count": 123, ...}
-    run_id = client.materialize(["nexmark/daily_seller_stats"], partition="2024-01-01")
-    backfill_id = client.backfill(
-        "nexmark_daily_stats_job", partition_range=("2026-01-01", "2026-01-07")
-    )
-    client.wait_backfill(backfill_id, timeout_s=1800)  # "COMPLETED_SUCCESS"
-
-Launching, run status and termination go through ``dagster_graphql.DagsterGraphQLClient``;
-what it does not cover (listing jobs and assets for clear errors, logs, asset metadata) is a
-plain GraphQL query over HTTP. Every failure is a ``DataflareClientError`` whose message
-says what to fix.
-
-Runs are launched by the server's run coordinator: with the default (queued) coordinator
-a run waits in QUEUED until ``dagster-daemon`` picks it up, which ``dagster dev`` (``make
-ui``) runs next to the web server.
+Launching, run status and termination go through ``dagster_graphql.DagsterGraphQLClient``
+(via ``Transport``); the rest is the GraphQL of ``documents``, parsed by ``results``.
 """
 
 from __future__ import annotations
 
 import getpass
-import re
 import time
-import warnings
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import requests
-from dagster_graphql import DagsterGraphQLClient, DagsterGraphQLClientError
+from dagster_graphql import DagsterGraphQLClientError
 
-from dataflare_platform.errors import DataflareError
+from dataflare_platform.client.documents import (
+    ASSET_METADATA_QUERY,
+    ASSETS_QUERY,
+    BACKFILL_STATE_QUERY,
+    BACKFILL_STATUS_QUERY,
+    JOBS_QUERY,
+    LAUNCH_BACKFILL_MUTATION,
+    LOGS_QUERY,
+    PARTITION_SETS_QUERY,
+    RUNS_QUERY,
+)
+from dataflare_platform.client.errors import (
+    BackfillNotFoundError,
+    BackfillTimeoutError,
+    DataflareClientError,
+    LaunchError,
+    RunConfigError,
+    RunNotFoundError,
+    RunTimeoutError,
+    ServerUnreachableError,
+    UnknownAssetError,
+    UnknownJobError,
+)
+from dataflare_platform.client.results import (
+    ASSET_JOB,
+    BACKFILL_TERMINAL_STATUSES,
+    PARTITION_TAG,
+    RUN_STATUSES,
+    TERMINAL_STATUSES,
+    AssetKeyLike,
+    BackfillStatus,
+    JobRef,
+    RunInfo,
+    asset_key_path,
+    config_problem,
+    metadata_value,
+    run_info,
+)
+from dataflare_platform.client.transport import Transport
 
 # Who launched a run through the client (the audit trail's actor ``client:<user>``);
 # a caller's own tag of that name wins.
 CLIENT_TAG = "dataflare/client"
-
-ASSET_JOB = "__ASSET_JOB"
-PARTITION_TAG = "dagster/partition"
-TERMINAL_STATUSES = frozenset({"SUCCESS", "FAILURE", "CANCELED"})
-# A backfill is REQUESTED while the daemon submits its runs and they run; a job backfill
-# turns COMPLETED_SUCCESS / COMPLETED_FAILED only once every run has finished.
-BACKFILL_TERMINAL_STATUSES = frozenset(
-    {"COMPLETED", "COMPLETED_SUCCESS", "COMPLETED_FAILED", "FAILED", "CANCELED"}
-)
-
-AssetKeyLike = str | Sequence[str] | Any  # "a/b", ["a", "b"] or a dagster AssetKey
-
-
-class DataflareClientError(DataflareError):
-    """Base class of every error this client raises."""
-
-
-class ServerUnreachableError(DataflareClientError):
-    """No Dagster web server answered at host:port (or it did not answer in time)."""
-
-
-class UnknownJobError(DataflareClientError):
-    """The job is not defined in any loaded code location; the message lists the jobs."""
-
-    def __init__(self, job: str, available: Sequence[str]) -> None:
-        self.job = job
-        self.available = list(available)
-        listed = (
-            ", ".join(self.available) if self.available else "(none: is a code location loaded?)"
-        )
-        super().__init__(f"unknown job {job!r}; available jobs: {listed}")
-
-
-class UnknownAssetError(DataflareClientError):
-    """An asset key is not defined in any loaded code location."""
-
-    def __init__(self, missing: Sequence[str], available: Sequence[str]) -> None:
-        self.missing = list(missing)
-        self.available = list(available)
-        super().__init__(
-            f"unknown asset(s) {', '.join(self.missing)}; available assets: "
-            + (", ".join(self.available) or "(none)")
-        )
-
-
-@dataclass(frozen=True)
-class ConfigProblem:
-    path: str  # e.g. "root:ops:nexmark__bids:config"
-    message: str
-    reason: str | None = None
-
-    def __str__(self) -> str:
-        return f"{self.path}: {self.message}"
-
-
-class RunConfigError(DataflareClientError):
-    """The run config does not match the job's config schema; one line per problem."""
-
-    def __init__(self, job: str, problems: Sequence[ConfigProblem]) -> None:
-        self.job = job
-        self.problems = list(problems)
-        lines = "\n".join(f"  - {p}" for p in self.problems)
-        super().__init__(f"invalid run config for job {job!r}:\n{lines}")
-
-
-class LaunchError(DataflareClientError):
-    """The server refused to launch the run for another reason (its message is kept)."""
-
-
-class RunNotFoundError(DataflareClientError):
-    """No run with this id exists in the instance."""
-
-
-class RunTimeoutError(DataflareClientError, TimeoutError):
-    """``wait`` gave up before the run reached a final status."""
-
-    def __init__(self, run_id: str, status: str, timeout_s: float) -> None:
-        self.run_id = run_id
-        self.status = status
-        hint = ""
-        if status == "QUEUED":
-            hint = (
-                "; queued runs start only when dagster-daemon runs next to the web server "
-                "(`make ui` runs `dagster dev`, which starts both)"
-            )
-        super().__init__(f"run {run_id} still {status} after {timeout_s:g} s{hint}")
-
-
-class BackfillNotFoundError(DataflareClientError):
-    """No backfill with this id exists in the instance."""
-
-
-class BackfillTimeoutError(DataflareClientError, TimeoutError):
-    """``wait_backfill`` gave up before the backfill reached a final status."""
-
-    def __init__(self, backfill_id: str, status: str, timeout_s: float) -> None:
-        self.backfill_id = backfill_id
-        self.status = status
-        hint = (
-            "; backfills are submitted and followed by dagster-daemon, which must run next "
-            "to the web server (`make ui` runs `dagster dev`, which starts both)"
-            if status == "REQUESTED"
-            else ""
-        )
-        super().__init__(f"backfill {backfill_id} still {status} after {timeout_s:g} s{hint}")
-
-
-@dataclass(frozen=True)
-class BackfillStatus:
-    """Where a backfill stands: its status, the partitions it targets and, per partition
-    it launched a run for, that run's id and status (absent: not launched yet)."""
-
-    backfill_id: str
-    status: str
-    partitions: list[str]
-    runs: dict[str, tuple[str, str]]  # partition -> (run id, run status)
-    error: str | None = None
-
-    @property
-    def done(self) -> bool:
-        return self.status in BACKFILL_TERMINAL_STATUSES
-
-
-@dataclass(frozen=True)
-class JobRef:
-    location: str
-    repository: str
-    name: str
-
-
-def asset_key_path(key: AssetKeyLike) -> list[str]:
-    """``"a/b"`` / ``["a", "b"]`` / ``AssetKey(["a", "b"])`` -> ``["a", "b"]``."""
-    path = getattr(key, "path", key)
-    if isinstance(path, str):
-        parts = [part for part in path.split("/") if part]
-    else:
-        parts = [str(part) for part in path]
-    if not parts:
-        raise DataflareClientError(f"empty asset key: {key!r}")
-    return parts
-
-
-def _top_level_fields(shape: str) -> list[str]:
-    """Field names of the outermost ``{ a?: ... b: ... }`` in Dagster's config type text."""
-    fields, depth, token = [], 0, ""
-    for char in shape:
-        if char in "{[(":
-            depth += 1
-            token = ""
-        elif char in "}])":
-            depth -= 1
-            token = ""
-        elif depth == 1 and char == ":":
-            name = token.strip().rstrip("?")
-            if name.isidentifier():
-                fields.append(name)
-            token = ""
-        elif depth == 1:
-            token = "" if char.isspace() else token + char
-    return fields
-
-
-def config_problem(error: Mapping[str, Any]) -> ConfigProblem:
-    """A GraphQL run config error as one readable line: the config path it is about
-    (with the offending field), the message, and the fields expected there."""
-    message = error.get("message") or ""
-    path = ":".join(["root", *(error.get("path") or [])])
-    at = re.search(r" at path (\S+?)\.?(?:\s|$)", message)
-    if at:
-        path = at.group(1)
-    unexpected = re.search(r'unexpected config entry "([^"]+)"', message)
-    if unexpected:
-        path = f"{path}:{unexpected.group(1)}"
-    head, sep, expected = message.partition(' Expected: "')
-    if sep:
-        fields = _top_level_fields(expected)
-        if fields:
-            message = f"{head} Expected fields: {', '.join(fields)}."
-        elif len(expected) > 200:
-            message = f'{head} Expected: "{expected[:200]}..."'
-    return ConfigProblem(path=path, message=message, reason=error.get("reason"))
-
-
-def _metadata_value(entry: Mapping[str, Any]) -> Any:
-    """One GraphQL metadata entry as a plain Python value."""
-    kind = entry["__typename"]
-    if kind == "IntMetadataEntry":
-        # intValue is a 32-bit GraphQL Int (null when larger); intRepr always holds it.
-        return int(entry["intRepr"]) if entry.get("intRepr") is not None else entry["intValue"]
-    if kind == "FloatMetadataEntry":
-        return entry["floatValue"]
-    if kind == "BoolMetadataEntry":
-        return entry["boolValue"]
-    if kind == "TextMetadataEntry":
-        return entry["text"]
-    if kind == "UrlMetadataEntry":
-        return entry["url"]
-    if kind in ("PathMetadataEntry", "NotebookMetadataEntry"):
-        return entry["path"]
-    if kind == "MarkdownMetadataEntry":
-        return entry["mdStr"]
-    if kind == "JsonMetadataEntry":
-        import json
-
-        return json.loads(entry["jsonString"])
-    if kind == "TimestampMetadataEntry":
-        return entry["timestamp"]
-    if kind == "PipelineRunMetadataEntry":
-        return entry["runId"]
-    if kind == "AssetMetadataEntry":
-        return "/".join(entry["assetKey"]["path"])
-    if kind == "JobMetadataEntry":
-        return entry["jobName"]
-    if kind == "TableSchemaMetadataEntry":
-        return {c["name"]: c["type"] for c in entry["schema"]["columns"]}
-    if kind == "NullMetadataEntry":
-        return None
-    return entry.get("description")  # other kinds: no plain value; keep the label visible
-
-
-_METADATA_FRAGMENT = """
-  __typename label description
-  ... on IntMetadataEntry { intValue intRepr }
-  ... on FloatMetadataEntry { floatValue }
-  ... on BoolMetadataEntry { boolValue }
-  ... on TextMetadataEntry { text }
-  ... on UrlMetadataEntry { url }
-  ... on PathMetadataEntry { path }
-  ... on NotebookMetadataEntry { path }
-  ... on MarkdownMetadataEntry { mdStr }
-  ... on JsonMetadataEntry { jsonString }
-  ... on TimestampMetadataEntry { timestamp }
-  ... on PipelineRunMetadataEntry { runId }
-  ... on AssetMetadataEntry { assetKey { path } }
-  ... on JobMetadataEntry { jobName }
-  ... on TableSchemaMetadataEntry { schema { columns { name type } } }
-"""
-
-JOBS_QUERY = """
-query DataflareJobs {
-  repositoriesOrError {
-    __typename
-    ... on RepositoryConnection { nodes { name location { name } jobs { name } } }
-    ... on Error { message }
-  }
-}
-"""
-
-ASSETS_QUERY = """
-query DataflareAssets {
-  assetNodes { assetKey { path } repository { name location { name } } }
-}
-"""
-
-LOGS_QUERY = """
-query DataflareLogs($runId: ID!, $afterCursor: String, $limit: Int) {
-  logsForRun(runId: $runId, afterCursor: $afterCursor, limit: $limit) {
-    __typename
-    ... on EventConnection {
-      cursor hasMore
-      events {
-        __typename
-        ... on MessageEvent { message timestamp level stepKey eventType }
-      }
-    }
-    ... on Error { message }
-  }
-}
-"""
-
-ASSET_METADATA_QUERY = (
-    """
-query DataflareAssetMetadata($key: AssetKeyInput!, $partitions: [String!]) {
-  assetOrError(assetKey: $key) {
-    __typename
-    ... on Asset {
-      assetMaterializations(limit: 1, partitions: $partitions) {
-        runId partition timestamp
-        metadataEntries { """
-    + _METADATA_FRAGMENT
-    + """ }
-      }
-    }
-    ... on Error { message }
-  }
-}
-"""
-)
-
-
-PARTITION_SETS_QUERY = """
-query DataflarePartitionSets($repositorySelector: RepositorySelector!, $job: String!) {
-  partitionSetsOrError(repositorySelector: $repositorySelector, pipelineName: $job) {
-    __typename
-    ... on PartitionSets {
-      results {
-        name
-        partitionsOrError {
-          __typename
-          ... on Partitions { results { name } }
-          ... on Error { message }
-        }
-      }
-    }
-    ... on Error { message }
-  }
-}
-"""
-
-LAUNCH_BACKFILL_MUTATION = """
-mutation DataflareLaunchBackfill($params: LaunchBackfillParams!) {
-  launchPartitionBackfill(backfillParams: $params) {
-    __typename
-    ... on LaunchBackfillSuccess { backfillId }
-    ... on PartitionKeysNotFoundError { partitionKeys }
-    ... on Error { message }
-  }
-}
-"""
-
-BACKFILL_STATE_QUERY = """
-query DataflareBackfillState($id: String!) {
-  partitionBackfillOrError(backfillId: $id) {
-    __typename
-    ... on PartitionBackfill { status }
-    ... on Error { message }
-  }
-}
-"""
-
-BACKFILL_STATUS_QUERY = """
-query DataflareBackfill($id: String!) {
-  partitionBackfillOrError(backfillId: $id) {
-    __typename
-    ... on PartitionBackfill {
-      id status partitionNames
-      error { message }
-      partitionStatuses { results { partitionName runId runStatus } }
-      runs { runId status tags { key value } }
-    }
-    ... on Error { message }
-  }
-}
-"""
 
 
 class DataflareClient:
@@ -403,66 +73,17 @@ class DataflareClient:
         self.port = port
         self.timeout_s = timeout_s
         self.poll_interval_s = poll_interval_s
-        self.url = f"http://{host}:{port}/graphql"
-        self._session = requests.Session()
-        self._dagster = DagsterGraphQLClient(
-            host, port_number=port, timeout=max(1, round(timeout_s))
-        )
+        self._transport = Transport(host, port, timeout_s)
+        self._dagster = self._transport.dagster
+        self._call_dagster = self._transport.call_dagster
 
-    # -- transport ---------------------------------------------------------------------
-
-    def _unreachable(self, err: Exception) -> ServerUnreachableError:
-        if isinstance(err, requests.exceptions.Timeout):
-            what = f"did not answer within {self.timeout_s:g} s"
-        else:
-            what = "refused the connection or is not running"
-        return ServerUnreachableError(
-            f"cannot reach the Dagster web server at {self.host}:{self.port}: it {what}. "
-            "Start it with `make ui` (or `dataflare ui --port PORT`), or pass --host/--port."
-        )
+    @property
+    def url(self) -> str:
+        return self._transport.url
 
     def query(self, query: str, variables: Mapping[str, Any] | None = None) -> dict[str, Any]:
         """Run a raw GraphQL query; return its ``data`` (raise on transport/GraphQL errors)."""
-        try:
-            response = self._session.post(
-                self.url,
-                json={"query": query, "variables": dict(variables or {})},
-                timeout=self.timeout_s,
-            )
-        except (requests.exceptions.ConnectionError, requests.exceptions.Timeout) as err:
-            raise self._unreachable(err) from err
-        try:
-            body = response.json()
-        except ValueError:
-            raise DataflareClientError(
-                f"{self.url} answered HTTP {response.status_code} without JSON: "
-                "is this a Dagster web server?"
-            ) from None
-        if body.get("errors"):
-            messages = "; ".join(e.get("message", str(e)) for e in body["errors"])
-            raise DataflareClientError(f"GraphQL error from {self.url}: {messages}")
-        if response.status_code != 200 or "data" not in body:
-            raise DataflareClientError(f"{self.url} answered HTTP {response.status_code}")
-        return body["data"]
-
-    def _call_dagster(self, fn, *args, **kwargs):
-        """Call a DagsterGraphQLClient method, turning its errors into ours."""
-        try:
-            with warnings.catch_warnings():
-                # gql deprecates the call style dagster_graphql uses; not ours to fix.
-                warnings.filterwarnings("ignore", category=DeprecationWarning, module="gql")
-                return fn(*args, **kwargs)
-        except DagsterGraphQLClientError as err:
-            cause: BaseException | None = err
-            while cause is not None:
-                if isinstance(
-                    cause, (requests.exceptions.ConnectionError, requests.exceptions.Timeout)
-                ):
-                    raise self._unreachable(cause) from err  # type: ignore[arg-type]
-                cause = cause.__cause__ or cause.__context__
-            raise
-        except KeyError as err:  # a result type the library's query has no fields for
-            raise LaunchError(f"unexpected answer from the server (missing {err})") from err
+        return self._transport.query(query, variables)
 
     # -- discovery -----------------------------------------------------------------------
 
@@ -761,6 +382,41 @@ class DataflareClient:
                 raise RunNotFoundError(f"no run with id {run_id!r}") from None
             raise DataflareClientError(f"cannot get the status of run {run_id}: {err}") from None
 
+    def runs(
+        self,
+        limit: int = 20,
+        job: str | None = None,
+        statuses: Sequence[str] | None = None,
+        run_ids: Sequence[str] | None = None,
+    ) -> list[RunInfo]:
+        """The instance's runs, newest first: at most ``limit``, of ``job`` and in one of
+        ``statuses`` (e.g. ``["FAILURE"]``) if given."""
+        unknown = sorted({s.upper() for s in statuses or ()} - RUN_STATUSES)
+        if unknown:
+            raise DataflareClientError(
+                f"unknown run status(es) {', '.join(unknown)}; one of "
+                + ", ".join(sorted(RUN_STATUSES))
+            )
+        run_filter: dict[str, Any] = {}
+        if job is not None:
+            run_filter["pipelineName"] = job
+        if statuses:
+            run_filter["statuses"] = sorted({s.upper() for s in statuses})
+        if run_ids is not None:
+            run_filter["runIds"] = list(run_ids)
+        result = self.query(RUNS_QUERY, {"filter": run_filter or None, "limit": limit})
+        runs = result["runsOrError"]
+        if runs["__typename"] != "Runs":
+            raise DataflareClientError(f"cannot list runs: {runs.get('message')}")
+        return [run_info(node) for node in runs["results"]]
+
+    def run(self, run_id: str) -> RunInfo:
+        """One run: its job, status, times and tags."""
+        found = self.runs(limit=1, run_ids=[run_id])
+        if not found:
+            raise RunNotFoundError(f"no run with id {run_id!r}")
+        return found[0]
+
     def wait(self, run_id: str, timeout_s: float = 600.0) -> str:
         """Poll until the run ends; return SUCCESS, FAILURE or CANCELED.
 
@@ -827,7 +483,7 @@ class DataflareClient:
         materializations = result["assetMaterializations"]
         if not materializations:
             return {}
-        return {e["label"]: _metadata_value(e) for e in materializations[0]["metadataEntries"]}
+        return {e["label"]: metadata_value(e) for e in materializations[0]["metadataEntries"]}
 
     def terminate(self, run_id: str) -> None:
         """Ask the run to stop (the UI's Terminate button)."""

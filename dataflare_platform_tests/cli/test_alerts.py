@@ -9,7 +9,7 @@ from typer.testing import CliRunner
 
 from dataflare_platform.alerting import AlertEvent, AlertManager, AlertStore, RuleSet
 from dataflare_platform.alerting.state import default_state_url
-from dataflare_platform.cli_alerts import alerts_app
+from dataflare_platform.cli.alerts import alerts_app
 from dataflare_platform.home import ProjectHome
 
 RULES = """

@@ -9,7 +9,7 @@ import pytest
 from polars.testing import assert_frame_equal
 from typer.testing import CliRunner
 
-from dataflare_platform.cli_plugin import plugin_app
+from dataflare_platform.cli.plugin import plugin_app
 
 runner = CliRunner()
 

@@ -7,48 +7,38 @@ here, at the edge; the alerting library itself only ever receives it.
 
 from __future__ import annotations
 
-import json
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, NoReturn
+from typing import TYPE_CHECKING, Annotated
 
 import typer
-from rich.console import Console
-from rich.markup import escape
-from rich.table import Table
 
-from dataflare_platform.errors import ConfigError, DataflareError
-from dataflare_platform.home import HOME_ENV_VAR, ProjectHome
+from dataflare_platform.cli._common import (
+    HomeOption,
+    JsonOption,
+    command_group,
+    print_json,
+    table,
+)
+from dataflare_platform.errors import ConfigError
 
 if TYPE_CHECKING:
     from dataflare_platform.alerting.state import AlertStore
 
-alerts_app = typer.Typer(
-    help="Alerts: list them, acknowledge one (stops escalation), silence a rule.",
-    no_args_is_help=True,
+alerts_app = command_group(
+    help="Alerts: list them, acknowledge one (stops escalation), silence a rule."
 )
-console = Console(stderr=True)
 
-HomeOption = Annotated[
-    Path | None,
-    typer.Option("--home", help=f"Project home (default: ${HOME_ENV_VAR} or ./.dataflare)."),
-]
 StateOption = Annotated[
     str | None,
     typer.Option("--state-url", help="SQLAlchemy URL (default: sqlite:///<home>/alerts.db)."),
 ]
 ByOption = Annotated[str, typer.Option("--by", help="Who is doing this (recorded).")]
 
-_ERRORS = (DataflareError, LookupError, ValueError, OSError)
-
-
-def _fail(err: BaseException) -> NoReturn:
-    console.print(f"[bold red]error:[/] {escape(str(err))}", highlight=False)
-    raise typer.Exit(code=2)
-
 
 def _store(home: Path | None, state_url: str | None) -> AlertStore:
     from dataflare_platform.alerting.state import AlertStore, default_state_url
+    from dataflare_platform.home import ProjectHome
 
     url = state_url if state_url is not None else default_state_url(ProjectHome.resolve(home).root)
     return AlertStore(url)
@@ -62,37 +52,34 @@ def list_alerts(
         str | None, typer.Option(help="Only firing, acknowledged or resolved alerts.")
     ] = None,
     show_all: Annotated[bool, typer.Option("--all", help="Include resolved alerts.")] = False,
-    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+    as_json: JsonOption = False,
 ) -> None:
     """Open alerts (firing and acknowledged), oldest first."""
     if status is not None and status not in ("firing", "acknowledged", "resolved"):
-        _fail(ConfigError("--status", [("--status", "one of firing, acknowledged, resolved")]))
-    try:
-        store = _store(home, state_url)
-        alerts = store.alerts(status)
-    except _ERRORS as err:
-        _fail(err)
+        raise ConfigError("--status", [("--status", "one of firing, acknowledged, resolved")])
+    alerts = _store(home, state_url).alerts(status)
     if status is None and not show_all:
         alerts = [a for a in alerts if a.status != "resolved"]
     if as_json:
-        print(json.dumps([a.model_dump(mode="json") for a in alerts]))
+        print_json([a.model_dump(mode="json") for a in alerts])
         return
-    table = Table(title=f"{len(alerts)} alert(s)")
-    columns = ("id", "fingerprint", "severity", "status", "tier", "count", "last seen", "error")
-    for column in columns:
-        table.add_column(column, overflow="fold")
-    for a in alerts:
-        table.add_row(
-            str(a.id),
-            a.fingerprint,
-            a.severity,
-            a.status,
-            str(a.tier),
-            str(a.occurrences),
-            a.last_seen.isoformat(timespec="seconds"),
-            a.last_error or "",
-        )
-    Console().print(table)
+    table(
+        f"{len(alerts)} alert(s)",
+        ("id", "fingerprint", "severity", "status", "tier", "count", "last seen", "error"),
+        [
+            (
+                a.id,
+                a.fingerprint,
+                a.severity,
+                a.status,
+                a.tier,
+                a.occurrences,
+                a.last_seen.isoformat(timespec="seconds"),
+                a.last_error,
+            )
+            for a in alerts
+        ],
+    )
 
 
 @alerts_app.command("ack")
@@ -104,11 +91,8 @@ def ack_alert(
     state_url: StateOption = None,
 ) -> None:
     """Acknowledge an alert: its escalation and repeat notifications stop."""
-    try:
-        alert = _store(home, state_url).acknowledge(ref, by, datetime.now(UTC), note)
-    except _ERRORS as err:
-        _fail(err)
-    print(json.dumps({"id": alert.id, "fingerprint": alert.fingerprint, "status": alert.status}))
+    alert = _store(home, state_url).acknowledge(ref, by, datetime.now(UTC), note)
+    print_json({"id": alert.id, "fingerprint": alert.fingerprint, "status": alert.status})
 
 
 @alerts_app.command("silence")
@@ -129,19 +113,14 @@ def silence_rule(
     try:
         length = parse_duration(duration)
     except ValueError as err:
-        _fail(ConfigError("--for", [("--for", str(err))]))
+        raise ConfigError("--for", [("--for", str(err))]) from None
     now = datetime.now(UTC)
-    try:
-        silence = _store(home, state_url).silence(rule, now + length, by, reason, now, group)
-    except _ERRORS as err:
-        _fail(err)
-    print(
-        json.dumps(
-            {
-                "silence": silence.id,
-                "rule": silence.rule,
-                "group": silence.group_key,
-                "expires_at": silence.expires_at.isoformat(),
-            }
-        )
+    silence = _store(home, state_url).silence(rule, now + length, by, reason, now, group)
+    print_json(
+        {
+            "silence": silence.id,
+            "rule": silence.rule,
+            "group": silence.group_key,
+            "expires_at": silence.expires_at.isoformat(),
+        }
     )

@@ -1,25 +1,33 @@
-"""``dataflare topics``, ``produce`` and ``consume``: the embedded event log from a shell."""
+"""``dataflare topics``, ``produce`` and ``consume``: the embedded event log from a shell.
+
+Arrow and the event layer are imported by the commands, so ``dataflare --help`` stays fast.
+"""
 
 from __future__ import annotations
 
-import json
 import sys
 import time
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
-import pyarrow as pa
-import pyarrow.parquet as pq
 import typer
-from rich.console import Console
-from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn
-from rich.table import Table
 
-from dataflare_platform.errors import DataflareError
-from dataflare_platform.home import HOME_ENV_VAR, ProjectHome
+from dataflare_platform.cli._common import (
+    HOME_ENV_VAR,
+    JsonOption,
+    UsageError,
+    command_group,
+    err_console,
+    print_json,
+    table,
+)
 
-console = Console(stderr=True)
-topics_app = typer.Typer(help="Topics of the embedded event log.", no_args_is_help=True)
+if TYPE_CHECKING:
+    import pyarrow as pa
+
+    from dataflare_platform.events.log import EventLog
+
+topics_app = command_group(help="Topics of the embedded event log.")
 
 LogDirOption = Annotated[
     Path | None,
@@ -31,28 +39,27 @@ LogDirOption = Annotated[
 NEXMARK_KINDS = ("bids", "persons", "auctions")
 
 
-def open_log(log_dir: Path | None):
+def open_log(log_dir: Path | None) -> EventLog:
     from dataflare_platform.events.log import EventLog
+    from dataflare_platform.home import ProjectHome
 
     if log_dir is None:
         log_dir = ProjectHome.resolve().ensure().event_log_dir
     return EventLog(log_dir)
 
 
-def _fail(err: Exception) -> None:
-    console.print(f"[bold red]error:[/] {err}")
-    raise typer.Exit(code=2)
-
-
 def _schema_from(path: Path | None, nexmark: str | None) -> pa.Schema:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
     from dataflare_platform.datagen import SCHEMAS
 
     if nexmark is not None:
         if nexmark not in NEXMARK_KINDS:
-            raise ValueError(f"--nexmark must be one of {', '.join(NEXMARK_KINDS)}")
+            raise UsageError(f"--nexmark must be one of {', '.join(NEXMARK_KINDS)}")
         return SCHEMAS[nexmark]
     if path is None:
-        raise ValueError("give --schema-from FILE (Parquet or Arrow) or --nexmark KIND")
+        raise UsageError("give --schema-from FILE (Parquet or Arrow) or --nexmark KIND")
     if path.suffix == ".parquet":
         return pq.read_schema(path)
     with pa.memory_map(str(path)) as f:
@@ -60,21 +67,24 @@ def _schema_from(path: Path | None, nexmark: str | None) -> pa.Schema:
 
 
 @topics_app.command("list")
-def topics_list(log_dir: LogDirOption = None) -> None:
-    """Topics with their partitions, rows and size."""
+def topics_list(log_dir: LogDirOption = None, as_json: JsonOption = False) -> None:
+    """Topics with their partitions, rows and size (--json: each topic's description)."""
     log = open_log(log_dir)
-    table = Table("topic", "partitions", "rows", "bytes", "retention")
-    for name in log.topics():
-        d = log.topic(name).describe()
+    described = [log.topic(name).describe() for name in log.topics()]
+    if as_json:
+        print_json(described)
+        return
+    rows = []
+    for d in described:
         retention = ", ".join(
             f"{k.removeprefix('retention_')}={d[k]}"
             for k in ("retention_ms", "retention_bytes")
             if d[k] is not None
         )
-        table.add_row(
-            name, str(d["partitions"]), f"{d['rows']:,}", f"{d['bytes']:,}", retention or "-"
+        rows.append(
+            (d["topic"], d["partitions"], f"{d['rows']:,}", f"{d['bytes']:,}", retention or "-")
         )
-    Console().print(table)
+    table(None, ("topic", "partitions", "rows", "bytes", "retention"), rows)
 
 
 @topics_app.command("create")
@@ -99,21 +109,18 @@ def topics_create(
     log_dir: LogDirOption = None,
 ) -> None:
     """Create a topic."""
-    try:
-        schema = _schema_from(schema_from, nexmark)
-        topic = open_log(log_dir).create_topic(
-            name,
-            schema,
-            time_column=time_column,
-            partitions=partitions,
-            key=key,
-            retention_ms=retention_ms,
-            retention_bytes=retention_bytes,
-            fsync=fsync,
-        )
-    except (DataflareError, ValueError, OSError) as err:
-        _fail(err)
-    print(json.dumps(topic.describe(), indent=2))
+    schema = _schema_from(schema_from, nexmark)
+    topic = open_log(log_dir).create_topic(
+        name,
+        schema,
+        time_column=time_column,
+        partitions=partitions,
+        key=key,
+        retention_ms=retention_ms,
+        retention_bytes=retention_bytes,
+        fsync=fsync,
+    )
+    print_json(topic.describe(), indent=2)
 
 
 @topics_app.command("describe")
@@ -123,13 +130,10 @@ def topics_describe(
     """Partitions, offsets, sizes, event-time range, retention and consumer-group lag."""
     from dataflare_platform.events.groups import ConsumerGroup, list_groups
 
-    try:
-        topic = open_log(log_dir).topic(name)
-    except (DataflareError, KeyError) as err:
-        _fail(err)
+    topic = open_log(log_dir).topic(name)
     described = topic.describe()
     described["groups"] = {g: ConsumerGroup(topic, g).lag() for g in list_groups(topic)}
-    print(json.dumps(described, indent=2, default=str))
+    print_json(described, indent=2)
 
 
 @topics_app.command("maintain")
@@ -137,13 +141,10 @@ def topics_maintain(
     name: Annotated[str, typer.Argument(help="Topic name.")], log_dir: LogDirOption = None
 ) -> None:
     """Apply retention, then compact small segments."""
-    try:
-        topic = open_log(log_dir).topic(name)
-    except (DataflareError, KeyError) as err:
-        _fail(err)
+    topic = open_log(log_dir).topic(name)
     deleted = topic.enforce_retention()
     merged = topic.compact()
-    print(json.dumps({"topic": name, "segments_deleted": deleted, "segments_merged": merged}))
+    print_json({"topic": name, "segments_deleted": deleted, "segments_merged": merged})
 
 
 def produce(
@@ -165,6 +166,14 @@ def produce(
 
     NDJSON records that do not decode go to the topic's dead-letter topic.
     """
+    from rich.progress import (
+        BarColumn,
+        Progress,
+        TaskProgressColumn,
+        TextColumn,
+        TimeElapsedColumn,
+    )
+
     from dataflare_platform.datagen import SCHEMAS
     from dataflare_platform.events.producer import (
         nexmark_tables,
@@ -172,41 +181,39 @@ def produce(
         tables_from_files,
     )
 
-    try:
-        log = open_log(log_dir)
-        if nexmark is not None:
-            if kind not in NEXMARK_KINDS:
-                raise ValueError(f"--kind must be one of {', '.join(NEXMARK_KINDS)}")
-            if not log.exists(topic):
-                log.create_topic(topic, SCHEMAS[kind], partitions=partitions)
-            target = log.topic(topic)
-            source = nexmark_tables(nexmark, kind)
-        elif files:
-            target = log.topic(topic)
-            source = tables_from_files(files, target)
-        else:
-            raise ValueError("give files to append or --nexmark N")
-        with Progress(
-            TextColumn("[progress.description]{task.description}"),
-            BarColumn(),
-            TaskProgressColumn(),
-            TextColumn("{task.completed:,} events"),
-            TimeElapsedColumn(),
-            console=console,
-            disable=not console.is_terminal,
-        ) as progress:
-            task = progress.add_task(f"producing to {topic}", total=None)
-            result = produce_tables(
-                log,
-                target,
-                source,
-                batch_rows=batch_rows,
-                rate=rate,
-                on_progress=lambda n: progress.update(task, advance=n),
-            )
-    except (DataflareError, KeyError, ValueError, OSError) as err:
-        _fail(err)
-    print(json.dumps(result))
+    log = open_log(log_dir)
+    if nexmark is not None:
+        if kind not in NEXMARK_KINDS:
+            raise UsageError(f"--kind must be one of {', '.join(NEXMARK_KINDS)}")
+        if not log.exists(topic):
+            log.create_topic(topic, SCHEMAS[kind], partitions=partitions)
+        target = log.topic(topic)
+        source = nexmark_tables(nexmark, kind)
+    elif files:
+        target = log.topic(topic)
+        source = tables_from_files(files, target)
+    else:
+        raise UsageError("give files to append or --nexmark N")
+    console = err_console()
+    with Progress(
+        TextColumn("[progress.description]{task.description}"),
+        BarColumn(),
+        TaskProgressColumn(),
+        TextColumn("{task.completed:,} events"),
+        TimeElapsedColumn(),
+        console=console,
+        disable=not console.is_terminal,
+    ) as progress:
+        task = progress.add_task(f"producing to {topic}", total=None)
+        result = produce_tables(
+            log,
+            target,
+            source,
+            batch_rows=batch_rows,
+            rate=rate,
+            on_progress=lambda n: progress.update(task, advance=n),
+        )
+    print_json(result)
 
 
 def consume(
@@ -222,10 +229,7 @@ def consume(
     from dataflare_platform.events.codec import encode_json
     from dataflare_platform.events.groups import ConsumerGroup
 
-    try:
-        t = open_log(log_dir).topic(topic)
-    except (DataflareError, KeyError) as err:
-        _fail(err)
+    t = open_log(log_dir).topic(topic)
     consumer = ConsumerGroup(t, group or "dataflare-consume-cli").consumer()
     if group is None:
         for p, start in t.start_offsets().items():
@@ -250,4 +254,4 @@ def consume(
         out.flush()
         if group is not None:
             consumer.commit()
-    console.print(f"{printed:,} events")
+    err_console().print(f"{printed:,} events")

@@ -1,39 +1,30 @@
 """``dataflare launch``: launch a job (or materialize assets) on a running Dagster web
 server through its GraphQL API, wait for the run and print its id and final status.
 
-Kept out of ``cli.py`` so the command can be wired in with one line:
-``app.command("launch")(launch)``.
+The server's address comes from --host/--port, else from $DATAFLARE_WEBSERVER_HOST /
+$DATAFLARE_WEBSERVER_PORT (the same for ``runs`` and ``backfill``), else 127.0.0.1:3000.
 """
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.console import Console
-from rich.markup import escape
 
-from dataflare_platform.errors import DataflareError
-
-console = Console(stderr=True)
+from dataflare_platform.cli._common import (
+    FAILED_EXIT,
+    TagOption,
+    UsageError,
+    WebserverHost,
+    WebserverPort,
+    client,
+    err_console,
+    parse_tags,
+    print_json,
+)
 
 ASSETS_ONLY = ("assets", "__ASSET_JOB")
-
-
-class _UsageError(DataflareError):
-    pass
-
-
-def _tags(values: list[str]) -> dict[str, str]:
-    tags = {}
-    for value in values:
-        key, sep, tag_value = value.partition("=")
-        if not sep or not key:
-            raise _UsageError(f"--tag takes KEY=VALUE, got {value!r}")
-        tags[key] = tag_value
-    return tags
 
 
 def _run_config(path: Path | None) -> dict[str, Any]:
@@ -44,13 +35,13 @@ def _run_config(path: Path | None) -> dict[str, Any]:
     try:
         loaded = yaml.safe_load(path.read_text())
     except OSError as err:
-        raise _UsageError(f"cannot read --config {path}: {err.strerror}") from None
+        raise UsageError(f"cannot read --config {path}: {err.strerror}") from None
     except yaml.YAMLError as err:
-        raise _UsageError(f"--config {path} is not valid YAML: {err}") from None
+        raise UsageError(f"--config {path} is not valid YAML: {err}") from None
     if loaded is None:
         return {}
     if not isinstance(loaded, dict):
-        raise _UsageError(f"--config {path} must hold a mapping (the run config), not a list")
+        raise UsageError(f"--config {path} must hold a mapping (the run config), not a list")
     return loaded
 
 
@@ -65,9 +56,7 @@ def launch(
     config: Annotated[
         Path | None, typer.Option("--config", help="Run config as a YAML file.")
     ] = None,
-    tag: Annotated[
-        list[str] | None, typer.Option("--tag", help="Run tag KEY=VALUE (repeatable).")
-    ] = None,
+    tag: TagOption = None,
     asset: Annotated[
         list[str] | None,
         typer.Option("--asset", help="Asset key a/b to materialize (repeatable)."),
@@ -79,8 +68,8 @@ def launch(
     timeout: Annotated[
         float, typer.Option("--timeout", help="Seconds to wait for the run before giving up.")
     ] = 600.0,
-    host: Annotated[str, typer.Option("--host", help="Dagster web server host.")] = "127.0.0.1",
-    port: Annotated[int, typer.Option("--port", help="Dagster web server port.")] = 3000,
+    host: WebserverHost = "127.0.0.1",
+    port: WebserverPort = 3000,
 ) -> None:
     """Launch JOB (or materialize --asset keys) on the Dagster web server at --host/--port.
 
@@ -88,38 +77,41 @@ def launch(
 
     Exit code 1 if the run did not succeed; 2 on an error (bad job, config, server, timeout).
     """
-    from dataflare_platform.client import DataflareClient, RunTimeoutError
+    from dataflare_platform.client import RunTimeoutError
+    from dataflare_platform.errors import DataflareError
 
-    client = DataflareClient(host=host, port=port)
+    dagster = client(host, port)
     run_id = None
     try:
-        tags = _tags(tag or [])
+        tags = parse_tags(tag or [])
         run_config = _run_config(config)
         if job in ASSETS_ONLY:
             if not asset:
-                raise _UsageError(f"`launch {job}` needs at least one --asset KEY")
-            run_id = client.materialize(
+                raise UsageError(f"`launch {job}` needs at least one --asset KEY")
+            run_id = dagster.materialize(
                 asset, partition=partition, tags=tags, run_config=run_config
             )
         else:
-            run_id = client.launch_job(
+            run_id = dagster.launch_job(
                 job,
                 run_config=run_config,
                 tags=tags,
                 asset_selection=asset or None,
                 partition=partition,
             )
-        status = client.wait(run_id, timeout_s=timeout) if wait else client.status(run_id)
-    except RunTimeoutError as err:
-        print(json.dumps({"run_id": run_id, "job": job, "status": err.status}))
-        console.print(f"[bold red]error:[/] {escape(str(err))}", soft_wrap=True)
-        raise typer.Exit(code=2) from None
+        status = dagster.wait(run_id, timeout_s=timeout) if wait else dagster.status(run_id)
     except DataflareError as err:
+        # The run id is printed even so: the run exists and can be followed or stopped.
         if run_id is not None:
-            print(json.dumps({"run_id": run_id, "job": job, "status": None}))
-        console.print(f"[bold red]error:[/] {escape(str(err))}", soft_wrap=True)
-        raise typer.Exit(code=2) from None
-    print(json.dumps({"run_id": run_id, "job": job, "status": status}))
+            last = err.status if isinstance(err, RunTimeoutError) else None
+            print_json({"run_id": run_id, "job": job, "status": last})
+        raise
+    print_json({"run_id": run_id, "job": job, "status": status})
     if wait and status != "SUCCESS":
-        console.print(f"[bold red]run {run_id} ended {status}[/]; see its logs in the UI")
-        raise typer.Exit(code=1)
+        report_failed_run(run_id, status)
+
+
+def report_failed_run(run_id: str, status: str) -> None:
+    """A run that ended but not in SUCCESS: not an error of the command (exit 1)."""
+    err_console().print(f"[bold red]run {run_id} ended {status}[/]; see its logs in the UI")
+    raise typer.Exit(code=FAILED_EXIT)

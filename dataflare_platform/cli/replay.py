@@ -1,27 +1,15 @@
 """``dataflare replay``: re-process a topic range through a pipeline (a Nexmark query or
 a pipeline spec) into another DuckDB table, or over the pipeline's own output table.
-
-Kept out of ``cli.py`` so the command can be wired in with one line:
-``app.command("replay")(replay_command)``.
 """
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
 
-from dataflare_platform.errors import DataflareError
-from dataflare_platform.home import HOME_ENV_VAR, ProjectHome
-
-console = Console(stderr=True)
-
-
-class _UsageError(DataflareError):
-    pass
+from dataflare_platform.cli._common import HomeOption, UsageError, print_json
 
 
 def replay_command(
@@ -63,56 +51,48 @@ def replay_command(
     log_dir: Annotated[
         Path | None, typer.Option("--log", help="Event log root (default: <home>/events/log).")
     ] = None,
-    home: Annotated[
-        Path | None,
-        typer.Option("--home", help=f"Project home (default: ${HOME_ENV_VAR} or ./.dataflare)."),
-    ] = None,
+    home: HomeOption = None,
     batch_rows: Annotated[int, typer.Option(help="Rows per micro-batch.")] = 10_000,
 ) -> None:
     """Replay an event-time interval (--from-time/--to-time) or an offset range
     (--from-offset/--to-offset) into --into TABLE, or over the pipeline's own table with
     --overwrite. Replaying twice leaves the table unchanged. Prints a JSON summary."""
     from dataflare_platform.events.log import EventLog
+    from dataflare_platform.home import ProjectHome
     from dataflare_platform.replay.run import DuckDBTarget, ReplayRequest, replay
 
-    try:
-        factory, sink = _pipeline(query, spec)
-        root = log_dir or ProjectHome.resolve(home).event_log_dir
-        if not root.is_dir():
-            raise _UsageError(f"no event log at {root}")
-        log = EventLog(root)
-        topics = _topic_map(topic)
-        if bool(into) == overwrite:
-            raise _UsageError("give one of --into TABLE or --overwrite")
-        path = duckdb_path or (Path(sink["path"]) if sink else None)
-        own_table = table or (sink["table"] if sink else f"nexmark_{query}")
-        if path is None:
-            raise _UsageError("--duckdb is needed (the spec has no duckdb sink)")
-        target = DuckDBTarget(path=path, table=into or own_table, overwrite=overwrite)
-        timed = from_time is not None or to_time is not None
-        if timed and (from_offset or to_offset):
-            raise _UsageError("give an interval (--from-time/--to-time) or offsets, not both")
-        if timed:
-            request = ReplayRequest(
-                topic=topics,
-                start=_time(from_time),
-                end=_time(to_time),
-                target=target,
-                batch_rows=batch_rows,
-            )
-        else:
-            names = list(topics.values()) if isinstance(topics, dict) else [topics]
-            if len(names) != 1:
-                raise _UsageError("an offset-range replay reads one topic")
-            offsets = _offsets(log, names[0], from_offset or [], to_offset or [])
-            request = ReplayRequest(
-                topic=topics, offsets=offsets, target=target, batch_rows=batch_rows
-            )
-        result = replay(log, request, factory)
-    except (DataflareError, ValueError, KeyError, FileNotFoundError) as err:
-        console.print(f"[bold red]error:[/] {err}")
-        raise typer.Exit(code=2) from None
-    print(json.dumps({"table": target.table, **result.as_dict()}))
+    factory, sink = _pipeline(query, spec)
+    root = log_dir or ProjectHome.resolve(home).event_log_dir
+    if not root.is_dir():
+        raise UsageError(f"no event log at {root}")
+    log = EventLog(root)
+    topics = _topic_map(topic)
+    if bool(into) == overwrite:
+        raise UsageError("give one of --into TABLE or --overwrite")
+    path = duckdb_path or (Path(sink["path"]) if sink else None)
+    own_table = table or (sink["table"] if sink else f"nexmark_{query}")
+    if path is None:
+        raise UsageError("--duckdb is needed (the spec has no duckdb sink)")
+    target = DuckDBTarget(path=path, table=into or own_table, overwrite=overwrite)
+    timed = from_time is not None or to_time is not None
+    if timed and (from_offset or to_offset):
+        raise UsageError("give an interval (--from-time/--to-time) or offsets, not both")
+    if timed:
+        request = ReplayRequest(
+            topic=topics,
+            start=_time(from_time),
+            end=_time(to_time),
+            target=target,
+            batch_rows=batch_rows,
+        )
+    else:
+        names = list(topics.values()) if isinstance(topics, dict) else [topics]
+        if len(names) != 1:
+            raise UsageError("an offset-range replay reads one topic")
+        offsets = _offsets(log, names[0], from_offset or [], to_offset or [])
+        request = ReplayRequest(topic=topics, offsets=offsets, target=target, batch_rows=batch_rows)
+    result = replay(log, request, factory)
+    print_json({"table": target.table, **result.as_dict()})
 
 
 def _pipeline(query: str | None, spec: Path | None):
@@ -121,7 +101,7 @@ def _pipeline(query: str | None, spec: Path | None):
     from dataflare_platform.streams.spec import PipelineSpec
 
     if (query is None) == (spec is None):
-        raise _UsageError("give one of --query or --spec")
+        raise UsageError("give one of --query or --spec")
     if query is not None:
         return for_nexmark(query), None
     assert spec is not None
@@ -136,7 +116,7 @@ def _topic_map(values: list[str]) -> str | dict[str, str]:
         return values[0]
     pairs = [v.split("=", 1) for v in values]
     if any(len(p) != 2 for p in pairs):
-        raise _UsageError("with several --topic options, each is SOURCE=TOPIC")
+        raise UsageError("with several --topic options, each is SOURCE=TOPIC")
     return {source: name for source, name in pairs}
 
 
@@ -170,5 +150,5 @@ def _by_partition(values: list[str], option: str) -> dict[int | None, int]:
         try:
             out[int(part) if part else None] = int(offset)
         except ValueError:
-            raise _UsageError(f"{option} {value!r}: expected N or PARTITION:N") from None
+            raise UsageError(f"{option} {value!r}: expected N or PARTITION:N") from None
     return out

@@ -3,7 +3,8 @@
 PLUGIN is a ``.wasm`` file (with its ``<name>.json`` or ``plugin.json`` manifest), a plugin
 source directory (``plugin.c`` + ``plugin.json``, built on the fly), or the name of a plugin
 in ``--dir`` (default ``<home>/plugins``; shipped samples are built there on first use).
-The plugin runtime is imported by the commands, so ``dataflare --help`` stays fast.
+``plugin list`` shows what names resolve to. The plugin runtime is imported by the commands,
+so ``dataflare --help`` stays fast.
 """
 
 from __future__ import annotations
@@ -13,23 +14,27 @@ import json
 import tempfile
 from contextlib import ExitStack
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, NoReturn
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
-from rich.console import Console
-from rich.markup import escape
 
+from dataflare_platform.cli._common import (
+    HOME_ENV_VAR,
+    JsonOption,
+    UsageError,
+    command_group,
+    err_console,
+    print_json,
+)
+from dataflare_platform.cli._common import table as show_table
 from dataflare_platform.errors import ConfigError, DataflareError
-from dataflare_platform.home import HOME_ENV_VAR, ProjectHome
 
 if TYPE_CHECKING:
     from dataflare_platform.plugins.manifest import Manifest
 
-plugin_app = typer.Typer(
-    help="WASM plugins: scaffold (new), compile (build), try on a file (run), inspect.",
-    no_args_is_help=True,
+plugin_app = command_group(
+    help="WASM plugins: scaffold (new), compile (build), try on a file (run), inspect, list."
 )
-console = Console(stderr=True)
 
 PluginArgument = Annotated[
     str, typer.Argument(help="A .wasm file, a plugin source directory, or a plugin name.")
@@ -108,13 +113,8 @@ def _manifest(name: str, kind: str) -> dict[str, Any]:
     return base | {"capabilities": [], "license": "Apache-2.0"}
 
 
-def fail(err: BaseException | str) -> NoReturn:
-    console.print(f"[bold red]error:[/] {escape(str(err))}", highlight=False)
-    raise typer.Exit(code=2)
-
-
 def _print(data: dict[str, Any]) -> None:
-    typer.echo(json.dumps(data, indent=2, default=str))
+    print_json(data, indent=2)
 
 
 # -- new / build ----------------------------------------------------------------------------
@@ -130,14 +130,15 @@ def new(
     from dataflare_platform.plugins.manifest import Manifest
 
     if kind not in KINDS:
-        fail(ConfigError("plugin scaffold", [("--kind", f"{kind!r} is not one of {KINDS}")]))
+        raise ConfigError("plugin scaffold", [("--kind", f"{kind!r} is not one of {KINDS}")])
     try:
         Manifest.model_validate(_manifest(name, kind))
     except ValueError:
-        fail(ConfigError("plugin scaffold", [("NAME", f"{name!r} must match [a-z][a-z0-9_-]*")]))
+        problem = ("NAME", f"{name!r} must match [a-z][a-z0-9_-]*")
+        raise ConfigError("plugin scaffold", [problem]) from None
     target = directory / name
     if target.exists() and any(target.iterdir()):
-        fail(f"{target} already exists and is not empty")
+        raise UsageError(f"{target} already exists and is not empty")
     target.mkdir(parents=True, exist_ok=True)
     template = MAP_TEMPLATE if kind == "map" else FILTER_TEMPLATE
     (target / "plugin.c").write_text(template.replace("__NAME__", name).replace("__DIR__", name))
@@ -158,17 +159,14 @@ def build(
 
 
 def _build(path: Path, out: Path) -> Path:
-    from dataflare_platform.plugins.build import BuildError, build_plugin
+    from dataflare_platform.plugins.build import build_plugin
     from dataflare_platform.plugins.manifest import load_manifest
 
     for needed in ("plugin.c", "plugin.json"):
         if not (path / needed).is_file():
-            fail(f"{path} is not a plugin source directory: no {needed}")
-    try:
-        load_manifest(path / "plugin.json")  # refuse a bad manifest before compiling
-        return build_plugin(path, out)
-    except (BuildError, DataflareError) as err:
-        fail(err)
+            raise UsageError(f"{path} is not a plugin source directory: no {needed}")
+    load_manifest(path / "plugin.json")  # refuse a bad manifest before compiling
+    return build_plugin(path, out)
 
 
 def _digest(wasm: Path) -> dict[str, Any]:
@@ -185,17 +183,64 @@ def _resolve(plugin: str, plugin_dir: Path | None, stack: ExitStack) -> Path:
     path = Path(plugin)
     if path.is_file():
         if path.suffix != ".wasm":
-            fail(f"{path} is not a .wasm file")
+            raise UsageError(f"{path} is not a .wasm file")
         return path
     if path.is_dir():
         return _build(path, Path(stack.enter_context(tempfile.TemporaryDirectory())))
     if "/" in plugin or path.suffix:
-        fail(f"no plugin file or directory at {path}")
-    directory = plugin_dir or ProjectHome.resolve().root / "plugins"
-    try:
-        return PluginRegistry(directory, RegistryConfig(build_missing=True)).path(plugin)
-    except DataflareError as err:
-        fail(err)
+        raise UsageError(f"no plugin file or directory at {path}")
+    return PluginRegistry(_plugin_dir(plugin_dir), RegistryConfig(build_missing=True)).path(plugin)
+
+
+def _plugin_dir(plugin_dir: Path | None) -> Path:
+    from dataflare_platform.home import ProjectHome
+
+    return plugin_dir or ProjectHome.resolve().root / "plugins"
+
+
+# -- list -------------------------------------------------------------------------------------
+@plugin_app.command("list")
+def list_plugins(plugin_dir: DirOption = None, as_json: JsonOption = False) -> None:
+    """Plugins by name: those built in --dir, and the shipped samples (built on first use)."""
+    from dataflare_platform.plugins.build import SAMPLES_DIR
+    from dataflare_platform.plugins.manifest import load_manifest
+    from dataflare_platform.plugins.registry import (
+        PluginRegistry,
+        RegistryConfig,
+        sample_names,
+    )
+
+    directory = _plugin_dir(plugin_dir)
+    samples = set(sample_names())
+    listed = []
+    for name in PluginRegistry(directory, RegistryConfig(build_missing=True)).names():
+        wasm = directory / f"{name}.wasm"
+        built = wasm.exists() and wasm.with_suffix(".json").exists()
+        manifest = load_manifest(
+            wasm.with_suffix(".json") if built else SAMPLES_DIR / name / "plugin.json"
+        )
+        listed.append(
+            {
+                "name": name,
+                "version": manifest.version,
+                "kind": manifest.kind,
+                "description": manifest.description,
+                "capabilities": manifest.capabilities,
+                "sample": name in samples,
+                "wasm": str(wasm) if built else None,
+            }
+        )
+    if as_json:
+        print_json(listed)
+        return
+    show_table(
+        f"plugins in {directory}",
+        ("name", "version", "kind", "description", "built"),
+        [
+            (p["name"], p["version"], p["kind"], p["description"], "yes" if p["wasm"] else "")
+            for p in listed
+        ],
+    )
 
 
 def parse_params(manifest: Manifest, pairs: list[str]) -> dict[str, Any]:
@@ -276,28 +321,25 @@ def run(
 
     with ExitStack() as stack:
         wasm = _resolve(plugin, plugin_dir, stack)
-        try:
-            manifest = load_manifest(manifest_path(wasm))
-            params = parse_params(manifest, param or [])
-            columns = _pairs(column or [], "--column")
-            check_columns(manifest, columns)
-            config = RegistryConfig.load(
-                deadline_ms=deadline_ms, memory_mb=memory_mb, fuel=fuel, max_failures=10**9
-            )
-            table = read_table(input_path)
-            loaded = Plugin(
-                manifest, wasm.read_bytes(), params, config.limits(), grant or (), columns
-            )
-            result = run_batches(loaded, table, batch_rows)
-        except DataflareError as err:
-            fail(err)
+        manifest = load_manifest(manifest_path(wasm))
+        params = parse_params(manifest, param or [])
+        columns = _pairs(column or [], "--column")
+        check_columns(manifest, columns)
+        config = RegistryConfig.load(
+            deadline_ms=deadline_ms, memory_mb=memory_mb, fuel=fuel, max_failures=10**9
+        )
+        table = read_table(input_path)
+        loaded = Plugin(manifest, wasm.read_bytes(), params, config.limits(), grant or (), columns)
+        result = run_batches(loaded, table, batch_rows)
     output_path.parent.mkdir(parents=True, exist_ok=True)
     result.output.write_parquet(output_path)
     if dead_letters is not None and result.failed_batches:
         dead_letters.parent.mkdir(parents=True, exist_ok=True)
         result.dead_letters.write_parquet(dead_letters)
     if result.failed_batches:
-        console.print(
+        from rich.markup import escape
+
+        err_console().print(
             f"[yellow]{result.failed_batches} of {result.batches} batches failed "
             f"({result.dead_letters.height} rows dead-lettered):[/] "
             f"{escape(result.reasons[0])}",
@@ -337,14 +379,11 @@ def inspect(plugin: PluginArgument, plugin_dir: DirOption = None) -> None:
 
     with ExitStack() as stack:
         wasm = _resolve(plugin, plugin_dir, stack)
-        try:
-            manifest = load_manifest(manifest_path(wasm))
-        except DataflareError as err:
-            fail(err)
+        manifest = load_manifest(manifest_path(wasm))
         try:
             module = wasmtime.Module(shared_engine(), wasm.read_bytes())
         except wasmtime.WasmtimeError as err:
-            fail(f"{wasm} is not a valid WASM module: {err}")
+            raise UsageError(f"{wasm} is not a valid WASM module: {err}") from None
         exports = [{"name": e.name, "type": _type_name(e.type)} for e in module.exports]
         imports = [
             {"module": i.module, "name": i.name, "type": _type_name(i.type)} for i in module.imports

@@ -1,0 +1,107 @@
+"""``dataflare bench``: benchmarks, each printing JSON measured against a baseline in the
+same run (method: docs/benchmarks.md). The benchmark code is imported by the commands."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from dataflare_platform.cli._common import command_group, print_json
+from dataflare_platform.cli.nexmark import (
+    AuctionsOption,
+    InputOption,
+    PersonsOption,
+    QueryOption,
+    check_query,
+)
+
+bench_app = command_group(help="Benchmarks; each prints one JSON object.")
+
+JsonOnly = Annotated[bool, typer.Option("--json", help="Print JSON only.")]
+
+
+@bench_app.command("datagen")
+def bench_datagen(
+    events: Annotated[int, typer.Option(help="Events to generate per repetition.")] = 10_000_000,
+    chunk_events: Annotated[int, typer.Option(help="Events per chunk.")] = 1_000_000,
+    repeat: Annotated[int, typer.Option(help="Repetitions; the fastest counts.")] = 3,
+    files: Annotated[bool, typer.Option(help="Also time writing Parquet files.")] = True,
+    as_json: JsonOnly = True,
+) -> None:
+    """Nexmark generator throughput versus a raw-numpy baseline (target: 5 M bids/s)."""
+    from dataflare_platform.bench.datagen import run
+
+    result = run(events=events, chunk_events=chunk_events, repeat=repeat, files=files)
+    print_json(result, indent=None if as_json else 2)
+
+
+@bench_app.command("nexmark")
+def bench_nexmark(
+    query: QueryOption,
+    input_path: InputOption = None,
+    persons: PersonsOption = None,
+    auctions: AuctionsOption = None,
+    output: Annotated[Path | None, typer.Option(help="Write the result as Parquet.")] = None,
+    batch_rows: Annotated[int, typer.Option(help="Rows per micro-batch.")] = 10_000,
+    rate: Annotated[
+        float | None, typer.Option(help="Offered load in events/s (default: as fast as possible).")
+    ] = None,
+    repeat: Annotated[int, typer.Option(help="Runs of each side; the fastest counts.")] = 1,
+    as_json: JsonOnly = True,
+) -> None:
+    """Run a Nexmark query on the engine and as a one-shot DuckDB query; print JSON."""
+    from dataflare_platform.bench.nexmark import run
+
+    check_query(query)
+    result = run(query, input_path, persons, auctions, output, batch_rows, rate, repeat)
+    print_json(result, indent=None if as_json else 2)
+
+
+@bench_app.command("plugins")
+def bench_plugins_command(
+    as_json: JsonOnly = True,
+) -> None:
+    """WASM plugins against the equivalent Polars work in the same process (JSON lines):
+    a numeric map, utf8 masking, and Nexmark q1 with the conversion as a plugin."""
+    from dataflare_platform.bench.plugins import bench_plugins
+
+    for result in bench_plugins():
+        print_json(result, indent=None if as_json else 2)
+
+
+@bench_app.command("events")
+def bench_events(
+    events: Annotated[
+        int, typer.Option(help="Nexmark events to generate (bids used).")
+    ] = 2_000_000,
+    batch_rows: Annotated[int, typer.Option(help="Rows per append / read.")] = 10_000,
+    fsync: Annotated[bool, typer.Option(help="fsync every append.")] = False,
+    brokers: Annotated[
+        bool, typer.Option(help="Also NATS JetStream and Redis Streams (services must run).")
+    ] = True,
+    as_json: JsonOnly = True,
+) -> None:
+    """Event log append/scan throughput and produce-to-consume latency; brokers each way."""
+    from dataflare_platform.bench.events import bench_log
+
+    results = [bench_log(events, batch_rows, fsync)]
+    if brokers:
+        from dataflare_platform.bench.brokers import bench_brokers
+
+        results.extend(bench_brokers(min(events, 200_000), 1_000))
+    for result in results:
+        print_json(result, indent=None if as_json else 2)
+
+
+@bench_app.command("cli")
+def bench_cli(
+    repeat: Annotated[int, typer.Option(min=1, help="Runs of each side; the fastest counts.")] = 5,
+    as_json: JsonOnly = True,
+) -> None:
+    """`dataflare --help` start-up (wall and CPU) against `python -c pass` and a minimal
+    typer app, each in a fresh interpreter; lists heavy libraries --help imported."""
+    from dataflare_platform.bench.cli import run
+
+    print_json(run(repeat=repeat), indent=None if as_json else 2)

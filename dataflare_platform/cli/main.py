@@ -1,0 +1,84 @@
+"""The ``dataflare`` command: one typer app assembled from one module per command group.
+
+Every (sub)app is built by ``_common.command_group``, whose group class is the one error
+boundary (a ``DataflareError`` prints ``error: ...`` and exits 2). Command modules import
+only typer at module level; Dagster, Arrow, Polars and the rest are imported by the
+commands that use them, so ``dataflare --help`` stays fast (``dataflare bench cli``).
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from dataflare_platform.cli import project
+from dataflare_platform.cli._common import command_group
+from dataflare_platform.cli.alerts import alerts_app
+from dataflare_platform.cli.audit import audit_app
+from dataflare_platform.cli.backfill import backfill_app
+from dataflare_platform.cli.bench import bench_app
+from dataflare_platform.cli.dlq import dlq_app
+from dataflare_platform.cli.launch import launch
+from dataflare_platform.cli.nexmark import nexmark_app
+from dataflare_platform.cli.pipeline import pipeline_app
+from dataflare_platform.cli.plugin import plugin_app
+from dataflare_platform.cli.replay import replay_command
+from dataflare_platform.cli.route import route
+from dataflare_platform.cli.runs import runs_app
+from dataflare_platform.cli.topics import consume, produce, topics_app
+
+DISTRIBUTION = "dataflare-platform"
+
+app = command_group(
+    help="DataFlare Platform: stream and batch pipelines on Dagster.",
+    add_completion=True,  # --install-completion / --show-completion
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        from importlib.metadata import version
+
+        typer.echo(f"dataflare {version(DISTRIBUTION)}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main(
+    _version_flag: Annotated[
+        bool,
+        typer.Option(
+            "--version",
+            callback=_version,
+            is_eager=True,
+            help="Print the installed version and exit.",
+        ),
+    ] = False,
+) -> None:
+    """DataFlare Platform: stream and batch pipelines on Dagster."""
+
+
+# Data and the demo.
+app.command("generate")(project.generate)
+app.command("demo")(project.demo)
+app.command("ui")(project.ui)
+# The engine.
+app.add_typer(pipeline_app, name="pipeline")
+app.add_typer(nexmark_app, name="nexmark")
+app.add_typer(bench_app, name="bench")
+# The embedded event log.
+app.add_typer(topics_app, name="topics")
+app.command("produce")(produce)
+app.command("consume")(consume)
+app.command("route")(route)
+app.command("replay")(replay_command)
+app.add_typer(dlq_app, name="dlq")
+# Plugins and governance.
+app.add_typer(plugin_app, name="plugin")
+app.add_typer(alerts_app, name="alerts")
+app.add_typer(audit_app, name="audit")
+# Runs on a Dagster web server.
+app.command("launch")(launch)
+app.add_typer(runs_app, name="runs")
+app.add_typer(backfill_app, name="backfill")

@@ -1,0 +1,186 @@
+"""``dataflare generate``, ``demo`` and ``ui``: data, the end-to-end demo and the web UI
+on a project home. Dagster and the generator are imported by the commands."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
+
+import typer
+
+from dataflare_platform.cli._common import (
+    FAILED_EXIT,
+    HomeOption,
+    err_console,
+    out_console,
+)
+
+if TYPE_CHECKING:
+    from rich.progress import Progress
+
+    from dataflare_platform.datagen import NexmarkConfig
+
+EventsOption = Annotated[int | None, typer.Option(help="Total events to generate.")]
+SeedOption = Annotated[int | None, typer.Option(help="Random seed (same seed, same data).")]
+ConfigOption = Annotated[
+    Path | None,
+    typer.Option("--config", help="Generator settings as YAML (fields of NexmarkConfig)."),
+]
+
+
+def _generator_config(
+    config: Path | None, base: dict[str, Any] | None = None, **overrides: Any
+) -> NexmarkConfig:
+    from dataflare_platform.datagen import NexmarkConfig
+
+    if config is not None:
+        return NexmarkConfig.from_yaml(config, **overrides)
+    return NexmarkConfig.load(base, **overrides)
+
+
+def _progress() -> Progress:
+    from rich.progress import (
+        BarColumn,
+        Progress,
+        TaskProgressColumn,
+        TextColumn,
+        TimeElapsedColumn,
+    )
+
+    console = err_console()
+    return Progress(
+        TextColumn("[progress.description]{task.description}"),
+        BarColumn(),
+        TaskProgressColumn(),
+        TextColumn("{task.completed:,}/{task.total:,} events"),
+        TimeElapsedColumn(),
+        console=console,
+        disable=not console.is_terminal,
+    )
+
+
+def generate(
+    out: Annotated[
+        Path | None, typer.Option(help="Output directory (default: <home>/events/nexmark).")
+    ] = None,
+    home: HomeOption = None,
+    events: EventsOption = None,
+    seed: SeedOption = None,
+    chunk_events: Annotated[int | None, typer.Option(help="Events per file chunk.")] = None,
+    events_per_second: Annotated[
+        float | None, typer.Option(help="Event-time rate (spreads events over time).")
+    ] = None,
+    max_out_of_order_ms: Annotated[
+        int | None, typer.Option(help="Maximum event-time jitter, in ms.")
+    ] = None,
+    file_format: Annotated[
+        str | None, typer.Option("--format", help="parquet or ipc (Arrow IPC).")
+    ] = None,
+    config: ConfigOption = None,
+) -> None:
+    """Generate Nexmark events (persons, auctions, bids) to Parquet or Arrow IPC files."""
+    from dataflare_platform.datagen import write_nexmark
+    from dataflare_platform.home import ProjectHome
+
+    cfg = _generator_config(
+        config,
+        events=events,
+        seed=seed,
+        chunk_events=chunk_events,
+        events_per_second=events_per_second,
+        max_out_of_order_ms=max_out_of_order_ms,
+        format=file_format,
+    )
+    target = out if out is not None else ProjectHome.resolve(home).ensure().nexmark_dir
+    target = ProjectHome.resolve(target).root  # refuses an unwritable directory
+    with _progress() as bar:
+        task = bar.add_task("generating", total=cfg.events)
+        summary = write_nexmark(
+            cfg, target, progress=lambda done, _total: bar.update(task, completed=done)
+        )
+    rate = summary.events / summary.seconds if summary.seconds else 0.0
+    err_console().print(
+        f"wrote {summary.events:,} events ({summary.rows}) in {summary.files} files to "
+        f"{summary.out_dir} in {summary.seconds:.2f}s ({rate:,.0f} events/s)"
+    )
+
+
+def demo(
+    home: HomeOption = None,
+    events: EventsOption = None,
+    seed: SeedOption = None,
+    config: ConfigOption = None,
+) -> None:
+    """Generate data and run the shipped pipelines end to end in a real Dagster instance."""
+    from dataflare_platform.demo import DEMO_CONFIG, run_demo
+    from dataflare_platform.home import ProjectHome
+
+    project = ProjectHome.resolve(home)
+    cfg = _generator_config(config, DEMO_CONFIG.model_dump(), events=events, seed=seed)
+    console = err_console()
+    console.print(f"project home: {project.root}")
+    with _progress() as bar:
+        task = bar.add_task("generating", total=cfg.events)
+        report = run_demo(
+            project,
+            cfg,
+            progress=lambda done, _t: bar.update(task, completed=done),
+            log=lambda msg: console.print(f"[dim]{msg}[/]"),
+        )
+    _print_demo(report)
+    if not report.ok:
+        raise typer.Exit(code=FAILED_EXIT)
+
+
+def _print_demo(report) -> None:
+    from rich.table import Table
+
+    out = out_console()
+    assets = Table(title="Assets", show_lines=False)
+    assets.add_column("asset")
+    assets.add_column("rows", justify="right")
+    for key, rows in sorted(report.rows.items()):
+        assets.add_row(key, f"{rows:,}")
+    out.print(assets)
+    checks = Table(title="Asset checks")
+    for col in ("asset", "check", "partition", "result", "details"):
+        checks.add_column(col)
+    for c in report.checks:
+        verdict = "[green]passed[/]" if c.passed else "[red]FAILED[/]"
+        checks.add_row(c.asset, c.check, c.partition or "-", verdict, c.description)
+    out.print(checks)
+    runs = Table(title="Runs")
+    for col in ("job", "partition", "status", "seconds", "run id"):
+        runs.add_column(col)
+    for r in report.runs:
+        status = "[green]success[/]" if r.success else "[red]FAILURE[/]"
+        runs.add_row(r.job, r.partition or "-", status, f"{r.seconds:.1f}", r.run_id[:8])
+    out.print(runs)
+    verdict = "[bold green]demo OK[/]" if report.ok else "[bold red]demo FAILED[/]"
+    out.print(f"{verdict} in {report.seconds:.1f}s; see it in the UI with `make ui`")
+
+
+def ui(
+    home: HomeOption = None,
+    host: Annotated[str, typer.Option(help="Address to bind.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port of the web UI.")] = 3000,
+) -> None:
+    """Start the Dagster web UI and daemon (`dagster dev`) on the project home."""
+    from dataflare_platform.home import ProjectHome
+
+    project = ProjectHome.resolve(home).ensure()
+    # The dagster next to this interpreter, so the UI runs in the project's environment.
+    sibling = Path(sys.executable).with_name("dagster")
+    dagster = str(sibling) if sibling.exists() else shutil.which("dagster") or "dagster"
+    env = {**os.environ, **project.environ()}
+    err_console().print(
+        f"Dagster UI on http://{host}:{port} (home {project.root}); Ctrl-C stops it"
+    )
+    os.execvpe(
+        dagster,
+        [dagster, "dev", "-m", "dataflare_platform.definitions", "-h", host, "-p", str(port)],
+        env,
+    )

@@ -1,0 +1,140 @@
+"""The GraphQL documents the client sends that ``DagsterGraphQLClient`` does not cover:
+discovery (jobs, assets), logs, asset metadata, runs and backfills. Kept apart so a
+schema change of Dagster's API shows in one file."""
+
+_METADATA_FRAGMENT = """
+  __typename label description
+  ... on IntMetadataEntry { intValue intRepr }
+  ... on FloatMetadataEntry { floatValue }
+  ... on BoolMetadataEntry { boolValue }
+  ... on TextMetadataEntry { text }
+  ... on UrlMetadataEntry { url }
+  ... on PathMetadataEntry { path }
+  ... on NotebookMetadataEntry { path }
+  ... on MarkdownMetadataEntry { mdStr }
+  ... on JsonMetadataEntry { jsonString }
+  ... on TimestampMetadataEntry { timestamp }
+  ... on PipelineRunMetadataEntry { runId }
+  ... on AssetMetadataEntry { assetKey { path } }
+  ... on JobMetadataEntry { jobName }
+  ... on TableSchemaMetadataEntry { schema { columns { name type } } }
+"""
+
+JOBS_QUERY = """
+query DataflareJobs {
+  repositoriesOrError {
+    __typename
+    ... on RepositoryConnection { nodes { name location { name } jobs { name } } }
+    ... on Error { message }
+  }
+}
+"""
+
+ASSETS_QUERY = """
+query DataflareAssets {
+  assetNodes { assetKey { path } repository { name location { name } } }
+}
+"""
+
+LOGS_QUERY = """
+query DataflareLogs($runId: ID!, $afterCursor: String, $limit: Int) {
+  logsForRun(runId: $runId, afterCursor: $afterCursor, limit: $limit) {
+    __typename
+    ... on EventConnection {
+      cursor hasMore
+      events {
+        __typename
+        ... on MessageEvent { message timestamp level stepKey eventType }
+      }
+    }
+    ... on Error { message }
+  }
+}
+"""
+
+ASSET_METADATA_QUERY = (
+    """
+query DataflareAssetMetadata($key: AssetKeyInput!, $partitions: [String!]) {
+  assetOrError(assetKey: $key) {
+    __typename
+    ... on Asset {
+      assetMaterializations(limit: 1, partitions: $partitions) {
+        runId partition timestamp
+        metadataEntries { """
+    + _METADATA_FRAGMENT
+    + """ }
+      }
+    }
+    ... on Error { message }
+  }
+}
+"""
+)
+
+
+PARTITION_SETS_QUERY = """
+query DataflarePartitionSets($repositorySelector: RepositorySelector!, $job: String!) {
+  partitionSetsOrError(repositorySelector: $repositorySelector, pipelineName: $job) {
+    __typename
+    ... on PartitionSets {
+      results {
+        name
+        partitionsOrError {
+          __typename
+          ... on Partitions { results { name } }
+          ... on Error { message }
+        }
+      }
+    }
+    ... on Error { message }
+  }
+}
+"""
+
+LAUNCH_BACKFILL_MUTATION = """
+mutation DataflareLaunchBackfill($params: LaunchBackfillParams!) {
+  launchPartitionBackfill(backfillParams: $params) {
+    __typename
+    ... on LaunchBackfillSuccess { backfillId }
+    ... on PartitionKeysNotFoundError { partitionKeys }
+    ... on Error { message }
+  }
+}
+"""
+
+BACKFILL_STATE_QUERY = """
+query DataflareBackfillState($id: String!) {
+  partitionBackfillOrError(backfillId: $id) {
+    __typename
+    ... on PartitionBackfill { status }
+    ... on Error { message }
+  }
+}
+"""
+
+BACKFILL_STATUS_QUERY = """
+query DataflareBackfill($id: String!) {
+  partitionBackfillOrError(backfillId: $id) {
+    __typename
+    ... on PartitionBackfill {
+      id status partitionNames
+      error { message }
+      partitionStatuses { results { partitionName runId runStatus } }
+      runs { runId status tags { key value } }
+    }
+    ... on Error { message }
+  }
+}
+"""
+
+RUNS_QUERY = """
+query DataflareRuns($filter: RunsFilter, $limit: Int) {
+  runsOrError(filter: $filter, limit: $limit) {
+    __typename
+    ... on Runs {
+      results { runId jobName status creationTime startTime endTime tags { key value } }
+    }
+    ... on Error { message }
+  }
+}
+"""

@@ -34,6 +34,8 @@ from dataflare_platform.errors import DataflareError
 if TYPE_CHECKING:
     from rich.console import Console
 
+    from dataflare_platform.client import DataflareClient
+
 # Errors a user can act on. DataflareError is the rule; the builtins are what library
 # validation still raises for bad input (see the module docstring).
 USER_ERRORS: tuple[type[BaseException], ...] = (DataflareError, ValueError, LookupError, OSError)
@@ -159,7 +161,7 @@ def parse_tags(values: list[str]) -> dict[str, str]:
     return tags
 
 
-def client(host: str, port: int, timeout_s: float = 30.0):  # -> DataflareClient
+def client(host: str, port: int, timeout_s: float = 30.0) -> DataflareClient:
     """The GraphQL client for ``--host``/``--port`` (imported here: it pulls in Dagster's
     GraphQL client, which ``--help`` should not pay for)."""
     from dataflare_platform.client import DataflareClient

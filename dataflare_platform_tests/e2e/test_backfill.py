@@ -7,9 +7,13 @@ materialization against counts computed independently, with Polars, from the lan
 files.
 """
 
+import json
+
 import polars as pl
 import pytest
+from typer.testing import CliRunner
 
+from dataflare_platform.cli import app as dataflare_app
 from dataflare_platform.client import (
     BackfillNotFoundError,
     BackfillTimeoutError,
@@ -142,13 +146,25 @@ def test_backfill_of_the_daily_stats_job_over_every_day(webserver, daemon, lande
             )
             assert stored == {day: expected[day][table] for day in days if table in expected[day]}
 
-    # The asset flavour: two named days of one asset, through partitionNames.
-    asset_backfill = client.backfill(
-        asset_selection=["nexmark/daily_category_stats"], partitions=days[1:3]
+    # The asset flavour: two named days of one asset, through partitionNames, launched
+    # and waited for by `dataflare backfill`.
+    result = CliRunner().invoke(
+        dataflare_app,
+        [
+            *("backfill", "launch", "--asset", "nexmark/daily_category_stats"),
+            *("--partition", days[1], "--partition", days[2], "--wait"),
+            *("--timeout", str(BACKFILL_TIMEOUT_S), "--port", str(webserver)),
+        ],
     )
-    done = client.wait_backfill(asset_backfill, timeout_s=BACKFILL_TIMEOUT_S)
-    assert done.status == "COMPLETED_SUCCESS"
-    assert sorted(done.runs) == days[1:3]
+    assert result.exit_code == 0, result.output
+    done = json.loads(result.stdout)
+    assert done["status"] == "COMPLETED_SUCCESS" and done["done"] is True
+    assert sorted(done["runs"]) == days[1:3]
+    assert {run["status"] for run in done["runs"].values()} == {"SUCCESS"}
+    status = client.backfill_status(done["backfill_id"])
+    assert {p: run_id for p, (run_id, _) in status.runs.items()} == {
+        p: run["run_id"] for p, run in done["runs"].items()
+    }
 
 
 def test_bad_backfills_fail_with_readable_errors(webserver):
@@ -180,3 +196,81 @@ def test_bad_backfills_fail_with_readable_errors(webserver):
         partition_range=("2026-01-02", "2026-01-04"),
     )
     assert client.backfill_status(ranged).partitions == ["2026-01-02", "2026-01-03", "2026-01-04"]
+
+
+def test_backfill_commands_launch_follow_and_refuse(webserver):
+    """`dataflare backfill` without a daemon: launched and shown as REQUESTED; waiting
+    times out naming the daemon; bad requests exit 2 with the client's message."""
+
+    def cli(*args: str):
+        return CliRunner().invoke(dataflare_app, [*args, "--port", str(webserver)])
+
+    launched = cli(
+        "backfill",
+        "launch",
+        "nexmark_daily_stats_job",
+        "--from",
+        "2026-01-02",
+        "--to",
+        "2026-01-03",
+        "--tag",
+        "via=cli",
+        "--title",
+        "two days",
+    )
+    assert launched.exit_code == 0, launched.output
+    backfill_id = json.loads(launched.stdout)["backfill_id"]
+    shown = cli("backfill", "status", backfill_id)
+    assert shown.exit_code == 0, shown.output
+    status = json.loads(shown.stdout)
+    assert (status["backfill_id"], status["status"], status["done"]) == (
+        backfill_id,
+        "REQUESTED",
+        False,
+    )
+    assert status["partitions"] == ["2026-01-02", "2026-01-03"] and status["runs"] == {}
+    waited = cli("backfill", "wait", backfill_id, "--timeout", "1")
+    assert waited.exit_code == 2
+    assert waited.stderr.startswith(f"error: backfill {backfill_id} still REQUESTED")
+    assert "dagster-daemon" in waited.stderr
+
+    refusals = {
+        ("backfill", "status", "nosuchbackfill"): "no backfill with id 'nosuchbackfill'",
+        (
+            "backfill",
+            "launch",
+            "nexmark_daily_stats_job",
+            "--from",
+            "2026-01-01",
+            "--to",
+            "2099-01-01",
+        ): "unknown partition(s) 2099-01-01",
+        (
+            "backfill",
+            "launch",
+            "nexmark_ingest_job",
+            "--partition",
+            "2026-01-01",
+        ): "not partitioned",
+        ("backfill", "launch", "--partition", "2026-01-01"): "give a JOB or --asset keys",
+        ("backfill", "launch", "nexmark_daily_stats_job"): "give --partition keys or a range",
+        (
+            "backfill",
+            "launch",
+            "nexmark_daily_stats_job",
+            "--from",
+            "2026-01-01",
+        ): "needs both --from and --to",
+        (
+            "backfill",
+            "launch",
+            "--asset",
+            "nexmark/nope",
+            "--partition",
+            "2026-01-02",
+        ): "nexmark/nope",
+    }
+    for args, message in refusals.items():
+        result = cli(*args)
+        assert result.exit_code == 2, (args, result.output)
+        assert result.stderr.startswith("error: ") and message in " ".join(result.stderr.split())

@@ -40,6 +40,14 @@ def run_cli(*args: str, cwd: Path, env: dict[str, str] | None = None, timeout: i
         ["pipeline"],
         ["pipeline", "validate"],
         ["pipeline", "run"],
+        ["bench", "cli"],
+        ["runs"],
+        ["runs", "list"],
+        ["runs", "wait"],
+        ["backfill"],
+        ["backfill", "launch"],
+        ["topics", "list"],
+        ["plugin", "list"],
     ],
 )
 def test_every_command_has_help(tmp_path, command):

@@ -16,7 +16,9 @@ import yaml
 from typer.testing import CliRunner
 
 from dataflare_platform.cli import app as dataflare_app
+from dataflare_platform.cli._common import WEBSERVER_PORT_ENV_VAR
 from dataflare_platform.client import (
+    ASSET_JOB,
     CLIENT_TAG,
     DataflareClient,
     RunConfigError,
@@ -65,15 +67,42 @@ def test_launched_job_succeeds_with_logs_and_metadata(webserver, daemon, landed_
     assert client.wait(stats_run, timeout_s=RUN_TIMEOUT_S) == "SUCCESS"
     assert client.asset_metadata("nexmark/daily_seller_stats", partition=day) != {}
 
-    # The CLI: launches, waits, prints the run id and final status as JSON.
+    # The CLI: launches, waits, prints the run id and final status as JSON; the web
+    # server's port comes from the environment here.
     result = CliRunner().invoke(
         _cli(),
-        ["launch", "nexmark_ingest_job", "--tag", "via=cli", "--port", str(webserver)],
+        ["launch", "nexmark_ingest_job", "--tag", "via=cli"],
+        env={WEBSERVER_PORT_ENV_VAR: str(webserver)},
     )
     assert result.exit_code == 0, result.output
     printed = json.loads(result.stdout.strip().splitlines()[-1])
     assert printed["status"] == "SUCCESS"
     assert client.status(printed["run_id"]) == "SUCCESS"
+
+    # `dataflare runs`: the runs are listed (newest first), shown and waited for.
+    def cli_json(*args: str):
+        got = CliRunner().invoke(_cli(), [*args, "--port", str(webserver)])
+        assert got.exit_code == 0, got.output
+        return json.loads(got.stdout)
+
+    listed = cli_json("runs", "list", "--json", "--job", "nexmark_ingest_job")
+    assert [r["run_id"] for r in listed] == [printed["run_id"], run_id]
+    assert {r["status"] for r in listed} == {"SUCCESS"}
+    assert listed[0]["tags"]["via"] == "cli" and listed[0]["ended"] >= listed[0]["created"]
+    # Automation may have materialized other partitions through the asset job too.
+    asset_runs = {r["run_id"]: r for r in cli_json("runs", "list", "--json", "--job", ASSET_JOB)}
+    assert asset_runs[stats_run]["partition"] == day
+    shown = cli_json("runs", "show", run_id, "--logs", "3")
+    assert (shown["run_id"], shown["job"], shown["status"]) == (
+        run_id,
+        "nexmark_ingest_job",
+        "SUCCESS",
+    )
+    assert shown["tags"]["launched_by"] == "test_client"
+    assert [e["event_type"] for e in shown["logs"]] == types[:3]
+    assert cli_json("runs", "wait", run_id) == {"run_id": run_id, "status": "SUCCESS"}
+    table = CliRunner().invoke(_cli(), ["runs", "list", "--port", str(webserver)])
+    assert table.exit_code == 0 and run_id[:8] in table.stdout  # rich folds the long id
 
 
 def test_bad_launches_fail_with_readable_errors(webserver, tmp_path):
@@ -122,6 +151,13 @@ def test_bad_launches_fail_with_readable_errors(webserver, tmp_path):
     assert "unknown job 'no_such_job'" in result.output and "nexmark_ingest_job" in result.output
     result = runner.invoke(_cli(), ["launch", "nexmark_ingest_job", "--tag", "novalue", *port])
     assert result.exit_code == 2 and "KEY=VALUE" in result.output
+    missing = "00000000-0000-0000-0000-000000000000"
+    for command in (["runs", "show", missing], ["runs", "wait", missing]):
+        result = runner.invoke(_cli(), [*command, *port])
+        assert result.exit_code == 2, result.output
+        assert result.stderr.startswith(f"error: no run with id '{missing}'")
+    result = runner.invoke(_cli(), ["runs", "list", "--status", "NOPE", *port])
+    assert result.exit_code == 2 and "unknown run status(es) NOPE" in result.output
 
 
 def test_queued_run_times_out_with_a_hint_then_is_terminated(webserver):
@@ -137,8 +173,18 @@ def test_queued_run_times_out_with_a_hint_then_is_terminated(webserver):
     with pytest.raises(TimeoutError) as timeout:
         client.wait(run_id, timeout_s=1)
     assert run_id in str(timeout.value) and "dagster-daemon" in str(timeout.value)
-    client.terminate(run_id)
+    port = ["--port", str(webserver)]
+    waited = CliRunner().invoke(_cli(), ["runs", "wait", run_id, "--timeout", "1", *port])
+    assert waited.exit_code == 2
+    assert waited.stderr.startswith(f"error: run {run_id} still QUEUED")
+    # Terminated through the CLI: `runs wait` then reports CANCELED, exit 1.
+    stopped = CliRunner().invoke(_cli(), ["runs", "terminate", run_id, *port])
+    assert stopped.exit_code == 0, stopped.output
+    assert json.loads(stopped.stdout)["run_id"] == run_id
     assert client.wait(run_id, timeout_s=30) == "CANCELED"
+    ended = CliRunner().invoke(_cli(), ["runs", "wait", run_id, *port])
+    assert ended.exit_code == 1
+    assert json.loads(ended.stdout) == {"run_id": run_id, "status": "CANCELED"}
 
 
 def test_unreachable_server_fails_fast_with_a_hint():

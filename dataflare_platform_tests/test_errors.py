@@ -42,7 +42,7 @@ def test_every_public_exception_class_derives_from_dataflare_error():
     assert {
         "dataflare_platform.errors.ConfigError",
         "dataflare_platform.client.errors.RunTimeoutError",
-        "dataflare_platform.events.log.TopicNotFoundError",
+        "dataflare_platform.events.log.topic.TopicNotFoundError",
         "dataflare_platform.plugins.build.BuildError",
     } <= set(exceptions)
     assert len(exceptions) >= 25

@@ -1,25 +1,26 @@
-"""Root definitions of the code location: merges each domain and binds shared resources.
+"""Root definitions of the code location (``dg``'s target module, and the module that
+``workspace.yaml`` and ``dagster-webserver -m`` load).
 
-Cross-cutting policy belongs here, applied once, rather than repeated on every asset.
+Every domain under ``defs/`` is autoloaded by ``dg.load_from_defs_folder``: Python
+modules (``defs/<domain>/*.py``) and component instances (``defs.yaml`` files: stream
+pipelines, governed datasets), so adding a domain or a YAML file needs no edit here.
+What is cross-cutting is applied here, once: the shared resources, the default executor
+(one writer per DuckDB file) and one sensor that evaluates every freshness check in the
+code location.
 """
+
+from pathlib import Path
 
 import dagster as dg
 
-from dataflare_platform.defs import governance, leaderboards, nexmark, plugins, replay, streams
+from dataflare_platform.defs.governance.dataset_checks import freshness_sensors
+from dataflare_platform.defs.governance.definitions import DEFAULT_INTERVAL_S
 from dataflare_platform.defs.governance.resources import GovernanceResource
 from dataflare_platform.defs.plugins.resources import PluginRuntimeResource
 from dataflare_platform.defs.pools import executor
 from dataflare_platform.defs.resources import ProjectHomeResource
+from dataflare_platform.defs.streams.intervals import sensor_interval_override
 from dataflare_platform.home import HOME_ENV_VAR
-
-DOMAINS = [
-    nexmark.defs,
-    plugins.defs,
-    streams.defs,
-    replay.defs,
-    leaderboards.defs,
-    governance.defs,
-]
 
 home = ProjectHomeResource(path=dg.EnvVar(HOME_ENV_VAR))
 resources = {
@@ -31,6 +32,21 @@ resources = {
     "plugins": PluginRuntimeResource(),
 }
 
-# The default executor runs one step per DuckDB file at a time (defs/pools.py), so any
-# selection materialized from the UI keeps one writer per file.
-defs = dg.Definitions.merge(*DOMAINS, dg.Definitions(resources=resources, executor=executor))
+
+def build_definitions() -> dg.Definitions:
+    """The defs folder's definitions with the cross-cutting policy applied."""
+    loaded = dg.load_from_defs_folder(path_within_project=Path(__file__).parent)
+    policy = dg.Definitions(
+        sensors=freshness_sensors(
+            loaded.asset_checks or [], sensor_interval_override() or DEFAULT_INTERVAL_S
+        ),
+        resources=resources,
+        # One step per DuckDB file at a time (defs/pools.py), so any selection
+        # materialized from the UI keeps one writer per file.
+        executor=executor,
+    )
+    return dg.Definitions.merge(loaded, policy)
+
+
+# A Definitions object (not a @dg.definitions function), so tests and tools can import it.
+defs = build_definitions()

@@ -23,6 +23,14 @@ def load_yaml_mapping(path: Path | str, what: str) -> dict[str, Any]:
     return _mapping(data, what, f"{path}")
 
 
+def load_yaml_documents(path: Path | str, what: str) -> list[Any]:
+    """Every document of a multi-document YAML file (``---`` between them), as parsed."""
+    try:
+        return list(yaml.safe_load_all(Path(path).read_text()))
+    except (OSError, yaml.YAMLError) as err:
+        raise ConfigError(what, [("<file>", f"{path}: {err}")]) from None
+
+
 def parse_yaml_mapping(text: str, what: str) -> dict[str, Any]:
     """The mapping a YAML document holds (text from an API or a test, not a file)."""
     try:

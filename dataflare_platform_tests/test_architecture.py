@@ -15,6 +15,7 @@ PACKAGE = REPO_ROOT / "dataflare_platform"
 # control plane.
 CONTROL_PLANE = {
     PACKAGE / "defs",
+    PACKAGE / "components",
     PACKAGE / "definitions.py",
     PACKAGE / "demo.py",
     PACKAGE / "client",

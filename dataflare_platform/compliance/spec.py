@@ -36,9 +36,13 @@ from dataflare_platform.compliance.expectations import SuiteSpec
 from dataflare_platform.compliance.freshness import FreshnessPolicy
 from dataflare_platform.compliance.pii import PiiPolicy
 from dataflare_platform.compliance.retention import RetentionPolicy
+from dataflare_platform.component_files import (
+    GOVERNED_DATASET,
+    find_instances,
+    load_spec_mapping,
+)
 from dataflare_platform.errors import ConfigError
 from dataflare_platform.models import StrictModel, validated
-from dataflare_platform.yaml_files import load_yaml_mapping
 
 _ASSET = r"^[A-Za-z0-9_][A-Za-z0-9_.-]*(/[A-Za-z0-9_][A-Za-z0-9_.-]*)*$"
 
@@ -96,27 +100,42 @@ class GovernedDataset(StrictModel):
 
 
 def load_dataset_spec(path: Path | str) -> GovernedDataset:
-    """One spec file; ConfigError names the file and each bad field."""
+    """One spec file (bare, or a component instance with the spec under ``attributes``);
+    ConfigError names the file and each bad field."""
     path = Path(path)
     what = f"governance file {path}"
-    return validated(GovernedDataset, what, load_yaml_mapping(path, what))
+    return validated(GovernedDataset, what, load_spec_mapping(path, what))
 
 
-def load_dataset_specs(directory: Path | str) -> list[GovernedDataset]:
-    """Every ``*.yaml``/``*.yml`` spec of ``directory``, sorted by file name. Two files may
-    not govern the same asset (which one would win is not something to guess)."""
-    directory = Path(directory)
-    if not directory.is_dir():
-        raise ConfigError(f"governance folder {directory}", [("<folder>", "does not exist")])
-    files = sorted([*directory.glob("*.yaml"), *directory.glob("*.yml")])
+def load_dataset_specs(directory: Path | str | None = None) -> list[GovernedDataset]:
+    """Every ``*.yaml``/``*.yml`` spec and ``*/defs.yaml`` component instance of
+    ``directory``, sorted by path; without a directory, the shipped ones: every
+    GovernedDatasetComponent instance under ``defs/``. Two files may not govern the same
+    asset (which one would win is not something to guess)."""
+    if directory is None:
+        instances, files = find_instances(GOVERNED_DATASET), []
+    else:
+        directory = Path(directory)
+        if not directory.is_dir():
+            raise ConfigError(f"governance folder {directory}", [("<folder>", "does not exist")])
+        files = sorted([*directory.glob("*.yaml"), *directory.glob("*.yml")])
+        instances = [
+            (path, attributes)
+            for path, attributes in find_instances(GOVERNED_DATASET, directory)
+            if path.parent.parent == directory
+        ]
+    loaded = [
+        (path, validated(GovernedDataset, f"governance file {path}", attributes))
+        for path, attributes in instances
+    ]
+    loaded += [(path, load_dataset_spec(path)) for path in files]
     seen: dict[str, Path] = {}
     specs: list[GovernedDataset] = []
-    for path in files:
-        spec = load_dataset_spec(path)
+    for path, spec in loaded:
         if spec.asset in seen:
             raise ConfigError(
                 f"governance file {path}",
-                [("asset", f"{spec.asset!r} is also governed by {seen[spec.asset].name}")],
+                [("asset", f"{spec.asset!r} is also governed by {seen[spec.asset]}")],
             )
         seen[spec.asset] = path
         specs.append(spec)

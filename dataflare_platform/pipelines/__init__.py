@@ -1,5 +1,7 @@
-"""Shipped declarative pipelines (``*.yaml`` in this folder) and how one is run over an
-offset range of its topics: what a sensor-triggered Dagster run does (no Dagster here)."""
+"""Declarative pipelines: where the shipped ones are (``load_specs``: the
+StreamPipelineComponent instances under ``defs/`` and the Python builders of
+``builders/``) and how one is run over an offset range of its topics: what a
+sensor-triggered Dagster run does (no Dagster here)."""
 
 from dataflare_platform.pipelines.ranges import (
     PIPELINES_DIR,

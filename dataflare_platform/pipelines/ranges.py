@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from dataflare_platform.component_files import STREAM_PIPELINE, find_instances
 from dataflare_platform.connectors import duckdb as duckdb_connector
 from dataflare_platform.connectors.broker import BrokerError
 from dataflare_platform.engine.runner import Runner, RunnerConfig, RunResult
@@ -22,12 +23,38 @@ from dataflare_platform.streams.spec import PipelineSpec
 PIPELINES_DIR = Path(__file__).parent
 
 
-def load_specs(directory: Path = PIPELINES_DIR) -> list[PipelineSpec]:
-    """Every pipeline of ``directory``: each ``*.yaml`` file, and each ``@stream_pipeline``
-    function of ``builders/*.py``. A bad file raises ConfigError naming the file and the
-    field. Two pipelines may not share a name."""
+def _shown(path: Path) -> str:
+    """A file named for a reader: from the package (``defs/streams/x/defs.yaml``) when it
+    is one of ours, by its name otherwise (a folder of loose files)."""
+    package = PIPELINES_DIR.parent
+    return str(path.relative_to(package)) if path.is_relative_to(package) else path.name
+
+
+def load_specs(directory: Path | None = None) -> list[PipelineSpec]:
+    """Every pipeline of ``directory``: each ``*.yaml`` file (a bare spec or a component
+    instance), each ``*/defs.yaml`` component instance, and each ``@stream_pipeline``
+    function of ``builders/*.py``. Without a directory: the shipped pipelines, i.e. the
+    StreamPipelineComponent instances under ``defs/`` and the builders of this folder.
+    A bad file raises ConfigError naming the file and the field. Two pipelines may not
+    share a name."""
     declared: list[tuple[Path, PipelineSpec]] = []
-    for path in sorted(Path(directory).glob("*.yaml")):
+    if directory is None:
+        directory, files = PIPELINES_DIR, []
+        instances = find_instances(STREAM_PIPELINE)
+    else:
+        directory = Path(directory)
+        files = sorted(directory.glob("*.yaml"))
+        instances = [
+            (path, attributes)
+            for path, attributes in find_instances(STREAM_PIPELINE, directory)
+            if path.parent.parent == directory
+        ]
+    for path, attributes in instances:  # a defs.yaml may hold several documents
+        try:
+            declared.append((path, PipelineSpec.load(attributes).relative_to(path.parent)))
+        except ConfigError as err:
+            raise ConfigError(f"pipeline file {path}", err.problems) from None
+    for path in files:
         try:
             declared.append((path, PipelineSpec.from_yaml(path)))
         except ConfigError as err:
@@ -38,7 +65,7 @@ def load_specs(directory: Path = PIPELINES_DIR) -> list[PipelineSpec]:
         if spec.name in specs:
             raise ConfigError(
                 f"pipeline file {path}",
-                [("name", f"{spec.name!r} is also declared in {specs[spec.name][0].name}")],
+                [("name", f"{spec.name!r} is also declared in {_shown(specs[spec.name][0])}")],
             )
         specs[spec.name] = (path, spec)
     return [spec for _, spec in specs.values()]

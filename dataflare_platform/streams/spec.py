@@ -36,6 +36,7 @@ from typing import Any
 
 from pydantic import BaseModel, Field, field_validator, model_validator
 
+from dataflare_platform.component_files import load_spec_mapping
 from dataflare_platform.connectors.registry import (
     RANGE_KINDS,
     SinkSettings,
@@ -56,7 +57,6 @@ from dataflare_platform.engine.spec import (
 from dataflare_platform.errors import ConfigError
 from dataflare_platform.models import validated
 from dataflare_platform.streams import bind
-from dataflare_platform.yaml_files import load_yaml_mapping
 
 
 def legacy_source(value: Any) -> Any:
@@ -220,8 +220,10 @@ class PipelineSpec(_Model):
 
     @classmethod
     def from_yaml(cls, path: Path) -> PipelineSpec:
+        """A bare spec file, or a component instance (``defs.yaml``: the spec under
+        ``attributes``); relative paths resolve against the file's folder either way."""
         base = Path(path).parent
-        spec = cls.load(load_yaml_mapping(path, "pipeline spec"))
+        spec = cls.load(load_spec_mapping(path, "pipeline spec"))
         return spec.relative_to(base)
 
     def relative_to(self, base: Path) -> PipelineSpec:

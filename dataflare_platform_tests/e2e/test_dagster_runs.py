@@ -24,7 +24,7 @@ def instance(landed_home):
 def test_ingest_then_daily_partitions_are_recorded_in_the_instance(instance, landed_home):
     ingest = defs.resolve_job_def("nexmark_ingest_job").execute_in_process(instance=instance)
     assert ingest.success
-    # The domain's own checks, and the governance files' (pipelines/governance/).
+    # The domain's own checks, and the governed datasets' (defs/governance/datasets/).
     assert {e.check_name: e.passed for e in ingest.get_asset_check_evaluations()} == {
         "bids_valid": True,
         "auctions_valid": True,

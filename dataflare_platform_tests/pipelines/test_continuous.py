@@ -11,14 +11,14 @@ import pytest
 from dataflare_platform.engine import Runner, RunnerConfig, TableSource
 from dataflare_platform.engine.sinks import CollectSink
 from dataflare_platform.events.log import EventLog
-from dataflare_platform.pipelines import PIPELINES_DIR, load_specs
+from dataflare_platform.pipelines import load_specs
 from dataflare_platform.pipelines.continuous import ContinuousRun
 from dataflare_platform.queries.nexmark import BUILDERS, NexmarkSources
 
 
 @pytest.fixture
 def hot_items():
-    (spec,) = [s for s in load_specs(PIPELINES_DIR) if s.name == "hot_items"]
+    (spec,) = [s for s in load_specs() if s.name == "hot_items"]
     return spec
 
 

@@ -1,28 +1,29 @@
-"""The streams domain's definitions: one set per shipped pipeline file.
+"""The streams domain's shared definitions: one external asset per topic that any
+pipeline reads, and the pipelines written with the Python builder API
+(``pipelines/builders/*.py``).
 
-``DATAFLARE_SENSOR_INTERVAL`` (a duration such as ``2s``), read when the code location
-loads, overrides the sensors' ``catalog.sensor_interval`` of every pipeline without
-editing the files (tests and demos tick faster).
+Each YAML pipeline is a StreamPipelineComponent instance (``<pipeline>/defs.yaml`` in
+this folder, or anywhere under ``defs/``) that builds its own asset, job and sensors; the
+topics are shared between pipelines, so they are declared here, once, for every shipped
+pipeline. ``load_specs`` reads the same instance files as dg (and refuses two pipelines
+with one name), without importing the component: components sit above ``defs``.
 """
 
-import os
+import dagster as dg
 
-from dataflare_platform.defs.streams.factory import stream_definitions
-from dataflare_platform.engine.durations import to_ms
-from dataflare_platform.pipelines import load_specs
-
-SENSOR_INTERVAL_ENV_VAR = "DATAFLARE_SENSOR_INTERVAL"
-
-
-def sensor_interval_override() -> int | None:
-    """Seconds from ``DATAFLARE_SENSOR_INTERVAL``, or None when unset or empty."""
-    value = os.environ.get(SENSOR_INTERVAL_ENV_VAR, "").strip()
-    if not value:
-        return None
-    try:
-        return max(1, to_ms(value) // 1000)
-    except ValueError as err:
-        raise ValueError(f"{SENSOR_INTERVAL_ENV_VAR}={value!r}: {err}") from None
+from dataflare_platform.defs.streams.factory import pipeline_definitions, topic_specs
+from dataflare_platform.defs.streams.intervals import sensor_interval_override
+from dataflare_platform.pipelines import PIPELINES_DIR, load_specs
+from dataflare_platform.pipelines.python_specs import load_python_specs
 
 
-defs = stream_definitions(load_specs(), sensor_interval_override())
+def _definitions() -> dg.Definitions:
+    built = [spec for _, spec in load_python_specs(PIPELINES_DIR)]
+    interval_s = sensor_interval_override()
+    return dg.Definitions.merge(
+        dg.Definitions(assets=topic_specs(load_specs())),
+        *(pipeline_definitions(spec, interval_s) for spec in built),
+    )
+
+
+defs = _definitions()

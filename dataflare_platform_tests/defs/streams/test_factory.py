@@ -9,6 +9,7 @@ import duckdb
 import polars as pl
 import pytest
 
+from dataflare_platform.component_files import DEFS_DIR
 from dataflare_platform.definitions import defs as root_defs
 from dataflare_platform.defs.plugins.resources import PluginRuntimeResource
 from dataflare_platform.defs.resources import ProjectHomeResource
@@ -16,7 +17,7 @@ from dataflare_platform.defs.streams.factory import stream_definitions
 from dataflare_platform.engine import CollectSink, Runner, RunnerConfig, TableSource
 from dataflare_platform.errors import ConfigError
 from dataflare_platform.events.log import EventLog
-from dataflare_platform.pipelines import PIPELINES_DIR, load_specs
+from dataflare_platform.pipelines import load_specs
 from dataflare_platform.queries.nexmark import BUILDERS, NexmarkSources
 
 
@@ -24,7 +25,7 @@ from dataflare_platform.queries.nexmark import BUILDERS, NexmarkSources
 def pipelines_dir(tmp_path):
     folder = tmp_path / "pipelines"
     folder.mkdir()
-    shutil.copy(PIPELINES_DIR / "hot_items.yaml", folder)
+    shutil.copy(DEFS_DIR / "streams" / "hot_items" / "defs.yaml", folder / "hot_items.yaml")
     return folder
 
 
@@ -122,7 +123,7 @@ def test_a_bad_pipeline_file_fails_loading_naming_file_and_field(pipelines_dir):
 
 
 def test_sensor_interval_can_be_overridden_without_editing_the_files(monkeypatch):
-    from dataflare_platform.defs.streams.definitions import sensor_interval_override
+    from dataflare_platform.defs.streams.intervals import sensor_interval_override
 
     def intervals(defs):
         return {s.name: s.minimum_interval_seconds for s in defs.sensors}

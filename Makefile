@@ -12,7 +12,7 @@ export UV_PROJECT_ENVIRONMENT := $(CURDIR)/$(VENV)
 export UV_PYTHON_DOWNLOADS := never
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: setup demo test test-fast ui bench bench-nexmark lint validate clean
+.PHONY: setup demo test test-fast ui bench bench-nexmark lint validate catalog-snapshot clean
 
 $(BIN)/uv:
 	$(PYTHON) -m venv $(VENV)
@@ -63,6 +63,13 @@ validate: setup
 	$(BIN)/python -c "from dataflare_platform.home import ProjectHome; ProjectHome.resolve('$(CURDIR)/.dataflare').ensure()"
 	DATAFLARE_HOME=$(CURDIR)/.dataflare DAGSTER_HOME=$(CURDIR)/.dataflare/dagster_home \
 		$(BIN)/dagster definitions validate -w workspace.yaml
+	DATAFLARE_HOME=$(CURDIR)/.dataflare DAGSTER_HOME=$(CURDIR)/.dataflare/dagster_home \
+		$(BIN)/dg check defs
+
+# Rewrite the catalog snapshot (asset graph, checks, jobs, sensors, schedules) after a
+# deliberate change to the definitions; commit it with the change.
+catalog-snapshot: setup
+	DATAFLARE_UPDATE_SNAPSHOT=1 $(BIN)/pytest -q dataflare_platform_tests/defs/test_catalog.py
 
 clean:
 	rm -rf $(VENV) .cache .pytest_cache .ruff_cache

@@ -11,7 +11,7 @@ with one name), without importing the component: components sit above ``defs``.
 
 import dagster as dg
 
-from dataflare_platform.defs.streams.factory import pipeline_definitions, topic_specs
+from dataflare_platform.defs.streams.factory import pipeline_definitions, topic_definitions
 from dataflare_platform.defs.streams.intervals import sensor_interval_override
 from dataflare_platform.pipelines import PIPELINES_DIR, load_specs
 from dataflare_platform.pipelines.python_specs import load_python_specs
@@ -21,7 +21,7 @@ def _definitions() -> dg.Definitions:
     built = [spec for _, spec in load_python_specs(PIPELINES_DIR)]
     interval_s = sensor_interval_override()
     return dg.Definitions.merge(
-        dg.Definitions(assets=topic_specs(load_specs())),
+        topic_definitions(load_specs(), interval_s),
         *(pipeline_definitions(spec, interval_s) for spec in built),
     )
 

@@ -206,14 +206,22 @@ def pipeline_definitions(
     )
 
 
-def stream_definitions(
+def topic_definitions(
     specs: list[PipelineSpec], sensor_interval_s: int | None = None
 ) -> dg.Definitions:
-    # Topics are observed as often as the most eager pipeline reading them looks.
+    """The topics ``specs`` read, once for all of them (pipelines share topics): observable
+    assets and the topic_observations sensor, which observes as often as the most eager
+    pipeline reading them looks. What the streams domain adds beside the components."""
     observe_s = sensor_interval_s or min(
         (_sensor_interval_s(s) for s in specs), default=DEFAULT_OBSERVATION_INTERVAL_S
     )
+    return topic_observation_definitions(topic_specs(specs), observe_s)
+
+
+def stream_definitions(
+    specs: list[PipelineSpec], sensor_interval_s: int | None = None
+) -> dg.Definitions:
     return dg.Definitions.merge(
-        topic_observation_definitions(topic_specs(specs), observe_s),
+        topic_definitions(specs, sensor_interval_s),
         *(pipeline_definitions(s, sensor_interval_s) for s in specs),
     )

@@ -22,10 +22,10 @@ PIPELINE = """\
 type: dataflare_platform.components.StreamPipelineComponent
 attributes:
   name: big_bids
-  sources: {bids: {topic: nexmark.bids}}
+  sources: {bids: {kind: topic, topic: nexmark.bids}}
   streams: {big: {from: bids, steps: [{filter: "price > 1000000"}]}}
   output: big
-  sink: {duckdb: {path: out.duckdb, table: big_bids}}
+  sink: {kind: duckdb, path: out.duckdb, table: big_bids}
 """
 DATASET = """\
 type: dataflare_platform.components.GovernedDatasetComponent
@@ -82,7 +82,7 @@ def test_a_component_instance_and_a_bare_spec_load_to_the_same_spec(tmp_path: Pa
     bare = _write(tmp_path / "big_bids" / "bare.yaml", bare_text)
     spec = PipelineSpec.from_yaml(wrapped)
     assert spec == PipelineSpec.from_yaml(bare)
-    assert spec.sink.duckdb["path"] == tmp_path / "big_bids" / "out.duckdb"
+    assert spec.sink.path == tmp_path / "big_bids" / "out.duckdb"
     assert [s.name for s in load_specs(tmp_path)] == ["big_bids"]
 
     dataset = _write(tmp_path / "gov" / "big_bids" / "defs.yaml", DATASET)

@@ -5,10 +5,10 @@ same file runs from the CLI (``dataflare pipeline run defs.yaml``) and in Dagste
     type: dataflare_platform.components.StreamPipelineComponent
     attributes:
       name: big_bids
-      sources: {bids: {topic: nexmark.bids}}
+      sources: {bids: {kind: topic, topic: nexmark.bids}}
       streams: {big: {from: bids, steps: [{filter: "price > 1000000"}]}}
       output: big
-      sink: {duckdb: {table: big_bids}}
+      sink: {kind: duckdb, table: big_bids}
 
 ``build_defs`` calls the stream factory (``defs/streams/factory.py``): the pipeline's
 asset, job, sensor and continuous job. The source topics' assets are shared by every
@@ -36,7 +36,7 @@ EXAMPLE: dict[str, Any] = {
         "owners": ["team:streaming"],
         "sensor_interval": "30s",
     },
-    "sources": {"bids": {"topic": "nexmark.bids"}},
+    "sources": {"bids": {"kind": "topic", "topic": "nexmark.bids"}},
     "streams": {"big": {"from": "bids", "steps": [{"filter": "price > 1000000"}]}},
     "output": "big",
 }
@@ -59,7 +59,7 @@ class StreamPipelineScaffolder(dg.Scaffolder):
         name = request.target_path.name.replace("-", "_")
         dg.scaffold_component(
             request,
-            {"name": name, **EXAMPLE, "sink": {"duckdb": {"table": name}}},
+            {"name": name, **EXAMPLE, "sink": {"kind": "duckdb", "table": name}},
         )
 
 

@@ -5,14 +5,15 @@ Every domain under ``defs/`` is autoloaded by ``dg.load_from_defs_folder``: Pyth
 modules (``defs/<domain>/*.py``) and component instances (``defs.yaml`` files: stream
 pipelines, governed datasets), so adding a domain or a YAML file needs no edit here.
 What is cross-cutting is applied here, once: the shared resources, the default executor
-(one writer per DuckDB file) and one sensor that evaluates every freshness check in the
-code location.
+(one writer per DuckDB file), one sensor that evaluates every freshness check in the
+code location and one that evaluates every automation condition (``defs/automation.py``).
 """
 
 from pathlib import Path
 
 import dagster as dg
 
+from dataflare_platform.defs.automation import automation_sensor
 from dataflare_platform.defs.governance.dataset_checks import freshness_sensors
 from dataflare_platform.defs.governance.definitions import DEFAULT_INTERVAL_S
 from dataflare_platform.defs.governance.resources import GovernanceResource
@@ -37,9 +38,12 @@ def build_definitions() -> dg.Definitions:
     """The defs folder's definitions with the cross-cutting policy applied."""
     loaded = dg.load_from_defs_folder(path_within_project=Path(__file__).parent)
     policy = dg.Definitions(
-        sensors=freshness_sensors(
-            loaded.asset_checks or [], sensor_interval_override() or DEFAULT_INTERVAL_S
-        ),
+        sensors=[
+            *freshness_sensors(
+                loaded.asset_checks or [], sensor_interval_override() or DEFAULT_INTERVAL_S
+            ),
+            automation_sensor(),
+        ],
         resources=resources,
         # One step per DuckDB file at a time (defs/pools.py), so any selection
         # materialized from the UI keeps one writer per file.

@@ -1,7 +1,7 @@
 """The hourly leaderboard materializes on its own under a real ``dagster dev`` (web
 server + daemon) with the shipped instance settings: a producer appends bids, the
 ``topic_observations`` sensor reports the topic's new end offsets, and after the cron
-ticks the ``leaderboards_automation`` sensor requests the hour that just ended. Nothing
+ticks the ``dataflare_automation`` sensor requests the hour that just ended. Nothing
 is launched by the test.
 
 ``DATAFLARE_LEADERBOARD_CRON=* * * * *`` makes the cron tick every minute instead of
@@ -16,8 +16,8 @@ import dagster as dg
 import pyarrow as pa
 import pytest
 
+from dataflare_platform.defs.automation import AUTOMATION_SENSOR
 from dataflare_platform.defs.leaderboards.assets import CRON_ENV_VAR
-from dataflare_platform.defs.leaderboards.definitions import AUTOMATION_SENSOR
 from dataflare_platform.defs.streams.topics import TOPIC_OBSERVATIONS_SENSOR, topic_key
 from dataflare_platform.events.log import EventLog
 from dataflare_platform_tests.defs.topic_observations import data_version, observations

@@ -3,7 +3,7 @@
 The asset materializes on its own: ``on_cron`` requests the hour that just ended once
 the cron has ticked *and* its upstream topic has been updated since, which the
 ``topic_observations`` sensor reports (``defs/streams/topics.py``); the
-``leaderboards_automation`` sensor evaluates the condition (definitions.py).
+``dataflare_automation`` sensor evaluates the condition (``defs/automation.py``).
 
 ``DATAFLARE_LEADERBOARD_CRON`` (a 5-field cron string), read when the code location
 loads, replaces the hourly ``0 * * * *`` (tests and demos recompute every minute).

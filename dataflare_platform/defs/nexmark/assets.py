@@ -138,10 +138,10 @@ def daily_seller_stats(context: dg.AssetExecutionContext, dataflare: ProjectHome
 # to be loaded at that minute. ``eager()`` follows the data instead: it computes the latest
 # complete UTC day when that day first becomes the latest and again after every reload of
 # an upstream table (``in_latest_time_window``: history is left to backfills), waits while
-# a load is still running, and does nothing while an upstream table was never loaded. It
-# acts only while the default automation sensor is turned on; the 00:30 schedule of
-# nexmark_daily_stats_job is the clock-driven path. Both replace the day's rows
-# idempotently, so an eager and a scheduled run of the same day agree.
+# a load is still running, and does nothing while an upstream table was never loaded. The
+# code location's automation sensor (defs/automation.py, on by default) evaluates it; the
+# 00:30 schedule of nexmark_daily_stats_job is the clock-driven path. Both replace the
+# day's rows idempotently, so an eager and a scheduled run of the same day agree.
 DAILY_STATS_AUTOMATION = dg.AutomationCondition.eager()
 
 DailyCompute = Callable[[duckdb.DuckDBPyConnection, date], int]

@@ -9,8 +9,8 @@ import dagster as dg
 import pytest
 
 from dataflare_platform.definitions import defs
+from dataflare_platform.defs.automation import AUTOMATION_SENSOR
 from dataflare_platform.defs.leaderboards.assets import CRON_ENV_VAR, leaderboard_cron
-from dataflare_platform.defs.leaderboards.definitions import AUTOMATION_SENSOR
 from dataflare_platform.defs.streams.topics import topic_key
 from dataflare_platform.errors import ConfigError
 from dataflare_platform.events.log import EventLog
@@ -98,11 +98,22 @@ def test_a_run_observing_an_unchanged_topic_does_not_count(home, small_nexmark):
         assert _evaluate(instance, 2, cursor).total_requested == 0
 
 
-def test_the_automation_sensor_runs_by_default():
-    """Dagster's implicit default automation sensor starts stopped; ours does not."""
+def test_one_automation_sensor_runs_by_default_over_every_condition():
+    """Dagster's implicit default automation sensor starts stopped; ours does not, and it
+    covers every asset with a condition (no condition left under a stopped sensor)."""
     sensor = defs.resolve_sensor_def(AUTOMATION_SENSOR)
     assert sensor.default_status == dg.DefaultSensorStatus.RUNNING
-    assert sensor.asset_selection.resolve(defs.resolve_asset_graph()) == {BOARD}
+    graph = defs.resolve_asset_graph()
+    with_condition = {
+        key for key in graph.get_all_asset_keys() if graph.get(key).automation_condition
+    }
+    assert BOARD in with_condition and len(with_condition) > 1
+    assert with_condition <= sensor.asset_selection.resolve(graph)
+    assert not [
+        s.name
+        for s in defs.sensors or []
+        if isinstance(s, dg.AutomationConditionSensorDefinition) and s.name != AUTOMATION_SENSOR
+    ]
 
 
 def test_the_cron_can_be_overridden_and_a_bad_one_is_refused(monkeypatch):

@@ -28,7 +28,7 @@ demo: setup
 	$(BIN)/dataflare demo
 
 test: setup
-	$(BIN)/pytest
+	$(BIN)/pytest --durations=20
 
 test-fast: setup
 	$(BIN)/pytest -m "not e2e"

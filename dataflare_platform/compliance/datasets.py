@@ -12,6 +12,7 @@ from pydantic import model_validator
 from dataflare_platform.events.log import EventLog, TopicNotFoundError
 from dataflare_platform.home import ProjectHome
 from dataflare_platform.models import StrictModel
+from dataflare_platform.sql_names import quote_identifier
 
 WAREHOUSE_FILE = "warehouse.duckdb"
 
@@ -61,7 +62,7 @@ def read_dataset(ref: DatasetRef, home_root: Path, limit: int | None = None) -> 
             names = {r[0] for r in conn.sql("SELECT table_name FROM duckdb_tables()").fetchall()}
             if ref.duckdb.table not in names:
                 raise FileNotFoundError(f"no table {ref.duckdb.table!r} in {path}")
-            sql = f'SELECT * FROM "{ref.duckdb.table}"'
+            sql = f"SELECT * FROM {quote_identifier(ref.duckdb.table)}"
             if limit is not None:
                 sql += f" LIMIT {int(limit)}"
             return pl.from_arrow(conn.sql(sql).to_arrow_table())  # type: ignore[return-value]

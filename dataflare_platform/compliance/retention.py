@@ -26,6 +26,7 @@ from dataflare_platform.engine.durations import to_ms
 from dataflare_platform.events.log import EventLog, Topic
 from dataflare_platform.events.log.segments import NO_TIME, Segment, list_segments
 from dataflare_platform.models import StrictModel
+from dataflare_platform.sql_names import quote_identifier
 from dataflare_platform.times import as_utc, epoch_ms
 from dataflare_platform.warehouse.connection import open_duckdb
 
@@ -76,10 +77,6 @@ class RetentionAction:
 
 
 # -- DuckDB rows ---------------------------------------------------------------------------
-def _quote(identifier: str) -> str:
-    return '"' + identifier.replace('"', '""') + '"'
-
-
 def _column_type(con: duckdb.DuckDBPyConnection, table: str, column: str) -> str:
     schema, _, name = table.rpartition(".")
     rows = con.execute(
@@ -128,12 +125,12 @@ def delete_duckdb_rows(
         tz_aware = "TIME ZONE" in kind.upper()
         naive = cutoff if tz_aware else cutoff.replace(tzinfo=None)
         bound: object = epoch_ms(cutoff) if integer else naive
-        where = f"{_quote(column)} < ?"
-        target = ".".join(_quote(part) for part in table.split("."))
+        where = f"{quote_identifier(column)} < ?"
+        target = ".".join(quote_identifier(part) for part in table.split("."))
         con.begin()
         try:
             count, oldest, newest = con.execute(
-                f"SELECT count(*), min({_quote(column)}), max({_quote(column)})"
+                f"SELECT count(*), min({quote_identifier(column)}), max({quote_identifier(column)})"
                 f" FROM {target} WHERE {where}",
                 [bound],
             ).fetchall()[0]

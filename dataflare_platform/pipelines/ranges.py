@@ -17,6 +17,7 @@ from dataflare_platform.engine.runner import Runner, RunnerConfig, RunResult
 from dataflare_platform.errors import ConfigError
 from dataflare_platform.events.log import EventLog, TopicNotFoundError
 from dataflare_platform.pipelines.python_specs import load_python_specs
+from dataflare_platform.sql_names import quote_identifier
 from dataflare_platform.streams import bind
 from dataflare_platform.streams.spec import PipelineSpec
 
@@ -111,7 +112,11 @@ def output_schema(spec: PipelineSpec, default_dir: Path):
         tables = conn.sql("SELECT table_name FROM information_schema.tables").fetchall()
         if (sink.table,) not in tables:
             return None
-        return conn.sql(f'SELECT * FROM "{sink.table}" LIMIT 0').to_arrow_table().schema
+        return (
+            conn.sql(f"SELECT * FROM {quote_identifier(sink.table)} LIMIT 0")
+            .to_arrow_table()
+            .schema
+        )
 
 
 def run_range(

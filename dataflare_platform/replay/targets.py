@@ -17,6 +17,7 @@ import polars as pl
 
 from dataflare_platform.connectors.parquet_dataset import ParquetDatasetSink
 from dataflare_platform.engine.checkpoint import Checkpoint
+from dataflare_platform.sql_names import quote_identifier
 from dataflare_platform.times import as_utc
 
 Owned = tuple[str, int, int]  # (column, start ms, end ms): the rows a replay replaces
@@ -86,7 +87,9 @@ class DuckDBTableTarget:
         return self._conn
 
     def open(self) -> None:
-        self.conn.execute(f'DROP TABLE IF EXISTS "{self.staging}"')  # a failed replay's
+        self.conn.execute(
+            f"DROP TABLE IF EXISTS {quote_identifier(self.staging)}"
+        )  # a failed replay's
         self._staged = False
 
     def stage(self, rows: pl.DataFrame) -> None:
@@ -94,10 +97,13 @@ class DuckDBTableTarget:
         try:
             if self._staged:
                 self.conn.execute(
-                    f'INSERT INTO "{self.staging}" BY NAME SELECT * FROM _replay_rows'
+                    f"INSERT INTO {quote_identifier(self.staging)} BY NAME"
+                    " SELECT * FROM _replay_rows"
                 )
             else:
-                self.conn.execute(f'CREATE TABLE "{self.staging}" AS SELECT * FROM _replay_rows')
+                self.conn.execute(
+                    f"CREATE TABLE {quote_identifier(self.staging)} AS SELECT * FROM _replay_rows"
+                )
                 self._staged = True
         finally:
             self.conn.unregister("_replay_rows")
@@ -132,7 +138,7 @@ class DuckDBTableTarget:
 
     def publish(self, owned: Owned | None) -> None:
         conn = self.conn
-        table = f'"{self.table}"'
+        table = quote_identifier(self.table)
         existing = self.columns()
         conn.execute("BEGIN TRANSACTION")
         try:
@@ -152,10 +158,15 @@ class DuckDBTableTarget:
                 )
             if self._staged:
                 if existing is None:
-                    conn.execute(f'CREATE TABLE {table} AS SELECT * FROM "{self.staging}"')
+                    conn.execute(
+                        f"CREATE TABLE {table} AS SELECT * FROM {quote_identifier(self.staging)}"
+                    )
                 else:
-                    conn.execute(f'INSERT INTO {table} BY NAME SELECT * FROM "{self.staging}"')
-                conn.execute(f'DROP TABLE "{self.staging}"')
+                    conn.execute(
+                        f"INSERT INTO {table} BY NAME"
+                        f" SELECT * FROM {quote_identifier(self.staging)}"
+                    )
+                conn.execute(f"DROP TABLE {quote_identifier(self.staging)}")
             conn.execute("COMMIT")
         except BaseException:
             conn.execute("ROLLBACK")
@@ -171,15 +182,15 @@ class DuckDBTableTarget:
         ).fetchone()
         data_type = str(kind[0]) if kind else ""
         if "TIME ZONE" in data_type:
-            return f'epoch_ms("{column}")'
+            return f"epoch_ms({quote_identifier(column)})"
         if data_type.startswith("TIMESTAMP") or data_type == "DATE":
-            return f'epoch_ms(CAST("{column}" AS TIMESTAMP))'
-        return f'"{column}"'
+            return f"epoch_ms(CAST({quote_identifier(column)} AS TIMESTAMP))"
+        return quote_identifier(column)
 
     def close(self) -> None:
         if self._conn is not None:
             if self._staged:  # staged but never published: the replay failed
-                self._conn.execute(f'DROP TABLE IF EXISTS "{self.staging}"')
+                self._conn.execute(f"DROP TABLE IF EXISTS {quote_identifier(self.staging)}")
             self._conn.close()
             self._conn = None
 

@@ -9,6 +9,7 @@ import duckdb
 import pyarrow as pa
 
 from dataflare_platform.errors import CorruptInputError
+from dataflare_platform.sql_names import quote_identifier
 from dataflare_platform.warehouse.connection import scalar
 from dataflare_platform.warehouse.files import open_event_dataset
 
@@ -34,7 +35,9 @@ def load_table(
     try:
         conn.execute("BEGIN TRANSACTION")
         try:
-            conn.execute(f'CREATE OR REPLACE TABLE "{table}" AS SELECT * FROM _landed')
+            conn.execute(
+                f"CREATE OR REPLACE TABLE {quote_identifier(table)} AS SELECT * FROM _landed"
+            )
         except duckdb.Error as err:
             conn.execute("ROLLBACK")
             raise CorruptInputError(Path(directory), f"could not be loaded: {err}") from None
@@ -44,5 +47,5 @@ def load_table(
         conn.execute("COMMIT")
     finally:
         conn.unregister("_landed")
-    rows = scalar(conn, f'SELECT count(*) FROM "{table}"')
+    rows = scalar(conn, f"SELECT count(*) FROM {quote_identifier(table)}")
     return LoadResult(table=table, rows=rows, files=files, schema=schema)

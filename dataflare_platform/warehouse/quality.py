@@ -11,6 +11,7 @@ from datetime import date
 
 import duckdb
 
+from dataflare_platform.sql_names import quote_identifier
 from dataflare_platform.warehouse.connection import scalar
 from dataflare_platform.warehouse.stats import (
     DAILY_CATEGORY_STATS_DDL,
@@ -51,17 +52,22 @@ def _run_rules(
 ) -> QualityReport:
     """Each rule is a SQL predicate a *bad* row satisfies."""
     params = params or {}
-    total = scalar(conn, f'SELECT count(*) FROM "{table}" WHERE {where}', params)
+    total = scalar(conn, f"SELECT count(*) FROM {quote_identifier(table)} WHERE {where}", params)
     failures: dict[str, int] = {}
     samples: dict[str, list[dict]] = {}
     if empty_is_failure and total == 0:
         failures["non_empty"] = 1
     for name, bad in rules.items():
-        count = scalar(conn, f'SELECT count(*) FROM "{table}" WHERE ({where}) AND ({bad})', params)
+        count = scalar(
+            conn,
+            f"SELECT count(*) FROM {quote_identifier(table)} WHERE ({where}) AND ({bad})",
+            params,
+        )
         if count:
             failures[name] = count
             sample = conn.sql(
-                f'SELECT * FROM "{table}" WHERE ({where}) AND ({bad}) LIMIT 5', params=params
+                f"SELECT * FROM {quote_identifier(table)} WHERE ({where}) AND ({bad}) LIMIT 5",
+                params=params,
             ).to_arrow_table()
             samples[name] = sample.to_pylist()
     return QualityReport(rows_checked=total, failures=failures, samples=samples)

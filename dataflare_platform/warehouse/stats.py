@@ -7,6 +7,7 @@ from datetime import date, timedelta
 import duckdb
 import pyarrow as pa
 
+from dataflare_platform.sql_names import quote_identifier
 from dataflare_platform.warehouse.connection import scalar
 
 DAILY_SELLER_STATS_TABLE = "daily_seller_stats"
@@ -258,6 +259,6 @@ def read_daily_person_activity(conn: duckdb.DuckDBPyConnection, day: date) -> pa
 def event_days(conn: duckdb.DuckDBPyConnection, table: str = "bids") -> list[date]:
     """Days (UTC) on which ``table`` has events, oldest first."""
     rows = conn.execute(
-        f'SELECT DISTINCT CAST(date_time AS DATE) AS d FROM "{table}" ORDER BY d'
+        f"SELECT DISTINCT CAST(date_time AS DATE) AS d FROM {quote_identifier(table)} ORDER BY d"
     ).fetchall()
     return [r[0] for r in rows]

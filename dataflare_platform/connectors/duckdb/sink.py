@@ -11,6 +11,7 @@ import pyarrow as pa
 
 from dataflare_platform.engine.checkpoint import Checkpoint
 from dataflare_platform.engine.io import TransactionalSink, newest_per_key
+from dataflare_platform.sql_names import quote_identifier
 
 
 class DuckDBSink(TransactionalSink):
@@ -40,8 +41,8 @@ class DuckDBSink(TransactionalSink):
             " committed_at TIMESTAMP DEFAULT current_timestamp)"
         )
         self._conn.execute(
-            f'CREATE TABLE IF NOT EXISTS "{self.side_table}" (kind VARCHAR, operator VARCHAR,'
-            " reason VARCHAR, payload VARCHAR)"
+            f"CREATE TABLE IF NOT EXISTS {quote_identifier(self.side_table)}"
+            " (kind VARCHAR, operator VARCHAR, reason VARCHAR, payload VARCHAR)"
         )
         rows = self._conn.execute(
             "SELECT state FROM dataflare_checkpoints WHERE pipeline = $p", {"p": pipeline}
@@ -60,7 +61,7 @@ class DuckDBSink(TransactionalSink):
                 self._write_output(conn, newest_per_key(output, self.upsert_keys).to_arrow())
             if side is not None:
                 conn.register("_side", side.to_arrow())
-                conn.execute(f'INSERT INTO "{self.side_table}" SELECT * FROM _side')
+                conn.execute(f"INSERT INTO {quote_identifier(self.side_table)} SELECT * FROM _side")
                 conn.unregister("_side")
             conn.execute(
                 "INSERT OR REPLACE INTO dataflare_checkpoints (pipeline, state) VALUES ($p, $s)",
@@ -74,13 +75,12 @@ class DuckDBSink(TransactionalSink):
     def _write_output(self, conn: duckdb.DuckDBPyConnection, out: pa.Table) -> None:
         conn.register("_out", out)
         try:
-            conn.execute(f'CREATE TABLE IF NOT EXISTS "{self.table}" AS SELECT * FROM _out LIMIT 0')
+            table = quote_identifier(self.table)
+            conn.execute(f"CREATE TABLE IF NOT EXISTS {table} AS SELECT * FROM _out LIMIT 0")
             if self.upsert_keys:
-                keys = ", ".join(f'"{k}"' for k in self.upsert_keys)
-                conn.execute(
-                    f'DELETE FROM "{self.table}" WHERE ({keys}) IN (SELECT ({keys}) FROM _out)'
-                )
-            conn.execute(f'INSERT INTO "{self.table}" SELECT * FROM _out')
+                keys = ", ".join(map(quote_identifier, self.upsert_keys))
+                conn.execute(f"DELETE FROM {table} WHERE ({keys}) IN (SELECT ({keys}) FROM _out)")
+            conn.execute(f"INSERT INTO {table} SELECT * FROM _out")
         finally:
             conn.unregister("_out")
 

@@ -13,6 +13,7 @@ from dataflare_platform.defs.pools import WAREHOUSE_POOL, duckdb_file_tags
 from dataflare_platform.defs.quality import check_result
 from dataflare_platform.defs.resources import ProjectHomeResource
 from dataflare_platform.errors import CorruptInputError
+from dataflare_platform.sql_names import quote_identifier
 from dataflare_platform.warehouse.loader import load_table
 from dataflare_platform.warehouse.quality import (
     QualityReport,
@@ -78,7 +79,7 @@ def build_table_asset(kind: str) -> dg.AssetsDefinition:
                 result = load_table(conn, kind, directory, SCHEMAS[kind])
             except (CorruptInputError, FileNotFoundError) as err:
                 raise dg.Failure(description=str(err)) from None
-            preview = conn.sql(f'SELECT * FROM "{kind}" LIMIT 5').to_arrow_table()
+            preview = conn.sql(f"SELECT * FROM {quote_identifier(kind)} LIMIT 5").to_arrow_table()
         context.log.info(f"loaded {result.rows} {kind} from {len(result.files)} files")
         return dg.MaterializeResult(
             metadata={

@@ -182,7 +182,7 @@ def _run_streams(home: ProjectHome, report: DemoReport, execute_with_config) -> 
     from dataflare_platform.defs.streams.factory import output_key
     from dataflare_platform.events.log import EventLog
     from dataflare_platform.events.producer import produce_tables, tables_from_files
-    from dataflare_platform.pipelines import load_specs, source_ends
+    from dataflare_platform.streams.ranges import load_specs, source_ends
 
     log = EventLog(home.event_log_dir)
     # Keyed so both partitions carry events: the watermark is their minimum.

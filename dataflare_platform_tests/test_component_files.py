@@ -15,7 +15,7 @@ from dataflare_platform.component_files import (
     find_instances,
 )
 from dataflare_platform.errors import ConfigError
-from dataflare_platform.pipelines import load_specs
+from dataflare_platform.streams.ranges import load_specs
 from dataflare_platform.streams.spec import PipelineSpec
 
 PIPELINE = """\

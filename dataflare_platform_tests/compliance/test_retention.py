@@ -19,7 +19,7 @@ from dataflare_platform.compliance.retention import (
     partition_span,
 )
 from dataflare_platform.events.log import EventLog
-from dataflare_platform.pipelines.leaderboards import write_hour
+from dataflare_platform.queries.leaderboards import write_hour
 
 NOW = datetime(2026, 3, 31, 12, 0, tzinfo=UTC)
 START = datetime(2026, 3, 1, tzinfo=UTC)

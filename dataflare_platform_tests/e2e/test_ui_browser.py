@@ -87,7 +87,7 @@ def test_stream_pipeline_asset_and_its_run_metadata_show_in_the_browser(
     """A topic-fed pipeline's asset in the lineage (topic → stream) and its page with
     the numeric run metadata; screenshots kept under test-artifacts/ui."""
     from dataflare_platform.events.log import EventLog
-    from dataflare_platform.pipelines import load_specs, source_ends
+    from dataflare_platform.streams.ranges import load_specs, source_ends
 
     bids = small_nexmark["bids"]
     log = EventLog(landed_home.event_log_dir)

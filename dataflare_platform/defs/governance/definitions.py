@@ -17,7 +17,7 @@ from dataflare_platform.defs.governance.audit import audit_definitions
 from dataflare_platform.defs.governance.dataset_checks import dataset_checks
 from dataflare_platform.defs.governance.retention import retention_definitions
 from dataflare_platform.defs.streams.intervals import sensor_interval_override
-from dataflare_platform.pipelines import PIPELINES_DIR
+from dataflare_platform.streams.ranges import PIPELINES_DIR
 
 DEFAULT_INTERVAL_S = 30
 

@@ -18,7 +18,7 @@ from dataflare_platform.defs.resources import ProjectHomeResource
 from dataflare_platform.defs.streams.topics import topic_key
 from dataflare_platform.errors import ConfigError
 from dataflare_platform.events.log import EventLog, TopicNotFoundError
-from dataflare_platform.pipelines.leaderboards import hourly_leaderboard, write_hour
+from dataflare_platform.queries.leaderboards import hourly_leaderboard, write_hour
 
 GROUP = "leaderboards"
 BIDS_TOPIC = "nexmark.bids"

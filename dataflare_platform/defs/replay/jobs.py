@@ -8,11 +8,10 @@ from dataflare_platform.defs.plugins.resources import PluginRuntimeResource
 from dataflare_platform.defs.resources import ProjectHomeResource
 from dataflare_platform.errors import DataflareError
 from dataflare_platform.events.log import EventLog
-from dataflare_platform.pipelines import load_specs
-from dataflare_platform.pipelines.ranges import topics_of
 from dataflare_platform.plugins.specs import load_plugins, plugin_steps
 from dataflare_platform.replay.factories import for_spec
 from dataflare_platform.replay.run import DuckDBTarget, ReplayRequest, replay
+from dataflare_platform.streams.ranges import load_specs, topics_of
 
 
 class ReplayConfig(dg.Config):

@@ -27,12 +27,12 @@ from dataflare_platform.defs.pools import stream_pool
 from dataflare_platform.defs.resources import ProjectHomeResource
 from dataflare_platform.engine.runner import RunnerConfig
 from dataflare_platform.events.log import EventLog
-from dataflare_platform.pipelines.continuous import (
+from dataflare_platform.plugins.specs import load_plugins, plugin_steps
+from dataflare_platform.streams.continuous import (
     DEFAULT_CHECKPOINT_INTERVAL_S,
     CheckpointReport,
     ContinuousRun,
 )
-from dataflare_platform.plugins.specs import load_plugins, plugin_steps
 from dataflare_platform.streams.spec import PipelineSpec
 
 MAX_RESTARTS = 3

@@ -13,8 +13,8 @@ import dagster as dg
 
 from dataflare_platform.defs.streams.factory import pipeline_definitions, topic_definitions
 from dataflare_platform.defs.streams.intervals import sensor_interval_override
-from dataflare_platform.pipelines import PIPELINES_DIR, load_specs
-from dataflare_platform.pipelines.python_specs import load_python_specs
+from dataflare_platform.streams.python_specs import load_python_specs
+from dataflare_platform.streams.ranges import PIPELINES_DIR, load_specs
 
 
 def _definitions() -> dg.Definitions:

@@ -36,9 +36,14 @@ from dataflare_platform.defs.streams.topics import (
 )
 from dataflare_platform.engine.durations import to_ms
 from dataflare_platform.events.log import EventLog
-from dataflare_platform.pipelines import pending_range, run_range, source_ends
-from dataflare_platform.pipelines.ranges import output_schema, topics_of
 from dataflare_platform.plugins.specs import load_plugins, plugin_steps
+from dataflare_platform.streams.ranges import (
+    output_schema,
+    pending_range,
+    run_range,
+    source_ends,
+    topics_of,
+)
 from dataflare_platform.streams.spec import PipelineSpec
 
 TOPICS_GROUP = "topics"

@@ -5,7 +5,7 @@ become the same Dagster asset, sensor and continuous job."""
 import polars as pl
 
 from dataflare_platform.engine import Stream, count, max_, session, sum_
-from dataflare_platform.pipelines.python_specs import stream_pipeline
+from dataflare_platform.streams.python_specs import stream_pipeline
 
 
 @stream_pipeline(

@@ -8,7 +8,7 @@ from dataflare_platform.defs.plugins.resources import PluginRuntimeResource
 from dataflare_platform.defs.replay.jobs import replay_job
 from dataflare_platform.defs.resources import ProjectHomeResource
 from dataflare_platform.events.log import EventLog
-from dataflare_platform.pipelines import load_specs, run_range, source_ends
+from dataflare_platform.streams.ranges import load_specs, run_range, source_ends
 
 
 @pytest.fixture

@@ -23,7 +23,7 @@ from dataflare_platform.defs.streams.continuous import (
 )
 from dataflare_platform.defs.streams.factory import stream_definitions
 from dataflare_platform.events.log import EventLog
-from dataflare_platform.pipelines import load_specs
+from dataflare_platform.streams.ranges import load_specs
 from dataflare_platform_tests.defs.streams.test_factory import _resources, pipelines_dir  # noqa: F401
 
 KEY = dg.AssetKey(["streams", "hot_items"])

@@ -17,8 +17,8 @@ from dataflare_platform.defs.streams.factory import stream_definitions
 from dataflare_platform.engine import CollectSink, Runner, RunnerConfig, TableSource
 from dataflare_platform.errors import ConfigError
 from dataflare_platform.events.log import EventLog
-from dataflare_platform.pipelines import load_specs
 from dataflare_platform.queries.nexmark import BUILDERS, NexmarkSources
+from dataflare_platform.streams.ranges import load_specs
 
 
 @pytest.fixture

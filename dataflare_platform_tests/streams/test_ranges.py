@@ -4,7 +4,7 @@ import pytest
 
 from dataflare_platform.errors import ConfigError
 from dataflare_platform.events.log import EventLog
-from dataflare_platform.pipelines import load_specs, pending_range, run_range, source_ends
+from dataflare_platform.streams.ranges import load_specs, pending_range, run_range, source_ends
 
 
 @pytest.fixture

@@ -11,9 +11,9 @@ import pytest
 from dataflare_platform.engine import Runner, RunnerConfig, TableSource
 from dataflare_platform.engine.sinks import CollectSink
 from dataflare_platform.events.log import EventLog
-from dataflare_platform.pipelines import load_specs
-from dataflare_platform.pipelines.continuous import ContinuousRun
 from dataflare_platform.queries.nexmark import BUILDERS, NexmarkSources
+from dataflare_platform.streams.continuous import ContinuousRun
+from dataflare_platform.streams.ranges import load_specs
 
 
 @pytest.fixture

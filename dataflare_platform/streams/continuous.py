@@ -19,8 +19,8 @@ from dataflare_platform.engine.checkpoint import Checkpoint
 from dataflare_platform.engine.metrics import EngineMetrics
 from dataflare_platform.engine.runner import Runner, RunnerConfig, RunResult
 from dataflare_platform.events.log import EventLog
-from dataflare_platform.pipelines.ranges import source_ends
 from dataflare_platform.streams import bind
+from dataflare_platform.streams.ranges import source_ends
 from dataflare_platform.streams.spec import PipelineSpec
 
 DEFAULT_CHECKPOINT_INTERVAL_S = 2.0

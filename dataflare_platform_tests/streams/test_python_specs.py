@@ -14,14 +14,14 @@ from dataflare_platform.defs.resources import ProjectHomeResource
 from dataflare_platform.defs.streams.factory import stream_definitions
 from dataflare_platform.errors import ConfigError
 from dataflare_platform.events.log import EventLog
-from dataflare_platform.pipelines import load_specs, run_range, source_ends
+from dataflare_platform.streams.ranges import load_specs, run_range, source_ends
 from dataflare_platform.streams.spec import PipelineSpec
 
 BIG_BIDS = """
     import polars as pl
 
     from dataflare_platform.engine import Stream
-    from dataflare_platform.pipelines.python_specs import stream_pipeline
+    from dataflare_platform.streams.python_specs import stream_pipeline
 
 
     @stream_pipeline(

@@ -16,12 +16,13 @@ from dataflare_platform.connectors.broker import BrokerError
 from dataflare_platform.engine.runner import Runner, RunnerConfig, RunResult
 from dataflare_platform.errors import ConfigError
 from dataflare_platform.events.log import EventLog, TopicNotFoundError
-from dataflare_platform.pipelines.python_specs import load_python_specs
 from dataflare_platform.sql_names import quote_identifier
 from dataflare_platform.streams import bind
+from dataflare_platform.streams.python_specs import load_python_specs
 from dataflare_platform.streams.spec import PipelineSpec
 
-PIPELINES_DIR = Path(__file__).parent
+# The shipped Python pipelines' package (its ``builders/``); YAML ones are under ``defs/``.
+PIPELINES_DIR = Path(__file__).parents[1] / "pipelines"
 
 
 def _shown(path: Path) -> str:

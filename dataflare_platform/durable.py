@@ -11,6 +11,8 @@ import os
 import time
 from pathlib import Path
 
+from dataflare_platform.errors import ConflictError
+
 
 def fsync_file(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)
@@ -60,7 +62,7 @@ class WriterLock:
             except BlockingIOError:
                 if time.monotonic() >= deadline:
                     os.close(fd)
-                    raise RuntimeError(
+                    raise ConflictError(
                         f"another writer holds {self.path} (waited {timeout_s:g} s)"
                     ) from None
                 time.sleep(0.1)

@@ -9,6 +9,9 @@ the rule. Cheap to import (pydantic only for type hints): ``dataflare --help`` i
 
 from __future__ import annotations
 
+import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -18,6 +21,97 @@ if TYPE_CHECKING:
 
 class DataflareError(Exception):
     """Base class: a user-facing error whose message is meant to be read, not debugged."""
+
+
+class InvalidInputError(DataflareError, ValueError):
+    """A value a user gave is refused: a name, an offset, a partition, an option, a file's
+    contents. Also a ``ValueError``, so a pydantic validator may raise it (pydantic turns it
+    into a ``ValidationError`` like any ``ValueError``) and older ``except ValueError``
+    callers keep working."""
+
+
+class NotFoundError(DataflareError, KeyError):
+    """Something a user named does not exist: a topic, a rule, an alert, a table, a column.
+
+    Also a ``KeyError`` (hence a ``LookupError``) for callers that catch those; unlike
+    ``KeyError`` its text is the message, not the message's repr."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if len(self.args) == 1 else super().__str__()
+
+
+class ConflictError(DataflareError, RuntimeError):
+    """Another writer holds what this one wants to write: a lock that did not come free, a
+    table or topic owned by another pipeline. Also a ``RuntimeError`` (what these sites
+    raised before)."""
+
+
+class UserPathError(DataflareError, OSError):
+    """A path a user gave cannot be used: missing, not a directory, unreadable.
+
+    Raise it where library code opens a user's path, turning the operating system's
+    ``OSError`` into a message that names the path (``from_os_error``). Also an
+    ``OSError``; ``MissingPathError`` is also a ``FileNotFoundError``."""
+
+    def __init__(self, message: str) -> None:
+        # OSError's constructor would read a 2-tuple as (errno, strerror): one argument
+        # keeps ``str()`` the message.
+        super().__init__(message)
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+    @classmethod
+    def from_os_error(
+        cls, err: OSError, what: str = "", path: Path | str | None = None
+    ) -> UserPathError:
+        """``<what> <path>: <reason>`` from the operating system's error (a missing file
+        becomes a ``MissingPathError``). ``path`` is named when the error carries none
+        (pyarrow's errors say the path in their text)."""
+        if err.filename is not None:
+            path, reason = err.filename, err.strerror or str(err)
+        else:
+            reason = re.sub(r"^\[Errno \d+\] ", "", str(err))
+            if path is not None and str(path) in reason:
+                path = None  # said once is enough
+        head = " ".join(part for part in (what, str(path or "")) if part)
+        message = f"{head}: {reason}" if head else reason
+        error_cls = MissingPathError if isinstance(err, FileNotFoundError) else cls
+        return error_cls(message)
+
+
+class MissingPathError(UserPathError, FileNotFoundError):
+    """A path a user gave (or files the user's path should hold) does not exist."""
+
+
+@contextmanager
+def user_path(what: str = "", path: Path | str | None = None) -> Iterator[None]:
+    """Where library code opens a path a user gave: the operating system's ``OSError``
+    (no such file, permission denied, is a directory...) becomes a ``UserPathError``
+    naming ``what`` and the path; a ``DataflareError`` passes through untouched."""
+    try:
+        yield
+    except DataflareError:
+        raise
+    except OSError as err:
+        raise UserPathError.from_os_error(err, what, path) from err
+
+
+@contextmanager
+def user_file(path: Path | str, what: str = "input file") -> Iterator[None]:
+    """Where library code reads a data file a user gave (Parquet, Arrow IPC, NDJSON): as
+    ``user_path``, and a reader's ``ValueError`` about the bytes (pyarrow's
+    ``ArrowInvalid``: not Parquet, truncated, bad footer) becomes a
+    ``CorruptInputError`` naming the file. Keep the block to the reading itself, so a
+    ``ValueError`` from elsewhere is not mistaken for a bad file."""
+    try:
+        yield
+    except DataflareError:
+        raise
+    except OSError as err:
+        raise UserPathError.from_os_error(err, what, path) from err
+    except ValueError as err:
+        raise CorruptInputError(Path(path), str(err)) from err
 
 
 class ConfigError(DataflareError):

@@ -19,6 +19,7 @@ from typing import Annotated, Any, Literal, Protocol, runtime_checkable
 
 from pydantic import ConfigDict, Field, field_validator, model_validator
 
+from dataflare_platform.errors import InvalidInputError
 from dataflare_platform.models import StrictModel
 
 
@@ -77,7 +78,7 @@ class _Config(StrictModel):
 
 def _http_url(url: str) -> str:
     if not url.startswith(("http://", "https://")):
-        raise ValueError("must be an http:// or https:// URL")
+        raise InvalidInputError("must be an http:// or https:// URL")
     return url
 
 

@@ -50,7 +50,7 @@ from dataflare_platform.alerting.state import (
     Notification,
     Silence,
 )
-from dataflare_platform.errors import ConfigError
+from dataflare_platform.errors import ConfigError, InvalidInputError, NotFoundError
 from dataflare_platform.times import as_utc
 
 EVENT_KINDS = (
@@ -119,10 +119,10 @@ class AlertManager:
     def observe(self, event: AlertEvent, now: datetime) -> list[Alert]:
         """Match the event against every rule; returns the alerts it opened or updated."""
         if event.kind not in EVENT_KINDS:
-            raise ValueError(f"unknown event kind {event.kind!r} (one of {EVENT_KINDS})")
+            raise InvalidInputError(f"unknown event kind {event.kind!r} (one of {EVENT_KINDS})")
         if event.kind == "metric":
             if event.asset is None:
-                raise ValueError("a metric event needs an asset")
+                raise InvalidInputError("a metric event needs an asset")
             return self.observe_metric(event.asset, event.metadata, now)
         touched = []
         for rule in self.rules.rules:
@@ -196,7 +196,7 @@ class AlertManager:
         group_key: str | None = None,
     ) -> Silence:
         if rule not in self._by_name:
-            raise LookupError(f"no rule {rule!r}")
+            raise NotFoundError(f"no rule {rule!r}")
         return self.store.silence(rule, until, by, reason, now, group_key)
 
     def alerts(self, status: str | None = None) -> list[Alert]:

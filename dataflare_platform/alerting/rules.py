@@ -51,7 +51,7 @@ from pydantic import (
 )
 
 from dataflare_platform.alerting.channels import ChannelConfig
-from dataflare_platform.errors import ConfigError
+from dataflare_platform.errors import ConfigError, InvalidInputError, NotFoundError
 from dataflare_platform.models import StrictModel
 from dataflare_platform.yaml_files import load_yaml_mapping, parse_yaml_mapping
 
@@ -81,7 +81,7 @@ def parse_duration(value: Any) -> timedelta:
     if isinstance(value, timedelta):
         return value
     if isinstance(value, bool):
-        raise ValueError("expected a duration such as 30s, 15m, 2h or 1d")
+        raise InvalidInputError("expected a duration such as 30s, 15m, 2h or 1d")
     if isinstance(value, int | float):
         seconds = float(value)
     elif isinstance(value, str):
@@ -93,11 +93,11 @@ def parse_duration(value: Any) -> timedelta:
             seconds += float(match.group(1)) * _UNITS[match.group(2)]
             pos = match.end()
         if pos == 0 or text[pos:].strip():
-            raise ValueError(f"{value!r} is not a duration (use e.g. 30s, 15m, 2h, 1d)")
+            raise InvalidInputError(f"{value!r} is not a duration (use e.g. 30s, 15m, 2h, 1d)")
     else:
-        raise ValueError("expected a duration such as 30s, 15m, 2h or 1d")
+        raise InvalidInputError("expected a duration such as 30s, 15m, 2h or 1d")
     if seconds <= 0:
-        raise ValueError("a duration must be positive")
+        raise InvalidInputError("a duration must be positive")
     return timedelta(seconds=seconds)
 
 
@@ -146,22 +146,22 @@ def parse_window(value: Any) -> Window:
     if isinstance(value, int) and not isinstance(value, bool):
         # A bare number is a count: "for: 3" reads as three evaluations.
         if value < 1:
-            raise ValueError("the window needs at least 1 evaluation")
+            raise InvalidInputError("the window needs at least 1 evaluation")
         return Window(evaluations=value)
     if isinstance(value, str):
         match = _EVALUATIONS_RE.match(value.lower())
         if match:
             count = int(match.group(1))
             if count < 1:
-                raise ValueError("the window needs at least 1 evaluation")
+                raise InvalidInputError("the window needs at least 1 evaluation")
             return Window(evaluations=count)
         try:
             return Window(duration=parse_duration(value))
         except ValueError:
-            raise ValueError(
+            raise InvalidInputError(
                 f"{value!r} is neither '<N> evaluations' nor a duration such as 10m"
             ) from None
-    raise ValueError("expected '<N> evaluations' or a duration such as 10m")
+    raise InvalidInputError("expected '<N> evaluations' or a duration such as 10m")
 
 
 class _RuleBase(_Model):
@@ -331,7 +331,7 @@ class RuleSet(_Model):
         for rule in self.rules:
             if rule.name == name:
                 return rule
-        raise KeyError(name)
+        raise NotFoundError(name)
 
     @classmethod
     def load(cls, data: Mapping[str, Any]) -> RuleSet:

@@ -18,9 +18,11 @@ from typing import Any, Literal
 
 from sqlalchemy import JSON, DateTime, TypeDecorator, event
 from sqlalchemy.engine import Engine
+from sqlalchemy.exc import ArgumentError, NoSuchModuleError, OperationalError
 from sqlalchemy.orm import registry
 from sqlmodel import Field, Session, SQLModel, create_engine, select
 
+from dataflare_platform.errors import InvalidInputError, NotFoundError, UserPathError, user_path
 from dataflare_platform.times import as_utc
 
 AlertStatus = Literal["firing", "acknowledged", "resolved"]
@@ -134,12 +136,20 @@ class AlertStore:
     def __init__(self, url: str) -> None:
         self.url = url
         if url.startswith("sqlite:///") and url != "sqlite:///:memory:":
-            Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+            with user_path("alert state directory"):
+                Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
         connect_args = {"timeout": 30} if url.startswith("sqlite") else {}
-        self.engine: Engine = create_engine(url, connect_args=connect_args)
+        try:
+            self.engine: Engine = create_engine(url, connect_args=connect_args)
+        except (ArgumentError, NoSuchModuleError) as err:
+            # The message names the dialect, never the URL (it may hold a password).
+            raise InvalidInputError(f"not a usable alert state URL: {err}") from None
         if url.startswith("sqlite"):
             event.listen(self.engine, "connect", _sqlite_pragmas)
-        AlertingTable.metadata.create_all(self.engine)
+        try:
+            AlertingTable.metadata.create_all(self.engine)
+        except OperationalError as err:
+            raise UserPathError(f"cannot open the alert state database: {err.orig}") from None
 
     @contextmanager
     def session(self) -> Iterator[Session]:
@@ -204,7 +214,7 @@ class AlertStore:
         with self.session() as s:
             alert = _find(s, ref)
             if alert.status == "resolved":
-                raise ValueError(f"alert {alert.id} is resolved")
+                raise InvalidInputError(f"alert {alert.id} is resolved")
             alert.status = "acknowledged"
             alert.acknowledged_by = who
             alert.acknowledged_at = as_utc(now)
@@ -233,7 +243,7 @@ class AlertStore:
         group_key: str | None = None,
     ) -> Silence:
         if as_utc(until) <= as_utc(now):
-            raise ValueError("a silence must end in the future")
+            raise InvalidInputError("a silence must end in the future")
         with self.session() as s:
             silence = Silence(
                 rule=rule,
@@ -251,7 +261,7 @@ class AlertStore:
         with self.session() as s:
             silence = s.get(Silence, silence_id)
             if silence is None:
-                raise LookupError(f"no silence {silence_id}")
+                raise NotFoundError(f"no silence {silence_id}")
             silence.expires_at = min(silence.expires_at, as_utc(now))
             s.add(silence)
             s.commit()
@@ -267,7 +277,7 @@ def _find(session: Session, ref: int | str) -> Alert:
         session.exec(select(Alert).where(Alert.fingerprint == str(ref)).order_by(Alert.id))
     )
     if not alerts:
-        raise LookupError(f"no alert {ref!r}")
+        raise NotFoundError(f"no alert {ref!r}")
     open_ = [a for a in alerts if a.status != "resolved"]
     return (open_ or alerts)[-1]
 

@@ -25,6 +25,7 @@ import pyarrow as pa
 from dataflare_platform.bench.events import nexmark_bids
 from dataflare_platform.connectors.broker import BrokerConsumer, BrokerProducer, Format
 from dataflare_platform.connectors.offset_source import OffsetSource
+from dataflare_platform.errors import InvalidInputError
 
 SOURCE_READ_ROWS = 10_000  # the engine's default batch
 
@@ -132,7 +133,7 @@ def bench_brokers(
     }
     unknown = set(brokers) - set(makers)
     if unknown:
-        raise ValueError(f"unknown brokers {sorted(unknown)}; known: {sorted(makers)}")
+        raise InvalidInputError(f"unknown brokers {sorted(unknown)}; known: {sorted(makers)}")
     return [_one(b, fmt, bids, batch_rows, makers[b]) for b in brokers for fmt in formats]
 
 

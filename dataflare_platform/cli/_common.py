@@ -7,9 +7,12 @@ The boundary lives in the click group class every ``dataflare`` (sub)app is buil
 instead of catching; only outcomes that are not errors (a run that ended FAILURE, a
 tampered audit log) choose their own exit code (1).
 
-Library code still validates some user input with builtins (``ValueError`` from a pydantic
-validator, ``LookupError``, ``OSError`` for a path): those are user errors too, so the
-boundary treats them alike. Anything else is a bug and keeps its traceback.
+Library code raises ``DataflareError`` subclasses for bad user input (``InvalidInputError``,
+``NotFoundError``, ``UserPathError`` where it opens a user's path; see ``errors``), so the
+boundary catches that one class. A pydantic ``ValidationError`` that reaches it (a model
+built straight from user values) is printed as one line naming the fields. Anything else,
+a builtin ``ValueError`` or ``OSError`` included, is a bug and keeps its traceback: a test
+drives every command group with bad input to hold that.
 
 This module is imported by ``dataflare --help``: it imports typer and nothing heavy (rich
 is imported when something is printed).
@@ -29,16 +32,14 @@ import click
 import typer
 from typer.core import TyperGroup
 
-from dataflare_platform.errors import DataflareError
+from dataflare_platform.errors import ConfigError, DataflareError
 
 if TYPE_CHECKING:
+    from pydantic import ValidationError
     from rich.console import Console
 
     from dataflare_platform.client import DataflareClient
 
-# Errors a user can act on. DataflareError is the rule; the builtins are what library
-# validation still raises for bad input (see the module docstring).
-USER_ERRORS: tuple[type[BaseException], ...] = (DataflareError, ValueError, LookupError, OSError)
 USAGE_EXIT = 2  # an error: bad input, config, server, timeout
 FAILED_EXIT = 1  # the command worked and reports a failure (a run ended FAILURE, ...)
 
@@ -86,8 +87,22 @@ def error_boundary() -> Iterator[None]:
     """The CLI's one error handler: user errors print ``error: ...`` and exit 2."""
     try:
         yield
-    except USER_ERRORS as err:
+    except DataflareError as err:
         fail(err)
+    except ValueError as err:
+        # pydantic is imported only when an error is on its way out (``--help`` stays
+        # light); a ValidationError is a ValueError.
+        from pydantic import ValidationError
+
+        if not isinstance(err, ValidationError):
+            raise
+        fail(validation_message(err))
+
+
+def validation_message(err: ValidationError) -> str:
+    """``invalid <model>: <field>: <problem>; ...`` on one line."""
+    problems = ConfigError.from_validation(err.title, err).problems
+    return f"invalid {err.title}: " + "; ".join(f"{field}: {msg}" for field, msg in problems)
 
 
 class DataflareGroup(TyperGroup):

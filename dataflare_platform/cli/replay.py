@@ -134,6 +134,12 @@ def _offsets(log, topic_name: str, starts: list[str], ends: list[str]):
     last = _by_partition(ends, "--to-offset")
     named = {p for p in [*first, *last] if p is not None}
     plain = None in first or None in last or not named
+    unknown = sorted(named - set(range(len(topic.parts))))
+    if unknown:
+        raise UsageError(
+            f"--from-offset/--to-offset: topic {topic_name!r} has no partition"
+            f" {', '.join(map(str, unknown))} (it has 0..{len(topic.parts) - 1})"
+        )
     partitions = range(len(topic.parts)) if plain else sorted(named)
     begin = topic.start_offsets()
     out = {}

@@ -53,6 +53,7 @@ def _schema_from(path: Path | None, nexmark: str | None) -> pa.Schema:
     import pyarrow.parquet as pq
 
     from dataflare_platform.datagen import SCHEMAS
+    from dataflare_platform.errors import user_file
 
     if nexmark is not None:
         if nexmark not in NEXMARK_KINDS:
@@ -60,10 +61,11 @@ def _schema_from(path: Path | None, nexmark: str | None) -> pa.Schema:
         return SCHEMAS[nexmark]
     if path is None:
         raise UsageError("give --schema-from FILE (Parquet or Arrow) or --nexmark KIND")
-    if path.suffix == ".parquet":
-        return pq.read_schema(path)
-    with pa.memory_map(str(path)) as f:
-        return pa.ipc.open_file(f).schema
+    with user_file(path, "--schema-from"):
+        if path.suffix == ".parquet":
+            return pq.read_schema(path)
+        with pa.memory_map(str(path)) as f:
+            return pa.ipc.open_file(f).schema
 
 
 @topics_app.command("list")

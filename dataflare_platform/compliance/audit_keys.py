@@ -23,7 +23,7 @@ from pydantic import ValidationError, field_validator
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
-from dataflare_platform.errors import ConfigError
+from dataflare_platform.errors import ConfigError, InvalidInputError
 from dataflare_platform.home import ProjectHome
 from dataflare_platform.models import StrictModel
 
@@ -128,19 +128,21 @@ def normalize_url(url: str) -> str:
     try:
         parsed = make_url(url)
     except ArgumentError as err:
-        raise ValueError(f"not a database URL: {err}") from None
+        raise InvalidInputError(f"not a database URL: {err}") from None
     backend, _, driver = parsed.drivername.partition("+")
     if backend == "sqlite":
         if driver not in ("", "pysqlite"):
-            raise ValueError(f"SQLite driver {driver!r} is not supported (use sqlite:///path)")
+            raise InvalidInputError(
+                f"SQLite driver {driver!r} is not supported (use sqlite:///path)"
+            )
         if not parsed.database or parsed.database == ":memory:":
-            raise ValueError("an in-memory SQLite audit log is lost on exit; give a file")
+            raise InvalidInputError("an in-memory SQLite audit log is lost on exit; give a file")
         return parsed.render_as_string(hide_password=False)
     if backend in ("postgresql", "postgres"):
         if driver not in ("", "psycopg"):
-            raise ValueError(f"PostgreSQL driver {driver!r} is not supported (use +psycopg)")
+            raise InvalidInputError(f"PostgreSQL driver {driver!r} is not supported (use +psycopg)")
         return parsed.set(drivername="postgresql+psycopg").render_as_string(hide_password=False)
-    raise ValueError(f"backend {backend!r} is not supported (sqlite or postgresql)")
+    raise InvalidInputError(f"backend {backend!r} is not supported (sqlite or postgresql)")
 
 
 def safe_url(url: str) -> str:

@@ -17,6 +17,7 @@ import polars as pl
 import pyarrow as pa
 from pydantic import field_validator, model_validator
 
+from dataflare_platform.errors import InvalidInputError
 from dataflare_platform.models import StrictModel
 
 DType = pl.DataType | type[pl.DataType]
@@ -76,13 +77,13 @@ def parse_dtype(text: str) -> DType:
     if not sep:
         if head in _SIMPLE:
             return _SIMPLE[head]
-        raise ValueError(f"unknown type {text!r} (known: {', '.join(sorted(_SIMPLE))})")
+        raise InvalidInputError(f"unknown type {text!r} (known: {', '.join(sorted(_SIMPLE))})")
     if not rest.endswith(")"):
-        raise ValueError(f"unbalanced parentheses in type {text!r}")
+        raise InvalidInputError(f"unbalanced parentheses in type {text!r}")
     args = [a.strip("'\"") for a in _split_args(rest[:-1])]
     if head in ("Datetime", "Duration"):
         if not args or args[0] not in _UNITS or len(args) > (2 if head == "Datetime" else 1):
-            raise ValueError(
+            raise InvalidInputError(
                 f"{text!r}: expected {head}(ms|us|ns{', time zone' * (head == 'Datetime')})"
             )
         if head == "Duration":
@@ -90,13 +91,13 @@ def parse_dtype(text: str) -> DType:
         return pl.Datetime(args[0], args[1] if len(args) == 2 else None)  # type: ignore[arg-type]
     if head == "Decimal":
         if len(args) != 2 or not all(a.isdigit() for a in args):
-            raise ValueError(f"{text!r}: expected Decimal(precision, scale)")
+            raise InvalidInputError(f"{text!r}: expected Decimal(precision, scale)")
         return pl.Decimal(int(args[0]), int(args[1]))
     if head == "List" and len(args) == 1:
         return pl.List(parse_dtype(args[0]))
     if head == "Array" and len(args) == 2 and args[1].isdigit():
         return pl.Array(parse_dtype(args[0]), int(args[1]))
-    raise ValueError(f"cannot parse type {text!r}")
+    raise InvalidInputError(f"cannot parse type {text!r}")
 
 
 def dtype_name(dtype: DType) -> str:

@@ -9,6 +9,7 @@ from pathlib import Path
 import polars as pl
 from pydantic import model_validator
 
+from dataflare_platform.errors import MissingPathError
 from dataflare_platform.events.log import EventLog, TopicNotFoundError
 from dataflare_platform.home import ProjectHome
 from dataflare_platform.models import StrictModel
@@ -57,11 +58,11 @@ def read_dataset(ref: DatasetRef, home_root: Path, limit: int | None = None) -> 
 
         path = _resolve(home_root, ref.duckdb.path)
         if not path.exists():
-            raise FileNotFoundError(f"no DuckDB file {path}")
+            raise MissingPathError(f"no DuckDB file {path}")
         with duckdb.connect(str(path), read_only=True) as conn:
             names = {r[0] for r in conn.sql("SELECT table_name FROM duckdb_tables()").fetchall()}
             if ref.duckdb.table not in names:
-                raise FileNotFoundError(f"no table {ref.duckdb.table!r} in {path}")
+                raise MissingPathError(f"no table {ref.duckdb.table!r} in {path}")
             sql = f"SELECT * FROM {quote_identifier(ref.duckdb.table)}"
             if limit is not None:
                 sql += f" LIMIT {int(limit)}"
@@ -70,12 +71,12 @@ def read_dataset(ref: DatasetRef, home_root: Path, limit: int | None = None) -> 
         folder = _resolve(home_root, ref.parquet)
         files = sorted(folder.rglob("*.parquet")) if folder.is_dir() else []
         if not files:
-            raise FileNotFoundError(f"no Parquet files under {folder}")
+            raise MissingPathError(f"no Parquet files under {folder}")
         frame = pl.scan_parquet(files, hive_partitioning=False)
         return (frame.head(limit) if limit is not None else frame).collect()
     log = EventLog(ProjectHome.resolve(home_root).event_log_dir)
     try:
         frame = log.topic(ref.topic).scan()  # type: ignore[arg-type]
     except TopicNotFoundError as err:
-        raise FileNotFoundError(str(err)) from None
+        raise MissingPathError(str(err)) from None
     return (frame.head(limit) if limit is not None else frame).collect()

@@ -19,6 +19,7 @@ import polars as pl
 import pyarrow as pa
 from pydantic import Field
 
+from dataflare_platform.errors import NotFoundError
 from dataflare_platform.models import StrictModel
 
 
@@ -188,7 +189,7 @@ def scan_pii(
     else:
         missing = [c for c in columns if c not in frame.columns]
         if missing:
-            raise KeyError(f"columns to scan are not in the data: {missing}")
+            raise NotFoundError(f"columns to scan are not in the data: {missing}")
         names = list(columns)
     findings: list[PiiFinding] = []
     for name in names:
@@ -239,7 +240,7 @@ def scan_for_policy(
     declared = [c for c in policy.columns if c not in names]
     missing = [c for c in declared if c not in frame.columns]
     if missing:
-        raise KeyError(f"classified columns are not in the data: {missing}")
+        raise NotFoundError(f"classified columns are not in the data: {missing}")
     findings = scan_pii(frame, [*names, *declared])
     return findings, pii_violations(findings, policy.columns)
 

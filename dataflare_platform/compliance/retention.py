@@ -23,6 +23,7 @@ import pyarrow.parquet as pq
 from pydantic import field_validator
 
 from dataflare_platform.engine.durations import to_ms
+from dataflare_platform.errors import InvalidInputError, MissingPathError, NotFoundError
 from dataflare_platform.events.log import EventLog, Topic
 from dataflare_platform.events.log.segments import NO_TIME, Segment, list_segments
 from dataflare_platform.models import StrictModel
@@ -85,10 +86,10 @@ def _column_type(con: duckdb.DuckDBPyConnection, table: str, column: str) -> str
         [name, schema, schema],
     ).fetchall()
     if not rows:
-        raise ValueError(f"no table {table!r} in the database")
+        raise NotFoundError(f"no table {table!r} in the database")
     types = {c: t for c, t in rows}
     if column not in types:
-        raise ValueError(f"table {table!r} has no column {column!r} (columns: {sorted(types)})")
+        raise NotFoundError(f"table {table!r} has no column {column!r} (columns: {sorted(types)})")
     return types[column]
 
 
@@ -110,7 +111,7 @@ def delete_duckdb_rows(
     nothing deleted, try again later."""
     column = policy.time_column
     if column is None:
-        raise ValueError(f"retention of table {table!r} needs a time_column")
+        raise InvalidInputError(f"retention of table {table!r} needs a time_column")
     cutoff = policy.cutoff(now)
     own = not isinstance(database, duckdb.DuckDBPyConnection)
     con = (
@@ -221,7 +222,7 @@ def delete_parquet_partitions(
     root = Path(root)
     cutoff = policy.cutoff(now)
     if not root.is_dir():
-        raise ValueError(f"no partition directory {root}")
+        raise MissingPathError(f"no partition directory {root}")
     partitions, unparsed = _partitions(root)
     expired = sorted((p for p in partitions if p[2] <= cutoff), key=lambda p: p[1])
     notes = [f"{name}: not a valid time partition name, kept" for name in unparsed]
@@ -281,7 +282,7 @@ def delete_topic_segments(
     partition's end offset; that is noted when it is past the cutoff."""
     source = log.topic(topic)
     if policy.time_column is not None and policy.time_column != source.time_column:
-        raise ValueError(
+        raise InvalidInputError(
             f"topic {topic!r} keeps event time in {source.time_column!r},"
             f" not {policy.time_column!r}"
         )

@@ -36,6 +36,7 @@ import numpy as np
 import pyarrow as pa
 
 from dataflare_platform.connectors.broker import Format, MessageCodec
+from dataflare_platform.errors import InvalidInputError
 from dataflare_platform.events.codec import dead_letters
 
 
@@ -104,7 +105,7 @@ class OffsetSource:
         bounded: bool = False,
     ) -> None:
         if time_column not in schema.names:
-            raise ValueError(f"time column {time_column!r} is not in the schema")
+            raise InvalidInputError(f"time column {time_column!r} is not in the schema")
         self.name = name
         self.time_column = time_column
         self._schema = schema

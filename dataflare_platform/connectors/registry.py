@@ -31,6 +31,7 @@ from dataflare_platform.connectors import topic as topic_connector
 from dataflare_platform.connectors.settings import ConnectorSettings, OpenContext, snapshot_ends
 from dataflare_platform.engine.io import Sink, Source
 from dataflare_platform.engine.sinks import NullSink
+from dataflare_platform.errors import InvalidInputError
 
 
 class DiscardSinkSettings(ConnectorSettings):
@@ -124,5 +125,5 @@ def end_offsets(settings: Any, context: OpenContext) -> dict[str, int]:
     """End offset per partition of a range-capable source (see the module docstring)."""
     ends = SOURCES[settings.kind].end_offsets
     if ends is None:
-        raise ValueError(f"{settings.kind} sources have no end offsets to range over")
+        raise InvalidInputError(f"{settings.kind} sources have no end offsets to range over")
     return ends(settings, context)

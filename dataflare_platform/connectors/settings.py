@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Self
 import pyarrow as pa
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
+from dataflare_platform.errors import InvalidInputError
 from dataflare_platform.models import StrictModel
 
 if TYPE_CHECKING:
@@ -32,7 +33,7 @@ class ConnectorSettings(StrictModel):
 
 def _arrow_types(columns: dict[str, str]) -> dict[str, str]:
     if not columns:
-        raise ValueError("give at least one column")
+        raise InvalidInputError("give at least one column")
     for name, type_name in columns.items():
         arrow_type(type_name, name)
     return columns
@@ -56,7 +57,7 @@ def arrow_type(type_name: str, column: str = "") -> pa.DataType:
         except (ValueError, KeyError):
             pass
     where = f"column {column!r}: " if column else ""
-    raise ValueError(
+    raise InvalidInputError(
         f"{where}unknown type {type_name!r} (Arrow names: int64, float64, string, bool,"
         " timestamp[ms], timestamp[us, tz=UTC], ...)"
     )

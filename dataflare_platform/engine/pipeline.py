@@ -49,6 +49,7 @@ from dataflare_platform.engine.windows import (
     WindowAggregate,
     WindowTopRows,
 )
+from dataflare_platform.errors import InvalidInputError
 
 
 def tumbling(size: int | str) -> Tumbling:
@@ -86,7 +87,9 @@ class Pipeline:
     def source(self, source: Source) -> Stream:
         node_id = f"source:{source.name}"
         if node_id in self.nodes:
-            raise ValueError(f"pipeline {self.name!r} already has a source named {source.name!r}")
+            raise InvalidInputError(
+                f"pipeline {self.name!r} already has a source named {source.name!r}"
+            )
         self.nodes[node_id] = Node(node_id, None, [], source=source, time_column=source.time_column)
         self.children[node_id] = []
         return Stream(self, node_id)
@@ -112,9 +115,9 @@ class Pipeline:
 
     def validate(self) -> None:
         if self.sink is None or self.sink_node is None:
-            raise ValueError(f"pipeline {self.name!r} has no sink")
+            raise InvalidInputError(f"pipeline {self.name!r} has no sink")
         if not self.sources():
-            raise ValueError(f"pipeline {self.name!r} has no source")
+            raise InvalidInputError(f"pipeline {self.name!r} has no source")
 
 
 @dataclass(frozen=True)
@@ -222,20 +225,20 @@ class Stream:
 
     def _join(self, other: Stream, op: Operator) -> Stream:
         if other.pipeline is not self.pipeline:
-            raise ValueError("both streams of a join must come from the same Pipeline")
+            raise InvalidInputError("both streams of a join must come from the same Pipeline")
         return self.pipeline.add(op, [self.node, other.node])
 
     # -- end ---------------------------------------------------------------------------
     def sink(self, sink: Sink) -> Pipeline:
         if self.pipeline.sink is not None:
-            raise ValueError(f"pipeline {self.pipeline.name!r} already has a sink")
+            raise InvalidInputError(f"pipeline {self.pipeline.name!r} already has a sink")
         self.pipeline.sink = sink
         self.pipeline.sink_node = self.node
         return self.pipeline
 
     def _need_keys(self, what: str) -> None:
         if not self.keys:
-            raise ValueError(f"{what} needs a keyed stream: call .key_by(...) first")
+            raise InvalidInputError(f"{what} needs a keyed stream: call .key_by(...) first")
 
 
 @dataclass(frozen=True)
@@ -248,7 +251,7 @@ class WindowedStream:
         keys = list(self.stream.keys)
         if isinstance(self.window, Session):
             if top is not None:
-                raise ValueError("top is not supported on session windows")
+                raise InvalidInputError("top is not supported on session windows")
             op: Operator = SessionAggregate(self.window.gap_ms, keys, list(aggs), self.lateness_ms)
         else:
             op = WindowAggregate(self.window, keys, list(aggs), self.lateness_ms, top)
@@ -256,7 +259,7 @@ class WindowedStream:
 
     def top_rows(self, by: str, n: int = 1, descending: bool = True) -> Stream:
         if not isinstance(self.window, Tumbling):
-            raise ValueError("top_rows needs a tumbling window")
+            raise InvalidInputError("top_rows needs a tumbling window")
         op = WindowTopRows(
             self.window, TopN(by, n, descending), list(self.stream.keys), self.lateness_ms
         )

@@ -31,7 +31,7 @@ from dataflare_platform.engine.operators import WM_COL
 from dataflare_platform.engine.pipeline import Pipeline
 from dataflare_platform.engine.sinks import side_rows
 from dataflare_platform.engine.watermarks import MAX_WATERMARK, MIN_WATERMARK, WatermarkTracker
-from dataflare_platform.errors import BatchRejectedError, DataflareError
+from dataflare_platform.errors import BatchRejectedError, DataflareError, InvalidInputError
 from dataflare_platform.times import now_ms
 
 
@@ -50,9 +50,9 @@ class RunnerConfig:
     def __post_init__(self) -> None:
         for name in ("batch_rows", "checkpoint_every", "source_queue", "sink_queue"):
             if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be at least 1")
+                raise InvalidInputError(f"{name} must be at least 1")
         if self.checkpoint_interval_s is not None and self.checkpoint_interval_s <= 0:
-            raise ValueError("checkpoint_interval_s must be positive")
+            raise InvalidInputError("checkpoint_interval_s must be positive")
 
 
 @dataclass
@@ -168,7 +168,7 @@ class _Run:
         unknown = sorted(set(self.until) - known)
         if unknown:
             # A bounded run told to stop at a partition it does not read would never stop.
-            raise ValueError(
+            raise InvalidInputError(
                 f"until names unknown source partitions {unknown}; known: {sorted(known)}"
             )
         checkpoint = self.sink.open(self.p.name)

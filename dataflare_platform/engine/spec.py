@@ -28,7 +28,7 @@ from dataflare_platform.engine.durations import to_ms
 from dataflare_platform.engine.operators import BatchPlugin
 from dataflare_platform.engine.pipeline import Stream, WindowedStream
 from dataflare_platform.engine.windows import Session, Sliding, TopN, Tumbling
-from dataflare_platform.errors import ConfigError
+from dataflare_platform.errors import ConfigError, InvalidInputError
 from dataflare_platform.models import StrictModel
 
 Duration = int | str
@@ -47,7 +47,7 @@ def _expr(text: str) -> str:
     try:
         pl.sql_expr(text)
     except Exception as err:  # polars raises several error types for bad SQL
-        raise ValueError(f"not a valid expression {text!r}: {err}") from None
+        raise InvalidInputError(f"not a valid expression {text!r}: {err}") from None
     return text
 
 

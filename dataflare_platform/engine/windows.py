@@ -25,6 +25,7 @@ from dataflare_platform.engine.pane_stores import (
     TopN,
     distinct_steps,
 )
+from dataflare_platform.errors import InvalidInputError
 
 
 @dataclass(frozen=True)
@@ -43,7 +44,7 @@ class Sliding:
 
     def __post_init__(self) -> None:
         if self.slide_ms <= 0 or self.size_ms % self.slide_ms:
-            raise ValueError("sliding window: slide must be positive and divide size")
+            raise InvalidInputError("sliding window: slide must be positive and divide size")
 
 
 @dataclass(frozen=True)

@@ -33,7 +33,7 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from dataflare_platform.errors import DataflareError
+from dataflare_platform.errors import InvalidInputError, NotFoundError
 from dataflare_platform.events.codec import (
     DEAD_LETTER_SCHEMA,
     Decoded,
@@ -102,8 +102,8 @@ def decode_for_topic(
     )
 
 
-class NoSuchDeadLetterError(DataflareError, LookupError):
-    pass
+class NoSuchDeadLetterError(NotFoundError):
+    """No dead letter at the offset a user gave."""
 
 
 @dataclass(frozen=True)
@@ -274,7 +274,7 @@ class DeadLetters:
             return result
         topic = self.log.topic(self.topic_name)
         if topic.config.transactional:
-            raise ValueError(
+            raise InvalidInputError(
                 f"topic {topic.name!r} is transactional (a pipeline's output): rows cannot be"
                 " re-driven into it"
             )

@@ -10,6 +10,7 @@ import pyarrow as pa
 
 from dataflare_platform.engine.checkpoint import Checkpoint
 from dataflare_platform.engine.io import TransactionalSink
+from dataflare_platform.errors import ConflictError, InvalidInputError
 from dataflare_platform.events.codec import DEAD_LETTER_SCHEMA
 from dataflare_platform.events.groups import ConsumerGroup
 from dataflare_platform.events.log import EventLog, Topic
@@ -134,7 +135,7 @@ class LogSink(TransactionalSink):
         self.topic = self.log.topic(self.name)
         if not self.topic.config.transactional:
             msg = f"topic {self.name!r} is not transactional (see ensure_output_topic)"
-            raise ValueError(msg)
+            raise InvalidInputError(msg)
         self.side = self.log.topic(side_topic_name(self.name))
 
     def _create(self, schema: pa.Schema) -> None:
@@ -142,7 +143,7 @@ class LogSink(TransactionalSink):
             (c for c in ("window_start", "date_time") if c in schema.names), None
         )
         if time_column is None:
-            raise ValueError(
+            raise InvalidInputError(
                 f"output topic {self.name!r}: no window_start or date_time column; give time_column"
             )
         ensure_output_topic(self.log, self.name, schema, time_column)
@@ -157,7 +158,7 @@ class LogSink(TransactionalSink):
         except BlockingIOError as err:
             lock.close()
             msg = f"topic {self.name!r} is being written by another run"
-            raise RuntimeError(msg) from err
+            raise ConflictError(msg) from err
         self._lock = lock
         self._pipeline = pipeline
         self.discard_pending()
@@ -183,7 +184,7 @@ class LogSink(TransactionalSink):
         assert self.topic is not None and self.side is not None
         commit = read_commit(self.topic.dir)
         if commit is not None and commit.writer != pipeline:
-            raise RuntimeError(
+            raise ConflictError(
                 f"topic {self.topic.name!r} is the output of pipeline {commit.writer!r},"
                 f" not {pipeline!r}"
             )

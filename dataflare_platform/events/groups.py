@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 import pyarrow as pa
 
+from dataflare_platform.errors import InvalidInputError
 from dataflare_platform.events.log import Topic
 
 _SCHEMA = """
@@ -58,7 +59,7 @@ class Fetched:
 class ConsumerGroup:
     def __init__(self, topic: Topic, name: str) -> None:
         if not name or len(name) > 200:
-            raise ValueError("a consumer group needs a name of 1 to 200 characters")
+            raise InvalidInputError("a consumer group needs a name of 1 to 200 characters")
         self.topic = topic
         self.name = name
 

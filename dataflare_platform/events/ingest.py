@@ -15,6 +15,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from dataflare_platform.errors import InvalidInputError
 from dataflare_platform.events.codec import DEFAULT_MAX_PAYLOAD_BYTES, JsonDecoder
 from dataflare_platform.events.deadletter import DeadLetters, Decoder, decode_for_topic
 from dataflare_platform.events.log import EventLog, Topic
@@ -59,7 +60,7 @@ def ingest_payloads(
     """
     target = topic if isinstance(topic, Topic) else log.topic(topic)
     if target.config.transactional:
-        raise ValueError(
+        raise InvalidInputError(
             f"topic {target.name!r} is transactional (a pipeline's output): it is written"
             " only by its pipeline"
         )

@@ -9,6 +9,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from dataflare_platform.errors import InvalidInputError, user_file
 from dataflare_platform.events.codec import DEAD_LETTER_SCHEMA, JsonDecoder
 from dataflare_platform.events.deadletter import decode_for_topic
 from dataflare_platform.events.log import EventLog, Topic
@@ -40,28 +41,41 @@ def tables_from_files(
     schema (bad lines become dead letters: source = file, offset = line number)."""
     decoder = JsonDecoder(topic.schema)
     for path in map(Path, paths):
-        if path.suffix == ".parquet":
-            pf = pq.ParquetFile(path)
-            for i in range(pf.num_row_groups):
-                yield pf.read_row_group(i), None
-        elif path.suffix in (".arrow", ".ipc", ".feather"):
-            with pa.memory_map(str(path)) as f:
-                reader = pa.ipc.open_file(f)
-                for i in range(reader.num_record_batches):
-                    yield pa.Table.from_batches([reader.get_batch(i)]), None
-        elif path.suffix in (".ndjson", ".jsonl", ".json"):
-            with path.open("rb") as f:
-                lines: list[bytes] = []
-                first = 0
-                for number, line in enumerate(f):
-                    lines.append(line.rstrip(b"\r\n"))
-                    if len(lines) == chunk_lines:
-                        yield _decode(topic, decoder, lines, first, path)
-                        first, lines = number + 1, []
-                if lines:
+        if path.suffix not in _FILE_TYPES:
+            raise InvalidInputError(f"{path}: unsupported file type (Parquet, Arrow IPC or NDJSON)")
+        # The user's file: missing, a directory or not Parquet/Arrow is an error naming
+        # it (an exception thrown into this generator by its consumer is not caught: a
+        # generator only sees its own statements' errors).
+        with user_file(path):
+            yield from _file_batches(path, topic, decoder, chunk_lines)
+
+
+_FILE_TYPES = (".parquet", ".arrow", ".ipc", ".feather", ".ndjson", ".jsonl", ".json")
+
+
+def _file_batches(
+    path: Path, topic: Topic, decoder: JsonDecoder, chunk_lines: int
+) -> Iterator[Batch]:
+    if path.suffix == ".parquet":
+        pf = pq.ParquetFile(path)
+        for i in range(pf.num_row_groups):
+            yield pf.read_row_group(i), None
+    elif path.suffix in (".arrow", ".ipc", ".feather"):
+        with pa.memory_map(str(path)) as f:
+            reader = pa.ipc.open_file(f)
+            for i in range(reader.num_record_batches):
+                yield pa.Table.from_batches([reader.get_batch(i)]), None
+    else:
+        with path.open("rb") as f:
+            lines: list[bytes] = []
+            first = 0
+            for number, line in enumerate(f):
+                lines.append(line.rstrip(b"\r\n"))
+                if len(lines) == chunk_lines:
                     yield _decode(topic, decoder, lines, first, path)
-        else:
-            raise ValueError(f"{path}: unsupported file type (Parquet, Arrow IPC or NDJSON)")
+                    first, lines = number + 1, []
+            if lines:
+                yield _decode(topic, decoder, lines, first, path)
 
 
 def _decode(

@@ -37,7 +37,7 @@ import polars as pl
 import pyarrow as pa
 from pydantic import Field, field_validator
 
-from dataflare_platform.errors import ConfigError
+from dataflare_platform.errors import ConfigError, InvalidInputError
 from dataflare_platform.events.codec import dead_letters, encode_json
 from dataflare_platform.events.deadletter import DeadLetters
 from dataflare_platform.events.groups import ConsumerGroup
@@ -53,7 +53,7 @@ def _parse_expr(text: str) -> str:
     try:
         pl.sql_expr(text)
     except Exception as err:  # polars raises several error types for bad SQL
-        raise ValueError(f"not a valid Polars SQL expression {text!r}: {err}") from None
+        raise InvalidInputError(f"not a valid Polars SQL expression {text!r}: {err}") from None
     return text
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import polars as pl
 
-from dataflare_platform.errors import BatchRejectedError, CorruptInputError
+from dataflare_platform.errors import BatchRejectedError, CorruptInputError, InvalidInputError
 from dataflare_platform.plugins.runtime import Plugin
 
 READERS = {
@@ -34,7 +34,7 @@ class PluginRun:
 def run_batches(plugin: Plugin, table: pl.DataFrame, batch_rows: int = 65_536) -> PluginRun:
     """``plugin`` applied to ``table`` in batches of ``batch_rows`` rows."""
     if batch_rows < 1:
-        raise ValueError("batch_rows must be at least 1")
+        raise InvalidInputError("batch_rows must be at least 1")
     outputs: list[pl.DataFrame] = []
     dead: list[pl.DataFrame] = []
     reasons: list[str] = []

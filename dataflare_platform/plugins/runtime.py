@@ -23,7 +23,7 @@ import polars as pl
 import pyarrow as pa
 import wasmtime
 
-from dataflare_platform.errors import BatchRejectedError
+from dataflare_platform.errors import BatchRejectedError, InvalidInputError
 from dataflare_platform.plugins import abi
 from dataflare_platform.plugins.engine import compile_module, deadline_ticks, shared_engine
 from dataflare_platform.plugins.fastcall import I32Func, SignatureError
@@ -146,7 +146,7 @@ class Plugin:
         )
         size = self.limits.pool_size if pool_size is None else pool_size
         if size < 1:
-            raise ValueError(f"pool_size must be at least 1, got {size}")
+            raise InvalidInputError(f"pool_size must be at least 1, got {size}")
         self.pool_size = 1 if manifest.kind == "aggregate" else size
         self._fuel = self.limits.fuel is not None
         self._deadline = deadline_ticks(self.limits.deadline_ms)

@@ -27,6 +27,7 @@ from dataflare_platform.engine import (
     sliding,
     tumbling,
 )
+from dataflare_platform.errors import InvalidInputError, MissingPathError
 
 # Nexmark: the watermark trails the highest event time by 4 s.
 WATERMARK_DELAY_MS = 4_000
@@ -59,7 +60,7 @@ class NexmarkSources:
     def need(self, kind: str) -> Source:
         source = getattr(self, kind)
         if source is None:
-            raise ValueError(f"this query needs the {kind} input")
+            raise InvalidInputError(f"this query needs the {kind} input")
         return source
 
     @classmethod
@@ -77,8 +78,10 @@ class NexmarkSources:
         for kind, columns in COLUMNS[query].items():
             path = given[kind]
             if path is None:
-                raise ValueError(f"{query} needs --{kind} (or --input for bids)")
+                raise InvalidInputError(f"{query} needs --{kind} (or --input for bids)")
             path = Path(path)
+            if not path.exists():
+                raise MissingPathError(f"{kind} input {path}: no such file or directory")
             files = nexmark_files(path) if path.is_dir() else [path]
             made[kind] = FileSource(kind, files, columns=columns)
         return cls(**made)

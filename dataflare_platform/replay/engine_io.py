@@ -21,6 +21,7 @@ from dataflare_platform.engine.pipeline import Node, Pipeline
 from dataflare_platform.engine.sinks import Sink
 from dataflare_platform.engine.sources import Source
 from dataflare_platform.engine.watermarks import MIN_WATERMARK
+from dataflare_platform.errors import InvalidInputError
 from dataflare_platform.replay.targets import ReplayTarget
 
 
@@ -132,7 +133,7 @@ class ReplaySink(Sink):
             if self.owned is not None:
                 column, start, end = self.owned
                 if column not in output.columns:
-                    raise ValueError(
+                    raise InvalidInputError(
                         f"the output has no column {column!r} to tell the replayed"
                         f" interval's rows by (columns: {output.columns})"
                     )

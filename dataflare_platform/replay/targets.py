@@ -17,6 +17,7 @@ import polars as pl
 
 from dataflare_platform.connectors.parquet_dataset import ParquetDatasetSink
 from dataflare_platform.engine.checkpoint import Checkpoint
+from dataflare_platform.errors import InvalidInputError
 from dataflare_platform.sql_names import quote_identifier
 from dataflare_platform.times import as_utc
 
@@ -72,7 +73,7 @@ class DuckDBTableTarget:
 
     def __init__(self, path: Path | str, table: str) -> None:
         if not table or '"' in table:
-            raise ValueError(f"not a usable table name: {table!r}")
+            raise InvalidInputError(f"not a usable table name: {table!r}")
         self.path = Path(path)
         self.table = table
         self.staging = f"{table}__replay"
@@ -147,7 +148,7 @@ class DuckDBTableTarget:
             elif existing is not None and owned is not None:
                 column, start, end = owned
                 if column not in existing:
-                    raise ValueError(
+                    raise InvalidInputError(
                         f"table {self.table!r} has no column {column!r} to find the replayed"
                         f" rows by (columns: {existing})"
                     )
@@ -220,10 +221,12 @@ class ParquetDatasetTarget:
 
     def publish(self, owned: Owned | None) -> None:
         if owned is None:
-            raise ValueError("a dataset is replaced by whole days: give an event-time interval")
+            raise InvalidInputError(
+                "a dataset is replaced by whole days: give an event-time interval"
+            )
         column, start, end = owned
         if column != self.time_column:
-            raise ValueError(
+            raise InvalidInputError(
                 f"the dataset is partitioned by {self.time_column!r}, the replay owns rows"
                 f" by {column!r}"
             )

@@ -54,7 +54,7 @@ from dataflare_platform.engine.spec import (
     _Model,
     wire,
 )
-from dataflare_platform.errors import ConfigError
+from dataflare_platform.errors import ConfigError, InvalidInputError
 from dataflare_platform.models import validated
 from dataflare_platform.streams import bind
 
@@ -67,7 +67,7 @@ def legacy_source(value: Any) -> Any:
         if "topic" in value and "path" not in value:
             return {"kind": "topic", **value}
         if "path" in value and "topic" in value:
-            raise ValueError("give exactly one of path, topic (or a kind)")
+            raise InvalidInputError("give exactly one of path, topic (or a kind)")
     return value
 
 
@@ -81,7 +81,7 @@ def legacy_sink(value: Any) -> Any:
         return value
     given = [k for k in _LEGACY_SINKS if k in value]
     if len(given) != 1 or len(value) != 1:
-        raise ValueError(f"give a kind (or exactly one of {', '.join(_LEGACY_SINKS)})")
+        raise InvalidInputError(f"give a kind (or exactly one of {', '.join(_LEGACY_SINKS)})")
     (old,) = given
     inner = value[old]
     kind = _LEGACY_SINKS[old]
@@ -116,16 +116,16 @@ def _import_builder(value: Any) -> Callable[..., Stream] | None:
     if value is None or callable(value):
         return value
     if not isinstance(value, str) or ":" not in value:
-        raise ValueError("give the builder function as 'package.module:function'")
+        raise InvalidInputError("give the builder function as 'package.module:function'")
     module_name, _, qualname = value.partition(":")
     try:
         target: Any = importlib.import_module(module_name)
         for part in qualname.split("."):
             target = getattr(target, part)
     except (ImportError, AttributeError) as err:
-        raise ValueError(f"cannot import {value!r}: {err}") from None
+        raise InvalidInputError(f"cannot import {value!r}: {err}") from None
     if not callable(target):
-        raise ValueError(f"{value!r} is not a function")
+        raise InvalidInputError(f"{value!r} is not a function")
     return target
 
 
@@ -189,7 +189,7 @@ class PipelineSpec(_Model):
             return
         for name, source in self.sources.items():
             if not supports_ranges(source):
-                raise ValueError(
+                raise InvalidInputError(
                     f"sources.{name}.kind: {source.kind} sources run continuously only"
                     f" (micro-batch ranges need one of {', '.join(RANGE_KINDS)}):"
                     " set catalog.micro_batch: false"
@@ -197,17 +197,19 @@ class PipelineSpec(_Model):
 
     def _builder_fits(self) -> PipelineSpec:
         if self.streams or self.output is not None:
-            raise ValueError("builder: give either a builder or streams and output, not both")
+            raise InvalidInputError(
+                "builder: give either a builder or streams and output, not both"
+            )
         try:
             params = inspect.signature(self.builder).parameters
         except (TypeError, ValueError) as err:
-            raise ValueError(f"builder: {err}") from None
+            raise InvalidInputError(f"builder: {err}") from None
         required = {n for n, p in params.items() if p.default is inspect.Parameter.empty} - {
             n for n, p in params.items() if p.kind is p.VAR_KEYWORD
         }
         missing = sorted(required - set(self.sources))
         if missing:
-            raise ValueError(
+            raise InvalidInputError(
                 f"builder: {_builder_name(self.builder)} takes {missing}, which are not "
                 f"sources (sources: {sorted(self.sources)})"
             )

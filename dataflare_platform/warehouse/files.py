@@ -12,7 +12,7 @@ import pyarrow as pa
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
-from dataflare_platform.errors import CorruptInputError
+from dataflare_platform.errors import CorruptInputError, MissingPathError
 
 FORMATS = {".parquet": "parquet", ".arrow": "ipc"}
 
@@ -65,7 +65,7 @@ def open_event_dataset(directory: Path, schema: pa.Schema) -> tuple[ds.Dataset, 
     """
     files = list_event_files(directory)
     if not files:
-        raise FileNotFoundError(f"no event files (*.parquet, *.arrow) in {directory}")
+        raise MissingPathError(f"no event files (*.parquet, *.arrow) in {directory}")
     formats = {FORMATS[p.suffix] for p in files}
     if len(formats) > 1:
         raise CorruptInputError(Path(directory), f"mixed file formats {sorted(formats)}")

@@ -16,6 +16,8 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from dataflare_platform.errors import MissingPathError, user_file, user_path
+
 
 @dataclass
 class _FilePiece:
@@ -45,15 +47,18 @@ class FileSource:
     def __post_init__(self) -> None:
         self.paths = [Path(p) for p in self.paths]
         if not self.paths:
-            raise FileNotFoundError(f"source {self.name!r}: no input files")
+            raise MissingPathError(f"source {self.name!r}: no input files")
         offset = 0
         for path in self.paths:
-            for index, rows in enumerate(_piece_rows(path)):
+            with user_file(path, f"source {self.name!r}:"):
+                counts = list(_piece_rows(path))
+            for index, rows in enumerate(counts):
                 self._pieces.append(_FilePiece(path, offset, rows, index))
                 self._starts.append(offset)
                 offset += rows
         self._end = offset
-        schema = _file_schema(self.paths[0])
+        with user_file(self.paths[0], f"source {self.name!r}:"):
+            schema = _file_schema(self.paths[0])
         if self.columns is not None:
             schema = pa.schema([schema.field(c) for c in self.columns])
         self._schema = schema
@@ -88,7 +93,8 @@ class FileSource:
         if self._cache is not None and self._cache[0] == i:
             return self._cache[1]
         piece = self._pieces[i]
-        table = _read_piece(piece.path, piece.index, self.columns)
+        with user_file(piece.path, f"source {self.name!r}:"):
+            table = _read_piece(piece.path, piece.index, self.columns)
         self._cache = (i, table)
         return table
 
@@ -129,4 +135,6 @@ def _read_piece(path: Path, index: int, columns: Sequence[str] | None) -> pa.Tab
 
 def nexmark_files(directory: Path) -> list[Path]:
     """Event files of one Nexmark kind (``OUT/bids``), in order."""
-    return sorted(p for p in Path(directory).iterdir() if p.suffix in (".parquet", ".arrow"))
+    with user_path("Nexmark input directory"):
+        entries = list(Path(directory).iterdir())
+    return sorted(p for p in entries if p.suffix in (".parquet", ".arrow"))

@@ -69,7 +69,7 @@ from pydantic import (
 from dataflare_platform.connectors.landing.decode import FileDecoder, file_format
 from dataflare_platform.connectors.landing.ledger import Ledger, LedgerEntry
 from dataflare_platform.durable import WriterLock, write_atomic
-from dataflare_platform.errors import DataflareError
+from dataflare_platform.errors import DataflareError, NotFoundError
 from dataflare_platform.models import StrictModel, validated
 
 STATE_DIR = "_dataflare"
@@ -374,7 +374,7 @@ class LandingDirectorySource:
     # -- offsets -------------------------------------------------------------------------
     def _check(self, partition: str) -> None:
         if partition != "0":
-            raise KeyError(f"landing source {self.name!r} has one partition, '0'")
+            raise NotFoundError(f"landing source {self.name!r} has one partition, '0'")
 
     def _load(self) -> None:
         """The offset map from the ledger; it must be dense (each file starting where

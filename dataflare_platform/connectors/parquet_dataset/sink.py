@@ -55,6 +55,12 @@ from dataflare_platform.durable import WriterLock, fsync_dir, fsync_file, write_
 from dataflare_platform.engine.checkpoint import Checkpoint
 from dataflare_platform.engine.io import TransactionalSink
 from dataflare_platform.engine.sinks import SIDE_SCHEMA
+from dataflare_platform.errors import (
+    ConflictError,
+    CorruptInputError,
+    InvalidInputError,
+    MissingPathError,
+)
 from dataflare_platform.models import validated
 
 STATE_DIR = "_dataflare"
@@ -178,7 +184,7 @@ class ParquetDatasetSink(TransactionalSink):
             self._acquire()
             if self._manifest.pipeline not in (None, pipeline):
                 self._release()
-                raise ValueError(
+                raise ConflictError(
                     f"{self.root} holds the output of pipeline {self._manifest.pipeline!r},"
                     f" not {pipeline!r}: one pipeline per dataset"
                 )
@@ -275,11 +281,11 @@ class ParquetDatasetSink(TransactionalSink):
             try:
                 self._manifest = Manifest.decode(path.read_bytes())
             except (ValueError, KeyError) as err:
-                raise RuntimeError(f"{path}: unreadable dataset manifest ({err})") from err
+                raise CorruptInputError(path, f"unreadable dataset manifest ({err})") from err
         else:
             ours = [p for p in self.root.glob("*=*/*") if _PART.match(p.name)]
             if ours:  # never delete files this sink did not commit
-                raise RuntimeError(
+                raise ConflictError(
                     f"{self.root} holds part files ({ours[0].name}, ...) but no"
                     f" {STATE_DIR}/{MANIFEST}: not a dataset written by this sink"
                 )
@@ -322,7 +328,7 @@ class ParquetDatasetSink(TransactionalSink):
                 staged.replace(final)
                 touched.add(final.parent)
             elif not final.exists():
-                raise FileNotFoundError(
+                raise MissingPathError(
                     f"{final}: committed by {self.state_dir / MANIFEST} (commit"
                     f" {manifest.seq}) but missing: the dataset was changed by hand"
                 )
@@ -380,7 +386,9 @@ class ParquetDatasetSink(TransactionalSink):
             tz = column.dtype.time_zone
             dates = (column.dt.convert_time_zone("UTC") if tz else column).dt.date()
         else:
-            raise ValueError(f"time column {time_col!r} is {column.dtype}, not a date or time")
+            raise InvalidInputError(
+                f"time column {time_col!r} is {column.dtype}, not a date or time"
+            )
         return dates.dt.strftime("%Y-%m-%d").fill_null(NULL_PARTITION).alias("partition")
 
     def _conform(self, table: pa.Table, schema: pa.Schema | None) -> tuple[pa.Table, pa.Schema]:
@@ -388,15 +396,15 @@ class ParquetDatasetSink(TransactionalSink):
         union them; the partition column lives only in the path."""
         s = self.settings
         if s.time_column not in table.column_names:
-            raise ValueError(f"output has no time column {s.time_column!r} to partition by")
+            raise InvalidInputError(f"output has no time column {s.time_column!r} to partition by")
         if s.partition_by in table.column_names:
-            raise ValueError(
+            raise InvalidInputError(
                 f"output has a column {s.partition_by!r}: it would clash with the partition"
             )
         if schema is None:
             return table, table.schema
         if set(table.column_names) != set(schema.names):
-            raise ValueError(
+            raise InvalidInputError(
                 f"output columns {table.column_names} differ from the dataset's {schema.names}"
             )
         return table.select(schema.names).cast(schema), schema

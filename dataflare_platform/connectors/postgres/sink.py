@@ -46,7 +46,7 @@ from dataflare_platform.connectors.settings import (
 )
 from dataflare_platform.engine.checkpoint import Checkpoint
 from dataflare_platform.engine.io import TransactionalSink, newest_per_key
-from dataflare_platform.errors import DataflareError
+from dataflare_platform.errors import ConflictError, DataflareError, InvalidInputError
 from dataflare_platform.models import validated
 
 CHECKPOINT_TABLE = "dataflare_checkpoints"
@@ -279,7 +279,7 @@ class PostgresSink(TransactionalSink):
             if got and got[0]:
                 return
             if time.monotonic() >= deadline:
-                raise RuntimeError(
+                raise ConflictError(
                     f"another writer holds {s.schema_name}.{s.table} "
                     f"(waited {s.lock_timeout_s:g} s): one running pipeline per table"
                 )
@@ -301,7 +301,7 @@ class PostgresSink(TransactionalSink):
             if arrow is not None:
                 columns[name] = arrow
         if self.settings.upsert_keys and not self._has_unique_key(cur):
-            raise ValueError(
+            raise InvalidInputError(
                 f"{self.settings.schema_name}.{self.settings.table} exists without a unique"
                 f" index on {self.settings.upsert_keys}: an upsert sink needs one"
             )
@@ -323,13 +323,13 @@ class PostgresSink(TransactionalSink):
         keys = self.settings.upsert_keys or []
         missing_keys = [k for k in keys if k not in out.column_names]
         if missing_keys:
-            raise ValueError(f"upsert keys {missing_keys} are not output columns")
+            raise InvalidInputError(f"upsert keys {missing_keys} are not output columns")
         if self._columns is None:
             self._create(cur, out.schema)
         assert self._columns is not None
         unknown = [c for c in out.column_names if c not in self._columns]
         if unknown:
-            raise ValueError(
+            raise InvalidInputError(
                 f"output columns {unknown} are not in {self.settings.schema_name}."
                 f"{self.settings.table} (or have a type the sink cannot write)"
             )

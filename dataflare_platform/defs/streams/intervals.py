@@ -5,6 +5,7 @@ governance sensors' interval, without editing the files (tests and demos tick fa
 import os
 
 from dataflare_platform.engine.durations import to_ms
+from dataflare_platform.errors import InvalidInputError
 
 SENSOR_INTERVAL_ENV_VAR = "DATAFLARE_SENSOR_INTERVAL"
 
@@ -17,4 +18,4 @@ def sensor_interval_override() -> int | None:
     try:
         return max(1, to_ms(value) // 1000)
     except ValueError as err:
-        raise ValueError(f"{SENSOR_INTERVAL_ENV_VAR}={value!r}: {err}") from None
+        raise InvalidInputError(f"{SENSOR_INTERVAL_ENV_VAR}={value!r}: {err}") from None

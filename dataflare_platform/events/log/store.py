@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pyarrow as pa
 
-from dataflare_platform.errors import ConfigError
+from dataflare_platform.errors import ConfigError, user_path
 from dataflare_platform.events.log.config import TOPIC_FILE, TOPIC_NAME, TopicConfig
 from dataflare_platform.events.log.topic import Topic, TopicNotFoundError
 
@@ -20,7 +20,8 @@ class EventLog:
 
     def __init__(self, root: Path | str) -> None:
         self.root = Path(root)
-        self.root.mkdir(parents=True, exist_ok=True)
+        with user_path("event log directory", self.root):
+            self.root.mkdir(parents=True, exist_ok=True)
         self._open: dict[str, Topic] = {}
 
     def topics(self) -> list[str]:

@@ -8,7 +8,7 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.dataset as ds
 
-from dataflare_platform.errors import DataflareError
+from dataflare_platform.errors import InvalidInputError, NotFoundError
 from dataflare_platform.events.codec import conform
 from dataflare_platform.events.log.commits import read_commit
 from dataflare_platform.events.log.config import TopicConfig
@@ -16,7 +16,9 @@ from dataflare_platform.events.log.partition import Partition
 from dataflare_platform.events.log.segments import NO_TIME
 
 
-class TopicNotFoundError(DataflareError, KeyError):
+class TopicNotFoundError(NotFoundError):
+    """``TopicNotFoundError(name)``: the message is made from the topic's name."""
+
     def __str__(self) -> str:
         return f"no topic {self.args[0]!r}"
 
@@ -40,7 +42,7 @@ class Topic:
     def partition(self, index: int | str) -> Partition:
         i = int(index)
         if not 0 <= i < len(self.parts):
-            raise ValueError(f"topic {self.name!r} has no partition {index}")
+            raise InvalidInputError(f"topic {self.name!r} has no partition {index}")
         return self.parts[i]
 
     # -- writes --------------------------------------------------------------------------
@@ -84,10 +86,10 @@ class Topic:
         try:
             table = conform(data, self.schema)
         except ValueError as err:
-            raise ValueError(f"topic {self.name!r}: {err}") from err
+            raise InvalidInputError(f"topic {self.name!r}: {err}") from err
         nulls = table.column(self.time_column).null_count
         if nulls:
-            raise ValueError(f"topic {self.name!r}: {nulls} rows without event time")
+            raise InvalidInputError(f"topic {self.name!r}: {nulls} rows without event time")
         return table
 
     # -- reads and state -----------------------------------------------------------------

@@ -104,14 +104,13 @@ def user_file(path: Path | str, what: str = "input file") -> Iterator[None]:
     ``ArrowInvalid``: not Parquet, truncated, bad footer) becomes a
     ``CorruptInputError`` naming the file. Keep the block to the reading itself, so a
     ``ValueError`` from elsewhere is not mistaken for a bad file."""
-    try:
-        yield
-    except DataflareError:
-        raise
-    except OSError as err:
-        raise UserPathError.from_os_error(err, what, path) from err
-    except ValueError as err:
-        raise CorruptInputError(Path(path), str(err)) from err
+    with user_path(what, path):
+        try:
+            yield
+        except DataflareError:
+            raise
+        except ValueError as err:
+            raise CorruptInputError(Path(path), str(err)) from err
 
 
 class ConfigError(DataflareError):

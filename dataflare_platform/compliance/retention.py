@@ -23,7 +23,7 @@ import pyarrow.parquet as pq
 from pydantic import field_validator
 
 from dataflare_platform.engine.durations import to_ms
-from dataflare_platform.errors import InvalidInputError, MissingPathError, NotFoundError
+from dataflare_platform.errors import InvalidInputError
 from dataflare_platform.events.log import EventLog, Topic
 from dataflare_platform.events.log.segments import NO_TIME, Segment, list_segments
 from dataflare_platform.models import StrictModel
@@ -86,10 +86,12 @@ def _column_type(con: duckdb.DuckDBPyConnection, table: str, column: str) -> str
         [name, schema, schema],
     ).fetchall()
     if not rows:
-        raise NotFoundError(f"no table {table!r} in the database")
+        raise InvalidInputError(f"no table {table!r} in the database")
     types = {c: t for c, t in rows}
     if column not in types:
-        raise NotFoundError(f"table {table!r} has no column {column!r} (columns: {sorted(types)})")
+        raise InvalidInputError(
+            f"table {table!r} has no column {column!r} (columns: {sorted(types)})"
+        )
     return types[column]
 
 
@@ -222,7 +224,7 @@ def delete_parquet_partitions(
     root = Path(root)
     cutoff = policy.cutoff(now)
     if not root.is_dir():
-        raise MissingPathError(f"no partition directory {root}")
+        raise InvalidInputError(f"no partition directory {root}")
     partitions, unparsed = _partitions(root)
     expired = sorted((p for p in partitions if p[2] <= cutoff), key=lambda p: p[1])
     notes = [f"{name}: not a valid time partition name, kept" for name in unparsed]

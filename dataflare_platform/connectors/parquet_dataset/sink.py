@@ -184,7 +184,7 @@ class ParquetDatasetSink(TransactionalSink):
             self._acquire()
             if self._manifest.pipeline not in (None, pipeline):
                 self._release()
-                raise ConflictError(
+                raise InvalidInputError(
                     f"{self.root} holds the output of pipeline {self._manifest.pipeline!r},"
                     f" not {pipeline!r}: one pipeline per dataset"
                 )

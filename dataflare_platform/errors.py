@@ -1,10 +1,13 @@
 """Errors the platform raises on bad input, each carrying what a user needs to fix it.
 
 Every exception class a user can meet derives from ``DataflareError``, so the CLI has one
-error boundary (``dataflare_platform.cli._common``) instead of a tuple per command. A class
-that callers also catch as a builtin keeps that base too, e.g.
-``class TopicNotFoundError(DataflareError, KeyError)``; a test walks the package to hold
-the rule. Cheap to import (pydantic only for type hints): ``dataflare --help`` imports it.
+error boundary (``dataflare_platform.cli._common``) that catches that class alone. Library
+code raises the typed kinds below for bad input (``InvalidInputError``, ``NotFoundError``,
+``UserPathError``...); each keeps the builtin base callers caught before (``ValueError``,
+``KeyError``, ``OSError``), and ``user_path`` / ``user_file`` turn the operating system's
+errors about a user's path into messages naming it. Tests walk the package to hold the
+rule (docs/extending.md, "A user-facing error"). Cheap to import (pydantic only for type
+hints): ``dataflare --help`` imports it.
 """
 
 from __future__ import annotations

@@ -2,7 +2,10 @@
 discovery (jobs, assets), logs, asset metadata, runs and backfills. Kept apart so a
 schema change of Dagster's API shows in one file."""
 
-_METADATA_FRAGMENT = """
+# One GraphQL fragment for the metadata entries a materialization carries: the typed
+# value of each kind (``results.metadata_value`` reads them back).
+_METADATA_ENTRY_FRAGMENT = """
+fragment MetadataEntryFields on MetadataEntry {
   __typename label description
   ... on IntMetadataEntry { intValue intRepr }
   ... on FloatMetadataEntry { floatValue }
@@ -18,6 +21,7 @@ _METADATA_FRAGMENT = """
   ... on AssetMetadataEntry { assetKey { path } }
   ... on JobMetadataEntry { jobName }
   ... on TableSchemaMetadataEntry { schema { columns { name type } } }
+}
 """
 
 JOBS_QUERY = """
@@ -60,15 +64,14 @@ query DataflareAssetMetadata($key: AssetKeyInput!, $partitions: [String!]) {
     ... on Asset {
       assetMaterializations(limit: 1, partitions: $partitions) {
         runId partition timestamp
-        metadataEntries { """
-    + _METADATA_FRAGMENT
-    + """ }
+        metadataEntries { ...MetadataEntryFields }
       }
     }
     ... on Error { message }
   }
 }
 """
+    + _METADATA_ENTRY_FRAGMENT
 )
 
 
@@ -102,30 +105,33 @@ mutation DataflareLaunchBackfill($params: LaunchBackfillParams!) {
 }
 """
 
-BACKFILL_STATE_QUERY = """
-query DataflareBackfillState($id: String!) {
-  partitionBackfillOrError(backfillId: $id) {
+
+def _backfill_query(name: str, selection: str) -> str:
+    """A backfill by id, selecting ``selection`` of it (the poll asks for less)."""
+    return f"""
+query {name}($id: String!) {{
+  partitionBackfillOrError(backfillId: $id) {{
     __typename
-    ... on PartitionBackfill { status }
-    ... on Error { message }
-  }
-}
+    ... on PartitionBackfill {{ {selection} }}
+    ... on Error {{ message }}
+  }}
+}}
 """
 
-BACKFILL_STATUS_QUERY = """
-query DataflareBackfill($id: String!) {
-  partitionBackfillOrError(backfillId: $id) {
-    __typename
-    ... on PartitionBackfill {
+
+# What ``wait_for_backfill`` polls: the status alone.
+BACKFILL_STATE_QUERY = _backfill_query("DataflareBackfillState", "status")
+
+# What ``backfill status`` shows: every partition's run.
+BACKFILL_STATUS_QUERY = _backfill_query(
+    "DataflareBackfill",
+    """
       id status partitionNames
       error { message }
       partitionStatuses { results { partitionName runId runStatus } }
       runs { runId status tags { key value } }
-    }
-    ... on Error { message }
-  }
-}
-"""
+    """,
+)
 
 RUNS_QUERY = """
 query DataflareRuns($filter: RunsFilter, $limit: Int) {

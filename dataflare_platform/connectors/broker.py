@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol, Self
 
 import pyarrow as pa
+from pydantic import Field, PositiveInt
 
 from dataflare_platform.errors import DataflareError
 from dataflare_platform.events.codec import (
@@ -53,6 +54,18 @@ class BrokerSettings(StrictModel):
     @classmethod
     def load(cls, **values: Any) -> Self:
         return cls.validated(values, f"{cls.__name__} settings")
+
+
+class StreamSettings(BrokerSettings):
+    """What a stream broker's settings say the same way whatever the broker: the stream,
+    how messages are encoded, how many rows an arrow message carries and how many
+    messages one read asks for. A ``StreamSource`` reads these; each broker narrows
+    ``stream`` to what its server accepts and adds its own connection fields."""
+
+    stream: str
+    format: Format = "json"
+    batch_rows: PositiveInt = Field(4096, description="Rows per arrow message")
+    fetch_messages: PositiveInt = Field(5000, description="Messages per read")
 
 
 @dataclass

@@ -30,12 +30,13 @@ from __future__ import annotations
 from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol, Self
 
 import numpy as np
 import pyarrow as pa
 
-from dataflare_platform.connectors.broker import Format, MessageCodec
+from dataflare_platform.connectors.broker import Format, MessageCodec, StreamSettings
+from dataflare_platform.connectors.settings import OpenContext, snapshot_ends
 from dataflare_platform.errors import InvalidInputError
 from dataflare_platform.events.codec import dead_letters
 
@@ -355,3 +356,61 @@ def _gather(good: pa.Table, ranges: list[tuple[int | None, int]], schema: pa.Sch
     ]
     indices = np.concatenate(pieces)
     return good.take(pa.array(indices, mask=indices < 0))
+
+
+class StreamSource(OffsetSource):
+    """An ``OffsetSource`` over one broker stream: one partition named after the stream,
+    format, arrow batch size and fetch size from the settings. A broker's source
+    subclasses it and says how to connect (``_connect``), seek and find the end.
+
+    The pipeline-facing constructors are classmethods, so a connector package exposes
+    ``open_source = NatsSource.open_source`` instead of writing the same two functions.
+    """
+
+    settings: StreamSettings
+
+    def __init__(
+        self,
+        settings: StreamSettings,
+        schema: pa.Schema,
+        name: str | None = None,
+        time_column: str = "date_time",
+        bounded: bool = False,
+        on_dead_letter: Callable[[pa.Table], None] | None = None,
+    ) -> None:
+        super().__init__(
+            name or settings.stream,
+            schema,
+            settings.format,
+            time_column=time_column,
+            on_dead_letter=on_dead_letter,
+            fetch_messages=settings.fetch_messages,
+            bounded=bounded,
+        )
+        self.codec.batch_rows = settings.batch_rows
+        self.settings = settings
+        self._connect()
+
+    def _connect(self) -> None:
+        """Open the client; refuse a stream that does not exist if the broker can say so."""
+        raise NotImplementedError
+
+    def partitions(self) -> list[str]:
+        return [self.settings.stream]
+
+    @classmethod
+    def open_source(cls, settings: Any, context: OpenContext) -> Self:
+        """The source a pipeline's ``sources:`` entry describes (settings with a schema)."""
+        return cls(
+            settings,
+            settings.arrow_schema,
+            name=context.name or None,
+            time_column=settings.time_column,
+            bounded=context.bounded,
+        )
+
+    @classmethod
+    def end_offsets(cls, settings: Any, context: OpenContext) -> dict[str, int]:
+        """The stream's end now (a bounded snapshot), for offset-range runs."""
+        bounded = OpenContext(context.pipeline, context.name, True)
+        return snapshot_ends(cls.open_source(settings, bounded))

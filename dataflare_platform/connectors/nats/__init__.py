@@ -25,7 +25,7 @@ from dataflare_platform.connectors.nats.jetstream import (
     ensure_stream,
 )
 from dataflare_platform.connectors.nats.settings import NatsSettings
-from dataflare_platform.connectors.settings import OpenContext, RowSchema, snapshot_ends
+from dataflare_platform.connectors.settings import RowSchema
 
 __all__ = [
     "NatsConsumer",
@@ -46,15 +46,6 @@ class NatsSourceSettings(NatsSettings, RowSchema):
     kind: Literal["nats"] = "nats"
 
 
-def open_source(settings: NatsSourceSettings, context: OpenContext) -> NatsSource:
-    return NatsSource(
-        settings,
-        settings.arrow_schema,
-        name=context.name or None,
-        time_column=settings.time_column,
-        bounded=context.bounded,
-    )
-
-
-def end_offsets(settings: NatsSourceSettings, context: OpenContext) -> dict[str, int]:
-    return snapshot_ends(open_source(settings, OpenContext(context.pipeline, context.name, True)))
+# A pipeline's ``sources:`` entry: open it, or read its end for offset-range runs.
+open_source = NatsSource.open_source
+end_offsets = NatsSource.end_offsets

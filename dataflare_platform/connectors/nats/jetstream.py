@@ -25,7 +25,7 @@ import contextlib
 import json
 import math
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import nats.js.errors
 import pyarrow as pa
@@ -41,7 +41,7 @@ from dataflare_platform.connectors.nats.session import (
     stream_seq,
 )
 from dataflare_platform.connectors.nats.settings import NatsSettings
-from dataflare_platform.connectors.offset_source import Cursor, Envelope, OffsetSource
+from dataflare_platform.connectors.offset_source import Cursor, Envelope, StreamSource
 
 OFFSET_HEADER = "Dataflare-Offset"
 ROWS_HEADER = "Dataflare-Rows"
@@ -273,38 +273,18 @@ class _NatsCursor:
             await self._session.js.delete_consumer(self._session.settings.stream, self._consumer)
 
 
-class NatsSource(OffsetSource):
+class NatsSource(StreamSource):
     """Engine source over one stream (one partition, named after the stream)."""
 
-    def __init__(
-        self,
-        settings: NatsSettings,
-        schema: pa.Schema,
-        name: str | None = None,
-        time_column: str = "date_time",
-        bounded: bool = False,
-        on_dead_letter: Callable[[pa.Table], None] | None = None,
-    ) -> None:
-        super().__init__(
-            name or settings.stream,
-            schema,
-            settings.format,
-            time_column=time_column,
-            on_dead_letter=on_dead_letter,
-            fetch_messages=settings.fetch_messages,
-            bounded=bounded,
-        )
-        self.codec.batch_rows = settings.batch_rows
-        self.settings = settings
-        self._session = NatsSession(settings)
+    settings: NatsSettings
+
+    def _connect(self) -> None:
+        self._session = NatsSession(self.settings)
         try:
-            self._session.run(self._session.js.stream_info(settings.stream))
+            self._session.run(self._session.js.stream_info(self.settings.stream))
         except nats.js.errors.NotFoundError:
             self._session.close()
-            raise BrokerError(f"NATS stream {settings.stream!r} does not exist") from None
-
-    def partitions(self) -> list[str]:
-        return [self.settings.stream]
+            raise BrokerError(f"NATS stream {self.settings.stream!r} does not exist") from None
 
     def _seek(self, partition: str, offset: int) -> Cursor:
         placed = self.settings.format == "arrow"

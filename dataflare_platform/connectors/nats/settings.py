@@ -6,24 +6,22 @@ from typing import Annotated, Literal, Self
 
 from pydantic import Field, PositiveFloat, PositiveInt, model_validator
 
-from dataflare_platform.connectors.broker import BrokerSettings, Format
+from dataflare_platform.connectors.broker import StreamSettings
 
 Name = Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")]  # streams and consumers
 Subject = Annotated[str, Field(pattern=r"^[^\s.*>]+(\.[^\s.*>]+)*$")]  # no wildcards
 SubjectPattern = Annotated[str, Field(pattern=r"^([^\s.*>]+|\*)(\.([^\s.*>]+|\*))*(\.>)?$|^>$")]
 
 
-class NatsSettings(BrokerSettings):
+class NatsSettings(StreamSettings):
     url: str = Field("nats://127.0.0.1:4222", pattern=r"^(nats|tls)://\S+$")
     stream: Name
     subject: Subject | None = Field(None, description="Publish subject; default STREAM.events")
     subjects: list[SubjectPattern] | None = Field(
         None, min_length=1, description="Subjects a created stream captures; default STREAM.>"
     )
-    format: Format = "json"
     batch_rows: PositiveInt = Field(4096, description="Rows per arrow message (split if >1 MB)")
     max_in_flight: PositiveInt = Field(4096, description="Publishes awaiting their ack")
-    fetch_messages: PositiveInt = Field(5000, description="Messages per pull request")
     durable: Name = Field("dataflare", description="Durable consumer of a consumer group")
     ack_wait_s: PositiveFloat = Field(30.0, description="Redelivery after this long unacked")
     max_ack_pending: PositiveInt = Field(100_000, description="Unacked messages per consumer")

@@ -24,7 +24,7 @@ from dataflare_platform.connectors.redis.streams import (
     RedisSource,
     delete_stream,
 )
-from dataflare_platform.connectors.settings import OpenContext, RowSchema, snapshot_ends
+from dataflare_platform.connectors.settings import RowSchema
 
 __all__ = [
     "RedisConsumer",
@@ -44,15 +44,6 @@ class RedisSourceSettings(RedisSettings, RowSchema):
     kind: Literal["redis"] = "redis"
 
 
-def open_source(settings: RedisSourceSettings, context: OpenContext) -> RedisSource:
-    return RedisSource(
-        settings,
-        settings.arrow_schema,
-        name=context.name or None,
-        time_column=settings.time_column,
-        bounded=context.bounded,
-    )
-
-
-def end_offsets(settings: RedisSourceSettings, context: OpenContext) -> dict[str, int]:
-    return snapshot_ends(open_source(settings, OpenContext(context.pipeline, context.name, True)))
+# A pipeline's ``sources:`` entry: open it, or read its end for offset-range runs.
+open_source = RedisSource.open_source
+end_offsets = RedisSource.end_offsets

@@ -20,7 +20,7 @@ kept by the group's pending-entries list).
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
 import pyarrow as pa
@@ -29,15 +29,14 @@ from pydantic import Field, PositiveFloat, PositiveInt
 
 from dataflare_platform.connectors.broker import (
     BrokerError,
-    BrokerSettings,
     BrokerUnavailableError,
     FetchResult,
-    Format,
     MessageCodec,
+    StreamSettings,
     arrow_rows,
     concat_dead,
 )
-from dataflare_platform.connectors.offset_source import Cursor, Envelope, OffsetSource
+from dataflare_platform.connectors.offset_source import Cursor, Envelope, StreamSource
 from dataflare_platform.events.codec import dead_letters
 
 # KEYS[1]: the stream. ARGV[1]: MAXLEN (0: none), then payload, rows pairs.
@@ -146,18 +145,15 @@ def _unpack(reply: list[bytes]) -> list[Entry]:
     return out
 
 
-class RedisSettings(BrokerSettings):
+class RedisSettings(StreamSettings):
     url: str = Field("redis://127.0.0.1:6379/0", pattern=r"^(redis|rediss|unix)://\S+$")
     stream: str = Field(pattern=r"^\S{1,512}$", description="The stream's key")
-    format: Format = "json"
-    batch_rows: PositiveInt = Field(4096, description="Rows per arrow entry")
     append_messages: PositiveInt = Field(2000, description="Entries per append script call")
     append_bytes: PositiveInt = Field(8 << 20, description="Payload bytes per append call")
     maxlen: PositiveInt | None = Field(None, description="Approximate length cap (MAXLEN ~)")
     group: str = Field("dataflare", pattern=r"^\S{1,200}$")
     consumer: str = Field("dataflare", pattern=r"^\S{1,200}$", description="Member name")
     group_start: str = Field("0", pattern=r"^(0|\$|\d+-\d+)$", description="New group: from")
-    fetch_messages: PositiveInt = Field(5000, description="Entries per XREADGROUP/XRANGE")
     claim_idle_s: PositiveFloat | None = Field(
         None, description="fetch() first adopts other members' entries pending this long"
     )
@@ -308,34 +304,15 @@ class _RedisCursor:
         return None
 
 
-class RedisSource(OffsetSource):
+class RedisSource(StreamSource):
     """Engine source over one stream (one partition, named after the stream's key)."""
 
-    def __init__(
-        self,
-        settings: RedisSettings,
-        schema: pa.Schema,
-        name: str | None = None,
-        time_column: str = "date_time",
-        bounded: bool = False,
-        on_dead_letter: Callable[[pa.Table], None] | None = None,
-    ) -> None:
-        super().__init__(
-            name or settings.stream,
-            schema,
-            settings.format,
-            time_column=time_column,
-            on_dead_letter=on_dead_letter,
-            fetch_messages=settings.fetch_messages,
-            bounded=bounded,
-        )
-        self.codec.batch_rows = settings.batch_rows
-        self.settings = settings
-        self._client = connect(settings)
-        self.read_script = self._client.register_script(READ_SCRIPT)
+    settings: RedisSettings
 
-    def partitions(self) -> list[str]:
-        return [self.settings.stream]
+    def _connect(self) -> None:
+        # A missing key reads as an empty stream (Redis makes it on the first XADD).
+        self._client = connect(self.settings)
+        self.read_script = self._client.register_script(READ_SCRIPT)
 
     def _seek(self, partition: str, offset: int) -> Cursor:
         return _RedisCursor(self, offset)

@@ -33,6 +33,11 @@ class InvalidInputError(DataflareError, ValueError):
     callers keep working."""
 
 
+class WrongTypeError(DataflareError, TypeError):
+    """What a user named has the wrong type for its use: a freshness column that is not a
+    time, a filter plugin used as a map. Also a ``TypeError`` for callers that catch it."""
+
+
 class NotFoundError(DataflareError, KeyError):
     """Something a user named does not exist: a topic, a rule, an alert, a table, a column.
 

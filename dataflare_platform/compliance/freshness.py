@@ -15,6 +15,7 @@ import pyarrow as pa
 from pydantic import field_validator
 
 from dataflare_platform.engine.durations import to_ms
+from dataflare_platform.errors import WrongTypeError
 from dataflare_platform.models import StrictModel
 from dataflare_platform.times import as_utc
 
@@ -52,7 +53,7 @@ def newest_time(data: pl.DataFrame | pa.Table, column: str) -> datetime | None:
     if values.dtype == pl.Date:
         values = values.cast(pl.Datetime("ms"))
     if not values.dtype.is_temporal() and not values.dtype.is_integer():
-        raise TypeError(f"column {column!r} is {values.dtype}, not a time")
+        raise WrongTypeError(f"column {column!r} is {values.dtype}, not a time")
     newest = values.max()
     if newest is None:
         return None

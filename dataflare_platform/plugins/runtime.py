@@ -23,7 +23,7 @@ import polars as pl
 import pyarrow as pa
 import wasmtime
 
-from dataflare_platform.errors import BatchRejectedError, InvalidInputError
+from dataflare_platform.errors import BatchRejectedError, InvalidInputError, WrongTypeError
 from dataflare_platform.plugins import abi
 from dataflare_platform.plugins.engine import compile_module, deadline_ticks, shared_engine
 from dataflare_platform.plugins.fastcall import I32Func, SignatureError
@@ -333,7 +333,7 @@ class Plugin:
 
     def _need_kind(self, kind: str) -> None:
         if self.manifest.kind != kind:
-            raise TypeError(f"plugin {self.name} is a {self.manifest.kind} plugin, not {kind}")
+            raise WrongTypeError(f"plugin {self.name} is a {self.manifest.kind} plugin, not {kind}")
 
     def _check_state(self, state: bytes) -> None:
         if len(state) != self._state_len:

@@ -331,7 +331,8 @@ class RuleSet(_Model):
         for rule in self.rules:
             if rule.name == name:
                 return rule
-        raise NotFoundError(name)
+        known = ", ".join(sorted(r.name for r in self.rules)) or "none"
+        raise NotFoundError(f"no alert rule {name!r} (rules: {known})")
 
     @classmethod
     def load(cls, data: Mapping[str, Any]) -> RuleSet:

@@ -339,3 +339,52 @@ def test_the_scan_sees_a_builtin_raise_and_exempts_validators(tmp_path):
 
     with pytest.raises(ValidationError, match="bad name"):
         Probe(name="x")
+
+
+def _probe_app():
+    """A command group like every ``dataflare`` group, with commands raising what the
+    boundary must tell apart."""
+    from pydantic import BaseModel, Field
+
+    from dataflare_platform.cli._common import command_group
+
+    class Settings(BaseModel):
+        batch_rows: int = Field(gt=0)
+
+    probe = command_group(help="probe")
+
+    @probe.command("model")
+    def model() -> None:
+        Settings(batch_rows=0)
+
+    @probe.command("builtin")
+    def builtin() -> None:
+        raise ValueError("a bug's ValueError")
+
+    @probe.command("os")
+    def os_error() -> None:
+        (PACKAGE / "no-such-file").read_text()  # the OSError is the point
+
+    return probe
+
+
+def test_a_validation_error_reaching_the_boundary_is_one_line_naming_the_field():
+    from typer.testing import CliRunner
+
+    result = CliRunner().invoke(_probe_app(), ["model"])
+    assert result.exit_code == 2
+    assert result.stderr.strip() == (
+        "error: invalid Settings: batch_rows: Input should be greater than 0"
+    )
+
+
+@pytest.mark.parametrize("command", ["builtin", "os"])
+def test_a_builtin_error_is_a_bug_and_keeps_its_traceback(command):
+    """Library code turns bad input into DataflareError; a builtin that still escapes is
+    not swallowed as if it were the user's fault."""
+    from typer.testing import CliRunner
+
+    result = CliRunner().invoke(_probe_app(), [command])
+    assert isinstance(result.exception, ValueError | OSError)
+    assert not isinstance(result.exception, DataflareError)
+    assert "error:" not in result.stderr

@@ -9,6 +9,7 @@ from pathlib import Path
 import polars as pl
 from pydantic import model_validator
 
+from dataflare_platform.connectors import duckdb as duckdb_connector
 from dataflare_platform.errors import MissingPathError
 from dataflare_platform.events.log import EventLog, TopicNotFoundError
 from dataflare_platform.home import ProjectHome
@@ -54,12 +55,10 @@ def read_dataset(ref: DatasetRef, home_root: Path, limit: int | None = None) -> 
     topic raises FileNotFoundError naming it: a check of data that is not there yet
     should say so, not pass on zero rows."""
     if ref.duckdb is not None:
-        import duckdb
-
         path = _resolve(home_root, ref.duckdb.path)
         if not path.exists():
             raise MissingPathError(f"no DuckDB file {path}")
-        with duckdb.connect(str(path), read_only=True) as conn:
+        with duckdb_connector.reading(path) as conn:
             names = {r[0] for r in conn.sql("SELECT table_name FROM duckdb_tables()").fetchall()}
             if ref.duckdb.table not in names:
                 raise MissingPathError(f"no table {ref.duckdb.table!r} in {path}")

@@ -12,7 +12,7 @@ import queue
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from dataflare_platform.engine.checkpoint import Checkpoint
@@ -20,6 +20,7 @@ from dataflare_platform.engine.metrics import EngineMetrics
 from dataflare_platform.engine.runner import Runner, RunnerConfig, RunResult
 from dataflare_platform.events.log import EventLog
 from dataflare_platform.streams import bind
+from dataflare_platform.streams.progress import DEFAULT_RATE_WINDOW_S, RateWindow, partition_lag
 from dataflare_platform.streams.ranges import source_ends
 from dataflare_platform.streams.spec import PipelineSpec
 
@@ -35,35 +36,50 @@ class CheckpointReport:
     dead_lettered: int
     late_events: int
     events_in_total: int  # since the pipeline first ran (restored from checkpoints)
-    events_per_s: float  # this run's average
+    events_per_s: float  # now: over the last rate window (``progress.RateWindow``)
+    events_per_s_lifetime: float  # this run's average
     p99_batch_ms: float
     watermark_ms: int
     lag_events: int  # committed topic events not yet covered by the checkpoint
     checkpoints: int
+    checkpoint_at: float  # when it was committed, seconds since the epoch
     offsets: dict[str, int]
+    lag_by_partition: dict[str, int] = field(default_factory=dict)
 
     def metadata(self) -> dict[str, object]:
         return dict(self.__dict__)
 
 
 def report(
-    checkpoint: Checkpoint, metrics: EngineMetrics, ends: dict[str, int], seconds: float
+    checkpoint: Checkpoint,
+    metrics: EngineMetrics,
+    ends: dict[str, int],
+    seconds: float,
+    current_rate: float | None = None,
+    committed_at: float | None = None,
 ) -> CheckpointReport:
+    """The report of a committed ``checkpoint``: ``seconds`` since the run started (for
+    the lifetime rate), ``current_rate`` the windowed one (the lifetime rate if none)."""
     counters = checkpoint.counters
     base = metrics.resumed
     events_in = counters.get("events_in", 0) - base.get("events_in", 0)
+    lifetime = round(events_in / seconds, 1) if seconds > 0 else 0.0
+    lag = partition_lag(checkpoint.offsets, ends)
     return CheckpointReport(
         events_in=events_in,
         events_out=counters.get("events_out", 0) - base.get("events_out", 0),
         dead_lettered=counters.get("dead_letters", 0) - base.get("dead_letters", 0),
         late_events=counters.get("late_events", 0) - base.get("late_events", 0),
         events_in_total=counters.get("events_in", 0),
-        events_per_s=round(events_in / seconds, 1) if seconds > 0 else 0.0,
+        events_per_s=lifetime if current_rate is None else round(current_rate, 1),
+        events_per_s_lifetime=lifetime,
         p99_batch_ms=metrics.latency.summary()["p99_ms"] or 0.0,
         watermark_ms=metrics.watermark_ms or 0,
-        lag_events=sum(max(0, end - checkpoint.offsets.get(k, 0)) for k, end in ends.items()),
+        lag_events=sum(lag.values()),
         checkpoints=counters.get("checkpoints", 0),
+        checkpoint_at=time.time() if committed_at is None else committed_at,
         offsets=dict(checkpoint.offsets),
+        lag_by_partition=lag,
     )
 
 
@@ -75,20 +91,27 @@ def run_continuous(
     on_checkpoint: Callable[[CheckpointReport], None] | None = None,
     plugins: dict | None = None,
     config: RunnerConfig | None = None,
+    rate_window_s: float = DEFAULT_RATE_WINDOW_S,
 ) -> RunResult:
     """Process the pipeline's topics as events arrive until ``stop`` is set; then finish
     the batch in flight, commit a last checkpoint and return. Starts from the checkpoint
     the sink committed last, so a stopped (or crashed) run's successor reads no event
-    twice. ``on_checkpoint`` gets a report after each commit, on the engine's sink thread.
+    twice. ``on_checkpoint`` gets a report after each commit, on the engine's sink
+    thread; its ``events_per_s`` is the rate over the last ``rate_window_s`` seconds.
     """
     config = config or RunnerConfig(checkpoint_interval_s=DEFAULT_CHECKPOINT_INTERVAL_S)
     pipeline = bind.build(spec, log=log, default_dir=default_dir, plugins=plugins)
-    started = time.perf_counter()
+    started = time.monotonic()
+    rates = RateWindow(rate_window_s)
+    rates.add(started, 0)
 
     def committed(checkpoint: Checkpoint, metrics: EngineMetrics) -> None:
         if on_checkpoint is not None:
+            now = time.monotonic()
+            events_in = checkpoint.counters.get("events_in", 0)
+            rates.add(now, events_in - metrics.resumed.get("events_in", 0))
             ends = source_ends(spec, log)
-            on_checkpoint(report(checkpoint, metrics, ends, time.perf_counter() - started))
+            on_checkpoint(report(checkpoint, metrics, ends, now - started, rates.rate(now)))
 
     runner = Runner(pipeline, config, on_commit=committed)
     return runner.run(mode="continuous", stop=stop)
@@ -105,6 +128,7 @@ class ContinuousRun:
         default_dir: Path,
         plugins: dict | None = None,
         config: RunnerConfig | None = None,
+        rate_window_s: float = DEFAULT_RATE_WINDOW_S,
     ) -> None:
         self.stop_event = threading.Event()
         self._reports: queue.Queue[CheckpointReport] = queue.Queue()
@@ -114,7 +138,14 @@ class ContinuousRun:
         def work() -> None:
             try:
                 self.result = run_continuous(
-                    spec, log, default_dir, self.stop_event, self._reports.put, plugins, config
+                    spec,
+                    log,
+                    default_dir,
+                    self.stop_event,
+                    self._reports.put,
+                    plugins,
+                    config,
+                    rate_window_s,
                 )
             except BaseException as err:
                 self._error = err
@@ -132,12 +163,20 @@ class ContinuousRun:
     def reports(self, poll_s: float = 0.2) -> Iterator[CheckpointReport]:
         """Reports as they come, until the run has ended and all were handed out; then
         raises the run's error, if it failed."""
+        for item in self.reports_or_idle(poll_s):
+            if item is not None:
+                yield item
+
+    def reports_or_idle(self, poll_s: float = 0.2) -> Iterator[CheckpointReport | None]:
+        """As ``reports``, with a None each ``poll_s`` that brought no report, so the
+        caller can act on time (record progress that is due) while the stream is idle."""
         while True:
             alive = self._thread.is_alive()
             try:
                 item = self._reports.get(timeout=poll_s)
             except queue.Empty:
                 if alive:
+                    yield None
                     continue
                 break
             yield item

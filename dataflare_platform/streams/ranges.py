@@ -101,15 +101,13 @@ def pending_range(
 
 def output_schema(spec: PipelineSpec, default_dir: Path):
     """The Arrow schema of a pipeline's DuckDB output table, once it exists (else None)."""
-    import duckdb
-
     sink = spec.sink
     if sink.kind != "duckdb":
         return None
     path = duckdb_connector.default_path(sink, spec.name, default_dir)
     if not path.exists():
         return None
-    with duckdb.connect(str(path), read_only=True) as conn:
+    with duckdb_connector.reading(path) as conn:
         tables = conn.sql("SELECT table_name FROM information_schema.tables").fetchall()
         if (sink.table,) not in tables:
             return None

@@ -107,8 +107,11 @@ class CatalogSpec(_Model):
     micro_batch: bool = True
     # The share of a run's events that may be dead-lettered before its check warns.
     max_dead_letter_rate: float = Field(0.0, ge=0.0, le=1.0)
+    # A continuous run records a materialization (and evaluates the asset's checks) at
+    # most this often; checkpoints in between are committed but only logged.
+    progress_interval: Duration = "30s"
 
-    _check = field_validator("sensor_interval")(_duration)
+    _check = field_validator("sensor_interval", "progress_interval")(_duration)
 
 
 def _import_builder(value: Any) -> Callable[..., Stream] | None:

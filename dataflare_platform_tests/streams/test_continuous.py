@@ -54,6 +54,8 @@ def test_stop_and_resume_reads_every_event_once(home, hot_items, small_nexmark):
     # Checkpoints by time (checkpoint_every is far away) as events arrive.
     seen = _wait_for(reports, lambda r: r.events_in_total == 1000)
     assert seen[-1].lag_events == 0 and seen[-1].offsets == {"bids/0": 1000}
+    assert seen[-1].lag_by_partition == {"bids/0": 0} and seen[-1].checkpoint_at > 0
+    assert seen[-1].events_per_s_lifetime > 0
     topic.append(bids.slice(1000, 1000))
     seen = _wait_for(reports, lambda r: r.events_in_total == 2000)
     assert seen[-1].events_in == 2000 and seen[-1].events_out > 0

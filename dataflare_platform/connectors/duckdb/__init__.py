@@ -10,8 +10,10 @@ DuckDB has one writer per file, so pipelines never share one.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import TYPE_CHECKING, Annotated, Literal
 
 from pydantic import Field
 
@@ -19,7 +21,33 @@ from dataflare_platform.connectors.duckdb.sink import DuckDBSink
 from dataflare_platform.connectors.settings import SQL_IDENTIFIER, ConnectorSettings, OpenContext
 from dataflare_platform.errors import ConfigError
 
-__all__ = ["DuckDBSink", "DuckDBSinkSettings", "default_path", "open_sink"]
+if TYPE_CHECKING:
+    import duckdb
+
+__all__ = ["DuckDBSink", "DuckDBSinkSettings", "default_path", "open_sink", "reading"]
+
+# What DuckDB says when a process opens read-only a file it already holds read-write.
+_SAME_PROCESS_WRITER = "different configuration"
+
+
+@contextmanager
+def reading(path: Path) -> Iterator[duckdb.DuckDBPyConnection]:
+    """A connection to read ``path``: read-only, unless this process already holds the
+    file read-write (a continuous run's sink evaluating its own asset checks), where
+    DuckDB refuses a second configuration; the connection then shares the writer's
+    database instance and sees what it committed. Callers only read through it."""
+    import duckdb
+
+    try:
+        conn = duckdb.connect(str(path), read_only=True)
+    except duckdb.ConnectionException as err:
+        if _SAME_PROCESS_WRITER not in str(err):
+            raise
+        conn = duckdb.connect(str(path))
+    try:
+        yield conn
+    finally:
+        conn.close()
 
 
 class DuckDBSinkSettings(ConnectorSettings):

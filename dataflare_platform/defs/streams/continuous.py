@@ -1,6 +1,21 @@
 """Continuous mode of a declarative pipeline: a job whose one op runs the pipeline until
-the run is terminated, reporting each committed checkpoint as a materialization of the
-pipeline's asset.
+the run is terminated, reporting its progress as materializations of the pipeline's asset.
+
+Progress at a sane rate: the engine commits a checkpoint every ``checkpoint_interval_s``
+(seconds, for latency), but the op records a materialization at most every
+``catalog.progress_interval`` (30 s by default; run config ``progress_interval_s``) and
+at the end, with the current rate over the last ``rate_window_s`` (``events_per_s``; the
+run's average is ``events_per_s_lifetime``), offsets and lag per partition, and the
+output's column schema, like the micro-batch asset's. Checkpoints in between are logged.
+
+Checks in continuous mode too: with each materialization the op evaluates the asset's
+checks over what the interval wrote: its own ``dead_letter_rate`` (the interval's share)
+and every check other definitions declare on the asset (the governance components'
+``schema_contract``, PII and Great Expectations checks), invoked directly with the op's
+resources and reported as AssetCheckEvaluations of that materialization. Freshness checks
+stay with their sensor (these materializations are what it judges). A failing blocking
+check of ERROR severity stops the pipeline (final checkpoint committed) and fails the run
+with the check's description, with no automatic retry: retrying would fail the same way.
 
 Crash restarts are Dagster's own run retries, not a sensor of ours: the job carries the
 ``dagster/max_retries`` tag, so with ``run_retries: enabled`` in the instance's
@@ -11,20 +26,35 @@ per run group, tagging each retry ``dagster/retry_number``. Dagster's retries ha
 backs off exponentially instead of spinning. One mechanism only, so a crash is never
 relaunched twice; the retry resumes from the pipeline's last checkpoint like any launch.
 
-Termination (the UI's Terminate button, ``DataflareClient.terminate``) interrupts the
-op's thread with ``DagsterExecutionInterruptedError``: the op then sets the engine's stop
-event, so the engine finishes the batch in flight and commits a checkpoint, reports it and
-re-raises (the run ends CANCELED). The next launch resumes from that checkpoint.
+Graceful stop: terminating the run (the UI's Terminate button, ``dataflare pipelines
+stop``, ``dataflare runs terminate``) makes Dagster 1.13 send SIGINT to the run worker,
+and SIGTERM to the worker is mapped to SIGINT; in an in-process step Dagster raises
+``DagsterExecutionInterruptedError`` in the op's thread. The op catches it, sets the
+engine's stop event (the engine finishes the batch in flight and commits a checkpoint),
+records the final progress and returns: the step succeeds and the run ends SUCCESS, with
+no STEP_FAILURE. (Re-raising would end it CANCELED, but only through a failed step with
+the interrupt's stack trace.) The next launch resumes from that checkpoint. The op stays a
+plain function, not a generator: Dagster re-raises an interrupt that arrived between two
+yields outside the generator, where the op could not catch it; ``context.log_event``
+writes each event to the instance at once.
 """
 
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import partial
 
 import dagster as dg
+from dagster._core.definitions.asset_checks.asset_check_evaluation import (
+    AssetCheckEvaluationTargetMaterializationData,  # not re-exported by ``dagster`` (1.13)
+)
 from pydantic import Field
 
+from dataflare_platform.defs.metadata import column_schema
 from dataflare_platform.defs.plugins.resources import PluginRuntimeResource
 from dataflare_platform.defs.pools import stream_pool
 from dataflare_platform.defs.resources import ProjectHomeResource
+from dataflare_platform.engine.durations import to_ms
 from dataflare_platform.engine.runner import RunnerConfig
 from dataflare_platform.events.log import EventLog
 from dataflare_platform.plugins.specs import load_plugins, plugin_steps
@@ -33,6 +63,8 @@ from dataflare_platform.streams.continuous import (
     CheckpointReport,
     ContinuousRun,
 )
+from dataflare_platform.streams.progress import DEFAULT_RATE_WINDOW_S
+from dataflare_platform.streams.ranges import output_schema
 from dataflare_platform.streams.spec import PipelineSpec
 
 MAX_RESTARTS = 3
@@ -43,6 +75,9 @@ WILL_RETRY_TAG = "dagster/will_retry"
 DEFAULT_RESTART_BACKOFF_S = 5.0
 MAX_RESTART_BACKOFF_S = 300.0
 STOP_TIMEOUT_S = 120.0
+DEAD_LETTER_CHECK = "dead_letter_rate"  # the stream asset's own check (factory.py)
+# Metadata key of the checks build_last_update_freshness_checks makes.
+FRESHNESS_PARAMS = "dagster/freshness_params"
 IN_PROGRESS = [
     dg.DagsterRunStatus.QUEUED,
     dg.DagsterRunStatus.NOT_STARTED,
@@ -55,7 +90,20 @@ class ContinuousConfig(dg.Config):
     checkpoint_interval_s: float = Field(
         default=DEFAULT_CHECKPOINT_INTERVAL_S,
         gt=0,
-        description="Commit a checkpoint (and report it) at least this often while events flow.",
+        description="Commit a checkpoint at least this often while events flow.",
+    )
+    progress_interval_s: float | None = Field(
+        default=None,
+        gt=0,
+        description=(
+            "Record a materialization and evaluate the asset's checks at most this often "
+            "(default: the pipeline's catalog.progress_interval)."
+        ),
+    )
+    rate_window_s: float = Field(
+        default=DEFAULT_RATE_WINDOW_S,
+        gt=0,
+        description="events_per_s is the rate over this many recent seconds.",
     )
     restart_backoff_s: float = Field(
         default=DEFAULT_RESTART_BACKOFF_S,
@@ -90,7 +138,114 @@ def continuous_in_progress(instance: dg.DagsterInstance, spec: PipelineSpec) -> 
 def _metadata(report: CheckpointReport) -> dict[str, object]:
     values = report.metadata()
     values["offsets"] = dg.MetadataValue.json(values["offsets"])
+    values["lag_by_partition"] = dg.MetadataValue.json(values["lag_by_partition"])
+    values["checkpoint_at"] = dg.MetadataValue.timestamp(report.checkpoint_at)
     return values
+
+
+def dead_letter_check(
+    spec: PipelineSpec, report: CheckpointReport, previous: CheckpointReport | None
+) -> dg.AssetCheckResult:
+    """The asset's ``dead_letter_rate`` over the interval since the previous recorded
+    report (the whole run for the first), as the micro-batch asset has it per run."""
+    events = report.events_in - (previous.events_in if previous else 0)
+    dead = report.dead_lettered - (previous.dead_lettered if previous else 0)
+    rate = dead / events if events else 0.0
+    limit = spec.catalog.max_dead_letter_rate
+    return dg.AssetCheckResult(
+        check_name=DEAD_LETTER_CHECK,
+        passed=rate <= limit,
+        severity=dg.AssetCheckSeverity.WARN,
+        metadata={
+            "dead_letter_rate": rate,
+            "dead_lettered": dead,
+            "events_in": events,
+            "max_dead_letter_rate": limit,
+        },
+    )
+
+
+@dataclass(frozen=True)
+class AssetCheck:
+    """One check of the asset that a continuous run evaluates itself."""
+
+    name: str
+    blocking: bool
+    evaluate: Callable[[], dg.AssetCheckResult]
+
+
+def asset_checks(
+    context: dg.OpExecutionContext, key: dg.AssetKey, resources: dict[str, object]
+) -> list[AssetCheck]:
+    """The checks other definitions declare on ``key`` (governance components and the
+    like), as direct invocations with ``resources``. Left out, with a log line: freshness
+    checks (their sensor evaluates them, from these materializations), checks that need
+    a context or a resource the op does not have."""
+    try:
+        repository = context.repository_def
+    except Exception:  # dagster's CheckError: a job executed outside any repository
+        context.log.warning(
+            f"no repository (the job runs outside a code location): only the asset's "
+            f"{DEAD_LETTER_CHECK} check is evaluated"
+        )
+        return []
+    found: list[AssetCheck] = []
+    for check_key in sorted(
+        repository.asset_graph.get_check_keys_for_assets({key}), key=lambda k: k.name
+    ):
+        definition = repository.asset_checks_defs_by_key.get(check_key)
+        if definition is None:  # the asset's own (dead_letter_rate): evaluated above
+            continue
+        spec = definition.get_spec_for_check_key(check_key)
+        needed = set(definition.required_resource_keys) - {"io_manager"}
+        if FRESHNESS_PARAMS in spec.metadata:
+            continue
+        compute = definition.op.compute_fn
+        if needed - resources.keys() or getattr(compute, "has_context_arg", lambda: True)():
+            context.log.info(
+                f"check {check_key.name} is not evaluated in continuous mode "
+                f"(needs {sorted(needed - resources.keys()) or 'a context'})"
+            )
+            continue
+        kwargs = {name: resources[name] for name in needed}
+        found.append(
+            AssetCheck(check_key.name, spec.blocking, partial(_invoke, definition, kwargs))
+        )
+    return found
+
+
+def _invoke(definition: dg.AssetChecksDefinition, kwargs: dict) -> dg.AssetCheckResult:
+    return definition(**kwargs)
+
+
+def _evaluation(
+    key: dg.AssetKey,
+    name: str,
+    result: dg.AssetCheckResult,
+    blocking: bool,
+    target: AssetCheckEvaluationTargetMaterializationData | None,
+) -> dg.AssetCheckEvaluation:
+    return dg.AssetCheckEvaluation(
+        asset_key=key,
+        check_name=name,
+        passed=result.passed,
+        metadata=dict(result.metadata),
+        target_materialization_data=target,
+        severity=result.severity,
+        description=result.description,
+        blocking=blocking,
+    )
+
+
+def _target(instance: dg.DagsterInstance, key: dg.AssetKey, run_id: str):
+    """The materialization the run recorded last, to tie check evaluations to."""
+    records = instance.fetch_materializations(key, limit=1).records
+    if not records or records[0].run_id != run_id:
+        return None
+    record = records[0]
+    return AssetCheckEvaluationTargetMaterializationData(
+        storage_id=record.storage_id, run_id=record.run_id, timestamp=record.timestamp
+    )
 
 
 def continuous_definitions(spec: PipelineSpec, key: dg.AssetKey) -> dg.Definitions:
@@ -118,44 +273,41 @@ def continuous_definitions(spec: PipelineSpec, key: dg.AssetKey) -> dg.Definitio
                 f"{spec.name}: run_retries is off in this instance's dagster.yaml; "
                 "a crashed continuous run will not be restarted"
             )
-        attempt = int(context.run.tags.get(ATTEMPT_TAG, "0"))
-        delay = restart_delay_s(attempt, config.restart_backoff_s)
-        if attempt:
-            limit = context.run.tags.get(MAX_RETRIES_TAG, "?")
-            context.log.info(
-                f"{spec.name}: automatic restart {attempt} of {limit} "
-                f"(after run {context.run.parent_run_id}); resuming in {delay:g} s"
-            )
-            time.sleep(delay)  # a termination interrupts the wait (run ends CANCELED)
-        home = dataflare.home
-        loaded = load_plugins(spec, plugins.registry()) if plugin_steps(spec) else None
-        run = ContinuousRun(
-            spec,
-            EventLog(home.event_log_dir),
-            home.root / "streams",
-            plugins=loaded,
-            config=RunnerConfig(checkpoint_interval_s=config.checkpoint_interval_s),
-        ).start()
-
-        def report(checkpoint: CheckpointReport) -> None:
-            context.log_event(
-                dg.AssetMaterialization(
-                    key, description="continuous checkpoint", metadata=_metadata(checkpoint)
-                )
-            )
-
+        progress = _Progress(context, spec, key, config, dataflare, plugins)
+        run: ContinuousRun | None = None
         try:
-            for checkpoint in run.reports():
-                report(checkpoint)
-        except dg.DagsterExecutionInterruptedError:
-            context.log.info(f"{spec.name}: terminated; finishing the batch and checkpointing")
-            if not run.stop(STOP_TIMEOUT_S):
-                context.log.error(f"{spec.name}: still running {STOP_TIMEOUT_S:g} s after stop")
-                raise
-            for checkpoint in run.reports():
-                report(checkpoint)
-            context.log.info(f"{spec.name}: stopped at {run.result.checkpoint.offsets}")
-            raise
+            attempt = int(context.run.tags.get(ATTEMPT_TAG, "0"))
+            delay = restart_delay_s(attempt, config.restart_backoff_s)
+            if attempt:
+                limit = context.run.tags.get(MAX_RETRIES_TAG, "?")
+                context.log.info(
+                    f"{spec.name}: automatic restart {attempt} of {limit} "
+                    f"(after run {context.run.parent_run_id}); resuming in {delay:g} s"
+                )
+                time.sleep(delay)  # a termination interrupts the wait
+            home = dataflare.home
+            loaded = load_plugins(spec, plugins.registry()) if plugin_steps(spec) else None
+            run = ContinuousRun(
+                spec,
+                EventLog(home.event_log_dir),
+                home.root / "streams",
+                plugins=loaded,
+                config=RunnerConfig(checkpoint_interval_s=config.checkpoint_interval_s),
+                rate_window_s=config.rate_window_s,
+            ).start()
+            for checkpoint in run.reports_or_idle():
+                failed = progress.checkpoint(checkpoint)
+                if failed is not None:
+                    _stop(context, spec, run, progress)
+                    # Retrying would fail the same check again.
+                    context.instance.add_run_tags(context.run_id, {MAX_RETRIES_TAG: "0"})
+                    context.log.error(failed)
+                    raise dg.Failure(description=failed, allow_retries=False) from None
+        except (dg.DagsterExecutionInterruptedError, KeyboardInterrupt):
+            context.log.info(f"{spec.name}: stop requested; finishing the batch and checkpointing")
+            if run is not None:
+                _stop(context, spec, run, progress)
+            return
 
     @dg.job(
         name=name,
@@ -166,12 +318,112 @@ def continuous_definitions(spec: PipelineSpec, key: dg.AssetKey) -> dg.Definitio
             MAX_RETRIES_TAG: str(MAX_RESTARTS),
         },
         description=(
-            f"{spec.name} as a long-running run: terminate it to stop (graceful); "
-            "a new launch resumes from its checkpoint. A crashed run is retried by Dagster "
-            f"(run_retries) up to {MAX_RESTARTS} times, with a growing delay."
+            f"{spec.name} as a long-running run: terminate it to stop (graceful; the run "
+            "ends SUCCESS); a new launch resumes from its checkpoint. A crashed run is "
+            f"retried by Dagster (run_retries) up to {MAX_RESTARTS} times, with a growing "
+            "delay; a failing blocking check stops it for good."
         ),
     )
     def job():
         run_continuously()
 
     return dg.Definitions(jobs=[job])
+
+
+def _stop(
+    context: dg.OpExecutionContext, spec: PipelineSpec, run: ContinuousRun, progress: "_Progress"
+) -> None:
+    """Stop the engine (batch in flight finished, checkpoint committed) and record the
+    final progress; what the run reports stays consistent with the checkpoint."""
+    if not run.stop(STOP_TIMEOUT_S):
+        raise dg.Failure(f"{spec.name}: still running {STOP_TIMEOUT_S:g} s after stop")
+    for checkpoint in run.reports():
+        progress.checkpoint(checkpoint)
+    progress.flush()
+    offsets = run.result.checkpoint.offsets if run.result else {}
+    context.log.info(f"{spec.name}: stopped; final checkpoint committed at {offsets}")
+
+
+class _Progress:
+    """What the op records of the checkpoints it is handed: a materialization (with the
+    asset's checks) at most every progress interval, a log line for the others."""
+
+    def __init__(
+        self,
+        context: dg.OpExecutionContext,
+        spec: PipelineSpec,
+        key: dg.AssetKey,
+        config: ContinuousConfig,
+        dataflare: ProjectHomeResource,
+        plugins: PluginRuntimeResource,
+    ) -> None:
+        self.context, self.spec, self.key = context, spec, key
+        self.interval_s = config.progress_interval_s or to_ms(spec.catalog.progress_interval) / 1000
+        self.streams_dir = dataflare.home.root / "streams"
+        self.checks = asset_checks(context, key, {"dataflare": dataflare, "plugins": plugins})
+        self.recorded: CheckpointReport | None = None  # the last one materialized
+        self.pending: CheckpointReport | None = None  # newer, not yet materialized
+        self.recorded_at: float | None = None
+        self.schema = None
+
+    def checkpoint(self, report: CheckpointReport | None) -> str | None:
+        """Take a committed checkpoint's report (None: time passed without one); record
+        the newest one not yet recorded when due. Returns why the pipeline must stop (a
+        failing blocking check), else None."""
+        if report is not None:
+            self.pending = report
+            self.context.log.debug(
+                f"{self.spec.name}: checkpoint at {report.offsets}, "
+                f"{report.events_per_s:g} events/s"
+            )
+        if self.pending is None or self.pending is self.recorded:
+            return None
+        due = self.recorded_at is None or time.monotonic() - self.recorded_at >= self.interval_s
+        return self.record() if due else None
+
+    def flush(self) -> str | None:
+        """Record the newest report if it was not yet (the end of the run)."""
+        if self.pending is None or self.pending is self.recorded:
+            return None
+        return self.record()
+
+    def record(self) -> str | None:
+        report = self.pending
+        assert report is not None
+        metadata = _metadata(report)
+        if self.schema is None:
+            self.schema = output_schema(self.spec, self.streams_dir)
+        if self.schema is not None:
+            metadata["dagster/column_schema"] = column_schema(self.schema)
+        self.context.log_event(
+            dg.AssetMaterialization(
+                self.key,
+                description=f"continuous run: {report.events_in} events in so far",
+                metadata=metadata,
+            )
+        )
+        previous, self.recorded, self.recorded_at = self.recorded, report, time.monotonic()
+        target = _target(self.context.instance, self.key, self.context.run_id)
+        results = [(dead_letter_check(self.spec, report, previous), False)]
+        for check in self.checks:
+            try:
+                results.append((check.evaluate(), check.blocking))
+            except Exception as err:  # a broken check fails, like a failed step would
+                failed = dg.AssetCheckResult(
+                    passed=False,
+                    severity=dg.AssetCheckSeverity.ERROR,
+                    description=f"the check raised {type(err).__name__}: {err}",
+                )
+                results.append((failed, check.blocking))
+        names = [DEAD_LETTER_CHECK, *(c.name for c in self.checks)]
+        reasons = []
+        for name, (result, blocking) in zip(names, results, strict=True):
+            self.context.log_event(_evaluation(self.key, name, result, blocking, target))
+            if blocking and not result.passed and result.severity == dg.AssetCheckSeverity.ERROR:
+                reasons.append(f"{name}: {result.description or 'failed'}")
+        if reasons:
+            return (
+                f"{self.spec.name} stopped: blocking check failed on "
+                f"{self.key.to_user_string()}: " + "; ".join(reasons)
+            )
+        return None

@@ -28,7 +28,9 @@ from dataflare_platform_tests.defs.streams.test_factory import _resources, pipel
 
 KEY = dg.AssetKey(["streams", "hot_items"])
 JOB = "hot_items_continuous"
-RUN_CONFIG = {"ops": {f"run_{JOB}": {"config": {"checkpoint_interval_s": 0.2}}}}
+# Progress recorded at every checkpoint here, so the tests can follow it.
+FAST = {"checkpoint_interval_s": 0.2, "progress_interval_s": 0.01}
+RUN_CONFIG = {"ops": {f"run_{JOB}": {"config": FAST}}}
 
 
 @pytest.fixture
@@ -76,15 +78,20 @@ def test_interrupted_run_checkpoints_and_the_next_one_resumes(defs, home, small_
         watcher = _interrupt_when(instance, lambda m: m.get("events_in_total") == 2000)
         first = _run(defs, instance)
         watcher.join()
-        assert not first.success
+        # A graceful stop is a clean end: the step succeeds, nothing is a failure.
+        assert first.success and not first.get_step_failure_events()
         meta = _latest(instance)
         assert meta["events_in"] == 2000 and meta["lag_events"] == 0
         assert meta["offsets"] == {"bids/0": 2000}
         assert {"events_out", "dead_lettered", "late_events", "events_per_s"} <= set(meta)
         assert {"p99_batch_ms", "watermark_ms"} <= set(meta)
-        assert all(isinstance(v, int | float) for k, v in meta.items() if k != "offsets")
+        assert {"events_per_s_lifetime", "checkpoint_at", "lag_by_partition"} <= set(meta)
+        assert meta["lag_by_partition"] == {"bids/0": 0}
+        structured = {"offsets", "lag_by_partition", "dagster/column_schema"}
+        assert all(isinstance(v, int | float) for k, v in meta.items() if k not in structured)
         logs = [e.message for e in instance.all_logs(first.run_id)]
         assert any("finishing the batch and checkpointing" in m for m in logs)
+        assert any("final checkpoint committed at {'bids/0': 2000}" in m for m in logs)
 
         topic.append(bids.slice(2000))
         total = bids.num_rows
@@ -138,14 +145,12 @@ def test_restart_delay_grows_per_attempt_and_is_capped():
 def test_a_retry_waits_its_backoff_then_resumes(defs, home, small_nexmark):
     bids = small_nexmark["bids"]
     EventLog(home.event_log_dir).create_topic("nexmark.bids", bids.schema).append(bids)
-    config = {
-        "ops": {f"run_{JOB}": {"config": {"checkpoint_interval_s": 0.2, "restart_backoff_s": 0.1}}}
-    }
+    config = {"ops": {f"run_{JOB}": {"config": {**FAST, "restart_backoff_s": 0.1}}}}
     with dg.instance_for_test() as instance:  # run_retries off: the op says so
         watcher = _interrupt_when(instance, lambda m: m.get("events_in_total") == bids.num_rows)
         retry = _run(defs, instance, run_config=config, tags={ATTEMPT_TAG: "2"})
         watcher.join()
-        assert not retry.success  # interrupted, as a terminated run is
+        assert retry.success  # stopped gracefully, as a terminated run is
         logs = [e.message for e in instance.all_logs(retry.run_id)]
         assert any(
             "automatic restart 2 of 3 (after run None); resuming in 0.2 s" in m for m in logs

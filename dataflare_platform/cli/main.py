@@ -21,7 +21,7 @@ from dataflare_platform.cli.bench import bench_app
 from dataflare_platform.cli.dlq import dlq_app
 from dataflare_platform.cli.launch import launch
 from dataflare_platform.cli.nexmark import nexmark_app
-from dataflare_platform.cli.pipeline import pipeline_app
+from dataflare_platform.cli.pipeline import pipeline_app, pipelines_app
 from dataflare_platform.cli.plugin import plugin_app
 from dataflare_platform.cli.replay import replay_command
 from dataflare_platform.cli.route import route
@@ -81,4 +81,5 @@ app.add_typer(audit_app, name="audit")
 # Runs on a Dagster web server.
 app.command("launch")(launch)
 app.add_typer(runs_app, name="runs")
+app.add_typer(pipelines_app, name="pipelines")
 app.add_typer(backfill_app, name="backfill")

@@ -1,4 +1,6 @@
-"""``dataflare pipeline``: check and run declarative (YAML) pipelines."""
+"""``dataflare pipeline``: check and run declarative (YAML) pipelines with the engine
+alone; ``dataflare pipelines``: the pipelines of a Dagster web server (status, start and
+stop their continuous runs), through the GraphQL client."""
 
 from __future__ import annotations
 
@@ -7,7 +9,17 @@ from typing import Annotated
 
 import typer
 
-from dataflare_platform.cli._common import command_group, err_console, print_json
+from dataflare_platform.cli._common import (
+    HomeOption,
+    JsonOption,
+    WebserverHost,
+    WebserverPort,
+    client,
+    command_group,
+    err_console,
+    print_json,
+    table,
+)
 
 pipeline_app = command_group(help="Declarative (YAML) pipelines.")
 
@@ -37,3 +49,123 @@ def pipeline_run(
     config = RunnerConfig(batch_rows=batch_rows, checkpoint_every=checkpoint_every)
     result = Runner(pipeline, config).run()
     print_json({"pipeline": pipeline.name, **result.as_dict()})
+
+
+pipelines_app = command_group(
+    help="Stream pipelines on the Dagster web server: status, start and stop continuous runs."
+)
+
+
+def _when(seconds: float | None) -> str:
+    if seconds is None:
+        return ""
+    from datetime import UTC, datetime
+
+    return datetime.fromtimestamp(seconds, UTC).isoformat(timespec="seconds")
+
+
+def _per_partition(values: dict[str, int] | None) -> str:
+    if values is None:
+        return "?"
+    return " ".join(f"{k}={v}" for k, v in sorted(values.items()))
+
+
+@pipelines_app.command("status")
+def pipelines_status(
+    as_json: JsonOption = False,
+    home: HomeOption = None,
+    host: WebserverHost = "127.0.0.1",
+    port: WebserverPort = 3000,
+) -> None:
+    """Every pipeline: mode (continuous, micro-batch, idle), current run, offsets and lag
+    per partition, current rate, watermark, last checkpoint and dead letters."""
+    from dataflare_platform.client.pipelines import pipeline_status
+    from dataflare_platform.errors import ConfigError
+    from dataflare_platform.events.log import EventLog
+    from dataflare_platform.home import ProjectHome
+    from dataflare_platform.streams.ranges import load_specs
+
+    try:  # the lag reads topic ends where the shipped pipelines' topics are
+        specs = {s.name: s for s in load_specs()}
+    except ConfigError:
+        specs = {}
+    log = EventLog(ProjectHome.resolve(home).event_log_dir)
+    statuses = pipeline_status(client(host, port), specs, log)
+    if as_json:
+        print_json([s.as_dict() for s in statuses])
+        return
+    table(
+        f"{len(statuses)} pipeline(s)",
+        (
+            "pipeline",
+            "mode",
+            "run",
+            "status",
+            "offsets",
+            "lag",
+            "events/s",
+            "watermark",
+            "last checkpoint",
+            "dead letters",
+        ),
+        [
+            (
+                s.name,
+                s.mode,
+                s.run_id,
+                s.run_status,
+                _per_partition(s.offsets),
+                _per_partition(s.lag),
+                s.events_per_s,
+                _when(s.watermark_ms / 1000) if s.watermark_ms else "",
+                _when(s.last_checkpoint),
+                s.dead_lettered,
+            )
+            for s in statuses
+        ],
+    )
+
+
+@pipelines_app.command("start")
+def pipelines_start(
+    name: Annotated[str, typer.Argument(help="Pipeline name (see `pipelines status`).")],
+    config: Annotated[
+        Path | None,
+        typer.Option("--config", help="Run config of the continuous job as a YAML file."),
+    ] = None,
+    host: WebserverHost = "127.0.0.1",
+    port: WebserverPort = 3000,
+) -> None:
+    """Launch NAME's continuous job (`<name>_continuous`); it resumes from the last
+    checkpoint. Prints the run id."""
+    from dataflare_platform.cli.launch import _run_config
+    from dataflare_platform.client.pipelines import start_pipeline
+
+    dagster = client(host, port)
+    run_id = start_pipeline(dagster, name, _run_config(config))
+    print_json({"pipeline": name, "run_id": run_id, "status": dagster.status(run_id)})
+
+
+@pipelines_app.command("stop")
+def pipelines_stop(
+    name: Annotated[str, typer.Argument(help="Pipeline name (see `pipelines status`).")],
+    wait: Annotated[bool, typer.Option("--wait/--no-wait", help="Wait for the run to end.")] = True,
+    timeout: Annotated[float, typer.Option("--timeout", help="Seconds to wait.")] = 300.0,
+    host: WebserverHost = "127.0.0.1",
+    port: WebserverPort = 3000,
+) -> None:
+    """Stop NAME's continuous run gracefully (batch finished, checkpoint committed).
+    Prints each run's status (final with --wait)."""
+    from dataflare_platform.client.pipelines import stop_pipeline
+
+    dagster = client(host, port)
+    stopped = stop_pipeline(dagster, name)
+    print_json(
+        {
+            "pipeline": name,
+            "runs": {
+                run_id: dagster.wait(run_id, timeout_s=timeout) if wait else dagster.status(run_id)
+                for run_id in stopped
+            },
+        }
+    )

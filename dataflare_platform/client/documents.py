@@ -75,6 +75,26 @@ query DataflareAssetMetadata($key: AssetKeyInput!, $partitions: [String!]) {
 )
 
 
+LATEST_MATERIALIZATION_QUERY = (
+    """
+query DataflareLatestMaterialization($key: AssetKeyInput!) {
+  assetOrError(assetKey: $key) {
+    __typename
+    ... on Asset {
+      assetMaterializations(limit: 1) {
+        runId timestamp
+        metadataEntries { """
+    + _METADATA_FRAGMENT
+    + """ }
+      }
+    }
+    ... on Error { message }
+  }
+}
+"""
+)
+
+
 PARTITION_SETS_QUERY = """
 query DataflarePartitionSets($repositorySelector: RepositorySelector!, $job: String!) {
   partitionSetsOrError(repositorySelector: $repositorySelector, pipelineName: $job) {

@@ -14,6 +14,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from dataflare_platform.client.documents import LATEST_MATERIALIZATION_QUERY
 from dataflare_platform.client.errors import DataflareClientError
 from dataflare_platform.client.results import metadata_value
 
@@ -36,33 +37,6 @@ query DataflarePipelineSensors {
   }
 }
 """
-
-LATEST_MATERIALIZATION_QUERY = (
-    """
-query DataflareLatestMaterialization($key: AssetKeyInput!) {
-  assetOrError(assetKey: $key) {
-    __typename
-    ... on Asset {
-      assetMaterializations(limit: 1) {
-        runId timestamp
-        metadataEntries { """
-    + """
-  __typename label
-  ... on IntMetadataEntry { intValue intRepr }
-  ... on FloatMetadataEntry { floatValue }
-  ... on BoolMetadataEntry { boolValue }
-  ... on TextMetadataEntry { text }
-  ... on JsonMetadataEntry { jsonString }
-  ... on TimestampMetadataEntry { timestamp }
-"""
-    + """ }
-      }
-    }
-    ... on Error { message }
-  }
-}
-"""
-)
 
 
 class PipelineNotFoundError(DataflareClientError, LookupError):

@@ -55,3 +55,21 @@ def test_a_sink_without_a_path_needs_a_folder_to_put_its_file_in(tmp_path):
     assert err.value.fields == ["sink.path"]
     sink = duckdb_connector.open_sink(settings, OpenContext("p", default_dir=tmp_path))
     assert sink.path == tmp_path / "p.duckdb"
+
+
+def test_reading_a_file_this_process_writes_sees_what_was_committed(tmp_path):
+    """A check evaluated inside a continuous run reads the file its sink holds open:
+    DuckDB refuses a read-only second configuration in that process, ``reading`` shares
+    the writer's instance instead (and stays read-only where nobody writes)."""
+    path = tmp_path / "held.duckdb"
+    writer = duckdb.connect(str(path))
+    writer.execute("CREATE TABLE t AS SELECT 1 AS a")
+    with pytest.raises(duckdb.ConnectionException, match="different configuration"):
+        duckdb.connect(str(path), read_only=True)
+    with duckdb_connector.reading(path) as conn:
+        assert conn.execute("SELECT a FROM t").fetchall() == [(1,)]
+    writer.close()
+    with duckdb_connector.reading(path) as conn:
+        assert conn.execute("SELECT a FROM t").fetchall() == [(1,)]
+        with pytest.raises(duckdb.InvalidInputException, match="read-only"):
+            conn.execute("INSERT INTO t VALUES (2)")

@@ -83,15 +83,14 @@ query DataflareLatestMaterialization($key: AssetKeyInput!) {
     ... on Asset {
       assetMaterializations(limit: 1) {
         runId timestamp
-        metadataEntries { """
-    + _METADATA_FRAGMENT
-    + """ }
+        metadataEntries { ...MetadataEntryFields }
       }
     }
     ... on Error { message }
   }
 }
 """
+    + _METADATA_ENTRY_FRAGMENT
 )
 
 

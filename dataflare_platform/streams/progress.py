@@ -13,6 +13,8 @@ import threading
 from collections import deque
 from collections.abc import Mapping
 
+from dataflare_platform.errors import InvalidInputError
+
 DEFAULT_RATE_WINDOW_S = 20.0
 
 
@@ -28,7 +30,7 @@ class RateWindow:
 
     def __init__(self, window_s: float = DEFAULT_RATE_WINDOW_S) -> None:
         if window_s <= 0:
-            raise ValueError("window_s must be positive")
+            raise InvalidInputError(f"rate window must be positive seconds, not {window_s}")
         self.window_s = window_s
         self._samples: deque[tuple[float, int]] = deque()
         self._lock = threading.Lock()  # samples come from the sink thread, reads from others
@@ -37,7 +39,7 @@ class RateWindow:
         """Record the cumulative ``count`` at time ``now`` (seconds, non-decreasing)."""
         with self._lock:
             if self._samples and now < self._samples[-1][0]:
-                raise ValueError("samples must come in time order")
+                raise AssertionError("samples must come in time order")  # the caller's clock
             self._samples.append((now, count))
             # Keep one sample at or before the window's start as the baseline.
             while len(self._samples) > 1 and self._samples[1][0] <= now - self.window_s:

@@ -7,12 +7,17 @@ an error from deep inside DuckDB halfway through a load.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pyarrow as pa
-import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
 from dataflare_platform.errors import CorruptInputError, MissingPathError
+
+if TYPE_CHECKING:
+    # Imported where used: pyarrow.dataset imports pandas (about 1 s at every
+    # code-location load, i.e. every Dagster run, otherwise).
+    import pyarrow.dataset as ds
 
 FORMATS = {".parquet": "parquet", ".arrow": "ipc"}
 
@@ -72,5 +77,7 @@ def open_event_dataset(directory: Path, schema: pa.Schema) -> tuple[ds.Dataset, 
     for path in files:
         check_schema(path, read_schema(path), schema)
     fmt = "parquet" if formats == {"parquet"} else "arrow"
+    import pyarrow.dataset as ds
+
     dataset = ds.dataset([str(p) for p in files], format=fmt, schema=schema)
     return dataset, files

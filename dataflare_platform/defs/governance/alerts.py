@@ -8,13 +8,13 @@ library's (``<home>/alerts.yaml`` by default; no file, no alerting).
 
 import json
 from datetime import UTC, datetime
+from typing import TYPE_CHECKING
 
 import dagster as dg
 from dagster import DagsterEventType
 from dagster._core.scheduler.instigation import TickStatus
 from pydantic import Field
 
-from dataflare_platform.alerting import AlertEvent, AlertManager
 from dataflare_platform.defs.governance.event_feed import (
     FeedEvent,
     asset_path,
@@ -23,6 +23,9 @@ from dataflare_platform.defs.governance.event_feed import (
     read_cursor,
 )
 from dataflare_platform.defs.governance.resources import GovernanceResource
+
+if TYPE_CHECKING:  # imported where used: SQLModel costs every code-location load ~0.8 s
+    from dataflare_platform.alerting import AlertManager
 
 # Check evaluations arrive with the end of their run (any outcome: failed checks in
 # green runs alert too); failures alert on their own.
@@ -48,8 +51,10 @@ def metric_values(metadata: dict) -> dict[str, float]:
     return values
 
 
-def observe(manager: AlertManager, instance: dg.DagsterInstance, item: FeedEvent) -> int:
+def observe(manager: "AlertManager", instance: dg.DagsterInstance, item: FeedEvent) -> int:
     """Feed one Dagster event to the rules; returns the alerts it touched."""
+    from dataflare_platform.alerting import AlertEvent
+
     event = item.event.dagster_event
     if event is None:
         return 0
@@ -151,6 +156,8 @@ def alerting_definitions(interval_s: int) -> dg.Definitions:
         manager = governance.alert_manager()
         if manager is None:
             return _no_rules(governance)
+        from dataflare_platform.alerting import AlertEvent
+
         cursor = read_cursor(context.cursor)
         touched = 0
         try:

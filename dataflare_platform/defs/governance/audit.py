@@ -11,11 +11,11 @@ import hashlib
 import json
 from collections.abc import Iterable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import dagster as dg
 from dagster import DagsterEventType
 
-from dataflare_platform.compliance.audit import AuditLog, AuditTamperedError
 from dataflare_platform.defs.governance.event_feed import (
     FeedEvent,
     actor_of,
@@ -26,6 +26,9 @@ from dataflare_platform.defs.governance.event_feed import (
 )
 from dataflare_platform.defs.governance.resources import GovernanceResource
 from dataflare_platform.defs.metadata import PLUGINS
+
+if TYPE_CHECKING:  # imported where used: SQLModel costs every code-location load ~0.8 s
+    from dataflare_platform.compliance.audit import AuditLog
 
 AUDIT_LOG_KEY = dg.AssetKey(["governance", "audit_log"])
 RETENTION_ACTIONS = "retention_actions"  # metadata key of the retention asset
@@ -40,7 +43,7 @@ def config_digests(files: Iterable[Path]) -> dict[str, str]:
     }
 
 
-def record(log: AuditLog, instance: dg.DagsterInstance, item: FeedEvent) -> int:
+def record(log: "AuditLog", instance: dg.DagsterInstance, item: FeedEvent) -> int:
     """Append the entries one event stands for; returns how many."""
     event = item.event.dagster_event
     if event is None:
@@ -145,6 +148,8 @@ def audit_definitions(config_files: list[Path], interval_s: int) -> dg.Definitio
         ],
     )
     def audit_log(governance: GovernanceResource) -> dg.MaterializeResult:
+        from dataflare_platform.compliance.audit import AuditTamperedError
+
         with governance.audit_log() as log:
             report = log.verify(governance.public_keys())
             metadata: dict[str, object] = {

@@ -1,21 +1,25 @@
 """The governance resource: where the audit log, its keys, the alert rules and the alert
 state live for this deployment — all under the project home by default, so the embedded
-demo is governed with no setup and a deployment points each at its own store."""
+demo is governed with no setup and a deployment points each at its own store.
+
+The audit and alerting libraries (SQLModel/SQLAlchemy, cryptography: about 0.8 s) are
+imported by the methods that use them, not with the code location, which every Dagster
+run (a worker process) loads first."""
+
+from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import dagster as dg
 from pydantic import Field
 
-from dataflare_platform.alerting import AlertManager, RuleSet, default_state_url
-from dataflare_platform.compliance.audit import AuditLog
-from dataflare_platform.compliance.audit_keys import (
-    AuditSettings,
-    generate_key_pair,
-    load_public_keys,
-    load_signing_key,
-)
 from dataflare_platform.defs.resources import ProjectHomeResource
+
+if TYPE_CHECKING:
+    from dataflare_platform.alerting import AlertManager
+    from dataflare_platform.compliance.audit import AuditLog
+    from dataflare_platform.compliance.audit_keys import AuditSettings
 
 ALERT_RULES_FILE = "alerts.yaml"
 
@@ -35,6 +39,8 @@ class GovernanceResource(dg.ConfigurableResource):
         return self.dataflare.home.root
 
     def audit_settings(self) -> AuditSettings:
+        from dataflare_platform.compliance.audit_keys import AuditSettings
+
         return AuditSettings.resolve(
             url=self.audit_url or None,
             key_dir=Path(self.audit_key_dir) if self.audit_key_dir else None,
@@ -42,11 +48,15 @@ class GovernanceResource(dg.ConfigurableResource):
         )
 
     def audit_log(self) -> AuditLog:
+        from dataflare_platform.compliance.audit import AuditLog
+
         return AuditLog(self.audit_settings().url)
 
     def signing_key(self):
         """The checkpoint key; a first one is generated where none exists (the embedded
         default: a deployment provisions its key and mounts it read-only)."""
+        from dataflare_platform.compliance.audit_keys import generate_key_pair, load_signing_key
+
         key_dir = Path(self.audit_settings().key_dir)
         if not key_dir.is_dir() or not any(key_dir.glob("*.key")):
             key_dir.mkdir(parents=True, exist_ok=True)
@@ -54,6 +64,8 @@ class GovernanceResource(dg.ConfigurableResource):
         return load_signing_key(key_dir)
 
     def public_keys(self):
+        from dataflare_platform.compliance.audit_keys import load_public_keys
+
         key_dir = Path(self.audit_settings().key_dir)
         return load_public_keys(key_dir) if key_dir.is_dir() else {}
 
@@ -62,6 +74,8 @@ class GovernanceResource(dg.ConfigurableResource):
 
     def alert_manager(self) -> AlertManager | None:
         """None when no rules are configured: alerting is opt-in per deployment."""
+        from dataflare_platform.alerting import AlertManager, RuleSet, default_state_url
+
         path = self.rules_path()
         if not path.exists():
             return None

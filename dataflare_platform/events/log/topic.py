@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import polars as pl
 import pyarrow as pa
-import pyarrow.dataset as ds
 
 from dataflare_platform.errors import InvalidInputError, NotFoundError
 from dataflare_platform.events.codec import conform
@@ -14,6 +14,9 @@ from dataflare_platform.events.log.commits import read_commit
 from dataflare_platform.events.log.config import TopicConfig
 from dataflare_platform.events.log.partition import Partition
 from dataflare_platform.events.log.segments import NO_TIME
+
+if TYPE_CHECKING:
+    import pyarrow.dataset as ds
 
 
 class TopicNotFoundError(NotFoundError):
@@ -151,7 +154,11 @@ class Topic:
 
     def dataset(self) -> ds.Dataset:
         """A pyarrow dataset over the topic's files; DuckDB queries it after
-        ``conn.register(name, topic.dataset())``."""
+        ``conn.register(name, topic.dataset())``. ``pyarrow.dataset`` is imported here,
+        not with the log: it imports pandas (about 1 s), which every code-location load
+        (every Dagster run) would pay without using it."""
+        import pyarrow.dataset as ds
+
         return ds.dataset([str(p) for p in self.segment_paths()], schema=self.schema, format="ipc")
 
     def offsets_for_time(self, start_ms: int, end_ms: int) -> dict[int, tuple[int, int]]:

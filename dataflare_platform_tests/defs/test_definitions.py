@@ -1,3 +1,7 @@
+import json
+import subprocess
+import sys
+
 import dagster as dg
 
 from dataflare_platform.definitions import defs
@@ -43,3 +47,28 @@ def test_project_home_resource_comes_from_the_environment():
     resource = defs.resources["dataflare"]
     assert isinstance(resource, ProjectHomeResource)
     assert isinstance(resource.path, dg.EnvVar) or "DATAFLARE_HOME" in str(resource.path)
+
+
+# Libraries the code location has no use for at load: every Dagster run worker (and the
+# code server) loads it first, so each would cost every run its import time (about 0.8 s
+# for SQLModel/SQLAlchemy, 1 s for pandas through pyarrow.dataset, 4-5 s for GX).
+# Commands, ops and checks import them where they use them.
+NOT_AT_LOAD = (
+    "great_expectations",
+    "pandas",
+    "pyarrow.dataset",
+    "sqlalchemy",
+    "sqlmodel",
+)
+
+
+def test_loading_the_code_location_imports_no_heavy_library(home):
+    code = (
+        "import json, sys\n"
+        "import dataflare_platform.definitions\n"
+        f"print(json.dumps([m for m in {NOT_AT_LOAD!r} if m in sys.modules]))\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    ).stdout
+    assert json.loads(out.strip().splitlines()[-1]) == []

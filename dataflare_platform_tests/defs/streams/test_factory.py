@@ -103,6 +103,66 @@ def test_sensor_requests_each_new_range_once_and_runs_process_it_once(
     assert got.sort(got.columns).equals(expected.select(got.columns).sort(got.columns))
 
 
+def test_sensor_requests_nothing_the_checkpoint_already_covers(home, pipelines_dir, small_nexmark):
+    """On a real instance: once a run has processed the topic (the demo, a launch from
+    the UI), a sensor with no cursor yet (the first UI start) requests nothing, so no run
+    processes 0 events and overwrites the asset's latest metadata with zeros; events
+    appended later are requested, and the run reads only them."""
+    defs = dg.Definitions.merge(
+        stream_definitions(load_specs(pipelines_dir)), dg.Definitions(resources=_resources(home))
+    )
+    bids = small_nexmark["bids"]
+    topic = EventLog(home.event_log_dir).create_topic("nexmark.bids", bids.schema)
+    topic.append(bids.slice(0, 2000))
+    sensor = defs.resolve_sensor_def("hot_items_sensor")
+    job = defs.resolve_job_def("hot_items_job")
+
+    with dg.instance_for_test() as instance:
+
+        def tick(cursor: str | None):
+            with dg.build_sensor_context(
+                cursor=cursor, resources=_resources(home), instance=instance
+            ) as context:
+                return sensor(context), context.cursor
+
+        def run(run_config: dict | None = None) -> dict:
+            result = job.execute_in_process(run_config=run_config, instance=instance)
+            assert result.success
+            (mat,) = result.asset_materializations_for_node("streams__hot_items")
+            return {k: getattr(v, "value", v) for k, v in mat.metadata.items()}
+
+        assert run()["events_in"] == 2000  # e.g. the demo's run, outside the sensor
+        for cursor in (None, json.dumps({"bids/0": 1000})):  # none yet, or an older one
+            skipped, kept = tick(cursor)
+            assert isinstance(skipped, dg.SkipReason), skipped
+            assert kept == cursor
+        assert len(instance.get_runs()) == 1
+
+        topic.append(bids.slice(2000))
+        request, cursor = tick(None)
+        assert isinstance(request, dg.RunRequest)
+        assert request.run_key == f"hot_items:bids/0={bids.num_rows}"
+        meta = run(request.run_config)
+        assert meta["events_in"] == bids.num_rows - 2000
+        assert meta["offsets"] == {"bids/0": bids.num_rows}
+        assert isinstance(tick(None)[0], dg.SkipReason)
+        assert isinstance(tick(cursor)[0], dg.SkipReason)
+
+
+def test_stream_jobs_run_in_process_and_the_warehouse_jobs_do_not():
+    """A stream job materializes one asset (then its checks, e.g. a governance file's
+    blocking schema contract, one after the other in the same process): the multiprocess
+    executor would load the code location again for every step (seconds each) for
+    nothing. Jobs with several DuckDB writers keep the code location's default (one step
+    per file at a time, defs/pools.py)."""
+    for spec in load_specs():
+        job = root_defs.resolve_job_def(f"{spec.name}_job")
+        assert job.executor_def is dg.in_process_executor, spec.name
+        assert job.asset_layer.executable_asset_keys == {dg.AssetKey(["streams", spec.name])}
+    ingest = root_defs.resolve_job_def("nexmark_ingest_job")
+    assert ingest.executor_def.name == "multiprocess_one_writer_per_duckdb_file"
+
+
 def test_shipped_pipelines_are_in_the_code_location():
     keys = {k.to_user_string() for k in root_defs.resolve_asset_graph().get_all_asset_keys()}
     for spec in load_specs():

@@ -50,6 +50,10 @@ concurrency:
   pools:
     default_limit: 1
     granularity: run
+# The daemon hands queued runs to the launcher every second (Dagster's default: 5 s), so a
+# sensor-launched micro-batch run waits at most 1 s in the queue (docs/benchmarks.md).
+run_queue:
+  dequeue_interval_seconds: 1
 """
 
 

@@ -105,3 +105,48 @@ def bench_cli(
     from dataflare_platform.bench.cli import run
 
     print_json(run(repeat=repeat), indent=None if as_json else 2)
+
+
+@bench_app.command("pipeline")
+def bench_pipeline_command(
+    pipeline: Annotated[str, typer.Option(help="Shipped pipeline to measure.")] = "hot_items",
+    events: Annotated[int, typer.Option(min=1, help="Bids produced per sample.")] = 2_000,
+    samples: Annotated[int, typer.Option(min=1, help="Samples per mode.")] = 7,
+    sensor_interval: Annotated[
+        int, typer.Option(min=1, help="DATAFLARE_SENSOR_INTERVAL in seconds.")
+    ] = 5,
+    mode: Annotated[
+        list[str] | None, typer.Option(help="micro_batch and/or continuous (default both).")
+    ] = None,
+    code_path: Annotated[
+        Path | None,
+        typer.Option(
+            help="Load the code location from this source tree (e.g. an export of "
+            "another commit) to compare it; the benchmark itself runs from here."
+        ),
+    ] = None,
+    timeout: Annotated[float, typer.Option(help="Ceiling of each wait, seconds.")] = 300.0,
+    as_json: JsonOnly = True,
+) -> None:
+    """Produce-to-visible latency of a pipeline under a real `dagster dev`, in micro-batch
+    mode (sensor-launched runs) and continuous mode, and each run's overhead around its
+    step; baseline: the engine alone on the same events (JSON lines)."""
+    from dataflare_platform.bench.pipeline import bench_pipeline
+    from dataflare_platform.client import DataflareClient
+
+    modes = tuple(mode or ("micro_batch", "continuous"))
+    unknown = sorted(set(modes) - {"micro_batch", "continuous"})
+    if unknown:
+        raise typer.BadParameter(f"unknown mode(s) {unknown}", param_hint="--mode")
+    results = bench_pipeline(
+        lambda port: DataflareClient(port=port, timeout_s=60),
+        pipeline=pipeline,
+        events=events,
+        samples=samples,
+        sensor_interval_s=sensor_interval,
+        modes=modes,
+        timeout_s=timeout,
+        code_path=code_path,
+    )
+    for result in results:
+        print_json(result, indent=None if as_json else 2)

@@ -138,3 +138,12 @@ def test_bench_cli_prints_help_time_against_its_baselines():
     assert printed["ratio"] == pytest.approx(ratio, rel=0.01)  # from unrounded times
     assert printed["heavy_modules"] == []
     assert set(HEAVY_MODULES) >= {"dagster", "pyarrow", "polars"}
+
+
+def test_bench_pipeline_refuses_an_unknown_mode_or_pipeline():
+    """Both before anything starts: no server, no generated data."""
+    bad_mode = runner.invoke(app, ["bench", "pipeline", "--mode", "sometimes"])
+    assert bad_mode.exit_code == 2 and "sometimes" in bad_mode.output
+    bad_name = runner.invoke(app, ["bench", "pipeline", "--pipeline", "nope"])
+    assert bad_name.exit_code == 2
+    assert "no pipeline 'nope'" in bad_name.output and "hot_items" in bad_name.output

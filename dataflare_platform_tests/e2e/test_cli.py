@@ -41,6 +41,7 @@ def run_cli(*args: str, cwd: Path, env: dict[str, str] | None = None, timeout: i
         ["pipeline", "validate"],
         ["pipeline", "run"],
         ["bench", "cli"],
+        ["bench", "pipeline"],
         ["runs"],
         ["runs", "list"],
         ["runs", "wait"],
@@ -182,6 +183,31 @@ def test_nexmark_bench_prints_json_with_a_baseline_ratio(tmp_path):
     assert written.column_names == ["window_start", "window_end", "auction", "num"]
     bad = run_cli("bench", "nexmark", "--query", "q6", "--input", str(data / "bids"), cwd=tmp_path)
     assert bad.returncode == 2 and "q6" not in bad.stdout
+
+
+def test_pipeline_bench_measures_both_modes_under_a_real_dagster_dev(tmp_path):
+    """The benchmark's own run (no timing asserted): one JSON line per mode, each sample
+    seen through a sensor-launched run or the continuous run; the bench itself fails if
+    the output file's checkpoint does not cover every event it produced."""
+    import json
+
+    result = run_cli(
+        *("bench", "pipeline", "--samples", "2", "--events", "300", "--timeout", "600"),
+        cwd=tmp_path,
+        timeout=1200,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    micro, continuous = (json.loads(line) for line in result.stdout.splitlines())
+    assert micro["mode"] == "micro_batch" and continuous["mode"] == "continuous"
+    assert micro["runs"] == 2  # one run per produced sample, none empty
+    for report in (micro, continuous):
+        latency = report["produce_to_visible_s"]
+        assert 0 < latency["min"] <= latency["median"] <= latency["max"]
+        assert report["baseline_s"]["median"] > 0 and report["code_location_load_s"] > 0
+    overhead = micro["run_overhead_s"]
+    assert overhead["step_s"]["median"] > 0
+    assert overhead["run_total_s"]["median"] >= overhead["step_s"]["median"]
+    assert continuous["end_status"] == "CANCELED"
 
 
 def test_pipeline_validate_names_the_bad_field(tmp_path):

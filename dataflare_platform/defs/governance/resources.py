@@ -2,9 +2,10 @@
 state live for this deployment — all under the project home by default, so the embedded
 demo is governed with no setup and a deployment points each at its own store.
 
-The audit and alerting libraries (SQLModel/SQLAlchemy, cryptography: about 0.8 s) are
-imported by the methods that use them, not with the code location, which every Dagster
-run (a worker process) loads first."""
+The audit and alerting stores (SQLModel and their models, cryptography) are imported by
+the methods that use them, not with the code location, which every Dagster run (a
+worker process) and the code server load first; where no Dagster storage has imported
+SQLAlchemy yet (the code server), that is spared as well."""
 
 from __future__ import annotations
 

@@ -14,8 +14,9 @@ Nor does it request a range the checkpoint already covers (``covered_offsets``: 
 offsets the asset's latest materialization recorded, by a micro-batch, continuous or demo
 run), so a fresh sensor cursor over processed topics launches no empty run.
 
-The job runs in process: one step per run, so the multiprocess executor (the code
-location's default, ``defs/pools.py``) would only add a second code-location load per run.
+The job runs in process: one asset per run, then its checks, one after the other; the
+multiprocess executor (the code location's default, ``defs/pools.py``) would start a
+process per step that loads the code location again (seconds each, every run).
 
 ``sensor_interval_s`` overrides every pipeline's ``catalog.sensor_interval`` (the code
 location passes ``DATAFLARE_SENSOR_INTERVAL`` when set, e.g. for tests and demos).
@@ -198,7 +199,7 @@ def pipeline_definitions(
         )
         return dg.MaterializeResult(metadata=metadata, check_results=[check])
 
-    # One step: in process, not in a child process that loads the code location again.
+    # In process: no child process per step loading the code location again.
     job = dg.define_asset_job(
         f"{spec.name}_job", selection=[key], executor_def=dg.in_process_executor
     )

@@ -19,6 +19,11 @@ It talks to a running web server (``make ui`` / ``dataflare ui`` starts one on
 Split by role: ``transport`` (HTTP, DagsterGraphQLClient), ``documents`` (the GraphQL it
 sends), ``results`` (parsing answers into plain values), ``errors`` and ``client`` (the
 class). Every failure is a ``DataflareClientError`` whose message says what to fix.
+``launch_job`` and ``materialize`` check the partition key against the server's
+partitions before launching (``partitions``): a partitioned target needs an existing key
+(``MissingPartitionError``, ``UnknownPartitionError`` naming the nearest keys,
+``MalformedPartitionError``), an unpartitioned one refuses a key
+(``NotPartitionedError``).
 
 Runs are launched by the server's run coordinator: with the default (queued) coordinator
 a run waits in QUEUED until ``dagster-daemon`` picks it up, which ``dagster dev`` (``make
@@ -32,12 +37,17 @@ from dataflare_platform.client.errors import (
     ConfigProblem,
     DataflareClientError,
     LaunchError,
+    MalformedPartitionError,
+    MissingPartitionError,
+    NotPartitionedError,
+    PartitionError,
     RunConfigError,
     RunNotFoundError,
     RunTimeoutError,
     ServerUnreachableError,
     UnknownAssetError,
     UnknownJobError,
+    UnknownPartitionError,
 )
 from dataflare_platform.client.results import (
     ASSET_JOB,
@@ -69,6 +79,10 @@ __all__ = [
     "DataflareClientError",
     "JobRef",
     "LaunchError",
+    "MalformedPartitionError",
+    "MissingPartitionError",
+    "NotPartitionedError",
+    "PartitionError",
     "RunConfigError",
     "RunInfo",
     "RunNotFoundError",
@@ -76,6 +90,7 @@ __all__ = [
     "ServerUnreachableError",
     "UnknownAssetError",
     "UnknownJobError",
+    "UnknownPartitionError",
     "asset_key_path",
     "config_problem",
 ]

@@ -16,6 +16,7 @@ from dagster_graphql import DagsterGraphQLClientError
 
 from dataflare_platform.client.documents import (
     ASSET_METADATA_QUERY,
+    ASSET_PARTITIONS_QUERY,
     ASSETS_QUERY,
     BACKFILL_STATE_QUERY,
     BACKFILL_STATUS_QUERY,
@@ -37,6 +38,7 @@ from dataflare_platform.client.errors import (
     UnknownAssetError,
     UnknownJobError,
 )
+from dataflare_platform.client.partitions import check_partition
 from dataflare_platform.client.results import (
     ASSET_JOB,
     BACKFILL_TERMINAL_STATUSES,
@@ -157,9 +159,14 @@ class DataflareClient:
         """Launch ``job`` with ``run_config`` and ``tags``; return the new run's id.
 
         ``asset_selection`` restricts an asset job to some of its assets; ``partition``
-        runs one partition of a partitioned job (the ``dagster/partition`` tag).
+        runs one partition of a partitioned job (the ``dagster/partition`` tag). The key is
+        checked first: a partitioned job needs an existing key, an unpartitioned one none
+        (``PartitionError`` otherwise, and no run is created).
         """
         ref = self._resolve_job(job, repository_location_name)
+        partitioned = self._job_partitions(ref)
+        keys = None if partitioned is None else partitioned[1]
+        check_partition(partition, keys, f"job {ref.name!r}")
         selection = (
             None if asset_selection is None else [asset_key_path(k) for k in asset_selection]
         )
@@ -193,6 +200,7 @@ class DataflareClient:
                     "; materialize them separately"
                 )
             (repository_location_name,) = locations
+        self._check_asset_partition(wanted, partition)
         ref = self._resolve_job(ASSET_JOB, repository_location_name)
         all_tags = dict(tags or {})
         if partition is not None:
@@ -201,8 +209,21 @@ class DataflareClient:
 
     # -- backfills -----------------------------------------------------------------------
 
-    def _job_partition_names(self, ref: JobRef) -> tuple[str, list[str]]:
-        """The job's partition set name and every partition key, oldest first."""
+    def _check_asset_partition(self, wanted: list[list[str]], partition: str | None) -> None:
+        """Check ``partition`` against each asset's own partition keys."""
+        nodes = self.query(
+            ASSET_PARTITIONS_QUERY, {"keys": [{"path": path} for path in wanted]}
+        )["assetNodes"]
+        partitioned = [n for n in nodes if n["isPartitioned"]]
+        if not partitioned:
+            check_partition(partition, None, "asset " + ", ".join("/".join(p) for p in wanted))
+        for node in partitioned:
+            what = f"asset {'/'.join(node['assetKey']['path'])}"
+            check_partition(partition, node["partitionKeys"], what)
+
+    def _job_partitions(self, ref: JobRef) -> tuple[str, list[str]] | None:
+        """The job's partition set name and every partition key, oldest first; None
+        when the job is not partitioned."""
         result = self.query(
             PARTITION_SETS_QUERY,
             {
@@ -216,7 +237,7 @@ class DataflareClient:
         if result["__typename"] != "PartitionSets":
             raise DataflareClientError(f"cannot list partitions of {ref.name!r}: {result}")
         if not result["results"]:
-            raise DataflareClientError(f"job {ref.name!r} is not partitioned: nothing to backfill")
+            return None
         partition_set = result["results"][0]
         names = partition_set["partitionsOrError"]
         if names["__typename"] != "Partitions":
@@ -224,6 +245,13 @@ class DataflareClient:
                 f"cannot list partitions of {ref.name!r}: {names.get('message')}"
             )
         return partition_set["name"], [p["name"] for p in names["results"]]
+
+    def _job_partition_names(self, ref: JobRef) -> tuple[str, list[str]]:
+        """The job's partition set name and every partition key, oldest first."""
+        partitioned = self._job_partitions(ref)
+        if partitioned is None:
+            raise DataflareClientError(f"job {ref.name!r} is not partitioned: nothing to backfill")
+        return partitioned
 
     @staticmethod
     def _slice_range(names: Sequence[str], start: str, end: str, what: str) -> list[str]:

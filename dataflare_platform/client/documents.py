@@ -40,6 +40,13 @@ query DataflareAssets {
 }
 """
 
+# The partition keys of the assets a materialization targets (checked before launching).
+ASSET_PARTITIONS_QUERY = """
+query DataflareAssetPartitions($keys: [AssetKeyInput!]) {
+  assetNodes(assetKeys: $keys) { assetKey { path } isPartitioned partitionKeys }
+}
+"""
+
 LOGS_QUERY = """
 query DataflareLogs($runId: ID!, $afterCursor: String, $limit: Int) {
   logsForRun(runId: $runId, afterCursor: $afterCursor, limit: $limit) {

@@ -101,3 +101,61 @@ class BackfillTimeoutError(DataflareClientError, TimeoutError):
             else ""
         )
         super().__init__(f"backfill {backfill_id} still {status} after {timeout_s:g} s{hint}")
+
+
+def _span(keys: Sequence[str]) -> str:
+    if not keys:
+        return "none"
+    return keys[0] if len(keys) == 1 else f"{keys[0]} … {keys[-1]} ({len(keys)} keys)"
+
+
+class PartitionError(DataflareClientError):
+    """The partition key of a launch does not fit the job or assets (checked before the
+    launch, so no run is created)."""
+
+
+class NotPartitionedError(PartitionError):
+    """A partition key was given for a job or assets that have no partitions."""
+
+    def __init__(self, what: str, key: str) -> None:
+        self.key = key
+        super().__init__(f"partition: {what} is not partitioned; drop the partition {key!r}")
+
+
+class MissingPartitionError(PartitionError):
+    """A partitioned job or asset was launched without a partition key."""
+
+    def __init__(self, what: str, keys: Sequence[str]) -> None:
+        self.available = list(keys)
+        latest = f"; e.g. the latest, {keys[-1]!r}" if keys else ""
+        super().__init__(
+            f"partition: {what} is partitioned and needs a partition key "
+            f"(its partitions: {_span(keys)}){latest}"
+        )
+
+
+class MalformedPartitionError(PartitionError):
+    """The key is not written in the partitions' time format (e.g. not a date)."""
+
+    def __init__(self, what: str, key: str, fmt: str, example: str) -> None:
+        self.key = key
+        self.fmt = fmt
+        super().__init__(
+            f"partition: {key!r} is not a partition key of {what}: expected format {fmt} "
+            f"(e.g. {example!r})"
+        )
+
+
+class UnknownPartitionError(PartitionError):
+    """The key is well formed but not one of the partitions; ``nearest`` lists the closest
+    valid keys."""
+
+    def __init__(
+        self, what: str, key: str, nearest: Sequence[str], keys: Sequence[str]
+    ) -> None:
+        self.key = key
+        self.nearest = list(nearest)
+        super().__init__(
+            f"partition: no partition {key!r} in {what} (its partitions: {_span(keys)}); "
+            f"nearest: {', '.join(self.nearest) or 'none'}"
+        )

@@ -62,7 +62,12 @@ def launch(
         typer.Option("--asset", help="Asset key a/b to materialize (repeatable)."),
     ] = None,
     partition: Annotated[
-        str | None, typer.Option("--partition", help="Partition key of a partitioned job.")
+        str | None,
+        typer.Option(
+            "--partition",
+            help="Partition key of a partitioned job (required there, refused elsewhere; "
+            "checked against the server's partitions before launching).",
+        ),
     ] = None,
     wait: Annotated[bool, typer.Option("--wait/--no-wait", help="Wait for the run to end.")] = True,
     timeout: Annotated[
@@ -75,7 +80,9 @@ def launch(
 
     Prints JSON: the run id and its final status (with --no-wait, its status at launch).
 
-    Exit code 1 if the run did not succeed; 2 on an error (bad job, config, server, timeout).
+    Exit code 1 if the run did not succeed; 2 on an error (bad job, config, partition key,
+    server, timeout). A missing, unknown (the nearest valid keys are listed) or malformed
+    partition key is refused before anything is launched.
     """
     from dataflare_platform.client import RunTimeoutError
     from dataflare_platform.errors import DataflareError

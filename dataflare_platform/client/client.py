@@ -211,9 +211,9 @@ class DataflareClient:
 
     def _check_asset_partition(self, wanted: list[list[str]], partition: str | None) -> None:
         """Check ``partition`` against each asset's own partition keys."""
-        nodes = self.query(
-            ASSET_PARTITIONS_QUERY, {"keys": [{"path": path} for path in wanted]}
-        )["assetNodes"]
+        nodes = self.query(ASSET_PARTITIONS_QUERY, {"keys": [{"path": path} for path in wanted]})[
+            "assetNodes"
+        ]
         partitioned = [n for n in nodes if n["isPartitioned"]]
         if not partitioned:
             check_partition(partition, None, "asset " + ", ".join("/".join(p) for p in wanted))

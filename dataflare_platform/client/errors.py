@@ -150,9 +150,7 @@ class UnknownPartitionError(PartitionError):
     """The key is well formed but not one of the partitions; ``nearest`` lists the closest
     valid keys."""
 
-    def __init__(
-        self, what: str, key: str, nearest: Sequence[str], keys: Sequence[str]
-    ) -> None:
+    def __init__(self, what: str, key: str, nearest: Sequence[str], keys: Sequence[str]) -> None:
         self.key = key
         self.nearest = list(nearest)
         super().__init__(

@@ -58,7 +58,8 @@ def nearest_keys(key: str, keys: Sequence[str], n: int = NEAREST) -> list[str]:
     moment = _parse(key, fmt) if fmt else None
     if fmt is not None and moment is not None:
         order = sorted(
-            keys, key=lambda k: (abs((_parse(k, fmt) - moment).total_seconds()), k)  # type: ignore[operator]
+            keys,
+            key=lambda k: (abs((_parse(k, fmt) - moment).total_seconds()), k),  # type: ignore[operator]
         )
         return sorted(order[:n])
     similar = difflib.get_close_matches(key, list(keys), n=n, cutoff=0.5)

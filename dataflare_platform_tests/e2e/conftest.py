@@ -8,9 +8,17 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
+
+from dataflare_platform.home import ProjectHome
+from dataflare_platform_tests.conftest import REPO_ROOT
+
+# The shipped workspace: its location name is the one the UI, the demo and `dg` show.
+WORKSPACE = ("-w", str(REPO_ROOT / "workspace.yaml"))
 
 
 def _free_port() -> int:
@@ -36,14 +44,34 @@ def wait_until_serving(proc: subprocess.Popen, port: int, log_path: Path, what: 
 
 @pytest.fixture
 def webserver(landed_home, tmp_path):
+    with serving_webserver(tmp_path / "webserver.log") as port:
+        yield port
+
+
+@pytest.fixture(scope="module")
+def module_webserver(tmp_path_factory) -> Iterator[tuple[int, ProjectHome]]:
+    """One web server (no daemon) for a whole test module, on its own project home:
+    for tests that only talk to the server (discovery, launch checks, queued runs)."""
+    root = tmp_path_factory.mktemp("module_home")
+    project = ProjectHome.resolve(root / "home").ensure()
+    with pytest.MonkeyPatch.context() as patch:
+        for key, value in project.environ().items():
+            patch.setenv(key, value)
+        with serving_webserver(root / "webserver.log") as port:
+            yield port, project
+
+
+@contextmanager
+def serving_webserver(log_path: Path) -> Iterator[int]:
+    """``dagster-webserver`` on the code location at a free loopback port, until exit."""
     port = _free_port()
     webserver_bin = Path(sys.executable).with_name("dagster-webserver")
     # Output goes to a file: a pipe nobody reads would stall a chatty server.
-    log_path = tmp_path / "webserver.log"
     with log_path.open("w") as log:
         proc = subprocess.Popen(
             [
-                *(str(webserver_bin), "-m", "dataflare_platform.definitions"),
+                str(webserver_bin),
+                *WORKSPACE,
                 *("-h", "127.0.0.1", "-p", str(port)),
             ],
             stdout=log,
@@ -85,7 +113,7 @@ def dagster_dev(home, tmp_path, monkeypatch, dagster_yaml_overrides):
     log = log_path.open("w")
     proc = subprocess.Popen(
         [
-            *(str(dagster_bin), "dev", "-m", "dataflare_platform.definitions"),
+            *(str(dagster_bin), "dev", *WORKSPACE),
             *("-h", "127.0.0.1", "-p", str(port)),
         ],
         stdout=log,
@@ -111,7 +139,7 @@ def daemon(landed_home, tmp_path):
     daemon_bin = Path(sys.executable).with_name("dagster-daemon")
     log = (tmp_path / "daemon.log").open("w")
     proc = subprocess.Popen(
-        [str(daemon_bin), "run", "-m", "dataflare_platform.definitions"],
+        [str(daemon_bin), "run", *WORKSPACE],
         stdout=log,
         stderr=subprocess.STDOUT,
         start_new_session=True,  # its code server dies with it (one process group)

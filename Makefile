@@ -39,7 +39,7 @@ test-fast: setup
 	$(BIN)/pytest -m "not e2e"
 
 ui: setup
-	$(BIN)/dataflare ui
+	$(BIN)/dataflare ui --workspace workspace.yaml
 
 bench: setup
 	$(BIN)/dataflare bench datagen

@@ -16,6 +16,18 @@ from dataflare_platform.errors import ConfigError
 from dataflare_platform.models import StrictModel
 
 HOME_ENV_VAR = "DATAFLARE_HOME"
+
+# The code location: one module and one name wherever it is loaded (the repository's
+# workspace.yaml, `dataflare ui`, the demo's runs, `dg`), so runs, the Overview timeline
+# and job pages all refer to the same location. A test holds them together.
+DEFINITIONS_MODULE = "dataflare_platform.definitions"
+LOCATION_NAME = "dataflare_platform"
+WORKSPACE_YAML = f"""\
+load_from:
+  - python_module:
+      module_name: {DEFINITIONS_MODULE}
+      location_name: {LOCATION_NAME}
+"""
 DEFAULT_HOME_DIRNAME = ".dataflare"
 
 # Kept identical to deployments/local/dagster.yaml (a test holds them together); it is
@@ -120,6 +132,18 @@ class ProjectHome(StrictModel):
         except OSError as err:
             raise ConfigError("project home", [("home", f"{self.root}: {err}")]) from None
         return self
+
+    @property
+    def workspace_path(self) -> Path:
+        """A workspace file identical to the repository's ``workspace.yaml`` (written by
+        ``write_workspace``), for ``dataflare ui`` run outside the repository."""
+        return self.root / "workspace.yaml"
+
+    def write_workspace(self) -> Path:
+        path = self.workspace_path
+        if not path.exists() or path.read_text() != WORKSPACE_YAML:
+            path.write_text(WORKSPACE_YAML)
+        return path
 
     def environ(self) -> dict[str, str]:
         """Variables a child process (Dagster CLI, webserver) needs to use this home."""

@@ -3,9 +3,13 @@ on a project home. Dagster and the generator are imported by the commands."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
+import signal
+import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -14,6 +18,7 @@ import typer
 from dataflare_platform.cli._common import (
     FAILED_EXIT,
     HomeOption,
+    UsageError,
     err_console,
     out_console,
 )
@@ -163,24 +168,89 @@ def _print_demo(report) -> None:
     out.print(f"{verdict} in {report.seconds:.1f}s; see it in the UI with `make ui`")
 
 
+# After SIGTERM/SIGINT, `dagster dev`'s process group gets this long to exit on its own
+# before it is killed: its code server and daemon threads can otherwise hold it for a
+# minute or more.
+UI_STOP_GRACE_S = 5.0
+
+
 def ui(
     home: HomeOption = None,
     host: Annotated[str, typer.Option(help="Address to bind.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port of the web UI.")] = 3000,
+    workspace: Annotated[
+        Path | None,
+        typer.Option(
+            help="Workspace file (default: ./workspace.yaml if present, else an identical "
+            "one written to the project home)."
+        ),
+    ] = None,
 ) -> None:
-    """Start the Dagster web UI and daemon (`dagster dev`) on the project home."""
+    """Start the Dagster web UI and daemon (`dagster dev`) on the project home.
+
+    SIGTERM or SIGINT (Ctrl-C) stop it within a few seconds: `dagster dev` runs in its own
+    process group, which gets the signal and, after a short grace, SIGKILL.
+    """
     from dataflare_platform.home import ProjectHome
 
     project = ProjectHome.resolve(home).ensure()
+    if workspace is None:
+        local = Path("workspace.yaml")
+        workspace = local if local.is_file() else project.write_workspace()
+    elif not workspace.is_file():
+        raise UsageError(f"--workspace {workspace}: no such file")
     # The dagster next to this interpreter, so the UI runs in the project's environment.
     sibling = Path(sys.executable).with_name("dagster")
     dagster = str(sibling) if sibling.exists() else shutil.which("dagster") or "dagster"
     env = {**os.environ, **project.environ()}
+    command = [dagster, "dev", "-w", str(workspace), "-h", host, "-p", str(port)]
+    child = subprocess.Popen(command, env=env, start_new_session=True)
     err_console().print(
-        f"Dagster UI on http://{host}:{port} (home {project.root}); Ctrl-C stops it"
+        f"Dagster UI on http://{host}:{port} (home {project.root}, workspace {workspace}, "
+        f"dagster dev pid {child.pid}); Ctrl-C stops it"
     )
-    os.execvpe(
-        dagster,
-        [dagster, "dev", "-m", "dataflare_platform.definitions", "-h", host, "-p", str(port)],
-        env,
-    )
+    raise typer.Exit(code=_supervise(child))
+
+
+def _supervise(child: subprocess.Popen) -> int:
+    """Wait for ``child`` (a process-group leader); on SIGTERM/SIGINT stop its whole group:
+    SIGTERM, then SIGKILL after ``UI_STOP_GRACE_S``. Returns the exit code to use."""
+    stopping: list[int] = []
+
+    def forward(signum: int, _frame: object) -> None:
+        stopping.append(signum)
+        _signal_group(child.pid, signal.SIGTERM)
+
+    previous = {sig: signal.signal(sig, forward) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        deadline: float | None = None
+        while child.poll() is None:
+            if stopping and deadline is None:
+                deadline = time.monotonic() + UI_STOP_GRACE_S
+            if deadline is not None and time.monotonic() > deadline:
+                _signal_group(child.pid, signal.SIGKILL)
+            time.sleep(0.1)
+        code = child.returncode
+        # The leader may be gone while its webserver/daemon children linger.
+        if stopping:
+            deadline = time.monotonic() + UI_STOP_GRACE_S
+            while _group_alive(child.pid) and time.monotonic() < deadline:
+                time.sleep(0.1)
+            _signal_group(child.pid, signal.SIGKILL)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    return 0 if stopping else (code if code >= 0 else 1)
+
+
+def _signal_group(pgid: int, sig: int) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(pgid, sig)
+
+
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    return True

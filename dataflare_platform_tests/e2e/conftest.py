@@ -27,10 +27,12 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-def wait_until_serving(proc: subprocess.Popen, port: int, log_path: Path, what: str) -> None:
+def wait_until_serving(
+    proc: subprocess.Popen, port: int, log_path: Path, what: str, ceiling_s: float = 120
+) -> None:
     """Poll ``/server_info`` until the server answers; fail with its log if it exits or
-    stays silent for 120 s."""
-    deadline = time.monotonic() + 120
+    stays silent for ``ceiling_s``."""
+    deadline = time.monotonic() + ceiling_s
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             pytest.fail(f"{what} exited: {log_path.read_text()[-3000:]}")
@@ -39,7 +41,7 @@ def wait_until_serving(proc: subprocess.Popen, port: int, log_path: Path, what: 
             return
         except OSError:
             time.sleep(0.5)
-    pytest.fail(f"{what} did not answer within 120 s: {log_path.read_text()[-3000:]}")
+    pytest.fail(f"{what} did not answer within {ceiling_s:g} s: {log_path.read_text()[-3000:]}")
 
 
 @pytest.fixture

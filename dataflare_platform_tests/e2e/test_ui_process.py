@@ -1,0 +1,81 @@
+"""``dataflare ui`` as a process: it serves the one code location name and stops cleanly,
+its whole ``dagster dev`` process group with it, on SIGTERM and on SIGINT (Ctrl-C)."""
+
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from dataflare_platform.client import DataflareClient
+from dataflare_platform.home import LOCATION_NAME
+from dataflare_platform_tests.e2e.conftest import _free_port, wait_until_serving
+
+pytestmark = pytest.mark.e2e
+
+STOP_CEILING_S = 300  # generous: the machine is shared; the command's own grace is 5 s
+
+
+def _alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def _port_open(port: int) -> bool:
+    with socket.socket() as sock:
+        return sock.connect_ex(("127.0.0.1", port)) == 0
+
+
+def _wait_for(condition, ceiling_s: float) -> bool:
+    deadline = time.monotonic() + ceiling_s
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.2)
+    return condition()
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_ui_serves_the_location_and_stops_on_signal(home, tmp_path: Path, sig):
+    port = _free_port()
+    log_path = tmp_path / "ui.log"
+    dataflare = Path(sys.executable).with_name("dataflare")
+    with log_path.open("w") as log:
+        # Run outside the repository: the workspace file is written to the home.
+        proc = subprocess.Popen(
+            [str(dataflare), "ui", "--home", str(home.root), "--port", str(port)],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=tmp_path,
+            start_new_session=True,
+        )
+    try:
+        wait_until_serving(proc, port, log_path, "dataflare ui", ceiling_s=STOP_CEILING_S)
+        banner = " ".join(log_path.read_text().split())
+        found = re.search(r"dagster dev pid (\d+)", banner)
+        assert found, banner
+        dev_pgid = int(found.group(1))
+        assert _alive(dev_pgid) and os.getpgid(dev_pgid) == dev_pgid  # its own group
+        assert (home.root / "workspace.yaml").read_text() == (
+            Path(__file__).parents[2] / "workspace.yaml"
+        ).read_text()
+        locations = {ref.location for ref in DataflareClient(port=port).jobs()}
+        assert locations == {LOCATION_NAME}
+
+        os.kill(proc.pid, sig)
+        assert proc.wait(timeout=STOP_CEILING_S) == 0, log_path.read_text()[-3000:]
+        assert _wait_for(lambda: not _port_open(port), STOP_CEILING_S)
+        assert _wait_for(lambda: not _alive(dev_pgid), STOP_CEILING_S), log_path.read_text()
+    finally:
+        for pgid in (proc.pid, locals().get("dev_pgid")):
+            if pgid and _alive(pgid):
+                os.killpg(pgid, signal.SIGKILL)
+        proc.wait(timeout=60)

@@ -57,3 +57,22 @@ def test_unwritable_home_is_refused_naming_the_field(tmp_path: Path, make_bad: s
         ProjectHome.resolve(target)
     assert err.value.fields == ["home"]
     assert "not a directory" in str(err.value)
+
+
+def test_one_code_location_name_everywhere(tmp_path):
+    """workspace.yaml, dg, `make ui` and the home's own workspace file agree on the
+    module and the location name the demo's runs are recorded under."""
+    import tomllib
+
+    from dataflare_platform.home import DEFINITIONS_MODULE, LOCATION_NAME, WORKSPACE_YAML
+
+    assert (REPO_ROOT / "workspace.yaml").read_text() == WORKSPACE_YAML
+    workspace = yaml.safe_load(WORKSPACE_YAML)["load_from"][0]["python_module"]
+    assert workspace == {"module_name": DEFINITIONS_MODULE, "location_name": LOCATION_NAME}
+    pyproject = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["tool"]
+    assert pyproject["dg"]["project"]["code_location_name"] == LOCATION_NAME
+    assert pyproject["dg"]["project"]["code_location_target_module"] == DEFINITIONS_MODULE
+    assert pyproject["dagster"]["code_location_name"] == LOCATION_NAME
+    assert "dataflare ui --workspace workspace.yaml" in (REPO_ROOT / "Makefile").read_text()
+    home = ProjectHome.resolve(tmp_path / "home").ensure()
+    assert home.write_workspace().read_text() == WORKSPACE_YAML

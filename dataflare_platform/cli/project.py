@@ -120,11 +120,14 @@ def demo(
     config: ConfigOption = None,
 ) -> None:
     """Generate data and run the shipped pipelines end to end in a real Dagster instance."""
-    from dataflare_platform.demo import DEMO_CONFIG, run_demo
+    from dataflare_platform.demo import DEMO_CONFIG, ending_now, landed_config, run_demo
     from dataflare_platform.home import ProjectHome
 
     project = ProjectHome.resolve(home)
     cfg = _generator_config(config, DEMO_CONFIG.model_dump(), events=events, seed=seed)
+    if config is None or "first_event_time" not in cfg.model_fields_set:
+        # Event times end now unless a --config file pins them.
+        cfg = ending_now(cfg, landed=landed_config(project.nexmark_dir))
     console = err_console()
     console.print(f"project home: {project.root}")
     with _progress() as bar:
@@ -147,8 +150,10 @@ def _print_demo(report) -> None:
     assets = Table(title="Assets", show_lines=False)
     assets.add_column("asset")
     assets.add_column("rows", justify="right")
-    for key, rows in sorted(report.rows.items()):
-        assets.add_row(key, f"{rows:,}")
+    assets.add_column("added by this run", justify="right")
+    for key, added in sorted(report.rows.items()):
+        total = report.totals.get(key)
+        assets.add_row(key, "-" if total is None else f"{total:,}", f"{added:,}")
     out.print(assets)
     checks = Table(title="Asset checks")
     for col in ("asset", "check", "partition", "result", "details"):

@@ -3,8 +3,10 @@
 import os
 import subprocess
 import sys
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
@@ -57,12 +59,31 @@ def test_every_command_has_help(tmp_path, command):
     assert "Usage" in result.stdout
 
 
+def _table_row(stdout: str, name: str) -> list[str]:
+    """The cells of the summary row that starts with ``name`` (rich box characters split)."""
+    for line in stdout.splitlines():
+        cells = [c.strip() for c in line.replace("│", "|").split("|") if c.strip()]
+        if cells and cells[0] == name:
+            return cells
+    raise AssertionError(f"no row {name!r} in:\n{stdout}")
+
+
 def test_demo_runs_green_in_a_fresh_directory_and_leaves_user_home_alone(tmp_path):
+    import dagster as dg
+    import yaml
+
+    from dataflare_platform.home import LOCATION_NAME
+
     user_home = tmp_path / "user-home"
     user_home.mkdir()
     workdir = tmp_path / "work"
     workdir.mkdir()
-    result = run_cli("demo", "--events", "30000", cwd=workdir, env={"HOME": str(user_home)})
+    # 30 k events over ~28 h of event time ending now: yesterday's partition has data.
+    config = tmp_path / "demo.yaml"
+    config.write_text(yaml.safe_dump({"events": 30_000, "events_per_second": 0.3}))
+    env = {"HOME": str(user_home)}
+    started = datetime.now(UTC)
+    result = run_cli("demo", "--config", str(config), cwd=workdir, env=env)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "demo OK" in result.stdout
     for name in (
@@ -79,15 +100,46 @@ def test_demo_runs_green_in_a_fresh_directory_and_leaves_user_home_alone(tmp_pat
     ):
         assert name in result.stdout
     assert "FAILED" not in result.stdout
+    yesterday = (started - timedelta(days=1)).date().isoformat()
+    assert yesterday in result.stdout  # the daily statistics of yesterday's partition
     home = workdir / ".dataflare"
     assert (home / "dagster_home" / "dagster.yaml").exists()
     assert (home / "warehouse.duckdb").exists()
     assert (home / "events" / "nexmark" / "bids").is_dir()
     assert list(user_home.iterdir()) == []
-    # Idempotent: a second run reuses the data and is green again.
-    again = run_cli("demo", "--events", "30000", cwd=workdir, env={"HOME": str(user_home)})
+    # Event times end now: the newest bid is within the hour before the run started.
+    newest = max(
+        pc.max(pq.read_table(f, columns=["date_time"])["date_time"]).as_py()
+        for f in (home / "events" / "nexmark" / "bids").glob("*.parquet")
+    )
+    newest = newest if newest.tzinfo else newest.replace(tzinfo=UTC)
+    assert started - timedelta(hours=2) < newest <= started
+    # A first run adds what it holds.
+    hot = _table_row(result.stdout, "streams/hot_items")
+    assert hot[1] == hot[2] and int(hot[1].replace(",", "")) > 0, hot
+
+    # Idempotent: a second run reuses the data and is green again; its summary shows the
+    # rows each table holds, and that it added none to the streams.
+    again = run_cli("demo", "--config", str(config), cwd=workdir, env=env)
     assert again.returncode == 0, again.stderr
     assert "already in" in again.stderr
+    hot_again = _table_row(again.stdout, "streams/hot_items")
+    assert hot_again[1] == hot[1] and hot_again[2] == "0", hot_again
+    topic = _table_row(again.stdout, "topics/nexmark.bids")
+    assert int(topic[1].replace(",", "")) > 0 and topic[2] == "0", topic
+
+    # Every run carries the code location's origin (Overview timeline, job pages).
+    instance = dg.DagsterInstance.from_config(str(home / "dagster_home"))
+    runs = instance.get_runs()
+    assert len(runs) >= 2 * 9
+    for run in runs:
+        origin = run.remote_job_origin
+        assert origin is not None, run.job_name
+        assert origin.location_name == LOCATION_NAME
+        assert origin.repository_origin.repository_name == "__repository__"
+        assert origin.job_name == run.job_name
+        assert run.job_code_origin is not None
+        assert run.tags[".dagster/repository"] == f"__repository__@{LOCATION_NAME}"
 
 
 def test_generate_writes_files_and_refuses_bad_config(tmp_path):

@@ -68,7 +68,7 @@ def _table_row(stdout: str, name: str) -> list[str]:
     raise AssertionError(f"no row {name!r} in:\n{stdout}")
 
 
-def test_demo_runs_green_in_a_fresh_directory_and_leaves_user_home_alone(tmp_path):
+def test_demo_runs_green_in_a_fresh_directory_and_leaves_user_home_alone(tmp_path, monkeypatch):
     import dagster as dg
     import yaml
 
@@ -129,6 +129,7 @@ def test_demo_runs_green_in_a_fresh_directory_and_leaves_user_home_alone(tmp_pat
     assert int(topic[1].replace(",", "")) > 0 and topic[2] == "0", topic
 
     # Every run carries the code location's origin (Overview timeline, job pages).
+    monkeypatch.setenv("DAGSTER_HOME", str(home / "dagster_home"))  # dagster.yaml reads it
     instance = dg.DagsterInstance.from_config(str(home / "dagster_home"))
     runs = instance.get_runs()
     assert len(runs) >= 2 * 9

@@ -142,7 +142,10 @@ def test_demo_runs_green_in_a_fresh_directory_and_leaves_user_home_alone(tmp_pat
         assert origin.repository_origin.repository_name == "__repository__"
         assert origin.job_name == run.job_name
         assert run.job_code_origin is not None
-        assert run.tags[".dagster/repository"] == f"__repository__@{LOCATION_NAME}"
+    # The per-repository label the UI filters runs by (stored with the run's tags).
+    label = {".dagster/repository": f"__repository__@{LOCATION_NAME}"}
+    labelled = instance.get_runs(filters=dg.RunsFilter(tags=label))
+    assert {r.run_id for r in labelled} == {r.run_id for r in runs}
 
 
 def test_generate_writes_files_and_refuses_bad_config(tmp_path):

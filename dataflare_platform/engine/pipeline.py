@@ -19,28 +19,24 @@ import polars as pl
 
 from dataflare_platform.engine.aggregations import Agg
 from dataflare_platform.engine.durations import to_ms
-from dataflare_platform.engine.joins import (
+from dataflare_platform.engine.operators.base import Operator
+from dataflare_platform.engine.operators.joins import (
     EnrichJoin,
     IncrementalJoin,
     IntervalJoinAggregate,
-    Unique,
     WindowJoin,
 )
-from dataflare_platform.engine.operators import (
-    BatchPlugin,
-    Dedup,
+from dataflare_platform.engine.operators.keyed import Dedup, Reduce
+from dataflare_platform.engine.operators.plugin import BatchPlugin, PluginOperator
+from dataflare_platform.engine.operators.stateless import (
     Filter,
     FlatMap,
     MapBatches,
-    Operator,
-    PluginOperator,
-    Reduce,
     Select,
+    Unique,
     WithColumns,
 )
-from dataflare_platform.engine.sinks import Sink
-from dataflare_platform.engine.sources import Source
-from dataflare_platform.engine.windows import (
+from dataflare_platform.engine.operators.windows import (
     Session,
     SessionAggregate,
     Sliding,
@@ -49,6 +45,8 @@ from dataflare_platform.engine.windows import (
     WindowAggregate,
     WindowTopRows,
 )
+from dataflare_platform.engine.sinks import Sink
+from dataflare_platform.engine.sources import Source
 from dataflare_platform.errors import InvalidInputError
 
 
@@ -108,6 +106,11 @@ class Pipeline:
 
     def sources(self) -> list[Node]:
         return [n for n in self.nodes.values() if n.source is not None]
+
+    def partition_keys(self) -> set[str]:
+        """``source/partition`` of every partition the opened sources read: the keys of
+        checkpoint offsets and of a bounded run's ``until``."""
+        return {f"{n.source.name}/{p}" for n in self.sources() for p in n.source.partitions()}
 
     def operators(self) -> list[Node]:
         """Operator nodes in topological order (insertion order already is one)."""

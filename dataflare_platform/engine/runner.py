@@ -27,7 +27,7 @@ import pyarrow.compute as pc
 
 from dataflare_platform.engine.checkpoint import Checkpoint
 from dataflare_platform.engine.metrics import EngineMetrics, MetricsListener, OperatorMetrics
-from dataflare_platform.engine.operators import WM_COL
+from dataflare_platform.engine.operators.base import WM_COL
 from dataflare_platform.engine.pipeline import Pipeline
 from dataflare_platform.engine.sinks import side_rows
 from dataflare_platform.engine.watermarks import MAX_WATERMARK, MIN_WATERMARK, WatermarkTracker
@@ -160,11 +160,7 @@ class _Run:
 
     # -- set-up --------------------------------------------------------------------------
     def _restore(self) -> None:
-        known = {
-            f"{n.source.name}/{partition}"
-            for n in self.p.sources()
-            for partition in n.source.partitions()
-        }
+        known = self.p.partition_keys()
         unknown = sorted(set(self.until) - known)
         if unknown:
             # A bounded run told to stop at a partition it does not read would never stop.

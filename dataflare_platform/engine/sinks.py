@@ -10,7 +10,7 @@ import polars as pl
 
 from dataflare_platform.engine.checkpoint import Checkpoint
 from dataflare_platform.engine.io import Sink, TransactionalSink
-from dataflare_platform.engine.operators import WM_COL
+from dataflare_platform.engine.operators.base import WM_COL
 
 __all__ = ["SIDE_SCHEMA", "CollectSink", "NullSink", "Sink", "TransactionalSink", "side_rows"]
 

@@ -12,11 +12,11 @@ from __future__ import annotations
 from dataflare_platform.engine.pipeline import Pipeline
 from dataflare_platform.engine.sinks import Sink
 from dataflare_platform.engine.sources import Source
-from dataflare_platform.engine.spec import PluginSpec
 from dataflare_platform.errors import ConfigError
 from dataflare_platform.plugins.registry import PluginRegistry
 from dataflare_platform.plugins.runtime import Plugin
 from dataflare_platform.streams.spec import PipelineSpec
+from dataflare_platform.streams.steps import PluginSpec
 
 
 def plugin_steps(spec: PipelineSpec) -> list[tuple[str, PluginSpec]]:

@@ -16,7 +16,7 @@ import polars as pl
 import pyarrow as pa
 
 from dataflare_platform.engine.checkpoint import Checkpoint
-from dataflare_platform.engine.operators import Filter
+from dataflare_platform.engine.operators.stateless import Filter
 from dataflare_platform.engine.pipeline import Node, Pipeline
 from dataflare_platform.engine.sinks import Sink
 from dataflare_platform.engine.sources import Source

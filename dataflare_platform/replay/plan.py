@@ -18,6 +18,10 @@ Pipelines with state that outlives a window (running aggregates, sessions, dedup
 incremental and interval joins, plugins) cannot be rebuilt from an interval: their
 output depends on events before it. They are refused here; an offset-range replay from
 the topic's start is their replay.
+
+Which is which is what each operator declares (``Operator.windowed`` and
+``Operator.stateful``, ``engine.operators.base``), so a new operator is judged right
+without this module knowing it.
 """
 
 from __future__ import annotations
@@ -26,14 +30,11 @@ from dataclasses import dataclass
 
 from pydantic import Field, model_validator
 
-from dataflare_platform.engine.joins import WindowJoin
-from dataflare_platform.engine.operators import Operator
+from dataflare_platform.engine.operators.windows import WINDOW_START
 from dataflare_platform.engine.pipeline import Node, Pipeline
-from dataflare_platform.engine.windows import WINDOW_START, Sliding, WindowAggregate, WindowTopRows
 from dataflare_platform.errors import DataflareError
 from dataflare_platform.models import StrictModel
 
-_WINDOW_OPERATORS = (WindowAggregate, WindowTopRows, WindowJoin)
 DAY_MS = 86_400_000
 
 
@@ -137,17 +138,16 @@ def detect_ownership(pipeline: Pipeline) -> Ownership:
     for node in pipeline.operators():
         op = node.operator
         assert op is not None
-        if isinstance(op, _WINDOW_OPERATORS):
+        if op.windowed:
             if _has_window_ancestor(pipeline, node):
                 raise ReplayError(
                     f"pipeline {pipeline.name!r}: {node.id} windows the output of another"
                     " window; an interval replay cannot tell which events it needs"
                 )
-            window = op.window
-            slide = window.slide_ms if isinstance(window, Sliding) else window.size_ms
-            shapes.add((window.size_ms, slide))
-            lateness = max(lateness, op.lateness_ms)
-        elif type(op).snapshot is not Operator.snapshot:
+            window = op.window  # type: ignore[attr-defined]  # windowed: has one
+            shapes.add((window.size_ms, window.slide_ms))
+            lateness = max(lateness, op.lateness_ms)  # type: ignore[attr-defined]
+        elif op.stateful:
             raise ReplayError(
                 f"pipeline {pipeline.name!r}: {node.id} keeps state across windows, so its"
                 " output for an interval depends on earlier events; replay an offset range"
@@ -169,7 +169,7 @@ def _has_window_ancestor(pipeline: Pipeline, node: Node) -> bool:
     todo = list(node.parents)
     while todo:
         parent = pipeline.nodes[todo.pop()]
-        if isinstance(parent.operator, _WINDOW_OPERATORS):
+        if parent.operator is not None and parent.operator.windowed:
             return True
         todo.extend(parent.parents)
     return False

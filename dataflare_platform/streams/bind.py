@@ -13,9 +13,9 @@ from dataflare_platform.connectors import registry
 from dataflare_platform.connectors.settings import OpenContext
 from dataflare_platform.engine.durations import to_ms
 from dataflare_platform.engine.io import Sink, Source
-from dataflare_platform.engine.operators import BatchPlugin
+from dataflare_platform.engine.operators.plugin import BatchPlugin
 from dataflare_platform.engine.pipeline import Pipeline, Stream
-from dataflare_platform.engine.spec import WatermarkSpec
+from dataflare_platform.streams.fields import WatermarkSpec
 
 if TYPE_CHECKING:
     from dataflare_platform.events.log import EventLog

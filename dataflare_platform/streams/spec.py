@@ -1,5 +1,5 @@
 """Declarative pipelines: a pydantic model, loadable from YAML, of a pipeline's sources
-and sink (connectors, by ``kind:``), its operator graph (``engine.spec``) and how it
+and sink (connectors, by ``kind:``), its operator graph (``streams.steps``) and how it
 appears in the catalog.
 
     name: hot_items
@@ -44,19 +44,13 @@ from dataflare_platform.connectors.registry import (
     supports_ranges,
 )
 from dataflare_platform.engine.io import Sink, Source
-from dataflare_platform.engine.operators import BatchPlugin
+from dataflare_platform.engine.operators.plugin import BatchPlugin
 from dataflare_platform.engine.pipeline import Pipeline, Stream
-from dataflare_platform.engine.spec import (
-    Duration,
-    StreamSpec,
-    WatermarkSpec,
-    _duration,
-    _Model,
-    wire,
-)
 from dataflare_platform.errors import ConfigError, InvalidInputError
 from dataflare_platform.models import validated
 from dataflare_platform.streams import bind
+from dataflare_platform.streams.fields import Duration, SpecModel, WatermarkSpec, check_duration
+from dataflare_platform.streams.steps import StreamSpec, wire
 
 
 def legacy_source(value: Any) -> Any:
@@ -94,7 +88,7 @@ def legacy_sink(value: Any) -> Any:
     return {"kind": kind}
 
 
-class CatalogSpec(_Model):
+class CatalogSpec(SpecModel):
     """How the pipeline's output appears in a catalog (the Dagster asset) and how it is
     scheduled there: the engine ignores it."""
 
@@ -111,7 +105,7 @@ class CatalogSpec(_Model):
     # most this often; checkpoints in between are committed but only logged.
     progress_interval: Duration = "30s"
 
-    _check = field_validator("sensor_interval", "progress_interval")(_duration)
+    _check = field_validator("sensor_interval", "progress_interval")(check_duration)
 
 
 def _import_builder(value: Any) -> Callable[..., Stream] | None:
@@ -136,7 +130,7 @@ def _builder_name(builder: Callable[..., Any]) -> str:
     return f"{builder.__module__}:{builder.__qualname__}"
 
 
-class PipelineSpec(_Model):
+class PipelineSpec(SpecModel):
     """A pipeline: its steps declared in ``streams`` (YAML), or a ``builder`` — a Python
     function taking one :class:`Stream` per source (by name) and returning the output
     stream, for what the builder API expresses better than YAML."""

@@ -7,7 +7,7 @@ import polars as pl
 import pytest
 
 from dataflare_platform.engine import count, max_, mean, min_, sum_
-from dataflare_platform.engine.joins import IntervalJoinAggregate
+from dataflare_platform.engine.operators.joins import IntervalJoinAggregate
 
 AGGS = [
     count("n"),

@@ -8,8 +8,8 @@ import polars as pl
 import pytest
 
 from dataflare_platform.engine.aggregations import count, max_, mean, min_, sum_
-from dataflare_platform.engine.pane_stores import ArrayPanes, FramePanes
-from dataflare_platform.engine.windows import Sliding, TopN, Tumbling, WindowAggregate
+from dataflare_platform.engine.operators.pane_stores import ArrayPanes, FramePanes
+from dataflare_platform.engine.operators.windows import Sliding, TopN, Tumbling, WindowAggregate
 
 T0 = 1_700_000_000_000
 AGGS = [

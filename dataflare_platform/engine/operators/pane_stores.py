@@ -30,8 +30,8 @@ from dataflare_platform.engine.aggregations import (
     partial_exprs,
     partial_names,
 )
-from dataflare_platform.engine.interval_tiers import DENSE_FACTOR, DENSE_SLACK, extreme
-from dataflare_platform.engine.operators import physical_numpy
+from dataflare_platform.engine.operators.base import physical_numpy
+from dataflare_platform.engine.operators.interval_tiers import DENSE_FACTOR, DENSE_SLACK, extreme
 
 PANE = "__pane"
 WINDOW_START = "window_start"

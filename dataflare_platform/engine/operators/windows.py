@@ -15,8 +15,14 @@ import polars as pl
 import pyarrow as pa
 
 from dataflare_platform.engine.aggregations import Agg, final_exprs, partial_exprs
-from dataflare_platform.engine.operators import WM_COL, Emit, Operator, event_ms, physical_numpy
-from dataflare_platform.engine.pane_stores import (
+from dataflare_platform.engine.operators.base import (
+    WM_COL,
+    Emit,
+    Operator,
+    event_ms,
+    physical_numpy,
+)
+from dataflare_platform.engine.operators.pane_stores import (
     PANE,
     WINDOW_END,
     WINDOW_START,
@@ -69,6 +75,8 @@ class WindowAggregate(Operator):
     """
 
     uses_watermark = True
+    stateful = True
+    windowed = True
 
     window: Tumbling | Sliding = field(default_factory=lambda: Tumbling(1000))
     keys: list[str] = field(default_factory=list)
@@ -173,6 +181,8 @@ class WindowTopRows(Operator):
     from the batch with a slice (a gather for ties), without a Polars query."""
 
     uses_watermark = True
+    stateful = True
+    windowed = True
 
     window: Tumbling = field(default_factory=lambda: Tumbling(1000))
     top: TopN = field(default_factory=lambda: TopN("value"))
@@ -274,6 +284,7 @@ class SessionAggregate(Operator):
     their (few) raw events until the watermark passes last event + gap + lateness."""
 
     uses_watermark = True
+    stateful = True
 
     gap_ms: int
     keys: list[str]

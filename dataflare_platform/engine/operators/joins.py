@@ -10,9 +10,9 @@ import polars as pl
 import pyarrow as pa
 
 from dataflare_platform.engine.aggregations import Agg, final_exprs
-from dataflare_platform.engine.interval_tiers import RightRows, Tier, merge_tiers
-from dataflare_platform.engine.operators import WM_COL, Emit, Operator, event_ms
-from dataflare_platform.engine.windows import WINDOW_END, WINDOW_START, Tumbling
+from dataflare_platform.engine.operators.base import WM_COL, Emit, Operator, event_ms
+from dataflare_platform.engine.operators.interval_tiers import RightRows, Tier, merge_tiers
+from dataflare_platform.engine.operators.windows import WINDOW_END, WINDOW_START, Tumbling
 
 
 def _concat(a: pl.DataFrame | None, b: pl.DataFrame) -> pl.DataFrame:
@@ -28,6 +28,8 @@ class WindowJoin(Operator):
     and joins just them."""
 
     uses_watermark = True
+    stateful = True
+    windowed = True
 
     window: Tumbling = field(default_factory=lambda: Tumbling(1000))
     left_on: list[str] = field(default_factory=list)
@@ -106,6 +108,8 @@ class IncrementalJoin(Operator):
     first. With ``right_unique`` (the right key is a primary key, like a person id) a
     left row is dropped from state as soon as it has matched, since nothing else can."""
 
+    stateful = True
+
     left_on: list[str]
     right_on: list[str]
     right_unique: bool = False
@@ -181,6 +185,7 @@ class IntervalJoinAggregate(Operator):
     """
 
     uses_watermark = True
+    stateful = True
 
     left_key: str = ""
     right_key: str = ""
@@ -297,13 +302,3 @@ class EnrichJoin(Operator):
         return batch.join(
             self.table, left_on=self.left_on, right_on=self.right_on, how=self.how
         ), None
-
-
-class Unique(Operator):
-    """Distinct rows within each batch; exact for window outputs, which fire whole."""
-
-    def __init__(self, subset: list[str] | None = None) -> None:
-        self.subset = subset
-
-    def process(self, batch: pl.DataFrame, port: int = 0) -> Emit:
-        return batch.unique(subset=self.subset, maintain_order=True), None

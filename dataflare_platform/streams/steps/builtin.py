@@ -1,0 +1,258 @@
+"""The steps every pipeline can use: each one a builder method of ``engine.Stream`` with
+the same name and arguments, registered with the model of its argument.
+
+    streams:
+      hot:
+        from: bids
+        steps:
+          - key_by: [auction]
+          - window: {sliding: {size: 10s, slide: 2s}, agg: {num: count}, top: {by: num}}
+
+Expressions are Polars SQL expressions (``"auction % 123 = 0"``), checked at load.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import polars as pl
+from pydantic import Field, field_validator, model_validator
+
+from dataflare_platform.engine.aggregations import Agg
+from dataflare_platform.engine.durations import to_ms
+from dataflare_platform.engine.operators.windows import Session, Sliding, TopN, Tumbling
+from dataflare_platform.engine.pipeline import Stream
+from dataflare_platform.errors import ConfigError
+from dataflare_platform.streams.fields import (
+    Duration,
+    DurationField,
+    Expr,
+    SpecModel,
+    check_duration,
+)
+from dataflare_platform.streams.steps.registry import StepContext, step
+
+
+# -- argument models -----------------------------------------------------------------------
+class AggSpec(SpecModel):
+    """``count`` or one of ``{sum|min|max|mean|count: column}``."""
+
+    kind: Literal["count", "sum", "min", "max", "mean"]
+    column: str | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _parse(cls, value: Any) -> Any:
+        if value == "count":
+            return {"kind": "count"}
+        if isinstance(value, dict) and len(value) == 1 and "kind" not in value:
+            ((kind, column),) = value.items()
+            return {"kind": kind, "column": column}
+        return value
+
+    @model_validator(mode="after")
+    def _column_needed(self) -> AggSpec:
+        if self.kind != "count" and not self.column:
+            raise ValueError(f"{self.kind} needs a column")
+        return self
+
+
+class SlidingSpec(SpecModel):
+    size: Duration
+    slide: Duration
+
+    _check = field_validator("size", "slide")(check_duration)
+
+    @model_validator(mode="after")
+    def _divides(self) -> SlidingSpec:
+        if to_ms(self.size) % max(to_ms(self.slide), 1) or to_ms(self.slide) == 0:
+            raise ValueError("slide must be positive and divide size")
+        return self
+
+
+class TopSpec(SpecModel):
+    by: str
+    n: int = Field(1, ge=1)
+    descending: bool = True
+
+
+class WindowSpec(SpecModel):
+    tumbling: DurationField | None = None
+    sliding: SlidingSpec | None = None
+    session: DurationField | None = None
+    lateness: DurationField = 0
+    agg: dict[str, AggSpec] | None = None
+    top: TopSpec | None = None
+    top_rows: TopSpec | None = None
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> WindowSpec:
+        kinds = [k for k in ("tumbling", "sliding", "session") if getattr(self, k) is not None]
+        if len(kinds) != 1:
+            raise ValueError("give exactly one of tumbling, sliding, session")
+        if (self.agg is None) == (self.top_rows is None):
+            raise ValueError("give either agg (aggregates) or top_rows (rows with top values)")
+        return self
+
+
+class JoinSpec(SpecModel):
+    with_: str = Field(alias="with")
+    left_on: str | list[str]
+    right_on: str | list[str]
+    right_unique: bool = False
+
+
+class WindowJoinSpec(SpecModel):
+    with_: str = Field(alias="with")
+    tumbling: DurationField
+    left_on: str | list[str]
+    right_on: str | list[str]
+    lateness: DurationField = 0
+
+
+class IntervalJoinSpec(SpecModel):
+    with_: str = Field(alias="with")
+    left_key: str
+    right_key: str
+    end_column: str
+    left_columns: list[str]
+    agg: dict[str, AggSpec]
+    lateness: DurationField = 0
+
+
+class DedupSpec(SpecModel):
+    horizon: DurationField
+    lateness: DurationField = 0
+
+
+class EnrichSpec(SpecModel):
+    path: Path
+    left_on: str | list[str]
+    right_on: str | list[str] | None = None
+    how: Literal["left", "inner"] = "left"
+
+
+class PluginSpec(SpecModel):
+    """A plugin step: ``{name, params, columns, id}``. Plugins are not loaded here: the
+    plugins layer (``dataflare_platform.plugins.specs``) loads one per step from its
+    registry and hands them to the build, keyed by ``key`` (``id``, else ``name``)."""
+
+    name: str = Field(min_length=1)
+    params: dict[str, Any] = Field(default_factory=dict)
+    columns: dict[str, str] = Field(default_factory=dict)  # manifest column -> table column
+    id: str | None = Field(None, min_length=1)  # tells apart two steps of one plugin
+
+    @property
+    def key(self) -> str:
+        return self.id or self.name
+
+
+def _aggs(spec: dict[str, AggSpec]) -> list[Agg]:
+    return [Agg(a.kind, a.column, alias) for alias, a in spec.items()]
+
+
+# -- stateless steps -----------------------------------------------------------------------
+@step("filter", Expr)
+def filter_(stream: Stream, predicate: str, context: StepContext) -> Stream:
+    return stream.filter(pl.sql_expr(predicate))
+
+
+@step("with_columns", dict[str, Expr])
+def with_columns(stream: Stream, exprs: dict[str, str], context: StepContext) -> Stream:
+    return stream.with_columns(*(pl.sql_expr(e).alias(n) for n, e in exprs.items()))
+
+
+@step("select", list[str])
+def select(stream: Stream, columns: list[str], context: StepContext) -> Stream:
+    return stream.select(*columns)
+
+
+@step("flat_map", str)
+def flat_map(stream: Stream, column: str, context: StepContext) -> Stream:
+    return stream.flat_map(column)
+
+
+@step("unique", list[str] | None)
+def unique(stream: Stream, subset: list[str] | None, context: StepContext) -> Stream:
+    return stream.unique(subset)
+
+
+@step("enrich", EnrichSpec)
+def enrich(stream: Stream, spec: EnrichSpec, context: StepContext) -> Stream:
+    table = pl.read_parquet(spec.path)
+    return stream.enrich(table, spec.left_on, spec.right_on, spec.how)
+
+
+# -- keyed steps ---------------------------------------------------------------------------
+@step("key_by", list[str])
+def key_by(stream: Stream, keys: list[str], context: StepContext) -> Stream:
+    return stream.key_by(*keys)
+
+
+@step("dedup", DedupSpec)
+def dedup(stream: Stream, spec: DedupSpec, context: StepContext) -> Stream:
+    return stream.dedup(spec.horizon, spec.lateness)
+
+
+@step("reduce", dict[str, AggSpec])
+def reduce(stream: Stream, aggs: dict[str, AggSpec], context: StepContext) -> Stream:
+    return stream.reduce(*_aggs(aggs))
+
+
+# -- windows -------------------------------------------------------------------------------
+@step("window", WindowSpec)
+def window(stream: Stream, spec: WindowSpec, context: StepContext) -> Stream:
+    if spec.tumbling is not None:
+        kind: Tumbling | Sliding | Session = Tumbling(to_ms(spec.tumbling))
+    elif spec.sliding is not None:
+        kind = Sliding(to_ms(spec.sliding.size), to_ms(spec.sliding.slide))
+    else:
+        assert spec.session is not None
+        kind = Session(to_ms(spec.session))
+    windowed = stream.window(kind, spec.lateness)
+    if spec.top_rows is not None:
+        return windowed.top_rows(spec.top_rows.by, spec.top_rows.n, spec.top_rows.descending)
+    top = None if spec.top is None else TopN(spec.top.by, spec.top.n, spec.top.descending)
+    return windowed.agg(*_aggs(spec.agg or {}), top=top)
+
+
+# -- joins (``with`` names a source or an earlier stream) ---------------------------------
+@step("join", JoinSpec)
+def join(stream: Stream, spec: JoinSpec, context: StepContext) -> Stream:
+    other = context.streams[spec.with_]
+    return stream.join(other, spec.left_on, spec.right_on, spec.right_unique)
+
+
+@step("window_join", WindowJoinSpec)
+def window_join(stream: Stream, spec: WindowJoinSpec, context: StepContext) -> Stream:
+    return stream.window_join(
+        context.streams[spec.with_],
+        Tumbling(to_ms(spec.tumbling)),
+        spec.left_on,
+        spec.right_on,
+        spec.lateness,
+    )
+
+
+@step("interval_join_agg", IntervalJoinSpec)
+def interval_join_agg(stream: Stream, spec: IntervalJoinSpec, context: StepContext) -> Stream:
+    return stream.interval_join_agg(
+        context.streams[spec.with_],
+        spec.left_key,
+        spec.right_key,
+        spec.end_column,
+        spec.left_columns,
+        *_aggs(spec.agg),
+        lateness=spec.lateness,
+    )
+
+
+# -- plugins -------------------------------------------------------------------------------
+@step("plugin", PluginSpec)
+def plugin(stream: Stream, spec: PluginSpec, context: StepContext) -> Stream:
+    loaded = context.plugins.get(spec.key)
+    if loaded is None:
+        field = "plugin.id" if spec.id else "plugin.name"
+        raise ConfigError("pipeline spec", [(field, f"no plugin named {spec.key!r} is loaded")])
+    return stream.plugin(loaded)

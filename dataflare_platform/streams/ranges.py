@@ -126,10 +126,12 @@ def run_range(
     plugins: dict | None = None,
     config: RunnerConfig | None = None,
 ) -> RunResult:
-    """Process the pipeline's sources up to ``until`` and commit (bounded run)."""
+    """Process the pipeline's sources up to ``until`` and commit (bounded run).
+
+    The spec is bound once (``bind.build``): ``until`` is checked against the partitions
+    of the sources that binding opened, not by opening them again to read their ends."""
     pipeline = bind.build(spec, log=log, default_dir=default_dir, plugins=plugins)
-    known = set(source_ends(spec, log))
-    unknown = sorted(set(until) - known)
+    unknown = sorted(set(until) - pipeline.partition_keys())
     if unknown:
         raise ConfigError(
             f"pipeline {spec.name!r}", [("until", f"unknown source partitions {unknown}")]

@@ -34,6 +34,38 @@ def test_run_range_refuses_partitions_it_does_not_read(tmp_path, hot_items, smal
     assert err.value.fields == ["until"]
 
 
+def test_a_sensor_range_binds_the_spec_once_going_down(
+    tmp_path, hot_items, small_nexmark, monkeypatch
+):
+    """run_range opens each source and the sink once (``bind.build``) and checks the
+    range against what it opened: no second binding to read the sources' ends."""
+    from dataflare_platform.connectors import registry
+
+    calls: dict[str, int] = {"open_source": 0, "open_sink": 0, "end_offsets": 0}
+
+    def counted(name):
+        real = getattr(registry, name)
+
+        def call(*args, **kwargs):
+            calls[name] += 1
+            return real(*args, **kwargs)
+
+        return call
+
+    log = EventLog(tmp_path / "log")
+    bids = small_nexmark["bids"]
+    topic = log.create_topic("nexmark.bids", bids.schema, partitions=2)
+    topic.append(bids.slice(0, 1_000), partition=0)
+    topic.append(bids.slice(1_000, 1_000), partition=1)
+    until = pending_range(hot_items, log, {})  # the sensor's tick
+    for name in calls:
+        monkeypatch.setattr(registry, name, counted(name))
+    result = run_range(hot_items, log, until, tmp_path / "out")
+    assert calls == {"open_source": len(hot_items.sources), "open_sink": 1, "end_offsets": 0}
+    assert result.checkpoint.offsets == until
+    assert result.metrics.this_run()["events_in"] == 2_000
+
+
 def test_shipped_pipelines_have_unique_names_and_read_topics():
     specs = load_specs()
     assert len({s.name for s in specs}) == len(specs) >= 2

@@ -1,5 +1,5 @@
 """A declarative stream pipeline as a Dagster component: the ``attributes`` of its
-``defs.yaml`` are the engine's pipeline spec, unchanged (``engine/spec.py``), so the
+``defs.yaml`` are the pipeline spec, unchanged (``streams/spec.py``), so the
 same file runs from the CLI (``dataflare pipeline run defs.yaml``) and in Dagster.
 
     type: dataflare_platform.components.StreamPipelineComponent

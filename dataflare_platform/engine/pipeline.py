@@ -19,32 +19,30 @@ import polars as pl
 
 from dataflare_platform.engine.aggregations import Agg
 from dataflare_platform.engine.durations import to_ms
-from dataflare_platform.engine.operators.base import Operator
-from dataflare_platform.engine.operators.joins import (
+from dataflare_platform.engine.operators import (
+    BatchPlugin,
+    Dedup,
     EnrichJoin,
-    IncrementalJoin,
-    IntervalJoinAggregate,
-    WindowJoin,
-)
-from dataflare_platform.engine.operators.keyed import Dedup, Reduce
-from dataflare_platform.engine.operators.plugin import BatchPlugin, PluginOperator
-from dataflare_platform.engine.operators.stateless import (
     Filter,
     FlatMap,
+    IncrementalJoin,
+    IntervalJoinAggregate,
     MapBatches,
+    Operator,
+    PluginOperator,
+    Reduce,
     Select,
-    Unique,
-    WithColumns,
-)
-from dataflare_platform.engine.operators.windows import (
     Session,
     SessionAggregate,
     Sliding,
-    TopN,
     Tumbling,
+    Unique,
     WindowAggregate,
+    WindowJoin,
     WindowTopRows,
+    WithColumns,
 )
+from dataflare_platform.engine.operators.windows import TopN
 from dataflare_platform.engine.sinks import Sink
 from dataflare_platform.engine.sources import Source
 from dataflare_platform.errors import InvalidInputError

@@ -1,14 +1,7 @@
-"""The steps every pipeline can use: each one a builder method of ``engine.Stream`` with
-the same name and arguments, registered with the model of its argument.
-
-    streams:
-      hot:
-        from: bids
-        steps:
-          - key_by: [auction]
-          - window: {sliding: {size: 10s, slide: 2s}, agg: {num: count}, top: {by: num}}
-
-Expressions are Polars SQL expressions (``"auction % 123 = 0"``), checked at load.
+"""The steps every pipeline can use (``streams.<name>.steps`` of a spec, see
+``streams.spec``): each one a builder method of ``engine.Stream`` with the same name and
+arguments, registered with the model of its argument. Expressions are Polars SQL
+expressions (``"auction % 123 = 0"``), checked at load.
 """
 
 from __future__ import annotations

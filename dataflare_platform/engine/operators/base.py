@@ -114,3 +114,23 @@ class Operator:
             return batch, None
         late = pl.Series(mask)
         return batch.filter(~late), batch.filter(late)
+
+
+class FrameState(Operator):
+    """A stateful operator whose whole state is one DataFrame (``_state``, a dataclass
+    field of the subclass), checkpointed under ``state_key``. The key is part of the
+    checkpoint format: a subclass keeps the one its checkpoints were written with."""
+
+    stateful = True
+    state_key: ClassVar[str]
+    _state: pl.DataFrame | None
+
+    def snapshot(self) -> dict[str, pa.Table]:
+        return {} if self._state is None else {self.state_key: self._state.to_arrow()}
+
+    def restore(self, state: dict[str, pa.Table]) -> None:
+        if self.state_key in state:
+            self._state = pl.from_arrow(state[self.state_key])
+
+    def state_rows(self) -> int:
+        return 0 if self._state is None else self._state.height

@@ -7,7 +7,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import polars as pl
-import pyarrow as pa
 
 from dataflare_platform.engine.aggregations import (
     Agg,
@@ -15,17 +14,18 @@ from dataflare_platform.engine.aggregations import (
     merge_exprs,
     partial_exprs,
 )
-from dataflare_platform.engine.operators.base import Emit, Operator, event_ms
+from dataflare_platform.engine.operators.base import Emit, FrameState, event_ms
 
 
 @dataclass
-class Dedup(Operator):
+class Dedup(FrameState):
     """Keep the first row per key; drop later rows with that key within ``horizon_ms``
     of the kept row's event time. Keys are forgotten once the watermark has passed
     their horizon plus the allowed lateness, so state stays proportional to live keys."""
 
     uses_watermark = True
     stateful = True
+    state_key = "keys"
 
     keys: list[str] = field(default_factory=list)
     horizon_ms: int = 0
@@ -74,23 +74,14 @@ class Dedup(Operator):
             self._state = self._state.filter(keep)
         return None
 
-    def snapshot(self) -> dict[str, pa.Table]:
-        return {} if self._state is None else {"keys": self._state.to_arrow()}
-
-    def restore(self, state: dict[str, pa.Table]) -> None:
-        if "keys" in state:
-            self._state = pl.from_arrow(state["keys"])
-
-    def state_rows(self) -> int:
-        return 0 if self._state is None else self._state.height
-
 
 @dataclass
-class Reduce(Operator):
+class Reduce(FrameState):
     """Running per-key aggregate without windows; emits the new value of every key a
     batch touched (an upsert stream keyed by ``keys``)."""
 
     stateful = True
+    state_key = "partials"
 
     keys: list[str]
     aggs: list[Agg]
@@ -110,13 +101,3 @@ class Reduce(Operator):
         self._state = partial
         changed = partial.join(touched, on=self.keys, how="semi", nulls_equal=True)
         return changed.select([*self.keys, *final_exprs(self.aggs)]), None
-
-    def snapshot(self) -> dict[str, pa.Table]:
-        return {} if self._state is None else {"partials": self._state.to_arrow()}
-
-    def restore(self, state: dict[str, pa.Table]) -> None:
-        if "partials" in state:
-            self._state = pl.from_arrow(state["partials"])
-
-    def state_rows(self) -> int:
-        return 0 if self._state is None else self._state.height

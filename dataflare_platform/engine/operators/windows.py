@@ -18,6 +18,7 @@ from dataflare_platform.engine.aggregations import Agg, final_exprs, partial_exp
 from dataflare_platform.engine.operators.base import (
     WM_COL,
     Emit,
+    FrameState,
     Operator,
     event_ms,
     physical_numpy,
@@ -279,18 +280,19 @@ class WindowTopRows(Operator):
 
 
 @dataclass
-class SessionAggregate(Operator):
+class SessionAggregate(FrameState):
     """Per-key sessions: events closer than ``gap`` belong together. Open sessions keep
     their (few) raw events until the watermark passes last event + gap + lateness."""
 
     uses_watermark = True
     stateful = True
+    state_key = "events"
 
     gap_ms: int
     keys: list[str]
     aggs: list[Agg]
     lateness_ms: int = 0
-    _events: pl.DataFrame | None = field(default=None, init=False)
+    _state: pl.DataFrame | None = field(default=None, init=False)  # open sessions' events
 
     def output_time_column(self) -> str:
         return WINDOW_END
@@ -300,15 +302,15 @@ class SessionAggregate(Operator):
         if batch.height == 0:
             return None, late
         rows = batch.drop(WM_COL, strict=False)
-        self._events = rows if self._events is None else pl.concat([self._events, rows])
+        self._state = rows if self._state is None else pl.concat([self._state, rows])
         return None, late
 
     def advance(self, watermark: int) -> pl.DataFrame | None:
-        if self._events is None or self._events.height == 0:
+        if self._state is None or self._state.height == 0:
             return None
         ts = "__ts"
         sessions = (
-            self._events.with_columns(event_ms(self.time_column).alias(ts))
+            self._state.with_columns(event_ms(self.time_column).alias(ts))
             .sort([*self.keys, ts])
             .with_columns(
                 (pl.col(ts).diff().over(self.keys).fill_null(self.gap_ms) >= self.gap_ms)
@@ -325,7 +327,7 @@ class SessionAggregate(Operator):
             return None
         tagged = sessions.join(closed, on=[*self.keys, "__session"], how="left", nulls_equal=True)
         done = tagged.filter(pl.col("__start").is_not_null())
-        self._events = tagged.filter(pl.col("__start").is_null()).select(self._events.columns)
+        self._state = tagged.filter(pl.col("__start").is_null()).select(self._state.columns)
         return (
             done.group_by([*self.keys, "__start", "__last"])
             .agg(partial_exprs(self.aggs))
@@ -337,13 +339,3 @@ class SessionAggregate(Operator):
             )
             .sort([WINDOW_START, *self.keys])
         )
-
-    def snapshot(self) -> dict[str, pa.Table]:
-        return {} if self._events is None else {"events": self._events.to_arrow()}
-
-    def restore(self, state: dict[str, pa.Table]) -> None:
-        if "events" in state:
-            self._events = pl.from_arrow(state["events"])
-
-    def state_rows(self) -> int:
-        return 0 if self._events is None else self._events.height

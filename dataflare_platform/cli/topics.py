@@ -150,24 +150,128 @@ def topics_maintain(
 
 
 def produce(
-    topic: Annotated[str, typer.Argument(help="Target topic (created for --nexmark if missing).")],
+    topic: Annotated[
+        str | None,
+        typer.Argument(
+            help="Target topic (default with --nexmark: nexmark.<kind>, created if missing).",
+            show_default=False,
+        ),
+    ] = None,
     files: Annotated[
         list[Path] | None,
         typer.Argument(help="Parquet, Arrow IPC or NDJSON files to append.", show_default=False),
     ] = None,
     nexmark: Annotated[
-        int | None, typer.Option(help="Generate this many Nexmark events instead of files.")
+        bool, typer.Option("--nexmark", help="Generate Nexmark events instead of reading files.")
+    ] = False,
+    live: Annotated[
+        bool,
+        typer.Option(
+            "--live",
+            help="With --nexmark: persons, auctions and bids to the nexmark.* topics with"
+            " event time = now, paced to --rate, until Ctrl-C/SIGTERM (or a bound).",
+        ),
+    ] = False,
+    events: Annotated[
+        int | None,
+        typer.Option(
+            min=1, help="Events to generate (--nexmark: default 100000; --live: no bound)."
+        ),
     ] = None,
-    kind: Annotated[str, typer.Option(help="Nexmark kind to publish.")] = "bids",
-    batch_rows: Annotated[int, typer.Option(help="Rows per append.")] = 10_000,
-    rate: Annotated[float | None, typer.Option(help="Events/s limit (default: none).")] = None,
+    duration: Annotated[
+        float | None, typer.Option(min=0, help="--live: stop after this many seconds.")
+    ] = None,
+    seed: Annotated[
+        int | None, typer.Option(min=0, help="Generator seed (default: random, printed).")
+    ] = None,
+    kind: Annotated[str, typer.Option(help="Nexmark kind to publish (not --live).")] = "bids",
+    batch_rows: Annotated[int, typer.Option(help="Rows per append (not --live).")] = 10_000,
+    rate: Annotated[
+        float | None,
+        typer.Option(help="Events/s limit (default: none; --live: 1000)."),
+    ] = None,
     partitions: Annotated[int, typer.Option(help="Partitions of a topic made here.")] = 1,
+    progress_every: Annotated[
+        float, typer.Option(min=0.1, help="--live: seconds between progress lines.")
+    ] = 2.0,
     log_dir: LogDirOption = None,
 ) -> None:
     """Append files or generated Nexmark events to a topic, with a progress bar.
 
-    NDJSON records that do not decode go to the topic's dead-letter topic.
+    NDJSON records that do not decode go to the topic's dead-letter topic. Generated
+    events end at the current time (not late for pipelines that already ran).
     """
+    if seed is None and nexmark:
+        import secrets
+
+        seed = secrets.randbelow(2**31)
+    if live:
+        if not nexmark:
+            raise UsageError("--live needs --nexmark")
+        if topic is not None or files:
+            raise UsageError("--live writes the nexmark.* topics: give no TOPIC or files")
+        assert seed is not None
+        _produce_live(log_dir, rate or 1000.0, seed, events, duration, progress_every)
+        return
+    if duration is not None:
+        raise UsageError("--duration needs --live")
+    _produce_once(topic, files, nexmark, events, seed, kind, batch_rows, rate, partitions, log_dir)
+
+
+def _produce_live(
+    log_dir: Path | None,
+    rate: float,
+    seed: int,
+    events: int | None,
+    duration: float | None,
+    progress_every: float,
+) -> None:
+    """The live producer in the foreground: SIGINT and SIGTERM stop it after the batch in
+    flight, and it prints its final count either way."""
+    import signal
+
+    from dataflare_platform.events.live import LiveNexmarkProducer
+
+    if rate <= 0:
+        raise UsageError("--rate must be > 0 events/s")
+    console = err_console()
+    producer = LiveNexmarkProducer(
+        open_log(log_dir), rate=rate, seed=seed, max_events=events, max_seconds=duration
+    )
+    console.print(
+        f"producing Nexmark events live at {rate:,.0f} events/s (seed {seed}) to "
+        "nexmark.persons, nexmark.auctions, nexmark.bids; Ctrl-C stops",
+        soft_wrap=True,
+    )
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: producer.stop())
+    last = time.monotonic()
+
+    def on_batch(p) -> None:
+        nonlocal last
+        if time.monotonic() - last >= progress_every:
+            last = time.monotonic()
+            console.print(p.line(), highlight=False, soft_wrap=True)
+
+    final = producer.run(on_batch)
+    console.print(f"stopped: {final.line()}", highlight=False, soft_wrap=True)
+    print_json({"seed": seed, **final.summary()})
+
+
+def _produce_once(
+    topic: str | None,
+    files: list[Path] | None,
+    nexmark: bool,
+    events: int | None,
+    seed: int | None,
+    kind: str,
+    batch_rows: int,
+    rate: float | None,
+    partitions: int,
+    log_dir: Path | None,
+) -> None:
+    from datetime import UTC, datetime
+
     from rich.progress import (
         BarColumn,
         Progress,
@@ -184,18 +288,22 @@ def produce(
     )
 
     log = open_log(log_dir)
-    if nexmark is not None:
+    if nexmark:
         if kind not in NEXMARK_KINDS:
             raise UsageError(f"--kind must be one of {', '.join(NEXMARK_KINDS)}")
+        topic = topic or f"nexmark.{kind}"
         if not log.exists(topic):
             log.create_topic(topic, SCHEMAS[kind], partitions=partitions)
         target = log.topic(topic)
-        source = nexmark_tables(nexmark, kind)
-    elif files:
+        assert seed is not None
+        source = nexmark_tables(events or 100_000, kind, seed=seed, end=datetime.now(UTC))
+    elif topic is not None and files:
+        if events is not None:
+            raise UsageError("--events needs --nexmark")
         target = log.topic(topic)
         source = tables_from_files(files, target)
     else:
-        raise UsageError("give files to append or --nexmark N")
+        raise UsageError("give a TOPIC and files to append, or --nexmark [--events N]")
     console = err_console()
     with Progress(
         TextColumn("[progress.description]{task.description}"),
@@ -215,6 +323,8 @@ def produce(
             rate=rate,
             on_progress=lambda n: progress.update(task, advance=n),
         )
+    if nexmark:
+        result["seed"] = seed
     print_json(result)
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterable, Iterator
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import pyarrow as pa
@@ -25,11 +26,22 @@ def dead_letter_topic(log: EventLog, topic: str) -> Topic:
     )
 
 
-def nexmark_tables(events: int, kind: str = "bids") -> Iterator[pa.Table]:
-    """Generated Nexmark events of one kind, chunk by chunk (bounded memory)."""
+def nexmark_tables(
+    events: int, kind: str = "bids", seed: int = 42, end: datetime | None = None
+) -> Iterator[pa.Table]:
+    """Generated Nexmark events of one kind, chunk by chunk (bounded memory).
+
+    With ``end`` the event times end there (at the generator's default 10 000 events/s),
+    so events produced "now" are not late for pipelines whose watermark has moved on;
+    without it they start at the generator's fixed first event time.
+    """
     from dataflare_platform.datagen import SCHEMAS, NexmarkConfig, NexmarkGenerator
 
-    gen = NexmarkGenerator(NexmarkConfig(events=events, chunk_events=min(events, 1_000_000)))
+    config = NexmarkConfig(events=events, seed=seed, chunk_events=min(events, 1_000_000))
+    if end is not None:
+        span = timedelta(seconds=(events - 1) / config.events_per_second)
+        config = config.model_copy(update={"first_event_time": end - span})
+    gen = NexmarkGenerator(config)
     for i in gen.chunks():
         yield gen.chunk(i).tables(decode=True)[kind].cast(SCHEMAS[kind])
 

@@ -90,12 +90,13 @@ def test_errors_are_clear(tmp_path):
 
 def test_produce_generated_nexmark_creates_the_topic(tmp_path):
     log_dir = str(tmp_path / "log")
-    args = ["produce", "people", "--nexmark", "5000", "--kind", "persons", "--partitions", "2"]
+    args = ["produce", "people", "--nexmark", "--events", "5000", "--kind", "persons"]
+    args += ["--partitions", "2", "--seed", "9"]
     result = json.loads(_ok([*args, "--log-dir", log_dir]).stdout)
     topic = EventLog(tmp_path / "log").topic("people")
     assert result["appended"] == sum(topic.end_offsets().values()) == 100  # 1 in 50 is a person
     assert len(topic.parts) == 2
     bad = runner.invoke(
-        app, ["produce", "x", "--nexmark", "10", "--kind", "cats", "--log-dir", log_dir]
+        app, ["produce", "x", "--nexmark", "--events", "10", "--kind", "cats", "--log-dir", log_dir]
     )
     assert bad.exit_code == 2 and "--kind must be one of" in bad.output

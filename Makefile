@@ -1,5 +1,6 @@
 # Two commands do all the set-up on a machine with Python 3.11+, git and make:
 #   make demo   - generate Nexmark data and run the pipelines in a real Dagster instance
+#   make stream - the streaming quickstart: live producer + every pipeline continuously
 #   make test   - run every test
 # Both create .venv and install the locked dependencies with uv on first use.
 
@@ -12,7 +13,7 @@ export UV_PROJECT_ENVIRONMENT := $(CURDIR)/$(VENV)
 export UV_PYTHON_DOWNLOADS := never
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: setup demo test test-fast ui bench bench-nexmark lint validate catalog-snapshot clean
+.PHONY: setup demo stream test test-fast ui bench bench-nexmark lint validate catalog-snapshot clean
 
 $(BIN)/uv:
 	$(PYTHON) -m venv $(VENV)
@@ -31,6 +32,11 @@ setup: $(VENV)/.synced
 
 demo: setup
 	$(BIN)/dataflare demo
+
+# Topics, Dagster (web UI on 127.0.0.1:3000), a live Nexmark producer and every shipped
+# pipeline running continuously; prints output as it arrives. Ctrl-C stops all of it.
+stream: setup
+	$(BIN)/dataflare quickstart
 
 test: setup
 	$(BIN)/pytest --durations=20

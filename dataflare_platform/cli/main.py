@@ -23,6 +23,7 @@ from dataflare_platform.cli.launch import launch
 from dataflare_platform.cli.nexmark import nexmark_app
 from dataflare_platform.cli.pipeline import pipeline_app, pipelines_app
 from dataflare_platform.cli.plugin import plugin_app
+from dataflare_platform.cli.quickstart import quickstart
 from dataflare_platform.cli.replay import replay_command
 from dataflare_platform.cli.route import route
 from dataflare_platform.cli.runs import runs_app
@@ -63,6 +64,7 @@ def main(
 app.command("generate")(project.generate)
 app.command("demo")(project.demo)
 app.command("ui")(project.ui)
+app.command("quickstart")(quickstart)
 # The engine.
 app.add_typer(pipeline_app, name="pipeline")
 app.add_typer(nexmark_app, name="nexmark")

@@ -1,0 +1,296 @@
+"""``dataflare quickstart`` (``make stream``): streaming as a user first meets it.
+
+One command that leaves nothing to set up by hand and nothing running afterwards:
+
+1. creates the ``nexmark.*`` topics the shipped pipelines read (keyed, two partitions);
+2. starts ``dagster dev`` (web server, daemon, code server) on the project home in its
+   own process group, so stopping it stops all of it;
+3. launches every shipped pipeline's ``<name>_continuous`` job *through Dagster* (the
+   GraphQL client, as the UI's Launch button would), so the runs, their checkpoints and
+   their metadata are in the instance and the UI like any others;
+4. runs the live Nexmark producer (event time = now, paced) in this process;
+5. every few seconds prints the producer's rate and, per stream table, the rows its
+   continuous run has written (``events_out`` summed over the run's checkpoints) and its
+   current ``events_per_s``;
+6. on Ctrl-C / SIGTERM: terminates the runs (each finishes its batch, checkpoints and
+   ends CANCELED), stops the producer, then the ``dagster dev`` process group.
+
+Why continuous runs and not the sensors' micro-batch runs: a continuous run shows output
+about two seconds after the events are produced; a sensor-launched run costs tens of
+seconds of overhead. Each stream sensor skips while its pipeline runs continuously.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
+
+import typer
+
+from dataflare_platform.cli._common import HomeOption, err_console
+from dataflare_platform.errors import DataflareError
+
+if TYPE_CHECKING:
+    from dataflare_platform.client import DataflareClient
+
+IN_PROGRESS = ("QUEUED", "NOT_STARTED", "STARTING", "STARTED")
+TERMINAL = ("SUCCESS", "FAILURE", "CANCELED")
+SERVE_TIMEOUT_S = 300.0
+RUN_STOP_TIMEOUT_S = 180.0
+DAGSTER_STOP_TIMEOUT_S = 60.0
+LAUNCHED_BY = {"dataflare/launched_by": "quickstart"}
+
+_MATERIALIZATIONS_QUERY = """
+query DataflareQuickstartMaterializations($key: AssetKeyInput!, $after: String) {
+  assetOrError(assetKey: $key) {
+    __typename
+    ... on Asset {
+      assetMaterializations(afterTimestampMillis: $after, limit: 1000) {
+        runId timestamp
+        metadataEntries {
+          __typename label
+          ... on IntMetadataEntry { intValue intRepr }
+          ... on FloatMetadataEntry { floatValue }
+        }
+      }
+    }
+  }
+}
+"""
+
+
+class QuickstartError(DataflareError):
+    """The quickstart could not start (the web server did not come up, a launch failed)."""
+
+
+@dataclass
+class StreamStatus:
+    """What the quickstart knows of one pipeline's continuous run."""
+
+    name: str
+    asset_path: list[str]
+    run_id: str = ""
+    run_status: str = "-"
+    rows: int = 0
+    events_per_s: float = 0.0
+    events_in_total: int = 0
+    seen_after_ms: str | None = None
+    seen: set[str] = field(default_factory=set)
+
+    def describe(self) -> str:
+        return f"{self.name}: {self.rows:,} rows, {self.events_per_s:,.0f} events/s" + (
+            "" if self.run_status == "STARTED" else f" [{self.run_status}]"
+        )
+
+
+def _metadata(entries: list[dict[str, Any]]) -> dict[str, float]:
+    values: dict[str, float] = {}
+    for e in entries:
+        if e["__typename"] == "IntMetadataEntry":
+            values[e["label"]] = int(
+                e["intRepr"] if e.get("intRepr") is not None else e["intValue"]
+            )
+        elif e["__typename"] == "FloatMetadataEntry" and e["floatValue"] is not None:
+            values[e["label"]] = float(e["floatValue"])
+    return values
+
+
+def refresh(client: DataflareClient, stream: StreamStatus) -> None:
+    """Add the checkpoints reported since the last refresh: rows written (``events_out``,
+    per checkpoint) and the newest current rate (``events_per_s``)."""
+    found = client.query(
+        _MATERIALIZATIONS_QUERY,
+        {"key": {"path": stream.asset_path}, "after": stream.seen_after_ms},
+    )["assetOrError"]
+    if found["__typename"] != "Asset":
+        return
+    newest: tuple[float, dict[str, float]] | None = None
+    for m in found["assetMaterializations"]:
+        ident = f"{m['runId']}:{m['timestamp']}"
+        if m["runId"] != stream.run_id or ident in stream.seen:
+            continue
+        stream.seen.add(ident)
+        values = _metadata(m["metadataEntries"])
+        stream.rows += int(values.get("events_out", 0))
+        ts = float(m["timestamp"])
+        if newest is None or ts > newest[0]:
+            newest = (ts, values)
+    if newest is not None:
+        stream.events_per_s = float(newest[1].get("events_per_s", 0.0))
+        stream.events_in_total = int(newest[1].get("events_in_total", 0))
+        # Re-read the boundary millisecond next time (``seen`` drops the duplicates).
+        stream.seen_after_ms = str(int(newest[0]) - 1)
+    stream.run_status = client.status(stream.run_id)
+
+
+def wait_until_serving(
+    proc: subprocess.Popen, port: int, log_path: Path, stopping: threading.Event
+) -> bool:
+    """Poll ``/server_info`` until the web server answers (True), or until asked to stop
+    (False); fail with the log's tail if it exits or stays silent."""
+    deadline = time.monotonic() + SERVE_TIMEOUT_S
+    while time.monotonic() < deadline:
+        if stopping.is_set():
+            return False
+        if proc.poll() is not None:
+            raise QuickstartError(f"dagster dev exited: {log_path.read_text()[-2000:]}")
+        try:
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/server_info", timeout=2)
+            return True
+        except OSError:
+            time.sleep(0.5)
+    raise QuickstartError(f"dagster dev did not answer in {SERVE_TIMEOUT_S:g} s; see {log_path}")
+
+
+def stop_runs(
+    client: DataflareClient,
+    streams: list[StreamStatus],
+    say: Callable[[str], None],
+    timeout_s: float = RUN_STOP_TIMEOUT_S,
+) -> None:
+    """Terminate every run and wait until all have ended. Dagster refuses to terminate a
+    STARTING run, so a run still starting is asked again once it has started."""
+    deadline = time.monotonic() + timeout_s
+    asked: set[str] = set()
+    pending = [s for s in streams if s.run_id]
+    while pending and time.monotonic() < deadline:
+        for stream in list(pending):
+            try:
+                stream.run_status = client.status(stream.run_id)
+                if stream.run_status in TERMINAL:
+                    pending.remove(stream)
+                elif stream.run_status != "STARTING" and stream.run_id not in asked:
+                    client.terminate(stream.run_id)
+                    asked.add(stream.run_id)
+            except DataflareError as err:
+                say(f"{stream.name}: {err}")
+        if pending:
+            time.sleep(1.0)
+    for stream in pending:
+        say(f"{stream.name}: run {stream.run_id} still {stream.run_status} after {timeout_s:g} s")
+
+
+def stop_process_group(proc: subprocess.Popen, timeout_s: float = DAGSTER_STOP_TIMEOUT_S) -> None:
+    """SIGTERM the whole group (web server, daemon, code servers), SIGKILL what remains."""
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        proc.wait(timeout=timeout_s)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)  # stragglers of the group, if any
+    proc.wait()
+
+
+def quickstart(
+    home: HomeOption = None,
+    port: Annotated[int, typer.Option(help="Port of the Dagster web UI (127.0.0.1).")] = 3000,
+    rate: Annotated[float, typer.Option(min=1, help="Events/s of the live producer.")] = 1000.0,
+    seed: Annotated[
+        int | None, typer.Option(min=0, help="Producer seed (default: random, printed).")
+    ] = None,
+    status_every: Annotated[
+        float, typer.Option(min=0.5, help="Seconds between status lines.")
+    ] = 3.0,
+) -> None:
+    """Create the Nexmark topics, start Dagster, run every shipped pipeline continuously
+    and a live producer, and print the output as it arrives; Ctrl-C stops all of it."""
+    import secrets
+
+    from dataflare_platform.client import DataflareClient
+    from dataflare_platform.defs.streams.continuous import continuous_job_name
+    from dataflare_platform.defs.streams.factory import output_key
+    from dataflare_platform.events.live import LiveNexmarkProducer, ensure_nexmark_topics
+    from dataflare_platform.events.log import EventLog
+    from dataflare_platform.home import ProjectHome
+    from dataflare_platform.streams.ranges import load_specs
+
+    console = err_console()
+
+    def say(text: str) -> None:
+        console.print(text, highlight=False, soft_wrap=True)
+
+    stopping = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stopping.set())
+
+    project = ProjectHome.resolve(home).ensure()
+    os.environ.update(project.environ())
+    log = EventLog(project.event_log_dir)
+    topics = ensure_nexmark_topics(log)
+    say(f"topics: {', '.join(t.name for t in topics.values())} (home {project.root})")
+    specs = load_specs()
+
+    log_path = project.root / "logs" / "quickstart-dagster.log"
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    dagster = Path(sys.executable).with_name("dagster")
+    serve = ("-h", "127.0.0.1", "-p", str(port))
+    with log_path.open("ab") as out:
+        proc = subprocess.Popen(
+            [*(str(dagster), "dev", "-m", "dataflare_platform.definitions"), *serve],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, **project.environ()},
+            start_new_session=True,  # one process group: stopping it stops all of it
+        )
+    say(f"dagster dev (process group {proc.pid}) starting; log {log_path}")
+    producer: LiveNexmarkProducer | None = None
+    thread: threading.Thread | None = None
+    streams: list[StreamStatus] = []
+    client = DataflareClient(port=port, timeout_s=60)
+    try:
+        if not wait_until_serving(proc, port, log_path, stopping):
+            return
+        say(f"Dagster UI on http://127.0.0.1:{port}")
+        for spec in specs:
+            if stopping.is_set():
+                return
+            job = continuous_job_name(spec)
+            stream = StreamStatus(spec.name, list(output_key(spec).path))
+            running = client.runs(limit=1, job=job, statuses=list(IN_PROGRESS))
+            stream.run_id = (
+                running[0].run_id if running else client.launch_job(job, tags=LAUNCHED_BY)
+            )
+            stream.seen_after_ms = str(int(time.time() * 1000))
+            streams.append(stream)
+            say(f"launched {job}: run {stream.run_id}")
+        seed = secrets.randbelow(2**31) if seed is None else seed
+        producer = LiveNexmarkProducer(log, rate=rate, seed=seed)
+        thread = threading.Thread(target=producer.run, name="live-producer", daemon=True)
+        thread.start()
+        say(f"producing at {rate:,.0f} events/s (seed {seed}); Ctrl-C stops everything")
+        started = time.monotonic()
+        while not stopping.wait(status_every):
+            if proc.poll() is not None:
+                raise QuickstartError(f"dagster dev exited; see {log_path}")
+            for stream in streams:
+                refresh(client, stream)
+            p = producer.progress
+            say(
+                f"[{time.monotonic() - started:5.0f}s] producer {p.rate:,.0f} events/s"
+                f" ({p.events:,} events) | " + " | ".join(s.describe() for s in streams)
+            )
+    finally:
+        say("stopping: terminating the continuous runs")
+        stop_runs(client, streams, say)
+        if producer is not None and thread is not None:
+            producer.stop()
+            thread.join()
+            say(f"producer stopped: {producer.progress.line()}")
+        stop_process_group(proc)
+        say(
+            "stopped: "
+            + (", ".join(f"{s.name} {s.run_status}" for s in streams) or "no runs")
+            + "; dagster dev stopped"
+        )

@@ -10,10 +10,10 @@ One command that leaves nothing to set up by hand and nothing running afterwards
    their metadata are in the instance and the UI like any others;
 4. runs the live Nexmark producer (event time = now, paced) in this process;
 5. every few seconds prints the producer's rate and, per stream table, the rows its
-   continuous run has written (``events_out`` summed over the run's checkpoints) and its
+   continuous run has written (``events_out`` of its newest progress report) and its
    current ``events_per_s``;
 6. on Ctrl-C / SIGTERM: terminates the runs (each finishes its batch, checkpoints and
-   ends CANCELED), stops the producer, then the ``dagster dev`` process group.
+   ends SUCCESS), stops the producer, then the ``dagster dev`` process group.
 
 Why continuous runs and not the sensors' micro-batch runs: a continuous run shows output
 about two seconds after the events are produced; a sensor-launched run costs tens of
@@ -109,8 +109,9 @@ def _metadata(entries: list[dict[str, Any]]) -> dict[str, float]:
 
 
 def refresh(client: DataflareClient, stream: StreamStatus) -> None:
-    """Add the checkpoints reported since the last refresh: rows written (``events_out``,
-    per checkpoint) and the newest current rate (``events_per_s``)."""
+    """Take the newest progress the run reported since the last refresh: rows written
+    (``events_out``, counted from the run's start: each report carries the run's total,
+    so the newest one is the count) and the current rate (``events_per_s``)."""
     found = client.query(
         _MATERIALIZATIONS_QUERY,
         {"key": {"path": stream.asset_path}, "after": stream.seen_after_ms},
@@ -124,11 +125,11 @@ def refresh(client: DataflareClient, stream: StreamStatus) -> None:
             continue
         stream.seen.add(ident)
         values = _metadata(m["metadataEntries"])
-        stream.rows += int(values.get("events_out", 0))
         ts = float(m["timestamp"])
         if newest is None or ts > newest[0]:
             newest = (ts, values)
     if newest is not None:
+        stream.rows = max(stream.rows, int(newest[1].get("events_out", 0)))
         stream.events_per_s = float(newest[1].get("events_per_s", 0.0))
         stream.events_in_total = int(newest[1].get("events_in_total", 0))
         # Re-read the boundary millisecond next time (``seen`` drops the duplicates).

@@ -30,6 +30,7 @@ import pyarrow.compute as pc
 
 from dataflare_platform.datagen import SCHEMAS, NexmarkConfig, NexmarkGenerator
 from dataflare_platform.datagen.config import PROPORTION_DENOMINATOR
+from dataflare_platform.errors import InvalidInputError
 from dataflare_platform.events.log import EventLog, Topic
 
 # The topics the shipped pipelines read, each laid out as the demo makes it: two
@@ -105,7 +106,7 @@ class LiveNexmarkProducer:
         clock: Callable[[], float] = time.time,
     ) -> None:
         if rate <= 0:
-            raise ValueError(f"rate must be > 0 events/s, got {rate}")
+            raise InvalidInputError(f"rate must be > 0 events/s, got {rate}")
         self.log = log
         self.rate = float(rate)
         self.seed = seed

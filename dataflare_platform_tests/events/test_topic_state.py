@@ -87,3 +87,34 @@ def test_last_append_is_the_newest_segments_write_time(tmp_path, small_nexmark):
     (segment,) = topic.partition(0).segments()
     os.utime(segment.path, ns=(1_700_000_000_000_000_000, 1_700_000_000_000_000_000))
     assert topic_state(topic).last_append_ms == 1_700_000_000_000
+
+
+def _file_bytes(topic, partition: int) -> int:
+    return sum(p.stat().st_size for p in (topic.dir / f"p{partition:05d}").glob("*.arrow"))
+
+
+def test_bytes_are_the_stored_segment_sizes_per_partition(tmp_path, small_nexmark):
+    bids = small_nexmark["bids"]
+    log = EventLog(tmp_path / "log")
+    topic = log.create_topic("bids", bids.schema, partitions=2, key="auction", retention_ms=1)
+    for start in range(0, bids.num_rows, 700):
+        topic.append(bids.slice(start, 700))
+    state = topic_state(topic)
+    assert state.partition_bytes == {p: _file_bytes(topic, p) for p in (0, 1)}
+    assert state.total_bytes == sum(state.partition_bytes.values()) > 0
+    assert state.total_bytes == topic.describe()["bytes"]
+    newest = {p: _max_ms(topic.read(p, 0, end)) for p, end in topic.end_offsets().items()}
+    assert state.partition_newest_ms == newest
+
+    # Retention frees bytes without changing the version: no new data to read.
+    assert topic.enforce_retention() > 0
+    kept = topic_state(log.topic("bids"))
+    assert kept.version == state.version
+    assert kept.partition_bytes == {p: _file_bytes(topic, p) for p in (0, 1)}
+    assert kept.total_bytes < state.total_bytes
+    # A fresh reader (another process's view, no cached sizes) agrees.
+    assert topic_state(EventLog(tmp_path / "log").topic("bids")) == kept
+
+    topic.append(bids.slice(0, 10))
+    grown = topic_state(topic)
+    assert grown.version != kept.version and grown.total_bytes > kept.total_bytes

@@ -14,10 +14,12 @@ its deps to update) and freshness checks see nothing happen, ever. So:
   cursor (topic → data version), so an idle topic writes nothing to the event log and
   no run is launched for observing.
 
-The data version is a digest of the committed end offsets; the metadata carries the end
-offsets, event counts, the newest event time, and ``dagster/last_updated_timestamp`` (the
-wall-clock time of the last append), which Dagster's last-update freshness checks read
-from observations.
+The data version is a digest of the committed end offsets (so it moves only when events
+are appended, never on retention or compaction); the metadata carries the end offsets,
+event counts, bytes stored (in total, an integer the UI plots, and per partition in a
+table), the newest event time, and ``dagster/last_updated_timestamp`` (the wall-clock
+time of the last append), which Dagster's last-update freshness checks read from
+observations.
 """
 
 import json
@@ -52,12 +54,44 @@ def observation_metadata(state: TopicState) -> dict[str, dg.MetadataValue]:
         "total_events": dg.MetadataValue.int(state.total_events),
         "retained_events": dg.MetadataValue.int(state.retained_events),
         "partitions": dg.MetadataValue.int(len(state.end_offsets)),
+        "bytes": dg.MetadataValue.int(state.total_bytes),
+        "partition_state": _partition_table(state),
     }
     if state.newest_event_ms is not None:
         metadata["newest_event_time"] = dg.MetadataValue.timestamp(state.newest_event_ms / 1000)
     if state.last_append_ms is not None:
         metadata[LAST_UPDATED_TIMESTAMP] = dg.MetadataValue.timestamp(state.last_append_ms / 1000)
     return metadata
+
+
+_PARTITION_COLUMNS = dg.TableSchema(
+    columns=[
+        dg.TableColumn("partition", "int"),
+        dg.TableColumn("start_offset", "int"),
+        dg.TableColumn("end_offset", "int"),
+        dg.TableColumn("bytes", "int"),
+        dg.TableColumn("newest_event_ms", "int", description="epoch ms; empty: no event time"),
+    ]
+)
+
+
+def _partition_table(state: TopicState) -> dg.MetadataValue:
+    """Per partition: offsets, bytes stored and newest event time (a table in the UI)."""
+    return dg.MetadataValue.table(
+        records=[
+            dg.TableRecord(
+                {
+                    "partition": p,
+                    "start_offset": state.start_offsets.get(p, 0),
+                    "end_offset": end,
+                    "bytes": state.partition_bytes.get(p, 0),
+                    "newest_event_ms": state.partition_newest_ms.get(p),
+                }
+            )
+            for p, end in sorted(state.end_offsets.items())
+        ],
+        schema=_PARTITION_COLUMNS,
+    )
 
 
 def observe_result(state: TopicState) -> dg.ObserveResult:

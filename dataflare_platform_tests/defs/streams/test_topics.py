@@ -62,6 +62,16 @@ def test_the_sensor_reports_each_append_once(home, small_nexmark):
         assert meta["newest_event_time"].value == _newest_s(bids.slice(0, 1000))
         last_append = topic_state(topic).last_append_ms / 1000
         assert meta["dagster/last_updated_timestamp"].value == last_append
+        # Bytes stored: an int in total (plotted), a table row per partition.
+        state = topic_state(topic)
+        assert isinstance(meta["bytes"], dg.IntMetadataValue)
+        assert meta["bytes"].value == state.total_bytes > 0
+        table = meta["partition_state"]
+        assert isinstance(table, dg.TableMetadataValue)
+        rows = {r.data["partition"]: r.data for r in table.records}
+        assert {p: r["bytes"] for p, r in rows.items()} == state.partition_bytes
+        assert sum(r["bytes"] for r in rows.values()) == state.total_bytes
+        assert {p: r["end_offset"] for p, r in rows.items()} == topic.end_offsets()
 
         # Nothing appended: the tick skips and nothing is written to the event log.
         again, cursor = tick_topic_observations(root_defs, instance, home, cursor)

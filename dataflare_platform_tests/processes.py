@@ -1,12 +1,15 @@
 """Crash tests' process driver: a command SIGKILLed at random moments and restarted,
 until it finishes (exactly-once tests of every transactional sink use it)."""
 
+import contextlib
 import json
 import os
 import random
 import signal
 import subprocess
+import sys
 import time
+from collections.abc import Iterator
 
 
 def kill_until_done(
@@ -35,3 +38,26 @@ def kill_until_done(
         out, err = proc.communicate(timeout=300)
         assert proc.returncode == 0, err.decode()
         return json.loads(out.decode().strip().splitlines()[-1]), kills
+
+
+@contextlib.contextmanager
+def holding_duckdb_writer(path) -> Iterator[None]:
+    """Another process holding ``path`` open for writing (as a running pipeline does:
+    DuckDB lets one process write a file and no other open it meanwhile)."""
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            f"import duckdb, sys\nc = duckdb.connect({str(path)!r})\n"
+            "print('holding', flush=True)\nsys.stdin.read()\n",
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout.readline().strip() == "holding"  # it has the lock now
+        yield
+    finally:
+        holder.stdin.close()
+        holder.wait(timeout=300)

@@ -32,7 +32,7 @@ import importlib
 import inspect
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, Field, field_validator, model_validator
 
@@ -88,6 +88,18 @@ def legacy_sink(value: Any) -> Any:
     return {"kind": kind}
 
 
+class MaxLagSpec(SpecModel):
+    """How far behind its sources the pipeline may fall before its ``lag`` check fails:
+    committed events not yet processed, and seconds of event time between the newest
+    event in a source partition and the newest the pipeline processed from it. A bound
+    left out is not judged."""
+
+    events: int | None = Field(None, ge=0)
+    seconds: float | None = Field(None, ge=0)
+    # warn: a failed check shows yellow; error: red (a failed check never stops a run).
+    severity: Literal["warn", "error"] = "warn"
+
+
 class CatalogSpec(SpecModel):
     """How the pipeline's output appears in a catalog (the Dagster asset) and how it is
     scheduled there: the engine ignores it."""
@@ -104,6 +116,8 @@ class CatalogSpec(SpecModel):
     # A continuous run records a materialization (and evaluates the asset's checks) at
     # most this often; checkpoints in between are committed but only logged.
     progress_interval: Duration = "30s"
+    # Lag bounds of the ``lag`` check; without them it reports the lag and always passes.
+    max_lag: MaxLagSpec = Field(default_factory=MaxLagSpec)
 
     _check = field_validator("sensor_interval", "progress_interval")(check_duration)
 

@@ -36,6 +36,12 @@ from dataflare_platform.defs.streams.continuous import (
     continuous_definitions,
     continuous_in_progress,
 )
+from dataflare_platform.defs.streams.lag import (
+    lag_check_result,
+    lag_check_spec,
+    lag_metadata,
+    lag_sensor,
+)
 from dataflare_platform.defs.streams.topics import (
     DEFAULT_OBSERVATION_INTERVAL_S,
     topic_key,
@@ -44,6 +50,7 @@ from dataflare_platform.defs.streams.topics import (
 from dataflare_platform.engine.durations import to_ms
 from dataflare_platform.events.log import EventLog
 from dataflare_platform.plugins.specs import load_plugins, plugin_steps
+from dataflare_platform.streams.lag import has_lag, pipeline_lag
 from dataflare_platform.streams.ranges import (
     output_schema,
     pending_range,
@@ -99,12 +106,12 @@ def _kinds(spec: PipelineSpec) -> set[str]:
     return kinds
 
 
-def _run_metadata(result, ends: dict[str, int], seconds: float) -> dict[str, object]:
-    """Numeric values, so the UI plots them run after run."""
+def _run_metadata(result, seconds: float) -> dict[str, object]:
+    """Numeric values, so the UI plots them run after run (the lag comes separately:
+    against the sources' ends now, not the range the run was given)."""
     m = result.metrics
     counts = m.this_run()
     latency = m.latency.summary()
-    lag = sum(max(0, ends[k] - result.checkpoint.offsets.get(k, 0)) for k in ends)
     return {
         "events_in": counts["events_in"],
         "events_out": counts["events_out"],
@@ -113,7 +120,6 @@ def _run_metadata(result, ends: dict[str, int], seconds: float) -> dict[str, obj
         "events_per_s": round(counts["events_in"] / seconds, 1) if seconds > 0 else 0.0,
         "p99_batch_ms": latency["p99_ms"] or 0.0,
         "watermark_ms": m.watermark_ms or 0,
-        "lag_events": lag,
         "events_in_total": m.events_in,
         "offsets": dg.MetadataValue.json(result.checkpoint.offsets),
     }
@@ -158,7 +164,8 @@ def pipeline_definitions(
                     "Share of the run's events dead-lettered, at most"
                     f" {catalog.max_dead_letter_rate:.2%} (catalog.max_dead_letter_rate)."
                 ),
-            )
+            ),
+            *([lag_check_spec(spec, key)] if has_lag(spec) else []),
         ],
     )
     def stream_output(
@@ -175,7 +182,10 @@ def pipeline_definitions(
         result = run_range(spec, log, until, home.root / "streams", plugins=loaded)
         seconds = time.perf_counter() - started
         context.log.info(f"{spec.name}: {json.dumps(result.metrics.this_run())} up to {until}")
-        metadata = _run_metadata(result, until, seconds)
+        metadata = _run_metadata(result, seconds)
+        lag = pipeline_lag(spec, log, result.checkpoint) if has_lag(spec) else None
+        if lag is not None:
+            metadata.update(lag_metadata(lag))
         if loaded:
             # Which module each plugin step ran, recorded by the audit trail.
             metadata[PLUGINS] = dg.MetadataValue.json(
@@ -197,7 +207,8 @@ def pipeline_definitions(
                 "max_dead_letter_rate": catalog.max_dead_letter_rate,
             },
         )
-        return dg.MaterializeResult(metadata=metadata, check_results=[check])
+        checks = [check] if lag is None else [check, lag_check_result(spec, lag)]
+        return dg.MaterializeResult(metadata=metadata, check_results=checks)
 
     # In process: no child process per step loading the code location again.
     job = dg.define_asset_job(
@@ -243,11 +254,19 @@ def topic_definitions(
 ) -> dg.Definitions:
     """The topics ``specs`` read, once for all of them (pipelines share topics): observable
     assets and the topic_observations sensor, which observes as often as the most eager
-    pipeline reading them looks. What the streams domain adds beside the components."""
+    pipeline reading them looks; and the stream_lag sensor evaluating every pipeline's lag
+    check at the same cadence. What the streams domain adds beside the components."""
     observe_s = sensor_interval_s or min(
         (_sensor_interval_s(s) for s in specs), default=DEFAULT_OBSERVATION_INTERVAL_S
     )
-    return topic_observation_definitions(topic_specs(specs), observe_s)
+    topics = topic_observation_definitions(topic_specs(specs), observe_s)
+    lagging = [s for s in specs if has_lag(s)]
+    if not lagging:
+        return topics
+    keys = {s.name: output_key(s) for s in lagging}
+    return dg.Definitions.merge(
+        topics, dg.Definitions(sensors=[lag_sensor(lagging, keys, observe_s)])
+    )
 
 
 def stream_definitions(

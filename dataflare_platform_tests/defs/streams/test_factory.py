@@ -51,8 +51,9 @@ def _materialize(defs, run_config):
     result = dg.materialize([asset], run_config=run_config)
     assert result.success
     (mat,) = result.asset_materializations_for_node("streams__hot_items")
-    (check,) = result.get_asset_check_evaluations()
-    assert check.check_name == "dead_letter_rate" and check.passed
+    checks = {c.check_name: c for c in result.get_asset_check_evaluations()}
+    assert set(checks) == {"dead_letter_rate", "lag"}
+    assert checks["dead_letter_rate"].passed and checks["lag"].passed  # no max_lag: passes
     return {k: getattr(v, "value", v) for k, v in mat.metadata.items()}
 
 

@@ -26,10 +26,11 @@ CHECK = dg.AssetCheckKey(KEY, LAG_CHECK)
 
 
 def _pipelines(tmp_path, max_lag) -> list:
-    """hot_items as shipped, with ``catalog.max_lag`` set."""
+    """hot_items as shipped, with ``catalog.max_lag`` set (None: left out)."""
     folder = tmp_path / "pipelines"
     folder.mkdir()
     document = yaml.safe_load((DEFS_DIR / "streams" / "hot_items" / "defs.yaml").read_text())
+    document["attributes"]["catalog"].pop("max_lag", None)
     if max_lag is not None:
         document["attributes"]["catalog"]["max_lag"] = max_lag
     (folder / "hot_items.yaml").write_text(yaml.safe_dump(document))
@@ -169,8 +170,14 @@ def test_without_max_lag_the_check_reports_and_passes(home, tmp_path, small_nexm
     EventLog(home.event_log_dir).create_topic("nexmark.bids", bids.schema).append(bids)
     with dg.DagsterInstance.get() as instance:
         meta, check = _run(defs, instance, {"bids/0": 10})
-    assert meta["lag_events"] == bids.num_rows - 10
+    assert meta["lag_events"] == bids.num_rows - 10 and meta["lag_seconds"] > 0
     assert check.passed and check.severity == dg.AssetCheckSeverity.WARN
+    assert check.metadata["max_lag_events"].value == "none"
+
+
+def test_the_shipped_hot_items_bounds_its_lag():
+    (spec,) = [s for s in load_specs() if s.name == "hot_items"]
+    assert (spec.catalog.max_lag.events, spec.catalog.max_lag.seconds) == (100_000, 60)
 
 
 @pytest.mark.parametrize(

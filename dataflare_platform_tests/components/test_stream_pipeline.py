@@ -48,7 +48,7 @@ def test_a_scaffolded_pipeline_is_a_working_pipeline():
             assert component.spec.name == "big_bids"
             assert _names(defs) == {
                 "assets": {"streams/big_bids"},
-                "checks": {"streams/big_bids:dead_letter_rate"},
+                "checks": {"streams/big_bids:dead_letter_rate", "streams/big_bids:lag"},
                 "jobs": {"big_bids_job", "big_bids_continuous"},
                 "sensors": {"big_bids_sensor"},
             }

@@ -204,3 +204,27 @@ def test_continuous_run_terminates_gracefully_and_resumes(dagster_dev, home, sma
     assert client.wait(second, timeout_s=TIMEOUT_S) == "SUCCESS"
     assert not _runs(client, "hot_items_job")  # the micro-batch job never ran
     _check_output(home, bids)
+
+
+def test_the_daemon_evaluates_the_lag_check_while_nothing_runs(dagster_dev, home, small_nexmark):
+    """Only ``stream_lag`` runs: no pipeline run can happen, yet the daemon stores an
+    evaluation of hot_items' lag check counting every produced bid as behind."""
+    import dagster as dg
+
+    client = dagster_dev
+    _stop_sensors_except(client, "stream_lag")
+    bids = small_nexmark["bids"]
+    EventLog(home.event_log_dir).create_topic("nexmark.bids", bids.schema).append(bids)
+    check = dg.AssetCheckKey(dg.AssetKey(["streams", "hot_items"]), "lag")
+
+    def evaluation():
+        with dg.DagsterInstance.get() as instance:
+            record = instance.get_latest_asset_check_evaluation_record(check)
+        return None if record is None else record.event.dagster_event.event_specific_data
+
+    found = _wait_for("a lag evaluation by the sensor", evaluation, timeout_s=300)
+    assert found.metadata["evaluated_by"].value == "stream_lag"
+    assert found.metadata["lag_events"].value == bids.num_rows
+    # The shipped bounds (100000 events, 60 s) hold for 2760 bids over 30 s.
+    assert found.passed and found.metadata["lag_seconds"].value <= 60
+    assert not _runs(client, "hot_items_job")

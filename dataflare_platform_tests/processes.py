@@ -9,7 +9,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 
 def kill_until_done(
@@ -41,23 +41,29 @@ def kill_until_done(
 
 
 @contextlib.contextmanager
-def holding_duckdb_writer(path) -> Iterator[None]:
-    """Another process holding ``path`` open for writing (as a running pipeline does:
-    DuckDB lets one process write a file and no other open it meanwhile)."""
+def holding_duckdb_writer(path, read_only: bool = False) -> Iterator[Callable[[], None]]:
+    """Another process holding ``path`` open (for writing, as a running pipeline does:
+    DuckDB then lets no other process open it; or read-only, as a reader does: then no
+    other process may write it). Yields a function that lets go early."""
     holder = subprocess.Popen(
         [
             sys.executable,
             "-c",
-            f"import duckdb, sys\nc = duckdb.connect({str(path)!r})\n"
+            f"import duckdb, sys\nc = duckdb.connect({str(path)!r}, read_only={read_only})\n"
             "print('holding', flush=True)\nsys.stdin.read()\n",
         ],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         text=True,
     )
+
+    def release() -> None:
+        if not holder.stdin.closed:
+            holder.stdin.close()
+        holder.wait(timeout=300)
+
     try:
         assert holder.stdout.readline().strip() == "holding"  # it has the lock now
-        yield
+        yield release
     finally:
-        holder.stdin.close()
-        holder.wait(timeout=300)
+        release()

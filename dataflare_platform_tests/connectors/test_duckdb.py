@@ -8,11 +8,13 @@ import polars as pl
 import pytest
 
 from dataflare_platform.connectors import duckdb as duckdb_connector
+from dataflare_platform.connectors.duckdb.sink import DuckDBSink, connect_for_writing
 from dataflare_platform.connectors.registry import SINKS
 from dataflare_platform.connectors.settings import OpenContext
 from dataflare_platform.errors import ConfigError
 from dataflare_platform.models import validated
 from dataflare_platform_tests.connectors.contract import SinkCase, TransactionalSinkContract
+from dataflare_platform_tests.processes import holding_duckdb_writer
 
 
 class TestDuckDBSinkContract(TransactionalSinkContract):
@@ -73,3 +75,28 @@ def test_reading_a_file_this_process_writes_sees_what_was_committed(tmp_path):
         assert conn.execute("SELECT a FROM t").fetchall() == [(1,)]
         with pytest.raises(duckdb.InvalidInputException, match="read-only"):
             conn.execute("INSERT INTO t VALUES (2)")
+
+
+def test_opening_waits_for_a_reader_of_another_process_to_let_go(tmp_path):
+    """A reader in another process (the lag sensor, ``dataflare dlq``) holds the file's
+    lock for a moment; a run opening the sink then waits instead of failing."""
+    path = tmp_path / "out.duckdb"
+    first = DuckDBSink(path, "t")
+    assert first.open("p") is None
+    first.close()
+    waits: list[int] = []
+    with holding_duckdb_writer(path, read_only=True) as release:
+        with pytest.raises(duckdb.IOException, match="lock"):
+            connect_for_writing(path, wait_s=0)  # not waiting: the lock is really held
+
+        def reader_lets_go() -> None:
+            waits.append(1)
+            release()
+
+        conn = connect_for_writing(path, on_wait=reader_lets_go)
+    conn.execute("CREATE TABLE written (a INTEGER)")  # a read-write connection
+    conn.close()
+    assert len(waits) == 1  # it waited once, then opened
+    sink = DuckDBSink(path, "t")
+    assert sink.open("p") is None
+    sink.close()

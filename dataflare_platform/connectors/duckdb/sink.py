@@ -3,6 +3,8 @@ written in one transaction per commit (exactly-once with the runner's checkpoint
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import duckdb
@@ -12,6 +14,31 @@ import pyarrow as pa
 from dataflare_platform.engine.checkpoint import Checkpoint
 from dataflare_platform.engine.io import TransactionalSink, newest_per_key
 from dataflare_platform.sql_names import quote_identifier
+
+# How long opening waits for another process's lock on the file. Readers (the lag sensor,
+# ``dataflare dlq``, schema lookups) hold it for milliseconds; a writer is another run of
+# the same pipeline, which the stream pools keep from happening.
+LOCK_WAIT_S = 30.0
+
+
+def connect_for_writing(
+    path: Path, wait_s: float = LOCK_WAIT_S, on_wait: Callable[[], None] | None = None
+) -> duckdb.DuckDBPyConnection:
+    """A read-write connection, waiting while another process holds the file's lock
+    (DuckDB gives a writer the file alone, so a reader's moment would fail a run).
+    ``on_wait`` is called before each wait."""
+    deadline = time.monotonic() + wait_s
+    delay = 0.01
+    while True:
+        try:
+            return duckdb.connect(str(path))
+        except duckdb.IOException as err:
+            if "lock" not in str(err).lower() or time.monotonic() >= deadline:
+                raise
+        if on_wait is not None:
+            on_wait()
+        time.sleep(delay)
+        delay = min(delay * 2, 0.5)
 
 
 class DuckDBSink(TransactionalSink):
@@ -33,7 +60,7 @@ class DuckDBSink(TransactionalSink):
     def open(self, pipeline: str) -> Checkpoint | None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.discard_pending()
-        self._conn = duckdb.connect(str(self.path))
+        self._conn = connect_for_writing(self.path)
         self._pipeline = pipeline
         self._conn.execute(
             "CREATE TABLE IF NOT EXISTS dataflare_checkpoints ("

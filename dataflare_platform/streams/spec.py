@@ -108,6 +108,8 @@ class CatalogSpec(SpecModel):
     group: str = "streams"
     owners: list[str] = Field(default_factory=list)
     tags: dict[str, str] = Field(default_factory=dict)
+    # Lag bounds of the ``lag`` check; without them it reports the lag and always passes.
+    max_lag: MaxLagSpec = Field(default_factory=MaxLagSpec)
     sensor_interval: Duration = "30s"
     # A sensor requests runs over new offset ranges (false: continuous runs only).
     micro_batch: bool = True

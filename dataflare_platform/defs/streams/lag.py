@@ -19,7 +19,7 @@ in the stream's pool, to read a few file names). So:
   has one writing process per file; a continuous run holds it all along), the sensor
   takes the checkpoint the asset's latest materialization recorded instead (its
   ``offsets``, and the processed event times of ``lag_per_partition`` when present;
-  continuous runs record a materialization per checkpoint).
+  continuous runs record their progress as materializations with ``offsets``).
 
 Bounds come from the pipeline's ``catalog.max_lag`` (``{events, seconds, severity}``);
 without bounds the check reports the lag and passes.

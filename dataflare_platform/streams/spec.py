@@ -118,8 +118,6 @@ class CatalogSpec(SpecModel):
     # A continuous run records a materialization (and evaluates the asset's checks) at
     # most this often; checkpoints in between are committed but only logged.
     progress_interval: Duration = "30s"
-    # Lag bounds of the ``lag`` check; without them it reports the lag and always passes.
-    max_lag: MaxLagSpec = Field(default_factory=MaxLagSpec)
 
     _check = field_validator("sensor_interval", "progress_interval")(check_duration)
 

@@ -242,7 +242,8 @@ def quickstart(
     serve = ("-h", "127.0.0.1", "-p", str(port))
     with log_path.open("ab") as out:
         proc = subprocess.Popen(
-            [*(str(dagster), "dev", "-m", "dataflare_platform.definitions"), *serve],
+            # The same workspace (one location name) as ``dataflare ui`` and ``make ui``.
+            [*(str(dagster), "dev", "-w", str(project.write_workspace())), *serve],
             stdout=out,
             stderr=subprocess.STDOUT,
             env={**os.environ, **project.environ()},

@@ -188,9 +188,12 @@ def test_the_stream_asset_page_shows_rows_and_a_current_rate(quickstart, tmp_pat
     """The hot_items asset's page (latest continuous checkpoint) in a real browser: output
     rows (``events_out``) and a non-zero ``events_per_s``; screenshots kept."""
     from dataflare_platform.client import DataflareClient
+    from dataflare_platform.home import LOCATION_NAME
 
     chromium = _chromium()
     client = DataflareClient(port=quickstart.port, timeout_s=60)
+    # One code-location name everywhere (as under `make ui` and in the demo's runs).
+    assert {ref.location for ref in client.jobs()} == {LOCATION_NAME}
     deadline = time.monotonic() + CEILING_S
     # Follow the checkpoints until one reports output and a rate.
     while time.monotonic() < deadline:

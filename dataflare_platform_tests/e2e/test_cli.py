@@ -265,7 +265,7 @@ def test_pipeline_bench_measures_both_modes_under_a_real_dagster_dev(tmp_path):
     overhead = micro["run_overhead_s"]
     assert overhead["step_s"]["median"] > 0
     assert overhead["run_total_s"]["median"] >= overhead["step_s"]["median"]
-    assert continuous["end_status"] == "CANCELED"
+    assert continuous["end_status"] == "SUCCESS"  # a graceful stop: the step returns
 
 
 def test_pipeline_validate_names_the_bad_field(tmp_path):

@@ -104,6 +104,8 @@ class LiveNexmarkProducer:
         interval_s: float = 0.5,
         max_out_of_order_ms: int = 2_000,
         clock: Callable[[], float] = time.time,
+        monotonic: Callable[[], float] = time.monotonic,
+        wait: Callable[[float], bool] | None = None,
     ) -> None:
         if rate <= 0:
             raise InvalidInputError(f"rate must be > 0 events/s, got {rate}")
@@ -116,6 +118,10 @@ class LiveNexmarkProducer:
         self.max_out_of_order_ms = max_out_of_order_ms
         self._clock = clock
         self._stop = threading.Event()
+        # The pacing clock and the wait for a batch's tokens (True: asked to stop); both
+        # injectable so tests check the token bucket by counts, not by elapsed time.
+        self._monotonic = monotonic
+        self._wait = wait or self._stop.wait
         self._lock = threading.Lock()
         self._progress = LiveProgress()
         self.config = NexmarkConfig(
@@ -140,7 +146,7 @@ class LiveNexmarkProducer:
         """Produce until stopped or a bound is reached; return the final progress."""
         topics = ensure_nexmark_topics(self.log)
         generator = NexmarkGenerator(self.config)
-        started = time.monotonic()
+        started = self._monotonic()
         previous_ms = int(self._clock() * 1000)
         recent: deque[tuple[float, int]] = deque([(started, 0)])
         produced = 0
@@ -150,7 +156,7 @@ class LiveNexmarkProducer:
             if self.max_seconds is not None and due - started > self.max_seconds + 1e-9:
                 break
             # Token bucket of one batch: wait until the batch's tokens have accrued.
-            if self._stop.wait(max(0.0, due - time.monotonic())):
+            if self._wait(max(0.0, due - self._monotonic())):
                 break
             now_ms = int(self._clock() * 1000)
             tables = self._timed(generator, index, previous_ms, now_ms)
@@ -158,7 +164,7 @@ class LiveNexmarkProducer:
                 topics[kind].append(table)
             previous_ms = now_ms
             produced += stop - start
-            now = time.monotonic()
+            now = self._monotonic()
             recent.append((now, produced))
             while len(recent) > 2 and now - recent[1][0] >= RATE_WINDOW_S:
                 recent.popleft()
@@ -173,7 +179,7 @@ class LiveNexmarkProducer:
             if on_batch is not None:
                 on_batch(self.progress)
         with self._lock:
-            self._progress.seconds = time.monotonic() - started
+            self._progress.seconds = self._monotonic() - started
             self._progress.end_offsets = {t.name: t.end_offsets() for t in topics.values()}
         return self.progress
 

@@ -37,10 +37,21 @@ def test_a_bounded_run_is_paced_to_its_rate(tmp_path):
     """2 s at 2000 events/s: exactly the four batches due by then, never faster than the
     token bucket lets them out (each batch waits for its tokens)."""
     log = EventLog(tmp_path / "log")
-    producer = LiveNexmarkProducer(log, rate=2000, seed=1, max_seconds=2.0)
-    final = producer.run()
+    now = [100.0]  # a pacing clock that only the token waits move: no wall clock here
+
+    def wait(seconds: float) -> bool:
+        now[0] += seconds
+        return False
+
+    released: list[tuple[float, int]] = []
+    producer = LiveNexmarkProducer(
+        log, rate=2000, seed=1, max_seconds=2.0, monotonic=lambda: now[0], wait=wait
+    )
+    final = producer.run(on_batch=lambda p: released.append((now[0] - 100.0, p.events)))
     assert final.events == _events(log) == 4000
-    assert final.seconds >= 1.5  # the 4th batch is not due before 2.0 s of tokens, minus one
+    # Each 1000-event batch is let out exactly when its tokens have accrued (k * 0.5 s).
+    assert released == [(0.5, 1000), (1.0, 2000), (1.5, 3000), (2.0, 4000)]
+    assert final.seconds == 2.0
     assert final.end_offsets["nexmark.bids"] == log.topic("nexmark.bids").end_offsets()
     # Every topic the shipped pipelines read exists, keyed over two partitions.
     for name, key in NEXMARK_TOPICS.values():

@@ -320,6 +320,7 @@ def _list_side_rows(
 
 
 def _show_side(name: str, pipelines_dir: Path | None, home: Path | None, row: int | None) -> None:
+    from dataflare_platform.sql_names import quote_identifier
     from dataflare_platform.streams.side_outputs import side_output, side_row
 
     spec = _spec(name, pipelines_dir)
@@ -327,7 +328,8 @@ def _show_side(name: str, pipelines_dir: Path | None, home: Path | None, row: in
     place = side_output(spec, streams).as_dict()
     if row is None:
         if place["table"] is not None and place["path"] is not None:
-            place["query"] = f"SELECT * FROM {place['table']} ORDER BY rowid"
+            table = quote_identifier(place["table"])  # a name from the pipeline's YAML
+            place["query"] = f"SELECT * FROM {table} ORDER BY rowid"
         print_json(place)
         return
     print(json.dumps({**place, **side_row(spec, streams, row)}, ensure_ascii=False, default=str))

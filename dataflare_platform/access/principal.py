@@ -1,0 +1,66 @@
+"""The authenticated identity behind an action.
+
+A principal is made only by the platform: by the authenticating front (a logged-in user or
+a service token), or by the run coordinator for runs the daemon submits on behalf of a
+sensor, schedule or backfill. It is never read from anything a caller can set (run tags,
+``USER``), which is why the ``dataflare/`` tag namespace is reserved: a caller-supplied tag
+in it is refused, and only the coordinator writes :data:`PRINCIPAL_TAG`.
+"""
+
+from __future__ import annotations
+
+import re
+from contextvars import ContextVar
+from typing import Literal
+
+from pydantic import field_validator
+
+from dataflare_platform.models import StrictModel
+
+RESERVED_TAG_PREFIX = "dataflare/"
+PRINCIPAL_TAG = "dataflare/principal"
+NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.@+\-]{0,127}$")
+
+PrincipalKind = Literal["user", "service", "sensor", "schedule", "backfill", "system"]
+# How the identity was established: the login method, a service token, the daemon (for
+# sensor/schedule/backfill principals) or the host (in-process paths that cannot be gated,
+# recorded as out of band).
+Via = Literal["local", "oidc", "ldap", "token", "daemon", "host"]
+ROLES = ("viewer", "launcher", "editor", "admin")
+
+
+class Principal(StrictModel):
+    """An authenticated actor: ``kind:name`` is its stable id in the audit log."""
+
+    name: str
+    kind: PrincipalKind
+    via: Via
+    roles: frozenset[str] = frozenset()
+    groups: frozenset[str] = frozenset()
+
+    @field_validator("name")
+    @classmethod
+    def _safe_name(cls, value: str) -> str:
+        if not NAME_PATTERN.match(value):
+            raise ValueError(
+                "a principal name is 1-128 characters of letters, digits and _.@+- "
+                "starting with a letter or digit"
+            )
+        return value
+
+    @field_validator("roles", "groups")
+    @classmethod
+    def _safe_members(cls, value: frozenset[str]) -> frozenset[str]:
+        for item in value:
+            if not NAME_PATTERN.match(item):
+                raise ValueError(f"role or group {item[:40]!r} has characters outside _.@+-")
+        return value
+
+    @property
+    def id(self) -> str:
+        return f"{self.kind}:{self.name}"
+
+
+# The principal of the request being served (set by the web front around each request, so
+# code running inside the webserver process, e.g. the run coordinator, knows who asked).
+CURRENT_PRINCIPAL: ContextVar[Principal | None] = ContextVar("dataflare_principal", default=None)

@@ -74,7 +74,7 @@ GENESIS_HASH = "0" * 64
 # One constant key: the advisory lock is per database, so it only serializes appenders of
 # the same database (a few microseconds each), never unrelated work.
 _PG_LOCK_KEY = int.from_bytes(hashlib.sha256(b"dataflare.audit").digest()[:8], "big", signed=True)
-_ACTOR_KINDS = ("user", "sensor", "schedule", "client", "system")
+_ACTOR_KINDS = ("user", "service", "sensor", "schedule", "backfill", "client", "system")
 _ACTOR = re.compile(rf"^(system|({'|'.join(_ACTOR_KINDS)}):\S.{{0,199}})$")
 _ACTION = re.compile(r"^[a-z][a-z0-9_.]{0,63}$")
 
@@ -295,8 +295,9 @@ class AuditLog:
     ) -> AuditEntry:
         """Record one event and return it with its seq and hashes.
 
-        ``actor`` is ``system`` or ``<kind>:<name>`` with kind one of user, sensor,
-        schedule, client, system; ``action`` a lower_snake name (see ``AuditAction``).
+        ``actor`` is ``system`` or ``<kind>:<name>`` with kind one of user, service,
+        sensor, schedule, backfill, client, system (``Principal.id``); ``action`` a
+        lower_snake name (see ``AuditAction``).
         """
         problems = []
         if not isinstance(actor, str) or not _ACTOR.match(actor):

@@ -19,6 +19,12 @@ from dataflare_platform.sql_names import quote_identifier
 WAREHOUSE_FILE = "warehouse.duckdb"
 
 
+class NoRowsYetError(MissingPathError):
+    """The table is a stream pipeline's output that its sink has opened (the file holds
+    the sink's checkpoint table) but no row has reached yet: e.g. no window has closed on
+    a fresh topic. Not missing data: nothing was produced that a check could judge."""
+
+
 class DuckDBTableRef(StrictModel):
     path: Path = Path(WAREHOUSE_FILE)
     table: str
@@ -60,6 +66,11 @@ def read_dataset(ref: DatasetRef, home_root: Path, limit: int | None = None) -> 
             raise MissingPathError(f"no DuckDB file {path}")
         with duckdb_connector.reading(path) as conn:
             names = {r[0] for r in conn.sql("SELECT table_name FROM duckdb_tables()").fetchall()}
+            if ref.duckdb.table not in names and duckdb_connector.CHECKPOINT_TABLE in names:
+                raise NoRowsYetError(
+                    f"no rows yet in {ref.duckdb.table!r}: the pipeline writing {path} has "
+                    "run but emitted nothing yet (e.g. no window has closed)"
+                )
             if ref.duckdb.table not in names:
                 raise MissingPathError(f"no table {ref.duckdb.table!r} in {path}")
             sql = f"SELECT * FROM {quote_identifier(ref.duckdb.table)}"

@@ -17,14 +17,21 @@ from typing import TYPE_CHECKING, Annotated, Literal
 
 from pydantic import Field
 
-from dataflare_platform.connectors.duckdb.sink import DuckDBSink
+from dataflare_platform.connectors.duckdb.sink import CHECKPOINT_TABLE, DuckDBSink
 from dataflare_platform.connectors.settings import SQL_IDENTIFIER, ConnectorSettings, OpenContext
 from dataflare_platform.errors import ConfigError
 
 if TYPE_CHECKING:
     import duckdb
 
-__all__ = ["DuckDBSink", "DuckDBSinkSettings", "default_path", "open_sink", "reading"]
+__all__ = [
+    "CHECKPOINT_TABLE",
+    "DuckDBSink",
+    "DuckDBSinkSettings",
+    "default_path",
+    "open_sink",
+    "reading",
+]
 
 # What DuckDB says when a process opens read-only a file it already holds read-write.
 _SAME_PROCESS_WRITER = "different configuration"

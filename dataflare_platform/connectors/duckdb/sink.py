@@ -19,6 +19,9 @@ from dataflare_platform.sql_names import quote_identifier
 # ``dataflare dlq``, schema lookups) hold it for milliseconds; a writer is another run of
 # the same pipeline, which the stream pools keep from happening.
 LOCK_WAIT_S = 30.0
+# The sink's checkpoint table: its presence in a file says a pipeline sink opened it (and
+# has committed or is about to), even before the first output row creates the output table.
+CHECKPOINT_TABLE = "dataflare_checkpoints"
 
 
 def connect_for_writing(
@@ -63,7 +66,7 @@ class DuckDBSink(TransactionalSink):
         self._conn = connect_for_writing(self.path)
         self._pipeline = pipeline
         self._conn.execute(
-            "CREATE TABLE IF NOT EXISTS dataflare_checkpoints ("
+            f"CREATE TABLE IF NOT EXISTS {CHECKPOINT_TABLE} ("
             " pipeline VARCHAR PRIMARY KEY, state BLOB NOT NULL,"
             " committed_at TIMESTAMP DEFAULT current_timestamp)"
         )
@@ -72,7 +75,7 @@ class DuckDBSink(TransactionalSink):
             " (kind VARCHAR, operator VARCHAR, reason VARCHAR, payload VARCHAR)"
         )
         rows = self._conn.execute(
-            "SELECT state FROM dataflare_checkpoints WHERE pipeline = $p", {"p": pipeline}
+            f"SELECT state FROM {CHECKPOINT_TABLE} WHERE pipeline = $p", {"p": pipeline}
         ).fetchall()
         return Checkpoint.decode(bytes(rows[0][0])) if rows else None
 

@@ -10,6 +10,7 @@ import dagster as dg
 
 from dataflare_platform.compliance.datasets import DatasetRef, read_dataset
 from dataflare_platform.compliance.expectations import SuiteResult, SuiteSpec, run_suite
+from dataflare_platform.defs.governance.checks import no_data_result
 from dataflare_platform.defs.pools import dataset_tags
 from dataflare_platform.defs.resources import ProjectHomeResource
 
@@ -67,12 +68,7 @@ def expectation_check(
         try:
             frame = read_dataset(ref, dataflare.home.root)
         except FileNotFoundError as err:
-            return dg.AssetCheckResult(
-                passed=False,
-                severity=dg.AssetCheckSeverity.ERROR,
-                description=f"no data to check: {err}",
-                metadata={"dataset": ref.describe()},
-            )
+            return no_data_result(ref, err)
         return suite_check_result(run_suite(frame, suite), ref)
 
     return _check

@@ -6,6 +6,7 @@ import polars as pl
 import pytest
 
 from dataflare_platform.compliance.spec import GovernedDataset
+from dataflare_platform.connectors.duckdb import DuckDBSink
 from dataflare_platform.defs.governance.checks import contract_check, pii_check
 from dataflare_platform.defs.governance.definitions import dataset_checks
 from dataflare_platform.defs.resources import ProjectHomeResource
@@ -97,3 +98,42 @@ def test_each_section_yields_its_check(section):
     (key,) = check.check_keys
     assert key.asset_key == KEY
     assert key.name == {"pii": "pii_compliance", "contract": "schema_contract"}[section]
+
+
+def run_without_output(resources, checks, sink_opened: bool):
+    """The asset runs but writes no output rows; with ``sink_opened`` its file holds what
+    a pipeline sink creates at open (a fresh topic, no window closed yet)."""
+
+    @dg.asset(key=KEY)
+    def contacts(dataflare: ProjectHomeResource) -> None:
+        with duckdb.connect(str(dataflare.home.root / "crm.duckdb")) as conn:
+            if sink_opened:
+                sink = DuckDBSink(dataflare.home.root / "crm.duckdb", "contacts")
+                conn.close()
+                sink.open("contacts_pipeline")
+                sink.close()
+
+    result = dg.materialize([contacts, *checks], resources=resources, raise_on_error=False)
+    return result.success, {e.check_name: e for e in result.get_asset_check_evaluations()}
+
+
+def test_a_stream_output_with_no_rows_yet_passes_with_a_warning(resources):
+    """A pipeline whose sink opened its file but emitted nothing (no window closed yet)
+    breaks no contract: the blocking check passes, saying why, and the run stays green."""
+    ok, evaluations = run_without_output(
+        resources, [pii_check(KEY, SPEC), contract_check(KEY, SPEC)], sink_opened=True
+    )
+    assert ok
+    for name in ("schema_contract", "pii_compliance"):
+        evaluation = evaluations[name]
+        assert evaluation.passed and evaluation.severity == dg.AssetCheckSeverity.WARN
+        assert "no rows yet in 'contacts'" in evaluation.description
+        assert evaluation.metadata["rows_scanned"].value == 0
+
+
+def test_a_missing_table_still_fails_the_blocking_contract(resources):
+    ok, evaluations = run_without_output(resources, [contract_check(KEY, SPEC)], sink_opened=False)
+    contract = evaluations["schema_contract"]
+    assert not contract.passed and contract.severity == dg.AssetCheckSeverity.ERROR
+    assert "no data to check" in contract.description
+    assert not ok  # blocking: the run fails

@@ -45,9 +45,14 @@ class CheckpointReport:
     checkpoint_at: float  # when it was committed, seconds since the epoch
     offsets: dict[str, int]
     lag_by_partition: dict[str, int] = field(default_factory=dict)
+    # The committed checkpoint itself (offsets and processed event times), for the lag in
+    # events and seconds; not a metadata value.
+    checkpoint: Checkpoint | None = field(default=None, repr=False, compare=False)
 
     def metadata(self) -> dict[str, object]:
-        return dict(self.__dict__)
+        values = dict(self.__dict__)
+        values.pop("checkpoint")
+        return values
 
 
 def report(
@@ -80,6 +85,7 @@ def report(
         checkpoint_at=time.time() if committed_at is None else committed_at,
         offsets=dict(checkpoint.offsets),
         lag_by_partition=lag,
+        checkpoint=checkpoint,
     )
 
 

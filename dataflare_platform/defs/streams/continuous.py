@@ -50,19 +50,22 @@ from dagster._core.definitions.asset_checks.asset_check_evaluation import (
 )
 from pydantic import Field
 
+from dataflare_platform.connectors.broker import BrokerError
 from dataflare_platform.defs.metadata import column_schema
 from dataflare_platform.defs.plugins.resources import PluginRuntimeResource
 from dataflare_platform.defs.pools import stream_pool
 from dataflare_platform.defs.resources import ProjectHomeResource
+from dataflare_platform.defs.streams.lag import LAG_CHECK, lag_check_result, lag_metadata
 from dataflare_platform.engine.durations import to_ms
 from dataflare_platform.engine.runner import RunnerConfig
-from dataflare_platform.events.log import EventLog
+from dataflare_platform.events.log import EventLog, TopicNotFoundError
 from dataflare_platform.plugins.specs import load_plugins, plugin_steps
 from dataflare_platform.streams.continuous import (
     DEFAULT_CHECKPOINT_INTERVAL_S,
     CheckpointReport,
     ContinuousRun,
 )
+from dataflare_platform.streams.lag import PipelineLag, has_lag, pipeline_lag
 from dataflare_platform.streams.progress import DEFAULT_RATE_WINDOW_S
 from dataflare_platform.streams.ranges import output_schema
 from dataflare_platform.streams.spec import PipelineSpec
@@ -360,6 +363,7 @@ class _Progress:
         self.context, self.spec, self.key = context, spec, key
         self.interval_s = config.progress_interval_s or to_ms(spec.catalog.progress_interval) / 1000
         self.streams_dir = dataflare.home.root / "streams"
+        self.log = EventLog(dataflare.home.event_log_dir) if has_lag(spec) else None
         self.checks = asset_checks(context, key, {"dataflare": dataflare, "plugins": plugins})
         self.recorded: CheckpointReport | None = None  # the last one materialized
         self.pending: CheckpointReport | None = None  # newer, not yet materialized
@@ -387,6 +391,18 @@ class _Progress:
             return None
         return self.record()
 
+    def lag(self, report: CheckpointReport) -> PipelineLag | None:
+        """The lag at this checkpoint, in events and seconds behind the sources' committed
+        ends now (None: no source with ends, or a source not there yet)."""
+        if self.log is None:
+            return None
+        try:
+            lag = pipeline_lag(self.spec, self.log, report.checkpoint)
+        except (TopicNotFoundError, BrokerError) as err:
+            self.context.log.info(f"{self.spec.name}: lag not evaluated ({err})")
+            return None
+        return lag
+
     def record(self) -> str | None:
         report = self.pending
         assert report is not None
@@ -395,6 +411,9 @@ class _Progress:
             self.schema = output_schema(self.spec, self.streams_dir)
         if self.schema is not None:
             metadata["dagster/column_schema"] = column_schema(self.schema)
+        lag = self.lag(report)
+        if lag is not None:
+            metadata.update(lag_metadata(lag))
         self.context.log_event(
             dg.AssetMaterialization(
                 self.key,
@@ -405,6 +424,10 @@ class _Progress:
         previous, self.recorded, self.recorded_at = self.recorded, report, time.monotonic()
         target = _target(self.context.instance, self.key, self.context.run_id)
         results = [(dead_letter_check(self.spec, report, previous), False)]
+        names = [DEAD_LETTER_CHECK]
+        if lag is not None:  # never blocking: a lagging pipeline must keep running
+            results.append((lag_check_result(self.spec, lag), False))
+            names.append(LAG_CHECK)
         for check in self.checks:
             try:
                 results.append((check.evaluate(), check.blocking))
@@ -415,7 +438,7 @@ class _Progress:
                     description=f"the check raised {type(err).__name__}: {err}",
                 )
                 results.append((failed, check.blocking))
-        names = [DEAD_LETTER_CHECK, *(c.name for c in self.checks)]
+        names += [c.name for c in self.checks]
         reasons = []
         for name, (result, blocking) in zip(names, results, strict=True):
             self.context.log_event(_evaluation(self.key, name, result, blocking, target))

@@ -87,7 +87,7 @@ def test_interrupted_run_checkpoints_and_the_next_one_resumes(defs, home, small_
         assert {"p99_batch_ms", "watermark_ms"} <= set(meta)
         assert {"events_per_s_lifetime", "checkpoint_at", "lag_by_partition"} <= set(meta)
         assert meta["lag_by_partition"] == {"bids/0": 0}
-        structured = {"offsets", "lag_by_partition", "dagster/column_schema"}
+        structured = {"offsets", "lag_by_partition", "lag_per_partition", "dagster/column_schema"}
         assert all(isinstance(v, int | float) for k, v in meta.items() if k not in structured)
         logs = [e.message for e in instance.all_logs(first.run_id)]
         assert any("finishing the batch and checkpointing" in m for m in logs)

@@ -103,8 +103,16 @@ def test_checks_run_with_each_materialization_and_columns_stay(home, pipelines_d
         assert result.success
 
         evaluations = result.get_asset_check_evaluations()
-        assert {e.check_name for e in evaluations} == {"dead_letter_rate", "schema_contract"}
+        assert {e.check_name for e in evaluations} == {"dead_letter_rate", "lag", "schema_contract"}
         assert all(e.passed for e in evaluations)
+        # The lag check is evaluated by the run too (never blocking), in events and seconds
+        # behind the topic's committed end; the last one saw everything processed.
+        lag = [e for e in evaluations if e.check_name == "lag"]
+        assert not any(e.blocking for e in lag)
+        assert lag[-1].metadata["lag_events"].value == 0
+        assert lag[-1].description.startswith("0 events, 0 s behind")
+        figures = _latest(instance)["lag_per_partition"]
+        assert figures and all(f["processed_event_ms"] for f in figures.values())
         contract = [e for e in evaluations if e.check_name == "schema_contract"]
         assert all(e.blocking for e in contract)
         assert contract[-1].description == "schema as declared"

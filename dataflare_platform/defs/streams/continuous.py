@@ -41,7 +41,7 @@ writes each event to the instance at once.
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import partial
 
 import dagster as dg
@@ -368,18 +368,36 @@ class _Progress:
         self.recorded: CheckpointReport | None = None  # the last one materialized
         self.pending: CheckpointReport | None = None  # newer, not yet materialized
         self.recorded_at: float | None = None
+        self.reported_at: float | None = None  # when the newest checkpoint came
+        self.idle_after_s = max(self.interval_s, config.rate_window_s)
         self.schema = None
+
+    def _gone_idle(self, now: float) -> bool:
+        """Whether the last recorded rate is non-zero but no checkpoint came since it
+        for a whole progress interval and rate window."""
+        return (
+            self.pending is not None
+            and self.pending is self.recorded
+            and self.recorded.events_per_s > 0
+            and self.reported_at is not None
+            and now - self.reported_at >= self.idle_after_s
+        )
 
     def checkpoint(self, report: CheckpointReport | None) -> str | None:
         """Take a committed checkpoint's report (None: time passed without one); record
         the newest one not yet recorded when due. Returns why the pipeline must stop (a
         failing blocking check), else None."""
+        now = time.monotonic()
         if report is not None:
-            self.pending = report
+            self.pending, self.reported_at = report, now
             self.context.log.debug(
                 f"{self.spec.name}: checkpoint at {report.offsets}, "
                 f"{report.events_per_s:g} events/s"
             )
+        elif self._gone_idle(now):
+            # No checkpoint for a whole rate window: the stream is idle, and the asset's
+            # current rate must say so rather than keep the last busy figure.
+            self.pending = replace(self.pending, events_per_s=0.0)  # type: ignore[arg-type]
         if self.pending is None or self.pending is self.recorded:
             return None
         due = self.recorded_at is None or time.monotonic() - self.recorded_at >= self.interval_s

@@ -50,15 +50,21 @@ def _latest(instance) -> dict:
 
 def _interrupt_when(instance, predicate, timeout_s=60.0):
     """SIGINT this process (as Dagster does to a run it terminates) once the asset's
-    latest metadata satisfies ``predicate``."""
+    latest metadata satisfies ``predicate``, or after ``timeout_s``; the thread's
+    ``matched`` event tells which."""
+    matched = threading.Event()
 
     def watch():
         deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline and not predicate(_latest(instance)):
+        while time.monotonic() < deadline:
+            if predicate(_latest(instance)):
+                matched.set()
+                break
             time.sleep(0.05)
         os.kill(os.getpid(), signal.SIGINT)
 
     thread = threading.Thread(target=watch, daemon=True)
+    thread.matched = matched
     thread.start()
     return thread
 
@@ -172,3 +178,35 @@ def test_micro_batch_sensor_skips_while_a_continuous_run_is_active(defs, home, s
         with dg.build_sensor_context(instance=instance, resources=_resources(home)) as context:
             result = sensor(context)
         assert isinstance(result, dg.SkipReason) and "continuously" in result.skip_message
+
+
+def test_an_idle_stream_reports_a_zero_current_rate(defs, home, small_nexmark):
+    """Once no checkpoint has come for a whole rate window, the asset's current rate
+    drops to 0 instead of keeping the last busy figure (the lifetime rate stays)."""
+    bids = small_nexmark["bids"]
+    EventLog(home.event_log_dir).create_topic("nexmark.bids", bids.schema).append(
+        bids.slice(0, 2000)
+    )
+    config = {"ops": {f"run_{JOB}": {"config": {**FAST, "rate_window_s": 0.5}}}}
+    with dg.instance_for_test() as instance:
+        watcher = _interrupt_when(
+            instance, lambda m: m.get("events_in") == 2000 and m.get("events_per_s") == 0
+        )
+        result = _run(defs, instance, run_config=config)
+        watcher.join()
+        assert result.success
+        assert watcher.matched.is_set()  # reported idle while running, not only at the stop
+        records = instance.fetch_materializations(KEY, limit=100).records
+        rates = [
+            (
+                r.asset_materialization.metadata["events_per_s"].value,
+                r.asset_materialization.metadata["offsets"].value,
+            )
+            for r in reversed(records)
+        ]
+        busy = [i for i, (rate, _) in enumerate(rates) if rate > 0]
+        assert busy, rates
+        idle_rate, idle_offsets = rates[-1]
+        assert idle_rate == 0 and idle_offsets == {"bids/0": 2000}
+        assert rates[busy[-1]][1] == idle_offsets  # same checkpoint, now reported idle
+        assert _latest(instance)["events_per_s_lifetime"] > 0

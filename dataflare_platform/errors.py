@@ -157,3 +157,29 @@ class CorruptInputError(DataflareError):
 class BatchRejectedError(DataflareError):
     """An operator could not process one batch (a plugin trapped, timed out, broke the
     ABI...): the engine dead-letters that batch with this message and goes on."""
+
+
+class AuthenticationError(DataflareError):
+    """A login was refused. The message says why in terms safe to show the person logging
+    in: never a password, token, code or secret, and the same words for a wrong password
+    and an unknown user (telling them apart would let anyone enumerate accounts)."""
+
+
+class InvalidCredentialsError(AuthenticationError):
+    """The name and password (or the code handed back by the identity provider) do not
+    identify anyone. One message for every cause, on purpose."""
+
+    def __init__(self, message: str = "invalid user name or password") -> None:
+        super().__init__(message)
+
+
+class IdentityProviderError(AuthenticationError):
+    """The identity provider could not be asked or answered something unusable (down,
+    timed out, a malformed discovery document, an ID token that fails verification). The
+    front shows a generic failure and logs this message (which names no secret)."""
+
+
+class SecretUnavailableError(DataflareError):
+    """A secret named in the settings (an environment variable or a 0600 file) is missing,
+    empty or readable by others. The message names where the secret should be, never its
+    value."""

@@ -1,0 +1,166 @@
+"""A real OpenLDAP server (Debian's ``slapd``) for the LDAP tests: its own config and mdb
+database in a temporary directory, run in the foreground as the current user on
+127.0.0.1 at a free port, loaded with users and groups by ``ldapadd``. The system's slapd
+service (if any) is neither used nor touched."""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from ldap3.utils.dn import escape_rdn
+
+SUFFIX = "dc=dataflare,dc=test"
+ROOT_DN = f"cn=admin,{SUFFIX}"
+ROOT_PASSWORD = "root-test-password"  # test fixture values, not real secrets
+SERVICE_DN = f"cn=reader,{SUFFIX}"
+SERVICE_PASSWORD = "reader-test-password"
+# dave+ops: "+" is legal in a principal name and special in a DN (it joins RDN parts).
+PASSWORDS = {
+    "alice": "alice-password",
+    "bob": "bob-password",
+    "carol": "carol-password",
+    "dave+ops": "dave-password",
+}
+GROUPS = {
+    "data-admins": ["alice"],
+    "analysts": ["alice", "bob", "dave+ops"],
+    "staff": ["carol"],
+}
+SCHEMA_DIR = Path("/etc/ldap/schema")
+MODULE_DIR = Path("/usr/lib/ldap")
+START_CEILING_SECONDS = 60.0
+
+
+@dataclass(frozen=True)
+class Slapd:
+    url: str
+    suffix: str = SUFFIX
+
+    def people(self) -> str:
+        return f"ou=people,{self.suffix}"
+
+    def groups(self) -> str:
+        return f"ou=groups,{self.suffix}"
+
+
+def slapd_available() -> bool:
+    return Path("/usr/sbin/slapd").exists() and shutil.which("ldapadd") is not None
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _hash(password: str) -> str:
+    """An {SSHA} hash made by Debian's slappasswd (the directory stores no cleartext)."""
+    return subprocess.run(
+        ["slappasswd", "-s", password], check=True, capture_output=True, text=True, timeout=60
+    ).stdout.strip()
+
+
+def _config(root: Path) -> str:
+    schemas = "\n".join(
+        f"include {SCHEMA_DIR / name}.schema" for name in ("core", "cosine", "inetorgperson", "nis")
+    )
+    return f"""{schemas}
+pidfile {root / "slapd.pid"}
+argsfile {root / "slapd.args"}
+modulepath {MODULE_DIR}
+moduleload back_mdb
+database mdb
+maxsize 10485760
+suffix "{SUFFIX}"
+rootdn "{ROOT_DN}"
+rootpw {_hash(ROOT_PASSWORD)}
+directory {root / "db"}
+access to attrs=userPassword
+  by self =xw
+  by anonymous auth
+  by * none
+access to *
+  by users read
+  by * none
+"""
+
+
+def _entries() -> str:
+    blocks = [
+        f"dn: {SUFFIX}\nobjectClass: dcObject\nobjectClass: organization\n"
+        "o: DataFlare\ndc: dataflare",
+        f"dn: ou=people,{SUFFIX}\nobjectClass: organizationalUnit\nou: people",
+        f"dn: ou=groups,{SUFFIX}\nobjectClass: organizationalUnit\nou: groups",
+        f"dn: {SERVICE_DN}\nobjectClass: organizationalRole\nobjectClass: simpleSecurityObject\n"
+        f"cn: reader\nuserPassword: {_hash(SERVICE_PASSWORD)}",
+    ]
+    for uid, password in PASSWORDS.items():
+        blocks.append(
+            f"dn: uid={escape_rdn(uid)},ou=people,{SUFFIX}\nobjectClass: inetOrgPerson\n"
+            f"uid: {uid}\ncn: {uid.title()}\nsn: {uid.title()}\nuserPassword: {_hash(password)}"
+        )
+    for group, members in GROUPS.items():
+        lines = [f"dn: cn={group},ou=groups,{SUFFIX}", "objectClass: groupOfNames", f"cn: {group}"]
+        lines += [f"member: uid={escape_rdn(m)},ou=people,{SUFFIX}" for m in members]
+        blocks.append("\n".join(lines))
+    return "\n\n".join(blocks) + "\n"
+
+
+def _answers(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=1):
+            return True
+    except OSError:
+        return False
+
+
+@contextmanager
+def running_slapd(root: Path) -> Iterator[Slapd]:
+    """slapd serving ``SUFFIX`` from ``root`` until the block ends."""
+    (root / "db").mkdir(parents=True)
+    conf = root / "slapd.conf"
+    conf.write_text(_config(root))
+    port = _free_port()
+    url = f"ldap://127.0.0.1:{port}"
+    log = (root / "slapd.log").open("wb")
+    # -d 0: stay in the foreground (no daemon to chase), log nothing but fatal errors.
+    proc = subprocess.Popen(
+        ["/usr/sbin/slapd", "-f", str(conf), "-h", f"{url}/", "-d", "0"],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + START_CEILING_SECONDS
+        while not _answers(port):
+            if proc.poll() is not None:
+                raise AssertionError(
+                    f"slapd exited ({proc.returncode}): {(root / 'slapd.log').read_text()}"
+                )
+            if time.monotonic() > deadline:
+                raise AssertionError(f"slapd did not answer on {url}")
+            time.sleep(0.1)
+        ldif = root / "entries.ldif"
+        ldif.write_text(_entries())
+        subprocess.run(
+            ["ldapadd", "-x", "-H", url, "-D", ROOT_DN, "-w", ROOT_PASSWORD, "-f", str(ldif)],
+            check=True,
+            capture_output=True,
+            timeout=60,
+        )
+        yield Slapd(url=url)
+    finally:
+        proc.terminate()  # slapd shuts down cleanly on SIGTERM
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=60)
+        log.close()

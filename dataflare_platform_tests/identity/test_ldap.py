@@ -1,0 +1,189 @@
+"""LDAP login against a real OpenLDAP server (Debian's slapd, started by the fixture on
+127.0.0.1 with its own config and data): binds, group → role mapping, and the inputs that
+must be refused with one and the same message."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from dataflare_platform.errors import (
+    ConfigError,
+    IdentityProviderError,
+    InvalidCredentialsError,
+)
+from dataflare_platform.identity.ldap import LdapDirectory, LdapSettings
+from dataflare_platform_tests.identity.slapd_server import (
+    PASSWORDS,
+    SERVICE_DN,
+    SERVICE_PASSWORD,
+    Slapd,
+    running_slapd,
+    slapd_available,
+)
+
+# CI (.ci/run) installs slapd and sets DATAFLARE_REQUIRE_SLAPD=1: there a missing slapd
+# fails these tests instead of skipping them.
+pytestmark = pytest.mark.skipif(
+    not slapd_available() and os.environ.get("DATAFLARE_REQUIRE_SLAPD") != "1",
+    reason="Debian's slapd and ldap-utils are not installed (apt-get install slapd ldap-utils)",
+)
+SERVICE_ENV = "DATAFLARE_TEST_LDAP_BIND_PASSWORD"
+INJECTIONS = ["*", ")(uid=*", "admin)(|(uid=*", "alice)(uid=*", "*)(objectClass=*", "alice\x00"]
+
+
+@pytest.fixture(scope="module")
+def slapd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Slapd]:
+    with running_slapd(Path(tmp_path_factory.mktemp("slapd"))) as server:
+        yield server
+
+
+def group_roles(slapd: Slapd) -> dict[str, list[str]]:
+    # Spelt with spaces and capitals on purpose: DNs are compared normalized.
+    return {
+        f"CN=data-admins, {slapd.groups()}": ["admin"],
+        f"cn=analysts,{slapd.groups()}": ["viewer", "launcher"],
+    }
+
+
+@pytest.fixture
+def search_then_bind(slapd: Slapd, monkeypatch: pytest.MonkeyPatch) -> LdapDirectory:
+    monkeypatch.setenv(SERVICE_ENV, SERVICE_PASSWORD)
+    settings = LdapSettings.validated(
+        {
+            "url": slapd.url,
+            "bind_dn": SERVICE_DN,
+            "bind_password": {"env": SERVICE_ENV},
+            "user_base_dn": slapd.people(),
+            "group_base_dn": slapd.groups(),
+            "group_roles": group_roles(slapd),
+            "timeout_seconds": 30,
+        },
+        "LDAP settings",
+    )
+    return LdapDirectory(settings)
+
+
+@pytest.fixture
+def dn_template(slapd: Slapd) -> LdapDirectory:
+    settings = LdapSettings.validated(
+        {
+            "url": slapd.url,
+            "user_dn_template": f"uid={{username}},{slapd.people()}",
+            "group_base_dn": slapd.groups(),
+            "group_roles": group_roles(slapd),
+            "timeout_seconds": 30,
+        },
+        "LDAP settings",
+    )
+    return LdapDirectory(settings)
+
+
+@pytest.fixture(params=["search_then_bind", "dn_template"])
+def directory(request: pytest.FixtureRequest) -> LdapDirectory:
+    return request.getfixturevalue(request.param)
+
+
+def test_the_right_password_yields_a_principal_with_roles_from_groups(
+    directory: LdapDirectory,
+) -> None:
+    alice = directory.authenticate("alice", PASSWORDS["alice"])
+    assert (alice.name, alice.kind, alice.via) == ("alice", "user", "ldap")
+    assert alice.groups == {"data-admins", "analysts"}
+    assert alice.roles == {"admin", "viewer", "launcher"}
+
+    bob = directory.authenticate("bob", PASSWORDS["bob"])
+    assert bob.groups == {"analysts"} and bob.roles == {"viewer", "launcher"}
+
+    carol = directory.authenticate("carol", PASSWORDS["carol"])
+    assert carol.groups == {"staff"} and carol.roles == frozenset()  # unmapped group
+
+
+def test_a_name_with_dn_special_characters_is_escaped(directory: LdapDirectory) -> None:
+    """``+`` joins RDN parts in a DN and must be escaped in the bind DN and in the group
+    filter's member value; a wrong password for that user is still refused."""
+    dave = directory.authenticate("dave+ops", PASSWORDS["dave+ops"])
+    assert dave.name == "dave+ops" and dave.roles == {"viewer", "launcher"}
+    _refused(directory, "dave+ops", PASSWORDS["alice"])
+
+
+def _refused(directory: LdapDirectory, username: str, password: str) -> str:
+    with pytest.raises(InvalidCredentialsError) as err:
+        directory.authenticate(username, password)
+    message = str(err.value)
+    assert password == "" or password not in message
+    return message
+
+
+def test_wrong_password_unknown_user_and_empty_password_are_refused_alike(
+    directory: LdapDirectory,
+) -> None:
+    messages = {
+        _refused(directory, "alice", "wrong"),
+        _refused(directory, "alice", PASSWORDS["bob"]),
+        _refused(directory, "nobody", "anything"),
+        _refused(directory, "alice", ""),  # an unauthenticated bind, if it were sent
+        _refused(directory, "", PASSWORDS["alice"]),
+    }
+    assert messages == {"invalid user name or password"}
+
+
+@pytest.mark.parametrize("username", INJECTIONS)
+def test_filter_and_dn_injection_usernames_are_refused(
+    directory: LdapDirectory, username: str
+) -> None:
+    # With alice's real password: an injected filter matching alice's entry must not log
+    # anyone in.
+    assert _refused(directory, username, PASSWORDS["alice"]) == "invalid user name or password"
+
+
+def test_a_wrong_service_password_is_a_provider_error_naming_no_secret(
+    search_then_bind: LdapDirectory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(SERVICE_ENV, "not-the-service-password")
+    with pytest.raises(IdentityProviderError, match="service account") as err:
+        search_then_bind.authenticate("alice", PASSWORDS["alice"])
+    assert "not-the-service-password" not in str(err.value)
+
+
+def test_an_unreachable_directory_is_a_provider_error() -> None:
+    settings = LdapSettings.validated(
+        {"url": "ldap://127.0.0.1:1", "user_dn_template": "uid={username},dc=x"}, "LDAP"
+    )
+    with pytest.raises(IdentityProviderError, match="could not be reached"):
+        LdapDirectory(settings).authenticate("alice", "secret-value")
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [
+        {"url": "ldap://ldap.example.com"},  # clear text to another host
+        {"url": "http://ldap.example.com"},
+        {"user_dn_template": "uid=alice,dc=x"},  # no {username}
+        {"user_dn_template": None},  # neither template nor search-then-bind
+        {"group_roles": {"cn=g,dc=x": ["root"]}},
+        {"bind_password": "the-password-itself"},
+    ],
+)
+def test_unsafe_settings_are_refused(changes: dict[str, object]) -> None:
+    base: dict[str, object] = {
+        "url": "ldaps://ldap.example.com",
+        "user_dn_template": "uid={username},ou=people,dc=x",
+    }
+    with pytest.raises(ConfigError):
+        LdapSettings.validated({**base, **changes}, "LDAP settings")
+
+
+def test_start_tls_makes_plain_ldap_to_another_host_acceptable() -> None:
+    settings = LdapSettings.validated(
+        {
+            "url": "ldap://ldap.example.com",
+            "start_tls": True,
+            "user_dn_template": "uid={username},dc=x",
+        },
+        "LDAP settings",
+    )
+    assert settings.start_tls

@@ -24,7 +24,7 @@ import ssl
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from ldap3 import AUTO_BIND_NONE, NONE, SUBTREE, Connection, Server, Tls
+from ldap3 import AUTO_BIND_NONE, BASE, NONE, SUBTREE, Connection, Server, Tls
 from ldap3.core.exceptions import LDAPException
 from ldap3.utils.conv import escape_filter_chars
 from ldap3.utils.dn import escape_rdn, parse_dn
@@ -71,6 +71,9 @@ class LdapSettings(StrictModel):
     bind_password: SecretRef | None = None
     user_base_dn: str | None = None
     user_filter: str = "(&(objectClass=inetOrgPerson)(uid={username}))"
+    # The attribute holding the user name as the directory spells it (LDAP matches "ALICE"
+    # to uid=alice): the principal is named by it, so one person has one audit identity.
+    username_attribute: str = "uid"
     group_base_dn: str | None = None
     group_filter: str = "(&(objectClass=groupOfNames)(member={user_dn}))"
     group_name_attribute: str = "cn"
@@ -155,6 +158,7 @@ class LdapDirectory:
             try:
                 if not user.bind():
                     raise InvalidCredentialsError()
+                name = self._canonical_name(user, user_dn, username)
                 groups = self._groups(service or user, user_dn, username)
             finally:
                 user.unbind()
@@ -167,7 +171,7 @@ class LdapDirectory:
                 service.unbind()
         names = [name for _, name in groups]
         return Principal(
-            name=username,
+            name=name,
             kind="user",
             via="ldap",
             roles=roles_for((dn for dn, _ in groups), settings.group_roles),
@@ -236,6 +240,25 @@ class LdapDirectory:
             # None: unknown user; two: an ambiguous filter. Same answer as a bad password.
             raise InvalidCredentialsError()
         return str(entries[0]["dn"])
+
+    def _canonical_name(self, user: Connection, user_dn: str, username: str) -> str:
+        """The user name as the directory's own entry spells it, read by the user after
+        their bind; ``username`` if the entry cannot be read or the value does not fit
+        the principal name pattern."""
+        attr = self.settings.username_attribute
+        user.search(user_dn, "(objectClass=*)", search_scope=BASE, attributes=[attr])
+        for entry in user.response or []:
+            if entry.get("type") != "searchResEntry":
+                continue
+            values = entry.get("attributes", {}).get(attr)
+            for value in values if isinstance(values, list) else [values]:
+                if (
+                    isinstance(value, str)
+                    and value.casefold() == username.casefold()
+                    and NAME_PATTERN.match(value)
+                ):
+                    return value
+        return username
 
     def _groups(self, conn: Connection, user_dn: str, username: str) -> list[tuple[str, str]]:
         """(normalized DN, name) of each group ``user_dn`` belongs to."""

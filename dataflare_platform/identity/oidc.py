@@ -247,7 +247,8 @@ class OidcLogin:
         registry = jwt.JWTClaimsRegistry(
             now=lambda: int(self._now()),
             leeway=settings.clock_skew_seconds,
-            iss={"essential": True, "value": self._issuer()},
+            # The discovery document's spelling (it may end in "/"; tokens carry it so).
+            iss={"essential": True, "value": self.endpoints().issuer},
             sub={"essential": True},
             aud={"essential": True, "value": settings.client_id},
             exp={"essential": True},
@@ -343,7 +344,10 @@ class OidcLogin:
 
     def _get_json(self, url: str, what: str) -> dict[str, Any]:
         try:
-            response = self._http.get(url, timeout=self.settings.timeout_seconds)
+            # No redirects: they could lead off https (or off the provider).
+            response = self._http.get(
+                url, timeout=self.settings.timeout_seconds, allow_redirects=False
+            )
             response.raise_for_status()
             data = response.json()
         except requests.RequestException as err:
@@ -405,6 +409,9 @@ class OidcLogin:
                 f"the ID token's {settings.username_claim!r} claim is missing or not a "
                 "valid user name (letters, digits and _.@+-)"
             )
+        if settings.username_claim == "email" and claims.get("email_verified") is not True:
+            # An unverified address is whatever the user typed at the provider.
+            raise AuthenticationError("the ID token's email address is not verified")
         raw = claims.get(settings.groups_claim, [])
         if isinstance(raw, str):
             raw = [raw]

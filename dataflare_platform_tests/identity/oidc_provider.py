@@ -41,9 +41,9 @@ CLIENT_ID = "dataflare"
 CLIENT_SECRET = "provider-test-secret"  # a test fixture's value, not a real secret
 REDIRECT_URI = "http://127.0.0.1:9/oidc/callback"
 USERS: dict[str, dict[str, Any]] = {
-    "alice": {"sub": "u-1", "groups": ["data-admins", "staff"]},
-    "bob": {"sub": "u-2", "groups": ["analysts"]},
-    "carol": {"sub": "u-3", "groups": []},
+    "alice": {"sub": "u-1", "groups": ["data-admins", "staff"], "email_verified": True},
+    "bob": {"sub": "u-2", "groups": ["analysts"], "email_verified": False},
+    "carol": {"sub": "u-3", "groups": [], "email_verified": True},
 }
 
 
@@ -67,6 +67,7 @@ class ProviderUser:
     name: str
     sub: str
     groups: list[str]
+    email_verified: bool
 
     def get_user_id(self) -> str:
         return self.sub
@@ -224,7 +225,13 @@ def build_app(provider: LocalProvider) -> Flask:
             return any(c.nonce == nonce for c in provider.codes.values())
 
         def generate_user_info(self, user: ProviderUser, scope: str) -> UserInfo:
-            return UserInfo(sub=user.sub, preferred_username=user.name, groups=user.groups)
+            return UserInfo(
+                sub=user.sub,
+                preferred_username=user.name,
+                groups=user.groups,
+                email=f"{user.name}@example.com",
+                email_verified=user.email_verified,
+            )
 
         def encode_id_token(self, token: dict[str, Any], req: Any) -> str:
             now = int(time.time())

@@ -102,6 +102,14 @@ def test_the_right_password_yields_a_principal_with_roles_from_groups(
     assert carol.groups == {"staff"} and carol.roles == frozenset()  # unmapped group
 
 
+def test_the_principal_is_named_as_the_directory_spells_the_user(
+    directory: LdapDirectory,
+) -> None:
+    """LDAP matches names without regard to case: "ALICE" binds as uid=alice, and the
+    principal is "alice" (one person, one audit identity)."""
+    assert directory.authenticate("ALICE", PASSWORDS["alice"]).name == "alice"
+
+
 def test_a_name_with_dn_special_characters_is_escaped(directory: LdapDirectory) -> None:
     """``+`` joins RDN parts in a DN and must be escaped in the bind DN and in the group
     filter's member value; a wrong password for that user is still refused."""

@@ -94,6 +94,15 @@ def test_code_flow_with_pkce_yields_a_principal_with_mapped_roles(oidc: OidcLogi
     assert oidc.finish(params, pending).roles == frozenset()
 
 
+def test_an_email_username_must_be_verified(settings: OidcSettings) -> None:
+    oidc = OidcLogin(settings.model_copy(update={"username_claim": "email"}))
+    params, pending = authorize(oidc, "alice")
+    assert oidc.finish(params, pending).name == "alice@example.com"
+    params, pending = authorize(oidc, "bob")  # email_verified: false at the provider
+    with pytest.raises(AuthenticationError, match="not verified"):
+        oidc.finish(params, pending)
+
+
 def test_a_wrong_state_is_refused(oidc: OidcLogin) -> None:
     params, pending = authorize(oidc)
     _, other = oidc.begin()

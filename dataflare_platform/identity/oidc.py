@@ -134,9 +134,10 @@ class PendingLogin(StrictModel):
     """What ``finish`` needs from ``begin``: kept by the front, out of the browser's
     reach (a signed cookie or a server-side session), for one login only."""
 
-    state: str
-    nonce: str
-    code_verifier: str
+    # Never empty: an empty state would match a callback that carries none.
+    state: str = Field(min_length=16)
+    nonce: str = Field(min_length=16)
+    code_verifier: str = Field(min_length=43, max_length=128)  # RFC 7636 4.1
     redirect_uri: str
     started_at: float
 
@@ -200,14 +201,16 @@ class OidcLogin:
         ``IdentityProviderError`` for a provider or token that cannot be trusted)."""
         if self._now() - pending.started_at > self.settings.login_max_age_seconds:
             raise AuthenticationError("the login took too long: start again")
-        state = callback_params.get("state", "")
-        if not hmac.compare_digest(state.encode(), pending.state.encode()):
+        state = callback_params.get("state")
+        if not isinstance(state, str) or not hmac.compare_digest(
+            state.encode(), pending.state.encode()
+        ):
             raise AuthenticationError("the login's state does not match: start again")
         if "error" in callback_params:
             code = _safe_word(callback_params["error"])
             raise AuthenticationError(f"the identity provider refused the login ({code})")
-        code = callback_params.get("code", "")
-        if not code:
+        code = callback_params.get("code")
+        if not isinstance(code, str) or not code:
             raise AuthenticationError("the identity provider's callback carries no code")
         token = self._exchange(code, pending)
         id_token = token.get("id_token")
@@ -243,6 +246,8 @@ class OidcLogin:
             raise IdentityProviderError(
                 f"the ID token's signature does not verify ({err.error})"
             ) from None
+        except ValueError:  # a key of another type than the algorithm's
+            raise IdentityProviderError("the ID token's key does not fit its algorithm") from None
         claims = dict(decoded.claims)
         registry = jwt.JWTClaimsRegistry(
             now=lambda: int(self._now()),

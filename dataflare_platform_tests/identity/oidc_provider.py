@@ -30,7 +30,7 @@ from authlib.oidc.core import OpenIDCode, UserInfo
 from authlib.oidc.core.grants.util import create_half_hash
 from flask import Flask, jsonify, request
 from joserfc import jwt
-from joserfc.jwk import RSAKey
+from joserfc.jwk import OctKey, RSAKey
 from werkzeug.serving import make_server
 
 # authlib's server refuses plain http unless told otherwise; the provider listens on
@@ -59,6 +59,9 @@ class Misbehaviour:
     # rather than a kid of its own.
     foreign_key_steals_kid: bool = False
     alg_none: bool = False
+    # Signed HS256 with the client secret: what a provider (or a forger holding the
+    # secret) could do if the client accepted symmetric algorithms.
+    hs256: bool = False
     issuer: str | None = None
 
 
@@ -179,6 +182,9 @@ class LocalProvider:
             claims["iss"] = bad.issuer
         if bad.alg_none:
             return ".".join([_b64({"alg": "none", "typ": "JWT"}), _b64(claims), ""])
+        if bad.hs256:
+            secret = OctKey.import_key(self.client.client_secret)
+            return jwt.encode({"alg": "HS256"}, claims, secret, algorithms=["HS256"])
         key = self._new_key() if bad.foreign_key else self.signing_key
         kid = self.signing_key.kid if bad.foreign_key_steals_kid else key.kid
         return jwt.encode({"alg": "RS256", "kid": kid}, claims, key)

@@ -148,8 +148,18 @@ def test_a_wrong_client_secret_is_refused(oidc: OidcLogin, monkeypatch: pytest.M
         (Misbehaviour(foreign_key=True), "does not publish"),
         (Misbehaviour(foreign_key=True, foreign_key_steals_kid=True), "signature"),
         (Misbehaviour(alg_none=True), "algorithm 'none'"),
+        (Misbehaviour(hs256=True), "algorithm 'HS256'"),
     ],
-    ids=["nonce", "expired", "audience", "issuer", "foreign-key", "forged-kid", "alg-none"],
+    ids=[
+        "nonce",
+        "expired",
+        "audience",
+        "issuer",
+        "foreign-key",
+        "forged-kid",
+        "alg-none",
+        "hs256-client-secret",
+    ],
 )
 def test_a_bad_id_token_is_refused(
     oidc: OidcLogin, provider: LocalProvider, misbehaviour: Misbehaviour, reason: str
@@ -202,6 +212,23 @@ def test_a_stale_login_is_refused(settings: OidcSettings) -> None:
     clock[0] += settings.login_max_age_seconds + 1
     with pytest.raises(AuthenticationError, match="too long"):
         oidc.finish({"state": pending.state, "code": "any"}, pending)
+
+
+def test_a_pending_login_cannot_be_empty() -> None:
+    """A front that lost its record must not be able to pass an empty one that an
+    empty callback state would match."""
+    with pytest.raises(ConfigError):
+        PendingLogin.validated(
+            {"state": "", "nonce": "", "code_verifier": "", "redirect_uri": "", "started_at": 0},
+            "pending login",
+        )
+
+
+def test_the_pending_login_round_trips_through_json(oidc: OidcLogin) -> None:
+    """What the front stores (a signed cookie, a session) and reads back."""
+    params, pending = authorize(oidc)
+    stored = pending.model_dump_json()
+    assert oidc.finish(params, PendingLogin.model_validate_json(stored)).name == "alice"
 
 
 def test_another_redirect_uri_is_refused(oidc: OidcLogin) -> None:

@@ -124,9 +124,10 @@ class LdapDirectory:
     def __init__(self, settings: LdapSettings) -> None:
         self.settings = settings
         parts = urlsplit(settings.url)
+        # No version: ldap3 then builds ssl.create_default_context (TLS 1.2+), and checks
+        # the certificate's names against the URL's host itself.
         tls = Tls(
             validate=ssl.CERT_REQUIRED,
-            version=ssl.PROTOCOL_TLS_CLIENT,
             ca_certs_file=str(settings.ca_file) if settings.ca_file else None,
         )
         self._server = Server(
@@ -201,7 +202,8 @@ class LdapDirectory:
                 )
         except LDAPException as err:
             raise IdentityProviderError(
-                f"the LDAP directory {self.settings.url} could not be reached: {type(err).__name__}"
+                f"the LDAP directory {self.settings.url} could not be reached: "
+                f"{_connect_failure(err)}"
             ) from None
         return conn
 
@@ -284,3 +286,14 @@ class LdapDirectory:
             name = value[0] if isinstance(value, list) and value else value
             groups.append((normalize_dn(str(entry["dn"])), str(name or "")))
         return groups
+
+
+def _connect_failure(err: LDAPException) -> str:
+    """Why a connection failed, in words an operator can act on (ldap3's own text
+    carries whole certificates; it never carries a password: no bind was sent yet)."""
+    text = str(err)
+    if "CERTIFICATE_VERIFY_FAILED" in text:
+        return "its TLS certificate is not trusted (set ca_file to the CA that signed it)"
+    if "doesn't match any name" in text:
+        return "its TLS certificate does not name this host (use the name it was issued for)"
+    return type(err).__name__

@@ -5,6 +5,8 @@ service (if any) is neither used nor touched."""
 
 from __future__ import annotations
 
+import datetime
+import ipaddress
 import shutil
 import socket
 import subprocess
@@ -14,6 +16,10 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from ldap3.utils.dn import escape_rdn
 
 SUFFIX = "dc=dataflare,dc=test"
@@ -40,7 +46,9 @@ START_CEILING_SECONDS = 60.0
 
 @dataclass(frozen=True)
 class Slapd:
-    url: str
+    url: str  # ldap://127.0.0.1:<port> (StartTLS offered)
+    ldaps_url: str  # ldaps://127.0.0.1:<port>
+    ca_file: Path  # the CA that signed the server's certificate (IP 127.0.0.1 only)
     suffix: str = SUFFIX
 
     def people(self) -> str:
@@ -67,6 +75,69 @@ def _hash(password: str) -> str:
     ).stdout.strip()
 
 
+def _write_certificates(root: Path) -> None:
+    """A test CA and a server certificate it signs, valid for IP 127.0.0.1 only (so a
+    client connecting by the name "localhost" sees a name mismatch)."""
+    now = datetime.datetime.now(datetime.UTC)
+
+    def name(common: str) -> x509.Name:
+        return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common)])
+
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca = (
+        x509.CertificateBuilder()
+        .subject_name(name("dataflare test CA"))
+        .issuer_name(name("dataflare test CA"))
+        .public_key(ca_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(hours=1))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=True,
+                key_cert_sign=True,
+                crl_sign=True,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
+        .sign(ca_key, hashes.SHA256())
+    )
+    server_key = ec.generate_private_key(ec.SECP256R1())
+    server = (
+        x509.CertificateBuilder()
+        .subject_name(name("127.0.0.1"))
+        .issuer_name(ca.subject)
+        .public_key(server_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(hours=1))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+            critical=False,
+        )
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+        .sign(ca_key, hashes.SHA256())
+    )
+    (root / "ca.pem").write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+    (root / "server.pem").write_bytes(server.public_bytes(serialization.Encoding.PEM))
+    key_path = root / "server.key"
+    key_path.write_bytes(
+        server_key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    key_path.chmod(0o600)
+
+
 def _config(root: Path) -> str:
     schemas = "\n".join(
         f"include {SCHEMA_DIR / name}.schema" for name in ("core", "cosine", "inetorgperson", "nis")
@@ -74,6 +145,9 @@ def _config(root: Path) -> str:
     return f"""{schemas}
 pidfile {root / "slapd.pid"}
 argsfile {root / "slapd.args"}
+TLSCACertificateFile {root / "ca.pem"}
+TLSCertificateFile {root / "server.pem"}
+TLSCertificateKeyFile {root / "server.key"}
 modulepath {MODULE_DIR}
 moduleload back_mdb
 database mdb
@@ -125,21 +199,23 @@ def _answers(port: int) -> bool:
 def running_slapd(root: Path) -> Iterator[Slapd]:
     """slapd serving ``SUFFIX`` from ``root`` until the block ends."""
     (root / "db").mkdir(parents=True)
+    _write_certificates(root)
     conf = root / "slapd.conf"
     conf.write_text(_config(root))
-    port = _free_port()
+    port, tls_port = _free_port(), _free_port()
     url = f"ldap://127.0.0.1:{port}"
+    ldaps_url = f"ldaps://127.0.0.1:{tls_port}"
     log = (root / "slapd.log").open("wb")
     # -d 0: stay in the foreground (no daemon to chase), log nothing but fatal errors.
     proc = subprocess.Popen(
-        ["/usr/sbin/slapd", "-f", str(conf), "-h", f"{url}/", "-d", "0"],
+        ["/usr/sbin/slapd", "-f", str(conf), "-h", f"{url}/ {ldaps_url}/", "-d", "0"],
         stdout=log,
         stderr=subprocess.STDOUT,
         start_new_session=True,
     )
     try:
         deadline = time.monotonic() + START_CEILING_SECONDS
-        while not _answers(port):
+        while not (_answers(port) and _answers(tls_port)):
             if proc.poll() is not None:
                 raise AssertionError(
                     f"slapd exited ({proc.returncode}): {(root / 'slapd.log').read_text()}"
@@ -155,7 +231,7 @@ def running_slapd(root: Path) -> Iterator[Slapd]:
             capture_output=True,
             timeout=60,
         )
-        yield Slapd(url=url)
+        yield Slapd(url=url, ldaps_url=ldaps_url, ca_file=root / "ca.pem")
     finally:
         proc.terminate()  # slapd shuts down cleanly on SIGTERM
         try:

@@ -148,6 +148,43 @@ def test_filter_and_dn_injection_usernames_are_refused(
     assert _refused(directory, username, PASSWORDS["alice"]) == "invalid user name or password"
 
 
+def tls_directory(slapd: Slapd, **changes: object) -> LdapDirectory:
+    settings: dict[str, object] = {
+        "url": slapd.ldaps_url,
+        "ca_file": str(slapd.ca_file),
+        "user_dn_template": f"uid={{username}},{slapd.people()}",
+        "group_base_dn": slapd.groups(),
+        "group_roles": group_roles(slapd),
+        "timeout_seconds": 30,
+    }
+    return LdapDirectory(LdapSettings.validated({**settings, **changes}, "LDAP settings"))
+
+
+def test_ldaps_and_start_tls_verify_the_servers_certificate(slapd: Slapd) -> None:
+    assert tls_directory(slapd).authenticate("alice", PASSWORDS["alice"]).roles == {
+        "admin",
+        "viewer",
+        "launcher",
+    }
+    start_tls = tls_directory(slapd, url=slapd.url, start_tls=True)
+    assert start_tls.authenticate("bob", PASSWORDS["bob"]).name == "bob"
+    _refused(start_tls, "bob", "wrong")
+
+
+@pytest.mark.parametrize("start_tls", [False, True], ids=["ldaps", "start-tls"])
+def test_an_untrusted_or_misnamed_certificate_is_refused(slapd: Slapd, start_tls: bool) -> None:
+    url = slapd.url if start_tls else slapd.ldaps_url
+    # The system's CAs do not know the test CA.
+    untrusted = tls_directory(slapd, url=url, start_tls=start_tls, ca_file=None)
+    with pytest.raises(IdentityProviderError, match="not trusted") as err:
+        untrusted.authenticate("alice", PASSWORDS["alice"])
+    assert PASSWORDS["alice"] not in str(err.value)
+    # The certificate names 127.0.0.1 only; "localhost" is another name.
+    misnamed = tls_directory(slapd, url=url.replace("127.0.0.1", "localhost"), start_tls=start_tls)
+    with pytest.raises(IdentityProviderError, match="does not name"):
+        misnamed.authenticate("alice", PASSWORDS["alice"])
+
+
 def test_a_wrong_service_password_is_a_provider_error_naming_no_secret(
     search_then_bind: LdapDirectory, monkeypatch: pytest.MonkeyPatch
 ) -> None:

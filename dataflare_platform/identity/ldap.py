@@ -19,6 +19,7 @@ get the same message. Plain ``ldap://`` to another host than the loopback needs
 
 from __future__ import annotations
 
+import contextlib
 import re
 import ssl
 from pathlib import Path
@@ -197,10 +198,12 @@ class LdapDirectory:
         try:
             conn.open()
             if self.settings.start_tls and not conn.start_tls():
+                _close(conn)
                 raise IdentityProviderError(
                     f"StartTLS with the LDAP directory {self.settings.url} failed"
                 )
         except LDAPException as err:
+            _close(conn)
             raise IdentityProviderError(
                 f"the LDAP directory {self.settings.url} could not be reached: "
                 f"{_connect_failure(err)}"
@@ -297,3 +300,10 @@ def _connect_failure(err: LDAPException) -> str:
     if "doesn't match any name" in text:
         return "its TLS certificate does not name this host (use the name it was issued for)"
     return type(err).__name__
+
+
+def _close(conn: Connection) -> None:
+    """Close ``conn`` after a failure: its socket may be half-wrapped or broken, so an
+    unbind that cannot be sent is not a new error."""
+    with contextlib.suppress(LDAPException):
+        conn.unbind()

@@ -322,13 +322,16 @@ class OidcLogin:
         key set (the provider rotated its keys) before the token is refused."""
         if kid is not None and not isinstance(kid, str):
             raise IdentityProviderError("the ID token's key id is not a string")
-        for fresh in (False, True):
-            if fresh or self._keys is None:
-                self._keys = self._fetch_keys()
+        fetched = False
+        if self._keys is None:
+            self._keys, fetched = self._fetch_keys(), True
+        while True:
             try:
                 return self._keys.get_by_kid(kid)
             except InvalidKeyIdError:
-                continue
+                if fetched:
+                    break
+                self._keys, fetched = self._fetch_keys(), True
         raise IdentityProviderError(
             f"the ID token is signed with a key the provider does not publish "
             f"(kid {str(kid)[:64]!r})"

@@ -184,9 +184,11 @@ def test_a_token_within_the_clock_skew_is_accepted(
 def test_a_key_rotation_at_the_provider_is_followed(
     oidc: OidcLogin, provider: LocalProvider
 ) -> None:
+    before = provider.jwks_requests
     params, pending = authorize(oidc)
     assert oidc.finish(params, pending).name == "alice"
     fetched = provider.jwks_requests
+    assert fetched == before + 1  # a cold cache: one fetch
 
     provider.rotate_key()
     params, pending = authorize(oidc)

@@ -150,6 +150,8 @@ class LocalProvider:
         self.client = Client()
         self.token_requests = 0
         self.jwks_requests = 0
+        # Entries replacing those of the discovery document (a misconfigured provider).
+        self.discovery_overrides: dict[str, str] = {}
 
     @staticmethod
     def _new_key() -> RSAKey:
@@ -263,7 +265,7 @@ def build_app(provider: LocalProvider) -> Flask:
     @app.get("/.well-known/openid-configuration")
     def discovery() -> Any:
         base = provider.base_url
-        return jsonify(
+        document = dict(
             issuer=base,
             authorization_endpoint=f"{base}/authorize",
             token_endpoint=f"{base}/token",
@@ -273,6 +275,7 @@ def build_app(provider: LocalProvider) -> Flask:
             id_token_signing_alg_values_supported=["RS256"],
             code_challenge_methods_supported=["S256"],
         )
+        return jsonify({**document, **provider.discovery_overrides})
 
     @app.get("/jwks")
     def jwks() -> Any:

@@ -40,6 +40,7 @@ def provider() -> Iterator[LocalProvider]:
 @pytest.fixture
 def settings(provider: LocalProvider, monkeypatch: pytest.MonkeyPatch) -> OidcSettings:
     provider.misbehaviour = Misbehaviour()
+    provider.discovery_overrides = {}
     monkeypatch.setenv(SECRET_ENV, CLIENT_SECRET)
     return OidcSettings.validated(
         {
@@ -169,6 +170,23 @@ def test_a_bad_id_token_is_refused(
     with pytest.raises(IdentityProviderError, match=reason) as err:
         oidc.finish(params, pending)
     assert params["code"] not in str(err.value)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "reason"),
+    [
+        ({"issuer": "http://127.0.0.1:1"}, "names issuer"),
+        ({"token_endpoint": "http://idp.example.com/token"}, "https"),
+        ({"jwks_uri": "http://idp.example.com/jwks"}, "https"),
+        ({"authorization_endpoint": ""}, "https"),
+    ],
+)
+def test_a_bad_discovery_document_is_refused(
+    oidc: OidcLogin, provider: LocalProvider, overrides: dict[str, str], reason: str
+) -> None:
+    provider.discovery_overrides = overrides
+    with pytest.raises(IdentityProviderError, match=reason):
+        oidc.begin()
 
 
 def test_a_token_within_the_clock_skew_is_accepted(

@@ -23,14 +23,20 @@ from dataflare_platform.defs.resources import ProjectHomeResource
 from dataflare_platform.defs.streams.intervals import sensor_interval_override
 from dataflare_platform.home import HOME_ENV_VAR
 
+# Every field of these resources is a deployment setting: it comes from the environment
+# the code location runs in (deployment_settings.DEPLOYMENT_SETTINGS names the variables)
+# and a run config naming one is refused, by the run coordinator and again when the
+# resource is set up for execution (defs/deployment_lock.py, docs/security.md).
 home = ProjectHomeResource(path=dg.EnvVar(HOME_ENV_VAR))
 resources = {
     "dataflare": home,
-    # Audit log, keys, alert rules and alert state under the home unless configured.
-    "governance": GovernanceResource(dataflare=home),
-    # Plugins under <DATAFLARE_HOME>/plugins (samples built on first use); point
-    # plugin_dir elsewhere with dg.EnvVar("DATAFLARE_PLUGIN_DIR") in a deployment.
-    "plugins": PluginRuntimeResource(),
+    # Audit log, keys, alert rules and alert state under the home unless
+    # DATAFLARE_AUDIT_URL, DATAFLARE_AUDIT_KEY_DIR, DATAFLARE_ALERT_RULES or
+    # DATAFLARE_ALERT_STATE_URL say otherwise.
+    "governance": GovernanceResource.from_environment(dataflare=home),
+    # Plugins under <DATAFLARE_HOME>/plugins (samples built on first use) unless
+    # DATAFLARE_PLUGIN_DIR is set; DATAFLARE_PLUGIN_MEMORY_MB / _FUEL set the sandbox.
+    "plugins": PluginRuntimeResource.from_environment(),
 }
 
 

@@ -183,3 +183,19 @@ class SecretUnavailableError(DataflareError):
     """A secret named in the settings (an environment variable or a 0600 file) is missing,
     empty or readable by others. The message names where the secret should be, never its
     value."""
+
+
+class DeploymentOverrideError(DataflareError):
+    """A run tried to change a setting that belongs to the deployment (the home, the
+    plugin folder, the audit keys, sandbox limits, broker settings...): those come from
+    the deployment's own configuration and environment, never from a launch. The message
+    names each refused ``resources.<name>.config.<field>`` path, never its value (a value
+    may be a credential)."""
+
+    def __init__(self, paths: list[str], where: str = "run config") -> None:
+        self.paths = list(paths)
+        named = ", ".join(self.paths)
+        super().__init__(
+            f"{where} may not override deployment settings: {named} (they come from the "
+            "deployment's configuration and environment; see docs/security.md)"
+        )

@@ -10,11 +10,9 @@ SQLAlchemy yet (the code server), that is spared as well."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, ClassVar
 
-import dagster as dg
-from pydantic import Field
-
+from dataflare_platform.defs.deployment_lock import DeploymentLockedResource, deployment_field
 from dataflare_platform.defs.resources import ProjectHomeResource
 
 if TYPE_CHECKING:
@@ -25,15 +23,26 @@ if TYPE_CHECKING:
 ALERT_RULES_FILE = "alerts.yaml"
 
 
-class GovernanceResource(dg.ConfigurableResource):
+class GovernanceResource(DeploymentLockedResource):
     """Audit log and alerting stores. Empty settings mean: under the project home
-    (``audit.db``, ``audit_keys/``, ``alerts.yaml``, ``alerts.db``)."""
+    (``audit.db``, ``audit_keys/``, ``alerts.yaml``, ``alerts.db``). Every field is a
+    deployment setting (``DATAFLARE_AUDIT_URL``...): a run config naming one is refused."""
 
-    dataflare: ProjectHomeResource
-    audit_url: str = Field(default="", description="SQLAlchemy URL of the audit log.")
-    audit_key_dir: str = Field(default="", description="Ed25519 keys signing checkpoints.")
-    alert_rules: str = Field(default="", description="YAML alert rules file.")
-    alert_state_url: str = Field(default="", description="SQLAlchemy URL of alert state.")
+    deployment_key: ClassVar[str] = "governance"
+
+    dataflare: ProjectHomeResource = deployment_field(env=None)
+    audit_url: str = deployment_field(
+        "", env="DATAFLARE_AUDIT_URL", description="SQLAlchemy URL of the audit log."
+    )
+    audit_key_dir: str = deployment_field(
+        "", env="DATAFLARE_AUDIT_KEY_DIR", description="Ed25519 keys signing checkpoints."
+    )
+    alert_rules: str = deployment_field(
+        "", env="DATAFLARE_ALERT_RULES", description="YAML alert rules file."
+    )
+    alert_state_url: str = deployment_field(
+        "", env="DATAFLARE_ALERT_STATE_URL", description="SQLAlchemy URL of alert state."
+    )
 
     @property
     def root(self) -> Path:

@@ -1,0 +1,147 @@
+"""Which settings belong to the deployment and which knobs a launch may turn.
+
+A run's config can reach every field of every resource (``resources.<name>.config.
+<field>``): left open, a launch could point the plugin folder at a directory holding a
+planted compile cache, or the audit key folder at keys of its own. The fields that define
+the deployment (home, plugin folder and with it the compile cache, audit and alert
+stores, sandbox limits, broker settings) therefore come from the deployment's
+configuration and environment only; a launch keeps the knobs listed in ``LAUNCH_KNOBS``
+(offset ranges, intervals, dry run, ...).
+
+``forbidden_overrides`` is the one check, failing closed: any key under ``resources`` is
+refused (a resource field nobody registered yet is deployment-only until reviewed), as is
+an op config field or a top-level section outside the allow-lists. It is pure (no
+Dagster), so the run coordinator (``instance.run_config_guard``) and the resources'
+execution-time check (``defs.deployment_lock``) apply the same rule.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Mapping
+from typing import Any
+
+# resource key -> field -> environment variable the deployment sets it with (None: set in
+# the deployment's code only, e.g. definitions.py; never at launch either way). A test
+# holds this registry equal to the fields the resource classes mark
+# ``json_schema_extra={"deployment": True}``.
+DEPLOYMENT_SETTINGS: Mapping[str, Mapping[str, str | None]] = {
+    "dataflare": {"path": "DATAFLARE_HOME"},
+    "governance": {
+        "dataflare": None,  # the nested home resource: the same deployment home
+        "audit_url": "DATAFLARE_AUDIT_URL",
+        "audit_key_dir": "DATAFLARE_AUDIT_KEY_DIR",
+        "alert_rules": "DATAFLARE_ALERT_RULES",
+        "alert_state_url": "DATAFLARE_ALERT_STATE_URL",
+    },
+    "plugins": {
+        "plugin_dir": "DATAFLARE_PLUGIN_DIR",  # the compile cache is <plugin_dir>/.cache
+        "deadline_ms": None,
+        "memory_mb": "DATAFLARE_PLUGIN_MEMORY_MB",
+        "fuel": "DATAFLARE_PLUGIN_FUEL",
+        "granted_capabilities": None,
+        "build_missing": None,
+    },
+}
+
+# Op/asset config fields a launcher may set (every ``dg.Config`` of the code location; a
+# test fails when a job exposes a field that is not listed, so a new one is reviewed).
+LAUNCH_KNOBS: frozenset[str] = frozenset(
+    {
+        # streams/<name>: the offset range of a micro-batch run (StreamRange)
+        "until",
+        # <pipeline>_continuous (ContinuousConfig)
+        "checkpoint_interval_s",
+        "progress_interval_s",
+        "rate_window_s",
+        "restart_backoff_s",
+        # replay_job (ReplayConfig): a pipeline and an interval or offset ranges
+        "pipeline",
+        "from_time",
+        "to_time",
+        "offsets",
+        "into_table",
+        # retention (RetentionConfig)
+        "dry_run",
+        "as_of",
+        "lock_attempts",
+        "lock_backoff_s",
+        # alert acknowledgement (AcknowledgeConfig)
+        "alert",
+        "by",
+        "note",
+        # plugins/masked_persons (MaskedPersonsConfig)
+        "rows",
+        "min_digits",
+    }
+)
+
+# Top-level run config sections a launch may use besides ``ops``: Dagster's executor and
+# logger settings (parallelism, log level) define no deployment setting.
+LAUNCH_SECTIONS: frozenset[str] = frozenset({"ops", "execution", "loggers"})
+
+
+def forbidden_overrides(
+    run_config: Mapping[str, Any] | None,
+    launch_knobs: Collection[str] = LAUNCH_KNOBS,
+) -> list[str]:
+    """Each path of ``run_config`` a launch may not set, sorted; empty when it is clean.
+
+    Resource settings are named ``resources.<name>.config.<field>`` whatever the
+    spelling (``resources.<name>.<field>`` without ``config`` is named the same way,
+    ``resources.<name>`` for a non-mapping value); op config fields outside
+    ``launch_knobs`` as ``ops.<op>.config.<field>``; other top-level sections by name.
+    Only paths are returned, never values (a value may be a credential).
+    """
+    if not run_config:
+        return []
+    if not isinstance(run_config, Mapping):
+        return ["<run config is not a mapping>"]
+    found: set[str] = set()
+    for section, body in run_config.items():
+        if section == "resources":
+            found.update(_resource_paths(body))
+        elif section == "ops":
+            found.update(_op_paths(body, launch_knobs))
+        elif section not in LAUNCH_SECTIONS:
+            found.add(str(section))
+    return sorted(found)
+
+
+def _resource_paths(resources: Any) -> set[str]:
+    if not isinstance(resources, Mapping):
+        return {"resources"}
+    found: set[str] = set()
+    for name, body in resources.items():
+        if not isinstance(body, Mapping) or not body:
+            found.add(f"resources.{name}")
+            continue
+        for key, value in body.items():
+            if key == "config" and isinstance(value, Mapping) and value:
+                found.update(f"resources.{name}.config.{field}" for field in value)
+            elif key == "config":
+                found.add(f"resources.{name}.config")
+            else:  # shorthand (no ``config``): Dagster refuses it too, named the same
+                found.add(f"resources.{name}.config.{key}")
+    return found
+
+
+def _op_paths(ops: Any, launch_knobs: Collection[str]) -> set[str]:
+    if not isinstance(ops, Mapping):
+        return {"ops"}
+    found: set[str] = set()
+    for op, body in ops.items():
+        if not isinstance(body, Mapping):
+            continue  # Dagster's own schema refuses a non-mapping op entry
+        if "ops" in body:  # a graph's inner ops
+            found.update(f"ops.{op}.{path}" for path in _op_paths(body["ops"], launch_knobs))
+        config = body.get("config")
+        if isinstance(config, Mapping):
+            found.update(
+                f"ops.{op}.config.{field}" for field in config if field not in launch_knobs
+            )
+    return found
+
+
+def deployment_fields(resource: str) -> Mapping[str, str | None]:
+    """The registered deployment fields of resource key ``resource`` (empty if none)."""
+    return DEPLOYMENT_SETTINGS.get(resource, {})

@@ -1,0 +1,203 @@
+"""Deployment settings refused at execution, whatever path launched the run: in-process
+(``execute_in_process`` / ``materialize``) and ``dagster job execute -c`` on the host —
+paths no run coordinator sees. Real instance, real resources, real audit log."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import dagster as dg
+import pytest
+import yaml
+
+from dataflare_platform.compliance.audit import AuditLog
+from dataflare_platform.compliance.override_refusals import ACTION
+from dataflare_platform.defs.governance.resources import GovernanceResource
+from dataflare_platform.defs.plugins.resources import PluginRuntimeResource
+from dataflare_platform.defs.resources import ProjectHomeResource
+from dataflare_platform.errors import DeploymentOverrideError
+from dataflare_platform.home import HOME_ENV_VAR, ProjectHome
+
+
+@dg.asset
+def uses_everything(
+    dataflare: ProjectHomeResource, governance: GovernanceResource, plugins: PluginRuntimeResource
+) -> dg.MaterializeResult:
+    return dg.MaterializeResult(
+        metadata={
+            "home": dataflare.path,
+            "plugin_dir": plugins.plugin_dir,
+            "key_dir": governance.audit_key_dir,
+        }
+    )
+
+
+def _deployment_resources() -> dict:
+    """The resources as the code location binds them (read after the test's env is set)."""
+    home = ProjectHomeResource(path=dg.EnvVar(HOME_ENV_VAR))
+    return {
+        "dataflare": home,
+        "governance": GovernanceResource.from_environment(dataflare=home),
+        "plugins": PluginRuntimeResource.from_environment(),
+    }
+
+
+def _refusals(home: ProjectHome) -> list:
+    with AuditLog(f"sqlite:///{home.root / 'audit.db'}") as log:
+        return [e for e in log.tail(100) if e.action == ACTION]
+
+
+def _materialize(run_config, instance, tags=None):
+    return dg.materialize(
+        [uses_everything],
+        resources=_deployment_resources(),
+        run_config=run_config,
+        instance=instance,
+        tags=tags,
+        raise_on_error=False,
+    )
+
+
+def _failure_text(result) -> str:
+    return "\n".join(
+        str(event.event_specific_data.error.to_string())
+        for event in result.all_events
+        if event.is_failure and event.event_specific_data.error is not None
+    )
+
+
+@pytest.fixture
+def instance():
+    with dg.instance_for_test() as instance:
+        yield instance
+
+
+def test_a_clean_run_uses_the_deployment_values(home, instance, monkeypatch):
+    monkeypatch.setenv("DATAFLARE_PLUGIN_DIR", str(home.root / "reviewed_plugins"))
+    result = _materialize({}, instance)
+    assert result.success
+    metadata = result.asset_materializations_for_node("uses_everything")[0].metadata
+    assert metadata["home"].value == str(home.root)
+    assert metadata["plugin_dir"].value == str(home.root / "reviewed_plugins")
+    assert _refusals(home) == []
+
+
+@pytest.mark.parametrize(
+    ("resource", "field", "env"),
+    [
+        ("dataflare", "path", None),
+        ("plugins", "plugin_dir", None),  # env unset: the default ('' = <home>/plugins)
+        ("plugins", "plugin_dir", "DATAFLARE_PLUGIN_DIR"),  # env set: EnvVar-bound
+        ("plugins", "memory_mb", "DATAFLARE_PLUGIN_MEMORY_MB"),
+        ("governance", "audit_key_dir", None),
+        ("governance", "audit_key_dir", "DATAFLARE_AUDIT_KEY_DIR"),
+    ],
+)
+def test_in_process_override_is_refused_and_audited(
+    home, instance, monkeypatch, tmp_path, resource, field, env
+):
+    if env is not None:
+        monkeypatch.setenv(env, "64" if field == "memory_mb" else str(home.root / "reviewed"))
+    planted = 128 if field == "memory_mb" else str(tmp_path / "planted")
+    run_config = {"resources": {resource: {"config": {field: planted}}}}
+    result = _materialize(run_config, instance, tags={"dataflare/principal": "user:mallory"})
+
+    assert not result.success
+    path = f"resources.{resource}.config.{field}"
+    assert path in _failure_text(result)
+    assert "DeploymentOverrideError" in _failure_text(result)
+    assert instance.get_run_by_id(result.run_id).status == dg.DagsterRunStatus.FAILURE
+    # the asset never ran
+    assert not result.asset_materializations_for_node("uses_everything")
+    (entry, *_) = _refusals(home)
+    assert entry.actor == "user:mallory"
+    assert entry.subject == f"run:{result.run_id}"
+    details = json.loads(entry.details)
+    assert path in details["paths"]
+    assert details["where"] == "run execution"
+    assert str(planted) not in entry.details
+
+
+def test_caller_set_actor_that_is_not_a_principal_is_recorded_as_system(home, instance):
+    run_config = {"resources": {"plugins": {"config": {"plugin_dir": "/tmp/x"}}}}
+    result = _materialize(run_config, instance, tags={"dataflare/principal": "alice\nforged"})
+    assert not result.success
+    assert _refusals(home)[0].actor == "system"
+
+
+@pytest.mark.parametrize(
+    "run_config",
+    [
+        # nested resource: Dagster 1.13 does not expose it in the run config schema
+        {"resources": {"governance": {"config": {"dataflare": {"config": {"path": "/x"}}}}}},
+        {"resources": {"governance": {"config": {"dataflare": {"path": "/x"}}}}},
+        # shorthand without ``config``
+        {"resources": {"dataflare": {"path": "/x"}}},
+    ],
+)
+def test_spellings_dagster_itself_refuses(home, instance, run_config):
+    with pytest.raises(dg.DagsterInvalidConfigError):
+        _materialize(run_config, instance)
+
+
+def test_a_job_of_the_code_location_refuses_in_process(home, instance):
+    from dataflare_platform.definitions import defs
+
+    job = defs.resolve_job_def("audit_checkpoint_job")
+    run_config = {"resources": {"governance": {"config": {"audit_key_dir": "/tmp/planted"}}}}
+    result = job.execute_in_process(run_config=run_config, instance=instance, raise_on_error=False)
+    assert not result.success
+    assert "resources.governance.config.audit_key_dir" in _failure_text(result)
+    assert [e.subject for e in _refusals(home)] == [f"run:{result.run_id}"]
+    assert not Path("/tmp/planted").exists()
+
+
+def test_direct_resource_use_outside_a_run_is_unchanged(home):
+    """Tests and tools that build a resource directly (no run) are not refused."""
+    with dg.build_init_resource_context() as context:
+        resource = PluginRuntimeResource(plugin_dir=str(home.root / "p"))
+        resource.setup_for_execution(context)
+
+
+def test_error_names_paths_only():
+    err = DeploymentOverrideError(["resources.plugins.config.plugin_dir"])
+    assert "resources.plugins.config.plugin_dir" in str(err)
+
+
+@pytest.mark.e2e
+def test_dagster_job_execute_on_the_host_is_refused_and_audited(home, tmp_path):
+    """``dagster job execute -c``: the CLI path in process on the host."""
+    config = tmp_path / "override.yaml"
+    planted = tmp_path / "planted_plugins"
+    config.write_text(
+        yaml.safe_dump({"resources": {"governance": {"config": {"audit_key_dir": str(planted)}}}})
+    )
+    proc = subprocess.run(
+        [
+            str(Path(sys.executable).parent / "dagster"),
+            "job",
+            "execute",
+            "-m",
+            "dataflare_platform.definitions",
+            "-j",
+            "audit_checkpoint_job",
+            "-c",
+            str(config),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**__import__("os").environ, **home.environ()},
+    )
+    output = proc.stdout + proc.stderr
+    assert proc.returncode != 0, output[-2000:]
+    assert "resources.governance.config.audit_key_dir" in output
+    (entry,) = _refusals(home)
+    assert json.loads(entry.details)["paths"] == ["resources.governance.config.audit_key_dir"]
+    assert not planted.exists()
+    with dg.DagsterInstance.from_config(str(home.dagster_home)) as instance:
+        (run,) = instance.get_runs()
+        assert run.status == dg.DagsterRunStatus.FAILURE

@@ -9,6 +9,7 @@ What is cross-cutting is applied here, once: the shared resources, the default e
 code location and one that evaluates every automation condition (``defs/automation.py``).
 """
 
+import os
 from pathlib import Path
 
 import dagster as dg
@@ -21,7 +22,11 @@ from dataflare_platform.defs.plugins.resources import PluginRuntimeResource
 from dataflare_platform.defs.pools import executor
 from dataflare_platform.defs.resources import ProjectHomeResource
 from dataflare_platform.defs.streams.intervals import sensor_interval_override
-from dataflare_platform.home import HOME_ENV_VAR
+from dataflare_platform.home import HOME_ENV_VAR, PRIVATE_UMASK
+
+# Every Dagster process that loads the code location (code server, run workers, `dagster
+# job execute`) creates owner-only files under the home, however it was started.
+os.umask(PRIVATE_UMASK)
 
 # Every field of these resources is a deployment setting: it comes from the environment
 # the code location runs in (deployment_settings.DEPLOYMENT_SETTINGS names the variables)

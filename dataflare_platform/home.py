@@ -8,6 +8,8 @@ root, so deleting it resets the platform and nothing lands in the user's home.
 from __future__ import annotations
 
 import os
+import stat
+import warnings
 from pathlib import Path
 
 from pydantic import ValidationError, field_validator
@@ -29,6 +31,19 @@ load_from:
       location_name: {LOCATION_NAME}
 """
 DEFAULT_HOME_DIRNAME = ".dataflare"
+
+# Least exposure: the home is the owner's alone (0700; files 0600). The umask is set by
+# the entry points (the CLI, the code location's definitions) so files that Dagster and
+# the libraries create under the home (SQLite storages, compute logs, DuckDB, segments)
+# are owner-only too.
+PRIVATE_UMASK = 0o077
+PRIVATE_DIR_MODE = 0o700
+PRIVATE_FILE_MODE = 0o600
+
+
+class HomePermissionsWarning(UserWarning):
+    """An existing home was readable by others; ``ensure`` tightened it to 0700."""
+
 
 # Kept identical to deployments/local/dagster.yaml (a test holds them together); it is
 # embedded so that an installed wheel can set up a home without the repository.
@@ -122,16 +137,39 @@ class ProjectHome(StrictModel):
         return self.events_dir / "nexmark"
 
     def ensure(self) -> ProjectHome:
-        """Create the layout and the instance config; safe to call again."""
+        """Create the layout and the instance config; safe to call again.
+
+        The home is created 0700 (its config files 0600). An existing home that others
+        can reach (group/other bits on its root) is tightened to 0700 with a
+        ``HomePermissionsWarning``: the root's mode alone keeps everything under it from
+        other users, so its contents are not walked (a large event log would make every
+        command slow)."""
         try:
-            for directory in (self.root, self.dagster_home, self.events_dir):
-                directory.mkdir(parents=True, exist_ok=True)
+            self._private_root()
+            for directory in (self.dagster_home, self.events_dir):
+                directory.mkdir(mode=PRIVATE_DIR_MODE, parents=True, exist_ok=True)
             dagster_yaml = self.dagster_home / "dagster.yaml"
             if not dagster_yaml.exists() or dagster_yaml.read_text() != LOCAL_DAGSTER_YAML:
-                dagster_yaml.write_text(LOCAL_DAGSTER_YAML)
+                write_private(dagster_yaml, LOCAL_DAGSTER_YAML)
         except OSError as err:
             raise ConfigError("project home", [("home", f"{self.root}: {err}")]) from None
         return self
+
+    def _private_root(self) -> None:
+        """Create the root 0700, or tighten an existing one that others can reach."""
+        if not self.root.exists():
+            self.root.mkdir(mode=PRIVATE_DIR_MODE, parents=True)
+            self.root.chmod(PRIVATE_DIR_MODE)  # mkdir's mode is masked by the umask
+            return
+        mode = stat.S_IMODE(self.root.stat().st_mode)
+        if mode & 0o077:
+            self.root.chmod(mode & 0o700 | PRIVATE_DIR_MODE)
+            warnings.warn(
+                f"project home {self.root} was mode {mode:04o} (readable by others); "
+                f"tightened to {PRIVATE_DIR_MODE:04o}",
+                HomePermissionsWarning,
+                stacklevel=3,
+            )
 
     @property
     def workspace_path(self) -> Path:
@@ -142,9 +180,17 @@ class ProjectHome(StrictModel):
     def write_workspace(self) -> Path:
         path = self.workspace_path
         if not path.exists() or path.read_text() != WORKSPACE_YAML:
-            path.write_text(WORKSPACE_YAML)
+            write_private(path, WORKSPACE_YAML)
         return path
 
     def environ(self) -> dict[str, str]:
         """Variables a child process (Dagster CLI, webserver) needs to use this home."""
         return {HOME_ENV_VAR: str(self.root), "DAGSTER_HOME": str(self.dagster_home)}
+
+
+def write_private(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` readable by its owner only (0600), whatever the umask."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, PRIVATE_FILE_MODE)
+    with os.fdopen(fd, "w") as handle:
+        os.fchmod(handle.fileno(), PRIVATE_FILE_MODE)
+        handle.write(text)

@@ -8,6 +8,7 @@ commands that use them, so ``dataflare --help`` stays fast (``dataflare bench cl
 
 from __future__ import annotations
 
+import os
 from typing import Annotated
 
 import typer
@@ -28,6 +29,7 @@ from dataflare_platform.cli.replay import replay_command
 from dataflare_platform.cli.route import route
 from dataflare_platform.cli.runs import runs_app
 from dataflare_platform.cli.topics import consume, produce, topics_app
+from dataflare_platform.home import PRIVATE_UMASK
 
 DISTRIBUTION = "dataflare-platform"
 
@@ -58,6 +60,9 @@ def main(
     ] = False,
 ) -> None:
     """DataFlare Platform: stream and batch pipelines on Dagster."""
+    # Least exposure: everything this command and its children (dagster dev, the code
+    # server, run workers, SQLite storages, compute logs) create is owner-only.
+    os.umask(PRIVATE_UMASK)
 
 
 # Data and the demo.

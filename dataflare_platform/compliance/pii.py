@@ -248,3 +248,36 @@ def scan_for_policy(
 def check_pii(data: pl.DataFrame | pa.Table, policy: PiiPolicy) -> list[PiiViolation]:
     """The violations of ``policy`` in ``data`` (see :func:`scan_for_policy`)."""
     return scan_for_policy(data, policy)[1]
+
+
+def mask_sample(data: pl.DataFrame | pa.Table, policy: PiiPolicy | None) -> pl.DataFrame:
+    """A sample of rows safe to show in a preview (Dagster metadata, reports).
+
+    Every column the policy classifies (``pii_masked``, ``pii_encrypted`` and also
+    ``pii_allowed``: allowed in the table is not allowed in front of every viewer) is
+    redacted whole; in the other columns, cells where a detector finds PII are redacted.
+    Fails closed: without a policy (the dataset's classification is unknown) every string
+    column is redacted whole. Values become strings where redacted."""
+    frame = _as_frame(data)
+    strings = set(string_columns(frame))
+    out = []
+    for name in frame.columns:
+        column = frame[name]
+        classified = policy is not None and name in policy.columns
+        if classified or (policy is None and name in strings):
+            out.append(redact(column.cast(pl.String)).alias(name))
+            continue
+        text = column.cast(pl.String)
+        found = pl.Series(name, [False] * frame.height, dtype=pl.Boolean)
+        for hit, _ in detect(text).values():
+            found = found | hit.fill_null(False)
+        if found.any():
+            out.append(
+                pl.DataFrame({"t": text, "f": found, "r": redact(text)})
+                .select(pl.when(pl.col("f")).then(pl.col("r")).otherwise(pl.col("t")))
+                .to_series()
+                .alias(name)
+            )
+        else:
+            out.append(column)
+    return pl.DataFrame(out) if out else frame

@@ -4,6 +4,7 @@ import json
 
 import dagster as dg
 
+from dataflare_platform.defs.metadata import safe_rows
 from dataflare_platform.warehouse.quality import QualityReport
 
 
@@ -21,8 +22,11 @@ def check_result(
     for rule, count in report.failures.items():
         metadata[f"failed_rows/{rule}"] = count
     if report.samples:
+        # Failing rows are samples of the data: masked like every preview.
+        asset = asset_key.to_user_string() if asset_key is not None else None
+        masked = {rule: safe_rows(rows, asset) for rule, rows in report.samples.items()}
         metadata["failing_samples"] = dg.MetadataValue.json(
-            json.loads(json.dumps(report.samples, default=str))
+            json.loads(json.dumps(masked, default=str))
         )
     return dg.AssetCheckResult(
         passed=report.passed,

@@ -74,6 +74,6 @@ def hourly_hot_auctions(
             "dagster/row_count": board.height,
             "top_bids": int(board["bids"].max() or 0) if board.height else 0,
             "path": dg.MetadataValue.path(str(path)),
-            "preview": markdown_preview(board.to_arrow()),
+            "preview": markdown_preview(board.to_arrow(), asset=context.asset_key.to_user_string()),
         }
     )

@@ -83,7 +83,7 @@ def build_table_asset(kind: str) -> dg.AssetsDefinition:
         context.log.info(f"loaded {result.rows} {kind} from {len(result.files)} files")
         return dg.MaterializeResult(
             metadata={
-                **table_metadata(kind, preview, result.rows),
+                **table_metadata(kind, preview, result.rows, asset=f"{KEY_PREFIX}/{kind}"),
                 "files": len(result.files),
                 "source": dg.MetadataValue.path(str(directory)),
             }
@@ -125,7 +125,9 @@ def daily_seller_stats(context: dg.AssetExecutionContext, dataflare: ProjectHome
         rows = compute_daily_seller_stats(conn, day)
         stats = read_daily_seller_stats(conn, day)
         report = check_daily_seller_stats(conn, day)
-    metadata = table_metadata(DAILY_SELLER_STATS_TABLE, stats, rows)
+    metadata = table_metadata(
+        DAILY_SELLER_STATS_TABLE, stats, rows, asset=DAILY_SELLER_STATS_KEY.to_user_string()
+    )
     if rows:
         metadata["total_bids"] = int(sum(stats.column("bids").to_pylist()))
     yield dg.MaterializeResult(metadata=metadata)
@@ -193,7 +195,7 @@ def build_daily_stats_asset(
             rows = compute(conn, day)
             stats = read(conn, day)
             report = check(conn, day)
-        metadata = table_metadata(table, stats, rows)
+        metadata = table_metadata(table, stats, rows, asset=f"{KEY_PREFIX}/{table}")
         for column in totals:
             metadata[f"total_{column}"] = int(sum(v or 0 for v in stats.column(column).to_pylist()))
         yield dg.MaterializeResult(metadata=metadata)

@@ -74,6 +74,8 @@ def masked_persons_sample(
             "source": source,
             "seconds_in_plugin": round(seconds, 6),
             "path": dg.MetadataValue.path(str(path)),
-            "preview": markdown_preview(masked.select("id", *MASKED).to_arrow()),
+            "preview": markdown_preview(
+                masked.select("id", *MASKED).to_arrow(), asset=context.asset_key.to_user_string()
+            ),
         }
     )

@@ -41,10 +41,6 @@ PRIVATE_DIR_MODE = 0o700
 PRIVATE_FILE_MODE = 0o600
 
 
-class HomePermissionsWarning(UserWarning):
-    """An existing home was readable by others; ``ensure`` tightened it to 0700."""
-
-
 # Kept identical to deployments/local/dagster.yaml (a test holds them together); it is
 # embedded so that an installed wheel can set up a home without the repository.
 LOCAL_DAGSTER_YAML = """\
@@ -141,7 +137,7 @@ class ProjectHome(StrictModel):
 
         The home is created 0700 (its config files 0600). An existing home that others
         can reach (group/other bits on its root) is tightened to 0700 with a
-        ``HomePermissionsWarning``: the root's mode alone keeps everything under it from
+        ``UserWarning``: the root's mode alone keeps everything under it from
         other users, so its contents are not walked (a large event log would make every
         command slow)."""
         try:
@@ -167,7 +163,7 @@ class ProjectHome(StrictModel):
             warnings.warn(
                 f"project home {self.root} was mode {mode:04o} (readable by others); "
                 f"tightened to {PRIVATE_DIR_MODE:04o}",
-                HomePermissionsWarning,
+                UserWarning,
                 stacklevel=3,
             )
 

@@ -29,9 +29,12 @@ from dataflare_platform.cli.replay import replay_command
 from dataflare_platform.cli.route import route
 from dataflare_platform.cli.runs import runs_app
 from dataflare_platform.cli.topics import consume, produce, topics_app
-from dataflare_platform.home import PRIVATE_UMASK
 
 DISTRIBUTION = "dataflare-platform"
+
+# home.PRIVATE_UMASK (a test holds them equal); not imported: `dataflare --help` imports
+# no pydantic.
+PRIVATE_UMASK = 0o077
 
 app = command_group(
     help="DataFlare Platform: stream and batch pipelines on Dagster.",

@@ -18,8 +18,6 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from dataflare_platform.access.principal import PRINCIPAL_TAG
-from dataflare_platform.compliance.audit import AuditLog, canonical_json
-from dataflare_platform.compliance.audit_keys import AuditSettings
 from dataflare_platform.errors import DeploymentOverrideError
 
 ACTION = "deployment_override_refused"
@@ -38,6 +36,8 @@ def actor_from_tags(tags: Mapping[str, str] | None) -> str:
 
 def deployment_audit_url(home: str | Path | None = None) -> str:
     """The deployment's audit log: ``$DATAFLARE_AUDIT_URL`` or ``<home>/audit.db``."""
+    from dataflare_platform.compliance.audit_keys import AuditSettings
+
     url = os.environ.get(AUDIT_URL_ENV) or None
     return AuditSettings.resolve(url=url, home=Path(home) if home else None).url
 
@@ -55,6 +55,10 @@ def refuse(
     The error is returned even when the audit log cannot be written (the refusal never
     depends on the audit store); the append's failure is chained as its cause.
     """
+    # The audit store (SQLModel, SQLAlchemy) is imported on a refusal only: the code
+    # location, which imports this module, loads in every run worker.
+    from dataflare_platform.compliance.audit import AuditLog, canonical_json
+
     error = DeploymentOverrideError(paths, where=where)
     try:
         subject = f"run:{run_id}" if run_id else "run:<none>"

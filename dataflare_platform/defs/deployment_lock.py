@@ -38,13 +38,19 @@ from dataflare_platform.home import HOME_ENV_VAR
 _MISSING = object()
 
 
-def deployment_field(default: Any = _MISSING, *, env: str | None, **kwargs: Any) -> Any:
+def deployment_field(
+    default: Any = _MISSING, *, env: str | None, description: str = "", **kwargs: Any
+) -> Any:
     """A pydantic ``Field`` marked as a deployment setting (set by ``env`` in the
-    deployment's environment, or in its code when ``env`` is None)."""
+    deployment's environment, or in its code when ``env`` is None). Its description, which
+    the launchpad shows on the field, says that a launch may not set it."""
     extra = {"deployment": True, "env": env}
+    source = f"${env}" if env else "the code location"
+    note = f"Deployment setting (from {source}): a run config setting it is refused."
+    description = f"{description} {note}".strip()
     if default is _MISSING:
-        return Field(json_schema_extra=extra, **kwargs)
-    return Field(default, json_schema_extra=extra, **kwargs)
+        return Field(json_schema_extra=extra, description=description, **kwargs)
+    return Field(default, json_schema_extra=extra, description=description, **kwargs)
 
 
 class DeploymentLockedResource(dg.ConfigurableResource):

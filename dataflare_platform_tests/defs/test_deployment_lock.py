@@ -201,3 +201,50 @@ def test_dagster_job_execute_on_the_host_is_refused_and_audited(home, tmp_path):
     with dg.DagsterInstance.from_config(str(home.dagster_home)) as instance:
         (run,) = instance.get_runs()
         assert run.status == dg.DagsterRunStatus.FAILURE
+
+
+def test_an_override_also_drops_the_other_fields_and_the_value_check_names_them(
+    home, instance, monkeypatch, tmp_path
+):
+    """Dagster 1.13 replaces a resource's whole config when a run config names one field:
+    the deployment's other values (here the sandbox's memory limit from the environment)
+    fall back to class defaults. The execution-time value check sees that on its own."""
+    monkeypatch.setenv("DATAFLARE_PLUGIN_MEMORY_MB", "64")
+
+    @dg.asset
+    def uses_plugins(plugins: PluginRuntimeResource) -> None:
+        pass
+
+    run_config = {"resources": {"plugins": {"config": {"plugin_dir": str(tmp_path / "p")}}}}
+    result = dg.materialize(
+        [uses_plugins],
+        resources={"plugins": PluginRuntimeResource.from_environment()},
+        run_config=run_config,
+        instance=instance,
+        raise_on_error=False,
+    )
+    assert not result.success
+    (entry,) = _refusals(home)
+    assert json.loads(entry.details)["paths"] == [
+        "resources.plugins.config.memory_mb",  # from the value check alone
+        "resources.plugins.config.plugin_dir",
+    ]
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "SAME",  # the deployment's own value: still refused (a launch sets no setting)
+        {"env": "SOME_OTHER_VAR"},  # indirection through another variable
+    ],
+)
+def test_overrides_are_refused_whatever_the_value(home, instance, monkeypatch, value):
+    monkeypatch.setenv("DATAFLARE_PLUGIN_DIR", str(home.root / "reviewed"))
+    monkeypatch.setenv("SOME_OTHER_VAR", str(home.root / "other"))
+    if value == "SAME":
+        value = str(home.root / "reviewed")
+    run_config = {"resources": {"plugins": {"config": {"plugin_dir": value}}}}
+    result = _materialize(run_config, instance)
+    assert not result.success
+    assert "resources.plugins.config.plugin_dir" in _failure_text(result)
+    assert _refusals(home)

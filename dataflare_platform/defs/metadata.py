@@ -12,7 +12,7 @@ import dagster as dg
 import polars as pl
 import pyarrow as pa
 
-from dataflare_platform.compliance.pii import PiiPolicy, mask_sample
+from dataflare_platform.compliance.pii import PiiPolicy, detect, mask_sample, redact
 from dataflare_platform.compliance.spec import load_dataset_specs
 
 PREVIEW_ROWS = 5
@@ -48,6 +48,29 @@ def safe_rows(rows: list[dict], asset: str | None) -> list[dict]:
         return rows
     frame = pl.DataFrame([{k: None if v is None else str(v) for k, v in r.items()} for r in rows])
     return mask_sample(frame, classification(asset)).to_dicts()
+
+
+def safe_values(values: list, asset: str | None, column: str | None) -> list:
+    """Sample values of one ``column`` (failing values of an expectation) masked like
+    ``safe_sample``: every value of a classified column; a string holding detected PII in
+    an unclassified one; every string when the classification is unknown (or the values
+    belong to no column). Numbers of an unclassified column stay as they are."""
+    if not values:
+        return values
+    policy = classification(asset) if column else None
+    classified = policy is not None and column in policy.columns
+    texts = pl.Series("v", [None if v is None else str(v) for v in values], dtype=pl.String)
+    redacted = redact(texts).to_list()
+    if classified:
+        return redacted
+    hits = [False] * len(values)
+    if policy is not None:
+        for found, _ in detect(texts).values():
+            hits = [a or bool(b) for a, b in zip(hits, found.fill_null(False), strict=True)]
+    return [
+        red if isinstance(v, str) and (policy is None or hit) else v
+        for v, red, hit in zip(values, redacted, hits, strict=True)
+    ]
 
 
 def markdown_preview(

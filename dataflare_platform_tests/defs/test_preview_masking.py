@@ -56,3 +56,15 @@ def test_unclassified_columns_of_a_governed_dataset_are_scanned():
     assert masked["city"] == "Paris"
     assert "alice@example.com" not in masked["note"]
     assert masked["credit_card"].endswith("1111") and "4111" not in masked["credit_card"]
+
+
+def test_failing_values_of_an_expectation_are_masked_by_the_column_classification():
+    from dataflare_platform.defs.metadata import safe_values
+
+    persons = "nexmark/persons"  # email_address and credit_card classified pii_allowed
+    assert safe_values(["alice@example.com"], persons, "email_address") == ["*****@*******.com"]
+    assert safe_values(["Paris", "bob@example.org"], persons, "city") == [
+        "Paris",
+        "***@*******.org",
+    ]
+    assert safe_values([-2.0, "x"], None, "amount") == [-2.0, "*"]

@@ -6,17 +6,42 @@ its failing values. Blocking checks of error severity stop downstream assets of 
 run: a table that failed its expectations is not built upon.
 """
 
+from dataclasses import replace
+
 import dagster as dg
 
 from dataflare_platform.compliance.datasets import DatasetRef, read_dataset
-from dataflare_platform.compliance.expectations import SuiteResult, SuiteSpec, run_suite
+from dataflare_platform.compliance.expectations import (
+    ExpectationOutcome,
+    SuiteResult,
+    SuiteSpec,
+    run_suite,
+)
 from dataflare_platform.defs.governance.checks import no_data_result
+from dataflare_platform.defs.metadata import safe_values
 from dataflare_platform.defs.pools import dataset_tags
 from dataflare_platform.defs.resources import ProjectHomeResource
 
 
-def suite_check_result(result: SuiteResult, ref: DatasetRef) -> dg.AssetCheckResult:
-    failed = result.failed
+def _masked(outcome: ExpectationOutcome, asset: str | None) -> ExpectationOutcome:
+    """The outcome with its failing values (and a textual observed value) masked as the
+    dataset's PII classification says: check metadata is shown to every viewer."""
+    observed = outcome.observed_value
+    if isinstance(observed, str):
+        (observed,) = safe_values([observed], asset, outcome.column)
+    return replace(
+        outcome,
+        sample=safe_values(list(outcome.sample), asset, outcome.column),
+        observed_value=observed,
+    )
+
+
+def suite_check_result(
+    result: SuiteResult, ref: DatasetRef, asset: str | None = None
+) -> dg.AssetCheckResult:
+    """``asset`` ("/"-separated key) picks the PII classification failing values are
+    masked by; None masks them as unclassified data (every string)."""
+    failed = [_masked(outcome, asset) for outcome in result.failed]
     severity = (
         dg.AssetCheckSeverity.ERROR if result.severity != "warn" else dg.AssetCheckSeverity.WARN
     )
@@ -69,6 +94,6 @@ def expectation_check(
             frame = read_dataset(ref, dataflare.home.root)
         except FileNotFoundError as err:
             return no_data_result(ref, err)
-        return suite_check_result(run_suite(frame, suite), ref)
+        return suite_check_result(run_suite(frame, suite), ref, key.to_user_string())
 
     return _check

@@ -4,6 +4,8 @@ settings (``instance.run_config_guard``), and a refusal is written to the audit 
 from __future__ import annotations
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from dataflare_platform.compliance.audit import AuditLog
 from dataflare_platform.defs.deployment_lock import DeploymentLockedResource
@@ -155,3 +157,36 @@ def test_refuse_overrides_lets_a_clean_run_go_and_writes_nothing(tmp_path):
     refuse_overrides(CLEAN[2], run_id="r1", actor="system", audit_url=url)
     with AuditLog(url) as log:
         assert log.count() == 0
+
+
+_leaf = st.one_of(st.none(), st.booleans(), st.integers(), st.text(max_size=8))
+_tree = st.recursive(
+    _leaf,
+    lambda children: st.one_of(
+        st.lists(children, max_size=3),
+        st.dictionaries(st.text(max_size=6), children, max_size=3),
+    ),
+    max_leaves=12,
+)
+
+
+@given(resources=st.dictionaries(st.text(min_size=1, max_size=6), _tree, min_size=1, max_size=3))
+@settings(max_examples=300, deadline=None)
+def test_any_resources_section_is_refused_and_never_crashes_the_guard(resources):
+    """Whatever a caller puts under ``resources`` (odd shapes, odd names), the guard
+    answers with paths (never raises, never lets it through), one per resource at least."""
+    found = forbidden_overrides({"resources": resources, "ops": {}})
+    assert found
+    for name in resources:
+        assert any(
+            path == f"resources.{name}" or path.startswith(f"resources.{name}.") for path in found
+        )
+
+
+@given(run_config=st.dictionaries(st.text(max_size=8), _tree, max_size=4))
+@settings(max_examples=300, deadline=None)
+def test_the_guard_never_raises_on_any_mapping(run_config):
+    found = forbidden_overrides(run_config)
+    assert found == sorted(found)
+    if "resources" in run_config and run_config["resources"] not in ({}, None, []):
+        assert any(path.startswith("resources") for path in found)

@@ -94,6 +94,8 @@ def test_a_clean_run_uses_the_deployment_values(home, instance, monkeypatch):
         ("plugins", "memory_mb", "DATAFLARE_PLUGIN_MEMORY_MB"),
         ("governance", "audit_key_dir", None),
         ("governance", "audit_key_dir", "DATAFLARE_AUDIT_KEY_DIR"),
+        # Dagster's own io manager: no platform resource, caught by the run config check
+        ("io_manager", "base_dir", None),
     ],
 )
 def test_in_process_override_is_refused_and_audited(

@@ -76,7 +76,8 @@ LAUNCH_KNOBS: frozenset[str] = frozenset(
 )
 
 # Top-level run config sections a launch may use besides ``ops``: Dagster's executor and
-# logger settings (parallelism, log level) define no deployment setting.
+# logger settings (parallelism, log level) define no deployment setting; the executor's
+# ``start_method`` (whose ``preload_modules`` import code in the worker) is refused.
 LAUNCH_SECTIONS: frozenset[str] = frozenset({"ops", "execution", "loggers"})
 
 
@@ -89,7 +90,8 @@ def forbidden_overrides(
     Resource settings are named ``resources.<name>.config.<field>`` whatever the
     spelling (``resources.<name>.<field>`` without ``config`` is named the same way,
     ``resources.<name>`` for a non-mapping value); op config fields outside
-    ``launch_knobs`` as ``ops.<op>.config.<field>``; other top-level sections by name.
+    ``launch_knobs`` as ``ops.<op>.config.<field>``, op inputs/outputs as
+    ``ops.<op>.inputs``; the executor's ``start_method``; other top-level sections by name.
     Only paths are returned, never values (a value may be a credential).
     """
     if not run_config:
@@ -102,6 +104,8 @@ def forbidden_overrides(
             found.update(_resource_paths(body))
         elif section == "ops":
             found.update(_op_paths(body, launch_knobs))
+        elif section == "execution":
+            found.update(_execution_paths(body))
         elif section not in LAUNCH_SECTIONS:
             found.add(str(section))
     return sorted(found)
@@ -132,13 +136,32 @@ def _op_paths(ops: Any, launch_knobs: Collection[str]) -> set[str]:
     for op, body in ops.items():
         if not isinstance(body, Mapping):
             continue  # Dagster's own schema refuses a non-mapping op entry
-        if "ops" in body:  # a graph's inner ops
-            found.update(f"ops.{op}.{path}" for path in _op_paths(body["ops"], launch_knobs))
-        config = body.get("config")
-        if isinstance(config, Mapping):
-            found.update(
-                f"ops.{op}.config.{field}" for field in config if field not in launch_knobs
-            )
+        for key, value in body.items():
+            if key == "ops":  # a graph's inner ops
+                found.update(f"ops.{op}.{path}" for path in _op_paths(value, launch_knobs))
+            elif key == "config" and isinstance(value, Mapping):
+                found.update(
+                    f"ops.{op}.config.{field}" for field in value if field not in launch_knobs
+                )
+            elif key != "config":  # inputs / outputs: values loaded or written by managers
+                found.add(f"ops.{op}.{key}")
+    return found
+
+
+# Executor settings that load code or change how processes start: never from a launch.
+_EXECUTION_REFUSED = frozenset({"start_method", "preload_modules"})
+
+
+def _execution_paths(execution: Any, prefix: str = "execution") -> set[str]:
+    if not isinstance(execution, Mapping):
+        return set()  # Dagster's own schema refuses it
+    found: set[str] = set()
+    for key, value in execution.items():
+        path = f"{prefix}.{key}"
+        if key in _EXECUTION_REFUSED:
+            found.add(path)
+        elif isinstance(value, Mapping):
+            found.update(_execution_paths(value, path))
     return found
 
 

@@ -28,6 +28,7 @@ CLEAN = [
     {"ops": {"replay": {"config": {"pipeline": "hot_items", "offsets": {"0": [0, 10]}}}}},
     {"ops": {"governance__retention": {"config": {"dry_run": True}}}},
     {"execution": {"config": {"in_process": {}}}, "loggers": {"console": {"config": {}}}},
+    {"execution": {"config": {"multiprocess": {"max_concurrent": 1}}}},
 ]
 
 
@@ -77,6 +78,22 @@ def test_every_deployment_field_is_refused_with_or_without_config(resource, fiel
             ["ops.masked_persons.config.plugin_dir"],
         ),
         ({"ops": {"g": {"ops": {"inner": {"config": {"x": 1}}}}}}, ["ops.g.ops.inner.config.x"]),
+        # op inputs/outputs are loaded or written by managers: not a launch knob
+        ({"ops": {"replay": {"inputs": {"x": {"path": "/etc/passwd"}}}}}, ["ops.replay.inputs"]),
+        # executor settings that import modules in the worker
+        (
+            {
+                "execution": {
+                    "config": {
+                        "multiprocess": {
+                            "max_concurrent": 2,
+                            "start_method": {"forkserver": {"preload_modules": ["x"]}},
+                        }
+                    }
+                }
+            },
+            ["execution.config.multiprocess.start_method"],
+        ),
         # several at once, sorted, launch knobs not named
         (
             {

@@ -250,3 +250,31 @@ def test_overrides_are_refused_whatever_the_value(home, instance, monkeypatch, v
     assert not result.success
     assert "resources.plugins.config.plugin_dir" in _failure_text(result)
     assert _refusals(home)
+
+
+def test_the_planted_plugin_folder_attack_is_refused_before_any_plugin_loads(
+    home, instance, tmp_path
+):
+    """Issue 15's attack: a launch points the plugin folder at a directory with a planted
+    module and compile cache. The code location's own masked-persons asset is refused at
+    resource set-up: no plugin is loaded, nothing is written."""
+    from dataflare_platform.definitions import defs
+
+    planted = tmp_path / "planted"
+    (planted / ".cache").mkdir(parents=True)
+    (planted / "pii_mask.wasm").write_bytes(b"\0asm not reviewed")
+    (planted / ".cache" / "planted.bin").write_bytes(b"precompiled, not reviewed")
+    job = defs.resolve_implicit_global_asset_job_def()
+    result = job.execute_in_process(
+        run_config={"resources": {"plugins": {"config": {"plugin_dir": str(planted)}}}},
+        instance=instance,
+        asset_selection=[dg.AssetKey(["plugins", "masked_persons_sample"])],
+        raise_on_error=False,
+    )
+    assert not result.success
+    text = _failure_text(result)
+    assert "DeploymentOverrideError" in text and "resources.plugins.config.plugin_dir" in text
+    assert "PluginError" not in text  # nothing tried to load the planted module
+    assert not (home.root / "plugins" / "masked_persons_sample.parquet").exists()
+    assert sorted(p.name for p in planted.rglob("*")) == [".cache", "pii_mask.wasm", "planted.bin"]
+    assert _refusals(home)

@@ -147,6 +147,8 @@ class ProjectHome(StrictModel):
             dagster_yaml = self.dagster_home / "dagster.yaml"
             if not dagster_yaml.exists() or dagster_yaml.read_text() != LOCAL_DAGSTER_YAML:
                 write_private(dagster_yaml, LOCAL_DAGSTER_YAML)
+            elif stat.S_IMODE(dagster_yaml.stat().st_mode) & 0o077:
+                dagster_yaml.chmod(PRIVATE_FILE_MODE)  # a home from before 0600
         except OSError as err:
             raise ConfigError("project home", [("home", f"{self.root}: {err}")]) from None
         return self
@@ -159,7 +161,7 @@ class ProjectHome(StrictModel):
             return
         mode = stat.S_IMODE(self.root.stat().st_mode)
         if mode & 0o077:
-            self.root.chmod(mode & 0o700 | PRIVATE_DIR_MODE)
+            self.root.chmod(PRIVATE_DIR_MODE)
             warnings.warn(
                 f"project home {self.root} was mode {mode:04o} (readable by others); "
                 f"tightened to {PRIVATE_DIR_MODE:04o}",

@@ -43,11 +43,13 @@ def test_a_new_home_is_private_whatever_the_umask(tmp_path, wide_umask):
 
 def test_an_existing_wide_home_is_tightened_with_a_warning(tmp_path, wide_umask):
     root = tmp_path / "h"
-    root.mkdir(mode=0o755)
+    old = ProjectHome.resolve(root).ensure()
     root.chmod(0o755)
+    (old.dagster_home / "dagster.yaml").chmod(0o644)  # as homes were written before
     with pytest.warns(UserWarning, match="was mode 0755.*tightened to 0700"):
         ProjectHome.resolve(root).ensure()
     assert _mode(root) == 0o700
+    assert _mode(old.dagster_home / "dagster.yaml") == 0o600
     # a private home is left alone, silently
     import warnings
 

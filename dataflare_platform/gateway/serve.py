@@ -1,0 +1,154 @@
+"""Start the front: dagster-webserver's app in this process behind the gateway, served by
+uvicorn on the configured address (TLS optional), with the Dagster daemon as a child
+process and one shared code server per location (as ``dagster dev`` does).
+
+The daemon and code servers are in this process's group: ``dataflare ui`` stops the group
+on SIGTERM/SIGINT.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import yaml
+
+from dataflare_platform.access.policy import load_authorizer
+from dataflare_platform.gateway.app import Gateway
+from dataflare_platform.gateway.providers import LocalLoginProvider
+from dataflare_platform.gateway.settings import FrontSettings
+from dataflare_platform.gateway.webserver import GatedWebserver
+from dataflare_platform.home import ProjectHome
+from dataflare_platform.identity.local_users import LocalUsers
+from dataflare_platform.identity.store import IdentityStore
+from dataflare_platform.identity.tokens import ServiceTokens
+
+# As dagster-webserver's defaults.
+DB_STATEMENT_TIMEOUT_MS = 15000
+DB_POOL_RECYCLE_S = 3600
+DB_POOL_MAX_OVERFLOW = 20
+
+
+def build_front(
+    webserver_app,
+    settings: FrontSettings,
+    project: ProjectHome,
+    instance=None,
+) -> Gateway:
+    """The gateway around ``webserver_app`` with the home's identities, the deployment's
+    authorizer and the home's audit log as decision recorder."""
+    from dataflare_platform.compliance.access_log import AuditDecisionRecorder
+    from dataflare_platform.compliance.audit import AuditLog
+    from dataflare_platform.compliance.audit_keys import AuditSettings
+
+    store = IdentityStore(project.root)
+    audit_log = AuditLog(AuditSettings.resolve(home=project.root).url)
+
+    def run_location(run_id: str) -> str | None:
+        if instance is None:
+            return None
+        run = instance.get_run_by_id(run_id)
+        origin = run.remote_job_origin if run is not None else None
+        return origin.location_name if origin is not None else None
+
+    def audit(actor: str, action: str, subject: str, details: dict) -> None:
+        audit_log.append(actor, action, subject, details)
+
+    return Gateway(
+        webserver_app,
+        settings,
+        tokens=ServiceTokens(store),
+        authorizer=load_authorizer(),
+        recorder=AuditDecisionRecorder(audit_log),
+        audit=audit,
+        password_providers=[LocalLoginProvider(LocalUsers(store))],
+        redirect_providers=[],
+        run_lookup=run_location,
+    )
+
+
+@contextlib.contextmanager
+def _shared_code_servers(instance, workspace: Path) -> Iterator[Path]:
+    """Code servers started once for the webserver and the daemon; yields a workspace
+    file pointing at them (what ``dagster dev`` does)."""
+    from dagster._cli.proxy_server_manager import ProxyServerManager
+    from dagster._core.workspace.load_target import WorkspaceFileTarget
+
+    with (
+        ProxyServerManager(
+            instance=instance,
+            workspace_load_target=WorkspaceFileTarget([str(workspace)]),
+            code_server_log_level="warning",
+        ) as manager,
+        tempfile.TemporaryDirectory() as temp_dir,
+    ):
+        shared = Path(temp_dir) / "workspace.yaml"
+        shared.write_text(yaml.dump({"load_from": manager.get_code_server_specs()}))
+        yield shared
+
+
+def serve(
+    settings: FrontSettings, project: ProjectHome, workspace: Path, daemon: bool = True
+) -> None:
+    """Serve until interrupted (uvicorn handles SIGTERM/SIGINT)."""
+    import uvicorn
+    from dagster import DagsterInstance
+    from dagster._core.workspace.context import WorkspaceProcessContext
+    from dagster._core.workspace.load_target import WorkspaceFileTarget
+    from dagster_webserver.version import __version__
+
+    os.environ.update(project.environ())
+    with contextlib.ExitStack() as stack:
+        instance = stack.enter_context(DagsterInstance.get())
+        instance.optimize_for_webserver(
+            DB_STATEMENT_TIMEOUT_MS, DB_POOL_RECYCLE_S, DB_POOL_MAX_OVERFLOW
+        )
+        shared = stack.enter_context(_shared_code_servers(instance, workspace))
+        if daemon:
+            child = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "dagster._daemon",
+                    "run",
+                    "-w",
+                    str(shared),
+                    "--log-level",
+                    "warning",
+                ],
+                env=os.environ.copy(),
+            )
+            stack.callback(_stop, child)
+        context = stack.enter_context(
+            WorkspaceProcessContext(
+                instance,
+                version=__version__,
+                read_only=False,
+                workspace_load_target=WorkspaceFileTarget([str(shared)]),
+                code_server_log_level="warning",
+            )
+        )
+        webserver_app = GatedWebserver(context, "", 2000).create_asgi_app()
+        front = build_front(webserver_app, settings, project, instance)
+        uvicorn.run(
+            front,
+            host=settings.host,
+            port=settings.port,
+            log_level="warning",
+            ssl_certfile=str(settings.tls_cert) if settings.tls_cert else None,
+            ssl_keyfile=str(settings.tls_key) if settings.tls_key else None,
+        )
+
+
+def _stop(child: subprocess.Popen) -> None:
+    child.terminate()
+    try:
+        child.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        child.kill()
+        child.wait()

@@ -1,0 +1,97 @@
+"""Where identities live: one SQLite file under ``<home>/security/`` that only the owner
+can read (directory 0700, file 0600), holding password hashes, TOTP secrets and token
+hashes. Never a secret in clear: passwords are argon2 hashes, tokens SHA-256 hashes of
+random secrets (TOTP secrets must stay readable to check codes, hence the file mode)."""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from dataflare_platform.access.principal import NAME_PATTERN, ROLES
+from dataflare_platform.errors import InvalidInputError
+
+SECURITY_DIRNAME = "security"
+DB_FILENAME = "identity.db"
+# The service token `dataflare ui` creates on a fresh home, for the client and tests.
+TOKEN_FILENAME = "service-token"
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS users (
+    name TEXT PRIMARY KEY,
+    password_hash TEXT NOT NULL,
+    totp_secret TEXT,
+    roles TEXT NOT NULL,
+    created_at TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%SZ', 'now'))
+);
+CREATE TABLE IF NOT EXISTS tokens (
+    token_id TEXT PRIMARY KEY,
+    account TEXT NOT NULL,
+    secret_hash TEXT NOT NULL,
+    roles TEXT NOT NULL,
+    created_at TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%SZ', 'now')),
+    revoked_at TEXT
+);
+"""
+
+
+def security_dir(home_root: Path) -> Path:
+    """``<home>/security``, created 0700 (and re-tightened if it was widened)."""
+    directory = Path(home_root) / SECURITY_DIRNAME
+    directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+    directory.chmod(0o700)
+    return directory
+
+
+def write_secret_file(path: Path, text: str) -> None:
+    """Write ``text`` to a file only the owner can read; created 0600 from the start (no
+    window where it is world-readable)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as out:
+        out.write(text)
+    Path(path).chmod(0o600)
+
+
+def check_name(name: str, what: str = "name") -> str:
+    if not NAME_PATTERN.match(name or ""):
+        raise InvalidInputError(
+            f"{what} {name[:40]!r}: 1-128 letters, digits and _.@+- starting with a letter or digit"
+        )
+    return name
+
+
+def check_roles(roles: frozenset[str] | set[str] | list[str]) -> frozenset[str]:
+    unknown = sorted(set(roles) - set(ROLES))
+    if unknown or not roles:
+        raise InvalidInputError(
+            f"roles must be some of {', '.join(ROLES)} (got {', '.join(sorted(roles)) or 'none'})"
+        )
+    return frozenset(roles)
+
+
+class IdentityStore:
+    """The identity database of one home."""
+
+    def __init__(self, home_root: Path) -> None:
+        self.path = security_dir(home_root) / DB_FILENAME
+        if not self.path.exists():
+            os.close(os.open(self.path, os.O_WRONLY | os.O_CREAT, 0o600))
+        self.path.chmod(0o600)
+        with self.connect() as conn:
+            conn.executescript(_SCHEMA)
+
+    @property
+    def token_file(self) -> Path:
+        return self.path.parent / TOKEN_FILENAME
+
+    @contextmanager
+    def connect(self) -> Iterator[sqlite3.Connection]:
+        conn = sqlite3.connect(self.path, timeout=30)
+        try:
+            with conn:
+                yield conn
+        finally:
+            conn.close()

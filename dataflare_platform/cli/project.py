@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -173,7 +172,7 @@ def _print_demo(report) -> None:
     out.print(f"{verdict} in {report.seconds:.1f}s; see it in the UI with `make ui`")
 
 
-# After SIGTERM/SIGINT, `dagster dev`'s process group gets this long to exit on its own
+# After SIGTERM/SIGINT, the front's process group gets this long to exit on its own
 # before it is killed: its code server and daemon threads can otherwise hold it for a
 # minute or more.
 UI_STOP_GRACE_S = 5.0
@@ -181,7 +180,9 @@ UI_STOP_GRACE_S = 5.0
 
 def ui(
     home: HomeOption = None,
-    host: Annotated[str, typer.Option(help="Address to bind.")] = "127.0.0.1",
+    host: Annotated[
+        str, typer.Option(help="Address to bind (loopback unless you mean to expose it).")
+    ] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port of the web UI.")] = 3000,
     workspace: Annotated[
         Path | None,
@@ -190,13 +191,33 @@ def ui(
             "one written to the project home)."
         ),
     ] = None,
+    public_host: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--public-host",
+            help="A further name (host or host:port) browsers use to reach the UI; the "
+            "Host header must be one of the loopback names, the bind address or these.",
+        ),
+    ] = None,
+    tls_cert: Annotated[
+        Path | None, typer.Option(help="Serve HTTPS with this PEM certificate (chain).")
+    ] = None,
+    tls_key: Annotated[Path | None, typer.Option(help="The certificate's PEM key.")] = None,
 ) -> None:
-    """Start the Dagster web UI and daemon (`dagster dev`) on the project home.
+    """Start the web UI behind the authenticating front, and the Dagster daemon.
 
-    SIGTERM or SIGINT (Ctrl-C) stop it within a few seconds: `dagster dev` runs in its own
-    process group, which gets the signal and, after a short grace, SIGKILL.
+    The front runs dagster-webserver's app in its own process (the webserver has no port
+    of its own): sign-in (local users with TOTP for admins, service tokens), Host and
+    Origin checks, CSRF tokens, mutations only by POST and each mutation authorized and
+    audited. The first start on a home creates an admin account and a service token and
+    prints them once (the token is kept 0600 under the home for the client).
+
+    SIGTERM or SIGINT (Ctrl-C) stop it within a few seconds: the front runs in its own
+    process group (with the daemon and code servers), which gets the signal and, after a
+    short grace, SIGKILL.
     """
     from dataflare_platform.home import ProjectHome
+    from dataflare_platform.identity.bootstrap import bootstrap
 
     project = ProjectHome.resolve(home).ensure()
     if workspace is None:
@@ -204,17 +225,50 @@ def ui(
         workspace = local if local.is_file() else project.write_workspace()
     elif not workspace.is_file():
         raise UsageError(f"--workspace {workspace}: no such file")
-    # The dagster next to this interpreter, so the UI runs in the project's environment.
-    sibling = Path(sys.executable).with_name("dagster")
-    dagster = str(sibling) if sibling.exists() else shutil.which("dagster") or "dagster"
+    if (tls_cert is None) != (tls_key is None):
+        raise UsageError("--tls-cert and --tls-key go together")
+    for path in (tls_cert, tls_key):
+        if path is not None and not path.is_file():
+            raise UsageError(f"{path}: no such file")
+    first = bootstrap(project.root)
+    if first is not None:
+        _print_first_credentials(first)
+    command = [
+        sys.executable, "-m", "dataflare_platform.gateway",
+        "--home", str(project.root), "--workspace", str(workspace.absolute()),
+        "--host", host, "--port", str(port),
+    ]  # fmt: skip
+    for name in public_host or ():
+        command += ["--public-host", name]
+    if tls_cert is not None and tls_key is not None:
+        command += ["--tls-cert", str(tls_cert.absolute()), "--tls-key", str(tls_key.absolute())]
     env = {**os.environ, **project.environ()}
-    command = [dagster, "dev", "-w", str(workspace), "-h", host, "-p", str(port)]
     child = subprocess.Popen(command, env=env, start_new_session=True)
+    scheme = "https" if tls_cert else "http"
     err_console().print(
-        f"Dagster UI on http://{host}:{port} (home {project.root}, workspace {workspace}, "
-        f"dagster dev pid {child.pid}); Ctrl-C stops it"
+        f"DataFlare UI on {scheme}://{host}:{port} (home {project.root}, workspace "
+        f"{workspace}, front pid {child.pid}); Ctrl-C stops it"
     )
     raise typer.Exit(code=_supervise(child))
+
+
+def _print_first_credentials(first) -> None:
+    """Shown once, on the first start of a home: nothing keeps the password or the TOTP
+    secret in clear (the token is kept 0600 for the home's own tools)."""
+    console = err_console()
+    console.print(
+        "[bold]First start on this home: an admin account and a service token were "
+        "created. They are shown only now.[/]\n"
+        f"  admin user:      {first.admin_name}\n"
+        f"  admin password:  {first.admin_password}\n"
+        f"  TOTP secret:     {first.admin_totp_secret}  (add it to an authenticator app)\n"
+        f"  TOTP URI:        {first.admin_totp_uri}\n"
+        f"  service token:   {first.token}  (role launcher; id {first.token_id})\n"
+        f"  token file:      {first.token_file}  (0600; the client and `dataflare launch` "
+        "use it when DATAFLARE_TOKEN is unset)",
+        highlight=False,
+        soft_wrap=True,
+    )
 
 
 def _supervise(child: subprocess.Popen) -> int:

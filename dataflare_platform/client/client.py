@@ -70,12 +70,15 @@ class DataflareClient:
         port: int = 3000,
         timeout_s: float = 30.0,
         poll_interval_s: float = 0.5,
+        token: str | None = None,
     ) -> None:
+        """``token``: a service token for the authenticating front (default:
+        ``$DATAFLARE_TOKEN`` or the home's token file, see ``transport.resolve_token``)."""
         self.host = host
         self.port = port
         self.timeout_s = timeout_s
         self.poll_interval_s = poll_interval_s
-        self._transport = Transport(host, port, timeout_s)
+        self._transport = Transport(host, port, timeout_s, token)
         self._dagster = self._transport.dagster
         self._call_dagster = self._transport.call_dagster
 

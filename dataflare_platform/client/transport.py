@@ -1,12 +1,19 @@
 """HTTP to a Dagster web server: raw GraphQL over a kept-alive session, and calls into
 ``dagster_graphql.DagsterGraphQLClient`` for what it covers (launch, run status,
 termination). Both turn transport failures into ``ServerUnreachableError`` naming the
-address and how to start a server, and GraphQL errors into ``DataflareClientError``."""
+address and how to start a server, and GraphQL errors into ``DataflareClientError``.
+
+Every request carries ``Authorization: Bearer <token>`` when a service token is known:
+``$DATAFLARE_TOKEN``, else the token file the first ``dataflare ui`` wrote under the home
+(``<home>/security/service-token``). A token is never taken from a command-line flag (it
+would land in shell history and ``ps``)."""
 
 from __future__ import annotations
 
+import os
 import warnings
 from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import Any, TypeVar
 
 import requests
@@ -17,21 +24,40 @@ from dataflare_platform.client.errors import (
     LaunchError,
     ServerUnreachableError,
 )
+from dataflare_platform.home import DEFAULT_HOME_DIRNAME, HOME_ENV_VAR
+from dataflare_platform.identity.store import SECURITY_DIRNAME, TOKEN_FILENAME
 
 T = TypeVar("T")
+TOKEN_ENV_VAR = "DATAFLARE_TOKEN"
+
+
+def resolve_token() -> str | None:
+    """The service token to send: ``$DATAFLARE_TOKEN``, else the home's token file (the
+    home of ``$DATAFLARE_HOME``, else ``./.dataflare``), else none."""
+    token = os.environ.get(TOKEN_ENV_VAR, "").strip()
+    if token:
+        return token
+    home = Path(os.environ.get(HOME_ENV_VAR) or Path.cwd() / DEFAULT_HOME_DIRNAME)
+    try:
+        return (home / SECURITY_DIRNAME / TOKEN_FILENAME).read_text().strip() or None
+    except OSError:
+        return None
 
 
 class Transport:
     """One web server's GraphQL endpoint (``http://host:port/graphql``)."""
 
-    def __init__(self, host: str, port: int, timeout_s: float) -> None:
+    def __init__(self, host: str, port: int, timeout_s: float, token: str | None = None) -> None:
         self.host = host
         self.port = port
         self.timeout_s = timeout_s
         self.url = f"http://{host}:{port}/graphql"
+        token = token or resolve_token()
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
         self.session = requests.Session()
+        self.session.headers.update(headers)
         self.dagster = DagsterGraphQLClient(
-            host, port_number=port, timeout=max(1, round(timeout_s))
+            host, port_number=port, timeout=max(1, round(timeout_s)), headers=headers or None
         )
 
     def unreachable(self, err: Exception) -> ServerUnreachableError:
@@ -61,6 +87,12 @@ class Transport:
                 f"{self.url} answered HTTP {response.status_code} without JSON: "
                 "is this a Dagster web server?"
             ) from None
+        if response.status_code == 401:
+            raise DataflareClientError(
+                f"{self.url} refused the request: authentication required. Set "
+                f"{TOKEN_ENV_VAR} to a service token (`dataflare tokens create`), or run "
+                "where the home holds the token `dataflare ui` created"
+            )
         if body.get("errors"):
             messages = "; ".join(e.get("message", str(e)) for e in body["errors"])
             raise DataflareClientError(f"GraphQL error from {self.url}: {messages}")

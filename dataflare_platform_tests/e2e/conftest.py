@@ -28,16 +28,23 @@ def _free_port() -> int:
 
 
 def wait_until_serving(
-    proc: subprocess.Popen, port: int, log_path: Path, what: str, ceiling_s: float = 120
+    proc: subprocess.Popen,
+    port: int,
+    log_path: Path,
+    what: str,
+    ceiling_s: float = 120,
+    path: str = "/server_info",
+    scheme: str = "http",
+    context=None,
 ) -> None:
-    """Poll ``/server_info`` until the server answers; fail with its log if it exits or
-    stays silent for ``ceiling_s``."""
+    """Poll ``path`` (``/healthz`` for the authenticating front) until the server answers;
+    fail with its log if it exits or stays silent for ``ceiling_s``."""
     deadline = time.monotonic() + ceiling_s
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             pytest.fail(f"{what} exited: {log_path.read_text()[-3000:]}")
         try:
-            urllib.request.urlopen(f"http://127.0.0.1:{port}/server_info", timeout=2)
+            urllib.request.urlopen(f"{scheme}://127.0.0.1:{port}{path}", timeout=2, context=context)
             return
         except OSError:
             time.sleep(0.5)

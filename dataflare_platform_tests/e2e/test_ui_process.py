@@ -1,5 +1,6 @@
-"""``dataflare ui`` as a process: it serves the one code location name and stops cleanly,
-its whole ``dagster dev`` process group with it, on SIGTERM and on SIGINT (Ctrl-C)."""
+"""``dataflare ui`` as a process: it serves the one code location name (to the client with
+the service token the first start stored under the home) and stops cleanly, its whole
+front process group (front, daemon, code server) with it, on SIGTERM and on SIGINT."""
 
 import os
 import re
@@ -58,9 +59,11 @@ def test_ui_serves_the_location_and_stops_on_signal(home, tmp_path: Path, sig):
             start_new_session=True,
         )
     try:
-        wait_until_serving(proc, port, log_path, "dataflare ui", ceiling_s=STOP_CEILING_S)
+        wait_until_serving(
+            proc, port, log_path, "dataflare ui", ceiling_s=STOP_CEILING_S, path="/healthz"
+        )
         banner = " ".join(log_path.read_text().split())
-        found = re.search(r"dagster dev pid (\d+)", banner)
+        found = re.search(r"front pid (\d+)", banner)
         assert found, banner
         dev_pgid = int(found.group(1))
         assert _alive(dev_pgid) and os.getpgid(dev_pgid) == dev_pgid  # its own group

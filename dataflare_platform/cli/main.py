@@ -15,6 +15,7 @@ import typer
 
 from dataflare_platform.cli import project
 from dataflare_platform.cli._common import command_group
+from dataflare_platform.cli.access import tokens_app, users_app
 from dataflare_platform.cli.alerts import alerts_app
 from dataflare_platform.cli.audit import audit_app
 from dataflare_platform.cli.backfill import backfill_app
@@ -86,6 +87,8 @@ app.command("replay")(replay_command)
 app.add_typer(dlq_app, name="dlq")
 # Plugins and governance.
 app.add_typer(plugin_app, name="plugin")
+app.add_typer(users_app, name="users")
+app.add_typer(tokens_app, name="tokens")
 app.add_typer(alerts_app, name="alerts")
 app.add_typer(audit_app, name="audit")
 # Runs on a Dagster web server.

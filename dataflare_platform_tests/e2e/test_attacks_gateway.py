@@ -1,0 +1,365 @@
+"""Attacks on the web front, against the real thing: ``dataflare ui`` (front, webserver app
+in process, daemon, code server) on a fresh home, attacked the way a process on the same
+machine or a foreign web page in a local browser would.
+
+Each refused attempt that is an action is also looked for in the home's audit log.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from contextlib import ExitStack
+from dataclasses import dataclass
+from pathlib import Path
+
+import pyotp
+import pytest
+import requests
+
+from dataflare_platform.home import LOCATION_NAME, ProjectHome
+from dataflare_platform.identity.bootstrap import FirstCredentials, bootstrap
+from dataflare_platform.identity.local_users import LocalUsers
+from dataflare_platform.identity.store import IdentityStore
+from dataflare_platform.identity.tokens import ServiceTokens
+from dataflare_platform_tests.e2e.conftest import _free_port, wait_until_serving
+
+pytestmark = pytest.mark.e2e
+
+ARTIFACTS = Path(
+    os.environ.get(
+        "DATAFLARE_TEST_ARTIFACTS", Path(__file__).resolve().parents[2] / "test-artifacts"
+    )
+)
+SELECTOR = {"repositoryLocationName": LOCATION_NAME, "repositoryName": "__repository__"}
+LAUNCH = """
+mutation Launch($params: ExecutionParams!) {
+  launchRun(executionParams: $params) {
+    __typename
+    ... on LaunchRunSuccess { run { runId } }
+    ... on PythonError { message }
+    ... on RunConfigValidationInvalid { errors { message } }
+  }
+}"""
+LAUNCH_VARS = {"params": {"selector": {**SELECTOR, "jobName": "audit_checkpoint_job"}}}
+SET_CURSOR = """
+mutation Cursor($selector: SensorSelector!) {
+  setSensorCursor(sensorSelector: $selector, cursor: "99999999") { __typename }
+}"""
+CURSOR_VARS = {"selector": {**SELECTOR, "sensorName": "audit_trail"}}
+STOP_SENSOR = """
+mutation Stop($selector: SensorSelector!) { startSensor(sensorSelector: $selector) {
+  __typename } }"""
+TERMINATE = "mutation T($id: String!) { terminateRun(runId: $id) { __typename } }"
+DELETE = "mutation D($id: String!) { deleteRun(runId: $id) { __typename } }"
+VERSION = "{ version }"
+PASSWORD = "a password of some length"
+
+
+@dataclass
+class LiveFront:
+    port: int
+    project: ProjectHome
+    first: FirstCredentials
+    tokens: dict[str, str]
+
+    @property
+    def base(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def post(self, query: str, variables=None, token: str | None = None, **headers):
+        if token is not None:
+            headers["Authorization"] = f"Bearer {self.tokens[token]}"
+        return requests.post(
+            f"{self.base}/graphql",
+            json={"query": query, "variables": variables or {}},
+            headers=headers,
+            timeout=60,
+        )
+
+    def audit(self) -> list:
+        from dataflare_platform.compliance.audit import AuditLog
+        from dataflare_platform.compliance.audit_keys import AuditSettings
+
+        with AuditLog(AuditSettings.resolve(home=self.project.root).url) as log:
+            return log.tail(100_000)
+
+
+@pytest.fixture(scope="module")
+def live(tmp_path_factory) -> Iterator[LiveFront]:
+    root = tmp_path_factory.mktemp("attacks")
+    project = ProjectHome.resolve(root / "home").ensure()
+    first = bootstrap(project.root)  # what the first `dataflare ui` does, kept for the test
+    assert first is not None
+    store = IdentityStore(project.root)
+    tokens = {"launcher": first.token}
+    for role in ("viewer", "editor", "admin"):
+        tokens[role] = ServiceTokens(store).create(f"{role}-bot", frozenset({role}))[1]
+    LocalUsers(store).add("vera", PASSWORD, frozenset({"viewer"}))
+    port = _free_port()
+    log_path = root / "ui.log"
+    env = {**os.environ, **project.environ(), "DATAFLARE_SENSOR_INTERVAL": "1s"}
+    dataflare = Path(sys.executable).with_name("dataflare")
+    with log_path.open("w") as log:
+        proc = subprocess.Popen(
+            [str(dataflare), "ui", "--home", str(project.root), "--port", str(port)],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=root,
+            env=env,
+            start_new_session=True,
+        )
+    try:
+        wait_until_serving(proc, port, log_path, "dataflare ui", ceiling_s=300, path="/healthz")
+        yield LiveFront(port, project, first, tokens)
+    finally:
+        os.kill(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=120)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+def _denied(answer, permission: str) -> dict:
+    body = answer.json()
+    assert answer.status_code == 200 and body["data"] is None, body
+    (error,) = body["errors"]
+    assert error["extensions"]["permission"] == permission, error
+    assert f"'{permission}'" in error["message"]
+    return error
+
+
+def _audited(live: LiveFront, actor: str, action: str, permission: str) -> None:
+    found = [
+        e
+        for e in live.audit()
+        if e.actor == actor and e.action == action and e.payload().get("action") == permission
+    ]
+    assert found, f"no {action} of {permission} by {actor} in the audit log"
+    assert found[-1].payload()["policy_version"]
+
+
+def test_no_credentials_or_a_forged_token_is_401(live: LiveFront):
+    assert live.post(VERSION).status_code == 401
+    assert live.post(VERSION, Authorization="Bearer dft_0000_forged").status_code == 401
+    assert live.post(VERSION, Authorization="Basic YWRtaW46YWRtaW4=").status_code == 401
+    for path in ("/server_info", "/logs/x", "/runs", "/download_debug/x"):
+        assert requests.get(live.base + path, timeout=30).status_code == 401, path
+
+
+def test_a_mutation_over_get_is_405(live: LiveFront):
+    answer = requests.get(
+        f"{live.base}/graphql",
+        params={"query": SET_CURSOR, "variables": json.dumps(CURSOR_VARS)},
+        headers={"Authorization": f"Bearer {live.tokens['admin']}"},
+        timeout=30,
+    )
+    assert answer.status_code == 405
+    # A query over GET is fine.
+    ok = requests.get(
+        f"{live.base}/graphql",
+        params={"query": VERSION},
+        headers={"Authorization": f"Bearer {live.tokens['viewer']}"},
+        timeout=30,
+    )
+    assert ok.status_code == 200 and ok.json()["data"]["version"]
+
+
+def test_a_foreign_host_is_refused(live: LiveFront):
+    """DNS rebinding: a foreign name resolving to 127.0.0.1 carries its own Host."""
+    for host in (f"attacker.example:{live.port}", "attacker.example", f"127.0.0.2:{live.port}"):
+        answer = live.post(VERSION, token="admin", Host=host)
+        assert answer.status_code == 421, host
+
+
+def test_a_foreign_origin_is_refused(live: LiveFront):
+    for origin in ("http://attacker.example", f"http://localhost:{live.port + 1}", "null"):
+        answer = live.post(LAUNCH, LAUNCH_VARS, token="admin", Origin=origin)
+        assert answer.status_code == 403, origin
+    # A simple cross-site form post (text/plain) is refused before Dagster reads it.
+    form = requests.post(
+        f"{live.base}/graphql",
+        params={"query": SET_CURSOR},
+        data="x=1",
+        headers={"Content-Type": "text/plain", "Authorization": f"Bearer {live.tokens['admin']}"},
+        timeout=30,
+    )
+    assert form.status_code == 415
+
+
+def test_wrong_roles_are_refused_naming_the_permission_and_audited(live: LiveFront):
+    _denied(live.post(LAUNCH, LAUNCH_VARS, token="viewer"), "launch")
+    _audited(live, "service:viewer-bot", "access_denied", "launch")
+    _denied(live.post(TERMINATE, {"id": "0" * 36}, token="viewer"), "terminate")
+    _audited(live, "service:viewer-bot", "access_denied", "terminate")
+    _denied(live.post(SET_CURSOR, CURSOR_VARS, token="launcher"), "set_cursor")
+    _audited(live, "service:dataflare-cli", "access_denied", "set_cursor")
+    _denied(live.post(STOP_SENSOR, CURSOR_VARS, token="launcher"), "toggle_automation")
+    _audited(live, "service:dataflare-cli", "access_denied", "toggle_automation")
+    _denied(live.post(DELETE, {"id": "0" * 36}, token="editor"), "delete_run")
+    _audited(live, "service:editor-bot", "access_denied", "delete_run")
+
+
+def test_the_right_roles_are_allowed_and_audited(live: LiveFront):
+    launched = live.post(LAUNCH, LAUNCH_VARS, token="launcher").json()
+    assert launched["data"]["launchRun"]["__typename"] == "LaunchRunSuccess", launched
+    run_id = launched["data"]["launchRun"]["run"]["runId"]
+    _audited(live, "service:dataflare-cli", "access_allowed", "launch")
+    cursor = live.post(SET_CURSOR, CURSOR_VARS, token="editor").json()
+    assert "errors" not in cursor, cursor
+    _audited(live, "service:editor-bot", "access_allowed", "set_cursor")
+    stopped = live.post(TERMINATE, {"id": run_id}, token="launcher").json()
+    assert "errors" not in stopped, stopped
+    entry = next(
+        e
+        for e in reversed(live.audit())
+        if e.subject == f"run:{run_id}" and e.action == "access_allowed"
+    )
+    assert entry.payload()["resource"]["location"] == LOCATION_NAME
+
+
+def test_the_client_uses_the_home_token(live: LiveFront, monkeypatch):
+    from dataflare_platform.client import DataflareClient
+
+    monkeypatch.setenv("DATAFLARE_HOME", str(live.project.root))
+    monkeypatch.delenv("DATAFLARE_TOKEN", raising=False)
+    assert {ref.location for ref in DataflareClient(port=live.port).jobs()} == {LOCATION_NAME}
+    monkeypatch.setenv("DATAFLARE_TOKEN", live.tokens["viewer"])
+    assert DataflareClient(port=live.port).jobs()
+
+
+# -- a real browser ----------------------------------------------------------------------
+class Chromium:
+    """Headless Chromium driven over the DevTools protocol (fill a form, run script,
+    screenshot)."""
+
+    def __init__(self, binary: str, profile: Path) -> None:
+        self.port = _free_port()
+        self.proc = subprocess.Popen(
+            [
+                binary,
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--no-first-run",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+                "--window-size=1400,900",
+                f"--remote-debugging-port={self.port}",
+                f"--user-data-dir={profile}",
+                "about:blank",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/json/list") as r:
+                    pages = [t for t in json.load(r) if t["type"] == "page"]
+                if pages:
+                    break
+            except OSError:
+                pass
+            assert time.monotonic() < deadline, "chromium did not open its DevTools port"
+            time.sleep(0.3)
+        from websockets.sync.client import connect
+
+        self._stack = ExitStack()
+        self.ws = self._stack.enter_context(
+            connect(pages[0]["webSocketDebuggerUrl"], max_size=64 * 1024 * 1024)
+        )
+        self._id = 0
+
+    def call(self, method: str, **params):
+        self._id += 1
+        self.ws.send(json.dumps({"id": self._id, "method": method, "params": params}))
+        while True:
+            message = json.loads(self.ws.recv(timeout=120))
+            if message.get("id") == self._id:
+                assert "error" not in message, message
+                return message["result"]
+
+    def js(self, expression: str):
+        result = self.call(
+            "Runtime.evaluate", expression=expression, awaitPromise=True, returnByValue=True
+        )
+        return result["result"].get("value")
+
+    def wait_for(self, expression: str, ceiling_s: float = 120):
+        deadline = time.monotonic() + ceiling_s
+        while time.monotonic() < deadline:
+            value = self.js(expression)
+            if value:
+                return value
+            time.sleep(0.5)
+        raise AssertionError(f"{expression} stayed false for {ceiling_s:g} s")
+
+    def close(self) -> None:
+        self._stack.close()
+        self.proc.terminate()
+        self.proc.wait(timeout=30)
+
+
+def _screenshot(browser: Chromium, name: str) -> None:
+    shot = browser.call("Page.captureScreenshot", format="png")["data"]
+    target = ARTIFACTS / "ui" / name
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_bytes(base64.b64decode(shot))
+
+
+def test_a_browser_signs_in_with_password_and_totp_and_sees_the_ui(live: LiveFront, tmp_path):
+    from dataflare_platform_tests.browser import chromium_binary
+
+    browser = Chromium(chromium_binary(), tmp_path / "profile")
+    try:
+        browser.call("Page.enable")
+        browser.call("Page.navigate", url=f"{live.base}/runs")
+        browser.wait_for("location.pathname === '/login' && !!document.forms[0]")
+        _screenshot(browser, "front-login.png")
+        code = pyotp.TOTP(live.first.admin_totp_secret).now()
+        browser.js(
+            "(() => { const f = document.forms[0];"
+            f" f.username.value = {json.dumps(live.first.admin_name)};"
+            f" f.password.value = {json.dumps(live.first.admin_password)};"
+            f" f.code.value = {json.dumps(code)}; f.submit(); }})()"
+        )
+        browser.wait_for("location.pathname === '/runs'")
+        cookies = browser.call("Network.getCookies", urls=[live.base])["cookies"]
+        session = next(c for c in cookies if c["name"] == "dataflare_session")
+        assert session["httpOnly"] and session["sameSite"] == "Strict"
+        assert browser.js("document.cookie").find("dataflare_session") == -1
+        # The UI's own requests carry the CSRF token (the page's fetch is wrapped).
+        status = browser.js(
+            "fetch('/graphql', {method: 'POST', headers: {'Content-Type': 'application/json'},"
+            " body: JSON.stringify({query: '{ version }'})}).then(r => r.status)"
+        )
+        assert status == 200
+        browser.wait_for("document.body.innerText.includes('Runs')")
+        browser.wait_for("!!document.getElementById('dataflare-signout')")
+        # Dismissing Dagster's first-visit dialog is a mutation (setNuxSeen) the UI itself
+        # sends: it goes through only with the session's CSRF token.
+        browser.wait_for(
+            "[...document.querySelectorAll('button')].some(b => b.innerText === 'Skip')"
+        )
+        browser.js(
+            "[...document.querySelectorAll('button')].find(b => b.innerText === 'Skip').click()"
+        )
+        browser.wait_for(
+            "![...document.querySelectorAll('button')].some(b => b.innerText === 'Skip')"
+        )
+        time.sleep(2)  # let the run list render before the picture
+        _screenshot(browser, "front-signed-in.png")
+        logins = [e for e in live.audit() if e.action == "login"]
+        assert any(e.actor == "user:admin" for e in logins)
+    finally:
+        browser.close()

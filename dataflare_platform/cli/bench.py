@@ -59,6 +59,26 @@ def bench_nexmark(
     print_json(result, indent=None if as_json else 2)
 
 
+@bench_app.command("gateway")
+def bench_gateway(
+    workspace: Annotated[
+        Path, typer.Option(help="Workspace file whose code location the query lists.")
+    ] = Path("workspace.yaml"),
+    requests_per_side: Annotated[
+        int, typer.Option("--requests", min=10, help="Timed requests per side.")
+    ] = 1000,
+    as_json: JsonOnly = True,
+) -> None:
+    """p50/p99 of a small GraphQL query through the web front versus the bare webserver
+    app, both served by this process (target: the front adds at most 5 ms p99)."""
+    from dataflare_platform.cli._common import UsageError
+    from dataflare_platform.gateway.bench import run
+
+    if not workspace.is_file():
+        raise UsageError(f"--workspace {workspace}: no such file")
+    print_json(run(workspace, requests_per_side), indent=None if as_json else 2)
+
+
 @bench_app.command("plugins")
 def bench_plugins_command(
     as_json: JsonOnly = True,

@@ -87,8 +87,10 @@ def list_users(home: HomeOption = None, as_json: JsonOption = False) -> None:
     if as_json:
         print_json(users)
         return
-    rows = [(u["name"], ",".join(u["roles"]), "yes" if u["totp"] else "no", u["created_at"])
-            for u in users]  # fmt: skip
+    rows = [
+        (u["name"], ",".join(u["roles"]), "yes" if u["totp"] else "no", u["created_at"])
+        for u in users
+    ]
     table("Users", ("name", "roles", "totp", "created"), rows)
 
 
@@ -138,8 +140,10 @@ def list_tokens(home: HomeOption = None, as_json: JsonOption = False) -> None:
     if as_json:
         print_json(tokens)
         return
-    rows = [(t["id"], t["account"], ",".join(t["roles"]), t["created_at"], t["revoked_at"] or "")
-            for t in tokens]  # fmt: skip
+    rows = [
+        (t["id"], t["account"], ",".join(t["roles"]), t["created_at"], t["revoked_at"] or "")
+        for t in tokens
+    ]
     table("Tokens", ("id", "account", "roles", "created", "revoked"), rows)
 
 

@@ -232,7 +232,7 @@ def ui(
             raise UsageError(f"{path}: no such file")
     first = bootstrap(project.root)
     if first is not None:
-        _print_first_credentials(first)
+        print_first_credentials(first)
     command = [
         sys.executable, "-m", "dataflare_platform.gateway",
         "--home", str(project.root), "--workspace", str(workspace.absolute()),
@@ -252,7 +252,7 @@ def ui(
     raise typer.Exit(code=_supervise(child))
 
 
-def _print_first_credentials(first) -> None:
+def print_first_credentials(first) -> None:
     """Shown once, on the first start of a home: nothing keeps the password or the TOTP
     secret in clear (the token is kept 0600 for the home's own tools)."""
     console = err_console()

@@ -3,8 +3,10 @@
 One command that leaves nothing to set up by hand and nothing running afterwards:
 
 1. creates the ``nexmark.*`` topics the shipped pipelines read (keyed, two partitions);
-2. starts ``dagster dev`` (web server, daemon, code server) on the project home in its
-   own process group, so stopping it stops all of it;
+2. starts the web UI as ``dataflare ui`` does (the authenticating front with the web
+   server's app in process, the daemon, the code server) on the project home in its own
+   process group, so stopping it stops all of it; its own launches use a service token it
+   creates for the session and revokes at the end;
 3. launches every shipped pipeline's ``<name>_continuous`` job *through Dagster* (the
    GraphQL client, as the UI's Launch button would), so the runs, their checkpoints and
    their metadata are in the instance and the UI like any others;
@@ -13,7 +15,7 @@ One command that leaves nothing to set up by hand and nothing running afterwards
    continuous run has written (``events_out`` of its newest progress report) and its
    current ``events_per_s``;
 6. on Ctrl-C / SIGTERM: terminates the runs (each finishes its batch, checkpoints and
-   ends SUCCESS), stops the producer, then the ``dagster dev`` process group.
+   ends SUCCESS), stops the producer, then the web front's process group.
 
 Why continuous runs and not the sensors' micro-batch runs: a continuous run shows output
 about two seconds after the events are produced; a sensor-launched run costs tens of
@@ -49,6 +51,7 @@ SERVE_TIMEOUT_S = 300.0
 RUN_STOP_TIMEOUT_S = 180.0
 DAGSTER_STOP_TIMEOUT_S = 60.0
 LAUNCHED_BY = {"dataflare/launched_by": "quickstart"}
+QUICKSTART_ACCOUNT = "dataflare-quickstart"
 # The quickstart is watched live: record progress every few seconds, not at the 30 s
 # default of catalog.progress_interval (which suits a pipeline nobody is staring at).
 PROGRESS_INTERVAL_S = 5.0
@@ -140,20 +143,20 @@ def refresh(client: DataflareClient, stream: StreamStatus) -> None:
 def wait_until_serving(
     proc: subprocess.Popen, port: int, log_path: Path, stopping: threading.Event
 ) -> bool:
-    """Poll ``/server_info`` until the web server answers (True), or until asked to stop
+    """Poll the front's ``/healthz`` until it answers (True), or until asked to stop
     (False); fail with the log's tail if it exits or stays silent."""
     deadline = time.monotonic() + SERVE_TIMEOUT_S
     while time.monotonic() < deadline:
         if stopping.is_set():
             return False
         if proc.poll() is not None:
-            raise QuickstartError(f"dagster dev exited: {log_path.read_text()[-2000:]}")
+            raise QuickstartError(f"the web front exited: {log_path.read_text()[-2000:]}")
         try:
-            urllib.request.urlopen(f"http://127.0.0.1:{port}/server_info", timeout=2)
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2)
             return True
         except OSError:
             time.sleep(0.5)
-    raise QuickstartError(f"dagster dev did not answer in {SERVE_TIMEOUT_S:g} s; see {log_path}")
+    raise QuickstartError(f"the web front did not answer in {SERVE_TIMEOUT_S:g} s; see {log_path}")
 
 
 def stop_runs(
@@ -212,12 +215,16 @@ def quickstart(
     and a live producer, and print the output as it arrives; Ctrl-C stops all of it."""
     import secrets
 
+    from dataflare_platform.cli.project import print_first_credentials
     from dataflare_platform.client import DataflareClient
     from dataflare_platform.defs.streams.continuous import continuous_job_name
     from dataflare_platform.defs.streams.factory import output_key
     from dataflare_platform.events.live import LiveNexmarkProducer, ensure_nexmark_topics
     from dataflare_platform.events.log import EventLog
     from dataflare_platform.home import ProjectHome
+    from dataflare_platform.identity.bootstrap import bootstrap
+    from dataflare_platform.identity.store import IdentityStore
+    from dataflare_platform.identity.tokens import ServiceTokens
     from dataflare_platform.streams.ranges import load_specs
 
     console = err_console()
@@ -236,24 +243,34 @@ def quickstart(
     say(f"topics: {', '.join(t.name for t in topics.values())} (home {project.root})")
     specs = load_specs()
 
+    # The UI is the one `dataflare ui` serves: behind the authenticating front. The first
+    # start on a home prints an admin account and a service token once; the quickstart's
+    # own launches use a token of their own, revoked when it stops.
+    first = bootstrap(project.root)
+    if first is not None:
+        print_first_credentials(first)
+    tokens = ServiceTokens(IdentityStore(project.root))
+    token_id, token = tokens.create(QUICKSTART_ACCOUNT, frozenset({"launcher"}))
     log_path = project.root / "logs" / "quickstart-dagster.log"
     log_path.parent.mkdir(parents=True, exist_ok=True)
-    dagster = Path(sys.executable).with_name("dagster")
-    serve = ("-h", "127.0.0.1", "-p", str(port))
     with log_path.open("ab") as out:
         proc = subprocess.Popen(
             # The same workspace (one location name) as ``dataflare ui`` and ``make ui``.
-            [*(str(dagster), "dev", "-w", str(project.write_workspace())), *serve],
+            [
+                *(sys.executable, "-m", "dataflare_platform.gateway"),
+                *("--home", str(project.root), "--workspace", str(project.write_workspace())),
+                *("--host", "127.0.0.1", "--port", str(port)),
+            ],
             stdout=out,
             stderr=subprocess.STDOUT,
             env={**os.environ, **project.environ()},
             start_new_session=True,  # one process group: stopping it stops all of it
         )
-    say(f"dagster dev (process group {proc.pid}) starting; log {log_path}")
+    say(f"web front (process group {proc.pid}) starting; log {log_path}")
     producer: LiveNexmarkProducer | None = None
     thread: threading.Thread | None = None
     streams: list[StreamStatus] = []
-    client = DataflareClient(port=port, timeout_s=60)
+    client = DataflareClient(port=port, timeout_s=60, token=token)
     try:
         if not wait_until_serving(proc, port, log_path, stopping):
             return
@@ -288,7 +305,7 @@ def quickstart(
         started = time.monotonic()
         while not stopping.wait(status_every):
             if proc.poll() is not None:
-                raise QuickstartError(f"dagster dev exited; see {log_path}")
+                raise QuickstartError(f"the web front exited; see {log_path}")
             for stream in streams:
                 refresh(client, stream)
             p = producer.progress
@@ -304,8 +321,9 @@ def quickstart(
             thread.join()
             say(f"producer stopped: {producer.progress.line()}")
         stop_process_group(proc)
+        tokens.revoke(token_id)
         say(
             "stopped: "
             + (", ".join(f"{s.name} {s.run_status}" for s in streams) or "no runs")
-            + "; dagster dev stopped"
+            + "; web front stopped"
         )

@@ -49,7 +49,7 @@ from dataflare_platform.access.decisions import (
 )
 from dataflare_platform.access.principal import CURRENT_PRINCIPAL, NAME_PATTERN, Principal
 from dataflare_platform.errors import AuthenticationError, DataflareError, InvalidInputError
-from dataflare_platform.gateway.login_page import LOGIN_CSP, render_login
+from dataflare_platform.gateway.login_page import LOGIN_CSP, render_login, render_logout
 from dataflare_platform.gateway.mutations import (
     DEPLOYMENT,
     RequestedField,
@@ -81,8 +81,11 @@ AuditAppend = Callable[[str, str, str, dict[str, Any]], None]
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 LOGIN_FLOW_COOKIE = "dataflare_login"
 GRAPHQL_PATH = "/graphql"
-REPORT_PREFIXES = ("/report_asset_materialization/", "/report_asset_check/",
-                   "/report_asset_observation/")  # fmt: skip
+REPORT_PREFIXES = (
+    "/report_asset_materialization/",
+    "/report_asset_check/",
+    "/report_asset_observation/",
+)
 # Failed logins per user name within the window before further attempts are refused.
 MAX_LOGIN_FAILURES = 10
 LOGIN_FAILURE_WINDOW_S = 300.0
@@ -309,8 +312,9 @@ class Gateway:
                     await gate._gate_ws_message(message["text"], principal)
                 except Refusal as refusal:
                     # Close the socket; the webserver sees the client leave.
-                    await send({"type": "websocket.close", "code": 1008,
-                                "reason": refusal.message[:120]})  # fmt: skip
+                    await send(
+                        {"type": "websocket.close", "code": 1008, "reason": refusal.message[:120]}
+                    )
                     return {"type": "websocket.disconnect", "code": 1008}
             return message
 
@@ -347,6 +351,18 @@ class Gateway:
             self._check_origin(headers, required=True)
             body = await _read_body(receive, 64 * 1024)
             return await self._login_post(headers, body)
+        if path == "/logout" and method == "GET":
+            session = self.sessions.get(_cookies(headers).get(SESSION_COOKIE))
+            if session is None:
+                return RedirectResponse("/login", 303)
+            return HTMLResponse(
+                render_logout(csrf=session.csrf, who=session.principal.id),
+                headers={
+                    "Content-Security-Policy": LOGIN_CSP,
+                    "Cache-Control": "no-store",
+                    "X-Frame-Options": "DENY",
+                },
+            )
         if path == "/logout" and method == "POST":
             self._check_origin(headers, required=True)
             body = await _read_body(receive, 64 * 1024)

@@ -69,3 +69,17 @@ def render_login(
 <button type="submit">Sign in</button>
 </form>{links}</main></body></html>
 """
+
+
+def render_logout(*, csrf: str, who: str) -> str:
+    """Sign-out is a POST carrying the session's CSRF token (a cross-site link cannot sign
+    a user out); this page holds that form."""
+    return f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>DataFlare - sign out</title>
+<style>{_STYLE}</style></head>
+<body><main><h1>DataFlare Platform</h1><p>Signed in as {escape(who)}.</p>
+<form method="post" action="/logout">
+<input type="hidden" name="csrf" value="{escape(csrf)}">
+<button type="submit">Sign out</button>
+</form><a class="provider" href="/">Back to the UI</a></main></body></html>
+"""

@@ -12,7 +12,7 @@ import hmac
 import secrets
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from dataflare_platform.access.principal import Principal
 
@@ -27,7 +27,6 @@ class Session:
     principal: Principal
     csrf: str
     expires_at: float
-    kept: dict[str, str] = field(default_factory=dict)
 
     def csrf_ok(self, presented: str | None) -> bool:
         return bool(presented) and hmac.compare_digest(self.csrf, presented or "")

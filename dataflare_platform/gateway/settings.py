@@ -61,5 +61,6 @@ class FrontSettings(StrictModel):
         the loopback name."""
         if self.public_hosts:
             first = self.public_hosts[0]
-            return f"{self.scheme}://{first}"
+            has_port = first.rsplit(":", 1)[-1].isdigit() and not first.endswith("]")
+            return f"{self.scheme}://{first if has_port else f'{first}:{self.port}'}"
         return f"{self.scheme}://127.0.0.1:{self.port}"

@@ -14,9 +14,7 @@ import signal
 import subprocess
 import sys
 import time
-import urllib.request
 from collections.abc import Iterator
-from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,6 +27,7 @@ from dataflare_platform.identity.bootstrap import FirstCredentials, bootstrap
 from dataflare_platform.identity.local_users import LocalUsers
 from dataflare_platform.identity.store import IdentityStore
 from dataflare_platform.identity.tokens import ServiceTokens
+from dataflare_platform_tests.browser import DevToolsChromium, chromium_binary
 from dataflare_platform_tests.e2e.conftest import _free_port, wait_until_serving
 
 pytestmark = pytest.mark.e2e
@@ -237,80 +236,7 @@ def test_the_client_uses_the_home_token(live: LiveFront, monkeypatch):
 
 
 # -- a real browser ----------------------------------------------------------------------
-class Chromium:
-    """Headless Chromium driven over the DevTools protocol (fill a form, run script,
-    screenshot)."""
-
-    def __init__(self, binary: str, profile: Path) -> None:
-        self.port = _free_port()
-        self.proc = subprocess.Popen(
-            [
-                binary,
-                "--headless",
-                "--no-sandbox",
-                "--disable-gpu",
-                "--no-first-run",
-                "--disable-background-networking",
-                "--disable-component-update",
-                "--disable-sync",
-                "--window-size=1400,900",
-                f"--remote-debugging-port={self.port}",
-                f"--user-data-dir={profile}",
-                "about:blank",
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/json/list") as r:
-                    pages = [t for t in json.load(r) if t["type"] == "page"]
-                if pages:
-                    break
-            except OSError:
-                pass
-            assert time.monotonic() < deadline, "chromium did not open its DevTools port"
-            time.sleep(0.3)
-        from websockets.sync.client import connect
-
-        self._stack = ExitStack()
-        self.ws = self._stack.enter_context(
-            connect(pages[0]["webSocketDebuggerUrl"], max_size=64 * 1024 * 1024)
-        )
-        self._id = 0
-
-    def call(self, method: str, **params):
-        self._id += 1
-        self.ws.send(json.dumps({"id": self._id, "method": method, "params": params}))
-        while True:
-            message = json.loads(self.ws.recv(timeout=120))
-            if message.get("id") == self._id:
-                assert "error" not in message, message
-                return message["result"]
-
-    def js(self, expression: str):
-        result = self.call(
-            "Runtime.evaluate", expression=expression, awaitPromise=True, returnByValue=True
-        )
-        return result["result"].get("value")
-
-    def wait_for(self, expression: str, ceiling_s: float = 120):
-        deadline = time.monotonic() + ceiling_s
-        while time.monotonic() < deadline:
-            value = self.js(expression)
-            if value:
-                return value
-            time.sleep(0.5)
-        raise AssertionError(f"{expression} stayed false for {ceiling_s:g} s")
-
-    def close(self) -> None:
-        self._stack.close()
-        self.proc.terminate()
-        self.proc.wait(timeout=30)
-
-
-def _screenshot(browser: Chromium, name: str) -> None:
+def _screenshot(browser: DevToolsChromium, name: str) -> None:
     shot = browser.call("Page.captureScreenshot", format="png")["data"]
     target = ARTIFACTS / "ui" / name
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -318,9 +244,7 @@ def _screenshot(browser: Chromium, name: str) -> None:
 
 
 def test_a_browser_signs_in_with_password_and_totp_and_sees_the_ui(live: LiveFront, tmp_path):
-    from dataflare_platform_tests.browser import chromium_binary
-
-    browser = Chromium(chromium_binary(), tmp_path / "profile")
+    browser = DevToolsChromium(chromium_binary(), tmp_path / "profile")
     try:
         browser.call("Page.enable")
         browser.call("Page.navigate", url=f"{live.base}/runs")

@@ -38,8 +38,9 @@ WS = BASE.replace("http", "ws") + "/graphql"  # the test client's websockets ign
 
 
 def _post(client, query, variables=None, **headers):
-    return client.post("/graphql", json={"query": query, "variables": variables or {}},
-                       headers=headers)  # fmt: skip
+    return client.post(
+        "/graphql", json={"query": query, "variables": variables or {}}, headers=headers
+    )
 
 
 def test_no_credentials_is_401_and_a_browser_is_sent_to_login(front: Front):
@@ -55,8 +56,9 @@ def test_no_credentials_is_401_and_a_browser_is_sent_to_login(front: Front):
 def test_foreign_host_is_refused(front: Front):
     client = front.client()
     for host in ("evil.example:3000", "127.0.0.1:3001", "attacker.localhost:3000"):
-        answer = client.post("/graphql", json={"query": VERSION},
-                             headers={**front.bearer("admin"), "Host": host})  # fmt: skip
+        answer = client.post(
+            "/graphql", json={"query": VERSION}, headers={**front.bearer("admin"), "Host": host}
+        )
         assert answer.status_code == 421, host
     assert client.get("/login", headers={"Host": "evil.example"}).status_code == 421
 
@@ -80,8 +82,9 @@ def test_a_mutation_by_get_is_405_whatever_the_role(front: Front):
         answer = client.get("/graphql", params={"query": query}, headers=front.bearer("admin"))
         assert answer.status_code == 405, query
     # Dagster reads the query string of a form-encoded POST: refused before it gets there.
-    form = client.post("/graphql", params={"query": SET_CURSOR}, data={"x": "1"},
-                       headers=front.bearer("admin"))  # fmt: skip
+    form = client.post(
+        "/graphql", params={"query": SET_CURSOR}, data={"x": "1"}, headers=front.bearer("admin")
+    )
     assert form.status_code == 415
 
 
@@ -90,8 +93,9 @@ def test_foreign_origin_is_refused_for_writes(front: Front):
     for origin in ("http://evil.example", "http://127.0.0.1:3001", "null"):
         answer = _post(client, LAUNCH, LAUNCH_VARS, Origin=origin, **front.bearer("admin"))
         assert answer.status_code == 403, origin
-    referer = _post(client, LAUNCH, LAUNCH_VARS, Referer="http://evil.example/x",
-                    **front.bearer("admin"))  # fmt: skip
+    referer = _post(
+        client, LAUNCH, LAUNCH_VARS, Referer="http://evil.example/x", **front.bearer("admin")
+    )
     assert referer.status_code == 403
 
 
@@ -167,8 +171,9 @@ def test_login_with_totp_sets_a_strict_cookie_and_writes_need_the_csrf_token(fro
     )
     answer = _login(client, "alice", PASSWORD, pyotp.TOTP(front.totp_secret).now())
     assert answer.status_code == 303 and answer.headers["location"] == "/runs"
-    cookie = next(c for c in answer.headers.get_list("set-cookie")
-                  if c.startswith("dataflare_session="))  # fmt: skip
+    cookie = next(
+        c for c in answer.headers.get_list("set-cookie") if c.startswith("dataflare_session=")
+    )
     assert "HttpOnly" in cookie and "SameSite=strict" in cookie.replace("Strict", "strict")
     assert "Secure" not in cookie  # plain HTTP here; the TLS test checks Secure
     page = client.get("/runs", headers={"Accept": "text/html"})
@@ -179,13 +184,18 @@ def test_login_with_totp_sets_a_strict_cookie_and_writes_need_the_csrf_token(fro
     assert _post(client, VERSION, Origin=BASE).status_code == 403
     ok = _post(client, VERSION, Origin=BASE, **{"X-Dataflare-CSRF": token})
     assert ok.status_code == 200 and ok.json()["data"]["version"]
-    assert _post(client, VERSION, Origin="http://evil.example",
-                 **{"X-Dataflare-CSRF": token}).status_code == 403  # fmt: skip
+    assert (
+        _post(
+            client, VERSION, Origin="http://evil.example", **{"X-Dataflare-CSRF": token}
+        ).status_code
+        == 403
+    )
     logins = [e for e in front.audit_entries() if e.action in ("login", "login_failed")]
     assert logins[-1].actor == "user:alice" and logins[-1].action == "login"
     assert any(e.action == "login_failed" and e.subject == "user:alice" for e in logins)
-    out = client.post("/logout", data={"csrf": token}, headers={"Origin": BASE},
-                      follow_redirects=False)  # fmt: skip
+    out = client.post(
+        "/logout", data={"csrf": token}, headers={"Origin": BASE}, follow_redirects=False
+    )
     assert out.status_code == 303
     assert _post(client, VERSION, Origin=BASE, **{"X-Dataflare-CSRF": token}).status_code == 401
 
@@ -194,8 +204,13 @@ def test_login_refuses_a_foreign_origin_and_an_open_redirect(front: Front):
     client = front.client()
     form = client.get("/login")
     csrf = re.search(r'name="csrf" value="([^"]+)"', form.text).group(1)
-    data = {"csrf": csrf, "next": "//evil.example/", "username": "victor",
-            "password": PASSWORD, "provider": "local"}  # fmt: skip
+    data = {
+        "csrf": csrf,
+        "next": "//evil.example/",
+        "username": "victor",
+        "password": PASSWORD,
+        "provider": "local",
+    }
     foreign = client.post("/login", data=data, headers={"Origin": "http://evil.example"})
     assert foreign.status_code == 403
     answer = client.post("/login", data=data, headers={"Origin": BASE}, follow_redirects=False)
@@ -231,7 +246,69 @@ def test_every_schema_mutation_is_mapped_or_deliberately_admin():
     assert set(MUTATION_ACTIONS) <= fields  # no misspelt name
     admin_only = fields - set(MUTATION_ACTIONS)
     assert admin_only == {
-        "deleteAppManagedComponent", "deleteConcurrencyLimit", "deleteDynamicPartitions",
-        "freeConcurrencySlots", "freeConcurrencySlotsForRun", "refreshComponentState",
-        "setAppManagedComponent", "setConcurrencyLimit", "shutdownRepositoryLocation",
-    }  # fmt: skip
+        "deleteAppManagedComponent",
+        "deleteConcurrencyLimit",
+        "deleteDynamicPartitions",
+        "freeConcurrencySlots",
+        "freeConcurrencySlotsForRun",
+        "refreshComponentState",
+        "setAppManagedComponent",
+        "setConcurrencyLimit",
+        "shutdownRepositoryLocation",
+    }
+
+
+def test_a_subscription_over_an_authenticated_websocket_is_served(front: Front):
+    client = front.client()
+    query = 'subscription { pipelineRunLogs(runId: "no-such-run") { __typename } }'
+    with client.websocket_connect(
+        WS, subprotocols=["graphql-ws"], headers={**front.bearer("viewer"), "Origin": BASE}
+    ) as ws:
+        ws.send_json({"type": "connection_init", "payload": {}})
+        assert ws.receive_json()["type"] == "connection_ack"
+        ws.send_json({"type": "start", "id": "1", "payload": {"query": query}})
+        message = ws.receive_json()
+        assert message["type"] == "data", message
+        answer = message["payload"]["data"]["pipelineRunLogs"]["__typename"]
+        assert answer == "PipelineRunLogsSubscriptionFailure"
+        ws.send_json({"type": "connection_terminate"})
+
+
+def test_sign_out_is_a_post_with_the_session_token(front: Front):
+    client = front.client()
+    victor = _login(client, "victor", PASSWORD, None)
+    assert victor.status_code == 303
+    page = client.get("/logout")
+    assert page.status_code == 200 and "user:victor" in page.text
+    token = re.search(r'name="csrf" value="([^"]+)"', page.text).group(1)
+    forged = client.post("/logout", data={"csrf": "x"}, headers={"Origin": BASE})
+    assert forged.status_code == 403
+    assert client.get("/graphql", params={"query": VERSION}).status_code == 200
+    out = client.post(
+        "/logout", data={"csrf": token}, headers={"Origin": BASE}, follow_redirects=False
+    )
+    assert out.status_code == 303
+    assert client.get("/graphql", params={"query": VERSION}).status_code == 401
+
+
+def test_the_host_allow_list_follows_the_settings():
+    from dataflare_platform.gateway.settings import FrontSettings
+
+    local = FrontSettings(port=3000)
+    assert local.host_allowlist() == {"127.0.0.1:3000", "localhost:3000", "[::1]:3000"}
+    public = FrontSettings(
+        host="0.0.0.0",
+        port=443,
+        tls_cert="c.pem",
+        tls_key="k.pem",
+        public_hosts=("UI.example.com", "ops.example.com:8443"),
+    )
+    assert {
+        "ui.example.com",
+        "ui.example.com:443",
+        "ops.example.com:8443",
+    } <= public.host_allowlist()
+    assert "0.0.0.0:443" not in public.host_allowlist()
+    assert "https://ui.example.com" in public.origin_allowlist()
+    assert "http://ui.example.com" not in public.origin_allowlist()
+    assert public.public_origin() == "https://ui.example.com:443"

@@ -137,6 +137,17 @@ class DevToolsChromium:
         )
         self.wait_for("location.pathname !== '/login'")
 
+    SKIP_BUTTON = "[...document.querySelectorAll('button')].find(b => b.innerText === 'Skip')"
+
+    def dismiss_first_visit_dialog(self) -> bool:
+        """Click "Skip" on Dagster's first-visit dialog if it shows (a ``setNuxSeen``
+        mutation the UI sends itself); True when it was there and went away."""
+        if not self.js(f"!!{self.SKIP_BUTTON}"):
+            return False
+        self.js(f"{self.SKIP_BUTTON}.click()")
+        self.wait_for(f"!{self.SKIP_BUTTON}", 30)
+        return True
+
     def screenshot(self, target: Path) -> None:
         shot = self.call("Page.captureScreenshot", format="png")["data"]
         target.parent.mkdir(parents=True, exist_ok=True)

@@ -89,6 +89,7 @@ REPORT_PREFIXES = (
 # Failed logins per user name within the window before further attempts are refused.
 MAX_LOGIN_FAILURES = 10
 LOGIN_FAILURE_WINDOW_S = 300.0
+MAX_TRACKED_NAMES = 10_000
 
 
 class Refusal(DataflareError):  # noqa: N818 - a refusal the front turns into its answer
@@ -457,6 +458,12 @@ class Gateway:
 
     def _too_many_failures(self, username: str) -> bool:
         horizon = time.monotonic() - LOGIN_FAILURE_WINDOW_S
+        if len(self._failures) > MAX_TRACKED_NAMES:  # made-up names must not grow it forever
+            self._failures = {
+                name: kept
+                for name, times in self._failures.items()
+                if (kept := [t for t in times if t > horizon])
+            }
         recent = [t for t in self._failures.get(username, []) if t > horizon]
         self._failures[username] = recent
         return len(recent) >= MAX_LOGIN_FAILURES

@@ -217,6 +217,7 @@ def test_the_stream_asset_page_shows_rows_and_a_current_rate(quickstart, tmp_pat
             with contextlib.suppress(AssertionError):
                 browser.wait_for("document.body.innerText.includes('events_per_s')", 60)
                 time.sleep(1)  # the values render just after the labels
+                browser.dismiss_first_visit_dialog()
             page = browser.js("document.documentElement.outerHTML") or ""
             rate, rows = metadata_number(page, "events_per_s"), metadata_number(page, "events_out")
             if rate and rows:

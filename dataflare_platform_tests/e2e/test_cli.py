@@ -51,6 +51,11 @@ def run_cli(*args: str, cwd: Path, env: dict[str, str] | None = None, timeout: i
         ["backfill", "launch"],
         ["topics", "list"],
         ["plugin", "list"],
+        ["users"],
+        ["users", "add"],
+        ["tokens"],
+        ["tokens", "create"],
+        ["bench", "gateway"],
     ],
 )
 def test_every_command_has_help(tmp_path, command):

@@ -81,6 +81,7 @@ AuditAppend = Callable[[str, str, str, dict[str, Any]], None]
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 LOGIN_FLOW_COOKIE = "dataflare_login"
 GRAPHQL_PATH = "/graphql"
+PRINCIPAL_HEADER = b"x-dataflare-principal"
 REPORT_PREFIXES = (
     "/report_asset_materialization/",
     "/report_asset_check/",
@@ -181,6 +182,12 @@ class Gateway:
     async def _downstream(
         self, scope: Scope, receive: Receive, send: Send, principal: Principal
     ) -> None:
+        # The verified principal also travels as a request header (what Dagster's
+        # SubmitRunContext.get_request_header reads); a client's own is dropped first.
+        scope = dict(scope)
+        scope["headers"] = [
+            (k, v) for k, v in scope.get("headers", []) if k.lower() != PRINCIPAL_HEADER
+        ] + [(PRINCIPAL_HEADER, principal.id.encode())]
         token = CURRENT_PRINCIPAL.set(principal)
         try:
             await self.app(scope, receive, send)

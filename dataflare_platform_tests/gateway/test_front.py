@@ -117,13 +117,16 @@ def test_wrong_role_is_refused_naming_the_permission_and_audited(front: Front):
 
 def test_right_role_launches_and_the_coordinator_sees_the_principal(front: Front):
     client = front.client()
-    answer = _post(client, LAUNCH, LAUNCH_VARS, **front.bearer("launcher"))
+    # A caller's own principal header is dropped; the verified one replaces it.
+    spoofed = {"X-Dataflare-Principal": "user:admin"}
+    answer = _post(client, LAUNCH, LAUNCH_VARS, **front.bearer("launcher"), **spoofed)
     body = answer.json()
     assert answer.status_code == 200, body
     assert body["data"]["launchRun"]["__typename"] == "LaunchRunSuccess", body
     run_id = body["data"]["launchRun"]["run"]["runId"]
     # CURRENT_PRINCIPAL reached the resolver thread: the coordinator saw the token's account.
     assert (run_id, "service:launcher-bot") in recording.SEEN
+    assert (run_id, "service:launcher-bot") in recording.HEADERS
     allowed = [e for e in front.audit_entries() if e.action == "access_allowed"]
     assert any(e.actor == "service:launcher-bot" and e.subject == "job:tiny_job" for e in allowed)
     # Terminating it: viewer refused (decided on the run, its location looked up), launcher ok.

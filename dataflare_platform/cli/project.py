@@ -230,6 +230,11 @@ def ui(
     for path in (tls_cert, tls_key):
         if path is not None and not path.is_file():
             raise UsageError(f"{path}: no such file")
+    if host not in ("127.0.0.1", "localhost", "::1") and tls_cert is None:
+        err_console().print(
+            f"[yellow]warning:[/] binding {host} without TLS: passwords, session cookies and "
+            "tokens cross the network in clear (use --tls-cert/--tls-key)"
+        )
     first = bootstrap(project.root)
     if first is not None:
         print_first_credentials(first)

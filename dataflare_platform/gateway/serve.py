@@ -20,7 +20,11 @@ import yaml
 
 from dataflare_platform.access.policy import load_authorizer
 from dataflare_platform.gateway.app import Gateway
-from dataflare_platform.gateway.providers import LocalLoginProvider
+from dataflare_platform.gateway.providers import (
+    LocalLoginProvider,
+    PasswordLoginProvider,
+    RedirectLoginProvider,
+)
 from dataflare_platform.gateway.settings import FrontSettings
 from dataflare_platform.gateway.webserver import GatedWebserver
 from dataflare_platform.home import ProjectHome
@@ -59,6 +63,7 @@ def build_front(
     def audit(actor: str, action: str, subject: str, details: dict) -> None:
         audit_log.append(actor, action, subject, details)
 
+    password_providers, redirect_providers = login_providers(project, store)
     return Gateway(
         webserver_app,
         settings,
@@ -66,10 +71,20 @@ def build_front(
         authorizer=load_authorizer(),
         recorder=AuditDecisionRecorder(audit_log),
         audit=audit,
-        password_providers=[LocalLoginProvider(LocalUsers(store))],
-        redirect_providers=[],
+        password_providers=password_providers,
+        redirect_providers=redirect_providers,
         run_lookup=run_location,
     )
+
+
+def login_providers(
+    project: ProjectHome, store: IdentityStore
+) -> tuple[list[PasswordLoginProvider], list[RedirectLoginProvider]]:
+    """The sign-in methods the front offers: local users always; LDAP (a password
+    provider) and OpenID Connect (a redirect provider) are added here from the
+    deployment's settings when configured (``identity/ldap.py``, ``identity/oidc.py``)."""
+    del project  # the deployment settings the directory/OIDC providers read live here
+    return [LocalLoginProvider(LocalUsers(store))], []
 
 
 @contextlib.contextmanager

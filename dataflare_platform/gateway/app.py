@@ -156,7 +156,7 @@ class Gateway:
             principal, session = await self._authenticate(headers)
             if principal is None:
                 if method in SAFE_METHODS and "text/html" in headers.get("accept", ""):
-                    target = quote(_local_path(scope), safe="/?=&")
+                    target = quote(_local_path(scope), safe="/")
                     return await RedirectResponse(f"/login?next={target}", 303)(
                         scope, receive, send
                     )
@@ -527,12 +527,15 @@ def _refusal_response(refusal: Refusal, path: str):
 
 
 def _graphql_body(headers: Headers, body: bytes) -> tuple[str | None, Any]:
-    content_type = headers.get("content-type", "").split(";")[0].strip().lower()
-    if content_type == "application/graphql":
-        return body.decode("utf-8", "replace"), None
-    if content_type != "application/json":
+    raw_type = headers.get("content-type", "")
+    essence = raw_type.split(";")[0].strip().lower()
+    if essence not in ("application/json", "application/graphql"):
         # Dagster would read such a POST's query string: a plain HTML form could post it.
         raise Refusal(415, "GraphQL POST must be application/json or application/graphql")
+    # Read the body as Dagster will: JSON whenever "application/json" appears anywhere in
+    # the header (its own test), so both always judge the same document.
+    if "application/json" not in raw_type:
+        return body.decode("utf-8", "replace"), None
     try:
         data = json.loads(body or b"null")
     except (json.JSONDecodeError, UnicodeDecodeError):

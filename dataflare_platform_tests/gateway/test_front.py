@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 
 import pyotp
@@ -48,6 +49,10 @@ def test_no_credentials_is_401_and_a_browser_is_sent_to_login(front: Front):
     assert _post(client, VERSION).status_code == 401
     page = client.get("/runs", headers={"Accept": "text/html"}, follow_redirects=False)
     assert page.status_code == 303 and page.headers["location"] == "/login?next=/runs"
+    deep = client.get("/runs?a=1&b=2", headers={"Accept": "text/html"}, follow_redirects=False)
+    assert deep.headers["location"] == "/login?next=/runs%3Fa%3D1%26b%3D2"
+    form = client.get(deep.headers["location"])
+    assert 'name="next" value="/runs?a=1&amp;b=2"' in form.text
     assert client.get("/server_info").status_code == 401
     bad = _post(client, VERSION, Authorization="Bearer dft_nope_nope")
     assert bad.status_code == 401
@@ -86,6 +91,17 @@ def test_a_mutation_by_get_is_405_whatever_the_role(front: Front):
         "/graphql", params={"query": SET_CURSOR}, data={"x": "1"}, headers=front.bearer("admin")
     )
     assert form.status_code == 415
+    # A body Dagster reads as JSON (the header names application/json somewhere) is judged
+    # as JSON by the front too.
+    smuggled = client.post(
+        "/graphql",
+        content=json.dumps({"query": SET_CURSOR}),
+        headers={
+            **front.bearer("launcher"),
+            "Content-Type": "application/graphql; x=application/json",
+        },
+    )
+    assert smuggled.json()["errors"][0]["extensions"]["permission"] == "set_cursor"
 
 
 def test_foreign_origin_is_refused_for_writes(front: Front):

@@ -358,7 +358,7 @@ class Gateway:
         if path == "/login" and method == "POST":
             self._check_origin(headers, required=True)
             body = await _read_body(receive, 64 * 1024)
-            return await self._login_post(headers, body)
+            return await self._login_post(headers, body, _client(scope))
         if path == "/logout" and method == "GET":
             session = self.sessions.get(_cookies(headers).get(SESSION_COOKIE))
             if session is None:
@@ -402,7 +402,7 @@ class Gateway:
             except AuthenticationError as err:
                 await self._audit("system", "login_failed", f"provider:{name}", {"via": name})
                 return self._login_form("/", str(err), 401)
-            return await self._start_session(principal, kept.get("next", "/"), name)
+            return await self._start_session(principal, kept.get("next", "/"), name, _client(scope))
         url, kept = await anyio.to_thread.run_sync(provider.begin, callback_url)
         kept = {**kept, "next": _safe_next(params.get("next"))}
         response = RedirectResponse(url, 303)
@@ -430,7 +430,7 @@ class Gateway:
         self._set_cookie(response, LOGIN_FLOW_COOKIE, csrf, "/login")
         return response
 
-    async def _login_post(self, headers: Headers, body: bytes):
+    async def _login_post(self, headers: Headers, body: bytes, client: str):
         form = _form(body)
         next_path = _safe_next(form.get("next"))
         flow = _cookies(headers).get(LOGIN_FLOW_COOKIE, "")
@@ -442,7 +442,12 @@ class Gateway:
         username = form.get("username", "")
         subject = f"user:{username}" if NAME_PATTERN.match(username) else "user:?"
         if self._too_many_failures(username):
-            await self._audit("system", "login_refused", subject, {"reason": "too many failures"})
+            await self._audit(
+                "system",
+                "login_refused",
+                subject,
+                {"reason": "too many failures", "client": client},
+            )
             return self._login_form(next_path, "too many failed sign-ins: wait and retry", 429)
         try:
             principal = await anyio.to_thread.run_sync(
@@ -450,14 +455,16 @@ class Gateway:
             )
         except AuthenticationError as err:
             self._failures.setdefault(username, []).append(time.monotonic())
-            await self._audit("system", "login_failed", subject, {"via": provider.name})
+            await self._audit(
+                "system", "login_failed", subject, {"via": provider.name, "client": client}
+            )
             return self._login_form(next_path, str(err), 401)
         self._failures.pop(username, None)
-        return await self._start_session(principal, next_path, provider.name)
+        return await self._start_session(principal, next_path, provider.name, client)
 
-    async def _start_session(self, principal: Principal, next_path: str, method: str):
+    async def _start_session(self, principal: Principal, next_path: str, method: str, client: str):
         session_id, _session = self.sessions.create(principal)
-        await self._audit(principal.id, "login", "session", {"via": method})
+        await self._audit(principal.id, "login", "session", {"via": method, "client": client})
         response = RedirectResponse(_safe_next(next_path), 303)
         self._set_cookie(response, SESSION_COOKIE, session_id, "/")
         response.delete_cookie(LOGIN_FLOW_COOKIE, path="/login")
@@ -601,6 +608,12 @@ def _safe_next(value: str | None) -> str:
     if parts.scheme or parts.netloc:
         return "/"
     return value
+
+
+def _client(scope: Mapping[str, Any]) -> str:
+    """The peer address, for the audit trail of sign-ins."""
+    client = scope.get("client")
+    return f"{client[0]}:{client[1]}" if client else "unknown"
 
 
 def _local_path(scope: Mapping[str, Any]) -> str:

@@ -67,6 +67,11 @@ def test_ui_serves_the_location_and_stops_on_signal(home, tmp_path: Path, sig):
         assert found, banner
         dev_pgid = int(found.group(1))
         assert _alive(dev_pgid) and os.getpgid(dev_pgid) == dev_pgid  # its own group
+        # The first start on the home printed an admin account and a token once, and kept
+        # the token owner-only for the client.
+        assert "admin password:" in banner and "service token:" in banner
+        token_file = home.root / "security" / "service-token"
+        assert token_file.stat().st_mode & 0o777 == 0o600
         assert (home.root / "workspace.yaml").read_text() == (
             Path(__file__).parents[2] / "workspace.yaml"
         ).read_text()

@@ -331,3 +331,30 @@ def test_the_host_allow_list_follows_the_settings():
     assert "https://ui.example.com" in public.origin_allowlist()
     assert "http://ui.example.com" not in public.origin_allowlist()
     assert public.public_origin() == "https://ui.example.com:443"
+
+
+def test_a_revoked_token_is_refused_from_the_next_request(front: Front):
+    from dataflare_platform.identity.store import IdentityStore
+    from dataflare_platform.identity.tokens import ServiceTokens
+
+    tokens = ServiceTokens(IdentityStore(front.project.root))
+    token_id, token = tokens.create("short-lived", frozenset({"viewer"}))
+    client = front.client()
+    headers = {"Authorization": f"Bearer {token}"}
+    assert _post(client, VERSION, **headers).status_code == 200
+    tokens.revoke(token_id)
+    assert _post(client, VERSION, **headers).status_code == 401
+
+
+def test_an_expired_session_is_gone():
+    from dataflare_platform.access.principal import Principal
+    from dataflare_platform.gateway.sessions import SessionStore
+
+    principal = Principal(name="u", kind="user", via="local", roles=frozenset({"viewer"}))
+    expired = SessionStore(ttl_s=-1.0)
+    session_id, _ = expired.create(principal)
+    assert expired.get(session_id) is None
+    live = SessionStore()
+    session_id, session = live.create(principal)
+    assert live.get(session_id) is session and live.get("forged") is None
+    assert not session.csrf_ok(None) and not session.csrf_ok("x") and session.csrf_ok(session.csrf)

@@ -105,11 +105,26 @@ def change_password(
     err_console().print(f"password of {name} changed")
 
 
+@users_app.command("roles")
+def set_user_roles(
+    name: Annotated[str, typer.Argument(help="User name.")],
+    role: RolesOption,
+    home: HomeOption = None,
+) -> None:
+    """Replace a user's roles (signed-in sessions follow from their next request). Making
+    an account admin needs one with a TOTP secret: add it with --totp or as admin."""
+    from dataflare_platform.identity.local_users import LocalUsers
+
+    users = LocalUsers(_store(home))
+    users.set_roles(name, frozenset(role))
+    err_console().print(f"roles of {name}: {', '.join(sorted(role))}")
+
+
 @users_app.command("remove")
 def remove_user(
     name: Annotated[str, typer.Argument(help="User name.")], home: HomeOption = None
 ) -> None:
-    """Remove a local user (sessions already open end when they expire or the UI restarts)."""
+    """Remove a local user (a signed-in session of theirs ends at its next request)."""
     from dataflare_platform.identity.local_users import LocalUsers
 
     LocalUsers(_store(home)).remove(name)

@@ -116,6 +116,7 @@ class Gateway:
         password_providers: list[PasswordLoginProvider] = (),  # type: ignore[assignment]
         redirect_providers: list[RedirectLoginProvider] = (),  # type: ignore[assignment]
         run_lookup: RunLookup | None = None,
+        refresh_principal: Callable[[Principal], Principal | None] | None = None,
     ) -> None:
         self.app = app
         self.settings = settings
@@ -126,6 +127,7 @@ class Gateway:
         self.password_providers = {p.name: p for p in password_providers}
         self.redirect_providers = {p.name: p for p in redirect_providers}
         self.run_lookup = run_lookup
+        self.refresh_principal = refresh_principal
         self.sessions = SessionStore(settings.session_ttl_s)
         self.pending = PendingLogins()
         self.allowed_hosts = settings.host_allowlist()
@@ -227,9 +229,17 @@ class Gateway:
             except AuthenticationError as err:
                 raise Refusal(401, str(err), {"WWW-Authenticate": "Bearer"}) from None
             return principal, None
-        session = self.sessions.get(_cookies(headers).get(SESSION_COOKIE))
+        session_id = _cookies(headers).get(SESSION_COOKIE)
+        session = self.sessions.get(session_id)
         if session is None:
             return None, None
+        if self.refresh_principal is not None:
+            # A removed account is out at once; changed roles apply from the next request.
+            current = await anyio.to_thread.run_sync(self.refresh_principal, session.principal)
+            if current is None:
+                self.sessions.drop(session_id)
+                return None, None
+            session.principal = current
         return session.principal, session
 
     async def _require(

@@ -19,6 +19,7 @@ from pathlib import Path
 import yaml
 
 from dataflare_platform.access.policy import load_authorizer
+from dataflare_platform.access.principal import Principal
 from dataflare_platform.gateway.app import Gateway
 from dataflare_platform.gateway.providers import (
     LocalLoginProvider,
@@ -64,6 +65,13 @@ def build_front(
         audit_log.append(actor, action, subject, details)
 
     password_providers, redirect_providers = login_providers(project, store)
+    local_users = LocalUsers(store)
+
+    def refresh(principal: Principal) -> Principal | None:
+        # Local accounts are re-read on each request; directory and OIDC identities keep
+        # what their provider said at sign-in until the session ends.
+        return local_users.current(principal.name) if principal.via == "local" else principal
+
     return Gateway(
         webserver_app,
         settings,
@@ -74,6 +82,7 @@ def build_front(
         password_providers=password_providers,
         redirect_providers=redirect_providers,
         run_lookup=run_location,
+        refresh_principal=refresh,
     )
 
 

@@ -77,6 +77,33 @@ class LocalUsers:
             if not conn.execute("DELETE FROM users WHERE name = ?", (name,)).rowcount:
                 raise NotFoundError(f"no user {name}")
 
+    def current(self, name: str) -> Principal | None:
+        """The user's principal as the store has it now (``None`` once removed), so a
+        signed-in session follows role changes and removals."""
+        with self.store.connect() as conn:
+            row = conn.execute("SELECT roles FROM users WHERE name = ?", (name,)).fetchone()
+        if row is None:
+            return None
+        return Principal(name=name, kind="user", via="local", roles=frozenset(row[0].split(",")))
+
+    def set_roles(self, name: str, roles: frozenset[str]) -> None:
+        """Replace a user's roles. Admin only for an account with a TOTP secret: every
+        sign-in of such an account checked a code, so no session of it, open or new,
+        holds admin on a password alone."""
+        roles = check_roles(roles)
+        with self.store.connect() as conn:
+            row = conn.execute("SELECT totp_secret FROM users WHERE name = ?", (name,)).fetchone()
+            if row is not None and row[0] is None and "admin" in roles:
+                raise InvalidInputError(
+                    f"user {name} has no second factor: an admin needs one (remove the user "
+                    "and add it again as admin, or with --totp)"
+                )
+            changed = conn.execute(
+                "UPDATE users SET roles = ? WHERE name = ?", (",".join(sorted(roles)), name)
+            ).rowcount
+        if not changed:
+            raise NotFoundError(f"no user {name}")
+
     def provisioning_uri(self, name: str, secret: str) -> str:
         return pyotp.TOTP(secret).provisioning_uri(name=name, issuer_name=TOTP_ISSUER)
 

@@ -358,3 +358,21 @@ def test_an_expired_session_is_gone():
     session_id, session = live.create(principal)
     assert live.get(session_id) is session and live.get("forged") is None
     assert not session.csrf_ok(None) and not session.csrf_ok("x") and session.csrf_ok(session.csrf)
+
+
+def test_a_session_follows_role_changes_and_removal_of_its_user(front: Front):
+    from dataflare_platform.identity.local_users import LocalUsers
+    from dataflare_platform.identity.store import IdentityStore
+
+    users = LocalUsers(IdentityStore(front.project.root))
+    users.add("wendy", PASSWORD, frozenset({"viewer"}))
+    client = front.client()
+    assert _login(client, "wendy", PASSWORD, None).status_code == 303
+    page = client.get("/logout")
+    csrf = {"Origin": BASE, "X-Dataflare-CSRF": re.search(r'value="([^"]+)"', page.text).group(1)}
+    denied = _post(client, SET_CURSOR, **csrf).json()
+    assert denied["errors"][0]["extensions"]["permission"] == "set_cursor"
+    users.set_roles("wendy", frozenset({"editor"}))
+    assert "errors" not in _post(client, SET_CURSOR, **csrf).json()
+    users.remove("wendy")
+    assert _post(client, VERSION, **csrf).status_code == 401

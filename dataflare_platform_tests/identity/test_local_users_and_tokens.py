@@ -109,3 +109,17 @@ def test_bootstrap_creates_credentials_once_and_keeps_the_token_0600(home):
     code = pyotp.TOTP(first.admin_totp_secret).now()
     assert LocalUsers(store).authenticate("admin", first.admin_password, code).roles == {"admin"}
     assert bootstrap(home.root) is None  # never shown again
+
+
+def test_admin_is_granted_only_to_an_account_with_a_second_factor(store):
+    users = LocalUsers(store)
+    users.add("hal", PASSWORD, frozenset({"editor"}))
+    with pytest.raises(InvalidInputError, match="second factor"):
+        users.set_roles("hal", frozenset({"admin"}))
+    secret = users.add("ida", PASSWORD, frozenset({"viewer"}), totp=True)
+    users.set_roles("ida", frozenset({"admin"}))
+    assert users.current("ida").roles == {"admin"}
+    assert users.authenticate("ida", PASSWORD, pyotp.TOTP(secret).now()).roles == {"admin"}
+    with pytest.raises(NotFoundError):
+        users.set_roles("nobody", frozenset({"viewer"}))
+    assert users.current("nobody") is None

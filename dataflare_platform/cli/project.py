@@ -203,6 +203,13 @@ def ui(
         Path | None, typer.Option(help="Serve HTTPS with this PEM certificate (chain).")
     ] = None,
     tls_key: Annotated[Path | None, typer.Option(help="The certificate's PEM key.")] = None,
+    login_config: Annotated[
+        Path | None,
+        typer.Option(
+            help="YAML with `ldap:` and/or `oidc:` sign-in settings (docs/security.md); "
+            "local users are always offered."
+        ),
+    ] = None,
 ) -> None:
     """Start the web UI behind the authenticating front, and the Dagster daemon.
 
@@ -227,7 +234,7 @@ def ui(
         raise UsageError(f"--workspace {workspace}: no such file")
     if (tls_cert is None) != (tls_key is None):
         raise UsageError("--tls-cert and --tls-key go together")
-    for path in (tls_cert, tls_key):
+    for path in (tls_cert, tls_key, login_config):
         if path is not None and not path.is_file():
             raise UsageError(f"{path}: no such file")
     if host not in ("127.0.0.1", "localhost", "::1") and tls_cert is None:
@@ -245,6 +252,8 @@ def ui(
     ]  # fmt: skip
     for name in public_host or ():
         command += ["--public-host", name]
+    if login_config is not None:
+        command += ["--login-config", str(login_config.absolute())]
     if tls_cert is not None and tls_key is not None:
         command += ["--tls-cert", str(tls_cert.absolute()), "--tls-key", str(tls_key.absolute())]
     env = {**os.environ, **project.environ()}

@@ -20,6 +20,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--tls-cert", type=Path)
     parser.add_argument("--tls-key", type=Path)
     parser.add_argument("--no-daemon", action="store_true")
+    parser.add_argument("--login-config", type=Path)
     args = parser.parse_args(argv)
     settings = FrontSettings(
         host=args.host,
@@ -28,7 +29,13 @@ def main(argv: list[str] | None = None) -> None:
         tls_cert=args.tls_cert,
         tls_key=args.tls_key,
     )
-    serve(settings, ProjectHome.resolve(args.home), args.workspace, daemon=not args.no_daemon)
+    serve(
+        settings,
+        ProjectHome.resolve(args.home),
+        args.workspace,
+        daemon=not args.no_daemon,
+        login_config=args.login_config,
+    )
 
 
 if __name__ == "__main__":

@@ -30,6 +30,7 @@ drown the audit log).
 from __future__ import annotations
 
 import json
+import logging
 import secrets
 import time
 from collections.abc import Awaitable, Callable, Mapping, MutableMapping
@@ -48,7 +49,12 @@ from dataflare_platform.access.decisions import (
     Resource,
 )
 from dataflare_platform.access.principal import CURRENT_PRINCIPAL, NAME_PATTERN, Principal
-from dataflare_platform.errors import AuthenticationError, DataflareError, InvalidInputError
+from dataflare_platform.errors import (
+    AuthenticationError,
+    DataflareError,
+    IdentityProviderError,
+    InvalidInputError,
+)
 from dataflare_platform.gateway.login_page import LOGIN_CSP, render_login, render_logout
 from dataflare_platform.gateway.mutations import (
     DEPLOYMENT,
@@ -78,6 +84,7 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 # Append an audit entry: (actor, action, subject, details).
 AuditAppend = Callable[[str, str, str, dict[str, Any]], None]
 
+LOG = logging.getLogger("dataflare.gateway")
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 LOGIN_FLOW_COOKIE = "dataflare_login"
 GRAPHQL_PATH = "/graphql"
@@ -411,7 +418,7 @@ class Gateway:
                 )
             except AuthenticationError as err:
                 await self._audit("system", "login_failed", f"provider:{name}", {"via": name})
-                return self._login_form("/", str(err), 401)
+                return self._login_form("/", _shown(err), 401)
             return await self._start_session(principal, kept.get("next", "/"), name, _client(scope))
         url, kept = await anyio.to_thread.run_sync(provider.begin, callback_url)
         kept = {**kept, "next": _safe_next(params.get("next"))}
@@ -468,7 +475,7 @@ class Gateway:
             await self._audit(
                 "system", "login_failed", subject, {"via": provider.name, "client": client}
             )
-            return self._login_form(next_path, str(err), 401)
+            return self._login_form(next_path, _shown(err), 401)
         self._failures.pop(username, None)
         return await self._start_session(principal, next_path, provider.name, client)
 
@@ -509,6 +516,15 @@ class Gateway:
 
 
 # -- helpers -----------------------------------------------------------------------------
+def _shown(err: AuthenticationError) -> str:
+    """What the sign-in page says: the refusal itself, but for a provider that could not
+    be used only a generic line (the detail goes to the front's log, never a secret)."""
+    if isinstance(err, IdentityProviderError):
+        LOG.warning("sign-in provider failure: %s", err)
+        return "the sign-in service could not be reached or answered wrongly: try again later"
+    return str(err)
+
+
 def _denied(decision: Decision) -> Refusal:
     resource = decision.resource
     message = (

@@ -20,9 +20,12 @@ import yaml
 
 from dataflare_platform.access.policy import load_authorizer
 from dataflare_platform.access.principal import Principal
+from dataflare_platform.errors import ConfigError
 from dataflare_platform.gateway.app import Gateway
 from dataflare_platform.gateway.providers import (
+    LdapLoginProvider,
     LocalLoginProvider,
+    OidcLoginProvider,
     PasswordLoginProvider,
     RedirectLoginProvider,
 )
@@ -44,6 +47,7 @@ def build_front(
     settings: FrontSettings,
     project: ProjectHome,
     instance=None,
+    login_config: Path | None = None,
 ) -> Gateway:
     """The gateway around ``webserver_app`` with the home's identities, the deployment's
     authorizer and the home's audit log as decision recorder."""
@@ -64,7 +68,7 @@ def build_front(
     def audit(actor: str, action: str, subject: str, details: dict) -> None:
         audit_log.append(actor, action, subject, details)
 
-    password_providers, redirect_providers = login_providers(project, store)
+    password_providers, redirect_providers = login_providers(project, store, login_config)
     local_users = LocalUsers(store)
 
     def refresh(principal: Principal) -> Principal | None:
@@ -87,13 +91,34 @@ def build_front(
 
 
 def login_providers(
-    project: ProjectHome, store: IdentityStore
+    project: ProjectHome, store: IdentityStore, login_config: Path | None = None
 ) -> tuple[list[PasswordLoginProvider], list[RedirectLoginProvider]]:
-    """The sign-in methods the front offers: local users always; LDAP (a password
-    provider) and OpenID Connect (a redirect provider) are added here from the
-    deployment's settings when configured (``identity/ldap.py``, ``identity/oidc.py``)."""
-    del project  # the deployment settings the directory/OIDC providers read live here
-    return [LocalLoginProvider(LocalUsers(store))], []
+    """The sign-in methods the front offers: local users always; LDAP and OpenID Connect
+    when ``login_config`` (YAML with ``ldap:`` and/or ``oidc:`` sections, the settings of
+    ``identity/ldap.py`` and ``identity/oidc.py``; secrets as ``{env: NAME}`` or
+    ``{file: path}``) configures them. Bad settings fail here, at start."""
+    del project
+    password: list[PasswordLoginProvider] = [LocalLoginProvider(LocalUsers(store))]
+    redirect: list[RedirectLoginProvider] = []
+    if login_config is None:
+        return password, redirect
+    from dataflare_platform.yaml_files import load_yaml_mapping
+
+    config = load_yaml_mapping(login_config, "login settings")
+    unknown = sorted(set(config) - {"ldap", "oidc"})
+    if unknown:
+        raise ConfigError("login settings", [(k, "unknown section (ldap, oidc)") for k in unknown])
+    if "ldap" in config:
+        from dataflare_platform.identity.ldap import LdapDirectory, LdapSettings
+
+        settings = LdapSettings.validated(config["ldap"], "LDAP settings")
+        password.append(LdapLoginProvider(LdapDirectory(settings)))
+    if "oidc" in config:
+        from dataflare_platform.identity.oidc import OidcLogin, OidcSettings
+
+        settings = OidcSettings.validated(config["oidc"], "OIDC settings")
+        redirect.append(OidcLoginProvider(OidcLogin(settings)))
+    return password, redirect
 
 
 @contextlib.contextmanager
@@ -117,7 +142,11 @@ def _shared_code_servers(instance, workspace: Path) -> Iterator[Path]:
 
 
 def serve(
-    settings: FrontSettings, project: ProjectHome, workspace: Path, daemon: bool = True
+    settings: FrontSettings,
+    project: ProjectHome,
+    workspace: Path,
+    daemon: bool = True,
+    login_config: Path | None = None,
 ) -> None:
     """Serve until interrupted (uvicorn handles SIGTERM/SIGINT)."""
     import uvicorn
@@ -158,7 +187,7 @@ def serve(
             )
         )
         webserver_app = GatedWebserver(context, "", 2000).create_asgi_app()
-        front = build_front(webserver_app, settings, project, instance)
+        front = build_front(webserver_app, settings, project, instance, login_config)
         uvicorn.run(
             front,
             host=settings.host,

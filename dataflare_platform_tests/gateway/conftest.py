@@ -28,6 +28,7 @@ class Front:
     tokens: dict[str, str]  # role -> bearer token
     totp_secret: str
     instance: object
+    webserver_app: object
 
     def client(self, **kwargs) -> TestClient:
         return TestClient(self.app, base_url=BASE, **kwargs)
@@ -85,4 +86,4 @@ def front(tmp_path_factory) -> Iterator[Front]:
     ):
         webserver_app = GatedWebserver(context, "", 2000).create_asgi_app()
         app = build_front(webserver_app, FrontSettings(port=PORT), project, instance)
-        yield Front(app, project, tokens, secret, instance)
+        yield Front(app, project, tokens, secret, instance, webserver_app)

@@ -55,7 +55,12 @@ from dataflare_platform.errors import (
     IdentityProviderError,
     InvalidInputError,
 )
-from dataflare_platform.gateway.login_page import LOGIN_CSP, render_login, render_logout
+from dataflare_platform.gateway.login_page import (
+    LOGIN_CSP,
+    render_continue,
+    render_login,
+    render_logout,
+)
 from dataflare_platform.gateway.mutations import (
     DEPLOYMENT,
     RequestedField,
@@ -87,6 +92,7 @@ AuditAppend = Callable[[str, str, str, dict[str, Any]], None]
 LOG = logging.getLogger("dataflare.gateway")
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 LOGIN_FLOW_COOKIE = "dataflare_login"
+SSO_FLOW_COOKIE = "dataflare_sso"
 GRAPHQL_PATH = "/graphql"
 PRINCIPAL_HEADER = b"x-dataflare-principal"
 REPORT_PREFIXES = (
@@ -409,7 +415,7 @@ class Gateway:
         callback_url = f"{self.settings.public_origin()}/login/{name}/callback"
         params = QueryParams(scope.get("query_string", b"").decode("latin-1"))
         if path.endswith("/callback"):
-            kept = self.pending.take(_cookies(headers).get(LOGIN_FLOW_COOKIE), name)
+            kept = self.pending.take(_cookies(headers).get(SSO_FLOW_COOKIE), name)
             if kept is None:
                 raise Refusal(400, "login flow expired or unknown: start again")
             try:
@@ -419,11 +425,16 @@ class Gateway:
             except AuthenticationError as err:
                 await self._audit("system", "login_failed", f"provider:{name}", {"via": name})
                 return self._login_form("/", _shown(err), 401)
-            return await self._start_session(principal, kept.get("next", "/"), name, _client(scope))
+            return await self._start_session(
+                principal, kept.get("next", "/"), name, _client(scope), cross_site=True
+            )
         url, kept = await anyio.to_thread.run_sync(provider.begin, callback_url)
         kept = {**kept, "next": _safe_next(params.get("next"))}
         response = RedirectResponse(url, 303)
-        self._set_cookie(response, LOGIN_FLOW_COOKIE, self.pending.put(name, kept), "/login")
+        # Lax, not Strict: the provider sends the browser back with a cross-site top-level
+        # GET, which must carry this cookie (it only names the one pending flow).
+        flow_id = self.pending.put(name, kept)
+        self._set_cookie(response, SSO_FLOW_COOKIE, flow_id, f"/login/{name}", samesite="lax")
         return response
 
     def _login_form(self, next_path: str, error: str | None, status: int) -> HTMLResponse:
@@ -479,12 +490,30 @@ class Gateway:
         self._failures.pop(username, None)
         return await self._start_session(principal, next_path, provider.name, client)
 
-    async def _start_session(self, principal: Principal, next_path: str, method: str, client: str):
+    async def _start_session(
+        self,
+        principal: Principal,
+        next_path: str,
+        method: str,
+        client: str,
+        cross_site: bool = False,
+    ):
         session_id, _session = self.sessions.create(principal)
         await self._audit(principal.id, "login", "session", {"via": method, "client": client})
-        response = RedirectResponse(_safe_next(next_path), 303)
+        target = _safe_next(next_path)
+        if cross_site:
+            # After a provider's cross-site redirect, a 303 would keep the navigation
+            # cross-site and the browser would withhold the SameSite=Strict session cookie
+            # on the next page; a same-site hop from this page sends it.
+            response: Any = HTMLResponse(
+                render_continue(target),
+                headers={"Content-Security-Policy": LOGIN_CSP, "Cache-Control": "no-store"},
+            )
+            response.delete_cookie(SSO_FLOW_COOKIE, path=f"/login/{method}")
+        else:
+            response = RedirectResponse(target, 303)
+            response.delete_cookie(LOGIN_FLOW_COOKIE, path="/login")
         self._set_cookie(response, SESSION_COOKIE, session_id, "/")
-        response.delete_cookie(LOGIN_FLOW_COOKIE, path="/login")
         return response
 
     def _too_many_failures(self, username: str) -> bool:
@@ -499,14 +528,16 @@ class Gateway:
         self._failures[username] = recent
         return len(recent) >= MAX_LOGIN_FAILURES
 
-    def _set_cookie(self, response, name: str, value: str, path: str) -> None:
+    def _set_cookie(
+        self, response, name: str, value: str, path: str, samesite: str = "strict"
+    ) -> None:
         response.set_cookie(
             name,
             value,
             max_age=int(self.settings.session_ttl_s) if name == SESSION_COOKIE else 600,
             path=path,
             httponly=True,
-            samesite="strict",
+            samesite=samesite,
             secure=self.settings.tls,
         )
 

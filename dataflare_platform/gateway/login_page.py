@@ -83,3 +83,15 @@ def render_logout(*, csrf: str, who: str) -> str:
 <button type="submit">Sign out</button>
 </form><a class="provider" href="/">Back to the UI</a></main></body></html>
 """
+
+
+def render_continue(target: str) -> str:
+    """The page a single sign-on callback answers with: it moves on to ``target`` (a
+    local path) by a same-site refresh, with a link for browsers that do not refresh."""
+    return f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>DataFlare - signed in</title>
+<meta http-equiv="refresh" content="0;url={escape(target)}">
+<style>{_STYLE}</style></head>
+<body><main><h1>DataFlare Platform</h1><p>Signed in.</p>
+<a class="provider" href="{escape(target)}">Continue</a></main></body></html>
+"""

@@ -104,6 +104,21 @@ class DevToolsChromium:
                 assert "error" not in message, message
                 return message["result"]
 
+    def send(self, method: str, **params) -> int:
+        """Send a command without waiting for its answer (for one that waits on events)."""
+        self._id += 1
+        self.ws.send(json.dumps({"id": self._id, "method": method, "params": params}))
+        return self._id
+
+    def wait_event(self, method: str, ceiling_s: float = 120) -> dict:
+        """The parameters of the next event named ``method`` (other messages skipped)."""
+        deadline = time.monotonic() + ceiling_s
+        while time.monotonic() < deadline:
+            message = json.loads(self.ws.recv(timeout=max(1.0, deadline - time.monotonic())))
+            if message.get("method") == method:
+                return message["params"]
+        raise AssertionError(f"no {method} within {ceiling_s:g} s")
+
     def js(self, expression: str):
         result = self.call(
             "Runtime.evaluate", expression=expression, awaitPromise=True, returnByValue=True

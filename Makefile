@@ -31,7 +31,7 @@ $(VENV)/.synced: $(BIN)/uv pyproject.toml uv.lock
 setup: $(VENV)/.synced
 
 demo: setup
-	$(BIN)/dataflare demo
+	$(BIN)/dataflare audit init && $(BIN)/dataflare demo
 
 # Topics, Dagster (web UI on 127.0.0.1:3000), a live Nexmark producer and every shipped
 # pipeline running continuously; prints output as it arrives. Ctrl-C stops all of it.

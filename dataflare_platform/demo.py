@@ -231,7 +231,7 @@ def run_demo(
                 log(f"skipping {day}: outside the daily partitions")
     if report.runs and report.runs[0].success:
         _run_streams(home, report, execute_with_config=_config_runner(runner, tags, report, log))
-        _run_governance(defs, instance, execute, log)
+        _run_governance(defs, instance, execute, log, home.root)
     for key in report.rows:
         if key not in report.totals:
             report.totals[key] = asset_total_rows(instance, dg.AssetKey.from_user_string(key))
@@ -262,11 +262,15 @@ def asset_total_rows(instance: dg.DagsterInstance, key: dg.AssetKey) -> int:
         cursor = page.cursor
 
 
-def _run_governance(defs, instance, execute, log) -> None:
+def _run_governance(defs, instance, execute, log, home_root) -> None:
     """What the daemon does on its own later: the audit trail sensor records the runs
     above, then the chain is verified and signed and today's compliance report compiled."""
+    from dataflare_platform.compliance.audit_keys import provision
     from dataflare_platform.defs.governance.report import report_job
 
+    # `dataflare audit init`: the explicit provisioning of the embedded default's signing
+    # key and anchor, outside the home (idempotent; a lost key is an error, not replaced).
+    provision(home_root)
     sensor = defs.resolve_sensor_def("audit_trail")
     with dg.build_sensor_context(instance=instance, resources=defs.resources) as context:
         result = sensor(context)

@@ -24,6 +24,12 @@ def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> ProjectHome:
     project = ProjectHome.resolve(tmp_path / "home").ensure()
     for key, value in project.environ().items():
         monkeypatch.setenv(key, value)
+    # The audit key `dataflare audit init` provisions lives in a per-user config dir:
+    # each test gets its own, and no deployment audit settings leak in.
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "xdg-config"))
+    for key in list(os.environ):
+        if key.startswith("DATAFLARE_AUDIT_"):
+            monkeypatch.delenv(key)
     return project
 
 

@@ -41,16 +41,36 @@ UrlOption = Annotated[
         " (default: sqlite:///<home>/audit.db).",
     ),
 ]
-KeysOption = Annotated[
+TrustedOption = Annotated[
     Path | None,
-    typer.Option("--keys", help="Key directory (default: <home>/audit_keys)."),
+    typer.Option(
+        "--trusted",
+        help="File of pinned PEM public keys (default: $DATAFLARE_AUDIT_TRUSTED_KEYS, else"
+        " what `audit init` provisioned).",
+    ),
+]
+AnchorOption = Annotated[
+    str | None,
+    typer.Option(
+        "--anchor",
+        help="Anchor URL, postgresql://... or file:///... (default:"
+        " $DATAFLARE_AUDIT_ANCHOR_URL, else what `audit init` provisioned).",
+    ),
 ]
 
 
-def _settings(url: str | None, keys: Path | None, home: Path | None) -> AuditSettings:
+def _settings(
+    url: str | None,
+    home: Path | None,
+    signing_key: Path | None = None,
+    trusted: Path | None = None,
+    anchor: str | None = None,
+) -> AuditSettings:
     from dataflare_platform.compliance.audit_keys import AuditSettings
 
-    return AuditSettings.resolve(url=url, key_dir=keys, home=home)
+    return AuditSettings.resolve(
+        url=url, home=home, signing_key=signing_key, trusted_keys=trusted, anchor_url=anchor
+    )
 
 
 def _open_existing(settings: AuditSettings, url_given: bool) -> AuditLog:
@@ -85,19 +105,45 @@ def _database_errors() -> Iterator[None]:
 @audit_app.command("verify")
 def verify(
     url: UrlOption = None,
-    keys: KeysOption = None,
+    trusted: TrustedOption = None,
+    anchor: AnchorOption = None,
     home: HomeOption = None,
+    allow_unanchored_tail: Annotated[
+        bool,
+        typer.Option(
+            "--allow-unanchored-tail",
+            help="Accept any number of entries after the last checkpoint (still reported).",
+        ),
+    ] = False,
+    max_unanchored_minutes: Annotated[
+        int,
+        typer.Option(
+            "--max-unanchored-minutes",
+            min=1,
+            help="Oldest entry after the last checkpoint may be this old (default: the"
+            " hourly checkpoint interval + 15).",
+        ),
+    ] = 75,
     as_json: JsonOption = False,
 ) -> None:
-    """Recompute every hash and check every checkpoint; exit 1 if anything was tampered."""
+    """Recompute every hash and check every checkpoint (of the log and of the anchor) with
+    the pinned keys; exit 1 if anything was tampered, truncated, emptied or left unsigned."""
+    from datetime import timedelta
+
     from rich.markup import escape
 
-    from dataflare_platform.compliance.audit_keys import load_public_keys
+    from dataflare_platform.compliance.audit_anchor import open_anchor
 
-    settings = _settings(url, keys, home)
-    public_keys = load_public_keys(settings.key_dir) if settings.key_dir.is_dir() else {}
+    settings = _settings(url, home, trusted=trusted, anchor=anchor)
     with _database_errors(), _open_existing(settings, url is not None) as log:
-        report = log.verify(public_keys)
+        public_keys = settings.trusted()
+        anchored = open_anchor(settings.anchor_url).checkpoints() if settings.anchor_url else []
+        report = log.verify(
+            public_keys,
+            anchored=anchored,
+            allow_unanchored_tail=allow_unanchored_tail,
+            max_unanchored_age=timedelta(minutes=max_unanchored_minutes),
+        )
     if as_json:
         print_json({"ok": report.ok, **report.model_dump(mode="json")})
     elif report.ok:
@@ -108,6 +154,21 @@ def verify(
         raise typer.Exit(code=FAILED_EXIT)
 
 
+@audit_app.command("init")
+def init(
+    home: HomeOption = None,
+    anchor: AnchorOption = None,
+) -> None:
+    """Provision the embedded default: a signing key, its pinned public key and an anchor
+    for this home, in a per-user directory outside it ($XDG_CONFIG_HOME/dataflare/<hash>,
+    0700). Idempotent; a provisioned key that has gone missing is an error."""
+    from dataflare_platform.compliance.audit_keys import provision
+    from dataflare_platform.home import ProjectHome
+
+    config = provision(ProjectHome.resolve(home).ensure().root, anchor_url=anchor)
+    print_json(config)
+
+
 @audit_app.command("tail")
 def tail(
     n: Annotated[int, typer.Option("-n", "--lines", min=1, help="Entries to show.")] = 10,
@@ -116,7 +177,7 @@ def tail(
     as_json: JsonOption = False,
 ) -> None:
     """Show the newest entries, oldest first (--json: one JSON object per line)."""
-    with _database_errors(), _open_existing(_settings(url, None, home), url is not None) as log:
+    with _database_errors(), _open_existing(_settings(url, home), url is not None) as log:
         entries = log.tail(n)
     if as_json:
         for entry in entries:
@@ -146,23 +207,30 @@ def keygen(
 @audit_app.command("checkpoint")
 def checkpoint(
     url: UrlOption = None,
-    keys: KeysOption = None,
     home: HomeOption = None,
-    key_id: Annotated[
-        str | None, typer.Option("--key-id", help="Key to sign with (if several).")
+    key: Annotated[
+        Path | None,
+        typer.Option(
+            "--key",
+            help="PEM private key file (default: $DATAFLARE_AUDIT_SIGNING_KEY or the"
+            " PKCS#11 token configured by $DATAFLARE_AUDIT_PKCS11_*, else `audit init`'s).",
+        ),
     ] = None,
+    anchor: AnchorOption = None,
 ) -> None:
-    """Sign the current chain head (after checking the entries since the last checkpoint)."""
+    """Sign the current chain head and count (after checking the entries since the last
+    checkpoint) and write the checkpoint to the anchor too."""
     from rich.markup import escape
 
     from dataflare_platform.compliance.audit import AuditTamperedError
-    from dataflare_platform.compliance.audit_keys import load_signing_key
+    from dataflare_platform.compliance.audit_anchor import open_anchor
 
-    settings = _settings(url, keys, home)
-    signing_key = load_signing_key(settings.key_dir, key_id)
+    settings = _settings(url, home, signing_key=key, anchor=anchor)
+    signer = settings.signer()
+    target = open_anchor(settings.anchor_url) if settings.anchor_url else None
     try:
         with _database_errors(), _open_existing(settings, url is not None) as log:
-            cp = log.checkpoint(signing_key)
+            cp = log.checkpoint(signer, anchor=target)
     except AuditTamperedError as err:  # the same exit code as a failed verify
         err_console().print(f"[bold red]tampered:[/] {escape(str(err))}", highlight=False)
         raise typer.Exit(code=FAILED_EXIT) from None

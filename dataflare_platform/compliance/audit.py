@@ -3,8 +3,21 @@
 Each entry carries the SHA-256 of its own content and of the entry before it, so editing,
 deleting or reordering any row breaks a hash that ``verify`` recomputes. A hash chain
 alone cannot catch someone who rewrites the whole tail consistently (or truncates it),
-so ``checkpoint`` signs the chain head with an Ed25519 key kept outside the database;
-``verify`` then checks each signed head against the recomputed chain.
+so ``checkpoint`` signs the chain head *and the entry count* with a key kept outside the
+database and the home (Ed25519 file key, or a PKCS#11 token); ``verify`` then checks each
+signed head against the recomputed chain, with the deployment's pinned public keys only.
+Checkpoints are also written to an anchor outside the log (``audit_anchor``), so that
+emptying the log and its checkpoints together is caught too.
+
+What ``verify`` counts as a failure beyond a broken chain or checkpoint:
+
+- entries exist and no valid checkpoint covers any of them (a log nobody ever signed
+  proves nothing, and a log whose checkpoints were deleted looks exactly like that);
+- entries after the last valid checkpoint ("unanchored") whose oldest is older than
+  ``max_unanchored_age`` (default: the hourly checkpoint interval + 15 min margin). On a
+  live system entries always arrive between checkpoints, so a young tail is normal; an
+  old one means checkpoints stopped or were removed. ``allow_unanchored_tail`` accepts
+  any tail (still reported).
 
 The log lives in any SQLAlchemy database: a SQLite file for a laptop, PostgreSQL in
 production. Appends serialize on a database lock (SQLite ``BEGIN IMMEDIATE``, PostgreSQL
@@ -18,13 +31,15 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from datetime import datetime
+from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Any
 
 from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.ed25519 import (
     Ed25519PrivateKey,
     Ed25519PublicKey,
@@ -45,12 +60,22 @@ from sqlalchemy import (
     event,
     func,
     insert,
+    inspect,
     select,
     text,
 )
 from sqlmodel import Field, SQLModel
 
-from dataflare_platform.compliance.audit_keys import AuditSettings, key_id, normalize_url, safe_url
+from dataflare_platform.compliance.audit_keys import (
+    ECDSA_P256,
+    ED25519,
+    AuditSettings,
+    PublicKey,
+    Signer,
+    as_signer,
+    normalize_url,
+    safe_url,
+)
 from dataflare_platform.errors import ConfigError, DataflareError
 from dataflare_platform.times import as_utc, utc_now
 
@@ -74,7 +99,11 @@ GENESIS_HASH = "0" * 64
 # One constant key: the advisory lock is per database, so it only serializes appenders of
 # the same database (a few microseconds each), never unrelated work.
 _PG_LOCK_KEY = int.from_bytes(hashlib.sha256(b"dataflare.audit").digest()[:8], "big", signed=True)
-_ACTOR_KINDS = ("user", "service", "sensor", "schedule", "backfill", "client", "system")
+_ACTOR_KINDS = ("user", "service", "sensor", "schedule", "backfill", "client", "system", "host")
+# Checkpoints are made every hour (audit_checkpoint_schedule); a tail of entries younger
+# than that plus a margin is the normal state of a live log.
+DEFAULT_MAX_UNANCHORED_AGE = timedelta(minutes=75)
+CHECKPOINT_FORMAT = "dataflare.audit.checkpoint/2"
 _ACTOR = re.compile(rf"^(system|({'|'.join(_ACTOR_KINDS)}):\S.{{0,199}})$")
 _ACTION = re.compile(r"^[a-z][a-z0-9_.]{0,63}$")
 
@@ -150,7 +179,9 @@ class AuditEntry(SQLModel, table=True):
 
 
 class AuditCheckpoint(SQLModel, table=True):
-    """A signed statement that the chain up to ``seq`` had head hash ``head_hash``."""
+    """A signed statement that the chain up to ``seq`` held ``entries`` entries and had
+    head hash ``head_hash``. ``algorithm`` is None for checkpoints written before counts
+    were signed (verified with the old message)."""
 
     __tablename__ = "audit_checkpoints"
 
@@ -159,7 +190,15 @@ class AuditCheckpoint(SQLModel, table=True):
     head_hash: str = Field(sa_column=Column(String(64), nullable=False))
     signed_at: datetime = Field(sa_column=Column(_UTCDateTime, nullable=False))
     key_id: str = Field(sa_column=Column(String(16), nullable=False))
-    signature: str = Field(sa_column=Column(String(128), nullable=False))  # hex
+    signature: str = Field(sa_column=Column(String(256), nullable=False))  # hex
+    entries: int | None = Field(default=None, sa_column=Column(BigInteger, nullable=True))
+    algorithm: str | None = Field(default=None, sa_column=Column(String(32), nullable=True))
+
+    def message(self) -> bytes:
+        """The bytes this checkpoint's signature covers."""
+        return checkpoint_message(
+            self.seq, self.head_hash, self.signed_at, self.entries, self.algorithm
+        )
 
 
 _TABLES = [AuditEntry.__table__, AuditCheckpoint.__table__]  # type: ignore[attr-defined]
@@ -181,9 +220,29 @@ def entry_hash(
     return hashlib.sha256(encoded.encode("utf-8")).hexdigest()
 
 
-def checkpoint_message(seq: int, head_hash: str, signed_at: datetime) -> bytes:
-    """The bytes a checkpoint's signature covers."""
-    return canonical_json([seq, head_hash, _iso(signed_at)]).encode("utf-8")
+def checkpoint_message(
+    seq: int,
+    head_hash: str,
+    signed_at: datetime,
+    entries: int | None = None,
+    algorithm: str | None = None,
+) -> bytes:
+    """The bytes a checkpoint's signature covers: format tag, algorithm, seq, entry count,
+    head hash and time (without an algorithm: the first format, seq/head/time only)."""
+    if algorithm is None:
+        return canonical_json([seq, head_hash, _iso(signed_at)]).encode("utf-8")
+    fields = [CHECKPOINT_FORMAT, algorithm, seq, entries, head_hash, _iso(signed_at)]
+    return canonical_json(fields).encode("utf-8")
+
+
+def verify_signature(public: PublicKey, algorithm: str | None, signature: bytes, message: bytes):
+    """Raise InvalidSignature unless ``signature`` over ``message`` verifies."""
+    if algorithm in (None, ED25519) and isinstance(public, Ed25519PublicKey):
+        public.verify(signature, message)
+    elif algorithm == ECDSA_P256 and isinstance(public, ec.EllipticCurvePublicKey):
+        public.verify(signature, message, ec.ECDSA(hashes.SHA256()))
+    else:
+        raise InvalidSignature(f"key type does not match algorithm {algorithm}")
 
 
 class EntryProblem(BaseModel):
@@ -204,29 +263,44 @@ class CheckpointProblem(BaseModel):
 
 class VerifyReport(BaseModel):
     """The outcome of ``AuditLog.verify``: the first bad entry (later ones are usually
-    consequences of it) and every bad checkpoint."""
+    consequences of it), every bad checkpoint (of the log and of the anchor), and the
+    entries no valid checkpoint covers."""
 
     url: str
     entries: int
     head_seq: int
     head_hash: str
     checkpoints: int
+    anchored_checkpoints: int = 0
     first_bad_entry: EntryProblem | None = None
     bad_entries: int = 0
     bad_checkpoints: list[CheckpointProblem] = []
+    anchored_seq: int = 0
+    unanchored: int = 0
+    unanchored_since: datetime | None = None
+    unanchored_problem: str | None = None
 
     @property
     def ok(self) -> bool:
-        return self.first_bad_entry is None and not self.bad_checkpoints
+        return (
+            self.first_bad_entry is None
+            and not self.bad_checkpoints
+            and self.unanchored_problem is None
+        )
 
     def summary(self) -> str:
         """One line per finding, for a terminal."""
         if self.ok:
+            tail = f", {self.unanchored} entries after seq {self.anchored_seq} not yet signed"
             return (
                 f"ok: {self.entries} entries, head seq {self.head_seq}"
-                f" ({self.head_hash[:16]}), {self.checkpoints} checkpoints verified"
+                f" ({self.head_hash[:16]}), {self.checkpoints} checkpoints"
+                f" (+{self.anchored_checkpoints} anchored) verified"
+                + (tail if self.unanchored else "")
             )
         lines = []
+        if self.unanchored_problem is not None:
+            lines.append(f"unanchored: {self.unanchored_problem}")
         if self.first_bad_entry is not None:
             bad = self.first_bad_entry
             lines.append(
@@ -256,6 +330,13 @@ class AuditLog:
             self._engine = create_engine(self.url, pool_pre_ping=True)
         with self._transaction(lock=True) as conn:
             SQLModel.metadata.create_all(conn, tables=_TABLES)
+            columns = {c["name"] for c in inspect(conn).get_columns("audit_checkpoints")}
+            # A log created before counts were signed gains the two columns (old
+            # checkpoints keep NULL and verify with their original message).
+            if "entries" not in columns:
+                conn.execute(text("ALTER TABLE audit_checkpoints ADD COLUMN entries BIGINT"))
+            if "algorithm" not in columns:
+                conn.execute(text("ALTER TABLE audit_checkpoints ADD COLUMN algorithm VARCHAR(32)"))
 
     def __repr__(self) -> str:
         return f"AuditLog({safe_url(self.url)!r})"
@@ -344,8 +425,12 @@ class AuditLog:
             conn.execute(insert(_ENTRIES).values(**entry.model_dump()))
         return entry
 
-    def checkpoint(self, signing_key: Ed25519PrivateKey) -> AuditCheckpoint:
-        """Sign the current chain head with ``signing_key`` and store the checkpoint.
+    def checkpoint(
+        self, signing_key: Signer | Ed25519PrivateKey, anchor: Any = None
+    ) -> AuditCheckpoint:
+        """Sign the current chain head and entry count with ``signing_key``, store the
+        checkpoint and, with ``anchor`` (an ``audit_anchor.Anchor``), write it there too
+        (inside the same lock, so anchored checkpoints are in seq order).
 
         The entries written since the previous checkpoint are verified first, and the
         earlier ones counted (a checkpoint must never vouch for a tampered chain);
@@ -383,17 +468,25 @@ class AuditLog:
                 if problem is not None:
                     raise AuditTamperedError(f"seq {problem.seq}: {problem.problem}")
                 seq, head_hash, prev_at = entry.seq, entry.hash, entry.at
+            entries = conn.execute(select(func.count()).select_from(_ENTRIES)).scalar_one()
+            if entries != seq:
+                raise AuditTamperedError(f"{entries} entries stored but the head is seq {seq}")
+            signer = as_signer(signing_key)
             signed_at = utc_now()
-            signature = signing_key.sign(checkpoint_message(seq, head_hash, signed_at))
+            message = checkpoint_message(seq, head_hash, signed_at, entries, signer.algorithm)
             cp = AuditCheckpoint(
                 seq=seq,
                 head_hash=head_hash,
                 signed_at=signed_at,
-                key_id=key_id(signing_key.public_key()),
-                signature=signature.hex(),
+                key_id=signer.key_id,
+                signature=signer.sign(message).hex(),
+                entries=entries,
+                algorithm=signer.algorithm,
             )
             values = cp.model_dump(exclude={"id"})
             cp.id = conn.execute(insert(_CHECKPOINTS).values(**values)).inserted_primary_key[0]
+            if anchor is not None:
+                anchor.record(cp)
         return cp
 
     # -- reading ------------------------------------------------------------------------
@@ -414,21 +507,32 @@ class AuditLog:
         with self._transaction() as conn:
             return int(conn.execute(select(func.count()).select_from(_ENTRIES)).scalar_one())
 
-    def verify(self, public_keys: Mapping[str, Ed25519PublicKey]) -> VerifyReport:
+    def verify(
+        self,
+        public_keys: Mapping[str, PublicKey],
+        anchored: Sequence[AuditCheckpoint] = (),
+        allow_unanchored_tail: bool = False,
+        max_unanchored_age: timedelta = DEFAULT_MAX_UNANCHORED_AGE,
+        now: datetime | None = None,
+    ) -> VerifyReport:
         """Recompute the whole chain in seq order and check every checkpoint against it.
 
         Reported: the first entry whose hash does not match its content, whose prev_hash
         is not the previous entry's hash, whose seq leaves a gap (a deleted row), or whose
-        time runs backwards (reordered rows); and each checkpoint whose signature does not
-        verify with ``public_keys`` (by key id) or whose head hash differs from the
-        recomputed hash at its seq (a rewritten chain, or a truncated tail).
+        time runs backwards (reordered rows); each checkpoint, of the log or ``anchored``
+        (read from the anchor), whose signature does not verify with ``public_keys`` (by
+        key id), whose head hash differs from the recomputed hash at its seq (a rewritten
+        chain) or whose count exceeds the entries present (truncated or emptied); and
+        entries no valid checkpoint covers (see the module docstring).
         """
         with self._transaction(snapshot=True) as conn:
             cps = [
                 AuditCheckpoint.model_validate(r._mapping)
                 for r in conn.execute(select(_CHECKPOINTS).order_by(_CHECKPOINTS.c.id))
             ]
-            wanted = {cp.seq for cp in cps}
+            wanted = {cp.seq for cp in [*cps, *anchored]}
+            after = {seq + 1 for seq in wanted} | {1}
+            first_at: dict[int, datetime] = {}
             recomputed: dict[int, str] = {0: GENESIS_HASH}
             first_bad: EntryProblem | None = None
             bad = count = 0
@@ -450,27 +554,41 @@ class AuditLog:
                     first_bad = first_bad or problem
                 if entry.seq in wanted:
                     recomputed[entry.seq] = entry.compute_hash()
+                if entry.seq in after:
+                    first_at[entry.seq] = entry.at
                 seq, prev_hash, prev_at = entry.seq, entry.hash, entry.at
         bad_cps = []
         good_seq = 0  # seq of the latest checkpoint that held, to say where a rewrite began
-        for cp in sorted(cps, key=lambda c: (c.seq, c.id or 0)):
-            problem = _checkpoint_problem(cp, public_keys, recomputed, seq, good_seq)
+        tagged = [(cp, "") for cp in cps] + [(cp, "anchor: ") for cp in anchored]
+        for cp, source in sorted(tagged, key=lambda t: (t[0].seq, t[1], t[0].id or 0)):
+            problem = _checkpoint_problem(cp, public_keys, recomputed, seq, count, good_seq)
             if problem is None:
                 good_seq = max(good_seq, cp.seq)
             else:
                 bad_cps.append(
-                    CheckpointProblem(id=cp.id, seq=cp.seq, key_id=cp.key_id, problem=problem)
+                    CheckpointProblem(
+                        id=cp.id, seq=cp.seq, key_id=cp.key_id, problem=source + problem
+                    )
                 )
-        return VerifyReport(
+        report = VerifyReport(
             url=safe_url(self.url),
             entries=count,
             head_seq=seq,
             head_hash=prev_hash,
             checkpoints=len(cps),
+            anchored_checkpoints=len(anchored),
             first_bad_entry=first_bad,
             bad_entries=bad,
             bad_checkpoints=bad_cps,
+            anchored_seq=good_seq,
+            unanchored=max(0, seq - good_seq),
+            unanchored_since=first_at.get(good_seq + 1) if seq > good_seq else None,
         )
+        if report.unanchored and not allow_unanchored_tail:
+            report.unanchored_problem = _unanchored_problem(
+                report, max_unanchored_age, now or utc_now()
+            )
+        return report
 
 
 def _read_entries(rows: Iterable[Any]) -> Iterator[AuditEntry | EntryProblem]:
@@ -515,23 +633,41 @@ def _entry_problem(
     return None
 
 
+def _unanchored_problem(report: VerifyReport, max_age: timedelta, now: datetime) -> str | None:
+    """Why the entries after the last valid checkpoint fail verification, if they do."""
+    if report.anchored_seq == 0:
+        return (
+            f"{report.unanchored} entries and no valid checkpoint covers any of them"
+            " (never signed, or its checkpoints were removed)"
+        )
+    since = report.unanchored_since
+    if since is not None and now - since > max_age:
+        return (
+            f"{report.unanchored} entries after the last checkpoint (seq {report.anchored_seq}),"
+            f" the oldest from {_iso(since)}, older than the allowed {max_age}"
+            " (checkpoints stopped or were removed)"
+        )
+    return None
+
+
 def _checkpoint_problem(
     cp: AuditCheckpoint,
-    public_keys: Mapping[str, Ed25519PublicKey],
+    public_keys: Mapping[str, PublicKey],
     recomputed: Mapping[int, str],
     head_seq: int,
+    present: int,
     good_seq: int,
 ) -> str | None:
     """What is wrong with ``cp``, if anything."""
     public = public_keys.get(cp.key_id)
     if public is None:
-        return f"signed by unknown key {cp.key_id}"
+        return f"signed by unknown key {cp.key_id} (not pinned)"
     try:
-        public.verify(
-            bytes.fromhex(cp.signature), checkpoint_message(cp.seq, cp.head_hash, cp.signed_at)
-        )
+        verify_signature(public, cp.algorithm, bytes.fromhex(cp.signature), cp.message())
     except (InvalidSignature, ValueError):
         return "signature does not verify (forged or altered checkpoint)"
+    if cp.entries is not None and cp.entries > present:
+        return f"counted {cp.entries} entries but the log holds {present} (truncated or emptied)"
     if cp.seq > head_seq:
         return f"covers seq {cp.seq} but the log ends at seq {head_seq} (tail deleted)"
     actual = recomputed.get(cp.seq)

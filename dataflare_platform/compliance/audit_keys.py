@@ -1,25 +1,48 @@
-"""Signing keys of the audit log and the settings that say where the log and keys live.
+"""Signing keys of the audit log and the settings that say where the log, its keys and
+its anchor are.
 
-Checkpoints are signed with Ed25519 so that whoever can write the audit database cannot
-also forge a checkpoint: the private key lives in a separate directory (file mode 0600),
-and a verifier needs only the public keys. A key id is derived from the public key itself
-(first 16 hex digits of SHA-256 of its raw bytes), so a checkpoint names the key that
-signed it without trusting any registry.
+Checkpoints are signed so that whoever can write the audit database cannot also forge a
+checkpoint. The deployment configures, outside the project home (whoever can write the
+home can write the log):
+
+- the signing key: ``DATAFLARE_AUDIT_SIGNING_KEY`` (a PEM private key file, mode 0600) or
+  a PKCS#11 token (``DATAFLARE_AUDIT_PKCS11_MODULE`` and friends, see ``audit_pkcs11``);
+- the trusted public keys, PINNED: ``DATAFLARE_AUDIT_TRUSTED_KEYS`` names one file of
+  concatenated PEM public keys. Only those verify a checkpoint (never "every key found in
+  a folder": a key dropped next to the log is not trusted);
+- the anchor: ``DATAFLARE_AUDIT_ANCHOR_URL`` (PostgreSQL, or ``file://`` for the embedded
+  default), where every checkpoint is also written, so emptying the log *and* its
+  checkpoints is still caught.
+
+A missing key is an error, never silently regenerated. The embedded default is an
+explicit provisioning step, ``dataflare audit init`` (the demo calls it): a key pair, the
+pinned public key and a file anchor in a per-user directory outside the home
+(``$XDG_CONFIG_HOME/dataflare/<home hash>/``, mode 0700, files 0600), recorded in
+``audit.json`` there. Environment variables win over that file, field by field.
+
+A key id is derived from the public key itself (first 16 hex digits of SHA-256 of the raw
+Ed25519 key, or of the DER SubjectPublicKeyInfo of an EC key), so a checkpoint names the
+key that signed it without trusting any registry.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import os
+import re
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Protocol
 
 from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.ed25519 import (
     Ed25519PrivateKey,
     Ed25519PublicKey,
 )
-from pydantic import ValidationError, field_validator
+from pydantic import ValidationError, field_validator, model_validator
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
@@ -30,13 +53,85 @@ from dataflare_platform.models import StrictModel
 PRIVATE_SUFFIX = ".key"
 PUBLIC_SUFFIX = ".pub"
 DEFAULT_DB_NAME = "audit.db"
-DEFAULT_KEY_DIRNAME = "audit_keys"
+
+ENV_SIGNING_KEY = "DATAFLARE_AUDIT_SIGNING_KEY"
+ENV_TRUSTED_KEYS = "DATAFLARE_AUDIT_TRUSTED_KEYS"
+ENV_ANCHOR_URL = "DATAFLARE_AUDIT_ANCHOR_URL"
+ENV_PKCS11_MODULE = "DATAFLARE_AUDIT_PKCS11_MODULE"
+PROVISION_FILE = "audit.json"
+PROVISION_KEY = "signing.key"
+PROVISION_TRUSTED = "trusted.pem"
+PROVISION_ANCHOR = "anchor.jsonl"
+
+ED25519 = "ed25519"
+ECDSA_P256 = "ecdsa-p256-sha256"
+PublicKey = Ed25519PublicKey | ec.EllipticCurvePublicKey
+_PEM_BLOCK = re.compile(rb"-----BEGIN PUBLIC KEY-----\s.*?-----END PUBLIC KEY-----", re.DOTALL)
 
 
-def key_id(public_key: Ed25519PublicKey) -> str:
-    """First 16 hex digits of SHA-256 of the raw public key: short, stable, self-certifying."""
-    raw = public_key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+class Signer(Protocol):
+    """Anything that signs checkpoints: a key file, a PKCS#11 token."""
+
+    key_id: str
+    algorithm: str
+
+    def sign(self, message: bytes) -> bytes: ...
+
+
+def key_id(public_key: PublicKey) -> str:
+    """First 16 hex digits of SHA-256 of the public key: short, stable, self-certifying."""
+    if isinstance(public_key, Ed25519PublicKey):
+        raw = public_key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    else:
+        raw = public_key.public_bytes(
+            serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
     return hashlib.sha256(raw).hexdigest()[:16]
+
+
+def algorithm_of(public_key: PublicKey) -> str:
+    """The checkpoint algorithm name a public key verifies."""
+    if isinstance(public_key, Ed25519PublicKey):
+        return ED25519
+    if isinstance(public_key, ec.EllipticCurvePublicKey) and public_key.curve.name == "secp256r1":
+        return ECDSA_P256
+    raise InvalidInputError("only Ed25519 and ECDSA P-256 keys sign audit checkpoints")
+
+
+class FileSigner:
+    """An Ed25519 private key held in this process (read from a 0600 file)."""
+
+    algorithm = ED25519
+
+    def __init__(self, private: Ed25519PrivateKey) -> None:
+        self._private = private
+        self.public_key = private.public_key()
+        self.key_id = key_id(self.public_key)
+
+    def sign(self, message: bytes) -> bytes:
+        return self._private.sign(message)
+
+
+def as_signer(signing_key: Signer | Ed25519PrivateKey) -> Signer:
+    """A raw Ed25519 key (tests, older callers) wrapped as a signer."""
+    if isinstance(signing_key, Ed25519PrivateKey):
+        return FileSigner(signing_key)
+    return signing_key
+
+
+def _write_private(path: Path, private: Ed25519PrivateKey) -> None:
+    pem = private.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as out:
+        out.write(pem)
+
+
+def public_pem(public_key: PublicKey) -> bytes:
+    return public_key.public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
 
 
 def generate_key_pair(key_dir: Path) -> str:
@@ -45,35 +140,24 @@ def generate_key_pair(key_dir: Path) -> str:
 
     The private file is created with O_EXCL and mode 0600 from the start, so the key is
     never readable by others, not even for a moment, and an existing key is never
-    overwritten.
+    overwritten. Pinning the public key is a separate, deliberate step.
     """
     key_dir = Path(key_dir)
     try:
         key_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         private = Ed25519PrivateKey.generate()
         kid = key_id(private.public_key())
-        pem = private.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-        fd = os.open(
-            key_dir / f"{kid}{PRIVATE_SUFFIX}", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600
-        )
-        with os.fdopen(fd, "wb") as out:
-            out.write(pem)
-        public_pem = private.public_key().public_bytes(
-            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
-        )
-        (key_dir / f"{kid}{PUBLIC_SUFFIX}").write_bytes(public_pem)
+        _write_private(key_dir / f"{kid}{PRIVATE_SUFFIX}", private)
+        (key_dir / f"{kid}{PUBLIC_SUFFIX}").write_bytes(public_pem(private.public_key()))
     except OSError as err:
         raise ConfigError("audit keys", [("key_dir", f"{key_dir}: {err}")]) from None
     return kid
 
 
 def load_public_keys(key_dir: Path) -> dict[str, Ed25519PublicKey]:
-    """Every ``*.pub`` under ``key_dir`` by key id (the id is recomputed from the key, not
-    taken from the file name, so a renamed file cannot impersonate another key)."""
+    """Every ``*.pub`` under ``key_dir`` by key id: a helper for tools and tests that
+    handle a key directory; a deployment trusts only its pinned file
+    (:func:`load_trusted_keys`)."""
     key_dir = Path(key_dir)
     if not key_dir.is_dir():
         raise ConfigError("audit keys", [("key_dir", f"no key directory at {key_dir}")])
@@ -86,6 +170,27 @@ def load_public_keys(key_dir: Path) -> dict[str, Ed25519PublicKey]:
         if not isinstance(public, Ed25519PublicKey):
             raise ConfigError("audit keys", [("key_dir", f"{path}: not an Ed25519 key")])
         keys[key_id(public)] = public
+    return keys
+
+
+def load_trusted_keys(path: Path) -> dict[str, PublicKey]:
+    """The pinned public keys: every PEM ``PUBLIC KEY`` block of one file, by key id (the
+    id is recomputed from each key). A file with none is an error: nothing would verify."""
+    field = "trusted_keys"
+    try:
+        data = Path(path).read_bytes()
+    except OSError as err:
+        raise ConfigError("audit keys", [(field, f"{path}: {err.strerror}")]) from None
+    keys: dict[str, PublicKey] = {}
+    for block in _PEM_BLOCK.findall(data):
+        try:
+            public = serialization.load_pem_public_key(block)
+            algorithm_of(public)  # type: ignore[arg-type]
+        except (ValueError, UnsupportedAlgorithm, InvalidInputError) as err:
+            raise ConfigError("audit keys", [(field, f"{path}: {err}")]) from None
+        keys[key_id(public)] = public  # type: ignore[arg-type]
+    if not keys:
+        raise ConfigError("audit keys", [(field, f"{path}: no PEM public key in it")])
     return keys
 
 
@@ -108,12 +213,19 @@ def load_signing_key(key_dir: Path, kid: str | None = None) -> Ed25519PrivateKey
         path = key_dir / f"{kid}{PRIVATE_SUFFIX}"
         if not path.is_file():
             raise ConfigError("audit keys", [("key_id", f"no private key {kid} in {key_dir}")])
+    return load_private_key_file(path, "key_dir")
+
+
+def load_private_key_file(path: Path, field: str = "signing_key") -> Ed25519PrivateKey:
+    """An Ed25519 PEM private key file; missing, unreadable or another type is an error."""
     try:
-        private = serialization.load_pem_private_key(path.read_bytes(), password=None)
-    except (ValueError, TypeError, UnsupportedAlgorithm, OSError) as err:
-        raise ConfigError("audit keys", [("key_dir", f"{path}: {err}")]) from None
+        private = serialization.load_pem_private_key(Path(path).read_bytes(), password=None)
+    except OSError as err:
+        raise ConfigError("audit keys", [(field, f"{path}: {err.strerror}")]) from None
+    except (ValueError, TypeError, UnsupportedAlgorithm) as err:
+        raise ConfigError("audit keys", [(field, f"{path}: {err}")]) from None
     if not isinstance(private, Ed25519PrivateKey):
-        raise ConfigError("audit keys", [("key_dir", f"{path}: not an Ed25519 key")])
+        raise ConfigError("audit keys", [(field, f"{path}: not an Ed25519 key")])
     return private
 
 
@@ -147,51 +259,187 @@ def normalize_url(url: str) -> str:
 
 def safe_url(url: str) -> str:
     """The URL with any password masked, for messages and reports."""
+    if url.startswith("file:"):
+        return url
     try:
         return make_url(url).render_as_string(hide_password=True)
     except ArgumentError:
         return "<unparseable URL>"
 
 
+def user_config_dir(home_root: Path, environ: Mapping[str, str] | None = None) -> Path:
+    """The per-user directory the embedded default keeps this home's audit key in:
+    ``$XDG_CONFIG_HOME/dataflare/<first 16 hex of SHA-256 of the home path>``."""
+    env = os.environ if environ is None else environ
+    base = Path(env.get("XDG_CONFIG_HOME") or Path.home() / ".config")
+    digest = hashlib.sha256(str(Path(home_root).resolve()).encode()).hexdigest()[:16]
+    return base / "dataflare" / digest
+
+
+def _inside(path: Path, root: Path) -> bool:
+    try:
+        Path(path).resolve().relative_to(Path(root).resolve())
+    except ValueError:
+        return False
+    return True
+
+
 class AuditSettings(StrictModel):
-    """Where the audit log and its keys are: validated so that a typo fails naming the
-    field before anything is written."""
+    """Where the audit log, its keys and its anchor are: validated so that a typo fails
+    naming the field before anything is written. Keys inside the project home are
+    refused (whoever can rewrite the log could then also re-sign it)."""
 
     url: str
-    key_dir: Path
+    home: Path
+    signing_key: Path | None = None
+    trusted_keys: Path | None = None
+    anchor_url: str | None = None
+    pkcs11: bool = False
 
     @field_validator("url")
     @classmethod
     def _check_url(cls, url: str) -> str:
         return normalize_url(url)
 
-    @field_validator("key_dir")
+    @field_validator("signing_key", "trusted_keys")
     @classmethod
-    def _check_key_dir(cls, key_dir: Path) -> Path:
-        key_dir = key_dir.expanduser().absolute()
-        if key_dir.exists() and not key_dir.is_dir():
-            raise ValueError(f"{key_dir} exists and is not a directory")
-        return key_dir
+    def _absolute(cls, path: Path | None) -> Path | None:
+        return None if path is None else path.expanduser().absolute()
+
+    @model_validator(mode="after")
+    def _keys_outside_home(self) -> AuditSettings:
+        for name in ("signing_key", "trusted_keys"):
+            path = getattr(self, name)
+            if path is not None and _inside(path, self.home):
+                raise ValueError(
+                    f"{name} {path} is inside the project home {self.home}: keep audit keys "
+                    "where whoever can write the log cannot (run `dataflare audit init`)"
+                )
+        return self
 
     @classmethod
     def resolve(
         cls,
         url: str | None = None,
-        key_dir: Path | None = None,
         home: Path | None = None,
+        signing_key: Path | None = None,
+        trusted_keys: Path | None = None,
+        anchor_url: str | None = None,
+        environ: Mapping[str, str] | None = None,
     ) -> AuditSettings:
-        """Explicit values win; otherwise ``<home>/audit.db`` and ``<home>/audit_keys``,
-        the home resolved like every other command (--home, $DATAFLARE_HOME, ./.dataflare).
-        """
-        if url is None or key_dir is None:
-            root = ProjectHome.resolve(home).root
-            url = url if url is not None else f"sqlite:///{root / DEFAULT_DB_NAME}"
-            key_dir = key_dir if key_dir is not None else root / DEFAULT_KEY_DIRNAME
+        """Explicit values win, then the environment (``DATAFLARE_AUDIT_*``), then what
+        ``dataflare audit init`` provisioned for this home; the log defaults to
+        ``<home>/audit.db``, the home resolved like every other command."""
+        env = os.environ if environ is None else environ
+        root = ProjectHome.resolve(home).root
+        url = url if url is not None else f"sqlite:///{root / DEFAULT_DB_NAME}"
+        provisioned = _read_provisioned(user_config_dir(root, env))
+        pkcs11 = bool(env.get(ENV_PKCS11_MODULE))
+
+        def pick(explicit, var: str, key: str):
+            if explicit is not None:
+                return explicit
+            if env.get(var):
+                return env[var]
+            return provisioned.get(key)
+
+        values = {
+            "url": url,
+            "home": root,
+            "signing_key": None if pkcs11 else pick(signing_key, ENV_SIGNING_KEY, "signing_key"),
+            "trusted_keys": pick(trusted_keys, ENV_TRUSTED_KEYS, "trusted_keys"),
+            "anchor_url": pick(anchor_url, ENV_ANCHOR_URL, "anchor_url"),
+            "pkcs11": pkcs11,
+        }
         try:
-            return cls(url=url, key_dir=key_dir)
+            return cls(**values)
         except ValidationError as err:
             problems = ConfigError.from_validation("audit settings", err).problems
             raise ConfigError("audit settings", [(f, _mask(m, url)) for f, m in problems]) from None
+
+    def signer(self, environ: Mapping[str, str] | None = None) -> Signer:
+        """The configured signing key; none configured or a missing file is an error (a
+        key is never generated here)."""
+        if self.pkcs11:
+            from dataflare_platform.compliance.audit_pkcs11 import Pkcs11Signer
+
+            return Pkcs11Signer.from_env(os.environ if environ is None else environ)
+        if self.signing_key is None:
+            raise ConfigError(
+                "audit keys",
+                [
+                    (
+                        "signing_key",
+                        f"no audit signing key configured: set {ENV_SIGNING_KEY} (or "
+                        f"{ENV_PKCS11_MODULE}) or run `dataflare audit init`",
+                    )
+                ],
+            )
+        return FileSigner(load_private_key_file(self.signing_key))
+
+    def trusted(self) -> dict[str, PublicKey]:
+        """The pinned public keys; none configured is an error."""
+        if self.trusted_keys is None:
+            raise ConfigError(
+                "audit keys",
+                [
+                    (
+                        "trusted_keys",
+                        f"no pinned audit public keys: set {ENV_TRUSTED_KEYS} or run"
+                        " `dataflare audit init`",
+                    )
+                ],
+            )
+        return load_trusted_keys(self.trusted_keys)
+
+
+def _read_provisioned(directory: Path) -> dict[str, str]:
+    path = directory / PROVISION_FILE
+    if not path.is_file():
+        return {}
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError) as err:
+        raise ConfigError("audit settings", [(str(path), str(err))]) from None
+    return {k: v for k, v in data.items() if isinstance(v, str)}
+
+
+def provision(home_root: Path, anchor_url: str | None = None) -> dict[str, str]:
+    """``dataflare audit init``: provision this home's embedded-default key pair, pin its
+    public key and choose a file anchor, all in :func:`user_config_dir` (0700, files
+    0600). Idempotent: an existing provisioning is returned as it is; if its key file has
+    gone, that is an error (a new key would hide the loss), never a regeneration."""
+    directory = user_config_dir(home_root)
+    existing = _read_provisioned(directory)
+    if existing:
+        key = Path(existing.get("signing_key", ""))
+        if not key.is_file():
+            raise ConfigError(
+                "audit keys",
+                [("signing_key", f"the provisioned audit key {key} is missing: restore it")],
+            )
+        return existing
+    try:
+        directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+        directory.chmod(0o700)
+        private = Ed25519PrivateKey.generate()
+        key_path = directory / PROVISION_KEY
+        _write_private(key_path, private)
+        trusted = directory / PROVISION_TRUSTED
+        trusted.write_bytes(public_pem(private.public_key()))
+        trusted.chmod(0o600)
+        config = {
+            "signing_key": str(key_path),
+            "trusted_keys": str(trusted),
+            "anchor_url": anchor_url or f"file://{directory / PROVISION_ANCHOR}",
+            "key_id": key_id(private.public_key()),
+        }
+        fd = os.open(directory / PROVISION_FILE, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as out:
+            json.dump(config, out, indent=2)
+    except OSError as err:
+        raise ConfigError("audit keys", [("config_dir", f"{directory}: {err}")]) from None
+    return config
 
 
 def _mask(message: str, url: str) -> str:

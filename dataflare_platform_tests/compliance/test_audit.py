@@ -261,7 +261,7 @@ def test_a_truncated_tail_is_caught_by_the_checkpoint(url, keys):
 
     assert not report.ok
     assert [cp.seq for cp in report.bad_checkpoints] == [8]
-    assert "log ends at seq 5" in report.bad_checkpoints[0].problem
+    assert "counted 8 entries but the log holds 5" in report.bad_checkpoints[0].problem
 
 
 # -- forged checkpoints -------------------------------------------------------------------
@@ -311,7 +311,7 @@ def test_a_checkpoint_by_an_unknown_key_fails(url, keys):
     assert not report.ok
     assert (
         report.bad_checkpoints[0].problem
-        == f"signed by unknown key {key_id(stranger.public_key())}"
+        == f"signed by unknown key {key_id(stranger.public_key())} (not pinned)"
     )
 
 
@@ -401,7 +401,7 @@ def test_bad_entries_are_refused_naming_the_field(tmp_path, args, field):
 )
 def test_bad_urls_are_refused_naming_the_field(tmp_path, url, message):
     with pytest.raises(ConfigError) as err:
-        AuditSettings.resolve(url=url, key_dir=tmp_path / "k")
+        AuditSettings.resolve(url=url, home=tmp_path)
     assert err.value.fields == ["url"]
     assert message in str(err.value) and "s3cret" not in str(err.value)
     with pytest.raises(ConfigError) as err:
@@ -409,11 +409,11 @@ def test_bad_urls_are_refused_naming_the_field(tmp_path, url, message):
     assert err.value.fields == ["url"]
 
 
-def test_settings_default_to_the_project_home(home: ProjectHome):
+def test_settings_default_to_the_project_home_and_keys_outside_it(home: ProjectHome):
     settings = AuditSettings.resolve()
     assert settings.url == f"sqlite:///{home.root / 'audit.db'}"
-    assert settings.key_dir == home.root / "audit_keys"
-    pg = AuditSettings.resolve(url="postgresql://u@h/db", key_dir=home.root)
+    assert (settings.signing_key, settings.trusted_keys, settings.anchor_url) == (None,) * 3
+    pg = AuditSettings.resolve(url="postgresql://u@h/db")
     assert pg.url == "postgresql+psycopg://u@h/db"
 
 
@@ -449,32 +449,37 @@ def test_a_renamed_public_key_keeps_its_true_id(tmp_path):
 
 
 # -- CLI ----------------------------------------------------------------------------------
-def test_cli_verify_exits_0_on_a_good_log_and_1_naming_the_tampered_seq(tmp_path):
+def test_cli_verify_exits_0_on_a_good_log_and_1_naming_the_tampered_seq(tmp_path, home):
     url = f"sqlite:///{tmp_path / 'audit.db'}"
     key_dir = tmp_path / "keys"
     runner = CliRunner()
-    assert runner.invoke(audit_app, ["keygen", "--keys", str(key_dir)]).exit_code == 0
+    made = runner.invoke(audit_app, ["keygen", "--keys", str(key_dir)])
+    assert made.exit_code == 0, made.output
+    kid = json.loads(made.stdout)["key_id"]
+    key = ["--key", str(key_dir / f"{kid}.key")]
+    trusted = ["--trusted", str(key_dir / f"{kid}.pub")]
     _fill(url, 5).close()
-    signed = runner.invoke(audit_app, ["checkpoint", "--url", url, "--keys", str(key_dir)])
+    signed = runner.invoke(audit_app, ["checkpoint", "--url", url, *key])
     assert signed.exit_code == 0, signed.output
     assert json.loads(signed.stdout)["seq"] == 5
+    assert json.loads(signed.stdout)["entries"] == 5
 
-    good = runner.invoke(audit_app, ["verify", "--url", url, "--keys", str(key_dir)])
+    good = runner.invoke(audit_app, ["verify", "--url", url, *trusted])
     assert good.exit_code == 0, good.output
-    assert "ok: 5 entries" in good.stdout and "1 checkpoints verified" in good.stdout
+    assert "ok: 5 entries" in good.stdout and "1 checkpoints (+0 anchored) verified" in good.stdout
 
     _sql(url, "UPDATE audit_entries SET details = '{}' WHERE seq = 2")
-    bad = runner.invoke(audit_app, ["verify", "--url", url, "--keys", str(key_dir)])
+    bad = runner.invoke(audit_app, ["verify", "--url", url, *trusted])
     assert bad.exit_code == 1
     assert "first bad entry seq 2" in bad.output
 
-    as_json = runner.invoke(audit_app, ["verify", "--url", url, "--keys", str(key_dir), "--json"])
+    as_json = runner.invoke(audit_app, ["verify", "--url", url, *trusted, "--json"])
     assert as_json.exit_code == 1
     report = json.loads(as_json.stdout)
     assert report["ok"] is False and report["first_bad_entry"]["seq"] == 2
 
 
-def test_cli_tail_and_a_missing_log(tmp_path, home: ProjectHome):
+def test_cli_tail_a_missing_log_and_an_unsigned_log(tmp_path, home: ProjectHome):
     runner = CliRunner()
     missing = runner.invoke(audit_app, ["verify"])
     assert missing.exit_code == 2
@@ -484,7 +489,15 @@ def test_cli_tail_and_a_missing_log(tmp_path, home: ProjectHome):
     tail = runner.invoke(audit_app, ["tail", "-n", "2", "--json"])
     assert tail.exit_code == 0, tail.output
     assert [json.loads(line)["seq"] for line in tail.stdout.splitlines()] == [5, 6]
-    # No keys and no checkpoints: the chain alone verifies.
+    # No pinned keys: a configuration error, not a pass.
+    unpinned = runner.invoke(audit_app, ["verify"])
+    assert unpinned.exit_code == 2 and "no pinned audit public keys" in unpinned.output
+    # Provisioned but never signed: six entries no checkpoint covers fail.
+    assert runner.invoke(audit_app, ["init"]).exit_code == 0
+    unsigned = runner.invoke(audit_app, ["verify"])
+    assert unsigned.exit_code == 1
+    assert "6 entries and no valid checkpoint" in unsigned.output
+    assert runner.invoke(audit_app, ["checkpoint"]).exit_code == 0
     assert runner.invoke(audit_app, ["verify"]).exit_code == 0
 
 
@@ -519,13 +532,13 @@ def test_cli_names_an_unreachable_database_without_a_traceback():
     assert "s3cret" not in got.output
 
 
-def test_cli_checkpoint_exits_1_on_a_tampered_chain(tmp_path):
+def test_cli_checkpoint_exits_1_on_a_tampered_chain(tmp_path, home):
     url = f"sqlite:///{tmp_path / 'audit.db'}"
-    generate_key_pair(tmp_path / "keys")
+    kid = generate_key_pair(tmp_path / "keys")
     _fill(url, 3).close()
     _sql(url, "UPDATE audit_entries SET actor = 'system' WHERE seq = 3")
     got = CliRunner().invoke(
-        audit_app, ["checkpoint", "--url", url, "--keys", str(tmp_path / "keys")]
+        audit_app, ["checkpoint", "--url", url, "--key", str(tmp_path / "keys" / f"{kid}.key")]
     )
     assert got.exit_code == 1
     assert "seq 3" in got.output

@@ -30,7 +30,7 @@ def uses_everything(
         metadata={
             "home": dataflare.path,
             "plugin_dir": plugins.plugin_dir,
-            "key_dir": governance.audit_key_dir,
+            "audit_url": governance.audit_url,
         }
     )
 
@@ -92,8 +92,8 @@ def test_a_clean_run_uses_the_deployment_values(home, instance, monkeypatch):
         ("plugins", "plugin_dir", None),  # env unset: the default ('' = <home>/plugins)
         ("plugins", "plugin_dir", "DATAFLARE_PLUGIN_DIR"),  # env set: EnvVar-bound
         ("plugins", "memory_mb", "DATAFLARE_PLUGIN_MEMORY_MB"),
-        ("governance", "audit_key_dir", None),
-        ("governance", "audit_key_dir", "DATAFLARE_AUDIT_KEY_DIR"),
+        ("governance", "audit_url", None),
+        ("governance", "audit_url", "DATAFLARE_AUDIT_URL"),
         # Dagster's own io manager: no platform resource, caught by the run config check
         ("io_manager", "base_dir", None),
     ],
@@ -102,7 +102,11 @@ def test_in_process_override_is_refused_and_audited(
     home, instance, monkeypatch, tmp_path, resource, field, env
 ):
     if env is not None:
-        monkeypatch.setenv(env, "64" if field == "memory_mb" else str(home.root / "reviewed"))
+        reviewed = {
+            "memory_mb": "64",
+            "audit_url": f"sqlite:///{home.root / 'audit.db'}",  # where refusals are read
+        }.get(field, str(home.root / "reviewed"))
+        monkeypatch.setenv(env, reviewed)
     planted = 128 if field == "memory_mb" else str(tmp_path / "planted")
     run_config = {"resources": {resource: {"config": {field: planted}}}}
     result = _materialize(run_config, instance, tags={"dataflare/principal": "user:mallory"})
@@ -149,10 +153,10 @@ def test_a_job_of_the_code_location_refuses_in_process(home, instance):
     from dataflare_platform.definitions import defs
 
     job = defs.resolve_job_def("audit_checkpoint_job")
-    run_config = {"resources": {"governance": {"config": {"audit_key_dir": "/tmp/planted"}}}}
+    run_config = {"resources": {"governance": {"config": {"audit_url": "/tmp/planted"}}}}
     result = job.execute_in_process(run_config=run_config, instance=instance, raise_on_error=False)
     assert not result.success
-    assert "resources.governance.config.audit_key_dir" in _failure_text(result)
+    assert "resources.governance.config.audit_url" in _failure_text(result)
     assert [e.subject for e in _refusals(home)] == [f"run:{result.run_id}"]
     assert not Path("/tmp/planted").exists()
 
@@ -175,7 +179,7 @@ def test_dagster_job_execute_on_the_host_is_refused_and_audited(home, tmp_path):
     config = tmp_path / "override.yaml"
     planted = tmp_path / "planted_plugins"
     config.write_text(
-        yaml.safe_dump({"resources": {"governance": {"config": {"audit_key_dir": str(planted)}}}})
+        yaml.safe_dump({"resources": {"governance": {"config": {"audit_url": str(planted)}}}})
     )
     proc = subprocess.run(
         [
@@ -196,9 +200,9 @@ def test_dagster_job_execute_on_the_host_is_refused_and_audited(home, tmp_path):
     )
     output = proc.stdout + proc.stderr
     assert proc.returncode != 0, output[-2000:]
-    assert "resources.governance.config.audit_key_dir" in output
+    assert "resources.governance.config.audit_url" in output
     (entry,) = _refusals(home)
-    assert json.loads(entry.details)["paths"] == ["resources.governance.config.audit_key_dir"]
+    assert json.loads(entry.details)["paths"] == ["resources.governance.config.audit_url"]
     assert not planted.exists()
     with dg.DagsterInstance.from_config(str(home.dagster_home)) as instance:
         (run,) = instance.get_runs()

@@ -150,8 +150,18 @@ def audit_definitions(config_files: list[Path], interval_s: int) -> dg.Definitio
     def audit_log(governance: GovernanceResource) -> dg.MaterializeResult:
         from dataflare_platform.compliance.audit import AuditTamperedError
 
+        public_keys = governance.public_keys()
+        anchor = governance.audit_anchor()
+        signer = governance.signing_key()  # a missing key fails the run, loudly
+
+        def check(log: "AuditLog"):
+            anchored = anchor.checkpoints() if anchor is not None else []
+            # The tail is what this run is about to sign: accepted here, judged by its
+            # age in `dataflare audit verify`.
+            return log.verify(public_keys, anchored=anchored, allow_unanchored_tail=True)
+
         with governance.audit_log() as log:
-            report = log.verify(governance.public_keys())
+            report = check(log)
             metadata: dict[str, object] = {
                 "entries": report.entries,
                 "head_seq": report.head_seq or 0,
@@ -159,10 +169,12 @@ def audit_definitions(config_files: list[Path], interval_s: int) -> dg.Definitio
             }
             if report.ok and report.entries:
                 try:
-                    checkpoint = log.checkpoint(governance.signing_key())
-                    report = log.verify(governance.public_keys())
+                    checkpoint = log.checkpoint(signer, anchor=anchor)
+                    report = check(log)
                     metadata["signed_seq"] = checkpoint.seq
+                    metadata["signed_entries"] = checkpoint.entries or 0
                     metadata["key_id"] = checkpoint.key_id
+                    metadata["algorithm"] = checkpoint.algorithm or ""
                 except AuditTamperedError:
                     pass
         bad = [p.model_dump() for p in report.bad_checkpoints]

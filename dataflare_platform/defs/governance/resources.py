@@ -25,17 +25,18 @@ ALERT_RULES_FILE = "alerts.yaml"
 
 class GovernanceResource(DeploymentLockedResource):
     """Audit log and alerting stores. Empty settings mean: under the project home
-    (``audit.db``, ``audit_keys/``, ``alerts.yaml``, ``alerts.db``). Every field is a
-    deployment setting (``DATAFLARE_AUDIT_URL``...): a run config naming one is refused."""
+    (``audit.db``, ``alerts.yaml``, ``alerts.db``). Every field is a deployment setting
+    (``DATAFLARE_AUDIT_URL``...): a run config naming one is refused. The audit signing
+    key, the pinned public keys and the anchor are never under the home: they come from
+    the deployment's environment (``DATAFLARE_AUDIT_SIGNING_KEY``,
+    ``DATAFLARE_AUDIT_TRUSTED_KEYS``, ``DATAFLARE_AUDIT_ANCHOR_URL``, or
+    ``DATAFLARE_AUDIT_PKCS11_*``) or what ``dataflare audit init`` provisioned."""
 
     deployment_key: ClassVar[str] = "governance"
 
     dataflare: ProjectHomeResource = deployment_field(env=None)
     audit_url: str = deployment_field(
         "", env="DATAFLARE_AUDIT_URL", description="SQLAlchemy URL of the audit log."
-    )
-    audit_key_dir: str = deployment_field(
-        "", env="DATAFLARE_AUDIT_KEY_DIR", description="Ed25519 keys signing checkpoints."
     )
     alert_rules: str = deployment_field(
         "", env="DATAFLARE_ALERT_RULES", description="YAML alert rules file."
@@ -51,11 +52,7 @@ class GovernanceResource(DeploymentLockedResource):
     def audit_settings(self) -> AuditSettings:
         from dataflare_platform.compliance.audit_keys import AuditSettings
 
-        return AuditSettings.resolve(
-            url=self.audit_url or None,
-            key_dir=Path(self.audit_key_dir) if self.audit_key_dir else None,
-            home=self.root,
-        )
+        return AuditSettings.resolve(url=self.audit_url or None, home=self.root)
 
     def audit_log(self) -> AuditLog:
         from dataflare_platform.compliance.audit import AuditLog
@@ -63,21 +60,20 @@ class GovernanceResource(DeploymentLockedResource):
         return AuditLog(self.audit_settings().url)
 
     def signing_key(self):
-        """The checkpoint key; a first one is generated where none exists (the embedded
-        default: a deployment provisions its key and mounts it read-only)."""
-        from dataflare_platform.compliance.audit_keys import generate_key_pair, load_signing_key
-
-        key_dir = Path(self.audit_settings().key_dir)
-        if not key_dir.is_dir() or not any(key_dir.glob("*.key")):
-            key_dir.mkdir(parents=True, exist_ok=True)
-            generate_key_pair(key_dir)
-        return load_signing_key(key_dir)
+        """The configured checkpoint signer; none configured is a ConfigError (a key is
+        provisioned by ``dataflare audit init``, never generated here)."""
+        return self.audit_settings().signer()
 
     def public_keys(self):
-        from dataflare_platform.compliance.audit_keys import load_public_keys
+        """The pinned public keys (ConfigError if none are configured)."""
+        return self.audit_settings().trusted()
 
-        key_dir = Path(self.audit_settings().key_dir)
-        return load_public_keys(key_dir) if key_dir.is_dir() else {}
+    def audit_anchor(self):
+        """The configured anchor, or None (then only the log's own checkpoints count)."""
+        from dataflare_platform.compliance.audit_anchor import open_anchor
+
+        url = self.audit_settings().anchor_url
+        return open_anchor(url) if url else None
 
     def rules_path(self) -> Path:
         return Path(self.alert_rules) if self.alert_rules else self.root / ALERT_RULES_FILE

@@ -394,6 +394,7 @@ class AuditLog:
         if not problems:
             try:
                 body = canonical_json(dict(details or {}))
+                (subject + body).encode("utf-8")  # a lone surrogate cannot be hashed
             except (TypeError, ValueError) as err:
                 problems.append(("details", f"not JSON-serializable: {err}"))
         if problems:
@@ -495,6 +496,25 @@ class AuditLog:
         with self._transaction() as conn:
             rows = conn.execute(select(_ENTRIES).order_by(_ENTRIES.c.seq.desc()).limit(n)).all()
         return [AuditEntry.model_validate(r._mapping) for r in reversed(rows)]
+
+    def last(self, action: str) -> AuditEntry | None:
+        """The newest entry of ``action``, if any."""
+        with self._transaction() as conn:
+            row = conn.execute(
+                select(_ENTRIES)
+                .where(_ENTRIES.c.action == action)
+                .order_by(_ENTRIES.c.seq.desc())
+                .limit(1)
+            ).first()
+        return None if row is None else AuditEntry.model_validate(row._mapping)
+
+    def subjects(self, action: str) -> set[str]:
+        """The distinct subjects of the entries of ``action``."""
+        with self._transaction() as conn:
+            rows = conn.execute(
+                select(_ENTRIES.c.subject).where(_ENTRIES.c.action == action).distinct()
+            )
+            return {r[0] for r in rows}
 
     def checkpoints(self) -> list[AuditCheckpoint]:
         """Every checkpoint, oldest first."""

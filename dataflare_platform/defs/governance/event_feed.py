@@ -9,7 +9,9 @@ key (as they happen, so a long continuous run's checkpoints are seen at once), a
 run's check evaluations when the run ends (checks run inside runs).
 """
 
+import hashlib
 import json
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -17,10 +19,13 @@ from datetime import UTC, datetime
 import dagster as dg
 from dagster import AssetRecordsFilter, DagsterEventType
 
+from dataflare_platform.access.principal import PRINCIPAL_TAG
+
 RUN_TYPES = (
     DagsterEventType.RUN_START,
     DagsterEventType.RUN_SUCCESS,
     DagsterEventType.RUN_FAILURE,
+    DagsterEventType.RUN_CANCELING,
     DagsterEventType.RUN_CANCELED,
 )
 RUN_ENDS = (
@@ -121,21 +126,70 @@ def plain_metadata(metadata: dict) -> dict[str, object]:
     return out
 
 
+# Tags a caller sets freely: kept as what the run *claims*, never as its actor.
+CLAIM_TAGS = ("dataflare/client", "dataflare/launched_by", "dataflare/user", "USER", "user")
+OUT_OF_BAND = "host:out-of-band"
+_PRINCIPAL_ID = re.compile(r"^(user|service|sensor|schedule|backfill|system):(.+)$")
+_SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.@+\-]{0,127}$")
+
+
 def actor_of(run: dg.DagsterRun | None) -> str:
-    """Who launched a run, as the audit log spells actors."""
+    """Who launched a run, as the audit log spells actors (see :func:`attribution`)."""
+    return attribution(run)[0]
+
+
+def attribution(run: dg.DagsterRun | None) -> tuple[str, dict[str, str]]:
+    """``(actor, claims)`` of a run.
+
+    The actor comes from what callers cannot set: the principal the run coordinator wrote
+    (:data:`PRINCIPAL_TAG`), else the Dagster-owned sensor/schedule/backfill tags of a run
+    the daemon launched, else ``host:out-of-band`` (launched around the coordinator, e.g.
+    in process). Caller-set tags (``dataflare/client``, ``USER``...) only land in
+    ``claims``, sanitized, as what the run said about itself.
+    """
     if run is None:
-        return "system"
+        return "system", {}
     tags = run.tags
-    if "dagster/sensor_name" in tags:
-        return f"sensor:{tags['dagster/sensor_name']}"
-    if "dagster/schedule_name" in tags:
-        return f"schedule:{tags['dagster/schedule_name']}"
-    if "dataflare/client" in tags:
-        return f"client:{tags['dataflare/client']}"
-    if "dataflare/launched_by" in tags:
-        return f"client:{tags['dataflare/launched_by']}"
-    if "dagster/backfill" in tags:
-        return f"user:backfill-{tags['dagster/backfill']}"
-    if "dataflare/restart_of" in tags or "dagster/parent_run_id" in tags:
-        return "system"
-    return f"user:{tags.get('dataflare/user', 'ui')}"
+    claims = {k: safe_text(tags[k], 200) for k in CLAIM_TAGS if k in tags}
+    principal = tags.get(PRINCIPAL_TAG)
+    if isinstance(principal, str):
+        match = _PRINCIPAL_ID.match(principal)
+        if match and _SAFE_NAME.match(match.group(2)):
+            return principal, claims
+        claims[PRINCIPAL_TAG] = safe_text(principal, 200)  # malformed: not trusted
+    for tag, kind in (
+        ("dagster/sensor_name", "sensor"),
+        ("dagster/schedule_name", "schedule"),
+        ("dagster/backfill", "backfill"),
+    ):
+        name = tags.get(tag)
+        if isinstance(name, str) and _SAFE_NAME.match(name):
+            return f"{kind}:{name}", claims
+    return OUT_OF_BAND, claims
+
+
+def safe_text(value: object, limit: int = 1000) -> str:
+    """Any value as text an audit entry can always hold: lone surrogates escaped, NUL and
+    other controls escaped by the JSON encoding, and text over ``limit`` characters cut,
+    naming its full length and SHA-256 (so the cut is evident and the original provable)."""
+    text = value if isinstance(value, str) else repr(value)
+    text = text.encode("utf-8", "backslashreplace").decode("utf-8")
+    text = text.replace("\x00", "\\x00")  # PostgreSQL text cannot hold NUL
+    if len(text) > limit:
+        digest = hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
+        text = f"{text[:limit]}...[{len(text)} chars, sha256 {digest}]"
+    return text
+
+
+def safe_tags(tags: dict, limit: int = 100) -> dict[str, str]:
+    """Run tags as safe text (Dagster-internal ``.`` tags left out); at most ``limit``
+    tags, the rest counted under ``...``."""
+    out: dict[str, str] = {}
+    items = sorted(
+        ((k, v) for k, v in tags.items() if not str(k).startswith(".")), key=lambda kv: str(kv[0])
+    )
+    for key, value in items[:limit]:
+        out[safe_text(key, 200)] = safe_text(value)
+    if len(items) > limit:
+        out["..."] = f"{len(items) - limit} more tags"
+    return out

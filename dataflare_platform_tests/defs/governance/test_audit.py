@@ -47,8 +47,11 @@ def test_runs_materializations_checks_plugins_and_config_changes_are_recorded(
     got = [(e.action, e.actor, e.subject) for e in entries(home)]
     run_id = instance.get_runs()[0].run_id
     assert ("config_changed", "system", "configuration") in got
-    assert ("run_launched", "client:ann", run_id) in got
-    assert ("materialization", "client:ann", "shop/orders") in got
+    # A caller-set tag is only a claim: the actor is the out-of-band marker.
+    assert ("run_launched", "host:out-of-band", run_id) in got
+    assert ("materialization", "host:out-of-band", "shop/orders") in got
+    launch = next(e for e in entries(home) if e.action == "run_launched")
+    assert launch.payload()["claimed_by"] == {"dataflare/client": "ann"}
     assert ("check_result", "system", "shop/orders:positive") in got
     assert ("plugin_loaded", "system", "pii_mask") in got
     assert ("run_succeeded", "system", run_id) in got
@@ -56,12 +59,12 @@ def test_runs_materializations_checks_plugins_and_config_changes_are_recorded(
     assert json.loads(check.details)["passed"] is False
 
     # Nothing new: nothing appended. A changed file: one config_changed entry.
-    count = len(got)
+    count = len(entries(home))
     _, cursor = tick(defs, "audit_trail", instance, resources, cursor)
     assert len(entries(home)) == count
     config.write_text("name: b\n")
     tick(defs, "audit_trail", instance, resources, cursor)
-    assert [e.action for e in entries(home)][count:] == ["config_changed"]
+    assert [e.action for e in entries(home)][count:] == ["config_changed", "audit_cursor"]
 
 
 def test_checkpoint_asset_signs_the_head_and_its_check_catches_tampering(home, instance, resources):

@@ -1,0 +1,164 @@
+"""The audit trail cannot be silenced or broken: a moved sensor cursor is caught and the
+skipped events re-read, any tag content is recorded, terminations and deleted runs are
+recorded, and the actor never comes from a caller-set tag (real Dagster instance)."""
+
+import json
+import uuid
+
+import dagster as dg
+from dagster._core.storage.dagster_run import DagsterRun, DagsterRunStatus
+from hypothesis import HealthCheck, example, given, settings
+from hypothesis import strategies as st
+
+from dataflare_platform.access.principal import PRINCIPAL_TAG
+from dataflare_platform.compliance.audit import AuditLog
+from dataflare_platform.defs.governance.audit import audit_definitions, launch_entry
+from dataflare_platform.defs.governance.event_feed import events_since, read_cursor
+
+
+@dg.asset(key=["shop", "orders"])
+def orders() -> dg.MaterializeResult:
+    return dg.MaterializeResult(metadata={"dagster/row_count": 3})
+
+
+def tick(defs, instance, resources, cursor=None):
+    sensor = defs.resolve_sensor_def("audit_trail")
+    with dg.build_sensor_context(instance=instance, resources=resources, cursor=cursor) as ctx:
+        sensor(ctx)
+        return ctx.cursor
+
+
+def entries(home):
+    with AuditLog(f"sqlite:///{home.root / 'audit.db'}") as log:
+        return log.tail(10_000)
+
+
+def _defs(resources):
+    return dg.Definitions.merge(audit_definitions([], 30), dg.Definitions(resources=resources))
+
+
+def test_a_cursor_moved_ahead_is_recorded_as_a_gap_and_the_skipped_runs_re_read(
+    home, instance, resources
+):
+    defs = _defs(resources)
+    dg.materialize([orders], instance=instance)
+    cursor = tick(defs, instance, resources)
+    skipped = dg.materialize([orders], instance=instance).run_id
+    # Someone with instance access moves the sensor's cursor past the new run's events
+    # (what `dagster sensor cursor --set` does), to keep it out of the trail.
+    ahead = read_cursor(cursor)
+    for _ in events_since(instance, ahead):
+        pass
+    assert ahead != read_cursor(cursor)
+
+    tick(defs, instance, resources, json.dumps(ahead))
+
+    got = entries(home)
+    gap = [e for e in got if e.action == "audit_gap"]
+    assert len(gap) == 1 and gap[0].actor == "host:out-of-band"
+    assert "runs" in gap[0].payload()["moved"]
+    launches = [e.subject for e in got if e.action == "run_launched"]
+    assert launches.count(skipped) == 1  # re-read, recorded exactly once
+    assert [e.subject for e in got if e.action == "run_succeeded"].count(skipped) == 1
+
+
+def test_a_rewound_cursor_does_not_record_events_twice(home, instance, resources):
+    defs = _defs(resources)
+    run_id = dg.materialize([orders], instance=instance).run_id
+    tick(defs, instance, resources)
+
+    tick(defs, instance, resources, cursor=None)  # cursor reset to nothing
+
+    got = entries(home)
+    assert [e.subject for e in got if e.action == "run_launched"] == [run_id]
+    assert [e.action for e in got].count("audit_gap") == 1
+
+
+def test_actor_from_principal_tag_else_dagster_facts_else_out_of_band(home, instance, resources):
+    defs = _defs(resources)
+    by_principal = dg.materialize(
+        [orders], instance=instance, tags={PRINCIPAL_TAG: "user:ann", "USER": "root"}
+    ).run_id
+    by_sensor = dg.materialize(
+        [orders], instance=instance, tags={"dagster/sensor_name": "orders_arrived"}
+    ).run_id
+    forged = dg.materialize(
+        [orders], instance=instance, tags={PRINCIPAL_TAG: "user:ann smith\nadmin"}
+    ).run_id
+    tick(defs, instance, resources)
+
+    actors = {e.subject: e for e in entries(home) if e.action == "run_launched"}
+    assert actors[by_principal].actor == "user:ann"
+    assert actors[by_principal].payload()["claimed_by"] == {"USER": "root"}
+    assert actors[by_sensor].actor == "sensor:orders_arrived"
+    assert actors[forged].actor == "host:out-of-band"
+    assert actors[forged].payload()["claimed_by"][PRINCIPAL_TAG] == "user:ann smith\nadmin"
+
+
+def test_odd_tags_on_a_real_run_are_recorded_and_the_sensor_goes_on(home, instance, resources):
+    defs = _defs(resources)
+    tags = {"note": "line one\nline two", "big": "x" * 5000, "USER": "", "emoji": "\u2603"}
+    run_id = dg.materialize([orders], instance=instance, tags=tags).run_id
+    tick(defs, instance, resources)
+    later = dg.materialize([orders], instance=instance).run_id
+    tick(defs, instance, resources, cursor=_cursor_of(home))
+
+    launches = {e.subject: e for e in entries(home) if e.action == "run_launched"}
+    recorded = launches[run_id].payload()["tags"]
+    assert recorded["note"] == "line one\nline two"
+    assert recorded["big"].startswith("x" * 1000) and "[5000 chars, sha256" in recorded["big"]
+    assert later in launches
+
+
+def _cursor_of(home) -> str:
+    """The positions the trail recorded last (what a correctly kept Dagster cursor holds)."""
+    with AuditLog(f"sqlite:///{home.root / 'audit.db'}") as log:
+        last = log.last("audit_cursor")
+    assert last is not None
+    return json.dumps(last.payload(), sort_keys=True)
+
+
+def test_cancellations_and_deleted_runs_are_recorded(home, instance, resources):
+    defs = _defs(resources)
+    kept = dg.materialize([orders], instance=instance).run_id
+    doomed = dg.materialize([orders], instance=instance).run_id
+    queued = instance.add_run(
+        DagsterRun(
+            job_name="nightly", run_id=str(uuid.uuid4()), status=DagsterRunStatus.NOT_STARTED
+        )
+    )
+    instance.report_run_canceling(queued, message="stopped by operator")
+    instance.report_run_canceled(queued)
+    cursor = tick(defs, instance, resources)
+    instance.delete_run(doomed)
+
+    tick(defs, instance, resources, cursor)
+
+    got = entries(home)
+    assert [e.subject for e in got if e.action == "run_canceling"] == [queued.run_id]
+    assert [e.subject for e in got if e.action == "run_canceled"] == [queued.run_id]
+    assert [e.subject for e in got if e.action == "run_deleted"] == [doomed]
+    assert kept not in {e.subject for e in got if e.action == "run_deleted"}
+
+
+_ANY_TEXT = st.text(
+    alphabet=st.characters(min_codepoint=0, max_codepoint=0x10FFFF, exclude_categories=()),
+    max_size=300,
+)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=list(HealthCheck))
+@given(tags=st.dictionaries(_ANY_TEXT, _ANY_TEXT, max_size=8))
+@example(tags={"": "", "\n": "\x00", PRINCIPAL_TAG: "\ud800", "USER": "y" * 100_000})
+@example(tags={PRINCIPAL_TAG: "", "dagster/sensor_name": "a\nb", "dagster/backfill": "\udfff"})
+def test_fuzz_any_tags_are_recorded_without_raising(tmp_path_factory, tags):
+    log = AuditLog(f"sqlite:///{tmp_path_factory.mktemp('fuzz') / 'audit.db'}")
+    run = DagsterRun(job_name="job", run_id=str(uuid.uuid4()), tags=tags)
+
+    actor, details = launch_entry(run)
+    entry = log.append(actor, "run_launched", run.run_id, details)
+
+    assert entry.compute_hash() == entry.hash
+    assert log.verify({}, allow_unanchored_tail=True).ok
+    assert len(entry.details) < 200_000
+    log.close()

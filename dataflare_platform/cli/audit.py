@@ -204,6 +204,16 @@ def keygen(
     print_json({"key_id": kid, "private_key": str(keys / f"{kid}{PRIVATE_SUFFIX}")})
 
 
+@audit_app.command("public-key")
+def public_key(home: HomeOption = None) -> None:
+    """Print the configured signing key's public key (PEM), to pin it in the deployment's
+    trusted keys file ($DATAFLARE_AUDIT_TRUSTED_KEYS)."""
+    from dataflare_platform.compliance.audit_keys import public_pem
+
+    signer = _settings(None, home).signer()
+    print(public_pem(signer.public_key).decode(), end="")
+
+
 @audit_app.command("checkpoint")
 def checkpoint(
     url: UrlOption = None,

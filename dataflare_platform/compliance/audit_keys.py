@@ -74,6 +74,7 @@ class Signer(Protocol):
 
     key_id: str
     algorithm: str
+    public_key: PublicKey
 
     def sign(self, message: bytes) -> bytes: ...
 

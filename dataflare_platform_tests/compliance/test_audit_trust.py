@@ -302,3 +302,14 @@ def test_the_environment_configures_key_trust_and_anchor(home, tmp_path, monkeyp
     assert key_id(other.public_key) == other.key_id
     assert settings.anchor_url == f"file://{outside / 'anchor.jsonl'}"
     assert str(settings.signing_key) == provision_dir["signing_key"]
+
+
+def test_cli_public_key_prints_the_pem_to_pin(home):
+    from typer.testing import CliRunner
+
+    from dataflare_platform.cli.audit import audit_app
+
+    config = provision(home.root)
+    got = CliRunner().invoke(audit_app, ["public-key"])
+    assert got.exit_code == 0, got.output
+    assert got.stdout.encode() == Path(config["trusted_keys"]).read_bytes()

@@ -33,11 +33,9 @@ import os
 import re
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Protocol
 
 from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.ed25519 import (
     Ed25519PrivateKey,
     Ed25519PublicKey,
@@ -46,9 +44,40 @@ from pydantic import ValidationError, field_validator, model_validator
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
+from dataflare_platform.compliance.audit_signing import (
+    ECDSA_P256,
+    ED25519,
+    FileSigner,
+    PublicKey,
+    Signer,
+    algorithm_of,
+    as_signer,
+    key_id,
+    public_pem,
+)
 from dataflare_platform.errors import ConfigError, InvalidInputError
 from dataflare_platform.home import ProjectHome
 from dataflare_platform.models import StrictModel
+
+# Re-exported: the signing vocabulary is reached through this module too.
+__all__ = [
+    "ECDSA_P256",
+    "ED25519",
+    "AuditSettings",
+    "FileSigner",
+    "PublicKey",
+    "Signer",
+    "algorithm_of",
+    "as_signer",
+    "generate_key_pair",
+    "key_id",
+    "load_public_keys",
+    "load_signing_key",
+    "load_trusted_keys",
+    "provision",
+    "public_pem",
+    "user_config_dir",
+]
 
 PRIVATE_SUFFIX = ".key"
 PUBLIC_SUFFIX = ".pub"
@@ -62,62 +91,7 @@ PROVISION_FILE = "audit.json"
 PROVISION_KEY = "signing.key"
 PROVISION_TRUSTED = "trusted.pem"
 PROVISION_ANCHOR = "anchor.jsonl"
-
-ED25519 = "ed25519"
-ECDSA_P256 = "ecdsa-p256-sha256"
-PublicKey = Ed25519PublicKey | ec.EllipticCurvePublicKey
 _PEM_BLOCK = re.compile(rb"-----BEGIN PUBLIC KEY-----\s.*?-----END PUBLIC KEY-----", re.DOTALL)
-
-
-class Signer(Protocol):
-    """Anything that signs checkpoints: a key file, a PKCS#11 token."""
-
-    key_id: str
-    algorithm: str
-    public_key: PublicKey
-
-    def sign(self, message: bytes) -> bytes: ...
-
-
-def key_id(public_key: PublicKey) -> str:
-    """First 16 hex digits of SHA-256 of the public key: short, stable, self-certifying."""
-    if isinstance(public_key, Ed25519PublicKey):
-        raw = public_key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
-    else:
-        raw = public_key.public_bytes(
-            serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
-        )
-    return hashlib.sha256(raw).hexdigest()[:16]
-
-
-def algorithm_of(public_key: PublicKey) -> str:
-    """The checkpoint algorithm name a public key verifies."""
-    if isinstance(public_key, Ed25519PublicKey):
-        return ED25519
-    if isinstance(public_key, ec.EllipticCurvePublicKey) and public_key.curve.name == "secp256r1":
-        return ECDSA_P256
-    raise InvalidInputError("only Ed25519 and ECDSA P-256 keys sign audit checkpoints")
-
-
-class FileSigner:
-    """An Ed25519 private key held in this process (read from a 0600 file)."""
-
-    algorithm = ED25519
-
-    def __init__(self, private: Ed25519PrivateKey) -> None:
-        self._private = private
-        self.public_key = private.public_key()
-        self.key_id = key_id(self.public_key)
-
-    def sign(self, message: bytes) -> bytes:
-        return self._private.sign(message)
-
-
-def as_signer(signing_key: Signer | Ed25519PrivateKey) -> Signer:
-    """A raw Ed25519 key (tests, older callers) wrapped as a signer."""
-    if isinstance(signing_key, Ed25519PrivateKey):
-        return FileSigner(signing_key)
-    return signing_key
 
 
 def _write_private(path: Path, private: Ed25519PrivateKey) -> None:
@@ -127,12 +101,6 @@ def _write_private(path: Path, private: Ed25519PrivateKey) -> None:
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "wb") as out:
         out.write(pem)
-
-
-def public_pem(public_key: PublicKey) -> bytes:
-    return public_key.public_bytes(
-        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
-    )
 
 
 def generate_key_pair(key_dir: Path) -> str:

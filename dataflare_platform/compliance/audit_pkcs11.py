@@ -23,7 +23,7 @@ from typing import Any
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from dataflare_platform.compliance.audit_keys import (
+from dataflare_platform.compliance.audit_signing import (
     ECDSA_P256,
     ED25519,
     PublicKey,

@@ -166,6 +166,27 @@ def record_safely(log: "AuditLog", instance: dg.DagsterInstance, item: FeedEvent
         return 1
 
 
+def _alert(governance: GovernanceResource, message: str) -> None:
+    """Tell the alert rules (``instigator_errored`` of ``audit_trail``) that the trail
+    found something wrong with itself; alerting being off or failing never stops the
+    recording (the entry is in the chain either way)."""
+    from dataflare_platform.alerting import AlertEvent
+    from dataflare_platform.errors import DataflareError
+
+    try:
+        manager = governance.alert_manager()
+        if manager is None:
+            return
+        try:
+            now = datetime.now(UTC)
+            event = AlertEvent("instigator_errored", now, instigator=AUDIT_SENSOR, message=message)
+            manager.observe(event, now)
+        finally:
+            manager.close()
+    except DataflareError as err:
+        dg.get_dagster_logger().warning(f"audit alert not sent: {type(err).__name__}")
+
+
 def _positions(cursor: dict) -> dict:
     """The parts of the cursor that say how far the trail has read."""
     return {k: cursor[k] for k in sorted(cursor) if k in TRACKED}
@@ -290,6 +311,8 @@ def audit_definitions(config_files: list[Path], interval_s: int) -> dg.Definitio
         cursor = read_cursor(context.cursor)
         with governance.audit_log() as log:
             cursor, written = reconcile_cursor(log, cursor)
+            if written:
+                _alert(governance, "audit gap: the sensor's cursor was moved; re-read")
             digests = config_digests(config_files)
             before = cursor.get(CONFIG_CURSOR) or {}
             changed = sorted(

@@ -62,6 +62,24 @@ def test_a_cursor_moved_ahead_is_recorded_as_a_gap_and_the_skipped_runs_re_read(
     assert [e.subject for e in got if e.action == "run_succeeded"].count(skipped) == 1
 
 
+def test_a_moved_cursor_alerts_through_the_alert_rules(home, instance, resources, http_receiver):
+    (home.root / "alerts.yaml").write_text(
+        "channels:\n"
+        f"  hook: {{type: webhook, url: '{http_receiver.url('/hook')}'}}\n"
+        "rules:\n"
+        "  - {name: audit, kind: instigator_errored, instigators: [audit_trail],"
+        " channels: [hook]}\n"
+    )
+    defs = _defs(resources)
+    dg.materialize([orders], instance=instance)
+    tick(defs, instance, resources)
+
+    tick(defs, instance, resources, cursor=json.dumps({"runs": {}, "assets": {}}))
+
+    (body,) = http_receiver.bodies("/hook")
+    assert body["rule"] == "audit" and "audit gap" in json.dumps(body)
+
+
 def test_a_rewound_cursor_does_not_record_events_twice(home, instance, resources):
     defs = _defs(resources)
     run_id = dg.materialize([orders], instance=instance).run_id
@@ -162,3 +180,42 @@ def test_fuzz_any_tags_are_recorded_without_raising(tmp_path_factory, tags):
     assert log.verify({}, allow_unanchored_tail=True).ok
     assert len(entry.details) < 200_000
     log.close()
+
+
+def test_sensor_switched_off_and_a_cursor_set_outside_ticks_are_recorded(home, instance, resources):
+    from dagster._core.remote_origin import (
+        InProcessCodeLocationOrigin,
+        RemoteInstigatorOrigin,
+        RemoteRepositoryOrigin,
+    )
+    from dagster._core.scheduler.instigation import (
+        InstigatorState,
+        InstigatorStatus,
+        InstigatorType,
+        SensorInstigatorData,
+    )
+    from dagster._core.types.loadable_target_origin import LoadableTargetOrigin
+
+    location = InProcessCodeLocationOrigin(
+        LoadableTargetOrigin(python_file=__file__), location_name="shop"
+    )
+    origin = RemoteInstigatorOrigin(RemoteRepositoryOrigin(location, "repo"), "orders_arrived")
+    state = InstigatorState(
+        origin, InstigatorType.SENSOR, InstigatorStatus.RUNNING, SensorInstigatorData(cursor="7")
+    )
+    instance.add_instigator_state(state)
+    defs = _defs(resources)
+    cursor = tick(defs, instance, resources)  # the baseline
+
+    # What `dagster sensor stop` and `dagster sensor cursor --set` do to the instance.
+    instance.update_instigator_state(
+        state.with_status(InstigatorStatus.STOPPED).with_data(SensorInstigatorData(cursor="99"))
+    )
+    tick(defs, instance, resources, cursor)
+
+    got = {e.action: e for e in entries(home)}
+    changed = got["instigator_changed"]
+    assert changed.subject == "sensor:orders_arrived"
+    assert changed.payload() == {"from": "RUNNING", "to": "STOPPED"}
+    assert got["sensor_cursor_set"].subject == "sensor:orders_arrived"
+    assert got["sensor_cursor_set"].actor == "host:out-of-band"

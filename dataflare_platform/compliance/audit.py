@@ -337,6 +337,16 @@ class AuditLog:
                 conn.execute(text("ALTER TABLE audit_checkpoints ADD COLUMN entries BIGINT"))
             if "algorithm" not in columns:
                 conn.execute(text("ALTER TABLE audit_checkpoints ADD COLUMN algorithm VARCHAR(32)"))
+            signature = next(
+                c
+                for c in inspect(conn).get_columns("audit_checkpoints")
+                if c["name"] == "signature"
+            )
+            if not self._sqlite and (getattr(signature["type"], "length", None) or 256) < 256:
+                # An ECDSA signature in DER hex (~144 characters) outgrows the old 128.
+                conn.execute(
+                    text("ALTER TABLE audit_checkpoints ALTER COLUMN signature TYPE VARCHAR(256)")
+                )
 
     def __repr__(self) -> str:
         return f"AuditLog({safe_url(self.url)!r})"

@@ -313,3 +313,78 @@ def test_cli_public_key_prints_the_pem_to_pin(home):
     got = CliRunner().invoke(audit_app, ["public-key"])
     assert got.exit_code == 0, got.output
     assert got.stdout.encode() == Path(config["trusted_keys"]).read_bytes()
+
+
+_OLD_SCHEMA = (
+    "CREATE TABLE audit_entries (seq BIGINT PRIMARY KEY, at TIMESTAMP WITH TIME ZONE NOT NULL,"
+    " actor VARCHAR(256) NOT NULL, action VARCHAR(64) NOT NULL, subject TEXT NOT NULL,"
+    " details TEXT NOT NULL, prev_hash VARCHAR(64) NOT NULL, hash VARCHAR(64) NOT NULL)",
+    "CREATE TABLE audit_checkpoints (id {id} PRIMARY KEY, seq BIGINT NOT NULL,"
+    " head_hash VARCHAR(64) NOT NULL, signed_at TIMESTAMP WITH TIME ZONE NOT NULL,"
+    " key_id VARCHAR(16) NOT NULL, signature VARCHAR(128) NOT NULL)",
+)
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def old_log_url(request, tmp_path, dsn) -> Iterator[str]:
+    """A log created with the schema before counts were signed."""
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path / 'old.db'}"
+        _sql(url, *(q.format(id="INTEGER") for q in _OLD_SCHEMA))
+        yield url
+        return
+    schema = f"old_audit_{uuid.uuid4().hex[:10]}"
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute(f'CREATE SCHEMA "{schema}"')
+    url = (
+        sa.engine.make_url(dsn)
+        .set(drivername="postgresql+psycopg")
+        .update_query_dict({"options": f"-csearch_path={schema}"})
+        .render_as_string(hide_password=False)
+    )
+    _sql(url, *(q.format(id="SERIAL") for q in _OLD_SCHEMA))
+    yield url
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute(f'DROP SCHEMA "{schema}" CASCADE')
+
+
+def test_a_log_of_the_old_schema_is_upgraded_and_takes_p256_checkpoints(old_log_url):
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    class P256Signer:  # the shape of a token's P-256 key, in process
+        algorithm = "ecdsa-p256-sha256"
+
+        def __init__(self) -> None:
+            self._key = ec.generate_private_key(ec.SECP256R1())
+            self.public_key = self._key.public_key()
+            self.key_id = key_id(self.public_key)
+
+        def sign(self, message: bytes) -> bytes:
+            from cryptography.hazmat.primitives import hashes
+
+            return self._key.sign(message, ec.ECDSA(hashes.SHA256()))
+
+    log = _fill(old_log_url, 3)
+    signer = P256Signer()
+    cp = log.checkpoint(signer)
+    assert (cp.entries, cp.algorithm) == (3, "ecdsa-p256-sha256") and len(cp.signature) > 128
+    assert log.verify({signer.key_id: signer.public_key}).ok
+    log.close()
+
+
+def test_cli_verify_tail_options(tmp_path, home, url):
+    from typer.testing import CliRunner
+
+    from dataflare_platform.cli.audit import audit_app
+
+    provision(home.root)
+    log = _fill(url, 2)
+    runner = CliRunner()
+    assert runner.invoke(audit_app, ["verify", "--url", url]).exit_code == 1
+    allowed = runner.invoke(audit_app, ["verify", "--url", url, "--allow-unanchored-tail"])
+    assert allowed.exit_code == 0, allowed.output
+    assert "2 entries after seq 0 not yet signed" in allowed.stdout
+    assert runner.invoke(audit_app, ["checkpoint", "--url", url]).exit_code == 0
+    log.append("system", "config_changed", "configuration", {})
+    young = runner.invoke(audit_app, ["verify", "--url", url, "--max-unanchored-minutes", "5"])
+    assert young.exit_code == 0, young.output  # one entry, seconds old

@@ -197,7 +197,8 @@ def reconcile_cursor(log: "AuditLog", cursor: dict) -> tuple[dict, int]:
     Dagster cursor, which anyone with instance access can move. A difference is recorded
     as an ``audit_gap`` (which parts moved, from what to what) and the recorded positions
     are used, so a range skipped by moving the cursor ahead is re-read and one rewound is
-    not recorded twice. Returns ``(cursor, entries written)``."""
+    not recorded twice; a missing cursor is an ``audit_cursor_reset``. Returns
+    ``(cursor, gap entries written)``."""
     last = log.last(CURSOR_ACTION)
     if last is None:
         return cursor, 0  # the first tick (or the first since upgrading): nothing to hold
@@ -205,6 +206,11 @@ def reconcile_cursor(log: "AuditLog", cursor: dict) -> tuple[dict, int]:
     found = _positions(cursor)
     if found == recorded:
         return cursor, 0
+    if not found:
+        # No cursor at all (reset, or a tick run by hand as the demo does): nothing can be
+        # skipped by it, the recorded positions are simply taken up again.
+        log.append("system", "audit_cursor_reset", "audit_trail", {"resumed_at_seq": last.seq})
+        return {**cursor, **recorded}, 0
     moved = sorted(k for k in recorded.keys() | found.keys() if recorded.get(k) != found.get(k))
     details = {
         "moved": moved,
@@ -311,7 +317,7 @@ def audit_definitions(config_files: list[Path], interval_s: int) -> dg.Definitio
         cursor = read_cursor(context.cursor)
         with governance.audit_log() as log:
             cursor, written = reconcile_cursor(log, cursor)
-            if written:
+            if written:  # a gap
                 _alert(governance, "audit gap: the sensor's cursor was moved; re-read")
             digests = config_digests(config_files)
             before = cursor.get(CONFIG_CURSOR) or {}

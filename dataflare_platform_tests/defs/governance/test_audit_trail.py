@@ -86,10 +86,11 @@ def test_a_rewound_cursor_does_not_record_events_twice(home, instance, resources
     tick(defs, instance, resources)
 
     tick(defs, instance, resources, cursor=None)  # cursor reset to nothing
+    tick(defs, instance, resources, cursor=json.dumps({"runs": {}}))  # rewound
 
-    got = entries(home)
-    assert [e.subject for e in got if e.action == "run_launched"] == [run_id]
-    assert [e.action for e in got].count("audit_gap") == 1
+    got = [e.action for e in entries(home)]
+    assert [e.subject for e in entries(home) if e.action == "run_launched"] == [run_id]
+    assert (got.count("audit_cursor_reset"), got.count("audit_gap")) == (1, 1)
 
 
 def test_actor_from_principal_tag_else_dagster_facts_else_out_of_band(home, instance, resources):

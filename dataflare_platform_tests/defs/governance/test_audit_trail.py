@@ -220,3 +220,27 @@ def test_sensor_switched_off_and_a_cursor_set_outside_ticks_are_recorded(home, i
     assert changed.payload() == {"from": "RUNNING", "to": "STOPPED"}
     assert got["sensor_cursor_set"].subject == "sensor:orders_arrived"
     assert got["sensor_cursor_set"].actor == "host:out-of-band"
+
+
+@dg.asset(key=["shop", "cleanup"])
+def malformed_cleanup() -> dg.MaterializeResult:
+    # A retention list whose items are not objects: the recorder cannot read them.
+    return dg.MaterializeResult(
+        metadata={"retention_actions": dg.MetadataValue.json(["not an object", 3])}
+    )
+
+
+def test_an_event_that_cannot_be_recorded_is_named_and_the_trail_goes_on(home, instance, resources):
+    defs = _defs(resources)
+    bad_run = dg.materialize([malformed_cleanup], instance=instance).run_id
+    good_run = dg.materialize([orders], instance=instance).run_id
+
+    cursor = tick(defs, instance, resources)
+    tick(defs, instance, resources, cursor)  # the next tick does not stick on it
+
+    got = entries(home)
+    (failed,) = [e for e in got if e.action == "audit_record_failed"]
+    assert failed.subject == bad_run
+    assert failed.payload()["event"] == "ASSET_MATERIALIZATION"
+    assert failed.payload()["error"] == "AttributeError"
+    assert good_run in {e.subject for e in got if e.action == "run_launched"}

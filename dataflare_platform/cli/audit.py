@@ -204,6 +204,32 @@ def keygen(
     print_json({"key_id": kid, "private_key": str(keys / f"{kid}{PRIVATE_SUFFIX}")})
 
 
+@audit_app.command("anchor-setup")
+def anchor_setup(
+    owner_url: Annotated[
+        str,
+        typer.Option("--owner-url", help="postgresql:// URL connecting as the anchor's owner."),
+    ],
+    writer: Annotated[
+        str, typer.Option("--writer", help="Role the platform writes checkpoints as.")
+    ],
+) -> None:
+    """Create the append-only anchor table (owner: the connecting role; the writer may
+    only INSERT and SELECT; triggers refuse UPDATE, DELETE and TRUNCATE)."""
+    import psycopg
+
+    from dataflare_platform.compliance.audit_anchor import ANCHOR_TABLE, setup_postgres_anchor
+    from dataflare_platform.sql_names import quote_identifier
+
+    quote_identifier(writer)  # refuses a name that is not a plain SQL identifier
+    try:
+        setup_postgres_anchor(owner_url.replace("+psycopg", ""), writer)
+    except psycopg.Error as err:
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        raise DataflareError(f"audit anchor database: {first}") from None
+    print_json({"table": ANCHOR_TABLE, "writer": writer})
+
+
 @audit_app.command("public-key")
 def public_key(home: HomeOption = None) -> None:
     """Print the configured signing key's public key (PEM), to pin it in the deployment's

@@ -198,8 +198,17 @@ def anchor_db(dsn: str) -> Iterator[tuple[str, str]]:
 def test_the_postgres_anchor_is_append_only_for_its_writer_and_catches_emptying(
     anchor_db, url, signer, pinned
 ):
+    from typer.testing import CliRunner
+
+    from dataflare_platform.cli.audit import audit_app
+
     owner_dsn, writer_dsn = anchor_db
-    setup_postgres_anchor(owner_dsn, writer_dsn.split("//")[1].split("@")[0])
+    writer_role = sa.engine.make_url(writer_dsn).username
+    made = CliRunner().invoke(
+        audit_app, ["anchor-setup", "--owner-url", owner_dsn, "--writer", writer_role]
+    )
+    assert made.exit_code == 0, made.output
+    setup_postgres_anchor(owner_dsn, writer_role)  # idempotent
     anchor = open_anchor(writer_dsn)
     assert isinstance(anchor, PostgresAnchor)
     log = _fill(url, 5)

@@ -76,7 +76,8 @@ def test_nothing_in_a_demo_home_is_reachable_by_others(tmp_path):
     result = subprocess.run(
         [*CLI, "demo", "--config", str(config), "--home", str(home)],
         cwd=tmp_path,
-        env={**env, "COLUMNS": "200"},
+        # The demo provisions its audit key in the per-user config dir: a tmp one here.
+        env={**env, "COLUMNS": "200", "XDG_CONFIG_HOME": str(tmp_path / "xdg")},
         capture_output=True,
         text=True,
         timeout=600,

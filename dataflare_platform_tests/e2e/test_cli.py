@@ -86,7 +86,7 @@ def test_demo_runs_green_in_a_fresh_directory_and_leaves_user_home_alone(tmp_pat
     # 30 k events over ~28 h of event time ending now: yesterday's partition has data.
     config = tmp_path / "demo.yaml"
     config.write_text(yaml.safe_dump({"events": 30_000, "events_per_second": 0.3}))
-    env = {"HOME": str(user_home)}
+    env = {"HOME": str(user_home), "XDG_CONFIG_HOME": ""}  # the default: ~/.config
     started = datetime.now(UTC)
     result = run_cli("demo", "--config", str(config), cwd=workdir, env=env)
     assert result.returncode == 0, result.stdout + result.stderr
@@ -111,7 +111,16 @@ def test_demo_runs_green_in_a_fresh_directory_and_leaves_user_home_alone(tmp_pat
     assert (home / "dagster_home" / "dagster.yaml").exists()
     assert (home / "warehouse.duckdb").exists()
     assert (home / "events" / "nexmark" / "bids").is_dir()
-    assert list(user_home.iterdir()) == []
+    # The one thing outside the project: the audit key the demo provisions (`dataflare
+    # audit init`), kept out of the home on purpose, in the per-user config dir.
+    written = sorted(p.relative_to(user_home) for p in user_home.rglob("*") if p.is_file())
+    assert [p.parts[:2] for p in written] == [(".config", "dataflare")] * 4, written
+    assert sorted(p.name for p in written) == [
+        "anchor.jsonl",
+        "audit.json",
+        "signing.key",
+        "trusted.pem",
+    ]
     # Event times end now: the newest bid is within the hour before the run started.
     newest = max(
         pc.max(pq.read_table(f, columns=["date_time"])["date_time"]).as_py()

@@ -330,6 +330,13 @@ class AuditLog:
             self._engine = create_engine(self.url, pool_pre_ping=True)
         with self._transaction(lock=True) as conn:
             SQLModel.metadata.create_all(conn, tables=_TABLES)
+            # The trail sensor looks up its last recorded position by action every tick.
+            conn.execute(
+                text(
+                    "CREATE INDEX IF NOT EXISTS ix_audit_entries_action"
+                    " ON audit_entries (action, seq)"
+                )
+            )
             columns = {c["name"] for c in inspect(conn).get_columns("audit_checkpoints")}
             # A log created before counts were signed gains the two columns (old
             # checkpoints keep NULL and verify with their original message).

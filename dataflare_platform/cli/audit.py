@@ -132,12 +132,16 @@ def verify(
 
     from rich.markup import escape
 
-    from dataflare_platform.compliance.audit_anchor import open_anchor
+    from dataflare_platform.compliance.audit_anchor import AnchorError, open_anchor
 
     settings = _settings(url, home, trusted=trusted, anchor=anchor)
     with _database_errors(), _open_existing(settings, url is not None) as log:
         public_keys = settings.trusted()
-        anchored = open_anchor(settings.anchor_url).checkpoints() if settings.anchor_url else []
+        try:
+            anchored = open_anchor(settings.anchor_url).checkpoints() if settings.anchor_url else []
+        except AnchorError as err:  # a deleted or unreadable anchor fails verification
+            err_console().print(f"[bold red]anchor:[/] {escape(str(err))}", highlight=False)
+            raise typer.Exit(code=FAILED_EXIT) from None
         report = log.verify(
             public_keys,
             anchored=anchored,
@@ -162,10 +166,14 @@ def init(
     """Provision the embedded default: a signing key, its pinned public key and an anchor
     for this home, in a per-user directory outside it ($XDG_CONFIG_HOME/dataflare/<hash>,
     0700). Idempotent; a provisioned key that has gone missing is an error."""
+    from dataflare_platform.compliance.audit_anchor import FileAnchor, open_anchor
     from dataflare_platform.compliance.audit_keys import provision
     from dataflare_platform.home import ProjectHome
 
     config = provision(ProjectHome.resolve(home).ensure().root, anchor_url=anchor)
+    target = open_anchor(config["anchor_url"])
+    if isinstance(target, FileAnchor):
+        target.create()  # from now on, a missing file means a deleted anchor
     print_json(config)
 
 

@@ -48,6 +48,14 @@ class FileAnchor:
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
 
+    def create(self) -> None:
+        """Create the empty anchor file (mode 0600) if it does not exist."""
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            os.close(os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600))
+        except OSError as err:
+            raise AnchorError(f"audit anchor {self.path}: {err.strerror}") from None
+
     def record(self, cp: AuditCheckpoint) -> None:
         line = json.dumps(_row(cp), sort_keys=True) + "\n"
         try:
@@ -61,8 +69,10 @@ class FileAnchor:
             raise AnchorError(f"audit anchor {self.path}: {err.strerror}") from None
 
     def checkpoints(self) -> list[AuditCheckpoint]:
+        """Every anchored checkpoint; a missing file is an error, not an empty anchor
+        (`audit init` creates it: deleting it with the log must not pass verify)."""
         if not self.path.exists():
-            return []
+            raise AnchorError(f"audit anchor {self.path} is missing (deleted?)")
         out = []
         try:
             lines = self.path.read_text().splitlines()

@@ -403,6 +403,9 @@ def provision(home_root: Path, anchor_url: str | None = None) -> dict[str, str]:
             "anchor_url": anchor_url or f"file://{directory / PROVISION_ANCHOR}",
             "key_id": key_id(private.public_key()),
         }
+        if anchor_url is None:
+            anchor = directory / PROVISION_ANCHOR
+            os.close(os.open(anchor, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600))
         fd = os.open(directory / PROVISION_FILE, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "w") as out:
             json.dump(config, out, indent=2)

@@ -20,6 +20,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from dataflare_platform.compliance.audit import AuditLog, checkpoint_message
 from dataflare_platform.compliance.audit_anchor import (
+    AnchorError,
     FileAnchor,
     PostgresAnchor,
     open_anchor,
@@ -158,6 +159,10 @@ def test_the_file_anchor_catches_emptying_the_log_checkpoints_included(tmp_path,
     pinned = {signer.key_id: signer.public_key}
     anchor = open_anchor(f"file://{tmp_path / 'outside' / 'anchor.jsonl'}")
     assert isinstance(anchor, FileAnchor)
+    with pytest.raises(AnchorError, match="missing"):  # not created: not an empty anchor
+        anchor.checkpoints()
+    anchor.create()
+    assert anchor.checkpoints() == []
     log = _fill(url, 6)
     log.checkpoint(signer, anchor=anchor)
     assert log.verify(pinned, anchored=anchor.checkpoints()).ok
@@ -397,3 +402,34 @@ def test_cli_verify_tail_options(tmp_path, home, url):
     log.append("system", "config_changed", "configuration", {})
     young = runner.invoke(audit_app, ["verify", "--url", url, "--max-unanchored-minutes", "5"])
     assert young.exit_code == 0, young.output  # one entry, seconds old
+
+
+def test_cli_verify_fails_when_the_file_anchor_was_deleted_with_the_log(home):
+    from typer.testing import CliRunner
+
+    from dataflare_platform.cli.audit import audit_app
+
+    config = provision(home.root)
+    anchor_file = Path(config["anchor_url"].removeprefix("file://"))
+    assert anchor_file.exists() and stat.S_IMODE(anchor_file.stat().st_mode) == 0o600
+    log = _fill(f"sqlite:///{home.root / 'audit.db'}", 3)
+    runner = CliRunner()
+    assert runner.invoke(audit_app, ["checkpoint"]).exit_code == 0
+    assert runner.invoke(audit_app, ["verify"]).exit_code == 0
+
+    _sql(log.url, "DELETE FROM audit_entries", "DELETE FROM audit_checkpoints")
+    anchor_file.unlink()
+
+    got = runner.invoke(audit_app, ["verify"])
+    assert got.exit_code == 1 and "is missing" in got.output
+
+
+def test_cli_init_creates_a_given_file_anchor(home, tmp_path):
+    from typer.testing import CliRunner
+
+    from dataflare_platform.cli.audit import audit_app
+
+    target = tmp_path / "ops" / "anchor.jsonl"
+    got = CliRunner().invoke(audit_app, ["init", "--anchor", f"file://{target}"])
+    assert got.exit_code == 0, got.output
+    assert target.exists() and FileAnchor(target).checkpoints() == []

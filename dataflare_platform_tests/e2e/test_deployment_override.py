@@ -22,6 +22,7 @@ import pytest
 from dataflare_platform.client import DataflareClient
 from dataflare_platform.client.errors import DataflareClientError
 from dataflare_platform.compliance.audit import AuditLog
+from dataflare_platform.compliance.audit_keys import provision
 from dataflare_platform.compliance.override_refusals import ACTION
 from dataflare_platform.home import ProjectHome
 from dataflare_platform_tests.e2e.conftest import WORKSPACE, _free_port, wait_until_serving
@@ -36,7 +37,13 @@ DAGSTER_DEV = (str(Path(sys.executable).with_name("dagster")), "dev")
 def served(tmp_path_factory) -> Iterator[tuple[DataflareClient, ProjectHome]]:
     root = tmp_path_factory.mktemp("override_home")
     project = ProjectHome.resolve(root / "home").ensure()
-    env = {**os.environ, **project.environ()}
+    # The audit checkpoint job signs with a provisioned key (`dataflare audit init`),
+    # kept in a per-user config dir: a tmp one here.
+    xdg = {"XDG_CONFIG_HOME": str(root / "xdg")}
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("XDG_CONFIG_HOME", xdg["XDG_CONFIG_HOME"])
+        provision(project.root)
+    env = {**os.environ, **project.environ(), **xdg}
     port = _free_port()
     log_path = root / "dagster_dev.log"
     with pytest.MonkeyPatch.context() as patch, log_path.open("w") as log:
@@ -91,7 +98,7 @@ def _launch_refused(
 
 @pytest.mark.parametrize(
     ("resource", "field"),
-    [("governance", "audit_key_dir"), ("dataflare", "path")],
+    [("governance", "audit_url"), ("dataflare", "path")],
 )
 def test_graphql_launch_with_an_override_is_refused_and_audited(served, tmp_path, resource, field):
     client, home = served

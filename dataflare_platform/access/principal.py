@@ -37,6 +37,9 @@ class Principal(StrictModel):
     via: Via
     roles: frozenset[str] = frozenset()
     groups: frozenset[str] = frozenset()
+    # The code location a sensor or schedule principal belongs to (set by the run
+    # coordinator from the run's origin), so a policy can keep it to its own location.
+    location: str | None = None
 
     @field_validator("name")
     @classmethod

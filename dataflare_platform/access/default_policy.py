@@ -1,0 +1,74 @@
+"""The shipped default policy, identical to ``deployments/local/policy.cedar`` (a test
+holds them together): it is in the package so an installed platform without the
+repository's ``deployments/`` still starts on a known policy."""
+
+DEFAULT_POLICY = """\
+// DataFlare Platform authorization policy (Cedar), the embedded default.
+// Deny by default: an action is allowed only when a rule below permits it and none forbids
+// it. Point DATAFLARE_POLICY at your own copy to change it; the policy is validated at
+// load (schema: dataflare_platform/access/cedar_schema.py) and its version (a hash of this
+// text) is written with every decision in the audit log. See docs/security.md.
+
+// Roles: each role may do what the roles below it may (viewer < launcher < editor < admin).
+// The action group Dataflare::Action::"role/<role>" holds exactly that role's actions.
+@id("role viewer")
+permit (
+  principal in Dataflare::Role::"viewer",
+  action in Dataflare::Action::"role/viewer",
+  resource
+);
+
+@id("role launcher")
+permit (
+  principal in Dataflare::Role::"launcher",
+  action in Dataflare::Action::"role/launcher",
+  resource
+);
+
+@id("role editor")
+permit (
+  principal in Dataflare::Role::"editor",
+  action in Dataflare::Action::"role/editor",
+  resource
+);
+
+@id("role admin")
+permit (
+  principal in Dataflare::Role::"admin",
+  action in Dataflare::Action::"role/admin",
+  resource
+);
+
+// Sensors and schedules launch runs of jobs in their own code location only (the daemon
+// evaluates them; the run coordinator makes their principal from the daemon's context).
+@id("automation launches in its own location")
+permit (principal, action == Dataflare::Action::"launch", resource)
+when {
+  (principal.kind == "sensor" || principal.kind == "schedule") &&
+  principal.via == "daemon" &&
+  principal has location && resource has location &&
+  principal.location == resource.location
+};
+
+// Backfill runs (the backfill was authorized when it was requested at the front), run
+// retries and declarative automation, submitted by the daemon.
+@id("daemon backfills, retries and automation")
+permit (principal, action == Dataflare::Action::"launch", resource)
+when { principal.via == "daemon" && (principal.kind == "backfill" || principal.kind == "system") };
+
+// In-process paths on the host (`dagster job execute`, tests, a UI started without the
+// platform's front): not gateable, allowed and recorded as out of band (via "host").
+// Remove this rule to refuse them where the coordinator sees them.
+@id("host out of band")
+permit (principal, action == Dataflare::Action::"launch", resource)
+when { principal.via == "host" };
+
+// decrypt is in no role: grant it only by naming it and a classification, e.g.
+// @id("auditors read pii")
+// permit (
+//   principal in Dataflare::Team::"auditors",
+//   action == Dataflare::Action::"decrypt",
+//   resource
+// )
+// when { resource has classification && resource.classification == "pii" };
+"""

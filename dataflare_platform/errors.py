@@ -145,6 +145,12 @@ class ConfigError(DataflareError):
         return cls(what, problems)
 
 
+class AccessDeniedError(DataflareError, PermissionError):
+    """The authorization policy refused an action (or a submission carried what only the
+    platform may set). The message names the principal, the action and the reason; the
+    decision itself is in the audit log."""
+
+
 class CorruptInputError(DataflareError):
     """An input file could not be read or does not have the expected schema."""
 

@@ -73,10 +73,18 @@ concurrency:
   pools:
     default_limit: 1
     granularity: run
-# The daemon hands queued runs to the launcher every second (Dagster's default: 5 s), so a
-# sensor-launched micro-batch run waits at most 1 s in the queue (docs/benchmarks.md).
-run_queue:
-  dequeue_interval_seconds: 1
+# Every submitted run is authorized before it is queued (UI, GraphQL, sensors, schedules,
+# backfills, retries, in-process): dataflare_platform/instance/run_coordinator.py, policy in
+# $DATAFLARE_POLICY or the shipped default (docs/security.md, "Authorization"). It is a
+# QueuedRunCoordinator, so its config is the run queue's (Dagster refuses a run_queue entry
+# next to run_coordinator): the daemon hands queued runs to the launcher every second
+# (Dagster's default: 5 s), so a sensor-launched micro-batch run waits at most 1 s in the
+# queue (docs/benchmarks.md).
+run_coordinator:
+  module: dataflare_platform.instance.run_coordinator
+  class: AuthorizingRunCoordinator
+  config:
+    dequeue_interval_seconds: 1
 """
 
 

@@ -50,7 +50,9 @@ TERMINAL = ("SUCCESS", "FAILURE", "CANCELED")
 SERVE_TIMEOUT_S = 300.0
 RUN_STOP_TIMEOUT_S = 180.0
 DAGSTER_STOP_TIMEOUT_S = 60.0
-LAUNCHED_BY = {"dataflare/launched_by": "quickstart"}
+# A label, not an identity (the run coordinator writes who launched): outside the
+# platform's reserved dataflare/ tag namespace, which callers may not set.
+LAUNCHED_BY = {"launched_by": "quickstart"}
 QUICKSTART_ACCOUNT = "dataflare-quickstart"
 # The quickstart is watched live: record progress every few seconds, not at the 30 s
 # default of catalog.progress_interval (which suits a pipeline nobody is staring at).

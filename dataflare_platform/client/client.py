@@ -6,7 +6,6 @@ Launching, run status and termination go through ``dagster_graphql.DagsterGraphQ
 
 from __future__ import annotations
 
-import getpass
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
@@ -56,8 +55,9 @@ from dataflare_platform.client.results import (
 )
 from dataflare_platform.client.transport import Transport
 
-# Who launched a run through the client (the audit trail's actor ``client:<user>``);
-# a caller's own tag of that name wins.
+# Formerly the client's claim of who launched (``client:<user>``). No longer sent: a tag a
+# caller sets is no identity, the run coordinator refuses the dataflare/ namespace from
+# callers and writes the authenticated principal itself (dataflare/principal).
 CLIENT_TAG = "dataflare/client"
 
 
@@ -133,10 +133,9 @@ class DataflareClient:
                 repository_location_name=ref.location,
                 repository_name=ref.repository,
                 run_config=dict(run_config or {}),
-                tags={
-                    CLIENT_TAG: getpass.getuser(),
-                    **{str(k): str(v) for k, v in (tags or {}).items()},
-                },
+                # No actor claim: who launched is the authenticated principal the run
+                # coordinator writes on the run (the dataflare/ namespace is refused).
+                tags={str(k): str(v) for k, v in (tags or {}).items()},
                 asset_selection=asset_selection,
             )
         except DagsterGraphQLClientError as err:

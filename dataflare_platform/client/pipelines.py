@@ -186,7 +186,8 @@ def start_pipeline(
     return client.launch_job(
         name + CONTINUOUS_SUFFIX,
         run_config=run_config,
-        tags={"dataflare/pipeline": name, "dataflare/trigger": "cli"},
+        # The job's own dataflare/pipeline tag; no caller tag in the reserved namespace.
+        tags={"dataflare/pipeline": name},
     )
 
 

@@ -128,6 +128,14 @@ class AuthorizingRunCoordinator(QueuedRunCoordinator):
         parent = self._instance.get_run_by_id(parent_id) if parent_id else None
         return parent.tags if parent is not None else None
 
+    def _code_tags(self, run: DagsterRun) -> Mapping[str, str]:
+        """The job definition's own tags (from the run's job snapshot): code, not a
+        caller's claim."""
+        if not run.job_snapshot_id:
+            return {}
+        snapshot = self._instance.get_job_snapshot(run.job_snapshot_id)
+        return dict(snapshot.tags or {}) if snapshot is not None else {}
+
     def decide(self, run: DagsterRun, workspace: Any) -> list[Decision]:
         """Every decision on this submission (all must allow). Never raises: a failure to
         decide is a denial whose reason says what failed."""
@@ -138,7 +146,9 @@ class AuthorizingRunCoordinator(QueuedRunCoordinator):
         try:
             principal = submitting_principal(run.tags, location)
             authorizer = load_authorizer()
-            problems = refused_tags(run.tags, principal, self._parent_tags(run))
+            problems = refused_tags(
+                run.tags, principal, self._parent_tags(run), self._code_tags(run)
+            )
             problems += [f"run config: {p}" for p in run_config_problems(run.run_config or {})]
             if problems:
                 return [

@@ -22,7 +22,8 @@ controls, never by anything in the run:
    "Authorization").
 
 A submitter never names its own principal: tags in the reserved ``dataflare/`` namespace
-are refused, and so are the daemon's own tags (``dagster/sensor_name``,
+are refused unless they come from code (the job definition, a sensor or schedule), and so
+are the daemon's own tags (``dagster/sensor_name``,
 ``dagster/schedule_name``, ``dagster/backfill``) when a user submits through the front,
 unless a tag is inherited unchanged from the parent run of a re-execution.
 """
@@ -35,6 +36,7 @@ from collections.abc import Mapping
 
 from dataflare_platform.access.principal import (
     CURRENT_PRINCIPAL,
+    PRINCIPAL_TAG,
     RESERVED_TAG_PREFIX,
     Principal,
 )
@@ -106,19 +108,34 @@ def submitting_principal(tags: Mapping[str, str], location: str | None) -> Princ
 
 
 def refused_tags(
-    tags: Mapping[str, str], principal: Principal, parent_tags: Mapping[str, str] | None
+    tags: Mapping[str, str],
+    principal: Principal,
+    parent_tags: Mapping[str, str] | None,
+    code_tags: Mapping[str, str] | None = None,
 ) -> list[str]:
-    """The tags this submission may not carry, each with why. A tag equal to the parent
-    run's (a re-execution or retry copies its parent's tags) is inherited, not claimed."""
+    """The tags this submission may not carry, each with why.
+
+    A ``dataflare/`` tag is accepted only where it comes from code, not from the caller:
+    equal to the job definition's own tag (``code_tags``), written by a sensor or
+    schedule the daemon evaluated, or inherited unchanged from the parent run (a
+    re-execution or retry copies its parent's tags). :data:`PRINCIPAL_TAG` is never
+    accepted from anyone but the parent run: only the coordinator writes it.
+    """
     parent = parent_tags or {}
+    code = code_tags or {}
 
     def inherited(key: str) -> bool:
         return key in parent and parent[key] == tags[key]
 
+    def from_code(key: str) -> bool:
+        if key == PRINCIPAL_TAG:
+            return False
+        return (key in code and code[key] == tags[key]) or principal.via == "daemon"
+
     problems = [
         f"{key}: the {RESERVED_TAG_PREFIX} tag namespace is reserved to the platform"
         for key in sorted(tags)
-        if key.startswith(RESERVED_TAG_PREFIX) and not inherited(key)
+        if key.startswith(RESERVED_TAG_PREFIX) and not inherited(key) and not from_code(key)
     ]
     if principal.via not in ("daemon", "host"):
         problems += [

@@ -22,6 +22,10 @@ def acme_usage() -> int:
 nexmark_job = dg.define_asset_job("nexmark_job", selection=dg.AssetSelection.groups("nexmark"))
 billing_job = dg.define_asset_job("billing_job", selection=dg.AssetSelection.groups("billing"))
 acme_job = dg.define_asset_job("acme_job", selection=dg.AssetSelection.groups("tenants"))
+# A job whose definition carries a tag in the platform's namespace (code, not a claim).
+tagged_job = dg.define_asset_job(
+    "tagged_job", selection=dg.AssetSelection.groups("nexmark"), tags={"dataflare/kind": "replay"}
+)
 
 
 @dg.sensor(job=nexmark_job, minimum_interval_seconds=1)
@@ -31,6 +35,6 @@ def nexmark_sensor():
 
 defs = dg.Definitions(
     assets=[bids, invoices, acme_usage],
-    jobs=[nexmark_job, billing_job, acme_job],
+    jobs=[nexmark_job, billing_job, acme_job, tagged_job],
     sensors=[nexmark_sensor],
 )

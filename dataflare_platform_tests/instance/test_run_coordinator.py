@@ -118,6 +118,18 @@ def test_a_reserved_tag_is_refused_whoever_submits(instance, workspace, home, ta
     assert "reserved" in entry.payload()["reason"]
 
 
+def test_a_definition_tag_in_the_namespace_is_code_not_a_claim(instance, workspace, home):
+    with as_principal(user("ana", "launcher")):
+        plain = launch(workspace, "tagged_job")
+        same = launch(workspace, "tagged_job", tags={"dataflare/kind": "replay"})
+        other = launch(workspace, "tagged_job", tags={"dataflare/kind": "forged"})
+    assert plain["__typename"] == "LaunchRunSuccess", plain
+    assert {"key": "dataflare/kind", "value": "replay"} in plain["run"]["tags"]
+    assert same["__typename"] == "LaunchRunSuccess", same
+    assert other["__typename"] == "PythonError"
+    assert "dataflare/kind: the dataflare/ tag namespace is reserved" in other["message"]
+
+
 @pytest.mark.parametrize(
     "tag", ["dagster/sensor_name", "dagster/schedule_name", "dagster/backfill"]
 )

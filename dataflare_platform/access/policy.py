@@ -136,9 +136,8 @@ class CedarAuthorizer:
             "roles": sorted(principal.roles),
             "teams": sorted(principal.groups),
         }
-        location = getattr(principal, "location", None)
-        if location:
-            attrs["location"] = location
+        if principal.location:
+            attrs["location"] = principal.location
         parents = [{"type": f"{NAMESPACE}::Role", "id": r} for r in sorted(principal.roles)]
         parents += [{"type": f"{NAMESPACE}::Team", "id": g} for g in sorted(principal.groups)]
         entities = [

@@ -8,8 +8,8 @@ in-process submissions all call ``instance.submit_run``. For each run it
 1. finds the submitting principal (:mod:`dataflare_platform.instance.submitters`: the web
    front's authenticated user, a daemon service principal, or the out-of-band host),
 2. refuses tags only the platform may set (``dataflare/...``, and the daemon's own tags
-   from a user) and, once the deployment-settings guard exists, run config that overrides
-   deployment settings,
+   from a user) and run config that overrides deployment settings
+   (:mod:`dataflare_platform.instance.run_config_guard`),
 3. asks the policy (:func:`load_authorizer`) to ``launch`` the job, once per distinct set
    of attributes of the assets it materializes (group, owner team, classification,
    tenant), every one of which must be allowed,
@@ -23,13 +23,14 @@ GraphQL client gets the error (a ``PythonError`` naming the reason), the sensor 
 tick fails with it, and a refused run never reaches the queue.
 
 Only the instance and the environment are known here: the audit log is the home's
-(``DATAFLARE_HOME``, resolved like every command), and the policy is ``DATAFLARE_POLICY``
-or the shipped default.
+(``DATAFLARE_HOME``, resolved like every command) unless ``DATAFLARE_AUDIT_URL`` names
+one, and the policy is ``DATAFLARE_POLICY``
+or the shipped default. The audit log is the deployment's (``DATAFLARE_AUDIT_URL``, else
+the home's ``audit.db``), the one the deployment-settings guard writes to.
 """
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -41,30 +42,17 @@ from dataflare_platform.access.decisions import Decision, Resource
 from dataflare_platform.access.policy import load_authorizer
 from dataflare_platform.access.principal import PRINCIPAL_TAG, Principal
 from dataflare_platform.compliance.access_log import AuditDecisionRecorder
+from dataflare_platform.compliance.override_refusals import deployment_audit_url
 from dataflare_platform.errors import AccessDeniedError, DataflareError
+from dataflare_platform.instance.run_config_guard import forbidden_overrides, refuse_overrides
 from dataflare_platform.instance.submitters import (
     PARENT_RUN_ID_TAG,
     refused_tags,
     submitting_principal,
 )
 
-# Where the deployment-settings guard (issue 15, point 3) lives once it exists: a function
-# ``forbidden_overrides(run_config) -> list[str]`` naming each override it refuses.
-RUN_CONFIG_GUARD_MODULE = "dataflare_platform.instance.run_config_guard"
 UNIDENTIFIED = Principal(name="unidentified", kind="system", via="host")
 ASSET_ATTRIBUTE_TAGS = ("classification", "tenant")
-
-
-def run_config_problems(run_config: Mapping[str, Any]) -> list[str]:
-    """What the deployment-settings guard refuses in this run config; nothing while the
-    guard module is not installed (the hook is here so the coordinator calls it)."""
-    try:
-        guard = importlib.import_module(RUN_CONFIG_GUARD_MODULE)
-    except ModuleNotFoundError as err:
-        if err.name == RUN_CONFIG_GUARD_MODULE:
-            return []
-        raise
-    return list(guard.forbidden_overrides(run_config))
 
 
 def _team(owners: Sequence[str]) -> str | None:
@@ -116,9 +104,8 @@ class AuthorizingRunCoordinator(QueuedRunCoordinator):
 
     def _recorder(self) -> AuditDecisionRecorder:
         from dataflare_platform.compliance.audit import AuditLog
-        from dataflare_platform.compliance.audit_keys import AuditSettings
 
-        url = AuditSettings.resolve().url
+        url = deployment_audit_url()
         if url not in self._recorders:
             self._recorders[url] = AuditDecisionRecorder(AuditLog(url))
         return self._recorders[url]
@@ -149,7 +136,9 @@ class AuthorizingRunCoordinator(QueuedRunCoordinator):
             problems = refused_tags(
                 run.tags, principal, self._parent_tags(run), self._code_tags(run)
             )
-            problems += [f"run config: {p}" for p in run_config_problems(run.run_config or {})]
+            overrides = forbidden_overrides(run.run_config or {})
+            if overrides:
+                problems.append("run config overrides deployment settings: " + ", ".join(overrides))
             if problems:
                 return [
                     Decision(
@@ -192,6 +181,9 @@ class AuthorizingRunCoordinator(QueuedRunCoordinator):
             ) from None
         denied = [d for d in decisions if not d.allowed]
         principal = decisions[0].principal
+        # A deployment override also gets its own audit entry and error
+        # (deployment_override_refused, DeploymentOverrideError naming the paths).
+        refuse_overrides(run.run_config or {}, run_id=run.run_id, actor=principal.id)
         if denied:
             reason = "; ".join(dict.fromkeys(d.reason for d in denied))
             raise AccessDeniedError(

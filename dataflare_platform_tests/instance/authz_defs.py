@@ -4,9 +4,15 @@ teams (one classified, one a tenant's), an asset job per group, and a sensor."""
 import dagster as dg
 
 
+class Settings(dg.ConfigurableResource):
+    """Stands for a deployment resource: any resource field is deployment-only."""
+
+    folder: str = "/srv/deployment"
+
+
 @dg.asset(group_name="nexmark", owners=["team:streaming"])
-def bids() -> int:
-    return 1
+def bids(settings: Settings) -> int:
+    return len(settings.folder)
 
 
 @dg.asset(group_name="billing", owners=["team:finance"], tags={"classification": "pii"})
@@ -37,4 +43,5 @@ defs = dg.Definitions(
     assets=[bids, invoices, acme_usage],
     jobs=[nexmark_job, billing_job, acme_job, tagged_job],
     sensors=[nexmark_sensor],
+    resources={"settings": Settings()},
 )

@@ -57,7 +57,13 @@ def workspace(instance):
         yield ws
 
 
-def launch(ws, job: str, tags: Mapping[str, str] | None = None, parent: str | None = None):
+def launch(
+    ws,
+    job: str,
+    tags: Mapping[str, str] | None = None,
+    parent: str | None = None,
+    run_config: dict | None = None,
+):
     """``launchRun`` as the web UI sends it; the GraphQL result's ``launchRun`` field."""
     metadata: dict = {"tags": [{"key": k, "value": v} for k, v in (tags or {}).items()]}
     if parent:
@@ -68,7 +74,7 @@ def launch(ws, job: str, tags: Mapping[str, str] | None = None, parent: str | No
             "repositoryName": "__repository__",
             "jobName": job,
         },
-        "runConfigData": {},
+        "runConfigData": run_config or {},
         "executionMetadata": metadata,
     }
     result = execute_dagster_graphql(ws, LAUNCH, {"executionParams": params})

@@ -279,3 +279,22 @@ def test_a_policy_refused_at_load_denies_with_the_reason(
     entry = audit_entries(home)[-1]
     assert entry.action == "access_denied"
     assert entry.payload()["policy_version"] == "unavailable"
+
+
+def test_a_deployment_override_is_refused_and_audited_twice(instance, workspace, home):
+    """The guard's own entry (paths, never values) and the access decision."""
+    with as_principal(user("ana", "launcher")):
+        result = launch(
+            workspace,
+            "nexmark_job",
+            run_config={"resources": {"settings": {"config": {"folder": "/tmp/planted"}}}},
+        )
+    assert result["__typename"] == "PythonError"
+    assert "DeploymentOverrideError" in result["message"]
+    assert "resources.settings.config.folder" in result["message"]
+    assert only_run(instance).status == dg.DagsterRunStatus.FAILURE
+    decision, refusal = audit_entries(home)
+    assert (decision.actor, decision.action) == ("user:ana", "access_denied")
+    assert "resources.settings.config.folder" in decision.payload()["reason"]
+    assert (refusal.actor, refusal.action) == ("user:ana", "deployment_override_refused")
+    assert "/tmp/planted" not in decision.details + refusal.details

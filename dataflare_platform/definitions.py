@@ -35,9 +35,10 @@ os.umask(PRIVATE_UMASK)
 home = ProjectHomeResource(path=dg.EnvVar(HOME_ENV_VAR))
 resources = {
     "dataflare": home,
-    # Audit log, keys, alert rules and alert state under the home unless
-    # DATAFLARE_AUDIT_URL, DATAFLARE_AUDIT_KEY_DIR, DATAFLARE_ALERT_RULES or
-    # DATAFLARE_ALERT_STATE_URL say otherwise.
+    # Audit log, alert rules and alert state under the home unless DATAFLARE_AUDIT_URL,
+    # DATAFLARE_ALERT_RULES or DATAFLARE_ALERT_STATE_URL say otherwise; the audit keys are
+    # never under the home (DATAFLARE_AUDIT_SIGNING_KEY / _TRUSTED_KEYS, or what
+    # `dataflare audit init` provisioned; docs/security.md).
     "governance": GovernanceResource.from_environment(dataflare=home),
     # Plugins under <DATAFLARE_HOME>/plugins (samples built on first use) unless
     # DATAFLARE_PLUGIN_DIR is set; DATAFLARE_PLUGIN_MEMORY_MB / _FUEL set the sandbox.

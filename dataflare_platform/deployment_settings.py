@@ -29,7 +29,6 @@ DEPLOYMENT_SETTINGS: Mapping[str, Mapping[str, str | None]] = {
     "governance": {
         "dataflare": None,  # the nested home resource: the same deployment home
         "audit_url": "DATAFLARE_AUDIT_URL",
-        "audit_key_dir": "DATAFLARE_AUDIT_KEY_DIR",
         "alert_rules": "DATAFLARE_ALERT_RULES",
         "alert_state_url": "DATAFLARE_ALERT_STATE_URL",
     },

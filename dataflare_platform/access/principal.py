@@ -27,6 +27,7 @@ PrincipalKind = Literal["user", "service", "sensor", "schedule", "backfill", "sy
 # recorded as out of band).
 Via = Literal["local", "oidc", "ldap", "token", "daemon", "host"]
 ROLES = ("viewer", "launcher", "editor", "admin")
+EXTERNAL_PROVIDERS = ("oidc", "ldap")
 
 
 class Principal(StrictModel):
@@ -61,6 +62,11 @@ class Principal(StrictModel):
 
     @property
     def id(self) -> str:
+        """``kind:name``; a user from an external directory is ``user:<via>/<name>``: the
+        same name at another provider (or a local account) is another person, and ``/``
+        is outside the name's characters, so no name can pose as a qualified one."""
+        if self.via in EXTERNAL_PROVIDERS:
+            return f"{self.kind}:{self.via}/{self.name}"
         return f"{self.kind}:{self.name}"
 
 

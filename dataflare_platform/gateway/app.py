@@ -468,7 +468,9 @@ class Gateway:
         if provider is None:
             return self._login_form(next_path, "unknown sign-in method", 400)
         username = form.get("username", "")
-        subject = f"user:{username}" if NAME_PATTERN.match(username) else "user:?"
+        # Spelled as Principal.id spells the user this sign-in would make.
+        qualifier = "" if provider.name == "local" else f"{provider.name}/"
+        subject = f"user:{qualifier}{username}" if NAME_PATTERN.match(username) else "user:?"
         if self._too_many_failures(username):
             await self._audit(
                 "system",

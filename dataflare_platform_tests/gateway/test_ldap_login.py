@@ -82,9 +82,9 @@ def test_a_directory_user_signs_in_with_the_roles_of_their_groups(directory_fron
     client = directory_front.client()
     assert _sign_in(client, "bob", PASSWORDS["bob"]).status_code == 303
     page = client.get("/logout")
-    assert "user:bob" in page.text
+    assert "user:ldap/bob" in page.text
     login = next(e for e in reversed(directory_front.audit_entries()) if e.action == "login")
-    assert login.actor == "user:bob" and login.payload()["via"] == "ldap"
+    assert login.actor == "user:ldap/bob" and login.payload()["via"] == "ldap"
 
 
 def test_a_wrong_directory_password_is_refused_and_audited(directory_front: Front):
@@ -95,4 +95,4 @@ def test_a_wrong_directory_password_is_refused_and_audited(directory_front: Fron
     failed = next(
         e for e in reversed(directory_front.audit_entries()) if e.action == "login_failed"
     )
-    assert failed.subject == "user:bob" and failed.payload()["via"] == "ldap"
+    assert failed.subject == "user:ldap/bob" and failed.payload()["via"] == "ldap"

@@ -90,7 +90,7 @@ def test_the_login_page_offers_single_sign_on_and_a_login_lands_in_a_session(sso
     answer = client.get("/graphql", params={"query": "{ version }"})
     assert answer.status_code == 200 and answer.json()["data"]["version"]
     login = next(e for e in reversed(sso_front.audit_entries()) if e.action == "login")
-    assert login.actor == "user:alice" and login.payload()["via"] == "oidc"
+    assert login.actor == "user:oidc/alice" and login.payload()["via"] == "oidc"
 
 
 def test_a_replayed_or_foreign_callback_is_refused(sso_front):

@@ -30,7 +30,7 @@ def as_principal(principal: Principal):
 
 def user(name: str, *roles: str, teams=()) -> Principal:
     return Principal(
-        name=name, kind="user", via="oidc", roles=frozenset(roles), groups=frozenset(teams)
+        name=name, kind="user", via="local", roles=frozenset(roles), groups=frozenset(teams)
     )
 
 

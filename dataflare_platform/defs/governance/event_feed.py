@@ -129,7 +129,10 @@ def plain_metadata(metadata: dict) -> dict[str, object]:
 # Tags a caller sets freely: kept as what the run *claims*, never as its actor.
 CLAIM_TAGS = ("dataflare/client", "dataflare/launched_by", "dataflare/user", "USER", "user")
 OUT_OF_BAND = "host:out-of-band"
-_PRINCIPAL_ID = re.compile(r"^(user|service|sensor|schedule|backfill|system):(.+)$")
+# Principal.id: kind:name, or kind:<provider>/name for a user of an external directory.
+_PRINCIPAL_ID = re.compile(
+    r"^(user|service|sensor|schedule|backfill|system):(?:(?:oidc|ldap)/)?(.+)$"
+)
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.@+\-]{0,127}$")
 
 

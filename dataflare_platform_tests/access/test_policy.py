@@ -362,9 +362,7 @@ def test_decisions_are_audited(tmp_path):
 def test_a_directory_user_is_not_the_local_account_of_the_same_name():
     """The audit log and the policy tell ``alice`` of an OIDC provider or LDAP apart from
     the local ``alice``; no name can spell the qualified form (``/`` is not allowed)."""
-    ids = {
-        Principal(name="alice", kind="user", via=via).id for via in ("local", "oidc", "ldap")
-    }
+    ids = {Principal(name="alice", kind="user", via=via).id for via in ("local", "oidc", "ldap")}
     assert ids == {"user:alice", "user:oidc/alice", "user:ldap/alice"}
     with pytest.raises(ConfigError):
         Principal.validated({"name": "oidc/alice", "kind": "user", "via": "local"}, "principal")

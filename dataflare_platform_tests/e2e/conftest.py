@@ -27,6 +27,17 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
+def stop_group(proc: subprocess.Popen, grace_s: float) -> None:
+    """SIGTERM a server's process group (it was started with ``start_new_session``), and
+    SIGKILL it if it has not exited within ``grace_s``."""
+    os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(timeout=grace_s)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+
 def wait_until_serving(
     proc: subprocess.Popen,
     port: int,
@@ -133,12 +144,7 @@ def dagster_dev(home, tmp_path, monkeypatch, dagster_yaml_overrides):
         wait_until_serving(proc, port, log_path, "dagster dev")
         yield DataflareClient(port=port, timeout_s=60)
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+        stop_group(proc, 60)
         log.close()
 
 
@@ -156,10 +162,5 @@ def daemon(landed_home, tmp_path):
     try:
         yield proc
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+        stop_group(proc, 30)
         log.close()

@@ -4,7 +4,6 @@ may not launch is refused (the run FAILURE with the reason in its event log, nev
 queued), and both decisions are in the home's audit log."""
 
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -18,6 +17,7 @@ from dataflare_platform.access.policy import POLICY_ENV_VAR
 from dataflare_platform.access.principal import PRINCIPAL_TAG
 from dataflare_platform.compliance.audit import AuditLog
 from dataflare_platform.home import ProjectHome
+from dataflare_platform_tests.e2e.conftest import stop_group
 
 pytestmark = pytest.mark.e2e
 
@@ -59,12 +59,7 @@ def daemon_home(tmp_path_factory):
                 with dg.DagsterInstance.get() as instance:
                     yield project, instance, log_path
         finally:
-            os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
+            stop_group(proc, 30)
 
 
 def wait_for_run(instance, job: str, statuses, log_path: Path, ceiling_s: float = 180):

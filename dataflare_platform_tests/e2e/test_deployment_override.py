@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -25,7 +24,12 @@ from dataflare_platform.compliance.audit import AuditLog
 from dataflare_platform.compliance.audit_keys import provision
 from dataflare_platform.compliance.override_refusals import ACTION
 from dataflare_platform.home import ProjectHome
-from dataflare_platform_tests.e2e.conftest import WORKSPACE, _free_port, wait_until_serving
+from dataflare_platform_tests.e2e.conftest import (
+    WORKSPACE,
+    _free_port,
+    stop_group,
+    wait_until_serving,
+)
 
 pytestmark = pytest.mark.e2e
 
@@ -60,12 +64,7 @@ def served(tmp_path_factory) -> Iterator[tuple[DataflareClient, ProjectHome]]:
             wait_until_serving(proc, port, log_path, "dagster dev")
             yield DataflareClient(port=port, timeout_s=60), project
         finally:
-            os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
+            stop_group(proc, 60)
 
 
 def _refusals(home: ProjectHome, run_id: str | None = None) -> list:

@@ -69,8 +69,12 @@ def test_sigkill_at_random_points_then_restart_gives_the_uninterrupted_table(tmp
         "500",
         "--checkpoint-every",
         "3",
+        # Paced so that the run lasts 8 s of data: killed within 3.5 s of each start, the
+        # first run cannot finish, and the restart still has at least 4.5 s left, so it
+        # is killed too (two kills whatever the machine's speed; at 40 000/s a fast start
+        # finished before the second kill).
         "--rate",
-        "40000",
+        "15000",
     ]
 
     def command(db):

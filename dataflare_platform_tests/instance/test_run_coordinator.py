@@ -3,6 +3,7 @@ the policy, recorded in the audit log, tagged with its principal only on allow, 
 refused run never reaches the queue (FAILURE, the reason in its event log, the error to
 the caller)."""
 
+import sys
 import threading
 
 import dagster as dg
@@ -54,7 +55,10 @@ def test_the_shipped_instance_uses_the_coordinator_with_the_queue_settings(insta
     assert instance.get_concurrency_config().pool_config.default_pool_limit == 1
 
 
-def test_an_in_process_launch_is_the_host_and_out_of_band(instance, workspace, home):
+def test_an_in_process_launch_is_the_host_and_out_of_band(instance, workspace, home, monkeypatch):
+    # Outside any webserver process (other tests of the session import dagster_webserver,
+    # which is how the coordinator tells an ungated webserver's launches apart).
+    monkeypatch.delitem(sys.modules, "dagster_webserver", raising=False)
     result = launch(workspace, "nexmark_job")
     assert result["__typename"] == "LaunchRunSuccess", result
     run = instance.get_run_by_id(result["run"]["runId"])

@@ -291,3 +291,96 @@ def test_a_browser_signs_in_with_password_and_totp_and_sees_the_ui(live: LiveFro
         assert any(e.actor == "user:admin" for e in logins)
     finally:
         browser.close()
+
+
+# -- attacks through the front on what the run coordinator and the audit trail hold -------
+RUN_TAGS = "query R($id: ID!) { runOrError(runId: $id) { ... on Run { tags { key value } } } }"
+LAUNCHER = "service:dataflare-cli"  # the principal of the first credentials' token
+
+
+def _launch(live: LiveFront, tags: dict[str, str] | None = None, run_config=None) -> dict:
+    params = dict(LAUNCH_VARS["params"])
+    if tags is not None:
+        params["executionMetadata"] = {"tags": [{"key": k, "value": v} for k, v in tags.items()]}
+    if run_config is not None:
+        params["runConfigData"] = run_config
+    answer = live.post(LAUNCH, {"params": params}, token="launcher")
+    # Dagster answers a PythonError (the coordinator's refusal) with a 500 and its JSON.
+    assert answer.status_code in (200, 500), answer.text
+    return answer.json()
+
+
+def _launched(body: dict) -> str:
+    result = body["data"]["launchRun"]
+    assert result["__typename"] == "LaunchRunSuccess", body
+    return result["run"]["runId"]
+
+
+def _refused(body: dict) -> str:
+    """The refusal's message: a clean GraphQL answer, no run."""
+    result = (body.get("data") or {}).get("launchRun")
+    assert result is None or result["__typename"] != "LaunchRunSuccess", body
+    if result is not None and result.get("message"):
+        return result["message"]
+    return json.dumps(body)
+
+
+@pytest.mark.parametrize(
+    "tag",
+    [
+        ("dataflare/principal", "user:admin"),
+        ("dagster/schedule_name", "nightly"),
+        ("dagster/sensor_name", "audit_trail"),
+        ("dataflare/client", "someone"),
+    ],
+)
+def test_a_spoofed_actor_tag_is_refused_and_audited(live: LiveFront, tag):
+    key, value = tag
+    message = _refused(_launch(live, {key: value}))
+    assert key in message and "may not launch" in message, message
+    denied = [
+        e
+        for e in live.audit()
+        if e.action == "access_denied"
+        and e.payload().get("action") == "launch"
+        and key in (e.payload().get("reason") or "")
+    ]
+    assert denied and all(e.actor == LAUNCHER for e in denied), denied
+
+
+def test_a_launch_carries_the_tokens_principal_never_a_claimed_one(live: LiveFront):
+    before = len(live.audit())
+    run_id = _launched(_launch(live, {"user": "admin", "USER": "user:admin"}))
+    tags = live.post(RUN_TAGS, {"id": run_id}, token="viewer").json()
+    tags = {t["key"]: t["value"] for t in tags["data"]["runOrError"]["tags"]}
+    assert tags["dataflare/principal"] == LAUNCHER
+    # The front's and the coordinator's decisions on this launch name the token's principal.
+    decided = [
+        e
+        for e in live.audit()[before:]
+        if e.action == "access_allowed" and e.payload().get("action") == "launch"
+    ]
+    assert decided and {e.actor for e in decided} == {LAUNCHER}, decided
+
+
+@pytest.mark.parametrize(
+    "resources",
+    [
+        {"governance": {"config": {"audit_url": "sqlite:////tmp/elsewhere.db"}}},
+        {"plugins": {"config": {"plugin_dir": "/tmp/x"}}},
+    ],
+    ids=["governance", "plugins"],
+)
+def test_a_resource_override_is_refused_and_audited(live: LiveFront, resources):
+    (name,) = resources
+    before = len(live.audit())
+    message = _refused(_launch(live, run_config={"resources": resources}))
+    new = live.audit()[before:]
+    if "RunConfigValidationInvalid" in message:
+        # Not a resource of this job: Dagster's own config check refuses it first.
+        pytest.skip(f"{name} is not configurable on audit_checkpoint_job: {message}")
+    assert name in message, message
+    refused = [e for e in new if e.action == "deployment_override_refused"]
+    assert refused and refused[-1].actor == LAUNCHER, [e.action for e in new]
+    assert any(name in p for p in refused[-1].payload()["paths"])
+    assert any(e.action == "access_denied" and e.actor == LAUNCHER for e in new)

@@ -32,8 +32,8 @@ from dataflare_platform.defs.governance.event_feed import (
     asset_path,
     attribution,
     events_since,
+    parse_cursor,
     plain_metadata,
-    read_cursor,
     safe_tags,
     safe_text,
 )
@@ -192,14 +192,24 @@ def _positions(cursor: dict) -> dict:
     return {k: cursor[k] for k in sorted(cursor) if k in TRACKED}
 
 
-def reconcile_cursor(log: "AuditLog", cursor: dict) -> tuple[dict, int]:
+def reconcile_cursor(
+    log: "AuditLog", cursor: dict, unreadable: str | None = None
+) -> tuple[dict, int]:
     """The cursor to read from: the positions last recorded in the chain win over the
     Dagster cursor, which anyone with instance access can move. A difference is recorded
     as an ``audit_gap`` (which parts moved, from what to what) and the recorded positions
     are used, so a range skipped by moving the cursor ahead is re-read and one rewound is
-    not recorded twice; a missing cursor is an ``audit_cursor_reset``. Returns
-    ``(cursor, gap entries written)``."""
+    not recorded twice; a missing cursor is an ``audit_cursor_reset``; a cursor that is
+    not the trail's own (``unreadable``: its raw text) is a gap as well, with the text made
+    safe. Returns ``(cursor, gap entries written)``."""
     last = log.last(CURSOR_ACTION)
+    if unreadable is not None:
+        details = {"moved": ["cursor"], "found_unreadable": safe_text(unreadable, 200)}
+        if last is not None:
+            details["recorded_at_seq"] = last.seq
+        log.append("host:out-of-band", "audit_gap", "audit_trail", details)
+        # With nothing recorded yet, reading from the start loses nothing.
+        return ({**cursor, **last.payload()} if last is not None else cursor), 1
     if last is None:
         return cursor, 0  # the first tick (or the first since upgrading): nothing to hold
     recorded = last.payload()
@@ -314,9 +324,9 @@ def audit_definitions(config_files: list[Path], interval_s: int) -> dg.Definitio
         ),
     )
     def audit_trail(context: dg.SensorEvaluationContext, governance: GovernanceResource):
-        cursor = read_cursor(context.cursor)
+        cursor, unreadable = parse_cursor(context.cursor)
         with governance.audit_log() as log:
-            cursor, written = reconcile_cursor(log, cursor)
+            cursor, written = reconcile_cursor(log, cursor, unreadable)
             if written:  # a gap
                 _alert(governance, "audit gap: the sensor's cursor was moved; re-read")
             digests = config_digests(config_files)

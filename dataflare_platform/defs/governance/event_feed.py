@@ -45,8 +45,22 @@ class FeedEvent:
     event: dg.EventLogEntry
 
 
+def parse_cursor(cursor: str | None) -> tuple[dict, str | None]:
+    """A sensor's cursor as the dict it writes, and the raw text when it is not one (not
+    JSON, or JSON but not an object: anyone who may set cursors can write anything there,
+    and a sensor that fails on it at every tick would be silenced by it)."""
+    if not cursor:
+        return {}, None
+    try:
+        value = json.loads(cursor)
+    except ValueError:
+        return {}, cursor
+    return (value, None) if isinstance(value, dict) else ({}, cursor)
+
+
 def read_cursor(cursor: str | None) -> dict:
-    return json.loads(cursor) if cursor else {}
+    """The cursor's dict; an unusable cursor reads as none (start again)."""
+    return parse_cursor(cursor)[0]
 
 
 def _feed(kind: DagsterEventType, record) -> FeedEvent:

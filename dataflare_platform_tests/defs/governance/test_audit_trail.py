@@ -6,6 +6,7 @@ import json
 import uuid
 
 import dagster as dg
+import pytest
 from dagster._core.storage.dagster_run import DagsterRun, DagsterRunStatus
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
@@ -60,6 +61,31 @@ def test_a_cursor_moved_ahead_is_recorded_as_a_gap_and_the_skipped_runs_re_read(
     launches = [e.subject for e in got if e.action == "run_launched"]
     assert launches.count(skipped) == 1  # re-read, recorded exactly once
     assert [e.subject for e in got if e.action == "run_succeeded"].count(skipped) == 1
+
+
+@pytest.mark.parametrize("garbage", ["99999999", "[]", '"x"', "null", "{not json", "\x00" * 3])
+def test_a_cursor_that_is_not_the_trails_own_is_a_gap_not_a_silenced_trail(
+    home, instance, resources, garbage
+):
+    """Anyone who may set cursors can write anything there (the UI's setSensorCursor
+    took ``99999999``): the trail records a gap naming what it found and goes on from the
+    positions it recorded, re-reading what came since; it never fails tick after tick."""
+    defs = _defs(resources)
+    dg.materialize([orders], instance=instance)
+    tick(defs, instance, resources)
+    later = dg.materialize([orders], instance=instance).run_id
+
+    cursor = tick(defs, instance, resources, garbage)
+    assert read_cursor(cursor)  # the trail's own cursor again
+
+    got = entries(home)
+    (gap,) = [e for e in got if e.action == "audit_gap"]
+    assert gap.actor == "host:out-of-band"
+    assert gap.payload()["moved"] == ["cursor"]
+    assert [e.subject for e in got if e.action == "run_launched"].count(later) == 1
+    after = dg.materialize([orders], instance=instance).run_id
+    tick(defs, instance, resources, cursor)
+    assert any(e.subject == after for e in entries(home) if e.action == "run_launched")
 
 
 def test_a_moved_cursor_alerts_through_the_alert_rules(home, instance, resources, http_receiver):

@@ -295,7 +295,15 @@ def test_a_browser_signs_in_with_password_and_totp_and_sees_the_ui(live: LiveFro
 
 # -- attacks through the front on what the run coordinator and the audit trail hold -------
 RUN_TAGS = "query R($id: ID!) { runOrError(runId: $id) { ... on Run { tags { key value } } } }"
+SENSOR_CURSOR = """
+query S($selector: SensorSelector!) { sensorOrError(sensorSelector: $selector) {
+  ... on Sensor { sensorState { status typeSpecificData {
+    ... on SensorData { lastCursor } } } } } }"""
+SET_ANY_CURSOR = """
+mutation Cursor($selector: SensorSelector!, $cursor: String) {
+  setSensorCursor(sensorSelector: $selector, cursor: $cursor) { __typename } }"""
 LAUNCHER = "service:dataflare-cli"  # the principal of the first credentials' token
+CEILING_S = 300
 
 
 def _launch(live: LiveFront, tags: dict[str, str] | None = None, run_config=None) -> dict:
@@ -323,6 +331,27 @@ def _refused(body: dict) -> str:
     if result is not None and result.get("message"):
         return result["message"]
     return json.dumps(body)
+
+
+def _poll(live: LiveFront, found, what: str):
+    """Poll the audit log until ``found(entries)`` is truthy (the daemon's sensor ticks)."""
+    deadline = time.monotonic() + CEILING_S
+    while time.monotonic() < deadline:
+        hit = found(live.audit())
+        if hit:
+            return hit
+        time.sleep(1)
+    pytest.fail(f"not in the audit log within {CEILING_S}s: {what}")
+
+
+def _run_launched(live: LiveFront, run_id: str):
+    return _poll(
+        live,
+        lambda log: next(
+            (e for e in log if e.action == "run_launched" and e.subject == run_id), None
+        ),
+        f"run_launched of {run_id}",
+    )
 
 
 @pytest.mark.parametrize(
@@ -361,6 +390,9 @@ def test_a_launch_carries_the_tokens_principal_never_a_claimed_one(live: LiveFro
         if e.action == "access_allowed" and e.payload().get("action") == "launch"
     ]
     assert decided and {e.actor for e in decided} == {LAUNCHER}, decided
+    entry = _run_launched(live, run_id)
+    assert entry.actor == LAUNCHER
+    assert entry.payload()["claimed_by"]["USER"] == "user:admin"
 
 
 @pytest.mark.parametrize(
@@ -384,3 +416,68 @@ def test_a_resource_override_is_refused_and_audited(live: LiveFront, resources):
     assert refused and refused[-1].actor == LAUNCHER, [e.action for e in new]
     assert any(name in p for p in refused[-1].payload()["paths"])
     assert any(e.action == "access_denied" and e.actor == LAUNCHER for e in new)
+
+
+HOSTILE = {
+    "empty": "",
+    "newline": "line one\nline two\r\n\x1b[31m",
+    "long": "x" * 10_000,
+    "non-ascii": "ünïcødé ✓ 日本語 \u202e",
+}
+
+
+def test_hostile_tag_contents_launch_or_refuse_cleanly_and_the_trail_keeps_going(
+    live: LiveFront,
+):
+    launched = []
+    for name, value in HOSTILE.items():
+        body = _launch(live, {f"note-{name}": value})
+        result = (body.get("data") or {}).get("launchRun") or {}
+        if result.get("__typename") == "LaunchRunSuccess":
+            launched.append(result["run"]["runId"])
+        else:
+            assert body.get("errors") or result.get("__typename"), body
+    for run_id in launched:
+        entry = _run_launched(live, run_id)
+        assert entry.actor == LAUNCHER
+    later = _launched(_launch(live))
+    assert _run_launched(live, later).actor == LAUNCHER
+
+
+def _cursor(live: LiveFront) -> tuple[str, str | None]:
+    body = live.post(SENSOR_CURSOR, CURSOR_VARS, token="viewer").json()
+    state = body["data"]["sensorOrError"]["sensorState"]
+    return state["status"], state["typeSpecificData"]["lastCursor"]
+
+
+def test_a_cursor_moved_ahead_is_an_audit_gap_and_the_trail_keeps_going(live: LiveFront):
+    from dagster._core.event_api import EventLogCursor
+
+    status, _ = _cursor(live)
+    assert status == "RUNNING"  # default_status of the audit_trail sensor
+    # A tick has recorded its positions (and the cursor is the sensor's own JSON).
+    _poll(live, lambda log: any(e.action == "audit_cursor" for e in log), "audit_cursor")
+    deadline = time.monotonic() + CEILING_S
+    while True:
+        raw = _cursor(live)[1]
+        try:
+            cursor = json.loads(raw or "")
+        except ValueError:
+            cursor = None
+        if isinstance(cursor, dict) and cursor.get("runs"):
+            break
+        assert time.monotonic() < deadline, f"no JSON cursor with runs: {raw!r}"
+        time.sleep(1)
+    ahead = EventLogCursor.from_storage_id(10**12).to_string()
+    cursor["runs"] = {kind: ahead for kind in cursor["runs"]}
+    before = max(e.seq for e in live.audit())
+    moved = live.post(SET_ANY_CURSOR, {**CURSOR_VARS, "cursor": json.dumps(cursor)}, token="admin")
+    assert "errors" not in moved.json(), moved.json()
+    gap = _poll(
+        live,
+        lambda log: next((e for e in log if e.seq > before and e.action == "audit_gap"), None),
+        "audit_gap",
+    )
+    assert "runs" in gap.payload()["moved"]
+    later = _launched(_launch(live))
+    assert _run_launched(live, later).actor == LAUNCHER

@@ -218,7 +218,9 @@ class TransactionalSinkContract:
     ):
         command = worker(
             "--query", "q7", "--input", str(crash_input), "--batch-rows", "500",
-            "--checkpoint-every", "3", "--rate", "40000",
+            # Paced to outlast two kill windows (1.5-3.5 s each) whatever the machine's
+            # speed: at 40 000/s a fast restart finished before the second kill.
+            "--checkpoint-every", "3", "--rate", "15000",
             "--sink", json.dumps(sink_case.settings, default=str),
             *(["--log", str(sink_case.log)] if sink_case.log else []),
         )  # fmt: skip

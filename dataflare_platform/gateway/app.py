@@ -130,6 +130,8 @@ class Gateway:
         redirect_providers: list[RedirectLoginProvider] = (),  # type: ignore[assignment]
         run_lookup: RunLookup | None = None,
         refresh_principal: Callable[[Principal], Principal | None] | None = None,
+        sessions: SessionStore,
+        pending: PendingLogins,
     ) -> None:
         self.app = app
         self.settings = settings
@@ -141,8 +143,9 @@ class Gateway:
         self.redirect_providers = {p.name: p for p in redirect_providers}
         self.run_lookup = run_lookup
         self.refresh_principal = refresh_principal
-        self.sessions = SessionStore(settings.session_ttl_s)
-        self.pending = PendingLogins()
+        # Durable and shared by every front process on the home (gateway/sessions.py).
+        self.sessions = sessions
+        self.pending = pending
         self.allowed_hosts = settings.host_allowlist()
         self.allowed_origins = settings.origin_allowlist()
         self._failures: dict[str, list[float]] = {}
@@ -243,17 +246,25 @@ class Gateway:
                 raise Refusal(401, str(err), {"WWW-Authenticate": "Bearer"}) from None
             return principal, None
         session_id = _cookies(headers).get(SESSION_COOKIE)
-        session = self.sessions.get(session_id)
+        if not session_id:
+            return None, None
+        session = await anyio.to_thread.run_sync(self._live_session, session_id)
         if session is None:
             return None, None
-        if self.refresh_principal is not None:
-            # A removed account is out at once; changed roles apply from the next request.
-            current = await anyio.to_thread.run_sync(self.refresh_principal, session.principal)
-            if current is None:
-                self.sessions.drop(session_id)
-                return None, None
-            session.principal = current
         return session.principal, session
+
+    def _live_session(self, session_id: str) -> Session | None:
+        """The stored session with its principal as it is now (one trip off the loop)."""
+        session = self.sessions.get(session_id)
+        if session is None or self.refresh_principal is None:
+            return session
+        # A removed account is out at once; changed roles apply from the next request.
+        current = self.refresh_principal(session.principal)
+        if current is None:
+            self.sessions.drop(session_id)
+            return None
+        session.principal = current
+        return session
 
     async def _require(
         self,
@@ -383,7 +394,9 @@ class Gateway:
             body = await _read_body(receive, 64 * 1024)
             return await self._login_post(headers, body, _client(scope))
         if path == "/logout" and method == "GET":
-            session = self.sessions.get(_cookies(headers).get(SESSION_COOKIE))
+            session = await anyio.to_thread.run_sync(
+                self.sessions.get, _cookies(headers).get(SESSION_COOKIE)
+            )
             if session is None:
                 return RedirectResponse("/login", 303)
             return HTMLResponse(
@@ -398,12 +411,12 @@ class Gateway:
             self._check_origin(headers, required=True)
             body = await _read_body(receive, 64 * 1024)
             session_id = _cookies(headers).get(SESSION_COOKIE)
-            session = self.sessions.get(session_id)
+            session = await anyio.to_thread.run_sync(self.sessions.get, session_id)
             form = _form(body)
             if session is not None:
                 if not session.csrf_ok(form.get(CSRF_FIELD) or headers.get(CSRF_HEADER)):
                     raise Refusal(403, "missing or wrong CSRF token")
-                self.sessions.drop(session_id)
+                await anyio.to_thread.run_sync(self.sessions.drop, session_id)
                 await self._audit(session.principal.id, "logout", "session", {})
             response = RedirectResponse("/login", 303)
             response.delete_cookie(SESSION_COOKIE, path="/")
@@ -415,7 +428,9 @@ class Gateway:
         callback_url = f"{self.settings.public_origin()}/login/{name}/callback"
         params = QueryParams(scope.get("query_string", b"").decode("latin-1"))
         if path.endswith("/callback"):
-            kept = self.pending.take(_cookies(headers).get(SSO_FLOW_COOKIE), name)
+            kept = await anyio.to_thread.run_sync(
+                self.pending.take, _cookies(headers).get(SSO_FLOW_COOKIE), name
+            )
             if kept is None:
                 raise Refusal(400, "login flow expired or unknown: start again")
             try:
@@ -433,7 +448,7 @@ class Gateway:
         response = RedirectResponse(url, 303)
         # Lax, not Strict: the provider sends the browser back with a cross-site top-level
         # GET, which must carry this cookie (it only names the one pending flow).
-        flow_id = self.pending.put(name, kept)
+        flow_id = await anyio.to_thread.run_sync(self.pending.put, name, kept)
         self._set_cookie(response, SSO_FLOW_COOKIE, flow_id, f"/login/{name}", samesite="lax")
         return response
 
@@ -500,7 +515,7 @@ class Gateway:
         client: str,
         cross_site: bool = False,
     ):
-        session_id, _session = self.sessions.create(principal)
+        session_id, _session = await anyio.to_thread.run_sync(self.sessions.create, principal)
         await self._audit(principal.id, "login", "session", {"via": method, "client": client})
         target = _safe_next(next_path)
         if cross_site:

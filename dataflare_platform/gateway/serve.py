@@ -29,6 +29,7 @@ from dataflare_platform.gateway.providers import (
     PasswordLoginProvider,
     RedirectLoginProvider,
 )
+from dataflare_platform.gateway.sessions import PendingLogins, SessionStore
 from dataflare_platform.gateway.settings import FrontSettings
 from dataflare_platform.gateway.webserver import GatedWebserver
 from dataflare_platform.home import ProjectHome
@@ -87,6 +88,8 @@ def build_front(
         redirect_providers=redirect_providers,
         run_lookup=run_location,
         refresh_principal=refresh,
+        sessions=SessionStore(store, settings.session_ttl_s),
+        pending=PendingLogins(store),
     )
 
 

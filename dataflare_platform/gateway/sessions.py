@@ -2,92 +2,159 @@
 (Secure under TLS) pointing at server-side state, with a per-session CSRF token that every
 cookie-authenticated state-changing request must echo in a header or form field.
 
-Sessions live in the front's memory: a restart logs everyone out, which is the safe
-direction. Expiry is absolute (no sliding renewal): a stolen cookie is useful for at most
-``ttl_s``."""
+Sessions are kept in the home's identity database (``<home>/security/identity.db``,
+directory 0700, file 0600), not in the front's memory, so that
+
+- a restart of the front does not sign everyone out, and several front processes on one
+  home (workers, a rolling restart) all know every session;
+- a sign-out, and the revocations ``LocalUsers`` makes when a password is changed or an
+  account removed, take effect in every process from the next request.
+
+The database holds only the SHA-256 of each session id (the id itself is 256 random bits,
+so a plain hash cannot be reversed or guessed): whoever reads the file learns who is
+signed in, not a cookie that would sign them in. Besides the hash: the CSRF token (useless
+without the cookie), the principal, and an absolute expiry in wall-clock seconds (no
+sliding renewal: a stolen cookie is good for at most ``ttl_s``; wall clock, not monotonic,
+because it must mean the same in every process and after a restart). Expired rows are
+refused on read and pruned on each new sign-in. SQLite's own locking makes each statement
+atomic across processes; the take of a pending login is one ``DELETE ... RETURNING``, so
+a flow is completed at most once whichever process receives the callback.
+"""
 
 from __future__ import annotations
 
+import hashlib
 import hmac
+import json
 import secrets
-import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from dataflare_platform.access.principal import Principal
+from dataflare_platform.identity.store import IdentityStore, revoke_sessions
 
 SESSION_COOKIE = "dataflare_session"
 CSRF_HEADER = "x-dataflare-csrf"
 CSRF_FIELD = "csrf"
 DEFAULT_TTL_S = 12 * 3600.0
+Clock = Callable[[], float]
+
+
+def hash_session_id(session_id: str) -> str:
+    """What the database keys a session by: never the id itself."""
+    return hashlib.sha256(session_id.encode("utf-8", "replace")).hexdigest()
 
 
 @dataclass
 class Session:
     principal: Principal
     csrf: str
-    expires_at: float
+    expires_at: float  # wall-clock seconds since the epoch
 
     def csrf_ok(self, presented: str | None) -> bool:
         return bool(presented) and hmac.compare_digest(self.csrf, presented or "")
 
 
 class SessionStore:
-    def __init__(self, ttl_s: float = DEFAULT_TTL_S) -> None:
+    """The sessions of one home, shared by every front process serving it."""
+
+    def __init__(
+        self, store: IdentityStore, ttl_s: float = DEFAULT_TTL_S, clock: Clock = time.time
+    ) -> None:
+        self.store = store
         self.ttl_s = ttl_s
-        self._sessions: dict[str, Session] = {}
-        self._lock = threading.Lock()
+        self._clock = clock
 
     def create(self, principal: Principal) -> tuple[str, Session]:
         session_id = secrets.token_urlsafe(32)
-        session = Session(principal, secrets.token_urlsafe(32), time.monotonic() + self.ttl_s)
-        with self._lock:
-            self._prune()
-            self._sessions[session_id] = session
+        now = self._clock()
+        session = Session(principal, secrets.token_urlsafe(32), now + self.ttl_s)
+        with self.store.connect() as conn:
+            conn.execute("DELETE FROM sessions WHERE expires_at <= ?", (now,))
+            conn.execute(
+                "INSERT INTO sessions (id_hash, principal_id, principal, csrf, expires_at) "
+                "VALUES (?, ?, ?, ?, ?)",
+                (
+                    hash_session_id(session_id),
+                    principal.id,
+                    principal.model_dump_json(),
+                    session.csrf,
+                    session.expires_at,
+                ),
+            )
         return session_id, session
 
     def get(self, session_id: str | None) -> Session | None:
+        """The live session of ``session_id``; ``None`` for an unknown, revoked or expired
+        one (an expired row is deleted on the way)."""
         if not session_id:
             return None
-        with self._lock:
-            session = self._sessions.get(session_id)
-            if session is not None and session.expires_at < time.monotonic():
-                del self._sessions[session_id]
+        key = hash_session_id(session_id)
+        with self.store.connect() as conn:
+            row = conn.execute(
+                "SELECT principal, csrf, expires_at FROM sessions WHERE id_hash = ?", (key,)
+            ).fetchone()
+            if row is None:
                 return None
-            return session
+            if row[2] <= self._clock():
+                conn.execute("DELETE FROM sessions WHERE id_hash = ?", (key,))
+                return None
+        return Session(Principal.model_validate_json(row[0]), row[1], row[2])
 
     def drop(self, session_id: str | None) -> None:
-        with self._lock:
-            self._sessions.pop(session_id or "", None)
+        """Revoke one session (sign-out), in every process from its next request."""
+        if not session_id:
+            return
+        with self.store.connect() as conn:
+            conn.execute("DELETE FROM sessions WHERE id_hash = ?", (hash_session_id(session_id),))
 
-    def _prune(self) -> None:
-        now = time.monotonic()
-        for key in [k for k, s in self._sessions.items() if s.expires_at < now]:
-            del self._sessions[key]
+    def drop_principal(self, principal_id: str) -> int:
+        """Revoke every session of one principal (``kind:name``, as ``Principal.id``)."""
+        with self.store.connect() as conn:
+            return revoke_sessions(conn, principal_id)
+
+    def prune(self) -> int:
+        """Delete expired sessions and pending logins; returns the sessions deleted."""
+        now = self._clock()
+        with self.store.connect() as conn:
+            conn.execute("DELETE FROM pending_logins WHERE expires_at <= ?", (now,))
+            return conn.execute("DELETE FROM sessions WHERE expires_at <= ?", (now,)).rowcount
 
 
 class PendingLogins:
     """State of redirect logins in flight (OIDC state, nonce, PKCE verifier), keyed by a
-    random id in a short-lived cookie; each is taken once."""
+    random id in a short-lived cookie; each is taken once. Kept in the same database as
+    the sessions (hashed flow id, 0600 file) so the provider's callback may reach another
+    front process, or the same one after a restart, than the one that started the flow."""
 
     TTL_S = 600.0
 
-    def __init__(self) -> None:
-        self._pending: dict[str, tuple[float, str, dict[str, str]]] = {}
-        self._lock = threading.Lock()
+    def __init__(self, store: IdentityStore, clock: Clock = time.time) -> None:
+        self.store = store
+        self._clock = clock
 
     def put(self, provider: str, kept: dict[str, str]) -> str:
         flow_id = secrets.token_urlsafe(24)
-        with self._lock:
-            now = time.monotonic()
-            for key in [k for k, v in self._pending.items() if v[0] < now]:
-                del self._pending[key]
-            self._pending[flow_id] = (now + self.TTL_S, provider, kept)
+        now = self._clock()
+        with self.store.connect() as conn:
+            conn.execute("DELETE FROM pending_logins WHERE expires_at <= ?", (now,))
+            conn.execute(
+                "INSERT INTO pending_logins (id_hash, provider, kept, expires_at) "
+                "VALUES (?, ?, ?, ?)",
+                (hash_session_id(flow_id), provider, json.dumps(kept), now + self.TTL_S),
+            )
         return flow_id
 
     def take(self, flow_id: str | None, provider: str) -> dict[str, str] | None:
-        with self._lock:
-            item = self._pending.pop(flow_id or "", None)
-        if item is None or item[0] < time.monotonic() or item[1] != provider:
+        if not flow_id:
             return None
-        return item[2]
+        with self.store.connect() as conn:
+            row = conn.execute(
+                "DELETE FROM pending_logins WHERE id_hash = ? RETURNING provider, kept, expires_at",
+                (hash_session_id(flow_id),),
+            ).fetchone()
+        if row is None or row[2] <= self._clock() or row[0] != provider:
+            return None
+        kept = json.loads(row[1])
+        return {str(k): str(v) for k, v in kept.items()} if isinstance(kept, dict) else None

@@ -11,7 +11,12 @@ from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatc
 
 from dataflare_platform.access.principal import Principal
 from dataflare_platform.errors import AuthenticationError, InvalidInputError, NotFoundError
-from dataflare_platform.identity.store import IdentityStore, check_name, check_roles
+from dataflare_platform.identity.store import (
+    IdentityStore,
+    check_name,
+    check_roles,
+    revoke_sessions,
+)
 
 MIN_PASSWORD_LENGTH = 12
 TOTP_ISSUER = "DataFlare"
@@ -26,6 +31,11 @@ def check_password(password: str) -> str:
     if len(password) < MIN_PASSWORD_LENGTH:
         raise InvalidInputError(f"a password has at least {MIN_PASSWORD_LENGTH} characters")
     return password
+
+
+def _local_id(name: str) -> str:
+    """``Principal.id`` of the local user ``name`` (what its sessions are filed under)."""
+    return f"user:{name}"
 
 
 class LocalUsers:
@@ -63,12 +73,16 @@ class LocalUsers:
         ]
 
     def set_password(self, name: str, password: str) -> None:
+        """Set a new password and sign the user out of every session (in the same
+        transaction): whoever knew the old password must not stay signed in with it."""
         check_password(password)
         with self.store.connect() as conn:
             changed = conn.execute(
                 "UPDATE users SET password_hash = ? WHERE name = ?",
                 (_HASHER.hash(password), name),
             ).rowcount
+            if changed:
+                revoke_sessions(conn, _local_id(name))
         if not changed:
             raise NotFoundError(f"no user {name}")
 
@@ -76,6 +90,7 @@ class LocalUsers:
         with self.store.connect() as conn:
             if not conn.execute("DELETE FROM users WHERE name = ?", (name,)).rowcount:
                 raise NotFoundError(f"no user {name}")
+            revoke_sessions(conn, _local_id(name))
 
     def current(self, name: str) -> Principal | None:
         """The user's principal as the store has it now (``None`` once removed), so a

@@ -1,7 +1,8 @@
 """Where identities live: one SQLite file under ``<home>/security/`` that only the owner
-can read (directory 0700, file 0600), holding password hashes, TOTP secrets and token
-hashes. Never a secret in clear: passwords are argon2 hashes, tokens SHA-256 hashes of
-random secrets (TOTP secrets must stay readable to check codes, hence the file mode)."""
+can read (directory 0700, file 0600), holding password hashes, TOTP secrets, token
+hashes and the front's browser sessions (by hash of the session id). Never a secret in
+clear: passwords are argon2 hashes, tokens and session ids SHA-256 hashes of random
+secrets (TOTP secrets must stay readable to check codes, hence the file mode)."""
 
 from __future__ import annotations
 
@@ -34,6 +35,25 @@ CREATE TABLE IF NOT EXISTS tokens (
     roles TEXT NOT NULL,
     created_at TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%SZ', 'now')),
     revoked_at TEXT
+);
+-- Browser sessions of the front (gateway/sessions.py): keyed by the SHA-256 of the
+-- session id, never the id; expires_at in wall-clock seconds.
+CREATE TABLE IF NOT EXISTS sessions (
+    id_hash TEXT PRIMARY KEY,
+    principal_id TEXT NOT NULL,
+    principal TEXT NOT NULL,
+    csrf TEXT NOT NULL,
+    expires_at REAL NOT NULL,
+    created_at TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%SZ', 'now'))
+);
+CREATE INDEX IF NOT EXISTS sessions_by_principal ON sessions (principal_id);
+CREATE INDEX IF NOT EXISTS sessions_by_expiry ON sessions (expires_at);
+-- Redirect sign-ins in flight (OIDC state, nonce, PKCE verifier), taken once.
+CREATE TABLE IF NOT EXISTS pending_logins (
+    id_hash TEXT PRIMARY KEY,
+    provider TEXT NOT NULL,
+    kept TEXT NOT NULL,
+    expires_at REAL NOT NULL
 );
 """
 
@@ -70,6 +90,12 @@ def check_roles(roles: frozenset[str] | set[str] | list[str]) -> frozenset[str]:
             f"roles must be some of {', '.join(ROLES)} (got {', '.join(sorted(roles)) or 'none'})"
         )
     return frozenset(roles)
+
+
+def revoke_sessions(conn: sqlite3.Connection, principal_id: str) -> int:
+    """Delete every browser session of ``principal_id`` (``Principal.id``) inside the
+    caller's transaction: a changed password or a removed account signs out everywhere."""
+    return conn.execute("DELETE FROM sessions WHERE principal_id = ?", (principal_id,)).rowcount
 
 
 class IdentityStore:

@@ -346,20 +346,6 @@ def test_a_revoked_token_is_refused_from_the_next_request(front: Front):
     assert _post(client, VERSION, **headers).status_code == 401
 
 
-def test_an_expired_session_is_gone():
-    from dataflare_platform.access.principal import Principal
-    from dataflare_platform.gateway.sessions import SessionStore
-
-    principal = Principal(name="u", kind="user", via="local", roles=frozenset({"viewer"}))
-    expired = SessionStore(ttl_s=-1.0)
-    session_id, _ = expired.create(principal)
-    assert expired.get(session_id) is None
-    live = SessionStore()
-    session_id, session = live.create(principal)
-    assert live.get(session_id) is session and live.get("forged") is None
-    assert not session.csrf_ok(None) and not session.csrf_ok("x") and session.csrf_ok(session.csrf)
-
-
 def test_a_session_follows_role_changes_and_removal_of_its_user(front: Front):
     from dataflare_platform.identity.local_users import LocalUsers
     from dataflare_platform.identity.store import IdentityStore

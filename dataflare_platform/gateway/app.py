@@ -452,7 +452,9 @@ class Gateway:
         self._set_cookie(response, SSO_FLOW_COOKIE, flow_id, f"/login/{name}", samesite="lax")
         return response
 
-    def _login_form(self, next_path: str, error: str | None, status: int) -> HTMLResponse:
+    def _login_form(
+        self, next_path: str, error: str | None, status: int, provider: str | None = None
+    ) -> HTMLResponse:
         csrf = secrets.token_urlsafe(24)
         response = HTMLResponse(
             render_login(
@@ -461,6 +463,7 @@ class Gateway:
                 password_providers=[(p.name, p.label) for p in self.password_providers.values()],
                 redirect_providers=[(p.name, p.label) for p in self.redirect_providers.values()],
                 error=error,
+                selected=provider,
             ),
             status_code=status,
             headers={
@@ -493,7 +496,9 @@ class Gateway:
                 subject,
                 {"reason": "too many failures", "client": client},
             )
-            return self._login_form(next_path, "too many failed sign-ins: wait and retry", 429)
+            return self._login_form(
+                next_path, "too many failed sign-ins: wait and retry", 429, provider.name
+            )
         try:
             principal = await anyio.to_thread.run_sync(
                 provider.authenticate, username, form.get("password", ""), form.get("code")
@@ -503,7 +508,7 @@ class Gateway:
             await self._audit(
                 "system", "login_failed", subject, {"via": provider.name, "client": client}
             )
-            return self._login_form(next_path, _shown(err), 401)
+            return self._login_form(next_path, _shown(err), 401, provider.name)
         self._failures.pop(username, None)
         return await self._start_session(principal, next_path, provider.name, client)
 

@@ -31,11 +31,15 @@ def render_login(
     password_providers: list[tuple[str, str]],
     redirect_providers: list[tuple[str, str]],
     error: str | None = None,
+    selected: str | None = None,
 ) -> str:
+    """The sign-in page; ``selected`` keeps the method of a refused attempt chosen, so a
+    directory user who mistyped is not moved to the local accounts."""
     choices = ""
     if len(password_providers) > 1:
         options = "".join(
-            f'<option value="{escape(n)}">{escape(label)}</option>'
+            f'<option value="{escape(n)}"{" selected" if n == selected else ""}>'
+            f"{escape(label)}</option>"
             for n, label in password_providers
         )
         choices = (

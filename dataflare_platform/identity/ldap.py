@@ -13,14 +13,29 @@ lists the groups; each group's DN is looked up in ``group_roles``. The user name
 the principal name pattern before anything reaches the directory, an empty password is
 refused (an LDAP simple bind with a DN and no password is an *unauthenticated* bind that
 many servers accept), and a wrong password, an unknown user and a refused user name all
-get the same message. Plain ``ldap://`` to another host than the loopback needs
-``start_tls``; TLS always verifies the server's certificate.
+get the same message.
+
+Unknown users cost what wrong passwords cost: with search then bind, a name the search
+does not find still gets a bind, as a DN that cannot exist under ``user_base_dn`` with
+the presented password, on its own connection, exactly as a found user's bind is made.
+Both paths therefore make the same LDAP operations (one service bind, one search, one
+user bind, refused with the same result code); what is left is the directory's own work
+on a real entry's password hash, which the rate limit of the front bounds.
+
+Plain ``ldap://`` to another host than the loopback needs ``start_tls``; TLS (LDAPS or
+StartTLS) always verifies the server's certificate and its name, by Python's ``ssl``
+context (``check_hostname``, OpenSSL's own name matching, IP addresses included, no
+fallback to the subject's common name), not by ldap3's ``check_hostname``: ldap3 2.9.1
+matches names with ``ssl.match_hostname``, which Python 3.12 removed, and then falls back
+to its own backport that ignores IP address entries and accepts a common name when the
+certificate has no DNS name (``_VerifyingTls``).
 """
 
 from __future__ import annotations
 
 import contextlib
 import re
+import secrets
 import ssl
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -118,6 +133,36 @@ class LdapSettings(StrictModel):
         return self
 
 
+class _VerifyingTls(Tls):
+    """ldap3's TLS settings with the socket wrapped by one ``ssl.SSLContext`` that checks
+    the certificate chain and the server's name during the handshake. Used for LDAPS and
+    StartTLS alike (ldap3 calls ``wrap_socket`` for both); ldap3's own name check, which
+    depends on ``ssl.match_hostname`` (gone in Python 3.12), is never reached."""
+
+    def __init__(self, ca_file: Path | None, server_name: str) -> None:
+        super().__init__(
+            validate=ssl.CERT_REQUIRED, ca_certs_file=str(ca_file) if ca_file else None
+        )
+        # Verifies the chain (the system's CAs when no ca_file) and, with check_hostname,
+        # the name: a DNS name against DNS entries, an IP address against IP entries.
+        context = ssl.create_default_context(cafile=str(ca_file) if ca_file else None)
+        context.minimum_version = ssl.TLSVersion.TLSv1_2
+        context.check_hostname = True
+        context.verify_mode = ssl.CERT_REQUIRED
+        context.hostname_checks_common_name = False  # names only from subjectAltName
+        self._context = context
+        self._server_name = server_name
+
+    def wrap_socket(self, connection: Connection, do_handshake: bool = False) -> None:
+        del do_handshake  # always now: the name is checked in the handshake, before use
+        connection.socket = self._context.wrap_socket(
+            connection.socket,
+            server_side=False,
+            do_handshake_on_connect=True,
+            server_hostname=self._server_name,
+        )
+
+
 class LdapDirectory:
     """Authenticates users against one directory. Each call opens its own connections
     (and closes them): nothing is shared between logins."""
@@ -125,11 +170,14 @@ class LdapDirectory:
     def __init__(self, settings: LdapSettings) -> None:
         self.settings = settings
         parts = urlsplit(settings.url)
-        # No version: ldap3 then builds ssl.create_default_context (TLS 1.2+), and checks
-        # the certificate's names against the URL's host itself.
-        tls = Tls(
-            validate=ssl.CERT_REQUIRED,
-            ca_certs_file=str(settings.ca_file) if settings.ca_file else None,
+        assert parts.hostname is not None  # the settings' validator requires one
+        tls = _VerifyingTls(settings.ca_file, parts.hostname)
+        # The DN a name the search does not find is bound as (see the module's docstring):
+        # random, so no entry can have been made for it in advance.
+        self._decoy_dn = (
+            f"cn=dataflare-no-such-user-{secrets.token_hex(8)},{settings.user_base_dn}"
+            if settings.user_base_dn
+            else None
         )
         self._server = Server(
             parts.hostname,
@@ -151,14 +199,19 @@ class LdapDirectory:
         settings = self.settings
         service = self._service_connection() if settings.bind_dn is not None else None
         try:
+            found = True
             if settings.user_dn_template is not None:
                 user_dn = settings.user_dn_template.replace("{username}", escape_rdn(username))
             else:
-                assert service is not None
-                user_dn = self._find_user(service, username)
+                assert service is not None and self._decoy_dn is not None
+                match = self._find_user(service, username)
+                found = match is not None
+                # Not found: the same bind, as a DN that cannot exist (same work, same
+                # refusal as a wrong password).
+                user_dn = match if match is not None else self._decoy_dn
             user = self._connection(user_dn, password)
             try:
-                if not user.bind():
+                if not user.bind() or not found:
                     raise InvalidCredentialsError()
                 name = self._canonical_name(user, user_dn, username)
                 groups = self._groups(service or user, user_dn, username)
@@ -228,7 +281,7 @@ class LdapDirectory:
             )
         return conn
 
-    def _find_user(self, service: Connection, username: str) -> str:
+    def _find_user(self, service: Connection, username: str) -> str | None:
         settings = self.settings
         assert settings.user_base_dn is not None
         search_filter = settings.user_filter.replace("{username}", escape_filter_chars(username))
@@ -242,8 +295,8 @@ class LdapDirectory:
         )
         entries = [e for e in service.response or [] if e.get("type") == "searchResEntry"]
         if len(entries) != 1:
-            # None: unknown user; two: an ambiguous filter. Same answer as a bad password.
-            raise InvalidCredentialsError()
+            # None: unknown user; two: an ambiguous filter. Refused as a bad password is.
+            return None
         return str(entries[0]["dn"])
 
     def _canonical_name(self, user: Connection, user_dn: str, username: str) -> str:
@@ -295,10 +348,12 @@ def _connect_failure(err: LDAPException) -> str:
     """Why a connection failed, in words an operator can act on (ldap3's own text
     carries whole certificates; it never carries a password: no bind was sent yet)."""
     text = str(err)
+    # OpenSSL's words: "Hostname mismatch" / "IP address mismatch" (a name check in the
+    # handshake), otherwise a chain that does not lead to a trusted CA.
+    if "mismatch" in text or "doesn't match any name" in text:
+        return "its TLS certificate does not name this host (use the name it was issued for)"
     if "CERTIFICATE_VERIFY_FAILED" in text:
         return "its TLS certificate is not trusted (set ca_file to the CA that signed it)"
-    if "doesn't match any name" in text:
-        return "its TLS certificate does not name this host (use the name it was issued for)"
     return type(err).__name__
 
 

@@ -75,9 +75,22 @@ def _hash(password: str) -> str:
     ).stdout.strip()
 
 
-def _write_certificates(root: Path) -> None:
-    """A test CA and a server certificate it signs, valid for IP 127.0.0.1 only (so a
-    client connecting by the name "localhost" sees a name mismatch)."""
+# The server certificate's names: by default IP 127.0.0.1 only (so a client connecting by
+# the name "localhost" sees a name mismatch), under a common name that is no host name, as
+# current certificates are (names live in subjectAltName).
+DEFAULT_SERVER_NAMES: tuple[x509.GeneralName, ...] = (
+    x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
+)
+DEFAULT_COMMON_NAME = "dataflare test LDAP server"
+
+
+def _write_certificates(
+    root: Path,
+    names: tuple[x509.GeneralName, ...] = DEFAULT_SERVER_NAMES,
+    common_name: str = DEFAULT_COMMON_NAME,
+) -> None:
+    """A test CA and a server certificate it signs for ``names`` (subjectAltName) under
+    ``common_name``."""
     now = datetime.datetime.now(datetime.UTC)
 
     def name(common: str) -> x509.Name:
@@ -112,14 +125,14 @@ def _write_certificates(root: Path) -> None:
     server_key = ec.generate_private_key(ec.SECP256R1())
     server = (
         x509.CertificateBuilder()
-        .subject_name(name("127.0.0.1"))
+        .subject_name(name(common_name))
         .issuer_name(ca.subject)
         .public_key(server_key.public_key())
         .serial_number(x509.random_serial_number())
         .not_valid_before(now - datetime.timedelta(hours=1))
         .not_valid_after(now + datetime.timedelta(days=1))
         .add_extension(
-            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+            x509.SubjectAlternativeName(list(names)),
             critical=False,
         )
         .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
@@ -163,6 +176,10 @@ access to attrs=userPassword
 access to *
   by users read
   by * none
+database monitor
+access to *
+  by dn.exact="{ROOT_DN}" read
+  by * none
 """
 
 
@@ -195,11 +212,41 @@ def _answers(port: int) -> bool:
         return False
 
 
+def operation_counts(server: Slapd) -> dict[str, int]:
+    """Operations the server has completed, by kind (Bind, Search, ...), from its monitor
+    database (``cn=Operations,cn=Monitor``). Reading them is itself one bind and one
+    search, counted in the next reading."""
+    from ldap3 import NONE, SUBTREE, Connection, Server
+
+    server_at = Server(server.url, get_info=NONE)  # no schema: the counters are operational
+    with Connection(server_at, ROOT_DN, ROOT_PASSWORD, auto_bind=True) as conn:
+        conn.search(
+            "cn=Operations,cn=Monitor",
+            "(objectClass=*)",
+            search_scope=SUBTREE,
+            attributes=["cn", "monitorOpCompleted"],
+        )
+        counts = {}
+        for entry in conn.response or []:
+            attributes = entry.get("attributes", {})
+            name, done = attributes.get("cn"), attributes.get("monitorOpCompleted")
+            if name and done is not None:
+                counts[str(name[0] if isinstance(name, list) else name)] = int(
+                    done[0] if isinstance(done, list) else done
+                )
+        return counts
+
+
 @contextmanager
-def running_slapd(root: Path) -> Iterator[Slapd]:
-    """slapd serving ``SUFFIX`` from ``root`` until the block ends."""
+def running_slapd(
+    root: Path,
+    names: tuple[x509.GeneralName, ...] = DEFAULT_SERVER_NAMES,
+    common_name: str = DEFAULT_COMMON_NAME,
+) -> Iterator[Slapd]:
+    """slapd serving ``SUFFIX`` from ``root`` until the block ends, its TLS certificate
+    issued for ``names`` under ``common_name``."""
     (root / "db").mkdir(parents=True)
-    _write_certificates(root)
+    _write_certificates(root, names, common_name)
     conf = root / "slapd.conf"
     conf.write_text(_config(root))
     port, tls_port = _free_port(), _free_port()

@@ -21,6 +21,7 @@ from dataflare_platform_tests.identity.slapd_server import (
     SERVICE_DN,
     SERVICE_PASSWORD,
     Slapd,
+    operation_counts,
     running_slapd,
     slapd_available,
 )
@@ -232,3 +233,24 @@ def test_start_tls_makes_plain_ldap_to_another_host_acceptable() -> None:
         "LDAP settings",
     )
     assert settings.start_tls
+
+
+def test_an_unknown_user_costs_the_directory_what_a_wrong_password_costs(
+    slapd: Slapd, search_then_bind: LdapDirectory
+) -> None:
+    """Search then bind: a name the search does not find still gets its bind (as a DN
+    that cannot exist), so the directory does the same operations for an unknown user as
+    for a known user with a wrong password. Counted by slapd itself (its monitor
+    database), not timed."""
+
+    def cost(username: str, password: str) -> dict[str, int]:
+        before = operation_counts(slapd)
+        _refused(search_then_bind, username, password)
+        after = operation_counts(slapd)
+        return {op: after[op] - before[op] for op in ("Bind", "Search")}
+
+    wrong_password = cost("alice", "not-alices-password")
+    # The service's bind and the user's, plus the counting's own bind and search.
+    assert wrong_password == {"Bind": 3, "Search": 2}
+    assert cost("nobody", "not-alices-password") == wrong_password
+    assert cost("nobody", PASSWORDS["alice"]) == wrong_password

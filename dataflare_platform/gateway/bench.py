@@ -2,9 +2,12 @@
 
 One process builds dagster-webserver's app once and serves it twice on loopback ports
 (uvicorn, one thread each): bare, and wrapped by the front (bearer token check, Host and
-Origin checks, document parse and the ``view`` decision). The same small query is sent to
-both, alternating, over kept-alive connections; the JSON gives p50/p99 of each and their
-difference (target: the front adds at most 5 ms p99)."""
+Origin checks, document parse and the ``view`` decision). The same small query is sent,
+alternating, to the bare app, to the front with a service token ("front") and to the front
+with a browser session of a local viewer ("session": the session row read from the home's
+identity database, the account re-read, Origin and CSRF token checked) over kept-alive
+connections; the JSON gives p50/p99 of each and what each front side adds to the bare one
+(target: at most 5 ms p99)."""
 
 from __future__ import annotations
 
@@ -84,9 +87,11 @@ def run(workspace: Path, requests_per_side: int = 1000, warmup: int = 50) -> dic
     from dagster._core.workspace.load_target import WorkspaceFileTarget
 
     from dataflare_platform.gateway.serve import build_front
+    from dataflare_platform.gateway.sessions import CSRF_HEADER, SESSION_COOKIE
     from dataflare_platform.gateway.settings import FrontSettings
     from dataflare_platform.gateway.webserver import GatedWebserver
     from dataflare_platform.home import ProjectHome
+    from dataflare_platform.identity.local_users import LocalUsers
     from dataflare_platform.identity.store import IdentityStore
     from dataflare_platform.identity.tokens import ServiceTokens
 
@@ -101,7 +106,10 @@ def run(workspace: Path, requests_per_side: int = 1000, warmup: int = 50) -> dic
             )
         )
         app = GatedWebserver(context, "", 2000).create_asgi_app()
-        _, token = ServiceTokens(IdentityStore(project.root)).create("bench", frozenset({"viewer"}))
+        store = IdentityStore(project.root)
+        _, token = ServiceTokens(store).create("bench", frozenset({"viewer"}))
+        users = LocalUsers(store)
+        users.add("bench-user", "bench-password-not-secret", frozenset({"viewer"}))
         plain_port = stack.enter_context(_serving(app))
         # The front's Host allow-list is built for its own port: serve first, then wrap.
         front_holder: dict[str, Any] = {}
@@ -110,12 +118,22 @@ def run(workspace: Path, requests_per_side: int = 1000, warmup: int = 50) -> dic
             await front_holder["front"](scope, receive, send)
 
         front_port = stack.enter_context(_serving(front_app))
-        front_holder["front"] = build_front(app, FrontSettings(port=front_port), project, instance)
+        front = build_front(app, FrontSettings(port=front_port), project, instance)
+        front_holder["front"] = front
+        user = users.current("bench-user")
+        assert user is not None
+        session_id, session = front.sessions.create(user)
+        front_url = f"http://127.0.0.1:{front_port}"
         sides = {
             "plain": (f"http://127.0.0.1:{plain_port}/graphql", {}),
-            "front": (
-                f"http://127.0.0.1:{front_port}/graphql",
-                {"Authorization": f"Bearer {token}"},
+            "front": (f"{front_url}/graphql", {"Authorization": f"Bearer {token}"}),
+            "session": (
+                f"{front_url}/graphql",
+                {
+                    "Cookie": f"{SESSION_COOKIE}={session_id}",
+                    "Origin": front_url,
+                    CSRF_HEADER: session.csrf,
+                },
             ),
         }
         sessions = {name: requests.Session() for name in sides}
@@ -140,6 +158,14 @@ def run(workspace: Path, requests_per_side: int = 1000, warmup: int = 50) -> dic
         }
     result["added_p50_ms"] = round(result["front"]["p50_ms"] - result["plain"]["p50_ms"], 3)
     result["added_p99_ms"] = round(result["front"]["p99_ms"] - result["plain"]["p99_ms"], 3)
+    result["session_added_p50_ms"] = round(
+        result["session"]["p50_ms"] - result["plain"]["p50_ms"], 3
+    )
+    result["session_added_p99_ms"] = round(
+        result["session"]["p99_ms"] - result["plain"]["p99_ms"], 3
+    )
     result["target_added_p99_ms"] = TARGET_ADDED_P99_MS
-    result["ok"] = result["added_p99_ms"] <= TARGET_ADDED_P99_MS
+    result["ok"] = max(result["added_p99_ms"], result["session_added_p99_ms"]) <= (
+        TARGET_ADDED_P99_MS
+    )
     return result

@@ -6,11 +6,11 @@ is taken once, whichever front receives the callback."""
 
 from __future__ import annotations
 
+import multiprocessing
 import re
 import sqlite3
 import stat
 
-from dataflare_platform.access.principal import Principal
 from dataflare_platform.gateway.sessions import (
     SESSION_COOKIE,
     PendingLogins,
@@ -20,9 +20,9 @@ from dataflare_platform.gateway.sessions import (
 from dataflare_platform.identity.local_users import LocalUsers
 from dataflare_platform.identity.store import IdentityStore
 from dataflare_platform_tests.gateway.conftest import BASE, PASSWORD, Front
+from dataflare_platform_tests.gateway.session_churn import VIEWER, churn
 
 VERSION = "{ version }"
-VIEWER = Principal(name="u", kind="user", via="local", roles=frozenset({"viewer"}))
 
 
 class Clock:
@@ -149,3 +149,15 @@ def test_a_pending_login_is_taken_once_by_any_process_and_expires(tmp_path):
     with store.connect() as conn:
         stored = [row[0] for row in conn.execute("SELECT id_hash FROM pending_logins")]
     assert flow not in stored and late not in stored
+
+
+def test_concurrent_processes_share_sessions_without_losing_any(tmp_path):
+    store = IdentityStore(tmp_path)
+    shared_id, _ = SessionStore(store).create(VIEWER)
+    context = multiprocessing.get_context("spawn")
+    with context.Pool(4) as pool:
+        results = pool.starmap(churn, [(str(tmp_path), shared_id, 100)] * 4)
+    assert results == [("user:u", 0)] * 4
+    with store.connect() as conn:
+        left = conn.execute("SELECT count(*) FROM sessions").fetchone()[0]
+    assert left == 1  # the shared one; every process's own were dropped

@@ -29,6 +29,7 @@ sink: {discard: {}}
 
 SHIPPED = [
     "dedup",
+    "encrypt",
     "enrich",
     "filter",
     "flat_map",

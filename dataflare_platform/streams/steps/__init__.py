@@ -1,8 +1,8 @@
 """A declarative pipeline's steps: the registry (``registry``: ``@step``, ``StepSpec``,
-``wire``) and the steps shipped with the platform (``builtin``), registered on import of
-this package. See ``registry`` for adding a step kind."""
+``wire``) and the steps shipped with the platform (``builtin``, ``encryption``),
+registered on import of this package. See ``registry`` for adding a step kind."""
 
-from dataflare_platform.streams.steps import builtin
+from dataflare_platform.streams.steps import builtin, encryption
 from dataflare_platform.streams.steps.builtin import (
     AggSpec,
     DedupSpec,
@@ -40,6 +40,7 @@ __all__ = [
     "WindowJoinSpec",
     "WindowSpec",
     "builtin",
+    "encryption",
     "step",
     "wire",
 ]

@@ -31,6 +31,8 @@ DEPLOYMENT_SETTINGS: Mapping[str, Mapping[str, str | None]] = {
         "audit_url": "DATAFLARE_AUDIT_URL",
         "alert_rules": "DATAFLARE_ALERT_RULES",
         "alert_state_url": "DATAFLARE_ALERT_STATE_URL",
+        "keyring_dir": "DATAFLARE_KEYRING_DIR",  # field-encryption keys (outside the home)
+        "data_keys_dir": "DATAFLARE_DATA_KEYS_DIR",
     },
     "plugins": {
         "plugin_dir": "DATAFLARE_PLUGIN_DIR",  # the compile cache is <plugin_dir>/.cache

@@ -66,11 +66,22 @@ PATTERNS: dict[PiiKind, str] = {
 _CARD_WIDTH = 19  # longest card number; shorter ones are left-padded with zeros
 
 
+class EncryptionBinding(StrictModel):
+    """What the ``pii_encrypted`` columns' ciphertexts are bound to (the ``encrypt``
+    step's ``dataset``/``key``/``domains``), so the check can decrypt a sample."""
+
+    dataset: str = Field(min_length=1)
+    key: str | None = None
+    domains: dict[str, str] = Field(default_factory=dict)
+
+
 class PiiPolicy(StrictModel):
-    """Which columns hold PII and in what form, and which columns to scan."""
+    """Which columns hold PII and in what form, and which columns to scan; for
+    ``pii_encrypted`` columns, the binding their ciphertexts are checked against."""
 
     columns: dict[str, Classification] = Field(default_factory=dict)
     scan: Literal["all_strings"] | list[str] = "all_strings"
+    encryption: EncryptionBinding | None = None
 
 
 @dataclass(frozen=True)
@@ -241,7 +252,10 @@ def scan_for_policy(
     missing = [c for c in declared if c not in frame.columns]
     if missing:
         raise NotFoundError(f"classified columns are not in the data: {missing}")
-    findings = scan_pii(frame, [*names, *declared])
+    # Binary columns are not text: a pii_encrypted one is verified as ciphertext instead
+    # (compliance.ciphertext); casting random bytes to text would fail.
+    scanned = [c for c in [*names, *declared] if frame.schema[c] != pl.Binary]
+    findings = scan_pii(frame, scanned)
     return findings, pii_violations(findings, policy.columns)
 
 

@@ -3,10 +3,12 @@ contract. Both read the rows where the dataset's governance file says they are."
 
 import dagster as dg
 
+from dataflare_platform.compliance.ciphertext import verify_encrypted_columns
 from dataflare_platform.compliance.contracts import check_contract
 from dataflare_platform.compliance.datasets import DatasetRef, NoRowsYetError, read_dataset
 from dataflare_platform.compliance.pii import scan_for_policy
 from dataflare_platform.compliance.spec import GovernedDataset
+from dataflare_platform.defs.governance.resources import GovernanceResource
 from dataflare_platform.defs.pools import dataset_tags
 from dataflare_platform.defs.resources import ProjectHomeResource
 
@@ -41,10 +43,13 @@ def pii_check(key: dg.AssetKey, spec: GovernedDataset) -> dg.AssetChecksDefiniti
         op_tags=dataset_tags(ref),
         description=(
             "No e-mail, phone, payment card (Luhn-checked) or national-id values outside "
-            f"columns classified for them, and none unmasked in masked ones ({classified})."
+            f"columns classified for them, and none unmasked in masked ones ({classified}); "
+            "pii_encrypted columns hold ciphertext of this platform that decrypts (sample)."
         ),
     )
-    def _check(dataflare: ProjectHomeResource) -> dg.AssetCheckResult:
+    def _check(
+        dataflare: ProjectHomeResource, governance: GovernanceResource
+    ) -> dg.AssetCheckResult:
         try:
             frame = read_dataset(ref, dataflare.home.root)
         except FileNotFoundError as err:
@@ -58,10 +63,19 @@ def pii_check(key: dg.AssetKey, spec: GovernedDataset) -> dg.AssetChecksDefiniti
                 description=str(err).strip("'\""),
                 metadata={"dataset": ref.describe()},
             )
+        messages = [v.message for v in violations]
+        encrypted: dict[str, dict[str, object]] = {}
+        if any(k.value == "pii_encrypted" for k in policy.columns.values()):
+            report = verify_encrypted_columns(
+                frame, policy, governance.cipher() if policy.encryption else None
+            )
+            messages += report.problems
+            encrypted = report.columns
         metadata: dict[str, object] = {
             "rows_scanned": frame.height,
             "findings": len(findings),
-            "violations": len(violations),
+            "violations": len(messages),
+            "encrypted_columns": dg.MetadataValue.json(encrypted),
             "findings_detail": dg.MetadataValue.json(
                 [
                     {
@@ -79,9 +93,9 @@ def pii_check(key: dg.AssetKey, spec: GovernedDataset) -> dg.AssetChecksDefiniti
             ),
         }
         return dg.AssetCheckResult(
-            passed=not violations,
+            passed=not messages,
             severity=dg.AssetCheckSeverity.ERROR,
-            description="; ".join(v.message for v in violations)[:2000]
+            description="; ".join(messages)[:2000]
             or f"no PII outside its classified columns in {frame.height} rows",
             metadata=metadata,
         )

@@ -19,6 +19,8 @@ if TYPE_CHECKING:
     from dataflare_platform.alerting import AlertManager
     from dataflare_platform.compliance.audit import AuditLog
     from dataflare_platform.compliance.audit_keys import AuditSettings
+    from dataflare_platform.crypto.columns import ColumnCipher
+    from dataflare_platform.crypto.settings import CryptoSettings
 
 ALERT_RULES_FILE = "alerts.yaml"
 
@@ -43,6 +45,14 @@ class GovernanceResource(DeploymentLockedResource):
     )
     alert_state_url: str = deployment_field(
         "", env="DATAFLARE_ALERT_STATE_URL", description="SQLAlchemy URL of alert state."
+    )
+    keyring_dir: str = deployment_field(
+        "",
+        env="DATAFLARE_KEYRING_DIR",
+        description="Folder of the field-encryption keyring (outside the home).",
+    )
+    data_keys_dir: str = deployment_field(
+        "", env="DATAFLARE_DATA_KEYS_DIR", description="Folder of the wrapped data keys."
     )
 
     @property
@@ -74,6 +84,20 @@ class GovernanceResource(DeploymentLockedResource):
 
         url = self.audit_settings().anchor_url
         return open_anchor(url) if url else None
+
+    def crypto_settings(self) -> CryptoSettings:
+        """Where the field-encryption keys are: these fields, else the environment, else
+        the per-user default outside the home (``crypto.settings``)."""
+        from dataflare_platform.crypto.settings import CryptoSettings
+
+        return CryptoSettings.resolve(
+            home=self.root,
+            keyring_dir=self.keyring_dir or None,
+            data_keys_dir=self.data_keys_dir or None,
+        )
+
+    def cipher(self) -> ColumnCipher:
+        return self.crypto_settings().cipher()
 
     def rules_path(self) -> Path:
         return Path(self.alert_rules) if self.alert_rules else self.root / ALERT_RULES_FILE

@@ -15,6 +15,7 @@ from dataflare_platform.defs.governance import report
 from dataflare_platform.defs.governance.alerts import alerting_definitions
 from dataflare_platform.defs.governance.audit import audit_definitions
 from dataflare_platform.defs.governance.dataset_checks import dataset_checks
+from dataflare_platform.defs.governance.encryption import encryption_definitions
 from dataflare_platform.defs.governance.retention import retention_definitions
 from dataflare_platform.defs.streams.intervals import sensor_interval_override
 from dataflare_platform.streams.ranges import PIPELINES_DIR
@@ -45,6 +46,7 @@ def governance_definitions(
         ),
         alerting_definitions(interval_s),
         retention_definitions(specs),
+        encryption_definitions(specs),
         report.report_definitions,
     )
 

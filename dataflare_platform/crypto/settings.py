@@ -6,6 +6,8 @@
   hash>/keyring``, next to the audit keys ``dataflare audit init`` provisions.
 - ``DATAFLARE_DATA_KEYS_DIR``: the wrapped data keys (useless without the keyring), by
   default ``<home>/crypto/data_keys``.
+- ``DATAFLARE_KEYRING_PKCS11_MODULE`` (and ``_TOKEN``, ``_PIN_FILE``): a PKCS#11 token
+  holds the key-encryption keys instead (``crypto.pkcs11_keyring``).
 
 A launch's run config never reaches these: the Dagster resource marks them deployment
 settings (``deployment_settings.DEPLOYMENT_SETTINGS["crypto"]``).
@@ -22,6 +24,7 @@ from pydantic import ValidationError, field_validator, model_validator
 
 from dataflare_platform.crypto.columns import ColumnCipher
 from dataflare_platform.crypto.envelope import DataKeyStore, Envelope
+from dataflare_platform.crypto.keyring import Keyring
 from dataflare_platform.crypto.local_keyring import LocalKeyring
 from dataflare_platform.errors import ConfigError
 from dataflare_platform.home import ProjectHome
@@ -29,6 +32,7 @@ from dataflare_platform.models import StrictModel
 
 ENV_KEYRING_DIR = "DATAFLARE_KEYRING_DIR"
 ENV_DATA_KEYS_DIR = "DATAFLARE_DATA_KEYS_DIR"
+ENV_PKCS11_MODULE = "DATAFLARE_KEYRING_PKCS11_MODULE"  # crypto.pkcs11_keyring
 
 
 def default_keyring_dir(home_root: Path, environ: Mapping[str, str] | None = None) -> Path:
@@ -95,7 +99,14 @@ class CryptoSettings(StrictModel):
         except ValidationError as err:
             raise ConfigError.from_validation("crypto settings", err) from None
 
-    def keyring(self) -> LocalKeyring:
+    def keyring(self, environ: Mapping[str, str] | None = None) -> Keyring:
+        """The PKCS#11 token when ``DATAFLARE_KEYRING_PKCS11_MODULE`` is set, else the
+        local keyring folder."""
+        env = os.environ if environ is None else environ
+        if env.get(ENV_PKCS11_MODULE):
+            from dataflare_platform.crypto.pkcs11_keyring import Pkcs11Keyring
+
+            return Pkcs11Keyring.from_env(env)
         return LocalKeyring(self.keyring_dir)
 
     def envelope(self) -> Envelope:

@@ -21,6 +21,7 @@ from dataflare_platform.cli.audit import audit_app
 from dataflare_platform.cli.backfill import backfill_app
 from dataflare_platform.cli.bench import bench_app
 from dataflare_platform.cli.dlq import dlq_app
+from dataflare_platform.cli.keys import keys_app
 from dataflare_platform.cli.launch import launch
 from dataflare_platform.cli.nexmark import nexmark_app
 from dataflare_platform.cli.pipeline import pipeline_app, pipelines_app
@@ -91,6 +92,7 @@ app.add_typer(users_app, name="users")
 app.add_typer(tokens_app, name="tokens")
 app.add_typer(alerts_app, name="alerts")
 app.add_typer(audit_app, name="audit")
+app.add_typer(keys_app, name="keys")
 # Runs on a Dagster web server.
 app.command("launch")(launch)
 app.add_typer(runs_app, name="runs")

@@ -36,6 +36,7 @@ import pyarrow as pa
 from cryptography.exceptions import InvalidTag
 
 from dataflare_platform.crypto.envelope import DataKey, Envelope
+from dataflare_platform.crypto.keyring import KeyState
 from dataflare_platform.errors import DataflareError, InvalidInputError, WrongTypeError
 
 FORMAT_GCM = 0x01
@@ -254,20 +255,22 @@ class ColumnCipher:
         groups = headers["format"].astype(np.int64) << 32 | headers["version"].astype(np.int64)
         unique_groups = np.unique(groups)
         if len(unique_groups) == 1:
-            plain = self._decrypt_group(
-                valid, headers, int(unique_groups[0]), value_type, binding, state
-            )
+            plain = self._decrypt_group(valid, int(unique_groups[0]), value_type, binding, state)
         else:
             for group in unique_groups.tolist():
                 rows = np.flatnonzero(groups == group)
                 part = self._decrypt_group(
-                    valid.take(pa.array(rows)), headers[rows], group, value_type, binding, state
+                    valid.take(pa.array(rows)), group, value_type, binding, state
                 )
                 for row, item in zip(rows.tolist(), part, strict=True):
                     plain[row] = item
         return _scatter(_from_plain(plain, value_type), mask)
 
-    def _decrypt_group(self, valid, headers, group, value_type, binding, state) -> list[bytes]:
+    def _decrypt_group(
+        self, valid: pa.Array, group: int, value_type: int, binding: Binding, state: KeyState
+    ) -> list[bytes]:
+        """Decrypt rows sharing one format and key version (``group`` = format << 32 |
+        version): one key, one associated data, nonces and bodies gathered by numpy."""
         fmt, version = group >> 32, group & 0xFFFFFFFF
         key = self.envelope.key(binding.key_name, version, state)
         aad = binding.aad(header(fmt, value_type, version))

@@ -90,9 +90,18 @@ class Envelope:
         self.store.save(name, version, self.keyring.wrap(name, version, dek))
 
     def ensure(self, name: str) -> KeyState:
-        """The name's state, creating version 1 and its DEK on first use."""
+        """The name's state, creating version 1 and its DEK on first use. A name the
+        keyring knows whose newest data key is missing is an error, never a fresh key
+        (that would hide a lost or misconfigured data-key folder while new data went
+        under keys no old reader has), like a missing audit key."""
+        existed = self.keyring.exists(name)
         state = self.keyring.create(name)
         if state.latest not in self.store.load(name):
+            if existed:
+                raise KeyDestroyedError(
+                    f"the data key of {name!r} version {state.latest} is missing from "
+                    f"{self.store.folder}: restore it (or point DATAFLARE_DATA_KEYS_DIR at it)"
+                )
             self._new_dek(name, state.latest)
         return state
 

@@ -146,3 +146,20 @@ def test_deterministic_join_stays_correct_across_a_rotation(cipher: ColumnCipher
     left = align_to_latest(cipher, enc_orders, "customer", orders_key)
     right = align_to_latest(cipher, enc_customers, "customer", customers_key)
     assert _join(left, right) == expected
+
+
+def test_a_lost_data_key_folder_is_an_error_not_a_new_key(tmp_path: Path) -> None:
+    """Like a missing audit key: a name the keyring knows whose data key is gone (folder
+    lost, or DATAFLARE_DATA_KEYS_DIR pointing elsewhere) is refused, never regenerated."""
+    home = tmp_path / "home"
+    home.mkdir()
+    keys = tmp_path / "keys"
+    first = CryptoSettings.resolve(home=home, keyring_dir=keys, environ={})
+    sealed = first.cipher().encrypt(pa.array(["x"]), EMAILS)
+    elsewhere = CryptoSettings.resolve(
+        home=home, keyring_dir=keys, data_keys_dir=tmp_path / "other", environ={}
+    )
+    with pytest.raises(KeyDestroyedError, match="missing"):
+        elsewhere.cipher().encrypt(pa.array(["y"]), EMAILS)
+    assert not (tmp_path / "other").exists()
+    assert first.cipher().decrypt(sealed, EMAILS).to_pylist() == ["x"]

@@ -221,7 +221,7 @@ class ColumnCipher:
     def _gcm(key: DataKey, binding: Binding, value_type: int, plain: list[bytes]) -> pa.Array:
         head = header(FORMAT_GCM, value_type, key.version)
         n = len(plain)
-        nonces = np.frombuffer(os.urandom(NONCE_BYTES * n), dtype=np.uint8).reshape(n, -1)
+        nonces = np.frombuffer(os.urandom(NONCE_BYTES * n), dtype=np.uint8).reshape(n, NONCE_BYTES)
         prefix = np.empty((n, HEADER_BYTES + NONCE_BYTES), dtype=np.uint8)
         prefix[:, :HEADER_BYTES] = np.frombuffer(head, dtype=np.uint8)
         prefix[:, HEADER_BYTES:] = nonces

@@ -1,7 +1,8 @@
 """``dataflare keys``: the field-encryption keyring of this deployment (docs/security.md,
 "Field encryption"): show a key name's versions, rotate it, retire old versions, destroy
-it (crypto-shredding). Every change is written to the audit log (``key_rotated``,
-``key_retired``, ``key_destroyed``, actor ``system:cli``); no key material is printed."""
+it (crypto-shredding), purge retired versions. Every change is written to the audit log
+(``key_rotated``, ``key_retired``, ``key_purged``, ``key_destroyed``, actor
+``system:cli``); no key material is printed."""
 
 from __future__ import annotations
 
@@ -67,6 +68,18 @@ def retire(
     state = _envelope(home).retire_below(name, below)
     _audit(home, "key_retired", name, _state(state))
     print_json(_state(state))
+
+
+@keys_app.command("purge")
+def purge(name: NameArg, home: HomeOption = None) -> None:
+    """Delete the key-encryption keys of retired versions (their data is then lost for
+    good). A PKCS#11 token already destroyed them when they were retired."""
+    from dataflare_platform.crypto.settings import CryptoSettings
+
+    keyring = CryptoSettings.resolve(home=home).keyring()
+    purged = keyring.purge_retired(name) if hasattr(keyring, "purge_retired") else []
+    _audit(home, "key_purged", name, {"name": name, "versions": purged})
+    print_json({"name": name, "purged": purged})
 
 
 @keys_app.command("destroy")

@@ -43,14 +43,21 @@ def test_rotate_retire_destroy_are_audited(home: Path, tmp_path: Path) -> None:
         "min_decryption_version": 1,
     }
     assert _run("retire", "customers", "--below", "2")["min_decryption_version"] == 2
+    assert _run("purge", "customers") == {"name": "customers", "purged": [1]}
+    assert sorted(p.name for p in (tmp_path / "keys" / "customers").glob("*.kek")) == ["v2.kek"]
     refused = runner.invoke(app, ["keys", "destroy", "customers"])
     assert refused.exit_code == 2 and "--yes" in refused.output
     assert _run("destroy", "customers", "--yes") == {"name": "customers", "destroyed": True}
     with pytest.raises(KeyDestroyedError):
         CryptoSettings.resolve().cipher().decrypt(sealed, Binding("customers", "email"))
     with AuditLog(f"sqlite:///{home / 'audit.db'}") as log:
-        entries = log.tail(3)
-    assert [e.action for e in entries] == ["key_rotated", "key_retired", "key_destroyed"]
+        entries = log.tail(4)
+    assert [e.action for e in entries] == [
+        "key_rotated",
+        "key_retired",
+        "key_purged",
+        "key_destroyed",
+    ]
     assert {e.actor for e in entries} == {"system:cli"} and entries[0].subject == "key:customers"
     kek = (tmp_path / "keys").rglob("*.kek")
     assert not list(kek)

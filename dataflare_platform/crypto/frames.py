@@ -59,6 +59,11 @@ class EncryptionSpec(StrictModel):
         stray = [c for c in self.domains if c not in self.deterministic]
         if stray:
             raise ValueError(f"domains: {stray} are not deterministic columns")
+        if self.key is None:
+            try:
+                check_key_name(self.dataset)
+            except ValueError as err:
+                raise ValueError(f"dataset names the key when no key is given: {err}") from None
         return self
 
     @property

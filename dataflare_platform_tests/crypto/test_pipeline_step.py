@@ -85,6 +85,7 @@ def test_yaml_encrypt_step_writes_ciphertext_that_decrypts(deployment: CryptoSet
         ({"dataset": "customers", "columns": []}, "encrypt.columns"),
         ({"dataset": "customers", "columns": ["email"], "key": "../evil"}, "encrypt.key"),
         ({"columns": ["email"]}, "encrypt.dataset: Field required"),
+        ({"dataset": "crm/cards", "columns": ["e"]}, "dataset names the key"),
         ({"dataset": "c", "columns": ["e"], "keyring_dir": "/tmp/x"}, "encrypt.keyring_dir"),
     ],
 )

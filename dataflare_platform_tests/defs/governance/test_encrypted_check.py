@@ -75,3 +75,21 @@ def test_ciphertext_from_another_column_fails(resources):
     evaluation = run(resources, rows)
     assert not evaluation.passed and "sample does not decrypt" in evaluation.description
     assert "4111" not in evaluation.description
+
+
+def test_without_a_declared_binding_the_check_fails_closed(resources):
+    unbound = SPEC.model_copy(
+        update={"pii": SPEC.pii.model_copy(update={"encryption": None})}  # type: ignore[union-attr]
+    )
+
+    @dg.asset(key=KEY)
+    def cards(dataflare: ProjectHomeResource) -> None:
+        rows = pl.DataFrame({"id": [1, 2, 3, 4]}).with_columns(_sealed(resources))
+        with duckdb.connect(str(dataflare.home.root / "crm.duckdb")) as conn:
+            conn.register("rows", rows.to_arrow())
+            conn.execute("CREATE OR REPLACE TABLE cards AS SELECT * FROM rows")
+
+    result = dg.materialize([cards, pii_check(KEY, unbound)], resources=resources)
+    (evaluation,) = result.get_asset_check_evaluations()
+    assert not evaluation.passed
+    assert "no pii.encryption binding declared" in evaluation.description

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -29,6 +28,7 @@ from dataflare_platform.compliance.audit_signing import (
     PublicKey,
     key_id,
 )
+from dataflare_platform.crypto.pkcs11_pin import read_pin
 from dataflare_platform.errors import ConfigError, DataflareError
 
 ENV_MODULE = "DATAFLARE_AUDIT_PKCS11_MODULE"
@@ -45,19 +45,7 @@ class Pkcs11Error(DataflareError):
 
 
 def _pin(env: Mapping[str, str]) -> str:
-    if env.get(ENV_PIN_FILE):
-        path = Path(env[ENV_PIN_FILE])
-        try:
-            if path.stat().st_mode & 0o077:
-                raise ConfigError("audit PKCS#11", [(ENV_PIN_FILE, f"{path} must be mode 0600")])
-            return path.read_text().strip()
-        except OSError as err:
-            raise ConfigError(
-                "audit PKCS#11", [(ENV_PIN_FILE, f"{path}: {err.strerror}")]
-            ) from None
-    if env.get(ENV_PIN):
-        return env[ENV_PIN]
-    raise ConfigError("audit PKCS#11", [(ENV_PIN_FILE, "no PIN configured")])
+    return read_pin(env, ENV_PIN_FILE, ENV_PIN, "audit PKCS#11")
 
 
 def _public_key(public: Any) -> tuple[PublicKey, str]:

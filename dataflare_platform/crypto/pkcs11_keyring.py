@@ -22,7 +22,6 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
 from dataflare_platform.crypto.keyring import (
@@ -34,6 +33,7 @@ from dataflare_platform.crypto.keyring import (
     check_key_name,
 )
 from dataflare_platform.crypto.local_keyring import NONCE_BYTES, wrap_aad
+from dataflare_platform.crypto.pkcs11_pin import read_pin
 from dataflare_platform.errors import ConfigError, InvalidInputError
 
 ENV_MODULE = "DATAFLARE_KEYRING_PKCS11_MODULE"
@@ -45,19 +45,7 @@ _LABEL = re.compile(r"^dataflare-kek/(?P<name>[^/]+)/v(?P<version>[0-9]+)$")
 
 
 def _pin(env: Mapping[str, str]) -> str:
-    if env.get(ENV_PIN_FILE):
-        path = Path(env[ENV_PIN_FILE])
-        try:
-            if path.stat().st_mode & 0o077:
-                raise ConfigError("keyring PKCS#11", [(ENV_PIN_FILE, f"{path} must be mode 0600")])
-            return path.read_text().strip()
-        except OSError as err:
-            raise ConfigError(
-                "keyring PKCS#11", [(ENV_PIN_FILE, f"{path}: {err.strerror}")]
-            ) from None
-    if env.get(ENV_PIN):
-        return env[ENV_PIN]
-    raise ConfigError("keyring PKCS#11", [(ENV_PIN_FILE, "no PIN configured")])
+    return read_pin(env, ENV_PIN_FILE, ENV_PIN, "keyring PKCS#11")
 
 
 class Pkcs11Keyring:

@@ -33,6 +33,7 @@ from itertools import repeat
 import numpy as np
 import polars as pl
 import pyarrow as pa
+import pyarrow.compute as pc
 from cryptography.exceptions import InvalidTag
 
 from dataflare_platform.crypto.envelope import DataKey, Envelope
@@ -303,21 +304,19 @@ class ColumnCipher:
         count = int(stale.sum())
         if count == 0:
             return values, 0
-        rows = pa.array(np.flatnonzero(stale))
-        old = values.take(rows)
+        old = values.take(pa.array(np.flatnonzero(stale)))
         fmt = parse_headers(old, binding.column)["format"]
         plain = self.decrypt(old, binding)
-        out = values.to_pylist()
+        parts, order = [], []
         for mode in (FORMAT_GCM, FORMAT_SIV):
             picked = np.flatnonzero(fmt == mode)
-            if len(picked) == 0:
-                continue
-            fresh = self.encrypt(
-                plain.take(pa.array(picked)), binding, deterministic=mode == FORMAT_SIV
-            ).to_pylist()
-            for row, item in zip(np.flatnonzero(stale)[picked].tolist(), fresh, strict=True):
-                out[row] = item
-        return pa.array(out, pa.large_binary()), count
+            if len(picked):
+                subset = plain.take(pa.array(picked))
+                parts.append(self.encrypt(subset, binding, deterministic=mode == FORMAT_SIV))
+                order.append(picked)
+        # The fresh values in the stale rows' order, then put in place without a loop.
+        fresh = pa.concat_arrays(parts).take(pa.array(np.argsort(np.concatenate(order))))
+        return pc.replace_with_mask(values, pa.array(stale), fresh), count
 
 
 def _from_plain(plain: list[bytes], value_type: int) -> pa.Array:

@@ -163,3 +163,25 @@ def test_a_lost_data_key_folder_is_an_error_not_a_new_key(tmp_path: Path) -> Non
         elsewhere.cipher().encrypt(pa.array(["y"]), EMAILS)
     assert not (tmp_path / "other").exists()
     assert first.cipher().decrypt(sealed, EMAILS).to_pylist() == ["x"]
+
+
+def test_rewrap_keeps_each_values_mode_and_position(cipher: ColumnCipher) -> None:
+    from dataflare_platform.crypto.columns import FORMAT_GCM, FORMAT_SIV, parse_headers
+
+    binding = Binding("mixed", "v")
+    random = cipher.encrypt(pa.array(["r1", "r2"]), binding)
+    det = cipher.encrypt(pa.array(["d1", "d2"]), binding, deterministic=True)
+    mixed = pa.concat_arrays(
+        [det.slice(0, 1), random, pa.nulls(1, pa.large_binary()), det.slice(1)]
+    )
+    cipher.envelope.rotate("mixed")
+    current = cipher.encrypt(pa.array(["c"]), binding)
+    column = pa.concat_arrays([mixed, current])
+    rewrapped, changed = cipher.rewrap(column, binding)
+    assert changed == 4
+    assert cipher.decrypt(rewrapped, binding).to_pylist() == ["d1", "r1", "r2", None, "d2", "c"]
+    heads = parse_headers(rewrapped)
+    assert heads["format"].tolist() == [FORMAT_SIV, FORMAT_GCM, FORMAT_GCM, FORMAT_SIV, FORMAT_GCM]
+    assert heads["version"].tolist() == [2] * 5
+    again = cipher.encrypt(pa.array(["d1"]), binding, deterministic=True)
+    assert rewrapped[0].as_py() == again[0].as_py()  # deterministic under the new version

@@ -15,8 +15,11 @@ mode, so the two modes never share key material.
 from __future__ import annotations
 
 import base64
+import fcntl
 import json
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,6 +35,7 @@ from dataflare_platform.crypto.keyring import (
     check_key_name,
 )
 from dataflare_platform.crypto.local_keyring import _replace
+from dataflare_platform.errors import ConflictError
 
 DEK_BYTES = 32
 
@@ -66,9 +70,27 @@ class DataKeyStore:
             return {}
         return {int(v): base64.b64decode(w) for v, w in data.items()}
 
+    @contextmanager
+    def lock(self) -> Iterator[None]:
+        """An exclusive lock across processes (``flock`` on ``.lock`` in the folder):
+        creating a name, its first data key and a rotation happen under it, so two
+        pipelines starting at once cannot each make a data key for the same version (the
+        second would overwrite the first and strand what it encrypted)."""
+        self.folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+        fd = os.open(self.folder / ".lock", os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            os.close(fd)
+
     def save(self, name: str, version: int, wrapped: bytes) -> None:
+        """Add a wrapped key; a version that already has one is never replaced."""
         self.folder.mkdir(parents=True, exist_ok=True, mode=0o700)
         keys = self.load(name)
+        if version in keys:
+            raise ConflictError(f"data key {name!r} version {version} exists already")
         keys[version] = wrapped
         body = {str(v): base64.b64encode(w).decode() for v, w in sorted(keys.items())}
         _replace(self._path(name), json.dumps(body).encode())
@@ -94,22 +116,29 @@ class Envelope:
         keyring knows whose newest data key is missing is an error, never a fresh key
         (that would hide a lost or misconfigured data-key folder while new data went
         under keys no old reader has), like a missing audit key."""
-        existed = self.keyring.exists(name)
-        state = self.keyring.create(name)
-        if state.latest not in self.store.load(name):
-            if existed:
-                raise KeyDestroyedError(
-                    f"the data key of {name!r} version {state.latest} is missing from "
-                    f"{self.store.folder}: restore it (or point DATAFLARE_DATA_KEYS_DIR at it)"
-                )
-            self._new_dek(name, state.latest)
-        return state
+        if self.keyring.exists(name):  # the common case: no lock, nothing to write
+            state = self.keyring.state(name)
+            if state.latest in self.store.load(name):
+                return state
+        with self.store.lock():
+            existed = self.keyring.exists(name)
+            state = self.keyring.create(name)
+            if state.latest not in self.store.load(name):
+                if existed:
+                    raise KeyDestroyedError(
+                        f"the data key of {name!r} version {state.latest} is missing from "
+                        f"{self.store.folder}: restore it (or point DATAFLARE_DATA_KEYS_DIR "
+                        "at it)"
+                    )
+                self._new_dek(name, state.latest)
+            return state
 
     def rotate(self, name: str) -> KeyState:
         """A new KEK version and a fresh DEK under it: new data is encrypted with it."""
-        state = self.keyring.rotate(name)
-        self._new_dek(name, state.latest)
-        return state
+        with self.store.lock():
+            state = self.keyring.rotate(name)
+            self._new_dek(name, state.latest)
+            return state
 
     def retire_below(self, name: str, version: int) -> KeyState:
         state = self.keyring.set_min_decryption_version(name, version)

@@ -10,13 +10,13 @@ from pydantic import Field, field_validator, model_validator
 
 from dataflare_platform.crypto.columns import Binding, ColumnCipher
 from dataflare_platform.crypto.keyring import check_key_name
-from dataflare_platform.errors import NotFoundError
+from dataflare_platform.errors import InvalidInputError, NotFoundError
 from dataflare_platform.models import StrictModel
 
 
 def _name(value: str) -> str:
     if "\x00" in value:
-        raise ValueError("no NUL in a name")
+        raise InvalidInputError("no NUL in a name")
     return value
 
 

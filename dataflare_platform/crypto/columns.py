@@ -69,6 +69,13 @@ class Binding:
     key: str | None = None  # the keyring name; the dataset's when None (tenant keys differ)
     domain: str | None = None  # deterministic columns joined across columns/datasets
 
+    def __post_init__(self) -> None:
+        # NUL separates the parts of the associated data: one inside a name would let
+        # ("a\0b", "c") and ("a", "b\0c") bind alike.
+        check_binding_names(self.dataset, self.column)
+        if self.domain is not None:
+            check_binding_names(self.domain, self.column)
+
     @property
     def key_name(self) -> str:
         return self.key or self.dataset

@@ -129,3 +129,11 @@ def test_sliced_and_chunked_inputs(cipher: ColumnCipher) -> None:
     assert cipher.decrypt(sealed.slice(2, 3), EMAILS).to_pylist() == ["v2", "v3", "v4"]
     chunked = pa.chunked_array([values.slice(0, 5), values.slice(5)])
     assert cipher.decrypt(cipher.encrypt(chunked, EMAILS), EMAILS).to_pylist() == values.to_pylist()
+
+
+def test_a_binding_name_with_a_nul_or_empty_is_refused() -> None:
+    from dataflare_platform.errors import InvalidInputError
+
+    for dataset, column in (("a\x00b", "c"), ("a", ""), ("", "c")):
+        with pytest.raises(InvalidInputError):
+            Binding(dataset, column)

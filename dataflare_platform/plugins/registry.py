@@ -20,6 +20,7 @@ from dataflare_platform.errors import ConfigError
 from dataflare_platform.models import StrictModel
 from dataflare_platform.plugins.build import SAMPLES_DIR, build_plugin
 from dataflare_platform.plugins.manifest import Manifest, load_manifest
+from dataflare_platform.plugins.names import is_plugin_name, plugin_file
 from dataflare_platform.plugins.runtime import Limits, Plugin
 
 MB = 1024 * 1024
@@ -70,15 +71,19 @@ class PluginRegistry:
         found = set()
         if self.directory.is_dir():
             found = {
-                p.stem for p in self.directory.glob("*.wasm") if p.with_suffix(".json").exists()
+                p.stem
+                for p in self.directory.glob("*.wasm")
+                if is_plugin_name(p.stem) and p.with_suffix(".json").exists()
             }
         if self.config.build_missing:
             found |= set(sample_names())
         return sorted(found)
 
     def path(self, name: str) -> Path:
-        """``<dir>/<name>.wasm``, built from the sample source first if allowed and missing."""
-        wasm = self.directory / f"{name}.wasm"
+        """``<dir>/<name>.wasm``, built from the sample source first if allowed and missing.
+        A name that is not a plain identifier (``../x``, ``/abs``, ``a/b``, ``x.wasm``) is
+        refused as a ``ConfigError`` naming ``plugin.name``: nothing outside the folder."""
+        wasm = plugin_file(self.directory, name, ".wasm")
         if wasm.exists() and wasm.with_suffix(".json").exists():
             return wasm
         if self.config.build_missing and name in sample_names():

@@ -18,6 +18,10 @@ from dataflare_platform.models import StrictModel
 
 Duration = int | str
 
+PLUGIN_NAME = r"^[a-z][a-z0-9_\-]{0,63}$"
+"""A plugin's name: a plain identifier. It becomes a file name (``<dir>/<name>.wasm``), so
+no separator, dot, ``..`` or absolute path can ever be one (``plugins.names``)."""
+
 
 def refusal(kind: str, message: str) -> PydanticCustomError:
     """A validator's error that pydantic reports as ``message`` exactly (a ValueError

@@ -18,6 +18,7 @@ from dataflare_platform.engine.operators.windows import Session, Sliding, TopN, 
 from dataflare_platform.engine.pipeline import Stream
 from dataflare_platform.errors import ConfigError
 from dataflare_platform.streams.fields import (
+    PLUGIN_NAME,
     Duration,
     DurationField,
     Expr,
@@ -131,7 +132,8 @@ class PluginSpec(SpecModel):
     plugins layer (``dataflare_platform.plugins.specs``) loads one per step from its
     registry and hands them to the build, keyed by ``key`` (``id``, else ``name``)."""
 
-    name: str = Field(min_length=1)
+    # A plain identifier: it names a file of the plugin folder (``fields.PLUGIN_NAME``).
+    name: str = Field(pattern=PLUGIN_NAME)
     params: dict[str, Any] = Field(default_factory=dict)
     columns: dict[str, str] = Field(default_factory=dict)  # manifest column -> table column
     id: str | None = Field(None, min_length=1)  # tells apart two steps of one plugin

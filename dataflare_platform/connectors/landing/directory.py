@@ -46,9 +46,12 @@ it by landing a corrected file, which has other bytes and so is new).
 from __future__ import annotations
 
 import bisect
+import errno
 import hashlib
 import io
+import logging
 import os
+import stat
 import threading
 import time
 from dataclasses import dataclass
@@ -85,6 +88,7 @@ IN_PROGRESS_SUFFIXES = (
     "._copying_",
 )
 Format = Literal["parquet", "csv", "ndjson"]
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -153,8 +157,42 @@ class SourceSettings(StrictModel):
         return value
 
 
-def _sha256(path: Path) -> str:
-    with path.open("rb") as f:
+class RefusedFileError(DataflareError, RuntimeError):
+    """A landing entry that is not a regular file inside the landing folder (a symlink, a
+    FIFO, a device, a socket, or a path through a linked folder): never read."""
+
+
+# O_NOFOLLOW: the last component may not be a symlink (swapped in after the scan);
+# O_NONBLOCK: opening a FIFO planted in place of a file must not hang the scan.
+_OPEN_FLAGS = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
+
+
+def _open_landed(path: Path, root: Path) -> io.BufferedReader:
+    """``path`` opened for reading if, at the moment it is opened, it is a regular file
+    whose real location is inside ``root`` (the landing folder, resolved); refused with
+    ``RefusedFileError`` otherwise. Checked on the open descriptor, so a file replaced by
+    a link or a FIFO between the scan and the read is refused, not followed."""
+    try:
+        fd = os.open(path, _OPEN_FLAGS)
+    except OSError as err:
+        if err.errno == errno.ELOOP:
+            raise RefusedFileError(f"{path.name}: a symbolic link") from None
+        raise
+    try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            raise RefusedFileError(f"{path.name}: not a regular file")
+        real = Path(os.path.realpath(path))
+        if not real.is_relative_to(root):
+            raise RefusedFileError(f"{path.name}: outside the landing folder")
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def _sha256(path: Path, root: Path) -> str:
+    with _open_landed(path, root) as f:
         return hashlib.file_digest(f, "sha256").hexdigest()
 
 
@@ -187,6 +225,9 @@ class LandingDirectory:
             values["formats"] = formats
         self.settings = validated(LandingSettings, "landing directory settings", values)
         self.directory = Path(self.settings.directory)
+        # Every file read must really be inside this folder (links are never followed).
+        self.root = Path(os.path.realpath(self.directory))
+        self.refused: dict[str, str] = {}  # name -> why it is not read (latest scan)
         self.schema = self.settings.table_schema
         self.ledger_path = self.settings.ledger or self.directory / STATE_DIR / "ledger.sqlite"
         self.ledger = Ledger(self.ledger_path)
@@ -207,9 +248,12 @@ class LandingDirectory:
                     continue  # maybe still being written
                 if self.ledger.known_by_stat(name, st.st_size, st.st_mtime_ns):
                     continue
-                digest = _sha256(path)
+                digest = _sha256(path, self.root)
                 again = path.stat()
             except FileNotFoundError:
+                continue
+            except RefusedFileError as err:
+                self._refuse(name, str(err))
                 continue
             if (again.st_size, again.st_mtime_ns) != (st.st_size, st.st_mtime_ns):
                 continue  # written to while hashed: not complete
@@ -224,9 +268,13 @@ class LandingDirectory:
     def ingest(self, file: LandedFile) -> Ingested:
         """Decode ``file``; raises FileChangedError if its bytes are not the scanned ones."""
         try:
-            data = file.path.read_bytes()
+            with _open_landed(file.path, self.root) as f:
+                data = f.read()
         except FileNotFoundError as err:
             raise FileChangedError(f"{file.name} vanished after the scan") from err
+        except RefusedFileError as err:
+            self._refuse(file.name, str(err))
+            raise FileChangedError(f"{file.name} changed after the scan: {err}") from err
         if len(data) != file.size or hashlib.sha256(data).hexdigest() != file.sha256:
             raise FileChangedError(f"{file.name} changed after the scan")
         decoded = self.decoder.decode(
@@ -256,11 +304,29 @@ class LandingDirectory:
         """Dead letters recorded by the Source view."""
         return self.ledger.dead_letters()
 
+    def _refuse(self, name: str, reason: str) -> None:
+        if self.refused.get(name) != reason:
+            log.warning("landing %s: not read: %s", self.directory, reason)
+        self.refused[name] = reason
+
     def _candidates(self) -> list[tuple[Path, str]]:
+        """Regular files of the folder tree, by relative name. Symlinks (to files or to
+        folders: ``os.walk`` does not follow the latter), FIFOs, devices and sockets are
+        refused here by ``lstat``, and again on the open descriptor when read."""
         out = []
         for dirpath, dirnames, filenames in os.walk(self.directory):
-            dirnames[:] = sorted(d for d in dirnames if not _ignored(d))
             base = Path(dirpath)
+            kept = []
+            for d in sorted(dirnames):
+                if _ignored(d):
+                    continue
+                if (base / d).is_symlink():
+                    self._refuse(
+                        (base / d).relative_to(self.directory).as_posix(), f"{d}: a symbolic link"
+                    )
+                    continue
+                kept.append(d)
+            dirnames[:] = kept
             for filename in filenames:
                 if _ignored(filename):
                     continue
@@ -268,7 +334,18 @@ class LandingDirectory:
                 if fmt is None or fmt[0] not in self.settings.formats:
                     continue
                 path = base / filename
-                out.append((path, path.relative_to(self.directory).as_posix()))
+                name = path.relative_to(self.directory).as_posix()
+                try:
+                    mode = path.lstat().st_mode
+                except FileNotFoundError:
+                    continue
+                if stat.S_ISLNK(mode):
+                    self._refuse(name, f"{filename}: a symbolic link")
+                    continue
+                if not stat.S_ISREG(mode):
+                    self._refuse(name, f"{filename}: not a regular file")
+                    continue
+                out.append((path, name))
         return sorted(out, key=lambda item: item[1])
 
 

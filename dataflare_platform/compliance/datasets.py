@@ -7,14 +7,14 @@ from __future__ import annotations
 from pathlib import Path
 
 import polars as pl
-from pydantic import model_validator
+from pydantic import Field, model_validator
 
 from dataflare_platform.connectors import duckdb as duckdb_connector
 from dataflare_platform.errors import MissingPathError
 from dataflare_platform.events.log import EventLog, TopicNotFoundError
 from dataflare_platform.home import ProjectHome
 from dataflare_platform.models import StrictModel
-from dataflare_platform.sql_names import quote_identifier
+from dataflare_platform.sql_names import SQL_IDENTIFIER, quote_identifier
 
 WAREHOUSE_FILE = "warehouse.duckdb"
 
@@ -27,7 +27,8 @@ class NoRowsYetError(MissingPathError):
 
 class DuckDBTableRef(StrictModel):
     path: Path = Path(WAREHOUSE_FILE)
-    table: str
+    # A plain lower-case identifier: refused at load naming ``data.duckdb.table``.
+    table: str = Field(pattern=SQL_IDENTIFIER, max_length=120)
 
 
 class DatasetRef(StrictModel):

@@ -15,13 +15,15 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validat
 
 from dataflare_platform.errors import InvalidInputError
 from dataflare_platform.models import StrictModel
+from dataflare_platform.sql_names import SQL_COLUMN as _SQL_COLUMN
+from dataflare_platform.sql_names import SQL_IDENTIFIER as _SQL_IDENTIFIER
 
 if TYPE_CHECKING:
     from dataflare_platform.events.log import EventLog
 
-# Lower-case SQL identifiers: the same with or without quotes, so the table a user queries
-# by hand (unquoted, folded to lower case) is the table the sink writes.
-SQL_IDENTIFIER = r"^[a-z_][a-z0-9_]*$"
+# The patterns live with the quoting (``sql_names``); re-exported for the connectors.
+SQL_IDENTIFIER = _SQL_IDENTIFIER
+SQL_COLUMN = _SQL_COLUMN
 PG_MAX_IDENTIFIER = 63  # NAMEDATALEN - 1: PostgreSQL silently truncates longer names
 
 

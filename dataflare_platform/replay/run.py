@@ -59,6 +59,7 @@ from dataflare_platform.replay.targets import (
     ParquetDatasetTarget,
     ReplayTarget,
 )
+from dataflare_platform.sql_names import SQL_COLUMN, SQL_IDENTIFIER
 from dataflare_platform.times import epoch_ms
 
 logger = logging.getLogger(__name__)
@@ -90,7 +91,7 @@ class DuckDBTarget(StrictModel):
     output (guarded: the pipeline must already have written the interval)."""
 
     path: Path
-    table: str
+    table: str = Field(pattern=SQL_IDENTIFIER, max_length=120)  # refused naming the field
     overwrite: bool = False
 
 
@@ -100,7 +101,7 @@ class ParquetTarget(StrictModel):
     (``window_start`` for windowed pipelines). The interval is widened to whole days."""
 
     root: Path
-    time_column: str
+    time_column: str = Field(pattern=SQL_COLUMN)
     partition_by: str = "date"
     overwrite: bool = False
 

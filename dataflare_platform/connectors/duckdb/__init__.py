@@ -18,7 +18,12 @@ from typing import TYPE_CHECKING, Annotated, Literal
 from pydantic import Field
 
 from dataflare_platform.connectors.duckdb.sink import CHECKPOINT_TABLE, DuckDBSink
-from dataflare_platform.connectors.settings import SQL_IDENTIFIER, ConnectorSettings, OpenContext
+from dataflare_platform.connectors.settings import (
+    SQL_COLUMN,
+    SQL_IDENTIFIER,
+    ConnectorSettings,
+    OpenContext,
+)
 from dataflare_platform.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -61,7 +66,7 @@ class DuckDBSinkSettings(ConnectorSettings):
     kind: Literal["duckdb"] = "duckdb"
     path: Path | None = Field(None, description="The DuckDB file; default one per pipeline.")
     table: str = Field(pattern=SQL_IDENTIFIER, max_length=120)
-    upsert_keys: list[Annotated[str, Field(min_length=1)]] | None = Field(None, min_length=1)
+    upsert_keys: list[Annotated[str, Field(pattern=SQL_COLUMN)]] | None = Field(None, min_length=1)
 
 
 def default_path(settings: DuckDBSinkSettings, pipeline: str, default_dir: Path) -> Path:

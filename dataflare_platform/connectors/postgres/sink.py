@@ -41,6 +41,7 @@ from pydantic import ConfigDict, Field, NonNegativeFloat, PositiveFloat, field_v
 from dataflare_platform.connectors.postgres.pgcopy import iter_binary, pg_type
 from dataflare_platform.connectors.settings import (
     PG_MAX_IDENTIFIER,
+    SQL_COLUMN,
     SQL_IDENTIFIER,
     ConnectorSettings,
 )
@@ -89,7 +90,7 @@ class PostgresSinkSettings(ConnectorSettings):
         description="Output table (created from the output's Arrow schema if missing).",
     )
     schema_name: str = Field("public", pattern=SQL_IDENTIFIER, max_length=PG_MAX_IDENTIFIER)
-    upsert_keys: list[Annotated[str, Field(min_length=1)]] | None = Field(
+    upsert_keys: list[Annotated[str, Field(pattern=SQL_COLUMN)]] | None = Field(
         None, min_length=1, description="Key columns: the table keeps each key's newest row."
     )
     connect_timeout_s: PositiveFloat = 10.0

@@ -11,6 +11,7 @@ from dataflare_platform.events.log import EventLog
 from dataflare_platform.plugins.specs import load_plugins, plugin_steps
 from dataflare_platform.replay.factories import for_spec
 from dataflare_platform.replay.run import DuckDBTarget, ReplayRequest, replay
+from dataflare_platform.sql_names import SQL_IDENTIFIER
 from dataflare_platform.streams.ranges import load_specs, topics_of
 
 
@@ -24,7 +25,10 @@ class ReplayConfig(dg.Config):
     to_time: str | None = None
     offsets: dict[str, list[int]] = Field(default_factory=dict)
     into_table: str | None = Field(
-        default=None, description="Write here instead of overwriting the pipeline's table."
+        default=None,
+        pattern=SQL_IDENTIFIER,
+        max_length=120,
+        description="Write here instead of overwriting the pipeline's table.",
     )
 
 

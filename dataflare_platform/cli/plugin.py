@@ -198,6 +198,64 @@ def _plugin_dir(plugin_dir: Path | None) -> Path:
     return plugin_dir or ProjectHome.resolve().root / "plugins"
 
 
+# -- lock -------------------------------------------------------------------------------------
+@plugin_app.command("lock")
+def lock(
+    names: Annotated[
+        list[str] | None,
+        typer.Argument(help="Plugin names to pin (default: every plugin of --dir)."),
+    ] = None,
+    pipeline: Annotated[
+        Path | None,
+        typer.Option(
+            "--pipeline",
+            help="Pin the plugins of this pipeline (YAML file or defs.yaml folder), in a "
+            "plugins.lock beside it.",
+        ),
+    ] = None,
+    lock_file: Annotated[
+        Path | None,
+        typer.Option("--lock", help="Lock file to write (default: $DATAFLARE_HOME/plugins.lock)."),
+    ] = None,
+    plugin_dir: DirOption = None,
+) -> None:
+    """Pin plugins by the SHA-256 of their modules in a lock file (docs/plugin-abi.md,
+    "Pinning"). Review a module before pinning it: the pin says "this exact module"."""
+    from dataflare_platform.plugins.lock import LOCK_FILE, PinnedPlugin, digest, write_lock
+    from dataflare_platform.plugins.manifest import load_manifest
+    from dataflare_platform.plugins.names import check_plugin_name
+    from dataflare_platform.plugins.registry import PluginRegistry, RegistryConfig
+
+    registry = PluginRegistry(_plugin_dir(plugin_dir), RegistryConfig(build_missing=True))
+    if pipeline is not None:
+        from dataflare_platform.plugins.specs import plugin_steps
+        from dataflare_platform.streams.spec import PipelineSpec
+
+        spec_file = pipeline / "defs.yaml" if pipeline.is_dir() else pipeline
+        spec = PipelineSpec.from_yaml(spec_file)
+        wanted = sorted({step.name for _, step in plugin_steps(spec)} | set(names or []))
+        target = lock_file or spec_file.parent / LOCK_FILE
+    else:
+        # Default: the modules present in the folder (samples not built yet are not pinned).
+        wanted = sorted(names or PluginRegistry(registry.directory).names())
+        target = lock_file or _plugin_home() / LOCK_FILE
+    pins = {}
+    for name in wanted:
+        wasm = registry.path(check_plugin_name(name, "NAMES"))
+        data = wasm.read_bytes()
+        version = load_manifest(wasm.with_suffix(".json")).version
+        pins[name] = PinnedPlugin(sha256=digest(data), version=version, size_bytes=len(data))
+    target.parent.mkdir(parents=True, exist_ok=True)
+    write_lock(target, pins)
+    _print({"lock": str(target), "plugins": {k: v.sha256 for k, v in pins.items()}})
+
+
+def _plugin_home() -> Path:
+    from dataflare_platform.home import ProjectHome
+
+    return ProjectHome.resolve().root
+
+
 # -- list -------------------------------------------------------------------------------------
 @plugin_app.command("list")
 def list_plugins(plugin_dir: DirOption = None, as_json: JsonOption = False) -> None:

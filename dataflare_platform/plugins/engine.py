@@ -1,5 +1,5 @@
 """The process-wide wasmtime engines, the epoch ticker that enforces deadlines, and the
-on-disk cache of compiled modules.
+authenticated on-disk cache of compiled modules (``plugins.cache``).
 
 One engine per fuel setting (fuel metering changes the generated code, so a module
 compiled for one cannot run on the other); both have epoch interruption, so every call
@@ -7,15 +7,13 @@ is bounded in wall-clock time by a ticker thread, never by trusting the plugin."
 
 from __future__ import annotations
 
-import hashlib
-import importlib.metadata
 import threading
 import time
 from pathlib import Path
 
 import wasmtime
 
-_WASMTIME_VERSION = importlib.metadata.version("wasmtime")
+from dataflare_platform.plugins.cache import PluginCache, cache_key
 
 TICK_MS = 2
 """Epoch period: deadlines are enforced with this granularity."""
@@ -56,28 +54,44 @@ def deadline_ticks(deadline_ms: float) -> int:
 
 
 def default_cache_dir() -> Path:
+    """Where compiled modules go when no cache is given (library and CLI use): the user's
+    own cache folder, made 0700 (``plugins.cache``). Deployments pass the home's."""
     return Path.home() / ".cache" / "dataflare" / "plugins"
 
 
+_caches: dict[tuple[Path, Path | None], PluginCache] = {}
+
+
+def plugin_cache(cache_dir: Path | None = None, key_file: Path | None = None) -> PluginCache:
+    """The (process-wide, one per folder) authenticated cache of ``cache_dir``."""
+    directory = Path(cache_dir) if cache_dir else default_cache_dir()
+    with _lock:
+        cache = _caches.get((directory, key_file))
+        if cache is None:
+            cache = _caches[(directory, key_file)] = PluginCache(directory, key_file)
+        return cache
+
+
 def compile_module(
-    source: bytes | str, fuel: bool = False, cache_dir: Path | None = None
+    source: bytes | str,
+    fuel: bool = False,
+    cache_dir: Path | PluginCache | None = None,
 ) -> wasmtime.Module:
-    """Compile ``source`` (WASM bytes or WAT text) once: the native code is kept on disk
-    under a hash of the content, the wasmtime version and the engine settings. The cache
-    directory is host-owned; deserialising trusts it, so it must not be user-writable."""
+    """Compile ``source`` (WASM bytes or WAT text) once: the native code is kept in an
+    authenticated cache (``plugins.cache``) under a hash of the content, the wasmtime
+    version and the engine settings. Only an artifact whose MAC verifies reaches
+    ``Module.deserialize``; any other is discarded with a warning and the module is
+    compiled again from ``source``, the bytes whose digest the caller verified."""
     engine = shared_engine(fuel)
     data = source.encode() if isinstance(source, str) else bytes(source)
-    key = hashlib.sha256(data + f"|{_WASMTIME_VERSION}|fuel={fuel}".encode()).hexdigest()
-    cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
-    cached = cache_dir / f"{key}.cwasm"
-    if cached.exists():
+    cache = cache_dir if isinstance(cache_dir, PluginCache) else plugin_cache(cache_dir)
+    key = cache_key(data, fuel)
+    artifact = cache.get(key)
+    if artifact is not None:
         try:
-            return wasmtime.Module.deserialize_file(engine, str(cached))
+            return wasmtime.Module.deserialize(engine, artifact)
         except wasmtime.WasmtimeError:
-            cached.unlink(missing_ok=True)  # stale or truncated: recompile below
+            cache.discard(key)  # authentic but stale (another wasmtime build): recompile
     module = wasmtime.Module(engine, data)
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    tmp = cached.with_suffix(f".{threading.get_ident()}.tmp")
-    tmp.write_bytes(module.serialize())
-    tmp.replace(cached)  # atomic: concurrent loaders never see a half-written file
+    cache.put(key, module.serialize())
     return module

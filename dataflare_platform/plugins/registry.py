@@ -9,8 +9,9 @@ can be built from their shipped C source on demand.
 
 from __future__ import annotations
 
+import tempfile
 import threading
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,14 @@ from pydantic import Field
 from dataflare_platform.errors import ConfigError
 from dataflare_platform.models import StrictModel
 from dataflare_platform.plugins.build import SAMPLES_DIR, build_plugin
+from dataflare_platform.plugins.engine import plugin_cache
+from dataflare_platform.plugins.lock import (
+    PinnedPlugin,
+    Pins,
+    PluginPinError,
+    digest,
+    write_lock,
+)
 from dataflare_platform.plugins.manifest import Manifest, load_manifest
 from dataflare_platform.plugins.names import is_plugin_name, plugin_file
 from dataflare_platform.plugins.runtime import Limits, Plugin
@@ -38,7 +47,16 @@ class RegistryConfig(StrictModel):
     pool_size: int = Field(Limits.pool_size, ge=1, le=64)
     granted_capabilities: tuple[str, ...] = ()
     build_missing: bool = False
+    # The authenticated compile cache (``plugins.cache``): a platform-owned folder, never
+    # the plugin folder; its MAC key defaults to ``<cache_dir>.key`` beside it.
     cache_dir: Path | None = None
+    cache_key_file: Path | None = None
+    # Pins (``plugins.lock``): the files consulted, in order, and whether a plugin none of
+    # them names may load. A library registry allows it (its caller chose the folder); the
+    # deployment's registry, which every pipeline run uses, refuses unless the deployment
+    # explicitly allows it (``defs.plugins.resources``, docs/security.md).
+    lock_files: tuple[Path, ...] = ()
+    allow_unpinned: bool = True
 
     @classmethod
     def load(cls, **values: Any) -> RegistryConfig:
@@ -60,9 +78,17 @@ class PluginRegistry:
     """Plugins found in one directory; ``load`` gives a fresh, sandboxed instance each time
     (so two pipeline steps never share stats, state or a lock)."""
 
-    def __init__(self, directory: Path | str, config: RegistryConfig | None = None) -> None:
+    def __init__(
+        self,
+        directory: Path | str,
+        config: RegistryConfig | None = None,
+        on_refused: Callable[[PluginPinError], None] | None = None,
+    ) -> None:
+        """``on_refused`` is told of every pin refusal before it is raised (the deployment
+        appends it to the audit log; the data plane does not know the audit store)."""
         self.directory = Path(directory)
         self.config = config or RegistryConfig()
+        self.on_refused = on_refused
         self._build_lock = threading.Lock()
 
     # -- discovery -----------------------------------------------------------------------
@@ -108,23 +134,69 @@ class PluginRegistry:
         columns: dict[str, str] | None = None,
         limits: Limits | None = None,
         granted: Iterable[str] | None = None,
+        lock_files: Iterable[Path] = (),
     ) -> Plugin:
         """A new instance of plugin ``name``: bad params are refused as a ``ConfigError``
-        naming ``params.<field>``; a column binding naming no manifest column likewise."""
+        naming ``params.<field>``; a column binding naming no manifest column likewise.
+        The module's bytes are read once, checked against the pins (``lock_files`` first,
+        e.g. the pipeline's own lock, then the registry's) and those very bytes are
+        compiled: a module swapped after the check is never the one that runs."""
         wasm = self.path(name)
+        module = wasm.read_bytes()
+        self.verify(name, module, tuple(lock_files))
         manifest = load_manifest(wasm.with_suffix(".json"))
         params = manifest.resolve_params(params)  # ConfigError naming params.<field>
         check_columns(manifest, columns)
         grants = self.config.granted_capabilities if granted is None else tuple(granted)
         return Plugin(
             manifest,
-            wasm.read_bytes(),
+            module,
             params,
             limits or self.config.limits(),
             grants,
             columns,
-            self.config.cache_dir,
+            plugin_cache(self.config.cache_dir, self.config.cache_key_file),
         )
+
+    # -- pins ----------------------------------------------------------------------------
+    def pins(self, first: Iterable[Path] = ()) -> Pins:
+        return Pins(self.config.lock_files).with_first(tuple(first))
+
+    def verify(self, name: str, module: bytes, first: Iterable[Path] = ()) -> str:
+        """The module's digest if its pin matches (or it may run unpinned); else the
+        refusal, told to ``on_refused`` and raised as ``PluginPinError`` (both digests)."""
+        actual = digest(module)
+        found = self.pins(first).lookup(name)
+        if found is not None:
+            pin, lock = found
+            if pin.sha256 == actual:
+                return actual
+            self._refuse(PluginPinError(name, actual, pin.sha256, lock))
+        if self.config.allow_unpinned:
+            return actual
+        if self.config.build_missing and name in sample_names() and self.config.lock_files:
+            return self._pin_sample(name, actual)
+        self._refuse(PluginPinError(name, actual, None, None))
+        raise AssertionError("unreachable")
+
+    def _pin_sample(self, name: str, actual: str) -> str:
+        """A shipped sample is platform code: its pin is what its shipped source compiles
+        to. Built again in a scratch folder; identical bytes are pinned in the deployment's
+        lock (the last lock file), anything else is refused as a mismatch."""
+        with tempfile.TemporaryDirectory() as scratch:
+            built = build_plugin(SAMPLES_DIR / name, Path(scratch))
+            expected = digest(built.read_bytes())
+        lock = self.config.lock_files[-1]
+        if expected != actual:
+            self._refuse(PluginPinError(name, actual, expected, SAMPLES_DIR / name))
+        version = load_manifest(SAMPLES_DIR / name / "plugin.json").version
+        write_lock(lock, {name: PinnedPlugin(sha256=actual, version=version)})
+        return actual
+
+    def _refuse(self, error: PluginPinError) -> None:
+        if self.on_refused is not None:
+            self.on_refused(error)
+        raise error
 
 
 def check_columns(manifest: Manifest, columns: dict[str, str] | None) -> None:

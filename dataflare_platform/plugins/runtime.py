@@ -25,6 +25,7 @@ import wasmtime
 
 from dataflare_platform.errors import BatchRejectedError, InvalidInputError, WrongTypeError
 from dataflare_platform.plugins import abi
+from dataflare_platform.plugins.cache import PluginCache
 from dataflare_platform.plugins.engine import compile_module, deadline_ticks, shared_engine
 from dataflare_platform.plugins.fastcall import I32Func, SignatureError
 from dataflare_platform.plugins.manifest import ColumnSpec, Manifest, load_manifest, manifest_path
@@ -123,7 +124,7 @@ class Plugin:
         limits: Limits | None = None,
         granted: Iterable[str] = (),
         columns: dict[str, str] | None = None,
-        cache_dir: Path | None = None,
+        cache_dir: Path | PluginCache | None = None,
         pool_size: int | None = None,
     ) -> None:
         self.manifest = manifest

@@ -9,10 +9,13 @@ plugins, so every ``- plugin: {name, params, columns, id}`` step is resolved her
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from dataflare_platform.engine.pipeline import Pipeline
 from dataflare_platform.engine.sinks import Sink
 from dataflare_platform.engine.sources import Source
 from dataflare_platform.errors import ConfigError
+from dataflare_platform.plugins.lock import LOCK_FILE
 from dataflare_platform.plugins.registry import PluginRegistry
 from dataflare_platform.plugins.runtime import Plugin
 from dataflare_platform.streams.spec import PipelineSpec
@@ -29,11 +32,21 @@ def plugin_steps(spec: PipelineSpec) -> list[tuple[str, PluginSpec]]:
     ]
 
 
+def pipeline_lock(spec: PipelineSpec) -> Path | None:
+    """The pipeline's own ``plugins.lock`` (beside its YAML / builders), consulted before
+    the deployment's; None for a spec built in memory."""
+    return spec.folder / LOCK_FILE if spec.folder is not None else None
+
+
 def load_plugins(spec: PipelineSpec, registry: PluginRegistry) -> dict[str, Plugin]:
     """One fresh plugin instance per plugin step, keyed as ``PipelineSpec.build`` expects.
-    Every problem of every step is reported at once, each naming its field."""
+    Every problem of every step is reported at once, each naming its field. Each module
+    is checked against its pin (the pipeline's lock, then the registry's): a mismatch or,
+    where the registry refuses them, an unpinned plugin names the step's field."""
     plugins: dict[str, Plugin] = {}
     problems: list[tuple[str, str]] = []
+    own = pipeline_lock(spec)
+    first = (own,) if own is not None else ()
     for where, step in plugin_steps(spec):
         if step.key in plugins:
             problems.append(
@@ -41,7 +54,9 @@ def load_plugins(spec: PipelineSpec, registry: PluginRegistry) -> dict[str, Plug
             )
             continue
         try:
-            plugins[step.key] = registry.load(step.name, step.params, step.columns or None)
+            plugins[step.key] = registry.load(
+                step.name, step.params, step.columns or None, lock_files=first
+            )
         except ConfigError as err:
             for field, msg in err.problems:
                 field = field.removeprefix("plugin.")

@@ -81,5 +81,5 @@ def load_python_specs(directory: Path) -> list[tuple[Path, PipelineSpec]]:
             if isinstance(spec, PipelineSpec) and getattr(value, "__module__", None) == (
                 module.__name__
             ):
-                found.append((path, spec))
+                found.append((path, spec.with_folder(Path(directory))))
     return found

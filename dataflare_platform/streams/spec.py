@@ -34,7 +34,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field, field_validator, model_validator
+from pydantic import BaseModel, Field, PrivateAttr, field_validator, model_validator
 
 from dataflare_platform.component_files import load_spec_mapping
 from dataflare_platform.connectors.registry import (
@@ -157,6 +157,7 @@ class PipelineSpec(SpecModel):
     output: str | None = None
     builder: Any = Field(default=None, exclude=True)
     sink: SinkSettings
+    _folder: Path | None = PrivateAttr(default=None)
 
     _import = field_validator("builder", mode="before")(_import_builder)
 
@@ -240,9 +241,23 @@ class PipelineSpec(SpecModel):
         return spec.relative_to(base)
 
     def relative_to(self, base: Path) -> PipelineSpec:
-        """Resolve relative paths of sources and the sink against the spec file's folder."""
+        """Resolve relative paths of sources and the sink against the spec file's folder
+        (which is also where the pipeline's own ``plugins.lock`` is looked for)."""
         sources = {k: _resolved(s, base) for k, s in self.sources.items()}
-        return self.model_copy(update={"sources": sources, "sink": _resolved(self.sink, base)})
+        copy = self.model_copy(update={"sources": sources, "sink": _resolved(self.sink, base)})
+        return copy.with_folder(base)
+
+    def with_folder(self, folder: Path) -> PipelineSpec:
+        """This spec, declared in ``folder`` (not a field: where a spec was found is not
+        part of what it says, and two copies of one spec compare equal)."""
+        copy = self.model_copy()
+        copy._folder = Path(folder)
+        return copy
+
+    @property
+    def folder(self) -> Path | None:
+        """The folder the spec was declared in (None for a spec built in memory)."""
+        return self._folder
 
     # -- building ------------------------------------------------------------------------
     def build(

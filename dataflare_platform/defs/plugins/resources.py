@@ -4,10 +4,15 @@ deployment's sandbox limits and granted capabilities."""
 from pathlib import Path
 from typing import Any, ClassVar
 
+from dataflare_platform.compliance.plugin_refusals import record_refusal
 from dataflare_platform.defs.deployment_lock import DeploymentLockedResource, deployment_field
 from dataflare_platform.home import ProjectHome
+from dataflare_platform.plugins.lock import LOCK_FILE, PluginPinError
 from dataflare_platform.plugins.registry import PluginRegistry, RegistryConfig
 from dataflare_platform.plugins.runtime import Plugin
+
+# The platform's own folder in the home (0700): state plugin authors must not reach.
+PLATFORM_DIR = "platform"
 
 
 class PluginRuntimeResource(DeploymentLockedResource):
@@ -42,22 +47,54 @@ class PluginRuntimeResource(DeploymentLockedResource):
     granted_capabilities: list[str] = deployment_field(
         env=None, default_factory=list, description="Capabilities plugins may use (e.g. 'log')."
     )
+    cache_dir: str = deployment_field(
+        "",
+        env="DATAFLARE_PLUGIN_CACHE_DIR",
+        description="Compile cache ('' = <DATAFLARE_HOME>/platform/plugin-cache), 0700.",
+    )
+    cache_key_file: str = deployment_field(
+        "",
+        env="DATAFLARE_PLUGIN_CACHE_KEY_FILE",
+        description="MAC key of the compile cache ('' = <cache_dir>.key), 0600.",
+    )
+    lock_file: str = deployment_field(
+        "",
+        env="DATAFLARE_PLUGIN_LOCK",
+        description="The deployment's plugin pins ('' = <DATAFLARE_HOME>/plugins.lock).",
+    )
+    allow_unpinned: bool = deployment_field(
+        False,
+        env="DATAFLARE_PLUGIN_ALLOW_UNPINNED",
+        description="Let plugins no lock pins load (refused by default).",
+    )
     build_missing: bool = deployment_field(
         True, env=None, description="Build shipped samples missing from the dir."
     )
 
     def registry(self) -> PluginRegistry:
-        directory = Path(self.plugin_dir or ProjectHome.resolve().root / "plugins")
+        home = ProjectHome.resolve().root
+        directory = Path(self.plugin_dir or home / "plugins")
         config = RegistryConfig.load(
-            # Compiled modules are cached with the plugins, not in the user's home.
-            cache_dir=directory / ".cache",
+            # Not the plugin folder: plugin authors write there (plugins.cache).
+            cache_dir=Path(self.cache_dir or home / PLATFORM_DIR / "plugin-cache"),
+            cache_key_file=Path(self.cache_key_file) if self.cache_key_file else None,
             deadline_ms=self.deadline_ms,
             memory_mb=self.memory_mb,
             fuel=self.fuel,
             granted_capabilities=tuple(self.granted_capabilities),
             build_missing=self.build_missing,
+            lock_files=(self.lock_path(),),
+            allow_unpinned=self.allow_unpinned,
         )
-        return PluginRegistry(directory, config)
+
+        def audit(error: PluginPinError) -> None:
+            record_refusal(error.plugin, error.actual, error.expected, error.lock, directory, home)
+
+        return PluginRegistry(directory, config, on_refused=audit)
+
+    def lock_path(self) -> Path:
+        """The deployment's lock: ``lock_file``, else ``<DATAFLARE_HOME>/plugins.lock``."""
+        return Path(self.lock_file or ProjectHome.resolve().root / LOCK_FILE)
 
     def load(
         self,

@@ -2,11 +2,12 @@
 
 A run's config can reach every field of every resource (``resources.<name>.config.
 <field>``): left open, a launch could point the plugin folder at a directory holding a
-planted compile cache, or the audit key folder at keys of its own. The fields that define
-the deployment (home, plugin folder and with it the compile cache, audit and alert
-stores, sandbox limits, broker settings) therefore come from the deployment's
-configuration and environment only; a launch keeps the knobs listed in ``LAUNCH_KNOBS``
-(offset ranges, intervals, dry run, ...).
+planted module, the compile cache at planted artifacts, the plugin lock at pins of its
+own, or the audit key folder at keys of its own. The fields that define the deployment
+(home, plugin folder, compile cache, plugin lock, audit and alert stores, sandbox limits,
+broker settings) therefore come from the deployment's configuration and environment
+only; a launch keeps the knobs listed in ``LAUNCH_KNOBS`` (offset ranges, intervals, dry
+run, ...).
 
 ``forbidden_overrides`` is the one check, failing closed: any key under ``resources`` is
 refused (a resource field nobody registered yet is deployment-only until reviewed), as is
@@ -35,7 +36,13 @@ DEPLOYMENT_SETTINGS: Mapping[str, Mapping[str, str | None]] = {
         "data_keys_dir": "DATAFLARE_DATA_KEYS_DIR",
     },
     "plugins": {
-        "plugin_dir": "DATAFLARE_PLUGIN_DIR",  # the compile cache is <plugin_dir>/.cache
+        "plugin_dir": "DATAFLARE_PLUGIN_DIR",
+        # The authenticated compile cache (<home>/platform/plugin-cache) and its MAC key.
+        "cache_dir": "DATAFLARE_PLUGIN_CACHE_DIR",
+        "cache_key_file": "DATAFLARE_PLUGIN_CACHE_KEY_FILE",
+        # Plugin pins: the deployment's lock, and whether unpinned plugins may load.
+        "lock_file": "DATAFLARE_PLUGIN_LOCK",
+        "allow_unpinned": "DATAFLARE_PLUGIN_ALLOW_UNPINNED",
         "deadline_ms": None,
         "memory_mb": "DATAFLARE_PLUGIN_MEMORY_MB",
         "fuel": "DATAFLARE_PLUGIN_FUEL",

@@ -33,6 +33,7 @@ from dataflare_platform.compliance.override_refusals import (
     refuse,
 )
 from dataflare_platform.deployment_settings import forbidden_overrides
+from dataflare_platform.errors import ConfigError
 from dataflare_platform.home import HOME_ENV_VAR
 
 _MISSING = object()
@@ -84,11 +85,25 @@ class DeploymentLockedResource(dg.ConfigurableResource):
             if env is None or name in values or env not in os.environ:
                 continue
             annotation = str(cls.model_fields[name].annotation)
-            values[name] = dg.EnvVar.int(env) if "int" in annotation else dg.EnvVar(env)
+            if cls.model_fields[name].annotation is bool:
+                # Dagster has no boolean EnvVar: read where the definitions load (the
+                # deployment's environment), refusing anything but a plain yes or no.
+                values[name] = _env_bool(env)
+            else:
+                values[name] = dg.EnvVar.int(env) if "int" in annotation else dg.EnvVar(env)
         return cls(**values)
 
     def setup_for_execution(self, context: dg.InitResourceContext) -> None:
         check_deployment_settings(self, context)
+
+
+def _env_bool(env: str) -> bool:
+    value = os.environ[env].strip().lower()
+    if value in {"1", "true", "yes", "on"}:
+        return True
+    if value in {"0", "false", "no", "off", ""}:
+        return False
+    raise ConfigError("deployment environment", [(env, f"{value!r} is not true or false")])
 
 
 def _definition_values(

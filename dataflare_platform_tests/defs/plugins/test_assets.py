@@ -1,6 +1,9 @@
 """The plugin runtime resource, and an asset masking persons with it, materialized
 in process."""
 
+import hashlib
+import shutil
+
 import dagster as dg
 import polars as pl
 import pytest
@@ -12,6 +15,7 @@ from dataflare_platform.defs.plugins.resources import PluginRuntimeResource
 from dataflare_platform.defs.resources import ProjectHomeResource
 from dataflare_platform.errors import ConfigError
 from dataflare_platform.plugins.build import SAMPLES_DIR, build_plugin
+from dataflare_platform.plugins.lock import LOCK_FILE, PinnedPlugin, write_lock
 
 
 @pytest.fixture(scope="module")
@@ -21,7 +25,17 @@ def plugin_dir(tmp_path_factory):
     return out
 
 
-def materialize(home, plugin_dir, rows=30):
+def pin(home, plugin_dir) -> str:
+    """Pin the module as a reviewer would (``dataflare plugin lock``) in the home's lock."""
+    data = (plugin_dir / "pii_mask.wasm").read_bytes()
+    digest = hashlib.sha256(data).hexdigest()
+    write_lock(home.root / LOCK_FILE, {"pii_mask": PinnedPlugin(sha256=digest)})
+    return digest
+
+
+def materialize(home, plugin_dir, rows=30, pinned=True):
+    if pinned:
+        pin(home, plugin_dir)
     return dg.materialize(
         [masked_persons_sample],
         resources={
@@ -59,7 +73,8 @@ def test_masks_warehouse_persons(landed_home, plugin_dir):
     assert meta["dagster/row_count"] == meta["masked_emails"] == 10
 
 
-def test_resource_loads_by_name_and_refuses_bad_config(plugin_dir):
+def test_resource_loads_by_name_and_refuses_bad_config(home, plugin_dir):
+    pin(home, plugin_dir)
     resource = PluginRuntimeResource(plugin_dir=str(plugin_dir), deadline_ms=50, memory_mb=64)
     plugin = resource.load("pii_mask", columns={"text": "t"})
     assert plugin.limits.deadline_ms == 50 and plugin.limits.memory_bytes == 64 * 2**20
@@ -77,3 +92,39 @@ def test_registered_in_the_definitions():
     graph = defs.resolve_asset_graph()
     key = dg.AssetKey(["plugins", "masked_persons_sample"])
     assert graph.get(key).parent_keys == {dg.AssetKey(["nexmark", "persons"])}
+
+
+def refusals(home) -> list:
+    from dataflare_platform.compliance.audit import AuditLog
+
+    with AuditLog(f"sqlite:///{home.root / 'audit.db'}") as log:
+        return [e for e in log.tail(50) if e.action == "plugin_refused"]
+
+
+def test_a_swapped_module_fails_the_run_and_is_audited_with_both_digests(
+    home, plugin_dir, tmp_path
+):
+    folder = tmp_path / "swapped"
+    shutil.copytree(plugin_dir, folder)
+    pinned = pin(home, folder)
+    # The module in the folder is replaced after review (another sample's code).
+    build_plugin(SAMPLES_DIR / "currency", tmp_path / "other")
+    shutil.copy(tmp_path / "other" / "currency.wasm", folder / "pii_mask.wasm")
+    swapped = hashlib.sha256((folder / "pii_mask.wasm").read_bytes()).hexdigest()
+    with pytest.raises(dg.Failure) as err:
+        materialize(home, folder, pinned=False)
+    assert pinned in str(err.value) and swapped in str(err.value)
+    (entry,) = refusals(home)
+    assert entry.subject == "pii_mask"
+    details = entry.payload()
+    assert details["sha256"] == swapped and details["expected_sha256"] == pinned
+    assert details["reason"] == "digest_mismatch"
+    assert details["lock"] == str(home.root / LOCK_FILE)
+
+
+def test_an_unpinned_module_is_refused_by_the_deployment_and_audited(home, plugin_dir):
+    with pytest.raises(dg.Failure, match="not pinned by any lock file"):
+        materialize(home, plugin_dir, pinned=False)
+    (entry,) = refusals(home)
+    assert entry.payload()["reason"] == "unpinned"
+    assert entry.payload()["expected_sha256"] is None

@@ -250,6 +250,20 @@ def lock(
     _print({"lock": str(target), "plugins": {k: v.sha256 for k, v in pins.items()}})
 
 
+def _check_pin(plugin: str, wasm: Path, module: bytes, plugin_dir: Path | None) -> None:
+    """A plugin run by name is checked against the home's lock when the lock pins it (a
+    swapped module is refused with both digests, as in a pipeline); this developer tool
+    runs unpinned names, files and source folders as given."""
+    from dataflare_platform.plugins.lock import LOCK_FILE
+    from dataflare_platform.plugins.names import is_plugin_name
+    from dataflare_platform.plugins.registry import PluginRegistry, RegistryConfig
+
+    if not is_plugin_name(plugin) or wasm.parent != _plugin_dir(plugin_dir):
+        return
+    config = RegistryConfig(lock_files=(_plugin_home() / LOCK_FILE,), allow_unpinned=True)
+    PluginRegistry(wasm.parent, config).verify(plugin, module)
+
+
 def _plugin_home() -> Path:
     from dataflare_platform.home import ProjectHome
 
@@ -387,7 +401,9 @@ def run(
             deadline_ms=deadline_ms, memory_mb=memory_mb, fuel=fuel, max_failures=10**9
         )
         table = read_table(input_path)
-        loaded = Plugin(manifest, wasm.read_bytes(), params, config.limits(), grant or (), columns)
+        module = wasm.read_bytes()
+        _check_pin(plugin, wasm, module, plugin_dir)
+        loaded = Plugin(manifest, module, params, config.limits(), grant or (), columns)
         result = run_batches(loaded, table, batch_rows)
     output_path.parent.mkdir(parents=True, exist_ok=True)
     result.output.write_parquet(output_path)

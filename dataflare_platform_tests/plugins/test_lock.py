@@ -156,3 +156,19 @@ def test_a_shipped_sample_pins_itself_to_what_its_source_compiles_to(tmp_path, c
     )
     with pytest.raises(PluginPinError):
         registry.load("currency")
+
+
+def test_plugin_run_by_name_checks_the_homes_pin(plugin_dir, tmp_path, monkeypatch):
+    import polars as pl
+
+    monkeypatch.setenv("DATAFLARE_HOME", str(tmp_path / "home"))
+    lock_cli("currency", "--dir", str(plugin_dir))
+    assert read_lock(tmp_path / "home" / "plugins.lock").plugins["currency"]
+    pl.DataFrame({"price": [100, 200]}).write_parquet(tmp_path / "in.parquet")
+    args = ["plugin", "run", "currency", "--dir", str(plugin_dir)]
+    args += ["--input", str(tmp_path / "in.parquet"), "--output", str(tmp_path / "out.parquet")]
+    assert CliRunner().invoke(app, args).exit_code == 0
+    shutil.copy(plugin_dir / "pii_mask.wasm", plugin_dir / "currency.wasm")
+    refused = CliRunner().invoke(app, args)
+    assert refused.exit_code != 0
+    assert sha(plugin_dir / "currency.wasm") in refused.output

@@ -145,7 +145,10 @@ class PluginCache:
             path.name,
             why,
         )
-        path.unlink(missing_ok=True)
+        try:
+            path.unlink(missing_ok=True)
+        except OSError:  # a directory planted under the name: it stays, never read
+            log.warning("plugin compile cache: could not remove %s", path.name)
         return None
 
 

@@ -220,3 +220,36 @@ def test_a_plugin_pipeline_run_records_which_modules_it_loaded(home, small_nexma
     assert set(plugins) == {"pii_mask@mask_email", "pii_mask@mask_card"}
     assert all(len(d) == 64 and int(d, 16) >= 0 for d in plugins.values())
     assert len(set(plugins.values())) == 1  # one module, two steps
+    # The sample was pinned to what its shipped source compiles to, in the home's lock.
+    from dataflare_platform.plugins.lock import read_lock
+
+    pinned = read_lock(home.root / "plugins.lock").plugins["pii_mask"].sha256
+    assert set(plugins.values()) == {pinned}
+
+
+def test_a_swapped_module_fails_the_pipeline_run_and_is_audited(home, small_nexmark):
+    """After the pipeline ran with the reviewed module, someone replaces the module in the
+    plugin folder: the next run is refused naming the step, and audited."""
+    from dataflare_platform.compliance.audit import AuditLog
+    from dataflare_platform.plugins.build import SAMPLES_DIR, build_plugin
+
+    (spec,) = [s for s in load_specs() if s.name == "masked_persons"]
+    defs = dg.Definitions.merge(
+        stream_definitions([spec]), dg.Definitions(resources=_resources(home))
+    )
+    persons = small_nexmark["persons"]
+    EventLog(home.event_log_dir).create_topic("nexmark.persons", persons.schema).append(persons)
+    asset = defs.resolve_assets_def(dg.AssetKey(["streams", "masked_persons"]))
+    assert dg.materialize([asset]).success
+    other = build_plugin(SAMPLES_DIR / "currency", home.root / "scratch")
+    shutil.copy(other, home.root / "plugins" / "pii_mask.wasm")
+    with pytest.raises(ConfigError) as err:
+        dg.materialize([asset])
+    assert err.value.fields == [
+        "streams.masked.steps[0].plugin.name",
+        "streams.masked.steps[1].plugin.name",
+    ]
+    with AuditLog(f"sqlite:///{home.root / 'audit.db'}") as log:
+        refused = [e for e in log.tail(50) if e.action == "plugin_refused"]
+    assert {e.subject for e in refused} == {"pii_mask"}
+    assert all(e.payload()["reason"] == "digest_mismatch" for e in refused)

@@ -254,6 +254,14 @@ class PipelineSpec(SpecModel):
         copy._folder = Path(folder)
         return copy
 
+    def __eq__(self, other: object) -> bool:
+        # What the spec says, not where it was found (pydantic would compare ``_folder``).
+        if type(other) is not type(self):
+            return NotImplemented
+        return self.__dict__ == other.__dict__
+
+    __hash__ = SpecModel.__hash__
+
     @property
     def folder(self) -> Path | None:
         """The folder the spec was declared in (None for a spec built in memory)."""

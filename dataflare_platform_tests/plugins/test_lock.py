@@ -172,3 +172,13 @@ def test_plugin_run_by_name_checks_the_homes_pin(plugin_dir, tmp_path, monkeypat
     refused = CliRunner().invoke(app, args)
     assert refused.exit_code != 0
     assert sha(plugin_dir / "currency.wasm") in refused.output
+
+
+def test_where_a_spec_was_found_is_not_part_of_what_it_says(tmp_path):
+    folder = tmp_path / "pipeline"
+    folder.mkdir()
+    (folder / "defs.yaml").write_text(textwrap.dedent(PIPELINE))
+    spec = PipelineSpec.from_yaml(folder / "defs.yaml")
+    assert spec.folder == folder
+    moved = spec.with_folder(tmp_path)
+    assert moved.folder == tmp_path and moved == spec

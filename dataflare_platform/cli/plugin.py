@@ -242,9 +242,14 @@ def lock(
     pins = {}
     for name in wanted:
         wasm = registry.path(check_plugin_name(name, "NAMES"))
-        data = wasm.read_bytes()
+        data, sidecar = wasm.read_bytes(), wasm.with_suffix(".json").read_bytes()
         version = load_manifest(wasm.with_suffix(".json")).version
-        pins[name] = PinnedPlugin(sha256=digest(data), version=version, size_bytes=len(data))
+        pins[name] = PinnedPlugin(
+            sha256=digest(data),
+            manifest_sha256=digest(sidecar),
+            version=version,
+            size_bytes=len(data),
+        )
     target.parent.mkdir(parents=True, exist_ok=True)
     write_lock(target, pins)
     _print({"lock": str(target), "plugins": {k: v.sha256 for k, v in pins.items()}})

@@ -11,12 +11,14 @@ spelling, so it diffs well in review)::
     {
       "format": "dataflare.plugins.lock/1",
       "plugins": {
-        "currency": {"sha256": "9f2c...64 hex", "version": "1.0.0", "size_bytes": 1432}
+        "currency": {"sha256": "9f2c...", "manifest_sha256": "41ab...",
+                     "version": "1.0.0", "size_bytes": 1432}
       }
     }
 
-``version`` and ``size_bytes`` are informative; ``sha256`` (of the ``.wasm`` bytes) is
-what is enforced. Where locks are looked for, first match wins per plugin name:
+``sha256`` (of the ``.wasm`` bytes) and ``manifest_sha256`` (of the ``<name>.json``
+sidecar, when present) are enforced; ``version`` and ``size_bytes`` are informative.
+Where locks are looked for, first match wins per plugin name:
 
 1. ``plugins.lock`` next to the pipeline (the folder of its ``defs.yaml`` or YAML file,
    or of its ``builders/`` package for Python pipelines);
@@ -53,6 +55,9 @@ PluginName = Annotated[str, StringConstraints(pattern=PLUGIN_NAME)]
 
 class PinnedPlugin(StrictModel):
     sha256: str = Field(pattern=SHA256)
+    # The manifest sidecar's digest: it declares kind, columns and capabilities, so a
+    # swapped manifest is refused like a swapped module (checked when present).
+    manifest_sha256: str | None = Field(None, pattern=SHA256)
     version: str | None = None
     size_bytes: int | None = Field(None, ge=0)
 
@@ -74,8 +79,10 @@ class PluginPinError(ConfigError):
         expected: str | None,
         lock: Path | None,
         field: str = "plugin.name",
+        what: str = "module",
     ) -> None:
         self.plugin, self.actual, self.expected, self.lock = name, actual, expected, lock
+        self.what = what
         if expected is None:
             message = (
                 f"plugin {name!r} (sha256 {actual}) is not pinned by any lock file: run "
@@ -84,7 +91,7 @@ class PluginPinError(ConfigError):
             )
         else:
             message = (
-                f"plugin {name!r} module has sha256 {actual}, but {lock} pins sha256 "
+                f"plugin {name!r} {what} has sha256 {actual}, but {lock} pins sha256 "
                 f"{expected}: refused (re-run `dataflare plugin lock` only after reviewing "
                 "the new module)"
             )

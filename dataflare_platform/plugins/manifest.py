@@ -112,11 +112,19 @@ def manifest_path(wasm_path: Path) -> Path:
 
 def load_manifest(path: Path | str) -> Manifest:
     path = Path(path)
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise ConfigError(f"plugin manifest {path}", [("<file>", "not found")]) from None
+    return parse_manifest(data, path)
+
+
+def parse_manifest(data: bytes, path: Path | str) -> Manifest:
+    """The manifest in ``data`` (read from ``path``, named in errors): parsing the bytes
+    that were checked against a pin, not the file again."""
     what = f"plugin manifest {path}"
     try:
-        raw = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise ConfigError(what, [("<file>", "not found")]) from None
-    except json.JSONDecodeError as err:
+        raw = json.loads(data)
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise ConfigError(what, [("<file>", f"not JSON: {err}")]) from None
     return Manifest.validated(raw, what)

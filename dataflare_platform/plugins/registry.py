@@ -28,7 +28,7 @@ from dataflare_platform.plugins.lock import (
     digest,
     write_lock,
 )
-from dataflare_platform.plugins.manifest import Manifest, load_manifest
+from dataflare_platform.plugins.manifest import Manifest, load_manifest, parse_manifest
 from dataflare_platform.plugins.names import is_plugin_name, plugin_file
 from dataflare_platform.plugins.runtime import Limits, Plugin
 
@@ -143,8 +143,10 @@ class PluginRegistry:
         compiled: a module swapped after the check is never the one that runs."""
         wasm = self.path(name)
         module = wasm.read_bytes()
-        self.verify(name, module, tuple(lock_files))
-        manifest = load_manifest(wasm.with_suffix(".json"))
+        sidecar = wasm.with_suffix(".json")
+        manifest_bytes = sidecar.read_bytes()
+        self.verify(name, module, tuple(lock_files), manifest_bytes)
+        manifest = parse_manifest(manifest_bytes, sidecar)
         params = manifest.resolve_params(params)  # ConfigError naming params.<field>
         check_columns(manifest, columns)
         grants = self.config.granted_capabilities if granted is None else tuple(granted)
@@ -162,24 +164,37 @@ class PluginRegistry:
     def pins(self, first: Iterable[Path] = ()) -> Pins:
         return Pins(self.config.lock_files).with_first(tuple(first))
 
-    def verify(self, name: str, module: bytes, first: Iterable[Path] = ()) -> str:
-        """The module's digest if its pin matches (or it may run unpinned); else the
-        refusal, told to ``on_refused`` and raised as ``PluginPinError`` (both digests)."""
+    def verify(
+        self,
+        name: str,
+        module: bytes,
+        first: Iterable[Path] = (),
+        manifest: bytes | None = None,
+    ) -> str:
+        """The module's digest if its pin matches (and the manifest's, when both the pin
+        and ``manifest`` have one), or it may run unpinned; else the refusal, told to
+        ``on_refused`` and raised as ``PluginPinError`` (both digests)."""
         actual = digest(module)
         found = self.pins(first).lookup(name)
         if found is not None:
             pin, lock = found
-            if pin.sha256 == actual:
-                return actual
-            self._refuse(PluginPinError(name, actual, pin.sha256, lock))
+            if pin.sha256 != actual:
+                self._refuse(PluginPinError(name, actual, pin.sha256, lock))
+            if manifest is not None and pin.manifest_sha256 not in (None, digest(manifest)):
+                self._refuse(
+                    PluginPinError(
+                        name, digest(manifest), pin.manifest_sha256, lock, what="manifest"
+                    )
+                )
+            return actual
         if self.config.allow_unpinned:
             return actual
         if self.config.build_missing and name in sample_names() and self.config.lock_files:
-            return self._pin_sample(name, actual)
+            return self._pin_sample(name, actual, manifest)
         self._refuse(PluginPinError(name, actual, None, None))
         raise AssertionError("unreachable")
 
-    def _pin_sample(self, name: str, actual: str) -> str:
+    def _pin_sample(self, name: str, actual: str, manifest: bytes | None) -> str:
         """A shipped sample is platform code: its pin is what its shipped source compiles
         to. Built again in a scratch folder; identical bytes are pinned in the deployment's
         lock (the last lock file), anything else is refused as a mismatch."""
@@ -189,8 +204,14 @@ class PluginRegistry:
         lock = self.config.lock_files[-1]
         if expected != actual:
             self._refuse(PluginPinError(name, actual, expected, SAMPLES_DIR / name))
-        version = load_manifest(SAMPLES_DIR / name / "plugin.json").version
-        write_lock(lock, {name: PinnedPlugin(sha256=actual, version=version)})
+        shipped = (SAMPLES_DIR / name / "plugin.json").read_bytes()
+        if manifest is not None and digest(manifest) != digest(shipped):
+            self._refuse(
+                PluginPinError(name, digest(manifest), digest(shipped), SAMPLES_DIR / name)
+            )
+        version = parse_manifest(shipped, SAMPLES_DIR / name / "plugin.json").version
+        pin = PinnedPlugin(sha256=actual, manifest_sha256=digest(shipped), version=version)
+        write_lock(lock, {name: pin})
         return actual
 
     def _refuse(self, error: PluginPinError) -> None:

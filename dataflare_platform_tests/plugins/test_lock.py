@@ -182,3 +182,16 @@ def test_where_a_spec_was_found_is_not_part_of_what_it_says(tmp_path):
     assert spec.folder == folder
     moved = spec.with_folder(tmp_path)
     assert moved.folder == tmp_path and moved == spec
+
+
+def test_a_swapped_manifest_is_refused_like_a_swapped_module(plugin_dir, tmp_path, cache_dir):
+    """The sidecar declares kind, columns and capabilities: it is pinned too."""
+    lock = tmp_path / "plugins.lock"
+    lock_cli("currency", "--dir", str(plugin_dir), "--lock", str(lock))
+    assert read_lock(lock).plugins["currency"].manifest_sha256 == sha(plugin_dir / "currency.json")
+    manifest = json.loads((plugin_dir / "currency.json").read_text())
+    manifest["capabilities"] = ["log"]
+    (plugin_dir / "currency.json").write_text(json.dumps(manifest))
+    with pytest.raises(PluginPinError, match="currency' manifest has sha256") as err:
+        refusing(plugin_dir, lock, cache_dir).load("currency")
+    assert err.value.actual == sha(plugin_dir / "currency.json")

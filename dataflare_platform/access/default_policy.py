@@ -56,12 +56,15 @@ when {
 permit (principal, action == Dataflare::Action::"launch", resource)
 when { principal.via == "daemon" && (principal.kind == "backfill" || principal.kind == "system") };
 
-// In-process paths on the host (`dagster job execute`, tests, a UI started without the
-// platform's front): not gateable, allowed and recorded as out of band (via "host").
-// Remove this rule to refuse them where the coordinator sees them.
+// In-process paths on the host (`dagster job execute`, `materialize()` in scripts and
+// tests): not gateable, allowed and recorded as out of band (principal system:host, via
+// "host"). A webserver started without the platform's front (plain `dagster dev` or
+// dagster-webserver, principal system:webserver) is NOT allowed: anyone reaching its port
+// could launch; start the UI with `dataflare ui`. Remove this rule to refuse host
+// launches too where the coordinator sees them.
 @id("host out of band")
 permit (principal, action == Dataflare::Action::"launch", resource)
-when { principal.via == "host" };
+when { principal.via == "host" && principal.name != "webserver" };
 
 // decrypt is in no role: grant it only by naming it and a classification, e.g.
 // @id("auditors read pii")

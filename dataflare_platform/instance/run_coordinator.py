@@ -47,6 +47,8 @@ from dataflare_platform.errors import AccessDeniedError, DataflareError
 from dataflare_platform.instance.run_config_guard import forbidden_overrides, refuse_overrides
 from dataflare_platform.instance.submitters import (
     PARENT_RUN_ID_TAG,
+    UNGATED_HINT,
+    is_ungated_webserver,
     refused_tags,
     submitting_principal,
 )
@@ -151,7 +153,16 @@ class AuthorizingRunCoordinator(QueuedRunCoordinator):
                     )
                 ]
             resources = run_resources(run, workspace)
-            return [authorizer.decide(principal, "launch", r) for r in resources]
+            decisions = [authorizer.decide(principal, "launch", r) for r in resources]
+            if is_ungated_webserver(principal):
+                # Say why and what to do, in the error and the audit entry alike.
+                decisions = [
+                    d
+                    if d.allowed
+                    else d.model_copy(update={"reason": f"{d.reason}: {UNGATED_HINT}"})
+                    for d in decisions
+                ]
+            return decisions
         except Exception as err:  # deny, with the reason, on any failure
             reason = str(err) if isinstance(err, DataflareError) else type(err).__name__
             return [

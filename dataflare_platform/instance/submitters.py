@@ -19,7 +19,9 @@ controls, never by anything in the run:
    instance, a webserver started without the front). No authenticated identity exists;
    the principal is ``system:host`` (``system:webserver`` inside an ungated webserver),
    ``via="host"``, and the audit entry says so: these are out of band (docs/security.md,
-   "Authorization").
+   "Authorization"). The default policy allows ``system:host`` and refuses
+   ``system:webserver``: an ungated webserver is a door anyone on the machine can open,
+   and ``dataflare ui`` is the gated one.
 
 A submitter never names its own principal: tags in the reserved ``dataflare/`` namespace
 are refused unless they come from code (the job definition, a sensor or schedule), and so
@@ -93,8 +95,23 @@ def daemon_principal(tags: Mapping[str, str], location: str | None) -> Principal
     return Principal(name="daemon", kind="system", via="daemon")
 
 
+UNGATED_WEBSERVER = "webserver"
+UNGATED_HINT = (
+    "a webserver started without the platform's front (plain `dagster dev` or "
+    "dagster-webserver) has no authenticated user, so anyone reaching its port could launch: "
+    "start the UI with `dataflare ui`"
+)
+
+
 def host_principal() -> Principal:
-    return Principal(name="webserver" if in_webserver() else "host", kind="system", via="host")
+    """``system:webserver`` inside a webserver the front does not wrap, else ``system:host``
+    (``via="host"`` both: the default policy allows only the latter, as out of band)."""
+    name = UNGATED_WEBSERVER if in_webserver() else "host"
+    return Principal(name=name, kind="system", via="host")
+
+
+def is_ungated_webserver(principal: Principal) -> bool:
+    return principal.via == "host" and principal.name == UNGATED_WEBSERVER
 
 
 def submitting_principal(tags: Mapping[str, str], location: str | None) -> Principal:

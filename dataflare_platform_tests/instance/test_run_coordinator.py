@@ -35,6 +35,17 @@ def user(name: str, *roles: str, teams=()) -> Principal:
     )
 
 
+def as_webserver_process(monkeypatch: pytest.MonkeyPatch) -> None:
+    """This process imports dagster-webserver (how the coordinator tells a webserver's
+    process), for this test only: other tests see ``sys.modules`` as it was."""
+    import importlib
+
+    monkeypatch.delitem(sys.modules, "dagster_webserver", raising=False)
+    monkeypatch.setitem(
+        sys.modules, "dagster_webserver", importlib.import_module("dagster_webserver")
+    )
+
+
 def only_run(instance: dg.DagsterInstance) -> dg.DagsterRun:
     runs = instance.get_runs()
     assert len(runs) == 1
@@ -73,6 +84,51 @@ def test_an_in_process_launch_is_the_host_and_out_of_band(instance, workspace, h
     assert entry.payload()["via"] == "host"
     assert entry.payload()["resource"]["group"] == "nexmark"
     assert "host out of band" in entry.payload()["reason"]
+
+
+def test_a_launch_through_an_ungated_webserver_is_refused_naming_the_front(
+    instance, workspace, home, monkeypatch
+):
+    # Inside a webserver process the front does not wrap (plain `dagster dev`): no user is
+    # known, so the coordinator sees system:webserver, which the default policy refuses.
+    as_webserver_process(monkeypatch)
+
+    result = launch(workspace, "nexmark_job")
+    assert result["__typename"] == "PythonError", result
+    assert "system:webserver may not launch job 'nexmark_job'" in result["message"]
+    assert "start the UI with `dataflare ui`" in result["message"]
+    run = only_run(instance)
+    assert run.status == dg.DagsterRunStatus.FAILURE
+    assert PRINCIPAL_TAG not in run.tags
+    (entry,) = audit_entries(home)
+    assert (entry.actor, entry.action, entry.subject) == (
+        "system:webserver",
+        "access_denied",
+        "job:nexmark_job",
+    )
+    assert "dataflare ui" in entry.payload()["reason"]
+
+
+def test_a_policy_may_allow_the_ungated_webserver_explicitly(
+    instance, workspace, home, tmp_path, monkeypatch
+):
+    as_webserver_process(monkeypatch)
+
+    policy = tmp_path / "policy.cedar"
+    policy.write_text(
+        DEFAULT_POLICY
+        + '\n@id("ungated webserver")\n'
+        + 'permit (principal, action == Dataflare::Action::"launch", resource)\n'
+        + 'when { principal.via == "host" && principal.name == "webserver" };\n'
+    )
+    monkeypatch.setenv(POLICY_ENV_VAR, str(policy))
+    result = launch(workspace, "nexmark_job")
+    assert result["__typename"] == "LaunchRunSuccess", result
+    run = instance.get_run_by_id(result["run"]["runId"])
+    assert run.tags[PRINCIPAL_TAG] == "system:webserver"
+    (entry,) = audit_entries(home)
+    assert entry.action == "access_allowed"
+    assert "ungated webserver" in entry.payload()["reason"]
 
 
 def test_a_launcher_through_the_front_launches_as_themself(instance, workspace, home):

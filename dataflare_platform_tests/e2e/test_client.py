@@ -27,6 +27,7 @@ from dataflare_platform.client import (
     UnknownAssetError,
     UnknownJobError,
 )
+from dataflare_platform.identity.bootstrap import SERVICE_ACCOUNT
 from dataflare_platform.warehouse.connection import connect
 from dataflare_platform.warehouse.stats import event_days
 from dataflare_platform_tests.e2e.conftest import _free_port
@@ -47,10 +48,10 @@ def test_launched_job_succeeds_with_logs_and_metadata(webserver, daemon, landed_
     assert client.wait(run_id, timeout_s=RUN_TIMEOUT_S) == "SUCCESS"
     tags = dg.DagsterInstance.get().get_run_by_id(run_id).tags
     assert tags["launched_by"] == "test_client"
-    # No caller claim of identity: the run coordinator wrote who launched (a plain
-    # webserver without the platform's front is the out-of-band host path).
+    # No caller claim of identity: the run coordinator wrote who launched, the service
+    # account of the home's token the client sent to the front.
     assert CLIENT_TAG not in tags
-    assert tags[PRINCIPAL_TAG] == "system:webserver"
+    assert tags[PRINCIPAL_TAG] == f"service:{SERVICE_ACCOUNT}"
 
     logs = client.logs(run_id)
     types = [event["event_type"] for event in logs]

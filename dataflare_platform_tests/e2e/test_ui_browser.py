@@ -60,11 +60,11 @@ def chromium(tmp_path):
 
 
 def test_asset_lineage_and_materialization_show_in_the_browser(
-    webserver, landed_home, chromium, tmp_path
+    ungated_webserver, landed_home, chromium, tmp_path
 ):
     with dg.DagsterInstance.get() as instance:
         assert defs.resolve_job_def("nexmark_ingest_job").execute_in_process(instance=instance)
-    base = f"http://127.0.0.1:{webserver}"
+    base = f"http://127.0.0.1:{ungated_webserver}"
     # An asset's lineage view: with several groups in the code location, the group page
     # opens with groups collapsed, so asset names would not be in the page.
     lineage_url = f"{base}/assets/nexmark/daily_seller_stats?view=lineage&lineageDepth=3"
@@ -82,7 +82,7 @@ def test_asset_lineage_and_materialization_show_in_the_browser(
 
 
 def test_stream_pipeline_asset_and_its_run_metadata_show_in_the_browser(
-    webserver, landed_home, small_nexmark, chromium
+    ungated_webserver, landed_home, small_nexmark, chromium
 ):
     """A topic-fed pipeline's asset in the lineage (topic → stream) and its page with
     the numeric run metadata; screenshots kept under test-artifacts/ui."""
@@ -99,7 +99,7 @@ def test_stream_pipeline_asset_and_its_run_metadata_show_in_the_browser(
             instance=instance, run_config=run_config
         )
         assert result.success
-    base = f"http://127.0.0.1:{webserver}"
+    base = f"http://127.0.0.1:{ungated_webserver}"
     lineage_url = f"{base}/assets/streams/hot_items?view=lineage"
     lineage = chromium(lineage_url, "--dump-dom")
     assert "nexmark.bids" in lineage and "hot_items" in lineage  # topic → stream

@@ -1,4 +1,5 @@
-"""The web UI's server sees the code location and what a run recorded in the instance."""
+"""The web UI's server (behind the front, reached with the home's service token) sees the
+code location and what a run recorded in the instance."""
 
 import json
 import urllib.request
@@ -6,6 +7,7 @@ import urllib.request
 import dagster as dg
 import pytest
 
+from dataflare_platform.client.transport import resolve_token
 from dataflare_platform.definitions import defs
 
 pytestmark = pytest.mark.e2e
@@ -24,7 +26,7 @@ def _graphql(port: int, query: str) -> dict:
     request = urllib.request.Request(
         f"http://127.0.0.1:{port}/graphql",
         data=json.dumps({"query": query}).encode(),
-        headers={"Content-Type": "application/json"},
+        headers={"Content-Type": "application/json", "Authorization": f"Bearer {resolve_token()}"},
     )
     with urllib.request.urlopen(request, timeout=30) as response:
         return json.load(response)["data"]

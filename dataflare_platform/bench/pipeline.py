@@ -1,47 +1,45 @@
-"""Produce-to-visible latency of a stream pipeline under a real ``dagster dev`` (web
-server, daemon, code server), in micro-batch mode and in continuous mode, and what a
-sensor-launched run spends around its work.
+"""Produce-to-visible latency of a stream pipeline under the real platform UI (the front
+as ``dataflare ui`` starts it: webserver app, daemon, code server), in micro-batch mode
+and in continuous mode, and what a sensor-launched run spends around its work.
 
-Method (docs/benchmarks.md, "Pipeline latency"): a fresh project home; ``dagster dev``
-with ``DATAFLARE_SENSOR_INTERVAL`` set (default 5 s); every sensor but the pipeline's is
+Method (docs/benchmarks.md, "Pipeline latency"): a fresh project home; the front with
+``DATAFLARE_SENSOR_INTERVAL`` set (default 5 s); every sensor but the pipeline's is
 stopped (the other shipped pipelines read the same topic; their runs would queue ahead).
 Each sample appends ``events`` Nexmark bids stamped *now* to the pipeline's topic after a
 random pause (so produces fall at every phase of the sensor's tick) and waits until the
 asset's latest materialization records a checkpoint covering them. The sink commits the
 rows and the checkpoint in one transaction before the step reports it, so that moment is
 when the rows are in the output table; the DuckDB file itself cannot be read meanwhile
-(one process per file: a reader would make the next run's writer fail), it is read once
-at the end to confirm the offsets. Continuous mode: the ``<name>_continuous`` run with
-its default checkpoint interval, recording a materialization at every checkpoint
-(``progress_interval_s`` tiny: the 30 s default progress interval is a reporting rate,
-not when rows are committed), the same samples. Baseline in the same process: the
-engine alone processing the same ``events`` over the same pipeline (``run_range``, no
-Dagster), the floor of the work.
+(one process per file: a reader would make the next run's writer fail), it is read once at
+the end to confirm the offsets. Continuous mode: the ``<name>_continuous`` run with its
+default checkpoint interval, recording a materialization at every checkpoint
+(``progress_interval_s`` tiny: the 30 s default progress interval is a reporting rate, not
+when rows are committed), the same samples. Baseline in the same process: the engine alone
+processing the same ``events`` over the same pipeline (``run_range``, no Dagster), the
+floor of the work.
 
-Dagster is reached through the client the CLI hands in (``PipelineControl``: the
-benchmarks stay out of the Dagster layer).
+Dagster is reached through the front and client the CLI hands in (``ServeDagster``,
+``PipelineControl``: the benchmarks stay out of the gateway and Dagster layers).
 """
 
 from __future__ import annotations
 
 import os
 import random
-import signal
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from collections.abc import Callable
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol
 
 from dataflare_platform.bench.common import machine
 from dataflare_platform.errors import DataflareError
+from dataflare_platform.home import ProjectHome
 
 CODE_LOCATION = "dataflare_platform.definitions"
 TARGET_MICRO_BATCH_S = 15.0
@@ -81,12 +79,6 @@ class PipelineControl(Protocol):
     def asset_metadata(self, asset_key: str) -> dict: ...
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def _wait(what: str, fn: Callable[[], Any], timeout_s: float, every_s: float = 0.2) -> Any:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
@@ -97,40 +89,15 @@ def _wait(what: str, fn: Callable[[], Any], timeout_s: float, every_s: float = 0
     raise BenchError(f"timed out after {timeout_s:g} s waiting for {what}")
 
 
-@contextmanager
-def dagster_dev(env: dict[str, str], log_path: Path, timeout_s: float):
-    """``dagster dev`` on a free loopback port in its own process group; yields the port."""
-    port = _free_port()
-    dagster_bin = Path(sys.executable).with_name("dagster")
-    with log_path.open("w") as log:
-        proc = subprocess.Popen(
-            [str(dagster_bin), "dev", "-m", CODE_LOCATION, "-h", "127.0.0.1", "-p", str(port)],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            env=env,
-            cwd=log_path.parent,  # not a checkout: PYTHONPATH decides which code loads
-            start_new_session=True,
-        )
-        try:
+class ServeDagster(Protocol):
+    """Start the platform's UI (front, daemon, code server) on a home and yield a control
+    connected to it, stopping it all at the end (the CLI hands in the front's own start,
+    ``dataflare_platform.gateway.process.running_front``, with a token that may stop
+    sensors: the benchmarks stay below the gateway and Dagster layers)."""
 
-            def serving() -> bool:
-                if proc.poll() is not None:
-                    raise BenchError(f"dagster dev exited: {log_path.read_text()[-2000:]}")
-                try:
-                    urllib.request.urlopen(f"http://127.0.0.1:{port}/server_info", timeout=2)
-                    return True
-                except OSError:
-                    return False
-
-            _wait("dagster dev to answer", serving, timeout_s, every_s=0.5)
-            yield port
-        finally:
-            os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
+    def __call__(
+        self, home: ProjectHome, env: dict[str, str], log_path: Path, timeout_s: float
+    ) -> AbstractContextManager[PipelineControl]: ...
 
 
 def stop_sensors_except(control: PipelineControl, keep: str, quiet_s: float = 6.0) -> None:
@@ -282,7 +249,7 @@ def code_location_load_s(env: dict[str, str], cwd: Path, repeat: int = 3) -> flo
 
 
 def bench_pipeline(
-    connect: Callable[[int], PipelineControl],
+    serve: ServeDagster,
     pipeline: str = "hot_items",
     events: int = 2_000,
     samples: int = 7,
@@ -294,7 +261,6 @@ def bench_pipeline(
 ) -> list[dict[str, object]]:
     """One JSON-able result per mode, plus the code-location load (see the module)."""
     from dataflare_platform.events.log import EventLog
-    from dataflare_platform.home import ProjectHome
     from dataflare_platform.streams.ranges import load_specs, topics_of
 
     specs = {s.name: s for s in load_specs()}
@@ -328,8 +294,7 @@ def bench_pipeline(
             "baseline_s": _summary(floor),
         }
         started = time.monotonic()
-        with dagster_dev(env, Path(tmp) / "dagster_dev.log", timeout_s) as port:
-            control = connect(port)
+        with serve(home, env, Path(tmp) / "front.log", timeout_s) as control:
             server_up_s = time.monotonic() - started
             stop_sensors_except(control, f"{pipeline}_sensor")
             topic = EventLog(home.event_log_dir).create_topic(topic_name, live_bids(1, seed).schema)

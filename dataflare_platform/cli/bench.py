@@ -3,6 +3,7 @@ same run (method: docs/benchmarks.md). The benchmark code is imported by the com
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 from typing import Annotated
 
@@ -148,18 +149,28 @@ def bench_pipeline_command(
     timeout: Annotated[float, typer.Option(help="Ceiling of each wait, seconds.")] = 300.0,
     as_json: JsonOnly = True,
 ) -> None:
-    """Produce-to-visible latency of a pipeline under a real `dagster dev`, in micro-batch
+    """Produce-to-visible latency of a pipeline under the real UI (`dataflare ui`), in micro-batch
     mode (sensor-launched runs) and continuous mode, and each run's overhead around its
     step; baseline: the engine alone on the same events (JSON lines)."""
     from dataflare_platform.bench.pipeline import bench_pipeline
     from dataflare_platform.client import DataflareClient
+    from dataflare_platform.gateway.process import running_front
 
     modes = tuple(mode or ("micro_batch", "continuous"))
     unknown = sorted(set(modes) - {"micro_batch", "continuous"})
     if unknown:
         raise typer.BadParameter(f"unknown mode(s) {unknown}", param_hint="--mode")
+
+    @contextlib.contextmanager
+    def serve(home, env: dict[str, str], log_path: Path, timeout_s: float):
+        """The front as ``dataflare ui`` starts it; an editor's token (the benchmark stops
+        every sensor but the measured pipeline's)."""
+        with running_front(home, log_path, env=env, ceiling_s=timeout_s) as front:
+            token = front.service_token("dataflare-bench", ("editor",))
+            yield DataflareClient(port=front.port, timeout_s=60, token=token)
+
     results = bench_pipeline(
-        lambda port: DataflareClient(port=port, timeout_s=60),
+        serve,
         pipeline=pipeline,
         events=events,
         samples=samples,

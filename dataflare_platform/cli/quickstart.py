@@ -27,14 +27,10 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-import subprocess
-import sys
 import threading
 import time
-import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
@@ -44,6 +40,8 @@ from dataflare_platform.errors import DataflareError
 
 if TYPE_CHECKING:
     from dataflare_platform.client import DataflareClient
+    from dataflare_platform.events.log import EventLog
+    from dataflare_platform.gateway.process import RunningFront
 
 IN_PROGRESS = ("QUEUED", "NOT_STARTED", "STARTING", "STARTED")
 TERMINAL = ("SUCCESS", "FAILURE", "CANCELED")
@@ -142,25 +140,6 @@ def refresh(client: DataflareClient, stream: StreamStatus) -> None:
     stream.run_status = client.status(stream.run_id)
 
 
-def wait_until_serving(
-    proc: subprocess.Popen, port: int, log_path: Path, stopping: threading.Event
-) -> bool:
-    """Poll the front's ``/healthz`` until it answers (True), or until asked to stop
-    (False); fail with the log's tail if it exits or stays silent."""
-    deadline = time.monotonic() + SERVE_TIMEOUT_S
-    while time.monotonic() < deadline:
-        if stopping.is_set():
-            return False
-        if proc.poll() is not None:
-            raise QuickstartError(f"the web front exited: {log_path.read_text()[-2000:]}")
-        try:
-            urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2)
-            return True
-        except OSError:
-            time.sleep(0.5)
-    raise QuickstartError(f"the web front did not answer in {SERVE_TIMEOUT_S:g} s; see {log_path}")
-
-
 def stop_runs(
     client: DataflareClient,
     streams: list[StreamStatus],
@@ -189,19 +168,6 @@ def stop_runs(
         say(f"{stream.name}: run {stream.run_id} still {stream.run_status} after {timeout_s:g} s")
 
 
-def stop_process_group(proc: subprocess.Popen, timeout_s: float = DAGSTER_STOP_TIMEOUT_S) -> None:
-    """SIGTERM the whole group (web server, daemon, code servers), SIGKILL what remains."""
-    try:
-        os.killpg(proc.pid, signal.SIGTERM)
-    except ProcessLookupError:
-        return
-    with contextlib.suppress(subprocess.TimeoutExpired):
-        proc.wait(timeout=timeout_s)
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(proc.pid, signal.SIGKILL)  # stragglers of the group, if any
-    proc.wait()
-
-
 def quickstart(
     home: HomeOption = None,
     port: Annotated[int, typer.Option(help="Port of the Dagster web UI (127.0.0.1).")] = 3000,
@@ -215,18 +181,16 @@ def quickstart(
 ) -> None:
     """Create the Nexmark topics, start Dagster, run every shipped pipeline continuously
     and a live producer, and print the output as it arrives; Ctrl-C stops all of it."""
-    import secrets
-
     from dataflare_platform.cli.project import print_first_credentials
-    from dataflare_platform.client import DataflareClient
-    from dataflare_platform.defs.streams.continuous import continuous_job_name
-    from dataflare_platform.defs.streams.factory import output_key
-    from dataflare_platform.events.live import LiveNexmarkProducer, ensure_nexmark_topics
+    from dataflare_platform.events.live import ensure_nexmark_topics
     from dataflare_platform.events.log import EventLog
+    from dataflare_platform.gateway.process import (
+        FrontStartCancelledError,
+        FrontStartError,
+        running_front,
+    )
     from dataflare_platform.home import ProjectHome
     from dataflare_platform.identity.bootstrap import bootstrap
-    from dataflare_platform.identity.store import IdentityStore
-    from dataflare_platform.identity.tokens import ServiceTokens
     from dataflare_platform.streams.ranges import load_specs
 
     console = err_console()
@@ -251,32 +215,54 @@ def quickstart(
     first = bootstrap(project.root)
     if first is not None:
         print_first_credentials(first)
-    tokens = ServiceTokens(IdentityStore(project.root))
-    token_id, token = tokens.create(QUICKSTART_ACCOUNT, frozenset({"launcher"}))
     log_path = project.root / "logs" / "quickstart-dagster.log"
-    log_path.parent.mkdir(parents=True, exist_ok=True)
-    with log_path.open("ab") as out:
-        proc = subprocess.Popen(
-            # The same workspace (one location name) as ``dataflare ui`` and ``make ui``.
-            [
-                *(sys.executable, "-m", "dataflare_platform.gateway"),
-                *("--home", str(project.root), "--workspace", str(project.write_workspace())),
-                *("--host", "127.0.0.1", "--port", str(port)),
-            ],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            env={**os.environ, **project.environ()},
-            start_new_session=True,  # one process group: stopping it stops all of it
-        )
-    say(f"web front (process group {proc.pid}) starting; log {log_path}")
+    with contextlib.ExitStack() as stack:
+        try:
+            front = stack.enter_context(
+                running_front(
+                    project,
+                    log_path,
+                    port=port,
+                    ceiling_s=SERVE_TIMEOUT_S,
+                    stop_grace_s=DAGSTER_STOP_TIMEOUT_S,
+                    cancel=stopping,
+                    on_start=lambda proc: say(
+                        f"web front (process group {proc.pid}) starting; log {log_path}"
+                    ),
+                )
+            )
+        except FrontStartCancelledError:
+            say("stopped while the web front was starting")
+            return
+        except FrontStartError as err:
+            raise QuickstartError(str(err)) from None
+        # Revoked when the front stops (the helper revokes the tokens it made).
+        token = front.service_token(QUICKSTART_ACCOUNT, ("launcher",))
+        _run_streams(front, token, specs, log, rate, seed, status_every, stopping, say)
+    say("web front stopped")
+
+
+def _run_streams(
+    front: RunningFront, token: str, specs: list, log: EventLog, rate: float,
+    seed: int | None, status_every: float, stopping: threading.Event,
+    say: Callable[[str], None],
+) -> None:  # fmt: skip
+    """Launch every pipeline's continuous run through the front, run the producer and
+    print status until asked to stop; then stop the runs and the producer."""
+    import secrets
+
+    from dataflare_platform.client import DataflareClient
+    from dataflare_platform.defs.streams.continuous import continuous_job_name
+    from dataflare_platform.defs.streams.factory import output_key
+    from dataflare_platform.events.live import LiveNexmarkProducer
+
     producer: LiveNexmarkProducer | None = None
     thread: threading.Thread | None = None
     streams: list[StreamStatus] = []
-    client = DataflareClient(port=port, timeout_s=60, token=token)
+    proc = front.proc
+    client = DataflareClient(port=front.port, timeout_s=60, token=token)
     try:
-        if not wait_until_serving(proc, port, log_path, stopping):
-            return
-        say(f"Dagster UI on http://127.0.0.1:{port}")
+        say(f"Dagster UI on http://127.0.0.1:{front.port}")
         for spec in specs:
             if stopping.is_set():
                 return
@@ -307,7 +293,7 @@ def quickstart(
         started = time.monotonic()
         while not stopping.wait(status_every):
             if proc.poll() is not None:
-                raise QuickstartError(f"the web front exited; see {log_path}")
+                raise QuickstartError(f"the web front exited; see {front.log_path}")
             for stream in streams:
                 refresh(client, stream)
             p = producer.progress
@@ -322,10 +308,8 @@ def quickstart(
             producer.stop()
             thread.join()
             say(f"producer stopped: {producer.progress.line()}")
-        stop_process_group(proc)
-        tokens.revoke(token_id)
         say(
             "stopped: "
             + (", ".join(f"{s.name} {s.run_status}" for s in streams) or "no runs")
-            + "; web front stopped"
+            + "; stopping the web front"
         )

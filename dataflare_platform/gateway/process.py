@@ -25,7 +25,7 @@ import sys
 import threading
 import time
 import urllib.request
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -174,6 +174,7 @@ def running_front(
     ceiling_s: float = SERVE_CEILING_S,
     stop_grace_s: float = STOP_GRACE_S,
     cancel: threading.Event | None = None,
+    on_start: Callable[[subprocess.Popen], None] | None = None,
 ) -> Iterator[RunningFront]:
     """``dataflare ui`` on ``project`` (bootstrapped first, as ``dataflare ui`` does) at
     ``port`` (default: a free one) on 127.0.0.1, in its own process group, output to
@@ -183,7 +184,8 @@ def running_front(
     laid over it. ``workspace``: default the home's copy of the shipped one (same location
     name as ``make ui``). ``tls``: (certificate, key) to serve HTTPS; ``trust`` verifies
     it while waiting. ``cancel``: set it to give up waiting (raises
-    :class:`FrontStartCancelledError`)."""
+    :class:`FrontStartCancelledError`). ``on_start``: called with the child right after it
+    is spawned (e.g. to tell a person its process group while it starts)."""
     first = bootstrap(project.root)
     store = IdentityStore(project.root)
     port = free_port() if port is None else port
@@ -212,6 +214,8 @@ def running_front(
             cwd=str(cwd or project.root),
             start_new_session=True,  # one group: front, daemon, code servers, run workers
         )
+    if on_start is not None:
+        on_start(proc)
     try:
         token = store.token_file.read_text().strip()
     except OSError as err:

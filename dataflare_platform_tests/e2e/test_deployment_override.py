@@ -1,6 +1,7 @@
 """A launch through the web server's GraphQL API (the path of the UI's launchpad, the
 client and ``dataflare launch``) that overrides a deployment setting is refused and
-audited, against a real ``dagster dev`` (web server, daemon, code server, run workers).
+audited, against the real front (``dataflare ui``: web server app, daemon, code server,
+run workers), launched with the home's service token.
 
 Whichever lock catches it — the run coordinator at submit (the launch is refused) or the
 resources at execution (the run fails before any step body) — the planted folder is never
@@ -10,10 +11,7 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 from collections.abc import Iterator
-from pathlib import Path
 
 import dagster as dg
 import pytest
@@ -24,17 +22,11 @@ from dataflare_platform.compliance.audit import AuditLog
 from dataflare_platform.compliance.audit_keys import provision
 from dataflare_platform.compliance.override_refusals import ACTION
 from dataflare_platform.home import ProjectHome
-from dataflare_platform_tests.e2e.conftest import (
-    WORKSPACE,
-    _free_port,
-    stop_group,
-    wait_until_serving,
-)
+from dataflare_platform_tests.e2e.conftest import serving_front
 
 pytestmark = pytest.mark.e2e
 
 RUN_TIMEOUT_S = 300
-DAGSTER_DEV = (str(Path(sys.executable).with_name("dagster")), "dev")
 
 
 @pytest.fixture(scope="module")
@@ -47,24 +39,12 @@ def served(tmp_path_factory) -> Iterator[tuple[DataflareClient, ProjectHome]]:
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("XDG_CONFIG_HOME", xdg["XDG_CONFIG_HOME"])
         provision(project.root)
-    env = {**os.environ, **project.environ(), **xdg}
-    port = _free_port()
-    log_path = root / "dagster_dev.log"
-    with pytest.MonkeyPatch.context() as patch, log_path.open("w") as log:
+    env = {**os.environ, **xdg}
+    with pytest.MonkeyPatch.context() as patch:
         for key, value in project.environ().items():
             patch.setenv(key, value)  # the instance's dagster.yaml reads DAGSTER_HOME
-        proc = subprocess.Popen(
-            [*DAGSTER_DEV, *WORKSPACE, "-h", "127.0.0.1", "-p", str(port)],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-            env=env,
-        )
-        try:
-            wait_until_serving(proc, port, log_path, "dagster dev")
-            yield DataflareClient(port=port, timeout_s=60), project
-        finally:
-            stop_group(proc, 60)
+        with serving_front(project, root / "front.log", env=env) as front:
+            yield DataflareClient(port=front.port, timeout_s=60, token=front.token), project
 
 
 def _refusals(home: ProjectHome, run_id: str | None = None) -> list:

@@ -79,7 +79,7 @@ class RunTimeoutError(DataflareClientError, TimeoutError):
         if status == "QUEUED":
             hint = (
                 "; queued runs start only when dagster-daemon runs next to the web server "
-                "(`make ui` runs `dagster dev`, which starts both)"
+                "(`make ui` starts both, behind the front)"
             )
         super().__init__(f"run {run_id} still {status} after {timeout_s:g} s{hint}")
 
@@ -96,7 +96,7 @@ class BackfillTimeoutError(DataflareClientError, TimeoutError):
         self.status = status
         hint = (
             "; backfills are submitted and followed by dagster-daemon, which must run next "
-            "to the web server (`make ui` runs `dagster dev`, which starts both)"
+            "to the web server (`make ui` starts both, behind the front)"
             if status == "REQUESTED"
             else ""
         )

@@ -10,9 +10,6 @@ from __future__ import annotations
 import base64
 import json
 import os
-import signal
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -28,7 +25,7 @@ from dataflare_platform.identity.local_users import LocalUsers
 from dataflare_platform.identity.store import IdentityStore
 from dataflare_platform.identity.tokens import ServiceTokens
 from dataflare_platform_tests.browser import DevToolsChromium, chromium_binary
-from dataflare_platform_tests.e2e.conftest import _free_port, wait_until_serving
+from dataflare_platform_tests.e2e.conftest import serving_front
 
 pytestmark = pytest.mark.e2e
 
@@ -102,29 +99,9 @@ def live(tmp_path_factory) -> Iterator[LiveFront]:
     for role in ("viewer", "editor", "admin"):
         tokens[role] = ServiceTokens(store).create(f"{role}-bot", frozenset({role}))[1]
     LocalUsers(store).add("vera", PASSWORD, frozenset({"viewer"}))
-    port = _free_port()
-    log_path = root / "ui.log"
-    env = {**os.environ, **project.environ(), "DATAFLARE_SENSOR_INTERVAL": "1s"}
-    dataflare = Path(sys.executable).with_name("dataflare")
-    with log_path.open("w") as log:
-        proc = subprocess.Popen(
-            [str(dataflare), "ui", "--home", str(project.root), "--port", str(port)],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            cwd=root,
-            env=env,
-            start_new_session=True,
-        )
-    try:
-        wait_until_serving(proc, port, log_path, "dataflare ui", ceiling_s=300, path="/healthz")
-        yield LiveFront(port, project, first, tokens)
-    finally:
-        os.kill(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=120)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+    env = {**os.environ, "DATAFLARE_SENSOR_INTERVAL": "1s"}
+    with serving_front(project, root / "ui.log", env=env) as front:
+        yield LiveFront(front.port, project, first, tokens)
 
 
 def _denied(answer, permission: str) -> dict:

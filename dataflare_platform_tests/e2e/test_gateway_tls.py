@@ -1,14 +1,12 @@
-"""``dataflare ui --tls-cert/--tls-key``: the front speaks HTTPS with a certificate from a
+"""The front with ``--tls-cert/--tls-key`` (what ``dataflare ui`` passes it; started by the
+shared helper, without a daemon): it speaks HTTPS with a certificate from a
 test CA made here with openssl, and its session cookie is Secure."""
 
 from __future__ import annotations
 
-import os
 import re
-import signal
 import ssl
 import subprocess
-import sys
 from pathlib import Path
 
 import pyotp
@@ -16,8 +14,7 @@ import pytest
 import requests
 
 from dataflare_platform.home import ProjectHome
-from dataflare_platform.identity.bootstrap import bootstrap
-from dataflare_platform_tests.e2e.conftest import _free_port, wait_until_serving
+from dataflare_platform_tests.e2e.conftest import serving_front
 
 pytestmark = pytest.mark.e2e
 
@@ -88,44 +85,14 @@ def make_test_ca(directory: Path) -> tuple[Path, Path, Path]:
 def test_the_front_serves_https_and_sets_secure_cookies(tmp_path):
     ca, cert, key = make_test_ca(tmp_path)
     project = ProjectHome.resolve(tmp_path / "home").ensure()
-    first = bootstrap(project.root)
-    assert first is not None
-    port = _free_port()
-    log_path = tmp_path / "ui.log"
-    dataflare = Path(sys.executable).with_name("dataflare")
-    with log_path.open("w") as log:
-        proc = subprocess.Popen(
-            [
-                str(dataflare),
-                "ui",
-                "--home",
-                str(project.root),
-                "--port",
-                str(port),
-                "--tls-cert",
-                str(cert),
-                "--tls-key",
-                str(key),
-            ],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            cwd=tmp_path,
-            env={**os.environ, **project.environ()},
-            start_new_session=True,
-        )
-    try:
-        trust = ssl.create_default_context(cafile=str(ca))
-        wait_until_serving(
-            proc,
-            port,
-            log_path,
-            "dataflare ui (TLS)",
-            ceiling_s=300,
-            path="/healthz",
-            scheme="https",
-            context=trust,
-        )
-        base = f"https://127.0.0.1:{port}"
+    trust = ssl.create_default_context(cafile=str(ca))
+    with serving_front(
+        project, tmp_path / "ui.log", daemon=False, tls=(cert, key), trust=trust
+    ) as front:
+        first = front.first
+        assert first is not None
+        port, base = front.port, front.base_url
+        assert base == f"https://127.0.0.1:{port}"
         # Only the test CA makes it trusted; plain HTTP on the port is no way in.
         with pytest.raises(requests.exceptions.SSLError):
             requests.get(f"{base}/healthz", timeout=30)
@@ -177,10 +144,3 @@ def test_the_front_serves_https_and_sets_secure_cookies(tmp_path):
             },
         )
         assert foreign.status_code == 403
-    finally:
-        os.kill(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=120)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()

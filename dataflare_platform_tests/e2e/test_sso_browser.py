@@ -8,9 +8,6 @@ from __future__ import annotations
 import base64
 import html
 import os
-import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -21,7 +18,7 @@ import yaml
 from dataflare_platform.home import ProjectHome
 from dataflare_platform.identity.bootstrap import bootstrap
 from dataflare_platform_tests.browser import DevToolsChromium, chromium_binary
-from dataflare_platform_tests.e2e.conftest import _free_port, wait_until_serving
+from dataflare_platform_tests.e2e.conftest import _free_port, serving_front
 from dataflare_platform_tests.e2e.test_attacks_gateway import ARTIFACTS
 from dataflare_platform_tests.identity.oidc_provider import (
     CLIENT_ID,
@@ -59,80 +56,62 @@ def test_a_browser_signs_in_through_the_openid_provider(tmp_path):
                 }
             )
         )
-        log_path = tmp_path / "ui.log"
-        dataflare = Path(sys.executable).with_name("dataflare")
-        with log_path.open("w") as log:
-            proc = subprocess.Popen(
-                [
-                    str(dataflare),
-                    "ui",
-                    "--home",
-                    str(project.root),
-                    "--port",
-                    str(port),
-                    "--login-config",
-                    str(config),
-                ],
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                cwd=tmp_path,
-                env={**os.environ, **project.environ(), SECRET_ENV: CLIENT_SECRET},
-                start_new_session=True,
-            )
-        browser = None
-        try:
-            wait_until_serving(proc, port, log_path, "dataflare ui", ceiling_s=300, path="/healthz")
-            browser = DevToolsChromium(chromium_binary(), tmp_path / "profile")
-            browser.call("Page.enable")
-            browser.call("Page.navigate", url=f"{base}/login")
-            browser.wait_for("!!document.querySelector('a.provider')")
-            browser.js("document.querySelector('a.provider').href = '/login/oidc?next=/runs'")
-            # The provider's login page, as a browser meets it: a page of the provider's
-            # origin that sends the browser back to the front (a cross-site navigation, so
-            # the browser applies SameSite rules to the front's cookies). Its answer is the
-            # provider's own: the authorization request, approved for alice, yields the
-            # callback URL the page navigates to.
-            browser.call(
-                "Fetch.enable", patterns=[{"urlPattern": f"{provider.base_url}/authorize*"}]
-            )
-            browser.js("document.querySelector('a.provider').click()")
-            paused = browser.wait_event("Fetch.requestPaused")
-            approved = requests.get(
-                paused["request"]["url"] + "&test_user=alice", allow_redirects=False, timeout=30
-            )
-            assert approved.status_code == 302, approved.text
-            callback = approved.headers["Location"]
-            refresh = f'<meta http-equiv="refresh" content="0;url={html.escape(callback)}">'
-            page = f"<!doctype html>{refresh}<p>Signing you in...</p>"
-            browser.send(
-                "Fetch.fulfillRequest",
-                requestId=paused["requestId"],
-                responseCode=200,
-                responseHeaders=[{"name": "Content-Type", "value": "text/html"}],
-                body=base64.b64encode(page.encode()).decode(),
-            )
-            browser.wait_for(
-                "location.origin + location.pathname === "
-                f"'{base}/runs' && document.body.innerText.includes('Runs')"
-            )
-            cookies = browser.call("Network.getCookies", urls=[base])["cookies"]
-            assert any(
-                c["name"] == "dataflare_session" and c["sameSite"] == "Strict" for c in cookies
-            )
-            status = browser.js(
-                "fetch('/graphql', {method: 'POST', headers: {'Content-Type': "
-                "'application/json'}, body: JSON.stringify({query: '{ version }'})})"
-                ".then(r => r.status)"
-            )
-            assert status == 200
-            time.sleep(2)
-            browser.screenshot(ARTIFACTS / "ui" / "front-sso-signed-in.png")
-        finally:
-            if browser is not None:
-                browser.close()
-            os.kill(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(timeout=120)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
+        with serving_front(
+            project,
+            tmp_path / "ui.log",
+            port=port,
+            daemon=False,
+            login_config=config,
+            env={**os.environ, SECRET_ENV: CLIENT_SECRET},
+        ):
+            _sign_in_through_the_provider(tmp_path, base, provider)
+
+
+def _sign_in_through_the_provider(tmp_path: Path, base: str, provider) -> None:
+    """Chromium signs in at the provider and lands in the UI (the front serves)."""
+    browser = None
+    try:
+        browser = DevToolsChromium(chromium_binary(), tmp_path / "profile")
+        browser.call("Page.enable")
+        browser.call("Page.navigate", url=f"{base}/login")
+        browser.wait_for("!!document.querySelector('a.provider')")
+        browser.js("document.querySelector('a.provider').href = '/login/oidc?next=/runs'")
+        # The provider's login page, as a browser meets it: a page of the provider's
+        # origin that sends the browser back to the front (a cross-site navigation, so
+        # the browser applies SameSite rules to the front's cookies). Its answer is the
+        # provider's own: the authorization request, approved for alice, yields the
+        # callback URL the page navigates to.
+        browser.call("Fetch.enable", patterns=[{"urlPattern": f"{provider.base_url}/authorize*"}])
+        browser.js("document.querySelector('a.provider').click()")
+        paused = browser.wait_event("Fetch.requestPaused")
+        approved = requests.get(
+            paused["request"]["url"] + "&test_user=alice", allow_redirects=False, timeout=30
+        )
+        assert approved.status_code == 302, approved.text
+        callback = approved.headers["Location"]
+        refresh = f'<meta http-equiv="refresh" content="0;url={html.escape(callback)}">'
+        page = f"<!doctype html>{refresh}<p>Signing you in...</p>"
+        browser.send(
+            "Fetch.fulfillRequest",
+            requestId=paused["requestId"],
+            responseCode=200,
+            responseHeaders=[{"name": "Content-Type", "value": "text/html"}],
+            body=base64.b64encode(page.encode()).decode(),
+        )
+        browser.wait_for(
+            "location.origin + location.pathname === "
+            f"'{base}/runs' && document.body.innerText.includes('Runs')"
+        )
+        cookies = browser.call("Network.getCookies", urls=[base])["cookies"]
+        assert any(c["name"] == "dataflare_session" and c["sameSite"] == "Strict" for c in cookies)
+        status = browser.js(
+            "fetch('/graphql', {method: 'POST', headers: {'Content-Type': "
+            "'application/json'}, body: JSON.stringify({query: '{ version }'})})"
+            ".then(r => r.status)"
+        )
+        assert status == 200
+        time.sleep(2)
+        browser.screenshot(ARTIFACTS / "ui" / "front-sso-signed-in.png")
+    finally:
+        if browser is not None:
+            browser.close()

@@ -1,11 +1,11 @@
-"""``dataflare ui`` as a process: it serves the one code location name (to the client with
+"""``dataflare ui`` as a process (the command itself, not the shared front helper: its
+banner, its signal handling and its group are what is tested): it serves the one code location name (to the client with
 the service token the first start stored under the home) and stops cleanly, its whole
 front process group (front, daemon, code server) with it, on SIGTERM and on SIGINT."""
 
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from dataflare_platform.client import DataflareClient
+from dataflare_platform.gateway.process import port_open
 from dataflare_platform.home import LOCATION_NAME
 from dataflare_platform_tests.e2e.conftest import _free_port, wait_until_serving
 
@@ -28,11 +29,6 @@ def _alive(pgid: int) -> bool:
     except ProcessLookupError:
         return False
     return True
-
-
-def _port_open(port: int) -> bool:
-    with socket.socket() as sock:
-        return sock.connect_ex(("127.0.0.1", port)) == 0
 
 
 def _wait_for(condition, ceiling_s: float) -> bool:
@@ -80,7 +76,7 @@ def test_ui_serves_the_location_and_stops_on_signal(home, tmp_path: Path, sig):
 
         os.kill(proc.pid, sig)
         assert proc.wait(timeout=STOP_CEILING_S) == 0, log_path.read_text()[-3000:]
-        assert _wait_for(lambda: not _port_open(port), STOP_CEILING_S)
+        assert _wait_for(lambda: not port_open(port), STOP_CEILING_S)
         assert _wait_for(lambda: not _alive(dev_pgid), STOP_CEILING_S), log_path.read_text()
     finally:
         for pgid in (proc.pid, locals().get("dev_pgid")):

@@ -125,10 +125,11 @@ def stop_group(proc: subprocess.Popen, grace_s: float = STOP_GRACE_S) -> None:
 @dataclass
 class RunningFront:
     """A front serving on ``port``; ``token`` is the home's service token (role launcher,
-    the one the first start stored 0600 under the home)."""
+    the one the first start stored 0600 under the home; ``None`` on a home whose users were
+    made before its first start: :meth:`service_token` makes one)."""
 
     port: int
-    token: str
+    token: str | None
     project: ProjectHome
     proc: subprocess.Popen
     log_path: Path
@@ -217,10 +218,9 @@ def running_front(
     if on_start is not None:
         on_start(proc)
     try:
-        token = store.token_file.read_text().strip()
-    except OSError as err:
-        stop_group(proc, stop_grace_s)
-        raise FrontStartError(f"no service token under the home ({err.strerror})") from None
+        token: str | None = store.token_file.read_text().strip() or None
+    except FileNotFoundError:
+        token = None  # a home whose first user was made otherwise: see service_token()
     front = RunningFront(
         port=port,
         token=token,

@@ -1,7 +1,8 @@
 """``dataflare ui`` as a process (the command itself, not the shared front helper: its
-banner, its signal handling and its group are what is tested): it serves the one code location name (to the client with
-the service token the first start stored under the home) and stops cleanly, its whole
-front process group (front, daemon, code server) with it, on SIGTERM and on SIGINT."""
+banner, signal handling and group are what is tested): it serves the one code location
+name (to the client with the service token the first start stored under the home) and
+stops cleanly, its whole front process group (front, daemon, code server) with it, on
+SIGTERM and on SIGINT."""
 
 import os
 import re

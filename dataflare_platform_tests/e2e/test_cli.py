@@ -257,7 +257,7 @@ def test_nexmark_bench_prints_json_with_a_baseline_ratio(tmp_path):
     assert bad.returncode == 2 and "q6" not in bad.stdout
 
 
-def test_pipeline_bench_measures_both_modes_under_a_real_dagster_dev(tmp_path):
+def test_pipeline_bench_measures_both_modes_under_the_real_front(tmp_path):
     """The benchmark's own run (no timing asserted): one JSON line per mode, each sample
     seen through a sensor-launched run or the continuous run; the bench itself fails if
     the output file's checkpoint does not cover every event it produced."""

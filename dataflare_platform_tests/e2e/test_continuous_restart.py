@@ -1,5 +1,5 @@
 """A continuous run whose worker is SIGKILLed (what the OOM killer or a ``kill -9`` does)
-under a real ``dagster dev`` on a temporary DAGSTER_HOME with the shipped instance
+under the real front (``dataflare ui``: webserver app, daemon, code server) on a temporary DAGSTER_HOME with the shipped instance
 settings: the run is marked FAILED, Dagster's run retries (``run_retries`` in
 ``dagster.yaml`` + the job's ``dagster/max_retries`` tag) launch exactly one new run that
 waits its backoff and resumes from the checkpoint, the warehouse ends with exactly what an

@@ -1,5 +1,5 @@
-"""The hourly leaderboard materializes on its own under a real ``dagster dev`` (web
-server + daemon) with the shipped instance settings: a producer appends bids, the
+"""The hourly leaderboard materializes on its own under the real front (web
+server app + daemon, as ``dataflare ui`` starts them) with the shipped instance settings: a producer appends bids, the
 ``topic_observations`` sensor reports the topic's new end offsets, and after the cron
 ticks the ``dataflare_automation`` sensor requests the hour that just ended. Nothing
 is launched by the test.

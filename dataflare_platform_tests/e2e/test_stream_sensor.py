@@ -1,4 +1,4 @@
-"""Stream pipelines under a real ``dagster dev`` (web server + daemon) on a temporary
+"""Stream pipelines under the real front (web server app + daemon) on a temporary
 DAGSTER_HOME and DATAFLARE_HOME: the daemon ticks ``hot_items_sensor`` after bids are
 produced and the run it launches processes them once; a continuous run is terminated
 through GraphQL and its relaunch resumes from the checkpoint. ``dagster_dev`` is in

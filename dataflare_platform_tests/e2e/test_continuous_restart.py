@@ -1,10 +1,10 @@
 """A continuous run whose worker is SIGKILLed (what the OOM killer or a ``kill -9`` does)
-under the real front (``dataflare ui``: webserver app, daemon, code server) on a temporary DAGSTER_HOME with the shipped instance
-settings: the run is marked FAILED, Dagster's run retries (``run_retries`` in
-``dagster.yaml`` + the job's ``dagster/max_retries`` tag) launch exactly one new run that
-waits its backoff and resumes from the checkpoint, the warehouse ends with exactly what an
-uninterrupted engine run over the same bids gives, and once the run group has used its
-retries a further crash is not restarted.
+under the real front (``dataflare ui``: webserver app, daemon, code server) on a temporary
+DAGSTER_HOME with the shipped instance settings: the run is marked FAILED, Dagster's run
+retries (``run_retries`` in ``dagster.yaml`` + the job's ``dagster/max_retries`` tag) launch
+exactly one new run that waits its backoff and resumes from the checkpoint, the warehouse
+ends with exactly what an uninterrupted engine run over the same bids gives, and once the
+run group has used its retries a further crash is not restarted.
 
 Nothing is simulated: the worker is the real ``multiprocessing`` child the code server
 spawns for the run, found through the run's own "Started process for run (pid: N)" event.

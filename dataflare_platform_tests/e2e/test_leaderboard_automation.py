@@ -1,8 +1,8 @@
-"""The hourly leaderboard materializes on its own under the real front (web
-server app + daemon, as ``dataflare ui`` starts them) with the shipped instance settings: a producer appends bids, the
-``topic_observations`` sensor reports the topic's new end offsets, and after the cron
-ticks the ``dataflare_automation`` sensor requests the hour that just ended. Nothing
-is launched by the test.
+"""The hourly leaderboard materializes on its own under the real front (web server app +
+daemon, as ``dataflare ui`` starts them) with the shipped instance settings: a producer
+appends bids, the ``topic_observations`` sensor reports the topic's new end offsets, and
+after the cron ticks the ``dataflare_automation`` sensor requests the hour that just ended.
+Nothing is launched by the test.
 
 ``DATAFLARE_LEADERBOARD_CRON=* * * * *`` makes the cron tick every minute instead of
 every hour (the partitions stay hourly), and ``DATAFLARE_SENSOR_INTERVAL=1s`` (set by

@@ -1,9 +1,9 @@
-"""``dataflare pipelines start|status|stop`` against the real front (web server app,
-daemon, code server; the CLI sends the home's service token) on a temporary DAGSTER_HOME: the CLI launches the continuous job,
-status shows it with its run, offsets, lag per partition, rate, watermark and last
-checkpoint, the governance checks are evaluated in the run, and stop ends it gracefully:
-the run ends SUCCESS with no STEP_FAILURE and the final checkpoint committed. One test,
-so the module starts one web server."""
+"""``dataflare pipelines start|status|stop`` against the real front (web server app, daemon,
+code server; the CLI sends the home's service token) on a temporary DAGSTER_HOME: the CLI
+launches the continuous job, status shows it with its run, offsets, lag per partition, rate,
+watermark and last checkpoint, the governance checks are evaluated in the run, and stop ends
+it gracefully: the run ends SUCCESS with no STEP_FAILURE and the final checkpoint committed.
+One test, so the module starts one web server."""
 
 import json
 import os

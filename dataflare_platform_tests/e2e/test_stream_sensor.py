@@ -1,8 +1,7 @@
 """Stream pipelines under the real front (web server app + daemon) on a temporary
 DAGSTER_HOME and DATAFLARE_HOME: the daemon ticks ``hot_items_sensor`` after bids are
-produced and the run it launches processes them once; a continuous run is terminated
-through GraphQL and its relaunch resumes from the checkpoint. ``dagster_dev`` is in
-``conftest.py``.
+produced and the run it launches processes them once; a continuous run is terminated through
+GraphQL and its relaunch resumes from the checkpoint. ``dagster_dev`` is in ``conftest.py``.
 
 ``DATAFLARE_SENSOR_INTERVAL=1s`` makes the sensors tick as often as the daemon's sensor
 loop allows (about every 5 s) instead of the shipped 30 s.

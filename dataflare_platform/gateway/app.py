@@ -19,7 +19,9 @@ Every request, in order:
    Queries need ``view``.
 5. Websockets (GraphQL subscriptions) are authenticated the same way, must come from an
    allowed Origin, and may only start subscriptions, each decided for ``view``.
-6. The principal is set in ``CURRENT_PRINCIPAL`` around the downstream call, so code in
+6. The principal is set in ``CURRENT_PRINCIPAL`` around the downstream call and in the
+   scope's state (``dataflare_principal``, read by the webserver's request contexts for
+   the UI's permissions, ``ui_permissions.py``), so code in
    the webserver process (the run coordinator) knows who asked.
 
 Decisions on mutations and REST writes are always recorded; ``view`` decisions are
@@ -206,6 +208,8 @@ class Gateway:
         scope["headers"] = [
             (k, v) for k, v in scope.get("headers", []) if k.lower() != PRINCIPAL_HEADER
         ] + [(PRINCIPAL_HEADER, principal.id.encode())]
+        # The webserver's request contexts read it for the UI's permissions.
+        scope["state"] = {**scope.get("state", {}), "dataflare_principal": principal}
         token = CURRENT_PRINCIPAL.set(principal)
         try:
             await self.app(scope, receive, send)

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import yaml
 
+from dataflare_platform.access.decisions import Authorizer
 from dataflare_platform.access.policy import load_authorizer
 from dataflare_platform.access.principal import Principal
 from dataflare_platform.errors import ConfigError
@@ -49,9 +50,11 @@ def build_front(
     project: ProjectHome,
     instance=None,
     login_config: Path | None = None,
+    authorizer: Authorizer | None = None,
 ) -> Gateway:
     """The gateway around ``webserver_app`` with the home's identities, the deployment's
-    authorizer and the home's audit log as decision recorder."""
+    authorizer (``authorizer``, else loaded: pass the webserver's so the UI's permissions
+    and the front decide with one policy) and the home's audit log as decision recorder."""
     from dataflare_platform.compliance.access_log import AuditDecisionRecorder
     from dataflare_platform.compliance.audit import AuditLog
     from dataflare_platform.compliance.audit_keys import AuditSettings
@@ -81,7 +84,7 @@ def build_front(
         webserver_app,
         settings,
         tokens=ServiceTokens(store),
-        authorizer=load_authorizer(),
+        authorizer=authorizer if authorizer is not None else load_authorizer(),
         recorder=AuditDecisionRecorder(audit_log),
         audit=audit,
         password_providers=password_providers,
@@ -189,8 +192,11 @@ def serve(
                 code_server_log_level="warning",
             )
         )
-        webserver_app = GatedWebserver(context, "", 2000).create_asgi_app()
-        front = build_front(webserver_app, settings, project, instance, login_config)
+        authorizer = load_authorizer()
+        webserver = GatedWebserver(context, "", 2000, authorizer=authorizer)
+        front = build_front(
+            webserver.create_asgi_app(), settings, project, instance, login_config, authorizer
+        )
         uvicorn.run(
             front,
             host=settings.host,

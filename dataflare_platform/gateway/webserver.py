@@ -1,18 +1,27 @@
 """dagster-webserver's own app, built in the front's process (no port of its own), with
-one change: the UI page gets a script, under the page's CSP nonce, that adds the session's
-CSRF token to the UI's requests (the front refuses cookie-authenticated writes without
-it) and a sign-out link."""
+two changes: each request's Dagster context answers permissions from the Cedar policy for
+the request's principal (``ui_permissions.py``: the UI disables what the principal may not
+do, with the reason, and Dagster's resolvers refuse it too), and the UI page gets a
+script, under the page's CSP nonce, that adds the session's CSRF token to the UI's
+requests (the front refuses cookie-authenticated writes without it) and a sign-out link."""
 
 from __future__ import annotations
 
 import json
 import re
+from typing import Any
 
 from dagster_webserver.webserver import DagsterWebserver
-from starlette.requests import Request
+from starlette.requests import HTTPConnection, Request
 from starlette.responses import HTMLResponse
 
+from dataflare_platform.access.decisions import Authorizer
+from dataflare_platform.access.principal import CURRENT_PRINCIPAL, Principal
 from dataflare_platform.gateway.sessions import CSRF_HEADER
+from dataflare_platform.gateway.ui_permissions import PolicyPermissions, PolicyRequestContext
+
+# Where the front leaves the verified principal in the ASGI scope (session or token).
+PRINCIPAL_STATE = "dataflare_principal"
 
 _NONCE = re.compile(r"'nonce-([A-Za-z0-9+/=_-]+)'")
 _SCRIPT = """<script nonce="{nonce}">(function(){{
@@ -40,7 +49,23 @@ document.addEventListener("DOMContentLoaded",function(){{
 
 
 class GatedWebserver(DagsterWebserver):
-    """The webserver whose UI page carries the front's CSRF token."""
+    """The webserver whose permissions come from the policy and whose UI page carries the
+    front's CSRF token."""
+
+    def __init__(self, *args: Any, authorizer: Authorizer | None = None, **kwargs: Any) -> None:
+        if authorizer is None:
+            from dataflare_platform.access.policy import load_authorizer
+
+            authorizer = load_authorizer()
+        self.authorizer = authorizer
+        super().__init__(*args, **kwargs)
+
+    def _make_request_context(self, conn: HTTPConnection) -> PolicyRequestContext:
+        # Without a principal (no front in the way) every permission is denied.
+        principal = request_principal(conn)
+        return PolicyRequestContext.create(
+            self._process_context, conn, PolicyPermissions(self.authorizer, principal)
+        )
 
     def index_html_endpoint(self, request: Request):
         response = super().index_html_endpoint(request)
@@ -57,3 +82,10 @@ class GatedWebserver(DagsterWebserver):
         html = bytes(response.body).decode("utf-8").replace("<head>", "<head>" + script, 1)
         headers = {k: v for k, v in response.headers.items() if k.lower() != "content-length"}
         return HTMLResponse(html, status_code=response.status_code, headers=headers)
+
+
+def request_principal(conn: HTTPConnection) -> Principal | None:
+    """The principal the front verified for this request: left in the scope's state for
+    sessions and tokens alike, else the context variable the front sets around the call."""
+    found = conn.scope.get("state", {}).get(PRINCIPAL_STATE)
+    return found if isinstance(found, Principal) else CURRENT_PRINCIPAL.get()

@@ -24,7 +24,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -155,22 +155,60 @@ class CedarAuthorizer:
         entities += [{"uid": p, "attrs": {}, "parents": []} for p in parents]
         return entities
 
-    def decide(self, principal: Principal, action: Action, resource: Resource) -> Decision:
-        request = {
+    def _request(self, principal: Principal, action: Action, resource: Resource) -> dict:
+        return {
             "principal": {"type": f"{NAMESPACE}::Principal", "id": principal.id},
             "action": {"type": f"{NAMESPACE}::Action", "id": action},
             "resource": {"type": f"{NAMESPACE}::Resource", "id": _resource_id(resource)},
             "context": {},
         }
+
+    def decide(self, principal: Principal, action: Action, resource: Resource) -> Decision:
         try:
             result = cedarpy.is_authorized(
-                request, self._policies, self._entities(principal, resource), self._schema
+                self._request(principal, action, resource),
+                self._policies,
+                self._entities(principal, resource),
+                self._schema,
             )
+        except Exception as err:
+            return self._decision(principal, action, resource, None, err)
+        return self._decision(principal, action, resource, result, None)
+
+    def decide_many(
+        self, principal: Principal, actions: Sequence[Action], resource: Resource
+    ) -> list[Decision]:
+        """One decision per action on one resource, in one call into the engine (the
+        entities are built and parsed once): what a UI asking for all of a principal's
+        permissions on a location needs."""
+        try:
+            results = cedarpy.is_authorized_batch(
+                [self._request(principal, a, resource) for a in actions],
+                self._policies,
+                self._entities(principal, resource),
+                self._schema,
+            )
+        except Exception as err:
+            return [self._decision(principal, a, resource, None, err) for a in actions]
+        return [
+            self._decision(principal, a, resource, r, None)
+            for a, r in zip(actions, results, strict=True)
+        ]
+
+    def _decision(
+        self,
+        principal: Principal,
+        action: Action,
+        resource: Resource,
+        result: Any,
+        failure: Exception | None,
+    ) -> Decision:
+        if failure is not None or result is None:
+            errors, allowed, rules = [f"{type(failure).__name__}: {failure}"], False, []
+        else:
             errors = list(result.diagnostics.errors)
             allowed = result.allowed and not errors
             rules = [self._labels.get(r, r) for r in result.diagnostics.reasons]
-        except Exception as err:
-            errors, allowed, rules = [f"{type(err).__name__}: {err}"], False, []
         if errors:
             reason = "policy evaluation error, denied: " + "; ".join(str(e) for e in errors)
         elif allowed:

@@ -68,16 +68,25 @@ def bench_gateway(
     requests_per_side: Annotated[
         int, typer.Option("--requests", min=10, help="Timed requests per side.")
     ] = 1000,
+    query: Annotated[
+        str,
+        typer.Option(
+            help="repositories (a small listing) or permissions (what the UI asks at each "
+            "page load, decided by the policy behind the front)."
+        ),
+    ] = "repositories",
     as_json: JsonOnly = True,
 ) -> None:
-    """p50/p99 of a small GraphQL query through the web front versus the bare webserver
-    app, both served by this process (target: the front adds at most 5 ms p99)."""
+    """p50/p99 of a GraphQL query through the web front versus the bare webserver app,
+    both served by this process (target: the front adds at most 5 ms p99)."""
     from dataflare_platform.cli._common import UsageError
-    from dataflare_platform.gateway.bench import run
+    from dataflare_platform.gateway.bench import QUERIES, run
 
     if not workspace.is_file():
         raise UsageError(f"--workspace {workspace}: no such file")
-    print_json(run(workspace, requests_per_side), indent=None if as_json else 2)
+    if query not in QUERIES:
+        raise UsageError(f"--query {query}: one of {', '.join(QUERIES)}")
+    print_json(run(workspace, requests_per_side, query=query), indent=None if as_json else 2)
 
 
 @bench_app.command("plugins")

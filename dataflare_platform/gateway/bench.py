@@ -1,13 +1,16 @@
 """``dataflare bench gateway``: what the front adds to a GraphQL query.
 
-One process builds dagster-webserver's app once and serves it twice on loopback ports
-(uvicorn, one thread each): bare, and wrapped by the front (bearer token check, Host and
-Origin checks, document parse and the ``view`` decision). The same small query is sent,
-alternating, to the bare app, to the front with a service token ("front") and to the front
-with a browser session of a local viewer ("session": the session row read from the home's
-identity database, the account re-read, Origin and CSRF token checked) over kept-alive
-connections; the JSON gives p50/p99 of each and what each front side adds to the bare one
-(target: at most 5 ms p99)."""
+One process loads the workspace once and serves two apps on loopback ports (uvicorn, one
+thread each): dagster-webserver's own app, bare (Dagster's permissions from its read-only
+flag), and the platform's (``GatedWebserver``: permissions from the policy) wrapped by the
+front (bearer token check, Host and Origin checks, document parse and the ``view``
+decision). The same query is sent, alternating, to the bare app, to the front with a
+service token ("front") and to the front with a browser session of a local viewer
+("session": the session row read from the home's identity database, the account re-read,
+Origin and CSRF token checked) over kept-alive connections; the JSON gives p50/p99 of each
+and what each front side adds to the bare one (target: at most 5 ms p99).
+``query="permissions"`` sends what the UI asks at each page load, the permissions the
+policy decides per request."""
 
 from __future__ import annotations
 
@@ -26,6 +29,14 @@ QUERY = (
     "{ repositoriesOrError { __typename ... on RepositoryConnection "
     "{ nodes { name location { name } } } } }"
 )
+# What the UI asks once per page load: the unscoped and per-location permissions (on the
+# front's side decided by the policy for the token's principal, ui_permissions.py).
+PERMISSIONS_QUERY = (
+    "{ permissions { permission value disabledReason } locationStatusesOrError { "
+    "... on WorkspaceLocationStatusEntries { entries { name permissions "
+    "{ permission value disabledReason } } } } }"
+)
+QUERIES = {"repositories": QUERY, "permissions": PERMISSIONS_QUERY}
 TARGET_ADDED_P99_MS = 5.0
 
 
@@ -80,12 +91,16 @@ def _percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
-def run(workspace: Path, requests_per_side: int = 1000, warmup: int = 50) -> dict[str, Any]:
+def run(
+    workspace: Path, requests_per_side: int = 1000, warmup: int = 50, query: str = "repositories"
+) -> dict[str, Any]:
     import requests
     from dagster import DagsterInstance
     from dagster._core.workspace.context import WorkspaceProcessContext
     from dagster._core.workspace.load_target import WorkspaceFileTarget
+    from dagster_webserver.webserver import DagsterWebserver
 
+    from dataflare_platform.access.policy import load_authorizer
     from dataflare_platform.gateway.serve import build_front
     from dataflare_platform.gateway.sessions import CSRF_HEADER, SESSION_COOKIE
     from dataflare_platform.gateway.settings import FrontSettings
@@ -105,12 +120,15 @@ def run(workspace: Path, requests_per_side: int = 1000, warmup: int = 50) -> dic
                 instance, WorkspaceFileTarget([str(workspace)]), version="bench"
             )
         )
-        app = GatedWebserver(context, "", 2000).create_asgi_app()
+        document = QUERIES[query]
+        authorizer = load_authorizer()
+        plain_app = DagsterWebserver(context, "", 2000).create_asgi_app()
+        app = GatedWebserver(context, "", 2000, authorizer=authorizer).create_asgi_app()
         store = IdentityStore(project.root)
         _, token = ServiceTokens(store).create("bench", frozenset({"viewer"}))
         users = LocalUsers(store)
         users.add("bench-user", "bench-password-not-secret", frozenset({"viewer"}))
-        plain_port = stack.enter_context(_serving(app))
+        plain_port = stack.enter_context(_serving(plain_app))
         # The front's Host allow-list is built for its own port: serve first, then wrap.
         front_holder: dict[str, Any] = {}
 
@@ -118,7 +136,9 @@ def run(workspace: Path, requests_per_side: int = 1000, warmup: int = 50) -> dic
             await front_holder["front"](scope, receive, send)
 
         front_port = stack.enter_context(_serving(front_app))
-        front = build_front(app, FrontSettings(port=front_port), project, instance)
+        front = build_front(
+            app, FrontSettings(port=front_port), project, instance, authorizer=authorizer
+        )
         front_holder["front"] = front
         user = users.current("bench-user")
         assert user is not None
@@ -141,7 +161,7 @@ def run(workspace: Path, requests_per_side: int = 1000, warmup: int = 50) -> dic
         for i in range(warmup + requests_per_side):
             for name, (url, headers) in sides.items():
                 started = time.perf_counter()
-                answer = sessions[name].post(url, json={"query": QUERY}, headers=headers)
+                answer = sessions[name].post(url, json={"query": document}, headers=headers)
                 elapsed = time.perf_counter() - started
                 if answer.status_code != 200 or "errors" in answer.json():
                     raise GatewayBenchError(
@@ -149,7 +169,12 @@ def run(workspace: Path, requests_per_side: int = 1000, warmup: int = 50) -> dic
                     )
                 if i >= warmup:
                     timings[name].append(elapsed * 1000)
-    result: dict[str, Any] = {"benchmark": "gateway", "query": QUERY, "requests": requests_per_side}
+    result: dict[str, Any] = {
+        "benchmark": "gateway",
+        "query": query,
+        "document": QUERIES[query],
+        "requests": requests_per_side,
+    }
     for name, values in timings.items():
         result[name] = {
             "p50_ms": round(statistics.median(values), 3),

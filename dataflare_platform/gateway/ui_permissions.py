@@ -19,17 +19,22 @@ context answers from the deployment's policy for that request's principal:
 * a denied permission's ``disabled_reason`` names the policy permission and the lowest
   role holding it, which the UI shows in its tooltips.
 
-Decisions are cached per request context (one context per GraphQL request): a query that
-reads permissions costs one policy evaluation per (action, resource), at most seven
-actions times (locations + 1). These decisions are not recorded in the audit log: they
-decide what the UI shows; the front records the decision that lets a mutation through.
+Decisions are cached per request context (one context per GraphQL request), the actions
+of one resource decided in one batch call into the engine, and kept across requests in a
+bounded LRU owned by the webserver (:class:`DecisionCache`): a decision is a pure function
+of the principal (with its roles), the action, the resource and the policy text, and the
+policy is fixed for the webserver's life, so a changed role is a new key and nothing
+stale is served. These decisions are not recorded in the audit log: they decide what the
+UI shows; the front records the decision that lets a mutation through.
 The front stays the enforcement point; these permissions are the display and a second
 layer (Dagster's resolvers refuse with ``UnauthorizedError`` what they deny).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import threading
+from collections import OrderedDict
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from dagster._core.definitions.asset_key import AssetCheckKey, AssetKey
@@ -93,34 +98,85 @@ def location_resource(location: str) -> Resource:
     return Resource(kind="location", name=location, location=location)
 
 
+CacheKey = tuple[Principal, Action, Resource]
+
+
+class DecisionCache:
+    """Policy decisions kept across requests for one authorizer: bounded, least recently
+    used out first, safe to share between the webserver's request threads."""
+
+    def __init__(self, max_entries: int = 4096) -> None:
+        self.max_entries = max_entries
+        self._entries: OrderedDict[CacheKey, bool] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key: CacheKey) -> bool | None:
+        with self._lock:
+            found = self._entries.get(key)
+            if found is not None:
+                self._entries.move_to_end(key)
+            return found
+
+    def put(self, key: CacheKey, allowed: bool) -> None:
+        with self._lock:
+            self._entries[key] = allowed
+            self._entries.move_to_end(key)
+            while len(self._entries) > self.max_entries:
+                self._entries.popitem(last=False)
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+
 class PolicyPermissions:
-    """The permissions of one principal, decided lazily and cached for one request."""
+    """The permissions of one principal, decided lazily and cached for one request (and
+    in ``shared`` across requests when given)."""
 
     def __init__(
         self,
         authorizer: Authorizer,
         principal: Principal | None,
+        shared: DecisionCache | None = None,
         all_permissions: tuple[str, ...] = tuple(Permissions),
     ) -> None:
         self.authorizer = authorizer
         self.principal = principal
+        self.shared = shared
         self.all_permissions = all_permissions
-        self._decisions: dict[tuple[Action, Resource], tuple[bool, str]] = {}
+        self._decisions: dict[tuple[Action, Resource], bool] = {}
 
     def decide(self, action: Action, resource: Resource) -> bool:
-        return self._decide(action, resource)[0]
-
-    def _decide(self, action: Action, resource: Resource) -> tuple[bool, str]:
-        key = (action, resource)
-        found = self._decisions.get(key)
+        found = self._decisions.get((action, resource))
         if found is None:
-            if self.principal is None:
-                found = (False, NO_PRINCIPAL_REASON)
-            else:
-                decision = self.authorizer.decide(self.principal, action, resource)
-                found = (decision.allowed, decision.reason)
-            self._decisions[key] = found
+            self.prefetch((action,), resource)
+            found = self._decisions[(action, resource)]
         return found
+
+    def prefetch(self, actions: Sequence[Action], resource: Resource) -> None:
+        """Decide every action in ``actions`` not yet known for ``resource``, those not
+        in the shared cache in one batch call when the authorizer has one."""
+        principal = self.principal
+        missing = [a for a in dict.fromkeys(actions) if (a, resource) not in self._decisions]
+        if principal is None:
+            self._decisions.update({(a, resource): False for a in missing})
+            return
+        if self.shared is not None:
+            for action in list(missing):
+                cached = self.shared.get((principal, action, resource))
+                if cached is not None:
+                    self._decisions[(action, resource)] = cached
+                    missing.remove(action)
+        if not missing:
+            return
+        decide_many = getattr(self.authorizer, "decide_many", None)
+        if decide_many is not None and len(missing) > 1:
+            decisions = decide_many(principal, missing, resource)
+        else:
+            decisions = [self.authorizer.decide(principal, a, resource) for a in missing]
+        for action, decision in zip(missing, decisions, strict=True):
+            self._decisions[(action, resource)] = decision.allowed
+            if self.shared is not None:
+                self.shared.put((principal, action, resource), decision.allowed)
 
     def _reason(self, permission: str, where: str) -> str:
         if self.principal is None:
@@ -134,10 +190,10 @@ class PolicyPermissions:
     def for_location(self, location: str) -> dict[str, PermissionResult]:
         """The location-scoped permissions in ``location``."""
         resource = location_resource(location)
+        scoped = [p for p in self.all_permissions if p in LOCATION_SCOPED_PERMISSIONS]
+        self.prefetch([action_for(p) for p in scoped], resource)
         out = {}
-        for permission in self.all_permissions:
-            if permission not in LOCATION_SCOPED_PERMISSIONS:
-                continue
+        for permission in scoped:
             allowed = self.decide(action_for(permission), resource)
             reason = None if allowed else self._reason(permission, f"in location '{location}'")
             out[permission] = PermissionResult(enabled=allowed, disabled_reason=reason)
@@ -146,6 +202,10 @@ class PolicyPermissions:
     def unscoped(self, locations: tuple[str, ...]) -> dict[str, PermissionResult]:
         """Every permission for the deployment as a whole: a location-scoped one only when
         it holds in every location (Dagster reads an enabled one as allowed everywhere)."""
+        actions = [action_for(p) for p in self.all_permissions]
+        self.prefetch(actions, DEPLOYMENT)
+        for location in locations:
+            self.prefetch(actions, location_resource(location))
         out = {}
         for permission in self.all_permissions:
             action = action_for(permission)

@@ -18,7 +18,11 @@ from starlette.responses import HTMLResponse
 from dataflare_platform.access.decisions import Authorizer
 from dataflare_platform.access.principal import CURRENT_PRINCIPAL, Principal
 from dataflare_platform.gateway.sessions import CSRF_HEADER
-from dataflare_platform.gateway.ui_permissions import PolicyPermissions, PolicyRequestContext
+from dataflare_platform.gateway.ui_permissions import (
+    DecisionCache,
+    PolicyPermissions,
+    PolicyRequestContext,
+)
 
 # Where the front leaves the verified principal in the ASGI scope (session or token).
 PRINCIPAL_STATE = "dataflare_principal"
@@ -58,14 +62,14 @@ class GatedWebserver(DagsterWebserver):
 
             authorizer = load_authorizer()
         self.authorizer = authorizer
+        self.decisions = DecisionCache()
         super().__init__(*args, **kwargs)
 
     def _make_request_context(self, conn: HTTPConnection) -> PolicyRequestContext:
         # Without a principal (no front in the way) every permission is denied.
         principal = request_principal(conn)
-        return PolicyRequestContext.create(
-            self._process_context, conn, PolicyPermissions(self.authorizer, principal)
-        )
+        policy = PolicyPermissions(self.authorizer, principal, self.decisions)
+        return PolicyRequestContext.create(self._process_context, conn, policy)
 
     def index_html_endpoint(self, request: Request):
         response = super().index_html_endpoint(request)

@@ -366,3 +366,14 @@ def test_a_directory_user_is_not_the_local_account_of_the_same_name():
     assert ids == {"user:alice", "user:oidc/alice", "user:ldap/alice"}
     with pytest.raises(ConfigError):
         Principal.validated({"name": "oidc/alice", "kind": "user", "via": "local"}, "principal")
+
+
+@pytest.mark.parametrize("roles", [(), ("viewer",), ("launcher",), ("editor",), ("admin",)])
+def test_a_batch_decides_as_single_decisions_do(roles):
+    """``decide_many`` (one engine call for all actions on one resource, what the UI's
+    permissions use) answers exactly what ``decide`` answers for each action."""
+    authorizer = load_authorizer(environ={})
+    actions = list(get_args(Action))
+    singles = [authorizer.decide(who(*roles), action, JOB) for action in actions]
+    assert authorizer.decide_many(who(*roles), actions, JOB) == singles
+    assert any(d.allowed for d in singles) == bool(roles)

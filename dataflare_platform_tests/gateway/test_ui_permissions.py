@@ -316,3 +316,24 @@ def test_every_dagster_permission_maps_to_the_action_of_the_mutations_it_gates()
             assert MUTATION_ACTIONS[field] == PERMISSION_ACTIONS[permission], (permission, field)
     for permission in set(Permissions) - set(gated_by):
         assert PERMISSION_ACTIONS[permission] == "admin", permission
+
+
+def test_the_shared_decision_cache_keys_on_the_principal_and_stays_bounded():
+    """Decisions kept across requests: a principal whose roles changed is another key (no
+    stale answer), and the cache holds at most its bound."""
+    from dataflare_platform.gateway.ui_permissions import (
+        DecisionCache,
+        PolicyPermissions,
+        location_resource,
+    )
+
+    authorizer = load_authorizer(environ={})
+    cache = DecisionCache(max_entries=8)
+    before = Principal(name="vera", kind="user", via="local", roles=frozenset({"viewer"}))
+    after = before.model_copy(update={"roles": frozenset({"launcher"})})
+    tiny = location_resource("tiny")
+    assert PolicyPermissions(authorizer, before, cache).decide("launch", tiny) is False
+    assert PolicyPermissions(authorizer, after, cache).decide("launch", tiny) is True
+    assert PolicyPermissions(authorizer, before, cache).decide("launch", tiny) is False
+    PolicyPermissions(authorizer, after, cache).for_location("other")
+    assert len(cache) <= 8

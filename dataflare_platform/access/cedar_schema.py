@@ -39,6 +39,9 @@ PRINCIPAL_ATTRIBUTES = {
     "roles": ("Set<String>", True),
     "teams": ("Set<String>", True),
     "location": ("String", False),
+    # The backfill id, on a requester's principal when the daemon submits that backfill's
+    # runs (``principal has backfill``).
+    "backfill": ("String", False),
 }
 RESOURCE_ATTRIBUTES = {
     "kind": ("String", True),

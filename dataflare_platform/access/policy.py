@@ -138,6 +138,8 @@ class CedarAuthorizer:
         }
         if principal.location:
             attrs["location"] = principal.location
+        if principal.backfill:
+            attrs["backfill"] = principal.backfill
         parents = [{"type": f"{NAMESPACE}::Role", "id": r} for r in sorted(principal.roles)]
         parents += [{"type": f"{NAMESPACE}::Team", "id": g} for g in sorted(principal.groups)]
         entities = [

@@ -41,6 +41,10 @@ class Principal(StrictModel):
     # The code location a sensor or schedule principal belongs to (set by the run
     # coordinator from the run's origin), so a policy can keep it to its own location.
     location: str | None = None
+    # Set only by the run coordinator for a run the daemon submits for a backfill: the
+    # backfill's id, on the principal of the user or service that requested it (the run is
+    # authorized as the requester, with the rights the requester holds now).
+    backfill: str | None = None
 
     @field_validator("name")
     @classmethod
@@ -50,6 +54,13 @@ class Principal(StrictModel):
                 "a principal name is 1-128 characters of letters, digits and _.@+- "
                 "starting with a letter or digit"
             )
+        return value
+
+    @field_validator("backfill")
+    @classmethod
+    def _safe_backfill(cls, value: str | None) -> str | None:
+        if value is not None and not NAME_PATTERN.match(value):
+            raise ValueError("a backfill id is letters, digits and _.@+-")
         return value
 
     @field_validator("roles", "groups")

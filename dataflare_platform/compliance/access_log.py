@@ -16,15 +16,20 @@ class AuditDecisionRecorder:
 
     def record(self, decision: Decision) -> None:
         resource = decision.resource
+        details = {
+            "action": decision.action,
+            "resource": resource.model_dump(exclude_none=True),
+            "policy_version": decision.policy_version,
+            "reason": decision.reason,
+            "via": decision.principal.via,
+        }
+        if decision.principal.backfill:
+            # A backfill's run, submitted by the daemon, authorized as its requester.
+            details["backfill"] = decision.principal.backfill
+            details["submitted_by"] = "daemon"
         self.log.append(
             decision.principal.id,
             "access_allowed" if decision.allowed else "access_denied",
             f"{resource.kind}:{resource.name}",
-            {
-                "action": decision.action,
-                "resource": resource.model_dump(exclude_none=True),
-                "policy_version": decision.policy_version,
-                "reason": decision.reason,
-                "via": decision.principal.via,
-            },
+            details,
         )

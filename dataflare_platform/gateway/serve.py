@@ -23,6 +23,7 @@ from dataflare_platform.access.policy import load_authorizer
 from dataflare_platform.access.principal import Principal
 from dataflare_platform.errors import ConfigError
 from dataflare_platform.gateway.app import Gateway
+from dataflare_platform.gateway.backfills import record_backfill_requesters
 from dataflare_platform.gateway.providers import (
     LdapLoginProvider,
     LocalLoginProvider,
@@ -196,6 +197,9 @@ def serve(
         webserver = GatedWebserver(context, "", 2000, authorizer=authorizer)
         front = build_front(
             webserver.create_asgi_app(), settings, project, instance, login_config, authorizer
+        )
+        record_backfill_requesters(
+            instance, front.recorder.record, lambda: authorizer.policy_version
         )
         uvicorn.run(
             front,

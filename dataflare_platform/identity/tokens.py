@@ -65,6 +65,15 @@ class ServiceTokens:
         if not changed:
             raise NotFoundError(f"no active token {token_id}")
 
+    def current_roles(self, account: str) -> frozenset[str]:
+        """The roles ``account`` holds now: those of its unrevoked tokens (empty once
+        every token is revoked), for work it requested earlier (a backfill's runs)."""
+        with self.store.connect() as conn:
+            rows = conn.execute(
+                "SELECT roles FROM tokens WHERE account = ? AND revoked_at IS NULL", (account,)
+            ).fetchall()
+        return frozenset(r for (roles,) in rows for r in roles.split(",") if r)
+
     def authenticate(self, token: str) -> Principal:
         """The service principal of a valid, unrevoked token."""
         body = token.strip().removeprefix(TOKEN_PREFIX) if token.startswith(TOKEN_PREFIX) else ""

@@ -38,6 +38,7 @@ from dagster._core.run_coordinator.base import SubmitRunContext
 from dagster._core.run_coordinator.queued_run_coordinator import QueuedRunCoordinator
 from dagster._core.storage.dagster_run import DagsterRun, DagsterRunStatus
 
+from dataflare_platform.access.backfill_requester import REQUESTER_TAG, parse_requester
 from dataflare_platform.access.decisions import Decision, Resource
 from dataflare_platform.access.policy import load_authorizer
 from dataflare_platform.access.principal import PRINCIPAL_TAG, Principal
@@ -125,6 +126,30 @@ class AuthorizingRunCoordinator(QueuedRunCoordinator):
         snapshot = self._instance.get_job_snapshot(run.job_snapshot_id)
         return dict(snapshot.tags or {}) if snapshot is not None else {}
 
+    def _backfill_requester(self, principal: Principal) -> Principal:
+        """The principal a backfill's run is authorized as: the user or service that
+        requested the backfill at the front (recorded on the backfill by the front, read
+        from the instance's backfill record, not from the run), with the rights it holds
+        now and ``backfill`` set. A backfill the front did not record (made on the host:
+        ``dagster job backfill``, a script, a webserver without the front) is out of band:
+        ``backfill:<id>`` via the host."""
+        from dataflare_platform.home import ProjectHome
+        from dataflare_platform.identity.current_rights import current_rights
+        from dataflare_platform.identity.store import IdentityStore
+
+        backfill = self._instance.get_backfill(principal.name)
+        if backfill is None:
+            raise DataflareError(f"backfill {principal.name} not found in the instance")
+        value = (backfill.tags or {}).get(REQUESTER_TAG)
+        if value is None:
+            return principal.model_copy(update={"via": "host"})
+        try:
+            recorded = parse_requester(value)
+        except ValueError as err:
+            raise DataflareError(f"backfill {principal.name}: {err}") from None
+        store = IdentityStore(ProjectHome.resolve().root)
+        return current_rights(recorded, store).model_copy(update={"backfill": principal.name})
+
     def decide(self, run: DagsterRun, workspace: Any) -> list[Decision]:
         """Every decision on this submission (all must allow). Never raises: a failure to
         decide is a denial whose reason says what failed."""
@@ -134,6 +159,8 @@ class AuthorizingRunCoordinator(QueuedRunCoordinator):
         job = Resource(kind="job", name=run.job_name, location=location)
         try:
             principal = submitting_principal(run.tags, location)
+            if principal.kind == "backfill" and principal.via == "daemon":
+                principal = self._backfill_requester(principal)
             authorizer = load_authorizer()
             problems = refused_tags(
                 run.tags, principal, self._parent_tags(run), self._code_tags(run)
@@ -197,8 +224,11 @@ class AuthorizingRunCoordinator(QueuedRunCoordinator):
         refuse_overrides(run.run_config or {}, run_id=run.run_id, actor=principal.id)
         if denied:
             reason = "; ".join(dict.fromkeys(d.reason for d in denied))
+            who = principal.id
+            if principal.backfill:
+                who += f" (requester of backfill {principal.backfill})"
             raise AccessDeniedError(
-                f"{principal.id} may not launch job {run.job_name!r}: {reason} "
+                f"{who} may not launch job {run.job_name!r}: {reason} "
                 f"(policy {denied[0].policy_version})"
             )
         self._instance.add_run_tags(run.run_id, {PRINCIPAL_TAG: principal.id})

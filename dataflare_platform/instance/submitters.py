@@ -140,6 +140,10 @@ def refused_tags(
     """
     parent = parent_tags or {}
     code = code_tags or {}
+    # The daemon submits sensor, schedule and backfill runs (a backfill's run is decided
+    # as its requester, marked with the backfill): their tags come from code or from a
+    # backfill the front recorded, not from a caller of this submission.
+    from_daemon = principal.via == "daemon" or principal.backfill is not None
 
     def inherited(key: str) -> bool:
         return key in parent and parent[key] == tags[key]
@@ -147,14 +151,14 @@ def refused_tags(
     def from_code(key: str) -> bool:
         if key == PRINCIPAL_TAG:
             return False
-        return (key in code and code[key] == tags[key]) or principal.via == "daemon"
+        return (key in code and code[key] == tags[key]) or from_daemon
 
     problems = [
         f"{key}: the {RESERVED_TAG_PREFIX} tag namespace is reserved to the platform"
         for key in sorted(tags)
         if key.startswith(RESERVED_TAG_PREFIX) and not inherited(key) and not from_code(key)
     ]
-    if principal.via not in ("daemon", "host"):
+    if principal.via not in ("daemon", "host") and not from_daemon:
         problems += [
             f"{key}: only the daemon sets it (a {principal.kind} cannot launch as automation)"
             for key in DAEMON_ORIGIN_TAGS

@@ -322,10 +322,29 @@ def test_the_schema_roles_are_the_role_table():
             Resource(kind="job", name="j", location="batch"),
             True,
         ),
+        # A backfill's runs are decided as its requester, not as the daemon's: a bare
+        # backfill principal in the daemon gets nothing, one made on the host is out of band.
         (
             Principal(name="b1", kind="backfill", via="daemon"),
             Resource(kind="job", name="j", location="batch"),
+            False,
+        ),
+        (
+            Principal(name="b1", kind="backfill", via="host"),
+            Resource(kind="job", name="j", location="batch"),
             True,
+        ),
+        (
+            Principal(
+                name="ana", kind="user", via="local", roles=frozenset({"launcher"}), backfill="b1"
+            ),
+            Resource(kind="job", name="j", location="batch"),
+            True,
+        ),
+        (
+            Principal(name="ana", kind="user", via="local", backfill="b1"),
+            Resource(kind="job", name="j", location="batch"),
+            False,
         ),
         (
             Principal(name="host", kind="system", via="host"),

@@ -1,8 +1,14 @@
 """Attacks on the web front, against the real thing: ``dataflare ui`` (front, webserver app
-in process, daemon, code server) on a fresh home, attacked the way a process on the same
+in process, daemon, code servers) on a fresh home, attacked the way a process on the same
 machine or a foreign web page in a local browser would.
 
-Each refused attempt that is an action is also looked for in the home's audit log.
+Each refused attempt that is an action is also looked for in the home's audit log. The
+home is provisioned with ``dataflare audit init`` (key, pinned public key and file anchor
+outside the home, under a test ``XDG_CONFIG_HOME``), so its log is checkpointed and the
+tampering attacks are judged by the real ``dataflare audit verify``. A second code
+location (``attack_defs.py``) and a policy that is the shipped default plus two scoping
+rules (:data:`MODULE_RULES`) give the daemon-side attacks their targets: a sensor outside
+its rights, and backfills reaching outside their requester's.
 """
 
 from __future__ import annotations
@@ -10,15 +16,20 @@ from __future__ import annotations
 import base64
 import json
 import os
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pyotp
 import pytest
 import requests
 
+from dataflare_platform.access.default_policy import DEFAULT_POLICY
 from dataflare_platform.home import LOCATION_NAME, ProjectHome
 from dataflare_platform.identity.bootstrap import FirstCredentials, bootstrap
 from dataflare_platform.identity.local_users import LocalUsers
@@ -57,6 +68,23 @@ TERMINATE = "mutation T($id: String!) { terminateRun(runId: $id) { __typename } 
 DELETE = "mutation D($id: String!) { deleteRun(runId: $id) { __typename } }"
 VERSION = "{ version }"
 PASSWORD = "a password of some length"
+ATTACK_DEFS = Path(__file__).with_name("attack_defs.py")
+ATTACK_LOCATION = "attack_location"
+# Appended to the shipped default for this module: automation may not launch in group
+# billing (rogue_sensor tries), and service:scoped-bot may launch anything but billing.
+MODULE_RULES = """
+@id("automation stays out of billing")
+forbid (principal, action == Dataflare::Action::"launch", resource)
+when { principal.via == "daemon" && resource has group && resource.group == "billing" };
+
+@id("scoped-bot stays out of billing")
+forbid (
+  principal == Dataflare::Principal::"service:scoped-bot",
+  action == Dataflare::Action::"launch",
+  resource
+)
+when { resource has group && resource.group == "billing" };
+"""
 
 
 @dataclass
@@ -65,6 +93,9 @@ class LiveFront:
     project: ProjectHome
     first: FirstCredentials
     tokens: dict[str, str]
+    token_ids: dict[str, str]
+    root: Path
+    env: dict[str, str]
 
     @property
     def base(self) -> str:
@@ -96,12 +127,69 @@ def live(tmp_path_factory) -> Iterator[LiveFront]:
     assert first is not None
     store = IdentityStore(project.root)
     tokens = {"launcher": first.token}
-    for role in ("viewer", "editor", "admin"):
-        tokens[role] = ServiceTokens(store).create(f"{role}-bot", frozenset({role}))[1]
+    token_ids: dict[str, str] = {}
+    for name, role in (
+        ("viewer", "viewer"),
+        ("editor", "editor"),
+        ("admin", "admin"),
+        ("scoped", "launcher"),
+        ("revoked", "launcher"),
+    ):
+        token_ids[name], tokens[name] = ServiceTokens(store).create(
+            f"{name}-bot", frozenset({role})
+        )
     LocalUsers(store).add("vera", PASSWORD, frozenset({"viewer"}))
-    env = {**os.environ, "DATAFLARE_SENSOR_INTERVAL": "1s"}
-    with serving_front(project, root / "ui.log", env=env) as front:
-        yield LiveFront(front.port, project, first, tokens)
+    policy = root / "policy.cedar"
+    policy.write_text(DEFAULT_POLICY + MODULE_RULES)
+    (root / "gate").mkdir()
+    workspace = root / "workspace.yaml"
+    workspace.write_text(
+        json.dumps(
+            {
+                "load_from": [
+                    {
+                        "python_module": {
+                            "module_name": "dataflare_platform.definitions",
+                            "location_name": LOCATION_NAME,
+                        }
+                    },
+                    {
+                        "python_file": {
+                            "relative_path": str(ATTACK_DEFS),
+                            "location_name": ATTACK_LOCATION,
+                            "working_directory": str(ATTACK_DEFS.parent),
+                        }
+                    },
+                ]
+            }
+        )
+    )
+    env = {
+        **os.environ,
+        **project.environ(),
+        "DATAFLARE_SENSOR_INTERVAL": "1s",
+        "XDG_CONFIG_HOME": str(root / "xdg"),
+        "DATAFLARE_POLICY": str(policy),
+        "DATAFLARE_TEST_GATE": str(root / "gate"),
+    }
+    for var in (
+        "DATAFLARE_AUDIT_URL",
+        "DATAFLARE_AUDIT_SIGNING_KEY",
+        "DATAFLARE_AUDIT_TRUSTED_KEYS",
+    ):
+        env.pop(var, None)
+    env.pop("DATAFLARE_AUDIT_ANCHOR_URL", None)
+    dataflare = Path(sys.executable).with_name("dataflare")
+    # The embedded default's explicit step: key, pinned key and anchor outside the home.
+    subprocess.run(
+        [str(dataflare), "audit", "init", "--home", str(project.root)],
+        env=env,
+        check=True,
+        capture_output=True,
+        timeout=120,
+    )
+    with serving_front(project, root / "ui.log", env=env, workspace=workspace, cwd=root) as front:
+        yield LiveFront(front.port, project, first, tokens, token_ids, root, env)
 
 
 def _denied(answer, permission: str) -> dict:
@@ -207,7 +295,10 @@ def test_the_client_uses_the_home_token(live: LiveFront, monkeypatch):
 
     monkeypatch.setenv("DATAFLARE_HOME", str(live.project.root))
     monkeypatch.delenv("DATAFLARE_TOKEN", raising=False)
-    assert {ref.location for ref in DataflareClient(port=live.port).jobs()} == {LOCATION_NAME}
+    assert {ref.location for ref in DataflareClient(port=live.port).jobs()} == {
+        LOCATION_NAME,
+        ATTACK_LOCATION,
+    }
     monkeypatch.setenv("DATAFLARE_TOKEN", live.tokens["viewer"])
     assert DataflareClient(port=live.port).jobs()
 
@@ -458,3 +549,479 @@ def test_a_cursor_moved_ahead_is_an_audit_gap_and_the_trail_keeps_going(live: Li
     assert "runs" in gap.payload()["moved"]
     later = _launched(_launch(live))
     assert _run_launched(live, later).actor == LAUNCHER
+
+
+# -- the daemon: a sensor and backfills outside their principal's rights -----------------
+LAUNCH_BACKFILL = """
+mutation B($params: LaunchBackfillParams!) {
+  launchPartitionBackfill(backfillParams: $params) {
+    __typename
+    ... on LaunchBackfillSuccess { backfillId }
+    ... on PythonError { message }
+  }
+}"""
+CANCEL_BACKFILL = """
+mutation C($id: String!) { cancelPartitionBackfill(backfillId: $id) { __typename } }"""
+
+
+@contextmanager
+def _instance(live: LiveFront) -> Iterator[Any]:
+    """The live home's Dagster instance, read from the test process (SQLite storage)."""
+    import dagster as dg
+
+    with pytest.MonkeyPatch.context() as patch:
+        for key, value in live.project.environ().items():  # dagster.yaml reads them
+            patch.setenv(key, value)
+        with dg.DagsterInstance.from_config(str(live.project.dagster_home)) as instance:
+            yield instance
+
+
+def _wait(found, what: str):
+    deadline = time.monotonic() + CEILING_S
+    while time.monotonic() < deadline:
+        hit = found()
+        if hit:
+            return hit
+        time.sleep(1)
+    pytest.fail(f"not within {CEILING_S}s: {what}")
+
+
+def _never_queued(instance, run_id: str) -> None:
+    kinds = {r.dagster_event.event_type_value for r in instance.all_logs(run_id) if r.dagster_event}
+    assert "PIPELINE_ENQUEUED" not in kinds and "PIPELINE_START" not in kinds, kinds
+
+
+def test_a_sensor_launch_outside_its_rights_is_refused_and_audited(live: LiveFront):
+    import dagster as dg
+
+    with _instance(live) as instance:
+        run = _wait(
+            lambda: next(
+                (
+                    r
+                    for r in instance.get_runs(dg.RunsFilter(job_name="billing_job"))
+                    if r.status == dg.DagsterRunStatus.FAILURE
+                ),
+                None,
+            ),
+            "a FAILURE run of billing_job (rogue_sensor)",
+        )
+        assert run.tags.get("dagster/sensor_name") == "rogue_sensor"
+        assert "dataflare/principal" not in run.tags
+        messages = [r.message or "" for r in instance.all_logs(run.run_id)]
+        assert any("sensor:rogue_sensor may not launch job 'billing_job'" in m for m in messages)
+        _never_queued(instance, run.run_id)
+    denied = _poll(
+        live,
+        lambda log: [e for e in log if e.actor == "sensor:rogue_sensor"],
+        "rogue_sensor's decision",
+    )
+    assert {e.action for e in denied} == {"access_denied"}
+    details = denied[0].payload()
+    assert details["via"] == "daemon" and details["resource"]["group"] == "billing"
+    assert "automation stays out of billing" in details["reason"]
+
+
+def _request_backfill(live: LiveFront, token: str, assets: list[str], parts: list[str], tags=None):
+    params: dict[str, Any] = {
+        "assetSelection": [{"path": [a]} for a in assets],
+        "partitionNames": parts,
+    }
+    if tags:
+        params["tags"] = [{"key": k, "value": v} for k, v in tags.items()]
+    answer = live.post(LAUNCH_BACKFILL, {"params": params}, token=token)
+    assert answer.status_code in (200, 500), answer.text
+    return answer.json()
+
+
+def _backfill_id(body: dict) -> str:
+    result = body["data"]["launchPartitionBackfill"]
+    assert result["__typename"] == "LaunchBackfillSuccess", body
+    return result["backfillId"]
+
+
+def _backfill_runs(instance, backfill_id: str) -> list:
+    import dagster as dg
+
+    return instance.get_runs(dg.RunsFilter(tags={"dagster/backfill": backfill_id}))
+
+
+def _decisions(live: LiveFront, backfill_id: str, action: str) -> list:
+    return [
+        e for e in live.audit() if e.action == action and e.payload().get("backfill") == backfill_id
+    ]
+
+
+def test_a_backfill_runs_as_its_requester(live: LiveFront):
+    import dagster as dg
+
+    from dataflare_platform.access.backfill_requester import REQUESTER_TAG, parse_requester
+
+    backfill_id = _backfill_id(_request_backfill(live, "launcher", ["ledger"], ["p1", "p2"]))
+    with _instance(live) as instance:
+        recorded = parse_requester(instance.get_backfill(backfill_id).tags[REQUESTER_TAG])
+        assert recorded.id == LAUNCHER and recorded.roles == {"launcher"}
+        runs = _wait(
+            lambda: (
+                (rs := _backfill_runs(instance, backfill_id))
+                and len(rs) == 2
+                and all(r.status == dg.DagsterRunStatus.SUCCESS for r in rs)
+                and rs
+            ),
+            f"two successful runs of backfill {backfill_id}",
+        )
+    assert {r.tags["dataflare/principal"] for r in runs} == {LAUNCHER}
+    allowed = _decisions(live, backfill_id, "access_allowed")
+    assert len(allowed) >= 2 and {e.actor for e in allowed} == {LAUNCHER}
+    assert {e.payload()["submitted_by"] for e in allowed} == {"daemon"}
+    assert not _decisions(live, backfill_id, "access_denied")
+
+
+def test_a_backfill_reaching_outside_its_requesters_rights_is_refused_and_audited(
+    live: LiveFront,
+):
+    # The front lets service:scoped-bot (a launcher) ask: its rule is about groups, and
+    # the request names assets, not groups. The daemon's runs reach group billing.
+    backfill_id = _backfill_id(_request_backfill(live, "scoped", ["ledger", "invoices"], ["p1"]))
+    try:
+        denied = _poll(
+            live,
+            lambda log: [
+                e
+                for e in log
+                if e.action == "access_denied" and e.payload().get("backfill") == backfill_id
+            ],
+            f"a refused run of backfill {backfill_id}",
+        )
+        assert {e.actor for e in denied} == {"service:scoped-bot"}
+        details = denied[0].payload()
+        assert details["resource"]["group"] == "billing"
+        assert "scoped-bot stays out of billing" in details["reason"]
+        assert details["submitted_by"] == "daemon"
+        with _instance(live) as instance:
+            runs = _wait(
+                lambda: [r for r in _backfill_runs(instance, backfill_id) if r.is_finished],
+                f"a finished run of backfill {backfill_id}",
+            )
+            refused = [r for r in runs if "dataflare/principal" not in r.tags]
+            assert refused, [(r.run_id, r.status, r.tags) for r in runs]
+            for run in refused:
+                assert run.status.value == "FAILURE"
+                messages = [r.message or "" for r in instance.all_logs(run.run_id)]
+                assert any("service:scoped-bot (requester of backfill" in m for m in messages), (
+                    messages
+                )
+                _never_queued(instance, run.run_id)
+            # Nothing of group billing was materialized for this backfill.
+            assert all("invoices" not in str(r.asset_selection) for r in runs if r not in refused)
+    finally:
+        live.post(CANCEL_BACKFILL, {"id": backfill_id}, token="admin")
+
+
+def test_a_backfill_whose_requester_lost_the_role_is_refused_and_audited(live: LiveFront):
+    import dagster as dg
+
+    from dataflare_platform.identity.store import IdentityStore
+    from dataflare_platform.identity.tokens import ServiceTokens
+
+    requester = "service:revoked-bot"
+    backfill_id = _backfill_id(
+        _request_backfill(live, "revoked", ["gated_ledger", "gated_report"], ["p1"])
+    )
+    try:
+        with _instance(live) as instance:
+            first = _wait(
+                lambda: next(
+                    (
+                        r
+                        for r in _backfill_runs(instance, backfill_id)
+                        if r.status == dg.DagsterRunStatus.STARTED
+                    ),
+                    None,
+                ),
+                "gated_ledger's run started",
+            )
+            assert first.tags["dataflare/principal"] == requester
+            # The account loses its rights while its backfill is under way.
+            ServiceTokens(IdentityStore(live.project.root)).revoke(live.token_ids["revoked"])
+            (live.root / "gate" / "open").touch()
+            denied = _poll(
+                live,
+                lambda log: [
+                    e
+                    for e in log
+                    if e.action == "access_denied" and e.payload().get("backfill") == backfill_id
+                ],
+                f"the refused gated_report run of backfill {backfill_id}",
+            )
+            assert {e.actor for e in denied} == {requester}
+            assert "no rule permits launch" in denied[0].payload()["reason"]
+            assert instance.get_run_by_id(first.run_id).status == dg.DagsterRunStatus.SUCCESS
+            second = _wait(
+                lambda: [
+                    r
+                    for r in _backfill_runs(instance, backfill_id)
+                    if r.run_id != first.run_id and r.is_finished
+                ],
+                "gated_report's run refused",
+            )
+            assert {r.status for r in second} == {dg.DagsterRunStatus.FAILURE}
+            for run in second:
+                _never_queued(instance, run.run_id)
+        allowed = _decisions(live, backfill_id, "access_allowed")
+        assert allowed and {e.actor for e in allowed} == {requester}
+    finally:
+        live.post(CANCEL_BACKFILL, {"id": backfill_id}, token="admin")
+
+
+def test_a_reserved_tag_on_a_backfill_is_refused_and_audited(live: LiveFront):
+    forged = json.dumps(
+        {"id": "user:admin", "kind": "user", "name": "admin", "via": "local", "roles": ["admin"]}
+    )
+    for key, value in (("dataflare/backfill_requester", forged), ("dataflare/team", "x")):
+        before = len(live.audit())
+        body = _request_backfill(live, "launcher", ["ledger"], ["p1"], tags={key: value})
+        result = (body.get("data") or {}).get("launchPartitionBackfill") or {}
+        assert result.get("__typename") != "LaunchBackfillSuccess", body
+        assert key in json.dumps(body), body
+        denied = [
+            e
+            for e in live.audit()[before:]
+            if e.action == "access_denied" and key in (e.payload().get("reason") or "")
+        ]
+        assert denied and {e.actor for e in denied} == {LAUNCHER}, denied
+
+
+# -- the live home's audit log, tampered, judged by `dataflare audit verify` -------------
+# The front and daemon keep writing the live log, so each attack works on a copy of it
+# taken right after a checkpoint run (SQLite's backup API: a consistent snapshot) and
+# `verify --home <live home> --url <copy>` judges it against the home's pinned key and
+# its configured anchor, as it would the tampered log in place.
+ACTIVE = ("QUEUED", "NOT_STARTED", "STARTING", "STARTED", "CANCELING")
+
+
+def _verify(live: LiveFront, url: str | None = None, **env: str) -> subprocess.CompletedProcess:
+    command = [str(Path(sys.executable).with_name("dataflare")), "audit", "verify"]
+    command += ["--home", str(live.project.root)] + (["--url", url] if url else [])
+    return subprocess.run(
+        command, env={**live.env, **env}, capture_output=True, text=True, timeout=300
+    )
+
+
+@pytest.fixture(scope="module")
+def signed_copy(live: LiveFront) -> Path:
+    """A snapshot of the live log right after a checkpoint signed and anchored it."""
+    import sqlite3
+
+    import dagster as dg
+
+    run_id = _launched(_launch(live))
+    with _instance(live) as instance:
+        _wait(
+            lambda: instance.get_run_by_id(run_id).is_finished,
+            f"checkpoint run {run_id} finished",
+        )
+        assert instance.get_run_by_id(run_id).status == dg.DagsterRunStatus.SUCCESS
+        _wait(
+            lambda: (
+                not instance.get_runs(
+                    dg.RunsFilter(
+                        job_name="audit_checkpoint_job",
+                        statuses=[dg.DagsterRunStatus(s) for s in ACTIVE],
+                    )
+                )
+            ),
+            "no checkpoint run under way",
+        )
+    live_db = live.project.root / "audit.db"
+    copy = live.root / "signed-copy.db"
+    with sqlite3.connect(live_db) as source, sqlite3.connect(copy) as target:
+        source.backup(target)
+    source.close()
+    target.close()
+    untouched = _verify(live, _url(copy))
+    assert untouched.returncode == 0, untouched.stdout + untouched.stderr
+    assert "ok:" in untouched.stdout
+    return copy
+
+
+def _url(path: Path) -> str:
+    return f"sqlite:///{path}"
+
+
+def _sql(path: Path, *statements: str) -> None:
+    import sqlite3
+
+    with sqlite3.connect(path) as conn:
+        for statement in statements:
+            conn.execute(statement)
+    conn.close()
+
+
+def _rechain(path: Path, edit) -> None:
+    """Rewrite the log consistently: ``edit`` changes the list of entries (content,
+    insertions), then every seq, prev_hash and hash is recomputed as the log would."""
+    import sqlalchemy as sa
+
+    from dataflare_platform.compliance.audit import GENESIS_HASH, AuditEntry
+
+    table = AuditEntry.__table__
+    engine = sa.create_engine(_url(path))
+    try:
+        with engine.begin() as conn:
+            entries = [
+                AuditEntry.model_validate(r._mapping)
+                for r in conn.execute(sa.select(table).order_by(table.c.seq))
+            ]
+            entries = edit(entries)
+            prev = GENESIS_HASH
+            for seq, entry in enumerate(entries, start=1):
+                entry.seq, entry.prev_hash = seq, prev
+                entry.hash = prev = entry.compute_hash()
+            conn.execute(table.delete())
+            conn.execute(table.insert(), [e.model_dump() for e in entries])
+    finally:
+        engine.dispose()
+
+
+def _rewrite_actor(entries: list) -> list:
+    entries[2].actor = "user:nobody"
+    return entries
+
+
+def _insert_forged(entries: list) -> list:
+    from dataflare_platform.compliance.audit import AuditEntry
+
+    forged = AuditEntry(
+        seq=0,
+        at=entries[2].at,
+        actor="user:admin",
+        action="access_allowed",
+        subject="job:audit_checkpoint_job",
+        details=json.dumps({"action": "launch"}),
+        prev_hash="",
+        hash="",
+    )
+    return [*entries[:3], forged, *entries[3:]]
+
+
+def _attacker_resigns(path: Path, live: LiveFront) -> None:
+    """Rewrite, drop the log's checkpoints, sign a fresh one with the attacker's own key,
+    and leave its public key where a verifier trusting the home's keys would find it."""
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    from dataflare_platform.compliance.audit import AuditLog
+    from dataflare_platform.compliance.audit_keys import FileSigner, key_id, public_pem
+
+    _rechain(path, _rewrite_actor)
+    _sql(path, "DELETE FROM audit_checkpoints")
+    attacker = Ed25519PrivateKey.generate()
+    with AuditLog(_url(path)) as log:
+        log.checkpoint(FileSigner(attacker))
+    keys = live.project.root / "audit_keys"
+    keys.mkdir(exist_ok=True)
+    (keys / f"{key_id(attacker.public_key())}.pub").write_bytes(public_pem(attacker.public_key()))
+
+
+def _tamper(name: str, path: Path, live: LiveFront) -> None:
+    if name == "rewritten":
+        _sql(path, "UPDATE audit_entries SET actor = 'user:nobody' WHERE seq = 3")
+    elif name == "rewritten with a recomputed chain":
+        _rechain(path, _rewrite_actor)
+    elif name == "forged entry inserted, chain recomputed":
+        _rechain(path, _insert_forged)
+    elif name == "truncated":
+        _sql(path, "DELETE FROM audit_entries WHERE seq > 5")
+    elif name == "truncated, checkpoints deleted":
+        _sql(path, "DELETE FROM audit_entries WHERE seq > 5", "DELETE FROM audit_checkpoints")
+    elif name == "emptied":
+        _sql(path, "DELETE FROM audit_entries")
+    elif name == "emptied, checkpoints deleted":
+        _sql(path, "DELETE FROM audit_entries", "DELETE FROM audit_checkpoints")
+    elif name == "rewritten, checkpoints deleted":
+        _rechain(path, _rewrite_actor)
+        _sql(path, "DELETE FROM audit_checkpoints")
+    elif name == "re-signed with the attacker's key":
+        _attacker_resigns(path, live)
+    else:
+        raise AssertionError(name)
+
+
+@pytest.mark.parametrize(
+    ("attack", "says"),
+    [
+        ("rewritten", ["first bad entry seq 3: hash does not match the entry's content"]),
+        ("rewritten with a recomputed chain", ["signed head hash differs", "were rewritten"]),
+        ("forged entry inserted, chain recomputed", ["signed head hash differs"]),
+        ("truncated", ["but the log holds 5 (truncated or emptied)"]),
+        ("truncated, checkpoints deleted", ["anchor: counted", "log holds 5"]),
+        ("emptied", ["but the log holds 0 (truncated or emptied)"]),
+        ("emptied, checkpoints deleted", ["anchor: counted", "log holds 0"]),
+        ("rewritten, checkpoints deleted", ["anchor: signed head hash differs"]),
+        ("re-signed with the attacker's key", ["not pinned", "anchor: signed head hash differs"]),
+    ],
+)
+def test_a_tampered_live_log_fails_verify_saying_what(
+    live: LiveFront, signed_copy: Path, tmp_path: Path, attack: str, says: list[str]
+):
+    import shutil
+
+    tampered = tmp_path / "audit.db"
+    shutil.copyfile(signed_copy, tampered)
+    keys = live.project.root / "audit_keys"
+    try:
+        _tamper(attack, tampered, live)
+        result = _verify(live, _url(tampered))
+    finally:
+        for planted in keys.glob("*.pub") if keys.is_dir() else ():
+            planted.unlink()
+    output = " ".join((result.stdout + result.stderr).split())
+    assert result.returncode == 1, output
+    for words in says:
+        assert words in output, output
+
+
+def test_the_anchor_deleted_or_the_pinned_key_swapped_fails_verify(
+    live: LiveFront, signed_copy: Path, tmp_path: Path
+):
+    """Outside the home too: a deleted anchor file fails, and an attacker who could also
+    replace the pinned key file with their own still fails against the anchor's
+    checkpoints, signed by the deployment's key."""
+    import shutil
+
+    from dataflare_platform.compliance.audit_keys import user_config_dir
+
+    config = user_config_dir(live.project.root, {"XDG_CONFIG_HOME": live.env["XDG_CONFIG_HOME"]})
+    xdg = tmp_path / "xdg"
+    copied = user_config_dir(live.project.root, {"XDG_CONFIG_HOME": str(xdg)})
+    shutil.copytree(config, copied)
+    settings = json.loads((copied / "audit.json").read_text())
+    for field in ("signing_key", "trusted_keys", "anchor_url"):
+        settings[field] = settings[field].replace(str(config), str(copied))
+    (copied / "audit.json").write_text(json.dumps(settings))
+    tampered = tmp_path / "audit.db"
+    shutil.copyfile(signed_copy, tampered)
+    assert _verify(live, _url(tampered), XDG_CONFIG_HOME=str(xdg)).returncode == 0
+
+    anchor = copied / "anchor.jsonl"
+    saved = anchor.read_bytes()
+    anchor.unlink()
+    gone = _verify(live, _url(tampered), XDG_CONFIG_HOME=str(xdg))
+    assert gone.returncode == 1 and "anchor:" in gone.stderr, gone.stderr
+    anchor.write_bytes(saved)
+
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    from dataflare_platform.compliance.audit import AuditLog
+    from dataflare_platform.compliance.audit_keys import FileSigner, public_pem
+
+    attacker = Ed25519PrivateKey.generate()
+    _rechain(tampered, _rewrite_actor)
+    _sql(tampered, "DELETE FROM audit_checkpoints")
+    with AuditLog(_url(tampered)) as log:
+        log.checkpoint(FileSigner(attacker))
+    (copied / "trusted.pem").write_bytes(public_pem(attacker.public_key()))
+    swapped = _verify(live, _url(tampered), XDG_CONFIG_HOME=str(xdg))
+    output = " ".join((swapped.stdout + swapped.stderr).split())
+    assert swapped.returncode == 1, output
+    assert "anchor: signed by unknown key" in output and "(not pinned)" in output, output

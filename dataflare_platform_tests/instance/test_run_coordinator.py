@@ -358,3 +358,96 @@ def test_a_deployment_override_is_refused_and_audited_twice(instance, workspace,
     assert "resources.settings.config.folder" in decision.payload()["reason"]
     assert (refusal.actor, refusal.action) == ("user:ana", "deployment_override_refused")
     assert "/tmp/planted" not in decision.details + refusal.details
+
+
+# -- backfill runs are decided as the backfill's requester --------------------------------
+def _add_backfill(instance, backfill_id: str, tags=None) -> None:
+    import time
+
+    from dagster._core.execution.backfill import BulkActionStatus, PartitionBackfill
+
+    instance.add_backfill(
+        PartitionBackfill(
+            backfill_id=backfill_id,
+            status=BulkActionStatus.CANCELED,  # no daemon here; nothing picks it up
+            from_failure=False,
+            tags=tags or {},
+            backfill_timestamp=time.time(),
+        )
+    )
+
+
+def test_a_backfill_run_is_decided_as_its_requester_with_the_rights_held_now(
+    instance, workspace, home
+):
+    from dataflare_platform.access.backfill_requester import REQUESTER_TAG
+    from dataflare_platform.gateway.backfills import record_backfill_requesters
+    from dataflare_platform.identity.local_users import LocalUsers
+    from dataflare_platform.identity.store import IdentityStore
+
+    users = LocalUsers(IdentityStore(home.root))
+    users.add("ana", "a password of some length", frozenset({"launcher"}))
+    refusals: list = []
+    record_backfill_requesters(instance, refusals.append, lambda: "cedar:test")
+    with as_principal(users.current("ana")):
+        _add_backfill(instance, "bfana001")  # what the front does for launchPartitionBackfill
+    value = instance.get_backfill("bfana001").tags[REQUESTER_TAG]
+    tags = {"dagster/backfill": "bfana001", REQUESTER_TAG: value}
+
+    ok = submit_from_daemon_thread(lambda: launch(workspace, "nexmark_job", tags=tags))
+    assert ok["__typename"] == "LaunchRunSuccess", ok
+    assert instance.get_run_by_id(ok["run"]["runId"]).tags[PRINCIPAL_TAG] == "user:ana"
+    allowed = audit_entries(home)[-1]
+    assert (allowed.actor, allowed.action) == ("user:ana", "access_allowed")
+    assert allowed.payload()["backfill"] == "bfana001"
+    assert allowed.payload()["submitted_by"] == "daemon"
+
+    users.set_roles("ana", frozenset({"viewer"}))  # she lost the launcher role meanwhile
+    refused = submit_from_daemon_thread(lambda: launch(workspace, "nexmark_job", tags=tags))
+    assert refused["__typename"] == "PythonError"
+    assert "user:ana (requester of backfill bfana001) may not launch" in refused["message"]
+    denied = audit_entries(home)[-1]
+    assert (denied.actor, denied.action) == ("user:ana", "access_denied")
+    assert denied.payload()["backfill"] == "bfana001"
+    assert not refusals
+
+
+def test_a_caller_set_requester_tag_on_a_backfill_is_refused(instance, home):
+    from dataflare_platform.access.backfill_requester import REQUESTER_TAG
+    from dataflare_platform.errors import AccessDeniedError
+    from dataflare_platform.gateway.backfills import record_backfill_requesters
+
+    refusals: list = []
+    record_backfill_requesters(instance, refusals.append, lambda: "cedar:test")
+    with as_principal(user("bo", "launcher")), pytest.raises(AccessDeniedError) as err:
+        _add_backfill(instance, "bfforged", {REQUESTER_TAG: '{"id": "user:admin"}'})
+    assert REQUESTER_TAG in str(err.value)
+    assert instance.get_backfill("bfforged") is None
+    (decision,) = refusals
+    assert decision.principal.id == "user:bo" and not decision.allowed
+
+
+def test_a_backfill_the_front_did_not_record_is_out_of_band(instance, workspace, home):
+    _add_backfill(instance, "bfhost01")  # made on the host: no requester recorded
+    tags = {"dagster/backfill": "bfhost01"}
+    ok = submit_from_daemon_thread(lambda: launch(workspace, "nexmark_job", tags=tags))
+    assert ok["__typename"] == "LaunchRunSuccess", ok
+    entry = audit_entries(home)[-1]
+    assert (entry.actor, entry.payload()["via"]) == ("backfill:bfhost01", "host")
+    assert "host out of band" in entry.payload()["reason"]
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "not json",
+        '{"id": "user:admin", "kind": "user", "name": "ana", "via": "local"}',
+        '{"id": "sensor:s", "kind": "sensor", "name": "s", "via": "daemon"}',
+        '{"id": "user:a b", "kind": "user", "name": "a b", "via": "local"}',
+    ],
+)
+def test_a_malformed_requester_record_is_refused(value):
+    from dataflare_platform.access.backfill_requester import parse_requester
+
+    with pytest.raises(ValueError):
+        parse_requester(value)

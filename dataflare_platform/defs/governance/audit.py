@@ -375,6 +375,7 @@ def audit_definitions(config_files: list[Path], interval_s: int) -> dg.Definitio
 
         public_keys = governance.public_keys()
         anchor = governance.audit_anchor()
+        witness = governance.audit_channel_anchor()  # bad settings fail before signing
         signer = governance.signing_key()  # a missing key fails the run, loudly
 
         def check(log: "AuditLog"):
@@ -399,7 +400,11 @@ def audit_definitions(config_files: list[Path], interval_s: int) -> dg.Definitio
                     metadata["key_id"] = checkpoint.key_id
                     metadata["algorithm"] = checkpoint.algorithm or ""
                 except AuditTamperedError:
-                    pass
+                    checkpoint = None
+                if checkpoint is not None and witness is not None:
+                    # After the log and the anchor hold it; a failed send fails the run.
+                    witness.record(checkpoint)
+                    metadata["witness_channel"] = witness.name
         bad = [p.model_dump() for p in report.bad_checkpoints]
         check = dg.AssetCheckResult(
             check_name="chain_verifies",

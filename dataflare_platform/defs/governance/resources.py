@@ -99,6 +99,13 @@ class GovernanceResource(DeploymentLockedResource):
     def cipher(self) -> ColumnCipher:
         return self.crypto_settings().cipher()
 
+    def audit_channel_anchor(self):
+        """The alert channel checkpoints are also sent to
+        (``$DATAFLARE_AUDIT_ANCHOR_CHANNEL``, a channel of the alert rules file), or None."""
+        from dataflare_platform.compliance.audit_channel_anchor import configured_channel_anchor
+
+        return configured_channel_anchor(self.rules_path())
+
     def rules_path(self) -> Path:
         return Path(self.alert_rules) if self.alert_rules else self.root / ALERT_RULES_FILE
 

@@ -94,3 +94,57 @@ def test_checkpoint_asset_signs_the_head_and_its_check_catches_tampering(home, i
 def test_home_resource_is_the_one_the_audit_log_lives_under(home, resources):
     assert resources["governance"].audit_settings().url.endswith(str(home.root / "audit.db"))
     assert isinstance(resources["dataflare"], ProjectHomeResource)
+
+
+def test_checkpoints_are_also_sent_to_the_alert_channel_as_a_witness_verify_can_use(
+    home, instance, resources, http_receiver, monkeypatch
+):
+    from dataflare_platform.compliance.audit_channel_anchor import (
+        ENV_ANCHOR_CHANNEL,
+        checkpoint_from_witness,
+    )
+
+    rules = {"channels": {"audit-witness": {"type": "webhook", "url": http_receiver.url("/w")}}}
+    (home.root / "alerts.yaml").write_text(json.dumps(rules))
+    monkeypatch.setenv(ENV_ANCHOR_CHANNEL, "audit-witness")
+    defs = dg.Definitions.merge(
+        audit_definitions([], 30), dg.Definitions(assets=[orders], resources=resources)
+    )
+    dg.materialize([orders], instance=instance)
+    tick(defs, "audit_trail", instance, resources)
+    audit_asset = defs.resolve_assets_def(dg.AssetKey(["governance", "audit_log"]))
+
+    result = dg.materialize([audit_asset], instance=instance)
+    meta = result.get_asset_materialization_events()[0].materialization.metadata
+    assert meta["witness_channel"].value == "audit-witness"
+    (body,) = http_receiver.bodies("/w")
+    assert body["rule"] == "audit_checkpoint" and body["severity"] == "info"
+    witnessed = checkpoint_from_witness(body["details"])
+    assert witnessed.seq == meta["signed_seq"].value
+
+    # The log emptied with its checkpoints: what the channel received still catches it.
+    with sqlite3.connect(home.root / "audit.db") as conn:
+        conn.execute("DELETE FROM audit_entries")
+        conn.execute("DELETE FROM audit_checkpoints")
+    pinned = resources["governance"].public_keys()
+    with AuditLog(f"sqlite:///{home.root / 'audit.db'}") as log:
+        assert log.verify(pinned).ok  # on its own, an empty log verifies
+        report = log.verify(pinned, anchored=[witnessed])
+    assert not report.ok
+    assert "but the log holds 0 (truncated or emptied)" in report.bad_checkpoints[0].problem
+
+
+def test_a_witness_channel_the_rules_do_not_define_fails_the_checkpoint_run(
+    home, instance, resources, monkeypatch
+):
+    (home.root / "alerts.yaml").write_text(json.dumps({"channels": {}}))
+    monkeypatch.setenv("DATAFLARE_AUDIT_ANCHOR_CHANNEL", "nowhere")
+    defs = dg.Definitions.merge(
+        audit_definitions([], 30), dg.Definitions(assets=[orders], resources=resources)
+    )
+    dg.materialize([orders], instance=instance)
+    audit_asset = defs.resolve_assets_def(dg.AssetKey(["governance", "audit_log"]))
+    result = dg.materialize([audit_asset], instance=instance, raise_on_error=False)
+    assert not result.success
+    failure = next(e for e in result.all_events if e.is_step_failure)
+    assert "'nowhere' is not a channel" in str(failure.event_specific_data.error.to_string())

@@ -6,6 +6,7 @@
 - ``ledger`` (group ``books``) and ``invoices`` (group ``billing``, downstream) are
   partitioned for backfills; the module's policy keeps ``service:scoped-bot`` out of
   ``billing``, so its backfill of both reaches outside the requester's rights.
+- ``noop_job`` is what most attacks launch: its runs cost seconds.
 - ``gated_ledger`` waits for the file ``open`` in ``$DATAFLARE_TEST_GATE`` before it
   finishes, and ``gated_report`` (downstream, another backfill policy, so a run of its
   own) is submitted only after it: the test revokes the requester in between.
@@ -67,8 +68,18 @@ def rogue_sensor():
     return dg.RunRequest(run_key="once")
 
 
+@dg.op
+def noop() -> None:
+    pass
+
+
+@dg.job
+def noop_job() -> None:
+    noop()
+
+
 defs = dg.Definitions(
     assets=[ledger, invoices, gated_ledger, gated_report, billing_summary],
-    jobs=[billing_job],
+    jobs=[billing_job, noop_job],
     sensors=[rogue_sensor],
 )

@@ -55,7 +55,19 @@ mutation Launch($params: ExecutionParams!) {
     ... on RunConfigValidationInvalid { errors { message } }
   }
 }"""
-LAUNCH_VARS = {"params": {"selector": {**SELECTOR, "jobName": "audit_checkpoint_job"}}}
+# What the tests launch: a no-op job of the attack location (its runs take seconds: a
+# platform job's run worker imports the whole platform), except where a platform
+# resource must be on the job (overrides) or its work is the point (checkpoints).
+LAUNCH_VARS = {
+    "params": {
+        "selector": {
+            "repositoryLocationName": "attack_location",
+            "repositoryName": "__repository__",
+            "jobName": "noop_job",
+        }
+    }
+}
+CHECKPOINT_VARS = {"params": {"selector": {**SELECTOR, "jobName": "audit_checkpoint_job"}}}
 SET_CURSOR = """
 mutation Cursor($selector: SensorSelector!) {
   setSensorCursor(sensorSelector: $selector, cursor: "99999999") { __typename }
@@ -287,7 +299,7 @@ def test_the_right_roles_are_allowed_and_audited(live: LiveFront):
         for e in reversed(live.audit())
         if e.subject == f"run:{run_id}" and e.action == "access_allowed"
     )
-    assert entry.payload()["resource"]["location"] == LOCATION_NAME
+    assert entry.payload()["resource"]["location"] == ATTACK_LOCATION
 
 
 def test_the_client_uses_the_home_token(live: LiveFront, monkeypatch):
@@ -374,8 +386,10 @@ LAUNCHER = "service:dataflare-cli"  # the principal of the first credentials' to
 CEILING_S = 300
 
 
-def _launch(live: LiveFront, tags: dict[str, str] | None = None, run_config=None) -> dict:
-    params = dict(LAUNCH_VARS["params"])
+def _launch(
+    live: LiveFront, tags: dict[str, str] | None = None, run_config=None, job_vars=LAUNCH_VARS
+) -> dict:
+    params = dict(job_vars["params"])
     if tags is not None:
         params["executionMetadata"] = {"tags": [{"key": k, "value": v} for k, v in tags.items()]}
     if run_config is not None:
@@ -474,7 +488,7 @@ def test_a_launch_carries_the_tokens_principal_never_a_claimed_one(live: LiveFro
 def test_a_resource_override_is_refused_and_audited(live: LiveFront, resources):
     (name,) = resources
     before = len(live.audit())
-    message = _refused(_launch(live, run_config={"resources": resources}))
+    message = _refused(_launch(live, run_config={"resources": resources}, job_vars=CHECKPOINT_VARS))
     new = live.audit()[before:]
     if "RunConfigValidationInvalid" in message:
         # Not a resource of this job: Dagster's own config check refuses it first.
@@ -815,7 +829,7 @@ def signed_copy(live: LiveFront) -> Path:
 
     import dagster as dg
 
-    run_id = _launched(_launch(live))
+    run_id = _launched(_launch(live, job_vars=CHECKPOINT_VARS))
     with _instance(live) as instance:
         _wait(
             lambda: instance.get_run_by_id(run_id).is_finished,

@@ -19,6 +19,9 @@ from dataflare_platform.models import StrictModel
 
 RESERVED_TAG_PREFIX = "dataflare/"
 PRINCIPAL_TAG = "dataflare/principal"
+# Tags only Dagster's daemon writes (sensor, schedule, backfill runs): a caller setting one
+# would claim to be automation (the run coordinator names daemon principals from them).
+DAEMON_ORIGIN_TAGS = ("dagster/sensor_name", "dagster/schedule_name", "dagster/backfill")
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.@+\-]{0,127}$")
 
 PrincipalKind = Literal["user", "service", "sensor", "schedule", "backfill", "system"]

@@ -9,7 +9,10 @@ while serving an authenticated request (``launchPartitionBackfill``,
 which writes the request's principal under :data:`REQUESTER_TAG`, over whatever a
 re-executed backfill inherited. A caller's own ``dataflare/`` tag on a new backfill is
 refused (and the refusal audited): those tags would reach every run of the backfill, and
-the daemon's submissions accept ``dataflare/`` tags as the platform's own.
+the daemon's submissions accept ``dataflare/`` tags as the platform's own. So are the
+daemon's own tags (``dagster/sensor_name``, ``dagster/schedule_name``,
+``dagster/backfill``): on a backfill's runs they would make the run coordinator decide
+them as that sensor or schedule instead of the requester.
 
 The hook is on the webserver's instance object in the front's process (the instance's
 public ``add_backfill`` / ``update_backfill``), so it sees the backfill exactly as Dagster
@@ -23,7 +26,11 @@ from typing import Any
 
 from dataflare_platform.access.backfill_requester import REQUESTER_TAG, requester_tag_value
 from dataflare_platform.access.decisions import Decision, Resource
-from dataflare_platform.access.principal import CURRENT_PRINCIPAL, RESERVED_TAG_PREFIX
+from dataflare_platform.access.principal import (
+    CURRENT_PRINCIPAL,
+    DAEMON_ORIGIN_TAGS,
+    RESERVED_TAG_PREFIX,
+)
 from dataflare_platform.errors import AccessDeniedError
 
 RecordRefusal = Callable[[Decision], None]
@@ -54,12 +61,13 @@ def record_backfill_requesters(
         caller_set = sorted(
             key
             for key, value in (backfill.tags or {}).items()
-            if key.startswith(RESERVED_TAG_PREFIX) and (inherited or {}).get(key) != value
+            if (key.startswith(RESERVED_TAG_PREFIX) or key in DAEMON_ORIGIN_TAGS)
+            and (inherited or {}).get(key) != value
         )
         if caller_set:
             reason = (
                 f"refused: {', '.join(caller_set)}: the {RESERVED_TAG_PREFIX} tag namespace "
-                "is reserved to the platform"
+                "and the daemon's own tags are reserved to the platform"
             )
             record_refusal(
                 Decision(

@@ -38,6 +38,7 @@ from collections.abc import Mapping
 
 from dataflare_platform.access.principal import (
     CURRENT_PRINCIPAL,
+    DAEMON_ORIGIN_TAGS,
     PRINCIPAL_TAG,
     RESERVED_TAG_PREFIX,
     Principal,
@@ -49,8 +50,9 @@ BACKFILL_ID_TAG = "dagster/backfill"
 PARENT_RUN_ID_TAG = "dagster/parent_run_id"
 RETRY_NUMBER_TAG = "dagster/retry_number"
 AUTOMATION_TAGS = ("dagster/auto_materialize", "dagster/asset_evaluation_id")
-# Tags only the daemon writes: a user claiming one would claim to be automation.
-DAEMON_ORIGIN_TAGS = (SENSOR_NAME_TAG, SCHEDULE_NAME_TAG, BACKFILL_ID_TAG)
+# Tags only the daemon writes (DAEMON_ORIGIN_TAGS, from access.principal): a user claiming
+# one would claim to be automation.
+assert (SENSOR_NAME_TAG, SCHEDULE_NAME_TAG, BACKFILL_ID_TAG) == DAEMON_ORIGIN_TAGS
 
 # Threads of the daemon process that submit runs (dagster 1.13: the controller's
 # "dagster-daemon-<TYPE>" threads and the daemons' worker pools).

@@ -792,7 +792,11 @@ def test_a_reserved_tag_on_a_backfill_is_refused_and_audited(live: LiveFront):
     forged = json.dumps(
         {"id": "user:admin", "kind": "user", "name": "admin", "via": "local", "roles": ["admin"]}
     )
-    for key, value in (("dataflare/backfill_requester", forged), ("dataflare/team", "x")):
+    for key, value in (
+        ("dataflare/backfill_requester", forged),
+        ("dataflare/team", "x"),
+        ("dagster/sensor_name", "rogue_sensor"),  # would make its runs the sensor's
+    ):
         before = len(live.audit())
         body = _request_backfill(live, "launcher", ["ledger"], ["p1"], tags={key: value})
         result = (body.get("data") or {}).get("launchPartitionBackfill") or {}

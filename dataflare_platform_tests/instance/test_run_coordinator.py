@@ -412,16 +412,16 @@ def test_a_backfill_run_is_decided_as_its_requester_with_the_rights_held_now(
     assert not refusals
 
 
-def test_a_caller_set_requester_tag_on_a_backfill_is_refused(instance, home):
-    from dataflare_platform.access.backfill_requester import REQUESTER_TAG
+@pytest.mark.parametrize("key", ["dataflare/backfill_requester", "dagster/sensor_name"])
+def test_a_caller_set_requester_or_daemon_tag_on_a_backfill_is_refused(instance, home, key):
     from dataflare_platform.errors import AccessDeniedError
     from dataflare_platform.gateway.backfills import record_backfill_requesters
 
     refusals: list = []
     record_backfill_requesters(instance, refusals.append, lambda: "cedar:test")
     with as_principal(user("bo", "launcher")), pytest.raises(AccessDeniedError) as err:
-        _add_backfill(instance, "bfforged", {REQUESTER_TAG: '{"id": "user:admin"}'})
-    assert REQUESTER_TAG in str(err.value)
+        _add_backfill(instance, "bfforged", {key: '{"id": "user:admin"}'})
+    assert key in str(err.value)
     assert instance.get_backfill("bfforged") is None
     (decision,) = refusals
     assert decision.principal.id == "user:bo" and not decision.allowed

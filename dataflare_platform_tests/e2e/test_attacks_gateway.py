@@ -338,6 +338,10 @@ def test_a_browser_signs_in_with_password_and_totp_and_sees_the_ui(live: LiveFro
             f" f.code.value = {json.dumps(code)}; f.submit(); }})()"
         )
         browser.wait_for("location.pathname === '/runs'")
+        # The page's own script (CSRF header on the UI's fetches) has run once the page
+        # is parsed; a fetch evaluated while the new document is still loading goes out
+        # without it (403: seen under load).
+        browser.wait_for("!!document.getElementById('dataflare-signout')")
         cookies = browser.call("Network.getCookies", urls=[live.base])["cookies"]
         session = next(c for c in cookies if c["name"] == "dataflare_session")
         assert session["httpOnly"] and session["sameSite"] == "Strict"
@@ -671,22 +675,21 @@ def test_a_backfill_runs_as_its_requester(live: LiveFront):
 
     from dataflare_platform.access.backfill_requester import REQUESTER_TAG, parse_requester
 
-    backfill_id = _backfill_id(_request_backfill(live, "launcher", ["ledger"], ["p1", "p2"]))
+    backfill_id = _backfill_id(_request_backfill(live, "launcher", ["ledger"], ["p1"]))
     with _instance(live) as instance:
         recorded = parse_requester(instance.get_backfill(backfill_id).tags[REQUESTER_TAG])
         assert recorded.id == LAUNCHER and recorded.roles == {"launcher"}
         runs = _wait(
             lambda: (
                 (rs := _backfill_runs(instance, backfill_id))
-                and len(rs) == 2
                 and all(r.status == dg.DagsterRunStatus.SUCCESS for r in rs)
                 and rs
             ),
-            f"two successful runs of backfill {backfill_id}",
+            f"the successful run of backfill {backfill_id}",
         )
     assert {r.tags["dataflare/principal"] for r in runs} == {LAUNCHER}
     allowed = _decisions(live, backfill_id, "access_allowed")
-    assert len(allowed) >= 2 and {e.actor for e in allowed} == {LAUNCHER}
+    assert allowed and {e.actor for e in allowed} == {LAUNCHER}
     assert {e.payload()["submitted_by"] for e in allowed} == {"daemon"}
     assert not _decisions(live, backfill_id, "access_denied")
 

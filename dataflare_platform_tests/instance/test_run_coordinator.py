@@ -451,3 +451,33 @@ def test_a_malformed_requester_record_is_refused(value):
 
     with pytest.raises(ValueError):
         parse_requester(value)
+
+
+def test_a_reexecuted_or_resumed_backfill_is_the_new_requesters(instance, home):
+    """reexecutePartitionBackfill copies the parent's tags (its requester record
+    included): the record is rewritten for who re-executes; resumePartitionBackfill sets
+    the backfill back to REQUESTED: its later runs are the resumer's."""
+    from dagster._core.execution.backfill import BulkActionStatus
+    from dagster._core.storage.tags import PARENT_BACKFILL_ID_TAG
+
+    from dataflare_platform.access.backfill_requester import REQUESTER_TAG, parse_requester
+    from dataflare_platform.gateway.backfills import record_backfill_requesters
+
+    refusals: list = []
+    record_backfill_requesters(instance, refusals.append, lambda: "cedar:test")
+    with as_principal(user("ana", "launcher")):
+        _add_backfill(instance, "bfparent")
+    inherited = dict(instance.get_backfill("bfparent").tags)
+    with as_principal(user("bo", "launcher")):
+        _add_backfill(instance, "bfchild1", {**inherited, PARENT_BACKFILL_ID_TAG: "bfparent"})
+    child = instance.get_backfill("bfchild1")
+    assert parse_requester(child.tags[REQUESTER_TAG]).id == "user:bo"
+
+    with as_principal(user("cy", "launcher")):
+        instance.update_backfill(child.with_status(BulkActionStatus.REQUESTED))
+    resumed = instance.get_backfill("bfchild1")
+    assert parse_requester(resumed.tags[REQUESTER_TAG]).id == "user:cy"
+    with as_principal(user("dee", "launcher")):  # a cancel keeps the requester
+        instance.update_backfill(resumed.with_status(BulkActionStatus.CANCELING))
+    assert parse_requester(instance.get_backfill("bfchild1").tags[REQUESTER_TAG]).id == "user:cy"
+    assert not refusals

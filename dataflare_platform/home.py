@@ -7,9 +7,11 @@ root, so deleting it resets the platform and nothing lands in the user's home.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import stat
 import warnings
+from collections.abc import Mapping
 from pathlib import Path
 
 from pydantic import ValidationError, field_validator
@@ -200,3 +202,23 @@ def write_private(path: Path, text: str) -> None:
     with os.fdopen(fd, "w") as handle:
         os.fchmod(handle.fileno(), PRIVATE_FILE_MODE)
         handle.write(text)
+
+
+def user_config_dir(home_root: Path, environ: Mapping[str, str] | None = None) -> Path:
+    """The per-user folder outside the home where this home's keys live (audit signing
+    key, field-encryption keyring): ``$XDG_CONFIG_HOME/dataflare/<first 16 hex of SHA-256
+    of the home path>``. Outside the home so that whoever can rewrite the home cannot also
+    re-sign its log or read the keys of its data."""
+    env = os.environ if environ is None else environ
+    base = Path(env.get("XDG_CONFIG_HOME") or Path.home() / ".config")
+    digest = hashlib.sha256(str(Path(home_root).resolve()).encode()).hexdigest()[:16]
+    return base / "dataflare" / digest
+
+
+def path_inside(path: Path, root: Path) -> bool:
+    """True when ``path`` resolves to ``root`` or somewhere under it (links followed)."""
+    try:
+        Path(path).resolve().relative_to(Path(root).resolve())
+    except ValueError:
+        return False
+    return True

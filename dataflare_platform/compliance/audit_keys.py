@@ -27,7 +27,6 @@ key that signed it without trusting any registry.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
@@ -56,7 +55,7 @@ from dataflare_platform.compliance.audit_signing import (
     public_pem,
 )
 from dataflare_platform.errors import ConfigError, InvalidInputError
-from dataflare_platform.home import ProjectHome
+from dataflare_platform.home import ProjectHome, path_inside, user_config_dir
 from dataflare_platform.models import StrictModel
 
 # Re-exported: the signing vocabulary is reached through this module too.
@@ -236,23 +235,6 @@ def safe_url(url: str) -> str:
         return "<unparseable URL>"
 
 
-def user_config_dir(home_root: Path, environ: Mapping[str, str] | None = None) -> Path:
-    """The per-user directory the embedded default keeps this home's audit key in:
-    ``$XDG_CONFIG_HOME/dataflare/<first 16 hex of SHA-256 of the home path>``."""
-    env = os.environ if environ is None else environ
-    base = Path(env.get("XDG_CONFIG_HOME") or Path.home() / ".config")
-    digest = hashlib.sha256(str(Path(home_root).resolve()).encode()).hexdigest()[:16]
-    return base / "dataflare" / digest
-
-
-def _inside(path: Path, root: Path) -> bool:
-    try:
-        Path(path).resolve().relative_to(Path(root).resolve())
-    except ValueError:
-        return False
-    return True
-
-
 class AuditSettings(StrictModel):
     """Where the audit log, its keys and its anchor are: validated so that a typo fails
     naming the field before anything is written. Keys inside the project home are
@@ -279,7 +261,7 @@ class AuditSettings(StrictModel):
     def _keys_outside_home(self) -> AuditSettings:
         for name in ("signing_key", "trusted_keys"):
             path = getattr(self, name)
-            if path is not None and _inside(path, self.home):
+            if path is not None and path_inside(path, self.home):
                 raise ValueError(
                     f"{name} {path} is inside the project home {self.home}: keep audit keys "
                     "where whoever can write the log cannot (run `dataflare audit init`)"

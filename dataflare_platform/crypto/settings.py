@@ -15,7 +15,6 @@ settings (``deployment_settings.DEPLOYMENT_SETTINGS["crypto"]``).
 
 from __future__ import annotations
 
-import hashlib
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -27,7 +26,7 @@ from dataflare_platform.crypto.envelope import DataKeyStore, Envelope
 from dataflare_platform.crypto.keyring import Keyring
 from dataflare_platform.crypto.local_keyring import LocalKeyring
 from dataflare_platform.errors import ConfigError
-from dataflare_platform.home import ProjectHome
+from dataflare_platform.home import ProjectHome, path_inside, user_config_dir
 from dataflare_platform.models import StrictModel
 
 ENV_KEYRING_DIR = "DATAFLARE_KEYRING_DIR"
@@ -37,19 +36,8 @@ ENV_PKCS11_MODULE = "DATAFLARE_KEYRING_PKCS11_MODULE"  # crypto.pkcs11_keyring
 
 def default_keyring_dir(home_root: Path, environ: Mapping[str, str] | None = None) -> Path:
     """``$XDG_CONFIG_HOME/dataflare/<first 16 hex of SHA-256 of the home>/keyring``: the
-    per-user folder of ``compliance.audit_keys.user_config_dir`` (same formula)."""
-    env = os.environ if environ is None else environ
-    base = Path(env.get("XDG_CONFIG_HOME") or Path.home() / ".config")
-    digest = hashlib.sha256(str(Path(home_root).resolve()).encode()).hexdigest()[:16]
-    return base / "dataflare" / digest / "keyring"
-
-
-def _inside(path: Path, root: Path) -> bool:
-    try:
-        Path(path).resolve().relative_to(Path(root).resolve())
-    except ValueError:
-        return False
-    return True
+    per-user folder of ``home.user_config_dir``, shared with the audit keys."""
+    return user_config_dir(home_root, environ) / "keyring"
 
 
 class CryptoSettings(StrictModel):
@@ -66,7 +54,7 @@ class CryptoSettings(StrictModel):
 
     @model_validator(mode="after")
     def _keys_outside_home(self) -> CryptoSettings:
-        if _inside(self.keyring_dir, self.home):
+        if path_inside(self.keyring_dir, self.home):
             raise ValueError(
                 f"keyring_dir {self.keyring_dir} is inside the project home {self.home}: keep "
                 "key-encryption keys where the data's readers cannot read them"

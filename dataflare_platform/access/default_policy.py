@@ -53,14 +53,18 @@ when {
 // Run retries and declarative automation, submitted by the daemon. A backfill's runs are
 // not the daemon's: each is decided as the user or service that requested the backfill at
 // the front (the requester's principal with `backfill` set, its roles as they are now), so
-// the rules above apply to them as to that principal's own launches.
+// the rules above apply to them as to that principal's own launches. A backfill with no
+// requester recorded by the front (`dagster job backfill`, a plain `dagster dev`) runs as
+// `backfill:<id>` via "daemon" and no rule here permits it; to allow such backfills, add
+// `permit (principal, action == Dataflare::Action::"launch", resource)
+//  when { principal.kind == "backfill" };`
 @id("daemon retries and automation")
 permit (principal, action == Dataflare::Action::"launch", resource)
 when { principal.via == "daemon" && principal.kind == "system" };
 
 // In-process paths on the host (`dagster job execute`, `materialize()` in scripts and
-// tests, and the runs of a backfill made there, `backfill:<id>`): not gateable, allowed
-// and recorded as out of band (principal system:host or backfill:<id>, via "host"). A
+// tests): not gateable, allowed and recorded as out of band (principal system:host,
+// via "host"). A
 // webserver started without the platform's front (plain `dagster dev` or
 // dagster-webserver, principal system:webserver) is NOT allowed: anyone reaching its port
 // could launch; start the UI with `dataflare ui`. Remove this rule to refuse host

@@ -49,7 +49,9 @@ from dataflare_platform.instance.run_config_guard import forbidden_overrides, re
 from dataflare_platform.instance.submitters import (
     PARENT_RUN_ID_TAG,
     UNGATED_HINT,
+    UNRECORDED_BACKFILL_HINT,
     is_ungated_webserver,
+    is_unrecorded_backfill,
     refused_tags,
     submitting_principal,
 )
@@ -131,8 +133,10 @@ class AuthorizingRunCoordinator(QueuedRunCoordinator):
         requested the backfill at the front (recorded on the backfill by the front, read
         from the instance's backfill record, not from the run), with the rights it holds
         now and ``backfill`` set. A backfill the front did not record (made on the host:
-        ``dagster job backfill``, a script, a webserver without the front) is out of band:
-        ``backfill:<id>`` via the host."""
+        ``dagster job backfill``, a script, a webserver without the front) stays
+        ``backfill:<id>`` via the daemon, which no rule of the default policy permits:
+        otherwise a plain ``dagster dev``, whose own launches are refused, could launch
+        anything as a backfill."""
         from dataflare_platform.home import ProjectHome
         from dataflare_platform.identity.current_rights import current_rights
         from dataflare_platform.identity.store import IdentityStore
@@ -142,7 +146,7 @@ class AuthorizingRunCoordinator(QueuedRunCoordinator):
             raise DataflareError(f"backfill {principal.name} not found in the instance")
         value = (backfill.tags or {}).get(REQUESTER_TAG)
         if value is None:
-            return principal.model_copy(update={"via": "host"})
+            return principal
         try:
             recorded = parse_requester(value)
         except ValueError as err:
@@ -181,12 +185,17 @@ class AuthorizingRunCoordinator(QueuedRunCoordinator):
                 ]
             resources = run_resources(run, workspace)
             decisions = [authorizer.decide(principal, "launch", r) for r in resources]
-            if is_ungated_webserver(principal):
+            hint = (
+                UNGATED_HINT
+                if is_ungated_webserver(principal)
+                else UNRECORDED_BACKFILL_HINT
+                if is_unrecorded_backfill(principal)
+                else None
+            )
+            if hint is not None:
                 # Say why and what to do, in the error and the audit entry alike.
                 decisions = [
-                    d
-                    if d.allowed
-                    else d.model_copy(update={"reason": f"{d.reason}: {UNGATED_HINT}"})
+                    d if d.allowed else d.model_copy(update={"reason": f"{d.reason}: {hint}"})
                     for d in decisions
                 ]
             return decisions

@@ -112,6 +112,19 @@ def host_principal() -> Principal:
     return Principal(name=name, kind="system", via="host")
 
 
+UNRECORDED_BACKFILL_HINT = (
+    "the backfill has no requester recorded by the platform's front (it was made with "
+    "`dagster job backfill`, a script or a webserver without the front), so nobody is "
+    "answerable for its runs: request backfills through `dataflare ui` or "
+    '`dataflare backfill`, or permit principal.kind == "backfill" in the policy'
+)
+
+
+def is_unrecorded_backfill(principal: Principal) -> bool:
+    """A daemon backfill run whose backfill names no requester (see the coordinator)."""
+    return principal.kind == "backfill" and principal.backfill is None
+
+
 def is_ungated_webserver(principal: Principal) -> bool:
     return principal.via == "host" and principal.name == UNGATED_WEBSERVER
 

@@ -427,14 +427,20 @@ def test_a_caller_set_requester_or_daemon_tag_on_a_backfill_is_refused(instance,
     assert decision.principal.id == "user:bo" and not decision.allowed
 
 
-def test_a_backfill_the_front_did_not_record_is_out_of_band(instance, workspace, home):
+def test_a_backfill_the_front_did_not_record_is_refused_naming_why(instance, workspace, home):
+    """A backfill made without the front (``dagster job backfill``, a script, a plain
+    ``dagster dev`` whose own launches are refused) names nobody: its runs are refused, so
+    an ungated webserver cannot launch through a backfill what it may not launch itself."""
     _add_backfill(instance, "bfhost01")  # made on the host: no requester recorded
     tags = {"dagster/backfill": "bfhost01"}
-    ok = submit_from_daemon_thread(lambda: launch(workspace, "nexmark_job", tags=tags))
-    assert ok["__typename"] == "LaunchRunSuccess", ok
+    refused = submit_from_daemon_thread(lambda: launch(workspace, "nexmark_job", tags=tags))
+    assert refused["__typename"] == "PythonError", refused
+    assert "backfill:bfhost01" in refused["message"]
+    assert "no requester recorded" in refused["message"]
     entry = audit_entries(home)[-1]
-    assert (entry.actor, entry.payload()["via"]) == ("backfill:bfhost01", "host")
-    assert "host out of band" in entry.payload()["reason"]
+    assert (entry.actor, entry.payload()["via"]) == ("backfill:bfhost01", "daemon")
+    assert entry.action == "access_denied"
+    assert "dataflare backfill" in entry.payload()["reason"]
 
 
 @pytest.mark.parametrize(

@@ -29,7 +29,6 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from dataflare_platform.crypto.keyring import (
     KeyDestroyedError,
-    KeyRetiredError,
     Keyring,
     KeyState,
     check_key_name,
@@ -163,13 +162,7 @@ class Envelope:
         """The data key ``name``/``version``, checked against the name's current state
         (``state`` when the caller already read it for this batch)."""
         state = state or self.keyring.state(name)
-        if version < state.min_decryption_version:
-            raise KeyRetiredError(
-                f"key {name!r} version {version} is retired (minimum decryption version "
-                f"{state.min_decryption_version})"
-            )
-        if version > state.latest:
-            raise KeyDestroyedError(f"key {name!r} has no version {version}")
+        state.check_usable(version)
         cached = self._cache.get((name, version))
         if cached is not None:
             return cached

@@ -62,6 +62,17 @@ class KeyState:
     def usable(self) -> range:
         return range(self.min_decryption_version, self.latest + 1)
 
+    def check_usable(self, version: int) -> None:
+        """Raise unless ``version`` may decrypt: retired below the minimum, absent above
+        the newest (one wording for every keyring and the envelope)."""
+        if version < self.min_decryption_version:
+            raise KeyRetiredError(
+                f"key {self.name!r} version {version} is retired (minimum decryption "
+                f"version {self.min_decryption_version})"
+            )
+        if version > self.latest:
+            raise KeyDestroyedError(f"key {self.name!r} has no version {version}")
+
 
 @runtime_checkable
 class Keyring(Protocol):

@@ -28,7 +28,6 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from dataflare_platform.crypto.keyring import (
     KeyDestroyedError,
-    KeyRetiredError,
     KeyState,
     UnwrapError,
     check_key_name,
@@ -143,13 +142,7 @@ class LocalKeyring:
 
     def _kek(self, name: str, version: int) -> AESGCM:
         state = self.state(name)
-        if version < state.min_decryption_version:
-            raise KeyRetiredError(
-                f"key {name!r} version {version} is retired (minimum decryption version "
-                f"{state.min_decryption_version})"
-            )
-        if version > state.latest:
-            raise KeyDestroyedError(f"key {name!r} has no version {version}")
+        state.check_usable(version)
         try:
             return AESGCM(Path(self._dir(name) / f"v{version}.kek").read_bytes())
         except FileNotFoundError:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 
 from dataflare_platform.access.principal import RESERVED_TAG_PREFIX, Principal
+from dataflare_platform.errors import InvalidInputError
 
 REQUESTER_TAG = f"{RESERVED_TAG_PREFIX}backfill_requester"
 
@@ -38,18 +39,18 @@ def requester_tag_value(principal: Principal) -> str:
 
 
 def parse_requester(value: str) -> Principal:
-    """The principal recorded by :func:`requester_tag_value`; ``ValueError`` when the
+    """The principal recorded by :func:`requester_tag_value`; ``InvalidInputError`` when the
     value is not one (validated like any principal, and its id must match)."""
     try:
         data = json.loads(value)
     except json.JSONDecodeError as err:
-        raise ValueError(f"{REQUESTER_TAG} is not JSON") from err
+        raise InvalidInputError(f"{REQUESTER_TAG} is not JSON") from err
     if not isinstance(data, dict):
-        raise ValueError(f"{REQUESTER_TAG} is not an object")
+        raise InvalidInputError(f"{REQUESTER_TAG} is not an object")
     recorded_id = data.pop("id", None)
     principal = Principal.model_validate(data)
     if principal.kind not in ("user", "service") or principal.via in ("daemon", "host"):
-        raise ValueError(f"{REQUESTER_TAG} names a {principal.kind} via {principal.via}")
+        raise InvalidInputError(f"{REQUESTER_TAG} names a {principal.kind} via {principal.via}")
     if recorded_id != principal.id:
-        raise ValueError(f"{REQUESTER_TAG} id does not match its fields")
+        raise InvalidInputError(f"{REQUESTER_TAG} id does not match its fields")
     return principal

@@ -36,6 +36,8 @@ import stat
 import threading
 from pathlib import Path
 
+from dataflare_platform.errors import DataflareError
+
 log = logging.getLogger(__name__)
 
 _WASMTIME_VERSION = importlib.metadata.version("wasmtime")
@@ -46,7 +48,7 @@ _DOMAIN = b"dataflare.plugin-cache/1\x00"
 _READ_FLAGS = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0)
 
 
-class CacheRefusedError(Exception):
+class CacheRefusedError(DataflareError):
     """The cache folder or key is not the platform's own: the cache is not used."""
 
 

@@ -127,7 +127,7 @@ def write_lock(path: Path, pins: Mapping[str, PinnedPlugin], replace: bool = Fal
         lock = PluginLockFile(plugins=dict(sorted(current.items())))
         text = json.dumps(lock.model_dump(mode="json", exclude_none=True), indent=2)
         write_atomic(path, (text + "\n").encode())
-        path.chmod(0o644)  # reviewed content, not a secret: readable by reviewers
+        path.chmod(0o600)  # owner-only like everything in the home (reviewed in git)
     finally:
         guard.release()
 

@@ -51,7 +51,7 @@ def test_plugin_lock_writes_the_digests(plugin_dir, tmp_path):
     assert raw["format"] == FORMAT
     assert {n: p["sha256"] for n, p in raw["plugins"].items()} == digests
     assert raw["plugins"]["currency"]["size_bytes"] == (plugin_dir / "currency.wasm").stat().st_size
-    assert stat.S_IMODE(lock.stat().st_mode) == 0o644
+    assert stat.S_IMODE(lock.stat().st_mode) == 0o600  # owner-only, like every file of the home
 
 
 def refusing(plugin_dir, lock, cache_dir, seen=None, **config) -> PluginRegistry:

@@ -4,7 +4,8 @@ are the home's real ones."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -44,14 +45,43 @@ class Front:
             return log.tail(10_000)
 
 
-@pytest.fixture(scope="module")
-def front(tmp_path_factory) -> Iterator[Front]:
+@contextmanager
+def tiny_workspace(project: ProjectHome, locations: Sequence[str] = ("tiny",)):
+    """A real Dagster instance in the project's home (its run coordinator records the
+    principal of each submitted run) and a workspace context serving `tiny_defs.py` as
+    each named code location, in process: what every in-process front test stands on."""
     from dagster._core.remote_origin import InProcessCodeLocationOrigin
     from dagster._core.test_utils import instance_for_test
     from dagster._core.types.loadable_target_origin import LoadableTargetOrigin
     from dagster._core.workspace.context import WorkspaceProcessContext
     from dagster._core.workspace.load_target import InProcessWorkspaceLoadTarget
 
+    origins = [
+        InProcessCodeLocationOrigin(
+            LoadableTargetOrigin(
+                python_file=str(Path(__file__).with_name("tiny_defs.py")), attribute="defs"
+            ),
+            location_name=name,
+        )
+        for name in locations
+    ]
+    overrides = {
+        "run_coordinator": {
+            "module": "dataflare_platform_tests.gateway.recording",
+            "class": "PrincipalRecordingCoordinator",
+        }
+    }
+    with (
+        instance_for_test(overrides=overrides, temp_dir=str(project.dagster_home)) as instance,
+        WorkspaceProcessContext(
+            instance, InProcessWorkspaceLoadTarget(origins), version="test"
+        ) as context,
+    ):
+        yield instance, context
+
+
+@pytest.fixture(scope="module")
+def front(tmp_path_factory) -> Iterator[Front]:
     from dataflare_platform.gateway.serve import build_front
     from dataflare_platform.gateway.settings import FrontSettings
     from dataflare_platform.gateway.webserver import GatedWebserver
@@ -66,24 +96,7 @@ def front(tmp_path_factory) -> Iterator[Front]:
     users = LocalUsers(store)
     secret = users.add("alice", PASSWORD, frozenset({"admin"}))
     users.add("victor", PASSWORD, frozenset({"viewer"}))
-    origin = InProcessCodeLocationOrigin(
-        LoadableTargetOrigin(
-            python_file=str(Path(__file__).with_name("tiny_defs.py")), attribute="defs"
-        ),
-        location_name="tiny",
-    )
-    overrides = {
-        "run_coordinator": {
-            "module": "dataflare_platform_tests.gateway.recording",
-            "class": "PrincipalRecordingCoordinator",
-        }
-    }
-    with (
-        instance_for_test(overrides=overrides, temp_dir=str(project.dagster_home)) as instance,
-        WorkspaceProcessContext(
-            instance, InProcessWorkspaceLoadTarget(origin), version="test"
-        ) as context,
-    ):
+    with tiny_workspace(project) as (instance, context):
         webserver_app = GatedWebserver(context, "", 2000).create_asgi_app()
         app = build_front(webserver_app, FrontSettings(port=PORT), project, instance)
         yield Front(app, project, tokens, secret, instance, webserver_app)

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -19,9 +18,8 @@ from dataflare_platform.access.principal import Principal
 from dataflare_platform.home import ProjectHome
 from dataflare_platform.identity.store import IdentityStore
 from dataflare_platform.identity.tokens import ServiceTokens
+from dataflare_platform_tests.gateway.conftest import BASE, PORT, tiny_workspace
 
-PORT = 3000
-BASE = f"http://127.0.0.1:{PORT}"
 ROLES = ("viewer", "launcher", "editor", "admin")
 LOCATIONS = ("tiny", "other")
 # Launchers may launch and terminate only in location "tiny" (and view everything).
@@ -116,12 +114,6 @@ class Deployment:
 
 @pytest.fixture(scope="module")
 def deployments(tmp_path_factory) -> Iterator[dict[str, Deployment]]:
-    from dagster._core.remote_origin import InProcessCodeLocationOrigin
-    from dagster._core.test_utils import instance_for_test
-    from dagster._core.types.loadable_target_origin import LoadableTargetOrigin
-    from dagster._core.workspace.context import WorkspaceProcessContext
-    from dagster._core.workspace.load_target import InProcessWorkspaceLoadTarget
-
     from dataflare_platform.gateway.serve import build_front
     from dataflare_platform.gateway.settings import FrontSettings
     from dataflare_platform.gateway.webserver import GatedWebserver
@@ -131,27 +123,7 @@ def deployments(tmp_path_factory) -> Iterator[dict[str, Deployment]]:
     service_tokens = ServiceTokens(IdentityStore(project.root))
     tokens = {role: service_tokens.create(f"{role}-bot", frozenset({role}))[1] for role in ROLES}
     principals = {role: service_tokens.authenticate(token) for role, token in tokens.items()}
-    origins = [
-        InProcessCodeLocationOrigin(
-            LoadableTargetOrigin(
-                python_file=str(Path(__file__).with_name("tiny_defs.py")), attribute="defs"
-            ),
-            location_name=name,
-        )
-        for name in LOCATIONS
-    ]
-    overrides = {
-        "run_coordinator": {
-            "module": "dataflare_platform_tests.gateway.recording",
-            "class": "PrincipalRecordingCoordinator",
-        }
-    }
-    with (
-        instance_for_test(overrides=overrides, temp_dir=str(project.dagster_home)) as instance,
-        WorkspaceProcessContext(
-            instance, InProcessWorkspaceLoadTarget(origins), version="test"
-        ) as context,
-    ):
+    with tiny_workspace(project, LOCATIONS) as (instance, context):
         out = {}
         for name, authorizer in (
             ("default", load_authorizer(environ={})),

@@ -55,7 +55,8 @@ class CacheRefusedError(DataflareError):
 def cache_key(data: bytes, fuel: bool) -> str:
     """The cache name of a module: public on purpose (anyone can compute it); what makes
     an artifact trusted is its MAC, not its name."""
-    return hashlib.sha256(data + f"|{_WASMTIME_VERSION}|fuel={fuel}".encode()).hexdigest()
+    # cfg=2: the engine with unneeded proposals off (plugins.engine.FEATURES)
+    return hashlib.sha256(data + f"|{_WASMTIME_VERSION}|fuel={fuel}|cfg=2".encode()).hexdigest()
 
 
 def default_key_file(directory: Path) -> Path:

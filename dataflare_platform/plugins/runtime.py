@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import struct
 import threading
 import time
 from collections import deque
@@ -26,17 +27,28 @@ import wasmtime
 from dataflare_platform.errors import BatchRejectedError, InvalidInputError, WrongTypeError
 from dataflare_platform.plugins import abi
 from dataflare_platform.plugins.cache import PluginCache
-from dataflare_platform.plugins.engine import compile_module, deadline_ticks, shared_engine
+from dataflare_platform.plugins.engine import (
+    compile_module,
+    deadline_ticks,
+    one_line,
+    shared_engine,
+)
 from dataflare_platform.plugins.fastcall import I32Func, SignatureError
 from dataflare_platform.plugins.manifest import ColumnSpec, Manifest, load_manifest, manifest_path
+from dataflare_platform.plugins.shape import ModuleRefusedError
 
 PAGE = 65536
 LOG_CAP = 64 * 1024
+STATE_MAGIC = b"DFPLUGST"
+"""Checkpointed aggregate state: magic, u32 header length, JSON header naming the plugin
+(name, version, module digest) and the state's own digest, then the state bytes."""
 
 
 class PluginError(BatchRejectedError):
     """A plugin failed in a contained way. ``kind`` is one of: timeout, fuel, out_of_memory,
-    trap, abi, abi_version, import, status, schema, init, quarantined."""
+    trap, abi, abi_version, import, status, schema, init, quarantined, too_complex (the
+    module's shape or its compilation exceeded a limit), state (a checkpointed state that
+    does not belong to this plugin or does not decode)."""
 
     def __init__(self, kind: str, plugin: str, detail: str) -> None:
         self.kind, self.plugin, self.detail = kind, plugin, detail
@@ -48,7 +60,8 @@ class Limits:
     """Per-plugin sandbox limits; the defaults are safe for untrusted code."""
 
     deadline_ms: float = 1000.0
-    memory_bytes: int = 256 * 1024 * 1024
+    memory_bytes: int = 256 * 1024 * 1024  # per instance: a module has at most one memory
+    table_elements: int = 100_000  # per instance: table.grow beyond this returns -1
     fuel: int | None = None  # instructions-ish per call; None = no fuel metering
     max_failures: int = 3  # circuit breaker: this many failures ...
     failure_window_s: float = 60.0  # ... within this window ...
@@ -165,8 +178,12 @@ class Plugin:
         self.sha256 = hashlib.sha256(raw).hexdigest()
         try:
             self._module = compile_module(module, self._fuel, cache_dir)
+        except ModuleRefusedError as err:
+            raise PluginError(err.kind, self.name, err.detail) from None
         except wasmtime.WasmtimeError as err:
-            raise PluginError("abi", self.name, f"not a valid WASM module: {err}") from None
+            raise PluginError(
+                "abi", self.name, f"not a valid WASM module: {one_line(err)}"
+            ) from None
         self._linker = self._make_linker(set(granted))
         self._pool = _Pool(lambda: _Instance(self), self.pool_size)
 
@@ -289,10 +306,11 @@ class Plugin:
         return self._guarded(pl.DataFrame(), lambda inst, _: inst.finalize())
 
     def merge(self, state: bytes) -> None:
-        """Merge another instance's state (e.g. from a parallel worker) into this one."""
+        """Merge another instance's state (its ``snapshot()``, e.g. from a parallel worker
+        running the same plugin) into this one."""
         self._need_kind("aggregate")
-        self._check_state(state)
-        self._guarded(pl.DataFrame(), lambda inst, _: inst.merge(state))
+        raw = self._open_state(state, "state to merge")
+        self._guarded(pl.DataFrame(), lambda inst, _: inst.merge(raw))
 
     def reset(self) -> None:
         """Back to the empty aggregate state."""
@@ -308,25 +326,119 @@ class Plugin:
             return self.map(batch)
         if kind == "filter":
             return batch.filter(self.filter(batch))
-        self.update(batch)  # aggregate: emit the running answer after every batch
-        return self.result()
+        # aggregate: emit the running answer after every batch. Update and finalize are
+        # one unit: if finalize fails after update committed, the state goes back to what
+        # it was before the batch (the batch is dead-lettered; a redrive counts it once).
+        before = self._state
+        try:
+            self.update(batch)
+            return self.result()
+        except BatchRejectedError:
+            if self._state != before:
+                self._put_state(before)
+            raise
 
-    def snapshot(self) -> bytes:
-        """Aggregate state bytes (host-owned, so the engine checkpoints them); b"" for the
-        stateless map/filter kinds."""
+    def state(self) -> bytes:
+        """The aggregate's raw state bytes (host-owned); b"" for map/filter."""
         return bytes(self._state) if self._state is not None else b""
 
+    def snapshot(self) -> bytes:
+        """The aggregate's state for a checkpoint, tied to this plugin: an envelope naming
+        the plugin, its version and module digest, with the state's own digest (so a
+        restore can refuse state written by another plugin or version, or damaged);
+        b"" for the stateless map/filter kinds."""
+        if self._state is None:
+            return b""
+        header = json.dumps(
+            {
+                "plugin": self.name,
+                "version": self.manifest.version,
+                "module_sha256": self.sha256,
+                "state_bytes": len(self._state),
+                "state_sha256": hashlib.sha256(self._state).hexdigest(),
+            },
+            separators=(",", ":"),
+        ).encode()
+        return STATE_MAGIC + struct.pack("<I", len(header)) + header + self._state
+
     def restore(self, state: bytes) -> None:
+        """Continue from a checkpoint's ``snapshot()``. Refused (``PluginError`` of kind
+        ``state``, naming the state and what to do) if it was written by another plugin,
+        version or module, is damaged, or does not decode: finalize must accept it."""
         if self.manifest.kind != "aggregate":
             return None
-        self._check_state(state)
+        raw = self._open_state(state, "checkpointed state")
+        previous = self._state
+        try:
+            self._put_state(raw)
+            self._guarded(pl.DataFrame(), lambda inst, _: inst.finalize())
+        except PluginError as err:
+            self._put_state(previous)
+            raise PluginError(
+                "state",
+                self.name,
+                f"checkpointed state ({len(raw)} bytes) does not decode: {err.kind}: "
+                f"{err.detail}; {_STATE_ADVICE}",
+            ) from None
+        return None
+
+    def _open_state(self, blob: bytes, what: str) -> bytes:
+        """The raw state inside ``blob`` (a ``snapshot()``), after checking it belongs to
+        this plugin, version and module and is intact."""
+        blob = bytes(blob)
+        if not blob.startswith(STATE_MAGIC) or len(blob) < len(STATE_MAGIC) + 4:
+            raise PluginError(
+                "state",
+                self.name,
+                f"{what} ({len(blob)} bytes) carries no plugin identity (written before"
+                f" states were tied to their plugin, or not a plugin state); {_STATE_ADVICE}",
+            )
+        at = len(STATE_MAGIC)
+        (n,) = struct.unpack_from("<I", blob, at)
+        try:
+            header = json.loads(blob[at + 4 : at + 4 + n])
+            raw = blob[at + 4 + n :]
+            written = (
+                f"{header['plugin']} {header['version']} (module {header['module_sha256'][:12]})"
+            )
+            ok_digest = hashlib.sha256(raw).hexdigest() == header["state_sha256"]
+        except (ValueError, KeyError, TypeError, IndexError):
+            raise PluginError(
+                "state", self.name, f"{what} has a damaged identity header; {_STATE_ADVICE}"
+            ) from None
+        here = f"{self.name} {self.manifest.version} (module {self.sha256[:12]})"
+        if (header["plugin"], header["version"], header["module_sha256"]) != (
+            self.name,
+            self.manifest.version,
+            self.sha256,
+        ):
+            raise PluginError(
+                "state",
+                self.name,
+                f"{what} was written by plugin {written}, this is {here}; {_STATE_ADVICE}",
+            )
+        if not ok_digest or len(raw) != self._state_len:
+            raise PluginError(
+                "state",
+                self.name,
+                f"{what} is damaged (its bytes do not match the digest recorded with it,"
+                f" or it is not {self._state_len} bytes); {_STATE_ADVICE}",
+            )
+        return raw
+
+    def _put_state(self, state: bytes | None) -> None:
+        """Make ``state`` (None: a fresh aggregate) the committed state of the instance."""
         inst = self._pool.checkout()
+        if state is None:
+            self._pool.discard(inst)
+            self._state = None
+            self._pool.add(_Instance(self))
+            return
         try:
             self._state = bytes(state)
             inst.write_state(self._state)
         finally:
             self._pool.give_back(inst)
-        return None
 
     @property
     def quarantined(self) -> bool:
@@ -336,11 +448,11 @@ class Plugin:
         if self.manifest.kind != kind:
             raise WrongTypeError(f"plugin {self.name} is a {self.manifest.kind} plugin, not {kind}")
 
-    def _check_state(self, state: bytes) -> None:
-        if len(state) != self._state_len:
-            raise PluginError(
-                "state", self.name, f"state is {len(state)} bytes, expected {self._state_len}"
-            )
+
+_STATE_ADVICE = (
+    "reset the plugin's state (start the pipeline from a fresh checkpoint) or migrate it"
+    " with the plugin version that wrote it"
+)
 
 
 class _Pool:
@@ -398,16 +510,26 @@ class _Instance:
         An aggregate gets its last committed state back (or a fresh one)."""
         self.p = plugin
         store = wasmtime.Store(plugin._engine)
-        store.set_limits(memory_size=self.p.limits.memory_bytes)
+        # Per instance, not per memory or table: one instance, one memory, one table (the
+        # shape check refuses more before compiling; this holds even if it did not), the
+        # table capped in elements so table.grow cannot allocate host memory unbounded.
+        store.set_limits(
+            memory_size=self.p.limits.memory_bytes,
+            table_elements=self.p.limits.table_elements,
+            instances=1,
+            tables=1,
+            memories=1,
+        )
         self._store = store
         self._memory = None
         self._mem_len = -1
+        self._phase: str | None = "instantiation (the module's start function)"
         self._arm()
         try:
             with plugin._link_lock:  # instantiation is rare: keep the linker single-user
                 inst = plugin._linker.instantiate(store, plugin._module)
         except (wasmtime.Trap, wasmtime.WasmtimeError) as err:
-            raise self._classify(err) from None
+            raise self._at_load(self._classify(err)) from None
         exports = inst.exports(store)
 
         def need(name: str, kind: type) -> Any:
@@ -424,6 +546,7 @@ class _Instance:
 
         self._memory = need("memory", wasmtime.Memory)
         self._refresh()
+        self._phase = abi.EXPORT_VERSION
         version = self._call(bind(abi.EXPORT_VERSION, 0))
         if version != abi.ABI_VERSION:
             raise PluginError(
@@ -434,6 +557,7 @@ class _Instance:
         self._entry = bind(abi.ENTRY_POINTS[kind], 3) if kind != "aggregate" else None
         self._arena_ptr, self._arena_cap = 0, 0
         if isinstance(exports.get(abi.EXPORT_INIT), wasmtime.Func):
+            self._phase = abi.EXPORT_INIT
             payload = json.dumps(self.p.params, separators=(",", ":")).encode()
             ptr = self._reserve(len(payload) + 1)
             self._mv[ptr : ptr + len(payload)] = np.frombuffer(payload, np.uint8)
@@ -445,6 +569,7 @@ class _Instance:
             self._agg_update = bind(abi.EXPORT_AGG_UPDATE, 3)
             self._agg_merge = bind(abi.EXPORT_AGG_MERGE, 2)
             self._agg_finalize = bind(abi.EXPORT_AGG_FINALIZE, 3)
+            self._phase = abi.EXPORT_AGG_INIT
             self._state_ptr = self._allocate(self.p._state_len)
             self._arena_ptr, self._arena_cap = 0, 0  # the arena starts after the state
             if self.p._state is None:
@@ -452,6 +577,13 @@ class _Instance:
                 self.p._state = self._read_state()
             else:
                 self.write_state(self.p._state)
+        self._phase = None
+
+    def _at_load(self, err: PluginError) -> PluginError:
+        """``err`` naming the load phase it happened in (start function, init, ...)."""
+        if self._phase is None:
+            return err
+        return PluginError(err.kind, err.plugin, f"at load, in {self._phase}: {err.detail}")
 
     # -- calls ---------------------------------------------------------------------------
     def _arm(self) -> None:
@@ -464,7 +596,7 @@ class _Instance:
         try:
             result = fn(*args)
         except (wasmtime.Trap, wasmtime.WasmtimeError) as err:
-            raise self._classify(err) from None
+            raise self._at_load(self._classify(err)) from None
         self._refresh()
         return result
 
@@ -485,10 +617,12 @@ class _Instance:
             return PluginError("fuel", self.p.name, f"exceeded {self.p.limits.fuel} fuel")
         if self._near_memory_limit():
             return PluginError(
-                "out_of_memory", self.p.name, f"hit {self.p.limits.memory_bytes} bytes: {err}"
+                "out_of_memory",
+                self.p.name,
+                f"hit {self.p.limits.memory_bytes} bytes: {one_line(err)}",
             )
         what = code.name.lower() if code is not None else "error"
-        return PluginError("trap", self.p.name, f"{what}: {str(err).splitlines()[-1]}")
+        return PluginError("trap", self.p.name, f"{what}: {one_line(err)}")
 
     def _near_memory_limit(self) -> bool:
         mem = getattr(self, "_memory", None)
@@ -507,10 +641,26 @@ class _Instance:
     def _allocate(self, nbytes: int) -> int:
         ptr = self._call(self._alloc, nbytes)
         if not isinstance(ptr, int) or ptr <= 0 or ptr + nbytes > self._mem_len:
+            self._module_max_too_small(nbytes)
             if self._near_memory_limit() or ptr == 0:
                 raise PluginError("out_of_memory", self.p.name, f"could not allocate {nbytes}")
             raise PluginError("abi", self.p.name, f"dataflare_alloc returned bad {ptr!r}")
         return ptr
+
+    def _module_max_too_small(self, nbytes: int) -> None:
+        """A module whose own memory maximum leaves no room for the host's arena can never
+        run: say so, and what it needs (raising the host's limit would not help)."""
+        top = self._memory.type(self._store).limits.max
+        if top is None or self._mem_len + nbytes <= top * PAGE:
+            return
+        need = -(-(self._mem_len + nbytes) // PAGE)
+        raise PluginError(
+            "abi",
+            self.p.name,
+            f"the module caps its memory at {top} pages ({top * PAGE} bytes) and cannot give"
+            f" the host the {nbytes} bytes its arena needs (at least {PAGE} bytes, one page):"
+            f" declare a memory maximum of at least {need} pages, or none, in the module",
+        )
 
     def _reserve(self, nbytes: int) -> int:
         """The host arena, at least ``nbytes``: reused across batches, grown by doubling."""

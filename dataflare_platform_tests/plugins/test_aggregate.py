@@ -66,7 +66,7 @@ def test_equals_the_reference_across_batch_boundaries(hll, distinct, batch):
         hll.update(df.slice(start, batch))
     hll.update(df.clear())  # an empty batch changes nothing
     reg = registers(df["value"])
-    assert hll.snapshot() == reg.tobytes()
+    assert hll.state() == reg.tobytes()
     got = hll.result()
     assert got.columns == ["approx_distinct"] and got.dtypes == [pl.Int64]
     assert got.item() == estimate(reg)
@@ -95,7 +95,7 @@ def test_merge_of_partial_states_equals_one_pass(built, cache_dir):
     a.update(df.slice(0, 25_000))
     b.update(df.slice(25_000))
     a.merge(b.snapshot())
-    assert a.snapshot() == registers(df["value"]).tobytes()
+    assert a.state() == registers(df["value"]).tobytes()
     a.reset()
     assert a.result().item() == 0
 
@@ -112,4 +112,4 @@ def test_aggregate_in_a_pipeline_checkpoints_its_state(built, cache_dir):
     out = sink.result()
     assert out.height == 5  # one running answer per batch
     assert out["approx_distinct"][-1] == estimate(registers(df["value"]))
-    assert plugin.snapshot() == registers(df["value"]).tobytes()
+    assert plugin.state() == registers(df["value"]).tobytes()

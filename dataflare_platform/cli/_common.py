@@ -56,10 +56,12 @@ class UsageError(DataflareError):
 
 @cache
 def err_console() -> Console:
-    """Messages, progress and errors go to stderr, so stdout stays parseable."""
+    """Messages, progress and errors go to stderr, so stdout stays parseable. Soft-wrapped:
+    a message is one line however long (rich would otherwise break it at 80 columns when
+    stderr is not a terminal, splitting an error across lines for whoever greps a log)."""
     from rich.console import Console
 
-    return Console(stderr=True)
+    return Console(stderr=True, soft_wrap=True)
 
 
 @cache

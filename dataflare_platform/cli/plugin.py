@@ -452,26 +452,35 @@ def inspect(plugin: PluginArgument, plugin_dir: DirOption = None) -> None:
     """Print PLUGIN's manifest, exports, imports and memory as JSON."""
     import wasmtime
 
-    from dataflare_platform.plugins.engine import shared_engine
+    from dataflare_platform.plugins.engine import compile_module, to_binary
     from dataflare_platform.plugins.manifest import load_manifest, manifest_path
     from dataflare_platform.plugins.runtime import load_plugin
+    from dataflare_platform.plugins.shape import ModuleRefusedError, ShapeLimits, check_module
 
     with ExitStack() as stack:
         wasm = _resolve(plugin, plugin_dir, stack)
         manifest = load_manifest(manifest_path(wasm))
         try:
-            module = wasmtime.Module(shared_engine(), wasm.read_bytes())
-        except wasmtime.WasmtimeError as err:
+            binary = to_binary(wasm.read_bytes())
+            # every memory and table, exported or not, imported or defined: the walk with
+            # no count limits, so a module the loader refuses still shows what it holds
+            many = 1 << 32
+            shape = check_module(binary, ShapeLimits(memories=many, tables=many))
+        except (wasmtime.WasmtimeError, ModuleRefusedError) as err:
             raise UsageError(f"{wasm} is not a valid WASM module: {err}") from None
-        exports = [{"name": e.name, "type": _type_name(e.type)} for e in module.exports]
-        imports = [
-            {"module": i.module, "name": i.name, "type": _type_name(i.type)} for i in module.imports
-        ]
-        memories = [
-            {"name": e.name, **_memory(e.type)}
-            for e in module.exports
-            if isinstance(e.type, wasmtime.MemoryType)
-        ]
+        exports: list[dict[str, Any]] | None = None
+        imports: list[dict[str, Any]] | None = None
+        try:
+            module = compile_module(binary)
+        except (wasmtime.WasmtimeError, ModuleRefusedError):
+            pass  # shown below as the reason it does not load
+        else:
+            exports = [{"name": e.name, "type": _type_name(e.type)} for e in module.exports]
+            imports = [
+                {"module": i.module, "name": i.name, "type": _type_name(i.type)}
+                for i in module.imports
+            ]
+        memories = [{"name": m["export"], **_pages(m)} for m in shape.memories]
         try:
             load_plugin(wasm)
             loads: bool | str = True
@@ -485,6 +494,13 @@ def inspect(plugin: PluginArgument, plugin_dir: DirOption = None) -> None:
                 "exports": exports,
                 "imports": imports,
                 "memory": memories,
+                "tables": shape.tables,
+                "shape": {
+                    "bytes": shape.size,
+                    "functions": shape.functions,
+                    "max_locals": shape.max_locals,
+                    "max_body_bytes": shape.max_body_bytes,
+                },
                 "loads_with_defaults": loads,
             }
         )
@@ -506,12 +522,12 @@ def _type_name(t: Any) -> str:
     return type(t).__name__
 
 
-def _memory(t: Any) -> dict[str, Any]:
-    limits = t.limits
+def _pages(m: dict[str, Any]) -> dict[str, Any]:
     page = 65536
     return {
-        "min_pages": limits.min,
-        "max_pages": limits.max,
-        "min_bytes": limits.min * page,
-        "max_bytes": None if limits.max is None else limits.max * page,
+        "min_pages": m["min"],
+        "max_pages": m["max"],
+        "min_bytes": m["min"] * page,
+        "max_bytes": None if m["max"] is None else m["max"] * page,
+        "imported": m["imported"],
     }

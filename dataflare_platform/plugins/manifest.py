@@ -14,6 +14,10 @@ from dataflare_platform.models import StrictModel
 
 ABI_VERSION = 1
 MAX_STATE_BYTES = 64 * 1024 * 1024
+MAX_MANIFEST_BYTES = 1024 * 1024
+MAX_MANIFEST_DEPTH = 32
+"""A manifest is a flat document: objects within lists within an object, 4 deep. Deeper
+nesting is refused before parsing (Python's json recursion would raise RecursionError)."""
 
 ColumnType = Literal["int64", "int32", "float64", "float32", "utf8"]
 ParamType = Literal["int", "float", "str", "bool"]
@@ -123,8 +127,43 @@ def parse_manifest(data: bytes, path: Path | str) -> Manifest:
     """The manifest in ``data`` (read from ``path``, named in errors): parsing the bytes
     that were checked against a pin, not the file again."""
     what = f"plugin manifest {path}"
+    if len(data) > MAX_MANIFEST_BYTES:
+        raise ConfigError(
+            what, [("<file>", f"{len(data)} bytes, a manifest is at most {MAX_MANIFEST_BYTES}")]
+        )
+    depth = _nesting(data)
+    if depth > MAX_MANIFEST_DEPTH:
+        raise ConfigError(
+            what,
+            [("<file>", f"nested {depth} levels deep, a manifest is at most {MAX_MANIFEST_DEPTH}")],
+        )
     try:
         raw = json.loads(data)
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise ConfigError(what, [("<file>", f"not JSON: {err}")]) from None
+    except RecursionError:  # pragma: no cover - the depth check above comes first
+        raise ConfigError(what, [("<file>", "nested too deeply")]) from None
     return Manifest.validated(raw, what)
+
+
+def _nesting(data: bytes) -> int:
+    """The deepest ``[``/``{`` nesting in JSON ``data``, brackets inside strings ignored
+    (a linear scan: cheap for the size a manifest may have)."""
+    depth = deepest = 0
+    in_string = escaped = False
+    for byte in data:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif byte == 0x5C:  # backslash
+                escaped = True
+            elif byte == 0x22:  # quote
+                in_string = False
+        elif byte == 0x22:
+            in_string = True
+        elif byte in (0x5B, 0x7B):
+            depth += 1
+            deepest = max(deepest, depth)
+        elif byte in (0x5D, 0x7D):
+            depth -= 1
+    return deepest

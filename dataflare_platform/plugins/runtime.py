@@ -546,6 +546,10 @@ class _Instance:
 
         self._memory = need("memory", wasmtime.Memory)
         self._refresh()
+        top = self._memory.type(store).limits.max
+        if top is not None and top * PAGE < 2 * PAGE:
+            # the host arena alone takes a page, beside the module's own data and stack
+            self._module_max_too_small(PAGE)
         self._phase = abi.EXPORT_VERSION
         version = self._call(bind(abi.EXPORT_VERSION, 0))
         if version != abi.ABI_VERSION:
@@ -651,7 +655,7 @@ class _Instance:
         """A module whose own memory maximum leaves no room for the host's arena can never
         run: say so, and what it needs (raising the host's limit would not help)."""
         top = self._memory.type(self._store).limits.max
-        if top is None or self._mem_len + nbytes <= top * PAGE:
+        if top is None or (self._mem_len + nbytes <= top * PAGE and top > 1):
             return
         need = -(-(self._mem_len + nbytes) // PAGE)
         raise PluginError(

@@ -26,7 +26,7 @@ MAGIC = b"\0asm"
 VERSION_CORE = b"\1\0\0\0"
 
 SEC_TYPE, SEC_IMPORT, SEC_FUNCTION, SEC_TABLE, SEC_MEMORY = 1, 2, 3, 4, 5
-SEC_CODE = 10
+SEC_EXPORT, SEC_CODE = 7, 10
 
 
 class ModuleRefusedError(DataflareError, ValueError):
@@ -109,6 +109,12 @@ class _Reader:
     def name(self) -> None:
         self.skip(self.u32())
 
+    def text(self) -> str:
+        n = self.u32()
+        start = self.pos
+        self.skip(n)
+        return self.data[start : self.pos].decode("utf-8", "replace")
+
     def limits(self, what: str) -> dict[str, object]:
         flags = self.byte()
         if flags & 0x02:
@@ -127,6 +133,16 @@ def _check(limit: int, value: int, what: str) -> None:
         raise ModuleRefusedError("too_complex", f"{what} is {value}, the limit is {limit}")
 
 
+def _count(limit: int, value: int, what: str) -> None:
+    """Memories and tables: more than the ABI's one is a module the ABI does not allow."""
+    if value > limit:
+        raise ModuleRefusedError(
+            "abi",
+            f"the module has {value} {what}; a plugin may have at most {limit} (the memory"
+            " and table limits hold per instance only so)",
+        )
+
+
 def check_module(data: bytes, limits: ShapeLimits | None = None) -> ModuleShape:
     """The shape of the binary module ``data``, or :class:`ModuleRefusedError` naming the
     first limit it exceeds. Reads headers only (see the module docstring)."""
@@ -141,6 +157,7 @@ def check_module(data: bytes, limits: ShapeLimits | None = None) -> ModuleShape:
             f"WASM version {data[4:8].hex()} is not a core module (components are not plugins)",
         )
     r = _Reader(data, 8)
+    exported: dict[int, str] = {}
     while r.pos < r.end:
         sec = r.byte()
         size = r.u32()
@@ -157,14 +174,21 @@ def check_module(data: bytes, limits: ShapeLimits | None = None) -> ModuleShape:
                 if ref == 0x40:  # table with an initialiser: function-references proposal
                     raise ModuleRefusedError("abi", "table initialisers are not allowed")
                 shape.tables.append({"imported": False, "elem": _ref(ref), **body.limits("table")})
-                _check(lim.tables, len(shape.tables), "number of tables")
+                _count(lim.tables, len(shape.tables), "tables")
         elif sec == SEC_MEMORY:
             for _ in range(body.u32()):
                 shape.memories.append({"imported": False, **body.limits("memory")})
-                _check(lim.memories, len(shape.memories), "number of memories")
+                _count(lim.memories, len(shape.memories), "memories")
+        elif sec == SEC_EXPORT:
+            for _ in range(body.u32()):
+                name, kind, index = body.text(), body.byte(), body.u32()
+                if kind == 2:
+                    exported.setdefault(index, name)
         elif sec == SEC_CODE:
             _code(body, shape, lim)
     shape.functions += shape.imported_functions
+    for index, memory in enumerate(shape.memories):
+        memory["export"] = exported.get(index)
     _check(lim.functions, shape.functions, "number of functions")
     for table in shape.tables:
         _check(lim.table_elements, int(table["min"]), "a table's initial elements")  # type: ignore[call-overload]
@@ -189,10 +213,10 @@ def _imports(r: _Reader, shape: ModuleShape, lim: ShapeLimits) -> None:
         elif kind == 1:  # table
             ref = r.byte()
             shape.tables.append({"imported": True, "elem": _ref(ref), **r.limits("table")})
-            _check(lim.tables, len(shape.tables), "number of tables")
+            _count(lim.tables, len(shape.tables), "tables")
         elif kind == 2:  # memory
             shape.memories.append({"imported": True, **r.limits("memory")})
-            _check(lim.memories, len(shape.memories), "number of memories")
+            _count(lim.memories, len(shape.memories), "memories")
         elif kind == 3:  # global: valtype + mutability
             r.byte()
             r.byte()

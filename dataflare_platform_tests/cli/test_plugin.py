@@ -167,3 +167,41 @@ def test_build_reports_compiler_errors(tmp_path):
     ok(["new", "broken", "--dir", str(tmp_path)])
     (tmp_path / "broken" / "plugin.c").write_text("int oops(void) { return }\n")
     assert "failed" in err(["build", str(tmp_path / "broken")])
+
+
+def _hostile_plugin(tmp_path, wat: str) -> str:
+    """A plugin file pair from a hostile WAT module (``tests.plugins.hostile``)."""
+    import wasmtime
+
+    from dataflare_platform_tests.plugins.hostile import MANIFEST
+
+    (tmp_path / "hostile.wasm").write_bytes(wasmtime.wat2wasm(wat))
+    (tmp_path / "hostile.json").write_text(MANIFEST.model_dump_json())
+    return str(tmp_path / "hostile.wasm")
+
+
+def test_inspect_shows_every_memory_and_table_even_of_a_refused_module(tmp_path):
+    from dataflare_platform_tests.plugins.hostile import module
+
+    wasm = _hostile_plugin(tmp_path, module(imports="(memory $hidden 300) (table $t 5 funcref)"))
+    info = ok(["inspect", wasm])
+    assert [(m["name"], m["min_pages"]) for m in info["memory"]] == [(None, 300), ("memory", 2)]
+    assert info["tables"] == [{"imported": False, "elem": "funcref", "min": 5, "max": None}]
+    assert "2 memories" in info["loads_with_defaults"]
+    assert info["shape"]["functions"] == 3
+
+
+def test_errors_are_not_wrapped_when_not_on_a_terminal(tmp_path):
+    """A batch failure summary longer than 80 columns stays on one line (for grep)."""
+    from dataflare_platform_tests.plugins.hostile import TRAP, module
+
+    wasm = _hostile_plugin(tmp_path, module())
+    pl.DataFrame({"x": [TRAP, 1, 2]}).write_parquet(tmp_path / "in.parquet")
+    result = runner.invoke(
+        plugin_app,
+        ["run", wasm, "--input", str(tmp_path / "in.parquet"), "--output", str(tmp_path / "o.pq")],
+    )
+    assert result.exit_code == 0, result.output
+    (line,) = [ln for ln in result.stderr.splitlines() if "batches failed" in ln]
+    assert len(line) > 80
+    assert line.endswith("wasm trap: wasm `unreachable` instruction executed")

@@ -69,3 +69,114 @@ def module(version: int = 1, imports: str = "", body: str | None = None) -> str:
   (func (export "dataflare_map") (param $in i32) (param $n i32) (param $out i32) (result i32)
     {body}))
 """
+
+
+AGG_MANIFEST = {
+    "abi_version": 1,
+    "name": "poison_sum",
+    "version": "0.0.1",
+    "kind": "aggregate",
+    "input": [{"name": "x", "type": "int64"}],
+    "output": [{"name": "total", "type": "int64"}],
+    "params": [{"name": "tolerant", "type": "bool"}],
+    "state_bytes": 16,
+    "license": "MIT",
+}
+POISON = 13
+STATE_MAGIC = 0x5EED
+
+
+def aggregate_module() -> str:
+    """An aggregate summing x into a 16-byte state (magic, sum). An update that sees
+    ``POISON`` makes the following finalize trap (after the update committed) unless
+    the plugin was loaded with the ``tolerant`` param; finalize refuses a state whose
+    magic is wrong (the way a real plugin refuses state it cannot decode)."""
+    return f"""
+(module
+  (memory (export "memory") 2)
+  (global $top (mut i32) (i32.const 1024))
+  (global $poison (mut i32) (i32.const 0))
+  (global $tolerant (mut i32) (i32.const 0))
+  (func (export "dataflare_abi_version") (result i32) (i32.const 1))
+  (func (export "dataflare_alloc") (param $size i32) (result i32)
+    (local $p i32)
+    (local.set $p (global.get $top))
+    (if (i32.gt_u (i32.add (local.get $p) (local.get $size))
+                  (i32.mul (memory.size) (i32.const 65536)))
+      (then
+        (if (i32.eq (memory.grow (i32.add (i32.shr_u (local.get $size) (i32.const 16))
+                                          (i32.const 1)))
+                    (i32.const -1))
+          (then (return (i32.const 0))))))
+    (global.set $top (i32.add (local.get $p) (local.get $size)))
+    (local.get $p))
+  (func (export "dataflare_init") (param $p i32) (param $len i32) (result i32)
+    (global.set $tolerant (i32.gt_s (local.get $len) (i32.const 2)))
+    (i32.const 0))
+  (func (export "dataflare_agg_init") (param $s i32) (param $len i32) (result i32)
+    (i64.store (local.get $s) (i64.const {STATE_MAGIC}))
+    (i64.store offset=8 (local.get $s) (i64.const 0))
+    (i32.const 0))
+  (func (export "dataflare_agg_update") (param $s i32) (param $in i32) (param $n i32)
+    (result i32)
+    (local $i i32) (local $v i64) (local $vals i32)
+    (local.set $vals (i32.load offset=12 (local.get $in)))
+    (block $done
+      (loop $l
+        (br_if $done (i32.ge_s (local.get $i) (local.get $n)))
+        (local.set $v (i64.load (i32.add (local.get $vals)
+                                         (i32.shl (local.get $i) (i32.const 3)))))
+        (if (i64.eq (local.get $v) (i64.const {POISON}))
+          (then (global.set $poison (i32.const 1))))
+        (i64.store offset=8 (local.get $s)
+          (i64.add (i64.load offset=8 (local.get $s)) (local.get $v)))
+        (local.set $i (i32.add (local.get $i) (i32.const 1)))
+        (br $l)))
+    (i32.const 0))
+  (func (export "dataflare_agg_merge") (param $s i32) (param $o i32) (result i32)
+    (i64.store offset=8 (local.get $s)
+      (i64.add (i64.load offset=8 (local.get $s)) (i64.load offset=8 (local.get $o))))
+    (i32.const 0))
+  (func (export "dataflare_agg_finalize") (param $s i32) (param $out i32) (param $max i32)
+    (result i32)
+    (if (i64.ne (i64.load (local.get $s)) (i64.const {STATE_MAGIC}))
+      (then (return (i32.const -3))))
+    (if (i32.and (global.get $poison) (i32.eqz (global.get $tolerant))) (then unreachable))
+    (i64.store (i32.load offset=12 (local.get $out)) (i64.load offset=8 (local.get $s)))
+    (i32.const 1)))
+"""
+
+
+def _leb(n: int) -> bytes:
+    out = bytearray()
+    while True:
+        byte, n = n & 0x7F, n >> 7
+        out.append(byte | (0x80 if n else 0))
+        if not n:
+            return bytes(out)
+
+
+def _section(sid: int, payload: bytes) -> bytes:
+    return bytes([sid]) + _leb(len(payload)) + payload
+
+
+def many_locals_module(n_locals: int = 43_000) -> bytes:
+    """The issue's compiler bomb: one function whose ``n_locals`` i64 locals are all live
+    at once (each defined from the previous, then all summed), ~640 KB with the default.
+    Cranelift's register allocation on it runs for minutes."""
+    body = bytearray(_leb(1) + _leb(n_locals) + b"\x7e")  # one local decl: n x i64
+    for i in range(1, n_locals):
+        body += b"\x20" + _leb(i - 1) + b"\x42\x01\x7c\x21" + _leb(i)  # l[i] = l[i-1] + 1
+    body += b"\x20" + _leb(0)
+    for i in range(1, n_locals):
+        body += b"\x20" + _leb(i) + b"\x7c"  # acc += l[i]
+    body += b"\x1a\x0b"  # drop, end
+    code = _leb(1) + _leb(len(body)) + bytes(body)
+    return (
+        b"\0asm\1\0\0\0"
+        + _section(1, _leb(1) + b"\x60\x00\x00")  # type 0: () -> ()
+        + _section(3, _leb(1) + _leb(0))  # one function of type 0
+        + _section(5, _leb(1) + b"\x00\x02")  # memory, min 2 pages
+        + _section(7, _leb(1) + _leb(6) + b"memory" + b"\x02" + _leb(0))
+        + _section(10, code)
+    )

@@ -22,10 +22,13 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 import pyarrow as pa
+import wasmtime
 
 from dataflare_platform.engine import NullSink, Pipeline, Runner, RunnerConfig, TableSource
 from dataflare_platform.plugins.build import SAMPLES_DIR, build_plugin
-from dataflare_platform.plugins.runtime import Plugin, load_plugin
+from dataflare_platform.plugins.engine import COMPILE_TIMEOUT_S, compile_isolated, shared_engine
+from dataflare_platform.plugins.manifest import Manifest
+from dataflare_platform.plugins.runtime import Plugin, PluginError, load_plugin
 from dataflare_platform.queries.nexmark import WATERMARK_DELAY_MS
 
 BATCH = 65_536
@@ -157,6 +160,86 @@ def bench_q1(wasm: Path, cache: Path, events: int = 2_000_000, repeat: int = 3) 
     )
 
 
+def _leb(n: int) -> bytes:
+    out = bytearray()
+    while True:
+        byte, n = n & 0x7F, n >> 7
+        out.append(byte | (0x80 if n else 0))
+        if not n:
+            return bytes(out)
+
+
+def _section(sid: int, payload: bytes) -> bytes:
+    return bytes([sid]) + _leb(len(payload)) + payload
+
+
+def many_locals_module(n_locals: int = 43_000) -> bytes:
+    """The issue's compiler bomb: one function whose ``n_locals`` i64 locals are all live
+    at once (each defined from the previous, then all summed), ~640 KB with the default.
+    Cranelift's register allocation on it runs for minutes."""
+    body = bytearray(_leb(1) + _leb(n_locals) + b"\x7e")  # one local decl: n x i64
+    for i in range(1, n_locals):
+        body += b"\x20" + _leb(i - 1) + b"\x42\x01\x7c\x21" + _leb(i)  # l[i] = l[i-1] + 1
+    body += b"\x20" + _leb(0)
+    for i in range(1, n_locals):
+        body += b"\x20" + _leb(i) + b"\x7c"  # acc += l[i]
+    body += b"\x1a\x0b"  # drop, end
+    code = _leb(1) + _leb(len(body)) + bytes(body)
+    return (
+        b"\0asm\1\0\0\0"
+        + _section(1, _leb(1) + b"\x60\x00\x00")  # type 0: () -> ()
+        + _section(3, _leb(1) + _leb(0))  # one function of type 0
+        + _section(5, _leb(1) + b"\x00\x02")  # memory, min 2 pages
+        + _section(7, _leb(1) + _leb(6) + b"memory" + b"\x02" + _leb(0))
+        + _section(10, code)
+    )
+
+
+def bench_sandbox(repeat: int = 3) -> dict:
+    """What the compile bounds cost and save: refusing the many-locals compiler bomb at
+    load (shape check, no compilation) against compiling it in the child anyway, and the
+    child's compile of a real sample against an in-process compile (paid once per module
+    per compile cache)."""
+    bomb = many_locals_module()
+    with tempfile.TemporaryDirectory() as tmp:
+        manifest = Manifest.model_validate(
+            {
+                "abi_version": 1,
+                "name": "bomb",
+                "version": "0.0.1",
+                "kind": "map",
+                "input": [{"name": "x", "type": "int64"}],
+                "output": [{"name": "y", "type": "int64"}],
+                "license": "MIT",
+            }
+        )
+
+        def refuse() -> None:
+            try:
+                Plugin(manifest, bomb, cache_dir=Path(tmp) / "cache")
+            except PluginError:
+                return
+            raise AssertionError("the compiler bomb was not refused")
+
+        t_refuse = _best(refuse, repeat)
+        t_bomb = _best(lambda: compile_isolated(bomb, False, COMPILE_TIMEOUT_S), 1)
+        sample = build_plugin(SAMPLES_DIR / "currency", Path(tmp)).read_bytes()
+        t_child = _best(lambda: compile_isolated(sample, False), repeat)
+        t_inproc = _best(lambda: wasmtime.Module(shared_engine(), sample), repeat)
+    return {
+        "name": "sandbox_compile_bounds",
+        "unit": "seconds",
+        "bomb_bytes": len(bomb),
+        "refuse_bomb_s": t_refuse,
+        "compile_bomb_in_child_s": t_bomb,
+        "refusal_speedup": t_bomb / t_refuse,
+        "sample_bytes": len(sample),
+        "sample_compile_child_s": t_child,
+        "sample_compile_in_process_s": t_inproc,
+        "child_overhead_ratio": t_child / t_inproc,
+    }
+
+
 def bench_plugins(events: int = 2_000_000, repeat: int = 5) -> list[dict]:
     """All plugin measurements; see the module docstring."""
     with tempfile.TemporaryDirectory() as tmp:
@@ -167,6 +250,7 @@ def bench_plugins(events: int = 2_000_000, repeat: int = 5) -> list[dict]:
             bench_map(load_plugin(currency, cache_dir=cache), repeat=repeat),
             bench_mask(load_plugin(pii, cache_dir=cache), repeat=repeat),
             bench_q1(currency, cache, events=events, repeat=max(1, repeat // 2)),
+            bench_sandbox(),
         ]
 
 

@@ -3,6 +3,7 @@ value (so the same plugin must recover), others are refused at load."""
 
 from __future__ import annotations
 
+from dataflare_platform.bench.plugins import many_locals_module  # noqa: F401 - re-exported
 from dataflare_platform.plugins.manifest import Manifest
 
 MANIFEST = Manifest.model_validate(
@@ -145,38 +146,3 @@ def aggregate_module() -> str:
     (i64.store (i32.load offset=12 (local.get $out)) (i64.load offset=8 (local.get $s)))
     (i32.const 1)))
 """
-
-
-def _leb(n: int) -> bytes:
-    out = bytearray()
-    while True:
-        byte, n = n & 0x7F, n >> 7
-        out.append(byte | (0x80 if n else 0))
-        if not n:
-            return bytes(out)
-
-
-def _section(sid: int, payload: bytes) -> bytes:
-    return bytes([sid]) + _leb(len(payload)) + payload
-
-
-def many_locals_module(n_locals: int = 43_000) -> bytes:
-    """The issue's compiler bomb: one function whose ``n_locals`` i64 locals are all live
-    at once (each defined from the previous, then all summed), ~640 KB with the default.
-    Cranelift's register allocation on it runs for minutes."""
-    body = bytearray(_leb(1) + _leb(n_locals) + b"\x7e")  # one local decl: n x i64
-    for i in range(1, n_locals):
-        body += b"\x20" + _leb(i - 1) + b"\x42\x01\x7c\x21" + _leb(i)  # l[i] = l[i-1] + 1
-    body += b"\x20" + _leb(0)
-    for i in range(1, n_locals):
-        body += b"\x20" + _leb(i) + b"\x7c"  # acc += l[i]
-    body += b"\x1a\x0b"  # drop, end
-    code = _leb(1) + _leb(len(body)) + bytes(body)
-    return (
-        b"\0asm\1\0\0\0"
-        + _section(1, _leb(1) + b"\x60\x00\x00")  # type 0: () -> ()
-        + _section(3, _leb(1) + _leb(0))  # one function of type 0
-        + _section(5, _leb(1) + b"\x00\x02")  # memory, min 2 pages
-        + _section(7, _leb(1) + _leb(6) + b"memory" + b"\x02" + _leb(0))
-        + _section(10, code)
-    )

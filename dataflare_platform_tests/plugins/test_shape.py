@@ -109,3 +109,16 @@ def test_the_shape_walker_never_fails_other_than_refusing(data):
         check_module(data)
     except ModuleRefusedError as err:
         assert err.kind in {"abi", "too_complex"}
+
+
+def test_a_compiler_running_away_in_memory_is_stopped_by_the_childs_budget(monkeypatch):
+    """The child limits its own address space: with a 64 MiB budget a small module still
+    compiles (measured: it needs under 48 MiB) while the compiler bomb, compiled without
+    its shape check, runs out and is refused as too complex (it needs over 96 MiB)."""
+    from dataflare_platform.plugins import engine
+
+    monkeypatch.setattr(engine, "COMPILE_MEMORY_BYTES", 64 * 1024 * 1024)
+    assert engine.compile_isolated(VALID, False)
+    with pytest.raises(ModuleRefusedError) as err:
+        engine.compile_isolated(many_locals_module(), False)
+    assert err.value.kind == "too_complex" and "memory budget" in str(err.value)

@@ -661,7 +661,8 @@ class _Instance:
         raise PluginError(
             "abi",
             self.p.name,
-            f"the module caps its memory at {top} pages ({top * PAGE} bytes) and cannot give"
+            f"the module caps its memory at {top} page{'s' * (top != 1)} ({top * PAGE} bytes)"
+            " and cannot give"
             f" the host the {nbytes} bytes its arena needs (at least {PAGE} bytes, one page):"
             f" declare a memory maximum of at least {need} pages, or none, in the module",
         )

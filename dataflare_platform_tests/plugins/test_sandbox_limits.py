@@ -88,7 +88,7 @@ def test_a_memory_maximum_too_small_for_the_host_arena_is_named_at_load(cache_di
     with pytest.raises(PluginError) as err:
         Plugin(MANIFEST, wat, limits=LIMITS, cache_dir=cache_dir)
     detail = err.value.detail
-    assert err.value.kind == "abi" and "caps its memory at 1 pages" in detail
+    assert err.value.kind == "abi" and "caps its memory at 1 page (65536 bytes)" in detail
     assert "at least 2 pages" in detail and "65536" in detail
     assert "limit" not in detail  # raising the host's memory limit would not help
 

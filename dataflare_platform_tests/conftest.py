@@ -11,6 +11,7 @@ import pytest
 from dataflare_platform.datagen import NexmarkConfig, write_nexmark
 from dataflare_platform.home import ProjectHome
 from dataflare_platform_tests.nexmark_data import nexmark_tables
+from dataflare_platform_tests.tls_ca import TestCA, make_test_ca
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_POSTGRES_DSN = "postgresql://postgres@127.0.0.1:5432/test"
@@ -67,3 +68,10 @@ def dsn() -> str:
             pytrace=False,
         )
     return dsn
+
+
+@pytest.fixture(scope="session")
+def test_ca(tmp_path_factory: pytest.TempPathFactory) -> TestCA:
+    """One test CA per session (server and client certificates, a rogue CA): see
+    ``tls_ca``."""
+    return make_test_ca(tmp_path_factory.mktemp("test-ca"))

@@ -1,13 +1,11 @@
 """The front with ``--tls-cert/--tls-key`` (what ``dataflare ui`` passes it; started by the
-shared helper, without a daemon): it speaks HTTPS with a certificate from a
-test CA made here with openssl, and its session cookie is Secure."""
+shared helper, without a daemon): it speaks HTTPS with a certificate from the shared
+test CA (``tls_ca``, made with openssl), and its session cookie is Secure."""
 
 from __future__ import annotations
 
 import re
 import ssl
-import subprocess
-from pathlib import Path
 
 import pyotp
 import pytest
@@ -19,71 +17,8 @@ from dataflare_platform_tests.e2e.conftest import serving_front
 pytestmark = pytest.mark.e2e
 
 
-def _openssl(*args: str, cwd: Path) -> None:
-    subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True)
-
-
-def make_test_ca(directory: Path) -> tuple[Path, Path, Path]:
-    """A CA, and a server certificate it signed for 127.0.0.1 and localhost."""
-    _openssl(
-        "req",
-        "-x509",
-        "-newkey",
-        "rsa:2048",
-        "-nodes",
-        "-days",
-        "2",
-        "-subj",
-        "/CN=DataFlare test CA",
-        "-keyout",
-        "ca.key",
-        "-out",
-        "ca.pem",
-        "-addext",
-        "basicConstraints=critical,CA:TRUE",
-        "-addext",
-        "keyUsage=critical,keyCertSign,cRLSign",
-        cwd=directory,
-    )
-    _openssl(
-        "req",
-        "-newkey",
-        "rsa:2048",
-        "-nodes",
-        "-subj",
-        "/CN=127.0.0.1",
-        "-keyout",
-        "server.key",
-        "-out",
-        "server.csr",
-        cwd=directory,
-    )
-    (directory / "san.ext").write_text(
-        "subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth\n"
-    )
-    _openssl(
-        "x509",
-        "-req",
-        "-in",
-        "server.csr",
-        "-CA",
-        "ca.pem",
-        "-CAkey",
-        "ca.key",
-        "-CAcreateserial",
-        "-days",
-        "2",
-        "-extfile",
-        "san.ext",
-        "-out",
-        "server.pem",
-        cwd=directory,
-    )
-    return directory / "ca.pem", directory / "server.pem", directory / "server.key"
-
-
-def test_the_front_serves_https_and_sets_secure_cookies(tmp_path):
-    ca, cert, key = make_test_ca(tmp_path)
+def test_the_front_serves_https_and_sets_secure_cookies(tmp_path, test_ca):
+    ca, cert, key = test_ca.ca, test_ca.server_cert, test_ca.server_key
     project = ProjectHome.resolve(tmp_path / "home").ensure()
     trust = ssl.create_default_context(cafile=str(ca))
     with serving_front(

@@ -32,6 +32,7 @@ from nats.js import api
 
 from dataflare_platform.connectors.broker import BrokerError, BrokerUnavailableError
 from dataflare_platform.connectors.nats.settings import NatsSettings
+from dataflare_platform.connectors.tls import TlsSettings, tls_failure
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -64,19 +65,41 @@ class NatsSession:
             self._last_error = err
             log.debug("nats: %s", err)
 
+        s = self.settings
+        options: dict[str, Any] = {}
+        if s.uses_tls:
+            tls = s.tls or TlsSettings()  # tls:// alone still verifies (system CAs)
+            options["tls"] = tls.ssl_context()
+            if tls.server_name:
+                options["tls_hostname"] = tls.server_name
         try:
-            return await nats.connect(
-                servers=[self.settings.url],
-                connect_timeout=self.settings.connect_timeout_s,
-                max_reconnect_attempts=self.settings.reconnect_attempts,
+            nc = await nats.connect(
+                servers=[s.url],
+                connect_timeout=s.connect_timeout_s,
+                max_reconnect_attempts=s.reconnect_attempts,
                 reconnect_time_wait=0.5,
                 error_cb=on_error,
+                **options,
             )
         except (nats.errors.NoServersError, OSError, TimeoutError) as err:
+            reason = tls_failure(err) or (
+                tls_failure(self._last_error) if self._last_error is not None else None
+            )
+            if s.uses_tls and reason is not None:
+                raise BrokerUnavailableError(f"NATS at {_where(s.url)}: {reason}") from None
             raise BrokerUnavailableError(
                 f"NATS at {self.settings.url} is not reachable ({err}); is nats-server running"
                 " with JetStream enabled (-js)?"
             ) from None
+        # nats-py upgrades to TLS only when the server's INFO asks for it: a server (or
+        # someone in between) that does not ask would get a plain connection.
+        if s.uses_tls and not (getattr(nc, "_server_info", None) or {}).get("tls_required"):
+            await nc.close()
+            raise BrokerUnavailableError(
+                f"NATS at {_where(s.url)}: the server did not offer TLS, which the tls://"
+                " url requires; the connection was closed"
+            )
+        return nc
 
     def run(self, coro: Coroutine[Any, Any, T], timeout: float | None = None) -> T:
         """Run ``coro`` on the session's loop and wait for its result."""
@@ -110,6 +133,18 @@ class NatsSession:
         self._thread.join(timeout=10)
         if not self._thread.is_alive():
             self._loop.close()
+
+
+def _where(url: str) -> str:
+    """``host:port`` of a NATS url, nothing of its credentials."""
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    try:
+        port = parts.port
+    except ValueError:
+        port = None
+    return f"{parts.hostname or ''}:{port or 4222}"
 
 
 async def create_stream_if_missing(session: NatsSession) -> api.StreamInfo:

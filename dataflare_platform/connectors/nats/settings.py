@@ -7,6 +7,7 @@ from typing import Annotated, Literal, Self
 from pydantic import Field, PositiveFloat, PositiveInt, model_validator
 
 from dataflare_platform.connectors.broker import StreamSettings
+from dataflare_platform.connectors.tls import TlsSettings
 
 Name = Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")]  # streams and consumers
 Subject = Annotated[str, Field(pattern=r"^[^\s.*>]+(\.[^\s.*>]+)*$")]  # no wildcards
@@ -32,6 +33,21 @@ class NatsSettings(StreamSettings):
     storage: Literal["file", "memory"] = "file"
     max_msgs: PositiveInt | None = Field(None, description="Retention limit of a created stream")
     duplicate_window_s: PositiveFloat = 120.0
+    tls: TlsSettings | None = Field(
+        None, description="TLS for a tls:// url (CA, client certificate, server name)"
+    )
+
+    @property
+    def uses_tls(self) -> bool:
+        return self.url.startswith("tls://")
+
+    @model_validator(mode="after")
+    def _tls_needs_tls_url(self) -> Self:
+        # TLS is on exactly when the url says tls://: a tls block on a nats:// url would
+        # otherwise read as protected while nats-py connects in plain text.
+        if self.tls is not None and not self.uses_tls:
+            raise ValueError("tls is set: the url must start with tls://")
+        return self
 
     @property
     def publish_subject(self) -> str:

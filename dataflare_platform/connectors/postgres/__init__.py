@@ -37,4 +37,5 @@ def open_sink(settings: PostgresSinkSettings, context: OpenContext) -> PostgresS
         settings.upsert_keys,
         connect_timeout_s=settings.connect_timeout_s,
         lock_timeout_s=settings.lock_timeout_s,
+        tls=settings.tls,
     )

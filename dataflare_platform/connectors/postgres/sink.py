@@ -28,6 +28,8 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import ipaddress
+import socket
 import time
 from typing import Annotated, Any, Literal
 
@@ -35,8 +37,15 @@ import polars as pl
 import psycopg
 import pyarrow as pa
 from psycopg import sql
-from psycopg.conninfo import conninfo_to_dict
-from pydantic import ConfigDict, Field, NonNegativeFloat, PositiveFloat, field_validator
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
+from pydantic import (
+    ConfigDict,
+    Field,
+    NonNegativeFloat,
+    PositiveFloat,
+    field_validator,
+    model_validator,
+)
 
 from dataflare_platform.connectors.postgres.pgcopy import iter_binary, pg_type
 from dataflare_platform.connectors.settings import (
@@ -45,11 +54,16 @@ from dataflare_platform.connectors.settings import (
     SQL_IDENTIFIER,
     ConnectorSettings,
 )
+from dataflare_platform.connectors.tls import TlsSettings
 from dataflare_platform.engine.checkpoint import Checkpoint
 from dataflare_platform.engine.io import TransactionalSink, newest_per_key
 from dataflare_platform.errors import ConflictError, DataflareError, InvalidInputError
 from dataflare_platform.models import validated
 
+# libpq's own TLS parameters: with a ``tls`` block they come from it alone.
+LIBPQ_TLS_PARAMS = frozenset(
+    {"sslmode", "sslrootcert", "sslcert", "sslkey", "sslcrl", "sslcrldir", "sslsni", "hostaddr"}
+)
 CHECKPOINT_TABLE = "dataflare_checkpoints"
 SIDE_SUFFIX = "_side"
 _DDL_LOCK = 0x0DF_C0DE  # serialises CREATE ... IF NOT EXISTS across concurrent sinks
@@ -97,6 +111,15 @@ class PostgresSinkSettings(ConnectorSettings):
     lock_timeout_s: NonNegativeFloat = Field(
         30.0, description="How long open() waits for another writer of the table to finish."
     )
+    tls: TlsSettings | None = Field(
+        None, description="TLS (sslmode verify-full by default, CA, client certificate)"
+    )
+
+    @model_validator(mode="after")
+    def _tls_in_one_place(self) -> PostgresSinkSettings:
+        if self.tls is not None:
+            tls_conflicts(self.dsn)
+        return self
 
     @field_validator("dsn")
     @classmethod
@@ -123,12 +146,58 @@ def describe_dsn(dsn: str) -> str:
     return f"{d.get('user', '')}@{host}:{d.get('port') or 5432}/{d.get('dbname', '')}"
 
 
-def connect(dsn: str, connect_timeout_s: float = 10.0, **kwargs: Any) -> psycopg.Connection:
-    """A connection with UTF-8 text (what binary COPY's text cells are), or an error
-    that says which server could not be reached and why."""
+def tls_conflicts(dsn: str) -> None:
+    """Refuse a dsn that sets libpq TLS parameters next to a ``tls`` block: two places
+    saying how a connection is verified would let the weaker one win unnoticed."""
+    try:
+        given = set(conninfo_to_dict(dsn)) & LIBPQ_TLS_PARAMS
+    except psycopg.ProgrammingError:
+        return  # the dsn's own check says what is wrong with it
+    if given:
+        raise ValueError(
+            f"tls is set: remove {sorted(given)} from the dsn (the tls block says how the"
+            " connection is protected)"
+        )
+
+
+def tls_conninfo(dsn: str, tls: TlsSettings) -> str:
+    """``dsn`` with the libpq parameters of ``tls``. A ``server_name`` becomes libpq's
+    ``host`` (the name verify-full checks) while ``hostaddr`` keeps dialling the dsn's
+    host, resolved here when it is a name."""
+    params: dict[str, Any] = dict(tls.libpq_params())
+    if tls.server_name:
+        host = conninfo_to_dict(dsn).get("host") or "localhost"
+        if "," in host or host.startswith("/"):
+            raise InvalidInputError(
+                "tls.server_name needs a dsn with one TCP host (not a list or a socket)"
+            )
+        try:
+            address = str(ipaddress.ip_address(host))
+        except ValueError:
+            try:
+                address = socket.getaddrinfo(host, None, proto=socket.IPPROTO_TCP)[0][4][0]
+            except OSError as err:
+                raise PostgresUnavailableError(
+                    f"PostgreSQL host {host!r} does not resolve ({err.strerror})"
+                ) from None
+        params["host"] = tls.server_name
+        params["hostaddr"] = address
+    return make_conninfo(dsn, **params)
+
+
+def connect(
+    dsn: str,
+    connect_timeout_s: float = 10.0,
+    tls: TlsSettings | None = None,
+    **kwargs: Any,
+) -> psycopg.Connection:
+    """A connection with UTF-8 text (what binary COPY's text cells are), protected as
+    ``tls`` says (the dsn as it is when None), or an error that says which server could
+    not be reached and why."""
+    conninfo = tls_conninfo(dsn, tls) if tls is not None else dsn
     try:
         return psycopg.connect(
-            dsn,
+            conninfo,
             connect_timeout=max(1, round(connect_timeout_s)),
             client_encoding="UTF8",
             application_name="dataflare",
@@ -162,6 +231,7 @@ class PostgresSink(TransactionalSink):
         *,
         connect_timeout_s: float = 10.0,
         lock_timeout_s: float = 30.0,
+        tls: TlsSettings | None = None,
     ) -> None:
         self.settings = validated(
             PostgresSinkSettings,
@@ -173,6 +243,7 @@ class PostgresSink(TransactionalSink):
                 "upsert_keys": upsert_keys,
                 "connect_timeout_s": connect_timeout_s,
                 "lock_timeout_s": lock_timeout_s,
+                "tls": tls,
             },
         )
         s = self.settings
@@ -189,7 +260,7 @@ class PostgresSink(TransactionalSink):
         self.close()
         self.discard_pending()
         self._pipeline = pipeline
-        conn = connect(s.dsn, s.connect_timeout_s)
+        conn = connect(s.dsn, s.connect_timeout_s, s.tls)
         try:
             self._lock(conn)
             with conn.cursor() as cur:

@@ -25,7 +25,7 @@ from contextlib import contextmanager
 
 import pyarrow as pa
 import redis
-from pydantic import Field, PositiveFloat, PositiveInt
+from pydantic import Field, PositiveFloat, PositiveInt, model_validator
 
 from dataflare_platform.connectors.broker import (
     BrokerError,
@@ -37,6 +37,7 @@ from dataflare_platform.connectors.broker import (
     concat_dead,
 )
 from dataflare_platform.connectors.offset_source import Cursor, Envelope, StreamSource
+from dataflare_platform.connectors.tls import TlsSettings, tls_failure
 from dataflare_platform.events.codec import dead_letters
 
 # KEYS[1]: the stream. ARGV[1]: MAXLEN (0: none), then payload, rows pairs.
@@ -159,6 +160,35 @@ class RedisSettings(StreamSettings):
     )
     connect_timeout_s: PositiveFloat = 2.0
     socket_timeout_s: PositiveFloat = 30.0
+    tls: TlsSettings | None = Field(
+        None, description="TLS for a rediss:// url (CA, client certificate, server name)"
+    )
+
+    @model_validator(mode="after")
+    def _tls_needs_rediss(self) -> RedisSettings:
+        # TLS is on exactly when the url says rediss://: a tls block on a plain url would
+        # otherwise read as protected while the connection is not.
+        if self.tls is not None and not self.url.startswith("rediss://"):
+            raise ValueError("tls is set: the url must start with rediss://")
+        return self
+
+    @property
+    def uses_tls(self) -> bool:
+        return self.url.startswith("rediss://")
+
+
+class _TlsConnection(redis.SSLConnection):
+    """redis-py's TLS connection with the context built from ``TlsSettings`` (one
+    verification rule for every connector) and the name checked being ``server_name``
+    when set, not the host the url dials."""
+
+    def __init__(self, *, dataflare_tls: TlsSettings, **kwargs) -> None:
+        self._tls = dataflare_tls
+        super().__init__(**kwargs)
+
+    def _wrap_socket_with_ssl(self, sock):  # redis-py 8: the one place it wraps
+        name = self._tls.server_name or self.host
+        return self._tls.ssl_context().wrap_socket(sock, server_hostname=name)
 
 
 @contextmanager
@@ -167,6 +197,8 @@ def _errors(settings: RedisSettings) -> Iterator[None]:
     try:
         yield
     except (redis.ConnectionError, redis.TimeoutError) as err:
+        if settings.uses_tls and (reason := tls_failure(err)) is not None:
+            raise BrokerUnavailableError(f"Redis at {_where(settings)}: {reason}") from None
         raise BrokerUnavailableError(
             f"Redis at {settings.url} is not reachable ({err}); is redis-server running?"
         ) from None
@@ -174,12 +206,28 @@ def _errors(settings: RedisSettings) -> Iterator[None]:
         raise BrokerError(f"Redis stream {settings.stream!r}: {err}") from None
 
 
+def _where(settings: RedisSettings) -> str:
+    """``host:port`` of the url, nothing of its credentials."""
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(settings.url)
+    try:
+        port = parts.port
+    except ValueError:
+        port = None
+    return f"{parts.hostname or ''}:{port or 6379}"
+
+
 def connect(settings: RedisSettings) -> redis.Redis:
-    client = redis.Redis.from_url(
-        settings.url,
-        socket_connect_timeout=settings.connect_timeout_s,
-        socket_timeout=settings.socket_timeout_s,
-    )
+    options: dict = {
+        "socket_connect_timeout": settings.connect_timeout_s,
+        "socket_timeout": settings.socket_timeout_s,
+    }
+    if settings.uses_tls:
+        # rediss:// without a tls block still verifies (chain and name, system CAs).
+        options["connection_class"] = _TlsConnection
+        options["dataflare_tls"] = settings.tls or TlsSettings()
+    client = redis.Redis(connection_pool=redis.ConnectionPool.from_url(settings.url, **options))
     with _errors(settings):
         client.ping()
     return client

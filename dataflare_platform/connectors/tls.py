@@ -156,8 +156,18 @@ def tls_failure(err: BaseException) -> str | None:
         seen.add(id(current))
         if isinstance(current, ssl.SSLCertVerificationError):
             return f"TLS: the server certificate was refused ({current.verify_message})"
+        if isinstance(current, ssl.SSLEOFError):
+            return (
+                "TLS handshake failed: the server closed the connection (does it require a"
+                " client certificate this client lacks, or refuse its issuer?)"
+            )
         if isinstance(current, ssl.SSLError):
             reason = current.reason or str(current)
+            if "ALERT" in reason.upper():
+                return (
+                    f"TLS handshake failed: the server sent {reason} (it refused this client's"
+                    " certificate, or its absence)"
+                )
             return f"TLS handshake failed ({reason})"
         current = current.__cause__ or current.__context__
     text = str(err)

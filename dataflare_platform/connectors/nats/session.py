@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import json
 import logging
 import threading
@@ -61,19 +62,23 @@ class NatsSession:
         self.js = self.nc.jetstream(timeout=settings.request_timeout_s)
 
     async def _connect(self) -> Client:
+        s = self.settings
+        tls_refused = asyncio.Event()
+
         async def on_error(err: BaseException) -> None:
             self._last_error = err
             log.debug("nats: %s", err)
+            if s.uses_tls and tls_failure(err) is not None:
+                tls_refused.set()
 
-        s = self.settings
         options: dict[str, Any] = {}
         if s.uses_tls:
             tls = s.tls or TlsSettings()  # tls:// alone still verifies (system CAs)
             options["tls"] = tls.ssl_context()
             if tls.server_name:
                 options["tls_hostname"] = tls.server_name
-        try:
-            nc = await nats.connect(
+        connecting = asyncio.ensure_future(
+            nats.connect(
                 servers=[s.url],
                 connect_timeout=s.connect_timeout_s,
                 max_reconnect_attempts=s.reconnect_attempts,
@@ -81,6 +86,20 @@ class NatsSession:
                 error_cb=on_error,
                 **options,
             )
+        )
+        # A refused certificate does not get better on retry, and nats-py 2.x hangs in
+        # its reconnect loop after a failed TLS handshake: stop at the first TLS error.
+        refused = asyncio.ensure_future(tls_refused.wait())
+        await asyncio.wait({connecting, refused}, return_when=asyncio.FIRST_COMPLETED)
+        refused.cancel()
+        if not connecting.done():
+            connecting.cancel()
+            with contextlib.suppress(BaseException):
+                await asyncio.wait_for(connecting, 5)
+            reason = tls_failure(self._last_error) if self._last_error else "TLS failed"
+            raise BrokerUnavailableError(f"NATS at {_where(s.url)}: {reason}")
+        try:
+            nc = connecting.result()
         except (nats.errors.NoServersError, OSError, TimeoutError) as err:
             reason = tls_failure(err) or (
                 tls_failure(self._last_error) if self._last_error is not None else None

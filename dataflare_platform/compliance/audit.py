@@ -76,6 +76,7 @@ from dataflare_platform.compliance.audit_keys import (
     normalize_url,
     safe_url,
 )
+from dataflare_platform.connectors.tls import check_libpq_url
 from dataflare_platform.errors import ConfigError, DataflareError
 from dataflare_platform.times import as_utc, utc_now
 
@@ -327,6 +328,7 @@ class AuditLog:
             event.listen(self._engine, "connect", _sqlite_connect)
             event.listen(self._engine, "begin", _sqlite_begin)
         else:
+            check_libpq_url(self.url, "audit log", "url")
             self._engine = create_engine(self.url, pool_pre_ping=True)
         with self._transaction(lock=True) as conn:
             SQLModel.metadata.create_all(conn, tables=_TABLES)

@@ -6,6 +6,12 @@ the log *with* its checkpoints is still caught by ``dataflare audit verify``.
   role) creates it, gives the writer role INSERT and SELECT only (UPDATE, DELETE and
   TRUNCATE revoked) and adds a trigger refusing UPDATE, DELETE and TRUNCATE even to a role
   that was granted them by mistake.
+  TLS: libpq's own parameters in the url (``?sslmode=verify-full&sslrootcert=/ca.pem``,
+  plus ``sslcert``/``sslkey`` for mutual TLS), checked when the anchor opens with the
+  connectors' rules (``connectors.tls``: files exist and are readable, the key is 0600,
+  ``sslmode=require`` -- encryption without verification -- is logged as a warning). A
+  host that is not loopback needs ``sslmode=verify-full`` or ``verify-ca``: checkpoints
+  are what an auditor trusts, so they do not cross a network unprotected.
 - ``file:///path``: JSON lines appended to a file outside the home (the embedded
   default). Append-only by convention only: whoever can write that file can rewrite it,
   which is a weaker guarantee than the PostgreSQL anchor; it still catches an attacker
@@ -21,6 +27,7 @@ from typing import Protocol
 from urllib.parse import unquote, urlparse
 
 from dataflare_platform.compliance.audit import AuditCheckpoint
+from dataflare_platform.connectors.tls import check_libpq_url
 from dataflare_platform.errors import ConfigError, DataflareError
 from dataflare_platform.sql_names import quote_identifier
 
@@ -93,6 +100,7 @@ class PostgresAnchor:
 
     def __init__(self, url: str) -> None:
         self.dsn = url.replace("postgresql+psycopg://", "postgresql://", 1)
+        check_libpq_url(self.dsn, "audit anchor", "anchor_url")
 
     def _connect(self):
         import psycopg

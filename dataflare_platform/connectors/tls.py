@@ -35,6 +35,7 @@ from typing import Annotated, Literal, Self
 
 from pydantic import AfterValidator, Field, model_validator
 
+from dataflare_platform.errors import ConfigError
 from dataflare_platform.models import StrictModel
 
 log = logging.getLogger(__name__)
@@ -175,3 +176,62 @@ def tls_failure(err: BaseException) -> str | None:
         if marker in text:
             return "TLS: " + text.strip().splitlines()[0]
     return None
+
+
+_LOOPBACK = frozenset({"localhost", "127.0.0.1", "::1"})
+_VERIFYING = {"verify-full", "verify-ca"}
+
+
+def check_libpq_url(dsn: str, what: str, field: str) -> None:
+    """Refuse a PostgreSQL url (the audit log's, the audit anchor's) whose TLS would not
+    protect it: a host that is not loopback without a verifying ``sslmode``, or libpq TLS
+    files that fail the connectors' checks. A ``ConfigError`` about ``what`` names
+    ``field`` and the url parameter, never the url (it may hold a password)."""
+    from psycopg import ProgrammingError
+    from psycopg.conninfo import conninfo_to_dict
+    from pydantic import ValidationError
+
+    dsn = dsn.replace("postgresql+psycopg://", "postgresql://", 1)
+
+    try:
+        params = conninfo_to_dict(dsn)
+    except ProgrammingError:
+        raise ConfigError(what, [(field, "not a PostgreSQL connection url")]) from None
+    mode = params.get("sslmode")
+    hosts = [h for h in str(params.get("host") or "localhost").split(",") if h]
+    remote = [h for h in hosts if h not in _LOOPBACK and not h.startswith("/")]
+    if remote and mode not in _VERIFYING:
+        raise ConfigError(
+            what,
+            [
+                (
+                    field,
+                    f"host {remote[0]} is not loopback: add sslmode=verify-full and"
+                    " sslrootcert=<CA file> so what it carries travels over verified TLS",
+                )
+            ],
+        )
+    if mode not in (*_VERIFYING, "require") and not any(
+        k in params for k in ("sslrootcert", "sslcert", "sslkey")
+    ):
+        return
+    fields = {"ca_file": "sslrootcert", "cert_file": "sslcert", "key_file": "sslkey"}
+    data: dict[str, object] = {
+        ours: params[theirs]
+        for ours, theirs in fields.items()
+        if theirs in params and params[theirs] != "system"
+    }
+    if mode in _VERIFYING:
+        data["mode"] = mode
+    elif mode == "require":
+        data["insecure_skip_verify"] = True
+    try:
+        TlsSettings.model_validate(data)
+    except ValidationError as err:
+        names = {"mode": "sslmode", **fields}
+        problems = []
+        for item in err.errors():
+            name = str(item["loc"][0]) if item["loc"] else ""
+            where = f"{field} {names[name]}" if name in names else field
+            problems.append((where, item["msg"].removeprefix("Value error, ")))
+        raise ConfigError(what, problems) from None

@@ -20,6 +20,7 @@ from dataflare_platform.connectors.redis import RedisSettings
 from dataflare_platform.connectors.tls import TlsSettings
 from dataflare_platform.errors import ConfigError
 from dataflare_platform.models import validated
+from dataflare_platform.streams.spec import PipelineSpec
 
 
 def load(data: dict) -> TlsSettings:
@@ -132,3 +133,40 @@ def test_postgres_server_name_keeps_dialling_the_dsn_host(test_ca):
     params = conninfo_to_dict(tls_conninfo("postgresql://u@127.0.0.1:5433/db", tls))
     assert params["host"] == "db.internal" and params["hostaddr"] == "127.0.0.1"
     assert params["sslmode"] == "verify-full" and params["port"] == "5433"
+
+
+def test_a_pipeline_file_carries_the_tls_block_and_names_a_bad_field(tmp_path, test_ca):
+    loose = tmp_path / "loose.key"
+    shutil.copyfile(test_ca.client_key, loose)
+    loose.chmod(0o644)
+    spec = {
+        "name": "tls-pipeline",
+        "sources": {
+            "bids": {
+                "kind": "redis",
+                "url": "rediss://cache.internal:6380/0",
+                "stream": "bids",
+                "schema": {"auction": "int64", "date_time": "timestamp[ms]"},
+                "tls": {
+                    "ca_file": str(test_ca.ca),
+                    "cert_file": str(test_ca.client_cert),
+                    "key_file": str(test_ca.client_key),
+                },
+            }
+        },
+        "streams": {"out": {"from": "bids", "steps": [{"select": ["auction", "date_time"]}]}},
+        "output": "out",
+        "sink": {
+            "kind": "postgres",
+            "dsn": "postgresql://dataflare@db.internal/dataflare",
+            "table": "out",
+            "tls": {"ca_file": str(test_ca.ca), "server_name": "db.internal"},
+        },
+    }
+    loaded = PipelineSpec.load(spec)
+    assert loaded.sink.tls is not None and loaded.sink.tls.mode == "verify-full"
+    spec["sources"]["bids"]["tls"]["key_file"] = str(loose)
+    with pytest.raises(ConfigError) as caught:
+        PipelineSpec.load(spec)
+    (field,) = caught.value.fields
+    assert field.startswith("sources.bids") and field.endswith("tls.key_file")

@@ -35,7 +35,7 @@ from typing import Annotated, Literal, Self
 
 from pydantic import AfterValidator, Field, model_validator
 
-from dataflare_platform.errors import ConfigError
+from dataflare_platform.errors import ConfigError, InvalidInputError
 from dataflare_platform.models import StrictModel
 
 log = logging.getLogger(__name__)
@@ -46,13 +46,13 @@ def _readable_file(path: Path) -> Path:
     try:
         info = path.stat()
     except FileNotFoundError:
-        raise ValueError(f"{path} does not exist") from None
+        raise InvalidInputError(f"{path} does not exist") from None
     except OSError as err:
-        raise ValueError(f"{path}: {err.strerror}") from None
+        raise InvalidInputError(f"{path}: {err.strerror}") from None
     if not stat.S_ISREG(info.st_mode):
-        raise ValueError(f"{path} is not a regular file")
+        raise InvalidInputError(f"{path} is not a regular file")
     if not os.access(path, os.R_OK):
-        raise ValueError(f"{path} is not readable by this user")
+        raise InvalidInputError(f"{path} is not readable by this user")
     return path
 
 
@@ -61,7 +61,7 @@ def _private_file(path: Path) -> Path:
     _readable_file(path)
     mode = stat.S_IMODE(path.stat().st_mode)
     if mode & 0o077:
-        raise ValueError(
+        raise InvalidInputError(
             f"{path} has mode {mode:04o}: a private key must be 0600 (chmod 600 {path})"
         )
     return path
@@ -99,7 +99,9 @@ class TlsSettings(StrictModel):
     def _consistent(self) -> Self:
         if (self.cert_file is None) != (self.key_file is None):
             missing = "key_file" if self.key_file is None else "cert_file"
-            raise ValueError(f"mutual TLS needs cert_file and key_file: {missing} is missing")
+            raise InvalidInputError(
+                f"mutual TLS needs cert_file and key_file: {missing} is missing"
+            )
         if self.insecure_skip_verify:
             log.warning(
                 "TLS server verification is OFF (insecure_skip_verify: true): the connection"

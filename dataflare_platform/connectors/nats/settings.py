@@ -8,6 +8,7 @@ from pydantic import Field, PositiveFloat, PositiveInt, model_validator
 
 from dataflare_platform.connectors.broker import StreamSettings
 from dataflare_platform.connectors.tls import TlsSettings
+from dataflare_platform.errors import InvalidInputError
 
 Name = Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")]  # streams and consumers
 Subject = Annotated[str, Field(pattern=r"^[^\s.*>]+(\.[^\s.*>]+)*$")]  # no wildcards
@@ -46,7 +47,7 @@ class NatsSettings(StreamSettings):
         # TLS is on exactly when the url says tls://: a tls block on a nats:// url would
         # otherwise read as protected while nats-py connects in plain text.
         if self.tls is not None and not self.uses_tls:
-            raise ValueError("tls is set: the url must start with tls://")
+            raise InvalidInputError("tls is set: the url must start with tls://")
         return self
 
     @property

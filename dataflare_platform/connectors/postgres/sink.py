@@ -154,7 +154,7 @@ def tls_conflicts(dsn: str) -> None:
     except psycopg.ProgrammingError:
         return  # the dsn's own check says what is wrong with it
     if given:
-        raise ValueError(
+        raise InvalidInputError(
             f"tls is set: remove {sorted(given)} from the dsn (the tls block says how the"
             " connection is protected)"
         )

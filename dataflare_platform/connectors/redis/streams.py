@@ -38,6 +38,7 @@ from dataflare_platform.connectors.broker import (
 )
 from dataflare_platform.connectors.offset_source import Cursor, Envelope, StreamSource
 from dataflare_platform.connectors.tls import TlsSettings, tls_failure
+from dataflare_platform.errors import InvalidInputError
 from dataflare_platform.events.codec import dead_letters
 
 # KEYS[1]: the stream. ARGV[1]: MAXLEN (0: none), then payload, rows pairs.
@@ -169,7 +170,7 @@ class RedisSettings(StreamSettings):
         # TLS is on exactly when the url says rediss://: a tls block on a plain url would
         # otherwise read as protected while the connection is not.
         if self.tls is not None and not self.url.startswith("rediss://"):
-            raise ValueError("tls is set: the url must start with rediss://")
+            raise InvalidInputError("tls is set: the url must start with rediss://")
         return self
 
     @property

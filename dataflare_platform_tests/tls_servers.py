@@ -29,7 +29,19 @@ from pathlib import Path
 
 from dataflare_platform_tests.tls_ca import CLIENT_NAME, TestCA
 
-PG_BINDIR = Path(os.environ.get("DATAFLARE_TEST_PG_BINDIR", "/usr/lib/postgresql/15/bin"))
+
+def _pg_bindir() -> Path:
+    """``DATAFLARE_TEST_PG_BINDIR``, else Debian's newest ``/usr/lib/postgresql/<v>/bin``."""
+    if "DATAFLARE_TEST_PG_BINDIR" in os.environ:
+        return Path(os.environ["DATAFLARE_TEST_PG_BINDIR"])
+    found = sorted(
+        Path("/usr/lib/postgresql").glob("*/bin/initdb"),
+        key=lambda p: int(p.parent.parent.name) if p.parent.parent.name.isdigit() else 0,
+    )
+    return found[-1].parent if found else Path("/usr/lib/postgresql/15/bin")
+
+
+PG_BINDIR = _pg_bindir()
 REDIS_SERVER = os.environ.get("DATAFLARE_TEST_REDIS_SERVER", "redis-server")
 NATS_SERVER = os.environ.get("DATAFLARE_TEST_NATS_SERVER", "/usr/sbin/nats-server")
 READY_CEILING_S = 120.0  # generous: the machine is shared and loaded

@@ -8,6 +8,8 @@
         stream: bids
         format: json                        # or arrow (one batch of rows per message)
         schema: {auction: int64, price: int64, date_time: "timestamp[ms]"}
+        # TLS: url tls://..., plus optionally
+        # tls: {ca_file: ..., cert_file: ..., key_file: ..., server_name: ...}
 
 Offsets are dense (gaps read as placeholder rows plus a dead letter) and the stream's
 end is cheap to read, so NATS sources suit micro-batch ranges and continuous runs.

@@ -6,6 +6,10 @@ one transaction per checkpoint (see ``sink``).
       dsn: postgresql://dataflare@127.0.0.1:5432/dataflare   # or ${ENV} in components
       table: hot_items
       upsert_keys: [auction]                                 # optional
+      tls: {ca_file: /etc/dataflare/tls/ca.pem}              # optional: sslmode verify-full
+
+``tls`` (``connectors.tls.TlsSettings``) also takes a client certificate and key for
+mutual TLS and a ``server_name``; docs/security.md, "Transport".
 """
 
 from __future__ import annotations

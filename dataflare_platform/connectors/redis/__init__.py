@@ -7,6 +7,8 @@ plus producers and consumer groups for the CLI and the router.
         url: redis://127.0.0.1:6379/0
         stream: bids
         schema: {auction: int64, price: int64, date_time: "timestamp[ms]"}
+        # TLS: url rediss://..., plus optionally
+        # tls: {ca_file: ..., cert_file: ..., key_file: ..., server_name: ...}
 
 Offsets are dense (trimmed or deleted entries read as placeholder rows plus a dead
 letter) and the end is one XINFO away, so Redis sources suit micro-batch ranges and

@@ -10,7 +10,12 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from dataflare_platform.errors import InvalidInputError, user_file
+from dataflare_platform.errors import (
+    CorruptInputError,
+    DataflareError,
+    InvalidInputError,
+    user_file,
+)
 from dataflare_platform.events.codec import DEAD_LETTER_SCHEMA, JsonDecoder
 from dataflare_platform.events.deadletter import decode_for_topic
 from dataflare_platform.events.log import EventLog, Topic
@@ -47,19 +52,48 @@ def nexmark_tables(
 
 
 def tables_from_files(
-    paths: Iterable[Path], topic: Topic, chunk_lines: int = 10_000
+    paths: Iterable[Path], topic: Topic, chunk_lines: int = 10_000, check_first: bool = True
 ) -> Iterator[Batch]:
     """Parquet row groups, Arrow IPC batches, or NDJSON lines decoded into the topic's
-    schema (bad lines become dead letters: source = file, offset = line number)."""
+    schema (bad lines become dead letters: source = file, offset = line number).
+
+    With ``check_first`` (the default) every file is read and conformed to the topic's
+    schema before the first batch is yielded, so a corrupt or mismatched file among
+    several is refused (naming it) before anything is appended: a retry after the fix
+    would otherwise append the good files' rows a second time. Each file is read twice;
+    the check keeps nothing in memory."""
+    paths = [Path(p) for p in paths]
+    if check_first:
+        check_files(paths, topic, chunk_lines)
     decoder = JsonDecoder(topic.schema)
-    for path in map(Path, paths):
-        if path.suffix not in _FILE_TYPES:
-            raise InvalidInputError(f"{path}: unsupported file type (Parquet, Arrow IPC or NDJSON)")
+    for path in paths:
+        _check_type(path)
         # The user's file: missing, a directory or not Parquet/Arrow is an error naming
         # it (an exception thrown into this generator by its consumer is not caught: a
         # generator only sees its own statements' errors).
         with user_file(path):
             yield from _file_batches(path, topic, decoder, chunk_lines)
+
+
+def check_files(paths: Iterable[Path], topic: Topic, chunk_lines: int = 10_000) -> None:
+    """Read every file through and conform its rows to ``topic``'s schema, appending
+    nothing: raises ``CorruptInputError`` / ``InvalidInputError`` naming the first bad
+    file. Undecodable NDJSON lines are not an error here (they are dead-lettered when
+    produced)."""
+    decoder = JsonDecoder(topic.schema)
+    for path in map(Path, paths):
+        _check_type(path)
+        with user_file(path):
+            for table, _dead in _file_batches(path, topic, decoder, chunk_lines):
+                try:
+                    topic.conform(table)
+                except DataflareError as err:
+                    raise CorruptInputError(path, str(err)) from err
+
+
+def _check_type(path: Path) -> None:
+    if path.suffix not in _FILE_TYPES:
+        raise InvalidInputError(f"{path}: unsupported file type (Parquet, Arrow IPC or NDJSON)")
 
 
 _FILE_TYPES = (".parquet", ".arrow", ".ipc", ".feather", ".ndjson", ".jsonl", ".json")

@@ -100,3 +100,33 @@ def test_produce_generated_nexmark_creates_the_topic(tmp_path):
         app, ["produce", "x", "--nexmark", "--events", "10", "--kind", "cats", "--log-dir", log_dir]
     )
     assert bad.exit_code == 2 and "--kind must be one of" in bad.output
+
+
+def test_produce_of_several_files_checks_all_before_appending(tmp_path, small_nexmark):
+    """A bad file among several is named and nothing is appended (a retry after the fix
+    must not duplicate the good file's rows): truncated, damaged in a data page, or of
+    another schema."""
+    log_dir = str(tmp_path / "log")
+    bids = small_nexmark["bids"].slice(0, 2000)
+    good = tmp_path / "good.parquet"
+    pq.write_table(bids, good, row_group_size=500)
+    data = good.read_bytes()
+    truncated = tmp_path / "truncated.parquet"
+    truncated.write_bytes(data[: len(data) // 2])
+    damaged = tmp_path / "damaged.parquet"
+    pq.write_table(bids, damaged, row_group_size=500, compression="none")
+    raw = bytearray(damaged.read_bytes())
+    meta = pq.ParquetFile(damaged).metadata.row_group(2).column(2)
+    page = meta.data_page_offset
+    raw[page : page + 64] = b"\xff" * 64  # the page header of a middle row group
+    damaged.write_bytes(bytes(raw))
+    other = tmp_path / "other.parquet"
+    pq.write_table(pa.table({"x": [1, 2]}), other)
+    _ok(["topics", "create", "bids", "--nexmark", "bids", "--log-dir", log_dir])
+    for bad in (truncated, damaged, other):
+        result = runner.invoke(app, ["produce", "bids", str(good), str(bad), "--log-dir", log_dir])
+        assert result.exit_code != 0, result.output
+        assert bad.name in result.output and "Traceback" not in result.output
+        assert EventLog(log_dir).topic("bids").read_all().num_rows == 0
+    produced = json.loads(_ok(["produce", "bids", str(good), "--log-dir", log_dir]).stdout)
+    assert produced["appended"] == 2000

@@ -81,6 +81,11 @@ class Topic:
                 out[i] = self.parts[i].append(table.filter(pa.array(mask)), metadata)
         return out
 
+    def conform(self, data: pa.Table | pa.RecordBatch | pl.DataFrame) -> pa.Table:
+        """``data`` in the topic's schema, or ``InvalidInputError`` (what ``append``
+        would refuse), without appending: callers check a whole input before writing."""
+        return self._conform(data)
+
     def _conform(self, data: pa.Table | pa.RecordBatch | pl.DataFrame) -> pa.Table:
         if isinstance(data, pl.DataFrame):
             data = data.to_arrow()

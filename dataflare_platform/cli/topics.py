@@ -149,6 +149,38 @@ def topics_maintain(
     print_json({"topic": name, "segments_deleted": deleted, "segments_merged": merged})
 
 
+@topics_app.command("recover")
+def topics_recover(
+    name: Annotated[str, typer.Argument(help="Topic name.")],
+    verify_all: Annotated[
+        bool,
+        typer.Option(
+            "--all",
+            help="Check every segment's checksum, not only those written since the last"
+            " recovery (after a read reported a damaged segment).",
+        ),
+    ] = False,
+    log_dir: LogDirOption = None,
+) -> None:
+    """Check segments; move a damaged one and every later one aside into the topic's
+    quarantine (never deleted). ``restore-quarantine`` puts the intact ones back."""
+    topic = open_log(log_dir).topic(name)
+    warnings = topic.recover(full=verify_all)
+    print_json({"topic": name, "warnings": warnings})
+
+
+@topics_app.command("restore-quarantine")
+def topics_restore_quarantine(
+    name: Annotated[str, typer.Argument(help="Topic name.")], log_dir: LogDirOption = None
+) -> None:
+    """Put the intact segments that recovery moved aside back at the end of their
+    partition (under their own offsets if nothing was appended since, else under the
+    next ones: the report gives both); damaged ones stay in the quarantine."""
+    topic = open_log(log_dir).topic(name)
+    restored = topic.restore_quarantine()
+    print_json({"topic": name, "partitions": {str(k): v for k, v in restored.items()}}, indent=2)
+
+
 def produce(
     topic: Annotated[
         str | None,

@@ -102,7 +102,14 @@ def test_corrupt_tail_is_truncated_at_open_never_served(log, bids, caplog):
     segs[4].path.write_bytes(bytes(data))
     with caplog.at_level(logging.WARNING):
         reopened = EventLog(log.root).topic("bids")
-    assert "segment at offset 1000 is damaged (checksum mismatch" in caplog.text
+    assert "(offsets 1000 to 1249) is damaged (checksum mismatch" in caplog.text
+    assert "moved it and 1 later segment(s), offsets 1000 to 1499, aside" in caplog.text
+    assert "dataflare topics restore-quarantine bids" in caplog.text
+    # Moved aside, not deleted: the damaged segment and the intact one after it.
+    assert [p.name for p in reopened.partition(0).quarantined()] == [
+        segs[4].path.name,
+        segs[5].path.name,
+    ]
     assert reopened.end_offsets() == {0: 1000}
     assert reopened.read_all().equals(bids.slice(0, 1000))
     # The log goes on from the truncation point with dense offsets.

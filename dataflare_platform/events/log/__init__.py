@@ -10,15 +10,22 @@ them.
 """
 
 from dataflare_platform.events.log.config import TOPIC_NAME, TopicConfig
-from dataflare_platform.events.log.partition import OffsetOutOfRangeError, Partition
+from dataflare_platform.events.log.partition import (
+    OffsetGapError,
+    OffsetOutOfRangeError,
+    Partition,
+)
+from dataflare_platform.events.log.segments import SegmentDamagedError
 from dataflare_platform.events.log.store import EventLog
 from dataflare_platform.events.log.topic import Topic, TopicNotFoundError
 
 __all__ = [
     "TOPIC_NAME",
     "EventLog",
+    "OffsetGapError",
     "OffsetOutOfRangeError",
     "Partition",
+    "SegmentDamagedError",
     "Topic",
     "TopicConfig",
     "TopicNotFoundError",

@@ -11,8 +11,11 @@ truncated with a warning, never served.
 from __future__ import annotations
 
 import fcntl
+import itertools
+import json
 import logging
 import os
+import shutil
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -22,13 +25,17 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from dataflare_platform import times
-from dataflare_platform.durable import fsync_dir, fsync_file
-from dataflare_platform.errors import DataflareError
+from dataflare_platform.durable import fsync_dir, fsync_file, write_atomic
+from dataflare_platform.errors import DataflareError, InvalidInputError
 from dataflare_platform.events.log.config import TopicConfig
 from dataflare_platform.events.log.segments import (
+    _VERIFIED,
     NO_TIME,
+    SUFFIX,
     Segment,
+    SegmentDamagedError,
     list_segments,
+    segment_name,
     write_segment,
 )
 
@@ -37,8 +44,20 @@ log = logging.getLogger(__name__)
 _SETTLE_NS = 50_000_000
 
 
+QUARANTINE_DIR = "_quarantine"  # <topic>/_quarantine/p00000/<when>/: segments moved aside
+
+
 class OffsetOutOfRangeError(DataflareError, ValueError):
     pass
+
+
+class OffsetGapError(DataflareError):
+    """Offsets in the middle of a partition have no segment (a file deleted by hand)."""
+
+
+def _stat_key(path: Path) -> tuple[int, int, int]:
+    st = path.stat()
+    return (st.st_ino, st.st_size, st.st_mtime_ns)
 
 
 def time_bounds(table: pa.Table, time_column: str) -> tuple[int, int]:
@@ -60,7 +79,7 @@ class Partition:
         self.dir.mkdir(parents=True, exist_ok=True)
         self._segments: list[Segment] = []
         self._listed_at = -1
-        self._cache: tuple[Path, pa.Table] | None = None
+        self._cache: tuple[Path, pa.Table, tuple[int, int, int]] | None = None
 
     @property
     def name(self) -> str:
@@ -143,9 +162,11 @@ class Partition:
         self._segments = []
         return removed
 
-    def recover(self) -> list[str]:
-        """Check segments not yet verified; truncate from the first bad one on. Returns
-        warnings. The verified mark only moves past segments flushed to disk."""
+    def recover(self, full: bool = False) -> list[str]:
+        """Check segments not yet verified (``full``: every segment); move the first bad
+        one and every segment after it aside into the quarantine (offsets stay dense:
+        the log goes on where the damage began). Returns warnings, including gaps. The
+        verified mark only moves past segments flushed to disk."""
         warnings: list[str] = []
         mark_file = self.dir / ".verified"
         with self.locked():
@@ -158,30 +179,43 @@ class Partition:
             except (OSError, ValueError):
                 mark = -1
             segs = list_segments(self.dir)
-            verified = mark
+            verified = -1 if full else mark
             for i, seg in enumerate(segs):
-                if seg.base <= mark:
+                if not full and seg.base <= mark:
                     continue
                 reason = seg.verify()
                 if reason is None:
                     fsync_file(seg.path)
                     verified = seg.base
                     continue
-                for bad in segs[i:]:
-                    bad.path.unlink(missing_ok=True)
+                folder = self._quarantine(segs[i:], reason)
                 message = (
-                    f"topic {self.config.name!r} partition {self.index}: segment at offset"
-                    f" {seg.base} is damaged ({reason}); truncated {len(segs) - i} segment(s)"
-                    f" from offset {seg.base}"
+                    f"topic {self.config.name!r} partition {self.index}: segment"
+                    f" {seg.path.name} (offsets {seg.base} to {seg.end - 1}) is damaged"
+                    f" ({reason}); moved it and {len(segs) - i - 1} later segment(s), offsets"
+                    f" {seg.base} to {segs[-1].end - 1}, aside to {folder}; the log goes on"
+                    f" at offset {seg.base}. Intact ones can be put back with"
+                    f" `dataflare topics restore-quarantine {self.config.name}`"
                 )
                 log.warning(message)
                 warnings.append(message)
+                segs = segs[:i]
                 break
+            for start, end in [
+                (a.end, b.base) for a, b in itertools.pairwise(segs) if b.base > a.end
+            ]:
+                message = (
+                    f"topic {self.config.name!r} partition {self.index}: offsets {start} to"
+                    f" {end - 1} are missing (a segment file was deleted or moved)"
+                )
+                log.warning(message)
+                warnings.append(message)
             if verified != mark:
                 tmp = self.dir / ".verified.tmp"
                 tmp.write_text(str(verified))
                 tmp.replace(mark_file)
         self._segments = []
+        self._cache = None
         return warnings
 
     # -- reads ---------------------------------------------------------------------------
@@ -209,6 +243,8 @@ class Partition:
                 break
             if seg.end <= pos:
                 continue
+            if seg.base > pos:
+                self._gap(pos, seg.base)
             table = self._read_segment(seg, columns)
             take = min(limit, seg.end) - pos
             parts.append(table.slice(pos - seg.base, take))
@@ -220,26 +256,166 @@ class Partition:
             return schema.empty_table()
         return parts[0] if len(parts) == 1 else pa.concat_tables(parts)
 
+    def _where(self) -> str:
+        return f"topic {self.config.name!r} partition {self.index}: "
+
+    def _gap(self, start: int, end: int) -> None:
+        """Offsets [start, end) have no segment: raise, after a full listing confirms it
+        (an incremental listing can miss a merged segment published meanwhile)."""
+        self._segments = []
+        for seg in self.segments():
+            if seg.base <= start < seg.end:
+                return  # a compaction merged it: the caller's listing was stale
+        raise OffsetGapError(
+            f"{self._where()}offsets {start} to {end - 1} are missing (a segment file"
+            f" was deleted or moved); the log goes on at offset {end}"
+        )
+
+    def gaps(self) -> list[tuple[int, int]]:
+        """[start, end) ranges with no segment between the first and the last."""
+        segs = self.segments()
+        return [(a.end, b.base) for a, b in itertools.pairwise(segs) if b.base > a.end]
+
     def _read_segment(self, seg: Segment, columns: list[str] | None) -> pa.Table:
         if self._cache is not None and self._cache[0] == seg.path:
             table = self._cache[1]
+            # A file changed in place since it was read is checked again.
+            try:
+                changed = self._cache[2] != _stat_key(seg.path)
+            except FileNotFoundError:
+                changed = False  # compacted or retained: the cached rows are still right
+            if changed:
+                self._cache = None
+                return self._read_segment(seg, columns)
         else:
             try:
-                table = seg.read()
+                table = self._checked(seg)
+                key = _stat_key(seg.path)
             except FileNotFoundError:
                 # Replaced by compaction since it was listed (a merged segment holds the
-                # same offsets) or deleted by retention (the offsets are gone).
+                # same offsets), deleted by retention (the offsets are gone), or deleted
+                # by someone else in the middle (a gap).
                 self._segments = []
-                merged = next((s for s in self.segments() if s.base <= seg.base < s.end), None)
+                segs = self.segments()
+                merged = next((s for s in segs if s.base <= seg.base < s.end), None)
                 if merged is None:
+                    if segs and seg.base >= segs[0].base:
+                        self._gap(
+                            seg.base,
+                            min((s.base for s in segs if s.base > seg.base), default=seg.end),
+                        )
                     raise OffsetOutOfRangeError(
                         f"offset {seg.base} of topic {self.config.name!r} partition"
                         f" {self.index} was removed by retention; the log now starts at"
                         f" {self.start_offset()}"
                     ) from None
-                table = merged.read().slice(seg.base - merged.base, seg.rows)
-            self._cache = (seg.path, table)
+                table = self._checked(merged).slice(seg.base - merged.base, seg.rows)
+                key = (-1, -1, -1)
+            self._cache = (seg.path, table, key)
         return table.select(columns) if columns is not None else table
+
+    def _checked(self, seg: Segment) -> pa.Table:
+        try:
+            return seg.read_checked()
+        except SegmentDamagedError as err:
+            raise SegmentDamagedError(
+                seg,
+                f"{err.reason}; `dataflare topics recover {self.config.name} --all` moves it"
+                " and the later segments aside into quarantine",
+                self._where(),
+            ) from None
+
+    def damage(self) -> list[dict[str, object]]:
+        """Segments whose bytes do not match their checksum (each checked once per
+        process), with the offsets they hold."""
+        out: list[dict[str, object]] = []
+        for seg in self.segments():
+            reason = seg.check()
+            if reason is not None:
+                out.append(
+                    {"segment": seg.path.name, "offsets": [seg.base, seg.end], "reason": reason}
+                )
+        return out
+
+    # -- quarantine ----------------------------------------------------------------------
+    @property
+    def quarantine_dir(self) -> Path:
+        return self.dir.parent / QUARANTINE_DIR / self.dir.name
+
+    def quarantined(self) -> list[Path]:
+        """Segment files moved aside by recovery, oldest move first."""
+        if not self.quarantine_dir.is_dir():
+            return []
+        return sorted(self.quarantine_dir.glob(f"*/*{SUFFIX}"))
+
+    def _quarantine(self, segs: list[Segment], reason: str) -> Path:
+        """Move ``segs`` (the damaged one first) into a new folder of the quarantine,
+        with a note of why; never deletes them."""
+        stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+        folder = self.quarantine_dir / f"{stamp}-{os.getpid()}-{segs[0].base:020d}"
+        for d in (self.dir.parent / QUARANTINE_DIR, self.quarantine_dir, folder):
+            d.mkdir(mode=0o700, exist_ok=True)
+            d.chmod(0o700)
+        for seg in segs:
+            seg.path.replace(folder / seg.path.name)
+            _VERIFIED.pop(str(seg.path), None)
+        note = {
+            "topic": self.config.name,
+            "partition": self.index,
+            "damaged": segs[0].path.name,
+            "reason": reason,
+            "moved": [seg.path.name for seg in segs],
+            "restore": f"dataflare topics restore-quarantine {self.config.name}",
+        }
+        write_atomic(folder / "REASON.json", json.dumps(note, indent=2).encode())
+        (folder / "REASON.json").chmod(0o600)
+        fsync_dir(folder)
+        fsync_dir(self.dir)
+        return folder
+
+    def restore_quarantine(self) -> list[dict[str, object]]:
+        """Put intact quarantined segments back at the end of the partition, oldest
+        first. A segment goes back under its own offsets when the partition still ends
+        where it began (nothing was appended since), else under the next free offsets
+        (its rows are the same, their offsets move: reported). Damaged segments stay in
+        the quarantine. Refused for a transactional topic: its writer owns its offsets."""
+        if self.config.transactional:
+            raise InvalidInputError(
+                f"topic {self.config.name!r} is transactional: its quarantined segments"
+                " are not restored into it (its pipeline owns its offsets); read them"
+                f" from {self.quarantine_dir} with any Arrow IPC reader"
+            )
+        report: list[dict[str, object]] = []
+        with self.locked():
+            for path in self.quarantined():
+                old = Segment.parse(path)
+                if old is None:
+                    continue
+                reason = old.verify()
+                if reason is not None:
+                    report.append({"segment": path.name, "restored": False, "reason": reason})
+                    continue
+                segs = list_segments(self.dir)
+                base = segs[-1].end if segs else old.base
+                new = segment_name(base, old.rows, old.min_time, old.max_time, old.crc)
+                path.replace(self.dir / new)
+                report.append(
+                    {
+                        "segment": path.name,
+                        "restored": True,
+                        "offsets": [base, base + old.rows],
+                        "original_offsets": [old.base, old.end],
+                    }
+                )
+            for folder in (
+                sorted(self.quarantine_dir.glob("*")) if self.quarantine_dir.is_dir() else []
+            ):
+                if folder.is_dir() and not any(folder.glob(f"*{SUFFIX}")):
+                    shutil.rmtree(folder)
+            fsync_dir(self.dir)
+        self._segments = []
+        self._cache = None
+        return report
 
     # -- maintenance ---------------------------------------------------------------------
     def enforce_retention(self, now_ms: int | None = None) -> list[Segment]:
@@ -289,7 +465,7 @@ class Partition:
         return removed
 
     def _merge(self, run: list[Segment]) -> None:
-        table = pa.concat_tables([s.read() for s in run]).combine_chunks()
+        table = pa.concat_tables([self._checked(s) for s in run]).combine_chunks()
         spans = [(s.min_time, s.max_time) for s in run if s.min_time != NO_TIME]
         bounds = (
             (min(t[0] for t in spans), max(t[1] for t in spans)) if spans else (NO_TIME, NO_TIME)

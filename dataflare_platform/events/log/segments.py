@@ -21,6 +21,7 @@ from pathlib import Path
 import pyarrow as pa
 
 from dataflare_platform.durable import fsync_dir
+from dataflare_platform.errors import DataflareError
 
 SUFFIX = ".arrow"
 _NAME = re.compile(r"^(\d{20})-(\d{10})-(-?\d+)-(-?\d+)-([0-9a-f]{8})\.arrow$")
@@ -53,26 +54,85 @@ class Segment:
         return cls(int(base), int(rows), int(tmin), int(tmax), int(crc, 16), path)
 
     def verify(self) -> str | None:
-        """None if the bytes match the name's checksum and row count, else the reason."""
+        """None if the bytes match the name's checksum and row count, else the reason.
+        Checks the file every time (recovery); readers use :meth:`read_checked`."""
+        _VERIFIED.pop(str(self.path), None)
         try:
-            data = self.path.read_bytes()
-        except OSError as err:
+            self.read_checked()
+        except FileNotFoundError as err:
             return f"unreadable: {err}"
-        if zlib.crc32(data) != self.crc:
-            return f"checksum mismatch ({len(data)} bytes)"
+        except SegmentDamagedError as err:
+            return err.reason
+        return None
+
+    def check(self) -> str | None:
+        """As :meth:`verify`, but once per process while the file's inode, size and
+        modification time stand still (``topics describe``)."""
         try:
-            rows = pa.ipc.open_file(pa.py_buffer(data)).read_all().num_rows
-        except pa.ArrowInvalid as err:
-            return f"not a valid Arrow file: {err}"
-        if rows != self.rows:
-            return f"{rows} rows, name says {self.rows}"
+            self.read_checked()
+        except FileNotFoundError as err:
+            return f"unreadable: {err}"
+        except SegmentDamagedError as err:
+            return err.reason
         return None
 
     def read(self, columns: list[str] | None = None) -> pa.Table:
-        """Memory-mapped, zero-copy: only the pages of the columns used are touched."""
+        """Memory-mapped, zero-copy: only the pages of the columns used are touched.
+        Not checked: :meth:`read_checked` is what readers of the log use."""
         with pa.memory_map(str(self.path)) as source:
             table = pa.ipc.open_file(source).read_all()
         return table.select(columns) if columns is not None else table
+
+    def read_checked(self) -> pa.Table:
+        """The segment's rows, memory-mapped, after checking its bytes against the CRC in
+        its name -- once per process for a given (inode, size, mtime): later reads of an
+        unchanged file cost one ``stat``. A file damaged after it was published (a disk
+        error, an edit, a torn copy) raises ``SegmentDamagedError`` naming the segment
+        and its offsets instead of reaching the Arrow decoder, whose errors on damaged
+        bytes are unpredictable (IndexError, a Rust panic in Polars). Raises
+        ``FileNotFoundError`` if the file is gone."""
+        st = self.path.stat()
+        key = (st.st_ino, st.st_size, st.st_mtime_ns)
+        known = _VERIFIED.get(str(self.path)) == key
+        with pa.memory_map(str(self.path)) as source:
+            buf = source.read_buffer()
+        if not known:
+            crc = zlib.crc32(buf)
+            if crc != self.crc:
+                raise SegmentDamagedError(self, f"checksum mismatch ({buf.size} bytes)")
+        try:
+            table = pa.ipc.open_file(buf).read_all()
+        except Exception as err:  # any decoder failure is damage here
+            raise SegmentDamagedError(self, f"not a valid Arrow file: {err}") from None
+        if table.num_rows != self.rows:
+            raise SegmentDamagedError(self, f"{table.num_rows} rows, name says {self.rows}")
+        if not known:
+            _VERIFIED[str(self.path)] = key
+        return table
+
+
+class SegmentDamagedError(DataflareError):
+    """A segment's bytes do not match the checksum and row count in its name. The
+    message names the file and the offsets it holds; the partition adds the topic."""
+
+    def __init__(self, segment: Segment, reason: str, where: str = "") -> None:
+        self.segment = segment
+        self.reason = reason
+        super().__init__(
+            f"{where}segment {segment.path.name} (offsets {segment.base} to"
+            f" {segment.end - 1}) is damaged: {reason}"
+        )
+
+
+# Segments whose checksum this process has checked: path -> (inode, size, mtime_ns).
+# A file rewritten in place changes its mtime (and usually its size or inode) and is
+# checked again; a segment is otherwise immutable once published.
+_VERIFIED: dict[str, tuple[int, int, int]] = {}
+
+
+def forget_verified() -> None:
+    """Forget which segments this process has checked (benchmarks, tests)."""
+    _VERIFIED.clear()
 
 
 def segment_name(base: int, rows: int, min_time: int, max_time: int, crc: int) -> str:

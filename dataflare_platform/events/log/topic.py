@@ -177,7 +177,10 @@ class Topic:
                 out[p.index] = (hits[0].base, hits[-1].end)
         return out
 
-    def describe(self) -> dict[str, object]:
+    def describe(self, verify: bool = True) -> dict[str, object]:
+        """Offsets, sizes and times per partition, with any gap (offsets with no segment),
+        damaged segment (``verify``: each segment's checksum is checked once per
+        process) and segments moved aside into the quarantine by recovery."""
         cfg = self.config
         parts = []
         for p in self.parts:
@@ -188,12 +191,29 @@ class Topic:
                     "partition": p.index,
                     "start_offset": segs[0].base if segs else 0,
                     "end_offset": segs[-1].end if segs else 0,
+                    "rows": sum(s.rows for s in segs),
                     "segments": len(segs),
                     "bytes": sum(s.size for s in segs),
                     "min_time": min((s.min_time for s in timed), default=None),
                     "max_time": max((s.max_time for s in timed), default=None),
+                    "gaps": [list(g) for g in p.gaps()],
+                    "damaged": p.damage() if verify else None,
+                    "quarantined": [q.relative_to(self.dir).as_posix() for q in p.quarantined()],
                 }
             )
+        problems = [
+            f"partition {p['partition']}: {what}"
+            for p in parts
+            for what in (
+                [f"offsets {a} to {b - 1} missing" for a, b in p["gaps"]]  # type: ignore[attr-defined]
+                + [f"{d['segment']} damaged: {d['reason']}" for d in p["damaged"] or []]  # type: ignore[attr-defined]
+                + (
+                    [f"{len(p['quarantined'])} segment(s) in quarantine"]  # type: ignore[arg-type]
+                    if p["quarantined"]
+                    else []
+                )
+            )
+        ]
         return {
             "topic": self.name,
             "partitions": cfg.partitions,
@@ -203,8 +223,9 @@ class Topic:
             "retention_ms": cfg.retention_ms,
             "retention_bytes": cfg.retention_bytes,
             "transactional": cfg.transactional,
-            "rows": sum(p["end_offset"] - p["start_offset"] for p in parts),  # type: ignore[operator]
+            "rows": sum(p["rows"] for p in parts),  # type: ignore[misc]
             "bytes": sum(p["bytes"] for p in parts),  # type: ignore[misc]
+            "problems": problems,
             "partition_details": parts,
         }
 
@@ -214,5 +235,10 @@ class Topic:
     def compact(self) -> int:
         return sum(p.compact() for p in self.parts)
 
-    def recover(self) -> list[str]:
-        return [w for p in self.parts for w in p.recover()]
+    def recover(self, full: bool = False) -> list[str]:
+        """Recovery of every partition (see :meth:`Partition.recover`)."""
+        return [w for p in self.parts for w in p.recover(full)]
+
+    def restore_quarantine(self) -> dict[int, list[dict[str, object]]]:
+        """Put intact quarantined segments back (see :meth:`Partition.restore_quarantine`)."""
+        return {p.index: p.restore_quarantine() for p in self.parts}

@@ -73,9 +73,11 @@ from dataflare_platform.connectors.landing.decode import FileDecoder, file_forma
 from dataflare_platform.connectors.landing.ledger import Ledger, LedgerEntry
 from dataflare_platform.durable import WriterLock, write_atomic
 from dataflare_platform.errors import DataflareError, NotFoundError
+from dataflare_platform.events.codec import dead_letters
 from dataflare_platform.models import StrictModel, validated
 
 STATE_DIR = "_dataflare"
+QUARANTINE_DIR = "quarantine"  # beside the ledger: files that cannot be ingested by name
 IN_PROGRESS_SUFFIXES = (
     ".tmp",
     ".temp",
@@ -196,6 +198,15 @@ def _sha256(path: Path, root: Path) -> str:
         return hashlib.file_digest(f, "sha256").hexdigest()
 
 
+def _utf8(name: str) -> bool:
+    """False for a name ``os.walk`` decoded with surrogate escapes (not valid UTF-8)."""
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def _ignored(name: str) -> bool:
     lower = name.lower()
     return name.startswith((".", "_")) or lower.endswith(IN_PROGRESS_SUFFIXES)
@@ -228,6 +239,8 @@ class LandingDirectory:
         # Every file read must really be inside this folder (links are never followed).
         self.root = Path(os.path.realpath(self.directory))
         self.refused: dict[str, str] = {}  # name -> why it is not read (latest scan)
+        # Files moved aside by this object (names not UTF-8): name, where, why.
+        self.quarantined: list[dict[str, str]] = []
         self.schema = self.settings.table_schema
         self.ledger_path = self.settings.ledger or self.directory / STATE_DIR / "ledger.sqlite"
         self.ledger = Ledger(self.ledger_path)
@@ -309,6 +322,44 @@ class LandingDirectory:
             log.warning("landing %s: not read: %s", self.directory, reason)
         self.refused[name] = reason
 
+    def _quarantine_name(self, path: Path, name: str) -> None:
+        """A file whose name is not valid UTF-8 cannot be a ledger key (SQLite text is
+        UTF-8), and leaving it in place would trip every scan: move it into the
+        quarantine folder (``<state>/quarantine``, 0700) under a UTF-8 name, and record
+        it in the ledger as a failed file with one dead letter naming it (the bytes of
+        the name shown with ``\\xNN`` escapes). Rename it to a UTF-8 name and land it
+        again to ingest it."""
+        shown = os.fsencode(name).decode("utf-8", "backslashreplace")
+        folder = self.ledger_path.parent / QUARANTINE_DIR
+        try:
+            st = path.stat()
+            digest = _sha256(path, self.root)
+            folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+            folder.chmod(0o700)
+            target = folder / f"{time.time_ns()}-{shown.replace('/', '%2F')}"
+            path.rename(target)
+        except (OSError, RefusedFileError) as err:
+            self._refuse(shown, f"{shown}: file name is not valid UTF-8, not read ({err})")
+            return
+        reason = (
+            f"file name {shown!r} is not valid UTF-8: moved to {target}; rename it to a"
+            " UTF-8 name and land it again"
+        )
+        log.warning("landing %s: %s", self.directory, reason)
+        dead = dead_letters(shown, digest[:16], [-1], [reason], [b""])
+        self.ledger.record(
+            shown,
+            st.st_size,
+            digest,
+            st.st_mtime_ns,
+            rows_in=1,
+            rows_out=0,
+            dead=dead,
+            dead_count=1,
+            failed=reason,
+        )
+        self.quarantined.append({"name": shown, "moved_to": str(target), "reason": reason})
+
     def _candidates(self) -> list[tuple[Path, str]]:
         """Regular files of the folder tree, by relative name. Symlinks (to files or to
         folders: ``os.walk`` does not follow the latter), FIFOs, devices and sockets are
@@ -344,6 +395,9 @@ class LandingDirectory:
                     continue
                 if not stat.S_ISREG(mode):
                     self._refuse(name, f"{filename}: not a regular file")
+                    continue
+                if not _utf8(name):
+                    self._quarantine_name(path, name)
                     continue
                 out.append((path, name))
         return sorted(out, key=lambda item: item[1])

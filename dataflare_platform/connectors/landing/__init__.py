@@ -6,6 +6,7 @@ exactly once (see ``directory``).
         kind: landing
         directory: /data/landing/orders
         schema: {order_id: int64, amount: float64, date_time: "timestamp[ms]"}
+        on_schema_mismatch: dead_letter   # or refuse_file, allow_extra
 
 Offsets are dense, but they are *assigned* when a file is taken (a write to the ledger),
 so there is no end to read without ingesting: landing sources run continuously (new
@@ -25,6 +26,7 @@ from dataflare_platform.connectors.landing.directory import (
     LandingDirectorySource,
 )
 from dataflare_platform.connectors.settings import ConnectorSettings, OpenContext, RowSchema
+from dataflare_platform.events.schema_policy import DEFAULT_SCHEMA_POLICY, SchemaPolicy
 
 __all__ = [
     "LandingDirectory",
@@ -42,6 +44,11 @@ class LandingSourceSettings(ConnectorSettings, RowSchema):
     scan_interval_s: NonNegativeFloat = 1.0
     formats: list[Format] | None = Field(None, min_length=1)
     max_payload_bytes: PositiveInt = 1 << 20
+    on_schema_mismatch: SchemaPolicy = Field(
+        DEFAULT_SCHEMA_POLICY,
+        description="Records with unknown or missing fields: dead_letter, refuse_file (the"
+        " whole file) or allow_extra (ignore unknown fields, dead-letter missing ones).",
+    )
 
 
 def open_source(settings: LandingSourceSettings, context: OpenContext) -> LandingDirectorySource:
@@ -57,4 +64,5 @@ def open_source(settings: LandingSourceSettings, context: OpenContext) -> Landin
         scan_interval_s=s.scan_interval_s,
         formats=set(s.formats) if s.formats else None,
         max_payload_bytes=s.max_payload_bytes,
+        on_schema_mismatch=s.on_schema_mismatch,
     )

@@ -36,6 +36,7 @@ from dataflare_platform.events.codec import (
     dead_letters,
     encode_json,
 )
+from dataflare_platform.events.schema_policy import DEFAULT_SCHEMA_POLICY, mismatch, split_records
 
 FORMATS = {
     ".parquet": "parquet",
@@ -73,9 +74,15 @@ class FileDecoded:
 
 
 class FileDecoder:
-    def __init__(self, schema: pa.Schema, max_payload_bytes: int = 1 << 20) -> None:
+    def __init__(
+        self,
+        schema: pa.Schema,
+        max_payload_bytes: int = 1 << 20,
+        on_schema_mismatch: str = DEFAULT_SCHEMA_POLICY,
+    ) -> None:
         self.schema = schema
         self.max_payload_bytes = max_payload_bytes
+        self.policy = on_schema_mismatch  # see events.schema_policy
         self._json = JsonDecoder(schema, max_payload_bytes)
 
     def decode(
@@ -109,8 +116,28 @@ class FileDecoder:
             if line.strip():
                 payloads.append(line)
                 numbers.append(number)
-        decoded = self._json.decode(payloads, numbers, source, partition)
-        return FileDecoded(decoded.table, decoded.dead, len(payloads))
+        mismatched = split_records(payloads, self.schema, self.policy)
+        if mismatched and self.policy == "refuse_file":
+            first = min(mismatched)
+            raise UnreadableFileError(f"line {numbers[first]}: {mismatched[first]}")
+        if not mismatched:
+            decoded = self._json.decode(payloads, numbers, source, partition)
+            return FileDecoded(decoded.table, decoded.dead, len(payloads))
+        keep = [i for i in range(len(payloads)) if i not in mismatched]
+        decoded = self._json.decode(
+            [payloads[i] for i in keep], [numbers[i] for i in keep], source, partition
+        )
+        bad = sorted(mismatched)
+        extra = dead_letters(
+            source,
+            partition,
+            [numbers[i] for i in bad],
+            [mismatched[i] for i in bad],
+            [payloads[i] for i in bad],
+        )
+        dead = pa.concat_tables([decoded.dead, extra])
+        dead = dead.take(pc.sort_indices(dead.column("offset")))
+        return FileDecoded(decoded.table, dead, len(payloads))
 
     # -- CSV -----------------------------------------------------------------------------
     def _csv(self, data: bytes, source: str, partition: str) -> FileDecoded:
@@ -126,10 +153,23 @@ class FileDecoder:
         missing = [f.name for f in self.schema if f.name not in header and not f.nullable]
         if missing:
             raise UnreadableFileError(f"missing required columns {missing}")
+        header_problem = mismatch(header, self.schema, self.policy)
+        if header_problem is not None and self.policy == "refuse_file":
+            raise UnreadableFileError(f"header: {header_problem}")
         fast = self._csv_fast(data, header, lines, header_at)
         records = fast if fast is not None else self._csv_exact(lines, header, header_at)
         strings, numbers, raws, bad = records
         rows_in = len(numbers) + len(bad)  # records parsed + records malformed as CSV
+        if header_problem is not None:
+            # Every record is read under the wrong header: none is a row.
+            bad.extend(
+                (n, f"header: {header_problem}", r) for n, r in zip(numbers, raws, strict=True)
+            )
+            bad.sort(key=lambda b: b[0])
+            dead = dead_letters(
+                source, partition, [b[0] for b in bad], [b[1] for b in bad], [b[2] for b in bad]
+            )
+            return FileDecoded(self.schema.empty_table(), dead, rows_in)
         table, reasons = convert(strings, self.schema, from_text=True, num_rows=len(numbers))
         for i, reason in reasons.items():
             bad.append((numbers[i], reason, raws[i]))
@@ -223,6 +263,19 @@ class FileDecoder:
         missing = [f.name for f in self.schema if f.name not in table.column_names]
         if [m for m in missing if not self.schema.field(m).nullable]:
             raise UnreadableFileError(f"missing required columns {missing}")
+        problem = mismatch(table.column_names, self.schema, self.policy)
+        if problem is not None:
+            if self.policy == "refuse_file":
+                raise UnreadableFileError(f"columns: {problem}")
+            rows = list(range(table.num_rows))
+            dead = dead_letters(
+                source,
+                partition,
+                rows,
+                [f"columns: {problem}"] * len(rows),
+                _row_payloads(table, rows),
+            )
+            return FileDecoded(self.schema.empty_table(), dead, table.num_rows)
         good, reasons = convert(table, self.schema, from_text=False)
         rows = sorted(reasons)
         payloads = _row_payloads(table, rows)

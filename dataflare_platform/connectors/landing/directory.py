@@ -74,6 +74,7 @@ from dataflare_platform.connectors.landing.ledger import Ledger, LedgerEntry
 from dataflare_platform.durable import WriterLock, write_atomic
 from dataflare_platform.errors import DataflareError, NotFoundError
 from dataflare_platform.events.codec import dead_letters
+from dataflare_platform.events.schema_policy import DEFAULT_SCHEMA_POLICY, SchemaPolicy
 from dataflare_platform.models import StrictModel, validated
 
 STATE_DIR = "_dataflare"
@@ -128,6 +129,7 @@ class LandingSettings(StrictModel):
     settle_s: NonNegativeFloat = Field(2.0, description="Quiet period before a file is taken.")
     formats: frozenset[Format] = frozenset({"parquet", "csv", "ndjson"})
     max_payload_bytes: PositiveInt = 1 << 20
+    on_schema_mismatch: SchemaPolicy = DEFAULT_SCHEMA_POLICY
 
     @field_validator("table_schema")
     @classmethod
@@ -224,6 +226,7 @@ class LandingDirectory:
         settle_s: float = 2.0,
         formats: set[str] | None = None,
         max_payload_bytes: int = 1 << 20,
+        on_schema_mismatch: str = DEFAULT_SCHEMA_POLICY,
     ) -> None:
         values: dict = {
             "directory": directory,
@@ -231,6 +234,7 @@ class LandingDirectory:
             "ledger": ledger,
             "settle_s": settle_s,
             "max_payload_bytes": max_payload_bytes,
+            "on_schema_mismatch": on_schema_mismatch,
         }
         if formats is not None:
             values["formats"] = formats
@@ -244,7 +248,9 @@ class LandingDirectory:
         self.schema = self.settings.table_schema
         self.ledger_path = self.settings.ledger or self.directory / STATE_DIR / "ledger.sqlite"
         self.ledger = Ledger(self.ledger_path)
-        self.decoder = FileDecoder(self.schema, self.settings.max_payload_bytes)
+        self.decoder = FileDecoder(
+            self.schema, self.settings.max_payload_bytes, self.settings.on_schema_mismatch
+        )
 
     def close(self) -> None:
         self.ledger.close()
@@ -424,6 +430,7 @@ class LandingDirectorySource:
         scan_interval_s: float = 1.0,
         formats: set[str] | None = None,
         max_payload_bytes: int = 1 << 20,
+        on_schema_mismatch: str = DEFAULT_SCHEMA_POLICY,
     ) -> None:
         self.settings = validated(
             SourceSettings,
@@ -445,6 +452,7 @@ class LandingDirectorySource:
             settle_s=settle_s,
             formats=formats,
             max_payload_bytes=max_payload_bytes,
+            on_schema_mismatch=on_schema_mismatch,
         )
         ledger = self.landing.ledger_path  # the segments and lock live beside the ledger
         self.segments_dir = ledger.with_name(f"{ledger.stem}.segments")

@@ -223,6 +223,13 @@ def produce(
         typer.Option(help="Events/s limit (default: none; --live: 1000)."),
     ] = None,
     partitions: Annotated[int, typer.Option(help="Partitions of a topic made here.")] = 1,
+    on_schema_mismatch: Annotated[
+        str,
+        typer.Option(
+            help="NDJSON records with unknown or missing fields: dead_letter (to the"
+            " topic's .dlq), refuse_file, or allow_extra (ignore unknown fields)."
+        ),
+    ] = "dead_letter",
     progress_every: Annotated[
         float, typer.Option(min=0.1, help="--live: seconds between progress lines.")
     ] = 2.0,
@@ -247,7 +254,23 @@ def produce(
         return
     if duration is not None:
         raise UsageError("--duration needs --live")
-    _produce_once(topic, files, nexmark, events, seed, kind, batch_rows, rate, partitions, log_dir)
+    from dataflare_platform.events.schema_policy import SCHEMA_POLICIES
+
+    if on_schema_mismatch not in SCHEMA_POLICIES:
+        raise UsageError(f"--on-schema-mismatch must be one of {', '.join(SCHEMA_POLICIES)}")
+    _produce_once(
+        topic,
+        files,
+        nexmark,
+        events,
+        seed,
+        kind,
+        batch_rows,
+        rate,
+        partitions,
+        log_dir,
+        on_schema_mismatch,
+    )
 
 
 def _produce_live(
@@ -301,6 +324,7 @@ def _produce_once(
     rate: float | None,
     partitions: int,
     log_dir: Path | None,
+    on_schema_mismatch: str = "dead_letter",
 ) -> None:
     from datetime import UTC, datetime
 
@@ -333,7 +357,7 @@ def _produce_once(
         if events is not None:
             raise UsageError("--events needs --nexmark")
         target = log.topic(topic)
-        source = tables_from_files(files, target)
+        source = tables_from_files(files, target, on_schema_mismatch=on_schema_mismatch)
     else:
         raise UsageError("give a TOPIC and files to append, or --nexmark [--events N]")
     console = err_console()

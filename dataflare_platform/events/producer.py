@@ -8,6 +8,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from dataflare_platform.errors import (
@@ -16,9 +17,10 @@ from dataflare_platform.errors import (
     InvalidInputError,
     user_file,
 )
-from dataflare_platform.events.codec import DEAD_LETTER_SCHEMA, JsonDecoder
+from dataflare_platform.events.codec import DEAD_LETTER_SCHEMA, JsonDecoder, dead_letters
 from dataflare_platform.events.deadletter import decode_for_topic
 from dataflare_platform.events.log import EventLog, Topic
+from dataflare_platform.events.schema_policy import DEFAULT_SCHEMA_POLICY, split_records
 
 Batch = tuple[pa.Table, pa.Table | None]
 """Rows to append, and dead letters found while decoding them (or None)."""
@@ -52,7 +54,11 @@ def nexmark_tables(
 
 
 def tables_from_files(
-    paths: Iterable[Path], topic: Topic, chunk_lines: int = 10_000, check_first: bool = True
+    paths: Iterable[Path],
+    topic: Topic,
+    chunk_lines: int = 10_000,
+    check_first: bool = True,
+    on_schema_mismatch: str = DEFAULT_SCHEMA_POLICY,
 ) -> Iterator[Batch]:
     """Parquet row groups, Arrow IPC batches, or NDJSON lines decoded into the topic's
     schema (bad lines become dead letters: source = file, offset = line number).
@@ -61,10 +67,14 @@ def tables_from_files(
     schema before the first batch is yielded, so a corrupt or mismatched file among
     several is refused (naming it) before anything is appended: a retry after the fix
     would otherwise append the good files' rows a second time. Each file is read twice;
-    the check keeps nothing in memory."""
+    the check keeps nothing in memory.
+
+    NDJSON records with unknown or missing fields follow ``on_schema_mismatch`` (see
+    ``events.schema_policy``): dead letters by default, never rows with silent nulls;
+    ``refuse_file`` refuses the file in the check."""
     paths = [Path(p) for p in paths]
     if check_first:
-        check_files(paths, topic, chunk_lines)
+        check_files(paths, topic, chunk_lines, on_schema_mismatch)
     decoder = JsonDecoder(topic.schema)
     for path in paths:
         _check_type(path)
@@ -72,10 +82,15 @@ def tables_from_files(
         # it (an exception thrown into this generator by its consumer is not caught: a
         # generator only sees its own statements' errors).
         with user_file(path):
-            yield from _file_batches(path, topic, decoder, chunk_lines)
+            yield from _file_batches(path, topic, decoder, chunk_lines, on_schema_mismatch)
 
 
-def check_files(paths: Iterable[Path], topic: Topic, chunk_lines: int = 10_000) -> None:
+def check_files(
+    paths: Iterable[Path],
+    topic: Topic,
+    chunk_lines: int = 10_000,
+    on_schema_mismatch: str = DEFAULT_SCHEMA_POLICY,
+) -> None:
     """Read every file through and conform its rows to ``topic``'s schema, appending
     nothing: raises ``CorruptInputError`` / ``InvalidInputError`` naming the first bad
     file. Undecodable NDJSON lines are not an error here (they are dead-lettered when
@@ -84,7 +99,8 @@ def check_files(paths: Iterable[Path], topic: Topic, chunk_lines: int = 10_000) 
     for path in map(Path, paths):
         _check_type(path)
         with user_file(path):
-            for table, _dead in _file_batches(path, topic, decoder, chunk_lines):
+            batches = _file_batches(path, topic, decoder, chunk_lines, on_schema_mismatch)
+            for table, _dead in batches:
                 try:
                     topic.conform(table)
                 except DataflareError as err:
@@ -100,7 +116,7 @@ _FILE_TYPES = (".parquet", ".arrow", ".ipc", ".feather", ".ndjson", ".jsonl", ".
 
 
 def _file_batches(
-    path: Path, topic: Topic, decoder: JsonDecoder, chunk_lines: int
+    path: Path, topic: Topic, decoder: JsonDecoder, chunk_lines: int, policy: str
 ) -> Iterator[Batch]:
     if path.suffix == ".parquet":
         pf = pq.ParquetFile(path)
@@ -118,18 +134,41 @@ def _file_batches(
             for number, line in enumerate(f):
                 lines.append(line.rstrip(b"\r\n"))
                 if len(lines) == chunk_lines:
-                    yield _decode(topic, decoder, lines, first, path)
+                    yield _decode(topic, decoder, lines, first, path, policy)
                     first, lines = number + 1, []
             if lines:
-                yield _decode(topic, decoder, lines, first, path)
+                yield _decode(topic, decoder, lines, first, path, policy)
 
 
 def _decode(
-    topic: Topic, decoder: JsonDecoder, lines: list[bytes], first: int, path: Path
+    topic: Topic, decoder: JsonDecoder, lines: list[bytes], first: int, path: Path, policy: str
 ) -> Batch:
     offsets = list(range(first, first + len(lines)))
-    decoded = decode_for_topic(topic, decoder, lines, offsets, source=str(path), partition="0")
-    return decoded.table, decoded.dead
+    mismatched = split_records(lines, topic.schema, policy)
+    if mismatched and policy == "refuse_file":
+        at = min(mismatched)
+        raise CorruptInputError(path, f"line {offsets[at] + 1}: {mismatched[at]}")
+    keep = [i for i in range(len(lines)) if i not in mismatched]
+    decoded = decode_for_topic(
+        topic,
+        decoder,
+        [lines[i] for i in keep],
+        [offsets[i] for i in keep],
+        source=str(path),
+        partition="0",
+    )
+    if not mismatched:
+        return decoded.table, decoded.dead
+    bad = sorted(mismatched)
+    extra = dead_letters(
+        str(path),
+        "0",
+        [offsets[i] for i in bad],
+        [mismatched[i] for i in bad],
+        [lines[i] for i in bad],
+    )
+    dead = pa.concat_tables([decoded.dead, extra])
+    return decoded.table, dead.take(pc.sort_indices(dead.column("offset")))
 
 
 def produce_tables(

@@ -130,3 +130,44 @@ def test_produce_of_several_files_checks_all_before_appending(tmp_path, small_ne
         assert EventLog(log_dir).topic("bids").read_all().num_rows == 0
     produced = json.loads(_ok(["produce", "bids", str(good), "--log-dir", log_dir]).stdout)
     assert produced["appended"] == 2000
+
+
+def test_produce_dead_letters_ndjson_records_with_unknown_or_missing_fields(tmp_path):
+    """A misspelled field is not a row with a silent null: dead-lettered by default,
+    the file refused with refuse_file, extra fields ignored with allow_extra."""
+    log_dir = str(tmp_path / "log")
+    schema = pa.schema(
+        [("id", pa.int64()), ("price", pa.int64()), ("date_time", pa.timestamp("ms"))]
+    )
+    log = EventLog(log_dir)
+    log.create_topic("t", schema)
+    path = tmp_path / "in.ndjson"
+    path.write_bytes(
+        b'{"id": 1, "price": 10, "date_time": "2026-01-01T00:00:00"}\n'
+        b'{"id": 2, "pirce": 20, "date_time": "2026-01-01T00:00:01"}\n'
+        b'{"id": 3, "price": null, "date_time": "2026-01-01T00:00:02"}\n'
+        b'{"id": 4, "price": 40, "note": "x", "date_time": "2026-01-01T00:00:03"}\n'
+    )
+    refused = runner.invoke(
+        app,
+        ["produce", "t", str(path), "--on-schema-mismatch", "refuse_file", "--log-dir", log_dir],
+    )
+    assert refused.exit_code != 0 and "in.ndjson" in refused.output
+    assert "line 2: unknown field(s) ['pirce']" in refused.output
+    assert EventLog(log_dir).topic("t").read_all().num_rows == 0
+
+    result = json.loads(_ok(["produce", "t", str(path), "--log-dir", log_dir]).stdout)
+    assert (result["appended"], result["dead_lettered"]) == (2, 2)
+    topic = EventLog(log_dir).topic("t")
+    assert topic.read_all().column("id").to_pylist() == [1, 3]
+    dlq = EventLog(log_dir).topic("t.dlq").read_all().to_pylist()
+    assert [d["offset"] for d in dlq] == [1, 3]
+    assert "unknown field(s) ['pirce']; missing field(s) ['price']" in dlq[0]["reason"]
+    assert "unknown field(s) ['note']" in dlq[1]["reason"]
+
+    extra = json.loads(
+        _ok(
+            ["produce", "t", str(path), "--on-schema-mismatch", "allow_extra", "--log-dir", log_dir]
+        ).stdout
+    )
+    assert (extra["appended"], extra["dead_lettered"]) == (3, 1)

@@ -240,3 +240,14 @@ def test_random_segment_damage_is_served_intact_or_reported(damage, verified_fir
             assert name in live or name in quarantined, name
             if name in changed and name in live:
                 assert any(name in p for p in problems), (name, problems)
+
+
+def test_ad_hoc_scans_refuse_a_damaged_segment_by_name(tmp_path):
+    topic = _topic(tmp_path / "log")
+    seg = topic.partition(0).segments()[1]
+    _flip(seg.path, at=0.6, length=200)
+    reopened = EventLog(tmp_path / "log").topic("t")
+    with pytest.raises(SegmentDamagedError, match=seg.path.name):
+        reopened.scan().collect()
+    with pytest.raises(SegmentDamagedError, match="offsets 100 to 199"):
+        reopened.dataset()

@@ -289,7 +289,7 @@ class Partition:
                 return self._read_segment(seg, columns)
         else:
             try:
-                table = self._checked(seg)
+                table = self.checked(seg)
                 key = _stat_key(seg.path)
             except FileNotFoundError:
                 # Replaced by compaction since it was listed (a merged segment holds the
@@ -309,12 +309,12 @@ class Partition:
                         f" {self.index} was removed by retention; the log now starts at"
                         f" {self.start_offset()}"
                     ) from None
-                table = self._checked(merged).slice(seg.base - merged.base, seg.rows)
+                table = self.checked(merged).slice(seg.base - merged.base, seg.rows)
                 key = (-1, -1, -1)
             self._cache = (seg.path, table, key)
         return table.select(columns) if columns is not None else table
 
-    def _checked(self, seg: Segment) -> pa.Table:
+    def checked(self, seg: Segment) -> pa.Table:
         try:
             return seg.read_checked()
         except SegmentDamagedError as err:
@@ -465,7 +465,7 @@ class Partition:
         return removed
 
     def _merge(self, run: list[Segment]) -> None:
-        table = pa.concat_tables([self._checked(s) for s in run]).combine_chunks()
+        table = pa.concat_tables([self.checked(s) for s in run]).combine_chunks()
         spans = [(s.min_time, s.max_time) for s in run if s.min_time != NO_TIME]
         bounds = (
             (min(t[0] for t in spans), max(t[1] for t in spans)) if spans else (NO_TIME, NO_TIME)

@@ -145,9 +145,18 @@ class Topic:
             )
         return pa.concat_tables(tables)
 
-    def segment_paths(self) -> list[Path]:
-        """Live segment files of every partition (what ad-hoc scans read)."""
-        return [s.path for p in self.parts for s in p.segments()]
+    def segment_paths(self, check: bool = True) -> list[Path]:
+        """Live segment files of every partition (what ad-hoc scans read). With
+        ``check``, each file's checksum is checked (once per process per unchanged file)
+        and a damaged one raises ``SegmentDamagedError``: Polars and DuckDB read the
+        files directly and can crash or return garbage on damaged bytes."""
+        paths = []
+        for p in self.parts:
+            for seg in p.segments():
+                if check:
+                    p.checked(seg)
+                paths.append(seg.path)
+        return paths
 
     def scan(self) -> pl.LazyFrame:
         """A Polars lazy scan over the topic's files (an ad-hoc query, not a consumer:

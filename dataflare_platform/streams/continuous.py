@@ -17,6 +17,7 @@ from pathlib import Path
 
 from dataflare_platform.engine.checkpoint import Checkpoint
 from dataflare_platform.engine.metrics import EngineMetrics
+from dataflare_platform.engine.pipeline import Pipeline
 from dataflare_platform.engine.runner import Runner, RunnerConfig, RunResult
 from dataflare_platform.events.log import EventLog
 from dataflare_platform.streams import bind
@@ -45,6 +46,9 @@ class CheckpointReport:
     checkpoint_at: float  # when it was committed, seconds since the epoch
     offsets: dict[str, int]
     lag_by_partition: dict[str, int] = field(default_factory=dict)
+    # Per source with a ``report()`` (a landing directory: files, dead letters,
+    # quarantined file names), as of this checkpoint.
+    sources: dict[str, dict[str, object]] = field(default_factory=dict)
     # The committed checkpoint itself (offsets and processed event times), for the lag in
     # events and seconds; not a metadata value.
     checkpoint: Checkpoint | None = field(default=None, repr=False, compare=False)
@@ -62,6 +66,7 @@ def report(
     seconds: float,
     current_rate: float | None = None,
     committed_at: float | None = None,
+    sources: dict[str, dict[str, object]] | None = None,
 ) -> CheckpointReport:
     """The report of a committed ``checkpoint``: ``seconds`` since the run started (for
     the lifetime rate), ``current_rate`` the windowed one (the lifetime rate if none)."""
@@ -85,6 +90,7 @@ def report(
         checkpoint_at=time.time() if committed_at is None else committed_at,
         offsets=dict(checkpoint.offsets),
         lag_by_partition=lag,
+        sources=sources or {},
         checkpoint=checkpoint,
     )
 
@@ -117,10 +123,29 @@ def run_continuous(
             events_in = checkpoint.counters.get("events_in", 0)
             rates.add(now, events_in - metrics.resumed.get("events_in", 0))
             ends = source_ends(spec, log)
-            on_checkpoint(report(checkpoint, metrics, ends, now - started, rates.rate(now)))
+            on_checkpoint(
+                report(
+                    checkpoint,
+                    metrics,
+                    ends,
+                    now - started,
+                    rates.rate(now),
+                    sources=source_reports(pipeline),
+                )
+            )
 
     runner = Runner(pipeline, config, on_commit=committed)
     return runner.run(mode="continuous", stop=stop)
+
+
+def source_reports(pipeline: Pipeline) -> dict[str, dict[str, object]]:
+    """``report()`` of each source that has one (landing directories), by name."""
+    out: dict[str, dict[str, object]] = {}
+    for node in pipeline.nodes.values():
+        hook = getattr(node.source, "report", None)
+        if node.source is not None and callable(hook):
+            out[node.source.name] = hook()
+    return out
 
 
 class ContinuousRun:

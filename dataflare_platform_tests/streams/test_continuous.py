@@ -94,3 +94,44 @@ def test_an_engine_error_is_raised_by_reports(home, hot_items):
 def test_checkpoint_interval_must_be_positive():
     with pytest.raises(ValueError, match="checkpoint_interval_s"):
         RunnerConfig(checkpoint_interval_s=0)
+
+
+def test_a_landing_sources_quarantined_files_are_in_the_checkpoint_reports(home, tmp_path):
+    """A file name that is not UTF-8 is reported by its escaped name in the run's
+    reports (the continuous asset's metadata), with the landing counts."""
+    import os
+
+    from dataflare_platform.streams.spec import PipelineSpec
+
+    landing = tmp_path / "landing"
+    landing.mkdir()
+    (landing / "good.ndjson").write_bytes(b'{"id": 1, "date_time": "2026-01-01T00:00:00"}\n')
+    (landing / os.fsdecode(b"bad\xff.ndjson")).write_bytes(b'{"id": 2}\n')
+    spec = PipelineSpec.load(
+        {
+            "name": "orders",
+            "catalog": {"micro_batch": False},
+            "sources": {
+                "orders": {
+                    "kind": "landing",
+                    "directory": str(landing),
+                    "settle_s": 0,
+                    "scan_interval_s": 0.05,
+                    "schema": {"id": "int64", "date_time": "timestamp[ms]"},
+                }
+            },
+            "streams": {"all": {"from": "orders"}},
+            "output": "all",
+            "sink": {"kind": "duckdb", "table": "orders"},
+        }
+    )
+    config = RunnerConfig(checkpoint_interval_s=0.1)
+    run = ContinuousRun(spec, EventLog(home.event_log_dir), home.root / "streams", config=config)
+    reports = run.start().reports()
+    seen = _wait_for(reports, lambda r: r.events_in_total == 1 and r.sources.get("orders"))
+    assert run.stop(30)
+    list(reports)
+    landed = seen[-1].sources["orders"]
+    assert landed["quarantined"] == ["bad\\xff.ndjson"]
+    assert (landed["rows_in"], landed["rows_out"], landed["dead_letters"]) == (2, 1, 1)
+    assert "sources" in seen[-1].metadata()

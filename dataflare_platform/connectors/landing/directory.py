@@ -510,6 +510,23 @@ class LandingDirectorySource:
     def dead_letters(self) -> pa.Table:
         return self.landing.dead_letters()
 
+    def report(self) -> dict[str, object]:
+        """What the ledger says about the files taken so far, for run metadata: counts
+        (``rows_in == rows_out + dead_letters``), files refused as a whole, and the
+        escaped names of files moved to the quarantine (names not UTF-8)."""
+        entries = self.landing.entries()
+        failed = [e for e in entries if e.status == "failed"]
+        return {
+            "files": len(entries),
+            "rows_in": sum(e.rows_in for e in entries),
+            "rows_out": sum(e.rows_out for e in entries),
+            "dead_letters": sum(e.dead for e in entries),
+            "files_failed": len(failed),
+            "quarantined": [
+                e.name for e in failed if e.reason and "is not valid UTF-8: moved to" in e.reason
+            ],
+        }
+
     # -- offsets -------------------------------------------------------------------------
     def _check(self, partition: str) -> None:
         if partition != "0":

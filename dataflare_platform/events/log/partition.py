@@ -4,8 +4,12 @@ Concurrency: appenders serialise on an ``flock`` of the partition's lock file (t
 offset is read from the directory under the lock); readers take no lock, because a
 segment appears by atomic rename, whole or not at all. Retention and compaction take the
 same lock. A torn or corrupt segment (a power loss before the bytes reached the disk) is
-found by its checksum in :meth:`Partition.recover`: it and everything after it are
-truncated with a warning, never served.
+found by its checksum in :meth:`Partition.recover`: it and everything after it are moved
+into the topic's quarantine folder with a warning (never served, never deleted;
+:meth:`Partition.restore_quarantine` puts intact ones back). Readers check each
+segment's checksum the first time this process reads it (``Segment.read_checked``), so
+damage after recovery is a ``SegmentDamagedError`` naming the offsets, and a segment
+missing in the middle an ``OffsetGapError``.
 """
 
 from __future__ import annotations

@@ -142,7 +142,9 @@ def _metadata(report: CheckpointReport) -> dict[str, object]:
     values = report.metadata()
     values["offsets"] = dg.MetadataValue.json(values["offsets"])
     values["lag_by_partition"] = dg.MetadataValue.json(values["lag_by_partition"])
-    values["sources"] = dg.MetadataValue.json(values["sources"])
+    sources = values.pop("sources")
+    if sources:  # landing sources: files, dead letters, quarantined names
+        values["sources"] = dg.MetadataValue.json(sources)
     values["checkpoint_at"] = dg.MetadataValue.timestamp(report.checkpoint_at)
     return values
 

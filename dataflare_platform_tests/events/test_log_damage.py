@@ -251,3 +251,24 @@ def test_ad_hoc_scans_refuse_a_damaged_segment_by_name(tmp_path):
         reopened.scan().collect()
     with pytest.raises(SegmentDamagedError, match="offsets 100 to 199"):
         reopened.dataset()
+
+
+def test_a_backup_copy_put_into_the_quarantine_restores_every_offset(tmp_path):
+    """The documented repair: put a good copy of the damaged file into its quarantine
+    folder under the same name; restore puts everything back under its own offsets."""
+    root = tmp_path / "log"
+    topic = EventLog(root).create_topic("t", _rows(0).schema)
+    for i in range(4):
+        topic.append(_rows(100, i * 100))
+    segs = topic.partition(0).segments()
+    backup = segs[1].path.read_bytes()
+    _flip(segs[1].path)
+    recovered = EventLog(root).topic("t")
+    assert recovered.end_offsets() == {0: 100}
+    quarantined = recovered.partition(0).quarantined()
+    quarantined[0].write_bytes(backup)  # the good copy, same name
+    report = recovered.restore_quarantine()[0]
+    assert [r["offsets"] for r in report] == [[100, 200], [200, 300], [300, 400]]
+    assert all(r["offsets"] == r["original_offsets"] for r in report)
+    assert EventLog(root).topic("t").read_all().equals(_rows(400))
+    assert recovered.partition(0).quarantined() == []

@@ -48,13 +48,18 @@ def mismatch(
 
 
 def split_records(
-    payloads: Sequence[bytes], schema: pa.Schema, policy: str = DEFAULT_SCHEMA_POLICY
+    payloads: Sequence[bytes],
+    schema: pa.Schema,
+    policy: str = DEFAULT_SCHEMA_POLICY,
+    max_payload_bytes: int = 1 << 20,
 ) -> dict[int, str]:
     """JSON records (by position) whose top-level keys do not fit ``schema``, with the
-    reason. Records that are not JSON objects are left to the decoder (it dead-letters
-    them with its own reason)."""
+    reason. Records that are not JSON objects, or larger than ``max_payload_bytes``, are
+    left to the decoder (it dead-letters them with its own reason)."""
     bad: dict[int, str] = {}
     for i, payload in enumerate(payloads):
+        if len(payload) > max_payload_bytes:
+            continue
         try:
             record = json.loads(payload)
         except (ValueError, RecursionError):

@@ -116,7 +116,7 @@ class FileDecoder:
             if line.strip():
                 payloads.append(line)
                 numbers.append(number)
-        mismatched = split_records(payloads, self.schema, self.policy)
+        mismatched = split_records(payloads, self.schema, self.policy, self.max_payload_bytes)
         if mismatched and self.policy == "refuse_file":
             first = min(mismatched)
             raise UnreadableFileError(f"line {numbers[first]}: {mismatched[first]}")

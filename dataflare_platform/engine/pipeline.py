@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 import polars as pl
 
 from dataflare_platform.engine.aggregations import Agg
-from dataflare_platform.engine.durations import to_ms
+from dataflare_platform.engine.durations import bounded_ms, to_ms
 from dataflare_platform.engine.operators import (
     BatchPlugin,
     Dedup,
@@ -176,7 +176,13 @@ class Stream:
 
     def dedup(self, horizon: int | str, lateness: int | str = 0) -> Stream:
         self._need_keys("dedup")
-        return self._then(Dedup(list(self.keys), to_ms(horizon), to_ms(lateness)))
+        return self._then(
+            Dedup(
+                list(self.keys),
+                bounded_ms(horizon, positive=True),
+                bounded_ms(lateness, positive=False),
+            )
+        )
 
     def reduce(self, *aggs: Agg) -> Stream:
         self._need_keys("reduce")
@@ -185,7 +191,7 @@ class Stream:
     def window(
         self, window: Tumbling | Sliding | Session, lateness: int | str = 0
     ) -> WindowedStream:
-        return WindowedStream(self, window, to_ms(lateness))
+        return WindowedStream(self, window, bounded_ms(lateness, positive=False))
 
     # -- joins -------------------------------------------------------------------------
     def window_join(

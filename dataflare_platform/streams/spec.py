@@ -190,11 +190,35 @@ class PipelineSpec(SpecModel):
                         f"streams.{name}.steps[{i}].{step.op}.with: unknown stream {other!r}"
                     )
             known.add(name)
+        self._columns_exist()
         if self.output is None:
             raise ValueError("output: name the stream to sink (or give a builder)")
         if self.output not in self.streams:
             raise ValueError(f"output: no stream named {self.output!r}")
         return self
+
+    def _columns_exist(self) -> None:
+        """Columns the steps name exist: followed from each source that declares its
+        columns (``columns:`` or ``schema:``) through the steps whose output columns are
+        plain to see (filter, with_columns, select, key_by, dedup, unique); after any
+        other step (windows, joins, plugins...) the columns are not followed further."""
+        have: dict[str, frozenset[str] | None] = {
+            name: declared_columns(source) for name, source in self.sources.items()
+        }
+        for name, stream in self.streams.items():
+            columns = have.get(stream.from_)
+            for i, step in enumerate(stream.steps):
+                if columns is None:
+                    break
+                used, after = step_columns(step.op, step.arg, columns)
+                missing = sorted(used - columns)
+                if missing:
+                    raise InvalidInputError(
+                        f"streams.{name}.steps[{i}].{step.op}: no column {missing[0]!r} in"
+                        f" {stream.from_!r} at this step (columns: {_shown(columns)})"
+                    )
+                columns = after
+            have[name] = columns
 
     def _ranges_possible(self) -> None:
         if not self.catalog.micro_batch:
@@ -307,6 +331,52 @@ class PipelineSpec(SpecModel):
                 ],
             )
         return out
+
+
+def declared_columns(settings: BaseModel) -> frozenset[str] | None:
+    """The columns a source's settings declare (a file source's ``columns``, a broker's
+    or landing directory's ``schema``), None when it does not say."""
+    columns = getattr(settings, "columns", None)
+    if isinstance(columns, list | tuple):
+        return frozenset(str(c) for c in columns)
+    schema = getattr(settings, "table_schema", None)
+    if isinstance(schema, dict):
+        return frozenset(str(c) for c in schema)
+    return None
+
+
+def expr_columns(text: str) -> set[str]:
+    """Columns a (validated) Polars SQL expression reads."""
+    import polars as pl
+
+    try:
+        return set(pl.sql_expr(text).meta.root_names())
+    except Exception:  # already parsed at validation; the parser said what is wrong there
+        return set()
+
+
+def step_columns(
+    op: str, arg: Any, columns: frozenset[str]
+) -> tuple[set[str], frozenset[str] | None]:
+    """``(columns the step reads, its output columns or None when not followed)``."""
+    if op == "filter":
+        return expr_columns(arg), columns
+    if op == "with_columns":
+        used = set().union(*(expr_columns(e) for e in arg.values())) if arg else set()
+        return used, columns | frozenset(arg)
+    if op == "select":
+        return set(arg), frozenset(arg)
+    if op == "key_by":
+        return set(arg), columns
+    if op == "unique":
+        return set(arg or ()), columns
+    if op == "dedup":
+        return set(), columns
+    return set(), None
+
+
+def _shown(columns: frozenset[str]) -> list[str]:
+    return sorted(columns)[:50]
 
 
 # Path fields of connector settings resolved against a spec file's folder.

@@ -232,7 +232,11 @@ def test_the_shape_before_kinds_reads_as_the_same_kinds():
         PipelineSpec.load(data)
 
 
-LANDING = {"kind": "landing", "directory": ".", "schema": {"date_time": "timestamp[ms]"}}
+LANDING = {
+    "kind": "landing",
+    "directory": ".",
+    "schema": {"price": "int64", "date_time": "timestamp[ms]"},
+}
 
 
 def test_sensor_ranges_over_a_source_without_end_offsets_are_refused():

@@ -81,8 +81,43 @@ def test_an_unknown_step_kind_names_the_field_and_lists_the_known_kinds():
         ({"with_columns": {"p": "price +"}}, "with_columns.p: not a valid expression"),
         (
             {"window": {"sliding": {"size": "10s", "slide": "3s"}, "agg": {"n": "count"}}},
-            "window.sliding: slide must be positive and divide size",
+            "window.sliding: slide must divide size",
         ),
+        # Bounds (issue 17): each refused at validation, one line, naming the field.
+        ({"dedup": {"horizon": "-1s"}}, "dedup.horizon: not a duration: '-1s'"),
+        ({"dedup": {"horizon": 0}}, "dedup.horizon: duration must be positive"),
+        (
+            {"window": {"tumbling": "0s", "agg": {"n": "count"}}},
+            "window.tumbling: duration must be positive",
+        ),
+        (
+            {"window": {"tumbling": 2**63 - 1, "agg": {"n": "count"}}},
+            "window.tumbling: duration 9223372036854775807 is over the limit",
+        ),
+        (
+            {"window": {"tumbling": "99999999999999999999d", "agg": {"n": "count"}}},
+            "window.tumbling: duration '99999999999999999999d' is over the limit",
+        ),
+        (
+            {"window": {"tumbling": "400d", "agg": {"n": "count"}}},
+            "window.tumbling: duration '400d' is over the limit of 366d",
+        ),
+        (
+            {"window": {"sliding": {"size": "1d", "slide": 1}, "agg": {"n": "count"}}},
+            "window.sliding: size / slide is 86400000",
+        ),
+        (
+            {"window": {"sliding": {"size": "10s", "slide": 0}, "agg": {"n": "count"}}},
+            "window.sliding.slide: duration must be positive",
+        ),
+        (
+            {"window": {"session": "0ms", "agg": {"n": "count"}, "lateness": "-5s"}},
+            "window.session: duration must be positive",
+        ),
+        ({"filter": " OR ".join(f"price = {i}" for i in range(10_000))}, "filter: expression of"),
+        ({"filter": " OR ".join(f"price = {i}" for i in range(300))}, "filter: expression of"),
+        ({"filter": "(" * 40 + "price" + ")" * 40 + " > 1"}, "filter: expression nests"),
+        ({"with_columns": {"p": "+".join(["price"] * 2000)}}, "with_columns.p: expression of"),
     ],
 )
 def test_a_bad_step_argument_names_the_field_inside_the_step(bad_step, message):

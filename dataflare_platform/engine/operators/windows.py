@@ -15,6 +15,7 @@ import polars as pl
 import pyarrow as pa
 
 from dataflare_platform.engine.aggregations import Agg, final_exprs, partial_exprs
+from dataflare_platform.engine.durations import MAX_WINDOW_MS, MAX_WINDOWS_PER_EVENT, format_ms
 from dataflare_platform.engine.operators.base import (
     WM_COL,
     Emit,
@@ -39,6 +40,9 @@ from dataflare_platform.errors import InvalidInputError
 class Tumbling:
     size_ms: int
 
+    def __post_init__(self) -> None:
+        _window_bound("tumbling window size", self.size_ms)
+
     @property
     def slide_ms(self) -> int:
         return self.size_ms
@@ -50,13 +54,31 @@ class Sliding:
     slide_ms: int
 
     def __post_init__(self) -> None:
+        _window_bound("sliding window size", self.size_ms)
         if self.slide_ms <= 0 or self.size_ms % self.slide_ms:
             raise InvalidInputError("sliding window: slide must be positive and divide size")
+        if self.size_ms // self.slide_ms > MAX_WINDOWS_PER_EVENT:
+            raise InvalidInputError(
+                f"sliding window: size / slide is {self.size_ms // self.slide_ms}, over the"
+                f" limit of {MAX_WINDOWS_PER_EVENT} windows per event: use a longer slide"
+            )
 
 
 @dataclass(frozen=True)
 class Session:
     gap_ms: int
+
+    def __post_init__(self) -> None:
+        _window_bound("session gap", self.gap_ms)
+
+
+def _window_bound(what: str, ms: int) -> None:
+    """Sizes are positive and at most ``MAX_WINDOW_MS``: zero would divide by zero, and a
+    size near 2^63 ms wraps in the pane arithmetic and silently loses every event."""
+    if isinstance(ms, bool) or not isinstance(ms, int) or ms <= 0:
+        raise InvalidInputError(f"{what} must be a positive number of milliseconds, not {ms!r}")
+    if ms > MAX_WINDOW_MS:
+        raise InvalidInputError(f"{what} {ms} ms is over the limit of {format_ms(MAX_WINDOW_MS)}")
 
 
 def _as_datetime(col: str) -> pl.Expr:

@@ -10,20 +10,19 @@ from pathlib import Path
 from typing import Any, Literal
 
 import polars as pl
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, model_validator
 
 from dataflare_platform.engine.aggregations import Agg
-from dataflare_platform.engine.durations import to_ms
+from dataflare_platform.engine.durations import MAX_WINDOWS_PER_EVENT, to_ms
 from dataflare_platform.engine.operators.windows import Session, Sliding, TopN, Tumbling
 from dataflare_platform.engine.pipeline import Stream
 from dataflare_platform.errors import ConfigError
 from dataflare_platform.streams.fields import (
     PLUGIN_NAME,
-    Duration,
-    DurationField,
+    DelayField,
     Expr,
+    SizeField,
     SpecModel,
-    check_duration,
 )
 from dataflare_platform.streams.steps.registry import StepContext, step
 
@@ -53,15 +52,22 @@ class AggSpec(SpecModel):
 
 
 class SlidingSpec(SpecModel):
-    size: Duration
-    slide: Duration
+    """A sliding window: each event is in ``size / slide`` windows, at most
+    ``durations.MAX_WINDOWS_PER_EVENT`` (the state and the output grow with it)."""
 
-    _check = field_validator("size", "slide")(check_duration)
+    size: SizeField
+    slide: SizeField
 
     @model_validator(mode="after")
     def _divides(self) -> SlidingSpec:
-        if to_ms(self.size) % max(to_ms(self.slide), 1) or to_ms(self.slide) == 0:
-            raise ValueError("slide must be positive and divide size")
+        size, slide = to_ms(self.size), to_ms(self.slide)
+        if size % slide:
+            raise ValueError("slide must divide size")
+        if size // slide > MAX_WINDOWS_PER_EVENT:
+            raise ValueError(
+                f"size / slide is {size // slide}: each event would be in that many windows,"
+                f" over the limit of {MAX_WINDOWS_PER_EVENT} (use a longer slide)"
+            )
         return self
 
 
@@ -72,10 +78,10 @@ class TopSpec(SpecModel):
 
 
 class WindowSpec(SpecModel):
-    tumbling: DurationField | None = None
+    tumbling: SizeField | None = None
     sliding: SlidingSpec | None = None
-    session: DurationField | None = None
-    lateness: DurationField = 0
+    session: SizeField | None = None
+    lateness: DelayField = 0
     agg: dict[str, AggSpec] | None = None
     top: TopSpec | None = None
     top_rows: TopSpec | None = None
@@ -99,10 +105,10 @@ class JoinSpec(SpecModel):
 
 class WindowJoinSpec(SpecModel):
     with_: str = Field(alias="with")
-    tumbling: DurationField
+    tumbling: SizeField
     left_on: str | list[str]
     right_on: str | list[str]
-    lateness: DurationField = 0
+    lateness: DelayField = 0
 
 
 class IntervalJoinSpec(SpecModel):
@@ -112,12 +118,12 @@ class IntervalJoinSpec(SpecModel):
     end_column: str
     left_columns: list[str]
     agg: dict[str, AggSpec]
-    lateness: DurationField = 0
+    lateness: DelayField = 0
 
 
 class DedupSpec(SpecModel):
-    horizon: DurationField
-    lateness: DurationField = 0
+    horizon: SizeField
+    lateness: DelayField = 0
 
 
 class EnrichSpec(SpecModel):

@@ -18,8 +18,12 @@ execution-time check (``defs.deployment_lock``) apply the same rule.
 
 from __future__ import annotations
 
+import os
+import re
 from collections.abc import Collection, Mapping
 from typing import Any
+
+from dataflare_platform.errors import ConfigError
 
 # resource key -> field -> environment variable the deployment sets it with (None: set in
 # the deployment's code only, e.g. definitions.py; never at launch either way). A test
@@ -176,3 +180,36 @@ def _execution_paths(execution: Any, prefix: str = "execution") -> set[str]:
 def deployment_fields(resource: str) -> Mapping[str, str | None]:
     """The registered deployment fields of resource key ``resource`` (empty if none)."""
     return DEPLOYMENT_SETTINGS.get(resource, {})
+
+
+# -- pipeline builders ------------------------------------------------------------------
+# A YAML pipeline may name a Python builder (``builder: "package.module:function"``); the
+# module is imported when the spec is validated (``dataflare pipeline validate``, a code
+# location loading it), so naming one runs its code. Only modules inside these packages
+# may be named: the platform's own builders, plus the packages the deployment lists in
+# ``DATAFLARE_PIPELINE_BUILDERS`` (comma-separated dotted names, read where specs are
+# validated, never from a pipeline file or a launch). Anything else is refused before it
+# is imported.
+PIPELINE_BUILDERS_ENV = "DATAFLARE_PIPELINE_BUILDERS"
+SHIPPED_BUILDER_PACKAGES: tuple[str, ...] = ("dataflare_platform.pipelines.builders",)
+_DOTTED = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
+
+
+def builder_packages(environ: Mapping[str, str] | None = None) -> tuple[str, ...]:
+    """The packages whose modules a pipeline file may name as its builder: the shipped
+    ones plus ``$DATAFLARE_PIPELINE_BUILDERS``. An entry that is not a dotted name is
+    refused naming the variable (a typo must not widen or silently narrow the list)."""
+    env = os.environ if environ is None else environ
+    extra = [p.strip() for p in env.get(PIPELINE_BUILDERS_ENV, "").split(",") if p.strip()]
+    bad = [p for p in extra if not _DOTTED.match(p)]
+    if bad:
+        raise ConfigError(
+            "deployment settings",
+            [(PIPELINE_BUILDERS_ENV, f"not a dotted package name: {bad[0][:80]!r}")],
+        )
+    return SHIPPED_BUILDER_PACKAGES + tuple(extra)
+
+
+def builder_allowed(module: str, packages: tuple[str, ...]) -> bool:
+    """Whether ``module`` is one of ``packages`` or inside one."""
+    return any(module == p or module.startswith(p + ".") for p in packages)

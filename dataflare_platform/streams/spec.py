@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
@@ -42,6 +43,11 @@ from dataflare_platform.connectors.registry import (
     SinkSettings,
     SourceSettings,
     supports_ranges,
+)
+from dataflare_platform.deployment_settings import (
+    PIPELINE_BUILDERS_ENV,
+    builder_allowed,
+    builder_packages,
 )
 from dataflare_platform.engine.io import Sink, Source
 from dataflare_platform.engine.operators.plugin import BatchPlugin
@@ -122,13 +128,38 @@ class CatalogSpec(SpecModel):
     _check = field_validator("sensor_interval", "progress_interval")(check_duration)
 
 
+_BUILDER_REF = re.compile(
+    r"^(?P<module>[A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)*)"
+    r":(?P<qualname>[A-Za-z][A-Za-z0-9_]*(?:\.[A-Za-z][A-Za-z0-9_]*)*)$"
+)
+
+
 def _import_builder(value: Any) -> Callable[..., Stream] | None:
-    """``"package.module:function"`` (YAML) or the function itself (Python)."""
+    """``"package.module:function"`` (YAML) or the function itself (Python).
+
+    Naming a module imports it, which runs its code: only modules inside the platform's
+    builder packages or those the deployment allows (``deployment_settings.
+    builder_packages``, ``$DATAFLARE_PIPELINE_BUILDERS``) may be named, checked before
+    anything is imported; the function must be defined in that module (not something
+    it imported) and its path has no private (``_``) part."""
     if value is None or callable(value):
         return value
-    if not isinstance(value, str) or ":" not in value:
+    if not isinstance(value, str):
         raise InvalidInputError("give the builder function as 'package.module:function'")
-    module_name, _, qualname = value.partition(":")
+    match = _BUILDER_REF.match(value)
+    if match is None:
+        shown = value if len(value) <= 80 else value[:77] + "..."
+        raise InvalidInputError(
+            f"give the builder function as 'package.module:function', not {shown!r}"
+        )
+    module_name, qualname = match["module"], match["qualname"]
+    packages = builder_packages()
+    if not builder_allowed(module_name, packages):
+        raise InvalidInputError(
+            f"module {module_name!r} is not in a builder package the deployment allows"
+            f" ({', '.join(packages)}); list its package in ${PIPELINE_BUILDERS_ENV}"
+            " to allow it"
+        )
     try:
         target: Any = importlib.import_module(module_name)
         for part in qualname.split("."):
@@ -137,6 +168,8 @@ def _import_builder(value: Any) -> Callable[..., Stream] | None:
         raise InvalidInputError(f"cannot import {value!r}: {err}") from None
     if not callable(target):
         raise InvalidInputError(f"{value!r} is not a function")
+    if getattr(target, "__module__", None) != module_name:
+        raise InvalidInputError(f"{value!r} is not defined in {module_name!r}")
     return target
 
 

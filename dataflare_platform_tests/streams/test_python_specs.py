@@ -2,7 +2,11 @@
 load with errors naming the file and field, and run like them (micro-batch ranges, the
 Dagster asset, sensor and continuous job)."""
 
+import os
+import subprocess
+import sys
 import textwrap
+from pathlib import Path
 
 import dagster as dg
 import duckdb
@@ -193,3 +197,84 @@ def test_two_pipelines_may_not_share_a_name(tmp_path):
     with pytest.raises(ConfigError) as err:
         load_specs(tmp_path)
     assert "big_bids.py" in str(err.value) and "also declared in dup.yaml" in str(err.value)
+
+
+SIDE_EFFECT_MODULE = """
+import pathlib
+pathlib.Path({marker!r}).write_text("imported")
+
+def build(bids):
+    return bids
+"""
+
+
+def _side_effect_package(tmp_path, monkeypatch, name: str) -> Path:
+    """A package ``name`` with a module ``mod`` that writes a marker file on import."""
+    marker = tmp_path / f"{name}.imported"
+    package = tmp_path / "syspath" / name
+    package.mkdir(parents=True)
+    (package / "__init__.py").write_text("")
+    (package / "mod.py").write_text(SIDE_EFFECT_MODULE.format(marker=str(marker)))
+    monkeypatch.syspath_prepend(str(tmp_path / "syspath"))
+    return marker
+
+
+@pytest.mark.parametrize(
+    "ref",
+    [
+        "{pkg}.mod:build",
+        "os:system",
+        "subprocess:run",
+        "dataflare_platform.pipelines.builders_evil:fn",  # a prefix is not a package
+        "dataflare_platform.pipelines.builders.bidder_sessions:pl.read_parquet",
+        "dataflare_platform.pipelines.builders.bidder_sessions:_private",
+        "not a reference",
+        "a:" + "b" * 5000,
+    ],
+)
+def test_a_builder_outside_the_allowed_packages_is_refused_without_importing_it(
+    tmp_path, monkeypatch, ref
+):
+    monkeypatch.delenv("DATAFLARE_PIPELINE_BUILDERS", raising=False)
+    pkg = f"sidefx_{abs(hash(ref)) % 10**8}"
+    marker = _side_effect_package(tmp_path, monkeypatch, pkg)
+    base = {"name": "p", "sources": {"bids": {"topic": "t"}}, "sink": {"discard": {}}}
+    with pytest.raises(ConfigError) as err:
+        PipelineSpec.load({**base, "builder": ref.format(pkg=pkg)})
+    assert err.value.fields == ["builder"]
+    assert len(str(err.value).splitlines()) == 2 and len(str(err.value)) < 400
+    assert not marker.exists() and f"{pkg}.mod" not in sys.modules
+
+
+def test_the_deployment_allows_more_builder_packages_by_environment(tmp_path, monkeypatch):
+    marker = _side_effect_package(tmp_path, monkeypatch, "sidefx_allowed")
+    base = {"name": "p", "sources": {"bids": {"topic": "t"}}, "sink": {"discard": {}}}
+    monkeypatch.setenv("DATAFLARE_PIPELINE_BUILDERS", " other.pkg , sidefx_allowed")
+    spec = PipelineSpec.load({**base, "builder": "sidefx_allowed.mod:build"})
+    assert spec.builder.__name__ == "build" and marker.exists()
+
+    monkeypatch.setenv("DATAFLARE_PIPELINE_BUILDERS", "ok.pkg,../evil")
+    with pytest.raises(ConfigError) as err:
+        PipelineSpec.load({**base, "builder": "sidefx_allowed.mod:build"})
+    assert err.value.fields == ["DATAFLARE_PIPELINE_BUILDERS"]
+
+
+def test_pipeline_validate_refuses_a_builder_module_naming_the_field(tmp_path):
+    marker = tmp_path / "ran"
+    (tmp_path / "sidefx_cli.py").write_text(SIDE_EFFECT_MODULE.format(marker=str(marker)))
+    (tmp_path / "p.yaml").write_text(
+        "name: p\nsources: {bids: {topic: t}}\nbuilder: sidefx_cli:build\nsink: {discard: {}}\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "DATAFLARE_PIPELINE_BUILDERS"}
+    env["PYTHONPATH"] = str(tmp_path)
+    done = subprocess.run(
+        [sys.executable, "-m", "dataflare_platform.cli", "pipeline", "validate", "p.yaml"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 1, done.stderr
+    assert "builder: module 'sidefx_cli' is not in a builder package" in done.stderr
+    assert "Traceback" not in done.stderr and not marker.exists()

@@ -179,3 +179,34 @@ def test_an_unregistered_step_is_unknown_again(scale_step):
     STEPS.unregister("scale")
     with pytest.raises(ConfigError, match="unknown step 'scale'"):
         PipelineSpec.load(_spec({"scale": {"column": "price", "factor": 2}}))
+
+
+@pytest.mark.parametrize(
+    ("steps", "where", "column"),
+    [
+        ([{"filter": "pricee > 1"}], "streams.out.steps[0].filter", "pricee"),
+        ([{"with_columns": {"p": "CAST(bidder AS DOUBLE)"}}], "steps[0].with_columns", "bidder"),
+        ([{"select": ["auction"]}, {"filter": "price > 1"}], "steps[1].filter", "price"),
+        ([{"key_by": ["seller"]}], "steps[0].key_by", "seller"),
+        ([{"unique": ["auction", "nope"]}], "steps[0].unique", "nope"),
+    ],
+)
+def test_columns_the_steps_name_must_exist_in_the_declared_source_columns(steps, where, column):
+    with pytest.raises(ConfigError) as err:
+        PipelineSpec.load(_spec(*steps))
+    assert where in str(err.value) and f"no column {column!r}" in str(err.value)
+    assert len(str(err.value).splitlines()) == 2  # the header and one problem
+
+
+def test_columns_are_followed_through_the_steps_that_make_them():
+    spec = PipelineSpec.load(
+        _spec(
+            {"with_columns": {"cents": "price * 100"}},
+            {"filter": "cents > 1"},
+            {"select": ["auction", "cents", "date_time"]},
+            {"key_by": ["auction"]},
+            {"window": {"tumbling": "10s", "agg": {"n": "count"}}},
+            {"filter": "n > 1"},  # after a window: not followed (its output is not spelt out)
+        )
+    )
+    assert spec.streams["out"].steps[1].arg == "cents > 1"

@@ -275,6 +275,6 @@ def test_pipeline_validate_refuses_a_builder_module_naming_the_field(tmp_path):
         text=True,
         timeout=300,
     )
-    assert done.returncode == 1, done.stderr
+    assert done.returncode == 2, done.stderr  # the exit code of a refused config
     assert "builder: module 'sidefx_cli' is not in a builder package" in done.stderr
     assert "Traceback" not in done.stderr and not marker.exists()

@@ -5,7 +5,7 @@ stop their continuous runs), through the GraphQL client."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
@@ -20,6 +20,9 @@ from dataflare_platform.cli._common import (
     print_json,
     table,
 )
+
+if TYPE_CHECKING:
+    from dataflare_platform.streams.spec import PipelineSpec
 
 pipeline_app = command_group(help="Declarative (YAML) pipelines.")
 
@@ -45,10 +48,27 @@ def pipeline_run(
     from dataflare_platform.engine import Runner, RunnerConfig
     from dataflare_platform.streams.spec import PipelineSpec
 
-    pipeline = PipelineSpec.from_yaml(spec).build(bounded=True)
+    loaded = PipelineSpec.from_yaml(spec)
+    pipeline = loaded.build(bounded=True, plugins=_plugins(loaded))
     config = RunnerConfig(batch_rows=batch_rows, checkpoint_every=checkpoint_every)
     result = Runner(pipeline, config).run()
     print_json({"pipeline": pipeline.name, **result.as_dict()})
+
+
+def _plugins(spec: PipelineSpec) -> dict[str, Any] | None:
+    """The plugins of ``spec``'s plugin steps, loaded as a Dagster run of the deployment
+    loads them: the same resource (``PluginRuntimeResource``, its settings from the
+    deployment's environment: plugin folder, sandbox limits, capabilities), the same pin
+    checks (the pipeline's own ``plugins.lock``, then the deployment's; unpinned plugins
+    refused unless the deployment allows them; refusals audited) and the same
+    ``plugins.specs.load_plugins``. None without plugin steps (nothing to import)."""
+    from dataflare_platform.plugins.specs import load_plugins, plugin_steps
+
+    if not plugin_steps(spec):
+        return None
+    from dataflare_platform.defs.plugins.resources import PluginRuntimeResource
+
+    return dict(load_plugins(spec, PluginRuntimeResource.resolved_from_environment().registry()))
 
 
 pipelines_app = command_group(

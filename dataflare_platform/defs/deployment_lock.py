@@ -93,6 +93,29 @@ class DeploymentLockedResource(dg.ConfigurableResource):
                 values[name] = dg.EnvVar.int(env) if "int" in annotation else dg.EnvVar(env)
         return cls(**values)
 
+    @classmethod
+    def resolved_from_environment(cls, **code_values: Any) -> Any:
+        """The resource as ``from_environment`` configures it, with the environment's
+        values read now instead of ``dg.EnvVar`` (for commands that use the resource's
+        logic outside any Dagster run, e.g. ``dataflare pipeline run``, so they load
+        exactly what a run of the deployment would). A bad value is refused naming its
+        variable."""
+        values = dict(code_values)
+        for name, env in cls.deployment_field_names().items():
+            if env is None or name in values or env not in os.environ:
+                continue
+            annotation = str(cls.model_fields[name].annotation)
+            if cls.model_fields[name].annotation is bool:
+                values[name] = _env_bool(env)
+            elif "int" in annotation:
+                raw = os.environ[env].strip()
+                if not raw.lstrip("-").isdigit() or len(raw) > 18:
+                    raise ConfigError("deployment environment", [(env, "not an integer")])
+                values[name] = int(raw)
+            else:
+                values[name] = os.environ[env]
+        return cls(**values)
+
     def setup_for_execution(self, context: dg.InitResourceContext) -> None:
         check_deployment_settings(self, context)
 

@@ -14,6 +14,7 @@ Modes:
 from __future__ import annotations
 
 import queue
+import re
 import threading
 import time
 from collections.abc import Callable
@@ -46,9 +47,20 @@ class RunnerConfig:
     # Also checkpoint when this much time went by since the last checkpoint and batches
     # came in (a trickling continuous stream would otherwise wait checkpoint_every batches).
     checkpoint_interval_s: float | None = None
+    # Circuit breaker: a step that rejects this many source batches in a row (each one
+    # dead-lettered whole: an expression failing at run time, a plugin trapping or
+    # quarantined) stops the run with the step and its last reason, instead of
+    # dead-lettering everything that comes. Nothing after the last checkpoint commits.
+    max_failed_batches: int = 10
 
     def __post_init__(self) -> None:
-        for name in ("batch_rows", "checkpoint_every", "source_queue", "sink_queue"):
+        for name in (
+            "batch_rows",
+            "checkpoint_every",
+            "source_queue",
+            "sink_queue",
+            "max_failed_batches",
+        ):
             if getattr(self, name) < 1:
                 raise InvalidInputError(f"{name} must be at least 1")
         if self.checkpoint_interval_s is not None and self.checkpoint_interval_s <= 0:
@@ -109,6 +121,28 @@ class EngineError(DataflareError, RuntimeError):
     pass
 
 
+class PipelineHaltedError(EngineError):
+    """The circuit breaker stopped a run: one step rejected ``max_failed_batches``
+    source batches in a row. The message names the step and its last reason."""
+
+
+# Polars' own failures of one batch: a cast of a value that does not convert, a column
+# the batch lacks, arithmetic that overflows... (a panic inside Polars is a
+# ``PanicException``, which derives from ``BaseException``).
+_POLARS_FAILURES = (pl.exceptions.PolarsError, pl.exceptions.PanicException)
+
+
+def polars_reason(err: BaseException) -> str:
+    """One line about a Polars failure, without the sample values Polars lists (a row's
+    values belong in the dead letters, not in an error message or a log)."""
+    lines = str(err).strip().splitlines()
+    line = lines[0] if lines else ""
+    line = re.sub(r"\bvalues?: \[.*$", "values", line)
+    if len(line) > 300:
+        line = line[:297] + "..."
+    return f"{type(err).__name__}: {line}" if line else type(err).__name__
+
+
 @dataclass
 class Runner:
     pipeline: Pipeline
@@ -150,6 +184,11 @@ class _Run:
         self.errors: list[BaseException] = []
         self.batches_since_checkpoint = 0
         self.checkpointed_at = time.monotonic()
+        # Circuit breaker: whole-batch rejections during the current source batch, and
+        # source batches in a row that had one (with the last step and reason).
+        self._rejections = 0
+        self._failed_in_a_row = 0
+        self._last_rejection = ("", "")
         self._outputs: list[pl.DataFrame] = []
         self._sides: list[pl.DataFrame] = []
         for node in self.p.operators():
@@ -462,6 +501,21 @@ class _Run:
                 }
 
     def _batch(self, item: _SourceBatch) -> None:
+        self._rejections = 0
+        self._process_batch(item)
+        if not self._rejections:
+            self._failed_in_a_row = 0
+            return
+        self._failed_in_a_row += 1
+        if self._failed_in_a_row >= self.cfg.max_failed_batches:
+            step, reason = self._last_rejection
+            raise PipelineHaltedError(
+                f"pipeline {self.p.name!r} stopped: step {step} rejected"
+                f" {self._failed_in_a_row} batches in a row (last: {reason}); fix the step"
+                " or its input and run again (the run resumes from its last checkpoint)"
+            )
+
+    def _process_batch(self, item: _SourceBatch) -> None:
         node = self.p.nodes[item.node]
         source = node.source
         time_col = source.time_column
@@ -578,11 +632,18 @@ class _Run:
         except BatchRejectedError as err:
             # Contained failure of this batch only (e.g. a plugin trap or timeout): the
             # rows are kept as dead letters with the reason, and the pipeline goes on.
-            stats.seconds += time.perf_counter() - t0
-            stats.rows_in += df.height
-            stats.errors += 1
-            self.metrics.dead_letters += df.height
-            self._sides.append(side_rows(df, "dead_letter", node_id, str(err)))
+            self._reject(node_id, df, str(err), t0)
+            return
+        except _POLARS_FAILURES as err:
+            reason = f"{op.name} failed: {polars_reason(err)}"
+            if op.stateful:
+                # Its state may hold part of the batch: dead-lettering the batch would
+                # count those rows twice. The run stops, naming the step.
+                raise EngineError(f"step {node_id}: {reason}") from None
+            # A stateless step (an expression failing on this batch's values or
+            # columns): the batch is dead-lettered with the reason and the run goes on;
+            # its offsets are already past it, so a restart does not meet it again.
+            self._reject(node_id, df, reason, t0)
             return
         stats.seconds += time.perf_counter() - t0
         stats.rows_in += df.height
@@ -595,6 +656,16 @@ class _Run:
         if out is not None and out.height:
             stats.rows_out += out.height
             self._emit(node_id, out)
+
+    def _reject(self, node_id: str, df: pl.DataFrame, reason: str, t0: float) -> None:
+        stats = self.metrics.operators[node_id]
+        stats.seconds += time.perf_counter() - t0
+        stats.rows_in += df.height
+        stats.errors += 1
+        self.metrics.dead_letters += df.height
+        self._sides.append(side_rows(df, "dead_letter", node_id, reason))
+        self._rejections += 1
+        self._last_rejection = (node_id, reason)
 
     def _advance(self) -> None:
         watermark = self.tracker.current()

@@ -5,6 +5,9 @@ hostile specs are refused with one line naming the field, never a crash."""
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
+import textwrap
 
 import duckdb
 import pyarrow.parquet as pq
@@ -81,3 +84,71 @@ def test_pipeline_run_takes_the_plugin_settings_from_the_deployment_environment(
     assert result.exit_code == 0, result.output
     assert (tmp_path / "deployment-plugins" / "pii_mask.wasm").exists()
     assert not (home.root / "plugins" / "pii_mask.wasm").exists()
+
+
+HUGE_FILTER = """
+name: huge
+catalog: {micro_batch: false}
+sources:
+  bids: {path: bids.parquet, columns: [auction, price, date_time]}
+streams:
+  out:
+    from: bids
+    steps: [{filter: "FILTER"}]
+output: out
+sink: {discard: {}}
+"""
+
+
+@pytest.mark.parametrize("terms", [5_000, 10_000])
+def test_pipeline_validate_refuses_a_huge_expression_instead_of_crashing(tmp_path, terms):
+    """10 000 terms overflowed Polars' parser (the process died with SIGSEGV, rc 139);
+    5 000 validated and then hung the run. Refused now, one line naming the field."""
+    text = " OR ".join(f"auction = {i}" for i in range(terms))
+    (tmp_path / "huge.yaml").write_text(HUGE_FILTER.replace("FILTER", text))
+    done = subprocess.run(
+        [sys.executable, "-m", "dataflare_platform.cli", "pipeline", "validate", "huge.yaml"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 2, (done.returncode, done.stderr[-2000:])
+    assert "streams.out.steps.0: filter: expression of" in done.stderr
+    assert "over the limit" in done.stderr and "Traceback" not in done.stderr
+    assert len(done.stderr) < 1000
+
+
+def test_pipeline_run_dead_letters_a_batch_whose_cast_fails(tmp_path, home: ProjectHome):
+    import pyarrow as pa
+
+    amounts = [str(i) for i in range(30)]
+    amounts[17] = "seventeen"
+    times = pa.array([1_767_225_600_000 + i for i in range(30)]).cast(pa.timestamp("ms"))
+    table = pa.table({"id": list(range(30)), "amount": amounts, "date_time": times})
+    pq.write_table(table, tmp_path / "rows.parquet")
+    (tmp_path / "p.yaml").write_text(
+        textwrap.dedent(
+            """
+            name: casts
+            catalog: {micro_batch: false}
+            sources:
+              rows: {path: rows.parquet, columns: [id, amount, date_time]}
+            streams:
+              out:
+                from: rows
+                steps: [{with_columns: {cents: "CAST(amount AS INT) * 100"}}]
+            output: out
+            sink: {kind: duckdb, path: out.duckdb, table: casts}
+            """
+        )
+    )
+    for _ in range(2):  # the second run resumes after the dead-lettered batch
+        result = runner.invoke(
+            app, ["pipeline", "run", str(tmp_path / "p.yaml"), "--batch-rows", "10"]
+        )
+        assert result.exit_code == 0, result.output
+    out = json.loads(result.stdout)
+    assert (out["events_in"], out["events_out"], out["dead_letters"]) == (30, 20, 10)
+    with duckdb.connect(str(tmp_path / "out.duckdb"), read_only=True) as db:
+        assert db.sql("SELECT count(*) FROM casts").fetchall() == [(20,)]

@@ -44,3 +44,29 @@ def test_text_is_held_to_the_same_rules():
     with pytest.raises(ConfigError) as err:
         parse_yaml_mapping("- 1", "rules")
     assert err.value.fields == ["<root>"]
+
+
+BOMB = "".join(
+    f"{name}: &{name} [{', '.join([prev] * 10)}]\n"
+    for name, prev in zip("abcdefghi", ["x", *(f"*{c}" for c in "abcdefgh")], strict=True)
+)
+
+
+@pytest.mark.parametrize(
+    ("text", "field", "message"),
+    [
+        ("a: " + "[" * 2000 + "]" * 2000, "<file>", "nested more than 64 levels deep"),
+        ("a: " + "[" * 70 + "]" * 70, "<root>", "nested more than 64 levels deep"),
+        ("a:\n" + "".join("  " * i + f"k{i}:\n" for i in range(1, 80)), "<root>", "nested"),
+        (BOMB, "<root>", "holds more than 100000 values (aliases expanded)"),
+    ],
+)
+def test_deep_and_alias_bomb_documents_are_refused(tmp_path: Path, text, field, message):
+    """A RecursionError traceback (about 1000 levels) and a billion-values alias bomb
+    (validation would walk every value) before; one refusal naming the file now."""
+    path = tmp_path / "deep.yaml"
+    path.write_text(text)
+    for load in (lambda: load_yaml_mapping(path, "spec"), lambda: parse_yaml_mapping(text, "spec")):
+        with pytest.raises(ConfigError) as err:
+            load()
+        assert err.value.fields == [field] and message in str(err.value)

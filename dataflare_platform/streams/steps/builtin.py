@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import polars as pl
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from dataflare_platform.engine.aggregations import Agg
 from dataflare_platform.engine.durations import MAX_WINDOWS_PER_EVENT, to_ms
@@ -133,6 +133,10 @@ class EnrichSpec(SpecModel):
     how: Literal["left", "inner"] = "left"
 
 
+MAX_PARAMS_DEPTH = 16
+MAX_PARAMS_VALUES = 10_000
+
+
 class PluginSpec(SpecModel):
     """A plugin step: ``{name, params, columns, id}``. Plugins are not loaded here: the
     plugins layer (``dataflare_platform.plugins.specs``) loads one per step from its
@@ -143,6 +147,31 @@ class PluginSpec(SpecModel):
     params: dict[str, Any] = Field(default_factory=dict)
     columns: dict[str, str] = Field(default_factory=dict)  # manifest column -> table column
     id: str | None = Field(None, min_length=1)  # tells apart two steps of one plugin
+
+    @field_validator("params")
+    @classmethod
+    def _params_bounded(cls, value: dict[str, Any]) -> dict[str, Any]:
+        """Parameters are small settings, checked against the manifest when the plugin
+        loads: nesting past ``MAX_PARAMS_DEPTH`` or more than ``MAX_PARAMS_VALUES``
+        values is refused here (a deep value overflowed the encoders' recursion)."""
+        stack: list[tuple[Any, int]] = [(value, 0)]
+        seen = 0
+        while stack:
+            item, depth = stack.pop()
+            seen += 1
+            if seen > MAX_PARAMS_VALUES:
+                raise ValueError(f"more than {MAX_PARAMS_VALUES} values")
+            children = (
+                [*item.keys(), *item.values()]
+                if isinstance(item, dict)
+                else item
+                if isinstance(item, list | tuple)
+                else ()
+            )
+            if children and depth >= MAX_PARAMS_DEPTH:
+                raise ValueError(f"nested more than {MAX_PARAMS_DEPTH} levels deep")
+            stack.extend((child, depth + 1) for child in children)
+        return value
 
     @property
     def key(self) -> str:

@@ -38,6 +38,8 @@ def _run_config(path: Path | None) -> dict[str, Any]:
         raise UsageError(f"cannot read --config {path}: {err.strerror}") from None
     except yaml.YAMLError as err:
         raise UsageError(f"--config {path} is not valid YAML: {err}") from None
+    except RecursionError:
+        raise UsageError(f"--config {path} is nested too deeply") from None
     if loaded is None:
         return {}
     if not isinstance(loaded, dict):

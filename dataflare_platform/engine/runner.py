@@ -467,6 +467,12 @@ class _Run:
         )
 
     def _flush(self, ingests: list[float], checkpoint: bool, final: bool = False) -> None:
+        if checkpoint and not final and self._failed_in_a_row:
+            # Batches rejected in a row are committed once a batch goes through (or the
+            # run ends): if the breaker trips, the last checkpoint is before the streak,
+            # so a restart meets the same streak and stops again with the same reason
+            # rather than dead-lettering a little more at each restart.
+            checkpoint = False
         output = None
         if self._outputs:
             output = pl.concat(self._outputs, how="vertical_relaxed")

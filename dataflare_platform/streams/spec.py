@@ -55,7 +55,7 @@ from dataflare_platform.engine.pipeline import Pipeline, Stream
 from dataflare_platform.errors import ConfigError, InvalidInputError
 from dataflare_platform.models import validated
 from dataflare_platform.streams import bind
-from dataflare_platform.streams.fields import Duration, SpecModel, WatermarkSpec, check_duration
+from dataflare_platform.streams.fields import Duration, SpecModel, WatermarkSpec, check_size
 from dataflare_platform.streams.steps import StreamSpec, wire
 
 
@@ -125,7 +125,9 @@ class CatalogSpec(SpecModel):
     # most this often; checkpoints in between are committed but only logged.
     progress_interval: Duration = "30s"
 
-    _check = field_validator("sensor_interval", "progress_interval")(check_duration)
+    # Positive (0 would ask for a sensor tick or a materialization all the time), at most
+    # a year.
+    _check = field_validator("sensor_interval", "progress_interval")(check_size)
 
 
 _BUILDER_REF = re.compile(

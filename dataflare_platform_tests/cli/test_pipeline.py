@@ -152,3 +152,13 @@ def test_pipeline_run_dead_letters_a_batch_whose_cast_fails(tmp_path, home: Proj
     assert (out["events_in"], out["events_out"], out["dead_letters"]) == (30, 20, 10)
     with duckdb.connect(str(tmp_path / "out.duckdb"), read_only=True) as db:
         assert db.sql("SELECT count(*) FROM casts").fetchall() == [(20,)]
+
+
+def test_a_run_config_nested_too_deeply_is_a_usage_error(tmp_path):
+    from dataflare_platform.cli.launch import _run_config
+    from dataflare_platform.errors import DataflareError
+
+    path = tmp_path / "run.yaml"
+    path.write_text("ops: " + "[" * 3000 + "]" * 3000)
+    with pytest.raises(DataflareError, match="nested too deeply"):
+        _run_config(path)

@@ -255,3 +255,18 @@ def test_relative_paths_of_any_kind_are_resolved_against_the_spec_file(tmp_path)
     spec = PipelineSpec.load(data).relative_to(tmp_path)
     assert spec.sources["bids"].directory == tmp_path / "in"
     assert spec.sink.root == tmp_path / "out"
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        ("sensor_interval", 0, "duration must be positive"),
+        ("progress_interval", "0s", "duration must be positive"),
+        ("sensor_interval", "400d", "over the limit of 366d"),
+    ],
+)
+def test_catalog_intervals_are_positive_and_bounded(field, value, message):
+    data = _kind_spec(catalog={field: value})
+    with pytest.raises(ConfigError) as err:
+        PipelineSpec.load(data)
+    assert err.value.fields == [f"catalog.{field}"] and message in str(err.value)

@@ -215,7 +215,21 @@ _BAD_RULES = [
         "bad expression",
         "source: bids\nroutes:\n  - {name: a, when: 'price >', to: x}\n",
         "routes.0.when",
-        "not a valid Polars SQL expression",
+        "not a valid expression",
+    ),
+    (
+        "huge expression (overflowed Polars' parser: SIGSEGV)",
+        "source: bids\nroutes:\n  - {name: a, when: '"
+        + " OR ".join(f"price = {i}" for i in range(10_000))
+        + "', to: x}\n",
+        "routes.0.when",
+        "over the limit of 4096",
+    ),
+    (
+        "long operator chain",
+        "source: bids\nroutes:\n  - {name: a, when: '" + "+".join(["p"] * 1500) + " > 1', to: x}\n",
+        "routes.0.when",
+        "terms and operators is over the limit of 1024",
     ),
     (
         "unknown column",

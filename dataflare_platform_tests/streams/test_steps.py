@@ -115,6 +115,10 @@ def test_an_unknown_step_kind_names_the_field_and_lists_the_known_kinds():
             "window.session: duration must be positive",
         ),
         ({"filter": " OR ".join(f"price = {i}" for i in range(10_000))}, "filter: expression of"),
+        (
+            {"window": {"tumbling": "1s", "agg": {"n": "count"}, "top": {"by": "n", "n": 10**30}}},
+            "window.top.n: Input should be less than or equal to 100000",
+        ),
         ({"filter": " OR ".join(f"price = {i}" for i in range(300))}, "filter: expression of"),
         ({"filter": "(" * 40 + "price" + ")" * 40 + " > 1"}, "filter: expression nests"),
         ({"with_columns": {"p": "+".join(["price"] * 2000)}}, "with_columns.p: expression of"),

@@ -73,7 +73,7 @@ class SlidingSpec(SpecModel):
 
 class TopSpec(SpecModel):
     by: str
-    n: int = Field(1, ge=1)
+    n: int = Field(1, ge=1, le=100_000)  # rows kept per window: state and output grow with it
     descending: bool = True
 
 

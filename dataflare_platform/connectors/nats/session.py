@@ -34,6 +34,7 @@ from nats.js import api
 from dataflare_platform.connectors.broker import BrokerError, BrokerUnavailableError
 from dataflare_platform.connectors.nats.settings import NatsSettings
 from dataflare_platform.connectors.tls import TlsSettings, tls_failure
+from dataflare_platform.secrets import redact, redact_url
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -71,6 +72,8 @@ class NatsSession:
             if s.uses_tls and tls_failure(err) is not None:
                 tls_refused.set()
 
+        password = s.password.read() if s.password is not None else None
+        token = s.token.read() if s.token is not None else None
         options: dict[str, Any] = {}
         if s.uses_tls:
             tls = s.tls or TlsSettings()  # tls:// alone still verifies (system CAs)
@@ -80,6 +83,9 @@ class NatsSession:
         connecting = asyncio.ensure_future(
             nats.connect(
                 servers=[s.url],
+                user=s.user,
+                password=password,
+                token=token,
                 connect_timeout=s.connect_timeout_s,
                 max_reconnect_attempts=s.reconnect_attempts,
                 reconnect_time_wait=0.5,
@@ -107,8 +113,14 @@ class NatsSession:
             if s.uses_tls and reason is not None:
                 raise BrokerUnavailableError(f"NATS at {_where(s.url)}: {reason}") from None
             raise BrokerUnavailableError(
-                f"NATS at {self.settings.url} is not reachable ({err}); is nats-server running"
+                f"NATS at {redact_url(s.url)} is not reachable"
+                f" ({redact(str(err), password, token)}); is nats-server running"
                 " with JetStream enabled (-js)?"
+            ) from None
+        except nats.errors.Error as err:  # refused login and other protocol errors
+            raise BrokerError(
+                f"NATS at {redact_url(s.url)} refused the connection"
+                f" ({redact(str(err), password, token)})"
             ) from None
         # nats-py upgrades to TLS only when the server's INFO asks for it: a server (or
         # someone in between) that does not ask would get a plain connection.

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from typing import Annotated, Literal, Self
 
-from pydantic import Field, PositiveFloat, PositiveInt, model_validator
+from pydantic import Field, PositiveFloat, PositiveInt, field_validator, model_validator
 
 from dataflare_platform.connectors.broker import StreamSettings
 from dataflare_platform.connectors.tls import TlsSettings
 from dataflare_platform.errors import InvalidInputError
+from dataflare_platform.secrets import PlatformSecretRef, url_credential_problem
 
 Name = Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")]  # streams and consumers
 Subject = Annotated[str, Field(pattern=r"^[^\s.*>]+(\.[^\s.*>]+)*$")]  # no wildcards
@@ -49,6 +50,19 @@ class NatsSettings(StreamSettings):
         if self.tls is not None and not self.uses_tls:
             raise InvalidInputError("tls is set: the url must start with tls://")
         return self
+
+    # Credentials: never in ``url`` (refused at load); references read at connect.
+    user: str | None = Field(None, pattern=r"^\S{1,200}$", description="With 'password'")
+    password: PlatformSecretRef | None = Field(None, description="{env: ...} or {file: ...}")
+    token: PlatformSecretRef | None = Field(None, description="{env: ...} or {file: ...}")
+
+    @field_validator("url")
+    @classmethod
+    def _no_literal_credential(cls, value: str) -> str:
+        problem = url_credential_problem(value, token_user=True)
+        if problem:
+            raise ValueError(problem)
+        return value
 
     @property
     def publish_subject(self) -> str:

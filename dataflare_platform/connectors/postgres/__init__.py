@@ -42,4 +42,5 @@ def open_sink(settings: PostgresSinkSettings, context: OpenContext) -> PostgresS
         connect_timeout_s=settings.connect_timeout_s,
         lock_timeout_s=settings.lock_timeout_s,
         tls=settings.tls,
+        password=settings.password,
     )

@@ -59,6 +59,8 @@ from dataflare_platform.engine.checkpoint import Checkpoint
 from dataflare_platform.engine.io import TransactionalSink, newest_per_key
 from dataflare_platform.errors import ConflictError, DataflareError, InvalidInputError
 from dataflare_platform.models import validated
+from dataflare_platform.secrets import HINT as SECRET_HINT
+from dataflare_platform.secrets import PlatformSecretRef, redact
 
 # libpq's own TLS parameters: with a ``tls`` block they come from it alone.
 LIBPQ_TLS_PARAMS = frozenset(
@@ -121,6 +123,9 @@ class PostgresSinkSettings(ConnectorSettings):
             tls_conflicts(self.dsn)
         return self
 
+    # The password never sits in ``dsn`` (refused at load): a reference read at connect.
+    password: PlatformSecretRef | None = Field(None, description="{env: ...} or {file: ...}")
+
     @field_validator("dsn")
     @classmethod
     def _parses(cls, value: str) -> str:
@@ -129,6 +134,8 @@ class PostgresSinkSettings(ConnectorSettings):
         except psycopg.ProgrammingError as err:
             # libpq's message, not the string itself: it may hold a password.
             raise ValueError(f"not a PostgreSQL connection string ({err})") from None
+        if conninfo_to_dict(value).get("password") is not None:
+            raise ValueError(f"the connection string carries a password; {SECRET_HINT}")
         return value
 
     @field_validator("upsert_keys")
@@ -204,9 +211,10 @@ def connect(
             **kwargs,
         )
     except psycopg.OperationalError as err:
+        said = redact(str(err).strip(), kwargs.get("password"))
         raise PostgresUnavailableError(
-            f"PostgreSQL at {describe_dsn(dsn)} is not reachable: {str(err).strip()}"
-        ) from err
+            f"PostgreSQL at {describe_dsn(dsn)} is not reachable: {said}"
+        ) from None
 
 
 class PostgresSink(TransactionalSink):
@@ -232,6 +240,7 @@ class PostgresSink(TransactionalSink):
         connect_timeout_s: float = 10.0,
         lock_timeout_s: float = 30.0,
         tls: TlsSettings | None = None,
+        password: PlatformSecretRef | None = None,
     ) -> None:
         self.settings = validated(
             PostgresSinkSettings,
@@ -244,6 +253,7 @@ class PostgresSink(TransactionalSink):
                 "connect_timeout_s": connect_timeout_s,
                 "lock_timeout_s": lock_timeout_s,
                 "tls": tls,
+                "password": password,
             },
         )
         s = self.settings
@@ -260,7 +270,8 @@ class PostgresSink(TransactionalSink):
         self.close()
         self.discard_pending()
         self._pipeline = pipeline
-        conn = connect(s.dsn, s.connect_timeout_s, s.tls)
+        login = {"password": s.password.read()} if s.password is not None else {}
+        conn = connect(s.dsn, s.connect_timeout_s, s.tls, **login)
         try:
             self._lock(conn)
             with conn.cursor() as cur:

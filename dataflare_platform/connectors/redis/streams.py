@@ -22,10 +22,11 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from urllib.parse import urlsplit
 
 import pyarrow as pa
 import redis
-from pydantic import Field, PositiveFloat, PositiveInt, model_validator
+from pydantic import Field, PositiveFloat, PositiveInt, field_validator, model_validator
 
 from dataflare_platform.connectors.broker import (
     BrokerError,
@@ -38,8 +39,14 @@ from dataflare_platform.connectors.broker import (
 )
 from dataflare_platform.connectors.offset_source import Cursor, Envelope, StreamSource
 from dataflare_platform.connectors.tls import TlsSettings, tls_failure
-from dataflare_platform.errors import InvalidInputError
+from dataflare_platform.errors import DataflareError, InvalidInputError
 from dataflare_platform.events.codec import dead_letters
+from dataflare_platform.secrets import (
+    PlatformSecretRef,
+    redact,
+    redact_url,
+    url_credential_problem,
+)
 
 # KEYS[1]: the stream. ARGV[1]: MAXLEN (0: none), then payload, rows pairs.
 # Returns the offset after the last row appended.
@@ -191,6 +198,18 @@ class _TlsConnection(redis.SSLConnection):
         name = self._tls.server_name or self.host
         return self._tls.ssl_context().wrap_socket(sock, server_hostname=name)
 
+    # Credentials: never in ``url`` (refused at load); a reference read at connect.
+    username: str | None = Field(None, pattern=r"^\S{1,200}$", description="ACL user")
+    password: PlatformSecretRef | None = Field(None, description="{env: ...} or {file: ...}")
+
+    @field_validator("url")
+    @classmethod
+    def _no_literal_credential(cls, value: str) -> str:
+        problem = url_credential_problem(value)
+        if problem:
+            raise ValueError(problem)
+        return value
+
 
 @contextmanager
 def _errors(settings: RedisSettings) -> Iterator[None]:
@@ -201,10 +220,22 @@ def _errors(settings: RedisSettings) -> Iterator[None]:
         if settings.uses_tls and (reason := tls_failure(err)) is not None:
             raise BrokerUnavailableError(f"Redis at {_where(settings)}: {reason}") from None
         raise BrokerUnavailableError(
-            f"Redis at {settings.url} is not reachable ({err}); is redis-server running?"
+            f"Redis at {redact_url(settings.url)} is not reachable ({_said(err, settings)});"
+            " is redis-server running?"
         ) from None
     except redis.ResponseError as err:
-        raise BrokerError(f"Redis stream {settings.stream!r}: {err}") from None
+        raise BrokerError(f"Redis stream {settings.stream!r}: {_said(err, settings)}") from None
+
+
+def _said(err: BaseException, settings: RedisSettings) -> str:
+    """The client's message with the URL's and the reference's secrets redacted."""
+    text = redact(str(err), urlsplit(settings.url).password)
+    if settings.password is not None:
+        try:
+            text = redact(text, settings.password.read())
+        except DataflareError:
+            pass
+    return text
 
 
 def _where(settings: RedisSettings) -> str:
@@ -223,6 +254,8 @@ def connect(settings: RedisSettings) -> redis.Redis:
     options: dict = {
         "socket_connect_timeout": settings.connect_timeout_s,
         "socket_timeout": settings.socket_timeout_s,
+        "username": settings.username,
+        "password": settings.password.read() if settings.password is not None else None,
     }
     if settings.uses_tls:
         # rediss:// without a tls block still verifies (chain and name, system CAs).

@@ -15,6 +15,7 @@ from dataflare_platform.alerting import (
     WebhookChannel,
     WebhookConfig,
 )
+from dataflare_platform.alerting.channels import DeliveryError
 
 T = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 MESSAGE = AlertMessage(
@@ -35,7 +36,9 @@ MESSAGE = AlertMessage(
 
 
 def test_webhook_posts_json_with_headers(http_receiver):
-    config = WebhookConfig(type="webhook", url=http_receiver.url("/in"), headers={"X-K": "v"})
+    config = WebhookConfig(
+        type="webhook", url=http_receiver.url("/in"), headers={"X-K": "v"}, allow_http_loopback=True
+    )
     WebhookChannel(config).send(MESSAGE)
     [body] = http_receiver.bodies("/in")
     assert body["alert_id"] == 7 and body["labels"] == {"asset": "streams/bids"}
@@ -44,12 +47,15 @@ def test_webhook_posts_json_with_headers(http_receiver):
 
 def test_webhook_error_status_raises(http_receiver):
     http_receiver.failing.add("/in")
-    with pytest.raises(OSError, match="500"):
-        WebhookChannel(WebhookConfig(type="webhook", url=http_receiver.url("/in"))).send(MESSAGE)
+    config = WebhookConfig(type="webhook", url=http_receiver.url("/in"), allow_http_loopback=True)
+    with pytest.raises(DeliveryError, match="500"):
+        WebhookChannel(config).send(MESSAGE)
 
 
 def test_slack_payload(http_receiver):
-    config = SlackConfig(type="slack", url=http_receiver.url("/s"), username="dataflare")
+    config = SlackConfig(
+        type="slack", url=http_receiver.url("/s"), username="dataflare", allow_http_loopback=True
+    )
     SlackChannel(config).send(MESSAGE)
     [body] = http_receiver.bodies("/s")
     assert body["text"] == "[ERROR] lag [asset=streams/bids]: lag_events 12000 > 1000"
@@ -58,7 +64,7 @@ def test_slack_payload(http_receiver):
 
 
 def test_email_with_starttls_and_login(smtp_tls_receiver, monkeypatch):
-    monkeypatch.setenv("ALERTS_SMTP_PASSWORD", "s3cret")
+    monkeypatch.setenv("DATAFLARE_SECRET_ALERTS_SMTP", "s3cret")
     config = EmailConfig.model_validate(
         {
             "type": "email",
@@ -69,7 +75,7 @@ def test_email_with_starttls_and_login(smtp_tls_receiver, monkeypatch):
             "starttls": True,
             "ca_file": smtp_tls_receiver.ca_file,
             "username": "alerts",
-            "password_env": "ALERTS_SMTP_PASSWORD",
+            "password_env": "DATAFLARE_SECRET_ALERTS_SMTP",
         }
     )
     EmailChannel(config).send(MESSAGE)
@@ -91,6 +97,6 @@ def test_email_refuses_an_unverified_server(smtp_tls_receiver):
             "starttls": True,
         }
     )
-    with pytest.raises(OSError, match="CERTIFICATE_VERIFY_FAILED"):
+    with pytest.raises(DeliveryError, match="CERTIFICATE_VERIFY_FAILED"):
         EmailChannel(config).send(MESSAGE)
     assert smtp_tls_receiver.messages == []

@@ -15,8 +15,8 @@ from dataflare_platform_tests.receivers import Clock, HttpReceiver, SmtpReceiver
 def _rules(http: HttpReceiver, smtp: SmtpReceiver, extra: str = "") -> RuleSet:
     text = f"""
 channels:
-  hook: {{type: webhook, url: "{http.url("/hook")}", timeout: 5}}
-  slack: {{type: slack, url: "{http.url("/slack")}", timeout: 5}}
+  hook: {{type: webhook, url: "{http.url("/hook")}", timeout: 5, allow_http_loopback: true}}
+  slack: {{type: slack, url: "{http.url("/slack")}", timeout: 5, allow_http_loopback: true}}
   mail:
     type: email
     host: {smtp.host}
@@ -143,11 +143,16 @@ def test_unreachable_channel_is_recorded(tmp_path, http_receiver, smtp_receiver,
         sock.bind(("127.0.0.1", 0))
         dead_port = sock.getsockname()[1]
     rules = _rules(http_receiver, smtp_receiver)
-    dead = {"type": "webhook", "url": f"http://127.0.0.1:{dead_port}/x", "timeout": 2}
+    dead = {
+        "type": "webhook",
+        "url": f"http://127.0.0.1:{dead_port}/x",
+        "timeout": 2,
+        "allow_http_loopback": True,
+    }
     channels = {**rules.channels, "hook": RuleSet.load({"channels": {"d": dead}}).channels["d"]}
     mgr = AlertManager(rules, f"sqlite:///{tmp_path / 'a.db'}", channels)
     [alert] = mgr.observe(_run_failed(clock), clock.now)
-    assert "hook: URLError" in (alert.last_error or "")
+    assert "hook: DeliveryError" in (alert.last_error or "") and "URLError" in alert.last_error
     assert len(smtp_receiver.messages) == 1
     mgr.close()
 

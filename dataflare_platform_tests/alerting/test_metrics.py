@@ -13,7 +13,7 @@ from dataflare_platform_tests.receivers import Clock, HttpReceiver
 def _manager(tmp_path: Path, http: HttpReceiver, rule: str) -> AlertManager:
     text = f"""
 channels:
-  hook: {{type: webhook, url: "{http.url("/hook")}", timeout: 5}}
+  hook: {{type: webhook, url: "{http.url("/hook")}", timeout: 5, allow_http_loopback: true}}
 rules:
 {rule}
 """

@@ -12,7 +12,7 @@ from dataflare_platform.errors import ConfigError
 
 GOOD = """
 channels:
-  slack: {type: slack, url: "http://127.0.0.1:9/slack"}
+  slack: {type: slack, url: "http://127.0.0.1:9/slack", allow_http_loopback: true}
   mail: {type: email, host: 127.0.0.1, from: a@b.c, to: ops@b.c}
 escalation_policies:
   oncall:
@@ -135,7 +135,7 @@ def test_dangling_references_are_named():
     problems = _problems(
         """
 channels:
-  slack: {type: slack, url: "http://127.0.0.1:9/"}
+  slack: {type: slack, url: "http://127.0.0.1:9/", allow_http_loopback: true}
 escalation_policies:
   p:
     tiers: [{channels: [slack, pager], timeout: 5m}, {channels: [slack]}]

@@ -14,7 +14,7 @@ from dataflare_platform.home import ProjectHome
 
 RULES = """
 channels:
-  hook: {type: webhook, url: "HOOK", timeout: 5}
+  hook: {type: webhook, url: "HOOK", timeout: 5, allow_http_loopback: true}
 escalation_policies:
   p:
     tiers: [{channels: [hook], timeout: 15m}, {channels: [hook]}]

@@ -23,7 +23,7 @@ runner = CliRunner()
 
 RULES = """
 channels:
-  hook: {type: webhook, url: "HOOK", timeout: 5}
+  hook: {type: webhook, url: "HOOK", timeout: 5, allow_http_loopback: true}
 rules:
   - {name: job_failed, kind: run_failed, channels: [hook]}
 """

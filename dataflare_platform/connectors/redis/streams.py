@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from urllib.parse import urlsplit
 
 import pyarrow as pa
@@ -231,10 +231,8 @@ def _said(err: BaseException, settings: RedisSettings) -> str:
     """The client's message with the URL's and the reference's secrets redacted."""
     text = redact(str(err), urlsplit(settings.url).password)
     if settings.password is not None:
-        try:
+        with suppress(DataflareError):  # an unreadable secret cannot be in the message
             text = redact(text, settings.password.read())
-        except DataflareError:
-            pass
     return text
 
 

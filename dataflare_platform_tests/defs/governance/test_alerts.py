@@ -13,7 +13,7 @@ from dataflare_platform.defs.governance.resources import GovernanceResource
 
 RULES = """
 channels:
-  hook: {{type: webhook, url: "{hook}"}}
+  hook: {{type: webhook, url: "{hook}", allow_http_loopback: true}}
   mail: {{type: email, host: 127.0.0.1, port: {smtp_port}, from: alerts@dataflare.local,
          to: [oncall@dataflare.local]}}
 escalation_policies:

@@ -104,7 +104,15 @@ def test_checkpoints_are_also_sent_to_the_alert_channel_as_a_witness_verify_can_
         checkpoint_from_witness,
     )
 
-    rules = {"channels": {"audit-witness": {"type": "webhook", "url": http_receiver.url("/w")}}}
+    rules = {
+        "channels": {
+            "audit-witness": {
+                "type": "webhook",
+                "url": http_receiver.url("/w"),
+                "allow_http_loopback": True,
+            }
+        }
+    }
     (home.root / "alerts.yaml").write_text(json.dumps(rules))
     monkeypatch.setenv(ENV_ANCHOR_CHANNEL, "audit-witness")
     defs = dg.Definitions.merge(

@@ -91,7 +91,8 @@ def test_a_cursor_that_is_not_the_trails_own_is_a_gap_not_a_silenced_trail(
 def test_a_moved_cursor_alerts_through_the_alert_rules(home, instance, resources, http_receiver):
     (home.root / "alerts.yaml").write_text(
         "channels:\n"
-        f"  hook: {{type: webhook, url: '{http_receiver.url('/hook')}'}}\n"
+        f"  hook: {{type: webhook, url: '{http_receiver.url('/hook')}',"
+        " allow_http_loopback: true}\n"
         "rules:\n"
         "  - {name: audit, kind: instigator_errored, instigators: [audit_trail],"
         " channels: [hook]}\n"

@@ -52,7 +52,8 @@ def contacts(dataflare: ProjectHomeResource) -> dg.MaterializeResult:
 @pytest.mark.e2e
 def test_report_states_the_planted_failures(home, instance, resources, tmp_path, http_receiver):
     (home.root / "alerts.yaml").write_text(
-        f"channels: {{hook: {{type: webhook, url: '{http_receiver.url('/hook')}'}}}}\n"
+        f"channels: {{hook: {{type: webhook, url: '{http_receiver.url('/hook')}',"
+        " allow_http_loopback: true}}\n"
         "rules: [{name: crm_checks, kind: check_failed, assets: [crm], severity: error,"
         " channels: [hook]}]\n"
     )

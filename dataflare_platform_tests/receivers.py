@@ -8,6 +8,7 @@ import ipaddress
 import json
 import socket
 import ssl
+import subprocess
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -200,3 +201,168 @@ def smtp_tls_receiver(tmp_path: Path) -> Iterator[TlsSmtpReceiver]:
         yield TlsSmtpReceiver(controller.hostname, controller.port, handler, str(cert), logins)
     finally:
         controller.stop()
+
+
+# --- TLS receivers with a test CA made by openssl (the tool operators use) --------------
+
+
+@dataclass(frozen=True)
+class TlsCa:
+    """A CA and a server certificate it signed for 127.0.0.1 (files 0600)."""
+
+    ca_file: str
+    cert_file: str
+    key_file: str
+
+    def server_context(self) -> ssl.SSLContext:
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        context.load_cert_chain(self.cert_file, self.key_file)
+        return context
+
+
+def make_test_ca(directory: Path, name: str = "test-ca") -> TlsCa:
+    """``openssl`` makes a CA and a server certificate (SAN IP:127.0.0.1) it signs."""
+
+    directory.mkdir(parents=True, exist_ok=True)
+    ca_key, ca_crt = directory / f"{name}.key", directory / f"{name}.crt"
+    key, csr, crt = directory / "server.key", directory / "server.csr", directory / "server.crt"
+    ext = directory / "server.ext"
+    ext.write_text("subjectAltName=IP:127.0.0.1,DNS:localhost\nbasicConstraints=CA:FALSE\n")
+
+    def run(*args: str) -> None:
+        subprocess.run(["openssl", *args], check=True, capture_output=True)
+
+    run(
+        "req",
+        "-x509",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+        "-nodes",
+        "-keyout",
+        str(ca_key),
+        "-out",
+        str(ca_crt),
+        "-days",
+        "2",
+        "-subj",
+        f"/CN={name}",
+    )
+    run(
+        "req",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+        "-nodes",
+        "-keyout",
+        str(key),
+        "-out",
+        str(csr),
+        "-subj",
+        "/CN=127.0.0.1",
+    )
+    run(
+        "x509",
+        "-req",
+        "-in",
+        str(csr),
+        "-CA",
+        str(ca_crt),
+        "-CAkey",
+        str(ca_key),
+        "-CAcreateserial",
+        "-out",
+        str(crt),
+        "-days",
+        "2",
+        "-extfile",
+        str(ext),
+    )
+    for path in directory.iterdir():
+        path.chmod(0o600)
+    return TlsCa(str(ca_crt), str(crt), str(key))
+
+
+@pytest.fixture
+def test_ca(tmp_path: Path) -> TlsCa:
+    return make_test_ca(tmp_path / "pki")
+
+
+@pytest.fixture
+def other_ca(tmp_path: Path) -> TlsCa:
+    """A second CA: a client trusting only this one must refuse ``test_ca``'s servers."""
+    return make_test_ca(tmp_path / "other-pki", "other-ca")
+
+
+@dataclass
+class HttpsReceiver(HttpReceiver):
+    """``HttpReceiver`` over TLS; it also records each request's headers."""
+
+    headers: list[dict[str, str]] = field(default_factory=list)
+
+    def url(self, path: str) -> str:
+        host, port = self.server.server_address[:2]
+        return f"https://{host}:{port}{path}"
+
+
+@pytest.fixture
+def https_receiver(test_ca: TlsCa) -> Iterator[HttpsReceiver]:
+    received: list[tuple[str, dict[str, Any]]] = []
+    headers: list[dict[str, str]] = []
+    failing: set[str] = set()
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            length = int(self.headers.get("Content-Length", 0))
+            received.append((self.path, json.loads(self.rfile.read(length))))
+            headers.append(dict(self.headers.items()))
+            self.send_response(500 if self.path in failing else 200)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    server.socket = test_ca.server_context().wrap_socket(server.socket, server_side=True)
+    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
+    thread.start()
+    try:
+        yield HttpsReceiver(server, received, failing, [], headers)
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()
+
+
+def start_smtp(
+    mode: str, password: str, ca: TlsCa | None = None
+) -> tuple[Controller, TlsSmtpReceiver]:
+    """An aiosmtpd server requiring a login (user ``alerts``) with ``password``: ``mode``
+    ``starttls`` (STARTTLS required before AUTH), ``smtps`` (TLS from the first byte) or
+    ``plain`` (AUTH allowed without TLS: what a client must refuse to log in to)."""
+    handler = _MailHandler()
+    logins: list[tuple[str, str]] = []
+
+    def authenticate(server: Any, session: Any, envelope: Any, mechanism: str, data: Any):
+        login, given = data.login.decode(), data.password.decode()
+        logins.append((login, given))
+        return AuthResult(success=(login, given) == ("alerts", password))
+
+    options: dict[str, Any] = {"auth_required": True, "authenticator": authenticate}
+    if mode == "starttls":
+        assert ca is not None
+        options.update(tls_context=ca.server_context(), require_starttls=True)
+    elif mode == "smtps":
+        assert ca is not None
+        options.update(ssl_context=ca.server_context(), auth_require_tls=False)
+    else:
+        options.update(auth_require_tls=False)
+    controller = Controller(handler, hostname="127.0.0.1", port=_free_port(), **options)
+    controller.start()
+    receiver = TlsSmtpReceiver(
+        controller.hostname, controller.port, handler, ca.ca_file if ca else "", logins
+    )
+    return controller, receiver

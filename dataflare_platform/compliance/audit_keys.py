@@ -57,6 +57,7 @@ from dataflare_platform.compliance.audit_signing import (
 from dataflare_platform.errors import ConfigError, InvalidInputError
 from dataflare_platform.home import ProjectHome, path_inside, user_config_dir
 from dataflare_platform.models import StrictModel
+from dataflare_platform.secrets import redact_url
 
 # Re-exported: the signing vocabulary is reached through this module too.
 __all__ = [
@@ -226,13 +227,9 @@ def normalize_url(url: str) -> str:
 
 
 def safe_url(url: str) -> str:
-    """The URL with any password masked, for messages and reports."""
-    if url.startswith("file:"):
-        return url
-    try:
-        return make_url(url).render_as_string(hide_password=True)
-    except ArgumentError:
-        return "<unparseable URL>"
+    """The URL with any password masked, for messages and reports: the platform's one
+    redaction helper (``secrets.redact_url``)."""
+    return redact_url(url)
 
 
 class AuditSettings(StrictModel):

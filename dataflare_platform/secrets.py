@@ -105,12 +105,18 @@ class PlatformSecretRef(SecretRef):
     @field_validator("env")
     @classmethod
     def _prefixed(cls, value: str | None) -> str | None:
-        if value is not None and not value.startswith(SECRET_ENV_PREFIX):
-            raise ValueError(
-                f"only variables named {SECRET_ENV_PREFIX}* may be read here "
-                f"(not {value!r}): the deployment exports the secrets it means to share"
-            )
-        return value
+        return value if value is None else prefixed_env(value)
+
+
+def prefixed_env(name: str) -> str:
+    """``name`` if it carries the platform's secret prefix; ValueError (the field's
+    refusal at load) otherwise."""
+    if not name.startswith(SECRET_ENV_PREFIX):
+        raise ValueError(
+            f"only variables named {SECRET_ENV_PREFIX}* may be read here "
+            f"(not {name!r}): the deployment exports the secrets it means to share"
+        )
+    return name
 
 
 def _read_secret_file(path: Path, where: str) -> str:

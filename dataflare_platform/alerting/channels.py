@@ -27,6 +27,7 @@ from dataflare_platform.secrets import HINT as SECRET_HINT
 from dataflare_platform.secrets import (
     PlatformSecretRef,
     is_credential_header,
+    prefixed_env,
     redact,
     url_credential_problem,
 )
@@ -222,9 +223,7 @@ class EmailConfig(_Config):
     @field_validator("password_env")
     @classmethod
     def _prefixed(cls, value: str | None) -> str | None:
-        if value is not None:
-            PlatformSecretRef(env=value)  # one rule, one wording (raises naming the prefix)
-        return value
+        return value if value is None else prefixed_env(value)
 
     @model_validator(mode="after")
     def _login_needs_password(self) -> EmailConfig:

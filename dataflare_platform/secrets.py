@@ -30,7 +30,7 @@ from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 
-from dataflare_platform.errors import SecretUnavailableError
+from dataflare_platform.errors import InvalidInputError, SecretUnavailableError
 from dataflare_platform.models import StrictModel
 
 # A secret's value in memory: ``repr``/``str`` print ``**********``; ``get_secret_value()``
@@ -112,7 +112,7 @@ def prefixed_env(name: str) -> str:
     """``name`` if it carries the platform's secret prefix; ValueError (the field's
     refusal at load) otherwise."""
     if not name.startswith(SECRET_ENV_PREFIX):
-        raise ValueError(
+        raise InvalidInputError(
             f"only variables named {SECRET_ENV_PREFIX}* may be read here "
             f"(not {name!r}): the deployment exports the secrets it means to share"
         )

@@ -21,7 +21,7 @@ from urllib.parse import urlsplit
 
 from pydantic import ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
-from dataflare_platform.errors import DataflareError
+from dataflare_platform.errors import DataflareError, InvalidInputError
 from dataflare_platform.models import StrictModel
 from dataflare_platform.secrets import HINT as SECRET_HINT
 from dataflare_platform.secrets import (
@@ -135,7 +135,7 @@ def _literal_url(value: str | PlatformSecretRef, hook_path_is_secret: bool) -> A
         if problem is None and hook_path_is_secret and ("/services/" in path or "/hooks/" in path):
             problem = f"a Slack/Mattermost hook URL is a credential; {SECRET_HINT}"
         if problem:
-            raise ValueError(problem)
+            raise InvalidInputError(problem)
     return value
 
 
@@ -151,7 +151,7 @@ class _HttpConfig(_Config):
         if isinstance(value, str):
             problem = _check_transport(value, bool(info.data.get("allow_http_loopback")))
             if problem:
-                raise ValueError(problem)
+                raise InvalidInputError(problem)
         return value
 
     def resolved_url(self) -> str:

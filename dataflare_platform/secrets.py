@@ -25,7 +25,6 @@ import os
 import re
 import stat
 from pathlib import Path
-from typing import Any
 from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
 
 from pydantic import Field, SecretStr, field_validator, model_validator
@@ -45,10 +44,34 @@ HINT = (
 )
 
 _ENV_NAME = r"^[A-Za-z_][A-Za-z0-9_]{0,127}$"
-# Query parameters and header names whose values are credentials.
-_CREDENTIAL_WORDS = re.compile(
-    r"(pass|pwd|secret|token|auth|key|signature|sig|credential|session|cookie)", re.I
+# Words that make a query parameter or header name a credential, matched on whole words
+# of the name (``api_key``, ``X-Auth-Token``, ``Authorization``) so that, say, a TLS
+# option ``ssl_keyfile`` is not mistaken for one.
+_CREDENTIAL_WORDS = frozenset(
+    [
+        "pass",
+        "passwd",
+        "password",
+        "pwd",
+        "secret",
+        "token",
+        "auth",
+        "authorization",
+        "key",
+        "apikey",
+        "sig",
+        "signature",
+        "credential",
+        "credentials",
+        "session",
+        "cookie",
+        "bearer",
+    ]
 )
+
+
+def _is_credential_name(name: str) -> bool:
+    return any(word in _CREDENTIAL_WORDS for word in re.split(r"[^a-z0-9]+", name.lower()))
 
 
 class SecretRef(StrictModel):
@@ -152,15 +175,6 @@ def _read_secret_file(path: Path, where: str) -> str:
         raise SecretUnavailableError(f"secret {where} is not UTF-8 text") from None
 
 
-def secret_value(value: str | SecretRef | Secret | None) -> str | None:
-    """A plain value (non-secret setting), a reference read now, or a ``Secret`` opened."""
-    if value is None or isinstance(value, str):
-        return value
-    if isinstance(value, SecretRef):
-        return value.read()
-    return value.get_secret_value()
-
-
 # --- redaction -------------------------------------------------------------------------
 
 
@@ -183,7 +197,7 @@ def redact_url(url: str) -> str:
         if query:
             pairs = parse_qsl(query, keep_blank_values=True)
             query = urlencode(
-                [(k, REDACTED if _CREDENTIAL_WORDS.search(k) else v) for k, v in pairs],
+                [(k, REDACTED if _is_credential_name(k) else v) for k, v in pairs],
                 safe="*",
             )
         return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
@@ -213,18 +227,11 @@ def url_credential_problem(url: str, token_user: bool = False) -> str | None:
     if parts.password is not None or (token_user and parts.username):
         return f"the URL carries a credential in its user part; {HINT}"
     for key, _ in parse_qsl(parts.query, keep_blank_values=True):
-        if _CREDENTIAL_WORDS.search(key):
+        if _is_credential_name(key):
             return f"the URL carries a credential in its query ({key}=...); {HINT}"
     return None
 
 
 def is_credential_header(name: str) -> bool:
     """Headers whose values are credentials (Authorization, X-Api-Key, *-Token...)."""
-    return bool(_CREDENTIAL_WORDS.search(name))
-
-
-def literal_secret_problem(value: Any) -> str | None:
-    """A one-line refusal when ``value`` is a literal where a reference is required."""
-    if isinstance(value, str):
-        return f"a literal value is refused here; {HINT}"
-    return None
+    return _is_credential_name(name)

@@ -32,7 +32,15 @@ from dataflare_platform_tests.tls_ca import TestCA
 from dataflare_platform_tests.tls_servers import TlsNats, running_tls_nats
 
 pytestmark = pytest.mark.e2e
-SECRET = "nats-secret-91ab"  # a recognisable password in the url
+SECRET = "nats-secret-91ab"  # a recognisable password
+SECRET_VAR = (
+    "DATAFLARE_SECRET_TEST_NATS_TLS"  # the password comes from a reference, as settings require
+)
+
+
+@pytest.fixture(autouse=True)
+def _secret_in_env(monkeypatch) -> None:
+    monkeypatch.setenv(SECRET_VAR, SECRET)
 
 
 @pytest.fixture(scope="module")
@@ -67,7 +75,13 @@ def make_settings(tls_nats, test_ca):
 
 def refused(url: str, tls: dict | None) -> str:
     settings = NatsSettings.load(
-        url=url, stream="s", tls=tls, connect_timeout_s=10, reconnect_attempts=0
+        url=url,
+        stream="s",
+        tls=tls,
+        connect_timeout_s=10,
+        reconnect_attempts=0,
+        user="user",
+        password={"env": SECRET_VAR},
     )
     with pytest.raises(BrokerUnavailableError) as caught:
         NatsProducer(settings)
@@ -77,7 +91,9 @@ def refused(url: str, tls: dict | None) -> str:
 
 
 def with_password(server: TlsNats) -> str:
-    return f"tls://user:{SECRET}@127.0.0.1:{server.port}"
+    # The password itself is a reference (``refused`` passes it): a url carrying it
+    # is refused at load.
+    return f"tls://127.0.0.1:{server.port}"
 
 
 def test_round_trip_over_mutual_tls(make_settings, small_nexmark):

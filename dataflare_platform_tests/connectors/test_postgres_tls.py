@@ -27,6 +27,7 @@ from dataflare_platform.connectors.settings import OpenContext
 from dataflare_platform.connectors.tls import TlsSettings
 from dataflare_platform.engine import Runner, RunnerConfig
 from dataflare_platform.queries.nexmark import BUILDERS
+from dataflare_platform.secrets import PlatformSecretRef
 from dataflare_platform_tests.connectors.contract import SinkCase, TransactionalSinkContract
 from dataflare_platform_tests.connectors.sink_helpers import collect, same_rows, sources
 from dataflare_platform_tests.tls_ca import TestCA
@@ -34,7 +35,15 @@ from dataflare_platform_tests.tls_servers import TlsPostgres, running_tls_postgr
 
 pytestmark = pytest.mark.e2e
 CONFIG = RunnerConfig(batch_rows=100, checkpoint_every=3)
-SECRET = "pg-secret-4f1d"  # a recognisable password in the dsn (trust auth ignores it)
+SECRET = "pg-secret-4f1d"  # a recognisable password (trust auth ignores it)
+SECRET_VAR = (
+    "DATAFLARE_SECRET_TEST_PG_TLS"  # the password comes from a reference, as settings require
+)
+
+
+@pytest.fixture(autouse=True)
+def _secret_in_env(monkeypatch) -> None:
+    monkeypatch.setenv(SECRET_VAR, SECRET)
 
 
 @pytest.fixture(scope="module")
@@ -48,7 +57,7 @@ def mtls(ca: TestCA, **values) -> TlsSettings:
 
 
 def mtls_dsn(server: TlsPostgres) -> str:
-    return f"postgresql://{server.mtls_user}:{SECRET}@127.0.0.1:{server.port}/{server.dbname}"
+    return f"postgresql://{server.mtls_user}@127.0.0.1:{server.port}/{server.dbname}"
 
 
 @pytest.fixture
@@ -60,7 +69,9 @@ def schema(tls_pg, test_ca) -> Iterator[str]:
 
 
 def refused(dsn: str, tls: TlsSettings) -> str:
-    sink = PostgresSink(dsn, "out", tls=tls, connect_timeout_s=30)
+    sink = PostgresSink(
+        dsn, "out", tls=tls, connect_timeout_s=30, password=PlatformSecretRef(env=SECRET_VAR)
+    )
     with pytest.raises(PostgresUnavailableError) as caught:
         sink.open("p")
     message = str(caught.value)
@@ -70,7 +81,11 @@ def refused(dsn: str, tls: TlsSettings) -> str:
 
 def test_a_pipeline_commits_over_mutual_tls(tls_pg, test_ca, schema, small_nexmark):
     settings = postgres_connector.PostgresSinkSettings(
-        dsn=mtls_dsn(tls_pg), table="q1", schema_name=schema, tls=mtls(test_ca)
+        dsn=mtls_dsn(tls_pg),
+        table="q1",
+        schema_name=schema,
+        tls=mtls(test_ca),
+        password={"env": SECRET_VAR},
     )
     sink = postgres_connector.open_sink(settings, OpenContext("tls"))
     result = Runner(BUILDERS["q1"](sources("q1", small_nexmark), sink), CONFIG).run()
@@ -141,7 +156,11 @@ class TestPostgresTlsSinkContract(TransactionalSinkContract):
     @pytest.fixture
     def sink_case(self, tls_pg, test_ca, schema) -> SinkCase:
         settings = postgres_connector.PostgresSinkSettings(
-            dsn=mtls_dsn(tls_pg), table="out", schema_name=schema, tls=mtls(test_ca)
+            dsn=mtls_dsn(tls_pg),
+            table="out",
+            schema_name=schema,
+            tls=mtls(test_ca),
+            password={"env": SECRET_VAR},
         )
         conninfo = tls_conninfo(settings.dsn, mtls(test_ca))
 

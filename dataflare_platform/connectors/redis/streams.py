@@ -184,6 +184,18 @@ class RedisSettings(StreamSettings):
     def uses_tls(self) -> bool:
         return self.url.startswith("rediss://")
 
+    # Credentials: never in ``url`` (refused at load); a reference read at connect.
+    username: str | None = Field(None, pattern=r"^\S{1,200}$", description="ACL user")
+    password: PlatformSecretRef | None = Field(None, description="{env: ...} or {file: ...}")
+
+    @field_validator("url")
+    @classmethod
+    def _no_literal_credential(cls, value: str) -> str:
+        problem = url_credential_problem(value)
+        if problem:
+            raise ValueError(problem)
+        return value
+
 
 class _TlsConnection(redis.SSLConnection):
     """redis-py's TLS connection with the context built from ``TlsSettings`` (one
@@ -197,18 +209,6 @@ class _TlsConnection(redis.SSLConnection):
     def _wrap_socket_with_ssl(self, sock):  # redis-py 8: the one place it wraps
         name = self._tls.server_name or self.host
         return self._tls.ssl_context().wrap_socket(sock, server_hostname=name)
-
-    # Credentials: never in ``url`` (refused at load); a reference read at connect.
-    username: str | None = Field(None, pattern=r"^\S{1,200}$", description="ACL user")
-    password: PlatformSecretRef | None = Field(None, description="{env: ...} or {file: ...}")
-
-    @field_validator("url")
-    @classmethod
-    def _no_literal_credential(cls, value: str) -> str:
-        problem = url_credential_problem(value)
-        if problem:
-            raise ValueError(problem)
-        return value
 
 
 @contextmanager

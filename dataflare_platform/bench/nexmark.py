@@ -73,7 +73,7 @@ def run(
     # Latency is reported for the steady state: the first batches pay one-off costs
     # (imports, Polars plan caches, page faults) and queue up behind them. The
     # percentiles over all batches are reported too.
-    warmup = min(WARMUP_BATCHES, len(m.latency.samples) // 10)
+    warmup = min(WARMUP_BATCHES, m.latency.count // 10)
     steady = m.latency.summary(skip=warmup)
     everything = m.latency.summary()
     events_per_s = events / result.seconds

@@ -31,8 +31,10 @@ from dataflare_platform.engine.metrics import EngineMetrics, MetricsListener, Op
 from dataflare_platform.engine.operators.base import WM_COL
 from dataflare_platform.engine.pipeline import Pipeline
 from dataflare_platform.engine.sinks import side_rows
+from dataflare_platform.engine.telemetry import EngineTelemetry
 from dataflare_platform.engine.watermarks import MAX_WATERMARK, MIN_WATERMARK, WatermarkTracker
 from dataflare_platform.errors import BatchRejectedError, DataflareError, InvalidInputError
+from dataflare_platform.observability import instruments
 from dataflare_platform.times import now_ms
 
 
@@ -196,6 +198,7 @@ class _Run:
         # Operators' own counters at the start, so each run reports its own increase.
         self._own_base = {node.id: node.operator.stats() for node in self.p.operators()}
         self.row_watermarks = any(n.operator.uses_watermark for n in self.p.operators())
+        self.telemetry: EngineTelemetry | None = None  # set in execute when metrics are on
 
     # -- set-up --------------------------------------------------------------------------
     def _restore(self) -> None:
@@ -253,6 +256,18 @@ class _Run:
     def execute(self) -> RunResult:
         started = time.perf_counter()
         self._restore()
+        exported = instruments()
+        if exported is not None:
+            self.telemetry = EngineTelemetry(
+                exported,
+                self.p.name,
+                self.metrics,
+                {
+                    f"{n.source.name}/{p}": (n.source, p)
+                    for n in self.p.sources()
+                    for p in n.source.partitions()
+                },
+            )
         source_thread = threading.Thread(
             target=self._guard(self._read), name="df-source", daemon=True
         )
@@ -272,6 +287,8 @@ class _Run:
             self._drain(self.source_q)
             source_thread.join(timeout=10)
             self.sink.close()
+        if self.telemetry is not None:
+            self._export(force=True)  # even after an error: what was done is counted
         if self.errors:
             raise self.errors[0]
         self._own_stats()
@@ -391,12 +408,17 @@ class _Run:
             self.sink.write(item.output, item.side)
             pending.extend(item.ingest)
             if item.checkpoint is not None:
+                t0 = time.perf_counter()
                 self.sink.commit(item.checkpoint)
+                if self.telemetry is not None:
+                    self.telemetry.committed(time.perf_counter() - t0)
                 self._committed(item.checkpoint)
             if item.checkpoint is not None or not self.sink.transactional:
                 now = time.perf_counter()
                 for ingest in pending:
                     self.metrics.latency.record((now - ingest) * 1000)
+                    if self.telemetry is not None:
+                        self.telemetry.latency(now - ingest)
                 pending.clear()
             if item.checkpoint is not None and self.on_commit is not None:
                 self.on_commit(item.checkpoint, self.metrics)
@@ -421,9 +443,11 @@ class _Run:
         ingests: list[float] = []
         self.last_checkpoint = self.checkpoint()
         while True:
+            waited = time.perf_counter()
             try:
                 item = self.source_q.get(timeout=0.1)
             except queue.Empty:
+                self.metrics.idle_s += time.perf_counter() - waited
                 if self.errors:
                     raise EngineError("stopping after an error") from self.errors[0]
                 if self.p.idle_timeout_ms is not None:
@@ -433,6 +457,7 @@ class _Run:
                 elif self._checkpoint_due_by_time():
                     self._flush([], checkpoint=True)
                 continue
+            self.metrics.idle_s += time.perf_counter() - waited
             if item is _END:
                 break
             if isinstance(item, _Finished):
@@ -486,7 +511,10 @@ class _Run:
             self.batches_since_checkpoint = 0
             self.checkpointed_at = time.monotonic()
         if checkpoint and (self.sink.transactional or final):
+            t0 = time.perf_counter()
             cp = self.checkpoint()
+            if self.telemetry is not None:
+                self.telemetry.checkpointed(cp, time.perf_counter() - t0)
             self.metrics.checkpoints += 1
             self.last_checkpoint = cp
         if output is not None or side is not None or cp is not None or ingests:
@@ -496,6 +524,21 @@ class _Run:
                 self.metrics.operators[node.id].state_rows = node.operator.state_rows()
             self._own_stats()
             self.listener(self.metrics)
+        if self.telemetry is not None:
+            self._export()
+
+    def _export(self, force: bool = False) -> None:
+        """Hand the counters to the exporters (rate-limited by the telemetry itself)."""
+        telemetry = self.telemetry
+        if telemetry is None or (not force and time.monotonic() < telemetry._next):
+            return
+        telemetry.flush(
+            self.metrics,
+            self.offsets,
+            self.source_ends,
+            {n.id: n.operator.state_rows() for n in self.p.operators()},
+            force=force,
+        )
 
     def _own_stats(self) -> None:
         for node in self.p.operators():
@@ -527,10 +570,15 @@ class _Run:
         time_col = source.time_column
         self.metrics.batches += 1
         self.metrics.events_in += item.table.num_rows
+        parts = self.metrics.partition_in
+        parts[item.key] = parts.get(item.key, 0) + item.table.num_rows
+        if item.newest is not None:
+            self.metrics.emit_event_ms = item.newest
         good, dead = self._validate(item, source.schema, time_col)
         self.offsets[item.key] = item.end
         if dead is not None:
             self.metrics.dead_letters += dead.height
+            self._dead_reasons(dead)
             self._sides.append(dead)
         if good is None or good.height == 0:
             return
@@ -558,6 +606,21 @@ class _Run:
         else:
             self._emit(item.node, good.with_columns(pl.Series(WM_COL, row_wm)))
         self._advance()
+
+    def _dead_reasons(self, dead: pl.DataFrame) -> None:
+        """Count dead letters by reason kind (bounded label values, not the free text)."""
+        reasons = self.metrics.dead_by_reason
+        for reason, n in dead.group_by("reason").len().iter_rows():
+            kind = (
+                "schema_mismatch"
+                if reason.startswith("schema mismatch")
+                else "null_event_time"
+                if reason.startswith("null event time")
+                else "future_event_time"
+                if "ahead of the stream" in reason
+                else "other"
+            )
+            reasons[kind] = reasons.get(kind, 0) + n
 
     def _validate(self, item: _SourceBatch, schema: pa.Schema, time_col: str):
         """Split a source batch into rows the pipeline can take and dead letters."""
@@ -638,7 +701,7 @@ class _Run:
         except BatchRejectedError as err:
             # Contained failure of this batch only (e.g. a plugin trap or timeout): the
             # rows are kept as dead letters with the reason, and the pipeline goes on.
-            self._reject(node_id, df, str(err), t0)
+            self._reject(node_id, df, str(err), t0, kind="batch_rejected")
             return
         except _POLARS_FAILURES as err:
             reason = f"{op.name} failed: {polars_reason(err)}"
@@ -649,7 +712,7 @@ class _Run:
             # A stateless step (an expression failing on this batch's values or
             # columns): the batch is dead-lettered with the reason and the run goes on;
             # its offsets are already past it, so a restart does not meet it again.
-            self._reject(node_id, df, reason, t0)
+            self._reject(node_id, df, reason, t0, kind="expression_failed")
             return
         stats.seconds += time.perf_counter() - t0
         stats.rows_in += df.height
@@ -663,12 +726,18 @@ class _Run:
             stats.rows_out += out.height
             self._emit(node_id, out)
 
-    def _reject(self, node_id: str, df: pl.DataFrame, reason: str, t0: float) -> None:
+    def _reject(
+        self, node_id: str, df: pl.DataFrame, reason: str, t0: float, *, kind: str
+    ) -> None:
+        """Dead-letter a whole batch at `node_id`; `kind` is the metric's reason label
+        (bounded set: `batch_rejected`, `expression_failed`), `reason` the full text."""
         stats = self.metrics.operators[node_id]
         stats.seconds += time.perf_counter() - t0
         stats.rows_in += df.height
         stats.errors += 1
         self.metrics.dead_letters += df.height
+        reasons = self.metrics.dead_by_reason
+        reasons[kind] = reasons.get(kind, 0) + df.height
         self._sides.append(side_rows(df, "dead_letter", node_id, reason))
         self._rejections += 1
         self._last_rejection = (node_id, reason)

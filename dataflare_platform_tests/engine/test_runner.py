@@ -133,7 +133,7 @@ def test_metrics_listener_sees_operators_latency_and_watermark():
     assert result.metrics.state_rows() == 0  # closed windows are evicted
     summary = result.metrics.latency.summary()
     assert 0 < summary["p50_ms"] <= summary["p99_ms"] <= summary["max_ms"]
-    assert len(result.metrics.latency.samples) == result.metrics.batches
+    assert result.metrics.latency.count == result.metrics.batches
 
 
 class FailingSink(CollectSink):

@@ -1,0 +1,220 @@
+"""The metric list: every metric the platform exports, with its type, labels and meaning.
+
+One list, so the instruments (``observability.instruments``), the Prometheus endpoint and
+``docs/observability.md`` (generated from it, a test holds them equal) cannot drift apart.
+Names follow Prometheus conventions (``_total`` counters, base units: seconds, bytes); the
+``known_as`` column maps each to the Flink FLIP-33 / Kafka name operators already know.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+Kind = Literal["counter", "gauge", "histogram"]
+
+# Bounded buckets (seconds) for latencies: 1 ms .. 60 s, roughly 1-2-5 spaced.
+LATENCY_BUCKETS_S: tuple[float, ...] = (
+    0.001,
+    0.002,
+    0.005,
+    0.01,
+    0.02,
+    0.05,
+    0.1,
+    0.2,
+    0.5,
+    1.0,
+    2.0,
+    5.0,
+    10.0,
+    30.0,
+    60.0,
+)
+
+
+@dataclass(frozen=True)
+class MetricSpec:
+    name: str
+    kind: Kind
+    labels: tuple[str, ...]
+    description: str
+    known_as: str = ""  # the FLIP-33 / Kafka name, for the docs
+    unit: str = ""
+    # prometheus_client multiprocess mode for gauges: "livemax"/"livesum" drop a dead
+    # worker's series once ``mark_process_dead`` ran for it.
+    multiprocess_mode: str = "livemax"
+    buckets: tuple[float, ...] = LATENCY_BUCKETS_S
+
+
+P = ("pipeline",)
+OP = ("pipeline", "operator")
+PART = ("pipeline", "source", "partition")
+
+METRICS: tuple[MetricSpec, ...] = (
+    MetricSpec(
+        "dataflare_engine_records_in_total",
+        "counter",
+        P,
+        "Records read from the pipeline's sources (valid and dead-lettered).",
+        "numRecordsIn (task)",
+    ),
+    MetricSpec(
+        "dataflare_engine_records_out_total",
+        "counter",
+        P,
+        "Records written to the pipeline's sink (the output table's rows).",
+        "numRecordsOut (sink)",
+    ),
+    MetricSpec(
+        "dataflare_engine_batches_total",
+        "counter",
+        P,
+        "Micro-batches taken from the sources.",
+    ),
+    MetricSpec(
+        "dataflare_source_records_in_total",
+        "counter",
+        PART,
+        "Records read per source partition.",
+        "numRecordsIn per split / Kafka records-consumed-total",
+    ),
+    MetricSpec(
+        "dataflare_source_records_lag",
+        "gauge",
+        PART,
+        "Records between the partition's end and the next offset the pipeline processes.",
+        "pendingRecords (FLIP-33) / Kafka records-lag",
+    ),
+    MetricSpec(
+        "dataflare_operator_records_in_total",
+        "counter",
+        OP,
+        "Rows handed to an operator.",
+        "numRecordsIn (operator)",
+    ),
+    MetricSpec(
+        "dataflare_operator_records_out_total",
+        "counter",
+        OP,
+        "Rows an operator emitted.",
+        "numRecordsOut (operator)",
+    ),
+    MetricSpec(
+        "dataflare_operator_state_rows",
+        "gauge",
+        OP,
+        "Rows an operator holds in its state (windows, joins, keyed state).",
+        "state size",
+        multiprocess_mode="livesum",
+    ),
+    MetricSpec(
+        "dataflare_engine_late_records_total",
+        "counter",
+        OP,
+        "Rows behind the watermark by more than the allowed lateness (side output 'late').",
+        "numLateRecordsDropped",
+    ),
+    MetricSpec(
+        "dataflare_engine_dead_letters_total",
+        "counter",
+        ("pipeline", "reason"),
+        "Rows sent to dead letters, by reason: schema_mismatch, null_event_time,"
+        " future_event_time, batch_rejected.",
+        "numRecordsInErrors",
+    ),
+    MetricSpec(
+        "dataflare_engine_watermark_lag_seconds",
+        "gauge",
+        P,
+        "Wall clock minus the pipeline's current watermark.",
+        "watermarkLag (currentInputWatermark vs now)",
+        unit="s",
+    ),
+    MetricSpec(
+        "dataflare_engine_emit_event_time_lag_seconds",
+        "gauge",
+        P,
+        "Wall clock minus the newest event time of the last batch processed.",
+        "currentEmitEventTimeLag (FLIP-33)",
+        unit="s",
+    ),
+    MetricSpec(
+        "dataflare_engine_latency_seconds",
+        "histogram",
+        P,
+        "End-to-end latency of a batch: read from the source to committed in the sink.",
+        "latency (end to end)",
+        unit="s",
+    ),
+    MetricSpec(
+        "dataflare_engine_busy_seconds_total",
+        "counter",
+        P,
+        "Time the operators spent processing (rate() = busy fraction).",
+        "busyTimeMsPerSecond",
+        unit="s",
+    ),
+    MetricSpec(
+        "dataflare_engine_idle_seconds_total",
+        "counter",
+        P,
+        "Time the operator thread waited for input (rate() = idle fraction).",
+        "idleTimeMsPerSecond",
+        unit="s",
+    ),
+    MetricSpec(
+        "dataflare_engine_backpressured_seconds_total",
+        "counter",
+        ("pipeline", "stage"),
+        "Time a stage was blocked on a full queue: stage=source (operators behind),"
+        " stage=operators (sink behind).",
+        "backPressuredTimeMsPerSecond",
+        unit="s",
+    ),
+    MetricSpec(
+        "dataflare_engine_checkpoints_total",
+        "counter",
+        P,
+        "Checkpoints taken.",
+        "numberOfCompletedCheckpoints",
+    ),
+    MetricSpec(
+        "dataflare_engine_checkpoint_duration_seconds",
+        "histogram",
+        P,
+        "Time to snapshot the operators' state for a checkpoint.",
+        "lastCheckpointDuration",
+        unit="s",
+    ),
+    MetricSpec(
+        "dataflare_engine_checkpoint_state_bytes",
+        "gauge",
+        P,
+        "In-memory size of the operator state in the last checkpoint.",
+        "lastCheckpointSize",
+        unit="By",
+    ),
+    MetricSpec(
+        "dataflare_sink_commit_seconds",
+        "histogram",
+        P,
+        "Time the sink took to commit output and checkpoint in one transaction.",
+        "sink commit latency",
+        unit="s",
+    ),
+)
+
+BY_NAME: dict[str, MetricSpec] = {m.name: m for m in METRICS}
+
+
+def markdown_table() -> str:
+    """The metric list as the Markdown table of docs/observability.md."""
+    lines = [
+        "| Metric | Type | Labels | Meaning | Flink / Kafka name |",
+        "|---|---|---|---|---|",
+    ]
+    for m in METRICS:
+        labels = ", ".join(f"`{label}`" for label in m.labels)
+        lines.append(f"| `{m.name}` | {m.kind} | {labels} | {m.description} | {m.known_as} |")
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,91 @@
+"""Observability settings: set by the deployment (environment), never by a launch.
+
+| Variable | Meaning | Default |
+|---|---|---|
+| ``DATAFLARE_METRICS`` | ``1``/``true``/``on`` turns metrics on | off |
+| ``DATAFLARE_METRICS_EXPORTERS`` | comma list of ``prometheus``, ``console``, ``memory`` | ``prometheus`` |
+| ``PROMETHEUS_MULTIPROC_DIR`` | where worker processes write their metric files | ``<home>/metrics`` |
+| ``OTEL_SERVICE_NAME`` / ``OTEL_RESOURCE_ATTRIBUTES`` | OpenTelemetry resource (``k=v,k=v``: code location, pipeline, partition, ...) | ``dataflare`` |
+
+Off by default: a process that never turns metrics on pays one ``None`` check per
+flushed batch (see docs/observability.md for the measurement).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
+
+from dataflare_platform.errors import ConfigError
+
+Exporter = Literal["prometheus", "console", "memory"]
+
+ENABLED_ENV = "DATAFLARE_METRICS"
+EXPORTERS_ENV = "DATAFLARE_METRICS_EXPORTERS"
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+HOME_ENV = "DATAFLARE_HOME"  # home.HOME_ENV_VAR (not imported: home pulls in pydantic models)
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"", "0", "false", "no", "off"}
+
+
+class ObservabilitySettings(BaseModel):
+    """What the deployment chose; ``from_env`` reads it, tests build it directly."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    enabled: bool = False
+    exporters: tuple[Exporter, ...] = ("prometheus",)
+    metrics_dir: Path | None = None  # PROMETHEUS_MULTIPROC_DIR; None: <home>/metrics
+    service_name: str = "dataflare"
+    resource: dict[str, str] = {}
+    export_interval_ms: int = 10_000  # console exporter
+
+    @field_validator("exporters")
+    @classmethod
+    def _some_exporter(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        if len(set(value)) != len(value):
+            raise ValueError("an exporter is listed twice")
+        return value
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> ObservabilitySettings:
+        env = os.environ if environ is None else environ
+        flag = env.get(ENABLED_ENV, "").strip().lower()
+        if flag not in _TRUE | _FALSE:
+            raise ConfigError("observability", [(ENABLED_ENV, f"not a switch: {flag!r}")])
+        exporters = tuple(
+            e.strip() for e in env.get(EXPORTERS_ENV, "prometheus").split(",") if e.strip()
+        )
+        resource: dict[str, str] = {}
+        for pair in env.get("OTEL_RESOURCE_ATTRIBUTES", "").split(","):
+            if not pair.strip():
+                continue
+            key, sep, value = pair.partition("=")
+            if not sep or not key.strip():
+                raise ConfigError(
+                    "observability", [("OTEL_RESOURCE_ATTRIBUTES", f"not key=value: {pair!r}")]
+                )
+            resource[key.strip()] = value.strip()
+        directory = env.get(MULTIPROC_ENV)
+        try:
+            return cls(
+                enabled=flag in _TRUE,
+                exporters=exporters,
+                metrics_dir=Path(directory) if directory else None,
+                service_name=env.get("OTEL_SERVICE_NAME", "dataflare"),
+                resource=resource,
+            )
+        except ValidationError as err:
+            raise ConfigError.from_validation("observability", err) from None
+
+    def resolved_metrics_dir(self, environ: Mapping[str, str] | None = None) -> Path:
+        """The multiprocess directory: explicit, else ``<home>/metrics``."""
+        if self.metrics_dir is not None:
+            return self.metrics_dir.expanduser().absolute()
+        env = os.environ if environ is None else environ
+        home = env.get(HOME_ENV) or str(Path.cwd() / ".dataflare")
+        return Path(home).expanduser().absolute() / "metrics"

@@ -23,6 +23,7 @@ from dataflare_platform.cli.bench import bench_app
 from dataflare_platform.cli.dlq import dlq_app
 from dataflare_platform.cli.keys import keys_app
 from dataflare_platform.cli.launch import launch
+from dataflare_platform.cli.metrics import metrics_app
 from dataflare_platform.cli.nexmark import nexmark_app
 from dataflare_platform.cli.pipeline import pipeline_app, pipelines_app
 from dataflare_platform.cli.plugin import plugin_app
@@ -79,6 +80,7 @@ app.command("quickstart")(quickstart)
 app.add_typer(pipeline_app, name="pipeline")
 app.add_typer(nexmark_app, name="nexmark")
 app.add_typer(bench_app, name="bench")
+app.add_typer(metrics_app, name="metrics")
 # The embedded event log.
 app.add_typer(topics_app, name="topics")
 app.command("produce")(produce)

@@ -65,7 +65,7 @@ class LatencyHistogram:
 
     def __post_init__(self) -> None:
         self._log_g = math.log1p(2 * self.relative_error)
-        self._buckets = int(math.ceil(math.log(self.max_ms / self.min_ms) / self._log_g)) + 1
+        self._buckets = math.ceil(math.log(self.max_ms / self.min_ms) / self._log_g) + 1
         self.counts = np.zeros(self._buckets, dtype=np.int64)
 
     def _index(self, ms: float) -> int:

@@ -44,9 +44,10 @@ def use_multiprocess(directory: Path) -> None:
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(directory)
     from prometheus_client import values
 
-    if not getattr(values.ValueClass, "_dataflare_multiprocess", False):
+    # A value class keeps its open files per process; a new directory needs a new one.
+    if getattr(values.ValueClass, "_dataflare_dir", None) != str(directory):
         value_class = values.MultiProcessValue()
-        value_class._dataflare_multiprocess = True
+        value_class._dataflare_dir = str(directory)
         values.ValueClass = value_class
 
 

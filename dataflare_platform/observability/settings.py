@@ -1,11 +1,12 @@
 """Observability settings: set by the deployment (environment), never by a launch.
 
-| Variable | Meaning | Default |
-|---|---|---|
-| ``DATAFLARE_METRICS`` | ``1``/``true``/``on`` turns metrics on | off |
-| ``DATAFLARE_METRICS_EXPORTERS`` | comma list of ``prometheus``, ``console``, ``memory`` | ``prometheus`` |
-| ``PROMETHEUS_MULTIPROC_DIR`` | where worker processes write their metric files | ``<home>/metrics`` |
-| ``OTEL_SERVICE_NAME`` / ``OTEL_RESOURCE_ATTRIBUTES`` | OpenTelemetry resource (``k=v,k=v``: code location, pipeline, partition, ...) | ``dataflare`` |
+- ``DATAFLARE_METRICS``: ``1``/``true``/``on`` turns metrics on (default off);
+- ``DATAFLARE_METRICS_EXPORTERS``: comma list of ``prometheus``, ``console``, ``memory``
+  (default ``prometheus``);
+- ``PROMETHEUS_MULTIPROC_DIR``: where worker processes write their metric files (default
+  ``<home>/metrics``);
+- ``OTEL_SERVICE_NAME`` / ``OTEL_RESOURCE_ATTRIBUTES``: the OpenTelemetry resource
+  (``k=v,k=v``: code location, pipeline, partition, ...).
 
 Off by default: a process that never turns metrics on pays one ``None`` check per
 flushed batch (see docs/observability.md for the measurement).

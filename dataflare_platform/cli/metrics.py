@@ -1,0 +1,45 @@
+"""``dataflare metrics``: the Prometheus scrape endpoint of every worker process."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from dataflare_platform.cli._common import HOME_ENV_VAR, command_group, print_json
+
+metrics_app = command_group(help="Metrics of the platform's processes (Prometheus).")
+
+
+@metrics_app.command("serve")
+def serve(
+    port: Annotated[
+        int, typer.Option("--port", help="Port on 127.0.0.1 (0: a free one, printed).")
+    ] = 9464,
+    directory: Annotated[
+        Path | None,
+        typer.Option(
+            "--dir",
+            help="Multiprocess directory (default: $PROMETHEUS_MULTIPROC_DIR, else "
+            f"<home>/metrics; home from ${HOME_ENV_VAR}).",
+        ),
+    ] = None,
+) -> None:
+    """Serve /metrics on 127.0.0.1, summing the files every worker writes.
+
+    Workers write there when started with DATAFLARE_METRICS=1 (and the same
+    PROMETHEUS_MULTIPROC_DIR or home). Prints one JSON line with the URL, then serves
+    until interrupted."""
+    from dataflare_platform.observability import ObservabilitySettings
+    from dataflare_platform.observability.endpoint import MetricsServer
+
+    chosen = directory or ObservabilitySettings.from_env().resolved_metrics_dir()
+    server = MetricsServer(chosen, port)
+    print_json({"url": server.url, "dir": str(server.directory)})
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server.server_close()

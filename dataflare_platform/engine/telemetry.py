@@ -130,8 +130,11 @@ class EngineTelemetry:
         for key, offset in offsets.items():
             end = ends.get(key)
             if end is None and key in self.sources:
+                # Open-ended (continuous): a source that knows where its data ends now
+                # says so (``latest_offset``, optional); else ``end_offset`` if it has one.
                 source, partition = self.sources[key]
-                end = source.end_offset(partition)
+                latest = getattr(source, "latest_offset", None)
+                end = latest(partition) if latest is not None else source.end_offset(partition)
             if end is not None:
                 source_name, _, partition = key.partition("/")
                 lag.record(max(end - offset, 0), (*self.p, source_name, partition))

@@ -69,6 +69,11 @@ class LogSource:
     def end_offset(self, partition: str) -> int | None:
         return None if self._ends is None else self._ends[int(partition)]
 
+    def latest_offset(self, partition: str) -> int:
+        """Where the partition's readable data ends now, bounded or not (Kafka's log end
+        offset): the engine's ``records-lag`` metric is this minus the next offset."""
+        return self.topic.committed_ends()[int(partition)]
+
     def on_commit(self, offsets: dict[str, int]) -> None:
         if self.group is not None and offsets:
             self.group.commit({int(p): o for p, o in offsets.items()})

@@ -73,7 +73,7 @@ def test_prometheus_sees_records_out_equal_to_the_output_rows_and_lag_reaching_z
         sel = '{pipeline="hot_items"}'
         prom.wait_for(f"dataflare_engine_records_in_total{sel}", lambda v: v == bids.num_rows)
         prom.wait_for(f"dataflare_engine_records_out_total{sel}", lambda v: v == rows)
-        lag = f'dataflare_source_records_lag{{pipeline="hot_items",source="bids",partition="0"}}'
+        lag = 'dataflare_source_records_lag{pipeline="hot_items",source="bids",partition="0"}'
         prom.wait_for(lag, lambda v: v == 0)
         # The lag Prometheus saw while the backlog drained (the run was paced over it).
         assert prom.wait_for(f"max_over_time({lag}[10m])", lambda v: v is not None) > 0
@@ -85,7 +85,7 @@ def test_prometheus_sees_records_out_equal_to_the_output_rows_and_lag_reaching_z
         # The bounded buckets give Prometheus a p99 of its own (over the whole run).
         p99 = prom.value(f"histogram_quantile(0.99, dataflare_engine_latency_seconds_bucket{sel})")
         assert p99 is not None and 0 < p99 <= 60
-        series = prom.query(f'{{__name__=~"dataflare_.*",pipeline="hot_items"}}')
+        series = prom.query('{__name__=~"dataflare_.*",pipeline="hot_items"}')
         names = {s["metric"]["__name__"] for s in series}
         assert {
             "dataflare_operator_records_in_total",

@@ -8,12 +8,16 @@ source to a fixed offered load so the latency is measured below saturation.
 
 from __future__ import annotations
 
+import os
+import shutil
+import tempfile
 import time
 from pathlib import Path
 
 import duckdb
 import pyarrow.dataset as ds
 
+from dataflare_platform import observability
 from dataflare_platform.bench.common import machine, peak_rss_mb
 from dataflare_platform.connectors.files import FileSource, ParquetSink
 from dataflare_platform.engine import NullSink, Runner, RunnerConfig
@@ -54,9 +58,12 @@ def run(
     batch_rows: int = 10_000,
     rate: float | None = None,
     repeat: int = 1,
+    otel: bool = False,
 ) -> dict[str, object]:
     """Best of ``repeat`` engine runs and, separately, best of ``repeat`` baseline runs:
-    the least disturbed run is the best estimate on a shared, noisy machine."""
+    the least disturbed run is the best estimate on a shared, noisy machine. ``otel``
+    adds the same engine runs with metrics on (Prometheus multiprocess exporter into a
+    private temporary directory), interleaved with runs with metrics off."""
     sources = NexmarkSources.from_paths(query, bids, persons, auctions)
     events = sum(sources.need(kind).end_offset("0") or 0 for kind in COLUMNS[query])
     result = None
@@ -106,4 +113,71 @@ def run(
         # Paced runs are not measuring throughput: no ratio for them.
         "ratio": None if rate else round(events_per_s / baseline_events_per_s, 3),
         "machine": machine(),
+        **(
+            {
+                "otel": _otel_overhead(
+                    query, bids, persons, auctions, batch_rows, rate, repeat, events
+                )
+            }
+            if otel
+            else {}
+        ),
+    }
+
+
+def _timed_run(query, bids, persons, auctions, batch_rows, rate) -> tuple[float, float]:
+    """(wall seconds, process CPU seconds of all threads) of one engine run."""
+    fresh = NexmarkSources.from_paths(query, bids, persons, auctions)
+    config = RunnerConfig(batch_rows=batch_rows, rate=rate)
+    cpu0 = time.process_time()
+    result = Runner(BUILDERS[query](fresh, NullSink()), config).run()
+    return result.seconds, time.process_time() - cpu0
+
+
+def _otel_overhead(query, bids, persons, auctions, batch_rows, rate, repeat, events) -> dict:
+    """Metrics on against off in the same process, runs interleaved (off, on, on, off,
+    ...) so drift in the machine's load hits both sides; best of each side. CPU-time
+    rates are reported too: on a loaded machine they move less than wall-clock ones."""
+    directory = Path(tempfile.mkdtemp(prefix="dataflare-bench-metrics-"))
+    settings = observability.ObservabilitySettings(
+        enabled=True, exporters=("prometheus",), metrics_dir=directory / "m"
+    )
+    previous = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    runs: dict[bool, list[tuple[float, float]]] = {False: [], True: []}
+    load_before = os.getloadavg()
+    try:
+        for i in range(max(2, repeat)):
+            for on in (False, True) if i % 2 == 0 else (True, False):
+                observability.configure(settings if on else None)
+                runs[on].append(_timed_run(query, bids, persons, auctions, batch_rows, rate))
+    finally:
+        observability.configure(None)
+        if previous is None:
+            os.environ.pop("PROMETHEUS_MULTIPROC_DIR", None)
+        else:
+            os.environ["PROMETHEUS_MULTIPROC_DIR"] = previous
+        shutil.rmtree(directory, ignore_errors=True)
+    off_wall = min(w for w, _ in runs[False])
+    on_wall = min(w for w, _ in runs[True])
+    off_cpu = min(c for _, c in runs[False])
+    on_cpu = min(c for _, c in runs[True])
+    # What metrics off cost per batch: the runner asks once per run and then checks None.
+    calls = 1_000_000
+    t0 = time.perf_counter()
+    for _ in range(calls):
+        observability.instruments()
+    off_call_ns = (time.perf_counter() - t0) / calls * 1e9
+    return {
+        "runs_per_side": len(runs[False]),
+        "events_per_s_off": round(events / off_wall),
+        "events_per_s_on": round(events / on_wall),
+        "ratio_wall": round(off_wall / on_wall, 3),
+        "events_per_cpu_s_off": round(events / off_cpu),
+        "events_per_cpu_s_on": round(events / on_cpu),
+        "ratio_cpu": round(off_cpu / on_cpu, 3),
+        "overhead_pct_cpu": round((on_cpu / off_cpu - 1) * 100, 2),
+        "overhead_pct_wall": round((on_wall / off_wall - 1) * 100, 2),
+        "instruments_lookup_ns_when_off": round(off_call_ns, 1),
+        "load_average_before": [round(x, 2) for x in load_before],
+        "load_average_after": [round(x, 2) for x in os.getloadavg()],
     }

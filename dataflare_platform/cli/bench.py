@@ -50,13 +50,20 @@ def bench_nexmark(
         float | None, typer.Option(help="Offered load in events/s (default: as fast as possible).")
     ] = None,
     repeat: Annotated[int, typer.Option(help="Runs of each side; the fastest counts.")] = 1,
+    otel: Annotated[
+        bool,
+        typer.Option(
+            "--otel",
+            help="Also run with metrics on and off, interleaved; the ratio is under 'otel'.",
+        ),
+    ] = False,
     as_json: JsonOnly = True,
 ) -> None:
     """Run a Nexmark query on the engine and as a one-shot DuckDB query; print JSON."""
     from dataflare_platform.bench.nexmark import run
 
     check_query(query)
-    result = run(query, input_path, persons, auctions, output, batch_rows, rate, repeat)
+    result = run(query, input_path, persons, auctions, output, batch_rows, rate, repeat, otel=otel)
     print_json(result, indent=None if as_json else 2)
 
 

@@ -1,0 +1,35 @@
+"""``dataflare bench nexmark --otel``: metrics on against off in the same run, as JSON."""
+
+from __future__ import annotations
+
+import json
+import os
+
+from click.testing import CliRunner
+
+from dataflare_platform import observability
+from dataflare_platform.cli import app
+from dataflare_platform.datagen import NexmarkConfig, write_nexmark
+
+
+def test_otel_flag_reports_both_sides_and_leaves_metrics_off(tmp_path, monkeypatch):
+    monkeypatch.delenv("PROMETHEUS_MULTIPROC_DIR", raising=False)
+    monkeypatch.delenv("DATAFLARE_METRICS", raising=False)
+    data = tmp_path / "nexmark"
+    write_nexmark(NexmarkConfig(events=20_000, events_per_second=1_000.0), data)
+    from typer.main import get_command
+
+    result = CliRunner().invoke(
+        get_command(app),
+        ["bench", "nexmark", "--query", "q1", "--input", str(data / "bids"), "--otel"],
+    )
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.output.strip().splitlines()[-1])
+    otel = report["otel"]
+    assert otel["runs_per_side"] == 2
+    assert otel["events_per_s_off"] > 0 and otel["events_per_s_on"] > 0
+    assert otel["ratio_cpu"] > 0 and otel["ratio_wall"] > 0
+    assert len(otel["load_average_before"]) == 3
+    # The bench switched metrics back off and left no directory or variable behind.
+    assert observability.instruments() is None
+    assert "PROMETHEUS_MULTIPROC_DIR" not in os.environ

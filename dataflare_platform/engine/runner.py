@@ -289,6 +289,7 @@ class _Run:
             self.sink.close()
         if self.telemetry is not None:
             self._export(force=True)  # even after an error: what was done is counted
+            self.telemetry.flush_latencies()  # the sink thread has ended
         if self.errors:
             raise self.errors[0]
         self._own_stats()

@@ -38,9 +38,11 @@ class EngineTelemetry:
         self.p = (pipeline,)
         self.sources = dict(sources)
         self.interval_s = interval_s
-        self._next = 0.0
+        # The first export waits one interval: a short run pays only the final one.
+        self._next = time.monotonic() + interval_s
         self._last: dict[tuple, float] = {}
-        self._ends: dict[str, int | None] = {}
+        self._latencies: list[float] = []  # sink thread only, until the run's end
+        self._latencies_due = self._next
         self._baseline(metrics)
         names = (
             "dataflare_engine_records_in_total",
@@ -140,7 +142,18 @@ class EngineTelemetry:
                 lag.record(max(end - offset, 0), (*self.p, source_name, partition))
 
     def latency(self, seconds: float) -> None:
-        self.m["dataflare_engine_latency_seconds"].record(seconds, self.p)
+        """One batch's latency (sink thread): buffered, handed over in bulk per interval
+        (one ``observe`` per batch cost ~4 % of q1's throughput)."""
+        self._latencies.append(seconds)
+        now = time.monotonic()
+        if now >= self._latencies_due:
+            self._latencies_due = now + self.interval_s
+            self.flush_latencies()
+
+    def flush_latencies(self) -> None:
+        """Called from the sink thread, and at the run's end once that thread is done."""
+        pending, self._latencies = self._latencies, []
+        self.m["dataflare_engine_latency_seconds"].record_many(pending, self.p)
 
     def checkpointed(self, checkpoint: Checkpoint, seconds: float) -> None:
         self.m["dataflare_engine_checkpoint_duration_seconds"].record(seconds, self.p)

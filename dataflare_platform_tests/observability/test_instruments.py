@@ -7,7 +7,7 @@ import pytest
 from dataflare_platform import observability
 from dataflare_platform.observability import METRICS, ObservabilitySettings
 from dataflare_platform.observability.prometheus import exposition
-from dataflare_platform_tests.observability.scrape import value
+from dataflare_platform_tests.observability.scrape import samples, value
 
 
 @pytest.fixture
@@ -62,3 +62,28 @@ def test_every_metric_is_named_by_convention():
         assert m.name.startswith("dataflare_")
         assert m.name.endswith("_total") == (m.kind == "counter"), m.name
         assert m.multiprocess_mode.startswith("live"), m.name  # dead workers' gauges go
+
+
+def test_bulk_observe_matches_one_by_one(tmp_path, monkeypatch):
+    """``record_many`` reaches into prometheus_client's histogram: pinned against
+    ``observe`` value by value."""
+    values = [0.0005, 0.001, 0.0011, 0.004, 0.2, 0.2, 7.0, 100.0]
+    texts = []
+    for i, bulk in enumerate((False, True)):
+        directory = tmp_path / f"m{i}"
+        monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(directory))
+        inst = observability.configure(ObservabilitySettings(enabled=True, metrics_dir=directory))
+        h = inst["dataflare_engine_latency_seconds"]
+        if bulk:
+            h.record_many(values, ("p",))
+        else:
+            for v in values:
+                h.record(v, ("p",))
+        texts.append(exposition(directory))
+    observability.configure(None)
+    one, bulk = samples(texts[0]), samples(texts[1])
+    assert one.keys() == bulk.keys()
+    for key in one:  # the sum may differ in its last bits (numpy adds pairwise)
+        assert bulk[key] == pytest.approx(one[key], rel=1e-12), key
+    assert value(texts[1], "dataflare_engine_latency_seconds_count", pipeline="p") == 8
+    assert value(texts[1], "dataflare_engine_latency_seconds_bucket", pipeline="p", le="0.001") == 2

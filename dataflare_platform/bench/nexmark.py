@@ -125,13 +125,14 @@ def run(
     }
 
 
-def _timed_run(query, bids, persons, auctions, batch_rows, rate) -> tuple[float, float]:
-    """(wall seconds, process CPU seconds of all threads) of one engine run."""
+def _timed_run(query, bids, persons, auctions, batch_rows, rate) -> tuple[float, float, float]:
+    """(wall seconds, process CPU seconds of all threads, seconds spent exporting
+    metrics) of one engine run."""
     fresh = NexmarkSources.from_paths(query, bids, persons, auctions)
     config = RunnerConfig(batch_rows=batch_rows, rate=rate)
     cpu0 = time.process_time()
     result = Runner(BUILDERS[query](fresh, NullSink()), config).run()
-    return result.seconds, time.process_time() - cpu0
+    return result.seconds, time.process_time() - cpu0, result.metrics.telemetry_s
 
 
 def _otel_overhead(query, bids, persons, auctions, batch_rows, rate, repeat, events) -> dict:
@@ -143,7 +144,7 @@ def _otel_overhead(query, bids, persons, auctions, batch_rows, rate, repeat, eve
         enabled=True, exporters=("prometheus",), metrics_dir=directory / "m"
     )
     previous = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
-    runs: dict[bool, list[tuple[float, float]]] = {False: [], True: []}
+    runs: dict[bool, list[tuple[float, float, float]]] = {False: [], True: []}
     load_before = os.getloadavg()
     try:
         for i in range(max(2, repeat)):
@@ -157,10 +158,13 @@ def _otel_overhead(query, bids, persons, auctions, batch_rows, rate, repeat, eve
         else:
             os.environ["PROMETHEUS_MULTIPROC_DIR"] = previous
         shutil.rmtree(directory, ignore_errors=True)
-    off_wall = min(w for w, _ in runs[False])
-    on_wall = min(w for w, _ in runs[True])
-    off_cpu = min(c for _, c in runs[False])
-    on_cpu = min(c for _, c in runs[True])
+    off_wall = min(r[0] for r in runs[False])
+    on_wall = min(r[0] for r in runs[True])
+    off_cpu = min(r[1] for r in runs[False])
+    on_cpu = min(r[1] for r in runs[True])
+    # The exporting time itself as a share of each run: what metrics cost without the
+    # noise of comparing two runs (the median over the runs with metrics on).
+    shares = sorted(r[2] / r[0] for r in runs[True])
     # What metrics off cost per batch: the runner asks once per run and then checks None.
     calls = 1_000_000
     t0 = time.perf_counter()
@@ -177,6 +181,7 @@ def _otel_overhead(query, bids, persons, auctions, batch_rows, rate, repeat, eve
         "ratio_cpu": round(off_cpu / on_cpu, 3),
         "overhead_pct_cpu": round((on_cpu / off_cpu - 1) * 100, 2),
         "overhead_pct_wall": round((on_wall / off_wall - 1) * 100, 2),
+        "telemetry_share_pct": round(shares[len(shares) // 2] * 100, 3),
         "instruments_lookup_ns_when_off": round(off_call_ns, 1),
         "load_average_before": [round(x, 2) for x in load_before],
         "load_average_after": [round(x, 2) for x in os.getloadavg()],

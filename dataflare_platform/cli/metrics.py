@@ -43,3 +43,14 @@ def serve(
         pass
     finally:
         server.server.server_close()
+
+
+@metrics_app.command("list")
+def list_metrics() -> None:
+    """Print every metric (type, labels, meaning, Flink/Kafka name) as a Markdown table:
+    the table in docs/observability.md is this output."""
+    import sys
+
+    from dataflare_platform.observability.catalog import markdown_table
+
+    sys.stdout.write(markdown_table())

@@ -30,6 +30,7 @@ def test_otel_flag_reports_both_sides_and_leaves_metrics_off(tmp_path, monkeypat
     assert otel["events_per_s_off"] > 0 and otel["events_per_s_on"] > 0
     assert otel["ratio_cpu"] > 0 and otel["ratio_wall"] > 0
     assert len(otel["load_average_before"]) == 3
+    assert otel["telemetry_share_pct"] > 0  # the on runs exported something
     # The bench switched metrics back off and left no directory or variable behind.
     assert observability.instruments() is None
     assert "PROMETHEUS_MULTIPROC_DIR" not in os.environ

@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from dataflare_platform.errors import InvalidInputError
+
 
 @dataclass
 class OperatorMetrics:
@@ -101,7 +103,7 @@ class LatencyHistogram:
         if skip <= 0:
             return self.counts
         if skip > len(self.head):
-            raise ValueError(f"can leave out at most the first {HEAD_SAMPLES} samples")
+            raise InvalidInputError(f"can leave out at most the first {HEAD_SAMPLES} samples")
         counts = self.counts.copy()
         for ms in self.head[:skip]:
             counts[self._index(ms)] -= 1

@@ -18,6 +18,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from dataflare_platform.errors import InvalidInputError
 from dataflare_platform.observability.catalog import METRICS, MetricSpec
 from dataflare_platform.observability.settings import ObservabilitySettings
 
@@ -61,7 +62,7 @@ class Instrument:
 
     def _bind_many(self, labels: tuple[str, ...]) -> Callable[[list[float]], None]:
         if self.spec.kind != "histogram":
-            raise ValueError(f"{self.spec.name} is a {self.spec.kind}, not a histogram")
+            raise InvalidInputError(f"{self.spec.name} is a {self.spec.kind}, not a histogram")
         self._bind(labels)
         parts: list[Callable[[list[float]], None]] = []
         if self._prom is not None:
@@ -98,7 +99,9 @@ class Instrument:
 
     def _bind(self, labels: tuple[str, ...]) -> tuple[Recorder, ...]:
         if len(labels) != len(self.spec.labels):
-            raise ValueError(f"{self.spec.name} takes labels {self.spec.labels}, got {labels}")
+            raise InvalidInputError(
+                f"{self.spec.name} takes labels {self.spec.labels}, got {labels}"
+            )
         kind = self.spec.kind
         recorders: list[Recorder] = []
         if self._prom is not None:

@@ -54,3 +54,21 @@ def list_metrics() -> None:
     from dataflare_platform.observability.catalog import markdown_table
 
     sys.stdout.write(markdown_table())
+
+
+@metrics_app.command("instance")
+def instance_exporter(
+    interval: Annotated[
+        float, typer.Option("--interval", min=0.2, help="Seconds between collections.")
+    ] = 5.0,
+) -> None:
+    """Export the Dagster instance's health (runs queued and in progress, oldest queued
+    age, run outcomes and durations by job, daemon heartbeat age) into the metrics
+    directory that `dataflare metrics serve` reads. The instance is $DAGSTER_HOME's
+    (`<home>/dagster_home`). Runs until interrupted."""
+    import contextlib
+
+    from dataflare_platform.instance.exporter import run_exporter
+
+    with contextlib.suppress(KeyboardInterrupt):
+        run_exporter(interval)

@@ -38,6 +38,7 @@ from dataflare_platform.home import ProjectHome
 from dataflare_platform.identity.local_users import LocalUsers
 from dataflare_platform.identity.store import IdentityStore
 from dataflare_platform.identity.tokens import ServiceTokens
+from dataflare_platform.observability import ObservabilitySettings
 
 # As dagster-webserver's defaults.
 DB_STATEMENT_TIMEOUT_MS = 15000
@@ -184,6 +185,14 @@ def serve(
                 env=os.environ.copy(),
             )
             stack.callback(_stop, child)
+            if ObservabilitySettings.from_env().enabled:
+                # The orchestrator's own metrics beside the daemon (docs/observability.md):
+                # into the same multiprocess directory `dataflare metrics serve` reads.
+                exporter = subprocess.Popen(
+                    [sys.executable, "-m", "dataflare_platform.cli", "metrics", "instance"],
+                    env=os.environ.copy(),
+                )
+                stack.callback(_stop, exporter)
         context = stack.enter_context(
             WorkspaceProcessContext(
                 instance,

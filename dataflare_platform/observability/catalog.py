@@ -205,6 +205,51 @@ METRICS: tuple[MetricSpec, ...] = (
     ),
 )
 
+# Dagster runs take seconds to hours.
+RUN_BUCKETS_S: tuple[float, ...] = (1, 5, 10, 30, 60, 120, 300, 600, 1800, 3600, 7200, 21600)
+
+# The Dagster instance exporter (instance/exporter.py): the orchestrator's own health,
+# read through the DagsterInstance API by one long-running process.
+INSTANCE_METRICS: tuple[MetricSpec, ...] = (
+    MetricSpec(
+        "dataflare_dagster_runs",
+        "gauge",
+        ("status",),
+        "Runs now in a non-final status (QUEUED, NOT_STARTED, STARTING, STARTED, CANCELING).",
+        "Kafka-style queue depth",
+    ),
+    MetricSpec(
+        "dataflare_dagster_oldest_queued_run_age_seconds",
+        "gauge",
+        (),
+        "Age of the oldest queued run (0 when none is queued).",
+        unit="s",
+    ),
+    MetricSpec(
+        "dataflare_dagster_runs_finished_total",
+        "counter",
+        ("job", "code_location", "status"),
+        "Runs the exporter saw finish (SUCCESS, FAILURE, CANCELED) since it started.",
+    ),
+    MetricSpec(
+        "dataflare_dagster_run_duration_seconds",
+        "histogram",
+        ("job", "code_location"),
+        "Start to end of each finished run.",
+        unit="s",
+        buckets=RUN_BUCKETS_S,
+    ),
+    MetricSpec(
+        "dataflare_dagster_daemon_heartbeat_age_seconds",
+        "gauge",
+        ("daemon",),
+        "Time since each Dagster daemon's last heartbeat.",
+        unit="s",
+    ),
+)
+
+METRICS = METRICS + INSTANCE_METRICS
+
 BY_NAME: dict[str, MetricSpec] = {m.name: m for m in METRICS}
 
 

@@ -68,7 +68,7 @@ class Instrument:
         if self._prom is not None:
             import numpy as np
 
-            child = self._prom.labels(*labels)
+            child = self._prom.labels(*labels) if labels else self._prom
             bounds = np.asarray(child._upper_bounds, dtype=np.float64)
             buckets, total = child._buckets, child._sum
 
@@ -105,7 +105,7 @@ class Instrument:
         kind = self.spec.kind
         recorders: list[Recorder] = []
         if self._prom is not None:
-            child = self._prom.labels(*labels)
+            child = self._prom.labels(*labels) if labels else self._prom
             recorders.append(
                 child.inc if kind == "counter" else child.set if kind == "gauge" else child.observe
             )

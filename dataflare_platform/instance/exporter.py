@@ -1,0 +1,105 @@
+"""The Dagster instance exporter: the orchestrator's health as Prometheus metrics.
+
+Dagster OSS has no metrics endpoint (dagster-io/dagster#4480) and ``dagster-prometheus``
+can only push from inside ops, so queued or crashed runs never report. This exporter is
+one long-running process (``dataflare metrics instance``) that reads the instance
+through the ``DagsterInstance`` Python API (not the UI's GraphQL schema nor raw tables)
+every ``interval`` seconds and records into the same multiprocess directory as the
+workers, so ``dataflare metrics serve`` shows both. Its gauges are ``livemax``: when the
+exporter dies its series disappear (absent, rather than frozen at a stale value).
+
+Finished runs are counted once each: a collection reads the runs updated since the last
+one (``RunsFilter(updated_after=...)``) with a small overlap, remembering the ids already
+counted (bounded to the most recent ``_SEEN_MAX``).
+"""
+
+from __future__ import annotations
+
+import time
+from collections import OrderedDict
+from datetime import UTC, datetime, timedelta
+
+import dagster as dg
+from dagster._core.storage.dagster_run import RunsFilter
+
+from dataflare_platform.observability import Instruments
+
+ACTIVE = (
+    dg.DagsterRunStatus.QUEUED,
+    dg.DagsterRunStatus.NOT_STARTED,
+    dg.DagsterRunStatus.STARTING,
+    dg.DagsterRunStatus.STARTED,
+    dg.DagsterRunStatus.CANCELING,
+)
+FINISHED = (dg.DagsterRunStatus.SUCCESS, dg.DagsterRunStatus.FAILURE, dg.DagsterRunStatus.CANCELED)
+_OVERLAP = timedelta(seconds=30)  # clock skew between run workers and this process
+_SEEN_MAX = 10_000
+
+
+class InstanceExporter:
+    def __init__(self, instance: dg.DagsterInstance, instruments: Instruments) -> None:
+        self.instance = instance
+        self.i = instruments
+        self._since: datetime | None = None
+        self._seen: OrderedDict[str, None] = OrderedDict()
+
+    def collect(self) -> None:
+        """One pass over the instance; records gauges and the newly finished runs."""
+        now = time.time()
+        runs = self.i["dataflare_dagster_runs"]
+        for status in ACTIVE:
+            count = self.instance.get_runs_count(RunsFilter(statuses=[status]))
+            runs.record(count, (status.value,))
+        oldest = self.instance.get_run_records(
+            RunsFilter(statuses=[dg.DagsterRunStatus.QUEUED]), limit=1, ascending=True
+        )
+        age = now - oldest[0].create_timestamp.timestamp() if oldest else 0.0
+        self.i["dataflare_dagster_oldest_queued_run_age_seconds"].record(max(age, 0.0), ())
+        self._finished_runs()
+        heartbeat = self.i["dataflare_dagster_daemon_heartbeat_age_seconds"]
+        for daemon, beat in self.instance.get_daemon_heartbeats().items():
+            heartbeat.record(max(now - beat.timestamp, 0.0), (str(daemon),))
+
+    def _finished_runs(self) -> None:
+        started = datetime.now(UTC)
+        filters = RunsFilter(
+            statuses=list(FINISHED),
+            updated_after=None if self._since is None else self._since - _OVERLAP,
+        )
+        finished = self.i["dataflare_dagster_runs_finished_total"]
+        duration = self.i["dataflare_dagster_run_duration_seconds"]
+        for record in self.instance.get_run_records(filters, ascending=True):
+            run = record.dagster_run
+            if run.run_id in self._seen:
+                continue
+            self._seen[run.run_id] = None
+            if len(self._seen) > _SEEN_MAX:
+                self._seen.popitem(last=False)
+            origin = run.remote_job_origin
+            location = origin.location_name if origin is not None else ""
+            labels = (run.job_name, location)
+            finished.record(1, (*labels, run.status.value))
+            if record.start_time is not None and record.end_time is not None:
+                duration.record(max(record.end_time - record.start_time, 0.0), labels)
+        self._since = started
+
+    def run_forever(self, interval_s: float, stop=None) -> None:
+        """Collect every ``interval_s`` until ``stop`` (a ``threading.Event``) is set."""
+        while stop is None or not stop.is_set():
+            self.collect()
+            if stop is None:
+                time.sleep(interval_s)
+            else:
+                stop.wait(interval_s)
+
+
+def run_exporter(interval_s: float) -> None:
+    """``dataflare metrics instance``: metrics on (whatever DATAFLARE_METRICS says: this
+    process exists to export), the instance from $DAGSTER_HOME."""
+    from dataflare_platform import observability
+
+    settings = observability.ObservabilitySettings.from_env().model_copy(update={"enabled": True})
+    instruments = observability.configure(settings)
+    assert instruments is not None
+    with dg.DagsterInstance.get() as instance:
+        InstanceExporter(instance, instruments).run_forever(interval_s)

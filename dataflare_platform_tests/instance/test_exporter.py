@@ -1,0 +1,134 @@
+"""The Dagster instance exporter reads a real instance through DagsterInstance and its
+values reach the multiprocess endpoint; finished runs are counted once."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+
+import dagster as dg
+import pytest
+from dagster._core.remote_origin import (
+    InProcessCodeLocationOrigin,
+    RemoteJobOrigin,
+    RemoteRepositoryOrigin,
+)
+from dagster._core.types.loadable_target_origin import LoadableTargetOrigin
+from dagster._daemon.types import DaemonHeartbeat
+
+from dataflare_platform import observability
+from dataflare_platform.instance.exporter import InstanceExporter
+from dataflare_platform.observability.prometheus import exposition
+from dataflare_platform_tests.observability.fixtures import metrics_dir
+from dataflare_platform_tests.observability.scrape import value
+
+__all__ = ["metrics_dir"]
+
+
+@dg.op
+def fine() -> None:
+    pass
+
+
+@dg.op
+def breaks() -> None:
+    raise RuntimeError("boom")
+
+
+@dg.job
+def good() -> None:
+    fine()
+
+
+@dg.job
+def broken() -> None:
+    breaks()
+
+
+def _origin(job: str) -> RemoteJobOrigin:
+    """Where a queued run comes from (Dagster requires one for QUEUED runs)."""
+    location = InProcessCodeLocationOrigin(
+        loadable_target_origin=LoadableTargetOrigin(
+            executable_path=sys.executable, python_file=__file__, attribute="defs"
+        ),
+        location_name="loc",
+    )
+    return RemoteJobOrigin(
+        repository_origin=RemoteRepositoryOrigin(
+            code_location_origin=location, repository_name="__repository__"
+        ),
+        job_name=job,
+    )
+
+
+def test_runs_outcomes_queue_and_heartbeats(metrics_dir):
+    with dg.DagsterInstance.ephemeral() as instance:
+        exporter = InstanceExporter(instance, observability.instruments())
+        good.execute_in_process(instance=instance)
+        good.execute_in_process(instance=instance)
+        broken.execute_in_process(instance=instance, raise_on_error=False)
+        queued = instance.create_run_for_job(
+            good, status=dg.DagsterRunStatus.QUEUED, remote_job_origin=_origin("good")
+        )
+        instance.add_daemon_heartbeat(
+            DaemonHeartbeat(
+                timestamp=time.time() - 42, daemon_type="SENSOR", daemon_id="d", errors=[]
+            )
+        )
+        exporter.collect()
+        exporter.collect()  # a second pass counts no run twice
+        text = exposition(metrics_dir)
+        finished = "dataflare_dagster_runs_finished_total"
+        assert value(text, finished, job="good", code_location="", status="SUCCESS") == 2
+        assert value(text, finished, job="broken", code_location="", status="FAILURE") == 1
+        assert value(text, "dataflare_dagster_runs", status="QUEUED") == 1
+        assert value(text, "dataflare_dagster_runs", status="STARTED") == 0
+        assert value(text, "dataflare_dagster_oldest_queued_run_age_seconds") >= 0
+        assert value(text, "dataflare_dagster_daemon_heartbeat_age_seconds", daemon="SENSOR") >= 42
+        duration = "dataflare_dagster_run_duration_seconds_count"
+        assert value(text, duration, job="good", code_location="") == 2
+        # The queued run is dequeued and finishes: counted once, the queue empties.
+        instance.report_run_canceled(queued)
+        exporter.collect()
+        text = exposition(metrics_dir)
+        assert value(text, "dataflare_dagster_runs", status="QUEUED") == 0
+        assert value(text, finished, job="good", code_location="loc", status="CANCELED") == 1
+        assert value(text, "dataflare_dagster_oldest_queued_run_age_seconds") == 0
+
+
+@pytest.mark.e2e
+def test_the_exporter_command_runs_alone_and_its_gauges_go_with_it(home, tmp_path, monkeypatch):
+    """``dataflare metrics instance`` on the home's instance: its series appear in the
+    multiprocess directory and vanish once the process is gone."""
+    directory = tmp_path / "metrics"
+    env = {**os.environ, **home.environ(), "PROMETHEUS_MULTIPROC_DIR": str(directory)}
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "dataflare_platform.cli",
+            "metrics",
+            "instance",
+            "--interval",
+            "0.5",
+        ],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            text = exposition(directory) if directory.exists() else b""
+            if value(text, "dataflare_dagster_runs", status="QUEUED") == 0:
+                break
+            assert proc.poll() is None, proc.stderr.read().decode()
+            assert time.monotonic() < deadline, "no instance metrics after 120 s"
+            time.sleep(0.2)
+    finally:
+        proc.terminate()
+        proc.wait(60)
+    assert value(exposition(directory), "dataflare_dagster_runs", status="QUEUED") is None

@@ -533,6 +533,7 @@ class _Run:
         telemetry = self.telemetry
         if telemetry is None or (not force and time.monotonic() < telemetry._next):
             return
+        self._own_stats()  # plugins' calls, rows, errors
         telemetry.flush(
             self.metrics,
             self.offsets,

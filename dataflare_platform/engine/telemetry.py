@@ -15,6 +15,7 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
 from dataflare_platform.observability import Instruments
+from dataflare_platform.observability.catalog import PLUGIN_STATS
 from dataflare_platform.times import now_ms
 
 if TYPE_CHECKING:
@@ -66,6 +67,7 @@ class EngineTelemetry:
             "dataflare_engine_checkpoint_duration_seconds",
             "dataflare_engine_checkpoint_state_bytes",
             "dataflare_sink_commit_seconds",
+            *PLUGIN_STATS.values(),
         )
         self.m = {n: instruments[n] for n in names}
 
@@ -89,6 +91,9 @@ class EngineTelemetry:
             values[("dataflare_operator_records_in_total", labels)] = op.rows_in
             values[("dataflare_operator_records_out_total", labels)] = op.rows_out
             values[("dataflare_engine_late_records_total", labels)] = op.late
+            for stat, metric in PLUGIN_STATS.items():
+                if stat in op.own:
+                    values[(metric, labels)] = op.own[stat]
             busy += op.seconds
         values[("dataflare_engine_busy_seconds_total", self.p)] = busy
         for key, n in m.partition_in.items():

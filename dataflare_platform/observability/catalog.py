@@ -205,6 +205,31 @@ METRICS: tuple[MetricSpec, ...] = (
     ),
 )
 
+PLUGIN_METRICS: tuple[MetricSpec, ...] = (
+    MetricSpec(
+        "dataflare_plugin_calls_total",
+        "counter",
+        OP,
+        "Calls into a WASM plugin (one per batch).",
+        "Fluvio SmartModule invocations",
+    ),
+    MetricSpec("dataflare_plugin_rows_total", "counter", OP, "Rows handed to a WASM plugin."),
+    MetricSpec(
+        "dataflare_plugin_errors_total",
+        "counter",
+        OP,
+        "Plugin calls that failed (trap, timeout, fuel, memory, ABI): the batch is"
+        " dead-lettered with reason batch_rejected.",
+    ),
+    MetricSpec(
+        "dataflare_plugin_seconds_total",
+        "counter",
+        OP,
+        "Time spent in plugin calls, marshalling included.",
+        unit="s",
+    ),
+)
+
 # Dagster runs take seconds to hours.
 RUN_BUCKETS_S: tuple[float, ...] = (1, 5, 10, 30, 60, 120, 300, 600, 1800, 3600, 7200, 21600)
 
@@ -248,9 +273,18 @@ INSTANCE_METRICS: tuple[MetricSpec, ...] = (
     ),
 )
 
-METRICS = METRICS + INSTANCE_METRICS
+METRICS = METRICS + PLUGIN_METRICS + INSTANCE_METRICS
 
 BY_NAME: dict[str, MetricSpec] = {m.name: m for m in METRICS}
+
+# A plugin operator's own counters (``Plugin.stats`` as ``OperatorMetrics.own``) →
+# the metric each is exported as.
+PLUGIN_STATS: dict[str, str] = {
+    "plugin_calls": "dataflare_plugin_calls_total",
+    "plugin_rows": "dataflare_plugin_rows_total",
+    "plugin_errors": "dataflare_plugin_errors_total",
+    "plugin_seconds": "dataflare_plugin_seconds_total",
+}
 
 
 def markdown_table() -> str:

@@ -17,6 +17,7 @@ import pyarrow as pa
 
 from dataflare_platform.errors import InvalidInputError
 from dataflare_platform.events.log import Topic
+from dataflare_platform.observability import instruments
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS offsets (
@@ -91,6 +92,15 @@ class ConsumerGroup:
             conn.execute("COMMIT")
         finally:
             conn.close()
+        exported = instruments()
+        if exported is not None:
+            # Kafka's records-lag of the group, per partition, as of this commit.
+            ends = self.topic.committed_ends()
+            lag = exported["dataflare_log_consumer_lag"]
+            for p, o in offsets.items():
+                lag.record(
+                    max(ends.get(int(p), 0) - int(o), 0), (self.topic.name, self.name, str(p))
+                )
 
     def lag(self) -> dict[int, int]:
         ends = self.topic.committed_ends()

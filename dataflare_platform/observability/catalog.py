@@ -230,6 +230,31 @@ PLUGIN_METRICS: tuple[MetricSpec, ...] = (
     ),
 )
 
+LOG_METRICS: tuple[MetricSpec, ...] = (
+    MetricSpec(
+        "dataflare_log_records_appended_total",
+        "counter",
+        ("topic", "partition"),
+        "Records appended to the embedded event log (rate() = append rate).",
+        "Kafka records-produced / log end offset growth",
+    ),
+    MetricSpec(
+        "dataflare_log_records_read_total",
+        "counter",
+        ("topic", "partition"),
+        "Records read from the embedded event log by consumers and pipelines (scan rate).",
+        "Kafka records-consumed-total",
+    ),
+    MetricSpec(
+        "dataflare_log_consumer_lag",
+        "gauge",
+        ("topic", "group", "partition"),
+        "Records between the partition's end and a consumer group's committed offset, as"
+        " of the group's last commit.",
+        "Kafka consumer-group lag (records-lag)",
+    ),
+)
+
 # Dagster runs take seconds to hours.
 RUN_BUCKETS_S: tuple[float, ...] = (1, 5, 10, 30, 60, 120, 300, 600, 1800, 3600, 7200, 21600)
 
@@ -273,7 +298,7 @@ INSTANCE_METRICS: tuple[MetricSpec, ...] = (
     ),
 )
 
-METRICS = METRICS + PLUGIN_METRICS + INSTANCE_METRICS
+METRICS = METRICS + PLUGIN_METRICS + LOG_METRICS + INSTANCE_METRICS
 
 BY_NAME: dict[str, MetricSpec] = {m.name: m for m in METRICS}
 

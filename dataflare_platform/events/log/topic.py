@@ -14,6 +14,7 @@ from dataflare_platform.events.log.commits import read_commit
 from dataflare_platform.events.log.config import TopicConfig
 from dataflare_platform.events.log.partition import Partition
 from dataflare_platform.events.log.segments import NO_TIME
+from dataflare_platform.observability import instruments
 
 if TYPE_CHECKING:
     import pyarrow.dataset as ds
@@ -64,6 +65,17 @@ class Topic:
         table = self._conform(data)
         if table.num_rows == 0:
             return {}
+        ranges = self._append(table, partition, metadata)
+        exported = instruments()
+        if exported is not None:
+            appended = exported["dataflare_log_records_appended_total"]
+            for p, (first, end) in ranges.items():
+                appended.record(end - first, (self.name, str(p)))
+        return ranges
+
+    def _append(
+        self, table: pa.Table, partition: int | None, metadata: dict[str, str] | None
+    ) -> dict[int, tuple[int, int]]:
         n = len(self.parts)
         if partition is not None or n == 1:
             target = 0 if partition is None else partition
@@ -126,7 +138,13 @@ class Topic:
         end = None
         if self.config.transactional:
             end = self.committed_ends()[int(partition)]
-        return self.partition(partition).read(offset, max_rows, columns, end=end)
+        table = self.partition(partition).read(offset, max_rows, columns, end=end)
+        exported = instruments()
+        if exported is not None and table.num_rows:
+            exported["dataflare_log_records_read_total"].record(
+                table.num_rows, (self.name, str(partition))
+            )
+        return table
 
     def read_all(self, columns: list[str] | None = None) -> pa.Table:
         """Every visible row, partition by partition (small topics, tests, the CLI)."""

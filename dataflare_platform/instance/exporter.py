@@ -20,6 +20,7 @@ from collections import OrderedDict
 from datetime import UTC, datetime, timedelta
 
 import dagster as dg
+from dagster._core.scheduler.instigation import InstigatorStatus, TickStatus
 from dagster._core.storage.dagster_run import RunsFilter
 
 from dataflare_platform.observability import Instruments
@@ -42,6 +43,7 @@ class InstanceExporter:
         self.i = instruments
         self._since: datetime | None = None
         self._seen: OrderedDict[str, None] = OrderedDict()
+        self._tick_since: dict[str, float] = {}  # instigator selector id -> last tick seen
 
     def collect(self) -> None:
         """One pass over the instance; records gauges and the newly finished runs."""
@@ -56,6 +58,7 @@ class InstanceExporter:
         age = now - oldest[0].create_timestamp.timestamp() if oldest else 0.0
         self.i["dataflare_dagster_oldest_queued_run_age_seconds"].record(max(age, 0.0), ())
         self._finished_runs()
+        self._ticks(now)
         heartbeat = self.i["dataflare_dagster_daemon_heartbeat_age_seconds"]
         for daemon, beat in self.instance.get_daemon_heartbeats().items():
             heartbeat.record(max(now - beat.timestamp, 0.0), (str(daemon),))
@@ -82,6 +85,35 @@ class InstanceExporter:
             if record.start_time is not None and record.end_time is not None:
                 duration.record(max(record.end_time - record.start_time, 0.0), labels)
         self._since = started
+
+    def _ticks(self, now: float) -> None:
+        """Tick lag of running sensors/schedules, and their failed ticks counted once."""
+        if self.instance.schedule_storage is None:  # an ephemeral instance: no ticks
+            return
+        age = self.i["dataflare_dagster_tick_age_seconds"]
+        failures = self.i["dataflare_dagster_tick_failures_total"]
+        for state in self.instance.all_instigator_state(
+            instigator_statuses={
+                InstigatorStatus.RUNNING,
+                InstigatorStatus.DECLARED_IN_CODE,
+                InstigatorStatus.AUTOMATICALLY_RUNNING,
+            }
+        ):
+            labels = (state.instigator_name, state.instigator_type.value)
+            origin, selector = state.instigator_origin_id, state.selector_id
+            (last,) = self.instance.get_ticks(origin, selector, limit=1) or (None,)
+            if last is None:
+                continue
+            age.record(max(now - last.timestamp, 0.0), labels)
+            since = self._tick_since.get(selector)
+            failed = self.instance.get_ticks(
+                origin, selector, after=since, statuses=[TickStatus.FAILURE]
+            )
+            # The first pass counts the failures already recorded, later passes the new.
+            fresh = [t for t in failed if since is None or t.timestamp > since]
+            if fresh:
+                failures.record(len(fresh), labels)
+            self._tick_since[selector] = last.timestamp
 
     def run_forever(self, interval_s: float, stop=None) -> None:
         """Collect every ``interval_s`` until ``stop`` (a ``threading.Event``) is set."""

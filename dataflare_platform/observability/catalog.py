@@ -290,6 +290,19 @@ INSTANCE_METRICS: tuple[MetricSpec, ...] = (
         buckets=RUN_BUCKETS_S,
     ),
     MetricSpec(
+        "dataflare_dagster_tick_age_seconds",
+        "gauge",
+        ("instigator", "type"),
+        "Time since the last tick of each running sensor or schedule (tick lag).",
+        unit="s",
+    ),
+    MetricSpec(
+        "dataflare_dagster_tick_failures_total",
+        "counter",
+        ("instigator", "type"),
+        "Failed sensor or schedule ticks the exporter saw since it started.",
+    ),
+    MetricSpec(
         "dataflare_dagster_daemon_heartbeat_age_seconds",
         "gauge",
         ("daemon",),

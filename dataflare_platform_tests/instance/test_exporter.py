@@ -10,13 +10,22 @@ import time
 
 import dagster as dg
 import pytest
+from dagster._core.definitions.run_request import InstigatorType
 from dagster._core.remote_origin import (
     InProcessCodeLocationOrigin,
+    RemoteInstigatorOrigin,
     RemoteJobOrigin,
     RemoteRepositoryOrigin,
 )
+from dagster._core.scheduler.instigation import (
+    InstigatorState,
+    InstigatorStatus,
+    TickData,
+    TickStatus,
+)
 from dagster._core.types.loadable_target_origin import LoadableTargetOrigin
 from dagster._daemon.types import DaemonHeartbeat
+from dagster_shared.error import SerializableErrorInfo
 
 from dataflare_platform import observability
 from dataflare_platform.instance.exporter import InstanceExporter
@@ -47,20 +56,64 @@ def broken() -> None:
     breaks()
 
 
-def _origin(job: str) -> RemoteJobOrigin:
-    """Where a queued run comes from (Dagster requires one for QUEUED runs)."""
+def _repository() -> RemoteRepositoryOrigin:
     location = InProcessCodeLocationOrigin(
         loadable_target_origin=LoadableTargetOrigin(
             executable_path=sys.executable, python_file=__file__, attribute="defs"
         ),
         location_name="loc",
     )
-    return RemoteJobOrigin(
-        repository_origin=RemoteRepositoryOrigin(
-            code_location_origin=location, repository_name="__repository__"
-        ),
-        job_name=job,
+    return RemoteRepositoryOrigin(code_location_origin=location, repository_name="__repository__")
+
+
+def _origin(job: str) -> RemoteJobOrigin:
+    """Where a queued run comes from (Dagster requires one for QUEUED runs)."""
+    return RemoteJobOrigin(repository_origin=_repository(), job_name=job)
+
+
+def _tick(instance, state: InstigatorState, status: TickStatus, timestamp: float) -> None:
+    instance.create_tick(
+        TickData(
+            instigator_origin_id=state.instigator_origin_id,
+            instigator_name=state.instigator_name,
+            instigator_type=state.instigator_type,
+            status=status,
+            timestamp=timestamp,
+            selector_id=state.selector_id,
+            run_ids=[],
+            run_keys=[],
+            error=(
+                SerializableErrorInfo("sensor raised", [], "RuntimeError")
+                if status == TickStatus.FAILURE
+                else None
+            ),
+        )
     )
+
+
+def test_sensor_tick_lag_and_failures_counted_once(metrics_dir, instance):
+    """On the project home's instance (SQLite storages, the shipped dagster.yaml)."""
+    exporter = InstanceExporter(instance, observability.instruments())
+    state = InstigatorState(
+        RemoteInstigatorOrigin(_repository(), "offsets_sensor"),
+        InstigatorType.SENSOR,
+        InstigatorStatus.RUNNING,
+    )
+    instance.add_instigator_state(state)
+    now = time.time()
+    _tick(instance, state, TickStatus.FAILURE, now - 100)
+    _tick(instance, state, TickStatus.SUCCESS, now - 60)
+    exporter.collect()
+    exporter.collect()
+    text = exposition(metrics_dir)
+    labels = {"instigator": "offsets_sensor", "type": "SENSOR"}
+    assert value(text, "dataflare_dagster_tick_failures_total", **labels) == 1
+    assert value(text, "dataflare_dagster_tick_age_seconds", **labels) >= 60
+    _tick(instance, state, TickStatus.FAILURE, time.time())
+    exporter.collect()
+    text = exposition(metrics_dir)
+    assert value(text, "dataflare_dagster_tick_failures_total", **labels) == 2
+    assert value(text, "dataflare_dagster_tick_age_seconds", **labels) < 60
 
 
 def test_runs_outcomes_queue_and_heartbeats(metrics_dir):

@@ -288,8 +288,14 @@ class _Run:
             source_thread.join(timeout=10)
             self.sink.close()
         if self.telemetry is not None:
-            self._export(force=True)  # even after an error: what was done is counted
-            self.telemetry.flush_latencies()  # the sink thread has ended
+            try:  # even after an error: what was done is counted
+                self._export(force=True)
+                self.telemetry.flush_latencies()  # the sink thread has ended
+            except Exception:
+                if not self.errors:
+                    raise
+                # The run's own error is the one to report, not a metrics read after it
+                # (e.g. a source whose topic is gone).
         if self.errors:
             raise self.errors[0]
         self._own_stats()

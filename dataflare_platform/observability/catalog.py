@@ -303,6 +303,13 @@ INSTANCE_METRICS: tuple[MetricSpec, ...] = (
         "Failed sensor or schedule ticks the exporter saw since it started.",
     ),
     MetricSpec(
+        "dataflare_dagster_asset_checks_total",
+        "counter",
+        ("asset", "check", "outcome"),
+        "Asset check evaluations the exporter saw since it started (outcome passed/failed;"
+        " a failed check's severity is in Dagster).",
+    ),
+    MetricSpec(
         "dataflare_dagster_daemon_heartbeat_age_seconds",
         "gauge",
         ("daemon",),

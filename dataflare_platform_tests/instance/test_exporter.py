@@ -56,6 +56,37 @@ def broken() -> None:
     breaks()
 
 
+@dg.asset
+def orders() -> None:
+    pass
+
+
+@dg.asset_check(asset=orders)
+def orders_not_empty() -> dg.AssetCheckResult:
+    return dg.AssetCheckResult(passed=False)
+
+
+@dg.asset_check(asset=orders)
+def orders_fresh() -> dg.AssetCheckResult:
+    return dg.AssetCheckResult(passed=True)
+
+
+def test_asset_check_outcomes_counted_once(metrics_dir):
+    with dg.DagsterInstance.ephemeral() as instance:
+        exporter = InstanceExporter(instance, observability.instruments())
+        checks = [orders, orders_not_empty, orders_fresh]
+        dg.materialize(checks, instance=instance)
+        exporter.collect()
+        exporter.collect()
+        dg.materialize(checks, instance=instance)
+        exporter.collect()
+        text = exposition(metrics_dir)
+        name = "dataflare_dagster_asset_checks_total"
+        assert value(text, name, asset="orders", check="orders_not_empty", outcome="failed") == 2
+        assert value(text, name, asset="orders", check="orders_fresh", outcome="passed") == 2
+        assert value(text, name, asset="orders", check="orders_fresh", outcome="failed") is None
+
+
 def _repository() -> RemoteRepositoryOrigin:
     location = InProcessCodeLocationOrigin(
         loadable_target_origin=LoadableTargetOrigin(

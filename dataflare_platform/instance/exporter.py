@@ -64,6 +64,7 @@ class InstanceExporter:
         self._finished_runs()
         self._ticks(now)
         self._checks()
+        self._freshness(now)
         heartbeat = self.i["dataflare_dagster_daemon_heartbeat_age_seconds"]
         for daemon, beat in self.instance.get_daemon_heartbeats().items():
             heartbeat.record(max(now - beat.timestamp, 0.0), (str(daemon),))
@@ -147,6 +148,17 @@ class InstanceExporter:
             outcome = "passed" if evaluation.passed else "failed"
             asset = evaluation.asset_key.to_user_string()
             counter.record(1, (asset, evaluation.check_name, outcome))
+
+    def _freshness(self, now: float) -> None:
+        """Age of every materialized asset's last materialization (the asset records the
+        instance keeps: one read, no event scan)."""
+        age = self.i["dataflare_dagster_asset_materialization_age_seconds"]
+        for record in self.instance.get_asset_records():
+            last = record.asset_entry.last_materialization_record
+            if last is not None:
+                age.record(
+                    max(now - last.timestamp, 0.0), (record.asset_entry.asset_key.to_user_string(),)
+                )
 
     def run_forever(self, interval_s: float, stop=None) -> None:
         """Collect every ``interval_s`` until ``stop`` (a ``threading.Event``) is set."""

@@ -310,6 +310,14 @@ INSTANCE_METRICS: tuple[MetricSpec, ...] = (
         " a failed check's severity is in Dagster).",
     ),
     MetricSpec(
+        "dataflare_dagster_asset_materialization_age_seconds",
+        "gauge",
+        ("asset",),
+        "Time since each asset's last materialization (compare with its freshness policy"
+        " in an alert rule).",
+        unit="s",
+    ),
+    MetricSpec(
         "dataflare_dagster_daemon_heartbeat_age_seconds",
         "gauge",
         ("daemon",),

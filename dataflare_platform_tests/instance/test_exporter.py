@@ -85,6 +85,8 @@ def test_asset_check_outcomes_counted_once(metrics_dir):
         assert value(text, name, asset="orders", check="orders_not_empty", outcome="failed") == 2
         assert value(text, name, asset="orders", check="orders_fresh", outcome="passed") == 2
         assert value(text, name, asset="orders", check="orders_fresh", outcome="failed") is None
+        age = value(text, "dataflare_dagster_asset_materialization_age_seconds", asset="orders")
+        assert age is not None and age >= 0
 
 
 def _repository() -> RemoteRepositoryOrigin:

@@ -734,9 +734,7 @@ class _Run:
             stats.rows_out += out.height
             self._emit(node_id, out)
 
-    def _reject(
-        self, node_id: str, df: pl.DataFrame, reason: str, t0: float, *, kind: str
-    ) -> None:
+    def _reject(self, node_id: str, df: pl.DataFrame, reason: str, t0: float, *, kind: str) -> None:
         """Dead-letter a whole batch at `node_id`; `kind` is the metric's reason label
         (bounded set: `batch_rejected`, `expression_failed`), `reason` the full text."""
         stats = self.metrics.operators[node_id]

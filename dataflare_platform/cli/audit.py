@@ -59,23 +59,40 @@ AnchorOption = Annotated[
 ]
 
 
+EntryKeyOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--entry-key",
+        help="File of the entry key the log's entries are tagged with (default:"
+        " $DATAFLARE_AUDIT_ENTRY_KEY, else what `audit init` provisioned).",
+    ),
+]
+
+
 def _settings(
     url: str | None,
     home: Path | None,
     signing_key: Path | None = None,
     trusted: Path | None = None,
     anchor: str | None = None,
+    entry_key: Path | None = None,
 ) -> AuditSettings:
     from dataflare_platform.compliance.audit_keys import AuditSettings
 
     return AuditSettings.resolve(
-        url=url, home=home, signing_key=signing_key, trusted_keys=trusted, anchor_url=anchor
+        url=url,
+        home=home,
+        signing_key=signing_key,
+        trusted_keys=trusted,
+        anchor_url=anchor,
+        entry_key=entry_key,
     )
 
 
-def _open_existing(settings: AuditSettings, url_given: bool) -> AuditLog:
-    """The log at ``settings.url``; a missing SQLite file is an error, not a new empty log
-    (an empty log verifies, which would hide a wrong path)."""
+def _open_existing(settings: AuditSettings, url_given: bool, keyed: bool = True) -> AuditLog:
+    """The log at ``settings.url``, with the entry key unless only read (``keyed``
+    False); a missing SQLite file is an error, not a new empty log (an empty log
+    verifies, which would hide a wrong path)."""
     from sqlalchemy.engine import make_url
 
     from dataflare_platform.compliance.audit import AuditLog
@@ -84,7 +101,7 @@ def _open_existing(settings: AuditSettings, url_given: bool) -> AuditLog:
     if parsed.get_backend_name() == "sqlite" and not Path(str(parsed.database)).is_file():
         option = "--url" if url_given else "--home"
         raise ConfigError("audit log", [(option, f"no audit log at {parsed.database}")])
-    return AuditLog(settings.url)
+    return AuditLog.open(settings) if keyed else AuditLog(settings.url)
 
 
 @contextmanager
@@ -108,6 +125,7 @@ def verify(
     trusted: TrustedOption = None,
     anchor: AnchorOption = None,
     home: HomeOption = None,
+    entry_key: EntryKeyOption = None,
     allow_unanchored_tail: Annotated[
         bool,
         typer.Option(
@@ -126,15 +144,16 @@ def verify(
     ] = 75,
     as_json: JsonOption = False,
 ) -> None:
-    """Recompute every hash and check every checkpoint (of the log and of the anchor) with
-    the pinned keys; exit 1 if anything was tampered, truncated, emptied or left unsigned."""
+    """Recompute every hash, check every entry's authenticator with the entry key and every
+    checkpoint (of the log and of the anchor) with the pinned keys; exit 1 if anything was
+    forged, tampered, truncated, emptied or left unsigned."""
     from datetime import timedelta
 
     from rich.markup import escape
 
     from dataflare_platform.compliance.audit_anchor import AnchorError, open_anchor
 
-    settings = _settings(url, home, trusted=trusted, anchor=anchor)
+    settings = _settings(url, home, trusted=trusted, anchor=anchor, entry_key=entry_key)
     with _database_errors(), _open_existing(settings, url is not None) as log:
         public_keys = settings.trusted()
         try:
@@ -185,7 +204,8 @@ def tail(
     as_json: JsonOption = False,
 ) -> None:
     """Show the newest entries, oldest first (--json: one JSON object per line)."""
-    with _database_errors(), _open_existing(_settings(url, home), url is not None) as log:
+    settings = _settings(url, home)
+    with _database_errors(), _open_existing(settings, url is not None, keyed=False) as log:
         entries = log.tail(n)
     if as_json:
         for entry in entries:
@@ -279,3 +299,31 @@ def checkpoint(
         err_console().print(f"[bold red]tampered:[/] {escape(str(err))}", highlight=False)
         raise typer.Exit(code=FAILED_EXIT) from None
     print_json(cp.model_dump(mode="json"))
+
+
+@audit_app.command("upgrade")
+def upgrade(
+    url: UrlOption = None,
+    home: HomeOption = None,
+    trusted: TrustedOption = None,
+    anchor: AnchorOption = None,
+) -> None:
+    """Adopt a log written before entries carried authenticators: verify it, sign a
+    checkpoint over it with the configured key and append an authenticated marker below
+    which entries may lack a tag. Run once, after `audit init` (or setting
+    $DATAFLARE_AUDIT_ENTRY_KEY); exit 1 if the log does not verify (nothing written)."""
+    from rich.markup import escape
+
+    from dataflare_platform.compliance.audit import AuditTamperedError
+    from dataflare_platform.compliance.audit_anchor import open_anchor
+
+    settings = _settings(url, home, trusted=trusted, anchor=anchor)
+    signer = settings.signer()
+    target = open_anchor(settings.anchor_url) if settings.anchor_url else None
+    try:
+        with _database_errors(), _open_existing(settings, url is not None) as log:
+            legacy_through = log.upgrade(signer, settings.trusted(), anchor=target)
+    except AuditTamperedError as err:
+        err_console().print(f"[bold red]tampered:[/] {escape(str(err))}", highlight=False)
+        raise typer.Exit(code=FAILED_EXIT) from None
+    print_json({"legacy_through": legacy_through, "upgraded": legacy_through > 0})

@@ -30,7 +30,7 @@ def _audit(home, action: str, name: str, details: dict) -> None:
     from dataflare_platform.compliance.audit import AuditLog
     from dataflare_platform.compliance.audit_keys import AuditSettings
 
-    with AuditLog(AuditSettings.resolve(home=home).url) as log:
+    with AuditLog.open(AuditSettings.resolve(home=home)) as log:
         log.append(CLI_ACTOR, action, f"key:{name}", details)
 
 

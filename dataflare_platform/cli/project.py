@@ -242,6 +242,9 @@ def ui(
             f"[yellow]warning:[/] binding {host} without TLS: passwords, session cookies and "
             "tokens cross the network in clear (use --tls-cert/--tls-key)"
         )
+    from dataflare_platform.compliance.audit_keys import provision_embedded
+
+    provision_embedded(project.root)  # every audit entry is tagged with its entry key
     first = bootstrap(project.root)
     if first is not None:
         print_first_credentials(first)

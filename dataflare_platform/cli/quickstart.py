@@ -212,6 +212,9 @@ def quickstart(
     # The UI is the one `dataflare ui` serves: behind the authenticating front. The first
     # start on a home prints an admin account and a service token once; the quickstart's
     # own launches use a token of their own, revoked when it stops.
+    from dataflare_platform.compliance.audit_keys import provision_embedded
+
+    provision_embedded(project.root)  # every audit entry is tagged with its entry key
     first = bootstrap(project.root)
     if first is not None:
         print_first_credentials(first)

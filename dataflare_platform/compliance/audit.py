@@ -9,6 +9,16 @@ signed head against the recomputed chain, with the deployment's pinned public ke
 Checkpoints are also written to an anchor outside the log (``audit_anchor``), so that
 emptying the log and its checkpoints together is caught too.
 
+Between checkpoints the chain alone protects nothing against whoever can write the
+database: they can rewrite the young tail and recompute every hash. So each entry also
+carries an authenticator made at append, an HMAC-SHA256 of its hash with the deployment's
+entry key (``audit_signing.EntryAuthenticator``, a secret kept with the signing key,
+outside the home). Appending without the key is a ConfigError; ``verify`` and
+``checkpoint`` check every entry's tag. Entries written before authenticators existed
+carry none: ``upgrade`` checkpoints them and appends an authenticated marker
+(``audit_entries_authenticated``, ``legacy_through``) below which an entry may lack one;
+any other entry without one fails.
+
 What ``verify`` counts as a failure beyond a broken chain or checkpoint:
 
 - entries exist and no valid checkpoint covers any of them (a log nobody ever signed
@@ -70,6 +80,7 @@ from dataflare_platform.compliance.audit_keys import (
     ECDSA_P256,
     ED25519,
     AuditSettings,
+    EntryAuthenticator,
     PublicKey,
     Signer,
     as_signer,
@@ -119,6 +130,7 @@ class AuditAction(StrEnum):
     PLUGIN_LOADED = "plugin_loaded"
     RETENTION_DELETED = "retention_deleted"
     CONFIG_CHANGED = "config_changed"
+    ENTRIES_AUTHENTICATED = "audit_entries_authenticated"
 
 
 class AuditTamperedError(DataflareError):
@@ -167,6 +179,10 @@ class AuditEntry(SQLModel, table=True):
     details: str = Field(sa_column=Column(Text, nullable=False))
     prev_hash: str = Field(sa_column=Column(String(64), nullable=False))
     hash: str = Field(sa_column=Column(String(64), nullable=False))
+    # HMAC-SHA256 of ``hash`` with the entry key ``mac_key`` names (hex); None only for
+    # entries written before authenticators existed (see ``AuditLog.upgrade``).
+    mac: str | None = Field(default=None, sa_column=Column(String(64), nullable=True))
+    mac_key: str | None = Field(default=None, sa_column=Column(String(16), nullable=True))
 
     def payload(self) -> dict[str, Any]:
         """``details`` parsed."""
@@ -273,6 +289,9 @@ class VerifyReport(BaseModel):
     head_hash: str
     checkpoints: int
     anchored_checkpoints: int = 0
+    entry_key_id: str | None = None
+    authenticated: int = 0
+    legacy_through: int = 0
     first_bad_entry: EntryProblem | None = None
     bad_entries: int = 0
     bad_checkpoints: list[CheckpointProblem] = []
@@ -293,11 +312,17 @@ class VerifyReport(BaseModel):
         """One line per finding, for a terminal."""
         if self.ok:
             tail = f", {self.unanchored} entries after seq {self.anchored_seq} not yet signed"
+            legacy = (
+                f", seq 1..{self.legacy_through} from before entry authentication"
+                if self.legacy_through
+                else ""
+            )
             return (
                 f"ok: {self.entries} entries, head seq {self.head_seq}"
                 f" ({self.head_hash[:16]}), {self.checkpoints} checkpoints"
-                f" (+{self.anchored_checkpoints} anchored) verified"
-                + (tail if self.unanchored else "")
+                f" (+{self.anchored_checkpoints} anchored) verified,"
+                f" {self.authenticated} entries authenticated with entry key"
+                f" {self.entry_key_id}{legacy}" + (tail if self.unanchored else "")
             )
         lines = []
         if self.unanchored_problem is not None:
@@ -316,7 +341,11 @@ class VerifyReport(BaseModel):
 class AuditLog:
     """An append-only audit log in the database at ``url`` (tables created if missing)."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, entry_key: EntryAuthenticator | None = None) -> None:
+        """``entry_key``: the deployment's entry key (``AuditSettings.open_log`` passes
+        it). Without one the log can be read but not appended to, checkpointed or
+        verified."""
+        self._entry_key = entry_key
         try:
             self.url = normalize_url(url)
         except ValueError as err:
@@ -339,6 +368,13 @@ class AuditLog:
                     " ON audit_entries (action, seq)"
                 )
             )
+            entry_columns = {c["name"] for c in inspect(conn).get_columns("audit_entries")}
+            # A log created before entries were authenticated gains the two columns (its
+            # entries keep NULL: `upgrade` vouches for them with a checkpoint).
+            if "mac" not in entry_columns:
+                conn.execute(text("ALTER TABLE audit_entries ADD COLUMN mac VARCHAR(64)"))
+            if "mac_key" not in entry_columns:
+                conn.execute(text("ALTER TABLE audit_entries ADD COLUMN mac_key VARCHAR(16)"))
             columns = {c["name"] for c in inspect(conn).get_columns("audit_checkpoints")}
             # A log created before counts were signed gains the two columns (old
             # checkpoints keep NULL and verify with their original message).
@@ -357,8 +393,29 @@ class AuditLog:
                     text("ALTER TABLE audit_checkpoints ALTER COLUMN signature TYPE VARCHAR(256)")
                 )
 
+    @classmethod
+    def open(cls, settings: AuditSettings) -> AuditLog:
+        """The log at ``settings.url`` with the configured entry key, so appends are
+        authenticated and ``verify`` checks every entry's tag; a missing entry key is a
+        ConfigError (never generated here)."""
+        return cls(settings.url, entry_key=settings.authenticator())
+
     def __repr__(self) -> str:
         return f"AuditLog({safe_url(self.url)!r})"
+
+    def _authenticator(self, what: str) -> EntryAuthenticator:
+        if self._entry_key is None:
+            raise ConfigError(
+                "audit log",
+                [
+                    (
+                        "entry_key",
+                        f"{what} needs the deployment's audit entry key: set"
+                        " DATAFLARE_AUDIT_ENTRY_KEY or run `dataflare audit init`",
+                    )
+                ],
+            )
+        return self._entry_key
 
     def close(self) -> None:
         """Release pooled connections."""
@@ -397,8 +454,21 @@ class AuditLog:
 
         ``actor`` is ``system`` or ``<kind>:<name>`` with kind one of user, service,
         sensor, schedule, backfill, client, system (``Principal.id``); ``action`` a
-        lower_snake name (see ``AuditAction``).
+        lower_snake name (see ``AuditAction``). The entry is tagged with the log's entry
+        key; a log opened without one refuses to append (ConfigError).
         """
+        return self._append(actor, action, subject, details, self._authenticator("appending"))
+
+    def _append(
+        self,
+        actor: str,
+        action: str,
+        subject: str,
+        details: Mapping[str, Any] | None,
+        authenticator: EntryAuthenticator | None,
+    ) -> AuditEntry:
+        """``append`` with an explicit key; ``None`` writes an untagged entry, which only
+        the benchmark's baseline (``bench/audit.py``) and tests of older logs do."""
         problems = []
         if not isinstance(actor, str) or not _ACTOR.match(actor):
             kinds = ", ".join(_ACTOR_KINDS)
@@ -442,11 +512,14 @@ class AuditLog:
                 hash="",
             )
             entry.hash = entry.compute_hash()
+            if authenticator is not None:
+                entry.mac = authenticator.tag(entry.hash)
+                entry.mac_key = authenticator.key_id
             conn.execute(insert(_ENTRIES).values(**entry.model_dump()))
         return entry
 
     def checkpoint(
-        self, signing_key: Signer | Ed25519PrivateKey, anchor: Any = None
+        self, signing_key: Signer | Ed25519PrivateKey, anchor: Any = None, legacy: bool = False
     ) -> AuditCheckpoint:
         """Sign the current chain head and entry count with ``signing_key``, store the
         checkpoint and, with ``anchor`` (an ``audit_anchor.Anchor``), write it there too
@@ -456,7 +529,11 @@ class AuditLog:
         earlier ones counted (a checkpoint must never vouch for a tampered chain);
         AuditTamperedError if not. Edits before the previous checkpoint are left to
         ``verify``: re-reading the whole log at every checkpoint would not scale.
+
+        Every entry checked must carry a valid tag of the log's entry key; ``legacy``
+        (``upgrade`` only) lets entries without one through.
         """
+        authenticator = self._authenticator("a checkpoint")
         with self._transaction(lock=True) as conn:
             last = conn.execute(
                 select(_CHECKPOINTS).order_by(_CHECKPOINTS.c.id.desc()).limit(1)
@@ -484,7 +561,9 @@ class AuditLog:
             )
             for row in rows:
                 entry = AuditEntry.model_validate(row._mapping)
-                problem = _entry_problem(entry, seq + 1, head_hash, prev_at)
+                problem = _entry_problem(entry, seq + 1, head_hash, prev_at) or _mac_problem(
+                    entry, authenticator, entry.seq if legacy else 0
+                )
                 if problem is not None:
                     raise AuditTamperedError(f"seq {problem.seq}: {problem.problem}")
                 seq, head_hash, prev_at = entry.seq, entry.hash, entry.at
@@ -553,6 +632,7 @@ class AuditLog:
         allow_unanchored_tail: bool = False,
         max_unanchored_age: timedelta = DEFAULT_MAX_UNANCHORED_AGE,
         now: datetime | None = None,
+        legacy_through: int | None = None,
     ) -> VerifyReport:
         """Recompute the whole chain in seq order and check every checkpoint against it.
 
@@ -563,8 +643,17 @@ class AuditLog:
         key id), whose head hash differs from the recomputed hash at its seq (a rewritten
         chain) or whose count exceeds the entries present (truncated or emptied); and
         entries no valid checkpoint covers (see the module docstring).
+
+        Every entry must also carry a valid tag of the log's entry key (an edited,
+        inserted, reordered or re-chained entry of the unsigned tail is caught here),
+        except entries up to the ``legacy_through`` of an authenticated
+        ``audit_entries_authenticated`` marker (``upgrade``), which a valid checkpoint
+        must then cover. ``legacy_through`` overrides the marker (``upgrade`` itself).
         """
+        authenticator = self._authenticator("verifying")
         with self._transaction(snapshot=True) as conn:
+            if legacy_through is None:
+                legacy_through = _legacy_through(conn, authenticator)
             cps = [
                 AuditCheckpoint.model_validate(r._mapping)
                 for r in conn.execute(select(_CHECKPOINTS).order_by(_CHECKPOINTS.c.id))
@@ -574,7 +663,7 @@ class AuditLog:
             first_at: dict[int, datetime] = {}
             recomputed: dict[int, str] = {0: GENESIS_HASH}
             first_bad: EntryProblem | None = None
-            bad = count = 0
+            bad = count = authenticated = 0
             seq, prev_hash, prev_at = 0, GENESIS_HASH, None
             rows = conn.execution_options(yield_per=1000).execute(
                 select(_ENTRIES).order_by(_ENTRIES.c.seq)
@@ -587,10 +676,14 @@ class AuditLog:
                     )
                     break
                 count += 1
-                problem = _entry_problem(entry, seq + 1, prev_hash, prev_at)
+                problem = _entry_problem(entry, seq + 1, prev_hash, prev_at) or _mac_problem(
+                    entry, authenticator, legacy_through
+                )
                 if problem is not None:
                     bad += 1
                     first_bad = first_bad or problem
+                elif entry.mac is not None:
+                    authenticated += 1
                 if entry.seq in wanted:
                     recomputed[entry.seq] = entry.compute_hash()
                 if entry.seq in after:
@@ -616,6 +709,9 @@ class AuditLog:
             head_hash=prev_hash,
             checkpoints=len(cps),
             anchored_checkpoints=len(anchored),
+            entry_key_id=authenticator.key_id,
+            authenticated=authenticated,
+            legacy_through=min(legacy_through, seq),
             first_bad_entry=first_bad,
             bad_entries=bad,
             bad_checkpoints=bad_cps,
@@ -627,7 +723,50 @@ class AuditLog:
             report.unanchored_problem = _unanchored_problem(
                 report, max_unanchored_age, now or utc_now()
             )
+            if report.legacy_through > good_seq and report.unanchored_problem is None:
+                report.unanchored_problem = (
+                    f"entries up to seq {report.legacy_through} carry no authenticator and no"
+                    f" valid checkpoint covers them (the last valid one is at seq {good_seq})"
+                )
         return report
+
+    def upgrade(
+        self,
+        signing_key: Signer | Ed25519PrivateKey,
+        public_keys: Mapping[str, PublicKey],
+        anchor: Any = None,
+    ) -> int:
+        """Adopt a log written before entries were authenticated: verify it (its chain,
+        every checkpoint, and the tags entries already carry), sign a checkpoint over it
+        all, then append an authenticated ``audit_entries_authenticated`` marker whose
+        ``legacy_through`` is that checkpoint's seq. From then on entries up to that seq
+        may lack a tag (a valid checkpoint vouches for them) and no later one may.
+        Returns ``legacy_through``; 0 when every entry already has a tag (nothing done).
+        AuditTamperedError when the log does not verify: an upgrade never vouches for a
+        tampered log.
+        """
+        authenticator = self._authenticator("an upgrade")
+        signer = as_signer(signing_key)
+        with self._transaction() as conn:
+            untagged = conn.execute(
+                select(func.max(_ENTRIES.c.seq)).where(_ENTRIES.c.mac.is_(None))
+            ).scalar()
+            if untagged is None or untagged <= _legacy_through(conn, authenticator):
+                return 0
+        anchored = anchor.checkpoints() if anchor is not None else []
+        report = self.verify(
+            public_keys, anchored=anchored, allow_unanchored_tail=True, legacy_through=untagged
+        )
+        if not report.ok:
+            raise AuditTamperedError(report.summary())
+        cp = self.checkpoint(signer, anchor=anchor, legacy=True)
+        self.append(
+            "system",
+            AuditAction.ENTRIES_AUTHENTICATED,
+            f"audit:{safe_url(self.url)}",
+            {"legacy_through": cp.seq, "entry_key": authenticator.key_id},
+        )
+        return cp.seq
 
 
 def _read_entries(rows: Iterable[Any]) -> Iterator[AuditEntry | EntryProblem]:
@@ -670,6 +809,56 @@ def _entry_problem(
             seq=entry.seq, problem=f"time runs backwards from seq {entry.seq - 1} (reordered)"
         )
     return None
+
+
+def _mac_problem(
+    entry: AuditEntry, authenticator: EntryAuthenticator, legacy_through: int
+) -> EntryProblem | None:
+    """What is wrong with ``entry``'s authenticator, if anything (its hash and place in
+    the chain are already checked)."""
+    if entry.mac is None:
+        if entry.seq <= legacy_through:
+            return None
+        return EntryProblem(
+            seq=entry.seq,
+            problem="no authenticator: not written with the deployment's entry key (forged),"
+            " or a log from before entry authentication (run `dataflare audit upgrade`)",
+        )
+    if entry.mac_key != authenticator.key_id:
+        return EntryProblem(
+            seq=entry.seq,
+            problem=f"authenticated with entry key {entry.mac_key}, not the deployment's"
+            f" {authenticator.key_id} (forged)",
+        )
+    if not authenticator.check(entry.hash, entry.mac):
+        return EntryProblem(
+            seq=entry.seq,
+            problem="authenticator does not verify with the entry key"
+            " (forged, altered, reordered or re-chained entry)",
+        )
+    return None
+
+
+def _legacy_through(conn: Connection, authenticator: EntryAuthenticator) -> int:
+    """The ``legacy_through`` of the first ``audit_entries_authenticated`` marker whose own
+    tag verifies (a marker without a valid tag, or naming a seq not below its own, is
+    ignored: it is itself reported as a bad entry), else 0."""
+    rows = conn.execute(
+        select(_ENTRIES)
+        .where(_ENTRIES.c.action == AuditAction.ENTRIES_AUTHENTICATED.value)
+        .order_by(_ENTRIES.c.seq)
+    )
+    for row in _read_entries(rows):
+        if isinstance(row, EntryProblem) or row.mac is None:
+            continue
+        if row.mac_key != authenticator.key_id or not authenticator.check(row.hash, row.mac):
+            continue
+        if row.compute_hash() != row.hash:
+            continue
+        through = row.payload().get("legacy_through")
+        if isinstance(through, int) and 0 <= through < row.seq:
+            return through
+    return 0
 
 
 def _unanchored_problem(report: VerifyReport, max_age: timedelta, now: datetime) -> str | None:

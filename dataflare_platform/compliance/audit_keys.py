@@ -7,6 +7,11 @@ home can write the log):
 
 - the signing key: ``DATAFLARE_AUDIT_SIGNING_KEY`` (a PEM private key file, mode 0600) or
   a PKCS#11 token (``DATAFLARE_AUDIT_PKCS11_MODULE`` and friends, see ``audit_pkcs11``);
+- the entry key: ``DATAFLARE_AUDIT_ENTRY_KEY`` (a file of one line of hex, 32 random
+  bytes, mode 0600), the HMAC-SHA256 key every append tags its entry with, so an entry
+  written after the last checkpoint cannot be forged or re-chained by whoever can write
+  the home either (``audit_signing.EntryAuthenticator``). It is a file even where the
+  signing key is on a PKCS#11 token: appends are frequent and must stay cheap;
 - the trusted public keys, PINNED: ``DATAFLARE_AUDIT_TRUSTED_KEYS`` names one file of
   concatenated PEM public keys. Only those verify a checkpoint (never "every key found in
   a folder": a key dropped next to the log is not trusted);
@@ -46,6 +51,7 @@ from sqlalchemy.exc import ArgumentError
 from dataflare_platform.compliance.audit_signing import (
     ECDSA_P256,
     ED25519,
+    EntryAuthenticator,
     FileSigner,
     PublicKey,
     Signer,
@@ -64,6 +70,7 @@ __all__ = [
     "ECDSA_P256",
     "ED25519",
     "AuditSettings",
+    "EntryAuthenticator",
     "FileSigner",
     "PublicKey",
     "Signer",
@@ -71,6 +78,7 @@ __all__ = [
     "as_signer",
     "generate_key_pair",
     "key_id",
+    "load_entry_key",
     "load_public_keys",
     "load_signing_key",
     "load_trusted_keys",
@@ -84,11 +92,13 @@ PUBLIC_SUFFIX = ".pub"
 DEFAULT_DB_NAME = "audit.db"
 
 ENV_SIGNING_KEY = "DATAFLARE_AUDIT_SIGNING_KEY"
+ENV_ENTRY_KEY = "DATAFLARE_AUDIT_ENTRY_KEY"
 ENV_TRUSTED_KEYS = "DATAFLARE_AUDIT_TRUSTED_KEYS"
 ENV_ANCHOR_URL = "DATAFLARE_AUDIT_ANCHOR_URL"
 ENV_PKCS11_MODULE = "DATAFLARE_AUDIT_PKCS11_MODULE"
 PROVISION_FILE = "audit.json"
 PROVISION_KEY = "signing.key"
+PROVISION_ENTRY_KEY = "entry.key"
 PROVISION_TRUSTED = "trusted.pem"
 PROVISION_ANCHOR = "anchor.jsonl"
 _PEM_BLOCK = re.compile(rb"-----BEGIN PUBLIC KEY-----\s.*?-----END PUBLIC KEY-----", re.DOTALL)
@@ -101,6 +111,42 @@ def _write_private(path: Path, private: Ed25519PrivateKey) -> None:
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "wb") as out:
         out.write(pem)
+
+
+def write_entry_key(path: Path) -> EntryAuthenticator:
+    """Create a new entry key file at ``path`` (O_EXCL, mode 0600 from the start: never
+    readable by others, never overwriting a key) and return it."""
+    key = EntryAuthenticator.generate()
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as out:
+        out.write(key.encoded() + "\n")
+    return key
+
+
+def load_entry_key(path: Path, field: str = "entry_key") -> EntryAuthenticator:
+    """The entry key in ``path``. Missing, unreadable, readable by group or others, or not
+    64 hex digits is an error naming the file (a key is never generated here: a new one
+    would make the log's existing tags unverifiable and hide the loss)."""
+    path = Path(path)
+    try:
+        mode = path.stat().st_mode
+        text = path.read_text(encoding="ascii").strip()
+    except OSError as err:
+        raise ConfigError(
+            "audit keys", [(field, f"{path}: {err.strerror}: restore the entry key")]
+        ) from None
+    except UnicodeDecodeError:
+        raise ConfigError("audit keys", [(field, f"{path}: not one line of hex")]) from None
+    if mode & 0o077:
+        raise ConfigError(
+            "audit keys", [(field, f"{path}: mode {mode & 0o777:o}, must be 0600 (owner only)")]
+        )
+    try:
+        return EntryAuthenticator(bytes.fromhex(text))
+    except (ValueError, InvalidInputError):
+        raise ConfigError(
+            "audit keys", [(field, f"{path}: not {2 * 32} hex digits (a 32-byte key)")]
+        ) from None
 
 
 def generate_key_pair(key_dir: Path) -> str:
@@ -240,6 +286,7 @@ class AuditSettings(StrictModel):
     url: str
     home: Path
     signing_key: Path | None = None
+    entry_key: Path | None = None
     trusted_keys: Path | None = None
     anchor_url: str | None = None
     pkcs11: bool = False
@@ -249,14 +296,14 @@ class AuditSettings(StrictModel):
     def _check_url(cls, url: str) -> str:
         return normalize_url(url)
 
-    @field_validator("signing_key", "trusted_keys")
+    @field_validator("signing_key", "entry_key", "trusted_keys")
     @classmethod
     def _absolute(cls, path: Path | None) -> Path | None:
         return None if path is None else path.expanduser().absolute()
 
     @model_validator(mode="after")
     def _keys_outside_home(self) -> AuditSettings:
-        for name in ("signing_key", "trusted_keys"):
+        for name in ("signing_key", "entry_key", "trusted_keys"):
             path = getattr(self, name)
             if path is not None and path_inside(path, self.home):
                 raise ValueError(
@@ -274,6 +321,7 @@ class AuditSettings(StrictModel):
         trusted_keys: Path | None = None,
         anchor_url: str | None = None,
         environ: Mapping[str, str] | None = None,
+        entry_key: Path | None = None,
     ) -> AuditSettings:
         """Explicit values win, then the environment (``DATAFLARE_AUDIT_*``), then what
         ``dataflare audit init`` provisioned for this home; the log defaults to
@@ -295,6 +343,7 @@ class AuditSettings(StrictModel):
             "url": url,
             "home": root,
             "signing_key": None if pkcs11 else pick(signing_key, ENV_SIGNING_KEY, "signing_key"),
+            "entry_key": pick(entry_key, ENV_ENTRY_KEY, "entry_key"),
             "trusted_keys": pick(trusted_keys, ENV_TRUSTED_KEYS, "trusted_keys"),
             "anchor_url": pick(anchor_url, ENV_ANCHOR_URL, "anchor_url"),
             "pkcs11": pkcs11,
@@ -324,6 +373,22 @@ class AuditSettings(StrictModel):
                 ],
             )
         return FileSigner(load_private_key_file(self.signing_key))
+
+    def authenticator(self) -> EntryAuthenticator:
+        """The configured entry key; none configured or a missing file is an error (a key
+        is never generated here)."""
+        if self.entry_key is None:
+            raise ConfigError(
+                "audit keys",
+                [
+                    (
+                        "entry_key",
+                        f"no audit entry key configured: set {ENV_ENTRY_KEY} or run"
+                        " `dataflare audit init`",
+                    )
+                ],
+            )
+        return load_entry_key(self.entry_key)
 
     def trusted(self) -> dict[str, PublicKey]:
         """The pinned public keys; none configured is an error."""
@@ -360,12 +425,22 @@ def provision(home_root: Path, anchor_url: str | None = None) -> dict[str, str]:
     directory = user_config_dir(home_root)
     existing = _read_provisioned(directory)
     if existing:
-        key = Path(existing.get("signing_key", ""))
-        if not key.is_file():
-            raise ConfigError(
-                "audit keys",
-                [("signing_key", f"the provisioned audit key {key} is missing: restore it")],
-            )
+        for field in ("signing_key", "entry_key"):
+            key = Path(existing.get(field, "") or directory / "-")
+            if (field == "signing_key" or field in existing) and not key.is_file():
+                raise ConfigError(
+                    "audit keys",
+                    [(field, f"the provisioned audit key {key} is missing: restore it")],
+                )
+        if "entry_key" not in existing:
+            # Provisioned before entries were authenticated: this explicit step adds the
+            # entry key (the log's older entries then need `dataflare audit upgrade`).
+            try:
+                write_entry_key(directory / PROVISION_ENTRY_KEY)
+            except OSError as err:
+                raise ConfigError("audit keys", [("config_dir", f"{directory}: {err}")]) from None
+            existing = {**existing, "entry_key": str(directory / PROVISION_ENTRY_KEY)}
+            _write_provisioned(directory, existing, replace=True)
         return existing
     try:
         directory.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -373,11 +448,13 @@ def provision(home_root: Path, anchor_url: str | None = None) -> dict[str, str]:
         private = Ed25519PrivateKey.generate()
         key_path = directory / PROVISION_KEY
         _write_private(key_path, private)
+        write_entry_key(directory / PROVISION_ENTRY_KEY)
         trusted = directory / PROVISION_TRUSTED
         trusted.write_bytes(public_pem(private.public_key()))
         trusted.chmod(0o600)
         config = {
             "signing_key": str(key_path),
+            "entry_key": str(directory / PROVISION_ENTRY_KEY),
             "trusted_keys": str(trusted),
             "anchor_url": anchor_url or f"file://{directory / PROVISION_ANCHOR}",
             "key_id": key_id(private.public_key()),
@@ -385,12 +462,37 @@ def provision(home_root: Path, anchor_url: str | None = None) -> dict[str, str]:
         if anchor_url is None:
             anchor = directory / PROVISION_ANCHOR
             os.close(os.open(anchor, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600))
-        fd = os.open(directory / PROVISION_FILE, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as out:
-            json.dump(config, out, indent=2)
+        _write_provisioned(directory, config)
     except OSError as err:
         raise ConfigError("audit keys", [("config_dir", f"{directory}: {err}")]) from None
     return config
+
+
+def provision_embedded(home_root: Path, environ: Mapping[str, str] | None = None) -> bool:
+    """At a front's start: :func:`provision` the embedded default for this home unless
+    the deployment configures its own audit keys (any of ``DATAFLARE_AUDIT_SIGNING_KEY``,
+    ``_ENTRY_KEY``, ``_TRUSTED_KEYS``, ``_PKCS11_MODULE`` set: then a missing key stays a
+    start error naming it). Every append needs the entry key, and the first ``make ui``
+    must stay one command. Idempotent; a provisioned key that went missing is an error,
+    never replaced. True when it provisioned (or completed) the default."""
+    env = os.environ if environ is None else environ
+    own = (ENV_SIGNING_KEY, ENV_ENTRY_KEY, ENV_TRUSTED_KEYS, ENV_PKCS11_MODULE)
+    if any(env.get(name) for name in own):
+        return False
+    provision(Path(home_root))
+    return True
+
+
+def _write_provisioned(directory: Path, config: Mapping[str, str], replace: bool = False) -> None:
+    """Write ``audit.json`` 0600: created exclusively, or (``replace``) through a 0600
+    temporary file renamed over the old one, so no reader ever sees half a file."""
+    target = directory / PROVISION_FILE
+    path = directory / f".{PROVISION_FILE}.tmp" if replace else target
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as out:
+        json.dump(dict(config), out, indent=2)
+    if replace:
+        path.replace(target)
 
 
 def _mask(message: str, url: str) -> str:

@@ -16,9 +16,13 @@ import os
 import re
 from collections.abc import Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from dataflare_platform.access.principal import PRINCIPAL_TAG
 from dataflare_platform.errors import DeploymentOverrideError
+
+if TYPE_CHECKING:
+    from dataflare_platform.compliance.audit import AuditLog
 
 ACTION = "deployment_override_refused"
 AUDIT_URL_ENV = "DATAFLARE_AUDIT_URL"
@@ -42,6 +46,16 @@ def deployment_audit_url(home: str | Path | None = None) -> str:
     return AuditSettings.resolve(url=url, home=Path(home) if home else None).url
 
 
+def deployment_audit_log(home: str | Path | None = None, url: str | None = None) -> AuditLog:
+    """The deployment's audit log (``url``, else as :func:`deployment_audit_url`) opened
+    with its entry key, ready to append; a missing entry key is a ConfigError."""
+    from dataflare_platform.compliance.audit import AuditLog
+    from dataflare_platform.compliance.audit_keys import AuditSettings
+
+    url = url or os.environ.get(AUDIT_URL_ENV) or None
+    return AuditLog.open(AuditSettings.resolve(url=url, home=Path(home) if home else None))
+
+
 def refuse(
     paths: list[str],
     *,
@@ -57,13 +71,13 @@ def refuse(
     """
     # The audit store (SQLModel, SQLAlchemy) is imported on a refusal only: the code
     # location, which imports this module, loads in every run worker.
-    from dataflare_platform.compliance.audit import AuditLog, canonical_json
+    from dataflare_platform.compliance.audit import canonical_json
 
     error = DeploymentOverrideError(paths, where=where)
     try:
         subject = f"run:{run_id}" if run_id else "run:<none>"
         details = {"paths": list(paths), "where": where}
-        with AuditLog(audit_url or deployment_audit_url()) as log:
+        with deployment_audit_log(url=audit_url) as log:
             # Each step of a run sets its resources up: record a run's refusal once.
             recorded = any(
                 entry.action == ACTION

@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from dataflare_platform.compliance.override_refusals import deployment_audit_url
+from dataflare_platform.compliance.override_refusals import deployment_audit_log
 
 ACTION = "plugin_refused"
 log = logging.getLogger(__name__)
@@ -29,8 +29,6 @@ def record_refusal(
 ) -> None:
     """Append the refusal; a failing audit store is logged, never turns the refusal into
     an acceptance (the caller raises either way)."""
-    from dataflare_platform.compliance.audit import AuditLog
-
     details = {
         "sha256": actual,
         "expected_sha256": expected,
@@ -39,7 +37,7 @@ def record_refusal(
         "reason": "digest_mismatch" if expected else "unpinned",
     }
     try:
-        with AuditLog(deployment_audit_url(home)) as audit:
+        with deployment_audit_log(home) as audit:
             audit.append(actor, ACTION, plugin, details)
     except Exception:  # the refusal stands whatever the store does
         log.exception("could not audit the refusal of plugin %s", plugin)

@@ -187,6 +187,9 @@ def running_front(
     it while waiting. ``cancel``: set it to give up waiting (raises
     :class:`FrontStartCancelledError`). ``on_start``: called with the child right after it
     is spawned (e.g. to tell a person its process group while it starts)."""
+    from dataflare_platform.compliance.audit_keys import provision_embedded
+
+    provision_embedded(project.root)  # every audit entry is tagged with its entry key
     first = bootstrap(project.root)
     store = IdentityStore(project.root)
     port = free_port() if port is None else port

@@ -62,7 +62,9 @@ def build_front(
     from dataflare_platform.compliance.audit_keys import AuditSettings
 
     store = IdentityStore(project.root)
-    audit_log = AuditLog(AuditSettings.resolve(home=project.root).url)
+    # The entry key is read now: a front without it fails to start, naming the key,
+    # rather than at the first sign-in it cannot record.
+    audit_log = AuditLog.open(AuditSettings.resolve(home=project.root))
 
     def run_location(run_id: str) -> str | None:
         if instance is None:

@@ -43,7 +43,10 @@ from dataflare_platform.access.decisions import Decision, Resource
 from dataflare_platform.access.policy import load_authorizer
 from dataflare_platform.access.principal import PRINCIPAL_TAG, Principal
 from dataflare_platform.compliance.access_log import AuditDecisionRecorder
-from dataflare_platform.compliance.override_refusals import deployment_audit_url
+from dataflare_platform.compliance.override_refusals import (
+    deployment_audit_log,
+    deployment_audit_url,
+)
 from dataflare_platform.errors import AccessDeniedError, DataflareError
 from dataflare_platform.instance.run_config_guard import forbidden_overrides, refuse_overrides
 from dataflare_platform.instance.submitters import (
@@ -108,11 +111,9 @@ class AuthorizingRunCoordinator(QueuedRunCoordinator):
         self._recorders: dict[str, AuditDecisionRecorder] = {}
 
     def _recorder(self) -> AuditDecisionRecorder:
-        from dataflare_platform.compliance.audit import AuditLog
-
         url = deployment_audit_url()
         if url not in self._recorders:
-            self._recorders[url] = AuditDecisionRecorder(AuditLog(url))
+            self._recorders[url] = AuditDecisionRecorder(deployment_audit_log(url=url))
         return self._recorders[url]
 
     def _parent_tags(self, run: DagsterRun) -> Mapping[str, str] | None:

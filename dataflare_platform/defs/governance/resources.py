@@ -67,7 +67,7 @@ class GovernanceResource(DeploymentLockedResource):
     def audit_log(self) -> AuditLog:
         from dataflare_platform.compliance.audit import AuditLog
 
-        return AuditLog(self.audit_settings().url)
+        return AuditLog.open(self.audit_settings())
 
     def signing_key(self):
         """The configured checkpoint signer; none configured is a ConfigError (a key is

@@ -35,6 +35,18 @@ def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> ProjectHome:
 
 
 @pytest.fixture
+def entry_key_file(home: ProjectHome, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """The tests' audit entry key (``audit_support.ENTRY_KEY``) as the deployment's
+    (``DATAFLARE_AUDIT_ENTRY_KEY``, outside the home), for tests that write a log with
+    ``AuditLog(url, entry_key=ENTRY_KEY)`` and read it back through the CLI or settings."""
+    from dataflare_platform_tests.audit_support import write_entry_key
+
+    path = write_entry_key(tmp_path / "entry.key")
+    monkeypatch.setenv("DATAFLARE_AUDIT_ENTRY_KEY", str(path))
+    return path
+
+
+@pytest.fixture
 def landed_home(home: ProjectHome) -> ProjectHome:
     """A home with SMALL_CONFIG's Nexmark files landed (not yet loaded)."""
     write_nexmark(SMALL_CONFIG, home.nexmark_dir)

@@ -20,6 +20,7 @@ from dataflare_platform.access.principal import Principal
 from dataflare_platform.compliance.access_log import AuditDecisionRecorder
 from dataflare_platform.compliance.audit import AuditLog
 from dataflare_platform.errors import ConfigError
+from dataflare_platform_tests.audit_support import ENTRY_KEY
 
 JOB = Resource(kind="job", name="nexmark_ingest_job", location="dataflare_platform")
 
@@ -364,7 +365,7 @@ def test_service_principals_in_the_default_policy(principal, resource, allowed):
 
 
 def test_decisions_are_audited(tmp_path):
-    log = AuditLog(f"sqlite:///{tmp_path / 'audit.db'}")
+    log = AuditLog(f"sqlite:///{tmp_path / 'audit.db'}", entry_key=ENTRY_KEY)
     recorder = AuditDecisionRecorder(log)
     authorizer = load_authorizer()
     recorder.record(authorizer.decide(who("viewer"), "launch", JOB))

@@ -45,6 +45,7 @@ from dataflare_platform.compliance.audit_keys import (
 )
 from dataflare_platform.errors import ConfigError
 from dataflare_platform.home import ProjectHome
+from dataflare_platform_tests.audit_support import ENTRY_KEY
 
 
 @pytest.fixture
@@ -78,7 +79,7 @@ def keys(tmp_path: Path) -> Path:
 
 
 def _fill(url: str, n: int = 10) -> AuditLog:
-    log = AuditLog(url)
+    log = AuditLog(url, entry_key=ENTRY_KEY)
     actors = ["user:alice", "sensor:orders_arrived", "schedule:nightly", "client:etl", "system"]
     actions = ["run_launched", "materialization", "check_result", "config_changed"]
     for i in range(n):
@@ -245,7 +246,9 @@ def test_a_consistently_rewritten_chain_is_caught_by_the_checkpoint(url, keys):
 
     report = log.verify(load_public_keys(keys))
 
-    assert report.first_bad_entry is None  # the chain itself is consistent again
+    # The chain itself is consistent again; the first rewritten entry's tag is not.
+    assert report.first_bad_entry is not None and report.first_bad_entry.seq == 3
+    assert "authenticator does not verify" in report.first_bad_entry.problem
     assert not report.ok
     [bad] = report.bad_checkpoints
     assert bad.seq == 8
@@ -336,7 +339,7 @@ def test_checkpoint_refuses_to_sign_a_tampered_chain(url, keys, tamper, match):
 
 # -- concurrency --------------------------------------------------------------------------
 def _append_many(url: str, worker: int, count: int, start: multiprocessing.synchronize.Event):
-    log = AuditLog(url)
+    log = AuditLog(url, entry_key=ENTRY_KEY)
     start.wait(30)
     for i in range(count):
         log.append(f"client:worker{worker}", "materialization", f"w{worker}/{i}", {"i": i})
@@ -344,7 +347,9 @@ def _append_many(url: str, worker: int, count: int, start: multiprocessing.synch
 
 
 def test_concurrent_appends_from_four_processes_keep_one_dense_chain(url, keys):
-    AuditLog(url).close()  # tables exist before the race (creation is locked anyway)
+    AuditLog(
+        url, entry_key=ENTRY_KEY
+    ).close()  # tables exist before the race (creation is locked anyway)
     # Workers fork from a clean server process that imported this module once: none of
     # pytest's threads or engines are inherited, and the import is paid once, not 4 times.
     ctx = multiprocessing.get_context("forkserver")
@@ -358,7 +363,7 @@ def test_concurrent_appends_from_four_processes_keep_one_dense_chain(url, keys):
         p.join(120)
     assert [p.exitcode for p in workers] == [0, 0, 0, 0]
 
-    log = AuditLog(url)
+    log = AuditLog(url, entry_key=ENTRY_KEY)
     log.checkpoint(load_signing_key(keys))
     report = log.verify(load_public_keys(keys))
     entries = log.tail(1000)
@@ -383,7 +388,7 @@ def test_concurrent_appends_from_four_processes_keep_one_dense_chain(url, keys):
     ],
 )
 def test_bad_entries_are_refused_naming_the_field(tmp_path, args, field):
-    log = AuditLog(f"sqlite:///{tmp_path / 'a.db'}")
+    log = AuditLog(f"sqlite:///{tmp_path / 'a.db'}", entry_key=ENTRY_KEY)
     with pytest.raises(ConfigError) as err:
         log.append(*args)
     assert err.value.fields == [field]
@@ -405,7 +410,7 @@ def test_bad_urls_are_refused_naming_the_field(tmp_path, url, message):
     assert err.value.fields == ["url"]
     assert message in str(err.value) and "s3cret" not in str(err.value)
     with pytest.raises(ConfigError) as err:
-        AuditLog(url)
+        AuditLog(url, entry_key=ENTRY_KEY)
     assert err.value.fields == ["url"]
 
 
@@ -449,7 +454,9 @@ def test_a_renamed_public_key_keeps_its_true_id(tmp_path):
 
 
 # -- CLI ----------------------------------------------------------------------------------
-def test_cli_verify_exits_0_on_a_good_log_and_1_naming_the_tampered_seq(tmp_path, home):
+def test_cli_verify_exits_0_on_a_good_log_and_1_naming_the_tampered_seq(
+    tmp_path, home, entry_key_file
+):
     url = f"sqlite:///{tmp_path / 'audit.db'}"
     key_dir = tmp_path / "keys"
     runner = CliRunner()
@@ -479,7 +486,7 @@ def test_cli_verify_exits_0_on_a_good_log_and_1_naming_the_tampered_seq(tmp_path
     assert report["ok"] is False and report["first_bad_entry"]["seq"] == 2
 
 
-def test_cli_tail_a_missing_log_and_an_unsigned_log(tmp_path, home: ProjectHome):
+def test_cli_tail_a_missing_log_and_an_unsigned_log(tmp_path, home: ProjectHome, entry_key_file):
     runner = CliRunner()
     missing = runner.invoke(audit_app, ["verify"])
     assert missing.exit_code == 2
@@ -502,7 +509,7 @@ def test_cli_tail_a_missing_log_and_an_unsigned_log(tmp_path, home: ProjectHome)
 
 
 def test_entry_model_round_trips_through_the_log(tmp_path):
-    log = AuditLog(f"sqlite:///{tmp_path / 'a.db'}")
+    log = AuditLog(f"sqlite:///{tmp_path / 'a.db'}", entry_key=ENTRY_KEY)
     appended = log.append("system", "config_changed", "audit", {"k": "v"})
     [stored] = log.tail(1)
     assert isinstance(stored, AuditEntry)
@@ -532,7 +539,7 @@ def test_cli_names_an_unreachable_database_without_a_traceback():
     assert "s3cret" not in got.output
 
 
-def test_cli_checkpoint_exits_1_on_a_tampered_chain(tmp_path, home):
+def test_cli_checkpoint_exits_1_on_a_tampered_chain(tmp_path, home, entry_key_file):
     url = f"sqlite:///{tmp_path / 'audit.db'}"
     kid = generate_key_pair(tmp_path / "keys")
     _fill(url, 3).close()
@@ -542,4 +549,4 @@ def test_cli_checkpoint_exits_1_on_a_tampered_chain(tmp_path, home):
     )
     assert got.exit_code == 1
     assert "seq 3" in got.output
-    assert AuditLog(url).checkpoints() == []
+    assert AuditLog(url, entry_key=ENTRY_KEY).checkpoints() == []

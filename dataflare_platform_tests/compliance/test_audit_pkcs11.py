@@ -29,6 +29,7 @@ from dataflare_platform.compliance.audit_pkcs11 import (
     Pkcs11Signer,
     generate_token_key,
 )
+from dataflare_platform_tests.audit_support import ENTRY_KEY
 
 MODULES = ("/usr/lib/softhsm/libsofthsm2.so", "/usr/lib/x86_64-linux-gnu/softhsm/libsofthsm2.so")
 PIN = "4711-audit"
@@ -90,7 +91,7 @@ def test_a_token_key_signs_checkpoints_that_verify_with_the_pinned_key(
     trusted.write_bytes(public_pem(signer.public_key))
     monkeypatch.setenv(ENV_TRUSTED_KEYS, str(trusted))
     url = f"sqlite:///{tmp_path / 'audit.db'}"
-    log = AuditLog(url)
+    log = AuditLog(url, entry_key=ENTRY_KEY)
     for i in range(3):
         log.append("service:etl", "materialization", f"shop/t{i}", {"i": i})
 

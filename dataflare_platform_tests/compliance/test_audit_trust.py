@@ -41,10 +41,11 @@ from dataflare_platform.defs.governance.resources import GovernanceResource
 from dataflare_platform.defs.resources import ProjectHomeResource
 from dataflare_platform.errors import ConfigError
 from dataflare_platform.home import ProjectHome
+from dataflare_platform_tests.audit_support import ENTRY_KEY
 
 
 def _fill(url: str, n: int) -> AuditLog:
-    log = AuditLog(url)
+    log = AuditLog(url, entry_key=ENTRY_KEY)
     for i in range(n):
         log.append("user:alice", "materialization", f"shop/orders{i}", {"i": i})
     return log
@@ -386,7 +387,7 @@ def test_a_log_of_the_old_schema_is_upgraded_and_takes_p256_checkpoints(old_log_
     log.close()
 
 
-def test_cli_verify_tail_options(tmp_path, home, url):
+def test_cli_verify_tail_options(tmp_path, home, url, entry_key_file):
     from typer.testing import CliRunner
 
     from dataflare_platform.cli.audit import audit_app
@@ -404,7 +405,7 @@ def test_cli_verify_tail_options(tmp_path, home, url):
     assert young.exit_code == 0, young.output  # one entry, seconds old
 
 
-def test_cli_verify_fails_when_the_file_anchor_was_deleted_with_the_log(home):
+def test_cli_verify_fails_when_the_file_anchor_was_deleted_with_the_log(home, entry_key_file):
     from typer.testing import CliRunner
 
     from dataflare_platform.cli.audit import audit_app

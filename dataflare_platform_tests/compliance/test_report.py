@@ -40,6 +40,7 @@ from dataflare_platform.compliance.retention import (
     RetentionPolicy,
     delete_duckdb_rows,
 )
+from dataflare_platform_tests.audit_support import ENTRY_KEY
 from dataflare_platform_tests.browser import chromium_binary, run_chromium
 
 DAY = date(2026, 3, 31)
@@ -323,7 +324,7 @@ def test_retention_record_from_a_real_deletion_equals_its_audit_form():
 def test_audit_status_from_a_really_tampered_log(tmp_path: Path):
     url = f"sqlite:///{tmp_path / 'audit.db'}"
     key = Ed25519PrivateKey.generate()
-    with AuditLog(url) as log:
+    with AuditLog(url, entry_key=ENTRY_KEY) as log:
         for i in range(20):
             log.append("system", "materialization", f"nexmark/q{i % 3}", {"i": i})
         log.checkpoint(key)

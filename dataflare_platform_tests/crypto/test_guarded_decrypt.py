@@ -15,6 +15,7 @@ from dataflare_platform.compliance.audit import AuditLog
 from dataflare_platform.compliance.decryption import GuardedDecryptor
 from dataflare_platform.crypto.columns import Binding, ColumnCipher
 from dataflare_platform.errors import AccessDeniedError
+from dataflare_platform_tests.audit_support import ENTRY_KEY
 
 POLICY = (
     DEFAULT_POLICY
@@ -35,7 +36,7 @@ ADMIN = Principal(name="root", kind="user", via="local", roles=frozenset({"admin
 
 @pytest.fixture
 def log(tmp_path: Path):
-    with AuditLog(f"sqlite:///{tmp_path / 'audit.db'}") as log:
+    with AuditLog(f"sqlite:///{tmp_path / 'audit.db'}", entry_key=ENTRY_KEY) as log:
         yield log
 
 

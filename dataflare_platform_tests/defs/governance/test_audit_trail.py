@@ -15,6 +15,7 @@ from dataflare_platform.access.principal import PRINCIPAL_TAG
 from dataflare_platform.compliance.audit import AuditLog
 from dataflare_platform.defs.governance.audit import audit_definitions, launch_entry
 from dataflare_platform.defs.governance.event_feed import events_since, read_cursor
+from dataflare_platform_tests.audit_support import ENTRY_KEY
 
 
 @dg.asset(key=["shop", "orders"])
@@ -30,7 +31,7 @@ def tick(defs, instance, resources, cursor=None):
 
 
 def entries(home):
-    with AuditLog(f"sqlite:///{home.root / 'audit.db'}") as log:
+    with AuditLog(f"sqlite:///{home.root / 'audit.db'}", entry_key=ENTRY_KEY) as log:
         return log.tail(10_000)
 
 
@@ -158,7 +159,7 @@ def test_odd_tags_on_a_real_run_are_recorded_and_the_sensor_goes_on(home, instan
 
 def _cursor_of(home) -> str:
     """The positions the trail recorded last (what a correctly kept Dagster cursor holds)."""
-    with AuditLog(f"sqlite:///{home.root / 'audit.db'}") as log:
+    with AuditLog(f"sqlite:///{home.root / 'audit.db'}", entry_key=ENTRY_KEY) as log:
         last = log.last("audit_cursor")
     assert last is not None
     return json.dumps(last.payload(), sort_keys=True)
@@ -198,7 +199,7 @@ _ANY_TEXT = st.text(
 @example(tags={"": "", "\n": "\x00", PRINCIPAL_TAG: "\ud800", "USER": "y" * 100_000})
 @example(tags={PRINCIPAL_TAG: "", "dagster/sensor_name": "a\nb", "dagster/backfill": "\udfff"})
 def test_fuzz_any_tags_are_recorded_without_raising(tmp_path_factory, tags):
-    log = AuditLog(f"sqlite:///{tmp_path_factory.mktemp('fuzz') / 'audit.db'}")
+    log = AuditLog(f"sqlite:///{tmp_path_factory.mktemp('fuzz') / 'audit.db'}", entry_key=ENTRY_KEY)
     run = DagsterRun(job_name="job", run_id=str(uuid.uuid4()), tags=tags)
 
     actor, details = launch_entry(run)

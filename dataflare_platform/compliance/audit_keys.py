@@ -417,12 +417,14 @@ def _read_provisioned(directory: Path) -> dict[str, str]:
     return {k: v for k, v in data.items() if isinstance(v, str)}
 
 
-def provision(home_root: Path, anchor_url: str | None = None) -> dict[str, str]:
+def provision(
+    home_root: Path, anchor_url: str | None = None, environ: Mapping[str, str] | None = None
+) -> dict[str, str]:
     """``dataflare audit init``: provision this home's embedded-default key pair, pin its
     public key and choose a file anchor, all in :func:`user_config_dir` (0700, files
     0600). Idempotent: an existing provisioning is returned as it is; if its key file has
     gone, that is an error (a new key would hide the loss), never a regeneration."""
-    directory = user_config_dir(home_root)
+    directory = user_config_dir(home_root, environ)
     existing = _read_provisioned(directory)
     if existing:
         for field in ("signing_key", "entry_key"):
@@ -479,7 +481,7 @@ def provision_embedded(home_root: Path, environ: Mapping[str, str] | None = None
     own = (ENV_SIGNING_KEY, ENV_ENTRY_KEY, ENV_TRUSTED_KEYS, ENV_PKCS11_MODULE)
     if any(env.get(name) for name in own):
         return False
-    provision(Path(home_root))
+    provision(Path(home_root), environ=env)
     return True
 
 

@@ -189,7 +189,10 @@ def running_front(
     is spawned (e.g. to tell a person its process group while it starts)."""
     from dataflare_platform.compliance.audit_keys import provision_embedded
 
-    provision_embedded(project.root)  # every audit entry is tagged with its entry key
+    child_env = {**(os.environ if env is None else env), **project.environ()}
+    # Every audit entry is tagged with the entry key: the embedded default is provisioned
+    # where the child will look for it (its XDG_CONFIG_HOME).
+    provision_embedded(project.root, environ=child_env)
     first = bootstrap(project.root)
     store = IdentityStore(project.root)
     port = free_port() if port is None else port
@@ -206,7 +209,6 @@ def running_front(
     if login_config is not None:
         command += ["--login-config", str(login_config)]
     command += list(extra_args)
-    child_env = {**(os.environ if env is None else env), **project.environ()}
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with log_path.open("ab") as log:
         # Output to a file: a pipe nobody reads would stall a chatty server.

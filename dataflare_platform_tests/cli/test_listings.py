@@ -18,6 +18,7 @@ from dataflare_platform.events.deadletter import DeadLetters
 from dataflare_platform.events.log import EventLog
 from dataflare_platform.home import ProjectHome
 from dataflare_platform.plugins.registry import sample_names
+from dataflare_platform_tests.audit_support import ENTRY_KEY
 
 runner = CliRunner()
 
@@ -81,7 +82,7 @@ def test_alerts_list_json(home: ProjectHome, http_receiver):
 
 
 def test_audit_tail_json_lines(home: ProjectHome):
-    with AuditLog(f"sqlite:///{home.root / 'audit.db'}") as log:
+    with AuditLog(f"sqlite:///{home.root / 'audit.db'}", entry_key=ENTRY_KEY) as log:
         for n in range(3):
             log.append("user:ana", "run_launched", f"job{n}", {"n": n})
     entries = _json_lines(["audit", "tail", "--json", "-n", "2"])

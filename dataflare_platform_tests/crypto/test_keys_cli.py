@@ -12,6 +12,7 @@ from typer.testing import CliRunner
 
 from dataflare_platform.cli import app
 from dataflare_platform.compliance.audit import AuditLog
+from dataflare_platform.compliance.audit_keys import provision
 from dataflare_platform.crypto.columns import Binding
 from dataflare_platform.crypto.keyring import KeyDestroyedError
 from dataflare_platform.crypto.settings import CryptoSettings
@@ -25,6 +26,8 @@ def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     root.mkdir(mode=0o700)
     monkeypatch.setenv("DATAFLARE_HOME", str(root))
     monkeypatch.setenv("DATAFLARE_KEYRING_DIR", str(tmp_path / "keys"))
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "xdg-config"))
+    provision(root)  # key operations are audited: the home's audit entry key
     return root
 
 

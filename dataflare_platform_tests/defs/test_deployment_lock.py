@@ -14,6 +14,7 @@ import pytest
 import yaml
 
 from dataflare_platform.compliance.audit import AuditLog
+from dataflare_platform.compliance.audit_keys import provision
 from dataflare_platform.compliance.override_refusals import ACTION
 from dataflare_platform.defs.governance.resources import GovernanceResource
 from dataflare_platform.defs.plugins.resources import PluginRuntimeResource
@@ -67,6 +68,12 @@ def _failure_text(result) -> str:
         for event in result.all_events
         if event.is_failure and event.event_specific_data.error is not None
     )
+
+
+@pytest.fixture(autouse=True)
+def _audit_keys(home):
+    """Refusals are audited, and every append needs the home's entry key."""
+    provision(home.root)
 
 
 @pytest.fixture

@@ -92,6 +92,8 @@ def module_webserver(tmp_path_factory) -> Iterator[tuple[int, ProjectHome]]:
     with pytest.MonkeyPatch.context() as patch:
         for key, value in project.environ().items():
             patch.setenv(key, value)
+        # The audit keys the front's first start provisions go to a config dir of its own.
+        patch.setenv("XDG_CONFIG_HOME", str(root / "xdg-config"))
         with serving_front(project, root / "front.log", daemon=False) as front:
             yield front.port, project
 

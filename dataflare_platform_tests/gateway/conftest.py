@@ -4,6 +4,7 @@ are the home's real ones."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -12,6 +13,7 @@ from pathlib import Path
 import pytest
 from starlette.testclient import TestClient
 
+from dataflare_platform.compliance.audit_keys import provision_embedded
 from dataflare_platform.home import ProjectHome
 from dataflare_platform.identity.local_users import LocalUsers
 from dataflare_platform.identity.store import IdentityStore
@@ -46,10 +48,24 @@ class Front:
 
 
 @contextmanager
+def provisioned_audit_keys(project: ProjectHome) -> Iterator[None]:
+    """While open: the home's audit keys provisioned as the first start of `dataflare ui`
+    does (every audit append needs the entry key), in a config dir beside the home, with
+    no deployment audit settings leaking in from the environment."""
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("XDG_CONFIG_HOME", str(project.root.parent / "xdg-config"))
+        for key in [k for k in os.environ if k.startswith("DATAFLARE_AUDIT_")]:
+            env.delenv(key)
+        provision_embedded(project.root)
+        yield
+
+
+@contextmanager
 def tiny_workspace(project: ProjectHome, locations: Sequence[str] = ("tiny",)):
     """A real Dagster instance in the project's home (its run coordinator records the
     principal of each submitted run) and a workspace context serving `tiny_defs.py` as
-    each named code location, in process: what every in-process front test stands on."""
+    each named code location, in process: what every in-process front test stands on.
+    The home's audit keys are provisioned while it is open (``provisioned_audit_keys``)."""
     from dagster._core.remote_origin import InProcessCodeLocationOrigin
     from dagster._core.test_utils import instance_for_test
     from dagster._core.types.loadable_target_origin import LoadableTargetOrigin
@@ -72,6 +88,7 @@ def tiny_workspace(project: ProjectHome, locations: Sequence[str] = ("tiny",)):
         }
     }
     with (
+        provisioned_audit_keys(project),
         instance_for_test(overrides=overrides, temp_dir=str(project.dagster_home)) as instance,
         WorkspaceProcessContext(
             instance, InProcessWorkspaceLoadTarget(origins), version="test"

@@ -2,6 +2,7 @@
 authorizing run coordinator is the one under test), a workspace loading ``authz_defs``,
 and a launch through Dagster's own GraphQL schema (the code path the webserver runs)."""
 
+import os
 import sys
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -14,6 +15,7 @@ from dagster_graphql.test.utils import execute_dagster_graphql
 
 from dataflare_platform.access.policy import POLICY_ENV_VAR
 from dataflare_platform.compliance.audit import AuditEntry, AuditLog
+from dataflare_platform.compliance.audit_keys import provision
 from dataflare_platform.home import ProjectHome
 
 DEFS_FILE = Path(__file__).with_name("authz_defs.py")
@@ -36,6 +38,12 @@ def home(tmp_path, monkeypatch) -> ProjectHome:
     for key, value in project.environ().items():
         monkeypatch.setenv(key, value)
     monkeypatch.delenv(POLICY_ENV_VAR, raising=False)
+    # The coordinator records every decision, and every append needs the home's audit
+    # entry key: provisioned as `dataflare ui`'s first start does, in a per-test config dir.
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "xdg-config"))
+    for key in [k for k in os.environ if k.startswith("DATAFLARE_AUDIT_")]:
+        monkeypatch.delenv(key)
+    provision(project.root)
     return project
 
 

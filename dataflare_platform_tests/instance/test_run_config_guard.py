@@ -150,7 +150,7 @@ def test_every_resource_of_the_code_location_is_deployment_locked(home):
         assert resource.deployment_key == key
 
 
-def test_refuse_overrides_audits_paths_not_values(tmp_path):
+def test_refuse_overrides_audits_paths_not_values(tmp_path, entry_key_file):
     url = f"sqlite:///{tmp_path / 'audit.db'}"
     secret = "postgresql://u:hunter2@db/x"
     run_config = {"resources": {"governance": {"config": {"audit_url": secret}}}}

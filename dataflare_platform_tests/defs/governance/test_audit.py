@@ -135,7 +135,7 @@ def test_checkpoints_are_also_sent_to_the_alert_channel_as_a_witness_verify_can_
         conn.execute("DELETE FROM audit_entries")
         conn.execute("DELETE FROM audit_checkpoints")
     pinned = resources["governance"].public_keys()
-    with AuditLog(f"sqlite:///{home.root / 'audit.db'}") as log:
+    with resources["governance"].audit_log() as log:
         assert log.verify(pinned).ok  # on its own, an empty log verifies
         report = log.verify(pinned, anchored=[witnessed])
     assert not report.ok

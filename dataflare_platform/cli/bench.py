@@ -211,3 +211,26 @@ def bench_crypto(
     from dataflare_platform.bench.crypto import run
 
     print_json(run(batch_rows=batch_rows, repeat=repeat), indent=None if as_json else 2)
+
+
+@bench_app.command("audit")
+def bench_audit(
+    entries: Annotated[int, typer.Option(min=1, help="Entries appended per round.")] = 2000,
+    repeat: Annotated[
+        int, typer.Option(min=1, help="Rounds of each side; the fastest counts.")
+    ] = 5,
+    postgres_url: Annotated[
+        str | None,
+        typer.Option(
+            "--postgres-url",
+            help="Also measure on this PostgreSQL server (a scratch schema, dropped after).",
+        ),
+    ] = None,
+    as_json: JsonOnly = True,
+) -> None:
+    """Audit appends with entry authenticators (HMAC-SHA256 at append) against the same
+    append without them, in the same process; ratio = authenticated / plain throughput."""
+    from dataflare_platform.bench.audit import run
+
+    result = run(entries=entries, repeat=repeat, postgres_url=postgres_url)
+    print_json(result, indent=None if as_json else 2)

@@ -34,7 +34,6 @@ from __future__ import annotations
 import json
 import logging
 import secrets
-import time
 from collections.abc import Awaitable, Callable, Mapping, MutableMapping
 from typing import Any
 from urllib.parse import parse_qs, quote, urlsplit
@@ -76,6 +75,7 @@ from dataflare_platform.gateway.sessions import (
     CSRF_FIELD,
     CSRF_HEADER,
     SESSION_COOKIE,
+    LoginFailures,
     PendingLogins,
     Session,
     SessionStore,
@@ -102,10 +102,6 @@ REPORT_PREFIXES = (
     "/report_asset_check/",
     "/report_asset_observation/",
 )
-# Failed logins per user name within the window before further attempts are refused.
-MAX_LOGIN_FAILURES = 10
-LOGIN_FAILURE_WINDOW_S = 300.0
-MAX_TRACKED_NAMES = 10_000
 
 
 class Refusal(DataflareError):  # noqa: N818 - a refusal the front turns into its answer
@@ -134,6 +130,7 @@ class Gateway:
         refresh_principal: Callable[[Principal], Principal | None] | None = None,
         sessions: SessionStore,
         pending: PendingLogins,
+        login_failures: LoginFailures,
     ) -> None:
         self.app = app
         self.settings = settings
@@ -150,7 +147,8 @@ class Gateway:
         self.pending = pending
         self.allowed_hosts = settings.host_allowlist()
         self.allowed_origins = settings.origin_allowlist()
-        self._failures: dict[str, list[float]] = {}
+        # Password attempts per user name: shared by every front process on the home.
+        self.login_failures = login_failures
 
     # -- entry -------------------------------------------------------------------------
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -493,7 +491,7 @@ class Gateway:
         # Spelled as Principal.id spells the user this sign-in would make.
         qualifier = "" if provider.name == "local" else f"{provider.name}/"
         subject = f"user:{qualifier}{username}" if NAME_PATTERN.match(username) else "user:?"
-        if self._too_many_failures(username):
+        if not await anyio.to_thread.run_sync(self.login_failures.reserve, username):
             await self._audit(
                 "system",
                 "login_refused",
@@ -507,13 +505,12 @@ class Gateway:
             principal = await anyio.to_thread.run_sync(
                 provider.authenticate, username, form.get("password", ""), form.get("code")
             )
-        except AuthenticationError as err:
-            self._failures.setdefault(username, []).append(time.monotonic())
+        except AuthenticationError as err:  # the reserved attempt stays counted
             await self._audit(
                 "system", "login_failed", subject, {"via": provider.name, "client": client}
             )
             return self._login_form(next_path, _shown(err), 401, provider.name)
-        self._failures.pop(username, None)
+        await anyio.to_thread.run_sync(self.login_failures.succeeded, username)
         return await self._start_session(principal, next_path, provider.name, client)
 
     async def _start_session(
@@ -541,18 +538,6 @@ class Gateway:
             response.delete_cookie(LOGIN_FLOW_COOKIE, path="/login")
         self._set_cookie(response, SESSION_COOKIE, session_id, "/")
         return response
-
-    def _too_many_failures(self, username: str) -> bool:
-        horizon = time.monotonic() - LOGIN_FAILURE_WINDOW_S
-        if len(self._failures) > MAX_TRACKED_NAMES:  # made-up names must not grow it forever
-            self._failures = {
-                name: kept
-                for name, times in self._failures.items()
-                if (kept := [t for t in times if t > horizon])
-            }
-        recent = [t for t in self._failures.get(username, []) if t > horizon]
-        self._failures[username] = recent
-        return len(recent) >= MAX_LOGIN_FAILURES
 
     def _set_cookie(
         self, response, name: str, value: str, path: str, samesite: str = "strict"

@@ -31,7 +31,7 @@ from dataflare_platform.gateway.providers import (
     PasswordLoginProvider,
     RedirectLoginProvider,
 )
-from dataflare_platform.gateway.sessions import PendingLogins, SessionStore
+from dataflare_platform.gateway.sessions import LoginFailures, PendingLogins, SessionStore
 from dataflare_platform.gateway.settings import FrontSettings
 from dataflare_platform.gateway.webserver import GatedWebserver
 from dataflare_platform.home import ProjectHome
@@ -97,6 +97,7 @@ def build_front(
         refresh_principal=refresh,
         sessions=SessionStore(store, settings.session_ttl_s),
         pending=PendingLogins(store),
+        login_failures=LoginFailures(store),
     )
 
 

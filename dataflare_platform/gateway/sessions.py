@@ -158,3 +158,65 @@ class PendingLogins:
             return None
         kept = json.loads(row[1])
         return {str(k): str(v) for k, v in kept.items()} if isinstance(kept, dict) else None
+
+
+class LoginFailures:
+    """Password sign-in attempts per user name, counted in the home's identity database so
+    that every front process on the home shares one count (a per-process count would give
+    an attacker ``limit`` tries per worker, and a restart would reset it).
+
+    An attempt is *reserved* before the password is checked: in one ``BEGIN IMMEDIATE``
+    transaction the recent rows of the name are counted and, below ``limit``, a row is
+    added. Concurrent attempts from several processes therefore can never exceed
+    ``limit`` within ``window_s`` together. A successful sign-in deletes the name's rows;
+    a failed one leaves its row. Names are stored as their SHA-256 (a password typed
+    into the name field by mistake is not kept in clear); rows older than the window are
+    pruned on each reservation, so made-up names cannot grow the table beyond the attempts
+    of one window. Times are wall-clock seconds: the same in every process.
+    """
+
+    def __init__(
+        self,
+        store: IdentityStore,
+        limit: int = 10,
+        window_s: float = 300.0,
+        clock: Clock = time.time,
+    ) -> None:
+        self.store = store
+        self.limit = limit
+        self.window_s = window_s
+        self._clock = clock
+
+    def reserve(self, username: str) -> bool:
+        """Count one attempt for ``username``; False (nothing counted) when ``limit``
+        attempts were already made within the window: refuse it without checking."""
+        now = self._clock()
+        horizon = now - self.window_s
+        key = hash_session_id(username)
+        with self.store.connect(immediate=True) as conn:
+            conn.execute("DELETE FROM login_failures WHERE at <= ?", (horizon,))
+            (recent,) = conn.execute(
+                "SELECT COUNT(*) FROM login_failures WHERE name_hash = ? AND at > ?",
+                (key, horizon),
+            ).fetchone()
+            if recent >= self.limit:
+                return False
+            conn.execute("INSERT INTO login_failures (name_hash, at) VALUES (?, ?)", (key, now))
+        return True
+
+    def succeeded(self, username: str) -> None:
+        """A sign-in as ``username`` succeeded: its count starts again from zero."""
+        with self.store.connect() as conn:
+            conn.execute(
+                "DELETE FROM login_failures WHERE name_hash = ?", (hash_session_id(username),)
+            )
+
+    def recent(self, username: str) -> int:
+        """Attempts counted for ``username`` within the window (for tests and tools)."""
+        horizon = self._clock() - self.window_s
+        with self.store.connect() as conn:
+            (count,) = conn.execute(
+                "SELECT COUNT(*) FROM login_failures WHERE name_hash = ? AND at > ?",
+                (hash_session_id(username), horizon),
+            ).fetchone()
+        return int(count)

@@ -48,6 +48,14 @@ CREATE TABLE IF NOT EXISTS sessions (
 );
 CREATE INDEX IF NOT EXISTS sessions_by_principal ON sessions (principal_id);
 CREATE INDEX IF NOT EXISTS sessions_by_expiry ON sessions (expires_at);
+-- Password sign-in attempts per user name (gateway/sessions.py LoginFailures), shared by
+-- every front process: by SHA-256 of the name typed, at in wall-clock seconds.
+CREATE TABLE IF NOT EXISTS login_failures (
+    name_hash TEXT NOT NULL,
+    at REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS login_failures_by_name ON login_failures (name_hash, at);
+CREATE INDEX IF NOT EXISTS login_failures_by_time ON login_failures (at);
 -- Redirect sign-ins in flight (OIDC state, nonce, PKCE verifier), taken once.
 CREATE TABLE IF NOT EXISTS pending_logins (
     id_hash TEXT PRIMARY KEY,
@@ -114,9 +122,13 @@ class IdentityStore:
         return self.path.parent / TOKEN_FILENAME
 
     @contextmanager
-    def connect(self) -> Iterator[sqlite3.Connection]:
+    def connect(self, immediate: bool = False) -> Iterator[sqlite3.Connection]:
+        """A transaction on the database (committed on exit); ``immediate`` takes the
+        write lock up front, so a read-then-write is atomic across processes."""
         conn = sqlite3.connect(self.path, timeout=30)
         try:
+            if immediate:
+                conn.execute("BEGIN IMMEDIATE")
             with conn:
                 yield conn
         finally:

@@ -25,3 +25,12 @@ def churn(home: str, shared_id: str, rounds: int) -> tuple[str, int]:
         wrong += sessions.get(session_id) is not None
     shared = sessions.get(shared_id)
     return (shared.principal.id if shared else "gone"), wrong
+
+
+def attempt_logins(home: str, username: str, tries: int) -> int:
+    """One front-like process reserving ``tries`` password attempts for ``username`` on
+    the shared home, all failing; returns how many it was allowed to make."""
+    from dataflare_platform.gateway.sessions import LoginFailures
+
+    failures = LoginFailures(IdentityStore(Path(home)))
+    return sum(failures.reserve(username) for _ in range(tries))

@@ -2,7 +2,8 @@
 or a second worker is) share every session and every sign-out; expiry is wall-clock and
 absolute; the file is 0600 and holds hashes of session ids, never an id; a changed
 password or a removed account ends that user's sessions everywhere; a pending OIDC flow
-is taken once, whichever front receives the callback."""
+is taken once, whichever front receives the callback; failed sign-ins are counted per
+user name across every front and process on the home."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import stat
 
 from dataflare_platform.gateway.sessions import (
     SESSION_COOKIE,
+    LoginFailures,
     PendingLogins,
     SessionStore,
     hash_session_id,
@@ -20,7 +22,7 @@ from dataflare_platform.gateway.sessions import (
 from dataflare_platform.identity.local_users import LocalUsers
 from dataflare_platform.identity.store import IdentityStore
 from dataflare_platform_tests.gateway.conftest import BASE, PASSWORD, Front
-from dataflare_platform_tests.gateway.session_churn import VIEWER, churn
+from dataflare_platform_tests.gateway.session_churn import VIEWER, attempt_logins, churn
 
 VERSION = "{ version }"
 
@@ -161,3 +163,62 @@ def test_concurrent_processes_share_sessions_without_losing_any(tmp_path):
     with store.connect() as conn:
         left = conn.execute("SELECT count(*) FROM sessions").fetchone()[0]
     assert left == 1  # the shared one; every process's own were dropped
+
+
+def _try_password(front: Front, user: str, password: str) -> int:
+    client = front.client()
+    form = client.get("/login")
+    csrf = re.search(r'name="csrf" value="([^"]+)"', form.text).group(1)
+    answer = client.post(
+        "/login",
+        data={"csrf": csrf, "next": "/", "username": user, "password": password},
+        headers={"Origin": BASE},
+        follow_redirects=False,
+    )
+    return answer.status_code
+
+
+def test_failed_sign_ins_are_counted_across_two_fronts_on_one_home(front: Front):
+    """Ten wrong passwords spread over two fronts lock the name on both: each front alone
+    saw only five (a per-process count would still let the next one in)."""
+    LocalUsers(IdentityStore(front.project.root)).add("walter", PASSWORD, frozenset({"viewer"}))
+    second = _second_front(front)
+    codes = [_try_password((front, second)[n % 2], "walter", "wrong") for n in range(10)]
+    assert codes == [401] * 10
+    # The right password is now refused too, on either front, and the refusal audited.
+    assert _try_password(front, "walter", PASSWORD) == 429
+    assert _try_password(second, "walter", PASSWORD) == 429
+    refused = [e for e in front.audit_entries() if e.action == "login_refused"]
+    assert refused and refused[-1].subject == "user:walter"
+    assert "too many failures" in refused[-1].details
+    # Another name is untouched; the name's count is kept hashed, not in clear.
+    assert _try_password(second, "victor", PASSWORD) == 303
+    path = IdentityStore(front.project.root).path
+    with sqlite3.connect(path) as conn:
+        names = {row[0] for row in conn.execute("SELECT name_hash FROM login_failures")}
+    assert hash_session_id("walter") in names and "walter" not in names
+
+
+def test_a_success_resets_the_count_and_the_window_is_wall_clock(tmp_path):
+    store, clock = IdentityStore(tmp_path), Clock()
+    one = LoginFailures(store, limit=3, window_s=60.0, clock=clock)
+    two = LoginFailures(store, limit=3, window_s=60.0, clock=clock)  # another process
+    assert [one.reserve("ann"), two.reserve("ann")] == [True, True]
+    two.succeeded("ann")
+    assert one.recent("ann") == 0
+    assert [one.reserve("ann") for _ in range(3)] == [True, True, True]
+    assert not two.reserve("ann") and not one.reserve("ann")
+    assert two.reserve("bob")  # per name
+    clock.now += 60.0  # the window passes: old attempts no longer count, and are pruned
+    assert two.reserve("ann")
+    with store.connect() as conn:
+        assert conn.execute("SELECT count(*) FROM login_failures").fetchone()[0] == 1
+
+
+def test_concurrent_processes_never_get_more_attempts_than_the_limit(tmp_path):
+    IdentityStore(tmp_path)
+    context = multiprocessing.get_context("spawn")
+    with context.Pool(4) as pool:
+        allowed = pool.starmap(attempt_logins, [(str(tmp_path), "alice", 10)] * 4)
+    assert sum(allowed) == 10  # four processes, 40 tries, one shared limit
+    assert LoginFailures(IdentityStore(tmp_path)).recent("alice") == 10

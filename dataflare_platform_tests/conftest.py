@@ -35,6 +35,17 @@ def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> ProjectHome:
 
 
 @pytest.fixture
+def audited_home(home: ProjectHome) -> ProjectHome:
+    """``home`` with its audit keys provisioned (as `dataflare audit init` or the first
+    start of `dataflare ui` does): for tests whose code appends to the audit log, which
+    needs the entry key."""
+    from dataflare_platform.compliance.audit_keys import provision
+
+    provision(home.root)
+    return home
+
+
+@pytest.fixture
 def entry_key_file(home: ProjectHome, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """The tests' audit entry key (``audit_support.ENTRY_KEY``) as the deployment's
     (``DATAFLARE_AUDIT_ENTRY_KEY``, outside the home), for tests that write a log with

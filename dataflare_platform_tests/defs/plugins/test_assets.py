@@ -102,8 +102,9 @@ def refusals(home) -> list:
 
 
 def test_a_swapped_module_fails_the_run_and_is_audited_with_both_digests(
-    home, plugin_dir, tmp_path
+    audited_home, plugin_dir, tmp_path
 ):
+    home = audited_home
     folder = tmp_path / "swapped"
     shutil.copytree(plugin_dir, folder)
     pinned = pin(home, folder)
@@ -122,7 +123,8 @@ def test_a_swapped_module_fails_the_run_and_is_audited_with_both_digests(
     assert details["lock"] == str(home.root / LOCK_FILE)
 
 
-def test_an_unpinned_module_is_refused_by_the_deployment_and_audited(home, plugin_dir):
+def test_an_unpinned_module_is_refused_by_the_deployment_and_audited(audited_home, plugin_dir):
+    home = audited_home
     with pytest.raises(dg.Failure, match="not pinned by any lock file"):
         materialize(home, plugin_dir, pinned=False)
     (entry,) = refusals(home)

@@ -227,9 +227,10 @@ def test_a_plugin_pipeline_run_records_which_modules_it_loaded(home, small_nexma
     assert set(plugins.values()) == {pinned}
 
 
-def test_a_swapped_module_fails_the_pipeline_run_and_is_audited(home, small_nexmark):
+def test_a_swapped_module_fails_the_pipeline_run_and_is_audited(audited_home, small_nexmark):
     """After the pipeline ran with the reviewed module, someone replaces the module in the
     plugin folder: the next run is refused naming the step, and audited."""
+    home = audited_home
     from dataflare_platform.compliance.audit import AuditLog
     from dataflare_platform.plugins.build import SAMPLES_DIR, build_plugin
 

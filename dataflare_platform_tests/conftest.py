@@ -57,6 +57,16 @@ def entry_key_file(home: ProjectHome, tmp_path: Path, monkeypatch: pytest.Monkey
     return path
 
 
+@pytest.fixture(scope="module")
+def slapd(tmp_path_factory: pytest.TempPathFactory):
+    """A real slapd for one test module (``identity/slapd_server.py``); modules that use
+    it mark themselves ``pytestmark = REQUIRES_SLAPD``."""
+    from dataflare_platform_tests.identity.slapd_server import running_slapd
+
+    with running_slapd(Path(tmp_path_factory.mktemp("slapd"))) as server:
+        yield server
+
+
 @pytest.fixture
 def landed_home(home: ProjectHome) -> ProjectHome:
     """A home with SMALL_CONFIG's Nexmark files landed (not yet loaded)."""

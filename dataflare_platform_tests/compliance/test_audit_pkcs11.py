@@ -5,10 +5,7 @@ its config once per process, so the module shares one token holding both key typ
 from __future__ import annotations
 
 import os
-import shutil
-import subprocess
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
@@ -30,45 +27,20 @@ from dataflare_platform.compliance.audit_pkcs11 import (
     generate_token_key,
 )
 from dataflare_platform_tests.audit_support import ENTRY_KEY
+from dataflare_platform_tests.softhsm import init_token
 
-MODULES = ("/usr/lib/softhsm/libsofthsm2.so", "/usr/lib/x86_64-linux-gnu/softhsm/libsofthsm2.so")
 PIN = "4711-audit"
 
 
 @pytest.fixture(scope="module")
 def token(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
     """A fresh SoftHSM2 token with an Ed25519 and an EC P-256 key pair."""
-    util = shutil.which("softhsm2-util")
-    module = next((m for m in MODULES if Path(m).is_file()), None)
-    if util is None or module is None:
-        pytest.fail("SoftHSM2 is not installed: apt-get install softhsm2 (.ci/run does)")
-    root = tmp_path_factory.mktemp("softhsm")
-    (root / "tokens").mkdir()
-    conf = root / "softhsm2.conf"
-    conf.write_text(f"directories.tokendir = {root / 'tokens'}\nobjectstore.backend = file\n")
-    os.environ["SOFTHSM2_CONF"] = str(conf)  # read by the library at its first load
-    subprocess.run(
-        [
-            util,
-            "--init-token",
-            "--free",
-            "--label",
-            "dataflare",
-            "--pin",
-            PIN,
-            "--so-pin",
-            "so-pin-4711",
-        ],
-        check=True,
-        capture_output=True,
-        env={**os.environ, "SOFTHSM2_CONF": str(conf)},
-    )
+    made = init_token(tmp_path_factory.mktemp("softhsm"), "dataflare", PIN, "so-pin-4711")
+    os.environ["SOFTHSM2_CONF"] = str(made.conf)  # read by the library at its first load
+    module = made.module
     generate_token_key(module, "dataflare", PIN, "audit-ed25519", "ed25519")
     generate_token_key(module, "dataflare", PIN, "audit-p256", "ecdsa-p256-sha256")
-    pin_file = root / "pin"
-    pin_file.write_text(PIN)
-    pin_file.chmod(0o600)
-    yield {"module": module, "pin_file": str(pin_file)}
+    yield {"module": module, "pin_file": str(made.pin_file)}
     os.environ.pop("SOFTHSM2_CONF", None)
 
 

@@ -7,14 +7,14 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-MODULES = ("/usr/lib/softhsm/libsofthsm2.so", "/usr/lib/x86_64-linux-gnu/softhsm/libsofthsm2.so")
+from dataflare_platform_tests.softhsm import init_token
+
 PIN = "4711-keyring"
 
 CHILD = r"""
@@ -71,24 +71,8 @@ print(json.dumps(out))
 
 @pytest.fixture(scope="module")
 def token(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
-    util = shutil.which("softhsm2-util")
-    module = next((m for m in MODULES if Path(m).is_file()), None)
-    if util is None or module is None:
-        pytest.fail("SoftHSM2 is not installed: apt-get install softhsm2 (.ci/run does)")
-    root = tmp_path_factory.mktemp("softhsm-keyring")
-    (root / "tokens").mkdir()
-    conf = root / "softhsm2.conf"
-    conf.write_text(f"directories.tokendir = {root / 'tokens'}\nobjectstore.backend = file\n")
-    subprocess.run(
-        [util, "--init-token", "--free", "--label", "keyring", "--pin", PIN, "--so-pin", "so-4711"],
-        check=True,
-        capture_output=True,
-        env={**os.environ, "SOFTHSM2_CONF": str(conf)},
-    )
-    pin_file = root / "pin"
-    pin_file.write_text(PIN)
-    pin_file.chmod(0o600)
-    return {"module": module, "conf": str(conf), "pin_file": str(pin_file)}
+    made = init_token(tmp_path_factory.mktemp("softhsm-keyring"), "keyring", PIN, "so-4711")
+    return {"module": made.module, "conf": str(made.conf), "pin_file": str(made.pin_file)}
 
 
 def test_keys_in_a_pkcs11_token_rotate_retire_and_shred(token, tmp_path: Path) -> None:

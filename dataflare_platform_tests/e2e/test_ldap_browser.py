@@ -27,20 +27,17 @@ from dataflare_platform_tests.e2e.conftest import _free_port, stop_group, wait_u
 from dataflare_platform_tests.e2e.test_attacks_gateway import ARTIFACTS
 from dataflare_platform_tests.identity.slapd_server import (
     PASSWORDS,
+    REQUIRES_SLAPD,
     SERVICE_DN,
     SERVICE_PASSWORD,
     running_slapd,
-    slapd_available,
 )
 
 # As the other LDAP tests: CI installs slapd and sets DATAFLARE_REQUIRE_SLAPD=1, which
 # turns its absence into a failure.
 pytestmark = [
     pytest.mark.e2e,
-    pytest.mark.skipif(
-        not slapd_available() and os.environ.get("DATAFLARE_REQUIRE_SLAPD") != "1",
-        reason="slapd not installed (apt-get install slapd ldap-utils); CI installs it",
-    ),
+    REQUIRES_SLAPD,
 ]
 SERVICE_ENV = "DATAFLARE_TEST_LDAP_BIND_PASSWORD"
 SELECTOR = {"repositoryLocationName": LOCATION_NAME, "repositoryName": "__repository__"}

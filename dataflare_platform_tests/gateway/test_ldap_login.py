@@ -4,10 +4,7 @@ carries the roles of the user's groups."""
 
 from __future__ import annotations
 
-import os
 import re
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 import yaml
@@ -15,22 +12,11 @@ import yaml
 from dataflare_platform_tests.gateway.conftest import BASE, Front
 from dataflare_platform_tests.identity.slapd_server import (
     PASSWORDS,
+    REQUIRES_SLAPD,
     Slapd,
-    running_slapd,
-    slapd_available,
 )
 
-# As the identity tests: CI installs slapd and makes its absence a failure.
-pytestmark = pytest.mark.skipif(
-    not slapd_available() and os.environ.get("DATAFLARE_REQUIRE_SLAPD") != "1",
-    reason="slapd not installed (apt-get install slapd ldap-utils); CI installs it",
-)
-
-
-@pytest.fixture(scope="module")
-def slapd(tmp_path_factory) -> Iterator[Slapd]:
-    with running_slapd(Path(tmp_path_factory.mktemp("slapd"))) as server:
-        yield server
+pytestmark = REQUIRES_SLAPD
 
 
 @pytest.fixture

@@ -4,10 +4,6 @@ must be refused with one and the same message."""
 
 from __future__ import annotations
 
-import os
-from collections.abc import Iterator
-from pathlib import Path
-
 import pytest
 
 from dataflare_platform.errors import (
@@ -18,28 +14,16 @@ from dataflare_platform.errors import (
 from dataflare_platform.identity.ldap import LdapDirectory, LdapSettings
 from dataflare_platform_tests.identity.slapd_server import (
     PASSWORDS,
+    REQUIRES_SLAPD,
     SERVICE_DN,
     SERVICE_PASSWORD,
     Slapd,
     operation_counts,
-    running_slapd,
-    slapd_available,
 )
 
-# CI (.ci/run) installs slapd and sets DATAFLARE_REQUIRE_SLAPD=1: there a missing slapd
-# fails these tests instead of skipping them.
-pytestmark = pytest.mark.skipif(
-    not slapd_available() and os.environ.get("DATAFLARE_REQUIRE_SLAPD") != "1",
-    reason="Debian's slapd and ldap-utils are not installed (apt-get install slapd ldap-utils)",
-)
+pytestmark = REQUIRES_SLAPD
 SERVICE_ENV = "DATAFLARE_TEST_LDAP_BIND_PASSWORD"
 INJECTIONS = ["*", ")(uid=*", "admin)(|(uid=*", "alice)(uid=*", "*)(objectClass=*", "alice\x00"]
-
-
-@pytest.fixture(scope="module")
-def slapd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Slapd]:
-    with running_slapd(Path(tmp_path_factory.mktemp("slapd"))) as server:
-        yield server
 
 
 def group_roles(slapd: Slapd) -> dict[str, list[str]]:

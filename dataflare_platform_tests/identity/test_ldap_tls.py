@@ -15,7 +15,6 @@ looks up) and show, against real slapd servers with certificates from a test CA:
 from __future__ import annotations
 
 import ipaddress
-import os
 import ssl
 from collections.abc import Iterator
 from pathlib import Path
@@ -31,29 +30,18 @@ from dataflare_platform.errors import IdentityProviderError
 from dataflare_platform.identity.ldap import LdapDirectory, LdapSettings
 from dataflare_platform_tests.identity.slapd_server import (
     PASSWORDS,
+    REQUIRES_SLAPD,
     Slapd,
     running_slapd,
-    slapd_available,
 )
 
-pytestmark = pytest.mark.skipif(
-    not slapd_available() and os.environ.get("DATAFLARE_REQUIRE_SLAPD") != "1",
-    reason="Debian's slapd and ldap-utils are not installed (apt-get install slapd ldap-utils)",
-)
+pytestmark = REQUIRES_SLAPD
 # What ldap3 uses to match names: the standard library's (Python <= 3.11) or, where
 # ssl.match_hostname is gone (3.12+), its backport.
 MATCHERS = {
     "python-3.11-ssl": getattr(ssl, "match_hostname", None),
     "python-3.12-backport": tls_backport.match_hostname,
 }
-
-
-@pytest.fixture(scope="module")
-def slapd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Slapd]:
-    """A correct certificate: IP 127.0.0.1 in subjectAltName, a common name that is no
-    host name."""
-    with running_slapd(Path(tmp_path_factory.mktemp("slapd"))) as server:
-        yield server
 
 
 @pytest.fixture(scope="module")

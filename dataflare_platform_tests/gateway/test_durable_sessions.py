@@ -49,15 +49,20 @@ def _second_front(front: Front):
     )
 
 
-def _sign_in(client, user: str) -> str:
+def _post_login(client, user: str, password: str = PASSWORD):
+    """The sign-in form, as a browser fills it in: its CSRF field, then the post."""
     form = client.get("/login")
     csrf = re.search(r'name="csrf" value="([^"]+)"', form.text).group(1)
-    answer = client.post(
+    return client.post(
         "/login",
-        data={"csrf": csrf, "next": "/", "username": user, "password": PASSWORD},
+        data={"csrf": csrf, "next": "/", "username": user, "password": password},
         headers={"Origin": BASE},
         follow_redirects=False,
     )
+
+
+def _sign_in(client, user: str) -> str:
+    answer = _post_login(client, user)
     assert answer.status_code == 303, answer.text
     return client.cookies[SESSION_COOKIE]
 
@@ -166,16 +171,7 @@ def test_concurrent_processes_share_sessions_without_losing_any(tmp_path):
 
 
 def _try_password(front: Front, user: str, password: str) -> int:
-    client = front.client()
-    form = client.get("/login")
-    csrf = re.search(r'name="csrf" value="([^"]+)"', form.text).group(1)
-    answer = client.post(
-        "/login",
-        data={"csrf": csrf, "next": "/", "username": user, "password": password},
-        headers={"Origin": BASE},
-        follow_redirects=False,
-    )
-    return answer.status_code
+    return _post_login(front.client(), user, password).status_code
 
 
 def test_failed_sign_ins_are_counted_across_two_fronts_on_one_home(front: Front):

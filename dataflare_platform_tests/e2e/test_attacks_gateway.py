@@ -187,6 +187,7 @@ def live(tmp_path_factory) -> Iterator[LiveFront]:
     for var in (
         "DATAFLARE_AUDIT_URL",
         "DATAFLARE_AUDIT_SIGNING_KEY",
+        "DATAFLARE_AUDIT_ENTRY_KEY",
         "DATAFLARE_AUDIT_TRUSTED_KEYS",
     ):
         env.pop(var, None)
@@ -926,19 +927,65 @@ def _insert_forged(entries: list) -> list:
     return [*entries[:3], forged, *entries[3:]]
 
 
+def _forged_tail(entries: list) -> list:
+    """A forged entry appended after everything the last checkpoint signed: the young
+    unsigned tail, which only the entry authenticators protect."""
+    forged = _insert_forged(entries)[3]
+    forged.at = entries[-1].at  # in time order after the real head
+    return [*entries, forged]
+
+
+def _last_entry(path: Path) -> tuple[int, str]:
+    import sqlite3
+
+    with sqlite3.connect(path) as conn:
+        row = conn.execute("SELECT seq, hash FROM audit_entries ORDER BY seq DESC LIMIT 1")
+        seq, digest = row.fetchone()
+    conn.close()
+    return seq, digest
+
+
+def _sign_as_attacker(path: Path, attacker) -> None:
+    """A checkpoint over the log as it now is, signed with ``attacker`` and written by the
+    attacker's own code (the platform's ``checkpoint`` would refuse the entries, whose
+    tags the attacker cannot make)."""
+    import sqlalchemy as sa
+
+    from dataflare_platform.compliance.audit import AuditCheckpoint, checkpoint_message
+    from dataflare_platform.compliance.audit_keys import FileSigner
+    from dataflare_platform.times import utc_now
+
+    signer = FileSigner(attacker)
+    seq, head = _last_entry(path)
+    at = utc_now()
+    cp = AuditCheckpoint(
+        seq=seq,
+        head_hash=head,
+        signed_at=at,
+        key_id=signer.key_id,
+        signature=signer.sign(checkpoint_message(seq, head, at, seq, signer.algorithm)).hex(),
+        entries=seq,
+        algorithm=signer.algorithm,
+    )
+    engine = sa.create_engine(_url(path))
+    try:
+        with engine.begin() as conn:
+            conn.execute(AuditCheckpoint.__table__.insert(), [cp.model_dump(exclude={"id"})])
+    finally:
+        engine.dispose()
+
+
 def _attacker_resigns(path: Path, live: LiveFront) -> None:
     """Rewrite, drop the log's checkpoints, sign a fresh one with the attacker's own key,
     and leave its public key where a verifier trusting the home's keys would find it."""
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-    from dataflare_platform.compliance.audit import AuditLog
-    from dataflare_platform.compliance.audit_keys import FileSigner, key_id, public_pem
+    from dataflare_platform.compliance.audit_keys import key_id, public_pem
 
     _rechain(path, _rewrite_actor)
     _sql(path, "DELETE FROM audit_checkpoints")
     attacker = Ed25519PrivateKey.generate()
-    with AuditLog(_url(path)) as log:
-        log.checkpoint(FileSigner(attacker))
+    _sign_as_attacker(path, attacker)
     keys = live.project.root / "audit_keys"
     keys.mkdir(exist_ok=True)
     (keys / f"{key_id(attacker.public_key())}.pub").write_bytes(public_pem(attacker.public_key()))
@@ -964,6 +1011,19 @@ def _tamper(name: str, path: Path, live: LiveFront) -> None:
         _sql(path, "DELETE FROM audit_checkpoints")
     elif name == "re-signed with the attacker's key":
         _attacker_resigns(path, live)
+    elif name == "forged entry appended to the unsigned tail, chain recomputed":
+        _rechain(path, _forged_tail)
+    elif name == "tail entry tagged with the attacker's entry key":
+        from dataflare_platform.compliance.audit_signing import EntryAuthenticator
+
+        _rechain(path, _forged_tail)
+        attacker = EntryAuthenticator.generate()
+        (seq, digest) = _last_entry(path)
+        _sql(
+            path,
+            f"UPDATE audit_entries SET mac = '{attacker.tag(digest)}',"
+            f" mac_key = '{attacker.key_id}' WHERE seq = {seq}",
+        )
     else:
         raise AssertionError(name)
 
@@ -980,6 +1040,16 @@ def _tamper(name: str, path: Path, live: LiveFront) -> None:
         ("emptied, checkpoints deleted", ["anchor: counted", "log holds 0"]),
         ("rewritten, checkpoints deleted", ["anchor: signed head hash differs"]),
         ("re-signed with the attacker's key", ["not pinned", "anchor: signed head hash differs"]),
+        # Entries after the last checkpoint: caught by their authenticators (entry key
+        # outside the home), not by any checkpoint.
+        (
+            "forged entry appended to the unsigned tail, chain recomputed",
+            ["first bad entry seq", ": no authenticator"],
+        ),
+        (
+            "tail entry tagged with the attacker's entry key",
+            ["first bad entry seq", "authenticated with entry key", "not the deployment's"],
+        ),
     ],
 )
 def test_a_tampered_live_log_fails_verify_saying_what(
@@ -1017,7 +1087,7 @@ def test_the_anchor_deleted_or_the_pinned_key_swapped_fails_verify(
     copied = user_config_dir(live.project.root, {"XDG_CONFIG_HOME": str(xdg)})
     shutil.copytree(config, copied)
     settings = json.loads((copied / "audit.json").read_text())
-    for field in ("signing_key", "trusted_keys", "anchor_url"):
+    for field in ("signing_key", "entry_key", "trusted_keys", "anchor_url"):
         settings[field] = settings[field].replace(str(config), str(copied))
     (copied / "audit.json").write_text(json.dumps(settings))
     tampered = tmp_path / "audit.db"
@@ -1033,14 +1103,12 @@ def test_the_anchor_deleted_or_the_pinned_key_swapped_fails_verify(
 
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-    from dataflare_platform.compliance.audit import AuditLog
-    from dataflare_platform.compliance.audit_keys import FileSigner, public_pem
+    from dataflare_platform.compliance.audit_keys import public_pem
 
     attacker = Ed25519PrivateKey.generate()
     _rechain(tampered, _rewrite_actor)
     _sql(tampered, "DELETE FROM audit_checkpoints")
-    with AuditLog(_url(tampered)) as log:
-        log.checkpoint(FileSigner(attacker))
+    _sign_as_attacker(tampered, attacker)
     (copied / "trusted.pem").write_bytes(public_pem(attacker.public_key()))
     swapped = _verify(live, _url(tampered), XDG_CONFIG_HOME=str(xdg))
     output = " ".join((swapped.stdout + swapped.stderr).split())

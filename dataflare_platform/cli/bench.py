@@ -230,7 +230,11 @@ def bench_audit(
 ) -> None:
     """Audit appends with entry authenticators (HMAC-SHA256 at append) against the same
     append without them, in the same process; ratio = authenticated / plain throughput."""
-    from dataflare_platform.bench.audit import run
+    from dataflare_platform.bench.common import machine
+    from dataflare_platform.compliance.audit_bench import run
 
-    result = run(entries=entries, repeat=repeat, postgres_url=postgres_url)
+    result = {
+        **run(entries=entries, repeat=repeat, postgres_url=postgres_url),
+        "machine": machine(),
+    }
     print_json(result, indent=None if as_json else 2)

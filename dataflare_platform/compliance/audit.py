@@ -468,7 +468,7 @@ class AuditLog:
         authenticator: EntryAuthenticator | None,
     ) -> AuditEntry:
         """``append`` with an explicit key; ``None`` writes an untagged entry, which only
-        the benchmark's baseline (``bench/audit.py``) and tests of older logs do."""
+        the benchmark's baseline (``audit_bench.py``) and tests of older logs do."""
         problems = []
         if not isinstance(actor, str) or not _ACTOR.match(actor):
             kinds = ", ".join(_ACTOR_KINDS)

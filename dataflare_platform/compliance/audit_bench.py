@@ -1,5 +1,6 @@
-"""Audit append throughput with entry authenticators against the untagged append, same
-process.
+"""``dataflare bench audit``: audit append throughput with entry authenticators against
+the untagged append, same process (run by the CLI only; kept beside the log it measures,
+as ``gateway/bench.py`` is beside the front).
 
 Each side appends ``entries`` entries (one transaction each, as every enforcement point
 does) to a fresh log in a temporary directory (SQLite, the embedded default; with
@@ -22,7 +23,6 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from dataflare_platform.bench.common import machine
 from dataflare_platform.compliance.audit import AuditLog
 from dataflare_platform.compliance.audit_signing import EntryAuthenticator
 
@@ -118,5 +118,4 @@ def run(entries: int = 2000, repeat: int = 5, postgres_url: str | None = None) -
         if url.startswith("postgresql://"):
             url = "postgresql+psycopg://" + url.removeprefix("postgresql://")
         result["postgresql"] = _backend(url, entries, repeat, key)
-    result["machine"] = machine()
     return result

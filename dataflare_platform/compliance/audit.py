@@ -342,7 +342,7 @@ class AuditLog:
     """An append-only audit log in the database at ``url`` (tables created if missing)."""
 
     def __init__(self, url: str, entry_key: EntryAuthenticator | None = None) -> None:
-        """``entry_key``: the deployment's entry key (``AuditSettings.open_log`` passes
+        """``entry_key``: the deployment's entry key (``AuditLog.open`` passes
         it). Without one the log can be read but not appended to, checkpointed or
         verified."""
         self._entry_key = entry_key

@@ -16,6 +16,7 @@ from dataflare_platform.access.default_policy import DEFAULT_POLICY
 from dataflare_platform.access.policy import POLICY_ENV_VAR
 from dataflare_platform.access.principal import PRINCIPAL_TAG
 from dataflare_platform.compliance.audit import AuditLog
+from dataflare_platform.compliance.audit_keys import provision
 from dataflare_platform.home import ProjectHome
 from dataflare_platform_tests.e2e.conftest import stop_group
 
@@ -39,6 +40,12 @@ def daemon_home(tmp_path_factory):
     policy = root / "policy.cedar"
     policy.write_text(POLICY)
     env = {**os.environ, **project.environ(), POLICY_ENV_VAR: str(policy)}
+    # The coordinator records every decision before a run may queue, and every append
+    # needs the home's entry key: provisioned as `dataflare audit init` does, outside the
+    # home, in a config dir of this module's own.
+    env["XDG_CONFIG_HOME"] = str(root / "xdg-config")
+    env = {k: v for k, v in env.items() if not k.startswith("DATAFLARE_AUDIT_")}
+    provision(project.root, environ=env)
     log_path = root / "daemon.log"
     with log_path.open("w") as log:
         proc = subprocess.Popen(

@@ -325,3 +325,22 @@ def test_a_forged_upgrade_marker_does_not_excuse_untagged_entries(home: ProjectH
 
     code, output = _verify()
     assert code == 1 and "first bad entry seq 10: no authenticator" in output
+
+
+def test_init_adds_the_entry_key_to_a_provisioning_from_before_it(home: ProjectHome):
+    """`dataflare audit init` on a home provisioned before entry keys existed adds one
+    (an explicit step), keeping the signing key; audit.json stays 0600."""
+    config = provision(home.root)
+    directory = user_config_dir(home.root)
+    old = {k: v for k, v in config.items() if k != "entry_key"}
+    (directory / "audit.json").write_text(json.dumps(old))
+    Path(config["entry_key"]).unlink()
+    with pytest.raises(ConfigError, match="no audit entry key configured"):
+        AuditSettings.resolve(home=home.root).authenticator()
+
+    upgraded = provision(home.root)
+
+    assert upgraded == {**old, "entry_key": config["entry_key"]}
+    assert stat.S_IMODE((directory / "audit.json").stat().st_mode) == 0o600
+    assert stat.S_IMODE(Path(upgraded["entry_key"]).stat().st_mode) == 0o600
+    AuditSettings.resolve(home=home.root).authenticator()  # now configured

@@ -1,8 +1,8 @@
 """``dataflare ui --tls-cert/--tls-key``, the command itself as a process (so the options'
 pass-through to the front is what is tested): it speaks HTTPS with a certificate from a
-test CA made with openssl (the shared ``test_ca`` fixture), verified against that CA only; the first start's admin
-signs in with password + TOTP, the session cookie is Secure, and the service token
-queries GraphQL."""
+test CA made with openssl (the shared ``test_ca`` fixture), verified against that CA
+only; the first start's admin signs in with password + TOTP, the session cookie is
+Secure, and the service token queries GraphQL."""
 
 from __future__ import annotations
 

@@ -8,10 +8,9 @@ import ipaddress
 import json
 import socket
 import ssl
-import subprocess
 import threading
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from email import message_from_bytes
 from email.message import Message
@@ -26,6 +25,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
+
+from dataflare_platform_tests.tls_ca import TestCA
 
 T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 
@@ -203,97 +204,14 @@ def smtp_tls_receiver(tmp_path: Path) -> Iterator[TlsSmtpReceiver]:
         controller.stop()
 
 
-# --- TLS receivers with a test CA made by openssl (the tool operators use) --------------
-
-
-@dataclass(frozen=True)
-class TlsCa:
-    """A CA and a server certificate it signed for 127.0.0.1 (files 0600)."""
-
-    ca_file: str
-    cert_file: str
-    key_file: str
-
-    def server_context(self) -> ssl.SSLContext:
-        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-        context.load_cert_chain(self.cert_file, self.key_file)
-        return context
-
-
-def make_test_ca(directory: Path, name: str = "test-ca") -> TlsCa:
-    """``openssl`` makes a CA and a server certificate (SAN IP:127.0.0.1) it signs."""
-
-    directory.mkdir(parents=True, exist_ok=True)
-    ca_key, ca_crt = directory / f"{name}.key", directory / f"{name}.crt"
-    key, csr, crt = directory / "server.key", directory / "server.csr", directory / "server.crt"
-    ext = directory / "server.ext"
-    ext.write_text("subjectAltName=IP:127.0.0.1,DNS:localhost\nbasicConstraints=CA:FALSE\n")
-
-    def run(*args: str) -> None:
-        subprocess.run(["openssl", *args], check=True, capture_output=True)
-
-    run(
-        "req",
-        "-x509",
-        "-newkey",
-        "ec",
-        "-pkeyopt",
-        "ec_paramgen_curve:P-256",
-        "-nodes",
-        "-keyout",
-        str(ca_key),
-        "-out",
-        str(ca_crt),
-        "-days",
-        "2",
-        "-subj",
-        f"/CN={name}",
-    )
-    run(
-        "req",
-        "-newkey",
-        "ec",
-        "-pkeyopt",
-        "ec_paramgen_curve:P-256",
-        "-nodes",
-        "-keyout",
-        str(key),
-        "-out",
-        str(csr),
-        "-subj",
-        "/CN=127.0.0.1",
-    )
-    run(
-        "x509",
-        "-req",
-        "-in",
-        str(csr),
-        "-CA",
-        str(ca_crt),
-        "-CAkey",
-        str(ca_key),
-        "-CAcreateserial",
-        "-out",
-        str(crt),
-        "-days",
-        "2",
-        "-extfile",
-        str(ext),
-    )
-    for path in directory.iterdir():
-        path.chmod(0o600)
-    return TlsCa(str(ca_crt), str(crt), str(key))
+# --- TLS receivers, with certificates from the shared test CA (``tls_ca``) -------------
 
 
 @pytest.fixture
-def test_ca(tmp_path: Path) -> TlsCa:
-    return make_test_ca(tmp_path / "pki")
-
-
-@pytest.fixture
-def other_ca(tmp_path: Path) -> TlsCa:
-    """A second CA: a client trusting only this one must refuse ``test_ca``'s servers."""
-    return make_test_ca(tmp_path / "other-pki", "other-ca")
+def other_ca(test_ca: TestCA) -> TestCA:
+    """The shared CA's rogue twin as the trusted CA: a client trusting only it must
+    refuse ``test_ca``'s servers."""
+    return replace(test_ca, ca=test_ca.rogue_ca)
 
 
 @dataclass
@@ -308,7 +226,7 @@ class HttpsReceiver(HttpReceiver):
 
 
 @pytest.fixture
-def https_receiver(test_ca: TlsCa) -> Iterator[HttpsReceiver]:
+def https_receiver(test_ca: TestCA) -> Iterator[HttpsReceiver]:
     received: list[tuple[str, dict[str, Any]]] = []
     headers: list[dict[str, str]] = []
     failing: set[str] = set()
@@ -338,7 +256,7 @@ def https_receiver(test_ca: TlsCa) -> Iterator[HttpsReceiver]:
 
 
 def start_smtp(
-    mode: str, password: str, ca: TlsCa | None = None
+    mode: str, password: str, ca: TestCA | None = None
 ) -> tuple[Controller, TlsSmtpReceiver]:
     """An aiosmtpd server requiring a login (user ``alerts``) with ``password``: ``mode``
     ``starttls`` (STARTTLS required before AUTH), ``smtps`` (TLS from the first byte) or

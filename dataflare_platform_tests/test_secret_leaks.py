@@ -48,7 +48,6 @@ from dataflare_platform_tests.receivers import (  # noqa: F401
     http_receiver,
     https_receiver,
     start_smtp,
-    test_ca,
 )
 
 pytestmark = pytest.mark.e2e
@@ -225,7 +224,8 @@ def test_no_secret_reaches_any_output(
     redis_port,
     nats_port,
     https_receiver,  # noqa: F811 (fixtures imported from receivers)
-    test_ca,  # noqa: F811
+    test_ca,
+    entry_key_file,  # the refusal below appends to an audit log: it needs the entry key
     caplog,
     capfd,
     monkeypatch,

@@ -4,12 +4,13 @@ certificate for 127.0.0.1 and localhost, a client certificate for mutual TLS, an
 second, unrelated CA ("rogue") whose trust must not let a client accept the server.
 
 ``test_ca`` (in ``conftest``) makes one per session; ``make_test_ca`` makes one in any
-directory (the web front's test keeps its own). Keys are written 0600, as the
+directory. Keys are written 0600, as the
 connectors' settings require of a private key.
 """
 
 from __future__ import annotations
 
+import ssl
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +33,17 @@ class TestCA:
     rogue_ca: Path  # a CA that signed nothing the servers use
     rogue_client_cert: Path  # a client certificate from the rogue CA
     rogue_client_key: Path
+
+    @property
+    def ca_file(self) -> str:
+        """The CA a client trusts, as the settings' ``ca_file`` takes it."""
+        return str(self.ca)
+
+    def server_context(self) -> ssl.SSLContext:
+        """A server-side TLS context with the server certificate (test receivers)."""
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        context.load_cert_chain(self.server_cert, self.server_key)
+        return context
 
 
 def _openssl(*args: str, cwd: Path) -> None:

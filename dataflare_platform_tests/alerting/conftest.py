@@ -8,5 +8,4 @@ from dataflare_platform_tests.receivers import (  # noqa: F401
     other_ca,
     smtp_receiver,
     smtp_tls_receiver,
-    test_ca,
 )

@@ -47,6 +47,7 @@ DEPLOYMENT_SETTINGS: Mapping[str, Mapping[str, str | None]] = {
         # Plugin pins: the deployment's lock, and whether unpinned plugins may load.
         "lock_file": "DATAFLARE_PLUGIN_LOCK",
         "allow_unpinned": "DATAFLARE_PLUGIN_ALLOW_UNPINNED",
+        "lock_key_file": "DATAFLARE_PLUGIN_LOCK_KEY_FILE",  # authenticates the locks
         "deadline_ms": None,
         "memory_mb": "DATAFLARE_PLUGIN_MEMORY_MB",
         "fuel": "DATAFLARE_PLUGIN_FUEL",

@@ -28,7 +28,8 @@ from dataflare_platform.engine import NullSink, Pipeline, Runner, RunnerConfig, 
 from dataflare_platform.plugins.build import SAMPLES_DIR, build_plugin
 from dataflare_platform.plugins.engine import COMPILE_TIMEOUT_S, compile_isolated, shared_engine
 from dataflare_platform.plugins.manifest import Manifest
-from dataflare_platform.plugins.runtime import Plugin, PluginError, load_plugin
+from dataflare_platform.plugins.registry import PluginRegistry, RegistryConfig, load_plugin
+from dataflare_platform.plugins.runtime import Plugin, PluginError
 from dataflare_platform.queries.nexmark import WATERMARK_DELAY_MS
 
 BATCH = 65_536
@@ -138,7 +139,9 @@ def bench_q1(wasm: Path, cache: Path, events: int = 2_000_000, repeat: int = 3) 
     config = RunnerConfig(batch_rows=BATCH)
 
     def run_plugin() -> None:
-        plugin = load_plugin(wasm, columns={"price_eur": "price"}, cache_dir=cache)
+        plugin = load_plugin(
+            wasm, columns={"price_eur": "price"}, cache_dir=cache, registry=_samples(wasm.parent)
+        )
         Runner(q1_plugin(bids, NullSink(), plugin), config).run()
 
     def run_expr() -> None:
@@ -240,6 +243,15 @@ def bench_sandbox(repeat: int = 3) -> dict:
     }
 
 
+def _samples(folder: Path) -> PluginRegistry:
+    """The shipped samples the bench builds, checked like any load: each pins itself to
+    what its shipped source compiles to, in a lock of the bench's scratch folder."""
+    config = RegistryConfig(
+        lock_files=(folder / "bench-plugins.lock",), allow_unpinned=False, build_missing=True
+    )
+    return PluginRegistry(folder, config)
+
+
 def bench_plugins(events: int = 2_000_000, repeat: int = 5) -> list[dict]:
     """All plugin measurements; see the module docstring."""
     with tempfile.TemporaryDirectory() as tmp:
@@ -247,8 +259,10 @@ def bench_plugins(events: int = 2_000_000, repeat: int = 5) -> list[dict]:
         currency = build_plugin(SAMPLES_DIR / "currency", out)
         pii = build_plugin(SAMPLES_DIR / "pii_mask", out)
         return [
-            bench_map(load_plugin(currency, cache_dir=cache), repeat=repeat),
-            bench_mask(load_plugin(pii, cache_dir=cache), repeat=repeat),
+            bench_map(
+                load_plugin(currency, cache_dir=cache, registry=_samples(out)), repeat=repeat
+            ),
+            bench_mask(load_plugin(pii, cache_dir=cache, registry=_samples(out)), repeat=repeat),
             bench_q1(currency, cache, events=events, repeat=max(1, repeat // 2)),
             bench_sandbox(),
         ]

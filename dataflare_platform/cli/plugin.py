@@ -217,14 +217,36 @@ def lock(
         Path | None,
         typer.Option("--lock", help="Lock file to write (default: $DATAFLARE_HOME/plugins.lock)."),
     ] = None,
+    resign: Annotated[
+        bool,
+        typer.Option(
+            "--resign",
+            help="Sign the lock as it is (after reviewing its pins), e.g. one refused for a "
+            "missing or wrong authenticator; with NAMES, also pin those.",
+        ),
+    ] = False,
     plugin_dir: DirOption = None,
 ) -> None:
     """Pin plugins by the SHA-256 of their modules in a lock file (docs/plugin-abi.md,
-    "Pinning"). Review a module before pinning it: the pin says "this exact module"."""
-    from dataflare_platform.plugins.lock import LOCK_FILE, PinnedPlugin, digest, write_lock
+    "Pinning"). Review a module before pinning it: the pin says "this exact module".
+    The deployment's lock (and any lock inside the home) is signed with the lock key kept
+    outside the home (created on first use); an existing signed lock is merged only if
+    its signature holds."""
+    from dataflare_platform.plugins.lock import (
+        LOCK_FILE,
+        LockAuth,
+        PinnedPlugin,
+        digest,
+        read_lock,
+        write_lock,
+    )
     from dataflare_platform.plugins.manifest import load_manifest
     from dataflare_platform.plugins.names import check_plugin_name
-    from dataflare_platform.plugins.registry import PluginRegistry, RegistryConfig
+    from dataflare_platform.plugins.registry import (
+        PluginRegistry,
+        RegistryConfig,
+        deployment_config,
+    )
 
     registry = PluginRegistry(_plugin_dir(plugin_dir), RegistryConfig(build_missing=True))
     if pipeline is not None:
@@ -237,9 +259,17 @@ def lock(
         target = lock_file or spec_file.parent / LOCK_FILE
     else:
         # Default: the modules present in the folder (samples not built yet are not pinned).
-        wanted = sorted(names or PluginRegistry(registry.directory).names())
-        target = lock_file or _plugin_home() / LOCK_FILE
+        wanted = sorted(names or ([] if resign else PluginRegistry(registry.directory).names()))
+        target = lock_file or deployment_config().lock_files[0]
+    home = _plugin_home()
+    auth = LockAuth.for_home(home)
+    signed = target.resolve() == deployment_config().lock_files[0].resolve() or auth.covers(target)
     pins = {}
+    if resign:
+        current = read_lock(target)
+        if current is None:
+            raise UsageError(f"no plugin lock at {target} to re-sign")
+        pins.update(current.plugins)
     for name in wanted:
         wasm = registry.path(check_plugin_name(name, "NAMES"))
         data, sidecar = wasm.read_bytes(), wasm.with_suffix(".json").read_bytes()
@@ -251,22 +281,28 @@ def lock(
             size_bytes=len(data),
         )
     target.parent.mkdir(parents=True, exist_ok=True)
-    write_lock(target, pins)
-    _print({"lock": str(target), "plugins": {k: v.sha256 for k, v in pins.items()}})
+    write_lock(target, pins, replace=resign, auth=auth if signed else None)
+    _print(
+        {
+            "lock": str(target),
+            "plugins": {k: v.sha256 for k, v in pins.items()},
+            **({"signed_with": str(auth.key_file)} if signed else {}),
+        }
+    )
 
 
-def _check_pin(plugin: str, wasm: Path, module: bytes, plugin_dir: Path | None) -> None:
-    """A plugin run by name is checked against the home's lock when the lock pins it (a
-    swapped module is refused with both digests, as in a pipeline); this developer tool
-    runs unpinned names, files and source folders as given."""
-    from dataflare_platform.plugins.lock import LOCK_FILE
-    from dataflare_platform.plugins.names import is_plugin_name
-    from dataflare_platform.plugins.registry import PluginRegistry, RegistryConfig
+def _check_pin(wasm: Path, module: bytes, plugin_dir: Path | None) -> None:
+    """Every module this command runs (by name, file or source folder) is checked against
+    the deployment's pins like a pipeline's: the deployment's signed lock, unpinned
+    refused unless ``DATAFLARE_PLUGIN_ALLOW_UNPINNED=true`` (development; audited), a
+    refusal audited. The module's name is its file stem."""
+    from dataflare_platform.plugins.manifest import manifest_path
+    from dataflare_platform.plugins.names import check_plugin_name
+    from dataflare_platform.plugins.registry import deployment_registry
 
-    if not is_plugin_name(plugin) or wasm.parent != _plugin_dir(plugin_dir):
-        return
-    config = RegistryConfig(lock_files=(_plugin_home() / LOCK_FILE,), allow_unpinned=True)
-    PluginRegistry(wasm.parent, config).verify(plugin, module)
+    name = check_plugin_name(wasm.stem, "PLUGIN")
+    registry = deployment_registry(wasm.parent)
+    registry.verify(name, module, manifest=manifest_path(wasm).read_bytes())
 
 
 def _plugin_home() -> Path:
@@ -407,7 +443,7 @@ def run(
         )
         table = read_table(input_path)
         module = wasm.read_bytes()
-        _check_pin(plugin, wasm, module, plugin_dir)
+        _check_pin(wasm, module, plugin_dir)
         loaded = Plugin(manifest, module, params, config.limits(), grant or (), columns)
         result = run_batches(loaded, table, batch_rows)
     output_path.parent.mkdir(parents=True, exist_ok=True)
@@ -454,7 +490,7 @@ def inspect(plugin: PluginArgument, plugin_dir: DirOption = None) -> None:
 
     from dataflare_platform.plugins.engine import compile_module, to_binary
     from dataflare_platform.plugins.manifest import load_manifest, manifest_path
-    from dataflare_platform.plugins.runtime import load_plugin
+    from dataflare_platform.plugins.registry import deployment_registry, load_plugin
     from dataflare_platform.plugins.shape import ModuleRefusedError, ShapeLimits, check_module
 
     with ExitStack() as stack:
@@ -482,7 +518,8 @@ def inspect(plugin: PluginArgument, plugin_dir: DirOption = None) -> None:
             ]
         memories = [{"name": m["export"], **_pages(m)} for m in shape.memories]
         try:
-            load_plugin(wasm)
+            # Through the pin check like every load (audited when refused).
+            load_plugin(wasm, registry=deployment_registry(wasm.parent))
             loads: bool | str = True
         except DataflareError as err:
             loads = str(err)

@@ -174,8 +174,14 @@ def _private_dir(directory: Path) -> None:
 
 
 def _load_or_create_key(path: Path) -> bytes:
-    """The 32-byte MAC key in ``path`` (0600, ours), created on first use."""
-    if not path.exists():
+    return load_key(path, create=True)
+
+
+def load_key(path: Path, create: bool = True) -> bytes:
+    """The 32-byte MAC key in ``path`` (0600, ours), created on first use when ``create``
+    (else a missing file raises ``FileNotFoundError``). Shared by the compile cache and
+    the plugin lock's authenticator (``plugins.lock``)."""
+    if create and not path.exists():
         # Written whole under a temporary name, then linked: a concurrent first use never
         # reads a half-written key, and the first link wins.
         tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")

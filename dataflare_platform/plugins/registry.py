@@ -9,30 +9,53 @@ can be built from their shipped C source on demand.
 
 from __future__ import annotations
 
+import logging
+import os
 import tempfile
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from pydantic import Field
 
 from dataflare_platform.errors import ConfigError
+from dataflare_platform.home import ProjectHome
 from dataflare_platform.models import StrictModel
 from dataflare_platform.plugins.build import SAMPLES_DIR, build_plugin
 from dataflare_platform.plugins.engine import plugin_cache
 from dataflare_platform.plugins.lock import (
+    LOCK_FILE,
+    LockAuth,
+    LockAuthenticationError,
     PinnedPlugin,
     Pins,
     PluginPinError,
     digest,
+    lock_key_path,
     write_lock,
 )
-from dataflare_platform.plugins.manifest import Manifest, load_manifest, parse_manifest
-from dataflare_platform.plugins.names import is_plugin_name, plugin_file
+from dataflare_platform.plugins.manifest import (
+    Manifest,
+    load_manifest,
+    manifest_path,
+    parse_manifest,
+)
+from dataflare_platform.plugins.names import check_plugin_name, is_plugin_name, plugin_file
 from dataflare_platform.plugins.runtime import Limits, Plugin
 
 MB = 1024 * 1024
+LOCK_ENV = "DATAFLARE_PLUGIN_LOCK"
+ALLOW_UNPINNED_ENV = "DATAFLARE_PLUGIN_ALLOW_UNPINNED"
+CACHE_DIR_ENV = "DATAFLARE_PLUGIN_CACHE_DIR"
+CACHE_KEY_ENV = "DATAFLARE_PLUGIN_CACHE_KEY_FILE"
+# The platform's own folder in the home (0700): state plugin authors must not reach.
+PLATFORM_DIR = "platform"
+# Entry points (``pyproject.toml``) through which the deployment audits pin decisions
+# made outside a Dagster run (the Python API, the CLI): ``refused`` and ``unpinned``. The
+# data plane sits below the audit store, so it finds the recorder by name.
+AUDIT_HOOKS = "dataflare_platform.plugin_audit"
+log = logging.getLogger(__name__)
 
 
 class RegistryConfig(StrictModel):
@@ -57,6 +80,11 @@ class RegistryConfig(StrictModel):
     # explicitly allows it (``defs.plugins.resources``, docs/security.md).
     lock_files: tuple[Path, ...] = ()
     allow_unpinned: bool = True
+    # Lock authentication (``plugins.lock`` module docstring): the HMAC key file (outside
+    # the home) and the home the locks serve. Unset: locks are not MAC-checked (a library
+    # registry over a folder its caller chose); the deployment always sets both.
+    lock_key_file: Path | None = None
+    lock_scope: Path | None = None
 
     @classmethod
     def load(cls, **values: Any) -> RegistryConfig:
@@ -73,6 +101,11 @@ class RegistryConfig(StrictModel):
             pool_size=self.pool_size,
         )
 
+    def lock_auth(self) -> LockAuth | None:
+        if self.lock_key_file is None or self.lock_scope is None:
+            return None
+        return LockAuth(self.lock_key_file, str(self.lock_scope.resolve()))
+
 
 class PluginRegistry:
     """Plugins found in one directory; ``load`` gives a fresh, sandboxed instance each time
@@ -83,12 +116,16 @@ class PluginRegistry:
         directory: Path | str,
         config: RegistryConfig | None = None,
         on_refused: Callable[[PluginPinError], None] | None = None,
+        on_unpinned: Callable[[str, str], None] | None = None,
     ) -> None:
-        """``on_refused`` is told of every pin refusal before it is raised (the deployment
-        appends it to the audit log; the data plane does not know the audit store)."""
+        """``on_refused`` is told of every pin refusal before it is raised, ``on_unpinned``
+        (name, sha256) of every plugin loaded unpinned because ``allow_unpinned`` lets it
+        (the deployment appends both to the audit log; the data plane does not know the
+        audit store)."""
         self.directory = Path(directory)
         self.config = config or RegistryConfig()
         self.on_refused = on_refused
+        self.on_unpinned = on_unpinned
         self._build_lock = threading.Lock()
 
     # -- discovery -----------------------------------------------------------------------
@@ -162,7 +199,9 @@ class PluginRegistry:
 
     # -- pins ----------------------------------------------------------------------------
     def pins(self, first: Iterable[Path] = ()) -> Pins:
-        return Pins(self.config.lock_files).with_first(tuple(first))
+        auth = self.config.lock_auth()
+        checked = frozenset(self.config.lock_files) if auth is not None else frozenset()
+        return Pins(self.config.lock_files, auth, checked).with_first(tuple(first))
 
     def verify(
         self,
@@ -175,7 +214,10 @@ class PluginRegistry:
         and ``manifest`` have one), or it may run unpinned; else the refusal, told to
         ``on_refused`` and raised as ``PluginPinError`` (both digests)."""
         actual = digest(module)
-        found = self.pins(first).lookup(name)
+        try:
+            found = self.pins(first).lookup(name)
+        except LockAuthenticationError as err:
+            self._refuse(err)
         if found is not None:
             pin, lock = found
             if pin.sha256 != actual:
@@ -188,6 +230,8 @@ class PluginRegistry:
                 )
             return actual
         if self.config.allow_unpinned:
+            if self.on_unpinned is not None:
+                self.on_unpinned(name, actual)
             return actual
         if self.config.build_missing and name in sample_names() and self.config.lock_files:
             return self._pin_sample(name, actual, manifest)
@@ -211,10 +255,13 @@ class PluginRegistry:
             )
         version = parse_manifest(shipped, SAMPLES_DIR / name / "plugin.json").version
         pin = PinnedPlugin(sha256=actual, manifest_sha256=digest(shipped), version=version)
-        write_lock(lock, {name: pin})
+        try:
+            write_lock(lock, {name: pin}, auth=self.config.lock_auth())
+        except LockAuthenticationError as err:
+            self._refuse(LockAuthenticationError(err.lock, err.problem, name))
         return actual
 
-    def _refuse(self, error: PluginPinError) -> None:
+    def _refuse(self, error: PluginPinError) -> NoReturn:
         if self.on_refused is not None:
             self.on_refused(error)
         raise error
@@ -234,3 +281,104 @@ def check_columns(manifest: Manifest, columns: dict[str, str] | None) -> None:
 def sample_names() -> list[str]:
     """Names of the shipped sample plugins (directories with a ``plugin.c``)."""
     return sorted(d.name for d in SAMPLES_DIR.iterdir() if (d / "plugin.c").exists())
+
+
+def env_flag(environ: Mapping[str, str], name: str) -> bool:
+    """A yes/no deployment variable; anything but a plain yes or no is refused."""
+    value = environ.get(name, "").strip().lower()
+    if value in {"1", "true", "yes", "on"}:
+        return True
+    if value in {"0", "false", "no", "off", ""}:
+        return False
+    raise ConfigError("deployment environment", [(name, f"{value!r} is not true or false")])
+
+
+def deployment_config(
+    home: Path | None = None, environ: Mapping[str, str] | None = None, **values: Any
+) -> RegistryConfig:
+    """The deployment's pin policy, from the same variables the Dagster resource reads:
+    the deployment's lock (``DATAFLARE_PLUGIN_LOCK`` or ``<home>/plugins.lock``), signed
+    with the lock key outside the home; unpinned plugins refused unless
+    ``DATAFLARE_PLUGIN_ALLOW_UNPINNED=true``; shipped samples pin themselves to their
+    source; the compile cache in the platform's folder. ``values`` override (the resource
+    passes its fields)."""
+    env = os.environ if environ is None else environ
+    root = ProjectHome.resolve(home).root
+    settings: dict[str, Any] = {
+        "cache_dir": Path(env.get(CACHE_DIR_ENV) or root / PLATFORM_DIR / "plugin-cache"),
+        "cache_key_file": Path(env[CACHE_KEY_ENV]) if env.get(CACHE_KEY_ENV) else None,
+        "lock_files": (Path(env.get(LOCK_ENV) or root / LOCK_FILE),),
+        "allow_unpinned": env_flag(env, ALLOW_UNPINNED_ENV),
+        "build_missing": True,
+        "lock_key_file": lock_key_path(root, env),
+        "lock_scope": root,
+    }
+    settings.update(values)
+    return RegistryConfig.load(**settings)
+
+
+def audit_hooks(
+    plugin_dir: Path, home: Path | None = None, actor: str = "system", run_id: str | None = None
+) -> tuple[Callable[[PluginPinError], None] | None, Callable[[str, str], None] | None]:
+    """``(on_refused, on_unpinned)`` appending to the deployment's audit log through the
+    ``dataflare_platform.plugin_audit`` entry points; (None, None) with a warning when the
+    package is installed without them (the refusal itself never depends on the audit)."""
+    from importlib.metadata import entry_points
+
+    found = {ep.name: ep for ep in entry_points(group=AUDIT_HOOKS)}
+    if not {"refused", "unpinned"} <= set(found):
+        log.warning("no %s entry points: plugin pin decisions are not audited", AUDIT_HOOKS)
+        return None, None
+    refused, unpinned = found["refused"].load(), found["unpinned"].load()
+
+    def on_refused(error: PluginPinError) -> None:
+        refused(error, plugin_dir, home, actor=actor, run_id=run_id)
+
+    def on_unpinned(name: str, sha256: str) -> None:
+        unpinned(name, sha256, plugin_dir, home, actor=actor, run_id=run_id)
+
+    return on_refused, on_unpinned
+
+
+def deployment_registry(
+    directory: Path | None = None,
+    home: Path | None = None,
+    actor: str = "system",
+    run_id: str | None = None,
+    **values: Any,
+) -> PluginRegistry:
+    """A registry under the deployment's pin policy (:func:`deployment_config`), its
+    decisions audited as ``actor`` (and ``run_id``): the one the CLI and the Python API
+    load through. ``directory`` defaults to ``<home>/plugins``."""
+    root = ProjectHome.resolve(home).root
+    folder = Path(directory) if directory is not None else root / "plugins"
+    config = deployment_config(root, **values)
+    on_refused, on_unpinned = audit_hooks(folder, root, actor, run_id)
+    return PluginRegistry(folder, config, on_refused=on_refused, on_unpinned=on_unpinned)
+
+
+def load_plugin(
+    wasm_path: Path | str,
+    params: dict[str, Any] | None = None,
+    limits: Limits | None = None,
+    granted: Iterable[str] = (),
+    columns: dict[str, str] | None = None,
+    cache_dir: Path | None = None,
+    *,
+    registry: PluginRegistry | None = None,
+) -> Plugin:
+    """The Python API: load ``<name>.wasm`` (with ``<name>.json`` or ``plugin.json``),
+    checked against the pins like every other load. The module's name is its file stem;
+    ``registry`` decides the policy (default: :func:`deployment_registry`, i.e. the
+    deployment's signed lock, unpinned refused unless ``DATAFLARE_PLUGIN_ALLOW_UNPINNED``
+    is true, every decision audited). The bytes checked are the bytes compiled."""
+    wasm = Path(wasm_path)
+    name = check_plugin_name(wasm.stem, "wasm_path")
+    checker = registry or deployment_registry(wasm.parent)
+    module = wasm.read_bytes()
+    sidecar = manifest_path(wasm)
+    manifest_bytes = sidecar.read_bytes()
+    checker.verify(name, module, manifest=manifest_bytes)
+    manifest = parse_manifest(manifest_bytes, sidecar)
+    cache = cache_dir if cache_dir is not None else checker.config.cache_dir
+    return Plugin(manifest, module, params, limits, granted, columns, cache)

@@ -34,7 +34,7 @@ from dataflare_platform.plugins.engine import (
     shared_engine,
 )
 from dataflare_platform.plugins.fastcall import I32Func, SignatureError
-from dataflare_platform.plugins.manifest import ColumnSpec, Manifest, load_manifest, manifest_path
+from dataflare_platform.plugins.manifest import ColumnSpec, Manifest
 from dataflare_platform.plugins.shape import ModuleRefusedError
 
 PAGE = 65536
@@ -100,20 +100,6 @@ class CircuitBreaker:
     @property
     def quarantined(self) -> bool:
         return time.monotonic() < self.until
-
-
-def load_plugin(
-    wasm_path: Path | str,
-    params: dict[str, Any] | None = None,
-    limits: Limits | None = None,
-    granted: Iterable[str] = (),
-    columns: dict[str, str] | None = None,
-    cache_dir: Path | None = None,
-) -> Plugin:
-    """Load ``<name>.wasm`` with its sidecar manifest (``<name>.json`` or ``plugin.json``)."""
-    wasm_path = Path(wasm_path)
-    manifest = load_manifest(manifest_path(wasm_path))
-    return Plugin(manifest, wasm_path.read_bytes(), params, limits, granted, columns, cache_dir)
 
 
 class Plugin:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 import pytest
@@ -17,3 +18,22 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 @pytest.fixture(scope="session")
 def cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("module-cache")
+
+
+@pytest.fixture(autouse=True)
+def pinned_samples(home, built: dict[str, Path]) -> Path:
+    """Every test runs in its own home whose deployment lock pins the built samples,
+    signed with the home's lock key (outside the home), as ``dataflare plugin lock``
+    would: ``load_plugin`` checks the deployment's pins like every other load path."""
+    from dataflare_platform.plugins.lock import LOCK_FILE, LockAuth, PinnedPlugin, write_lock
+
+    pins = {
+        name: PinnedPlugin(
+            sha256=hashlib.sha256(wasm.read_bytes()).hexdigest(),
+            manifest_sha256=hashlib.sha256(wasm.with_suffix(".json").read_bytes()).hexdigest(),
+        )
+        for name, wasm in built.items()
+    }
+    lock = home.root / LOCK_FILE
+    write_lock(lock, pins, auth=LockAuth.for_home(home.root))
+    return lock

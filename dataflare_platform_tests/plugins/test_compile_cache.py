@@ -15,10 +15,11 @@ import pytest
 import wasmtime
 
 from dataflare_platform.cli.plugin import MAP_TEMPLATE, _manifest
+from dataflare_platform.plugins import load_plugin
 from dataflare_platform.plugins.build import build_plugin
 from dataflare_platform.plugins.cache import MAGIC, PluginCache, cache_key
 from dataflare_platform.plugins.engine import shared_engine
-from dataflare_platform.plugins.runtime import load_plugin
+from dataflare_platform.plugins.registry import PluginRegistry
 
 EVIL_BODY = "for (int32_t i = 0; i < n; i++) y[i] = x[i] * factor;"
 EVIL_CODE = "for (int32_t i = 0; i < n; i++) y[i] = 666.0;"
@@ -48,7 +49,10 @@ TABLE = pl.DataFrame({"x": [1.0, 2.0, 3.0]})
 
 
 def run(wasm, cache) -> list[float]:
-    return load_plugin(wasm, cache_dir=cache)(TABLE)["y"].to_list()
+    # Both modules are test-built: a library registry over their folder (unpinned allowed);
+    # the cache, not the pins, is what this module tests.
+    registry = PluginRegistry(wasm.parent)
+    return load_plugin(wasm, cache_dir=cache, registry=registry)(TABLE)["y"].to_list()
 
 
 def warnings_of(caplog) -> list[str]:

@@ -4,15 +4,20 @@ deployment's sandbox limits and granted capabilities."""
 from pathlib import Path
 from typing import Any, ClassVar
 
-from dataflare_platform.compliance.plugin_refusals import record_refusal
+import dagster as dg
+from pydantic import PrivateAttr
+
+from dataflare_platform.compliance.override_refusals import actor_from_tags
+from dataflare_platform.compliance.plugin_refusals import record_refusal, record_unpinned
 from dataflare_platform.defs.deployment_lock import DeploymentLockedResource, deployment_field
 from dataflare_platform.home import ProjectHome
-from dataflare_platform.plugins.lock import LOCK_FILE, PluginPinError
-from dataflare_platform.plugins.registry import PluginRegistry, RegistryConfig
+from dataflare_platform.plugins.lock import LOCK_FILE, PluginPinError, lock_key_path
+from dataflare_platform.plugins.registry import (
+    PLATFORM_DIR,
+    PluginRegistry,
+    deployment_config,
+)
 from dataflare_platform.plugins.runtime import Plugin
-
-# The platform's own folder in the home (0700): state plugin authors must not reach.
-PLATFORM_DIR = "platform"
 
 
 class PluginRuntimeResource(DeploymentLockedResource):
@@ -65,16 +70,36 @@ class PluginRuntimeResource(DeploymentLockedResource):
     allow_unpinned: bool = deployment_field(
         False,
         env="DATAFLARE_PLUGIN_ALLOW_UNPINNED",
-        description="Let plugins no lock pins load (refused by default).",
+        description="Development only: let plugins no lock pins load (refused by default; "
+        "every such load is audited as plugin_unpinned_loaded).",
+    )
+    lock_key_file: str = deployment_field(
+        "",
+        env="DATAFLARE_PLUGIN_LOCK_KEY_FILE",
+        description="HMAC key authenticating the plugin locks ('' = plugins-lock.key in the "
+        "home's per-user config folder, outside the home).",
     )
     build_missing: bool = deployment_field(
         True, env=None, description="Build shipped samples missing from the dir."
     )
 
+    # The run this resource was set up for: its principal and id go into the audit
+    # entries of pin decisions (None outside a run).
+    _run_id: str | None = PrivateAttr(default=None)
+    _actor: str = PrivateAttr(default="system")
+
+    def setup_for_execution(self, context: dg.InitResourceContext) -> None:
+        super().setup_for_execution(context)
+        run = context.run
+        if run is not None:
+            self._run_id = run.run_id
+            self._actor = actor_from_tags(run.tags)
+
     def registry(self) -> PluginRegistry:
         home = ProjectHome.resolve().root
         directory = Path(self.plugin_dir or home / "plugins")
-        config = RegistryConfig.load(
+        config = deployment_config(
+            home,
             # Not the plugin folder: plugin authors write there (plugins.cache).
             cache_dir=Path(self.cache_dir or home / PLATFORM_DIR / "plugin-cache"),
             cache_key_file=Path(self.cache_key_file) if self.cache_key_file else None,
@@ -85,12 +110,18 @@ class PluginRuntimeResource(DeploymentLockedResource):
             build_missing=self.build_missing,
             lock_files=(self.lock_path(),),
             allow_unpinned=self.allow_unpinned,
+            lock_key_file=Path(self.lock_key_file) if self.lock_key_file else lock_key_path(home),
+            lock_scope=home,
         )
+        actor, run_id = self._actor, self._run_id
 
-        def audit(error: PluginPinError) -> None:
-            record_refusal(error.plugin, error.actual, error.expected, error.lock, directory, home)
+        def refused(error: PluginPinError) -> None:
+            record_refusal(error, directory, home, actor=actor, run_id=run_id)
 
-        return PluginRegistry(directory, config, on_refused=audit)
+        def unpinned(name: str, sha256: str) -> None:
+            record_unpinned(name, sha256, directory, home, actor=actor, run_id=run_id)
+
+        return PluginRegistry(directory, config, on_refused=refused, on_unpinned=unpinned)
 
     def lock_path(self) -> Path:
         """The deployment's lock: ``lock_file``, else ``<DATAFLARE_HOME>/plugins.lock``."""

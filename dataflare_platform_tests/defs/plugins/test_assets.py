@@ -15,7 +15,7 @@ from dataflare_platform.defs.plugins.resources import PluginRuntimeResource
 from dataflare_platform.defs.resources import ProjectHomeResource
 from dataflare_platform.errors import ConfigError
 from dataflare_platform.plugins.build import SAMPLES_DIR, build_plugin
-from dataflare_platform.plugins.lock import LOCK_FILE, PinnedPlugin, write_lock
+from dataflare_platform.plugins.lock import LOCK_FILE, LockAuth, PinnedPlugin, write_lock
 
 
 @pytest.fixture(scope="module")
@@ -29,11 +29,12 @@ def pin(home, plugin_dir) -> str:
     """Pin the module as a reviewer would (``dataflare plugin lock``) in the home's lock."""
     data = (plugin_dir / "pii_mask.wasm").read_bytes()
     digest = hashlib.sha256(data).hexdigest()
-    write_lock(home.root / LOCK_FILE, {"pii_mask": PinnedPlugin(sha256=digest)})
+    auth = LockAuth.for_home(home.root)
+    write_lock(home.root / LOCK_FILE, {"pii_mask": PinnedPlugin(sha256=digest)}, auth=auth)
     return digest
 
 
-def materialize(home, plugin_dir, rows=30, pinned=True):
+def materialize(home, plugin_dir, rows=30, pinned=True, **kwargs):
     if pinned:
         pin(home, plugin_dir)
     return dg.materialize(
@@ -43,6 +44,7 @@ def materialize(home, plugin_dir, rows=30, pinned=True):
             "plugins": PluginRuntimeResource(plugin_dir=str(plugin_dir), build_missing=False),
         },
         run_config={"ops": {"plugins__masked_persons_sample": {"config": {"rows": rows}}}},
+        **kwargs,
     )
 
 
@@ -130,3 +132,38 @@ def test_an_unpinned_module_is_refused_by_the_deployment_and_audited(audited_hom
     (entry,) = refusals(home)
     assert entry.payload()["reason"] == "unpinned"
     assert entry.payload()["expected_sha256"] is None
+
+
+def test_a_refusal_in_a_run_is_audited_as_the_runs_principal_with_its_run_id(home, plugin_dir):
+    """A real Dagster run (in process) tagged with the principal the run coordinator
+    records: the ``plugin_refused`` entry names that principal and the run, not
+    ``system`` with no run."""
+    from dataflare_platform.access.principal import PRINCIPAL_TAG
+
+    instance = dg.DagsterInstance.ephemeral()
+    with pytest.raises(dg.Failure):
+        materialize(
+            home,
+            plugin_dir,
+            pinned=False,
+            instance=instance,
+            tags={PRINCIPAL_TAG: "service:nightly-etl"},
+        )
+    (entry,) = refusals(home)
+    (run,) = instance.get_runs()
+    assert entry.actor == "service:nightly-etl"
+    assert entry.payload()["run_id"] == run.run_id
+
+
+def test_a_tampered_deployment_lock_fails_the_run_and_is_audited(home, plugin_dir):
+    import json
+
+    pin(home, plugin_dir)
+    lock = home.root / LOCK_FILE
+    raw = json.loads(lock.read_text())
+    raw["plugins"]["pii_mask"]["sha256"] = "0" * 64
+    lock.write_text(json.dumps(raw))
+    with pytest.raises(dg.Failure, match="does not match its authenticator"):
+        materialize(home, plugin_dir, pinned=False)
+    (entry,) = refusals(home)
+    assert entry.payload()["reason"] == "lock_unauthenticated"

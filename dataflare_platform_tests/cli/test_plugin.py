@@ -1,4 +1,8 @@
-"""``dataflare plugin``: scaffold -> build -> run round trip, inspect, clear errors."""
+"""``dataflare plugin``: scaffold -> build -> run round trip, inspect, clear errors.
+
+A freshly scaffolded plugin is unpinned: the developer loop runs it under the audited
+development opt-out ``DATAFLARE_PLUGIN_ALLOW_UNPINNED=true`` (without it the same run is
+refused, see ``test_without_the_opt_out_a_scaffolded_plugin_is_refused``)."""
 
 from __future__ import annotations
 
@@ -24,6 +28,13 @@ def err(args: list[str]) -> str:
     result = runner.invoke(plugin_app, args)
     assert result.exit_code == 2, result.output
     return " ".join(result.output.split())  # rich wraps long lines
+
+
+@pytest.fixture(autouse=True)
+def developer_home(home, monkeypatch):
+    """Each test in its own home (its lock, key and audit log), unpinned plugins allowed."""
+    monkeypatch.setenv("DATAFLARE_PLUGIN_ALLOW_UNPINNED", "true")
+    return home
 
 
 @pytest.fixture(scope="module")
@@ -205,3 +216,18 @@ def test_errors_are_not_wrapped_when_not_on_a_terminal(tmp_path):
     (line,) = [ln for ln in result.stderr.splitlines() if "batches failed" in ln]
     assert len(line) > 80
     assert line.endswith("wasm trap: wasm `unreachable` instruction executed")
+
+
+def test_without_the_opt_out_a_scaffolded_plugin_is_refused(
+    scaffolded, data, tmp_path, monkeypatch, developer_home
+):
+    from dataflare_platform.compliance.audit import AuditLog
+
+    args = ["run", scaffolded["map"], "--input", str(tmp_path / "in.parquet")]
+    args += ["--output", str(tmp_path / "out.parquet")]
+    ok(args)
+    monkeypatch.delenv("DATAFLARE_PLUGIN_ALLOW_UNPINNED")
+    assert "is not pinned by any lock file" in err(args)
+    with AuditLog(f"sqlite:///{developer_home.root / 'audit.db'}") as log:
+        actions = [(e.action, e.subject) for e in log.tail(10)]
+    assert actions == [("plugin_unpinned_loaded", "my_map"), ("plugin_refused", "my_map")]

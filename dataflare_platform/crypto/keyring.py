@@ -9,6 +9,10 @@ Rotation follows a transit-encryption service: ``rotate`` adds a version and new
 encrypted under the newest one; ``set_min_decryption_version`` retires the older ones
 (unwrap refuses them, so their ciphertexts no longer decrypt); ``destroy`` deletes every
 version of a name: the crypto-shredding of a dataset or tenant.
+
+This protocol is the extension point for other key stores: a cloud KMS keyring is one
+more implementation chosen in ``crypto.settings.CryptoSettings.keyring`` (how its
+operations map, and the rules it must keep: docs/encryption.md, "Extension point").
 """
 
 from __future__ import annotations

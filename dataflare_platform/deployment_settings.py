@@ -214,3 +214,15 @@ def builder_packages(environ: Mapping[str, str] | None = None) -> tuple[str, ...
 def builder_allowed(module: str, packages: tuple[str, ...]) -> bool:
     """Whether ``module`` is one of ``packages`` or inside one."""
     return any(module == p or module.startswith(p + ".") for p in packages)
+
+
+def env_flag(name: str, environ: Mapping[str, str] | None = None) -> bool:
+    """A yes/no deployment variable (unset is no); anything but a plain yes or no is
+    refused naming the variable (a typo must not flip a security setting)."""
+    env = os.environ if environ is None else environ
+    value = env.get(name, "").strip().lower()
+    if value in {"1", "true", "yes", "on"}:
+        return True
+    if value in {"0", "false", "no", "off", ""}:
+        return False
+    raise ConfigError("deployment environment", [(name, f"{value!r} is not true or false")])

@@ -32,8 +32,7 @@ from dataflare_platform.compliance.override_refusals import (
     deployment_audit_url,
     refuse,
 )
-from dataflare_platform.deployment_settings import forbidden_overrides
-from dataflare_platform.errors import ConfigError
+from dataflare_platform.deployment_settings import env_flag, forbidden_overrides
 from dataflare_platform.home import HOME_ENV_VAR
 
 _MISSING = object()
@@ -121,12 +120,7 @@ class DeploymentLockedResource(dg.ConfigurableResource):
 
 
 def _env_bool(env: str) -> bool:
-    value = os.environ[env].strip().lower()
-    if value in {"1", "true", "yes", "on"}:
-        return True
-    if value in {"0", "false", "no", "off", ""}:
-        return False
-    raise ConfigError("deployment environment", [(env, f"{value!r} is not true or false")])
+    return env_flag(env)
 
 
 def _definition_values(

@@ -19,6 +19,7 @@ from typing import Any, NoReturn
 
 from pydantic import Field
 
+from dataflare_platform.deployment_settings import env_flag
 from dataflare_platform.errors import ConfigError
 from dataflare_platform.home import ProjectHome
 from dataflare_platform.models import StrictModel
@@ -283,16 +284,6 @@ def sample_names() -> list[str]:
     return sorted(d.name for d in SAMPLES_DIR.iterdir() if (d / "plugin.c").exists())
 
 
-def env_flag(environ: Mapping[str, str], name: str) -> bool:
-    """A yes/no deployment variable; anything but a plain yes or no is refused."""
-    value = environ.get(name, "").strip().lower()
-    if value in {"1", "true", "yes", "on"}:
-        return True
-    if value in {"0", "false", "no", "off", ""}:
-        return False
-    raise ConfigError("deployment environment", [(name, f"{value!r} is not true or false")])
-
-
 def deployment_config(
     home: Path | None = None, environ: Mapping[str, str] | None = None, **values: Any
 ) -> RegistryConfig:
@@ -308,7 +299,7 @@ def deployment_config(
         "cache_dir": Path(env.get(CACHE_DIR_ENV) or root / PLATFORM_DIR / "plugin-cache"),
         "cache_key_file": Path(env[CACHE_KEY_ENV]) if env.get(CACHE_KEY_ENV) else None,
         "lock_files": (Path(env.get(LOCK_ENV) or root / LOCK_FILE),),
-        "allow_unpinned": env_flag(env, ALLOW_UNPINNED_ENV),
+        "allow_unpinned": env_flag(ALLOW_UNPINNED_ENV, env),
         "build_missing": True,
         "lock_key_file": lock_key_path(root, env),
         "lock_scope": root,

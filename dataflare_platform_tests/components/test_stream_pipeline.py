@@ -15,6 +15,11 @@ from dataflare_platform.component_files import (
 from dataflare_platform.components import StreamPipelineComponent
 from dataflare_platform.defs.streams.factory import pipeline_definitions
 from dataflare_platform.streams.spec import PipelineSpec
+from dataflare_platform_tests.components.sandboxes import (
+    built_pipeline,
+    error_chain,
+    pipeline_loading_error,
+)
 
 
 def _names(defs: dg.Definitions) -> dict[str, set[str]]:
@@ -28,14 +33,6 @@ def _names(defs: dg.Definitions) -> dict[str, set[str]]:
         "jobs": {j.name for j in defs.jobs or []},
         "sensors": {s.name for s in defs.sensors or []},
     }
-
-
-def _chain(err: BaseException) -> str:
-    text = []
-    while err is not None:
-        text.append(str(err))
-        err = err.__cause__ or err.__context__
-    return "\n".join(text)
 
 
 def test_a_scaffolded_pipeline_is_a_working_pipeline():
@@ -60,31 +57,19 @@ def test_a_scaffolded_pipeline_is_a_working_pipeline():
 def test_each_shipped_instance_builds_what_the_factory_builds_from_its_file(shipped):
     """The component and the data plane read the same file to the same pipeline."""
     spec = PipelineSpec.from_yaml(shipped)
-    with create_defs_folder_sandbox() as sandbox:
-        path = sandbox.scaffold_component(
-            StreamPipelineComponent,
-            defs_path=shipped.parent.name,
-            defs_yaml_contents=yaml.safe_load(shipped.read_text()),
-        )
-        with sandbox.load_component_and_build_defs(defs_path=path) as (component, defs):
-            assert component.spec.name == spec.name
-            assert component.spec.model_dump() == spec.relative_to(path).model_dump()
-            assert _names(defs) == _names(pipeline_definitions(spec))
+    contents = yaml.safe_load(shipped.read_text())
+    with built_pipeline(shipped.parent.name, contents) as (component, defs, path):
+        assert component.spec.name == spec.name
+        assert component.spec.model_dump() == spec.relative_to(path).model_dump()
+        assert _names(defs) == _names(pipeline_definitions(spec))
 
 
 def test_a_bad_spec_fails_loading_naming_the_file_and_the_field():
     shipped = DEFS_DIR / "streams" / "hot_items" / "defs.yaml"
     broken = yaml.safe_load(shipped.read_text().replace("slide: 2s", "slide: soon"))
-    with create_defs_folder_sandbox() as sandbox:
-        path = sandbox.scaffold_component(
-            StreamPipelineComponent, defs_path="broken", defs_yaml_contents=broken
-        )
-        # dg wraps the ConfigError in its own exceptions: the message is what matters.
-        with pytest.raises(Exception) as err, sandbox.load_component_and_build_defs(path):
-            pass
-        text = _chain(err.value)
-        assert "broken/defs.yaml" in text and "streams.hot.steps.1" in text
-        assert "window.sliding.slide" in text
+    text = pipeline_loading_error("broken", broken)
+    assert "broken/defs.yaml" in text and "streams.hot.steps.1" in text
+    assert "window.sliding.slide" in text
 
 
 def test_a_file_without_a_name_is_refused_by_dg_check_yaml_rules():
@@ -99,4 +84,4 @@ def test_a_file_without_a_name_is_refused_by_dg_check_yaml_rules():
         )
         with pytest.raises(Exception) as err, sandbox.load_component_and_build_defs(path):
             pass
-        assert "name" in _chain(err.value)
+        assert "name" in error_chain(err.value)

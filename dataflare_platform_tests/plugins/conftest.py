@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import shutil
 from pathlib import Path
 
 import pytest
@@ -18,6 +19,17 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 @pytest.fixture(scope="session")
 def cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("module-cache")
+
+
+@pytest.fixture
+def plugin_dir(built: dict[str, Path], tmp_path: Path) -> Path:
+    """A delivered plugin folder holding copies of two built samples (tests swap them)."""
+    out = tmp_path / "plugins"
+    out.mkdir()
+    for name in ("currency", "pii_mask"):
+        shutil.copy(built[name], out / f"{name}.wasm")
+        shutil.copy(built[name].with_suffix(".json"), out / f"{name}.json")
+    return out
 
 
 @pytest.fixture(autouse=True)

@@ -26,16 +26,6 @@ def sha(path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-@pytest.fixture
-def plugin_dir(built, tmp_path):
-    out = tmp_path / "plugins"
-    out.mkdir()
-    for name in ("currency", "pii_mask"):
-        shutil.copy(built[name], out / f"{name}.wasm")
-        shutil.copy(built[name].with_suffix(".json"), out / f"{name}.json")
-    return out
-
-
 def lock_cli(*args: str) -> dict:
     result = CliRunner().invoke(app, ["plugin", "lock", *args])
     assert result.exit_code == 0, result.output

@@ -38,20 +38,11 @@ from dataflare_platform.plugins.lock import (
 )
 from dataflare_platform.plugins.specs import load_plugins
 from dataflare_platform.streams.spec import PipelineSpec
+from dataflare_platform_tests.plugins.test_lock import PIPELINE
 
 
 def sha(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
-@pytest.fixture
-def plugin_dir(built, tmp_path) -> Path:
-    out = tmp_path / "delivered"
-    out.mkdir()
-    for name in ("currency", "pii_mask"):
-        shutil.copy(built[name], out / f"{name}.wasm")
-        shutil.copy(built[name].with_suffix(".json"), out / f"{name}.json")
-    return out
 
 
 def audit_entries(home: ProjectHome, action: str) -> list:
@@ -135,20 +126,6 @@ def test_plugin_inspect_loads_through_the_pin_check(home, plugin_dir):
     out = json.loads(cli("plugin", "inspect", str(plugin_dir / "currency.wasm")).output)
     assert swapped in out["loads_with_defaults"]
     assert audit_entries(home, "plugin_refused")[-1].subject == "currency"
-
-
-PIPELINE = """
-name: pinned
-sources:
-  people: {path: people.parquet}
-streams:
-  s:
-    from: people
-    steps:
-      - plugin: {name: currency, params: {rate: 0.5}}
-output: s
-sink: {discard: {}}
-"""
 
 
 def yaml_spec(tmp_path: Path) -> PipelineSpec:

@@ -43,6 +43,20 @@ def _seal(cipher, values, column, deterministic=False):
     return pl.Series(column, cipher.encrypt(pa.array(values), binding, deterministic))
 
 
+def _store_sealed_then_rotate(resources, deterministic_holders: bool = False):
+    """The table encrypted under version 1, then the key rotated to version 2: every
+    stored value is below the newest version. Returns the cipher."""
+    cipher = resources["governance"].cipher()
+    sealed = [
+        pl.Series("id", range(51)),
+        _seal(cipher, CARDS, "card"),
+        _seal(cipher, HOLDERS, "holder", deterministic_holders),
+    ]
+    _store(resources, pl.DataFrame(sealed))
+    cipher.envelope.rotate("crm_cards")
+    return cipher
+
+
 @pytest.fixture
 def defs():
     return encryption_definitions([SPEC])
@@ -60,18 +74,7 @@ def _check(defs, resources) -> dg.AssetCheckEvaluation:
 
 
 def test_rotate_rewrap_retire(resources, defs, instance):
-    cipher = resources["governance"].cipher()
-    _store(
-        resources,
-        pl.DataFrame(
-            [
-                pl.Series("id", range(51)),
-                _seal(cipher, CARDS, "card"),
-                _seal(cipher, HOLDERS, "holder", deterministic=True),
-            ]
-        ),
-    )
-    cipher.envelope.rotate("crm_cards")
+    cipher = _store_sealed_then_rotate(resources, deterministic_holders=True)
 
     before = _check(defs, resources)
     assert not before.passed and before.severity == dg.AssetCheckSeverity.WARN
@@ -103,18 +106,7 @@ def test_rotate_rewrap_retire(resources, defs, instance):
 
 
 def test_retiring_before_rewrapping_fails_the_check(resources, defs):
-    cipher = resources["governance"].cipher()
-    _store(
-        resources,
-        pl.DataFrame(
-            [
-                pl.Series("id", range(51)),
-                _seal(cipher, CARDS, "card"),
-                _seal(cipher, HOLDERS, "holder"),
-            ]
-        ),
-    )
-    cipher.envelope.rotate("crm_cards")
+    cipher = _store_sealed_then_rotate(resources)
     cipher.envelope.retire_below("crm_cards", 2)
     evaluation = _check(defs, resources)
     assert not evaluation.passed and evaluation.severity == dg.AssetCheckSeverity.ERROR

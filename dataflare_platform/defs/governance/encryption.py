@@ -1,6 +1,7 @@
 """Key rotation's second half as an asset: ``governance/encryption_rewrap`` re-encrypts
-every governed dataset's ``pii_encrypted`` columns to the newest key version (progress in
-the run's log, totals in the materialization's metadata), and the check
+every governed dataset's ``pii_encrypted`` columns to the newest key version (DuckDB
+tables, Parquet folders file by file; topics are left to retention, said in the
+metadata; progress in the run's log, totals in the materialization's metadata), and the check
 ``no_ciphertext_below_min_version`` fails while any stored value is below its key's
 minimum decryption version (and warns while some are below the newest). The work is the
 data plane's (``compliance.rewrap``); this module only wires it. Built only when some
@@ -23,7 +24,6 @@ def _encrypted(specs: list[GovernedDataset]) -> list[GovernedDataset]:
         if s.pii is not None
         and s.pii.encryption is not None
         and s.data is not None
-        and s.data.duckdb is not None
         and encrypted_columns(s.pii)
     ]
 
@@ -59,6 +59,12 @@ def encryption_definitions(specs: list[GovernedDataset]) -> dg.Definitions:
                 "versions_after": result.versions_after,
                 "latest_version": result.latest,
                 "min_decryption_version": result.min_decryption_version,
+                **(
+                    {"files": result.files, "files_rewritten": result.files_rewritten}
+                    if spec.data.parquet is not None
+                    else {}
+                ),
+                **({"not_rewrapped": result.not_rewrapped} if result.not_rewrapped else {}),
             }
         return dg.MaterializeResult(
             metadata={

@@ -118,3 +118,113 @@ def test_retiring_before_rewrapping_fails_the_check(resources, defs):
 def test_no_encrypted_dataset_builds_nothing():
     plain = SPEC.model_copy(update={"pii": None})
     assert list(encryption_definitions([plain]).assets or []) == []
+
+
+# -- Parquet: a parquet_dataset written by a pipeline's encrypt step --------------------
+
+PARQUET_SPEC = GovernedDataset.model_validate(
+    {
+        "asset": "crm/card_events",
+        "data": {"parquet": "lake/card_events"},
+        "pii": {
+            "columns": {"card": "pii_encrypted", "holder": "pii_encrypted"},
+            "encryption": {"dataset": "crm_cards"},
+        },
+    }
+)
+
+ENCRYPTING_PIPELINE = """
+name: card_events
+catalog: {micro_batch: false}
+sources:
+  cards: {path: unused, columns: [id, card, holder, date_time]}
+streams:
+  out:
+    from: cards
+    steps:
+      - encrypt: {dataset: crm_cards, columns: [card, holder], deterministic: [holder]}
+output: out
+sink: {discard: {}}
+"""
+
+
+def _run_encrypting_pipeline(root, *batches: int) -> None:
+    """The encrypt step of a YAML pipeline (real engine, the deployment's keyring) into a
+    ``parquet_dataset`` sink, files partitioned by day. The source holds every batch so
+    far: the run resumes after what the sink's checkpoint says it already wrote."""
+    import yaml
+
+    from dataflare_platform.connectors.parquet_dataset import ParquetDatasetSink
+    from dataflare_platform.engine import Runner, RunnerConfig, TableSource
+    from dataflare_platform.streams.spec import PipelineSpec
+
+    spec = PipelineSpec.load(yaml.safe_load(ENCRYPTING_PIPELINE))
+    sink = ParquetDatasetSink(root, time_column="date_time", fsync=False)
+    frame = pl.concat([_card_frame(offset) for offset in batches])
+    source = TableSource.single("cards", frame.to_arrow())
+    Runner(spec.build(sink=sink, sources={"cards": source}), RunnerConfig(batch_rows=17)).run()
+
+
+def _card_frame(offset: int) -> pl.DataFrame:
+    import datetime as dt
+
+    start = dt.datetime(2026, 1, 1, 22)  # five hours from 22:00: two days
+    times = [start + dt.timedelta(minutes=3 * (offset + i)) for i in range(51)]
+    return pl.DataFrame(
+        {
+            "id": range(offset, offset + 51),
+            "card": CARDS,
+            "holder": HOLDERS,
+            "date_time": pl.Series(times, dtype=pl.Datetime("ms")),  # the engine's unit
+        }
+    )
+
+
+def test_a_parquet_dataset_is_rewrapped_file_by_file(resources, instance):
+    from dataflare_platform.compliance.datasets import read_dataset
+    from dataflare_platform.compliance.rewrap import parquet_files
+    from dataflare_platform.connectors.parquet_dataset import ParquetDatasetSink
+
+    home_root = resources["dataflare"].home.root
+    root = home_root / "lake" / "card_events"
+    _run_encrypting_pipeline(root, 0, 51)  # key version 1, one file per day
+    cipher = resources["governance"].cipher()
+    cipher.envelope.rotate("crm_cards")
+    files = parquet_files(root)
+    assert len(files) == 2  # one per day
+    defs = encryption_definitions([PARQUET_SPEC])
+    before_check = _check(defs, resources)
+    assert not before_check.passed and before_check.severity == dg.AssetCheckSeverity.WARN
+
+    result = dg.materialize(
+        [*defs.assets, *defs.asset_checks], resources=resources, instance=instance
+    )
+    (mat,) = result.asset_materializations_for_node("governance__encryption_rewrap")
+    detail = mat.metadata["detail"].value["crm/card_events"]
+    assert detail["rewrapped"] == {"card": 100, "holder": 102}
+    assert detail["versions_after"] == {"card": [2], "holder": [2]}
+    assert detail["files"] == detail["files_rewritten"] == len(files)
+    messages = [entry.user_message for entry in instance.all_logs(result.run_id)]
+    assert "rewrap crm/card_events.card: 102/102 rows" in messages  # progress
+    assert not any("4111 1111" in m for m in messages)
+    (after,) = result.get_asset_check_evaluations()
+    assert after.passed
+    # Same file names (the sink's manifest still names them), no temporary left behind,
+    # and the sink opens over them (its recovery keeps every committed file).
+    assert parquet_files(root) == files
+    assert not [p for p in root.rglob("*") if "rewrap" in p.name]
+    sink = ParquetDatasetSink(root, time_column="date_time", fsync=False)
+    assert sink.open("card_events") is not None
+    sink.close()
+    assert parquet_files(root) == files
+    # Every value decrypts with the old version retired; a second rewrap touches nothing.
+    cipher.envelope.retire_below("crm_cards", 2)
+    stored = read_dataset(PARQUET_SPEC.data, home_root).sort("id")
+    back = cipher.decrypt(stored["card"], Binding("crm_cards", "card")).to_pylist()
+    assert back == CARDS + CARDS
+    mtimes = {p: p.stat().st_mtime_ns for p in files}
+    again = dg.materialize([*defs.assets], resources=resources)
+    (mat,) = again.asset_materializations_for_node("governance__encryption_rewrap")
+    assert mat.metadata["values_rewrapped"].value == 0
+    assert mat.metadata["detail"].value["crm/card_events"]["files_rewritten"] == 0
+    assert {p: p.stat().st_mtime_ns for p in files} == mtimes

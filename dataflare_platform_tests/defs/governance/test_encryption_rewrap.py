@@ -228,3 +228,57 @@ def test_a_parquet_dataset_is_rewrapped_file_by_file(resources, instance):
     assert mat.metadata["values_rewrapped"].value == 0
     assert mat.metadata["detail"].value["crm/card_events"]["files_rewritten"] == 0
     assert {p: p.stat().st_mtime_ns for p in files} == mtimes
+
+
+# -- Event-log topics: not rewritten; old ciphertext ages out with retention ------------
+
+TOPIC_SPEC = GovernedDataset.model_validate(
+    {
+        "asset": "crm/card_stream",
+        "data": {"topic": "card_stream"},
+        "pii": {"columns": {"card": "pii_encrypted"}, "encryption": {"dataset": "crm_cards"}},
+    }
+)
+
+
+def test_a_topic_is_left_to_retention_and_the_check_follows_it(resources, instance):
+    """What a transit-encryption service does with an append-only log: the rewrap asset
+    leaves the topic's immutable segments as they are (and says so); once retention has
+    deleted the segments written before the rotation, the check passes and the old
+    version can be retired."""
+    import datetime as dt
+
+    from dataflare_platform.compliance.retention import RetentionPolicy, delete_topic_segments
+    from dataflare_platform.events.log import EventLog
+
+    log = EventLog(resources["dataflare"].home.event_log_dir)
+    schema = pa.schema([("date_time", pa.timestamp("ms")), ("card", pa.large_binary())])
+    topic = log.create_topic("card_stream", schema)
+    cipher = resources["governance"].cipher()
+    start = dt.datetime(2026, 3, 1)
+
+    def append(day: int) -> None:
+        times = [start + dt.timedelta(days=day, minutes=m) for m in range(10)]
+        sealed = cipher.encrypt(pa.array(CARDS[:10]), Binding("crm_cards", "card"))
+        topic.append(pa.table({"date_time": times, "card": sealed}, schema=schema))
+
+    append(0)  # key version 1
+    cipher.envelope.rotate("crm_cards")
+    append(20)  # version 2
+    defs = encryption_definitions([TOPIC_SPEC])
+    result = dg.materialize(
+        [*defs.assets, *defs.asset_checks], resources=resources, instance=instance
+    )
+    (mat,) = result.asset_materializations_for_node("governance__encryption_rewrap")
+    detail = mat.metadata["detail"].value["crm/card_stream"]
+    assert "retention" in detail["not_rewrapped"] and mat.metadata["values_rewrapped"].value == 0
+    (check,) = result.get_asset_check_evaluations()
+    assert not check.passed and check.severity == dg.AssetCheckSeverity.WARN
+    assert check.metadata["below_latest_version"].value == {"crm/card_stream": {"card": 10}}
+
+    now = start + dt.timedelta(days=25)
+    action = delete_topic_segments(log, "card_stream", RetentionPolicy(keep="10d"), now)
+    assert action.rows_deleted == 10
+    assert _check(defs, resources).passed
+    cipher.envelope.retire_below("crm_cards", 2)
+    assert _check(defs, resources).passed

@@ -43,8 +43,10 @@ def test_the_demo_pipeline_encrypts_and_the_checks_pass_before_and_after_a_rotat
         assert not any(e.encode() in raw for e in persons["email_address"].to_pylist()[:20])
         cipher = CryptoSettings.resolve().cipher()
         back = cipher.decrypt(stored["email_address"], Binding("persons", "email_address"))
-        expected = dict(zip(persons["id"].to_pylist(), persons["email_address"].to_pylist()))
-        assert dict(zip(stored["id"].to_list(), back.to_pylist())) == expected
+        expected = dict(
+            zip(persons["id"].to_pylist(), persons["email_address"].to_pylist(), strict=True)
+        )
+        assert dict(zip(stored["id"].to_list(), back.to_pylist(), strict=True)) == expected
 
         rotated = CliRunner().invoke(app, ["keys", "rotate", "persons"])
         assert rotated.exit_code == 0, rotated.output

@@ -100,15 +100,13 @@ def rewrap_dataset(
     updated = {}
     for column in columns:
         binding = _binding(policy, column)
-        parts, changed = [], 0
-        values = frame[column].to_arrow()
-        for start in range(0, max(frame.height, 1), batch_rows):
-            chunk, n = cipher.rewrap(values.slice(start, batch_rows), binding)
-            parts.append(chunk)
-            changed += n
+
+        def report(rows: int, column: str = column) -> None:
             if progress is not None:
-                progress(column, min(start + batch_rows, frame.height), frame.height)
-        merged = pa.concat_arrays(parts) if parts else pa.array([], pa.large_binary())
+                progress(column, rows, frame.height)
+
+        values = frame[column].to_arrow()
+        merged, changed = _rewrap_column(values, binding, cipher, batch_rows, report)
         updated[column] = pl.Series(column, merged)
         result.rewrapped[column] = changed
         found = key_versions(merged)

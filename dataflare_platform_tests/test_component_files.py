@@ -43,7 +43,8 @@ def _write(path: Path, text: str) -> Path:
 
 def test_the_shipped_instances_are_found_by_type():
     pipelines = {p.parent.name: a["name"] for p, a in find_instances(STREAM_PIPELINE)}
-    assert pipelines == {n: n for n in ("highest_bid_eur", "hot_items", "masked_persons")}
+    shipped = ("highest_bid_eur", "hot_items", "masked_persons", "sealed_persons")
+    assert pipelines == {n: n for n in shipped}
     datasets = {a["asset"] for _, a in find_instances(GOVERNED_DATASET)}
     assert {"nexmark/bids", "streams/hot_items"} <= datasets
     assert all(DEFS_DIR in p.parents for p, _ in find_instances(GOVERNED_DATASET))
@@ -51,7 +52,13 @@ def test_the_shipped_instances_are_found_by_type():
 
 def test_the_shipped_pipelines_are_the_instances_and_the_builders():
     names = {s.name for s in load_specs()}
-    assert names == {"highest_bid_eur", "hot_items", "masked_persons", "bidder_sessions"}
+    assert names == {
+        "highest_bid_eur",
+        "hot_items",
+        "masked_persons",
+        "sealed_persons",
+        "bidder_sessions",
+    }
     assert {s.asset for s in load_dataset_specs()} == {
         a["asset"] for _, a in find_instances(GOVERNED_DATASET)
     }

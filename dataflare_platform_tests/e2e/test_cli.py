@@ -99,6 +99,7 @@ def test_demo_runs_green_in_a_fresh_directory_and_leaves_user_home_alone(tmp_pat
         "streams/hot_items",
         "streams/highest_bid_eur",
         "streams/masked_persons",
+        "streams/sealed_persons",
         "streams/bidder_sessions",
         "topics/nexmark.persons",
         "hot_items_job",

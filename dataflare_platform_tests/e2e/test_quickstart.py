@@ -37,7 +37,7 @@ ARTIFACTS = Path(
         "DATAFLARE_TEST_ARTIFACTS", Path(__file__).resolve().parents[2] / "test-artifacts"
     )
 )
-STREAMS = ("highest_bid_eur", "hot_items", "masked_persons", "bidder_sessions")
+STREAMS = ("highest_bid_eur", "hot_items", "masked_persons", "sealed_persons", "bidder_sessions")
 STATUS = re.compile(r"(\w+): ([\d,]+) rows, ([\d,.]+) events/s")
 
 

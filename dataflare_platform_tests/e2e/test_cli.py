@@ -112,15 +112,20 @@ def test_demo_runs_green_in_a_fresh_directory_and_leaves_user_home_alone(tmp_pat
     assert (home / "dagster_home" / "dagster.yaml").exists()
     assert (home / "warehouse.duckdb").exists()
     assert (home / "events" / "nexmark" / "bids").is_dir()
-    # The one thing outside the project: the audit keys the demo provisions (`dataflare
-    # audit init`: signing and entry key), kept out of the home on purpose, in the
-    # per-user config dir.
+    # The one thing outside the project: the keys, kept out of the home on purpose, in
+    # the per-user config dir: the audit keys the demo provisions (`dataflare audit
+    # init`: signing and entry key), the key signing the plugin lock (the shipped samples
+    # pin themselves), and the keyring of sealed_persons' encrypt step (key name persons,
+    # version 1).
     written = sorted(p.relative_to(user_home) for p in user_home.rglob("*") if p.is_file())
-    assert [p.parts[:2] for p in written] == [(".config", "dataflare")] * 5, written
-    assert sorted(p.name for p in written) == [
+    assert {p.parts[:2] for p in written} == {(".config", "dataflare")}, written
+    assert sorted(str(Path(*p.parts[3:])) for p in written) == [
         "anchor.jsonl",
         "audit.json",
         "entry.key",
+        "keyring/persons/state.json",
+        "keyring/persons/v1.kek",
+        "plugins-lock.key",
         "signing.key",
         "trusted.pem",
     ]

@@ -108,6 +108,9 @@ def quickstart(tmp_path_factory):
     dataflare = Path(sys.executable).with_name("dataflare")
     env = {k: v for k, v in os.environ.items() if k not in ("DATAFLARE_HOME", "DAGSTER_HOME")}
     env.pop("DATAFLARE_TOKEN", None)
+    # The keys the quickstart creates outside its home (plugin lock key, the keyring of
+    # sealed_persons' encrypt step) go to a per-test config dir, not the user's.
+    env["XDG_CONFIG_HOME"] = str(base / "xdg-config")
     # A viewer to sign in with and a viewer token for the test's client; the quickstart's
     # first start then finds a user and prints no admin credentials (it mints its own
     # launcher token either way).

@@ -33,6 +33,7 @@ from dataflare_platform.compliance.override_refusals import (
     refuse,
 )
 from dataflare_platform.deployment_settings import env_flag, forbidden_overrides
+from dataflare_platform.errors import ConfigError
 from dataflare_platform.home import HOME_ENV_VAR
 
 _MISSING = object()

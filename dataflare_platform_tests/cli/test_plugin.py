@@ -31,10 +31,10 @@ def err(args: list[str]) -> str:
 
 
 @pytest.fixture(autouse=True)
-def developer_home(home, monkeypatch):
+def developer_home(audited_home, monkeypatch):
     """Each test in its own home (its lock, key and audit log), unpinned plugins allowed."""
     monkeypatch.setenv("DATAFLARE_PLUGIN_ALLOW_UNPINNED", "true")
-    return home
+    return audited_home
 
 
 @pytest.fixture(scope="module")

@@ -33,10 +33,12 @@ def plugin_dir(built: dict[str, Path], tmp_path: Path) -> Path:
 
 
 @pytest.fixture(autouse=True)
-def pinned_samples(home, built: dict[str, Path]) -> Path:
+def pinned_samples(audited_home, built: dict[str, Path]) -> Path:
     """Every test runs in its own home whose deployment lock pins the built samples,
     signed with the home's lock key (outside the home), as ``dataflare plugin lock``
-    would: ``load_plugin`` checks the deployment's pins like every other load path."""
+    would: ``load_plugin`` checks the deployment's pins like every other load path. The
+    home's audit keys are provisioned: pin decisions are appended to its audit log."""
+    home = audited_home
     from dataflare_platform.plugins.lock import LOCK_FILE, LockAuth, PinnedPlugin, write_lock
 
     pins = {

@@ -134,12 +134,15 @@ def test_an_unpinned_module_is_refused_by_the_deployment_and_audited(audited_hom
     assert entry.payload()["expected_sha256"] is None
 
 
-def test_a_refusal_in_a_run_is_audited_as_the_runs_principal_with_its_run_id(home, plugin_dir):
+def test_a_refusal_in_a_run_is_audited_as_the_runs_principal_with_its_run_id(
+    audited_home, plugin_dir
+):
     """A real Dagster run (in process) tagged with the principal the run coordinator
     records: the ``plugin_refused`` entry names that principal and the run, not
     ``system`` with no run."""
     from dataflare_platform.access.principal import PRINCIPAL_TAG
 
+    home = audited_home
     instance = dg.DagsterInstance.ephemeral()
     with pytest.raises(dg.Failure):
         materialize(
@@ -155,9 +158,10 @@ def test_a_refusal_in_a_run_is_audited_as_the_runs_principal_with_its_run_id(hom
     assert entry.payload()["run_id"] == run.run_id
 
 
-def test_a_tampered_deployment_lock_fails_the_run_and_is_audited(home, plugin_dir):
+def test_a_tampered_deployment_lock_fails_the_run_and_is_audited(audited_home, plugin_dir):
     import json
 
+    home = audited_home
     pin(home, plugin_dir)
     lock = home.root / LOCK_FILE
     raw = json.loads(lock.read_text())

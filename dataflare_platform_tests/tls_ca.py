@@ -39,6 +39,16 @@ class TestCA:
         """The CA a client trusts, as the settings' ``ca_file`` takes it."""
         return str(self.ca)
 
+    def client_tls(self, **values) -> dict:
+        """A connector's ``tls:`` block for mutual TLS with this CA's client certificate;
+        ``values`` override or add fields (``mode``, ``server_name``...)."""
+        return {
+            "ca_file": str(self.ca),
+            "cert_file": str(self.client_cert),
+            "key_file": str(self.client_key),
+            **values,
+        }
+
     def server_context(self) -> ssl.SSLContext:
         """A server-side TLS context with the server certificate (test receivers)."""
         context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)

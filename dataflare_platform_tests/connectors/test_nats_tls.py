@@ -50,12 +50,7 @@ def tls_nats(test_ca: TestCA, tmp_path_factory) -> Iterator[TlsNats]:
 
 
 def mtls(ca: TestCA, **values) -> dict:
-    return {
-        "ca_file": str(ca.ca),
-        "cert_file": str(ca.client_cert),
-        "key_file": str(ca.client_key),
-        **values,
-    }
+    return ca.client_tls(**values)
 
 
 @pytest.fixture

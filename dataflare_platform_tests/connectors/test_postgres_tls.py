@@ -53,7 +53,7 @@ def tls_pg(test_ca: TestCA) -> Iterator[TlsPostgres]:
 
 
 def mtls(ca: TestCA, **values) -> TlsSettings:
-    return TlsSettings(ca_file=ca.ca, cert_file=ca.client_cert, key_file=ca.client_key, **values)
+    return TlsSettings(**ca.client_tls(**values))
 
 
 def mtls_dsn(server: TlsPostgres) -> str:

@@ -49,12 +49,7 @@ def tls_redis(test_ca: TestCA, tmp_path_factory) -> Iterator[TlsRedis]:
 
 
 def mtls(ca: TestCA, **values) -> dict:
-    return {
-        "ca_file": str(ca.ca),
-        "cert_file": str(ca.client_cert),
-        "key_file": str(ca.client_key),
-        **values,
-    }
+    return ca.client_tls(**values)
 
 
 @pytest.fixture

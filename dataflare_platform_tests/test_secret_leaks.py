@@ -36,6 +36,7 @@ from dataflare_platform.connectors.nats import NatsProducer, NatsSettings, ensur
 from dataflare_platform.connectors.postgres import connect as pg_connect
 from dataflare_platform.connectors.redis import RedisProducer, RedisSettings
 from dataflare_platform.connectors.redis import delete_stream as delete_redis_stream
+from dataflare_platform.connectors.tls import TlsSettings
 from dataflare_platform.defs.plugins.resources import PluginRuntimeResource
 from dataflare_platform.defs.resources import ProjectHomeResource
 from dataflare_platform.defs.streams.factory import stream_definitions
@@ -49,11 +50,12 @@ from dataflare_platform_tests.receivers import (  # noqa: F401
     https_receiver,
     start_smtp,
 )
+from dataflare_platform_tests.tls_servers import TlsPostgres, running_tls_postgres
 
 pytestmark = pytest.mark.e2e
 
-NAMES = ["REDIS", "REDIS_WRONG", "NATS", "NATS_WRONG", "PG", "SMTP", "SMTP_WRONG", "HOOK"]
-NAMES += ["SLACK", "RUN_CONFIG"]
+NAMES = ["REDIS", "REDIS_WRONG", "NATS", "NATS_WRONG", "PG", "PG_WRONG", "SMTP", "SMTP_WRONG"]
+NAMES += ["HOOK", "SLACK", "RUN_CONFIG"]
 
 
 def _free_port() -> int:
@@ -129,6 +131,15 @@ def nats_port(values, tmp_path) -> Iterator[int]:
     finally:
         proc.terminate()
         proc.wait()
+
+
+@pytest.fixture
+def pg_password_server(values, test_ca) -> Iterator[TlsPostgres]:
+    """A throwaway PostgreSQL (TLS only) where the role ``leak`` signs in with the
+    ``PG`` secret (SCRAM): the machine's own server trusts every local login, so a wrong
+    password is only refused here."""
+    with running_tls_postgres(test_ca, password_role=("leak", values["PG"])) as server:
+        yield server
 
 
 class Outputs:
@@ -225,6 +236,7 @@ def test_no_secret_reaches_any_output(
     nats_port,
     https_receiver,  # noqa: F811 (fixtures imported from receivers)
     test_ca,
+    pg_password_server,
     entry_key_file,  # the refusal below appends to an audit log: it needs the entry key
     caplog,
     capfd,
@@ -267,9 +279,18 @@ def test_no_secret_reaches_any_output(
     gone_nats = nats_settings(dead_port, "NATS", nats.stream)
     out.error("nats unreachable", lambda: NatsProducer(gone_nats))
 
-    # -- PostgreSQL: good connection with the password, unreachable server ---------------
+    # -- PostgreSQL: good and wrong password (TLS, SCRAM), unreachable server ----------
     with pg_connect(DEFAULT_POSTGRES_DSN, password=values["PG"]) as conn:
         conn.execute("SELECT 1")
+    server_tls = TlsSettings(ca_file=test_ca.ca)
+    leak_dsn = pg_password_server.dsn("leak")
+    with pg_connect(leak_dsn, 30, tls=server_tls, password=values["PG"]) as conn:
+        assert conn.execute("SELECT current_user").fetchone() == ("leak",)
+    refused = out.error(
+        "postgres wrong password",
+        lambda: pg_connect(leak_dsn, 30, tls=server_tls, password=values["PG_WRONG"]),
+    )
+    assert "password authentication failed" in str(refused)  # the failing path ran
     dead_dsn = f"postgresql://postgres@127.0.0.1:{dead_port}/test"
     out.error("postgres unreachable", lambda: pg_connect(dead_dsn, 2, password=values["PG"]))
 

@@ -102,7 +102,12 @@ class TlsPostgres:
 
 
 @contextlib.contextmanager
-def running_tls_postgres(ca: TestCA) -> Iterator[TlsPostgres]:
+def running_tls_postgres(
+    ca: TestCA, password_role: tuple[str, str] | None = None
+) -> Iterator[TlsPostgres]:
+    """``password_role`` (name, password): one more role that signs in with a password
+    (SCRAM over server-side TLS), for the tests of a wrong password; the password reaches
+    the server on psql's stdin, not in a command line."""
     initdb = _need(PG_BINDIR / "initdb", "PostgreSQL's initdb")
     pg_ctl = _need(PG_BINDIR / "pg_ctl", "PostgreSQL's pg_ctl")
     as_root = os.geteuid() == 0
@@ -136,9 +141,13 @@ def running_tls_postgres(ca: TestCA) -> Iterator[TlsPostgres]:
                 "ssl = on\nssl_cert_file = 'server.pem'\nssl_key_file = 'server.key'\n"
                 "ssl_ca_file = 'ca.pem'\nfsync = off\nmax_connections = 30\n"
             )
+        role_line = (
+            f"hostssl all {password_role[0]} 127.0.0.1/32 scram-sha-256\n" if password_role else ""
+        )
         (data / "pg_hba.conf").write_text(
             "local all postgres trust\n"
-            f"hostssl all {CLIENT_NAME} 127.0.0.1/32 trust clientcert=verify-full\n"
+            + role_line
+            + f"hostssl all {CLIENT_NAME} 127.0.0.1/32 trust clientcert=verify-full\n"
             "hostssl all postgres 127.0.0.1/32 trust\n"
         )
         subprocess.run(
@@ -161,10 +170,17 @@ def running_tls_postgres(ca: TestCA) -> Iterator[TlsPostgres]:
                 "postgres",
                 "-v",
                 "ON_ERROR_STOP=1",
-                "-c",
-                f"CREATE ROLE {CLIENT_NAME} LOGIN;"
-                f" GRANT CREATE ON DATABASE postgres TO {CLIENT_NAME};",
             ],
+            input=(
+                f"CREATE ROLE {CLIENT_NAME} LOGIN;"
+                f" GRANT CREATE ON DATABASE postgres TO {CLIENT_NAME};\n"
+                + (
+                    f"CREATE ROLE {password_role[0]} LOGIN PASSWORD "
+                    f"'{password_role[1].replace(chr(39), chr(39) * 2)}';\n"
+                    if password_role
+                    else ""
+                )
+            ).encode(),
             check=True,
             capture_output=True,
         )

@@ -4,6 +4,7 @@ the fixtures they need from here."""
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import json
 import socket
@@ -225,8 +226,11 @@ class HttpsReceiver(HttpReceiver):
         return f"https://{host}:{port}{path}"
 
 
-@pytest.fixture
-def https_receiver(test_ca: TestCA) -> Iterator[HttpsReceiver]:
+@contextlib.contextmanager
+def serving_https(ca: TestCA, require_client_cert: bool = False) -> Iterator[HttpsReceiver]:
+    """An HTTPS receiver on a spare loopback port with ``ca``'s server certificate (and,
+    with ``require_client_cert``, mutual TLS: no client certificate of ``ca``, no
+    request)."""
     received: list[tuple[str, dict[str, Any]]] = []
     headers: list[dict[str, str]] = []
     failing: set[str] = set()
@@ -244,7 +248,9 @@ def https_receiver(test_ca: TestCA) -> Iterator[HttpsReceiver]:
             pass
 
     server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    server.socket = test_ca.server_context().wrap_socket(server.socket, server_side=True)
+    server.socket = ca.server_context(require_client_cert).wrap_socket(
+        server.socket, server_side=True
+    )
     thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
     thread.start()
     try:
@@ -255,8 +261,21 @@ def https_receiver(test_ca: TestCA) -> Iterator[HttpsReceiver]:
         thread.join()
 
 
+@pytest.fixture
+def https_receiver(test_ca: TestCA) -> Iterator[HttpsReceiver]:
+    with serving_https(test_ca) as receiver:
+        yield receiver
+
+
+@pytest.fixture
+def mtls_https_receiver(test_ca: TestCA) -> Iterator[HttpsReceiver]:
+    """An HTTPS receiver that requires a client certificate of the test CA."""
+    with serving_https(test_ca, require_client_cert=True) as receiver:
+        yield receiver
+
+
 def start_smtp(
-    mode: str, password: str, ca: TestCA | None = None
+    mode: str, password: str, ca: TestCA | None = None, require_client_cert: bool = False
 ) -> tuple[Controller, TlsSmtpReceiver]:
     """An aiosmtpd server requiring a login (user ``alerts``) with ``password``: ``mode``
     ``starttls`` (STARTTLS required before AUTH), ``smtps`` (TLS from the first byte) or
@@ -272,10 +291,10 @@ def start_smtp(
     options: dict[str, Any] = {"auth_required": True, "authenticator": authenticate}
     if mode == "starttls":
         assert ca is not None
-        options.update(tls_context=ca.server_context(), require_starttls=True)
+        options.update(tls_context=ca.server_context(require_client_cert), require_starttls=True)
     elif mode == "smtps":
         assert ca is not None
-        options.update(ssl_context=ca.server_context(), auth_require_tls=False)
+        options.update(ssl_context=ca.server_context(require_client_cert), auth_require_tls=False)
     else:
         options.update(auth_require_tls=False)
     controller = Controller(handler, hostname="127.0.0.1", port=_free_port(), **options)

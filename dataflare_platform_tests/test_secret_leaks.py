@@ -36,13 +36,13 @@ from dataflare_platform.connectors.nats import NatsProducer, NatsSettings, ensur
 from dataflare_platform.connectors.postgres import connect as pg_connect
 from dataflare_platform.connectors.redis import RedisProducer, RedisSettings
 from dataflare_platform.connectors.redis import delete_stream as delete_redis_stream
-from dataflare_platform.connectors.tls import TlsSettings
 from dataflare_platform.defs.plugins.resources import PluginRuntimeResource
 from dataflare_platform.defs.resources import ProjectHomeResource
 from dataflare_platform.defs.streams.factory import stream_definitions
 from dataflare_platform.errors import DataflareError
 from dataflare_platform.instance.run_config_guard import refuse_overrides
 from dataflare_platform.streams.spec import PipelineSpec
+from dataflare_platform.tls import TlsSettings
 from dataflare_platform_tests.conftest import DEFAULT_POSTGRES_DSN
 from dataflare_platform_tests.connectors.broker_helpers import unique
 from dataflare_platform_tests.receivers import (  # noqa: F401

@@ -49,10 +49,14 @@ class TestCA:
             **values,
         }
 
-    def server_context(self) -> ssl.SSLContext:
-        """A server-side TLS context with the server certificate (test receivers)."""
+    def server_context(self, require_client_cert: bool = False) -> ssl.SSLContext:
+        """A server-side TLS context with the server certificate (test receivers); with
+        ``require_client_cert`` the handshake needs a client certificate of this CA."""
         context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         context.load_cert_chain(self.server_cert, self.server_key)
+        if require_client_cert:
+            context.verify_mode = ssl.CERT_REQUIRED
+            context.load_verify_locations(cafile=str(self.ca))
         return context
 
 

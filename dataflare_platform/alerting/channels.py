@@ -16,7 +16,7 @@ import urllib.request
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from email.message import EmailMessage
-from typing import Annotated, Any, Literal, Protocol, runtime_checkable
+from typing import Annotated, Any, Literal, Protocol, Self, runtime_checkable
 from urllib.parse import urlsplit
 
 from pydantic import ConfigDict, Field, ValidationInfo, field_validator, model_validator
@@ -31,6 +31,7 @@ from dataflare_platform.secrets import (
     redact,
     url_credential_problem,
 )
+from dataflare_platform.tls import PrivateKeyFile, ReadableFile
 
 
 @dataclass(frozen=True)
@@ -91,13 +92,36 @@ class _Config(StrictModel):
     ca_file: str | None = Field(
         default=None, description="CA bundle to verify the server with (default: system)."
     )
+    cert_file: ReadableFile | None = Field(
+        default=None, description="Client certificate (PEM) for mutual TLS; needs key_file."
+    )
+    key_file: PrivateKeyFile | None = Field(
+        default=None, description="Client private key (PEM, mode 0600) for mutual TLS."
+    )
+
+    @model_validator(mode="after")
+    def _client_pair(self) -> Self:
+        if (self.cert_file is None) != (self.key_file is None):
+            missing = "key_file" if self.key_file is None else "cert_file"
+            raise InvalidInputError(
+                f"mutual TLS needs cert_file and key_file: {missing} is missing"
+            )
+        return self
 
     def tls_context(self) -> ssl.SSLContext:
-        """Verified TLS (names and chain); the stdlib's SMTP default accepts anything."""
+        """Verified TLS 1.2+ (names and chain; the stdlib's SMTP default accepts anything),
+        with the client certificate where the receiver asks for mutual TLS."""
         try:
-            return ssl.create_default_context(cafile=self.ca_file)
+            context = ssl.create_default_context(cafile=self.ca_file)
+            context.minimum_version = ssl.TLSVersion.TLSv1_2
+            if self.cert_file is not None and self.key_file is not None:
+                context.load_cert_chain(str(self.cert_file), str(self.key_file))
+            return context
         except (OSError, ssl.SSLError) as err:
-            raise DeliveryError(f"ca_file {self.ca_file}: {err}") from None
+            files = f"ca_file {self.ca_file}" + (
+                f", cert_file {self.cert_file}" if self.cert_file else ""
+            )
+            raise DeliveryError(f"{files}: {err}") from None
 
 
 def _is_loopback(host: str | None) -> bool:

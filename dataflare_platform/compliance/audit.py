@@ -87,9 +87,9 @@ from dataflare_platform.compliance.audit_keys import (
     normalize_url,
     safe_url,
 )
-from dataflare_platform.connectors.tls import check_libpq_url
 from dataflare_platform.errors import ConfigError, DataflareError
 from dataflare_platform.times import as_utc, utc_now
+from dataflare_platform.tls import check_libpq_url
 
 __all__ = [
     "GENESIS_HASH",

@@ -8,7 +8,7 @@ the log *with* its checkpoints is still caught by ``dataflare audit verify``.
   that was granted them by mistake.
   TLS: libpq's own parameters in the url (``?sslmode=verify-full&sslrootcert=/ca.pem``,
   plus ``sslcert``/``sslkey`` for mutual TLS), checked when the anchor opens with the
-  connectors' rules (``connectors.tls``: files exist and are readable, the key is 0600,
+  connectors' rules (``dataflare_platform.tls``: files exist and are readable, the key is 0600,
   ``sslmode=require`` -- encryption without verification -- is logged as a warning). A
   host that is not loopback needs ``sslmode=verify-full`` or ``verify-ca``: checkpoints
   are what an auditor trusts, so they do not cross a network unprotected.
@@ -27,9 +27,9 @@ from typing import Protocol
 from urllib.parse import unquote, urlparse
 
 from dataflare_platform.compliance.audit import AuditCheckpoint
-from dataflare_platform.connectors.tls import check_libpq_url
 from dataflare_platform.errors import ConfigError, DataflareError
 from dataflare_platform.sql_names import quote_identifier
+from dataflare_platform.tls import check_libpq_url
 
 ANCHOR_TABLE = "dataflare_audit_anchor"
 _COLUMNS = ("seq", "entries", "head_hash", "signed_at", "key_id", "algorithm", "signature")

@@ -5,6 +5,7 @@ from dataflare_platform_tests.receivers import (  # noqa: F401
     clock,
     http_receiver,
     https_receiver,
+    mtls_https_receiver,
     other_ca,
     smtp_receiver,
     smtp_tls_receiver,

@@ -149,3 +149,75 @@ def test_a_referenced_http_url_is_checked_when_read(monkeypatch):
     with pytest.raises(DeliveryError, match="must be an https:// URL") as err:
         WebhookChannel(config).send(MESSAGE)
     assert "alerts.example.com" not in str(err.value)  # the URL itself is a secret
+
+
+# -- mutual TLS: the channel presents a client certificate where the receiver asks -------
+
+
+def _client_files(ca) -> dict[str, str]:
+    return {"cert_file": str(ca.client_cert), "key_file": str(ca.client_key)}
+
+
+def test_https_webhook_presents_its_client_certificate(mtls_https_receiver, test_ca):
+    config = WebhookConfig(
+        type="webhook",
+        url=mtls_https_receiver.url("/in"),
+        ca_file=test_ca.ca_file,
+        **_client_files(test_ca),
+    )
+    WebhookChannel(config).send(MESSAGE)
+    assert mtls_https_receiver.bodies("/in")[0]["alert_id"] == MESSAGE.alert_id
+
+
+def test_https_webhook_without_a_client_certificate_is_refused_by_an_mtls_receiver(
+    mtls_https_receiver, test_ca
+):
+    config = WebhookConfig(
+        type="webhook", url=mtls_https_receiver.url("/in"), ca_file=test_ca.ca_file
+    )
+    with pytest.raises(DeliveryError):
+        WebhookChannel(config).send(MESSAGE)
+    assert mtls_https_receiver.requests == []
+
+
+@pytest.mark.parametrize("mode", ["starttls", "smtps"])
+def test_smtp_over_mutual_tls_needs_the_client_certificate(mode, test_ca, smtp_password):
+    controller, receiver = start_smtp(mode, smtp_password, test_ca, require_client_cert=True)
+    try:
+        with pytest.raises(DeliveryError):
+            EmailChannel(_email(receiver, **{mode: True, "ca_file": test_ca.ca_file})).send(MESSAGE)
+        assert receiver.logins == []  # no certificate, no handshake, no login sent
+        EmailChannel(
+            _email(receiver, **{mode: True, "ca_file": test_ca.ca_file, **_client_files(test_ca)})
+        ).send(MESSAGE)
+    finally:
+        controller.stop()
+    assert receiver.logins == [("alerts", smtp_password)]
+    assert len(receiver.messages) == 1
+
+
+def test_client_certificate_files_are_checked_at_load_naming_the_field(test_ca, tmp_path):
+    with pytest.raises(ConfigError, match="key_file"):
+        validated(
+            WebhookConfig,
+            "webhook channel",
+            {
+                "type": "webhook",
+                "url": "https://hooks.example/x",
+                "cert_file": str(test_ca.client_cert),
+            },
+        )
+    loose = tmp_path / "client.key"
+    loose.write_bytes(test_ca.client_key.read_bytes())
+    loose.chmod(0o644)
+    with pytest.raises(ConfigError, match=r"key_file.*chmod 600"):
+        validated(
+            WebhookConfig,
+            "webhook channel",
+            {
+                "type": "webhook",
+                "url": "https://hooks.example/x",
+                "cert_file": str(test_ca.client_cert),
+                "key_file": str(loose),
+            },
+        )

@@ -1,6 +1,6 @@
 """The audit log and the audit anchor, the platform's PostgreSQL connections outside
 the connectors, over TLS: libpq's TLS parameters in their urls are checked when they
-open with the connectors' rules (``connectors.tls.check_libpq_url``), a host that is not
+open with the connectors' rules (``dataflare_platform.tls.check_libpq_url``), a host that is not
 loopback needs verified TLS, and both work against a throwaway TLS-only PostgreSQL
 (``tls_servers``) while a server certificate from another CA is refused in one line."""
 

@@ -24,10 +24,10 @@ from dataflare_platform.connectors.postgres.sink import (
     tls_conninfo,
 )
 from dataflare_platform.connectors.settings import OpenContext
-from dataflare_platform.connectors.tls import TlsSettings
 from dataflare_platform.engine import Runner, RunnerConfig
 from dataflare_platform.queries.nexmark import BUILDERS
 from dataflare_platform.secrets import PlatformSecretRef
+from dataflare_platform.tls import TlsSettings
 from dataflare_platform_tests.connectors.contract import SinkCase, TransactionalSinkContract
 from dataflare_platform_tests.connectors.sink_helpers import collect, same_rows, sources
 from dataflare_platform_tests.tls_ca import TestCA

@@ -20,7 +20,7 @@ from dataflare_platform.connectors.redis.streams import (
     RedisSource,
     delete_stream,
 )
-from dataflare_platform.connectors.tls import TlsSettings
+from dataflare_platform.tls import TlsSettings
 from dataflare_platform_tests.connectors.broker_helpers import (
     broker_source_case,
     read_all,

@@ -33,8 +33,8 @@ from nats.js import api
 
 from dataflare_platform.connectors.broker import BrokerError, BrokerUnavailableError
 from dataflare_platform.connectors.nats.settings import NatsSettings
-from dataflare_platform.connectors.tls import TlsSettings, tls_failure
 from dataflare_platform.secrets import redact, redact_url
+from dataflare_platform.tls import TlsSettings, tls_failure
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")

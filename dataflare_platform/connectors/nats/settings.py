@@ -7,9 +7,9 @@ from typing import Annotated, Literal, Self
 from pydantic import Field, PositiveFloat, PositiveInt, field_validator, model_validator
 
 from dataflare_platform.connectors.broker import StreamSettings
-from dataflare_platform.connectors.tls import TlsSettings
 from dataflare_platform.errors import InvalidInputError
 from dataflare_platform.secrets import PlatformSecretRef, url_credential_problem
+from dataflare_platform.tls import TlsSettings
 
 Name = Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")]  # streams and consumers
 Subject = Annotated[str, Field(pattern=r"^[^\s.*>]+(\.[^\s.*>]+)*$")]  # no wildcards

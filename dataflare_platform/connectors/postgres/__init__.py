@@ -8,7 +8,7 @@ one transaction per checkpoint (see ``sink``).
       upsert_keys: [auction]                                 # optional
       tls: {ca_file: /etc/dataflare/tls/ca.pem}              # optional: sslmode verify-full
 
-``tls`` (``connectors.tls.TlsSettings``) also takes a client certificate and key for
+``tls`` (``dataflare_platform.tls.TlsSettings``) also takes a client certificate and key for
 mutual TLS and a ``server_name``; docs/security.md, "Transport".
 """
 

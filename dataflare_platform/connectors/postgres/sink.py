@@ -54,13 +54,13 @@ from dataflare_platform.connectors.settings import (
     SQL_IDENTIFIER,
     ConnectorSettings,
 )
-from dataflare_platform.connectors.tls import TlsSettings
 from dataflare_platform.engine.checkpoint import Checkpoint
 from dataflare_platform.engine.io import TransactionalSink, newest_per_key
 from dataflare_platform.errors import ConflictError, DataflareError, InvalidInputError
 from dataflare_platform.models import validated
 from dataflare_platform.secrets import HINT as SECRET_HINT
 from dataflare_platform.secrets import PlatformSecretRef, redact
+from dataflare_platform.tls import TlsSettings
 
 # libpq's own TLS parameters: with a ``tls`` block they come from it alone.
 LIBPQ_TLS_PARAMS = frozenset(

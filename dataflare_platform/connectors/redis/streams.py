@@ -38,7 +38,6 @@ from dataflare_platform.connectors.broker import (
     concat_dead,
 )
 from dataflare_platform.connectors.offset_source import Cursor, Envelope, StreamSource
-from dataflare_platform.connectors.tls import TlsSettings, tls_failure
 from dataflare_platform.errors import DataflareError, InvalidInputError
 from dataflare_platform.events.codec import dead_letters
 from dataflare_platform.secrets import (
@@ -47,6 +46,7 @@ from dataflare_platform.secrets import (
     redact_url,
     url_credential_problem,
 )
+from dataflare_platform.tls import TlsSettings, tls_failure
 
 # KEYS[1]: the stream. ARGV[1]: MAXLEN (0: none), then payload, rows pairs.
 # Returns the offset after the last row appended.

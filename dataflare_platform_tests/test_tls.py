@@ -17,10 +17,10 @@ from dataflare_platform.connectors.nats import NatsSettings
 from dataflare_platform.connectors.postgres import PostgresSinkSettings
 from dataflare_platform.connectors.postgres.sink import tls_conninfo
 from dataflare_platform.connectors.redis import RedisSettings
-from dataflare_platform.connectors.tls import TlsSettings
 from dataflare_platform.errors import ConfigError
 from dataflare_platform.models import validated
 from dataflare_platform.streams.spec import PipelineSpec
+from dataflare_platform.tls import TlsSettings
 
 
 def load(data: dict) -> TlsSettings:
@@ -55,14 +55,14 @@ def test_mutual_tls_settings_reach_every_library(test_ca):
 
 
 def test_turning_verification_off_is_explicit_and_logged(caplog, test_ca):
-    with caplog.at_level(logging.WARNING, logger="dataflare_platform.connectors.tls"):
+    with caplog.at_level(logging.WARNING, logger="dataflare_platform.tls"):
         tls = load({"ca_file": str(test_ca.ca), "insecure_skip_verify": True})
     assert "verification is OFF" in caplog.text
     assert tls.libpq_params()["sslmode"] == "require"
     context = tls.ssl_context()
     assert context.verify_mode == ssl.CERT_NONE and not context.check_hostname
     caplog.clear()
-    with caplog.at_level(logging.WARNING, logger="dataflare_platform.connectors.tls"):
+    with caplog.at_level(logging.WARNING, logger="dataflare_platform.tls"):
         chain_only = load({"mode": "verify-ca"})
     assert "its name is not" in caplog.text
     assert chain_only.libpq_params()["sslmode"] == "verify-ca"

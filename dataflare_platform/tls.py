@@ -1,4 +1,5 @@
-"""TLS settings shared by the PostgreSQL, Redis and NATS connectors.
+"""TLS settings shared by the PostgreSQL, Redis and NATS connectors (and the file checks
+the alert channels' client certificates use).
 
 One ``tls:`` block per connection, in the deployment's pipeline files (never in a
 launch's run config: resource and connector settings are deployment-only, see
@@ -168,8 +169,8 @@ def tls_failure(err: BaseException) -> str | None:
             reason = current.reason or str(current)
             if "ALERT" in reason.upper():
                 return (
-                    f"TLS handshake failed: the server sent {reason} (it refused this client's"
-                    " certificate, or its absence)"
+                    f"TLS handshake failed: the server sent {reason} (it refused this"
+                    " client certificate, or the lack of one)"
                 )
             return f"TLS handshake failed ({reason})"
         current = current.__cause__ or current.__context__

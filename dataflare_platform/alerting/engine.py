@@ -51,6 +51,7 @@ from dataflare_platform.alerting.state import (
     Silence,
 )
 from dataflare_platform.errors import ConfigError, InvalidInputError, NotFoundError
+from dataflare_platform.observability.counters import count
 from dataflare_platform.times import as_utc
 
 EVENT_KINDS = (
@@ -172,7 +173,7 @@ class AlertManager:
                 labels = _labels(rule, event)
                 alert = self._open_alert(_fingerprint(rule.name, _group_key(labels)))
                 if alert is not None:
-                    touched.append(self.store.resolve(alert.id or 0, now))
+                    touched.append(self.resolve(alert.id or 0, now))
         for metric in watched:
             self._prune(asset, metric, now)
         return touched
@@ -228,6 +229,7 @@ class AlertManager:
                 continue
             escalated = self._escalate(alert, rule, now)
             if escalated is not None:
+                count("dataflare_alerts_total", (rule.name, "escalated"))
                 touched.append(self._notify(escalated, rule, "escalation", now))
         return touched
 
@@ -305,6 +307,8 @@ class AlertManager:
             s.add(alert)
             s.commit()
         if reason is not None:
+            event_name = "fired" if reason == "firing" else "repeated"
+            count("dataflare_alerts_total", (rule.name, event_name))
             alert = self._notify(alert, rule, reason, now, details)
         return alert
 

@@ -23,6 +23,7 @@ from sqlalchemy.orm import registry
 from sqlmodel import Field, Session, SQLModel, create_engine, select
 
 from dataflare_platform.errors import InvalidInputError, NotFoundError, UserPathError, user_path
+from dataflare_platform.observability.counters import count
 from dataflare_platform.times import as_utc
 
 AlertStatus = Literal["firing", "acknowledged", "resolved"]
@@ -221,6 +222,7 @@ class AlertStore:
             s.add(alert)
             s.add(Acknowledgement(alert_id=alert.id, by=who, at=as_utc(now), note=note))
             s.commit()
+            count("dataflare_alerts_total", (alert.rule, "acknowledged"))
             return alert
 
     def resolve(self, ref: int | str, now: datetime) -> Alert:
@@ -231,6 +233,7 @@ class AlertStore:
             alert.notify_pending = False
             s.add(alert)
             s.commit()
+            count("dataflare_alerts_total", (alert.rule, "resolved"))
             return alert
 
     def silence(

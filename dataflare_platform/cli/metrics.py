@@ -61,14 +61,34 @@ def instance_exporter(
     interval: Annotated[
         float, typer.Option("--interval", min=0.2, help="Seconds between collections.")
     ] = 5.0,
+    definitions: Annotated[
+        str | None,
+        typer.Option(
+            "--definitions",
+            help="module:attribute of a code location's dg.Definitions whose assets'"
+            " freshness policies are exported beside their materialization age"
+            " (e.g. dataflare_platform.definitions:defs).",
+        ),
+    ] = None,
 ) -> None:
     """Export the Dagster instance's health (runs queued and in progress, oldest queued
-    age, run outcomes and durations by job, daemon heartbeat age) into the metrics
-    directory that `dataflare metrics serve` reads. The instance is $DAGSTER_HOME's
-    (`<home>/dagster_home`). Runs until interrupted."""
+    age, run outcomes and durations by job, daemon heartbeat age, asset freshness) into
+    the metrics directory that `dataflare metrics serve` reads. The instance is
+    $DAGSTER_HOME's (`<home>/dagster_home`). Runs until interrupted."""
     import contextlib
+    import importlib
 
-    from dataflare_platform.instance.exporter import run_exporter
+    from dataflare_platform.errors import InvalidInputError
+    from dataflare_platform.instance.exporter import freshness_policies, run_exporter
 
+    policies = None
+    if definitions is not None:
+        module, _, attribute = definitions.partition(":")
+        if not module or not attribute:
+            raise InvalidInputError(f"--definitions: {definitions!r} is not module:attribute")
+        defs = getattr(importlib.import_module(module), attribute, None)
+        if defs is None:
+            raise InvalidInputError(f"--definitions: {module} has no {attribute!r}")
+        policies = freshness_policies(defs)
     with contextlib.suppress(KeyboardInterrupt):
-        run_exporter(interval)
+        run_exporter(interval, policies)

@@ -88,6 +88,7 @@ from dataflare_platform.compliance.audit_keys import (
     safe_url,
 )
 from dataflare_platform.errors import ConfigError, DataflareError
+from dataflare_platform.observability.counters import count
 from dataflare_platform.times import as_utc, utc_now
 from dataflare_platform.tls import check_libpq_url
 
@@ -516,6 +517,7 @@ class AuditLog:
                 entry.mac = authenticator.tag(entry.hash)
                 entry.mac_key = authenticator.key_id
             conn.execute(insert(_ENTRIES).values(**entry.model_dump()))
+        count("dataflare_audit_entries_appended_total", (entry.action,))
         return entry
 
     def checkpoint(

@@ -36,6 +36,7 @@ from pydantic import (
 
 from dataflare_platform.errors import ConfigError
 from dataflare_platform.models import StrictModel
+from dataflare_platform.observability.counters import count
 
 Severity = Literal["error", "warn"]
 SAMPLE_SIZE = 5
@@ -215,6 +216,9 @@ def run_suite(data: pl.DataFrame | pa.Table, suite: SuiteSpec) -> SuiteResult:
         outcome if isinstance(outcome, ExpectationOutcome) else _outcome(spec, by_id[outcome.id])
         for spec, outcome in zip(suite.expectations, outcomes, strict=True)
     ]
+    for outcome in final:
+        passed = "passed" if outcome.success else "failed"
+        count("dataflare_quality_expectations_total", (suite.name, outcome.type, passed))
     return SuiteResult(suite.name, frame.height, final)
 
 

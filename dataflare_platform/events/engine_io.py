@@ -15,6 +15,7 @@ from dataflare_platform.events.codec import DEAD_LETTER_SCHEMA
 from dataflare_platform.events.groups import ConsumerGroup
 from dataflare_platform.events.log import EventLog, Topic
 from dataflare_platform.events.log.commits import Commit, read_commit, write_commit
+from dataflare_platform.observability.connectors import for_connector
 from dataflare_platform.times import now_ms
 
 
@@ -135,6 +136,7 @@ class LogSink(TransactionalSink):
         self._lock: IO[bytes] | None = None
         self._pipeline = ""
         self._sequence = 0
+        self._metrics = for_connector("log", topic)
 
     def _attach(self) -> None:
         self.topic = self.log.topic(self.name)
@@ -203,6 +205,12 @@ class LogSink(TransactionalSink):
         return Checkpoint.decode(commit.checkpoint)
 
     def commit_batch(
+        self, output: pl.DataFrame | None, side: pl.DataFrame | None, checkpoint: Checkpoint
+    ) -> None:
+        with self._metrics.request("commit"):
+            self._commit_batch(output, side, checkpoint)
+
+    def _commit_batch(
         self, output: pl.DataFrame | None, side: pl.DataFrame | None, checkpoint: Checkpoint
     ) -> None:
         out = output.to_arrow() if output is not None else None

@@ -18,12 +18,20 @@ from __future__ import annotations
 import time
 import warnings
 from collections import OrderedDict
+from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
 
 import dagster as dg
+from dagster._core.definitions.freshness import (
+    CronFreshnessPolicy,
+    FreshnessPolicy,
+    TimeWindowFreshnessPolicy,
+)
 from dagster._core.events import DagsterEventType
 from dagster._core.scheduler.instigation import InstigatorStatus, TickStatus
 from dagster._core.storage.dagster_run import RunsFilter
+from dagster._time import get_timezone
+from dagster._utils.schedules import get_latest_completed_cron_tick
 
 from dataflare_platform.observability import Instruments
 
@@ -40,18 +48,55 @@ _SEEN_MAX = 10_000
 _CHECKS_PER_PASS = 10_000
 
 
+def freshness_policies(defs: dg.Definitions) -> dict[dg.AssetKey, FreshnessPolicy]:
+    """Every asset's Dagster ``FreshnessPolicy`` (``AssetSpec(freshness_policy=...)``,
+    or the pre-1.11 metadata form) in a code location's definitions.
+
+    The instance stores materializations but not the policies: those live in code, so
+    the exporter is handed them (``dataflare metrics instance --definitions``)."""
+    policies = {}
+    for node in defs.resolve_asset_graph().asset_nodes:
+        policy = node.freshness_policy_or_from_metadata
+        if policy is not None:
+            policies[node.key] = policy
+    return policies
+
+
+def freshness_limit(policy: FreshnessPolicy, now: float) -> tuple[str, float] | None:
+    """(policy kind, the largest materialization age the policy allows at ``now``).
+
+    time_window: its ``fail_window``. cron: the asset must have materialized after the
+    last completed deadline tick minus ``lower_bound_delta`` (Dagster's own evaluator,
+    ``CronFreshnessPolicyEvaluator``), i.e. be at most ``now`` minus that instant old."""
+    if isinstance(policy, TimeWindowFreshnessPolicy):
+        return "time_window", policy.fail_window.to_timedelta().total_seconds()
+    if isinstance(policy, CronFreshnessPolicy):
+        current = datetime.fromtimestamp(now, get_timezone(policy.timezone))
+        tick = get_latest_completed_cron_tick(policy.deadline_cron, current, policy.timezone)
+        lower = tick - policy.lower_bound_delta
+        return "cron", max(now - lower.timestamp(), 0.0)
+    return None
+
+
 class InstanceExporter:
-    def __init__(self, instance: dg.DagsterInstance, instruments: Instruments) -> None:
+    def __init__(
+        self,
+        instance: dg.DagsterInstance,
+        instruments: Instruments,
+        policies: Mapping[dg.AssetKey, FreshnessPolicy] | None = None,
+    ) -> None:
         self.instance = instance
         self.i = instruments
+        self.policies = dict(policies or {})
         self._since: datetime | None = None
         self._seen: OrderedDict[str, None] = OrderedDict()
         self._tick_since: dict[str, float] = {}  # instigator selector id -> last tick seen
         self._check_cursor: int | None = None  # storage id of the last check evaluation
 
-    def collect(self) -> None:
-        """One pass over the instance; records gauges and the newly finished runs."""
-        now = time.time()
+    def collect(self, now: float | None = None) -> None:
+        """One pass over the instance; records gauges and the newly finished runs.
+        ``now`` (epoch seconds, default the clock) is the instant ages are measured at."""
+        now = time.time() if now is None else now
         runs = self.i["dataflare_dagster_runs"]
         for status in ACTIVE:
             count = self.instance.get_runs_count(RunsFilter(statuses=[status]))
@@ -151,14 +196,32 @@ class InstanceExporter:
 
     def _freshness(self, now: float) -> None:
         """Age of every materialized asset's last materialization (the asset records the
-        instance keeps: one read, no event scan)."""
+        instance keeps: one read, no event scan), and for assets with a freshness policy
+        its limit, whether it is met and by how much it is overdue. An asset with a
+        policy that never materialized is not fresh (its overdue seconds: the limit)."""
         age = self.i["dataflare_dagster_asset_materialization_age_seconds"]
+        ages: dict[dg.AssetKey, float] = {}
         for record in self.instance.get_asset_records():
             last = record.asset_entry.last_materialization_record
             if last is not None:
-                age.record(
-                    max(now - last.timestamp, 0.0), (record.asset_entry.asset_key.to_user_string(),)
-                )
+                key = record.asset_entry.asset_key
+                ages[key] = max(now - last.timestamp, 0.0)
+                age.record(ages[key], (key.to_user_string(),))
+        limit_gauge = self.i["dataflare_dagster_asset_freshness_limit_seconds"]
+        fresh_gauge = self.i["dataflare_dagster_asset_fresh"]
+        overdue_gauge = self.i["dataflare_dagster_asset_overdue_seconds"]
+        for key, policy in self.policies.items():
+            found = freshness_limit(policy, now)
+            if found is None:
+                continue
+            kind, limit = found
+            asset = key.to_user_string()
+            limit_gauge.record(limit, (asset, kind))
+            current = ages.get(key)
+            overdue = limit if current is None else max(current - limit, 0.0)
+            fresh = current is not None and current < limit
+            fresh_gauge.record(1.0 if fresh else 0.0, (asset,))
+            overdue_gauge.record(overdue, (asset,))
 
     def run_forever(self, interval_s: float, stop=None) -> None:
         """Collect every ``interval_s`` until ``stop`` (a ``threading.Event``) is set."""
@@ -170,13 +233,16 @@ class InstanceExporter:
                 stop.wait(interval_s)
 
 
-def run_exporter(interval_s: float) -> None:
+def run_exporter(
+    interval_s: float, policies: Mapping[dg.AssetKey, FreshnessPolicy] | None = None
+) -> None:
     """``dataflare metrics instance``: metrics on (whatever DATAFLARE_METRICS says: this
-    process exists to export), the instance from $DAGSTER_HOME."""
+    process exists to export), the instance from $DAGSTER_HOME; ``policies`` are the
+    freshness policies of the code location's assets (``freshness_policies``)."""
     from dataflare_platform import observability
 
     settings = observability.ObservabilitySettings.from_env().model_copy(update={"enabled": True})
     instruments = observability.configure(settings)
     assert instruments is not None
     with dg.DagsterInstance.get() as instance:
-        InstanceExporter(instance, instruments).run_forever(interval_s)
+        InstanceExporter(instance, instruments, policies).run_forever(interval_s)

@@ -328,6 +328,138 @@ INSTANCE_METRICS: tuple[MetricSpec, ...] = (
 
 METRICS = METRICS + PLUGIN_METRICS + LOG_METRICS + INSTANCE_METRICS
 
+# -- Connectors, plugin limits, governance, asset freshness (issue 18 §1, the rest) ------
+# Kept as one block of additions: ``connector`` is one of nats, redis, postgres, log.
+CONN = ("connector", "stream", "operation")
+
+CONNECTOR_METRICS: tuple[MetricSpec, ...] = (
+    MetricSpec(
+        "dataflare_connector_requests_total",
+        "counter",
+        (*CONN, "outcome"),
+        "Round trips to a broker or database by operation (publish, append, fetch, claim,"
+        " ack, commit), outcome ok or error; stream is the stream, topic or table.",
+        "Kafka request-total",
+    ),
+    MetricSpec(
+        "dataflare_connector_request_seconds",
+        "histogram",
+        CONN,
+        "Latency of each round trip, from the request to the broker's answer.",
+        "Kafka request-latency-avg/max",
+        unit="s",
+    ),
+    MetricSpec(
+        "dataflare_connector_redeliveries_total",
+        "counter",
+        ("connector", "stream"),
+        "Messages delivered again because an earlier delivery was not acked in time (NATS"
+        " num_delivered > 1; Redis entries re-read from the pending list or claimed).",
+        "redelivered messages",
+    ),
+    MetricSpec(
+        "dataflare_connector_acks_total",
+        "counter",
+        ("connector", "stream", "outcome"),
+        "Messages settled with the broker, outcome ack; outcome nack for messages handed"
+        " back for redelivery (no connector nacks today: unacked messages time out).",
+        "acks / nacks",
+    ),
+)
+
+PLUGIN_LIMIT_METRICS: tuple[MetricSpec, ...] = (
+    MetricSpec(
+        "dataflare_plugin_deadline_hits_total",
+        "counter",
+        OP,
+        "Plugin calls stopped at their deadline (epoch interruption; error kind timeout).",
+    ),
+    MetricSpec(
+        "dataflare_plugin_fuel_hits_total",
+        "counter",
+        OP,
+        "Plugin calls stopped when their fuel ran out (error kind fuel).",
+    ),
+    MetricSpec(
+        "dataflare_plugin_memory_hits_total",
+        "counter",
+        OP,
+        "Plugin calls that failed at the memory limit (error kind out_of_memory).",
+    ),
+    MetricSpec(
+        "dataflare_plugin_pool_waits_total",
+        "counter",
+        OP,
+        "Calls that waited for a plugin instance because all pool_size were busy.",
+    ),
+    MetricSpec(
+        "dataflare_plugin_pool_wait_seconds_total",
+        "counter",
+        OP,
+        "Time calls spent waiting for a plugin instance (rate() = pool contention).",
+        unit="s",
+    ),
+    MetricSpec(
+        "dataflare_plugin_restarts_total",
+        "counter",
+        OP,
+        "Plugin instances thrown away after a failed call and rebuilt.",
+    ),
+)
+
+GOVERNANCE_METRICS: tuple[MetricSpec, ...] = (
+    MetricSpec(
+        "dataflare_quality_expectations_total",
+        "counter",
+        ("suite", "expectation", "outcome"),
+        "Great Expectations expectations evaluated in the data plane (run_suite), outcome"
+        " passed or failed.",
+    ),
+    MetricSpec(
+        "dataflare_audit_entries_appended_total",
+        "counter",
+        ("action",),
+        "Entries appended to the tamper-evident audit log, by action.",
+    ),
+    MetricSpec(
+        "dataflare_alerts_total",
+        "counter",
+        ("rule", "event"),
+        "Alert lifecycle events of the platform's alert manager: event fired (a new alert"
+        " notified), repeated, escalated (next tier), acknowledged, resolved.",
+    ),
+)
+
+FRESHNESS_METRICS: tuple[MetricSpec, ...] = (
+    MetricSpec(
+        "dataflare_dagster_asset_freshness_limit_seconds",
+        "gauge",
+        ("asset", "policy"),
+        "The largest materialization age the asset's Dagster FreshnessPolicy allows now:"
+        " fail_window (policy time_window), or now minus the last cron deadline's window"
+        " start (policy cron).",
+        unit="s",
+    ),
+    MetricSpec(
+        "dataflare_dagster_asset_fresh",
+        "gauge",
+        ("asset",),
+        "1 when the asset's last materialization is within its freshness policy's limit,"
+        " 0 when overdue or never materialized.",
+    ),
+    MetricSpec(
+        "dataflare_dagster_asset_overdue_seconds",
+        "gauge",
+        ("asset",),
+        "Materialization age beyond the freshness policy's limit (0 while fresh).",
+        unit="s",
+    ),
+)
+
+METRICS = (
+    METRICS + CONNECTOR_METRICS + PLUGIN_LIMIT_METRICS + GOVERNANCE_METRICS + FRESHNESS_METRICS
+)
+
 BY_NAME: dict[str, MetricSpec] = {m.name: m for m in METRICS}
 
 # A plugin operator's own counters (``Plugin.stats`` as ``OperatorMetrics.own``) →
@@ -337,6 +469,12 @@ PLUGIN_STATS: dict[str, str] = {
     "plugin_rows": "dataflare_plugin_rows_total",
     "plugin_errors": "dataflare_plugin_errors_total",
     "plugin_seconds": "dataflare_plugin_seconds_total",
+    "plugin_deadline_hits": "dataflare_plugin_deadline_hits_total",
+    "plugin_fuel_hits": "dataflare_plugin_fuel_hits_total",
+    "plugin_memory_hits": "dataflare_plugin_memory_hits_total",
+    "plugin_pool_waits": "dataflare_plugin_pool_waits_total",
+    "plugin_pool_wait_seconds": "dataflare_plugin_pool_wait_seconds_total",
+    "plugin_restarts": "dataflare_plugin_restarts_total",
 }
 
 

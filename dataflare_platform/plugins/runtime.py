@@ -55,6 +55,10 @@ class PluginError(BatchRejectedError):
         super().__init__(f"plugin {plugin}: {kind}: {detail}")
 
 
+# A PluginError kind that means a limit was hit -> the stat counting it.
+_LIMIT_STATS = {"timeout": "deadline_hits", "fuel": "fuel_hits", "out_of_memory": "memory_hits"}
+
+
 @dataclass(frozen=True)
 class Limits:
     """Per-plugin sandbox limits; the defaults are safe for untrusted code."""
@@ -140,6 +144,13 @@ class Plugin:
             "errors": 0,
             "log_bytes": 0,  # captured (see ``captured()``)
             "log_dropped_bytes": 0,  # written past the cap, not kept
+            # Limits hit (error kinds timeout, fuel, out_of_memory), exported as metrics.
+            "deadline_hits": 0,
+            "fuel_hits": 0,
+            "memory_hits": 0,
+            "pool_waits": 0,  # calls that found every instance busy
+            "pool_wait_seconds": 0.0,
+            "restarts": 0,  # instances rebuilt after a failed call
         }
         self.breaker = CircuitBreaker(
             self.limits.max_failures, self.limits.failure_window_s, self.limits.quarantine_s
@@ -171,7 +182,7 @@ class Plugin:
                 "abi", self.name, f"not a valid WASM module: {one_line(err)}"
             ) from None
         self._linker = self._make_linker(set(granted))
-        self._pool = _Pool(lambda: _Instance(self), self.pool_size)
+        self._pool = _Pool(lambda: _Instance(self), self.pool_size, self._waited)
 
     def captured(self) -> bytes:
         """What the plugin wrote through the ``log`` capability so far (at most LOG_CAP
@@ -225,6 +236,12 @@ class Plugin:
             self.stats["log_dropped_bytes"] += length - keep
 
     # -- calls ---------------------------------------------------------------------------
+    def _waited(self, seconds: float) -> None:
+        """A call found every instance busy and waited ``seconds`` for one."""
+        with self._lock:
+            self.stats["pool_waits"] += 1
+            self.stats["pool_wait_seconds"] += seconds
+
     def _guarded(self, table: pl.DataFrame, run: Any) -> Any:
         """``run(instance, table)`` on a checked-out instance; any failure is a
         ``PluginError``, counted by the breaker, and the instance is replaced."""
@@ -236,7 +253,7 @@ class Plugin:
             inst = self._pool.checkout()
             result = run(inst, table)
         except PluginError as err:
-            self._fail(inst)
+            self._fail(inst, err.kind)
             raise err from None
         except Exception as err:  # a host-side bug in marshalling: still contained
             self._fail(inst)
@@ -254,17 +271,22 @@ class Plugin:
                 self.stats["rows"] += table.height
                 self.stats["seconds"] += time.perf_counter() - t0
 
-    def _fail(self, inst: _Instance | None) -> None:
+    def _fail(self, inst: _Instance | None, kind: str = "abi") -> None:
         """Throw ``inst`` away (it may hold half-updated state) and build its replacement
         now, so the next batch starts clean; if even that fails, quarantine the plugin."""
         with self._lock:
             self.stats["errors"] += 1
+            limit = _LIMIT_STATS.get(kind)
+            if limit is not None:
+                self.stats[limit] += 1
             self.breaker.record()
         if inst is None:  # building the instance itself failed
             return
         self._pool.discard(inst)
         try:
             self._pool.add(_Instance(self))
+            with self._lock:
+                self.stats["restarts"] += 1
         except PluginError:
             with self._lock:
                 self.breaker.until = time.monotonic() + self.limits.quarantine_s
@@ -444,18 +466,24 @@ _STATE_ADVICE = (
 class _Pool:
     """Up to ``size`` instances: idle ones are handed out (most recently used first, its
     memory is warm), a new one is built while fewer than ``size`` exist, otherwise a caller
-    waits for one to come back. Instances are built outside the lock (that takes ms)."""
+    waits for one to come back (``waited(seconds)`` is told; the wait is timed only when
+    it happens). Instances are built outside the lock (that takes ms)."""
 
-    def __init__(self, make: Any, size: int) -> None:
+    def __init__(self, make: Any, size: int, waited: Any = None) -> None:
         self._make, self.size = make, size
+        self._waited = waited
         self._cond = threading.Condition()
         self._idle: list[_Instance] = [make()]
         self.live = 1
 
     def checkout(self) -> _Instance:
         with self._cond:
-            while not self._idle and self.live >= self.size:
-                self._cond.wait()
+            if not self._idle and self.live >= self.size:
+                t0 = time.perf_counter()
+                while not self._idle and self.live >= self.size:
+                    self._cond.wait()
+                if self._waited is not None:
+                    self._waited(time.perf_counter() - t0)
             if self._idle:
                 return self._idle.pop()
             self.live += 1

@@ -42,6 +42,7 @@ from dataflare_platform.connectors.nats.session import (
 )
 from dataflare_platform.connectors.nats.settings import NatsSettings
 from dataflare_platform.connectors.offset_source import Cursor, Envelope, StreamSource
+from dataflare_platform.observability.connectors import OFF, for_connector
 
 OFFSET_HEADER = "Dataflare-Offset"
 ROWS_HEADER = "Dataflare-Rows"
@@ -120,6 +121,7 @@ class NatsProducer:
         self._token = uuid.uuid4().hex[:12]  # makes this producer's message ids unique
         self._chain: tuple[int, int, str | None] | None = None  # arrow: see _publish_placed
         self.messages = 0
+        self._metrics = for_connector("nats", settings.stream)
         try:
             self._acks = AckCollector(self._session)
             self._session.run(self._start())
@@ -154,14 +156,17 @@ class NatsProducer:
         if not messages:
             return
         timeout = self.settings.request_timeout_s * (2 + len(messages) / 1000)
-        if self.settings.format == "json":
-            acks = self._session.run(
-                self._acks.publish(self.settings.publish_subject, [(p, None) for p, _ in messages]),
-                timeout,
-            )
-            _raise_failed(acks, self.settings.publish_subject)
-        else:
-            self._session.run(self._publish_placed(messages), timeout * MAX_PLACEMENT_RETRIES)
+        with self._metrics.request("publish"):
+            if self.settings.format == "json":
+                acks = self._session.run(
+                    self._acks.publish(
+                        self.settings.publish_subject, [(p, None) for p, _ in messages]
+                    ),
+                    timeout,
+                )
+                _raise_failed(acks, self.settings.publish_subject)
+            else:
+                self._session.run(self._publish_placed(messages), timeout * MAX_PLACEMENT_RETRIES)
         self.messages += len(messages)
 
     async def _publish_placed(self, messages: list[tuple[bytes, int]]) -> None:
@@ -224,6 +229,18 @@ def _raise_failed(acks: list, subject: str) -> None:
         f"NATS: {len(failed)} of {len(acks)} publishes to {subject!r} failed (first: {reason});"
         " the ones before may have been stored: sending again is at-least-once"
     )
+
+
+def _delivered(msg: Msg) -> int:
+    """How many times JetStream has delivered ``msg`` (from its ack subject, without
+    nats-py's full metadata parse): ``$JS.ACK.<stream>.<consumer>.<delivered>...`` or,
+    with a domain and account hash,
+    ``$JS.ACK.<domain>.<hash>.<stream>.<consumer>.<delivered>...``."""
+    tokens = (msg.reply or "").split(".")
+    index = 4 if len(tokens) == 9 else 6 if len(tokens) >= 11 else None
+    if index is None or not tokens[index].isdigit():
+        return 1
+    return int(tokens[index])
 
 
 def _envelope(msg: Msg, placed: bool) -> Envelope:
@@ -339,6 +356,7 @@ class NatsConsumer:
     def __init__(self, settings: NatsSettings, schema: pa.Schema) -> None:
         self.settings = settings
         self.codec = MessageCodec(settings.format, schema, settings.batch_rows)
+        self._metrics = for_connector("nats", settings.stream)
         self._session = NatsSession(settings)
         try:
             self._puller = self._session.run(self._open())
@@ -372,7 +390,10 @@ class NatsConsumer:
         if self.settings.format == "arrow":
             batch = math.ceil(max_records / self.settings.batch_rows)
         batch = max(1, min(batch, self.settings.fetch_messages))
-        msgs = self._session.run(self._puller.pull(batch, timeout_s), timeout_s + 30)
+        with self._metrics.request("fetch"):
+            msgs = self._session.run(self._puller.pull(batch, timeout_s), timeout_s + 30)
+        if self._metrics is not OFF:
+            self._metrics.redelivered(sum(1 for m in msgs if _delivered(m) > 1))
         envelopes = [_envelope(m, self.settings.format == "arrow") for m in msgs]
         stream = self.settings.stream
         decoded = self.codec.decode(
@@ -386,7 +407,9 @@ class NatsConsumer:
         def ack() -> None:
             nonlocal acked
             if not acked and msgs:
-                self._session.run(self._ack(msgs), self.settings.request_timeout_s + 30)
+                with self._metrics.request("ack"):
+                    self._session.run(self._ack(msgs), self.settings.request_timeout_s + 30)
+                self._metrics.acked(len(msgs))
             acked = True
 
         return FetchResult(decoded.table, decoded.dead, [e.id for e in envelopes], ack)

@@ -58,6 +58,7 @@ from dataflare_platform.engine.checkpoint import Checkpoint
 from dataflare_platform.engine.io import TransactionalSink, newest_per_key
 from dataflare_platform.errors import ConflictError, DataflareError, InvalidInputError
 from dataflare_platform.models import validated
+from dataflare_platform.observability.connectors import for_connector
 from dataflare_platform.secrets import HINT as SECRET_HINT
 from dataflare_platform.secrets import PlatformSecretRef, redact
 from dataflare_platform.tls import TlsSettings
@@ -263,6 +264,7 @@ class PostgresSink(TransactionalSink):
         self._conn: psycopg.Connection | None = None
         self._columns: dict[str, pa.DataType] | None = None  # target table, once it exists
         self._pipeline = ""
+        self._metrics = for_connector("postgres", f"{s.schema_name}.{s.table}")
 
     # -- Sink ----------------------------------------------------------------------------
     def open(self, pipeline: str) -> Checkpoint | None:
@@ -317,7 +319,7 @@ class PostgresSink(TransactionalSink):
         assert conn is not None, "open() first"
         columns_before = self._columns
         try:
-            with conn.cursor() as cur:
+            with self._metrics.request("commit"), conn.cursor() as cur:
                 if output is not None:
                     out = newest_per_key(output, self.settings.upsert_keys)
                     self._write_output(cur, out.to_arrow())
@@ -332,7 +334,7 @@ class PostgresSink(TransactionalSink):
                     ).format(self._checkpoints),
                     [self._pipeline, self.settings.table, checkpoint.encode()],
                 )
-            conn.commit()
+                conn.commit()
         except BaseException:
             self._columns = columns_before  # a table created in the rolled-back transaction
             with contextlib.suppress(psycopg.Error):  # is gone; the connection may be too

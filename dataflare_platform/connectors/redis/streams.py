@@ -40,6 +40,7 @@ from dataflare_platform.connectors.broker import (
 from dataflare_platform.connectors.offset_source import Cursor, Envelope, StreamSource
 from dataflare_platform.errors import DataflareError, InvalidInputError
 from dataflare_platform.events.codec import dead_letters
+from dataflare_platform.observability.connectors import for_connector
 from dataflare_platform.secrets import (
     PlatformSecretRef,
     redact,
@@ -325,6 +326,7 @@ class RedisProducer:
         self._client = connect(settings)
         self._append = self._client.register_script(APPEND_SCRIPT)
         self.messages = 0
+        self._metrics = for_connector("redis", settings.stream)
         self.end_offset = 0  # after the last row this producer appended
 
     def send(self, table: pa.Table) -> int:
@@ -356,7 +358,7 @@ class RedisProducer:
         self.messages += len(messages)
 
     def _call(self, args: list[bytes | int]) -> None:
-        with _errors(self.settings):
+        with self._metrics.request("append"), _errors(self.settings):
             self.end_offset = int(self._append(keys=[self.settings.stream], args=args))
 
     def close(self) -> None:
@@ -422,6 +424,7 @@ class RedisConsumer:
         self._client = connect(settings)
         self._read = self._client.register_script(READ_SCRIPT)
         self._ack = self._client.register_script(ACK_SCRIPT)
+        self._metrics = for_connector("redis", settings.stream)
         self._backlog: str | None = "0"  # own pending entries after this id, then None
         self._claimed_at = 0.0
         with _errors(settings):
@@ -447,10 +450,12 @@ class RedisConsumer:
             if claimed.messages:
                 return claimed
         entries: list[Entry] = []
-        with _errors(s):
+        with self._metrics.request("fetch"), _errors(s):
             if self._backlog is not None:
                 entries = self._group_read(count, self._backlog)
                 self._backlog = entries[-1][0] if entries else None
+                # Own pending entries from an earlier run: delivered before, not acked.
+                self._metrics.redelivered(len(entries))
             if not entries:
                 entries = self._group_read(count, ">")
             block = int(min(timeout_s, s.socket_timeout_s / 2) * 1000)
@@ -475,7 +480,7 @@ class RedisConsumer:
         count = self._count(max_records)
         entries: list[Entry] = []
         start = "0-0"
-        with _errors(s):
+        with self._metrics.request("claim"), _errors(s):
             while len(entries) < count:
                 reply = self._client.xautoclaim(
                     s.stream,
@@ -490,6 +495,7 @@ class RedisConsumer:
                 if start in (b"0-0", "0-0"):
                     break
         self._claimed_at = time.monotonic()
+        self._metrics.redelivered(len(entries))  # another member's, never acked
         return self._result(entries)
 
     def _result(self, entries: list[Entry]) -> FetchResult:
@@ -513,8 +519,9 @@ class RedisConsumer:
         def ack() -> None:
             nonlocal acked
             if not acked and ids:
-                with _errors(s):
+                with self._metrics.request("ack"), _errors(s):
                     self._ack(keys=[s.stream], args=[s.group, ",".join(ids)])
+                self._metrics.acked(len(ids))
             acked = True
 
         return FetchResult(decoded.table, dead, ids, ack)

@@ -17,7 +17,7 @@ import subprocess
 import time
 import urllib.parse
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import pytest
@@ -80,7 +80,10 @@ class Prometheus:
 
 
 @contextlib.contextmanager
-def running_prometheus(workdir: Path, targets: list[str]) -> Iterator[Prometheus]:
+def running_prometheus(
+    workdir: Path, targets: list[str], extra_args: Sequence[str] = ()
+) -> Iterator[Prometheus]:
+    """``extra_args``: more command-line flags (e.g. the console template directories)."""
     if not prometheus_available():
         pytest.fail(f"{PROMETHEUS} is missing: apt-get install prometheus")
     workdir.mkdir(parents=True, exist_ok=True)
@@ -99,6 +102,7 @@ def running_prometheus(workdir: Path, targets: list[str]) -> Iterator[Prometheus
             f"--storage.tsdb.path={workdir / 'data'}",
             f"--web.listen-address=127.0.0.1:{port}",
             "--storage.tsdb.retention.time=1h",
+            *extra_args,
         ],
         stdout=log,
         stderr=subprocess.STDOUT,

@@ -56,6 +56,17 @@ def list_metrics() -> None:
     sys.stdout.write(markdown_table())
 
 
+@metrics_app.command("grafana")
+def grafana_dashboard() -> None:
+    """Print the Grafana dashboard generated from the metric list (JSON, importable as
+    is; deployments/observe/grafana/dataflare.json is this output)."""
+    import sys
+
+    from dataflare_platform.observability.grafana import dashboard_json
+
+    sys.stdout.write(dashboard_json())
+
+
 @metrics_app.command("instance")
 def instance_exporter(
     interval: Annotated[

@@ -5,10 +5,13 @@ read back through the Prometheus multiprocess endpoint."""
 from __future__ import annotations
 
 import time
+import uuid
 
 import polars as pl
+import psycopg
 import pytest
 
+from dataflare_platform import observability
 from dataflare_platform.connectors.nats.jetstream import NatsConsumer, NatsProducer, delete_stream
 from dataflare_platform.connectors.nats.settings import NatsSettings
 from dataflare_platform.connectors.postgres.sink import PostgresSink
@@ -41,9 +44,14 @@ def bids(small_nexmark):
     return small_nexmark["bids"]
 
 
-def test_metrics_off_bind_nothing(bids):
+def test_metrics_off_bind_nothing():
     """Off: the connector holds the shared no-op object (nothing bound, nothing kept)."""
-    assert connector_metrics.for_connector("nats", "x") is connector_metrics.OFF
+    observability.configure(None)
+    off = connector_metrics.for_connector("nats", "x")
+    assert off is connector_metrics.OFF
+    with off.request("fetch"):
+        off.acked(3)
+        off.redelivered(2)
 
 
 def test_nats_publish_fetch_ack_and_redelivery(metrics_dir, bids):
@@ -109,18 +117,16 @@ def test_redis_append_fetch_ack_and_redelivery(metrics_dir, bids):
 
 
 def test_postgres_commits_and_a_refused_one(metrics_dir, dsn):
-    import uuid
-
-    import psycopg
-
     schema = f"dataflare_test_{uuid.uuid4().hex[:12]}"
     try:
         sink = PostgresSink(dsn, "out", schema_name=schema)
         sink.open("p")
         sink.write(pl.DataFrame({"a": [1, 2]}), None)
         sink.commit(Checkpoint())
-        sink.write(pl.DataFrame({"a": ["not a number"]}), None)  # the table's column is int
-        with pytest.raises(Exception, match="a"):
+        with psycopg.connect(dsn, autocommit=True) as conn:  # the server refuses the next
+            conn.execute(f'DROP TABLE "{schema}".out')
+        sink.write(pl.DataFrame({"a": [3]}), None)
+        with pytest.raises(psycopg.errors.UndefinedTable):
             sink.commit(Checkpoint())
         sink.close()
     finally:

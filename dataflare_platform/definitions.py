@@ -21,12 +21,16 @@ from dataflare_platform.defs.governance.resources import GovernanceResource
 from dataflare_platform.defs.plugins.resources import PluginRuntimeResource
 from dataflare_platform.defs.pools import executor
 from dataflare_platform.defs.resources import ProjectHomeResource
+from dataflare_platform.defs.run_logs import configure_run_logs
 from dataflare_platform.defs.streams.intervals import sensor_interval_override
 from dataflare_platform.home import HOME_ENV_VAR, PRIVATE_UMASK
 
 # Every Dagster process that loads the code location (code server, run workers, `dagster
 # job execute`) creates owner-only files under the home, however it was started.
 os.umask(PRIVATE_UMASK)
+# ... and logs the platform's records as JSON lines on stderr (text on a terminal) with the
+# run id, job and step of the step in scope; DATAFLARE_LOG_* set it (observability/logs.py).
+configure_run_logs()
 
 # Every field of these resources is a deployment setting: it comes from the environment
 # the code location runs in (deployment_settings.DEPLOYMENT_SETTINGS names the variables)

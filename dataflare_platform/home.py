@@ -75,6 +75,11 @@ concurrency:
   pools:
     default_limit: 1
     granularity: run
+# The platform's loggers also reach each run's event log (their records stay JSON lines
+# on stderr too, which the compute logs capture; docs/observability.md, "Logs").
+python_logs:
+  managed_python_loggers:
+    - dataflare_platform
 # Every submitted run is authorized before it is queued (UI, GraphQL, sensors, schedules,
 # backfills, retries, in-process): dataflare_platform/instance/run_coordinator.py, policy in
 # $DATAFLARE_POLICY or the shipped default (docs/security.md, "Authorization"). It is a

@@ -113,6 +113,7 @@ class SecretRef(StrictModel):
         value = value.strip()
         if not value:
             raise SecretUnavailableError(f"secret {self.describe()} is not set or empty")
+        _remember(value)
         return value
 
     def secret(self) -> Secret:
@@ -176,6 +177,33 @@ def _read_secret_file(path: Path, where: str) -> str:
 
 
 # --- redaction -------------------------------------------------------------------------
+
+# Every value ``SecretRef.read`` handed out in this process (bounded: a rotated secret
+# adds one), so the log formatter (observability/logs.py) can take them out of any line
+# whatever a client library echoed.
+_REVEALED_MAX = 256
+_revealed: dict[str, None] = {}
+_revealed_changes = 0
+
+
+def _remember(value: str) -> None:
+    global _revealed_changes
+    if value in _revealed:
+        return
+    if len(_revealed) >= _REVEALED_MAX:
+        _revealed.pop(next(iter(_revealed)))
+    _revealed[value] = None
+    _revealed_changes += 1
+
+
+def revealed_values() -> tuple[str, ...]:
+    """The secret values read so far (for redaction only; never print them)."""
+    return tuple(_revealed)
+
+
+def revealed_count() -> int:
+    """Changes to ``revealed_values`` so far (a cheap "did it change" check)."""
+    return _revealed_changes
 
 
 def redact_url(url: str) -> str:

@@ -53,8 +53,23 @@ def _version(value: bool) -> None:
         raise typer.Exit()
 
 
+def _configure_logs(ctx: typer.Context) -> None:
+    """The process's log handler and levels, from the environment (DATAFLARE_LOG_*):
+    text on a terminal, JSON lines otherwise (observability/logs.py). Skipped for help
+    and completion, which log nothing and should not pay for the import."""
+    if ctx.resilient_parsing:
+        return
+    rest = [*getattr(ctx, "protected_args", ()), *ctx.args]
+    if any(arg in ("--help", "-h") for arg in rest):
+        return
+    from dataflare_platform.observability.logs import configure_logging
+
+    configure_logging()
+
+
 @app.callback()
 def main(
+    ctx: typer.Context,
     _version_flag: Annotated[
         bool,
         typer.Option(
@@ -69,6 +84,7 @@ def main(
     # Least exposure: everything this command and its children (dagster dev, the code
     # server, run workers, SQLite storages, compute logs) create is owner-only.
     os.umask(PRIVATE_UMASK)
+    _configure_logs(ctx)
 
 
 # Data and the demo.

@@ -13,6 +13,8 @@ Modes:
 
 from __future__ import annotations
 
+import contextvars
+import logging
 import queue
 import re
 import threading
@@ -35,7 +37,10 @@ from dataflare_platform.engine.telemetry import EngineTelemetry
 from dataflare_platform.engine.watermarks import MAX_WATERMARK, MIN_WATERMARK, WatermarkTracker
 from dataflare_platform.errors import BatchRejectedError, DataflareError, InvalidInputError
 from dataflare_platform.observability import instruments
+from dataflare_platform.observability.logs import DropTally, log_context
 from dataflare_platform.times import now_ms
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -199,6 +204,20 @@ class _Run:
         self._own_base = {node.id: node.operator.stats() for node in self.p.operators()}
         self.row_watermarks = any(n.operator.uses_watermark for n in self.p.operators())
         self.telemetry: EngineTelemetry | None = None  # set in execute when metrics are on
+        # Dead-lettered and late rows: a WARNING line with the count (at most one per
+        # 10 s, and one at the end of the run) and dataflare_data_dropped_total.
+        self.drops = DropTally(log, "engine", self._describe_drop)
+
+    def _describe_drop(self, reason: str, count: int) -> str:
+        if reason == "late":
+            return (
+                f"pipeline {self.p.name!r}: {count} late rows (behind the watermark by more"
+                " than the allowed lateness) went to the side output, not the result"
+            )
+        return f"pipeline {self.p.name!r}: {count} rows dead-lettered (see the dead letters)"
+
+    def _drop_totals(self) -> dict[str, int]:
+        return {"dead_lettered": self.metrics.dead_letters, "late": self.metrics.late_events}
 
     # -- set-up --------------------------------------------------------------------------
     def _restore(self) -> None:
@@ -254,8 +273,15 @@ class _Run:
 
     # -- threads -------------------------------------------------------------------------
     def execute(self) -> RunResult:
+        # Every record logged during the run names the pipeline (threads below start
+        # with a copy of this context).
+        with log_context(pipeline=self.p.name):
+            return self._execute()
+
+    def _execute(self) -> RunResult:
         started = time.perf_counter()
         self._restore()
+        self.drops.start(self._drop_totals())  # counts restored from a checkpoint are old
         exported = instruments()
         if exported is not None:
             self.telemetry = EngineTelemetry(
@@ -269,9 +295,17 @@ class _Run:
                 },
             )
         source_thread = threading.Thread(
-            target=self._guard(self._read), name="df-source", daemon=True
+            target=contextvars.copy_context().run,
+            args=(self._guard(self._read),),
+            name="df-source",
+            daemon=True,
         )
-        sink_thread = threading.Thread(target=self._guard(self._write), name="df-sink", daemon=True)
+        sink_thread = threading.Thread(
+            target=contextvars.copy_context().run,
+            args=(self._guard(self._write),),
+            name="df-sink",
+            daemon=True,
+        )
         source_thread.start()
         sink_thread.start()
         finished = False
@@ -287,6 +321,7 @@ class _Run:
             self._drain(self.source_q)
             source_thread.join(timeout=10)
             self.sink.close()
+            self.drops.observe(self._drop_totals(), force=True)
         if self.telemetry is not None:
             try:  # even after an error: what was done is counted
                 self._export(force=True)
@@ -533,6 +568,7 @@ class _Run:
             self.listener(self.metrics)
         if self.telemetry is not None:
             self._export()
+        self.drops.observe(self._drop_totals())
 
     def _export(self, force: bool = False) -> None:
         """Hand the counters to the exporters (rate-limited by the telemetry itself)."""

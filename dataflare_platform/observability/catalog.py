@@ -255,6 +255,20 @@ LOG_METRICS: tuple[MetricSpec, ...] = (
     ),
 )
 
+# Data lost, truncated, quarantined or skipped anywhere in the platform: each increase is
+# also one WARNING log line with the same count (observability/logs.py, report_dropped).
+DATA_METRICS: tuple[MetricSpec, ...] = (
+    MetricSpec(
+        "dataflare_data_dropped_total",
+        "counter",
+        ("component", "reason"),
+        "Records (or segments' offsets, or files) dropped, truncated, quarantined or skipped,"
+        " each logged at WARNING with the count: engine dead_lettered/late, event_log"
+        " segment_quarantined/offsets_missing, landing file_refused/file_quarantined.",
+        "numRecordsInErrors + numLateRecordsDropped (all components)",
+    ),
+)
+
 # Dagster runs take seconds to hours.
 RUN_BUCKETS_S: tuple[float, ...] = (1, 5, 10, 30, 60, 120, 300, 600, 1800, 3600, 7200, 21600)
 
@@ -326,7 +340,7 @@ INSTANCE_METRICS: tuple[MetricSpec, ...] = (
     ),
 )
 
-METRICS = METRICS + PLUGIN_METRICS + LOG_METRICS + INSTANCE_METRICS
+METRICS = METRICS + PLUGIN_METRICS + LOG_METRICS + DATA_METRICS + INSTANCE_METRICS
 
 # -- Connectors, plugin limits, governance, asset freshness (issue 18 §1, the rest) ------
 # Kept as one block of additions: ``connector`` is one of nats, redis, postgres, log.

@@ -76,6 +76,7 @@ from dataflare_platform.errors import DataflareError, NotFoundError
 from dataflare_platform.events.codec import dead_letters
 from dataflare_platform.events.schema_policy import DEFAULT_SCHEMA_POLICY, SchemaPolicy
 from dataflare_platform.models import StrictModel, validated
+from dataflare_platform.observability.logs import report_dropped
 
 STATE_DIR = "_dataflare"
 QUARANTINE_DIR = "quarantine"  # beside the ledger: files that cannot be ingested by name
@@ -325,7 +326,17 @@ class LandingDirectory:
 
     def _refuse(self, name: str, reason: str) -> None:
         if self.refused.get(name) != reason:
-            log.warning("landing %s: not read: %s", self.directory, reason)
+            # Once per file and reason (a scan meets it again until it is fixed).
+            report_dropped(
+                log,
+                "landing",
+                "file_refused",
+                1,
+                "landing %s: not read: %s",
+                self.directory,
+                reason,
+                source=str(self.directory),
+            )
         self.refused[name] = reason
 
     def _quarantine_name(self, path: Path, name: str) -> None:
@@ -351,7 +362,16 @@ class LandingDirectory:
             f"file name {shown!r} is not valid UTF-8: moved to {target}; rename it to a"
             " UTF-8 name and land it again"
         )
-        log.warning("landing %s: %s", self.directory, reason)
+        report_dropped(
+            log,
+            "landing",
+            "file_quarantined",
+            1,
+            "landing %s: %s",
+            self.directory,
+            reason,
+            source=str(self.directory),
+        )
         dead = dead_letters(shown, digest[:16], [-1], [reason], [b""])
         self.ledger.record(
             shown,

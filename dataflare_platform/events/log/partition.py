@@ -42,6 +42,7 @@ from dataflare_platform.events.log.segments import (
     segment_name,
     write_segment,
 )
+from dataflare_platform.observability.logs import report_dropped
 
 log = logging.getLogger(__name__)
 
@@ -201,7 +202,16 @@ class Partition:
                     f" at offset {seg.base}. Intact ones can be put back with"
                     f" `dataflare topics restore-quarantine {self.config.name}`"
                 )
-                log.warning(message)
+                report_dropped(
+                    log,
+                    "event_log",
+                    "segment_quarantined",
+                    segs[-1].end - seg.base,
+                    "%s",
+                    message,
+                    topic=self.config.name,
+                    partition=self.index,
+                )
                 warnings.append(message)
                 segs = segs[:i]
                 break
@@ -212,7 +222,16 @@ class Partition:
                     f"topic {self.config.name!r} partition {self.index}: offsets {start} to"
                     f" {end - 1} are missing (a segment file was deleted or moved)"
                 )
-                log.warning(message)
+                report_dropped(
+                    log,
+                    "event_log",
+                    "offsets_missing",
+                    end - start,
+                    "%s",
+                    message,
+                    topic=self.config.name,
+                    partition=self.index,
+                )
                 warnings.append(message)
             if verified != mark:
                 tmp = self.dir / ".verified.tmp"

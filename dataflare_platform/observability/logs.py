@@ -224,10 +224,13 @@ class Redactor:
 redact = Redactor()
 
 # Attributes every LogRecord has; anything else on a record came from ``extra=``.
+# ``dagster_meta`` is what Dagster's handler (on a managed logger, so before ours on the
+# root) attaches to the record: the same run id, job and step the context already gives.
 _STANDARD = set(logging.LogRecord("", 0, "", 0, "", None, None).__dict__) | {
     "message",
     "asctime",
     "taskName",
+    "dagster_meta",
 }
 
 

@@ -251,15 +251,26 @@ def _clean(value: Any) -> Any:
 
 def record_fields(record: logging.LogRecord) -> dict[str, Any]:
     """Everything a line shows for ``record``, redacted, in a stable order."""
+    # A record of a logger Dagster manages was rewritten by Dagster's handler (which runs
+    # first, on that logger) into "job - run id - step - message"; its own message and
+    # ids are kept in ``dagster_meta``.
+    meta = getattr(record, "dagster_meta", None)
+    meta = meta if isinstance(meta, Mapping) else {}
+    message = meta.get("orig_message")
+    if not isinstance(message, str):
+        message = record.getMessage()
     fields: dict[str, Any] = {
         "timestamp": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
         "level": record.levelname,
         "logger": record.name,
-        "message": redact(record.getMessage().rstrip("\n")),
+        "message": redact(message.rstrip("\n")),
     }
     fields.update(_trace_fields())
     for key, value in current_context().items():
         fields.setdefault(key, _clean(value))
+    for key, name in (("run_id", "run_id"), ("job", "job_name"), ("step", "step_key")):
+        if meta.get(name) is not None:  # a record outside the step's context variable
+            fields.setdefault(key, _clean(meta[name]))
     # The record's own ``extra`` fields are more specific than the ambient context (an
     # event-log partition index over the Dagster partition), never than the base fields.
     for key, value in record.__dict__.items():

@@ -78,6 +78,8 @@ def test_a_runs_captured_logs_hold_the_json_line_with_the_run_id(home, monkeypat
     assert line["level"] == "WARNING"
     assert line["logger"] == "dataflare_platform.engine.runner"
     assert (line["reason"], line["dropped"]) == ("dead_lettered", 2)
+    # The platform's own message, not Dagster's rewrite of it ("job - run id - step - ...").
+    assert line["message"].startswith("pipeline ") and run_id not in line["message"]
     assert line["run_id"] == run_id
     assert line["job"] == "logs_job"
     assert line["step"] == "run_with_bad_rows"

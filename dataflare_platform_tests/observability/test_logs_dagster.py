@@ -28,6 +28,7 @@ pytestmark = pytest.mark.e2e
 @dg.op
 def run_with_bad_rows() -> int:
     """An engine run whose source has two rows of the wrong schema (dead-lettered)."""
+    dg.get_dagster_logger().info("starting the run with bad rows")  # an op's own line
     wrong_schema = pa.table({"key": [1, 2], "date_time": pa.array([5, 6], pa.int64())})
     source = TableSource("e", {"a": events(range(0, 5_000, 100)), "b": wrong_schema})
     pipeline = windowed_count(source, CollectSink())
@@ -85,6 +86,10 @@ def test_a_runs_captured_logs_hold_the_json_line_with_the_run_id(home, monkeypat
     assert line["step"] == "run_with_bad_rows"
     assert line["pipeline"]  # set by the runner
     assert "dagster_meta" not in line  # Dagster's copy of the same ids is left out
+    # An op logging through Dagster's python logger gets the same line (once).
+    (op_line,) = [x for x in lines if x["message"] == "starting the run with bad rows"]
+    assert (op_line["logger"], op_line["level"]) == ("dagster.builtin", "INFO")
+    assert (op_line["run_id"], op_line["step"]) == (run_id, "run_with_bad_rows")
 
     # ... and the run's event log has the record (the managed python logger).
     messages = [r for r in records if r.user_message and "2 rows dead-lettered" in r.user_message]

@@ -403,7 +403,10 @@ class _Run:
             want = (
                 self.cfg.batch_rows if end is None else min(self.cfg.batch_rows, end - offsets[key])
             )
-            table = node.source.read(partition, offsets[key], want) if want > 0 else None
+            table = None
+            if want > 0:
+                with log_context(source=key):  # what a connector logs names its partition
+                    table = node.source.read(partition, offsets[key], want)
             if table is None or table.num_rows == 0:
                 if end is not None and offsets[key] >= end:
                     done.add(key)

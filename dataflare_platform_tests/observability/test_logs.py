@@ -277,3 +277,20 @@ def test_cli_json_logs_parse_line_by_line_and_a_truncated_log_is_counted(tmp_pat
     text = exposition(metrics)
     labels = {"component": "event_log", "reason": "segment_quarantined"}
     assert value(text, "dataflare_data_dropped_total", **labels) == 500
+
+
+class _LoggingSource(TableSource):
+    """A source that logs on each read, as a connector does (on the runner's source thread)."""
+
+    def read(self, partition, offset, max_rows):
+        logging.getLogger("dataflare_platform.connectors.fake").info("reading at %d", offset)
+        return super().read(partition, offset, max_rows)
+
+
+def test_lines_logged_by_a_source_during_a_run_name_the_pipeline_and_the_partition(json_lines):
+    source = _LoggingSource("e", {"a": events(range(0, 3_000, 100))})
+    pipeline = windowed_count(source, CollectSink())
+    Runner(pipeline, RunnerConfig(batch_rows=10)).run()
+    reads = [x for x in json_lines() if x["logger"] == "dataflare_platform.connectors.fake"]
+    assert reads, "the source logged nothing"
+    assert {(x["pipeline"], x["source"]) for x in reads} == {(pipeline.name, "e/a")}

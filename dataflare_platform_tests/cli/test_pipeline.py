@@ -58,9 +58,12 @@ def test_pipeline_run_loads_the_plugins_of_plugin_steps(home: ProjectHome, maske
     assert "pii_mask" in read_lock(home.root / "plugins.lock").plugins
 
 
-def test_pipeline_run_respects_the_plugin_pins(home: ProjectHome, masked_spec):
+def test_pipeline_run_respects_the_plugin_pins(audited_home: ProjectHome, masked_spec):
     """A module that differs from its pin is refused naming the steps, as in a Dagster
-    run, and nothing is written."""
+    run, and nothing is written. The refusal is audited, so the home has its audit keys
+    (without them the audit append fails and is logged, traceback included, on the
+    command's stderr now that the CLI configures its logs)."""
+    home = audited_home
     from dataflare_platform.plugins.build import SAMPLES_DIR, build_plugin
 
     assert runner.invoke(app, ["pipeline", "run", str(masked_spec)]).exit_code == 0

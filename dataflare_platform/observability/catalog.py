@@ -262,9 +262,9 @@ DATA_METRICS: tuple[MetricSpec, ...] = (
         "dataflare_data_dropped_total",
         "counter",
         ("component", "reason"),
-        "Records (or segments' offsets, or files) dropped, truncated, quarantined or skipped,"
-        " each logged at WARNING with the count: engine dead_lettered/late, event_log"
-        " segment_quarantined/offsets_missing, landing file_refused/file_quarantined.",
+        "Records (or a log's offsets, or files) dropped, truncated or quarantined, each"
+        " logged at WARNING with the count: engine dead_lettered/late, event_log"
+        " segment_quarantined, landing file_quarantined.",
         "numRecordsInErrors + numLateRecordsDropped (all components)",
     ),
 )

@@ -294,3 +294,48 @@ def test_lines_logged_by_a_source_during_a_run_name_the_pipeline_and_the_partiti
     reads = [x for x in json_lines() if x["logger"] == "dataflare_platform.connectors.fake"]
     assert reads, "the source logged nothing"
     assert {(x["pipeline"], x["source"]) for x in reads} == {(pipeline.name, "e/a")}
+
+
+def test_a_gap_in_the_event_log_is_a_warning_at_every_open_but_not_counted_as_a_loss(
+    tmp_path, small_nexmark, json_lines, metrics_dir
+):
+    """A gap is a state (a segment file deleted or moved by someone), met at every open:
+    each open warns with its size; adding it to the drop counter each time would count
+    one loss many times, so it is not."""
+    bids = small_nexmark["bids"]
+    topic = EventLog(tmp_path / "log").create_topic("bids", bids.schema)
+    for start in range(0, 1000, 250):
+        topic.append(bids.slice(start, 250))
+    EventLog(tmp_path / "log").topic("bids")  # verified once
+    topic.partition(0).segments()[1].path.unlink()  # offsets 250..499 gone
+    warnings = EventLog(tmp_path / "log").topic("bids").recover(full=True)
+    assert any("offsets 250 to 499 are missing" in w for w in warnings)
+    lines = [x for x in json_lines() if x.get("reason") == "offsets_missing"]
+    assert len(lines) == 2  # the open, then the explicit recovery
+    for line in lines:
+        assert (line["level"], line["missing"], line["component"]) == ("WARNING", 250, "event_log")
+    text = exposition(metrics_dir)
+    labels = {"component": "event_log", "reason": "offsets_missing"}
+    assert not value(text, "dataflare_data_dropped_total", **labels)
+
+
+def test_a_landed_file_moved_to_the_quarantine_is_a_warning_and_counted(
+    tmp_path, small_nexmark, json_lines, metrics_dir
+):
+    from dataflare_platform.connectors.landing.directory import LandingDirectorySource
+    from dataflare_platform_tests.connectors.test_landing import SCHEMA, write
+
+    bids = small_nexmark["bids"].select(SCHEMA.names).cast(SCHEMA)
+    d = tmp_path / "landing"
+    d.mkdir()
+    write(d / "01-good.ndjson", bids.slice(0, 100))
+    write(d / os.fsdecode(b"02-caf\xe9.csv"), bids.slice(100, 50))  # not UTF-8: moved
+    source = LandingDirectorySource("bids", d, SCHEMA, settle_s=0)
+    assert source.end_offset("0") == 100
+    source.close()
+    (line,) = [x for x in json_lines() if x.get("reason") == "file_quarantined"]
+    assert (line["level"], line["dropped"], line["component"]) == ("WARNING", 1, "landing")
+    assert line["source"] == str(d) and "02-caf\\xe9.csv" in line["message"]
+    text = exposition(metrics_dir)
+    labels = {"component": "landing", "reason": "file_quarantined"}
+    assert value(text, "dataflare_data_dropped_total", **labels) == 1

@@ -326,16 +326,19 @@ class LandingDirectory:
 
     def _refuse(self, name: str, reason: str) -> None:
         if self.refused.get(name) != reason:
-            # Once per file and reason (a scan meets it again until it is fixed).
-            report_dropped(
-                log,
-                "landing",
-                "file_refused",
-                1,
+            # Once per file and reason in this process (a scan meets it again until it is
+            # fixed). A state, not an event: a new process warns again, so it is logged
+            # with the count but not added to dataflare_data_dropped_total.
+            log.warning(
                 "landing %s: not read: %s",
                 self.directory,
                 reason,
-                source=str(self.directory),
+                extra={
+                    "skipped": 1,
+                    "component": "landing",
+                    "reason": "file_refused",
+                    "source": str(self.directory),
+                },
             )
         self.refused[name] = reason
 

@@ -222,15 +222,19 @@ class Partition:
                     f"topic {self.config.name!r} partition {self.index}: offsets {start} to"
                     f" {end - 1} are missing (a segment file was deleted or moved)"
                 )
-                report_dropped(
-                    log,
-                    "event_log",
-                    "offsets_missing",
-                    end - start,
+                # A gap is a state met at every open, not an event: logged with its size
+                # each time, never added to dataflare_data_dropped_total (it would grow
+                # at every open for one loss).
+                log.warning(
                     "%s",
                     message,
-                    topic=self.config.name,
-                    partition=self.index,
+                    extra={
+                        "missing": end - start,
+                        "component": "event_log",
+                        "reason": "offsets_missing",
+                        "topic": self.config.name,
+                        "partition": self.index,
+                    },
                 )
                 warnings.append(message)
             if verified != mark:

@@ -37,7 +37,12 @@ from dataflare_platform.engine.telemetry import EngineTelemetry
 from dataflare_platform.engine.watermarks import MAX_WATERMARK, MIN_WATERMARK, WatermarkTracker
 from dataflare_platform.errors import BatchRejectedError, DataflareError, InvalidInputError
 from dataflare_platform.observability import instruments
-from dataflare_platform.observability.logs import DropTally, log_context
+from dataflare_platform.observability.logs import (
+    DropTally,
+    context_with,
+    log_context,
+    set_context,
+)
 from dataflare_platform.times import now_ms
 
 log = logging.getLogger(__name__)
@@ -387,6 +392,8 @@ class _Run:
             f"{n.source.name}/{p}": (n, p) for n in self.p.sources() for p in n.source.partitions()
         }
         offsets = dict(self.offsets)
+        # Log fields per partition; this thread runs in a copied context of its own.
+        fields = {key: context_with(source=key) for key in sources}
         progress = {key: MIN_WATERMARK for key in sources}  # event time reached per partition
         done: set[str] = set()
         released = 0
@@ -405,8 +412,8 @@ class _Run:
             )
             table = None
             if want > 0:
-                with log_context(source=key):  # what a connector logs names its partition
-                    table = node.source.read(partition, offsets[key], want)
+                set_context(fields[key])  # what a connector logs names its partition
+                table = node.source.read(partition, offsets[key], want)
             if table is None or table.num_rows == 0:
                 if end is not None and offsets[key] >= end:
                     done.add(key)

@@ -245,6 +245,9 @@ def redact(text: str, *values: str | None) -> str:
 # --- literal credentials in settings files ----------------------------------------------
 
 
+_RAW_USERINFO = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://([^@]*)@")
+
+
 def url_credential_problem(url: str, token_user: bool = False) -> str | None:
     """Why ``url`` may not be written in a settings file (it carries a password, a token
     in its user part when ``token_user``, or a credential-looking query value), or None."""
@@ -254,6 +257,12 @@ def url_credential_problem(url: str, token_user: bool = False) -> str | None:
         return None  # the field's own validator says what is wrong with it
     if parts.password is not None or (token_user and parts.username):
         return f"the URL carries a credential in its user part; {HINT}"
+    if "@" not in parts.netloc:
+        # A raw password holding '/', '?' or '#' ends the authority early, so urlsplit
+        # reads it as path, query or fragment: look for "user:secret@" at the raw start.
+        raw = _RAW_USERINFO.match(url)
+        if raw is not None and (":" in raw.group(1) or token_user):
+            return f"the URL carries a credential in its user part; {HINT}"
     for key, _ in parse_qsl(parts.query, keep_blank_values=True):
         if _is_credential_name(key):
             return f"the URL carries a credential in its query ({key}=...); {HINT}"

@@ -152,6 +152,26 @@ def test_a_password_written_in_connector_settings_is_refused(model, data, field,
     assert value not in message
 
 
+@pytest.mark.parametrize("cut", ["/", "?", "#", "/?#"])
+@pytest.mark.parametrize(
+    ("model", "data", "field"),
+    [
+        (RedisSettings, {"url": "redis://:{v}@127.0.0.1:6379/0", "stream": "s"}, "url"),
+        (NatsSettings, {"url": "nats://u:{v}@127.0.0.1:4222", "stream": "s"}, "url"),
+        (PostgresSinkSettings, {"dsn": "postgresql://u:{v}@127.0.0.1/db", "table": "t"}, "dsn"),
+    ],
+)
+def test_a_raw_password_that_ends_the_authority_early_is_refused(model, data, field, value, cut):
+    """A raw '/', '?' or '#' in a password makes a URL parser end the host part there,
+    so the password reads as path, query or fragment: still refused, still not echoed."""
+    secret = value[:6] + cut + value[6:]
+    data = {k: v.replace("{v}", secret) for k, v in data.items()}
+    with pytest.raises(ConfigError) as err:
+        validated(model, "settings", data)
+    assert err.value.fields == [field]
+    assert secret not in str(err.value) and value[6:] not in str(err.value)
+
+
 @pytest.mark.parametrize("model", [RedisSettings, NatsSettings])
 def test_broker_credentials_are_references_with_the_prefix(model):
     with pytest.raises(ConfigError) as err:

@@ -29,6 +29,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import ipaddress
+import re
 import socket
 import time
 from typing import Annotated, Any, Literal
@@ -60,7 +61,7 @@ from dataflare_platform.errors import ConflictError, DataflareError, InvalidInpu
 from dataflare_platform.models import validated
 from dataflare_platform.observability.connectors import for_connector
 from dataflare_platform.secrets import HINT as SECRET_HINT
-from dataflare_platform.secrets import PlatformSecretRef, redact
+from dataflare_platform.secrets import PlatformSecretRef, redact, url_credential_problem
 from dataflare_platform.tls import TlsSettings
 
 # libpq's own TLS parameters: with a ``tls`` block they come from it alone.
@@ -130,11 +131,15 @@ class PostgresSinkSettings(ConnectorSettings):
     @field_validator("dsn")
     @classmethod
     def _parses(cls, value: str) -> str:
+        if "://" in value and (problem := url_credential_problem(value)) is not None:
+            raise ValueError(problem)  # also a raw '/', '?' or '#' ending the host part early
         try:
             conninfo_to_dict(value)
         except psycopg.ProgrammingError as err:
-            # libpq's message, not the string itself: it may hold a password.
-            raise ValueError(f"not a PostgreSQL connection string ({err})") from None
+            # libpq quotes the offending part of the string, which may be a password: its
+            # message without the quoted parts.
+            said = re.sub(r'"[^"]*"', '"..."', str(err).strip())
+            raise ValueError(f"not a PostgreSQL connection string ({said})") from None
         if conninfo_to_dict(value).get("password") is not None:
             raise ValueError(f"the connection string carries a password; {SECRET_HINT}")
         return value

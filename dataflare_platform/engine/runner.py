@@ -34,6 +34,7 @@ from dataflare_platform.engine.operators.base import WM_COL
 from dataflare_platform.engine.pipeline import Pipeline
 from dataflare_platform.engine.sinks import side_rows
 from dataflare_platform.engine.telemetry import EngineTelemetry
+from dataflare_platform.engine.traces import RunTrace
 from dataflare_platform.engine.watermarks import MAX_WATERMARK, MIN_WATERMARK, WatermarkTracker
 from dataflare_platform.errors import BatchRejectedError, DataflareError, InvalidInputError
 from dataflare_platform.observability import instruments
@@ -102,6 +103,8 @@ class _SinkItem:
     side: pl.DataFrame | None
     ingest: list[float]
     checkpoint: Checkpoint | None
+    # (span contexts of the batches it makes durable, their output rows): traces on
+    links: tuple[list, int] | None = None
 
 
 _END = object()
@@ -209,6 +212,7 @@ class _Run:
         self._own_base = {node.id: node.operator.stats() for node in self.p.operators()}
         self.row_watermarks = any(n.operator.uses_watermark for n in self.p.operators())
         self.telemetry: EngineTelemetry | None = None  # set in execute when metrics are on
+        self.trace: RunTrace | None = None  # set in execute when this run is traced
         # Dead-lettered and late rows: a WARNING line with the count (at most one per
         # 10 s, and one at the end of the run) and dataflare_data_dropped_total.
         self.drops = DropTally(log, "engine", self._describe_drop)
@@ -299,6 +303,7 @@ class _Run:
                     for p in n.source.partitions()
                 },
             )
+        self.trace = RunTrace.start(self.p, self.mode)
         source_thread = threading.Thread(
             target=contextvars.copy_context().run,
             args=(self._guard(self._read),),
@@ -336,6 +341,8 @@ class _Run:
                     raise
                 # The run's own error is the one to report, not a metrics read after it
                 # (e.g. a source whose topic is gone).
+        if self.trace is not None:
+            self.trace.end(self.errors[0] if self.errors else None)
         if self.errors:
             raise self.errors[0]
         self._own_stats()
@@ -457,6 +464,9 @@ class _Run:
             item = self.sink_q.get()
             if item is _END:
                 return
+            span = None
+            if item.links is not None and self.trace is not None:
+                span = self.trace.sink_write(*item.links, item.checkpoint is not None)
             self.sink.write(item.output, item.side)
             pending.extend(item.ingest)
             if item.checkpoint is not None:
@@ -465,6 +475,8 @@ class _Run:
                 if self.telemetry is not None:
                     self.telemetry.committed(time.perf_counter() - t0)
                 self._committed(item.checkpoint)
+            if span is not None:
+                span.end()
             if item.checkpoint is not None or not self.sink.transactional:
                 now = time.perf_counter()
                 for ingest in pending:
@@ -570,7 +582,14 @@ class _Run:
             self.metrics.checkpoints += 1
             self.last_checkpoint = cp
         if output is not None or side is not None or cp is not None or ingests:
-            self._put(self.sink_q, _SinkItem(output, side, ingests, cp), sink=True)
+            links = None
+            if self.trace is not None and output is not None:
+                self.trace.rows += output.height
+            if self.trace is not None and (cp is not None or not self.sink.transactional):
+                # One span per commit (per write for a sink without transactions), linked
+                # to every batch it makes durable.
+                links = self.trace.take_links()
+            self._put(self.sink_q, _SinkItem(output, side, ingests, cp, links), sink=True)
         if self.listener is not None:
             for node in self.p.operators():
                 self.metrics.operators[node.id].state_rows = node.operator.state_rows()
@@ -605,7 +624,18 @@ class _Run:
 
     def _batch(self, item: _SourceBatch) -> None:
         self._rejections = 0
-        self._process_batch(item)
+        trace = self.trace
+        if trace is None:
+            self._process_batch(item)
+        else:
+            dead = self.metrics.dead_letters
+            trace.batch_started(item.key, item.start, item.end, item.table.num_rows)
+            try:
+                self._process_batch(item)
+            except BaseException as err:
+                trace.batch_ended(self.metrics.dead_letters - dead, err)
+                raise
+            trace.batch_ended(self.metrics.dead_letters - dead)
         if not self._rejections:
             self._failed_in_a_row = 0
             return
@@ -750,8 +780,13 @@ class _Run:
         op = self.p.nodes[node_id].operator
         stats = self.metrics.operators[node_id]
         t0 = time.perf_counter()
+        trace = self.trace
         try:
-            out, late = op.process(df, port)
+            if trace is not None and node_id in trace.plugins:
+                with trace.plugin_call(node_id, df.height):
+                    out, late = op.process(df, port)
+            else:
+                out, late = op.process(df, port)
         except BatchRejectedError as err:
             # Contained failure of this batch only (e.g. a plugin trap or timeout): the
             # rows are kept as dead letters with the reason, and the pipeline goes on.

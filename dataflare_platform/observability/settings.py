@@ -6,7 +6,12 @@
 - ``PROMETHEUS_MULTIPROC_DIR``: where worker processes write their metric files (default
   ``<home>/metrics``);
 - ``OTEL_SERVICE_NAME`` / ``OTEL_RESOURCE_ATTRIBUTES``: the OpenTelemetry resource
-  (``k=v,k=v``: code location, pipeline, partition, ...).
+  (``k=v,k=v``: code location, pipeline, partition, ...);
+- ``OTEL_TRACES_EXPORTER``: ``none`` (default), ``otlp`` (HTTP protobuf), ``console``,
+  ``memory`` (tests); ``OTEL_TRACES_SAMPLER_ARG``: the ratio of new traces kept (default
+  1.0; children follow their parent's decision); ``OTEL_EXPORTER_OTLP_TRACES_ENDPOINT``
+  or ``OTEL_EXPORTER_OTLP_ENDPOINT`` (+ ``/v1/traces``): where OTLP goes (default
+  ``http://127.0.0.1:4318/v1/traces``). Traces: ``observability/tracing.py``.
 
 Off by default: a process that never turns metrics on pays one ``None`` check per
 flushed batch (see docs/observability.md for the measurement).
@@ -19,11 +24,14 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
+from urllib.parse import urlsplit
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from dataflare_platform.errors import ConfigError
 
 Exporter = Literal["prometheus", "console", "memory"]
+TraceExporter = Literal["none", "otlp", "console", "memory"]
 
 ENABLED_ENV = "DATAFLARE_METRICS"
 EXPORTERS_ENV = "DATAFLARE_METRICS_EXPORTERS"
@@ -44,6 +52,20 @@ class ObservabilitySettings(BaseModel):
     service_name: str = "dataflare"
     resource: dict[str, str] = {}
     export_interval_ms: int = 10_000  # console exporter
+    traces_exporter: TraceExporter = "none"
+    trace_sample_ratio: float = Field(default=1.0, ge=0.0, le=1.0)
+    otlp_traces_endpoint: str = "http://127.0.0.1:4318/v1/traces"
+
+    @field_validator("otlp_traces_endpoint")
+    @classmethod
+    def _endpoint(cls, value: str) -> str:
+        url = urlsplit(value)
+        if url.scheme not in ("http", "https") or not url.hostname:
+            raise ValueError(f"not an http(s) URL: {value!r}")
+        if url.username is not None or url.password is not None:
+            # Credentials go in OTEL_EXPORTER_OTLP_HEADERS (environment), never in a URL.
+            raise ValueError("credentials in the URL are refused (use OTEL_EXPORTER_OTLP_HEADERS)")
+        return value
 
     @field_validator("exporters")
     @classmethod
@@ -72,6 +94,21 @@ class ObservabilitySettings(BaseModel):
                 )
             resource[key.strip()] = value.strip()
         directory = env.get(MULTIPROC_ENV)
+        traces: dict[str, object] = {}
+        if env.get("OTEL_TRACES_EXPORTER", "").strip():
+            traces["traces_exporter"] = env["OTEL_TRACES_EXPORTER"].strip().lower()
+        ratio = env.get("OTEL_TRACES_SAMPLER_ARG", "").strip()
+        if ratio:
+            try:
+                traces["trace_sample_ratio"] = float(ratio)
+            except ValueError:
+                raise ConfigError(
+                    "observability", [("OTEL_TRACES_SAMPLER_ARG", f"not a number: {ratio!r}")]
+                ) from None
+        endpoint = env.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "").strip()
+        base = env.get("OTEL_EXPORTER_OTLP_ENDPOINT", "").strip()
+        if endpoint or base:
+            traces["otlp_traces_endpoint"] = endpoint or base.rstrip("/") + "/v1/traces"
         try:
             return cls(
                 enabled=flag in _TRUE,
@@ -79,6 +116,7 @@ class ObservabilitySettings(BaseModel):
                 metrics_dir=Path(directory) if directory else None,
                 service_name=env.get("OTEL_SERVICE_NAME", "dataflare"),
                 resource=resource,
+                **traces,
             )
         except ValidationError as err:
             raise ConfigError.from_validation("observability", err) from None

@@ -21,6 +21,7 @@ from dataflare_platform import observability
 from dataflare_platform.bench.common import machine, peak_rss_mb
 from dataflare_platform.connectors.files import FileSource, ParquetSink
 from dataflare_platform.engine import NullSink, Runner, RunnerConfig
+from dataflare_platform.observability.tracing import configure_tracing
 from dataflare_platform.queries.nexmark import (
     BUILDERS,
     COLUMNS,
@@ -63,7 +64,8 @@ def run(
     """Best of ``repeat`` engine runs and, separately, best of ``repeat`` baseline runs:
     the least disturbed run is the best estimate on a shared, noisy machine. ``otel``
     adds the same engine runs with metrics on (Prometheus multiprocess exporter into a
-    private temporary directory), interleaved with runs with metrics off."""
+    private temporary directory) and traces (1 % sampled, and all sampled), interleaved
+    with runs with both off (``SIDES``)."""
     sources = NexmarkSources.from_paths(query, bids, persons, auctions)
     events = sum(sources.need(kind).end_offset("0") or 0 for kind in COLUMNS[query])
     result = None
@@ -125,63 +127,107 @@ def run(
     }
 
 
-def _timed_run(query, bids, persons, auctions, batch_rows, rate) -> tuple[float, float, float]:
+def _timed_run(query, bids, persons, auctions, batch_rows, rate) -> tuple[float, ...]:
     """(wall seconds, process CPU seconds of all threads, seconds spent exporting
-    metrics) of one engine run."""
+    metrics, steady-state p99 batch latency in ms) of one engine run."""
     fresh = NexmarkSources.from_paths(query, bids, persons, auctions)
     config = RunnerConfig(batch_rows=batch_rows, rate=rate)
     cpu0 = time.process_time()
     result = Runner(BUILDERS[query](fresh, NullSink()), config).run()
-    return result.seconds, time.process_time() - cpu0, result.metrics.telemetry_s
+    m = result.metrics
+    p99 = m.latency.summary(skip=min(WARMUP_BATCHES, m.latency.count // 10))["p99_ms"]
+    return result.seconds, time.process_time() - cpu0, m.telemetry_s, p99
+
+
+# The sides of ``--otel``: (metrics on, trace sampling ratio or None for traces off).
+# ``on`` is the deployment the issue sets the target for: metrics and 1 % of traces.
+# ``traced`` samples every run, so every batch, plugin call and commit makes a span: the
+# cost of a run that *is* traced (with 1 % sampling, 1 run in 100).
+SIDES: dict[str, tuple[bool, float | None]] = {
+    "off": (False, None),
+    "metrics": (True, None),
+    "on": (True, 0.01),
+    "traced": (True, 1.0),
+}
+TRACE_RATIO = 0.01
 
 
 def _otel_overhead(query, bids, persons, auctions, batch_rows, rate, repeat, events) -> dict:
-    """Metrics on against off in the same process, runs interleaved (off, on, on, off,
-    ...) so drift in the machine's load hits both sides; best of each side. CPU-time
-    rates are reported too: on a loaded machine they move less than wall-clock ones."""
+    """Metrics and traces on against off in the same process, runs interleaved (the
+    order of the sides rotates each round) so drift in the machine's load hits every
+    side; best of each side. CPU-time rates are reported too: on a loaded machine they
+    move less than wall-clock ones. Spans go to the SDK's in-memory exporter through a
+    synchronous processor: their creation and hand-over are in the measured time, the
+    OTLP encoding a collector needs (a background thread in production) is not."""
     directory = Path(tempfile.mkdtemp(prefix="dataflare-bench-metrics-"))
     settings = observability.ObservabilitySettings(
         enabled=True, exporters=("prometheus",), metrics_dir=directory / "m"
     )
     previous = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
-    runs: dict[bool, list[tuple[float, float, float]]] = {False: [], True: []}
+    runs: dict[str, list[tuple[float, ...]]] = {side: [] for side in SIDES}
+    spans: dict[str, int] = dict.fromkeys(SIDES, 0)
     load_before = os.getloadavg()
+    names = list(SIDES)
     try:
         for i in range(max(2, repeat)):
-            for on in (False, True) if i % 2 == 0 else (True, False):
-                observability.configure(settings if on else None)
-                runs[on].append(_timed_run(query, bids, persons, auctions, batch_rows, rate))
+            for side in names[i % len(names) :] + names[: i % len(names)]:
+                metrics_on, ratio = SIDES[side]
+                observability.configure(settings if metrics_on else None)
+                traced = configure_tracing(
+                    None
+                    if ratio is None
+                    else observability.ObservabilitySettings(
+                        traces_exporter="memory", trace_sample_ratio=ratio
+                    )
+                )
+                runs[side].append(_timed_run(query, bids, persons, auctions, batch_rows, rate))
+                if traced is not None and traced.memory is not None:
+                    spans[side] += len(traced.memory.get_finished_spans())
     finally:
         observability.configure(None)
+        configure_tracing(None)
         if previous is None:
             os.environ.pop("PROMETHEUS_MULTIPROC_DIR", None)
         else:
             os.environ["PROMETHEUS_MULTIPROC_DIR"] = previous
         shutil.rmtree(directory, ignore_errors=True)
-    off_wall = min(r[0] for r in runs[False])
-    on_wall = min(r[0] for r in runs[True])
-    off_cpu = min(r[1] for r in runs[False])
-    on_cpu = min(r[1] for r in runs[True])
+    wall = {side: min(r[0] for r in runs[side]) for side in SIDES}
+    cpu = {side: min(r[1] for r in runs[side]) for side in SIDES}
     # The exporting time itself as a share of each run: what metrics cost without the
     # noise of comparing two runs (the median over the runs with metrics on).
-    shares = sorted(r[2] / r[0] for r in runs[True])
-    # What metrics off cost per batch: the runner asks once per run and then checks None.
+    shares = sorted(r[2] / r[0] for r in runs["on"])
+    # What metrics and traces off cost per batch: asked once per run, then a None check.
     calls = 1_000_000
     t0 = time.perf_counter()
     for _ in range(calls):
         observability.instruments()
     off_call_ns = (time.perf_counter() - t0) / calls * 1e9
+
+    def side(name: str) -> dict[str, object]:
+        return {
+            "events_per_s": round(events / wall[name]),
+            "ratio_wall": round(wall["off"] / wall[name], 3),
+            "ratio_cpu": round(cpu["off"] / cpu[name], 3),
+            "p99_ms": sorted(r[3] for r in runs[name])[len(runs[name]) // 2],
+            "spans": spans[name],
+        }
+
     return {
-        "runs_per_side": len(runs[False]),
-        "events_per_s_off": round(events / off_wall),
-        "events_per_s_on": round(events / on_wall),
-        "ratio_wall": round(off_wall / on_wall, 3),
-        "events_per_cpu_s_off": round(events / off_cpu),
-        "events_per_cpu_s_on": round(events / on_cpu),
-        "ratio_cpu": round(off_cpu / on_cpu, 3),
-        "overhead_pct_cpu": round((on_cpu / off_cpu - 1) * 100, 2),
-        "overhead_pct_wall": round((on_wall / off_wall - 1) * 100, 2),
+        "runs_per_side": len(runs["off"]),
+        "trace_sample_ratio": TRACE_RATIO,
+        "events_per_s_off": round(events / wall["off"]),
+        "events_per_s_on": round(events / wall["on"]),
+        "ratio_wall": round(wall["off"] / wall["on"], 3),
+        "events_per_cpu_s_off": round(events / cpu["off"]),
+        "events_per_cpu_s_on": round(events / cpu["on"]),
+        "ratio_cpu": round(cpu["off"] / cpu["on"], 3),
+        "overhead_pct_cpu": round((cpu["on"] / cpu["off"] - 1) * 100, 2),
+        "overhead_pct_wall": round((wall["on"] / wall["off"] - 1) * 100, 2),
         "telemetry_share_pct": round(shares[len(shares) // 2] * 100, 3),
+        # Median over the runs of each side's steady-state p99 (meaningful with --rate).
+        "p99_ms_off": side("off")["p99_ms"],
+        "p99_ms_on": side("on")["p99_ms"],
+        "sides": {name: side(name) for name in SIDES},
         "instruments_lookup_ns_when_off": round(off_call_ns, 1),
         "load_average_before": [round(x, 2) for x in load_before],
         "load_average_after": [round(x, 2) for x in os.getloadavg()],

@@ -54,7 +54,8 @@ def bench_nexmark(
         bool,
         typer.Option(
             "--otel",
-            help="Also run with metrics on and off, interleaved; the ratio is under 'otel'.",
+            help="Also run with metrics and 1 % trace sampling on, and off, interleaved (plus"
+            " metrics only and every run traced); the ratios are under 'otel'.",
         ),
     ] = False,
     as_json: JsonOnly = True,

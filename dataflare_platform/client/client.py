@@ -12,6 +12,7 @@ from typing import Any
 
 import requests
 from dagster_graphql import DagsterGraphQLClientError
+from opentelemetry.trace import SpanKind
 
 from dataflare_platform.client.documents import (
     ASSET_METADATA_QUERY,
@@ -54,6 +55,7 @@ from dataflare_platform.client.results import (
     run_info,
 )
 from dataflare_platform.client.transport import Transport
+from dataflare_platform.observability.tracing import continued, inject
 
 # Formerly the client's claim of who launched (``client:<user>``). No longer sent: a tag a
 # caller sets is no identity, the run coordinator refuses the dataflare/ namespace from
@@ -126,6 +128,23 @@ class DataflareClient:
         tags: Mapping[str, str] | None,
         asset_selection: list[list[str]] | None = None,
     ) -> str:
+        # The launch is a span (traces on); the run continues its trace from the tag.
+        attributes = {"dagster.job": ref.name, "dagster.code_location": ref.location}
+        with continued(
+            f"dataflare.launch {ref.name}", attributes=attributes, kind=SpanKind.PRODUCER
+        ) as span:
+            run_id = self._submit(ref, run_config, inject(tags or {}), asset_selection)
+            if span is not None:
+                span.set_attribute("dagster.run_id", run_id)
+        return run_id
+
+    def _submit(
+        self,
+        ref: JobRef,
+        run_config: Mapping[str, Any] | None,
+        tags: Mapping[str, str],
+        asset_selection: list[list[str]] | None,
+    ) -> str:
         try:
             return self._call_dagster(
                 self._dagster.submit_job_execution,
@@ -135,7 +154,7 @@ class DataflareClient:
                 run_config=dict(run_config or {}),
                 # No actor claim: who launched is the authenticated principal the run
                 # coordinator writes on the run (the dataflare/ namespace is refused).
-                tags={str(k): str(v) for k, v in (tags or {}).items()},
+                tags={str(k): str(v) for k, v in tags.items()},
                 asset_selection=asset_selection,
             )
         except DagsterGraphQLClientError as err:

@@ -23,7 +23,6 @@ import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Literal
-
 from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator

@@ -1,4 +1,5 @@
-"""``dataflare bench nexmark --otel``: metrics on against off in the same run, as JSON."""
+"""``dataflare bench nexmark --otel``: metrics and traces on against off in the same run,
+as JSON."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from click.testing import CliRunner
 from dataflare_platform import observability
 from dataflare_platform.cli import app
 from dataflare_platform.datagen import NexmarkConfig, write_nexmark
+from dataflare_platform.observability.tracing import tracer
 
 
 def test_otel_flag_reports_both_sides_and_leaves_metrics_off(tmp_path, monkeypatch):
@@ -31,6 +33,13 @@ def test_otel_flag_reports_both_sides_and_leaves_metrics_off(tmp_path, monkeypat
     assert otel["ratio_cpu"] > 0 and otel["ratio_wall"] > 0
     assert len(otel["load_average_before"]) == 3
     assert otel["telemetry_share_pct"] > 0  # the on runs exported something
+    sides = otel["sides"]
+    assert set(sides) == {"off", "metrics", "on", "traced"}
+    assert otel["trace_sample_ratio"] == 0.01
+    # Every traced run made its run span and one span per micro-batch; off made none.
+    assert sides["traced"]["spans"] > 2 * 2 and sides["off"]["spans"] == 0
+    assert sides["metrics"]["spans"] == 0
     # The bench switched metrics back off and left no directory or variable behind.
     assert observability.instruments() is None
+    assert tracer() is None
     assert "PROMETHEUS_MULTIPROC_DIR" not in os.environ

@@ -75,7 +75,7 @@ def test_a_run_launched_under_a_trace_forms_one_tree_with_batches_plugins_and_li
     # batches (both partitions), and says how many.
     assert sorted(linked) == sorted(b.context.span_id for b in batches)
     assert max(len(s.links) for s in sends) == 4
-    merged = [s for s in sends if len(s.links) == 4][0]
+    merged = next(s for s in sends if len(s.links) == 4)
     partitions = {
         by_id[link.context.span_id].attributes["messaging.destination.partition.id"]
         for link in merged.links

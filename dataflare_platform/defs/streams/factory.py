@@ -26,6 +26,7 @@ import json
 import time
 
 import dagster as dg
+from opentelemetry.trace import SpanKind
 from pydantic import Field
 
 from dataflare_platform.defs.metadata import PLUGINS, column_schema
@@ -47,8 +48,10 @@ from dataflare_platform.defs.streams.topics import (
     topic_key,
     topic_observation_definitions,
 )
+from dataflare_platform.defs.traces import traced_step
 from dataflare_platform.engine.durations import to_ms
 from dataflare_platform.events.log import EventLog
+from dataflare_platform.observability import tracing
 from dataflare_platform.plugins.specs import load_plugins, plugin_steps
 from dataflare_platform.streams.lag import has_lag, pipeline_lag
 from dataflare_platform.streams.ranges import (
@@ -179,7 +182,8 @@ def pipeline_definitions(
         until = config.until or source_ends(spec, log)
         loaded = load_plugins(spec, plugins.registry()) if plugin_steps(spec) else None
         started = time.perf_counter()
-        result = run_range(spec, log, until, home.root / "streams", plugins=loaded)
+        with traced_step(context, spec.name):
+            result = run_range(spec, log, until, home.root / "streams", plugins=loaded)
         seconds = time.perf_counter() - started
         context.log.info(f"{spec.name}: {json.dumps(result.metrics.this_run())} up to {until}")
         metadata = _run_metadata(result, seconds)
@@ -234,10 +238,20 @@ def pipeline_definitions(
             return dg.SkipReason("no new events in " + ", ".join(sorted(spec.sources)))
         context.update_cursor(json.dumps(ends, sort_keys=True))
         run_key = spec.name + ":" + ",".join(f"{k}={v}" for k, v in sorted(ends.items()))
+        tags = {"dataflare/pipeline": spec.name, "dataflare/trigger": "sensor"}
+        # The tick that decides the run is the trace's root (traces on): the run continues
+        # it from the tag (defs/traces.py).
+        with tracing.continued(
+            f"dataflare.sensor {spec.name}_sensor",
+            attributes={"dataflare.pipeline": spec.name, "dagster.run_key": run_key},
+            kind=SpanKind.PRODUCER,
+        ):
+            tags = tracing.inject(tags)
+        tracing.flush()
         return dg.RunRequest(
             run_key=run_key,
             run_config={"ops": {op_name: {"config": {"until": ends}}}},
-            tags={"dataflare/pipeline": spec.name, "dataflare/trigger": "sensor"},
+            tags=tags,
         )
 
     # Sensor ranges only where every source has readable end offsets (the spec refuses

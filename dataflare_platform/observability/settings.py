@@ -28,6 +28,7 @@ from urllib.parse import urlsplit
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from dataflare_platform.errors import ConfigError
+from dataflare_platform.secrets import url_credential_problem
 
 Exporter = Literal["prometheus", "console", "memory"]
 TraceExporter = Literal["none", "otlp", "console", "memory"]
@@ -58,12 +59,13 @@ class ObservabilitySettings(BaseModel):
     @field_validator("otlp_traces_endpoint")
     @classmethod
     def _endpoint(cls, value: str) -> str:
+        # Credentials go in OTEL_EXPORTER_OTLP_HEADERS (environment), never in a URL;
+        # checked first, and the value is never echoed (it may hold one).
+        if url_credential_problem(value, token_user=True) is not None:
+            raise ValueError("credentials in the URL are refused (use OTEL_EXPORTER_OTLP_HEADERS)")
         url = urlsplit(value)
         if url.scheme not in ("http", "https") or not url.hostname:
-            raise ValueError(f"not an http(s) URL: {value!r}")
-        if url.username is not None or url.password is not None:
-            # Credentials go in OTEL_EXPORTER_OTLP_HEADERS (environment), never in a URL.
-            raise ValueError("credentials in the URL are refused (use OTEL_EXPORTER_OTLP_HEADERS)")
+            raise ValueError("not an http(s) URL with a host")
         return value
 
     @field_validator("exporters")

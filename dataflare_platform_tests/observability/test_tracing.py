@@ -145,6 +145,8 @@ def test_traces_off_is_the_default_and_bad_tags_start_a_new_trace(monkeypatch):
         ({"OTEL_TRACES_SAMPLER_ARG": "often"}, "OTEL_TRACES_SAMPLER_ARG"),
         ({"OTEL_TRACES_SAMPLER_ARG": "1.5"}, "trace_sample_ratio"),
         ({"OTEL_EXPORTER_OTLP_ENDPOINT": "http://user:pw@collector:4318"}, "credentials"),
+        ({"OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": "https://u:p/pw@c:4318/v1/traces"}, "credentials"),
+        ({"OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": "https://tokenpw@c:4318/v1/traces"}, "credentials"),
         ({"OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": "collector:4318"}, "otlp_traces_endpoint"),
     ],
 )

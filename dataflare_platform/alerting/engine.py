@@ -38,6 +38,7 @@ from dataflare_platform.alerting.rules import (
     FreshnessViolatedRule,
     InstigatorErroredRule,
     MetricThresholdRule,
+    PrometheusAlertRule,
     Rule,
     RuleSet,
     RunFailedRule,
@@ -60,7 +61,10 @@ EVENT_KINDS = (
     "instigator_errored",
     "freshness_violated",
     "metric",
+    "prometheus_alert",
 )
+
+SEVERITIES = ("info", "warning", "error", "critical")
 
 
 @dataclass(frozen=True)
@@ -83,6 +87,7 @@ class AlertEvent:
     severity: str | None = None
     metadata: Mapping[str, Any] = field(default_factory=dict)
     message: str = ""
+    labels: Mapping[str, str] = field(default_factory=dict)
 
 
 ChannelLike = Channel | WebhookConfig | SlackConfig | EmailConfig
@@ -131,6 +136,22 @@ class AlertManager:
                 message = event.message or _default_message(event)
                 touched.append(self._fire(rule, event, message, now))
         return touched
+
+    def resolve_event(self, event: AlertEvent, now: datetime) -> list[Alert]:
+        """Close the open alerts ``event`` would fire: a source that says "this is over"
+        (Alertmanager's ``resolved``) closes the platform's alert instead of leaving it
+        to an operator. Returns the alerts it resolved (none open: nothing to do)."""
+        if event.kind not in EVENT_KINDS:
+            raise InvalidInputError(f"unknown event kind {event.kind!r} (one of {EVENT_KINDS})")
+        now = as_utc(now)
+        resolved = []
+        for rule in self.rules.rules:
+            if rule.kind == event.kind and _matches(rule, event):
+                fingerprint = _fingerprint(rule.name, _group_key(_labels(rule, event)))
+                alert = self._open_alert(fingerprint)
+                if alert is not None:
+                    resolved.append(self.store.resolve(alert.id or 0, now))
+        return resolved
 
     def observe_metric(self, asset: str, values: Mapping[str, Any], now: datetime) -> list[Alert]:
         """Record one evaluation of an asset's metrics and check the metric rules.
@@ -288,7 +309,7 @@ class AlertManager:
                     rule=rule.name,
                     group_key=group_key,
                     labels=labels,
-                    severity=rule.severity,
+                    severity=_severity(rule, event),
                     message=message,
                     first_seen=now,
                     last_seen=now,
@@ -483,10 +504,21 @@ def _matches(rule: Rule, event: AlertEvent) -> bool:
         return rule.instigators is None or event.instigator in rule.instigators
     if isinstance(rule, FreshnessViolatedRule):
         return matches_prefix(event.asset, rule.assets)
+    if isinstance(rule, PrometheusAlertRule):
+        return rule.alertnames is None or event.labels.get("alertname") in rule.alertnames
     return False
 
 
+def _severity(rule: Rule, event: AlertEvent) -> str:
+    if isinstance(rule, PrometheusAlertRule) and event.severity in SEVERITIES:
+        return event.severity
+    return rule.severity
+
+
 def _labels(rule: Rule, event: AlertEvent) -> dict[str, str]:
+    if isinstance(rule, PrometheusAlertRule):
+        names = rule.group_by if rule.group_by is not None else sorted(event.labels)
+        return {n: str(event.labels[n]) for n in names if n in event.labels and n != "severity"}
     labels = {}
     for name in rule.grouping:
         value = getattr(event, name)
@@ -511,6 +543,8 @@ def _default_message(event: AlertEvent) -> str:
         return f"run {event.run_id or '?'} of job {event.job or '?'} failed"
     if event.kind == "instigator_errored":
         return f"tick of {event.instigator or '?'} errored"
+    if event.kind == "prometheus_alert":
+        return f"{event.labels.get('alertname', '?')} is firing"
     return f"{event.asset or '?'} is not fresh"
 
 

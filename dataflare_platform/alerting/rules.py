@@ -253,12 +253,40 @@ class MetricThresholdRule(_RuleBase):
         return COMPARISONS[self.op](value, self.threshold)
 
 
+_LABEL_NAME = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*$")
+
+
+def _label_names(value: Any) -> Any:
+    value = _as_list(value)
+    if isinstance(value, list):
+        for name in value:
+            if not isinstance(name, str) or not _LABEL_NAME.match(name):
+                raise ValueError(f"{name!r} is not a Prometheus label name")
+    return value
+
+
+class PrometheusAlertRule(_RuleBase):
+    """An alert Prometheus evaluated and Alertmanager delivered to the platform's
+    receiver (``compliance.alert_receiver``). Prometheus decides *when* (its rules in
+    deployments/observe/rules); this rule decides *who is told* and takes the alert
+    into the same store, escalation, acknowledgement and audit as every other alert.
+
+    ``group_by`` names Prometheus labels; by default every label of the alert but
+    ``severity`` (Alertmanager's own identity of an alert). The alert's ``severity``
+    label wins over the rule's ``severity`` when it is one of the platform's."""
+
+    kind: Literal["prometheus_alert"]
+    alertnames: Annotated[list[str] | None, BeforeValidator(_as_list)] = None
+    group_by: Annotated[list[str] | None, BeforeValidator(_label_names)] = None  # type: ignore[assignment]
+
+
 Rule = Annotated[
     CheckFailedRule
     | RunFailedRule
     | InstigatorErroredRule
     | FreshnessViolatedRule
-    | MetricThresholdRule,
+    | MetricThresholdRule
+    | PrometheusAlertRule,
     Field(discriminator="kind"),
 ]
 
@@ -369,7 +397,7 @@ class _ReferenceError(ValueError):
 
 _TAGS = {
     "rules": {"check_failed", "run_failed", "instigator_errored", "freshness_violated"}
-    | {"metric_threshold"},
+    | {"metric_threshold", "prometheus_alert"},
     "channels": {"webhook", "slack", "email"},
 }
 

@@ -124,3 +124,49 @@ def silence_rule(
             "expires_at": silence.expires_at.isoformat(),
         }
     )
+
+
+@alerts_app.command("receive")
+def receive(
+    port: Annotated[
+        int, typer.Option("--port", help="Port on 127.0.0.1 (0: a free one, printed).")
+    ] = 9465,
+    token_file: Annotated[
+        Path | None,
+        typer.Option(
+            "--token-file",
+            help="Bearer token file, 0600 (default: $DATAFLARE_ALERT_RECEIVER_TOKEN_FILE, "
+            "else <home>/observe/alert-receiver.token); Alertmanager reads the same file.",
+        ),
+    ] = None,
+    max_bytes: Annotated[
+        int, typer.Option("--max-bytes", help="Largest request body accepted.")
+    ] = 256 * 1024,
+    home: HomeOption = None,
+) -> None:
+    """Receive Alertmanager's webhook on 127.0.0.1 and feed its alerts into the
+    platform's alerting (rules of kind prometheus_alert) and audit log.
+
+    Prints one JSON line with the URL, then serves until interrupted."""
+    import os
+
+    from dataflare_platform.compliance.alert_receiver import (
+        TOKEN_FILE_ENV,
+        default_token_file,
+        receiver_for_home,
+    )
+    from dataflare_platform.home import ProjectHome
+    from dataflare_platform.secrets import SecretRef
+
+    root = ProjectHome.resolve(home).root
+    chosen = token_file or Path(os.environ.get(TOKEN_FILE_ENV) or default_token_file(root))
+    server = receiver_for_home(
+        root, SecretRef(file=chosen.absolute()), port=port, max_bytes=max_bytes
+    )
+    print_json({"url": server.url, "token_file": str(chosen.absolute())})
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server.server_close()

@@ -13,7 +13,7 @@ export UV_PROJECT_ENVIRONMENT := $(CURDIR)/$(VENV)
 export UV_PYTHON_DOWNLOADS := never
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: setup demo stream test test-fast ui bench bench-nexmark lint validate catalog-snapshot clean
+.PHONY: setup demo stream test test-fast ui observe bench bench-nexmark lint validate catalog-snapshot clean
 
 $(BIN)/uv:
 	$(PYTHON) -m venv $(VENV)
@@ -46,6 +46,12 @@ test-fast: setup
 
 ui: setup
 	$(BIN)/dataflare ui --workspace workspace.yaml
+
+# Prometheus + Alertmanager on loopback with deployments/observe (rules, consoles), the
+# metrics endpoint and the platform's alert receiver; data under the home's observe/.
+# Needs Debian's prometheus and prometheus-alertmanager (it says so when missing).
+observe: setup
+	$(BIN)/dataflare observe
 
 bench: setup
 	$(BIN)/dataflare bench datagen

@@ -25,6 +25,7 @@ from dataflare_platform.cli.keys import keys_app
 from dataflare_platform.cli.launch import launch
 from dataflare_platform.cli.metrics import metrics_app
 from dataflare_platform.cli.nexmark import nexmark_app
+from dataflare_platform.cli.observe import observe
 from dataflare_platform.cli.pipeline import pipeline_app, pipelines_app
 from dataflare_platform.cli.plugin import plugin_app
 from dataflare_platform.cli.quickstart import quickstart
@@ -109,6 +110,7 @@ app.add_typer(plugin_app, name="plugin")
 app.add_typer(users_app, name="users")
 app.add_typer(tokens_app, name="tokens")
 app.add_typer(alerts_app, name="alerts")
+app.command("observe")(observe)
 app.add_typer(audit_app, name="audit")
 app.add_typer(keys_app, name="keys")
 # Runs on a Dagster web server.

@@ -81,9 +81,14 @@ class Prometheus:
 
 @contextlib.contextmanager
 def running_prometheus(
-    workdir: Path, targets: list[str], extra_args: Sequence[str] = ()
+    workdir: Path,
+    targets: list[str],
+    extra_args: Sequence[str] = (),
+    extra_config: str = "",
 ) -> Iterator[Prometheus]:
-    """``extra_args``: more command-line flags (e.g. the console template directories)."""
+    """``extra_args``: more command-line flags (e.g. the console template directories);
+    ``extra_config``: more top-level YAML (``rule_files``, ``alerting``) for the alert
+    tests."""
     if not prometheus_available():
         pytest.fail(f"{PROMETHEUS} is missing: apt-get install prometheus")
     workdir.mkdir(parents=True, exist_ok=True)
@@ -91,7 +96,7 @@ def running_prometheus(
     config.write_text(
         "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\n"
         "scrape_configs:\n  - job_name: dataflare\n    static_configs:\n"
-        f"      - targets: {json.dumps(targets)}\n"
+        f"      - targets: {json.dumps(targets)}\n" + extra_config
     )
     port = free_port()
     log = (workdir / "prometheus.log").open("wb")

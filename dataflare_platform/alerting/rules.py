@@ -261,7 +261,7 @@ def _label_names(value: Any) -> Any:
     if isinstance(value, list):
         for name in value:
             if not isinstance(name, str) or not _LABEL_NAME.match(name):
-                raise ValueError(f"{name!r} is not a Prometheus label name")
+                raise InvalidInputError(f"{name!r} is not a Prometheus label name")
     return value
 
 

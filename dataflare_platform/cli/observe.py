@@ -79,7 +79,7 @@ def observe(
     The ports are those the shipped files name (Prometheus 9090, Alertmanager 9093,
     endpoint 9464, receiver 9465): edit deployments/observe to move them.
     Prometheus serves the console templates of deployments/observe/consoles at
-    http://127.0.0.1:9090/consoles/ ; alerts reach `dataflare alerts list`."""
+    http://127.0.0.1:9090/consoles/index.html ; alerts reach `dataflare alerts list`."""
     from dataflare_platform.home import HOME_ENV_VAR, ProjectHome
 
     prom, am = find_binaries()
@@ -187,7 +187,7 @@ def observe(
             {
                 "prometheus": f"http://{LOOPBACK}:{PROMETHEUS_PORT}",
                 "alertmanager": f"http://{LOOPBACK}:{ALERTMANAGER_PORT}",
-                "consoles": f"http://{LOOPBACK}:{PROMETHEUS_PORT}/consoles/",
+                "consoles": f"http://{LOOPBACK}:{PROMETHEUS_PORT}/consoles/index.html",
                 "logs": str(work),
             }
         )

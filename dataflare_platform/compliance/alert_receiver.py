@@ -306,6 +306,10 @@ def receiver_for_home(
             "alert rules", [(str(rules_path), "no alert rules file (see docs/governance.md)")]
         )
     rules = RuleSet.from_yaml(rules_path)
+    # Every received alert is audited: without the entry key each delivery would fail
+    # (503, retried forever), so a missing key fails the start with its own message.
+    with deployment_audit_log(home_root):
+        pass
     state = os.environ.get("DATAFLARE_ALERT_STATE_URL") or default_state_url(home_root)
     return AlertReceiver(
         lambda: AlertManager(rules, state),

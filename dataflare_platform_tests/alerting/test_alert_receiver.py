@@ -210,3 +210,9 @@ def test_prometheus_alert_rules_validate_their_label_names():
         RuleSet.load(
             {"rules": [{**rule, "group_by": ["bad-name"]}], "escalation_policies": policies}
         )
+
+
+def test_without_the_audit_entry_key_it_refuses_to_start(home, http_receiver, token_file):
+    (home.root / "alerts.yaml").write_text(RULES.format(hook=http_receiver.url("/h")))
+    with pytest.raises(ConfigError, match="entry key"):
+        receiver_for_home(home.root, SecretRef(file=token_file))

@@ -471,7 +471,12 @@ class _Run:
             pending.extend(item.ingest)
             if item.checkpoint is not None:
                 t0 = time.perf_counter()
-                self.sink.commit(item.checkpoint)
+                try:
+                    self.sink.commit(item.checkpoint)
+                except BaseException:
+                    if self.telemetry is not None:
+                        self.telemetry.checkpoint_failed("commit")
+                    raise
                 if self.telemetry is not None:
                     self.telemetry.committed(time.perf_counter() - t0)
                 self._committed(item.checkpoint)
@@ -576,7 +581,12 @@ class _Run:
             self.checkpointed_at = time.monotonic()
         if checkpoint and (self.sink.transactional or final):
             t0 = time.perf_counter()
-            cp = self.checkpoint()
+            try:
+                cp = self.checkpoint()
+            except BaseException:
+                if self.telemetry is not None:
+                    self.telemetry.checkpoint_failed("snapshot")
+                raise
             if self.telemetry is not None:
                 self.telemetry.checkpointed(cp, time.perf_counter() - t0)
             self.metrics.checkpoints += 1

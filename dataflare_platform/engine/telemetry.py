@@ -64,6 +64,7 @@ class EngineTelemetry:
             "dataflare_engine_idle_seconds_total",
             "dataflare_engine_backpressured_seconds_total",
             "dataflare_engine_checkpoints_total",
+            "dataflare_engine_checkpoint_failures_total",
             "dataflare_engine_checkpoint_duration_seconds",
             "dataflare_engine_checkpoint_state_bytes",
             "dataflare_sink_commit_seconds",
@@ -180,6 +181,10 @@ class EngineTelemetry:
         size = sum(t.nbytes for tables in checkpoint.states.values() for t in tables.values())
         self.m["dataflare_engine_checkpoint_state_bytes"].record(size, self.p)
         self.metrics.telemetry_s += time.perf_counter() - t0
+
+    def checkpoint_failed(self, phase: str) -> None:
+        """Counted at once (not at the next flush): the run is about to stop."""
+        self.m["dataflare_engine_checkpoint_failures_total"].record(1, (*self.p, phase))
 
     def committed(self, seconds: float) -> None:
         t0 = time.perf_counter()

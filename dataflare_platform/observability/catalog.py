@@ -180,6 +180,15 @@ METRICS: tuple[MetricSpec, ...] = (
         "numberOfCompletedCheckpoints",
     ),
     MetricSpec(
+        "dataflare_engine_checkpoint_failures_total",
+        "counter",
+        ("pipeline", "phase"),
+        "Checkpoints that failed: phase=snapshot (taking the operators' state) or commit"
+        " (the sink's transaction with the output). The run stops; its retry resumes from"
+        " the last checkpoint that committed.",
+        "numberOfFailedCheckpoints",
+    ),
+    MetricSpec(
         "dataflare_engine_checkpoint_duration_seconds",
         "histogram",
         P,

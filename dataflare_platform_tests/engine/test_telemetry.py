@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pyarrow as pa
+import pytest
 
 from dataflare_platform import observability
 from dataflare_platform.engine import CollectSink, Runner, RunnerConfig, TableSource
@@ -83,3 +84,36 @@ def test_metrics_off_cost_nothing_and_write_nothing(tmp_path, monkeypatch):
         assert not (tmp_path / "m").exists()
     finally:
         observability.configure(None)
+
+
+class _FailingCommitSink(CollectSink):
+    """Commits fine ``good`` times, then the sink's transaction fails (a full disk, a
+    dropped connection)."""
+
+    def __init__(self, good: int) -> None:
+        super().__init__()
+        self.good = good
+
+    def commit_batch(self, *args, **kwargs):
+        if self.good == 0:
+            raise OSError("disk full")
+        self.good -= 1
+        return super().commit_batch(*args, **kwargs)
+
+
+def test_a_failed_commit_is_counted_before_the_run_stops(metrics_dir):
+    source = TableSource.single("e", events(range(0, 10_000, 10)))
+    sink = _FailingCommitSink(good=2)
+    pipeline = windowed_count(source, sink)
+    with pytest.raises(OSError, match="disk full"):
+        Runner(pipeline, RunnerConfig(batch_rows=100, checkpoint_every=2)).run()
+    text = exposition(metrics_dir)
+    name = pipeline.name
+    assert (
+        value(text, "dataflare_engine_checkpoint_failures_total", pipeline=name, phase="commit")
+        == 1
+    )
+    assert (
+        value(text, "dataflare_engine_checkpoint_failures_total", pipeline=name, phase="snapshot")
+        is None
+    )

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import hmac
 import json
+import logging
 import os
 import threading
 from collections import Counter
@@ -36,6 +37,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from dataflare_platform.alerting import AlertEvent, AlertManager, PrometheusAlertRule
 from dataflare_platform.compliance.audit import AuditLog
 from dataflare_platform.errors import ConfigError
+from dataflare_platform.observability.counters import count
 from dataflare_platform.secrets import SecretRef
 
 LOOPBACK = "127.0.0.1"
@@ -44,6 +46,8 @@ MAX_BYTES = 256 * 1024
 ACTOR = "service:alertmanager"
 ACTION_RECEIVED = "alert_received"
 ACTION_REFUSED = "alert_webhook_refused"
+WEBHOOK_METRIC = "dataflare_alert_webhook_requests_total"
+_log = logging.getLogger(__name__)
 
 
 class _Payload(BaseModel):
@@ -181,10 +185,13 @@ class AlertReceiver:
         except Exception as err:  # the store or the audit log failed: Alertmanager retries
             with self._lock:
                 self.refused["error"] += 1
+            count(WEBHOOK_METRIC, ("error",))
+            _log.warning("alert receiver: could not take the alerts in (%s)", type(err).__name__)
             _reply(req, 503, {"error": type(err).__name__})
             return None
         with self._lock:
             self.accepted += 1
+        count(WEBHOOK_METRIC, ("accepted",))
         _reply(req, 200, outcome)
         return None
 
@@ -248,6 +255,7 @@ class AlertReceiver:
         """Count and audit a refused request (never the token or body), then answer."""
         with self._lock:
             self.refused[reason] += 1
+        count(WEBHOOK_METRIC, (reason,))
         try:
             with self._audit_factory() as audit:
                 audit.append(
@@ -256,8 +264,13 @@ class AlertReceiver:
                     "alert_receiver",
                     {"reason": reason, "http_status": status, **(details or {})},
                 )
-        except Exception:  # the refusal stands whatever the audit store does
-            pass
+        except Exception as err:  # the refusal stands whatever the audit store does
+            count(WEBHOOK_METRIC, ("audit_failed",))
+            _log.warning(
+                "alert receiver: the refusal (%s) could not be audited (%s)",
+                reason,
+                type(err).__name__,
+            )
         _reply(req, status, {"error": reason})
 
 

@@ -451,6 +451,15 @@ GOVERNANCE_METRICS: tuple[MetricSpec, ...] = (
         "Alert lifecycle events of the platform's alert manager: event fired (a new alert"
         " notified), repeated, escalated (next tier), acknowledged, resolved.",
     ),
+    MetricSpec(
+        "dataflare_alert_webhook_requests_total",
+        "counter",
+        ("outcome",),
+        "Requests to the Alertmanager receiver (`dataflare alerts receive`): outcome"
+        " accepted, error (the store failed: Alertmanager retries) or the refusal's reason"
+        " (token, path, method, length, size, schema); audit_failed counts refusals whose"
+        " audit entry could not be written.",
+    ),
 )
 
 FRESHNESS_METRICS: tuple[MetricSpec, ...] = (

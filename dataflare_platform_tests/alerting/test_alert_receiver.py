@@ -18,12 +18,18 @@ from dataflare_platform.alerting import AlertStore, default_state_url
 from dataflare_platform.compliance.alert_receiver import (
     ACTION_RECEIVED,
     ACTION_REFUSED,
+    WEBHOOK_METRIC,
     receiver_for_home,
 )
 from dataflare_platform.compliance.override_refusals import deployment_audit_log
 from dataflare_platform.errors import ConfigError
 from dataflare_platform.home import write_private
+from dataflare_platform.observability.prometheus import exposition
 from dataflare_platform.secrets import SecretRef
+from dataflare_platform_tests.observability.fixtures import metrics_dir
+from dataflare_platform_tests.observability.scrape import value
+
+__all__ = ["metrics_dir"]
 
 RULES = """
 channels:
@@ -75,8 +81,8 @@ def post(url: str, body: bytes | dict, token: str | None = TOKEN, **headers: str
     req.add_header("Content-Type", "application/json")
     if token is not None:
         req.add_header("Authorization", f"Bearer {token}")
-    for name, value in headers.items():
-        req.add_header(name, value)
+    for name, given in headers.items():
+        req.add_header(name, given)
     try:
         with urllib.request.urlopen(req, timeout=30) as resp:
             return resp.status, json.loads(resp.read())
@@ -142,8 +148,11 @@ def test_firing_then_resolved_goes_through_the_platforms_alerting_and_audit(
     assert receiver.accepted == 3 and not receiver.refused
 
 
-def test_refused_requests_are_audited_and_counted_never_with_the_token(audited_home, receiver):
+def test_refused_requests_are_audited_and_counted_never_with_the_token(
+    audited_home, receiver, metrics_dir
+):
     good = payload("firing", [alert("firing")])
+    assert post(receiver.url, good)[0] == 200
     assert post(receiver.url, good, token="wrong")[0] == 401
     assert post(receiver.url, good, token=None)[0] == 401
     assert post(receiver.url.replace("/alerts", "/other"), good)[0] == 404
@@ -153,6 +162,18 @@ def test_refused_requests_are_audited_and_counted_never_with_the_token(audited_h
     bad_alert = {**alert("firing"), "labels": {"daemon": "X"}}
     assert post(receiver.url, payload("firing", [bad_alert]))[0] == 400
     assert receiver.refused == {"token": 2, "path": 1, "size": 1, "schema": 3}
+    exported = {
+        outcome: value(exposition(metrics_dir), WEBHOOK_METRIC, outcome=outcome)
+        for outcome in ("accepted", "token", "path", "size", "schema", "audit_failed")
+    }
+    assert exported == {
+        "accepted": 1,
+        "token": 2,
+        "path": 1,
+        "size": 1,
+        "schema": 3,
+        "audit_failed": None,
+    }
     refused = _entries(audited_home, ACTION_REFUSED)
     assert [json.loads(e.details)["reason"] for e in refused] == [
         "token",
@@ -168,8 +189,27 @@ def test_refused_requests_are_audited_and_counted_never_with_the_token(audited_h
     text = json.dumps([e.details for e in refused])
     assert TOKEN not in text and "wrong" not in text
     store = AlertStore(default_state_url(audited_home.root))
-    assert store.alerts() == []  # nothing refused reached the alert state
+    assert [a.occurrences for a in store.alerts()] == [1]  # only the accepted one
     store.close()
+
+
+def test_a_refusal_whose_audit_entry_fails_still_refuses_and_is_counted(
+    receiver, metrics_dir, caplog
+):
+    """The audit store failing (disk full, locked) does not turn a refusal into an
+    acceptance; it is logged (the reason, never the token) and counted."""
+
+    def broken_audit():
+        raise OSError("disk full")
+
+    receiver._audit_factory = broken_audit
+    with caplog.at_level("WARNING"):
+        assert post(receiver.url, payload("firing", [alert("firing")]), token="wrong")[0] == 401
+    text = exposition(metrics_dir)
+    assert value(text, WEBHOOK_METRIC, outcome="token") == 1
+    assert value(text, WEBHOOK_METRIC, outcome="audit_failed") == 1
+    assert "the refusal (token) could not be audited (OSError)" in caplog.text
+    assert TOKEN not in caplog.text and "wrong" not in caplog.text
 
 
 def test_a_rules_file_without_a_prometheus_alert_rule_refuses_to_start(

@@ -3,10 +3,18 @@
 These commands work on the alert state alone (no rules file): an operator acknowledging
 at 3 a.m. should not need the deploy's configuration at hand. The current time is read
 here, at the edge; the alerting library itself only ever receives it.
+
+An acknowledgement stops escalation and a silence hides notifications, so both are
+audited (``alert_acknowledged``, ``alert_silenced``; actor ``system:cli``, with the
+``--by`` name as claimed and the operating-system user who ran the command). The audit
+log is opened before anything changes: without the home's audit keys nothing is done.
 """
 
 from __future__ import annotations
 
+import contextlib
+import getpass
+import os
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
@@ -34,6 +42,27 @@ StateOption = Annotated[
     typer.Option("--state-url", help="SQLAlchemy URL (default: sqlite:///<home>/alerts.db)."),
 ]
 ByOption = Annotated[str, typer.Option("--by", help="Who is doing this (recorded).")]
+
+
+CLI_ACTOR = "system:cli"
+
+
+def _os_user() -> str:
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):  # no passwd entry (a container's arbitrary uid)
+        return f"uid:{os.getuid()}"
+
+
+@contextlib.contextmanager
+def _audited(home: Path | None):
+    """The deployment's audit log (``$DATAFLARE_AUDIT_URL`` or the home's), opened (keys
+    checked) before the change is made."""
+    from dataflare_platform.compliance.override_refusals import deployment_audit_log
+    from dataflare_platform.home import ProjectHome
+
+    with deployment_audit_log(ProjectHome.resolve(home).root) as log:
+        yield log
 
 
 def _store(home: Path | None, state_url: str | None) -> AlertStore:
@@ -90,8 +119,15 @@ def ack_alert(
     home: HomeOption = None,
     state_url: StateOption = None,
 ) -> None:
-    """Acknowledge an alert: its escalation and repeat notifications stop."""
-    alert = _store(home, state_url).acknowledge(ref, by, datetime.now(UTC), note)
+    """Acknowledge an alert: its escalation and repeat notifications stop (audited)."""
+    with _audited(home) as audit:
+        alert = _store(home, state_url).acknowledge(ref, by, datetime.now(UTC), note)
+        audit.append(
+            CLI_ACTOR,
+            "alert_acknowledged",
+            f"alert:{alert.fingerprint}",
+            {"id": alert.id, "by": by, "os_user": _os_user(), "note": note},
+        )
     print_json({"id": alert.id, "fingerprint": alert.fingerprint, "status": alert.status})
 
 
@@ -115,7 +151,21 @@ def silence_rule(
     except ValueError as err:
         raise ConfigError("--for", [("--for", str(err))]) from None
     now = datetime.now(UTC)
-    silence = _store(home, state_url).silence(rule, now + length, by, reason, now, group)
+    with _audited(home) as audit:
+        silence = _store(home, state_url).silence(rule, now + length, by, reason, now, group)
+        audit.append(
+            CLI_ACTOR,
+            "alert_silenced",
+            f"rule:{silence.rule}",
+            {
+                "silence": silence.id,
+                "group": silence.group_key,
+                "expires_at": silence.expires_at.isoformat(),
+                "by": by,
+                "os_user": _os_user(),
+                "reason": reason,
+            },
+        )
     print_json(
         {
             "silence": silence.id,

@@ -10,6 +10,7 @@ from typer.testing import CliRunner
 from dataflare_platform.alerting import AlertEvent, AlertManager, AlertStore, RuleSet
 from dataflare_platform.alerting.state import default_state_url
 from dataflare_platform.cli.alerts import alerts_app
+from dataflare_platform.compliance.override_refusals import deployment_audit_log
 from dataflare_platform.home import ProjectHome
 
 RULES = """
@@ -31,7 +32,8 @@ def _fire(home: ProjectHome, http_receiver) -> AlertManager:
     return manager
 
 
-def test_list_ack_and_silence(home: ProjectHome, http_receiver):
+def test_list_ack_and_silence(audited_home: ProjectHome, http_receiver):
+    home = audited_home
     manager = _fire(home, http_receiver)
     runner = CliRunner()
 
@@ -70,10 +72,29 @@ def test_list_ack_and_silence(home: ProjectHome, http_receiver):
     )
     assert silence.expires_at - silence.created_at == timedelta(hours=2)
     manager.close()
+    with deployment_audit_log(home.root) as log:
+        entries = {e.action: e for e in log.tail(100)}
+    acked_entry, silenced_entry = entries["alert_acknowledged"], entries["alert_silenced"]
+    assert (acked_entry.actor, acked_entry.subject) == ("system:cli", "alert:job_failed[job=daily]")
+    assert json.loads(acked_entry.details)["by"] == "ana"
+    assert json.loads(acked_entry.details)["os_user"]
+    assert json.loads(silenced_entry.details)["reason"] == "maintenance"
+    assert silenced_entry.subject == "rule:job_failed"
 
 
-def test_errors_are_reported(home: ProjectHome, http_receiver):
-    _fire(home, http_receiver).close()
+def test_without_audit_keys_nothing_is_acknowledged(home: ProjectHome, http_receiver):
+    """An acknowledgement stops escalation: one that cannot be audited is not made."""
+    manager = _fire(home, http_receiver)
+    [alert] = AlertStore(default_state_url(home.root)).alerts()
+    result = CliRunner().invoke(alerts_app, ["ack", str(alert.id), "--by", "ana"])
+    assert result.exit_code == 2, result.output
+    assert "audit" in result.output
+    assert manager.alert(alert.id).status == "firing"
+    manager.close()
+
+
+def test_errors_are_reported(audited_home: ProjectHome, http_receiver):
+    _fire(audited_home, http_receiver).close()
     runner = CliRunner()
     missing = runner.invoke(alerts_app, ["ack", "nope", "--by", "ana"])
     assert missing.exit_code == 2 and "no alert 'nope'" in missing.output

@@ -203,16 +203,28 @@ def alerting_definitions(interval_s: int) -> dg.Definitions:
 def acknowledge_alert(
     context: dg.OpExecutionContext, config: AcknowledgeConfig, governance: GovernanceResource
 ) -> None:
+    from dataflare_platform.compliance.override_refusals import actor_from_tags
+
     manager = governance.alert_manager()
     if manager is None:
         raise dg.Failure(str(_no_rules(governance).skip_message))
+    # The acknowledgement stops escalation: audited under the run's authenticated
+    # principal (the run coordinator's tag), with ``by`` as claimed; the log is opened
+    # (keys checked) before anything changes.
     try:
-        alert = manager.acknowledge(
-            int(config.alert) if config.alert.isdigit() else config.alert,
-            config.by,
-            datetime.now(UTC),
-            config.note,
-        )
+        with governance.audit_log() as audit:
+            alert = manager.acknowledge(
+                int(config.alert) if config.alert.isdigit() else config.alert,
+                config.by,
+                datetime.now(UTC),
+                config.note,
+            )
+            audit.append(
+                actor_from_tags(context.run.tags),
+                "alert_acknowledged",
+                f"alert:{alert.fingerprint}",
+                {"id": alert.id, "by": config.by, "note": config.note, "run": context.run_id},
+            )
     finally:
         manager.close()
     context.log.info(f"acknowledged {alert.fingerprint} (tier {alert.tier}) by {config.by}")

@@ -3,10 +3,12 @@ check in a run that succeeded reaches the webhook, a repeat is de-duplicated, sc
 ticks (with a controlled clock) escalate to e-mail, acknowledging through the job stops
 escalation, and a silenced rule sends nothing."""
 
+import json
 from datetime import UTC, datetime, timedelta
 
 import dagster as dg
 
+from dataflare_platform.access.principal import PRINCIPAL_TAG
 from dataflare_platform.alerting import AlertStore, default_state_url
 from dataflare_platform.defs.governance.alerts import acknowledge_job, alerting_definitions
 from dataflare_platform.defs.governance.resources import GovernanceResource
@@ -123,6 +125,8 @@ def test_acknowledging_through_the_job_stops_escalation(
         run_config={
             "ops": {"acknowledge_alert": {"config": {"alert": body["fingerprint"], "by": "ann"}}}
         },
+        # What the run coordinator writes for a launch through the access-control front.
+        tags={PRINCIPAL_TAG: "user:ann"},
     )
     assert ack.success
     schedule_tick(defs, instance, datetime.now(UTC) + timedelta(minutes=30))
@@ -130,6 +134,11 @@ def test_acknowledging_through_the_job_stops_escalation(
     with store(home) as alerts:
         (alert,) = alerts.alerts()
         assert alert.status == "acknowledged" and alert.acknowledged_by == "ann"
+    # Stopping an escalation is audited under the run's principal, not the claimed name.
+    with resources["governance"].audit_log() as log:
+        (entry,) = [e for e in log.tail(100) if e.action == "alert_acknowledged"]
+    assert (entry.actor, entry.subject) == ("user:ann", f"alert:{body['fingerprint']}")
+    assert json.loads(entry.details)["run"] == ack.run_id
 
 
 def silence_metrics(home, resources) -> None:

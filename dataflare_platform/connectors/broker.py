@@ -34,6 +34,12 @@ from dataflare_platform.events.codec import (
     encode_arrow,
     encode_json,
 )
+from dataflare_platform.events.schema_policy import (
+    DEFAULT_SCHEMA_POLICY,
+    MessageSchemaPolicy,
+    decode_json_records,
+    mismatch,
+)
 from dataflare_platform.models import StrictModel
 
 Format = Literal["json", "arrow"]
@@ -66,6 +72,11 @@ class StreamSettings(BrokerSettings):
     format: Format = "json"
     batch_rows: PositiveInt = Field(4096, description="Rows per arrow message")
     fetch_messages: PositiveInt = Field(5000, description="Messages per read")
+    on_schema_mismatch: MessageSchemaPolicy = Field(
+        DEFAULT_SCHEMA_POLICY,
+        description="A message with unknown or missing fields: dead_letter it (default),"
+        " or allow_extra (ignore unknown fields; a missing one is still dead-lettered)",
+    )
 
 
 @dataclass
@@ -132,6 +143,8 @@ class MessageCodec:
     schema: pa.Schema
     batch_rows: int = 4096  # rows per arrow message
     max_message_bytes: int = 1 << 20  # arrow batches larger than this are split
+    # Unknown or missing fields (see ``events.schema_policy``): never silent nulls.
+    on_schema_mismatch: str = DEFAULT_SCHEMA_POLICY
 
     def __post_init__(self) -> None:
         self._json = JsonDecoder(self.schema)
@@ -162,11 +175,17 @@ class MessageCodec:
         """Good rows and dead letters; ``Decoded.offsets`` gives each good row its
         message's offset (arrow: every row of a message shares it)."""
         if self.format == "json":
-            return self._json.decode(payloads, offsets, source, partition)
+            return decode_json_records(
+                self._json, payloads, offsets, source, partition, self.on_schema_mismatch
+            )
         tables: list[pa.Table] = []
         good_offsets: list[int] = []
         bad: list[tuple[int, str, bytes]] = []
         for payload, offset in zip(payloads, offsets, strict=True):
+            problem = self._arrow_mismatch(payload)
+            if problem is not None:
+                bad.append((offset, problem, payload))
+                continue
             try:
                 table = decode_arrow(payload, self.schema)
             except ValueError as err:
@@ -183,6 +202,21 @@ class MessageCodec:
             [b[2] for b in bad],
         )
         return Decoded(table, dead, good_offsets)
+
+    def _arrow_mismatch(self, payload: bytes) -> str | None:
+        columns = _stream_columns(payload)
+        if columns is None:
+            return None
+        return mismatch(columns, self.schema, self.on_schema_mismatch)
+
+
+def _stream_columns(payload: bytes) -> list[str] | None:
+    """The column names an Arrow IPC stream declares, or None if it is not one (the
+    decoder then says why)."""
+    try:
+        return pa.ipc.open_stream(pa.py_buffer(payload)).schema.names
+    except (pa.ArrowException, OSError, ValueError):  # ValueError: names not UTF-8
+        return None
 
 
 def concat_dead(tables: Sequence[pa.Table]) -> pa.Table:

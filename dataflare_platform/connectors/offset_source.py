@@ -388,6 +388,7 @@ class StreamSource(OffsetSource):
             bounded=bounded,
         )
         self.codec.batch_rows = settings.batch_rows
+        self.codec.on_schema_mismatch = settings.on_schema_mismatch
         self.settings = settings
         self._connect()
 

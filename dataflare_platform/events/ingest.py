@@ -19,6 +19,11 @@ from dataflare_platform.errors import InvalidInputError
 from dataflare_platform.events.codec import DEFAULT_MAX_PAYLOAD_BYTES, JsonDecoder
 from dataflare_platform.events.deadletter import DeadLetters, Decoder, decode_for_topic
 from dataflare_platform.events.log import EventLog, Topic
+from dataflare_platform.events.schema_policy import (
+    DEFAULT_SCHEMA_POLICY,
+    MessageSchemaPolicy,
+    PolicyJsonDecoder,
+)
 
 
 @dataclass(frozen=True)
@@ -47,6 +52,7 @@ def ingest_payloads(
     decoder: Decoder | None = None,
     to_partition: int | None = None,
     max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES,
+    on_schema_mismatch: MessageSchemaPolicy = DEFAULT_SCHEMA_POLICY,
 ) -> IngestResult:
     """Decode JSON ``payloads`` into ``topic`` (which must exist: its schema is the
     contract) and dead-letter the rest into ``<topic>.dlq``.
@@ -56,7 +62,10 @@ def ingest_payloads(
     on each dead letter so that it can be traced. ``offsets`` defaults to positions in
     ``payloads``; ``source`` to the topic's name. Rows go to ``to_partition`` of the
     topic, else by its key or in turn. ``decoder`` replaces the JSON decoder (an Arrow
-    one, a JSON decoder with other limits).
+    one, a JSON decoder with other limits). The default JSON decoder follows
+    ``on_schema_mismatch`` (``events.schema_policy``): a record with an unknown or a
+    missing field is dead-lettered naming the fields (``allow_extra``: unknown ones are
+    ignored), never appended with a silently null column.
     """
     target = topic if isinstance(topic, Topic) else log.topic(topic)
     if target.config.transactional:
@@ -69,7 +78,13 @@ def ingest_payloads(
     elif len(offsets) != len(payloads):
         raise ValueError(f"{len(offsets)} offsets for {len(payloads)} payloads")
     if decoder is None:
-        decoder = JsonDecoder(target.schema, max_payload_bytes=max_payload_bytes)
+        if on_schema_mismatch not in ("dead_letter", "allow_extra"):
+            raise InvalidInputError(
+                f"on_schema_mismatch: {on_schema_mismatch!r} is not dead_letter or allow_extra"
+            )
+        decoder = PolicyJsonDecoder(
+            JsonDecoder(target.schema, max_payload_bytes=max_payload_bytes), on_schema_mismatch
+        )
     decoded = decode_for_topic(
         target, decoder, payloads, offsets, source or target.name, str(partition)
     )

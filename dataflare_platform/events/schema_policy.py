@@ -12,6 +12,10 @@ nulls and drop an unknown one, so ``{"pirce": 3}`` would land as a row with a nu
   field is still dead-lettered.
 
 A field present with ``null`` is not missing.
+
+Message streams (NATS, Redis Streams and ``ingest_payloads``) take the same
+``on_schema_mismatch`` setting; a message is its own unit there, so only ``dead_letter``
+and ``allow_extra`` apply (``refuse_file`` is refused at load: there is no file to refuse).
 """
 
 from __future__ import annotations
@@ -21,10 +25,15 @@ from collections.abc import Iterable, Sequence
 from typing import Literal
 
 import pyarrow as pa
+import pyarrow.compute as pc
+
+from dataflare_platform.events.codec import Decoded, JsonDecoder, dead_letters
 
 SchemaPolicy = Literal["dead_letter", "refuse_file", "allow_extra"]
 SCHEMA_POLICIES: tuple[str, ...] = ("dead_letter", "refuse_file", "allow_extra")
 DEFAULT_SCHEMA_POLICY: SchemaPolicy = "dead_letter"
+# What a message stream accepts: each message is dead-lettered on its own.
+MessageSchemaPolicy = Literal["dead_letter", "allow_extra"]
 
 
 def mismatch(
@@ -70,3 +79,52 @@ def split_records(
         if reason is not None:
             bad[i] = reason
     return bad
+
+
+def decode_json_records(
+    decoder: JsonDecoder,
+    payloads: Sequence[bytes],
+    offsets: Sequence[int],
+    source: str,
+    partition: str,
+    policy: str = DEFAULT_SCHEMA_POLICY,
+) -> Decoded:
+    """``decoder.decode`` with ``policy`` applied first: JSON records whose keys do not
+    fit the decoder's schema become dead letters naming the fields (the decoder alone
+    would turn a misspelled field into a null column). Every payload is still exactly one
+    good row or one dead letter; dead letters come back in offset order (a stable sort)."""
+    mismatched = split_records(payloads, decoder.schema, policy, decoder.max_payload_bytes)
+    if not mismatched:
+        return decoder.decode(payloads, offsets, source, partition)
+    keep = [i for i in range(len(payloads)) if i not in mismatched]
+    decoded = decoder.decode(
+        [payloads[i] for i in keep], [offsets[i] for i in keep], source, partition
+    )
+    bad = sorted(mismatched)
+    extra = dead_letters(
+        source,
+        partition,
+        [offsets[i] for i in bad],
+        [mismatched[i] for i in bad],
+        [payloads[i] for i in bad],
+    )
+    dead = pa.concat_tables([decoded.dead, extra])
+    return Decoded(
+        decoded.table, dead.take(pc.sort_indices(dead.column("offset"))), decoded.offsets
+    )
+
+
+class PolicyJsonDecoder:
+    """A ``JsonDecoder`` that applies ``policy`` first (see :func:`decode_json_records`):
+    what ``ingest_payloads`` and re-drives use, so no way into a topic turns a
+    misspelled field into a null column."""
+
+    def __init__(self, decoder: JsonDecoder, policy: str = DEFAULT_SCHEMA_POLICY) -> None:
+        self.decoder = decoder
+        self.schema = decoder.schema
+        self.policy = policy
+
+    def decode(
+        self, payloads: Sequence[bytes], offsets: Sequence[int], source: str, partition: str = "0"
+    ) -> Decoded:
+        return decode_json_records(self.decoder, payloads, offsets, source, partition, self.policy)

@@ -355,7 +355,12 @@ class NatsConsumer:
 
     def __init__(self, settings: NatsSettings, schema: pa.Schema) -> None:
         self.settings = settings
-        self.codec = MessageCodec(settings.format, schema, settings.batch_rows)
+        self.codec = MessageCodec(
+            settings.format,
+            schema,
+            settings.batch_rows,
+            on_schema_mismatch=settings.on_schema_mismatch,
+        )
         self._metrics = for_connector("nats", settings.stream)
         self._session = NatsSession(settings)
         try:

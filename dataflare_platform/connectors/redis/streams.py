@@ -420,7 +420,12 @@ class RedisConsumer:
 
     def __init__(self, settings: RedisSettings, schema: pa.Schema) -> None:
         self.settings = settings
-        self.codec = MessageCodec(settings.format, schema, settings.batch_rows)
+        self.codec = MessageCodec(
+            settings.format,
+            schema,
+            settings.batch_rows,
+            on_schema_mismatch=settings.on_schema_mismatch,
+        )
         self._client = connect(settings)
         self._read = self._client.register_script(READ_SCRIPT)
         self._ack = self._client.register_script(ACK_SCRIPT)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import io
 import os
 import re
+import stat
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -91,7 +92,11 @@ class Segment:
         and its offsets instead of reaching the Arrow decoder, whose errors on damaged
         bytes are unpredictable (IndexError, a Rust panic in Polars). Raises
         ``FileNotFoundError`` if the file is gone."""
-        st = self.path.stat()
+        st = self.path.lstat()
+        if not stat.S_ISREG(st.st_mode):
+            # A FIFO would block the open forever, a directory fails inside Arrow, and a
+            # link would read whatever it points to: none of them is a segment we wrote.
+            raise SegmentDamagedError(self, f"not a regular file ({_file_kind(st.st_mode)})")
         key = (st.st_ino, st.st_size, st.st_mtime_ns)
         known = _VERIFIED.get(str(self.path)) == key
         with pa.memory_map(str(self.path)) as source:
@@ -109,6 +114,20 @@ class Segment:
         if not known:
             _VERIFIED[str(self.path)] = key
         return table
+
+
+def _file_kind(mode: int) -> str:
+    for test, kind in (
+        (stat.S_ISLNK, "a symbolic link"),
+        (stat.S_ISDIR, "a directory"),
+        (stat.S_ISFIFO, "a FIFO"),
+        (stat.S_ISSOCK, "a socket"),
+        (stat.S_ISCHR, "a character device"),
+        (stat.S_ISBLK, "a block device"),
+    ):
+        if test(mode):
+            return kind
+    return "not a file"
 
 
 class SegmentDamagedError(DataflareError):

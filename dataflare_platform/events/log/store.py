@@ -76,7 +76,13 @@ class EventLog:
         if not re.match(TOPIC_NAME, name) or not self.exists(name):
             raise TopicNotFoundError(name)
         path = self.root / name / TOPIC_FILE
-        config = TopicConfig.validated(json.loads(path.read_text()), str(path))
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, UnicodeDecodeError, ValueError, RecursionError) as err:
+            # An empty, torn or edited topic.json: name it instead of a parser traceback.
+            reason = f"{path}: not readable JSON ({type(err).__name__}: {err})"
+            raise ConfigError(f"topic {name!r}", [("<file>", reason)]) from None
+        config = TopicConfig.validated(data, str(path))
         topic = Topic(self.root, config)
         topic.recover()
         self._open[name] = topic

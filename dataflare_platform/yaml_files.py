@@ -7,7 +7,9 @@ A document is also bounded before a model sees it: nesting at most ``MAX_DEPTH``
 YAML parser recurses per level: about 1000 levels of ``[[[...]]]`` raised a
 ``RecursionError``), and at most ``MAX_VALUES`` values counted with aliases expanded (a
 few lines of ``&a [*b, *b, ...]`` anchors stand for billions of values that validation
-would walk one by one)."""
+would walk one by one). A key given twice in one mapping is refused naming it and its
+line (YAML's loader silently keeps the last: a second ``steps:`` block would replace the
+first without a word); a ``<<`` merge may still be overridden, as YAML intends."""
 
 from __future__ import annotations
 
@@ -20,13 +22,47 @@ from dataflare_platform.errors import ConfigError
 
 MAX_DEPTH = 64
 MAX_VALUES = 100_000
+_MERGE_TAG = "tag:yaml.org,2002:merge"
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that refuses a key given twice in the same mapping."""
+
+    def construct_mapping(self, node: yaml.Node, deep: bool = False) -> dict[Any, Any]:
+        if isinstance(node, yaml.MappingNode):
+            seen: set[Any] = set()
+            for key_node, _ in node.value:
+                if key_node.tag == _MERGE_TAG:
+                    continue
+                key = self.construct_object(key_node, deep=True)
+                try:
+                    duplicate = key in seen
+                except TypeError:
+                    continue  # unhashable: the base loader refuses it with its own reason
+                if duplicate:
+                    raise yaml.constructor.ConstructorError(
+                        "while constructing a mapping",
+                        node.start_mark,
+                        f"found duplicate key {key!r}",
+                        key_node.start_mark,
+                    )
+                seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
+def _load(text: str) -> Any:
+    return yaml.load(text, Loader=_UniqueKeyLoader)  # a SafeLoader subclass
+
+
+def _load_all(text: str) -> list[Any]:
+    return list(yaml.load_all(text, Loader=_UniqueKeyLoader))
 
 
 def load_yaml_mapping(path: Path | str, what: str) -> dict[str, Any]:
     """The mapping a YAML file holds (an empty file is an empty mapping: the model then
     names the fields it misses). ``what`` says what the file is, for the error."""
     try:
-        data = yaml.safe_load(Path(path).read_text())
+        data = _load(Path(path).read_text())
     except (OSError, yaml.YAMLError, UnicodeDecodeError) as err:
         raise ConfigError(what, [("<file>", f"{path}: {err}")]) from None
     except RecursionError:
@@ -37,7 +73,7 @@ def load_yaml_mapping(path: Path | str, what: str) -> dict[str, Any]:
 def load_yaml_documents(path: Path | str, what: str) -> list[Any]:
     """Every document of a multi-document YAML file (``---`` between them), as parsed."""
     try:
-        documents = list(yaml.safe_load_all(Path(path).read_text()))
+        documents = _load_all(Path(path).read_text())
     except (OSError, yaml.YAMLError, UnicodeDecodeError) as err:
         raise ConfigError(what, [("<file>", f"{path}: {err}")]) from None
     except RecursionError:
@@ -49,7 +85,7 @@ def load_yaml_documents(path: Path | str, what: str) -> list[Any]:
 def parse_yaml_mapping(text: str, what: str) -> dict[str, Any]:
     """The mapping a YAML document holds (text from an API or a test, not a file)."""
     try:
-        data = yaml.safe_load(text)
+        data = _load(text)
     except yaml.YAMLError as err:
         raise ConfigError(what, [("<file>", str(err))]) from None
     except RecursionError:

@@ -70,3 +70,32 @@ def test_deep_and_alias_bomb_documents_are_refused(tmp_path: Path, text, field, 
         with pytest.raises(ConfigError) as err:
             load()
         assert err.value.fields == [field] and message in str(err.value)
+
+
+@pytest.mark.parametrize(
+    ("text", "key"),
+    [
+        ("steps: [a]\nname: p\nsteps: [b]\n", "steps"),  # the first block silently lost
+        ("sources:\n  bids: {kind: nats}\n  bids: {kind: redis}\n", "bids"),
+        ("a: {x: 1, x: 2}\n", "x"),
+        ("1: a\n1: b\n", "1"),
+    ],
+)
+def test_a_duplicate_key_is_refused_naming_it_and_its_line(tmp_path: Path, text, key):
+    """YAML's loader keeps the last of two equal keys without a word: a pipeline with
+    two ``steps:`` blocks ran only the second."""
+    path = tmp_path / "dup.yaml"
+    path.write_text(text)
+    for load in (lambda: load_yaml_mapping(path, "spec"), lambda: parse_yaml_mapping(text, "spec")):
+        with pytest.raises(ConfigError) as err:
+            load()
+        assert err.value.fields == ["<file>"]
+        assert f"duplicate key {key!r}" in str(err.value) or f"duplicate key {int(key)}" in str(
+            err.value
+        )
+        assert "line" in str(err.value)
+
+
+def test_merge_keys_may_still_be_overridden():
+    text = "base: &b {x: 1, y: 2}\nderived:\n  <<: *b\n  x: 3\n"
+    assert parse_yaml_mapping(text, "spec")["derived"] == {"x": 3, "y": 2}

@@ -535,6 +535,7 @@ def inspect(plugin: PluginArgument, plugin_dir: DirOption = None) -> None:
                 "shape": {
                     "bytes": shape.size,
                     "functions": shape.functions,
+                    "globals": shape.globals,
                     "max_locals": shape.max_locals,
                     "max_body_bytes": shape.max_body_bytes,
                 },

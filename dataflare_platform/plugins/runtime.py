@@ -537,7 +537,9 @@ class _Instance:
         self._store = store
         self._memory = None
         self._mem_len = -1
-        self._phase: str | None = "instantiation (the module's start function)"
+        self._phase: str | None = (
+            "instantiation (data and element segments, then the module's start function)"
+        )
         self._arm()
         try:
             with plugin._link_lock:  # instantiation is rare: keep the linker single-user

@@ -104,6 +104,15 @@ def test_load_errors_name_the_phase(cache_dir):
     assert err.value.kind == "trap" and "at load, in dataflare_init" in err.value.detail
 
 
+def test_a_data_segment_past_the_memory_is_not_blamed_on_a_start_function(cache_dir):
+    """A module without a start function whose data segment does not fit its memory was
+    reported as failing "in the module's start function"."""
+    too_big = '(data (i32.const 131000) "' + "x" * 200 + '")'  # memory is 2 pages
+    with pytest.raises(PluginError) as err:
+        Plugin(MANIFEST, module(imports=too_big), limits=LIMITS, cache_dir=cache_dir)
+    assert err.value.kind == "trap" and "data and element segments" in err.value.detail
+
+
 def test_trap_reasons_are_one_line_without_wasmtime_indentation(cache_dir):
     plugin = Plugin(MANIFEST, module(), limits=LIMITS, cache_dir=cache_dir)
     with pytest.raises(PluginError) as err:

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import Field, model_validator
+from pydantic import AfterValidator, Field, model_validator
 
 from dataflare_platform.errors import ConfigError
 from dataflare_platform.models import StrictModel
@@ -30,8 +30,38 @@ _PY_TYPES: dict[str, tuple[type, ...]] = {
 }
 
 
+def _printable(value: str) -> str:
+    """No control, format or separator characters (NUL, newlines, terminal escapes,
+    bidi overrides): manifest text reaches logs, ``plugin inspect``, DataFrames and SQL
+    sinks, where such characters hide or forge what is shown. Spaces are fine."""
+    bad = next((c for c in value if not c.isprintable()), None)
+    if bad is not None:
+        raise ValueError(f"holds the non-printable character {bad!r}")
+    return value
+
+
+def _printable_text(value: str) -> str:
+    """As :func:`_printable`, but a description may span lines."""
+    _printable(value.replace("\n", " ").replace("\t", " "))
+    return value
+
+
+# A column name: printable, at most 128 characters (SQL sinks' limit; longer names
+# are truncated silently by some engines).
+ColumnName = Annotated[str, Field(min_length=1, max_length=128), AfterValidator(_printable)]
+ShortText = Annotated[str, Field(min_length=1, max_length=200), AfterValidator(_printable)]
+
+
+def _unique_columns(columns: list[ColumnSpec]) -> list[ColumnSpec]:
+    names = [c.name for c in columns]
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise ValueError(f"column(s) {twice} declared more than once")
+    return columns
+
+
 class ColumnSpec(StrictModel):
-    name: str = Field(min_length=1)
+    name: ColumnName
     type: ColumnType
 
 
@@ -50,15 +80,17 @@ class ParamSpec(StrictModel):
 
 class Manifest(StrictModel):
     abi_version: int
-    name: str = Field(pattern=r"^[a-z][a-z0-9_\-]*$")
-    version: str = Field(pattern=r"^\d+\.\d+\.\d+([-+][0-9A-Za-z.\-]+)?$")
+    name: str = Field(pattern=r"^[a-z][a-z0-9_\-]*$", max_length=64)
+    version: str = Field(pattern=r"^\d+\.\d+\.\d+([-+][0-9A-Za-z.\-]+)?$", max_length=64)
     kind: Literal["map", "filter", "aggregate"]
-    description: str = ""
-    input: list[ColumnSpec] = Field(min_length=1)
-    output: list[ColumnSpec] = Field(default_factory=list)
+    description: Annotated[str, Field(max_length=4096), AfterValidator(_printable_text)] = ""
+    input: Annotated[list[ColumnSpec], Field(min_length=1), AfterValidator(_unique_columns)]
+    output: Annotated[list[ColumnSpec], AfterValidator(_unique_columns)] = Field(
+        default_factory=list
+    )
     params: list[ParamSpec] = Field(default_factory=list)
-    capabilities: list[str] = Field(default_factory=list)
-    license: str = Field(min_length=1)
+    capabilities: list[ShortText] = Field(default_factory=list)
+    license: ShortText
     state_bytes: int = Field(default=0, ge=0, le=MAX_STATE_BYTES)  # aggregate only
     max_output_rows: int = Field(default=1, ge=1, le=1_000_000)  # aggregate only
 

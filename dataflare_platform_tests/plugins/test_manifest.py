@@ -62,3 +62,60 @@ def test_any_bytes_are_a_manifest_or_a_config_error(data):
         parse_manifest(data, "junk.json")
     except ConfigError as err:
         assert "junk.json" in str(err)
+
+
+_BASE = {
+    "abi_version": 1,
+    "name": "hostile",
+    "version": "0.0.1",
+    "kind": "map",
+    "input": [{"name": "x", "type": "int64"}],
+    "output": [{"name": "y", "type": "int64"}],
+    "license": "MIT",
+}
+
+
+@pytest.mark.parametrize(
+    ("change", "field"),
+    [
+        ({"input": [{"name": "a\nb", "type": "int64"}]}, "input.0.name"),
+        ({"input": [{"name": "a\x00b", "type": "int64"}]}, "input.0.name"),
+        ({"output": [{"name": "y\x1b[2J", "type": "int64"}]}, "output.0.name"),
+        ({"output": [{"name": "y" * 5000, "type": "int64"}]}, "output.0.name"),
+        ({"input": [{"name": "x", "type": "int64"}, {"name": "x", "type": "int32"}]}, "input"),
+        ({"output": [{"name": "y", "type": "int64"}, {"name": "y", "type": "int64"}]}, "output"),
+        ({"name": "a" * 10_000}, "name"),
+        ({"license": "MIT\x1b[31m"}, "license"),
+        ({"description": "ok\x00\x1b]0;pwned\x07"}, "description"),
+        ({"capabilities": ["log\n"]}, "capabilities.0"),
+    ],
+)
+def test_control_characters_long_and_duplicate_names_are_refused_naming_the_field(change, field):
+    """Column names with NUL, newlines or terminal escapes, 5 000-character names and a
+    column declared twice were accepted: they reach DataFrames, logs, ``plugin inspect``
+    output and SQL sinks."""
+    with pytest.raises(ConfigError) as err:
+        Manifest.validated({**_BASE, **change}, "manifest")
+    assert field in err.value.fields
+
+
+def test_unicode_column_names_without_control_characters_still_load():
+    manifest = Manifest.validated(
+        {**_BASE, "output": [{"name": "prïce_€", "type": "int64"}]}, "manifest"
+    )
+    assert manifest.output[0].name == "prïce_€"
+
+
+@settings(max_examples=200, deadline=None)
+@given(name=st.text(min_size=1, max_size=300))
+@pytest.mark.fuzz
+def test_any_column_name_is_kept_verbatim_or_refused_with_a_config_error(name):
+    try:
+        manifest = Manifest.validated(
+            {**_BASE, "output": [{"name": name, "type": "int64"}]}, "manifest"
+        )
+    except ConfigError as err:
+        assert err.fields  # a field is named
+        return
+    assert manifest.output[0].name == name
+    assert name.isprintable() and len(name) <= 128

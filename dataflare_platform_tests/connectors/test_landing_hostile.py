@@ -178,3 +178,62 @@ def test_random_column_sets_and_names_never_yield_silent_nulls(columns, rows, fm
         if got.num_rows:
             assert covers and (exact or policy == "allow_extra")
         source.close()
+
+
+def test_a_gzip_bomb_is_refused_by_max_file_bytes_not_inflated(tmp_path):
+    """2 MB of gzip inflating to 2 GiB of newlines took 18 GB of memory and four minutes
+    (then ingested nothing, with no dead letter). Inflation now stops at max_file_bytes
+    (here 1 MiB, and the bomb 64 MiB, so that the test is cheap)."""
+    import gzip
+
+    d = tmp_path / "landing"
+    d.mkdir()
+    (d / "bomb.ndjson.gz").write_bytes(gzip.compress(b"\n" * (64 << 20), compresslevel=9))
+    good = b'{"auction": 1, "bidder": 2, "price": 3, "date_time": "2026-01-01 00:00:00"}\n'
+    (d / "good.ndjson.gz").write_bytes(gzip.compress(good))
+    source = _source(d, max_file_bytes=1 << 20)
+    assert source.end_offset("0") == 1
+    assert source.read("0", 0, 10).column("auction").to_pylist() == [1]
+    (reason,) = [r["reason"] for r in source.dead_letters().to_pylist()]
+    assert "decompresses to more than max_file_bytes (1048576 bytes)" in reason
+    assert (d / "bomb.ndjson.gz").exists()  # left in place
+    assert _counts(source) == (2, 1, 1)
+
+
+def test_a_file_larger_than_max_file_bytes_is_not_read(tmp_path):
+    d = tmp_path / "landing"
+    d.mkdir()
+    line = b'{"auction": 1, "bidder": 2, "price": 3, "date_time": "2026-01-01 00:00:00"}\n'
+    (d / "big.ndjson").write_bytes(line * 20_000)  # 1.5 MB
+    source = _source(d, max_file_bytes=1 << 20)
+    assert source.end_offset("0") == 0
+    (reason,) = [r["reason"] for r in source.dead_letters().to_pylist()]
+    assert "exceeds max_file_bytes (1048576 bytes)" in reason
+    assert (d / "big.ndjson").exists()  # left in place
+
+
+def test_max_file_bytes_is_a_landing_source_setting():
+    from dataflare_platform.connectors.landing import LandingSourceSettings
+
+    s = LandingSourceSettings.model_validate(
+        {
+            "directory": "/tmp",
+            "schema": {"a": "int64", "date_time": "timestamp[ms]"},
+            "max_file_bytes": 1024,
+        }
+    )
+    assert s.max_file_bytes == 1024
+
+
+def test_a_csv_header_naming_a_column_twice_is_a_mismatch(tmp_path):
+    """``price,price`` was read taking one of the two values without a word."""
+    d = tmp_path / "landing"
+    d.mkdir()
+    (d / "a.csv").write_bytes(
+        b"auction,bidder,price,price,date_time\n1,2,3,4,2026-01-01 00:00:00\n"
+    )
+    source = _source(d)
+    assert source.end_offset("0") == 0
+    (reason,) = [r["reason"] for r in source.dead_letters().to_pylist()]
+    assert "duplicate field(s) ['price']" in reason
+    assert _counts(source) == (1, 0, 1)

@@ -7,6 +7,7 @@ exactly once (see ``directory``).
         directory: /data/landing/orders
         schema: {order_id: int64, amount: float64, date_time: "timestamp[ms]"}
         on_schema_mismatch: dead_letter   # or refuse_file, allow_extra
+        max_file_bytes: 268435456         # larger files (or .gz inflating past it) fail
 
 Offsets are dense, but they are *assigned* when a file is taken (a write to the ledger),
 so there is no end to read without ingesting: landing sources run continuously (new
@@ -26,6 +27,7 @@ from dataflare_platform.connectors.landing.directory import (
     LandingDirectorySource,
 )
 from dataflare_platform.connectors.settings import ConnectorSettings, OpenContext, RowSchema
+from dataflare_platform.connectors.landing.decode import DEFAULT_MAX_FILE_BYTES
 from dataflare_platform.events.schema_policy import DEFAULT_SCHEMA_POLICY, SchemaPolicy
 
 __all__ = [
@@ -49,6 +51,11 @@ class LandingSourceSettings(ConnectorSettings, RowSchema):
         description="Records with unknown or missing fields: dead_letter, refuse_file (the"
         " whole file) or allow_extra (ignore unknown fields, dead-letter missing ones).",
     )
+    max_file_bytes: PositiveInt = Field(
+        DEFAULT_MAX_FILE_BYTES,
+        description="Largest file, and largest a .gz may inflate to (decoded in memory);"
+        " a larger one is recorded failed with a dead letter and left in place.",
+    )
 
 
 def open_source(settings: LandingSourceSettings, context: OpenContext) -> LandingDirectorySource:
@@ -65,4 +72,5 @@ def open_source(settings: LandingSourceSettings, context: OpenContext) -> Landin
         formats=set(s.formats) if s.formats else None,
         max_payload_bytes=s.max_payload_bytes,
         on_schema_mismatch=s.on_schema_mismatch,
+        max_file_bytes=s.max_file_bytes,
     )

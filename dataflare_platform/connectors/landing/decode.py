@@ -21,6 +21,7 @@ from __future__ import annotations
 import csv
 import gzip
 import io
+import io
 import zlib
 from dataclasses import dataclass
 
@@ -73,15 +74,20 @@ class FileDecoded:
     failed: str | None = None  # why the whole file was dead-lettered
 
 
+DEFAULT_MAX_FILE_BYTES = 256 << 20  # a landed file is decoded in memory
+
+
 class FileDecoder:
     def __init__(
         self,
         schema: pa.Schema,
         max_payload_bytes: int = 1 << 20,
         on_schema_mismatch: str = DEFAULT_SCHEMA_POLICY,
+        max_file_bytes: int = DEFAULT_MAX_FILE_BYTES,
     ) -> None:
         self.schema = schema
         self.max_payload_bytes = max_payload_bytes
+        self.max_file_bytes = max_file_bytes  # a file's bytes, and what a .gz inflates to
         self.policy = on_schema_mismatch  # see events.schema_policy
         self._json = JsonDecoder(schema, max_payload_bytes)
 
@@ -91,10 +97,7 @@ class FileDecoder:
         raw = data
         try:
             if compressed:
-                try:
-                    data = gzip.decompress(data)
-                except (OSError, EOFError, zlib.error) as err:
-                    raise UnreadableFileError(f"not gzip data: {err}") from err
+                data = self._gunzip(data)
             if fmt == "ndjson":
                 return self._ndjson(data, source, partition)
             if fmt == "csv":
@@ -107,6 +110,20 @@ class FileDecoder:
                 reason += f" ({len(raw)} bytes, left in place)"
             dead = dead_letters(source, partition, [-1], [reason], [keep])
             return FileDecoded(self.schema.empty_table(), dead, 1, failed=reason)
+
+    def _gunzip(self, data: bytes) -> bytes:
+        """Inflate at most ``max_file_bytes``: 2 MB of gzip can stand for 2 GiB of
+        newlines (a decompression bomb took 18 GB and four minutes before this)."""
+        try:
+            with gzip.GzipFile(fileobj=io.BytesIO(data)) as f:
+                out = f.read(self.max_file_bytes + 1)
+        except (OSError, EOFError, zlib.error) as err:
+            raise UnreadableFileError(f"not gzip data: {err}") from err
+        if len(out) > self.max_file_bytes:
+            raise UnreadableFileError(
+                f"decompresses to more than max_file_bytes ({self.max_file_bytes} bytes)"
+            )
+        return out
 
     # -- NDJSON --------------------------------------------------------------------------
     def _ndjson(self, data: bytes, source: str, partition: str) -> FileDecoded:

@@ -69,7 +69,11 @@ from pydantic import (
     field_validator,
 )
 
-from dataflare_platform.connectors.landing.decode import FileDecoder, file_format
+from dataflare_platform.connectors.landing.decode import (
+    DEFAULT_MAX_FILE_BYTES,
+    FileDecoder,
+    file_format,
+)
 from dataflare_platform.connectors.landing.ledger import Ledger, LedgerEntry
 from dataflare_platform.durable import WriterLock, write_atomic
 from dataflare_platform.errors import DataflareError, NotFoundError
@@ -131,6 +135,7 @@ class LandingSettings(StrictModel):
     formats: frozenset[Format] = frozenset({"parquet", "csv", "ndjson"})
     max_payload_bytes: PositiveInt = 1 << 20
     on_schema_mismatch: SchemaPolicy = DEFAULT_SCHEMA_POLICY
+    max_file_bytes: PositiveInt = DEFAULT_MAX_FILE_BYTES
 
     @field_validator("table_schema")
     @classmethod
@@ -228,6 +233,7 @@ class LandingDirectory:
         formats: set[str] | None = None,
         max_payload_bytes: int = 1 << 20,
         on_schema_mismatch: str = DEFAULT_SCHEMA_POLICY,
+        max_file_bytes: int = DEFAULT_MAX_FILE_BYTES,
     ) -> None:
         values: dict = {
             "directory": directory,
@@ -236,6 +242,7 @@ class LandingDirectory:
             "settle_s": settle_s,
             "max_payload_bytes": max_payload_bytes,
             "on_schema_mismatch": on_schema_mismatch,
+            "max_file_bytes": max_file_bytes,
         }
         if formats is not None:
             values["formats"] = formats
@@ -250,7 +257,10 @@ class LandingDirectory:
         self.ledger_path = self.settings.ledger or self.directory / STATE_DIR / "ledger.sqlite"
         self.ledger = Ledger(self.ledger_path)
         self.decoder = FileDecoder(
-            self.schema, self.settings.max_payload_bytes, self.settings.on_schema_mismatch
+            self.schema,
+            self.settings.max_payload_bytes,
+            self.settings.on_schema_mismatch,
+            self.settings.max_file_bytes,
         )
 
     def close(self) -> None:
@@ -286,7 +296,17 @@ class LandingDirectory:
         return found
 
     def ingest(self, file: LandedFile) -> Ingested:
-        """Decode ``file``; raises FileChangedError if its bytes are not the scanned ones."""
+        """Decode ``file``; raises FileChangedError if its bytes are not the scanned ones.
+        A file larger than ``max_file_bytes`` is not read (it is decoded in memory): it
+        is recorded as failed with one dead letter naming its size, and left in place."""
+        limit = self.settings.max_file_bytes
+        if file.size > limit:
+            reason = (
+                f"unreadable {file.format} file: {file.size} bytes exceeds max_file_bytes"
+                f" ({limit} bytes), left in place"
+            )
+            dead = dead_letters(file.name, file.sha256[:16], [-1], [reason], [b""])
+            return Ingested(file, self.schema.empty_table(), dead, 1, reason)
         try:
             with _open_landed(file.path, self.root) as f:
                 data = f.read()
@@ -454,6 +474,7 @@ class LandingDirectorySource:
         formats: set[str] | None = None,
         max_payload_bytes: int = 1 << 20,
         on_schema_mismatch: str = DEFAULT_SCHEMA_POLICY,
+        max_file_bytes: int = DEFAULT_MAX_FILE_BYTES,
     ) -> None:
         self.settings = validated(
             SourceSettings,
@@ -476,6 +497,7 @@ class LandingDirectorySource:
             formats=formats,
             max_payload_bytes=max_payload_bytes,
             on_schema_mismatch=on_schema_mismatch,
+            max_file_bytes=max_file_bytes,
         )
         ledger = self.landing.ledger_path  # the segments and lock live beside the ledger
         self.segments_dir = ledger.with_name(f"{ledger.stem}.segments")

@@ -46,7 +46,10 @@ def mismatch(
     seen = set(present)
     unknown = [f for f in present if f not in names] if policy != "allow_extra" else []
     missing = [n for n in schema.names if n not in seen]
+    twice = sorted({f for f in present if present.count(f) > 1}) if len(seen) < len(present) else []
     problems = []
+    if twice:  # a CSV header or Arrow columns naming one twice: which value wins?
+        problems.append(f"duplicate field(s) {twice}")
     if unknown:
         problems.append(f"unknown field(s) {unknown}")
     if missing:

@@ -21,13 +21,13 @@ from typing import Literal
 
 from pydantic import Field, NonNegativeFloat, PositiveInt
 
+from dataflare_platform.connectors.landing.decode import DEFAULT_MAX_FILE_BYTES
 from dataflare_platform.connectors.landing.directory import (
     Format,
     LandingDirectory,
     LandingDirectorySource,
 )
 from dataflare_platform.connectors.settings import ConnectorSettings, OpenContext, RowSchema
-from dataflare_platform.connectors.landing.decode import DEFAULT_MAX_FILE_BYTES
 from dataflare_platform.events.schema_policy import DEFAULT_SCHEMA_POLICY, SchemaPolicy
 
 __all__ = [

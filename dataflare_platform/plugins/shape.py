@@ -4,8 +4,9 @@ Compiling is the one step of loading a plugin that no deadline covers: Cranelift
 grows with the size of a function and the number of its live locals, so a 640 KB module
 with one function of tens of thousands of locals kept the loader busy for minutes. This
 walker reads only section headers, the import/table/memory entries, the count of globals
-and each function body's local declarations (LEB128 counts): it never decodes an instruction, so it runs in
-time linear in the number of sections and functions, not in the code.
+and each function body's local declarations (LEB128 counts): it never decodes an
+instruction, so it runs in time linear in the number of sections and functions, not in
+the code.
 
 Why not a library: the pure-Python parsers on PyPI (``pywasm``, ``wasm``, ``wasm-tools``)
 decode every instruction, which is slower on exactly the inputs this must refuse fast, and

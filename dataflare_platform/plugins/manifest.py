@@ -9,7 +9,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, Field, model_validator
 
-from dataflare_platform.errors import ConfigError
+from dataflare_platform.errors import ConfigError, InvalidInputError
 from dataflare_platform.models import StrictModel
 
 ABI_VERSION = 1
@@ -36,7 +36,7 @@ def _printable(value: str) -> str:
     sinks, where such characters hide or forge what is shown. Spaces are fine."""
     bad = next((c for c in value if not c.isprintable()), None)
     if bad is not None:
-        raise ValueError(f"holds the non-printable character {bad!r}")
+        raise InvalidInputError(f"holds the non-printable character {bad!r}")
     return value
 
 
@@ -56,7 +56,7 @@ def _unique_columns(columns: list[ColumnSpec]) -> list[ColumnSpec]:
     names = [c.name for c in columns]
     twice = sorted({n for n in names if names.count(n) > 1})
     if twice:
-        raise ValueError(f"column(s) {twice} declared more than once")
+        raise InvalidInputError(f"column(s) {twice} declared more than once")
     return columns
 
 

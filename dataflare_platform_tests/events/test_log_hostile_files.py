@@ -80,3 +80,16 @@ def test_an_unreadable_topic_json_is_a_config_error_naming_the_file(tmp_path, te
     (tmp_path / "t" / "topic.json").write_text(text, errors="surrogateescape")
     with pytest.raises(ConfigError, match=r"topic\.json"):
         EventLog(tmp_path).topic("t")
+
+
+@pytest.mark.parametrize("keep", [0, 3, 7, 12, 20])
+def test_a_truncated_commit_record_is_an_error_naming_the_file(tmp_path, keep):
+    """A commit record cut short (a torn copy, a hostile edit) raised struct.error,
+    JSONDecodeError or KeyError from the decoder."""
+    from dataflare_platform.errors import CorruptInputError
+    from dataflare_platform.events.log.commits import COMMIT_FILE, Commit, read_commit
+
+    record = Commit("w", 3, {0: 10}, b"checkpoint").encode()
+    (tmp_path / COMMIT_FILE).write_bytes(record[:keep])
+    with pytest.raises(CorruptInputError, match=COMMIT_FILE):
+        read_commit(tmp_path)

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from dataflare_platform.durable import write_atomic
+from dataflare_platform.errors import CorruptInputError
 
 COMMIT_FILE = "_commit.bin"
 _MAGIC = b"DFTX1"
@@ -40,6 +41,8 @@ class Commit:
             raise ValueError("not a DataFlare commit record")
         (n,) = struct.unpack_from("<I", data, len(_MAGIC))
         start = len(_MAGIC) + 4
+        if len(data) < start + n:
+            raise ValueError(f"truncated: header of {n} bytes, {len(data) - start} present")
         head = json.loads(data[start : start + n])
         return cls(
             writer=head["writer"],
@@ -56,7 +59,13 @@ def read_commit(directory: Path) -> Commit | None:
         data = (directory / COMMIT_FILE).read_bytes()
     except FileNotFoundError:
         return None
-    return Commit.decode(data)
+    try:
+        return Commit.decode(data)
+    except (ValueError, struct.error, KeyError, TypeError, AttributeError) as err:
+        # A torn copy or an edit: one line naming the file, not the decoder's traceback.
+        raise CorruptInputError(
+            directory / COMMIT_FILE, f"not a valid commit record ({len(data)} bytes): {err}"
+        ) from None
 
 
 def write_commit(directory: Path, commit: Commit, fsync: bool = False) -> None:

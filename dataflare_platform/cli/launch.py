@@ -28,23 +28,13 @@ ASSETS_ONLY = ("assets", "__ASSET_JOB")
 
 
 def _run_config(path: Path | None) -> dict[str, Any]:
+    """The run config file, read as every YAML file of the platform is (duplicate keys,
+    alias bombs and deep nesting refused, naming the file)."""
     if path is None:
         return {}
-    import yaml
+    from dataflare_platform.yaml_files import load_yaml_mapping
 
-    try:
-        loaded = yaml.safe_load(path.read_text())
-    except OSError as err:
-        raise UsageError(f"cannot read --config {path}: {err.strerror}") from None
-    except yaml.YAMLError as err:
-        raise UsageError(f"--config {path} is not valid YAML: {err}") from None
-    except RecursionError:
-        raise UsageError(f"--config {path} is nested too deeply") from None
-    if loaded is None:
-        return {}
-    if not isinstance(loaded, dict):
-        raise UsageError(f"--config {path} must hold a mapping (the run config), not a list")
-    return loaded
+    return load_yaml_mapping(path, "--config")
 
 
 def launch(

@@ -163,5 +163,26 @@ def test_a_run_config_nested_too_deeply_is_a_usage_error(tmp_path):
 
     path = tmp_path / "run.yaml"
     path.write_text("ops: " + "[" * 3000 + "]" * 3000)
-    with pytest.raises(DataflareError, match="nested too deeply"):
+    with pytest.raises(DataflareError, match="nested more than"):
         _run_config(path)
+
+
+@pytest.mark.parametrize(
+    ("text", "says"),
+    [
+        ("ops: {a: 1}\nops: {b: 2}\n", "duplicate key"),
+        ("- a\n- b\n", "mapping"),
+        ("ops: [unclosed\n", "<file>"),
+    ],
+)
+def test_a_bad_run_config_file_is_refused_naming_it(tmp_path, text, says):
+    """`dataflare launch --config` reads YAML as every platform file is read: a second
+    `ops:` would otherwise silently replace the first."""
+    from dataflare_platform.cli.launch import _run_config
+    from dataflare_platform.errors import ConfigError
+
+    path = tmp_path / "run.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=says) as err:
+        _run_config(path)
+    assert "--config" in str(err.value)

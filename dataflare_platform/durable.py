@@ -6,12 +6,15 @@ dies with its process."""
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import os
+import stat
 import time
 from pathlib import Path
+from typing import IO
 
-from dataflare_platform.errors import ConflictError
+from dataflare_platform.errors import ConflictError, CorruptInputError
 
 
 def fsync_file(path: Path) -> None:
@@ -43,6 +46,35 @@ def write_atomic(path: Path, data: bytes, fsync: bool = True) -> None:
         fsync_dir(path.parent)
 
 
+def open_lock_file(path: Path) -> IO[bytes]:
+    """Open (creating it 0600) the lock file ``path`` for ``flock``.
+
+    Something else in its place is refused naming it, never followed or waited on: a
+    symlink (it could point anywhere the process may write), a directory, or a FIFO
+    (``O_NONBLOCK`` so opening one cannot hang).
+    """
+    flags = os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
+    try:
+        fd = os.open(path, flags, 0o600)
+    except IsADirectoryError:
+        raise CorruptInputError(path, _NOT_A_LOCK_FILE.format(kind="a directory")) from None
+    except OSError as err:
+        if err.errno == errno.ELOOP:  # O_NOFOLLOW met a symlink
+            raise CorruptInputError(path, _NOT_A_LOCK_FILE.format(kind="a symlink")) from None
+        raise
+    mode = os.fstat(fd).st_mode
+    if not stat.S_ISREG(mode):
+        os.close(fd)
+        kind = "a FIFO" if stat.S_ISFIFO(mode) else "not a regular file"
+        raise CorruptInputError(path, _NOT_A_LOCK_FILE.format(kind=kind))
+    return os.fdopen(fd, "r+b")
+
+
+_NOT_A_LOCK_FILE = (
+    "the lock file is {kind}: move it aside (it is recreated as an empty file on the next start)"
+)
+
+
 class WriterLock:
     """An exclusive ``flock`` on a file: one writer per directory. The kernel drops it
     when the holder exits, SIGKILL included, so a crashed writer never blocks a restart."""
@@ -53,7 +85,9 @@ class WriterLock:
 
     def acquire(self, timeout_s: float) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        handle = open_lock_file(self.path)
+        fd = os.dup(handle.fileno())
+        handle.close()
         deadline = time.monotonic() + timeout_s
         while True:
             try:

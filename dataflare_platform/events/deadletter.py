@@ -33,6 +33,7 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from dataflare_platform.durable import open_lock_file
 from dataflare_platform.errors import InvalidInputError, NotFoundError
 from dataflare_platform.events.codec import (
     DEAD_LETTER_SCHEMA,
@@ -337,7 +338,7 @@ class DeadLetters:
 
     @contextmanager
     def _redrive_lock(self) -> Iterator[None]:
-        with (self.dlq().dir / ".redrive.lock").open("a+b") as f:
+        with open_lock_file(self.dlq().dir / ".redrive.lock") as f:
             fcntl.flock(f, fcntl.LOCK_EX)
             try:
                 yield

@@ -8,6 +8,7 @@ from typing import IO
 import polars as pl
 import pyarrow as pa
 
+from dataflare_platform.durable import open_lock_file
 from dataflare_platform.engine.checkpoint import Checkpoint
 from dataflare_platform.engine.io import TransactionalSink
 from dataflare_platform.errors import ConflictError, InvalidInputError
@@ -159,7 +160,7 @@ class LogSink(TransactionalSink):
     def open(self, pipeline: str) -> Checkpoint | None:
         directory = self.log.root / self.name
         directory.mkdir(parents=True, exist_ok=True)
-        lock = (directory / ".writer.lock").open("a+b")
+        lock = open_lock_file(directory / ".writer.lock")
         try:
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError as err:

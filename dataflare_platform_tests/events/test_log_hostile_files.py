@@ -93,3 +93,47 @@ def test_a_truncated_commit_record_is_an_error_naming_the_file(tmp_path, keep):
     (tmp_path / COMMIT_FILE).write_bytes(record[:keep])
     with pytest.raises(CorruptInputError, match=COMMIT_FILE):
         read_commit(tmp_path)
+
+
+def _append_in_child(root: Path) -> subprocess.CompletedProcess:
+    code = textwrap.dedent(
+        f"""
+        import pyarrow as pa
+        from dataflare_platform.events.log import EventLog
+        from dataflare_platform.errors import DataflareError
+        rows = pa.table({{"id": pa.array([99], pa.int64()),
+                          "date_time": pa.array([99], pa.timestamp("ms"))}})
+        try:
+            EventLog({str(root)!r}).topic("t").append(rows)
+            print("APPENDED")
+        except DataflareError as err:
+            print("REFUSED", str(err).splitlines()[0])
+        """
+    )
+    return subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=CEILING_S
+    )
+
+
+@pytest.mark.parametrize("kind", ["fifo", "directory", "symlink"])
+def test_a_lock_file_that_is_not_a_regular_file_is_refused_naming_it(tmp_path, kind):
+    """The partition's ``.lock`` replaced by a FIFO (open could hang), a directory (a raw
+    IsADirectoryError) or a symlink (append-open would create or touch its target)."""
+    _log(tmp_path / "log")
+    lock = tmp_path / "log" / "t" / "p00000" / ".lock"
+    lock.unlink(missing_ok=True)
+    target = tmp_path / "elsewhere"
+    {
+        "fifo": lambda: os.mkfifo(lock),
+        "directory": lambda: lock.mkdir(),
+        "symlink": lambda: lock.symlink_to(target),
+    }[kind]()
+    done = _append_in_child(tmp_path / "log")
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.startswith("REFUSED"), done.stdout + done.stderr[-2000:]
+    assert ".lock" in done.stdout and "move it aside" in done.stdout
+    assert not target.exists()  # a link is never followed
+    # Moved aside as the message says, the log is whole and takes appends again.
+    lock.rename(tmp_path / "moved-aside")
+    assert _append_in_child(tmp_path / "log").stdout.startswith("APPENDED")
+    assert EventLog(tmp_path / "log").topic("t").read_all().num_rows == 31

@@ -29,7 +29,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from dataflare_platform import times
-from dataflare_platform.durable import fsync_dir, fsync_file, write_atomic
+from dataflare_platform.durable import fsync_dir, fsync_file, open_lock_file, write_atomic
 from dataflare_platform.errors import DataflareError, InvalidInputError
 from dataflare_platform.events.log.config import TopicConfig
 from dataflare_platform.events.log.segments import (
@@ -92,7 +92,7 @@ class Partition:
 
     @contextmanager
     def locked(self) -> Iterator[None]:
-        with (self.dir / ".lock").open("a+b") as f:
+        with open_lock_file(self.dir / ".lock") as f:
             fcntl.flock(f, fcntl.LOCK_EX)
             try:
                 yield

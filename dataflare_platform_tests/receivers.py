@@ -7,7 +7,6 @@ from __future__ import annotations
 import contextlib
 import ipaddress
 import json
-import socket
 import ssl
 import threading
 from collections.abc import Callable, Iterator
@@ -27,6 +26,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+from dataflare_platform.gateway.process import free_port
 from dataflare_platform_tests.tls_ca import TestCA
 
 T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
@@ -116,16 +116,10 @@ class SmtpReceiver:
         return self.handler.messages
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture
 def smtp_receiver() -> Iterator[SmtpReceiver]:
     handler = _MailHandler()
-    controller = Controller(handler, hostname="127.0.0.1", port=_free_port())
+    controller = Controller(handler, hostname="127.0.0.1", port=free_port())
     controller.start()
     try:
         yield SmtpReceiver(controller.hostname, controller.port, handler)
@@ -192,7 +186,7 @@ def smtp_tls_receiver(tmp_path: Path) -> Iterator[TlsSmtpReceiver]:
     controller = Controller(
         handler,
         hostname="127.0.0.1",
-        port=_free_port(),
+        port=free_port(),
         tls_context=context,
         require_starttls=True,
         auth_required=True,
@@ -297,7 +291,7 @@ def start_smtp(
         options.update(ssl_context=ca.server_context(require_client_cert), auth_require_tls=False)
     else:
         options.update(auth_require_tls=False)
-    controller = Controller(handler, hostname="127.0.0.1", port=_free_port(), **options)
+    controller = Controller(handler, hostname="127.0.0.1", port=free_port(), **options)
     controller.start()
     receiver = TlsSmtpReceiver(
         controller.hostname, controller.port, handler, ca.ca_file if ca else "", logins

@@ -40,6 +40,7 @@ from dataflare_platform.defs.plugins.resources import PluginRuntimeResource
 from dataflare_platform.defs.resources import ProjectHomeResource
 from dataflare_platform.defs.streams.factory import stream_definitions
 from dataflare_platform.errors import DataflareError
+from dataflare_platform.gateway.process import free_port
 from dataflare_platform.instance.run_config_guard import refuse_overrides
 from dataflare_platform.streams.spec import PipelineSpec
 from dataflare_platform.tls import TlsSettings
@@ -56,12 +57,6 @@ pytestmark = pytest.mark.e2e
 
 NAMES = ["REDIS", "REDIS_WRONG", "NATS", "NATS_WRONG", "PG", "PG_WRONG", "SMTP", "SMTP_WRONG"]
 NAMES += ["HOOK", "SLACK", "RUN_CONFIG"]
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def _wait_port(port: int, proc: subprocess.Popen, what: str) -> None:
@@ -93,7 +88,7 @@ def _ref(name: str) -> dict[str, str]:
 @pytest.fixture
 def redis_port(values, tmp_path) -> Iterator[int]:
     """A private redis-server that requires the password (config on stdin: not in argv)."""
-    port = _free_port()
+    port = free_port()
     config = (
         f'port {port}\nbind 127.0.0.1\nsave ""\nappendonly no\ndir {tmp_path}\n'
         f'requirepass "{values["REDIS"]}"\n'
@@ -115,7 +110,7 @@ def redis_port(values, tmp_path) -> Iterator[int]:
 @pytest.fixture
 def nats_port(values, tmp_path) -> Iterator[int]:
     """A private nats-server with JetStream and a user/password (from a 0600 config)."""
-    port = _free_port()
+    port = free_port()
     config = tmp_path / "nats.conf"
     config.write_text(
         f"listen: 127.0.0.1:{port}\njetstream {{ store_dir: {tmp_path / 'js'!s} }}\n"
@@ -245,7 +240,7 @@ def test_no_secret_reaches_any_output(
     caplog.set_level(logging.DEBUG)
     out = Outputs()
     redis_url = f"redis://127.0.0.1:{redis_port}/0"
-    dead_port = _free_port()
+    dead_port = free_port()
 
     # -- Redis: good password, wrong password, unreachable server -----------------------
     good = RedisSettings(url=redis_url, stream=unique("leak:"), password=_ref("REDIS"))

@@ -27,6 +27,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from dataflare_platform.gateway.process import free_port
 from dataflare_platform_tests.tls_ca import CLIENT_NAME, TestCA
 
 
@@ -45,12 +46,6 @@ PG_BINDIR = _pg_bindir()
 REDIS_SERVER = os.environ.get("DATAFLARE_TEST_REDIS_SERVER", "redis-server")
 NATS_SERVER = os.environ.get("DATAFLARE_TEST_NATS_SERVER", "/usr/sbin/nats-server")
 READY_CEILING_S = 120.0  # generous: the machine is shared and loaded
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def _need(path: str | Path, what: str) -> str:

@@ -22,8 +22,8 @@ from dataflare_platform.cli._common import (
     command_group,
 )
 from dataflare_platform.errors import ConfigError, DataflareError
+from dataflare_platform.gateway.process import free_port
 from dataflare_platform.home import HOME_ENV_VAR as HOME_MODULE_ENV_VAR
-from dataflare_platform_tests.e2e.conftest import _free_port
 
 runner = CliRunner()
 DATAFLARE = Path(sys.executable).with_name("dataflare")  # the installed entry point
@@ -109,7 +109,7 @@ def test_help_imports_no_data_plane_library():
 )
 def test_web_server_address_comes_from_the_environment(command):
     """Nothing listens on the port: the refusal names the address the variables gave."""
-    port = _free_port()
+    port = free_port()
     env = {WEBSERVER_HOST_ENV_VAR: "localhost", WEBSERVER_PORT_ENV_VAR: str(port)}
     result = runner.invoke(app, command, env=env)
     assert result.exit_code == 2, result.output
@@ -117,7 +117,7 @@ def test_web_server_address_comes_from_the_environment(command):
     assert message.startswith("error: cannot reach the Dagster web server")
     assert f"localhost:{port}" in message
     # An explicit option wins over the environment.
-    other = _free_port()
+    other = free_port()
     result = runner.invoke(app, [*command, "--port", str(other)], env=env)
     assert f"localhost:{other}" in " ".join(result.stderr.split())
 

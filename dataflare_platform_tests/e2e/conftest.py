@@ -15,7 +15,12 @@ from pathlib import Path
 import pytest
 
 from dataflare_platform.gateway import process
-from dataflare_platform.gateway.process import FrontStartError, RunningFront, running_front
+from dataflare_platform.gateway.process import (
+    FrontStartError,
+    RunningFront,
+    free_port,
+    running_front,
+)
 from dataflare_platform.home import ProjectHome
 from dataflare_platform_tests.conftest import REPO_ROOT
 
@@ -23,10 +28,6 @@ from dataflare_platform_tests.conftest import REPO_ROOT
 WORKSPACE = ("-w", str(REPO_ROOT / "workspace.yaml"))
 # Editor: the fixtures' tests also stop sensors (toggle_automation), beyond a launcher.
 FIXTURE_ACCOUNT, FIXTURE_ROLES = "e2e-fixture", ("editor",)
-
-
-def _free_port() -> int:
-    return process.free_port()
 
 
 def stop_group(proc: subprocess.Popen, grace_s: float) -> None:
@@ -102,7 +103,7 @@ def module_webserver(tmp_path_factory) -> Iterator[tuple[int, ProjectHome]]:
 def serving_webserver(log_path: Path) -> Iterator[int]:
     """A bare ``dagster-webserver`` on the code location at a free loopback port, until
     exit (see ``ungated_webserver`` for what it may be used for)."""
-    port = _free_port()
+    port = free_port()
     webserver_bin = Path(sys.executable).with_name("dagster-webserver")
     with log_path.open("w") as log:
         proc = subprocess.Popen(

@@ -27,10 +27,10 @@ from dataflare_platform.client import (
     UnknownAssetError,
     UnknownJobError,
 )
+from dataflare_platform.gateway.process import free_port
 from dataflare_platform.identity.bootstrap import SERVICE_ACCOUNT
 from dataflare_platform.warehouse.connection import connect
 from dataflare_platform.warehouse.stats import event_days
-from dataflare_platform_tests.e2e.conftest import _free_port
 
 pytestmark = pytest.mark.e2e
 
@@ -192,7 +192,7 @@ def test_queued_run_times_out_with_a_hint_then_is_terminated(webserver):
 
 
 def test_unreachable_server_fails_fast_with_a_hint():
-    port = _free_port()  # nothing listens there
+    port = free_port()  # nothing listens there
     client = DataflareClient(port=port, timeout_s=5)
     for call in (
         lambda: client.launch_job("nexmark_ingest_job"),

@@ -19,8 +19,9 @@ import pyotp
 import pytest
 import requests
 
+from dataflare_platform.gateway.process import free_port
 from dataflare_platform.home import ProjectHome
-from dataflare_platform_tests.e2e.conftest import _free_port, stop_group, wait_until_serving
+from dataflare_platform_tests.e2e.conftest import stop_group, wait_until_serving
 
 pytestmark = pytest.mark.e2e
 
@@ -48,7 +49,7 @@ def test_dataflare_ui_serves_https_with_the_given_certificate(tmp_path, test_ca)
     ca, cert, key = test_ca.ca, test_ca.server_cert, test_ca.server_key
     project = ProjectHome.resolve(tmp_path / "home").ensure()
     trust = ssl.create_default_context(cafile=str(ca))
-    port, log_path = _free_port(), tmp_path / "ui.log"
+    port, log_path = free_port(), tmp_path / "ui.log"
     dataflare = Path(sys.executable).with_name("dataflare")
     command = [str(dataflare), "ui", "--home", str(project.root), "--port", str(port)]
     command += ["--tls-cert", str(cert), "--tls-key", str(key)]

@@ -20,10 +20,11 @@ import pytest
 import requests
 import yaml
 
+from dataflare_platform.gateway.process import free_port
 from dataflare_platform.home import LOCATION_NAME, ProjectHome
 from dataflare_platform.identity.bootstrap import bootstrap
 from dataflare_platform_tests.browser import DevToolsChromium, chromium_binary
-from dataflare_platform_tests.e2e.conftest import _free_port, stop_group, wait_until_serving
+from dataflare_platform_tests.e2e.conftest import stop_group, wait_until_serving
 from dataflare_platform_tests.e2e.test_attacks_gateway import ARTIFACTS
 from dataflare_platform_tests.identity.slapd_server import (
     PASSWORDS,
@@ -122,7 +123,7 @@ def front(tmp_path_factory) -> Iterator[DirectoryFront]:
                 }
             )
         )
-        port = _free_port()
+        port = free_port()
         dataflare = Path(sys.executable).with_name("dataflare")
         command = [str(dataflare), "ui", "--home", str(project.root), "--port", str(port)]
         command += ["--login-config", str(config)]

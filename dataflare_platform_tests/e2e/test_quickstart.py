@@ -23,6 +23,7 @@ from pathlib import Path
 
 import pytest
 
+from dataflare_platform.gateway.process import free_port
 from dataflare_platform.home import ProjectHome
 from dataflare_platform.identity.local_users import LocalUsers
 from dataflare_platform.identity.store import IdentityStore
@@ -58,14 +59,6 @@ class Quickstart:
     def dagster_group(self) -> int | None:
         found = re.search(r"web front \(process group (\d+)\)", self.text())
         return int(found.group(1)) if found else None
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def live_members(pgid: int) -> list[str]:
@@ -104,7 +97,7 @@ def processes_of(home: Path) -> list[str]:
 @pytest.fixture(scope="module")
 def quickstart(tmp_path_factory):
     base = tmp_path_factory.mktemp("quickstart")
-    home, output, port = base / "home", base / "quickstart.out", _free_port()
+    home, output, port = base / "home", base / "quickstart.out", free_port()
     dataflare = Path(sys.executable).with_name("dataflare")
     env = {k: v for k, v in os.environ.items() if k not in ("DATAFLARE_HOME", "DAGSTER_HOME")}
     env.pop("DATAFLARE_TOKEN", None)

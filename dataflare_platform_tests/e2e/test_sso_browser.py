@@ -15,10 +15,11 @@ import pytest
 import requests
 import yaml
 
+from dataflare_platform.gateway.process import free_port
 from dataflare_platform.home import ProjectHome
 from dataflare_platform.identity.bootstrap import bootstrap
 from dataflare_platform_tests.browser import DevToolsChromium, chromium_binary
-from dataflare_platform_tests.e2e.conftest import _free_port, serving_front
+from dataflare_platform_tests.e2e.conftest import serving_front
 from dataflare_platform_tests.e2e.test_attacks_gateway import ARTIFACTS
 from dataflare_platform_tests.identity.oidc_provider import (
     CLIENT_ID,
@@ -34,7 +35,7 @@ SECRET_ENV = "DATAFLARE_TEST_SSO_SECRET"
 def test_a_browser_signs_in_through_the_openid_provider(tmp_path):
     project = ProjectHome.resolve(tmp_path / "home").ensure()
     assert bootstrap(project.root) is not None
-    port = _free_port()
+    port = free_port()
     base = f"http://127.0.0.1:{port}"
     with running_provider() as provider:
         provider.client = Client(redirect_uris=(f"{base}/login/oidc/callback",))

@@ -19,11 +19,12 @@ from pathlib import Path
 import pyotp
 import pytest
 
+from dataflare_platform.gateway.process import free_port
 from dataflare_platform.home import LOCATION_NAME, ProjectHome
 from dataflare_platform.identity.local_users import LocalUsers
 from dataflare_platform.identity.store import IdentityStore
 from dataflare_platform_tests.browser import DevToolsChromium, chromium_binary
-from dataflare_platform_tests.e2e.conftest import _free_port, wait_until_serving
+from dataflare_platform_tests.e2e.conftest import wait_until_serving
 
 pytestmark = pytest.mark.e2e
 
@@ -70,7 +71,7 @@ def live(tmp_path_factory) -> Iterator[LiveUI]:
     users.add("vera", PASSWORD, frozenset({"viewer"}))
     secret = users.add("ada", PASSWORD, frozenset({"admin"}))
     assert secret is not None
-    port = _free_port()
+    port = free_port()
     log_path = root / "ui.log"
     dataflare = Path(sys.executable).with_name("dataflare")
     with log_path.open("w") as log:

@@ -15,9 +15,9 @@ from pathlib import Path
 import pytest
 
 from dataflare_platform.client import DataflareClient
-from dataflare_platform.gateway.process import port_open
+from dataflare_platform.gateway.process import free_port, port_open
 from dataflare_platform.home import LOCATION_NAME
-from dataflare_platform_tests.e2e.conftest import _free_port, wait_until_serving
+from dataflare_platform_tests.e2e.conftest import wait_until_serving
 
 pytestmark = pytest.mark.e2e
 
@@ -43,7 +43,7 @@ def _wait_for(condition, ceiling_s: float) -> bool:
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
 def test_ui_serves_the_location_and_stops_on_signal(home, tmp_path: Path, sig):
-    port = _free_port()
+    port = free_port()
     log_path = tmp_path / "ui.log"
     dataflare = Path(sys.executable).with_name("dataflare")
     with log_path.open("w") as log:

@@ -27,6 +27,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from ldap3.utils.dn import escape_rdn
 
+from dataflare_platform.gateway.process import free_port
+
 SUFFIX = "dc=dataflare,dc=test"
 ROOT_DN = f"cn=admin,{SUFFIX}"
 ROOT_PASSWORD = "root-test-password"  # test fixture values, not real secrets
@@ -73,12 +75,6 @@ REQUIRES_SLAPD = pytest.mark.skipif(
     not slapd_available() and os.environ.get("DATAFLARE_REQUIRE_SLAPD") != "1",
     reason="Debian's slapd and ldap-utils are not installed (apt-get install slapd ldap-utils)",
 )
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def _hash(password: str) -> str:
@@ -262,7 +258,7 @@ def running_slapd(
     _write_certificates(root, names, common_name)
     conf = root / "slapd.conf"
     conf.write_text(_config(root))
-    port, tls_port = _free_port(), _free_port()
+    port, tls_port = free_port(), free_port()
     url = f"ldap://127.0.0.1:{port}"
     ldaps_url = f"ldaps://127.0.0.1:{tls_port}"
     log = (root / "slapd.log").open("wb")

@@ -12,7 +12,6 @@ import contextlib
 import json
 import os
 import shutil
-import socket
 import subprocess
 import time
 import urllib.parse
@@ -21,6 +20,8 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import pytest
+
+from dataflare_platform.gateway.process import free_port
 
 PROMETHEUS = shutil.which("prometheus") or "/usr/bin/prometheus"
 
@@ -33,12 +34,6 @@ requires_prometheus = pytest.mark.skipif(
     not prometheus_available() and os.environ.get("DATAFLARE_REQUIRE_PROMETHEUS") != "1",
     reason="Debian's prometheus package is not installed (CI installs it and requires it)",
 )
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 class Prometheus:

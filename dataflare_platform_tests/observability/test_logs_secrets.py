@@ -18,9 +18,9 @@ from urllib.parse import quote
 import pytest
 import yaml
 
+from dataflare_platform.gateway.process import free_port
 from dataflare_platform_tests.test_secret_leaks import (
     _forms,
-    _free_port,
     nats_port,
     redis_port,
     values,
@@ -65,7 +65,7 @@ def _dataflare(tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
 
 
 def test_failing_connections_and_bad_configs_log_no_secret(tmp_path, values, redis_port, nats_port):
-    dead_port = _free_port()
+    dead_port = free_port()
 
     def secret(name: str) -> dict:
         return {"env": f"DATAFLARE_SECRET_LEAK_{name}"}

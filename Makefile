@@ -13,7 +13,7 @@ export UV_PROJECT_ENVIRONMENT := $(CURDIR)/$(VENV)
 export UV_PYTHON_DOWNLOADS := never
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: setup demo stream test test-fast ui observe bench bench-nexmark lint validate catalog-snapshot clean
+.PHONY: setup demo stream test test-fast ui observe prod-local bench bench-nexmark lint validate catalog-snapshot clean
 
 $(BIN)/uv:
 	$(PYTHON) -m venv $(VENV)
@@ -52,6 +52,13 @@ ui: setup
 # Needs Debian's prometheus and prometheus-alertmanager (it says so when missing).
 observe: setup
 	$(BIN)/dataflare observe
+
+# The production topology (deployments/production, docs/deploy.md) as separate processes on
+# 127.0.0.1 against the local PostgreSQL (database dataflare_prod, created if missing): gRPC
+# code server, access-control front, read-only webserver, daemon, metrics exporter; runs
+# a smoke check, then serves until Ctrl-C (PROD_LOCAL_ARGS=--smoke-only to stop there).
+prod-local: setup
+	$(BIN)/python -m dataflare_platform.gateway.topology --root .cache/prod-local $(PROD_LOCAL_ARGS)
 
 bench: setup
 	$(BIN)/dataflare bench datagen

@@ -45,6 +45,10 @@ PRIVATE_FILE_MODE = 0o600
 
 # Kept identical to deployments/local/dagster.yaml (a test holds them together); it is
 # embedded so that an installed wheel can set up a home without the repository.
+# First line of deployments/production/dagster.yaml: a home whose instance config starts
+# with it is a production deployment's (PostgreSQL storage, docs/deploy.md), and `ensure`
+# leaves it as the operator wrote it instead of restoring the local SQLite one.
+PRODUCTION_INSTANCE_MARKER = "# DataFlare production instance"
 LOCAL_DAGSTER_YAML = """\
 # Local (embedded) Dagster instance: SQLite storage under DAGSTER_HOME, no telemetry.
 storage:
@@ -160,7 +164,10 @@ class ProjectHome(StrictModel):
             for directory in (self.dagster_home, self.events_dir):
                 directory.mkdir(mode=PRIVATE_DIR_MODE, parents=True, exist_ok=True)
             dagster_yaml = self.dagster_home / "dagster.yaml"
-            if not dagster_yaml.exists() or dagster_yaml.read_text() != LOCAL_DAGSTER_YAML:
+            current = dagster_yaml.read_text() if dagster_yaml.exists() else None
+            if current is not None and current.startswith(PRODUCTION_INSTANCE_MARKER):
+                pass  # a production instance (deployments/production): the operator's
+            elif current != LOCAL_DAGSTER_YAML:
                 write_private(dagster_yaml, LOCAL_DAGSTER_YAML)
             elif stat.S_IMODE(dagster_yaml.stat().st_mode) & 0o077:
                 dagster_yaml.chmod(PRIVATE_FILE_MODE)  # a home from before 0600

@@ -210,6 +210,13 @@ def ui(
             "local users are always offered."
         ),
     ] = None,
+    daemon: Annotated[
+        bool,
+        typer.Option(
+            help="Also run the Dagster daemon (--no-daemon: the production topology runs "
+            "it as a process of its own, docs/deploy.md)."
+        ),
+    ] = True,
 ) -> None:
     """Start the web UI behind the authenticating front, and the Dagster daemon.
 
@@ -257,6 +264,8 @@ def ui(
         command += ["--public-host", name]
     if login_config is not None:
         command += ["--login-config", str(login_config.absolute())]
+    if not daemon:
+        command.append("--no-daemon")
     if tls_cert is not None and tls_key is not None:
         command += ["--tls-cert", str(tls_cert.absolute()), "--tls-key", str(tls_key.absolute())]
     env = {**os.environ, **project.environ()}

@@ -21,7 +21,7 @@ from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from dataflare_platform.errors import DataflareError
+from dataflare_platform.errors import DataflareError, InvalidInputError
 from dataflare_platform.gateway.process import (
     LOOPBACK,
     POLL_EVERY_S,
@@ -33,7 +33,6 @@ from dataflare_platform.gateway.process import (
     wait_until_serving,
 )
 from dataflare_platform.home import PRODUCTION_INSTANCE_MARKER, ProjectHome
-from dataflare_platform.errors import InvalidInputError
 from dataflare_platform.sql_names import SQL_IDENTIFIER, quote_identifier
 
 PRODUCTION_DIR = Path(__file__).resolve().parents[2] / "deployments" / "production"

@@ -166,7 +166,7 @@ class Topology:
                 )
             )
         else:
-            raise ValueError(f"role {role!r}: not a process of the topology")
+            raise InvalidInputError(f"role {role!r}: not a process of the topology ({ROLES})")
 
     def stop(self, role: str, grace_s: float = 30.0) -> None:
         """Stop one process (SIGTERM, SIGKILL after ``grace_s``; 0 kills it outright)."""

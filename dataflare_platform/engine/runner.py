@@ -20,7 +20,7 @@ import re
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Literal
 
 import numpy as np
@@ -136,6 +136,36 @@ class EngineError(DataflareError, RuntimeError):
     pass
 
 
+class _StepFailedError(Exception):
+    """A stateful step failed on the source batch being processed (a Polars failure, or
+    a plugin's contained rejection): the runner rolls the whole batch back and
+    dead-letters it. Internal: it never leaves the runner."""
+
+    def __init__(self, node_id: str, reason: str, kind: str) -> None:
+        super().__init__(reason)
+        self.node_id, self.reason, self.kind = node_id, reason, kind
+
+
+@dataclass
+class _Savepoint:
+    """Everything a source batch may change besides its offset and input counters:
+    operator state, the watermark tracker, outputs and side rows taken so far, and the
+    counters a rolled-back batch must not leave behind."""
+
+    states: dict[str, object]
+    max_seen: dict[str, int]
+    finished: set[str]
+    last_active: dict[str, float]
+    emitted: int
+    outputs: int
+    sides: int
+    late_events: int
+    dead_letters: int
+    dead_by_reason: dict[str, int]
+    operators: dict[str, OperatorMetrics]
+    watermark: tuple[int | None, int | None]
+
+
 class PipelineHaltedError(EngineError):
     """The circuit breaker stopped a run: one step rejected ``max_failed_batches``
     source batches in a row. The message names the step and its last reason."""
@@ -204,6 +234,8 @@ class _Run:
         self._rejections = 0
         self._failed_in_a_row = 0
         self._last_rejection = ("", "")
+        self._in_batch = False  # a source batch is being processed (it can be rolled back)
+        self._stateful = [n for n in self.p.operators() if n.operator.stateful]
         self._outputs: list[pl.DataFrame] = []
         self._sides: list[pl.DataFrame] = []
         for node in self.p.operators():
@@ -635,17 +667,21 @@ class _Run:
     def _batch(self, item: _SourceBatch) -> None:
         self._rejections = 0
         trace = self.trace
-        if trace is None:
-            self._process_batch(item)
-        else:
-            dead = self.metrics.dead_letters
-            trace.batch_started(item.key, item.start, item.end, item.table.num_rows)
-            try:
+        self._in_batch = True
+        try:
+            if trace is None:
                 self._process_batch(item)
-            except BaseException as err:
-                trace.batch_ended(self.metrics.dead_letters - dead, err)
-                raise
-            trace.batch_ended(self.metrics.dead_letters - dead)
+            else:
+                dead = self.metrics.dead_letters
+                trace.batch_started(item.key, item.start, item.end, item.table.num_rows)
+                try:
+                    self._process_batch(item)
+                except BaseException as err:
+                    trace.batch_ended(self.metrics.dead_letters - dead, err)
+                    raise
+                trace.batch_ended(self.metrics.dead_letters - dead)
+        finally:
+            self._in_batch = False
         if not self._rejections:
             self._failed_in_a_row = 0
             return
@@ -676,10 +712,18 @@ class _Run:
             self._sides.append(dead)
         if good is None or good.height == 0:
             return
+        saved = self._savepoint()
+        try:
+            self._feed(item, good, time_col, clean=dead is None)
+        except _StepFailedError as failed:
+            self._roll_back(saved, good, failed)
+
+    def _feed(self, item: _SourceBatch, good: pl.DataFrame, time_col: str, clean: bool) -> None:
+        """The accepted rows of a source batch through the operator graph."""
         if not self.row_watermarks:
             # The source thread already found the newest event time, unless rows were
             # rejected (then it may be one of them).
-            newest = item.newest if dead is None and item.newest is not None else None
+            newest = item.newest if clean and item.newest is not None else None
             if newest is None:
                 newest = int(good.get_column(time_col).cast(pl.Int64).max())
             self.tracker.observe(item.key, newest)
@@ -700,6 +744,55 @@ class _Run:
         else:
             self._emit(item.node, good.with_columns(pl.Series(WM_COL, row_wm)))
         self._advance()
+
+    def _savepoint(self) -> _Savepoint:
+        """What to go back to if a stateful step fails on this batch. Cheap: operators
+        hand back references to their (immutable) state frames where they can."""
+        m, t = self.metrics, self.tracker
+        return _Savepoint(
+            states={n.id: n.operator.savepoint() for n in self._stateful},
+            max_seen=dict(t.max_seen),
+            finished=set(t.finished),
+            last_active=dict(t.last_active),
+            emitted=t.emitted,
+            outputs=len(self._outputs),
+            sides=len(self._sides),
+            late_events=m.late_events,
+            dead_letters=m.dead_letters,
+            dead_by_reason=dict(m.dead_by_reason),
+            operators={k: replace(v) for k, v in m.operators.items()},
+            watermark=(m.watermark_ms, m.watermark_lag_ms),
+        )
+
+    def _roll_back(self, saved: _Savepoint, good: pl.DataFrame, failed: _StepFailedError) -> None:
+        """A stateful step failed on this batch: every operator's state, the watermark,
+        the outputs and the counters go back to before the batch, and the batch's rows
+        are dead-lettered whole with the step and the reason. No state counts any of
+        it, so a redrive of the dead letters counts each row once."""
+        for node in self._stateful:
+            node.operator.rollback(saved.states[node.id])
+        t, m = self.tracker, self.metrics
+        t.max_seen, t.finished, t.last_active = saved.max_seen, saved.finished, saved.last_active
+        t.emitted = saved.emitted
+        del self._outputs[saved.outputs :]
+        del self._sides[saved.sides :]
+        m.late_events, m.dead_letters = saved.late_events, saved.dead_letters
+        m.dead_by_reason = saved.dead_by_reason
+        for node_id, stats in saved.operators.items():
+            own = m.operators[node_id].own  # the operator's own counters are cumulative
+            m.operators[node_id] = replace(stats, own=own)
+        m.watermark_ms, m.watermark_lag_ms = saved.watermark
+        reason = (
+            f"step {failed.node_id}: {failed.reason}"
+            " (the batch was rolled back: no step's state counts it)"
+        )
+        stats = m.operators[failed.node_id]
+        stats.errors += 1
+        m.dead_letters += good.height
+        m.dead_by_reason[failed.kind] = m.dead_by_reason.get(failed.kind, 0) + good.height
+        self._sides.append(side_rows(good, "dead_letter", failed.node_id, reason))
+        self._rejections += 1
+        self._last_rejection = (failed.node_id, failed.reason)
 
     def _dead_reasons(self, dead: pl.DataFrame) -> None:
         """Count dead letters by reason kind (bounded label values, not the free text)."""
@@ -800,14 +893,16 @@ class _Run:
         except BatchRejectedError as err:
             # Contained failure of this batch only (e.g. a plugin trap or timeout): the
             # rows are kept as dead letters with the reason, and the pipeline goes on.
+            if op.stateful:
+                self._stateful_failure(node_id, str(err), "batch_rejected", t0)
             self._reject(node_id, df, str(err), t0, kind="batch_rejected")
             return
         except _POLARS_FAILURES as err:
             reason = f"{op.name} failed: {polars_reason(err)}"
             if op.stateful:
-                # Its state may hold part of the batch: dead-lettering the batch would
-                # count those rows twice. The run stops, naming the step.
-                raise EngineError(f"step {node_id}: {reason}") from None
+                # Its state (and every stateful step before it) may hold part of the
+                # batch: the whole source batch is rolled back and dead-lettered.
+                self._stateful_failure(node_id, reason, "step_failed", t0)
             # A stateless step (an expression failing on this batch's values or
             # columns): the batch is dead-lettered with the reason and the run goes on;
             # its offsets are already past it, so a restart does not meet it again.
@@ -824,6 +919,16 @@ class _Run:
         if out is not None and out.height:
             stats.rows_out += out.height
             self._emit(node_id, out)
+
+    def _stateful_failure(self, node_id: str, reason: str, kind: str, t0: float) -> None:
+        """A stateful step failed: inside a source batch the batch is rolled back
+        (``_StepFailedError``, caught in ``_process_batch``); outside one (the watermark
+        moved on idleness or at the end of the input) there is no batch to dead-letter,
+        so the run stops naming the step; its last checkpoint is before the failure."""
+        self.metrics.operators[node_id].seconds += time.perf_counter() - t0
+        if self._in_batch:
+            raise _StepFailedError(node_id, reason, kind)
+        raise EngineError(f"step {node_id}: {reason}")
 
     def _reject(self, node_id: str, df: pl.DataFrame, reason: str, t0: float, *, kind: str) -> None:
         """Dead-letter a whole batch at `node_id`; `kind` is the metric's reason label
@@ -847,7 +952,11 @@ class _Run:
         )
         for node in self.p.operators():
             t0 = time.perf_counter()
-            out = node.operator.advance(watermark)
+            try:
+                out = node.operator.advance(watermark)
+            except _POLARS_FAILURES as err:
+                reason = f"{node.operator.name} failed: {polars_reason(err)}"
+                self._stateful_failure(node.id, reason, "step_failed", t0)
             stats = self.metrics.operators[node.id]
             stats.seconds += time.perf_counter() - t0
             if out is not None and out.height:

@@ -120,7 +120,7 @@ METRICS: tuple[MetricSpec, ...] = (
         "counter",
         ("pipeline", "reason"),
         "Rows sent to dead letters, by reason: schema_mismatch, null_event_time,"
-        " future_event_time, batch_rejected.",
+        " future_event_time, batch_rejected, expression_failed, step_failed.",
         "numRecordsInErrors",
     ),
     MetricSpec(

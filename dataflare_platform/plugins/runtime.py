@@ -346,6 +346,17 @@ class Plugin:
                 self._put_state(before)
             raise
 
+    def savepoint(self) -> bytes | None:
+        """The committed aggregate state as it is now (None: fresh, or a stateless kind),
+        for ``rollback`` when a later step of the same pipeline batch fails: the engine
+        then dead-letters the batch and this plugin must not count it either."""
+        return self._state
+
+    def rollback(self, saved: bytes | None) -> None:
+        """Back to the state ``savepoint`` returned (a no-op when nothing changed)."""
+        if self.manifest.kind == "aggregate" and self._state != saved:
+            self._put_state(saved)
+
     def state(self) -> bytes:
         """The aggregate's raw state bytes (host-owned); b"" for map/filter."""
         return bytes(self._state) if self._state is not None else b""

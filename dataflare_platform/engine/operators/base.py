@@ -89,6 +89,19 @@ class Operator:
     def restore(self, state: dict[str, pa.Table]) -> None:
         return None
 
+    def savepoint(self) -> object:
+        """The state as it is now, for ``rollback`` if the batch about to be processed
+        fails at run time (the runner then dead-letters the batch and the state must not
+        count any of it). The default goes through ``snapshot``/``restore`` (always
+        right, costs a copy); operators whose state is made of immutable frames return
+        references instead."""
+        return self.snapshot() if self.stateful else None
+
+    def rollback(self, saved: object) -> None:
+        """Back to the state ``savepoint`` returned (nothing after it counted)."""
+        if self.stateful:
+            self.restore(saved)  # type: ignore[arg-type]
+
     def state_rows(self) -> int:
         return 0
 
@@ -131,6 +144,14 @@ class FrameState(Operator):
     def restore(self, state: dict[str, pa.Table]) -> None:
         if self.state_key in state:
             self._state = pl.from_arrow(state[self.state_key])
+
+    def savepoint(self) -> object:
+        # Polars frames are never changed in place here (each batch makes a new one):
+        # holding the reference keeps the state as it was.
+        return self._state
+
+    def rollback(self, saved: object) -> None:
+        self._state = saved  # type: ignore[assignment]
 
     def state_rows(self) -> int:
         return 0 if self._state is None else self._state.height

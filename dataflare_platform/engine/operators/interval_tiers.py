@@ -11,6 +11,7 @@ cursor; the closed prefix is dropped once it is half the tier.
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -91,6 +92,16 @@ class Tier:
         self._start = self.rows.get_column("__start").to_numpy()
         self._end = self.rows.get_column("__end").to_numpy()
         self._build_index()
+
+    def copy(self) -> Tier:
+        """A twin whose partials a later ``match`` cannot change (they are folded in
+        place), for a savepoint; the rows and lookup index are shared (only replaced)."""
+        twin = copy.copy(self)
+        twin.partials = {k: v.copy() for k, v in self.partials.items()}
+        twin.seen = {k: v.copy() for k, v in self.seen.items()}
+        twin.matched = self.matched.copy()
+        twin.dtypes = dict(self.dtypes)
+        return twin
 
     # -- lookup --------------------------------------------------------------------------
     def _build_index(self) -> None:

@@ -83,6 +83,12 @@ class WindowJoin(Operator):
             (pl.col(WINDOW_START) + size).cast(pl.Datetime("ms")).alias(WINDOW_END),
         )
 
+    def savepoint(self) -> object:
+        return [{start: list(frames) for start, frames in side.items()} for side in self._sides]
+
+    def rollback(self, saved: object) -> None:
+        self._sides = [dict(side) for side in saved]  # type: ignore[attr-defined]
+
     def snapshot(self) -> dict[str, pa.Table]:
         return {
             f"side{i}": pl.concat([f for frames in side.values() for f in frames]).to_arrow()
@@ -150,6 +156,12 @@ class IncrementalJoin(Operator):
                 )
         self._right = _concat(self._right, rows)
         return out, None
+
+    def savepoint(self) -> object:
+        return (self._left, self._right)  # frames are replaced, never changed in place
+
+    def rollback(self, saved: object) -> None:
+        self._left, self._right = saved  # type: ignore[misc]
 
     def snapshot(self) -> dict[str, pa.Table]:
         state = {}
@@ -265,6 +277,14 @@ class IntervalJoinAggregate(Operator):
 
     def output_time_column(self) -> str:
         return WINDOW_END
+
+    def savepoint(self) -> object:
+        # Tiers fold matches into their arrays in place: the savepoint holds copies.
+        return [tier.copy() for tier in self._tiers], self._pending
+
+    def rollback(self, saved: object) -> None:
+        tiers, self._pending = saved  # type: ignore[misc]
+        self._tiers = list(tiers)
 
     def snapshot(self) -> dict[str, pa.Table]:
         state = {}

@@ -59,6 +59,15 @@ class _Panes:
         for pane in [p for p in self._panes if p < before]:
             del self._panes[pane]
 
+    def mark(self) -> dict:
+        """The panes as they are now, for ``reset`` (a batch failing at run time must
+        leave no trace). Pane values are replaced, never changed in place, so a copy of
+        the index (and of each pane's frame list) is enough."""
+        return {p: list(v) if isinstance(v, list) else v for p, v in self._panes.items()}
+
+    def reset(self, mark: dict) -> None:
+        self._panes = dict(mark)
+
 
 class FramePanes(_Panes):
     """Pane start -> partial-aggregate frames (keys, pane, partials); a pane's frames are

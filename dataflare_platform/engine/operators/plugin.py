@@ -50,6 +50,19 @@ class PluginOperator(Operator):
             return {}
         return {f"plugin_{k}": v for k, v in own.items() if isinstance(v, int | float)}
 
+    def savepoint(self) -> object:
+        # A plugin that can hand back its raw state cheaply (``Plugin.savepoint``) does;
+        # any other goes through its checkpoint snapshot.
+        own = getattr(self.plugin, "savepoint", None)
+        return ("raw", own()) if callable(own) else ("snapshot", self.plugin.snapshot())
+
+    def rollback(self, saved: object) -> None:
+        how, state = saved  # type: ignore[misc]
+        if how == "raw":
+            self.plugin.rollback(state)  # type: ignore[attr-defined]
+        else:
+            self.plugin.restore(state)
+
     def snapshot(self) -> dict[str, pa.Table]:
         return {"plugin": pa.table({"state": pa.array([self.plugin.snapshot()], pa.binary())})}
 

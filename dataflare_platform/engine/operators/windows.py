@@ -169,6 +169,17 @@ class WindowAggregate(Operator):
         self._store.evict(self._fired_until)
         return fired
 
+    def savepoint(self) -> object:
+        store = self._store
+        mark = None if store is None else store.mark()
+        return (store, mark, self._frames_only, self._fired_until)
+
+    def rollback(self, saved: object) -> None:
+        store, mark, self._frames_only, self._fired_until = saved  # type: ignore[misc]
+        if store is not None:
+            store.reset(mark)
+        self._store = store
+
     def snapshot(self) -> dict[str, pa.Table]:
         if self._store is None and self._fired_until is None:
             return {}
@@ -282,6 +293,12 @@ class WindowTopRows(Operator):
             _as_datetime(WINDOW_START),
             (pl.col(WINDOW_START) + size).cast(pl.Datetime("ms")).alias(WINDOW_END),
         ).sort([WINDOW_START, *self.keys, self.time_column])
+
+    def savepoint(self) -> object:
+        return dict(self._leaders)  # values are replaced, never changed in place
+
+    def rollback(self, saved: object) -> None:
+        self._leaders = dict(saved)  # type: ignore[call-overload]
 
     def snapshot(self) -> dict[str, pa.Table]:
         if not self._leaders:

@@ -55,6 +55,74 @@ def pipeline_run(
     print_json({"pipeline": pipeline.name, **result.as_dict()})
 
 
+@pipeline_app.command("reset-state")
+def pipeline_reset_state(
+    spec: Annotated[Path, typer.Argument(help="Pipeline YAML file.")],
+    step: Annotated[
+        str,
+        typer.Option(
+            "--step",
+            help="The step whose state to drop: its id as a restore refusal names it"
+            " (e.g. 2:plugin:hll_distinct), or the part after the number if only one fits.",
+        ),
+    ],
+    yes: Annotated[
+        bool, typer.Option("--yes", help="Confirm: the step forgets what it had counted.")
+    ] = False,
+    home: HomeOption = None,
+) -> None:
+    """Drop one step's state from the pipeline's last checkpoint, keeping the offsets and
+    the other steps' state: the way out when the step refuses its checkpointed state
+    (another plugin version, a damaged state). Audited; JSON says what was dropped."""
+    import getpass
+
+    from dataflare_platform.cli._common import UsageError
+    from dataflare_platform.streams.spec import PipelineSpec
+    from dataflare_platform.streams.state_reset import reset_step_state
+
+    loaded = PipelineSpec.from_yaml(spec)
+    if not yes:
+        reset = reset_step_state(loaded, step, apply=False)
+        plugin = _plugin_identity(reset.state)
+        what = f"plugin {plugin['plugin']} {plugin['version']}, " if plugin else ""
+        raise UsageError(
+            f"this drops step {reset.step}'s state ({what}{sum(reset.tables.values())} rows,"
+            f" sha256 {reset.state_sha256[:16]}) from pipeline {reset.pipeline!r}'s last"
+            " checkpoint: the step starts empty (an aggregate forgets what it counted) while"
+            " the offsets and the other steps' state are kept; add --yes to do it"
+        )
+    from dataflare_platform.compliance.audit import AuditAction, AuditLog
+    from dataflare_platform.compliance.audit_keys import AuditSettings
+
+    # The log is opened first: a reset it cannot record is not made.
+    with AuditLog.open(AuditSettings.resolve(home=home)) as log:
+        reset = reset_step_state(loaded, step, apply=True)
+        plugin = _plugin_identity(reset.state)
+        details = {
+            **reset.as_dict(),
+            "os_user": getpass.getuser(),
+            **({"plugin": plugin} if plugin else {}),
+        }
+        details.pop("applied")
+        log.append(
+            "system:cli",
+            AuditAction.PIPELINE_STATE_RESET,
+            f"pipeline:{reset.pipeline}",
+            details,
+        )
+    print_json({**reset.as_dict(), **({"plugin": plugin} if plugin else {})})
+
+
+def _plugin_identity(state: dict[str, Any]) -> dict[str, object] | None:
+    """The identity header of a plugin step's checkpointed state, if it is one."""
+    table = state.get("plugin")
+    if table is None or "state" not in table.column_names or table.num_rows != 1:
+        return None
+    from dataflare_platform.plugins.runtime import state_identity
+
+    return state_identity(table.column("state")[0].as_py() or b"")
+
+
 def _plugins(spec: PipelineSpec) -> dict[str, Any] | None:
     """The plugins of ``spec``'s plugin steps, loaded as a Dagster run of the deployment
     loads them: the same resource (``PluginRuntimeResource``, its settings from the

@@ -132,6 +132,7 @@ class AuditAction(StrEnum):
     RETENTION_DELETED = "retention_deleted"
     CONFIG_CHANGED = "config_changed"
     ENTRIES_AUTHENTICATED = "audit_entries_authenticated"
+    PIPELINE_STATE_RESET = "pipeline_state_reset"
 
 
 class AuditTamperedError(DataflareError):

@@ -5,6 +5,7 @@ One self-describing blob, so a sink can store it in the same transaction as its 
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import struct
@@ -65,3 +66,27 @@ class Checkpoint:
             states=states,
             batches=int(meta["batches"]),
         )
+
+
+def state_digest(tables: dict[str, pa.Table]) -> str:
+    """SHA-256 over a step's state tables (name, then its Arrow IPC stream, by name): a
+    fingerprint for audit entries and messages, never the state itself."""
+    digest = hashlib.sha256()
+    for name in sorted(tables):
+        sink = io.BytesIO()
+        with pa.ipc.new_stream(sink, tables[name].schema) as writer:
+            writer.write_table(tables[name])
+        digest.update(name.encode() + b"\0" + sink.getvalue())
+    return digest.hexdigest()
+
+
+def without_step(checkpoint: Checkpoint, step: str) -> Checkpoint:
+    """The same checkpoint (offsets, watermark, counters, the other steps' state) with
+    ``step``'s state left out: that step restores empty, everything else as before."""
+    return Checkpoint(
+        offsets=dict(checkpoint.offsets),
+        watermark=dict(checkpoint.watermark),
+        counters=dict(checkpoint.counters),
+        states={k: v for k, v in checkpoint.states.items() if k != step},
+        batches=checkpoint.batches,
+    )

@@ -166,6 +166,12 @@ class _Savepoint:
     watermark: tuple[int | None, int | None]
 
 
+class StateRestoreError(EngineError):
+    """A step refused the state its last checkpoint holds (a plugin's state written by
+    another plugin, version or module, or damaged). The message names the pipeline, the
+    step and ``dataflare pipeline reset-state``, the deliberate way out."""
+
+
 class PipelineHaltedError(EngineError):
     """The circuit breaker stopped a run: one step rejected ``max_failed_batches``
     source batches in a row. The message names the step and its last reason."""
@@ -283,7 +289,15 @@ class _Run:
         self.offsets.update(checkpoint.offsets)
         self.tracker.restore(checkpoint.watermark)
         for node in self.p.operators():
-            node.operator.restore(checkpoint.states.get(node.id, {}))
+            try:
+                node.operator.restore(checkpoint.states.get(node.id, {}))
+            except DataflareError as err:
+                raise StateRestoreError(
+                    f"pipeline {self.p.name!r} step {node.id}: its checkpointed state is"
+                    f" refused: {err}. To start this step from empty state and keep the"
+                    " offsets and the other steps' state:"
+                    f" dataflare pipeline reset-state PIPELINE_FILE --step {node.id} --yes"
+                ) from err
         m = self.metrics
         c = checkpoint.counters
         m.events_in, m.events_out = c.get("events_in", 0), c.get("events_out", 0)

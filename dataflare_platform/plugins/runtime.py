@@ -468,9 +468,28 @@ class Plugin:
             raise WrongTypeError(f"plugin {self.name} is a {self.manifest.kind} plugin, not {kind}")
 
 
+def state_identity(blob: bytes) -> dict[str, object] | None:
+    """The identity a checkpointed plugin state carries (plugin, version, module and
+    state digests, size), or None if it carries none or it does not decode: for audit
+    entries and messages about a state, never the state's bytes."""
+    blob = bytes(blob)
+    if not blob.startswith(STATE_MAGIC) or len(blob) < len(STATE_MAGIC) + 4:
+        return None
+    (n,) = struct.unpack_from("<I", blob, len(STATE_MAGIC))
+    try:
+        header = json.loads(blob[len(STATE_MAGIC) + 4 : len(STATE_MAGIC) + 4 + n])
+    except ValueError:
+        return None
+    if not isinstance(header, dict):
+        return None
+    keys = ("plugin", "version", "module_sha256", "state_bytes", "state_sha256")
+    return {k: header[k] for k in keys if isinstance(header.get(k), str | int)}
+
+
 _STATE_ADVICE = (
-    "reset the plugin's state (start the pipeline from a fresh checkpoint) or migrate it"
-    " with the plugin version that wrote it"
+    "reset the plugin's state (`dataflare pipeline reset-state PIPELINE_FILE --step STEP"
+    " --yes` drops only this step's state, keeping the offsets and the other steps') or"
+    " migrate it with the plugin version that wrote it"
 )
 
 

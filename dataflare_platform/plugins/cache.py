@@ -37,6 +37,7 @@ import threading
 from pathlib import Path
 
 from dataflare_platform.errors import DataflareError
+from dataflare_platform.plugins.forks import reset_in_forked_child
 
 log = logging.getLogger(__name__)
 
@@ -75,6 +76,11 @@ class PluginCache:
         self.rejected = 0  # artifacts whose MAC did not verify (for tests and metrics)
         self._key: bytes | None = None
         self._refused: str | None = None
+        self._lock = threading.Lock()
+        reset_in_forked_child(self)
+
+    def _after_fork(self) -> None:
+        """In a forked child: the parent's threads may have held the lock."""
         self._lock = threading.Lock()
 
     # -- folder and key ------------------------------------------------------------------

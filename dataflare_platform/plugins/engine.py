@@ -96,7 +96,8 @@ def _ensure_ticker() -> None:
 def _after_fork_in_child() -> None:
     """Threads do not survive ``fork``: without this, a plugin loaded before the fork
     (multiprocessing's default start method on Linux) would run in the child with no
-    deadline at all. The lock is replaced too (the parent may have held it)."""
+    deadline at all. The lock is replaced too (the parent may have held it); plugins,
+    caches and registries reset their own (``plugins.forks``)."""
     global _lock, _ticker
     _lock = threading.Lock()
     _ticker = None

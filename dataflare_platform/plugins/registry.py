@@ -25,6 +25,7 @@ from dataflare_platform.home import ProjectHome
 from dataflare_platform.models import StrictModel
 from dataflare_platform.plugins.build import SAMPLES_DIR, build_plugin
 from dataflare_platform.plugins.engine import plugin_cache
+from dataflare_platform.plugins.forks import reset_in_forked_child
 from dataflare_platform.plugins.lock import (
     LOCK_FILE,
     LockAuth,
@@ -127,6 +128,11 @@ class PluginRegistry:
         self.config = config or RegistryConfig()
         self.on_refused = on_refused
         self.on_unpinned = on_unpinned
+        self._build_lock = threading.Lock()
+        reset_in_forked_child(self)
+
+    def _after_fork(self) -> None:
+        """In a forked child: the parent's threads may have held the build lock."""
         self._build_lock = threading.Lock()
 
     # -- discovery -----------------------------------------------------------------------

@@ -34,6 +34,7 @@ from dataflare_platform.plugins.engine import (
     shared_engine,
 )
 from dataflare_platform.plugins.fastcall import I32Func, SignatureError
+from dataflare_platform.plugins.forks import reset_in_forked_child
 from dataflare_platform.plugins.manifest import ColumnSpec, Manifest
 from dataflare_platform.plugins.shape import ModuleRefusedError
 
@@ -183,6 +184,16 @@ class Plugin:
             ) from None
         self._linker = self._make_linker(set(granted))
         self._pool = _Pool(lambda: _Instance(self), self.pool_size, self._waited)
+        reset_in_forked_child(self)
+
+    def _after_fork(self) -> None:
+        """In a forked child (``plugins.forks``): new locks, and an empty pool. Another
+        thread of the parent may have been inside a call, holding a lock or an instance
+        mid-call; the next call here builds a fresh instance, which starts from the last
+        committed aggregate state (a batch in flight in the parent was never committed)."""
+        self._lock = threading.Lock()
+        self._link_lock = threading.Lock()
+        self._pool.after_fork()
 
     def captured(self) -> bytes:
         """What the plugin wrote through the ``log`` capability so far (at most LOG_CAP
@@ -524,6 +535,14 @@ class _Pool:
                 self.live -= 1
                 self._cond.notify()
             raise
+
+    def after_fork(self) -> None:
+        """In a forked child: a new condition (its lock may have been held) and no
+        instances; the parent's threads are gone and one may have left an instance
+        mid-call, so none is reused and the next checkout builds one."""
+        self._cond = threading.Condition()
+        self._idle = []
+        self.live = 0
 
     def give_back(self, inst: _Instance) -> None:
         with self._cond:

@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 import yaml
 from prometheus_client import CollectorRegistry, Gauge, start_http_server
+from prometheus_client import values as prometheus_values
 
 from dataflare_platform.alerting import AlertStore, default_state_url
 from dataflare_platform.cli.observe import observe_dir
@@ -145,8 +146,13 @@ def test_a_prometheus_alert_reaches_the_platforms_alerting_and_audit_then_resolv
     receiver,
     http_receiver,
     tmp_path,
+    monkeypatch,
 ):
     receiver_url, token = receiver
+    # A plain in-process target: an earlier test of this process may have switched
+    # prometheus_client to its multiprocess value class (the platform's metrics on) and
+    # restored the environment variable it reads since.
+    monkeypatch.setattr(prometheus_values, "ValueClass", prometheus_values.MutexValue)
     registry = CollectorRegistry()
     heartbeat = Gauge(
         "dataflare_dagster_daemon_heartbeat_age_seconds", "age", ["daemon"], registry=registry

@@ -28,7 +28,7 @@ import threading
 from collections import Counter
 from collections.abc import Callable
 from datetime import UTC, datetime
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any, Literal
 
@@ -38,6 +38,7 @@ from dataflare_platform.alerting import AlertEvent, AlertManager, PrometheusAler
 from dataflare_platform.compliance.audit import AuditLog
 from dataflare_platform.errors import ConfigError
 from dataflare_platform.observability.counters import count
+from dataflare_platform.observability.endpoint import LoopbackServer
 from dataflare_platform.secrets import SecretRef
 
 LOOPBACK = "127.0.0.1"
@@ -84,13 +85,16 @@ class WebhookPayload(_Payload):
     alerts: list[WebhookAlert] = Field(min_length=1, max_length=1000)
 
 
-class AlertReceiver:
+class AlertReceiver(LoopbackServer):
     """``start()`` binds 127.0.0.1:``port`` (0: a free port, see ``url``).
 
     ``manager_factory`` gives an :class:`AlertManager` (re-created per request, as the
     sensors do: everything that matters is in its database) and ``audit_factory`` the
     deployment's audit log opened with its entry key; ``clock`` is read at the edge.
     """
+
+    path = PATH
+    thread_name = "df-alert-receiver"
 
     def __init__(
         self,
@@ -137,28 +141,7 @@ class AlertReceiver:
         self._token = token
         self._max_bytes = max_bytes
         self._clock = clock
-        self.server = ThreadingHTTPServer((LOOPBACK, port), Handler)
-        self.server.daemon_threads = True
-        self._thread: threading.Thread | None = None
-
-    @property
-    def url(self) -> str:
-        host, port = self.server.server_address[:2]
-        return f"http://{host}:{port}{PATH}"
-
-    def start(self) -> AlertReceiver:
-        self._thread = threading.Thread(
-            target=self.server.serve_forever, name="df-alert-receiver", daemon=True
-        )
-        self._thread.start()
-        return self
-
-    def serve_forever(self) -> None:
-        self.server.serve_forever()
-
-    def stop(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+        self._bind(Handler, port)
 
     # -- requests ------------------------------------------------------------------------
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import Self
 
 from dataflare_platform.observability.prometheus import exposition, private_dir
 
@@ -17,8 +18,44 @@ LOOPBACK = "127.0.0.1"
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 
-class MetricsServer:
+class LoopbackServer:
+    """A threaded HTTP server on 127.0.0.1 only, served from a daemon thread: the shape
+    shared by the scrape endpoint and the Alertmanager receiver (``compliance``)."""
+
+    path = "/"
+    thread_name = "df-http"
+    server: ThreadingHTTPServer
+
+    def _bind(self, handler: type[BaseHTTPRequestHandler], port: int) -> None:
+        self.server = ThreadingHTTPServer((LOOPBACK, port), handler)
+        self.server.daemon_threads = True
+        self._thread: threading.Thread | None = None
+
+    @property
+    def url(self) -> str:
+        host, port = self.server.server_address[:2]
+        return f"http://{host}:{port}{self.path}"
+
+    def start(self) -> Self:
+        self._thread = threading.Thread(
+            target=self.server.serve_forever, name=self.thread_name, daemon=True
+        )
+        self._thread.start()
+        return self
+
+    def serve_forever(self) -> None:
+        self.server.serve_forever()
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+class MetricsServer(LoopbackServer):
     """``start()`` binds 127.0.0.1:``port`` (0: a free port, see ``url``)."""
+
+    path = "/metrics"
+    thread_name = "df-metrics"
 
     def __init__(self, directory: Path, port: int = 0) -> None:
         self.directory = private_dir(directory)
@@ -43,25 +80,4 @@ class MetricsServer:
             def log_message(self, format: str, *args: object) -> None:
                 pass  # scrapes every few seconds: no access log on stderr
 
-        self.server = ThreadingHTTPServer((LOOPBACK, port), Handler)
-        self.server.daemon_threads = True
-        self._thread: threading.Thread | None = None
-
-    @property
-    def url(self) -> str:
-        host, port = self.server.server_address[:2]
-        return f"http://{host}:{port}/metrics"
-
-    def start(self) -> MetricsServer:
-        self._thread = threading.Thread(
-            target=self.server.serve_forever, name="df-metrics", daemon=True
-        )
-        self._thread.start()
-        return self
-
-    def serve_forever(self) -> None:
-        self.server.serve_forever()
-
-    def stop(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+        self._bind(Handler, port)

@@ -41,7 +41,6 @@ from dataflare_platform.observability.counters import count
 from dataflare_platform.observability.endpoint import LoopbackServer
 from dataflare_platform.secrets import SecretRef
 
-LOOPBACK = "127.0.0.1"
 PATH = "/alerts"
 MAX_BYTES = 256 * 1024
 ACTOR = "service:alertmanager"

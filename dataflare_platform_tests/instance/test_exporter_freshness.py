@@ -7,6 +7,7 @@ import time
 from datetime import timedelta
 
 import dagster as dg
+import pytest
 
 from dataflare_platform import observability
 from dataflare_platform.instance.exporter import InstanceExporter, freshness_policies
@@ -76,6 +77,7 @@ def test_fresh_then_overdue_against_the_policy(metrics_dir):
         exporter.collect(now + 7200)
         text = exposition(metrics_dir)
         assert value(text, "dataflare_dagster_asset_fresh", asset="hourly") == 0
+        built = instance.get_latest_materialization_event(hourly.key).timestamp
         overdue = value(text, "dataflare_dagster_asset_overdue_seconds", asset="hourly")
-        assert 3600 <= overdue < 3700
+        assert overdue == pytest.approx(now + 7200 - built - 3600)
         assert value(text, "dataflare_dagster_asset_fresh", asset="on_the_hour") == 0

@@ -22,6 +22,7 @@ from dataflare_platform.events.engine_io import LogSink
 from dataflare_platform.events.log import EventLog
 from dataflare_platform.observability import connectors as connector_metrics
 from dataflare_platform.observability.prometheus import exposition
+from dataflare_platform.sql_names import quote_identifier
 from dataflare_platform_tests.connectors.broker_helpers import (
     NATS_URL_VARIABLE,
     REDIS_URL_VARIABLE,
@@ -124,14 +125,14 @@ def test_postgres_commits_and_a_refused_one(metrics_dir, dsn):
         sink.write(pl.DataFrame({"a": [1, 2]}), None)
         sink.commit(Checkpoint())
         with psycopg.connect(dsn, autocommit=True) as conn:  # the server refuses the next
-            conn.execute(f'DROP TABLE "{schema}".out')
+            conn.execute(f"DROP TABLE {quote_identifier(schema)}.out")
         sink.write(pl.DataFrame({"a": [3]}), None)
         with pytest.raises(psycopg.errors.UndefinedTable):
             sink.commit(Checkpoint())
         sink.close()
     finally:
         with psycopg.connect(dsn, autocommit=True) as conn:
-            conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+            conn.execute(f"DROP SCHEMA IF EXISTS {quote_identifier(schema)} CASCADE")
     text = exposition(metrics_dir)
     labels = {"connector": "postgres", "stream": f"{schema}.out", "operation": "commit"}
     assert value(text, REQUESTS, **labels, outcome="ok") == 1

@@ -17,6 +17,7 @@ import psycopg
 
 from dataflare_platform.client import DataflareClient
 from dataflare_platform.gateway.topology import PostgresTarget, running_topology
+from dataflare_platform.sql_names import quote_identifier
 
 
 def _stats(env: dict[str, str]) -> dict[str, int]:
@@ -30,7 +31,7 @@ def _stats(env: dict[str, str]) -> dict[str, int]:
             "SELECT xact_commit, tup_inserted, tup_updated, tup_deleted FROM pg_stat_database"
             " WHERE datname = current_database()"
         ).fetchone()
-    return dict(zip(("xact_commit", "tup_inserted", "tup_updated", "tup_deleted"), row))
+    return dict(zip(("xact_commit", "tup_inserted", "tup_updated", "tup_deleted"), row, strict=True))
 
 
 def _per_run(env: dict[str, str], run_ids: list[str]) -> dict[str, float]:
@@ -43,7 +44,7 @@ def _per_run(env: dict[str, str], run_ids: list[str]) -> dict[str, float]:
         counts = {}
         for table in ("runs", "run_tags", "event_logs"):
             (n,) = conn.execute(
-                f"SELECT count(*) FROM {table} WHERE run_id = ANY(%s)", (run_ids,)
+                f"SELECT count(*) FROM {quote_identifier(table)} WHERE run_id = ANY(%s)", (run_ids,)
             ).fetchone()
             counts[f"{table}_rows_per_run"] = n / len(run_ids)
     return counts

@@ -31,7 +31,9 @@ def _stats(env: dict[str, str]) -> dict[str, int]:
             "SELECT xact_commit, tup_inserted, tup_updated, tup_deleted FROM pg_stat_database"
             " WHERE datname = current_database()"
         ).fetchone()
-    return dict(zip(("xact_commit", "tup_inserted", "tup_updated", "tup_deleted"), row, strict=True))
+    return dict(
+        zip(("xact_commit", "tup_inserted", "tup_updated", "tup_deleted"), row, strict=True)
+    )
 
 
 def _per_run(env: dict[str, str], run_ids: list[str]) -> dict[str, float]:

@@ -150,6 +150,9 @@ HomeOption = Annotated[
     typer.Option("--home", help=f"Project home (default: ${HOME_ENV_VAR} or ./.dataflare)."),
 ]
 JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
+LoopbackPortOption = Annotated[
+    int, typer.Option("--port", help="Port on 127.0.0.1 (0: a free one, printed).")
+]
 WebserverHost = Annotated[
     str,
     typer.Option(

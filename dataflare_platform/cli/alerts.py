@@ -24,6 +24,7 @@ import typer
 from dataflare_platform.cli._common import (
     HomeOption,
     JsonOption,
+    LoopbackPortOption,
     command_group,
     print_json,
     table,
@@ -178,9 +179,7 @@ def silence_rule(
 
 @alerts_app.command("receive")
 def receive(
-    port: Annotated[
-        int, typer.Option("--port", help="Port on 127.0.0.1 (0: a free one, printed).")
-    ] = 9465,
+    port: LoopbackPortOption = 9465,
     token_file: Annotated[
         Path | None,
         typer.Option(
@@ -214,9 +213,4 @@ def receive(
         root, SecretRef(file=chosen.absolute()), port=port, max_bytes=max_bytes
     )
     print_json({"url": server.url, "token_file": str(chosen.absolute())})
-    try:
-        server.serve_forever()
-    except KeyboardInterrupt:
-        pass
-    finally:
-        server.server.server_close()
+    server.serve_until_interrupted()

@@ -7,16 +7,19 @@ from typing import Annotated
 
 import typer
 
-from dataflare_platform.cli._common import HOME_ENV_VAR, command_group, print_json
+from dataflare_platform.cli._common import (
+    HOME_ENV_VAR,
+    LoopbackPortOption,
+    command_group,
+    print_json,
+)
 
 metrics_app = command_group(help="Metrics of the platform's processes (Prometheus).")
 
 
 @metrics_app.command("serve")
 def serve(
-    port: Annotated[
-        int, typer.Option("--port", help="Port on 127.0.0.1 (0: a free one, printed).")
-    ] = 9464,
+    port: LoopbackPortOption = 9464,
     directory: Annotated[
         Path | None,
         typer.Option(
@@ -37,12 +40,7 @@ def serve(
     chosen = directory or ObservabilitySettings.from_env().resolved_metrics_dir()
     server = MetricsServer(chosen, port)
     print_json({"url": server.url, "dir": str(server.directory)})
-    try:
-        server.serve_forever()
-    except KeyboardInterrupt:
-        pass
-    finally:
-        server.server.server_close()
+    server.serve_until_interrupted()
 
 
 @metrics_app.command("list")

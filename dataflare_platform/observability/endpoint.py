@@ -46,6 +46,15 @@ class LoopbackServer:
     def serve_forever(self) -> None:
         self.server.serve_forever()
 
+    def serve_until_interrupted(self) -> None:
+        """Serve in this thread until Ctrl-C (the CLI commands' foreground mode)."""
+        try:
+            self.server.serve_forever()
+        except KeyboardInterrupt:
+            pass
+        finally:
+            self.server.server_close()
+
     def stop(self) -> None:
         self.server.shutdown()
         self.server.server_close()

@@ -165,9 +165,20 @@ def test_killed_worker_is_restarted_from_its_checkpoint_a_bounded_number_of_time
     assert not [r for r in runs.values() if r["parentRunId"] == retry["runId"]]
     assert len(runs) == 4  # first, its one retry, fresh, its retry: no double relaunch
 
-    _wait("the fresh retry to start", lambda: client.status(fresh_retry["runId"]) == "STARTED")
-    client.terminate(fresh_retry["runId"])
-    # A graceful stop: the step succeeds, so the run ends SUCCESS (no STEP_FAILURE).
-    assert client.wait(fresh_retry["runId"], timeout_s=WAIT_S) == "SUCCESS"
+    # Wait for the op itself (its restart line), not only the run's STARTED status: a run is
+    # STARTED while its step still waits for the pipeline's pool slot, which the crashed run
+    # gives back only once it is marked FAILED, and a terminate before the step begins ends
+    # the run CANCELED (Dagster's own semantics: nothing had started to stop gracefully).
+    fresh_retry_id = fresh_retry["runId"]
+    _wait(
+        "the fresh retry's op to begin",
+        lambda: any(
+            "automatic restart 1 of" in (e["message"] or "") for e in client.logs(fresh_retry_id)
+        ),
+    )
+    client.terminate(fresh_retry_id)
+    # A graceful stop (here during the backoff or the loop): the step succeeds, so the run
+    # ends SUCCESS (no STEP_FAILURE).
+    assert client.wait(fresh_retry_id, timeout_s=WAIT_S) == "SUCCESS"
     _check_output(home, bids)  # each closed window once, as the uninterrupted run has it
     print(f"\nkill -> FAILURE observed after {first_detected:.2f} s and {second_detected:.2f} s")

@@ -97,6 +97,20 @@ def decode_json_records(
     would turn a misspelled field into a null column). Every payload is still exactly one
     good row or one dead letter; dead letters come back in offset order (a stable sort)."""
     mismatched = split_records(payloads, decoder.schema, policy, decoder.max_payload_bytes)
+    return decode_apart_from(decoder, payloads, offsets, source, partition, mismatched)
+
+
+def decode_apart_from(
+    decoder: JsonDecoder,
+    payloads: Sequence[bytes],
+    offsets: Sequence[int],
+    source: str,
+    partition: str,
+    mismatched: dict[int, str],
+) -> Decoded:
+    """``decoder.decode`` of the payloads not in ``mismatched`` (index -> reason), which
+    become dead letters with their reason; dead letters in offset order (a stable sort).
+    Shared by the stream codecs and the landing zone's NDJSON files."""
     if not mismatched:
         return decoder.decode(payloads, offsets, source, partition)
     keep = [i for i in range(len(payloads)) if i not in mismatched]

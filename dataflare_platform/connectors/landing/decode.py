@@ -36,7 +36,12 @@ from dataflare_platform.events.codec import (
     dead_letters,
     encode_json,
 )
-from dataflare_platform.events.schema_policy import DEFAULT_SCHEMA_POLICY, mismatch, split_records
+from dataflare_platform.events.schema_policy import (
+    DEFAULT_SCHEMA_POLICY,
+    decode_apart_from,
+    mismatch,
+    split_records,
+)
 
 FORMATS = {
     ".parquet": "parquet",
@@ -136,24 +141,8 @@ class FileDecoder:
         if mismatched and self.policy == "refuse_file":
             first = min(mismatched)
             raise UnreadableFileError(f"line {numbers[first]}: {mismatched[first]}")
-        if not mismatched:
-            decoded = self._json.decode(payloads, numbers, source, partition)
-            return FileDecoded(decoded.table, decoded.dead, len(payloads))
-        keep = [i for i in range(len(payloads)) if i not in mismatched]
-        decoded = self._json.decode(
-            [payloads[i] for i in keep], [numbers[i] for i in keep], source, partition
-        )
-        bad = sorted(mismatched)
-        extra = dead_letters(
-            source,
-            partition,
-            [numbers[i] for i in bad],
-            [mismatched[i] for i in bad],
-            [payloads[i] for i in bad],
-        )
-        dead = pa.concat_tables([decoded.dead, extra])
-        dead = dead.take(pc.sort_indices(dead.column("offset")))
-        return FileDecoded(decoded.table, dead, len(payloads))
+        decoded = decode_apart_from(self._json, payloads, numbers, source, partition, mismatched)
+        return FileDecoded(decoded.table, decoded.dead, len(payloads))
 
     # -- CSV -----------------------------------------------------------------------------
     def _csv(self, data: bytes, source: str, partition: str) -> FileDecoded:

@@ -45,6 +45,7 @@ from dataflare_platform.compliance.audit_keys import (
 )
 from dataflare_platform.errors import ConfigError
 from dataflare_platform.home import ProjectHome
+from dataflare_platform.sql_names import quote_identifier
 from dataflare_platform_tests.audit_support import ENTRY_KEY
 
 
@@ -53,7 +54,7 @@ def pg_url(dsn: str) -> Iterator[str]:
     """A SQLAlchemy URL whose search_path is a fresh schema, dropped afterwards."""
     name = f"dataflare_audit_{uuid.uuid4().hex[:12]}"
     with psycopg.connect(dsn, autocommit=True) as conn:
-        conn.execute(f'CREATE SCHEMA "{name}"')
+        conn.execute(f"CREATE SCHEMA {quote_identifier(name)}")
     url = (
         sa.engine.make_url(dsn)
         .set(drivername="postgresql+psycopg")
@@ -61,7 +62,7 @@ def pg_url(dsn: str) -> Iterator[str]:
     )
     yield url.render_as_string(hide_password=False)
     with psycopg.connect(dsn, autocommit=True) as conn:
-        conn.execute(f'DROP SCHEMA IF EXISTS "{name}" CASCADE')
+        conn.execute(f"DROP SCHEMA IF EXISTS {quote_identifier(name)} CASCADE")
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

@@ -41,6 +41,7 @@ from dataflare_platform.defs.governance.resources import GovernanceResource
 from dataflare_platform.defs.resources import ProjectHomeResource
 from dataflare_platform.errors import ConfigError
 from dataflare_platform.home import ProjectHome
+from dataflare_platform.sql_names import quote_identifier
 from dataflare_platform_tests.audit_support import ENTRY_KEY
 
 
@@ -184,9 +185,9 @@ def anchor_db(dsn: str) -> Iterator[tuple[str, str]]:
     tag = uuid.uuid4().hex[:10]
     db, owner, writer = f"df_anchor_{tag}", f"df_anchor_owner_{tag}", f"df_anchor_writer_{tag}"
     with psycopg.connect(dsn, autocommit=True) as conn:
-        conn.execute(f'CREATE ROLE "{owner}" LOGIN')
-        conn.execute(f'CREATE ROLE "{writer}" LOGIN')
-        conn.execute(f'CREATE DATABASE "{db}" OWNER "{owner}"')
+        conn.execute(f"CREATE ROLE {quote_identifier(owner)} LOGIN")
+        conn.execute(f"CREATE ROLE {quote_identifier(writer)} LOGIN")
+        conn.execute(f"CREATE DATABASE {quote_identifier(db)} OWNER {quote_identifier(owner)}")
     base = sa.engine.make_url(dsn)
 
     def as_role(role: str) -> str:
@@ -196,9 +197,9 @@ def anchor_db(dsn: str) -> Iterator[tuple[str, str]]:
         yield as_role(owner), as_role(writer)
     finally:
         with psycopg.connect(dsn, autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{db}" WITH (FORCE)')
-            conn.execute(f'DROP ROLE IF EXISTS "{writer}"')
-            conn.execute(f'DROP ROLE IF EXISTS "{owner}"')
+            conn.execute(f"DROP DATABASE IF EXISTS {quote_identifier(db)} WITH (FORCE)")
+            conn.execute(f"DROP ROLE IF EXISTS {quote_identifier(writer)}")
+            conn.execute(f"DROP ROLE IF EXISTS {quote_identifier(owner)}")
 
 
 def test_the_postgres_anchor_is_append_only_for_its_writer_and_catches_emptying(

@@ -30,6 +30,8 @@ from dataclasses import asdict, dataclass
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from dataflare_platform.errors import InvalidInputError
+
 
 class ScalingPolicy(BaseModel):
     """A pipeline's ``autoscaling:`` block."""
@@ -86,7 +88,7 @@ class ScalingDecision:
 def worker_bounds(policy: ScalingPolicy, partitions: int) -> tuple[int, int]:
     """The worker counts allowed: ``min_workers``..min(``max_workers``, partitions)."""
     if partitions < 1:
-        raise ValueError("a pipeline to scale needs at least one source partition")
+        raise InvalidInputError("a pipeline to scale needs at least one source partition")
     high = min(policy.max_workers, partitions)
     return min(policy.min_workers, high), high
 

@@ -84,6 +84,12 @@ concurrency:
 python_logs:
   managed_python_loggers:
     - dataflare_platform
+  # Each run and step as an OpenTelemetry span, continuing the launch's trace (off unless
+  # OTEL_TRACES_EXPORTER is set; dataflare_platform/instance/run_spans.py).
+  dagster_handler_config:
+    handlers:
+      run_spans:
+        class: dataflare_platform.instance.run_spans.RunSpanHandler
 # Every submitted run is authorized before it is queued (UI, GraphQL, sensors, schedules,
 # backfills, retries, in-process): dataflare_platform/instance/run_coordinator.py, policy in
 # $DATAFLARE_POLICY or the shipped default (docs/security.md, "Authorization"). It is a

@@ -21,7 +21,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import polars as pl
@@ -104,7 +104,7 @@ class _SinkItem:
     ingest: list[float]
     checkpoint: Checkpoint | None
     # (span contexts of the batches it makes durable, their output rows): traces on
-    links: tuple[list, int] | None = None
+    links: tuple[list, int, Any] | None = None  # RunTrace.take_links()
 
 
 _END = object()
@@ -528,6 +528,9 @@ class _Run:
                 self._committed(item.checkpoint)
             if span is not None:
                 span.end()
+                interval = item.links[2]  # type: ignore[index]
+                if interval is not None and self.trace is not None:
+                    self.trace.interval_ended(interval)
             if item.checkpoint is not None or not self.sink.transactional:
                 now = time.perf_counter()
                 for ingest in pending:
@@ -644,7 +647,7 @@ class _Run:
             if self.trace is not None and (cp is not None or not self.sink.transactional):
                 # One span per commit (per write for a sink without transactions), linked
                 # to every batch it makes durable.
-                links = self.trace.take_links()
+                links = self.trace.take_links(cp is not None)
             self._put(self.sink_q, _SinkItem(output, side, ingests, cp, links), sink=True)
         if self.listener is not None:
             for node in self.p.operators():

@@ -13,6 +13,15 @@ consumers: a source batch is a ``process <source>`` span of kind CONSUMER with
 A sink commit makes the output of several source batches durable at once (sources and
 partitions merged): it is a ``send <sink>`` span of kind PRODUCER with a **link** to each
 batch span it covers (a sink without transactions: one per write).
+
+A continuous run never ends, so its ``dataflare.pipeline`` span (exported when the run
+stops) cannot be the parent of its batches: a trace would grow for days and its spans
+would wait for a parent no backend has yet. Each **checkpoint interval** is a trace of its
+own instead, as the messaging conventions advise for long-running consumers: a bounded
+``dataflare.checkpoint_interval <pipeline>`` root span with a link to the run's span,
+holding the interval's batches, plugin calls and the commit that ends it, exported when
+the commit is done. The sampling ratio decides per interval (1 % of a continuous run's
+intervals at 1 %), so a long run is sampled evenly instead of all or nothing.
 """
 
 from __future__ import annotations
@@ -23,6 +32,7 @@ from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
 from opentelemetry import trace
+from opentelemetry.context import Context
 from opentelemetry.trace import Link, Span, SpanContext, SpanKind, Status, StatusCode
 
 from dataflare_platform.engine.operators.plugin import PluginOperator
@@ -40,10 +50,16 @@ class RunTrace:
     spans on the operator thread, sink spans on the sink thread, each with an explicit
     parent (threads do not share the current context)."""
 
-    def __init__(self, t: trace.Tracer, run_span: Span, pipeline: Pipeline) -> None:
+    def __init__(
+        self, t: trace.Tracer, run_span: Span, pipeline: Pipeline, continuous: bool = False
+    ) -> None:
         self.t = t
         self.run = run_span
         self.run_context = trace.set_span_in_context(run_span)
+        self.continuous = continuous
+        self.interval: Span | None = None  # the open checkpoint interval (continuous runs)
+        self.interval_context: Context = self.run_context
+        self.intervals = 0
         self.pipeline = pipeline.name
         self.sink_name = type(pipeline.sink).__name__
         self.batch: Span | None = None  # the batch being processed (operator thread)
@@ -65,23 +81,63 @@ class RunTrace:
             f"dataflare.pipeline {pipeline.name}",
             attributes={"dataflare.pipeline": pipeline.name, "dataflare.run.mode": mode},
         )
-        if not span.is_recording():
+        continuous = mode == "continuous"
+        if not span.is_recording() and not continuous:
             span.end()
             return None
-        return cls(t, span, pipeline)
+        # A continuous run's intervals are sampled on their own (see the module).
+        return cls(t, span, pipeline, continuous)
 
     def end(self, error: BaseException | None) -> None:
         if error is not None:
             self.run.set_status(Status(StatusCode.ERROR, type(error).__name__))
             self.run.set_attribute("error.type", type(error).__qualname__)
+        if self.interval is not None:  # batches no checkpoint made durable (an error)
+            self.interval_ended(self.interval, error)
+            self.interval = None
         self.run.end()
+
+    def _batch_parent(self) -> Context:
+        """The parent of the next batch: the run, or the open checkpoint interval."""
+        if not self.continuous:
+            return self.run_context
+        if self.interval is None:
+            self.intervals += 1
+            run = self.run.get_span_context()
+            self.interval = self.t.start_span(
+                f"dataflare.checkpoint_interval {self.pipeline}",
+                context=Context(),  # a root: a trace per interval
+                kind=SpanKind.CONSUMER,
+                links=[Link(run)] if run.is_valid else None,
+                attributes={
+                    "dataflare.pipeline": self.pipeline,
+                    "dataflare.run.mode": "continuous",
+                    "dataflare.checkpoint_interval.number": self.intervals,
+                },
+            )
+            self.interval_context = trace.set_span_in_context(self.interval)
+        return self.interval_context
+
+    def interval_ended(self, interval: Span, error: BaseException | None = None) -> None:
+        """End a checkpoint interval (sink thread, after its commit)."""
+        if error is not None:
+            interval.set_status(Status(StatusCode.ERROR, type(error).__name__))
+            interval.set_attribute("error.type", type(error).__qualname__)
+        interval.end()
 
     # -- operator thread -------------------------------------------------------------------
     def batch_started(self, key: str, start: int, end: int, rows: int) -> None:
         source, _, partition = key.partition("/")
+        parent = self._batch_parent()
+        if self.interval is not None and not self.interval.is_recording():
+            # An unsampled interval: its batches and plugin calls are not traced (their
+            # spans would be dropped anyway); one check per batch.
+            self.batch = None
+            self.batch_context = parent
+            return
         span = self.t.start_span(
             f"process {source}",
-            context=self.run_context,
+            context=parent,
             kind=SpanKind.CONSUMER,
             attributes={
                 "messaging.system": MESSAGING_SYSTEM,
@@ -112,7 +168,7 @@ class RunTrace:
         with self._lock:
             self.pending.append(span.get_span_context())
         self.batch = None
-        self.batch_context = self.run_context
+        self.batch_context = self.interval_context if self.continuous else self.run_context
 
     @contextmanager
     def plugin_call(self, step: str, rows: int) -> Iterator[Span]:
@@ -137,18 +193,33 @@ class RunTrace:
         finally:
             span.end()
 
-    def take_links(self) -> tuple[list[SpanContext], int]:
-        """The batches (and their output rows) the next commit makes durable."""
+    def take_links(self, checkpoint: bool) -> tuple[list[SpanContext], int, Span | None]:
+        """The batches (and their output rows) the next commit makes durable, and the
+        checkpoint interval that commit closes (continuous runs, at a checkpoint)."""
         with self._lock:
             pending, self.pending = self.pending, []
         rows, self.rows = self.rows, 0
-        return pending, rows
+        interval = None
+        if self.continuous and checkpoint:
+            if self.interval is None:  # a commit with no batch since the last (a stop)
+                self._batch_parent()
+            interval, self.interval = self.interval, None
+            self.interval_context = self.run_context
+        return pending, rows, interval
 
     # -- sink thread -----------------------------------------------------------------------
-    def sink_write(self, links: list[SpanContext], rows: int, checkpoint: bool) -> Span:
+    def sink_write(
+        self, links: list[SpanContext], rows: int, interval: Span | None, checkpoint: bool
+    ) -> Span:
+        if interval is not None:
+            parent = trace.set_span_in_context(interval)
+        elif self.continuous:  # a write between checkpoints: in the open interval
+            parent = self.interval_context
+        else:
+            parent = self.run_context
         return self.t.start_span(
             f"send {self.sink_name}",
-            context=self.run_context,
+            context=parent,
             kind=SpanKind.PRODUCER,
             links=[Link(c) for c in links],
             attributes={

@@ -23,6 +23,8 @@ trace starts), never an error: tracing must not stop a launch. No Dagster here.
 
 from __future__ import annotations
 
+import contextvars
+import hashlib
 import re
 import threading
 from collections.abc import Iterator, Mapping
@@ -39,8 +41,17 @@ from opentelemetry.sdk.trace.export import (
     SpanExporter,
 )
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
-from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
-from opentelemetry.trace import Span, SpanKind, Status, StatusCode
+from opentelemetry.sdk.trace.id_generator import RandomIdGenerator
+from opentelemetry.sdk.trace.sampling import Decision, ParentBased, TraceIdRatioBased
+from opentelemetry.trace import (
+    NonRecordingSpan,
+    Span,
+    SpanContext,
+    SpanKind,
+    Status,
+    StatusCode,
+    TraceFlags,
+)
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 from dataflare_platform.observability.settings import ObservabilitySettings
@@ -52,6 +63,8 @@ __all__ = [
     "context_from_tags",
     "continued",
     "inject",
+    "run_parent",
+    "start_run_span",
     "tracer",
     "tracing",
 ]
@@ -63,15 +76,47 @@ _TRACEPARENT = re.compile(r"^[0-9a-f]{2}-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}$"
 _propagator = TraceContextTextMapPropagator()
 
 
+# The ids the next span started on this context takes (see PinnedIds).
+_pinned: contextvars.ContextVar[tuple[int, int] | None] = contextvars.ContextVar(
+    "dataflare_pinned_span_ids", default=None
+)
+
+
+class PinnedIds(RandomIdGenerator):
+    """Random ids, except for a span started by :func:`start_run_span`: a Dagster run's
+    span has ids derived from the run id, so a step running in another process (the
+    multiprocess executor) names it as its parent without any message between the two."""
+
+    def generate_span_id(self) -> int:
+        pinned = _pinned.get()
+        return super().generate_span_id() if pinned is None else pinned[1]
+
+    def generate_trace_id(self) -> int:
+        pinned = _pinned.get()
+        return super().generate_trace_id() if pinned is None else pinned[0]
+
+
+def derived_ids(run_id: str) -> tuple[int, int]:
+    """(trace id, span id) of a run's span, from its id alone (both never zero)."""
+    digest = hashlib.sha256(f"dataflare/run/{run_id}".encode()).digest()
+    trace_id = int.from_bytes(digest[:16], "big") or 1
+    span_id = int.from_bytes(digest[16:24], "big") or 1
+    return trace_id, span_id
+
+
 class Tracing:
     """The process's tracer provider and tracer (``memory``: the exporter for tests)."""
 
     def __init__(self, settings: ObservabilitySettings) -> None:
         attributes: dict[str, str] = {"service.name": settings.service_name}
         attributes.update(settings.resource)
+        self.root_sampler = TraceIdRatioBased(settings.trace_sample_ratio)
+        # Resource.create also merges OTEL_RESOURCE_ATTRIBUTES / OTEL_SERVICE_NAME (the
+        # settings parsed the same variables, so they agree).
         self.provider = TracerProvider(
             resource=Resource.create(attributes),
-            sampler=ParentBased(TraceIdRatioBased(settings.trace_sample_ratio)),
+            sampler=ParentBased(self.root_sampler),
+            id_generator=PinnedIds(),
         )
         self.memory: InMemorySpanExporter | None = None
         exporter: SpanExporter
@@ -183,3 +228,44 @@ def continued(
         raise
     finally:
         span.end()
+
+
+def run_parent(run_id: str, tags: Mapping[str, str] | None) -> Context | None:
+    """The context naming run ``run_id``'s span as parent (for its steps, in any process),
+    or ``None`` when traces are off. Its trace and sampled flag are those of the launch's
+    context in ``tags``; without one, the run's span is a root whose trace id derives from
+    the run id, and the ratio sampler decides on that id, as it did for the run span."""
+    current = tracing()
+    if current is None:
+        return None
+    trace_id, span_id = derived_ids(run_id)
+    launch = context_from_tags(tags)
+    if launch is not None:
+        parent = trace.get_current_span(launch).get_span_context()
+        trace_id, flags = parent.trace_id, parent.trace_flags
+    else:
+        decision = current.root_sampler.should_sample(None, trace_id, "dagster.run").decision
+        sampled = decision == Decision.RECORD_AND_SAMPLE
+        flags = TraceFlags(TraceFlags.SAMPLED if sampled else TraceFlags.DEFAULT)
+    context = SpanContext(trace_id, span_id, is_remote=True, trace_flags=flags)
+    return trace.set_span_in_context(NonRecordingSpan(context))
+
+
+def start_run_span(
+    name: str,
+    run_id: str,
+    tags: Mapping[str, str] | None,
+    attributes: Mapping[str, str | int | float | bool] | None = None,
+) -> Span | None:
+    """Start run ``run_id``'s span (kind CONSUMER, child of the launch's context in
+    ``tags``), with the ids :func:`run_parent` gives its steps; ``None`` when off."""
+    t = tracer()
+    if t is None:
+        return None
+    token = _pinned.set(derived_ids(run_id))
+    try:
+        return t.start_span(
+            name, context=context_from_tags(tags), kind=SpanKind.CONSUMER, attributes=attributes
+        )
+    finally:
+        _pinned.reset(token)

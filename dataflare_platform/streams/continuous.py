@@ -8,6 +8,7 @@ events; no Dagster here).
 
 from __future__ import annotations
 
+import contextvars
 import queue
 import threading
 import time
@@ -181,7 +182,12 @@ class ContinuousRun:
             except BaseException as err:
                 self._error = err
 
-        self._thread = threading.Thread(target=work, name=f"df-continuous-{spec.name}")
+        # The engine runs in the caller's context (a copy): its run span is the child of
+        # the span current here (the Dagster step's), and its log lines carry the step's
+        # run id, job and step (observability/logs.py reads Dagster's context variable).
+        self._thread = threading.Thread(
+            target=contextvars.copy_context().run, args=(work,), name=f"df-continuous-{spec.name}"
+        )
 
     def start(self) -> ContinuousRun:
         self._thread.start()

@@ -232,3 +232,65 @@ def test_a_client_launched_run_continues_the_launchs_trace(traced_front, receive
             break
         time.sleep(0.5)
     _assert_run_tree(receiver.trace(launch.trace_id), launch.name, run_id)
+
+
+def test_a_continuous_run_exports_each_checkpoint_interval_while_it_runs(
+    traced_front, receiver, small_nexmark
+):
+    """The run, its step and its engine span end only when the run is stopped; meanwhile
+    each checkpoint interval arrives as a trace of its own, linked to the engine span."""
+    client, project = traced_front
+    _stop_sensors_except(client)
+    topic = EventLog(project.event_log_dir).topic("nexmark.bids")
+    before = {s.span_id for s in list(receiver.spans)}
+    fast = {"checkpoint_interval_s": 0.5, "progress_interval_s": 0.5}
+    config = {"ops": {"run_hot_items_continuous": {"config": fast}}}
+    configure_tracing(
+        ObservabilitySettings(traces_exporter="otlp", otlp_traces_endpoint=receiver.endpoint)
+    )
+    try:
+        run_id = client.launch_job("hot_items_continuous", run_config=config)
+        flush()
+    finally:
+        configure_tracing(None)
+    (launch,) = [
+        s
+        for s in list(receiver.spans)
+        if s.name == "dataflare.launch hot_items_continuous" and s.span_id not in before
+    ]
+
+    def new_intervals() -> list[ReceivedSpan]:
+        return [
+            s
+            for s in list(receiver.spans)
+            if s.name == "dataflare.checkpoint_interval hot_items" and s.span_id not in before
+        ]
+
+    topic.append(small_nexmark["bids"].slice(0, 300))  # read while the run is going
+    intervals = _wait_for("a checkpoint interval's trace", new_intervals, TIMEOUT_S)
+    assert client.status(run_id) == "STARTED"  # exported while the run goes on
+    assert not [s for s in receiver.trace(launch.trace_id) if s.name.startswith("dagster.run")]
+    client.terminate(run_id)
+    assert client.wait(run_id, timeout_s=TIMEOUT_S) == "SUCCESS"
+    spans = _wait_for_spans(receiver, launch.trace_id, "dagster.run hot_items_continuous")
+    by_id = _tree(spans)
+    (engine,) = [s for s in spans if s.name == "dataflare.pipeline hot_items"]
+    assert _chain(by_id, engine) == [
+        "dataflare.pipeline hot_items",
+        "dagster.step run_hot_items_continuous",
+        "dagster.run hot_items_continuous",
+        launch.name,
+    ]
+    assert engine.attributes["dataflare.run.mode"] == "continuous"
+    # Intervals are roots of their own traces, linked to this run's engine span; each
+    # holds its batches and the commit that closed it.
+    intervals = new_intervals()
+    assert all(s.links == (engine.span_id,) and s.parent_id == "" for s in intervals)
+    batches = [
+        s
+        for i in intervals
+        for s in receiver.trace(i.trace_id)
+        if s.name == "process bids" and s.parent_id == i.span_id
+    ]
+    assert sum(b.attributes["messaging.batch.message_count"] for b in batches) == 300
+    assert all(b.service == "dataflare-front" for b in batches)

@@ -48,7 +48,6 @@ from dataflare_platform.defs.streams.topics import (
     topic_key,
     topic_observation_definitions,
 )
-from dataflare_platform.defs.traces import traced_step
 from dataflare_platform.engine.durations import to_ms
 from dataflare_platform.events.log import EventLog
 from dataflare_platform.observability import tracing
@@ -182,8 +181,8 @@ def pipeline_definitions(
         until = config.until or source_ends(spec, log)
         loaded = load_plugins(spec, plugins.registry()) if plugin_steps(spec) else None
         started = time.perf_counter()
-        with traced_step(context, spec.name):
-            result = run_range(spec, log, until, home.root / "streams", plugins=loaded)
+        # Inside the step's span (instance/run_spans.py): the engine's spans nest below.
+        result = run_range(spec, log, until, home.root / "streams", plugins=loaded)
         seconds = time.perf_counter() - started
         context.log.info(f"{spec.name}: {json.dumps(result.metrics.this_run())} up to {until}")
         metadata = _run_metadata(result, seconds)
@@ -240,7 +239,7 @@ def pipeline_definitions(
         run_key = spec.name + ":" + ",".join(f"{k}={v}" for k, v in sorted(ends.items()))
         tags = {"dataflare/pipeline": spec.name, "dataflare/trigger": "sensor"}
         # The tick that decides the run is the trace's root (traces on): the run continues
-        # it from the tag (defs/traces.py).
+        # it from the tag (instance/run_spans.py).
         with tracing.continued(
             f"dataflare.sensor {spec.name}_sensor",
             attributes={"dataflare.pipeline": spec.name, "dagster.run_key": run_key},

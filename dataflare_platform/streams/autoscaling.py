@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
+from typing import Protocol
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -178,4 +179,59 @@ def _cooled(
         decision.target_rate,
         decision.capacity_per_worker,
         decision.utilization,
+    )
+
+
+@dataclass(frozen=True)
+class WorkerSample:
+    """Two checkpoint reports of one worker run (``streams.continuous.CheckpointReport``
+    fields, as numbers): what it did between them."""
+
+    at_s: float  # checkpoint_at of the later report
+    seconds: float  # between the two reports
+    events_in: int  # read between them
+    busy_s: float  # operators at work between them
+    lag_events: int  # at the later report
+
+
+class Report(Protocol):
+    """The fields of ``streams.continuous.CheckpointReport`` the autoscaler reads."""
+
+    checkpoint_at: float
+    events_in: int
+    busy_s: float
+    lag_events: int
+
+
+def sample(earlier: Report, later: Report) -> WorkerSample | None:
+    """The sample between two reports of one worker (``None`` when they are not in
+    order, or come from different runs: the later one's counters went backwards)."""
+    seconds = later.checkpoint_at - earlier.checkpoint_at
+    events = later.events_in - earlier.events_in
+    busy = later.busy_s - earlier.busy_s
+    if seconds <= 0 or events < 0 or busy < 0:
+        return None
+    return WorkerSample(later.checkpoint_at, seconds, events, busy, later.lag_events)
+
+
+def measure(
+    samples: list[WorkerSample], partitions: int, previous_lag: int | None = None
+) -> ScalingInputs:
+    """The autoscaler's inputs from one sample per worker run over the same window:
+    processed rate summed, busy ratio averaged, arrivals = processed + lag growth (the
+    sources' append rate, which no worker sees directly)."""
+    if not samples:
+        return ScalingInputs(0, partitions, 0.0, 0.0, 0.0, 0)
+    processed = sum(s.events_in / s.seconds for s in samples)
+    busy = sum(min(s.busy_s / s.seconds, 1.0) for s in samples) / len(samples)
+    lag = sum(s.lag_events for s in samples)
+    window = max(s.seconds for s in samples)
+    growth = 0.0 if previous_lag is None else (lag - previous_lag) / window
+    return ScalingInputs(
+        workers=len(samples),
+        partitions=partitions,
+        arrival_rate=max(processed + growth, 0.0),
+        processed_rate=processed,
+        busy_ratio=busy,
+        lag_events=lag,
     )

@@ -47,6 +47,12 @@ class CheckpointReport:
     checkpoint_at: float  # when it was committed, seconds since the epoch
     offsets: dict[str, int]
     lag_by_partition: dict[str, int] = field(default_factory=dict)
+    # This run's seconds so far (FLIP-33's busy / idle / backpressured time, cumulative:
+    # the autoscaler diffs two reports, streams.autoscaling.measure): the operators at
+    # work, the operator thread waiting for input, and waiting for a full sink queue.
+    busy_s: float = 0.0
+    idle_s: float = 0.0
+    backpressured_s: float = 0.0
     # Per source with a ``report()`` (a landing directory: files, dead letters,
     # quarantined file names), as of this checkpoint.
     sources: dict[str, dict[str, object]] = field(default_factory=dict)
@@ -91,6 +97,9 @@ def report(
         checkpoint_at=time.time() if committed_at is None else committed_at,
         offsets=dict(checkpoint.offsets),
         lag_by_partition=lag,
+        busy_s=round(sum(op.seconds for op in metrics.operators.values()), 6),
+        idle_s=round(metrics.idle_s, 6),
+        backpressured_s=round(metrics.sink_blocked_s, 6),
         sources=sources or {},
         checkpoint=checkpoint,
     )

@@ -4,12 +4,19 @@ from arrivals plus lag, a utilization band, bounds, partition alignment and cool
 import pytest
 from pydantic import ValidationError
 
+from dataflare_platform.engine import RunnerConfig
+from dataflare_platform.events.log import EventLog
 from dataflare_platform.streams.autoscaling import (
     ScalingInputs,
     ScalingPolicy,
     aligned,
     decide,
+    measure,
+    sample,
 )
+from dataflare_platform.streams.continuous import CheckpointReport, ContinuousRun
+from dataflare_platform.streams.ranges import load_specs
+from dataflare_platform_tests.streams.test_continuous import _wait_for
 
 POLICY = ScalingPolicy(max_workers=8, scale_up_cooldown_s=60, scale_down_cooldown_s=300)
 
@@ -120,3 +127,66 @@ def test_a_bad_policy_is_refused_naming_the_field():
         ScalingPolicy()
     with pytest.raises(ValidationError, match="surprise"):
         ScalingPolicy(max_workers=2, surprise=1)
+
+
+def _report(at, events_in, busy_s, lag):
+    return CheckpointReport(
+        events_in=events_in,
+        events_out=0,
+        dead_lettered=0,
+        late_events=0,
+        events_in_total=events_in,
+        events_per_s=0.0,
+        events_per_s_lifetime=0.0,
+        p99_batch_ms=0.0,
+        watermark_ms=0,
+        lag_events=lag,
+        checkpoints=1,
+        checkpoint_at=at,
+        offsets={},
+        busy_s=busy_s,
+    )
+
+
+def test_two_reports_per_worker_give_the_rates_busy_ratio_and_arrivals():
+    # Worker A: 2 000 events in 10 s, busy 5 s; worker B: 1 000 events, busy 2 s; the
+    # lag grew from 1 000 to 3 000 events over the window: 200 ev/s more arrive than
+    # the workers read.
+    a = sample(_report(100.0, 1_000, 1.0, 400), _report(110.0, 3_000, 6.0, 2_000))
+    b = sample(_report(100.5, 0, 0.0, 600), _report(110.5, 1_000, 2.0, 1_000))
+    assert a is not None and b is not None
+    got = measure([a, b], partitions=4, previous_lag=1_000)
+    assert got.workers == 2 and got.partitions == 4
+    assert got.processed_rate == pytest.approx(300.0)
+    assert got.busy_ratio == pytest.approx((0.5 + 0.2) / 2)
+    assert got.lag_events == 3_000
+    assert got.arrival_rate == pytest.approx(300.0 + 200.0)
+
+
+def test_reports_out_of_order_or_from_a_restarted_run_give_no_sample():
+    assert sample(_report(110.0, 3_000, 6.0, 0), _report(100.0, 1_000, 1.0, 0)) is None
+    # A restarted run counts from zero again: its first report is not a continuation.
+    assert sample(_report(100.0, 3_000, 6.0, 0), _report(110.0, 200, 0.5, 0)) is None
+    assert measure([], partitions=2).workers == 0
+
+
+def test_a_real_continuous_run_reports_cumulative_busy_and_idle_seconds(home, small_nexmark):
+    (spec,) = [s for s in load_specs() if s.name == "hot_items"]
+    bids = small_nexmark["bids"]
+    topic = EventLog(home.event_log_dir).create_topic("nexmark.bids", bids.schema)
+    topic.append(bids.slice(0, 1_500))
+    config = RunnerConfig(batch_rows=300, checkpoint_interval_s=0.2)
+    run = ContinuousRun(spec, EventLog(home.event_log_dir), home.root / "streams", config=config)
+    reports = run.start().reports()
+    first = _wait_for(reports, lambda r: r.events_in_total == 1_500)[-1]
+    topic.append(bids.slice(1_500))
+    later = _wait_for(reports, lambda r: r.events_in_total == bids.num_rows)[-1]
+    assert run.stop(30)
+    list(reports)
+    assert first.busy_s > 0 and later.busy_s >= first.busy_s
+    assert later.idle_s >= first.idle_s >= 0 and later.backpressured_s >= 0
+    s = sample(first, later)
+    assert s is not None and s.events_in == bids.num_rows - 1_500
+    inputs = measure([s], partitions=1, previous_lag=first.lag_events)
+    assert inputs.processed_rate > 0 and 0 < inputs.busy_ratio <= 1
+    assert inputs.lag_events == later.lag_events == 0

@@ -58,6 +58,12 @@ class LogSource:
     def schema(self) -> pa.Schema:
         return self._schema
 
+    @property
+    def partition_key(self) -> str | None:
+        """The column the topic hash-partitions rows by (``key:``), or ``None`` (rows
+        go in turn): what decides whether keyed state may be split by partition."""
+        return self.topic.config.key
+
     def partitions(self) -> list[str]:
         return [str(p) for p in self._partitions]
 

@@ -112,7 +112,8 @@ class OpenContext:
     fixed end (a snapshot) instead of following new data; ``default_dir`` holds files a
     sink declared without a path (one DuckDB file per pipeline); ``log`` is the embedded
     event log (topic sources and sinks); ``group`` a consumer group whose offsets follow
-    the commits (lag in ``dataflare topics describe``).
+    the commits (lag in ``dataflare topics describe``); ``partitions`` restricts a
+    partitioned source to some of its partitions.
     """
 
     pipeline: str
@@ -121,8 +122,17 @@ class OpenContext:
     default_dir: Path | None = None
     log: EventLog | None = None
     group: str | None = None
+    # Read only these source partitions (a partition-parallel worker's share); None: all.
+    # Source kinds that cannot split by partition ignore it (streams.workers refuses them).
+    partitions: tuple[int, ...] | None = None
 
     def for_source(self, name: str) -> OpenContext:
         return OpenContext(
-            self.pipeline, name, self.bounded, self.default_dir, self.log, self.group
+            self.pipeline,
+            name,
+            self.bounded,
+            self.default_dir,
+            self.log,
+            self.group,
+            self.partitions,
         )

@@ -79,6 +79,9 @@ class Pipeline:
     children: dict[str, list[tuple[str, int]]] = field(default_factory=dict)
     sink_node: str | None = None
     sink: Sink | None = None
+    # Under which name the sink keeps this run's checkpoint (default: ``name``): a
+    # partition-parallel worker checkpoints each partition under its own key.
+    checkpoint_key: str | None = None
 
     def source(self, source: Source) -> Stream:
         node_id = f"source:{source.name}"

@@ -275,7 +275,7 @@ class _Run:
             raise InvalidInputError(
                 f"until names unknown source partitions {unknown}; known: {sorted(known)}"
             )
-        checkpoint = self.sink.open(self.p.name)
+        checkpoint = self.sink.open(self.p.checkpoint_key or self.p.name)
         for node in self.p.sources():
             for partition in node.source.partitions():
                 key = f"{node.source.name}/{partition}"

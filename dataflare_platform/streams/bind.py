@@ -6,6 +6,7 @@ replay, the CLI) builds it here.
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -82,19 +83,26 @@ def build(
     default_dir: Path | None = None,
     bounded: bool = False,
     group: str | None = None,
+    partitions: tuple[int, ...] | None = None,
+    checkpoint_key: str | None = None,
 ) -> Pipeline:
     """The pipeline with its sources and sink opened (``sources`` / ``sink`` given here
     replace the declared ones). ``log`` opens topic sources and sinks; ``default_dir``
     holds a DuckDB file declared without a path; ``bounded`` reads a snapshot of growing
-    sources; ``group`` commits a topic consumer group's offsets along with checkpoints."""
+    sources; ``group`` commits a topic consumer group's offsets along with checkpoints;
+    ``partitions`` reads only those source partitions and ``checkpoint_key`` names the
+    checkpoint (a partition-parallel worker's unit, ``streams.workers``)."""
     w = spec.watermark
     pipeline = Pipeline(
         spec.name,
         out_of_orderness_ms=to_ms(w.out_of_orderness),
         idle_timeout_ms=None if w.idle_timeout is None else to_ms(w.idle_timeout),
         max_future_ms=to_ms(w.max_future),
+        checkpoint_key=checkpoint_key,
     )
     where = context(spec, log, default_dir, bounded, group)
+    if partitions is not None:
+        where = dataclasses.replace(where, partitions=tuple(partitions))
     opened = open_sources(spec, where, sources)
     streams = {name: pipeline.source(source) for name, source in opened.items()}
     return spec.wire(streams, plugins).sink(sink if sink is not None else open_sink(spec, where))

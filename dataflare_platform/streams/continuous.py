@@ -114,15 +114,27 @@ def run_continuous(
     plugins: dict | None = None,
     config: RunnerConfig | None = None,
     rate_window_s: float = DEFAULT_RATE_WINDOW_S,
+    partitions: tuple[int, ...] | None = None,
+    checkpoint_key: str | None = None,
 ) -> RunResult:
     """Process the pipeline's topics as events arrive until ``stop`` is set; then finish
     the batch in flight, commit a last checkpoint and return. Starts from the checkpoint
     the sink committed last, so a stopped (or crashed) run's successor reads no event
     twice. ``on_checkpoint`` gets a report after each commit, on the engine's sink
     thread; its ``events_per_s`` is the rate over the last ``rate_window_s`` seconds.
+    ``partitions`` / ``checkpoint_key``: a partition-parallel worker's unit (only those
+    source partitions, under its own checkpoint; ``streams.workers``).
     """
     config = config or RunnerConfig(checkpoint_interval_s=DEFAULT_CHECKPOINT_INTERVAL_S)
-    pipeline = bind.build(spec, log=log, default_dir=default_dir, plugins=plugins)
+    pipeline = bind.build(
+        spec,
+        log=log,
+        default_dir=default_dir,
+        plugins=plugins,
+        partitions=partitions,
+        checkpoint_key=checkpoint_key,
+    )
+    owned = pipeline.partition_keys()
     started = time.monotonic()
     rates = RateWindow(rate_window_s)
     rates.add(started, 0)
@@ -132,7 +144,7 @@ def run_continuous(
             now = time.monotonic()
             events_in = checkpoint.counters.get("events_in", 0)
             rates.add(now, events_in - metrics.resumed.get("events_in", 0))
-            ends = source_ends(spec, log)
+            ends = {k: v for k, v in source_ends(spec, log).items() if k in owned}
             on_checkpoint(
                 report(
                     checkpoint,
@@ -170,6 +182,8 @@ class ContinuousRun:
         plugins: dict | None = None,
         config: RunnerConfig | None = None,
         rate_window_s: float = DEFAULT_RATE_WINDOW_S,
+        partitions: tuple[int, ...] | None = None,
+        checkpoint_key: str | None = None,
     ) -> None:
         self.stop_event = threading.Event()
         self._reports: queue.Queue[CheckpointReport] = queue.Queue()
@@ -187,6 +201,8 @@ class ContinuousRun:
                     plugins,
                     config,
                     rate_window_s,
+                    partitions,
+                    checkpoint_key,
                 )
             except BaseException as err:
                 self._error = err
@@ -205,6 +221,11 @@ class ContinuousRun:
     @property
     def running(self) -> bool:
         return self._thread.is_alive()
+
+    @property
+    def error(self) -> BaseException | None:
+        """What ended the run, once it has ended with an error."""
+        return self._error
 
     def reports(self, poll_s: float = 0.2) -> Iterator[CheckpointReport]:
         """Reports as they come, until the run has ended and all were handed out; then

@@ -15,10 +15,12 @@ A crash anywhere before COMMIT leaves none of it; ``open()`` returns the checkpo
 the last COMMIT, and the runner replays from its offsets. Output in PostgreSQL is
 therefore exactly the output of one uninterrupted run.
 
-One writer per table: ``open()`` takes a session advisory lock on ``schema.table``, so a
-second process (say, a restarted run while the first is still alive) waits for it and
-then fails instead of interleaving commits. The lock dies with the session, so a killed
-writer never holds it for long.
+One writer per table and checkpoint: ``open()`` takes a session advisory lock on
+``schema.table`` and the pipeline's checkpoint key, so a second process of the same
+pipeline (say, a restarted run while the first is still alive) waits for it and then fails
+instead of interleaving commits. The lock dies with the session, so a killed writer never
+holds it for long. Partition-parallel workers (``streams.workers``) checkpoint each
+partition under its own key, so they append to one table side by side, each exactly once.
 
 Checkpoints are keyed by pipeline *and* table: several sinks may share one database and
 one ``dataflare_checkpoints`` table per schema.
@@ -280,7 +282,7 @@ class PostgresSink(TransactionalSink):
         login = {"password": s.password.read()} if s.password is not None else {}
         conn = connect(s.dsn, s.connect_timeout_s, s.tls, **login)
         try:
-            self._lock(conn)
+            self._lock(conn, pipeline)
             with conn.cursor() as cur:
                 cur.execute("SELECT pg_advisory_xact_lock(%s)", [_DDL_LOCK])
                 cur.execute(
@@ -353,11 +355,11 @@ class PostgresSink(TransactionalSink):
             self._conn = None
 
     # -- helpers -------------------------------------------------------------------------
-    def _lock(self, conn: psycopg.Connection) -> None:
+    def _lock(self, conn: psycopg.Connection, pipeline: str) -> None:
         s = self.settings
         key = int.from_bytes(
             hashlib.blake2b(
-                f"dataflare-sink:{s.schema_name}.{s.table}".encode(), digest_size=8
+                f"dataflare-sink:{s.schema_name}.{s.table}\0{pipeline}".encode(), digest_size=8
             ).digest(),
             "big",
             signed=True,
@@ -370,8 +372,9 @@ class PostgresSink(TransactionalSink):
                 return
             if time.monotonic() >= deadline:
                 raise ConflictError(
-                    f"another writer holds {s.schema_name}.{s.table} "
-                    f"(waited {s.lock_timeout_s:g} s): one running pipeline per table"
+                    f"another writer of pipeline checkpoint {pipeline!r} holds "
+                    f"{s.schema_name}.{s.table} (waited {s.lock_timeout_s:g} s): one running "
+                    "writer per table and checkpoint"
                 )
             time.sleep(0.2)
 
@@ -455,7 +458,13 @@ class PostgresSink(TransactionalSink):
         )
 
     def _create(self, cur: psycopg.Cursor, schema: pa.Schema) -> None:
-        """The table from the output's Arrow schema (inside the commit's transaction)."""
+        """The table from the output's Arrow schema (inside the commit's transaction),
+        unless another writer of the table (a partition-parallel worker) created it
+        meanwhile: the DDL lock orders them, the later one uses the existing table."""
+        cur.execute("SELECT pg_advisory_xact_lock(%s)", [_DDL_LOCK])
+        self._columns = self._existing_columns(cur)
+        if self._columns is not None:
+            return
         keys = self.settings.upsert_keys or []
         defs = [
             sql.SQL("{} {}").format(sql.Identifier(f.name), sql.SQL(pg_type(f))) for f in schema

@@ -64,8 +64,21 @@ def open_source(settings: TopicSourceSettings, context: OpenContext) -> LogSourc
                 )
             ],
         )
+    partitions = None if context.partitions is None else list(context.partitions)
+    if partitions is not None:
+        missing = sorted(set(partitions) - set(range(len(topic.parts))))
+        if missing:
+            raise ConfigError(
+                f"pipeline {context.pipeline!r}",
+                [(where, f"topic {topic.name!r} has no partition(s) {missing}")],
+            )
     return LogSource(
-        topic, settings.columns, bounded=context.bounded, group=context.group, name=context.name
+        topic,
+        settings.columns,
+        partitions=partitions,
+        bounded=context.bounded,
+        group=context.group,
+        name=context.name,
     )
 
 

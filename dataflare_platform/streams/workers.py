@@ -1,0 +1,249 @@
+"""Partition-parallel workers: a stream pipeline run as N workers, each owning whole
+source partitions, each partition with its own state and checkpoint.
+
+A worker runs one continuous engine per partition it owns (a *unit*): the unit reads that
+partition only and checkpoints under its own key (``<pipeline>#p<N>``) in the pipeline's
+sink, with the output, in one transaction. So a partition's state and offsets move with
+the partition: when N changes, or a worker dies and another takes its partitions, the
+new owner resumes each partition exactly where its last commit left it, and the output
+stays exactly once. Keyed state may be split this way only when every key lives in one
+partition (``streams.parallel.refusals``); anything else is refused before a unit starts.
+
+**Ownership** is an exclusive lease per partition: an ``flock`` on
+``<leases>/<pipeline>/p<N>.lock``. The operating system drops it when its holder dies
+(SIGKILL and OOM included), so a successor takes the partition over as soon as the old
+owner is gone, and two workers never run one partition at once (a worker started while
+the previous owner is still finishing waits for it). The lease is local to one machine
+(or a filesystem with working ``flock``); across machines the sink's own writer lock per
+checkpoint (PostgreSQL advisory lock) still refuses a second writer.
+
+Each unit's watermark is its own partition's: an idle partition never holds back the
+others; its own windows close when its idle timeout (``watermark.idle_timeout``) passes.
+
+No Dagster here: the worker runs (one Dagster run per worker) build on this.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import queue
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from dataflare_platform.engine.runner import RunnerConfig, RunResult
+from dataflare_platform.errors import InvalidInputError
+from dataflare_platform.events.log import EventLog
+from dataflare_platform.streams import bind
+from dataflare_platform.streams.continuous import CheckpointReport, ContinuousRun
+from dataflare_platform.streams.parallel import ParallelismError, refusals
+from dataflare_platform.streams.spec import PipelineSpec
+
+__all__ = ["PartitionLease", "PartitionWorker", "UnitReport", "check_splittable", "unit_key"]
+
+LEASES_DIR = "_leases"
+
+
+def unit_key(pipeline: str, partition: int) -> str:
+    """The checkpoint key of one partition of a partition-parallel pipeline."""
+    return f"{pipeline}#p{partition}"
+
+
+class PartitionLease:
+    """An exclusive claim on one partition of a pipeline (see the module)."""
+
+    def __init__(self, root: Path, pipeline: str, partition: int) -> None:
+        if partition < 0:
+            raise InvalidInputError(f"partition {partition} is negative")
+        self.path = Path(root) / pipeline / f"p{partition}.lock"
+        self._fd: int | None = None
+
+    @property
+    def held(self) -> bool:
+        return self._fd is not None
+
+    def try_acquire(self) -> bool:
+        """Take the lease if no live process holds it; never waits."""
+        if self._fd is not None:
+            return True
+        self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            return False
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())  # who holds it, for operators
+        self._fd = fd
+        return True
+
+    def holder(self) -> str:
+        """The pid the lease file names (its last holder's, if nobody holds it now)."""
+        try:
+            return self.path.read_text().strip()
+        except FileNotFoundError:
+            return ""
+
+    def release(self) -> None:
+        fd, self._fd = self._fd, None
+        if fd is not None:
+            with contextlib.suppress(OSError):
+                fcntl.flock(fd, fcntl.LOCK_UN)
+            os.close(fd)
+
+
+@dataclass(frozen=True)
+class UnitReport:
+    """A committed checkpoint of one owned partition."""
+
+    partition: int
+    report: CheckpointReport
+
+
+def check_splittable(
+    spec: PipelineSpec, log: EventLog, default_dir: Path, plugins: dict | None = None
+) -> list[int]:
+    """The source partition numbers of ``spec``, after refusing (``ParallelismError``,
+    every reason at once) a pipeline whose state cannot be split by partition or whose
+    sources cannot read one partition alone."""
+    whole = bind.build(spec, log=log, default_dir=default_dir, plugins=plugins)
+    reasons = refusals(whole)
+    counts = {n.source.name: n.source.partitions() for n in whole.sources()}  # type: ignore[union-attr]
+    numbers = sorted({int(p) for parts in counts.values() for p in parts if p.isdigit()})
+    probe = bind.build(spec, log=log, default_dir=default_dir, plugins=plugins, partitions=(0,))
+    for node in probe.sources():
+        if node.source.partitions() != ["0"]:  # type: ignore[union-attr]
+            reasons.append(
+                f"source {node.source.name!r} cannot read one partition alone "  # type: ignore[union-attr]
+                "(partition-parallel runs read embedded-log topics)"
+            )
+    whole.sink.close()  # type: ignore[union-attr]
+    probe.sink.close()  # type: ignore[union-attr]
+    if reasons:
+        raise ParallelismError(
+            f"pipeline {spec.name!r} cannot run partition-parallel: " + "; ".join(reasons)
+        )
+    return numbers
+
+
+class PartitionWorker:
+    """One worker of a partition-parallel pipeline: the units of the partitions it owns.
+
+    ``run(stop)`` claims each partition's lease (waiting, while ``stop`` is unset, for a
+    previous owner that still holds one), runs a continuous engine per claimed partition,
+    and hands each unit's checkpoint reports to ``on_report`` (on the caller's thread).
+    When ``stop`` is set, every unit finishes its batch and commits a last checkpoint,
+    then the leases are released. A unit's failure stops the others the same way and is
+    raised.
+    """
+
+    def __init__(
+        self,
+        spec: PipelineSpec,
+        log: EventLog,
+        default_dir: Path,
+        partitions: Sequence[int],
+        *,
+        config: RunnerConfig | None = None,
+        plugins: dict | None = None,
+        lease_root: Path | None = None,
+    ) -> None:
+        if not partitions:
+            raise InvalidInputError(f"a worker of {spec.name!r} needs at least one partition")
+        known = check_splittable(spec, log, default_dir, plugins)
+        unknown = sorted(set(partitions) - set(known))
+        if unknown:
+            raise InvalidInputError(
+                f"pipeline {spec.name!r} has no partition(s) {unknown}; it has {known}"
+            )
+        self.spec = spec
+        self.log = log
+        self.default_dir = default_dir
+        self.partitions = sorted(set(partitions))
+        self.config = config
+        self.plugins = plugins
+        root = lease_root if lease_root is not None else Path(default_dir) / LEASES_DIR
+        self.leases = {p: PartitionLease(root, spec.name, p) for p in self.partitions}
+        self.units: dict[int, ContinuousRun] = {}
+
+    def _start(self, partition: int) -> None:
+        self.units[partition] = ContinuousRun(
+            self.spec,
+            self.log,
+            self.default_dir,
+            plugins=self.plugins,
+            config=self.config,
+            partitions=(partition,),
+            checkpoint_key=unit_key(self.spec.name, partition),
+        ).start()
+
+    def run(
+        self,
+        stop: threading.Event,
+        on_report: Callable[[UnitReport], None] | None = None,
+        poll_s: float = 0.2,
+    ) -> dict[int, RunResult | None]:
+        reports: queue.Queue[UnitReport] = queue.Queue()
+        pumps: list[threading.Thread] = []
+        error: BaseException | None = None
+        try:
+            while not stop.is_set() and error is None:
+                for partition, lease in self.leases.items():
+                    if partition not in self.units and lease.try_acquire():
+                        self._start(partition)
+                        pumps.append(self._pump(partition, reports))
+                error = self._failed()
+                self._drain(reports, on_report, poll_s)
+        finally:
+            for unit in self.units.values():
+                unit.stop_event.set()
+            for unit in self.units.values():
+                unit.stop()
+            for pump in pumps:
+                pump.join()
+            self._drain(reports, on_report, 0)
+            for lease in self.leases.values():
+                lease.release()
+        error = error or self._failed()
+        if error is not None:
+            raise error
+        return {p: u.result for p, u in self.units.items()}
+
+    def _pump(self, partition: int, out: queue.Queue[UnitReport]) -> threading.Thread:
+        unit = self.units[partition]
+
+        def pump() -> None:
+            with contextlib.suppress(BaseException):  # the error is read from the unit
+                for report in unit.reports():
+                    out.put(UnitReport(partition, report))
+
+        thread = threading.Thread(target=pump, name=f"df-unit-{partition}", daemon=True)
+        thread.start()
+        return thread
+
+    def _failed(self) -> BaseException | None:
+        for unit in self.units.values():
+            if not unit.running and unit.error is not None:
+                return unit.error
+        return None
+
+    @staticmethod
+    def _drain(
+        reports: queue.Queue[UnitReport],
+        on_report: Callable[[UnitReport], None] | None,
+        wait_s: float,
+    ) -> None:
+        deadline = time.monotonic() + wait_s
+        while True:
+            timeout = max(0.0, deadline - time.monotonic())
+            try:
+                item = reports.get(timeout=timeout) if timeout else reports.get_nowait()
+            except queue.Empty:
+                return
+            if on_report is not None:
+                on_report(item)

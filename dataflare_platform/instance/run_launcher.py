@@ -245,7 +245,7 @@ class MonitoredRunLauncher(DefaultRunLauncher):
         exited = False
         for record in records:
             entry = record.event_log_entry
-            message = entry.user_message or ""
+            message = entry.message or ""
             if message.startswith(STARTED_PREFIX):
                 pid = _pid_of(entry)
                 if pid is not None:

@@ -1,8 +1,14 @@
 """A small code location for the production-topology e2e tests: ``keyed_sensor`` asks for
-one run per key of a fixed set on every tick (run keys make the repeats no-ops), and
-``hello_job`` is launched by the client."""
+one run per key of a fixed set on every tick (run keys make the repeats no-ops),
+``hello_job`` is launched by the client, and ``long_job`` runs until its release file
+exists (the run-monitoring tests kill its worker meanwhile)."""
+
+import time
+from pathlib import Path
 
 import dagster as dg
+
+RELEASE_CEILING_S = 600.0
 
 RUN_KEYS = ("a", "b", "c")
 
@@ -22,10 +28,35 @@ def keyed_job():
     hello()
 
 
+class ReleaseConfig(dg.Config):
+    release_file: str
+
+
+@dg.op
+def wait_for_release(config: ReleaseConfig) -> str:
+    """Poll for the release file (the test writes it when the run may finish)."""
+    path = Path(config.release_file)
+    deadline = time.monotonic() + RELEASE_CEILING_S
+    while not path.exists():
+        if time.monotonic() > deadline:
+            raise dg.Failure(f"{path} did not appear within {RELEASE_CEILING_S}s")
+        time.sleep(0.2)
+    return path.read_text()
+
+
+@dg.job
+def long_job():
+    wait_for_release()
+
+
+def release_config(path: Path) -> dict:
+    return {"ops": {"wait_for_release": {"config": {"release_file": str(path)}}}}
+
+
 @dg.sensor(job=keyed_job, minimum_interval_seconds=1, default_status=dg.DefaultSensorStatus.RUNNING)
 def keyed_sensor():
     for key in RUN_KEYS:
         yield dg.RunRequest(run_key=key)
 
 
-defs = dg.Definitions(jobs=[hello_job, keyed_job], sensors=[keyed_sensor])
+defs = dg.Definitions(jobs=[hello_job, keyed_job, long_job], sensors=[keyed_sensor])

@@ -37,7 +37,35 @@ def test_instance_config_is_valid_and_on_postgres(tmp_path, monkeypatch):
     coordinator = config["run_coordinator"]["config"]
     assert coordinator["tag_concurrency_limits"] and coordinator["max_concurrent_runs"] > 0
     assert config["run_monitoring"]["enabled"] and config["run_retries"]["enabled"]
+    # Run monitoring fails a run whose worker died with its code server only if the
+    # launcher checks worker health (Dagster's DefaultRunLauncher does not).
+    assert config["run_monitoring"]["max_resume_run_attempts"] == 0
+    assert config["run_launcher"] == {
+        "module": "dataflare_platform.instance.run_launcher",
+        "class": "MonitoredRunLauncher",
+    }
     assert config["concurrency"]["pools"]["default_limit"] == 1
+
+
+def test_instance_builds_the_monitored_launcher(tmp_path, monkeypatch):
+    """The launcher entry rehydrates as Dagster's instance does it (ConfigurableClassData)."""
+    from dagster._core.instance.config import dagster_instance_config
+    from dagster._core.launcher import RunLauncher
+    from dagster._serdes import ConfigurableClassData
+
+    from dataflare_platform.instance.run_launcher import MonitoredRunLauncher
+
+    for key, value in PG_ENV.items():
+        monkeypatch.setenv(key, value)
+    (tmp_path / "dagster.yaml").write_text((PRODUCTION / "dagster.yaml").read_text())
+    config, _ = dagster_instance_config(str(tmp_path))
+    entry = config["run_launcher"]
+    data = ConfigurableClassData(
+        entry["module"], entry["class"], yaml.dump(entry.get("config", {}))
+    )
+    launcher = data.rehydrate(as_type=RunLauncher)
+    assert isinstance(launcher, MonitoredRunLauncher)
+    assert launcher.supports_check_run_worker_health
 
 
 def test_workspace_reaches_a_grpc_code_server(monkeypatch):

@@ -10,9 +10,11 @@ every part is a child process, as in production.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -177,6 +179,15 @@ class Topology:
         proc = self.procs.pop(role, None)
         if proc is not None:
             stop_group(proc, grace_s)
+
+    def kill(self, role: str) -> None:
+        """SIGKILL one process's whole group at once, no SIGTERM first: for the code
+        server that is the server and every run worker it started (a crash, not a stop)."""
+        proc = self.procs.pop(role, None)
+        if proc is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
 
     def _wait_http(self, proc: subprocess.Popen, port: int, role: str, path: str) -> None:
         try:

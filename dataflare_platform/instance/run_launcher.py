@@ -64,6 +64,7 @@ from dagster._grpc.types import GetCurrentRunsResult
 from dagster._serdes import ConfigurableClassData, deserialize_value
 
 SERVER_ID_TAG = "dataflare/code_server_id"
+VISIBLE_ENV_VAR = "DATAFLARE_RUN_WORKERS_VISIBLE"
 STARTED_PREFIX = "Started process for run (pid: "
 EXITED_PREFIX = "Process for run exited (pid: "
 HEALTH_TIMEOUT_S = 10
@@ -113,9 +114,10 @@ def local_address(grpc_info: Mapping[str, Any]) -> bool:
 
 class MonitoredRunLauncher(DefaultRunLauncher):
     """:class:`DefaultRunLauncher` whose run workers the daemon's run monitoring checks
-    (module docstring). Config: ``run_workers_visible`` (``true``/``false``; unset: when
-    the code server's address is local) says whether the daemon sees the code server's
-    processes (same host, or a shared pid namespace)."""
+    (module docstring). Config: ``run_workers_visible`` (``true``/``false``; unset: the
+    daemon's :data:`VISIBLE_ENV_VAR`, else whether the code server's address is local)
+    says whether the daemon sees the code server's processes (same host, or a shared pid
+    namespace such as compose's ``pid: service:code-server``)."""
 
     def __init__(
         self,
@@ -233,6 +235,11 @@ class MonitoredRunLauncher(DefaultRunLauncher):
     def _pids_visible(self, grpc_info: Mapping[str, Any]) -> bool:
         if self._run_workers_visible is not None:
             return self._run_workers_visible
+        from_env = os.environ.get(VISIBLE_ENV_VAR, "").strip().lower()
+        if from_env in ("true", "1", "yes"):
+            return True
+        if from_env in ("false", "0", "no"):
+            return False
         return local_address(grpc_info)
 
     def _worker_event(self, run: DagsterRun) -> tuple[int, float, bool] | None:

@@ -1,8 +1,13 @@
 """The production topology (deployments/production) as separate processes on loopback, on
 a PostgreSQL database of this module's own (created and dropped by the fixture): sensor-
 and client-launched runs succeed; the daemon killed and started again resumes its sensor
-without a duplicate run (run keys); the webserver restarted loses nothing."""
+without a duplicate run (run keys); the webserver restarted loses nothing; the code server
+killed mid-run (with its run worker) gets the run failed by run monitoring and retried
+once it is back."""
 
+import os
+import re
+import signal
 import time
 import uuid
 from collections import Counter
@@ -11,12 +16,16 @@ import pytest
 
 from dataflare_platform.client import DataflareClient
 from dataflare_platform.gateway.topology import PostgresTarget, Topology, running_topology
-from dataflare_platform_tests.e2e.prod_topology_defs import RUN_KEYS
+from dataflare_platform.instance.run_launcher import SERVER_ID_TAG, process_alive
+from dataflare_platform_tests.e2e.prod_topology_defs import RUN_KEYS, release_config
 
 pytestmark = pytest.mark.e2e
 
 CEILING_S = 600.0
+MONITORING_CEILING_S = 180.0  # run monitoring polls every 15 s (deployments/production)
 RUN_KEY_TAG = "dagster/run_key"
+PARENT_RUN_TAG = "dagster/parent_run_id"
+WORKER_STARTED = re.compile(r"Started process for run \(pid: (\d+)\)")
 
 
 @pytest.fixture(scope="module")
@@ -103,3 +112,54 @@ def test_webserver_restart_loses_nothing(topology):
     after = {run.run_id: run.status for run in client.runs(limit=100)}
     assert after == before
     assert client.run(run_id).status == "SUCCESS"
+
+
+def _until(what: str, ceiling_s: float, probe):
+    """Poll ``probe`` until it returns something truthy; fail naming ``what`` after the
+    ceiling."""
+    deadline = time.monotonic() + ceiling_s
+    while True:
+        found = probe()
+        if found:
+            return found
+        assert time.monotonic() < deadline, f"{what}: not within {ceiling_s}s"
+        time.sleep(0.5)
+
+
+def _worker(client: DataflareClient, run_id: str) -> tuple[int, float] | None:
+    """The run worker's pid and start event time, once the run is STARTED."""
+    if client.status(run_id) != "STARTED":
+        return None
+    for event in client.logs(run_id):
+        found = WORKER_STARTED.search(event["message"] or "")
+        if found:
+            return int(found.group(1)), event["timestamp"]
+    return None
+
+
+def test_code_server_killed_mid_run_fails_the_run_and_the_retry_succeeds(topology, tmp_path):
+    client = _client(topology)
+    release = tmp_path / "release"
+    run_id = client.launch_job(
+        "long_job", run_config=release_config(release), tags={"dagster/max_retries": "1"}
+    )
+    pid, started_at = _until("run STARTED", CEILING_S, lambda: _worker(client, run_id))
+    assert SERVER_ID_TAG in client.run(run_id).tags
+    topology.kill("code_server")  # SIGKILL: the server and its run workers, one group
+    if process_alive(pid, started_at):
+        os.kill(pid, signal.SIGKILL)
+    _until("run worker gone", 60, lambda: not process_alive(pid, started_at))
+    assert client.status(run_id) == "STARTED"  # nobody else would ever change it
+    release.write_text("the retry may finish")
+    topology.start("code_server")  # back on the same port, a new server id
+    _until("run FAILURE", MONITORING_CEILING_S, lambda: client.status(run_id) == "FAILURE")
+    messages = " ".join(event["message"] or "" for event in client.logs(run_id))
+    assert "Detected run worker status FAILED" in messages
+    assert f"pid {pid}" in messages and "was restarted" in messages
+
+    def retry():
+        runs = client.runs(job="long_job", limit=20)
+        return [run for run in runs if run.tags.get(PARENT_RUN_TAG) == run_id]
+
+    (retried,) = _until("retry run", MONITORING_CEILING_S, retry)
+    assert client.wait(retried.run_id, timeout_s=CEILING_S) == "SUCCESS"

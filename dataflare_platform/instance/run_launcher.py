@@ -15,7 +15,7 @@ those workers, and a run whose code server was killed stays STARTED forever.
   ===============================================  ==========================================
   the run's code server (Dagster's grpc_info tag)  verdict
   ===============================================  ==========================================
-  answers and runs the run (``get_current_runs``)  RUNNING
+  answers and runs the run (its executions)        RUNNING
   answers with the recorded id, not running it     FAILED (the server outlived the worker),
                                                    unless the worker is seen alive
   answers with another id (restarted or reloaded)  the worker's process decides: gone →
@@ -60,7 +60,7 @@ from dagster._core.launcher.default_run_launcher import DefaultRunLauncher
 from dagster._core.storage.dagster_run import DagsterRun, DagsterRunStatus
 from dagster._core.storage.tags import GRPC_INFO_TAG
 from dagster._grpc.client import DagsterGrpcClient
-from dagster._grpc.types import GetCurrentRunsResult
+from dagster._grpc.types import CanCancelExecutionRequest, CanCancelExecutionResult
 from dagster._serdes import ConfigurableClassData, deserialize_value
 
 SERVER_ID_TAG = "dataflare/code_server_id"
@@ -189,7 +189,7 @@ class MonitoredRunLauncher(DefaultRunLauncher):
         recorded = run.tags.get(SERVER_ID_TAG)
         try:
             server_id = client.get_server_id(timeout=HEALTH_TIMEOUT_S)
-            current = deserialize_value(client.get_current_runs(), GetCurrentRunsResult)
+            runs_it = _server_runs(client, run.run_id)
         except DagsterUserCodeUnreachableError:
             alive = self._worker_alive(run, grpc_info)
             if alive is False and not self._will_retry(run):
@@ -203,7 +203,7 @@ class MonitoredRunLauncher(DefaultRunLauncher):
                 f"code server {where} is unreachable; run worker alive: {alive} "
                 "(a verdict waits for the server)",
             )
-        if run.run_id in current.current_runs:
+        if runs_it:
             return CheckRunHealthResult(WorkerStatus.RUNNING, f"code server {where} runs it")
         alive = self._worker_alive(run, grpc_info)
         if alive:
@@ -282,6 +282,18 @@ class MonitoredRunLauncher(DefaultRunLauncher):
             return False
         failed = run.with_status(DagsterRunStatus.FAILURE)
         return auto_reexecution_should_retry_run(self._instance, failed, None)
+
+
+def _server_runs(client: DagsterGrpcClient, run_id: str) -> bool:
+    """Whether the code server runs ``run_id`` (among its executions, not being stopped).
+
+    Asked with ``CanCancelExecution``, not ``GetCurrentRuns``: Dagster 1.13's
+    ``dagster code-server start`` (the proxy server) does not implement the latter
+    (UNIMPLEMENTED), both implement the former."""
+    answer = client.can_cancel_execution(
+        CanCancelExecutionRequest(run_id=run_id), timeout=HEALTH_TIMEOUT_S
+    )
+    return deserialize_value(answer, CanCancelExecutionResult).can_cancel
 
 
 def _pid_of(entry) -> int | None:

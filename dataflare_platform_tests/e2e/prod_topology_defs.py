@@ -28,14 +28,14 @@ def keyed_job():
     hello()
 
 
-class ReleaseConfig(dg.Config):
-    release_file: str
+RELEASE_TAG = "e2e/release_file"
 
 
 @dg.op
-def wait_for_release(config: ReleaseConfig) -> str:
-    """Poll for the release file (the test writes it when the run may finish)."""
-    path = Path(config.release_file)
+def wait_for_release(context: dg.OpExecutionContext) -> str:
+    """Poll for the run's release file (tag :data:`RELEASE_TAG`; a tag, not op config, as
+    launches may not set op config, and a retry inherits its parent's tags)."""
+    path = Path(context.run.tags[RELEASE_TAG])
     deadline = time.monotonic() + RELEASE_CEILING_S
     while not path.exists():
         if time.monotonic() > deadline:
@@ -49,8 +49,8 @@ def long_job():
     wait_for_release()
 
 
-def release_config(path: Path) -> dict:
-    return {"ops": {"wait_for_release": {"config": {"release_file": str(path)}}}}
+def release_tags(path: Path) -> dict[str, str]:
+    return {RELEASE_TAG: str(path)}
 
 
 @dg.sensor(job=keyed_job, minimum_interval_seconds=1, default_status=dg.DefaultSensorStatus.RUNNING)

@@ -17,7 +17,7 @@ import pytest
 from dataflare_platform.client import DataflareClient
 from dataflare_platform.gateway.topology import PostgresTarget, Topology, running_topology
 from dataflare_platform.instance.run_launcher import SERVER_ID_TAG, process_alive
-from dataflare_platform_tests.e2e.prod_topology_defs import RUN_KEYS, release_config
+from dataflare_platform_tests.e2e.prod_topology_defs import RUN_KEYS, release_tags
 
 pytestmark = pytest.mark.e2e
 
@@ -141,7 +141,7 @@ def test_code_server_killed_mid_run_fails_the_run_and_the_retry_succeeds(topolog
     client = _client(topology)
     release = tmp_path / "release"
     run_id = client.launch_job(
-        "long_job", run_config=release_config(release), tags={"dagster/max_retries": "1"}
+        "long_job", tags={**release_tags(release), "dagster/max_retries": "1"}
     )
     pid, started_at = _until("run STARTED", CEILING_S, lambda: _worker(client, run_id))
     assert SERVER_ID_TAG in client.run(run_id).tags

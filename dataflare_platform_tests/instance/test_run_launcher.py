@@ -22,17 +22,16 @@ from dagster._core.test_utils import create_run_for_test, instance_for_test
 from dagster._core.workspace.context import WorkspaceProcessContext
 from dagster._core.workspace.load_target import GrpcServerTarget
 from dagster._grpc.client import DagsterGrpcClient
-from dagster._grpc.types import GetCurrentRunsResult
-from dagster._serdes import deserialize_value
 
 from dataflare_platform.gateway.process import LOOPBACK, free_port
 from dataflare_platform.instance.run_launcher import (
     SERVER_ID_TAG,
     MonitoredRunLauncher,
+    _server_runs,
     local_address,
     process_alive,
 )
-from dataflare_platform_tests.e2e.prod_topology_defs import release_config
+from dataflare_platform_tests.e2e.prod_topology_defs import release_tags
 
 LOCATION = "monitored"
 CEILING_S = 120.0
@@ -86,18 +85,23 @@ def instance(tmp_path) -> Iterator[DagsterInstance]:
 
 
 class CodeServer:
-    """``dagster api grpc`` on a fixed loopback port, startable again on the same port."""
+    """``dagster api grpc`` (or, ``proxy``, ``dagster code-server start`` as in production)
+    on a fixed loopback port, startable again on the same port."""
 
-    def __init__(self, log: Path):
+    def __init__(self, log: Path, proxy: bool = False):
         self.port = free_port()
         self.log = log
+        self.command = ("code-server", "start") if proxy else ("api", "grpc")
         self.proc: subprocess.Popen | None = None
 
     def start(self) -> None:
         dagster = str(Path(sys.executable).with_name("dagster"))
         with self.log.open("a") as out:
             self.proc = subprocess.Popen(
-                [dagster, "api", "grpc", "-m", DEFS_MODULE, "-h", LOOPBACK, "-p", str(self.port)],
+                [
+                    *(dagster, *self.command, "-m", DEFS_MODULE),
+                    *("-h", LOOPBACK, "-p", str(self.port)),
+                ],
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
@@ -153,8 +157,7 @@ def _launch(instance, server, release: Path, tags: dict | None = None) -> Dagste
         run = create_run_for_test(
             instance,
             job_name="long_job",
-            run_config=release_config(release),
-            tags=tags,
+            tags={**release_tags(release), **(tags or {})},
             remote_job_origin=remote_job.get_remote_origin(),
             job_code_origin=remote_job.get_python_origin(),
         )
@@ -177,11 +180,6 @@ def _worker_pid(launcher: MonitoredRunLauncher, run: DagsterRun) -> int:
     event = launcher._worker_event(run)
     assert event is not None
     return event[0]
-
-
-def _current_runs(server: CodeServer) -> list[str]:
-    answer = deserialize_value(server.client().get_current_runs(), GetCurrentRunsResult)
-    return answer.current_runs
 
 
 def _kill(pid: int) -> None:
@@ -209,13 +207,31 @@ def test_launch_records_server_id_and_a_running_worker_is_healthy(instance, serv
     _wait_status(instance, run.run_id, DagsterRunStatus.SUCCESS)
 
 
+def test_the_production_code_server_answers_the_health_check(instance, tmp_path):
+    """``dagster code-server start`` (a proxy over a ``dagster api grpc`` child) as in the
+    production topology: it lacks GetCurrentRuns, the check asks CanCancelExecution."""
+    proxy = CodeServer(tmp_path / "proxy.log", proxy=True)
+    proxy.start()
+    try:
+        release = tmp_path / "release"
+        run = _launch(instance, proxy, release)
+        assert run.tags[SERVER_ID_TAG] == proxy.client().get_server_id()
+        health = instance.run_launcher.check_run_worker_health(run)
+        assert health.status == WorkerStatus.RUNNING, health
+        assert "runs it" in health.msg
+        release.write_text("go")
+        _wait_status(instance, run.run_id, DagsterRunStatus.SUCCESS)
+    finally:
+        proxy.stop()
+
+
 def test_worker_gone_while_its_server_is_up_fails(instance, server, tmp_path):
     run = _launch(instance, server, tmp_path / "release")
     launcher = instance.run_launcher
     _kill(_worker_pid(launcher, run))
     deadline = time.monotonic() + CEILING_S
     # The server forgets the run once it notices its worker exited.
-    while run.run_id in _current_runs(server):
+    while _server_runs(server.client(), run.run_id):
         assert time.monotonic() < deadline
         time.sleep(0.2)
     health = launcher.check_run_worker_health(run)

@@ -4,6 +4,7 @@ through it whose workers are real processes, killed with SIGKILL."""
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import subprocess
@@ -16,11 +17,12 @@ from pathlib import Path
 import pytest
 from dagster import DagsterInstance
 from dagster._core.launcher import WorkerStatus
-from dagster._core.storage.dagster_run import DagsterRun, DagsterRunStatus
+from dagster._core.storage.dagster_run import DagsterRun, DagsterRunStatus, RunsFilter
 from dagster._core.storage.tags import MAX_RETRIES_TAG
 from dagster._core.test_utils import create_run_for_test, instance_for_test
 from dagster._core.workspace.context import WorkspaceProcessContext
 from dagster._core.workspace.load_target import GrpcServerTarget
+from dagster._daemon.monitoring.run_monitoring import monitor_started_run
 from dagster._grpc.client import DagsterGrpcClient
 
 from dataflare_platform.gateway.process import LOOPBACK, free_port
@@ -268,6 +270,12 @@ def test_server_restarted_and_worker_gone_fails(instance, server, tmp_path):
     health = launcher.check_run_worker_health(run)
     assert health.status == WorkerStatus.FAILED, health
     assert "was restarted" in health.msg and f"pid {pid}" in health.msg
+    # Dagster's own monitoring step (what the daemon runs every poll) fails the run.
+    (record,) = instance.get_run_records(RunsFilter(run_ids=[run.run_id]))
+    with _workspace(instance, server) as workspace:
+        monitor_started_run(instance, workspace, record, logging.getLogger(__name__))
+    failed = instance.get_run_by_id(run.run_id)
+    assert failed.status == DagsterRunStatus.FAILURE
 
 
 def test_server_down_and_worker_gone_fails_unless_a_retry_waits_for_the_server(

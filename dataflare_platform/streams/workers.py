@@ -109,8 +109,9 @@ def check_splittable(
     spec: PipelineSpec, log: EventLog, default_dir: Path, plugins: dict | None = None
 ) -> list[int]:
     """The source partition numbers of ``spec``, after refusing (``ParallelismError``,
-    every reason at once) a pipeline whose state cannot be split by partition or whose
-    sources cannot read one partition alone."""
+    every reason at once) a pipeline whose state cannot be split by partition, whose
+    sources cannot read one partition alone, or that already made progress as one run
+    (its sink holds a checkpoint under the pipeline's own name)."""
     whole = bind.build(spec, log=log, default_dir=default_dir, plugins=plugins)
     reasons = refusals(whole)
     counts = {n.source.name: n.source.partitions() for n in whole.sources()}  # type: ignore[union-attr]
@@ -122,8 +123,21 @@ def check_splittable(
                 f"source {node.source.name!r} cannot read one partition alone "  # type: ignore[union-attr]
                 "(partition-parallel runs read embedded-log topics)"
             )
-    whole.sink.close()  # type: ignore[union-attr]
     probe.sink.close()  # type: ignore[union-attr]
+    # A pipeline that made progress as one run keeps it under its own checkpoint, with
+    # its state mixed across partitions: units starting from nothing would produce that
+    # output again. Switching needs that checkpoint split by partition, not built yet.
+    sink = whole.sink
+    try:
+        single = sink.open(spec.name)  # type: ignore[union-attr]
+    finally:
+        sink.close()  # type: ignore[union-attr]
+    if single is not None and any(single.offsets.values()):
+        reasons.append(
+            f"it has progress as one run (checkpoint {spec.name!r} at {single.offsets}); "
+            "partition-parallel units keep one checkpoint per partition and would read "
+            "those events again"
+        )
     if reasons:
         raise ParallelismError(
             f"pipeline {spec.name!r} cannot run partition-parallel: " + "; ".join(reasons)

@@ -276,3 +276,15 @@ def test_pipelines_whose_state_cannot_be_split_are_refused_before_any_unit_runs(
     fine.write_text(spec_text(dsn, schema))
     with pytest.raises(ValueError, match=r"no partition\(s\) \[9\]"):
         PartitionWorker(PipelineSpec.from_yaml(fine), log, tmp_path, [9])
+
+
+def test_a_pipeline_with_progress_as_one_run_is_refused_rather_than_read_twice(setup, dsn, schema):
+    from dataflare_platform.engine import Runner
+    from dataflare_platform.streams import bind
+
+    log, topic, spec_path, streams = setup
+    topic.append(events(0, 1_000, 7))
+    spec = PipelineSpec.from_yaml(spec_path)
+    Runner(bind.build(spec, log=log, default_dir=streams, bounded=True), RunnerConfig()).run()
+    with pytest.raises(ParallelismError, match="has progress as one run"):
+        PartitionWorker(spec, log, streams, [0])

@@ -67,6 +67,10 @@ LAUNCH_KNOBS: frozenset[str] = frozenset(
         "progress_interval_s",
         "rate_window_s",
         "restart_backoff_s",
+        # <pipeline>_workers (WorkerConfig): how many workers, which one, log cadence
+        "workers",
+        "index",
+        "log_interval_s",
         # replay_job (ReplayConfig): a pipeline and an interval or offset ranges
         "pipeline",
         "from_time",

@@ -59,20 +59,24 @@ class DuckDBSink(TransactionalSink):
         self.upsert_keys = upsert_keys
         self._conn: duckdb.DuckDBPyConnection | None = None
         self._pipeline = ""
+        self._table_ready = False
 
     def open(self, pipeline: str) -> Checkpoint | None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.discard_pending()
         self._conn = connect_for_writing(self.path)
         self._pipeline = pipeline
-        self._conn.execute(
+        self._table_ready = False
+        _create(
+            self._conn,
             f"CREATE TABLE IF NOT EXISTS {CHECKPOINT_TABLE} ("
             " pipeline VARCHAR PRIMARY KEY, state BLOB NOT NULL,"
-            " committed_at TIMESTAMP DEFAULT current_timestamp)"
+            " committed_at TIMESTAMP DEFAULT current_timestamp)",
         )
-        self._conn.execute(
+        _create(
+            self._conn,
             f"CREATE TABLE IF NOT EXISTS {quote_identifier(self.side_table)}"
-            " (kind VARCHAR, operator VARCHAR, reason VARCHAR, payload VARCHAR)"
+            " (kind VARCHAR, operator VARCHAR, reason VARCHAR, payload VARCHAR)",
         )
         rows = self._conn.execute(
             f"SELECT state FROM {CHECKPOINT_TABLE} WHERE pipeline = $p", {"p": pipeline}
@@ -85,6 +89,20 @@ class DuckDBSink(TransactionalSink):
         conn = self._conn
         assert conn is not None, "open() first"
         state = checkpoint.encode()
+        if output is not None and not self._table_ready:
+            # Created on its own, before the commit's transaction: the units of a
+            # partition-parallel worker share the file, and two creating it inside their
+            # transactions would conflict (DuckDB's catalog write-write conflict).
+            conn.register("_out", output.to_arrow())
+            try:
+                _create(
+                    conn,
+                    f"CREATE TABLE IF NOT EXISTS {quote_identifier(self.table)}"
+                    " AS SELECT * FROM _out LIMIT 0",
+                )
+            finally:
+                conn.unregister("_out")
+            self._table_ready = True
         conn.execute("BEGIN TRANSACTION")
         try:
             if output is not None:
@@ -118,3 +136,17 @@ class DuckDBSink(TransactionalSink):
         if self._conn is not None:
             self._conn.close()
             self._conn = None
+
+
+def _create(conn: duckdb.DuckDBPyConnection, statement: str, attempts: int = 5) -> None:
+    """Run a ``CREATE ... IF NOT EXISTS`` in its own transaction; when another connection
+    of the process creates the same object at the same moment, DuckDB refuses the later
+    one with a write-write conflict, and running it again finds the object there."""
+    for attempt in range(attempts):
+        try:
+            conn.execute(statement)
+            return
+        except duckdb.TransactionException:
+            if attempt == attempts - 1:
+                raise
+            time.sleep(0.01 * (attempt + 1))

@@ -130,12 +130,18 @@ def continuous_job_name(spec: PipelineSpec) -> str:
     return f"{spec.name}_continuous"
 
 
+def workers_job_name(spec: PipelineSpec) -> str:
+    return f"{spec.name}_workers"
+
+
 def continuous_in_progress(instance: dg.DagsterInstance, spec: PipelineSpec) -> list[str]:
-    """Ids of the pipeline's continuous runs that are queued or running."""
-    runs = instance.get_runs(
-        dg.RunsFilter(job_name=continuous_job_name(spec), statuses=IN_PROGRESS)
-    )
-    return [run.run_id for run in runs]
+    """Ids of the runs that own the pipeline continuously and are queued or running: its
+    continuous run and its partition-parallel worker runs (``workers.py``)."""
+    return [
+        run.run_id
+        for job in (continuous_job_name(spec), workers_job_name(spec))
+        for run in instance.get_runs(dg.RunsFilter(job_name=job, statuses=IN_PROGRESS))
+    ]
 
 
 def _metadata(report: CheckpointReport) -> dict[str, object]:

@@ -48,6 +48,7 @@ from dataflare_platform.defs.streams.topics import (
     topic_key,
     topic_observation_definitions,
 )
+from dataflare_platform.defs.streams.workers import partitioned_sources, worker_definitions
 from dataflare_platform.engine.durations import to_ms
 from dataflare_platform.events.log import EventLog
 from dataflare_platform.observability import tracing
@@ -256,10 +257,13 @@ def pipeline_definitions(
     # Sensor ranges only where every source has readable end offsets (the spec refuses
     # micro_batch over other kinds); the continuous job is there for every pipeline.
     sensors = [stream_sensor] if catalog.micro_batch else []
-    return dg.Definitions.merge(
+    parts = [
         dg.Definitions(assets=[stream_output], jobs=[job], sensors=sensors),
         continuous_definitions(spec, key),
-    )
+    ]
+    if partitioned_sources(spec):  # topics: the pipeline may also run as workers
+        parts.append(worker_definitions(spec))
+    return dg.Definitions.merge(*parts)
 
 
 def topic_definitions(

@@ -1,0 +1,182 @@
+"""The ``<pipeline>_workers`` job: one long-running Dagster run per partition-parallel
+worker (``streams.workers``), launched like any run (run launcher, queue, retries).
+
+Worker ``index`` of ``workers`` owns every ``workers``-th source partition; each of its
+partitions runs in its own engine under its own checkpoint, and a lease per partition
+keeps two workers off one partition. Stopping a worker is terminating its run: each of
+its partitions finishes its batch, commits a last checkpoint and releases its lease (the
+run ends SUCCESS). A crashed worker (SIGKILL, OOM) is retried by Dagster's run retries
+like the continuous job, after a growing delay; its leases died with it, so the retry,
+or any worker now owning those partitions, resumes them from their last commits.
+
+A pipeline runs either as one run (its micro-batch job or its continuous job) or as
+workers, never both: a worker refuses to start while one of the others is queued or
+running, and the continuous job and the micro-batch sensor stand aside while workers run
+(``continuous.continuous_in_progress`` counts worker runs). ``DataflareClient.scale``
+and ``dataflare scale`` change the number of workers.
+"""
+
+import threading
+import time
+
+import dagster as dg
+from pydantic import Field
+
+from dataflare_platform.defs.plugins.resources import PluginRuntimeResource
+from dataflare_platform.defs.resources import ProjectHomeResource
+from dataflare_platform.defs.streams.continuous import (
+    ATTEMPT_TAG,
+    DEFAULT_RESTART_BACKOFF_S,
+    IN_PROGRESS,
+    MAX_RESTARTS,
+    MAX_RETRIES_TAG,
+    continuous_job_name,
+    restart_delay_s,
+    workers_job_name,
+)
+from dataflare_platform.engine.runner import RunnerConfig
+from dataflare_platform.events.log import EventLog
+from dataflare_platform.plugins.specs import load_plugins, plugin_steps
+from dataflare_platform.streams.continuous import DEFAULT_CHECKPOINT_INTERVAL_S
+from dataflare_platform.streams.parallel import ParallelismError, assign
+from dataflare_platform.streams.spec import PipelineSpec
+from dataflare_platform.streams.workers import PartitionWorker, UnitReport, check_splittable
+
+WORKERS_TAG = "dataflare/workers_of"  # the pipeline, on every worker run
+LOG_EVERY_S = 30.0
+
+
+class WorkerConfig(dg.Config):
+    workers: int = Field(default=1, ge=1, description="How many workers share the partitions.")
+    index: int = Field(default=0, ge=0, description="Which of them this run is (0-based).")
+    checkpoint_interval_s: float = Field(
+        default=DEFAULT_CHECKPOINT_INTERVAL_S,
+        gt=0,
+        description="Commit each partition's checkpoint at least this often.",
+    )
+    restart_backoff_s: float = Field(
+        default=DEFAULT_RESTART_BACKOFF_S,
+        ge=0,
+        description="An automatic retry waits this long before resuming, doubling per retry.",
+    )
+    log_interval_s: float = Field(
+        default=LOG_EVERY_S,
+        ge=0,
+        description="Log the partitions' committed offsets at most this often.",
+    )
+
+
+def single_runs_in_progress(instance: dg.DagsterInstance, spec: PipelineSpec) -> list[str]:
+    """The pipeline's micro-batch and continuous runs that are queued or running."""
+    jobs = [f"{spec.name}_job", continuous_job_name(spec)]
+    return [
+        run.run_id
+        for job in jobs
+        for run in instance.get_runs(dg.RunsFilter(job_name=job, statuses=IN_PROGRESS))
+    ]
+
+
+def _refuse(context: dg.OpExecutionContext, message: str) -> dg.Failure:
+    """A failure retrying would only repeat: this run opts out of its retries."""
+    context.instance.add_run_tags(context.run_id, {MAX_RETRIES_TAG: "0"})
+    return dg.Failure(description=message, allow_retries=False)
+
+
+def worker_definitions(spec: PipelineSpec) -> dg.Definitions:
+    name = workers_job_name(spec)
+
+    @dg.op(name=f"run_{name}", description=f"One partition-parallel worker of {spec.name!r}.")
+    def run_worker(
+        context: dg.OpExecutionContext,
+        config: WorkerConfig,
+        dataflare: ProjectHomeResource,
+        plugins: PluginRuntimeResource,
+    ) -> None:
+        if config.index >= config.workers:
+            raise _refuse(context, f"index {config.index} is outside 0..{config.workers - 1}")
+        single = single_runs_in_progress(context.instance, spec)
+        if single:
+            raise _refuse(
+                context,
+                f"{spec.name} runs as one run in {single}: stop it before starting workers",
+            )
+        home = dataflare.home
+        log = EventLog(home.event_log_dir)
+        loaded = load_plugins(spec, plugins.registry()) if plugin_steps(spec) else None
+        streams_dir = home.root / "streams"
+        try:
+            numbers = check_splittable(spec, log, streams_dir, loaded)
+        except ParallelismError as err:
+            raise _refuse(context, str(err)) from None
+        if config.workers > len(numbers):
+            raise _refuse(
+                context,
+                f"{config.workers} workers for {len(numbers)} partition(s): at most one "
+                "worker per partition",
+            )
+        owned = [int(p) for p in assign([str(n) for n in numbers], config.workers, config.index)]
+        attempt = int(context.run.tags.get(ATTEMPT_TAG, "0"))
+        if attempt:
+            delay = restart_delay_s(attempt, config.restart_backoff_s)
+            context.log.info(
+                f"{spec.name}: automatic restart {attempt} of worker {config.index}; "
+                f"resuming in {delay:g} s"
+            )
+            time.sleep(delay)  # a termination interrupts the wait
+        context.log.info(
+            f"{spec.name}: worker {config.index + 1} of {config.workers} owns partitions "
+            f"{owned} of {numbers}"
+        )
+        worker = PartitionWorker(
+            spec,
+            log,
+            streams_dir,
+            owned,
+            config=RunnerConfig(checkpoint_interval_s=config.checkpoint_interval_s),
+            plugins=loaded,
+        )
+        latest: dict[int, dict[str, int]] = {}
+        logged = [time.monotonic()]
+
+        def on_report(unit: UnitReport) -> None:
+            latest[unit.partition] = unit.report.offsets
+            if time.monotonic() - logged[0] >= config.log_interval_s:
+                logged[0] = time.monotonic()
+                context.log.info(f"{spec.name}: committed {dict(sorted(latest.items()))}")
+
+        stop = threading.Event()
+        try:
+            worker.run(stop, on_report)
+        except (dg.DagsterExecutionInterruptedError, KeyboardInterrupt):
+            # PartitionWorker.run has stopped every partition (last batch, checkpoint) and
+            # released the leases before the interrupt reached here.
+            context.log.info(
+                f"{spec.name}: worker {config.index} stopped; partitions {owned} "
+                f"checkpointed at {dict(sorted(latest.items()))} and released"
+            )
+
+    @dg.job(
+        name=name,
+        executor_def=dg.in_process_executor,
+        tags={
+            WORKERS_TAG: spec.name,
+            "dataflare/mode": "workers",
+            MAX_RETRIES_TAG: str(MAX_RESTARTS),
+        },
+        description=(
+            f"{spec.name} as partition-parallel workers, one run per worker (config: "
+            "workers, index). Terminate a run to stop its worker gracefully; `dataflare "
+            "scale` sets the number. A crashed worker is retried by Dagster (run_retries)."
+        ),
+    )
+    def job():
+        run_worker()
+
+    return dg.Definitions(jobs=[job])
+
+
+def partitioned_sources(spec: PipelineSpec) -> bool:
+    """Whether every source of ``spec`` is an embedded-log topic (what workers split)."""
+    return bool(spec.sources) and all(
+        getattr(s, "kind", None) == "topic" for s in spec.sources.values()
+    )

@@ -1,0 +1,174 @@
+"""The ``<pipeline>_workers`` job in process: a worker run owns its share of the
+partitions, checkpoints each under its own key with the output, and an interrupt (what
+terminating a run sends) stops it gracefully; a pipeline whose state cannot be split is
+refused without retries; a pipeline runs as workers or as one run, never both."""
+
+import os
+import signal
+import threading
+import time
+
+import dagster as dg
+import duckdb
+import pyarrow as pa
+import pytest
+
+from dataflare_platform.defs.streams.continuous import MAX_RETRIES_TAG, continuous_in_progress
+from dataflare_platform.defs.streams.factory import stream_definitions
+from dataflare_platform.defs.streams.workers import single_runs_in_progress
+from dataflare_platform.events.log import EventLog
+from dataflare_platform.streams.ranges import load_specs
+from dataflare_platform.streams.workers import unit_key
+from dataflare_platform_tests.defs.streams.test_factory import _resources
+
+SCHEMA = pa.schema([("auction", pa.int64()), ("price", pa.int64()), ("date_time", pa.int64())])
+PARTITIONS = 4
+PIPELINE = """
+type: dataflare_platform.components.StreamPipelineComponent
+attributes:
+  name: {name}
+  catalog: {{group: streams, owners: [team:streaming]}}
+  watermark: {{out_of_orderness: 0s}}
+  sources:
+    bids: {{kind: topic, topic: bids4, columns: [auction, price, date_time]}}
+  streams:
+    counts:
+      from: bids
+      steps:
+        - key_by: [auction]
+        - window: {{tumbling: 1s, agg: {{n: count}}{top}}}
+  output: counts
+  sink: {{kind: duckdb, table: {name}}}
+"""
+
+
+@pytest.fixture
+def folder(tmp_path):
+    folder = tmp_path / "pipelines"
+    folder.mkdir()
+    (folder / "bid_counts.yaml").write_text(PIPELINE.format(name="bid_counts", top=""))
+    (folder / "top_bids.yaml").write_text(PIPELINE.format(name="top_bids", top=", top: {by: n}"))
+    return folder
+
+
+@pytest.fixture
+def instance():
+    with dg.instance_for_test() as instance:
+        yield instance
+
+
+@pytest.fixture
+def defs(home, folder):
+    return dg.Definitions.merge(
+        stream_definitions(load_specs(folder), sensor_interval_s=5),
+        dg.Definitions(resources=_resources(home)),
+    )
+
+
+def _bids(n: int) -> pa.Table:
+    return pa.table(
+        {
+            "auction": [i % 37 for i in range(n)],
+            "price": [i % 500 for i in range(n)],
+            "date_time": [i * 5 + 1 for i in range(n)],  # no window end is ever hit exactly
+        },
+        schema=SCHEMA,
+    )
+
+
+def _config(workers: int, index: int) -> dict:
+    fast = {"workers": workers, "index": index, "checkpoint_interval_s": 0.2, "log_interval_s": 0}
+    return {"ops": {"run_bid_counts_workers": {"config": fast}}}
+
+
+def _interrupt_when(predicate, timeout_s=120.0):
+    """SIGINT this process (what terminating a run sends) once ``predicate()`` holds."""
+    matched = threading.Event()
+
+    def watch():
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if predicate():
+                matched.set()
+                break
+            time.sleep(0.05)
+        os.kill(os.getpid(), signal.SIGINT)
+
+    thread = threading.Thread(target=watch, daemon=True)
+    thread.matched = matched
+    thread.start()
+    return thread
+
+
+def test_a_worker_owns_its_partitions_and_stops_gracefully_with_their_checkpoints(
+    defs, home, instance
+):
+    topic = EventLog(home.event_log_dir).create_topic(
+        "bids4", SCHEMA, partitions=PARTITIONS, key="auction"
+    )
+    topic.append(_bids(4_000))
+    ends = topic.committed_ends()
+    owned = [1, 3]  # worker 1 of 2: every second partition from 1
+
+    def caught_up():
+        runs = instance.get_runs(dg.RunsFilter(job_name="bid_counts_workers"), limit=1)
+        if not runs:
+            return False
+        text = " ".join(e.user_message or "" for e in instance.all_logs(runs[0].run_id))
+        return all(f"'bids/{p}': {ends[p]}" in text for p in owned)
+
+    watcher = _interrupt_when(caught_up)
+    job = defs.resolve_job_def("bid_counts_workers")
+    result = job.execute_in_process(
+        run_config=_config(2, 1), instance=instance, raise_on_error=False
+    )
+    watcher.join()
+    assert watcher.matched.is_set()
+    assert result.success
+    messages = [e.user_message for e in instance.all_logs(result.run_id)]
+    assert any("worker 2 of 2 owns partitions [1, 3] of [0, 1, 2, 3]" in m for m in messages)
+    assert any("stopped; partitions [1, 3] checkpointed" in m for m in messages)
+    with duckdb.connect(str(home.root / "streams" / "bid_counts.duckdb"), read_only=True) as db:
+        keys = {r[0] for r in db.sql("SELECT pipeline FROM dataflare_checkpoints").fetchall()}
+        counted = db.sql("SELECT sum(n) FROM bid_counts").fetchall()[0][0]
+    assert keys == {unit_key("bid_counts", p) for p in owned}
+    # Each owned partition's closed windows, once: its bids before the window holding its
+    # newest event (the watermark, out_of_orderness 0 s); nothing of partitions 0 and 2.
+    want = 0
+    for p in owned:
+        times = topic.read(str(p), 0, ends[p]).column("date_time").to_pylist()
+        open_from = max(times) // 1000 * 1000
+        want += sum(1 for t in times if t < open_from)
+    assert counted == want > 0
+
+
+def test_a_pipeline_whose_state_cannot_be_split_is_refused_without_retries(defs, home, instance):
+    EventLog(home.event_log_dir).create_topic("bids4", SCHEMA, partitions=PARTITIONS, key="auction")
+    job = defs.resolve_job_def("top_bids_workers")
+    result = job.execute_in_process(instance=instance, raise_on_error=False)
+    assert not result.success
+    failure = next(e for e in result.all_events if e.event_type_value == "STEP_FAILURE")
+    assert "ranks the rows of all keys in each window" in str(failure.step_failure_data.error)
+    assert instance.get_run_by_id(result.run_id).tags[MAX_RETRIES_TAG] == "0"
+
+
+def test_a_pipeline_runs_as_workers_or_as_one_run_never_both(defs, folder, instance):
+    spec = next(s for s in load_specs(folder) if s.name == "bid_counts")
+    worker = instance.create_run_for_job(
+        defs.resolve_job_def("bid_counts_workers"),
+        run_config=_config(1, 0),
+        status=dg.DagsterRunStatus.STARTED,
+    )
+    # The continuous job and the micro-batch sensor stand aside while workers run ...
+    assert continuous_in_progress(instance, spec) == [worker.run_id]
+    assert single_runs_in_progress(instance, spec) == []
+    # ... and a worker refuses to start while the pipeline runs as one run.
+    single = instance.create_run_for_job(
+        defs.resolve_job_def("bid_counts_continuous"), status=dg.DagsterRunStatus.STARTED
+    )
+    result = defs.resolve_job_def("bid_counts_workers").execute_in_process(
+        run_config=_config(1, 0), instance=instance, raise_on_error=False
+    )
+    assert not result.success
+    failure = next(e for e in result.all_events if e.event_type_value == "STEP_FAILURE")
+    assert f"runs as one run in ['{single.run_id}']" in str(failure.step_failure_data.error)

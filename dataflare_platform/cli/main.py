@@ -32,6 +32,7 @@ from dataflare_platform.cli.quickstart import quickstart
 from dataflare_platform.cli.replay import replay_command
 from dataflare_platform.cli.route import route
 from dataflare_platform.cli.runs import runs_app
+from dataflare_platform.cli.scale import scale
 from dataflare_platform.cli.topics import consume, produce, topics_app
 
 DISTRIBUTION = "dataflare-platform"
@@ -115,6 +116,7 @@ app.add_typer(audit_app, name="audit")
 app.add_typer(keys_app, name="keys")
 # Runs on a Dagster web server.
 app.command("launch")(launch)
+app.command("scale")(scale)
 app.add_typer(runs_app, name="runs")
 app.add_typer(pipelines_app, name="pipelines")
 app.add_typer(backfill_app, name="backfill")

@@ -42,13 +42,16 @@ from dataflare_platform.client.partitions import check_partition
 from dataflare_platform.client.results import (
     ASSET_JOB,
     BACKFILL_TERMINAL_STATUSES,
+    IN_PROGRESS_STATUSES,
     PARTITION_TAG,
     RUN_STATUSES,
+    SCALABLE_NAME,
     TERMINAL_STATUSES,
     AssetKeyLike,
     BackfillStatus,
     JobRef,
     RunInfo,
+    ScaleResult,
     asset_key_path,
     config_problem,
     metadata_value,
@@ -533,6 +536,34 @@ class DataflareClient:
         if not materializations:
             return {}
         return {e["label"]: metadata_value(e) for e in materializations[0]["metadataEntries"]}
+
+    def scale(self, pipeline: str, workers: int) -> ScaleResult:
+        """Run stream pipeline ``pipeline`` as ``workers`` partition-parallel workers
+        (0: none), one run of its ``<pipeline>_workers`` job each.
+
+        The running workers are stopped gracefully (terminated: each partition finishes
+        its batch, checkpoints and releases its lease) and ``workers`` new runs are
+        launched at once; a new worker takes each of its partitions as soon as the old
+        owner has let go (the lease), so no partition has two owners and none is read
+        twice. Refusals (a pipeline whose state cannot be split, more workers than
+        partitions, a pipeline running as one run) fail the new runs with the reason.
+        """
+        if not SCALABLE_NAME.fullmatch(pipeline):
+            raise DataflareClientError(f"not a pipeline name: {pipeline!r}")
+        if workers < 0:
+            raise DataflareClientError(f"workers must be 0 or more, not {workers}")
+        job = f"{pipeline}_workers"
+        running = self.runs(limit=1000, job=job, statuses=sorted(IN_PROGRESS_STATUSES))
+        for run in running:
+            self.terminate(run.run_id)
+        op = f"run_{job}"
+        launched = [
+            self.launch_job(
+                job, run_config={"ops": {op: {"config": {"workers": workers, "index": i}}}}
+            )
+            for i in range(workers)
+        ]
+        return ScaleResult(pipeline, workers, [r.run_id for r in running], launched)
 
     def terminate(self, run_id: str) -> None:
         """Ask the run to stop (the UI's Terminate button)."""

@@ -20,6 +20,10 @@ RUN_STATUSES = frozenset(
         *("QUEUED", "NOT_STARTED", "MANAGED", "STARTING", "STARTED", "SUSPENDED", "CANCELING"),
     }
 )
+# Runs that are queued or going (a worker counted as running until it has stopped).
+IN_PROGRESS_STATUSES = frozenset({"QUEUED", "NOT_STARTED", "STARTING", "STARTED"})
+# A pipeline name as the specs accept it (checked before it reaches a job name).
+SCALABLE_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_-]{0,100}")
 # A backfill is REQUESTED while the daemon submits its runs and they run; a job backfill
 # turns COMPLETED_SUCCESS / COMPLETED_FAILED only once every run has finished.
 BACKFILL_TERMINAL_STATUSES = frozenset(
@@ -140,6 +144,24 @@ def metadata_value(entry: Mapping[str, Any]) -> Any:
     if kind == "NullMetadataEntry":
         return None
     return entry.get("description")  # other kinds: no plain value; keep the label visible
+
+
+@dataclass(frozen=True)
+class ScaleResult:
+    """What ``DataflareClient.scale`` did: the worker runs it stopped and launched."""
+
+    pipeline: str
+    workers: int
+    stopped: list[str]
+    launched: list[str]
+
+    def as_dict(self) -> dict[str, object]:
+        return {
+            "pipeline": self.pipeline,
+            "workers": self.workers,
+            "stopped": self.stopped,
+            "launched": self.launched,
+        }
 
 
 @dataclass(frozen=True)

@@ -77,8 +77,10 @@ def single_runs_in_progress(instance: dg.DagsterInstance, spec: PipelineSpec) ->
 
 
 def _refuse(context: dg.OpExecutionContext, message: str) -> dg.Failure:
-    """A failure retrying would only repeat: this run opts out of its retries."""
+    """A failure retrying would only repeat: this run opts out of its retries; the reason
+    is also a log line of the run (what `dataflare runs show` and the client's logs read)."""
     context.instance.add_run_tags(context.run_id, {MAX_RETRIES_TAG: "0"})
+    context.log.error(message)
     return dg.Failure(description=message, allow_retries=False)
 
 
@@ -108,6 +110,13 @@ def worker_definitions(spec: PipelineSpec) -> dg.Definitions:
             numbers = check_splittable(spec, log, streams_dir, loaded)
         except ParallelismError as err:
             raise _refuse(context, str(err)) from None
+        if config.workers > 1 and getattr(spec.sink, "kind", None) == "duckdb":
+            raise _refuse(
+                context,
+                f"{spec.name} writes a DuckDB file, which takes one writer process: run one "
+                "worker (its partitions still run side by side), or use a sink that takes "
+                "several (PostgreSQL)",
+            )
         if config.workers > len(numbers):
             raise _refuse(
                 context,

@@ -7,9 +7,10 @@ import os
 import signal
 import threading
 import time
+import uuid
 
 import dagster as dg
-import duckdb
+import psycopg
 import pyarrow as pa
 import pytest
 
@@ -38,16 +39,31 @@ attributes:
         - key_by: [auction]
         - window: {{tumbling: 1s, agg: {{n: count}}{top}}}
   output: counts
-  sink: {{kind: duckdb, table: {name}}}
+  sink: {{kind: {sink}}}
 """
 
 
 @pytest.fixture
-def folder(tmp_path):
+def schema(dsn):
+    name = f"dataflare_test_{uuid.uuid4().hex[:12]}"
+    yield name
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute(f'DROP SCHEMA IF EXISTS "{name}" CASCADE')
+
+
+@pytest.fixture
+def folder(tmp_path, dsn, schema):
+    """bid_counts into PostgreSQL (a sink several worker processes share), top_bids into
+    DuckDB."""
     folder = tmp_path / "pipelines"
     folder.mkdir()
-    (folder / "bid_counts.yaml").write_text(PIPELINE.format(name="bid_counts", top=""))
-    (folder / "top_bids.yaml").write_text(PIPELINE.format(name="top_bids", top=", top: {by: n}"))
+    postgres = f'postgres, dsn: "{dsn}", table: bid_counts, schema_name: {schema}'
+    (folder / "bid_counts.yaml").write_text(
+        PIPELINE.format(name="bid_counts", top="", sink=postgres)
+    )
+    (folder / "top_bids.yaml").write_text(
+        PIPELINE.format(name="top_bids", top=", top: {by: n}", sink="duckdb, table: top_bids")
+    )
     return folder
 
 
@@ -81,9 +97,15 @@ def _config(workers: int, index: int) -> dict:
     return {"ops": {"run_bid_counts_workers": {"config": fast}}}
 
 
-def _interrupt_when(predicate, timeout_s=120.0):
-    """SIGINT this process (what terminating a run sends) once ``predicate()`` holds."""
+def _interrupt_when(instance, predicate, timeout_s=120.0):
+    """SIGINT this process (what terminating a run sends) once ``predicate()`` holds, or
+    after ``timeout_s``; never once the worker run has ended by itself (the signal would
+    then reach pytest). ``matched`` tells which."""
     matched = threading.Event()
+
+    def ended() -> bool:
+        runs = instance.get_runs(dg.RunsFilter(job_name="bid_counts_workers"), limit=1)
+        return bool(runs) and runs[0].is_finished
 
     def watch():
         deadline = time.monotonic() + timeout_s
@@ -91,6 +113,8 @@ def _interrupt_when(predicate, timeout_s=120.0):
             if predicate():
                 matched.set()
                 break
+            if ended():
+                return
             time.sleep(0.05)
         os.kill(os.getpid(), signal.SIGINT)
 
@@ -101,7 +125,7 @@ def _interrupt_when(predicate, timeout_s=120.0):
 
 
 def test_a_worker_owns_its_partitions_and_stops_gracefully_with_their_checkpoints(
-    defs, home, instance
+    defs, home, instance, dsn, schema
 ):
     topic = EventLog(home.event_log_dir).create_topic(
         "bids4", SCHEMA, partitions=PARTITIONS, key="auction"
@@ -117,7 +141,7 @@ def test_a_worker_owns_its_partitions_and_stops_gracefully_with_their_checkpoint
         text = " ".join(e.user_message or "" for e in instance.all_logs(runs[0].run_id))
         return all(f"'bids/{p}': {ends[p]}" in text for p in owned)
 
-    watcher = _interrupt_when(caught_up)
+    watcher = _interrupt_when(instance, caught_up)
     job = defs.resolve_job_def("bid_counts_workers")
     result = job.execute_in_process(
         run_config=_config(2, 1), instance=instance, raise_on_error=False
@@ -128,9 +152,9 @@ def test_a_worker_owns_its_partitions_and_stops_gracefully_with_their_checkpoint
     messages = [e.user_message for e in instance.all_logs(result.run_id)]
     assert any("worker 2 of 2 owns partitions [1, 3] of [0, 1, 2, 3]" in m for m in messages)
     assert any("stopped; partitions [1, 3] checkpointed" in m for m in messages)
-    with duckdb.connect(str(home.root / "streams" / "bid_counts.duckdb"), read_only=True) as db:
-        keys = {r[0] for r in db.sql("SELECT pipeline FROM dataflare_checkpoints").fetchall()}
-        counted = db.sql("SELECT sum(n) FROM bid_counts").fetchall()[0][0]
+    with psycopg.connect(dsn) as db:
+        keys = {r[0] for r in db.execute(f'SELECT pipeline FROM "{schema}".dataflare_checkpoints')}
+        counted = db.execute(f'SELECT sum(n) FROM "{schema}".bid_counts').fetchall()[0][0]
     assert keys == {unit_key("bid_counts", p) for p in owned}
     # Each owned partition's closed windows, once: its bids before the window holding its
     # newest event (the watermark, out_of_orderness 0 s); nothing of partitions 0 and 2.

@@ -8,12 +8,16 @@ once; more workers than the sink takes are refused with the reason."""
 from __future__ import annotations
 
 import ast
+import os
 import re
+import signal
+import time
 
 import duckdb
 import pytest
 
 from dataflare_platform.events.log import EventLog
+from dataflare_platform_tests.e2e.test_continuous_restart import PID, RUNS_QUERY
 from dataflare_platform_tests.e2e.test_stream_sensor import _stop_sensors_except, _wait_for
 
 pytestmark = pytest.mark.e2e
@@ -22,6 +26,44 @@ TIMEOUT_S = 300
 PIPELINE = "masked_persons"
 JOB = f"{PIPELINE}_workers"
 STOPPED = re.compile(r"checkpointed at (\{.*\}) and released")
+
+
+@pytest.fixture
+def dagster_yaml_overrides() -> dict:
+    """The shipped settings with a faster monitoring loop; retries stay as shipped."""
+    return {"run_monitoring": {"poll_interval_seconds": 2}}
+
+
+def _owns_all(client, run_id: str) -> bool:
+    return any(
+        "owns partitions [0, 1, 2, 3]" in (e.get("message") or "") for e in client.logs(run_id)
+    )
+
+
+def _scale_until_done(client, want: dict, running: str | None = None) -> None:
+    """Stop the worker (``running``, else a new one), read the offsets its partitions
+    stopped at; start another from those checkpoints until they are ``want``."""
+    offsets: dict[int, dict[str, int]] = {}
+    for _cycle in range(10):
+        run_id = running or client.scale(PIPELINE, 1).launched[0]
+        running = None
+        _wait_for("the worker to own its partitions", lambda r=run_id: _owns_all(client, r))
+        stopped = client.scale(PIPELINE, 0)
+        assert stopped.stopped == [run_id] and stopped.launched == []
+        assert client.wait(run_id, timeout_s=TIMEOUT_S) == "SUCCESS"
+        offsets = _stop_offsets(client, run_id)
+        assert set(offsets) == {0, 1, 2, 3}
+        if offsets == want:
+            return
+    assert offsets == want
+
+
+def _check_table(home, persons) -> None:
+    with duckdb.connect(str(home.root / "streams" / f"{PIPELINE}.duckdb"), read_only=True) as db:
+        ids = [r[0] for r in db.sql(f"SELECT id FROM {PIPELINE}").fetchall()]
+        keys = {r[0] for r in db.sql("SELECT pipeline FROM dataflare_checkpoints").fetchall()}
+    assert sorted(ids) == sorted(persons.column("id").to_pylist())  # each person once
+    assert keys == {f"{PIPELINE}#p{p}" for p in range(4)}
 
 
 def _stop_offsets(client, run_id: str) -> dict[int, dict[str, int]]:
@@ -45,30 +87,8 @@ def test_scale_runs_workers_stops_them_gracefully_and_resumes_each_partition(
     ends = topic.committed_ends()
     want = {p: {f"persons/{p}": ends[p]} for p in range(4)}
 
-    offsets: dict[int, dict[str, int]] = {}
-    for _cycle in range(10):  # each cycle resumes from the last one's checkpoints
-        (run_id,) = client.scale(PIPELINE, 1).launched
-        _wait_for(
-            "the worker to own its partitions",
-            lambda run_id=run_id: any(
-                "owns partitions [0, 1, 2, 3]" in (e.get("message") or "")
-                for e in client.logs(run_id)
-            ),
-            TIMEOUT_S,
-        )
-        stopped = client.scale(PIPELINE, 0)
-        assert stopped.stopped == [run_id] and stopped.launched == []
-        assert client.wait(run_id, timeout_s=TIMEOUT_S) == "SUCCESS"
-        offsets = _stop_offsets(client, run_id)
-        assert set(offsets) == {0, 1, 2, 3}
-        if offsets == want:
-            break
-    assert offsets == want
-    with duckdb.connect(str(home.root / "streams" / f"{PIPELINE}.duckdb"), read_only=True) as db:
-        ids = [r[0] for r in db.sql(f"SELECT id FROM {PIPELINE}").fetchall()]
-        keys = {r[0] for r in db.sql("SELECT pipeline FROM dataflare_checkpoints").fetchall()}
-    assert sorted(ids) == sorted(persons.column("id").to_pylist())  # each person once
-    assert keys == {f"{PIPELINE}#p{p}" for p in range(4)}
+    _scale_until_done(client, want)
+    _check_table(home, persons)
 
     # Two workers would be two writer processes of one DuckDB file: refused, no retry.
     launched = client.scale(PIPELINE, 2).launched
@@ -77,3 +97,44 @@ def test_scale_runs_workers_stops_them_gracefully_and_resumes_each_partition(
         assert client.wait(run_id, timeout_s=TIMEOUT_S) == "FAILURE"
     messages = " ".join(e.get("message") or "" for e in client.logs(launched[0]))
     assert "takes one writer process" in messages
+
+
+def test_a_killed_worker_run_is_retried_and_resumes_its_partitions(
+    dagster_dev, home, small_nexmark
+):
+    """SIGKILL of the worker run's process: run monitoring marks it FAILED, Dagster's run
+    retries launch it again (the job allows 3), its leases died with the process, and the
+    retry resumes every partition from its last commit: each person once in the end."""
+    client = dagster_dev
+    _stop_sensors_except(client)
+    persons = small_nexmark["persons"]
+    topic = EventLog(home.event_log_dir).create_topic(
+        "nexmark.persons", persons.schema, partitions=4, key="id"
+    )
+    half = persons.num_rows // 2
+    topic.append(persons.slice(0, half))
+    (run_id,) = client.scale(PIPELINE, 1).launched
+    _wait_for("the worker to own its partitions", lambda: _owns_all(client, run_id), TIMEOUT_S)
+
+    pid = next(
+        int(m.group(1)) for e in client.logs(run_id) if (m := PID.search(e.get("message") or ""))
+    )
+    killed = time.monotonic()
+    os.kill(pid, signal.SIGKILL)
+    _wait_for("the killed worker run to be FAILED", lambda: client.status(run_id) == "FAILURE")
+    detected = time.monotonic() - killed
+    topic.append(persons.slice(half))  # produced while no worker runs
+
+    def retry() -> str | None:
+        runs = client.query(RUNS_QUERY, {"job": JOB})["runsOrError"]["results"]
+        return next((r["runId"] for r in runs if r["parentRunId"] == run_id), None)
+
+    retried = _wait_for("the automatic retry", retry, TIMEOUT_S)
+    _wait_for("the retry to own the partitions", lambda: _owns_all(client, retried), TIMEOUT_S)
+    resumed = time.monotonic() - killed
+    ends = topic.committed_ends()
+    _scale_until_done(client, {p: {f"persons/{p}": ends[p]} for p in range(4)}, retried)
+    messages = " ".join(e.get("message") or "" for e in client.logs(retried))
+    assert "automatic restart 1 of worker 0" in messages
+    _check_table(home, persons)
+    print(f"\nworker SIGKILL -> FAILED {detected:.2f} s, retry owns partitions {resumed:.2f} s")

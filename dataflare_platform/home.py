@@ -102,6 +102,13 @@ run_coordinator:
   class: AuthorizingRunCoordinator
   config:
     dequeue_interval_seconds: 1
+    # At most 8 partition-parallel worker runs per pipeline (<pipeline>_workers jobs carry
+    # the tag; `dataflare scale` beyond it leaves the rest queued).
+    tag_concurrency_limits:
+      - key: dataflare/workers_of
+        value:
+          applyLimitPerUniqueValue: true
+        limit: 8
 """
 
 

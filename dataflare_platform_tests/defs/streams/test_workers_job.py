@@ -196,3 +196,11 @@ def test_a_pipeline_runs_as_workers_or_as_one_run_never_both(defs, folder, insta
     assert not result.success
     failure = next(e for e in result.all_events if e.event_type_value == "STEP_FAILURE")
     assert f"runs as one run in ['{single.run_id}']" in str(failure.step_failure_data.error)
+
+
+def test_the_shipped_instance_bounds_worker_runs_per_pipeline(home):
+    """The home's instance queues worker runs of one pipeline beyond its tag limit."""
+    with dg.DagsterInstance.from_config(str(home.dagster_home)) as inst:
+        limits = inst.run_coordinator.get_run_queue_config().tag_concurrency_limits
+    (limit,) = [x for x in limits if x["key"] == "dataflare/workers_of"]
+    assert limit["value"] == {"applyLimitPerUniqueValue": True} and limit["limit"] == 8

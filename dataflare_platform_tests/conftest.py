@@ -108,3 +108,26 @@ def test_ca(tmp_path_factory: pytest.TempPathFactory) -> TestCA:
     """One test CA per session (server and client certificates, a rogue CA): see
     ``tls_ca``."""
     return make_test_ca(tmp_path_factory.mktemp("test-ca"))
+
+
+@pytest.fixture
+def pg_schema(dsn: str):
+    """A fresh schema on the test PostgreSQL server, dropped afterwards."""
+    import uuid
+
+    name = f"dataflare_test_{uuid.uuid4().hex[:12]}"
+    yield name
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute(f'DROP SCHEMA IF EXISTS "{name}" CASCADE')
+
+
+@pytest.fixture
+def span_memory():
+    """Traces on for the test, exported to the SDK's in-memory exporter; off after."""
+    from dataflare_platform.observability import ObservabilitySettings
+    from dataflare_platform.observability.tracing import configure_tracing
+
+    tracing = configure_tracing(ObservabilitySettings(traces_exporter="memory"))
+    assert tracing is not None and tracing.memory is not None
+    yield tracing.memory
+    configure_tracing(None)

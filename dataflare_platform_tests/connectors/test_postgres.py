@@ -12,7 +12,6 @@ from __future__ import annotations
 import datetime as dt
 import math
 import threading
-import uuid
 
 import duckdb
 import polars as pl
@@ -48,11 +47,8 @@ CONFIG = RunnerConfig(batch_rows=100, checkpoint_every=3)
 
 
 @pytest.fixture
-def schema(dsn):
-    name = f"dataflare_test_{uuid.uuid4().hex[:12]}"
-    yield name
-    with psycopg.connect(dsn, autocommit=True) as conn:
-        conn.execute(f'DROP SCHEMA IF EXISTS "{name}" CASCADE')
+def schema(pg_schema):
+    return pg_schema
 
 
 def fetch(dsn: str, query: str) -> pl.DataFrame:

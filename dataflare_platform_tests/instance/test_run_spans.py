@@ -9,7 +9,6 @@ import dagster as dg
 import pytest
 from opentelemetry.trace import SpanKind, StatusCode
 
-from dataflare_platform.observability import ObservabilitySettings
 from dataflare_platform.observability.tracing import (
     configure_tracing,
     continued,
@@ -18,14 +17,6 @@ from dataflare_platform.observability.tracing import (
     run_parent,
     tracer,
 )
-
-
-@pytest.fixture
-def memory():
-    tracing = configure_tracing(ObservabilitySettings(traces_exporter="memory"))
-    assert tracing is not None and tracing.memory is not None
-    yield tracing.memory
-    configure_tracing(None)
 
 
 @dg.asset
@@ -58,13 +49,13 @@ def test_the_instance_config_names_the_handler(instance):
     assert "RunSpanHandler" in [type(h).__name__ for h in handlers]
 
 
-def test_a_launched_run_continues_the_launch_trace_down_to_the_steps_work(memory, instance):
+def test_a_launched_run_continues_the_launch_trace_down_to_the_steps_work(span_memory, instance):
     with continued("dataflare.launch test", kind=SpanKind.PRODUCER) as launch:
         tags = inject({"dagster/partition": "2026-12-05", "dataflare/pipeline": "p"})
     assert launch is not None
     result = dg.materialize([raw, refined], instance=instance, tags=tags)
     assert result.success
-    spans = memory.get_finished_spans()
+    spans = span_memory.get_finished_spans()
     by_name = {s.name: s for s in spans}
     run = by_name["dagster.run __ephemeral_asset_job__"]
     assert run.kind is SpanKind.CONSUMER
@@ -84,9 +75,11 @@ def test_a_launched_run_continues_the_launch_trace_down_to_the_steps_work(memory
     assert {s.context.trace_id for s in spans} == {launch.get_span_context().trace_id}
 
 
-def test_a_run_without_a_launch_trace_is_a_root_its_steps_find_from_the_run_id(memory, instance):
+def test_a_run_without_a_launch_trace_is_a_root_its_steps_find_from_the_run_id(
+    span_memory, instance
+):
     result = dg.materialize([raw], instance=instance)
-    spans = memory.get_finished_spans()
+    spans = span_memory.get_finished_spans()
     (run,) = [s for s in spans if s.name.startswith("dagster.run")]
     assert run.parent is None
     trace_id, span_id = derived_ids(result.run_id)
@@ -98,10 +91,10 @@ def test_a_run_without_a_launch_trace_is_a_root_its_steps_find_from_the_run_id(m
     assert parent is not None
 
 
-def test_a_failed_step_and_run_end_in_error_without_the_message(memory, instance):
+def test_a_failed_step_and_run_end_in_error_without_the_message(span_memory, instance):
     result = dg.materialize([broken], instance=instance, raise_on_error=False)
     assert not result.success
-    spans = memory.get_finished_spans()
+    spans = span_memory.get_finished_spans()
     failed = {s.name: s for s in spans if s.status.status_code is StatusCode.ERROR}
     assert set(failed) == {"dagster.run __ephemeral_asset_job__", "dagster.step broken"}
     for span in failed.values():

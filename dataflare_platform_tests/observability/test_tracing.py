@@ -1,5 +1,5 @@
 """Traces in one process: the engine's span tree under a launch, with the SDK's in-memory
-exporter (the real SDK, sampler and propagator; only the export goes to memory)."""
+exporter (the real SDK, sampler and propagator; only the export goes to span_memory)."""
 
 from __future__ import annotations
 
@@ -22,14 +22,6 @@ from dataflare_platform_tests.engine.helpers import events
 from dataflare_platform_tests.engine.test_operators import CountingPlugin
 
 
-@pytest.fixture
-def memory():
-    tracing = configure_tracing(ObservabilitySettings(traces_exporter="memory"))
-    assert tracing is not None and tracing.memory is not None
-    yield tracing.memory
-    configure_tracing(None)
-
-
 def two_partitions_with_a_plugin(sink):
     source = TableSource(
         "bids", {"a": events(range(0, 3_000, 10)), "b": events(range(5, 3_000, 10))}
@@ -37,7 +29,7 @@ def two_partitions_with_a_plugin(sink):
     return Stream.source(source).plugin(CountingPlugin()).sink(sink)
 
 
-def test_a_run_launched_under_a_trace_forms_one_tree_with_batches_plugins_and_links(memory):
+def test_a_run_launched_under_a_trace_forms_one_tree_with_batches_plugins_and_links(span_memory):
     sink = CollectSink()
     pipeline = two_partitions_with_a_plugin(sink)
     with continued("dataflare.launch test", kind=SpanKind.PRODUCER) as launch:
@@ -46,7 +38,7 @@ def test_a_run_launched_under_a_trace_forms_one_tree_with_batches_plugins_and_li
     # The run (another process in production) continues from the tag alone.
     with continued("dagster.run r1", tags=tags):
         result = Runner(pipeline, RunnerConfig(batch_rows=50, checkpoint_every=4)).run()
-    spans = memory.get_finished_spans()
+    spans = span_memory.get_finished_spans()
     trace_ids = {s.context.trace_id for s in spans}
     assert trace_ids == {launch.get_span_context().trace_id}
     by_id = {s.context.span_id: s for s in spans}
@@ -85,7 +77,7 @@ def test_a_run_launched_under_a_trace_forms_one_tree_with_batches_plugins_and_li
     assert all(s.parent.span_id == run.context.span_id for s in sends)
 
 
-def test_a_failing_run_ends_its_span_with_the_error_type_only(memory):
+def test_a_failing_run_ends_its_span_with_the_error_type_only(span_memory):
     class Exploding(CountingPlugin):
         def __call__(self, batch):
             raise RuntimeError("secret value 4111-1111")
@@ -94,7 +86,7 @@ def test_a_failing_run_ends_its_span_with_the_error_type_only(memory):
     pipeline = Stream.source(source).plugin(Exploding()).sink(CollectSink())
     with pytest.raises(RuntimeError):
         Runner(pipeline, RunnerConfig(batch_rows=5)).run()
-    spans = memory.get_finished_spans()
+    spans = span_memory.get_finished_spans()
     failed = [s for s in spans if s.status.status_code is StatusCode.ERROR]
     assert {s.name.split(" ")[0] for s in failed} == {
         "dataflare.pipeline",

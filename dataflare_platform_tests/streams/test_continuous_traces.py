@@ -3,7 +3,6 @@ trace of its own (a root span linked to the run's span) holding that interval's 
 and the commit that closes it; the run's span is the child of the span current where the
 run was started (the Dagster step), although the engine runs on its own thread."""
 
-import pytest
 from opentelemetry.trace import SpanKind
 
 from dataflare_platform.engine import RunnerConfig
@@ -15,15 +14,9 @@ from dataflare_platform.streams.ranges import load_specs
 from dataflare_platform_tests.streams.test_continuous import _wait_for
 
 
-@pytest.fixture
-def memory():
-    tracing = configure_tracing(ObservabilitySettings(traces_exporter="memory"))
-    assert tracing is not None and tracing.memory is not None
-    yield tracing.memory
-    configure_tracing(None)
-
-
-def test_each_checkpoint_interval_is_a_bounded_trace_linked_to_the_run(memory, home, small_nexmark):
+def test_each_checkpoint_interval_is_a_bounded_trace_linked_to_the_run(
+    span_memory, home, small_nexmark
+):
     (spec,) = [s for s in load_specs() if s.name == "hot_items"]
     bids = small_nexmark["bids"]
     topic = EventLog(home.event_log_dir).create_topic("nexmark.bids", bids.schema)
@@ -39,13 +32,13 @@ def test_each_checkpoint_interval_is_a_bounded_trace_linked_to_the_run(memory, h
     topic.append(bids.slice(1000, 1000))
     _wait_for(reports, lambda r: r.events_in_total == 2000)
     # While the run goes on, the closed intervals are exported already.
-    done = memory.get_finished_spans()
+    done = span_memory.get_finished_spans()
     assert any(s.name == "dataflare.checkpoint_interval hot_items" for s in done)
     assert not any(s.name == "dataflare.pipeline hot_items" for s in done)
     assert run.stop(30)
     list(reports)
 
-    spans = memory.get_finished_spans()
+    spans = span_memory.get_finished_spans()
     by_id = {s.context.span_id: s for s in spans}
     (pipeline,) = [s for s in spans if s.name == "dataflare.pipeline hot_items"]
     # Started on the engine's thread, still the child of the step's span.

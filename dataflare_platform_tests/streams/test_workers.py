@@ -12,8 +12,6 @@ import signal
 import subprocess
 import sys
 import threading
-import time
-import uuid
 from pathlib import Path
 
 import polars as pl
@@ -26,11 +24,11 @@ from dataflare_platform.events.log import EventLog
 from dataflare_platform.streams.parallel import ParallelismError
 from dataflare_platform.streams.spec import PipelineSpec
 from dataflare_platform.streams.workers import PartitionLease, PartitionWorker, unit_key
+from dataflare_platform_tests.waits import wait_until
 
 SCHEMA = pa.schema([("auction", pa.int64()), ("price", pa.int64()), ("date_time", pa.int64())])
 PARTITIONS = 4
 WINDOW_MS = 1_000
-WAIT_S = 120  # ceiling of progress waits (workers start in a second or two when idle)
 
 
 def spec_text(dsn: str, schema: str, key: str = "auction", top: bool = False) -> str:
@@ -53,11 +51,8 @@ sink: {{kind: postgres, dsn: "{dsn}", table: bid_counts, schema_name: {schema}}}
 
 
 @pytest.fixture
-def schema(dsn):
-    name = f"dataflare_test_{uuid.uuid4().hex[:12]}"
-    yield name
-    with psycopg.connect(dsn, autocommit=True) as conn:
-        conn.execute(f'DROP SCHEMA IF EXISTS "{name}" CASCADE')
+def schema(pg_schema):
+    return pg_schema
 
 
 @pytest.fixture
@@ -138,16 +133,6 @@ def committed(dsn: str, schema: str) -> dict[str, dict[str, int]]:
     return {p: Checkpoint.decode(bytes(s)).offsets for p, s in rows}
 
 
-def wait_for(what: str, predicate, timeout_s: float = WAIT_S):
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.2)
-    pytest.fail(f"{what}: not within {timeout_s:g} s")
-
-
 def start_worker(spec_path: Path, log: EventLog, streams: Path, partitions: str):
     return subprocess.Popen(
         [
@@ -179,7 +164,7 @@ def test_killed_worker_is_taken_over_and_the_table_is_exactly_once(setup, dsn, s
     try:
         keys = {unit_key("bid_counts", p) for p in range(PARTITIONS)}
         # Both workers commit their own partitions under their own keys.
-        wait_for("a checkpoint of every partition", lambda: keys <= set(committed(dsn, schema)))
+        wait_until("a checkpoint of every partition", lambda: keys <= set(committed(dsn, schema)))
         appended.append(events(18_000, 6_000, 2))
         topic.append(appended[-1])  # read while the workers run
         a.kill()  # SIGKILL: no final checkpoint, the leases die with the process
@@ -198,7 +183,7 @@ def test_killed_worker_is_taken_over_and_the_table_is_exactly_once(setup, dsn, s
                 for p in range(PARTITIONS)
             )
 
-        wait_for("every partition committed to the end", caught_up)
+        wait_until("every partition committed to the end", caught_up)
         for proc in (b, successor):
             proc.send_signal(signal.SIGTERM)
         outs = [proc.communicate(timeout=60) for proc in (b, successor)]

@@ -89,12 +89,25 @@ IN_PROGRESS = [
 ]
 
 
-class ContinuousConfig(dg.Config):
+class LongRunConfig(dg.Config):
+    """What every long-running stream run takes: the continuous job and the workers."""
+
     checkpoint_interval_s: float = Field(
         default=DEFAULT_CHECKPOINT_INTERVAL_S,
         gt=0,
         description="Commit a checkpoint at least this often while events flow.",
     )
+    restart_backoff_s: float = Field(
+        default=DEFAULT_RESTART_BACKOFF_S,
+        ge=0,
+        description=(
+            "An automatic retry waits this long before resuming, doubling per retry "
+            f"(capped at {MAX_RESTART_BACKOFF_S:g} s), so a crash loop does not spin."
+        ),
+    )
+
+
+class ContinuousConfig(LongRunConfig):
     progress_interval_s: float | None = Field(
         default=None,
         gt=0,
@@ -107,14 +120,6 @@ class ContinuousConfig(dg.Config):
         default=DEFAULT_RATE_WINDOW_S,
         gt=0,
         description="events_per_s is the rate over this many recent seconds.",
-    )
-    restart_backoff_s: float = Field(
-        default=DEFAULT_RESTART_BACKOFF_S,
-        ge=0,
-        description=(
-            "An automatic retry waits this long before resuming, doubling per retry "
-            f"(capped at {MAX_RESTART_BACKOFF_S:g} s), so a crash loop does not spin."
-        ),
     )
 
 

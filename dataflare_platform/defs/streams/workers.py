@@ -26,10 +26,10 @@ from dataflare_platform.defs.plugins.resources import PluginRuntimeResource
 from dataflare_platform.defs.resources import ProjectHomeResource
 from dataflare_platform.defs.streams.continuous import (
     ATTEMPT_TAG,
-    DEFAULT_RESTART_BACKOFF_S,
     IN_PROGRESS,
     MAX_RESTARTS,
     MAX_RETRIES_TAG,
+    LongRunConfig,
     continuous_job_name,
     restart_delay_s,
     workers_job_name,
@@ -37,7 +37,6 @@ from dataflare_platform.defs.streams.continuous import (
 from dataflare_platform.engine.runner import RunnerConfig
 from dataflare_platform.events.log import EventLog
 from dataflare_platform.plugins.specs import load_plugins, plugin_steps
-from dataflare_platform.streams.continuous import DEFAULT_CHECKPOINT_INTERVAL_S
 from dataflare_platform.streams.parallel import ParallelismError, assign
 from dataflare_platform.streams.spec import PipelineSpec
 from dataflare_platform.streams.workers import PartitionWorker, UnitReport, check_splittable
@@ -46,19 +45,9 @@ WORKERS_TAG = "dataflare/workers_of"  # the pipeline, on every worker run
 LOG_EVERY_S = 30.0
 
 
-class WorkerConfig(dg.Config):
+class WorkerConfig(LongRunConfig):
     workers: int = Field(default=1, ge=1, description="How many workers share the partitions.")
     index: int = Field(default=0, ge=0, description="Which of them this run is (0-based).")
-    checkpoint_interval_s: float = Field(
-        default=DEFAULT_CHECKPOINT_INTERVAL_S,
-        gt=0,
-        description="Commit each partition's checkpoint at least this often.",
-    )
-    restart_backoff_s: float = Field(
-        default=DEFAULT_RESTART_BACKOFF_S,
-        ge=0,
-        description="An automatic retry waits this long before resuming, doubling per retry.",
-    )
     log_interval_s: float = Field(
         default=LOG_EVERY_S,
         ge=0,

@@ -5,11 +5,6 @@ checkpoint, the next launch resumes; a failed run is left to Dagster's run retri
 retry waits a growing delay before resuming; the micro-batch sensor stands aside while a
 continuous run is active."""
 
-import os
-import signal
-import threading
-import time
-
 import dagster as dg
 import pytest
 
@@ -25,6 +20,7 @@ from dataflare_platform.defs.streams.factory import stream_definitions
 from dataflare_platform.events.log import EventLog
 from dataflare_platform.streams.ranges import load_specs
 from dataflare_platform_tests.defs.streams.test_factory import _resources, pipelines_dir  # noqa: F401
+from dataflare_platform_tests.waits import interrupt_when
 
 KEY = dg.AssetKey(["streams", "hot_items"])
 JOB = "hot_items_continuous"
@@ -50,23 +46,8 @@ def _latest(instance) -> dict:
 
 def _interrupt_when(instance, predicate, timeout_s=60.0):
     """SIGINT this process (as Dagster does to a run it terminates) once the asset's
-    latest metadata satisfies ``predicate``, or after ``timeout_s``; the thread's
-    ``matched`` event tells which."""
-    matched = threading.Event()
-
-    def watch():
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if predicate(_latest(instance)):
-                matched.set()
-                break
-            time.sleep(0.05)
-        os.kill(os.getpid(), signal.SIGINT)
-
-    thread = threading.Thread(target=watch, daemon=True)
-    thread.matched = matched
-    thread.start()
-    return thread
+    latest metadata satisfies ``predicate``, or after ``timeout_s``."""
+    return interrupt_when(lambda: predicate(_latest(instance)), timeout_s=timeout_s)
 
 
 def _run(defs, instance, run_config=RUN_CONFIG, **kwargs):

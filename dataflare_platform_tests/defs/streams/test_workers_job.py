@@ -3,12 +3,6 @@ partitions, checkpoints each under its own key with the output, and an interrupt
 terminating a run sends) stops it gracefully; a pipeline whose state cannot be split is
 refused without retries; a pipeline runs as workers or as one run, never both."""
 
-import os
-import signal
-import threading
-import time
-import uuid
-
 import dagster as dg
 import psycopg
 import pyarrow as pa
@@ -21,6 +15,7 @@ from dataflare_platform.events.log import EventLog
 from dataflare_platform.streams.ranges import load_specs
 from dataflare_platform.streams.workers import unit_key
 from dataflare_platform_tests.defs.streams.test_factory import _resources
+from dataflare_platform_tests.waits import interrupt_when
 
 SCHEMA = pa.schema([("auction", pa.int64()), ("price", pa.int64()), ("date_time", pa.int64())])
 PARTITIONS = 4
@@ -44,11 +39,8 @@ attributes:
 
 
 @pytest.fixture
-def schema(dsn):
-    name = f"dataflare_test_{uuid.uuid4().hex[:12]}"
-    yield name
-    with psycopg.connect(dsn, autocommit=True) as conn:
-        conn.execute(f'DROP SCHEMA IF EXISTS "{name}" CASCADE')
+def schema(pg_schema):
+    return pg_schema
 
 
 @pytest.fixture
@@ -97,31 +89,9 @@ def _config(workers: int, index: int) -> dict:
     return {"ops": {"run_bid_counts_workers": {"config": fast}}}
 
 
-def _interrupt_when(instance, predicate, timeout_s=120.0):
-    """SIGINT this process (what terminating a run sends) once ``predicate()`` holds, or
-    after ``timeout_s``; never once the worker run has ended by itself (the signal would
-    then reach pytest). ``matched`` tells which."""
-    matched = threading.Event()
-
-    def ended() -> bool:
-        runs = instance.get_runs(dg.RunsFilter(job_name="bid_counts_workers"), limit=1)
-        return bool(runs) and runs[0].is_finished
-
-    def watch():
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if predicate():
-                matched.set()
-                break
-            if ended():
-                return
-            time.sleep(0.05)
-        os.kill(os.getpid(), signal.SIGINT)
-
-    thread = threading.Thread(target=watch, daemon=True)
-    thread.matched = matched
-    thread.start()
-    return thread
+def _ended(instance) -> bool:
+    runs = instance.get_runs(dg.RunsFilter(job_name="bid_counts_workers"), limit=1)
+    return bool(runs) and runs[0].is_finished
 
 
 def test_a_worker_owns_its_partitions_and_stops_gracefully_with_their_checkpoints(
@@ -141,7 +111,7 @@ def test_a_worker_owns_its_partitions_and_stops_gracefully_with_their_checkpoint
         text = " ".join(e.user_message or "" for e in instance.all_logs(runs[0].run_id))
         return all(f"'bids/{p}': {ends[p]}" in text for p in owned)
 
-    watcher = _interrupt_when(instance, caught_up)
+    watcher = interrupt_when(caught_up, lambda: _ended(instance))
     job = defs.resolve_job_def("bid_counts_workers")
     result = job.execute_in_process(
         run_config=_config(2, 1), instance=instance, raise_on_error=False

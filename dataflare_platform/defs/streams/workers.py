@@ -137,7 +137,12 @@ def worker_definitions(spec: PipelineSpec) -> dg.Definitions:
         logged = [time.monotonic()]
 
         def on_report(unit: UnitReport) -> None:
+            first = unit.partition not in latest
             latest[unit.partition] = unit.report.offsets
+            if first:  # once per partition and run: it is running here, from where
+                context.log.info(
+                    f"{spec.name}: partition {unit.partition} first commit at {unit.report.offsets}"
+                )
             if time.monotonic() - logged[0] >= config.log_interval_s:
                 logged[0] = time.monotonic()
                 context.log.info(f"{spec.name}: committed {dict(sorted(latest.items()))}")

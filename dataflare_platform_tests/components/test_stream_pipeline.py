@@ -46,7 +46,7 @@ def test_a_scaffolded_pipeline_is_a_working_pipeline():
             assert _names(defs) == {
                 "assets": {"streams/big_bids"},
                 "checks": {"streams/big_bids:dead_letter_rate", "streams/big_bids:lag"},
-                "jobs": {"big_bids_job", "big_bids_continuous"},
+                "jobs": {"big_bids_job", "big_bids_continuous", "big_bids_workers"},
                 "sensors": {"big_bids_sensor"},
             }
 

@@ -8,7 +8,7 @@ are checked by its own model and an error names the field
 
 Micro-batch ranges: a sensor requests runs over offset ranges, so it must read each
 source's end offsets cheaply and without side effects. Kinds with ``end_offsets`` can
-(file, topic, nats, redis); the others (landing: offsets are assigned as files are
+(file, topic, nats, redis, kafka); the others (landing: offsets are assigned as files are
 taken) run continuously only, and a pipeline that asks for sensor ranges over one is
 refused at load (see ``streams.spec``).
 
@@ -25,7 +25,15 @@ from typing import Annotated, Any, Literal
 
 from pydantic import Field
 
-from dataflare_platform.connectors import duckdb, files, landing, nats, parquet_dataset, postgres
+from dataflare_platform.connectors import (
+    duckdb,
+    files,
+    kafka,
+    landing,
+    nats,
+    parquet_dataset,
+    postgres,
+)
 from dataflare_platform.connectors import redis as redis_connector
 from dataflare_platform.connectors import topic as topic_connector
 from dataflare_platform.connectors.settings import ConnectorSettings, OpenContext, snapshot_ends
@@ -75,6 +83,7 @@ SOURCES: dict[str, SourceKind] = {
         redis_connector.open_source,
         redis_connector.end_offsets,
     ),
+    "kafka": SourceKind(kafka.KafkaSourceSettings, kafka.open_source, kafka.end_offsets),
     "landing": SourceKind(landing.LandingSourceSettings, landing.open_source, None),
 }
 
@@ -84,6 +93,7 @@ SINKS: dict[str, SinkKind] = {
     "topic": SinkKind(topic_connector.TopicSinkSettings, topic_connector.open_sink),
     "postgres": SinkKind(postgres.PostgresSinkSettings, postgres.open_sink),
     "parquet_dataset": SinkKind(parquet_dataset.ParquetDatasetSettings, parquet_dataset.open_sink),
+    "kafka": SinkKind(kafka.KafkaSinkSettings, kafka.open_sink),
     "discard": SinkKind(DiscardSinkSettings, _open_discard),
 }
 
@@ -92,6 +102,7 @@ SourceSettings = Annotated[
     | topic_connector.TopicSourceSettings
     | nats.NatsSourceSettings
     | redis_connector.RedisSourceSettings
+    | kafka.KafkaSourceSettings
     | landing.LandingSourceSettings,
     Field(discriminator="kind"),
 ]
@@ -102,6 +113,7 @@ SinkSettings = Annotated[
     | topic_connector.TopicSinkSettings
     | postgres.PostgresSinkSettings
     | parquet_dataset.ParquetDatasetSettings
+    | kafka.KafkaSinkSettings
     | DiscardSinkSettings,
     Field(discriminator="kind"),
 ]

@@ -33,7 +33,11 @@ from dataflare_platform.engine.checkpoint import Checkpoint
 class Source(Protocol):
     """What the runner needs from a source.
 
-    Optional hooks the runner calls when present: ``on_commit(offsets)`` once offsets are
+    Optional hooks the runner calls when present: ``next_offset(partition)`` after each
+    read, for a source whose offsets are not dense (Kafka: transaction markers and aborted
+    records occupy offsets no reader sees): where the next read starts, instead of the
+    offset plus the rows read (a read of ``n`` from ``o`` must then return only records
+    from offsets ``o`` to ``o + n - 1``); ``on_commit(offsets)`` once offsets are
     durable in the sink (consumer-group lag), ``close()`` when the run ends.
     """
 

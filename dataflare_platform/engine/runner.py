@@ -464,9 +464,19 @@ class _Run:
                 self.cfg.batch_rows if end is None else min(self.cfg.batch_rows, end - offsets[key])
             )
             table = None
+            advance = getattr(node.source, "next_offset", None)
             if want > 0:
                 set_context(fields[key])  # what a connector logs names its partition
                 table = node.source.read(partition, offsets[key], want)
+                if advance is not None and table.num_rows == 0:
+                    moved = advance(partition)
+                    if moved > offsets[key]:  # offsets holding no rows were skipped
+                        item = _SourceBatch(
+                            key, node.id, offsets[key], moved, table, time.perf_counter()
+                        )
+                        offsets[key] = moved
+                        self._put(self.source_q, item)
+                        continue
             if table is None or table.num_rows == 0:
                 if end is not None and offsets[key] >= end:
                     done.add(key)
@@ -487,7 +497,8 @@ class _Run:
                     time.sleep(delay)
             released += table.num_rows
             start = offsets[key]
-            offsets[key] = start + table.num_rows
+            # Dense sources: one offset per row; others say where the next read starts.
+            offsets[key] = start + table.num_rows if advance is None else advance(partition)
             # Conversion and the batch's newest event time are worked out here, on the
             # source thread, off the operators' critical path.
             schema = node.source.schema
@@ -581,6 +592,10 @@ class _Run:
             if isinstance(item, _Finished):
                 self.tracker.finish(item.key)
                 self._advance()
+            elif item.table.num_rows == 0:
+                # A non-dense source skipped offsets that hold no rows (next_offset).
+                self.offsets[item.key] = item.end
+                continue
             else:
                 self._batch(item)
                 ingests.append(item.ingest)

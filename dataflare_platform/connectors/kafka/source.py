@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -55,6 +56,9 @@ from dataflare_platform.observability.connectors import for_connector
 log = logging.getLogger(__name__)
 
 POLL_S = 0.05  # one read waits at most this long for a message that is not there yet
+# ...except the first read after an assign or seek, which waits this long for the fetch
+# to start, so that a read of data that is there does not come back empty.
+SEEK_WAIT_S = 5.0
 PAUSE_FACTOR = 4  # a partition's buffer above this many fetches pauses it
 
 
@@ -86,6 +90,7 @@ class _Partition:
     buffer: deque[Message] = field(default_factory=deque)
     eof: int | None = None  # consumer position when it last reached the end
     paused: bool = False
+    fresh: bool = True  # assigned or sought, and nothing (message or end) fetched since
 
 
 class KafkaSource:
@@ -188,6 +193,7 @@ class KafkaSource:
         taken: list[Message] = []
         rows = 0
         fetched = False
+        deadline = time.monotonic() + SEEK_WAIT_S
         while True:
             while part.buffer and part.buffer[0].offset() < limit:
                 claimed = 1 if self.codec.format == "json" else _claimed_rows(part.buffer[0])
@@ -202,6 +208,8 @@ class KafkaSource:
             if fetched and part.eof is not None:
                 break  # at the end of the partition: nothing (yet)
             if not self._fetch():
+                if part.fresh and time.monotonic() < deadline:
+                    continue  # the fetch after a seek has not started yet
                 break  # nothing arrived for any partition within the poll
             fetched = True
         if part.paused and len(part.buffer) < self.settings.fetch_messages:
@@ -256,7 +264,7 @@ class KafkaSource:
                 self._consumer.resume([self._tp(number)])
             self._consumer.seek(self._tp(number, offset))
             part.buffer.clear()
-            part.position, part.eof, part.paused = offset, None, False
+            part.position, part.eof, part.paused, part.fresh = offset, None, False, True
         return part
 
     def _fetch(self) -> bool:
@@ -272,6 +280,7 @@ class KafkaSource:
             if error is not None:
                 if error.code() == KafkaError._PARTITION_EOF:
                     part.eof = message.offset()
+                    part.fresh = False
                     arrived = True
                     continue
                 if error.fatal() or not error.retriable():
@@ -283,7 +292,7 @@ class KafkaSource:
             ):
                 continue  # fetched before a seek: not what this partition reads now
             part.buffer.append(message)
-            part.eof = None
+            part.eof, part.fresh = None, False
             arrived = True
             if not part.paused and len(part.buffer) > PAUSE_FACTOR * self.settings.fetch_messages:
                 self._consumer.pause([self._tp(part.number)])

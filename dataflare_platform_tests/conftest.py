@@ -10,6 +10,7 @@ import pytest
 
 from dataflare_platform.datagen import NexmarkConfig, write_nexmark
 from dataflare_platform.home import ProjectHome
+from dataflare_platform.sql_names import quote_identifier
 from dataflare_platform_tests.nexmark_data import nexmark_tables
 from dataflare_platform_tests.tls_ca import TestCA, make_test_ca
 
@@ -118,7 +119,7 @@ def pg_schema(dsn: str):
     name = f"dataflare_test_{uuid.uuid4().hex[:12]}"
     yield name
     with psycopg.connect(dsn, autocommit=True) as conn:
-        conn.execute(f'DROP SCHEMA IF EXISTS "{name}" CASCADE')
+        conn.execute(f"DROP SCHEMA IF EXISTS {quote_identifier(name)} CASCADE")
 
 
 @pytest.fixture

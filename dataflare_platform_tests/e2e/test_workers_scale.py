@@ -17,6 +17,7 @@ import duckdb
 import pytest
 
 from dataflare_platform.events.log import EventLog
+from dataflare_platform.sql_names import quote_identifier
 from dataflare_platform_tests.e2e.test_continuous_restart import PID, RUNS_QUERY
 from dataflare_platform_tests.e2e.test_stream_sensor import _stop_sensors_except, _wait_for
 
@@ -60,7 +61,7 @@ def _scale_until_done(client, want: dict, running: str | None = None) -> None:
 
 def _check_table(home, persons) -> None:
     with duckdb.connect(str(home.root / "streams" / f"{PIPELINE}.duckdb"), read_only=True) as db:
-        ids = [r[0] for r in db.sql(f"SELECT id FROM {PIPELINE}").fetchall()]
+        ids = [r[0] for r in db.sql(f"SELECT id FROM {quote_identifier(PIPELINE)}").fetchall()]
         keys = {r[0] for r in db.sql("SELECT pipeline FROM dataflare_checkpoints").fetchall()}
     assert sorted(ids) == sorted(persons.column("id").to_pylist())  # each person once
     assert keys == {f"{PIPELINE}#p{p}" for p in range(4)}

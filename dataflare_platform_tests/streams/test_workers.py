@@ -21,6 +21,7 @@ import pytest
 
 from dataflare_platform.engine import RunnerConfig
 from dataflare_platform.events.log import EventLog
+from dataflare_platform.sql_names import quote_identifier
 from dataflare_platform.streams.parallel import ParallelismError
 from dataflare_platform.streams.spec import PipelineSpec
 from dataflare_platform.streams.workers import PartitionLease, PartitionWorker, unit_key
@@ -106,7 +107,7 @@ def truth(tables: list[pa.Table], closed_before_ms: int) -> pl.DataFrame:
 def table(dsn: str, schema: str) -> pl.DataFrame:
     with psycopg.connect(dsn) as conn:
         rows = conn.execute(
-            f'SELECT auction, window_start, n, total FROM "{schema}".bid_counts'
+            f"SELECT auction, window_start, n, total FROM {quote_identifier(schema)}.bid_counts"
         ).fetchall()
     frame = pl.DataFrame(rows, schema=["auction", "start", "n", "total"], orient="row")
     start = pl.col("start")
@@ -128,7 +129,7 @@ def committed(dsn: str, schema: str) -> dict[str, dict[str, int]]:
         if not exists:
             return {}
         rows = conn.execute(
-            f'SELECT pipeline, state FROM "{schema}".dataflare_checkpoints'
+            f"SELECT pipeline, state FROM {quote_identifier(schema)}.dataflare_checkpoints"
         ).fetchall()
     return {p: Checkpoint.decode(bytes(s)).offsets for p, s in rows}
 

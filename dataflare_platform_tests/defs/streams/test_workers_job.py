@@ -12,6 +12,7 @@ from dataflare_platform.defs.streams.continuous import MAX_RETRIES_TAG, continuo
 from dataflare_platform.defs.streams.factory import stream_definitions
 from dataflare_platform.defs.streams.workers import single_runs_in_progress
 from dataflare_platform.events.log import EventLog
+from dataflare_platform.sql_names import quote_identifier
 from dataflare_platform.streams.ranges import load_specs
 from dataflare_platform.streams.workers import unit_key
 from dataflare_platform_tests.defs.streams.test_factory import _resources
@@ -122,9 +123,10 @@ def test_a_worker_owns_its_partitions_and_stops_gracefully_with_their_checkpoint
     messages = [e.user_message for e in instance.all_logs(result.run_id)]
     assert any("worker 2 of 2 owns partitions [1, 3] of [0, 1, 2, 3]" in m for m in messages)
     assert any("stopped; partitions [1, 3] checkpointed" in m for m in messages)
+    quoted = quote_identifier(schema)
     with psycopg.connect(dsn) as db:
-        keys = {r[0] for r in db.execute(f'SELECT pipeline FROM "{schema}".dataflare_checkpoints')}
-        counted = db.execute(f'SELECT sum(n) FROM "{schema}".bid_counts').fetchall()[0][0]
+        keys = {r[0] for r in db.execute(f"SELECT pipeline FROM {quoted}.dataflare_checkpoints")}
+        counted = db.execute(f"SELECT sum(n) FROM {quoted}.bid_counts").fetchall()[0][0]
     assert keys == {unit_key("bid_counts", p) for p in owned}
     # Each owned partition's closed windows, once: its bids before the window holding its
     # newest event (the watermark, out_of_orderness 0 s); nothing of partitions 0 and 2.

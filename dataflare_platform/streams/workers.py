@@ -154,6 +154,10 @@ class PartitionWorker:
     When ``stop`` is set, every unit finishes its batch and commits a last checkpoint,
     then the leases are released. A unit's failure stops the others the same way and is
     raised.
+
+    The pipeline is refused unless it can run partition-parallel (``check_splittable``).
+    A caller that has just run that check for the same spec, log and directory passes
+    the partition numbers it returned as ``checked_partitions``, and it is not run again.
     """
 
     def __init__(
@@ -166,10 +170,15 @@ class PartitionWorker:
         config: RunnerConfig | None = None,
         plugins: dict | None = None,
         lease_root: Path | None = None,
+        checked_partitions: Sequence[int] | None = None,
     ) -> None:
         if not partitions:
             raise InvalidInputError(f"a worker of {spec.name!r} needs at least one partition")
-        known = check_splittable(spec, log, default_dir, plugins)
+        known = (
+            list(checked_partitions)
+            if checked_partitions is not None
+            else check_splittable(spec, log, default_dir, plugins)
+        )
         unknown = sorted(set(partitions) - set(known))
         if unknown:
             raise InvalidInputError(

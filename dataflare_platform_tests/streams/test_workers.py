@@ -264,6 +264,25 @@ def test_pipelines_whose_state_cannot_be_split_are_refused_before_any_unit_runs(
         PartitionWorker(PipelineSpec.from_yaml(fine), log, tmp_path, [9])
 
 
+def test_partitions_checked_by_the_caller_are_not_checked_again(tmp_path, dsn, schema, monkeypatch):
+    from dataflare_platform.streams import workers
+
+    log = EventLog(tmp_path / "log")
+    log.create_topic("bids", SCHEMA, partitions=PARTITIONS, key="auction")
+    fine = tmp_path / "fine.yaml"
+    fine.write_text(spec_text(dsn, schema))
+    spec = PipelineSpec.from_yaml(fine)
+    known = workers.check_splittable(spec, log, tmp_path)
+    assert known == [0, 1, 2, 3]
+    calls: list[str] = []
+    monkeypatch.setattr(workers, "check_splittable", lambda spec, *a, **k: calls.append(spec.name))
+    worker = PartitionWorker(spec, log, tmp_path, [3, 1], checked_partitions=known)
+    assert worker.partitions == [1, 3] and calls == []
+    with pytest.raises(ValueError, match=r"no partition\(s\) \[9\]; it has \[0, 1, 2, 3\]"):
+        PartitionWorker(spec, log, tmp_path, [9], checked_partitions=known)
+    assert calls == []
+
+
 def test_a_pipeline_with_progress_as_one_run_is_refused_rather_than_read_twice(setup, dsn, schema):
     from dataflare_platform.engine import Runner
     from dataflare_platform.streams import bind

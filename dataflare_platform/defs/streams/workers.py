@@ -132,6 +132,7 @@ def worker_definitions(spec: PipelineSpec) -> dg.Definitions:
             owned,
             config=RunnerConfig(checkpoint_interval_s=config.checkpoint_interval_s),
             plugins=loaded,
+            checked_partitions=numbers,  # checked above: not built and probed again
         )
         latest: dict[int, dict[str, int]] = {}
         logged = [time.monotonic()]

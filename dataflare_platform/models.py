@@ -14,6 +14,10 @@ from dataflare_platform.errors import ConfigError
 
 M = TypeVar("M", bound=BaseModel)
 
+PIPELINE_NAME = r"^[A-Za-z][A-Za-z0-9_-]{0,100}$"
+"""A pipeline's name, as its spec accepts it (``PipelineSpec.name``) and as the client
+checks it before it reaches a job name (``<name>_workers``): here, below both."""
+
 
 class StrictModel(BaseModel):
     """Unknown fields refused, instances frozen. Subclasses add to ``model_config``

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from dataflare_platform.client.errors import ConfigProblem, DataflareClientError
+from dataflare_platform.models import PIPELINE_NAME
 
 ASSET_JOB = "__ASSET_JOB"
 PARTITION_TAG = "dagster/partition"
@@ -23,7 +24,7 @@ RUN_STATUSES = frozenset(
 # Runs that are queued or going (a worker counted as running until it has stopped).
 IN_PROGRESS_STATUSES = frozenset({"QUEUED", "NOT_STARTED", "STARTING", "STARTED"})
 # A pipeline name as the specs accept it (checked before it reaches a job name).
-SCALABLE_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_-]{0,100}")
+SCALABLE_NAME = re.compile(PIPELINE_NAME)
 # A backfill is REQUESTED while the daemon submits its runs and they run; a job backfill
 # turns COMPLETED_SUCCESS / COMPLETED_FAILED only once every run has finished.
 BACKFILL_TERMINAL_STATUSES = frozenset(

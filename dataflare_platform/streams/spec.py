@@ -53,7 +53,7 @@ from dataflare_platform.engine.io import Sink, Source
 from dataflare_platform.engine.operators.plugin import BatchPlugin
 from dataflare_platform.engine.pipeline import Pipeline, Stream
 from dataflare_platform.errors import ConfigError, InvalidInputError
-from dataflare_platform.models import validated
+from dataflare_platform.models import PIPELINE_NAME, validated
 from dataflare_platform.streams import bind
 from dataflare_platform.streams.fields import Duration, SpecModel, WatermarkSpec, check_size
 from dataflare_platform.streams.steps import StreamSpec, wire
@@ -184,7 +184,7 @@ class PipelineSpec(SpecModel):
     function taking one :class:`Stream` per source (by name) and returning the output
     stream, for what the builder API expresses better than YAML."""
 
-    name: str = Field(pattern=r"^[A-Za-z][A-Za-z0-9_-]{0,100}$")
+    name: str = Field(pattern=PIPELINE_NAME)
     catalog: CatalogSpec = Field(default_factory=CatalogSpec)
     watermark: WatermarkSpec = Field(default_factory=WatermarkSpec)
     sources: dict[str, SourceSettings]

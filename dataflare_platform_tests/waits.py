@@ -16,15 +16,17 @@ import pytest
 T = TypeVar("T")
 
 
-def wait_until(what: str, condition: Callable[[], T], timeout_s: float = 120.0) -> T:
-    """``condition()``'s first truthy value, polled every 0.2 s; the test fails naming
-    ``what`` after ``timeout_s``."""
+def wait_until(
+    what: str, condition: Callable[[], T], timeout_s: float = 120.0, *, poll_s: float = 0.2
+) -> T:
+    """``condition()``'s first truthy value, polled every ``poll_s`` (longer for a probe
+    that costs a server a query); the test fails naming ``what`` after ``timeout_s``."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         value = condition()
         if value:
             return value
-        time.sleep(0.2)
+        time.sleep(poll_s)
     pytest.fail(f"{what}: not within {timeout_s:g} s")
 
 

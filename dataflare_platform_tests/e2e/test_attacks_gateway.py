@@ -37,6 +37,7 @@ from dataflare_platform.identity.store import IdentityStore
 from dataflare_platform.identity.tokens import ServiceTokens
 from dataflare_platform_tests.browser import DevToolsChromium, chromium_binary
 from dataflare_platform_tests.e2e.conftest import serving_front
+from dataflare_platform_tests.waits import wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -595,16 +596,6 @@ def _instance(live: LiveFront) -> Iterator[Any]:
             yield instance
 
 
-def _wait(found, what: str):
-    deadline = time.monotonic() + CEILING_S
-    while time.monotonic() < deadline:
-        hit = found()
-        if hit:
-            return hit
-        time.sleep(1)
-    pytest.fail(f"not within {CEILING_S}s: {what}")
-
-
 def _never_queued(instance, run_id: str) -> None:
     kinds = {r.dagster_event.event_type_value for r in instance.all_logs(run_id) if r.dagster_event}
     assert "PIPELINE_ENQUEUED" not in kinds and "PIPELINE_START" not in kinds, kinds
@@ -614,7 +605,8 @@ def test_a_sensor_launch_outside_its_rights_is_refused_and_audited(live: LiveFro
     import dagster as dg
 
     with _instance(live) as instance:
-        run = _wait(
+        run = wait_until(
+            "a FAILURE run of billing_job (rogue_sensor)",
             lambda: next(
                 (
                     r
@@ -623,7 +615,8 @@ def test_a_sensor_launch_outside_its_rights_is_refused_and_audited(live: LiveFro
                 ),
                 None,
             ),
-            "a FAILURE run of billing_job (rogue_sensor)",
+            CEILING_S,
+            poll_s=1,
         )
         assert run.tags.get("dagster/sensor_name") == "rogue_sensor"
         assert "dataflare/principal" not in run.tags
@@ -680,13 +673,15 @@ def test_a_backfill_runs_as_its_requester(live: LiveFront):
     with _instance(live) as instance:
         recorded = parse_requester(instance.get_backfill(backfill_id).tags[REQUESTER_TAG])
         assert recorded.id == LAUNCHER and recorded.roles == {"launcher"}
-        runs = _wait(
+        runs = wait_until(
+            f"the successful run of backfill {backfill_id}",
             lambda: (
                 (rs := _backfill_runs(instance, backfill_id))
                 and all(r.status == dg.DagsterRunStatus.SUCCESS for r in rs)
                 and rs
             ),
-            f"the successful run of backfill {backfill_id}",
+            CEILING_S,
+            poll_s=1,
         )
     assert {r.tags["dataflare/principal"] for r in runs} == {LAUNCHER}
     allowed = _decisions(live, backfill_id, "access_allowed")
@@ -717,9 +712,11 @@ def test_a_backfill_reaching_outside_its_requesters_rights_is_refused_and_audite
         assert "scoped-bot stays out of billing" in details["reason"]
         assert details["submitted_by"] == "daemon"
         with _instance(live) as instance:
-            runs = _wait(
-                lambda: [r for r in _backfill_runs(instance, backfill_id) if r.is_finished],
+            runs = wait_until(
                 f"a finished run of backfill {backfill_id}",
+                lambda: [r for r in _backfill_runs(instance, backfill_id) if r.is_finished],
+                CEILING_S,
+                poll_s=1,
             )
             refused = [r for r in runs if "dataflare/principal" not in r.tags]
             assert refused, [(r.run_id, r.status, r.tags) for r in runs]
@@ -748,7 +745,8 @@ def test_a_backfill_whose_requester_lost_the_role_is_refused_and_audited(live: L
     )
     try:
         with _instance(live) as instance:
-            first = _wait(
+            first = wait_until(
+                "gated_ledger's run started",
                 lambda: next(
                     (
                         r
@@ -757,7 +755,8 @@ def test_a_backfill_whose_requester_lost_the_role_is_refused_and_audited(live: L
                     ),
                     None,
                 ),
-                "gated_ledger's run started",
+                CEILING_S,
+                poll_s=1,
             )
             assert first.tags["dataflare/principal"] == requester
             # The account loses its rights while its backfill is under way.
@@ -775,13 +774,15 @@ def test_a_backfill_whose_requester_lost_the_role_is_refused_and_audited(live: L
             assert {e.actor for e in denied} == {requester}
             assert "no rule permits launch" in denied[0].payload()["reason"]
             assert instance.get_run_by_id(first.run_id).status == dg.DagsterRunStatus.SUCCESS
-            second = _wait(
+            second = wait_until(
+                "gated_report's run refused",
                 lambda: [
                     r
                     for r in _backfill_runs(instance, backfill_id)
                     if r.run_id != first.run_id and r.is_finished
                 ],
-                "gated_report's run refused",
+                CEILING_S,
+                poll_s=1,
             )
             assert {r.status for r in second} == {dg.DagsterRunStatus.FAILURE}
             for run in second:
@@ -839,12 +840,15 @@ def signed_copy(live: LiveFront) -> Path:
 
     run_id = _launched(_launch(live, job_vars=CHECKPOINT_VARS))
     with _instance(live) as instance:
-        _wait(
-            lambda: instance.get_run_by_id(run_id).is_finished,
+        wait_until(
             f"checkpoint run {run_id} finished",
+            lambda: instance.get_run_by_id(run_id).is_finished,
+            CEILING_S,
+            poll_s=1,
         )
         assert instance.get_run_by_id(run_id).status == dg.DagsterRunStatus.SUCCESS
-        _wait(
+        wait_until(
+            "no checkpoint run under way",
             lambda: (
                 not instance.get_runs(
                     dg.RunsFilter(
@@ -853,7 +857,8 @@ def signed_copy(live: LiveFront) -> Path:
                     )
                 )
             ),
-            "no checkpoint run under way",
+            CEILING_S,
+            poll_s=1,
         )
     live_db = live.project.root / "audit.db"
     copy = live.root / "signed-copy.db"

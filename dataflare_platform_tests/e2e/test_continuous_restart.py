@@ -14,9 +14,7 @@ import os
 import re
 import signal
 import time
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -31,8 +29,8 @@ from dataflare_platform.events.log import EventLog
 from dataflare_platform_tests.e2e.test_stream_sensor import (
     _check_output,
     _stop_sensors_except,
-    _wait_for,
 )
+from dataflare_platform_tests.waits import wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -67,10 +65,6 @@ def dagster_yaml_overrides() -> dict:
     return {"run_monitoring": {"poll_interval_seconds": 2}}
 
 
-def _wait(what: str, fn: Callable[[], Any]) -> Any:
-    return _wait_for(what, fn, timeout_s=WAIT_S)
-
-
 def _runs(client: DataflareClient) -> dict[str, dict]:
     """The continuous job's runs by id, each with its tags as a dict."""
     results = client.query(RUNS_QUERY, {"job": JOB})["runsOrError"]["results"]
@@ -86,7 +80,7 @@ def _worker_pid(client: DataflareClient, run_id: str) -> int:
                 return int(match.group(1))
         return None
 
-    found = _wait(f"the worker pid of {run_id}", pid)
+    found = wait_until(f"the worker pid of {run_id}", pid, WAIT_S, poll_s=0.5)
     cmdline = Path(f"/proc/{found}/cmdline").read_bytes()
     assert b"python" in cmdline and b"multiprocessing" in cmdline, cmdline
     return found
@@ -97,7 +91,9 @@ def _crash(client: DataflareClient, run_id: str) -> float:
     pid = _worker_pid(client, run_id)
     killed = time.monotonic()
     os.kill(pid, signal.SIGKILL)
-    _wait(f"{run_id} to be FAILED", lambda: client.status(run_id) == "FAILURE")
+    wait_until(
+        f"{run_id} to be FAILED", lambda: client.status(run_id) == "FAILURE", WAIT_S, poll_s=0.5
+    )
     detected = time.monotonic() - killed
     messages = [e["message"] or "" for e in client.logs(run_id)]
     assert any(
@@ -113,7 +109,7 @@ def _retry_of(client: DataflareClient, run_id: str) -> dict:
         runs = _runs(client)
         return next((r for r in runs.values() if r["parentRunId"] == run_id), None)
 
-    return _wait(f"an automatic retry of {run_id}", child)
+    return wait_until(f"an automatic retry of {run_id}", child, WAIT_S, poll_s=0.5)
 
 
 def test_killed_worker_is_restarted_from_its_checkpoint_a_bounded_number_of_times(
@@ -132,7 +128,7 @@ def test_killed_worker_is_restarted_from_its_checkpoint_a_bounded_number_of_time
 
     # One retry allowed for this launch (the job's own tag says MAX_RESTARTS).
     first = client.launch_job(JOB, run_config=CONFIG, tags={MAX_RETRIES_TAG: "1"})
-    _wait("the first checkpoint", lambda: metadata_reaches(1000))
+    wait_until("the first checkpoint", lambda: metadata_reaches(1000), WAIT_S, poll_s=0.5)
     first_detected = _crash(client, first)
     topic.append(parts[1])  # produced while the pipeline is down
 
@@ -140,7 +136,7 @@ def test_killed_worker_is_restarted_from_its_checkpoint_a_bounded_number_of_time
     assert retry["tags"][ATTEMPT_TAG] == "1" and retry["rootRunId"] == first
     assert retry["tags"][MAX_RETRIES_TAG] == "1"  # the launch's bound travels with the group
     assert _runs(client)[first]["tags"][WILL_RETRY_TAG] == "true"
-    meta = _wait("the retry's checkpoint", lambda: metadata_reaches(2000))
+    meta = wait_until("the retry's checkpoint", lambda: metadata_reaches(2000), WAIT_S, poll_s=0.5)
     assert meta["events_in"] == parts[1].num_rows  # resumed: nothing read twice, none lost
     assert meta["offsets"] == {"bids/0": 2000}
     messages = [e["message"] or "" for e in client.logs(retry["runId"])]
@@ -149,7 +145,9 @@ def test_killed_worker_is_restarted_from_its_checkpoint_a_bounded_number_of_time
     )
 
     topic.append(parts[2])
-    _wait("the retry's second checkpoint", lambda: metadata_reaches(bids.num_rows))
+    wait_until(
+        "the retry's second checkpoint", lambda: metadata_reaches(bids.num_rows), WAIT_S, poll_s=0.5
+    )
     second_detected = _crash(client, retry["runId"])
     assert _runs(client)[retry["runId"]]["tags"][WILL_RETRY_TAG] == "false"
 
@@ -170,11 +168,13 @@ def test_killed_worker_is_restarted_from_its_checkpoint_a_bounded_number_of_time
     # gives back only once it is marked FAILED, and a terminate before the step begins ends
     # the run CANCELED (Dagster's own semantics: nothing had started to stop gracefully).
     fresh_retry_id = fresh_retry["runId"]
-    _wait(
+    wait_until(
         "the fresh retry's op to begin",
         lambda: any(
             "automatic restart 1 of" in (e["message"] or "") for e in client.logs(fresh_retry_id)
         ),
+        WAIT_S,
+        poll_s=0.5,
     )
     client.terminate(fresh_retry_id)
     # A graceful stop (here during the backoff or the loop): the step succeeds, so the run

@@ -17,7 +17,8 @@ import yaml
 
 from dataflare_platform.engine.checkpoint import Checkpoint
 from dataflare_platform.events.log import EventLog
-from dataflare_platform_tests.e2e.test_stream_sensor import _stop_sensors_except, _wait_for
+from dataflare_platform_tests.e2e.test_stream_sensor import _stop_sensors_except
+from dataflare_platform_tests.waits import wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -72,7 +73,7 @@ def test_start_status_stop_a_continuous_pipeline(dagster_dev, home, small_nexmar
         meta = client.asset_metadata("streams/hot_items")
         return meta if meta.get("events_in_total") == total else {}
 
-    _wait_for("the first progress", lambda: progress(1000), timeout_s=WAIT_S)
+    wait_until("the first progress", lambda: progress(1000), WAIT_S, poll_s=0.5)
     status = _status(client)
     hot = status["hot_items"]
     assert hot["mode"] == "continuous" and hot["run_id"] == run_id
@@ -85,7 +86,7 @@ def test_start_status_stop_a_continuous_pipeline(dagster_dev, home, small_nexmar
     assert "hot_items" in table and "continuous" in table
 
     topic.append(bids.slice(1000, 1000))
-    meta = _wait_for("the second progress", lambda: progress(2000), timeout_s=WAIT_S)
+    meta = wait_until("the second progress", lambda: progress(2000), WAIT_S, poll_s=0.5)
     assert list(meta["dagster/column_schema"]) == ["window_start", "window_end", "auction", "num"]
 
     stopped = json.loads(_cli(client, "stop", "hot_items", "--timeout", str(WAIT_S)).stdout)

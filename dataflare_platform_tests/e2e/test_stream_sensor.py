@@ -18,6 +18,7 @@ from dataflare_platform.client.errors import DataflareClientError
 from dataflare_platform.engine import CollectSink, Runner, RunnerConfig, TableSource
 from dataflare_platform.events.log import EventLog
 from dataflare_platform.queries.nexmark import BUILDERS, NexmarkSources
+from dataflare_platform_tests.waits import wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -117,16 +118,6 @@ def _runs(client: DataflareClient, job: str) -> list[dict]:
     return client.query(RUNS_QUERY, {"job": job})["runsOrError"]["results"]
 
 
-def _wait_for(what: str, fn, timeout_s: float = TIMEOUT_S):
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = fn()
-        if value:
-            return value
-        time.sleep(0.5)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
 def _check_output(home, bids) -> pl.DataFrame:
     """The warehouse table holds each closed window once, as q5 over all bids has it."""
     with duckdb.connect(str(home.root / "streams" / "hot_items.duckdb")) as conn:
@@ -149,7 +140,9 @@ def test_daemon_ticks_the_sensor_once_per_new_range(dagster_dev, home, small_nex
     bids = small_nexmark["bids"]
     EventLog(home.event_log_dir).create_topic("nexmark.bids", bids.schema).append(bids)
 
-    (run,) = _wait_for("a sensor-launched run", lambda: _runs(client, "hot_items_job"))
+    (run,) = wait_until(
+        "a sensor-launched run", lambda: _runs(client, "hot_items_job"), TIMEOUT_S, poll_s=0.5
+    )
     assert client.wait(run["runId"], timeout_s=TIMEOUT_S) == "SUCCESS"
     messages = [e.get("message") or "" for e in client.logs(run["runId"])]
     assert any(m.startswith("Executing steps in process") for m in messages)
@@ -166,7 +159,9 @@ def test_daemon_ticks_the_sensor_once_per_new_range(dagster_dev, home, small_nex
     (requested,) = ticks("SUCCESS")
     assert requested["runIds"] == [run["runId"]]
     skipped = len(ticks("SKIPPED"))
-    _wait_for("two further ticks", lambda: len(ticks("SKIPPED")) >= skipped + 2)
+    wait_until(
+        "two further ticks", lambda: len(ticks("SKIPPED")) >= skipped + 2, TIMEOUT_S, poll_s=0.5
+    )
     assert len(ticks("SUCCESS")) == 1 and not ticks("FAILURE")
     assert len(_runs(client, "hot_items_job")) == 1
     _check_output(home, bids)
@@ -188,10 +183,12 @@ def test_continuous_run_terminates_gracefully_and_resumes(dagster_dev, home, sma
     fast = {"checkpoint_interval_s": 0.5, "progress_interval_s": 0.5}
     config = {"ops": {"run_hot_items_continuous": {"config": fast}}}
     first = client.launch_job("hot_items_continuous", run_config=config)
-    _wait_for("the first checkpoint", lambda: metadata_reaches(1000))
+    wait_until("the first checkpoint", lambda: metadata_reaches(1000), TIMEOUT_S, poll_s=0.5)
     assert client.status(first) == "STARTED"
     topic.append(parts[1])  # read while the run is going
-    meta = _wait_for("the second checkpoint", lambda: metadata_reaches(2000))
+    meta = wait_until(
+        "the second checkpoint", lambda: metadata_reaches(2000), TIMEOUT_S, poll_s=0.5
+    )
     assert meta["events_in"] == 2000 and meta["lag_events"] == 0
 
     client.terminate(first)
@@ -206,7 +203,12 @@ def test_continuous_run_terminates_gracefully_and_resumes(dagster_dev, home, sma
 
     topic.append(parts[2])  # produced while nothing runs
     second = client.launch_job("hot_items_continuous", run_config=config)
-    meta = _wait_for("the resumed run's checkpoint", lambda: metadata_reaches(bids.num_rows))
+    meta = wait_until(
+        "the resumed run's checkpoint",
+        lambda: metadata_reaches(bids.num_rows),
+        TIMEOUT_S,
+        poll_s=0.5,
+    )
     assert meta["events_in"] == parts[2].num_rows  # this run read only the new events
     assert meta["offsets"] == {"bids/0": bids.num_rows}
     client.terminate(second)
@@ -231,7 +233,7 @@ def test_the_daemon_evaluates_the_lag_check_while_nothing_runs(dagster_dev, home
             record = instance.get_latest_asset_check_evaluation_record(check)
         return None if record is None else record.event.dagster_event.event_specific_data
 
-    found = _wait_for("a lag evaluation by the sensor", evaluation, timeout_s=300)
+    found = wait_until("a lag evaluation by the sensor", evaluation, 300, poll_s=0.5)
     assert found.metadata["evaluated_by"].value == "stream_lag"
     assert found.metadata["lag_events"].value == bids.num_rows
     # The shipped bounds (100000 events, 60 s) hold for 2760 bids over 30 s.

@@ -27,7 +27,8 @@ from dataflare_platform.home import ProjectHome
 from dataflare_platform.observability import ObservabilitySettings
 from dataflare_platform.observability.tracing import configure_tracing, flush
 from dataflare_platform_tests.e2e.conftest import FIXTURE_ACCOUNT, FIXTURE_ROLES, serving_front
-from dataflare_platform_tests.e2e.test_stream_sensor import _runs, _stop_sensors_except, _wait_for
+from dataflare_platform_tests.e2e.test_stream_sensor import _runs, _stop_sensors_except
+from dataflare_platform_tests.waits import wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -177,7 +178,7 @@ def _wait_for_spans(receiver: Receiver, trace_id: str, name: str) -> list[Receiv
         spans = receiver.trace(trace_id)
         return spans if any(s.name == name for s in spans) else None
 
-    return _wait_for(f"the spans of trace {trace_id}", ready, TIMEOUT_S)
+    return wait_until(f"the spans of trace {trace_id}", ready, TIMEOUT_S, poll_s=0.5)
 
 
 def test_a_sensor_launched_run_continues_the_ticks_trace(traced_front, receiver, small_nexmark):
@@ -185,20 +186,26 @@ def test_a_sensor_launched_run_continues_the_ticks_trace(traced_front, receiver,
     _stop_sensors_except(client, "hot_items_sensor")
     bids = small_nexmark["bids"]
     EventLog(project.event_log_dir).create_topic("nexmark.bids", bids.schema).append(bids)
-    (run,) = _wait_for("a sensor-launched run", lambda: _runs(client, "hot_items_job"))
+    (run,) = wait_until(
+        "a sensor-launched run", lambda: _runs(client, "hot_items_job"), TIMEOUT_S, poll_s=0.5
+    )
     assert client.wait(run["runId"], timeout_s=TIMEOUT_S) == "SUCCESS"
     _stop_sensors_except(client)  # the next test launches its own run
-    ticks = _wait_for(
+    ticks = wait_until(
         "the sensor tick's span",
         lambda: [s for s in list(receiver.spans) if s.name == "dataflare.sensor hot_items_sensor"],
+        TIMEOUT_S,
+        poll_s=0.5,
     )
     # One tick requested the run (others skipped before the data was there: no span).
     (tick,) = ticks
     spans = _wait_for_spans(receiver, tick.trace_id, "dagster.run hot_items_job")
     # Every span of the run is exported before its step returns: wait for the tree.
-    _wait_for(
+    wait_until(
         "the run's batches",
         lambda: any(s.name == "process bids" for s in receiver.trace(tick.trace_id)),
+        TIMEOUT_S,
+        poll_s=0.5,
     )
     _assert_run_tree(receiver.trace(tick.trace_id), tick.name, run["runId"])
     assert spans and tick.attributes["dataflare.pipeline"] == "hot_items"
@@ -267,7 +274,7 @@ def test_a_continuous_run_exports_each_checkpoint_interval_while_it_runs(
         ]
 
     topic.append(small_nexmark["bids"].slice(0, 300))  # read while the run is going
-    intervals = _wait_for("a checkpoint interval's trace", new_intervals, TIMEOUT_S)
+    intervals = wait_until("a checkpoint interval's trace", new_intervals, TIMEOUT_S, poll_s=0.5)
     assert client.status(run_id) == "STARTED"  # exported while the run goes on
     assert not [s for s in receiver.trace(launch.trace_id) if s.name.startswith("dagster.run")]
     client.terminate(run_id)

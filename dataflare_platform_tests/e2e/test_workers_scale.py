@@ -19,7 +19,8 @@ import pytest
 from dataflare_platform.events.log import EventLog
 from dataflare_platform.sql_names import quote_identifier
 from dataflare_platform_tests.e2e.test_continuous_restart import PID, RUNS_QUERY
-from dataflare_platform_tests.e2e.test_stream_sensor import _stop_sensors_except, _wait_for
+from dataflare_platform_tests.e2e.test_stream_sensor import _stop_sensors_except
+from dataflare_platform_tests.waits import wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -48,7 +49,12 @@ def _scale_until_done(client, want: dict, running: str | None = None) -> None:
     for _cycle in range(10):
         run_id = running or client.scale(PIPELINE, 1).launched[0]
         running = None
-        _wait_for("the worker to own its partitions", lambda r=run_id: _owns_all(client, r))
+        wait_until(
+            "the worker to own its partitions",
+            lambda r=run_id: _owns_all(client, r),
+            TIMEOUT_S,
+            poll_s=0.5,
+        )
         stopped = client.scale(PIPELINE, 0)
         assert stopped.stopped == [run_id] and stopped.launched == []
         assert client.wait(run_id, timeout_s=TIMEOUT_S) == "SUCCESS"
@@ -115,14 +121,21 @@ def test_a_killed_worker_run_is_retried_and_resumes_its_partitions(
     half = persons.num_rows // 2
     topic.append(persons.slice(0, half))
     (run_id,) = client.scale(PIPELINE, 1).launched
-    _wait_for("the worker to own its partitions", lambda: _owns_all(client, run_id), TIMEOUT_S)
+    wait_until(
+        "the worker to own its partitions", lambda: _owns_all(client, run_id), TIMEOUT_S, poll_s=0.5
+    )
 
     pid = next(
         int(m.group(1)) for e in client.logs(run_id) if (m := PID.search(e.get("message") or ""))
     )
     killed = time.monotonic()
     os.kill(pid, signal.SIGKILL)
-    _wait_for("the killed worker run to be FAILED", lambda: client.status(run_id) == "FAILURE")
+    wait_until(
+        "the killed worker run to be FAILED",
+        lambda: client.status(run_id) == "FAILURE",
+        TIMEOUT_S,
+        poll_s=0.5,
+    )
     detected = time.monotonic() - killed
     topic.append(persons.slice(half))  # produced while no worker runs
 
@@ -130,8 +143,10 @@ def test_a_killed_worker_run_is_retried_and_resumes_its_partitions(
         runs = client.query(RUNS_QUERY, {"job": JOB})["runsOrError"]["results"]
         return next((r["runId"] for r in runs if r["parentRunId"] == run_id), None)
 
-    retried = _wait_for("the automatic retry", retry, TIMEOUT_S)
-    _wait_for("the retry to own the partitions", lambda: _owns_all(client, retried), TIMEOUT_S)
+    retried = wait_until("the automatic retry", retry, TIMEOUT_S, poll_s=0.5)
+    wait_until(
+        "the retry to own the partitions", lambda: _owns_all(client, retried), TIMEOUT_S, poll_s=0.5
+    )
     resumed = time.monotonic() - killed
     ends = topic.committed_ends()
     _scale_until_done(client, {p: {f"persons/{p}": ends[p]} for p in range(4)}, retried)

@@ -4,22 +4,15 @@ its series go when the UI stops."""
 from __future__ import annotations
 
 import os
-import time
 
 import pytest
 
 from dataflare_platform.gateway.process import running_front
 from dataflare_platform.observability.prometheus import exposition
 from dataflare_platform_tests.observability.scrape import value
+from dataflare_platform_tests.waits import wait_until
 
 CEILING_S = 180
-
-
-def _wait(predicate, what: str) -> None:
-    deadline = time.monotonic() + CEILING_S
-    while not predicate():
-        assert time.monotonic() < deadline, f"{what} after {CEILING_S} s"
-        time.sleep(0.5)
 
 
 @pytest.mark.e2e
@@ -36,8 +29,12 @@ def test_the_ui_runs_the_instance_exporter_when_metrics_are_on(home, tmp_path):
         )
 
     with running_front(home, tmp_path / "front.log", env=env):
-        _wait(heartbeats, "no instance metrics with the daemon's heartbeats")
-    _wait(
+        wait_until(
+            "the instance metrics with the daemon's heartbeats", heartbeats, CEILING_S, poll_s=0.5
+        )
+    wait_until(
+        "the exporter's gauges gone once the UI stopped",
         lambda: value(exposition(directory), "dataflare_dagster_runs", status="QUEUED") is None,
-        "the exporter's gauges are still there",
+        CEILING_S,
+        poll_s=0.5,
     )

@@ -11,9 +11,8 @@ import contextlib
 import json
 import subprocess
 import sys
-import time
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -36,6 +35,7 @@ from dataflare_platform_tests.observability.prometheus_server import (
     requires_prometheus,
     running_prometheus,
 )
+from dataflare_platform_tests.waits import wait_until
 
 pytestmark = [pytest.mark.e2e, requires_prometheus, requires_alertmanager]
 
@@ -45,19 +45,8 @@ channels:
 rules:
   - {{name: prometheus, kind: prometheus_alert, channels: [hook]}}
 """
+CEILING_S = 180
 FINGERPRINT = "prometheus[alertname=DagsterDaemonHeartbeatStale,daemon=SCHEDULER]"
-
-
-def wait_until(what: str, probe: Callable[[], object], ceiling_s: float = 180) -> object:
-    """Poll ``probe`` until it returns something truthy: progress decides, the ceiling
-    only catches a hang."""
-    deadline = time.monotonic() + ceiling_s
-    while time.monotonic() < deadline:
-        seen = probe()
-        if seen:
-            return seen
-        time.sleep(0.5)
-    raise AssertionError(f"{what}: not after {ceiling_s:g} s")
 
 
 @contextlib.contextmanager
@@ -98,7 +87,7 @@ def running_alertmanager(workdir: Path, receiver_url: str, token_file: Path) -> 
             return False
 
     try:
-        wait_until("alertmanager ready", ready, 120)
+        wait_until("alertmanager ready", ready, 120, poll_s=0.5)
         yield f"127.0.0.1:{port}"
     finally:
         proc.terminate()
@@ -182,12 +171,17 @@ def test_a_prometheus_alert_reaches_the_platforms_alerting_and_audit_then_resolv
                 firing = wait_until(
                     "the platform's alert is firing",
                     lambda: [a for a in store.alerts("firing") if a.fingerprint == FINGERPRINT],
+                    CEILING_S,
+                    poll_s=0.5,
                 )
                 (alert,) = firing
                 assert alert.severity == "critical"
                 assert "SCHEDULER" in alert.message
                 wait_until(
-                    "the platform notified its channel", lambda: http_receiver.bodies("/hook")
+                    "the platform notified its channel",
+                    lambda: http_receiver.bodies("/hook"),
+                    CEILING_S,
+                    poll_s=0.5,
                 )
                 assert http_receiver.bodies("/hook")[0]["fingerprint"] == FINGERPRINT
 
@@ -195,6 +189,8 @@ def test_a_prometheus_alert_reaches_the_platforms_alerting_and_audit_then_resolv
                 resolved = wait_until(
                     "the platform's alert resolved",
                     lambda: [a for a in store.alerts("resolved") if a.id == alert.id],
+                    CEILING_S,
+                    poll_s=0.5,
                 )
                 assert resolved[0].resolved_at is not None
     finally:

@@ -139,14 +139,34 @@ def workers_job_name(spec: PipelineSpec) -> str:
     return f"{spec.name}_workers"
 
 
+def _in_progress(instance: dg.DagsterInstance, job: str) -> list[str]:
+    return [r.run_id for r in instance.get_runs(dg.RunsFilter(job_name=job, statuses=IN_PROGRESS))]
+
+
 def continuous_in_progress(instance: dg.DagsterInstance, spec: PipelineSpec) -> list[str]:
     """Ids of the runs that own the pipeline continuously and are queued or running: its
     continuous run and its partition-parallel worker runs (``workers.py``)."""
     return [
-        run.run_id
-        for job in (continuous_job_name(spec), workers_job_name(spec))
-        for run in instance.get_runs(dg.RunsFilter(job_name=job, statuses=IN_PROGRESS))
+        *_in_progress(instance, continuous_job_name(spec)),
+        *_in_progress(instance, workers_job_name(spec)),
     ]
+
+
+def continuous_refusal(instance: dg.DagsterInstance, spec: PipelineSpec, run_id: str) -> str | None:
+    """Why run ``run_id`` of the continuous job may not run the pipeline (another run owns
+    it continuously: a continuous run, or partition-parallel worker runs, each named with
+    how to stop it), or None."""
+    single = [r for r in _in_progress(instance, continuous_job_name(spec)) if r != run_id]
+    workers = [r for r in _in_progress(instance, workers_job_name(spec)) if r != run_id]
+    causes = []
+    if single:
+        causes.append(f"already runs continuously in run(s) {single}")
+    if workers:
+        causes.append(
+            f"runs as {len(workers)} partition-parallel worker run(s) {workers}; "
+            f"`dataflare scale {spec.name} --workers 0` stops them"
+        )
+    return f"{spec.name} " + "; and it ".join(causes) if causes else None
 
 
 def _metadata(report: CheckpointReport) -> dict[str, object]:
@@ -280,11 +300,11 @@ def continuous_definitions(spec: PipelineSpec, key: dg.AssetKey) -> dg.Definitio
         dataflare: ProjectHomeResource,
         plugins: PluginRuntimeResource,
     ) -> None:
-        others = [r for r in continuous_in_progress(context.instance, spec) if r != context.run_id]
-        if others:
+        refusal = continuous_refusal(context.instance, spec, context.run_id)
+        if refusal:
             # A duplicate launch: retrying it would only fail again, so opt this run out.
             context.instance.add_run_tags(context.run_id, {MAX_RETRIES_TAG: "0"})
-            raise dg.Failure(f"{spec.name} already runs continuously in run(s) {others}")
+            raise dg.Failure(refusal)
         if not context.instance.run_retries_enabled:
             context.log.warning(
                 f"{spec.name}: run_retries is off in this instance's dagster.yaml; "

@@ -120,6 +120,37 @@ def test_a_duplicate_launch_fails_and_opts_out_of_retries(defs):
         (failure,) = duplicate.get_step_failure_events()
         error = failure.step_failure_data.error.message
         assert "already runs continuously in run(s) ['a-continuous-run']" in error
+        assert "worker" not in error
+
+
+def test_a_launch_while_worker_runs_own_the_pipeline_names_them_and_how_to_stop_them(defs):
+    with dg.instance_for_test(overrides=RETRIES_ON) as instance:
+        for run_id in ("worker-0", "worker-1"):
+            instance.add_run(
+                dg.DagsterRun(
+                    job_name="hot_items_workers", run_id=run_id, status=dg.DagsterRunStatus.STARTED
+                )
+            )
+        refused = _run(defs, instance)
+        assert not refused.success
+        run = instance.get_run_by_id(refused.run_id)
+        assert run.tags[MAX_RETRIES_TAG] == "0" and run.tags[WILL_RETRY_TAG] == "false"
+        (failure,) = refused.get_step_failure_events()
+        error = failure.step_failure_data.error.message
+        assert "hot_items runs as 2 partition-parallel worker run(s)" in error
+        assert "'worker-0'" in error and "'worker-1'" in error
+        assert "`dataflare scale hot_items --workers 0` stops them" in error
+        assert "already runs continuously" not in error
+        # Both at once: each cause named.
+        instance.add_run(
+            dg.DagsterRun(
+                job_name=JOB, run_id="a-continuous-run", status=dg.DagsterRunStatus.STARTED
+            )
+        )
+        (failure,) = _run(defs, instance).get_step_failure_events()
+        error = failure.step_failure_data.error.message
+        assert "already runs continuously in run(s) ['a-continuous-run']" in error
+        assert "runs as 2 partition-parallel worker run(s)" in error
 
 
 def test_restart_delay_grows_per_attempt_and_is_capped():

@@ -34,9 +34,9 @@ def measure(keys: int, folder: Path) -> dict[str, float]:
     settings = DuckDBSinkSettings(path=str(folder / f"k{keys}.duckdb"), table="out")
     sink = open_sink(settings, OpenContext("measure"))
     pipeline = Pipeline(f"state_{keys}")
-    pipeline.source(TableSource.single("bids", bids)).key_by("auction").window(
-        tumbling("1h")
-    ).agg(count("n"), sum_("price", "total")).sink(sink)
+    pipeline.source(TableSource.single("bids", bids)).key_by("auction").window(tumbling("1h")).agg(
+        count("n"), sum_("price", "total")
+    ).sink(sink)
     runner = Runner(pipeline, RunnerConfig(batch_rows=100_000, checkpoint_every=1_000_000))
     # Stopped one row before the end: not finished, so no window closed and every key
     # holds state in the checkpoint the run leaves.

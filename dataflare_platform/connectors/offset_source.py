@@ -400,8 +400,28 @@ class StreamSource(OffsetSource):
         return [self.settings.stream]
 
     @classmethod
-    def open_source(cls, settings: Any, context: OpenContext) -> Self:
-        """The source a pipeline's ``sources:`` entry describes (settings with a schema)."""
+    def open_source(cls, settings: Any, context: OpenContext) -> Any:
+        """The source a pipeline's ``sources:`` entry describes (settings with a schema):
+        one stream, or with ``partitions: N`` the N streams of a partitioned source."""
+        if getattr(settings, "partitions", 1) > 1:
+            from dataflare_platform.connectors.partitioned_streams import PartitionedStreams
+
+            def open_one(one: Any, name: str) -> Self:
+                return cls(
+                    one,
+                    one.arrow_schema,
+                    name=name,
+                    time_column=one.time_column,
+                    bounded=context.bounded,
+                )
+
+            return PartitionedStreams(
+                open_one,
+                settings,
+                context.name or settings.stream,
+                context.partitions,
+                settings.partitioned_by,
+            )
         return cls(
             settings,
             settings.arrow_schema,

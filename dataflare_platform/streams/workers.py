@@ -121,7 +121,8 @@ def check_splittable(
         if node.source.partitions() != ["0"]:  # type: ignore[union-attr]
             reasons.append(
                 f"source {node.source.name!r} cannot read one partition alone "  # type: ignore[union-attr]
-                "(partition-parallel runs read embedded-log topics and Kafka topics)"
+                "(partition-parallel runs read embedded-log topics, Kafka topics, and NATS or Redis"
+                " sources declared with partitions: N)"
             )
     probe.sink.close()  # type: ignore[union-attr]
     # A pipeline that made progress as one run keeps it under its own checkpoint, with

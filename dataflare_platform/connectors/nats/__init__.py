@@ -10,6 +10,8 @@
         schema: {auction: int64, price: int64, date_time: "timestamp[ms]"}
         # TLS: url tls://..., plus optionally
         # tls: {ca_file: ..., cert_file: ..., key_file: ..., server_name: ...}
+        # partitions: 4                     # streams bids-0 .. bids-3, one per partition
+        # partitioned_by: auction           # producers: connectors.partitioned_streams
 
 Offsets are dense (gaps read as placeholder rows plus a dead letter) and the stream's
 end is cheap to read, so NATS sources suit micro-batch ranges and continuous runs.
@@ -27,6 +29,7 @@ from dataflare_platform.connectors.nats.jetstream import (
     ensure_stream,
 )
 from dataflare_platform.connectors.nats.settings import NatsSettings
+from dataflare_platform.connectors.partitioned_streams import PartitionedStreamOptions
 from dataflare_platform.connectors.settings import RowSchema
 
 __all__ = [
@@ -42,7 +45,7 @@ __all__ = [
 ]
 
 
-class NatsSourceSettings(NatsSettings, RowSchema):
+class NatsSourceSettings(NatsSettings, RowSchema, PartitionedStreamOptions):
     """The stream's connection settings plus the rows' schema and event-time column."""
 
     kind: Literal["nats"] = "nats"

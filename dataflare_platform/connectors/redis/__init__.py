@@ -9,6 +9,8 @@ plus producers and consumer groups for the CLI and the router.
         schema: {auction: int64, price: int64, date_time: "timestamp[ms]"}
         # TLS: url rediss://..., plus optionally
         # tls: {ca_file: ..., cert_file: ..., key_file: ..., server_name: ...}
+        # partitions: 4                     # streams bids-0 .. bids-3, one per partition
+        # partitioned_by: auction           # producers: connectors.partitioned_streams
 
 Offsets are dense (trimmed or deleted entries read as placeholder rows plus a dead
 letter) and the end is one XINFO away, so Redis sources suit micro-batch ranges and
@@ -19,6 +21,7 @@ from __future__ import annotations
 
 from typing import Literal
 
+from dataflare_platform.connectors.partitioned_streams import PartitionedStreamOptions
 from dataflare_platform.connectors.redis.streams import (
     RedisConsumer,
     RedisProducer,
@@ -40,7 +43,7 @@ __all__ = [
 ]
 
 
-class RedisSourceSettings(RedisSettings, RowSchema):
+class RedisSourceSettings(RedisSettings, RowSchema, PartitionedStreamOptions):
     """The stream's connection settings plus the rows' schema and event-time column."""
 
     kind: Literal["redis"] = "redis"

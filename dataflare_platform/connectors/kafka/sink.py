@@ -69,6 +69,7 @@ class KafkaSink(TransactionalSink):
         self._key = ""
         self._writer = ""
         self._headers: list[tuple[str, bytes]] = []
+        self._checkpoint_number: int | None = None
         self._metrics = for_connector("kafka", settings.topic)
 
     # -- Sink ----------------------------------------------------------------------------
@@ -76,6 +77,7 @@ class KafkaSink(TransactionalSink):
         self.discard_pending()
         self._key = pipeline
         self._writer = uuid.uuid4().hex[:16]
+        self._checkpoint_number = None
         s = self.settings
         self._producer = Producer(
             s.properties(
@@ -201,13 +203,17 @@ class KafkaSink(TransactionalSink):
         raise BrokerError(f"Kafka: commit of {self._key!r} failed: {error.str()}") from None
 
     def _checkpoint_partition(self) -> int:
+        """The checkpoint topic's partition for this key (its count read once per open)."""
+        if self._checkpoint_number is not None:
+            return self._checkpoint_number
         count = partition_count(
             self._producer,
             self.settings.checkpoint_topic,
             self.settings.timeout_s,
             "sink.checkpoint_topic",
         )
-        return zlib.crc32(self._key.encode()) % count
+        self._checkpoint_number = zlib.crc32(self._key.encode()) % count
+        return self._checkpoint_number
 
     def _last_checkpoint(self) -> Checkpoint | None:
         """The key's newest committed checkpoint: its partition of the checkpoint topic

@@ -12,6 +12,8 @@ import signal
 import subprocess
 import sys
 import threading
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import polars as pl
@@ -156,26 +158,39 @@ def start_worker(spec_path: Path, log: EventLog, streams: Path, partitions: str)
     )
 
 
-def test_killed_worker_is_taken_over_and_the_table_is_exactly_once(setup, dsn, schema):
-    log, topic, spec_path, streams = setup
+@dataclass
+class Feed:
+    """How a takeover test writes to its source, whatever the system: append rows
+    (partitioned by auction), put one far-ahead event in every partition, read the ends."""
+
+    send: Callable[[pa.Table], object]
+    close_windows: Callable[[int], object]
+    ends: Callable[[], dict[int, int]]
+
+
+def check_takeover(spec_path: Path, log: EventLog, streams: Path, feed: Feed, dsn, schema) -> None:
+    """Two worker processes own partitions 0,2 and 1,3; the first is SIGKILLed after its
+    first commits, rows keep arriving, a successor takes 0,2 over from their checkpoints;
+    once every partition has committed to the end, the table equals the ground truth:
+    every window exactly once."""
     appended = [events(0, 6_000, 1)]
-    topic.append(appended[0])
+    feed.send(appended[0])
     a = start_worker(spec_path, log, streams, "0,2")
     b = start_worker(spec_path, log, streams, "1,3")
+    successor = None
     try:
         keys = {unit_key("bid_counts", p) for p in range(PARTITIONS)}
         # Both workers commit their own partitions under their own keys.
         wait_until("a checkpoint of every partition", lambda: keys <= set(committed(dsn, schema)))
         appended.append(events(18_000, 6_000, 2))
-        topic.append(appended[-1])  # read while the workers run
+        feed.send(appended[-1])  # read while the workers run
         a.kill()  # SIGKILL: no final checkpoint, the leases die with the process
         a.wait(30)
         appended.append(events(36_000, 6_000, 3))
-        topic.append(appended[-1])
+        feed.send(appended[-1])
         successor = start_worker(spec_path, log, streams, "0,2")
-        closing = closers(topic, 3_600_000)
-        topic.append(closing)
-        ends = topic.committed_ends()
+        feed.close_windows(3_600_000)
+        ends = feed.ends()
 
         def caught_up():
             offsets = committed(dsn, schema)
@@ -193,13 +208,23 @@ def test_killed_worker_is_taken_over_and_the_table_is_exactly_once(setup, dsn, s
             finals = [json.loads(line) for line in out.splitlines() if '"final"' in line]
             assert len(finals) == 2  # each worker's two partitions ended with a checkpoint
     finally:
-        for proc in (a, b):
-            if proc.poll() is None:
+        for proc in (a, b, successor):
+            if proc is not None and proc.poll() is None:
                 proc.kill()
     got = table(dsn, schema)
     want = truth(appended, 3_600_000)
     assert got.height == want.height > 0
     assert got.to_dicts() == want.to_dicts()
+
+
+def test_killed_worker_is_taken_over_and_the_table_is_exactly_once(setup, dsn, schema):
+    log, topic, spec_path, streams = setup
+    feed = Feed(
+        topic.append,
+        lambda at_ms: topic.append(closers(topic, at_ms)),
+        topic.committed_ends,
+    )
+    check_takeover(spec_path, log, streams, feed, dsn, schema)
 
 
 def test_one_worker_owns_every_partition_in_one_process_and_stops_gracefully(setup, dsn, schema):

@@ -8,7 +8,6 @@ embedded log in ``test_workers`` and Kafka in ``test_workers_kafka``)."""
 from __future__ import annotations
 
 import json
-import signal
 import uuid
 from dataclasses import dataclass
 from typing import Any
@@ -25,7 +24,7 @@ from dataflare_platform.connectors.partitioned_streams import (
 from dataflare_platform.connectors.settings import OpenContext
 from dataflare_platform.events.log import EventLog
 from dataflare_platform.streams.spec import PipelineSpec
-from dataflare_platform.streams.workers import check_splittable, unit_key
+from dataflare_platform.streams.workers import check_splittable
 from dataflare_platform_tests.connectors.broker_helpers import (
     NATS_URL_VARIABLE,
     REDIS_URL_VARIABLE,
@@ -33,13 +32,9 @@ from dataflare_platform_tests.connectors.broker_helpers import (
 )
 from dataflare_platform_tests.streams.test_workers import (
     PARTITIONS,
-    committed,
-    events,
-    start_worker,
-    table,
-    truth,
+    Feed,
+    check_takeover,
 )
-from dataflare_platform_tests.waits import wait_until
 
 COLUMNS = {"auction": "int64", "price": "int64", "date_time": "int64"}
 
@@ -132,61 +127,23 @@ def test_killed_worker_over_broker_streams_is_taken_over_exactly_once(
     spec_path = tmp_path / "bid_counts.yaml"
     spec_path.write_text(_spec(broker, dsn, pg_schema))
     log, streams = EventLog(tmp_path / "log"), tmp_path / "streams"
-    appended = [events(0, 6_000, 1)]
-    broker.send(appended[0])
-    assert check_splittable(PipelineSpec.from_yaml(spec_path), log, streams) == list(
-        range(PARTITIONS)
-    )
-    a = start_worker(spec_path, log, streams, "0,2")
-    b = start_worker(spec_path, log, streams, "1,3")
-    successor = None
-    try:
-        keys = {unit_key("bid_counts", p) for p in range(PARTITIONS)}
-        wait_until(
-            "a checkpoint of every partition", lambda: keys <= set(committed(dsn, pg_schema))
-        )
-        appended.append(events(18_000, 6_000, 2))
-        broker.send(appended[-1])
-        a.kill()  # SIGKILL: no final checkpoint, the leases die with the process
-        a.wait(30)
-        appended.append(events(36_000, 6_000, 3))
-        broker.send(appended[-1])
-        successor = start_worker(spec_path, log, streams, "0,2")
-        broker.close_windows(3_600_000)
-        end = broker.ends()
-
-        def caught_up() -> bool:
-            offsets = committed(dsn, pg_schema)
-            return all(
-                offsets.get(unit_key("bid_counts", p), {}).get(f"bids/{p}") == end[p]
-                for p in range(PARTITIONS)
-            )
-
-        wait_until("every partition committed to the end", caught_up)
-        for proc in (b, successor):
-            proc.send_signal(signal.SIGTERM)
-        outs = [proc.communicate(timeout=60) for proc in (b, successor)]
-        for proc, (out, err) in zip((b, successor), outs, strict=True):
-            assert proc.returncode == 0, err[-2000:]
-            finals = [json.loads(line) for line in out.splitlines() if '"final"' in line]
-            assert len(finals) == 2
-    finally:
-        for proc in (a, b, successor):
-            if proc is not None and proc.poll() is None:
-                proc.kill()
-    got = table(dsn, pg_schema)
-    want = truth(appended, 3_600_000)
-    assert got.height == want.height > 0
-    assert got.to_dicts() == want.to_dicts()
+    feed = Feed(broker.send, broker.close_windows, broker.ends)
+    check_takeover(spec_path, log, streams, feed, dsn, pg_schema)
 
 
-def test_partitioned_stream_settings_and_partitions_are_checked(broker):
+def test_partitioned_stream_settings_and_partitions_are_checked(broker, tmp_path, dsn, pg_schema):
     cls = type(broker.settings)
     with pytest.raises(ValueError, match="needs partitions of 2 or more"):
         cls(**{**broker.settings.model_dump(by_alias=True), "partitions": 1})
     with pytest.raises(ValueError, match="not a column of the schema"):
         cls(**{**broker.settings.model_dump(by_alias=True), "partitioned_by": "bidder"})
     broker.close_windows(0)  # the streams exist
+    spec_path = tmp_path / "bid_counts.yaml"
+    spec_path.write_text(_spec(broker, dsn, pg_schema))
+    splittable = check_splittable(
+        PipelineSpec.from_yaml(spec_path), EventLog(tmp_path / "log"), tmp_path
+    )
+    assert splittable == list(range(PARTITIONS))
     with pytest.raises(ValueError, match=r"no partition\(s\) \[4\]"):
         _open(broker.settings, OpenContext("p", "bids", partitions=(4,)))
     one = _open(broker.settings, OpenContext("p", "bids", partitions=(2,)))

@@ -6,9 +6,6 @@ PostgreSQL table equals the ground truth exactly once, as for the embedded log
 
 from __future__ import annotations
 
-import json
-import signal
-
 import pyarrow as pa
 import pytest
 from confluent_kafka import Consumer, TopicPartition
@@ -17,7 +14,7 @@ from dataflare_platform.connectors import kafka
 from dataflare_platform.events.log import EventLog
 from dataflare_platform.streams.parallel import ParallelismError
 from dataflare_platform.streams.spec import PipelineSpec
-from dataflare_platform.streams.workers import PartitionWorker, check_splittable, unit_key
+from dataflare_platform.streams.workers import PartitionWorker, check_splittable
 from dataflare_platform_tests.kafka_cluster import (
     create_topic,
     kafka_bootstrap,
@@ -26,13 +23,9 @@ from dataflare_platform_tests.kafka_cluster import (
 from dataflare_platform_tests.streams.test_workers import (
     PARTITIONS,
     SCHEMA,
-    committed,
-    events,
-    start_worker,
-    table,
-    truth,
+    Feed,
+    check_takeover,
 )
-from dataflare_platform_tests.waits import wait_until
 
 __all__ = ["kafka_bootstrap"]
 
@@ -102,49 +95,12 @@ def test_killed_kafka_worker_is_taken_over_and_the_table_is_exactly_once(
     kafka_setup, dsn, pg_schema
 ):
     settings, spec_path, log, streams = kafka_setup
-    appended = [events(0, 6_000, 1)]
-    send(settings, appended[0])
-    a = start_worker(spec_path, log, streams, "0,2")
-    b = start_worker(spec_path, log, streams, "1,3")
-    successor = None
-    try:
-        keys = {unit_key("bid_counts", p) for p in range(PARTITIONS)}
-        wait_until(
-            "a checkpoint of every partition", lambda: keys <= set(committed(dsn, pg_schema))
-        )
-        appended.append(events(18_000, 6_000, 2))
-        send(settings, appended[-1])  # read while the workers run
-        a.kill()  # SIGKILL: no final checkpoint, the leases die with the process
-        a.wait(30)
-        appended.append(events(36_000, 6_000, 3))
-        send(settings, appended[-1])
-        successor = start_worker(spec_path, log, streams, "0,2")
-        close_windows(settings, 3_600_000)
-        end = ends(settings)
-
-        def caught_up() -> bool:
-            offsets = committed(dsn, pg_schema)
-            return all(
-                offsets.get(unit_key("bid_counts", p), {}).get(f"bids/{p}") == end[p]
-                for p in range(PARTITIONS)
-            )
-
-        wait_until("every partition committed to the end", caught_up)
-        for proc in (b, successor):
-            proc.send_signal(signal.SIGTERM)
-        outs = [proc.communicate(timeout=60) for proc in (b, successor)]
-        for proc, (out, err) in zip((b, successor), outs, strict=True):
-            assert proc.returncode == 0, err[-2000:]
-            finals = [json.loads(line) for line in out.splitlines() if '"final"' in line]
-            assert len(finals) == 2  # each worker's two partitions ended with a checkpoint
-    finally:
-        for proc in (a, b, successor):
-            if proc is not None and proc.poll() is None:
-                proc.kill()
-    got = table(dsn, pg_schema)
-    want = truth(appended, 3_600_000)
-    assert got.height == want.height > 0
-    assert got.to_dicts() == want.to_dicts()
+    feed = Feed(
+        lambda rows: send(settings, rows),
+        lambda at_ms: close_windows(settings, at_ms),
+        lambda: ends(settings),
+    )
+    check_takeover(spec_path, log, streams, feed, dsn, pg_schema)
 
 
 def test_kafka_partitions_split_only_when_the_state_key_is_the_partitioning_key(

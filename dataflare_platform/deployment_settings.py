@@ -187,6 +187,14 @@ def deployment_fields(resource: str) -> Mapping[str, str | None]:
     return DEPLOYMENT_SETTINGS.get(resource, {})
 
 
+# -- batch fan-out ---------------------------------------------------------------------
+# The Celery broker of the fan-out jobs (``defs/fanout.py``) and of their workers
+# (``instance/celery_worker.py``): a URL that may hold a password, so it comes from the
+# environment of the run and of the workers only, never from code, a file under version
+# control or a launch (the executor's config is fixed, so a run config cannot name another).
+CELERY_BROKER_ENV = "DATAFLARE_CELERY_BROKER_URL"
+
+
 # -- pipeline builders ------------------------------------------------------------------
 # A YAML pipeline may name a Python builder (``builder: "package.module:function"``); the
 # module is imported when the spec is validated (``dataflare pipeline validate``, a code

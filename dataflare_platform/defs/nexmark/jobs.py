@@ -2,6 +2,7 @@
 
 import dagster as dg
 
+from dataflare_platform.defs.fanout import celery_executor
 from dataflare_platform.defs.nexmark.assets import (
     DAILY_CATEGORY_STATS_KEY,
     DAILY_PERSON_ACTIVITY_KEY,
@@ -31,6 +32,18 @@ daily_stats_job = dg.define_asset_job(
     # in the run's own process, one after another, saves two process starts per day and
     # leaves the file's lock to contend only between the runs of a backfill.
     executor_def=dg.in_process_executor,
+)
+
+daily_stats_celery_job = dg.define_asset_job(
+    "nexmark_daily_stats_celery_job",
+    selection=daily_stats_selection,
+    description="The daily statistics with each step a task on the Celery workers (broker: "
+    "DATAFLARE_CELERY_BROKER_URL); a backfill over many days runs one run per day, the "
+    "steps of every run on the workers.",
+    # Batch fan-out across processes (defs/fanout.py): the run worker only orchestrates.
+    # The three steps write one DuckDB file, so the workers serving this job run with
+    # --concurrency 1 beside that file (docs/deploy.md, "Fan-out").
+    executor_def=celery_executor,
 )
 
 daily_stats_schedule = dg.build_schedule_from_partitioned_job(

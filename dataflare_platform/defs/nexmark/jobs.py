@@ -2,7 +2,7 @@
 
 import dagster as dg
 
-from dataflare_platform.defs.fanout import celery_executor
+from dataflare_platform.defs.fanout import celery_executor, k8s_executor
 from dataflare_platform.defs.nexmark.assets import (
     DAILY_CATEGORY_STATS_KEY,
     DAILY_PERSON_ACTIVITY_KEY,
@@ -44,6 +44,15 @@ daily_stats_celery_job = dg.define_asset_job(
     # The three steps write one DuckDB file, so the workers serving this job run with
     # --concurrency 1 beside that file (docs/deploy.md, "Fan-out").
     executor_def=celery_executor,
+)
+
+daily_stats_k8s_job = dg.define_asset_job(
+    "nexmark_daily_stats_k8s_job",
+    selection=daily_stats_selection,
+    description="The daily statistics with each step a Kubernetes Job (dagster-k8s's "
+    "k8s_job_executor; runs only under the Helm deployment's K8sRunLauncher).",
+    # deployments/production/helm-values.yaml; the step pods need the home's volume.
+    executor_def=k8s_executor,
 )
 
 daily_stats_schedule = dg.build_schedule_from_partitioned_job(

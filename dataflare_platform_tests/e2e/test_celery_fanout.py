@@ -13,7 +13,8 @@ Dagster instance (SQLite under the temporary ``DAGSTER_HOME``, which the worker 
 path). Each run must succeed with its three steps executed by the worker's pool process
 (their events' pid is a child of the worker, not this process; dagster-celery's own
 engine event names the worker), the worker's log must show each task, the warehouse must
-hold the days' rows, and the broker's password must appear in no log, event or file.
+hold the days' rows, and the broker's password must appear in no log, event or file. The
+second test does the same through a backfill that the real daemon submits.
 """
 
 import os
@@ -30,6 +31,7 @@ import dagster as dg
 import pytest
 from dagster._core.definitions.reconstruct import ReconstructableRepository
 
+from dataflare_platform.client import DataflareClient
 from dataflare_platform.datagen import SCHEMAS
 from dataflare_platform.deployment_settings import CELERY_BROKER_ENV
 from dataflare_platform.home import ProjectHome
@@ -44,7 +46,8 @@ pytestmark = pytest.mark.e2e
 JOB = "nexmark_daily_stats_celery_job"
 DAILY_TABLES = ("daily_seller_stats", "daily_category_stats", "daily_person_activity")
 RABBITMQ_PORT = 5672
-CEILING_S = 300  # worker start, and each run (about 10 s here)
+CEILING_S = 300  # the worker's start (a few seconds here)
+BACKFILL_CEILING_S = 900  # the daemon's backfill of two days (about 30 s here)
 
 
 def _rabbitmq_answers() -> bool:
@@ -149,74 +152,99 @@ def _days(home: ProjectHome) -> list[str]:
     return [day for (day,) in rows]
 
 
-def test_daily_stats_run_on_the_celery_workers(celery_worker, landed_home, broker):
-    with connect(landed_home.warehouse_path) as conn:
-        for kind in ("persons", "auctions", "bids"):
-            assert load_table(conn, kind, landed_home.nexmark_dir / kind, SCHEMAS[kind]).rows
-    days = _days(landed_home)
-    assert len(days) >= 2  # SMALL_CONFIG spans two UTC days
+STEPS = frozenset("nexmark__" + table for table in DAILY_TABLES)
 
+
+def _load_warehouse(home: ProjectHome) -> list[str]:
+    """Load the landed tables (the data-plane loader the table assets call); the days of
+    data, which the daily statistics partition by."""
+    with connect(home.warehouse_path) as conn:
+        for kind in ("persons", "auctions", "bids"):
+            assert load_table(conn, kind, home.nexmark_dir / kind, SCHEMAS[kind]).rows
+    days = _days(home)
+    assert len(days) >= 2  # SMALL_CONFIG spans two UTC days
+    return days
+
+
+def _assert_steps_ran_on(worker: CeleryWorker, instance: dg.DagsterInstance, run_id: str):
+    """Every step of the run was taken by ``worker`` and ran in its pool process (not in
+    the run's own process), and materialized its asset."""
+    records = instance.all_logs(run_id)
+    # dagster-celery's task reports each step it takes, with the worker's name.
+    delegated = {
+        r.step_key: r.dagster_event.event_specific_data.metadata["Celery worker"].value
+        for r in records
+        if r.dagster_event
+        and r.dagster_event.event_type == dg.DagsterEventType.ENGINE_EVENT
+        and "in celery worker" in (r.dagster_event.message or "")
+    }
+    assert delegated == dict.fromkeys(STEPS, worker.name), run_id
+    step_pids = {
+        r.step_key: r.dagster_event.pid
+        for r in records
+        if r.dagster_event and r.dagster_event.event_type == dg.DagsterEventType.STEP_START
+    }
+    assert set(step_pids) == STEPS, run_id
+    run_pids = {
+        r.dagster_event.pid
+        for r in records
+        if r.dagster_event and r.dagster_event.event_type == dg.DagsterEventType.RUN_START
+    }
+    assert run_pids and run_pids.isdisjoint(step_pids.values())
+    for step, pid in step_pids.items():
+        assert _parent_pid(pid) == worker.proc.pid, (step, pid)
+    materialized = {
+        r.step_key
+        for r in records
+        if r.dagster_event
+        and r.dagster_event.event_type == dg.DagsterEventType.ASSET_MATERIALIZATION
+    }
+    assert materialized == STEPS, run_id
+
+
+def _assert_worker_log_and_warehouse(worker: CeleryWorker, home: ProjectHome, days: list[str]):
+    # The worker's own log shows each step's task received and succeeded (the platform's
+    # JSON log handler repeats some lines: tasks are counted by id).
+    log = worker.log()
+    received = set(re.findall(r"Task execute_plan\[([^\]]+)\] received", log))
+    succeeded = set(re.findall(r"Task execute_plan\[([^\]]+)\] succeeded", log))
+    assert len(received) == len(STEPS) * len(days), log[-4000:]
+    assert succeeded == received, log[-4000:]
+    # What the steps computed reached the warehouse: rows for the days run, no others.
+    with connect(home.warehouse_path) as conn:
+        for table in DAILY_TABLES:
+            rows = conn.execute(f"SELECT DISTINCT CAST(day AS VARCHAR) FROM {table}").fetchall()
+            stored = {day for (day,) in rows}
+            assert stored and stored <= set(days), table
+
+
+def test_daily_stats_run_on_the_celery_workers(celery_worker, landed_home, broker):
+    days = _load_warehouse(landed_home)
     # The run carries the code location's own origin (the module the code server loads),
     # so the worker reconstructs the job from it as it would in a deployment.
     recon = ReconstructableRepository.for_module(
         "dataflare_platform.definitions", "defs", str(REPO_ROOT)
     ).get_reconstructable_job(JOB)
-    steps = {"nexmark__" + table for table in DAILY_TABLES}
     with dg.DagsterInstance.get() as instance:  # the home's instance (DAGSTER_HOME)
-        for day in days:  # what a backfill over the range submits: one run per day
+        for day in days:  # one run per day, as a backfill submits them
             with dg.execute_job(
                 recon, instance=instance, tags={"dagster/partition": day}, raise_on_error=False
             ) as result:
                 failures = [e.message for e in result.all_events if e.is_failure]
                 assert result.success, (day, failures, celery_worker.log()[-4000:])
                 run_id = result.run_id
-
-            records = instance.all_logs(run_id)
-            # dagster-celery's task reports each step it takes, with the worker's name.
-            delegated = {
-                r.step_key: r.dagster_event.event_specific_data.metadata["Celery worker"].value
-                for r in records
-                if r.dagster_event
-                and r.dagster_event.event_type == dg.DagsterEventType.ENGINE_EVENT
-                and "in celery worker" in (r.dagster_event.message or "")
+            _assert_steps_ran_on(celery_worker, instance, run_id)
+            assert os.getpid() not in {
+                r.dagster_event.pid
+                for r in instance.all_logs(run_id)
+                if r.dagster_event and r.dagster_event.is_step_event
             }
-            assert delegated == dict.fromkeys(steps, celery_worker.name), day
-            step_pids = {
-                r.step_key: r.dagster_event.pid
-                for r in records
-                if r.dagster_event and r.dagster_event.event_type == dg.DagsterEventType.STEP_START
-            }
-            assert set(step_pids) == steps, day
-            # Every step ran in the worker's pool process, none in this (the run's) process.
-            assert os.getpid() not in step_pids.values()
-            for step, pid in step_pids.items():
-                assert _parent_pid(pid) == celery_worker.proc.pid, (step, pid)
-            materialized = {
-                r.step_key
-                for r in records
-                if r.dagster_event
-                and r.dagster_event.event_type == dg.DagsterEventType.ASSET_MATERIALIZATION
-            }
-            assert materialized == steps, day
-
-    # The worker's own log shows each step's task received and succeeded (the platform's
-    # JSON log handler repeats some lines: tasks are counted by id).
-    log = celery_worker.log()
-    received = set(re.findall(r"Task execute_plan\[([^\]]+)\] received", log))
-    succeeded = set(re.findall(r"Task execute_plan\[([^\]]+)\] succeeded", log))
-    assert len(received) == len(steps) * len(days), log[-4000:]
-    assert succeeded == received, log[-4000:]
-    # What the steps computed reached the warehouse: rows for the days run, no others.
-    with connect(landed_home.warehouse_path) as conn:
-        for table in DAILY_TABLES:
-            rows = conn.execute(f"SELECT DISTINCT CAST(day AS VARCHAR) FROM {table}").fetchall()
-            stored = {day for (day,) in rows}
-            assert stored and stored <= set(days), table
+    _assert_worker_log_and_warehouse(celery_worker, landed_home, days)
 
     # The broker's password (in DATAFLARE_CELERY_BROKER_URL only) is nowhere in the worker's
     # log, the runs' event logs or any file under the home (the instance's SQLite storage,
     # compute logs, the warehouse).
-    assert broker.password not in log
+    assert broker.password not in celery_worker.log()
     with dg.DagsterInstance.get() as instance:
         for run in instance.get_runs():
             for record in instance.all_logs(run.run_id):
@@ -226,3 +254,25 @@ def test_daily_stats_run_on_the_celery_workers(celery_worker, landed_home, broke
     for path in landed_home.root.rglob("*"):
         if path.is_file():
             assert needle not in path.read_bytes(), path
+
+
+def test_backfill_through_the_daemon_runs_on_the_celery_workers(
+    celery_worker, webserver, daemon, landed_home
+):
+    """A backfill of the Celery job over every day, accepted by the front and submitted
+    by the real daemon: each day's run is launched by the code server (a run worker of
+    its own, which inherits the broker setting from the deployment's environment) and
+    hands its steps to the Celery worker."""
+    days = _load_warehouse(landed_home)
+    client = DataflareClient(port=webserver, timeout_s=120)
+    backfill_id = client.backfill(
+        JOB, partition_range=(days[0], days[-1]), tags={"launched_by": "test_celery_fanout"}
+    )
+    status = client.wait_backfill(backfill_id, timeout_s=BACKFILL_CEILING_S)
+    assert status.status == "COMPLETED_SUCCESS", (status, celery_worker.log()[-4000:])
+    assert set(status.runs) == set(days)  # one run per day, all green
+    assert {run_status for _, run_status in status.runs.values()} == {"SUCCESS"}
+    with dg.DagsterInstance.get() as instance:
+        for run_id, _ in status.runs.values():
+            _assert_steps_ran_on(celery_worker, instance, run_id)
+    _assert_worker_log_and_warehouse(celery_worker, landed_home, days)

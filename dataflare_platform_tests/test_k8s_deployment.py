@@ -21,7 +21,10 @@ What is checked, and how:
   env from the secrets, the PostgreSQL password from its secret, labels, resources, job
   spec, the run worker's command) is what the values say. The mock stands for the cluster.
 - The batch jobs of that deployment use ``k8s_job_executor`` (a Job per step) with the
-  one-writer-per-DuckDB-file limit.
+  one-writer-per-DuckDB-file limit, and a step handed to that executor (in an instance
+  whose launcher is the chart's ``K8sRunLauncher``, ``kubernetes.client.BatchV1Api``
+  mocked) becomes a Job with the run's image and the launcher's secrets, resources and
+  Job spec, running that one step.
 """
 
 from typing import Literal
@@ -382,3 +385,109 @@ def test_the_batch_jobs_of_that_deployment_fan_out_with_k8s_job_executor():
     assert len(job.graph.node_dict) == 3
     for node in job.graph.node_dict.values():
         assert node.definition.tags.get(DUCKDB_FILE_TAG), node.name
+
+
+def test_k8s_executor_creates_a_job_per_step_with_the_launcher_settings(kubeconfig_file, home):
+    """A step of ``nexmark_daily_stats_k8s_job`` handed to the executor's step handler in an
+    instance whose run launcher is the chart's ``K8sRunLauncher`` (built from its rendered
+    config by Dagster's instance loader), with ``kubernetes.client.BatchV1Api`` mocked (as
+    dagster-k8s's executor tests do): the step's Job carries the run's image, the runtime
+    secrets, the resources and Job spec of the launcher, and runs only that step. (``home``
+    sets DATAFLARE_HOME, which the job's resources read when its plan is built.)"""
+    from dagster._config import resolve_to_config_type
+    from dagster._core.execution.api import create_execution_plan
+    from dagster._core.execution.context.system import PlanData, PlanOrchestrationContext
+    from dagster._core.execution.context_creation_job import create_context_free_log_manager
+    from dagster._core.execution.retries import RetryMode
+    from dagster._core.executor.init import InitExecutorContext
+    from dagster._core.executor.step_delegating.step_handler.base import StepHandlerContext
+    from dagster._grpc.types import ExecuteStepArgs
+    from dagster_k8s.executor import _K8S_EXECUTOR_CONFIG_SCHEMA
+
+    values = _values()
+    config = _launcher_config(values)
+    config.update(load_incluster_config=False, kubeconfig_file=kubeconfig_file)
+    (deployment,) = values["dagster-user-deployments"]["deployments"]
+    image = f"{deployment['image']['repository']}:{deployment['image']['tag']}"
+    recon = ReconstructableRepository.for_module(
+        "dataflare_platform.definitions", "defs", str(REPO_ROOT), container_image=image
+    ).get_reconstructable_job(K8S_JOB)
+    job_def = recon.get_definition()
+    mapped = job_def.executor_def.apply_config_mapping({})
+    assert mapped.success
+    executor_config = process_config(
+        resolve_to_config_type(_K8S_EXECUTOR_CONFIG_SCHEMA), mapped.value["config"]
+    )
+    assert executor_config.success, executor_config.errors
+
+    overrides = {
+        "run_launcher": {"module": "dagster_k8s", "class": "K8sRunLauncher", "config": config}
+    }
+    with (
+        instance_for_test(overrides=overrides) as instance,
+        mock.patch("kubernetes.client.BatchV1Api") as batch_api_class,
+        mock.patch("kubernetes.client.CoreV1Api"),
+    ):
+        assert isinstance(instance.run_launcher, K8sRunLauncher)
+        executor = job_def.executor_def.executor_creation_fn(
+            InitExecutorContext(
+                job=recon,
+                executor_def=job_def.executor_def,
+                executor_config=executor_config.value,
+                instance=instance,
+            )
+        )
+        assert executor._max_concurrent == 8
+        run = create_run_for_test(
+            instance,
+            job_name=K8S_JOB,
+            job_code_origin=recon.get_python_origin(),
+            tags={"dagster/partition": "2026-01-01"},
+        )
+        plan = create_execution_plan(recon, tags=run.tags)
+        step_key = "nexmark__daily_seller_stats"
+        plan_context = PlanOrchestrationContext(
+            plan_data=PlanData(
+                job=recon,
+                dagster_run=run,
+                instance=instance,
+                execution_plan=plan,
+                raise_on_error=True,
+                retry_mode=RetryMode.DISABLED,
+            ),
+            log_manager=create_context_free_log_manager(instance, run),
+            executor=executor,
+            output_capture=None,
+        )
+        context = StepHandlerContext(
+            instance=instance,
+            plan_context=plan_context,
+            steps=[plan.get_step_by_key(step_key)],
+            execute_step_args=ExecuteStepArgs(recon.get_python_origin(), run.run_id, [step_key]),
+            dagster_run=run,
+        )
+        list(executor._step_handler.launch_step(context))
+
+    create = batch_api_class.return_value.create_namespaced_job
+    create.assert_called_once()
+    assert create.call_args.kwargs["namespace"] == RELEASE_NAMESPACE
+    job = create.call_args.kwargs["body"]
+    labels = job.spec.template.metadata.labels
+    assert labels["dagster/job"] == K8S_JOB
+    assert labels["dagster/run-id"] == run.run_id
+    assert labels["dagster/op"] == step_key
+    assert job.spec.backoff_limit == 0
+    assert job.spec.ttl_seconds_after_finished == 86400
+    (container,) = job.spec.template.spec.containers
+    assert container.image == image  # the run's image: the user deployment's
+    assert container.args[:3] == ["dagster", "api", "execute_step"]
+    assert [s.secret_ref.name for s in container.env_from if s.secret_ref] == [
+        "dataflare-runtime-secrets"
+    ]
+    env = {var.name: var for var in container.env}
+    assert env[DAGSTER_PG_PASSWORD_ENV_VAR].value_from.secret_key_ref.name == (
+        "dataflare-postgresql"
+    )
+    resources = container.resources.to_dict()
+    assert resources["requests"] == {"cpu": "500m", "memory": "1Gi"}
+    assert resources["limits"] == {"memory": "4Gi"}

@@ -193,6 +193,19 @@ def deployment_fields(resource: str) -> Mapping[str, str | None]:
 # environment of the run and of the workers only, never from code, a file under version
 # control or a launch (the executor's config is fixed, so a run config cannot name another).
 CELERY_BROKER_ENV = "DATAFLARE_CELERY_BROKER_URL"
+# Task results return over the same broker (Celery's RPC backend): no second URL.
+CELERY_BACKEND = "rpc://"
+
+
+def celery_broker_url() -> str:
+    """The broker URL from the environment of the run (or worker) that asks, when it asks;
+    a missing one is a configuration error naming the variable, never a default broker."""
+    url = os.environ.get(CELERY_BROKER_ENV, "").strip()
+    if not url:
+        raise ConfigError(
+            "Celery fan-out settings", [(CELERY_BROKER_ENV, "not set (the Celery broker's URL)")]
+        )
+    return url
 
 
 # -- pipeline builders ------------------------------------------------------------------

@@ -367,19 +367,18 @@ def test_launcher_creates_the_run_job_the_values_describe(kubeconfig_file):
 
 
 def test_the_batch_jobs_of_that_deployment_fan_out_with_k8s_job_executor():
+    from dagster_k8s import k8s_job_executor
+
     from dataflare_platform.definitions import defs
+    from dataflare_platform.defs.fanout import K8S_EXECUTOR_CONFIG
 
     job = defs.resolve_job_def(K8S_JOB)
     assert job.executor_def.name == "k8s_step_jobs_one_writer_per_duckdb_file"
-    # It is dagster-k8s's executor (configured, not a copy) with the DuckDB tag limit.
-    from dagster_k8s import k8s_job_executor
-
-    assert job.executor_def.executor_creation_fn is k8s_job_executor.executor_creation_fn
-    resolved = job.executor_def.apply_config_mapping({})
-    assert resolved.success
-    config = resolved.value["config"]
-    assert config["max_concurrent"] >= 1
-    (limit,) = config["tag_concurrency_limits"]
+    # dagster-k8s's executor with a config its own schema accepts, with the DuckDB limit.
+    checked = process_config(k8s_job_executor.config_schema.config_type, K8S_EXECUTOR_CONFIG)
+    assert checked.success, checked.errors
+    assert checked.value["max_concurrent"] == 8
+    (limit,) = checked.value["tag_concurrency_limits"]
     assert (limit["key"], limit["limit"]) == (DUCKDB_FILE_TAG, 1)
     # Every step of the job opens the warehouse and carries the tag the limit keys on.
     assert len(job.graph.node_dict) == 3
@@ -394,7 +393,6 @@ def test_k8s_executor_creates_a_job_per_step_with_the_launcher_settings(kubeconf
     dagster-k8s's executor tests do): the step's Job carries the run's image, the runtime
     secrets, the resources and Job spec of the launcher, and runs only that step. (``home``
     sets DATAFLARE_HOME, which the job's resources read when its plan is built.)"""
-    from dagster._config import resolve_to_config_type
     from dagster._core.execution.api import create_execution_plan
     from dagster._core.execution.context.system import PlanData, PlanOrchestrationContext
     from dagster._core.execution.context_creation_job import create_context_free_log_manager
@@ -402,7 +400,7 @@ def test_k8s_executor_creates_a_job_per_step_with_the_launcher_settings(kubeconf
     from dagster._core.executor.init import InitExecutorContext
     from dagster._core.executor.step_delegating.step_handler.base import StepHandlerContext
     from dagster._grpc.types import ExecuteStepArgs
-    from dagster_k8s.executor import _K8S_EXECUTOR_CONFIG_SCHEMA
+    from dagster_k8s.executor import K8sStepHandler
 
     values = _values()
     config = _launcher_config(values)
@@ -413,12 +411,6 @@ def test_k8s_executor_creates_a_job_per_step_with_the_launcher_settings(kubeconf
         "dataflare_platform.definitions", "defs", str(REPO_ROOT), container_image=image
     ).get_reconstructable_job(K8S_JOB)
     job_def = recon.get_definition()
-    mapped = job_def.executor_def.apply_config_mapping({})
-    assert mapped.success
-    executor_config = process_config(
-        resolve_to_config_type(_K8S_EXECUTOR_CONFIG_SCHEMA), mapped.value["config"]
-    )
-    assert executor_config.success, executor_config.errors
 
     overrides = {
         "run_launcher": {"module": "dagster_k8s", "class": "K8sRunLauncher", "config": config}
@@ -433,10 +425,12 @@ def test_k8s_executor_creates_a_job_per_step_with_the_launcher_settings(kubeconf
             InitExecutorContext(
                 job=recon,
                 executor_def=job_def.executor_def,
-                executor_config=executor_config.value,
+                executor_config={},  # the platform's executor takes none: its config is fixed
                 instance=instance,
             )
         )
+        # The platform's executor hands over to dagster-k8s's own (step handler and all).
+        assert isinstance(executor._step_handler, K8sStepHandler)
         assert executor._max_concurrent == 8
         run = create_run_for_test(
             instance,

@@ -14,30 +14,18 @@ instead write the resolved URL into a module under ``DAGSTER_HOME``. Read when t
 imports this module, the one place that variable is read outside a run.
 """
 
-import os
-
 from dagster_celery.executor import CeleryExecutor
 from dagster_celery.make_app import make_app
 from dagster_celery.tasks import create_task
 
-from dataflare_platform.deployment_settings import CELERY_BROKER_ENV
-from dataflare_platform.errors import ConfigError
-
-
-def broker_url() -> str:
-    """The broker URL from the environment; a missing one is a configuration error that
-    names the variable (a worker on Celery's default broker would wait on the wrong one)."""
-    url = os.environ.get(CELERY_BROKER_ENV, "").strip()
-    if not url:
-        raise ConfigError(
-            "Celery worker settings", [(CELERY_BROKER_ENV, "not set (the Celery broker's URL)")]
-        )
-    return url
+from dataflare_platform.deployment_settings import CELERY_BACKEND, celery_broker_url
 
 
 def build_app():
     """dagster-celery's app with its step task, on the environment's broker."""
-    app = make_app(CeleryExecutor.for_cli(broker=broker_url(), backend="rpc://").app_args())
+    app = make_app(
+        CeleryExecutor.for_cli(broker=celery_broker_url(), backend=CELERY_BACKEND).app_args()
+    )
     create_task(app)
     return app
 

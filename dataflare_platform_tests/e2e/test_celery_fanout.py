@@ -57,7 +57,8 @@ def _rabbitmq_answers() -> bool:
 
 
 def _rabbitmqctl(*args: str) -> None:
-    subprocess.run(["rabbitmqctl", "-q", *args], check=True, capture_output=True, timeout=60)
+    done = subprocess.run(["rabbitmqctl", "-q", *args], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, f"rabbitmqctl {args[0]}: {done.stderr or done.stdout}"
 
 
 class Broker:
@@ -75,7 +76,8 @@ def broker(monkeypatch: pytest.MonkeyPatch) -> Iterator[Broker]:
     assert _rabbitmq_answers(), f"RabbitMQ does not answer on 127.0.0.1:{RABBITMQ_PORT}"
     suffix = secrets.token_hex(4)
     vhost, user = f"dataflare-e2e-{suffix}", f"dataflare-e2e-{suffix}"
-    password = secrets.token_urlsafe(18)
+    # A leading "-" would read as an option to rabbitmqctl: the password starts with a letter.
+    password = "p" + secrets.token_urlsafe(18)
     _rabbitmqctl("add_vhost", vhost)
     try:
         _rabbitmqctl("add_user", user, password)

@@ -15,6 +15,12 @@ defs = dg.Definitions(
         assets.daily_person_activity,
     ],
     asset_checks=[checks.bids_valid, checks.auctions_valid],
-    jobs=[jobs.ingest_job, jobs.daily_stats_job],
+    # The daily statistics also on Celery workers and as Kubernetes Jobs (defs/fanout.py).
+    jobs=[
+        jobs.ingest_job,
+        jobs.daily_stats_job,
+        jobs.daily_stats_celery_job,
+        jobs.daily_stats_k8s_job,
+    ],
     schedules=[jobs.daily_stats_schedule],
 )

@@ -26,15 +26,34 @@ no Kafka broker package on the test machines. Nothing here knows about the mock.
 
 from __future__ import annotations
 
-from typing import Literal, Self
+from typing import TYPE_CHECKING, Any, Literal, Self
 
 from pydantic import Field, model_validator
 
-from dataflare_platform.connectors.kafka.producer import KafkaProducer
-from dataflare_platform.connectors.kafka.settings import GROUP, KafkaSettings
-from dataflare_platform.connectors.kafka.sink import KafkaSink, KafkaSinkSettings
-from dataflare_platform.connectors.kafka.source import KafkaSource
+from dataflare_platform.connectors.kafka.settings import GROUP, KafkaSettings, KafkaSinkSettings
 from dataflare_platform.connectors.settings import OpenContext, RowSchema
+
+if TYPE_CHECKING:
+    from dataflare_platform.connectors.kafka.producer import KafkaProducer
+    from dataflare_platform.connectors.kafka.sink import KafkaSink
+    from dataflare_platform.connectors.kafka.source import KafkaSource
+
+# The client library (librdkafka, ~70 ms to import) loads when a Kafka source, sink or
+# producer is first used, not with the code location every run worker loads.
+_LAZY = {
+    "KafkaProducer": "dataflare_platform.connectors.kafka.producer",
+    "KafkaSink": "dataflare_platform.connectors.kafka.sink",
+    "KafkaSource": "dataflare_platform.connectors.kafka.source",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(name)
+
 
 __all__ = [
     "KafkaProducer",
@@ -72,6 +91,8 @@ class KafkaSourceSettings(KafkaSettings, RowSchema):
 
 
 def open_source(settings: KafkaSourceSettings, context: OpenContext) -> KafkaSource:
+    from dataflare_platform.connectors.kafka.source import KafkaSource
+
     return KafkaSource(
         settings,
         settings.arrow_schema,
@@ -86,6 +107,8 @@ def open_source(settings: KafkaSourceSettings, context: OpenContext) -> KafkaSou
 
 
 def open_sink(settings: KafkaSinkSettings, context: OpenContext) -> KafkaSink:
+    from dataflare_platform.connectors.kafka.sink import KafkaSink
+
     return KafkaSink(settings)
 
 

@@ -126,4 +126,7 @@ class KafkaSinkOptions(BrokerSettings):
     )
 
 
-Kind = Literal["kafka"]
+class KafkaSinkSettings(KafkaSettings, KafkaSinkOptions):
+    """Settings of a ``kind: kafka`` sink (``kafka.sink`` says what each one does)."""
+
+    kind: Literal["kafka"] = "kafka"

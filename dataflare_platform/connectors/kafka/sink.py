@@ -29,14 +29,14 @@ import logging
 import time
 import uuid
 import zlib
-from typing import Any, Literal
+from typing import Any
 
 import polars as pl
 import pyarrow as pa
 from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
 
 from dataflare_platform.connectors.broker import BrokerError
-from dataflare_platform.connectors.kafka.settings import KafkaSettings, KafkaSinkOptions
+from dataflare_platform.connectors.kafka.settings import KafkaSinkSettings
 from dataflare_platform.connectors.kafka.source import partition_count
 from dataflare_platform.engine.checkpoint import Checkpoint
 from dataflare_platform.engine.io import TransactionalSink
@@ -51,12 +51,6 @@ ROWS_HEADER = "rows"  # rows in an arrow message (sizes reads; the payload decid
 # open) wrote it for which checkpoint. Lineage for operators; and what a test reader
 # needs where a cluster does not hide aborted records (librdkafka's mock does not).
 TXN_HEADER = "dataflare-txn"
-
-
-class KafkaSinkSettings(KafkaSettings, KafkaSinkOptions):
-    """Settings of a ``kind: kafka`` sink (the module docstring says what each does)."""
-
-    kind: Literal["kafka"] = "kafka"
 
 
 class KafkaSink(TransactionalSink):

@@ -239,3 +239,50 @@ def bench_audit(
         "machine": machine(),
     }
     print_json(result, indent=None if as_json else 2)
+
+
+@bench_app.command("scale")
+def bench_scale(
+    events: Annotated[
+        int, typer.Option(min=1000, help="Nexmark events generated (bids are ~92 %).")
+    ] = 20_000_000,
+    query: Annotated[
+        list[str] | None, typer.Option(help="q1 and/or q5 (default both).")
+    ] = None,
+    batch_rows: Annotated[int, typer.Option(min=1, help="Rows per micro-batch.")] = 65_536,
+    checkpoint_interval: Annotated[
+        float, typer.Option(min=0.01, help="Seconds between commits (the end is seen within).")
+    ] = 0.25,
+    repeat: Annotated[int, typer.Option(min=1, help="Runs of each side; the fastest counts.")] = 1,
+    recovery_events: Annotated[
+        int | None, typer.Option(min=1000, help="Events of the recovery run (default --events).")
+    ] = None,
+    postgres_url: Annotated[
+        str,
+        typer.Option(
+            "--postgres-url",
+            help="PostgreSQL for the recovery run (a scratch schema, dropped after).",
+        ),
+    ] = "postgresql://postgres@127.0.0.1:5432/postgres",
+    recovery: Annotated[
+        bool, typer.Option(help="Also SIGKILL a worker and time its replacement.")
+    ] = True,
+    timeout: Annotated[float, typer.Option(help="Ceiling of each run, seconds.")] = 600.0,
+    as_json: JsonOnly = True,
+) -> None:
+    """Nexmark q1 and q5 (keyed) over a 4-partition topic as 1 and as 2 worker processes,
+    side by side: events/s of each and the speed-up (target 1.6x on q1 with 2 workers),
+    output compared; then the recovery time after SIGKILLing one of 2 workers."""
+    from dataflare_platform.bench.scale import run
+
+    result = run(
+        events=events,
+        recovery_events=recovery_events,
+        queries=tuple(query or ("q1", "q5")),
+        batch_rows=batch_rows,
+        checkpoint_interval=checkpoint_interval,
+        repeat=repeat,
+        dsn=postgres_url if recovery else None,
+        timeout_s=timeout,
+    )
+    print_json(result, indent=None if as_json else 2)

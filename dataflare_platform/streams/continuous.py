@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from dataflare_platform.engine.checkpoint import Checkpoint
+from dataflare_platform.engine.io import Sink
 from dataflare_platform.engine.metrics import EngineMetrics
 from dataflare_platform.engine.pipeline import Pipeline
 from dataflare_platform.engine.runner import Runner, RunnerConfig, RunResult
@@ -116,6 +117,7 @@ def run_continuous(
     rate_window_s: float = DEFAULT_RATE_WINDOW_S,
     partitions: tuple[int, ...] | None = None,
     checkpoint_key: str | None = None,
+    sink: Sink | None = None,
 ) -> RunResult:
     """Process the pipeline's topics as events arrive until ``stop`` is set; then finish
     the batch in flight, commit a last checkpoint and return. Starts from the checkpoint
@@ -123,7 +125,8 @@ def run_continuous(
     twice. ``on_checkpoint`` gets a report after each commit, on the engine's sink
     thread; its ``events_per_s`` is the rate over the last ``rate_window_s`` seconds.
     ``partitions`` / ``checkpoint_key``: a partition-parallel worker's unit (only those
-    source partitions, under its own checkpoint; ``streams.workers``).
+    source partitions, under its own checkpoint; ``streams.workers``). ``sink`` replaces
+    the declared sink (benchmarks).
     """
     config = config or RunnerConfig(checkpoint_interval_s=DEFAULT_CHECKPOINT_INTERVAL_S)
     pipeline = bind.build(
@@ -133,6 +136,7 @@ def run_continuous(
         plugins=plugins,
         partitions=partitions,
         checkpoint_key=checkpoint_key,
+        sink=sink,
     )
     owned = pipeline.partition_keys()
     started = time.monotonic()
@@ -184,6 +188,7 @@ class ContinuousRun:
         rate_window_s: float = DEFAULT_RATE_WINDOW_S,
         partitions: tuple[int, ...] | None = None,
         checkpoint_key: str | None = None,
+        sink: Sink | None = None,
     ) -> None:
         self.stop_event = threading.Event()
         self._reports: queue.Queue[CheckpointReport] = queue.Queue()
@@ -203,6 +208,7 @@ class ContinuousRun:
                     rate_window_s,
                     partitions,
                     checkpoint_key,
+                    sink,
                 )
             except BaseException as err:
                 self._error = err

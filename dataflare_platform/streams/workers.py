@@ -35,6 +35,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from dataflare_platform.engine.io import Sink
 from dataflare_platform.engine.runner import RunnerConfig, RunResult
 from dataflare_platform.errors import InvalidInputError
 from dataflare_platform.events.log import EventLog
@@ -154,7 +155,7 @@ class PartitionWorker:
     and hands each unit's checkpoint reports to ``on_report`` (on the caller's thread).
     When ``stop`` is set, every unit finishes its batch and commits a last checkpoint,
     then the leases are released. A unit's failure stops the others the same way and is
-    raised.
+    raised. ``sinks``: a sink per partition instead of the declared one (benchmarks).
 
     The pipeline is refused unless it can run partition-parallel (``check_splittable``).
     A caller that has just run that check for the same spec, log and directory passes
@@ -172,6 +173,7 @@ class PartitionWorker:
         plugins: dict | None = None,
         lease_root: Path | None = None,
         checked_partitions: Sequence[int] | None = None,
+        sinks: Callable[[int], Sink] | None = None,
     ) -> None:
         if not partitions:
             raise InvalidInputError(f"a worker of {spec.name!r} needs at least one partition")
@@ -194,6 +196,7 @@ class PartitionWorker:
         root = lease_root if lease_root is not None else Path(default_dir) / LEASES_DIR
         self.leases = {p: PartitionLease(root, spec.name, p) for p in self.partitions}
         self.units: dict[int, ContinuousRun] = {}
+        self.sinks = sinks
 
     def _start(self, partition: int) -> None:
         self.units[partition] = ContinuousRun(
@@ -204,6 +207,7 @@ class PartitionWorker:
             config=self.config,
             partitions=(partition,),
             checkpoint_key=unit_key(self.spec.name, partition),
+            sink=None if self.sinks is None else self.sinks(partition),
         ).start()
 
     def run(

@@ -1,0 +1,486 @@
+"""Partition-parallel scaling: Nexmark q1 and q5 over a 4-partition embedded-log topic
+keyed by auction, run as 1 worker and as 2 workers (each worker a process of its own,
+``bench.scale_worker``), side by side in one invocation; and the recovery of a worker
+SIGKILLed mid-run.
+
+Throughput. Every worker process is started and ready (imports done, pipeline built)
+before the clock starts; the time runs from "go" to the last partition committing its
+topic's end offset (``events / seconds``). Commits come every ``checkpoint_interval``
+seconds, so the end is seen within that much, on both sides alike. Each unit writes a
+``DigestSink`` (row count and an order-independent digest of the rows, checkpoints in
+memory): a sink several processes may write, whose output can be compared between the
+1- and 2-worker runs. ``speedup = events_per_s(2 workers) / events_per_s(1 worker)``;
+runs alternate (1, 2, 1, 2, ...) and the fastest of ``repeat`` counts on each side.
+
+q5 as shipped ranks the auctions of each window (``top``), which spans every key and
+is refused for partition-parallel runs; the benchmark runs its keyed form (bid count
+per auction per sliding window, no ranking) and reports the refusal.
+
+Recovery (PostgreSQL sink, the sink that takes several writers and commits output and
+checkpoint in one transaction): the keyed q5 as 2 workers; one is SIGKILLed once it
+has committed every partition it owns and before it has reached their end; a
+replacement process is started at once (what Dagster's retry of the worker run does,
+without the retry delay); ``recovery_s`` runs from the kill to the replacement
+committing every partition the killed worker owned. The table must equal, row for row,
+that of the same pipeline run to the end by 2 workers without a kill.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import resource
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from dataflare_platform.bench.common import machine
+from dataflare_platform.errors import InvalidInputError
+
+PARTITIONS = 4
+TOPIC = "bids"
+SOURCE = "bids"
+COLUMNS = ("auction", "bidder", "price", "date_time")
+
+STEPS = {
+    # Nexmark q1: price in euros.
+    "q1": ["{with_columns: {price: 'price * 0.908'}}"],
+    # Nexmark q5, keyed form: bids per auction per 10 s window sliding by 2 s.
+    "q5": ["{key_by: [auction]}", "{window: {sliding: {size: 10s, slide: 2s}, agg: {num: count}}}"],
+}
+# q5 as shipped (hot_items): the top auction(s) of each window.
+Q5_SHIPPED = ["{key_by: [auction]}", "{window: {sliding: {size: 10s, slide: 2s}, "
+              "agg: {num: count}, top: {by: num}}}"]  # fmt: skip
+
+
+def spec_yaml(name: str, steps: list[str], sink: str) -> str:
+    lines = "\n".join(f"      - {s}" for s in steps)
+    return f"""name: {name}
+watermark: {{out_of_orderness: 4s}}
+sources:
+  {SOURCE}: {{kind: topic, topic: {TOPIC}, columns: [{", ".join(COLUMNS)}]}}
+streams:
+  out:
+    from: {SOURCE}
+    steps:
+{lines}
+output: out
+sink: {sink}
+"""
+
+
+def generate(log_dir: Path, events: int, seed: int = 42) -> dict[int, int]:
+    """Nexmark bids of ``events`` generated events into a 4-partition topic keyed by
+    auction; the end offset of each partition."""
+    from dataflare_platform.datagen import NexmarkConfig, NexmarkGenerator
+    from dataflare_platform.events.log import EventLog
+
+    log = EventLog(log_dir)
+    generator = NexmarkGenerator(
+        NexmarkConfig(events=events, seed=seed, chunk_events=min(events, 1_000_000))
+    )
+    topic = None
+    for index in generator.chunks():
+        bids = generator.chunk(index).tables(decode=True)["bids"].select(list(COLUMNS))
+        if topic is None:
+            topic = log.create_topic(TOPIC, bids.schema, partitions=PARTITIONS, key="auction")
+        topic.append(bids)
+    assert topic is not None
+    return topic.committed_ends()
+
+
+@dataclass
+class Worker:
+    """A running ``scale_worker`` process and the JSON lines it printed."""
+
+    proc: subprocess.Popen
+    partitions: list[int]
+    started: float
+    lines: queue.Queue = field(default_factory=queue.Queue)
+    seen: list[dict] = field(default_factory=list)
+    stderr: list[str] = field(default_factory=list)
+
+    def pump(self) -> None:
+        def read_out() -> None:
+            assert self.proc.stdout is not None
+            for line in self.proc.stdout:
+                if line.startswith("{"):
+                    self.lines.put(json.loads(line))
+            self.lines.put(None)
+
+        def read_err() -> None:
+            assert self.proc.stderr is not None
+            for line in self.proc.stderr:
+                self.stderr.append(line)
+                del self.stderr[:-50]
+
+        threading.Thread(target=read_out, daemon=True).start()
+        threading.Thread(target=read_err, daemon=True).start()
+
+    def next(self, deadline: float) -> dict | None:
+        """The next line (None: the process closed its output)."""
+        timeout = deadline - time.monotonic()
+        if timeout <= 0:
+            raise TimeoutError(f"worker {self.partitions}: no progress in time")
+        try:
+            item = self.lines.get(timeout=timeout)
+        except queue.Empty:
+            raise TimeoutError(f"worker {self.partitions}: no progress in time") from None
+        if item is not None:
+            self.seen.append(item)
+        return item
+
+    def until(self, deadline: float, what) -> dict:
+        while True:
+            item = self.next(deadline)
+            if item is None:
+                raise RuntimeError(
+                    f"worker {self.partitions} ended (rc {self.proc.wait()}): "
+                    + "".join(self.stderr)[-2000:]
+                )
+            if what(item):
+                return item
+
+    def finish(self, deadline: float) -> None:
+        while self.next(deadline) is not None:
+            pass
+        rc = self.proc.wait(max(1.0, deadline - time.monotonic()))
+        if rc != 0:
+            raise RuntimeError(f"worker {self.partitions} exited {rc}: " + "".join(self.stderr))
+
+
+def start_worker(
+    root: Path, spec: Path, partitions: list[int], batch_rows: int, interval: float, **kw
+) -> Worker:
+    command = [
+        sys.executable,
+        "-m",
+        "dataflare_platform.bench.scale_worker",
+        "--spec",
+        str(spec),
+        "--log",
+        str(root / "log"),
+        "--dir",
+        str(root / "streams"),
+        "--topic",
+        TOPIC,
+        "--source",
+        SOURCE,
+        "--partitions",
+        ",".join(map(str, partitions)),
+        "--batch-rows",
+        str(batch_rows),
+        "--checkpoint-interval",
+        str(interval),
+        "--sink",
+        kw.get("sink", "digest"),
+        *(["--no-wait"] if kw.get("no_wait") else []),
+    ]
+    proc = subprocess.Popen(
+        command,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    worker = Worker(proc, partitions, time.time())
+    worker.pump()
+    return worker
+
+
+def owned(workers: int) -> list[list[int]]:
+    """Partitions of each worker: every ``workers``-th (``streams.parallel.assign``)."""
+    return [list(range(PARTITIONS))[i::workers] for i in range(workers)]
+
+
+def cpu_children() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def throughput_run(
+    root: Path,
+    query: str,
+    workers: int,
+    ends: dict[int, int],
+    batch_rows: int,
+    interval: float,
+    timeout_s: float,
+    run_no: int,
+) -> dict[str, object]:
+    """One measured run: ``workers`` processes over every partition, from "go" to every
+    partition's end committed."""
+    name = f"scale_{query}_w{workers}_r{run_no}"
+    spec = root / f"{name}.yaml"
+    spec.write_text(spec_yaml(name, STEPS[query], "{kind: discard}"))
+    deadline = time.monotonic() + timeout_s
+    cpu0 = cpu_children()
+    procs = [start_worker(root, spec, parts, batch_rows, interval) for parts in owned(workers)]
+    try:
+        ready = [w.until(deadline, lambda i: "ready" in i) for w in procs]
+        startup = max(r["ready"] - w.started for r, w in zip(ready, procs, strict=True))
+        go = time.time()
+        for w in procs:
+            assert w.proc.stdin is not None
+            w.proc.stdin.write("go\n")
+            w.proc.stdin.flush()
+        for w in procs:
+            w.finish(deadline)
+    finally:
+        for w in procs:
+            if w.proc.poll() is None:
+                w.proc.kill()
+                w.proc.wait()
+    cpu = cpu_children() - cpu0
+    reached: dict[int, float] = {}
+    finals: dict[int, dict] = {}
+    worker_cpu = []
+    for w in procs:
+        for item in w.seen:
+            p = item.get("partition")
+            if p is not None and item["offset"] >= ends[p] and p not in reached:
+                reached[p] = item["at"]
+            if "final" in item:
+                finals[item["final"]] = item
+            if "cpu_s" in item:
+                worker_cpu.append(item["cpu_s"])
+    if set(reached) != set(ends) or set(finals) != set(ends):
+        raise RuntimeError(f"{name}: partitions {sorted(set(ends) - set(reached))} unfinished")
+    seconds = max(reached.values()) - go
+    events = sum(ends.values())
+    return {
+        "seconds": round(seconds, 4),
+        "events_per_s": round(events / seconds),
+        "startup_s": round(startup, 3),
+        # CPU of the worker processes, start-up included; over the measured wall time,
+        # roughly how many cores the run kept busy.
+        "cpu_s": round(cpu, 3),
+        "worker_cpu_s": worker_cpu,
+        "partition_done_s": {str(p): round(t - go, 3) for p, t in sorted(reached.items())},
+        "output": {
+            str(p): {"events_in": f["events_in"], "rows": f["rows"], "digest": f["digest"]}
+            for p, f in sorted(finals.items())
+        },
+    }
+
+
+def throughput(
+    root: Path,
+    query: str,
+    ends: dict[int, int],
+    batch_rows: int,
+    interval: float,
+    repeat: int,
+    timeout_s: float,
+) -> dict[str, object]:
+    runs: dict[int, list[dict]] = {1: [], 2: []}
+    for r in range(repeat):
+        order = (1, 2) if r % 2 == 0 else (2, 1)
+        for workers in order:
+            runs[workers].append(
+                throughput_run(root, query, workers, ends, batch_rows, interval, timeout_s, r)
+            )
+    best = {w: min(rs, key=lambda x: x["seconds"]) for w, rs in runs.items()}
+    outputs = [run["output"] for rs in runs.values() for run in rs]
+    same = all(o == outputs[0] for o in outputs)
+    complete = all(
+        outputs[0][str(p)]["events_in"] == end for p, end in ends.items()
+    )  # every event read once
+    one, two = best[1], best[2]
+    return {
+        "query": query,
+        "form": {"q1": "nexmark q1", "q5": "nexmark q5 keyed (no top)"}[query],
+        "events_per_s_1_worker": one["events_per_s"],
+        "events_per_s_2_workers": two["events_per_s"],
+        "speedup": round(two["events_per_s"] / one["events_per_s"], 3),
+        "seconds_1_worker": one["seconds"],
+        "seconds_2_workers": two["seconds"],
+        "output_rows": sum(v["rows"] for v in outputs[0].values()),
+        "output_identical": same,
+        "every_event_read_once": complete,
+        "runs": {"1": runs[1], "2": runs[2]},
+    }
+
+
+def q5_refusal(root: Path) -> str:
+    """Why q5 as shipped cannot run partition-parallel (``parallel.refusals``)."""
+    from dataflare_platform.events.log import EventLog
+    from dataflare_platform.streams import bind
+    from dataflare_platform.streams.parallel import refusals
+    from dataflare_platform.streams.spec import PipelineSpec
+
+    path = root / "q5_shipped.yaml"
+    path.write_text(spec_yaml("q5_shipped", Q5_SHIPPED, "{kind: discard}"))
+    pipeline = bind.build(
+        PipelineSpec.from_yaml(path), log=EventLog(root / "log"), default_dir=root / "streams"
+    )
+    return "; ".join(refusals(pipeline))
+
+
+def _table(dsn: str, schema: str, table: str) -> list[tuple]:
+    import psycopg
+
+    with psycopg.connect(dsn) as conn:
+        return sorted(conn.execute(f'SELECT * FROM "{schema}"."{table}"').fetchall())
+
+
+def recovery(
+    root: Path,
+    ends: dict[int, int],
+    dsn: str,
+    batch_rows: int,
+    interval: float,
+    timeout_s: float,
+) -> dict[str, object]:
+    import uuid
+
+    import psycopg
+
+    schema = f"dataflare_bench_{uuid.uuid4().hex[:10]}"
+    parts = owned(2)
+    try:
+        results = {}
+        for tag in ("reference", "killed"):
+            name = f"scale_q5_{tag}"
+            spec = root / f"{name}.yaml"
+            sink = f'{{kind: postgres, dsn: "{dsn}", table: {name}, schema_name: {schema}}}'
+            spec.write_text(spec_yaml(name, STEPS["q5"], sink))
+            deadline = time.monotonic() + timeout_s
+            kw = {"sink": "spec", "no_wait": True}
+            procs = [start_worker(root, spec, p, batch_rows, interval, **kw) for p in parts]
+            try:
+                if tag == "reference":
+                    for w in procs:
+                        w.finish(deadline)
+                    continue
+                victim, survivor = procs
+                # Mid-run: the victim has committed each of its partitions, not the end.
+                last: dict[int, int] = {}
+
+                def progress(item: dict, last: dict[int, int] = last) -> bool:
+                    p = item.get("partition")
+                    if p is None:
+                        return False
+                    if item["offset"] >= ends[p]:
+                        raise RuntimeError(
+                            "the worker to kill reached the end of a partition before it had "
+                            "committed all of its own: use more --recovery-events"
+                        )
+                    last[p] = item["offset"]
+                    return set(last) == set(victim.partitions)
+
+                victim.until(deadline, progress)
+                killed_at = time.time()
+                victim.proc.send_signal(signal.SIGKILL)
+                victim.proc.wait()
+                replacement = start_worker(root, spec, victim.partitions, batch_rows, interval, **kw)
+                first: dict[int, dict] = {}
+
+                def again(item: dict, first: dict[int, dict] = first) -> bool:
+                    p = item.get("partition")
+                    if p is not None and p not in first:
+                        first[p] = item
+                    return set(first) == set(victim.partitions)
+
+                ready = replacement.until(deadline, lambda i: "ready" in i)
+                replacement.until(deadline, again)
+                for w in (survivor, replacement):
+                    w.finish(deadline)
+                results = {
+                    "killed_after_offsets": {str(p): o for p, o in sorted(last.items())},
+                    "replacement_start_s": round(ready["ready"] - killed_at, 3),
+                    "recovery_s": round(max(i["at"] for i in first.values()) - killed_at, 3),
+                    "first_commit_offsets": {
+                        str(p): i["offset"] for p, i in sorted(first.items())
+                    },
+                }
+            finally:
+                for w in procs:
+                    if w.proc.poll() is None:
+                        w.proc.kill()
+                        w.proc.wait()
+        want = _table(dsn, schema, "scale_q5_reference")
+        got = _table(dsn, schema, "scale_q5_killed")
+        return {
+            "query": "nexmark q5 keyed (no top)",
+            "sink": "postgres",
+            "workers": 2,
+            "killed_partitions": parts[0],
+            **results,
+            "restart_delay_s": 0,
+            "rows": len(got),
+            "reference_rows": len(want),
+            "exactly_once": got == want and len(want) > 0,
+        }
+    finally:
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+
+
+def run(
+    events: int = 20_000_000,
+    recovery_events: int | None = None,
+    queries: tuple[str, ...] = ("q1", "q5"),
+    batch_rows: int = 65_536,
+    checkpoint_interval: float = 0.25,
+    repeat: int = 1,
+    dsn: str | None = "postgresql://postgres@127.0.0.1:5432/postgres",
+    timeout_s: float = 600.0,
+) -> dict[str, object]:
+    unknown = sorted(set(queries) - set(STEPS))
+    if unknown:
+        raise InvalidInputError(f"queries {unknown}: this benchmark runs {sorted(STEPS)}")
+    load_before = os.getloadavg()
+    root = Path(tempfile.mkdtemp(prefix="dataflare-bench-scale-"))
+    try:
+        t0 = time.perf_counter()
+        ends = generate(root / "log", events)
+        generate_s = time.perf_counter() - t0
+        results = [
+            throughput(root, q, ends, batch_rows, checkpoint_interval, repeat, timeout_s)
+            for q in queries
+        ]
+        recovered = None
+        if dsn:
+            rec_root = root / "recovery"
+            rec_ends = (
+                ends
+                if recovery_events in (None, events)
+                else generate(rec_root / "log", recovery_events)
+            )
+            if rec_ends is ends:
+                rec_root.mkdir()
+                (rec_root / "log").symlink_to(root / "log")
+            recovered = recovery(
+                rec_root, rec_ends, dsn, batch_rows, checkpoint_interval, timeout_s
+            )
+        return {
+            "benchmark": "scale",
+            "events": events,
+            "bids": sum(ends.values()),
+            "partitions": PARTITIONS,
+            "partition_rows": {str(p): n for p, n in sorted(ends.items())},
+            "batch_rows": batch_rows,
+            "checkpoint_interval_s": checkpoint_interval,
+            "repeat": repeat,
+            "generate_s": round(generate_s, 3),
+            "baseline": "the same query as 1 worker process (4 partitions), same data, same run",
+            "target_speedup_q1": 1.6,
+            "queries": results,
+            "speedup": {r["query"]: r["speedup"] for r in results},
+            "q5_shipped_refused": q5_refusal(root) if "q5" in queries else None,
+            "recovery": recovered,
+            "load_average_before": [round(x, 2) for x in load_before],
+            "load_average_after": [round(x, 2) for x in os.getloadavg()],
+            "machine": machine(),
+        }
+    finally:
+        shutil.rmtree(root, ignore_errors=True)

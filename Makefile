@@ -13,7 +13,7 @@ export UV_PROJECT_ENVIRONMENT := $(CURDIR)/$(VENV)
 export UV_PYTHON_DOWNLOADS := never
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: setup demo stream test test-fast ui observe prod-local bench bench-nexmark lint validate catalog-snapshot clean
+.PHONY: setup demo stream test test-fast ui observe prod-local bench bench-nexmark bench-scale lint validate catalog-snapshot clean
 
 $(BIN)/uv:
 	$(PYTHON) -m venv $(VENV)
@@ -78,6 +78,11 @@ bench-nexmark: setup
 		$(BIN)/dataflare bench nexmark --query $$q --input $(BENCH_DATA)/bids \
 			--batch-rows 10000 --rate $$rate || exit 1; \
 	done; done
+
+# Partition-parallel scaling: q1 and keyed q5 over a 4-partition topic as 1 and 2 worker
+# processes (speed-up), and recovery after a SIGKILLed worker (needs the local PostgreSQL).
+bench-scale: setup
+	$(BIN)/dataflare bench scale
 
 lint: setup
 	$(BIN)/ruff check dataflare_platform dataflare_platform_tests

@@ -76,24 +76,42 @@ sink: {sink}
 """
 
 
-def generate(log_dir: Path, events: int, seed: int = 42) -> dict[int, int]:
-    """Nexmark bids of ``events`` generated events into a 4-partition topic keyed by
-    auction; the end offset of each partition."""
+def bid_chunks(events: int, seed: int = 42):
+    """The Nexmark bids of ``events`` generated events, chunk by chunk."""
     from dataflare_platform.datagen import NexmarkConfig, NexmarkGenerator
-    from dataflare_platform.events.log import EventLog
 
-    log = EventLog(log_dir)
     generator = NexmarkGenerator(
         NexmarkConfig(events=events, seed=seed, chunk_events=min(events, 1_000_000))
     )
-    topic = None
     for index in generator.chunks():
-        bids = generator.chunk(index).tables(decode=True)["bids"].select(list(COLUMNS))
-        if topic is None:
-            topic = log.create_topic(TOPIC, bids.schema, partitions=PARTITIONS, key="auction")
-        topic.append(bids)
-    assert topic is not None
-    return topic.committed_ends()
+        yield generator.chunk(index).tables(decode=True)["bids"].select(list(COLUMNS))
+
+
+def topic(log_dir: Path, schema):
+    """The 4-partition topic keyed by auction the benchmark reads."""
+    from dataflare_platform.events.log import EventLog
+
+    return EventLog(log_dir).create_topic(
+        TOPIC, schema, partitions=PARTITIONS, key="auction", exist_ok=True
+    )
+
+
+def generate(log_dir: Path, events: int) -> dict[int, int]:
+    """Bids of ``events`` generated events into the topic; its end offset per partition."""
+    appended = None
+    for bids in bid_chunks(events):
+        appended = topic(log_dir, bids.schema)
+        appended.append(bids)
+    assert appended is not None
+    return appended.committed_ends()
+
+
+def write_ends(path: Path, ends: dict[int, int]) -> Path:
+    """The end offsets the workers stop at (written whole, then renamed into place)."""
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps({str(p): n for p, n in ends.items()}))
+    tmp.replace(path)
+    return path
 
 
 @dataclass
@@ -157,7 +175,13 @@ class Worker:
 
 
 def start_worker(
-    root: Path, spec: Path, partitions: list[int], batch_rows: int, interval: float, **kw
+    root: Path,
+    spec: Path,
+    partitions: list[int],
+    batch_rows: int,
+    interval: float,
+    ends_file: Path,
+    **kw,
 ) -> Worker:
     command = [
         sys.executable,
@@ -169,8 +193,8 @@ def start_worker(
         str(root / "log"),
         "--dir",
         str(root / "streams"),
-        "--topic",
-        TOPIC,
+        "--ends-file",
+        str(ends_file),
         "--source",
         SOURCE,
         "--partitions",
@@ -223,7 +247,10 @@ def throughput_run(
     spec.write_text(spec_yaml(name, STEPS[query], "{kind: discard}"))
     deadline = time.monotonic() + timeout_s
     cpu0 = cpu_children()
-    procs = [start_worker(root, spec, parts, batch_rows, interval) for parts in owned(workers)]
+    ends_file = write_ends(root / f"{name}.ends.json", ends)
+    procs = [
+        start_worker(root, spec, parts, batch_rows, interval, ends_file) for parts in owned(workers)
+    ]
     try:
         ready = [w.until(deadline, lambda i: "ready" in i) for w in procs]
         startup = max(r["ready"] - w.started for r, w in zip(ready, procs, strict=True))
@@ -243,6 +270,7 @@ def throughput_run(
     reached: dict[int, float] = {}
     finals: dict[int, dict] = {}
     worker_cpu = []
+    run_cpu = 0.0
     for w in procs:
         for item in w.seen:
             p = item.get("partition")
@@ -252,6 +280,7 @@ def throughput_run(
                 finals[item["final"]] = item
             if "cpu_s" in item:
                 worker_cpu.append(item["cpu_s"])
+                run_cpu += item["run_cpu_s"]
     if set(reached) != set(ends) or set(finals) != set(ends):
         raise RuntimeError(f"{name}: partitions {sorted(set(ends) - set(reached))} unfinished")
     seconds = max(reached.values()) - go
@@ -264,6 +293,11 @@ def throughput_run(
         # roughly how many cores the run kept busy.
         "cpu_s": round(cpu, 3),
         "worker_cpu_s": worker_cpu,
+        # CPU from "go" to the end (the workers' stop included) over the wall time: the
+        # cores the run kept busy. Polars and Arrow release the GIL, so one process
+        # running 4 units can use more than one core.
+        "run_cpu_s": round(run_cpu, 3),
+        "cores_busy": round(run_cpu / seconds, 2),
         "partition_done_s": {str(p): round(t - go, 3) for p, t in sorted(reached.items())},
         "output": {
             str(p): {"events_in": f["events_in"], "rows": f["rows"], "digest": f["digest"]}
@@ -334,103 +368,122 @@ def _table(dsn: str, schema: str, table: str) -> list[tuple]:
 
 def recovery(
     root: Path,
-    ends: dict[int, int],
+    events: int,
     dsn: str,
     batch_rows: int,
     interval: float,
     timeout_s: float,
 ) -> dict[str, object]:
+    """The keyed q5 into PostgreSQL as 2 workers over the first half of the bids; the
+    second half is appended and one worker SIGKILLed at once, with work in flight, and a
+    replacement started; then the same pipeline (another table) run by 2 workers without
+    a kill over all of it as the reference."""
     import uuid
 
     import psycopg
+    import pyarrow as pa
 
+    bids = pa.concat_tables(list(bid_chunks(events)))
+    half = bids.num_rows // 2
+    log_dir = root / "log"
+    tp = topic(log_dir, bids.schema)
+    tp.append(bids.slice(0, half))
     schema = f"dataflare_bench_{uuid.uuid4().hex[:10]}"
     parts = owned(2)
+    kw = {"sink": "spec", "no_wait": True}
+
+    def spec_for(name: str) -> Path:
+        spec = root / f"{name}.yaml"
+        sink = f'{{kind: postgres, dsn: "{dsn}", table: {name}, schema_name: {schema}}}'
+        spec.write_text(spec_yaml(name, STEPS["q5"], sink))
+        return spec
+
+    procs: list[Worker] = []
     try:
-        results = {}
-        for tag in ("reference", "killed"):
-            name = f"scale_q5_{tag}"
-            spec = root / f"{name}.yaml"
-            sink = f'{{kind: postgres, dsn: "{dsn}", table: {name}, schema_name: {schema}}}'
-            spec.write_text(spec_yaml(name, STEPS["q5"], sink))
-            deadline = time.monotonic() + timeout_s
-            kw = {"sink": "spec", "no_wait": True}
-            procs = [start_worker(root, spec, p, batch_rows, interval, **kw) for p in parts]
-            try:
-                if tag == "reference":
-                    for w in procs:
-                        w.finish(deadline)
-                    continue
-                victim, survivor = procs
-                # Mid-run: the victim has committed each of its partitions, not the end.
-                last: dict[int, int] = {}
+        deadline = time.monotonic() + timeout_s
+        spec = spec_for("scale_q5_killed")
+        ends_file = root / "killed.ends.json"
+        procs = [start_worker(root, spec, p, batch_rows, interval, ends_file, **kw) for p in parts]
+        victim, survivor = procs
+        last: dict[int, int] = {}
 
-                def progress(item: dict, last: dict[int, int] = last) -> bool:
-                    p = item.get("partition")
-                    if p is None:
-                        return False
-                    if item["offset"] >= ends[p]:
-                        raise RuntimeError(
-                            "the worker to kill reached the end of a partition before it had "
-                            "committed all of its own: use more --recovery-events"
-                        )
-                    last[p] = item["offset"]
-                    return set(last) == set(victim.partitions)
+        def committed_all(item: dict) -> bool:
+            if item.get("partition") is not None:
+                last[item["partition"]] = item["offset"]
+            return set(last) == set(victim.partitions)
 
-                victim.until(deadline, progress)
-                killed_at = time.time()
-                victim.proc.send_signal(signal.SIGKILL)
-                victim.proc.wait()
-                replacement = start_worker(root, spec, victim.partitions, batch_rows, interval, **kw)
-                first: dict[int, dict] = {}
+        # The victim has committed each of its partitions once...
+        victim.until(deadline, committed_all)
+        # ...then more events arrive, and it dies with them in flight.
+        tp.append(bids.slice(half))
+        ends = tp.committed_ends()
+        write_ends(ends_file, ends)
+        killed_at = time.time()
+        victim.proc.send_signal(signal.SIGKILL)
+        victim.proc.wait()
+        while (item := victim.next(deadline)) is not None:  # what it printed before
+            if item.get("partition") is not None:
+                last[item["partition"]] = item["offset"]
+        replacement = start_worker(
+            root, spec, victim.partitions, batch_rows, interval, ends_file, **kw
+        )
+        procs.append(replacement)
+        first: dict[int, dict] = {}
 
-                def again(item: dict, first: dict[int, dict] = first) -> bool:
-                    p = item.get("partition")
-                    if p is not None and p not in first:
-                        first[p] = item
-                    return set(first) == set(victim.partitions)
+        def again(item: dict) -> bool:
+            p = item.get("partition")
+            if p is not None and p not in first:
+                first[p] = item
+            return set(first) == set(victim.partitions)
 
-                ready = replacement.until(deadline, lambda i: "ready" in i)
-                replacement.until(deadline, again)
-                for w in (survivor, replacement):
-                    w.finish(deadline)
-                results = {
-                    "killed_after_offsets": {str(p): o for p, o in sorted(last.items())},
-                    "replacement_start_s": round(ready["ready"] - killed_at, 3),
-                    "recovery_s": round(max(i["at"] for i in first.values()) - killed_at, 3),
-                    "first_commit_offsets": {
-                        str(p): i["offset"] for p, i in sorted(first.items())
-                    },
-                }
-            finally:
-                for w in procs:
-                    if w.proc.poll() is None:
-                        w.proc.kill()
-                        w.proc.wait()
+        ready = replacement.until(deadline, lambda i: "ready" in i)
+        replacement.until(deadline, again)
+        for w in (survivor, replacement):
+            w.finish(deadline)
+        # The reference: the same events, no kill.
+        reference = [
+            start_worker(
+                root, spec_for("scale_q5_reference"), p, batch_rows, interval, ends_file, **kw
+            )
+            for p in parts
+        ]
+        procs.extend(reference)
+        for w in reference:
+            w.finish(deadline)
         want = _table(dsn, schema, "scale_q5_reference")
         got = _table(dsn, schema, "scale_q5_killed")
         return {
             "query": "nexmark q5 keyed (no top)",
             "sink": "postgres",
+            "events": events,
+            "bids": bids.num_rows,
             "workers": 2,
-            "killed_partitions": parts[0],
-            **results,
+            "killed_partitions": victim.partitions,
+            "killed_after_commits_at": {str(p): o for p, o in sorted(last.items())},
+            "partition_ends": {str(p): ends[p] for p in victim.partitions},
             "restart_delay_s": 0,
+            "replacement_ready_s": round(ready["ready"] - killed_at, 3),
+            "recovery_s": round(max(i["at"] for i in first.values()) - killed_at, 3),
+            "replacement_first_commits": {str(p): i["offset"] for p, i in sorted(first.items())},
             "rows": len(got),
             "reference_rows": len(want),
             "exactly_once": got == want and len(want) > 0,
         }
     finally:
+        for w in procs:
+            if w.proc.poll() is None:
+                w.proc.kill()
+                w.proc.wait()
         with psycopg.connect(dsn, autocommit=True) as conn:
             conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
 
 
 def run(
-    events: int = 20_000_000,
-    recovery_events: int | None = None,
+    events: int = 60_000_000,
+    recovery_events: int = 2_000_000,
     queries: tuple[str, ...] = ("q1", "q5"),
     batch_rows: int = 65_536,
-    checkpoint_interval: float = 0.25,
+    checkpoint_interval: float = 0.1,
     repeat: int = 1,
     dsn: str | None = "postgresql://postgres@127.0.0.1:5432/postgres",
     timeout_s: float = 600.0,
@@ -451,16 +504,9 @@ def run(
         recovered = None
         if dsn:
             rec_root = root / "recovery"
-            rec_ends = (
-                ends
-                if recovery_events in (None, events)
-                else generate(rec_root / "log", recovery_events)
-            )
-            if rec_ends is ends:
-                rec_root.mkdir()
-                (rec_root / "log").symlink_to(root / "log")
+            rec_root.mkdir()
             recovered = recovery(
-                rec_root, rec_ends, dsn, batch_rows, checkpoint_interval, timeout_s
+                rec_root, recovery_events, dsn, batch_rows, checkpoint_interval, timeout_s
             )
         return {
             "benchmark": "scale",

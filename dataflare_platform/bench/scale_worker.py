@@ -4,9 +4,11 @@ Builds a ``PartitionWorker`` over the given partitions, warms what the first che
 would import, prints ``{"ready": ...}`` and (unless ``--no-wait``) waits for a line on
 stdin before it starts, so the measured time starts with every worker of a run ready.
 Prints one JSON line per committed checkpoint (``at`` = commit time, seconds since the
-epoch) and stops by itself once every partition it owns has committed the topic's end
-offset; then one ``final`` line per partition (rows and order-independent digest of
-the output when ``--sink digest``) and its own CPU seconds. SIGTERM stops it gracefully.
+epoch) and stops by itself once every partition it owns has committed the end offset
+given in ``--ends-file`` (read once it exists: a run may start before the last events
+are appended); then one ``final`` line per partition (rows and order-independent digest
+of the output with ``--sink digest``) and its CPU seconds (all, and since the start
+signal). SIGTERM stops it gracefully.
 """
 
 from __future__ import annotations
@@ -61,23 +63,29 @@ def _emit(item: dict[str, object]) -> None:
     sys.stdout.flush()
 
 
+def _cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--spec", required=True, type=Path)
     parser.add_argument("--log", required=True, type=Path)
     parser.add_argument("--dir", required=True, type=Path)
-    parser.add_argument("--topic", required=True)
     parser.add_argument("--source", required=True, help="the spec's source name")
     parser.add_argument("--partitions", required=True, help="comma-separated numbers")
     parser.add_argument("--batch-rows", type=int, default=65_536)
     parser.add_argument("--checkpoint-interval", type=float, default=0.25)
     parser.add_argument("--sink", choices=("digest", "spec"), default="digest")
     parser.add_argument("--no-wait", action="store_true")
+    parser.add_argument(
+        "--ends-file", required=True, type=Path, help="JSON end offset per partition to stop at"
+    )
     args = parser.parse_args(argv)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     log = EventLog(args.log)
-    ends = log.topic(args.topic).committed_ends()
     owned = [int(p) for p in args.partitions.split(",")]
     sinks: dict[int, DigestSink] = {}
 
@@ -101,7 +109,8 @@ def main(argv: list[str] | None = None) -> None:
     _emit({"ready": time.time(), "pid": os.getpid()})
     if not args.no_wait:
         sys.stdin.readline()
-    done: set[int] = set()
+    cpu_go = _cpu()
+    last: dict[int, int] = {}
 
     def on_report(unit) -> None:
         offset = unit.report.offsets.get(f"{args.source}/{unit.partition}")
@@ -113,11 +122,19 @@ def main(argv: list[str] | None = None) -> None:
                 "at": unit.report.checkpoint_at,
             }
         )
-        if offset is not None and offset >= ends[unit.partition]:
-            done.add(unit.partition)
-            if done >= set(owned):
+        if offset is not None:
+            last[unit.partition] = offset
+
+    def watch() -> None:
+        """Stop once every owned partition has committed its end (as soon as known)."""
+        ends: dict[str, int] = {}
+        while not stop.wait(0.02):
+            if not ends and args.ends_file.exists():
+                ends = json.loads(args.ends_file.read_text())
+            if ends and all(last.get(p, -1) >= ends[str(p)] for p in owned):
                 stop.set()
 
+    threading.Thread(target=watch, daemon=True).start()
     results = worker.run(stop, on_report, poll_s=0.02)
     for partition, result in sorted(results.items()):
         sink = sinks.get(partition)
@@ -129,8 +146,7 @@ def main(argv: list[str] | None = None) -> None:
                 "digest": None if sink is None else str(int(sink.digest)),
             }
         )
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    _emit({"cpu_s": round(usage.ru_utime + usage.ru_stime, 3)})
+    _emit({"cpu_s": round(_cpu(), 3), "run_cpu_s": round(_cpu() - cpu_go, 3)})
 
 
 if __name__ == "__main__":

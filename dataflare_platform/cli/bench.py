@@ -245,18 +245,16 @@ def bench_audit(
 def bench_scale(
     events: Annotated[
         int, typer.Option(min=1000, help="Nexmark events generated (bids are ~92 %).")
-    ] = 20_000_000,
-    query: Annotated[
-        list[str] | None, typer.Option(help="q1 and/or q5 (default both).")
-    ] = None,
+    ] = 60_000_000,
+    query: Annotated[list[str] | None, typer.Option(help="q1 and/or q5 (default both).")] = None,
     batch_rows: Annotated[int, typer.Option(min=1, help="Rows per micro-batch.")] = 65_536,
     checkpoint_interval: Annotated[
         float, typer.Option(min=0.01, help="Seconds between commits (the end is seen within).")
-    ] = 0.25,
+    ] = 0.1,
     repeat: Annotated[int, typer.Option(min=1, help="Runs of each side; the fastest counts.")] = 1,
     recovery_events: Annotated[
-        int | None, typer.Option(min=1000, help="Events of the recovery run (default --events).")
-    ] = None,
+        int, typer.Option(min=1000, help="Events of the recovery runs (PostgreSQL sink).")
+    ] = 2_000_000,
     postgres_url: Annotated[
         str,
         typer.Option(

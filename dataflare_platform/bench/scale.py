@@ -306,6 +306,10 @@ def throughput_run(
     }
 
 
+def _per(events: int, seconds: float) -> int | None:
+    return round(events / seconds) if seconds > 0 else None
+
+
 def throughput(
     root: Path,
     query: str,
@@ -329,12 +333,20 @@ def throughput(
         outputs[0][str(p)]["events_in"] == end for p, end in ends.items()
     )  # every event read once
     one, two = best[1], best[2]
+    events = sum(ends.values())
     return {
         "query": query,
         "form": {"q1": "nexmark q1", "q5": "nexmark q5 keyed (no top)"}[query],
         "events_per_s_1_worker": one["events_per_s"],
         "events_per_s_2_workers": two["events_per_s"],
         "speedup": round(two["events_per_s"] / one["events_per_s"], 3),
+        # CPU cost per event of each side (from "go" to the end): equal values mean the
+        # second process adds no work, and a speed-up below 2 comes from the cores the
+        # run could get (one worker already uses more than one: Polars threads).
+        "events_per_cpu_s_1_worker": _per(events, one["run_cpu_s"]),
+        "events_per_cpu_s_2_workers": _per(events, two["run_cpu_s"]),
+        "cores_busy_1_worker": one["cores_busy"],
+        "cores_busy_2_workers": two["cores_busy"],
         "seconds_1_worker": one["seconds"],
         "seconds_2_workers": two["seconds"],
         "output_rows": sum(v["rows"] for v in outputs[0].values()),

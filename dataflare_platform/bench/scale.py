@@ -10,19 +10,20 @@ seconds, so the end is seen within that much, on both sides alike. Each unit wri
 ``DigestSink`` (row count and an order-independent digest of the rows, checkpoints in
 memory): a sink several processes may write, whose output can be compared between the
 1- and 2-worker runs. ``speedup = events_per_s(2 workers) / events_per_s(1 worker)``;
-runs alternate (1, 2, 1, 2, ...) and the fastest of ``repeat`` counts on each side.
+runs alternate (1, 2, 2, 1, ...) and the fastest of ``repeat`` counts on each side.
 
 q5 as shipped ranks the auctions of each window (``top``), which spans every key and
 is refused for partition-parallel runs; the benchmark runs its keyed form (bid count
 per auction per sliding window, no ranking) and reports the refusal.
 
 Recovery (PostgreSQL sink, the sink that takes several writers and commits output and
-checkpoint in one transaction): the keyed q5 as 2 workers; one is SIGKILLed once it
-has committed every partition it owns and before it has reached their end; a
-replacement process is started at once (what Dagster's retry of the worker run does,
-without the retry delay); ``recovery_s`` runs from the kill to the replacement
-committing every partition the killed worker owned. The table must equal, row for row,
-that of the same pipeline run to the end by 2 workers without a kill.
+checkpoint in one transaction): the keyed q5 as 2 workers over the first half of the
+bids; once the worker owning partitions 0 and 2 has committed both, the second half is
+appended and that worker SIGKILLed at once, with the new events in flight, and a
+replacement process started (what Dagster's retry of the worker run does, without the
+retry delay); ``recovery_s`` runs from the kill to the replacement committing every
+partition the killed worker owned. The table must equal, row for row, that of the same
+pipeline run to the end by 2 workers without a kill.
 """
 
 from __future__ import annotations
@@ -42,7 +43,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from dataflare_platform.bench.common import machine
-from dataflare_platform.errors import InvalidInputError
+from dataflare_platform.errors import DataflareError, InvalidInputError
 
 PARTITIONS = 4
 TOPIC = "bids"
@@ -114,6 +115,10 @@ def write_ends(path: Path, ends: dict[int, int]) -> Path:
     return path
 
 
+class ScaleBenchError(DataflareError):
+    """A worker process of the benchmark failed, or made no progress in time."""
+
+
 @dataclass
 class Worker:
     """A running ``scale_worker`` process and the JSON lines it printed."""
@@ -146,11 +151,11 @@ class Worker:
         """The next line (None: the process closed its output)."""
         timeout = deadline - time.monotonic()
         if timeout <= 0:
-            raise TimeoutError(f"worker {self.partitions}: no progress in time")
+            raise ScaleBenchError(f"worker {self.partitions}: no progress in time")
         try:
             item = self.lines.get(timeout=timeout)
         except queue.Empty:
-            raise TimeoutError(f"worker {self.partitions}: no progress in time") from None
+            raise ScaleBenchError(f"worker {self.partitions}: no progress in time") from None
         if item is not None:
             self.seen.append(item)
         return item
@@ -159,7 +164,7 @@ class Worker:
         while True:
             item = self.next(deadline)
             if item is None:
-                raise RuntimeError(
+                raise ScaleBenchError(
                     f"worker {self.partitions} ended (rc {self.proc.wait()}): "
                     + "".join(self.stderr)[-2000:]
                 )
@@ -171,7 +176,7 @@ class Worker:
             pass
         rc = self.proc.wait(max(1.0, deadline - time.monotonic()))
         if rc != 0:
-            raise RuntimeError(f"worker {self.partitions} exited {rc}: " + "".join(self.stderr))
+            raise ScaleBenchError(f"worker {self.partitions} exited {rc}: " + "".join(self.stderr))
 
 
 def start_worker(
@@ -282,7 +287,7 @@ def throughput_run(
                 worker_cpu.append(item["cpu_s"])
                 run_cpu += item["run_cpu_s"]
     if set(reached) != set(ends) or set(finals) != set(ends):
-        raise RuntimeError(f"{name}: partitions {sorted(set(ends) - set(reached))} unfinished")
+        raise ScaleBenchError(f"{name}: partitions {sorted(set(ends) - set(reached))} unfinished")
     seconds = max(reached.values()) - go
     events = sum(ends.values())
     return {

@@ -318,3 +318,49 @@ def test_a_pipeline_with_progress_as_one_run_is_refused_rather_than_read_twice(s
     Runner(bind.build(spec, log=log, default_dir=streams, bounded=True), RunnerConfig()).run()
     with pytest.raises(ParallelismError, match="has progress as one run"):
         PartitionWorker(spec, log, streams, [0])
+
+
+def test_a_sink_per_partition_replaces_the_declared_one(tmp_path):
+    from dataflare_platform.engine.sinks import CollectSink
+
+    log = EventLog(tmp_path / "log")
+    topic = log.create_topic("bids", SCHEMA, partitions=PARTITIONS, key="auction")
+    data = events(0, 3_000, 11)
+    topic.append(data)
+    topic.append(closers(topic, 3_600_000))
+    path = tmp_path / "bid_counts.yaml"
+    path.write_text(spec_text("unused", "unused").split("sink:")[0] + "sink: {kind: discard}\n")
+    sinks: dict[int, CollectSink] = {}
+
+    def sink_for(partition: int) -> CollectSink:
+        sinks[partition] = CollectSink()
+        return sinks[partition]
+
+    worker = PartitionWorker(
+        PipelineSpec.from_yaml(path),
+        log,
+        tmp_path / "streams",
+        range(PARTITIONS),
+        config=RunnerConfig(batch_rows=500, checkpoint_interval_s=0.1),
+        sinks=sink_for,
+    )
+    stop = threading.Event()
+    ends = topic.committed_ends()
+
+    def on_report(unit) -> None:
+        if all(
+            p in sinks
+            and sinks[p].checkpoint is not None
+            and sinks[p].checkpoint.offsets.get(f"bids/{p}") == ends[p]
+            for p in range(PARTITIONS)
+        ):
+            stop.set()
+
+    worker.run(stop, on_report)
+    assert set(sinks) == set(range(PARTITIONS))
+    for p, sink in sinks.items():
+        # Each unit wrote its own sink, with its own partition's offsets only.
+        assert set(sink.checkpoint.offsets) == {f"bids/{p}"}
+    # Every bid before the closers is counted once, across the four sinks.
+    counted = sum(int(s.result()["n"].sum()) for s in sinks.values() if s.outputs)
+    assert counted == data.num_rows

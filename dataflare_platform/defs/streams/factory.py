@@ -261,7 +261,7 @@ def pipeline_definitions(
         dg.Definitions(assets=[stream_output], jobs=[job], sensors=sensors),
         continuous_definitions(spec, key),
     ]
-    if partitioned_sources(spec):  # topics: the pipeline may also run as workers
+    if partitioned_sources(spec):  # partitioned sources: it may also run as workers
         parts.append(worker_definitions(spec))
     return dg.Definitions.merge(*parts)
 

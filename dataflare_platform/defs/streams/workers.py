@@ -180,7 +180,13 @@ def worker_definitions(spec: PipelineSpec) -> dg.Definitions:
 
 
 def partitioned_sources(spec: PipelineSpec) -> bool:
-    """Whether every source of ``spec`` is an embedded-log topic (what workers split)."""
-    return bool(spec.sources) and all(
-        getattr(s, "kind", None) == "topic" for s in spec.sources.values()
-    )
+    """Whether every source of ``spec`` has partitions a worker can own: embedded-log
+    and Kafka topics, NATS and Redis sources declared with ``partitions`` of 2 or more."""
+    return bool(spec.sources) and all(_splittable(s) for s in spec.sources.values())
+
+
+def _splittable(source: object) -> bool:
+    kind = getattr(source, "kind", None)
+    if kind in ("topic", "kafka"):
+        return True
+    return kind in ("nats", "redis") and getattr(source, "partitions", 1) > 1

@@ -1,0 +1,143 @@
+"""Partition-parallel workers over Kafka in the production topology (deployments/
+production: PostgreSQL instance, daemon, code server, front), on librdkafka's mock
+cluster (``kafka_cluster``): ``scale`` starts two worker runs over a 4-partition topic;
+one run's process is SIGKILLed; run monitoring marks it FAILED, Dagster's run retry
+launches it again, and the retry resumes its partitions from their checkpoints: the
+PostgreSQL table equals the ground truth, every window exactly once."""
+
+import os
+import signal
+import time
+import uuid
+
+import pytest
+
+from dataflare_platform.client import DataflareClient
+from dataflare_platform.connectors import kafka
+from dataflare_platform.gateway.topology import PostgresTarget, running_topology
+from dataflare_platform.streams.workers import unit_key
+from dataflare_platform_tests.e2e.test_continuous_restart import PID, RUNS_QUERY
+from dataflare_platform_tests.kafka_cluster import create_topic, kafka_bootstrap, unique_topic
+from dataflare_platform_tests.streams.test_workers import (
+    PARTITIONS,
+    committed,
+    events,
+    table,
+    truth,
+)
+from dataflare_platform_tests.streams.test_workers_kafka import close_windows, ends, send
+from dataflare_platform_tests.waits import wait_until
+
+pytestmark = pytest.mark.e2e
+
+__all__ = ["kafka_bootstrap"]
+
+CEILING_S = 600.0  # queued launches, run monitoring every 15 s, a 5 s retry delay
+PIPELINE = "kbids"
+JOB = f"{PIPELINE}_workers"
+SPEC_ENV = "DFTEST_PIPELINE_SPEC"  # kafka_workers_defs reads the spec it names
+
+
+def _spec(bootstrap: str, topic: str, dsn: str, schema: str) -> str:
+    return f"""
+name: {PIPELINE}
+watermark: {{out_of_orderness: 0s}}
+sources:
+  bids:
+    kind: kafka
+    bootstrap_servers: "{bootstrap}"
+    topic: {topic}
+    partitioned_by: auction
+    schema: {{auction: int64, price: int64, date_time: int64}}
+streams:
+  counts:
+    from: bids
+    steps:
+      - key_by: [auction]
+      - window: {{tumbling: 1s, agg: {{n: count, total: {{sum: price}}}}}}
+output: counts
+sink: {{kind: postgres, dsn: "{dsn}", table: bid_counts, schema_name: {schema}}}
+"""
+
+
+def _owns(client: DataflareClient, run_id: str, partitions: set[int]) -> bool:
+    messages = [e.get("message") or "" for e in client.logs(run_id)]
+    return all(any(f"partition {p} first commit at" in m for m in messages) for p in partitions)
+
+
+def test_a_killed_kafka_worker_run_is_retried_and_the_table_is_exactly_once(
+    kafka_bootstrap, tmp_path, dsn, pg_schema
+):
+    topic = unique_topic("bids")
+    assert create_topic(kafka_bootstrap, topic) == PARTITIONS
+    settings = kafka.KafkaSettings(bootstrap_servers=kafka_bootstrap, topic=topic)
+    spec_path = tmp_path / f"{PIPELINE}.yaml"
+    spec_path.write_text(_spec(kafka_bootstrap, topic, dsn, pg_schema))
+    appended = [events(0, 6_000, 1)]
+    send(settings, appended[0])
+    target = PostgresTarget(db_name=f"dataflare_e2e_{uuid.uuid4().hex[:12]}")
+    try:
+        with running_topology(
+            tmp_path / "topology",
+            target,
+            code_module="dataflare_platform_tests.e2e.kafka_workers_defs",
+            extra_env={SPEC_ENV: str(spec_path)},
+        ) as topology:
+            assert topology.front is not None
+            token = topology.front.service_token("e2e-kafka", ("editor",))
+            client = DataflareClient(port=topology.front.port, timeout_s=60, token=token)
+            first, second = client.scale(PIPELINE, 2).launched
+            keys = {unit_key(PIPELINE, p) for p in range(PARTITIONS)}
+            wait_until(
+                "a checkpoint of every partition",
+                lambda: keys <= set(committed(dsn, pg_schema)),
+                CEILING_S,
+                poll_s=0.5,
+            )
+            pid = next(
+                int(m.group(1))
+                for e in client.logs(first)
+                if (m := PID.search(e.get("message") or ""))
+            )
+            appended.append(events(18_000, 6_000, 2))
+            send(settings, appended[-1])
+            killed = time.monotonic()
+            os.kill(pid, signal.SIGKILL)
+            wait_until(
+                "the killed worker run to be FAILED",
+                lambda: client.status(first) == "FAILURE",
+                CEILING_S,
+                poll_s=0.5,
+            )
+            detected = time.monotonic() - killed
+            appended.append(events(36_000, 6_000, 3))
+            send(settings, appended[-1])
+
+            def retry() -> str | None:
+                runs = client.query(RUNS_QUERY, {"job": JOB})["runsOrError"]["results"]
+                return next((r["runId"] for r in runs if r["parentRunId"] == first), None)
+
+            retried = wait_until("the automatic retry", retry, CEILING_S, poll_s=0.5)
+            close_windows(settings, 3_600_000)
+            end = ends(settings)
+
+            def caught_up() -> bool:
+                offsets = committed(dsn, pg_schema)
+                return all(
+                    offsets.get(unit_key(PIPELINE, p), {}).get(f"bids/{p}") == end[p]
+                    for p in range(PARTITIONS)
+                )
+
+            wait_until("every partition committed to the end", caught_up, CEILING_S, poll_s=0.5)
+            resumed = time.monotonic() - killed
+            stopped = client.scale(PIPELINE, 0)
+            assert set(stopped.stopped) == {second, retried}
+            for run_id in (second, retried):
+                assert client.wait(run_id, timeout_s=CEILING_S) == "SUCCESS"
+    finally:
+        target.drop()
+    got = table(dsn, pg_schema)
+    want = truth(appended, 3_600_000)
+    assert got.height == want.height > 0
+    assert got.to_dicts() == want.to_dicts()
+    print(f"\nKafka worker SIGKILL -> FAILED {detected:.2f} s, caught up {resumed:.2f} s")

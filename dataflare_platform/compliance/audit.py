@@ -133,6 +133,7 @@ class AuditAction(StrEnum):
     CONFIG_CHANGED = "config_changed"
     ENTRIES_AUTHENTICATED = "audit_entries_authenticated"
     PIPELINE_STATE_RESET = "pipeline_state_reset"
+    WORKERS_RESCALED = "workers_rescaled"
 
 
 class AuditTamperedError(DataflareError):

@@ -29,31 +29,10 @@ import math
 from dataclasses import asdict, dataclass
 from typing import Protocol
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
-
 from dataflare_platform.errors import InvalidInputError
+from dataflare_platform.streams.fields import ScalingPolicy
 
-
-class ScalingPolicy(BaseModel):
-    """A pipeline's ``autoscaling:`` block."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    min_workers: int = Field(1, ge=1)
-    max_workers: int = Field(..., ge=1, description="never more workers than this")
-    target_utilization: float = Field(0.7, gt=0.0, le=1.0)
-    utilization_boundary: float = Field(0.2, ge=0.0, lt=1.0)
-    catch_up_s: float = Field(300.0, gt=0.0, description="clear the lag within this long")
-    scale_up_cooldown_s: float = Field(60.0, ge=0.0)
-    scale_down_cooldown_s: float = Field(300.0, ge=0.0)
-
-    @model_validator(mode="after")
-    def _bounds(self) -> ScalingPolicy:
-        if self.min_workers > self.max_workers:
-            raise ValueError(
-                f"min_workers ({self.min_workers}) is above max_workers ({self.max_workers})"
-            )
-        return self
+__all__ = ["ScalingPolicy", "decide", "measure", "sample", "worker_bounds"]
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Annotated
 
-from pydantic import AfterValidator, ConfigDict, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
 from dataflare_platform.engine.durations import bounded_ms, to_ms
@@ -92,3 +92,26 @@ class WatermarkSpec(SpecModel):
     @classmethod
     def _idle(cls, value: Duration | None) -> Duration | None:
         return None if value is None else check_size(value)
+
+
+class ScalingPolicy(BaseModel):
+    """A pipeline's ``autoscaling:`` block (``streams.autoscaling`` says how it is used:
+    the ``<pipeline>_autoscaler`` sensor sizes its partition-parallel workers)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    min_workers: int = Field(1, ge=1)
+    max_workers: int = Field(..., ge=1, description="never more workers than this")
+    target_utilization: float = Field(0.7, gt=0.0, le=1.0)
+    utilization_boundary: float = Field(0.2, ge=0.0, lt=1.0)
+    catch_up_s: float = Field(300.0, gt=0.0, description="clear the lag within this long")
+    scale_up_cooldown_s: float = Field(60.0, ge=0.0)
+    scale_down_cooldown_s: float = Field(300.0, ge=0.0)
+
+    @model_validator(mode="after")
+    def _bounds(self) -> ScalingPolicy:
+        if self.min_workers > self.max_workers:
+            raise ValueError(
+                f"min_workers ({self.min_workers}) is above max_workers ({self.max_workers})"
+            )
+        return self

@@ -55,7 +55,13 @@ from dataflare_platform.engine.pipeline import Pipeline, Stream
 from dataflare_platform.errors import ConfigError, InvalidInputError
 from dataflare_platform.models import PIPELINE_NAME, validated
 from dataflare_platform.streams import bind
-from dataflare_platform.streams.fields import Duration, SpecModel, WatermarkSpec, check_size
+from dataflare_platform.streams.fields import (
+    Duration,
+    ScalingPolicy,
+    SpecModel,
+    WatermarkSpec,
+    check_size,
+)
 from dataflare_platform.streams.steps import StreamSpec, wire
 
 
@@ -192,6 +198,8 @@ class PipelineSpec(SpecModel):
     output: str | None = None
     builder: Any = Field(default=None, exclude=True)
     sink: SinkSettings
+    # Size the partition-parallel workers with the <name>_autoscaler sensor.
+    autoscaling: ScalingPolicy | None = None
     _folder: Path | None = PrivateAttr(default=None)
 
     _import = field_validator("builder", mode="before")(_import_builder)

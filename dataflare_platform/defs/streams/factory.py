@@ -262,7 +262,7 @@ def pipeline_definitions(
         continuous_definitions(spec, key),
     ]
     if partitioned_sources(spec):  # partitioned sources: it may also run as workers
-        parts.append(worker_definitions(spec))
+        parts.append(worker_definitions(spec, key))
     return dg.Definitions.merge(*parts)
 
 

@@ -18,12 +18,14 @@ and ``dataflare scale`` change the number of workers.
 
 import threading
 import time
+from typing import Any
 
 import dagster as dg
 from pydantic import Field
 
 from dataflare_platform.defs.plugins.resources import PluginRuntimeResource
 from dataflare_platform.defs.resources import ProjectHomeResource
+from dataflare_platform.defs.streams.autoscaler import autoscaler_definitions, observation
 from dataflare_platform.defs.streams.continuous import (
     ATTEMPT_TAG,
     IN_PROGRESS,
@@ -73,7 +75,7 @@ def _refuse(context: dg.OpExecutionContext, message: str) -> dg.Failure:
     return dg.Failure(description=message, allow_retries=False)
 
 
-def worker_definitions(spec: PipelineSpec) -> dg.Definitions:
+def worker_definitions(spec: PipelineSpec, key: dg.AssetKey) -> dg.Definitions:
     name = workers_job_name(spec)
 
     @dg.op(name=f"run_{name}", description=f"One partition-parallel worker of {spec.name!r}.")
@@ -135,11 +137,13 @@ def worker_definitions(spec: PipelineSpec) -> dg.Definitions:
             checked_partitions=numbers,  # checked above: not built and probed again
         )
         latest: dict[int, dict[str, int]] = {}
+        reports: dict[int, Any] = {}
         logged = [time.monotonic()]
 
         def on_report(unit: UnitReport) -> None:
             first = unit.partition not in latest
             latest[unit.partition] = unit.report.offsets
+            reports[unit.partition] = unit.report
             if first:  # once per partition and run: it is running here, from where
                 context.log.info(
                     f"{spec.name}: partition {unit.partition} first commit at {unit.report.offsets}"
@@ -147,6 +151,14 @@ def worker_definitions(spec: PipelineSpec) -> dg.Definitions:
             if time.monotonic() - logged[0] >= config.log_interval_s:
                 logged[0] = time.monotonic()
                 context.log.info(f"{spec.name}: committed {dict(sorted(latest.items()))}")
+                if len(reports) == len(owned):
+                    # What the autoscaler sensor measures (defs/streams/autoscaler.py), once
+                    # every owned partition has reported: sums over the same units each time.
+                    context.log_event(
+                        observation(
+                            key, config.index, config.workers, len(numbers), list(reports.values())
+                        )
+                    )
 
         stop = threading.Event()
         try:
@@ -176,7 +188,10 @@ def worker_definitions(spec: PipelineSpec) -> dg.Definitions:
     def job():
         run_worker()
 
-    return dg.Definitions(jobs=[job])
+    jobs = dg.Definitions(jobs=[job])
+    if spec.autoscaling is None:
+        return jobs
+    return dg.Definitions.merge(jobs, autoscaler_definitions(spec, key, name, spec.autoscaling))
 
 
 def partitioned_sources(spec: PipelineSpec) -> bool:

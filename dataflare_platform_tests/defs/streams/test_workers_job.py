@@ -3,6 +3,8 @@ partitions, checkpoints each under its own key with the output, and an interrupt
 terminating a run sends) stops it gracefully; a pipeline whose state cannot be split is
 refused without retries; a pipeline runs as workers or as one run, never both."""
 
+import json
+
 import dagster as dg
 import psycopg
 import pyarrow as pa
@@ -176,3 +178,121 @@ def test_the_shipped_instance_bounds_worker_runs_per_pipeline(home):
         limits = inst.run_coordinator.get_run_queue_config().tag_concurrency_limits
     (limit,) = [x for x in limits if x["key"] == "dataflare/workers_of"]
     assert limit["value"] == {"applyLimitPerUniqueValue": True} and limit["limit"] == 8
+
+
+AUTOSCALED = """
+type: dataflare_platform.components.StreamPipelineComponent
+attributes:
+  name: scaled_counts
+  watermark: {{out_of_orderness: 0s}}
+  sources:
+    bids: {{kind: topic, topic: bids4, columns: [auction, price, date_time]}}
+  streams:
+    counts:
+      from: bids
+      steps:
+        - key_by: [auction]
+        - window: {{tumbling: 1s, agg: {{n: count}}}}
+  output: counts
+  sink: {{kind: postgres, dsn: "{dsn}", table: scaled_counts, schema_name: {schema}}}
+  autoscaling: {{min_workers: 2, max_workers: 4, scale_up_cooldown_s: 0}}
+"""
+
+
+def test_the_autoscaler_measures_running_workers_decides_and_records_the_change(
+    tmp_path, home, instance, dsn, schema
+):
+    """A worker run logs its measurements as observations of the pipeline's asset; the
+    ``<pipeline>_autoscaler`` sensor, evaluated while it runs, reads two of them, decides
+    (here: 1 worker is below ``min_workers`` 2), terminates the running worker and asks
+    for 2 new ones, and records the decision as an observation and an audit entry."""
+    from dataflare_platform.compliance.audit_keys import provision
+    from dataflare_platform.defs.governance.resources import GovernanceResource
+    from dataflare_platform.defs.resources import ProjectHomeResource
+    from dataflare_platform.defs.streams.autoscaler import DECISION_KEY, MEASURE_KEY
+
+    folder = tmp_path / "scaled"
+    folder.mkdir()
+    (folder / "scaled_counts.yaml").write_text(AUTOSCALED.format(dsn=dsn, schema=schema))
+    provision(home.root)
+    dataflare = ProjectHomeResource(path=str(home.root))
+    governance = GovernanceResource(dataflare=dataflare)
+    defs = dg.Definitions.merge(
+        stream_definitions(load_specs(folder), sensor_interval_s=5),
+        dg.Definitions(resources={**_resources(home), "governance": governance}),
+    )
+    topic = EventLog(home.event_log_dir).create_topic(
+        "bids4", SCHEMA, partitions=PARTITIONS, key="auction"
+    )
+    topic.append(_bids(4_000))
+    key = dg.AssetKey(["streams", "scaled_counts"])
+    sensor = defs.resolve_sensor_def("scaled_counts_autoscaler")
+    outcome: dict = {}
+
+    def measured_twice() -> bool:
+        try:
+            return _measured_twice()
+        except Exception as err:
+            outcome["error"] = repr(err)
+            return True
+
+    def _measured_twice() -> bool:
+        runs = instance.get_runs(dg.RunsFilter(job_name="scaled_counts_workers"), limit=1)
+        if not runs or runs[0].is_finished:
+            return False
+        logs = instance.all_logs(runs[0].run_id, of_type=dg.DagsterEventType.ASSET_OBSERVATION)
+        outcome["observations"] = len(logs)
+        if len(logs) < 2:
+            topic.append(_bids(400))  # keep the partitions committing: more reports
+            return False
+        with dg.build_sensor_context(
+            instance=instance, resources={"governance": governance}
+        ) as context:
+            outcome["result"] = sensor(context)
+            outcome["run"] = runs[0].run_id
+        # Until the run has two measurements over all its partitions the sensor waits.
+        return bool(outcome["result"].run_requests)
+
+    watcher = interrupt_when(measured_twice, lambda: _ended(instance))
+    job = defs.resolve_job_def("scaled_counts_workers")
+    config = {"workers": 1, "index": 0, "checkpoint_interval_s": 0.2, "log_interval_s": 0}
+    ran = job.execute_in_process(
+        run_config={"ops": {"run_scaled_counts_workers": {"config": config}}},
+        instance=instance,
+        raise_on_error=False,
+    )
+    watcher.join()
+    failures = [str(e.step_failure_data.error) for e in ran.all_events if e.is_step_failure]
+    assert not failures, failures
+    assert watcher.matched.is_set(), {k: getattr(v, "skip_reason", v) for k, v in outcome.items()}
+    assert "error" not in outcome, outcome.get("error")
+    result = outcome["result"]
+    assert [
+        r.run_config["ops"]["run_scaled_counts_workers"]["config"] for r in result.run_requests
+    ] == [
+        {"workers": 2, "index": 0},
+        {"workers": 2, "index": 1},
+    ]
+    (decision,) = [e.metadata[DECISION_KEY].value for e in result.asset_events]
+    assert decision["current"] == 1 and decision["workers"] == 2
+    assert "outside the bounds" in decision["reason"]
+    # The worker's measurements: observations of the pipeline's asset, with its numbers.
+    observed = [
+        e.dagster_event.asset_observation_data.asset_observation
+        for e in instance.all_logs(outcome["run"], of_type=dg.DagsterEventType.ASSET_OBSERVATION)
+    ]
+    assert all(o.asset_key == key for o in observed)
+    assert observed[-1].metadata[MEASURE_KEY].value["partitions"] == PARTITIONS
+    assert observed[-1].metadata[MEASURE_KEY].value["events_in"] > 0
+    # Terminated the way `dataflare scale` stops a worker; audited by the sensor.
+    assert instance.get_run_by_id(outcome["run"]).status in (
+        dg.DagsterRunStatus.CANCELING,
+        dg.DagsterRunStatus.CANCELED,
+        dg.DagsterRunStatus.SUCCESS,
+    )
+    with governance.audit_log() as audit:
+        entry = audit.last("workers_rescaled")
+    assert entry is not None
+    assert entry.actor == "sensor:scaled_counts_autoscaler"
+    assert entry.subject == "pipeline:scaled_counts"
+    assert json.loads(entry.details)["to"] == 2

@@ -25,7 +25,12 @@ from dataflare_platform_tests.streams.test_workers import (
     table,
     truth,
 )
-from dataflare_platform_tests.streams.test_workers_kafka import close_windows, ends, send
+from dataflare_platform_tests.streams.test_workers_kafka import (
+    close_windows,
+    ends,
+    send,
+    spec_text,
+)
 from dataflare_platform_tests.waits import wait_until
 
 pytestmark = pytest.mark.e2e
@@ -39,30 +44,7 @@ SPEC_ENV = "DFTEST_PIPELINE_SPEC"  # kafka_workers_defs reads the spec it names
 
 
 def _spec(bootstrap: str, topic: str, dsn: str, schema: str) -> str:
-    return f"""
-name: {PIPELINE}
-watermark: {{out_of_orderness: 0s}}
-sources:
-  bids:
-    kind: kafka
-    bootstrap_servers: "{bootstrap}"
-    topic: {topic}
-    partitioned_by: auction
-    schema: {{auction: int64, price: int64, date_time: int64}}
-streams:
-  counts:
-    from: bids
-    steps:
-      - key_by: [auction]
-      - window: {{tumbling: 1s, agg: {{n: count, total: {{sum: price}}}}}}
-output: counts
-sink: {{kind: postgres, dsn: "{dsn}", table: bid_counts, schema_name: {schema}}}
-"""
-
-
-def _owns(client: DataflareClient, run_id: str, partitions: set[int]) -> bool:
-    messages = [e.get("message") or "" for e in client.logs(run_id)]
-    return all(any(f"partition {p} first commit at" in m for m in messages) for p in partitions)
+    return spec_text(bootstrap, topic, dsn, schema).replace("name: bid_counts", f"name: {PIPELINE}")
 
 
 def test_a_killed_kafka_worker_run_is_retried_and_the_table_is_exactly_once(

@@ -53,6 +53,25 @@ sink: {{kind: postgres, dsn: "{dsn}", table: bid_counts, schema_name: {schema}}}
 """
 
 
+def counts_spec(source: dict, dsn: str, schema: str, name: str = "bid_counts") -> str:
+    """bid counts per auction and 1 s window into PostgreSQL, over ``source`` (the
+    ``sources.bids`` settings of any kind), as a pipeline file's text."""
+    return f"""
+name: {name}
+watermark: {{out_of_orderness: 0s}}
+sources:
+  bids: {json.dumps(source)}
+streams:
+  counts:
+    from: bids
+    steps:
+      - key_by: [auction]
+      - window: {{tumbling: 1s, agg: {{n: count, total: {{sum: price}}}}}}
+output: counts
+sink: {{kind: postgres, dsn: "{dsn}", table: bid_counts, schema_name: {schema}}}
+"""
+
+
 @pytest.fixture
 def schema(pg_schema):
     return pg_schema

@@ -7,7 +7,6 @@ embedded log in ``test_workers`` and Kafka in ``test_workers_kafka``)."""
 
 from __future__ import annotations
 
-import json
 import uuid
 from dataclasses import dataclass
 from typing import Any
@@ -34,6 +33,7 @@ from dataflare_platform_tests.streams.test_workers import (
     PARTITIONS,
     Feed,
     check_takeover,
+    counts_spec,
 )
 
 COLUMNS = {"auction": "int64", "price": "int64", "date_time": "int64"}
@@ -104,21 +104,7 @@ def broker(request):
 
 
 def _spec(broker: Broker, dsn: str, schema: str) -> str:
-    source = json.dumps(broker.settings.model_dump(by_alias=True, exclude_none=True))
-    return f"""
-name: bid_counts
-watermark: {{out_of_orderness: 0s}}
-sources:
-  bids: {source}
-streams:
-  counts:
-    from: bids
-    steps:
-      - key_by: [auction]
-      - window: {{tumbling: 1s, agg: {{n: count, total: {{sum: price}}}}}}
-output: counts
-sink: {{kind: postgres, dsn: "{dsn}", table: bid_counts, schema_name: {schema}}}
-"""
+    return counts_spec(broker.settings.model_dump(by_alias=True, exclude_none=True), dsn, schema)
 
 
 def test_killed_worker_over_broker_streams_is_taken_over_exactly_once(

@@ -25,32 +25,21 @@ from dataflare_platform_tests.streams.test_workers import (
     SCHEMA,
     Feed,
     check_takeover,
+    counts_spec,
 )
 
 __all__ = ["kafka_bootstrap"]
 
 
 def spec_text(bootstrap: str, topic: str, dsn: str, schema: str, key: str = "auction") -> str:
-    partitioned = "auction" if key == "auction" else "price"
-    return f"""
-name: bid_counts
-watermark: {{out_of_orderness: 0s}}
-sources:
-  bids:
-    kind: kafka
-    bootstrap_servers: "{bootstrap}"
-    topic: {topic}
-    partitioned_by: {partitioned}
-    schema: {{auction: int64, price: int64, date_time: int64}}
-streams:
-  counts:
-    from: bids
-    steps:
-      - key_by: [auction]
-      - window: {{tumbling: 1s, agg: {{n: count, total: {{sum: price}}}}}}
-output: counts
-sink: {{kind: postgres, dsn: "{dsn}", table: bid_counts, schema_name: {schema}}}
-"""
+    source = {
+        "kind": "kafka",
+        "bootstrap_servers": bootstrap,
+        "topic": topic,
+        "partitioned_by": "auction" if key == "auction" else "price",
+        "schema": {"auction": "int64", "price": "int64", "date_time": "int64"},
+    }
+    return counts_spec(source, dsn, schema)
 
 
 @pytest.fixture

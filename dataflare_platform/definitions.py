@@ -18,6 +18,7 @@ from dataflare_platform.defs.automation import automation_sensor
 from dataflare_platform.defs.governance.dataset_checks import freshness_sensors
 from dataflare_platform.defs.governance.definitions import DEFAULT_INTERVAL_S
 from dataflare_platform.defs.governance.resources import GovernanceResource
+from dataflare_platform.defs.plugins.admission import PluginAdmissionResource
 from dataflare_platform.defs.plugins.resources import PluginRuntimeResource
 from dataflare_platform.defs.pools import executor
 from dataflare_platform.defs.resources import ProjectHomeResource
@@ -47,6 +48,9 @@ resources = {
     # Plugins under <DATAFLARE_HOME>/plugins (samples built on first use) unless
     # DATAFLARE_PLUGIN_DIR is set; DATAFLARE_PLUGIN_MEMORY_MB / _FUEL set the sandbox.
     "plugins": PluginRuntimeResource.from_environment(),
+    # Plugin admission: the registry (DATAFLARE_REGISTRY_DIR) and the scan report's
+    # signing key (DATAFLARE_PLUGIN_SCAN_KEY_FILE, outside the home).
+    "plugin_admission": PluginAdmissionResource.from_environment(),
 }
 
 

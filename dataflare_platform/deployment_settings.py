@@ -53,6 +53,15 @@ DEPLOYMENT_SETTINGS: Mapping[str, Mapping[str, str | None]] = {
         "fuel": "DATAFLARE_PLUGIN_FUEL",
         "granted_capabilities": None,
         "build_missing": None,
+        # Marketplace plugins: how long a load trusts the cached, verified registry view.
+        "marketplace_refresh_s": "DATAFLARE_MARKETPLACE_REFRESH_S",
+    },
+    "plugin_admission": {
+        "registry_dir": "DATAFLARE_REGISTRY_DIR",
+        "scan_key_file": "DATAFLARE_PLUGIN_SCAN_KEY_FILE",
+        "allowed_capabilities": None,
+        "allowed_licences": None,
+        "max_module_bytes": None,
     },
 }
 
@@ -71,6 +80,8 @@ LAUNCH_KNOBS: frozenset[str] = frozenset(
         "workers",
         "index",
         "log_interval_s",
+        # plugin_admission (PluginSubmissionConfig): the submitted module's path
+        "submission",
         # replay_job (ReplayConfig): a pipeline and an interval or offset ranges
         "pipeline",
         "from_time",
@@ -89,6 +100,11 @@ LAUNCH_KNOBS: frozenset[str] = frozenset(
         # plugins/masked_persons (MaskedPersonsConfig)
         "rows",
         "min_digits",
+        # plugins/usage_daily_by_plugin (UsageRollupConfig): the regression check's
+        # sensitivity; the values used are recorded in the check's metadata
+        "regression_threshold",
+        "regression_days",
+        "min_calls",
     }
 )
 

@@ -121,13 +121,24 @@ def user_file(path: Path | str, what: str = "input file") -> Iterator[None]:
             raise CorruptInputError(Path(path), str(err)) from err
 
 
+def _shortened(text: str, limit: int) -> str:
+    """``text``, or its start and end around a note of how much was left out."""
+    if len(text) <= limit:
+        return text
+    keep = (limit - 40) // 2
+    return f"{text[:keep]} ... ({len(text) - 2 * keep} characters left out) ... {text[-keep:]}"
+
+
 class ConfigError(DataflareError):
     """A configuration was refused at load; the message names each offending field."""
 
     def __init__(self, what: str, problems: list[tuple[str, str]]) -> None:
         self.what = what
-        self.problems = problems
-        lines = "\n".join(f"  - {field}: {msg}" for field, msg in problems)
+        # A message may echo what was given (pydantic: "Input tag '<value>' found using
+        # 'kind' does not match..."), and a field name may hold a user's key: both are
+        # cut to a readable length, whatever the input's size.
+        self.problems = [(_shortened(field, 200), _shortened(msg, 500)) for field, msg in problems]
+        lines = "\n".join(f"  - {field}: {msg}" for field, msg in self.problems)
         super().__init__(f"invalid {what}:\n{lines}")
 
     @property

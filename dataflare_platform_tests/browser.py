@@ -128,7 +128,14 @@ class DevToolsChromium:
     def wait_for(self, expression: str, ceiling_s: float = 120):
         deadline = time.monotonic() + ceiling_s
         while time.monotonic() < deadline:
-            value = self.js(expression)
+            try:
+                value = self.js(expression)
+            except AssertionError as err:
+                # An evaluation sent while the page is being replaced (a click that
+                # navigates) is refused; the new page is asked at the next turn.
+                if "Inspected target navigated or closed" not in str(err):
+                    raise
+                value = None
             if value:
                 return value
             time.sleep(0.5)

@@ -15,6 +15,12 @@ aborted-transaction index for that; the mock sends none). So a test that reads w
 transactional writer committed also drops, by the ``dataflare-txn`` header the Kafka
 sink writes, the transactions a later writer superseded: :func:`without_aborted`.
 
+Its consumer-group coordinator rebalances across processes, slowly by default: a join
+phase lasts the members' ``session.timeout.ms`` minus 1 s whatever they do, and a killed
+member is dropped after its session, so tests that move partitions by rebalance set a 6 s
+session and 1 s heartbeats (5 s per join, about 12 s for a kill; docs/events.md has the
+measurements and the mock's source behind them).
+
 ``KAFKA_BOOTSTRAP_SERVERS`` set in the environment points the tests at a real cluster
 instead (topics must then be creatable on first use, or created beforehand).
 """

@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 
 def kill_until_done(
@@ -67,3 +68,29 @@ def holding_duckdb_writer(path, read_only: bool = False) -> Iterator[Callable[[]
         yield release
     finally:
         release()
+
+
+def duckdb_run_survives_sigkills(command: Callable[[Path], list[str]], tmp_path: Path, table: str):
+    """Run ``command(db)`` (a restartable ``dataflare nexmark run --duckdb db ...``) once
+    uninterrupted and once SIGKILLed at random points (at least twice) and restarted until
+    it finishes; returns both tables (clean, crashed) as Polars frames, the crashed one
+    checked free of duplicate rows."""
+    import duckdb
+    import polars as pl
+
+    from dataflare_platform.sql_names import quote_identifier
+
+    clean, crashed = tmp_path / "clean.duckdb", tmp_path / "crashed.duckdb"
+    subprocess.run(command(clean), check=True, capture_output=True, timeout=300)
+    summary, kills = kill_until_done(command(crashed))
+    assert kills >= 2, "the run finished before it could be killed twice"
+    assert summary["finished"]
+
+    def read(db: Path) -> pl.DataFrame:
+        with duckdb.connect(str(db)) as conn:
+            return pl.from_arrow(conn.sql(f"SELECT * FROM {quote_identifier(table)}").arrow())
+
+    expected, got = read(clean), read(crashed)
+    assert expected.height > 0
+    assert got.unique().height == got.height  # no duplicates
+    return expected, got

@@ -511,3 +511,25 @@ def test_every_yaml_loader_is_fuzzed():
         "yaml_files.py",
     }
     assert set(readers) <= covered, sorted(set(readers) - covered)
+
+
+def test_an_error_echoing_a_huge_value_stays_readable():
+    """Found by the fuzz test above: a sink ``kind`` of 23 k characters came back inside
+    pydantic's message ("Input tag '...' found using 'kind' ..."). Each message and field
+    is cut to a readable length, the field still named."""
+    from dataflare_platform.errors import ConfigError
+    from dataflare_platform.streams.spec import PipelineSpec
+
+    huge = " OR ".join(f"a = {i}" for i in range(2_000))
+    doc = {
+        "name": "p",
+        "sources": {"bids": {"topic": "nexmark.bids"}},
+        "streams": {"out": {"from": "bids"}},
+        "output": "out",
+        "sink": {"kind": huge},
+    }
+    with pytest.raises(ConfigError) as caught:
+        PipelineSpec.load(doc)
+    assert caught.value.fields and caught.value.fields[0].startswith("sink")
+    assert len(str(caught.value)) < 2_000
+    assert "characters left out" in str(caught.value)

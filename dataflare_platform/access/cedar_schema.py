@@ -30,6 +30,15 @@ ROLE_ACTIONS: dict[str, frozenset[str]] = {
     "admin": _ADMIN,
 }
 UNGROUPED_ACTIONS = ("decrypt",)
+# The plugin marketplace's roles (issue 20 §2): each its own action group, in no other
+# role's (an admin does not approve, publish or scan). The publisher's rule in the policy
+# also scopes it to ``principal.namespaces``.
+PLUGIN_ROLE_ACTIONS: dict[str, frozenset[str]] = {
+    "publisher": frozenset({"plugin_submit", "plugin_publish", "plugin_deprecate", "plugin_yank"}),
+    "scanner": frozenset({"plugin_scan"}),
+    "reviewer": frozenset({"plugin_approve"}),
+    "operator": frozenset({"plugin_revoke"}),
+}
 
 # Attributes a rule may read. Optional ones need ``has`` before use (the validator says so).
 PRINCIPAL_ATTRIBUTES = {
@@ -38,6 +47,8 @@ PRINCIPAL_ATTRIBUTES = {
     "via": ("String", True),
     "roles": ("Set<String>", True),
     "teams": ("Set<String>", True),
+    # The plugin namespaces a publisher may act on (``publisher@<namespace>`` roles).
+    "namespaces": ("Set<String>", True),
     "location": ("String", False),
     # The backfill id, on a requester's principal when the daemon submits that backfill's
     # runs (``principal has backfill``).
@@ -51,6 +62,8 @@ RESOURCE_ATTRIBUTES = {
     "owner_team": ("String", False),
     "classification": ("String", False),
     "tenant": ("String", False),
+    # A plugin release's namespace (``kind == "plugin"``).
+    "namespace": ("String", False),
 }
 
 
@@ -87,6 +100,12 @@ def schema_text() -> str:
                 f"  action {json.dumps(action)} in [{json.dumps(role_group(role))}] {applies};"
             )
         seen |= ROLE_ACTIONS[role]
+    for role, actions in PLUGIN_ROLE_ACTIONS.items():
+        lines.append(f"  action {json.dumps(role_group(role))};")
+        for action in sorted(actions):
+            lines.append(
+                f"  action {json.dumps(action)} in [{json.dumps(role_group(role))}] {applies};"
+            )
     for action in UNGROUPED_ACTIONS:
         lines.append(f"  action {json.dumps(action)} {applies};")
     lines.append("}")

@@ -26,9 +26,26 @@ Action = Literal[
     "reload_location",  # reload a code location / the workspace
     "decrypt",  # read decrypted values of a classified column
     "admin",  # anything else (deny by default for every other role)
+    # The plugin lifecycle (issue 20 §2; marketplace/lifecycle.py), on a ``plugin`` resource
+    "plugin_submit",
+    "plugin_scan",
+    "plugin_approve",
+    "plugin_publish",
+    "plugin_deprecate",
+    "plugin_yank",
+    "plugin_revoke",
 ]
 ResourceKind = Literal[
-    "deployment", "location", "job", "asset", "sensor", "schedule", "run", "backfill", "column"
+    "deployment",
+    "location",
+    "job",
+    "asset",
+    "sensor",
+    "schedule",
+    "run",
+    "backfill",
+    "column",
+    "plugin",
 ]
 
 
@@ -42,6 +59,7 @@ class Resource(StrictModel):
     owner_team: str | None = None
     classification: str | None = None
     tenant: str | None = None
+    namespace: str | None = None  # a plugin release's publisher namespace
 
 
 class Decision(StrictModel):

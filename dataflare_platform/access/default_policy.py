@@ -73,6 +73,48 @@ when { principal.via == "daemon" && principal.kind == "system" };
 permit (principal, action == Dataflare::Action::"launch", resource)
 when { principal.via == "host" && principal.name != "webserver" };
 
+// The plugin marketplace (issue 20 §2): publisher, reviewer, operator and the scanner
+// service are roles of their own, in no other role (an admin does not approve, publish
+// or scan). Each lifecycle step of a release (marketplace/lifecycle.py) is one action on
+// a resource of kind "plugin" carrying its namespace. A publisher is assigned per
+// namespace (`publisher@<namespace>` in its role assignment, `principal.namespaces`).
+@id("publisher in its own namespaces")
+permit (
+  principal in Dataflare::Role::"publisher",
+  action in Dataflare::Action::"role/publisher",
+  resource
+)
+when {
+  resource.kind == "plugin" &&
+  resource has namespace &&
+  principal.namespaces.contains(resource.namespace)
+};
+
+@id("plugin reviewer")
+permit (
+  principal in Dataflare::Role::"reviewer",
+  action in Dataflare::Action::"role/reviewer",
+  resource
+)
+when { resource.kind == "plugin" };
+
+@id("plugin operator")
+permit (
+  principal in Dataflare::Role::"operator",
+  action in Dataflare::Action::"role/operator",
+  resource
+)
+when { resource.kind == "plugin" };
+
+// The scanner is a service (the plugin_admission job's principal), never a person.
+@id("plugin scanner service")
+permit (
+  principal in Dataflare::Role::"scanner",
+  action in Dataflare::Action::"role/scanner",
+  resource
+)
+when { resource.kind == "plugin" && principal.kind == "service" };
+
 // decrypt is in no role: grant it only by naming it and a classification, e.g.
 // @id("auditors read pii")
 // permit (

@@ -135,12 +135,14 @@ class CedarAuthorizer:
             "via": principal.via,
             "roles": sorted(principal.roles),
             "teams": sorted(principal.groups),
+            "namespaces": sorted(principal.namespaces),
         }
         if principal.location:
             attrs["location"] = principal.location
         if principal.backfill:
             attrs["backfill"] = principal.backfill
-        parents = [{"type": f"{NAMESPACE}::Role", "id": r} for r in sorted(principal.roles)]
+        # ``publisher@acme`` is the Role ``publisher`` (its scope is ``namespaces``).
+        parents = [{"type": f"{NAMESPACE}::Role", "id": r} for r in sorted(principal.role_names)]
         parents += [{"type": f"{NAMESPACE}::Team", "id": g} for g in sorted(principal.groups)]
         entities = [
             {

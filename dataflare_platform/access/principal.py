@@ -30,6 +30,27 @@ PrincipalKind = Literal["user", "service", "sensor", "schedule", "backfill", "sy
 # recorded as out of band).
 Via = Literal["local", "oidc", "ldap", "token", "daemon", "host"]
 ROLES = ("viewer", "launcher", "editor", "admin")
+# The plugin marketplace's roles (issue 20 §2), outside the viewer < admin ladder: an admin
+# is not a reviewer, nor a publisher of anyone's namespace (separation of duties). A
+# publisher is assigned per namespace, ``publisher@<namespace>`` in a role assignment
+# (the roles of a local user or service token, or a group mapping): the namespaces are
+# what the policy scopes it to (``principal.namespaces``); a bare ``publisher`` may act on
+# no namespace.
+PLUGIN_ROLES = ("publisher", "reviewer", "operator", "scanner")
+SCOPED_ROLE = "publisher"
+# The registry's namespace spelling (marketplace.repository.NAMESPACE).
+NAMESPACE_PATTERN = re.compile(r"^[a-z][a-z0-9-]{0,62}$")
+
+
+def is_assignable_role(role: str) -> bool:
+    """A role a role assignment may grant: a platform or plugin role, or
+    ``publisher@<namespace>`` (a bare ``publisher`` would grant nothing)."""
+    base, scoped, scope = role.partition("@")
+    if scoped:
+        return base == SCOPED_ROLE and bool(NAMESPACE_PATTERN.match(scope))
+    return role in ROLES or (role in PLUGIN_ROLES and role != SCOPED_ROLE)
+
+
 EXTERNAL_PROVIDERS = ("oidc", "ldap")
 
 
@@ -73,6 +94,21 @@ class Principal(StrictModel):
             if not NAME_PATTERN.match(item):
                 raise ValueError(f"role or group {item[:40]!r} has characters outside _.@+-")
         return value
+
+    @property
+    def role_names(self) -> frozenset[str]:
+        """The roles without their scope (``publisher@acme`` is the ``publisher`` role):
+        what the policy's ``Role`` entities are."""
+        return frozenset(r.partition("@")[0] for r in self.roles)
+
+    @property
+    def namespaces(self) -> frozenset[str]:
+        """The plugin namespaces the principal publishes in (``publisher@<namespace>``)."""
+        return frozenset(
+            scope
+            for base, scoped, scope in (r.partition("@") for r in self.roles)
+            if scoped and base == SCOPED_ROLE
+        )
 
     @property
     def id(self) -> str:

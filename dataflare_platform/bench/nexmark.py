@@ -10,33 +10,99 @@ from __future__ import annotations
 
 import os
 import shutil
+import sys
 import tempfile
 import time
 from pathlib import Path
 
 import duckdb
-import pyarrow.dataset as ds
+import numpy as np
+import pyarrow.parquet as pq
 
 from dataflare_platform import observability
+from dataflare_platform.bench import microbatch
 from dataflare_platform.bench.common import machine, peak_rss_mb
+from dataflare_platform.connectors.duckdb.sink import DuckDBSink
 from dataflare_platform.connectors.files import FileSource, ParquetSink
 from dataflare_platform.engine import NullSink, Runner, RunnerConfig
+from dataflare_platform.errors import InvalidInputError
 from dataflare_platform.observability.tracing import configure_tracing
 from dataflare_platform.queries.nexmark import (
     BUILDERS,
     COLUMNS,
     GROUND_TRUTH,
+    SPECS,
     TRUTH_PRELUDE,
+    UPSERT_KEYS,
     NexmarkSources,
 )
 
 WARMUP_BATCHES = 20
+# Cold start (issue 21 §1): the p99 over a run's first batches, which pay its one-off costs.
+FIRST_BATCHES = 20
 
 
-def _baseline(query: str, sources: NexmarkSources) -> tuple[float, int]:
+def _engine_run(
+    query, bids, persons, auctions, output, config: RunnerConfig, duckdb_sink: bool = False
+) -> tuple:
+    """One engine run: (result, seconds from ``Runner.run()`` to the first committed
+    output, p99 ms of the first ``FIRST_BATCHES`` batches). The first commit is the first
+    checkpoint's (the sink's ``commit`` of everything before it, reported by the runner's
+    ``on_commit`` on the sink thread). Only a transactional sink (``duckdb_sink``: a
+    DuckDB table in a temporary file) takes checkpoints during the run; with the null or
+    Parquet sink the first checkpoint is the final one, at the end of the run."""
+    fresh = NexmarkSources.from_paths(query, bids, persons, auctions)
+    scratch = None
+    if duckdb_sink:
+        scratch = Path(tempfile.mkdtemp(prefix="dataflare-bench-duckdb-"))
+        sink = DuckDBSink(scratch / "bench.duckdb", f"nexmark_{query}", UPSERT_KEYS.get(query))
+    elif output:
+        sink = ParquetSink(output)
+    elif SPECS[query].dataset is not None:
+        # A query whose point is its sink (q10's partitioned dataset) writes it for
+        # real, into a temporary folder removed after the run.
+        scratch = Path(tempfile.mkdtemp(prefix=f"dataflare-bench-{query}-"))
+        sink = SPECS[query].dataset(scratch / "dataset")
+    else:
+        sink = NullSink()
+    first: list[float] = []
+
+    def on_commit(_checkpoint, _metrics) -> None:
+        if not first:
+            first.append(time.perf_counter())
+
+    runner = Runner(BUILDERS[query](fresh, sink), config, on_commit=on_commit)
+    started = time.perf_counter()
+    try:
+        result = runner.run()
+    finally:
+        if scratch is not None:
+            sink.close()  # type: ignore[attr-defined]
+            shutil.rmtree(scratch, ignore_errors=True)
+    first_commit_s = (first[0] if first else time.perf_counter()) - started
+    head = result.metrics.latency.head[:FIRST_BATCHES]
+    first_p99 = float(np.percentile(head, 99)) if head else 0.0
+    return result, first_commit_s, first_p99
+
+
+def _sink_label(query: str, output: Path | None, duckdb_sink: bool) -> str:
+    if duckdb_sink:
+        return "duckdb"
+    if output:
+        return "parquet"
+    return "parquet_dataset" if SPECS[query].dataset is not None else "null"
+
+
+def _baseline(query: str, sources: NexmarkSources, output: Path | None = None) -> tuple[float, int]:
     """One-shot DuckDB over the same files (scanned as Arrow datasets, with projection
     pushdown); the result is streamed and dropped so that, like the engine with its null
-    sink, the baseline holds no output in memory."""
+    sink, the baseline holds no output in memory. With ``output`` the result is written
+    there as Parquet instead (snappy, as the engine's Parquet sink): the same work as an
+    engine run with ``--output``."""
+    # Imported here, after the engine runs: pyarrow.dataset imports pandas, which would
+    # hide the engine's cold-start cost (issue 21 §1).
+    import pyarrow.dataset as ds
+
     conn = duckdb.connect()
     for kind in COLUMNS[query]:
         source = sources.need(kind)
@@ -45,6 +111,10 @@ def _baseline(query: str, sources: NexmarkSources) -> tuple[float, int]:
         conn.register(kind, ds.dataset([str(p) for p in source.paths], format=fmt))
     conn.execute(TRUTH_PRELUDE)
     started = time.perf_counter()
+    if output is not None:
+        conn.sql(GROUND_TRUTH[query]).write_parquet(str(output), compression="snappy")
+        seconds = time.perf_counter() - started
+        return seconds, pq.ParquetFile(output).metadata.num_rows
     reader = conn.sql(GROUND_TRUTH[query]).to_arrow_reader(100_000)
     rows = sum(batch.num_rows for batch in reader)
     return time.perf_counter() - started, rows
@@ -60,24 +130,61 @@ def run(
     rate: float | None = None,
     repeat: int = 1,
     otel: bool = False,
+    checkpoint_every: int | None = None,
+    duckdb_sink: bool = False,
+    baseline: str = "duckdb",
 ) -> dict[str, object]:
     """Best of ``repeat`` engine runs and, separately, best of ``repeat`` baseline runs:
     the least disturbed run is the best estimate on a shared, noisy machine. ``otel``
     adds the same engine runs with metrics on (Prometheus multiprocess exporter into a
     private temporary directory) and traces (1 % sampled, and all sampled), interleaved
-    with runs with both off (``SIDES``)."""
+    with runs with both off (``SIDES``).
+
+    Cold start: the first engine run of the process is the cold one (imports, caches,
+    page faults not yet paid); its time to the first committed output and the p99 of its
+    first 20 batches are reported under ``cold_start``, beside the same figures of the
+    later (warm) runs. Run the command in a fresh process for a cold figure.
+
+    ``baseline="microbatch"`` also times a hand-written Polars loop over the same batches
+    (``bench.microbatch``), best of ``repeat`` runs, and reports ``ratio_vs_microbatch``
+    beside the DuckDB ``ratio``: the engine's per-batch overhead (issue 21 §3)."""
+    if baseline not in BASELINES:
+        raise InvalidInputError(f"baseline must be one of {', '.join(BASELINES)}")
     sources = NexmarkSources.from_paths(query, bids, persons, auctions)
     events = sum(sources.need(kind).end_offset("0") or 0 for kind in COLUMNS[query])
     result = None
+    config = RunnerConfig(
+        batch_rows=batch_rows,
+        rate=rate,
+        **({"checkpoint_every": checkpoint_every} if checkpoint_every else {}),
+    )
+    pandas_before = "pandas" in sys.modules
+    starts: list[tuple[float, float]] = []
     for _ in range(max(1, repeat)):
-        fresh = NexmarkSources.from_paths(query, bids, persons, auctions)
-        sink = ParquetSink(output) if output else NullSink()
-        config = RunnerConfig(batch_rows=batch_rows, rate=rate)
-        attempt = Runner(BUILDERS[query](fresh, sink), config).run()
+        attempt, first_commit_s, first_p99 = _engine_run(
+            query, bids, persons, auctions, output, config, duckdb_sink
+        )
+        starts.append((first_commit_s, first_p99))
         if result is None or attempt.seconds < result.seconds:
             result = attempt
+    pandas_after = "pandas" in sys.modules
     rss = peak_rss_mb()
     base_seconds, base_rows = min(_baseline(query, sources) for _ in range(max(1, repeat)))
+    loop = (
+        _microbatch(query, bids, persons, auctions, batch_rows, repeat)
+        if baseline == "microbatch"
+        else None
+    )
+    written = None
+    if output:
+        # The same output written by DuckDB: what an engine run with --output compares to.
+        baseline_output = Path(output).with_name(Path(output).stem + ".duckdb-baseline.parquet")
+        try:
+            written = min(
+                _baseline(query, sources, baseline_output)[0] for _ in range(max(1, repeat))
+            )
+        finally:
+            baseline_output.unlink(missing_ok=True)
     m = result.metrics
     # Latency is reported for the steady state: the first batches pay one-off costs
     # (imports, Polars plan caches, page faults) and queue up behind them. The
@@ -92,6 +199,8 @@ def run(
         "query": query,
         "events": events,
         "batch_rows": batch_rows,
+        # Parquet and Arrow IPC inputs are reported apart (issue 21 §4): Parquet is decoded.
+        "input_format": _input_format(sources, query),
         "repeat": repeat,
         "rate": rate,
         "seconds": round(result.seconds, 4),
@@ -108,12 +217,35 @@ def run(
         "dead_letters": m.dead_letters,
         "state_rows_at_end": m.state_rows(),
         "source_blocked_s": round(m.source_blocked_s, 3),
+        "checkpoint_every": config.checkpoint_every,
+        "sink": _sink_label(query, output, duckdb_sink),
+        "cold_start": {
+            # The process's first engine run.
+            "first_commit_s": round(starts[0][0], 4),
+            "first_20_batches_p99_ms": round(starts[0][1], 3),
+            # The later runs in this process (warm), best of them.
+            "warm_first_commit_s": (
+                round(min(s[0] for s in starts[1:]), 4) if len(starts) > 1 else None
+            ),
+            "warm_first_20_batches_p99_ms": (
+                round(min(s[1] for s in starts[1:]), 3) if len(starts) > 1 else None
+            ),
+            # Whether the engine runs imported pandas (they must not: issue 21 §1).
+            "pandas_imported_by_runs": pandas_after and not pandas_before,
+            "pandas_loaded_before": pandas_before,
+        },
         "baseline": "one-shot DuckDB SQL over the same files",
         "baseline_seconds": round(base_seconds, 4),
         "baseline_rows": base_rows,
         "baseline_events_per_s": round(baseline_events_per_s),
         # Paced runs are not measuring throughput: no ratio for them.
         "ratio": None if rate else round(events_per_s / baseline_events_per_s, 3),
+        # With --output: DuckDB writing the same result to Parquet, and the ratio to it.
+        "baseline_output_events_per_s": round(events / written) if written else None,
+        "ratio_with_output": (
+            round(events_per_s * written / events, 3) if written and not rate else None
+        ),
+        **({} if loop is None else _loop_report(loop, events, events_per_s, rate)),
         "machine": machine(),
         **(
             {
@@ -124,6 +256,53 @@ def run(
             if otel
             else {}
         ),
+    }
+
+
+def _input_format(sources: NexmarkSources, query: str) -> str:
+    """``parquet``, ``ipc`` or ``mixed``: the formats of the files the query reads."""
+    formats = {
+        "parquet" if path.suffix == ".parquet" else "ipc"
+        for kind in COLUMNS[query]
+        for path in sources.need(kind).paths
+    }
+    return formats.pop() if len(formats) == 1 else "mixed"
+
+
+# What ``--baseline`` can add to the one-shot DuckDB baseline (always measured).
+BASELINES = ("duckdb", "microbatch")
+
+
+def _microbatch(query, bids, persons, auctions, batch_rows, repeat) -> dict[str, object]:
+    """Best of ``repeat`` runs of the hand-written loop, each on fresh sources (as the
+    engine's runs are), or why there is none for this query."""
+    if query not in microbatch.LOOPS:
+        return {"supported": False}
+    best: tuple[float, int] | None = None
+    for _ in range(max(1, repeat)):
+        fresh = NexmarkSources.from_paths(query, bids, persons, auctions)
+        seconds, rows, _out = microbatch.run(query, fresh.need("bids"), batch_rows)
+        if best is None or seconds < best[0]:
+            best = (seconds, rows)
+    assert best is not None
+    return {"supported": True, "seconds": best[0], "rows": best[1]}
+
+
+def _loop_report(loop: dict, events: int, events_per_s: float, rate) -> dict[str, object]:
+    if not loop["supported"]:
+        return {
+            "microbatch_baseline": "no hand-written loop for this query",
+            "ratio_vs_microbatch": None,
+        }
+    loop_events_per_s = events / loop["seconds"]
+    return {
+        "microbatch_baseline": (
+            "hand-written Polars loop over the same batches of the same source, in this process"
+        ),
+        "microbatch_seconds": round(loop["seconds"], 4),
+        "microbatch_rows": loop["rows"],
+        "microbatch_events_per_s": round(loop_events_per_s),
+        "ratio_vs_microbatch": None if rate else round(events_per_s / loop_events_per_s, 3),
     }
 
 

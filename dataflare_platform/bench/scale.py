@@ -12,6 +12,15 @@ memory): a sink several processes may write, whose output can be compared betwee
 1- and 2-worker runs. ``speedup = events_per_s(2 workers) / events_per_s(1 worker)``;
 runs alternate (1, 2, 2, 1, ...) and the fastest of ``repeat`` counts on each side.
 
+Per core (``pin_cores``): the same runs again, in the same invocation and interleaved
+with the others, with each worker process pinned to a core of its own
+(``os.sched_setaffinity``: 1 worker on one core, 2 workers on one core each) and Polars,
+Rayon and Arrow limited to one thread (``PINNED_ENV``). One worker may otherwise use both
+cores of a 2-core machine (Polars' pool, the units' source and sink threads), leaving a
+second process no core of its own; pinned, the ratio is the partition-parallel speed-up
+per core, beside the machine's total. Each side reports the CPU of its workers by thread
+role and the engine's counters (operators, idle, blocked), where a worker's time goes.
+
 q5 as shipped ranks the auctions of each window (``top``), which spans every key and
 is refused for partition-parallel runs; the benchmark runs its keyed form (bid count
 per auction per sliding window, no ranking) and reports the refusal.
@@ -44,11 +53,20 @@ from pathlib import Path
 
 from dataflare_platform.bench.common import machine
 from dataflare_platform.errors import DataflareError, InvalidInputError
+from dataflare_platform.sql_names import quote_identifier
 
 PARTITIONS = 4
 TOPIC = "bids"
 SOURCE = "bids"
 COLUMNS = ("auction", "bidder", "price", "date_time")
+# A pinned worker's environment: one thread in each native pool, the process on one core.
+# (DuckDB is not on this path: the units write a DigestSink.)
+PINNED_ENV = {
+    "POLARS_MAX_THREADS": "1",
+    "RAYON_NUM_THREADS": "1",
+    "OMP_NUM_THREADS": "1",  # Arrow's CPU pool takes its size from it
+}
+MODES = ("free", "pinned")
 
 STEPS = {
     # Nexmark q1: price in euros.
@@ -212,17 +230,47 @@ def start_worker(
         kw.get("sink", "digest"),
         *(["--no-wait"] if kw.get("no_wait") else []),
     ]
+    cpus: set[int] | None = kw.get("cpus")
+    pinned_env = PINNED_ENV if cpus is not None else {}
     proc = subprocess.Popen(
         command,
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        env={**os.environ, "PYTHONUNBUFFERED": "1", **pinned_env},
     )
+    if cpus is not None:
+        # At once, while the interpreter starts (one thread): threads inherit it. Threads
+        # started before this call are pinned by ``pin_threads`` once the worker is ready.
+        os.sched_setaffinity(proc.pid, cpus)
     worker = Worker(proc, partitions, time.time())
     worker.pump()
     return worker
+
+
+def pin_threads(pid: int, cpus: set[int]) -> list[int]:
+    """Pin every thread of process ``pid`` to ``cpus`` (``sched_setaffinity`` applies to
+    one thread); return the CPUs its threads may now use, all of them together."""
+    allowed: set[int] = set()
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            os.sched_setaffinity(int(task.name), cpus)
+            allowed |= os.sched_getaffinity(int(task.name))
+        except ProcessLookupError:
+            continue  # ended in between
+    return sorted(allowed)
+
+
+def core_sets(workers: int) -> list[set[int]]:
+    """A core of its own for each of ``workers`` processes, from the CPUs this process
+    may use."""
+    cores = sorted(os.sched_getaffinity(0))
+    if len(cores) < workers:
+        raise InvalidInputError(
+            f"pinning {workers} workers needs {workers} cores; this process may use {cores}"
+        )
+    return [{cores[i]} for i in range(workers)]
 
 
 def owned(workers: int) -> list[list[int]]:
@@ -244,20 +292,27 @@ def throughput_run(
     interval: float,
     timeout_s: float,
     run_no: int,
+    pinned: bool = False,
 ) -> dict[str, object]:
     """One measured run: ``workers`` processes over every partition, from "go" to every
-    partition's end committed."""
-    name = f"scale_{query}_w{workers}_r{run_no}"
+    partition's end committed; ``pinned``: each process on a core of its own."""
+    name = f"scale_{query}_w{workers}_r{run_no}" + ("_pinned" if pinned else "")
     spec = root / f"{name}.yaml"
     spec.write_text(spec_yaml(name, STEPS[query], "{kind: discard}"))
     deadline = time.monotonic() + timeout_s
     cpu0 = cpu_children()
     ends_file = write_ends(root / f"{name}.ends.json", ends)
+    cores = core_sets(workers) if pinned else [None] * workers
     procs = [
-        start_worker(root, spec, parts, batch_rows, interval, ends_file) for parts in owned(workers)
+        start_worker(root, spec, parts, batch_rows, interval, ends_file, cpus=cpus)
+        for parts, cpus in zip(owned(workers), cores, strict=True)
     ]
     try:
         ready = [w.until(deadline, lambda i: "ready" in i) for w in procs]
+        affinity = [
+            pin_threads(w.proc.pid, cpus) if cpus is not None else r["cpus"]
+            for w, r, cpus in zip(procs, ready, cores, strict=True)
+        ]
         startup = max(r["ready"] - w.started for r, w in zip(ready, procs, strict=True))
         go = time.time()
         for w in procs:
@@ -276,6 +331,8 @@ def throughput_run(
     finals: dict[int, dict] = {}
     worker_cpu = []
     run_cpu = 0.0
+    thread_cpu: dict[str, float] = {}
+    cpus_seen = []
     for w in procs:
         for item in w.seen:
             p = item.get("partition")
@@ -286,6 +343,9 @@ def throughput_run(
             if "cpu_s" in item:
                 worker_cpu.append(item["cpu_s"])
                 run_cpu += item["run_cpu_s"]
+                cpus_seen.append(item["cpus_seen"])
+                for role, cpu_s in item["thread_cpu_s"].items():
+                    thread_cpu[role] = round(thread_cpu.get(role, 0.0) + cpu_s, 2)
     if set(reached) != set(ends) or set(finals) != set(ends):
         raise ScaleBenchError(f"{name}: partitions {sorted(set(ends) - set(reached))} unfinished")
     seconds = max(reached.values()) - go
@@ -308,6 +368,17 @@ def throughput_run(
             str(p): {"events_in": f["events_in"], "rows": f["rows"], "digest": f["digest"]}
             for p, f in sorted(finals.items())
         },
+        "pinned": pinned,
+        # The CPUs each worker's threads could use: at "go" (after pinning) and any seen
+        # during the run; and the size of each worker's Polars pool.
+        "worker_cpus": affinity,
+        "worker_cpus_seen": cpus_seen,
+        "polars_threads": [r["polars_threads"] for r in ready],
+        # Where the workers' CPU went, by thread role, from "go" to the end (all workers).
+        "thread_cpu_s": dict(sorted(thread_cpu.items(), key=lambda kv: -kv[1])),
+        # The engine's own counters per partition: seconds in operators, waiting for input
+        # (idle), the source blocked on a full queue, the operators blocked on the sink.
+        "engine": {str(p): f["engine"] for p, f in sorted(finals.items())},
     }
 
 
@@ -323,25 +394,53 @@ def throughput(
     interval: float,
     repeat: int,
     timeout_s: float,
+    pin_cores: bool = False,
 ) -> dict[str, object]:
-    runs: dict[int, list[dict]] = {1: [], 2: []}
+    """Both sides (1 and 2 workers) of ``query``; with ``pin_cores`` both again, pinned,
+    interleaved with the free runs (free 1, 2, pinned 1, 2; then the reverse order ...)
+    so a change in the neighbours' load falls on every mode and side alike."""
+    modes = MODES if pin_cores else MODES[:1]
+    runs: dict[str, dict[int, list[dict]]] = {m: {1: [], 2: []} for m in modes}
     for r in range(repeat):
         order = (1, 2) if r % 2 == 0 else (2, 1)
-        for workers in order:
-            runs[workers].append(
-                throughput_run(root, query, workers, ends, batch_rows, interval, timeout_s, r)
-            )
-    best = {w: min(rs, key=lambda x: x["seconds"]) for w, rs in runs.items()}
-    outputs = [run["output"] for rs in runs.values() for run in rs]
+        for mode in modes if r % 2 == 0 else modes[::-1]:
+            for workers in order:
+                runs[mode][workers].append(
+                    throughput_run(
+                        root,
+                        query,
+                        workers,
+                        ends,
+                        batch_rows,
+                        interval,
+                        timeout_s,
+                        r,
+                        pinned=mode == "pinned",
+                    )
+                )
+    outputs = [run["output"] for by in runs.values() for rs in by.values() for run in rs]
     same = all(o == outputs[0] for o in outputs)
     complete = all(
         outputs[0][str(p)]["events_in"] == end for p, end in ends.items()
     )  # every event read once
-    one, two = best[1], best[2]
-    events = sum(ends.values())
-    return {
+    result = {
         "query": query,
         "form": {"q1": "nexmark q1", "q5": "nexmark q5 keyed (no top)"}[query],
+        **_sides(runs["free"], sum(ends.values())),
+        "output_rows": sum(v["rows"] for v in outputs[0].values()),
+        "output_identical": same,
+        "every_event_read_once": complete,
+    }
+    if pin_cores:
+        result["pinned"] = _sides(runs["pinned"], sum(ends.values()))
+    return result
+
+
+def _sides(runs: dict[int, list[dict]], events: int) -> dict[str, object]:
+    """The fastest run of each side and the ratio, with every run."""
+    best = {w: min(rs, key=lambda x: x["seconds"]) for w, rs in runs.items()}
+    one, two = best[1], best[2]
+    return {
         "events_per_s_1_worker": one["events_per_s"],
         "events_per_s_2_workers": two["events_per_s"],
         "speedup": round(two["events_per_s"] / one["events_per_s"], 3),
@@ -354,9 +453,6 @@ def throughput(
         "cores_busy_2_workers": two["cores_busy"],
         "seconds_1_worker": one["seconds"],
         "seconds_2_workers": two["seconds"],
-        "output_rows": sum(v["rows"] for v in outputs[0].values()),
-        "output_identical": same,
-        "every_event_read_once": complete,
         "runs": {"1": runs[1], "2": runs[2]},
     }
 
@@ -380,7 +476,8 @@ def _table(dsn: str, schema: str, table: str) -> list[tuple]:
     import psycopg
 
     with psycopg.connect(dsn) as conn:
-        return sorted(conn.execute(f'SELECT * FROM "{schema}"."{table}"').fetchall())
+        quoted = f"{quote_identifier(schema)}.{quote_identifier(table)}"
+        return sorted(conn.execute(f"SELECT * FROM {quoted}").fetchall())
 
 
 def recovery(
@@ -492,7 +589,7 @@ def recovery(
                 w.proc.kill()
                 w.proc.wait()
         with psycopg.connect(dsn, autocommit=True) as conn:
-            conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+            conn.execute(f"DROP SCHEMA IF EXISTS {quote_identifier(schema)} CASCADE")
 
 
 def run(
@@ -504,6 +601,7 @@ def run(
     repeat: int = 1,
     dsn: str | None = "postgresql://postgres@127.0.0.1:5432/postgres",
     timeout_s: float = 600.0,
+    pin_cores: bool = False,
 ) -> dict[str, object]:
     unknown = sorted(set(queries) - set(STEPS))
     if unknown:
@@ -515,7 +613,7 @@ def run(
         ends = generate(root / "log", events)
         generate_s = time.perf_counter() - t0
         results = [
-            throughput(root, q, ends, batch_rows, checkpoint_interval, repeat, timeout_s)
+            throughput(root, q, ends, batch_rows, checkpoint_interval, repeat, timeout_s, pin_cores)
             for q in queries
         ]
         recovered = None
@@ -539,6 +637,15 @@ def run(
             "target_speedup_q1": 1.6,
             "queries": results,
             "speedup": {r["query"]: r["speedup"] for r in results},
+            # Each worker process on a core of its own (None: not measured, --pin-cores).
+            "speedup_pinned": (
+                {r["query"]: r["pinned"]["speedup"] for r in results} if pin_cores else None
+            ),
+            "pinning": (
+                {"cores": [sorted(c) for c in core_sets(2)], "env": PINNED_ENV}
+                if pin_cores
+                else None
+            ),
             "q5_shipped_refused": q5_refusal(root) if "q5" in queries else None,
             "recovery": recovered,
             "load_average_before": [round(x, 2) for x in load_before],

@@ -31,7 +31,11 @@ tokens_app = command_group(help="Service accounts' API tokens (shown once, revoc
 
 RolesOption = Annotated[
     list[str],
-    typer.Option("--role", help="viewer, launcher, editor or admin (repeatable)."),
+    typer.Option(
+        "--role",
+        help="viewer, launcher, editor or admin; for plugins reviewer, operator, scanner or "
+        "publisher@<namespace> (repeatable).",
+    ),
 ]
 
 

@@ -50,6 +50,19 @@ def bench_nexmark(
         float | None, typer.Option(help="Offered load in events/s (default: as fast as possible).")
     ] = None,
     repeat: Annotated[int, typer.Option(help="Runs of each side; the fastest counts.")] = 1,
+    checkpoint_every: Annotated[
+        int | None,
+        typer.Option(help="Batches between checkpoints (default: the engine's, 50)."),
+    ] = None,
+    duckdb_sink: Annotated[
+        bool,
+        typer.Option(
+            "--duckdb",
+            help="Write to a DuckDB table in a temporary file (a transactional sink: it"
+            " checkpoints during the run, so cold_start.first_commit_s is the first"
+            " checkpoint's commit).",
+        ),
+    ] = False,
     otel: Annotated[
         bool,
         typer.Option(
@@ -58,13 +71,53 @@ def bench_nexmark(
             " metrics only and every run traced); the ratios are under 'otel'.",
         ),
     ] = False,
+    baseline: Annotated[
+        str,
+        typer.Option(
+            "--baseline",
+            help="duckdb: the one-shot DuckDB query only; microbatch: also a hand-written"
+            " Polars loop over the same batches (q0, q1, q2, q5, q7), reported as"
+            " ratio_vs_microbatch beside the DuckDB ratio.",
+        ),
+    ] = "duckdb",
     as_json: JsonOnly = True,
 ) -> None:
     """Run a Nexmark query on the engine and as a one-shot DuckDB query; print JSON."""
     from dataflare_platform.bench.nexmark import run
 
     check_query(query)
-    result = run(query, input_path, persons, auctions, output, batch_rows, rate, repeat, otel=otel)
+    result = run(
+        query,
+        input_path,
+        persons,
+        auctions,
+        output,
+        batch_rows,
+        rate,
+        repeat,
+        otel=otel,
+        checkpoint_every=checkpoint_every,
+        duckdb_sink=duckdb_sink,
+        baseline=baseline,
+    )
+    print_json(result, indent=None if as_json else 2)
+
+
+@bench_app.command("restart")
+def bench_restart(
+    events: Annotated[int, typer.Option(help="Nexmark events to generate (bids are ~92 %).")] = (
+        2_000_000
+    ),
+    batch_rows: Annotated[int, typer.Option(help="Rows per micro-batch.")] = 10_000,
+    checkpoint_every: Annotated[int, typer.Option(help="Batches between checkpoints.")] = 2,
+    as_json: JsonOnly = True,
+) -> None:
+    """A windowed stream pipeline started in a fresh process to half of its topic, then
+    restarted from that checkpoint in another: time to the first committed output and
+    p99 of the first 20 batches, first start beside restart; print JSON."""
+    from dataflare_platform.bench.restart import run
+
+    result = run(events=events, batch_rows=batch_rows, checkpoint_every=checkpoint_every)
     print_json(result, indent=None if as_json else 2)
 
 
@@ -100,13 +153,50 @@ def bench_gateway(
 @bench_app.command("plugins")
 def bench_plugins_command(
     as_json: JsonOnly = True,
+    suite: Annotated[
+        str,
+        typer.Option(
+            "--suite", help="all, runtime (plugin throughput) or marketplace (signed registry)."
+        ),
+    ] = "all",
+    repeat: Annotated[
+        int, typer.Option(help="Marketplace: installs, verifies and cold checks timed.")
+    ] = 20,
+    loads: Annotated[int, typer.Option(help="Marketplace: loads timed on each side.")] = 200,
 ) -> None:
     """WASM plugins against the equivalent Polars work in the same process (JSON lines):
-    a numeric map, utf8 masking, and Nexmark q1 with the conversion as a plugin."""
-    from dataflare_platform.bench.plugins import bench_plugins
+    a numeric map, utf8 masking, and Nexmark q1 with the conversion as a plugin; and the
+    signed registry: install and verify time, the load check cold (TUF refresh) and warm,
+    and a plugin load with and without verification, side by side."""
+    from dataflare_platform.cli._common import UsageError
 
-    for result in bench_plugins():
-        print_json(result, indent=None if as_json else 2)
+    if suite not in {"all", "runtime", "marketplace"}:
+        raise UsageError(f"--suite {suite}: all, runtime or marketplace")
+    if suite in {"all", "runtime"}:
+        from dataflare_platform.bench.plugins import bench_plugins
+
+        for result in bench_plugins():
+            print_json(result, indent=None if as_json else 2)
+    if suite in {"all", "marketplace"}:
+        from dataflare_platform.marketplace.benchmark import run
+
+        print_json(run(repeat=repeat, loads=loads), indent=None if as_json else 2)
+
+
+@bench_app.command("plugin-usage")
+def bench_plugin_usage_command(
+    rows: Annotated[int, typer.Option(help="Rows per batch (small: the worst case).")] = 1024,
+    calls: Annotated[int, typer.Option(help="Calls per round and side.")] = 500,
+    rounds: Annotated[int, typer.Option(help="Alternating rounds.")] = 41,
+    flush_interval_s: Annotated[float, typer.Option(help="Usage flush interval.")] = 0.05,
+    as_json: JsonOnly = True,
+) -> None:
+    """Plugin calls with and without usage statistics attached (same plugin, same batches,
+    alternating rounds): the ratio of the per-call times."""
+    from dataflare_platform.bench.plugin_usage import bench_usage_overhead
+
+    result = bench_usage_overhead(rows, calls, rounds, flush_interval_s)
+    print_json(result, indent=None if as_json else 2)
 
 
 @bench_app.command("events")
@@ -266,11 +356,19 @@ def bench_scale(
         bool, typer.Option(help="Also SIGKILL a worker and time its replacement.")
     ] = True,
     timeout: Annotated[float, typer.Option(help="Ceiling of each run, seconds.")] = 600.0,
+    pin_cores: Annotated[
+        bool,
+        typer.Option(
+            help="Also measure with each worker process pinned to a core of its own and"
+            " one Polars thread (the per-core speed-up, beside the machine's total)."
+        ),
+    ] = False,
     as_json: JsonOnly = True,
 ) -> None:
     """Nexmark q1 and q5 (keyed) over a 4-partition topic as 1 and as 2 worker processes,
     side by side: events/s of each and the speed-up (target 1.6x on q1 with 2 workers),
-    output compared; then the recovery time after SIGKILLing one of 2 workers."""
+    output compared; with --pin-cores again with a core per worker; then the recovery
+    time after SIGKILLing one of 2 workers."""
     from dataflare_platform.bench.scale import run
 
     result = run(
@@ -282,5 +380,6 @@ def bench_scale(
         repeat=repeat,
         dsn=postgres_url if recovery else None,
         timeout_s=timeout,
+        pin_cores=pin_cores,
     )
     print_json(result, indent=None if as_json else 2)

@@ -28,6 +28,7 @@ from dataflare_platform.cli.nexmark import nexmark_app
 from dataflare_platform.cli.observe import observe
 from dataflare_platform.cli.pipeline import pipeline_app, pipelines_app
 from dataflare_platform.cli.plugin import plugin_app
+from dataflare_platform.cli.portal import portal_app
 from dataflare_platform.cli.quickstart import quickstart
 from dataflare_platform.cli.replay import replay_command
 from dataflare_platform.cli.route import route
@@ -108,6 +109,7 @@ app.command("replay")(replay_command)
 app.add_typer(dlq_app, name="dlq")
 # Plugins and governance.
 app.add_typer(plugin_app, name="plugin")
+app.add_typer(portal_app, name="portal")
 app.add_typer(users_app, name="users")
 app.add_typer(tokens_app, name="tokens")
 app.add_typer(alerts_app, name="alerts")

@@ -11,7 +11,9 @@ from dataflare_platform.cli._common import UsageError, command_group, print_json
 
 nexmark_app = command_group(help="Nexmark queries on the streaming engine.")
 
-QueryOption = Annotated[str, typer.Option(help="q0, q1, q2, q3, q4, q5, q7 or q8.")]
+QueryOption = Annotated[
+    str, typer.Option(help="A Nexmark query, q0 … q22 (an unknown name is refused with the list).")
+]
 InputOption = Annotated[
     Path | None, typer.Option("--input", help="Bids: a Parquet/Arrow file or directory.")
 ]
@@ -29,7 +31,13 @@ def check_query(query: str) -> None:
 @nexmark_app.command("run")
 def nexmark_run(
     query: QueryOption,
-    duckdb_path: Annotated[Path, typer.Option("--duckdb", help="DuckDB file to write.")],
+    duckdb_path: Annotated[
+        Path | None, typer.Option("--duckdb", help="DuckDB file to write.")
+    ] = None,
+    dataset: Annotated[
+        Path | None,
+        typer.Option(help="Parquet dataset folder to write instead (q10: by date and hour)."),
+    ] = None,
     input_path: InputOption = None,
     persons: PersonsOption = None,
     auctions: AuctionsOption = None,
@@ -38,10 +46,21 @@ def nexmark_run(
     checkpoint_every: Annotated[int, typer.Option(help="Batches per checkpoint.")] = 10,
     rate: Annotated[float | None, typer.Option(help="Pace the source (events/s).")] = None,
 ) -> None:
-    """Run a query into a DuckDB table; rerun the same command to resume after a crash."""
-    from dataflare_platform.queries.run import run_to_duckdb
+    """Run a query into a DuckDB table or a Parquet dataset; rerun the same command to
+    resume after a crash."""
+    from dataflare_platform.queries.run import run_to_dataset, run_to_duckdb
 
     check_query(query)
+    if (duckdb_path is None) == (dataset is None):
+        raise UsageError("give one of --duckdb or --dataset")
+    if dataset is not None:
+        if table is not None:
+            raise UsageError("--table goes with --duckdb")
+        result = run_to_dataset(
+            query, dataset, input_path, persons, auctions, batch_rows, checkpoint_every, rate
+        )
+        print_json({"query": query, **result.as_dict()})
+        return
     result = run_to_duckdb(
         query,
         duckdb_path,

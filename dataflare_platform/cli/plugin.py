@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
+from dataflare_platform.cli import plugin_marketplace
 from dataflare_platform.cli._common import (
     HOME_ENV_VAR,
     JsonOption,
@@ -313,8 +314,45 @@ def _plugin_home() -> Path:
 
 # -- list -------------------------------------------------------------------------------------
 @plugin_app.command("list")
-def list_plugins(plugin_dir: DirOption = None, as_json: JsonOption = False) -> None:
-    """Plugins by name: those built in --dir, and the shipped samples (built on first use)."""
+def list_plugins(
+    plugin_dir: DirOption = None,
+    as_json: JsonOption = False,
+    source: Annotated[
+        str | None,
+        typer.Option(
+            "--from", help="List a signed registry (URL or folder) instead of the plugin folder."
+        ),
+    ] = None,
+    root: Annotated[
+        Path | None,
+        typer.Option("--root", help="With --from: the registry's root.json (first use)."),
+    ] = None,
+) -> None:
+    """Plugins by name: those built in --dir, and the shipped samples (built on first use);
+    with --from, every version in the registry (namespace, name, version, status, licence,
+    capabilities), verified through TUF."""
+    if source is not None:
+        from dataflare_platform.cli.plugin_marketplace import catalogue
+
+        versions = catalogue(source, root)
+        if as_json:
+            print_json(versions)
+            return
+        show_table(
+            f"plugins in {source}",
+            ("plugin", "version", "status", "licence", "capabilities"),
+            [
+                (
+                    f"{v['namespace']}/{v['name']}",
+                    v["version"],
+                    v["status"],
+                    v["license"] or "",
+                    ",".join(v["capabilities"]),
+                )
+                for v in versions
+            ],
+        )
+        return
     from dataflare_platform.plugins.build import SAMPLES_DIR
     from dataflare_platform.plugins.manifest import load_manifest
     from dataflare_platform.plugins.registry import (
@@ -483,6 +521,44 @@ def run(
 
 
 # -- inspect ----------------------------------------------------------------------------------
+@plugin_app.command("admit")
+def admit(
+    plugin: PluginArgument, plugin_dir: DirOption = None, as_json: JsonOption = False
+) -> None:
+    """Run the admission checks on PLUGIN (plugins.admission: structure before compiling,
+    ABI, capabilities, licence, self-test vectors) with the default policy; exit 1 when
+    any check refuses it. Every check is reported, not only the first failure."""
+    from dataflare_platform.plugins.admission import admit as run_checks
+    from dataflare_platform.plugins.admission import load_vectors, vectors_path
+    from dataflare_platform.plugins.manifest import load_manifest, manifest_path
+
+    with ExitStack() as stack:
+        wasm = _resolve(plugin, plugin_dir, stack)
+        manifest = load_manifest(manifest_path(wasm))
+        sidecar = vectors_path(wasm)
+        vectors = load_vectors(sidecar) if sidecar.exists() else None
+        report = run_checks(wasm.read_bytes(), manifest, vectors=vectors)
+    checks = [{"check": c.name, "passed": c.passed, "detail": c.detail} for c in report.checks]
+    if as_json:
+        print_json(
+            {
+                "plugin": report.plugin,
+                "version": report.version,
+                "admitted": report.admitted,
+                "checks": checks,
+            }
+        )
+    else:
+        verdict = "admitted" if report.admitted else "refused"
+        show_table(
+            f"{report.plugin} {report.version}: {verdict}",
+            ("check", "passed", "detail"),
+            [(c["check"], "yes" if c["passed"] else "NO", c["detail"]) for c in checks],
+        )
+    if not report.admitted:
+        raise typer.Exit(1)
+
+
 @plugin_app.command("inspect")
 def inspect(plugin: PluginArgument, plugin_dir: DirOption = None) -> None:
     """Print PLUGIN's manifest, exports, imports and memory as JSON."""
@@ -569,3 +645,7 @@ def _pages(m: dict[str, Any]) -> dict[str, Any]:
         "max_bytes": None if m["max"] is None else m["max"] * page,
         "imported": m["imported"],
     }
+
+
+# The signed registry's commands (keygen, publish, install, verify...).
+plugin_marketplace.register(plugin_app)

@@ -11,6 +11,7 @@ would land in shell history and ``ps``)."""
 from __future__ import annotations
 
 import os
+import time
 import warnings
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -29,6 +30,11 @@ from dataflare_platform.identity.store import SECURITY_DIRNAME, TOKEN_FILENAME
 
 T = TypeVar("T")
 TOKEN_ENV_VAR = "DATAFLARE_TOKEN"
+# A read (not a mutation) answered 5xx is asked again after these waits: a web server
+# under load answers a poll 500 now and then (SQLite storage busy; seen once in CI in
+# `dataflare bench pipeline`), which should not end a run watcher or a benchmark.
+# Mutations are never repeated (a launch must not happen twice).
+READ_RETRY_WAITS_S = (0.5, 1.0, 2.0, 4.0)
 
 
 def resolve_token() -> str | None:
@@ -42,6 +48,10 @@ def resolve_token() -> str | None:
         return (home / SECURITY_DIRNAME / TOKEN_FILENAME).read_text().strip() or None
     except OSError:
         return None
+
+
+class _ServerError(DataflareClientError):
+    """The server answered 5xx: worth asking a read again."""
 
 
 class Transport:
@@ -71,7 +81,17 @@ class Transport:
         )
 
     def query(self, query: str, variables: Mapping[str, Any] | None = None) -> dict[str, Any]:
-        """Run a raw GraphQL query; return its ``data`` (raise on transport/GraphQL errors)."""
+        """Run a raw GraphQL query; return its ``data`` (raise on transport/GraphQL errors).
+        A read answered with a server error is retried (``READ_RETRY_WAITS_S``)."""
+        waits = () if query.lstrip().startswith("mutation") else READ_RETRY_WAITS_S
+        for wait in waits:
+            try:
+                return self._query_once(query, variables)
+            except _ServerError:
+                time.sleep(wait)
+        return self._query_once(query, variables)
+
+    def _query_once(self, query: str, variables: Mapping[str, Any] | None) -> dict[str, Any]:
         try:
             response = self.session.post(
                 self.url,
@@ -96,6 +116,10 @@ class Transport:
         if body.get("errors"):
             messages = "; ".join(e.get("message", str(e)) for e in body["errors"])
             raise DataflareClientError(f"GraphQL error from {self.url}: {messages}")
+        if response.status_code >= 500:
+            said = body.get("message") or body.get("error") if isinstance(body, dict) else None
+            detail = f": {str(said)[:200]}" if said else ""
+            raise _ServerError(f"{self.url} answered HTTP {response.status_code}{detail}")
         if response.status_code != 200 or "data" not in body:
             raise DataflareClientError(f"{self.url} answered HTTP {response.status_code}")
         return body["data"]

@@ -19,6 +19,7 @@ which the data plane's Python API and CLI reach the audit store they sit below.
 from __future__ import annotations
 
 import logging
+import re
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +28,7 @@ from dataflare_platform.plugins.lock import PluginPinError
 
 ACTION = "plugin_refused"
 UNPINNED_ACTION = "plugin_unpinned_loaded"
+MARKETPLACE_ACTION = "plugin_marketplace_refused"
 log = logging.getLogger(__name__)
 
 
@@ -68,6 +70,26 @@ def record_unpinned(
         "run_id": run_id,
     }
     _append(actor, UNPINNED_ACTION, name, details, home)
+
+
+def record_marketplace_refusal(
+    error: Any,
+    home: Path | None = None,
+    actor: str = "system",
+    run_id: str | None = None,
+) -> None:
+    """Append a refusal by the signed registry (``MarketplaceError``) of an install, a
+    verify or a load: plugin, version, reason and its detail (digests, target paths,
+    the publisher's or operator's stated reason; never a key or credential)."""
+    details = {
+        "version": getattr(error, "version", None),
+        "reason": error.reason,
+        # A registry URL's user:password would come through in a fetch error's text.
+        "detail": re.sub(r"://[^/@\s]+@", "://***@", str(error.detail)),
+        "stage": getattr(error, "stage", "") or "load",
+        "run_id": run_id,
+    }
+    _append(actor, MARKETPLACE_ACTION, error.plugin, details, home)
 
 
 def _append(actor: str, action: str, subject: str, details: dict[str, Any], home) -> None:

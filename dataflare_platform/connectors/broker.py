@@ -24,6 +24,7 @@ from typing import Any, Literal, Protocol, Self
 import pyarrow as pa
 from pydantic import Field, PositiveInt
 
+from dataflare_platform.engine import arrays
 from dataflare_platform.errors import DataflareError
 from dataflare_platform.events.codec import (
     DEAD_LETTER_SCHEMA,
@@ -193,7 +194,7 @@ class MessageCodec:
                 continue
             tables.append(table)
             good_offsets.extend([offset] * table.num_rows)
-        table = pa.concat_tables(tables) if tables else self.schema.empty_table()
+        table = pa.concat_tables(tables) if tables else arrays.empty_table(self.schema)
         dead = dead_letters(
             source,
             partition,
@@ -221,4 +222,4 @@ def _stream_columns(payload: bytes) -> list[str] | None:
 
 def concat_dead(tables: Sequence[pa.Table]) -> pa.Table:
     tables = [t for t in tables if t.num_rows]
-    return pa.concat_tables(tables) if tables else DEAD_LETTER_SCHEMA.empty_table()
+    return pa.concat_tables(tables) if tables else arrays.empty_table(DEAD_LETTER_SCHEMA)

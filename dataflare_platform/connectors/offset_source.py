@@ -37,6 +37,7 @@ import pyarrow as pa
 
 from dataflare_platform.connectors.broker import Format, MessageCodec, StreamSettings
 from dataflare_platform.connectors.settings import OpenContext, snapshot_ends
+from dataflare_platform.engine import arrays
 from dataflare_platform.errors import InvalidInputError
 from dataflare_platform.events.codec import dead_letters
 
@@ -304,7 +305,7 @@ class OffsetSource:
                 else:
                     state.decoded = (last.id, None, reasons[last.id])
         good = pa.concat_tables(parts) if len(parts) > 1 else (parts[0] if parts else None)
-        return good if good is not None else self._schema.empty_table(), where, reasons
+        return good if good is not None else arrays.empty_table(self._schema), where, reasons
 
     def _dead(
         self,
@@ -342,7 +343,7 @@ def _gather(good: pa.Table, ranges: list[tuple[int | None, int]], schema: pa.Sch
     """The rows ``ranges`` name, with all-null rows for ``None``: a zero-copy slice when
     they are one contiguous run of good rows (the usual case), else one ``take``."""
     if not ranges:
-        return schema.empty_table()
+        return arrays.empty_table(schema)
     starts = [r[0] for r in ranges]
     if all(s is not None for s in starts):
         contiguous = all(
@@ -355,7 +356,7 @@ def _gather(good: pa.Table, ranges: list[tuple[int | None, int]], schema: pa.Sch
         for s, n in ranges
     ]
     indices = np.concatenate(pieces)
-    return good.take(pa.array(indices, mask=indices < 0))
+    return good.take(arrays.from_numpy(indices, pa.int64(), valid=indices >= 0))
 
 
 class StreamSource(OffsetSource):

@@ -21,6 +21,7 @@ import polars as pl
 import pyarrow as pa
 from pydantic import BaseModel, Field, PositiveInt, model_validator
 
+from dataflare_platform.engine import arrays
 from dataflare_platform.errors import InvalidInputError
 
 MAX_PARTITIONS = 1024
@@ -74,7 +75,7 @@ def send_partitioned(
             continue
         one = producer(settings.model_copy(update={"stream": partition_stream(settings.stream, p)}))
         try:
-            sent += one.send(table.filter(pa.array(mask)))
+            sent += one.send(table.filter(arrays.booleans(mask)))
         finally:
             one.close()
     return sent
@@ -102,6 +103,7 @@ class PartitionedStreams:
         self.name = name
         self.time_column = settings.time_column
         self.partition_key = partition_key
+        self._count = count
         self._subs: dict[str, Any] = {}
         try:
             for p in numbers:
@@ -123,6 +125,11 @@ class PartitionedStreams:
 
     def partitions(self) -> list[str]:
         return list(self._subs)
+
+    def key_partitions(self, values: pl.Series) -> np.ndarray:
+        """The stream each value of ``partitioned_by`` goes to (:func:`partition_of` over
+        all the source's streams): how a split checkpoint attributes keyed state."""
+        return partition_of(values, self._count)
 
     def read(self, partition: str, offset: int, max_rows: int) -> pa.Table:
         sub = self._subs[partition]

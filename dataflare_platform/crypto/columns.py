@@ -38,6 +38,7 @@ from cryptography.exceptions import InvalidTag
 
 from dataflare_platform.crypto.envelope import DataKey, Envelope
 from dataflare_platform.crypto.keyring import KeyState
+from dataflare_platform.engine import arrays
 from dataflare_platform.errors import DataflareError, InvalidInputError, WrongTypeError
 
 FORMAT_GCM = 0x01
@@ -122,7 +123,7 @@ def _plain_bytes(values: pa.Array, value_type: int) -> list[bytes]:
     """The non-null values as ``bytes`` objects (no Python loop)."""
     if value_type in _FIXED:
         dtype, _ = _FIXED[value_type]
-        array = values.to_numpy(zero_copy_only=False).astype(dtype, copy=False)
+        array = arrays.to_numpy(values).astype(dtype, copy=False)
         return np.ascontiguousarray(array).view(f"V{array.itemsize}").tolist()
     return values.cast(pa.large_binary()).to_pylist()
 
@@ -173,7 +174,7 @@ def _plain_lengths(values: pa.Array, value_type: int) -> np.ndarray:
 
 
 def _binary(items: list[bytes]) -> pa.LargeBinaryArray:
-    return pa.array(items, pa.large_binary())
+    return arrays.strings(items, pa.large_binary())
 
 
 def _scatter(valid: pa.Array, mask: np.ndarray | None) -> pa.Array:
@@ -189,18 +190,19 @@ def _scatter(valid: pa.Array, mask: np.ndarray | None) -> pa.Array:
         out_off = np.zeros(n + 1, dtype=np.int64)
         np.cumsum(lengths, out=out_off[1:])
         out_off += off[0]
-        buffers = [pa.array(mask).buffers()[1], pa.py_buffer(out_off), data]
+        buffers = [arrays.booleans(mask).buffers()[1], pa.py_buffer(out_off), data]
         return pa.Array.from_buffers(valid.type, n, buffers)
-    values = np.zeros(n, dtype=valid.type.to_pandas_dtype())
-    values[mask] = valid.to_numpy(zero_copy_only=False)
-    return pa.Array.from_buffers(valid.type, n, [pa.array(mask).buffers()[1], pa.py_buffer(values)])
+    present = arrays.to_numpy(valid)
+    values = np.zeros(n, dtype=present.dtype)
+    values[mask] = present
+    return arrays.from_numpy(values, valid.type, valid=mask)
 
 
 def _split(values: pa.Array) -> tuple[pa.Array, np.ndarray | None]:
     if values.null_count == 0:
         return values, None
-    mask = values.is_valid().to_numpy(zero_copy_only=False)
-    return values.filter(pa.array(mask)), mask
+    mask = arrays.to_numpy(values.is_valid())
+    return values.filter(arrays.booleans(mask)), mask
 
 
 class ColumnCipher:
@@ -277,7 +279,11 @@ class ColumnCipher:
             for group in unique_groups.tolist():
                 rows = np.flatnonzero(groups == group)
                 part = self._decrypt_group(
-                    valid.take(pa.array(rows)), group, value_type, binding, state
+                    valid.take(arrays.from_numpy(rows, pa.int64())),
+                    group,
+                    value_type,
+                    binding,
+                    state,
                 )
                 for row, item in zip(rows.tolist(), part, strict=True):
                     plain[row] = item
@@ -320,25 +326,26 @@ class ColumnCipher:
         count = int(stale.sum())
         if count == 0:
             return values, 0
-        old = values.take(pa.array(np.flatnonzero(stale)))
+        old = values.take(arrays.from_numpy(np.flatnonzero(stale), pa.int64()))
         fmt = parse_headers(old, binding.column)["format"]
         plain = self.decrypt(old, binding)
         parts, order = [], []
         for mode in (FORMAT_GCM, FORMAT_SIV):
             picked = np.flatnonzero(fmt == mode)
             if len(picked):
-                subset = plain.take(pa.array(picked))
+                subset = plain.take(arrays.from_numpy(picked, pa.int64()))
                 parts.append(self.encrypt(subset, binding, deterministic=mode == FORMAT_SIV))
                 order.append(picked)
         # The fresh values in the stale rows' order, then put in place without a loop.
-        fresh = pa.concat_arrays(parts).take(pa.array(np.argsort(np.concatenate(order))))
-        return pc.replace_with_mask(values, pa.array(stale), fresh), count
+        positions = arrays.from_numpy(np.argsort(np.concatenate(order)), pa.int64())
+        fresh = pa.concat_arrays(parts).take(positions)
+        return pc.replace_with_mask(values, arrays.booleans(stale), fresh), count
 
 
 def _from_plain(plain: list[bytes], value_type: int) -> pa.Array:
     if value_type in _FIXED:
         dtype, arrow_type = _FIXED[value_type]
-        return pa.array(np.frombuffer(b"".join(plain), dtype=dtype), arrow_type)
+        return arrays.from_numpy(np.frombuffer(b"".join(plain), dtype=dtype), arrow_type)
     out = _binary(plain)
     return out.cast(pa.large_string()) if value_type == TYPE_UTF8 else out
 
@@ -371,7 +378,7 @@ def key_versions(values: pa.Array | pa.ChunkedArray | pl.Series) -> np.ndarray:
     compares with the minimum version."""
     values = _as_arrow(values).cast(pa.large_binary())
     out = np.full(len(values), -1, dtype=np.int64)
-    mask = values.is_valid().to_numpy(zero_copy_only=False)
+    mask = arrays.to_numpy(values.is_valid())
     out[mask] = parse_headers(values)["version"]
     return out
 

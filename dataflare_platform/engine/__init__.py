@@ -8,7 +8,14 @@ systems are connectors (``dataflare_platform.connectors``).
 from dataflare_platform.engine.aggregations import Agg, count, max_, mean, min_, sum_
 from dataflare_platform.engine.io import Sink, Source, TransactionalSink
 from dataflare_platform.engine.operators.windows import TopN
-from dataflare_platform.engine.pipeline import Pipeline, Stream, session, sliding, tumbling
+from dataflare_platform.engine.pipeline import (
+    Pipeline,
+    Stream,
+    processing_tumbling,
+    session,
+    sliding,
+    tumbling,
+)
 from dataflare_platform.engine.runner import Runner, RunnerConfig, RunResult
 from dataflare_platform.engine.sinks import CollectSink, NullSink
 from dataflare_platform.engine.sources import TableSource
@@ -31,6 +38,7 @@ __all__ = [
     "max_",
     "mean",
     "min_",
+    "processing_tumbling",
     "session",
     "sliding",
     "sum_",

@@ -14,6 +14,9 @@ from dataclasses import dataclass, field
 import pyarrow as pa
 
 _MAGIC = b"DFCK1"
+# Counter of a checkpoint retired by a split into partition units (``streams.split``):
+# how many units took its progress over. Such a checkpoint is no place to resume from.
+SPLIT_COUNTER = "split_into_units"
 
 
 @dataclass
@@ -90,3 +93,9 @@ def without_step(checkpoint: Checkpoint, step: str) -> Checkpoint:
         states={k: v for k, v in checkpoint.states.items() if k != step},
         batches=checkpoint.batches,
     )
+
+
+def split_into(checkpoint: Checkpoint | None) -> int:
+    """How many partition units a retired single-run checkpoint was split into (0: it
+    was not, or there is no checkpoint)."""
+    return 0 if checkpoint is None else int(checkpoint.counters.get(SPLIT_COUNTER, 0))

@@ -12,7 +12,7 @@ Every method returns a new ``Stream``; nothing runs until a ``Runner`` runs the 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import polars as pl
@@ -27,13 +27,18 @@ from dataflare_platform.engine.operators import (
     FlatMap,
     IncrementalJoin,
     IntervalJoinAggregate,
+    KeyedTopN,
     MapBatches,
     Operator,
     PluginOperator,
+    ProcessingTimeAggregate,
+    ProcessingTumbling,
     Reduce,
+    ReduceLast,
     Select,
     Session,
     SessionAggregate,
+    SideTable,
     Sliding,
     Tumbling,
     Unique,
@@ -42,6 +47,7 @@ from dataflare_platform.engine.operators import (
     WindowTopRows,
     WithColumns,
 )
+from dataflare_platform.engine.operators.interval_tiers import Winner
 from dataflare_platform.engine.operators.windows import TopN
 from dataflare_platform.engine.sinks import Sink
 from dataflare_platform.engine.sources import Source
@@ -58,6 +64,16 @@ def sliding(size: int | str, slide: int | str) -> Sliding:
 
 def session(gap: int | str) -> Session:
     return Session(to_ms(gap))
+
+
+def processing_tumbling(
+    size: int | str, clock: Callable[[], int] | None = None
+) -> ProcessingTumbling:
+    """Tumbling windows over processing time (``clock``: epoch ms; the wall clock unless
+    a test injects its own)."""
+    if clock is None:
+        return ProcessingTumbling(to_ms(size))
+    return ProcessingTumbling(to_ms(size), clock)
 
 
 @dataclass
@@ -165,7 +181,7 @@ class Stream:
 
     def enrich(
         self,
-        table: pl.DataFrame,
+        table: pl.DataFrame | SideTable,
         left_on: str | list[str],
         right_on: str | list[str] | None = None,
         how: str = "left",
@@ -191,8 +207,43 @@ class Stream:
         self._need_keys("reduce")
         return self._then(Reduce(list(self.keys), list(aggs)))
 
+    def reduce_last(self, n: int, *aggs: Agg, order_by: Sequence[str] = ()) -> Stream:
+        """Per key, ``aggs`` over the key's last ``n`` rows, emitted for each input row
+        (an upsert stream keyed by the keys); a batch's rows count in ``order_by``
+        order."""
+        self._need_keys("reduce_last")
+        if n < 1:
+            raise InvalidInputError(f"reduce_last needs n >= 1, got {n}")
+        return self._then(ReduceLast(list(self.keys), n, list(aggs), list(order_by)))
+
+    def top_n(
+        self,
+        by: str | list[str],
+        n: int = 1,
+        descending: bool | list[bool] = True,
+        rank_column: str | None = None,
+        ttl: int | str | None = None,
+    ) -> Stream:
+        """The top ``n`` rows per key by ``by`` as an upsert stream (``KeyedTopN``):
+        keyed by the keys for n = 1, else by the keys and ``rank_column``. ``ttl`` (event
+        time) forgets a key idle that long past the watermark: bounded state, exact only
+        while no key is revived after its TTL."""
+        self._need_keys("top_n")
+        order = _as_list(by)
+        flags = [descending] * len(order) if isinstance(descending, bool) else list(descending)
+        if not order or len(flags) != len(order):
+            raise InvalidInputError("top_n: give one descending flag per 'by' column")
+        if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= 100_000:
+            raise InvalidInputError(f"top_n: n must be an integer from 1 to 100000, not {n!r}")
+        if n > 1 and rank_column is None:
+            raise InvalidInputError("top_n: n > 1 needs a rank_column (the upsert key)")
+        ttl_ms = None if ttl is None else bounded_ms(ttl, positive=True)
+        return self._then(KeyedTopN(list(self.keys), order, flags, n, rank_column, ttl_ms), keys=[])
+
     def window(
-        self, window: Tumbling | Sliding | Session, lateness: int | str = 0
+        self,
+        window: Tumbling | Sliding | Session | ProcessingTumbling,
+        lateness: int | str = 0,
     ) -> WindowedStream:
         return WindowedStream(self, window, bounded_ms(lateness, positive=False))
 
@@ -233,6 +284,38 @@ class Stream:
         )
         return self._join(other, op)
 
+    def interval_join_winner(
+        self,
+        other: Stream,
+        left_key: str,
+        right_key: str,
+        end_column: str,
+        left_columns: list[str],
+        order_by: Sequence[tuple[str, bool]],
+        columns: Mapping[str, str] | Sequence[str],
+        *aggs: Agg,
+        lateness: int | str = 0,
+    ) -> Stream:
+        """Like :meth:`interval_join_agg`, each closed left row with the ``columns`` of
+        the one right row inside its interval that ranks first by ``order_by``
+        ((column, descending) pairs, lexicographic): an argmax row, e.g. the winning bid
+        of an auction (Nexmark q9). ``columns`` maps right columns to output names (a
+        list keeps the names). Left rows no right row matched are not emitted."""
+        if not order_by:
+            raise InvalidInputError("interval_join_winner needs at least one order_by column")
+        named = dict(columns) if isinstance(columns, Mapping) else {c: c for c in columns}
+        winner = Winner(tuple((str(c), bool(d)) for c, d in order_by), tuple(named.items()))
+        op = IntervalJoinAggregate(
+            left_key,
+            right_key,
+            end_column,
+            left_columns,
+            list(aggs),
+            to_ms(lateness),
+            winner=winner,
+        )
+        return self._join(other, op)
+
     def _join(self, other: Stream, op: Operator) -> Stream:
         if other.pipeline is not self.pipeline:
             raise InvalidInputError("both streams of a join must come from the same Pipeline")
@@ -254,11 +337,18 @@ class Stream:
 @dataclass(frozen=True)
 class WindowedStream:
     stream: Stream
-    window: Tumbling | Sliding | Session
+    window: Tumbling | Sliding | Session | ProcessingTumbling
     lateness_ms: int
 
     def agg(self, *aggs: Agg, top: TopN | None = None) -> Stream:
         keys = list(self.stream.keys)
+        if isinstance(self.window, ProcessingTumbling):
+            if top is not None:
+                raise InvalidInputError("top is not supported on processing-time windows")
+            window = self.window
+            return self.stream._then(
+                ProcessingTimeAggregate(window.size_ms, keys, list(aggs), window.clock), keys=[]
+            )
         if isinstance(self.window, Session):
             if top is not None:
                 raise InvalidInputError("top is not supported on session windows")

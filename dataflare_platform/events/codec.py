@@ -21,6 +21,7 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.json as pa_json
 
+from dataflare_platform.engine import arrays
 from dataflare_platform.times import now_ms
 
 DEFAULT_MAX_PAYLOAD_BYTES = 1 << 20
@@ -65,12 +66,12 @@ def dead_letters(
     n = len(offsets)
     return pa.table(
         {
-            "source": pa.array([source] * n, pa.string()),
-            "partition": pa.array([partition] * n, pa.string()),
-            "offset": pa.array(list(offsets), pa.int64()),
-            "reason": pa.array(list(reasons), pa.string()),
-            "payload": pa.array([bytes(p) for p in payloads], pa.binary()),
-            "received_at": pa.array([now] * n, pa.int64()).cast(pa.timestamp("ms")),
+            "source": arrays.repeat(source, n, pa.string()),
+            "partition": arrays.repeat(partition, n, pa.string()),
+            "offset": arrays.from_pylist(list(offsets), pa.int64()),
+            "reason": arrays.strings(list(reasons), pa.string()),
+            "payload": arrays.strings([bytes(p) for p in payloads], pa.binary()),
+            "received_at": arrays.repeat(now, n, pa.timestamp("ms")),
         },
         schema=DEAD_LETTER_SCHEMA,
     )
@@ -194,7 +195,9 @@ class JsonDecoder:
             lines.append(_tag(payload, i))
         tables: list[pa.Table] = []
         self._parse(lines, good_idx, tables, bad)
-        table = pa.concat_tables(tables).combine_chunks() if tables else self.schema.empty_table()
+        table = (
+            pa.concat_tables(tables).combine_chunks() if tables else arrays.empty_table(self.schema)
+        )
         kept = sorted(set(good_idx) - set(bad))
         dead_idx = sorted(bad)
         dead = dead_letters(
@@ -237,7 +240,7 @@ class JsonDecoder:
             if table.num_rows != len(lines):
                 raise ValueError(f"{table.num_rows} records in {len(lines)} payloads")
             rows = table.column(_ROW_FIELD).combine_chunks()
-            if not rows.equals(pa.array(index, pa.int64())):
+            if not rows.equals(arrays.from_pylist(list(index), pa.int64())):
                 raise ValueError("records do not line up with payloads")
             for name in self._strings:  # Arrow's reader does not check the encoding
                 try:

@@ -34,6 +34,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from dataflare_platform.durable import open_lock_file
+from dataflare_platform.engine import arrays
 from dataflare_platform.errors import InvalidInputError, NotFoundError
 from dataflare_platform.events.codec import (
     DEAD_LETTER_SCHEMA,
@@ -86,7 +87,7 @@ def decode_for_topic(
     table, good, dead = decoded.table, list(decoded.offsets), decoded.dead
     times = table.column(topic.time_column)
     if times.null_count:
-        untimed = pc.is_null(times).to_numpy(zero_copy_only=False)
+        untimed = arrays.to_numpy(pc.is_null(times))
         late = [p for p, bad in zip(good, untimed, strict=True) if bad]
         reason = f"missing or null event time {topic.time_column!r}"
         extra = dead_letters(
@@ -94,10 +95,10 @@ def decode_for_topic(
         )
         dead = pa.concat_tables([dead, extra])
         dead = dead.take(pc.sort_indices(dead.column("offset")))
-        table = table.filter(pa.array(~untimed))
+        table = table.filter(arrays.booleans(~untimed))
         good = [p for p, bad in zip(good, untimed, strict=True) if not bad]
     at = dead.schema.get_field_index("offset")
-    real = pa.array([offsets[p] for p in dead.column("offset").to_pylist()], pa.int64())
+    real = arrays.from_pylist([offsets[p] for p in dead.column("offset").to_pylist()], pa.int64())
     return Decoded(
         table, dead.set_column(at, dead.schema.field(at), real), [offsets[p] for p in good]
     )
@@ -255,7 +256,9 @@ class DeadLetters:
             return []
         lo, hi = min(dlq_offsets), max(dlq_offsets) + 1
         column = self.dlq().read(0, lo, hi - lo, columns=["payload"]).column("payload")
-        return column.take(pa.array([o - lo for o in dlq_offsets], pa.int64())).to_pylist()
+        return column.take(
+            arrays.from_pylist([o - lo for o in dlq_offsets], pa.int64())
+        ).to_pylist()
 
     # -- re-drive ------------------------------------------------------------------------
     def redrive(

@@ -5,10 +5,12 @@ from __future__ import annotations
 import fcntl
 from typing import IO
 
+import numpy as np
 import polars as pl
 import pyarrow as pa
 
 from dataflare_platform.durable import open_lock_file
+from dataflare_platform.engine import arrays
 from dataflare_platform.engine.checkpoint import Checkpoint
 from dataflare_platform.engine.io import TransactionalSink
 from dataflare_platform.errors import ConflictError, InvalidInputError
@@ -67,11 +69,17 @@ class LogSource:
     def partitions(self) -> list[str]:
         return [str(p) for p in self._partitions]
 
+    def key_partitions(self, values: pl.Series) -> np.ndarray:
+        """The partition each value of the ``key:`` column lands in (the topic's own
+        partitioner over all its partitions): how a split checkpoint attributes keyed
+        state to partitions (``streams.split``)."""
+        return (values.hash(seed=0) % len(self.topic.parts)).to_numpy()
+
     def read(self, partition: str, offset: int, max_rows: int) -> pa.Table:
         if self._ends is not None:
             max_rows = max(0, min(max_rows, self._ends[int(partition)] - offset))
             if max_rows == 0:
-                return self._schema.empty_table()
+                return arrays.empty_table(self._schema)
         return self.topic.read(partition, offset, max_rows, self.columns)
 
     def end_offset(self, partition: str) -> int | None:

@@ -30,6 +30,7 @@ import pyarrow.compute as pc
 
 from dataflare_platform.datagen import SCHEMAS, NexmarkConfig, NexmarkGenerator
 from dataflare_platform.datagen.config import PROPORTION_DENOMINATOR
+from dataflare_platform.engine import arrays
 from dataflare_platform.errors import InvalidInputError
 from dataflare_platform.events.log import EventLog, Topic
 
@@ -199,7 +200,7 @@ class LiveNexmarkProducer:
             span = max(0, now_ms - previous_ms)
             ideal = previous_ms + ((np.arange(1, count + 1) * span) // count)
             jitter = rng.integers(0, self.max_out_of_order_ms + 1, size=count)
-            times = pa.array(ideal - jitter, pa.timestamp("ms"))
+            times = arrays.from_numpy(ideal - jitter, pa.timestamp("ms"))
             old = table.column("date_time")
             table = table.set_column(table.schema.get_field_index("date_time"), "date_time", times)
             if kind == "auctions":

@@ -37,6 +37,7 @@ import polars as pl
 import pyarrow as pa
 from pydantic import Field, field_validator
 
+from dataflare_platform.engine import arrays
 from dataflare_platform.engine.expressions import parse_expr
 from dataflare_platform.errors import ConfigError
 from dataflare_platform.events.codec import dead_letters, encode_json
@@ -295,7 +296,7 @@ class Router:
     def _dead_letter(
         self, batch: pa.Table, mask: np.ndarray, partition: int, first_offset: int, reason: str
     ) -> None:
-        rows = batch.filter(pa.array(mask))
+        rows = batch.filter(arrays.booleans(mask))
         offsets = (np.flatnonzero(mask) + first_offset).tolist()
         self.dead.write(
             dead_letters(

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 
-from dataflare_platform.access.principal import NAME_PATTERN, ROLES
+from dataflare_platform.access.principal import NAME_PATTERN, ROLES, is_assignable_role
 from dataflare_platform.errors import InvalidInputError
 
 
@@ -14,10 +14,11 @@ def check_mapping(mapping: Mapping[str, frozenset[str]]) -> Mapping[str, frozens
     """``mapping`` if every role it grants is one of the platform's roles (a misspelt role
     in the settings fails at load, not silently at login)."""
     for group, roles in mapping.items():
-        unknown = sorted(set(roles) - set(ROLES))
+        unknown = sorted(r for r in roles if not is_assignable_role(r))
         if unknown:
             raise InvalidInputError(
-                f"group {group[:80]!r} maps to unknown role(s) {unknown}; roles are {list(ROLES)}"
+                f"group {group[:80]!r} maps to unknown role(s) {unknown}; roles are "
+                f"{list(ROLES)}, reviewer, operator, scanner and publisher@<namespace>"
             )
     return mapping
 

@@ -12,7 +12,12 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from dataflare_platform.access.principal import NAME_PATTERN, ROLES
+from dataflare_platform.access.principal import (
+    NAME_PATTERN,
+    PLUGIN_ROLES,
+    ROLES,
+    is_assignable_role,
+)
 from dataflare_platform.errors import InvalidInputError
 
 SECURITY_DIRNAME = "security"
@@ -92,10 +97,11 @@ def check_name(name: str, what: str = "name") -> str:
 
 
 def check_roles(roles: frozenset[str] | set[str] | list[str]) -> frozenset[str]:
-    unknown = sorted(set(roles) - set(ROLES))
+    unknown = sorted(r for r in roles if not is_assignable_role(r))
     if unknown or not roles:
+        known = [*ROLES, *(r for r in PLUGIN_ROLES if r != "publisher"), "publisher@<namespace>"]
         raise InvalidInputError(
-            f"roles must be some of {', '.join(ROLES)} (got {', '.join(sorted(roles)) or 'none'})"
+            f"roles must be some of {', '.join(known)} (got {', '.join(sorted(roles)) or 'none'})"
         )
     return frozenset(roles)
 

@@ -488,8 +488,52 @@ FRESHNESS_METRICS: tuple[MetricSpec, ...] = (
     ),
 )
 
+# -- Plugin usage statistics (issue 20 §4), written when a usage window is flushed -------
+# No pipeline or tenant label: both are unbounded; the event log keeps them.
+PV = ("plugin", "version", "publisher")
+
+PLUGIN_USAGE_METRICS: tuple[MetricSpec, ...] = (
+    MetricSpec(
+        "dataflare_plugin_usage_calls_total",
+        "counter",
+        PV,
+        "Calls into a plugin version, counted by its usage recorder (every pipeline and"
+        " tenant; added at each flush of a usage window).",
+    ),
+    MetricSpec(
+        "dataflare_plugin_usage_rows_total",
+        "counter",
+        PV,
+        "Rows handed to a plugin version (usage recorder, at each flush).",
+    ),
+    MetricSpec(
+        "dataflare_plugin_usage_errors_total",
+        "counter",
+        (*PV, "kind"),
+        "Failed calls of a plugin version by error kind (timeout, fuel, trap, ...).",
+    ),
+    MetricSpec(
+        "dataflare_plugin_usage_p99_seconds",
+        "gauge",
+        PV,
+        "p99 call latency of the plugin version's last flushed usage window.",
+        unit="s",
+    ),
+    MetricSpec(
+        "dataflare_plugin_installs_total",
+        "counter",
+        PV,
+        "Installs of a plugin version recorded as usage events.",
+    ),
+)
+
 METRICS = (
-    METRICS + CONNECTOR_METRICS + PLUGIN_LIMIT_METRICS + GOVERNANCE_METRICS + FRESHNESS_METRICS
+    METRICS
+    + CONNECTOR_METRICS
+    + PLUGIN_LIMIT_METRICS
+    + GOVERNANCE_METRICS
+    + FRESHNESS_METRICS
+    + PLUGIN_USAGE_METRICS
 )
 
 BY_NAME: dict[str, MetricSpec] = {m.name: m for m in METRICS}

@@ -7,6 +7,8 @@ import numpy as np
 import polars as pl
 import pyarrow as pa
 
+from dataflare_platform.engine import arrays
+
 ABI_VERSION = 1
 DESC_BYTES = 32  # eight little-endian u32 per column
 DESC_FIELDS = 8
@@ -68,5 +70,5 @@ def validity_bytes(arr: pa.Array) -> np.ndarray | None:
     if arr.offset % 8 == 0 and buf is not None:
         start = arr.offset // 8
         return np.frombuffer(buf, np.uint8)[start : start + bitmap_bytes(n)]
-    valid = arr.is_valid().to_numpy(zero_copy_only=False)
+    valid = arrays.to_numpy(arr.is_valid())
     return np.packbits(valid, bitorder="little")

@@ -25,6 +25,18 @@ CFLAGS = [
 ]
 
 
+def reproducible_flags(source_dir: Path) -> list[str]:
+    """Flags that keep the build machine's paths out of the module's debug info (it
+    records the source file, the SDK header and the working directory by absolute path),
+    so the same source and SDK give the same bytes wherever they are built: what the
+    admission's ``source_rebuild`` check relies on (docs/marketplace.md)."""
+    return [
+        f"-ffile-prefix-map={Path(source_dir).resolve()}=.",
+        f"-ffile-prefix-map={SDK_DIR.resolve()}=sdk",
+        "-fdebug-compilation-dir=.",
+    ]
+
+
 class BuildError(DataflareError, RuntimeError):
     """The compiler refused the plugin; the message carries its output."""
 
@@ -36,7 +48,8 @@ def build_plugin(source_dir: Path | str, out_dir: Path | str) -> Path:
     out_dir.mkdir(parents=True, exist_ok=True)
     name = source_dir.name
     wasm = out_dir / f"{name}.wasm"
-    cmd = [sys.executable, "-m", "ziglang", "cc", *CFLAGS, f"-I{SDK_DIR}"]
+    cmd = [sys.executable, "-m", "ziglang", "cc", *CFLAGS, *reproducible_flags(source_dir)]
+    cmd += [f"-I{SDK_DIR}"]
     cmd += ["-o", str(wasm), str(source_dir / "plugin.c")]
     # Zig's caches go beside the output, not into the user's home directory.
     cache = str(out_dir / ".zig-cache")
@@ -45,6 +58,9 @@ def build_plugin(source_dir: Path | str, out_dir: Path | str) -> Path:
     if proc.returncode != 0:
         raise BuildError(f"building {source_dir} failed:\n{proc.stderr}{proc.stdout}")
     shutil.copyfile(source_dir / "plugin.json", out_dir / f"{name}.json")
+    tests = source_dir / "plugin.tests.json"  # self-test vectors (plugins.admission)
+    if tests.exists():
+        shutil.copyfile(tests, out_dir / f"{name}.tests.json")
     return wasm
 
 

@@ -17,7 +17,7 @@ from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import polars as pl
@@ -54,6 +54,20 @@ class PluginError(BatchRejectedError):
     def __init__(self, kind: str, plugin: str, detail: str) -> None:
         self.kind, self.plugin, self.detail = kind, plugin, detail
         super().__init__(f"plugin {plugin}: {kind}: {detail}")
+
+
+class UsageTap(Protocol):
+    """Told of every call into the plugin (``plugins.usage.PluginUsage``)."""
+
+    def record(self, seconds: float, rows: int, error_kind: str | None) -> None: ...
+
+
+class BatchGate(Protocol):
+    """Asked before every batch and told after it (``plugins.entitlements``)."""
+
+    def before_batch(self, rows: int) -> None: ...
+
+    def after_batch(self, rows: int) -> None: ...
 
 
 # A PluginError kind that means a limit was hit -> the stat counting it.
@@ -153,6 +167,11 @@ class Plugin:
             "pool_wait_seconds": 0.0,
             "restarts": 0,  # instances rebuilt after a failed call
         }
+        # Optional per-batch hooks set by whoever loads the plugin (``plugins.usage``,
+        # ``plugins.entitlements``): the runtime only calls them at batch boundaries, so a
+        # batch in flight is never stopped by them and they cost nothing when unset.
+        self.usage: UsageTap | None = None
+        self.entitlement: BatchGate | None = None
         self.breaker = CircuitBreaker(
             self.limits.max_failures, self.limits.failure_window_s, self.limits.quarantine_s
         )
@@ -258,15 +277,21 @@ class Plugin:
         ``PluginError``, counted by the breaker, and the instance is replaced."""
         with self._lock:
             self.breaker.check(self.name)
+        gate = self.entitlement
+        if gate is not None:
+            gate.before_batch(table.height)  # a refusal here is a batch boundary
         t0 = time.perf_counter()
         inst: _Instance | None = None
+        failed: str | None = None
         try:
             inst = self._pool.checkout()
             result = run(inst, table)
         except PluginError as err:
+            failed = err.kind
             self._fail(inst, err.kind)
             raise err from None
         except Exception as err:  # a host-side bug in marshalling: still contained
+            failed = "abi"
             self._fail(inst)
             raise PluginError("abi", self.name, f"{type(err).__name__}: {err}") from None
         except BaseException:  # e.g. KeyboardInterrupt mid-call: the instance is suspect
@@ -277,10 +302,16 @@ class Plugin:
             self._pool.give_back(inst)
             return result
         finally:
+            elapsed = time.perf_counter() - t0
             with self._lock:
                 self.stats["calls"] += 1
                 self.stats["rows"] += table.height
-                self.stats["seconds"] += time.perf_counter() - t0
+                self.stats["seconds"] += elapsed
+            if gate is not None:
+                gate.after_batch(table.height)
+            tap = self.usage
+            if tap is not None:
+                tap.record(elapsed, table.height, failed)
 
     def _fail(self, inst: _Instance | None, kind: str = "abi") -> None:
         """Throw ``inst`` away (it may hold half-updated state) and build its replacement

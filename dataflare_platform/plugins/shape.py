@@ -66,6 +66,7 @@ class ModuleShape:
     imported_functions: int = 0
     max_locals: int = 0
     max_body_bytes: int = 0
+    code_bytes: int = 0  # the code section's size (all function bodies)
     imports: int = 0
     globals: int = 0
     memories: list[dict[str, object]] = field(default_factory=list)
@@ -193,6 +194,7 @@ def check_module(data: bytes, limits: ShapeLimits | None = None) -> ModuleShape:
                 if kind == 2:
                     exported.setdefault(index, name)
         elif sec == SEC_CODE:
+            shape.code_bytes += size
             _code(body, shape, lim)
     shape.functions += shape.imported_functions
     for index, memory in enumerate(shape.memories):

@@ -55,7 +55,11 @@ def load_plugins(spec: PipelineSpec, registry: PluginRegistry) -> dict[str, Plug
             continue
         try:
             plugins[step.key] = registry.load(
-                step.name, step.params, step.columns or None, lock_files=first
+                step.name,
+                step.params,
+                step.columns or None,
+                lock_files=first,
+                pipeline=spec.name,
             )
         except ConfigError as err:
             for field, msg in err.problems:

@@ -171,6 +171,7 @@ class WorkerSample:
     events_in: int  # read between them
     busy_s: float  # operators at work between them
     lag_events: int  # at the later report
+    lag_before: int = 0  # at the earlier report
 
 
 class Report(Protocol):
@@ -190,22 +191,21 @@ def sample(earlier: Report, later: Report) -> WorkerSample | None:
     busy = later.busy_s - earlier.busy_s
     if seconds <= 0 or events < 0 or busy < 0:
         return None
-    return WorkerSample(later.checkpoint_at, seconds, events, busy, later.lag_events)
+    return WorkerSample(
+        later.checkpoint_at, seconds, events, busy, later.lag_events, earlier.lag_events
+    )
 
 
-def measure(
-    samples: list[WorkerSample], partitions: int, previous_lag: int | None = None
-) -> ScalingInputs:
+def measure(samples: list[WorkerSample], partitions: int) -> ScalingInputs:
     """The autoscaler's inputs from one sample per worker run over the same window:
-    processed rate summed, busy ratio averaged, arrivals = processed + lag growth (the
-    sources' append rate, which no worker sees directly)."""
+    processed rate summed, busy ratio averaged, arrivals = processed + lag growth over
+    each sample's own window (the sources' append rate, which no worker sees directly)."""
     if not samples:
         return ScalingInputs(0, partitions, 0.0, 0.0, 0.0, 0)
     processed = sum(s.events_in / s.seconds for s in samples)
     busy = sum(min(s.busy_s / s.seconds, 1.0) for s in samples) / len(samples)
     lag = sum(s.lag_events for s in samples)
-    window = max(s.seconds for s in samples)
-    growth = 0.0 if previous_lag is None else (lag - previous_lag) / window
+    growth = sum((s.lag_events - s.lag_before) / s.seconds for s in samples)
     return ScalingInputs(
         workers=len(samples),
         partitions=partitions,

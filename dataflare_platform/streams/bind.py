@@ -73,6 +73,16 @@ def source_ends(spec: PipelineSpec, where: OpenContext) -> dict[str, int]:
     return ends
 
 
+def close_sources(pipeline: Pipeline | None) -> None:
+    """Close the sources ``build`` opened (the runner closes the sink, not the sources,
+    which the caller may have handed in): a broker client (a Kafka consumer, a NATS or
+    Redis connection) would otherwise live on, connected, as long as the process."""
+    for node in pipeline.sources() if pipeline is not None else []:
+        close = getattr(node.source, "close", None)
+        if close is not None:
+            close()
+
+
 def build(
     spec: PipelineSpec,
     *,

@@ -161,7 +161,10 @@ def run_continuous(
             )
 
     runner = Runner(pipeline, config, on_commit=committed)
-    return runner.run(mode="continuous", stop=stop)
+    try:
+        return runner.run(mode="continuous", stop=stop)
+    finally:
+        bind.close_sources(pipeline)
 
 
 def source_reports(pipeline: Pipeline) -> dict[str, dict[str, object]]:

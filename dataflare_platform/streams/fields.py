@@ -107,6 +107,14 @@ class ScalingPolicy(BaseModel):
     catch_up_s: float = Field(300.0, gt=0.0, description="clear the lag within this long")
     scale_up_cooldown_s: float = Field(60.0, ge=0.0)
     scale_down_cooldown_s: float = Field(300.0, ge=0.0)
+    interval_s: float = Field(
+        30.0,
+        ge=1.0,
+        description=(
+            "decide at most this often; each worker reports its measurements twice per"
+            " interval, so every decision has a fresh sample of every worker"
+        ),
+    )
 
     @model_validator(mode="after")
     def _bounds(self) -> ScalingPolicy:

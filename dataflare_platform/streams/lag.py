@@ -148,10 +148,45 @@ def committed_checkpoint(spec: PipelineSpec, default_dir: Path) -> Checkpoint | 
             if ("dataflare_checkpoints",) not in tables:
                 return None
             rows = conn.execute(
-                "SELECT state FROM dataflare_checkpoints WHERE pipeline = $p", {"p": spec.name}
+                "SELECT pipeline, state FROM dataflare_checkpoints"
+                " WHERE pipeline = $p OR starts_with(pipeline, $units)",
+                {"p": spec.name, "units": unit_prefix(spec.name)},
             ).fetchall()
     except duckdb.OperationalError as err:  # IOException: another process writes it
         raise CheckpointUnavailableError(
             f"pipeline {spec.name!r}: {path} is in use ({err})"
         ) from None
-    return Checkpoint.decode(bytes(rows[0][0])) if rows else None
+    found = {str(name): Checkpoint.decode(bytes(state)) for name, state in rows}
+    units = [c for name, c in sorted(found.items()) if name != spec.name]
+    if units:  # run as partition workers: the units hold the progress (streams.split)
+        return merge_units(units)
+    return found.get(spec.name)
+
+
+def unit_prefix(pipeline: str) -> str:
+    """What every partition unit's checkpoint key of ``pipeline`` starts with
+    (``streams.workers.unit_key``)."""
+    return f"{pipeline}#p"
+
+
+def merge_units(units: list[Checkpoint]) -> Checkpoint:
+    """One pipeline-wide view of its partition units' checkpoints, for lag only: each
+    unit's own offsets and newest event times, and the lowest unit watermark (what the
+    pipeline as a whole has emitted up to). No state: units cannot be merged back into
+    one run (``streams.split``)."""
+    offsets: dict[str, int] = {}
+    seen: dict[str, int] = {}
+    emitted: list[int] = []
+    counters: dict[str, int] = {}
+    for unit in units:
+        offsets.update(unit.offsets)
+        seen.update(unit.watermark.get("max_seen", {}))
+        emitted.append(int(unit.watermark.get("emitted", MIN_WATERMARK)))
+        for name, value in unit.counters.items():
+            counters[name] = counters.get(name, 0) + int(value)
+    return Checkpoint(
+        offsets=offsets,
+        watermark={"max_seen": seen, "finished": [], "emitted": min(emitted)},
+        counters=counters,
+        batches=sum(u.batches for u in units),
+    )

@@ -67,7 +67,8 @@ def _state_ports(node: Node) -> list[_Port] | None:
     return [_Port(tuple(getattr(op, "keys", ()) or ()))]
 
 
-def _upstream_sources(pipeline: Pipeline, node_id: str) -> list[Node]:
+def upstream_sources(pipeline: Pipeline, node_id: str) -> list[Node]:
+    """The source nodes ``node_id`` reads from, directly or through other steps."""
     seen: set[str] = set()
     out: list[Node] = []
     stack = [node_id]
@@ -112,7 +113,7 @@ def refusals(pipeline: Pipeline) -> list[str]:
 def _step_refusals(pipeline: Pipeline, node: Node, ports: list[_Port]) -> list[str]:
     step = node.id.split(":", 1)[1]
     reasons: list[str] = []
-    inputs = [_upstream_sources(pipeline, parent) for parent in node.parents]
+    inputs = [upstream_sources(pipeline, parent) for parent in node.parents]
     for port, sources in zip(ports, inputs, strict=False):
         for source in sources:
             name = source.source.name  # type: ignore[union-attr]

@@ -131,9 +131,14 @@ def run_range(
     The spec is bound once (``bind.build``): ``until`` is checked against the partitions
     of the sources that binding opened, not by opening them again to read their ends."""
     pipeline = bind.build(spec, log=log, default_dir=default_dir, plugins=plugins)
-    unknown = sorted(set(until) - pipeline.partition_keys())
-    if unknown:
-        raise ConfigError(
-            f"pipeline {spec.name!r}", [("until", f"unknown source partitions {unknown}")]
-        )
-    return Runner(pipeline, config or RunnerConfig()).run(mode="bounded", until=until)
+    try:
+        unknown = sorted(set(until) - pipeline.partition_keys())
+        if unknown:
+            if pipeline.sink is not None:
+                pipeline.sink.close()
+            raise ConfigError(
+                f"pipeline {spec.name!r}", [("until", f"unknown source partitions {unknown}")]
+            )
+        return Runner(pipeline, config or RunnerConfig()).run(mode="bounded", until=until)
+    finally:
+        bind.close_sources(pipeline)

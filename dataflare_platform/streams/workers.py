@@ -8,6 +8,8 @@ the partition: when N changes, or a worker dies and another takes its partitions
 new owner resumes each partition exactly where its last commit left it, and the output
 stays exactly once. Keyed state may be split this way only when every key lives in one
 partition (``streams.parallel.refusals``); anything else is refused before a unit starts.
+A pipeline that ran as one run before carries on from there: its single checkpoint is
+split into the unit checkpoints before any unit starts (``streams.split``).
 
 **Ownership** is an exclusive lease per partition: an ``flock`` on
 ``<leases>/<pipeline>/p<N>.lock``. The operating system drops it when its holder dies
@@ -16,6 +18,15 @@ owner is gone, and two workers never run one partition at once (a worker started
 the previous owner is still finishing waits for it). The lease is local to one machine
 (or a filesystem with working ``flock``); across machines the sink's own writer lock per
 checkpoint (PostgreSQL advisory lock) still refuses a second writer.
+
+**Ownership by consumer group** instead, for a pipeline whose one source is a Kafka topic
+declared with ``membership:`` (``connectors.kafka.membership``): each worker is a member
+of the source's consumer group, every worker is given every partition, and Kafka's
+rebalances decide who runs which. A revoked partition's unit finishes its batch and
+commits before the member gives the partition up; an assigned one resumes from its
+checkpoint, as with leases. This spreads partitions over workers on any number of
+machines without a shared filesystem, at the price of the group's timeouts (a killed
+worker's partitions wait for its session timeout, docs/events.md).
 
 Each unit's watermark is its own partition's: an idle partition never holds back the
 others; its own windows close when its idle timeout (``watermark.idle_timeout``) passes.
@@ -34,24 +45,38 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
+from dataflare_platform.connectors.kafka import KafkaSourceSettings, group_id
 from dataflare_platform.engine.io import Sink
 from dataflare_platform.engine.runner import RunnerConfig, RunResult
-from dataflare_platform.errors import InvalidInputError
+from dataflare_platform.errors import ConfigError, InvalidInputError
 from dataflare_platform.events.log import EventLog
 from dataflare_platform.streams import bind
 from dataflare_platform.streams.continuous import CheckpointReport, ContinuousRun
+from dataflare_platform.streams.lag import unit_prefix
 from dataflare_platform.streams.parallel import ParallelismError, refusals
 from dataflare_platform.streams.spec import PipelineSpec
+from dataflare_platform.streams.split import SplitReport, split_single_run
 
-__all__ = ["PartitionLease", "PartitionWorker", "UnitReport", "check_splittable", "unit_key"]
+if TYPE_CHECKING:  # librdkafka loads only when a group-owned pipeline runs
+    from dataflare_platform.connectors.kafka.membership import GroupMember
+
+__all__ = [
+    "PartitionLease",
+    "PartitionWorker",
+    "UnitReport",
+    "check_splittable",
+    "group_membership",
+    "unit_key",
+]
 
 LEASES_DIR = "_leases"
 
 
 def unit_key(pipeline: str, partition: int) -> str:
     """The checkpoint key of one partition of a partition-parallel pipeline."""
-    return f"{pipeline}#p{partition}"
+    return f"{unit_prefix(pipeline)}{partition}"
 
 
 class PartitionLease:
@@ -98,6 +123,32 @@ class PartitionLease:
             os.close(fd)
 
 
+def group_membership(spec: PipelineSpec) -> tuple[str, KafkaSourceSettings] | None:
+    """The Kafka source whose consumer group owns the partitions (``membership:``), with
+    its name; None when leases do. Refused (``ConfigError`` naming the field) unless it
+    is the pipeline's only source: the group hands out that topic's partitions."""
+    members = [
+        (name, source)
+        for name, source in spec.sources.items()
+        if isinstance(source, KafkaSourceSettings) and source.membership is not None
+    ]
+    if not members:
+        return None
+    name, source = members[0]
+    if len(spec.sources) > 1:
+        raise ConfigError(
+            f"pipeline {spec.name!r}",
+            [
+                (
+                    f"sources.{name}.membership",
+                    "consumer-group ownership needs the Kafka source to be the pipeline's"
+                    f" only source (it has {sorted(spec.sources)})",
+                )
+            ],
+        )
+    return name, source
+
+
 @dataclass(frozen=True)
 class UnitReport:
     """A committed checkpoint of one owned partition."""
@@ -107,43 +158,54 @@ class UnitReport:
 
 
 def check_splittable(
-    spec: PipelineSpec, log: EventLog, default_dir: Path, plugins: dict | None = None
+    spec: PipelineSpec,
+    log: EventLog,
+    default_dir: Path,
+    plugins: dict | None = None,
+    on_split: Callable[[SplitReport], None] | None = None,
 ) -> list[int]:
     """The source partition numbers of ``spec``, after refusing (``ParallelismError``,
-    every reason at once) a pipeline whose state cannot be split by partition, whose
-    sources cannot read one partition alone, or that already made progress as one run
-    (its sink holds a checkpoint under the pipeline's own name)."""
+    every reason at once) a pipeline whose state cannot be split by partition or whose
+    sources cannot read one partition alone.
+
+    A pipeline that made progress as one run (its sink holds a checkpoint under the
+    pipeline's own name) has that checkpoint split into one checkpoint per partition
+    here, atomically and once (``streams.split``), so the units carry on exactly where
+    the single run stopped; ``on_split`` hears about it. State the split cannot
+    attribute to partitions is refused, and the single checkpoint stays as it was."""
     whole = bind.build(spec, log=log, default_dir=default_dir, plugins=plugins)
-    reasons = refusals(whole)
-    counts = {n.source.name: n.source.partitions() for n in whole.sources()}  # type: ignore[union-attr]
-    numbers = sorted({int(p) for parts in counts.values() for p in parts if p.isdigit()})
-    probe = bind.build(spec, log=log, default_dir=default_dir, plugins=plugins, partitions=(0,))
-    for node in probe.sources():
-        if node.source.partitions() != ["0"]:  # type: ignore[union-attr]
-            reasons.append(
-                f"source {node.source.name!r} cannot read one partition alone "  # type: ignore[union-attr]
-                "(partition-parallel runs read embedded-log topics, Kafka topics, and NATS or Redis"
-                " sources declared with partitions: N)"
-            )
-    probe.sink.close()  # type: ignore[union-attr]
-    # A pipeline that made progress as one run keeps it under its own checkpoint, with
-    # its state mixed across partitions: units starting from nothing would produce that
-    # output again. Switching needs that checkpoint split by partition, not built yet.
-    sink = whole.sink
+    probe = None
     try:
-        single = sink.open(spec.name)  # type: ignore[union-attr]
-    finally:
-        sink.close()  # type: ignore[union-attr]
-    if single is not None and any(single.offsets.values()):
-        reasons.append(
-            f"it has progress as one run (checkpoint {spec.name!r} at {single.offsets}); "
-            "partition-parallel units keep one checkpoint per partition and would read "
-            "those events again"
-        )
-    if reasons:
-        raise ParallelismError(
-            f"pipeline {spec.name!r} cannot run partition-parallel: " + "; ".join(reasons)
-        )
+        reasons = refusals(whole)
+        counts = {n.source.name: n.source.partitions() for n in whole.sources()}  # type: ignore[union-attr]
+        numbers = sorted({int(p) for parts in counts.values() for p in parts if p.isdigit()})
+        probe = bind.build(spec, log=log, default_dir=default_dir, plugins=plugins, partitions=(0,))
+        for node in probe.sources():
+            if node.source.partitions() != ["0"]:  # type: ignore[union-attr]
+                reasons.append(
+                    f"source {node.source.name!r} cannot read one partition alone "  # type: ignore[union-attr]
+                    "(partition-parallel runs read embedded-log topics, Kafka topics, and NATS"
+                    " or Redis sources declared with partitions: N)"
+                )
+        probe.sink.close()  # type: ignore[union-attr]
+        if reasons:
+            whole.sink.close()  # type: ignore[union-attr]
+            raise ParallelismError(
+                f"pipeline {spec.name!r} cannot run partition-parallel: " + "; ".join(reasons)
+            )
+        try:
+            report = split_single_run(whole, whole.sink, numbers, unit_key)  # type: ignore[arg-type]
+        except ParallelismError as err:
+            raise ParallelismError(
+                f"pipeline {spec.name!r} cannot switch from one run to partition-parallel"
+                f" workers: {err}. It keeps running as one run; to start the workers from"
+                " nothing instead, reset it first"
+            ) from None
+    finally:  # opened to be asked, never read
+        bind.close_sources(whole)
+        bind.close_sources(probe)
+    if report is not None and on_split is not None:
+        on_split(report)
     return numbers
 
 
@@ -156,6 +218,10 @@ class PartitionWorker:
     When ``stop`` is set, every unit finishes its batch and commits a last checkpoint,
     then the leases are released. A unit's failure stops the others the same way and is
     raised. ``sinks``: a sink per partition instead of the declared one (benchmarks).
+
+    With a Kafka source declared with ``membership:``, the worker owns partitions as a
+    member of the source's consumer group instead (see the module): ``partitions`` must
+    then be all of them, and the group's rebalances start and stop units while it runs.
 
     The pipeline is refused unless it can run partition-parallel (``check_splittable``).
     A caller that has just run that check for the same spec, log and directory passes
@@ -187,6 +253,13 @@ class PartitionWorker:
             raise InvalidInputError(
                 f"pipeline {spec.name!r} has no partition(s) {unknown}; it has {known}"
             )
+        self.group = group_membership(spec)
+        if self.group is not None and sorted(set(partitions)) != sorted(known):
+            raise InvalidInputError(
+                f"pipeline {spec.name!r}: its consumer group decides which worker owns which"
+                f" partition (sources.{self.group[0]}.membership), so every worker is given"
+                f" all of them ({known}), not {sorted(set(partitions))}"
+            )
         self.spec = spec
         self.log = log
         self.default_dir = default_dir
@@ -194,8 +267,14 @@ class PartitionWorker:
         self.config = config
         self.plugins = plugins
         root = lease_root if lease_root is not None else Path(default_dir) / LEASES_DIR
-        self.leases = {p: PartitionLease(root, spec.name, p) for p in self.partitions}
+        self.leases = (
+            {p: PartitionLease(root, spec.name, p) for p in self.partitions}
+            if self.group is None
+            else {}
+        )
         self.units: dict[int, ContinuousRun] = {}
+        self.stopped: dict[int, ContinuousRun] = {}  # units whose partition moved away
+        self.pumps: list[threading.Thread] = []
         self.sinks = sinks
 
     def _start(self, partition: int) -> None:
@@ -215,32 +294,97 @@ class PartitionWorker:
         stop: threading.Event,
         on_report: Callable[[UnitReport], None] | None = None,
         poll_s: float = 0.2,
+        on_poll: Callable[[], None] | None = None,
     ) -> dict[int, RunResult | None]:
+        """Run the owned partitions until ``stop`` is set (or a unit fails: raised).
+        ``on_report`` gets each unit's checkpoint reports and ``on_poll`` is called
+        every ``poll_s``, both on the caller's thread: a stream that goes quiet commits
+        no checkpoint, so what must happen on time (the autoscaler's measurements, which
+        must show an idle worker as idle) hangs off ``on_poll``."""
         reports: queue.Queue[UnitReport] = queue.Queue()
-        pumps: list[threading.Thread] = []
         error: BaseException | None = None
-        try:
+        member: GroupMember | None = None
+
+        def deliver(unit: UnitReport) -> None:
+            if member is not None:
+                member.commit(self._group_offsets(unit.partition, unit.report.offsets))
+            if on_report is not None:
+                on_report(unit)
+
+        try:  # joined inside: a stop while the group is joined still cleans up
+            member = self._join(reports) if self.group is not None else None
             while not stop.is_set() and error is None:
-                for partition, lease in self.leases.items():
-                    if partition not in self.units and lease.try_acquire():
-                        self._start(partition)
-                        pumps.append(self._pump(partition, reports))
+                if member is not None:
+                    member.poll()  # rebalance callbacks start and stop units
+                else:
+                    for partition, lease in self.leases.items():
+                        if partition not in self.units and lease.try_acquire():
+                            self._start(partition)
+                            self.pumps.append(self._pump(partition, reports))
                 error = self._failed()
-                self._drain(reports, on_report, poll_s)
+                self._drain(reports, deliver, poll_s)
+                if on_poll is not None:
+                    on_poll()
         finally:
-            for unit in self.units.values():
-                unit.stop_event.set()
-            for unit in self.units.values():
-                unit.stop()
-            for pump in pumps:
+            self._stop_units(list(self.units))
+            for pump in self.pumps:
                 pump.join()
-            self._drain(reports, on_report, 0)
+            self._drain(reports, deliver, 0)
+            if member is not None:
+                member.close()
             for lease in self.leases.values():
                 lease.release()
         error = error or self._failed()
         if error is not None:
             raise error
-        return {p: u.result for p, u in self.units.items()}
+        return {p: u.result for p, u in {**self.stopped, **self.units}.items()}
+
+    def _join(self, reports: queue.Queue[UnitReport]) -> GroupMember:
+        """Join the source's consumer group; its rebalance callbacks run units."""
+        from dataflare_platform.connectors.kafka.membership import GroupMember
+
+        assert self.group is not None
+        name, settings = self.group
+        assert settings.membership is not None
+
+        def assigned(partitions: list[int]) -> None:
+            for partition in partitions:
+                if partition not in self.units:
+                    self._start(partition)
+                    self.pumps.append(self._pump(partition, reports))
+
+        def revoked(partitions: list[int]) -> dict[int, int]:
+            self._stop_units(partitions)
+            final: dict[int, int] = {}
+            for partition in partitions:
+                result = self.stopped[partition].result if partition in self.stopped else None
+                if result is not None:
+                    final.update(self._group_offsets(partition, result.checkpoint.offsets))
+            return final
+
+        return GroupMember(
+            settings,
+            settings.membership,
+            group_id(settings, self.spec.name),
+            assigned=assigned,
+            revoked=revoked,
+            lost=self._stop_units,
+            where=f"sources.{name}",
+        )
+
+    def _group_offsets(self, partition: int, offsets: dict[str, int]) -> dict[int, int]:
+        """A unit's checkpoint offset of its own partition (key ``<source>/<n>``)."""
+        key = f"{self.group[0] if self.group else ''}/{partition}"
+        return {partition: offsets[key]} if key in offsets else {}
+
+    def _stop_units(self, partitions: list[int]) -> None:
+        """Each unit finishes its batch and commits a last checkpoint (all at once)."""
+        units = [(p, self.units.pop(p)) for p in partitions if p in self.units]
+        for _, unit in units:
+            unit.stop_event.set()
+        for partition, unit in units:
+            unit.stop()
+            self.stopped[partition] = unit
 
     def _pump(self, partition: int, out: queue.Queue[UnitReport]) -> threading.Thread:
         unit = self.units[partition]
@@ -255,7 +399,7 @@ class PartitionWorker:
         return thread
 
     def _failed(self) -> BaseException | None:
-        for unit in self.units.values():
+        for unit in [*self.units.values(), *self.stopped.values()]:
             if not unit.running and unit.error is not None:
                 return unit.error
         return None

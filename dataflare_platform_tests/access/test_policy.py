@@ -397,3 +397,40 @@ def test_a_batch_decides_as_single_decisions_do(roles):
     singles = [authorizer.decide(who(*roles), action, JOB) for action in actions]
     assert authorizer.decide_many(who(*roles), actions, JOB) == singles
     assert any(d.allowed for d in singles) == bool(roles)
+
+
+def plugin(namespace: str) -> Resource:
+    return Resource(kind="plugin", name=f"{namespace}/currency@1.0.0", namespace=namespace)
+
+
+def test_the_plugin_roles_are_in_the_role_table_and_scoped():
+    """publisher / reviewer / operator / scanner: each role's group grants exactly its
+    plugin actions (asked of the engine), a publisher only in the namespaces of its
+    role assignment, and no other role (admin included) any plugin action."""
+    from dataflare_platform.access.cedar_schema import PLUGIN_ROLE_ACTIONS
+
+    authorizer = load_authorizer()
+    everyone = list(get_args(Action))
+    scanner = Principal(name="plugin-admission", kind="service", via="token", roles={"scanner"})
+    holders = {
+        "publisher": who("publisher@acme"),
+        "reviewer": who("reviewer"),
+        "operator": who("operator"),
+        "scanner": scanner,
+    }
+    for role, principal in holders.items():
+        granted = {a for a in everyone if authorizer.decide(principal, a, plugin("acme")).allowed}
+        assert granted == set(PLUGIN_ROLE_ACTIONS[role]), role
+    # the publisher's role assignment names its namespaces
+    assert not authorizer.decide(who("publisher@acme"), "plugin_publish", plugin("globex")).allowed
+    assert authorizer.decide(
+        who("publisher@acme", "publisher@globex"), "plugin_publish", plugin("globex")
+    ).allowed
+    assert not authorizer.decide(who("publisher"), "plugin_publish", plugin("acme")).allowed
+    # separation of duties: admin has none of them, a person holding "scanner" cannot scan
+    for action in ("plugin_approve", "plugin_publish", "plugin_revoke", "plugin_scan"):
+        assert not authorizer.decide(who("admin"), action, plugin("acme")).allowed
+    assert not authorizer.decide(who("scanner"), "plugin_scan", plugin("acme")).allowed
+    # and the plugin roles grant nothing on the platform's other resources
+    for role in ("publisher@acme", "reviewer", "operator"):
+        assert not authorizer.decide(who(role), "view", JOB).allowed

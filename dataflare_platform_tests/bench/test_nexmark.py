@@ -43,3 +43,28 @@ def test_otel_flag_reports_both_sides_and_leaves_metrics_off(tmp_path, monkeypat
     assert observability.instruments() is None
     assert tracer() is None
     assert "PROMETHEUS_MULTIPROC_DIR" not in os.environ
+
+
+def test_cold_start_figures_are_reported(tmp_path):
+    """The first committed output and the first 20 batches' p99 are reported for the
+    process's first run and, apart, for the later (warm) ones; with the DuckDB sink the
+    runs take checkpoints as they go."""
+    data = tmp_path / "nexmark"
+    write_nexmark(NexmarkConfig(events=20_000, events_per_second=1_000.0), data)
+    from typer.main import get_command
+
+    result = CliRunner().invoke(
+        get_command(app),
+        [
+            "bench", "nexmark", "--query", "q5", "--input", str(data / "bids"),
+            "--batch-rows", "100", "--checkpoint-every", "10", "--repeat", "2", "--duckdb",
+        ],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.output.strip().splitlines()[-1])
+    cold = report["cold_start"]
+    assert report["checkpoint_every"] == 10 and report["sink"] == "duckdb"
+    assert report["output_rows"] > 0
+    assert cold["first_commit_s"] > 0 and cold["warm_first_commit_s"] > 0
+    assert cold["first_20_batches_p99_ms"] > 0 and cold["warm_first_20_batches_p99_ms"] > 0
+    assert cold["pandas_imported_by_runs"] is False

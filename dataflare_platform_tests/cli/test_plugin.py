@@ -231,3 +231,23 @@ def test_without_the_opt_out_a_scaffolded_plugin_is_refused(
     with AuditLog(f"sqlite:///{developer_home.root / 'audit.db'}") as log:
         actions = [(e.action, e.subject) for e in log.tail(10)]
     assert actions == [("plugin_unpinned_loaded", "my_map"), ("plugin_refused", "my_map")]
+
+
+def test_admit_reports_every_check_and_exits_1_when_one_refuses():
+    """A shipped sample with its self-test vectors is admitted; one that ships none is
+    refused with exit 1, every other check still reported as passed."""
+    admitted = ok(["admit", "currency", "--json"])
+    assert admitted["admitted"] is True
+    assert {c["check"] for c in admitted["checks"]} == {
+        "structure",
+        "abi",
+        "capabilities",
+        "licence",
+        "self_test",
+    }
+    result = runner.invoke(plugin_app, ["admit", "pii_mask", "--json"])
+    assert result.exit_code == 1, result.output
+    refused = json.loads(result.stdout)
+    failing = [c for c in refused["checks"] if not c["passed"]]
+    assert [c["check"] for c in failing] == ["self_test"]
+    assert "ships no self-test vectors" in failing[0]["detail"]

@@ -351,7 +351,7 @@ def old_log_url(request, tmp_path, dsn) -> Iterator[str]:
         return
     schema = f"old_audit_{uuid.uuid4().hex[:10]}"
     with psycopg.connect(dsn, autocommit=True) as conn:
-        conn.execute(f'CREATE SCHEMA "{schema}"')
+        conn.execute(f"CREATE SCHEMA {quote_identifier(schema)}")
     url = (
         sa.engine.make_url(dsn)
         .set(drivername="postgresql+psycopg")
@@ -361,7 +361,7 @@ def old_log_url(request, tmp_path, dsn) -> Iterator[str]:
     _sql(url, *(q.format(id="SERIAL") for q in _OLD_SCHEMA))
     yield url
     with psycopg.connect(dsn, autocommit=True) as conn:
-        conn.execute(f'DROP SCHEMA "{schema}" CASCADE')
+        conn.execute(f"DROP SCHEMA {quote_identifier(schema)} CASCADE")
 
 
 def test_a_log_of_the_old_schema_is_upgraded_and_takes_p256_checkpoints(old_log_url):

@@ -227,16 +227,21 @@ def same_rows(a: pa.Table, b: pa.Table) -> bool:
 
 
 # -- the source contract -------------------------------------------------------------------
-def broker_source_case(fresh, producer, source_settings, open_source) -> SourceCase:
+def broker_source_case(
+    fresh, producer, source_settings, open_source, *, context: OpenContext | None = None
+) -> SourceCase:
     """The contract's case for a broker: ``fresh()`` gives settings of a new, empty
-    stream; rows are sent as json messages by ``producer`` (bad ones raw, between good
-    ones) and read back by a source opened from ``source_settings`` (its ``kind:``
-    model) with ``open_source``, as a pipeline opens it."""
+    stream; rows are sent by ``producer`` (a factory: settings -> producer; bad messages
+    raw, between good ones) and read back by a source opened from ``source_settings`` (its
+    ``kind:`` model) with ``open_source``, as a pipeline opens it. ``context`` is the
+    context the source is opened in (a bounded read of every partition unless given, e.g.
+    ``partitions=(0,)`` for a producer that writes one partition of a topic)."""
+    opened = context or OpenContext("contract", "bids", bounded=True)
 
     def opener(settings, table: pa.Table):
         types = {f.name: str(f.type) for f in table.schema}
         spec = source_settings(**settings.model_dump(), schema=types)
-        return lambda: open_source(spec, OpenContext("contract", "bids", bounded=True))
+        return lambda: open_source(spec, opened)
 
     def store(table: pa.Table):
         settings = fresh()

@@ -23,6 +23,7 @@ from dataflare_platform.connectors.settings import OpenContext
 from dataflare_platform.engine import CollectSink, TableSource
 from dataflare_platform.errors import ConfigError
 from dataflare_platform.events.codec import encode_json
+from dataflare_platform_tests.connectors.broker_helpers import broker_source_case
 from dataflare_platform_tests.connectors.contract import (
     DeadLetterContract,
     SinkCase,
@@ -48,41 +49,23 @@ def _types(table: pa.Table) -> dict[str, str]:
 
 
 def _source_case(bootstrap: str, fmt: str) -> SourceCase:
-    """Rows sent to partition 0 of a fresh topic; the source reads that partition."""
+    """Rows sent to partition 0 of a fresh topic (64 rows per arrow message); the source
+    reads that partition."""
 
-    def opener(topic: str, table: pa.Table):
-        settings = kafka.KafkaSourceSettings(
-            bootstrap_servers=bootstrap, topic=topic, format=fmt, schema=_types(table)
-        )
-        context = OpenContext("contract", "bids", bounded=True, partitions=(0,))
-        return lambda: registry.open_source(settings, context)
-
-    def producer(topic: str, table: pa.Table) -> kafka.KafkaProducer:
+    def fresh() -> kafka.KafkaSettings:
+        topic = unique_topic()
         create_topic(bootstrap, topic)
-        settings = kafka.KafkaSettings(
+        return kafka.KafkaSettings(
             bootstrap_servers=bootstrap, topic=topic, format=fmt, batch_rows=64
         )
-        return kafka.KafkaProducer(settings, table.schema, partition=0)
 
-    def store(table: pa.Table):
-        topic = unique_topic()
-        sender = producer(topic, table)
-        sender.send(table)
-        sender.close()
-        return opener(topic, table)
-
-    def store_with_bad(table: pa.Table, bad: int):
-        topic = unique_topic()
-        sender = producer(topic, table)
-        step = table.num_rows // bad
-        for i in range(bad):
-            sender.send(table.slice(i * step, step))
-            sender.send_raw([b"{not json " + str(i).encode()])
-        sender.send(table.slice(bad * step))
-        sender.close()
-        return opener(topic, table)
-
-    return SourceCase(store, store_with_bad)
+    return broker_source_case(
+        fresh,
+        lambda settings: kafka.KafkaProducer(settings, partition=0),
+        kafka.KafkaSourceSettings,
+        registry.open_source,
+        context=OpenContext("contract", "bids", bounded=True, partitions=(0,)),
+    )
 
 
 class TestKafkaSourceContract(DeadLetterContract):

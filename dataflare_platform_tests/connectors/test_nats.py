@@ -179,8 +179,11 @@ def test_unacked_messages_are_redelivered_after_ack_wait(make_settings, bids):
     producer.close()
 
     crashed = NatsConsumer(s, bids.schema)
-    taken = crashed.fetch(10, timeout_s=2)
+    # Taken before the fetch: the server starts ack_wait when it delivers, which is after
+    # the request and may be well before the fetch returns here on a loaded machine
+    # (a bound taken after the fetch was 2 ms short once under two test workers).
     fetched_at = time.monotonic()
+    taken = crashed.fetch(10, timeout_s=2)
     assert taken.ids == [str(i) for i in range(1, 11)]
     crashed.close()  # gone without acking
 

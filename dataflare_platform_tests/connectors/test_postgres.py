@@ -34,6 +34,7 @@ from dataflare_platform.queries.nexmark import (
     UPSERT_KEYS,
     ground_truth,
 )
+from dataflare_platform.sql_names import quote_identifier
 from dataflare_platform_tests.conftest import DEFAULT_POSTGRES_DSN
 from dataflare_platform_tests.connectors.contract import SinkCase, TransactionalSinkContract
 from dataflare_platform_tests.connectors.sink_helpers import (
@@ -49,6 +50,11 @@ CONFIG = RunnerConfig(batch_rows=100, checkpoint_every=3)
 @pytest.fixture
 def schema(pg_schema):
     return pg_schema
+
+
+def qualified(schema: str, table: str) -> str:
+    """``schema.table`` with both names quoted, for the statements the tests write."""
+    return f"{quote_identifier(schema)}.{quote_identifier(table)}"
 
 
 def fetch(dsn: str, query: str) -> pl.DataFrame:
@@ -95,14 +101,15 @@ def test_an_unreachable_server_fails_with_where_and_why():
 # -- types ------------------------------------------------------------------------------
 def _round_trip(dsn: str, schema: str, table: pa.Table) -> list[tuple]:
     with psycopg.connect(dsn) as conn:
-        conn.execute(f'CREATE SCHEMA IF NOT EXISTS "{schema}"')
-        columns = ", ".join(f'"{f.name}" {pg_type(f)}' for f in table.schema)
-        conn.execute(f'CREATE TABLE "{schema}".t (k serial, {columns})')
-        names = ", ".join(f'"{n}"' for n in table.column_names)
-        with conn.cursor().copy(f'COPY "{schema}".t ({names}) FROM STDIN (FORMAT BINARY)') as cp:
+        quoted = quote_identifier(schema)
+        conn.execute(f"CREATE SCHEMA IF NOT EXISTS {quoted}")
+        columns = ", ".join(f"{quote_identifier(f.name)} {pg_type(f)}" for f in table.schema)
+        conn.execute(f"CREATE TABLE {quoted}.t (k serial, {columns})")
+        names = ", ".join(quote_identifier(n) for n in table.column_names)
+        with conn.cursor().copy(f"COPY {quoted}.t ({names}) FROM STDIN (FORMAT BINARY)") as cp:
             for piece in iter_binary(table, chunk_rows=3):
                 cp.write(piece)
-        return conn.execute(f'SELECT {names} FROM "{schema}".t ORDER BY k').fetchall()
+        return conn.execute(f"SELECT {names} FROM {quoted}.t ORDER BY k").fetchall()
 
 
 def test_binary_copy_keeps_every_type_and_null(dsn, schema):
@@ -157,7 +164,7 @@ def test_binary_copy_round_trips_any_values(dsn, schema, rows):
         }
     )
     with psycopg.connect(dsn, autocommit=True) as conn:
-        conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+        conn.execute(f"DROP SCHEMA IF EXISTS {quote_identifier(schema)} CASCADE")
     assert _round_trip(dsn, schema, table) == rows
 
 
@@ -169,13 +176,13 @@ def test_engine_run_into_postgres_equals_collect_sink_and_ground_truth(
     sink = PostgresSink(dsn, f"nexmark_{query}", schema_name=schema)
     result = Runner(BUILDERS[query](sources(query, small_nexmark), sink), CONFIG).run()
     assert result.finished and result.metrics.checkpoints > 1
-    got = fetch(dsn, f'SELECT * FROM "{schema}".nexmark_{query}')
+    got = fetch(dsn, f"SELECT * FROM {qualified(schema, f'nexmark_{query}')}")
     expected = collect(query, small_nexmark, CONFIG)
     assert expected.height > 0
     assert same_rows(got, expected)
     truth = pl.from_arrow(ground_truth(truth_connection(small_nexmark), query))
     assert same_rows(got, truth.select(expected.columns).cast(dict(expected.schema)))
-    state = fetch(dsn, f'SELECT pipeline, target FROM "{schema}".dataflare_checkpoints')
+    state = fetch(dsn, f"SELECT pipeline, target FROM {qualified(schema, 'dataflare_checkpoints')}")
     assert state.rows() == [(f"nexmark-{query}", f"nexmark_{query}")]
 
 
@@ -187,14 +194,14 @@ def test_upsert_keeps_each_keys_newest_row_like_duckdb(dsn, schema, small_nexmar
     Runner(BUILDERS["q4"](sources("q4", small_nexmark), duck), CONFIG).run()
     with duckdb.connect(str(tmp_path / "q4.duckdb")) as conn:
         expected = pl.from_arrow(conn.sql("SELECT * FROM q4").to_arrow_table())
-    got = fetch(dsn, f'SELECT * FROM "{schema}".q4')
+    got = fetch(dsn, f"SELECT * FROM {qualified(schema, 'q4')}")
     assert got.height == got.select(keys).unique().height == expected.height > 1
     assert same_rows(got, expected)
     # A table made by the sink has the key as its primary key.
     pk = fetch(
         dsn,
         "SELECT a.attname FROM pg_index i JOIN pg_attribute a ON a.attrelid = i.indrelid"
-        f" AND a.attnum = ANY(i.indkey) WHERE i.indrelid = '\"{schema}\".q4'::regclass"
+        f" AND a.attnum = ANY(i.indkey) WHERE i.indrelid = '{qualified(schema, 'q4')}'::regclass"
         " AND i.indisprimary",
     )
     assert pk.to_series().to_list() == keys
@@ -211,7 +218,7 @@ def test_stop_and_resume_equals_one_run(dsn, schema, small_nexmark):
     sink.close()
     second = Runner(BUILDERS["q5"](sources("q5", small_nexmark), sink), CONFIG).run()
     assert second.finished
-    assert same_rows(fetch(dsn, f'SELECT * FROM "{schema}".q5'), whole)
+    assert same_rows(fetch(dsn, f"SELECT * FROM {qualified(schema, 'q5')}"), whole)
 
 
 def test_a_failed_commit_leaves_nothing_and_the_last_checkpoint(dsn, schema, monkeypatch):
@@ -232,8 +239,8 @@ def test_a_failed_commit_leaves_nothing_and_the_last_checkpoint(dsn, schema, mon
         with pytest.raises(RuntimeError, match="disk full"):
             sink.commit(Checkpoint(offsets={"s/0": 3}))
     sink.close()
-    assert fetch(dsn, f'SELECT a FROM "{schema}".out').to_series().to_list() == [1, 2]
-    assert fetch(dsn, f'SELECT count(*) AS n FROM "{schema}".out_side').item() == 0
+    assert fetch(dsn, f"SELECT a FROM {qualified(schema, 'out')}").to_series().to_list() == [1, 2]
+    assert fetch(dsn, f"SELECT count(*) AS n FROM {qualified(schema, 'out_side')}").item() == 0
     again = PostgresSink(dsn, "out", schema_name=schema)
     assert again.open("p").offsets == {"s/0": 2}
     again.close()
@@ -253,7 +260,7 @@ def test_side_rows_are_committed_with_the_output(dsn, schema):
     sink.write(None, side)
     sink.commit(Checkpoint())
     sink.close()
-    assert same_rows(fetch(dsn, f'SELECT * FROM "{schema}".out_side'), side)
+    assert same_rows(fetch(dsn, f"SELECT * FROM {qualified(schema, 'out_side')}"), side)
 
 
 def test_a_second_writer_of_the_same_table_is_refused(dsn, schema):
@@ -282,7 +289,7 @@ def test_nanoseconds_are_cut_to_postgres_microseconds(dsn, schema):
     sink.write(ns, None)
     sink.commit(Checkpoint())
     sink.close()
-    assert fetch(dsn, f'SELECT t FROM "{schema}".out').item() == t
+    assert fetch(dsn, f"SELECT t FROM {qualified(schema, 'out')}").item() == t
 
 
 def test_output_that_does_not_fit_the_existing_table_is_refused(dsn, schema):
@@ -307,6 +314,6 @@ class TestPostgresSinkContract(TransactionalSinkContract):
         settings = postgres_connector.PostgresSinkSettings(dsn=dsn, table="out", schema_name=schema)
         return SinkCase(
             open=lambda: postgres_connector.open_sink(settings, OpenContext("contract")),
-            read=lambda: fetch(dsn, f'SELECT * FROM "{schema}".out'),
+            read=lambda: fetch(dsn, f"SELECT * FROM {qualified(schema, 'out')}"),
             settings=settings.model_dump(),
         )

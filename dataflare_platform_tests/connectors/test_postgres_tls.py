@@ -27,6 +27,7 @@ from dataflare_platform.connectors.settings import OpenContext
 from dataflare_platform.engine import Runner, RunnerConfig
 from dataflare_platform.queries.nexmark import BUILDERS
 from dataflare_platform.secrets import PlatformSecretRef
+from dataflare_platform.sql_names import quote_identifier
 from dataflare_platform.tls import TlsSettings
 from dataflare_platform_tests.connectors.contract import SinkCase, TransactionalSinkContract
 from dataflare_platform_tests.connectors.sink_helpers import collect, same_rows, sources
@@ -65,7 +66,7 @@ def schema(tls_pg, test_ca) -> Iterator[str]:
     name = f"tls_{uuid.uuid4().hex[:12]}"
     yield name
     with psycopg.connect(tls_conninfo(mtls_dsn(tls_pg), mtls(test_ca)), autocommit=True) as c:
-        c.execute(f'DROP SCHEMA IF EXISTS "{name}" CASCADE')
+        c.execute(f"DROP SCHEMA IF EXISTS {quote_identifier(name)} CASCADE")
 
 
 def refused(dsn: str, tls: TlsSettings) -> str:
@@ -96,7 +97,7 @@ def test_a_pipeline_commits_over_mutual_tls(tls_pg, test_ca, schema, small_nexma
         ssl_row = conn.execute(
             "SELECT ssl, client_dn FROM pg_stat_ssl WHERE pid = pg_backend_pid()"
         ).fetchone()
-        cur = conn.execute(f'SELECT * FROM "{schema}".q1')
+        cur = conn.execute(f"SELECT * FROM {quote_identifier(schema)}.q1")
         names = [d.name for d in cur.description]
         got = pl.DataFrame(cur.fetchall(), schema=names, orient="row", infer_schema_length=None)
     assert ssl_row == (True, "/CN=dataflare")
@@ -166,7 +167,7 @@ class TestPostgresTlsSinkContract(TransactionalSinkContract):
 
         def read() -> pl.DataFrame:
             with psycopg.connect(conninfo) as conn:
-                cur = conn.execute(f'SELECT * FROM "{schema}".out')
+                cur = conn.execute(f"SELECT * FROM {quote_identifier(schema)}.out")
                 names = [d.name for d in cur.description]
                 rows = cur.fetchall()
             return pl.DataFrame(rows, schema=names, orient="row", infer_schema_length=None)

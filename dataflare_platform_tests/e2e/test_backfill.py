@@ -23,6 +23,7 @@ from dataflare_platform.client import (
 )
 from dataflare_platform.datagen import SCHEMAS, NexmarkConfig, write_nexmark
 from dataflare_platform.home import ProjectHome
+from dataflare_platform.sql_names import quote_identifier
 from dataflare_platform.warehouse.connection import connect
 from dataflare_platform.warehouse.loader import load_table
 
@@ -141,7 +142,8 @@ def test_backfill_of_the_daily_stats_job_over_every_day(webserver, daemon, lande
         for table in DAILY_TABLES:
             stored = dict(
                 conn.execute(
-                    f"SELECT CAST(day AS VARCHAR), count(*) FROM {table} GROUP BY ALL"
+                    "SELECT CAST(day AS VARCHAR), count(*)"
+                    f" FROM {quote_identifier(table)} GROUP BY ALL"
                 ).fetchall()
             )
             assert stored == {day: expected[day][table] for day in days if table in expected[day]}

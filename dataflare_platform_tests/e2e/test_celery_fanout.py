@@ -35,6 +35,7 @@ from dataflare_platform.client import DataflareClient
 from dataflare_platform.datagen import SCHEMAS
 from dataflare_platform.deployment_settings import CELERY_BROKER_ENV
 from dataflare_platform.home import ProjectHome
+from dataflare_platform.sql_names import quote_identifier
 from dataflare_platform.warehouse.connection import connect
 from dataflare_platform.warehouse.loader import load_table
 from dataflare_platform_tests.conftest import REPO_ROOT
@@ -215,7 +216,8 @@ def _assert_worker_log_and_warehouse(worker: CeleryWorker, home: ProjectHome, da
     # What the steps computed reached the warehouse: rows for the days run, no others.
     with connect(home.warehouse_path) as conn:
         for table in DAILY_TABLES:
-            rows = conn.execute(f"SELECT DISTINCT CAST(day AS VARCHAR) FROM {table}").fetchall()
+            quoted = quote_identifier(table)
+            rows = conn.execute(f"SELECT DISTINCT CAST(day AS VARCHAR) FROM {quoted}").fetchall()
             stored = {day for (day,) in rows}
             assert stored and stored <= set(days), table
 

@@ -34,7 +34,7 @@ from dataflare_platform.warehouse.stats import event_days
 
 pytestmark = pytest.mark.e2e
 
-RUN_TIMEOUT_S = 300
+RUN_TIMEOUT_S = 600  # a ceiling, not a target: runs took up to 2 min each under load 7
 
 
 def _cli() -> typer.Typer:
@@ -185,7 +185,7 @@ def test_queued_run_times_out_with_a_hint_then_is_terminated(webserver):
     stopped = CliRunner().invoke(_cli(), ["runs", "terminate", run_id, *port])
     assert stopped.exit_code == 0, stopped.output
     assert json.loads(stopped.stdout)["run_id"] == run_id
-    assert client.wait(run_id, timeout_s=30) == "CANCELED"
+    assert client.wait(run_id, timeout_s=120) == "CANCELED"
     ended = CliRunner().invoke(_cli(), ["runs", "wait", run_id, *port])
     assert ended.exit_code == 1
     assert json.loads(ended.stdout) == {"run_id": run_id, "status": "CANCELED"}

@@ -14,6 +14,7 @@ import dagster as dg
 import pytest
 
 from dataflare_platform.datagen import NexmarkConfig, write_nexmark
+from dataflare_platform.sql_names import quote_identifier
 from dataflare_platform.warehouse.connection import connect
 
 pytestmark = pytest.mark.e2e
@@ -64,4 +65,5 @@ def test_ingest_job_keeps_one_warehouse_step_at_a_time(home):
 
     with connect(home.warehouse_path) as conn:
         for kind, rows in summary.rows.items():
-            assert conn.execute(f"SELECT count(*) FROM {kind}").fetchall()[0][0] == rows
+            counted = conn.execute(f"SELECT count(*) FROM {quote_identifier(kind)}").fetchall()
+            assert counted[0][0] == rows

@@ -26,6 +26,7 @@ from dataflare_platform_tests.streams.test_workers import (
     truth,
 )
 from dataflare_platform_tests.streams.test_workers_kafka import (
+    MEMBERSHIP,
     close_windows,
     ends,
     send,
@@ -40,21 +41,26 @@ __all__ = ["kafka_bootstrap"]
 CEILING_S = 600.0  # queued launches, run monitoring every 15 s, a 5 s retry delay
 PIPELINE = "kbids"
 JOB = f"{PIPELINE}_workers"
-SPEC_ENV = "DFTEST_PIPELINE_SPEC"  # kafka_workers_defs reads the spec it names
+SPEC_ENV = "DFTEST_PIPELINE_SPEC"  # spec_location reads the spec it names
 
 
-def _spec(bootstrap: str, topic: str, dsn: str, schema: str) -> str:
-    return spec_text(bootstrap, topic, dsn, schema).replace("name: bid_counts", f"name: {PIPELINE}")
+def _spec(bootstrap: str, topic: str, dsn: str, schema: str, membership: dict | None) -> str:
+    text = spec_text(bootstrap, topic, dsn, schema, membership=membership)
+    return text.replace("name: bid_counts", f"name: {PIPELINE}")
 
 
+@pytest.mark.parametrize("membership", [None, MEMBERSHIP], ids=["leases", "consumer-group"])
 def test_a_killed_kafka_worker_run_is_retried_and_the_table_is_exactly_once(
-    kafka_bootstrap, tmp_path, dsn, pg_schema
+    kafka_bootstrap, tmp_path, dsn, pg_schema, membership
 ):
+    """With leases (each run owns its share) and with the consumer group owning the
+    partitions (each run is given all of them; the group moves the killed run's
+    partitions to the survivor, then shares them again with the retry)."""
     topic = unique_topic("bids")
     assert create_topic(kafka_bootstrap, topic) == PARTITIONS
     settings = kafka.KafkaSettings(bootstrap_servers=kafka_bootstrap, topic=topic)
     spec_path = tmp_path / f"{PIPELINE}.yaml"
-    spec_path.write_text(_spec(kafka_bootstrap, topic, dsn, pg_schema))
+    spec_path.write_text(_spec(kafka_bootstrap, topic, dsn, pg_schema, membership))
     appended = [events(0, 6_000, 1)]
     send(settings, appended[0])
     target = PostgresTarget(db_name=f"dataflare_e2e_{uuid.uuid4().hex[:12]}")
@@ -62,7 +68,7 @@ def test_a_killed_kafka_worker_run_is_retried_and_the_table_is_exactly_once(
         with running_topology(
             tmp_path / "topology",
             target,
-            code_module="dataflare_platform_tests.e2e.kafka_workers_defs",
+            code_module="dataflare_platform_tests.e2e.spec_location",
             extra_env={SPEC_ENV: str(spec_path)},
         ) as topology:
             assert topology.front is not None
@@ -122,4 +128,5 @@ def test_a_killed_kafka_worker_run_is_retried_and_the_table_is_exactly_once(
     want = truth(appended, 3_600_000)
     assert got.height == want.height > 0
     assert got.to_dicts() == want.to_dicts()
-    print(f"\nKafka worker SIGKILL -> FAILED {detected:.2f} s, caught up {resumed:.2f} s")
+    mode = "consumer group" if membership else "leases"
+    print(f"\nKafka worker ({mode}) SIGKILL -> FAILED {detected:.2f} s, caught up {resumed:.2f} s")

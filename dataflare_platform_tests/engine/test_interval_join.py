@@ -7,7 +7,9 @@ import polars as pl
 import pytest
 
 from dataflare_platform.engine import count, max_, mean, min_, sum_
+from dataflare_platform.engine.operators.interval_tiers import Winner
 from dataflare_platform.engine.operators.joins import IntervalJoinAggregate
+from dataflare_platform.errors import InvalidInputError
 
 AGGS = [
     count("n"),
@@ -149,3 +151,99 @@ def test_state_written_before_the_matched_count_restores():
     a, b = fresh.advance(2**62), old.advance(2**62)
     assert a is not None and a.height > 0
     assert a.sort("id").equals(b.sort("id"))
+
+
+# -- winner (argmax row): Nexmark q9's winning bid -------------------------------------
+WIN_ORDER = (("price", True), ("date_time", False), ("bidder", False))
+WIN_COLUMNS = (("bidder", "bidder"), ("price", "price"), ("date_time", "bid_time"))
+
+
+def tied_streams(key_kind: str, seed: int):
+    """``make_streams`` with coarse prices and times, so that equal prices and equal
+    (price, time) pairs are common and the tie-breaks decide; null prices stay."""
+    left, right = make_streams(key_kind, seed=seed)
+    rng = np.random.default_rng(seed + 100)
+    coarse_time = (pl.col("date_time").cast(pl.Int64) // 2_000 * 2_000).cast(pl.Datetime("ms"))
+    right = right.with_columns(
+        pl.col("price") // 2_500,
+        coarse_time,
+        pl.Series("bidder", rng.integers(0, 6, right.height)),
+    )
+    return left, right
+
+
+WIN_OUT = ["id", "n", "bidder", "price", "bid_time"]
+
+
+def winner_operator() -> IntervalJoinAggregate:
+    op = IntervalJoinAggregate(
+        "id",
+        "auction",
+        "expires",
+        ["id", "category"],
+        [count("n")],
+        winner=Winner(WIN_ORDER, WIN_COLUMNS),
+    )
+    op.bind("date_time")
+    return op
+
+
+def expected_winners(left: pl.DataFrame, right: pl.DataFrame) -> pl.DataFrame:
+    """Per auction with a bid in its interval: the bid ranking first (a null price
+    never wins), by a sort and a first-per-group, independently of the operator."""
+    joined = right.join(left, left_on="auction", right_on="id").filter(
+        pl.col("date_time").is_between(pl.col("date_time_right"), pl.col("expires"))
+    )
+    n = joined.group_by(pl.col("auction").alias("id")).agg(pl.len().alias("n"))
+    best = (
+        joined.drop_nulls("price")
+        .sort(["price", "date_time", "bidder"], descending=[True, False, False])
+        .group_by("auction", maintain_order=True)
+        .first()
+        .select(
+            pl.col("auction").alias("id"), "bidder", "price", pl.col("date_time").alias("bid_time")
+        )
+    )
+    return n.join(best, on="id", how="left")
+
+
+@pytest.mark.parametrize("key_kind", ["dense", "sparse", "string"])
+@pytest.mark.parametrize("batch_rows", [1, 37, 5_000])
+def test_winner_is_the_first_ranked_right_row(monkeypatch, key_kind, batch_rows):
+    left, right = tied_streams(key_kind, seed=4)
+    if batch_rows == 1:
+        left, right = left.head(60), right.filter(pl.col("date_time") < left["date_time"][60])
+    want = expected_winners(left, right)
+    # The data exercise the tie-breaks: some auction has two bids at its top price.
+    joined = right.join(left, left_on="auction", right_on="id").filter(
+        pl.col("date_time").is_between(pl.col("date_time_right"), pl.col("expires"))
+    )
+    top = joined.filter(pl.col("price") == pl.col("price").max().over("auction"))
+    assert top.group_by("auction").len()["len"].max() > 1
+    monkeypatch.setattr(f"{__name__}.operator", winner_operator)
+    got = feed(left, right, batch_rows).select(WIN_OUT).sort("id")
+    assert got.equals(want.select(WIN_OUT).sort("id").cast(got.schema))
+    # Auctions whose bids all have a null price are emitted without a winner.
+    no_winner = pl.col("price").is_null()
+    assert got.filter(no_winner).height == want.filter(no_winner).height
+
+
+@pytest.mark.parametrize("key_kind", ["dense", "string"])
+def test_restored_checkpoint_continues_the_same_winners(monkeypatch, key_kind):
+    left, right = tied_streams(key_kind, seed=5)
+    want = expected_winners(left, right).sort("id")
+    monkeypatch.setattr(f"{__name__}.operator", winner_operator)
+    for restore_after in (3, 10, 25):
+        got = feed(left, right, 200, restore_after=restore_after).select(WIN_OUT).sort("id")
+        assert got.equals(want.select(WIN_OUT).cast(got.schema))
+
+
+def test_a_string_winner_column_is_refused():
+    left, right = tied_streams("dense", seed=6)
+    op = IntervalJoinAggregate(
+        "id", "auction", "expires", ["id"], winner=Winner(WIN_ORDER, (("tag", "tag"),))
+    )
+    op.bind("date_time")
+    op.process(left, port=0)
+    with pytest.raises(InvalidInputError, match="tag"):
+        op.process(right.with_columns(pl.format("b{}", "bidder").alias("tag")), port=1)

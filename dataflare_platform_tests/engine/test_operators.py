@@ -20,6 +20,7 @@ from dataflare_platform.engine import (
     sum_,
     tumbling,
 )
+from dataflare_platform.errors import InvalidInputError
 from dataflare_platform_tests.engine.helpers import T0, events
 
 
@@ -215,3 +216,55 @@ def test_top_rows_match_polars_ranks_ties_kept(keys, n, descending, batch_rows):
     truth = truth.drop("t")
     assert got.select(truth.columns).equals(truth)
     assert result.metrics.state_rows() == 0
+
+
+@pytest.mark.parametrize("batch_rows", [1, 5, 64, 10_000])
+def test_reduce_last_aggregates_each_keys_last_n_rows(batch_rows):
+    """Every row emits its key's aggregates over that key's last 3 rows in time order,
+    itself included: checked against a plain loop. Within a batch the rows are
+    shuffled, so the operator's own ordering by ``order_by`` is what makes it right."""
+    rng = np.random.default_rng(7)
+    n_rows, n = 400, 3
+    times = np.arange(n_rows) * 10
+    keys, values = rng.integers(0, 9, n_rows), rng.integers(1, 1_000, n_rows)
+    starts = range(0, n_rows, batch_rows)
+    order = np.concatenate(
+        [rng.permutation(np.arange(s, min(s + batch_rows, n_rows))) for s in starts]
+    )
+    table = events(times[order], keys[order], values[order])
+    got, _ = run(
+        lambda s: s.key_by("key").reduce_last(
+            n,
+            sum_("value", "total"),
+            mean("value", "avg"),
+            min_("value", "lo"),
+            max_("value", "hi"),
+            count("rows"),
+            order_by=["date_time"],
+        ),
+        table,
+        batch_rows=batch_rows,
+        ooo_ms=60_000,
+    )
+    want: dict[int, list[tuple]] = {}
+    recent: dict[int, list[int]] = {}
+    for key, value in zip(keys.tolist(), values.tolist(), strict=True):
+        last = recent.setdefault(key, [])
+        last.append(value)
+        del last[:-n]
+        want.setdefault(key, []).append(
+            (sum(last), sum(last) / len(last), min(last), max(last), len(last))
+        )
+    columns = ["total", "avg", "lo", "hi", "rows"]
+    for (key,), rows in got.partition_by("key", as_dict=True, maintain_order=True).items():
+        flat = [v for row in rows.select(columns).iter_rows() for v in row]
+        assert flat == pytest.approx([v for row in want[key] for v in row])
+    assert got.height == n_rows
+
+
+def test_reduce_last_needs_a_key_and_a_positive_n():
+    stream = Stream.source(TableSource.single("e", events([0])))
+    with pytest.raises(InvalidInputError, match="key_by"):
+        stream.reduce_last(3, count("n"))
+    with pytest.raises(InvalidInputError, match="n >= 1"):
+        stream.key_by("key").reduce_last(0, count("n"))

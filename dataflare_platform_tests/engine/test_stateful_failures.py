@@ -101,6 +101,7 @@ KINDS: dict[str, Callable[[pa.Table, dict], Stream]] = {
     "sliding": lambda t, s: _one(t, s).key_by("key").window(sliding(1000, 500)).agg(*AGGS),
     "session": lambda t, s: _one(t, s).key_by("key").window(session(450)).agg(*AGGS),
     "top_rows": lambda t, s: _one(t, s).key_by("key").window(tumbling(500)).top_rows("value"),
+    "top_n": lambda t, s: _one(t, s).key_by("key").top_n("value", 3, rank_column="rank", ttl=400),
     "window_join": lambda t, s: (lambda a, b: a.window_join(b, tumbling(1000), "key", "key"))(
         *_two(t, s)
     ),

@@ -123,3 +123,14 @@ def test_admin_is_granted_only_to_an_account_with_a_second_factor(store):
     with pytest.raises(NotFoundError):
         users.set_roles("nobody", frozenset({"viewer"}))
     assert users.current("nobody") is None
+
+
+def test_plugin_roles_are_assignable_and_a_publisher_needs_a_namespace() -> None:
+    from dataflare_platform.identity.store import check_roles
+
+    assert check_roles({"publisher@acme", "reviewer", "operator", "viewer"}) == frozenset(
+        {"publisher@acme", "reviewer", "operator", "viewer"}
+    )
+    for bad in ("publisher", "publisher@Acme", "reviewer@acme", "owner"):
+        with pytest.raises(InvalidInputError, match="publisher@<namespace>"):
+            check_roles({bad})

@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 from dataflare_platform.compliance.audit import AuditLog
 from dataflare_platform.defs.deployment_lock import DeploymentLockedResource
 from dataflare_platform.defs.governance.resources import GovernanceResource
+from dataflare_platform.defs.plugins.admission import PluginAdmissionResource
 from dataflare_platform.defs.plugins.resources import PluginRuntimeResource
 from dataflare_platform.defs.resources import ProjectHomeResource
 from dataflare_platform.errors import DeploymentOverrideError
@@ -120,7 +121,9 @@ def test_registry_matches_the_fields_the_resources_mark():
         "dataflare": ProjectHomeResource,
         "governance": GovernanceResource,
         "plugins": PluginRuntimeResource,
+        "plugin_admission": PluginAdmissionResource,
     }
+    assert set(classes) == set(DEPLOYMENT_SETTINGS)
     for key, cls in classes.items():
         assert cls.deployment_key == key
         assert cls.deployment_field_names() == dict(DEPLOYMENT_SETTINGS[key])

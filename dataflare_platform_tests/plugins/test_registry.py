@@ -167,3 +167,36 @@ def test_two_steps_of_one_plugin_need_ids(tmp_path, registry):
     with pytest.raises(ConfigError) as err:
         build_with_plugins(spec_at(tmp_path, twice), registry)
     assert err.value.fields == ["streams.masked.steps[2].plugin.id"]
+
+
+def test_load_checks_see_the_pinned_digest_and_can_refuse(plugin_dir, cache_dir, tmp_path):
+    """A load check (the marketplace's, in a deployment) runs at every load after the pin
+    check, with the digest of the very bytes compiled; its refusal stops the load, and a
+    pin refusal stops it before any check runs."""
+    import hashlib
+
+    from dataflare_platform.plugins.lock import PinnedPlugin, PluginPinError, write_lock
+
+    module = (plugin_dir / "currency.wasm").read_bytes()
+    manifest = (plugin_dir / "currency.json").read_bytes()
+    seen: list[tuple[str, str, bytes | None]] = []
+    refuse = {"now": False}
+
+    def check(name: str, sha256: str, manifest_bytes: bytes | None) -> None:
+        seen.append((name, sha256, manifest_bytes))
+        if refuse["now"]:
+            raise ConfigError("refused by the check", [("plugin", name)])
+
+    lock = tmp_path / "plugins.lock"
+    write_lock(lock, {"currency": PinnedPlugin(sha256=hashlib.sha256(module).hexdigest())})
+    config = RegistryConfig(cache_dir=cache_dir, lock_files=(lock,), allow_unpinned=False)
+    registry = PluginRegistry(plugin_dir, config, load_checks=[check])
+    registry.load("currency")
+    assert seen == [("currency", hashlib.sha256(module).hexdigest(), manifest)]
+    refuse["now"] = True
+    with pytest.raises(ConfigError, match="refused by the check"):
+        registry.load("currency")
+    write_lock(lock, {"currency": PinnedPlugin(sha256="0" * 64)})
+    with pytest.raises(PluginPinError):
+        registry.load("currency")
+    assert len(seen) == 2  # the pin refused first: the check was not asked

@@ -35,6 +35,7 @@ from dataflare_platform.replay.run import (
     ReplayRequest,
     replay,
 )
+from dataflare_platform.sql_names import quote_identifier
 from dataflare_platform.streams import bind
 from dataflare_platform.streams.spec import PipelineSpec
 from dataflare_platform.times import epoch_ms
@@ -75,7 +76,7 @@ def _run_original(topic: Topic, query: str, db: Path, until: dict[str, int] | No
 
 def _table(db: Path, table: str) -> pl.DataFrame:
     with duckdb.connect(str(db)) as conn:
-        frame = pl.from_arrow(conn.sql(f'SELECT * FROM "{table}"').arrow())
+        frame = pl.from_arrow(conn.sql(f"SELECT * FROM {quote_identifier(table)}").arrow())
     assert isinstance(frame, pl.DataFrame)
     return frame.sort(pl.all())
 
@@ -164,14 +165,15 @@ def test_interval_replay_in_memory_of_a_two_source_window_join(log, small_nexmar
 
 def _corrupt(db: Path, table: str, plan: IntervalPlan, outside: str) -> None:
     """Lose some owned rows, damage the rest, add a bogus one; damage a row outside."""
-    ms = f'epoch_ms(CAST("{plan.column}" AS TIMESTAMP))'
+    ms = f"epoch_ms(CAST({quote_identifier(plan.column)} AS TIMESTAMP))"
     inside = f"{ms} >= {plan.owned_start_ms} AND {ms} < {plan.owned_end_ms}"
+    quoted = quote_identifier(table)
     with duckdb.connect(str(db)) as conn:
-        first = conn.execute(f'SELECT min({ms}) FROM "{table}" WHERE {inside}').fetchone()
+        first = conn.execute(f"SELECT min({ms}) FROM {quoted} WHERE {inside}").fetchone()
         assert first is not None and first[0] is not None
-        conn.execute(f'DELETE FROM "{table}" WHERE {ms} = {first[0]}')
-        conn.execute(f'INSERT INTO "{table}" SELECT * FROM "{table}" WHERE {inside} LIMIT 1')
-        conn.execute(f'UPDATE "{table}" SET {outside} WHERE NOT ({inside})')
+        conn.execute(f"DELETE FROM {quoted} WHERE {ms} = {first[0]}")
+        conn.execute(f"INSERT INTO {quoted} SELECT * FROM {quoted} WHERE {inside} LIMIT 1")
+        conn.execute(f"UPDATE {quoted} SET {outside} WHERE NOT ({inside})")
 
 
 @pytest.mark.parametrize(

@@ -155,7 +155,7 @@ def test_two_reports_per_worker_give_the_rates_busy_ratio_and_arrivals():
     a = sample(_report(100.0, 1_000, 1.0, 400), _report(110.0, 3_000, 6.0, 2_000))
     b = sample(_report(100.5, 0, 0.0, 600), _report(110.5, 1_000, 2.0, 1_000))
     assert a is not None and b is not None
-    got = measure([a, b], partitions=4, previous_lag=1_000)
+    got = measure([a, b], partitions=4)
     assert got.workers == 2 and got.partitions == 4
     assert got.processed_rate == pytest.approx(300.0)
     assert got.busy_ratio == pytest.approx((0.5 + 0.2) / 2)
@@ -187,6 +187,6 @@ def test_a_real_continuous_run_reports_cumulative_busy_and_idle_seconds(home, sm
     assert later.idle_s >= first.idle_s >= 0 and later.backpressured_s >= 0
     s = sample(first, later)
     assert s is not None and s.events_in == bids.num_rows - 1_500
-    inputs = measure([s], partitions=1, previous_lag=first.lag_events)
+    inputs = measure([s], partitions=1)
     assert inputs.processed_rate > 0 and 0 < inputs.busy_ratio <= 1
     assert inputs.lag_events == later.lag_events == 0

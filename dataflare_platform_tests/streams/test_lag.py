@@ -4,11 +4,14 @@ given), and the checkpoint read from the DuckDB sink without writing to it."""
 
 from __future__ import annotations
 
+import threading
+
 import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
 
 from dataflare_platform.component_files import DEFS_DIR
+from dataflare_platform.engine.runner import RunnerConfig
 from dataflare_platform.events.log import EventLog
 from dataflare_platform.streams.lag import (
     CheckpointUnavailableError,
@@ -17,7 +20,15 @@ from dataflare_platform.streams.lag import (
 )
 from dataflare_platform.streams.ranges import run_range, source_ends
 from dataflare_platform.streams.spec import PipelineSpec
+from dataflare_platform.streams.workers import PartitionWorker
 from dataflare_platform_tests.processes import holding_duckdb_writer
+from dataflare_platform_tests.streams.test_workers import (
+    PARTITIONS,
+    SCHEMA,
+    closers,
+    events,
+    spec_text,
+)
 
 
 @pytest.fixture
@@ -107,3 +118,45 @@ def test_a_checkpoint_held_by_a_writing_process_is_reported_busy(tmp_path, spec,
     ):
         committed_checkpoint(spec, tmp_path / "streams")
     assert committed_checkpoint(spec, tmp_path / "streams").offsets == {"bids/0": 100}
+
+
+def test_a_pipeline_run_as_partition_workers_shows_the_lag_of_its_units(tmp_path):
+    """Partition workers commit one checkpoint per unit (``name#pN``), none under the
+    pipeline's key: the lag reads the units' (it read the pipeline's key alone and
+    showed the whole topic behind, for ever)."""
+    log = EventLog(tmp_path / "log")
+    topic = log.create_topic("bids", SCHEMA, partitions=PARTITIONS, key="auction")
+    topic.append(events(0, 4_000, 5))
+    topic.append(closers(topic, 3_600_000))
+    path = tmp_path / "bid_counts.yaml"
+    path.write_text(
+        spec_text("unused", "unused").replace(
+            'sink: {kind: postgres, dsn: "unused", table: bid_counts, schema_name: unused}',
+            "sink: {kind: duckdb, table: bid_counts}",
+        )
+    )
+    spec = PipelineSpec.from_yaml(path)
+    ends = topic.committed_ends()
+    owned = [0, 2]  # two of the four partitions ran: the other two stay behind
+    worker = PartitionWorker(
+        spec,
+        log,
+        tmp_path / "streams",
+        owned,
+        config=RunnerConfig(batch_rows=500, checkpoint_interval_s=0.2),
+    )
+    stop = threading.Event()
+    seen: dict[int, int] = {}
+
+    def on_report(unit) -> None:
+        seen[unit.partition] = unit.report.offsets[f"bids/{unit.partition}"]
+        if all(seen.get(p) == ends[p] for p in owned):
+            stop.set()
+
+    worker.run(stop, on_report)
+    checkpoint = committed_checkpoint(spec, tmp_path / "streams")
+    assert checkpoint is not None
+    lag = pipeline_lag(spec, log, checkpoint)
+    behind = {p.key: p.events_behind for p in lag.partitions}
+    assert behind == {f"bids/{p}": 0 if p in owned else ends[p] for p in range(PARTITIONS)}
+    assert lag.events_behind == ends[1] + ends[3] > 0

@@ -60,6 +60,76 @@ output: euros
 sink: {parquet: out.parquet}
 """
 
+# q9 and q6 in YAML: the winning bid of each closed auction (interval_join_winner), and
+# the seller's average over the last 10 (reduce_last); q20 a join then a filter.
+WINNER_STEP = """
+      - interval_join_winner:
+          with: bids
+          left_key: id
+          right_key: auction
+          end_column: expires
+          left_columns: [{left}]
+          order_by: [{{price: desc}}, {{date_time: asc}}, {{bidder: asc}}]
+          columns: {{auction: auction, bidder: bidder, price: price, date_time: bid_date_time}}
+"""
+AUCTION_COLUMNS = "id, item_name, description, initial_bid, reserve, date_time, expires, seller"
+
+Q9_YAML = f"""
+name: winning-bids
+watermark: {{out_of_orderness: 4s}}
+sources:
+  auctions: {{path: data/auctions, columns: [{AUCTION_COLUMNS}, category, extra]}}
+  bids: {{path: data/bids, columns: [auction, bidder, price, date_time]}}
+streams:
+  winners:
+    from: auctions
+    steps:{WINNER_STEP.format(left=AUCTION_COLUMNS + ", category, extra")}
+      - select: [{AUCTION_COLUMNS}, category, extra, auction, bidder, price, bid_date_time]
+output: winners
+sink: {{discard: {{}}}}
+"""
+
+Q6_YAML = f"""
+name: seller-prices
+watermark: {{out_of_orderness: 4s}}
+sources:
+  auctions: {{path: data/auctions, columns: [id, date_time, expires, seller]}}
+  bids: {{path: data/bids, columns: [auction, bidder, price, date_time]}}
+streams:
+  prices:
+    from: auctions
+    steps:{WINNER_STEP.format(left="id, expires, seller")}
+      - key_by: [seller]
+      - reduce_last: {{n: 10, agg: {{avg_price: {{mean: price}}}}, order_by: [expires, id]}}
+output: prices
+sink: {{discard: {{}}}}
+"""
+
+Q20_YAML = """
+name: category-bids
+sources:
+  bids: {path: data/bids, columns: [auction, bidder, price, channel, url, date_time, extra]}
+  auctions:
+    path: data/auctions
+    columns: [id, item_name, description, initial_bid, reserve, date_time, expires, seller,
+              category, extra]
+streams:
+  items:
+    from: auctions
+    steps:
+      - with_columns: {auction_date_time: date_time, auction_extra: extra}
+  joined:
+    from: bids
+    steps:
+      - join: {with: items, left_on: auction, right_on: id, right_unique: true}
+      - filter: category = 10
+      - select: [auction, bidder, price, channel, url, date_time, extra, item_name,
+                 description, initial_bid, reserve, auction_date_time, expires, seller,
+                 category, auction_extra]
+output: joined
+sink: {discard: {}}
+"""
+
 
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory):
@@ -83,7 +153,17 @@ def _builder_output(query, root):
     return out.sort(out.columns)
 
 
-@pytest.mark.parametrize(("query", "text"), [("q5", Q5_YAML), ("q3", Q3_YAML), ("q1", Q1_YAML)])
+@pytest.mark.parametrize(
+    ("query", "text"),
+    [
+        ("q5", Q5_YAML),
+        ("q3", Q3_YAML),
+        ("q1", Q1_YAML),
+        ("q9", Q9_YAML),
+        ("q6", Q6_YAML),
+        ("q20", Q20_YAML),
+    ],
+)
 def test_yaml_pipeline_gives_the_builder_pipelines_output(data_dir, query, text):
     spec = _spec(data_dir, text)
     sink = CollectSink()

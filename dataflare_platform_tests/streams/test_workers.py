@@ -53,9 +53,19 @@ sink: {{kind: postgres, dsn: "{dsn}", table: bid_counts, schema_name: {schema}}}
 """
 
 
-def counts_spec(source: dict, dsn: str, schema: str, name: str = "bid_counts") -> str:
+def counts_spec(
+    source: dict,
+    dsn: str,
+    schema: str,
+    name: str = "bid_counts",
+    steps: tuple[dict, ...] = (),
+    more: dict | None = None,
+) -> str:
     """bid counts per auction and 1 s window into PostgreSQL, over ``source`` (the
-    ``sources.bids`` settings of any kind), as a pipeline file's text."""
+    ``sources.bids`` settings of any kind), as a pipeline file's text; ``steps`` run
+    before the count, ``more`` adds top-level fields (``autoscaling``)."""
+    before = "".join(f"\n      - {json.dumps(s)}" for s in steps)
+    extra = "".join(f"{k}: {json.dumps(v)}\n" for k, v in (more or {}).items())
     return f"""
 name: {name}
 watermark: {{out_of_orderness: 0s}}
@@ -64,12 +74,12 @@ sources:
 streams:
   counts:
     from: bids
-    steps:
+    steps:{before}
       - key_by: [auction]
       - window: {{tumbling: 1s, agg: {{n: count, total: {{sum: price}}}}}}
 output: counts
 sink: {{kind: postgres, dsn: "{dsn}", table: bid_counts, schema_name: {schema}}}
-"""
+{extra}"""
 
 
 @pytest.fixture
@@ -327,7 +337,9 @@ def test_partitions_checked_by_the_caller_are_not_checked_again(tmp_path, dsn, s
     assert calls == []
 
 
-def test_a_pipeline_with_progress_as_one_run_is_refused_rather_than_read_twice(setup, dsn, schema):
+def test_a_pipeline_with_progress_as_one_run_is_split_rather_than_read_twice(setup, dsn, schema):
+    """The single run's checkpoint becomes one per partition before any unit starts
+    (``streams.split``; the switch itself is tested in test_split.py)."""
     from dataflare_platform.engine import Runner
     from dataflare_platform.streams import bind
 
@@ -335,8 +347,11 @@ def test_a_pipeline_with_progress_as_one_run_is_refused_rather_than_read_twice(s
     topic.append(events(0, 1_000, 7))
     spec = PipelineSpec.from_yaml(spec_path)
     Runner(bind.build(spec, log=log, default_dir=streams, bounded=True), RunnerConfig()).run()
-    with pytest.raises(ParallelismError, match="has progress as one run"):
-        PartitionWorker(spec, log, streams, [0])
+    single = committed(dsn, schema)["bid_counts"]
+    PartitionWorker(spec, log, streams, [0])
+    units = committed(dsn, schema)
+    for p in range(PARTITIONS):
+        assert units[unit_key("bid_counts", p)] == {f"bids/{p}": single[f"bids/{p}"]}
 
 
 def test_a_sink_per_partition_replaces_the_declared_one(tmp_path):

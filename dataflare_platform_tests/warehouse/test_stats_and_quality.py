@@ -4,6 +4,7 @@ import polars as pl
 import pytest
 
 from dataflare_platform.datagen import SCHEMAS
+from dataflare_platform.sql_names import quote_identifier
 from dataflare_platform.warehouse.connection import connect, scalar
 from dataflare_platform.warehouse.loader import load_table
 from dataflare_platform.warehouse.quality import (
@@ -217,7 +218,7 @@ def test_new_tables_recompute_idempotently_and_pass_their_rules(warehouse):
     ):
         first = compute(warehouse, day)
         assert compute(warehouse, day) == first > 0
-        assert scalar(warehouse, f"SELECT count(*) FROM {table}") == first
+        assert scalar(warehouse, f"SELECT count(*) FROM {quote_identifier(table)}") == first
         report = check(warehouse, day)
         assert report.passed, report.describe()
         assert report.rows_checked == first

@@ -13,6 +13,7 @@ import pyarrow as pa
 
 from dataflare_platform.engine.checkpoint import Checkpoint
 from dataflare_platform.engine.io import TransactionalSink, newest_per_key
+from dataflare_platform.errors import ConflictError
 from dataflare_platform.sql_names import quote_identifier
 
 # How long opening waits for another process's lock on the file. Readers (the lag sensor,
@@ -131,6 +132,41 @@ class DuckDBSink(TransactionalSink):
             conn.execute(f"INSERT INTO {table} SELECT * FROM _out")
         finally:
             conn.unregister("_out")
+
+    def split_checkpoint(self, retired: Checkpoint, units: dict[str, Checkpoint]) -> None:
+        """Write ``retired`` under the key ``open()`` was given (replacing its checkpoint,
+        if any) and add ``units`` (new keys), in one transaction: a crash leaves either
+        layout, never a mix. Refused (``ConflictError``) when a unit key already has a
+        checkpoint: that progress would be overwritten."""
+        conn = self._conn
+        assert conn is not None, "open() first"
+        conn.execute("BEGIN TRANSACTION")
+        try:
+            taken = sorted(
+                row[0]
+                for row in conn.execute(
+                    f"SELECT pipeline FROM {CHECKPOINT_TABLE} WHERE list_contains($k, pipeline)",
+                    {"k": sorted(units)},
+                ).fetchall()
+            )
+            if taken:
+                raise ConflictError(
+                    f"checkpoints {taken} already exist in {self.path}: splitting"
+                    f" {self._pipeline!r} would overwrite their progress"
+                )
+            for key, checkpoint in units.items():
+                conn.execute(
+                    f"INSERT INTO {CHECKPOINT_TABLE} (pipeline, state) VALUES ($p, $s)",
+                    {"p": key, "s": checkpoint.encode()},
+                )
+            conn.execute(
+                f"INSERT OR REPLACE INTO {CHECKPOINT_TABLE} (pipeline, state) VALUES ($p, $s)",
+                {"p": self._pipeline, "s": retired.encode()},
+            )
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
 
     def close(self) -> None:
         if self._conn is not None:

@@ -15,11 +15,13 @@ from typing import Literal
 
 from pydantic import Field
 
+from dataflare_platform.connectors.files.side_table import FileSideTable, write_side_table
 from dataflare_platform.connectors.files.sink import ParquetSink
 from dataflare_platform.connectors.files.source import FileSource, nexmark_files
 from dataflare_platform.connectors.settings import ConnectorSettings, OpenContext
 
 __all__ = [
+    "FileSideTable",
     "FileSink",
     "FileSinkSettings",
     "FileSource",
@@ -28,6 +30,7 @@ __all__ = [
     "nexmark_files",
     "open_sink",
     "open_source",
+    "write_side_table",
 ]
 
 FileSink = ParquetSink

@@ -11,6 +11,7 @@ exactly-once transactional sink, and a producer for the CLI, router and tests.
         partitioned_by: auction          # producers key messages by it (partition-parallel)
         # client: {security.protocol: SSL, ssl.ca.location: /etc/kafka/ca.pem}
         # secrets_from_env: {sasl.password: KAFKA_PASSWORD}
+        # membership: {session_timeout_ms: 10000}   # workers own partitions by group rebalance
     sink:
       kind: kafka
       bootstrap_servers: 127.0.0.1:9092
@@ -30,7 +31,12 @@ from typing import TYPE_CHECKING, Any, Literal, Self
 
 from pydantic import Field, model_validator
 
-from dataflare_platform.connectors.kafka.settings import GROUP, KafkaSettings, KafkaSinkSettings
+from dataflare_platform.connectors.kafka.settings import (
+    GROUP,
+    KafkaGroupMembership,
+    KafkaSettings,
+    KafkaSinkSettings,
+)
 from dataflare_platform.connectors.settings import OpenContext, RowSchema
 
 if TYPE_CHECKING:
@@ -56,6 +62,7 @@ def __getattr__(name: str) -> Any:
 
 
 __all__ = [
+    "KafkaGroupMembership",
     "KafkaProducer",
     "KafkaSettings",
     "KafkaSink",
@@ -80,6 +87,11 @@ class KafkaSourceSettings(KafkaSettings, RowSchema):
         description="Column the producers key messages by (murmur2): lets keyed and windowed"
         " steps run as partition-parallel workers",
     )
+    membership: KafkaGroupMembership | None = Field(
+        None,
+        description="Partition-parallel workers own partitions as members of the consumer"
+        " group (Kafka's rebalances decide) instead of by leases (docs/events.md)",
+    )
 
     @model_validator(mode="after")
     def _partition_column(self) -> Self:
@@ -100,10 +112,18 @@ def open_source(settings: KafkaSourceSettings, context: OpenContext) -> KafkaSou
         time_column=settings.time_column,
         bounded=context.bounded,
         partitions=context.partitions,
-        group=settings.group or f"dataflare.{context.pipeline}",
+        group=group_id(settings, context.pipeline),
         partition_key=settings.partitioned_by,
+        # A group member (membership:) shows the group the offsets; this reader is none.
+        commit_offsets=settings.membership is None,
         where=f"sources.{context.name}" if context.name else "source",
     )
+
+
+def group_id(settings: KafkaSourceSettings, pipeline: str) -> str:
+    """The consumer group of a pipeline's Kafka source (``group``, default
+    ``dataflare.<pipeline>``)."""
+    return settings.group or f"dataflare.{pipeline}"
 
 
 def open_sink(settings: KafkaSinkSettings, context: OpenContext) -> KafkaSink:

@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import os
 import re
-from typing import Any, Literal
+from typing import Any, Literal, Self
 
-from pydantic import Field, PositiveFloat, PositiveInt, field_validator
+from pydantic import Field, PositiveFloat, PositiveInt, field_validator, model_validator
 
 from dataflare_platform.connectors.broker import BrokerSettings, Format
 from dataflare_platform.errors import ConfigError
@@ -104,6 +104,50 @@ class KafkaSettings(BrokerSettings):
             raise ConfigError(f"kafka topic {self.topic!r}", missing)
         config.update(owned)
         return config
+
+
+class KafkaGroupMembership(BrokerSettings):
+    """How partition-parallel workers take part in the consumer group when Kafka's group
+    coordinator, not the workers' leases, decides which worker owns which partition.
+
+    A rebalance finishes only when every member has rejoined or has been dropped for
+    silence, so these three decide how fast partitions move (measured on librdkafka's
+    mock cluster in docs/events.md): a killed worker's partitions wait for its
+    ``session_timeout_ms`` to pass; members learn of a rebalance at their next heartbeat.
+    Brokers refuse sessions outside ``group.min/max.session.timeout.ms`` (6 s .. 30 min
+    by default)."""
+
+    session_timeout_ms: int = Field(
+        10_000,
+        ge=1_000,
+        le=3_600_000,
+        description="A member silent this long is dropped and its partitions reassigned",
+    )
+    heartbeat_interval_ms: int = Field(
+        1_000, ge=100, le=3_600_000, description="How soon a member learns of a rebalance"
+    )
+    strategy: Literal["range", "roundrobin", "cooperative-sticky"] = Field(
+        "range",
+        description="Partition assignment: range/roundrobin revoke everything at each"
+        " rebalance (one round); cooperative-sticky moves only what changes (two rounds)",
+    )
+
+    @model_validator(mode="after")
+    def _heartbeat_within_session(self) -> Self:
+        if self.heartbeat_interval_ms * 3 > self.session_timeout_ms:
+            raise ValueError(
+                f"heartbeat_interval_ms ({self.heartbeat_interval_ms}) must be at most a"
+                f" third of session_timeout_ms ({self.session_timeout_ms}): a member"
+                " must heartbeat several times per session"
+            )
+        return self
+
+    def properties(self) -> dict[str, Any]:
+        return {
+            "session.timeout.ms": self.session_timeout_ms,
+            "heartbeat.interval.ms": self.heartbeat_interval_ms,
+            "partition.assignment.strategy": self.strategy,
+        }
 
 
 class KafkaSinkOptions(BrokerSettings):

@@ -38,6 +38,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
+import polars as pl
 import pyarrow as pa
 from confluent_kafka import (
     Consumer,
@@ -49,6 +51,7 @@ from confluent_kafka import (
 
 from dataflare_platform.connectors.broker import BrokerError, BrokerUnavailableError, MessageCodec
 from dataflare_platform.connectors.kafka.settings import KafkaSettings
+from dataflare_platform.engine import arrays
 from dataflare_platform.errors import ConfigError, InvalidInputError
 from dataflare_platform.events.codec import dead_letters
 from dataflare_platform.observability.connectors import for_connector
@@ -108,6 +111,7 @@ class KafkaSource:
         group: str = "dataflare",
         partition_key: str | None = None,
         on_dead_letter: Callable[[pa.Table], None] | None = None,
+        commit_offsets: bool = True,
         where: str = "source",
     ) -> None:
         if time_column not in schema.names:
@@ -118,6 +122,7 @@ class KafkaSource:
         self.partition_key = partition_key
         self.bounded = bounded
         self.on_dead_letter = on_dead_letter
+        self.commit_offsets = commit_offsets
         self.dead_letters: list[pa.Table] = []
         self.stats = SourceStats()
         self._schema = schema
@@ -152,6 +157,7 @@ class KafkaSource:
             self._consumer.close()
             raise
         self._numbers = numbers
+        self._count = count
         self._parts: dict[int, _Partition] = {}
         self._ends: dict[str, int] = {}
 
@@ -162,6 +168,16 @@ class KafkaSource:
 
     def partitions(self) -> list[str]:
         return [str(p) for p in self._numbers]
+
+    def key_partitions(self, values: pl.Series) -> np.ndarray:
+        """The partition each value of ``partitioned_by`` goes to when our producers
+        key a message by it (``str(value)`` as UTF-8, Java's murmur2 partitioner, as
+        ``connectors.kafka.producer`` sends): how a split checkpoint attributes keyed
+        state. Producers that key otherwise put keys elsewhere; the split cannot know."""
+        return np.array(
+            [murmur2_partition(str(v).encode(), self._count) for v in values.to_list()],
+            dtype=np.int64,
+        )
 
     def end_offset(self, partition: str) -> int | None:
         """None while the topic grows, unless ``bounded``: then the committed end (the
@@ -230,7 +246,12 @@ class KafkaSource:
 
     def on_commit(self, offsets: dict[str, int]) -> None:
         """The engine committed these offsets with its output: let the consumer group
-        show them (lag in Kafka's tooling). Informational, so a failure is logged."""
+        show them (lag in Kafka's tooling). Informational, so a failure is logged. Not
+        when the workers own partitions as group members (``membership``): a coordinator
+        refuses commits from a reader outside the group's generation, and the member
+        commits them instead (``kafka.membership``)."""
+        if not self.commit_offsets:
+            return
         tps = [self._tp(int(p), o) for p, o in offsets.items() if int(p) in self._parts]
         if not tps:
             return
@@ -301,7 +322,7 @@ class KafkaSource:
 
     def _decode(self, partition: str, messages: list[Message]) -> pa.Table:
         if not messages:
-            return self._schema.empty_table()
+            return arrays.empty_table(self._schema)
         payloads = [m.value() or b"" for m in messages]
         offsets = [m.offset() for m in messages]
         result = self.codec.decode(payloads, offsets, self.name, partition)
@@ -345,3 +366,34 @@ def _claimed_rows(message: Message) -> int:
             except ValueError:
                 return 1
     return 1
+
+
+def murmur2(data: bytes) -> int:
+    """Kafka's murmur2 (the Java client's ``Utils.murmur2``), as a signed 32-bit int."""
+    m, r = 0x5BD1E995, 24
+    length = len(data)
+    h = (0x9747B28C ^ length) & 0xFFFFFFFF
+    for i in range(0, length - length % 4, 4):
+        k = int.from_bytes(data[i : i + 4], "little")
+        k = (k * m) & 0xFFFFFFFF
+        k ^= k >> r
+        k = (k * m) & 0xFFFFFFFF
+        h = ((h * m) & 0xFFFFFFFF) ^ k
+    tail = length % 4
+    base = length - tail
+    if tail == 3:
+        h ^= data[base + 2] << 16
+    if tail >= 2:
+        h ^= data[base + 1] << 8
+    if tail >= 1:
+        h ^= data[base]
+        h = (h * m) & 0xFFFFFFFF
+    h ^= h >> 13
+    h = (h * m) & 0xFFFFFFFF
+    h ^= h >> 15
+    return h - (1 << 32) if h & 0x80000000 else h
+
+
+def murmur2_partition(key: bytes, partitions: int) -> int:
+    """The partition Kafka's default partitioner picks for a keyed message."""
+    return (murmur2(key) & 0x7FFFFFFF) % partitions

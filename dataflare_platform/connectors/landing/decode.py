@@ -29,6 +29,7 @@ import pyarrow.compute as pc
 import pyarrow.csv as pa_csv
 import pyarrow.parquet as pq
 
+from dataflare_platform.engine import arrays
 from dataflare_platform.errors import DataflareError
 from dataflare_platform.events.codec import (
     DEAD_LETTER_SCHEMA,
@@ -113,7 +114,7 @@ class FileDecoder:
             if not keep:
                 reason += f" ({len(raw)} bytes, left in place)"
             dead = dead_letters(source, partition, [-1], [reason], [keep])
-            return FileDecoded(self.schema.empty_table(), dead, 1, failed=reason)
+            return FileDecoded(arrays.empty_table(self.schema), dead, 1, failed=reason)
 
     def _gunzip(self, data: bytes) -> bytes:
         """Inflate at most ``max_file_bytes``: 2 MB of gzip can stand for 2 GiB of
@@ -150,7 +151,7 @@ class FileDecoder:
         lines = data.split(b"\n")
         header_at = next((i for i, line in enumerate(lines) if line.strip(b"\r")), None)
         if header_at is None:
-            return FileDecoded(self.schema.empty_table(), self._no_dead(), 0)
+            return FileDecoded(arrays.empty_table(self.schema), self._no_dead(), 0)
         try:
             header = next(csv.reader([lines[header_at].decode().removesuffix("\r")]))
         except (UnicodeDecodeError, csv.Error) as err:
@@ -174,7 +175,7 @@ class FileDecoder:
             dead = dead_letters(
                 source, partition, [b[0] for b in bad], [b[1] for b in bad], [b[2] for b in bad]
             )
-            return FileDecoded(self.schema.empty_table(), dead, rows_in)
+            return FileDecoded(arrays.empty_table(self.schema), dead, rows_in)
         table, reasons = convert(strings, self.schema, from_text=True, num_rows=len(numbers))
         for i, reason in reasons.items():
             bad.append((numbers[i], reason, raws[i]))
@@ -256,13 +257,14 @@ class FileDecoder:
                 columns[name].append(value)
             numbers.append(first + 1)
             raws.append(raw)
-        table = pa.table({n: pa.array(v, pa.large_string()) for n, v in columns.items()})
+        table = pa.table({n: arrays.strings(v, pa.large_string()) for n, v in columns.items()})
         return table, numbers, raws, bad
 
     # -- Parquet -------------------------------------------------------------------------
     def _parquet(self, data: bytes, source: str, partition: str) -> FileDecoded:
         try:
-            table = pq.read_table(pa.BufferReader(data))
+            # Not pq.read_table: it goes through pyarrow.dataset, which imports pandas.
+            table = pq.ParquetFile(pa.BufferReader(data)).read()
         except (pa.ArrowException, OSError, ValueError) as err:
             raise UnreadableFileError(str(err)) from err
         missing = [f.name for f in self.schema if f.name not in table.column_names]
@@ -280,7 +282,7 @@ class FileDecoder:
                 [f"columns: {problem}"] * len(rows),
                 _row_payloads(table, rows),
             )
-            return FileDecoded(self.schema.empty_table(), dead, table.num_rows)
+            return FileDecoded(arrays.empty_table(self.schema), dead, table.num_rows)
         good, reasons = convert(table, self.schema, from_text=False)
         rows = sorted(reasons)
         payloads = _row_payloads(table, rows)
@@ -288,7 +290,7 @@ class FileDecoder:
         return FileDecoded(good, dead, table.num_rows)
 
     def _no_dead(self) -> pa.Table:
-        return DEAD_LETTER_SCHEMA.empty_table()
+        return arrays.empty_table(DEAD_LETTER_SCHEMA)
 
 
 def _row_payloads(table: pa.Table, rows: list[int]) -> list[bytes]:
@@ -296,7 +298,7 @@ def _row_payloads(table: pa.Table, rows: list[int]) -> list[bytes]:
     if not rows:
         return []
     try:
-        return encode_json(table.take(rows))
+        return encode_json(table.take(arrays.from_pylist(rows, pa.int64())))
     except Exception:  # a type JSON cannot hold: keep the row's text form instead
         return [repr(table.slice(i, 1).to_pylist()[0]).encode() for i in rows]
 
@@ -320,18 +322,19 @@ def convert(
             continue
         column = table.column(f.name).combine_chunks()
         if from_text and not _is_text(f.type):
-            column = pc.if_else(pc.equal(column, ""), None, column)
+            empty = pc.equal(column, arrays.scalar("", column.type))
+            column = pc.if_else(empty, arrays.scalar(None, column.type), column)
         converted, failed = _cast(column, f.type)
         for i in failed:
             reasons.setdefault(i, f"field {f.name!r}: {column[i].as_py()!r} is not {f.type}")
         if not f.nullable and converted.null_count:
-            nulls = converted.is_null().to_numpy(zero_copy_only=False).nonzero()[0]
+            nulls = arrays.to_numpy(converted.is_null()).nonzero()[0]
             for i in nulls.tolist():
                 reasons.setdefault(i, f"missing or null required field {f.name!r}")
         columns.append(converted)
     result = pa.Table.from_arrays(columns, schema=schema.with_metadata(None))
     if reasons:
-        keep = pa.array([i not in reasons for i in range(n)], pa.bool_())
+        keep = arrays.booleans([i not in reasons for i in range(n)])
         result = result.filter(keep)
     return result, reasons
 

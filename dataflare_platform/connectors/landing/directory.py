@@ -76,6 +76,7 @@ from dataflare_platform.connectors.landing.decode import (
 )
 from dataflare_platform.connectors.landing.ledger import Ledger, LedgerEntry
 from dataflare_platform.durable import WriterLock, write_atomic
+from dataflare_platform.engine import arrays
 from dataflare_platform.errors import DataflareError, NotFoundError
 from dataflare_platform.events.codec import dead_letters
 from dataflare_platform.events.schema_policy import DEFAULT_SCHEMA_POLICY, SchemaPolicy
@@ -306,7 +307,7 @@ class LandingDirectory:
                 f" ({limit} bytes), left in place"
             )
             dead = dead_letters(file.name, file.sha256[:16], [-1], [reason], [b""])
-            return Ingested(file, self.schema.empty_table(), dead, 1, reason)
+            return Ingested(file, arrays.empty_table(self.schema), dead, 1, reason)
         try:
             with _open_landed(file.path, self.root) as f:
                 data = f.read()
@@ -546,7 +547,7 @@ class LandingDirectorySource:
                 offset += take
                 max_rows -= take
         if not parts:
-            return self.schema.empty_table()
+            return arrays.empty_table(self.schema)
         return parts[0] if len(parts) == 1 else pa.concat_tables(parts)
 
     def close(self) -> None:

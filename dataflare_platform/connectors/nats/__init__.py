@@ -19,18 +19,35 @@ end is cheap to read, so NATS sources suit micro-batch ranges and continuous run
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-from dataflare_platform.connectors.nats.jetstream import (
-    NatsConsumer,
-    NatsProducer,
-    NatsSource,
-    delete_stream,
-    ensure_stream,
-)
 from dataflare_platform.connectors.nats.settings import NatsSettings
 from dataflare_platform.connectors.partitioned_streams import PartitionedStreamOptions
-from dataflare_platform.connectors.settings import RowSchema
+from dataflare_platform.connectors.settings import OpenContext, RowSchema
+
+if TYPE_CHECKING:
+    from dataflare_platform.connectors.nats.jetstream import (
+        NatsConsumer,
+        NatsProducer,
+        NatsSource,
+        delete_stream,
+        ensure_stream,
+    )
+
+# The client-backed names load nats-py (and aiohttp, ~0.15 s) on first use (PEP 562), so
+# that a pipeline whose sources are not NATS never imports it.
+_CLIENT_NAMES = frozenset(
+    {"NatsConsumer", "NatsProducer", "NatsSource", "delete_stream", "ensure_stream"}
+)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _CLIENT_NAMES:
+        from dataflare_platform.connectors.nats import jetstream
+
+        return getattr(jetstream, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
     "NatsConsumer",
@@ -52,5 +69,13 @@ class NatsSourceSettings(NatsSettings, RowSchema, PartitionedStreamOptions):
 
 
 # A pipeline's ``sources:`` entry: open it, or read its end for offset-range runs.
-open_source = NatsSource.open_source
-end_offsets = NatsSource.end_offsets
+def open_source(settings: NatsSourceSettings, context: OpenContext) -> NatsSource:
+    from dataflare_platform.connectors.nats.jetstream import NatsSource
+
+    return NatsSource.open_source(settings, context)
+
+
+def end_offsets(settings: NatsSourceSettings, context: OpenContext) -> dict[str, int]:
+    from dataflare_platform.connectors.nats.jetstream import NatsSource
+
+    return NatsSource.end_offsets(settings, context)

@@ -24,4 +24,5 @@ def open_sink(settings: ParquetDatasetSettings, context: OpenContext) -> Parquet
         compression=s.compression,
         fsync=s.fsync,
         lock_timeout_s=s.lock_timeout_s,
+        hour_partition=s.hour_partition,
     )

@@ -11,6 +11,8 @@ and ``pl.scan_parquet('root/**/*.parquet', hive_partitioning=True)``)::
 
 The partition value is the UTC calendar date of ``time_column`` (rows with no time go to
 ``date=__HIVE_DEFAULT_PARTITION__``); the partition column is in the path, not the file.
+With ``hour_partition`` (say ``hh``) each date folder is split by the UTC hour, two
+digits: ``root/date=2026-01-01/hh=07/part-00000007-0000.parquet``.
 
 Commit protocol (sequence number N = last committed + 1):
 
@@ -77,6 +79,7 @@ class ParquetDatasetSettings(ConnectorSettings):
     root: Path
     time_column: str = Field("date_time", min_length=1)
     partition_by: str = Field("date", pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
+    hour_partition: str | None = Field(None, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
     compression: Literal["zstd", "snappy", "lz4", "gzip", "none"] = "zstd"
     fsync: bool = True
     lock_timeout_s: NonNegativeFloat = 30.0
@@ -157,6 +160,7 @@ class ParquetDatasetSink(TransactionalSink):
         compression: str = "zstd",
         fsync: bool = True,
         lock_timeout_s: float = 30.0,
+        hour_partition: str | None = None,
     ) -> None:
         self.settings = validated(
             ParquetDatasetSettings,
@@ -168,6 +172,7 @@ class ParquetDatasetSink(TransactionalSink):
                 "compression": compression,
                 "fsync": fsync,
                 "lock_timeout_s": lock_timeout_s,
+                "hour_partition": hour_partition,
             },
         )
         self.root = Path(self.settings.root)
@@ -251,9 +256,15 @@ class ParquetDatasetSink(TransactionalSink):
     def committed_files(self) -> list[Path]:
         """Data files of the committed dataset, in commit order (after ``open()``)."""
         return sorted(
-            (p for p in self.root.glob("*=*/part-*.parquet") if _PART.match(p.name)),
+            (p for p in self._data_entries() if _PART.match(p.name)),
             key=lambda p: p.name,
         )
+
+    def _data_entries(self) -> list[Path]:
+        """Every entry inside the partition folders (one level, or two with hours)."""
+        if self.settings.hour_partition:
+            return list(self.root.glob("*=*/*=*/*"))
+        return list(self.root.glob("*=*/*"))
 
     def read_side(self) -> pl.DataFrame:
         files = sorted((self.state_dir / "side").glob("side-*.arrow"))
@@ -283,7 +294,7 @@ class ParquetDatasetSink(TransactionalSink):
             except (ValueError, KeyError) as err:
                 raise CorruptInputError(path, f"unreadable dataset manifest ({err})") from err
         else:
-            ours = [p for p in self.root.glob("*=*/*") if _PART.match(p.name)]
+            ours = [p for p in self._data_entries() if _PART.match(p.name)]
             if ours:  # never delete files this sink did not commit
                 raise ConflictError(
                     f"{self.root} holds part files ({ours[0].name}, ...) but no"
@@ -292,7 +303,7 @@ class ParquetDatasetSink(TransactionalSink):
             self._manifest = Manifest()
         self._publish(self._manifest)  # roll the last commit forward
         committed = self._manifest.seq
-        for p in [*self.root.glob("*=*/*"), *(self.state_dir / "side").glob("*")]:
+        for p in [*self._data_entries(), *(self.state_dir / "side").glob("*")]:
             name = p.name
             part, side = _PART.match(name), _SIDE.match(name)
             orphan = (
@@ -302,7 +313,7 @@ class ParquetDatasetSink(TransactionalSink):
             )
             if orphan:
                 p.unlink(missing_ok=True)
-        for d in self.root.glob("*=*"):
+        for d in [*self.root.glob("*=*/*=*"), *self.root.glob("*=*")]:
             if d.is_dir() and not any(d.iterdir()):
                 d.rmdir()
         _tmp(path).unlink(missing_ok=True)
@@ -389,7 +400,13 @@ class ParquetDatasetSink(TransactionalSink):
             raise InvalidInputError(
                 f"time column {time_col!r} is {column.dtype}, not a date or time"
             )
-        return dates.dt.strftime("%Y-%m-%d").fill_null(NULL_PARTITION).alias("partition")
+        values = dates.dt.strftime("%Y-%m-%d").fill_null(NULL_PARTITION)
+        hour = self.settings.hour_partition
+        if hour:  # "<date>/<hour_partition>=<HH>": the path below partition_by=
+            times = column.dt.convert_time_zone("UTC") if column.dtype.time_zone else column
+            hours = times.dt.strftime("%H").fill_null(NULL_PARTITION)
+            values = values + f"/{hour}=" + hours
+        return values.alias("partition")
 
     def _conform(self, table: pa.Table, schema: pa.Schema | None) -> tuple[pa.Table, pa.Schema]:
         """Every file of the dataset in one schema (the first commit's), so readers can
@@ -397,10 +414,11 @@ class ParquetDatasetSink(TransactionalSink):
         s = self.settings
         if s.time_column not in table.column_names:
             raise InvalidInputError(f"output has no time column {s.time_column!r} to partition by")
-        if s.partition_by in table.column_names:
-            raise InvalidInputError(
-                f"output has a column {s.partition_by!r}: it would clash with the partition"
-            )
+        for column in (s.partition_by, s.hour_partition):
+            if column and column in table.column_names:
+                raise InvalidInputError(
+                    f"output has a column {column!r}: it would clash with the partition"
+                )
         if schema is None:
             return table, table.schema
         if set(table.column_names) != set(schema.names):
@@ -413,9 +431,11 @@ class ParquetDatasetSink(TransactionalSink):
         directory = self.root / f"{self.settings.partition_by}={value}"
         if not directory.is_dir():
             return []
+        # A date with hour folders: replacing the date replaces every hour of it.
+        files = directory.rglob("part-*.parquet") if "/" not in value else directory.iterdir()
         return [
-            f"{directory.name}/{p.name}"
-            for p in sorted(directory.iterdir())
+            p.relative_to(self.root).as_posix()
+            for p in sorted(files)
             if (m := _PART.match(p.name)) and int(m.group(1)) <= seq
         ]
 

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 import pyarrow as pa
 
+from dataflare_platform.engine import arrays
 from dataflare_platform.errors import DataflareError
 
 HEADER = b"PGCOPY\n\xff\r\n\x00" + bytes(8)  # signature, flags, header-extension length
@@ -145,7 +146,7 @@ def _array(column: pa.ChunkedArray) -> pa.Array:
 def _valid(arr: pa.Array) -> np.ndarray | None:
     if arr.null_count == 0:
         return None
-    return arr.is_valid().to_numpy(zero_copy_only=False)
+    return arrays.to_numpy(arr.is_valid())
 
 
 def _cells(field: pa.Field, arr: pa.Array) -> _Cells:
@@ -192,8 +193,8 @@ def _micros(arr: pa.Array, unit: str) -> np.ndarray:
 
 def _numpy(arr: pa.Array, dtype) -> np.ndarray:
     if arr.null_count:
-        arr = arr.fill_null(pa.scalar(0, arr.type) if not pa.types.is_boolean(arr.type) else False)
-    return arr.to_numpy(zero_copy_only=False).astype(dtype)
+        arr = arr.fill_null(arrays.scalar(False if pa.types.is_boolean(arr.type) else 0, arr.type))
+    return arrays.to_numpy(arr).astype(dtype)
 
 
 def _fixed(values: np.ndarray, valid: np.ndarray | None) -> _Cells:

@@ -333,18 +333,60 @@ class PostgresSink(TransactionalSink):
                 if side is not None:
                     rows = side.to_arrow()
                     self._copy(cur, self.side_target, rows.cast(_text_schema(rows.schema)))
-                cur.execute(
-                    sql.SQL(
-                        "INSERT INTO {} (pipeline, target, state) VALUES (%s, %s, %b)"
-                        " ON CONFLICT (pipeline, target) DO UPDATE"
-                        " SET state = EXCLUDED.state, committed_at = now()"
-                    ).format(self._checkpoints),
-                    [self._pipeline, self.settings.table, checkpoint.encode()],
-                )
+                self._upsert_checkpoint(cur, checkpoint)
                 conn.commit()
         except BaseException:
             self._columns = columns_before  # a table created in the rolled-back transaction
             with contextlib.suppress(psycopg.Error):  # is gone; the connection may be too
+                conn.rollback()
+            raise
+
+    def _upsert_checkpoint(self, cur: psycopg.Cursor, checkpoint: Checkpoint) -> None:
+        """This sink's checkpoint row (the key ``open()`` was given), inserted or replaced
+        in the caller's transaction."""
+        cur.execute(
+            sql.SQL(
+                "INSERT INTO {} (pipeline, target, state) VALUES (%s, %s, %b)"
+                " ON CONFLICT (pipeline, target) DO UPDATE"
+                " SET state = EXCLUDED.state, committed_at = now()"
+            ).format(self._checkpoints),
+            [self._pipeline, self.settings.table, checkpoint.encode()],
+        )
+
+    def split_checkpoint(self, retired: Checkpoint, units: dict[str, Checkpoint]) -> None:
+        """Write ``retired`` under the key ``open()`` was given (replacing its checkpoint,
+        if any) and add ``units`` (new keys), in one transaction: a crash leaves either
+        layout, never a mix. Refused (``ConflictError``) when a unit key already has a
+        checkpoint: that progress would be overwritten. The unit rows go in first and the
+        retired row last."""
+        conn = self._conn
+        assert conn is not None, "open() first"
+        table = self.settings.table
+        try:
+            with conn.cursor() as cur:
+                cur.execute(
+                    sql.SQL(
+                        "SELECT pipeline FROM {} WHERE target = %s AND pipeline = ANY(%s)"
+                    ).format(self._checkpoints),
+                    [table, sorted(units)],
+                )
+                taken = sorted(row[0] for row in cur.fetchall())
+                if taken:
+                    raise ConflictError(
+                        f"checkpoints {taken} already exist in {self.settings.schema_name}."
+                        f"{table}: splitting {self._pipeline!r} would overwrite their progress"
+                    )
+                for key, checkpoint in units.items():
+                    cur.execute(
+                        sql.SQL(
+                            "INSERT INTO {} (pipeline, target, state) VALUES (%s, %s, %b)"
+                        ).format(self._checkpoints),
+                        [key, table, checkpoint.encode()],
+                    )
+                self._upsert_checkpoint(cur, retired)
+                conn.commit()
+        except BaseException:
+            with contextlib.suppress(psycopg.Error):
                 conn.rollback()
             raise
 

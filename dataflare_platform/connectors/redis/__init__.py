@@ -19,17 +19,32 @@ continuous runs.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from dataflare_platform.connectors.partitioned_streams import PartitionedStreamOptions
-from dataflare_platform.connectors.redis.streams import (
-    RedisConsumer,
-    RedisProducer,
-    RedisSettings,
-    RedisSource,
-    delete_stream,
-)
-from dataflare_platform.connectors.settings import RowSchema
+from dataflare_platform.connectors.redis.settings import RedisSettings
+from dataflare_platform.connectors.settings import OpenContext, RowSchema
+
+if TYPE_CHECKING:
+    from dataflare_platform.connectors.redis.streams import (
+        RedisConsumer,
+        RedisProducer,
+        RedisSource,
+        delete_stream,
+    )
+
+# The client-backed names load the redis client on first use (PEP 562), so that a
+# pipeline whose sources are not Redis never imports it.
+_CLIENT_NAMES = frozenset({"RedisConsumer", "RedisProducer", "RedisSource", "delete_stream"})
+
+
+def __getattr__(name: str) -> Any:
+    if name in _CLIENT_NAMES:
+        from dataflare_platform.connectors.redis import streams
+
+        return getattr(streams, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
     "RedisConsumer",
@@ -50,5 +65,13 @@ class RedisSourceSettings(RedisSettings, RowSchema, PartitionedStreamOptions):
 
 
 # A pipeline's ``sources:`` entry: open it, or read its end for offset-range runs.
-open_source = RedisSource.open_source
-end_offsets = RedisSource.end_offsets
+def open_source(settings: RedisSourceSettings, context: OpenContext) -> RedisSource:
+    from dataflare_platform.connectors.redis.streams import RedisSource
+
+    return RedisSource.open_source(settings, context)
+
+
+def end_offsets(settings: RedisSourceSettings, context: OpenContext) -> dict[str, int]:
+    from dataflare_platform.connectors.redis.streams import RedisSource
+
+    return RedisSource.end_offsets(settings, context)

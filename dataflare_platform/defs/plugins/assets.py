@@ -54,7 +54,12 @@ def masked_persons_sample(
     masked, meta, seconds = table, {}, 0.0
     try:
         for column, label in MASKED.items():
-            plugin = plugins.load("pii_mask", {"min_digits": config.min_digits}, {"text": column})
+            plugin = plugins.load(
+                "pii_mask",
+                {"min_digits": config.min_digits},
+                {"text": column},
+                pipeline=context.asset_key.to_user_string(),
+            )
             run = run_batches(plugin, masked)
             if run.failed_batches:
                 raise dg.Failure(description=f"pii_mask on {column}: {run.reasons[0]}")

@@ -8,9 +8,15 @@ import dagster as dg
 from pydantic import PrivateAttr
 
 from dataflare_platform.compliance.override_refusals import actor_from_tags
-from dataflare_platform.compliance.plugin_refusals import record_refusal, record_unpinned
+from dataflare_platform.compliance.plugin_refusals import (
+    record_marketplace_refusal,
+    record_refusal,
+    record_unpinned,
+)
 from dataflare_platform.defs.deployment_lock import DeploymentLockedResource, deployment_field
 from dataflare_platform.home import ProjectHome
+from dataflare_platform.marketplace.client import MarketplaceError
+from dataflare_platform.marketplace.loadcheck import DEFAULT_REFRESH_S, MarketplaceLoadCheck
 from dataflare_platform.plugins.lock import LOCK_FILE, PluginPinError, lock_key_path
 from dataflare_platform.plugins.registry import (
     PLATFORM_DIR,
@@ -82,11 +88,20 @@ class PluginRuntimeResource(DeploymentLockedResource):
     build_missing: bool = deployment_field(
         True, env=None, description="Build shipped samples missing from the dir."
     )
+    marketplace_refresh_s: float = deployment_field(
+        DEFAULT_REFRESH_S,
+        env="DATAFLARE_MARKETPLACE_REFRESH_S",
+        description="Seconds a plugin installed from the signed registry loads on cached, "
+        "verified metadata before the next load refreshes it (a revocation reaches runs "
+        "within this; past the timestamp's expiry an unrefreshable load is refused).",
+    )
 
     # The run this resource was set up for: its principal and id go into the audit
     # entries of pin decisions (None outside a run).
     _run_id: str | None = PrivateAttr(default=None)
     _actor: str = PrivateAttr(default="system")
+    # One load check per resource: its parsed view and offline back-off outlive a load.
+    _load_check: MarketplaceLoadCheck | None = PrivateAttr(default=None)
 
     def setup_for_execution(self, context: dg.InitResourceContext) -> None:
         super().setup_for_execution(context)
@@ -121,7 +136,23 @@ class PluginRuntimeResource(DeploymentLockedResource):
         def unpinned(name: str, sha256: str) -> None:
             record_unpinned(name, sha256, directory, home, actor=actor, run_id=run_id)
 
-        return PluginRegistry(directory, config, on_refused=refused, on_unpinned=unpinned)
+        def marketplace_refused(error: MarketplaceError) -> None:
+            record_marketplace_refusal(error, home, actor=actor, run_id=run_id)
+
+        if self._load_check is None or self._load_check.plugins_dir != str(directory.resolve()):
+            self._load_check = MarketplaceLoadCheck(
+                home / PLATFORM_DIR / "marketplace",
+                directory,
+                self.marketplace_refresh_s,
+                on_refused=marketplace_refused,
+            )
+        return PluginRegistry(
+            directory,
+            config,
+            on_refused=refused,
+            on_unpinned=unpinned,
+            load_checks=[self._load_check],
+        )
 
     def lock_path(self) -> Path:
         """The deployment's lock: ``lock_file``, else ``<DATAFLARE_HOME>/plugins.lock``."""
@@ -132,7 +163,9 @@ class PluginRuntimeResource(DeploymentLockedResource):
         name: str,
         params: dict[str, Any] | None = None,
         columns: dict[str, str] | None = None,
+        pipeline: str = "",
     ) -> Plugin:
-        """A fresh sandboxed instance of plugin ``name``; bad names, params or limits raise
+        """A fresh sandboxed instance of plugin ``name`` (its usage recorded under
+        ``pipeline`` when usage statistics are on); bad names, params or limits raise
         ``ConfigError`` naming the field."""
-        return self.registry().load(name, params, columns)
+        return self.registry().load(name, params, columns, pipeline=pipeline)

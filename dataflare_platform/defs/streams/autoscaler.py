@@ -4,8 +4,8 @@ model: true processing rate from busy time, target rate from arrivals plus lag,
 utilization bounds, alignment to the partitions, cool-downs).
 
 Measurements are Dagster's own events: each worker run logs an ``AssetObservation`` of
-the pipeline's asset at every ``log_interval_s`` (the sum of its partitions' checkpoint
-reports: events read, mean busy seconds, lag, commit time), so the sensor reads them
+the pipeline's asset twice per ``interval_s`` of its policy (the sum of its partitions'
+latest checkpoint reports: events read, mean busy seconds, lag), so the sensor reads them
 from the instance with nothing else to run or store. Per running worker run it takes
 the last two observations (``autoscaling.sample``), sums them (``measure``), decides
 (``decide``), and applies a change the way ``dataflare scale`` does: terminate the
@@ -13,7 +13,7 @@ running worker runs (each stops gracefully: last batch, checkpoint, leases relea
 request N new ones, whose units wait for the leases. Every decision that changes N, or
 says why it does not in a new way, is an ``AssetObservation`` of the pipeline with the
 numbers behind it; every change is also an audit entry by ``sensor:<name>``. The cursor
-keeps the last change's time (cool-down) and the last lag (arrival rate).
+keeps the last change's time (cool-down) and the last reason recorded.
 """
 
 import json
@@ -22,7 +22,11 @@ from typing import Any
 
 import dagster as dg
 
-from dataflare_platform.defs.streams.continuous import IN_PROGRESS
+from dataflare_platform.defs.streams.continuous import (
+    IN_PROGRESS,
+    MAX_RETRIES_TAG,
+    single_runs_in_progress,
+)
 from dataflare_platform.streams.autoscaling import ScalingDecision, decide, measure, sample
 from dataflare_platform.streams.fields import ScalingPolicy
 from dataflare_platform.streams.spec import PipelineSpec
@@ -34,37 +38,46 @@ DECISION_KEY = "dataflare/autoscaler"
 def observation(
     key: dg.AssetKey, index: int, workers: int, partitions: int, reports: list[Any]
 ) -> dg.AssetObservation:
-    """A worker run's measurement: its units' checkpoint reports summed (busy time as
-    the mean over units: they share the run's process)."""
+    """A worker run's measurement now: its units' latest checkpoint reports summed (busy
+    time as the mean over units: they share the run's process). ``at`` is the time of the
+    measurement, not of the reports: a quiet stream commits no checkpoint, and its
+    counters standing still over time is what shows the worker idle."""
     report = {
+        "at": time.time(),
         "index": index,
         "workers": workers,
         "partitions": partitions,
         "events_in": sum(r.events_in for r in reports),
         "busy_s": sum(r.busy_s for r in reports) / max(len(reports), 1),
         "lag_events": sum(r.lag_events for r in reports),
-        "checkpoint_at": max(r.checkpoint_at for r in reports),
     }
     return dg.AssetObservation(asset_key=key, metadata={MEASURE_KEY: report})
 
 
 class _Report:
     def __init__(self, values: dict[str, Any]) -> None:
-        self.checkpoint_at = float(values["checkpoint_at"])
+        self.checkpoint_at = float(values["at"])
         self.events_in = int(values["events_in"])
         self.busy_s = float(values["busy_s"])
         self.lag_events = int(values["lag_events"])
 
 
 def _reports(instance: dg.DagsterInstance, run_id: str, key: dg.AssetKey) -> list[dict]:
-    found = []
-    for entry in instance.all_logs(run_id, of_type=dg.DagsterEventType.ASSET_OBSERVATION):
-        event = entry.dagster_event
+    """The run's last two measurements, oldest first (read newest first with a limit: a
+    worker run lives for days and logs one every few seconds)."""
+    found: list[dict] = []
+    records = instance.get_records_for_run(
+        run_id, of_type=dg.DagsterEventType.ASSET_OBSERVATION, limit=10, ascending=False
+    ).records
+    for record in records:
+        event = record.event_log_entry.dagster_event
         obs = event.asset_observation_data.asset_observation if event else None
         if obs is None or obs.asset_key != key or MEASURE_KEY not in obs.metadata:
             continue
         found.append(obs.metadata[MEASURE_KEY].value)
-    return found
+        if len(found) == 2:
+            break
+    return found[::-1]
 
 
 def autoscaler_definitions(
@@ -76,8 +89,10 @@ def autoscaler_definitions(
     @dg.sensor(
         name=name,
         job_name=job_name,
-        minimum_interval_seconds=30,
-        default_status=dg.DefaultSensorStatus.STOPPED,
+        minimum_interval_seconds=max(1, round(policy.interval_s)),
+        # Declaring ``autoscaling:`` is asking for it: on by default, as the pipeline's
+        # micro-batch sensor is off by default then (defs/streams/factory.py).
+        default_status=dg.DefaultSensorStatus.RUNNING,
         description=(
             f"Sizes {spec.name}'s partition-parallel workers from their reports"
             " (streams.autoscaling); decisions are observations of its asset and audited."
@@ -105,7 +120,22 @@ def evaluate(
     instance = context.instance
     state = json.loads(context.cursor) if context.cursor else {}
     now = time.time()
+    single = single_runs_in_progress(instance, spec)
+    if single:  # workers would refuse to start beside it (defs/streams/workers.py)
+        return dg.SensorResult(
+            skip_reason=f"{spec.name} runs as one run ({', '.join(single)}), not as workers",
+            cursor=context.cursor,
+        )
     running = instance.get_runs(dg.RunsFilter(job_name=job_name, statuses=IN_PROGRESS))
+    refused = None if running else _refused(instance, job_name)
+    if refused is not None:  # starting more would only be refused again, every tick
+        return dg.SensorResult(
+            skip_reason=(
+                f"the last worker run {refused} was refused (its log says why); once that"
+                f" is fixed, `dataflare scale {spec.name} N` starts workers again"
+            ),
+            cursor=context.cursor,
+        )
     samples, partitions = [], 0
     for run in running:
         reports = _reports(instance, run.run_id, key)
@@ -121,10 +151,9 @@ def evaluate(
             skip_reason=f"{len(samples)} of {len(running)} worker runs measured twice so far",
             cursor=json.dumps(state),
         )
-    inputs = measure(samples, partitions or policy.max_workers, state.get("lag"))
+    inputs = measure(samples, partitions or policy.max_workers)
     since = now - state["changed_at"] if "changed_at" in state else None
     decision = decide(inputs, policy, seconds_since_change=since)
-    state["lag"] = inputs.lag_events
     events: list[dg.AssetObservation] = []
     if decision.changes or decision.reason.split(":")[0] != state.get("reason"):
         state["reason"] = decision.reason.split(":")[0]
@@ -152,6 +181,19 @@ def evaluate(
         for i in range(decision.workers)
     ]
     return dg.SensorResult(run_requests=requests, asset_events=events, cursor=json.dumps(state))
+
+
+def _refused(instance: dg.DagsterInstance, job_name: str) -> str | None:
+    """The newest worker run, if it failed and opted out of its retries: a worker
+    refusing to start (defs/streams/workers.py ``_refuse``) for a reason that relaunching
+    does not change (state that cannot be split by partition, too many workers, ...)."""
+    newest = instance.get_runs(dg.RunsFilter(job_name=job_name), limit=1)
+    if not newest:
+        return None
+    run = newest[0]
+    if run.status == dg.DagsterRunStatus.FAILURE and run.tags.get(MAX_RETRIES_TAG) == "0":
+        return run.run_id
+    return None
 
 
 def _recorded(key: dg.AssetKey, decision: ScalingDecision, inputs: Any) -> dg.AssetObservation:

@@ -89,6 +89,16 @@ IN_PROGRESS = [
 ]
 
 
+def single_runs_in_progress(instance: dg.DagsterInstance, spec: PipelineSpec) -> list[str]:
+    """The pipeline's micro-batch and continuous runs that are queued or running."""
+    jobs = [f"{spec.name}_job", continuous_job_name(spec)]
+    return [
+        run.run_id
+        for job in jobs
+        for run in instance.get_runs(dg.RunsFilter(job_name=job, statuses=IN_PROGRESS))
+    ]
+
+
 class LongRunConfig(dg.Config):
     """What every long-running stream run takes: the continuous job and the workers."""
 
@@ -150,6 +160,20 @@ def continuous_in_progress(instance: dg.DagsterInstance, spec: PipelineSpec) -> 
         *_in_progress(instance, continuous_job_name(spec)),
         *_in_progress(instance, workers_job_name(spec)),
     ]
+
+
+def micro_batch_skip_reason(instance: dg.DagsterInstance, spec: PipelineSpec) -> str | None:
+    """Why the micro-batch sensor requests nothing now, naming what runs the pipeline (its
+    continuous run, its partition-parallel worker runs, with their run ids: an operator
+    reading the tick sees which run to look at or stop), or None when nothing does."""
+    single = _in_progress(instance, continuous_job_name(spec))
+    workers = _in_progress(instance, workers_job_name(spec))
+    causes = []
+    if single:
+        causes.append(f"runs continuously in run(s) {single}")
+    if workers:
+        causes.append(f"runs as {len(workers)} partition-parallel worker run(s) {workers}")
+    return f"{spec.name} " + " and ".join(causes) if causes else None
 
 
 def continuous_refusal(instance: dg.DagsterInstance, spec: PipelineSpec, run_id: str) -> str | None:

@@ -9,7 +9,8 @@ whose cursor is the last range it requested (none with ``catalog.micro_batch: fa
 Each request has a run key made of that range, so a repeated tick never launches it
 twice, and the engine's checkpoint (committed with the output) makes an overlapping range
 process nothing twice. The sensor requests nothing while the pipeline runs continuously
-(``<name>_continuous``, see ``continuous.py``): both write the same output and checkpoint.
+(``<name>_continuous``, see ``continuous.py``) or as worker runs (``<name>_workers``): all
+write the same output and checkpoint; its skip reason names which, with the run ids.
 Nor does it request a range the checkpoint already covers (``covered_offsets``: the
 offsets the asset's latest materialization recorded, by a micro-batch, continuous or demo
 run), so a fresh sensor cursor over processed topics launches no empty run.
@@ -35,7 +36,7 @@ from dataflare_platform.defs.pools import stream_pool
 from dataflare_platform.defs.resources import ProjectHomeResource
 from dataflare_platform.defs.streams.continuous import (
     continuous_definitions,
-    continuous_in_progress,
+    micro_batch_skip_reason,
 )
 from dataflare_platform.defs.streams.lag import (
     lag_check_result,
@@ -220,16 +221,25 @@ def pipeline_definitions(
     )
     op_name = key.to_python_identifier()
 
+    # A pipeline declared with ``autoscaling:`` runs as workers its autoscaler sizes
+    # (running by default): a micro-batch run beside them would make them refuse, and
+    # once they have taken over (``streams.split``) it refuses itself. Its ranges can
+    # still be turned on by hand.
     @dg.sensor(
         name=f"{spec.name}_sensor",
         job=job,
         minimum_interval_seconds=interval_s,
-        default_status=dg.DefaultSensorStatus.RUNNING,
+        default_status=(
+            dg.DefaultSensorStatus.STOPPED
+            if spec.autoscaling is not None
+            else dg.DefaultSensorStatus.RUNNING
+        ),
         description=f"Requests a run of {spec.name} for each new range of its topics.",
     )
     def stream_sensor(context: dg.SensorEvaluationContext, dataflare: ProjectHomeResource):
-        if continuous_in_progress(context.instance, spec):
-            return dg.SkipReason(f"{spec.name} runs continuously")
+        standing_aside = micro_batch_skip_reason(context.instance, spec)
+        if standing_aside is not None:
+            return dg.SkipReason(standing_aside)
         requested = json.loads(context.cursor) if context.cursor else {}
         done = covered_offsets(context.instance, key)
         seen = {k: max(requested.get(k, 0), done.get(k, 0)) for k in requested.keys() | done}

@@ -28,20 +28,25 @@ from dataflare_platform.defs.resources import ProjectHomeResource
 from dataflare_platform.defs.streams.autoscaler import autoscaler_definitions, observation
 from dataflare_platform.defs.streams.continuous import (
     ATTEMPT_TAG,
-    IN_PROGRESS,
     MAX_RESTARTS,
     MAX_RETRIES_TAG,
     LongRunConfig,
-    continuous_job_name,
     restart_delay_s,
+    single_runs_in_progress,
     workers_job_name,
 )
 from dataflare_platform.engine.runner import RunnerConfig
+from dataflare_platform.errors import ConfigError
 from dataflare_platform.events.log import EventLog
 from dataflare_platform.plugins.specs import load_plugins, plugin_steps
 from dataflare_platform.streams.parallel import ParallelismError, assign
 from dataflare_platform.streams.spec import PipelineSpec
-from dataflare_platform.streams.workers import PartitionWorker, UnitReport, check_splittable
+from dataflare_platform.streams.workers import (
+    PartitionWorker,
+    UnitReport,
+    check_splittable,
+    group_membership,
+)
 
 WORKERS_TAG = "dataflare/workers_of"  # the pipeline, on every worker run
 LOG_EVERY_S = 30.0
@@ -55,16 +60,6 @@ class WorkerConfig(LongRunConfig):
         ge=0,
         description="Log the partitions' committed offsets at most this often.",
     )
-
-
-def single_runs_in_progress(instance: dg.DagsterInstance, spec: PipelineSpec) -> list[str]:
-    """The pipeline's micro-batch and continuous runs that are queued or running."""
-    jobs = [f"{spec.name}_job", continuous_job_name(spec)]
-    return [
-        run.run_id
-        for job in jobs
-        for run in instance.get_runs(dg.RunsFilter(job_name=job, statuses=IN_PROGRESS))
-    ]
 
 
 def _refuse(context: dg.OpExecutionContext, message: str) -> dg.Failure:
@@ -98,7 +93,17 @@ def worker_definitions(spec: PipelineSpec, key: dg.AssetKey) -> dg.Definitions:
         loaded = load_plugins(spec, plugins.registry()) if plugin_steps(spec) else None
         streams_dir = home.root / "streams"
         try:
-            numbers = check_splittable(spec, log, streams_dir, loaded)
+            numbers = check_splittable(
+                spec,
+                log,
+                streams_dir,
+                loaded,
+                on_split=lambda split: context.log.info(
+                    f"{spec.name}: its progress as one run (at {split.offsets}) was split"
+                    f" into per-partition checkpoints {sorted(split.units)}; the units carry"
+                    " on from there"
+                ),
+            )
         except ParallelismError as err:
             raise _refuse(context, str(err)) from None
         if config.workers > 1 and getattr(spec.sink, "kind", None) == "duckdb":
@@ -114,19 +119,18 @@ def worker_definitions(spec: PipelineSpec, key: dg.AssetKey) -> dg.Definitions:
                 f"{config.workers} workers for {len(numbers)} partition(s): at most one "
                 "worker per partition",
             )
-        owned = [int(p) for p in assign([str(n) for n in numbers], config.workers, config.index)]
-        attempt = int(context.run.tags.get(ATTEMPT_TAG, "0"))
-        if attempt:
-            delay = restart_delay_s(attempt, config.restart_backoff_s)
-            context.log.info(
-                f"{spec.name}: automatic restart {attempt} of worker {config.index}; "
-                f"resuming in {delay:g} s"
-            )
-            time.sleep(delay)  # a termination interrupts the wait
-        context.log.info(
-            f"{spec.name}: worker {config.index + 1} of {config.workers} owns partitions "
-            f"{owned} of {numbers}"
-        )
+        try:
+            grouped = group_membership(spec)
+        except ConfigError as err:
+            raise _refuse(context, str(err)) from None
+        if grouped is not None:
+            # The source's consumer group hands the partitions out among the worker runs
+            # (and moves them on a join, a stop or a death): each run is given them all.
+            owned = list(numbers)
+        else:
+            owned = [
+                int(p) for p in assign([str(n) for n in numbers], config.workers, config.index)
+            ]
         worker = PartitionWorker(
             spec,
             log,
@@ -139,6 +143,8 @@ def worker_definitions(spec: PipelineSpec, key: dg.AssetKey) -> dg.Definitions:
         latest: dict[int, dict[str, int]] = {}
         reports: dict[int, Any] = {}
         logged = [time.monotonic()]
+        measured = [time.monotonic()]
+        measure_every_s = measure_interval_s(spec, config.log_interval_s)
 
         def on_report(unit: UnitReport) -> None:
             first = unit.partition not in latest
@@ -151,24 +157,60 @@ def worker_definitions(spec: PipelineSpec, key: dg.AssetKey) -> dg.Definitions:
             if time.monotonic() - logged[0] >= config.log_interval_s:
                 logged[0] = time.monotonic()
                 context.log.info(f"{spec.name}: committed {dict(sorted(latest.items()))}")
-                if len(reports) == len(owned):
-                    # What the autoscaler sensor measures (defs/streams/autoscaler.py), once
-                    # every owned partition has reported: sums over the same units each time.
-                    context.log_event(
-                        observation(
-                            key, config.index, config.workers, len(numbers), list(reports.values())
-                        )
-                    )
 
-        stop = threading.Event()
+        def on_poll() -> None:
+            # What the autoscaler sensor measures (defs/streams/autoscaler.py), on time
+            # whether or not checkpoints come (an idle worker commits none), over the
+            # units running here once each has reported, and, with leases, only once
+            # every owned partition runs here: a worker still waiting for a lease its
+            # predecessor holds would read as idle. (A unit restarted by a rebalance
+            # counts from zero again: the sensor drops that sample, autoscaling.sample.)
+            running = sorted(worker.units)
+            if time.monotonic() - measured[0] < measure_every_s or not running:
+                return
+            if (grouped is None and len(running) < len(owned)) or any(
+                p not in reports for p in running
+            ):
+                return
+            measured[0] = time.monotonic()
+            units = [reports[p] for p in running]
+            context.log_event(observation(key, config.index, config.workers, len(numbers), units))
+
+        attempt = int(context.run.tags.get(ATTEMPT_TAG, "0"))
+        # A termination may come at any moment, during the restart wait or while the
+        # consumer group is joined too: each is the graceful stop, the run ends SUCCESS
+        # (an interrupt escaping the op would end it CANCELED through a failed step).
         try:
-            worker.run(stop, on_report)
+            if attempt:
+                delay = restart_delay_s(attempt, config.restart_backoff_s)
+                context.log.info(
+                    f"{spec.name}: automatic restart {attempt} of worker {config.index}; "
+                    f"resuming in {delay:g} s"
+                )
+                time.sleep(delay)  # a termination interrupts the wait
+            if grouped is not None:
+                context.log.info(
+                    f"{spec.name}: worker {config.index + 1} of {config.workers} runs the "
+                    f"partitions of {numbers} its consumer group assigns it "
+                    f"(sources.{grouped[0]}.membership)"
+                )
+            else:
+                context.log.info(
+                    f"{spec.name}: worker {config.index + 1} of {config.workers} owns "
+                    f"partitions {owned} of {numbers}"
+                )
+            worker.run(threading.Event(), on_report, on_poll=on_poll)
         except (dg.DagsterExecutionInterruptedError, KeyboardInterrupt):
-            # PartitionWorker.run has stopped every partition (last batch, checkpoint) and
-            # released the leases before the interrupt reached here.
+            # PartitionWorker.run has stopped every unit it started (last batch,
+            # checkpoint) and released the leases before the interrupt reached here.
+            started = dict(sorted(latest.items()))
             context.log.info(
-                f"{spec.name}: worker {config.index} stopped; partitions {owned} "
-                f"checkpointed at {dict(sorted(latest.items()))} and released"
+                f"{spec.name}: worker {config.index} stopped; "
+                + (
+                    f"partitions {sorted(started)} checkpointed at {started} and released"
+                    if started
+                    else "it had started no partition"
+                )
             )
 
     @dg.job(
@@ -192,6 +234,14 @@ def worker_definitions(spec: PipelineSpec, key: dg.AssetKey) -> dg.Definitions:
     if spec.autoscaling is None:
         return jobs
     return dg.Definitions.merge(jobs, autoscaler_definitions(spec, key, name, spec.autoscaling))
+
+
+def measure_interval_s(spec: PipelineSpec, log_interval_s: float) -> float:
+    """How often a worker run logs its measurements: with the committed offsets, and
+    twice per autoscaler interval when the pipeline autoscales."""
+    if spec.autoscaling is None:
+        return log_interval_s
+    return min(log_interval_s, spec.autoscaling.interval_s / 2)
 
 
 def partitioned_sources(spec: PipelineSpec) -> bool:

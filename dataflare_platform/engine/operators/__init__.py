@@ -2,7 +2,7 @@
 
 - ``base``: the contract (``Operator``, the ``stateful`` / ``windowed`` flags, ``__wm``);
 - ``stateless``: filter, projection, computed columns, explode, per-batch distinct;
-- ``keyed``: state per key that outlives windows (dedup, running reduce);
+- ``keyed``: state per key that outlives windows (dedup, running reduce, top-N per key);
 - ``windows``: tumbling, sliding and session windows (``pane_stores`` holds their panes);
 - ``joins``: window, incremental and interval joins (``interval_tiers``), table lookups;
 - ``plugin``: the slot a WASM plugin fills.
@@ -15,9 +15,10 @@ from dataflare_platform.engine.operators.joins import (
     EnrichJoin,
     IncrementalJoin,
     IntervalJoinAggregate,
+    SideTable,
     WindowJoin,
 )
-from dataflare_platform.engine.operators.keyed import Dedup, Reduce
+from dataflare_platform.engine.operators.keyed import Dedup, KeyedTopN, Reduce, ReduceLast
 from dataflare_platform.engine.operators.plugin import BatchPlugin, PluginOperator
 from dataflare_platform.engine.operators.stateless import (
     Filter,
@@ -28,6 +29,8 @@ from dataflare_platform.engine.operators.stateless import (
     WithColumns,
 )
 from dataflare_platform.engine.operators.windows import (
+    ProcessingTimeAggregate,
+    ProcessingTumbling,
     Session,
     SessionAggregate,
     Sliding,
@@ -46,13 +49,18 @@ __all__ = [
     "FlatMap",
     "IncrementalJoin",
     "IntervalJoinAggregate",
+    "KeyedTopN",
     "MapBatches",
     "Operator",
     "PluginOperator",
+    "ProcessingTimeAggregate",
+    "ProcessingTumbling",
     "Reduce",
+    "ReduceLast",
     "Select",
     "Session",
     "SessionAggregate",
+    "SideTable",
     "Sliding",
     "Tumbling",
     "Unique",

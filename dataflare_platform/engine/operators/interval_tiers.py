@@ -7,6 +7,11 @@ lookup (a direct-address table when the tier's keys are dense integers, as seque
 are; a hash join otherwise) and the update is a scatter (``np.maximum.at``, ``bincount``):
 no join of the whole tier, and no rewrite of it, per right batch. Closing rows moves a
 cursor; the closed prefix is dropped once it is half the tier.
+
+Besides aggregates, a tier can keep a :class:`Winner`: the columns of the one right row
+that ranks first by an ordering (the highest bid of an auction, ties to the earliest),
+one numpy array per column, replaced where a batch brings a better candidate. A batch's
+candidates are first reduced to the best per left row with one ``lexsort``.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ import numpy as np
 import polars as pl
 
 from dataflare_platform.engine.aggregations import Agg
+from dataflare_platform.errors import InvalidInputError
 
 MATCHED = "__matched"  # right rows matched per left row; rows that never matched are dropped
 DENSE_FACTOR = 8  # a key range up to this many times the row count gets a lookup table
@@ -30,6 +36,39 @@ def extreme(dtype: np.dtype, kind: str) -> int | float:
         return np.inf if kind == "min" else -np.inf
     info = np.iinfo(dtype)
     return info.max if kind == "min" else info.min
+
+
+WINNER_PREFIX = "__win__"  # the winner's columns in a tier (and its checkpoint)
+
+
+@dataclass(frozen=True)
+class Winner:
+    """Keep, per left row, the right row ranking first by ``order`` (column, descending)
+    pairs, lexicographically; its ``columns`` (right column -> output name) are emitted.
+    Order and output columns must be numeric or temporal (they live in numpy arrays);
+    right rows with a null in an order column never win. Rows equal on every order
+    column are interchangeable: end the order with enough columns to make it total."""
+
+    order: tuple[tuple[str, bool], ...]
+    columns: tuple[tuple[str, str], ...]
+
+    def stored(self) -> list[str]:
+        """The right columns a tier keeps for the winner: order, then output columns."""
+        return list(dict.fromkeys([*(c for c, _ in self.order), *(c for c, _ in self.columns)]))
+
+    @staticmethod
+    def name(column: str) -> str:
+        return f"{WINNER_PREFIX}{column}"
+
+
+def _ascending_key(values: np.ndarray, descending: bool) -> np.ndarray:
+    """``values`` mapped so that ascending order of the result is the wanted order. ``~``
+    reverses integers without the overflow of negation; floats are negated."""
+    if values.dtype == np.bool_:
+        values = values.astype(np.int8)
+    if not descending:
+        return values
+    return -values if np.issubdtype(values.dtype, np.floating) else ~values
 
 
 @dataclass
@@ -80,6 +119,7 @@ class Tier:
     matched: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
     dtypes: dict[str, pl.DataType] = field(default_factory=dict)  # of the agg columns
     lo: int = 0
+    winner: Winner | None = None
     _start: np.ndarray = field(init=False)
     _end: np.ndarray = field(init=False)
     _base: int = field(init=False, default=0)
@@ -154,6 +194,18 @@ class Tier:
                 else:
                     self.partials[names[0]] = np.full(n, extreme(dtype, agg.kind), dtype)
                     self.seen[names[0]] = np.zeros(n, bool)
+        if self.winner is not None:
+            for column in self.winner.stored():
+                name = Winner.name(column)
+                self.dtypes.setdefault(column, right.dtypes[column])
+                if name not in self.partials:
+                    if right.values[column].dtype == object:
+                        raise InvalidInputError(
+                            f"winner column {column!r} is {right.dtypes[column]}: winner"
+                            " columns must be numeric or temporal"
+                        )
+                    self.partials[name] = np.zeros(n, right.values[column].dtype)
+                    self.seen[name] = np.zeros(n, bool)
 
     def match(self, right: RightRows, rows: np.ndarray) -> np.ndarray:
         """Fold the right rows ``rows`` (ascending indices into ``right``) that belong to
@@ -180,6 +232,8 @@ class Tier:
 
     def _fold(self, right: RightRows, rows: np.ndarray, pos: np.ndarray) -> None:
         n = self.rows.height
+        if self.winner is not None:
+            self._fold_winner(right, rows, pos)
         self.matched += np.bincount(pos, minlength=n)
         for agg in self.aggs:
             names = agg.partial_columns()
@@ -207,6 +261,43 @@ class Tier:
                 case "max":
                     np.maximum.at(target, at, values)
                     self.seen[names[0]][at] = True
+
+    def _fold_winner(self, right: RightRows, rows: np.ndarray, pos: np.ndarray) -> None:
+        """Replace each left row's winner by its best candidate in ``rows`` where that
+        ranks before it."""
+        winner = self.winner
+        assert winner is not None
+        for column, _ in winner.order:  # a null order value never wins
+            valid = right.valid[column]
+            if valid is not None:
+                keep = valid[rows]
+                rows, pos = rows[keep], pos[keep]
+        if rows.size == 0:
+            return
+        keys = [_ascending_key(right.values[c][rows], d) for c, d in winner.order]
+        # Best candidate per left row: sort by (pos, order...), take each pos's first.
+        ranked = np.lexsort((*reversed(keys), pos))
+        pos_sorted = pos[ranked]
+        first = np.ones(ranked.size, bool)
+        first[1:] = pos_sorted[1:] != pos_sorted[:-1]
+        best = ranked[first]
+        cand_rows, cand_pos = rows[best], pos[best]
+        # Does the candidate rank strictly before the current winner (if there is one)?
+        before = np.zeros(cand_rows.size, bool)
+        for (column, descending), key in zip(reversed(winner.order), reversed(keys), strict=True):
+            ours = key[best]
+            theirs = _ascending_key(self.partials[Winner.name(column)][cand_pos], descending)
+            before = (ours < theirs) | ((ours == theirs) & before)
+        # A winner exists where its first order column is set (never null in a winner).
+        take = ~self.seen[Winner.name(winner.order[0][0])][cand_pos] | before
+        if not take.any():
+            return
+        at, src = cand_pos[take], cand_rows[take]
+        for column in winner.stored():
+            name = Winner.name(column)
+            self.partials[name][at] = right.values[column][src]
+            valid = right.valid[column]
+            self.seen[name][at] = True if valid is None else valid[src]
 
     # -- close ---------------------------------------------------------------------------
     def close(self, limit: int) -> pl.DataFrame | None:
@@ -256,20 +347,42 @@ class Tier:
                 if missing.any():
                     series = series.scatter(np.flatnonzero(missing), None)
                 columns.append(series)
+        for column in self.winner.stored() if self.winner is not None else ():
+            name = Winner.name(column)
+            if name not in self.partials:
+                columns.append(pl.Series(name, [None] * index.size))
+                continue
+            series = pl.Series(name, self.partials[name][index]).cast(self.dtypes[column])
+            missing = ~self.seen[name][index]
+            if missing.any():
+                series = series.scatter(np.flatnonzero(missing), None)
+            columns.append(series)
         return self.rows[index].with_columns(*columns, pl.Series(MATCHED, matched))
 
     @classmethod
-    def from_frame(cls, key: str, frame: pl.DataFrame, aggs: list[Agg]) -> Tier:
+    def from_frame(
+        cls, key: str, frame: pl.DataFrame, aggs: list[Agg], winner: Winner | None = None
+    ) -> Tier:
         """Rebuild from :meth:`frame` output (a checkpoint), sorted by interval end."""
         frame = frame.sort("__end")
         names = [n for a in aggs for n in a.partial_columns()]
+        stored = winner.stored() if winner is not None else []
+        win_names = [Winner.name(c) for c in stored]
         if MATCHED in frame.columns:
             matched = frame.get_column(MATCHED).to_numpy().astype(np.int64)
         else:  # state written before the matched count existed
             matched = frame.get_column(names[0]).is_not_null().to_numpy().astype(np.int64)
-        tier = cls(key, frame.drop([*names, MATCHED], strict=False), aggs, matched=matched)
+        rows = frame.drop([*names, *win_names, MATCHED], strict=False)
+        tier = cls(key, rows, aggs, matched=matched, winner=winner)
         if not matched.any():
             return tier
+        for column, name in zip(stored, win_names, strict=True):
+            series = frame.get_column(name) if name in frame.columns else None
+            if series is None or series.dtype == pl.Null:
+                continue
+            tier.dtypes[column] = series.dtype
+            tier.seen[name] = series.is_not_null().to_numpy()
+            tier.partials[name] = series.to_physical().fill_null(0).to_numpy().copy()
         for agg in aggs:
             for name in agg.partial_columns():
                 series = frame.get_column(name)
@@ -289,8 +402,8 @@ class Tier:
         return tier
 
 
-def merge_tiers(key: str, tiers: list[Tier], aggs: list[Agg]) -> Tier:
+def merge_tiers(key: str, tiers: list[Tier], aggs: list[Agg], winner: Winner | None = None) -> Tier:
     """One tier holding the open rows of ``tiers``."""
     frames = [t.frame() for t in tiers if t.open_rows]
     frame = pl.concat(frames, how="diagonal_relaxed")
-    return Tier.from_frame(key, frame, aggs)
+    return Tier.from_frame(key, frame, aggs, winner)

@@ -4,6 +4,7 @@ and stream–table enrichment. Port 0 is the left input, port 1 the right."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import numpy as np
 import polars as pl
@@ -11,8 +12,14 @@ import pyarrow as pa
 
 from dataflare_platform.engine.aggregations import Agg, final_exprs
 from dataflare_platform.engine.operators.base import WM_COL, Emit, Operator, event_ms
-from dataflare_platform.engine.operators.interval_tiers import RightRows, Tier, merge_tiers
+from dataflare_platform.engine.operators.interval_tiers import (
+    RightRows,
+    Tier,
+    Winner,
+    merge_tiers,
+)
 from dataflare_platform.engine.operators.windows import WINDOW_END, WINDOW_START, Tumbling
+from dataflare_platform.errors import InvalidInputError
 
 
 def _concat(a: pl.DataFrame | None, b: pl.DataFrame) -> pl.DataFrame:
@@ -194,6 +201,11 @@ class IntervalJoinAggregate(Operator):
     matched against the newest tier first and only the rows left over go on to older
     tiers. Streams whose right side refers mostly to recent left rows (bids on fresh
     auctions) so touch a small tier per batch, however many long-lived left rows are open.
+
+    With a ``winner`` the left row also carries the columns of its best right row by the
+    winner's order (Nexmark q9's winning bid: highest price, then earliest): an argmax
+    that, like the aggregates, keeps no right rows, only one value per column per open
+    left row.
     """
 
     uses_watermark = True
@@ -205,14 +217,25 @@ class IntervalJoinAggregate(Operator):
     left_columns: list[str] = field(default_factory=list)
     aggs: list[Agg] = field(default_factory=list)
     lateness_ms: int = 0
+    winner: Winner | None = None
     inputs: int = 2
     _tiers: list[Tier] = field(default_factory=list, init=False)
     _pending: pl.DataFrame | None = field(default=None, init=False)
 
     MAX_TIERS = 6  # older tiers are compacted into one beyond this
 
+    def __post_init__(self) -> None:
+        # Here, not in each builder method: both interval_join_agg and
+        # interval_join_winner make this operator.
+        if any(agg.kind == "count_distinct" for agg in self.aggs):
+            # Its numpy tiers hold fixed-width partials; a value list does not fit them.
+            raise InvalidInputError("an interval join cannot count distinct values")
+
     def _value_columns(self) -> list[str]:
-        return list(dict.fromkeys(a.column for a in self.aggs if a.column is not None))
+        columns = [a.column for a in self.aggs if a.column is not None]
+        if self.winner is not None:
+            columns += self.winner.stored()
+        return list(dict.fromkeys(columns))
 
     def _match(self, tiers: list[Tier], right: pl.DataFrame) -> pl.DataFrame | None:
         """Fold ``right`` into ``tiers`` (newest first); the rows no tier has a key for."""
@@ -232,7 +255,7 @@ class IntervalJoinAggregate(Operator):
             event_ms(self.time_column).alias("__start"),
             pl.col(self.end_column).cast(pl.Int64).alias("__end"),
         ).sort("__end")  # closing rows is then a cursor move
-        return Tier(self.left_key, left, self.aggs)
+        return Tier(self.left_key, left, self.aggs, winner=self.winner)
 
     def process(self, batch: pl.DataFrame, port: int = 0) -> Emit:
         batch, late = self.split_late(batch, self.lateness_ms)
@@ -246,13 +269,12 @@ class IntervalJoinAggregate(Operator):
             if len(self._tiers) > self.MAX_TIERS:
                 # Compact all but the newest few tiers into one.
                 keep = self.MAX_TIERS // 2
-                old = merge_tiers(self.left_key, self._tiers[:-keep], self.aggs)
+                old = merge_tiers(self.left_key, self._tiers[:-keep], self.aggs, self.winner)
                 self._tiers = [old, *self._tiers[-keep:]]
             return None, late
         # A null key matches no left row; its row would only wait to be evicted.
         right = batch.select(
-            self.right_key,
-            *self._value_columns(),
+            *dict.fromkeys([self.right_key, *self._value_columns()]),
             event_ms(self.time_column).alias("__t"),
         ).filter(pl.col(self.right_key).is_not_null())
         leftover = self._match(self._tiers, right)
@@ -269,10 +291,12 @@ class IntervalJoinAggregate(Operator):
         if not closed:
             return None
         result = pl.concat(closed, how="vertical_relaxed")
+        won = [] if self.winner is None else self.winner.columns
         return result.select(
             *self.left_columns,
             pl.col("__end").cast(pl.Datetime("ms")).alias(WINDOW_END),
             *final_exprs(self.aggs),
+            *(pl.col(Winner.name(column)).alias(alias) for column, alias in won),
         )
 
     def output_time_column(self) -> str:
@@ -299,7 +323,7 @@ class IntervalJoinAggregate(Operator):
         self._tiers = []
         if "open" in state:
             frame = pl.from_arrow(state["open"])
-            self._tiers = [Tier.from_frame(self.left_key, frame, self.aggs)]
+            self._tiers = [Tier.from_frame(self.left_key, frame, self.aggs, self.winner)]
         self._pending = pl.from_arrow(state["pending"]) if "pending" in state else None
 
     def state_rows(self) -> int:
@@ -307,11 +331,24 @@ class IntervalJoinAggregate(Operator):
         return pending + sum(t.open_rows for t in self._tiers)
 
 
+class SideTable(Protocol):
+    """A table an enrich join reads at each batch: ``current()`` is the table as it is
+    now (a file-backed one reloads when its file changed). Not checkpointed: a side
+    input is the outside world's current state, not the stream's."""
+
+    def current(self) -> pl.DataFrame: ...
+
+
 class EnrichJoin(Operator):
-    """Stream–table join: each row looks up a (small) table by key, vectorised."""
+    """Stream–table join: each row looks up a (small) table by key, vectorised. The
+    table is a DataFrame, or a ``SideTable`` asked for its current content per batch."""
 
     def __init__(
-        self, table: pl.DataFrame, left_on: list[str], right_on: list[str], how: str = "left"
+        self,
+        table: pl.DataFrame | SideTable,
+        left_on: list[str],
+        right_on: list[str],
+        how: str = "left",
     ) -> None:
         self.table = table
         self.left_on = left_on
@@ -319,6 +356,5 @@ class EnrichJoin(Operator):
         self.how = how
 
     def process(self, batch: pl.DataFrame, port: int = 0) -> Emit:
-        return batch.join(
-            self.table, left_on=self.left_on, right_on=self.right_on, how=self.how
-        ), None
+        table = self.table if isinstance(self.table, pl.DataFrame) else self.table.current()
+        return batch.join(table, left_on=self.left_on, right_on=self.right_on, how=self.how), None

@@ -1,6 +1,7 @@
-"""Keyed operators whose state outlives any window: first row per key (dedup) and running
-per-key aggregates (reduce). Their output depends on every earlier event, so an interval
-replay cannot rebuild it (``stateful``, not ``windowed``)."""
+"""Keyed operators whose state outlives any window: first row per key (dedup), running
+per-key aggregates (reduce) and the top rows per key (top-N, a TTL bounding it). Their
+output depends on every earlier event, so an interval replay cannot rebuild it
+(``stateful``, not ``windowed``)."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from dataflare_platform.engine.aggregations import (
     merge_exprs,
     partial_exprs,
 )
-from dataflare_platform.engine.operators.base import Emit, FrameState, event_ms
+from dataflare_platform.engine.operators.base import WM_COL, Emit, FrameState, event_ms
 
 
 @dataclass
@@ -101,3 +102,142 @@ class Reduce(FrameState):
         self._state = partial
         changed = partial.join(touched, on=self.keys, how="semi", nulls_equal=True)
         return changed.select([*self.keys, *final_exprs(self.aggs)]), None
+
+
+ROLLING = {"sum": "rolling_sum", "min": "rolling_min", "max": "rolling_max", "mean": "rolling_mean"}
+
+
+@dataclass
+class ReduceLast(FrameState):
+    """Per key, aggregates over the key's last ``n`` rows, emitted for every input row
+    (an upsert stream keyed by ``keys`` whose last row per key is the current value),
+    e.g. a seller's average price over their last 10 closed auctions (Nexmark q6).
+
+    "Last" follows the input order; within a batch rows are taken in ``order_by`` order
+    first, so the output does not depend on how the input was cut into batches as long
+    as the input arrives ordered by ``order_by`` across batches (closed intervals do:
+    a later watermark closes later ends). State: the last ``n`` rows of every key."""
+
+    stateful = True
+    state_key = "last_rows"
+
+    keys: list[str] = field(default_factory=list)
+    n: int = 1
+    aggs: list[Agg] = field(default_factory=list)
+    order_by: list[str] = field(default_factory=list)
+    _state: pl.DataFrame | None = field(default=None, init=False)
+
+    def _values(self) -> list[str]:
+        return list(dict.fromkeys(a.column for a in self.aggs if a.column is not None))
+
+    def _rolling(self, agg: Agg) -> pl.Expr:
+        if agg.kind == "count" and agg.column is None:  # rows so far, at most n
+            return pl.int_range(1, pl.len() + 1, dtype=pl.Int64).clip(upper_bound=self.n)
+        if agg.kind == "count":
+            valid = pl.col(agg.column).is_not_null().cast(pl.Int64)
+            return valid.rolling_sum(self.n, min_samples=1)
+        method = getattr(pl.col(agg.column), ROLLING[agg.kind])
+        return method(self.n, min_samples=1)
+
+    def process(self, batch: pl.DataFrame, port: int = 0) -> Emit:
+        if batch.height == 0:
+            return None, None
+        rows = batch.select(*dict.fromkeys([*self.keys, *self.order_by, *self._values()]))
+        if self.order_by:
+            rows = rows.sort(self.order_by, maintain_order=True)
+        new = rows.with_columns(pl.lit(True).alias("__new"))
+        rest = None
+        if self._state is not None:
+            # Only the keys this batch touches are recomputed: the others' rows stay.
+            touched = rows.select(self.keys).unique()
+            mine = self._state.join(touched, on=self.keys, how="semi", nulls_equal=True)
+            rest = self._state.join(touched, on=self.keys, how="anti", nulls_equal=True)
+            new = pl.concat(
+                [mine.with_columns(pl.lit(False).alias("__new")), new],
+                how="vertical_relaxed",
+            )
+        # Rolling over each key's rows in arrival order (``over`` keeps row positions).
+        out = new.with_columns(
+            *(self._rolling(a).over(self.keys).alias(a.alias) for a in self.aggs)
+        )
+        # Keep each key's last n rows (lengths are unsigned: count from the end).
+        from_end = pl.int_range(pl.len(), 0, -1, dtype=pl.Int64).over(self.keys)
+        kept = new.filter(from_end <= self.n).drop("__new")
+        self._state = kept if rest is None else pl.concat([rest, kept], how="vertical_relaxed")
+        emitted = out.filter(pl.col("__new")).select(*self.keys, *(a.alias for a in self.aggs))
+        return emitted, None
+
+
+@dataclass
+class KeyedTopN(FrameState):
+    """The top ``n`` rows per key by ``by`` (Flink's ``ROW_NUMBER() OVER (PARTITION BY
+    keys ORDER BY by) <= n``): Nexmark q18's latest bid per (bidder, auction) is n = 1
+    by time descending, q19's ten highest bids per auction n = 10 by price. Rows rank by
+    ``by`` (each ascending or ``descending``), then by every other column ascending with
+    nulls last, so ties rank the same way whatever the batch cut or arrival order.
+
+    Output is an upsert stream: after each batch, every key whose top rows changed emits
+    all of them, with their 1-based rank in ``rank_column`` when given — keyed by the
+    keys (n = 1) or by keys and rank. A key's top rows only improve (input is append
+    only), so its ranks never shrink and an upsert on (keys, rank) stays exact.
+
+    State is the current top rows per key and the key's newest event time (``__seen``).
+    With ``ttl_ms``, a key is forgotten once the watermark passes its newest event time
+    plus the TTL, which bounds state by the keys active within the TTL. That is exact
+    only if keys are not revived: a row arriving for a forgotten key starts it afresh
+    (its earlier rows are no longer candidates, and with n > 1 ranks past the new rows'
+    count keep their old upserted values downstream)."""
+
+    # Rows are never late here (no window to miss); the watermark only ages keys out, in
+    # ``advance``, so the per-row ``__wm`` column is not needed.
+    uses_watermark = False
+    stateful = True
+    state_key = "top"
+
+    keys: list[str] = field(default_factory=list)
+    by: list[str] = field(default_factory=list)
+    descending: list[bool] = field(default_factory=list)
+    n: int = 1
+    rank_column: str | None = None
+    ttl_ms: int | None = None
+    _state: pl.DataFrame | None = field(default=None, init=False)
+
+    def _order(self, columns: list[str]) -> tuple[list[str], list[bool]]:
+        rest = [c for c in columns if c not in self.keys and c not in self.by]
+        return [*self.by, *rest], [*self.descending, *[False] * len(rest)]
+
+    def process(self, batch: pl.DataFrame, port: int = 0) -> Emit:
+        rows = batch.drop(WM_COL, strict=False)
+        if rows.height == 0:
+            return None, None
+        columns = rows.columns
+        seen = event_ms(self.time_column).max().over(self.keys).alias("__seen")
+        fresh = rows.with_columns(seen, pl.lit(True).alias("__new"))
+        if self._state is not None and self._state.height:
+            touched = fresh.select(self.keys).unique()
+            held = self._state.join(touched, on=self.keys, how="semi", nulls_equal=True)
+            untouched = self._state.join(touched, on=self.keys, how="anti", nulls_equal=True)
+            candidates = pl.concat(
+                [held.with_columns(pl.lit(False).alias("__new")), fresh], how="vertical_relaxed"
+            ).with_columns(pl.col("__seen").max().over(self.keys))
+        else:
+            untouched = None
+            candidates = fresh
+        order, descending = self._order(columns)
+        ranked = candidates.sort(order, descending=descending, nulls_last=True).with_columns(
+            pl.int_range(1, pl.len() + 1, dtype=pl.Int64).over(self.keys).alias("__rank")
+        )
+        top = ranked.filter(pl.col("__rank") <= self.n)
+        kept = top.drop("__new", "__rank")
+        self._state = kept if untouched is None else pl.concat([untouched, kept])
+        changed = top.filter(pl.col("__new").any().over(self.keys))
+        out = changed.select(
+            *columns,
+            *([pl.col("__rank").alias(self.rank_column)] if self.rank_column else []),
+        )
+        return out, None
+
+    def advance(self, watermark: int) -> pl.DataFrame | None:
+        if self.ttl_ms is not None and self._state is not None and self._state.height:
+            self._state = self._state.filter(pl.col("__seen") + self.ttl_ms >= watermark)
+        return None

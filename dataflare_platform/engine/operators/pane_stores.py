@@ -23,6 +23,7 @@ import numpy as np
 import polars as pl
 import pyarrow as pa
 
+from dataflare_platform.engine import arrays
 from dataflare_platform.engine.aggregations import (
     Agg,
     final_exprs,
@@ -212,8 +213,9 @@ class ArrayPanes(_Panes):
     def accepts(batch: pl.DataFrame, keys: list[str], aggs: list[Agg]) -> bool:
         """Whether this batch fits the array store: one integer key without nulls (or
         none), and aggregate columns it can fold exactly (no NaN in a min/max column,
-        where numpy and Polars disagree)."""
-        if len(keys) > 1:
+        where numpy and Polars disagree). Exact distinct counts keep value lists, which
+        only the Polars store holds."""
+        if len(keys) > 1 or any(agg.kind == "count_distinct" for agg in aggs):
             return False
         if keys:
             key = batch.get_column(keys[0])
@@ -295,8 +297,9 @@ class ArrayPanes(_Panes):
         return pane
 
     def add(self, batch: pl.DataFrame, time_column: str, slide: int) -> None:
-        panes = physical_numpy(batch.get_column(time_column))
-        panes = panes - panes % slide
+        # Floor division by a scalar is a multiply-and-shift in numpy (libdivide), where
+        # ``%`` divides element by element: several times faster on large batches.
+        panes = physical_numpy(batch.get_column(time_column)) // slide * slide
         raw = self._raw(batch)
         for start, part in self._split_by_pane(raw, panes, slide):
             held = self._panes.get(start)
@@ -471,7 +474,7 @@ def _with_nulls(values: np.ndarray, valid: np.ndarray | None) -> np.ndarray | pa
     """``values`` as a column, null where ``valid`` is False (None: none is null)."""
     if valid is None or valid.all():
         return values
-    return pa.array(values, mask=~valid)
+    return arrays.from_numpy(values, pa.from_numpy_dtype(values.dtype), valid)
 
 
 def _group(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -8,6 +8,7 @@ from typing import Protocol
 import polars as pl
 import pyarrow as pa
 
+from dataflare_platform.engine import arrays
 from dataflare_platform.engine.operators.base import WM_COL, Emit, Operator
 
 
@@ -64,7 +65,9 @@ class PluginOperator(Operator):
             self.plugin.restore(state)
 
     def snapshot(self) -> dict[str, pa.Table]:
-        return {"plugin": pa.table({"state": pa.array([self.plugin.snapshot()], pa.binary())})}
+        return {
+            "plugin": pa.table({"state": arrays.strings([self.plugin.snapshot()], pa.binary())})
+        }
 
     def restore(self, state: dict[str, pa.Table]) -> None:
         if "plugin" in state:

@@ -30,6 +30,7 @@ import pyarrow.compute as pc
 
 from dataflare_platform import times
 from dataflare_platform.durable import fsync_dir, fsync_file, open_lock_file, write_atomic
+from dataflare_platform.engine import arrays
 from dataflare_platform.errors import DataflareError, InvalidInputError
 from dataflare_platform.events.log.config import TopicConfig
 from dataflare_platform.events.log.segments import (
@@ -280,7 +281,7 @@ class Partition:
             schema = self.schema
             if columns is not None:
                 schema = pa.schema([schema.field(c) for c in columns])
-            return schema.empty_table()
+            return arrays.empty_table(schema)
         return parts[0] if len(parts) == 1 else pa.concat_tables(parts)
 
     def _where(self) -> str:

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 import polars as pl
 import pyarrow as pa
 
+from dataflare_platform.engine import arrays
 from dataflare_platform.errors import InvalidInputError, NotFoundError
 from dataflare_platform.events.codec import conform
 from dataflare_platform.events.log.commits import read_commit
@@ -90,7 +91,7 @@ class Topic:
         for i in range(n):
             mask = ids == i
             if mask.any():
-                out[i] = self.parts[i].append(table.filter(pa.array(mask)), metadata)
+                out[i] = self.parts[i].append(table.filter(arrays.booleans(mask)), metadata)
         return out
 
     def conform(self, data: pa.Table | pa.RecordBatch | pl.DataFrame) -> pa.Table:
@@ -157,9 +158,9 @@ class Topic:
         if not tables:
             schema = self.schema
             return (
-                schema.empty_table()
+                arrays.empty_table(schema)
                 if columns is None
-                else pa.schema([schema.field(c) for c in columns]).empty_table()
+                else arrays.empty_table(pa.schema([schema.field(c) for c in columns]))
             )
         return pa.concat_tables(tables)
 

@@ -12,6 +12,7 @@ from typing import Any, Literal
 import polars as pl
 from pydantic import Field, field_validator, model_validator
 
+from dataflare_platform.connectors.files import FileSideTable
 from dataflare_platform.engine.aggregations import Agg
 from dataflare_platform.engine.durations import MAX_WINDOWS_PER_EVENT, to_ms
 from dataflare_platform.engine.operators.windows import Session, Sliding, TopN, Tumbling
@@ -29,9 +30,10 @@ from dataflare_platform.streams.steps.registry import StepContext, step
 
 # -- argument models -----------------------------------------------------------------------
 class AggSpec(SpecModel):
-    """``count`` or one of ``{sum|min|max|mean|count: column}``."""
+    """``count`` or one of ``{sum|min|max|mean|count|count_distinct: column}``
+    (``count_distinct`` is exact; in ``window`` only, not ``interval_join_agg``)."""
 
-    kind: Literal["count", "sum", "min", "max", "mean"]
+    kind: Literal["count", "sum", "min", "max", "mean", "count_distinct"]
     column: str | None = None
 
     @model_validator(mode="before")
@@ -120,17 +122,92 @@ class IntervalJoinSpec(SpecModel):
     agg: dict[str, AggSpec]
     lateness: DelayField = 0
 
+    @field_validator("agg")
+    @classmethod
+    def _no_distinct(cls, value: dict[str, AggSpec]) -> dict[str, AggSpec]:
+        if any(a.kind == "count_distinct" for a in value.values()):
+            raise ValueError("count_distinct is not available in interval_join_agg")
+        return value
+
+
+class OrderSpec(SpecModel):
+    """One column of a winner's order: ``{price: desc}`` or ``{date_time: asc}``."""
+
+    column: str
+    descending: bool = False
+
+    @model_validator(mode="before")
+    @classmethod
+    def _parse(cls, value: Any) -> Any:
+        if isinstance(value, dict) and len(value) == 1 and "column" not in value:
+            ((column, direction),) = value.items()
+            if direction not in ("asc", "desc"):
+                raise ValueError(f"{column}: give asc or desc, not {direction!r}")
+            return {"column": column, "descending": direction == "desc"}
+        return value
+
+
+class IntervalWinnerSpec(SpecModel):
+    """``interval_join_winner``: each closed left row with the columns of its first
+    ranked right row (``order_by``); ``columns`` maps right columns to output names."""
+
+    with_: str = Field(alias="with")
+    left_key: str
+    right_key: str
+    end_column: str
+    left_columns: list[str]
+    order_by: list[OrderSpec] = Field(min_length=1)
+    columns: dict[str, str] | list[str]
+    agg: dict[str, AggSpec] = Field(default_factory=dict)
+    lateness: DelayField = 0
+
+
+class ReduceLastSpec(SpecModel):
+    """``reduce_last``: per key, aggregates over the key's last ``n`` rows."""
+
+    n: int = Field(ge=1, le=100_000)  # rows kept per key: state grows with it
+    agg: dict[str, AggSpec]
+    order_by: list[str] = Field(default_factory=list)
+
 
 class DedupSpec(SpecModel):
     horizon: SizeField
     lateness: DelayField = 0
 
 
+class TopNSpec(SpecModel):
+    """The top ``n`` rows per key (after ``key_by``) by ``by``, as an upsert stream; ``n``
+    over 1 needs ``rank_column`` (the upsert key with the keys). ``ttl`` forgets a key
+    idle that long in event time (bounded state, exact while keys are not revived)."""
+
+    by: str | list[str]
+    n: int = Field(1, ge=1, le=100_000)  # rows kept per key: state and output grow with it
+    descending: bool | list[bool] = True
+    rank_column: str | None = None
+    ttl: SizeField | None = None
+
+    @model_validator(mode="after")
+    def _consistent(self) -> TopNSpec:
+        if isinstance(self.descending, list):
+            by = [self.by] if isinstance(self.by, str) else self.by
+            if len(self.descending) != len(by):
+                raise ValueError("give one descending flag per 'by' column")
+        if self.n > 1 and self.rank_column is None:
+            raise ValueError("n > 1 needs a rank_column (the upsert key with the keys)")
+        return self
+
+
 class EnrichSpec(SpecModel):
+    """``path``: the side table, a Parquet file (or CSV with ``refresh``). ``refresh``:
+    re-read it whenever the file changes (checked with one stat per batch), so rows
+    after a change use the new values; otherwise it is read once when the pipeline is
+    built."""
+
     path: Path
     left_on: str | list[str]
     right_on: str | list[str] | None = None
     how: Literal["left", "inner"] = "left"
+    refresh: bool = False
 
 
 MAX_PARAMS_DEPTH = 16
@@ -210,7 +287,7 @@ def unique(stream: Stream, subset: list[str] | None, context: StepContext) -> St
 
 @step("enrich", EnrichSpec)
 def enrich(stream: Stream, spec: EnrichSpec, context: StepContext) -> Stream:
-    table = pl.read_parquet(spec.path)
+    table = FileSideTable(spec.path) if spec.refresh else pl.read_parquet(spec.path)
     return stream.enrich(table, spec.left_on, spec.right_on, spec.how)
 
 
@@ -228,6 +305,16 @@ def dedup(stream: Stream, spec: DedupSpec, context: StepContext) -> Stream:
 @step("reduce", dict[str, AggSpec])
 def reduce(stream: Stream, aggs: dict[str, AggSpec], context: StepContext) -> Stream:
     return stream.reduce(*_aggs(aggs))
+
+
+@step("reduce_last", ReduceLastSpec)
+def reduce_last(stream: Stream, spec: ReduceLastSpec, context: StepContext) -> Stream:
+    return stream.reduce_last(spec.n, *_aggs(spec.agg), order_by=spec.order_by)
+
+
+@step("top_n", TopNSpec)
+def top_n(stream: Stream, spec: TopNSpec, context: StepContext) -> Stream:
+    return stream.top_n(spec.by, spec.n, spec.descending, spec.rank_column, spec.ttl)
 
 
 # -- windows -------------------------------------------------------------------------------
@@ -273,6 +360,21 @@ def interval_join_agg(stream: Stream, spec: IntervalJoinSpec, context: StepConte
         spec.right_key,
         spec.end_column,
         spec.left_columns,
+        *_aggs(spec.agg),
+        lateness=spec.lateness,
+    )
+
+
+@step("interval_join_winner", IntervalWinnerSpec)
+def interval_join_winner(stream: Stream, spec: IntervalWinnerSpec, context: StepContext) -> Stream:
+    return stream.interval_join_winner(
+        context.streams[spec.with_],
+        spec.left_key,
+        spec.right_key,
+        spec.end_column,
+        spec.left_columns,
+        [(o.column, o.descending) for o in spec.order_by],
+        spec.columns,
         *_aggs(spec.agg),
         lateness=spec.lateness,
     )

@@ -4,6 +4,7 @@ tampered audit chain and an escalated alert — its text (as Chromium renders it
 those numbers."""
 
 import sqlite3
+import time
 from datetime import UTC, datetime, timedelta
 
 import dagster as dg
@@ -29,16 +30,28 @@ SPEC = GovernedDataset.model_validate(
     }
 )
 KEY = dg.AssetKey(["crm", "contacts"])
-NOW = datetime.now(UTC)
+
+
+def clear_of_midnight(margin: timedelta = timedelta(minutes=2)) -> datetime:
+    """The planted events and the report must fall on one UTC day (the report's
+    partition): a run that starts just before midnight waits for the new day. Returns now.
+    (The CI of 2026-12-05 collected this module at 23:4x and ran it at 00:07.)"""
+    now = datetime.now(UTC)
+    tomorrow = datetime.combine(now.date() + timedelta(days=1), datetime.min.time(), UTC)
+    if tomorrow - now < margin:
+        time.sleep((tomorrow - now).total_seconds() + 1)
+        now = datetime.now(UTC)
+    return now
 
 
 @dg.asset(key=KEY, check_specs=[dg.AssetCheckSpec("has_rows", asset=KEY)])
 def contacts(dataflare: ProjectHomeResource) -> dg.MaterializeResult:
+    now = datetime.now(UTC)
     rows = pl.DataFrame(
         {
             "id": [1, 2, 3, 4],
             "notes": ["write to ann@example.com", "ok", "ok", "ok"],
-            "updated": [NOW - timedelta(days=d) for d in (1, 2, 40, 50)],
+            "updated": [now - timedelta(days=d) for d in (1, 2, 40, 50)],
         }
     )
     with duckdb.connect(str(dataflare.home.root / "crm.duckdb")) as conn:
@@ -51,6 +64,7 @@ def contacts(dataflare: ProjectHomeResource) -> dg.MaterializeResult:
 
 @pytest.mark.e2e
 def test_report_states_the_planted_failures(home, instance, resources, tmp_path, http_receiver):
+    started = clear_of_midnight()
     (home.root / "alerts.yaml").write_text(
         f"channels: {{hook: {{type: webhook, url: '{http_receiver.url('/hook')}',"
         " allow_http_loopback: true}}\n"
@@ -81,7 +95,8 @@ def test_report_states_the_planted_failures(home, instance, resources, tmp_path,
         conn.execute("UPDATE audit_entries SET subject = 'forged' WHERE seq = 2")
 
     report = defs.resolve_assets_def(REPORT_KEY)
-    day = NOW.strftime("%Y-%m-%d")
+    day = started.strftime("%Y-%m-%d")
+    assert datetime.now(UTC).date() == started.date(), "the scenario crossed midnight"
     result = dg.materialize([report], instance=instance, partition_key=day)
     (mat,) = result.get_asset_materialization_events()
     meta = mat.materialization.metadata

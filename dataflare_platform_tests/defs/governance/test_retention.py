@@ -18,6 +18,7 @@ import pytest
 from dataflare_platform.compliance.spec import GovernedDataset
 from dataflare_platform.defs.governance.audit import RETENTION_ACTIONS
 from dataflare_platform.defs.governance.retention import RETENTION_KEY, retention_definitions
+from dataflare_platform.sql_names import quote_identifier
 
 NOW = datetime(2026, 6, 1, tzinfo=UTC)
 AGES_DAYS = (1, 2, 40, 50)  # two rows inside 30 days, two past it
@@ -48,14 +49,15 @@ SPECS = [
 def write_table(path: Path, table: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     with duckdb.connect(str(path)) as conn:
-        conn.execute(f"CREATE TABLE {table} (id INTEGER, updated TIMESTAMPTZ)")
+        quoted = quote_identifier(table)
+        conn.execute(f"CREATE TABLE {quoted} (id INTEGER, updated TIMESTAMPTZ)")
         for i, age in enumerate(AGES_DAYS):
-            conn.execute(f"INSERT INTO {table} VALUES (?, ?)", [i, NOW - timedelta(days=age)])
+            conn.execute(f"INSERT INTO {quoted} VALUES (?, ?)", [i, NOW - timedelta(days=age)])
 
 
 def count_rows(path: Path, table: str) -> int:
     with duckdb.connect(str(path), read_only=True) as conn:
-        return conn.execute(f"SELECT count(*) FROM {table}").fetchall()[0][0]
+        return conn.execute(f"SELECT count(*) FROM {quote_identifier(table)}").fetchall()[0][0]
 
 
 @pytest.fixture

@@ -6,6 +6,7 @@ import pytest
 from dataflare_platform.datagen import SCHEMAS
 from dataflare_platform.defs.nexmark import assets, checks
 from dataflare_platform.defs.resources import ProjectHomeResource
+from dataflare_platform.sql_names import quote_identifier
 from dataflare_platform.warehouse.connection import connect
 from dataflare_platform.warehouse.stats import event_days
 
@@ -29,7 +30,7 @@ def test_table_asset_loads_and_reports_rows_schema_and_preview(resource, kind):
         result = getattr(assets, kind)(context=context, dataflare=resource)
     meta = result.metadata
     with resource.warehouse() as conn:
-        rows = conn.execute(f"SELECT count(*) FROM {kind}").fetchall()[0][0]
+        rows = conn.execute(f"SELECT count(*) FROM {quote_identifier(kind)}").fetchall()[0][0]
     assert meta["dagster/row_count"] == rows > 0
     assert meta["dagster/table_name"] == kind
     columns = [c.name for c in meta["dagster/column_schema"].columns]
@@ -123,7 +124,7 @@ def test_daily_stats_partition_materializes_in_process_with_passing_checks(loade
             assert event.partition == day.isoformat()
             with loaded.warehouse() as conn:
                 rows = conn.execute(
-                    f"SELECT count(*) FROM {table} WHERE day = $day", {"day": day}
+                    f"SELECT count(*) FROM {quote_identifier(table)} WHERE day = $day", {"day": day}
                 ).fetchall()[0][0]
             assert event.metadata["dagster/row_count"].value == rows > 0
             assert instance.get_materialized_partitions(key) == {day.isoformat()}

@@ -8,6 +8,7 @@ from dataflare_platform.defs.plugins.resources import PluginRuntimeResource
 from dataflare_platform.defs.replay.jobs import replay_job
 from dataflare_platform.defs.resources import ProjectHomeResource
 from dataflare_platform.events.log import EventLog
+from dataflare_platform.sql_names import quote_identifier
 from dataflare_platform.streams.ranges import load_specs, run_range, source_ends
 
 
@@ -26,7 +27,7 @@ def hot_items_home(home, small_nexmark):
 
 def _table(home, name="hot_items"):
     with duckdb.connect(str(home.root / "streams" / "hot_items.duckdb")) as conn:
-        df = pl.from_arrow(conn.sql(f"SELECT * FROM {name}").to_arrow_table())
+        df = pl.from_arrow(conn.sql(f"SELECT * FROM {quote_identifier(name)}").to_arrow_table())
     return df.sort(df.columns)
 
 

@@ -189,7 +189,40 @@ def test_micro_batch_sensor_skips_while_a_continuous_run_is_active(defs, home, s
         )
         with dg.build_sensor_context(instance=instance, resources=_resources(home)) as context:
             result = sensor(context)
-        assert isinstance(result, dg.SkipReason) and "continuously" in result.skip_message
+        assert isinstance(result, dg.SkipReason)
+        assert result.skip_message == "hot_items runs continuously in run(s) ['a-continuous-run']"
+
+
+def test_micro_batch_sensor_names_the_worker_runs_it_stands_aside_for(defs, home, small_nexmark):
+    """Worker runs (``<pipeline>_workers``), not a continuous run, hold the pipeline: the
+    skip reason says so, with their run ids, and does not claim a continuous run."""
+    bids = small_nexmark["bids"]
+    EventLog(home.event_log_dir).create_topic("nexmark.bids", bids.schema).append(bids)
+    sensor = defs.resolve_sensor_def("hot_items_sensor")
+    with dg.instance_for_test() as instance:
+        for run_id in ("worker-0", "worker-1"):
+            instance.add_run(
+                dg.DagsterRun(
+                    job_name="hot_items_workers", run_id=run_id, status=dg.DagsterRunStatus.STARTED
+                )
+            )
+        with dg.build_sensor_context(instance=instance, resources=_resources(home)) as context:
+            result = sensor(context)
+        assert isinstance(result, dg.SkipReason)
+        message = result.skip_message
+        assert message.startswith("hot_items runs as 2 partition-parallel worker run(s) [")
+        assert "'worker-0'" in message and "'worker-1'" in message
+        assert "continuously" not in message
+        # Both at once (a transition): both named.
+        instance.add_run(
+            dg.DagsterRun(
+                job_name=JOB, run_id="a-continuous-run", status=dg.DagsterRunStatus.STARTED
+            )
+        )
+        with dg.build_sensor_context(instance=instance, resources=_resources(home)) as context:
+            both = sensor(context).skip_message
+        assert both.startswith("hot_items runs continuously in run(s) ['a-continuous-run'] and")
+        assert "2 partition-parallel worker run(s)" in both
 
 
 def test_an_idle_stream_reports_a_zero_current_rate(defs, home, small_nexmark):

@@ -23,9 +23,12 @@ EXPECTED = {
     "EnrichJoin": (False, False),
     "Dedup": (True, False),
     "Reduce": (True, False),
+    "ReduceLast": (True, False),
+    "KeyedTopN": (True, False),
     "IncrementalJoin": (True, False),
     "IntervalJoinAggregate": (True, False),
     "SessionAggregate": (True, False),
+    "ProcessingTimeAggregate": (True, False),  # processing time: no event-time window
     "PluginOperator": (True, False),
     "WindowAggregate": (True, True),
     "WindowTopRows": (True, True),

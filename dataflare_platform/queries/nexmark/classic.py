@@ -1,25 +1,14 @@
-"""The Nexmark queries on the engine's public API, with their DuckDB ground truth.
-
-Each builder takes the sources it needs and a sink and returns a ready pipeline. The
-SQL in ``GROUND_TRUTH`` is the same query as a one-shot batch over all events: tests
-compare against it, and the benchmark times it as the baseline.
-"""
+"""Nexmark q0–q5, q7 and q8: the queries the engine first ran (pass-through, projection,
+selection, a stream-table join, an interval join, sliding and tumbling windows, a
+window join)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
-from pathlib import Path
-
-import duckdb
 import polars as pl
-import pyarrow as pa
 
-from dataflare_platform.connectors.files import FileSource, nexmark_files
 from dataflare_platform.engine import (
     Pipeline,
     Sink,
-    Source,
     TopN,
     count,
     max_,
@@ -27,10 +16,8 @@ from dataflare_platform.engine import (
     sliding,
     tumbling,
 )
-from dataflare_platform.errors import InvalidInputError, MissingPathError
-
-# Nexmark: the watermark trails the highest event time by 4 s.
-WATERMARK_DELAY_MS = 4_000
+from dataflare_platform.queries.nexmark.spec import NexmarkSources, QuerySpec
+from dataflare_platform.queries.nexmark.spec import pipeline as _pipeline
 
 COLUMNS = {
     "q0": {"bids": ["auction", "bidder", "price", "channel", "url", "date_time", "extra"]},
@@ -48,47 +35,6 @@ COLUMNS = {
     "q7": {"bids": ["auction", "bidder", "price", "date_time"]},
     "q8": {"persons": ["id", "name", "date_time"], "auctions": ["seller", "date_time"]},
 }
-QUERIES = tuple(COLUMNS)
-
-
-@dataclass
-class NexmarkSources:
-    bids: Source | None = None
-    persons: Source | None = None
-    auctions: Source | None = None
-
-    def need(self, kind: str) -> Source:
-        source = getattr(self, kind)
-        if source is None:
-            raise InvalidInputError(f"this query needs the {kind} input")
-        return source
-
-    @classmethod
-    def from_paths(
-        cls,
-        query: str,
-        bids: Path | None = None,
-        persons: Path | None = None,
-        auctions: Path | None = None,
-    ) -> NexmarkSources:
-        """File sources reading only the columns ``query`` uses; a path may be a file
-        or a directory of part files."""
-        given = {"bids": bids, "persons": persons, "auctions": auctions}
-        made = {}
-        for kind, columns in COLUMNS[query].items():
-            path = given[kind]
-            if path is None:
-                raise InvalidInputError(f"{query} needs --{kind} (or --input for bids)")
-            path = Path(path)
-            if not path.exists():
-                raise MissingPathError(f"{kind} input {path}: no such file or directory")
-            files = nexmark_files(path) if path.is_dir() else [path]
-            made[kind] = FileSource(kind, files, columns=columns)
-        return cls(**made)
-
-
-def _pipeline(name: str) -> Pipeline:
-    return Pipeline(name, out_of_orderness_ms=WATERMARK_DELAY_MS)
 
 
 def q0(src: NexmarkSources, sink: Sink) -> Pipeline:
@@ -180,24 +126,6 @@ def q8(src: NexmarkSources, sink: Sink) -> Pipeline:
     )
 
 
-BUILDERS: dict[str, Callable[[NexmarkSources, Sink], Pipeline]] = {
-    "q0": q0,
-    "q1": q1,
-    "q2": q2,
-    "q3": q3,
-    "q4": q4,
-    "q5": q5,
-    "q7": q7,
-    "q8": q8,
-}
-
-UPSERT_KEYS = {"q4": ["category"]}
-
-# One-shot DuckDB SQL over tables named bids / persons / auctions, giving the rows an
-# engine run produces (in any order). ``ms(t)`` is a macro: duckdb 2.0 cannot apply
-# epoch_ms to an Arrow timestamp[ms] column directly ("Unimplemented type for cast").
-TRUTH_PRELUDE = "CREATE OR REPLACE TEMP MACRO ms(t) AS epoch_ms(CAST(t AS TIMESTAMP))"
-
 GROUND_TRUTH = {
     "q0": "SELECT auction, bidder, price, channel, url, date_time, extra FROM bids",
     "q1": "SELECT auction, bidder, price * 0.908::DOUBLE AS price, date_time FROM bids",
@@ -236,7 +164,23 @@ GROUND_TRUTH = {
 }
 
 
-def ground_truth(conn: duckdb.DuckDBPyConnection, query: str) -> pa.Table:
-    """Run ``query``'s one-shot SQL on ``conn`` (tables bids/persons/auctions)."""
-    conn.execute(TRUTH_PRELUDE)
-    return conn.sql(GROUND_TRUTH[query]).to_arrow_table()
+SPECS = {
+    name: QuerySpec(
+        columns=COLUMNS[name],
+        build=build,
+        truth=GROUND_TRUTH[name],
+        upsert_keys=["category"] if name == "q4" else None,
+        approx=("avg_price",) if name == "q4" else (),
+        keeps_state=name == "q3",
+    )
+    for name, build in {
+        "q0": q0,
+        "q1": q1,
+        "q2": q2,
+        "q3": q3,
+        "q4": q4,
+        "q5": q5,
+        "q7": q7,
+        "q8": q8,
+    }.items()
+}

@@ -241,10 +241,11 @@ def test_the_autoscaler_follows_a_producer_stepping_up_and_down(tmp_path, dsn, p
     assert targets[-1] == 1, changes
     assert {e.actor for e in rescaled} == {f"sensor:{SENSOR}"}
     assert {e.subject for e in rescaled} == {f"pipeline:{PIPELINE}"}
-    ups = [d for d in decisions if d["current"] == 1 and d["workers"] == 4]
-    downs = [d for d in decisions if d["current"] == 4 and d["workers"] == 1]
-    assert ups and ups[-1]["reason"].startswith("scale up")
-    assert downs and downs[-1]["reason"].startswith("scale down")
+    # Decisions that changed the count while workers ran (one step or several, as above).
+    ups = [d for d in decisions if d["workers"] > d["current"] >= 1]
+    downs = [d for d in decisions if 1 <= d["workers"] < d["current"]]
+    assert ups and all(d["reason"].startswith("scale up") for d in ups), ups
+    assert downs and all(d["reason"].startswith("scale down") for d in downs), downs
     # The capacity it measured per worker is the step's: 10 k/s (busy time, not CPU).
     assert 5_000 < ups[-1]["capacity_per_worker"] < 15_000, ups[-1]
     print(

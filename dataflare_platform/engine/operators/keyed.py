@@ -1,13 +1,18 @@
 """Keyed operators whose state outlives any window: first row per key (dedup), running
-per-key aggregates (reduce) and the top rows per key (top-N, a TTL bounding it). Their
-output depends on every earlier event, so an interval replay cannot rebuild it
-(``stateful``, not ``windowed``)."""
+per-key aggregates (reduce), the last rows per key and the top rows per key (top-N, a TTL
+bounding it). Their output depends on every earlier event, so an interval replay cannot
+rebuild it (``stateful``, not ``windowed``).
+
+Their state is a :class:`KeyedStore`: a batch takes the rows of the keys it touches and
+puts back their new rows, at a cost that grows with the batch, not with the state."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 import polars as pl
+import pyarrow as pa
 
 from dataflare_platform.engine.aggregations import (
     Agg,
@@ -15,11 +20,39 @@ from dataflare_platform.engine.aggregations import (
     merge_exprs,
     partial_exprs,
 )
-from dataflare_platform.engine.operators.base import WM_COL, Emit, FrameState, event_ms
+from dataflare_platform.engine.operators.base import WM_COL, Emit, Operator, event_ms
+from dataflare_platform.engine.operators.keyed_store import KeyedStore
+
+
+class StoreState(Operator):
+    """A stateful operator whose state is one :class:`KeyedStore` (``_store``, made in
+    ``__post_init__``), checkpointed as one frame under ``state_key``: the same frame the
+    operators kept before the store, so older checkpoints restore unchanged."""
+
+    stateful = True
+    state_key: ClassVar[str]
+    _store: KeyedStore
+
+    def snapshot(self) -> dict[str, pa.Table]:
+        frame = self._store.frame()
+        return {} if frame is None else {self.state_key: frame.to_arrow()}
+
+    def restore(self, state: dict[str, pa.Table]) -> None:
+        if self.state_key in state:
+            self._store.load(pl.from_arrow(state[self.state_key]))
+
+    def savepoint(self) -> object:
+        return self._store.savepoint()  # immutable segments: a reference, no copy
+
+    def rollback(self, saved: object) -> None:
+        self._store.rollback(saved)
+
+    def state_rows(self) -> int:
+        return self._store.rows
 
 
 @dataclass
-class Dedup(FrameState):
+class Dedup(StoreState):
     """Keep the first row per key; drop later rows with that key within ``horizon_ms``
     of the kept row's event time. Keys are forgotten once the watermark has passed
     their horizon plus the allowed lateness, so state stays proportional to live keys."""
@@ -31,14 +64,18 @@ class Dedup(FrameState):
     keys: list[str] = field(default_factory=list)
     horizon_ms: int = 0
     lateness_ms: int = 0
-    _state: pl.DataFrame | None = field(default=None, init=False)
+    _store: KeyedStore = field(init=False)
+
+    def __post_init__(self) -> None:
+        self._store = KeyedStore(list(self.keys), age_column="__first")
 
     def process(self, batch: pl.DataFrame, port: int = 0) -> Emit:
         batch, late = self.split_late(batch, self.lateness_ms)
         ts = "__dedup_ts"
         rows = batch.with_columns(event_ms(self.time_column).alias(ts)).with_row_index("__row")
-        if self._state is not None and self._state.height:
-            rows = rows.join(self._state, on=self.keys, how="left", nulls_equal=True)
+        held = self._store.take(rows.select(self.keys).unique()) if rows.height else None
+        if held is not None:
+            rows = rows.join(held, on=self.keys, how="left", nulls_equal=True)
             rows = rows.filter(
                 pl.col("__first").is_null() | (pl.col(ts) >= pl.col("__first") + self.horizon_ms)
             ).drop("__first")
@@ -58,26 +95,24 @@ class Dedup(FrameState):
                 .drop("__first")
             )
         if not kept:
+            if held is not None:
+                self._store.put(held)
             return batch.clear(), late
         out = pl.concat(kept).sort("__row")
         fresh = out.group_by(self.keys).agg(pl.col(ts).max().alias("__first"))
-        if self._state is None:
-            self._state = fresh
-        else:
-            self._state = (
-                pl.concat([self._state, fresh]).group_by(self.keys).agg(pl.col("__first").max())
-            )
+        if held is not None:
+            fresh = pl.concat([held, fresh]).group_by(self.keys).agg(pl.col("__first").max())
+        self._store.put(fresh)
         return out.drop(ts, "__row").select(batch.columns), late
 
     def advance(self, watermark: int) -> pl.DataFrame | None:
-        if self._state is not None:
-            keep = pl.col("__first") + self.horizon_ms >= watermark - self.lateness_ms
-            self._state = self._state.filter(keep)
+        # A key is kept while its first row's horizon reaches the lateness bound.
+        self._store.expire(watermark - self.lateness_ms - self.horizon_ms)
         return None
 
 
 @dataclass
-class Reduce(FrameState):
+class Reduce(StoreState):
     """Running per-key aggregate without windows; emits the new value of every key a
     batch touched (an upsert stream keyed by ``keys``)."""
 
@@ -86,29 +121,31 @@ class Reduce(FrameState):
 
     keys: list[str]
     aggs: list[Agg]
-    _state: pl.DataFrame | None = field(default=None, init=False)
+    _store: KeyedStore = field(init=False)
+
+    def __post_init__(self) -> None:
+        self._store = KeyedStore(list(self.keys))
 
     def process(self, batch: pl.DataFrame, port: int = 0) -> Emit:
         if batch.height == 0:
             return None, None
         partial = batch.group_by(self.keys).agg(partial_exprs(self.aggs))
-        touched = partial.select(self.keys)
-        if self._state is not None:
+        held = self._store.take(partial.select(self.keys))
+        if held is not None:
             partial = (
-                pl.concat([self._state, partial], how="vertical_relaxed")
+                pl.concat([held, partial], how="vertical_relaxed")
                 .group_by(self.keys)
                 .agg(merge_exprs(self.aggs))
             )
-        self._state = partial
-        changed = partial.join(touched, on=self.keys, how="semi", nulls_equal=True)
-        return changed.select([*self.keys, *final_exprs(self.aggs)]), None
+        self._store.put(partial)
+        return partial.select([*self.keys, *final_exprs(self.aggs)]), None
 
 
 ROLLING = {"sum": "rolling_sum", "min": "rolling_min", "max": "rolling_max", "mean": "rolling_mean"}
 
 
 @dataclass
-class ReduceLast(FrameState):
+class ReduceLast(StoreState):
     """Per key, aggregates over the key's last ``n`` rows, emitted for every input row
     (an upsert stream keyed by ``keys`` whose last row per key is the current value),
     e.g. a seller's average price over their last 10 closed auctions (Nexmark q6).
@@ -125,7 +162,10 @@ class ReduceLast(FrameState):
     n: int = 1
     aggs: list[Agg] = field(default_factory=list)
     order_by: list[str] = field(default_factory=list)
-    _state: pl.DataFrame | None = field(default=None, init=False)
+    _store: KeyedStore = field(init=False)
+
+    def __post_init__(self) -> None:
+        self._store = KeyedStore(list(self.keys))
 
     def _values(self) -> list[str]:
         return list(dict.fromkeys(a.column for a in self.aggs if a.column is not None))
@@ -146,12 +186,9 @@ class ReduceLast(FrameState):
         if self.order_by:
             rows = rows.sort(self.order_by, maintain_order=True)
         new = rows.with_columns(pl.lit(True).alias("__new"))
-        rest = None
-        if self._state is not None:
-            # Only the keys this batch touches are recomputed: the others' rows stay.
-            touched = rows.select(self.keys).unique()
-            mine = self._state.join(touched, on=self.keys, how="semi", nulls_equal=True)
-            rest = self._state.join(touched, on=self.keys, how="anti", nulls_equal=True)
+        # Only the keys this batch touches are recomputed: the others' rows stay.
+        mine = self._store.take(rows.select(self.keys).unique())
+        if mine is not None:
             new = pl.concat(
                 [mine.with_columns(pl.lit(False).alias("__new")), new],
                 how="vertical_relaxed",
@@ -162,14 +199,13 @@ class ReduceLast(FrameState):
         )
         # Keep each key's last n rows (lengths are unsigned: count from the end).
         from_end = pl.int_range(pl.len(), 0, -1, dtype=pl.Int64).over(self.keys)
-        kept = new.filter(from_end <= self.n).drop("__new")
-        self._state = kept if rest is None else pl.concat([rest, kept], how="vertical_relaxed")
+        self._store.put(new.filter(from_end <= self.n).drop("__new"))
         emitted = out.filter(pl.col("__new")).select(*self.keys, *(a.alias for a in self.aggs))
         return emitted, None
 
 
 @dataclass
-class KeyedTopN(FrameState):
+class KeyedTopN(StoreState):
     """The top ``n`` rows per key by ``by`` (Flink's ``ROW_NUMBER() OVER (PARTITION BY
     keys ORDER BY by) <= n``): Nexmark q18's latest bid per (bidder, auction) is n = 1
     by time descending, q19's ten highest bids per auction n = 10 by price. Rows rank by
@@ -200,7 +236,10 @@ class KeyedTopN(FrameState):
     n: int = 1
     rank_column: str | None = None
     ttl_ms: int | None = None
-    _state: pl.DataFrame | None = field(default=None, init=False)
+    _store: KeyedStore = field(init=False)
+
+    def __post_init__(self) -> None:
+        self._store = KeyedStore(list(self.keys), age_column="__seen")
 
     def _order(self, columns: list[str]) -> tuple[list[str], list[bool]]:
         rest = [c for c in columns if c not in self.keys and c not in self.by]
@@ -213,23 +252,19 @@ class KeyedTopN(FrameState):
         columns = rows.columns
         seen = event_ms(self.time_column).max().over(self.keys).alias("__seen")
         fresh = rows.with_columns(seen, pl.lit(True).alias("__new"))
-        if self._state is not None and self._state.height:
-            touched = fresh.select(self.keys).unique()
-            held = self._state.join(touched, on=self.keys, how="semi", nulls_equal=True)
-            untouched = self._state.join(touched, on=self.keys, how="anti", nulls_equal=True)
+        held = self._store.take(fresh.select(self.keys).unique())
+        if held is not None:
             candidates = pl.concat(
                 [held.with_columns(pl.lit(False).alias("__new")), fresh], how="vertical_relaxed"
             ).with_columns(pl.col("__seen").max().over(self.keys))
         else:
-            untouched = None
             candidates = fresh
         order, descending = self._order(columns)
         ranked = candidates.sort(order, descending=descending, nulls_last=True).with_columns(
             pl.int_range(1, pl.len() + 1, dtype=pl.Int64).over(self.keys).alias("__rank")
         )
         top = ranked.filter(pl.col("__rank") <= self.n)
-        kept = top.drop("__new", "__rank")
-        self._state = kept if untouched is None else pl.concat([untouched, kept])
+        self._store.put(top.drop("__new", "__rank"))
         changed = top.filter(pl.col("__new").any().over(self.keys))
         out = changed.select(
             *columns,
@@ -238,6 +273,6 @@ class KeyedTopN(FrameState):
         return out, None
 
     def advance(self, watermark: int) -> pl.DataFrame | None:
-        if self.ttl_ms is not None and self._state is not None and self._state.height:
-            self._state = self._state.filter(pl.col("__seen") + self.ttl_ms >= watermark)
+        if self.ttl_ms is not None:
+            self._store.expire(watermark - self.ttl_ms)
         return None

@@ -1,0 +1,125 @@
+"""KeyedStore against a plain dict model: every sequence of takes, puts, expiries,
+savepoints, rollbacks and checkpoint round trips returns what the model holds, with hash
+collisions forced, and the structure stays logarithmic."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import polars as pl
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from dataflare_platform.engine.operators.keyed_store import KeyedStore
+
+
+class CollidingStore(KeyedStore):
+    """Eight hash values for every key: most lookups meet other keys' rows."""
+
+    def _hash(self, frame: pl.DataFrame) -> np.ndarray:
+        return (frame.get_column("k").fill_null(-1).to_numpy().astype(np.int64) % 8) * 1000
+
+
+def rows_of(model: dict, keys: list) -> pl.DataFrame:
+    data = [(k, v, age) for k in keys for v, age in model.get(k, [])]
+    return pl.DataFrame(data, schema={"k": pl.Int64, "v": pl.Int64, "age": pl.Int64}, orient="row")
+
+
+def as_model(frame: pl.DataFrame | None) -> dict:
+    out: dict = {}
+    for k, v, age in frame.rows() if frame is not None else []:
+        out.setdefault(k, []).append((v, age))
+    return out
+
+
+step = st.one_of(
+    st.tuples(st.just("batch"), st.lists(st.one_of(st.none(), st.integers(0, 40)), max_size=30)),
+    st.tuples(st.just("expire"), st.integers(0, 5)),
+    st.tuples(st.just("savepoint"), st.none()),
+    st.tuples(st.just("rollback"), st.none()),
+    st.tuples(st.just("checkpoint"), st.none()),
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(steps=st.lists(step, max_size=40), colliding=st.booleans())
+def test_store_matches_a_dict_model(steps: list, colliding: bool) -> None:
+    """Each batch takes its keys, then puts back 1-3 rows per key (the previous rows'
+    values appended to, keeping the last three: order within a key matters, as for the
+    last-n operator) with a new age; expiry drops keys below the floor."""
+    store = (CollidingStore if colliding else KeyedStore)(["k"], age_column="age")
+    model: dict = {}
+    floor = None
+    saved = None
+    clock = 0
+    for kind, arg in steps:
+        if kind == "batch":
+            clock += 1
+            keys = list(dict.fromkeys(arg))
+            touched = pl.DataFrame({"k": keys}, schema={"k": pl.Int64})
+            got = store.take(touched)
+            live = {
+                k: rows
+                for k in keys
+                if (rows := model.get(k)) and (floor is None or rows[0][1] >= floor)
+            }
+            assert as_model(got) == live
+            for k in keys:
+                previous = [v for v, _ in live.get(k, [])]
+                model[k] = [(v, clock) for v in [*previous, clock * 100 + len(previous)][-3:]]
+            store.put(rows_of(model, keys))
+        elif kind == "expire":
+            floor = max(floor or 0, clock - arg)
+            store.expire(floor)
+        elif kind == "savepoint":
+            saved = (store.savepoint(), {k: list(v) for k, v in model.items()}, floor, clock)
+        elif kind == "rollback" and saved is not None:
+            store.rollback(saved[0])
+            model, floor, clock = {k: list(v) for k, v in saved[1].items()}, saved[2], saved[3]
+        elif kind == "checkpoint":
+            frame = store.frame()
+            store = (CollidingStore if colliding else KeyedStore)(["k"], age_column="age")
+            store.load(frame)
+            saved = None
+            if floor is not None:
+                store.expire(floor)
+    live = {k: rows for k, rows in model.items() if floor is None or rows[0][1] >= floor}
+    assert as_model(store.frame()) == live
+    assert store.rows >= sum(len(r) for r in live.values())
+
+
+def test_two_key_columns_and_null_keys_are_keys() -> None:
+    store = KeyedStore(["a", "b"])
+    first = pl.DataFrame({"a": [1, 1, None, None], "b": ["x", None, "x", None], "v": [1, 2, 3, 4]})
+    store.put(first)
+    touched = pl.DataFrame({"a": [None, 1, 2], "b": [None, None, "x"]})
+    got = store.take(touched)
+    assert sorted(got.rows(), key=str) == sorted([(None, None, 4), (1, None, 2)], key=str)
+    store.put(got.with_columns(pl.col("v") * 10))
+    assert sorted(store.frame().rows(), key=str) == sorted(
+        [(1, "x", 1), (None, "x", 3), (None, None, 40), (1, None, 20)], key=str
+    )
+
+
+def test_segments_stay_logarithmic_and_dead_rows_are_reclaimed() -> None:
+    """1000 batches of 100 new keys, each also updating up to 100 old keys: the store
+    keeps O(log(batches)) segments and exactly the live rows once asked for them."""
+    store = KeyedStore(["k"])
+    rng = np.random.default_rng(7)
+    updates = 0
+    for i in range(1000):
+        new = np.arange(i * 100, (i + 1) * 100)
+        old = rng.integers(0, (i + 1) * 100, 100)
+        keys = pl.DataFrame({"k": np.unique(np.concatenate([new, old]))})
+        held = store.take(keys)
+        fresh = keys.join(held, on="k", how="anti") if held is not None else keys
+        fresh = fresh.with_columns(pl.lit(0, dtype=pl.Int64).alias("v"))
+        put = fresh if held is None else pl.concat([held.with_columns(pl.col("v") + 1), fresh])
+        updates += 0 if held is None else held.height
+        store.put(put)
+        assert store.segments <= 2 * math.log2(i + 2) + 2
+    frame = store.frame()
+    assert frame.height == 100_000 == frame.get_column("k").n_unique()
+    assert store.rows == 100_000
+    assert updates > 50_000 and frame.get_column("v").sum() == updates

@@ -38,12 +38,20 @@ from dataflare_platform.queries.nexmark import (
 )
 
 WARMUP_BATCHES = 20
+TTL_QUERIES = ("q18", "q19")  # builders with a ``ttl`` (keyed top-N state bound)
 # Cold start (issue 21 §1): the p99 over a run's first batches, which pay its one-off costs.
 FIRST_BATCHES = 20
 
 
 def _engine_run(
-    query, bids, persons, auctions, output, config: RunnerConfig, duckdb_sink: bool = False
+    query,
+    bids,
+    persons,
+    auctions,
+    output,
+    config: RunnerConfig,
+    duckdb_sink: bool = False,
+    ttl: str | None = None,
 ) -> tuple:
     """One engine run: (result, seconds from ``Runner.run()`` to the first committed
     output, p99 ms of the first ``FIRST_BATCHES`` batches). The first commit is the first
@@ -71,7 +79,8 @@ def _engine_run(
         if not first:
             first.append(time.perf_counter())
 
-    runner = Runner(BUILDERS[query](fresh, sink), config, on_commit=on_commit)
+    pipeline = BUILDERS[query](fresh, sink, **({"ttl": ttl} if ttl else {}))
+    runner = Runner(pipeline, config, on_commit=on_commit)
     started = time.perf_counter()
     try:
         result = runner.run()
@@ -133,6 +142,7 @@ def run(
     checkpoint_every: int | None = None,
     duckdb_sink: bool = False,
     baseline: str = "duckdb",
+    ttl: str | None = None,
 ) -> dict[str, object]:
     """Best of ``repeat`` engine runs and, separately, best of ``repeat`` baseline runs:
     the least disturbed run is the best estimate on a shared, noisy machine. ``otel``
@@ -147,9 +157,13 @@ def run(
 
     ``baseline="microbatch"`` also times a hand-written Polars loop over the same batches
     (``bench.microbatch``), best of ``repeat`` runs, and reports ``ratio_vs_microbatch``
-    beside the DuckDB ``ratio``: the engine's per-batch overhead (issue 21 §3)."""
+    beside the DuckDB ``ratio``: the engine's per-batch overhead (issue 21 §3).
+
+    ``ttl`` (q18, q19): the keyed top-N forgets keys idle that long in event time."""
     if baseline not in BASELINES:
         raise InvalidInputError(f"baseline must be one of {', '.join(BASELINES)}")
+    if ttl is not None and query not in TTL_QUERIES:
+        raise InvalidInputError(f"--ttl applies to {', '.join(TTL_QUERIES)}, not {query}")
     sources = NexmarkSources.from_paths(query, bids, persons, auctions)
     events = sum(sources.need(kind).end_offset("0") or 0 for kind in COLUMNS[query])
     result = None
@@ -162,7 +176,7 @@ def run(
     starts: list[tuple[float, float]] = []
     for _ in range(max(1, repeat)):
         attempt, first_commit_s, first_p99 = _engine_run(
-            query, bids, persons, auctions, output, config, duckdb_sink
+            query, bids, persons, auctions, output, config, duckdb_sink, ttl
         )
         starts.append((first_commit_s, first_p99))
         if result is None or attempt.seconds < result.seconds:
@@ -203,6 +217,7 @@ def run(
         "input_format": _input_format(sources, query),
         "repeat": repeat,
         "rate": rate,
+        "ttl": ttl,
         "seconds": round(result.seconds, 4),
         "events_per_s": round(events_per_s),
         "output_rows": m.events_out,

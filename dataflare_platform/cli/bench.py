@@ -80,6 +80,13 @@ def bench_nexmark(
             " ratio_vs_microbatch beside the DuckDB ratio.",
         ),
     ] = "duckdb",
+    ttl: Annotated[
+        str | None,
+        typer.Option(
+            help="q18/q19: forget a key idle this long in event time (e.g. 60s), which bounds"
+            " their state; exact while no key gets a row after it.",
+        ),
+    ] = None,
     as_json: JsonOnly = True,
 ) -> None:
     """Run a Nexmark query on the engine and as a one-shot DuckDB query; print JSON."""
@@ -99,6 +106,7 @@ def bench_nexmark(
         checkpoint_every=checkpoint_every,
         duckdb_sink=duckdb_sink,
         baseline=baseline,
+        ttl=ttl,
     )
     print_json(result, indent=None if as_json else 2)
 

@@ -455,6 +455,7 @@ class _Run:
         if self.errors:
             raise self.errors[0]
         self._own_stats()
+        self._state_rows()  # what the run leaves in state, with or without a listener
         return RunResult(
             self.metrics, self.last_checkpoint, time.perf_counter() - started, finished
         )
@@ -728,8 +729,7 @@ class _Run:
                 links = self.trace.take_links(cp is not None)
             self._put(self.sink_q, _SinkItem(output, side, ingests, cp, links), sink=True)
         if self.listener is not None:
-            for node in self.p.operators():
-                self.metrics.operators[node.id].state_rows = node.operator.state_rows()
+            self._state_rows()
             self._own_stats()
             self.listener(self.metrics)
         if self.telemetry is not None:
@@ -749,6 +749,10 @@ class _Run:
             {n.id: n.operator.state_rows() for n in self.p.operators()},
             force=force,
         )
+
+    def _state_rows(self) -> None:
+        for node in self.p.operators():
+            self.metrics.operators[node.id].state_rows = node.operator.state_rows()
 
     def _own_stats(self) -> None:
         for node in self.p.operators():

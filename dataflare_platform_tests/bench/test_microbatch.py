@@ -75,3 +75,33 @@ def test_query_without_a_loop_reports_no_ratio(tmp_path):
     assert result.exit_code == 0, result.output
     report = json.loads(result.output.strip().splitlines()[-1])
     assert report["ratio_vs_microbatch"] is None and report["ratio"] > 0
+
+
+def _bench(*args: str) -> dict:
+    from typer.main import get_command
+
+    result = CliRunner().invoke(get_command(app), ["bench", "nexmark", *args])
+    assert result.exit_code == 0, result.output
+    return json.loads(result.output.strip().splitlines()[-1])
+
+
+def test_ttl_bounds_the_keyed_top_n_state_without_changing_its_output(bids):
+    """Bids go to auctions opened in the last few seconds (generator), so a 10 s TTL
+    forgets no auction that gets another bid: the same upserts. The end of the input
+    moves the watermark past every key's TTL, so the bounded run ends with no state."""
+    whole = _bench("--query", "q19", "--input", str(bids))
+    bounded = _bench("--query", "q19", "--input", str(bids), "--ttl", "10s")
+    assert bounded["ttl"] == "10s" and whole["ttl"] is None
+    assert bounded["output_rows"] == whole["output_rows"] > 0
+    assert bounded["state_rows_at_end"] == 0 < whole["state_rows_at_end"]
+
+
+def test_ttl_is_refused_for_a_query_without_keyed_state(bids):
+    from typer.main import get_command
+
+    result = CliRunner().invoke(
+        get_command(app),
+        ["bench", "nexmark", "--query", "q1", "--input", str(bids), "--ttl", "10s"],
+    )
+    assert result.exit_code != 0
+    assert "--ttl applies to q18, q19, not q1" in result.output

@@ -69,7 +69,8 @@ class QuerySpec:
     """One query. ``truth`` is DuckDB SQL over all events at once giving the rows the
     engine's run produces (after ``upsert_keys``: the last row per key); ``approx``
     names float columns compared with a tolerance; ``keeps_state`` says the query holds
-    rows in state after its inputs end (a table side of a join, say); ``dataset`` makes
+    rows in state after its inputs end (a table side of a join, a running aggregate);
+    every other query ends with no state rows (checked by the tests); ``dataset`` makes
     the sink the query is meant to write (q10: a partitioned Parquet dataset in the
     folder given), which the benchmark and ``dataflare nexmark run --dataset`` use;
     ``event_time`` is

@@ -1,0 +1,66 @@
+"""KeyedTopN's upsert stream ends as DuckDB's ``row_number() <= n`` per key, with ties on
+``by`` (broken by every other column ascending, nulls last), nulls in ``by`` and in the
+key, and any batch cut: the fast path (rank on ``by``) and the full sort agree."""
+
+from __future__ import annotations
+
+import duckdb
+import numpy as np
+import polars as pl
+import pyarrow as pa
+import pytest
+
+from dataflare_platform.engine import CollectSink, Runner, RunnerConfig, Stream, TableSource
+
+
+def _table(seed: int, nulls: bool) -> pa.Table:
+    rng = np.random.default_rng(seed)
+    n = 1_500
+    v = rng.integers(0, 4, n).astype(object)  # few values: many ties
+    if nulls:
+        v[rng.random(n) < 0.1] = None
+    k = rng.choice(["a", "b", "c", "d", None], n).tolist()
+    s = rng.choice(["x", "y", None], n).tolist()
+    return pa.table(
+        {
+            "k": pa.array(k, pa.string()),
+            "v": pa.array(v.tolist(), pa.int64()),
+            "s": pa.array(s, pa.string()),
+            "x": pa.array(rng.permutation(n), pa.int64()),  # makes the order total
+            "date_time": pa.array(np.sort(rng.integers(0, 60_000, n)), pa.int64()),
+        }
+    )
+
+
+@pytest.mark.parametrize("nulls", [False, True])
+@pytest.mark.parametrize("n", [1, 3])
+@pytest.mark.parametrize("descending", [True, False])
+@pytest.mark.parametrize("batch_rows", [1, 7, 1_000])
+def test_top_n_ends_as_duckdbs_row_number(nulls, n, descending, batch_rows):
+    table = _table(seed=n * 10 + batch_rows, nulls=nulls)
+    sink = CollectSink()
+    pipeline = (
+        Stream.source(TableSource.single("t", table))
+        .key_by("k")
+        .top_n("v", n=n, descending=descending, rank_column="r")
+        .sink(sink)
+    )
+    Runner(pipeline, RunnerConfig(batch_rows=batch_rows)).run()
+    got = sink.result().group_by("k", "r", maintain_order=True).last()
+    direction = "DESC" if descending else "ASC"
+    conn = duckdb.connect()
+    conn.register("t", table)
+    truth = pl.from_arrow(
+        conn.sql(
+            f"""
+            SELECT * FROM (
+              SELECT *, row_number() OVER (PARTITION BY k ORDER BY v {direction} NULLS LAST,
+                s ASC NULLS LAST, x, date_time) AS r FROM t)
+            WHERE r <= {n}"""
+        ).to_arrow_table()
+    )
+    columns = ["k", "r", "v", "s", "x"]
+    got = got.select(columns).cast(truth.select(columns).schema)
+    truth = truth.select(columns)
+    assert got.height == truth.height > 0
+    assert got.sort("k", "r", nulls_last=True).equals(truth.sort("k", "r", nulls_last=True))

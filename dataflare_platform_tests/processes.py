@@ -41,6 +41,20 @@ def kill_until_done(
         return json.loads(out.decode().strip().splitlines()[-1]), kills
 
 
+def nexmark_run(*args: str) -> list[str]:
+    """The command line of ``dataflare nexmark run ARGS`` in this interpreter."""
+    return [sys.executable, "-m", "dataflare_platform.cli", "nexmark", "run", *args]
+
+
+def survives_sigkills(command: list[str]) -> dict:
+    """``command`` SIGKILLed at random points (at least twice: a run paced too fast to be
+    killed twice tests nothing) and restarted until it finishes; its final summary."""
+    summary, kills = kill_until_done(command)
+    assert kills >= 2, "the run finished before it could be killed twice"
+    assert summary["finished"]
+    return summary
+
+
 @contextlib.contextmanager
 def holding_duckdb_writer(path, read_only: bool = False) -> Iterator[Callable[[], None]]:
     """Another process holding ``path`` open (for writing, as a running pipeline does:
@@ -82,9 +96,7 @@ def duckdb_run_survives_sigkills(command: Callable[[Path], list[str]], tmp_path:
 
     clean, crashed = tmp_path / "clean.duckdb", tmp_path / "crashed.duckdb"
     subprocess.run(command(clean), check=True, capture_output=True, timeout=300)
-    summary, kills = kill_until_done(command(crashed))
-    assert kills >= 2, "the run finished before it could be killed twice"
-    assert summary["finished"]
+    survives_sigkills(command(crashed))
 
     def read(db: Path) -> pl.DataFrame:
         with duckdb.connect(str(db)) as conn:

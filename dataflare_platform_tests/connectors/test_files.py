@@ -4,7 +4,6 @@ registry, under the source contract."""
 from __future__ import annotations
 
 import gc
-import sys
 import threading
 import time
 from pathlib import Path
@@ -27,7 +26,7 @@ from dataflare_platform.engine import CollectSink, Runner, RunnerConfig
 from dataflare_platform.errors import CorruptInputError
 from dataflare_platform.queries.nexmark import BUILDERS, COLUMNS, NexmarkSources
 from dataflare_platform_tests.connectors.contract import SourceCase, SourceContract
-from dataflare_platform_tests.processes import duckdb_run_survives_sigkills
+from dataflare_platform_tests.processes import duckdb_run_survives_sigkills, nexmark_run
 
 
 class TestFileSourceContract(SourceContract):
@@ -276,8 +275,7 @@ def test_sigkill_with_parquet_input_then_restart_gives_the_uninterrupted_table(t
     args += ["--checkpoint-every", "3", "--rate", "15000"]
 
     def command(db):
-        cli = [sys.executable, "-m", "dataflare_platform.cli", "nexmark", "run"]
-        return [*cli, "--duckdb", str(db), *args]
+        return nexmark_run("--duckdb", str(db), *args)
 
     expected, got = duckdb_run_survives_sigkills(command, tmp_path, "nexmark_q5")
     assert got.sort(got.columns).equals(expected.sort(expected.columns))

@@ -1,15 +1,13 @@
 """Checkpoints: a run stopped anywhere and resumed produces exactly one uninterrupted run's
 output — in process for every stateful query, and with real SIGKILLs into DuckDB."""
 
-import sys
-
 import polars as pl
 import pytest
 
 from dataflare_platform.datagen import NexmarkConfig, write_nexmark
 from dataflare_platform.engine import CollectSink, Runner, RunnerConfig, TableSource
 from dataflare_platform.queries.nexmark import BUILDERS, COLUMNS, UPSERT_KEYS, NexmarkSources
-from dataflare_platform_tests.processes import duckdb_run_survives_sigkills
+from dataflare_platform_tests.processes import duckdb_run_survives_sigkills, nexmark_run
 
 STATEFUL = [
     "q3",
@@ -104,16 +102,7 @@ def test_sigkill_at_random_points_then_restart_gives_the_uninterrupted_table(tmp
     ]
 
     def command(db):
-        return [
-            sys.executable,
-            "-m",
-            "dataflare_platform.cli",
-            "nexmark",
-            "run",
-            "--duckdb",
-            str(db),
-            *args,
-        ]
+        return nexmark_run("--duckdb", str(db), *args)
 
     expected, got = duckdb_run_survives_sigkills(command, tmp_path, f"nexmark_{query}")
     assert _sorted(got).equals(_sorted(expected))

@@ -10,7 +10,6 @@ import shutil
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-import polars as pl
 import pytest
 
 from dataflare_platform.compliance.audit import AuditLog
@@ -25,14 +24,13 @@ from dataflare_platform.marketplace.loadcheck import (
 )
 from dataflare_platform.plugins.build import SAMPLES_DIR, build_plugin
 from dataflare_platform.plugins.registry import PluginRegistry, RegistryConfig
-from dataflare_platform_tests.marketplace.conftest import Registry
+from dataflare_platform_tests.marketplace.conftest import (
+    Registry,
+    assert_currency_runs,
+    checked_runtime,
+)
 
 HOUR = timedelta(hours=1)
-
-
-@pytest.fixture(scope="module")
-def currency(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return build_plugin(SAMPLES_DIR / "currency", tmp_path_factory.mktemp("built"))
 
 
 class Clock:
@@ -49,29 +47,17 @@ class Clock:
 def installed(
     registry: Registry, currency: Path, platform: str = ">=0.1"
 ) -> tuple[RegistryClient, Clock, MarketplaceLoadCheck, PluginRegistry]:
-    registry.repo.publish(
-        "acme",
-        "currency",
-        "1.0.0",
-        currency.read_bytes(),
-        currency.with_suffix(".json").read_bytes(),
-        registry.publisher,
-        platform=platform,
-    )
+    registry.publish_built(currency, platform=platform)
     client = registry.client()
     client.install("acme/currency", "1.0.0")
     clock = Clock()
     check = MarketplaceLoadCheck(client.state_dir, client.plugins_dir, refresh_s=60, clock=clock)
-    config = RegistryConfig(
-        cache_dir=registry.tmp / "cache", lock_files=(client.lock_path,), allow_unpinned=False
-    )
-    return client, clock, check, PluginRegistry(client.plugins_dir, config, load_checks=[check])
+    return client, clock, check, checked_runtime(client, check, registry.tmp / "cache")
 
 
 def test_installed_plugin_loads_through_the_check(registry: Registry, currency: Path) -> None:
     _, _, _, runtime = installed(registry, currency)
-    out = runtime.load("currency").map(pl.DataFrame({"price": [100]}))
-    assert out["price_eur"].to_list() == pytest.approx([90.8])
+    assert_currency_runs(runtime)
 
 
 def test_revoked_after_install_stops_loading_after_refresh(
@@ -145,15 +131,7 @@ def test_platform_range_enforced_at_install_and_load(registry: Registry, currenc
     with pytest.raises(MarketplaceError, match="platform") as err:
         runtime.load("currency")
     assert err.value.reason == "platform"
-    registry.repo.publish(
-        "acme",
-        "currency",
-        "2.0.0",
-        currency.read_bytes(),
-        currency.with_suffix(".json").read_bytes(),
-        registry.publisher,
-        platform=">=99",
-    )
+    registry.publish_built(currency, "2.0.0", platform=">=99")
     with pytest.raises(MarketplaceError, match="runs on platform >=99"):
         client.install("acme/currency", "2.0.0")
 
@@ -200,14 +178,7 @@ def test_deployment_registry_runs_the_marketplace_check(
     """``deployment_load_check`` (the entry point every deployment registry loads) reads
     the client state where ``dataflare plugin install`` keeps it, in the home."""
     root = (registry.repo.metadata_dir / "1.root.json").read_bytes()
-    registry.repo.publish(
-        "acme",
-        "currency",
-        "1.0.0",
-        currency.read_bytes(),
-        currency.with_suffix(".json").read_bytes(),
-        registry.publisher,
-    )
+    registry.publish_built(currency)
     plugins = home.root / "plugins"
     client = RegistryClient(
         registry.repo.path,
@@ -227,14 +198,7 @@ def test_revocation_reaches_a_load_over_http(
 ) -> None:
     """The refresh a load makes goes to the registry the plugin was installed from, here
     over HTTP on loopback."""
-    registry.repo.publish(
-        "acme",
-        "currency",
-        "1.0.0",
-        currency.read_bytes(),
-        currency.with_suffix(".json").read_bytes(),
-        registry.publisher,
-    )
+    registry.publish_built(currency)
     client = registry.client(http_url)
     client.install("acme/currency", "1.0.0")
     clock = Clock()

@@ -9,7 +9,6 @@ import json
 import shutil
 from pathlib import Path
 
-import polars as pl
 import pytest
 from typer.testing import CliRunner
 
@@ -17,8 +16,8 @@ from dataflare_platform.cli.plugin import plugin_app
 from dataflare_platform.marketplace.client import MarketplaceError, RegistryClient
 from dataflare_platform.marketplace.loadcheck import MarketplaceLoadCheck
 from dataflare_platform.marketplace.repository import Repository, load_signer
-from dataflare_platform.plugins.build import SAMPLES_DIR, build_plugin
-from dataflare_platform.plugins.registry import PluginRegistry, RegistryConfig
+from dataflare_platform.plugins.registry import PluginRegistry
+from dataflare_platform_tests.marketplace.conftest import assert_currency_runs, checked_runtime
 
 runner = CliRunner()
 ROLES = ("root", "targets", "snapshot", "timestamp")
@@ -34,11 +33,6 @@ def refused(*args: str) -> str:
     result = runner.invoke(plugin_app, list(args))
     assert result.exit_code != 0, result.output
     return " ".join(result.output.split())
-
-
-@pytest.fixture(scope="module")
-def currency(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return build_plugin(SAMPLES_DIR / "currency", tmp_path_factory.mktemp("built"))
 
 
 class Setup:
@@ -82,15 +76,7 @@ class Setup:
         # A refresh interval of 1 ns: every load refreshes through TUF (the rotation is
         # what the load must follow).
         check = MarketplaceLoadCheck(client.state_dir, client.plugins_dir, refresh_s=1e-9)
-        config = RegistryConfig(
-            cache_dir=self.tmp / "cache", lock_files=(client.lock_path,), allow_unpinned=False
-        )
-        return PluginRegistry(client.plugins_dir, config, load_checks=[check])
-
-
-def loads(runtime: PluginRegistry) -> None:
-    out = runtime.load("currency").map(pl.DataFrame({"price": [100]}))
-    assert out["price_eur"].to_list() == pytest.approx([90.8])
+        return checked_runtime(client, check, self.tmp / "cache")
 
 
 def test_rotate_publisher_keeps_installed_plugin_and_refuses_the_old_key(
@@ -103,7 +89,7 @@ def test_rotate_publisher_keeps_installed_plugin_and_refuses_the_old_key(
     client = s.client()
     client.install("acme/currency", "1.0.0")
     runtime = s.runtime(client)
-    loads(runtime)
+    assert_currency_runs(runtime)
 
     new = s.keygen("acme-2")
     rotated = ok(
@@ -112,7 +98,7 @@ def test_rotate_publisher_keeps_installed_plugin_and_refuses_the_old_key(
     )  # fmt: skip
     assert rotated == {"namespace": "acme", "keyids": [new["keyid"]], "resigned": True}
     assert client.verify("currency").status == "published"
-    loads(runtime)  # refreshed through TUF at this load, no reinstall
+    assert_currency_runs(runtime)  # refreshed through TUF at this load, no reinstall
 
     # The old key's signature no longer counts: a release it signs never reaches clients,
     # and the namespace it signed is refused at verify and at load.
@@ -129,7 +115,7 @@ def test_rotate_publisher_keeps_installed_plugin_and_refuses_the_old_key(
     # The new key re-signs: everything verifies and loads again.
     ok(*s.publish("1.2.0", "acme-2"))
     assert client.verify("currency").status == "published"
-    loads(runtime)
+    assert_currency_runs(runtime)
     assert s.client("later").install("acme/currency", "1.2.0").version == "1.2.0"
 
 
@@ -149,7 +135,7 @@ def test_threshold_two_publisher_needs_two_signatures(home, tmp_path: Path, curr
     ok(*s.publish("1.1.0", "acme-a", "acme-b"))
     client = s.client("both")
     assert client.install("acme/currency", "1.1.0").version == "1.1.0"
-    loads(s.runtime(client))
+    assert_currency_runs(s.runtime(client))
     # A threshold above the number of keys is refused before anything is signed.
     c = s.keygen("other")
     too_high = refused(
@@ -169,7 +155,7 @@ def test_rotate_root_keeps_installed_plugin_and_enforces_the_new_threshold(
     client = s.client()
     client.install("acme/currency", "1.0.0")
     runtime = s.runtime(client)
-    loads(runtime)
+    assert_currency_runs(runtime)
 
     # The online timestamp key: rotated, then the keys folder holds the new one.
     old_timestamp = load_signer(s.keys / "timestamp.pem")
@@ -179,7 +165,7 @@ def test_rotate_root_keeps_installed_plugin_and_enforces_the_new_threshold(
     (s.keys / "timestamp.pem").unlink()
     shutil.copy2(tmp_path / "timestamp-2.pem", s.keys / "timestamp.pem")
     assert client.verify("currency").status == "published"
-    loads(runtime)
+    assert_currency_runs(runtime)
     # A timestamp signed by the old key is refused.
     Repository(s.repo, signers={"timestamp": [old_timestamp]}).refresh_timestamp()
     with pytest.raises(MarketplaceError, match="timestamp was signed by 0/1 keys"):
@@ -200,7 +186,7 @@ def test_rotate_root_keeps_installed_plugin_and_enforces_the_new_threshold(
     shutil.copy2(tmp_path / "root-2.pem", s.keys / "root.pem")
     shutil.copy2(tmp_path / "root-3.pem", s.keys / "root.1.pem")
     assert client.verify("currency").status == "published"
-    loads(runtime)
+    assert_currency_runs(runtime)
     assert json.loads((client.metadata_dir / "root.json").read_text())["signed"]["version"] == 3
 
     # A next root signed by one of the two root keys only: below the threshold, refused.

@@ -10,24 +10,16 @@ import polars as pl
 import pytest
 
 from dataflare_platform.marketplace.client import MarketplaceError
-from dataflare_platform.plugins.build import SAMPLES_DIR, build_plugin
 from dataflare_platform.plugins.lock import PluginPinError
 from dataflare_platform.plugins.registry import PluginRegistry, RegistryConfig
 from dataflare_platform_tests.marketplace.conftest import Registry
-
-
-@pytest.fixture(scope="module")
-def currency(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return build_plugin(SAMPLES_DIR / "currency", tmp_path_factory.mktemp("built"))
 
 
 def test_installed_plugin_loads_pinned_and_swapped_module_is_refused(
     registry: Registry, currency: Path
 ) -> None:
     manifest = currency.with_suffix(".json").read_bytes()
-    registry.repo.publish(
-        "acme", "currency", "1.0.0", currency.read_bytes(), manifest, registry.publisher
-    )
+    registry.publish_built(currency)
     client = registry.client()
     client.install("acme/currency", "1.0.0")
     assert (client.plugins_dir / "currency.json").read_bytes() == manifest

@@ -57,107 +57,98 @@ def _names(distinct: bool) -> str:
     return ", ".join(names)
 
 
-Q15_YAML = f"""
-name: daily-bids
+def _bids_yaml(name: str, columns: str, steps: str) -> str:
+    """A pipeline reading the bids file (``columns``) into one stream ``out`` made of
+    ``steps`` (YAML list items, indented as a stream's steps)."""
+    return f"""
+name: {name}
 watermark: {{out_of_orderness: 4s}}
 sources:
-  bids: {{path: data/bids, columns: [auction, bidder, price, date_time]}}
+  bids: {{path: data/bids, columns: {columns}}}
 streams:
-  daily:
+  out:
     from: bids
     steps:
-      - with_columns:
-{_ranked_columns(True)}
-      - window:
-          tumbling: 1d
-          agg:
-{_counts(True)}
-      - with_columns: {{day: CAST(window_start AS DATE)}}
-      - select: [day, {_names(True)}]
-output: daily
+{steps.strip(chr(10))}
+output: out
 sink: {{discard: {{}}}}
 """
 
-Q16_YAML = f"""
-name: daily-channels
-watermark: {{out_of_orderness: 4s}}
-sources:
-  bids: {{path: data/bids, columns: [auction, bidder, price, channel, date_time]}}
-streams:
-  daily:
-    from: bids
-    steps:
+
+def _daily_steps(
+    distinct: bool,
+    key: str | None = None,
+    aggs: str = "",
+    day: str = "day: CAST(window_start AS DATE)",
+    select: str = "day, {counts}",
+) -> str:
+    """q15–q17's steps: rank indicator columns, per-day counts of them (per ``key``, with
+    ``aggs``), the columns of ``day`` and the output columns ``select`` (``{counts}``
+    stands for the counts' names)."""
+    key_by = f"      - key_by: [{key}]" if key else ""
+    return f"""
       - with_columns:
-{_ranked_columns(True)}
-      - key_by: [channel]
+{_ranked_columns(distinct)}
+{key_by}
       - window:
           tumbling: 1d
           agg:
-{_counts(True)}
-              last_bid: {{max: date_time}}
+{_counts(distinct)}
+{textwrap.indent(textwrap.dedent(aggs).strip(), " " * 14)}
       - with_columns:
-          day: CAST(window_start AS DATE)
-          minute: STRFTIME(last_bid, '%H:%M')
-      - select: [day, channel, minute, {_names(True)}]
-output: daily
-sink: {{discard: {{}}}}
+{textwrap.indent(textwrap.dedent(day).strip(), " " * 10)}
+      - select: [{select.format(counts=_names(distinct))}]
 """
 
-Q17_YAML = f"""
-name: daily-auctions
-watermark: {{out_of_orderness: 4s}}
-sources:
-  bids: {{path: data/bids, columns: [auction, price, date_time]}}
-streams:
-  daily:
-    from: bids
-    steps:
-      - with_columns:
-{_ranked_columns(False)}
-      - key_by: [auction]
-      - window:
-          tumbling: 1d
-          agg:
-{_counts(False)}
-              min_price: {{min: price}}
-              max_price: {{max: price}}
-              avg_price: {{mean: price}}
-              sum_price: {{sum: price}}
-      - with_columns: {{day: CAST(window_start AS DATE)}}
-      - select: [day, auction, {_names(False)}, min_price, max_price, avg_price, sum_price]
-output: daily
-sink: {{discard: {{}}}}
-"""
 
-Q18_YAML = f"""
-name: latest-bids
-watermark: {{out_of_orderness: 4s}}
-sources:
-  bids: {{path: data/bids, columns: {BIDS}}}
-streams:
-  latest:
-    from: bids
-    steps:
+Q15_YAML = _bids_yaml(
+    "daily-bids", "[auction, bidder, price, date_time]", _daily_steps(distinct=True)
+)
+
+Q16_YAML = _bids_yaml(
+    "daily-channels",
+    "[auction, bidder, price, channel, date_time]",
+    _daily_steps(
+        distinct=True,
+        key="channel",
+        aggs="last_bid: {max: date_time}",
+        day="""
+            day: CAST(window_start AS DATE)
+            minute: STRFTIME(last_bid, '%H:%M')""",
+        select="day, channel, minute, {counts}",
+    ),
+)
+
+Q17_YAML = _bids_yaml(
+    "daily-auctions",
+    "[auction, price, date_time]",
+    _daily_steps(
+        distinct=False,
+        key="auction",
+        aggs="""
+            min_price: {min: price}
+            max_price: {max: price}
+            avg_price: {mean: price}
+            sum_price: {sum: price}""",
+        select="day, auction, {counts}, min_price, max_price, avg_price, sum_price",
+    ),
+)
+
+Q18_YAML = _bids_yaml(
+    "latest-bids",
+    BIDS,
+    """
       - key_by: [bidder, auction]
-      - top_n: {{by: date_time, n: 1, descending: true}}
-output: latest
-sink: {{discard: {{}}}}
-"""
+      - top_n: {by: date_time, n: 1, descending: true}""",
+)
 
-Q19_YAML = f"""
-name: top-bids
-watermark: {{out_of_orderness: 4s}}
-sources:
-  bids: {{path: data/bids, columns: {BIDS}}}
-streams:
-  top:
-    from: bids
-    steps:
+Q19_YAML = _bids_yaml(
+    "top-bids",
+    BIDS,
+    """
       - key_by: [auction]
-      - top_n: {{by: price, n: 10, rank_column: rank_number}}
-output: top
-sink: {{discard: {{}}}}
-"""
+      - top_n: {by: price, n: 10, rank_column: rank_number}""",
+)
 
 
 @pytest.fixture(scope="module")
@@ -384,6 +375,6 @@ def test_bad_top_n_steps_are_refused_at_load_naming_the_field(step, message):
     import yaml
 
     data = yaml.safe_load(Q19_YAML)
-    data["streams"]["top"]["steps"][1] = {"top_n": step}
+    data["streams"]["out"]["steps"][1] = {"top_n": step}
     with pytest.raises(ConfigError, match=message):
         PipelineSpec.load(data)

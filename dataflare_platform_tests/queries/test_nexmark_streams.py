@@ -2,7 +2,6 @@
 built from C, q13's side input refreshed from its file mid-run, and q12's
 processing-time windows under a clock the test controls."""
 
-import sys
 from pathlib import Path
 
 import polars as pl
@@ -27,7 +26,7 @@ from dataflare_platform.queries.nexmark.streams import (
     side_table,
 )
 from dataflare_platform_tests.nexmark_data import nexmark_tables, truth_connection
-from dataflare_platform_tests.processes import kill_until_done
+from dataflare_platform_tests.processes import nexmark_run, survives_sigkills
 from dataflare_platform_tests.queries.test_nexmark_queries import assert_matches_truth
 
 
@@ -200,30 +199,14 @@ def test_q10_sigkill_at_random_points_then_restart_writes_each_bid_exactly_once(
     # 20 events/s: 120 000 events span 100 minutes of event time (two hour folders).
     write_nexmark(NexmarkConfig(events=120_000, events_per_second=20.0, format="ipc"), data)
     root = tmp_path / "q10"
-    command = [
-        sys.executable,
-        "-m",
-        "dataflare_platform.cli",
-        "nexmark",
-        "run",
-        "--query",
-        "q10",
-        "--dataset",
-        str(root),
-        "--input",
-        str(data / "bids"),
-        "--batch-rows",
-        "500",
-        "--checkpoint-every",
-        "3",
+    command = nexmark_run(
+        "--query", "q10", "--dataset", str(root), "--input", str(data / "bids"),
+        "--batch-rows", "500", "--checkpoint-every", "3",
         # Paced to last about 7 s: killed within 3.5 s of each start, it is killed at
         # least twice whatever the machine's speed (as the q5 crash test).
-        "--rate",
-        "15000",
-    ]
-    summary, kills = kill_until_done(command)
-    assert kills >= 2, "the run finished before it could be killed twice"
-    assert summary["finished"]
+        "--rate", "15000",
+    )  # fmt: skip
+    survives_sigkills(command)
     bids = pa.concat_tables(
         pa.ipc.open_file(pa.OSFile(str(p))).read_all() for p in nexmark_files(data / "bids")
     ).select(COLUMNS["q10"]["bids"])

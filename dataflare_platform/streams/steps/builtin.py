@@ -10,12 +10,18 @@ from pathlib import Path
 from typing import Any, Literal
 
 import polars as pl
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from dataflare_platform.connectors.files import FileSideTable
 from dataflare_platform.engine.aggregations import Agg
 from dataflare_platform.engine.durations import MAX_WINDOWS_PER_EVENT, to_ms
-from dataflare_platform.engine.operators.windows import Session, Sliding, TopN, Tumbling
+from dataflare_platform.engine.operators.windows import (
+    ProcessingTumbling,
+    Session,
+    Sliding,
+    TopN,
+    Tumbling,
+)
 from dataflare_platform.engine.pipeline import Stream
 from dataflare_platform.errors import ConfigError
 from dataflare_platform.streams.fields import (
@@ -79,20 +85,42 @@ class TopSpec(SpecModel):
     descending: bool = True
 
 
+WINDOW_KINDS = ("tumbling", "sliding", "session", "processing_tumbling")
+
+
 class WindowSpec(SpecModel):
+    """A window step: one of ``tumbling``, ``sliding``, ``session`` (event time) or
+    ``processing_tumbling`` (tumbling windows of the time the engine sees each batch,
+    the machine's clock: Nexmark q12), with ``agg`` or ``top_rows``. Processing-time
+    windows close by the clock, not the watermark, so ``lateness``, ``top`` and
+    ``top_rows`` mean nothing there and are refused naming the field."""
+
     tumbling: SizeField | None = None
     sliding: SlidingSpec | None = None
     session: SizeField | None = None
+    processing_tumbling: SizeField | None = None
+    # Declared after the kinds: their validators below see which kind was given.
     lateness: DelayField = 0
     agg: dict[str, AggSpec] | None = None
     top: TopSpec | None = None
     top_rows: TopSpec | None = None
 
+    @field_validator("lateness", "top", "top_rows")
+    @classmethod
+    def _event_time_only(cls, value: Any, info: ValidationInfo) -> Any:
+        given = value is not None and (info.field_name != "lateness" or to_ms(value) != 0)
+        if given and info.data.get("processing_tumbling") is not None:
+            raise ValueError(
+                f"processing_tumbling windows close by the clock: {info.field_name} does not"
+                " apply to them"
+            )
+        return value
+
     @model_validator(mode="after")
     def _one_kind(self) -> WindowSpec:
-        kinds = [k for k in ("tumbling", "sliding", "session") if getattr(self, k) is not None]
+        kinds = [k for k in WINDOW_KINDS if getattr(self, k) is not None]
         if len(kinds) != 1:
-            raise ValueError("give exactly one of tumbling, sliding, session")
+            raise ValueError(f"give exactly one of {', '.join(WINDOW_KINDS)}")
         if (self.agg is None) == (self.top_rows is None):
             raise ValueError("give either agg (aggregates) or top_rows (rows with top values)")
         return self
@@ -320,8 +348,12 @@ def top_n(stream: Stream, spec: TopNSpec, context: StepContext) -> Stream:
 # -- windows -------------------------------------------------------------------------------
 @step("window", WindowSpec)
 def window(stream: Stream, spec: WindowSpec, context: StepContext) -> Stream:
-    if spec.tumbling is not None:
-        kind: Tumbling | Sliding | Session = Tumbling(to_ms(spec.tumbling))
+    if spec.processing_tumbling is not None:  # always the wall clock (no fake one from YAML)
+        kind: Tumbling | Sliding | Session | ProcessingTumbling = ProcessingTumbling(
+            to_ms(spec.processing_tumbling)
+        )
+    elif spec.tumbling is not None:
+        kind = Tumbling(to_ms(spec.tumbling))
     elif spec.sliding is not None:
         kind = Sliding(to_ms(spec.sliding.size), to_ms(spec.sliding.slide))
     else:

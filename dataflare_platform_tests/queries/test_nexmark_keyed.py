@@ -378,3 +378,20 @@ def test_bad_top_n_steps_are_refused_at_load_naming_the_field(step, message):
     data["streams"]["out"]["steps"][1] = {"top_n": step}
     with pytest.raises(ConfigError, match=message):
         PipelineSpec.load(data)
+
+
+# -- keyed state merged on the merge thread ---------------------------------------------------
+@pytest.mark.parametrize("query", ["q18", "q19"])
+def test_merges_on_the_merge_thread_leave_the_output_exact(medium_nexmark, monkeypatch, query):
+    """With every merge of more than 64 rows on the real merge thread (installed whenever
+    it is done, between batches), q18 and q19 still end as DuckDB's answer."""
+    from dataflare_platform.engine.operators import keyed_store
+    from dataflare_platform_tests.queries.test_nexmark_queries import (
+        assert_matches_truth,
+        run_query,
+    )
+
+    monkeypatch.setattr(keyed_store, "BACKGROUND_ROWS", 64)
+    sink, result = run_query(query, medium_nexmark, 500)
+    assert_matches_truth(query, medium_nexmark, sink)
+    assert result.metrics.state_rows() > 0

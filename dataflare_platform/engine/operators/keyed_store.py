@@ -30,6 +30,8 @@ Polars' hash is stable within one Polars version only, so hashes are never check
 
 from __future__ import annotations
 
+import threading
+from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 
 import numpy as np
@@ -38,6 +40,20 @@ import polars as pl
 GEN = "__store_gen"
 POS = "__store_pos"
 HASH_SEED = 0x5EED
+# Merges of more rows than this run on a thread while batches go on (``_compact``).
+BACKGROUND_ROWS = 262_144
+_executor: Executor | None = None
+_executor_lock = threading.Lock()
+
+
+def merge_executor() -> Executor:
+    """One thread for every store's large merges: they are mostly numpy and Polars work
+    that releases the GIL, so batches go on beside them."""
+    global _executor
+    with _executor_lock:
+        if _executor is None:
+            _executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="keyed-merge")
+        return _executor
 
 
 def _ranges(starts: np.ndarray, counts: np.ndarray) -> np.ndarray:
@@ -88,6 +104,37 @@ class Segment:
         )
 
 
+def merge(
+    older: Segment, newer: Segment, floor: int | None
+) -> tuple[Segment, np.ndarray, np.ndarray]:
+    """The live rows of two adjacent segments as one (generation of the newer), and where
+    each row of ``older`` and of ``newer`` went in it (-1: dropped, dead or expired)."""
+    keep_a, keep_b = older.keep_mask(floor), newer.keep_mask(floor)
+    height_a = older.frame.height
+    rows_a = np.arange(height_a) if keep_a is None else np.flatnonzero(keep_a)
+    rows_b = np.arange(newer.frame.height) if keep_b is None else np.flatnonzero(keep_b)
+    hashes = np.concatenate([older.hashes[rows_a], newer.hashes[rows_b]])
+    order = np.argsort(hashes, kind="stable")  # two sorted runs: a linear merge
+    taken = np.concatenate([rows_a, rows_b + height_a])[order]
+    frame = pl.concat([older.frame, newer.frame], how="vertical_relaxed")[taken]
+    ages = None
+    if older.ages is not None and newer.ages is not None:
+        ages = np.concatenate([older.ages, newer.ages])[taken]
+    moved = np.full(height_a + newer.frame.height, -1, dtype=np.int64)
+    moved[taken] = np.arange(taken.size, dtype=np.int64)
+    merged = Segment(newer.gen, frame, hashes[order], ages)
+    return merged, moved[:height_a], moved[height_a:]
+
+
+@dataclass(frozen=True)
+class _Pending:
+    """A merge running on the merge thread: its inputs as they were when it started."""
+
+    older: Segment
+    newer: Segment
+    future: Future
+
+
 @dataclass
 class KeyedStore:
     """Rows grouped by ``keys``; see the module docstring. ``age_column`` names the
@@ -95,9 +142,12 @@ class KeyedStore:
 
     keys: list[str]
     age_column: str | None = None
+    background_rows: int | None = None  # None: ``BACKGROUND_ROWS``
+    executor: Executor | None = None  # None: ``merge_executor()``; tests pass their own
     _segments: tuple[Segment, ...] = field(default=(), init=False)
     _gen: int = field(default=0, init=False)
     _floor: int | None = field(default=None, init=False)
+    _pending: _Pending | None = field(default=None, init=False)
 
     # ---- reading and replacing the rows of some keys ----
 
@@ -105,6 +155,7 @@ class KeyedStore:
         """The live rows of the keys in ``touched`` (a frame of unique keys), which the
         store forgets: the caller puts back what those keys hold now. None when the store
         holds none of them."""
+        self._install()
         if not self._segments or touched.height == 0:
             return None
         wanted = np.unique(self._hash(touched))
@@ -169,7 +220,7 @@ class KeyedStore:
                     dead=(*segment.dead, mine),
                     dead_rows=segment.dead_rows + int(mine.size),
                 )
-                if segment.dead_rows * 2 > segment.frame.height:
+                if segment.dead_rows * 2 > segment.frame.height and not self._busy(segment):
                     segment = segment.live(self._floor)
             changed.append(segment)
         self._segments = tuple(s for s in changed if s.frame.height)
@@ -177,24 +228,55 @@ class KeyedStore:
     # ---- merging segments ----
 
     def _compact(self) -> None:
+        """Merge the newest two segments while the older holds no more live rows. A
+        merge of more than ``background_rows`` rows runs on the merge thread (one at a
+        time) and is installed by a later call once done, so no batch waits for it;
+        meanwhile newer segments pile up above it, merging among themselves."""
+        self._install()
         segments = list(self._segments)
         while len(segments) >= 2 and (segments[-2].live_rows <= segments[-1].live_rows):
-            newer = segments.pop()
-            older = segments.pop()
-            segments.append(self._merge(older, newer))
+            older, newer = segments[-2], segments[-1]
+            if self._busy(older) or self._busy(newer):
+                break
+            limit = BACKGROUND_ROWS if self.background_rows is None else self.background_rows
+            if older.frame.height + newer.frame.height > limit:
+                if self._pending is None:
+                    executor = self.executor or merge_executor()
+                    future = executor.submit(merge, older, newer, self._floor)
+                    self._pending = _Pending(older, newer, future)
+                break
+            segments[-2:] = [merge(older, newer, self._floor)[0]]
         self._segments = tuple(s for s in segments if s.frame.height)
 
-    def _merge(self, older: Segment, newer: Segment) -> Segment:
-        a, b = older.live(self._floor), newer.live(self._floor)
-        if a.frame.height == 0:
-            return replace(b, gen=newer.gen)
-        if b.frame.height == 0:
-            return replace(a, gen=newer.gen)
-        hashes = np.concatenate([a.hashes, b.hashes])
-        order = np.argsort(hashes, kind="stable")  # two sorted runs: a linear merge
-        frame = pl.concat([a.frame, b.frame], how="vertical_relaxed")[order]
-        ages = None if a.ages is None or b.ages is None else np.concatenate([a.ages, b.ages])
-        return Segment(newer.gen, frame, hashes[order], None if ages is None else ages[order])
+    def _busy(self, segment: Segment) -> bool:
+        """Whether ``segment`` is an input of the running merge: its rows keep their
+        positions (no rewrite, no drop) until the merge is installed."""
+        p = self._pending
+        return p is not None and segment.gen in (p.older.gen, p.newer.gen)
+
+    def _install(self) -> None:
+        """Put a finished background merge in place of its two inputs, marking dead the
+        rows killed since it started (their positions translated)."""
+        p = self._pending
+        if p is None or not p.future.done():
+            return
+        self._pending = None
+        merged, moved_a, moved_b = p.future.result()
+        gens = [s.gen for s in self._segments]
+        if p.older.gen not in gens or p.newer.gen not in gens:
+            return  # an input went meanwhile (a load): the merge is moot
+        i = gens.index(p.older.gen)
+        if gens[i + 1] != p.newer.gen:
+            return
+        older, newer = self._segments[i], self._segments[i + 1]
+        if older.frame is not p.older.frame or newer.frame is not p.newer.frame:
+            return
+        # Rows killed since were live and unexpired when the merge started: all moved.
+        since = [moved_a[d] for d in older.dead[len(p.older.dead) :]]
+        since += [moved_b[d] for d in newer.dead[len(p.newer.dead) :]]
+        dead = tuple(d[d >= 0] for d in since)
+        merged = replace(merged, dead=dead, dead_rows=sum(int(d.size) for d in dead))
+        self._segments = (*self._segments[:i], merged, *self._segments[i + 2 :])
 
     # ---- expiry ----
 
@@ -210,6 +292,9 @@ class KeyedStore:
         kept = []
         for segment in self._segments:
             ages = segment.ages
+            if self._busy(segment):
+                kept.append(segment)  # positions fixed until its merge is installed
+                continue
             if ages is None or not ages.size or int(ages.max()) < floor:
                 continue  # wholly expired
             if int(ages.min()) < floor:
@@ -231,6 +316,7 @@ class KeyedStore:
     def load(self, frame: pl.DataFrame | None) -> None:
         """Replace the contents with ``frame`` (from ``frame``; one row set per key)."""
         self._segments = ()
+        self._pending = None
         if frame is not None:
             self.put(frame)
 
@@ -238,6 +324,8 @@ class KeyedStore:
         return (self._segments, self._gen, self._floor)
 
     def rollback(self, saved: object) -> None:
+        # A running merge may have started from segments newer than ``saved``: dropped.
+        self._pending = None
         self._segments, self._gen, self._floor = saved  # type: ignore[misc]
 
     @property

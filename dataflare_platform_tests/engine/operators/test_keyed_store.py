@@ -5,6 +5,7 @@ collisions forced, and the structure stays logarithmic."""
 from __future__ import annotations
 
 import math
+from concurrent.futures import Executor, Future
 
 import numpy as np
 import polars as pl
@@ -19,6 +20,32 @@ class CollidingStore(KeyedStore):
 
     def _hash(self, frame: pl.DataFrame) -> np.ndarray:
         return (frame.get_column("k").fill_null(-1).to_numpy().astype(np.int64) % 8) * 1000
+
+
+class ManualExecutor(Executor):
+    """Runs a submitted merge only when the test says: a merge that finishes at any
+    point between batches, or never."""
+
+    def __init__(self) -> None:
+        self.queue: list = []
+
+    def submit(self, fn, /, *args, **kwargs) -> Future:
+        future: Future = Future()
+        self.queue.append((future, fn, args, kwargs))
+        return future
+
+    def run_all(self) -> None:
+        while self.queue:
+            future, fn, args, kwargs = self.queue.pop(0)
+            future.set_result(fn(*args, **kwargs))
+
+
+def make_store(colliding: bool, executor: Executor | None) -> KeyedStore:
+    """Merges above 8 rows go to ``executor`` when given (so the background path runs)."""
+    cls = CollidingStore if colliding else KeyedStore
+    if executor is None:
+        return cls(["k"], age_column="age")
+    return cls(["k"], age_column="age", background_rows=8, executor=executor)
 
 
 def rows_of(model: dict, keys: list) -> pl.DataFrame:
@@ -39,16 +66,19 @@ step = st.one_of(
     st.tuples(st.just("savepoint"), st.none()),
     st.tuples(st.just("rollback"), st.none()),
     st.tuples(st.just("checkpoint"), st.none()),
+    st.tuples(st.just("merges"), st.none()),
 )
 
 
 @settings(max_examples=150, deadline=None)
-@given(steps=st.lists(step, max_size=40), colliding=st.booleans())
-def test_store_matches_a_dict_model(steps: list, colliding: bool) -> None:
+@given(steps=st.lists(step, max_size=40), colliding=st.booleans(), background=st.booleans())
+def test_store_matches_a_dict_model(steps: list, colliding: bool, background: bool) -> None:
     """Each batch takes its keys, then puts back 1-3 rows per key (the previous rows'
     values appended to, keeping the last three: order within a key matters, as for the
-    last-n operator) with a new age; expiry drops keys below the floor."""
-    store = (CollidingStore if colliding else KeyedStore)(["k"], age_column="age")
+    last-n operator) with a new age; expiry drops keys below the floor. With
+    ``background``, merges finish only at the "merges" steps."""
+    executor = ManualExecutor() if background else None
+    store = make_store(colliding, executor)
     model: dict = {}
     floor = None
     saved = None
@@ -77,9 +107,11 @@ def test_store_matches_a_dict_model(steps: list, colliding: bool) -> None:
         elif kind == "rollback" and saved is not None:
             store.rollback(saved[0])
             model, floor, clock = {k: list(v) for k, v in saved[1].items()}, saved[2], saved[3]
+        elif kind == "merges" and executor is not None:
+            executor.run_all()
         elif kind == "checkpoint":
             frame = store.frame()
-            store = (CollidingStore if colliding else KeyedStore)(["k"], age_column="age")
+            store = make_store(colliding, executor)
             store.load(frame)
             saved = None
             if floor is not None:
@@ -123,3 +155,20 @@ def test_segments_stay_logarithmic_and_dead_rows_are_reclaimed() -> None:
     assert frame.height == 100_000 == frame.get_column("k").n_unique()
     assert store.rows == 100_000
     assert updates > 50_000 and frame.get_column("v").sum() == updates
+
+
+def test_rows_replaced_while_a_merge_runs_stay_replaced_after_it_is_installed() -> None:
+    executor = ManualExecutor()
+    store = KeyedStore(["k"], background_rows=8, executor=executor)
+    store.put(pl.DataFrame({"k": range(10), "v": [0] * 10}))
+    store.put(pl.DataFrame({"k": range(10, 20), "v": [0] * 10}))
+    assert len(executor.queue) == 1 and store.segments == 2  # the merge waits on its thread
+    held = store.take(pl.DataFrame({"k": range(5)}))
+    store.put(held.with_columns(pl.lit(1).alias("v")))  # replaces rows of the merge's input
+    executor.run_all()
+    assert store.take(pl.DataFrame({"k": [99]})) is None  # installs the merge
+    assert store.segments == 2  # the merged pair, and the replacement rows above it
+    frame = store.frame().sort("k")
+    assert frame.get_column("k").to_list() == list(range(20))
+    assert frame.get_column("v").to_list() == [1] * 5 + [0] * 15
+    assert store.rows == 20

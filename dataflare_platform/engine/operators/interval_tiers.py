@@ -125,6 +125,7 @@ class Tier:
     _base: int = field(init=False, default=0)
     _table: np.ndarray | None = field(init=False, default=None)
     _index: pl.DataFrame | None = field(init=False, default=None)
+    _shared: bool = field(init=False, default=False)  # arrays shared with a savepoint twin
 
     def __post_init__(self) -> None:
         if self.matched.size != self.rows.height:
@@ -134,14 +135,25 @@ class Tier:
         self._build_index()
 
     def copy(self) -> Tier:
-        """A twin whose partials a later ``match`` cannot change (they are folded in
-        place), for a savepoint; the rows and lookup index are shared (only replaced)."""
+        """A twin whose partials a later ``match`` cannot change, for a savepoint (one
+        per batch). Copy on write: the twin shares the arrays, and whichever of the two
+        folds into them first copies them (:meth:`_own`), so a savepoint costs nothing
+        per open row and a batch copies only the tiers it updates. Rows and lookup index
+        are shared as well (they are only ever replaced)."""
         twin = copy.copy(self)
-        twin.partials = {k: v.copy() for k, v in self.partials.items()}
-        twin.seen = {k: v.copy() for k, v in self.seen.items()}
-        twin.matched = self.matched.copy()
+        twin.partials = dict(self.partials)
+        twin.seen = dict(self.seen)
         twin.dtypes = dict(self.dtypes)
+        self._shared = twin._shared = True
         return twin
+
+    def _own(self) -> None:
+        """Copy the arrays that are shared with a savepoint twin before changing them."""
+        if self._shared:
+            self.partials = {k: v.copy() for k, v in self.partials.items()}
+            self.seen = {k: v.copy() for k, v in self.seen.items()}
+            self.matched = self.matched.copy()
+            self._shared = False
 
     # -- lookup --------------------------------------------------------------------------
     def _build_index(self) -> None:
@@ -231,6 +243,7 @@ class Tier:
         return rest
 
     def _fold(self, right: RightRows, rows: np.ndarray, pos: np.ndarray) -> None:
+        self._own()
         n = self.rows.height
         if self.winner is not None:
             self._fold_winner(right, rows, pos)
@@ -320,6 +333,7 @@ class Tier:
         self.seen = {k: v[lo:].copy() for k, v in self.seen.items()}
         self.matched = self.matched[lo:].copy()
         self.lo = 0
+        self._shared = False  # the arrays above are new
         self.__post_init__()
 
     @property
@@ -403,7 +417,52 @@ class Tier:
 
 
 def merge_tiers(key: str, tiers: list[Tier], aggs: list[Agg], winner: Winner | None = None) -> Tier:
-    """One tier holding the open rows of ``tiers``."""
-    frames = [t.frame() for t in tiers if t.open_rows]
-    frame = pl.concat(frames, how="diagonal_relaxed")
-    return Tier.from_frame(key, frame, aggs, winner)
+    """One tier holding the open rows of ``tiers``, sorted by interval end.
+
+    The arrays are concatenated and, unless the ends are already in order, put in order
+    by one stable ``argsort`` and gathers: no round trip through :meth:`Tier.frame`
+    (whose null masks and casts are for output) and back. A partial that a tier has not
+    created yet (nothing matched there) is filled with its starting value."""
+    tiers = [t for t in tiers if t.open_rows]
+    if not tiers:
+        raise InvalidInputError("merge_tiers needs a tier with open rows")
+    # One chunk: a gather from a frame of several chunks is a hundred times slower
+    # (measured: 88 ms against 0.8 ms for 32k rows with three string columns).
+    rows = pl.concat([t.rows.slice(t.lo) for t in tiers], how="diagonal_relaxed", rechunk=True)
+    ends = np.concatenate([t._end[t.lo :] for t in tiers])
+    order = None
+    if ends.size > 1 and (ends[1:] < ends[:-1]).any():
+        order = np.argsort(ends, kind="stable")
+        rows = rows[order]
+
+    def joined(arrays: list[np.ndarray]) -> np.ndarray:
+        whole = np.concatenate(arrays)
+        return whole if order is None else whole[order]
+
+    kinds = {n: a.kind for a in aggs for n in a.partial_columns()}
+    dtypes: dict[str, pl.DataType] = {}
+    for tier in tiers:
+        for column, dtype in tier.dtypes.items():
+            dtypes.setdefault(column, dtype)
+    partials, seen = {}, {}
+    names = dict.fromkeys(n for t in tiers for n in t.partials)
+    for name in names:
+        like = next(t.partials[name] for t in tiers if name in t.partials)
+        kind = kinds.get(name, "winner")
+        fill = extreme(like.dtype, kind) if kind in ("min", "max") else 0
+        parts = []
+        for tier in tiers:
+            have = tier.partials.get(name)
+            parts.append(
+                have[tier.lo :] if have is not None else np.full(tier.open_rows, fill, like.dtype)
+            )
+        partials[name] = joined(parts)
+        if kind in ("min", "max", "winner"):
+            seen[name] = joined(
+                [
+                    t.seen[name][t.lo :] if name in t.seen else np.zeros(t.open_rows, bool)
+                    for t in tiers
+                ]
+            )
+    matched = joined([t.matched[t.lo :] for t in tiers])
+    return Tier(key, rows, aggs, partials, seen, matched, dtypes, winner=winner)

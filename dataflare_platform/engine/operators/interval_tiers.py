@@ -313,17 +313,28 @@ class Tier:
             self.seen[name][at] = True if valid is None else valid[src]
 
     # -- close ---------------------------------------------------------------------------
-    def close(self, limit: int) -> pl.DataFrame | None:
-        """Left rows whose interval ended before ``limit`` and that matched something,
-        with their partial columns; they leave the tier."""
+    def closing(self, limit: int) -> np.ndarray | None:
+        """Indices of the left rows whose interval ended before ``limit`` and that matched
+        something; they leave the tier (the cursor moves past them). Read them with
+        :func:`frame_of`, then :meth:`trim`."""
         cut = int(np.searchsorted(self._end, limit, side="left"))
         if cut <= self.lo:
             return None
         closed = self.lo + np.flatnonzero(self.matched[self.lo : cut])
         self.lo = cut
-        result = self.frame(closed) if closed.size else None
-        if self.lo * 2 >= self.rows.height:
+        return closed if closed.size else None
+
+    def trim(self) -> None:
+        """Drop the closed prefix once it is half the tier: a copy of the open rows, paid
+        once they are as many as those dropped (a tier is a chunk, so it is bounded)."""
+        if self.lo and self.lo * 2 >= self.rows.height:
             self._drop_closed()
+
+    def close(self, limit: int) -> pl.DataFrame | None:
+        """:meth:`closing` and :meth:`trim` for one tier: its closed rows as a frame."""
+        closed = self.closing(limit)
+        result = None if closed is None else frame_of([(self, closed)])
+        self.trim()
         return result
 
     def _drop_closed(self) -> None:
@@ -346,39 +357,14 @@ class Tier:
         and of closed output."""
         if index is None:
             index = np.arange(self.lo, self.rows.height)
-        matched = self.matched[index]
-        none = matched == 0
-        columns = []
-        for agg in self.aggs:
-            for name in agg.partial_columns():
-                if name not in self.partials:
-                    columns.append(pl.Series(name, [None] * index.size))
-                    continue
-                series = pl.Series(name, self.partials[name][index])
-                if agg.kind in ("min", "max") and agg.column in self.dtypes:
-                    series = series.cast(self.dtypes[agg.column])  # e.g. back to datetime
-                missing = ~self.seen[name][index] if name in self.seen else none
-                if missing.any():
-                    series = series.scatter(np.flatnonzero(missing), None)
-                columns.append(series)
-        for column in self.winner.stored() if self.winner is not None else ():
-            name = Winner.name(column)
-            if name not in self.partials:
-                columns.append(pl.Series(name, [None] * index.size))
-                continue
-            series = pl.Series(name, self.partials[name][index]).cast(self.dtypes[column])
-            missing = ~self.seen[name][index]
-            if missing.any():
-                series = series.scatter(np.flatnonzero(missing), None)
-            columns.append(series)
-        return self.rows[index].with_columns(*columns, pl.Series(MATCHED, matched))
+        return frame_of([(self, index)])
 
     @classmethod
     def from_frame(
         cls, key: str, frame: pl.DataFrame, aggs: list[Agg], winner: Winner | None = None
     ) -> Tier:
         """Rebuild from :meth:`frame` output (a checkpoint), sorted by interval end."""
-        frame = frame.sort("__end")
+        frame = frame.rechunk().sort("__end")  # one chunk: see merge_tiers
         names = [n for a in aggs for n in a.partial_columns()]
         stored = winner.stored() if winner is not None else []
         win_names = [Winner.name(c) for c in stored]
@@ -466,3 +452,54 @@ def merge_tiers(key: str, tiers: list[Tier], aggs: list[Agg], winner: Winner | N
             )
     matched = joined([t.matched[t.lo :] for t in tiers])
     return Tier(key, rows, aggs, partials, seen, matched, dtypes, winner=winner)
+
+
+def frame_of(parts: list[tuple[Tier, np.ndarray]]) -> pl.DataFrame:
+    """The rows ``index`` of each ``(tier, index)`` (tiers of one operator), one frame
+    for all: the left columns, partial columns (null where nothing was aggregated) and
+    the matched count (see :meth:`Tier.frame`). Closing rows in several tiers costs one
+    frame, not one per tier. A partial that a tier has not created is null there."""
+    first = parts[0][0]
+    aggs, winner = first.aggs, first.winner
+    dtypes: dict[str, pl.DataType] = {}
+    for tier, _ in parts:
+        for column, dtype in tier.dtypes.items():
+            dtypes.setdefault(column, dtype)
+    if len(parts) == 1:
+        rows = first.rows[parts[0][1]]
+    else:
+        rows = pl.concat([t.rows[i] for t, i in parts], how="vertical_relaxed", rechunk=True)
+    matched = [t.matched[i] for t, i in parts]
+    size = rows.height
+
+    def column(name: str, cast_to: pl.DataType | None) -> pl.Series:
+        if not any(name in t.partials for t, _ in parts):
+            return pl.Series(name, [None] * size)
+        like = next(t.partials[name] for t, _ in parts if name in t.partials)
+        values, missing = [], []
+        for (tier, index), hit in zip(parts, matched, strict=True):
+            have = tier.partials.get(name)
+            if have is None:
+                values.append(np.zeros(index.size, like.dtype))
+                missing.append(np.ones(index.size, bool))
+                continue
+            values.append(have[index])
+            missing.append(~tier.seen[name][index] if name in tier.seen else hit == 0)
+        series = pl.Series(name, np.concatenate(values) if len(values) > 1 else values[0])
+        if cast_to is not None:
+            series = series.cast(cast_to)  # e.g. back to datetime
+        gaps = np.concatenate(missing) if len(missing) > 1 else missing[0]
+        if gaps.any():
+            series = series.scatter(np.flatnonzero(gaps), None)
+        return series
+
+    columns = []
+    for agg in aggs:
+        for name in agg.partial_columns():
+            minmax = agg.kind in ("min", "max") and agg.column in dtypes
+            columns.append(column(name, dtypes[agg.column] if minmax else None))  # type: ignore[index]
+    for stored in winner.stored() if winner is not None else ():
+        name = Winner.name(stored)
+        columns.append(column(name, dtypes.get(stored)))
+    count = np.concatenate(matched) if len(matched) > 1 else matched[0]
+    return rows.with_columns(*columns, pl.Series(MATCHED, count))

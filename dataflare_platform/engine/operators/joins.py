@@ -16,6 +16,7 @@ from dataflare_platform.engine.operators.interval_tiers import (
     RightRows,
     Tier,
     Winner,
+    frame_of,
     merge_tiers,
 )
 from dataflare_platform.engine.operators.windows import WINDOW_END, WINDOW_START, Tumbling
@@ -308,12 +309,14 @@ class IntervalJoinAggregate(Operator):
         limit = watermark - self.lateness_ms
         if self._pending is not None:
             self._pending = self._pending.filter(pl.col("__t") >= limit)
-        closed = [part for tier in self._tiers if (part := tier.close(limit)) is not None]
+        closed = [(tier, rows) for tier in self._tiers if (rows := tier.closing(limit)) is not None]
+        result = frame_of(closed) if closed else None
         self._tiers = [tier for tier in self._tiers if tier.open_rows]
+        for tier in self._tiers:
+            tier.trim()
         self._compact()
-        if not closed:
+        if result is None:
             return None
-        result = pl.concat(closed, how="vertical_relaxed")
         won = [] if self.winner is None else self.winner.columns
         return result.select(
             *self.left_columns,

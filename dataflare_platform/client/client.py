@@ -43,6 +43,7 @@ from dataflare_platform.client.results import (
     ASSET_JOB,
     BACKFILL_TERMINAL_STATUSES,
     IN_PROGRESS_STATUSES,
+    LAUNCHING_STATUSES,
     PARTITION_TAG,
     RUN_STATUSES,
     SCALABLE_NAME,
@@ -565,12 +566,28 @@ class DataflareClient:
         ]
         return ScaleResult(pipeline, workers, [r.run_id for r in running], launched)
 
-    def terminate(self, run_id: str) -> None:
-        """Ask the run to stop (the UI's Terminate button)."""
-        try:
-            self._call_dagster(self._dagster.terminate_run, run_id)
-        except DagsterGraphQLClientError as err:
-            kind = err.args[0] if err.args else ""
-            if "NotFound" in str(kind):
-                raise RunNotFoundError(f"no run with id {run_id!r}") from None
-            raise DataflareClientError(f"cannot terminate run {run_id}: {err}") from None
+    def terminate(self, run_id: str, starting_timeout_s: float = 300.0) -> None:
+        """Ask the run to stop (the UI's Terminate button).
+
+        Dagster refuses to terminate a run whose process is still being launched
+        (STARTING; seen under load when scaling workers). Such a run is asked again once
+        it has started, polling its status for up to ``starting_timeout_s``; a run that
+        ended meanwhile has nothing left to stop."""
+        deadline = time.monotonic() + starting_timeout_s
+        interval = self.poll_interval_s
+        while True:
+            try:
+                self._call_dagster(self._dagster.terminate_run, run_id)
+                return
+            except DagsterGraphQLClientError as err:
+                kind = err.args[0] if err.args else ""
+                if "NotFound" in str(kind):
+                    raise RunNotFoundError(f"no run with id {run_id!r}") from None
+                current = self.status(run_id)
+                if current in TERMINAL_STATUSES:
+                    return
+                remaining = deadline - time.monotonic()
+                if current not in LAUNCHING_STATUSES or remaining <= 0:
+                    raise DataflareClientError(f"cannot terminate run {run_id}: {err}") from None
+            time.sleep(min(interval, remaining))
+            interval = min(interval * 1.5, 5.0)

@@ -14,6 +14,8 @@ from dataflare_platform.models import PIPELINE_NAME
 ASSET_JOB = "__ASSET_JOB"
 PARTITION_TAG = "dagster/partition"
 TERMINAL_STATUSES = frozenset({"SUCCESS", "FAILURE", "CANCELED"})
+# A run being launched: Dagster cannot terminate it until it has STARTED.
+LAUNCHING_STATUSES = frozenset({"NOT_STARTED", "STARTING"})
 # Dagster's RunStatus enum (what a runs filter accepts).
 RUN_STATUSES = frozenset(
     {

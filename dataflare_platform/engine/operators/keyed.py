@@ -274,22 +274,30 @@ class KeyedTopN(StoreState):
         The full order (``by``, then every other column) is a sort on every column,
         strings included, which cost most of a batch. So the rows that can still make a
         key's top ``n`` are found first by a rank on ``by`` alone (tied rows share the
-        smallest rank, so a tie across the boundary stays in); where none of them tie on
-        ``by`` within their key, that rank is the order, and only otherwise are they
+        smallest rank, so a tie across the boundary stays in); for keys where none of
+        them tie on ``by``, that rank is the order, and only the other keys' rows are
         sorted on every column."""
+        clean = None
         if len(self.by) == 1 and candidates.get_column(self.by[0]).null_count() == 0:
             rank = pl.col(self.by[0]).rank("min", descending=self.descending[0])
             candidates = candidates.with_columns(
                 rank.over(self.keys).cast(pl.Int64).alias("__rank")
             ).filter(pl.col("__rank") <= self.n)
-            if not candidates.select(*self.keys, "__rank").is_duplicated().any():
-                return candidates
-            candidates = candidates.drop("__rank")
+            tied = pl.struct(*self.keys, "__rank").is_duplicated().alias("__tied")
+            candidates = candidates.with_columns(tied).with_columns(
+                pl.col("__tied").any().over(self.keys)
+            )
+            clean = candidates.filter(~pl.col("__tied")).drop("__tied")
+            if clean.height == candidates.height:
+                return clean
+            # Only the keys with a tie on ``by`` need the order on every column.
+            candidates = candidates.filter(pl.col("__tied")).drop("__tied", "__rank")
         order, descending = self._order(columns)
         ranked = candidates.sort(order, descending=descending, nulls_last=True).with_columns(
             pl.int_range(1, pl.len() + 1, dtype=pl.Int64).over(self.keys).alias("__rank")
         )
-        return ranked.filter(pl.col("__rank") <= self.n)
+        top = ranked.filter(pl.col("__rank") <= self.n)
+        return top if clean is None else pl.concat([clean, top])
 
     def advance(self, watermark: int) -> pl.DataFrame | None:
         if self.ttl_ms is not None:

@@ -41,7 +41,7 @@ GEN = "__store_gen"
 POS = "__store_pos"
 HASH_SEED = 0x5EED
 # Merges of more rows than this run on a thread while batches go on (``_compact``).
-BACKGROUND_ROWS = 262_144
+BACKGROUND_ROWS = 65_536
 _executor: Executor | None = None
 _executor_lock = threading.Lock()
 
@@ -147,7 +147,7 @@ class KeyedStore:
     _segments: tuple[Segment, ...] = field(default=(), init=False)
     _gen: int = field(default=0, init=False)
     _floor: int | None = field(default=None, init=False)
-    _pending: _Pending | None = field(default=None, init=False)
+    _pending: tuple[_Pending, ...] = field(default=(), init=False)
 
     # ---- reading and replacing the rows of some keys ----
 
@@ -161,12 +161,15 @@ class KeyedStore:
         wanted = np.unique(self._hash(touched))
         found: list[pl.DataFrame] = []
         for segment in self._segments:
-            lo = np.searchsorted(segment.hashes, wanted, "left")
-            counts = np.searchsorted(segment.hashes, wanted, "right") - lo
-            hit = counts > 0
+            hashes = segment.hashes
+            lo = np.searchsorted(hashes, wanted, "left")
+            hit = hashes[np.minimum(lo, hashes.size - 1)] == wanted
             if not hit.any():
                 continue
-            positions = _ranges(lo[hit], counts[hit])
+            # A key is in few segments: the end of each run is looked up for hits only.
+            lo = lo[hit]
+            counts = np.searchsorted(hashes, wanted[hit], "right") - lo
+            positions = _ranges(lo, counts)
             found.append(
                 segment.frame[positions].with_columns(
                     pl.lit(segment.gen, dtype=pl.Int64).alias(GEN),
@@ -229,9 +232,9 @@ class KeyedStore:
 
     def _compact(self) -> None:
         """Merge the newest two segments while the older holds no more live rows. A
-        merge of more than ``background_rows`` rows runs on the merge thread (one at a
-        time) and is installed by a later call once done, so no batch waits for it;
-        meanwhile newer segments pile up above it, merging among themselves."""
+        merge of more than ``background_rows`` rows runs on the merge thread (queued
+        there in order) and is installed by a later call once done, so no batch waits for
+        it; meanwhile newer segments pile up above it, merging among themselves."""
         self._install()
         segments = list(self._segments)
         while len(segments) >= 2 and (segments[-2].live_rows <= segments[-1].live_rows):
@@ -240,27 +243,29 @@ class KeyedStore:
                 break
             limit = BACKGROUND_ROWS if self.background_rows is None else self.background_rows
             if older.frame.height + newer.frame.height > limit:
-                if self._pending is None:
-                    executor = self.executor or merge_executor()
-                    future = executor.submit(merge, older, newer, self._floor)
-                    self._pending = _Pending(older, newer, future)
+                executor = self.executor or merge_executor()
+                future = executor.submit(merge, older, newer, self._floor)
+                self._pending = (*self._pending, _Pending(older, newer, future))
                 break
             segments[-2:] = [merge(older, newer, self._floor)[0]]
         self._segments = tuple(s for s in segments if s.frame.height)
 
     def _busy(self, segment: Segment) -> bool:
-        """Whether ``segment`` is an input of the running merge: its rows keep their
+        """Whether ``segment`` is an input of a background merge: its rows keep their
         positions (no rewrite, no drop) until the merge is installed."""
-        p = self._pending
-        return p is not None and segment.gen in (p.older.gen, p.newer.gen)
+        return any(segment.gen in (p.older.gen, p.newer.gen) for p in self._pending)
 
     def _install(self) -> None:
-        """Put a finished background merge in place of its two inputs, marking dead the
-        rows killed since it started (their positions translated)."""
-        p = self._pending
-        if p is None or not p.future.done():
-            return
-        self._pending = None
+        """Put each finished background merge in place of its two inputs."""
+        done = [p for p in self._pending if p.future.done()]
+        if done:
+            self._pending = tuple(p for p in self._pending if all(p is not d for d in done))
+            for p in done:
+                self._install_one(p)
+
+    def _install_one(self, p: _Pending) -> None:
+        """Replace the inputs of ``p`` with its result, marking dead the rows killed since
+        it started (their positions translated)."""
         merged, moved_a, moved_b = p.future.result()
         gens = [s.gen for s in self._segments]
         if p.older.gen not in gens or p.newer.gen not in gens:
@@ -316,7 +321,7 @@ class KeyedStore:
     def load(self, frame: pl.DataFrame | None) -> None:
         """Replace the contents with ``frame`` (from ``frame``; one row set per key)."""
         self._segments = ()
-        self._pending = None
+        self._pending = ()
         if frame is not None:
             self.put(frame)
 
@@ -325,7 +330,7 @@ class KeyedStore:
 
     def rollback(self, saved: object) -> None:
         # A running merge may have started from segments newer than ``saved``: dropped.
-        self._pending = None
+        self._pending = ()
         self._segments, self._gen, self._floor = saved  # type: ignore[misc]
 
     @property

@@ -402,7 +402,7 @@ class ArrayPanes(_Panes):
                 grown[name] = buffer
             held.room = room = grown
         else:
-            for name, buffer in room.items():
+            for buffer in room.values():
                 record(partial(_put, buffer, slice(first, n), buffer[first:n].copy()))
         for name, tail in tails.items():
             room[name][first:length] = tail

@@ -7,7 +7,7 @@ import numpy as np
 import polars as pl
 import pytest
 
-from dataflare_platform.engine.aggregations import count, max_, mean, min_, sum_
+from dataflare_platform.engine.aggregations import count, count_distinct, max_, mean, min_, sum_
 from dataflare_platform.engine.operators.pane_stores import ArrayPanes, FramePanes
 from dataflare_platform.engine.operators.windows import Sliding, TopN, Tumbling, WindowAggregate
 
@@ -237,3 +237,58 @@ def test_a_failed_batch_leaves_no_trace_in_a_held_pane(failed_at):
             op.process(batch)
     assert isinstance(op._store, ArrayPanes)
     assert_same(finish(op, []), want)
+
+
+DISTINCT = [count("n"), count_distinct("value", "values"), count_distinct("price", "prices")]
+
+
+def distinct_truth(df: pl.DataFrame, size: int) -> pl.DataFrame:
+    ws = pl.col("date_time").dt.epoch("ms") // size * size
+    return (
+        df.group_by(ws.alias("ws"), "key")
+        .agg(
+            pl.len().alias("n"),
+            pl.col("value").drop_nulls().n_unique().alias("values"),
+            pl.col("price").n_unique().alias("prices"),
+        )
+        .sort("ws", "key")
+    )
+
+
+def as_distinct(got: pl.DataFrame) -> pl.DataFrame:
+    return got.select(
+        pl.col("window_start").dt.epoch("ms").alias("ws"), "key", "n", "values", "prices"
+    ).sort("ws", "key")
+
+
+@pytest.mark.parametrize("batch_rows", [1, 7, 100, 6_000])
+def test_exact_distinct_counts_do_not_depend_on_the_batch_size(batch_rows):
+    """Distinct values are merged whenever the new partials outgrow a quarter of the
+    merged ones: any batch size gives the exact counts."""
+    df = long_window_events(12, n=1_200 if batch_rows == 1 else 6_000)
+    # One window for (nearly) everything; a few windows. Events in order: the driver's
+    # watermark is 2 s behind, less than their disorder (at T0, a window boundary).
+    for size in (10**7, 20_000):
+        op = operator(Tumbling(size), aggs=DISTINCT)
+        got = finish(op, drive(op, df.sort("date_time"), batch_rows))
+        assert isinstance(op._store, FramePanes)
+        want = distinct_truth(df, size)
+        assert as_distinct(got).equals(want.cast(as_distinct(got).schema))
+
+
+@pytest.mark.parametrize("cut", [777, 3_100])
+def test_exact_distinct_state_survives_restore_and_rollback(cut):
+    df = long_window_events(13).sort("date_time")
+    window = Tumbling(10**7)
+    first = operator(window, aggs=DISTINCT)
+    out = drive(first, df.slice(0, cut), 100)
+    second = operator(window, aggs=DISTINCT)
+    second.restore(first.snapshot())
+    for offset in range(cut, df.height, 100):
+        mark = second._store.mark()
+        second.process(pl.concat([df.slice(offset, 100), long_window_events(14, n=300)]))
+        second._store.reset(mark)  # a failed batch: gone
+        second.process(df.slice(offset, 100))
+    got = finish(second, out)
+    want = distinct_truth(df, 10**7)
+    assert as_distinct(got).equals(want.cast(as_distinct(got).schema))

@@ -73,14 +73,30 @@ class _Panes:
 
 
 class FramePanes(_Panes):
-    """Pane start -> partial-aggregate frames (keys, pane, partials); a pane's frames are
-    merged into one once there are more than ``MAX_FRAMES``."""
+    """Pane start -> partial-aggregate frames (keys, pane, partials). A pane's frames are
+    merged into one once the ones added since the last merge hold more than a quarter
+    of what that merge gave (and more than ``MAX_FRAMES`` of them): merging costs the
+    whole pane, so merging every ``MAX_FRAMES`` batches made a long window's cost grow
+    with its state (q16's exact distinct counts of a day: lists of every bidder and
+    auction per channel), where growing the interval keeps it linear overall. The size
+    of partials is their rows, and for exact distinct counts the values in their lists.
+    """
 
     MAX_FRAMES = 8
+    GROWTH = 4  # merge once the new frames hold 1/GROWTH of the merged one's size
 
     def __init__(self, keys: list[str], aggs: list[Agg]) -> None:
         self.keys, self.aggs = keys, aggs
         self._panes: dict[int, list[pl.DataFrame]] = {}
+        self._sizes: dict[int, tuple[int, int]] = {}  # pane -> (merged size, added since)
+        self._lists = [c for a in aggs if a.kind == "count_distinct" for c in a.partial_columns()]
+
+    def _size(self, frame: pl.DataFrame) -> int:
+        if not self._lists:
+            return frame.height
+        return frame.height + int(
+            frame.select(pl.sum_horizontal(pl.col(c).list.len().sum() for c in self._lists)).item()
+        )
 
     def add(self, batch: pl.DataFrame, time_column: str, slide: int) -> None:
         ts = pl.col(time_column).to_physical()
@@ -90,8 +106,25 @@ class FramePanes(_Panes):
         for (pane,), frame in partial.partition_by(PANE, as_dict=True).items():
             frames = self._panes.setdefault(pane, [])
             frames.append(frame)
-            if len(frames) > self.MAX_FRAMES:
-                self._panes[pane] = [self._compact(frames, pane)]
+            merged, added = self._sizes.get(pane, (0, 0))
+            added += self._size(frame)
+            if len(frames) > self.MAX_FRAMES and added * self.GROWTH > merged:
+                compact = self._compact(frames, pane)
+                self._panes[pane] = [compact]
+                merged, added = self._size(compact), 0
+            self._sizes[pane] = (merged, added)
+
+    def evict(self, before: int) -> None:
+        super().evict(before)
+        for pane in [p for p in self._sizes if p < before]:
+            del self._sizes[pane]
+
+    def mark(self) -> dict:
+        return {"panes": super().mark(), "sizes": dict(self._sizes)}
+
+    def reset(self, mark: dict) -> None:
+        super().reset(mark["panes"])
+        self._sizes = dict(mark["sizes"])
 
     def _compact(self, frames: list[pl.DataFrame], pane: int) -> pl.DataFrame:
         if len(frames) == 1:
@@ -143,9 +176,10 @@ class FramePanes(_Panes):
         return pl.concat(frames, how="vertical_relaxed") if frames else None
 
     def load(self, frame: pl.DataFrame) -> None:
-        self._panes = {}
+        self._panes, self._sizes = {}, {}
         for (pane,), part in frame.partition_by(PANE, as_dict=True).items():
             self._panes[pane] = [part]
+            self._sizes[pane] = (self._size(part), 0)
 
     def rows(self) -> int:
         return sum(f.height for frames in self._panes.values() for f in frames)

@@ -33,7 +33,7 @@ from dataflare_platform.engine.aggregations import (
     partial_names,
 )
 from dataflare_platform.engine.operators.base import physical_numpy
-from dataflare_platform.engine.operators.distinct_sets import Journal
+from dataflare_platform.engine.operators.undo import Journal
 from dataflare_platform.engine.operators.interval_tiers import DENSE_FACTOR, DENSE_SLACK, extreme
 
 PANE = "__pane"

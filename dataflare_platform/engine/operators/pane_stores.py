@@ -33,8 +33,8 @@ from dataflare_platform.engine.aggregations import (
     partial_names,
 )
 from dataflare_platform.engine.operators.base import physical_numpy
-from dataflare_platform.engine.operators.undo import Journal
 from dataflare_platform.engine.operators.interval_tiers import DENSE_FACTOR, DENSE_SLACK, extreme
+from dataflare_platform.engine.operators.undo import Journal
 
 PANE = "__pane"
 WINDOW_START = "window_start"

@@ -263,7 +263,7 @@ def as_distinct(got: pl.DataFrame) -> pl.DataFrame:
 
 @pytest.mark.parametrize("batch_rows", [1, 7, 100, 6_000])
 def test_exact_distinct_counts_do_not_depend_on_the_batch_size(batch_rows):
-    """Distinct values are merged whenever the new partials outgrow a quarter of the
+    """Distinct values are merged whenever the new partials outgrow half of the
     merged ones: any batch size gives the exact counts."""
     df = long_window_events(12, n=1_200 if batch_rows == 1 else 6_000)
     # One window for (nearly) everything; a few windows. Events in order: the driver's

@@ -74,7 +74,7 @@ class _Panes:
 
 class FramePanes(_Panes):
     """Pane start -> partial-aggregate frames (keys, pane, partials). A pane's frames are
-    merged into one once the ones added since the last merge hold more than a quarter
+    merged into one once the ones added since the last merge hold more than half
     of what that merge gave (and more than ``MAX_FRAMES`` of them): merging costs the
     whole pane, so merging every ``MAX_FRAMES`` batches made a long window's cost grow
     with its state (q16's exact distinct counts of a day: lists of every bidder and
@@ -83,7 +83,7 @@ class FramePanes(_Panes):
     """
 
     MAX_FRAMES = 8
-    GROWTH = 4  # merge once the new frames hold 1/GROWTH of the merged one's size
+    GROWTH = 2  # merge once the new frames hold 1/GROWTH of the merged one's size
 
     def __init__(self, keys: list[str], aggs: list[Agg]) -> None:
         self.keys, self.aggs = keys, aggs

@@ -211,3 +211,64 @@ def test_running_max_restarts_per_segment_and_survives_huge_spans():
     assert _running_max(values, segment).tolist() == [5, 5, 9, 1, 2, 8, 8]
     huge = np.array([5, 3, 2**61, -(2**61), 2, 8, 4], np.int64)
     assert _running_max(huge, segment).tolist() == [5, 5, 2**61, -(2**61), 2, 8, 8]
+
+
+COUNTS = [count("n"), count("n_value", "value")]
+
+
+def counts_operator() -> SessionAggregate:
+    op = SessionAggregate(GAP, ["key"], list(COUNTS))
+    op.time_column = "date_time"
+    return op
+
+
+def counts_of(frame: pl.DataFrame) -> pl.DataFrame:
+    return frame.select("start", "end", "key", "n", "n_value").sort("start", "key")
+
+
+@pytest.mark.parametrize("batch_rows", [1, 7, 100, 10_000])
+def test_count_only_sessions_folded_in_numpy_match(batch_rows, monkeypatch):
+    """Counts per integer key are folded in numpy (q11); the same as the truth, and
+    the same state frame as the Polars fold gives."""
+    df = events(7, n=600 if batch_rows == 1 else 3_000)
+    op = counts_operator()
+    out = drive(op, df, batch_rows, stop=df.height // 2)
+    numpy_state = op.snapshot()["sessions"]
+    polars = counts_operator()
+    monkeypatch.setattr(SessionAggregate, "_counts_only", lambda self, rows: False)
+    drive(polars, df, batch_rows, stop=df.height // 2)
+    monkeypatch.undo()
+    assert (
+        pl.from_arrow(numpy_state)
+        .sort("key", "__start")
+        .equals(pl.from_arrow(polars.snapshot()["sessions"]).sort("key", "__start"))
+    )
+    out += drive(op, df, batch_rows, start=df.height // 2)
+    got = pl.concat([*out, op.advance(2**62)])
+    assert counts_of(as_truth_counts(got)).equals(
+        counts_of(truth(df)).cast(counts_of(as_truth_counts(got)).schema)
+    )
+
+
+def as_truth_counts(got: pl.DataFrame) -> pl.DataFrame:
+    return got.with_columns(
+        pl.col("window_start").dt.epoch("ms").alias("start"),
+        pl.col("window_end").dt.epoch("ms").alias("end"),
+    )
+
+
+def test_a_null_key_moves_count_sessions_to_polars_and_restores():
+    df = events(8, null_keys=True)
+    head = df.filter(pl.col("key").is_not_null()).slice(0, 1_000)
+    rest = df.join(head, on=df.columns, how="anti", nulls_equal=True)
+    df = pl.concat([head, rest])
+    first = counts_operator()
+    out = drive(first, df, 250, stop=1_000)  # numpy
+    second = counts_operator()
+    second.restore(first.snapshot())
+    out += drive(second, df, 250, start=1_000)  # null keys: Polars from here
+    got = pl.concat([*out, second.advance(2**62)])
+    assert got["key"].null_count() > 0
+    assert counts_of(as_truth_counts(got)).equals(
+        counts_of(truth(df)).cast(counts_of(as_truth_counts(got)).schema)
+    )

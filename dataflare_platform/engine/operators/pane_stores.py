@@ -129,11 +129,26 @@ class FramePanes(_Panes):
     def _compact(self, frames: list[pl.DataFrame], pane: int) -> pl.DataFrame:
         if len(frames) == 1:
             return frames[0]
-        return (
-            pl.concat(frames, how="vertical_relaxed")
-            .group_by(self.keys)
-            .agg(merge_exprs(self.aggs))
-            .select(*self.keys, pl.lit(pane, pl.Int64).alias(PANE), *partial_names(self.aggs))
+        whole = pl.concat(frames, how="vertical_relaxed")
+        lists = [a for a in self.aggs if a.kind == "count_distinct"]
+        if not lists:
+            merged = whole.group_by(self.keys).agg(merge_exprs(self.aggs))
+        else:
+            # One distinct list at a time: merging them all in one query holds every
+            # column's exploded values at once (the peak memory of q16's day window).
+            # Groups come in order of first appearance, the same for every query.
+            others = [a for a in self.aggs if a.kind != "count_distinct"]
+            merged = whole.group_by(self.keys, maintain_order=True).agg(merge_exprs(others))
+            for agg in lists:
+                column = (
+                    whole.select(*self.keys, *agg.partial_columns())
+                    .group_by(self.keys, maintain_order=True)
+                    .agg(agg.merge())
+                    .get_column(agg.partial_columns()[0])
+                )
+                merged = merged.with_columns(column)
+        return merged.select(
+            *self.keys, pl.lit(pane, pl.Int64).alias(PANE), *partial_names(self.aggs)
         )
 
     def fire(
@@ -149,13 +164,9 @@ class FramePanes(_Panes):
             ]
             if not frames:
                 continue
-            # Eager calls: on frames this small they beat a lazy plan (measured).
-            window = (
-                pl.concat(frames, how="vertical_relaxed")
-                .group_by(self.keys)
-                .agg(merge_exprs(self.aggs))
-                .with_columns(final_exprs(self.aggs))
-            )
+            # Eager calls: on frames this small they beat a lazy plan (measured). The
+            # merge is a compaction's (one distinct list at a time).
+            window = self._compact(frames, start).with_columns(final_exprs(self.aggs))
             if top is not None:
                 rank = pl.col(top.by).rank("min", descending=top.descending)
                 window = window.filter(rank <= top.n)

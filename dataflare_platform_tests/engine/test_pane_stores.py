@@ -7,7 +7,7 @@ import numpy as np
 import polars as pl
 import pytest
 
-from dataflare_platform.engine.aggregations import count, max_, mean, min_, sum_
+from dataflare_platform.engine.aggregations import count, count_distinct, max_, mean, min_, sum_
 from dataflare_platform.engine.operators.pane_stores import ArrayPanes, FramePanes
 from dataflare_platform.engine.operators.windows import Sliding, TopN, Tumbling, WindowAggregate
 
@@ -182,3 +182,113 @@ def test_restored_state_with_a_null_key_stays_in_the_polars_store():
     out += drive(second, tail, 500)
     assert isinstance(second._store, FramePanes)
     assert_same(finish(second, out), want)
+
+
+def long_window_events(seed: int, n: int = 6_000) -> pl.DataFrame:
+    """Events of one long window whose keys keep coming: a few hot keys, many new keys
+    that arrive in no particular order (so they go in the middle of a held pane, not
+    only at its end), as auctions do in a day's window."""
+    rng = np.random.default_rng(seed)
+    df = events(seed, n=n, key_span=40)
+    fresh = rng.permutation(n)[:n] * 3 + rng.integers(0, 3, n)  # mostly new, unordered
+    hot = rng.random(n) < 0.3
+    return df.with_columns(pl.Series("key", np.where(hot, df["key"].to_numpy(), fresh)))
+
+
+@pytest.mark.parametrize("batch_rows", [1, 7, 250, 6_000])
+def test_a_held_pane_changed_in_place_equals_the_polars_store(batch_rows):
+    df = long_window_events(9, n=1_500 if batch_rows == 1 else 6_000)
+    window = Tumbling(10**7)  # one window holds everything until the end
+    arrays, frames = operator(window), operator(window, frames_only=True)
+    got = finish(arrays, drive(arrays, df, batch_rows))
+    want = finish(frames, drive(frames, df, batch_rows))
+    assert isinstance(arrays._store, ArrayPanes)
+    assert_same(got, want)
+
+
+@pytest.mark.parametrize("failed_at", [500, 2_000, 4_500])
+def test_a_failed_batch_leaves_no_trace_in_a_held_pane(failed_at):
+    """``mark`` before every batch (as the runner's savepoint); one batch, with new keys
+    all over the held pane's range and past its room, is undone by ``reset``: the state
+    is as before and the output as if the batch never came. A snapshot taken before
+    does not change when the pane is then changed in place."""
+    df = long_window_events(10)
+    extra = long_window_events(11, n=3_000)
+    window = Tumbling(10**7)
+    reference = operator(window, frames_only=True)
+    want = finish(reference, drive(reference, df, 500))
+    op = operator(window)
+    for offset in range(0, df.height, 500):
+        batch = df.slice(offset, 500)
+        if offset == failed_at:
+            mark = op._store.mark()
+            kept = op.snapshot()["panes"]
+            rows = kept.to_pylist()
+            op.process(pl.concat([batch, extra]))
+            assert op.state_rows() > kept.num_rows
+            op._store.reset(mark)
+            assert op.snapshot()["panes"].to_pylist() == rows
+            op.process(batch)
+            assert op.snapshot()["panes"].to_pylist() != rows
+            assert kept.to_pylist() == rows  # the earlier snapshot did not move
+        else:
+            if op._store is not None:
+                op._store.mark()
+            op.process(batch)
+    assert isinstance(op._store, ArrayPanes)
+    assert_same(finish(op, []), want)
+
+
+DISTINCT = [count("n"), count_distinct("value", "values"), count_distinct("price", "prices")]
+
+
+def distinct_truth(df: pl.DataFrame, size: int) -> pl.DataFrame:
+    ws = pl.col("date_time").dt.epoch("ms") // size * size
+    return (
+        df.group_by(ws.alias("ws"), "key")
+        .agg(
+            pl.len().alias("n"),
+            pl.col("value").drop_nulls().n_unique().alias("values"),
+            pl.col("price").n_unique().alias("prices"),
+        )
+        .sort("ws", "key")
+    )
+
+
+def as_distinct(got: pl.DataFrame) -> pl.DataFrame:
+    return got.select(
+        pl.col("window_start").dt.epoch("ms").alias("ws"), "key", "n", "values", "prices"
+    ).sort("ws", "key")
+
+
+@pytest.mark.parametrize("batch_rows", [1, 7, 100, 6_000])
+def test_exact_distinct_counts_do_not_depend_on_the_batch_size(batch_rows):
+    """Distinct values are merged whenever the new partials outgrow half of the
+    merged ones: any batch size gives the exact counts."""
+    df = long_window_events(12, n=1_200 if batch_rows == 1 else 6_000)
+    # One window for (nearly) everything; a few windows. Events in order: the driver's
+    # watermark is 2 s behind, less than their disorder (at T0, a window boundary).
+    for size in (10**7, 20_000):
+        op = operator(Tumbling(size), aggs=DISTINCT)
+        got = finish(op, drive(op, df.sort("date_time"), batch_rows))
+        assert isinstance(op._store, FramePanes)
+        want = distinct_truth(df, size)
+        assert as_distinct(got).equals(want.cast(as_distinct(got).schema))
+
+
+@pytest.mark.parametrize("cut", [777, 3_100])
+def test_exact_distinct_state_survives_restore_and_rollback(cut):
+    df = long_window_events(13).sort("date_time")
+    window = Tumbling(10**7)
+    first = operator(window, aggs=DISTINCT)
+    out = drive(first, df.slice(0, cut), 100)
+    second = operator(window, aggs=DISTINCT)
+    second.restore(first.snapshot())
+    for offset in range(cut, df.height, 100):
+        mark = second._store.mark()
+        second.process(pl.concat([df.slice(offset, 100), long_window_events(14, n=300)]))
+        second._store.reset(mark)  # a failed batch: gone
+        second.process(df.slice(offset, 100))
+    got = finish(second, out)
+    want = distinct_truth(df, 10**7)
+    assert as_distinct(got).equals(want.cast(as_distinct(got).schema))

@@ -18,6 +18,7 @@ frames in the middle of a stream (e.g. when a null key appears).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import partial
 
 import numpy as np
 import polars as pl
@@ -33,6 +34,7 @@ from dataflare_platform.engine.aggregations import (
 )
 from dataflare_platform.engine.operators.base import physical_numpy
 from dataflare_platform.engine.operators.interval_tiers import DENSE_FACTOR, DENSE_SLACK, extreme
+from dataflare_platform.engine.operators.undo import Journal
 
 PANE = "__pane"
 WINDOW_START = "window_start"
@@ -71,14 +73,30 @@ class _Panes:
 
 
 class FramePanes(_Panes):
-    """Pane start -> partial-aggregate frames (keys, pane, partials); a pane's frames are
-    merged into one once there are more than ``MAX_FRAMES``."""
+    """Pane start -> partial-aggregate frames (keys, pane, partials). A pane's frames are
+    merged into one once the ones added since the last merge hold more than half
+    of what that merge gave (and more than ``MAX_FRAMES`` of them): merging costs the
+    whole pane, so merging every ``MAX_FRAMES`` batches made a long window's cost grow
+    with its state (q16's exact distinct counts of a day: lists of every bidder and
+    auction per channel), where growing the interval keeps it linear overall. The size
+    of partials is their rows, and for exact distinct counts the values in their lists.
+    """
 
     MAX_FRAMES = 8
+    GROWTH = 2  # merge once the new frames hold 1/GROWTH of the merged one's size
 
     def __init__(self, keys: list[str], aggs: list[Agg]) -> None:
         self.keys, self.aggs = keys, aggs
         self._panes: dict[int, list[pl.DataFrame]] = {}
+        self._sizes: dict[int, tuple[int, int]] = {}  # pane -> (merged size, added since)
+        self._lists = [c for a in aggs if a.kind == "count_distinct" for c in a.partial_columns()]
+
+    def _size(self, frame: pl.DataFrame) -> int:
+        if not self._lists:
+            return frame.height
+        return frame.height + int(
+            frame.select(pl.sum_horizontal(pl.col(c).list.len().sum() for c in self._lists)).item()
+        )
 
     def add(self, batch: pl.DataFrame, time_column: str, slide: int) -> None:
         ts = pl.col(time_column).to_physical()
@@ -88,17 +106,49 @@ class FramePanes(_Panes):
         for (pane,), frame in partial.partition_by(PANE, as_dict=True).items():
             frames = self._panes.setdefault(pane, [])
             frames.append(frame)
-            if len(frames) > self.MAX_FRAMES:
-                self._panes[pane] = [self._compact(frames, pane)]
+            merged, added = self._sizes.get(pane, (0, 0))
+            added += self._size(frame)
+            if len(frames) > self.MAX_FRAMES and added * self.GROWTH > merged:
+                compact = self._compact(frames, pane)
+                self._panes[pane] = [compact]
+                merged, added = self._size(compact), 0
+            self._sizes[pane] = (merged, added)
+
+    def evict(self, before: int) -> None:
+        super().evict(before)
+        for pane in [p for p in self._sizes if p < before]:
+            del self._sizes[pane]
+
+    def mark(self) -> dict:
+        return {"panes": super().mark(), "sizes": dict(self._sizes)}
+
+    def reset(self, mark: dict) -> None:
+        super().reset(mark["panes"])
+        self._sizes = dict(mark["sizes"])
 
     def _compact(self, frames: list[pl.DataFrame], pane: int) -> pl.DataFrame:
         if len(frames) == 1:
             return frames[0]
-        return (
-            pl.concat(frames, how="vertical_relaxed")
-            .group_by(self.keys)
-            .agg(merge_exprs(self.aggs))
-            .select(*self.keys, pl.lit(pane, pl.Int64).alias(PANE), *partial_names(self.aggs))
+        whole = pl.concat(frames, how="vertical_relaxed")
+        lists = [a for a in self.aggs if a.kind == "count_distinct"]
+        if not lists:
+            merged = whole.group_by(self.keys).agg(merge_exprs(self.aggs))
+        else:
+            # One distinct list at a time: merging them all in one query holds every
+            # column's exploded values at once (the peak memory of q16's day window).
+            # Groups come in order of first appearance, the same for every query.
+            others = [a for a in self.aggs if a.kind != "count_distinct"]
+            merged = whole.group_by(self.keys, maintain_order=True).agg(merge_exprs(others))
+            for agg in lists:
+                column = (
+                    whole.select(*self.keys, *agg.partial_columns())
+                    .group_by(self.keys, maintain_order=True)
+                    .agg(agg.merge())
+                    .get_column(agg.partial_columns()[0])
+                )
+                merged = merged.with_columns(column)
+        return merged.select(
+            *self.keys, pl.lit(pane, pl.Int64).alias(PANE), *partial_names(self.aggs)
         )
 
     def fire(
@@ -114,13 +164,9 @@ class FramePanes(_Panes):
             ]
             if not frames:
                 continue
-            # Eager calls: on frames this small they beat a lazy plan (measured).
-            window = (
-                pl.concat(frames, how="vertical_relaxed")
-                .group_by(self.keys)
-                .agg(merge_exprs(self.aggs))
-                .with_columns(final_exprs(self.aggs))
-            )
+            # Eager calls: on frames this small they beat a lazy plan (measured). The
+            # merge is a compaction's (one distinct list at a time).
+            window = self._compact(frames, start).with_columns(final_exprs(self.aggs))
             if top is not None:
                 rank = pl.col(top.by).rank("min", descending=top.descending)
                 window = window.filter(rank <= top.n)
@@ -141,9 +187,10 @@ class FramePanes(_Panes):
         return pl.concat(frames, how="vertical_relaxed") if frames else None
 
     def load(self, frame: pl.DataFrame) -> None:
-        self._panes = {}
+        self._panes, self._sizes = {}, {}
         for (pane,), part in frame.partition_by(PANE, as_dict=True).items():
             self._panes[pane] = [part]
+            self._sizes[pane] = (self._size(part), 0)
 
     def rows(self) -> int:
         return sum(f.height for frames in self._panes.values() for f in frames)
@@ -165,6 +212,37 @@ class _Pane:
     keys: np.ndarray  # sorted, distinct, int64
     values: dict[str, np.ndarray]  # slot -> accumulator aligned with keys
     seen: dict[str, np.ndarray] = field(default_factory=dict)  # min/max slot -> non-null seen
+    # The arrays above are the first len(keys) entries of these, which have room to grow
+    # (None: they are exactly as long as the keys). Keyed "keys", "v:<slot>", "s:<slot>".
+    room: dict[str, np.ndarray] | None = None
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        return {
+            "keys": self.keys,
+            **{f"v:{n}": v for n, v in self.values.items()},
+            **{f"s:{n}": v for n, v in self.seen.items()},
+        }
+
+    def fields(self) -> tuple:
+        return (self.keys, dict(self.values), dict(self.seen), self.room)
+
+    def set_fields(self, saved: tuple) -> None:
+        self.keys, values, seen, self.room = saved
+        self.values, self.seen = dict(values), dict(seen)
+
+    def view(self, length: int) -> None:
+        """Point the arrays at the first ``length`` entries of ``room``."""
+        assert self.room is not None
+        self.keys = self.room["keys"][:length]
+        self.values = {n: self.room[f"v:{n}"][:length] for n in self.values}
+        self.seen = {n: self.room[f"s:{n}"][:length] for n in self.seen}
+
+    def copy(self) -> _Pane:
+        return _Pane(
+            self.keys.copy(),
+            {n: v.copy() for n, v in self.values.items()},
+            {n: v.copy() for n, v in self.seen.items()},
+        )
 
 
 @dataclass
@@ -196,6 +274,7 @@ class ArrayPanes(_Panes):
         self.keys, self.aggs = keys, aggs
         self.schema = schema  # keys and partial columns, as the Polars store types them
         self._panes: dict[int, _Pane] = {}
+        self._journal = Journal()
         self._slots: list[_Slot] = []
         for agg in aggs:
             names = agg.partial_columns()
@@ -303,9 +382,83 @@ class ArrayPanes(_Panes):
         raw = self._raw(batch)
         for start, part in self._split_by_pane(raw, panes, slide):
             held = self._panes.get(start)
-            if held is not None:
-                part = self._fold([self._of(held), self._of(part)])
-            self._panes[start] = part
+            if held is None:
+                # Its own arrays (a pane is changed in place; a batch's may be a view of it).
+                self._panes[start] = part.copy()
+            else:
+                self._merge_into(held, part)
+
+    # -- folding into a held pane in place -----------------------------------------------
+    # A pane can hold most of the window's keys (a one-day window: every auction of the
+    # day); refolding it with each batch costs the whole pane per batch. Instead the
+    # batch's keys that the pane holds are updated where they are, and new keys are
+    # merged into the pane's tail from the first position they go to (keys are mostly
+    # new ids, near the end), in arrays with room to grow. Every change is journaled so
+    # that ``reset`` can undo a failed batch (see ``mark``).
+
+    def mark(self) -> dict:
+        return {"panes": dict(self._panes), "undo": self._journal.start()}
+
+    def reset(self, mark: dict) -> None:
+        Journal.undo(mark["undo"])
+        self._panes = dict(mark["panes"])
+
+    def _merge_into(self, held: _Pane, part: _Pane) -> None:
+        n = len(held.keys)
+        pos = np.searchsorted(held.keys, part.keys)
+        hit = np.zeros(len(part.keys), bool)
+        inside = pos < n
+        hit[inside] = held.keys[pos[inside]] == part.keys[inside]
+        at = pos[hit]
+        record = self._journal.record
+        for slot in self._slots:
+            target, contrib = held.values[slot.name], part.values[slot.name][hit]
+            old = target[at]
+            record(partial(_put, target, at, old))
+            if slot.op == "add":
+                target[at] = old + contrib
+            else:
+                target[at] = (np.minimum if slot.op == "min" else np.maximum)(old, contrib)
+                seen = held.seen[slot.name]
+                was = seen[at]
+                record(partial(_put, seen, at, was))
+                seen[at] = was | part.seen[slot.name][hit]
+        if hit.all():
+            return
+        fresh = np.flatnonzero(~hit)
+        first = int(pos[fresh].min())
+        # The tail from ``first`` with the new keys, in key order (both are sorted and
+        # disjoint, so a stable sort of the two runs is one merge).
+        tail_keys = np.concatenate([held.keys[first:], part.keys[fresh]])
+        order = np.argsort(tail_keys, kind="stable")
+        tails = {
+            name: np.concatenate([array[first:], self._part_array(part, name)[fresh]])[order]
+            for name, array in held.arrays().items()
+        }
+        length = n + len(fresh)
+        record(partial(_Pane.set_fields, held, held.fields()))
+        room = held.room
+        if room is None or len(room["keys"]) < length:
+            capacity = max(2 * length, 1024)
+            grown = {}
+            for name, array in held.arrays().items():
+                buffer = np.empty(capacity, array.dtype)
+                buffer[:first] = array[:first]
+                grown[name] = buffer
+            held.room = room = grown
+        else:
+            for buffer in room.values():
+                record(partial(_put, buffer, slice(first, n), buffer[first:n].copy()))
+        for name, tail in tails.items():
+            room[name][first:length] = tail
+        held.view(length)
+
+    @staticmethod
+    def _part_array(part: _Pane, name: str) -> np.ndarray:
+        if name == "keys":
+            return part.keys
+        kind, slot = name.split(":", 1)
+        return part.values[slot] if kind == "v" else part.seen[slot]
 
     def _split_by_pane(self, raw: _Input, panes: np.ndarray, slide: int) -> list[tuple[int, _Pane]]:
         """The batch's partials per pane. One grouping over (pane, key) combined into one
@@ -359,7 +512,8 @@ class ArrayPanes(_Panes):
             held = [self._panes[p] for p in range(start, start + size, slide) if p in self._panes]
             if not held:
                 continue
-            pane = held[0] if len(held) == 1 else self._fold([self._of(p) for p in held])
+            # A held pane changes in place: what is output must not share its arrays.
+            pane = held[0].copy() if len(held) == 1 else self._fold([self._of(p) for p in held])
             finals = self._finals(pane)
             if top is not None:
                 rows = _top_rows(*finals[top.by], top)
@@ -419,6 +573,8 @@ class ArrayPanes(_Panes):
         return finals
 
     def _frame(self, pane: _Pane, start: int | None = None) -> pl.DataFrame:
+        # A copy: a held pane changes in place, a checkpoint must not change with it.
+        pane = pane.copy()
         columns: dict[str, pa.Array | np.ndarray] = {}
         if self.keys:
             columns[self.keys[0]] = pane.keys
@@ -510,6 +666,11 @@ def _top_rows_polars(values: np.ndarray, valid: np.ndarray | None, top: TopN) ->
     series = pl.Series(_with_nulls(values, valid))
     keep = series.rank("min", descending=top.descending) <= top.n
     return np.flatnonzero(keep.fill_null(False).to_numpy())
+
+
+def _put(array: np.ndarray, at: np.ndarray | slice, values: np.ndarray) -> None:
+    """An undo step: put back ``values`` at ``at``."""
+    array[at] = values
 
 
 def _is_sorted_distinct(keys: np.ndarray) -> bool:

@@ -231,23 +231,36 @@ class KeyedStore:
     # ---- merging segments ----
 
     def _compact(self) -> None:
-        """Merge the newest two segments while the older holds no more live rows. A
-        merge of more than ``background_rows`` rows runs on the merge thread (queued
-        there in order) and is installed by a later call once done, so no batch waits for
-        it; meanwhile newer segments pile up above it, merging among themselves."""
+        """Merge adjacent segments while an older one holds no more live rows than the one
+        above it (a binary counter: O(log) segments), the newest such pair first. A merge
+        of more than ``background_rows`` rows runs on the merge thread (queued there in
+        order) and is installed by a later call once done, so no batch waits for it;
+        meanwhile its inputs stay as they are and the segments above merge among
+        themselves. A merge installed in the middle can leave a pair below the top out of
+        order, hence the scan over every pair, not just the newest two."""
         self._install()
+        limit = BACKGROUND_ROWS if self.background_rows is None else self.background_rows
         segments = list(self._segments)
-        while len(segments) >= 2 and (segments[-2].live_rows <= segments[-1].live_rows):
-            older, newer = segments[-2], segments[-1]
-            if self._busy(older) or self._busy(newer):
+        while True:
+            pair = next(
+                (
+                    i
+                    for i in range(len(segments) - 2, -1, -1)
+                    if segments[i].live_rows <= segments[i + 1].live_rows
+                    and not self._busy(segments[i])
+                    and not self._busy(segments[i + 1])
+                ),
+                None,
+            )
+            if pair is None:
                 break
-            limit = BACKGROUND_ROWS if self.background_rows is None else self.background_rows
+            older, newer = segments[pair], segments[pair + 1]
             if older.frame.height + newer.frame.height > limit:
                 executor = self.executor or merge_executor()
                 future = executor.submit(merge, older, newer, self._floor)
                 self._pending = (*self._pending, _Pending(older, newer, future))
-                break
-            segments[-2:] = [merge(older, newer, self._floor)[0]]
+                continue
+            segments[pair : pair + 2] = [merge(older, newer, self._floor)[0]]
         self._segments = tuple(s for s in segments if s.frame.height)
 
     def _busy(self, segment: Segment) -> bool:

@@ -33,6 +33,7 @@ from __future__ import annotations
 import threading
 from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
+from functools import cached_property
 
 import numpy as np
 import polars as pl
@@ -78,6 +79,12 @@ class Segment:
     @property
     def live_rows(self) -> int:
         return self.frame.height - self.dead_rows
+
+    @cached_property
+    def max_age(self) -> int | None:
+        """The newest age in the segment (None without ages): below the floor, all of
+        it has expired."""
+        return None if self.ages is None or not self.ages.size else int(self.ages.max())
 
     def keep_mask(self, floor: int | None) -> np.ndarray | None:
         """Rows neither dead nor below ``floor`` (None: keep every row)."""
@@ -313,7 +320,7 @@ class KeyedStore:
             if self._busy(segment):
                 kept.append(segment)  # positions fixed until its merge is installed
                 continue
-            if ages is None or not ages.size or int(ages.max()) < floor:
+            if segment.max_age is None or segment.max_age < floor:
                 continue  # wholly expired
             if int(ages.min()) < floor:
                 expired = int(np.count_nonzero(ages < floor))
@@ -348,8 +355,14 @@ class KeyedStore:
 
     @property
     def rows(self) -> int:
-        """Live rows, expired ones included until they are dropped."""
-        return sum(s.live_rows for s in self._segments)
+        """Live rows, expired ones included until they are dropped, except those of
+        wholly expired segments still held by a running merge."""
+        floor = self._floor
+        return sum(
+            s.live_rows
+            for s in self._segments
+            if floor is None or s.max_age is None or s.max_age >= floor
+        )
 
     @property
     def segments(self) -> int:

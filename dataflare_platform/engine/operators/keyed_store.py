@@ -165,7 +165,51 @@ class KeyedStore:
         self._install()
         if not self._segments or touched.height == 0:
             return None
-        wanted = np.unique(self._hash(touched))
+        hashed = self._hash(touched)
+        wanted = np.unique(hashed)
+        if wanted.size == hashed.size:  # no two touched keys share a hash
+            rows = self._take_by_hash(touched, wanted)
+            if rows is not False:
+                return rows  # type: ignore[return-value]
+        return self._take_by_key(touched, wanted)
+
+    def _take_by_hash(
+        self, touched: pl.DataFrame, wanted: np.ndarray
+    ) -> pl.DataFrame | bool | None:
+        """``take`` deciding "newest copy" per hash in numpy, with one gather per segment
+        and no per-row bookkeeping in Polars: a batch's fixed cost. Exact unless a key in
+        the store shares a hash with a touched key, which shows as a gathered row of an
+        untouched key: then False, nothing changed, and ``_take_by_key`` decides."""
+        need = wanted
+        picks: list[tuple[Segment, np.ndarray]] = []
+        for segment in reversed(self._segments):  # newest first: its copy wins
+            if need.size == 0:
+                break
+            hashes = segment.hashes
+            lo = np.searchsorted(hashes, need, "left")
+            hit = hashes[np.minimum(lo, hashes.size - 1)] == need
+            if not hit.any():
+                continue
+            lo = lo[hit]
+            counts = np.searchsorted(hashes, need[hit], "right") - lo
+            picks.append((segment, _ranges(lo, counts)))
+            need = need[~hit]
+        if not picks:
+            return None
+        frames = [segment.frame[positions] for segment, positions in picks]
+        rows = pl.concat(frames, how="vertical_relaxed") if len(frames) > 1 else frames[0]
+        mine = rows.join(touched.select(self.keys), on=self.keys, how="semi", nulls_equal=True)
+        if mine.height != rows.height:
+            return False
+        if self._floor is not None and self.age_column is not None:
+            alive = [segment.ages[positions] >= self._floor for segment, positions in picks]  # type: ignore[index]
+            picks = [(seg, pos[keep]) for (seg, pos), keep in zip(picks, alive, strict=True)]
+            rows = rows.filter(pl.Series(np.concatenate(alive)))
+        self._kill_positions({segment.gen: positions for segment, positions in picks})
+        return rows if rows.height else None
+
+    def _take_by_key(self, touched: pl.DataFrame, wanted: np.ndarray) -> pl.DataFrame | None:
+        """``take`` comparing the keys themselves: any hash collisions."""
         found: list[pl.DataFrame] = []
         for segment in self._segments:
             hashes = segment.hashes
@@ -221,10 +265,14 @@ class KeyedStore:
         back every key it takes, which the keyed operators do."""
         gens = rows.get_column(GEN).to_numpy()
         positions = rows.get_column(POS).to_numpy()
+        self._kill_positions({int(g): positions[gens == g] for g in np.unique(gens)})
+
+    def _kill_positions(self, by_gen: dict[int, np.ndarray]) -> None:
+        """Mark ``by_gen[segment.gen]`` dead in each segment (see ``_kill``)."""
         changed = []
         for segment in self._segments:
-            mine = positions[gens == segment.gen]
-            if mine.size:
+            mine = by_gen.get(segment.gen)
+            if mine is not None and mine.size:
                 segment = replace(
                     segment,
                     dead=(*segment.dead, mine),

@@ -7,14 +7,13 @@ operations the way Dagster 1.x's web server does (the state changes are the test
 from __future__ import annotations
 
 import http.server
-import json
-import threading
 from collections.abc import Iterator
 
 import pytest
 
 from dataflare_platform.client import DataflareClient
 from dataflare_platform.client.errors import DataflareClientError
+from dataflare_platform_tests.client.loopback import JsonHandler, serving
 
 
 class FakeDagster(http.server.ThreadingHTTPServer):
@@ -26,44 +25,27 @@ class FakeDagster(http.server.ThreadingHTTPServer):
         return self.statuses[min(self.status_queries, len(self.statuses) - 1)]
 
 
-class Handler(http.server.BaseHTTPRequestHandler):
+class Handler(JsonHandler):
     server: FakeDagster
 
-    def do_POST(self) -> None:
-        request = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-        query = request["query"]
-        if "terminateRun" in query:
+    def answer(self, request: dict) -> tuple[int, dict]:
+        status = self.server.status()
+        if "terminateRun" in request["query"]:
             self.server.terminations += 1
-            status = self.server.status()
             if status == "STARTED":
-                data = {"terminateRun": {"__typename": "TerminateRunSuccess", "run": {}}}
-            else:
-                message = f"Run r1 could not be terminated due to having status {status}."
-                data = {"terminateRun": {"__typename": "TerminateRunFailure", "message": message}}
-        else:
-            status = self.server.status()
-            self.server.status_queries += 1
-            data = {"pipelineRunOrError": {"__typename": "Run", "status": status}}
-        body = json.dumps({"data": data}).encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, *args) -> None:
-        pass
+                return 200, {"data": {"terminateRun": {"__typename": "TerminateRunSuccess"}}}
+            message = f"Run r1 could not be terminated due to having status {status}."
+            failure = {"__typename": "TerminateRunFailure", "message": message}
+            return 200, {"data": {"terminateRun": failure}}
+        self.server.status_queries += 1
+        return 200, {"data": {"pipelineRunOrError": {"__typename": "Run", "status": status}}}
 
 
 @pytest.fixture
 def dagster() -> Iterator[FakeDagster]:
     srv = FakeDagster(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=srv.serve_forever, daemon=True)
-    thread.start()
-    yield srv
-    srv.shutdown()
-    srv.server_close()
-    thread.join()
+    with serving(srv):
+        yield srv
 
 
 def _client(dagster: FakeDagster) -> DataflareClient:

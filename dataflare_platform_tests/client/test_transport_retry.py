@@ -4,8 +4,6 @@ twice). Against a real HTTP server on loopback that fails the first answers."""
 from __future__ import annotations
 
 import http.server
-import json
-import threading
 from collections.abc import Iterator
 
 import pytest
@@ -13,6 +11,7 @@ import pytest
 from dataflare_platform.client import transport
 from dataflare_platform.client.errors import DataflareClientError
 from dataflare_platform.client.transport import Transport
+from dataflare_platform_tests.client.loopback import JsonHandler, serving
 
 
 class FlakyServer(http.server.ThreadingHTTPServer):
@@ -20,37 +19,22 @@ class FlakyServer(http.server.ThreadingHTTPServer):
     requests = 0
 
 
-class Handler(http.server.BaseHTTPRequestHandler):
+class Handler(JsonHandler):
     server: FlakyServer
 
-    def do_POST(self) -> None:
-        self.rfile.read(int(self.headers["Content-Length"]))
+    def answer(self, request: dict) -> tuple[int, dict]:
         self.server.requests += 1
         if self.server.requests <= self.server.failures:
-            status, body = 500, {"message": "database is locked"}
-        else:
-            status, body = 200, {"data": {"version": "1"}}
-        data = json.dumps(body).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
-    def log_message(self, *args) -> None:
-        pass
+            return 500, {"message": "database is locked"}
+        return 200, {"data": {"version": "1"}}
 
 
 @pytest.fixture
 def server(monkeypatch) -> Iterator[FlakyServer]:
     monkeypatch.setattr(transport, "READ_RETRY_WAITS_S", (0.01, 0.01, 0.01))
     srv = FlakyServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=srv.serve_forever, daemon=True)
-    thread.start()
-    yield srv
-    srv.shutdown()
-    srv.server_close()
-    thread.join()
+    with serving(srv):
+        yield srv
 
 
 def test_a_read_answered_500_is_asked_again(server: FlakyServer) -> None:

@@ -80,6 +80,19 @@ class Segment:
     def live_rows(self) -> int:
         return self.frame.height - self.dead_rows
 
+    def find(self, wanted: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """Which of the sorted hashes ``wanted`` the segment holds, and the positions of
+        their rows (None: none held). A key is in few segments, so the end of each run
+        of equal hashes is looked up for the hits only."""
+        hashes = self.hashes
+        lo = np.searchsorted(hashes, wanted, "left")
+        hit = hashes[np.minimum(lo, hashes.size - 1)] == wanted
+        if not hit.any():
+            return hit, None
+        lo = lo[hit]
+        counts = np.searchsorted(hashes, wanted[hit], "right") - lo
+        return hit, _ranges(lo, counts)
+
     @cached_property
     def max_age(self) -> int | None:
         """The newest age in the segment (None without ages): below the floor, all of
@@ -185,15 +198,10 @@ class KeyedStore:
         for segment in reversed(self._segments):  # newest first: its copy wins
             if need.size == 0:
                 break
-            hashes = segment.hashes
-            lo = np.searchsorted(hashes, need, "left")
-            hit = hashes[np.minimum(lo, hashes.size - 1)] == need
-            if not hit.any():
-                continue
-            lo = lo[hit]
-            counts = np.searchsorted(hashes, need[hit], "right") - lo
-            picks.append((segment, _ranges(lo, counts)))
-            need = need[~hit]
+            hit, positions = segment.find(need)
+            if positions is not None:
+                picks.append((segment, positions))
+                need = need[~hit]
         if not picks:
             return None
         frames = [segment.frame[positions] for segment, positions in picks]
@@ -212,15 +220,9 @@ class KeyedStore:
         """``take`` comparing the keys themselves: any hash collisions."""
         found: list[pl.DataFrame] = []
         for segment in self._segments:
-            hashes = segment.hashes
-            lo = np.searchsorted(hashes, wanted, "left")
-            hit = hashes[np.minimum(lo, hashes.size - 1)] == wanted
-            if not hit.any():
+            _, positions = segment.find(wanted)
+            if positions is None:
                 continue
-            # A key is in few segments: the end of each run is looked up for hits only.
-            lo = lo[hit]
-            counts = np.searchsorted(hashes, wanted[hit], "right") - lo
-            positions = _ranges(lo, counts)
             found.append(
                 segment.frame[positions].with_columns(
                     pl.lit(segment.gen, dtype=pl.Int64).alias(GEN),

@@ -38,6 +38,8 @@ from functools import cached_property
 import numpy as np
 import polars as pl
 
+from dataflare_platform.errors import InvalidInputError
+
 GEN = "__store_gen"
 POS = "__store_pos"
 HASH_SEED = 0x5EED
@@ -360,7 +362,7 @@ class KeyedStore:
         segments below it are dropped now; others lose their expired rows when merged,
         or when at least half of a segment is expired or dead."""
         if self.age_column is None:
-            raise ValueError("this store has no age column to expire by")
+            raise InvalidInputError("this store has no age column to expire by")
         if self._floor is not None and floor <= self._floor:
             return
         self._floor = floor

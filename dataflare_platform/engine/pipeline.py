@@ -48,6 +48,10 @@ from dataflare_platform.engine.operators import (
     WithColumns,
 )
 from dataflare_platform.engine.operators.interval_tiers import Winner
+from dataflare_platform.engine.operators.plugin_windows import (
+    AggregatePlugin,
+    WindowPluginAggregate,
+)
 from dataflare_platform.engine.operators.windows import TopN
 from dataflare_platform.engine.sinks import Sink
 from dataflare_platform.engine.sources import Source
@@ -355,6 +359,16 @@ class WindowedStream:
             op: Operator = SessionAggregate(self.window.gap_ms, keys, list(aggs), self.lateness_ms)
         else:
             op = WindowAggregate(self.window, keys, list(aggs), self.lateness_ms, top)
+        return self.stream._then(op, keys=[])
+
+    def plugin_agg(self, plugin: AggregatePlugin) -> Stream:
+        """Each window per key aggregated by an aggregate WASM plugin (e.g.
+        ``hll_distinct``: an approximate distinct count per day in constant space), one
+        plugin state per pane and key merged by the plugin when the window fires; the
+        output has the window bounds, the keys and the plugin's output columns."""
+        if not isinstance(self.window, Tumbling | Sliding):
+            raise InvalidInputError("plugin_agg needs a tumbling or sliding window")
+        op = WindowPluginAggregate(plugin, self.window, list(self.stream.keys), self.lateness_ms)
         return self.stream._then(op, keys=[])
 
     def top_rows(self, by: str, n: int = 1, descending: bool = True) -> Stream:

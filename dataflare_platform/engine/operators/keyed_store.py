@@ -177,19 +177,27 @@ class KeyedStore:
         """The live rows of the keys in ``touched`` (a frame of unique keys), which the
         store forgets: the caller puts back what those keys hold now. None when the store
         holds none of them."""
+        return self._lookup(touched, forget=True)
+
+    def get(self, touched: pl.DataFrame) -> pl.DataFrame | None:
+        """Like ``take``, but the store keeps the rows: a read, for a lookup table (the
+        build side of a join) whose rows a batch reads without replacing."""
+        return self._lookup(touched, forget=False)
+
+    def _lookup(self, touched: pl.DataFrame, forget: bool) -> pl.DataFrame | None:
         self._install()
         if not self._segments or touched.height == 0:
             return None
         hashed = self._hash(touched)
         wanted = np.unique(hashed)
         if wanted.size == hashed.size:  # no two touched keys share a hash
-            rows = self._take_by_hash(touched, wanted)
+            rows = self._take_by_hash(touched, wanted, forget)
             if rows is not False:
                 return rows  # type: ignore[return-value]
-        return self._take_by_key(touched, wanted)
+        return self._take_by_key(touched, wanted, forget)
 
     def _take_by_hash(
-        self, touched: pl.DataFrame, wanted: np.ndarray
+        self, touched: pl.DataFrame, wanted: np.ndarray, forget: bool
     ) -> pl.DataFrame | bool | None:
         """``take`` deciding "newest copy" per hash in numpy, with one gather per segment
         and no per-row bookkeeping in Polars: a batch's fixed cost. Exact unless a key in
@@ -215,10 +223,13 @@ class KeyedStore:
             alive = [segment.ages[positions] >= self._floor for segment, positions in picks]  # type: ignore[index]
             picks = [(seg, pos[keep]) for (seg, pos), keep in zip(picks, alive, strict=True)]
             rows = rows.filter(pl.Series(np.concatenate(alive)))
-        self._kill_positions({segment.gen: positions for segment, positions in picks})
+        if forget:
+            self._kill_positions({segment.gen: positions for segment, positions in picks})
         return rows if rows.height else None
 
-    def _take_by_key(self, touched: pl.DataFrame, wanted: np.ndarray) -> pl.DataFrame | None:
+    def _take_by_key(
+        self, touched: pl.DataFrame, wanted: np.ndarray, forget: bool
+    ) -> pl.DataFrame | None:
         """``take`` comparing the keys themselves: any hash collisions."""
         found: list[pl.DataFrame] = []
         for segment in self._segments:
@@ -244,7 +255,8 @@ class KeyedStore:
             rows = rows.filter(pl.col(self.age_column) >= self._floor)
         if rows.height == 0:
             return None
-        self._kill(rows)
+        if forget:
+            self._kill(rows)
         return rows.drop(GEN, POS)
 
     def put(self, rows: pl.DataFrame) -> None:
@@ -415,6 +427,14 @@ class KeyedStore:
             for s in self._segments
             if floor is None or s.max_age is None or s.max_age >= floor
         )
+
+    def key_schema(self) -> dict[str, pl.DataType] | None:
+        """The key columns' types as stored (None while the store is empty): a lookup
+        casts its keys to them, since equal values of other types hash differently."""
+        if not self._segments:
+            return None
+        schema = self._segments[-1].frame.schema
+        return {k: schema[k] for k in self.keys}
 
     @property
     def segments(self) -> int:

@@ -130,15 +130,14 @@ class IncrementalJoin(Operator):
         """``keys`` (columns ``on``) renamed to ``store``'s key columns, cast to its key
         types where they differ, so that equal values hash alike. A value the cast
         cannot represent equals no key in the store: it becomes null and finds none."""
-        renamed = keys.rename(dict(zip(on, store.keys, strict=True)))
-        schema = store.key_schema()
-        if schema is None:
-            return renamed
-        return renamed.with_columns(
+        renamed = keys if on == store.keys else keys.rename(dict(zip(on, store.keys, strict=True)))
+        schema = store.key_schema() or {}
+        casts = [
             pl.col(k).cast(dtype, strict=False)
             for k, dtype in schema.items()
             if renamed.schema[k] != dtype
-        )
+        ]
+        return renamed.with_columns(casts) if casts else renamed
 
     # ---- state ----
 

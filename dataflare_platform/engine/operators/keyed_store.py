@@ -191,13 +191,13 @@ class KeyedStore:
         hashed = self._hash(touched)
         wanted = np.unique(hashed)
         if wanted.size == hashed.size:  # no two touched keys share a hash
-            rows = self._take_by_hash(touched, wanted, forget)
+            rows = self._take_by_hash(touched, hashed, wanted, forget)
             if rows is not False:
                 return rows  # type: ignore[return-value]
         return self._take_by_key(touched, wanted, forget)
 
     def _take_by_hash(
-        self, touched: pl.DataFrame, wanted: np.ndarray, forget: bool
+        self, touched: pl.DataFrame, hashed: np.ndarray, wanted: np.ndarray, forget: bool
     ) -> pl.DataFrame | bool | None:
         """``take`` deciding "newest copy" per hash in numpy, with one gather per segment
         and no per-row bookkeeping in Polars: a batch's fixed cost. Exact unless a key in
@@ -216,8 +216,7 @@ class KeyedStore:
             return None
         frames = [segment.frame[positions] for segment, positions in picks]
         rows = pl.concat(frames, how="vertical_relaxed") if len(frames) > 1 else frames[0]
-        mine = rows.join(touched.select(self.keys), on=self.keys, how="semi", nulls_equal=True)
-        if mine.height != rows.height:
+        if not self._only_touched(rows, touched, hashed, picks):
             return False
         if self._floor is not None and self.age_column is not None:
             alive = [segment.ages[positions] >= self._floor for segment, positions in picks]  # type: ignore[index]
@@ -226,6 +225,32 @@ class KeyedStore:
         if forget:
             self._kill_positions({segment.gen: positions for segment, positions in picks})
         return rows if rows.height else None
+
+    def _only_touched(
+        self,
+        rows: pl.DataFrame,
+        touched: pl.DataFrame,
+        hashed: np.ndarray,
+        picks: list[tuple[Segment, np.ndarray]],
+    ) -> bool:
+        """Whether every gathered row is of a touched key (``hashed``: the touched keys'
+        distinct hashes). One integer key without nulls is compared in numpy, each row's
+        key with the touched key of its hash; other keys by a semi join, which costs a
+        Polars query per lookup (a join's build side looks up every batch)."""
+        if len(self.keys) == 1:
+            mine, theirs = touched.get_column(self.keys[0]), rows.get_column(self.keys[0])
+            if (
+                mine.dtype.is_integer()
+                and mine.dtype == theirs.dtype
+                and not mine.null_count()
+                and not theirs.null_count()
+            ):
+                order = np.argsort(hashed)
+                row_hashes = np.concatenate([segment.hashes[at] for segment, at in picks])
+                of_row = order[np.searchsorted(hashed[order], row_hashes)]
+                return bool((mine.to_numpy()[of_row] == theirs.to_numpy()).all())
+        mine = rows.join(touched.select(self.keys), on=self.keys, how="semi", nulls_equal=True)
+        return mine.height == rows.height
 
     def _take_by_key(
         self, touched: pl.DataFrame, wanted: np.ndarray, forget: bool

@@ -61,10 +61,10 @@ class IncrementalJoin(Operator):
 
     def process(self, batch: pl.DataFrame, port: int = 0) -> Emit:
         on = self.right_on if port else self.left_on
-        # A null key matches nothing in an inner join: such a row would only wait.
-        rows = batch.drop(WM_COL, strict=False).filter(
-            pl.all_horizontal(pl.col(k).is_not_null() for k in on)
-        )
+        rows = batch.drop(WM_COL, strict=False)
+        if any(rows.get_column(k).null_count() for k in on):
+            # A null key matches nothing in an inner join: such a row would only wait.
+            rows = rows.filter(pl.all_horizontal(pl.col(k).is_not_null() for k in on))
         if rows.height == 0:
             return None, None
         return (self._right_rows(rows) if port else self._left_rows(rows)), None

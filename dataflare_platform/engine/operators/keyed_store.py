@@ -93,6 +93,8 @@ class Segment:
             return hit, None
         lo = lo[hit]
         counts = np.searchsorted(hashes, wanted[hit], "right") - lo
+        if (counts == 1).all():  # one row per hash, as for unique keys: no ranges to build
+            return hit, lo
         return hit, _ranges(lo, counts)
 
     @cached_property

@@ -71,40 +71,49 @@ class IncrementalJoin(Operator):
 
     def _left_rows(self, rows: pl.DataFrame) -> pl.DataFrame | None:
         keys = rows.select(self.left_on).unique()
-        if self.right_unique and self._rejected.rows:
-            rejected = self._rejected.get(self._as(keys, self.left_on, self._rejected))
-            if rejected is not None:  # their right row failed the filter: no match ever
-                rows = rows.join(rejected, left_on=self.left_on, right_on=self.right_on, how="anti")
-                keys = keys.join(rejected, left_on=self.left_on, right_on=self.right_on, how="anti")
         matched = self._right.get(self._as(keys, self.left_on, self._right))
-        out = None
+        out = None if matched is None else self._pair(rows, matched)
+        if not self.right_unique:
+            self._add(self._left, rows, self.left_on)
+            return out
+        # Done with: keys matched (once and for all) and keys whose right row failed the
+        # filter (no match ever). A rejected key is never in ``_right``, so the lookup
+        # above could take every key.
+        done = [] if matched is None else [matched.select(self.right_on)]
+        if self._rejected.rows:
+            rejected = self._rejected.get(self._as(keys, self.left_on, self._rejected))
+            if rejected is not None:
+                done.append(rejected)
         waiting = rows
-        if matched is not None:
-            out = self._pair(rows, matched)
-            if self.right_unique:  # matched once and for all
-                waiting = rows.join(
-                    matched.select(self.right_on),
-                    left_on=self.left_on,
-                    right_on=self.right_on,
-                    how="anti",
-                )
+        if done:
+            gone = pl.concat(done, how="vertical_relaxed") if len(done) > 1 else done[0]
+            waiting = rows.join(gone, left_on=self.left_on, right_on=self.right_on, how="anti")
         self._add(self._left, waiting, self.left_on)
         return out
 
     def _right_rows(self, rows: pl.DataFrame) -> pl.DataFrame | None:
+        failed = None
         if self.right_filter is not None:
             passes = rows.select(self.right_filter.fill_null(False)).to_series()
             if self.right_unique:
                 failed = rows.filter(~passes).select(self.right_on).unique()
                 if failed.height:
-                    self._left.take(self._as(failed, self.right_on, self._left))
                     self._rejected.put(failed)
             rows = rows.filter(passes)
-            if rows.height == 0:
-                return None
-        keys = self._as(rows.select(self.right_on).unique(), self.right_on, self._left)
-        waiting = self._left.take(keys) if self.right_unique else self._left.get(keys)
-        out = None if waiting is None else self._pair(waiting, rows)
+        out = None
+        if self._left.rows:
+            # One lookup for the keys that pass and those that fail: a unique right key
+            # ends the wait of its left rows either way.
+            keys = rows.select(self.right_on).unique()
+            if failed is not None and failed.height:
+                keys = pl.concat([keys, failed], how="vertical_relaxed")
+            if keys.height:
+                keys = self._as(keys, self.right_on, self._left)
+                waiting = self._left.take(keys) if self.right_unique else self._left.get(keys)
+                if waiting is not None and rows.height:
+                    out = self._pair(waiting, rows)
+        if rows.height == 0:
+            return None
         if self.right_unique:
             self._right.put(rows)
         else:

@@ -149,3 +149,21 @@ def test_rejected_unique_keys_are_held_as_keys_only():
     out, _ = op.process(pl.DataFrame({"auction": [4, 1], "price": [9, 10]}), 0)
     assert out.select("auction", "price").rows() == [(1, 10)]
     assert op._left.rows == 2  # the bid on auction 4 was dropped at once
+
+
+def test_a_checkpoint_of_whole_frames_restores():
+    """Checkpoints before the stores held each side as one frame under "left" and
+    "right": the same names, so they restore into the stores."""
+    op = IncrementalJoin(["auction"], ["id"], True)
+    op.restore(
+        {
+            "left": pl.DataFrame({"auction": [7, 7, 8], "price": [1, 2, 3]}).to_arrow(),
+            "right": pl.DataFrame({"id": [9], "name": ["nine"]}).to_arrow(),
+        }
+    )
+    out, _ = op.process(pl.DataFrame({"id": [7], "name": ["seven"]}), 1)
+    pairs = sorted(out.select("auction", "price", "name").rows())
+    assert pairs == [(7, 1, "seven"), (7, 2, "seven")]
+    out, _ = op.process(pl.DataFrame({"auction": [9], "price": [4]}), 0)
+    assert out.select("auction", "price", "name").rows() == [(9, 4, "nine")]
+    assert op.state_rows() == 3  # the bid on auction 8 and auctions 7 and 9

@@ -269,8 +269,18 @@ class Stream:
         left_on: str | list[str],
         right_on: str | list[str],
         right_unique: bool = False,
+        right_filter: pl.Expr | None = None,
     ) -> Stream:
-        op = IncrementalJoin(_as_list(left_on), _as_list(right_on), right_unique)
+        """Unwindowed inner join: every pair of a left and a right row with equal keys,
+        emitted once, whichever arrives first. ``right_unique``: the right key is a
+        primary key (at most one right row per key), so a matched left row leaves state.
+        ``right_filter``: keep only right rows for which it holds, the same result as a
+        ``filter`` on the right's columns after the join, but rejected right rows are
+        not held; with ``right_unique`` their keys are (key columns only), so left rows
+        of those keys are dropped at once instead of waiting for a match."""
+        op = IncrementalJoin(
+            _as_list(left_on), _as_list(right_on), right_unique, right_filter=right_filter
+        )
         return self._join(other, op)
 
     def interval_join_agg(

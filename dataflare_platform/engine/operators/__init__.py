@@ -12,9 +12,9 @@ The names below are the package's public face; modules import the kind they need
 """
 
 from dataflare_platform.engine.operators.base import WM_COL, Emit, Operator
+from dataflare_platform.engine.operators.incremental_join import IncrementalJoin
 from dataflare_platform.engine.operators.joins import (
     EnrichJoin,
-    IncrementalJoin,
     IntervalJoinAggregate,
     SideTable,
     WindowJoin,

@@ -33,7 +33,6 @@ from __future__ import annotations
 import threading
 from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
-from functools import cached_property
 
 import numpy as np
 import polars as pl
@@ -70,22 +69,33 @@ class AgeIndex:
     """A segment's ages summarised for expiry, each part computed once per segment (not
     once per watermark advance): the least and greatest age, and for a segment the floor
     cuts through, the ages sorted, so counting the expired rows is a binary search.
-    Segments that differ only in dead rows share one (``dataclasses.replace``)."""
+    Segments that differ only in dead rows share one (``dataclasses.replace``). Plain
+    attributes, not ``cached_property``: that one holds a lock shared by every instance
+    while it computes, so a batch would wait for a sort on the merge thread."""
 
     def __init__(self, ages: np.ndarray) -> None:
         self.ages = ages
+        self._low: int | None = None
+        self._high: int | None = None
+        self._ordered: np.ndarray | None = None
 
-    @cached_property
+    @property
     def low(self) -> int:
-        return int(self.ages.min())
+        if self._low is None:
+            self._low = int(self.ages.min())
+        return self._low
 
-    @cached_property
+    @property
     def high(self) -> int:
-        return int(self.ages.max())
+        if self._high is None:
+            self._high = int(self.ages.max())
+        return self._high
 
-    @cached_property
+    @property
     def ordered(self) -> np.ndarray:
-        return np.sort(self.ages)
+        if self._ordered is None:
+            self._ordered = np.sort(self.ages)
+        return self._ordered
 
     def below(self, floor: int) -> int:
         """How many ages are below ``floor``."""

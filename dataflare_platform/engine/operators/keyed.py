@@ -224,7 +224,10 @@ class KeyedTopN(StoreState):
     plus the TTL, which bounds state by the keys active within the TTL. That is exact
     only if keys are not revived: a row arriving for a forgotten key starts it afresh
     (its earlier rows are no longer candidates, and with n > 1 ranks past the new rows'
-    count keep their old upserted values downstream)."""
+    count keep their old upserted values downstream).
+
+    A batch's keys become dense int64 ids and the ranking is a numpy lexsort
+    (``top_rows``): grouping frames on several key columns cost most of a batch."""
 
     # Rows are never late here (no window to miss); the watermark only ages keys out, in
     # ``advance``, so the per-row ``__wm`` column is not needed.
@@ -343,7 +346,9 @@ class KeyedTopN(StoreState):
         return ranked.get_column("__pos").to_numpy(), ranked.get_column("__r").to_numpy()
 
     def _process_frames(self, rows: pl.DataFrame, held: pl.DataFrame | None) -> pl.DataFrame:
-        """``process`` grouping on the key columns (``held``: the keys' taken rows)."""
+        """``process`` grouping on the key columns (``held``: the keys' taken rows): when
+        two keys of the batch share a hash, or the first ``by`` column is not an integer
+        or temporal column without nulls (``_process_ids`` handles the rest)."""
         columns = rows.columns
         seen = event_ms(self.time_column).max().over(self.keys).alias("__seen")
         fresh = rows.with_columns(seen, pl.lit(True).alias("__new"))

@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import ClassVar
 
+import numpy as np
 import polars as pl
 import pyarrow as pa
 
@@ -22,6 +23,7 @@ from dataflare_platform.engine.aggregations import (
 )
 from dataflare_platform.engine.operators.base import WM_COL, Emit, Operator, event_ms
 from dataflare_platform.engine.operators.keyed_store import KeyedStore
+from dataflare_platform.engine.operators.top_n_rank import KeyIds, dense_ids, sortable, top_rows
 
 
 class StoreState(Operator):
@@ -222,7 +224,10 @@ class KeyedTopN(StoreState):
     plus the TTL, which bounds state by the keys active within the TTL. That is exact
     only if keys are not revived: a row arriving for a forgotten key starts it afresh
     (its earlier rows are no longer candidates, and with n > 1 ranks past the new rows'
-    count keep their old upserted values downstream)."""
+    count keep their old upserted values downstream).
+
+    A batch's keys become dense int64 ids and the ranking is a numpy lexsort
+    (``top_rows``): grouping frames on several key columns cost most of a batch."""
 
     # Rows are never late here (no window to miss); the watermark only ages keys out, in
     # ``advance``, so the per-row ``__wm`` column is not needed.
@@ -249,10 +254,104 @@ class KeyedTopN(StoreState):
         rows = batch.drop(WM_COL, strict=False)
         if rows.height == 0:
             return None, None
+        keys = rows.select(self.keys)
+        ids = dense_ids(keys, self._store.hash(keys))
+        if ids is None:  # two keys of the batch share a hash: group on the keys
+            held = self._store.take(keys.unique())
+            return self._process_frames(rows, held), None
+        taken = self._store.take_hashed(keys[ids.first], ids.hashes)
+        out = self._process_ids(rows, ids, taken)
+        if out is not None:
+            return out, None
+        return self._process_frames(rows, None if taken is None else taken[0]), None
+
+    def _process_ids(
+        self, rows: pl.DataFrame, ids: KeyIds, taken: tuple[pl.DataFrame, np.ndarray] | None
+    ) -> pl.DataFrame | None:
+        """``process`` with the keys as dense ids and the ranking in numpy (when the first
+        ``by`` column is integer or temporal without nulls; else None, nothing changed).
+        Keys with a tie on the numpy-ranked columns in their top rows are ranked on every
+        column by Polars."""
+        columns = rows.columns
+        times = rows.get_column(self.time_column)
+        if times.null_count() or (taken is not None and taken[0].get_column("__seen").null_count()):
+            return None  # a key's newest time may be null: left to Polars' max
+        seen = times.to_physical().cast(pl.Int64).to_numpy()
+        if taken is None:
+            candidates, key_of, fresh = rows, ids.ids, rows.height
+        else:
+            held, held_hashes = taken
+            candidates = pl.concat([held.select(columns), rows], how="vertical_relaxed")
+            key_of = np.concatenate([np.searchsorted(ids.hashes, held_hashes), ids.ids])
+            seen = np.concatenate([held.get_column("__seen").to_numpy(), seen])
+            fresh = rows.height
+        by = self._sortable(candidates)
+        if by is None:
+            return None
+        ranked = top_rows(key_of, ids.count, by, self.n, seen)
+        picked, ranks = ranked.rows, ranked.ranks
+        if ranked.tied.any():
+            tied_rows, tied_ranks = self._rank_tied(candidates, key_of, ranked.tied[key_of])
+            picked = np.concatenate([picked, tied_rows])
+            ranks = np.concatenate([ranks, tied_ranks])
+            # Back in key order (ids ascend with hashes): the store takes them unsorted.
+            order = np.lexsort((ranks, key_of[picked]))
+            picked, ranks = picked[order], ranks[order]
+        # Rows of this batch come after the held ones: a key changed if one made its top.
+        new_row = picked >= candidates.height - fresh
+        changed = np.zeros(ids.count, dtype=bool)
+        changed[key_of[picked[new_row]]] = True
+        picked_keys = key_of[picked]
+        top = candidates[picked]
+        self._store.put(
+            top.with_columns(pl.Series("__seen", ranked.newest[picked_keys], dtype=pl.Int64)),
+            ids.hashes[picked_keys],
+        )
+        out = top.with_columns(pl.Series("__rank", ranks, dtype=pl.Int64))
+        if not changed.all():
+            out = out.filter(pl.Series(changed[picked_keys]))
+        return out.select(
+            *columns,
+            *([pl.col("__rank").alias(self.rank_column)] if self.rank_column else []),
+        )
+
+    def _sortable(self, candidates: pl.DataFrame) -> list[np.ndarray] | None:
+        """The leading columns of the order (``_order``) as int64 for ``top_rows``, up to
+        the first that is not an integer or temporal column without nulls (ties on them
+        are left to ``_rank_tied``, so any leading part ranks exactly); None when the
+        first is not one."""
+        order, descending = self._order(candidates.columns)
+        out = []
+        for name, flag in zip(order, descending, strict=True):
+            values = sortable(candidates.get_column(name), flag)
+            if values is None:
+                break
+            out.append(values)
+        return out or None
+
+    def _rank_tied(
+        self, candidates: pl.DataFrame, key_of: np.ndarray, mask: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Positions and 1-based ranks of the top ``n`` candidates of the keys in
+        ``mask`` (per candidate), ordered on every column."""
+        order, descending = self._order(candidates.columns)
+        positions = np.flatnonzero(mask)
+        ranked = (
+            candidates.filter(pl.Series(mask))
+            .with_columns(pl.Series("__pos", positions), pl.Series("__key", key_of[positions]))
+            .sort(order, descending=descending, nulls_last=True)
+            .with_columns(pl.int_range(1, pl.len() + 1, dtype=pl.Int64).over("__key").alias("__r"))
+            .filter(pl.col("__r") <= self.n)
+        )
+        return ranked.get_column("__pos").to_numpy(), ranked.get_column("__r").to_numpy()
+
+    def _process_frames(self, rows: pl.DataFrame, held: pl.DataFrame | None) -> pl.DataFrame:
+        """``process`` grouping on the key columns (``held``: the keys' taken rows): when
+        two keys of the batch share a hash, or the first ``by`` column is not an integer
+        or temporal column without nulls (``_process_ids`` handles the rest)."""
         columns = rows.columns
         seen = event_ms(self.time_column).max().over(self.keys).alias("__seen")
         fresh = rows.with_columns(seen, pl.lit(True).alias("__new"))
-        held = self._store.take(fresh.select(self.keys).unique())
         if held is not None:
             candidates = pl.concat(
                 [held.with_columns(pl.lit(False).alias("__new")), fresh], how="vertical_relaxed"
@@ -262,11 +361,10 @@ class KeyedTopN(StoreState):
         top = self._top(candidates, columns)
         self._store.put(top.drop("__new", "__rank"))
         changed = top.filter(pl.col("__new").any().over(self.keys))
-        out = changed.select(
+        return changed.select(
             *columns,
             *([pl.col("__rank").alias(self.rank_column)] if self.rank_column else []),
         )
-        return out, None
 
     def _top(self, candidates: pl.DataFrame, columns: list[str]) -> pl.DataFrame:
         """Each key's top ``n`` candidates with their 1-based ``__rank``.

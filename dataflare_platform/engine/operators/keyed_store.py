@@ -33,7 +33,6 @@ from __future__ import annotations
 import threading
 from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
-from functools import cached_property
 
 import numpy as np
 import polars as pl
@@ -66,6 +65,47 @@ def _ranges(starts: np.ndarray, counts: np.ndarray) -> np.ndarray:
     return np.repeat(starts, counts) + (np.arange(total, dtype=np.int64) - offsets)
 
 
+class AgeIndex:
+    """A segment's ages summarised for expiry, each part computed once per segment (not
+    once per watermark advance): the least and greatest age, and for a segment the floor
+    cuts through, the ages sorted, so counting the expired rows is a binary search.
+    Segments that differ only in dead rows share one (``dataclasses.replace``). Plain
+    attributes, not ``cached_property``: that one holds a lock shared by every instance
+    while it computes, so a batch would wait for a sort on the merge thread."""
+
+    def __init__(self, ages: np.ndarray) -> None:
+        self.ages = ages
+        self._low: int | None = None
+        self._high: int | None = None
+        self._ordered: np.ndarray | None = None
+
+    @property
+    def low(self) -> int:
+        if self._low is None:
+            self._low = int(self.ages.min())
+        return self._low
+
+    @property
+    def high(self) -> int:
+        if self._high is None:
+            self._high = int(self.ages.max())
+        return self._high
+
+    @property
+    def ordered(self) -> np.ndarray:
+        if self._ordered is None:
+            self._ordered = np.sort(self.ages)
+        return self._ordered
+
+    def below(self, floor: int) -> int:
+        """How many ages are below ``floor``."""
+        if floor <= self.low:
+            return 0
+        if floor > self.high:
+            return int(self.ages.size)
+        return int(np.searchsorted(self.ordered, floor, "left"))
+
+
 @dataclass(frozen=True)
 class Segment:
     """Rows sorted by key hash. ``dead`` lists positions of rows replaced by newer
@@ -77,6 +117,11 @@ class Segment:
     ages: np.ndarray | None  # the expiry column as int64, aligned with ``frame``
     dead: tuple[np.ndarray, ...] = ()
     dead_rows: int = 0
+    age_index: AgeIndex | None = field(default=None, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.age_index is None and self.ages is not None and self.ages.size:
+            object.__setattr__(self, "age_index", AgeIndex(self.ages))
 
     @property
     def live_rows(self) -> int:
@@ -97,11 +142,11 @@ class Segment:
             return hit, lo
         return hit, _ranges(lo, counts)
 
-    @cached_property
+    @property
     def max_age(self) -> int | None:
         """The newest age in the segment (None without ages): below the floor, all of
         it has expired."""
-        return None if self.ages is None or not self.ages.size else int(self.ages.max())
+        return None if self.age_index is None else self.age_index.high
 
     def keep_mask(self, floor: int | None) -> np.ndarray | None:
         """Rows neither dead nor below ``floor`` (None: keep every row)."""
@@ -109,8 +154,8 @@ class Segment:
         if self.dead_rows:
             keep = np.ones(self.frame.height, dtype=bool)
             keep[np.concatenate(self.dead)] = False
-        ages = self.ages
-        if floor is not None and ages is not None and ages.size and int(ages.min()) < floor:
+        ages, index = self.ages, self.age_index
+        if floor is not None and ages is not None and index is not None and index.low < floor:
             alive = ages >= floor
             keep = alive if keep is None else keep & alive
         return keep
@@ -129,10 +174,12 @@ class Segment:
 
 
 def merge(
-    older: Segment, newer: Segment, floor: int | None
+    older: Segment, newer: Segment, floor: int | None, index_ages: bool = False
 ) -> tuple[Segment, np.ndarray, np.ndarray]:
     """The live rows of two adjacent segments as one (generation of the newer), and where
-    each row of ``older`` and of ``newer`` went in it (-1: dropped, dead or expired)."""
+    each row of ``older`` and of ``newer`` went in it (-1: dropped, dead or expired).
+    ``index_ages`` sorts the merged ages now (``AgeIndex``): for a merge on the merge
+    thread, so that expiry never sorts a large segment in a batch."""
     keep_a, keep_b = older.keep_mask(floor), newer.keep_mask(floor)
     height_a = older.frame.height
     rows_a = np.arange(height_a) if keep_a is None else np.flatnonzero(keep_a)
@@ -147,6 +194,8 @@ def merge(
     moved = np.full(height_a + newer.frame.height, -1, dtype=np.int64)
     moved[taken] = np.arange(taken.size, dtype=np.int64)
     merged = Segment(newer.gen, frame, hashes[order], ages)
+    if index_ages and merged.age_index is not None:
+        _ = merged.age_index.ordered  # here, on the merge thread, not in a later batch
     return merged, moved[:height_a], moved[height_a:]
 
 
@@ -193,18 +242,36 @@ class KeyedStore:
         hashed = self._hash(touched)
         wanted = np.unique(hashed)
         if wanted.size == hashed.size:  # no two touched keys share a hash
-            rows = self._take_by_hash(touched, hashed, wanted, forget)
-            if rows is not False:
-                return rows  # type: ignore[return-value]
+            order = np.argsort(hashed)  # touched's rows in the order of ``wanted``
+            taken = self._take_by_hash(touched, wanted, forget, order)
+            if taken is not False:
+                return None if taken is None else taken[0]  # type: ignore[index]
         return self._take_by_key(touched, wanted, forget)
 
+    def take_hashed(
+        self, touched: pl.DataFrame, hashes: np.ndarray
+    ) -> tuple[pl.DataFrame, np.ndarray] | None:
+        """``take`` for unique keys whose hashes (``hash``) are all different, given in
+        ascending order with ``touched`` in the same order; also returns each row's key
+        hash, so the caller maps rows to its keys without hashing them again."""
+        self._install()
+        if not self._segments or touched.height == 0:
+            return None
+        taken = self._take_by_hash(touched, hashes, True, None)
+        if taken is not False:
+            return taken  # type: ignore[return-value]
+        rows = self._take_by_key(touched, hashes, True)
+        return None if rows is None else (rows, self._hash(rows))
+
     def _take_by_hash(
-        self, touched: pl.DataFrame, hashed: np.ndarray, wanted: np.ndarray, forget: bool
-    ) -> pl.DataFrame | bool | None:
-        """``take`` deciding "newest copy" per hash in numpy, with one gather per segment
-        and no per-row bookkeeping in Polars: a batch's fixed cost. Exact unless a key in
-        the store shares a hash with a touched key, which shows as a gathered row of an
-        untouched key: then False, nothing changed, and ``_take_by_key`` decides."""
+        self, touched: pl.DataFrame, wanted: np.ndarray, forget: bool, order: np.ndarray | None
+    ) -> tuple[pl.DataFrame, np.ndarray] | bool | None:
+        """``take`` (``forget``) or ``get`` deciding "newest copy" per hash in numpy, with
+        one gather per segment and no per-row bookkeeping in Polars: a batch's fixed
+        cost. Exact unless a key in the store shares a hash with a touched key, which
+        shows as a found row of an untouched key: then False, nothing changed, and
+        ``_take_by_key`` decides. ``order``: the rows of ``touched`` in the order of
+        ``wanted`` (None: already in that order). Gives the rows and their hashes."""
         need = wanted
         picks: list[tuple[Segment, np.ndarray]] = []
         for segment in reversed(self._segments):  # newest first: its copy wins
@@ -216,43 +283,40 @@ class KeyedStore:
                 need = need[~hit]
         if not picks:
             return None
-        frames = [segment.frame[positions] for segment, positions in picks]
-        rows = pl.concat(frames, how="vertical_relaxed") if len(frames) > 1 else frames[0]
-        if not self._only_touched(rows, touched, hashed, picks):
+        if not self._all_touched(picks, touched, wanted, order):
             return False
         if self._floor is not None and self.age_column is not None:
             alive = [segment.ages[positions] >= self._floor for segment, positions in picks]  # type: ignore[index]
             picks = [(seg, pos[keep]) for (seg, pos), keep in zip(picks, alive, strict=True)]
-            rows = rows.filter(pl.Series(np.concatenate(alive)))
         if forget:
             self._kill_positions({segment.gen: positions for segment, positions in picks})
-        return rows if rows.height else None
+        picks = [(segment, positions) for segment, positions in picks if positions.size]
+        if not picks:
+            return None
+        frames = [segment.frame[positions] for segment, positions in picks]
+        rows = pl.concat(frames, how="vertical_relaxed") if len(frames) > 1 else frames[0]
+        hashes = np.concatenate([segment.hashes[positions] for segment, positions in picks])
+        return rows, hashes
 
-    def _only_touched(
+    def _all_touched(
         self,
-        rows: pl.DataFrame,
-        touched: pl.DataFrame,
-        hashed: np.ndarray,
         picks: list[tuple[Segment, np.ndarray]],
+        touched: pl.DataFrame,
+        wanted: np.ndarray,
+        order: np.ndarray | None,
     ) -> bool:
-        """Whether every gathered row is of a touched key (``hashed``: the touched keys'
-        distinct hashes). One integer key without nulls is compared in numpy, each row's
-        key with the touched key of its hash; other keys by a semi join, which costs a
-        Polars query per lookup (a join's build side looks up every batch)."""
-        if len(self.keys) == 1:
-            mine, theirs = touched.get_column(self.keys[0]), rows.get_column(self.keys[0])
-            if (
-                mine.dtype.is_integer()
-                and mine.dtype == theirs.dtype
-                and not mine.null_count()
-                and not theirs.null_count()
-            ):
-                order = np.argsort(hashed)
-                row_hashes = np.concatenate([segment.hashes[at] for segment, at in picks])
-                of_row = order[np.searchsorted(hashed[order], row_hashes)]
-                return bool((mine.to_numpy()[of_row] == theirs.to_numpy()).all())
-        mine = rows.join(touched.select(self.keys), on=self.keys, how="semi", nulls_equal=True)
-        return mine.height == rows.height
+        """Whether every row found (expired ones too: an expired row of another key may
+        hide a touched key's older live copy) holds a touched key. Only the key columns
+        are gathered, and each row is compared with the touched key of its hash (no
+        join: a join's build side looks up every batch)."""
+        parts = [segment.frame.select(self.keys)[positions] for segment, positions in picks]
+        found = pl.concat(parts, how="vertical_relaxed") if len(parts) > 1 else parts[0]
+        hashes = np.concatenate([segment.hashes[positions] for segment, positions in picks])
+        at = np.searchsorted(wanted, hashes)  # every found hash is one of ``wanted``
+        expected = touched.select(self.keys)[at if order is None else order[at]]
+        return all(
+            bool(found.get_column(k).eq_missing(expected.get_column(k)).all()) for k in self.keys
+        )
 
     def _take_by_key(
         self, touched: pl.DataFrame, wanted: np.ndarray, forget: bool
@@ -286,17 +350,22 @@ class KeyedStore:
             self._kill(rows)
         return rows.drop(GEN, POS)
 
-    def put(self, rows: pl.DataFrame) -> None:
-        """Add ``rows`` as the current rows of their keys (keys not held, or just taken)."""
+    def put(self, rows: pl.DataFrame, hashes: np.ndarray | None = None) -> None:
+        """Add ``rows`` as the current rows of their keys (keys not held, or just taken);
+        ``hashes``, when the caller has them, are the rows' key hashes (``hash``)."""
         if rows.height == 0:
             return
-        hashes = self._hash(rows)
-        order = np.argsort(hashes, kind="stable")  # stable: a key's rows keep their order
+        if hashes is None:
+            hashes = self._hash(rows)
         ages = None
         if self.age_column is not None:
-            ages = rows.get_column(self.age_column).cast(pl.Int64).to_numpy()[order]
+            ages = rows.get_column(self.age_column).cast(pl.Int64).to_numpy()
+        if hashes.size > 1 and not bool(np.all(hashes[1:] >= hashes[:-1])):
+            order = np.argsort(hashes, kind="stable")  # stable: a key's rows keep their order
+            rows, hashes = rows[order], hashes[order]
+            ages = None if ages is None else ages[order]
         self._gen += 1
-        segment = Segment(self._gen, rows[order], hashes[order], ages)
+        segment = Segment(self._gen, rows, hashes, ages)
         self._segments = (*self._segments, segment)
         self._compact()
 
@@ -355,7 +424,7 @@ class KeyedStore:
             older, newer = segments[pair], segments[pair + 1]
             if older.frame.height + newer.frame.height > limit:
                 executor = self.executor or merge_executor()
-                future = executor.submit(merge, older, newer, self._floor)
+                future = executor.submit(merge, older, newer, self._floor, True)
                 self._pending = (*self._pending, _Pending(older, newer, future))
                 continue
             segments[pair : pair + 2] = [merge(older, newer, self._floor)[0]]
@@ -407,16 +476,15 @@ class KeyedStore:
         self._floor = floor
         kept = []
         for segment in self._segments:
-            ages = segment.ages
             if self._busy(segment):
                 kept.append(segment)  # positions fixed until its merge is installed
                 continue
-            if segment.max_age is None or segment.max_age < floor:
+            index = segment.age_index
+            if index is None or index.high < floor:
                 continue  # wholly expired
-            if int(ages.min()) < floor:
-                expired = int(np.count_nonzero(ages < floor))
-                if (expired + segment.dead_rows) * 2 > segment.frame.height:
-                    segment = segment.live(floor)
+            expired = index.below(floor)
+            if expired and (expired + segment.dead_rows) * 2 > segment.frame.height:
+                segment = segment.live(floor)
             kept.append(segment)
         self._segments = tuple(s for s in kept if s.frame.height)
 
@@ -466,6 +534,10 @@ class KeyedStore:
     @property
     def segments(self) -> int:
         return len(self._segments)
+
+    def hash(self, frame: pl.DataFrame) -> np.ndarray:
+        """The 64-bit key hash of each row of ``frame`` (valid within this process)."""
+        return self._hash(frame)
 
     def _hash(self, frame: pl.DataFrame) -> np.ndarray:
         if len(self.keys) == 1:

@@ -12,7 +12,7 @@ import polars as pl
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from dataflare_platform.engine.operators.keyed_store import KeyedStore
+from dataflare_platform.engine.operators.keyed_store import AgeIndex, KeyedStore
 
 
 class CollidingStore(KeyedStore):
@@ -182,3 +182,16 @@ def test_rows_replaced_while_a_merge_runs_stay_replaced_after_it_is_installed() 
     assert frame.get_column("k").to_list() == list(range(20))
     assert frame.get_column("v").to_list() == [1] * 5 + [0] * 15
     assert store.rows == 20
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    ages=st.lists(st.integers(-5, 5), min_size=1, max_size=40),
+    floors=st.lists(st.integers(-7, 7), max_size=6),
+)
+def test_age_index_counts_the_ages_below_a_floor(ages: list, floors: list) -> None:
+    """Expiry counts a segment's expired rows with a binary search of its sorted ages."""
+    index = AgeIndex(np.array(ages, dtype=np.int64))
+    assert (index.low, index.high) == (min(ages), max(ages))
+    for floor in floors:
+        assert index.below(floor) == sum(a < floor for a in ages)

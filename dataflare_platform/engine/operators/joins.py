@@ -248,9 +248,14 @@ class IntervalJoinAggregate(Operator):
             columns += self.winner.stored()
         return list(dict.fromkeys(columns))
 
-    def _match(self, tiers: list[Tier], right: pl.DataFrame) -> pl.DataFrame | None:
-        """Fold ``right`` into ``tiers`` (newest first); the rows no tier has a key for."""
-        rows = RightRows.of(right, self.right_key, self._value_columns())
+    def _match(
+        self, tiers: list[Tier], right: pl.DataFrame, as_batch: bool = False
+    ) -> pl.DataFrame | None:
+        """Fold ``right`` into ``tiers`` (newest first); the rows no tier has a key for,
+        in the pending form (key, value columns, ``__t``). ``right`` is pending rows,
+        or with ``as_batch`` a batch as it came (its time column the stream's)."""
+        time = self.time_column if as_batch else "__t"
+        rows = RightRows.of(right, self.right_key, self._value_columns(), time)
         left = np.arange(right.height)
         for tier in reversed(tiers):
             if left.size == 0:
@@ -258,7 +263,15 @@ class IntervalJoinAggregate(Operator):
             left = tier.match(rows, left)
         if left.size == 0:
             return None
-        return right[left] if left.size < right.height else right
+        leftover = right[left] if left.size < right.height else right
+        return self._pending_form(leftover) if as_batch else leftover
+
+    def _pending_form(self, right: pl.DataFrame) -> pl.DataFrame:
+        """Right rows as the pending frame holds them (and its checkpoint)."""
+        return right.select(
+            *dict.fromkeys([self.right_key, *self._value_columns()]),
+            event_ms(self.time_column).alias("__t"),
+        )
 
     def _open_left(self, batch: pl.DataFrame) -> Tier:
         left = batch.select(
@@ -279,12 +292,14 @@ class IntervalJoinAggregate(Operator):
             self._tiers.append(tier)
             self._compact()
             return None, late
-        # A null key matches no left row; its row would only wait to be evicted.
-        right = batch.select(
-            *dict.fromkeys([self.right_key, *self._value_columns()]),
-            event_ms(self.time_column).alias("__t"),
-        ).filter(pl.col(self.right_key).is_not_null())
-        leftover = self._match(self._tiers, right)
+        # A null key matches no left row; its row would only wait to be evicted. The
+        # batch is read as it is (no select into the pending form: a Polars query per
+        # batch), and only rows left over are put in that form.
+        if batch.get_column(self.right_key).null_count():
+            batch = batch.filter(pl.col(self.right_key).is_not_null())
+            if batch.height == 0:
+                return None, late
+        leftover = self._match(self._tiers, batch, as_batch=True)
         if leftover is not None:
             self._pending = _concat(self._pending, leftover)
         return None, late

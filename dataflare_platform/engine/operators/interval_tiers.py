@@ -558,4 +558,5 @@ def frame_of(parts: list[tuple[Tier, np.ndarray]]) -> pl.DataFrame:
         name = Winner.name(stored)
         columns.append(column(name, dtypes.get(stored)))
     count = np.concatenate(matched) if len(matched) > 1 else matched[0]
-    return rows.with_columns(*columns, pl.Series(MATCHED, count))
+    # hstack, not with_columns: the same frame without a Polars query.
+    return rows.hstack([*columns, pl.Series(MATCHED, count)])

@@ -333,6 +333,15 @@ class IntervalJoinAggregate(Operator):
         if result is None:
             return None
         won = [] if self.winner is None else self.winner.columns
+        ends = result.get_column("__end").cast(pl.Datetime("ms")).alias(WINDOW_END)
+        if not self.aggs:  # the winner's columns only: renames, without a Polars query
+            return pl.DataFrame(
+                [
+                    *(result.get_column(c) for c in self.left_columns),
+                    ends,
+                    *(result.get_column(Winner.name(c)).alias(alias) for c, alias in won),
+                ]
+            )
         return result.select(
             *self.left_columns,
             pl.col("__end").cast(pl.Datetime("ms")).alias(WINDOW_END),

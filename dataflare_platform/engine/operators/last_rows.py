@@ -112,7 +112,7 @@ class LastRowsRing:
         self._out = rolling_dtypes(self.schema, self.aggs, self.n)
         self._keys = np.zeros(0, np.int64)
         self._slots = np.zeros(0, np.int64)
-        self._table = np.full(DENSE_SLACK, -1, np.int64)
+        self._table = np.full(1024, -1, np.int64)  # grows with the largest key
         self._count = np.zeros(0, np.int64)
         self._at = {c: i for i, c in enumerate(self.columns)}
         self._values = np.zeros((0, len(self.columns), self.n), np.int64)

@@ -10,7 +10,7 @@ import numpy as np
 import polars as pl
 import pyarrow as pa
 
-from dataflare_platform.engine.aggregations import Agg, final_exprs
+from dataflare_platform.engine.aggregations import Agg
 from dataflare_platform.engine.operators.base import WM_COL, Emit, Operator, event_ms
 from dataflare_platform.engine.operators.interval_tiers import (
     RightRows,
@@ -333,20 +333,15 @@ class IntervalJoinAggregate(Operator):
         if result is None:
             return None
         won = [] if self.winner is None else self.winner.columns
+        # Renames and a division per mean, on Series: the output without a Polars query.
         ends = result.get_column("__end").cast(pl.Datetime("ms")).alias(WINDOW_END)
-        if not self.aggs:  # the winner's columns only: renames, without a Polars query
-            return pl.DataFrame(
-                [
-                    *(result.get_column(c) for c in self.left_columns),
-                    ends,
-                    *(result.get_column(Winner.name(c)).alias(alias) for c, alias in won),
-                ]
-            )
-        return result.select(
-            *self.left_columns,
-            pl.col("__end").cast(pl.Datetime("ms")).alias(WINDOW_END),
-            *final_exprs(self.aggs),
-            *(pl.col(Winner.name(column)).alias(alias) for column, alias in won),
+        return pl.DataFrame(
+            [
+                *(result.get_column(c) for c in self.left_columns),
+                ends,
+                *(_final(result, agg) for agg in self.aggs),
+                *(result.get_column(Winner.name(c)).alias(alias) for c, alias in won),
+            ]
         )
 
     def output_time_column(self) -> str:
@@ -384,6 +379,15 @@ class IntervalJoinAggregate(Operator):
     def state_rows(self) -> int:
         pending = 0 if self._pending is None else self._pending.height
         return pending + sum(t.open_rows for t in self._tiers)
+
+
+def _final(closed: pl.DataFrame, agg: Agg) -> pl.Series:
+    """``agg``'s final value from its partial columns in ``closed`` (as
+    :meth:`Agg.final`, on Series)."""
+    names = agg.partial_columns()
+    if agg.kind == "mean":
+        return (closed.get_column(names[0]) / closed.get_column(names[1])).alias(agg.alias)
+    return closed.get_column(names[0]).alias(agg.alias)
 
 
 class SideTable(Protocol):

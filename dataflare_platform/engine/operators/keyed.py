@@ -200,6 +200,8 @@ class ReduceLast(StoreState):
         for this schema, the KeyedStore otherwise (for good)."""
         if self._ring_ok is not None:
             return
+        if any(c not in schema for c in [*self.keys, *self._stored()]):
+            return  # the Polars path reports the missing column, as it always did
         self._ring_ok = supported(self.keys, self.order_by, self.aggs, schema, self.n)
         if self._ring_ok:
             columns = [*self.keys, *self._stored()]

@@ -8,6 +8,7 @@ from __future__ import annotations
 import numpy as np
 import polars as pl
 import pyarrow as pa
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -164,3 +165,12 @@ def test_ring_batches_larger_than_one_matrix_go_in_chunks(monkeypatch):
     store._ring_ok = False
     assert ring.process(frame)[0].equals(store.process(frame)[0])
     assert isinstance(ring._ring, LastRowsRing)
+
+
+def test_a_batch_without_the_value_column_fails_as_before_and_decides_nothing():
+    op = ReduceLast(["k"], 2, [Agg("mean", "v", "avg")], ["t"])
+    with pytest.raises(pl.exceptions.ColumnNotFoundError):
+        op.process(pl.DataFrame({"k": [1], "t": [1]}))
+    assert op._ring_ok is None
+    out, _ = op.process(pl.DataFrame({"k": [1, 1], "t": [1, 2], "v": [3, 5]}))
+    assert op._ring is not None and out.rows() == [(1, 3.0), (1, 4.0)]

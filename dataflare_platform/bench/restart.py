@@ -30,20 +30,28 @@ FIRST_BATCHES = 20
 # Event time: 10 k events per second, so a 2 M-event topic spans 200 s of 1 s windows.
 EVENTS_PER_S = 10_000.0
 
-PIPELINE = """
-name: restart_bids
-watermark: {out_of_orderness: 1s}
+
+def bid_counts_pipeline(name: str, out_of_orderness: str, window: str) -> str:
+    """The YAML of a windowed pipeline ``name``: bid counts and the top price per auction
+    and tumbling ``window`` from the ``nexmark.bids`` topic into the DuckDB table
+    ``name`` (the cold-start tests run the same shape)."""
+    return f"""
+name: {name}
+watermark: {{out_of_orderness: {out_of_orderness}}}
 sources:
-  bids: {kind: topic, topic: nexmark.bids, columns: [auction, price, date_time]}
+  bids: {{kind: topic, topic: nexmark.bids, columns: [auction, price, date_time]}}
 streams:
   counts:
     from: bids
     steps:
       - key_by: [auction]
-      - window: {tumbling: 1s, agg: {n: count, top_price: {max: price}}}
+      - window: {{tumbling: {window}, agg: {{n: count, top_price: {{max: price}}}}}}
 output: counts
-sink: {kind: duckdb, table: restart_bids}
+sink: {{kind: duckdb, table: {name}}}
 """
+
+
+PIPELINE = bid_counts_pipeline("restart_bids", "1s", "1s")
 
 
 def prepare(root: Path, events: int, seed: int = 21) -> dict[str, Path]:

@@ -157,6 +157,21 @@ def to_numpy(values: pa.Array | pa.ChunkedArray) -> np.ndarray:
     return np.frombuffer(data, dtype, count=n, offset=offset * width)
 
 
+def validity(values: pa.Array | pa.ChunkedArray) -> np.ndarray:
+    """Which entries are not null, as numpy booleans, read from the validity bitmap: a
+    Polars ``is_not_null()`` on a series runs a query (about 0.2 ms, measured), too much
+    per column per batch on a path that folds a batch in about a millisecond."""
+    arr = values.combine_chunks() if isinstance(values, pa.ChunkedArray) else values
+    n = len(arr)
+    if pa.types.is_null(arr.type):
+        return np.zeros(n, bool)
+    bitmap = arr.buffers()[0]
+    if bitmap is None:
+        return np.ones(n, bool)
+    bits = np.unpackbits(np.frombuffer(bitmap, np.uint8), bitorder="little")
+    return bits[arr.offset : arr.offset + n].astype(bool)
+
+
 def _fixed_width_dtype(type: pa.DataType) -> np.dtype:
     """The numpy dtype holding ``type``'s values as stored (temporal types as their
     signed integers)."""

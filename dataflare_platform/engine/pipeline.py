@@ -48,6 +48,10 @@ from dataflare_platform.engine.operators import (
     WithColumns,
 )
 from dataflare_platform.engine.operators.interval_tiers import Winner
+from dataflare_platform.engine.operators.plugin_windows import (
+    AggregatePlugin,
+    WindowPluginAggregate,
+)
 from dataflare_platform.engine.operators.windows import TopN
 from dataflare_platform.engine.sinks import Sink
 from dataflare_platform.engine.sources import Source
@@ -265,8 +269,18 @@ class Stream:
         left_on: str | list[str],
         right_on: str | list[str],
         right_unique: bool = False,
+        right_filter: pl.Expr | None = None,
     ) -> Stream:
-        op = IncrementalJoin(_as_list(left_on), _as_list(right_on), right_unique)
+        """Unwindowed inner join: every pair of a left and a right row with equal keys,
+        emitted once, whichever arrives first. ``right_unique``: the right key is a
+        primary key (at most one right row per key), so a matched left row leaves state.
+        ``right_filter``: keep only right rows for which it holds, the same result as a
+        ``filter`` on the right's columns after the join, but rejected right rows are
+        not held; with ``right_unique`` their keys are (key columns only), so left rows
+        of those keys are dropped at once instead of waiting for a match."""
+        op = IncrementalJoin(
+            _as_list(left_on), _as_list(right_on), right_unique, right_filter=right_filter
+        )
         return self._join(other, op)
 
     def interval_join_agg(
@@ -355,6 +369,16 @@ class WindowedStream:
             op: Operator = SessionAggregate(self.window.gap_ms, keys, list(aggs), self.lateness_ms)
         else:
             op = WindowAggregate(self.window, keys, list(aggs), self.lateness_ms, top)
+        return self.stream._then(op, keys=[])
+
+    def plugin_agg(self, plugin: AggregatePlugin) -> Stream:
+        """Each window per key aggregated by an aggregate WASM plugin (e.g.
+        ``hll_distinct``: an approximate distinct count per day in constant space), one
+        plugin state per pane and key merged by the plugin when the window fires; the
+        output has the window bounds, the keys and the plugin's output columns."""
+        if not isinstance(self.window, Tumbling | Sliding):
+            raise InvalidInputError("plugin_agg needs a tumbling or sliding window")
+        op = WindowPluginAggregate(plugin, self.window, list(self.stream.keys), self.lateness_ms)
         return self.stream._then(op, keys=[])
 
     def top_rows(self, by: str, n: int = 1, descending: bool = True) -> Stream:

@@ -8,13 +8,14 @@ and rebuilt, so the next batch starts from a clean state."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import struct
 import threading
 import time
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -187,6 +188,7 @@ class Plugin:
         self._replaces: set[str] | None = None
         self._state_len = manifest.state_bytes
         self._state: bytes | None = None  # aggregate: last committed state
+        self._initial_state: bytes | None = None  # aggregate: what dataflare_agg_init made
         self._lock = threading.Lock()  # stats, breaker, logs
         self._link_lock = threading.Lock()
         self._engine = shared_engine(self._fuel)
@@ -387,6 +389,63 @@ class Plugin:
             if self._state != before:
                 self._put_state(before)
             raise
+
+    # -- states held by the caller (one per window and key) --------------------------------
+    def fold(self, state: bytes | None, table: pl.DataFrame) -> bytes:
+        """The raw aggregate state ``state`` (None: the empty aggregate) with ``table``
+        folded in. The plugin's own running state is left as it was: one loaded plugin
+        serves the states of many groups (a window operator's panes and keys), which
+        the caller holds. A failure raises ``PluginError`` and changes no state."""
+        self._need_kind("aggregate")
+        with self._holding(state):
+            self.update(table)
+            return self._committed()
+
+    def combine(self, states: list[bytes]) -> bytes:
+        """One raw state that is the merge (``dataflare_agg_merge``) of ``states``: the
+        panes of a sliding window, or partial states of parallel workers."""
+        self._need_kind("aggregate")
+        if not states:
+            return self._committed(self._initial_state)
+        with self._holding(states[0]):
+            for other in states[1:]:
+                raw = bytes(other)
+                self._guarded(pl.DataFrame(), lambda inst, _, raw=raw: inst.merge(raw))
+            return self._committed()
+
+    def finish(self, state: bytes) -> pl.DataFrame:
+        """The answer (``dataflare_agg_finalize``) for the raw state ``state``."""
+        self._need_kind("aggregate")
+        with self._holding(state):
+            return self.result()
+
+    def seal(self, state: bytes) -> bytes:
+        """``state`` in the checkpoint envelope of ``snapshot`` (this plugin's identity
+        and the state's digest), for an operator that checkpoints states it holds."""
+        with self._holding(state):
+            return self.snapshot()
+
+    def unseal(self, blob: bytes) -> bytes:
+        """The raw state inside a ``seal``/``snapshot`` envelope, refused (``PluginError``
+        of kind ``state``) if another plugin, version or module wrote it or it is damaged."""
+        return self._open_state(blob, "checkpointed state")
+
+    @contextlib.contextmanager
+    def _holding(self, state: bytes | None) -> Iterator[None]:
+        before = self._state
+        self._put_state(self._committed(self._initial_state if state is None else state))
+        try:
+            yield
+        finally:
+            self._put_state(before)
+
+    def _committed(self, state: bytes | None = None) -> bytes:
+        chosen = self._state if state is None else state
+        if chosen is None:
+            chosen = self._initial_state
+        if chosen is None:
+            raise PluginError("state", self.name, "the aggregate has no initial state")
+        return bytes(chosen)
 
     def savepoint(self) -> bytes | None:
         """The committed aggregate state as it is now (None: fresh, or a stateless kind),
@@ -675,6 +734,8 @@ class _Instance:
             if self.p._state is None:
                 self._agg_status(self._agg_init, "init", self._state_ptr, self.p._state_len)
                 self.p._state = self._read_state()
+                if self.p._initial_state is None:
+                    self.p._initial_state = self.p._state
             else:
                 self.write_state(self.p._state)
         self._phase = None

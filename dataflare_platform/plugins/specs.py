@@ -23,13 +23,16 @@ from dataflare_platform.streams.steps import PluginSpec
 
 
 def plugin_steps(spec: PipelineSpec) -> list[tuple[str, PluginSpec]]:
-    """``(field path, step)`` of every plugin step, in declaration order."""
-    return [
-        (f"streams.{name}.steps[{i}].plugin", step.arg)
-        for name, stream in spec.streams.items()
-        for i, step in enumerate(stream.steps)
-        if step.op == "plugin"
-    ]
+    """``(field path, step)`` of every plugin a step uses, in declaration order: plugin
+    steps and windows aggregated by a plugin (``window: {..., plugin: {...}}``)."""
+    found = []
+    for name, stream in spec.streams.items():
+        for i, step in enumerate(stream.steps):
+            if step.op == "plugin":
+                found.append((f"streams.{name}.steps[{i}].plugin", step.arg))
+            elif step.op == "window" and step.arg.plugin is not None:
+                found.append((f"streams.{name}.steps[{i}].window.plugin", step.arg.plugin))
+    return found
 
 
 def pipeline_lock(spec: PipelineSpec) -> Path | None:
@@ -61,6 +64,14 @@ def load_plugins(spec: PipelineSpec, registry: PluginRegistry) -> dict[str, Plug
                 lock_files=first,
                 pipeline=spec.name,
             )
+            kind = plugins[step.key].manifest.kind
+            if where.endswith(".window.plugin") and kind != "aggregate":
+                problems.append(
+                    (
+                        f"{where}.name",
+                        f"a window needs an aggregate plugin; {step.name} is a {kind} plugin",
+                    )
+                )
         except ConfigError as err:
             for field, msg in err.problems:
                 field = field.removeprefix("plugin.")

@@ -23,11 +23,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from dataflare_platform.engine.operators.joins import (
-    IncrementalJoin,
-    IntervalJoinAggregate,
-    WindowJoin,
-)
+from dataflare_platform.engine.operators.incremental_join import IncrementalJoin
+from dataflare_platform.engine.operators.joins import IntervalJoinAggregate, WindowJoin
 from dataflare_platform.engine.operators.plugin import PluginOperator
 from dataflare_platform.engine.operators.windows import WindowAggregate
 from dataflare_platform.engine.pipeline import Node, Pipeline

@@ -48,11 +48,13 @@ class StateReset:
 def resolve_step(states: dict[str, dict[str, pa.Table]], step: str) -> str:
     """The checkpoint's step id for ``step``: the id itself (``2:plugin:hll_distinct``,
     as a restore refusal names it) or, when only one step fits, what follows the number
-    (``plugin:hll_distinct``, ``hll_distinct``, ``Reduce``)."""
+    (``plugin:hll_distinct``, ``hll_distinct``, ``Reduce``; a window computed by a plugin
+    is ``window_plugin:hll_distinct``)."""
     held = sorted(k for k, tables in states.items() if tables)
     if step in held:
         return step
-    fits = [k for k in held if k.split(":", 1)[-1] in (step, f"plugin:{step}")]
+    names = (step, f"plugin:{step}", f"window_plugin:{step}")  # a plugin step or window
+    fits = [k for k in held if k.split(":", 1)[-1] in names]
     if len(fits) == 1:
         return fits[0]
     if not fits:

@@ -90,3 +90,19 @@ def test_to_numpy_equals_array_to_numpy_on_slices_and_chunks(values, type):
     assert arrays.to_numpy(whole.is_valid()).tolist() == [v is not None for v in values]
     with pytest.raises(InvalidInputError):
         arrays.to_numpy(pa.array(["a"]))
+
+
+@pytest.mark.parametrize(
+    ("values", "type"), CASES, ids=[str(t) + str(i) for i, (_, t) in enumerate(CASES)]
+)
+def test_validity_equals_is_valid_on_slices_and_chunks(values, type):
+    whole = pa.array(values, type)
+    parts = [whole, whole.slice(1), whole.slice(1, 2), pa.chunked_array([whole, whole], type)]
+    for arr in parts:
+        want = arr.is_valid()
+        want = want.combine_chunks() if isinstance(want, pa.ChunkedArray) else want
+        assert arrays.validity(arr).tolist() == want.to_pylist()
+
+
+def test_validity_of_the_null_type_is_all_false():
+    assert arrays.validity(pa.nulls(3)).tolist() == [False, False, False]

@@ -19,6 +19,7 @@ import textwrap
 import pyarrow as pa
 import pytest
 
+from dataflare_platform.bench.restart import bid_counts_pipeline
 from dataflare_platform.datagen import NexmarkConfig
 from dataflare_platform.queries.nexmark import COLUMNS, QUERIES
 from dataflare_platform.sql_names import quote_identifier
@@ -166,20 +167,7 @@ def test_a_nexmark_query_never_imports_denied_modules(nexmark_ipc, tmp_path, que
     _assert_nothing_denied(report)
 
 
-PIPELINE_YAML = """
-name: cold_bids
-watermark: {out_of_orderness: 4s}
-sources:
-  bids: {kind: topic, topic: nexmark.bids, columns: [auction, price, date_time]}
-streams:
-  counts:
-    from: bids
-    steps:
-      - key_by: [auction]
-      - window: {tumbling: 10s, agg: {n: count, top_price: {max: price}}}
-output: counts
-sink: {kind: duckdb, table: cold_bids}
-"""
+PIPELINE_YAML = bid_counts_pipeline("cold_bids", "4s", "10s")
 
 
 def _pipeline_with_a_dead_letter(tmp_path) -> int:

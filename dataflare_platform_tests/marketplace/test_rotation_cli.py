@@ -78,18 +78,24 @@ class Setup:
         check = MarketplaceLoadCheck(client.state_dir, client.plugins_dir, refresh_s=1e-9)
         return checked_runtime(client, check, self.tmp / "cache")
 
+    def installed(self, publisher: str) -> tuple[RegistryClient, PluginRegistry]:
+        """``publisher`` added with a new key, currency 1.0.0 published, installed and
+        running: the client and its runtime."""
+        key = self.keygen(publisher)
+        ok("add-publisher", publisher, "--public-key", key["public_key"], *self.registry)
+        ok(*self.publish("1.0.0", publisher))
+        client = self.client()
+        client.install(f"{publisher}/currency", "1.0.0")
+        runtime = self.runtime(client)
+        assert_currency_runs(runtime)
+        return client, runtime
+
 
 def test_rotate_publisher_keeps_installed_plugin_and_refuses_the_old_key(
     home, tmp_path: Path, currency: Path
 ) -> None:
     s = Setup(tmp_path, currency)
-    old = s.keygen("acme")
-    ok("add-publisher", "acme", "--public-key", old["public_key"], *s.registry)
-    ok(*s.publish("1.0.0", "acme"))
-    client = s.client()
-    client.install("acme/currency", "1.0.0")
-    runtime = s.runtime(client)
-    assert_currency_runs(runtime)
+    client, runtime = s.installed("acme")
 
     new = s.keygen("acme-2")
     rotated = ok(
@@ -149,13 +155,7 @@ def test_rotate_root_keeps_installed_plugin_and_enforces_the_new_threshold(
     home, tmp_path: Path, currency: Path
 ) -> None:
     s = Setup(tmp_path, currency)
-    acme = s.keygen("acme")
-    ok("add-publisher", "acme", "--public-key", acme["public_key"], *s.registry)
-    ok(*s.publish("1.0.0", "acme"))
-    client = s.client()
-    client.install("acme/currency", "1.0.0")
-    runtime = s.runtime(client)
-    assert_currency_runs(runtime)
+    client, runtime = s.installed("acme")
 
     # The online timestamp key: rotated, then the keys folder holds the new one.
     old_timestamp = load_signer(s.keys / "timestamp.pem")

@@ -4,10 +4,11 @@ opens, hostile manifest text stays inert; screenshots under the test's tmp dir."
 
 from __future__ import annotations
 
+import contextlib
 import json
 import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import replace
 from datetime import date
 from pathlib import Path
@@ -62,21 +63,16 @@ def _site(portal: Portal, tmp_path: Path) -> Path:
     return tmp_path / "site"
 
 
-@pytest.mark.e2e
-def test_catalogue_search_filters_and_plugin_page_in_chromium(portal_registry: Portal, tmp_path):
-    site = _site(portal_registry, tmp_path)
-    shots = tmp_path / "screenshots"
+@contextlib.contextmanager
+def _catalogue_in_chromium(
+    site: Path, tmp_path: Path, window: str
+) -> Iterator[tuple[DevToolsChromium, str]]:
+    """``dataflare portal serve site`` on a free loopback port and Chromium on its
+    catalogue, loaded with the three plugins showing; yields (browser, url). The server
+    prints its URL once it is bound, so nothing waits on a fixed delay."""
+    serve = ["portal", "serve", str(site), "--port", "0"]
     server = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "dataflare_platform.cli",
-            "portal",
-            "serve",
-            str(site),
-            "--port",
-            "0",
-        ],
+        [sys.executable, "-m", "dataflare_platform.cli", *serve],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -84,12 +80,11 @@ def test_catalogue_search_filters_and_plugin_page_in_chromium(portal_registry: P
     browser = None
     try:
         assert server.stdout is not None
-        line = server.stdout.readline()  # the command prints its URL once it is bound
+        line = server.stdout.readline()
         assert line, server.stderr.read() if server.stderr else ""
         url = json.loads(line)["url"]
         assert url.startswith("http://127.0.0.1:")
-
-        browser = DevToolsChromium(chromium_binary(), tmp_path / "chromium", "1300,1000")
+        browser = DevToolsChromium(chromium_binary(), tmp_path / "chromium", window)
         browser.call("Page.enable")
         browser.call("Page.navigate", url=url)
         browser.wait_for(
@@ -97,6 +92,29 @@ def test_catalogue_search_filters_and_plugin_page_in_chromium(portal_registry: P
             " && document.getElementById('count').textContent === '3'"
         )
         assert browser.js(VISIBLE) == ["acme/currency", "acme/geo", "evil/pii_mask"]
+        yield browser, url
+    finally:
+        if browser is not None:
+            browser.close()
+        server.terminate()
+        server.wait(timeout=30)
+
+
+def _wait_for_page(browser: DevToolsChromium, path: str) -> None:
+    browser.wait_for(f"location.pathname === '{path}' && document.readyState === 'complete'")
+
+
+def _assert_screenshots(shots: Path, *names: str) -> None:
+    for name in names:
+        shot = shots / f"{name}.png"
+        assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", shot
+
+
+@pytest.mark.e2e
+def test_catalogue_search_filters_and_plugin_page_in_chromium(portal_registry: Portal, tmp_path):
+    site = _site(portal_registry, tmp_path)
+    shots = tmp_path / "screenshots"
+    with _catalogue_in_chromium(site, tmp_path, "1300,1000") as (browser, url):
         browser.screenshot(shots / "catalogue.png")
 
         # Type in the search box, as a person would (key events through DevTools).
@@ -138,10 +156,7 @@ def test_catalogue_search_filters_and_plugin_page_in_chromium(portal_registry: P
 
         # Open a plugin page by clicking its link.
         browser.js("document.querySelector('li[data-ref=\"acme/currency\"] h2 a').click()")
-        browser.wait_for(
-            "location.pathname === '/plugins/acme/currency.html'"
-            " && document.readyState === 'complete'"
-        )
+        _wait_for_page(browser, "/plugins/acme/currency.html")
         assert browser.js("document.getElementById('plugin-name').innerText").startswith("currency")
         rows = browser.js(
             "[...document.querySelectorAll('#versions tbody tr')].map(r => r.dataset.version)"
@@ -159,29 +174,15 @@ def test_catalogue_search_filters_and_plugin_page_in_chromium(portal_registry: P
         browser.screenshot(shots / "plugin-currency.png")
 
         browser.call("Page.navigate", url=f"{url}plugins/evil/pii_mask.html")
-        browser.wait_for(
-            "location.pathname === '/plugins/evil/pii_mask.html'"
-            " && document.readyState === 'complete'"
-        )
+        _wait_for_page(browser, "/plugins/evil/pii_mask.html")
         assert browser.js("typeof window.__pwned") == "undefined"
         assert "<script>" in browser.js("document.getElementById('description').innerText")
         assert "No usage data." in browser.js("document.getElementById('usage').innerText")
         assert "Not yet scanned." in browser.js("document.getElementById('scan').innerText")
         browser.screenshot(shots / "plugin-hostile.png")
-    finally:
-        if browser is not None:
-            browser.close()
-        server.terminate()
-        server.wait(timeout=30)
-    for name in (
-        "catalogue",
-        "search-geohash",
-        "filter-quality",
-        "plugin-currency",
-        "plugin-hostile",
-    ):
-        shot = shots / f"{name}.png"
-        assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", shot
+    _assert_screenshots(
+        shots, "catalogue", "search-geohash", "filter-quality", "plugin-currency", "plugin-hostile"
+    )
 
 
 @pytest.mark.e2e
@@ -200,27 +201,7 @@ def test_a_plugin_page_charts_real_usage_and_the_catalogue_sorts_by_it(
     usage = usage_from_home_data(home, date.fromisoformat(DAY2), days=7)
     build_site(build_catalogue(reg, usage), tmp_path / "site")
     shots = tmp_path / "screenshots"
-    serve = ["portal", "serve", str(tmp_path / "site"), "--port", "0"]
-    server = subprocess.Popen(
-        [sys.executable, "-m", "dataflare_platform.cli", *serve],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    browser = None
-    try:
-        assert server.stdout is not None
-        line = server.stdout.readline()
-        assert line, server.stderr.read() if server.stderr else ""
-        url = json.loads(line)["url"]
-        browser = DevToolsChromium(chromium_binary(), tmp_path / "chromium", "1300,1200")
-        browser.call("Page.enable")
-        browser.call("Page.navigate", url=url)
-        browser.wait_for(
-            "document.readyState === 'complete' && document.getElementById('count')"
-            " && document.getElementById('count').textContent === '3'"
-        )
-        assert browser.js(VISIBLE) == ["acme/currency", "acme/geo", "evil/pii_mask"]
+    with _catalogue_in_chromium(tmp_path / "site", tmp_path, "1300,1200") as (browser, url):
         choose = _chooser(browser)
         choose("sort", "calls")  # geo 100 calls, currency 72, pii_mask none
         assert browser.js(VISIBLE) == ["acme/geo", "acme/currency", "evil/pii_mask"]
@@ -236,10 +217,7 @@ def test_a_plugin_page_charts_real_usage_and_the_catalogue_sorts_by_it(
         choose("min-calls", "0")
 
         browser.call("Page.navigate", url=f"{url}plugins/acme/currency.html")
-        browser.wait_for(
-            "location.pathname === '/plugins/acme/currency.html'"
-            " && document.readyState === 'complete'"
-        )
+        _wait_for_page(browser, "/plugins/acme/currency.html")
         bars = browser.js(
             "[...document.querySelectorAll('#usage-chart rect.bar')]"
             ".map(b => [b.dataset.day, b.dataset.version, Number(b.dataset.calls),"
@@ -256,10 +234,4 @@ def test_a_plugin_page_charts_real_usage_and_the_catalogue_sorts_by_it(
         assert browser.js("document.getElementById('usage-check').dataset.passed") == "false"
         browser.js("document.getElementById('usage').scrollIntoView()")
         browser.screenshot(shots / "plugin-currency-usage.png")
-    finally:
-        if browser is not None:
-            browser.close()
-        server.terminate()
-        server.wait(timeout=30)
-    for name in ("catalogue-min-calls", "plugin-currency-usage"):
-        assert (shots / f"{name}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    _assert_screenshots(shots, "catalogue-min-calls", "plugin-currency-usage")

@@ -5,15 +5,16 @@
 - ``keyed``: state per key that outlives windows (dedup, running reduce, top-N per key);
 - ``windows``: tumbling, sliding and session windows (``pane_stores`` holds their panes);
 - ``joins``: window, incremental and interval joins (``interval_tiers``), table lookups;
-- ``plugin``: the slot a WASM plugin fills.
+- ``plugin``: the slot a WASM plugin fills; ``plugin_windows``: windows an aggregate
+  plugin computes (one plugin state per pane and key).
 
 The names below are the package's public face; modules import the kind they need.
 """
 
 from dataflare_platform.engine.operators.base import WM_COL, Emit, Operator
+from dataflare_platform.engine.operators.incremental_join import IncrementalJoin
 from dataflare_platform.engine.operators.joins import (
     EnrichJoin,
-    IncrementalJoin,
     IntervalJoinAggregate,
     SideTable,
     WindowJoin,

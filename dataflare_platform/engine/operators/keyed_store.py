@@ -93,6 +93,8 @@ class Segment:
             return hit, None
         lo = lo[hit]
         counts = np.searchsorted(hashes, wanted[hit], "right") - lo
+        if (counts == 1).all():  # one row per hash, as for unique keys: no ranges to build
+            return hit, lo
         return hit, _ranges(lo, counts)
 
     @cached_property
@@ -177,19 +179,27 @@ class KeyedStore:
         """The live rows of the keys in ``touched`` (a frame of unique keys), which the
         store forgets: the caller puts back what those keys hold now. None when the store
         holds none of them."""
+        return self._lookup(touched, forget=True)
+
+    def get(self, touched: pl.DataFrame) -> pl.DataFrame | None:
+        """Like ``take``, but the store keeps the rows: a read, for a lookup table (the
+        build side of a join) whose rows a batch reads without replacing."""
+        return self._lookup(touched, forget=False)
+
+    def _lookup(self, touched: pl.DataFrame, forget: bool) -> pl.DataFrame | None:
         self._install()
         if not self._segments or touched.height == 0:
             return None
         hashed = self._hash(touched)
         wanted = np.unique(hashed)
         if wanted.size == hashed.size:  # no two touched keys share a hash
-            rows = self._take_by_hash(touched, wanted)
+            rows = self._take_by_hash(touched, hashed, wanted, forget)
             if rows is not False:
                 return rows  # type: ignore[return-value]
-        return self._take_by_key(touched, wanted)
+        return self._take_by_key(touched, wanted, forget)
 
     def _take_by_hash(
-        self, touched: pl.DataFrame, wanted: np.ndarray
+        self, touched: pl.DataFrame, hashed: np.ndarray, wanted: np.ndarray, forget: bool
     ) -> pl.DataFrame | bool | None:
         """``take`` deciding "newest copy" per hash in numpy, with one gather per segment
         and no per-row bookkeeping in Polars: a batch's fixed cost. Exact unless a key in
@@ -208,17 +218,45 @@ class KeyedStore:
             return None
         frames = [segment.frame[positions] for segment, positions in picks]
         rows = pl.concat(frames, how="vertical_relaxed") if len(frames) > 1 else frames[0]
-        mine = rows.join(touched.select(self.keys), on=self.keys, how="semi", nulls_equal=True)
-        if mine.height != rows.height:
+        if not self._only_touched(rows, touched, hashed, picks):
             return False
         if self._floor is not None and self.age_column is not None:
             alive = [segment.ages[positions] >= self._floor for segment, positions in picks]  # type: ignore[index]
             picks = [(seg, pos[keep]) for (seg, pos), keep in zip(picks, alive, strict=True)]
             rows = rows.filter(pl.Series(np.concatenate(alive)))
-        self._kill_positions({segment.gen: positions for segment, positions in picks})
+        if forget:
+            self._kill_positions({segment.gen: positions for segment, positions in picks})
         return rows if rows.height else None
 
-    def _take_by_key(self, touched: pl.DataFrame, wanted: np.ndarray) -> pl.DataFrame | None:
+    def _only_touched(
+        self,
+        rows: pl.DataFrame,
+        touched: pl.DataFrame,
+        hashed: np.ndarray,
+        picks: list[tuple[Segment, np.ndarray]],
+    ) -> bool:
+        """Whether every gathered row is of a touched key (``hashed``: the touched keys'
+        distinct hashes). One integer key without nulls is compared in numpy, each row's
+        key with the touched key of its hash; other keys by a semi join, which costs a
+        Polars query per lookup (a join's build side looks up every batch)."""
+        if len(self.keys) == 1:
+            mine, theirs = touched.get_column(self.keys[0]), rows.get_column(self.keys[0])
+            if (
+                mine.dtype.is_integer()
+                and mine.dtype == theirs.dtype
+                and not mine.null_count()
+                and not theirs.null_count()
+            ):
+                order = np.argsort(hashed)
+                row_hashes = np.concatenate([segment.hashes[at] for segment, at in picks])
+                of_row = order[np.searchsorted(hashed[order], row_hashes)]
+                return bool((mine.to_numpy()[of_row] == theirs.to_numpy()).all())
+        mine = rows.join(touched.select(self.keys), on=self.keys, how="semi", nulls_equal=True)
+        return mine.height == rows.height
+
+    def _take_by_key(
+        self, touched: pl.DataFrame, wanted: np.ndarray, forget: bool
+    ) -> pl.DataFrame | None:
         """``take`` comparing the keys themselves: any hash collisions."""
         found: list[pl.DataFrame] = []
         for segment in self._segments:
@@ -244,7 +282,8 @@ class KeyedStore:
             rows = rows.filter(pl.col(self.age_column) >= self._floor)
         if rows.height == 0:
             return None
-        self._kill(rows)
+        if forget:
+            self._kill(rows)
         return rows.drop(GEN, POS)
 
     def put(self, rows: pl.DataFrame) -> None:
@@ -415,6 +454,14 @@ class KeyedStore:
             for s in self._segments
             if floor is None or s.max_age is None or s.max_age >= floor
         )
+
+    def key_schema(self) -> dict[str, pl.DataType] | None:
+        """The key columns' types as stored (None while the store is empty): a lookup
+        casts its keys to them, since equal values of other types hash differently."""
+        if not self._segments:
+            return None
+        schema = self._segments[-1].frame.schema
+        return {k: schema[k] for k in self.keys}
 
     @property
     def segments(self) -> int:

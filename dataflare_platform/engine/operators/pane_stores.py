@@ -323,17 +323,17 @@ class ArrayPanes(_Panes):
             if slot.column is None:
                 values[slot.name] = np.ones(len(keys), np.int64)
                 continue
-            if slot.column not in cache:
-                series = batch.get_column(slot.column)
-                valid = series.is_not_null().to_numpy() if series.null_count() else None
-                filled = series.fill_null(0) if valid is not None else series
-                cache[slot.column] = (physical_numpy(filled), valid)
-            raw, valid = cache[slot.column]
+            series = batch.get_column(slot.column)
             if slot.counts:
+                valid = _validity(series)
                 values[slot.name] = (
                     np.ones(len(keys), np.int64) if valid is None else valid.astype(np.int64)
                 )
-            elif slot.op == "add":
+                continue
+            if slot.column not in cache:
+                cache[slot.column] = _physical_filled(series)
+            raw, valid = cache[slot.column]
+            if slot.op == "add":
                 values[slot.name] = raw.astype(slot.dtype, copy=False)
             else:
                 vals = raw.astype(slot.dtype, copy=False)
@@ -666,6 +666,23 @@ def _top_rows_polars(values: np.ndarray, valid: np.ndarray | None, top: TopN) ->
     series = pl.Series(_with_nulls(values, valid))
     keep = series.rank("min", descending=top.descending) <= top.n
     return np.flatnonzero(keep.fill_null(False).to_numpy())
+
+
+def _validity(series: pl.Series) -> np.ndarray | None:
+    """Which rows are not null (None: all are), from the Arrow validity bitmap."""
+    if not series.null_count():
+        return None
+    return arrays.validity(series.to_arrow())
+
+
+def _physical_filled(series: pl.Series) -> tuple[np.ndarray, np.ndarray | None]:
+    """A numeric or temporal column's physical values, 0 under nulls, and which rows are
+    not null (None: all are), without a Polars query per column (see ``_validity``)."""
+    valid = _validity(series)
+    if valid is None:
+        return physical_numpy(series), None
+    values = arrays.to_numpy(series.to_arrow())
+    return np.where(valid, values, np.zeros((), values.dtype)), valid
 
 
 def _put(array: np.ndarray, at: np.ndarray | slice, values: np.ndarray) -> None:

@@ -109,18 +109,25 @@ def q6(src: NexmarkSources, sink: Sink) -> Pipeline:
 def q20(src: NexmarkSources, sink: Sink) -> Pipeline:
     """Bids of auctions in category 10, with the auction's columns (an unwindowed join).
 
-    The join runs before the category filter: a bid leaves the join's state as soon as
-    its auction is there (auction ids are unique), whereas filtering auctions first
-    would keep every bid on another category waiting for a match forever. The auctions
-    stay in state (as the persons of q3 do)."""
+    The category filter is the join's ``right_filter``, not a filter on the auctions
+    before it: a bid leaves the join's state as soon as its auction is there (auction
+    ids are unique), matching or rejected, whereas filtering auctions first would keep
+    every bid on another category waiting for a match forever. The auctions stay in
+    state (as the persons of q3 do): category-10 ones with their columns, the others as
+    ids only."""
     p = _pipeline("nexmark-q20")
     bids = p.source(src.need("bids"))
     auctions = p.source(src.need("auctions")).select(
         "id", *(pl.col(c).alias(a) for c, a in Q20_AUCTION_COLUMNS.items())
     )
     return (
-        bids.join(auctions, left_on="auction", right_on="id", right_unique=True)
-        .filter(pl.col("category") == 10)
+        bids.join(
+            auctions,
+            left_on="auction",
+            right_on="id",
+            right_unique=True,
+            right_filter=pl.col("category") == 10,
+        )
         .select(*BID_COLUMNS, *Q20_AUCTION_COLUMNS.values())
         .sink(sink)
     )

@@ -26,7 +26,7 @@ from dataflare_platform.engine import (
     tumbling,
 )
 from dataflare_platform.engine.aggregations import Agg, count_distinct
-from dataflare_platform.engine.operators import BatchPlugin
+from dataflare_platform.engine.operators.plugin_windows import AggregatePlugin
 from dataflare_platform.engine.pipeline import Stream
 from dataflare_platform.queries.nexmark.spec import NexmarkSources, QuerySpec
 from dataflare_platform.queries.nexmark.spec import pipeline as _pipeline
@@ -112,17 +112,23 @@ def q15(src: NexmarkSources, sink: Sink) -> Pipeline:
     return _daily(src, "nexmark-q15", ()).sink(sink)
 
 
-def q15_approx_bidders(src: NexmarkSources, sink: Sink, hll: BatchPlugin) -> Pipeline:
-    """q15's distinct bidders, approximate: the ``hll_distinct`` WASM plugin (a 4 KiB
-    HyperLogLog sketch, ~1.6 % standard error) loaded with ``columns={"value":
-    "bidder"}``, in constant space where the exact count keeps every bidder of the day.
-    The plugin keeps one running sketch (one estimate per batch, the last one covering
-    everything), not one per window: it answers for input that is one day's bids."""
+def q15_approx_bidders(src: NexmarkSources, sink: Sink, hll: AggregatePlugin) -> Pipeline:
+    """q15's distinct bidders per day, approximate: the ``hll_distinct`` WASM plugin (a
+    4 KiB HyperLogLog sketch, ~1.6 % standard error) loaded with ``columns={"value":
+    "bidder"}``, one sketch per day window (``plugin_agg``), in constant space where the
+    exact count keeps every bidder of the day. One row per day when the day closes:
+    ``day`` and ``total_bidders`` (the estimate)."""
     return (
         _pipeline("nexmark-q15-approx")
         .source(src.need("bids"))
         .select("bidder", "date_time")
-        .plugin(hll)
+        .key_by()
+        .window(tumbling(DAY))
+        .plugin_agg(hll)
+        .select(
+            pl.col("window_start").cast(pl.Date).alias("day"),
+            pl.col("approx_distinct").alias("total_bidders"),
+        )
         .sink(sink)
     )
 

@@ -15,6 +15,7 @@ from pydantic import Field, ValidationInfo, field_validator, model_validator
 from dataflare_platform.connectors.files import FileSideTable
 from dataflare_platform.engine.aggregations import Agg
 from dataflare_platform.engine.durations import MAX_WINDOWS_PER_EVENT, to_ms
+from dataflare_platform.engine.operators.plugin import BatchPlugin
 from dataflare_platform.engine.operators.windows import (
     ProcessingTumbling,
     Session,
@@ -91,7 +92,9 @@ WINDOW_KINDS = ("tumbling", "sliding", "session", "processing_tumbling")
 class WindowSpec(SpecModel):
     """A window step: one of ``tumbling``, ``sliding``, ``session`` (event time) or
     ``processing_tumbling`` (tumbling windows of the time the engine sees each batch,
-    the machine's clock: Nexmark q12), with ``agg`` or ``top_rows``. Processing-time
+    the machine's clock: Nexmark q12), with ``agg``, ``top_rows`` or ``plugin`` (an
+    aggregate WASM plugin, one state per window and key: a HyperLogLog per day, say;
+    tumbling and sliding windows). Processing-time
     windows close by the clock, not the watermark, so ``lateness``, ``top`` and
     ``top_rows`` mean nothing there and are refused naming the field."""
 
@@ -104,6 +107,7 @@ class WindowSpec(SpecModel):
     agg: dict[str, AggSpec] | None = None
     top: TopSpec | None = None
     top_rows: TopSpec | None = None
+    plugin: PluginSpec | None = None
 
     @field_validator("lateness", "top", "top_rows")
     @classmethod
@@ -121,8 +125,14 @@ class WindowSpec(SpecModel):
         kinds = [k for k in WINDOW_KINDS if getattr(self, k) is not None]
         if len(kinds) != 1:
             raise ValueError(f"give exactly one of {', '.join(WINDOW_KINDS)}")
-        if (self.agg is None) == (self.top_rows is None):
-            raise ValueError("give either agg (aggregates) or top_rows (rows with top values)")
+        given = [k for k in ("agg", "top_rows", "plugin") if getattr(self, k) is not None]
+        if len(given) != 1:
+            raise ValueError(
+                "give one of agg (aggregates), top_rows (rows with top values) or plugin"
+                " (an aggregate plugin)"
+            )
+        if self.plugin is not None and kinds[0] not in ("tumbling", "sliding"):
+            raise ValueError("plugin aggregates tumbling or sliding windows")
         return self
 
 
@@ -360,6 +370,9 @@ def window(stream: Stream, spec: WindowSpec, context: StepContext) -> Stream:
         assert spec.session is not None
         kind = Session(to_ms(spec.session))
     windowed = stream.window(kind, spec.lateness)
+    if spec.plugin is not None:
+        plugin = _loaded(spec.plugin, context, "window.plugin")
+        return windowed.plugin_agg(plugin)  # type: ignore[arg-type]  # checked at load
     if spec.top_rows is not None:
         return windowed.top_rows(spec.top_rows.by, spec.top_rows.n, spec.top_rows.descending)
     top = None if spec.top is None else TopN(spec.top.by, spec.top.n, spec.top.descending)
@@ -415,8 +428,13 @@ def interval_join_winner(stream: Stream, spec: IntervalWinnerSpec, context: Step
 # -- plugins -------------------------------------------------------------------------------
 @step("plugin", PluginSpec)
 def plugin(stream: Stream, spec: PluginSpec, context: StepContext) -> Stream:
+    return stream.plugin(_loaded(spec, context, "plugin"))
+
+
+def _loaded(spec: PluginSpec, context: StepContext, field: str) -> BatchPlugin:
+    """The plugin the plugins layer loaded for ``spec``, or a refusal naming ``field``."""
     loaded = context.plugins.get(spec.key)
     if loaded is None:
-        field = "plugin.id" if spec.id else "plugin.name"
-        raise ConfigError("pipeline spec", [(field, f"no plugin named {spec.key!r} is loaded")])
-    return stream.plugin(loaded)
+        where = f"{field}.id" if spec.id else f"{field}.name"
+        raise ConfigError("pipeline spec", [(where, f"no plugin named {spec.key!r} is loaded")])
+    return loaded

@@ -62,6 +62,7 @@ def as_model(frame: pl.DataFrame | None) -> dict:
 
 step = st.one_of(
     st.tuples(st.just("batch"), st.lists(st.one_of(st.none(), st.integers(0, 40)), max_size=30)),
+    st.tuples(st.just("read"), st.lists(st.one_of(st.none(), st.integers(0, 40)), max_size=30)),
     st.tuples(st.just("expire"), st.integers(0, 5)),
     st.tuples(st.just("savepoint"), st.none()),
     st.tuples(st.just("rollback"), st.none()),
@@ -99,6 +100,15 @@ def test_store_matches_a_dict_model(steps: list, colliding: bool, background: bo
                 previous = [v for v, _ in live.get(k, [])]
                 model[k] = [(v, clock) for v in [*previous, clock * 100 + len(previous)][-3:]]
             store.put(rows_of(model, keys))
+        elif kind == "read":  # ``get``: the same rows as ``take``, and the store keeps them
+            keys = list(dict.fromkeys(arg))
+            got = store.get(pl.DataFrame({"k": keys}, schema={"k": pl.Int64}))
+            live = {
+                k: rows
+                for k in keys
+                if (rows := model.get(k)) and (floor is None or rows[0][1] >= floor)
+            }
+            assert as_model(got) == live
         elif kind == "expire":
             floor = max(floor or 0, clock - arg)
             store.expire(floor)

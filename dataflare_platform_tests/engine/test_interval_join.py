@@ -247,3 +247,23 @@ def test_a_string_winner_column_is_refused():
     op.process(left, port=0)
     with pytest.raises(InvalidInputError, match="tag"):
         op.process(right.with_columns(pl.format("b{}", "bidder").alias("tag")), port=1)
+
+
+def test_right_rows_with_a_null_key_match_nothing_and_never_wait():
+    """A bid without an auction id is dropped (whole batches of them too); bids that
+    arrive before their auction wait in the pending form and match when it comes."""
+    left, right = make_streams("dense", seed=5, auctions=50, bids=600)
+    nulls = right.head(40).with_columns(pl.lit(None, pl.Int64).alias("auction"))
+    with_nulls = pl.concat([right, nulls]).sort("date_time", maintain_order=True)
+    op = operator()
+    op.process(nulls.head(10), port=1)  # only null keys: nothing kept
+    assert op.state_rows() == 0
+    early = with_nulls.head(300)  # bids first: their auctions come after
+    op.process(early, port=1)
+    pending = op.state_rows()
+    assert pending == early.filter(pl.col("auction").is_not_null()).height
+    op.process(left, port=0)
+    op.process(with_nulls.slice(300), port=1)
+    got = op.advance(2**62)
+    assert op.state_rows() == 0
+    same(got, expected(left, right))

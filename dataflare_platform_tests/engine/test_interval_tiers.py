@@ -8,10 +8,17 @@ bounded by the chunk, the rows held by the state by twice the open rows; savepoi
 import numpy as np
 import polars as pl
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from dataflare_platform.engine import count
 from dataflare_platform.engine.operators import interval_tiers, joins
-from dataflare_platform.engine.operators.interval_tiers import Tier, Winner, merge_tiers
+from dataflare_platform.engine.operators.interval_tiers import (
+    Tier,
+    Winner,
+    best_per_group,
+    merge_tiers,
+)
 from dataflare_platform.engine.operators.joins import IntervalJoinAggregate
 from dataflare_platform_tests.engine.test_interval_join import (
     AGGS,
@@ -255,3 +262,30 @@ def test_merge_keeps_the_end_order_stable():
     b = Tier("id", frame.tail(2).sort("__end"), [])
     merged = interval_tiers.merge_tiers("id", [a, b], [])
     assert merged.rows["id"].to_list() == [1, 3, 2, 4]
+
+
+_order_key = st.one_of(
+    st.lists(st.integers(-2, 2), min_size=40, max_size=40).map(lambda v: np.array(v, np.int64)),
+    st.lists(st.integers(0, 3), min_size=40, max_size=40).map(lambda v: np.array(v, np.uint8)),
+    st.lists(
+        st.sampled_from([np.nan, -0.0, 0.0, 1.5, -np.inf, np.inf]), min_size=40, max_size=40
+    ).map(lambda v: np.array(v, np.float64)),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    keys=st.lists(_order_key, min_size=1, max_size=3),
+    groups=st.lists(st.integers(0, 5), min_size=1, max_size=40),
+)
+def test_best_per_group_is_the_first_of_a_lexsort(keys, groups):
+    """The winner's fold (a minimum per group, one key at a time) picks the row a sort
+    by (group, keys...) puts first in each group: ties to the lowest index, NaN last."""
+    group = np.array(groups, np.int64)
+    keys = [k[: group.size] for k in keys]
+    ranked = np.lexsort((*reversed(keys), group))
+    in_order = group[ranked]
+    first = np.ones(ranked.size, bool)
+    first[1:] = in_order[1:] != in_order[:-1]
+    expected_rows = np.sort(ranked[first])
+    assert np.array_equal(best_per_group(keys, group, 6), expected_rows)

@@ -11,7 +11,8 @@ cursor; the closed prefix is dropped once it is half the tier.
 Besides aggregates, a tier can keep a :class:`Winner`: the columns of the one right row
 that ranks first by an ordering (the highest bid of an auction, ties to the earliest),
 one numpy array per column, replaced where a batch brings a better candidate. A batch's
-candidates are first reduced to the best per left row with one ``lexsort``.
+candidates are first reduced to the best per left row (:func:`best_per_group`: a
+minimum per left row, one order column at a time, not a sort).
 """
 
 from __future__ import annotations
@@ -71,6 +72,46 @@ def _ascending_key(values: np.ndarray, descending: bool) -> np.ndarray:
     return -values if np.issubdtype(values.dtype, np.floating) else ~values
 
 
+def best_per_group(keys: list[np.ndarray], group: np.ndarray, groups: int) -> np.ndarray:
+    """Per group (``group`` values below ``groups``), the index of its first row by
+    ``keys`` (ascending, lexicographically; ties to the lowest index): what a
+    ``np.lexsort((*reversed(keys), group))`` would rank first in each group, in
+    ascending order of index.
+
+    No sort: one key at a time, each group's least value (``np.minimum.at`` into an
+    array of ``groups``) and the rows equal to it go on; the first key leaves few. NaN
+    ranks after every number, as in a sort (a first pass on "is NaN")."""
+    index = np.arange(group.size)
+    for key in keys:
+        if np.issubdtype(key.dtype, np.floating):
+            nan = np.isnan(key)
+            if nan.any():
+                index, group = _least(_at(nan.view(np.int8), index), index, group, groups)
+                key = np.where(nan, 0, key)
+        index, group = _least(_at(key, index), index, group, groups)
+    first = np.full(groups, group.size, np.int64)
+    np.minimum.at(first, group, np.arange(group.size))
+    return index[first[group] == np.arange(group.size)]
+
+
+def _at(values: np.ndarray, index: np.ndarray) -> np.ndarray:
+    """``values[index]``, without the gather while ``index`` is still every row."""
+    return values if index.size == values.size else values[index]
+
+
+def _least(
+    key: np.ndarray, index: np.ndarray, group: np.ndarray, groups: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """The entries of ``index``/``group`` whose ``key`` (aligned with them) is their
+    group's least."""
+    least = np.full(groups, extreme(key.dtype, "min"), key.dtype)
+    np.minimum.at(least, group, key)
+    keep = key == least[group]
+    if keep.all():
+        return index, group
+    return index[keep], group[keep]
+
+
 @dataclass
 class RightRows:
     """The columns of right rows that matching and aggregation need, as numpy arrays."""
@@ -83,12 +124,17 @@ class RightRows:
     dtypes: dict[str, pl.DataType]
 
     @classmethod
-    def of(cls, frame: pl.DataFrame, key: str, columns: list[str]) -> RightRows:
+    def of(cls, frame: pl.DataFrame, key: str, columns: list[str], time: str = "__t") -> RightRows:
+        """``frame``'s columns as numpy arrays; ``time`` is an integer column (``__t``)
+        or a temporal one, read as its physical integers (``event_ms``). Each Polars
+        call costs a query, so only those needed are made (no ``to_physical`` of an
+        integer column, no null mask where there are no nulls)."""
         values, valid, dtypes = {}, {}, {}
         for name in columns:
             series = frame.get_column(name)
             dtypes[name] = series.dtype
-            series = series.to_physical()
+            if series.dtype.is_temporal():
+                series = series.to_physical()
             if series.null_count():
                 valid[name] = series.is_not_null().to_numpy()
                 series = series.fill_null(0)
@@ -96,10 +142,13 @@ class RightRows:
                 valid[name] = None
             values[name] = series.to_numpy()
         keys = frame.get_column(key)
+        times = frame.get_column(time)
+        if times.dtype != pl.Int64:
+            times = times.cast(pl.Int64)
         return cls(
             keys,
             keys.to_numpy() if keys.dtype.is_integer() else None,
-            frame.get_column("__t").to_numpy(),
+            times.to_numpy(),
             values,
             valid,
             dtypes,
@@ -288,12 +337,7 @@ class Tier:
         if rows.size == 0:
             return
         keys = [_ascending_key(right.values[c][rows], d) for c, d in winner.order]
-        # Best candidate per left row: sort by (pos, order...), take each pos's first.
-        ranked = np.lexsort((*reversed(keys), pos))
-        pos_sorted = pos[ranked]
-        first = np.ones(ranked.size, bool)
-        first[1:] = pos_sorted[1:] != pos_sorted[:-1]
-        best = ranked[first]
+        best = best_per_group(keys, pos, self.rows.height)
         cand_rows, cand_pos = rows[best], pos[best]
         # Does the candidate rank strictly before the current winner (if there is one)?
         before = np.zeros(cand_rows.size, bool)
@@ -514,4 +558,5 @@ def frame_of(parts: list[tuple[Tier, np.ndarray]]) -> pl.DataFrame:
         name = Winner.name(stored)
         columns.append(column(name, dtypes.get(stored)))
     count = np.concatenate(matched) if len(matched) > 1 else matched[0]
-    return rows.with_columns(*columns, pl.Series(MATCHED, count))
+    # hstack, not with_columns: the same frame without a Polars query.
+    return rows.hstack([*columns, pl.Series(MATCHED, count)])

@@ -10,7 +10,7 @@ import numpy as np
 import polars as pl
 import pyarrow as pa
 
-from dataflare_platform.engine.aggregations import Agg, final_exprs
+from dataflare_platform.engine.aggregations import Agg
 from dataflare_platform.engine.operators.base import WM_COL, Emit, Operator, event_ms
 from dataflare_platform.engine.operators.interval_tiers import (
     RightRows,
@@ -177,9 +177,14 @@ class IntervalJoinAggregate(Operator):
             columns += self.winner.stored()
         return list(dict.fromkeys(columns))
 
-    def _match(self, tiers: list[Tier], right: pl.DataFrame) -> pl.DataFrame | None:
-        """Fold ``right`` into ``tiers`` (newest first); the rows no tier has a key for."""
-        rows = RightRows.of(right, self.right_key, self._value_columns())
+    def _match(
+        self, tiers: list[Tier], right: pl.DataFrame, as_batch: bool = False
+    ) -> pl.DataFrame | None:
+        """Fold ``right`` into ``tiers`` (newest first); the rows no tier has a key for,
+        in the pending form (key, value columns, ``__t``). ``right`` is pending rows,
+        or with ``as_batch`` a batch as it came (its time column the stream's)."""
+        time = self.time_column if as_batch else "__t"
+        rows = RightRows.of(right, self.right_key, self._value_columns(), time)
         left = np.arange(right.height)
         for tier in reversed(tiers):
             if left.size == 0:
@@ -187,7 +192,15 @@ class IntervalJoinAggregate(Operator):
             left = tier.match(rows, left)
         if left.size == 0:
             return None
-        return right[left] if left.size < right.height else right
+        leftover = right[left] if left.size < right.height else right
+        return self._pending_form(leftover) if as_batch else leftover
+
+    def _pending_form(self, right: pl.DataFrame) -> pl.DataFrame:
+        """Right rows as the pending frame holds them (and its checkpoint)."""
+        return right.select(
+            *dict.fromkeys([self.right_key, *self._value_columns()]),
+            event_ms(self.time_column).alias("__t"),
+        )
 
     def _open_left(self, batch: pl.DataFrame) -> Tier:
         left = batch.select(
@@ -208,12 +221,14 @@ class IntervalJoinAggregate(Operator):
             self._tiers.append(tier)
             self._compact()
             return None, late
-        # A null key matches no left row; its row would only wait to be evicted.
-        right = batch.select(
-            *dict.fromkeys([self.right_key, *self._value_columns()]),
-            event_ms(self.time_column).alias("__t"),
-        ).filter(pl.col(self.right_key).is_not_null())
-        leftover = self._match(self._tiers, right)
+        # A null key matches no left row; its row would only wait to be evicted. The
+        # batch is read as it is (no select into the pending form: a Polars query per
+        # batch), and only rows left over are put in that form.
+        if batch.get_column(self.right_key).null_count():
+            batch = batch.filter(pl.col(self.right_key).is_not_null())
+            if batch.height == 0:
+                return None, late
+        leftover = self._match(self._tiers, batch, as_batch=True)
         if leftover is not None:
             self._pending = _concat(self._pending, leftover)
         return None, late
@@ -247,11 +262,15 @@ class IntervalJoinAggregate(Operator):
         if result is None:
             return None
         won = [] if self.winner is None else self.winner.columns
-        return result.select(
-            *self.left_columns,
-            pl.col("__end").cast(pl.Datetime("ms")).alias(WINDOW_END),
-            *final_exprs(self.aggs),
-            *(pl.col(Winner.name(column)).alias(alias) for column, alias in won),
+        # Renames and a division per mean, on Series: the output without a Polars query.
+        ends = result.get_column("__end").cast(pl.Datetime("ms")).alias(WINDOW_END)
+        return pl.DataFrame(
+            [
+                *(result.get_column(c) for c in self.left_columns),
+                ends,
+                *(_final(result, agg) for agg in self.aggs),
+                *(result.get_column(Winner.name(c)).alias(alias) for c, alias in won),
+            ]
         )
 
     def output_time_column(self) -> str:
@@ -289,6 +308,15 @@ class IntervalJoinAggregate(Operator):
     def state_rows(self) -> int:
         pending = 0 if self._pending is None else self._pending.height
         return pending + sum(t.open_rows for t in self._tiers)
+
+
+def _final(closed: pl.DataFrame, agg: Agg) -> pl.Series:
+    """``agg``'s final value from its partial columns in ``closed`` (as
+    :meth:`Agg.final`, on Series)."""
+    names = agg.partial_columns()
+    if agg.kind == "mean":
+        return (closed.get_column(names[0]) / closed.get_column(names[1])).alias(agg.alias)
+    return closed.get_column(names[0]).alias(agg.alias)
 
 
 class SideTable(Protocol):

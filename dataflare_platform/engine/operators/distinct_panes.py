@@ -226,11 +226,10 @@ class DistinctPanes:
         pieces = []
         for index, agg in enumerate(self.distinct):
             values, valid = _values(part.get_column(agg.column))  # type: ignore[arg-type]
-            tags = gid * width + index
-            if valid is not None:
-                values, tags = values[valid], tags[valid]
-            values = values.astype(np.int64, copy=False)
-            pieces.append(((values + VALUE_BIAS) << TAG_BITS) | tags)
+            codes = ((values.astype(np.int64, copy=False) + VALUE_BIAS) << TAG_BITS) | (
+                gid * width + index
+            )
+            pieces.append(codes if valid is None else codes[valid])
         return _sorted_distinct(np.concatenate(pieces))
 
     # -- firing --------------------------------------------------------------------------
@@ -359,12 +358,10 @@ class DistinctPanes:
 
 
 def _sorted_distinct(codes: np.ndarray) -> np.ndarray:
-    """The distinct codes, ascending: a sort and a neighbour compare (``np.unique`` hashes
-    first, several times slower on a batch's codes, measured)."""
-    codes = np.sort(codes)
+    """The distinct codes, ascending. Polars' hash ``unique`` first: a batch repeats its
+    bidders and auctions many times (q15: ~5k distinct codes of 40k per 10k rows), and
+    sorting only the distinct ones is several times cheaper than numpy sorting them all
+    (``np.unique`` hashes too, but is slower still, measured)."""
     if codes.size < 2:
-        return codes
-    keep = np.empty(codes.size, dtype=bool)
-    keep[0] = True
-    np.not_equal(codes[1:], codes[:-1], out=keep[1:])
-    return codes[keep]
+        return np.sort(codes)
+    return pl.Series(codes).unique().sort().to_numpy()

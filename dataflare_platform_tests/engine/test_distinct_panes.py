@@ -219,3 +219,19 @@ def test_distinct_panes_match_a_model(rows, batch_rows):
     ).agg(pl.col("bidder").drop_nulls().n_unique().cast(pl.Int64).alias("bidders"))
     order = ["ws", "channel"]
     assert got.sort(order, nulls_last=True).equals(want.sort(order, nulls_last=True))
+
+
+def test_a_pane_whose_groups_outgrow_the_tag_bits_moves_to_frames(monkeypatch):
+    """Groups gather in a pane batch after batch: once they (times the distinct
+    aggregates) would not fit the codes' tag bits, the state moves to frames, exact."""
+    from dataflare_platform.engine.operators import distinct_panes
+
+    monkeypatch.setattr(distinct_panes, "MAX_TAGS", 150)  # the limit only, not the layout
+    df = bids(8, keys=90).sort("date_time")
+    aggs = [count("n"), count_distinct("bidder", "bidders"), count_distinct("auction", "a")]
+    op, reference = both(Tumbling(10**7), ("channel",), aggs)
+    out = drive(op, df.slice(0, 40), 20)
+    assert isinstance(op._store, DistinctPanes)
+    out += drive(op, df, 20, start=40)
+    assert isinstance(op._store, FramePanes)
+    assert_equal(finish(op, out), finish(reference, drive(reference, df, 20)))

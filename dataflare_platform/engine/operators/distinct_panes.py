@@ -148,6 +148,12 @@ class DistinctPanes:
             return False
         return all(_fits(batch.get_column(a.column)) for a in distinct)  # type: ignore[arg-type]
 
+    def has_room(self, rows: int) -> bool:
+        """Whether every held pane's groups, plus ``rows`` new ones at most, still fit
+        the codes' tag bits (a pane gathers groups batch after batch)."""
+        width = len(self.distinct)
+        return all((p.group_count + rows) * width < MAX_TAGS for p in self._panes.values())
+
     @staticmethod
     def accepts_partials(frame: pl.DataFrame, keys: list[str], aggs: list[Agg]) -> bool:
         """Whether held partials (``FramePanes`` shape) fit, as ``accepts`` for a batch."""

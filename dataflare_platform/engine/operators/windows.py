@@ -153,7 +153,9 @@ class WindowAggregate(Operator):
             return ArrayPanes
         tumbling = self.window.size_ms == self.window.slide_ms
         if tumbling and DistinctPanes.accepts(batch, self.keys, self.aggs):
-            return DistinctPanes
+            held = self._store
+            if not isinstance(held, DistinctPanes) or held.has_room(batch.height):
+                return DistinctPanes
         return FramePanes
 
     def _store_for(self, batch: pl.DataFrame) -> Store:

@@ -153,12 +153,14 @@ class WindowPluginAggregate(Operator):
         state = {"meta": meta}
         if self._panes:
             keys = list(self._panes)
-            columns = {"pane": arrays.from_pylist([k[0] for k in keys], pa.int64())}
+            # Built through Polars: ``pa.array`` of Python values consults pandas.
+            columns = {"pane": pl.Series([k[0] for k in keys], dtype=pl.Int64)}
             for i, name in enumerate(self.keys, start=1):
-                columns[f"key_{name}"] = pa.array([k[i] for k in keys])
+                dtype = self._key_types.get(name)
+                columns[f"key_{name}"] = pl.Series([k[i] for k in keys], dtype=dtype)
             sealed = [self.plugin.seal(self._panes[k]) for k in keys]
-            columns["state"] = arrays.strings(sealed, pa.binary())
-            state["panes"] = pa.table(columns)
+            columns["state"] = pl.Series(sealed, dtype=pl.Binary)
+            state["panes"] = pl.DataFrame(columns).to_arrow()
         return state
 
     def restore(self, state: dict[str, pa.Table]) -> None:

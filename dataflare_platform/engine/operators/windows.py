@@ -34,6 +34,7 @@ from dataflare_platform.engine.operators.base import (
     event_ms,
     physical_numpy,
 )
+from dataflare_platform.engine.operators.distinct_panes import DistinctPanes
 from dataflare_platform.engine.operators.pane_stores import (
     PANE,
     WINDOW_END,
@@ -92,6 +93,9 @@ def _window_bound(what: str, ms: int) -> None:
         raise InvalidInputError(f"{what} {ms} ms is over the limit of {format_ms(MAX_WINDOW_MS)}")
 
 
+# Where WindowAggregate keeps its panes (see each store's docstring).
+Store = FramePanes | ArrayPanes | DistinctPanes
+
 # SessionAggregate state columns: session id (while merging), first and last event time.
 SID, START, LAST = "__session", "__start", "__last"
 
@@ -133,25 +137,40 @@ class WindowAggregate(Operator):
     aggs: list[Agg] = field(default_factory=list)
     lateness_ms: int = 0
     top: TopN | None = None
-    _store: FramePanes | ArrayPanes | None = field(default=None, init=False)
+    _store: Store | None = field(default=None, init=False)
     _frames_only: bool = field(default=False, init=False)  # a batch did not fit the arrays
     _fired_until: int | None = field(default=None, init=False)  # next window start to fire
 
     def output_time_column(self) -> str:
         return WINDOW_END
 
-    def _store_for(self, batch: pl.DataFrame) -> FramePanes | ArrayPanes:
-        arrays = not self._frames_only and ArrayPanes.accepts(batch, self.keys, self.aggs)
-        if isinstance(self._store, ArrayPanes if arrays else FramePanes):
+    def _kind(self, batch: pl.DataFrame) -> type[Store]:
+        """The store this batch fits: numpy arrays (one integer key, plain aggregates),
+        code sets (a tumbling window's distinct counts over integers), else frames."""
+        if self._frames_only:
+            return FramePanes
+        if ArrayPanes.accepts(batch, self.keys, self.aggs):
+            return ArrayPanes
+        tumbling = self.window.size_ms == self.window.slide_ms
+        if tumbling and DistinctPanes.accepts(batch, self.keys, self.aggs):
+            held = self._store
+            if not isinstance(held, DistinctPanes) or held.has_room(batch.height):
+                return DistinctPanes
+        return FramePanes
+
+    def _store_for(self, batch: pl.DataFrame) -> Store:
+        kind = self._kind(batch)
+        if isinstance(self._store, kind):
             return self._store
         held = self._store.to_frame() if self._store is not None else None
-        if arrays and held is not None and self.keys and held[self.keys[0]].null_count():
-            arrays = False  # restored state with a null key: the arrays cannot hold it
-        if not arrays:
+        if held is not None and not self._holds(kind, held):
+            kind = FramePanes
+        if kind is FramePanes:
             self._frames_only = True
             if isinstance(self._store, FramePanes):
                 return self._store
-        if arrays:
+        store: Store
+        if kind is ArrayPanes:
             ts = pl.col(self.time_column).to_physical()
             schema = (
                 batch.lazy()
@@ -159,13 +178,24 @@ class WindowAggregate(Operator):
                 .agg(partial_exprs(self.aggs))
                 .collect_schema()
             )
-            store: FramePanes | ArrayPanes = ArrayPanes(self.keys, self.aggs, schema)
+            store = ArrayPanes(self.keys, self.aggs, schema)
+        elif kind is DistinctPanes:
+            store = DistinctPanes(self.keys, self.aggs)
         else:
             store = FramePanes(self.keys, self.aggs)
         if held is not None:
             store.load(held)
         self._store = store
         return store
+
+    def _holds(self, kind: type[Store], held: pl.DataFrame) -> bool:
+        """Whether the store ``kind`` can take the partials held so far (restored ones
+        may have a null key, or distinct values beyond the code sets' range)."""
+        if kind is ArrayPanes:
+            return not (self.keys and held[self.keys[0]].null_count())
+        if kind is DistinctPanes:
+            return DistinctPanes.accepts_partials(held, self.keys, self.aggs)
+        return True
 
     def process(self, batch: pl.DataFrame, port: int = 0) -> Emit:
         batch, late = self.split_late(batch, self.lateness_ms)

@@ -1,0 +1,145 @@
+"""A set of int64 codes that a batch asks "which of mine are new?" and adds them, in time
+that grows with the batch and the log of the set, never with the set itself.
+
+Exact distinct counts over a long window (Nexmark q15/q16: a day of bidders and
+auctions per channel and price rank) used to keep each group's distinct values as a
+list and merge those lists when they doubled: each merge cost the whole day's state,
+so batch latency grew with the day (q16: 1.6 s for the largest merge at 10k rows per
+batch). Here the values seen are codes in sorted runs (``np.ndarray``, int64,
+ascending, disjoint), newest last. A batch's sorted distinct codes are looked up in
+every run with ``np.searchsorted``; those found nowhere are new and become a run of
+their own. Runs merge like a binary counter (a run is merged into the one above it
+while it is no larger), so a code is copied O(log(set / batch)) times over its life and
+there are O(log) runs to search. A merge of more than ``background`` codes runs on the
+keyed stores' merge thread (``keyed_store.merge_executor``; numpy's sort releases the
+GIL) and is put in place by a later batch once done; meanwhile both inputs stay and are
+searched, so no batch waits for a large merge.
+
+Runs are never changed in place: a savepoint is the tuple of runs, and a rollback puts
+it back (dropping any merge still running, whose result may include later runs).
+"""
+
+from __future__ import annotations
+
+from concurrent.futures import Executor, Future
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from dataflare_platform.engine.operators.keyed_store import merge_executor
+
+# Merges of more codes than this run on the merge thread (~1 ms of merging in numpy).
+BACKGROUND_CODES = 262_144
+
+
+def merge_runs(older: np.ndarray, newer: np.ndarray) -> np.ndarray:
+    """Two sorted disjoint runs as one sorted run (a stable sort of two runs is one
+    linear merge in numpy's timsort)."""
+    return np.sort(np.concatenate([older, newer]), kind="stable")
+
+
+@dataclass(frozen=True)
+class _Pending:
+    older: np.ndarray
+    newer: np.ndarray
+    future: Future
+
+
+@dataclass
+class CodeSet:
+    """Sorted runs of int64 codes; see the module docstring."""
+
+    background: int | None = None  # None: ``BACKGROUND_CODES``
+    executor: Executor | None = None  # None: ``merge_executor()``; tests pass their own
+    _runs: tuple[np.ndarray, ...] = field(default=(), init=False)
+    _pending: tuple[_Pending, ...] = field(default=(), init=False)
+
+    def add(self, codes: np.ndarray) -> np.ndarray:
+        """Add ``codes`` (int64, sorted, distinct); a mask of those the set did not hold."""
+        self._install()
+        new = np.ones(codes.size, dtype=bool)
+        need = codes
+        where = np.arange(codes.size)
+        for run in reversed(self._runs):
+            if need.size == 0:
+                break
+            at = np.searchsorted(run, need)
+            hit = run[np.minimum(at, run.size - 1)] == need
+            if hit.any():
+                new[where[hit]] = False
+                need, where = need[~hit], where[~hit]
+        if need.size:
+            self._runs = (*self._runs, need.copy() if need is codes else need)
+            self._compact()
+        return new
+
+    def _compact(self) -> None:
+        """Merge adjacent runs while the older is no larger than the newer, the newest
+        such pair first; a large merge goes to the merge thread (its inputs stay until it
+        is put in place, and the runs above merge among themselves meanwhile)."""
+        limit = BACKGROUND_CODES if self.background is None else self.background
+        runs = list(self._runs)
+        while True:
+            pair = next(
+                (
+                    i
+                    for i in range(len(runs) - 2, -1, -1)
+                    if runs[i].size <= runs[i + 1].size
+                    and not self._busy(runs[i])
+                    and not self._busy(runs[i + 1])
+                ),
+                None,
+            )
+            if pair is None:
+                break
+            older, newer = runs[pair], runs[pair + 1]
+            if older.size + newer.size > limit:
+                future = (self.executor or merge_executor()).submit(merge_runs, older, newer)
+                self._pending = (*self._pending, _Pending(older, newer, future))
+                continue
+            runs[pair : pair + 2] = [merge_runs(older, newer)]
+        self._runs = tuple(runs)
+
+    def _busy(self, run: np.ndarray) -> bool:
+        return any(run is p.older or run is p.newer for p in self._pending)
+
+    def _install(self) -> None:
+        """Put each finished background merge in place of its two (adjacent) inputs."""
+        done = [p for p in self._pending if p.future.done()]
+        if not done:
+            return
+        self._pending = tuple(p for p in self._pending if all(p is not d for d in done))
+        for p in done:
+            merged = p.future.result()
+            runs = self._runs
+            i = next((j for j, r in enumerate(runs) if r is p.older), None)
+            if i is not None and i + 1 < len(runs) and runs[i + 1] is p.newer:
+                self._runs = (*runs[:i], merged, *runs[i + 2 :])
+
+    def wait(self) -> None:
+        """Finish and put in place every running merge (tests; a checkpoint's reads)."""
+        for p in self._pending:
+            p.future.result()
+        self._install()
+
+    def codes(self) -> np.ndarray:
+        """Every code, sorted."""
+        if not self._runs:
+            return np.empty(0, np.int64)
+        if len(self._runs) == 1:
+            return self._runs[0]
+        return np.sort(np.concatenate(self._runs))
+
+    def savepoint(self) -> object:
+        return self._runs
+
+    def rollback(self, saved: object) -> None:
+        self._pending = ()
+        self._runs = saved  # type: ignore[assignment]
+
+    def __len__(self) -> int:
+        return sum(r.size for r in self._runs)
+
+    @property
+    def runs(self) -> int:
+        return len(self._runs)

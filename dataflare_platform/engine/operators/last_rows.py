@@ -119,16 +119,10 @@ class LastRowsRing:
         self._valid = np.zeros((0, len(self.columns), self.n), bool)
 
     # -- state ------------------------------------------------------------------------------
+    _STATE = ("_keys", "_slots", "_table", "_count", "_values", "_valid", "_used")
+
     def _state(self) -> tuple:
-        return (
-            self._keys,
-            self._slots,
-            self._table,
-            self._count,
-            self._values,
-            self._valid,
-            self._used,
-        )
+        return tuple(getattr(self, name) for name in self._STATE)
 
     def savepoint(self) -> object:
         """The replaced arrays as they are (a reference) and the undo steps of the
@@ -138,15 +132,8 @@ class LastRowsRing:
     def rollback(self, saved: object) -> None:
         state, steps = saved  # type: ignore[misc]
         Journal.undo(steps)  # on the arrays they were written to, newest first
-        (
-            self._keys,
-            self._slots,
-            self._table,
-            self._count,
-            self._values,
-            self._valid,
-            self._used,
-        ) = state
+        for name, value in zip(self._STATE, state, strict=True):
+            setattr(self, name, value)
 
     def _write(self, array: np.ndarray, slots: np.ndarray) -> None:
         """Journal the rows ``slots`` of ``array`` before they are written in place."""

@@ -168,7 +168,13 @@ class ReduceArrays:
         key once (ascending) with its aggregates, as the Polars path's ``final``."""
         keys = rows.get_column(self.key).to_numpy().astype(np.int64, copy=False)
         slot = self._slot_of(keys)
-        touched, group = np.unique(slot, return_inverse=True)
+        if slot.size >= self._used:  # a count per slot costs less than a sort here
+            touched = np.flatnonzero(np.bincount(slot, minlength=self._used))
+            lookup = np.empty(self._used, np.int64)
+            lookup[touched] = np.arange(touched.size)
+            group = lookup[slot]
+        else:
+            touched, group = np.unique(slot, return_inverse=True)
         groups = touched.size
         columns: dict[str, tuple[np.ndarray, np.ndarray | None]] = {}
         for agg in self.aggs:

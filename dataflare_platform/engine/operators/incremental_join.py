@@ -16,17 +16,28 @@ the rejected right rows. With ``right_unique`` (the right key is a primary key) 
 rejected row's key is remembered, key columns only, so left rows of that key are dropped
 on arrival rather than waiting forever for a match that cannot come (q20 keeps the full
 rows of category-10 auctions and only the ids of the rest).
+
+With ``right_unique`` the right rows are never removed, so the right side and the
+rejected keys live in :class:`AppendStore` s (an index of hashes merged, the rows written
+once: no batch waits for wide rows being moved), and a left batch is joined by one
+lookup per store of the batch's hashed keys, with no Polars join: each left row finds
+its right row number, the pairs are the left rows and the gathered right rows side by
+side. A left row found in neither store waits in the left store.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import numpy as np
 import polars as pl
 import pyarrow as pa
 
+from dataflare_platform.engine.operators.append_store import AppendStore, Codes
 from dataflare_platform.engine.operators.base import WM_COL, Emit, Operator
 from dataflare_platform.engine.operators.keyed_store import KeyedStore
+
+Store = KeyedStore | AppendStore
 
 
 def _concat(a: pl.DataFrame | None, b: pl.DataFrame) -> pl.DataFrame:
@@ -49,8 +60,8 @@ class IncrementalJoin(Operator):
     inputs: int = 2
     right_filter: pl.Expr | None = None
     _left: KeyedStore = field(init=False)
-    _right: KeyedStore = field(init=False)
-    _rejected: KeyedStore = field(init=False)  # keys of rejected unique right rows
+    _right: Store = field(init=False)  # an AppendStore with ``right_unique``
+    _rejected: Store = field(init=False)  # keys of rejected unique right rows
 
     # Merges of more rows than this run on the merge thread. A join holds whole rows
     # (q20: an auction's strings): with the stores' default (64k) the slowest q20 batch
@@ -58,10 +69,13 @@ class IncrementalJoin(Operator):
     BACKGROUND_ROWS = 16_384
 
     def __post_init__(self) -> None:
-        self._left, self._right, self._rejected = (
-            KeyedStore(list(on), background_rows=self.BACKGROUND_ROWS)
-            for on in (self.left_on, self.right_on, self.right_on)
-        )
+        self._left = KeyedStore(list(self.left_on), background_rows=self.BACKGROUND_ROWS)
+        if self.right_unique:  # right rows are never removed
+            self._right = AppendStore(list(self.right_on))
+            self._rejected = AppendStore(list(self.right_on))
+        else:
+            self._right = KeyedStore(list(self.right_on), background_rows=self.BACKGROUND_ROWS)
+            self._rejected = KeyedStore(list(self.right_on))  # unused: nothing rejected
 
     # ---- batches ----
 
@@ -76,26 +90,51 @@ class IncrementalJoin(Operator):
         return (self._right_rows(rows) if port else self._left_rows(rows)), None
 
     def _left_rows(self, rows: pl.DataFrame) -> pl.DataFrame | None:
+        if self.right_unique:
+            return self._left_rows_unique(rows)
         keys = rows.select(self.left_on).unique()
-        matched = self._right.get(self._as(keys, self.left_on, self._right))
+        matched = self._right.get(self._as(keys, self.left_on, self._right))  # type: ignore[union-attr]
         out = None if matched is None else self._pair(rows, matched)
-        if not self.right_unique:
-            self._add(self._left, rows, self.left_on)
-            return out
-        # Done with: keys matched (once and for all) and keys whose right row failed the
-        # filter (no match ever). A rejected key is never in ``_right``, so the lookup
-        # above could take every key.
-        done = [] if matched is None else [matched.select(self.right_on)]
-        if self._rejected.rows:
-            rejected = self._rejected.get(self._as(keys, self.left_on, self._rejected))
-            if rejected is not None:
-                done.append(rejected)
-        waiting = rows
-        if done:
-            gone = pl.concat(done, how="vertical_relaxed") if len(done) > 1 else done[0]
-            waiting = rows.join(gone, left_on=self.left_on, right_on=self.right_on, how="anti")
+        self._add(self._left, rows, self.left_on)
+        return out
+
+    def _left_rows_unique(self, rows: pl.DataFrame) -> pl.DataFrame | None:
+        """Left rows against unique right keys: each row finds its right row (a pair),
+        or its key among the rejected ones (dropped: no match can come), or waits."""
+        keys = rows.select(self.left_on)
+        done = None
+        out = None
+        coded: tuple[pl.Schema, Codes] | None = None  # shared by the stores
+        for store in (self._right, self._rejected):
+            if not store.rows:
+                continue
+            probe = self._as(keys, self.left_on, store)
+            if coded is None or coded[0] != probe.schema:
+                coded = (probe.schema, store.codes(probe))  # type: ignore[union-attr]
+            at, ids = store.find(probe, coded[1])  # type: ignore[union-attr]
+            if at.size == 0:
+                continue
+            if done is None:
+                done = np.zeros(rows.height, dtype=bool)
+            done[at] = True
+            if store is self._right:
+                out = self._side_by_side(rows, at, ids)
+        waiting = rows if done is None else rows.filter(pl.Series(~done))
         self._add(self._left, waiting, self.left_on)
         return out
+
+    def _side_by_side(self, left: pl.DataFrame, at: np.ndarray, ids: np.ndarray) -> pl.DataFrame:
+        """The pairs (``left`` row ``at[i]``, right row ``ids[i]``), shaped as ``_pair``
+        would give them: the left columns, then the right's other than its keys, a name
+        the left has taking ``suffix``. In the order of the right rows' numbers, so the
+        gather reads each payload chunk once, in order."""
+        order = np.argsort(ids, kind="stable")
+        at, ids = at[order], ids[order]
+        same = at.size == left.height and bool((at == np.arange(at.size)).all())
+        left = left if same else left[at]
+        right = self._right.gather(ids).drop(self.right_on)  # type: ignore[union-attr]
+        clash = {c: c + self.suffix for c in right.columns if c in left.columns}
+        return pl.concat([left, right.rename(clash) if clash else right], how="horizontal")
 
     def _right_rows(self, rows: pl.DataFrame) -> pl.DataFrame | None:
         failed = None
@@ -123,7 +162,7 @@ class IncrementalJoin(Operator):
         if self.right_unique:
             self._right.put(rows)
         else:
-            self._add(self._right, rows, self.right_on)
+            self._add(self._right, rows, self.right_on)  # type: ignore[arg-type]
         return out
 
     def _pair(self, left: pl.DataFrame, right: pl.DataFrame) -> pl.DataFrame:
@@ -141,7 +180,7 @@ class IncrementalJoin(Operator):
         store.put(_concat(held, rows))
 
     @staticmethod
-    def _as(keys: pl.DataFrame, on: list[str], store: KeyedStore) -> pl.DataFrame:
+    def _as(keys: pl.DataFrame, on: list[str], store: Store) -> pl.DataFrame:
         """``keys`` (columns ``on``) renamed to ``store``'s key columns, cast to its key
         types where they differ, so that equal values hash alike. A value the cast
         cannot represent equals no key in the store: it becomes null and finds none."""
@@ -176,7 +215,7 @@ class IncrementalJoin(Operator):
         for name, store in self._stores().items():
             store.load(pl.from_arrow(state[name]) if name in state else None)
 
-    def _stores(self) -> dict[str, KeyedStore]:
+    def _stores(self) -> dict[str, Store]:
         return {"left": self._left, "right": self._right, "rejected": self._rejected}
 
     def state_rows(self) -> int:

@@ -2,7 +2,8 @@
 rollbacks and checkpoint round trips, the pairs emitted so far are those of a one-shot
 inner join (then the right filter) of the rows accepted so far, each pair once. Run with
 integer, string and two-column keys, key types that differ between the sides, and with
-hash collisions forced in the stores."""
+hash collisions forced in the stores; the pairs have the columns and types of a Polars
+join whichever path made them."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from dataflare_platform.engine.operators.append_store import AppendStore
 from dataflare_platform.engine.operators.incremental_join import IncrementalJoin
 from dataflare_platform.engine.operators.keyed_store import KeyedStore
 
@@ -22,6 +24,11 @@ def _colliding_hash(self: KeyedStore, frame: pl.DataFrame) -> np.ndarray:
     """Four hash values in all: lookups meet other keys' rows all the time."""
     first = frame.get_column(self.keys[0]).cast(pl.String).fill_null("")
     return (first.str.len_bytes().to_numpy().astype(np.int64) % 4) * 7
+
+
+def _colliding_codes(self: AppendStore, frame: pl.DataFrame) -> tuple:
+    """Keys hashed (``_colliding_hash``), never their own codes."""
+    return _colliding_hash(self, frame), False, None
 
 
 def _strings(keys: list[int | None], make) -> pl.Series:
@@ -83,6 +90,7 @@ def test_join_emits_the_pairs_of_a_one_shot_join(kind, colliding, steps, unique,
     with pytest.MonkeyPatch.context() as patch:
         if colliding:
             patch.setattr(KeyedStore, "_hash", _colliding_hash)
+            patch.setattr(AppendStore, "codes", _colliding_codes)
         _check_against_model(kind, steps, unique, filtered, data)
 
 
@@ -93,6 +101,7 @@ def _check_against_model(kind, steps, unique, filtered, data):
     accepted: list[list[pl.DataFrame]] = [[], []]
     right_keys_seen: set = set()
     emitted: list[tuple[int, int]] = []
+    schemas = []
     serial = 0
     for action, port, rows in steps:
         if action == "checkpoint":
@@ -121,12 +130,15 @@ def _check_against_model(kind, steps, unique, filtered, data):
             right_keys_seen |= {k for k, _ in rows if k is not None}
         accepted[port].append(frame)
         emitted += _pairs(out)
+        if out is not None:
+            schemas.append(out.schema)
     left = pl.concat(accepted[0]) if accepted[0] else _frame(kind, 0, [], 0)
     right = pl.concat(accepted[1]) if accepted[1] else _frame(kind, 1, [], 0)
     if predicate is not None:
         right = right.filter(predicate)
     truth = left.join(right, left_on=left_on, right_on=right_on, how="inner", suffix="_r")
     assert sorted(emitted) == _pairs(truth)
+    assert all(schema == truth.schema for schema in schemas)  # names, order and types
     if unique:
         # Only left rows whose key has not arrived on the right wait in state.
         waiting = left.filter(pl.all_horizontal(pl.col(k).is_not_null() for k in left_on))

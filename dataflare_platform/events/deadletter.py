@@ -421,7 +421,7 @@ def _select(offsets: range | Sequence[int] | None, first: int, end: int) -> np.n
         return np.arange(first, end, dtype=np.int64)
     if isinstance(offsets, range) and offsets.step == 1:
         return np.arange(max(first, offsets.start), min(end, offsets.stop), dtype=np.int64)
-    wanted = np.unique(np.asarray(list(offsets), dtype=np.int64))
+    wanted = arrays.unique_sorted(np.asarray(list(offsets), dtype=np.int64))
     return wanted[(wanted >= first) & (wanted < end)]
 
 

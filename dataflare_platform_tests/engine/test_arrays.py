@@ -1,9 +1,12 @@
 """The pandas-free array constructors give what ``pa.array`` gives: same type, values and
-nulls (pandas being absent is checked by test_cold_start in a fresh process)."""
+nulls (pandas being absent is checked by test_cold_start in a fresh process); and
+``unique_sorted`` gives what ``np.unique`` gives."""
 
 import numpy as np
 import pyarrow as pa
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from dataflare_platform.engine import arrays
 from dataflare_platform.errors import InvalidInputError
@@ -106,3 +109,17 @@ def test_validity_equals_is_valid_on_slices_and_chunks(values, type):
 
 def test_validity_of_the_null_type_is_all_false():
     assert arrays.validity(pa.nulls(3)).tolist() == [False, False, False]
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    values=st.lists(st.integers(-(2**63), 2**63 - 1), max_size=200),
+    shape=st.sampled_from(["flat", "column"]),
+)
+def test_unique_sorted_is_np_unique(values, shape):
+    array = np.array(values, np.int64)
+    if shape == "column":  # np.unique flattens; so does unique_sorted
+        array = array.reshape(-1, 1)
+    got = arrays.unique_sorted(array)
+    assert got.dtype == np.int64
+    assert got.tolist() == np.unique(array).tolist()

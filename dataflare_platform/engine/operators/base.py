@@ -32,6 +32,12 @@ def physical_numpy(series: pl.Series) -> np.ndarray:
     return series.to_numpy()
 
 
+def concat_rows(held: pl.DataFrame | None, rows: pl.DataFrame) -> pl.DataFrame:
+    """``rows`` after the ``held`` rows (none: ``rows`` as they are), dtypes widened where
+    the two differ (an Int32 batch after Int64 state), as the joins' held sides need."""
+    return rows if held is None else pl.concat([held, rows], how="vertical_relaxed")
+
+
 def event_ms(time_column: str) -> pl.Expr:
     return pl.col(time_column).cast(pl.Int64)
 

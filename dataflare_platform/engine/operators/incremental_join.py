@@ -34,14 +34,10 @@ import polars as pl
 import pyarrow as pa
 
 from dataflare_platform.engine.operators.append_store import AppendStore, Codes
-from dataflare_platform.engine.operators.base import WM_COL, Emit, Operator
+from dataflare_platform.engine.operators.base import WM_COL, Emit, Operator, concat_rows
 from dataflare_platform.engine.operators.keyed_store import KeyedStore
 
 Store = KeyedStore | AppendStore
-
-
-def _concat(a: pl.DataFrame | None, b: pl.DataFrame) -> pl.DataFrame:
-    return b if a is None else pl.concat([a, b], how="vertical_relaxed")
 
 
 @dataclass
@@ -177,7 +173,7 @@ class IncrementalJoin(Operator):
         if rows.height == 0:
             return
         held = store.take(rows.select(on).unique()) if store.rows else None
-        store.put(_concat(held, rows))
+        store.put(concat_rows(held, rows))
 
     @staticmethod
     def _as(keys: pl.DataFrame, on: list[str], store: Store) -> pl.DataFrame:

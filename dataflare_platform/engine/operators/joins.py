@@ -11,7 +11,7 @@ import polars as pl
 import pyarrow as pa
 
 from dataflare_platform.engine.aggregations import Agg
-from dataflare_platform.engine.operators.base import WM_COL, Emit, Operator, event_ms
+from dataflare_platform.engine.operators.base import WM_COL, Emit, Operator, concat_rows, event_ms
 from dataflare_platform.engine.operators.interval_tiers import (
     RightRows,
     Tier,
@@ -21,10 +21,6 @@ from dataflare_platform.engine.operators.interval_tiers import (
 )
 from dataflare_platform.engine.operators.windows import WINDOW_END, WINDOW_START, Tumbling
 from dataflare_platform.errors import InvalidInputError
-
-
-def _concat(a: pl.DataFrame | None, b: pl.DataFrame) -> pl.DataFrame:
-    return b if a is None else pl.concat([a, b], how="vertical_relaxed")
 
 
 @dataclass
@@ -230,7 +226,7 @@ class IntervalJoinAggregate(Operator):
                 return None, late
         leftover = self._match(self._tiers, batch, as_batch=True)
         if leftover is not None:
-            self._pending = _concat(self._pending, leftover)
+            self._pending = concat_rows(self._pending, leftover)
         return None, late
 
     def _compact(self) -> None:

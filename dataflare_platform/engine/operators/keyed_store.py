@@ -37,6 +37,7 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 import polars as pl
 
+from dataflare_platform.engine import arrays
 from dataflare_platform.errors import InvalidInputError
 
 GEN = "__store_gen"
@@ -240,7 +241,7 @@ class KeyedStore:
         if not self._segments or touched.height == 0:
             return None
         hashed = self._hash(touched)
-        wanted = np.unique(hashed)
+        wanted = arrays.unique_sorted(hashed)
         if wanted.size == hashed.size:  # no two touched keys share a hash
             order = np.argsort(hashed)  # touched's rows in the order of ``wanted``
             taken = self._take_by_hash(touched, wanted, forget, order)
@@ -377,7 +378,7 @@ class KeyedStore:
         back every key it takes, which the keyed operators do."""
         gens = rows.get_column(GEN).to_numpy()
         positions = rows.get_column(POS).to_numpy()
-        self._kill_positions({int(g): positions[gens == g] for g in np.unique(gens)})
+        self._kill_positions({int(g): positions[gens == g] for g in arrays.unique_sorted(gens)})
 
     def _kill_positions(self, by_gen: dict[int, np.ndarray]) -> None:
         """Mark ``by_gen[segment.gen]`` dead in each segment (see ``_kill``)."""

@@ -5,7 +5,7 @@ average of a seller's last 10 closed auctions).
 The general path keeps the rows in a :class:`KeyedStore` and recomputes each touched
 key with Polars ``rolling_*`` over its stored and new rows: about 2 ms per batch of a
 few hundred rows, most of it fixed Polars cost (take, concat, ``over``, filter, put).
-Here a key is a slot (sorted keys and ``np.searchsorted``), each stored column an array
+Here a key is a slot (:class:`key_slots.KeySlots`), each stored column an array
 of ``slots x n`` values written at ``sequence % n``, and a batch's aggregates one
 ``rows x n`` matrix of window values (each row's last ``n`` values, from the batch
 itself or the ring) reduced along its rows: numpy only, no per-row Python.
@@ -27,11 +27,10 @@ import numpy as np
 import polars as pl
 
 from dataflare_platform.engine.aggregations import Agg
+from dataflare_platform.engine.operators.key_slots import KeySlots
 from dataflare_platform.engine.operators.undo import Journal
 
 KINDS = ("count", "sum", "mean", "min", "max")
-DENSE_FACTOR = 8  # keys below this many times the key count (plus slack): a table
-DENSE_SLACK = 1 << 20  # a table of at most 8 MB however few keys
 MATRIX_CELLS = 1 << 20  # rows x n of one window matrix; larger batches go in chunks
 INTEGERS = (pl.Int8, pl.Int16, pl.Int32, pl.Int64, pl.UInt8, pl.UInt16, pl.UInt32)
 
@@ -97,32 +96,27 @@ class LastRowsRing:
     columns: list[str]  # stored: order columns and aggregated columns (checkpoint form)
     aggs: list[Agg]
     schema: dict[str, pl.DataType]  # of key and columns
-    _keys: np.ndarray = field(init=False)  # by slot (table) or sorted (no table)
-    _slots: np.ndarray = field(init=False)  # slot of each sorted key (no table)
-    _table: np.ndarray | None = field(init=False)  # key -> slot, -1 for none
+    _index: KeySlots = field(init=False)  # key -> slot
     _count: np.ndarray = field(init=False)  # rows seen per slot
     _values: np.ndarray = field(init=False)  # slots x columns x n
     _valid: np.ndarray = field(init=False)  # slots x columns x n
     _at: dict[str, int] = field(init=False)  # column -> its index in the arrays
-    _used: int = field(init=False, default=0)
     _journal: Journal = field(init=False, default_factory=Journal)
     _out: dict[str, pl.DataType] = field(init=False)
 
     def __post_init__(self) -> None:
         self._out = rolling_dtypes(self.schema, self.aggs, self.n)
-        self._keys = np.zeros(0, np.int64)
-        self._slots = np.zeros(0, np.int64)
-        self._table = np.full(1024, -1, np.int64)  # grows with the largest key
+        self._index = KeySlots(self._journal)
         self._count = np.zeros(0, np.int64)
         self._at = {c: i for i, c in enumerate(self.columns)}
         self._values = np.zeros((0, len(self.columns), self.n), np.int64)
         self._valid = np.zeros((0, len(self.columns), self.n), bool)
 
     # -- state ------------------------------------------------------------------------------
-    _STATE = ("_keys", "_slots", "_table", "_count", "_values", "_valid", "_used")
+    _STATE = ("_count", "_values", "_valid")
 
     def _state(self) -> tuple:
-        return tuple(getattr(self, name) for name in self._STATE)
+        return self._index.state(), *(getattr(self, name) for name in self._STATE)
 
     def savepoint(self) -> object:
         """The replaced arrays as they are (a reference) and the undo steps of the
@@ -130,8 +124,9 @@ class LastRowsRing:
         return self._state(), self._journal.start()
 
     def rollback(self, saved: object) -> None:
-        state, steps = saved  # type: ignore[misc]
+        (index, *state), steps = saved  # type: ignore[misc]
         Journal.undo(steps)  # on the arrays they were written to, newest first
+        self._index.restore(index)
         for name, value in zip(self._STATE, state, strict=True):
             setattr(self, name, value)
 
@@ -146,62 +141,13 @@ class LastRowsRing:
 
     @property
     def rows(self) -> int:
-        return int(np.minimum(self._count[: self._used], self.n).sum())
+        return int(np.minimum(self._count[: self._index.used], self.n).sum())
 
     def _slot_of(self, keys: np.ndarray) -> np.ndarray:
-        """Each key's slot, new keys getting new slots."""
-        if self._table is not None:
-            high = int(keys.max())
-            if (
-                int(keys.min()) >= 0
-                and high < DENSE_FACTOR * (self._used + keys.size) + DENSE_SLACK
-            ):
-                return self._dense_slots(keys, high)
-            self._to_sorted()
-        return self._sorted_slots(keys)
-
-    def _dense_slots(self, keys: np.ndarray, high: int) -> np.ndarray:
-        """Slots from a direct-address table (keys are small non-negative integers, as
-        sequential ids are): O(batch), whatever the number of keys."""
-        table = self._table
-        assert table is not None
-        if high >= table.size:  # replaced, not changed: a savepoint keeps the old one
-            bigger = np.full(max(high + 1, 2 * table.size), -1, np.int64)
-            bigger[: table.size] = table
-            self._table = table = bigger
-        slot = table[keys]
-        fresh = slot < 0
-        if fresh.any():
-            new_keys = np.unique(keys[fresh])
-            self._write(table, new_keys)
-            table[new_keys] = np.arange(self._used, self._used + new_keys.size)
-            self._keys = np.concatenate([self._keys, new_keys])  # slot order
-            self._used += new_keys.size
-            self._grow(self._used)
-            slot = table[keys]
+        """Each key's slot, new keys getting new slots (the arrays grown to them)."""
+        slot = self._index.slots(keys)
+        self._grow(self._index.used)
         return slot
-
-    def _to_sorted(self) -> None:
-        """Leave the direct-address table for sorted keys (a key too large or negative)."""
-        order = np.argsort(self._keys, kind="stable")
-        self._keys, self._slots, self._table = self._keys[order], order.astype(np.int64), None
-
-    def _sorted_slots(self, keys: np.ndarray) -> np.ndarray:
-        """Slots by binary search in the sorted keys (new keys merged in: O(keys))."""
-        at = np.searchsorted(self._keys, keys)
-        found = np.zeros(keys.size, bool)
-        inside = at < self._keys.size
-        found[inside] = self._keys[at[inside]] == keys[inside]
-        if not found.all():
-            fresh = np.unique(keys[~found])
-            where = np.searchsorted(self._keys, fresh)
-            self._keys = np.insert(self._keys, where, fresh)
-            slots = np.arange(self._used, self._used + fresh.size, dtype=np.int64)
-            self._slots = np.insert(self._slots, where, slots)
-            self._used += fresh.size
-            self._grow(self._used)
-            at = np.searchsorted(self._keys, keys)
-        return self._slots[at]
 
     def _grow(self, need: int) -> None:
         have = self._count.size
@@ -360,12 +306,9 @@ class LastRowsRing:
     # -- checkpoint form --------------------------------------------------------------------
     def frame(self) -> pl.DataFrame | None:
         """Each key's last rows, oldest first, as the Polars path stores them."""
-        if not self._used:
+        if not self._index.used:
             return None
-        if self._table is not None:  # keys in slot order
-            keys, slots = self._keys, np.arange(self._used)
-        else:
-            keys, slots = self._keys, self._slots
+        keys, slots = self._index.in_key_order()
         count = self._count[slots]
         held = np.minimum(count, self.n)
         starts = count - held
@@ -385,8 +328,7 @@ class LastRowsRing:
     def load(self, frame: pl.DataFrame | None) -> None:
         """Replace the contents with ``frame`` (:meth:`frame`'s form, a key's rows in
         order; more than ``n`` rows of a key keep the last ``n``)."""
-        self.__post_init__()
-        self._used = 0
         self._journal = Journal()
+        self.__post_init__()
         if frame is not None and frame.height:
             self.push(frame.select(self.key, *self.columns))

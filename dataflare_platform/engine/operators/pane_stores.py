@@ -622,7 +622,7 @@ def distinct_steps(starts: np.ndarray, step: int) -> list[int]:
     if lo == hi:
         return [lo]
     if (hi - lo) // step > 64:
-        return np.unique(starts).tolist()
+        return arrays.unique_sorted(starts).tolist()
     return [s for s in range(lo, hi + 1, step) if (starts == s).any()]
 
 

@@ -113,7 +113,7 @@ class WindowPluginAggregate(Operator):
         if last_start < first_start:
             return None
         # The windows that hold a pane: each pane is in size / slide of them.
-        candidates = np.unique((starts[:, None] - np.arange(size // slide) * slide).ravel())
+        candidates = arrays.unique_sorted(starts[:, None] - np.arange(size // slide) * slide)
         due = candidates[(candidates >= first_start) & (candidates <= last_start)]
         out = [self._fire(int(start), size, slide) for start in due]
         self._fired_until = last_start + slide

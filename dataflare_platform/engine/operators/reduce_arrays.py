@@ -4,9 +4,10 @@ price per category).
 
 The general path costs about 1 ms per batch even for a handful of keys, nearly all of it
 fixed Polars cost (group by, take from the KeyedStore, concat, group by again, put).
-Here a key is a slot (sorted keys and ``np.searchsorted``) and each partial an array by
-slot; a batch's partials are scatters (``np.add.at``, ``np.minimum.at``) over its rows'
-slots, merged into the touched slots.
+Here a key is a slot (:class:`key_slots.KeySlots`: a direct-address table for
+sequential ids, so a batch closing 300 k auctions at once costs one gather) and each
+partial an array by slot; a batch's partials are scatters (``np.add.at``,
+``np.minimum.at``) over its rows' slots, merged into the touched slots.
 
 Only exact cases take this path: one integer key without nulls, integer value columns,
 and ``count``/``sum``/``mean``/``min``/``max``. Integer sums wrap in 64 bits as Polars'
@@ -32,6 +33,7 @@ from dataflare_platform.engine.aggregations import (
     merge_exprs,
     partial_exprs,
 )
+from dataflare_platform.engine.operators.key_slots import KeySlots
 from dataflare_platform.engine.operators.undo import Journal
 
 KINDS = ("count", "sum", "mean", "min", "max")
@@ -81,21 +83,16 @@ class ReduceArrays:
     key: str
     aggs: list[Agg]
     schema: dict[str, pl.DataType]  # of the key and the aggregated columns
-    _keys: np.ndarray = field(init=False)  # sorted
-    _slots: np.ndarray = field(init=False)  # slot of each sorted key
-    _by_slot: np.ndarray = field(init=False)  # key of each slot
+    _index: KeySlots = field(init=False)  # key -> slot
     _values: dict[str, np.ndarray] = field(init=False)  # partial column -> by slot
     _seen: dict[str, np.ndarray] = field(init=False)  # min/max partial -> by slot
-    _used: int = field(init=False, default=0)
     _journal: Journal = field(init=False, default_factory=Journal)
     _stored: dict[str, pl.DataType] = field(init=False)
     _out: dict[str, pl.DataType] = field(init=False)
 
     def __post_init__(self) -> None:
         _, self._stored, self._out = polars_schemas(self.key, self.aggs, self.schema)
-        self._keys = np.zeros(0, np.int64)
-        self._slots = np.zeros(0, np.int64)
-        self._by_slot = np.zeros(0, np.int64)
+        self._index = KeySlots(self._journal)
         self._values, self._seen = {}, {}
         for agg in self.aggs:
             names = agg.partial_columns()
@@ -110,7 +107,7 @@ class ReduceArrays:
     # -- state ------------------------------------------------------------------------------
     def _state(self) -> tuple:
         values, seen = dict(self._values), dict(self._seen)
-        return self._keys, self._slots, self._by_slot, values, seen, self._used
+        return self._index.state(), values, seen
 
     def savepoint(self) -> object:
         """The replaced arrays as they are (references) and the undo steps of the slots
@@ -120,7 +117,8 @@ class ReduceArrays:
     def rollback(self, saved: object) -> None:
         state, steps = saved  # type: ignore[misc]
         Journal.undo(steps)  # on the arrays they were written to, newest first
-        self._keys, self._slots, self._by_slot, values, seen, self._used = state
+        index, values, seen = state
+        self._index.restore(index)
         self._values, self._seen = dict(values), dict(seen)
 
     def _write(self, array: np.ndarray, slots: np.ndarray) -> None:
@@ -134,25 +132,13 @@ class ReduceArrays:
 
     @property
     def rows(self) -> int:
-        return self._used
+        return self._index.used
 
     def _slot_of(self, keys: np.ndarray) -> np.ndarray:
         """Each key's slot, new keys getting new slots (arrays grown by replacing them)."""
-        at = np.searchsorted(self._keys, keys)
-        found = np.zeros(keys.size, bool)
-        inside = at < self._keys.size
-        found[inside] = self._keys[at[inside]] == keys[inside]
-        if not found.all():
-            fresh = np.unique(keys[~found])
-            where = np.searchsorted(self._keys, fresh)
-            self._keys = np.insert(self._keys, where, fresh)
-            slots = np.arange(self._used, self._used + fresh.size, dtype=np.int64)
-            self._slots = np.insert(self._slots, where, slots)
-            self._by_slot = np.concatenate([self._by_slot, fresh])
-            self._used += fresh.size
-            self._grow(self._used)
-            at = np.searchsorted(self._keys, keys)
-        return self._slots[at]
+        slot = self._index.slots(keys)
+        self._grow(self._index.used)
+        return slot
 
     def _grow(self, need: int) -> None:
         for arrays in (self._values, self._seen):
@@ -168,9 +154,10 @@ class ReduceArrays:
         key once (ascending) with its aggregates, as the Polars path's ``final``."""
         keys = rows.get_column(self.key).to_numpy().astype(np.int64, copy=False)
         slot = self._slot_of(keys)
-        if slot.size >= self._used:  # a count per slot costs less than a sort here
-            touched = np.flatnonzero(np.bincount(slot, minlength=self._used))
-            lookup = np.empty(self._used, np.int64)
+        used = self._index.used
+        if 8 * slot.size >= used:  # a count per slot costs less than a sort here
+            touched = np.flatnonzero(np.bincount(slot, minlength=used))
+            lookup = np.empty(used, np.int64)
             lookup[touched] = np.arange(touched.size)
             group = lookup[slot]
         else:
@@ -220,7 +207,7 @@ class ReduceArrays:
 
     def _slot_keys(self, slots: np.ndarray) -> np.ndarray:
         """The key of each slot."""
-        return self._by_slot[slots]
+        return self._index.keys_of(slots)
 
     def _series(self, name: str, slots: np.ndarray) -> pl.Series:
         """Partial ``name`` of ``slots``: null for a min/max nothing was seen for."""
@@ -247,10 +234,10 @@ class ReduceArrays:
     def frame(self) -> pl.DataFrame | None:
         """Key and partial columns, one row per key (ascending), as the Polars path
         stores them."""
-        if not self._used:
+        if not self._index.used:
             return None
-        slots = self._slots
-        columns = [pl.Series(self.key, self._keys).cast(self.schema[self.key])]
+        keys, slots = self._index.in_key_order()
+        columns = [pl.Series(self.key, keys).cast(self.schema[self.key])]
         for agg in self.aggs:
             for name in agg.partial_columns():
                 columns.append(self._series(name, slots).cast(self._stored[name]))
@@ -259,9 +246,8 @@ class ReduceArrays:
     def load(self, frame: pl.DataFrame | None) -> None:
         """Replace the contents with ``frame`` (:meth:`frame`'s form, one row per key,
         no null key)."""
-        self.__post_init__()
-        self._used = 0
         self._journal = Journal()
+        self.__post_init__()
         if frame is None or frame.height == 0:
             return
         keys = frame.get_column(self.key).to_numpy().astype(np.int64, copy=False)

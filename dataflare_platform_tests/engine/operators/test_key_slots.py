@@ -1,0 +1,63 @@
+"""KeySlots (integer key -> slot) against a dict: a key keeps its slot, new keys take
+the next slots in ascending order, the same in the direct-address table and in the
+sorted map (moved to for good by a negative or large key), with rollbacks to a
+savepoint at any batch, as the numpy states use it."""
+
+import numpy as np
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from dataflare_platform.engine.operators.key_slots import DENSE_SLACK, KeySlots
+from dataflare_platform.engine.operators.undo import Journal
+
+_dense = st.integers(0, 3000)  # beyond the table's first 1024 entries: it grows
+_sparse = st.sampled_from([-1, -(2**40), DENSE_SLACK * 64, 2**62])
+_steps = st.lists(
+    st.one_of(
+        st.tuples(st.just("batch"), st.lists(_dense, max_size=30)),
+        st.tuples(st.just("sparse"), st.lists(st.one_of(_dense, _sparse), min_size=1, max_size=30)),
+        st.tuples(st.sampled_from(["save", "back"]), st.just([])),
+    ),
+    max_size=30,
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(steps=_steps)
+def test_slots_match_a_dict(steps):
+    journal = Journal()
+    index = KeySlots(journal)
+    model: dict[int, int] = {}
+    saved = None
+    for step, keys in steps:
+        if step in ("batch", "sparse"):
+            array = np.array(keys, np.int64)
+            slots = index.slots(array)
+            for key in sorted(set(keys) - model.keys()):
+                model[key] = len(model)
+            assert slots.tolist() == [model[k] for k in keys]
+        elif step == "save":
+            saved = (index.state(), journal.start(), dict(model))
+        elif step == "back" and saved is not None:
+            state, undo, kept = saved
+            Journal.undo(undo)
+            index.restore(state)
+            model, saved = kept, None
+        assert index.used == len(model)
+        keys_sorted, slots_sorted = index.in_key_order()
+        assert keys_sorted.tolist() == sorted(model)
+        assert slots_sorted.tolist() == [model[k] for k in sorted(model)]
+        every = np.arange(index.used)
+        assert index.keys_of(every).tolist() == sorted(model, key=model.__getitem__)
+
+
+def test_sequential_ids_stay_in_the_table_and_a_negative_key_leaves_it():
+    index = KeySlots(Journal())
+    index.slots(
+        np.arange(300_000, dtype=np.int64)[::-1]
+    )  # a batch closing 300 k keys (new keys: slots in key order)
+    assert index._table is not None
+    assert index.slots(np.array([5, 299_999], np.int64)).tolist() == [5, 299_999]
+    assert index.slots(np.array([-7], np.int64)).tolist() == [300_000]
+    assert index._table is None  # sorted from now on
+    assert index.slots(np.array([5, -7], np.int64)).tolist() == [5, 300_000]

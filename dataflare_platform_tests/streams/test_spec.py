@@ -3,7 +3,6 @@
 import textwrap
 
 import duckdb
-import polars as pl
 import pytest
 
 from dataflare_platform.datagen import NexmarkConfig, write_nexmark
@@ -61,7 +60,8 @@ sink: {parquet: out.parquet}
 """
 
 # q9 and q6 in YAML: the winning bid of each closed auction (interval_join_winner), and
-# the seller's average over the last 10 (reduce_last); q20 a join then a filter.
+# the seller's average over the last 10 (reduce_last); q20 a join keeping category-10
+# auctions (right_filter), and the same as a join then a filter.
 WINNER_STEP = """
       - interval_join_winner:
           with: bids
@@ -121,14 +121,18 @@ streams:
   joined:
     from: bids
     steps:
-      - join: {with: items, left_on: auction, right_on: id, right_unique: true}
-      - filter: category = 10
+      - join: {with: items, left_on: auction, right_on: id, right_unique: true,
+               right_filter: category = 10}
       - select: [auction, bidder, price, channel, url, date_time, extra, item_name,
                  description, initial_bid, reserve, auction_date_time, expires, seller,
                  category, auction_extra]
 output: joined
 sink: {discard: {}}
 """
+Q20_FILTER_AFTER_YAML = Q20_YAML.replace(
+    ",\n               right_filter: category = 10}", "}\n      - filter: category = 10"
+)
+assert Q20_FILTER_AFTER_YAML != Q20_YAML
 
 
 @pytest.fixture(scope="module")
@@ -162,6 +166,7 @@ def _builder_output(query, root):
         ("q9", Q9_YAML),
         ("q6", Q6_YAML),
         ("q20", Q20_YAML),
+        ("q20", Q20_FILTER_AFTER_YAML),
     ],
 )
 def test_yaml_pipeline_gives_the_builder_pipelines_output(data_dir, query, text):
@@ -223,7 +228,17 @@ def test_unknown_plugin_is_refused_at_build(data_dir):
     spec = PipelineSpec.load(data).relative_to(data_dir)
     with pytest.raises(ConfigError, match="pii_mask"):
         spec.build()
-    assert pl.DataFrame  # spec module imports stay light
+
+
+def test_a_bad_join_right_filter_is_refused_naming_the_field():
+    import yaml
+
+    data = yaml.safe_load(Q20_YAML)
+    data["streams"]["joined"]["steps"][0]["join"]["right_filter"] = "category >>> 1"
+    with pytest.raises(ConfigError) as err:
+        PipelineSpec.load(data)
+    assert "streams.joined.steps.0: join.right_filter" in str(err.value)
+    assert "not a valid expression" in str(err.value)
 
 
 # -- sources and sinks by kind ------------------------------------------------------------

@@ -137,10 +137,16 @@ class WindowSpec(SpecModel):
 
 
 class JoinSpec(SpecModel):
+    """``right_filter``: keep only right rows it holds for (a Polars SQL expression on the
+    right's columns), the same rows as a ``filter`` after the join, but the rejected right
+    rows are never held (with ``right_unique`` their keys are, so their left rows are
+    dropped on arrival instead of waiting for ever)."""
+
     with_: str = Field(alias="with")
     left_on: str | list[str]
     right_on: str | list[str]
     right_unique: bool = False
+    right_filter: Expr | None = None
 
 
 class WindowJoinSpec(SpecModel):
@@ -383,7 +389,10 @@ def window(stream: Stream, spec: WindowSpec, context: StepContext) -> Stream:
 @step("join", JoinSpec)
 def join(stream: Stream, spec: JoinSpec, context: StepContext) -> Stream:
     other = context.streams[spec.with_]
-    return stream.join(other, spec.left_on, spec.right_on, spec.right_unique)
+    right_filter = None if spec.right_filter is None else pl.sql_expr(spec.right_filter)
+    return stream.join(
+        other, spec.left_on, spec.right_on, spec.right_unique, right_filter=right_filter
+    )
 
 
 @step("window_join", WindowJoinSpec)

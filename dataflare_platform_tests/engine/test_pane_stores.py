@@ -3,9 +3,13 @@ shape it takes, and hand its state over to the Polars store (or a checkpoint) in
 
 from __future__ import annotations
 
+from concurrent.futures import Executor, Future
+
 import numpy as np
 import polars as pl
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from dataflare_platform.engine.aggregations import count, count_distinct, max_, mean, min_, sum_
 from dataflare_platform.engine.operators.pane_stores import ArrayPanes, FramePanes
@@ -292,3 +296,94 @@ def test_exact_distinct_state_survives_restore_and_rollback(cut):
     got = finish(second, out)
     want = distinct_truth(df, 10**7)
     assert as_distinct(got).equals(want.cast(as_distinct(got).schema))
+
+
+class _Lazy(Future):
+    """A merge that runs when the test says (``LazyExecutor.run_all``) or when the store
+    waits for it (firing or checkpointing a pane), whichever comes first."""
+
+    def __init__(self, fn, args) -> None:
+        super().__init__()
+        self._call = (fn, args)
+
+    def run(self) -> None:
+        if not self.done():
+            fn, args = self._call
+            self.set_result(fn(*args))
+
+    def result(self, timeout=None):
+        self.run()
+        return super().result(timeout)
+
+
+class LazyExecutor(Executor):
+    def __init__(self) -> None:
+        self.queue: list[_Lazy] = []
+
+    def submit(self, fn, /, *args, **kwargs) -> Future:
+        future = _Lazy(fn, args)
+        self.queue.append(future)
+        return future
+
+    def run_all(self) -> None:
+        while self.queue:
+            self.queue.pop(0).run()
+
+
+# Background merges of FramePanes: merges that finish at any point between batches (or
+# not before the window fires), batches rolled back before or after a merge was
+# submitted, against the same store merging on the batch thread.
+_frame_steps = st.lists(
+    st.one_of(
+        st.tuples(st.just("batch"), st.integers(0, 10**6)),
+        st.tuples(st.sampled_from(["mark", "reset", "merges", "fire", "restore"]), st.just(0)),
+    ),
+    max_size=40,
+)
+
+
+@settings(max_examples=80, deadline=None)
+@given(steps=_frame_steps)
+def test_frame_panes_merging_in_the_background_equal_merging_in_line(steps):
+    slide = 20_000  # events span ~60 s: 3-4 panes, windows of two
+    aggs = [count("n"), count_distinct("value", "values"), sum_("price", "total")]
+    pool = LazyExecutor()
+    background = FramePanes(["key"], aggs, background=0, executor=pool)
+    inline = FramePanes(["key"], aggs, background=10**12)
+    background.MAX_FRAMES = inline.MAX_FRAMES = 2
+    marks = None
+
+    def fired(store: FramePanes) -> pl.DataFrame | None:
+        return store.fire(sorted(store.starts()), 2 * slide, slide, None)
+
+    for number, (step, seed) in enumerate(steps):
+        if step == "batch":
+            df = events(seed + number, n=50, key_span=6)
+            background.add(df, "date_time", slide)
+            inline.add(df, "date_time", slide)
+        elif step == "mark":
+            marks = (background.mark(), inline.mark())
+        elif step == "reset" and marks is not None:
+            background.reset(marks[0])
+            inline.reset(marks[1])
+            marks = None
+        elif step == "merges":
+            pool.run_all()
+        elif step == "fire":
+            got, want = fired(background), fired(inline)
+            assert (got is None) == (want is None)
+            if got is not None:
+                assert got.equals(want)
+        elif step == "restore":
+            frame = background.to_frame()
+            assert (frame is None) == (inline.to_frame() is None)
+            background = FramePanes(["key"], aggs, background=0, executor=pool)
+            background.MAX_FRAMES = 2
+            if frame is not None:
+                background.load(frame)
+            marks = None
+    pool.run_all()
+    got, want = fired(background), fired(inline)
+    assert (got is None) == (want is None)
+    if got is not None:
+        assert got.equals(want)

@@ -17,6 +17,7 @@ frames in the middle of a stream (e.g. when a null key appears).
 
 from __future__ import annotations
 
+from concurrent.futures import Executor, Future
 from dataclasses import dataclass, field
 from functools import partial
 
@@ -34,6 +35,7 @@ from dataflare_platform.engine.aggregations import (
 )
 from dataflare_platform.engine.operators.base import physical_numpy
 from dataflare_platform.engine.operators.interval_tiers import DENSE_FACTOR, DENSE_SLACK, extreme
+from dataflare_platform.engine.operators.keyed_store import merge_executor
 from dataflare_platform.engine.operators.undo import Journal
 
 PANE = "__pane"
@@ -80,15 +82,33 @@ class FramePanes(_Panes):
     with its state (q16's exact distinct counts of a day: lists of every bidder and
     auction per channel), where growing the interval keeps it linear overall. The size
     of partials is their rows, and for exact distinct counts the values in their lists.
+
+    A merge of more than ``background`` (rows + list values) runs on the keyed stores'
+    merge thread (Polars releases the GIL while it works), so the batch that triggers it
+    does not wait: q15's one-day distinct lists made every few hundredth batch take
+    15-40 ms of merging on the batch thread. New frames are appended meanwhile, and the
+    merged frame replaces the frames it was made of when it is done (checked at each
+    batch; firing or checkpointing a pane waits for it). A rollback never changes a frame:
+    it drops frames from a pane's list, so a merge is installed only if the pane still
+    starts with the very frames it merged (identity), and is discarded otherwise.
     """
 
     MAX_FRAMES = 8
     GROWTH = 2  # merge once the new frames hold 1/GROWTH of the merged one's size
+    BACKGROUND = 200_000  # merges of more (rows + list values) go to the merge thread
 
-    def __init__(self, keys: list[str], aggs: list[Agg]) -> None:
+    def __init__(
+        self,
+        keys: list[str],
+        aggs: list[Agg],
+        background: int = BACKGROUND,
+        executor: Executor | None = None,  # None: ``merge_executor()``; tests pass their own
+    ) -> None:
         self.keys, self.aggs = keys, aggs
+        self.background, self.executor = background, executor
         self._panes: dict[int, list[pl.DataFrame]] = {}
         self._sizes: dict[int, tuple[int, int]] = {}  # pane -> (merged size, added since)
+        self._pending: dict[int, tuple[list[pl.DataFrame], Future]] = {}  # pane -> merge
         self._lists = [c for a in aggs if a.kind == "count_distinct" for c in a.partial_columns()]
 
     def _size(self, frame: pl.DataFrame) -> int:
@@ -103,21 +123,55 @@ class FramePanes(_Panes):
         partial = batch.group_by([*self.keys, (ts - ts % slide).alias(PANE)]).agg(
             partial_exprs(self.aggs)
         )
+        for pane in [p for p, (_, f) in self._pending.items() if f.done()]:
+            self._install(pane)
         for (pane,), frame in partial.partition_by(PANE, as_dict=True).items():
             frames = self._panes.setdefault(pane, [])
             frames.append(frame)
             merged, added = self._sizes.get(pane, (0, 0))
             added += self._size(frame)
-            if len(frames) > self.MAX_FRAMES and added * self.GROWTH > merged:
+            self._sizes[pane] = (merged, added)
+            if pane in self._pending or len(frames) <= self.MAX_FRAMES:
+                continue
+            if added * self.GROWTH <= merged:
+                continue
+            if merged + added > self.background:
+                executor = self.executor or merge_executor()
+                snapshot = list(frames)  # the list itself grows while the merge runs
+                self._pending[pane] = (snapshot, executor.submit(self._compact, snapshot, pane))
+            else:
                 compact = self._compact(frames, pane)
                 self._panes[pane] = [compact]
-                merged, added = self._size(compact), 0
-            self._sizes[pane] = (merged, added)
+                self._sizes[pane] = (self._size(compact), 0)
+
+    def _install(self, pane: int) -> None:
+        """Put a background merge of ``pane`` in place of the frames it merged (waiting
+        for it if it runs), if the pane still starts with them (see the class doc)."""
+        merged_from, future = self._pending.pop(pane)
+        compact = future.result()
+        frames = self._panes.get(pane)
+        n = len(merged_from)
+        if (
+            frames is None
+            or len(frames) < n
+            or any(a is not b for a, b in zip(frames, merged_from, strict=False))
+        ):
+            return  # rolled back past the merge's frames (or evicted): discarded
+        rest = frames[n:]
+        self._panes[pane] = [compact, *rest]
+        self._sizes[pane] = (self._size(compact), sum(self._size(f) for f in rest))
+
+    def _settle(self, panes) -> None:
+        """Wait for and install the pending merges of ``panes`` (before reading them)."""
+        for pane in set(panes) & self._pending.keys():
+            self._install(pane)
 
     def evict(self, before: int) -> None:
         super().evict(before)
         for pane in [p for p in self._sizes if p < before]:
             del self._sizes[pane]
+        for pane in [p for p in self._pending if p < before]:
+            del self._pending[pane]  # its result is dropped when it finishes
 
     def mark(self) -> dict:
         return {"panes": super().mark(), "sizes": dict(self._sizes)}
@@ -158,6 +212,7 @@ class FramePanes(_Panes):
         aggregates (only each window's top-N rows with ``top``), sorted by window and key.
         """
         results = []
+        self._settle(p for start in starts for p in range(start, start + size, slide))
         for start in starts:
             frames = [
                 f for pane in range(start, start + size, slide) for f in self._panes.get(pane, ())
@@ -183,11 +238,12 @@ class FramePanes(_Panes):
         return pl.concat(results, how="vertical_relaxed").sort([WINDOW_START, *self.keys])
 
     def to_frame(self) -> pl.DataFrame | None:
+        self._settle(list(self._pending))
         frames = [self._compact(f, pane) for pane, f in sorted(self._panes.items())]
         return pl.concat(frames, how="vertical_relaxed") if frames else None
 
     def load(self, frame: pl.DataFrame) -> None:
-        self._panes, self._sizes = {}, {}
+        self._panes, self._sizes, self._pending = {}, {}, {}
         for (pane,), part in frame.partition_by(PANE, as_dict=True).items():
             self._panes[pane] = [part]
             self._sizes[pane] = (self._size(part), 0)

@@ -232,6 +232,10 @@ def run(
         "dead_letters": m.dead_letters,
         "state_rows_at_end": m.state_rows(),
         "source_blocked_s": round(m.source_blocked_s, 3),
+        # Each step's thread CPU per batch (and per watermark advance): what the step
+        # costs whatever else runs on the machine, where wall-time latency also measures
+        # the load (with the warm-up batches in).
+        "operators_cpu": _operators_cpu(result),
         "checkpoint_every": config.checkpoint_every,
         "sink": _sink_label(query, output, duckdb_sink),
         "cold_start": {
@@ -271,6 +275,15 @@ def run(
             if otel
             else {}
         ),
+    }
+
+
+def _operators_cpu(result) -> dict[str, dict]:
+    """Per operator node: ``OperatorMetrics.cpu_summary()`` of its calls."""
+    return {
+        node_id: summary
+        for node_id, stats in result.metrics.operators.items()
+        if (summary := stats.cpu_summary())
     }
 
 

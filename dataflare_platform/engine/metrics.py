@@ -26,6 +26,18 @@ class OperatorMetrics:
     # Counters an operator keeps itself (a plugin's calls, rows, seconds in WASM, errors),
     # for this run: see ``Operator.stats``.
     own: dict[str, float] = field(default_factory=dict)
+    # This thread's CPU per call of ``process`` and of ``advance`` (ms): what a step costs
+    # whatever else the machine runs (wall time under load measures the load too).
+    process_cpu: LatencyHistogram = field(default_factory=lambda: LatencyHistogram())
+    advance_cpu: LatencyHistogram = field(default_factory=lambda: LatencyHistogram())
+
+    def cpu_summary(self) -> dict[str, dict[str, float]]:
+        """p50/p99/max ms and the total seconds of thread CPU per call kind."""
+        return {
+            name: {**h.summary(), "total_s": round(h.total_ms / 1000, 4), "calls": h.count}
+            for name, h in (("process", self.process_cpu), ("advance", self.advance_cpu))
+            if h.count
+        }
 
     def as_dict(self) -> dict[str, object]:
         """Flat: the engine's counters, then the operator's own prefixed by its kind."""

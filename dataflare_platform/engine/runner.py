@@ -989,7 +989,7 @@ class _Run:
     def _push(self, node_id: str, port: int, df: pl.DataFrame) -> None:
         op = self.p.nodes[node_id].operator
         stats = self.metrics.operators[node_id]
-        t0 = time.perf_counter()
+        t0, cpu0 = time.perf_counter(), time.thread_time()
         trace = self.trace
         try:
             if trace is not None and node_id in trace.plugins:
@@ -1016,6 +1016,7 @@ class _Run:
             self._reject(node_id, df, reason, t0, kind="expression_failed")
             return
         stats.seconds += time.perf_counter() - t0
+        stats.process_cpu.record((time.thread_time() - cpu0) * 1000)
         stats.rows_in += df.height
         if late is not None and late.height:
             stats.late += late.height
@@ -1058,7 +1059,7 @@ class _Run:
             None if self.metrics.watermark_ms is None else now_ms() - watermark
         )
         for node in self.p.operators():
-            t0 = time.perf_counter()
+            t0, cpu0 = time.perf_counter(), time.thread_time()
             try:
                 out = node.operator.advance(watermark)
             except _POLARS_FAILURES as err:
@@ -1066,6 +1067,7 @@ class _Run:
                 self._stateful_failure(node.id, reason, "step_failed", t0)
             stats = self.metrics.operators[node.id]
             stats.seconds += time.perf_counter() - t0
+            stats.advance_cpu.record((time.thread_time() - cpu0) * 1000)
             if out is not None and out.height:
                 stats.rows_out += out.height
                 self._emit(node.id, out)

@@ -94,6 +94,9 @@ def test_ttl_bounds_the_keyed_top_n_state_without_changing_its_output(bids):
     assert bounded["ttl"] == "10s" and whole["ttl"] is None
     assert bounded["output_rows"] == whole["output_rows"] > 0
     assert bounded["state_rows_at_end"] == 0 < whole["state_rows_at_end"]
+    # Thread CPU per step is reported for each operator node (here the keyed top-N).
+    (top_n,) = [v for k, v in bounded["operators_cpu"].items() if "TopN" in k]
+    assert top_n["process"]["calls"] > 0 and top_n["process"]["p50_ms"] > 0
 
 
 def test_ttl_is_refused_for_a_query_without_keyed_state(bids):

@@ -200,6 +200,8 @@ class LastRowsRing:
         # position is the key's group start + (q - before).
         group_start = np.empty_like(rank)
         group_start[order] = np.repeat(starts, sizes)
+        group_size = np.empty_like(rank)  # rows of the batch with the row's key
+        group_size[order] = np.repeat(sizes, sizes)
         out = {
             a.alias: np.zeros(keys.size, np.float64 if a.kind == "mean" else np.int64)
             for a in self.aggs
@@ -209,7 +211,7 @@ class LastRowsRing:
         for lo in range(0, keys.size, step):
             part = slice(lo, min(lo + step, keys.size))
             self._aggregate(part, slot, seq, before, group_start, order, values, valid, out, nulls)
-        self._store(slot, seq, before, sizes, by_slot[first], values, valid)
+        self._store(slot, seq, before, sizes, group_size, by_slot[first], values, valid)
         series = [key_series]
         for agg in self.aggs:
             s = pl.Series(agg.alias, out[agg.alias])
@@ -285,13 +287,14 @@ class LastRowsRing:
         seq: np.ndarray,
         before: np.ndarray,
         sizes: np.ndarray,
+        group_size: np.ndarray,
         touched: np.ndarray,
         values: dict[str, np.ndarray],
         valid: dict[str, np.ndarray | None],
     ) -> None:
         """Write the rows that stay among their key's last ``n`` into the rings (one
         write per ring cell) and count the batch's rows per key."""
-        after = before + sizes[np.searchsorted(touched, slot)]
+        after = before + group_size
         keep = seq >= after - self.n
         at_slot, at_col = slot[keep], seq[keep] % self.n
         self._write(self._values, touched)

@@ -106,6 +106,34 @@ class AgeIndex:
         return int(np.searchsorted(self.ordered, floor, "left"))
 
 
+class HashFilter:
+    """A one-hash Bloom filter of a segment's key hashes (a flag byte per low-bits value,
+    about eight per row, so about one in eight absent hashes passes): a batch's keys are
+    mostly absent from most segments, and a binary search costs each key several times
+    what the test does. Bytes, not bits: two numpy steps per test, not eight. Built on
+    first use (a merge on the merge thread builds it there), shared like ``AgeIndex``."""
+
+    def __init__(self, hashes: np.ndarray) -> None:
+        self.hashes = hashes
+        self._flags: np.ndarray | None = None
+        self._mask = 0
+
+    @property
+    def flags(self) -> np.ndarray:
+        if self._flags is None:
+            slots = max(64, 1 << int(self.hashes.size * 8 - 1).bit_length())
+            flags = np.zeros(slots, dtype=bool)
+            flags[self.hashes & (slots - 1)] = True
+            self._mask = slots - 1
+            self._flags = flags
+        return self._flags
+
+    def may_hold(self, wanted: np.ndarray) -> np.ndarray:
+        """Per hash of ``wanted``: False if no row has it (True: perhaps)."""
+        flags = self.flags
+        return flags[wanted & self._mask]
+
+
 @dataclass(frozen=True)
 class Segment:
     """Rows sorted by key hash. ``dead`` lists positions of rows replaced by newer
@@ -118,10 +146,13 @@ class Segment:
     dead: tuple[np.ndarray, ...] = ()
     dead_rows: int = 0
     age_index: AgeIndex | None = field(default=None, compare=False, repr=False)
+    hash_filter: HashFilter | None = field(default=None, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         if self.age_index is None and self.ages is not None and self.ages.size:
             object.__setattr__(self, "age_index", AgeIndex(self.ages))
+        if self.hash_filter is None:
+            object.__setattr__(self, "hash_filter", HashFilter(self.hashes))
 
     @property
     def live_rows(self) -> int:
@@ -132,14 +163,22 @@ class Segment:
         their rows (None: none held). A key is in few segments, so the end of each run
         of equal hashes is looked up for the hits only."""
         hashes = self.hashes
-        lo = np.searchsorted(hashes, wanted, "left")
-        hit = hashes[np.minimum(lo, hashes.size - 1)] == wanted
-        if not hit.any():
-            return hit, None
-        lo = lo[hit]
-        counts = np.searchsorted(hashes, wanted[hit], "right") - lo
-        if (counts == 1).all():  # one row per hash, as for unique keys: no ranges to build
-            return hit, lo
+        assert self.hash_filter is not None
+        maybe = self.hash_filter.may_hold(wanted)
+        if not maybe.any():
+            return maybe, None
+        candidates = wanted[maybe]
+        lo = np.searchsorted(hashes, candidates, "left")
+        found = hashes[np.minimum(lo, hashes.size - 1)] == candidates
+        if not found.any():
+            return np.zeros(wanted.size, dtype=bool), None
+        hit = np.zeros(wanted.size, dtype=bool)
+        hit[np.flatnonzero(maybe)[found]] = True
+        lo = lo[found]
+        after = np.minimum(lo + 1, hashes.size - 1)
+        if not ((hashes[after] == candidates[found]) & (lo + 1 < hashes.size)).any():
+            return hit, lo  # one row per hash, as for unique keys: no ranges to build
+        counts = np.searchsorted(hashes, candidates[found], "right") - lo
         return hit, _ranges(lo, counts)
 
     @property
@@ -187,15 +226,20 @@ def merge(
     hashes = np.concatenate([older.hashes[rows_a], newer.hashes[rows_b]])
     order = np.argsort(hashes, kind="stable")  # two sorted runs: a linear merge
     taken = np.concatenate([rows_a, rows_b + height_a])[order]
-    frame = pl.concat([older.frame, newer.frame], how="vertical_relaxed")[taken]
+    # One chunk before the gather: Polars gathers strings from several chunks about ten
+    # times slower than a copy into one and a gather from it.
+    frame = pl.concat([older.frame, newer.frame], how="vertical_relaxed", rechunk=True)[taken]
     ages = None
     if older.ages is not None and newer.ages is not None:
         ages = np.concatenate([older.ages, newer.ages])[taken]
     moved = np.full(height_a + newer.frame.height, -1, dtype=np.int64)
     moved[taken] = np.arange(taken.size, dtype=np.int64)
     merged = Segment(newer.gen, frame, hashes[order], ages)
-    if index_ages and merged.age_index is not None:
-        _ = merged.age_index.ordered  # here, on the merge thread, not in a later batch
+    if index_ages:  # here, on the merge thread, not in a later batch
+        if merged.age_index is not None:
+            _ = merged.age_index.ordered
+        if merged.hash_filter is not None:
+            _ = merged.hash_filter.flags
     return merged, moved[:height_a], moved[height_a:]
 
 
@@ -502,7 +546,7 @@ class KeyedStore:
         self._segments = ()
         self._pending = ()
         if frame is not None:
-            self.put(frame)
+            self.put(frame.rechunk())  # one chunk: see ``merge``
 
     def savepoint(self) -> object:
         return (self._segments, self._gen, self._floor)

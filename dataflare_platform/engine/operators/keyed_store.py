@@ -48,8 +48,6 @@ POS = "__store_pos"
 HASH_SEED = 0x5EED
 # Merges of more rows than this run on a thread while batches go on (``_compact``).
 BACKGROUND_ROWS = 65_536
-# Merges of more rows than this copy their inputs into one chunk column by column.
-COLUMNWISE_ROWS = 1 << 20
 _executor: Executor | None = None
 _executor_lock = threading.Lock()
 
@@ -259,15 +257,15 @@ def merge_many(
         rows.append(np.arange(height) if keep is None else np.flatnonzero(keep))
     hashes = np.concatenate([s.hashes[r] for s, r in zip(segments, rows, strict=True)])
     order = np.argsort(hashes, kind="stable")  # sorted runs: a linear merge
-    taken = np.concatenate([r + o for r, o in zip(rows, offsets[:-1], strict=True)])[order]
-    # One chunk before the gather: Polars gathers strings from several chunks about ten
-    # times slower than a copy into one and a gather from it. Past ``COLUMNWISE_ROWS``,
-    # column by column (about a third slower), so the copy in between holds one column.
+    live = np.concatenate([r + o for r, o in zip(rows, offsets[:-1], strict=True)])
+    taken = live[order]
+    # A Polars gather from one chunk copies only string views, keeping every buffer they
+    # point into (dead and expired rows' strings too, merge after merge); from several
+    # chunks it copies the strings, fast in ascending order and about four times slower
+    # in any other. So two gathers: the live rows in place (their strings copied out of
+    # the inputs' buffers), then into hash order from that one chunk (views into it).
     frames = pl.concat([s.frame for s in segments], how="vertical_relaxed")
-    if frames.height <= COLUMNWISE_ROWS:
-        frame = frames.rechunk()[taken]
-    else:
-        frame = pl.DataFrame([column.rechunk().gather(taken) for column in frames.get_columns()])
+    frame = frames[live][order]
     ages = None
     if all(s.ages is not None for s in segments):
         ages = np.concatenate([s.ages for s in segments])[taken]  # type: ignore[misc]

@@ -9,6 +9,7 @@ from concurrent.futures import Executor, Future
 
 import numpy as np
 import polars as pl
+import pyarrow.types as pa_types
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -225,3 +226,30 @@ def test_a_run_of_segments_merged_on_the_thread_keeps_rows_replaced_meanwhile() 
     assert frame.get_column("k").to_list() == list(range(80))
     assert frame.filter(pl.col("v") == 1).get_column("k").to_list() == [3, 17, 42, 79]
     assert store.rows == 80
+
+
+def _string_buffer_bytes(frame: pl.DataFrame) -> int:
+    table = frame.to_arrow(compat_level=pl.CompatLevel.newest())
+    return sum(
+        buffer.size
+        for column in table.columns
+        if pa_types.is_string_view(column.type)
+        for chunk in column.chunks
+        for buffer in chunk.buffers()[2:]  # the data buffers behind the views
+        if buffer is not None
+    )
+
+
+def test_a_merge_keeps_no_strings_of_dead_rows() -> None:
+    """Merged segments hold their live rows' strings only (a Polars gather from one
+    chunk would keep every buffer its views point into, merge after merge)."""
+    store = KeyedStore(["k"], fan_in=2)
+    text = "x" * 200  # past the 12 bytes a view holds inline
+    store.put(pl.DataFrame({"k": range(1000), "s": [f"{text}{i}" for i in range(1000)]}))
+    held = store.take(pl.DataFrame({"k": range(990)}))  # 990 rows die in the first segment
+    assert held is not None
+    store.put(held.head(10).with_columns(pl.lit("y").alias("s")))  # 980 keys dropped
+    assert store.segments == 1
+    frame = store.frame()
+    assert frame is not None and frame.height == 20
+    assert _string_buffer_bytes(frame) < 20 * (len(text) + 10)

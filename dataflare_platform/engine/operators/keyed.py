@@ -476,16 +476,15 @@ class KeyedTopN(StoreState):
         picked_keys = key_of[picked]
         top = candidates[picked]
         self._store.put(
-            top.with_columns(pl.Series("__seen", ranked.newest[picked_keys], dtype=pl.Int64)),
+            top.hstack([pl.Series("__seen", ranked.newest[picked_keys], dtype=pl.Int64)]),
             ids.hashes[picked_keys],
         )
-        out = top.with_columns(pl.Series("__rank", ranks, dtype=pl.Int64))
         if not changed.all():
-            out = out.filter(pl.Series(changed[picked_keys]))
-        return out.select(
-            *columns,
-            *([pl.col("__rank").alias(self.rank_column)] if self.rank_column else []),
-        )
+            emitted = np.flatnonzero(changed[picked_keys])
+            top, ranks = top[emitted], ranks[emitted]
+        if self.rank_column is None:
+            return top
+        return top.hstack([pl.Series(self.rank_column, ranks, dtype=pl.Int64)])
 
     def _sortable(self, candidates: pl.DataFrame) -> list[np.ndarray] | None:
         """The leading columns of the order (``_order``) as int64 for ``top_rows``, up to

@@ -45,10 +45,14 @@ def dense_ids(keys: pl.DataFrame, hashes: np.ndarray) -> KeyIds | None:
     ids = np.empty(ordered.size, dtype=np.int64)
     ids[order] = np.cumsum(starts) - 1
     if unique.size < hashes.size:
-        same = keys[first[ids]]
+        rows = first[ids]
         for name in keys.columns:
-            equal = keys.get_column(name).eq_missing(same.get_column(name))
-            if not equal.all():
+            column = keys.get_column(name)
+            if column.dtype.is_integer() and column.n_chunks() == 1 and not column.null_count():
+                values = column.to_numpy()  # no copy
+                if not np.array_equal(values, values[rows]):
+                    return None
+            elif not column.eq_missing(column.gather(rows)).all():
                 return None
     return KeyIds(ids, unique, first)
 

@@ -190,6 +190,9 @@ def test_dense_ids_number_keys_in_hash_order(raw) -> None:
     assert ids.hashes.tolist() == unique.tolist()
     assert ids.ids.tolist() == inverse.tolist()
     assert hashes[ids.first].tolist() == unique.tolist()
+    # Integer keys are compared in numpy: one hash for all refuses unless all are equal.
+    shared = dense_ids(keys, np.zeros(len(raw), dtype=np.int64))
+    assert (shared is None) == (len(set(raw)) > 1)
 
 
 def test_dense_ids_refuse_a_shared_hash_and_accept_equal_keys() -> None:

@@ -79,6 +79,7 @@ step = st.one_of(
     st.tuples(st.just("advance"), st.integers(0, 60)),
     st.tuples(st.just("savepoint"), st.none()),
     st.tuples(st.just("rollback"), st.none()),
+    st.tuples(st.just("checkpoint"), st.sampled_from([2, 8])),
 )
 
 
@@ -104,6 +105,7 @@ def test_top_n_matches_a_model(steps, n, descending, ttl, colliding, late_string
     table: dict[tuple, tuple] = {}
     floor: int | None = None
     saved = None
+    watermark = None
     for kind, arg in steps:
         if kind == "batch":
             frame = pl.DataFrame(arg, schema=SCHEMA, orient="row").select(columns)
@@ -128,11 +130,24 @@ def test_top_n_matches_a_model(steps, n, descending, ttl, colliding, late_string
                 model.expire(floor)
         elif kind == "advance" and ttl is not None:
             op.advance(arg)
+            watermark = arg if watermark is None else max(watermark, arg)
             floor = max(floor, arg - ttl) if floor is not None else arg - ttl
             model.expire(floor)
         elif kind == "savepoint":
             rows = {k: list(v) for k, v in model.rows.items()}
             saved = (op.savepoint(), rows, dict(model.seen), dict(table), floor)
+        elif kind == "checkpoint":
+            # Restored into a store merging ``arg`` segments at once (2: the store's
+            # default, as before the top-N used 8): the frame is the same either way.
+            state = op.snapshot()
+            op = KeyedTopN(["a", "b"], ["v"], [descending], n, "r", ttl)
+            op.bind("date_time")
+            cls = CollidingStore if colliding else KeyedStore
+            op._store = cls(["a", "b"], age_column="__seen", fan_in=arg)
+            op.restore(state)
+            if watermark is not None:
+                op.advance(watermark)  # the runner re-advances to its restored watermark
+            saved = None
         elif kind == "rollback" and saved is not None:
             op.rollback(saved[0])
             model.rows = {k: list(v) for k, v in saved[1].items()}

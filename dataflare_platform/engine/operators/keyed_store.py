@@ -9,14 +9,18 @@ events that way, with a state of millions of keys.
 
 Here the rows live in segments, each sorted by a 64-bit hash of the key (the hashes kept
 beside as a numpy array). Taking a batch's keys is a binary search of their hashes in
-every segment (``np.searchsorted``) and a gather of the rows found; rows of another key
+every segment (``np.searchsorted``, behind a one-hash filter per segment that most absent
+keys fail) and a gather of the rows found; rows of another key
 that share a hash are dropped by comparing the keys themselves. Putting rows back
 appends a new segment; the rows they replace are only marked dead (positions recorded
 per segment), so no segment is rewritten per batch. A key lives in the newest segment
 holding it; older copies are dead. Segments merge like a binary counter (the newest two
 while the older holds no more live rows than the newer), dropping dead and expired rows,
 so a row is copied O(log(state / batch)) times over its life and there are O(log)
-segments to search. A segment whose rows are mostly dead is rewritten alone.
+segments to search. With a ``fan_in`` k above two, k segments of like sizes merge at
+once: log_k copies of each row and up to (k - 1) segments per tier (the top-N's rows carry
+strings, and copying them cost more than searching more segments). A segment whose rows
+are mostly dead is rewritten alone.
 
 Expiry (a TTL, a dedup horizon) is a floor on one integer column: rows below it are
 treated as absent at once (``take`` filters them) and dropped from memory when their
@@ -107,6 +111,51 @@ class AgeIndex:
         return int(np.searchsorted(self.ordered, floor, "left"))
 
 
+def _integer_keys(
+    frame: pl.DataFrame, keys: list[str], like: list[np.ndarray] | None
+) -> list[np.ndarray] | None:
+    """The key columns as numpy arrays without a copy, when each is an integer column of
+    one chunk without nulls (and of the dtypes of ``like``, when given); else None."""
+    out = []
+    for i, name in enumerate(keys):
+        column = frame.get_column(name)
+        if not column.dtype.is_integer() or column.n_chunks() != 1 or column.null_count():
+            return None
+        values = column.to_numpy()
+        if like is not None and values.dtype != like[i].dtype:
+            return None
+        out.append(values)
+    return out
+
+
+class HashFilter:
+    """A one-hash Bloom filter of a segment's key hashes (a flag byte per low-bits value,
+    about eight per row, so about one in eight absent hashes passes): a batch's keys are
+    mostly absent from most segments, and a binary search costs each key several times
+    what the test does. Bytes, not bits: two numpy steps per test, not eight. Built on
+    first use (a merge on the merge thread builds it there), shared like ``AgeIndex``."""
+
+    def __init__(self, hashes: np.ndarray) -> None:
+        self.hashes = hashes
+        self._flags: np.ndarray | None = None
+        self._mask = 0
+
+    @property
+    def flags(self) -> np.ndarray:
+        if self._flags is None:
+            slots = max(64, 1 << int(self.hashes.size * 8 - 1).bit_length())
+            flags = np.zeros(slots, dtype=bool)
+            flags[self.hashes & (slots - 1)] = True
+            self._mask = slots - 1
+            self._flags = flags
+        return self._flags
+
+    def may_hold(self, wanted: np.ndarray) -> np.ndarray:
+        """Per hash of ``wanted``: False if no row has it (True: perhaps)."""
+        flags = self.flags
+        return flags[wanted & self._mask]
+
+
 @dataclass(frozen=True)
 class Segment:
     """Rows sorted by key hash. ``dead`` lists positions of rows replaced by newer
@@ -119,10 +168,13 @@ class Segment:
     dead: tuple[np.ndarray, ...] = ()
     dead_rows: int = 0
     age_index: AgeIndex | None = field(default=None, compare=False, repr=False)
+    hash_filter: HashFilter | None = field(default=None, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         if self.age_index is None and self.ages is not None and self.ages.size:
             object.__setattr__(self, "age_index", AgeIndex(self.ages))
+        if self.hash_filter is None:
+            object.__setattr__(self, "hash_filter", HashFilter(self.hashes))
 
     @property
     def live_rows(self) -> int:
@@ -133,14 +185,22 @@ class Segment:
         their rows (None: none held). A key is in few segments, so the end of each run
         of equal hashes is looked up for the hits only."""
         hashes = self.hashes
-        lo = np.searchsorted(hashes, wanted, "left")
-        hit = hashes[np.minimum(lo, hashes.size - 1)] == wanted
-        if not hit.any():
-            return hit, None
-        lo = lo[hit]
-        counts = np.searchsorted(hashes, wanted[hit], "right") - lo
-        if (counts == 1).all():  # one row per hash, as for unique keys: no ranges to build
-            return hit, lo
+        assert self.hash_filter is not None
+        maybe = self.hash_filter.may_hold(wanted)
+        if not maybe.any():
+            return maybe, None
+        candidates = wanted[maybe]
+        lo = np.searchsorted(hashes, candidates, "left")
+        found = hashes[np.minimum(lo, hashes.size - 1)] == candidates
+        if not found.any():
+            return np.zeros(wanted.size, dtype=bool), None
+        hit = np.zeros(wanted.size, dtype=bool)
+        hit[np.flatnonzero(maybe)[found]] = True
+        lo = lo[found]
+        after = np.minimum(lo + 1, hashes.size - 1)
+        if not ((hashes[after] == candidates[found]) & (lo + 1 < hashes.size)).any():
+            return hit, lo  # one row per hash, as for unique keys: no ranges to build
+        counts = np.searchsorted(hashes, candidates[found], "right") - lo
         return hit, _ranges(lo, counts)
 
     @property
@@ -178,34 +238,55 @@ def merge(
     older: Segment, newer: Segment, floor: int | None, index_ages: bool = False
 ) -> tuple[Segment, np.ndarray, np.ndarray]:
     """The live rows of two adjacent segments as one (generation of the newer), and where
-    each row of ``older`` and of ``newer`` went in it (-1: dropped, dead or expired).
-    ``index_ages`` sorts the merged ages now (``AgeIndex``): for a merge on the merge
-    thread, so that expiry never sorts a large segment in a batch."""
-    keep_a, keep_b = older.keep_mask(floor), newer.keep_mask(floor)
-    height_a = older.frame.height
-    rows_a = np.arange(height_a) if keep_a is None else np.flatnonzero(keep_a)
-    rows_b = np.arange(newer.frame.height) if keep_b is None else np.flatnonzero(keep_b)
-    hashes = np.concatenate([older.hashes[rows_a], newer.hashes[rows_b]])
-    order = np.argsort(hashes, kind="stable")  # two sorted runs: a linear merge
-    taken = np.concatenate([rows_a, rows_b + height_a])[order]
-    frame = pl.concat([older.frame, newer.frame], how="vertical_relaxed")[taken]
+    each row of ``older`` and of ``newer`` went in it (-1: dropped, dead or expired)."""
+    merged, (moved_a, moved_b) = merge_many((older, newer), floor, index_ages)
+    return merged, moved_a, moved_b
+
+
+def merge_many(
+    segments: tuple[Segment, ...], floor: int | None, index_ages: bool = False
+) -> tuple[Segment, list[np.ndarray]]:
+    """The live rows of adjacent segments (oldest first) as one (generation of the
+    newest), and where each row of each went in it (-1: dropped, dead or expired).
+    ``index_ages`` sorts the merged ages now (``AgeIndex``) and builds the hash filter:
+    for a merge on the merge thread, so that no batch does it for a large segment."""
+    heights = [s.frame.height for s in segments]
+    offsets = np.cumsum([0, *heights])
+    rows = []
+    for segment, height in zip(segments, heights, strict=True):
+        keep = segment.keep_mask(floor)
+        rows.append(np.arange(height) if keep is None else np.flatnonzero(keep))
+    hashes = np.concatenate([s.hashes[r] for s, r in zip(segments, rows, strict=True)])
+    order = np.argsort(hashes, kind="stable")  # sorted runs: a linear merge
+    live = np.concatenate([r + o for r, o in zip(rows, offsets[:-1], strict=True)])
+    taken = live[order]
+    # A Polars gather from one chunk copies only string views, keeping every buffer they
+    # point into (dead and expired rows' strings too, merge after merge); from several
+    # chunks it copies the strings, fast in ascending order and about four times slower
+    # in any other. So two gathers: the live rows in place (their strings copied out of
+    # the inputs' buffers), then into hash order from that one chunk (views into it).
+    frames = pl.concat([s.frame for s in segments], how="vertical_relaxed")
+    frame = frames[live][order]
     ages = None
-    if older.ages is not None and newer.ages is not None:
-        ages = np.concatenate([older.ages, newer.ages])[taken]
-    moved = np.full(height_a + newer.frame.height, -1, dtype=np.int64)
+    if all(s.ages is not None for s in segments):
+        ages = np.concatenate([s.ages for s in segments])[taken]  # type: ignore[misc]
+    moved = np.full(int(offsets[-1]), -1, dtype=np.int64)
     moved[taken] = np.arange(taken.size, dtype=np.int64)
-    merged = Segment(newer.gen, frame, hashes[order], ages)
-    if index_ages and merged.age_index is not None:
-        _ = merged.age_index.ordered  # here, on the merge thread, not in a later batch
-    return merged, moved[:height_a], moved[height_a:]
+    merged = Segment(segments[-1].gen, frame, hashes[order], ages)
+    if index_ages:  # here, on the merge thread, not in a later batch
+        if merged.age_index is not None:
+            _ = merged.age_index.ordered
+        if merged.hash_filter is not None:
+            _ = merged.hash_filter.flags
+    return merged, [moved[offsets[i] : offsets[i + 1]] for i in range(len(segments))]
 
 
 @dataclass(frozen=True)
 class _Pending:
-    """A merge running on the merge thread: its inputs as they were when it started."""
+    """A merge running on the merge thread: its inputs (adjacent, oldest first) as they
+    were when it started."""
 
-    older: Segment
-    newer: Segment
+    inputs: tuple[Segment, ...]
     future: Future
 
 
@@ -218,6 +299,7 @@ class KeyedStore:
     age_column: str | None = None
     background_rows: int | None = None  # None: ``BACKGROUND_ROWS``
     executor: Executor | None = None  # None: ``merge_executor()``; tests pass their own
+    fan_in: int = 2  # segments merged at once (``_compact``)
     _segments: tuple[Segment, ...] = field(default=(), init=False)
     _gen: int = field(default=0, init=False)
     _floor: int | None = field(default=None, init=False)
@@ -309,12 +391,29 @@ class KeyedStore:
         """Whether every row found (expired ones too: an expired row of another key may
         hide a touched key's older live copy) holds a touched key. Only the key columns
         are gathered, and each row is compared with the touched key of its hash (no
-        join: a join's build side looks up every batch)."""
-        parts = [segment.frame.select(self.keys)[positions] for segment, positions in picks]
-        found = pl.concat(parts, how="vertical_relaxed") if len(parts) > 1 else parts[0]
+        join: a join's build side looks up every batch). Integer keys without nulls are
+        compared in numpy (a Polars gather per segment cost more than the rest)."""
         hashes = np.concatenate([segment.hashes[positions] for segment, positions in picks])
         at = np.searchsorted(wanted, hashes)  # every found hash is one of ``wanted``
-        expected = touched.select(self.keys)[at if order is None else order[at]]
+        rows = at if order is None else order[at]
+        mine = _integer_keys(touched, self.keys, None)
+        if mine is not None:
+            held = [_integer_keys(segment.frame, self.keys, mine) for segment, _ in picks]
+            if all(h is not None for h in held):
+                return all(
+                    bool(
+                        np.array_equal(
+                            np.concatenate(
+                                [h[i][p] for h, (_, p) in zip(held, picks, strict=True)]  # type: ignore[index]
+                            ),
+                            mine[i][rows],
+                        )
+                    )
+                    for i in range(len(self.keys))
+                )
+        parts = [segment.frame.select(self.keys)[positions] for segment, positions in picks]
+        found = pl.concat(parts, how="vertical_relaxed") if len(parts) > 1 else parts[0]
+        expected = touched.select(self.keys)[rows]
         return all(
             bool(found.get_column(k).eq_missing(expected.get_column(k)).all()) for k in self.keys
         )
@@ -399,45 +498,57 @@ class KeyedStore:
     # ---- merging segments ----
 
     def _compact(self) -> None:
-        """Merge adjacent segments while an older one holds no more live rows than the one
-        above it (a binary counter: O(log) segments), the newest such pair first. A merge
-        of more than ``background_rows`` rows runs on the merge thread (queued there in
-        order) and is installed by a later call once done, so no batch waits for it;
-        meanwhile its inputs stay as they are and the segments above merge among
-        themselves. A merge installed in the middle can leave a pair below the top out of
-        order, hence the scan over every pair, not just the newest two."""
+        """Merge ``fan_in`` adjacent segments while the oldest of them holds no more live
+        rows than the others together (with two, a binary counter: O(log) segments and
+        each row copied O(log(state / batch)) times; with k, about (k - 1) log_k
+        segments and log_k copies: fewer copies of the rows, more segments to search),
+        the newest such run first. A merge of more than ``background_rows`` rows runs on
+        the merge thread (queued there in order) and is installed by a later call once
+        done, so no batch waits for it; meanwhile its inputs stay as they are and the
+        segments above merge among themselves. A merge installed in the middle can leave
+        a run below the top out of order, hence the scan over every run, not just the
+        newest."""
         self._install()
         limit = BACKGROUND_ROWS if self.background_rows is None else self.background_rows
+        k = max(2, self.fan_in)
         segments = list(self._segments)
         while True:
-            pair = next(
+            run = next(
                 (
                     i
-                    for i in range(len(segments) - 2, -1, -1)
-                    if segments[i].live_rows <= segments[i + 1].live_rows
-                    and not self._busy(segments[i])
-                    and not self._busy(segments[i + 1])
+                    for i in range(len(segments) - k, -1, -1)
+                    if self._ripe(segments[i : i + k])
+                    and not any(self._busy(s) for s in segments[i : i + k])
                 ),
                 None,
             )
-            if pair is None:
+            if run is None:
                 break
-            older, newer = segments[pair], segments[pair + 1]
-            if older.frame.height + newer.frame.height > limit:
+            inputs = tuple(segments[run : run + k])
+            if sum(s.frame.height for s in inputs) > limit:
                 executor = self.executor or merge_executor()
-                future = executor.submit(merge, older, newer, self._floor, True)
-                self._pending = (*self._pending, _Pending(older, newer, future))
+                future = executor.submit(merge_many, inputs, self._floor, True)
+                self._pending = (*self._pending, _Pending(inputs, future))
                 continue
-            segments[pair : pair + 2] = [merge(older, newer, self._floor)[0]]
+            segments[run : run + k] = [merge_many(inputs, self._floor)[0]]
         self._segments = tuple(s for s in segments if s.frame.height)
+
+    def _ripe(self, run: list[Segment]) -> bool:
+        """Whether the run of ``fan_in`` segments should merge: with two, when the older
+        holds no more live rows than the newer (a binary counter); with more, when the
+        oldest holds at most twice the newest's (a tier of like sizes: merging a big
+        segment with small ones would copy its rows again for little)."""
+        if len(run) == 2:
+            return run[0].live_rows <= run[1].live_rows
+        return run[0].live_rows <= 2 * run[-1].live_rows
 
     def _busy(self, segment: Segment) -> bool:
         """Whether ``segment`` is an input of a background merge: its rows keep their
         positions (no rewrite, no drop) until the merge is installed."""
-        return any(segment.gen in (p.older.gen, p.newer.gen) for p in self._pending)
+        return any(segment.gen == s.gen for p in self._pending for s in p.inputs)
 
     def _install(self) -> None:
-        """Put each finished background merge in place of its two inputs."""
+        """Put each finished background merge in place of its inputs."""
         done = [p for p in self._pending if p.future.done()]
         if done:
             self._pending = tuple(p for p in self._pending if all(p is not d for d in done))
@@ -447,22 +558,26 @@ class KeyedStore:
     def _install_one(self, p: _Pending) -> None:
         """Replace the inputs of ``p`` with its result, marking dead the rows killed since
         it started (their positions translated)."""
-        merged, moved_a, moved_b = p.future.result()
+        merged, moved = p.future.result()
         gens = [s.gen for s in self._segments]
-        if p.older.gen not in gens or p.newer.gen not in gens:
+        if p.inputs[0].gen not in gens:
             return  # an input went meanwhile (a load): the merge is moot
-        i = gens.index(p.older.gen)
-        if gens[i + 1] != p.newer.gen:
-            return
-        older, newer = self._segments[i], self._segments[i + 1]
-        if older.frame is not p.older.frame or newer.frame is not p.newer.frame:
+        i = gens.index(p.inputs[0].gen)
+        current = self._segments[i : i + len(p.inputs)]
+        if len(current) != len(p.inputs) or any(
+            now.gen != then.gen or now.frame is not then.frame
+            for now, then in zip(current, p.inputs, strict=True)
+        ):
             return
         # Rows killed since were live and unexpired when the merge started: all moved.
-        since = [moved_a[d] for d in older.dead[len(p.older.dead) :]]
-        since += [moved_b[d] for d in newer.dead[len(p.newer.dead) :]]
+        since = [
+            where[d]
+            for now, then, where in zip(current, p.inputs, moved, strict=True)
+            for d in now.dead[len(then.dead) :]
+        ]
         dead = tuple(d[d >= 0] for d in since)
         merged = replace(merged, dead=dead, dead_rows=sum(int(d.size) for d in dead))
-        self._segments = (*self._segments[:i], merged, *self._segments[i + 2 :])
+        self._segments = (*self._segments[:i], merged, *self._segments[i + len(p.inputs) :])
 
     # ---- expiry ----
 
@@ -503,7 +618,7 @@ class KeyedStore:
         self._segments = ()
         self._pending = ()
         if frame is not None:
-            self.put(frame)
+            self.put(frame.rechunk())  # one chunk: see ``merge``
 
     def savepoint(self) -> object:
         return (self._segments, self._gen, self._floor)

@@ -9,6 +9,8 @@ from concurrent.futures import Executor, Future
 
 import numpy as np
 import polars as pl
+import pyarrow.types as pa_types
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -40,12 +42,12 @@ class ManualExecutor(Executor):
             future.set_result(fn(*args, **kwargs))
 
 
-def make_store(colliding: bool, executor: Executor | None) -> KeyedStore:
+def make_store(colliding: bool, executor: Executor | None, fan_in: int = 2) -> KeyedStore:
     """Merges above 8 rows go to ``executor`` when given (so the background path runs)."""
     cls = CollidingStore if colliding else KeyedStore
     if executor is None:
-        return cls(["k"], age_column="age")
-    return cls(["k"], age_column="age", background_rows=8, executor=executor)
+        return cls(["k"], age_column="age", fan_in=fan_in)
+    return cls(["k"], age_column="age", background_rows=8, executor=executor, fan_in=fan_in)
 
 
 def rows_of(model: dict, keys: list) -> pl.DataFrame:
@@ -72,14 +74,22 @@ step = st.one_of(
 
 
 @settings(max_examples=150, deadline=None)
-@given(steps=st.lists(step, max_size=40), colliding=st.booleans(), background=st.booleans())
-def test_store_matches_a_dict_model(steps: list, colliding: bool, background: bool) -> None:
+@given(
+    steps=st.lists(step, max_size=40),
+    colliding=st.booleans(),
+    background=st.booleans(),
+    fan_in=st.sampled_from([2, 3, 8]),
+)
+def test_store_matches_a_dict_model(
+    steps: list, colliding: bool, background: bool, fan_in: int
+) -> None:
     """Each batch takes its keys, then puts back 1-3 rows per key (the previous rows'
     values appended to, keeping the last three: order within a key matters, as for the
     last-n operator) with a new age; expiry drops keys below the floor. With
-    ``background``, merges finish only at the "merges" steps."""
+    ``background``, merges finish only at the "merges" steps; ``fan_in`` segments merge
+    at once."""
     executor = ManualExecutor() if background else None
-    store = make_store(colliding, executor)
+    store = make_store(colliding, executor, fan_in)
     model: dict = {}
     floor = None
     saved = None
@@ -121,7 +131,7 @@ def test_store_matches_a_dict_model(steps: list, colliding: bool, background: bo
             executor.run_all()
         elif kind == "checkpoint":
             frame = store.frame()
-            store = make_store(colliding, executor)
+            store = make_store(colliding, executor, fan_in)
             store.load(frame)
             saved = None
             if floor is not None:
@@ -144,10 +154,12 @@ def test_two_key_columns_and_null_keys_are_keys() -> None:
     )
 
 
-def test_segments_stay_logarithmic_and_dead_rows_are_reclaimed() -> None:
+@pytest.mark.parametrize("fan_in", [2, 8])
+def test_segments_stay_logarithmic_and_dead_rows_are_reclaimed(fan_in: int) -> None:
     """1000 batches of 100 new keys, each also updating up to 100 old keys: the store
-    keeps O(log(batches)) segments and exactly the live rows once asked for them."""
-    store = KeyedStore(["k"])
+    keeps O(log(batches)) segments ((fan_in - 1) per doubling tier at most) and exactly
+    the live rows once asked for them."""
+    store = KeyedStore(["k"], fan_in=fan_in)
     rng = np.random.default_rng(7)
     updates = 0
     for i in range(1000):
@@ -160,7 +172,7 @@ def test_segments_stay_logarithmic_and_dead_rows_are_reclaimed() -> None:
         put = fresh if held is None else pl.concat([held.with_columns(pl.col("v") + 1), fresh])
         updates += 0 if held is None else held.height
         store.put(put)
-        assert store.segments <= 2 * math.log2(i + 2) + 2
+        assert store.segments <= fan_in * math.log2(i + 2) + 2
     frame = store.frame()
     assert frame.height == 100_000 == frame.get_column("k").n_unique()
     assert store.rows == 100_000
@@ -195,3 +207,49 @@ def test_age_index_counts_the_ages_below_a_floor(ages: list, floors: list) -> No
     assert (index.low, index.high) == (min(ages), max(ages))
     for floor in floors:
         assert index.below(floor) == sum(a < floor for a in ages)
+
+
+def test_a_run_of_segments_merged_on_the_thread_keeps_rows_replaced_meanwhile() -> None:
+    """Eight segments merge at once on the merge thread; rows of several of them are
+    replaced before it is installed and stay replaced."""
+    executor = ManualExecutor()
+    store = KeyedStore(["k"], background_rows=8, executor=executor, fan_in=8)
+    for i in range(8):
+        store.put(pl.DataFrame({"k": range(i * 10, i * 10 + 10), "v": [0] * 10}))
+    assert len(executor.queue) == 1 and store.segments == 8
+    held = store.take(pl.DataFrame({"k": [3, 17, 42, 79]}))
+    store.put(held.with_columns(pl.lit(1).alias("v")))
+    executor.run_all()
+    assert store.take(pl.DataFrame({"k": [999]})) is None  # installs the merge
+    assert store.segments == 2
+    frame = store.frame().sort("k")
+    assert frame.get_column("k").to_list() == list(range(80))
+    assert frame.filter(pl.col("v") == 1).get_column("k").to_list() == [3, 17, 42, 79]
+    assert store.rows == 80
+
+
+def _string_buffer_bytes(frame: pl.DataFrame) -> int:
+    table = frame.to_arrow(compat_level=pl.CompatLevel.newest())
+    return sum(
+        buffer.size
+        for column in table.columns
+        if pa_types.is_string_view(column.type)
+        for chunk in column.chunks
+        for buffer in chunk.buffers()[2:]  # the data buffers behind the views
+        if buffer is not None
+    )
+
+
+def test_a_merge_keeps_no_strings_of_dead_rows() -> None:
+    """Merged segments hold their live rows' strings only (a Polars gather from one
+    chunk would keep every buffer its views point into, merge after merge)."""
+    store = KeyedStore(["k"], fan_in=2)
+    text = "x" * 200  # past the 12 bytes a view holds inline
+    store.put(pl.DataFrame({"k": range(1000), "s": [f"{text}{i}" for i in range(1000)]}))
+    held = store.take(pl.DataFrame({"k": range(990)}))  # 990 rows die in the first segment
+    assert held is not None
+    store.put(held.head(10).with_columns(pl.lit("y").alias("s")))  # 980 keys dropped
+    assert store.segments == 1
+    frame = store.frame()
+    assert frame is not None and frame.height == 20
+    assert _string_buffer_bytes(frame) < 20 * (len(text) + 10)

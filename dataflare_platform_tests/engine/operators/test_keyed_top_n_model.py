@@ -79,6 +79,7 @@ step = st.one_of(
     st.tuples(st.just("advance"), st.integers(0, 60)),
     st.tuples(st.just("savepoint"), st.none()),
     st.tuples(st.just("rollback"), st.none()),
+    st.tuples(st.just("checkpoint"), st.sampled_from([2, 8])),
 )
 
 
@@ -104,6 +105,7 @@ def test_top_n_matches_a_model(steps, n, descending, ttl, colliding, late_string
     table: dict[tuple, tuple] = {}
     floor: int | None = None
     saved = None
+    watermark = None
     for kind, arg in steps:
         if kind == "batch":
             frame = pl.DataFrame(arg, schema=SCHEMA, orient="row").select(columns)
@@ -128,11 +130,24 @@ def test_top_n_matches_a_model(steps, n, descending, ttl, colliding, late_string
                 model.expire(floor)
         elif kind == "advance" and ttl is not None:
             op.advance(arg)
+            watermark = arg if watermark is None else max(watermark, arg)
             floor = max(floor, arg - ttl) if floor is not None else arg - ttl
             model.expire(floor)
         elif kind == "savepoint":
             rows = {k: list(v) for k, v in model.rows.items()}
             saved = (op.savepoint(), rows, dict(model.seen), dict(table), floor)
+        elif kind == "checkpoint":
+            # Restored into a store merging ``arg`` segments at once (2: the store's
+            # default, as before the top-N used 8): the frame is the same either way.
+            state = op.snapshot()
+            op = KeyedTopN(["a", "b"], ["v"], [descending], n, "r", ttl)
+            op.bind("date_time")
+            cls = CollidingStore if colliding else KeyedStore
+            op._store = cls(["a", "b"], age_column="__seen", fan_in=arg)
+            op.restore(state)
+            if watermark is not None:
+                op.advance(watermark)  # the runner re-advances to its restored watermark
+            saved = None
         elif kind == "rollback" and saved is not None:
             op.rollback(saved[0])
             model.rows = {k: list(v) for k, v in saved[1].items()}
@@ -144,20 +159,22 @@ def test_top_n_matches_a_model(steps, n, descending, ttl, colliding, late_string
 @settings(max_examples=200, deadline=None)
 @given(
     data=st.lists(
-        st.tuples(st.integers(0, 6), st.integers(-3, 3), st.integers(0, 2)),
+        st.tuples(st.integers(0, 6), st.integers(-3, 3), st.integers(0, 2), st.integers(0, 1)),
         min_size=1,
         max_size=60,
     ),
     n=st.integers(1, 4),
-    columns=st.integers(1, 2),
+    columns=st.integers(1, 3),
+    scale=st.sampled_from([1, 2**40, 2**60]),
 )
-def test_top_rows_matches_sorting(data, n, columns) -> None:
+def test_top_rows_matches_sorting(data, n, columns, scale) -> None:
     """Per key: the first ``n`` rows in the order of the first ``columns`` columns,
     unless two rows equal on them have a rank ("min") up to ``n``: then the key is tied
-    and left out."""
+    and left out. ``scale`` widens the first column: up to 2**40 the key id and it share
+    one int64 (an argsort), at 2**60 they do not (a lexsort)."""
     ids_raw = np.array([k for k, *_ in data])
     _, ids = np.unique(ids_raw, return_inverse=True)
-    values = [tuple(row[1 : 1 + columns]) for row in data]
+    values = [(row[1] * scale, *row[2 : 1 + columns]) for row in data]
     by = [np.array([v[c] for v in values], dtype=np.int64) for c in range(columns)]
     ages = np.arange(len(data), dtype=np.int64)
     ranked = top_rows(ids.astype(np.int64), int(ids.max()) + 1, by, n, ages)
@@ -174,6 +191,23 @@ def test_top_rows_matches_sorting(data, n, columns) -> None:
             assert mine == []
         else:
             assert mine == [(v, i + 1) for i, v in enumerate(ordered[:n])]
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.integers(-3, 3), min_size=1, max_size=40))
+def test_dense_ids_number_keys_in_hash_order(raw) -> None:
+    """Ids ascend with the hashes, every key's rows share its id, ``first`` holds it."""
+    hashes = np.array(raw, dtype=np.int64) * (2**61)
+    keys = pl.DataFrame({"a": raw})
+    ids = dense_ids(keys, hashes)
+    assert ids is not None
+    unique, inverse = np.unique(hashes, return_inverse=True)
+    assert ids.hashes.tolist() == unique.tolist()
+    assert ids.ids.tolist() == inverse.tolist()
+    assert hashes[ids.first].tolist() == unique.tolist()
+    # Integer keys are compared in numpy: one hash for all refuses unless all are equal.
+    shared = dense_ids(keys, np.zeros(len(raw), dtype=np.int64))
+    assert (shared is None) == (len(set(raw)) > 1)
 
 
 def test_dense_ids_refuse_a_shared_hash_and_accept_equal_keys() -> None:

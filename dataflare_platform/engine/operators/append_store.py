@@ -6,15 +6,18 @@ every merge copies whole rows. For rows that never leave that is wasted work, an
 wide rows it is the slow batch: Nexmark q20 holds every category-10 auction, strings and
 all, and a merge of its auctions stalled a batch 20-70 ms (issue 21 §5).
 
-Here a row is written once, into a payload chunk, and never moved. What merges is an
-index: runs of (key hash, row number) pairs, two int64 numpy arrays sorted by hash,
-merged like a binary counter (a run merges with the one above while it is no longer),
-so a lookup searches O(log) runs and a merge is numpy work only. Merges of more entries
-than ``background_rows`` run on the keyed stores' merge thread (numpy's sort releases
-the GIL) and are installed by a later call. Payload chunks are concatenated the same
-way (a chunk with the one after it while it is no longer), which keeps row numbers (a
-row's number is its place in the concatenation of all chunks) and the chunk count
-O(log).
+Here a row is written once, into a payload chunk, in the order it came, and never
+moved. What merges is an index: runs of (key hash, row number) pairs, two int64 numpy
+arrays sorted by hash, merged like a binary counter (a run merges with the one above
+while it is no longer), so a lookup searches O(log) runs and a merge is numpy work only.
+Merges of more entries than ``background_rows`` run on the keyed stores' merge thread
+(numpy's sort releases the GIL) and are installed by a later call. Payload chunks are
+concatenated the same way (a chunk with the one after it while it is no longer), which
+keeps row numbers (a row's number is its place in the concatenation of all chunks) and
+the chunk count O(log). Every chunk concatenation runs on the merge thread: it copies
+whole rows (q20's auctions, strings and all: up to 8 ms of a batch, measured), and a
+batch reads the chunks as they are until it is installed. A chunk as put still points
+into its batch's buffers; a concatenation copies its strings out (``_own_strings``).
 
 A key's code is the key itself when it is one integer column (q20's auction id, q3's
 person id), else a 64-bit hash. A lookup codes its keys once (the caller may pass the
@@ -24,14 +27,17 @@ key with the same hash are dropped. A key held twice finds both rows: the result
 exactly an inner join's pairs (a null key matches nothing).
 
 Everything is immutable: a savepoint is the tuple of runs and chunks, a rollback puts it
-back. Hashes are never checkpointed (Polars' hash is stable within one version only):
-``frame`` gives the rows and ``load`` indexes them again.
+back (a running merge whose inputs it removed is dropped when done). Hashes are never
+checkpointed (Polars' hash is stable within one version only): ``frame`` gives the rows
+and ``load`` indexes them again.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from concurrent.futures import Executor, Future
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 import numpy as np
 import polars as pl
@@ -69,13 +75,91 @@ def _ranges(starts: np.ndarray, counts: np.ndarray) -> np.ndarray:
     return np.repeat(starts, counts) + (np.arange(total, dtype=np.int64) - offsets)
 
 
-@dataclass(frozen=True)
-class _PendingRun:
-    """An index merge running on the merge thread, with its inputs."""
+@dataclass(frozen=True, eq=False)
+class Chunk:
+    """Rows as put, or several puts' rows concatenated. ``owned``: its strings are its
+    own (``_own_strings``); a chunk as put may still point into its batch's buffers."""
 
-    older: IndexRun
-    newer: IndexRun
+    frame: pl.DataFrame
+    owned: bool
+
+    @property
+    def size(self) -> int:
+        return self.frame.height
+
+
+def merge_chunks(older: Chunk, newer: Chunk) -> Chunk:
+    """Two adjacent chunks as one, strings copied out of batch buffers. On the merge
+    thread: Polars releases the GIL for the copies."""
+    parts = [c.frame if c.owned else _own_strings(c.frame) for c in (older, newer)]
+    return Chunk(pl.concat(parts, how="vertical_relaxed", rechunk=True), True)
+
+
+@dataclass(frozen=True)
+class _Pending:
+    """A merge of two adjacent runs or chunks running on the merge thread, with its
+    inputs."""
+
+    older: IndexRun | Chunk
+    newer: IndexRun | Chunk
     future: Future
+
+
+Item = TypeVar("Item", IndexRun, Chunk)
+
+
+def _compacted(
+    items: tuple[Item, ...],
+    pending: tuple[_Pending, ...],
+    merge: Callable[[Item, Item], Item],
+    inline: int,
+    executor: Callable[[], Executor],
+) -> tuple[tuple[Item, ...], tuple[_Pending, ...]]:
+    """``items`` with adjacent pairs merged while the older is no longer than the newer,
+    newest pair first (a binary counter: O(log) items). A merge of more than ``inline``
+    entries goes to the merge thread (``pending``) and its inputs stay until a later call
+    installs it (``_installed``); inputs of a running merge merge with nothing else. A
+    merge installed in the middle can leave a pair below the top out of order, hence the
+    scan over every pair (``KeyedStore._compact``)."""
+    runs = list(items)
+    busy = {id(r) for p in pending for r in (p.older, p.newer)}
+    while True:
+        pair = next(
+            (
+                i
+                for i in range(len(runs) - 2, -1, -1)
+                if runs[i].size <= runs[i + 1].size
+                and id(runs[i]) not in busy
+                and id(runs[i + 1]) not in busy
+            ),
+            None,
+        )
+        if pair is None:
+            break
+        older, newer = runs[pair], runs[pair + 1]
+        if older.size + newer.size > inline:
+            pending = (*pending, _Pending(older, newer, executor().submit(merge, older, newer)))
+            busy |= {id(older), id(newer)}
+            continue
+        runs[pair : pair + 2] = [merge(older, newer)]
+    return tuple(runs), pending
+
+
+def _installed(
+    items: tuple[Item, ...], pending: tuple[_Pending, ...]
+) -> tuple[tuple[Item, ...], tuple[_Pending, ...]]:
+    """``items`` with each finished merge in place of its inputs (if they are still
+    there, side by side: a rollback or load may have dropped them), and the merges still
+    running."""
+    done = [p for p in pending if p.future.done()]
+    if not done:
+        return items, pending
+    pending = tuple(p for p in pending if all(p is not d for d in done))
+    for p in done:
+        i = next((j for j, r in enumerate(items) if r is p.older), None)
+        if i is not None and i + 1 < len(items) and items[i + 1] is p.newer:
+            items = (*items[:i], p.future.result(), *items[i + 2 :])
+    return items, pending
 
 
 @dataclass
@@ -84,34 +168,37 @@ class AppendStore:
     docstring."""
 
     keys: list[str]
-    # Index merges of more entries than this run on the merge thread.
-    background_rows: int = 1 << 15
+    # Index merges of more entries than this run on the merge thread (a merge of 32 k
+    # entries took up to 1 ms of a q20 batch, measured).
+    background_rows: int = 1 << 13
     executor: Executor | None = None  # None: ``merge_executor()``; tests pass their own
-    _chunks: tuple[pl.DataFrame, ...] = field(default=(), init=False)
+    _chunks: tuple[Chunk, ...] = field(default=(), init=False)
     _runs: tuple[IndexRun, ...] = field(default=(), init=False)
     _rows: int = field(default=0, init=False)
-    _pending: tuple[_PendingRun, ...] = field(default=(), init=False)
+    _pending: tuple[_Pending, ...] = field(default=(), init=False)  # index merges
+    _packing: tuple[_Pending, ...] = field(default=(), init=False)  # chunk merges
 
     # ---- adding and finding rows ----
 
-    def put(self, rows: pl.DataFrame) -> None:
-        """Add ``rows`` (in code order). A row with a null key is kept (``frame``) but
-        never found."""
+    def put(self, rows: pl.DataFrame, owned: bool = False) -> None:
+        """Add ``rows``, kept in their order. A row with a null key is kept (``frame``)
+        but never found. ``owned``: ``rows`` hold their own strings (not views into a
+        larger batch's buffers)."""
         if rows.height == 0:
             return
+        self._install()
         codes, _, valid = self.codes(rows)
-        order = np.argsort(codes, kind="stable")
-        indexed = rows.height
-        if valid is not None:  # null keys last, not indexed
-            order = np.concatenate([order[valid[order]], np.flatnonzero(~valid)])
-            indexed = int(valid.sum())
-        rows = _own_strings(rows[order])
         start = self._rows
         self._rows += rows.height
-        self._chunks = _packed((*self._chunks, rows))
-        if indexed:
-            ids = np.arange(start, start + indexed, dtype=np.int64)
-            self._runs = (*self._runs, IndexRun(codes[order[:indexed]], ids))
+        self._chunks = (*self._chunks, Chunk(rows, owned))
+        at = None
+        if valid is not None:  # null keys are not indexed
+            at = np.flatnonzero(valid)
+            codes = codes[at]
+        if codes.size:
+            order = np.argsort(codes, kind="stable")  # equal codes in row order
+            ids = (order if at is None else at[order]) + start
+            self._runs = (*self._runs, IndexRun(codes[order], ids.astype(np.int64, copy=False)))
         self._compact()
 
     def find(self, keys: pl.DataFrame, codes: Codes | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -194,7 +281,7 @@ class AppendStore:
 
     def gather(self, ids: np.ndarray, columns: list[str] | None = None) -> pl.DataFrame:
         """The rows numbered ``ids`` (``columns`` only, when given), in that order."""
-        chunks = self._chunks
+        chunks = tuple(c.frame for c in self._chunks)
         if columns is not None:
             chunks = tuple(c.select(columns) for c in chunks)
         if len(chunks) == 1 or ids.size == 0:
@@ -223,49 +310,27 @@ class AppendStore:
             expr = pl.struct(self.keys).hash(HASH_SEED)
         return frame.select(expr).to_series().to_numpy().view(np.int64)
 
-    # ---- merging index runs ----
+    # ---- merges ----
+
+    def _executor(self) -> Executor:
+        return self.executor or merge_executor()
 
     def _compact(self) -> None:
-        """Merge adjacent runs while the older is no longer than the newer, newest pair
-        first; a merge of more than ``background_rows`` entries goes to the merge thread
-        and its inputs stay until a later call installs it (``KeyedStore._compact``)."""
+        """Merge runs and chunks as a binary counter (``_compacted``): index runs of up to
+        ``background_rows`` entries here, larger ones and every chunk merge on the merge
+        thread."""
         self._install()
-        runs = list(self._runs)
-        busy = {id(r) for p in self._pending for r in (p.older, p.newer)}
-        while True:
-            pair = next(
-                (
-                    i
-                    for i in range(len(runs) - 2, -1, -1)
-                    if runs[i].size <= runs[i + 1].size
-                    and id(runs[i]) not in busy
-                    and id(runs[i + 1]) not in busy
-                ),
-                None,
-            )
-            if pair is None:
-                break
-            older, newer = runs[pair], runs[pair + 1]
-            if older.size + newer.size > self.background_rows:
-                future = (self.executor or merge_executor()).submit(merge_runs, older, newer)
-                self._pending = (*self._pending, _PendingRun(older, newer, future))
-                busy |= {id(older), id(newer)}
-                continue
-            runs[pair : pair + 2] = [merge_runs(older, newer)]
-        self._runs = tuple(runs)
+        self._runs, self._pending = _compacted(
+            self._runs, self._pending, merge_runs, self.background_rows, self._executor
+        )
+        self._chunks, self._packing = _compacted(
+            self._chunks, self._packing, merge_chunks, 0, self._executor
+        )
 
     def _install(self) -> None:
-        """Put each finished index merge in place of its inputs (if they are still
-        there, side by side: a rollback or load may have dropped them)."""
-        done = [p for p in self._pending if p.future.done()]
-        if not done:
-            return
-        self._pending = tuple(p for p in self._pending if all(p is not d for d in done))
-        for p in done:
-            runs = self._runs
-            i = next((j for j, r in enumerate(runs) if r is p.older), None)
-            if i is not None and i + 1 < len(runs) and runs[i + 1] is p.newer:
-                self._runs = (*runs[:i], p.future.result(), *runs[i + 2 :])
+        """Put finished index and chunk merges in place of their inputs."""
+        self._runs, self._pending = _installed(self._runs, self._pending)
+        self._chunks, self._packing = _installed(self._chunks, self._packing)
 
     # ---- checkpoints and savepoints ----
 
@@ -273,21 +338,21 @@ class AppendStore:
         """Every row (for a checkpoint), or None when the store never held any."""
         if not self._chunks:
             return None
-        chunks = self._chunks
+        chunks = [c.frame for c in self._chunks]
         return pl.concat(chunks, how="vertical_relaxed") if len(chunks) > 1 else chunks[0]
 
     def load(self, frame: pl.DataFrame | None) -> None:
-        """Replace the contents with ``frame`` (from ``frame``)."""
-        self._chunks, self._runs, self._rows, self._pending = (), (), 0, ()
+        """Replace the contents with ``frame`` (from ``frame``: its strings its own)."""
+        self._chunks, self._runs, self._rows, self._pending, self._packing = (), (), 0, (), ()
         if frame is not None:
-            self.put(frame)
+            self.put(frame, owned=True)
 
     def savepoint(self) -> object:
         return (self._chunks, self._runs, self._rows)
 
     def rollback(self, saved: object) -> None:
-        # A running merge of runs newer than ``saved`` finds its inputs gone: dropped
-        # when done (``_install``); one of older runs is still good.
+        # A running merge of runs or chunks newer than ``saved`` finds its inputs gone:
+        # dropped when done (``_install``); one of older ones is still good.
         self._chunks, self._runs, self._rows = saved  # type: ignore[misc]
 
     @property
@@ -304,17 +369,8 @@ class AppendStore:
         to them, since equal values of other types hash differently."""
         if not self._chunks:
             return None
-        schema = self._chunks[-1].schema
+        schema = self._chunks[-1].frame.schema
         return {k: schema[k] for k in self.keys}
-
-
-def _packed(chunks: tuple[pl.DataFrame, ...]) -> tuple[pl.DataFrame, ...]:
-    """``chunks`` with the newest concatenated into the one before while that one is no
-    longer (a binary counter: O(log) chunks, a row copied O(log) times)."""
-    while len(chunks) > 1 and chunks[-2].height <= chunks[-1].height:
-        both = pl.concat(chunks[-2:], how="vertical_relaxed", rechunk=True)
-        chunks = (*chunks[:-2], both)
-    return chunks
 
 
 def _own_strings(rows: pl.DataFrame) -> pl.DataFrame:

@@ -133,32 +133,40 @@ class IncrementalJoin(Operator):
         return pl.concat([left, right.rename(clash) if clash else right], how="horizontal")
 
     def _right_rows(self, rows: pl.DataFrame) -> pl.DataFrame | None:
-        failed = None
+        if self.right_unique:
+            return self._right_rows_unique(rows)
+        if self.right_filter is not None:
+            rows = rows.filter(self.right_filter.fill_null(False))
+        out = None
+        if self._left.rows and rows.height:
+            keys = self._as(rows.select(self.right_on).unique(), self.right_on, self._left)
+            waiting = self._left.get(keys)
+            if waiting is not None:
+                out = self._pair(waiting, rows)
+        if rows.height:
+            self._add(self._right, rows, self.right_on)  # type: ignore[arg-type]
+        return out
+
+    def _right_rows_unique(self, rows: pl.DataFrame) -> pl.DataFrame | None:
+        """Right rows of unique keys: the rows that pass the filter join the left rows
+        waiting for them and are kept; the keys of the others are kept as rejected.
+        A key arrives once, so no ``unique``: should one come twice, the left store's
+        ``take`` and the append stores still give exactly the inner join's pairs."""
+        keys = rows.select(self.right_on)
         if self.right_filter is not None:
             passes = rows.select(self.right_filter.fill_null(False)).to_series()
-            if self.right_unique:
-                failed = rows.filter(~passes).select(self.right_on).unique()
-                if failed.height:
-                    self._rejected.put(failed)
-            rows = rows.filter(passes)
+            if not passes.all():
+                self._rejected.put(keys.filter(~passes))
+                rows = rows.filter(passes)
         out = None
         if self._left.rows:
             # One lookup for the keys that pass and those that fail: a unique right key
             # ends the wait of its left rows either way.
-            keys = rows.select(self.right_on).unique()
-            if failed is not None and failed.height:
-                keys = pl.concat([keys, failed], how="vertical_relaxed")
-            if keys.height:
-                keys = self._as(keys, self.right_on, self._left)
-                waiting = self._left.take(keys) if self.right_unique else self._left.get(keys)
-                if waiting is not None and rows.height:
-                    out = self._pair(waiting, rows)
-        if rows.height == 0:
-            return None
-        if self.right_unique:
+            waiting = self._left.take(self._as(keys, self.right_on, self._left))
+            if waiting is not None and rows.height:
+                out = self._pair(waiting, rows)
+        if rows.height:
             self._right.put(rows)
-        else:
-            self._add(self._right, rows, self.right_on)  # type: ignore[arg-type]
         return out
 
     def _pair(self, left: pl.DataFrame, right: pl.DataFrame) -> pl.DataFrame:

@@ -20,6 +20,7 @@ from dataflare_platform.engine.operators.interval_tiers import (
     merge_tiers,
 )
 from dataflare_platform.engine.operators.joins import IntervalJoinAggregate
+from dataflare_platform_tests.engine.operators.test_keyed_store import ManualExecutor
 from dataflare_platform_tests.engine.test_interval_join import (
     AGGS,
     WIN_COLUMNS,
@@ -88,13 +89,14 @@ def check_bounds(op: IntervalJoinAggregate) -> None:
     assert held < 2 * sum(t.open_rows for t in op._tiers) or held == 0
 
 
-def drive(make, left, right, batch_rows, *, restore_at=(), retry_at=(), check=True):
+def drive(make, left, right, batch_rows, *, restore_at=(), retry_at=(), check=True, hook=None):
     """Both streams in event-time order, ``batch_rows`` at a time, the watermark 10 s
     behind. At the batches in ``restore_at`` the state is checkpointed into a fresh
     operator; at those in ``retry_at`` each part is processed once, rolled back to the
     savepoint taken before it, and processed again (as the runner does for a step that
-    failed; a savepoint changed by the first try would count the part twice). Returns
-    the emitted rows and the largest number of left rows in one batch."""
+    failed; a savepoint changed by the first try would count the part twice).
+    ``hook(batch number)`` runs before each advance. Returns the emitted rows and the
+    largest number of left rows in one batch."""
     tagged = pl.concat(
         [
             left.select("date_time").with_row_index("i").with_columns(pl.lit(0).alias("port")),
@@ -112,6 +114,8 @@ def drive(make, left, right, batch_rows, *, restore_at=(), retry_at=(), check=Tr
                 op.process(rows, port=port)
                 op.rollback(saved)
             op.process(rows, port=port)
+        if hook is not None:
+            hook(done)
         emitted = op.advance(int(chunk["date_time"].max().timestamp() * 1000) - 10_000)
         if emitted is not None:
             out.append(emitted)
@@ -289,3 +293,98 @@ def test_best_per_group_is_the_first_of_a_lexsort(keys, groups):
     first[1:] = in_order[1:] != in_order[:-1]
     expected_rows = np.sort(ranked[first])
     assert np.array_equal(best_per_group(keys, group, 6), expected_rows)
+
+
+@settings(max_examples=30, deadline=None)
+@given(
+    seed=st.integers(0, 1_000),
+    batch_rows=st.sampled_from([7, 37, 90]),
+    inline=st.sampled_from([0, 8]),
+    merges_at=st.sets(st.integers(1, 150), max_size=60),
+    restore_at=st.sets(st.integers(1, 150), max_size=5),
+    retry_at=st.sets(st.integers(1, 150), max_size=10),
+    winners=st.booleans(),
+)
+def test_background_merges_finishing_at_any_batch_give_the_same_output(
+    seed, batch_rows, inline, merges_at, restore_at, retry_at, winners
+):
+    """Merges above ``INLINE_ROWS`` build their rows on the merge thread (here a manual
+    executor that runs them only at the batches in ``merges_at``, or never) while batches
+    fold into, close and roll back the tiers they merge, and checkpoints restore into
+    fresh operators: the output is the one-shot join's."""
+    executor = ManualExecutor()
+
+    def make():
+        op = winner_op() if winners else aggregate_op()
+        op.executor = executor
+        return op
+
+    def hook(done):
+        if done in merges_at:
+            executor.run_all()
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(IntervalJoinAggregate, "CHUNK_ROWS", CHUNK)
+        patch.setattr(IntervalJoinAggregate, "MAX_TIERS", 3)
+        patch.setattr(IntervalJoinAggregate, "INLINE_ROWS", inline)
+        if winners:
+            left, right = tied_streams("dense", seed=seed)
+        else:
+            left, right = make_streams("dense", seed=seed, auctions=200, bids=2_000)
+        got, _ = drive(
+            make,
+            left,
+            right,
+            batch_rows,
+            restore_at=restore_at,
+            retry_at=retry_at,
+            check=False,
+            hook=hook,
+        )
+    if winners:
+        got = got.select(WIN_OUT).sort("id")
+        want = expected_winners(left, right).select(WIN_OUT).sort("id").cast(got.schema)
+        assert got.equals(want)
+    else:
+        same(got, expected(left, right))
+
+
+def test_a_background_merge_is_installed_with_the_partials_of_its_inputs_then():
+    """Rows folded into and closed in the two tiers while their merge runs are in the
+    merged tier; a merge whose inputs were rolled back to before it started is dropped."""
+    executor = ManualExecutor()
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(IntervalJoinAggregate, "MAX_TIERS", 1)
+        patch.setattr(IntervalJoinAggregate, "INLINE_ROWS", 0)
+        left, right = make_streams("dense", seed=13, auctions=200, bids=2_000)
+        left = left.sort("date_time")
+        right = right.sort("date_time")
+        want = expected(left, right)
+        half = right.height // 2
+        mid = int(right["date_time"][half].timestamp() * 1000) - 10_000
+
+        op = aggregate_op()
+        op.executor = executor
+        op.process(left.head(100), port=0)
+        op.process(left.tail(-100), port=0)  # two tiers: their merge is queued
+        assert len(op._tiers) == 2 and len(executor.queue) == 1
+        op.process(right.head(half), port=1)
+        closed = op.advance(mid)
+        executor.run_all()
+        op.process(right.tail(-half), port=1)  # installs the merge first
+        assert len(op._tiers) == 1
+        rest = op.advance(2**62)
+        got = pl.concat([f for f in (closed, rest) if f is not None], how="vertical_relaxed")
+        same(got, want)
+
+        # Rolled back to before the merge started: the finished merge is not installed.
+        op = aggregate_op()
+        op.executor = executor
+        op.process(left.head(100), port=0)
+        saved = op.savepoint()
+        op.process(left.tail(-100), port=0)
+        assert len(executor.queue) == 1
+        op.rollback(saved)
+        executor.run_all()
+        op.process(right.head(half), port=1)
+        assert len(op._tiers) == 1 and not op._merging

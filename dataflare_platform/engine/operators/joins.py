@@ -3,6 +3,7 @@ and stream–table enrichment. Port 0 is the left input, port 1 the right."""
 
 from __future__ import annotations
 
+from concurrent.futures import Executor, Future
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -16,9 +17,12 @@ from dataflare_platform.engine.operators.interval_tiers import (
     RightRows,
     Tier,
     Winner,
+    fill_merged,
     frame_of,
+    merge_rows,
     merge_tiers,
 )
+from dataflare_platform.engine.operators.keyed_store import merge_executor
 from dataflare_platform.engine.operators.windows import WINDOW_END, WINDOW_START, Tumbling
 from dataflare_platform.errors import InvalidInputError
 
@@ -130,7 +134,12 @@ class IntervalJoinAggregate(Operator):
 
     No batch pays for the whole state (issue 21 §5: a p99 that holds). Tiers are merged
     two neighbours at a time and only while the pair holds at most ``CHUNK_ROWS`` open
-    rows, one merge per call, so a merge costs O(chunk), never O(open rows); a tier drops
+    rows, one merge per call, so a merge costs O(chunk), never O(open rows). A merge of
+    more than ``INLINE_ROWS`` open rows builds its rows on the keyed stores' merge thread
+    (``merge_rows``: a concatenation and a gather of whole left rows, strings and all:
+    1-2 ms of a q9 auction batch) while batches go on folding into the two tiers; a later
+    call puts the merged tier in their place with their partials as they are then
+    (``fill_merged``), and the two tiers keep their closed prefixes until then. A tier drops
     its closed prefix itself (O(tier)) and a tier whose rows have all closed is dropped
     whole. The savepoint taken before each batch shares the tiers' arrays (copy on
     write), and a restored checkpoint comes back as chunks of ``CHUNK_ROWS``. With many
@@ -154,11 +163,15 @@ class IntervalJoinAggregate(Operator):
     lateness_ms: int = 0
     winner: Winner | None = None
     inputs: int = 2
+    # None: ``merge_executor()``; tests pass their own.
+    executor: Executor | None = field(default=None, repr=False, compare=False)
     _tiers: list[Tier] = field(default_factory=list, init=False)
     _pending: pl.DataFrame | None = field(default=None, init=False)
+    _merging: tuple[_TierMerge, ...] = field(default=(), init=False)
 
     MAX_TIERS = 6  # beyond this many tiers, neighbours are merged while they are small
     CHUNK_ROWS = 32_768  # no merge makes a tier of more open rows than this
+    INLINE_ROWS = 2_048  # merges of more open rows build their rows on the merge thread
 
     def __post_init__(self) -> None:
         # Here, not in each builder method: both interval_join_agg and
@@ -210,6 +223,7 @@ class IntervalJoinAggregate(Operator):
         batch, late = self.split_late(batch, self.lateness_ms)
         if batch.height == 0:
             return None, late
+        self._install()
         if port == 0:
             tier = self._open_left(batch)
             if self._pending is not None:
@@ -239,21 +253,61 @@ class IntervalJoinAggregate(Operator):
             return
         sizes = np.array([t.open_rows for t in tiers])
         pairs = sizes[:-1] + sizes[1:]
+        if self._merging:  # the inputs of a running merge merge with nothing else
+            busy = np.array([self._busy(t) for t in tiers])
+            pairs[busy[:-1] | busy[1:]] = self.CHUNK_ROWS + 1
         at = int(np.argmin(pairs))
         if pairs[at] > self.CHUNK_ROWS:
             return
-        merged = merge_tiers(self.left_key, tiers[at : at + 2], self.aggs, self.winner)
-        self._tiers = [*tiers[:at], merged, *tiers[at + 2 :]]
+        if pairs[at] <= self.INLINE_ROWS:
+            merged = merge_tiers(self.left_key, tiers[at : at + 2], self.aggs, self.winner)
+            self._tiers = [*tiers[:at], merged, *tiers[at + 2 :]]
+            return
+        older, newer = tiers[at : at + 2]
+        parts = [(t.rows, t._end, t.lo) for t in (older, newer)]
+        executor = self.executor or merge_executor()
+        future = executor.submit(merge_rows, self.left_key, parts, self.aggs, self.winner)
+        self._merging = (
+            *self._merging,
+            _TierMerge(older.rows, newer.rows, older.lo, newer.lo, future),
+        )
+
+    def _busy(self, tier: Tier) -> bool:
+        """Whether ``tier``'s rows are an input of a running merge (its twins in
+        savepoints share them): they stay as they are, closed prefix included."""
+        return any(tier.rows is m.older or tier.rows is m.newer for m in self._merging)
+
+    def _install(self) -> None:
+        """Put each finished merge in place of its two inputs, with their partials as
+        they are now. Dropped if the inputs are gone or no longer side by side (closed
+        whole, a restore) or were rolled back to before the merge started."""
+        done = [m for m in self._merging if m.future.done()]
+        if not done:
+            return
+        self._merging = tuple(m for m in self._merging if all(m is not d for d in done))
+        for m in done:
+            tiers = self._tiers
+            at = next((i for i, t in enumerate(tiers) if t.rows is m.older), None)
+            if at is None or at + 1 >= len(tiers) or tiers[at + 1].rows is not m.newer:
+                continue
+            older, newer = tiers[at : at + 2]
+            if older.lo < m.older_lo or newer.lo < m.newer_lo:
+                continue
+            merged, order = m.future.result()
+            merged = fill_merged(merged, order, [older, newer], [m.older_lo, m.newer_lo])
+            self._tiers = [*tiers[:at], merged, *tiers[at + 2 :]]
 
     def advance(self, watermark: int) -> pl.DataFrame | None:
         limit = watermark - self.lateness_ms
+        self._install()
         if self._pending is not None:
             self._pending = self._pending.filter(pl.col("__t") >= limit)
         closed = [(tier, rows) for tier in self._tiers if (rows := tier.closing(limit)) is not None]
         result = frame_of(closed) if closed else None
         self._tiers = [tier for tier in self._tiers if tier.open_rows]
         for tier in self._tiers:
-            tier.trim()
+            if not self._merging or not self._busy(tier):
+                tier.trim()
         self._compact()
         if result is None:
             return None
@@ -291,6 +345,7 @@ class IntervalJoinAggregate(Operator):
 
     def restore(self, state: dict[str, pa.Table]) -> None:
         self._tiers = []
+        self._merging = ()
         if "open" in state:
             # In chunks, so that no later merge or prefix drop handles all of them. The
             # snapshot lists tiers oldest first: chunks in that order keep them so.
@@ -304,6 +359,19 @@ class IntervalJoinAggregate(Operator):
     def state_rows(self) -> int:
         pending = 0 if self._pending is None else self._pending.height
         return pending + sum(t.open_rows for t in self._tiers)
+
+
+@dataclass(frozen=True)
+class _TierMerge:
+    """A merge of two neighbouring tiers building its rows on the merge thread: the
+    tiers' rows (the same objects in their savepoint twins) and their cursors when it
+    started."""
+
+    older: pl.DataFrame
+    newer: pl.DataFrame
+    older_lo: int
+    newer_lo: int
+    future: Future
 
 
 def _final(closed: pl.DataFrame, agg: Agg) -> pl.Series:

@@ -84,10 +84,16 @@ step = st.one_of(
     steps=st.lists(step, max_size=25),
     unique=st.booleans(),
     filtered=st.booleans(),
+    few=st.sampled_from([0, 4, 10**9]),
     data=st.data(),
 )
-def test_join_emits_the_pairs_of_a_one_shot_join(kind, colliding, steps, unique, filtered, data):
+def test_join_emits_the_pairs_of_a_one_shot_join(
+    kind, colliding, steps, unique, filtered, few, data
+):
+    """``few``: a right batch looks up the waiting left rows' keys in itself when it
+    has more than ``few`` times as many keys (0: always, 10**9: never)."""
     with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(IncrementalJoin, "FEW_WAITING", few)
         if colliding:
             patch.setattr(KeyedStore, "_hash", _colliding_hash)
             patch.setattr(AppendStore, "codes", _colliding_codes)

@@ -300,8 +300,12 @@ class IntervalJoinAggregate(Operator):
     def advance(self, watermark: int) -> pl.DataFrame | None:
         limit = watermark - self.lateness_ms
         self._install()
-        if self._pending is not None:
-            self._pending = self._pending.filter(pl.col("__t") >= limit)
+        pending = self._pending
+        if pending is not None:
+            # A filter is a Polars query; a min is not: filter only when a row expires.
+            oldest = pending.get_column("__t").min()
+            if oldest is None or oldest < limit:  # type: ignore[operator]
+                self._pending = pending.filter(pl.col("__t") >= limit)
         closed = [(tier, rows) for tier in self._tiers if (rows := tier.closing(limit)) is not None]
         result = frame_of(closed) if closed else None
         self._tiers = [tier for tier in self._tiers if tier.open_rows]

@@ -606,6 +606,15 @@ class KeyedStore:
 
     # ---- checkpoints and savepoints ----
 
+    def held_keys(self) -> pl.DataFrame | None:
+        """The key columns of every row held, dead ones included (a superset of the
+        live keys, with repeats), without copying other columns or dropping dead rows:
+        for a caller that narrows a large set of keys down to those worth a ``take``."""
+        if not self._segments:
+            return None
+        parts = [s.frame.select(self.keys) for s in self._segments]
+        return pl.concat(parts, how="vertical_relaxed") if len(parts) > 1 else parts[0]
+
     def frame(self) -> pl.DataFrame | None:
         """Every live row (for a checkpoint), or None when the store never held any."""
         if not self._segments:

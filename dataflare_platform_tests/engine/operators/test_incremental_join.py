@@ -84,7 +84,7 @@ step = st.one_of(
     steps=st.lists(step, max_size=25),
     unique=st.booleans(),
     filtered=st.booleans(),
-    few=st.sampled_from([0, 4, 10**9]),
+    few=st.sampled_from([0, 1, 10**9]),
     data=st.data(),
 )
 def test_join_emits_the_pairs_of_a_one_shot_join(

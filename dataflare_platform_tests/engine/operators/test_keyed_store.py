@@ -253,3 +253,15 @@ def test_a_merge_keeps_no_strings_of_dead_rows() -> None:
     frame = store.frame()
     assert frame is not None and frame.height == 20
     assert _string_buffer_bytes(frame) < 20 * (len(text) + 10)
+
+
+def test_held_keys_cover_every_live_key() -> None:
+    """``held_keys``: the keys of every row held, dead ones included."""
+    store = KeyedStore(["k"])
+    assert store.held_keys() is None
+    store.put(pl.DataFrame({"k": [1, 2, 2, 3], "v": [1, 2, 3, 4]}))
+    store.take(pl.DataFrame({"k": [2]}))
+    store.put(pl.DataFrame({"k": [2, 4], "v": [5, 6]}))
+    held = store.held_keys()
+    assert held is not None and held.columns == ["k"]
+    assert set(held["k"].to_list()) >= set(store.frame()["k"].to_list()) == {1, 2, 3, 4}

@@ -49,6 +49,7 @@ POS = "__store_pos"
 HASH_SEED = 0x5EED
 # Merges of more rows than this run on a thread while batches go on (``_compact``).
 BACKGROUND_ROWS = 65_536
+NULL_AGE = np.iinfo(np.int64).min  # the stored age of a row whose age column is null
 _executor: Executor | None = None
 _executor_lock = threading.Lock()
 
@@ -459,7 +460,10 @@ class KeyedStore:
             hashes = self._hash(rows)
         ages = None
         if self.age_column is not None:
-            ages = rows.get_column(self.age_column).cast(pl.Int64).to_numpy()
+            # A null age (a null event time from a step before) is older than any floor:
+            # the row expires at the first one, as the lookup's ``age >= floor`` drops it
+            # (it was a float NaN here, which the age index could not hold).
+            ages = rows.get_column(self.age_column).cast(pl.Int64).fill_null(NULL_AGE).to_numpy()
         if hashes.size > 1 and not bool(np.all(hashes[1:] >= hashes[:-1])):
             order = np.argsort(hashes, kind="stable")  # stable: a key's rows keep their order
             rows, hashes = rows[order], hashes[order]

@@ -24,3 +24,20 @@ def events(times_ms, keys=None, values=None) -> pa.Table:
 
 def ts(ms: int) -> pl.Expr:
     return pl.lit(T0 + ms).cast(pl.Datetime("ms"))
+
+
+def drive(op, df: pl.DataFrame, batch_rows: int, start: int = 0, stop: int | None = None):
+    """Feed ``df[start:stop]`` to a windowed operator in batches of ``batch_rows``; after
+    each, advance the watermark to 2 s behind the newest event time so far (rows before
+    ``start`` count: a restored operator has seen them). The fired frames, in order."""
+    out = []
+    stop = df.height if stop is None else stop
+    newest = int(df.slice(0, max(start, 1)).get_column("date_time").cast(pl.Int64).max())
+    for offset in range(start, stop, batch_rows):
+        batch = df.slice(offset, min(batch_rows, stop - offset))
+        op.process(batch)
+        newest = max(newest, int(batch.get_column("date_time").cast(pl.Int64).max()))
+        fired = op.advance(newest - 2_000)
+        if fired is not None:
+            out.append(fired)
+    return out

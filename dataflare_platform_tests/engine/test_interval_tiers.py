@@ -11,48 +11,27 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from dataflare_platform.engine import count
 from dataflare_platform.engine.operators import interval_tiers, joins
 from dataflare_platform.engine.operators.interval_tiers import (
     Tier,
-    Winner,
     best_per_group,
     merge_tiers,
 )
 from dataflare_platform.engine.operators.joins import IntervalJoinAggregate
 from dataflare_platform_tests.engine.operators.test_keyed_store import ManualExecutor
-from dataflare_platform_tests.engine.test_interval_join import (
+from dataflare_platform_tests.engine.test_interval_join import (  # the same operators
     AGGS,
-    WIN_COLUMNS,
-    WIN_ORDER,
     WIN_OUT,
     expected,
     expected_winners,
     make_streams,
+    operator,
     same,
     tied_streams,
+    winner_operator,
 )
 
 CHUNK = 24  # rows: tiny, so that compaction happens at almost every batch
-
-
-def aggregate_op() -> IntervalJoinAggregate:
-    op = IntervalJoinAggregate("id", "auction", "expires", ["id", "category"], AGGS)
-    op.bind("date_time")
-    return op
-
-
-def winner_op() -> IntervalJoinAggregate:
-    op = IntervalJoinAggregate(
-        "id",
-        "auction",
-        "expires",
-        ["id", "category"],
-        [count("n")],
-        winner=Winner(WIN_ORDER, WIN_COLUMNS),
-    )
-    op.bind("date_time")
-    return op
 
 
 @pytest.fixture
@@ -136,7 +115,7 @@ def drive(make, left, right, batch_rows, *, restore_at=(), retry_at=(), check=Tr
 @pytest.mark.parametrize("batch_rows", [7, 37, 400])
 def test_aggregates_stay_exact_under_constant_compaction(small_chunks, key_kind, batch_rows):
     left, right = make_streams(key_kind, seed=7, auctions=600, bids=8_000)
-    got, widest = drive(aggregate_op, left, right, batch_rows)
+    got, widest = drive(operator, left, right, batch_rows)
     same(got, expected(left, right))
     # Compaction happened throughout, and no step handled more than a chunk (or, for a
     # tier that is one left batch, that batch).
@@ -150,7 +129,7 @@ def test_aggregates_stay_exact_under_constant_compaction(small_chunks, key_kind,
 @pytest.mark.parametrize("batch_rows", [7, 90])
 def test_winners_stay_exact_under_constant_compaction(small_chunks, key_kind, batch_rows):
     left, right = tied_streams(key_kind, seed=8)
-    got, _ = drive(winner_op, left, right, batch_rows)
+    got, _ = drive(winner_operator, left, right, batch_rows)
     got = got.select(WIN_OUT).sort("id")
     assert got.equals(expected_winners(left, right).select(WIN_OUT).sort("id").cast(got.schema))
     assert len(small_chunks["merge"]) >= 5
@@ -160,7 +139,7 @@ def test_tier_count_follows_the_open_rows(small_chunks):
     """Many small left batches do not pile up tiers: beyond ``MAX_TIERS`` they are
     merged, up to about two tiers per chunk of open rows."""
     left, right = make_streams("dense", seed=9, auctions=600, bids=8_000)
-    op, most = aggregate_op(), 0
+    op, most = operator(), 0
     for part in left.iter_slices(3):
         op.process(part, port=0)
         most = max(most, len(op._tiers))
@@ -176,10 +155,10 @@ def test_checkpoints_and_retries_at_any_batch_give_the_same_output(small_chunks,
     left, right = make_streams(key_kind, seed=10, auctions=600, bids=8_000)
     want = expected(left, right)
     every = set(range(1, 200, 3))
-    got, _ = drive(aggregate_op, left, right, 60, restore_at=every, retry_at=every)
+    got, _ = drive(operator, left, right, 60, restore_at=every, retry_at=every)
     same(got, want)
     left, right = tied_streams(key_kind, seed=11)
-    got, _ = drive(winner_op, left, right, 60, restore_at=every, retry_at=every)
+    got, _ = drive(winner_operator, left, right, 60, restore_at=every, retry_at=every)
     got = got.select(WIN_OUT).sort("id")
     assert got.equals(expected_winners(left, right).select(WIN_OUT).sort("id").cast(got.schema))
 
@@ -188,7 +167,7 @@ def test_a_savepoint_is_not_changed_by_later_batches():
     """Copy on write: the savepoint shares the tiers' arrays until a batch folds into
     them; the fold copies first, so the savepoint's state is the state before it."""
     left, right = make_streams("dense", seed=12)
-    op = aggregate_op()
+    op = operator()
     op.process(left, port=0)
     half = right.height // 2
     op.process(right.head(half), port=1)
@@ -209,7 +188,7 @@ def test_a_checkpoint_restores_into_any_chunk_size(monkeypatch):
     chunks of the restoring operator's size, and the output is the same."""
     left, right = make_streams("dense", seed=13, auctions=600, bids=8_000)
     cut = left["date_time"][400]
-    op = aggregate_op()
+    op = operator()
     op.process(left.filter(pl.col("date_time") < cut), port=0)
     op.process(right.filter(pl.col("date_time") < cut), port=1)
     state = op.snapshot()
@@ -217,7 +196,7 @@ def test_a_checkpoint_restores_into_any_chunk_size(monkeypatch):
     outputs = []
     for chunk in (IntervalJoinAggregate.CHUNK_ROWS, 50):
         monkeypatch.setattr(IntervalJoinAggregate, "CHUNK_ROWS", chunk)
-        fresh = aggregate_op()
+        fresh = operator()
         fresh.restore(state)
         assert len(fresh._tiers) == -(-state["open"].num_rows // chunk)
         fresh.process(rest_left, port=0)
@@ -231,7 +210,7 @@ def test_merging_fills_partials_a_tier_has_not_created():
     """A tier where nothing matched yet has no partial arrays; merged with one that has,
     its rows get the starting values (0, no minimum/maximum seen), as a fold would."""
     left, right = make_streams("sparse", seed=14)
-    op = aggregate_op()
+    op = operator()
     first, second = left.head(100), left.slice(100, 100)
     op.process(first, port=0)
     op.process(right.filter(pl.col("auction").is_in(first["id"].implode())), port=1)
@@ -315,7 +294,7 @@ def test_background_merges_finishing_at_any_batch_give_the_same_output(
     executor = ManualExecutor()
 
     def make():
-        op = winner_op() if winners else aggregate_op()
+        op = winner_operator() if winners else operator()
         op.executor = executor
         return op
 
@@ -363,7 +342,7 @@ def test_a_background_merge_is_installed_with_the_partials_of_its_inputs_then():
         half = right.height // 2
         mid = int(right["date_time"][half].timestamp() * 1000) - 10_000
 
-        op = aggregate_op()
+        op = operator()
         op.executor = executor
         op.process(left.head(100), port=0)
         op.process(left.tail(-100), port=0)  # two tiers: their merge is queued
@@ -378,7 +357,7 @@ def test_a_background_merge_is_installed_with_the_partials_of_its_inputs_then():
         same(got, want)
 
         # Rolled back to before the merge started: the finished merge is not installed.
-        op = aggregate_op()
+        op = operator()
         op.executor = executor
         op.process(left.head(100), port=0)
         saved = op.savepoint()

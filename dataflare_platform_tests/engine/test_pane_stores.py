@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 from dataflare_platform.engine.aggregations import count, count_distinct, max_, mean, min_, sum_
 from dataflare_platform.engine.operators.pane_stores import ArrayPanes, FramePanes
 from dataflare_platform.engine.operators.windows import Sliding, TopN, Tumbling, WindowAggregate
+from dataflare_platform_tests.engine.helpers import drive
 
 T0 = 1_700_000_000_000
 AGGS = [
@@ -49,21 +50,6 @@ def operator(window, keys=("key",), aggs=AGGS, top=None, frames_only=False) -> W
     op.time_column = "date_time"
     op._frames_only = frames_only
     return op
-
-
-def drive(op: WindowAggregate, df: pl.DataFrame, batch_rows: int, start: int = 0):
-    """Batches in order, the watermark 2 s behind the newest event, then a final flush."""
-    out = []
-    newest = None
-    for offset in range(start, df.height, batch_rows):
-        batch = df.slice(offset, batch_rows)
-        op.process(batch)
-        batch_newest = int(batch.get_column("date_time").cast(pl.Int64).max())
-        newest = batch_newest if newest is None else max(newest, batch_newest)
-        fired = op.advance(newest - 2_000)
-        if fired is not None:
-            out.append(fired)
-    return out
 
 
 def finish(op: WindowAggregate, out: list[pl.DataFrame]) -> pl.DataFrame:

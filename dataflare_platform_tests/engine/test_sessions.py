@@ -10,6 +10,7 @@ import pytest
 
 from dataflare_platform.engine.aggregations import count, count_distinct, max_, mean, min_, sum_
 from dataflare_platform.engine.operators.windows import SessionAggregate, _running_max
+from dataflare_platform_tests.engine.helpers import drive
 
 T0 = 1_700_000_000_000
 GAP = 3_000
@@ -80,21 +81,6 @@ def operator() -> SessionAggregate:
     op = SessionAggregate(GAP, ["key"], list(AGGS))
     op.time_column = "date_time"
     return op
-
-
-def drive(op: SessionAggregate, df: pl.DataFrame, batch_rows: int, start: int = 0, stop=None):
-    """Batches in order, the watermark 2 s behind the newest event so far."""
-    out = []
-    stop = df.height if stop is None else stop
-    newest = int(df.slice(0, max(start, 1)).get_column("date_time").cast(pl.Int64).max())
-    for offset in range(start, stop, batch_rows):
-        batch = df.slice(offset, min(batch_rows, stop - offset))
-        op.process(batch)
-        newest = max(newest, int(batch.get_column("date_time").cast(pl.Int64).max()))
-        fired = op.advance(newest - 2_000)
-        if fired is not None:
-            out.append(fired)
-    return out
 
 
 def finish(op: SessionAggregate, out: list[pl.DataFrame]) -> pl.DataFrame:

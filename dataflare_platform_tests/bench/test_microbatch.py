@@ -96,7 +96,8 @@ def test_ttl_bounds_the_keyed_top_n_state_without_changing_its_output(bids):
     assert bounded["state_rows_at_end"] == 0 < whole["state_rows_at_end"]
     # Thread CPU per step is reported for each operator node (here the keyed top-N).
     (top_n,) = [v for k, v in bounded["operators_cpu"].items() if "TopN" in k]
-    assert top_n["process"]["calls"] > 0 and top_n["process"]["p50_ms"] > 0
+    assert top_n["process"]["calls"] > 0
+    assert top_n["process"]["p50_ms"] <= top_n["process"]["p99_ms"] <= top_n["process"]["max_ms"]
 
 
 def test_ttl_is_refused_for_a_query_without_keyed_state(bids):

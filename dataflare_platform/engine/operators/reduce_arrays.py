@@ -202,12 +202,8 @@ class ReduceArrays:
                 old = np.where(held, target[touched], best)
                 target[touched] = np.where(hit, pick(old, best), old)
                 seen[touched] = held | hit
-        order = np.argsort(self._slot_keys(touched))
+        order = np.argsort(self._index.keys_of(touched))
         return self._final(touched[order])
-
-    def _slot_keys(self, slots: np.ndarray) -> np.ndarray:
-        """The key of each slot."""
-        return self._index.keys_of(slots)
 
     def _series(self, name: str, slots: np.ndarray) -> pl.Series:
         """Partial ``name`` of ``slots``: null for a min/max nothing was seen for."""
@@ -218,7 +214,7 @@ class ReduceArrays:
         return series
 
     def _final(self, slots: np.ndarray) -> pl.DataFrame:
-        columns = [pl.Series(self.key, self._slot_keys(slots)).cast(self.schema[self.key])]
+        columns = [pl.Series(self.key, self._index.keys_of(slots)).cast(self.schema[self.key])]
         for agg in self.aggs:
             names = agg.partial_columns()
             if agg.kind == "mean":

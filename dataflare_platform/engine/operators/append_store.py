@@ -96,29 +96,30 @@ def merge_chunks(older: Chunk, newer: Chunk) -> Chunk:
 
 
 @dataclass(frozen=True)
-class _Pending:
+class PendingMerge:
     """A merge of two adjacent runs or chunks running on the merge thread, with its
-    inputs."""
+    inputs (``compacted`` / ``installed``)."""
 
-    older: IndexRun | Chunk
-    newer: IndexRun | Chunk
+    older: IndexRun | Chunk | np.ndarray
+    newer: IndexRun | Chunk | np.ndarray
     future: Future
 
 
-Item = TypeVar("Item", IndexRun, Chunk)
+# Index runs and payload chunks here, sorted code runs in ``code_sets.CodeSet``.
+Item = TypeVar("Item", IndexRun, Chunk, np.ndarray)
 
 
-def _compacted(
+def compacted(
     items: tuple[Item, ...],
-    pending: tuple[_Pending, ...],
+    pending: tuple[PendingMerge, ...],
     merge: Callable[[Item, Item], Item],
     inline: int,
     executor: Callable[[], Executor],
-) -> tuple[tuple[Item, ...], tuple[_Pending, ...]]:
+) -> tuple[tuple[Item, ...], tuple[PendingMerge, ...]]:
     """``items`` with adjacent pairs merged while the older is no longer than the newer,
     newest pair first (a binary counter: O(log) items). A merge of more than ``inline``
     entries goes to the merge thread (``pending``) and its inputs stay until a later call
-    installs it (``_installed``); inputs of a running merge merge with nothing else. A
+    installs it (``installed``); inputs of a running merge merge with nothing else. A
     merge installed in the middle can leave a pair below the top out of order, hence the
     scan over every pair (``KeyedStore._compact``)."""
     runs = list(items)
@@ -138,16 +139,16 @@ def _compacted(
             break
         older, newer = runs[pair], runs[pair + 1]
         if older.size + newer.size > inline:
-            pending = (*pending, _Pending(older, newer, executor().submit(merge, older, newer)))
+            pending = (*pending, PendingMerge(older, newer, executor().submit(merge, older, newer)))
             busy |= {id(older), id(newer)}
             continue
         runs[pair : pair + 2] = [merge(older, newer)]
     return tuple(runs), pending
 
 
-def _installed(
-    items: tuple[Item, ...], pending: tuple[_Pending, ...]
-) -> tuple[tuple[Item, ...], tuple[_Pending, ...]]:
+def installed(
+    items: tuple[Item, ...], pending: tuple[PendingMerge, ...]
+) -> tuple[tuple[Item, ...], tuple[PendingMerge, ...]]:
     """``items`` with each finished merge in place of its inputs (if they are still
     there, side by side: a rollback or load may have dropped them), and the merges still
     running."""
@@ -175,8 +176,8 @@ class AppendStore:
     _chunks: tuple[Chunk, ...] = field(default=(), init=False)
     _runs: tuple[IndexRun, ...] = field(default=(), init=False)
     _rows: int = field(default=0, init=False)
-    _pending: tuple[_Pending, ...] = field(default=(), init=False)  # index merges
-    _packing: tuple[_Pending, ...] = field(default=(), init=False)  # chunk merges
+    _pending: tuple[PendingMerge, ...] = field(default=(), init=False)  # index merges
+    _packing: tuple[PendingMerge, ...] = field(default=(), init=False)  # chunk merges
 
     # ---- adding and finding rows ----
 
@@ -316,21 +317,21 @@ class AppendStore:
         return self.executor or merge_executor()
 
     def _compact(self) -> None:
-        """Merge runs and chunks as a binary counter (``_compacted``): index runs of up to
+        """Merge runs and chunks as a binary counter (``compacted``): index runs of up to
         ``background_rows`` entries here, larger ones and every chunk merge on the merge
         thread."""
         self._install()
-        self._runs, self._pending = _compacted(
+        self._runs, self._pending = compacted(
             self._runs, self._pending, merge_runs, self.background_rows, self._executor
         )
-        self._chunks, self._packing = _compacted(
+        self._chunks, self._packing = compacted(
             self._chunks, self._packing, merge_chunks, 0, self._executor
         )
 
     def _install(self) -> None:
         """Put finished index and chunk merges in place of their inputs."""
-        self._runs, self._pending = _installed(self._runs, self._pending)
-        self._chunks, self._packing = _installed(self._chunks, self._packing)
+        self._runs, self._pending = installed(self._runs, self._pending)
+        self._chunks, self._packing = installed(self._chunks, self._packing)
 
     # ---- checkpoints and savepoints ----
 

@@ -21,11 +21,12 @@ it back (dropping any merge still running, whose result may include later runs).
 
 from __future__ import annotations
 
-from concurrent.futures import Executor, Future
+from concurrent.futures import Executor
 from dataclasses import dataclass, field
 
 import numpy as np
 
+from dataflare_platform.engine.operators.append_store import PendingMerge, compacted, installed
 from dataflare_platform.engine.operators.keyed_store import merge_executor
 
 # Merges of more codes than this run on the merge thread (~1 ms of merging in numpy).
@@ -38,13 +39,6 @@ def merge_runs(older: np.ndarray, newer: np.ndarray) -> np.ndarray:
     return np.sort(np.concatenate([older, newer]), kind="stable")
 
 
-@dataclass(frozen=True)
-class _Pending:
-    older: np.ndarray
-    newer: np.ndarray
-    future: Future
-
-
 @dataclass
 class CodeSet:
     """Sorted runs of int64 codes; see the module docstring."""
@@ -52,7 +46,7 @@ class CodeSet:
     background: int | None = None  # None: ``BACKGROUND_CODES``
     executor: Executor | None = None  # None: ``merge_executor()``; tests pass their own
     _runs: tuple[np.ndarray, ...] = field(default=(), init=False)
-    _pending: tuple[_Pending, ...] = field(default=(), init=False)
+    _pending: tuple[PendingMerge, ...] = field(default=(), init=False)
 
     def add(self, codes: np.ndarray) -> np.ndarray:
         """Add ``codes`` (int64, sorted, distinct); a mask of those the set did not hold."""
@@ -78,43 +72,16 @@ class CodeSet:
         such pair first; a large merge goes to the merge thread (its inputs stay until it
         is put in place, and the runs above merge among themselves meanwhile)."""
         limit = BACKGROUND_CODES if self.background is None else self.background
-        runs = list(self._runs)
-        while True:
-            pair = next(
-                (
-                    i
-                    for i in range(len(runs) - 2, -1, -1)
-                    if runs[i].size <= runs[i + 1].size
-                    and not self._busy(runs[i])
-                    and not self._busy(runs[i + 1])
-                ),
-                None,
-            )
-            if pair is None:
-                break
-            older, newer = runs[pair], runs[pair + 1]
-            if older.size + newer.size > limit:
-                future = (self.executor or merge_executor()).submit(merge_runs, older, newer)
-                self._pending = (*self._pending, _Pending(older, newer, future))
-                continue
-            runs[pair : pair + 2] = [merge_runs(older, newer)]
-        self._runs = tuple(runs)
+        self._runs, self._pending = compacted(
+            self._runs, self._pending, merge_runs, limit, self._executor
+        )
 
-    def _busy(self, run: np.ndarray) -> bool:
-        return any(run is p.older or run is p.newer for p in self._pending)
+    def _executor(self) -> Executor:
+        return self.executor or merge_executor()
 
     def _install(self) -> None:
         """Put each finished background merge in place of its two (adjacent) inputs."""
-        done = [p for p in self._pending if p.future.done()]
-        if not done:
-            return
-        self._pending = tuple(p for p in self._pending if all(p is not d for d in done))
-        for p in done:
-            merged = p.future.result()
-            runs = self._runs
-            i = next((j for j, r in enumerate(runs) if r is p.older), None)
-            if i is not None and i + 1 < len(runs) and runs[i + 1] is p.newer:
-                self._runs = (*runs[:i], merged, *runs[i + 2 :])
+        self._runs, self._pending = installed(self._runs, self._pending)
 
     def wait(self) -> None:
         """Finish and put in place every running merge (tests; a checkpoint's reads)."""

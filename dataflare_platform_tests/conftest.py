@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from datetime import UTC, datetime
 from pathlib import Path
 
 import psycopg
@@ -79,6 +80,24 @@ def landed_home(home: ProjectHome) -> ProjectHome:
 def small_nexmark():
     """3000 events at 100 events/s: 30 s of event time, several 10 s windows."""
     return nexmark_tables(NexmarkConfig(events=3_000, events_per_second=100.0, seed=3))
+
+
+@pytest.fixture(scope="session")
+def skewed_nexmark():
+    """A stream unlike the reference generator's (the ``skewed`` shape: Zipf-popular
+    auctions and people, sparse ids, mixed-case channels, odd urls) with 20 % of events up
+    to 2 s late: 20k events at 200 events/s, 100 s of event time across midnight."""
+    return nexmark_tables(
+        NexmarkConfig(
+            events=20_000,
+            events_per_second=200.0,
+            seed=17,
+            shape="skewed",
+            late_fraction=0.2,
+            max_out_of_order_ms=2_000,
+            first_event_time=datetime(2026, 3, 28, 23, 59, 10, tzinfo=UTC),
+        )
+    )
 
 
 @pytest.fixture(scope="session")

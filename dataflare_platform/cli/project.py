@@ -80,6 +80,17 @@ def generate(
     max_out_of_order_ms: Annotated[
         int | None, typer.Option(help="Maximum event-time jitter, in ms.")
     ] = None,
+    late_fraction: Annotated[
+        float | None,
+        typer.Option(help="Share of events pulled back by up to --max-out-of-order-ms."),
+    ] = None,
+    shape: Annotated[
+        str | None,
+        typer.Option(
+            help="nexmark (the reference rules) or skewed (Zipf picks, sparse ids, mixed"
+            " channel spellings and url shapes: a stream unlike the reference's)."
+        ),
+    ] = None,
     file_format: Annotated[
         str | None, typer.Option("--format", help="parquet or ipc (Arrow IPC).")
     ] = None,
@@ -96,6 +107,8 @@ def generate(
         chunk_events=chunk_events,
         events_per_second=events_per_second,
         max_out_of_order_ms=max_out_of_order_ms,
+        late_fraction=late_fraction,
+        shape=shape,
         format=file_format,
     )
     target = out if out is not None else ProjectHome.resolve(home).ensure().nexmark_dir

@@ -49,6 +49,25 @@ class NexmarkConfig(StrictModel):
     hot_seller_ratio: PositiveInt = Field(4, description="1 - 1/r of auctions by a hot seller.")
     num_categories: PositiveInt = Field(5, description="Auction categories (ids from 10).")
     mean_auction_duration_s: PositiveFloat = Field(600.0, description="Mean auction length.")
+    late_fraction: float = Field(
+        1.0,
+        ge=0.0,
+        le=1.0,
+        description="Share of events whose time is pulled back (by up to max_out_of_order_ms).",
+    )
+    shape: Literal["nexmark", "skewed"] = Field(
+        "nexmark",
+        description=(
+            "nexmark: the reference generator's id and skew rules. skewed: a stream unlike"
+            " it, for checking that nothing relies on them: Zipf-popular auctions, bidders,"
+            " sellers and channels (some hot for the whole run, long after they closed),"
+            " sparse non-sequential ids, heavy-tailed auction lengths, channel names in"
+            " mixed case and urls of several shapes, some without a channel id."
+        ),
+    )
+    zipf_exponent: float = Field(
+        1.2, gt=1.0, le=4.0, description="Zipf exponent of the skewed shape's picks."
+    )
     format: Literal["parquet", "ipc"] = Field("parquet", description="Output file format.")
 
     @field_validator("first_event_time")

@@ -9,6 +9,15 @@ independent and the output is a pure function of the config.
 Id and skew rules follow the reference Nexmark generator (Beam/Flink): hot auctions,
 bidders and sellers are the most recent id rounded down to a multiple of 100, cold
 ones are drawn from the recent active window with a small lead into the future.
+
+The ``skewed`` shape keeps the event mix and the schemas but breaks those rules, so a
+test or a benchmark on it shows what the engine does with a stream it has never seen:
+picks are Zipf-distributed by rank (half over the recent window, newest first; half
+over every id so far, where a few early auctions and people stay hot for the whole run,
+long after their auctions closed), ids are scattered over 40 bits by a bijection of the
+sequence number (sparse, never sequential), auction lengths are heavy-tailed (Lomax),
+the well-known channels come in mixed case and the other urls in several shapes, some
+without a channel id or with fewer directories.
 """
 
 from __future__ import annotations
@@ -82,6 +91,24 @@ EXTRA_POOL_SIZE = 4096
 # (person ≈ 200 B, auction ≈ 500 B, bid ≈ 100 B).
 EXTRA_MEAN_LEN = {"persons": 100, "auctions": 330, "bids": 16}
 _POOL_STREAM = 2**32 - 1
+# The skewed shape: ids are ``first + (seq * SPARSE_MULTIPLIER) mod 2**SPARSE_BITS`` (an
+# odd multiplier is a bijection modulo a power of two, so ids stay unique); the
+# all-time-hot ids are the multiples of ``GLOBAL_HOT_STRIDE`` in sequence numbers.
+SPARSE_MULTIPLIER = 0x9E3779B1
+SPARSE_BITS = 40
+GLOBAL_HOT_STRIDE = 37
+HOT_CHANNEL_SPELLINGS = (
+    "Google",
+    "google",
+    "GOOGLE",
+    "Facebook",
+    "facebook",
+    "Baidu",
+    "BAIDU",
+    "Apple",
+    "apple",
+)
+AUCTION_LENGTH_TAIL = 1.5  # Lomax shape: mean finite, some auctions open for hours
 
 
 @dataclass(frozen=True)
@@ -173,6 +200,25 @@ def _chance(rng: np.random.Generator, ratio: int, count: int) -> np.ndarray:
     return rng.random(count, dtype=np.float32) < (ratio - 1) / ratio
 
 
+def _zipf_ranks(rng: np.random.Generator, exponent: float, count: int, ranks: int) -> np.ndarray:
+    """Zipf-distributed 0-based ranks below ``ranks`` (the tail beyond folded back in)."""
+    return (rng.zipf(exponent, size=count) - 1) % ranks
+
+
+def _skewed_urls(paths: list[str]) -> list[str]:
+    """Urls of several shapes for the skewed stream's other channels: the channel id
+    after other parameters, first (after ``?``, which Flink q21's pattern does not take),
+    missing, or with fewer directories than q22 splits."""
+    shapes = (
+        "https://www.nexmark.com/{p}/item.htm?query=1&channel_id={i}",
+        "https://m.nexmark.com/{p}/x/item.htm?ref=mail&channel_id={i}&lang=de",
+        "https://shop.example.org/item.htm?channel_id={i}",
+        "https://www.nexmark.com/{p}/item.htm?query={i}",
+        "http://nexmark.com/item?channel_id=&id={i}",
+    )
+    return [shapes[i % len(shapes)].format(p=p, i=i) for i, p in enumerate(paths)]
+
+
 def _pooled(pool: pa.StringArray, indices: np.ndarray) -> pa.DictionaryArray:
     """Draw from a pool of strings without copying them: a dictionary-encoded column.
 
@@ -195,15 +241,21 @@ class NexmarkGenerator:
 
     def __init__(self, config: NexmarkConfig) -> None:
         self.config = config
+        self._skewed = config.shape == "skewed"
         pool_rng = np.random.default_rng([config.seed, _POOL_STREAM])
+        hot_channels = HOT_CHANNEL_SPELLINGS if self._skewed else HOT_CHANNELS
+        self._hot_channels = len(hot_channels)
         cold_channels = [f"channel-{i}" for i in range(NUM_CHANNELS)]
-        self._channels = pa.array([*HOT_CHANNELS, *cold_channels], pa.string())
+        self._channels = pa.array([*hot_channels, *cold_channels], pa.string())
         paths = _template_strings(pool_rng, NUM_CHANNELS, "aaaaa/aaaaa/aaaaa").to_pylist()
-        hot_urls = [f"https://www.nexmark.com/{c.lower()}/item.htm?query=1" for c in HOT_CHANNELS]
-        cold_urls = [
-            f"https://www.nexmark.com/{p}/item.htm?query=1&channel_id={i}"
-            for i, p in enumerate(paths)
-        ]
+        hot_urls = [f"https://www.nexmark.com/{c.lower()}/item.htm?query=1" for c in hot_channels]
+        if self._skewed:
+            cold_urls = _skewed_urls(paths)
+        else:
+            cold_urls = [
+                f"https://www.nexmark.com/{p}/item.htm?query=1&channel_id={i}"
+                for i, p in enumerate(paths)
+            ]
         self._urls = pa.array([*hot_urls, *cold_urls], pa.string())
         self._extra_pools = {
             kind: _variable_pool(pool_rng, EXTRA_POOL_SIZE, mean)
@@ -243,17 +295,37 @@ class NexmarkGenerator:
         if cfg.max_out_of_order_ms == 0:
             return ideal
         jitter = rng.integers(0, cfg.max_out_of_order_ms + 1, size=n.size)
+        if cfg.late_fraction < 1.0:
+            jitter[rng.random(n.size) >= cfg.late_fraction] = 0
         # Jitter never reaches before the first event time, so data starts where asked.
         return ideal - np.minimum(jitter, ideal - cfg.first_event_ms)
 
     def _extra(self, rng: np.random.Generator, kind: str, count: int) -> pa.Array:
         return _pooled(self._extra_pools[kind], rng.integers(0, EXTRA_POOL_SIZE, size=count))
 
+    def _id(self, first: int, seq: np.ndarray) -> np.ndarray:
+        """The id of the ``seq``-th person or auction (0-based)."""
+        if self._skewed:
+            return first + ((seq * SPARSE_MULTIPLIER) & ((1 << SPARSE_BITS) - 1))
+        return first + seq
+
+    def _zipf_pick(self, rng: np.random.Generator, last: np.ndarray, window: int) -> np.ndarray:
+        """The skewed shape's pick among sequence numbers ``0..last``: half by Zipf rank
+        over the last ``window`` (newest hottest), half by Zipf rank over the all-time
+        hot ones (every ``GLOBAL_HOT_STRIDE``-th, the earliest hottest)."""
+        count = last.size
+        rank = _zipf_ranks(rng, self.config.zipf_exponent, count, window + 1)
+        recent = np.maximum(last - rank, 0)
+        all_time = np.minimum(rank * GLOBAL_HOT_STRIDE, last)
+        return np.where(rng.random(count, dtype=np.float32) < 0.5, recent, all_time)
+
     def _pick_person_base0(
         self, rng: np.random.Generator, epoch: np.ndarray, ratio: int, hot_offset: int
     ) -> np.ndarray:
         # Every auction and bid comes after its epoch's person: the latest person is epoch.
         last = epoch
+        if self._skewed:
+            return self._zipf_pick(rng, last, self.config.active_people - 1)
         hot = (last // HOT_PERSON_STRIDE) * HOT_PERSON_STRIDE + hot_offset
         cold = _recent(rng, last, self.config.active_people - 1, PERSON_ID_LEAD)
         return np.where(_chance(rng, ratio, epoch.size), hot, cold)
@@ -270,16 +342,26 @@ class NexmarkGenerator:
         epoch = n // PROPORTION_DENOMINATOR
         # Every bid comes after its epoch's auctions, so the latest auction is the third.
         last = epoch * AUCTION_PROPORTION + (AUCTION_PROPORTION - 1)
-        hot_auction = (last // HOT_AUCTION_STRIDE) * HOT_AUCTION_STRIDE
-        cold_auction = _recent(rng, last, cfg.in_flight_auctions, AUCTION_ID_LEAD)
-        is_hot = _chance(rng, cfg.hot_auction_ratio, count)
-        auction = FIRST_AUCTION_ID + np.where(is_hot, hot_auction, cold_auction)
-        bidder = FIRST_PERSON_ID + self._pick_person_base0(rng, epoch, cfg.hot_bidder_ratio, 1)
+        if self._skewed:
+            auction = self._zipf_pick(rng, last, cfg.in_flight_auctions)
+        else:
+            hot_auction = (last // HOT_AUCTION_STRIDE) * HOT_AUCTION_STRIDE
+            cold_auction = _recent(rng, last, cfg.in_flight_auctions, AUCTION_ID_LEAD)
+            is_hot = _chance(rng, cfg.hot_auction_ratio, count)
+            auction = np.where(is_hot, hot_auction, cold_auction)
+        auction = self._id(FIRST_AUCTION_ID, auction)
+        bidder = self._id(
+            FIRST_PERSON_ID, self._pick_person_base0(rng, epoch, cfg.hot_bidder_ratio, 1)
+        )
         hot_channel = _chance(rng, 2, count)
+        if self._skewed:
+            cold = _zipf_ranks(rng, cfg.zipf_exponent, count, NUM_CHANNELS)
+        else:
+            cold = rng.integers(0, NUM_CHANNELS, size=count, dtype=np.int32)
         channel_idx = np.where(
             hot_channel,
-            rng.integers(0, len(HOT_CHANNELS), size=count, dtype=np.int32),
-            len(HOT_CHANNELS) + rng.integers(0, NUM_CHANNELS, size=count, dtype=np.int32),
+            rng.integers(0, self._hot_channels, size=count, dtype=np.int32),
+            self._hot_channels + cold.astype(np.int32),
         )
         return pa.Table.from_arrays(
             [
@@ -298,13 +380,20 @@ class NexmarkGenerator:
         cfg = self.config
         count = n.size
         epoch, offset = np.divmod(n, PROPORTION_DENOMINATOR)
-        ids = FIRST_AUCTION_ID + epoch * AUCTION_PROPORTION + (offset - PERSON_PROPORTION)
-        seller = FIRST_PERSON_ID + self._pick_person_base0(rng, epoch, cfg.hot_seller_ratio, 0)
+        ids = self._id(FIRST_AUCTION_ID, epoch * AUCTION_PROPORTION + (offset - PERSON_PROPORTION))
+        seller = self._id(
+            FIRST_PERSON_ID, self._pick_person_base0(rng, epoch, cfg.hot_seller_ratio, 0)
+        )
         initial_bid = self._price(rng, count)
         reserve = initial_bid + self._price(rng, count)
         date_time = self._event_time_ms(rng, n)
         mean_ms = int(cfg.mean_auction_duration_s * 1000)
-        expires = date_time + rng.integers(1, 2 * mean_ms + 1, size=count)
+        if self._skewed:  # Lomax with this shape has mean 1 / (shape - 1)
+            scale = mean_ms * (AUCTION_LENGTH_TAIL - 1)
+            length = 1 + (rng.pareto(AUCTION_LENGTH_TAIL, size=count) * scale).astype(np.int64)
+        else:
+            length = rng.integers(1, 2 * mean_ms + 1, size=count)
+        expires = date_time + length
         category = FIRST_CATEGORY_ID + rng.integers(0, cfg.num_categories, size=count)
         return pa.Table.from_arrays(
             [
@@ -326,7 +415,7 @@ class NexmarkGenerator:
         import pyarrow.compute as pc
 
         count = n.size
-        ids = FIRST_PERSON_ID + n // PROPORTION_DENOMINATOR
+        ids = self._id(FIRST_PERSON_ID, n // PROPORTION_DENOMINATOR)
         name = pc.binary_join_element_wise(
             self._first_names.take(rng.integers(0, len(FIRST_NAMES), size=count)),
             self._last_names.take(rng.integers(0, len(LAST_NAMES), size=count)),

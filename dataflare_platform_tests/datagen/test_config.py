@@ -14,6 +14,10 @@ from dataflare_platform.errors import ConfigError
         ("events_per_second", 0),
         ("max_out_of_order_ms", -10),
         ("format", "csv"),
+        ("late_fraction", 1.5),
+        ("late_fraction", -0.1),
+        ("shape", "zipf"),
+        ("zipf_exponent", 1.0),
     ],
 )
 def test_bad_values_are_refused_naming_the_field(field, value):

@@ -102,3 +102,70 @@ def test_regenerating_replaces_earlier_files(tmp_path):
     write_nexmark(NexmarkConfig(events=10_000, chunk_events=5_000), tmp_path)
     assert len(list((tmp_path / "bids").iterdir())) == 2
     assert ds.dataset(tmp_path / "bids").count_rows() == 200 * 46
+
+
+SKEWED = NexmarkConfig(
+    events=100_000, chunk_events=30_000, shape="skewed", late_fraction=0.2, seed=9
+)
+
+
+def test_skewed_shape_has_sparse_unique_ids_that_bids_and_auctions_refer_to():
+    t = {k: pl.from_arrow(v) for k, v in _all(SKEWED).items()}
+    persons, auctions, bids = t["persons"], t["auctions"], t["bids"]
+    for ids in (persons["id"], auctions["id"]):
+        assert ids.n_unique() == len(ids)
+        # Neither sequential nor small: consecutive ids are far apart, out of order.
+        assert (ids.diff().drop_nulls().abs() > 1_000).all()
+        assert not ids.is_sorted() and ids.max() > 2**32
+    # Every reference names an id already generated (no lead into the future here).
+    assert bids["auction"].is_in(auctions["id"].implode()).all()
+    assert bids["bidder"].is_in(persons["id"].implode()).all()
+    assert auctions["seller"].is_in(persons["id"].implode()).all()
+    assert (auctions["expires"] > auctions["date_time"]).all()
+
+
+def test_skewed_shape_is_zipf_skewed_with_long_lived_hot_keys():
+    bids = pl.from_arrow(_all(SKEWED)["bids"])
+    counts = bids["auction"].value_counts(sort=True)["count"]
+    # Zipf: the hottest auction takes several percent of all bids, and the top 1 % of
+    # auctions more than half of them, while most auctions get a handful.
+    assert counts[0] / len(bids) > 0.05
+    assert counts.head(max(len(counts) // 100, 1)).sum() / len(bids) > 0.3
+    assert counts.median() < 10
+    # The all-time hottest auction is the first one, bid on for the whole run.
+    first = bids.filter(pl.col("auction") == FIRST_AUCTION_ID)["date_time"]
+    whole = bids["date_time"]
+    assert (first.max() - first.min()) > 0.9 * (whole.max() - whole.min())
+
+
+def test_skewed_shape_spells_channels_in_mixed_case_and_varies_urls():
+    bids = pl.from_arrow(_all(SKEWED)["bids"])
+    channels = set(bids["channel"].unique())
+    assert {"Google", "google", "GOOGLE", "apple", "BAIDU"} <= channels
+    urls = bids["url"]
+    assert (~urls.str.contains("channel_id=")).any()  # some urls have no channel id
+    assert urls.str.contains(r"\?channel_id=").any()  # some have it first
+    assert urls.str.contains("channel_id=&").any()  # some have it empty
+    assert (urls.str.split("/").list.len() < 6).any()  # fewer directories than q22 splits
+
+
+@pytest.mark.parametrize("fraction", [0.0, 0.2, 1.0])
+def test_late_fraction_pulls_back_that_share_of_events_within_the_bound(fraction):
+    cfg = NexmarkConfig(
+        events=50_000, events_per_second=1000.0, max_out_of_order_ms=500, late_fraction=fraction
+    )
+    ts = _all(cfg)["bids"].column("date_time").cast(pa.int64()).to_numpy()
+    gen_numbers = np.array([n for n in range(cfg.events) if n % 50 >= 4])
+    lag = cfg.first_event_ms + gen_numbers - ts
+    assert lag.min() >= 0 and lag.max() <= 500
+    # A pulled-back event lands on its ideal time with chance 1/501 only.
+    assert (lag > 0).mean() == pytest.approx(fraction * 500 / 501, abs=0.01)
+
+
+def test_late_fraction_one_and_nexmark_shape_are_the_default_stream():
+    cfg = NexmarkConfig(events=20_000)
+    explicit = cfg.model_copy(update={"late_fraction": 1.0, "shape": "nexmark"})
+    same = _all(cfg), _all(explicit)
+    assert all(same[0][k].equals(same[1][k]) for k in SCHEMAS)
+    skewed = _all(cfg.model_copy(update={"shape": "skewed"}))
+    assert not skewed["bids"].equals(same[0]["bids"])

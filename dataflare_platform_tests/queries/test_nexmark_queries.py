@@ -79,3 +79,17 @@ def test_query_matches_duckdb_on_larger_disordered_input(medium_nexmark, query):
     assert_matches_truth(query, disordered, sink)
     assert result.metrics.late_events == 0
     assert result.metrics.events_in == sum(disordered[k].num_rows for k in COLUMNS[query])
+
+
+@pytest.mark.parametrize("query", EVENT_TIME)
+@pytest.mark.parametrize("batch_rows", [37, 10_000])
+def test_query_matches_duckdb_on_a_skewed_stream_it_was_not_tuned_on(
+    skewed_nexmark, query, batch_rows
+):
+    # Zipf-hot keys (some bid on long after their auction closed), sparse 40-bit ids
+    # (no dense key tables), mixed-case channels, urls without a channel id, a midnight
+    # in the middle; 20 % of events up to 2 s late, inside the 4 s watermark delay.
+    sink, result = run_query(query, skewed_nexmark, batch_rows)
+    assert_matches_truth(query, skewed_nexmark, sink)
+    assert result.metrics.late_events == 0 and result.metrics.dead_letters == 0
+    assert result.metrics.events_in == sum(skewed_nexmark[k].num_rows for k in COLUMNS[query])

@@ -125,7 +125,7 @@ def test_aggregates_stay_exact_under_constant_compaction(small_chunks, key_kind,
     assert max(small_chunks["drop"]) <= max(CHUNK, widest)
 
 
-@pytest.mark.parametrize("key_kind", ["dense", "string"])
+@pytest.mark.parametrize("key_kind", ["dense", "sparse", "string"])
 @pytest.mark.parametrize("batch_rows", [7, 90])
 def test_winners_stay_exact_under_constant_compaction(small_chunks, key_kind, batch_rows):
     left, right = tied_streams(key_kind, seed=8)
@@ -150,7 +150,7 @@ def test_tier_count_follows_the_open_rows(small_chunks):
     assert op.advance(2**62).height == expected(left, right).height
 
 
-@pytest.mark.parametrize("key_kind", ["dense", "string"])
+@pytest.mark.parametrize("key_kind", ["dense", "sparse", "string"])
 def test_checkpoints_and_retries_at_any_batch_give_the_same_output(small_chunks, key_kind):
     left, right = make_streams(key_kind, seed=10, auctions=600, bids=8_000)
     want = expected(left, right)

@@ -185,19 +185,48 @@ def long_window_events(seed: int, n: int = 6_000) -> pl.DataFrame:
     return df.with_columns(pl.Series("key", np.where(hot, df["key"].to_numpy(), fresh)))
 
 
+@pytest.fixture(params=["sorted", "indexed"])
+def held_panes(request, monkeypatch):
+    """How a held pane takes new keys in the middle: merged into its sorted tail, or (no
+    tail allowance) indexed from the first such batch on, new keys appended."""
+    if request.param == "indexed":
+        monkeypatch.setattr(ArrayPanes, "TAIL_FACTOR", 0)
+        monkeypatch.setattr(ArrayPanes, "TAIL_SLACK", 0)
+    return request.param
+
+
+def _indexed(op: WindowAggregate) -> bool:
+    return any(pane.index is not None for pane in op._store._panes.values())
+
+
 @pytest.mark.parametrize("batch_rows", [1, 7, 250, 6_000])
-def test_a_held_pane_changed_in_place_equals_the_polars_store(batch_rows):
+def test_a_held_pane_changed_in_place_equals_the_polars_store(batch_rows, held_panes):
     df = long_window_events(9, n=1_500 if batch_rows == 1 else 6_000)
     window = Tumbling(10**7)  # one window holds everything until the end
     arrays, frames = operator(window), operator(window, frames_only=True)
-    got = finish(arrays, drive(arrays, df, batch_rows))
+    out = drive(arrays, df, batch_rows)
+    assert _indexed(arrays) == (held_panes == "indexed" and batch_rows < df.height)
+    got = finish(arrays, out)
     want = finish(frames, drive(frames, df, batch_rows))
     assert isinstance(arrays._store, ArrayPanes)
     assert_same(got, want)
 
 
+@pytest.mark.parametrize("key_span", [300, 10**9])
+def test_indexed_panes_of_sliding_windows_equal_the_polars_store(monkeypatch, key_span):
+    monkeypatch.setattr(ArrayPanes, "TAIL_FACTOR", 0)
+    monkeypatch.setattr(ArrayPanes, "TAIL_SLACK", 0)
+    df = events(4, n=8_000, key_span=key_span)
+    window = Sliding(10_000, 2_000)
+    arrays, frames = (
+        operator(window, top=TopN("n")),
+        operator(window, top=TopN("n"), frames_only=True),
+    )
+    assert_same(finish(arrays, drive(arrays, df, 300)), finish(frames, drive(frames, df, 300)))
+
+
 @pytest.mark.parametrize("failed_at", [500, 2_000, 4_500])
-def test_a_failed_batch_leaves_no_trace_in_a_held_pane(failed_at):
+def test_a_failed_batch_leaves_no_trace_in_a_held_pane(failed_at, held_panes):
     """``mark`` before every batch (as the runner's savepoint); one batch, with new keys
     all over the held pane's range and past its room, is undone by ``reset``: the state
     is as before and the output as if the batch never came. A snapshot taken before

@@ -1,6 +1,6 @@
 """KeySlots (integer key -> slot) against a dict: a key keeps its slot, new keys take
 the next slots in ascending order, the same in the direct-address table and in the
-sorted map (moved to for good by a negative or large key), with rollbacks to a
+hash table (moved to for good by a negative or large key), with rollbacks to a
 savepoint at any batch, as the numpy states use it."""
 
 import numpy as np
@@ -59,5 +59,43 @@ def test_sequential_ids_stay_in_the_table_and_a_negative_key_leaves_it():
     assert index._table is not None
     assert index.slots(np.array([5, 299_999], np.int64)).tolist() == [5, 299_999]
     assert index.slots(np.array([-7], np.int64)).tolist() == [300_000]
-    assert index._table is None  # sorted from now on
+    assert index._table is None  # hashed from now on
     assert index.slots(np.array([5, -7], np.int64)).tolist() == [5, 300_000]
+
+
+def test_many_sparse_keys_in_batches_with_rollbacks_match_a_dict():
+    """Enough keys to rehash several times, some sharing buckets' low and high bits,
+    each batch half keys seen before; every third batch is rolled back and redone."""
+    rng = np.random.default_rng(3)
+    universe = np.unique(
+        np.concatenate(
+            [
+                rng.integers(-(2**62), 2**62, 30_000),
+                np.arange(1, 5_000, dtype=np.int64) << 50,  # same low bits
+                np.arange(1, 5_000, dtype=np.int64),  # small ones, after the move
+            ]
+        )
+    )
+    rng.shuffle(universe)
+    journal = Journal()
+    index = KeySlots(journal)
+    model: dict[int, int] = {}
+    seen = 0
+    for batch in range(40):
+        fresh = universe[seen : seen + 1_000]
+        old = universe[rng.integers(0, max(seen, 1), 1_000)] if seen else fresh
+        keys = rng.permutation(np.concatenate([fresh, old]))
+        if batch % 3 == 2:
+            saved = index.state(), journal.start()
+            index.slots(keys)
+            Journal.undo(saved[1])
+            index.restore(saved[0])
+        slots = index.slots(keys)
+        for key in sorted(set(keys.tolist()) - model.keys()):
+            model[key] = len(model)
+        assert slots.tolist() == [model[k] for k in keys.tolist()]
+        seen += fresh.size
+    assert index._table is None and index.used == len(model) == seen
+    keys_sorted, slots_sorted = index.in_key_order()
+    assert keys_sorted.tolist() == sorted(model)
+    assert slots_sorted.tolist() == [model[k] for k in sorted(model)]

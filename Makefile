@@ -73,6 +73,17 @@ bench: setup
 # Every Nexmark query (queries.nexmark.QUERIES) over 10 M generated events (Arrow IPC), then latency at a fixed
 # offered load; one JSON object per line. Data is generated once under .dataflare/bench.
 BENCH_DATA ?= .dataflare/bench/nexmark-10m
+# `make bench-nexmark-latency BENCH_SHAPE=skewed` runs the same on a stream unlike the
+# reference generator's (Zipf picks, sparse 40-bit ids, 20 % of events up to 2 s late).
+BENCH_SHAPE ?= nexmark
+BENCH_SKEWED_DATA ?= .dataflare/bench/nexmark-skewed-10m
+ifeq ($(BENCH_SHAPE),skewed)
+BENCH_LATENCY_DATA = $(BENCH_SKEWED_DATA)
+BENCH_SHAPE_ARGS = --shape skewed --late-fraction 0.2
+else
+BENCH_LATENCY_DATA = $(BENCH_DATA)
+BENCH_SHAPE_ARGS =
+endif
 BENCH_PARQUET ?= $(BENCH_DATA)/parquet/bids.parquet
 bench-nexmark: setup
 	@test -f $(BENCH_DATA)/_manifest.json || \
@@ -108,15 +119,16 @@ bench-nexmark: setup
 # bounds their state. Pipe the JSON lines to `python -m dataflare_platform.bench.report_table`
 # for the table in docs/benchmarks.md.
 bench-nexmark-latency: setup
-	@test -f $(BENCH_DATA)/_manifest.json || \
-		$(BIN)/dataflare generate --out $(BENCH_DATA) --events 10000000 --format ipc
+	@test -f $(BENCH_LATENCY_DATA)/_manifest.json || \
+		$(BIN)/dataflare generate --out $(BENCH_LATENCY_DATA) --events 10000000 --format ipc \
+			$(BENCH_SHAPE_ARGS)
 	@for q in $$($(BIN)/python -c 'from dataflare_platform.queries.nexmark import QUERIES; print(*QUERIES)'); do \
-		$(BIN)/dataflare bench nexmark --query $$q --input $(BENCH_DATA)/bids \
-			--persons $(BENCH_DATA)/persons --auctions $(BENCH_DATA)/auctions \
+		$(BIN)/dataflare bench nexmark --query $$q --input $(BENCH_LATENCY_DATA)/bids \
+			--persons $(BENCH_LATENCY_DATA)/persons --auctions $(BENCH_LATENCY_DATA)/auctions \
 			--batch-rows 10000 --rate 1000000 || exit 1; \
 	done
 	@for q in q18 q19; do \
-		$(BIN)/dataflare bench nexmark --query $$q --input $(BENCH_DATA)/bids \
+		$(BIN)/dataflare bench nexmark --query $$q --input $(BENCH_LATENCY_DATA)/bids \
 			--batch-rows 10000 --rate 1000000 --ttl 60s || exit 1; \
 	done
 

@@ -12,6 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from dataflare_platform.engine.aggregations import count, count_distinct, max_, mean, min_, sum_
+from dataflare_platform.engine.operators import pane_stores
 from dataflare_platform.engine.operators.pane_stores import ArrayPanes, FramePanes
 from dataflare_platform.engine.operators.windows import Sliding, TopN, Tumbling, WindowAggregate
 from dataflare_platform_tests.engine.helpers import drive
@@ -188,7 +189,9 @@ def long_window_events(seed: int, n: int = 6_000) -> pl.DataFrame:
 @pytest.fixture(params=["sorted", "indexed"])
 def held_panes(request, monkeypatch):
     """How a held pane takes new keys in the middle: merged into its sorted tail, or (no
-    tail allowance) indexed from the first such batch on, new keys appended."""
+    tail allowance) indexed from the first such batch on, new keys appended. Rooms of
+    any size get their next one made ahead on the merge thread."""
+    monkeypatch.setattr(pane_stores, "SPARE_ROOM", 0)
     if request.param == "indexed":
         monkeypatch.setattr(ArrayPanes, "TAIL_FACTOR", 0)
         monkeypatch.setattr(ArrayPanes, "TAIL_SLACK", 0)

@@ -35,11 +35,12 @@ from dataflare_platform.engine.aggregations import (
 )
 from dataflare_platform.engine.operators.base import physical_numpy
 from dataflare_platform.engine.operators.interval_tiers import DENSE_FACTOR, DENSE_SLACK, extreme
-from dataflare_platform.engine.operators.key_slots import KeySlots
+from dataflare_platform.engine.operators.key_slots import KeySlots, SpareArrays
 from dataflare_platform.engine.operators.keyed_store import merge_executor
 from dataflare_platform.engine.operators.undo import Journal
 
 PANE = "__pane"
+SPARE_ROOM = 1 << 16  # rooms this large get their next one made on the merge thread
 WINDOW_START = "window_start"
 WINDOW_END = "window_end"
 
@@ -275,6 +276,8 @@ class _Pane:
     # A held pane whose new keys came far from its end: keys in arrival order from then
     # on, found through this index, new keys appended (``ArrayPanes._merge_into``).
     index: KeySlots | None = None
+    # The next room, made on the merge thread once the pane is past half its room.
+    spare: SpareArrays | None = None
 
     def arrays(self) -> dict[str, np.ndarray]:
         return {
@@ -528,16 +531,28 @@ class ArrayPanes(_Panes):
 
     def _room(self, held: _Pane, keep: int, length: int) -> dict[str, np.ndarray]:
         """Buffers of at least ``length`` entries holding the pane's first ``keep`` ones
-        (new buffers when the pane has none or too small: a savepoint keeps the old)."""
+        (new buffers when the pane has none or too small: a savepoint keeps the old).
+        Rooms double; past three quarters of one, the next is made on the merge thread
+        (``SpareArrays``), so growing a day's pane copies into memory already faulted in
+        (a pane that stops growing before it fills its room leaves the spare unused: q17's
+        peak RSS 388 -> 551 MB with the spare made at half full)."""
         room = held.room
+        current = held.arrays()
+        kinds = tuple((array.dtype.str, 0) for array in current.values())
         if room is None or len(room["keys"]) < length:
-            capacity = max(2 * length, 1024)
+            capacity = max(2 * (0 if room is None else len(room["keys"])), length, 1024)
+            spare = None if held.spare is None else held.spare.take(capacity, kinds)
             room = {}
-            for name, array in held.arrays().items():
-                buffer = np.empty(capacity, array.dtype)
+            for at, (name, array) in enumerate(current.items()):
+                buffer = np.empty(capacity, array.dtype) if spare is None else spare[at]
                 buffer[:keep] = array[:keep]
                 room[name] = buffer
             held.room = room
+        capacity = len(room["keys"])
+        if 4 * length > 3 * capacity and capacity >= SPARE_ROOM:
+            if held.spare is None:
+                held.spare = SpareArrays()
+            held.spare.prepare(2 * capacity, kinds)
         return room
 
     def _merge_tail(self, held: _Pane, part: _Pane, fresh: np.ndarray, first: int) -> None:

@@ -12,7 +12,7 @@ import pytest
 from dataflare_platform.datagen import NexmarkConfig, write_nexmark
 from dataflare_platform.home import ProjectHome
 from dataflare_platform.sql_names import quote_identifier
-from dataflare_platform_tests.nexmark_data import nexmark_tables
+from dataflare_platform_tests.nexmark_data import nexmark_tables, skewed_tables
 from dataflare_platform_tests.tls_ca import TestCA, make_test_ca
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -87,17 +87,8 @@ def skewed_nexmark():
     """A stream unlike the reference generator's (the ``skewed`` shape: Zipf-popular
     auctions and people, sparse ids, mixed-case channels, odd urls) with 20 % of events up
     to 2 s late: 20k events at 200 events/s, 100 s of event time across midnight."""
-    return nexmark_tables(
-        NexmarkConfig(
-            events=20_000,
-            events_per_second=200.0,
-            seed=17,
-            shape="skewed",
-            late_fraction=0.2,
-            max_out_of_order_ms=2_000,
-            first_event_time=datetime(2026, 3, 28, 23, 59, 10, tzinfo=UTC),
-        )
-    )
+    midnight = datetime(2026, 3, 28, 23, 59, 10, tzinfo=UTC)
+    return skewed_tables(17, 0.2, 2_000, first_event_time=midnight)
 
 
 @pytest.fixture(scope="session")

@@ -164,18 +164,9 @@ def test_very_late_events_of_a_skewed_stream_are_in_a_window_or_a_side_row(batch
     """A stream unlike the reference generator's (Zipf-hot sparse 40-bit auction ids)
     with 30 % of events up to 12 s late against a 2 s delay: per auction, the windows'
     counts and price sums plus the late side rows' are exactly the input's."""
-    from dataflare_platform.datagen import NexmarkConfig
-    from dataflare_platform_tests.nexmark_data import nexmark_tables
+    from dataflare_platform_tests.nexmark_data import skewed_tables
 
-    config = NexmarkConfig(
-        events=20_000,
-        events_per_second=200.0,
-        seed=23,
-        shape="skewed",
-        late_fraction=0.3,
-        max_out_of_order_ms=12_000,
-    )
-    bids = nexmark_tables(config)["bids"].select(["auction", "price", "date_time"])
+    bids = skewed_tables(23, 0.3, 12_000)["bids"].select(["auction", "price", "date_time"])
     sink = CollectSink()
     pipeline = (
         Stream.source(TableSource.single("bids", bids), out_of_orderness_ms=2_000)

@@ -24,6 +24,7 @@ entries written in place (table or hash slots) are journalled in the owner's
 
 from __future__ import annotations
 
+import secrets
 from concurrent.futures import Future
 from functools import partial
 
@@ -38,7 +39,8 @@ DENSE_SLACK = 1 << 20  # a table of at most 8 MB however few keys
 # Probe rounds end with the longest probe run, a few keys going on for many rounds;
 # these last few are probed one by one in Python, cheaper than a round of numpy steps.
 SCALAR_TAIL = 16
-_FIBONACCI = np.uint64(0x9E3779B97F4A7C15)  # 2**64 / golden ratio: multiplicative hashing
+_MIX_1 = np.uint64(0xBF58476D1CE4E5B9)  # splitmix64's finalizer constants
+_MIX_2 = np.uint64(0x94D049BB133111EB)
 
 
 class SpareArrays:
@@ -98,6 +100,7 @@ class KeySlots:
         self._hash_slots = np.zeros(0, np.int64)  # slot per bucket, -1 for an empty one
         self.used = 0
         self._spare = SpareArrays()  # the next, larger buckets
+        self._salt = np.uint64(secrets.randbits(64))
 
     # -- savepoints -------------------------------------------------------------------------
     def state(self) -> tuple:
@@ -155,11 +158,17 @@ class KeySlots:
         return slot
 
     def _buckets(self, keys: np.ndarray) -> np.ndarray:
-        """Each key's home bucket: the top bits of a multiplicative hash (Fibonacci
-        hashing spreads sequential and strided ids alike)."""
+        """Each key's home bucket: the top bits of splitmix64's finalizer of the key plus
+        this map's random salt. A bare multiplicative hash sent keys chosen as multiples
+        of its constant's inverse all to one bucket (linear probing then costs n^2: a
+        stream whose ids someone picks could stall the step); the salt, drawn per map,
+        keeps such keys from being worked out in advance."""
         bits = self._hash_slots.size.bit_length() - 1
-        mixed = keys.astype(np.int64, copy=False).view(np.uint64) * _FIBONACCI
-        return (mixed >> np.uint64(64 - bits)).astype(np.int64)
+        z = keys.astype(np.int64, copy=False).view(np.uint64) + self._salt
+        z = (z ^ (z >> np.uint64(30))) * _MIX_1
+        z = (z ^ (z >> np.uint64(27))) * _MIX_2
+        z ^= z >> np.uint64(31)
+        return (z >> np.uint64(64 - bits)).astype(np.int64)
 
     def _rehash(self, keys: int) -> None:
         """New bucket arrays for ``keys`` keys at most half full, holding every key held

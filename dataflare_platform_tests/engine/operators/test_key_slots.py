@@ -126,3 +126,16 @@ def test_a_rehash_uses_the_buckets_made_ahead_and_keeps_every_slot():
     slots = index.slots(np.concatenate([more, keys]))
     assert index._hash_slots is made[1] and index._hash_slots.size == 2 * size
     assert slots.tolist() == [*range(399, 699), *range(399)]
+
+
+def test_keys_built_to_collide_under_a_multiplicative_hash_spread_out():
+    """Multiples of the inverse of Fibonacci hashing's constant all had one home bucket
+    (n^2 probing); the salted mixer spreads them like any keys."""
+    inverse = pow(0x9E3779B97F4A7C15, -1, 2**64)
+    keys = (np.arange(1, 20_001, dtype=np.uint64) * np.uint64(inverse)).view(np.int64)
+    index = KeySlots(Journal())
+    slots = np.concatenate([index.slots(keys[i : i + 2_000]) for i in range(0, keys.size, 2_000)])
+    homes = index._buckets(keys)
+    assert np.unique(homes).size > keys.size // 2  # not one crowded bucket
+    assert index.keys_of(slots).tolist() == keys.tolist()
+    assert index.slots(keys).tolist() == slots.tolist()

@@ -49,7 +49,8 @@ def test_a_run_exports_records_lag_dead_letters_and_latency(metrics_dir):
     assert value(text, "dataflare_engine_batches_total", pipeline=name) == m.batches
     assert value(text, "dataflare_engine_latency_seconds_count", pipeline=name) == (m.latency.count)
     assert value(text, "dataflare_engine_checkpoints_total", pipeline=name) == m.checkpoints
-    assert value(text, "dataflare_engine_busy_seconds_total", pipeline=name) > 0
+    busy = sum(stats.seconds for stats in m.operators.values())
+    assert value(text, "dataflare_engine_busy_seconds_total", pipeline=name) == pytest.approx(busy)
     # The newest event time processed is 2026-01-01 + 33 s: the lag is the time since.
     lag = value(text, "dataflare_engine_emit_event_time_lag_seconds", pipeline=name)
     assert lag > 0

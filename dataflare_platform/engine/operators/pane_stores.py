@@ -537,11 +537,10 @@ class ArrayPanes(_Panes):
         (a pane that stops growing before it fills its room leaves the spare unused: q17's
         peak RSS 388 -> 551 MB with the spare made at half full)."""
         room = held.room
-        current = held.arrays()
-        kinds = tuple((array.dtype.str, 0) for array in current.values())
         if room is None or len(room["keys"]) < length:
+            current = held.arrays()
             capacity = max(2 * (0 if room is None else len(room["keys"])), length, 1024)
-            spare = None if held.spare is None else held.spare.take(capacity, kinds)
+            spare = None if held.spare is None else held.spare.take(capacity, _kinds(current))
             room = {}
             for at, (name, array) in enumerate(current.items()):
                 buffer = np.empty(capacity, array.dtype) if spare is None else spare[at]
@@ -552,7 +551,7 @@ class ArrayPanes(_Panes):
         if 4 * length > 3 * capacity and capacity >= SPARE_ROOM:
             if held.spare is None:
                 held.spare = SpareArrays()
-            held.spare.prepare(2 * capacity, kinds)
+            held.spare.prepare(2 * capacity, _kinds(room))
         return room
 
     def _merge_tail(self, held: _Pane, part: _Pane, fresh: np.ndarray, first: int) -> None:
@@ -813,6 +812,11 @@ def _physical_filled(series: pl.Series) -> tuple[np.ndarray, np.ndarray | None]:
         return physical_numpy(series), None
     values = arrays.to_numpy(series.to_arrow())
     return np.where(valid, values, np.zeros((), values.dtype)), valid
+
+
+def _kinds(buffers: dict[str, np.ndarray]) -> tuple[tuple[str, int], ...]:
+    """The (dtype, fill) of each of a pane's arrays, in order, for ``SpareArrays``."""
+    return tuple((array.dtype.str, 0) for array in buffers.values())
 
 
 def _put(array: np.ndarray, at: np.ndarray | slice, values: np.ndarray) -> None:

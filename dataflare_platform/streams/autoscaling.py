@@ -32,7 +32,7 @@ from typing import Protocol
 from dataflare_platform.errors import InvalidInputError
 from dataflare_platform.streams.fields import ScalingPolicy
 
-__all__ = ["ScalingPolicy", "decide", "measure", "sample", "worker_bounds"]
+__all__ = ["ScalingPolicy", "combine", "decide", "measure", "sample", "worker_bounds"]
 
 
 @dataclass(frozen=True)
@@ -193,6 +193,31 @@ def sample(earlier: Report, later: Report) -> WorkerSample | None:
         return None
     return WorkerSample(
         later.checkpoint_at, seconds, events, busy, later.lag_events, earlier.lag_events
+    )
+
+
+def combine(units: list[WorkerSample]) -> WorkerSample | None:
+    """One worker run's sample from its units' (one per partition it runs), each over
+    its own window: a unit's counters are as of its last checkpoint, so its rates come
+    from its own reports' times. Summing the counters of units committed at different
+    moments and dividing by one window (the time between the run's measurements)
+    counted up to a checkpoint interval's events more or less than the window held:
+    1.55x the capacity of a saturated worker, seen in CI. Rates are summed, busy ratios
+    averaged (the units share the run's process), over the units' mean window."""
+    if not units:
+        return None
+    seconds = sum(u.seconds for u in units) / len(units)
+    rate = sum(u.events_in / u.seconds for u in units)
+    busy = sum(min(u.busy_s / u.seconds, 1.0) for u in units) / len(units)
+    growth = sum((u.lag_events - u.lag_before) / u.seconds for u in units)
+    lag = sum(u.lag_events for u in units)
+    return WorkerSample(
+        max(u.at_s for u in units),
+        seconds,
+        round(rate * seconds),
+        busy * seconds,
+        lag,
+        lag - round(growth * seconds),
     )
 
 

@@ -60,11 +60,22 @@ class CheckpointReport:
     # The committed checkpoint itself (offsets and processed event times), for the lag in
     # events and seconds; not a metadata value.
     checkpoint: Checkpoint | None = field(default=None, repr=False, compare=False)
+    # The run's live counters (the engine's own object, updated on its operator thread):
+    # whether it has read anything since this checkpoint (``read_since``); not a value.
+    live: EngineMetrics | None = field(default=None, repr=False, compare=False)
 
     def metadata(self) -> dict[str, object]:
         values = dict(self.__dict__)
         values.pop("checkpoint")
+        values.pop("live")
         return values
+
+    def read_since(self) -> int | None:
+        """Events the run has read since this checkpoint (None: no live counters). Zero
+        means the counters here are still the run's now, not only as of the commit."""
+        if self.live is None:
+            return None
+        return self.live.events_in - self.live.resumed.get("events_in", 0) - self.events_in
 
 
 def report(
@@ -103,6 +114,7 @@ def report(
         backpressured_s=round(metrics.sink_blocked_s, 6),
         sources=sources or {},
         checkpoint=checkpoint,
+        live=metrics,
     )
 
 

@@ -4,10 +4,12 @@ model: true processing rate from busy time, target rate from arrivals plus lag,
 utilization bounds, alignment to the partitions, cool-downs).
 
 Measurements are Dagster's own events: each worker run logs an ``AssetObservation`` of
-the pipeline's asset twice per ``interval_s`` of its policy (the sum of its partitions'
-latest checkpoint reports: events read, mean busy seconds, lag), so the sensor reads them
-from the instance with nothing else to run or store. Per running worker run it takes
-the last two observations (``autoscaling.sample``), sums them (``measure``), decides
+the pipeline's asset twice per ``interval_s`` of its policy (its partitions' latest
+checkpoint reports, each with the time its numbers describe: events read, busy seconds,
+lag), so the sensor reads them
+from the instance with nothing else to run or store. Per running worker run it diffs
+each unit's numbers in its last observations (``run_sample``: ``autoscaling.sample`` per
+unit, over the unit's own times, ``combine`` per run), sums the runs (``measure``), decides
 (``decide``), and applies a change the way ``dataflare scale`` does: terminate the
 running worker runs (each stops gracefully: last batch, checkpoint, leases released) and
 request N new ones, whose units wait for the leases. Every decision that changes N, or
@@ -27,7 +29,14 @@ from dataflare_platform.defs.streams.continuous import (
     MAX_RETRIES_TAG,
     single_runs_in_progress,
 )
-from dataflare_platform.streams.autoscaling import ScalingDecision, decide, measure, sample
+from dataflare_platform.streams.autoscaling import (
+    ScalingDecision,
+    WorkerSample,
+    combine,
+    decide,
+    measure,
+    sample,
+)
 from dataflare_platform.streams.fields import ScalingPolicy
 from dataflare_platform.streams.spec import PipelineSpec
 
@@ -36,20 +45,38 @@ DECISION_KEY = "dataflare/autoscaler"
 
 
 def observation(
-    key: dg.AssetKey, index: int, workers: int, partitions: int, reports: list[Any]
+    key: dg.AssetKey,
+    index: int,
+    workers: int,
+    partitions: int,
+    units: dict[int, Any],
+    now: float | None = None,
 ) -> dg.AssetObservation:
-    """A worker run's measurement now: its units' latest checkpoint reports summed (busy
-    time as the mean over units: they share the run's process). ``at`` is the time of the
-    measurement, not of the reports: a quiet stream commits no checkpoint, and its
-    counters standing still over time is what shows the worker idle."""
+    """A worker run's measurement now, from its units' latest checkpoint reports (by
+    partition). Each unit's numbers carry the time they describe: its checkpoint's, or
+    now when it has read nothing since (a quiet stream commits no checkpoint, and its
+    counters standing still over time is what shows the worker idle). The run's sums
+    (busy time as the mean over units: they share the run's process) are for reading;
+    the sensor diffs each unit over its own times (``autoscaling.combine``)."""
+    now = time.time() if now is None else now
+    reports = list(units.values())
     report = {
-        "at": time.time(),
+        "at": now,
         "index": index,
         "workers": workers,
         "partitions": partitions,
         "events_in": sum(r.events_in for r in reports),
         "busy_s": sum(r.busy_s for r in reports) / max(len(reports), 1),
         "lag_events": sum(r.lag_events for r in reports),
+        "units": {
+            str(p): {
+                "at": now if r.read_since() == 0 else r.checkpoint_at,
+                "events_in": r.events_in,
+                "busy_s": r.busy_s,
+                "lag_events": r.lag_events,
+            }
+            for p, r in units.items()
+        },
     }
     return dg.AssetObservation(asset_key=key, metadata={MEASURE_KEY: report})
 
@@ -62,12 +89,18 @@ class _Report:
         self.lag_events = int(values["lag_events"])
 
 
+MEASUREMENTS_READ = 8  # per run and tick: how far back a unit's previous checkpoint is sought
+
+
 def _reports(instance: dg.DagsterInstance, run_id: str, key: dg.AssetKey) -> list[dict]:
-    """The run's last two measurements, oldest first (read newest first with a limit: a
+    """The run's last few measurements, oldest first (read newest first with a limit: a
     worker run lives for days and logs one every few seconds)."""
     found: list[dict] = []
     records = instance.get_records_for_run(
-        run_id, of_type=dg.DagsterEventType.ASSET_OBSERVATION, limit=10, ascending=False
+        run_id,
+        of_type=dg.DagsterEventType.ASSET_OBSERVATION,
+        limit=2 * MEASUREMENTS_READ,
+        ascending=False,
     ).records
     for record in records:
         event = record.event_log_entry.dagster_event
@@ -75,9 +108,37 @@ def _reports(instance: dg.DagsterInstance, run_id: str, key: dg.AssetKey) -> lis
         if obs is None or obs.asset_key != key or MEASURE_KEY not in obs.metadata:
             continue
         found.append(obs.metadata[MEASURE_KEY].value)
-        if len(found) == 2:
+        if len(found) == MEASUREMENTS_READ:
             break
     return found[::-1]
+
+
+def run_sample(measurements: list[dict]) -> WorkerSample | None:
+    """What a worker run did lately, from its measurements (oldest first): per unit, from
+    its numbers in the newest one back to the latest earlier ones with an older time (a
+    unit that read but has not committed since the previous measurement is diffed
+    against the one before). None while any unit has no such pair yet, or restarted."""
+    if len(measurements) < 2:
+        return None
+    latest = measurements[-1]
+    if "units" not in latest:  # a worker of a release before per-unit times
+        return sample(_Report(measurements[-2]), _Report(latest))
+    units = []
+    for partition, values in latest["units"].items():
+        later = _Report(values)
+        for older in reversed(measurements[:-1]):
+            before = older.get("units", {}).get(partition)
+            if before is None:
+                return None  # the unit started since: not measured twice yet
+            if float(before["at"]) < later.checkpoint_at:
+                got = sample(_Report(before), later)
+                if got is None:
+                    return None
+                units.append(got)
+                break
+        else:
+            return None
+    return combine(units)
 
 
 def autoscaler_definitions(
@@ -141,10 +202,9 @@ def evaluate(
         reports = _reports(instance, run.run_id, key)
         if reports:
             partitions = max(partitions, int(reports[-1]["partitions"]))
-        if len(reports) >= 2:
-            got = sample(_Report(reports[-2]), _Report(reports[-1]))
-            if got is not None:
-                samples.append(got)
+        got = run_sample(reports)
+        if got is not None:
+            samples.append(got)
     if running and (len(samples) < len(running) or partitions == 0):
         state["waiting"] = "measurements"
         return dg.SensorResult(

@@ -173,7 +173,7 @@ def worker_definitions(spec: PipelineSpec, key: dg.AssetKey) -> dg.Definitions:
             ):
                 return
             measured[0] = time.monotonic()
-            units = [reports[p] for p in running]
+            units = {p: reports[p] for p in running}
             context.log_event(observation(key, config.index, config.workers, len(numbers), units))
 
         attempt = int(context.run.tags.get(ATTEMPT_TAG, "0"))

@@ -35,8 +35,9 @@ from dataflare_platform.engine.aggregations import (
 )
 from dataflare_platform.engine.operators.base import physical_numpy
 from dataflare_platform.engine.operators.interval_tiers import DENSE_FACTOR, DENSE_SLACK, extreme
-from dataflare_platform.engine.operators.key_slots import KeySlots, SpareArrays
+from dataflare_platform.engine.operators.key_slots import KeySlots
 from dataflare_platform.engine.operators.keyed_store import merge_executor
+from dataflare_platform.engine.operators.spare_arrays import SpareArrays
 from dataflare_platform.engine.operators.undo import Journal
 
 PANE = "__pane"
@@ -276,7 +277,8 @@ class _Pane:
     # A held pane whose new keys came far from its end: keys in arrival order from then
     # on, found through this index, new keys appended (``ArrayPanes._merge_into``).
     index: KeySlots | None = None
-    # The next room, made on the merge thread once the pane is past half its room.
+    # The next room, made on the merge thread once the pane is three quarters of the way
+    # to outgrowing its room.
     spare: SpareArrays | None = None
 
     def arrays(self) -> dict[str, np.ndarray]:

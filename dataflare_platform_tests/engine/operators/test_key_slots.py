@@ -7,7 +7,7 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from dataflare_platform.engine.operators.key_slots import DENSE_SLACK, KeySlots, SpareArrays
+from dataflare_platform.engine.operators.key_slots import DENSE_SLACK, KeySlots
 from dataflare_platform.engine.operators.undo import Journal
 
 _dense = st.integers(0, 3000)  # beyond the table's first 1024 entries: it grows
@@ -99,20 +99,6 @@ def test_many_sparse_keys_in_batches_with_rollbacks_match_a_dict():
     keys_sorted, slots_sorted = index.in_key_order()
     assert keys_sorted.tolist() == sorted(model)
     assert slots_sorted.tolist() == [model[k] for k in sorted(model)]
-
-
-def test_spare_arrays_are_filled_ready_and_taken_once():
-    spare = SpareArrays()
-    kinds = (("int64", -1), ("float64", 0))
-    assert spare.take(10, kinds) is None  # nothing prepared
-    spare.prepare(1_000, kinds)
-    spare._future.result()
-    assert spare.take(1_000, (("int64", 0),)) is None  # other kinds
-    assert spare.take(1_001, kinds) is None  # too small
-    got = spare.take(500, kinds)
-    assert [a.size for a in got] == [1_000, 1_000]
-    assert (got[0] == -1).all() and (got[1] == 0).all() and got[1].dtype == np.float64
-    assert spare.take(500, kinds) is None  # once only
 
 
 def test_a_rehash_uses_the_buckets_made_ahead_and_keeps_every_slot():

@@ -22,7 +22,7 @@ from dataflare_platform.engine.aggregations import (
     partial_exprs,
 )
 from dataflare_platform.engine.operators.base import WM_COL, Emit, Operator, event_ms
-from dataflare_platform.engine.operators.keyed_store import KeyedStore, Taken
+from dataflare_platform.engine.operators.keyed_store import KeyedStore
 from dataflare_platform.engine.operators.last_rows import LastRowsRing, supported
 from dataflare_platform.engine.operators.reduce_arrays import ReduceArrays
 from dataflare_platform.engine.operators.reduce_arrays import supported as reduce_supported
@@ -432,60 +432,49 @@ class KeyedTopN(StoreState):
         out = self._process_ids(rows, ids, taken)
         if out is not None:
             return out, None
-        return self._process_frames(rows, None if taken is None else taken.rows()), None
+        return self._process_frames(rows, None if taken is None else taken[0]), None
 
     def _process_ids(
-        self, rows: pl.DataFrame, ids: KeyIds, taken: Taken | None
+        self, rows: pl.DataFrame, ids: KeyIds, taken: tuple[pl.DataFrame, np.ndarray] | None
     ) -> pl.DataFrame | None:
         """``process`` with the keys as dense ids and the ranking in numpy (when the first
         ``by`` column is integer or temporal without nulls; else None, nothing changed).
         Keys with a tie on the numpy-ranked columns in their top rows are ranked on every
-        column by Polars. Held rows are ranked on the numpy-ranked columns alone; only
-        the ones that stay on top are gathered whole."""
+        column by Polars."""
+        columns = rows.columns
         times = rows.get_column(self.time_column)
-        if times.null_count():
+        if times.null_count() or (taken is not None and taken[0].get_column("__seen").null_count()):
             return None  # a key's newest time may be null: left to Polars' max
         seen = times.to_physical().cast(pl.Int64).to_numpy()
-        held_n = 0 if taken is None else taken.height
         if taken is None:
-            ranking, key_of = rows, ids.ids
+            candidates, key_of, fresh = rows, ids.ids, rows.height
         else:
-            numeric = self._numeric_order(rows)
-            if not numeric:
-                return None
-            held = taken.select([*numeric, "__seen"])
-            if held.get_column("__seen").null_count():
-                return None
-            ranking = pl.concat([held.select(numeric), rows.select(numeric)], rechunk=True)
-            key_of = np.concatenate([np.searchsorted(ids.hashes, taken.hashes), ids.ids])
+            held, held_hashes = taken
+            # One chunk: Polars gathers strings from several chunks far slower.
+            candidates = pl.concat(
+                [held.select(columns), rows], how="vertical_relaxed", rechunk=True
+            )
+            key_of = np.concatenate([np.searchsorted(ids.hashes, held_hashes), ids.ids])
             seen = np.concatenate([held.get_column("__seen").to_numpy(), seen])
-        by = self._sortable(ranking)
+            fresh = rows.height
+        by = self._sortable(candidates)
         if by is None:
             return None
         ranked = top_rows(key_of, ids.count, by, self.n, seen)
         picked, ranks = ranked.rows, ranked.ranks
-        if ranked.tied.any():  # rare: the tied keys are ranked on every column
-            candidates = self._candidates(rows, taken, None)
+        if ranked.tied.any():
             tied_rows, tied_ranks = self._rank_tied(candidates, key_of, ranked.tied[key_of])
             picked = np.concatenate([picked, tied_rows])
             ranks = np.concatenate([ranks, tied_ranks])
             # Back in key order (ids ascend with hashes): the store takes them unsorted.
             order = np.lexsort((ranks, key_of[picked]))
             picked, ranks = picked[order], ranks[order]
-            top = candidates[picked]
-        else:
-            kept = np.sort(picked[picked < held_n])  # held rows still on top
-            at = np.where(
-                picked < held_n,
-                np.searchsorted(kept, picked),
-                picked - held_n + kept.size,
-            )
-            top = self._candidates(rows, taken, kept)[at]
         # Rows of this batch come after the held ones: a key changed if one made its top.
-        new_row = picked >= held_n
+        new_row = picked >= candidates.height - fresh
         changed = np.zeros(ids.count, dtype=bool)
         changed[key_of[picked[new_row]]] = True
         picked_keys = key_of[picked]
+        top = candidates[picked]
         self._store.put(
             top.hstack([pl.Series("__seen", ranked.newest[picked_keys], dtype=pl.Int64)]),
             ids.hashes[picked_keys],
@@ -497,28 +486,6 @@ class KeyedTopN(StoreState):
             return top
         return top.hstack([pl.Series(self.rank_column, ranks, dtype=pl.Int64)])
 
-    def _numeric_order(self, rows: pl.DataFrame) -> list[str]:
-        """The leading columns of the order that ``sortable`` may take (integer or
-        temporal; one with nulls still ends the prefix there, in ``_sortable``)."""
-        order, _ = self._order(rows.columns)
-        out = []
-        for name in order:
-            dtype = rows.schema[name]
-            if not (dtype.is_integer() or dtype.is_temporal()):
-                break
-            out.append(name)
-        return out
-
-    def _candidates(
-        self, rows: pl.DataFrame, taken: Taken | None, held: np.ndarray | None
-    ) -> pl.DataFrame:
-        """Held rows (those at ``held``, ascending; None: all) whole, then the batch's, in
-        one chunk: Polars gathers strings from several chunks far slower."""
-        if taken is None:
-            return rows
-        kept = taken.rows(held).select(rows.columns)
-        return pl.concat([kept, rows], how="vertical_relaxed", rechunk=True)
-
     def _sortable(self, candidates: pl.DataFrame) -> list[np.ndarray] | None:
         """The leading columns of the order (``_order``) as int64 for ``top_rows``, up to
         the first that is not an integer or temporal column without nulls (ties on them
@@ -527,8 +494,6 @@ class KeyedTopN(StoreState):
         order, descending = self._order(candidates.columns)
         out = []
         for name, flag in zip(order, descending, strict=True):
-            if name not in candidates.columns:  # only the numeric prefix was gathered
-                break
             values = sortable(candidates.get_column(name), flag)
             if values is None:
                 break

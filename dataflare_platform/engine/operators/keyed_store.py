@@ -291,40 +291,6 @@ class _Pending:
     future: Future
 
 
-class Taken:
-    """The rows a ``take_hashed`` took, gathered only as asked: some columns of all of
-    them (``select``) or all columns of some (``rows``). A top-N ranks held rows on a
-    few integer columns and keeps few of them (q18: a key's newest bid mostly replaces
-    the held one), so gathering every column of every held row, strings included, was
-    a quarter of its batch. ``parts``: per segment (newest first) its frame and the
-    positions taken, in the order of ``hashes``."""
-
-    def __init__(self, parts: list[tuple[pl.DataFrame, np.ndarray]], hashes: np.ndarray):
-        self.parts = parts
-        self.hashes = hashes
-        self.height = int(hashes.size)
-
-    def select(self, columns: list[str]) -> pl.DataFrame:
-        """``columns`` of every row taken."""
-        frames = [frame.select(columns)[positions] for frame, positions in self.parts]
-        return pl.concat(frames, how="vertical_relaxed") if len(frames) > 1 else frames[0]
-
-    def rows(self, index: np.ndarray | None = None) -> pl.DataFrame:
-        """Every column of the rows at ``index`` (ascending; None: all), in that order."""
-        frames, start = [], 0
-        for frame, positions in self.parts:
-            end = start + positions.size
-            if index is None:
-                mine = positions
-            else:
-                lo, hi = np.searchsorted(index, (start, end))
-                mine = positions[index[lo:hi] - start]
-            if mine.size or not frames:
-                frames.append(frame[mine])
-            start = end
-        return pl.concat(frames, how="vertical_relaxed") if len(frames) > 1 else frames[0]
-
-
 @dataclass
 class KeyedStore:
     """Rows grouped by ``keys``; see the module docstring. ``age_column`` names the
@@ -363,14 +329,15 @@ class KeyedStore:
             order = np.argsort(hashed)  # touched's rows in the order of ``wanted``
             taken = self._take_by_hash(touched, wanted, forget, order)
             if taken is not False:
-                return None if taken is None else taken.rows()  # type: ignore[union-attr]
+                return None if taken is None else taken[0]  # type: ignore[index]
         return self._take_by_key(touched, wanted, forget)
 
-    def take_hashed(self, touched: pl.DataFrame, hashes: np.ndarray) -> Taken | None:
+    def take_hashed(
+        self, touched: pl.DataFrame, hashes: np.ndarray
+    ) -> tuple[pl.DataFrame, np.ndarray] | None:
         """``take`` for unique keys whose hashes (``hash``) are all different, given in
-        ascending order with ``touched`` in the same order; the rows are gathered as the
-        caller asks (``Taken``), each with its key hash, so the caller maps rows to its
-        keys without hashing them again."""
+        ascending order with ``touched`` in the same order; also returns each row's key
+        hash, so the caller maps rows to its keys without hashing them again."""
         self._install()
         if not self._segments or touched.height == 0:
             return None
@@ -378,19 +345,17 @@ class KeyedStore:
         if taken is not False:
             return taken  # type: ignore[return-value]
         rows = self._take_by_key(touched, hashes, True)
-        if rows is None:
-            return None
-        return Taken([(rows, np.arange(rows.height, dtype=np.int64))], self._hash(rows))
+        return None if rows is None else (rows, self._hash(rows))
 
     def _take_by_hash(
         self, touched: pl.DataFrame, wanted: np.ndarray, forget: bool, order: np.ndarray | None
-    ) -> Taken | bool | None:
+    ) -> tuple[pl.DataFrame, np.ndarray] | bool | None:
         """``take`` (``forget``) or ``get`` deciding "newest copy" per hash in numpy, with
         one gather per segment and no per-row bookkeeping in Polars: a batch's fixed
         cost. Exact unless a key in the store shares a hash with a touched key, which
         shows as a found row of an untouched key: then False, nothing changed, and
         ``_take_by_key`` decides. ``order``: the rows of ``touched`` in the order of
-        ``wanted`` (None: already in that order). Gives the rows, not yet gathered."""
+        ``wanted`` (None: already in that order). Gives the rows and their hashes."""
         need = wanted
         picks: list[tuple[Segment, np.ndarray]] = []
         for segment in reversed(self._segments):  # newest first: its copy wins
@@ -412,8 +377,10 @@ class KeyedStore:
         picks = [(segment, positions) for segment, positions in picks if positions.size]
         if not picks:
             return None
+        frames = [segment.frame[positions] for segment, positions in picks]
+        rows = pl.concat(frames, how="vertical_relaxed") if len(frames) > 1 else frames[0]
         hashes = np.concatenate([segment.hashes[positions] for segment, positions in picks])
-        return Taken([(segment.frame, positions) for segment, positions in picks], hashes)
+        return rows, hashes
 
     def _all_touched(
         self,

@@ -306,28 +306,3 @@ def test_keyed_operators_with_expiry_take_rows_with_a_null_event_time(kind: str)
         each.advance(2_000)
         each.advance(10**9)
         assert each.state_rows() == 0
-
-
-@pytest.mark.parametrize("colliding", [False, True])
-def test_taken_rows_are_gathered_by_column_or_by_position_alike(colliding: bool) -> None:
-    """``take_hashed`` gathers only what the caller asks: some columns of every row, or
-    every column of some rows, in one order, whether the rows came from several
-    segments by hash or (hashes shared with held keys) by comparing the keys."""
-    store = make_store(colliding, None, fan_in=8)  # no merges: rows stay in 3 segments
-    for part in ([1, 2, 3], [4, 5, 6], [7, 8, 9]):
-        store.put(pl.DataFrame({"k": part, "v": [k * 10 for k in part], "age": part}))
-    touched = pl.DataFrame({"k": [2, 5, 9, 11]})
-    hashes = store.hash(touched)
-    order = np.argsort(hashes)  # all different (colliding: 9 shares one with held 1)
-    assert np.unique(hashes).size == hashes.size
-    taken = store.take_hashed(touched[order], hashes[order])
-    assert taken is not None and taken.height == len(taken.hashes)
-    whole = taken.rows()
-    assert whole.columns == ["k", "v", "age"] and sorted(whole["k"]) == [2, 5, 9]
-    assert taken.select(["v"]).get_column("v").to_list() == whole.get_column("v").to_list()
-    np.testing.assert_array_equal(store.hash(whole.select("k")), taken.hashes)
-    for index in ([], [0], [taken.height - 1], list(range(0, taken.height, 2))):
-        picked = taken.rows(np.array(index, dtype=np.int64))
-        assert picked.to_dicts() == whole[index].to_dicts()
-    # Taken means forgotten: the store holds the other keys only.
-    assert sorted(store.frame().get_column("k")) == [1, 3, 4, 6, 7, 8]

@@ -50,6 +50,7 @@ HASH_SEED = 0x5EED
 # Merges of more rows than this run on a thread while batches go on (``_compact``).
 BACKGROUND_ROWS = 65_536
 NULL_AGE = np.iinfo(np.int64).min  # the stored age of a row whose age column is null
+FILTER_MIN_SLOTS = 1 << 16  # the store filter's least size (``StoreFilter``)
 _executor: Executor | None = None
 _executor_lock = threading.Lock()
 
@@ -155,6 +156,40 @@ class HashFilter:
         """Per hash of ``wanted``: False if no row has it (True: perhaps)."""
         flags = self.flags
         return flags[wanted & self._mask]
+
+
+class StoreFilter:
+    """``HashFilter`` for the whole store: flags of every key hash put since it was
+    built, set in place as rows are put. Most of a batch's keys can be new to the store
+    (q18 on the skewed stream: about 85 % of a batch's (bidder, auction) pairs), and
+    each new key was tested against every segment's filter and searched in about one in
+    eight segments; now one test turns most of them away. Rows replaced, merged away or
+    expired keep their flags, so it only ever says "perhaps" wrongly; once more hashes
+    were added than it was sized for (a quarter of its flags), the store builds a new
+    one from its segments (a new object: a savepoint keeps the one it had, which still
+    covers every row a rollback restores, as flags are only ever added to it)."""
+
+    def __init__(self, hashes: list[np.ndarray]) -> None:
+        rows = sum(h.size for h in hashes)
+        slots = max(FILTER_MIN_SLOTS, 1 << int(rows * 8 - 1).bit_length())
+        self.flags = np.zeros(slots, dtype=bool)
+        self.mask = slots - 1
+        self.room = slots // 4
+        self.added = 0
+        for h in hashes:
+            self.add(h)
+
+    def add(self, hashes: np.ndarray) -> None:
+        self.flags[hashes & self.mask] = True
+        self.added += int(hashes.size)
+
+    @property
+    def full(self) -> bool:
+        return self.added > self.room
+
+    def may_hold(self, wanted: np.ndarray) -> np.ndarray:
+        """Per hash of ``wanted``: False if no row put since it was built has it."""
+        return self.flags[wanted & self.mask]
 
 
 @dataclass(frozen=True)
@@ -305,6 +340,7 @@ class KeyedStore:
     _gen: int = field(default=0, init=False)
     _floor: int | None = field(default=None, init=False)
     _pending: tuple[_Pending, ...] = field(default=(), init=False)
+    _filter: StoreFilter | None = field(default=None, init=False)
 
     # ---- reading and replacing the rows of some keys ----
 
@@ -357,6 +393,10 @@ class KeyedStore:
         ``_take_by_key`` decides. ``order``: the rows of ``touched`` in the order of
         ``wanted`` (None: already in that order). Gives the rows and their hashes."""
         need = wanted
+        if self._filter is not None:  # keys new to the store: not searched for
+            maybe = self._filter.may_hold(wanted)
+            if not maybe.all():
+                need = wanted[maybe]
         picks: list[tuple[Segment, np.ndarray]] = []
         for segment in reversed(self._segments):  # newest first: its copy wins
             if need.size == 0:
@@ -471,6 +511,10 @@ class KeyedStore:
         self._gen += 1
         segment = Segment(self._gen, rows, hashes, ages)
         self._segments = (*self._segments, segment)
+        if self._filter is None or self._filter.full:
+            self._filter = StoreFilter([s.hashes for s in self._segments])
+        else:
+            self._filter.add(hashes)
         self._compact()
 
     def _kill(self, rows: pl.DataFrame) -> None:
@@ -630,16 +674,17 @@ class KeyedStore:
         """Replace the contents with ``frame`` (from ``frame``; one row set per key)."""
         self._segments = ()
         self._pending = ()
+        self._filter = None
         if frame is not None:
             self.put(frame.rechunk())  # one chunk: see ``merge``
 
     def savepoint(self) -> object:
-        return (self._segments, self._gen, self._floor)
+        return (self._segments, self._gen, self._floor, self._filter)
 
     def rollback(self, saved: object) -> None:
         # A running merge may have started from segments newer than ``saved``: dropped.
         self._pending = ()
-        self._segments, self._gen, self._floor = saved  # type: ignore[misc]
+        self._segments, self._gen, self._floor, self._filter = saved  # type: ignore[misc]
 
     @property
     def rows(self) -> int:

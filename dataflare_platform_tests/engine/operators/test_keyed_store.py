@@ -14,8 +14,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from dataflare_platform.engine.operators import keyed_store
 from dataflare_platform.engine.operators.keyed import Dedup, KeyedTopN
-from dataflare_platform.engine.operators.keyed_store import AgeIndex, KeyedStore
+from dataflare_platform.engine.operators.keyed_store import AgeIndex, KeyedStore, StoreFilter
 
 
 class CollidingStore(KeyedStore):
@@ -80,15 +81,24 @@ step = st.one_of(
     colliding=st.booleans(),
     background=st.booleans(),
     fan_in=st.sampled_from([2, 3, 8]),
+    small_filter=st.booleans(),
 )
 def test_store_matches_a_dict_model(
-    steps: list, colliding: bool, background: bool, fan_in: int
+    steps: list, colliding: bool, background: bool, fan_in: int, small_filter: bool
 ) -> None:
     """Each batch takes its keys, then puts back 1-3 rows per key (the previous rows'
     values appended to, keeping the last three: order within a key matters, as for the
     last-n operator) with a new age; expiry drops keys below the floor. With
     ``background``, merges finish only at the "merges" steps; ``fan_in`` segments merge
-    at once."""
+    at once; with ``small_filter``, the store filter is rebuilt every few puts (savepoints
+    and rollbacks across rebuilds)."""
+    with pytest.MonkeyPatch.context() as patch:
+        if small_filter:
+            patch.setattr(keyed_store, "FILTER_MIN_SLOTS", 8)
+        _run_model(steps, colliding, background, fan_in)
+
+
+def _run_model(steps: list, colliding: bool, background: bool, fan_in: int) -> None:
     executor = ManualExecutor() if background else None
     store = make_store(colliding, executor, fan_in)
     model: dict = {}
@@ -306,3 +316,29 @@ def test_keyed_operators_with_expiry_take_rows_with_a_null_event_time(kind: str)
         each.advance(2_000)
         each.advance(10**9)
         assert each.state_rows() == 0
+
+
+def test_keys_new_to_the_store_are_not_searched_for_in_its_segments() -> None:
+    """The store filter turns away keys never put (most of a q18 batch on a skewed
+    stream), and still passes every key put, replaced or merged, across its rebuilds."""
+    store = KeyedStore(["k"], age_column="age", fan_in=8)
+    searched = []
+    for i in range(40):  # 40 segments' worth of puts: rebuilt as it fills
+        keys = list(range(i * 1_000, (i + 1) * 1_000))
+        store.put(pl.DataFrame({"k": keys, "v": keys, "age": [i] * 1_000}))
+    original = keyed_store.Segment.find
+
+    def find(self, wanted):
+        searched.append(wanted.size)
+        return original(self, wanted)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(keyed_store.Segment, "find", find)
+        new = pl.DataFrame({"k": list(range(10**6, 10**6 + 5_000))})
+        assert store.get(new) is None
+        # Without it every segment was searched for all 5 000; its flags are at most a
+        # quarter set (rebuilt past that), so at most about a quarter pass.
+        assert 0 < sum(searched) <= 5_000 * store.segments // 4
+        held = pl.DataFrame({"k": list(range(0, 40_000, 7))})
+        assert sorted(store.get(held).get_column("k")) == held.get_column("k").to_list()
+    assert isinstance(store._filter, StoreFilter) and not store._filter.full

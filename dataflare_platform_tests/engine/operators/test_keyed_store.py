@@ -266,6 +266,29 @@ def test_a_merge_keeps_no_strings_of_dead_rows() -> None:
     assert _string_buffer_bytes(frame) < 20 * (len(text) + 10)
 
 
+def test_a_merge_on_the_merge_thread_gathers_column_by_column_to_the_same_rows() -> None:
+    """On the merge thread (``index_ages``) a merge gathers one column at a time, off
+    Polars' pool: the same rows in the same order, strings of live rows only."""
+    store = KeyedStore(["k"], age_column="age", fan_in=8)
+    text = "x" * 200
+    for part in range(3):
+        keys = range(part * 500, part * 500 + 1000)  # half of each overlaps the next
+        store.put(
+            pl.DataFrame(
+                {"k": keys, "s": [f"{text}{k}/{part}" for k in keys], "age": [part] * 1000}
+            )
+        )
+        store.take(pl.DataFrame({"k": range(part * 500, part * 500 + 700)}))  # dead rows
+    segments = tuple(store._segments)
+    serial, moved_serial = keyed_store.merge_many(segments, 1, index_ages=True)
+    pooled, moved_pooled = keyed_store.merge_many(segments, 1, index_ages=False)
+    assert serial.frame.equals(pooled.frame) and serial.frame.height > 0
+    np.testing.assert_array_equal(serial.hashes, pooled.hashes)
+    for a, b in zip(moved_serial, moved_pooled, strict=True):
+        np.testing.assert_array_equal(a, b)
+    assert _string_buffer_bytes(serial.frame) < serial.frame.height * (len(text) + 20)
+
+
 def test_held_keys_cover_every_live_key() -> None:
     """``held_keys``: the keys of every row held, dead ones included."""
     store = KeyedStore(["k"])

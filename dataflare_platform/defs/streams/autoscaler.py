@@ -6,16 +6,16 @@ utilization bounds, alignment to the partitions, cool-downs).
 Measurements are Dagster's own events: each worker run logs an ``AssetObservation`` of
 the pipeline's asset twice per ``interval_s`` of its policy (its partitions' latest
 checkpoint reports, each with the time its numbers describe: events read, busy seconds,
-lag), so the sensor reads them
-from the instance with nothing else to run or store. Per running worker run it diffs
-each unit's numbers in its last observations (``run_sample``: ``autoscaling.sample`` per
-unit, over the unit's own times, ``combine`` per run), sums the runs (``measure``), decides
-(``decide``), and applies a change the way ``dataflare scale`` does: terminate the
-running worker runs (each stops gracefully: last batch, checkpoint, leases released) and
-request N new ones, whose units wait for the leases. Every decision that changes N, or
-says why it does not in a new way, is an ``AssetObservation`` of the pipeline with the
-numbers behind it; every change is also an audit entry by ``sensor:<name>``. The cursor
-keeps the last change's time (cool-down) and the last reason recorded.
+lag), so the sensor reads them from the instance with nothing else to run or store. Per
+running worker run it diffs each unit's numbers in its last observations
+(``run_sample``: ``autoscaling.sample`` per unit, over the unit's own times, ``combine``
+per run), sums the runs (``measure``), decides (``decide``), and applies a change the
+way ``dataflare scale`` does: terminate the running worker runs (each stops gracefully:
+last batch, checkpoint, leases released) and request N new ones, whose units wait for
+the leases. Every decision that changes N, or says why it does not in a new way, is an
+``AssetObservation`` of the pipeline with the numbers behind it; every change is also an
+audit entry by ``sensor:<name>``. The cursor keeps the last change's time (cool-down)
+and the last reason recorded.
 """
 
 import json

@@ -12,6 +12,7 @@ from dataflare_platform import observability
 from dataflare_platform.cli import app
 from dataflare_platform.datagen import NexmarkConfig, write_nexmark
 from dataflare_platform.observability.tracing import tracer
+from dataflare_platform_tests.measured import measured
 
 
 def test_otel_flag_reports_both_sides_and_leaves_metrics_off(tmp_path, monkeypatch):
@@ -29,8 +30,8 @@ def test_otel_flag_reports_both_sides_and_leaves_metrics_off(tmp_path, monkeypat
     report = json.loads(result.output.strip().splitlines()[-1])
     otel = report["otel"]
     assert otel["runs_per_side"] == 2
-    assert otel["events_per_s_off"] > 0 and otel["events_per_s_on"] > 0
-    assert otel["ratio_cpu"] > 0 and otel["ratio_wall"] > 0
+    assert measured(otel["events_per_s_off"]) and measured(otel["events_per_s_on"])
+    assert measured(otel["ratio_cpu"]) and measured(otel["ratio_wall"])
     assert len(otel["load_average_before"]) == 3
     assert otel["telemetry_share_pct"] > 0  # the on runs exported something
     sides = otel["sides"]
@@ -65,6 +66,7 @@ def test_cold_start_figures_are_reported(tmp_path):
     cold = report["cold_start"]
     assert report["checkpoint_every"] == 10 and report["sink"] == "duckdb"
     assert report["output_rows"] > 0
-    assert cold["first_commit_s"] > 0 and cold["warm_first_commit_s"] > 0
-    assert cold["first_20_batches_p99_ms"] > 0 and cold["warm_first_20_batches_p99_ms"] > 0
+    assert measured(cold["first_commit_s"]) and measured(cold["warm_first_commit_s"])
+    assert measured(cold["first_20_batches_p99_ms"])
+    assert measured(cold["warm_first_20_batches_p99_ms"])
     assert cold["pandas_imported_by_runs"] is False

@@ -9,6 +9,7 @@ from click.testing import CliRunner
 from typer.main import get_command
 
 from dataflare_platform.cli import app
+from dataflare_platform_tests.measured import measured
 
 FIELDS = {
     "first_commit_s",
@@ -39,6 +40,6 @@ def test_restart_reports_both_starts_and_resumes_from_the_checkpoint():
     assert restart["events_in"] > first["events_in"]
     assert first["events_out"] + restart["events_out"] > 0
     for start in (first, restart):
-        assert start["first_commit_s"] > 0 and start["first_20_batches_p99_ms"] > 0
+        assert measured(start["first_commit_s"]) and measured(start["first_20_batches_p99_ms"])
         assert start["first_commit_s_from_spawn"] >= start["first_commit_s"]
         assert start["pandas_imported"] is False

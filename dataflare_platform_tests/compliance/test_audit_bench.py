@@ -5,12 +5,12 @@ docs/benchmarks.md)."""
 from __future__ import annotations
 
 import json
-import math
 
 import pytest
 from typer.testing import CliRunner
 
 from dataflare_platform.cli import app
+from dataflare_platform_tests.measured import measured
 
 
 def test_bench_audit_prints_both_sides_and_their_ratio(dsn: str) -> None:
@@ -23,14 +23,12 @@ def test_bench_audit_prints_both_sides_and_their_ratio(dsn: str) -> None:
     assert printed["benchmark"] == "audit" and printed["entries"] == 20
     # Rates are the benchmark's business: here, that each is reported as a number and
     # the ratio is the one of the two rates printed.
-    assert _rate(printed["tag_us"])
+    assert measured(printed["tag_us"])
     for backend in ("sqlite", "postgresql"):
         side = printed[backend]
-        assert _rate(side["plain_appends_per_s"]) and _rate(side["authenticated_appends_per_s"])
+        assert measured(side["plain_appends_per_s"]) and measured(
+            side["authenticated_appends_per_s"]
+        )
         ratio = side["authenticated_appends_per_s"] / side["plain_appends_per_s"]
         assert side["ratio"] == pytest.approx(ratio, rel=0.01)
-        assert _rate(side["verify_entries_per_s"])
-
-
-def _rate(value: object) -> bool:
-    return isinstance(value, int | float) and math.isfinite(value)
+        assert measured(side["verify_entries_per_s"])

@@ -207,10 +207,7 @@ def combine(units: list[WorkerSample]) -> WorkerSample | None:
     if not units:
         return None
     seconds = sum(u.seconds for u in units) / len(units)
-    rate = sum(u.events_in / u.seconds for u in units)
-    busy = sum(min(u.busy_s / u.seconds, 1.0) for u in units) / len(units)
-    growth = sum((u.lag_events - u.lag_before) / u.seconds for u in units)
-    lag = sum(u.lag_events for u in units)
+    rate, busy, growth, lag = _rates(units)
     return WorkerSample(
         max(u.at_s for u in units),
         seconds,
@@ -221,16 +218,22 @@ def combine(units: list[WorkerSample]) -> WorkerSample | None:
     )
 
 
+def _rates(samples: list[WorkerSample]) -> tuple[float, float, float, int]:
+    """Over samples that each cover their own window: events/s summed, the busy fraction
+    averaged (at most 1), lag growth in events/s summed, and the lag at their ends."""
+    processed = sum(s.events_in / s.seconds for s in samples)
+    busy = sum(min(s.busy_s / s.seconds, 1.0) for s in samples) / len(samples)
+    growth = sum((s.lag_events - s.lag_before) / s.seconds for s in samples)
+    return processed, busy, growth, sum(s.lag_events for s in samples)
+
+
 def measure(samples: list[WorkerSample], partitions: int) -> ScalingInputs:
     """The autoscaler's inputs from one sample per worker run over the same window:
     processed rate summed, busy ratio averaged, arrivals = processed + lag growth over
     each sample's own window (the sources' append rate, which no worker sees directly)."""
     if not samples:
         return ScalingInputs(0, partitions, 0.0, 0.0, 0.0, 0)
-    processed = sum(s.events_in / s.seconds for s in samples)
-    busy = sum(min(s.busy_s / s.seconds, 1.0) for s in samples) / len(samples)
-    lag = sum(s.lag_events for s in samples)
-    growth = sum((s.lag_events - s.lag_before) / s.seconds for s in samples)
+    processed, busy, growth, lag = _rates(samples)
     return ScalingInputs(
         workers=len(samples),
         partitions=partitions,

@@ -293,8 +293,9 @@ def merge_many(
 ) -> tuple[Segment, list[np.ndarray]]:
     """The live rows of adjacent segments (oldest first) as one (generation of the
     newest), and where each row of each went in it (-1: dropped, dead or expired).
-    ``index_ages`` sorts the merged ages now (``AgeIndex``) and builds the hash filter:
-    for a merge on the merge thread, so that no batch does it for a large segment."""
+    ``index_ages``: a merge on the merge thread, which sorts the merged ages now
+    (``AgeIndex``) and builds the hash filter, so that no batch does it for a large
+    segment, and gathers the rows column by column (``_serial_gather``)."""
     heights = [s.frame.height for s in segments]
     offsets = np.cumsum([0, *heights])
     rows = []

@@ -272,7 +272,8 @@ class Partition:
             if seg.end <= pos:
                 continue
             if seg.base > pos:
-                self._gap(pos, seg.base)
+                self._gap(pos, seg.base)  # raises, unless the listing was stale:
+                return self.read(offset, max_rows, columns, end)  # then with the fresh one
             table = self._read_segment(seg, columns)
             take = min(limit, seg.end) - pos
             parts.append(table.slice(pos - seg.base, take))

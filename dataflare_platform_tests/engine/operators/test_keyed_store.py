@@ -220,6 +220,49 @@ def test_age_index_counts_the_ages_below_a_floor(ages: list, floors: list) -> No
         assert index.below(floor) == sum(a < floor for a in ages)
 
 
+def test_age_index_estimates_the_count_of_a_large_segment_from_a_sample() -> None:
+    """Beyond ``AGE_SAMPLE`` rows the count is estimated from every k-th age (rows are in
+    key-hash order, unrelated to age): within 2 % of the rows here, exact at the ends."""
+    rng = np.random.default_rng(7)
+    ages = rng.integers(0, 1_000_000, keyed_store.AGE_SAMPLE * 25)
+    index = AgeIndex(ages)
+    assert index.ordered.size <= keyed_store.AGE_SAMPLE
+    for floor in [1, 1_000, 250_000, 500_000, 999_000]:
+        assert abs(index.below(floor) - int((ages < floor).sum())) <= 0.02 * ages.size
+    assert index.below(int(ages.min())) == 0
+    assert index.below(int(ages.max()) + 1) == ages.size
+
+
+@pytest.mark.parametrize("cause", ["expired", "dead"])
+def test_a_large_segment_mostly_gone_is_rewritten_on_the_merge_thread(cause: str) -> None:
+    """A segment more than half expired or replaced is rewritten without those rows; a
+    large one on the merge thread (a batch of q18 waited 20-30 ms for it inline), and
+    meanwhile it answers as before: expired rows absent, rows taken since stay taken."""
+    executor = ManualExecutor()
+    store = KeyedStore(["k"], age_column="age", background_rows=8, executor=executor, fan_in=8)
+    store.put(pl.DataFrame({"k": range(20), "v": [0] * 20, "age": range(20)}))
+    if cause == "expired":
+        store.expire(15)  # 15 of 20 rows expired
+        gone = list(range(15))
+    else:
+        store.put(store.take(pl.DataFrame({"k": range(12)})).with_columns(v=pl.lit(1)))
+        gone = []
+    assert len(executor.queue) == 1  # the rewrite waits on the merge thread (no merge: fan-in 8)
+    held = store.take(pl.DataFrame({"k": [3, 17]}))
+    assert held.sort("k").get_column("k").to_list() == ([17] if cause == "expired" else [3, 17])
+    store.put(held.with_columns(v=pl.lit(2)))
+    executor.run_all()
+    assert store.take(pl.DataFrame({"k": [99]})) is None  # installs the rewrite
+    frame = store.frame().sort("k")
+    expected = {k: 0 for k in range(20) if k not in gone}
+    if cause == "dead":
+        expected.update({k: 1 for k in range(12)})
+    expected.update({k: 2 for k in held.get_column("k")})
+    assert dict(zip(frame.get_column("k"), frame.get_column("v"), strict=True)) == expected
+    assert store.rows == len(expected)
+    assert all(s.dead_rows * 2 <= s.frame.height for s in store._segments)
+
+
 def test_a_run_of_segments_merged_on_the_thread_keeps_rows_replaced_meanwhile() -> None:
     """Eight segments merge at once on the merge thread; rows of several of them are
     replaced before it is installed and stay replaced."""

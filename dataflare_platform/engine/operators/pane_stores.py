@@ -24,6 +24,7 @@ from functools import partial
 import numpy as np
 import polars as pl
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from dataflare_platform.engine import arrays
 from dataflare_platform.engine.aggregations import (
@@ -34,6 +35,7 @@ from dataflare_platform.engine.aggregations import (
     partial_names,
 )
 from dataflare_platform.engine.operators.base import physical_numpy
+from dataflare_platform.engine.operators.distinct_lists import union_by_group
 from dataflare_platform.engine.operators.interval_tiers import DENSE_FACTOR, DENSE_SLACK, extreme
 from dataflare_platform.engine.operators.key_slots import KeySlots
 from dataflare_platform.engine.operators.keyed_store import merge_executor
@@ -41,6 +43,7 @@ from dataflare_platform.engine.operators.spare_arrays import SpareArrays
 from dataflare_platform.engine.operators.undo import Journal
 
 PANE = "__pane"
+_ROW = "__compact_row"  # row numbers while merging (not a partial column)
 SPARE_ROOM = 1 << 16  # rooms this large get their next one made on the merge thread
 WINDOW_START = "window_start"
 WINDOW_END = "window_end"
@@ -89,11 +92,15 @@ class FramePanes(_Panes):
     A merge of more than ``background`` (rows + list values) runs on the keyed stores'
     merge thread (Polars releases the GIL while it works), so the batch that triggers it
     does not wait: q15's one-day distinct lists made every few hundredth batch take
-    15-40 ms of merging on the batch thread. New frames are appended meanwhile, and the
-    merged frame replaces the frames it was made of when it is done (checked at each
-    batch; firing or checkpointing a pane waits for it). A rollback never changes a frame:
-    it drops frames from a pane's list, so a merge is installed only if the pane still
-    starts with the very frames it merged (identity), and is discarded otherwise.
+    15-40 ms of merging on the batch thread. With distinct lists every merge goes there
+    (``background`` 0): even small ones cost 5-8 ms (q15's eight lists, a few thousand
+    values each), and their integer lists merge in numpy (``distinct_lists``), which
+    does not hold the Polars pool the batches' own queries need. New frames are appended
+    meanwhile, and the merged frame replaces the frames it was made of when it is done
+    (checked at each batch; firing or checkpointing a pane waits for it). A rollback never
+    changes a frame: it drops frames from a pane's list, so a merge is installed only if
+    the pane still starts with the very frames it merged (identity), and is discarded
+    otherwise.
     """
 
     MAX_FRAMES = 8
@@ -104,15 +111,17 @@ class FramePanes(_Panes):
         self,
         keys: list[str],
         aggs: list[Agg],
-        background: int = BACKGROUND,
+        background: int | None = None,  # None: ``BACKGROUND``, or 0 with distinct lists
         executor: Executor | None = None,  # None: ``merge_executor()``; tests pass their own
     ) -> None:
         self.keys, self.aggs = keys, aggs
+        self._lists = [c for a in aggs if a.kind == "count_distinct" for c in a.partial_columns()]
+        if background is None:
+            background = 0 if self._lists else self.BACKGROUND
         self.background, self.executor = background, executor
         self._panes: dict[int, list[pl.DataFrame]] = {}
         self._sizes: dict[int, tuple[int, int]] = {}  # pane -> (merged size, added since)
         self._pending: dict[int, tuple[list[pl.DataFrame], Future]] = {}  # pane -> merge
-        self._lists = [c for a in aggs if a.kind == "count_distinct" for c in a.partial_columns()]
 
     def _size(self, frame: pl.DataFrame) -> int:
         if not self._lists:
@@ -190,20 +199,50 @@ class FramePanes(_Panes):
         lists = [a for a in self.aggs if a.kind == "count_distinct"]
         if not lists:
             merged = whole.group_by(self.keys).agg(merge_exprs(self.aggs))
+            return merged.select(
+                *self.keys, pl.lit(pane, pl.Int64).alias(PANE), *partial_names(self.aggs)
+            )
+        # The distinct lists are merged one at a time (all at once held every column's
+        # values together: the peak memory of q16's day window), in numpy where they are
+        # integers (``distinct_lists``: off Polars' pool, which the batches share).
+        # ``group`` numbers the rows of ``whole`` by their keys' first appearance, the
+        # order of the merged rows.
+        others = [a for a in self.aggs if a.kind != "count_distinct"]
+        if self.keys:
+            merged = (
+                whole.select(*self.keys, *(c for a in others for c in a.partial_columns()))
+                .group_by(self.keys, maintain_order=True)
+                .agg(merge_exprs(others))
+            )
+            group = _first_appearance(whole, self.keys, merged.height)
+            if group is None:
+                numbered = (
+                    whole.select(*self.keys)
+                    .with_row_index(_ROW)
+                    .group_by(self.keys, maintain_order=True)
+                    .agg(pl.col(_ROW))
+                    .get_column(_ROW)
+                )
+                group = np.empty(whole.height, dtype=np.int64)
+                group[numbered.explode().to_numpy()] = np.repeat(
+                    np.arange(len(numbered), dtype=np.int64), numbered.list.len().to_numpy()
+                )
         else:
-            # One distinct list at a time: merging them all in one query holds every
-            # column's exploded values at once (the peak memory of q16's day window).
-            # Groups come in order of first appearance, the same for every query.
-            others = [a for a in self.aggs if a.kind != "count_distinct"]
-            merged = whole.group_by(self.keys, maintain_order=True).agg(merge_exprs(others))
-            for agg in lists:
+            merged = whole.select(pl.len().alias(_ROW), *merge_exprs(others))
+            group = np.zeros(whole.height, dtype=np.int64)
+        for agg in lists:
+            (name,) = agg.partial_columns()
+            column = union_by_group(whole.get_column(name), group, merged.height)
+            if column is None:  # not integers that pack: Polars, in the same group order
                 column = (
-                    whole.select(*self.keys, *agg.partial_columns())
+                    whole.select(*self.keys, name)
                     .group_by(self.keys, maintain_order=True)
                     .agg(agg.merge())
-                    .get_column(agg.partial_columns()[0])
+                    .get_column(name)
+                    if self.keys
+                    else whole.select(agg.merge()[0].implode()).get_column(name)
                 )
-                merged = merged.with_columns(column)
+            merged = merged.with_columns(column)
         return merged.select(
             *self.keys, pl.lit(pane, pl.Int64).alias(PANE), *partial_names(self.aggs)
         )
@@ -832,3 +871,24 @@ def _is_sorted_distinct(keys: np.ndarray) -> bool:
 
 def _all_seen(mask: np.ndarray | None, n: int) -> np.ndarray:
     return np.ones(n, bool) if mask is None else mask
+
+
+def _first_appearance(frame: pl.DataFrame, keys: list[str], groups: int) -> np.ndarray | None:
+    """Each row's group number, groups numbered by first appearance (the order of a
+    ``maintain_order`` group-by), for one integer, string, boolean or temporal key: Arrow's
+    dictionary encoding on the calling thread. The Polars way (a group-by collecting row
+    numbers) ran 50-90 ms on Polars' pool for q16's day of channels (10 k groups, 324 k
+    rows), holding the batches' own queries that long. ``None`` for other keys."""
+    if len(keys) != 1:
+        return None
+    column = frame.get_column(keys[0])
+    dtype = column.dtype
+    if not (dtype.is_integer() or dtype.is_temporal() or dtype in (pl.String, pl.Boolean)):
+        return None
+    array = column.to_arrow()
+    if isinstance(array, pa.ChunkedArray):
+        array = array.combine_chunks()
+    encoded = pc.dictionary_encode(array, null_encoding="encode")
+    if len(encoded.dictionary) != groups:
+        return None
+    return arrays.to_numpy(encoded.indices).astype(np.int64)

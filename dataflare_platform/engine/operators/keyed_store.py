@@ -34,6 +34,8 @@ Polars' hash is stable within one Polars version only, so hashes are never check
 
 from __future__ import annotations
 
+import os
+import sys
 import threading
 from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
@@ -56,14 +58,37 @@ _executor: Executor | None = None
 _executor_lock = threading.Lock()
 
 
+MERGE_NICENESS = 10  # the merge thread's scheduling priority below the batch thread's
+
+
 def merge_executor() -> Executor:
     """One thread for every store's large merges: they are mostly numpy and Polars work
-    that releases the GIL, so batches go on beside them."""
+    that releases the GIL, so batches go on beside them. The thread runs at a lower
+    priority (``MERGE_NICENESS``) where the system allows it: on two cores a merge that
+    shared a core with the batch thread or one of Polars' workers took half of it for
+    its whole length, and a batch waits for the slowest part of a parallel query. A
+    merge still has every idle moment, and the batch thread is idle whenever it waits
+    for one (firing or checkpointing a pane)."""
     global _executor
     with _executor_lock:
         if _executor is None:
-            _executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="keyed-merge")
+            _executor = ThreadPoolExecutor(
+                max_workers=1, thread_name_prefix="keyed-merge", initializer=_lower_priority
+            )
         return _executor
+
+
+def _lower_priority() -> None:
+    """Lower the calling thread's priority: on Linux ``setpriority`` takes a thread id and
+    sets that thread's nice value alone. Elsewhere (where it would set the whole
+    process's) and where it is refused, the thread keeps its priority."""
+    if sys.platform != "linux":
+        return
+    try:
+        tid = threading.get_native_id()
+        os.setpriority(os.PRIO_PROCESS, tid, os.getpriority(os.PRIO_PROCESS, tid) + MERGE_NICENESS)
+    except OSError:
+        pass
 
 
 def _ranges(starts: np.ndarray, counts: np.ndarray) -> np.ndarray:

@@ -5,6 +5,9 @@ collisions forced, and the structure stays logarithmic."""
 from __future__ import annotations
 
 import math
+import os
+import sys
+import threading
 from concurrent.futures import Executor, Future
 
 import numpy as np
@@ -408,3 +411,17 @@ def test_keys_new_to_the_store_are_not_searched_for_in_its_segments() -> None:
         held = pl.DataFrame({"k": list(range(0, 40_000, 7))})
         assert sorted(store.get(held).get_column("k")) == held.get_column("k").to_list()
     assert isinstance(store._filter, StoreFilter) and not store._filter.full
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="per-thread nice values are Linux's")
+def test_the_merge_thread_runs_below_the_batch_threads_priority():
+    """Merges yield the cores to batches (and to Polars' workers) when both want them;
+    the thread that submits keeps its own priority."""
+
+    def nice() -> int:
+        return os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+
+    mine = nice()
+    merging = keyed_store.merge_executor().submit(nice).result()
+    assert merging == min(mine + keyed_store.MERGE_NICENESS, 19)
+    assert nice() == mine

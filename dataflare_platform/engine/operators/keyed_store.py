@@ -324,9 +324,11 @@ def _gather_picks(picks: list[tuple[Segment, np.ndarray]]) -> pl.DataFrame:
     gather from the segments' frames side by side (a concat of chunks, no copy), not
     one per segment. Each gather has a fixed cost (a round on Polars' thread pool, which
     waits for a core on a busy machine) that a batch touching a dozen segments paid a
-    dozen times (q18 on the skewed stream: 2,200 rows from 12 segments, 0.9-1.5 ms one
-    per segment, 0.43 ms at once). Positions ascend within each segment (``find`` gives
-    them in hash order), so the strings are copied in order, the fast way."""
+    dozen times: on synthetic segments like q18's on the skewed stream (2,200 rows from
+    12 segments) 0.9-1.5 ms one per segment against 0.43 ms at once; in the q18 driver,
+    warm, both came to about 1.0 ms, so the gain shows only where the pool is busy.
+    Positions ascend within each segment (``find`` gives them in hash order), so the
+    strings are copied in order, the fast way."""
     if len(picks) == 1:
         segment, positions = picks[0]
         return segment.frame[positions]
@@ -362,25 +364,30 @@ def merge_many(
         keep = segment.keep_mask(floor)
         rows.append(np.arange(height) if keep is None else np.flatnonzero(keep))
     hashes = np.concatenate([s.hashes[r] for s, r in zip(segments, rows, strict=True)])
-    order = np.argsort(hashes, kind="stable")  # sorted runs: a linear merge
     live = np.concatenate([r + o for r, o in zip(rows, offsets[:-1], strict=True)])
-    taken = live[order]
+    order: np.ndarray | None = None  # in hash order already (a rewrite of one segment)
+    if len(segments) > 1 and (hashes[1:] < hashes[:-1]).any():
+        order = np.argsort(hashes, kind="stable")  # sorted runs: a linear merge
+        hashes = hashes[order]
+    taken = live if order is None else live[order]
     # A Polars gather from one chunk copies only string views, keeping every buffer they
     # point into (dead and expired rows' strings too, merge after merge); from several
     # chunks it copies the strings, fast in ascending order and about four times slower
     # in any other. So two gathers: the live rows in place (their strings copied out of
     # the inputs' buffers), then into hash order from that one chunk (views into it).
+    # In hash order already, the second gather would copy every row again for nothing.
     frames = pl.concat([s.frame for s in segments], how="vertical_relaxed")
     if index_ages:  # on the merge thread: column by column, off Polars' thread pool
-        frame = _serial_gather(_serial_gather(frames, live), order)
+        frame = _serial_gather(frames, live)
+        frame = frame if order is None else _serial_gather(frame, order)
     else:
-        frame = frames[live][order]
+        frame = frames[live] if order is None else frames[live][order]
     ages = None
     if all(s.ages is not None for s in segments):
         ages = np.concatenate([s.ages for s in segments])[taken]  # type: ignore[misc]
     moved = np.full(int(offsets[-1]), -1, dtype=np.int64)
     moved[taken] = np.arange(taken.size, dtype=np.int64)
-    merged = Segment(segments[-1].gen, frame, hashes[order], ages)
+    merged = Segment(segments[-1].gen, frame, hashes, ages)
     if index_ages:  # here, on the merge thread, not in a later batch
         if merged.age_index is not None:
             _ = merged.age_index.ordered

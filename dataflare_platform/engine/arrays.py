@@ -195,3 +195,12 @@ def _fixed_width_dtype(type: pa.DataType) -> np.dtype:
     if pa.types.is_unsigned_integer(type):
         return np.dtype(f"u{width}")
     return np.dtype(f"i{width}")
+
+
+def ranges(starts: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    """The positions ``starts[i] .. starts[i] + counts[i] - 1`` for every i, concatenated
+    (the rows of each found key's run in a sorted store). ``np.repeat`` holds the GIL:
+    for the batch thread's lookups, not for large work on the merge thread."""
+    total = int(counts.sum())
+    offsets = np.repeat(np.cumsum(counts) - counts, counts)
+    return np.repeat(starts, counts) + (np.arange(total, dtype=np.int64) - offsets)

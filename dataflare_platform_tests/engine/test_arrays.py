@@ -123,3 +123,10 @@ def test_unique_sorted_is_np_unique(values, shape):
     got = arrays.unique_sorted(array)
     assert got.dtype == np.int64
     assert got.tolist() == np.unique(array).tolist()
+
+
+def test_ranges_lists_each_run_in_turn():
+    starts = np.array([5, 0, 9], dtype=np.int64)
+    counts = np.array([2, 0, 3], dtype=np.int64)
+    assert arrays.ranges(starts, counts).tolist() == [5, 6, 9, 10, 11]
+    assert arrays.ranges(np.empty(0, np.int64), np.empty(0, np.int64)).tolist() == []

@@ -42,6 +42,7 @@ from typing import TypeVar
 import numpy as np
 import polars as pl
 
+from dataflare_platform.engine import arrays
 from dataflare_platform.engine.operators.keyed_store import HASH_SEED, merge_executor
 
 _EMPTY = np.empty(0, dtype=np.int64)
@@ -66,13 +67,6 @@ def merge_runs(older: IndexRun, newer: IndexRun) -> IndexRun:
     hashes = np.concatenate([older.hashes, newer.hashes])
     order = np.argsort(hashes, kind="stable")  # two sorted runs: a linear merge
     return IndexRun(hashes[order], np.concatenate([older.ids, newer.ids])[order])
-
-
-def _ranges(starts: np.ndarray, counts: np.ndarray) -> np.ndarray:
-    """The positions ``starts[i] .. starts[i] + counts[i] - 1`` for every i, concatenated."""
-    total = int(counts.sum())
-    offsets = np.repeat(np.cumsum(counts) - counts, counts)
-    return np.repeat(starts, counts) + (np.arange(total, dtype=np.int64) - offsets)
 
 
 @dataclass(frozen=True, eq=False)
@@ -227,7 +221,7 @@ class AppendStore:
                 continue
             counts = np.searchsorted(run.hashes, wanted[hit], "right") - lo
             found_at.append(np.repeat(at, counts))
-            found_ids.append(run.ids[_ranges(lo, counts)])
+            found_ids.append(run.ids[arrays.ranges(lo, counts)])
         if not found_at:
             return _EMPTY, _EMPTY
         at, ids = np.concatenate(found_at), np.concatenate(found_ids)
@@ -429,4 +423,4 @@ def _pairs(
     starts = np.cumsum(counts) - counts
     per_row = counts[inverse]
     rows = np.repeat(np.arange(inverse.size, dtype=np.int64), per_row)
-    return rows, ids[_ranges(starts[inverse], per_row)]
+    return rows, ids[arrays.ranges(starts[inverse], per_row)]

@@ -91,13 +91,6 @@ def _lower_priority() -> None:
         pass
 
 
-def _ranges(starts: np.ndarray, counts: np.ndarray) -> np.ndarray:
-    """The positions ``starts[i] .. starts[i] + counts[i] - 1`` for every i, concatenated."""
-    total = int(counts.sum())
-    offsets = np.repeat(np.cumsum(counts) - counts, counts)
-    return np.repeat(starts, counts) + (np.arange(total, dtype=np.int64) - offsets)
-
-
 class AgeIndex:
     """A segment's ages summarised for expiry, each part computed once per segment (not
     once per watermark advance): the least and greatest age, and for a segment the floor
@@ -277,7 +270,7 @@ class Segment:
         if not ((hashes[after] == candidates[found]) & (lo + 1 < hashes.size)).any():
             return hit, lo  # one row per hash, as for unique keys: no ranges to build
         counts = np.searchsorted(hashes, candidates[found], "right") - lo
-        return hit, _ranges(lo, counts)
+        return hit, arrays.ranges(lo, counts)
 
     @property
     def max_age(self) -> int | None:

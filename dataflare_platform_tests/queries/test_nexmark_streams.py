@@ -211,3 +211,36 @@ def test_q10_sigkill_at_random_points_then_restart_writes_each_bid_exactly_once(
         pa.ipc.open_file(pa.OSFile(str(p))).read_all() for p in nexmark_files(data / "bids")
     ).select(COLUMNS["q10"]["bids"])
     _assert_dataset_is_q10(root, bids)
+
+
+def test_q21_channel_id_is_flinks_case_row_by_row():
+    """The known channels in any case, then the url's first ``channel_id`` parameter
+    (also for a null channel); an empty parameter is an empty id, none is null."""
+    from dataflare_platform.queries.nexmark.streams import HOT_CHANNEL_IDS, channel_id
+
+    rows = [
+        ("Apple", "https://x/item?channel_id=9"),
+        ("GOOGLE", None),
+        ("baidu", "https://x/item"),
+        (None, "https://x/item?query=1&channel_id=77&channel_id=78"),
+        (None, None),
+        ("channel-3", "https://x/item?query=1&channel_id="),
+        ("channel-4", "channel_id=5&query=1"),
+        ("channel-5", "https://x/item?xchannel_id=6"),
+        ("Facebook ", "https://x/item?query=1&channel_id=8"),
+    ]
+
+    def case(channel: str | None, url: str | None) -> str | None:
+        if channel is not None and channel.lower() in HOT_CHANNEL_IDS:
+            return HOT_CHANNEL_IDS[channel.lower()]
+        if url is None:
+            return None
+        for piece in url.split("&"):  # a parameter starts the url or follows an '&'
+            if piece.startswith("channel_id="):
+                return piece[len("channel_id=") :]
+        return None
+
+    frame = pl.DataFrame(rows, schema={"channel": pl.String, "url": pl.String}, orient="row")
+    got = frame.select(channel_id()).to_series().to_list()
+    assert got == [case(c, u) for c, u in rows]
+    assert got == ["0", "1", "3", "77", None, "", "5", None, "8"]

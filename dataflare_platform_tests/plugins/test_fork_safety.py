@@ -74,23 +74,26 @@ def test_a_child_started_while_a_plugin_is_busy_can_call_it(cache_dir, method):
     caller.start()
     release = threading.Event()
     holders = []
-    for lock in (busy._lock, plugin_cache(cache_dir)._lock):
-        held = threading.Event()
-        holder = threading.Thread(target=_hold, args=(lock, held, release), daemon=True)
-        holder.start()
-        assert held.wait(60)
-        holders.append(holder)
-    # Wait (by progress, not time) until the caller has the only instance checked out.
-    for _ in range(600):
-        if busy._pool.live == 1 and not busy._pool._idle:
-            break
-        threading.Event().wait(0.05)
-    assert not busy._pool._idle and caller.is_alive()
-
     ctx = multiprocessing.get_context(method)
     out = ctx.Queue()
     child = ctx.Process(target=_child, args=(wat, str(cache_dir), out))
     try:
+        # Wait (by progress, generously) until the caller has the only instance checked
+        # out, before the locks are taken: the caller may need the compile cache's lock
+        # to build its instance (on a loaded machine it had not yet when the holder took
+        # it, and the check below failed with the holders left holding the session's
+        # cache lock: a later test using that cache then waited for ever).
+        for _ in range(2400):
+            if busy._pool.live == 1 and not busy._pool._idle:
+                break
+            threading.Event().wait(0.05)
+        assert not busy._pool._idle and caller.is_alive()
+        for lock in (busy._lock, plugin_cache(cache_dir)._lock):
+            held = threading.Event()
+            holder = threading.Thread(target=_hold, args=(lock, held, release), daemon=True)
+            holder.start()
+            holders.append(holder)
+            assert held.wait(60)
         child.start()
         assert caller.is_alive()  # the fork happened with the call in flight
         release.set()  # the parent's own threads go on
@@ -108,9 +111,10 @@ def test_a_child_started_while_a_plugin_is_busy_can_call_it(cache_dir, method):
         caller.join(60)
         for holder in holders:
             holder.join(60)
-        if child.is_alive():
-            child.kill()
-        child.join(60)
+        if child.pid is not None:  # started (a failed wait above never starts it)
+            if child.is_alive():
+                child.kill()
+            child.join(60)
     assert got == {
         "call": list(range(10)),
         "deadline": "timeout",

@@ -204,3 +204,15 @@ def ranges(starts: np.ndarray, counts: np.ndarray) -> np.ndarray:
     total = int(counts.sum())
     offsets = np.repeat(np.cumsum(counts) - counts, counts)
     return np.repeat(starts, counts) + (np.arange(total, dtype=np.int64) - offsets)
+
+
+def repeated(values: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    """``np.repeat(values, counts)`` for int64 ``values``, by a cumulative sum of the
+    steps between them: ``np.repeat`` holds the GIL throughout (10 ms for 5 M values,
+    measured: the batch thread's Python stood still meanwhile), ``cumsum`` does not. For
+    large work on the merge thread; ``np.repeat`` is faster for the batch thread's own."""
+    nonempty = counts > 0
+    starts = (np.cumsum(counts) - counts)[nonempty]
+    steps = np.zeros(int(counts.sum()), dtype=np.int64)
+    steps[starts] = np.diff(values[nonempty], prepend=0)
+    return np.cumsum(steps)  # not in place: numpy holds the GIL for an overlapping out

@@ -130,3 +130,16 @@ def test_ranges_lists_each_run_in_turn():
     counts = np.array([2, 0, 3], dtype=np.int64)
     assert arrays.ranges(starts, counts).tolist() == [5, 6, 9, 10, 11]
     assert arrays.ranges(np.empty(0, np.int64), np.empty(0, np.int64)).tolist() == []
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(st.tuples(st.integers(-(2**40), 2**40), st.integers(0, 5)), min_size=0, max_size=40)
+)
+def test_repeated_is_numpys_repeat(pairs):
+    """Any values (repeats, negatives, unsorted), any counts (zeros first, last, runs)."""
+    values = np.array([v for v, _ in pairs], dtype=np.int64)
+    counts = np.array([c for _, c in pairs], dtype=np.int64)
+    got = arrays.repeated(values, counts)
+    assert got.dtype == np.int64
+    assert got.tolist() == np.repeat(values, counts).tolist()

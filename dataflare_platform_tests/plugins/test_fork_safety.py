@@ -17,6 +17,7 @@ import pytest
 from dataflare_platform.plugins import Limits, Plugin, PluginError
 from dataflare_platform.plugins.engine import deadline_ticks, plugin_cache, shared_engine
 from dataflare_platform_tests.plugins.hostile import LOOP, MANIFEST, module
+from dataflare_platform_tests.waits import wait_until
 
 SHORT = Limits(deadline_ms=100, memory_bytes=8 * 1024 * 1024, max_failures=1000)
 # The busy call's deadline is never reached: the test ends it by moving the epoch on.
@@ -83,11 +84,13 @@ def test_a_child_started_while_a_plugin_is_busy_can_call_it(cache_dir, method):
         # to build its instance (on a loaded machine it had not yet when the holder took
         # it, and the check below failed with the holders left holding the session's
         # cache lock: a later test using that cache then waited for ever).
-        for _ in range(2400):
-            if busy._pool.live == 1 and not busy._pool._idle:
-                break
-            threading.Event().wait(0.05)
-        assert not busy._pool._idle and caller.is_alive()
+        wait_until(
+            "the busy call to hold the only instance",
+            lambda: busy._pool.live == 1 and not busy._pool._idle,
+            120,
+            poll_s=0.05,
+        )
+        assert caller.is_alive()
         for lock in (busy._lock, plugin_cache(cache_dir)._lock):
             held = threading.Event()
             holder = threading.Thread(target=_hold, args=(lock, held, release), daemon=True)

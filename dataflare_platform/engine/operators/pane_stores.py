@@ -224,8 +224,9 @@ class FramePanes(_Panes):
                     .get_column(_ROW)
                 )
                 group = np.empty(whole.height, dtype=np.int64)
-                group[numbered.explode().to_numpy()] = np.repeat(
-                    np.arange(len(numbered), dtype=np.int64), numbered.list.len().to_numpy()
+                group[numbered.explode().to_numpy()] = arrays.repeated(
+                    np.arange(len(numbered), dtype=np.int64),
+                    numbered.list.len().to_numpy().astype(np.int64),
                 )
         else:
             merged = whole.select(pl.len().alias(_ROW), *merge_exprs(others))

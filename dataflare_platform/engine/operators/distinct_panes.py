@@ -23,6 +23,14 @@ columns are integers within ``VALUE_BIAS`` of zero and whose groups fit the tag 
 values) goes to ``FramePanes`` for good, as ``WindowAggregate`` does with ``ArrayPanes``.
 Only tumbling windows: a sliding window's distinct count is not a sum over its panes.
 
+A batch's lookups run on the code-check thread (``code_sets.check_executor``), in order,
+while the batch thread goes on; their results (which codes were new) are added to the
+counts once done, at the latest when a window fires, a checkpoint reads the sets or a
+rollback needs them. A savepoint does not wait: it queues a read of each set's runs
+behind its pending lookups, so it holds the set as of that point of the stream; a
+rollback waits for every lookup in flight and puts the saved runs back, with the
+lookups that were pending at the savepoint (their results stay valid).
+
 The store reads and writes the frame shape of ``FramePanes`` (keys, pane, partials, with
 the distinct values as lists), so checkpoints are unchanged and restore into either.
 Every piece is replaced, never changed in place (the code sets have their own
@@ -31,6 +39,7 @@ savepoints), so a savepoint is a copy of the pane index.
 
 from __future__ import annotations
 
+from concurrent.futures import Executor, Future
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -40,7 +49,7 @@ import pyarrow as pa
 from dataflare_platform.engine import arrays
 from dataflare_platform.engine.aggregations import Agg, partial_exprs, partial_names
 from dataflare_platform.engine.operators.base import physical_numpy
-from dataflare_platform.engine.operators.code_sets import CodeSet
+from dataflare_platform.engine.operators.code_sets import CodeSet, check_executor
 from dataflare_platform.engine.operators.pane_stores import (
     PANE,
     WINDOW_END,
@@ -59,12 +68,36 @@ VALUE_BIAS = 1 << (62 - TAG_BITS)  # values in [-2^39, 2^39) are codes' high bit
 
 
 @dataclass(frozen=True)
+class _Check:
+    """A batch's codes being looked up in its pane's code set on the check thread."""
+
+    future: Future  # -> the mask of the codes the set did not hold
+    codes: np.ndarray
+    size: int  # the pane's tags (groups times distinct aggregates) at that batch
+
+
+@dataclass(frozen=True)
 class _Pane:
-    """One pane's groups (keys and ``GID``; None without keys), code set and counts."""
+    """One pane's groups (keys and ``GID``; None without keys), code set and counts,
+    and the lookups not yet in the counts (oldest first)."""
 
     groups: pl.DataFrame | None
     codes: CodeSet
     counts: np.ndarray  # int64, gid * aggregates + aggregate -> distinct values so far
+    checks: tuple[_Check, ...] = ()
+
+    def settled(self, wait: bool) -> _Pane:
+        """This pane with its finished lookups (all of them if ``wait``) in the counts."""
+        counts, checks = self.counts, self.checks
+        while checks and (wait or checks[0].future.done()):
+            check, checks = checks[0], checks[1:]
+            new = check.future.result()
+            raised = np.bincount(check.codes[new] & TAG_MASK, minlength=check.size)
+            raised[: counts.size] += counts
+            counts = raised
+        if checks is self.checks:
+            return self
+        return _Pane(self.groups, self.codes, counts, checks)
 
     @property
     def group_count(self) -> int:
@@ -100,6 +133,7 @@ class DistinctPanes:
     keys: list[str]
     aggs: list[Agg]
     value_types: dict[str, pl.DataType] = field(default_factory=dict)  # alias -> dtype
+    checker: Executor | None = None  # None: ``check_executor()``; tests pass their own
     _panes: dict[int, _Pane] = field(default_factory=dict, init=False)
 
     def __post_init__(self) -> None:
@@ -188,11 +222,10 @@ class DistinctPanes:
             codes = self._codes(part, gid)
             if held is None:
                 held = _Pane(groups, CodeSet(), np.zeros(0, np.int64))
-            new = held.codes.add(codes)
+            held = held.settled(wait=False)
             size = (1 if groups is None else groups.height) * len(self.distinct)
-            counts = np.bincount(codes[new] & TAG_MASK, minlength=size)
-            counts[: held.counts.size] += held.counts
-            self._panes[start] = _Pane(groups, held.codes, counts)
+            check = _Check(self._checker().submit(held.codes.add, codes), codes, size)
+            self._panes[start] = _Pane(groups, held.codes, held.counts, (*held.checks, check))
             if len(starts) == 1:
                 gids = gid
             else:
@@ -202,6 +235,20 @@ class DistinctPanes:
             pl.Series(GID, gids)
         )
         self._inner_for(rows, time_column, slide).add(rows, time_column, slide)
+
+    def _checker(self) -> Executor:
+        return self.checker or check_executor()
+
+    def _settled(self, start: int) -> _Pane:
+        """The pane at ``start`` once every lookup of its batches is in its counts."""
+        pane = self._panes[start] = self._panes[start].settled(wait=True)
+        return pane
+
+    def _quiesce(self) -> None:
+        """Wait until the check thread has run everything submitted so far (it runs in
+        order): no lookup is then touching any of this store's code sets."""
+        if any(p.checks for p in self._panes.values()):
+            self._checker().submit(int).result()
 
     def _group_ids(
         self, groups: pl.DataFrame | None, part: pl.DataFrame
@@ -255,7 +302,7 @@ class DistinctPanes:
         results = []
         for rows in inner.partition_by(WINDOW_START, maintain_order=True):
             start = int(rows.get_column(WINDOW_START).to_physical()[0])
-            results.append(self._finals(self._panes[start], rows))
+            results.append(self._finals(self._settled(start), rows))
         window = pl.concat(results, how="vertical_relaxed")
         if top is not None:
             rank = pl.col(top.by).rank("min", descending=top.descending).over(WINDOW_START)
@@ -281,24 +328,34 @@ class DistinctPanes:
         if self._inner is not None:
             self._inner.evict(before)
         for start in [p for p in self._panes if p < before]:
-            del self._panes[start]
+            del self._panes[start]  # a lookup still running touches only its own set
 
     # -- savepoints and checkpoints ------------------------------------------------------
     def mark(self) -> dict:
+        panes = {}
+        for start, pane in self._panes.items():
+            pane = self._panes[start] = pane.settled(wait=False)
+            if pane.checks:  # the runs as of this point: read after the pending lookups
+                saved = self._checker().submit(pane.codes.savepoint)
+            else:
+                saved = Future()
+                saved.set_result(pane.codes.savepoint())
+            panes[start] = (pane, saved)
         return {
             "inner": self._inner,
             "inner_mark": None if self._inner is None else self._inner.mark(),
             "frames_only": self._frames_only,
-            "panes": {s: (p, p.codes.savepoint()) for s, p in self._panes.items()},
+            "panes": panes,
         }
 
     def reset(self, mark: dict) -> None:
+        self._quiesce()  # lookups after the savepoint must not touch the sets put back
         self._inner, self._frames_only = mark["inner"], mark["frames_only"]
         if self._inner is not None:
             self._inner.reset(mark["inner_mark"])
         self._panes = {}
         for start, (pane, saved) in mark["panes"].items():
-            pane.codes.rollback(saved)
+            pane.codes.rollback(saved.result())
             self._panes[start] = pane
 
     def to_frame(self) -> pl.DataFrame | None:
@@ -309,7 +366,7 @@ class DistinctPanes:
             return None
         frames = []
         for (start,), part in inner.partition_by(PANE, as_dict=True).items():
-            pane = self._panes[start]
+            pane = self._settled(start)
             part = part.join(self._lists(pane), on=GID, how="left", maintain_order="left")
             if pane.groups is not None:
                 part = part.join(pane.groups, on=GID, how="left", maintain_order="left")
@@ -365,6 +422,7 @@ class DistinctPanes:
         self._inner.load(pl.concat(inner, how="vertical_relaxed"))
 
     def rows(self) -> int:
+        """The held rows and codes (codes of lookups in flight not yet among them)."""
         inner = 0 if self._inner is None else self._inner.rows()
         return inner + sum(len(p.codes) for p in self._panes.values())
 

@@ -73,12 +73,22 @@ def merge_executor() -> Executor:
     with _executor_lock:
         if _executor is None:
             _executor = ThreadPoolExecutor(
-                max_workers=1, thread_name_prefix="keyed-merge", initializer=_lower_priority
+                max_workers=1, thread_name_prefix="keyed-merge", initializer=lower_priority
             )
         return _executor
 
 
-def _lower_priority() -> None:
+def _forget_executor() -> None:
+    """A forked child has none of its parent's threads (an inherited executor would take
+    jobs and never run them): it starts its own merge thread on first use."""
+    global _executor, _executor_lock
+    _executor, _executor_lock = None, threading.Lock()
+
+
+os.register_at_fork(after_in_child=_forget_executor)
+
+
+def lower_priority() -> None:
     """Lower the calling thread's priority: on Linux ``setpriority`` takes a thread id and
     sets that thread's nice value alone. Elsewhere (where it would set the whole
     process's) and where it is refused, the thread keeps its priority."""

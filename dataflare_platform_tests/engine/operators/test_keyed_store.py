@@ -17,7 +17,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from dataflare_platform.engine.operators import keyed_store
+from dataflare_platform.engine.operators import code_sets, keyed_store
 from dataflare_platform.engine.operators.keyed import Dedup, KeyedTopN
 from dataflare_platform.engine.operators.keyed_store import AgeIndex, KeyedStore, StoreFilter
 
@@ -414,14 +414,42 @@ def test_keys_new_to_the_store_are_not_searched_for_in_its_segments() -> None:
 
 
 @pytest.mark.skipif(sys.platform != "linux", reason="per-thread nice values are Linux's")
-def test_the_merge_thread_runs_below_the_batch_threads_priority():
-    """Merges yield the cores to batches (and to Polars' workers) when both want them;
-    the thread that submits keeps its own priority."""
+@pytest.mark.parametrize(
+    "executor", [keyed_store.merge_executor, code_sets.check_executor], ids=["merge", "check"]
+)
+def test_the_helper_threads_run_below_the_batch_threads_priority(executor):
+    """Merges and code-set lookups yield the cores to batches (and to Polars' workers)
+    when both want them; the thread that submits keeps its own priority."""
 
     def nice() -> int:
         return os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
 
     mine = nice()
-    merging = keyed_store.merge_executor().submit(nice).result()
+    merging = executor().submit(nice).result()
     assert merging == min(mine + keyed_store.MERGE_NICENESS, 19)
     assert nice() == mine
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="fork is the Linux start method here")
+@pytest.mark.parametrize(
+    "executor", [keyed_store.merge_executor, code_sets.check_executor], ids=["merge", "check"]
+)
+def test_a_forked_child_gets_its_own_helper_thread(executor):
+    """A child forked after the parent started its merge (or code-check) thread has no
+    such thread: it must start its own, not queue work on the inherited executor for
+    ever. The child reports through a pipe; the parent waits with a ceiling."""
+    assert executor().submit(int, "7").result() == 7  # the parent's thread exists
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: no pytest machinery, just the answer and _exit
+        try:
+            os.write(write, str(executor().submit(int, "42").result(timeout=60)).encode())
+        finally:
+            os._exit(0)
+    os.close(write)
+    try:
+        got = os.read(read, 16)
+    finally:
+        os.close(read)
+        os.waitpid(pid, 0)
+    assert got == b"42"

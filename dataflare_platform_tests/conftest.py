@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -142,3 +143,36 @@ def span_memory():
     assert tracing is not None and tracing.memory is not None
     yield tracing.memory
     configure_tracing(None)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Modules with end-to-end tests first, each module's tests in their own order.
+    ``--dist loadfile`` hands whole modules to the two workers in collection order, so
+    an end-to-end module (minutes each) collected late left one worker running it alone
+    while the other had finished (the 14th session's CI: one worker alone at the end).
+    Scheduled first, the long modules overlap, and the short ones fill the gaps at the
+    end."""
+    e2e = {item.nodeid.split("::")[0] for item in items if item.get_closest_marker("e2e")}
+    items.sort(key=lambda item: item.nodeid.split("::")[0] not in e2e)
+
+
+_worker_ends: dict[str, float] = {}
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    """On the xdist controller: when each worker's last test ended."""
+    node = getattr(report, "node", None)
+    if node is not None and report.when == "teardown":
+        _worker_ends[node.gateway.id] = time.monotonic()
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """How long the last worker ran alone: the part of the suite two workers did not
+    share (``--dist loadfile`` balances whole modules)."""
+    if len(_worker_ends) > 1:
+        ends = sorted(_worker_ends.items(), key=lambda kv: kv[1])
+        alone = ends[-1][1] - ends[0][1]
+        terminalreporter.write_line(
+            f"xdist: {ends[-1][0]} ran alone for the last {alone:.0f} s "
+            f"({', '.join(w for w, _ in ends)} in the order they finished)"
+        )

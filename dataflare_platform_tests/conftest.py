@@ -145,17 +145,6 @@ def span_memory():
     configure_tracing(None)
 
 
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Modules with end-to-end tests first, each module's tests in their own order.
-    ``--dist loadfile`` hands whole modules to the two workers in collection order, so
-    an end-to-end module (minutes each) collected late left one worker running it alone
-    while the other had finished (the 14th session's CI: one worker alone at the end).
-    Scheduled first, the long modules overlap, and the short ones fill the gaps at the
-    end."""
-    e2e = {item.nodeid.split("::")[0] for item in items if item.get_closest_marker("e2e")}
-    items.sort(key=lambda item: item.nodeid.split("::")[0] not in e2e)
-
-
 _worker_ends: dict[str, float] = {}
 
 
@@ -168,7 +157,10 @@ def pytest_runtest_logreport(report: pytest.TestReport) -> None:
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
     """How long the last worker ran alone: the part of the suite two workers did not
-    share (``--dist loadfile`` balances whole modules)."""
+    share. ``--dist loadfile`` hands out whole modules, those with the most tests first
+    (pytest-xdist 3.8 sorts them so and ignores the collection order unless
+    ``--no-loadscope-reorder``), so a long module with few tests can run last, alone
+    (the 15th session's CI: 5 s alone of 30 min 44 s)."""
     if len(_worker_ends) > 1:
         ends = sorted(_worker_ends.items(), key=lambda kv: kv[1])
         alone = ends[-1][1] - ends[0][1]

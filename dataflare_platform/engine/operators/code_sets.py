@@ -21,49 +21,27 @@ it back (dropping any merge still running, whose result may include later runs).
 
 from __future__ import annotations
 
-import os
-import threading
-from concurrent.futures import Executor, ThreadPoolExecutor
+from concurrent.futures import Executor
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from dataflare_platform.engine.operators.append_store import PendingMerge, compacted, installed
-from dataflare_platform.engine.operators.keyed_store import lower_priority, merge_executor
+from dataflare_platform.engine.operators.keyed_store import HelperThread, merge_executor
 
 # Merges of more codes than this run on the merge thread (~1 ms of merging in numpy).
 BACKGROUND_CODES = 262_144
-_checker: Executor | None = None
-_checker_lock = threading.Lock()
 
-
-def check_executor() -> Executor:
-    """One thread on which batches' codes are looked up in (and added to) their code
-    sets, in the order they were submitted, while the batch thread goes on
-    (``DistinctPanes``): the lookups are numpy calls that release the GIL, and on q16
-    they were 1.5-3 ms of a 4-8 ms step with a quarter of the two cores idle. Not the
-    merge thread: a lookup must not queue behind a large merge, which a firing window or
-    a checkpoint would then wait for. At the merge thread's lower priority
-    (``keyed_store.MERGE_NICENESS``), as measured: at normal priority q16 came out
-    slower than with the lookups on the batch thread in three of four pairs (the lookups
-    took a core from Polars' workers that a batch was waiting for), niced faster in four
-    of four."""
-    global _checker
-    with _checker_lock:
-        if _checker is None:
-            _checker = ThreadPoolExecutor(
-                max_workers=1, thread_name_prefix="code-check", initializer=lower_priority
-            )
-        return _checker
-
-
-def _forget_checker() -> None:
-    """A forked child has none of its parent's threads: it starts its own on first use."""
-    global _checker, _checker_lock
-    _checker, _checker_lock = None, threading.Lock()
-
-
-os.register_at_fork(after_in_child=_forget_checker)
+# One thread on which batches' codes are looked up in (and added to) their code sets, in
+# the order they were submitted, while the batch thread goes on (``DistinctPanes``): the
+# lookups are numpy calls that release the GIL, and on q16 they were 1.5-3 ms of a 4-8 ms
+# step with a quarter of the two cores idle. Not the merge thread: a lookup must not
+# queue behind a large merge, which a firing window or a checkpoint would then wait for.
+# At the merge thread's lower priority, as measured: at normal priority q16 came out
+# slower than with the lookups on the batch thread in three of four pairs (the lookups
+# took a core from Polars' workers that a batch was waiting for), niced faster in four of
+# four.
+check_executor = HelperThread("code-check")
 
 
 def merge_runs(older: np.ndarray, newer: np.ndarray) -> np.ndarray:

@@ -54,38 +54,31 @@ BACKGROUND_ROWS = 65_536
 NULL_AGE = np.iinfo(np.int64).min  # the stored age of a row whose age column is null
 FILTER_MIN_SLOTS = 1 << 16  # the store filter's least size (``StoreFilter``)
 AGE_SAMPLE = 4096  # ages sorted per segment for expiry's count (``AgeIndex``)
-_executor: Executor | None = None
-_executor_lock = threading.Lock()
+MERGE_NICENESS = 10  # the helper threads' scheduling priority below the batch thread's
 
 
-MERGE_NICENESS = 10  # the merge thread's scheduling priority below the batch thread's
+class HelperThread:
+    """One worker thread, started on first use at a lower priority (``MERGE_NICENESS``,
+    ``lower_priority``), for work that runs beside the batches. A forked child has none
+    of its parent's threads (an inherited executor would take jobs and never run them):
+    it starts its own on first use."""
 
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self._executor: Executor | None = None
+        self._lock = threading.Lock()
+        os.register_at_fork(after_in_child=self._forget)
 
-def merge_executor() -> Executor:
-    """One thread for every store's large merges: they are mostly numpy and Polars work
-    that releases the GIL, so batches go on beside them. The thread runs at a lower
-    priority (``MERGE_NICENESS``) where the system allows it: on two cores a merge that
-    shared a core with the batch thread or one of Polars' workers took half of it for
-    its whole length, and a batch waits for the slowest part of a parallel query. A
-    merge still has every idle moment, and the batch thread is idle whenever it waits
-    for one (firing or checkpointing a pane)."""
-    global _executor
-    with _executor_lock:
-        if _executor is None:
-            _executor = ThreadPoolExecutor(
-                max_workers=1, thread_name_prefix="keyed-merge", initializer=lower_priority
-            )
-        return _executor
+    def __call__(self) -> Executor:
+        with self._lock:
+            if self._executor is None:
+                self._executor = ThreadPoolExecutor(
+                    max_workers=1, thread_name_prefix=self.name, initializer=lower_priority
+                )
+            return self._executor
 
-
-def _forget_executor() -> None:
-    """A forked child has none of its parent's threads (an inherited executor would take
-    jobs and never run them): it starts its own merge thread on first use."""
-    global _executor, _executor_lock
-    _executor, _executor_lock = None, threading.Lock()
-
-
-os.register_at_fork(after_in_child=_forget_executor)
+    def _forget(self) -> None:
+        self._executor, self._lock = None, threading.Lock()
 
 
 def lower_priority() -> None:
@@ -99,6 +92,15 @@ def lower_priority() -> None:
         os.setpriority(os.PRIO_PROCESS, tid, os.getpriority(os.PRIO_PROCESS, tid) + MERGE_NICENESS)
     except OSError:
         pass
+
+
+# One thread for every store's large merges: they are mostly numpy and Polars work that
+# releases the GIL, so batches go on beside them. It runs at the lower priority where the
+# system allows it: on two cores a merge that shared a core with the batch thread or one
+# of Polars' workers took half of it for its whole length, and a batch waits for the
+# slowest part of a parallel query. A merge still has every idle moment, and the batch
+# thread is idle whenever it waits for one (firing or checkpointing a pane).
+merge_executor = HelperThread("keyed-merge")
 
 
 class AgeIndex:

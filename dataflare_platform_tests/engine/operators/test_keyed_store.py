@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import math
 import os
+import select
+import signal
 import sys
 import threading
 from concurrent.futures import Executor, Future
@@ -447,9 +449,14 @@ def test_a_forked_child_gets_its_own_helper_thread(executor):
         finally:
             os._exit(0)
     os.close(write)
+    ready: list[int] = []
     try:
-        got = os.read(read, 16)
+        # The child answers or gives up after 60 s; the parent's own ceiling is 120 s.
+        ready, _, _ = select.select([read], [], [], 120)
+        got = os.read(read, 16) if ready else b"no answer within 120 s"
     finally:
         os.close(read)
+        if not ready:
+            os.kill(pid, signal.SIGKILL)
         os.waitpid(pid, 0)
     assert got == b"42"

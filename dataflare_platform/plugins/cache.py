@@ -37,7 +37,7 @@ import threading
 from pathlib import Path
 
 from dataflare_platform.errors import DataflareError
-from dataflare_platform.plugins.forks import reset_in_forked_child
+from dataflare_platform.forks import reset_in_forked_child
 
 log = logging.getLogger(__name__)
 

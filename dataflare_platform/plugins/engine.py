@@ -97,7 +97,7 @@ def _after_fork_in_child() -> None:
     """Threads do not survive ``fork``: without this, a plugin loaded before the fork
     (multiprocessing's default start method on Linux) would run in the child with no
     deadline at all. The lock is replaced too (the parent may have held it); plugins,
-    caches and registries reset their own (``plugins.forks``)."""
+    caches and registries reset their own (``dataflare_platform.forks``)."""
     global _lock, _ticker
     _lock = threading.Lock()
     _ticker = None

@@ -26,6 +26,7 @@ from pydantic import Field, SecretStr
 from dataflare_platform.deployment_settings import env_flag
 from dataflare_platform.errors import ConfigError
 from dataflare_platform.events.log import EventLog
+from dataflare_platform.forks import reset_in_forked_child
 from dataflare_platform.home import ProjectHome
 from dataflare_platform.models import StrictModel
 from dataflare_platform.plugins.admission import check_licence
@@ -39,7 +40,6 @@ from dataflare_platform.plugins.entitlements import (
     check_at_load,
     load_issuer_keys,
 )
-from dataflare_platform.plugins.forks import reset_in_forked_child
 from dataflare_platform.plugins.lock import (
     LOCK_FILE,
     LockAuth,

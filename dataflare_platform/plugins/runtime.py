@@ -26,6 +26,7 @@ import pyarrow as pa
 import wasmtime
 
 from dataflare_platform.errors import BatchRejectedError, InvalidInputError, WrongTypeError
+from dataflare_platform.forks import reset_in_forked_child
 from dataflare_platform.plugins import abi
 from dataflare_platform.plugins.cache import PluginCache
 from dataflare_platform.plugins.engine import (
@@ -35,7 +36,6 @@ from dataflare_platform.plugins.engine import (
     shared_engine,
 )
 from dataflare_platform.plugins.fastcall import I32Func, SignatureError
-from dataflare_platform.plugins.forks import reset_in_forked_child
 from dataflare_platform.plugins.manifest import ColumnSpec, Manifest
 from dataflare_platform.plugins.shape import ModuleRefusedError
 
@@ -208,7 +208,7 @@ class Plugin:
         reset_in_forked_child(self)
 
     def _after_fork(self) -> None:
-        """In a forked child (``plugins.forks``): new locks, and an empty pool. Another
+        """In a forked child (``dataflare_platform.forks``): new locks, and an empty pool. Another
         thread of the parent may have been inside a call, holding a lock or an instance
         mid-call; the next call here builds a fresh instance, which starts from the last
         committed aggregate state (a batch in flight in the parent was never committed)."""

@@ -45,6 +45,7 @@ import polars as pl
 
 from dataflare_platform.engine import arrays
 from dataflare_platform.errors import InvalidInputError
+from dataflare_platform.forks import reset_in_forked_child
 
 GEN = "__store_gen"
 POS = "__store_pos"
@@ -61,13 +62,13 @@ class HelperThread:
     """One worker thread, started on first use at a lower priority (``MERGE_NICENESS``,
     ``lower_priority``), for work that runs beside the batches. A forked child has none
     of its parent's threads (an inherited executor would take jobs and never run them):
-    it starts its own on first use."""
+    it starts its own on first use (``dataflare_platform.forks``)."""
 
     def __init__(self, name: str) -> None:
         self.name = name
         self._executor: Executor | None = None
         self._lock = threading.Lock()
-        os.register_at_fork(after_in_child=self._forget)
+        reset_in_forked_child(self)
 
     def __call__(self) -> Executor:
         with self._lock:
@@ -77,7 +78,7 @@ class HelperThread:
                 )
             return self._executor
 
-    def _forget(self) -> None:
+    def _after_fork(self) -> None:
         self._executor, self._lock = None, threading.Lock()
 
 

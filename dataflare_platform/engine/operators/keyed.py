@@ -43,8 +43,8 @@ class StoreState(Operator):
     _store: KeyedStore
 
     def snapshot(self) -> dict[str, pa.Table]:
-        frame = self._store.frame()
-        return {} if frame is None else {self.state_key: frame.to_arrow()}
+        table = self._store.to_arrow()
+        return {} if table is None else {self.state_key: table}
 
     def restore(self, state: dict[str, pa.Table]) -> None:
         if self.state_key in state:

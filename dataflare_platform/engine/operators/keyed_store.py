@@ -42,6 +42,7 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 import polars as pl
+import pyarrow as pa
 
 from dataflare_platform.engine import arrays
 from dataflare_platform.errors import InvalidInputError
@@ -52,6 +53,10 @@ POS = "__store_pos"
 HASH_SEED = 0x5EED
 # Merges of more rows than this run on a thread while batches go on (``_compact``).
 BACKGROUND_ROWS = 65_536
+# Rows dropped from a segment whose strings may stay in its buffers, as a share of its
+# live rows, before a merge copies the strings out (``merge_many``): the strings held stay
+# within 1 + GARBAGE_SHARE times the live ones.
+GARBAGE_SHARE = 0.25
 NULL_AGE = np.iinfo(np.int64).min  # the stored age of a row whose age column is null
 FILTER_MIN_SLOTS = 1 << 16  # the store filter's least size (``StoreFilter``)
 AGE_SAMPLE = 4096  # ages sorted per segment for expiry's count (``AgeIndex``)
@@ -241,7 +246,12 @@ class StoreFilter:
 @dataclass(frozen=True)
 class Segment:
     """Rows sorted by key hash. ``dead`` lists positions of rows replaced by newer
-    segments (each row at most once, so ``dead_rows`` counts them exactly)."""
+    segments (each row at most once, so ``dead_rows`` counts them exactly).
+    ``garbage_rows`` counts rows dropped from the segment whose strings its columns'
+    buffers still hold (views into a shared buffer keep all of it; see ``merge_many``).
+    ``borrowed``: its strings are views into buffers of unknown size it does not own (a
+    batch's rows point into the source's whole file piece), so its first merge copies
+    them out."""
 
     gen: int
     frame: pl.DataFrame
@@ -249,6 +259,8 @@ class Segment:
     ages: np.ndarray | None  # the expiry column as int64, aligned with ``frame``
     dead: tuple[np.ndarray, ...] = ()
     dead_rows: int = 0
+    garbage_rows: int = 0
+    borrowed: bool = False
     age_index: AgeIndex | None = field(default=None, compare=False, repr=False)
     hash_filter: HashFilter | None = field(default=None, compare=False, repr=False)
 
@@ -308,21 +320,28 @@ class Segment:
         keep = self.keep_mask(floor)
         if keep is None:
             return self if not self.dead else replace(self, dead=(), dead_rows=0)
+        kept = int(np.count_nonzero(keep))
         return Segment(
             self.gen,
-            self.frame.filter(pl.Series(keep)),
+            self.frame.filter(pl.Series(keep)),  # views: the strings' buffers stay
             self.hashes[keep],
             None if self.ages is None else self.ages[keep],
+            garbage_rows=self.garbage_rows + self.frame.height - kept,
+            borrowed=self.borrowed,
         )
 
 
-def _serial_gather(frame: pl.DataFrame, positions: np.ndarray) -> pl.DataFrame:
-    """``frame[positions]`` one column at a time on the calling thread. A frame's gather
-    runs its columns on Polars' thread pool, which a batch's own Polars steps share: a
-    merge of a few hundred thousand rows there held a batch's steps back (q18: batches
-    of 4 ms at the median took 20-36 ms while a merge ran, none of it in the store)."""
+def _serial_gather(
+    frame: pl.DataFrame, positions: np.ndarray, rechunk: bool = False
+) -> pl.DataFrame:
+    """``frame[positions]`` one column at a time on the calling thread (``rechunk``: each
+    column made one chunk first). A frame's gather runs its columns on Polars' thread
+    pool, which a batch's own Polars steps share: a merge of a few hundred thousand rows
+    there held a batch's steps back (q18: batches of 4 ms at the median took 20-36 ms
+    while a merge ran, none of it in the store)."""
     index = pl.Series(positions)
-    return pl.DataFrame([column.gather(index) for column in frame.iter_columns()])
+    columns = frame.iter_columns()
+    return pl.DataFrame([(c.rechunk() if rechunk else c).gather(index) for c in columns])
 
 
 def _gather_picks(picks: list[tuple[Segment, np.ndarray]]) -> pl.DataFrame:
@@ -378,12 +397,30 @@ def merge_many(
     taken = live if order is None else live[order]
     # A Polars gather from one chunk copies only string views, keeping every buffer they
     # point into (dead and expired rows' strings too, merge after merge); from several
-    # chunks it copies the strings, fast in ascending order and about four times slower
-    # in any other. So two gathers: the live rows in place (their strings copied out of
-    # the inputs' buffers), then into hash order from that one chunk (views into it).
-    # In hash order already, the second gather would copy every row again for nothing.
-    frames = pl.concat([s.frame for s in segments], how="vertical_relaxed")
-    if index_ages:  # on the merge thread: column by column, off Polars' thread pool
+    # chunks it copies the strings, fast in ascending order and slower in any other.
+    # Copying the strings is most of a merge (q18's rows, 465 k of them from 8 segments:
+    # 50 of 60 ms in the string columns), and only worth it to free the strings of rows
+    # gone. So while the rows dropped and not yet copied away are few (``GARBAGE_SHARE``
+    # of the live ones), the merge is views only: every column one chunk (the strings'
+    # buffers shared, not copied), gathered into hash order. Past that share, or with
+    # an input whose buffers are not its own (``Segment.borrowed``), it compacts:
+    # the live rows in place (strings copied out of the inputs' buffers), then into hash
+    # order from that one chunk (views into it); in hash order already, the second gather
+    # would copy every row again for nothing.
+    garbage = sum(s.garbage_rows for s in segments) + int(offsets[-1]) - int(live.size)
+    compact = garbage > GARBAGE_SHARE * live.size or any(s.borrowed for s in segments)
+    parts = [s.frame for s in segments]
+    if compact and len(parts) == 1 and parts[0].n_chunks() == 1 and parts[0].height > 1:
+        # One chunk would be gathered as views (a rewrite of one segment): two chunks of
+        # it are copied, as a merge's are.
+        half = parts[0].height // 2
+        parts = [parts[0][:half], parts[0][half:]]
+    frames = pl.concat(parts, how="vertical_relaxed")
+    if not compact:
+        frame = (
+            _serial_gather(frames, taken, rechunk=True) if index_ages else frames.rechunk()[taken]
+        )
+    elif index_ages:  # on the merge thread: column by column, off Polars' thread pool
         frame = _serial_gather(frames, live)
         frame = frame if order is None else _serial_gather(frame, order)
     else:
@@ -393,7 +430,7 @@ def merge_many(
         ages = np.concatenate([s.ages for s in segments])[taken]  # type: ignore[misc]
     moved = np.full(int(offsets[-1]), -1, dtype=np.int64)
     moved[taken] = np.arange(taken.size, dtype=np.int64)
-    merged = Segment(segments[-1].gen, frame, hashes, ages)
+    merged = Segment(segments[-1].gen, frame, hashes, ages, garbage_rows=0 if compact else garbage)
     if index_ages:  # here, on the merge thread, not in a later batch
         if merged.age_index is not None:
             _ = merged.age_index.ordered
@@ -592,7 +629,7 @@ class KeyedStore:
             rows, hashes = rows[order], hashes[order]
             ages = None if ages is None else ages[order]
         self._gen += 1
-        segment = Segment(self._gen, rows, hashes, ages)
+        segment = Segment(self._gen, rows, hashes, ages, borrowed=True)
         self._segments = (*self._segments, segment)
         if self._filter is None or self._filter.full:
             self._filter = StoreFilter([s.hashes for s in self._segments])
@@ -772,6 +809,20 @@ class KeyedStore:
             return None
         parts = [s.live(self._floor).frame for s in self._segments]
         return pl.concat(parts, how="vertical_relaxed") if len(parts) > 1 else parts[0]
+
+    def to_arrow(self) -> pa.Table | None:
+        """Every live row as an Arrow table (a checkpoint's state), or None when the store
+        never held any: each segment converted on its own and the tables put side by side
+        as chunks. ``frame().to_arrow()`` held every segment's live frame (its columns
+        copied where rows were dead) and the Arrow copy of all of them at once: q18's final
+        checkpoint on the skewed stream (6.4 M rows) raised the peak RSS by about 1 GB."""
+        if not self._segments:
+            return None
+        tables = [s.live(self._floor).frame.to_arrow() for s in self._segments]
+        try:
+            return pa.concat_tables(tables)
+        except pa.ArrowInvalid:  # a column typed differently in some segment (null, say)
+            return pa.concat_tables(tables, promote_options="permissive")
 
     def load(self, frame: pl.DataFrame | None) -> None:
         """Replace the contents with ``frame`` (from ``frame``; one row set per key)."""

@@ -337,6 +337,78 @@ def test_a_merge_on_the_merge_thread_gathers_column_by_column_to_the_same_rows()
     assert _string_buffer_bytes(serial.frame) < serial.frame.height * (len(text) + 20)
 
 
+def _owned_segments(parts: int, rows: int, text: str) -> tuple[keyed_store.Segment, ...]:
+    """Adjacent segments as merges leave them (strings copied out: not ``borrowed``)."""
+    store = KeyedStore(["k"], fan_in=parts + 1)  # no merge while they are put
+    for part in range(parts):
+        keys = range(part * rows, (part + 1) * rows)
+        store.put(pl.DataFrame({"k": keys, "s": [f"{text}{k}" for k in keys]}))
+    owned = []
+    for segment in store._segments:
+        assert segment.borrowed  # a batch's rows: views into buffers it does not own
+        merged, _ = keyed_store.merge_many((segment,), None)
+        assert not merged.borrowed and merged.garbage_rows == 0
+        owned.append(merged)
+    return tuple(owned)
+
+
+@pytest.mark.parametrize("index_ages", [False, True])
+def test_a_merge_with_few_rows_gone_shares_the_strings_and_counts_them(index_ages) -> None:
+    """Copying the strings is most of a merge: while the rows gone are few (at most
+    ``GARBAGE_SHARE`` of the live ones, counted across merges), a merge keeps views into
+    its inputs' buffers (the same rows as a copying merge) and counts what they hold for
+    nothing; past the share, the merge copies the live strings out and the count restarts."""
+    text = "x" * 100
+    a, b = _owned_segments(2, 1000, text)
+    gone = np.arange(0, 1000, 10)  # 100 of 1000 rows of the older segment
+    a = keyed_store.replace(a, dead=(gone,), dead_rows=gone.size)
+    shared, moved = keyed_store.merge_many((a, b), None, index_ages)
+    assert shared.frame.height == 1900 and shared.garbage_rows == 100
+    assert (moved[0][gone] == -1).all() and (np.delete(moved[0], gone) >= 0).all()
+    held = _string_buffer_bytes(a.frame) + _string_buffer_bytes(b.frame)
+    assert _string_buffer_bytes(shared.frame) == held  # no string copied
+    expected = pl.concat([a.frame.filter(~pl.Series(np.isin(np.arange(1000), gone))), b.frame])
+    assert shared.frame.sort("k").equals(expected.sort("k"))
+    assert (np.diff(shared.hashes) >= 0).all()
+    assert shared.frame.equals(shared.frame[np.argsort(shared.hashes, kind="stable")])
+
+    # A third of the rest gone too: 100 + 633 rows held for nothing, past the share.
+    more = np.arange(0, 1900, 3)
+    worn = keyed_store.replace(shared, dead=(more,), dead_rows=more.size)
+    compacted, _ = keyed_store.merge_many((worn,), None, index_ages)
+    assert compacted.frame.height == 1900 - more.size and compacted.garbage_rows == 0
+    live_bytes = compacted.frame.get_column("s").str.len_bytes().sum()
+    assert _string_buffer_bytes(compacted.frame) == live_bytes < held  # the live ones only
+
+
+def test_a_merge_of_a_batchs_rows_copies_their_strings_out() -> None:
+    """Rows put by a batch point into its source's buffers (a whole file piece, of a
+    size the store cannot know): their first merge copies the strings, rows gone or not."""
+    store = KeyedStore(["k"], fan_in=8)
+    source = pl.DataFrame({"k": range(10_000), "s": [f"{'y' * 100}{k}" for k in range(10_000)]})
+    store.put(source.head(50))  # views into the buffers of all 10 000 rows' strings
+    (segment,) = store._segments
+    assert segment.borrowed and _string_buffer_bytes(segment.frame) > 100 * 10_000
+    merged, _ = keyed_store.merge_many((segment,), None)
+    assert not merged.borrowed and _string_buffer_bytes(merged.frame) < 50 * 110
+
+
+def test_a_checkpoint_table_holds_the_live_rows_segment_by_segment() -> None:
+    """``to_arrow`` (a checkpoint's state) converts segment by segment: the rows of
+    ``frame()``, as chunks side by side; a column null in one segment takes the others'
+    type; an empty store has none."""
+    store = KeyedStore(["k"], age_column="age", fan_in=8)
+    assert store.to_arrow() is None
+    store.put(pl.DataFrame({"k": [1, 2, 3], "s": [None, None, None], "age": [1, 1, 1]}))
+    store.put(pl.DataFrame({"k": [4, 5], "s": ["a", "b"], "age": [2, 2]}))
+    store.take(pl.DataFrame({"k": [2]}))
+    store.put(pl.DataFrame({"k": [2], "s": ["c"], "age": [3]}))
+    store.expire(2)  # rows of age 1 gone
+    table = store.to_arrow()
+    assert table is not None and table.num_rows == 3
+    assert pl.from_arrow(table).sort("k").equals(store.frame().sort("k"))
+
+
 def test_held_keys_cover_every_live_key() -> None:
     """``held_keys``: the keys of every row held, dead ones included."""
     store = KeyedStore(["k"])

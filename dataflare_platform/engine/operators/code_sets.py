@@ -41,7 +41,7 @@ BACKGROUND_CODES = 262_144
 # slower than with the lookups on the batch thread in three of four pairs (the lookups
 # took a core from Polars' workers that a batch was waiting for), niced faster in four of
 # four.
-check_executor = HelperThread("code-check")
+check_executor = HelperThread("code-check", idle=False)
 
 
 def merge_runs(older: np.ndarray, newer: np.ndarray) -> np.ndarray:

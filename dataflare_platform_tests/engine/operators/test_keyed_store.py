@@ -22,6 +22,7 @@ from hypothesis import strategies as st
 from dataflare_platform.engine.operators import code_sets, keyed_store
 from dataflare_platform.engine.operators.keyed import Dedup, KeyedTopN
 from dataflare_platform.engine.operators.keyed_store import AgeIndex, KeyedStore, StoreFilter
+from dataflare_platform_tests import waits
 
 
 class CollidingStore(KeyedStore):
@@ -502,6 +503,31 @@ def test_the_helper_threads_run_below_the_batch_threads_priority(executor):
     merging = executor().submit(nice).result()
     assert merging == min(mine + keyed_store.MERGE_NICENESS, 19)
     assert nice() == mine
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="scheduling classes are Linux's")
+def test_the_merge_thread_idles_and_is_lifted_while_a_batch_waits_for_it():
+    """The merge thread runs in the idle class where it may leave it again, and a caller
+    waiting for its result lifts it to the normal class for the wait (no priority
+    inversion), then it idles again. The code-check thread (q16's lookups, its main work,
+    not upkeep) stays in the normal class, niced."""
+    helper = keyed_store.merge_executor
+    policy = os.sched_getscheduler
+    assert code_sets.check_executor().submit(policy, 0).result() == os.SCHED_OTHER
+    helper().submit(int).result()  # started
+    assert helper._tid is not None
+    if not keyed_store._may_leave_idle(helper._tid):
+        assert policy(helper._tid) == os.SCHED_OTHER  # never idled: nothing could lift it
+        return
+    assert policy(helper._tid) == os.SCHED_IDLE
+
+    def lifted_within_a_minute() -> bool:
+        # Runs on the merge thread; true once the waiting caller has lifted it.
+        return waits.wait_until("lifted", lambda: policy(0) == os.SCHED_OTHER, 60, poll_s=0.01)
+
+    pending = helper().submit(lifted_within_a_minute)  # done only once lifted
+    assert pending.result(timeout=120) is True
+    assert waits.wait_until("idle again", lambda: policy(helper._tid) == os.SCHED_IDLE, 60)
 
 
 @pytest.mark.skipif(sys.platform != "linux", reason="fork is the Linux start method here")

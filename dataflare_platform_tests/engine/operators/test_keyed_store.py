@@ -530,6 +530,29 @@ def test_the_merge_thread_idles_and_is_lifted_while_a_batch_waits_for_it():
     assert waits.wait_until("idle again", lambda: policy(helper._tid) == os.SCHED_IDLE, 60)
 
 
+@pytest.mark.skipif(sys.platform != "linux", reason="scheduling classes are Linux's")
+def test_an_idle_helper_with_work_piling_up_is_lifted_until_it_drains():
+    """More than ``LIFT_BACKLOG`` jobs queued on an idle-class helper lift it with no
+    caller waiting (queued merges hold their inputs, which cannot expire meanwhile); once
+    the queue drains, it idles again."""
+    helper = keyed_store.HelperThread("test-backlog")
+    helper().submit(int).result()  # started
+    assert helper._tid is not None
+    policy = os.sched_getscheduler
+    idles = keyed_store._may_leave_idle(helper._tid)  # else never idle: nothing to lift
+    resting = os.SCHED_IDLE if idles else os.SCHED_OTHER
+    assert policy(helper._tid) == resting
+    release = threading.Event()
+    jobs = [helper().submit(release.wait, 60) for _ in range(keyed_store.LIFT_BACKLOG + 1)]
+    try:
+        waits.wait_until("lifted by its backlog", lambda: policy(helper._tid) == os.SCHED_OTHER, 60)
+    finally:
+        release.set()
+    assert all(job.result(timeout=120) for job in jobs)
+    waits.wait_until("resting again", lambda: policy(helper._tid) == resting, 60)
+    helper().shutdown()
+
+
 @pytest.mark.skipif(sys.platform != "linux", reason="fork is the Linux start method here")
 @pytest.mark.parametrize(
     "executor", [keyed_store.merge_executor, code_sets.check_executor], ids=["merge", "check"]

@@ -40,7 +40,8 @@ BACKGROUND_CODES = 262_144
 # At the merge thread's lower priority, as measured: at normal priority q16 came out
 # slower than with the lookups on the batch thread in three of four pairs (the lookups
 # took a core from Polars' workers that a batch was waiting for), niced faster in four of
-# four.
+# four. Not in the idle class, unlike the merge thread: the lookups are q16's own work,
+# not upkeep, and there q16 lost 6-12 % as fast as possible (docs/engine.md).
 check_executor = HelperThread("code-check", idle=False)
 
 

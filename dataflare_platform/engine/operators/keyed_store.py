@@ -77,7 +77,8 @@ class HelperThread:
     Where the thread may be lifted back (``_may_leave_idle``) it runs in the idle class
     (``SCHED_IDLE``): it gets a core only when no batch work wants one, and a waking batch
     thread or Polars worker takes the core from it at once, which nice +10 alone did not
-    do (q16 at 1 M events/s, six pairs: p99 7.3-33.7 against 9.5-29.9 ms, five better).
+    do (q18 with a 60 s TTL on the skewed stream at 1 M events/s, three pairs: p99
+    15.6 / 15.6 / 18.3 -> 10.3 / 12.5 / 14.1 ms; the same as fast as possible).
     A caller that waits for its result (a future's ``result()`` before it is done) lifts it
     to the normal class for the wait (``lifted``): the batch thread waiting for a thread
     that only gets leftover time would be priority inversion (q16 as fast as possible
@@ -124,7 +125,8 @@ class HelperThread:
         """Track who waits and what is queued; the thread is lifted while a caller waits
         or more than ``LIFT_BACKLOG`` jobs are queued. A thread left to idle time with
         work piling up holds every queued merge's inputs, which cannot expire meanwhile
-        (q19 with a TTL: peak RSS 0.5 -> 1.0 GB when smaller merges went to the thread)."""
+        (with merges of 32 k rows sent to the thread, q19 with a TTL peaked at 1.0 GB of
+        RSS without this, 0.57-0.90 GB with it, 0.50 GB in the normal class)."""
         with self._lock:
             self._waiters += waiters
             self._queued += queued
@@ -231,7 +233,8 @@ def _set_policy(tid: int, idle: bool) -> bool:
 # system allows it: on two cores a merge that shared a core with the batch thread or one
 # of Polars' workers took half of it for its whole length, and a batch waits for the
 # slowest part of a parallel query. A merge still has every idle moment, and the batch
-# thread is idle whenever it waits for one (firing or checkpointing a pane).
+# thread is idle whenever it waits for one (firing or checkpointing a pane). In the idle
+# class where it may leave it again (``HelperThread``).
 merge_executor = HelperThread("keyed-merge")
 
 

@@ -388,10 +388,11 @@ def test_a_log_of_the_old_schema_is_upgraded_and_takes_p256_checkpoints(old_log_
     log.close()
 
 
-def test_cli_verify_tail_options(tmp_path, home, url, entry_key_file):
+def test_cli_verify_tail_options(tmp_path, home, url, entry_key_file, monkeypatch):
     from typer.testing import CliRunner
 
     from dataflare_platform.cli.audit import audit_app
+    from dataflare_platform.compliance import audit
 
     provision(home.root)
     log = _fill(url, 2)
@@ -401,9 +402,20 @@ def test_cli_verify_tail_options(tmp_path, home, url, entry_key_file):
     assert allowed.exit_code == 0, allowed.output
     assert "2 entries after seq 0 not yet signed" in allowed.stdout
     assert runner.invoke(audit_app, ["checkpoint", "--url", url]).exit_code == 0
+    # The log's clock is the test's: the entry's age is set, not however long the machine
+    # took between the append and the verify.
+    appended = audit.utc_now() + dt.timedelta(days=1)  # after every entry so far
+    clock = [appended]
+    monkeypatch.setattr(audit, "utc_now", lambda: clock[0])
     log.append("system", "config_changed", "configuration", {})
-    young = runner.invoke(audit_app, ["verify", "--url", url, "--max-unanchored-minutes", "5"])
-    assert young.exit_code == 0, young.output  # one entry, seconds old
+    bounded = ["verify", "--url", url, "--max-unanchored-minutes", "5"]
+    clock[0] = appended + dt.timedelta(minutes=4)
+    young = runner.invoke(audit_app, bounded)
+    assert young.exit_code == 0, young.output  # one entry, 4 minutes old
+    clock[0] = appended + dt.timedelta(minutes=6)
+    old = runner.invoke(audit_app, bounded)
+    assert old.exit_code == 1, old.output  # the same entry, past the 5 minutes allowed
+    assert "older than the allowed 0:05:00" in old.output
 
 
 def test_cli_verify_fails_when_the_file_anchor_was_deleted_with_the_log(home, entry_key_file):

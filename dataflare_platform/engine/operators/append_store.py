@@ -41,6 +41,7 @@ from typing import TypeVar
 
 import numpy as np
 import polars as pl
+import pyarrow as pa
 
 from dataflare_platform.engine import arrays
 from dataflare_platform.engine.operators.keyed_store import HASH_SEED, merge_executor
@@ -335,6 +336,13 @@ class AppendStore:
             return None
         chunks = [c.frame for c in self._chunks]
         return pl.concat(chunks, how="vertical_relaxed") if len(chunks) > 1 else chunks[0]
+
+    def to_arrow(self) -> pa.Table | None:
+        """Every row as an Arrow table (a checkpoint's state), as ``KeyedStore.to_arrow``:
+        the chunks hold no dropped rows, so one conversion of ``frame()`` copies nothing
+        twice."""
+        frame = self.frame()
+        return None if frame is None else frame.to_arrow()
 
     def load(self, frame: pl.DataFrame | None) -> None:
         """Replace the contents with ``frame`` (from ``frame``: its strings its own)."""

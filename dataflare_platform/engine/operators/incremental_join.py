@@ -223,9 +223,9 @@ class IncrementalJoin(Operator):
     def snapshot(self) -> dict[str, pa.Table]:
         state = {}
         for name, store in self._stores().items():
-            frame = store.frame()
-            if frame is not None and frame.height:
-                state[name] = frame.to_arrow()
+            table = store.to_arrow()
+            if table is not None and table.num_rows:
+                state[name] = table
         return state
 
     def restore(self, state: dict[str, pa.Table]) -> None:

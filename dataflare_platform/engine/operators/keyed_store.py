@@ -91,7 +91,7 @@ class HelperThread:
         self._executor: Executor | None = None
         self._lock = threading.Lock()
         self._tid: int | None = None
-        self._idle = False  # the thread runs in the idle class (and may leave it)
+        self._in_idle_class = False  # set once the thread is there (it may leave it)
         self._waiters = 0  # callers waiting for a result
         self._queued = 0  # jobs submitted and not finished
         self._lifted = False
@@ -110,7 +110,7 @@ class HelperThread:
         self._tid = threading.get_native_id()
         lower_priority()
         if self.idle and _may_leave_idle(self._tid):
-            self._idle = _set_policy(self._tid, idle=True)
+            self._in_idle_class = _set_policy(self._tid, idle=True)
 
     @contextmanager
     def lifted(self) -> Iterator[None]:
@@ -131,13 +131,13 @@ class HelperThread:
             self._waiters += waiters
             self._queued += queued
             want = self._waiters > 0 or self._queued > LIFT_BACKLOG
-            if self._idle and self._tid is not None and want != self._lifted:
+            if self._in_idle_class and self._tid is not None and want != self._lifted:
                 self._lifted = want
                 _set_policy(self._tid, idle=not want)
 
     def _after_fork(self) -> None:
         self._executor, self._lock = None, threading.Lock()
-        self._tid, self._idle, self._waiters, self._queued = None, False, 0, 0
+        self._tid, self._in_idle_class, self._waiters, self._queued = None, False, 0, 0
         self._lifted = False
 
 

@@ -473,6 +473,17 @@ def _serial_gather(
     return pl.DataFrame([(c.rechunk() if rechunk else c).gather(index) for c in columns])
 
 
+def _two_chunks(frame: pl.DataFrame) -> pl.DataFrame:
+    """``frame`` as two chunks if it is one (no copy), so that a gather from it copies
+    the strings. A Polars gather from ONE chunk copies only string views, which keep
+    every buffer they point into alive (Polars 2.1: so do ``shrink_to_fit``, casts and
+    ``str.slice``); from several chunks it copies the strings out."""
+    if frame.n_chunks() != 1 or frame.height < 2:
+        return frame
+    half = frame.height // 2
+    return pl.concat([frame[:half], frame[half:]], how="vertical", rechunk=False)
+
+
 def _gather_picks(picks: list[tuple[Segment, np.ndarray]]) -> pl.DataFrame:
     """The rows at ``positions`` of each segment, in the order given, as one chunk: one
     gather from the segments' frames side by side (a concat of chunks, no copy), not
@@ -482,10 +493,15 @@ def _gather_picks(picks: list[tuple[Segment, np.ndarray]]) -> pl.DataFrame:
     12 segments) 0.9-1.5 ms one per segment against 0.43 ms at once; in the q18 driver,
     warm, both came to about 1.0 ms, so the gain shows only where the pool is busy.
     Positions ascend within each segment (``find`` gives them in hash order), so the
-    strings are copied in order, the fast way."""
+    strings are copied in order, the fast way. Copied also from one segment
+    (``_two_chunks``): views would pin its whole string buffers (after a sharing merge,
+    those of every segment merged into it) for as long as the rows live, and a ``take``
+    puts its rows back as a segment that keeps them until its first merge. With merges
+    of 16 k rows sent to the merge thread, q19 with a 60 s TTL on the skewed stream
+    peaked at 0.72-1.44 GB of RSS so, 0.50 GB with the rows copied."""
     if len(picks) == 1:
         segment, positions = picks[0]
-        return segment.frame[positions]
+        return _two_chunks(segment.frame)[positions]
     frames = [segment.frame for segment, _ in picks]
     offsets = np.cumsum([0, *(f.height for f in frames[:-1])])
     side_by_side = pl.concat(frames, how="vertical_relaxed", rechunk=False)
@@ -539,11 +555,10 @@ def merge_many(
     garbage = sum(s.garbage_rows for s in segments) + int(offsets[-1]) - int(live.size)
     compact = garbage > GARBAGE_SHARE * live.size or any(s.borrowed for s in segments)
     parts = [s.frame for s in segments]
-    if compact and len(parts) == 1 and parts[0].n_chunks() == 1 and parts[0].height > 1:
+    if compact and len(parts) == 1:
         # One chunk would be gathered as views (a rewrite of one segment): two chunks of
         # it are copied, as a merge's are.
-        half = parts[0].height // 2
-        parts = [parts[0][:half], parts[0][half:]]
+        parts = [_two_chunks(parts[0])]
     frames = pl.concat(parts, how="vertical_relaxed")
     if not compact:
         frame = (
@@ -718,7 +733,7 @@ class KeyedStore:
             if positions is None:
                 continue
             found.append(
-                segment.frame[positions].with_columns(
+                _two_chunks(segment.frame)[positions].with_columns(
                     pl.lit(segment.gen, dtype=pl.Int64).alias(GEN),
                     pl.Series(POS, positions, dtype=pl.Int64),
                 )

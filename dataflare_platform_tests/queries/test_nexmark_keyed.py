@@ -392,6 +392,7 @@ def test_merges_on_the_merge_thread_leave_the_output_exact(medium_nexmark, monke
     )
 
     monkeypatch.setattr(keyed_store, "BACKGROUND_ROWS", 64)
+    monkeypatch.setattr(keyed_store, "QUIET_BACKGROUND_ROWS", 64)
     sink, result = run_query(query, medium_nexmark, 500)
     assert_matches_truth(query, medium_nexmark, sink)
     assert result.metrics.state_rows() > 0

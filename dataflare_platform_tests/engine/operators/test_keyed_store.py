@@ -509,6 +509,32 @@ def test_keys_new_to_the_store_are_not_searched_for_in_its_segments() -> None:
     assert isinstance(store._filter, StoreFilter) and not store._filter.full
 
 
+def test_smaller_merges_go_to_the_merge_thread_while_it_has_nothing_queued() -> None:
+    """While the shared merge thread is free, merges of more than
+    ``QUIET_BACKGROUND_ROWS`` go to it; while it has work queued, only those of more
+    than ``BACKGROUND_ROWS`` (a lagging thread holds back the segments it merges). A
+    store with its own ``background_rows``, or its own executor, keeps the fixed bound."""
+    store = KeyedStore(["k"])
+    fixed = KeyedStore(["k"], background_rows=1000)
+    release = threading.Event()
+    waits.wait_until("the merge thread drained", lambda: keyed_store.merge_executor.queued == 0)
+    assert store._background_limit() == keyed_store.QUIET_BACKGROUND_ROWS
+    assert fixed._background_limit() == 1000
+    blocker = keyed_store.merge_executor().submit(release.wait, 60)
+    try:
+        assert keyed_store.merge_executor.queued == 1
+        assert store._background_limit() == keyed_store.BACKGROUND_ROWS
+        assert fixed._background_limit() == 1000
+    finally:
+        release.set()
+    assert blocker.result(60) is True
+    waits.wait_until("the merge thread drained", lambda: keyed_store.merge_executor.queued == 0)
+    assert store._background_limit() == keyed_store.QUIET_BACKGROUND_ROWS
+    own = KeyedStore(["k"], executor=ManualExecutor())
+    assert own._background_limit() == keyed_store.BACKGROUND_ROWS
+    assert keyed_store.QUIET_BACKGROUND_ROWS < keyed_store.BACKGROUND_ROWS
+
+
 @pytest.mark.skipif(sys.platform != "linux", reason="per-thread nice values are Linux's")
 @pytest.mark.parametrize(
     "executor", [keyed_store.merge_executor, code_sets.check_executor], ids=["merge", "check"]

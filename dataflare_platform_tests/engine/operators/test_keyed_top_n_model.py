@@ -172,13 +172,15 @@ def test_top_rows_matches_sorting(data, n, columns, scale) -> None:
     """Per key: the first ``n`` rows in the order of the first ``columns`` columns,
     unless two rows equal on them have a rank ("min") up to ``n``: then the key is tied
     and left out. ``scale`` widens the first column: up to 2**40 the key id and it share
-    one int64 (an argsort), at 2**60 they do not (a lexsort)."""
+    one int64 (an argsort), at 2**60 they do not (a lexsort). n = 1 is ranked without
+    sorting (``_top_one``)."""
     ids_raw = np.array([k for k, *_ in data])
     _, ids = np.unique(ids_raw, return_inverse=True)
     values = [(row[1] * scale, *row[2 : 1 + columns]) for row in data]
     by = [np.array([v[c] for v in values], dtype=np.int64) for c in range(columns)]
     ages = np.arange(len(data), dtype=np.int64)
     ranked = top_rows(ids.astype(np.int64), int(ids.max()) + 1, by, n, ages)
+    assert (np.diff(ids[ranked.rows]) >= 0).all()  # in key order: the store's order
     for key in range(int(ids.max()) + 1):
         rows = [i for i in range(len(data)) if ids[i] == key]
         ordered = sorted(values[i] for i in rows)

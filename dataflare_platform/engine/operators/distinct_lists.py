@@ -11,8 +11,8 @@ in all than a group-by per list (about 0.6 ms of query overhead each) for the ma
 merges of a window's first hours.
 
 Values are packed with their group number into one int64 (group in the high bits, value
-minus the smallest in the low bits), sorted once and kept where they differ from the
-previous one: the result is each group's distinct values in ascending order. Integer
+minus the smallest in the low bits), sorted once (merging the sorted runs the inputs
+already are) and kept where they differ from the previous one: the result is each group's distinct values in ascending order. Integer
 lists whose group and value ranges do not fit in 63 bits return ``None`` and the caller
 merges them with Polars, as it does every other type.
 """
@@ -58,7 +58,12 @@ def union_by_group(lists: pl.Series, group: np.ndarray, groups: int) -> pl.Serie
     packed = found - low
     if owner is not None:
         packed |= owner << value_bits
-    packed.sort()
+    # Stable (timsort) finds the sorted runs: the pane's merged frame comes first and
+    # its lists, ascending per group in group order, pack to one ascending run that is
+    # most of the values. q16's day on the skewed stream, 3 M values of such a run and
+    # 60 k new ones: 164 ms with the default sort, 6.5 ms so (a merge of 100 k values
+    # with no run: 3.8 -> 4.9 ms).
+    packed.sort(kind="stable")
     first = np.empty(len(packed), dtype=bool)
     first[0] = True
     np.not_equal(packed[1:], packed[:-1], out=first[1:])

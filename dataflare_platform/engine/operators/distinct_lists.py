@@ -12,9 +12,10 @@ merges of a window's first hours.
 
 Values are packed with their group number into one int64 (group in the high bits, value
 minus the smallest in the low bits), sorted once (merging the sorted runs the inputs
-already are) and kept where they differ from the previous one: the result is each group's distinct values in ascending order. Integer
-lists whose group and value ranges do not fit in 63 bits return ``None`` and the caller
-merges them with Polars, as it does every other type.
+already are) and kept where they differ from the previous one: the result is each
+group's distinct values in ascending order. Integer lists whose group and value ranges
+do not fit in 63 bits return ``None`` and the caller merges them with Polars, as it
+does every other type.
 """
 
 from __future__ import annotations

@@ -114,7 +114,7 @@ class CodeSet:
             return np.empty(0, np.int64)
         if len(self._runs) == 1:
             return self._runs[0]
-        return np.sort(np.concatenate(self._runs))
+        return np.sort(np.concatenate(self._runs), kind="stable")  # runs: merged (``merge_runs``)
 
     def savepoint(self) -> object:
         return self._runs

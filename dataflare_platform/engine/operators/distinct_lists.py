@@ -56,9 +56,14 @@ def union_by_group(lists: pl.Series, group: np.ndarray, groups: int) -> pl.Serie
     value_bits = (int(found.max()) - low).bit_length()
     if value_bits + max(groups - 1, 0).bit_length() > _PACK_BITS:
         return None
-    packed = found - low
+    # In place where the array is ours: each new array of a few million values costs
+    # its page faults again (q16's day: 4.4 M values, ~6 ms per pass).
     if owner is not None:
-        packed |= owner << value_bits
+        packed = np.left_shift(owner, value_bits, out=owner)
+        packed += found  # the value's bits are clear: + is |
+        packed -= low
+    else:
+        packed = found - low
     # Stable (timsort) finds the sorted runs: the pane's merged frame comes first and
     # its lists, ascending per group in group order, pack to one ascending run that is
     # most of the values. q16's day on the skewed stream, 3 M values of such a run and
@@ -69,9 +74,10 @@ def union_by_group(lists: pl.Series, group: np.ndarray, groups: int) -> pl.Serie
     first[0] = True
     np.not_equal(packed[1:], packed[:-1], out=first[1:])
     packed = packed[first]
-    owners = packed >> value_bits
-    distinct = (packed & ((1 << value_bits) - 1)) + low
-    offsets = np.searchsorted(owners, np.arange(groups + 1, dtype=np.int64))
+    # Group g's values start at the first packed value with g in the high bits.
+    offsets = np.searchsorted(packed, np.arange(groups + 1, dtype=np.int64) << value_bits)
+    distinct = np.bitwise_and(packed, (1 << value_bits) - 1, out=packed)
+    distinct += low
     return _lists(offsets, distinct, lists)
 
 

@@ -153,7 +153,8 @@ class HelperThread:
 
 
 class _LiftingFuture(Future):
-    """A helper thread's future: waiting for its result lifts the thread (``lifted``)."""
+    """A helper thread's future: waiting for it (its result or its exception) lifts the
+    thread (``lifted``)."""
 
     def __init__(self, helper: HelperThread) -> None:
         super().__init__()
@@ -164,6 +165,12 @@ class _LiftingFuture(Future):
             return super().result(timeout)
         with self._helper.lifted():
             return super().result(timeout)
+
+    def exception(self, timeout: float | None = None):
+        if self.done():
+            return super().exception(timeout)
+        with self._helper.lifted():
+            return super().exception(timeout)
 
 
 class _LiftingExecutor(Executor):

@@ -575,6 +575,10 @@ def test_the_merge_thread_idles_and_is_lifted_while_a_batch_waits_for_it():
     pending = helper().submit(lifted_within_a_minute)  # done only once lifted
     assert pending.result(timeout=120) is True
     assert waits.wait_until("idle again", lambda: policy(helper._tid) == os.SCHED_IDLE, 60)
+    # Waiting for a job's exception lifts it too (``concurrent.futures.wait`` users).
+    pending = helper().submit(lifted_within_a_minute)
+    assert pending.exception(timeout=120) is None and pending.result() is True
+    assert waits.wait_until("idle again", lambda: policy(helper._tid) == os.SCHED_IDLE, 60)
 
 
 @pytest.mark.skipif(sys.platform != "linux", reason="scheduling classes are Linux's")

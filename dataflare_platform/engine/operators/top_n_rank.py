@@ -128,9 +128,9 @@ def _top_one(ids: np.ndarray, count: int, by: list[np.ndarray], ages: np.ndarray
     assert best is not None  # ``by`` holds at least one column
     winners = np.flatnonzero(best)
     tied = np.bincount(ids[winners], minlength=count) > 1
-    first = np.empty(count, dtype=np.int64)
-    first[ids[winners[::-1]]] = winners[::-1]  # the first winner of each key
-    rows = first[~tied]  # every key has a row, so a least: a winner
+    winner = np.empty(count, dtype=np.int64)
+    winner[ids[winners]] = winners  # a key not tied has exactly one winner
+    rows = winner[~tied]  # every key has a row, so a least: a winner
     newest = np.full(count, np.iinfo(ages.dtype).min, dtype=ages.dtype)
     np.maximum.at(newest, ids, ages)
     return Ranked(rows, np.ones(rows.size, dtype=np.int64), tied, newest)

@@ -517,12 +517,9 @@ def _gather_picks(picks: list[tuple[Segment, np.ndarray]]) -> pl.DataFrame:
     puts its rows back as a segment that keeps them until its first merge. With merges
     of 16 k rows sent to the merge thread, q19 with a 60 s TTL on the skewed stream
     peaked at 0.72-1.44 GB of RSS so, 0.50 GB with the rows copied."""
-    if len(picks) == 1:
-        segment, positions = picks[0]
-        return _two_chunks(segment.frame)[positions]
     frames = [segment.frame for segment, _ in picks]
     offsets = np.cumsum([0, *(f.height for f in frames[:-1])])
-    side_by_side = pl.concat(frames, how="vertical_relaxed", rechunk=False)
+    side_by_side = _two_chunks(pl.concat(frames, how="vertical_relaxed", rechunk=False))
     return side_by_side[
         np.concatenate([positions + o for (_, positions), o in zip(picks, offsets, strict=True)])
     ]
@@ -745,23 +742,20 @@ class KeyedStore:
         self, touched: pl.DataFrame, wanted: np.ndarray, forget: bool
     ) -> pl.DataFrame | None:
         """``take`` comparing the keys themselves: any hash collisions."""
-        found: list[pl.DataFrame] = []
-        for segment in self._segments:
-            _, positions = segment.find(wanted)
-            if positions is None:
-                continue
-            found.append(
-                _two_chunks(segment.frame)[positions].with_columns(
-                    pl.lit(segment.gen, dtype=pl.Int64).alias(GEN),
-                    pl.Series(POS, positions, dtype=pl.Int64),
-                )
-            )
-        if not found:
+        picks = [
+            (segment, positions)
+            for segment in self._segments
+            if (positions := segment.find(wanted)[1]) is not None
+        ]
+        if not picks:
             return None
-        rows = pl.concat(found, how="vertical_relaxed") if len(found) > 1 else found[0]
+        rows = _gather_picks(picks).with_columns(
+            pl.Series(GEN, np.concatenate([np.full(p.size, s.gen) for s, p in picks]), pl.Int64),
+            pl.Series(POS, np.concatenate([p for _, p in picks]), pl.Int64),
+        )
         # Rows of other keys with the same hash, then copies older than the key's newest.
         rows = rows.join(touched.select(self.keys), on=self.keys, how="semi", nulls_equal=True)
-        if len(found) > 1:
+        if len(picks) > 1:
             rows = rows.filter(pl.col(GEN) == pl.col(GEN).max().over(self.keys))
         # Expired before killed: an expired row is never dead (see ``_kill``), so
         # ``dead_rows`` stays exact; it goes when its segment is merged or checked.

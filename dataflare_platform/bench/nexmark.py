@@ -237,6 +237,9 @@ def run(
         # the load (with the warm-up batches in).
         "operators_cpu": _operators_cpu(result),
         "checkpoint_every": config.checkpoint_every,
+        # Checkpoints taken, and those that waited for the sink to commit the one before.
+        "checkpoints": m.checkpoints,
+        "checkpoints_deferred": m.checkpoints_deferred,
         "sink": _sink_label(query, output, duckdb_sink),
         "cold_start": {
             # The process's first engine run.

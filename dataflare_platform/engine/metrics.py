@@ -157,6 +157,9 @@ class EngineMetrics:
     dead_letters: int = 0
     batches: int = 0
     checkpoints: int = 0
+    # Checkpoints that fell due while the sink still committed the previous one, and
+    # waited for it (the runner keeps one in flight): many means the sink is the limit.
+    checkpoints_deferred: int = 0
     watermark_ms: int | None = None
     watermark_lag_ms: int | None = None
     source_blocked_s: float = 0.0
@@ -196,6 +199,7 @@ class EngineMetrics:
             "dead_letters": self.dead_letters,
             "batches": self.batches,
             "checkpoints": self.checkpoints,
+            "checkpoints_deferred": self.checkpoints_deferred,
             "watermark_ms": self.watermark_ms,
             "watermark_lag_ms": self.watermark_lag_ms,
             "state_rows": self.state_rows(),

@@ -18,6 +18,7 @@ from dataflare_platform.engine import (
 )
 from dataflare_platform.engine.metrics import EngineMetrics
 from dataflare_platform_tests.engine.helpers import events
+from dataflare_platform_tests.waits import wait_until
 
 
 class CountingSource(TableSource):
@@ -157,3 +158,63 @@ def test_a_failing_sink_stops_the_run_with_its_error_and_commits_nothing():
     with pytest.raises(RuntimeError, match="disk full"):
         Runner(pipeline, config).run()
     assert sink.checkpoint is None and sink.outputs == []
+
+
+class HeldCommits(CollectSink):
+    """Holds each commit until the runner has moved on: two more batches went through
+    (each with a checkpoint due: ``checkpoint_every=1``) or all ``batches`` did, or the
+    run took its final checkpoint. Records how many checkpoints had been taken and not
+    committed then."""
+
+    def __init__(self, batches: int) -> None:
+        super().__init__()
+        self.batches = batches
+        self.metrics: EngineMetrics | None = None  # the run's, from its listener
+        self.in_flight: list[int] = []
+        self.offsets: list[int] = []
+
+    def commit_batch(self, output, side, checkpoint) -> None:
+        m = wait_until("the run's metrics", lambda: self.metrics, poll_s=0.005)
+        taken = m.checkpoints
+        wait_until(
+            "two more batches or the final checkpoint",
+            lambda: m.batches >= min(checkpoint.batches + 2, self.batches) or m.checkpoints > taken,
+            poll_s=0.005,
+        )
+        self.in_flight.append(m.checkpoints - len(self.offsets))
+        self.offsets.append(checkpoint.offsets["e/0"])
+        super().commit_batch(output, side, checkpoint)
+
+
+def test_a_checkpoint_falling_due_while_the_last_one_commits_waits_for_it():
+    """One checkpoint in flight at a time: while the sink commits one, the batches go on
+    and the checkpoints that fall due are deferred into the next (a growing state made
+    each checkpoint dearer and they queued up behind the sink, each a copy of the state).
+    The output is the same as with commits that never wait."""
+    table = events(range(0, 40_000, 10), keys=[i % 7 for i in range(4_000)])
+
+    def build(sink):
+        return (
+            Stream.source(TableSource.single("e", table))
+            .window(tumbling("1s"))
+            .agg(count("n"))
+            .sink(sink)
+        )
+
+    config = RunnerConfig(batch_rows=40, checkpoint_every=1)
+    sink = HeldCommits(batches=table.num_rows // config.batch_rows)
+    result = Runner(build(sink), config, listener=lambda m: setattr(sink, "metrics", m)).run()
+    assert result.finished
+    m = result.metrics
+    assert m.checkpoints_deferred > 0 and m.checkpoints < m.batches
+    assert m.checkpoints == len(sink.offsets)
+    # Each commit found only itself in flight, but the final checkpoint is taken without
+    # waiting: the commit before it may have found it taken too.
+    assert set(sink.in_flight[:-2]) == {1} and max(sink.in_flight[-2:]) <= 2
+    # In order (the last offset may be checkpointed more than once: due after the last
+    # batch, after the source reported its end, and the final checkpoint).
+    assert sink.offsets == sorted(sink.offsets) and sink.offsets[-1] == table.num_rows
+
+    instant = CollectSink()
+    Runner(build(instant), config).run()
+    assert sink.result().sort("window_start").equals(instant.result().sort("window_start"))

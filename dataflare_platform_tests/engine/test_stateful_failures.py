@@ -229,7 +229,10 @@ def test_a_stateful_step_failing_every_batch_trips_the_breaker():
             Runner(pipeline, config).run()
         assert f"step {node} rejected 3 batches in a row" in str(err.value)
         assert "poisoned batch" in str(err.value)
-        assert sink.checkpoint.offsets == {"rows/0": 20}
+        # Never inside the streak: after the last good batch, or after the first one when
+        # the second's checkpoint fell due while the first still committed (one checkpoint
+        # in flight: it waits, and the streak withholds it).
+        assert sink.checkpoint.offsets["rows/0"] in (10, 20)
         assert sink.side("dead_letter").height == 0
 
 

@@ -111,6 +111,18 @@ def bench_nexmark(
     print_json(result, indent=None if as_json else 2)
 
 
+@bench_app.command("checkpoint")
+def bench_checkpoint(
+    rows: Annotated[int, typer.Option(help="Rows of the synthetic keyed state.")] = 6_000_000,
+    repeat: Annotated[int, typer.Option(help="Runs of each side; the fastest counts.")] = 3,
+    as_json: JsonOnly = True,
+) -> None:
+    """Encode and decode a large operator state against the joined-parts baseline."""
+    from dataflare_platform.bench.checkpoint import run
+
+    print_json(run(rows=rows, repeat=repeat), indent=None if as_json else 2)
+
+
 @bench_app.command("restart")
 def bench_restart(
     events: Annotated[int, typer.Option(help="Nexmark events to generate (bids are ~92 %).")] = (

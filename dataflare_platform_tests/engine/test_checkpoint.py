@@ -1,15 +1,12 @@
 """The checkpoint blob: everything round-trips, the state tables are read in place from
 the blob (aligned, not copied), and blobs written before the padding still decode."""
 
-import io
-import json
-import struct
-
 import polars as pl
 import pyarrow as pa
 import pytest
 
-from dataflare_platform.engine.checkpoint import _MAGIC, Checkpoint
+from dataflare_platform.bench.checkpoint import joined_encode
+from dataflare_platform.engine.checkpoint import Checkpoint
 
 STATE = pl.DataFrame(
     {"key": [3, 1, 2], "url": ["https://a/1", None, "x" * 40], "price": [1.5, 2.5, None]}
@@ -27,28 +24,6 @@ def checkpoint(pad_key: str = "bids/0") -> Checkpoint:
         },
         batches=40,
     )
-
-
-def legacy_encode(cp: Checkpoint) -> bytes:
-    """The layout as written before encode sized its streams first: no padding."""
-    blobs, index = [], []
-    for node, tables in cp.states.items():
-        for name, table in tables.items():
-            sink = io.BytesIO()
-            with pa.ipc.new_stream(sink, table.schema) as writer:
-                writer.write_table(table)
-            blobs.append(sink.getvalue())
-            index.append([node, name, len(blobs[-1])])
-    meta = json.dumps(
-        {
-            "offsets": cp.offsets,
-            "watermark": cp.watermark,
-            "counters": cp.counters,
-            "batches": cp.batches,
-            "index": index,
-        }
-    ).encode()
-    return _MAGIC + struct.pack("<I", len(meta)) + meta + b"".join(blobs)
 
 
 def same(a: Checkpoint, b: Checkpoint) -> bool:
@@ -90,7 +65,7 @@ def test_blobs_written_before_the_padding_still_decode():
     padded = 0
     for pad in range(8):
         original = checkpoint("b" * pad)
-        old = legacy_encode(original)
+        old = joined_encode(original)
         padded += old != original.encode()
         assert same(Checkpoint.decode(old), original)
     assert padded == 7  # one length of metadata in eight needs no padding

@@ -100,3 +100,33 @@ def test_opening_waits_for_a_reader_of_another_process_to_let_go(tmp_path):
     sink = DuckDBSink(path, "t")
     assert sink.open("p") is None
     sink.close()
+
+
+def test_a_checkpoint_is_stored_byte_for_byte_and_replaced(tmp_path):
+    """The checkpoint row is written from an Arrow table pointing at the blob (DuckDB's
+    parameter binding copied a large BLOB several times): stored exactly, replaced by the
+    next commit, one row per pipeline, and read back by the next open."""
+    import numpy as np
+    import pyarrow as pa
+
+    from dataflare_platform.engine.checkpoint import Checkpoint
+
+    path = tmp_path / "ck.duckdb"
+    rng = np.random.default_rng(7)
+    states = []
+    for n in (1, 300_000):  # a few bytes, then a few MB of state
+        table = pa.table({"k": rng.integers(0, 1 << 40, n), "v": rng.random(n)})
+        states.append(Checkpoint(offsets={"bids/0": n}, states={"op": {"s": table}}))
+    sink = DuckDBSink(path=path, table="out")
+    assert sink.open("p") is None
+    for checkpoint in states:
+        sink.commit_batch(pl.DataFrame({"a": [1]}), None, checkpoint)
+        with duckdb_connector.reading(path) as conn:
+            rows = conn.execute(
+                "SELECT pipeline, state FROM dataflare_checkpoints ORDER BY pipeline"
+            ).fetchall()
+        assert [(p, bytes(s)) for p, s in rows] == [("p", checkpoint.encode())]
+    sink.close()
+    reopened = DuckDBSink(path=path, table="out").open("p")
+    assert reopened.offsets == {"bids/0": 300_000}
+    assert reopened.states["op"]["s"].equals(states[-1].states["op"]["s"])

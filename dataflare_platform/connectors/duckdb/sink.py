@@ -182,20 +182,20 @@ def _create(conn: duckdb.DuckDBPyConnection, statement: str, attempts: int = 5) 
 def _store_checkpoints(conn: duckdb.DuckDBPyConnection, verb: str, blobs: dict[str, bytes]) -> None:
     """``verb`` (INSERT, or INSERT OR REPLACE) a row per pipeline key into the checkpoint
     table, the blobs handed over as an Arrow table that points at them (no copy) rather
-    than as query parameters: DuckDB binds a parameter as a value it copies more than
-    once, and one ``INSERT OR REPLACE ... VALUES ($p, $s)`` of a 400 MB blob took 21 s
-    and 4.8 GB on a 2-core VM, 2.2-6.6 s and 3.0 GB so (q18 without a TTL checkpoints
-    hundreds of MB)."""
+    than as query parameters: bound as a parameter, one ``INSERT OR REPLACE ... VALUES
+    ($p, $s)`` of a 400 MB blob took 21 s and 4.8 GB on a 2-core VM, 2.2-6.6 s and 3.0 GB
+    so (q18 without a TTL checkpoints hundreds of MB)."""
     if not blobs:
         return
-    offsets = np.cumsum([0, *map(len, blobs.values())], dtype=np.int64)
-    states = pa.Array.from_buffers(
-        pa.large_binary(),
-        len(blobs),
-        # join of one item returns it (no copy); of several, the unit checkpoints of a split
-        [None, pa.py_buffer(offsets), pa.py_buffer(b"".join(blobs.values()))],
+    # Built from buffers: ``pa.array`` / ``pa.table`` of Python objects import pandas
+    # (to look for its types), which the engine keeps out of a run (test_cold_start).
+    rows = pa.Table.from_arrays(
+        [
+            _large(pa.large_string(), [key.encode() for key in blobs]),
+            _large(pa.large_binary(), list(blobs.values())),
+        ],
+        names=["pipeline", "state"],
     )
-    rows = pa.table({"pipeline": pa.array(list(blobs), pa.string()), "state": states})
     conn.register("_checkpoints", rows)
     try:
         conn.execute(
@@ -204,3 +204,11 @@ def _store_checkpoints(conn: duckdb.DuckDBPyConnection, verb: str, blobs: dict[s
         )
     finally:
         conn.unregister("_checkpoints")
+
+
+def _large(kind: pa.DataType, values: list[bytes]) -> pa.Array:
+    """A large_string / large_binary array of ``values`` over one joined buffer (the
+    value itself, not a copy, when there is one)."""
+    offsets = np.cumsum([0, *map(len, values)], dtype=np.int64)
+    data = pa.py_buffer(b"".join(values))
+    return pa.Array.from_buffers(kind, len(values), [None, pa.py_buffer(offsets), data])

@@ -16,7 +16,7 @@ import polars as pl
 import pyarrow as pa
 
 from dataflare_platform.bench.common import machine, peak_rss_mb
-from dataflare_platform.engine.checkpoint import _MAGIC, Checkpoint
+from dataflare_platform.engine.checkpoint import _MAGIC, Checkpoint, _write_ipc
 
 
 def state(rows: int, seed: int = 0) -> pa.Table:
@@ -45,8 +45,7 @@ def joined_encode(cp: Checkpoint) -> bytes:
     for node, tables in cp.states.items():
         for name, table in tables.items():
             sink = io.BytesIO()
-            with pa.ipc.new_stream(sink, table.schema) as writer:
-                writer.write_table(table)
+            _write_ipc(sink, table)
             blobs.append(sink.getvalue())
             index.append([node, name, len(blobs[-1])])
     meta = json.dumps(

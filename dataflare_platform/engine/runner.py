@@ -290,6 +290,7 @@ class _Run:
         # flight at a time, see ``_flush``. Each counter has one writer.
         self._checkpoints_taken = 0
         self._checkpoints_committed = 0
+        self._checkpoint_deferred = False  # a due checkpoint waits for the one in flight
         # Circuit breaker: whole-batch rejections during the current source batch, and
         # source batches in a row that had one (with the last step and reason).
         self._rejections = 0
@@ -711,7 +712,9 @@ class _Run:
             # (With the default 50 batches the sink queue already held the batches back
             # behind a slow commit: nothing is deferred there.)
             checkpoint = False
-            self.metrics.checkpoints_deferred += 1
+            if not self._checkpoint_deferred:  # once per checkpoint, not per batch or poll
+                self._checkpoint_deferred = True
+                self.metrics.checkpoints_deferred += 1
         output = None
         if self._outputs:
             output = pl.concat(self._outputs, how="vertical_relaxed")
@@ -736,6 +739,7 @@ class _Run:
                 self.telemetry.checkpointed(cp, time.perf_counter() - t0)
             self.metrics.checkpoints += 1
             self._checkpoints_taken += 1
+            self._checkpoint_deferred = False
             self.last_checkpoint = cp
         if output is not None or side is not None or cp is not None or ingests:
             links = None

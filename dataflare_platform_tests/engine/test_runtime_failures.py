@@ -107,8 +107,12 @@ def test_a_step_failing_every_batch_trips_the_circuit_breaker():
         assert "rejected 5 batches in a row" in message and "InvalidOperationError" in message
         assert "\n" not in message and "'x'" not in message
         # Committed: the good batches; the streak was not (nothing dead-lettered for good).
-        assert sink.checkpoint.offsets == {"rows/0": 20}
-        assert sink.side("dead_letter").height == 0 and sink.result().height == 20
+        # The last checkpoint is never inside the streak: after the second good batch, or
+        # after the first when the second's checkpoint fell due while the first still
+        # committed (one checkpoint in flight: it waits, and the streak withholds it).
+        assert sink.checkpoint.offsets["rows/0"] in (10, 20)
+        committed = sink.checkpoint.offsets["rows/0"]
+        assert sink.side("dead_letter").height == 0 and sink.result().height == committed
 
 
 def test_good_batches_reset_the_breaker():

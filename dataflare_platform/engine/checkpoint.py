@@ -11,9 +11,16 @@ import json
 import struct
 from dataclasses import dataclass, field
 
+import polars as pl
 import pyarrow as pa
 
 _MAGIC = b"DFCK1"
+# The length written for every stream when the metadata's room is sized (``encode``):
+# a real length has no more digits than this.
+_LONGEST_STREAM = 10**16 - 1
+# Rows of a state table converted from views at a time while it is written (``_write_ipc``):
+# the converted copy held at once is one slice, not the table.
+_CAST_ROWS = 65_536
 # Counter of a checkpoint retired by a split into partition units (``streams.split``):
 # how many units took its progress over. Such a checkpoint is no place to resume from.
 SPLIT_COUNTER = "split_into_units"
@@ -29,34 +36,50 @@ class Checkpoint:
 
     def encode(self) -> bytes:
         """The blob: magic, the metadata's length and JSON (with each state stream's
-        length), then the state tables' Arrow IPC streams. Written once into one buffer:
-        each stream is sized first by a writer that keeps nothing (``MockOutputStream``),
-        so the header can go first and the streams after it without joining parts. Joining
+        length), then the state tables' Arrow IPC streams, written once into one buffer.
+        The lengths are known only once the streams are written, so the metadata's room
+        is reserved first (sized with every length at its largest) and the metadata
+        written into it at the end, padded with spaces. Joining separately written parts
         copied the whole state once more: for q18's 6 M-row state (an 804 MB blob) on a
         2-core VM, encoding took 2.4 s and peaked at 2.85 GB RSS joined, 0.64 s and
-        2.05 GB written once (``dataflare bench checkpoint`` repeats the comparison)."""
+        2.05 GB written once (``dataflare bench checkpoint`` repeats the comparison).
+
+        String and binary columns exported as Arrow views (``state_table``) are written
+        as large strings and binaries, a slice of rows at a time: the blob's layout and
+        size do not depend on how the state was exported."""
         streams = [
             (node, name, table)
             for node, tables in self.states.items()
             for name, table in tables.items()
         ]
-        meta = json.dumps(
-            {
-                "offsets": self.offsets,
-                "watermark": self.watermark,
-                "counters": self.counters,
-                "batches": self.batches,
-                "index": [[node, name, _ipc_size(table)] for node, name, table in streams],
-            }
-        ).encode()
-        # JSON may end in spaces: padded so that every stream starts 8-byte aligned in the
-        # blob (IPC streams are multiples of 8 long), as Arrow lays buffers out for reading
-        # in place.
-        meta += b" " * (-(len(_MAGIC) + 4 + len(meta)) % 8)
+
+        def meta(lengths: list[int]) -> bytes:
+            index = [[node, name, n] for (node, name, _), n in zip(streams, lengths, strict=True)]
+            return json.dumps(
+                {
+                    "offsets": self.offsets,
+                    "watermark": self.watermark,
+                    "counters": self.counters,
+                    "batches": self.batches,
+                    "index": index,
+                }
+            ).encode()
+
+        # JSON may end in spaces. The room is padded so that every stream starts 8-byte
+        # aligned in the blob (IPC streams are multiples of 8 long), as Arrow lays
+        # buffers out for reading in place.
+        room = len(meta([_LONGEST_STREAM] * len(streams)))
+        room += -(len(_MAGIC) + 4 + room) % 8
         out = io.BytesIO()
-        out.write(_MAGIC + struct.pack("<I", len(meta)) + meta)
+        out.write(bytes(len(_MAGIC) + 4 + room))
+        lengths = []
         for _, _, table in streams:
+            start = out.tell()
             _write_ipc(out, table)
+            lengths.append(out.tell() - start)
+        head = meta(lengths)
+        out.seek(0)
+        out.write(_MAGIC + struct.pack("<I", room) + head + b" " * (room - len(head)))
         return out.getvalue()  # the buffer itself, not a copy (CPython shares it)
 
     @classmethod
@@ -96,16 +119,56 @@ def state_digest(tables: dict[str, pa.Table]) -> str:
     return digest.hexdigest()
 
 
+def state_table(frame: pl.DataFrame) -> pa.Table:
+    """``frame`` as a checkpoint's state table, exported without copying its strings
+    (Arrow string and binary views over Polars' own buffers) and so cheap on the batch
+    thread, which snapshots the state. ``encode`` writes the views as large strings, a
+    slice at a time on the sink thread. Exported as large strings instead (Polars'
+    default), q18's 6.4 M-row state without a TTL took 0.39-0.51 s on the batch thread
+    and held a second copy of its strings until the commit; 0.12 s as views."""
+    return frame.to_arrow(compat_level=pl.CompatLevel.newest())
+
+
 def _write_ipc(sink, table: pa.Table) -> None:
-    with pa.ipc.new_stream(sink, table.schema) as writer:
-        writer.write_table(table)
+    """``table`` as one IPC stream, view columns (``state_table``) written as large
+    strings and binaries, ``_CAST_ROWS`` rows at a time."""
+    schema = _without_views(table.schema)
+    with pa.ipc.new_stream(sink, schema) as writer:
+        if schema.equals(table.schema):
+            writer.write_table(table)
+            return
+        for batch in table.to_batches(max_chunksize=_CAST_ROWS):
+            writer.write_batch(batch.cast(schema))
 
 
-def _ipc_size(table: pa.Table) -> int:
-    """The length of ``table``'s IPC stream, counted without writing it anywhere."""
-    counter = pa.MockOutputStream()
-    _write_ipc(counter, table)
-    return counter.size()
+def _without_views(schema: pa.Schema) -> pa.Schema:
+    if not any(_has_views(f.type) for f in schema):
+        return schema
+    return pa.schema([f.with_type(_no_views(f.type)) for f in schema], metadata=schema.metadata)
+
+
+def _has_views(kind: pa.DataType) -> bool:
+    return _no_views(kind) != kind
+
+
+def _no_views(kind: pa.DataType) -> pa.DataType:
+    """``kind`` with string/binary views (nested ones too) as large strings/binaries."""
+    if pa.types.is_string_view(kind):
+        return pa.large_string()
+    if pa.types.is_binary_view(kind):
+        return pa.large_binary()
+    if pa.types.is_list(kind):
+        return pa.list_(kind.value_field.with_type(_no_views(kind.value_type)))
+    if pa.types.is_large_list(kind):
+        return pa.large_list(kind.value_field.with_type(_no_views(kind.value_type)))
+    if pa.types.is_fixed_size_list(kind):
+        return pa.list_(kind.value_field.with_type(_no_views(kind.value_type)), kind.list_size)
+    if pa.types.is_struct(kind):
+        fields = [kind.field(i) for i in range(kind.num_fields)]
+        return pa.struct([f.with_type(_no_views(f.type)) for f in fields])
+    if pa.types.is_dictionary(kind):
+        return pa.dictionary(kind.index_type, _no_views(kind.value_type), kind.ordered)
+    return kind
 
 
 def without_step(checkpoint: Checkpoint, step: str) -> Checkpoint:

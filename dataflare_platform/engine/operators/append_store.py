@@ -44,6 +44,7 @@ import polars as pl
 import pyarrow as pa
 
 from dataflare_platform.engine import arrays
+from dataflare_platform.engine.checkpoint import state_table
 from dataflare_platform.engine.operators.keyed_store import HASH_SEED, merge_executor
 
 _EMPTY = np.empty(0, dtype=np.int64)
@@ -342,7 +343,7 @@ class AppendStore:
         the chunks hold no dropped rows, so one conversion of ``frame()`` copies nothing
         twice."""
         frame = self.frame()
-        return None if frame is None else frame.to_arrow()
+        return None if frame is None else state_table(frame)
 
     def load(self, frame: pl.DataFrame | None) -> None:
         """Replace the contents with ``frame`` (from ``frame``: its strings its own)."""

@@ -15,6 +15,8 @@ import numpy as np
 import polars as pl
 import pyarrow as pa
 
+from dataflare_platform.engine.checkpoint import state_table
+
 WM_COL = "__wm"
 
 Emit = tuple[pl.DataFrame | None, pl.DataFrame | None]
@@ -145,7 +147,7 @@ class FrameState(Operator):
     _state: pl.DataFrame | None
 
     def snapshot(self) -> dict[str, pa.Table]:
-        return {} if self._state is None else {self.state_key: self._state.to_arrow()}
+        return {} if self._state is None else {self.state_key: state_table(self._state)}
 
     def restore(self, state: dict[str, pa.Table]) -> None:
         if self.state_key in state:

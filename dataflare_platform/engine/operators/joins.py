@@ -12,6 +12,7 @@ import polars as pl
 import pyarrow as pa
 
 from dataflare_platform.engine.aggregations import Agg
+from dataflare_platform.engine.checkpoint import state_table
 from dataflare_platform.engine.operators.base import WM_COL, Emit, Operator, concat_rows, event_ms
 from dataflare_platform.engine.operators.interval_tiers import (
     RightRows,
@@ -99,7 +100,7 @@ class WindowJoin(Operator):
 
     def snapshot(self) -> dict[str, pa.Table]:
         return {
-            f"side{i}": pl.concat([f for frames in side.values() for f in frames]).to_arrow()
+            f"side{i}": state_table(pl.concat([f for frames in side.values() for f in frames]))
             for i, side in enumerate(self._sides)
             if side
         }
@@ -342,9 +343,9 @@ class IntervalJoinAggregate(Operator):
         state = {}
         open_parts = [tier.frame() for tier in self._tiers if tier.open_rows]
         if open_parts:
-            state["open"] = pl.concat(open_parts, how="diagonal_relaxed").to_arrow()
+            state["open"] = state_table(pl.concat(open_parts, how="diagonal_relaxed"))
         if self._pending is not None:
-            state["pending"] = self._pending.to_arrow()
+            state["pending"] = state_table(self._pending)
         return state
 
     def restore(self, state: dict[str, pa.Table]) -> None:

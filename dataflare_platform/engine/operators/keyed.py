@@ -21,6 +21,7 @@ from dataflare_platform.engine.aggregations import (
     merge_exprs,
     partial_exprs,
 )
+from dataflare_platform.engine.checkpoint import state_table
 from dataflare_platform.engine.operators.base import WM_COL, Emit, Operator, event_ms
 from dataflare_platform.engine.operators.keyed_store import KeyedStore
 from dataflare_platform.engine.operators.last_rows import LastRowsRing, supported
@@ -204,7 +205,7 @@ class Reduce(StoreState):
         if self._arrays is None:
             return super().snapshot()
         frame = self._arrays.frame()
-        return {} if frame is None else {self.state_key: frame.to_arrow()}
+        return {} if frame is None else {self.state_key: state_table(frame)}
 
     def restore(self, state: dict[str, pa.Table]) -> None:
         # The partials say nothing of the input's dtypes: they go to the KeyedStore, and
@@ -344,7 +345,7 @@ class ReduceLast(StoreState):
         if self._ring is None:
             return super().snapshot()
         frame = self._ring.frame()
-        return {} if frame is None else {self.state_key: frame.to_arrow()}
+        return {} if frame is None else {self.state_key: state_table(frame)}
 
     def restore(self, state: dict[str, pa.Table]) -> None:
         self._ring, self._ring_ok = None, None

@@ -48,6 +48,7 @@ import polars as pl
 import pyarrow as pa
 
 from dataflare_platform.engine import arrays
+from dataflare_platform.engine.checkpoint import state_table
 from dataflare_platform.errors import InvalidInputError
 from dataflare_platform.forks import reset_in_forked_child
 
@@ -978,12 +979,13 @@ class KeyedStore:
     def to_arrow(self) -> pa.Table | None:
         """Every live row as an Arrow table (a checkpoint's state), or None when the store
         never held any: each segment converted on its own and the tables put side by side
-        as chunks. ``frame().to_arrow()`` held every segment's live frame (its columns
-        copied where rows were dead) and the Arrow copy of all of them at once: q18's final
-        checkpoint on the skewed stream (6.4 M rows) raised the peak RSS by about 1 GB."""
+        as chunks, its strings not copied (``state_table``). ``frame().to_arrow()`` held
+        every segment's live frame (its columns copied where rows were dead) and the Arrow
+        copy of all of them at once: q18's final checkpoint on the skewed stream (6.4 M
+        rows) raised the peak RSS by about 1 GB."""
         if not self._segments:
             return None
-        tables = [s.live(self._floor).frame.to_arrow() for s in self._segments]
+        tables = [state_table(s.live(self._floor).frame) for s in self._segments]
         try:
             return pa.concat_tables(tables)
         except pa.ArrowInvalid:  # a column typed differently in some segment (null, say)

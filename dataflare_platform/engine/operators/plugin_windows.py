@@ -19,6 +19,7 @@ import polars as pl
 import pyarrow as pa
 
 from dataflare_platform.engine import arrays
+from dataflare_platform.engine.checkpoint import state_table
 from dataflare_platform.engine.operators.base import WM_COL, Emit, Operator, physical_numpy
 from dataflare_platform.engine.operators.pane_stores import WINDOW_END, WINDOW_START
 from dataflare_platform.engine.operators.windows import Sliding, Tumbling
@@ -160,7 +161,7 @@ class WindowPluginAggregate(Operator):
                 columns[f"key_{name}"] = pl.Series([k[i] for k in keys], dtype=dtype)
             sealed = [self.plugin.seal(self._panes[k]) for k in keys]
             columns["state"] = pl.Series(sealed, dtype=pl.Binary)
-            state["panes"] = pl.DataFrame(columns).to_arrow()
+            state["panes"] = state_table(pl.DataFrame(columns))
         return state
 
     def restore(self, state: dict[str, pa.Table]) -> None:

@@ -25,6 +25,7 @@ from dataflare_platform.engine.aggregations import (
     partial_exprs,
     partial_names,
 )
+from dataflare_platform.engine.checkpoint import state_table
 from dataflare_platform.engine.durations import MAX_WINDOW_MS, MAX_WINDOWS_PER_EVENT, format_ms
 from dataflare_platform.engine.operators.base import (
     WM_COL,
@@ -245,7 +246,7 @@ class WindowAggregate(Operator):
         state = {"meta": meta}
         panes = self._store.to_frame() if self._store is not None else None
         if panes is not None:
-            state["panes"] = panes.to_arrow()
+            state["panes"] = state_table(panes)
         return state
 
     def restore(self, state: dict[str, pa.Table]) -> None:
@@ -399,7 +400,7 @@ class WindowTopRows(Operator):
     def snapshot(self) -> dict[str, pa.Table]:
         if not self._leaders:
             return {}
-        return {"rows": self._tagged(sorted(self._leaders)).to_arrow()}
+        return {"rows": state_table(self._tagged(sorted(self._leaders)))}
 
     def restore(self, state: dict[str, pa.Table]) -> None:
         self._leaders = {}

@@ -11,6 +11,7 @@ from dataflare_platform.connectors import duckdb as duckdb_connector
 from dataflare_platform.connectors.duckdb.sink import DuckDBSink, connect_for_writing
 from dataflare_platform.connectors.registry import SINKS
 from dataflare_platform.connectors.settings import OpenContext
+from dataflare_platform.engine.checkpoint import Checkpoint
 from dataflare_platform.errors import ConfigError
 from dataflare_platform.models import validated
 from dataflare_platform_tests.connectors.contract import SinkCase, TransactionalSinkContract
@@ -109,8 +110,6 @@ def test_a_checkpoint_is_stored_byte_for_byte_and_replaced(tmp_path):
     import numpy as np
     import pyarrow as pa
 
-    from dataflare_platform.engine.checkpoint import Checkpoint
-
     path = tmp_path / "ck.duckdb"
     rng = np.random.default_rng(7)
     states = []
@@ -130,3 +129,36 @@ def test_a_checkpoint_is_stored_byte_for_byte_and_replaced(tmp_path):
     reopened = DuckDBSink(path=path, table="out").open("p")
     assert reopened.offsets == {"bids/0": 300_000}
     assert reopened.states["op"]["s"].equals(states[-1].states["op"]["s"])
+
+
+def test_a_failed_commit_reports_duckdbs_own_error_without_the_value_and_keeps_the_last(
+    tmp_path,
+):
+    """A statement failing inside the commit's transaction leaves DuckDB refusing all but
+    ROLLBACK; the sink's clean-up must not replace the statement's error with that
+    refusal ("Current transaction is aborted"), and the error, which goes to logs, names
+    the column and type but not the row's value."""
+    sink = DuckDBSink(tmp_path / "out.duckdb", "out")
+    sink.open("p")
+    try:
+        sink.commit_batch(pl.DataFrame({"amount": [1, 2]}), None, Checkpoint(offsets={"s/0": 2}))
+        for _ in range(2):  # and again: the failed one left nothing behind
+            with pytest.raises(duckdb.ConversionException) as err:
+                sink.commit_batch(
+                    pl.DataFrame({"amount": ["secret-4111"]}),
+                    pl.DataFrame(
+                        {"kind": ["k"], "operator": ["o"], "reason": ["r"], "payload": ["p"]}
+                    ),
+                    Checkpoint(offsets={"s/0": 3}),
+                )
+            message = str(err.value)
+            assert "INT64" in message and "amount" in message
+            assert "secret-4111" not in message and "aborted" not in message
+            assert err.value.__cause__ is None and err.value.__suppress_context__
+        sink.commit_batch(pl.DataFrame({"amount": [5]}), None, Checkpoint(offsets={"s/0": 3}))
+        assert sink.open("p").offsets == {"s/0": 3}
+        rows = sink._conn.execute("SELECT amount FROM out ORDER BY amount").fetchall()
+        side = sink._conn.execute("SELECT count(*) FROM out_side").fetchone()
+        assert rows == [(1,), (2,), (5,)] and side == (0,)
+    finally:
+        sink.close()

@@ -3,8 +3,10 @@ written in one transaction per commit (exactly-once with the runner's checkpoint
 
 from __future__ import annotations
 
+import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, suppress
 from pathlib import Path
 
 import duckdb
@@ -95,41 +97,38 @@ class DuckDBSink(TransactionalSink):
             # Created on its own, before the commit's transaction: the units of a
             # partition-parallel worker share the file, and two creating it inside their
             # transactions would conflict (DuckDB's catalog write-write conflict).
-            conn.register("_out", output.to_arrow())
-            try:
+            with _registered(conn, "_out", output.to_arrow()):
                 _create(
                     conn,
                     f"CREATE TABLE IF NOT EXISTS {quote_identifier(self.table)}"
                     " AS SELECT * FROM _out LIMIT 0",
                 )
-            finally:
-                conn.unregister("_out")
             self._table_ready = True
         conn.execute("BEGIN TRANSACTION")
         try:
             if output is not None:
                 self._write_output(conn, newest_per_key(output, self.upsert_keys).to_arrow())
             if side is not None:
-                conn.register("_side", side.to_arrow())
-                conn.execute(f"INSERT INTO {quote_identifier(self.side_table)} SELECT * FROM _side")
-                conn.unregister("_side")
+                with _registered(conn, "_side", side.to_arrow()):
+                    conn.execute(
+                        f"INSERT INTO {quote_identifier(self.side_table)} SELECT * FROM _side"
+                    )
             _store_checkpoints(conn, "INSERT OR REPLACE", {self._pipeline: state})
             conn.execute("COMMIT")
-        except BaseException:
+        except BaseException as err:
             conn.execute("ROLLBACK")
+            if isinstance(err, duckdb.Error):
+                raise _without_values(err) from None
             raise
 
     def _write_output(self, conn: duckdb.DuckDBPyConnection, out: pa.Table) -> None:
-        conn.register("_out", out)
-        try:
+        with _registered(conn, "_out", out):
             table = quote_identifier(self.table)
             conn.execute(f"CREATE TABLE IF NOT EXISTS {table} AS SELECT * FROM _out LIMIT 0")
             if self.upsert_keys:
                 keys = ", ".join(map(quote_identifier, self.upsert_keys))
                 conn.execute(f"DELETE FROM {table} WHERE ({keys}) IN (SELECT ({keys}) FROM _out)")
             conn.execute(f"INSERT INTO {table} SELECT * FROM _out")
-        finally:
-            conn.unregister("_out")
 
     def split_checkpoint(self, retired: Checkpoint, units: dict[str, Checkpoint]) -> None:
         """Write ``retired`` under the key ``open()`` was given (replacing its checkpoint,
@@ -155,8 +154,10 @@ class DuckDBSink(TransactionalSink):
             _store_checkpoints(conn, "INSERT", {k: c.encode() for k, c in units.items()})
             _store_checkpoints(conn, "INSERT OR REPLACE", {self._pipeline: retired.encode()})
             conn.execute("COMMIT")
-        except BaseException:
+        except BaseException as err:
             conn.execute("ROLLBACK")
+            if isinstance(err, duckdb.Error):
+                raise _without_values(err) from None
             raise
 
     def close(self) -> None:
@@ -196,14 +197,40 @@ def _store_checkpoints(conn: duckdb.DuckDBPyConnection, verb: str, blobs: dict[s
         ],
         names=["pipeline", "state"],
     )
-    conn.register("_checkpoints", rows)
-    try:
+    with _registered(conn, "_checkpoints", rows):
         conn.execute(
             f"{verb} INTO {CHECKPOINT_TABLE} (pipeline, state) SELECT pipeline, state"
             " FROM _checkpoints"
         )
-    finally:
-        conn.unregister("_checkpoints")
+
+
+def _without_values(err: duckdb.Error) -> duckdb.Error:
+    """``err`` (same class) with the literals DuckDB quotes in its message replaced: a
+    failed conversion names the row's value ("Could not convert string '...' to INT64"),
+    and a row's values belong in the output or the dead letters, not in an error that
+    goes to logs. What failed, the type and the column stay."""
+    text = re.sub(r"'(?:[^']|'')*'", "'…'", str(err))
+    try:
+        return type(err)(text)
+    except TypeError:  # a class that wants other arguments: DuckDB's base class
+        return duckdb.Error(f"{type(err).__name__}: {text}")
+
+
+@contextmanager
+def _registered(conn: duckdb.DuckDBPyConnection, name: str, table: pa.Table) -> Iterator[None]:
+    """``table`` visible to ``conn``'s queries as ``name`` for the block. When a statement
+    in the block fails inside a transaction, DuckDB refuses everything but ROLLBACK,
+    unregistering included: that refusal ("Current transaction is aborted") is dropped so
+    the statement's own error (a conversion error naming the value, say) reaches the
+    caller; the rollback removes the registration with the rest."""
+    conn.register(name, table)
+    try:
+        yield
+    except BaseException:
+        with suppress(duckdb.TransactionException):
+            conn.unregister(name)
+        raise
+    conn.unregister(name)
 
 
 def _large(kind: pa.DataType, values: list[bytes]) -> pa.Array:

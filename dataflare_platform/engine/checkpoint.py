@@ -34,7 +34,7 @@ class Checkpoint:
     states: dict[str, dict[str, pa.Table]] = field(default_factory=dict)  # node → tables
     batches: int = 0
 
-    def encode(self) -> bytes:
+    def encode(self, compression: str | None = None) -> bytes:
         """The blob: magic, the metadata's length and JSON (with each state stream's
         length), then the state tables' Arrow IPC streams, written once into one buffer.
         The lengths are known only once the streams are written, so the metadata's room
@@ -46,7 +46,12 @@ class Checkpoint:
 
         String and binary columns exported as Arrow views (``state_table``) are written
         as large strings and binaries, a slice of rows at a time: the blob's layout and
-        size do not depend on how the state was exported."""
+        size do not depend on how the state was exported.
+
+        ``compression`` ("zstd" or "lz4") compresses the streams' buffers (Arrow IPC's
+        own body compression; any reader of the blob decompresses them): a sink whose
+        store is slow per byte passes it. Without it ``decode`` reads the tables in place;
+        with it each buffer is decompressed once, at restart."""
         streams = [
             (node, name, table)
             for node, tables in self.states.items()
@@ -75,7 +80,7 @@ class Checkpoint:
         lengths = []
         for _, _, table in streams:
             start = out.tell()
-            _write_ipc(out, table)
+            _write_ipc(out, table, compression)
             lengths.append(out.tell() - start)
         head = meta(lengths)
         out.seek(0)
@@ -129,11 +134,12 @@ def state_table(frame: pl.DataFrame) -> pa.Table:
     return frame.to_arrow(compat_level=pl.CompatLevel.newest())
 
 
-def _write_ipc(sink, table: pa.Table) -> None:
+def _write_ipc(sink, table: pa.Table, compression: str | None = None) -> None:
     """``table`` as one IPC stream, view columns (``state_table``) written as large
     strings and binaries, ``_CAST_ROWS`` rows at a time."""
     schema = _without_views(table.schema)
-    with pa.ipc.new_stream(sink, schema) as writer:
+    options = pa.ipc.IpcWriteOptions(compression=compression)
+    with pa.ipc.new_stream(sink, schema, options=options) as writer:
         if schema.equals(table.schema):
             writer.write_table(table)
             return

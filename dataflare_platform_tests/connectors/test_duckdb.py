@@ -124,7 +124,7 @@ def test_a_checkpoint_is_stored_byte_for_byte_and_replaced(tmp_path):
             rows = conn.execute(
                 "SELECT pipeline, state FROM dataflare_checkpoints ORDER BY pipeline"
             ).fetchall()
-        assert [(p, bytes(s)) for p, s in rows] == [("p", checkpoint.encode())]
+        assert [(p, bytes(s)) for p, s in rows] == [("p", checkpoint.encode("zstd"))]
     sink.close()
     reopened = DuckDBSink(path=path, table="out").open("p")
     assert reopened.offsets == {"bids/0": 300_000}

@@ -118,3 +118,16 @@ def test_a_large_state_of_views_is_converted_a_slice_at_a_time(monkeypatch):
     decoded = Checkpoint.decode(blob).states["n"]["t"]
     assert decoded.equals(frame.to_arrow())
     assert [len(c) for c in decoded.column("s").chunks] == [64] * 4 + [44, 50]
+
+
+@pytest.mark.parametrize("compression", ["zstd", "lz4"])
+def test_a_compressed_checkpoint_round_trips_smaller(compression):
+    frame = pl.concat([frame_of_every_kind(5_000)] * 4, rechunk=False)  # repetitive
+    original = Checkpoint(
+        offsets={"s/0": 9}, watermark={"emitted": 1}, states={"n": {"t": state_table(frame)}}
+    )
+    blob = original.encode(compression)
+    assert len(blob) < len(original.encode()) / 3
+    decoded = Checkpoint.decode(blob)
+    assert decoded.offsets == {"s/0": 9} and decoded.watermark == {"emitted": 1}
+    assert decoded.states["n"]["t"].equals(frame.to_arrow())

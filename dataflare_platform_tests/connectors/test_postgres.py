@@ -317,3 +317,25 @@ class TestPostgresSinkContract(TransactionalSinkContract):
             read=lambda: fetch(dsn, f"SELECT * FROM {qualified(schema, 'out')}"),
             settings=settings.model_dump(),
         )
+
+
+def test_the_checkpoint_is_stored_compressed_and_read_back(dsn, schema):
+    """A database stores a large bytea slowly per byte and caps it at 1 GB: the blob goes
+    in with its buffers compressed (``STORED_COMPRESSION``) and reads back whole."""
+    state = pl.DataFrame(
+        {"key": list(range(20_000)), "url": ["https://www.nexmark.com/item.htm?q=1"] * 20_000}
+    )
+    checkpoint = Checkpoint(offsets={"s/0": 7}, states={"op": {"store": state.to_arrow()}})
+    sink = PostgresSink(dsn, "out", schema_name=schema)
+    assert sink.open("p") is None
+    sink.write(pl.DataFrame({"a": [1]}), None)
+    sink.commit(checkpoint)
+    sink.close()
+    stored = fetch(dsn, f"SELECT state FROM {qualified(schema, 'dataflare_checkpoints')}")
+    blob = stored["state"][0]
+    assert blob == checkpoint.encode("zstd") and len(blob) < len(checkpoint.encode()) / 10
+    again = PostgresSink(dsn, "out", schema_name=schema)
+    restored = again.open("p")
+    again.close()
+    assert restored.offsets == {"s/0": 7}
+    assert restored.states["op"]["store"].equals(state.to_arrow())

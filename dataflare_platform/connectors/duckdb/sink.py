@@ -14,7 +14,7 @@ import numpy as np
 import polars as pl
 import pyarrow as pa
 
-from dataflare_platform.engine.checkpoint import Checkpoint
+from dataflare_platform.engine.checkpoint import STORED_COMPRESSION, Checkpoint
 from dataflare_platform.engine.io import TransactionalSink, newest_per_key
 from dataflare_platform.errors import ConflictError
 from dataflare_platform.sql_names import quote_identifier
@@ -26,11 +26,6 @@ LOCK_WAIT_S = 30.0
 # The sink's checkpoint table: its presence in a file says a pipeline sink opened it (and
 # has committed or is about to), even before the first output row creates the output table.
 CHECKPOINT_TABLE = "dataflare_checkpoints"
-# The checkpoint blob's buffers are compressed: DuckDB stores a large BLOB slowly (most
-# of a commit's time with a large state), and zstd shrinks keyed state about 4x. q18
-# without a TTL on the skewed stream (6.4 M rows of state): an 868 MB blob took 0.8 s to
-# encode, 199 MB compressed took 1.5 s (decoding it, at restart, 0.8 s).
-CHECKPOINT_COMPRESSION = "zstd"
 
 
 def connect_for_writing(
@@ -97,7 +92,7 @@ class DuckDBSink(TransactionalSink):
     ) -> None:
         conn = self._conn
         assert conn is not None, "open() first"
-        state = checkpoint.encode(CHECKPOINT_COMPRESSION)
+        state = checkpoint.encode(STORED_COMPRESSION)
         if output is not None and not self._table_ready:
             # Created on its own, before the commit's transaction: the units of a
             # partition-parallel worker share the file, and two creating it inside their
@@ -157,10 +152,10 @@ class DuckDBSink(TransactionalSink):
                     f" {self._pipeline!r} would overwrite their progress"
                 )
             _store_checkpoints(
-                conn, "INSERT", {k: c.encode(CHECKPOINT_COMPRESSION) for k, c in units.items()}
+                conn, "INSERT", {k: c.encode(STORED_COMPRESSION) for k, c in units.items()}
             )
             _store_checkpoints(
-                conn, "INSERT OR REPLACE", {self._pipeline: retired.encode(CHECKPOINT_COMPRESSION)}
+                conn, "INSERT OR REPLACE", {self._pipeline: retired.encode(STORED_COMPRESSION)}
             )
             conn.execute("COMMIT")
         except BaseException as err:

@@ -57,7 +57,7 @@ from dataflare_platform.connectors.settings import (
     SQL_IDENTIFIER,
     ConnectorSettings,
 )
-from dataflare_platform.engine.checkpoint import Checkpoint
+from dataflare_platform.engine.checkpoint import STORED_COMPRESSION, Checkpoint
 from dataflare_platform.engine.io import TransactionalSink, newest_per_key
 from dataflare_platform.errors import ConflictError, DataflareError, InvalidInputError
 from dataflare_platform.models import validated
@@ -350,7 +350,7 @@ class PostgresSink(TransactionalSink):
                 " ON CONFLICT (pipeline, target) DO UPDATE"
                 " SET state = EXCLUDED.state, committed_at = now()"
             ).format(self._checkpoints),
-            [self._pipeline, self.settings.table, checkpoint.encode()],
+            [self._pipeline, self.settings.table, checkpoint.encode(STORED_COMPRESSION)],
         )
 
     def split_checkpoint(self, retired: Checkpoint, units: dict[str, Checkpoint]) -> None:
@@ -381,7 +381,7 @@ class PostgresSink(TransactionalSink):
                         sql.SQL(
                             "INSERT INTO {} (pipeline, target, state) VALUES (%s, %s, %b)"
                         ).format(self._checkpoints),
-                        [key, table, checkpoint.encode()],
+                        [key, table, checkpoint.encode(STORED_COMPRESSION)],
                     )
                 self._upsert_checkpoint(cur, retired)
                 conn.commit()

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import itertools
 
+import numpy as np
 import polars as pl
 import pyarrow as pa
 import pytest
@@ -19,8 +20,10 @@ from confluent_kafka import Consumer, Producer, TopicPartition
 from pydantic import TypeAdapter
 
 from dataflare_platform.connectors import kafka, registry
+from dataflare_platform.connectors.kafka import sink as kafka_sink
 from dataflare_platform.connectors.settings import OpenContext
-from dataflare_platform.engine import CollectSink, TableSource
+from dataflare_platform.engine import CollectSink, TableSource, arrays
+from dataflare_platform.engine.checkpoint import Checkpoint
 from dataflare_platform.errors import ConfigError
 from dataflare_platform.events.codec import encode_json
 from dataflare_platform_tests.connectors.broker_helpers import broker_source_case
@@ -296,3 +299,34 @@ def test_reading_again_from_an_earlier_offset_seeks_back(kafka_bootstrap, small_
         assert source.next_offset("0") == 1_000
     finally:
         source.close()
+
+
+def test_a_checkpoint_over_a_record_is_written_as_parts_and_read_back(kafka_bootstrap, monkeypatch):
+    """Kafka refuses records over ``message.max.bytes`` (1 MB by default; a 3 MB
+    checkpoint was refused): a larger checkpoint goes as parts with a head naming them,
+    in the commit's transaction, and the newest one is read back whole, also after a
+    smaller one and a larger one replaced it."""
+    monkeypatch.setattr(kafka_sink, "PART_BYTES", 100_000)  # parts without 10 MB states
+    topic = unique_topic("out")
+    create_topic(kafka_bootstrap, topic)
+    settings = kafka.KafkaSinkSettings(
+        bootstrap_servers=kafka_bootstrap,
+        topic=topic,
+        format="arrow",
+        checkpoint_topic=unique_topic("checkpoints"),
+        transactional_id_prefix=f"{topic}.",
+    )
+    rng = np.random.default_rng(3)
+    for n, rows in enumerate((60_000, 10, 200_000), start=1):  # parts, one record, parts
+        state = pa.table({"k": arrays.from_numpy(rng.integers(0, 1 << 62, rows), pa.int64())})
+        checkpoint = Checkpoint(offsets={"s/0": n}, states={"op": {"t": state}})
+        blob = checkpoint.encode("zstd")
+        sink = registry.open_sink(settings, OpenContext("contract"))
+        sink.open("p")
+        sink.commit_batch(pl.DataFrame({"a": [n]}), None, checkpoint)
+        sink.close()
+        again = registry.open_sink(settings, OpenContext("contract"))
+        restored = again.open("p")
+        again.close()
+        assert (len(blob) > 100_000) == (rows > 10)
+        assert restored.offsets == {"s/0": n} and restored.states["op"]["t"].equals(state)

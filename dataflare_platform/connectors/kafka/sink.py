@@ -4,7 +4,8 @@ commit in one Kafka transaction.
 Each engine checkpoint is one transaction of a transactional producer: the output
 messages, the side rows (late rows and dead letters, JSON, to ``side_topic``) and one
 record in the compacted ``checkpoint_topic`` (key: the pipeline's checkpoint key, value:
-the checkpoint, which holds the input offsets). ``read_committed`` readers see all of it
+the checkpoint, which holds the input offsets; a checkpoint over ``PART_BYTES`` goes as
+parts followed by that record naming them). ``read_committed`` readers see all of it
 or none of it. The input offsets therefore commit with the output in one Kafka
 transaction whatever the source is; for Kafka sources the consumer group's offsets are
 then updated for Kafka's lag tooling (``KafkaSource.on_commit``).
@@ -25,6 +26,8 @@ broker's ``transaction.max.timeout.ms``.
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import json
 import logging
 import time
 import uuid
@@ -38,7 +41,7 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, Topi
 from dataflare_platform.connectors.broker import BrokerError
 from dataflare_platform.connectors.kafka.settings import KafkaSinkSettings
 from dataflare_platform.connectors.kafka.source import partition_count
-from dataflare_platform.engine.checkpoint import Checkpoint
+from dataflare_platform.engine.checkpoint import STORED_COMPRESSION, Checkpoint
 from dataflare_platform.engine.io import TransactionalSink
 from dataflare_platform.errors import ConflictError, InvalidInputError
 from dataflare_platform.events.codec import encode_arrow, encode_json
@@ -51,6 +54,12 @@ ROWS_HEADER = "rows"  # rows in an arrow message (sizes reads; the payload decid
 # open) wrote it for which checkpoint. Lineage for operators; and what a test reader
 # needs where a cluster does not hide aborted records (librdkafka's mock does not).
 TXN_HEADER = "dataflare-txn"
+# A checkpoint blob larger than this is written as parts (``_produce_checkpoint``), under
+# the 1 MB that brokers and producers accept by default (``message.max.bytes``). A 3 MB
+# blob as one record was refused ("Broker: Message size too large").
+PART_BYTES = 900_000
+PART_HEADER = "dataflare-checkpoint-part"  # the id of the checkpoint a part belongs to
+_PARTS_MAGIC = b"DFPARTS1"  # a head record's value starts so (a blob starts "DFCK")
 
 
 class KafkaSink(TransactionalSink):
@@ -115,12 +124,7 @@ class KafkaSink(TransactionalSink):
                         self._produce(self.side_topic, payload)
                 # The checkpoint record goes last, once the rest is on the brokers.
                 producer.flush(s.timeout_s)
-                self._produce(
-                    s.checkpoint_topic,
-                    checkpoint.encode(),
-                    key=self._key.encode(),
-                    partition=self._checkpoint_partition(),
-                )
+                self._produce_checkpoint(checkpoint.encode(STORED_COMPRESSION))
                 self._commit(producer)
             except KafkaException as err:
                 self._fail(producer, err)
@@ -170,6 +174,33 @@ class KafkaSink(TransactionalSink):
                 return
             except BufferError:
                 self._producer.poll(0.1)  # the local queue is full: let it drain
+
+    def _produce_checkpoint(self, blob: bytes) -> None:
+        """The checkpoint record(s), in the open transaction. A blob over ``PART_BYTES``
+        (Kafka refuses messages over ``message.max.bytes``, 1 MB by default) goes as parts
+        under keys of their own (``<key>\0part<i>``: compaction keeps each part's newest
+        record) followed by a head record under the key naming them (``_PARTS_MAGIC``,
+        then JSON: an id the parts carry in ``PART_HEADER``, their count, the blob's
+        length and SHA-256); the same transaction commits all of it."""
+        partition = self._checkpoint_partition()
+        topic, key = self.settings.checkpoint_topic, self._key.encode()
+        if len(blob) <= PART_BYTES:
+            self._produce(topic, blob, key=key, partition=partition)
+            return
+        ident = uuid.uuid4().hex
+        count = -(-len(blob) // PART_BYTES)
+        view = memoryview(blob)
+        for i in range(count):
+            self._produce(
+                topic,
+                bytes(view[i * PART_BYTES : (i + 1) * PART_BYTES]),
+                key=_part_key(key, i),
+                partition=partition,
+                headers=[(PART_HEADER, ident.encode())],
+            )
+        head = {"id": ident, "parts": count, "bytes": len(blob)}
+        head["sha256"] = hashlib.sha256(blob).hexdigest()
+        self._produce(topic, _PARTS_MAGIC + json.dumps(head).encode(), key=key, partition=partition)
 
     def _commit(self, producer: Any) -> None:
         deadline = time.monotonic() + self.settings.timeout_s
@@ -234,6 +265,10 @@ class KafkaSink(TransactionalSink):
             consumer.assign([TopicPartition(s.checkpoint_topic, number, 0)])
             key = self._key.encode()
             newest: bytes | None = None
+            # Parts by the id they carry, of checkpoints whose head is not read yet (at
+            # most the newest and whatever an unfinished transaction left).
+            parts: dict[str, dict[int, bytes]] = {}
+            newest_parts: dict[int, bytes] = {}
             deadline = time.monotonic() + s.timeout_s
             while time.monotonic() < deadline:
                 message = consumer.poll(0.5)
@@ -246,8 +281,17 @@ class KafkaSink(TransactionalSink):
                     if error.code() != KafkaError._PARTITION_EOF:
                         raise BrokerError(f"Kafka: reading checkpoints: {error.str()}")
                     continue
-                if message.key() == key:
+                got = message.key()
+                if got == key:
                     newest = message.value()
+                    if newest.startswith(_PARTS_MAGIC):
+                        ident = json.loads(newest[len(_PARTS_MAGIC) :])["id"]
+                        newest_parts = parts.pop(ident, {})
+                        parts = {}
+                elif got is not None and got.startswith(key + b"\0part"):
+                    ident = dict(message.headers() or []).get(PART_HEADER, b"").decode()
+                    index = int(got[len(key) + 5 :])
+                    parts.setdefault(ident, {})[index] = message.value()
             else:
                 raise BrokerError(
                     f"Kafka: checkpoint topic {s.checkpoint_topic!r} not read to its end"
@@ -255,7 +299,31 @@ class KafkaSink(TransactionalSink):
                 )
         finally:
             consumer.close()
-        return None if newest is None else Checkpoint.decode(newest)
+        if newest is None:
+            return None
+        if newest.startswith(_PARTS_MAGIC):
+            newest = self._joined(json.loads(newest[len(_PARTS_MAGIC) :]), newest_parts)
+        return Checkpoint.decode(newest)
+
+    def _joined(self, head: dict, parts: dict[int, bytes]) -> bytes:
+        """The blob of a checkpoint stored as parts, checked against its head."""
+        missing = [i for i in range(head["parts"]) if i not in parts]
+        blob = b"".join(parts[i] for i in range(head["parts"]) if i in parts)
+        if (
+            missing
+            or len(blob) != head["bytes"]
+            or hashlib.sha256(blob).hexdigest() != head["sha256"]
+        ):
+            raise BrokerError(
+                f"Kafka: the checkpoint of {self._key!r} in {self.settings.checkpoint_topic!r}"
+                f" is incomplete (parts missing: {missing[:5]}; {len(blob)} of"
+                f" {head['bytes']} bytes, or its checksum differs)"
+            )
+        return blob
+
+
+def _part_key(key: bytes, index: int) -> bytes:
+    return key + b"\0part" + str(index).encode()
 
 
 def _key_bytes(value: object) -> bytes | None:

@@ -113,20 +113,25 @@ def test_arrow_messages_offsets_count_messages_and_a_resumed_run_equals_one_run(
     assert resumed.equals(expected.select(resumed.columns).cast(dict(resumed.schema)))
 
 
+def _sink_settings(bootstrap: str) -> tuple[str, kafka.KafkaSinkSettings]:
+    """A fresh output topic and arrow sink settings writing to it."""
+    topic = unique_topic("out")
+    create_topic(bootstrap, topic)
+    return topic, kafka.KafkaSinkSettings(
+        bootstrap_servers=bootstrap,
+        topic=topic,
+        format="arrow",
+        checkpoint_topic=unique_topic("checkpoints"),
+        transactional_id_prefix=f"{topic}.",
+    )
+
+
 class TestKafkaSinkContract(TransactionalSinkContract):
     KIND = "kafka"
 
     @pytest.fixture
     def sink_case(self, kafka_bootstrap) -> SinkCase:
-        topic = unique_topic("out")
-        create_topic(kafka_bootstrap, topic)
-        settings = kafka.KafkaSinkSettings(
-            bootstrap_servers=kafka_bootstrap,
-            topic=topic,
-            format="arrow",
-            checkpoint_topic=unique_topic("checkpoints"),
-            transactional_id_prefix=f"{topic}.",
-        )
+        topic, settings = _sink_settings(kafka_bootstrap)
 
         def read() -> pl.DataFrame:
             table = arrow_rows(read_committed(kafka_bootstrap, topic))
@@ -307,15 +312,7 @@ def test_a_checkpoint_over_a_record_is_written_as_parts_and_read_back(kafka_boot
     in the commit's transaction, and the newest one is read back whole, also after a
     smaller one and a larger one replaced it."""
     monkeypatch.setattr(kafka_sink, "PART_BYTES", 100_000)  # parts without 10 MB states
-    topic = unique_topic("out")
-    create_topic(kafka_bootstrap, topic)
-    settings = kafka.KafkaSinkSettings(
-        bootstrap_servers=kafka_bootstrap,
-        topic=topic,
-        format="arrow",
-        checkpoint_topic=unique_topic("checkpoints"),
-        transactional_id_prefix=f"{topic}.",
-    )
+    _, settings = _sink_settings(kafka_bootstrap)
     rng = np.random.default_rng(3)
     for n, rows in enumerate((60_000, 10, 200_000), start=1):  # parts, one record, parts
         state = pa.table({"k": arrays.from_numpy(rng.integers(0, 1 << 62, rows), pa.int64())})

@@ -74,8 +74,13 @@ def union_by_group(lists: pl.Series, group: np.ndarray, groups: int) -> pl.Serie
     first[0] = True
     np.not_equal(packed[1:], packed[:-1], out=first[1:])
     packed = packed[first]
-    # Group g's values start at the first packed value with g in the high bits.
-    offsets = np.searchsorted(packed, np.arange(groups + 1, dtype=np.int64) << value_bits)
+    # Group g's values start at the first packed value with g in the high bits; the last
+    # group's end is the end (``groups << value_bits`` itself may not fit in an int64:
+    # one group of values 63 bits apart shifted 1 << 63 to the lowest int64 and came out
+    # empty).
+    offsets = np.empty(groups + 1, dtype=np.int64)
+    offsets[0], offsets[-1] = 0, len(packed)
+    offsets[1:-1] = np.searchsorted(packed, np.arange(1, groups, dtype=np.int64) << value_bits)
     distinct = np.bitwise_and(packed, (1 << value_bits) - 1, out=packed)
     distinct += low
     return _lists(offsets, distinct, lists)

@@ -66,6 +66,13 @@ def test_union_equals_polars_per_group(case):
         assert values == sorted(set(values))
 
 
+def test_one_group_of_values_63_bits_apart_keeps_them():
+    """Found by Hypothesis: the end of the last group, ``groups << 63``, overflowed."""
+    lists = pl.Series("v", [[0, 2**62], [2**62, 5]], dtype=pl.List(pl.Int64))
+    got = union_by_group(lists, np.array([0, 0]), 1)
+    assert got.to_list() == [[0, 5, 2**62]]
+
+
 def test_values_that_do_not_pack_are_refused_not_wrapped():
     extreme = pl.Series("v", [[-(2**63), 2**63 - 1]], dtype=pl.List(pl.Int64))
     assert union_by_group(extreme, np.zeros(1, np.int64), 1) is None

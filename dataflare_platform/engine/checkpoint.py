@@ -21,9 +21,10 @@ _LONGEST_STREAM = 10**16 - 1
 # Rows of a state table converted from views at a time while it is written (``_write_ipc``):
 # the converted copy held at once is one slice, not the table.
 _CAST_ROWS = 65_536
-# How sinks that keep checkpoints in a database or a topic (DuckDB, PostgreSQL, Kafka)
-# compress the blob (``Checkpoint.encode``): a database stores a large BLOB slowly per
-# byte, a topic caps its records (about 1 MB by default), and zstd
+# How sinks that keep checkpoints in a database, a topic or a manifest file (DuckDB,
+# PostgreSQL, Kafka, the Parquet dataset) compress the blob (``Checkpoint.encode``): a
+# database stores a large BLOB slowly per byte, a topic caps its records (about 1 MB by
+# default), a manifest is rewritten (base64) at every commit, and zstd
 # shrinks keyed state 4-7x. q18 without a TTL on the skewed stream (6.4 M rows of state):
 # 868 MB in 0.8 s plain, 199 MB in 1.5 s (decoded at restart in 0.8 s, not in place);
 # the DuckDB sink's run 174 -> 51 s. A 248 MB blob of synthetic keyed state into

@@ -127,6 +127,28 @@ def _committed(root, rows: list[int], seq: int = 1) -> ParquetDatasetSink:
     return sink
 
 
+def test_the_checkpoint_in_the_manifest_is_compressed_and_read_back(tmp_path):
+    """The manifest (rewritten at every commit) holds the checkpoint with its state
+    compressed; the next open reads it back whole."""
+    state = pl.DataFrame({"k": list(range(20_000)), "url": ["https://x.example/a"] * 20_000})
+    checkpoint = Checkpoint(offsets={"s/0": 3}, states={"op": {"t": state.to_arrow()}})
+    sink = ParquetDatasetSink(tmp_path / "ds")
+    sink.open("p")
+    sink.write(frame(1, [1]), None)
+    sink.commit(checkpoint)
+    sink.close()
+    manifest = parquet_dataset.sink.Manifest.decode(
+        (sink.state_dir / parquet_dataset.sink.MANIFEST).read_bytes()
+    )
+    assert manifest.checkpoint == checkpoint.encode("zstd")
+    assert len(manifest.checkpoint) < len(checkpoint.encode()) / 10
+    again = ParquetDatasetSink(tmp_path / "ds")
+    restored = again.open("p")
+    again.close()
+    assert restored.offsets == {"s/0": 3}
+    assert restored.states["op"]["t"].equals(state.to_arrow())
+
+
 class Crash(BaseException):
     """Stands for the process dying: nothing after it runs."""
 

@@ -54,7 +54,7 @@ from pydantic import Field, NonNegativeFloat, field_validator
 
 from dataflare_platform.connectors.settings import ConnectorSettings
 from dataflare_platform.durable import WriterLock, fsync_dir, fsync_file, write_atomic
-from dataflare_platform.engine.checkpoint import Checkpoint
+from dataflare_platform.engine.checkpoint import STORED_COMPRESSION, Checkpoint
 from dataflare_platform.engine.io import TransactionalSink
 from dataflare_platform.engine.sinks import SIDE_SCHEMA
 from dataflare_platform.errors import (
@@ -211,7 +211,14 @@ class ParquetDatasetSink(TransactionalSink):
             if side is not None:
                 added.append(self._stage_side(side.to_arrow(), seq))
             self._commit(
-                Manifest(seq, self._pipeline, schema, checkpoint.encode(), added, removed=[])
+                Manifest(
+                    seq,
+                    self._pipeline,
+                    schema,
+                    checkpoint.encode(STORED_COMPRESSION),
+                    added,
+                    removed=[],
+                )
             )
 
     def close(self) -> None:

@@ -157,13 +157,7 @@ def _write_ipc(sink, table: pa.Table, compression: str | None = None) -> None:
 
 
 def _without_views(schema: pa.Schema) -> pa.Schema:
-    if not any(_has_views(f.type) for f in schema):
-        return schema
     return pa.schema([f.with_type(_no_views(f.type)) for f in schema], metadata=schema.metadata)
-
-
-def _has_views(kind: pa.DataType) -> bool:
-    return _no_views(kind) != kind
 
 
 def _no_views(kind: pa.DataType) -> pa.DataType:

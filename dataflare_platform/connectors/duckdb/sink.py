@@ -104,8 +104,7 @@ class DuckDBSink(TransactionalSink):
                     " AS SELECT * FROM _out LIMIT 0",
                 )
             self._table_ready = True
-        conn.execute("BEGIN TRANSACTION")
-        try:
+        with _transaction(conn):
             if output is not None:
                 self._write_output(conn, newest_per_key(output, self.upsert_keys).to_arrow())
             if side is not None:
@@ -114,12 +113,6 @@ class DuckDBSink(TransactionalSink):
                         f"INSERT INTO {quote_identifier(self.side_table)} SELECT * FROM _side"
                     )
             _store_checkpoints(conn, "INSERT OR REPLACE", {self._pipeline: state})
-            conn.execute("COMMIT")
-        except BaseException as err:
-            conn.execute("ROLLBACK")
-            if isinstance(err, duckdb.Error):
-                raise _without_values(err) from None
-            raise
 
     def _write_output(self, conn: duckdb.DuckDBPyConnection, out: pa.Table) -> None:
         with _registered(conn, "_out", out):
@@ -137,8 +130,7 @@ class DuckDBSink(TransactionalSink):
         checkpoint: that progress would be overwritten."""
         conn = self._conn
         assert conn is not None, "open() first"
-        conn.execute("BEGIN TRANSACTION")
-        try:
+        with _transaction(conn):
             taken = sorted(
                 row[0]
                 for row in conn.execute(
@@ -157,12 +149,6 @@ class DuckDBSink(TransactionalSink):
             _store_checkpoints(
                 conn, "INSERT OR REPLACE", {self._pipeline: retired.encode(STORED_COMPRESSION)}
             )
-            conn.execute("COMMIT")
-        except BaseException as err:
-            conn.execute("ROLLBACK")
-            if isinstance(err, duckdb.Error):
-                raise _without_values(err) from None
-            raise
 
     def close(self) -> None:
         if self._conn is not None:
@@ -218,6 +204,21 @@ def _without_values(err: duckdb.Error) -> duckdb.Error:
         return type(err)(text)
     except TypeError:  # a class that wants other arguments: DuckDB's base class
         return duckdb.Error(f"{type(err).__name__}: {text}")
+
+
+@contextmanager
+def _transaction(conn: duckdb.DuckDBPyConnection) -> Iterator[None]:
+    """The block in one transaction: committed at its end, rolled back on any error, and
+    DuckDB's own errors re-raised without the values they quote (``_without_values``)."""
+    conn.execute("BEGIN TRANSACTION")
+    try:
+        yield
+        conn.execute("COMMIT")
+    except BaseException as err:
+        conn.execute("ROLLBACK")
+        if isinstance(err, duckdb.Error):
+            raise _without_values(err) from None
+        raise
 
 
 @contextmanager

@@ -198,8 +198,12 @@ class KafkaSink(TransactionalSink):
                 partition=partition,
                 headers=[(PART_HEADER, ident.encode())],
             )
-        head = {"id": ident, "parts": count, "bytes": len(blob)}
-        head["sha256"] = hashlib.sha256(blob).hexdigest()
+        head = {
+            "id": ident,
+            "parts": count,
+            "bytes": len(blob),
+            "sha256": hashlib.sha256(blob).hexdigest(),
+        }
         self._produce(topic, _PARTS_MAGIC + json.dumps(head).encode(), key=key, partition=partition)
 
     def _commit(self, producer: Any) -> None:
@@ -265,6 +269,7 @@ class KafkaSink(TransactionalSink):
             consumer.assign([TopicPartition(s.checkpoint_topic, number, 0)])
             key = self._key.encode()
             newest: bytes | None = None
+            head: dict | None = None  # the newest's, when it names parts
             # Parts by the id they carry, of checkpoints whose head is not read yet (at
             # most the newest and whatever an unfinished transaction left).
             parts: dict[str, dict[int, bytes]] = {}
@@ -284,9 +289,10 @@ class KafkaSink(TransactionalSink):
                 got = message.key()
                 if got == key:
                     newest = message.value()
+                    head = None
                     if newest.startswith(_PARTS_MAGIC):
-                        ident = json.loads(newest[len(_PARTS_MAGIC) :])["id"]
-                        newest_parts = parts.pop(ident, {})
+                        head = json.loads(newest[len(_PARTS_MAGIC) :])
+                        newest_parts = parts.pop(head["id"], {})
                         parts = {}
                 elif got is not None and got.startswith(key + b"\0part"):
                     ident = dict(message.headers() or []).get(PART_HEADER, b"").decode()
@@ -301,9 +307,7 @@ class KafkaSink(TransactionalSink):
             consumer.close()
         if newest is None:
             return None
-        if newest.startswith(_PARTS_MAGIC):
-            newest = self._joined(json.loads(newest[len(_PARTS_MAGIC) :]), newest_parts)
-        return Checkpoint.decode(newest)
+        return Checkpoint.decode(newest if head is None else self._joined(head, newest_parts))
 
     def _joined(self, head: dict, parts: dict[int, bytes]) -> bytes:
         """The blob of a checkpoint stored as parts, checked against its head."""

@@ -142,10 +142,12 @@ def test_a_failed_commit_reports_duckdbs_own_error_without_the_value_and_keeps_t
     sink.open("p")
     try:
         sink.commit_batch(pl.DataFrame({"amount": [1, 2]}), None, Checkpoint(offsets={"s/0": 2}))
-        for _ in range(2):  # and again: the failed one left nothing behind
+        # Twice the plain value (the failed one left nothing behind), then values with
+        # quotes in them, which DuckDB quotes without escaping.
+        for value in ["secret-4111", "secret-4111", "it's secret-4111", "x'); secret-4111 --"]:
             with pytest.raises(duckdb.ConversionException) as err:
                 sink.commit_batch(
-                    pl.DataFrame({"amount": ["secret-4111"]}),
+                    pl.DataFrame({"amount": [value]}),
                     pl.DataFrame(
                         {"kind": ["k"], "operator": ["o"], "reason": ["r"], "payload": ["p"]}
                     ),

@@ -198,8 +198,9 @@ def _without_values(err: duckdb.Error) -> duckdb.Error:
     """``err`` (same class) with the literals DuckDB quotes in its message replaced: a
     failed conversion names the row's value ("Could not convert string '...' to INT64"),
     and a row's values belong in the output or the dead letters, not in an error that
-    goes to logs. What failed, the type and the column stay."""
-    text = re.sub(r"'(?:[^']|'')*'", "'…'", str(err))
+    goes to logs. What failed, the type and the column stay. From a line's first quote to
+    its last: DuckDB does not escape a quote inside the value it quotes."""
+    text = re.sub(r"'.*'", "'…'", str(err))
     try:
         return type(err)(text)
     except TypeError:  # a class that wants other arguments: DuckDB's base class

@@ -485,12 +485,15 @@ def test_keyed_operators_with_expiry_take_rows_with_a_null_event_time(kind: str)
 
 def test_keys_new_to_the_store_are_not_searched_for_in_its_segments() -> None:
     """The store filter turns away keys never put (most of a q18 batch on a skewed
-    stream), and still passes every key put, replaced or merged, across its rebuilds."""
-    store = KeyedStore(["k"], age_column="age", fan_in=8)
+    stream), and still passes every key put, replaced or merged, across its rebuilds
+    (on the store's executor, run after each put: a merge thread that keeps up)."""
+    executor = ManualExecutor()
+    store = KeyedStore(["k"], age_column="age", fan_in=8, executor=executor)
     searched = []
     for i in range(40):  # 40 segments' worth of puts: rebuilt as it fills
         keys = list(range(i * 1_000, (i + 1) * 1_000))
         store.put(pl.DataFrame({"k": keys, "v": keys, "age": [i] * 1_000}))
+        executor.run_all()
     original = keyed_store.Segment.find
 
     def find(self, wanted):
@@ -507,6 +510,51 @@ def test_keys_new_to_the_store_are_not_searched_for_in_its_segments() -> None:
         held = pl.DataFrame({"k": list(range(0, 40_000, 7))})
         assert sorted(store.get(held).get_column("k")) == held.get_column("k").to_list()
     assert isinstance(store._filter, StoreFilter) and not store._filter.full
+
+
+def test_the_next_store_filter_is_built_on_the_merge_thread_and_covers_keys_put_meanwhile():
+    """Three quarters full, the store filter's successor is built on the store's
+    executor from the segments as they are; the full filter goes on until it is ready
+    (no batch builds one), then the successor takes over with the hashes put meanwhile.
+    Without it ready, a batch builds one itself only past twice the room."""
+    executor = ManualExecutor()
+    store = KeyedStore(["k"], background_rows=10**9, executor=executor)
+
+    def put(first: int, count: int = 1_000) -> None:
+        keys = list(range(first, first + count))
+        store.put(pl.DataFrame({"k": keys, "v": keys}))
+
+    put(0)
+    first = store._filter
+    assert first is not None and not executor.queue
+    step = 0
+    while not first.filling:
+        step += 1
+        put(step * 1_000)
+    assert len(executor.queue) == 1  # the successor's build, nothing else
+    while not first.full:
+        step += 1
+        put(step * 1_000)
+    assert store._filter is first  # full, but the successor is not built yet
+    executor.run_all()
+    step += 1
+    put(step * 1_000)  # put after the build: the successor takes over with it
+    successor = store._filter
+    assert successor is not first and not successor.full
+    every = pl.DataFrame({"k": list(range(0, (step + 1) * 1_000))})
+    assert successor.may_hold(store.hash(every)).all()
+    assert store.get(every).height == every.height
+    # With the successor's build never run, a batch builds one past twice the room.
+    while not successor.filling:
+        step += 1
+        put(step * 1_000)
+    while successor.added <= 2 * successor.room:
+        assert store._filter is successor
+        step += 1
+        put(step * 1_000)
+    assert store._filter is not successor and store._next_filter is None
+    every = pl.DataFrame({"k": list(range(0, (step + 1) * 1_000))})
+    assert store._filter.may_hold(store.hash(every)).all()
 
 
 def test_smaller_merges_go_to_the_merge_thread_while_it_has_nothing_queued() -> None:

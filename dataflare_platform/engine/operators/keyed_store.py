@@ -56,7 +56,8 @@ GEN = "__store_gen"
 POS = "__store_pos"
 HASH_SEED = 0x5EED
 # Merges of more rows than this run on a thread while batches go on (``_compact``); while
-# that thread has nothing queued, merges of more than QUIET_BACKGROUND_ROWS do. q19's
+# a merge thread has nothing queued, merges of more than QUIET_BACKGROUND_ROWS do
+# (``KeyedStore._helper_for``). q19's
 # tier merges (8 x 5 k rows) took 7-11 ms on the batch thread: q19 with a 60 s TTL at
 # 1 M events/s, three pairs per stream, p99 16-21 -> 13-14 ms (skewed) and 16-47 -> 13-14
 # ms (reference), q18 TTL and q4 as good or better, RSS the same; as fast as possible
@@ -255,6 +256,9 @@ def _set_policy(tid: int, idle: bool) -> bool:
 # thread is idle whenever it waits for one (firing or checkpointing a pane). In the idle
 # class where it may leave it again (``HelperThread``).
 merge_executor = HelperThread("keyed-merge")
+# A second one for merges of up to BACKGROUND_ROWS, so that they do not wait behind (or
+# fall back to the batch thread during) a large merge on the first: see ``_helper_for``.
+small_merge_executor = HelperThread("keyed-merge-small")
 
 
 class AgeIndex:
@@ -878,7 +882,6 @@ class KeyedStore:
         a run below the top out of order, hence the scan over every run, not just the
         newest."""
         self._install()
-        limit = self._background_limit()
         k = max(2, self.fan_in)
         segments = list(self._segments)
         while True:
@@ -894,8 +897,9 @@ class KeyedStore:
             if run is None:
                 break
             inputs = tuple(segments[run : run + k])
-            if sum(s.frame.height for s in inputs) > limit:
-                self._submit(inputs)
+            helper = self._helper_for(sum(s.frame.height for s in inputs))
+            if helper is not None:
+                self._submit(inputs, helper)
                 continue
             segments[run : run + k] = [merge_many(inputs, self._floor)[0]]
         self._segments = tuple(s for s in segments if s.frame.height)
@@ -906,27 +910,36 @@ class KeyedStore:
         A rewrite of a large segment inline cost the batch that caused it: q18 with a TTL
         on the skewed stream, batches of 9 ms at the median took 20-30 ms when an expiry
         rewrote a segment of a few hundred thousand rows."""
-        if segment.frame.height <= self._background_limit():
+        helper = self._helper_for(segment.frame.height)
+        if helper is None:
             return segment.live(self._floor)
-        self._submit((segment,))
+        self._submit((segment,), helper)
         return segment
 
-    def _background_limit(self) -> int:
-        """Merges of more rows than this go to the merge thread: ``QUIET_BACKGROUND_ROWS``
-        while it has nothing queued, ``BACKGROUND_ROWS`` while it is busy (a store's own
-        ``background_rows`` always). On a thread with spare time a small merge costs the
-        batch nothing; on one that lags, it waits in the queue, and the segments it holds
-        back make every lookup search more of them."""
-        if self.background_rows is not None:
-            return self.background_rows
-        if self.executor is None and merge_executor.queued == 0:
-            return QUIET_BACKGROUND_ROWS
-        return BACKGROUND_ROWS
+    def _helper_for(self, rows: int) -> Executor | None:
+        """Where a merge of ``rows`` rows runs: None on the batch thread, else the thread
+        to send it to. Above ``BACKGROUND_ROWS``, the merge thread; above
+        ``QUIET_BACKGROUND_ROWS``, the first of the two merge threads with nothing
+        queued (the small one first), else the batch thread. On a thread with spare time
+        a merge costs the batch nothing; one queued behind others waits, and the segments
+        it holds back make every lookup search more of them. With one thread, while it
+        ran a merge of millions of rows (half a second) every merge of 25-50 k rows fell
+        back to the batch thread and cost that batch 6-15 ms (q18, q19 at 1 M events/s).
+        A store's own ``executor`` or ``background_rows`` keep one thread and one bound."""
+        if self.executor is not None or self.background_rows is not None:
+            limit = BACKGROUND_ROWS if self.background_rows is None else self.background_rows
+            return (self.executor or merge_executor()) if rows > limit else None
+        if rows > BACKGROUND_ROWS:
+            return merge_executor()
+        if rows > QUIET_BACKGROUND_ROWS:
+            for helper in (small_merge_executor, merge_executor):
+                if helper.queued == 0:
+                    return helper()
+        return None
 
-    def _submit(self, inputs: tuple[Segment, ...]) -> None:
-        """Merge ``inputs`` (adjacent, oldest first) on the merge thread; ``_install``
+    def _submit(self, inputs: tuple[Segment, ...], executor: Executor) -> None:
+        """Merge ``inputs`` (adjacent, oldest first) on ``executor``'s thread; ``_install``
         puts the result in their place once done."""
-        executor = self.executor or merge_executor()
         future = executor.submit(merge_many, inputs, self._floor, True)
         self._pending = (*self._pending, _Pending(inputs, future))
 

@@ -557,35 +557,51 @@ def test_the_next_store_filter_is_built_on_the_merge_thread_and_covers_keys_put_
     assert store._filter.may_hold(store.hash(every)).all()
 
 
-def test_smaller_merges_go_to_the_merge_thread_while_it_has_nothing_queued() -> None:
-    """While the shared merge thread is free, merges of more than
-    ``QUIET_BACKGROUND_ROWS`` go to it; while it has work queued, only those of more
-    than ``BACKGROUND_ROWS`` (a lagging thread holds back the segments it merges). A
-    store with its own ``background_rows``, or its own executor, keeps the fixed bound."""
+def test_smaller_merges_go_to_a_merge_thread_with_nothing_queued() -> None:
+    """Merges of more than ``BACKGROUND_ROWS`` go to the merge thread; those of more than
+    ``QUIET_BACKGROUND_ROWS`` to the small-merge thread while it has nothing queued, else
+    to the merge thread while that has nothing queued, else they run on the batch thread
+    (a lagging thread holds back the segments it merges). A store with its own
+    ``background_rows``, or its own executor, keeps one thread and one bound."""
     store = KeyedStore(["k"])
     fixed = KeyedStore(["k"], background_rows=1000)
-    release = threading.Event()
-    waits.wait_until("the merge thread drained", lambda: keyed_store.merge_executor.queued == 0)
-    assert store._background_limit() == keyed_store.QUIET_BACKGROUND_ROWS
-    assert fixed._background_limit() == 1000
-    blocker = keyed_store.merge_executor().submit(release.wait, 60)
+    big, small = keyed_store.merge_executor, keyed_store.small_merge_executor
+    quiet, bound = keyed_store.QUIET_BACKGROUND_ROWS, keyed_store.BACKGROUND_ROWS
+    assert quiet < bound
+
+    def drained() -> None:
+        waits.wait_until("the merge threads drained", lambda: big.queued == small.queued == 0)
+
+    drained()
+    assert store._helper_for(quiet) is None
+    assert store._helper_for(quiet + 1) is small()
+    assert store._helper_for(bound + 1) is big()
+    assert fixed._helper_for(1000) is None and fixed._helper_for(1001) is big()
+    releases = []
     try:
-        assert keyed_store.merge_executor.queued == 1
-        assert store._background_limit() == keyed_store.BACKGROUND_ROWS
-        assert fixed._background_limit() == 1000
+        for helper, then in ((small, big()), (big, None)):
+            release = threading.Event()
+            releases.append(release)
+            helper().submit(release.wait, 60)
+            assert helper.queued == 1
+            assert store._helper_for(quiet + 1) is then
+            assert store._helper_for(bound) is then
+            assert store._helper_for(bound + 1) is big()
+            assert fixed._helper_for(1001) is big()
     finally:
-        release.set()
-    assert blocker.result(60) is True
-    waits.wait_until("the merge thread drained", lambda: keyed_store.merge_executor.queued == 0)
-    assert store._background_limit() == keyed_store.QUIET_BACKGROUND_ROWS
+        for release in releases:
+            release.set()
+    drained()
+    assert store._helper_for(quiet + 1) is small()
     own = KeyedStore(["k"], executor=ManualExecutor())
-    assert own._background_limit() == keyed_store.BACKGROUND_ROWS
-    assert keyed_store.QUIET_BACKGROUND_ROWS < keyed_store.BACKGROUND_ROWS
+    assert own._helper_for(bound) is None and own._helper_for(bound + 1) is own.executor
 
 
 @pytest.mark.skipif(sys.platform != "linux", reason="per-thread nice values are Linux's")
 @pytest.mark.parametrize(
-    "executor", [keyed_store.merge_executor, code_sets.check_executor], ids=["merge", "check"]
+    "executor",
+    [keyed_store.merge_executor, keyed_store.small_merge_executor, code_sets.check_executor],
+    ids=["merge", "small-merge", "check"],
 )
 def test_the_helper_threads_run_below_the_batch_threads_priority(executor):
     """Merges and code-set lookups yield the cores to batches (and to Polars' workers)
@@ -654,7 +670,9 @@ def test_an_idle_helper_with_work_piling_up_is_lifted_until_it_drains():
 
 @pytest.mark.skipif(sys.platform != "linux", reason="fork is the Linux start method here")
 @pytest.mark.parametrize(
-    "executor", [keyed_store.merge_executor, code_sets.check_executor], ids=["merge", "check"]
+    "executor",
+    [keyed_store.merge_executor, keyed_store.small_merge_executor, code_sets.check_executor],
+    ids=["merge", "small-merge", "check"],
 )
 def test_a_forked_child_gets_its_own_helper_thread(executor):
     """A child forked after the parent started its merge (or code-check) thread has no

@@ -111,6 +111,28 @@ def bench_nexmark(
     print_json(result, indent=None if as_json else 2)
 
 
+@bench_app.command("nexmark-trace")
+def bench_nexmark_trace(
+    query: QueryOption,
+    input_path: InputOption = None,
+    persons: PersonsOption = None,
+    auctions: AuctionsOption = None,
+    batch_rows: Annotated[int, typer.Option(help="Rows per micro-batch.")] = 10_000,
+    rate: Annotated[
+        float | None, typer.Option(help="Offered load in events/s (0: as fast as possible).")
+    ] = 1_000_000,
+    ttl: Annotated[str | None, typer.Option(help="q18/q19: as for 'bench nexmark'.")] = None,
+    as_json: JsonOnly = True,
+) -> None:
+    """One engine run of a Nexmark query with every operator call, keyed-store merge and
+    store-filter build timed: what ran while the slowest batches waited; print JSON."""
+    from dataflare_platform.bench.batch_trace import run
+
+    check_query(query)
+    result = run(query, input_path, persons, auctions, batch_rows, rate or None, ttl)
+    print_json(result, indent=None if as_json else 2)
+
+
 @bench_app.command("checkpoint")
 def bench_checkpoint(
     rows: Annotated[int, typer.Option(help="Rows of the synthetic keyed state.")] = 6_000_000,

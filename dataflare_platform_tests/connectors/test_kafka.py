@@ -20,6 +20,7 @@ from confluent_kafka import Consumer, Producer, TopicPartition
 from pydantic import TypeAdapter
 
 from dataflare_platform.connectors import kafka, registry
+from dataflare_platform.connectors.broker import BrokerError
 from dataflare_platform.connectors.kafka import sink as kafka_sink
 from dataflare_platform.connectors.settings import OpenContext
 from dataflare_platform.engine import CollectSink, TableSource, arrays
@@ -327,3 +328,42 @@ def test_a_checkpoint_over_a_record_is_written_as_parts_and_read_back(kafka_boot
         again.close()
         assert (len(blob) > 100_000) == (rows > 10)
         assert restored.offsets == {"s/0": n} and restored.states["op"]["t"].equals(state)
+
+
+@pytest.mark.parametrize("damage", ["a part lost", "a part altered"])
+def test_a_checkpoint_with_a_part_lost_or_altered_is_refused_not_restored(
+    kafka_bootstrap, monkeypatch, damage
+):
+    """A checkpoint stored as parts whose parts do not add up to its head (one never
+    written, as retention or a bad compaction would leave it, or one whose bytes changed)
+    is refused at open with an error naming the key, never decoded from what is there."""
+    monkeypatch.setattr(kafka_sink, "PART_BYTES", 100_000)
+    _, settings = _sink_settings(kafka_bootstrap)
+    produce = kafka_sink.KafkaSink._produce
+
+    def damaged(self, topic, value, **kwargs):
+        key = kwargs.get("key") or b""
+        if key.endswith(b"\0part1"):
+            if damage == "a part lost":
+                return None
+            value = bytes([value[0] ^ 0xFF]) + value[1:]
+        return produce(self, topic, value, **kwargs)
+
+    rng = np.random.default_rng(5)
+    state = pa.table({"k": arrays.from_numpy(rng.integers(0, 1 << 62, 60_000), pa.int64())})
+    checkpoint = Checkpoint(offsets={"s/0": 1}, states={"op": {"t": state}})
+    assert len(checkpoint.encode("zstd")) > 2 * 100_000  # at least three parts
+    sink = registry.open_sink(settings, OpenContext("contract"))
+    sink.open("p")
+    with monkeypatch.context() as patch:
+        patch.setattr(kafka_sink.KafkaSink, "_produce", damaged)
+        sink.commit_batch(pl.DataFrame({"a": [1]}), None, checkpoint)
+    sink.close()
+    again = registry.open_sink(settings, OpenContext("contract"))
+    try:
+        with pytest.raises(BrokerError, match=r"checkpoint of 'p'.* is incomplete") as refused:
+            again.open("p")
+    finally:
+        again.close()
+    if damage == "a part lost":
+        assert "parts missing: [1]" in str(refused.value)

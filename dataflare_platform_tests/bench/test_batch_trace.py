@@ -38,6 +38,9 @@ def test_a_traced_q19_run_counts_every_call_and_lists_its_slowest_batches(tmp_pa
     assert filters >= 2
     merges = out["merges_inline"]["count"] + out["merges_on_helpers"]["count"]
     assert merges > 0 and out["merges_inline"]["rows"] > 0
+    # One latency per source batch (the null sink records each batch as written), and
+    # only those: the operators' per-call CPU histograms are not mixed in.
+    assert out["latency"]["batches"] == top["calls"]
     assert measured(out["latency"]["p99_ms"])
     slowest = [s["latency_ms"] for s in out["slowest"]]
     assert 0 < len(slowest) <= 10 and slowest == sorted(slowest, reverse=True)

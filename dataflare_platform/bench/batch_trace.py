@@ -30,7 +30,9 @@ SLOWEST = 10  # slow batches listed, slowest first
 
 @dataclass(frozen=True)
 class Call:
-    """One timed call: what, on which thread, when (perf_counter seconds), wall and CPU."""
+    """One timed call: what, on which thread, when (perf_counter seconds), wall and CPU
+    (its own: without the calls nested in it), and ``span``, the wall time from its
+    start to its end (nested calls included; 0: the same as ``wall``)."""
 
     what: str
     thread: str
@@ -38,30 +40,43 @@ class Call:
     wall: float
     cpu: float
     rows: int = 0
+    span: float = 0.0
 
     @property
     def end(self) -> float:
-        return self.start + self.wall
+        return self.start + max(self.span, self.wall)
 
 
 def _timed(calls: list[Call], what, fn, rows=None):
     """``fn`` wrapped to append a ``Call`` per call (``what``: a name, or a function of
-    the arguments giving one)."""
+    the arguments giving one). Calls of the same wrapper nested on one thread (an
+    operator's ``_push`` pushes its output to the next operator inside it) are timed
+    exclusively: each call's wall and CPU leave out those of the calls inside it."""
+    nested = threading.local()
 
     def wrapper(*args, **kwargs):
+        inner: list[float] = [0.0, 0.0]  # wall, CPU of the calls inside this one
+        outer = getattr(nested, "frame", None)
+        nested.frame = inner
         t0, c0 = time.perf_counter(), time.thread_time()
         try:
             return fn(*args, **kwargs)
         finally:
+            wall, cpu = time.perf_counter() - t0, time.thread_time() - c0
+            nested.frame = outer
+            if outer is not None:
+                outer[0] += wall
+                outer[1] += cpu
             name = what(*args) if callable(what) else what
             calls.append(
                 Call(
                     name,
                     threading.current_thread().name,
                     t0,
-                    time.perf_counter() - t0,
-                    time.thread_time() - c0,
+                    wall - inner[0],
+                    cpu - inner[1],
                     rows(*args) if rows is not None else 0,
+                    wall,
                 )
             )
 

@@ -4,6 +4,7 @@ and store-filter builds timed, and the slowest batches with what overlapped them
 from __future__ import annotations
 
 import json
+import time
 
 from click.testing import CliRunner
 from typer.main import get_command
@@ -69,3 +70,26 @@ def test_calls_are_split_by_whether_a_helper_thread_merged_meanwhile():
     }  # fmt: skip
     assert out["merges_inline"]["count"] == 1 and out["merges_inline"]["rows"] == 20_000
     assert out["store_filters_on_helpers"]["rows"] == 1_000_000
+
+
+def test_nested_calls_are_timed_without_the_calls_inside_them():
+    """An operator's ``_push`` runs the next operator's inside it: each call's wall and
+    CPU are its own, its span the whole."""
+    from dataflare_platform.bench.batch_trace import _timed
+
+    calls: list[Call] = []
+
+    def outer(depth: int) -> None:
+        busy = time.thread_time() + 0.01
+        while time.thread_time() < busy:
+            pass
+        if depth:
+            timed(depth - 1)
+
+    timed = _timed(calls, lambda depth: f"level{depth}", outer)
+    timed(1)
+    inner, whole = calls  # the inner call finishes first
+    assert (inner.what, whole.what) == ("level0", "level1")
+    assert 0.005 < whole.cpu < 0.015 and 0.005 < inner.cpu < 0.015
+    assert whole.span >= inner.span + whole.wall - 0.001
+    assert whole.end >= inner.end

@@ -4,7 +4,7 @@ and store-filter builds timed, and the slowest batches with what overlapped them
 from __future__ import annotations
 
 import json
-import time
+from types import SimpleNamespace
 
 from click.testing import CliRunner
 from typer.main import get_command
@@ -72,24 +72,40 @@ def test_calls_are_split_by_whether_a_helper_thread_merged_meanwhile():
     assert out["store_filters_on_helpers"]["rows"] == 1_000_000
 
 
-def test_nested_calls_are_timed_without_the_calls_inside_them():
+def test_nested_calls_are_timed_without_the_calls_inside_them(monkeypatch):
     """An operator's ``_push`` runs the next operator's inside it: each call's wall and
-    CPU are its own, its span the whole."""
-    from dataflare_platform.bench.batch_trace import _timed
+    CPU are its own, its span the whole. The clocks are the test's: the outer call spends
+    3 s of wall (2 s of CPU) before the inner one, which spends 5 s (4 s), and 1 s (1 s)
+    after it."""
+    from dataflare_platform.bench import batch_trace
+
+    clock = {"wall": 100.0, "cpu": 10.0}
+    monkeypatch.setattr(
+        batch_trace,
+        "time",
+        SimpleNamespace(perf_counter=lambda: clock["wall"], thread_time=lambda: clock["cpu"]),
+    )
+
+    def spend(wall: float, cpu: float) -> None:
+        clock["wall"] += wall
+        clock["cpu"] += cpu
+
+    def call(depth: int) -> None:
+        if depth:
+            spend(3.0, 2.0)
+            timed(depth - 1)
+            spend(1.0, 1.0)
+        else:
+            spend(5.0, 4.0)
 
     calls: list[Call] = []
-
-    def outer(depth: int) -> None:
-        busy = time.thread_time() + 0.01
-        while time.thread_time() < busy:
-            pass
-        if depth:
-            timed(depth - 1)
-
-    timed = _timed(calls, lambda depth: f"level{depth}", outer)
+    timed = batch_trace._timed(calls, lambda depth: f"level{depth}", call)
     timed(1)
     inner, whole = calls  # the inner call finishes first
-    assert (inner.what, whole.what) == ("level0", "level1")
-    assert 0.005 < whole.cpu < 0.015 and 0.005 < inner.cpu < 0.015
-    assert whole.span >= inner.span + whole.wall - 0.001
-    assert whole.end >= inner.end
+    assert (inner.what, inner.start, inner.wall, inner.cpu, inner.span) == (
+        "level0", 103.0, 5.0, 4.0, 5.0,
+    )  # fmt: skip
+    assert (whole.what, whole.start, whole.wall, whole.cpu, whole.span) == (
+        "level1", 100.0, 4.0, 3.0, 9.0,
+    )  # fmt: skip
+    assert whole.end == 109.0 and inner.end == 108.0

@@ -513,9 +513,9 @@ def _two_chunks(frame: pl.DataFrame) -> pl.DataFrame:
     return pl.concat([frame[:half], frame[half:]], how="vertical", rechunk=False)
 
 
-def _gather_picks(picks: list[tuple[Segment, np.ndarray]]) -> pl.DataFrame:
-    """The rows at ``positions`` of each segment, in the order given, as one chunk: one
-    gather from the segments' frames side by side (a concat of chunks, no copy), not
+def _gather_picks(picks: list[tuple[pl.DataFrame, np.ndarray]]) -> pl.DataFrame:
+    """The rows at ``positions`` of each frame (a segment's), in the order given, as one
+    chunk: one gather from the frames side by side (a concat of chunks, no copy), not
     one per segment. Each gather has a fixed cost (a round on Polars' thread pool, which
     waits for a core on a busy machine) that a batch touching a dozen segments paid a
     dozen times: on synthetic segments like q18's on the skewed stream (2,200 rows from
@@ -528,12 +528,73 @@ def _gather_picks(picks: list[tuple[Segment, np.ndarray]]) -> pl.DataFrame:
     puts its rows back as a segment that keeps them until its first merge. With merges
     of 16 k rows sent to the merge thread, q19 with a 60 s TTL on the skewed stream
     peaked at 0.72-1.44 GB of RSS so, 0.50 GB with the rows copied."""
-    frames = [segment.frame for segment, _ in picks]
+    frames = [frame for frame, _ in picks]
     offsets = np.cumsum([0, *(f.height for f in frames[:-1])])
     side_by_side = _two_chunks(pl.concat(frames, how="vertical_relaxed", rechunk=False))
     return side_by_side[
         np.concatenate([positions + o for (_, positions), o in zip(picks, offsets, strict=True)])
     ]
+
+
+class Taken:
+    """Rows a ``take_hashed`` found and the store forgot, not gathered yet: the positions
+    of each frame's rows (``picks``: a segment's frame, or the frame a collision's
+    fallback built), in the order of ``hashes`` (each row's key hash).
+
+    A caller that keeps only some of them reads the columns it decides on as numbers
+    (``numbers``) and gathers the rows it keeps (``rows``). The top-N gathered every
+    taken row, strings and all, from a dozen segments and copied them again beside the
+    batch; for q18's latest bid per key the batch's row replaces the held one for
+    nearly every key. The frames are immutable (a merge installed meanwhile makes new
+    ones), so the positions stay valid for as long as this is held."""
+
+    def __init__(self, picks: list[tuple[pl.DataFrame, np.ndarray]], hashes: np.ndarray) -> None:
+        self.picks = picks
+        self.hashes = hashes
+        self._sizes = np.cumsum([0, *(positions.size for _, positions in picks)])
+
+    @property
+    def height(self) -> int:
+        return int(self.hashes.size)
+
+    def numbers(self, name: str, dtype: pl.DataType) -> np.ndarray | None:
+        """Column ``name`` of the taken rows as int64 (temporal: its physical value),
+        read in numpy from each frame without copying the frame's column; None unless
+        every frame holds it as ``dtype``, an integer or temporal type, without nulls
+        (and an unsigned 64-bit value fits int64)."""
+        if not (dtype.is_integer() or dtype.is_temporal()):
+            return None
+        parts = []
+        for frame, positions in self.picks:
+            column = frame.get_column(name)
+            if column.dtype != dtype or column.null_count():
+                return None
+            if column.n_chunks() == 1:
+                values = column.to_numpy()[positions]  # no nulls: a view, then a gather
+            else:  # a frame loaded from a checkpoint, say
+                values = column.gather(pl.Series(positions)).to_numpy()
+            if values.dtype.kind == "M":
+                values = values.view(np.int64)
+            elif dtype == pl.UInt64 and values.size and values.max() > np.iinfo(np.int64).max:
+                return None
+            parts.append(values.astype(np.int64, copy=False))
+        return np.concatenate(parts)
+
+    def frame(self) -> pl.DataFrame:
+        """Every taken row, gathered."""
+        return _gather_picks(self.picks)
+
+    def rows(self, taken: np.ndarray) -> pl.DataFrame:
+        """The taken rows at ``taken`` (ascending positions in ``hashes``' order)."""
+        if taken.size == self.height:
+            return self.frame()
+        which = np.searchsorted(self._sizes, taken, "right") - 1
+        picks = []
+        for i, (frame, positions) in enumerate(self.picks):
+            mine = taken[which == i]
+            if mine.size:
+                picks.append((frame, positions[mine - self._sizes[i]]))
+        return _gather_picks(picks)
 
 
 def merge(
@@ -659,15 +720,14 @@ class KeyedStore:
             order = np.argsort(hashed)  # touched's rows in the order of ``wanted``
             taken = self._take_by_hash(touched, wanted, forget, order)
             if taken is not False:
-                return None if taken is None else taken[0]  # type: ignore[index]
+                return None if taken is None else taken.frame()  # type: ignore[union-attr]
         return self._take_by_key(touched, wanted, forget)
 
-    def take_hashed(
-        self, touched: pl.DataFrame, hashes: np.ndarray
-    ) -> tuple[pl.DataFrame, np.ndarray] | None:
+    def take_hashed(self, touched: pl.DataFrame, hashes: np.ndarray) -> Taken | None:
         """``take`` for unique keys whose hashes (``hash``) are all different, given in
-        ascending order with ``touched`` in the same order; also returns each row's key
-        hash, so the caller maps rows to its keys without hashing them again."""
+        ascending order with ``touched`` in the same order. The rows come ungathered
+        (``Taken``) with each row's key hash, so the caller maps rows to its keys without
+        hashing them again and gathers only the rows it keeps."""
         self._install()
         if not self._segments or touched.height == 0:
             return None
@@ -675,17 +735,19 @@ class KeyedStore:
         if taken is not False:
             return taken  # type: ignore[return-value]
         rows = self._take_by_key(touched, hashes, True)
-        return None if rows is None else (rows, self._hash(rows))
+        if rows is None:
+            return None
+        return Taken([(rows, np.arange(rows.height))], self._hash(rows))
 
     def _take_by_hash(
         self, touched: pl.DataFrame, wanted: np.ndarray, forget: bool, order: np.ndarray | None
-    ) -> tuple[pl.DataFrame, np.ndarray] | bool | None:
+    ) -> Taken | bool | None:
         """``take`` (``forget``) or ``get`` deciding "newest copy" per hash in numpy, with
         one gather per segment and no per-row bookkeeping in Polars: a batch's fixed
         cost. Exact unless a key in the store shares a hash with a touched key, which
         shows as a found row of an untouched key: then False, nothing changed, and
         ``_take_by_key`` decides. ``order``: the rows of ``touched`` in the order of
-        ``wanted`` (None: already in that order). Gives the rows and their hashes."""
+        ``wanted`` (None: already in that order). Gives the rows, not gathered."""
         need = wanted
         if self._filter is not None:  # keys new to the store: not searched for
             maybe = self._filter.may_hold(wanted)
@@ -712,7 +774,7 @@ class KeyedStore:
         if not picks:
             return None
         hashes = np.concatenate([segment.hashes[positions] for segment, positions in picks])
-        return _gather_picks(picks), hashes
+        return Taken([(segment.frame, positions) for segment, positions in picks], hashes)
 
     def _all_touched(
         self,
@@ -762,7 +824,7 @@ class KeyedStore:
         ]
         if not picks:
             return None
-        rows = _gather_picks(picks).with_columns(
+        rows = _gather_picks([(s.frame, p) for s, p in picks]).with_columns(
             pl.Series(GEN, np.concatenate([np.full(p.size, s.gen) for s, p in picks]), pl.Int64),
             pl.Series(POS, np.concatenate([p for _, p in picks]), pl.Int64),
         )

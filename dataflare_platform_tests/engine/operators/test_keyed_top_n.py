@@ -11,6 +11,7 @@ import pyarrow as pa
 import pytest
 
 from dataflare_platform.engine import CollectSink, Runner, RunnerConfig, Stream, TableSource
+from dataflare_platform.engine.operators.keyed import KeyedTopN
 
 
 def _table(seed: int, nulls: bool) -> pa.Table:
@@ -64,3 +65,25 @@ def test_top_n_ends_as_duckdbs_row_number(nulls, n, descending, batch_rows):
     truth = truth.select(columns)
     assert got.height == truth.height > 0
     assert got.sort("k", "r", nulls_last=True).equals(truth.sort("k", "r", nulls_last=True))
+
+
+@pytest.mark.parametrize("gather_held", [False, True])
+@pytest.mark.parametrize(
+    ("held", "batch"),
+    [(pl.Int64, pl.Int32), (pl.Datetime("ms"), pl.Datetime("us")), (pl.UInt64, pl.Int64)],
+)
+def test_a_batch_typed_unlike_the_held_rows_ranks_with_them(gather_held, held, batch):
+    """The held rows' ranked column has one type, the batch's another: ranked together
+    as one (the batch's microseconds are not read as the held milliseconds), whether the
+    held rows are gathered first or read as numbers (``gather_held``; the numbers are
+    refused for another type, and Polars ranks)."""
+    op = KeyedTopN(["k"], ["v"], [True], 2, "r", None)
+    op.bind("date_time")
+    schema = {"k": pl.Int64, "v": pl.Int64, "date_time": pl.Int64}
+    first = pl.DataFrame({"k": [1, 1, 2], "v": [5, 3, 7], "date_time": [1, 2, 3]}, schema)
+    op.process(first.with_columns(pl.col("v").cast(held)))
+    op._kept_share = 1.0 if gather_held else 0.0  # the hint the last batch left
+    second = pl.DataFrame({"k": [1, 2], "v": [4, 9], "date_time": [4, 5]}, schema)
+    out, _ = op.process(second.with_columns(pl.col("v").cast(held).cast(batch)))
+    got = out.select("k", pl.col("v").cast(held).cast(pl.Int64), "r")
+    assert sorted(got.rows()) == [(1, 4, 2), (1, 5, 1), (2, 7, 2), (2, 9, 1)]

@@ -91,11 +91,15 @@ step = st.one_of(
     ttl=st.one_of(st.none(), st.integers(1, 30)),
     colliding=st.booleans(),
     late_string=st.booleans(),
+    gather_held=st.booleans(),
 )
-def test_top_n_matches_a_model(steps, n, descending, ttl, colliding, late_string) -> None:
+def test_top_n_matches_a_model(
+    steps, n, descending, ttl, colliding, late_string, gather_held
+) -> None:
     """After every batch, the upsert stream (keyed by keys and rank) applied to a table
     holds the model's top rows of every key the batch touched; only touched keys are
-    emitted, each with all its top rows."""
+    emitted, each with all its top rows. ``gather_held``: the held rows gathered before
+    ranking (as after a batch that kept most of them), or only the ones kept."""
     op = KeyedTopN(["a", "b"], ["v"], [descending], n, "r", ttl)
     op.bind("date_time")
     if colliding:
@@ -109,6 +113,7 @@ def test_top_n_matches_a_model(steps, n, descending, ttl, colliding, late_string
     for kind, arg in steps:
         if kind == "batch":
             frame = pl.DataFrame(arg, schema=SCHEMA, orient="row").select(columns)
+            op._kept_share = 1.0 if gather_held else 0.0  # the hint the last batch left
             out, late = op.process(frame)
             assert late is None
             out = out.select(*SCHEMA, "r")

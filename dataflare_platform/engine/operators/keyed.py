@@ -23,7 +23,13 @@ from dataflare_platform.engine.aggregations import (
     partial_exprs,
 )
 from dataflare_platform.engine.checkpoint import state_table
-from dataflare_platform.engine.operators.base import WM_COL, Emit, Operator, event_ms
+from dataflare_platform.engine.operators.base import (
+    WM_COL,
+    Emit,
+    Operator,
+    event_ms,
+    physical_numpy,
+)
 from dataflare_platform.engine.operators.keyed_store import KeyedStore, Taken
 from dataflare_platform.engine.operators.last_rows import LastRowsRing, supported
 from dataflare_platform.engine.operators.reduce_arrays import ReduceArrays
@@ -428,10 +434,11 @@ class KeyedTopN(StoreState):
         return [*self.by, *rest], [*self.descending, *[False] * len(rest)]
 
     def process(self, batch: pl.DataFrame, port: int = 0) -> Emit:
-        rows = batch.drop(WM_COL, strict=False)
+        # ``[columns]``, not ``drop``/``select``: those run a plan, 4x the time per call.
+        rows = batch[[c for c in batch.columns if c != WM_COL]]
         if rows.height == 0:
             return None, None
-        keys = rows.select(self.keys)
+        keys = rows[self.keys]
         ids = dense_ids(keys, self._store.hash(keys))
         if ids is None:  # two keys of the batch share a hash: group on the keys
             held = self._store.take(keys.unique())
@@ -461,7 +468,7 @@ class KeyedTopN(StoreState):
         times = rows.get_column(self.time_column)
         if times.null_count():
             return None  # a key's newest time may be null: left to Polars' max
-        seen = times.to_physical().cast(pl.Int64).to_numpy()
+        seen = physical_numpy(times).astype(np.int64, copy=False)
         held = 0 if taken is None else taken.height
         key_of = ids.ids
         gathered = rows if taken is None else None  # every candidate, when gathered
@@ -501,6 +508,7 @@ class KeyedTopN(StoreState):
         changed = np.zeros(ids.count, dtype=bool)
         changed[key_of[picked[new_row]]] = True
         picked_keys = key_of[picked]
+        newest = ranked.newest[picked_keys]
         self._kept_share = (picked.size - int(np.count_nonzero(new_row))) / held if held else 0.0
         if gathered is not None:
             top = gathered[picked]
@@ -513,8 +521,9 @@ class KeyedTopN(StoreState):
             index[new_row] += kept_rows - held
             top = candidates[index]
         self._store.put(
-            top.hstack([pl.Series("__seen", ranked.newest[picked_keys], dtype=pl.Int64)]),
+            top.hstack([pl.Series("__seen", newest, dtype=pl.Int64)]),
             ids.hashes[picked_keys],
+            newest,
         )
         if not changed.all():
             emitted = np.flatnonzero(changed[picked_keys])

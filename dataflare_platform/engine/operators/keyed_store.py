@@ -842,15 +842,19 @@ class KeyedStore:
             self._kill(rows)
         return rows.drop(GEN, POS)
 
-    def put(self, rows: pl.DataFrame, hashes: np.ndarray | None = None) -> None:
+    def put(
+        self, rows: pl.DataFrame, hashes: np.ndarray | None = None, ages: np.ndarray | None = None
+    ) -> None:
         """Add ``rows`` as the current rows of their keys (keys not held, or just taken);
-        ``hashes``, when the caller has them, are the rows' key hashes (``hash``)."""
+        ``hashes``, when the caller has them, are the rows' key hashes (``hash``), and
+        ``ages`` the age column's values as int64 (no nulls)."""
         if rows.height == 0:
             return
         if hashes is None:
             hashes = self._hash(rows)
-        ages = None
-        if self.age_column is not None:
+        if self.age_column is None:
+            ages = None
+        elif ages is None:
             # A null age (a null event time from a step before) is older than any floor:
             # the row expires at the first one, as the lookup's ``age >= floor`` drops it
             # (it was a float NaN here, which the age index could not hold).

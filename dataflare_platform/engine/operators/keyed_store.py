@@ -68,6 +68,8 @@ QUIET_BACKGROUND_ROWS = 16_384
 # live rows, before a merge copies the strings out (``merge_many``): the strings held stay
 # within 1 + GARBAGE_SHARE times the live ones.
 GARBAGE_SHARE = 0.25
+# Temporal types numpy holds as datetime64/timedelta64 (Time becomes Python objects).
+VIEWED_TEMPORAL = (pl.Datetime, pl.Date, pl.Duration)
 NULL_AGE = np.iinfo(np.int64).min  # the stored age of a row whose age column is null
 FILTER_MIN_SLOTS = 1 << 16  # the store filter's least size (``StoreFilter``)
 AGE_SAMPLE = 4096  # ages sorted per segment for expiry's count (``AgeIndex``)
@@ -569,11 +571,12 @@ class Taken:
             column = frame.get_column(name)
             if column.dtype != dtype or column.null_count():
                 return None
-            if column.n_chunks() == 1:
+            if column.n_chunks() == 1 and (dtype.is_integer() or dtype in VIEWED_TEMPORAL):
                 values = column.to_numpy()[positions]  # no nulls: a view, then a gather
-            else:  # a frame loaded from a checkpoint, say
-                values = column.gather(pl.Series(positions)).to_numpy()
-            if values.dtype.kind == "M":
+            else:  # a frame loaded from a checkpoint, say, or a Time (objects in numpy)
+                picked = column.gather(pl.Series(positions))
+                values = picked.to_physical().cast(pl.Int64).to_numpy()
+            if values.dtype.kind in "Mm":
                 values = values.view(np.int64)
             elif dtype == pl.UInt64 and values.size and values.max() > np.iinfo(np.int64).max:
                 return None

@@ -87,3 +87,25 @@ def test_a_batch_typed_unlike_the_held_rows_ranks_with_them(gather_held, held, b
     out, _ = op.process(second.with_columns(pl.col("v").cast(held).cast(batch)))
     got = out.select("k", pl.col("v").cast(held).cast(pl.Int64), "r")
     assert sorted(got.rows()) == [(1, 4, 2), (1, 5, 1), (2, 7, 2), (2, 9, 1)]
+
+
+@pytest.mark.parametrize("gather_held", [False, True])
+@pytest.mark.parametrize(
+    "dtype", [pl.Time, pl.Date, pl.Datetime("ms", "UTC"), pl.Duration("us"), pl.UInt8]
+)
+def test_ties_on_by_are_broken_by_a_temporal_column_of_the_held_rows(gather_held, dtype):
+    """Ties on ``v`` are broken by ``t`` ascending, of any temporal type: the held rows'
+    values, read as numbers (a Time through Polars: numpy holds it as objects) or
+    gathered first (``gather_held``), rank with the batch's."""
+    op = KeyedTopN(["k"], ["v"], [True], 2, "r", None)
+    op.bind("date_time")
+    schema = {"k": pl.Int64, "v": pl.Int64, "t": pl.Int64, "date_time": pl.Int64}
+
+    def frame(rows: list[tuple]) -> pl.DataFrame:
+        return pl.DataFrame(rows, schema, orient="row").with_columns(pl.col("t").cast(dtype))
+
+    op.process(frame([(1, 5, 30, 1), (1, 5, 10, 2), (2, 7, 20, 3)]))
+    op._kept_share = 1.0 if gather_held else 0.0  # the hint the last batch left
+    out, _ = op.process(frame([(1, 5, 20, 4), (2, 7, 5, 5)]))
+    got = out.select("k", pl.col("t").to_physical().cast(pl.Int64), "r")
+    assert sorted(got.rows()) == [(1, 10, 1), (1, 20, 2), (2, 5, 1), (2, 20, 2)]

@@ -31,20 +31,20 @@ SLOWEST = 10  # slow batches listed, slowest first
 @dataclass(frozen=True)
 class Call:
     """One timed call: what, on which thread, when (perf_counter seconds), wall and CPU
-    (its own: without the calls nested in it), and ``span``, the wall time from its
-    start to its end (nested calls included; 0: the same as ``wall``)."""
+    (its own: without the calls nested in it), ``span``, the wall time from its start
+    to its end (nested calls included: at least ``wall``), and the rows it handled."""
 
     what: str
     thread: str
     start: float
     wall: float
     cpu: float
+    span: float
     rows: int = 0
-    span: float = 0.0
 
     @property
     def end(self) -> float:
-        return self.start + max(self.span, self.wall)
+        return self.start + self.span
 
 
 def _timed(calls: list[Call], what, fn, rows=None):
@@ -75,8 +75,8 @@ def _timed(calls: list[Call], what, fn, rows=None):
                     t0,
                     wall - inner[0],
                     cpu - inner[1],
-                    rows(*args) if rows is not None else 0,
                     wall,
+                    rows(*args) if rows is not None else 0,
                 )
             )
 

@@ -52,12 +52,12 @@ def test_calls_are_split_by_whether_a_helper_thread_merged_meanwhile():
     """An operator call overlapping a merge on another thread counts as "while a helper
     merges"; one overlapping only a merge on the batch thread itself does not."""
     calls = [
-        Call("1:KeyedTopN", "batch", 0.000, 0.004, 0.003),
-        Call("1:KeyedTopN", "batch", 0.010, 0.012, 0.004),  # a helper merges meanwhile
-        Call("merge", "keyed-merge_0", 0.012, 0.050, 0.040, rows=300_000),
-        Call("1:KeyedTopN", "batch", 0.070, 0.005, 0.004),
-        Call("merge", "batch", 0.071, 0.002, 0.002, rows=20_000),  # inline
-        Call("store_filter", "keyed-merge-small_0", 0.100, 0.010, 0.010, rows=1_000_000),
+        Call("1:KeyedTopN", "batch", 0.000, 0.004, 0.003, 0.004),
+        Call("1:KeyedTopN", "batch", 0.010, 0.012, 0.004, 0.012),  # a helper merges meanwhile
+        Call("merge", "keyed-merge_0", 0.012, 0.050, 0.040, 0.050, rows=300_000),
+        Call("1:KeyedTopN", "batch", 0.070, 0.005, 0.004, 0.005),
+        Call("merge", "batch", 0.071, 0.002, 0.002, 0.002, rows=20_000),  # inline
+        Call("store_filter", "keyed-merge-small_0", 0.100, 0.010, 0.010, 0.010, rows=1_000_000),
     ]
     recorded = [(0.005, 5.0), (0.023, 13.0), (0.076, 6.0)]
     out = report("q19", 10_000, 1e6, None, 0.1, calls, recorded)

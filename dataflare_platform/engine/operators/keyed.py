@@ -496,7 +496,7 @@ class KeyedTopN(StoreState):
         if ranked.tied.any():
             if gathered is None:
                 assert taken is not None
-                gathered = self._candidates(rows, taken, np.arange(held))[0]
+                gathered = self._candidates(rows, taken, np.arange(held))
             tied_rows, tied_ranks = self._rank_tied(gathered, key_of, ranked.tied[key_of])
             picked = np.concatenate([picked, tied_rows])
             ranks = np.concatenate([ranks, tied_ranks])
@@ -515,10 +515,10 @@ class KeyedTopN(StoreState):
         else:
             assert taken is not None
             kept = np.sort(picked[~new_row])  # the held rows that stay in their key's top
-            candidates, kept_rows = self._candidates(rows, taken, kept)
+            candidates = self._candidates(rows, taken, kept)
             index = picked.copy()
             index[~new_row] = np.searchsorted(kept, picked[~new_row])
-            index[new_row] += kept_rows - held
+            index[new_row] += kept.size - held
             top = candidates[index]
         self._store.put(
             top.hstack([pl.Series("__seen", newest, dtype=pl.Int64)]),
@@ -572,14 +572,13 @@ class KeyedTopN(StoreState):
         return column
 
     @staticmethod
-    def _candidates(rows: pl.DataFrame, taken: Taken, kept: np.ndarray) -> tuple[pl.DataFrame, int]:
+    def _candidates(rows: pl.DataFrame, taken: Taken, kept: np.ndarray) -> pl.DataFrame:
         """The taken rows at ``kept`` (ascending), then ``rows``, as one chunk with
-        ``rows``' columns (a gather from it copies only string views), and how many of
-        the taken rows lead it."""
+        ``rows``' columns (a gather from it copies only string views)."""
         if kept.size == 0:
-            return rows, 0
+            return rows
         held = taken.rows(kept)[rows.columns]
-        return pl.concat([held, rows], how="vertical_relaxed", rechunk=True), int(kept.size)
+        return pl.concat([held, rows], how="vertical_relaxed", rechunk=True)
 
     def _rank_tied(
         self, candidates: pl.DataFrame, key_of: np.ndarray, mask: np.ndarray

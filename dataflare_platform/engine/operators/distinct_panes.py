@@ -48,7 +48,6 @@ import pyarrow as pa
 
 from dataflare_platform.engine import arrays
 from dataflare_platform.engine.aggregations import Agg, partial_exprs, partial_names
-from dataflare_platform.engine.operators.base import physical_numpy
 from dataflare_platform.engine.operators.code_sets import CodeSet, check_executor
 from dataflare_platform.engine.operators.pane_stores import (
     PANE,
@@ -59,6 +58,7 @@ from dataflare_platform.engine.operators.pane_stores import (
     TopN,
     distinct_steps,
 )
+from dataflare_platform.engine.operators.physical import physical_numpy
 
 GID = "__gid"
 TAG_BITS = 23

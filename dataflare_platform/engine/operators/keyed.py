@@ -28,10 +28,10 @@ from dataflare_platform.engine.operators.base import (
     Emit,
     Operator,
     event_ms,
-    physical_numpy,
 )
 from dataflare_platform.engine.operators.keyed_store import KeyedStore, Taken
 from dataflare_platform.engine.operators.last_rows import LastRowsRing, supported
+from dataflare_platform.engine.operators.physical import int64_values
 from dataflare_platform.engine.operators.reduce_arrays import ReduceArrays
 from dataflare_platform.engine.operators.reduce_arrays import supported as reduce_supported
 from dataflare_platform.engine.operators.top_n_rank import KeyIds, dense_ids, sortable, top_rows
@@ -465,10 +465,9 @@ class KeyedTopN(StoreState):
         instead of many small reads. On the skewed stream with a 60 s TTL, 4 pairs
         (``KeyedTopN`` alone on 600 batches), wall per batch p50 q18 13.8-16.4 ->
         12.4-14.6 ms; q19 read lazily was 12-25 % slower than gathered."""
-        times = rows.get_column(self.time_column)
-        if times.null_count():
+        seen = int64_values(rows.get_column(self.time_column))
+        if seen is None:
             return None  # a key's newest time may be null: left to Polars' max
-        seen = physical_numpy(times).astype(np.int64, copy=False)
         held = 0 if taken is None else taken.height
         key_of = ids.ids
         gathered = rows if taken is None else None  # every candidate, when gathered
@@ -476,10 +475,10 @@ class KeyedTopN(StoreState):
             key_of = np.concatenate([np.searchsorted(ids.hashes, taken.hashes), ids.ids])
             if self._kept_share > GATHER_HELD_SHARE:
                 held_rows = taken.frame()
-                held_seen = held_rows.get_column("__seen")
-                if held_seen.null_count():
+                held_seen = int64_values(held_rows.get_column("__seen"))
+                if held_seen is None:
                     return None  # a held key's newest time is null: left to Polars' max
-                seen = np.concatenate([held_seen.to_numpy(), seen])
+                seen = np.concatenate([held_seen, seen])
                 # ``[columns]``, not ``select``: a plan run, 4x the time at this size.
                 parts = [held_rows[rows.columns], rows]
                 gathered = pl.concat(parts, how="vertical_relaxed", rechunk=True)

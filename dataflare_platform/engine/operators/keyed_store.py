@@ -49,6 +49,7 @@ import pyarrow as pa
 
 from dataflare_platform.engine import arrays
 from dataflare_platform.engine.checkpoint import state_table
+from dataflare_platform.engine.operators.physical import int64_values
 from dataflare_platform.errors import InvalidInputError
 from dataflare_platform.forks import reset_in_forked_child
 
@@ -69,7 +70,6 @@ QUIET_BACKGROUND_ROWS = 16_384
 # within 1 + GARBAGE_SHARE times the live ones.
 GARBAGE_SHARE = 0.25
 # Temporal types numpy holds as datetime64/timedelta64 (Time becomes Python objects).
-VIEWED_TEMPORAL = (pl.Datetime, pl.Date, pl.Duration)
 NULL_AGE = np.iinfo(np.int64).min  # the stored age of a row whose age column is null
 FILTER_MIN_SLOTS = 1 << 16  # the store filter's least size (``StoreFilter``)
 AGE_SAMPLE = 4096  # ages sorted per segment for expiry's count (``AgeIndex``)
@@ -560,28 +560,18 @@ class Taken:
         return int(self.hashes.size)
 
     def numbers(self, name: str, dtype: pl.DataType) -> np.ndarray | None:
-        """Column ``name`` of the taken rows as int64 (temporal: its physical value),
-        read in numpy from each frame without copying the frame's column; None unless
-        every frame holds it as ``dtype``, an integer or temporal type, without nulls
-        (and an unsigned 64-bit value fits int64)."""
-        if not (dtype.is_integer() or dtype.is_temporal()):
-            return None
+        """Column ``name`` of the taken rows as int64 (``physical.int64_values``: read in
+        numpy from each frame without copying the frame's column); None unless every
+        frame holds it as ``dtype``, an integer or temporal type, without nulls (and an
+        unsigned 64-bit value fits int64)."""
         parts = []
         for frame, positions in self.picks:
             column = frame.get_column(name)
-            if column.dtype != dtype or column.null_count():
+            values = int64_values(column, positions) if column.dtype == dtype else None
+            if values is None:
                 return None
-            if column.n_chunks() == 1 and (dtype.is_integer() or dtype in VIEWED_TEMPORAL):
-                values = column.to_numpy()[positions]  # no nulls: a view, then a gather
-            else:  # a frame loaded from a checkpoint, say, or a Time (objects in numpy)
-                picked = column.gather(pl.Series(positions))
-                values = picked.to_physical().cast(pl.Int64).to_numpy()
-            if values.dtype.kind in "Mm":
-                values = values.view(np.int64)
-            elif dtype == pl.UInt64 and values.size and values.max() > np.iinfo(np.int64).max:
-                return None
-            parts.append(values.astype(np.int64, copy=False))
-        return np.concatenate(parts)
+            parts.append(values)
+        return np.concatenate(parts) if parts else np.empty(0, dtype=np.int64)
 
     def frame(self) -> pl.DataFrame:
         """Every taken row, gathered."""

@@ -34,11 +34,11 @@ from dataflare_platform.engine.aggregations import (
     partial_exprs,
     partial_names,
 )
-from dataflare_platform.engine.operators.base import physical_numpy
 from dataflare_platform.engine.operators.distinct_lists import union_by_group
 from dataflare_platform.engine.operators.interval_tiers import DENSE_FACTOR, DENSE_SLACK, extreme
 from dataflare_platform.engine.operators.key_slots import KeySlots
 from dataflare_platform.engine.operators.keyed_store import merge_executor
+from dataflare_platform.engine.operators.physical import physical_numpy
 from dataflare_platform.engine.operators.spare_arrays import SpareArrays
 from dataflare_platform.engine.operators.undo import Journal
 

@@ -20,8 +20,9 @@ import pyarrow as pa
 
 from dataflare_platform.engine import arrays
 from dataflare_platform.engine.checkpoint import state_table
-from dataflare_platform.engine.operators.base import WM_COL, Emit, Operator, physical_numpy
+from dataflare_platform.engine.operators.base import WM_COL, Emit, Operator
 from dataflare_platform.engine.operators.pane_stores import WINDOW_END, WINDOW_START
+from dataflare_platform.engine.operators.physical import physical_numpy
 from dataflare_platform.engine.operators.windows import Sliding, Tumbling
 from dataflare_platform.errors import InvalidInputError
 

@@ -16,6 +16,8 @@ from dataclasses import dataclass
 import numpy as np
 import polars as pl
 
+from dataflare_platform.engine.operators.physical import int64_values
+
 
 @dataclass(frozen=True)
 class KeyIds:
@@ -59,14 +61,11 @@ def dense_ids(keys: pl.DataFrame, hashes: np.ndarray) -> KeyIds | None:
 
 def sortable(series: pl.Series, descending: bool) -> np.ndarray | None:
     """``series`` as int64 whose ascending order is the wanted order (None: not an
-    integer or temporal column without nulls, which the numpy ranking does not handle).
-    Descending is the bitwise not, which cannot overflow."""
-    dtype = series.dtype
-    if series.null_count() or not (dtype.is_temporal() or dtype.is_integer()):
+    integer or temporal column without nulls, which the numpy ranking does not handle;
+    ``physical.int64_values``). Descending is the bitwise not, which cannot overflow."""
+    values = int64_values(series)
+    if values is None:
         return None
-    if dtype == pl.UInt64 and series.len() and series.max() > np.iinfo(np.int64).max:  # type: ignore[operator]
-        return None
-    values = series.to_physical().cast(pl.Int64).to_numpy()
     return ~values if descending else values
 
 

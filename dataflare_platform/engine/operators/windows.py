@@ -33,7 +33,6 @@ from dataflare_platform.engine.operators.base import (
     FrameState,
     Operator,
     event_ms,
-    physical_numpy,
 )
 from dataflare_platform.engine.operators.distinct_panes import DistinctPanes
 from dataflare_platform.engine.operators.pane_stores import (
@@ -45,6 +44,7 @@ from dataflare_platform.engine.operators.pane_stores import (
     TopN,
     distinct_steps,
 )
+from dataflare_platform.engine.operators.physical import physical_numpy
 from dataflare_platform.engine.watermarks import MAX_WATERMARK
 from dataflare_platform.errors import InvalidInputError
 

@@ -49,6 +49,7 @@ import pyarrow as pa
 
 from dataflare_platform.engine import arrays
 from dataflare_platform.engine.checkpoint import state_table
+from dataflare_platform.engine.operators.frames import keep_columns, without
 from dataflare_platform.engine.operators.physical import int64_values
 from dataflare_platform.errors import InvalidInputError
 from dataflare_platform.forks import reset_in_forked_child
@@ -799,9 +800,9 @@ class KeyedStore:
                     )
                     for i in range(len(self.keys))
                 )
-        parts = [segment.frame.select(self.keys)[positions] for segment, positions in picks]
+        parts = [keep_columns(segment.frame, self.keys)[positions] for segment, positions in picks]
         found = pl.concat(parts, how="vertical_relaxed") if len(parts) > 1 else parts[0]
-        expected = touched.select(self.keys)[rows]
+        expected = keep_columns(touched, self.keys)[rows]
         return all(
             bool(found.get_column(k).eq_missing(expected.get_column(k)).all()) for k in self.keys
         )
@@ -822,7 +823,9 @@ class KeyedStore:
             pl.Series(POS, np.concatenate([p for _, p in picks]), pl.Int64),
         )
         # Rows of other keys with the same hash, then copies older than the key's newest.
-        rows = rows.join(touched.select(self.keys), on=self.keys, how="semi", nulls_equal=True)
+        rows = rows.join(
+            keep_columns(touched, self.keys), on=self.keys, how="semi", nulls_equal=True
+        )
         if len(picks) > 1:
             rows = rows.filter(pl.col(GEN) == pl.col(GEN).max().over(self.keys))
         # Expired before killed: an expired row is never dead (see ``_kill``), so
@@ -833,7 +836,7 @@ class KeyedStore:
             return None
         if forget:
             self._kill(rows)
-        return rows.drop(GEN, POS)
+        return without(rows, GEN, POS)
 
     def put(
         self, rows: pl.DataFrame, hashes: np.ndarray | None = None, ages: np.ndarray | None = None
@@ -1082,7 +1085,7 @@ class KeyedStore:
         for a caller that narrows a large set of keys down to those worth a ``take``."""
         if not self._segments:
             return None
-        parts = [s.frame.select(self.keys) for s in self._segments]
+        parts = [keep_columns(s.frame, self.keys) for s in self._segments]
         return pl.concat(parts, how="vertical_relaxed") if len(parts) > 1 else parts[0]
 
     def frame(self) -> pl.DataFrame | None:

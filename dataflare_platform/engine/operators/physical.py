@@ -20,12 +20,14 @@ def physical_numpy(series: pl.Series) -> np.ndarray:
     return series.to_numpy()
 
 
-# Types numpy holds natively, so a single chunk of them is read as a view.
-VIEWED = (
-    pl.Int8, pl.Int16, pl.Int32, pl.Int64, pl.UInt8, pl.UInt16, pl.UInt32, pl.UInt64,
-    pl.Datetime, pl.Date, pl.Duration,
+# Types numpy holds natively, so a single chunk of them is read as a view. Sets of the
+# dtype classes, tested with ``type(dtype) in``: ``isinstance`` against Polars' dtype
+# classes costs 1-1.5 us a call, against 0.05 us, and this runs per store segment.
+VIEWED = frozenset(
+    {pl.Int8, pl.Int16, pl.Int32, pl.Int64, pl.UInt8, pl.UInt16, pl.UInt32, pl.UInt64,
+     pl.Datetime, pl.Date, pl.Duration}
 )  # fmt: skip
-WIDER_THAN_INT64 = (pl.UInt64, pl.Int128, pl.UInt128)  # their values may not fit
+WIDER_THAN_INT64 = frozenset({pl.UInt64, pl.Int128, pl.UInt128})  # values may not fit
 INT64_MIN, INT64_MAX = np.iinfo(np.int64).min, np.iinfo(np.int64).max
 
 
@@ -41,10 +43,10 @@ def int64_values(series: pl.Series, positions: np.ndarray | None = None) -> np.n
     dtype = series.dtype
     if series.null_count() or not (dtype.is_integer() or dtype.is_temporal()):
         return None
-    wide = isinstance(dtype, WIDER_THAN_INT64) and series.len()
+    wide = type(dtype) in WIDER_THAN_INT64 and series.len()
     if wide and (series.max() > INT64_MAX or series.min() < INT64_MIN):  # type: ignore[operator]
         return None
-    if series.n_chunks() == 1 and isinstance(dtype, VIEWED):
+    if series.n_chunks() == 1 and type(dtype) in VIEWED:
         values = series.to_numpy()  # no nulls, one chunk: a view
         if positions is not None:
             values = values[positions]

@@ -38,13 +38,14 @@ demo: setup
 stream: setup
 	$(BIN)/dataflare quickstart
 
-# Two pytest workers (pytest-xdist): the end-to-end tier mostly waits on the processes it
-# starts, so the whole suite went from 43 min 52 s in one process (CI, 2 cores) to 32 min
-# 05 s on two workers, measured under load 7 (docs/benchmarks.md, "Test suite").
+# Three pytest workers (pytest-xdist) on two cores: the end-to-end tier mostly waits on the
+# processes it starts. The whole suite went from 43 min 52 s in one process (CI, 2 cores)
+# to 32 min 05 s on two workers; on the 22nd session's machine, fresh-clone CI took 30 min
+# 27 s on two workers and 28 min 10 s on three (docs/benchmarks.md, "Test suite").
 # --dist loadfile keeps a module on one worker, so its shared webserver/daemon fixture
 # starts once; every test makes its own home, ports (gateway.process.free_port) and
 # PostgreSQL schema or database, so workers share nothing. TEST_WORKERS=0: one process.
-TEST_WORKERS ?= 2
+TEST_WORKERS ?= 3
 test: setup
 	$(BIN)/pytest -n $(TEST_WORKERS) --dist loadfile --durations=30
 

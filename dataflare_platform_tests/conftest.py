@@ -156,7 +156,7 @@ def pytest_runtest_logreport(report: pytest.TestReport) -> None:
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
-    """How long the last worker ran alone: the part of the suite two workers did not
+    """How long the last worker ran alone: the part of the suite the workers did not
     share. ``--dist loadfile`` hands out whole modules, those with the most tests first
     (pytest-xdist 3.8 sorts them so and ignores the collection order unless
     ``--no-loadscope-reorder``), so a long module with few tests can run last, alone

@@ -49,6 +49,7 @@ import pyarrow as pa
 from dataflare_platform.engine import arrays
 from dataflare_platform.engine.aggregations import Agg, partial_exprs, partial_names
 from dataflare_platform.engine.operators.code_sets import CodeSet, check_executor
+from dataflare_platform.engine.operators.frames import keep_columns
 from dataflare_platform.engine.operators.pane_stores import (
     PANE,
     WINDOW_END,
@@ -231,8 +232,8 @@ class DistinctPanes:
             else:
                 gids[panes == start] = gid
         others = [a.column for a in self.others if a.column is not None]
-        rows = batch.select(*dict.fromkeys([time_column, *others])).with_columns(
-            pl.Series(GID, gids)
+        rows = keep_columns(batch, dict.fromkeys([time_column, *others])).hstack(
+            [pl.Series(GID, gids)]
         )
         self._inner_for(rows, time_column, slide).add(rows, time_column, slide)
 
@@ -256,7 +257,7 @@ class DistinctPanes:
         """The pane's groups with those of ``part`` added, and each row's group id."""
         if not self.keys:
             return None, np.zeros(part.height, np.int64)
-        keys = part.select(self.keys)
+        keys = keep_columns(part, self.keys)
         if groups is None:
             groups = keys.clear().with_columns(pl.lit(0, pl.Int64).alias(GID)).clear()
         joined = keys.join(

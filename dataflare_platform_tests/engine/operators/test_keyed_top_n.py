@@ -90,6 +90,26 @@ def test_a_batch_typed_unlike_the_held_rows_ranks_with_them(gather_held, held, b
 
 
 @pytest.mark.parametrize("gather_held", [False, True])
+def test_held_unsigned_values_past_int64_rank_with_a_signed_batch(gather_held):
+    """Held UInt64 values past int64 beside an Int64 batch: Polars widens the two to
+    Int128, whose values do not fit the numpy ranking's int64, so Polars ranks them (the
+    strict cast to int64 raised, gathered first)."""
+    big = 2**63 + 5
+    op = KeyedTopN(["k"], ["v"], [True], 2, "r", None)
+    op.bind("date_time")
+    first = pl.DataFrame(
+        {"k": [1, 1, 2], "v": [big, 3, 7], "date_time": [1, 2, 3]},
+        {"k": pl.Int64, "v": pl.UInt64, "date_time": pl.Int64},
+    )
+    op.process(first)
+    op._kept_share = 1.0 if gather_held else 0.0  # the hint the last batch left
+    second = pl.DataFrame({"k": [1, 2], "v": [4, 9], "date_time": [4, 5]})
+    out, _ = op.process(second)
+    got = sorted(out.select("k", pl.col("v").cast(pl.Int128), "r").rows())
+    assert got == [(1, 4, 2), (1, big, 1), (2, 7, 2), (2, 9, 1)]
+
+
+@pytest.mark.parametrize("gather_held", [False, True])
 @pytest.mark.parametrize(
     "dtype", [pl.Time, pl.Date, pl.Datetime("ms", "UTC"), pl.Duration("us"), pl.UInt8]
 )

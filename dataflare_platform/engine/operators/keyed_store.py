@@ -70,7 +70,6 @@ QUIET_BACKGROUND_ROWS = 16_384
 # live rows, before a merge copies the strings out (``merge_many``): the strings held stay
 # within 1 + GARBAGE_SHARE times the live ones.
 GARBAGE_SHARE = 0.25
-# Temporal types numpy holds as datetime64/timedelta64 (Time becomes Python objects).
 NULL_AGE = np.iinfo(np.int64).min  # the stored age of a row whose age column is null
 FILTER_MIN_SLOTS = 1 << 16  # the store filter's least size (``StoreFilter``)
 AGE_SAMPLE = 4096  # ages sorted per segment for expiry's count (``AgeIndex``)

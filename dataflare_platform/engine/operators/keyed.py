@@ -23,12 +23,7 @@ from dataflare_platform.engine.aggregations import (
     partial_exprs,
 )
 from dataflare_platform.engine.checkpoint import state_table
-from dataflare_platform.engine.operators.base import (
-    WM_COL,
-    Emit,
-    Operator,
-    event_ms,
-)
+from dataflare_platform.engine.operators.base import WM_COL, Emit, Operator, event_ms
 from dataflare_platform.engine.operators.frames import keep_columns, without
 from dataflare_platform.engine.operators.keyed_store import KeyedStore, Taken
 from dataflare_platform.engine.operators.last_rows import LastRowsRing, supported
@@ -439,7 +434,7 @@ class KeyedTopN(StoreState):
         rows = without(batch, WM_COL)
         if rows.height == 0:
             return None, None
-        keys = rows[self.keys]
+        keys = keep_columns(rows, self.keys)
         ids = dense_ids(keys, self._store.hash(keys))
         if ids is None:  # two keys of the batch share a hash: group on the keys
             held = self._store.take(keys.unique())

@@ -19,6 +19,10 @@ MANIFEST = Manifest.model_validate(
 )
 
 OK, LOOP, BOMB, TRAP, OOB_VALUES, BAD_STATUS, OOB_VALIDITY = range(7)
+# The deadline of the sandbox tests' plugins: the endless loops reach any deadline, and
+# one far above a well-behaved call's or load's microseconds keeps a loaded machine from
+# turning a slow good call into a counted timeout (the tests judge limits, not speed).
+DEADLINE_MS = 1000
 
 
 def module(version: int = 1, imports: str = "", body: str | None = None) -> str:

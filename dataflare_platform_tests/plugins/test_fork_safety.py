@@ -16,10 +16,10 @@ import pytest
 
 from dataflare_platform.plugins import Limits, Plugin, PluginError
 from dataflare_platform.plugins.engine import deadline_ticks, plugin_cache, shared_engine
-from dataflare_platform_tests.plugins.hostile import LOOP, MANIFEST, module
+from dataflare_platform_tests.plugins.hostile import DEADLINE_MS, LOOP, MANIFEST, module
 from dataflare_platform_tests.waits import wait_until
 
-SHORT = Limits(deadline_ms=100, memory_bytes=8 * 1024 * 1024, max_failures=1000)
+SHORT = Limits(deadline_ms=DEADLINE_MS, memory_bytes=8 * 1024 * 1024, max_failures=1000)
 # The busy call's deadline is never reached: the test ends it by moving the epoch on.
 LONG_MS = 600_000
 LONG = Limits(deadline_ms=LONG_MS, memory_bytes=8 * 1024 * 1024, max_failures=1000)

@@ -16,7 +16,15 @@ from dataflare_platform.plugins import Limits, Plugin
 from dataflare_platform_tests.engine.helpers import T0
 from dataflare_platform_tests.observability.fixtures import metrics_dir
 from dataflare_platform_tests.observability.scrape import value
-from dataflare_platform_tests.plugins.hostile import BOMB, LOOP, MANIFEST, OK, TRAP, module
+from dataflare_platform_tests.plugins.hostile import (
+    BOMB,
+    DEADLINE_MS,
+    LOOP,
+    MANIFEST,
+    OK,
+    TRAP,
+    module,
+)
 
 __all__ = ["metrics_dir"]
 
@@ -72,7 +80,7 @@ def _run(plugin: Plugin, modes: list[int]) -> tuple[str, str]:
 def test_limit_hits_and_restarts_are_exported(metrics_dir, cache_dir):
     """A real deadline hit (an endless loop), a real memory-limit hit (a memory.grow
     bomb) and a real fuel exhaustion: each counted by kind, each failed instance rebuilt."""
-    limits = Limits(deadline_ms=100, memory_bytes=8 * 1024 * 1024, max_failures=100)
+    limits = Limits(deadline_ms=DEADLINE_MS, memory_bytes=8 * 1024 * 1024, max_failures=100)
     plugin = Plugin(MANIFEST, module(), limits=limits, pool_size=1, cache_dir=cache_dir)
     name, op = _run(plugin, [OK, LOOP, OK, BOMB, LOOP, OK])
     text = exposition(metrics_dir)

@@ -13,6 +13,7 @@ from dataflare_platform.plugins import Limits, Plugin, PluginError
 from dataflare_platform_tests.plugins.hostile import (
     BAD_STATUS,
     BOMB,
+    DEADLINE_MS,
     LOOP,
     MANIFEST,
     OOB_VALIDITY,
@@ -21,7 +22,7 @@ from dataflare_platform_tests.plugins.hostile import (
     module,
 )
 
-LIMITS = Limits(deadline_ms=100, memory_bytes=8 * 1024 * 1024, max_failures=100)
+LIMITS = Limits(deadline_ms=DEADLINE_MS, memory_bytes=8 * 1024 * 1024, max_failures=100)
 
 
 def batch(first: int, n: int = 1000) -> pl.DataFrame:
@@ -41,7 +42,7 @@ def hostile(cache_dir) -> Plugin:
 @pytest.mark.parametrize(
     ("mode", "kind", "detail"),
     [
-        (LOOP, "timeout", "100"),
+        (LOOP, "timeout", str(DEADLINE_MS)),
         (BOMB, "out_of_memory", str(8 * 1024 * 1024)),
         (TRAP, "trap", "unreachable"),
         (OOB_VALUES, "abi", "outside linear memory"),

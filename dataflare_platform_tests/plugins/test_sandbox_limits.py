@@ -15,9 +15,9 @@ import wasmtime
 
 from dataflare_platform.plugins import Limits, Plugin, PluginError
 from dataflare_platform.plugins.engine import shared_engine
-from dataflare_platform_tests.plugins.hostile import LOOP, MANIFEST, TRAP, module
+from dataflare_platform_tests.plugins.hostile import DEADLINE_MS, LOOP, MANIFEST, TRAP, module
 
-LIMITS = Limits(deadline_ms=100, memory_bytes=8 * 1024 * 1024, max_failures=1000)
+LIMITS = Limits(deadline_ms=DEADLINE_MS, memory_bytes=8 * 1024 * 1024, max_failures=1000)
 GROW = 30_000
 
 
